@@ -1,0 +1,66 @@
+# fastunlearn developer commands. `make demo` and `make test` work on a fresh machine:
+# they create .venv, install what they need, build the extension and run.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.fastunlearn-deps
+BUILT  := $(VENV)/.fastunlearn-built
+PYTEST_ARGS ?=
+
+# CUDA_HOME: the nvcc that matches torch's CUDA (installed into the venv), else the system's.
+CUDA_HOME_VENV = $(shell $(PY) -c "import os,sysconfig;p=os.path.join(sysconfig.get_paths()['purelib'],'nvidia','cu13');print(p if os.path.exists(os.path.join(p,'bin','nvcc')) else '')" 2>/dev/null)
+BUILD_ENV = $(if $(CUDA_HOME_VENV),CUDA_HOME=$(CUDA_HOME_VENV),)
+
+.PHONY: venv build test test-python test-cpp demo bench lint clean info
+
+venv: $(STAMP)
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	# plain `torch` takes the newest CUDA-enabled build (torchvision needs it)
+	$(PIP) install torch torchvision
+	$(PIP) install ninja numpy scikit-learn tqdm matplotlib safetensors \
+	    pytest hypothesis pytest-benchmark expecttest opacus ruff
+	# nvcc matching torch's CUDA version, for compiling the CUDA kernels
+	$(PY) -c "import torch,sys;v=torch.version.cuda;sys.exit(0 if v else 1)" && \
+	  $(PIP) install "cuda-toolkit[nvcc,cccl]==$$($(PY) -c 'import torch;print(torch.version.cuda)').*" || \
+	  echo "torch has no CUDA: building CPU kernels only"
+	touch $(STAMP)
+
+$(BUILT): $(STAMP) setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
+	$(BUILD_ENV) $(PIP) install --no-build-isolation --no-deps -v -e . 2>&1 | \
+	  grep -E "^ *(=|fastunlearn|  )|error|Error|warning: unused|\[[0-9]+/[0-9]+\]" || true
+	$(PY) -c "import fastunlearn,json;b=fastunlearn.backend();print('compiled:',b['compiled'],'cpu:',b['cpu'],'cuda:',b['cuda']);assert b['cpu'],b"
+	touch $(BUILT)
+
+build: $(BUILT)
+
+test: test-python test-cpp
+
+test-python: $(BUILT)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-cpp: $(STAMP)
+	$(PY) -c "import torch" && cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch;print(torch.utils.cmake_prefix_path)') \
+	  -DPython3_EXECUTABLE=$(abspath $(PY)) > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)
+	cmake --build build/cmake -j 2
+	cd build/cmake && ctest --output-on-failure
+
+demo: $(BUILT)
+	$(PY) -m fastunlearn.demo
+
+bench: $(BUILT)
+	$(PY) -m bench.run
+
+info: $(BUILT)
+	$(VENV)/bin/fastunlearn info
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fastunlearn tests bench setup.py
+
+clean:
+	rm -rf build *.egg-info fastunlearn/_C*.so fastunlearn/_build_info.json $(BUILT)

@@ -1,0 +1,56 @@
+// Every operator schema of the fastunlearn library, and nothing else.
+//
+// Kernels live in csrc/cpu/<family>_cpu.cpp and csrc/cuda/<family>_cuda.cu and register
+// themselves with TORCH_LIBRARY_IMPL(fastunlearn, CPU|CUDA, m). Python-side fake (meta)
+// kernels and autograd formulas live in fastunlearn/ops/<family>.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing fastunlearn._C registers the ops below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastunlearn, m) {
+  // ---- 1. GLM curvature (one-vs-rest logistic regression with K classes) -------------
+  // X^T (S * (X V)) + lam V; X[n,d], S[n,K], V[d,K] -> [d,K]. One pass over X.
+  m.def("glm_hvp(Tensor X, Tensor S, Tensor V, float lam) -> Tensor");
+  // Batched weighted Gram: out[k] = X^T diag(S[:,k]) X + lam I; -> [K,d,d].
+  m.def("glm_hessian(Tensor X, Tensor S, float lam) -> Tensor");
+  // K independent CG solves of (X^T diag(S_k) X + lam I) x_k = B[:,k].
+  // precond: None, Jacobi inverse diagonal [d,K], or lower Cholesky factors [K,d,d].
+  // Returns (solution [d,K], iterations int64 [K], true residual norms [K]).
+  m.def(
+      "glm_cg(Tensor X, Tensor S, Tensor B, float lam, Tensor? x0, Tensor? precond, "
+      "float tol, int maxiter) -> (Tensor, Tensor, Tensor)");
+
+  // ---- 2. Generic CG support -------------------------------------------------------
+  // One fused CG step for K right-hand sides stored as columns of [d,K] tensors, given
+  // Ap = A p. Updates x, r, p, rz (= r.z), rr (= r.r), active and iterations in place.
+  // inv_diag: optional Jacobi preconditioner ([d,K] or [d,1]); threshold_sq [K]: a
+  // column stays active while rr > threshold_sq. No host synchronisation.
+  m.def(
+      "cg_update_(Tensor(a!) x, Tensor(b!) r, Tensor(c!) p, Tensor Ap, Tensor? inv_diag, "
+      "Tensor(d!) rz, Tensor(e!) rr, Tensor(f!) active, Tensor(g!) iterations, "
+      "Tensor threshold_sq) -> ()");
+
+  // ---- 3. Per-sample gradients of linear-like layers ---------------------------------
+  // A[B,T,in] activations, G[B,T,out] output gradients; per-sample weight gradient of
+  // sample b is sum_t G[b,t]^T A[b,t]. Bias gradient of sample b is sum_t G[b,t].
+  m.def("per_sample_grad(Tensor A, Tensor G) -> Tensor");  // [B,out,in]
+  // Squared per-sample gradient norms without materialising; bias included if `bias`.
+  m.def("per_sample_sq_norm(Tensor A, Tensor G, bool bias) -> Tensor");  // [B]
+  // <g_b, (W, b_vec)> for a parameter-shaped W[out,in] and optional bias vector [out].
+  m.def("per_sample_dot(Tensor A, Tensor G, Tensor W, Tensor? bias) -> Tensor");  // [B]
+  // sum_b w_b g_b for weights w[B] (clipped DP-SGD sums) as one GEMM -> [out,in].
+  m.def("per_sample_weighted_sum(Tensor A, Tensor G, Tensor w) -> Tensor");
+
+  // ---- 4. Neighbour search ----------------------------------------------------------
+  // For each row of Q[m,d], the k rows of P[n,d] with the largest (largest=True) or
+  // smallest squared Euclidean distance, without the full m x n matrix in memory.
+  // Returns (squared distances [m,k], indices int64 [m,k]), sorted best first.
+  m.def("knn_extreme(Tensor Q, Tensor P, int k, bool largest) -> (Tensor, Tensor)");
+}

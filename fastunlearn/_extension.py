@@ -1,0 +1,74 @@
+"""Loads the compiled op library and reports what it contains."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from typing import Any
+
+import torch
+
+_BUILD_INFO = os.path.join(os.path.dirname(__file__), "_build_info.json")
+
+try:
+    from . import _C  # noqa: F401  (importing registers torch.ops.fastunlearn.*)
+
+    _LOAD_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    _LOAD_ERROR = str(exc)
+
+
+def is_compiled() -> bool:
+    """Whether the compiled op library was found and loaded."""
+    return _LOAD_ERROR is None
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether ``torch.ops.fastunlearn.<op>`` has a kernel for ``device_type`` ('cpu'/'cuda')."""
+    if not is_compiled():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastunlearn::{op}", key)
+
+
+def backend() -> dict[str, Any]:
+    """Describe the compiled backends, the versions and the devices this process sees.
+
+    Returns:
+        A dict with keys ``version``, ``compiled`` (bool), ``load_error``, ``cpu`` (bool),
+        ``cuda`` (bool: CUDA kernels compiled in), ``cuda_arch_list``, ``torch``,
+        ``torch_cuda``, ``python``, ``ops`` (op name -> list of device types with a
+        kernel) and ``devices`` (list of device descriptions).
+    """
+    from . import __version__
+    from .ops import OP_NAMES
+
+    info: dict[str, Any] = {}
+    if os.path.exists(_BUILD_INFO):
+        with open(_BUILD_INFO) as f:
+            info = json.load(f)
+    devices = [{"type": "cpu", "name": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads()}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append({"type": "cuda", "index": i, "name": props.name,
+                            "capability": f"{props.major}.{props.minor}",
+                            "memory_gib": round(props.total_memory / 2**30, 1)})
+    ops = {name: [d for d in ("cpu", "cuda") if has_kernel(name, d)] for name in OP_NAMES}
+    return {
+        "version": __version__,
+        "compiled": is_compiled(),
+        "load_error": _LOAD_ERROR,
+        "cpu": is_compiled() and all("cpu" in v for v in ops.values()),
+        "cuda": is_compiled() and all("cuda" in v for v in ops.values()),
+        "cuda_arch_list": info.get("cuda_arch_list", ""),
+        "built_with_torch": info.get("built_with_torch"),
+        "built_with_cuda": info.get("built_with_cuda"),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "ops": ops,
+        "devices": devices,
+    }

@@ -1,0 +1,1 @@
+"""Per-sample gradient engine for nn.Modules."""

@@ -1,0 +1,1 @@
+"""Linear operators (GLM and network Hessians) and solvers (CG, PCG, LiSSA, Cholesky)."""

@@ -1,0 +1,52 @@
+"""Typed wrappers around the compiled ``torch.ops.fastunlearn`` operators.
+
+Families: GLM curvature (:mod:`.glm`), generic CG support (:mod:`.cg`), per-sample
+gradients of linear-like layers (:mod:`.per_sample`) and neighbour search (:mod:`.knn`).
+Float64 oracles for all of them are in :mod:`.reference`.
+"""
+
+from . import reference
+from .cg import cg_update_
+from .glm import CGResult, glm_cg, glm_hessian, glm_hvp, jacobi_inverse_diagonal
+from .knn import farthest_k, knn_extreme, nearest_k
+from .per_sample import (
+    per_sample_dot,
+    per_sample_grad,
+    per_sample_sq_norm,
+    per_sample_weighted_sum,
+)
+
+#: Every op in the ``fastunlearn`` namespace.
+OP_NAMES = (
+    "glm_hvp",
+    "glm_hessian",
+    "glm_cg",
+    "cg_update_",
+    "per_sample_grad",
+    "per_sample_sq_norm",
+    "per_sample_dot",
+    "per_sample_weighted_sum",
+    "knn_extreme",
+)
+
+__all__ = [
+    "OP_NAMES",
+    "reference",
+    # GLM curvature
+    "glm_hvp",
+    "glm_hessian",
+    "glm_cg",
+    "CGResult",
+    "jacobi_inverse_diagonal",
+    # CG support
+    "cg_update_",
+    # per-sample gradients
+    "per_sample_grad",
+    "per_sample_sq_norm",
+    "per_sample_dot",
+    "per_sample_weighted_sum",
+    # neighbour search
+    "knn_extreme",
+    "farthest_k",
+    "nearest_k",
+]

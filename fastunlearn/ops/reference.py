@@ -1,0 +1,136 @@
+"""Pure-PyTorch float64 oracles for every fastunlearn op.
+
+Each function computes in float64 with the plainest formula and returns float64 results
+(integer results as int64). Tests compare the compiled kernels against these; they are
+also a slow fallback for users without the compiled library.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "glm_hvp",
+    "glm_hessian",
+    "glm_cg",
+    "cg_update_",
+    "per_sample_grad",
+    "per_sample_sq_norm",
+    "per_sample_dot",
+    "per_sample_weighted_sum",
+    "knn_extreme",
+]
+
+
+def _d(t: Tensor) -> Tensor:
+    return t.detach().to(torch.float64)
+
+
+def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
+    """``X^T (S * (X V)) + lam V`` -> [d, K]."""
+    X, S, V = _d(X), _d(S), _d(V)
+    return X.T @ (S * (X @ V)) + lam * V
+
+
+def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
+    """``out[k] = X^T diag(S[:, k]) X + lam I`` -> [K, d, d]."""
+    X, S = _d(X), _d(S)
+    d = X.shape[1]
+    eye = torch.eye(d, dtype=torch.float64, device=X.device)
+    return torch.stack([X.T @ (S[:, k, None] * X) + lam * eye for k in range(S.shape[1])])
+
+
+def glm_cg(X: Tensor, S: Tensor, B: Tensor, lam: float) -> Tensor:
+    """The exact solutions the CG op converges to: ``H_k^{-1} B[:, k]`` -> [d, K]."""
+    H = glm_hessian(X, S, lam)
+    return torch.linalg.solve(H, _d(B).T.unsqueeze(-1)).squeeze(-1).T
+
+
+def cg_update_(
+    x: Tensor,
+    r: Tensor,
+    p: Tensor,
+    Ap: Tensor,
+    inv_diag: Tensor | None,
+    rz: Tensor,
+    rr: Tensor,
+    active: Tensor,
+    iterations: Tensor,
+    threshold_sq: Tensor,
+) -> None:
+    """One (preconditioned) CG step on the columns of [d, K] tensors, in place.
+
+    For active columns k (``active[k]`` true) with ``pAp = p_k . Ap_k > 0``::
+
+        alpha = rz_k / pAp;  x_k += alpha p_k;  r_k -= alpha Ap_k
+        z_k = inv_diag_k * r_k   (or r_k without a preconditioner)
+        rz_new = r_k . z_k;  beta = rz_new / rz_k;  p_k = z_k + beta p_k
+        rz_k = rz_new;  rr_k = r_k . r_k;  iterations_k += 1
+        active_k = rr_k > threshold_sq_k
+
+    A column with ``pAp <= 0`` (breakdown: the operator is not positive definite along p,
+    or p is zero) or a non-finite ``pAp`` is left unchanged and made inactive. Inactive
+    columns are never modified, except that ``active`` stays false.
+    """
+    K = x.shape[1]
+    for k in range(K):
+        if not bool(active[k]):
+            continue
+        pAp = float((_d(p[:, k]) * _d(Ap[:, k])).sum())
+        if not (pAp > 0.0) or pAp != pAp or pAp == float("inf"):
+            active[k] = False
+            continue
+        alpha = float(rz[k]) / pAp
+        xk = _d(x[:, k]) + alpha * _d(p[:, k])
+        rk = _d(r[:, k]) - alpha * _d(Ap[:, k])
+        zk = rk if inv_diag is None else _d(inv_diag[:, k if inv_diag.shape[1] > 1 else 0]) * rk
+        rz_new = float((rk * zk).sum())
+        beta = rz_new / float(rz[k]) if float(rz[k]) != 0.0 else 0.0
+        pk = zk + beta * _d(p[:, k])
+        x[:, k] = xk.to(x.dtype)
+        r[:, k] = rk.to(r.dtype)
+        p[:, k] = pk.to(p.dtype)
+        rz[k] = rz_new
+        rr[k] = float((rk * rk).sum())
+        iterations[k] += 1
+        active[k] = bool(rr[k] > threshold_sq[k])
+
+
+def per_sample_grad(A: Tensor, G: Tensor) -> Tensor:
+    """``out[b] = sum_t G[b, t]^T A[b, t]`` -> [B, out, in]."""
+    return torch.einsum("bto,bti->boi", _d(G), _d(A))
+
+
+def per_sample_sq_norm(A: Tensor, G: Tensor, bias: bool) -> Tensor:
+    """``||per_sample_grad[b]||_F^2`` (+ ``||sum_t G[b, t]||^2`` if ``bias``) -> [B]."""
+    out = per_sample_grad(A, G).pow(2).sum(dim=(1, 2))
+    if bias:
+        out = out + _d(G).sum(1).pow(2).sum(1)
+    return out
+
+
+def per_sample_dot(A: Tensor, G: Tensor, W: Tensor, bias: Tensor | None) -> Tensor:
+    """``<per_sample_grad[b], W>`` (+ ``<sum_t G[b, t], bias>``) -> [B]."""
+    out = (per_sample_grad(A, G) * _d(W)).sum(dim=(1, 2))
+    if bias is not None:
+        out = out + _d(G).sum(1) @ _d(bias)
+    return out
+
+
+def per_sample_weighted_sum(A: Tensor, G: Tensor, w: Tensor) -> Tensor:
+    """``sum_b w[b] per_sample_grad[b]`` -> [out, in]."""
+    return torch.einsum("b,boi->oi", _d(w), per_sample_grad(A, G))
+
+
+def knn_extreme(Q: Tensor, P: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
+    """Squared distances and indices of the k farthest (largest) or nearest rows of P.
+
+    Ties are broken by the smaller index of P. Returns ([m, k] float64, [m, k] int64).
+    """
+    D = torch.cdist(_d(Q), _d(P)).pow(2) if Q.shape[0] and P.shape[0] else torch.zeros(
+        Q.shape[0], P.shape[0], dtype=torch.float64, device=Q.device
+    )
+    # stable sort on the key gives smallest-index tie breaking
+    order = torch.sort(-D if largest else D, dim=1, stable=True).indices[:, :k]
+    return torch.gather(D, 1, order), order
