@@ -3,8 +3,10 @@
 // Kernels live in csrc/cpu/<family>_cpu.cpp and csrc/cuda/<family>_cuda.cu and register
 // themselves with TORCH_LIBRARY_IMPL(fastunlearn, CPU|CUDA, m). Python-side fake (meta)
 // kernels and autograd formulas live in fastunlearn/ops/<family>.py.
-#include <Python.h>
 #include <torch/library.h>
+
+#ifndef FASTUNLEARN_NO_PYTHON
+#include <Python.h>
 
 extern "C" {
 // Importing fastunlearn._C registers the ops below; the module itself is empty.
@@ -13,6 +15,7 @@ PyObject* PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 }
+#endif  // FASTUNLEARN_NO_PYTHON
 
 TORCH_LIBRARY(fastunlearn, m) {
   // ---- 1. GLM curvature (one-vs-rest logistic regression with K classes) -------------
