@@ -200,9 +200,10 @@ class PerSampleGradients:
         """DP-SGD sum of per-sample gradients each clipped to norm ``max_norm``.
 
         ``sum_b c_b g_b`` with ``c_b = clip_weights(||g_b||^2, max_norm)`` (``min(1,
-        max_norm / ||g_b||)``), computed book-keeping style from the per-sample norms and
-        one weighted-sum GEMM per layer, without a second backward pass. For the mean
-        over the batch, divide by B (or by the expected batch size, as DP-SGD does).
+        max_norm / (||g_b|| + 1e-6))``, as Opacus), computed book-keeping style from the
+        per-sample norms and one weighted-sum GEMM per layer, without a second backward
+        pass. For the mean over the batch, divide by B (or by the expected batch size, as
+        DP-SGD does).
 
         Args:
             inputs: Model inputs with the batch (size B) as dim 0.

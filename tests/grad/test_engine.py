@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DTYPES, tolerances
+from helpers import DEVICES, DTYPES, tolerances
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -130,7 +130,8 @@ def dots_of(ps, vec):
 
 
 def clipped_of(ps, max_norm):
-    c = (max_norm / sq_norms_of(ps).sqrt()).clamp(max=1.0)
+    # Opacus' clipping factor, which fastunlearn.ops.clip_weights follows.
+    c = (max_norm / (sq_norms_of(ps).sqrt() + 1e-6)).clamp(max=1.0)
     return {n: torch.tensordot(c, g, dims=1) for n, g in ps.items()}
 
 
@@ -143,10 +144,12 @@ def assert_dicts_close(got, want, **tol):
 # ---- agreement with the oracles -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", list(MODELS))
-def test_matches_torch_func(kind, dtype):
+def test_matches_torch_func(kind, dtype, device):
     model, x, y = make(kind, dtype)
+    model, x, y = model.to(device), x.to(device), y.to(device)
     ref = func_per_sample(model, x, y)
     tol = tolerances(dtype)
     eng = PerSampleGradients(model)
