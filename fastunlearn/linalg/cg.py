@@ -1,0 +1,324 @@
+"""Batched conjugate gradients for K right-hand sides, one fused update op per iteration.
+
+Each column of ``B`` is an independent CG solve (own step sizes, own stopping test). An
+iteration is exactly one operator call on the [d, K] block of search directions plus one
+:func:`fastunlearn.ops.cg_update_` launch that updates x, r, p, the residual norms and the
+per-column ``active`` flags on the device. The host only looks at ``active.any()`` every
+``check_every`` iterations, so between checks nothing waits for the device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
+
+__all__ = ["CGResult", "cg", "CGInverseOperator"]
+
+Matmat = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class CGResult:
+    """Outcome of :func:`cg`.
+
+    Attributes:
+        solution: Tensor[d] or Tensor[d, K] (the rank of ``B``).
+        iterations: int64 Tensor[K], CG steps taken per column.
+        residual_norms: Tensor[K], true residual norms ``||B - A x||`` per column, computed
+            with one extra operator call after the loop (not the recursive estimate).
+        converged: bool Tensor[K], ``residual_norms <= max(tol * ||b||, atol)``.
+        num_matvecs: Operator-vector products evaluated (operator calls times K), including
+            the initial residual for ``x0`` and the final true residual.
+        breakdown: bool Tensor[K], columns stopped because ``p^T A p <= 0`` or non-finite
+            (the operator is not positive definite along p); their solution is the last
+            finite iterate.
+
+    """
+
+    solution: Tensor
+    iterations: Tensor
+    residual_norms: Tensor
+    converged: Tensor
+    num_matvecs: int
+    breakdown: Tensor
+
+
+def _as_matmat(A: object) -> tuple[Matmat, int | None]:
+    if isinstance(A, LinearOperator):
+        return A.matmat, A.shape[1]
+    if callable(A):
+        return A, None
+    raise TypeError(f"'A' must be a LinearOperator or a callable, got {type(A).__name__}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
+    return value
+
+
+def _jacobi_from_operator(A: object, B: Tensor) -> Tensor:
+    diagonal = getattr(A, "diagonal", None)
+    if not callable(diagonal):
+        raise ValueError("precond='jacobi' needs an operator 'A' with a diagonal() method")
+    diag = diagonal()
+    if not bool(((diag > 0) & torch.isfinite(diag)).all()):
+        raise ValueError("precond='jacobi': the diagonal of 'A' must be positive and finite")
+    return _check_inv_diag(1.0 / diag, B)
+
+
+def _check_inv_diag(inv_diag: Tensor, B: Tensor) -> Tensor:
+    d, K = B.shape
+    if inv_diag.ndim == 1:
+        inv_diag = inv_diag.unsqueeze(1)
+    if inv_diag.ndim != 2 or inv_diag.shape[0] != d or inv_diag.shape[1] not in (1, K):
+        raise ValueError(
+            f"'precond' (inverse diagonal) must have shape [{d}], [{d}, 1] or [{d}, {K}], "
+            f"got {list(inv_diag.shape)}"
+        )
+    if inv_diag.dtype != B.dtype:
+        raise TypeError(f"'precond' must have dtype {B.dtype}, got {inv_diag.dtype}")
+    if inv_diag.device != B.device:
+        raise ValueError(f"'precond' must be on {B.device}, got {inv_diag.device}")
+    return inv_diag.contiguous()
+
+
+def _preconditioner(precond: object, A: object, B: Tensor) -> tuple[Tensor | None, Matmat | None]:
+    """Split ``precond`` into a Jacobi inverse diagonal (fused path) or a callable (unfused)."""
+    if precond is None:
+        return None, None
+    if isinstance(precond, str):
+        if precond != "jacobi":
+            raise ValueError(f"'precond' must be None, 'jacobi', a tensor or a callable, "
+                             f"got {precond!r}")
+        return _jacobi_from_operator(A, B), None
+    if isinstance(precond, Tensor):
+        inv_diag = _check_inv_diag(_check_float_tensor("precond", precond), B)
+        if not bool(((inv_diag > 0) & torch.isfinite(inv_diag)).all()):
+            raise ValueError("'precond' (inverse diagonal) must be positive and finite")
+        return inv_diag, None
+    if isinstance(precond, LinearOperator):
+        return None, precond.matmat
+    if callable(precond):
+        return None, precond
+    raise TypeError(f"'precond' must be None, 'jacobi', a tensor or a callable, "
+                    f"got {type(precond).__name__}")
+
+
+def _apply(f: Matmat, V: Tensor, name: str) -> Tensor:
+    out = f(V)
+    if not isinstance(out, Tensor) or out.shape != V.shape:
+        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"'{name}' must map a [d, K] block to [d, K], got {shape}")
+    return out
+
+
+def _pcg_update_(
+    x: Tensor, r: Tensor, p: Tensor, Ap: Tensor, M: Matmat, rz: Tensor, rr: Tensor,
+    active: Tensor, iterations: Tensor, threshold_sq: Tensor,
+) -> None:
+    """Plain-torch (unfused) twin of ``ops.cg_update_`` with a general preconditioner M."""
+    pAp = (p * Ap).sum(0)
+    ok = active & (pAp > 0) & torch.isfinite(pAp)
+    alpha = torch.where(ok, rz / torch.where(ok, pAp, 1.0), 0.0)
+    x.copy_(torch.where(ok, x + alpha * p, x))
+    r.copy_(torch.where(ok, r - alpha * Ap, r))
+    z = _apply(M, r, "precond")
+    rz_new = (r * z).sum(0)
+    beta = torch.where(ok & (rz != 0), rz_new / torch.where(rz != 0, rz, 1.0), 0.0)
+    p.copy_(torch.where(ok, z + beta * p, p))
+    rz.copy_(torch.where(ok, rz_new, rz))
+    rr.copy_(torch.where(ok, (r * r).sum(0), rr))
+    iterations.add_(ok.to(iterations.dtype))
+    active.copy_(ok & (rr > threshold_sq))
+
+
+def cg(
+    A: LinearOperator | Matmat,
+    B: Tensor,
+    *,
+    x0: Tensor | None = None,
+    tol: float = 1e-6,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    precond: Tensor | str | LinearOperator | Matmat | None = None,
+    check_every: int = 10,
+    callback: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> CGResult:
+    """Solve ``A X = B`` column by column with (preconditioned) conjugate gradients.
+
+    ``A`` must be symmetric positive definite on the columns it is applied to. Column k stops
+    when its recursive residual satisfies ``||r_k|| <= max(tol * ||b_k||, atol)`` (SciPy's
+    rule) or when CG breaks down on it (``p^T A p <= 0``); stopped columns are never modified
+    again. Convergence is tested on the host only every ``check_every`` iterations: the answer
+    does not depend on ``check_every``, only the number of wasted operator calls after the
+    last column stops (at most ``check_every - 1``).
+
+    Preconditioning:
+
+    - ``None``: plain CG.
+    - a tensor: Jacobi, the *inverse* diagonal ([d], [d, 1] or [d, K], positive), passed to the
+      fused op.
+    - ``"jacobi"``: the same with ``1 / A.diagonal()`` (operators that define ``diagonal()``:
+      :class:`~fastunlearn.linalg.DenseOperator`,
+      :class:`~fastunlearn.linalg.GLMHessianOperator`, ...).
+    - any other callable or LinearOperator ``M`` (applied as ``z = M(r)`` to [d, K]; must be
+      symmetric positive definite): runs an unfused plain-torch PCG step (several kernels
+      per iteration), with the same masking and stopping semantics.
+
+    Args:
+        A: A square LinearOperator, or a callable mapping [d, K] -> [d, K].
+        B: Tensor[d] or Tensor[d, K], right-hand sides.
+        x0: Initial guess shaped like ``B`` (default zeros; costs one extra operator call).
+        tol: Relative tolerance (>= 0).
+        atol: Absolute tolerance (>= 0).
+        maxiter: Maximum iterations (default ``10 * d``).
+        precond: See above.
+        check_every: Host convergence check period in iterations (>= 1).
+        callback: Called as ``callback(iteration, x, rr)`` after every iteration with the
+            live [d, K] iterate and the squared recursive residual norms [K]. Reading them
+            synchronises with the device.
+
+    Returns:
+        A :class:`CGResult`; ``solution`` has the rank of ``B``.
+
+    Raises:
+        TypeError: bad types of ``A``, ``B``, ``x0``, ``precond``, ints or dtype mismatches.
+        ValueError: wrong shapes, devices, negative ``tol``/``atol``/``maxiter``,
+            ``check_every < 1``, an unusable Jacobi diagonal, or an operator returning
+            the wrong shape.
+
+    """
+    matmat, d_op = _as_matmat(A)
+    B = _check_float_tensor("B", B)
+    if B.ndim not in (1, 2) or (d_op is not None and B.shape[0] != d_op):
+        expected = "[d] or [d, K]" if d_op is None else f"[{d_op}] or [{d_op}, K]"
+        raise ValueError(f"'B' must have shape {expected}, got {list(B.shape)}")
+    if isinstance(A, LinearOperator):
+        if B.dtype != A.dtype:
+            raise TypeError(f"'B' must have the operator's dtype {A.dtype}, got {B.dtype}")
+        if B.device != A.device:
+            raise ValueError(f"'B' must be on the operator's device {A.device}, got {B.device}")
+    tol = _check_nonnegative("tol", tol)
+    atol = _check_nonnegative("atol", atol)
+    d = B.shape[0]
+    maxiter = 10 * d if maxiter is None else _check_int("maxiter", maxiter, 0)
+    check_every = _check_int("check_every", check_every, 1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"'callback' must be callable, got {type(callback).__name__}")
+
+    vector = B.ndim == 1
+    Bm = B.unsqueeze(1) if vector else B
+    K = Bm.shape[1]
+    inv_diag, M = _preconditioner(precond, A, Bm)
+
+    num_calls = 0
+    if x0 is None:
+        x = torch.zeros_like(Bm, memory_format=torch.contiguous_format)
+        r = Bm.clone(memory_format=torch.contiguous_format)
+    else:
+        x0 = _check_float_tensor("x0", x0)
+        if x0.shape != B.shape:
+            raise ValueError(f"'x0' must have the shape of 'B' {list(B.shape)}, "
+                             f"got {list(x0.shape)}")
+        if x0.dtype != B.dtype:
+            raise TypeError(f"'x0' must have dtype {B.dtype}, got {x0.dtype}")
+        if x0.device != B.device:
+            raise ValueError(f"'x0' must be on {B.device}, got {x0.device}")
+        x = (x0.unsqueeze(1) if vector else x0).clone(memory_format=torch.contiguous_format)
+        r = (Bm - _apply(matmat, x, "A")).contiguous()
+        num_calls += 1
+
+    if inv_diag is not None:
+        z = r * inv_diag
+    elif M is not None:
+        z = _apply(M, r, "precond")
+    else:
+        z = r
+    p = z.clone(memory_format=torch.contiguous_format)
+    rz = (r * z).sum(0)
+    rr = (r * r).sum(0)
+    threshold = torch.clamp(tol * torch.linalg.vector_norm(Bm, dim=0), min=atol)
+    threshold_sq = threshold.square()
+    active = rr > threshold_sq
+    iterations = torch.zeros(K, dtype=torch.int64, device=B.device)
+
+    for it in range(maxiter):
+        # The only host synchronisation of the loop, once every check_every iterations.
+        if it % check_every == 0 and not bool(active.any()):
+            break
+        Ap = _apply(matmat, p, "A")
+        num_calls += 1
+        if M is None:
+            ops.cg_update_(x, r, p, Ap, inv_diag, rz, rr, active, iterations, threshold_sq)
+        else:
+            _pcg_update_(x, r, p, Ap, M, rz, rr, active, iterations, threshold_sq)
+        if callback is not None:
+            callback(it + 1, x, rr)
+
+    residual_norms = torch.linalg.vector_norm(Bm - _apply(matmat, x, "A"), dim=0)
+    num_calls += 1
+    # Inactive although the recursive residual is still above the threshold: breakdown.
+    breakdown = ~active & (rr > threshold_sq)
+    return CGResult(
+        solution=x.squeeze(1) if vector else x,
+        iterations=iterations,
+        residual_norms=residual_norms,
+        converged=residual_norms <= threshold,
+        num_matvecs=num_calls * K,
+        breakdown=breakdown,
+    )
+
+
+_CG_KEYWORDS = frozenset(
+    name for name, p in inspect.signature(cg).parameters.items() if p.kind is p.KEYWORD_ONLY
+) - {"x0"}
+
+
+class CGInverseOperator(LinearOperator):
+    """``A^{-1}`` as an operator: each product runs :func:`cg` on the given columns.
+
+    Args:
+        A: The symmetric positive definite LinearOperator to invert.
+        **cg_kwargs: Keyword arguments of :func:`cg` (``tol``, ``atol``, ``maxiter``,
+            ``precond``, ``check_every``, ``callback``).
+
+    Attributes:
+        last_result: The :class:`CGResult` of the most recent product (None before).
+        num_matvecs: Products with ``A`` evaluated over all solves so far.
+
+    Raises:
+        TypeError: ``A`` is not a LinearOperator, or an unknown keyword.
+
+    """
+
+    def __init__(self, A: LinearOperator, **cg_kwargs: object) -> None:
+        if not isinstance(A, LinearOperator):
+            raise TypeError(f"'A' must be a LinearOperator, got {type(A).__name__}")
+        unknown = sorted(set(cg_kwargs) - _CG_KEYWORDS)
+        if unknown:
+            raise TypeError(f"'cg_kwargs': unknown keyword(s) {unknown}; "
+                            f"allowed: {sorted(_CG_KEYWORDS)}")
+        self.A = A
+        self.cg_kwargs = cg_kwargs
+        self.last_result: CGResult | None = None
+        self.num_matvecs = 0
+        self.shape = A.shape
+        self.dtype = A.dtype
+        self.device = A.device
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """``A^{-1} V`` by CG, V [d, K] -> [d, K]."""
+        result = cg(self.A, self._check_block(V), **self.cg_kwargs)
+        self.last_result = result
+        self.num_matvecs += result.num_matvecs
+        return result.solution

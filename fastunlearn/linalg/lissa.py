@@ -1,0 +1,248 @@
+r"""LiSSA: stochastic Neumann-series estimate of an inverse Hessian-vector product.
+
+Recursion (Agarwal et al.; the parametrisation of the machine-unlearning reference code)::
+
+    h_0 = b,    h_j = b + (1 - damping) h_{j-1} - H_j h_{j-1} / scale,    estimate = h_depth / scale
+
+**What it converges to.** A fixed point satisfies ``h = b + (1 - damping) h - H h / scale``,
+i.e. ``(damping * scale * I + H) (h / scale) = b``, so the estimate converges to
+
+.. math:: (H + \mathrm{damping} \cdot \mathrm{scale} \cdot I)^{-1} b
+
+(the effective Tikhonov damping is ``damping * scale``, not ``damping``). With mini-batches,
+H is the expected batch Hessian ``E[H_j]``.
+
+**When it converges.** The error obeys ``e_j = T e_{j-1}`` with
+``T = (1 - damping) I - H / scale``; it converges iff the spectral radius of T is below 1,
+i.e. every eigenvalue of ``damping * I + H / scale`` lies in (0, 2), i.e. every eigenvalue of
+H lies in ``(-damping * scale, (2 - damping) * scale)``. Too small a ``scale`` (below about
+``lambda_max(H) / 2``) makes it diverge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
+
+__all__ = ["LissaResult", "LissaDivergenceError", "lissa"]
+
+#: An update norm this many times above the smallest one seen so far means divergence: in a
+#: convergent run the update norms shrink (geometrically when H is fixed, to a noise floor
+#: with mini-batches), while in a divergent run they grow geometrically.
+GROWTH_FACTOR = 1e3
+
+
+class LissaDivergenceError(RuntimeError):
+    """Raised when the LiSSA recursion diverges (non-finite or growing update norms).
+
+    Attributes:
+        step: The step at which divergence was detected.
+        history: Update norms recorded up to that step (see :class:`LissaResult`).
+
+    """
+
+    def __init__(self, message: str, step: int, history: list[float]) -> None:
+        super().__init__(message)
+        self.step = step
+        self.history = history
+
+
+@dataclass(frozen=True)
+class LissaResult:
+    """Outcome of :func:`lissa`.
+
+    Attributes:
+        solution: The estimate of ``(H + damping * scale * I)^{-1} b``, shaped like ``b``,
+            averaged over repetitions.
+        num_hvps: Hessian-vector products evaluated (steps x repetitions x columns).
+        history: float64 CPU Tensor[repetitions, C]: the update norm
+            ``||h_j - h_{j-1}|| / scale`` (the change of the estimate) at the checked steps.
+        steps: int64 CPU Tensor[C], the step numbers j of the history columns.
+
+    """
+
+    solution: Tensor
+    num_hvps: int
+    history: Tensor
+    steps: Tensor
+
+
+def _cycle(batches: Iterable[Any]) -> Iterator[Any]:
+    """Cycle through ``batches`` forever, re-iterating it (a shuffling loader reshuffles)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("'batches' yielded no batch")
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"'{name}' must be >= 1, got {value}")
+    return value
+
+
+def lissa(
+    hvp: LinearOperator | Callable[..., Tensor],
+    b: Tensor,
+    *,
+    damping: float = 0.0,
+    scale: float = 10.0,
+    depth: int = 5000,
+    repetitions: int = 1,
+    batches: Iterable[Any] | None = None,
+    progress: bool = False,
+    check_every: int = 10,
+) -> LissaResult:
+    """Estimate ``(H + damping * scale * I)^{-1} b`` with the LiSSA recursion.
+
+    See the module docstring for the derivation of the fixed point and the convergence
+    condition (every eigenvalue of ``damping * I + H / scale`` in (0, 2)).
+
+    Divergence is an error, never a silent result: every ``check_every`` steps and at the last
+    step the update norm ``||h_j - h_{j-1}||`` is read on the host; a non-finite value, or one
+    more than :data:`GROWTH_FACTOR` times the smallest seen so far, raises
+    :class:`LissaDivergenceError` (increase ``scale`` or ``damping``).
+
+    Args:
+        hvp: The Hessian product. Without ``batches``: a LinearOperator or a callable
+            ``hvp(v)`` on tensors shaped like ``b``. With ``batches``: a callable
+            ``hvp(v, batch)`` giving ``H_j v`` on the j-th batch, or a
+            :class:`~fastunlearn.linalg.NetworkHessianOperator`, called as
+            ``hvp.matmat_on(v, *batch)`` with ``batch = (inputs, targets)`` (its own
+            ``damping`` is included in H). Summed-loss Hessians of a batch grow with the
+            batch size; pick ``scale`` for the batch Hessian.
+        b: Tensor[d] or Tensor[d, K] (columns are estimated independently).
+        damping: ``>= 0``; the effective damping is ``damping * scale``.
+        scale: ``> 0``; must exceed about ``lambda_max(H) / (2 - damping)``.
+        depth: Recursion steps per repetition (>= 1).
+        repetitions: Independent runs averaged (>= 1); with ``batches`` they continue
+            through the batch stream (re-iterated when exhausted).
+        batches: Optional iterable of batches for stochastic Hessians, cycled.
+        progress: Show a tqdm progress bar.
+        check_every: Host divergence check period in steps (>= 1).
+
+    Returns:
+        A :class:`LissaResult`.
+
+    Raises:
+        TypeError: bad types of ``hvp``, ``b`` or the integer arguments.
+        ValueError: bad shapes, ``damping < 0``, ``scale <= 0``, ``depth``, ``repetitions``
+            or ``check_every`` below 1, empty ``batches``, or ``hvp`` returning a wrong shape.
+        LissaDivergenceError: the recursion diverged.
+
+    """
+    b = _check_float_tensor("b", b)
+    if b.ndim not in (1, 2):
+        raise ValueError(f"'b' must have shape [d] or [d, K], got {list(b.shape)}")
+    damping = _check_nonnegative("damping", damping)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"'scale' must be a real number, got {type(scale).__name__}")
+    scale = float(scale)
+    if not (scale > 0.0 and math.isfinite(scale)):
+        raise ValueError(f"'scale' must be finite and > 0, got {scale}")
+    depth = _check_positive_int("depth", depth)
+    repetitions = _check_positive_int("repetitions", repetitions)
+    check_every = _check_positive_int("check_every", check_every)
+    apply = _hvp_function(hvp, b, stochastic=batches is not None)
+    stream = _cycle(batches) if batches is not None else None
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=depth * repetitions, desc="LiSSA", unit="hvp")
+
+    steps = [j for j in range(1, depth + 1) if j % check_every == 0 or j == depth]
+    history = torch.zeros(repetitions, len(steps), dtype=torch.float64)
+    total = torch.zeros_like(b)
+    try:
+        for rep in range(repetitions):
+            h = b.clone()
+            smallest = math.inf
+            checked = 0
+            for j in range(1, depth + 1):
+                Hh = apply(h, next(stream) if stream is not None else None)
+                h_new = b + (1.0 - damping) * h - Hh / scale
+                if j == steps[checked]:
+                    update = float(torch.linalg.vector_norm(h_new - h)) / scale
+                    history[rep, checked] = update
+                    checked += 1
+                    floor = torch.finfo(b.dtype).eps * float(torch.linalg.vector_norm(h_new))
+                    smallest = min(smallest, max(update, floor / scale))
+                    if not math.isfinite(update) or update > GROWTH_FACTOR * smallest:
+                        raise LissaDivergenceError(
+                            f"LiSSA diverged at step {j} of repetition {rep} (update norm "
+                            f"{update:.3g}): it converges only if every eigenvalue of H lies "
+                            f"in (-damping*scale, (2-damping)*scale) = "
+                            f"({-damping * scale + 0.0:.3g}, {(2.0 - damping) * scale:.3g}); "
+                            f"increase 'scale' or 'damping'",
+                            step=j,
+                            history=history[rep, :checked].tolist(),
+                        )
+                h = h_new
+                if bar is not None:
+                    bar.update(1)
+            total += h / scale
+    finally:
+        if bar is not None:
+            bar.close()
+    K = 1 if b.ndim == 1 else b.shape[1]
+    return LissaResult(
+        solution=total / repetitions,
+        num_hvps=depth * repetitions * K,
+        history=history,
+        steps=torch.tensor(steps, dtype=torch.int64),
+    )
+
+
+def _hvp_function(
+    hvp: object, b: Tensor, *, stochastic: bool
+) -> Callable[[Tensor, Any], Tensor]:
+    """Normalise ``hvp`` to ``f(v, batch) -> H v`` with a shape check on the result."""
+    if isinstance(hvp, LinearOperator):
+        if hvp.shape[1] != b.shape[0]:
+            raise ValueError(f"'b' must have {hvp.shape[1]} rows, got {list(b.shape)}")
+        if stochastic:
+            matmat_on = getattr(hvp, "matmat_on", None)
+            if not callable(matmat_on):
+                raise TypeError("'hvp' with 'batches' must be callable as hvp(v, batch) or "
+                                "define matmat_on(V, inputs, targets)")
+
+            def raw(v: Tensor, batch: Any) -> Tensor:
+                V = v.unsqueeze(1) if v.ndim == 1 else v
+                out = matmat_on(V, *batch)
+                return out.squeeze(1) if v.ndim == 1 else out
+
+        else:
+
+            def raw(v: Tensor, batch: Any) -> Tensor:
+                return hvp @ v
+
+    elif callable(hvp):
+
+        def raw(v: Tensor, batch: Any) -> Tensor:
+            return hvp(v, batch) if stochastic else hvp(v)
+
+    else:
+        raise TypeError(f"'hvp' must be a LinearOperator or a callable, got {type(hvp).__name__}")
+
+    def checked(v: Tensor, batch: Any) -> Tensor:
+        out = raw(v, batch)
+        if not isinstance(out, Tensor) or out.shape != v.shape:
+            shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"'hvp' must return a tensor of shape {list(v.shape)}, got {shape}")
+        return out
+
+    return checked

@@ -1,0 +1,349 @@
+"""Matrix-free Hessian of a network's loss w.r.t. a subset of its parameters (torch.func).
+
+The selected parameters are flattened into one vector in the order of
+``model.named_parameters()`` (registration order, tied parameters once), whatever order
+``params`` lists them in. :func:`flatten_params` and :func:`unflatten_like` convert between
+that vector and the list of parameter-shaped tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from .operators import LinearOperator, _check_nonnegative
+
+__all__ = [
+    "NetworkHessianOperator",
+    "selected_parameter_names",
+    "params_vector",
+    "flatten_params",
+    "unflatten_like",
+]
+
+LossFn = Callable[[Any, Any], Tensor]
+ParamSpec = Iterable[str | nn.Parameter] | None
+
+_MODES = ("fwd-rev", "rev-rev")
+
+
+def selected_parameter_names(model: nn.Module, params: ParamSpec = None) -> list[str]:
+    """Names of the selected parameters, in ``model.named_parameters()`` order.
+
+    Args:
+        model: The network.
+        params: None for all parameters with ``requires_grad``; otherwise an iterable of
+            parameter names (as in ``named_parameters()``) and/or ``nn.Parameter`` objects of
+            ``model``. A single name is accepted too.
+
+    Returns:
+        The selected names, without duplicates, in registration order.
+
+    Raises:
+        TypeError: ``model`` is not an nn.Module, or ``params`` holds something else than
+            names and parameters.
+        ValueError: an unknown name, a tensor that is not a parameter of ``model``, or an
+            empty selection.
+
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    named = list(model.named_parameters())
+    if params is None:
+        names = [n for n, p in named if p.requires_grad]
+        if not names:
+            raise ValueError("'params': the model has no trainable parameters")
+        return names
+    if isinstance(params, (str, Tensor)):
+        params = [params]
+    by_name = {n: p for n, p in named}
+    by_id = {id(p): n for n, p in named}
+    chosen: set[str] = set()
+    for item in params:
+        if isinstance(item, str):
+            if item not in by_name:
+                known = ", ".join(by_name) or "none"
+                raise ValueError(f"'params': unknown parameter name {item!r} (known: {known})")
+            chosen.add(item)
+        elif isinstance(item, Tensor):
+            if id(item) not in by_id:
+                raise ValueError("'params': a given tensor is not a parameter of 'model'")
+            chosen.add(by_id[id(item)])
+        else:
+            raise TypeError(
+                f"'params' must hold parameter names or nn.Parameter objects, "
+                f"got {type(item).__name__}"
+            )
+    if not chosen:
+        raise ValueError("'params' selects no parameters")
+    return [n for n, _ in named if n in chosen]
+
+
+def flatten_params(tensors: Iterable[Tensor]) -> Tensor:
+    """Concatenate tensors into one vector (each flattened in row-major order).
+
+    Args:
+        tensors: Parameter-shaped tensors of one dtype and device.
+
+    Returns:
+        Tensor[P] with P the total number of elements.
+
+    Raises:
+        ValueError: ``tensors`` is empty.
+
+    """
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("'tensors' must hold at least one tensor")
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten_like(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Split a vector into views shaped like ``like`` (inverse of :func:`flatten_params`).
+
+    Args:
+        vector: Tensor[P] with P = total number of elements of ``like``.
+        like: Tensors giving the shapes.
+
+    Returns:
+        Views of ``vector``, one per tensor of ``like``.
+
+    Raises:
+        TypeError: ``vector`` is not a tensor.
+        ValueError: ``vector`` is not 1-D or has the wrong length.
+
+    """
+    if not isinstance(vector, Tensor):
+        raise TypeError(f"'vector' must be a torch.Tensor, got {type(vector).__name__}")
+    sizes = [t.numel() for t in like]
+    if vector.ndim != 1 or vector.numel() != sum(sizes):
+        raise ValueError(f"'vector' must have shape [{sum(sizes)}], got {list(vector.shape)}")
+    return [chunk.view(t.shape) for chunk, t in zip(vector.split(sizes), like, strict=True)]
+
+
+def params_vector(model: nn.Module, params: ParamSpec = None) -> Tensor:
+    """Copy the selected parameters of ``model`` into one detached vector.
+
+    Args:
+        model: The network.
+        params: Selection as in :func:`selected_parameter_names`.
+
+    Returns:
+        Tensor[P] in ``model.named_parameters()`` order.
+
+    """
+    named = dict(model.named_parameters())
+    names = selected_parameter_names(model, params)
+    return flatten_params(named[n].detach() for n in names).clone()
+
+
+def _functional_loss(
+    model: nn.Module, loss_fn: LossFn, names: list[str]
+) -> Callable[[tuple[Tensor, ...], Any, Any], Tensor]:
+    """Loss as a function of the selected parameters; others and buffers held fixed."""
+
+    def loss(selected: tuple[Tensor, ...], inputs: Any, targets: Any) -> Tensor:
+        # Re-read the model at call time so the operator follows in-place parameter updates.
+        state: dict[str, Tensor] = {n: p.detach() for n, p in model.named_parameters()}
+        state.update(dict(model.named_buffers()))
+        state.update(zip(names, selected, strict=True))
+        return loss_fn(functional_call(model, state, (inputs,)), targets)
+
+    return loss
+
+
+class NetworkHessianOperator(LinearOperator):
+    """Hessian of ``loss_fn(model(inputs), targets)`` w.r.t. selected parameters (+ damping).
+
+    The loss is used exactly as given. Influence and unlearning code passes a loss with
+    ``reduction="sum"``: then the mini-batched product (``batch_size``) equals the full-data
+    product. With ``reduction="mean"`` each batch is averaged on its own and the sum of the
+    batch products is *not* the full-data Hessian.
+
+    Products are computed with :mod:`torch.func` over
+    ``functional_call(model, ...)``, the non-selected parameters and all buffers held fixed:
+
+    - ``mode="fwd-rev"``: forward-over-reverse, ``jvp(grad(loss))`` (usually least memory).
+    - ``mode="rev-rev"``: reverse-over-reverse, ``vjp(grad(loss))`` (the double-backward
+      fallback where forward-mode AD is missing; the Hessian is symmetric so vjp = jvp).
+
+    The K columns of a block are vectorised with ``vmap``; if the model cannot be vmapped
+    (e.g. it calls ``.item()``), the operator falls back to a loop over columns and remembers
+    that (``vectorized`` becomes False). The parameters are read from ``model`` at every
+    product, so in-place updates are seen. Put the model in ``eval()`` mode (dropout and
+    batch-norm statistics make the loss non-deterministic or mutate buffers).
+
+    Args:
+        model: The network; called as ``model(inputs)``.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``; must be twice differentiable.
+        inputs: Tensor[n, ...], sliced along dim 0 for mini-batching.
+        targets: Tensor[n, ...].
+        params: None (all trainable parameters), or names / ``nn.Parameter`` objects; see
+            :func:`selected_parameter_names`. Flattened in ``named_parameters()`` order.
+        mode: ``"fwd-rev"`` or ``"rev-rev"``.
+        damping: Non-negative constant added on the diagonal (``H + damping I``).
+        batch_size: None for one batch, or the number of rows per mini-batch; the product
+            is the sum of the per-batch products.
+
+    Attributes:
+        param_names: The selected parameter names, in flattening order.
+        num_hvps: Number of full-data Hessian-vector products evaluated so far (one per
+            column; mini-batching does not change the count).
+        vectorized: Whether columns are still processed with ``vmap``.
+
+    Raises:
+        TypeError: bad ``model``, ``loss_fn``, ``inputs``/``targets`` or ``params`` types.
+        ValueError: unknown ``params`` names, bad ``mode``, negative ``damping``, bad
+            ``batch_size``, ``inputs``/``targets`` of different lengths, or selected
+            parameters of mixed dtypes/devices.
+
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        params: ParamSpec = None,
+        mode: str = "fwd-rev",
+        damping: float = 0.0,
+        batch_size: int | None = None,
+    ) -> None:
+        self.param_names = selected_parameter_names(model, params)
+        if not callable(loss_fn):
+            raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
+        if mode not in _MODES:
+            raise ValueError(f"'mode' must be one of {_MODES}, got {mode!r}")
+        self.damping = _check_nonnegative("damping", damping)
+        _check_data(inputs, targets)
+        self.batch_size = _check_batch_size(batch_size)
+
+        named = dict(model.named_parameters())
+        selected = [named[n] for n in self.param_names]
+        dtypes = {p.dtype for p in selected}
+        devices = {p.device for p in selected}
+        if len(dtypes) != 1 or len(devices) != 1:
+            raise ValueError("'params': the selected parameters must share one dtype and device")
+        if not selected[0].is_floating_point():
+            raise TypeError(f"'params' must be floating, got {selected[0].dtype}")
+
+        self.model = model
+        self.loss_fn = loss_fn
+        self.inputs = inputs
+        self.targets = targets
+        self.mode = mode
+        self.num_hvps = 0
+        self.vectorized = True
+        self._loss = _functional_loss(model, loss_fn, self.param_names)
+        d = sum(p.numel() for p in selected)
+        self.shape = (d, d)
+        self.dtype = selected[0].dtype
+        self.device = selected[0].device
+
+    def _primals(self) -> tuple[Tensor, ...]:
+        named = dict(self.model.named_parameters())
+        return tuple(named[n].detach() for n in self.param_names)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """``(H + damping I) V`` on the stored data, V [d, K] -> [d, K]."""
+        return self.matmat_on(V, self.inputs, self.targets)
+
+    def matmat_on(self, V: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
+        """``(H_D + damping I) V`` with ``H_D`` the Hessian of the loss on other data D.
+
+        Useful for stochastic solvers (LiSSA over mini-batches). Uses ``batch_size``.
+
+        Args:
+            V: Tensor[d, K].
+            inputs: Tensor[m, ...].
+            targets: Tensor[m, ...].
+
+        Returns:
+            Tensor[d, K].
+
+        """
+        V = self._check_block(V)
+        _check_data(inputs, targets)
+        K = V.shape[1]
+        primals = self._primals()
+        # Columns -> per-parameter tangents with the column index leading: [K, *shape].
+        tangents = tuple(
+            chunk.T.reshape(K, *p.shape)
+            for chunk, p in zip(V.split([p.numel() for p in primals]), primals, strict=True)
+        )
+        n = inputs.shape[0]
+        step = self.batch_size or max(n, 1)
+        out: tuple[Tensor, ...] | None = None
+        with torch.no_grad():  # no graph for the caller; torch.func ignores the outer mode
+            for start in range(0, n if K > 0 else 0, step):
+                stop = start + step
+                part = self._hvp_batch(primals, tangents, inputs[start:stop], targets[start:stop])
+                out = part if out is None else tuple(a + b for a, b in zip(out, part, strict=True))
+        self.num_hvps += K
+        if out is None:
+            result = torch.zeros_like(V)
+        else:
+            result = torch.cat([t.reshape(K, -1) for t in out], dim=1).T.contiguous()
+        if self.damping:
+            result = result.add_(V, alpha=self.damping)
+        return result
+
+    def _hvp_batch(
+        self, primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...], x: Tensor, y: Tensor
+    ) -> tuple[Tensor, ...]:
+        """Hessian products on one batch for K stacked tangents -> tuple of [K, *shape]."""
+
+        def grad_fn(p: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            return grad(self._loss)(p, x, y)
+
+        if self.mode == "fwd-rev":
+
+            def one(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                return jvp(grad_fn, (primals,), (t,))[1]
+
+        else:
+            _, vjp_fn = vjp(grad_fn, primals)
+
+            def one(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                return vjp_fn(t)[0]
+
+        K = tangents[0].shape[0]
+        if K == 1:
+            return tuple(h.unsqueeze(0) for h in one(tuple(t[0] for t in tangents)))
+        if self.vectorized:
+            try:
+                return vmap(one)(tangents)
+            except RuntimeError:
+                # Some models cannot be vmapped (data-dependent control flow, .item()):
+                # loop over the columns from now on. A genuine error re-raises below.
+                self.vectorized = False
+        columns = [one(tuple(t[k] for t in tangents)) for k in range(K)]
+        return tuple(torch.stack(parts) for parts in zip(*columns, strict=True))
+
+
+def _check_data(inputs: object, targets: object) -> None:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"'inputs' must be a torch.Tensor, got {type(inputs).__name__}")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"'targets' must be a torch.Tensor, got {type(targets).__name__}")
+    if inputs.ndim == 0 or targets.ndim == 0 or inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"'inputs' and 'targets' must have the same length along dim 0, "
+            f"got {list(inputs.shape)} and {list(targets.shape)}"
+        )
+
+
+def _check_batch_size(batch_size: object) -> int | None:
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"'batch_size' must be an int or None, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
+    return batch_size
