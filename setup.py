@@ -22,9 +22,8 @@ import shutil
 import sys
 import sysconfig
 
-from setuptools import find_packages, setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -118,7 +117,7 @@ def make_extension():
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
     sources += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
-    cxx += ["-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    cxx += ["-fopenmp"]
     extra = {"cxx": cxx}
     include_dirs = [CSRC]
     define_macros = []
@@ -139,7 +138,7 @@ def make_extension():
     print("=" * 72)
     print("fastunlearn build configuration")
     print(f"  torch {torch.__version__} (CUDA {torch.version.cuda})")
-    print(f"  CPU kernels : yes")
+    print("  CPU kernels : yes")
     print(f"  CUDA kernels: {'yes' if build_cuda else 'no'} ({why})")
     if build_cuda:
         print(f"  CUDA_HOME   : {cpp_extension.CUDA_HOME}")

@@ -2,9 +2,11 @@
 
 __version__ = "0.1.0"
 
+from . import (
+    grad,  # noqa: E402
+    linalg,  # noqa: E402
+    ops,  # noqa: E402
+)
 from ._extension import backend, is_compiled  # noqa: E402
-from . import ops  # noqa: E402
-from . import linalg  # noqa: E402
-from . import grad  # noqa: E402
 
 __all__ = ["__version__", "backend", "is_compiled", "ops", "linalg", "grad"]

@@ -40,6 +40,7 @@ def backend() -> dict[str, Any]:
         ``cuda`` (bool: CUDA kernels compiled in), ``cuda_arch_list``, ``torch``,
         ``torch_cuda``, ``python``, ``ops`` (op name -> list of device types with a
         kernel) and ``devices`` (list of device descriptions).
+
     """
     from . import __version__
     from .ops import OP_NAMES

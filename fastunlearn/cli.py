@@ -55,7 +55,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fastunlearn`` command."""
+    """Build the argument parser of the ``fastunlearn`` command."""
     parser = argparse.ArgumentParser(
         prog="fastunlearn", description="Machine unlearning on fused C++/CUDA kernels."
     )

@@ -10,4 +10,6 @@ DTYPES = [torch.float32, torch.float64]
 
 def tolerances(dtype: torch.dtype) -> dict:
     """assert_close tolerances against a float64 oracle."""
-    return {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    if dtype == torch.float32:
+        return {"rtol": 1e-4, "atol": 1e-4}
+    return {"rtol": 1e-10, "atol": 1e-10}

@@ -42,7 +42,7 @@ def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
 
 
 def glm_cg(X: Tensor, S: Tensor, B: Tensor, lam: float) -> Tensor:
-    """The exact solutions the CG op converges to: ``H_k^{-1} B[:, k]`` -> [d, K]."""
+    """Solve each class exactly: ``H_k^{-1} B[:, k]`` -> [d, K] (what the CG op converges to)."""
     H = glm_hessian(X, S, lam)
     return torch.linalg.solve(H, _d(B).T.unsqueeze(-1)).squeeze(-1).T
 
