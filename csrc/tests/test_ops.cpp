@@ -89,8 +89,11 @@ void test_cg_update() {
   auto rz = (r * r).sum(0), rr = rz.clone();
   auto active = at::ones({K}, at::kBool), iters = at::zeros({K}, at::kLong);
   auto thr = 1e-24 * (b * b).sum(0);
-  auto step = op<void(Tensor&, Tensor&, Tensor&, const Tensor&, const std::optional<Tensor>&,
-                      Tensor&, Tensor&, Tensor&, Tensor&, const Tensor&)>("fastunlearn::cg_update_");
+  // mutable Tensor(a!) arguments are passed as const Tensor& (the tensor handle is const,
+  // its data is written in place)
+  auto step = op<void(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                      const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+                      const Tensor&, const Tensor&)>("fastunlearn::cg_update_");
   for (int i = 0; i < 3 * d; ++i) {
     auto Ap = A.mm(p);
     step.call(x, r, p, Ap, std::nullopt, rz, rr, active, iters, thr);

@@ -5,6 +5,9 @@ gradients of linear-like layers (:mod:`.per_sample`) and neighbour search (:mod:
 Float64 oracles for all of them are in :mod:`.reference`.
 """
 
+# loads the compiled library first: the wrappers below register fake kernels and autograd
+# formulas for ops that must already exist
+from .. import _extension  # noqa: F401  # isort: skip
 from . import reference
 from .cg import cg_update_
 from .glm import CGResult, glm_cg, glm_hessian, glm_hvp, jacobi_inverse_diagonal

@@ -38,7 +38,8 @@ def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
     X, S = _d(X), _d(S)
     d = X.shape[1]
     eye = torch.eye(d, dtype=torch.float64, device=X.device)
-    return torch.stack([X.T @ (S[:, k, None] * X) + lam * eye for k in range(S.shape[1])])
+    # einsum rather than a stack of per-class products so that K = 0 gives an empty [0, d, d]
+    return torch.einsum("nk,ni,nj->kij", S, X, X) + lam * eye
 
 
 def glm_cg(X: Tensor, S: Tensor, B: Tensor, lam: float) -> Tensor:
