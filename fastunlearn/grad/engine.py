@@ -1,0 +1,427 @@
+"""Per-sample gradients of any ``nn.Module`` from one forward and one backward pass.
+
+Forward hooks capture each parameterised layer's inputs and the autograd edges of its
+outputs; one ``torch.autograd.grad`` call gives the loss gradients w.r.t. those outputs
+(never touching ``.grad``), and the layer rules in :mod:`.layers` (or the ``torch.func``
+fallback in :mod:`.fallback`) turn them into per-sample norms, dot products, clipped sums or
+materialised gradients. The gradient edges are taken when the layer returns, so a later
+in-place op on its output (``ReLU(inplace=True)``) does not change what is captured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.utils._pytree import tree_flatten
+
+from ..ops.per_sample import clip_weights
+from .fallback import FunctorchRule
+from .layers import CapturedLayer, LayerCall, LayerRule, find_rule
+
+__all__ = ["PerSampleGradients", "LossFn"]
+
+#: ``loss_fn(outputs, targets)``: a scalar reduced over the batch as ``loss_reduction`` says,
+#: or a [B] tensor of per-sample losses.
+LossFn = Callable[[Any, Any], Tensor]
+
+_REDUCTIONS = ("sum", "mean")
+_FALLBACK = FunctorchRule()
+
+
+class _Layer:
+    """A module with selected direct parameters, and how to handle it."""
+
+    def __init__(self, name: str, module: nn.Module, names: dict[str, str]) -> None:
+        self.name = name
+        self.module = module
+        self.names = names  # local parameter name -> qualified name in the model
+
+    def rule(self) -> LayerRule:
+        return find_rule(self.module) or _FALLBACK
+
+
+class _Pending:
+    """What a forward hook records for one call, before the backward pass."""
+
+    def __init__(self, args: tuple, kwargs: dict, edges: dict[int, GradientEdge]) -> None:
+        self.args, self.kwargs, self.edges = args, kwargs, edges
+        self.versions = [t._version for t in tree_flatten((args, kwargs))[0]
+                         if isinstance(t, Tensor)]
+
+
+class PerSampleGradients:
+    """Per-sample gradients of a model's parameters, their norms, dots and clipped sums.
+
+    Each method runs the model once forward and once backward on a batch, with hooks that
+    are removed before it returns; the model's parameters, ``.grad`` fields, buffers other
+    than the model's own forward updates, and training/eval mode are left as they were.
+
+    Per-sample gradients are gradients of the per-sample losses l_b: ``loss_fn(outputs,
+    targets)`` returns either a [B] tensor of per-sample losses or a scalar reduced over the
+    batch as ``loss_reduction`` says: ``"sum"`` (``sum_b l_b``, e.g. ``CrossEntropyLoss(
+    reduction="sum")``) or ``"mean"`` (``sum_b l_b / B``; the output gradients are then
+    multiplied by B, the same scaling as Opacus' ``GradSampleModule``), so both give the
+    same results. The batch is dim 0 of every layer's inputs.
+
+    Native rules (no materialisation for norms, dots and clipped sums): ``nn.Linear``,
+    ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``) and ``nn.Embedding``; ``nn.LayerNorm``,
+    ``nn.GroupNorm`` and ``nn.RMSNorm`` materialise their small per-channel gradients. Every
+    other module with direct parameters uses the ``torch.func`` fallback. A parameter shared
+    by several modules gets the sum of their contributions (materialised for norms).
+
+    Args:
+        model: The model. Called as ``model(inputs)``, ``model(*inputs)`` for a tuple or
+            list, ``model(**inputs)`` for a mapping.
+        params: Parameters to differentiate, as qualified names or the parameter tensors;
+            default: every parameter with ``requires_grad``.
+        loss_reduction: ``"sum"`` or ``"mean"``, see above.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``loss_reduction`` is unknown, or ``params`` is empty, names a tensor
+            that is not a parameter of ``model``, or one that does not require grad.
+
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        params: Iterable[str | Tensor] | None = None,
+        loss_reduction: str = "sum",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if loss_reduction not in _REDUCTIONS:
+            raise ValueError(f"loss_reduction: expected 'sum' or 'mean', got {loss_reduction!r}")
+        self.model = model
+        self.loss_reduction = loss_reduction
+        named = dict(model.named_parameters())
+        self.param_names: tuple[str, ...] = self._select(named, params)
+        self.params: dict[str, Tensor] = {n: named[n] for n in self.param_names}
+
+        by_id = {id(p): n for n, p in self.params.items()}
+        self._layers: list[_Layer] = []
+        uses: dict[str, int] = {}
+        for mname, module in model.named_modules():
+            local = {k: by_id[id(p)] for k, p in module._parameters.items()
+                     if p is not None and id(p) in by_id}
+            if local:
+                self._layers.append(_Layer(mname, module, local))
+                for full in local.values():
+                    uses[full] = uses.get(full, 0) + 1
+        # Norms of a parameter used by several modules need the summed gradient itself.
+        self._tied = {n for n, k in uses.items() if k > 1}
+
+    @staticmethod
+    def _select(named: dict[str, Tensor], params: Iterable[str | Tensor] | None) -> tuple:
+        if params is None:
+            chosen = {n for n, p in named.items() if p.requires_grad}
+        else:
+            if isinstance(params, (str, Tensor)):
+                raise ValueError("params: expected an iterable of names or parameters")
+            by_id = {id(p): n for n, p in named.items()}
+            chosen = set()
+            for p in params:
+                if isinstance(p, str):
+                    if p not in named:
+                        raise ValueError(f"params: '{p}' is not a parameter of the model")
+                    chosen.add(p)
+                elif isinstance(p, Tensor) and id(p) in by_id:
+                    chosen.add(by_id[id(p)])
+                else:
+                    raise ValueError(
+                        f"params: got a {type(p).__name__} that is not a parameter of the model"
+                    )
+            for n in chosen:
+                if not named[n].requires_grad:
+                    raise ValueError(f"params: '{n}' does not require grad")
+        if not chosen:
+            raise ValueError("params: no parameters selected")
+        return tuple(n for n in named if n in chosen)
+
+    # ---- public API ----------------------------------------------------------------------
+
+    def sq_norms(self, inputs: Any, targets: Any, loss_fn: LossFn) -> Tensor:
+        """Total squared per-sample gradient norm over the selected parameters.
+
+        Args:
+            inputs: Model inputs with the batch (size B) as dim 0.
+            targets: Passed to ``loss_fn``; if a tensor, its dim 0 must be B.
+            loss_fn: ``loss_fn(outputs, targets)``, see the class docstring.
+
+        Returns:
+            [B] tensor ``||g_b||^2``.
+
+        Raises:
+            ValueError: ``inputs``/``targets``/``loss_fn`` output have inconsistent batch
+                sizes, or a layer's input does not have the batch first.
+
+        """
+        layers, B = self._run(inputs, targets, loss_fn)
+        return self._sq_norms(layers, B)
+
+    def dots(
+        self, inputs: Any, targets: Any, loss_fn: LossFn, vector: Mapping[str, Tensor] | Tensor
+    ) -> Tensor:
+        """Per-sample dot products ``<g_b, vector>``, without materialising for native layers.
+
+        Args:
+            inputs: Model inputs with the batch (size B) as dim 0.
+            targets: Passed to ``loss_fn``; if a tensor, its dim 0 must be B.
+            loss_fn: ``loss_fn(outputs, targets)``, see the class docstring.
+            vector: Either a mapping from every selected parameter name to a tensor of that
+                parameter's shape, or a flat tensor of the total number of selected
+                elements, in the order of :attr:`param_names`.
+
+        Returns:
+            [B] tensor.
+
+        Raises:
+            ValueError: bad batch sizes (as :meth:`sq_norms`), or ``vector`` has missing or
+                unknown names, wrong shapes or sizes, or lives on another device.
+
+        """
+        vectors = self._split_vector(vector)
+        layers, B = self._run(inputs, targets, loss_fn)
+        total = self._zeros(B)
+        for layer, rule, cap in layers:
+            total = total + rule.dot(cap, {k: vectors[f] for k, f in layer.names.items()})
+        return total
+
+    def clipped_sum(
+        self, inputs: Any, targets: Any, loss_fn: LossFn, max_norm: float
+    ) -> dict[str, Tensor]:
+        """DP-SGD sum of per-sample gradients each clipped to norm ``max_norm``.
+
+        ``sum_b c_b g_b`` with ``c_b = clip_weights(||g_b||^2, max_norm)`` (``min(1,
+        max_norm / (||g_b|| + 1e-6))``, as Opacus), computed book-keeping style from the
+        per-sample norms and one weighted-sum GEMM per layer, without a second backward
+        pass. For the mean over the batch, divide by B (or by the expected batch size, as
+        DP-SGD does).
+
+        Args:
+            inputs: Model inputs with the batch (size B) as dim 0.
+            targets: Passed to ``loss_fn``; if a tensor, its dim 0 must be B.
+            loss_fn: ``loss_fn(outputs, targets)``, see the class docstring.
+            max_norm: Clipping threshold, finite and > 0.
+
+        Returns:
+            Parameter name -> parameter-shaped tensor, in the order of :attr:`param_names`.
+
+        Raises:
+            ValueError: bad batch sizes (as :meth:`sq_norms`) or ``max_norm`` not finite > 0.
+
+        """
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not (
+            math.isfinite(max_norm) and max_norm > 0
+        ):
+            raise ValueError(f"max_norm: expected a finite number > 0, got {max_norm!r}")
+        layers, B = self._run(inputs, targets, loss_fn)
+        w = clip_weights(self._sq_norms(layers, B), float(max_norm))
+        out = {n: torch.zeros_like(p, memory_format=torch.contiguous_format)
+               for n, p in self.params.items()}
+        for layer, rule, cap in layers:
+            sums = rule.weighted_sum(cap, set(layer.names), w.to(_grad_dtype(cap)))
+            for local, g in sums.items():
+                full = layer.names[local]
+                out[full] += g.reshape(out[full].shape)
+        return out
+
+    def per_sample(self, inputs: Any, targets: Any, loss_fn: LossFn) -> dict[str, Tensor]:
+        """Materialised per-sample gradients.
+
+        Args:
+            inputs: Model inputs with the batch (size B) as dim 0.
+            targets: Passed to ``loss_fn``; if a tensor, its dim 0 must be B.
+            loss_fn: ``loss_fn(outputs, targets)``, see the class docstring.
+
+        Returns:
+            Parameter name -> [B, *param.shape], in the order of :attr:`param_names`.
+
+        Raises:
+            ValueError: bad batch sizes (as :meth:`sq_norms`).
+
+        """
+        layers, B = self._run(inputs, targets, loss_fn)
+        return self._per_sample(layers, B, set(self.param_names))
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _zeros(self, B: int) -> Tensor:
+        p = next(iter(self.params.values()))
+        return torch.zeros(B, dtype=p.dtype, device=p.device)
+
+    def _per_sample(self, layers: list, B: int, wanted: set[str]) -> dict[str, Tensor]:
+        out = {n: torch.zeros(B, *p.shape, dtype=p.dtype, device=p.device)
+               for n, p in self.params.items() if n in wanted}
+        for layer, rule, cap in layers:
+            local = {k for k, f in layer.names.items() if f in wanted}
+            if local:
+                for k, g in rule.per_sample(cap, local).items():
+                    out[layer.names[k]] += g
+        return out
+
+    def _sq_norms(self, layers: list, B: int) -> Tensor:
+        total = self._zeros(B)
+        for layer, rule, cap in layers:
+            simple = {k for k, f in layer.names.items() if f not in self._tied}
+            if simple:
+                total = total + rule.sq_norm(cap, simple)
+        if self._tied:
+            for g in self._per_sample(layers, B, self._tied).values():
+                total = total + g.flatten(1).pow(2).sum(1)
+        return total
+
+    def _split_vector(self, vector: Mapping[str, Tensor] | Tensor) -> dict[str, Tensor]:
+        device = next(iter(self.params.values())).device
+        if isinstance(vector, Tensor):
+            total = sum(p.numel() for p in self.params.values())
+            if vector.dim() != 1 or vector.numel() != total:
+                raise ValueError(
+                    f"vector: expected a flat tensor of {total} elements (the selected "
+                    f"parameters), got shape {tuple(vector.shape)}"
+                )
+            parts = torch.split(vector, [p.numel() for p in self.params.values()])
+            pairs = zip(self.params.items(), parts, strict=True)
+            vector = {n: v.view(p.shape) for (n, p), v in pairs}
+        elif isinstance(vector, Mapping):
+            missing = [n for n in self.param_names if n not in vector]
+            unknown = [n for n in vector if n not in self.params]
+            if missing or unknown:
+                raise ValueError(
+                    f"vector: keys must be the selected parameters; missing {missing}, "
+                    f"unknown {unknown}"
+                )
+            for n, p in self.params.items():
+                v = vector[n]
+                if not isinstance(v, Tensor) or v.shape != p.shape:
+                    got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                    raise ValueError(
+                        f"vector: '{n}' must have shape {tuple(p.shape)}, got {got}"
+                    )
+        else:
+            raise ValueError(
+                f"vector: expected a mapping or a tensor, got {type(vector).__name__}"
+            )
+        out = {}
+        for n, p in self.params.items():
+            v = vector[n]
+            if v.device != device:
+                raise ValueError(f"vector: '{n}' is on {v.device}, the model on {device}")
+            out[n] = v.detach().to(p.dtype)
+        return out
+
+    def _run(
+        self, inputs: Any, targets: Any, loss_fn: LossFn
+    ) -> tuple[list[tuple[_Layer, LayerRule, CapturedLayer]], int]:
+        """One forward and one backward pass; the captured layers the loss depends on."""
+        B = _batch_size(inputs)
+        if isinstance(targets, Tensor) and (targets.dim() == 0 or targets.shape[0] != B):
+            raise ValueError(
+                f"targets: leading dim must be the batch size {B} of inputs, got shape "
+                f"{tuple(targets.shape)}"
+            )
+        rules = []
+        for layer in self._layers:
+            rule = layer.rule()
+            rule.check(layer.module, layer.name)
+            rules.append(rule)
+
+        pending: list[list[_Pending]] = [[] for _ in self._layers]
+        handles = []
+
+        def make_hook(slot: list[_Pending]) -> Callable:
+            def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+                leaves = tree_flatten(output)[0]
+                edges = {i: get_gradient_edge(t) for i, t in enumerate(leaves)
+                         if isinstance(t, Tensor) and t.requires_grad}
+                slot.append(_Pending(args, kwargs, edges))
+
+            return hook
+
+        try:
+            for layer, slot in zip(self._layers, pending, strict=True):
+                handles.append(
+                    layer.module.register_forward_hook(make_hook(slot), with_kwargs=True)
+                )
+            with torch.enable_grad():
+                outputs = _call(self.model, inputs)
+                loss = loss_fn(outputs, targets)
+        finally:
+            for h in handles:
+                h.remove()
+        loss = self._reduce(loss, B)
+
+        flat = [(li, ci, i, e) for li, calls in enumerate(pending)
+                for ci, call in enumerate(calls) for i, e in call.edges.items()]
+        grads: list[Tensor | None] = [None] * len(flat)
+        if flat and loss.requires_grad:
+            grads = list(torch.autograd.grad(loss, [e for *_, e in flat], allow_unused=True))
+        got: dict[tuple[int, int], dict[int, Tensor]] = {}
+        for (li, ci, i, _), g in zip(flat, grads, strict=True):
+            if g is not None:
+                got.setdefault((li, ci), {})[i] = g
+
+        layers = []
+        for li, (layer, rule, calls) in enumerate(zip(self._layers, rules, pending, strict=True)):
+            kept = []
+            for ci, call in enumerate(calls):
+                if (li, ci) not in got:
+                    continue  # the loss does not depend on this call
+                versions = [t._version for t in tree_flatten((call.args, call.kwargs))[0]
+                            if isinstance(t, Tensor)]
+                if versions != call.versions:
+                    raise ValueError(
+                        f"model: an input of layer '{layer.name}' was modified in place after "
+                        "the layer ran; its per-sample gradients cannot be recovered"
+                    )
+                kept.append(LayerCall(call.args, call.kwargs, got[(li, ci)]))
+            if kept:
+                layers.append((layer, rule, CapturedLayer(layer.name, layer.module, B, kept)))
+        return layers, B
+
+    def _reduce(self, loss: Any, B: int) -> Tensor:
+        if not isinstance(loss, Tensor):
+            raise ValueError(f"loss_fn: must return a tensor, got {type(loss).__name__}")
+        if loss.dim() == 1 and loss.shape[0] == B:
+            return loss.sum()
+        if loss.dim() != 0:
+            raise ValueError(
+                f"loss_fn: must return a scalar or a [B] = [{B}] tensor, got shape "
+                f"{tuple(loss.shape)}"
+            )
+        # The mean's gradients carry a 1/B; scaling the loss undoes it for every layer.
+        return loss * B if self.loss_reduction == "mean" else loss
+
+
+def _grad_dtype(cap: CapturedLayer) -> torch.dtype:
+    """Return the dtype of a layer's output gradients (its gradients are computed in it)."""
+    return next(iter(cap.calls[0].grads.values())).dtype
+
+
+def _batch_size(inputs: Any) -> int:
+    leaves = [t for t in tree_flatten(inputs)[0] if isinstance(t, Tensor)]
+    if not leaves:
+        raise ValueError("inputs: expected a tensor or a tuple/list/mapping holding tensors")
+    if leaves[0].dim() == 0 or leaves[0].shape[0] == 0:
+        raise ValueError(
+            f"inputs: the first tensor must have a non-empty batch dim 0, got shape "
+            f"{tuple(leaves[0].shape)}"
+        )
+    return leaves[0].shape[0]
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Tensor):
+        return model(inputs)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    raise ValueError(f"inputs: expected a tensor, tuple, list or mapping, got {type(inputs)}")
