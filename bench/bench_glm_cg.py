@@ -27,6 +27,7 @@ from bench.bench_glm_hvp import torch_hvp
 from bench.common import (
     check_close,
     compare,
+    no_tf32,
     print_table,
     ratio,
     require_op,
@@ -201,7 +202,8 @@ def run(
     size = resolve_preset(quick, preset)
     require_op("glm_cg", dev)
     require_op("glm_hessian", dev)
-    return [run_case(d, dev, **timing_options(size)) for d in SIZES[size]]
+    with no_tf32():
+        return [run_case(d, dev, **timing_options(size)) for d in SIZES[size]]
 
 
 def print_results(records: list[dict[str, Any]]) -> None:

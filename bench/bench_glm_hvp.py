@@ -20,6 +20,7 @@ from bench.common import (
     H100_HBM_BYTES_PER_S,
     check_close,
     compare,
+    no_tf32,
     print_table,
     ratio,
     require_op,
@@ -120,7 +121,8 @@ def run(
     size = resolve_preset(quick, preset)
     require_op(NAME, dev)
     n, d, Ks = SIZES[size]
-    return [run_case(n, d, K, dev, **timing_options(size)) for K in Ks]
+    with no_tf32():
+        return [run_case(n, d, K, dev, **timing_options(size)) for K in Ks]
 
 
 def print_results(records: list[dict[str, Any]]) -> None:

@@ -27,6 +27,7 @@ from bench.common import (
     check_close,
     compare,
     measure,
+    no_tf32,
     print_table,
     ratio,
     require_op,
@@ -138,9 +139,14 @@ def run(
     dev = resolve_device(device)
     size = resolve_preset(quick, preset)
     require_op("knn_extreme", dev)
+    with no_tf32():
+        return [run_case(*SIZES[size], dev, **timing_options(size))]
+
+
+def run_case(m: int, n: int, d: int, dev: torch.device, **opts: Any) -> dict[str, Any]:
+    """Check, then time farthest_k and its peers for one size; return the record."""
     from fastunlearn.ops import farthest_k
 
-    m, n, d = SIZES[size]
     Q, P = make_inputs(m, n, d, dev)
     Qn, Pn = Q.cpu().numpy(), P.cpu().numpy()
 
@@ -149,7 +155,6 @@ def run(
     sk_d, sk_i = sklearn_farthest(Qn[:CHECK_ROWS], Pn, K)
     check_farthest(Q, P, torch.from_numpy(sk_d), torch.from_numpy(sk_i), "sklearn peer")
 
-    opts = timing_options(size)
     res = compare({"ours": lambda: farthest_k(Q, P, K),
                    "torch": lambda: torch_farthest(Q, P, K)}, dev, memory="torch", **opts)
     ours, peer_torch = res["ours"], res["torch"]
@@ -158,7 +163,7 @@ def run(
     peer_sk = measure(lambda: sklearn_farthest(Qn, Pn, K), torch.device("cpu"),
                       memory="rss" if dev.type == "cpu" else None,
                       **{**opts, "warmup": 1, "repeat": min(opts["repeat"], 5)})
-    return [{
+    return {
         "m": m, "n": n, "d": d, "k": K, "dtype": "float32",
         "ours_ms": ours.ms, "ours_iqr_ms": ours.timing.iqr_ms,
         "sklearn_ms": peer_sk.ms, "sklearn_iqr_ms": peer_sk.timing.iqr_ms,
@@ -168,7 +173,7 @@ def run(
         "ours_peak_mb": ours.peak_mb, "torch_peak_mb": peer_torch.peak_mb,
         "sklearn_peak_mb": peer_sk.peak_mb,
         "max_rel_err": err,
-    }]
+    }
 
 
 def print_results(records: list[dict[str, Any]]) -> None:

@@ -34,6 +34,7 @@ from bench.common import (
     OpUnavailable,
     check_close,
     compare,
+    no_tf32,
     print_table,
     ratio,
     require_op,
@@ -262,22 +263,29 @@ def run(
         require_op(op, dev)
     side, tiny, batches = SIZES[size]
     opts = timing_options(size)
+    with no_tf32():
+        return [rec for kind in ("mlp", "cnn")
+                for rec in _run_model(kind, side, tiny, batches, dev, **opts)]
+
+
+def _run_model(
+    kind: str, side: int, tiny: bool, batches: tuple[int, ...], dev: torch.device, **opts: Any
+) -> list[dict[str, Any]]:
+    torch.manual_seed(0)
+    model = make_model(kind, side, tiny).to(dev)
+    impls = {"ours": Ours(model), "opacus": OpacusPeer(model), "func": FuncPeer(model),
+             "plain": Plain(model)}
+    gen = torch.Generator().manual_seed(1)
+    vector = {n: torch.randn(p.shape, generator=gen).to(dev)
+              for n, p in model.named_parameters()}
     records = []
-    for kind in ("mlp", "cnn"):
-        torch.manual_seed(0)
-        model = make_model(kind, side, tiny).to(dev)
-        impls = {"ours": Ours(model), "opacus": OpacusPeer(model), "func": FuncPeer(model),
-                 "plain": Plain(model)}
-        gen = torch.Generator().manual_seed(1)
-        vector = {n: torch.randn(p.shape, generator=gen).to(dev)
-                  for n, p in model.named_parameters()}
-        for B in batches:
-            x = torch.randn(B, 1, side, side, generator=gen).to(dev)
-            y = torch.randint(0, 10, (B,), generator=gen).to(dev)
-            # clip at the median norm, so that about half of the samples are clipped
-            max_norm = float(impls["func"](x, y, "norms", vector, 1.0).sqrt().median())
-            records.extend(run_case(kind, impls, x, y, q, vector, max_norm, dev, **opts)
-                           for q in QUANTITIES)
+    for B in batches:
+        x = torch.randn(B, 1, side, side, generator=gen).to(dev)
+        y = torch.randint(0, 10, (B,), generator=gen).to(dev)
+        # clip at the median norm, so that about half of the samples are clipped
+        max_norm = float(impls["func"](x, y, "norms", vector, 1.0).sqrt().median())
+        records.extend(run_case(kind, impls, x, y, q, vector, max_norm, dev, **opts)
+                       for q in QUANTITIES)
     return records
 
 

@@ -99,6 +99,22 @@ def timing_options(preset: str) -> dict[str, Any]:
     }[preset]
 
 
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Full float32 for matmuls and convolutions (cuDNN allows TF32 by default).
+
+    TF32 reads 10 mantissa bits: the peers would compute something else than our float32
+    kernels, and the correctness checks would compare different precisions.
+    """
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued work on ``device`` (no-op on the CPU)."""
     if device.type == "cuda":
