@@ -157,3 +157,19 @@ def test_presets_and_devices():
         common.resolve_preset(False, "huge")
     with pytest.raises(ValueError, match="'device'"):
         common.resolve_device("mps")
+
+
+# ---- the demo -----------------------------------------------------------------------------
+
+
+def test_demo_runs_every_section(capsys):
+    import fastunlearn
+    from fastunlearn import demo
+
+    assert demo.main(["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for marker in ("fastunlearn", "[1]", "[2]", "[3]", "Done in"):
+        assert marker in out
+    if fastunlearn.backend()["cpu"]:  # every op compiled: nothing may be skipped
+        assert "skipped" not in out
+        assert "glm_hvp" in out and "farthest-k" in out and "per-sample" in out
