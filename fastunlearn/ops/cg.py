@@ -1,0 +1,105 @@
+"""Generic conjugate-gradient support: one fused CG step for K right-hand sides.
+
+A CG loop over any operator (for example a network Hessian-vector product through
+``torch.func``) then costs one operator call plus one :func:`cg_update_` per iteration, with
+no host synchronisation inside the step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["cg_update_"]
+
+
+def cg_update_(
+    x: Tensor,
+    r: Tensor,
+    p: Tensor,
+    Ap: Tensor,
+    inv_diag: Tensor | None,
+    rz: Tensor,
+    rr: Tensor,
+    active: Tensor,
+    iterations: Tensor,
+    threshold_sq: Tensor,
+) -> None:
+    """One (Jacobi-preconditioned) CG step on the K columns of [d, K] tensors, in place.
+
+    For every active column k whose curvature ``pAp = p_k . Ap_k`` is positive and finite::
+
+        alpha = rz_k / pAp;  x_k += alpha p_k;  r_k -= alpha Ap_k;  z_k = inv_diag_k * r_k
+        beta = (r_k . z_k) / rz_k;  p_k = z_k + beta p_k
+        rz_k = r_k . z_k;  rr_k = r_k . r_k;  iterations_k += 1;  active_k = rr_k > threshold_sq_k
+
+    A column with ``pAp <= 0`` or non-finite ``pAp`` (breakdown) is left unchanged and made
+    inactive; inactive columns are never modified. Nothing is synchronised with the host, so
+    a CG loop can check ``active.any()`` only every few iterations.
+
+    Args:
+        x (Tensor[d, K]): iterates, updated in place.
+        r (Tensor[d, K]): residuals ``b - A x``, updated in place.
+        p (Tensor[d, K]): search directions, updated in place.
+        Ap (Tensor[d, K]): the operator applied to ``p``.
+        inv_diag (Tensor[d, K] or Tensor[d, 1], optional): Jacobi preconditioner (inverse
+            diagonal of A), or None for plain CG.
+        rz (Tensor[K]): ``r . z`` per column (``r . r`` without a preconditioner), in place.
+        rr (Tensor[K]): ``r . r`` per column, updated in place.
+        active (Tensor[K], bool): which columns still iterate, updated in place.
+        iterations (Tensor[K], int64): steps taken per column, updated in place.
+        threshold_sq (Tensor[K]): a column stays active while ``rr > threshold_sq``.
+
+    Raises:
+        RuntimeError: if a shape, dtype or device does not match (the message names the
+            argument).
+
+    """
+    torch.ops.fastunlearn.cg_update_.default(
+        x, r, p, Ap, inv_diag, rz, rr, active, iterations, threshold_sq
+    )
+
+
+@torch.library.register_fake("fastunlearn::cg_update_")
+def _cg_update_fake(
+    x: Tensor,
+    r: Tensor,
+    p: Tensor,
+    Ap: Tensor,
+    inv_diag: Tensor | None,
+    rz: Tensor,
+    rr: Tensor,
+    active: Tensor,
+    iterations: Tensor,
+    threshold_sq: Tensor,
+) -> None:
+    # Repeats the kernel's checks so torch.compile fails at trace time, not at run time.
+    torch._check(x.dim() == 2, lambda: f"cg_update_: argument 'x' must be 2-D, got {x.shape}")
+    for name, t in (("r", r), ("p", p), ("Ap", Ap)):
+        torch._check(
+            t.shape == x.shape,
+            lambda n=name, t=t: (
+                f"cg_update_: argument '{n}' has shape {tuple(t.shape)}, expected {tuple(x.shape)}"
+            ),
+        )
+    if inv_diag is not None:
+        torch._check(
+            inv_diag.dim() == 2
+            and inv_diag.shape[0] == x.shape[0]
+            and inv_diag.shape[1] in (x.shape[1], 1),
+            lambda: f"cg_update_: argument 'inv_diag' has shape {tuple(inv_diag.shape)}",
+        )
+    for name, t in (
+        ("rz", rz),
+        ("rr", rr),
+        ("active", active),
+        ("iterations", iterations),
+        ("threshold_sq", threshold_sq),
+    ):
+        torch._check(
+            t.dim() == 1 and t.shape[0] == x.shape[1],
+            lambda n=name, t=t: (
+                f"cg_update_: argument '{n}' has shape {tuple(t.shape)}, expected ({x.shape[1]},)"
+            ),
+        )
+    return None

@@ -1,0 +1,302 @@
+"""GLM curvature: Hessian-vector products, Hessians and CG solves for K-class linear models.
+
+For one-vs-rest logistic regression with K classes, class k's Hessian is
+``H_k = X^T diag(S[:, k]) X + lam I`` where ``S[:, k]`` holds ``sigma'(margin)`` times any
+sample weights, and zero for removed rows (so a removal never copies ``X``).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["CGResult", "glm_cg", "glm_hessian", "glm_hvp", "jacobi_inverse_diagonal"]
+
+
+class CGResult(NamedTuple):
+    """What :func:`glm_cg` returns.
+
+    Attributes:
+        solution (Tensor[d, K]): the approximate solutions, one column per system.
+        iterations (Tensor[K], int64): CG iterations each system took.
+        residual_norms (Tensor[K]): the true residual norms ``||B[:, k] - H_k x_k||``,
+            recomputed after the loop (not CG's recursively updated estimate).
+
+    """
+
+    solution: Tensor
+    iterations: Tensor
+    residual_norms: Tensor
+
+
+def _check_tensor(value: object, name: str) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"argument '{name}' must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_lam(lam: object) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, Real):
+        raise TypeError(f"argument 'lam' must be a real number, got {type(lam).__name__}")
+    lam = float(lam)
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"argument 'lam' must be finite and >= 0, got {lam}")
+    return lam
+
+
+def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
+    """Hessian-vector products of K weighted least-squares/GLM Hessians in one pass over X.
+
+    Column k of the result is ``X^T (S[:, k] * (X V[:, k])) + lam V[:, k]``. Each row chunk of
+    ``X`` is read from memory once and used for both products. Differentiable with respect to
+    ``X``, ``S`` and ``V``.
+
+    Args:
+        X (Tensor[n, d]): design matrix (float32 or float64).
+        S (Tensor[n, K]): per-row, per-class curvature weights.
+        V (Tensor[d, K]): one vector per class.
+        lam (float): L2 regularisation, >= 0.
+
+    Returns:
+        Tensor[d, K]: ``X^T (S * (X V)) + lam V``.
+
+    Raises:
+        TypeError: if an argument has the wrong Python type.
+        ValueError: if ``lam`` is negative or not finite.
+        RuntimeError: if shapes, dtypes or devices do not match (the message names the
+            argument).
+
+    """
+    for name, t in (("X", X), ("S", S), ("V", V)):
+        _check_tensor(t, name)
+    return torch.ops.fastunlearn.glm_hvp.default(X, S, V, _check_lam(lam))
+
+
+def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
+    """Compute the K Hessians ``X^T diag(S[:, k]) X + lam I``, accumulated over row chunks.
+
+    Args:
+        X (Tensor[n, d]): design matrix (float32 or float64).
+        S (Tensor[n, K]): per-row, per-class curvature weights.
+        lam (float): L2 regularisation, >= 0.
+
+    Returns:
+        Tensor[K, d, d]: the exactly symmetric Hessians.
+
+    Raises:
+        TypeError: if an argument has the wrong Python type.
+        ValueError: if ``lam`` is negative or not finite.
+        RuntimeError: if shapes, dtypes or devices do not match (the message names the
+            argument).
+
+    """
+    _check_tensor(X, "X")
+    _check_tensor(S, "S")
+    return torch.ops.fastunlearn.glm_hessian.default(X, S, _check_lam(lam))
+
+
+def jacobi_inverse_diagonal(X: Tensor, S: Tensor, lam: float) -> Tensor:
+    """Inverse diagonals of the K Hessians: ``1 / ((X * X)^T S + lam)``, a Jacobi preconditioner.
+
+    Where a diagonal entry is not positive (a feature that is zero on every weighted row
+    while ``lam == 0``) the entry is 1, so the preconditioner stays positive definite.
+
+    Args:
+        X (Tensor[n, d]): design matrix.
+        S (Tensor[n, K]): per-row, per-class curvature weights.
+        lam (float): L2 regularisation, >= 0.
+
+    Returns:
+        Tensor[d, K]: the inverse diagonals, one column per class.
+
+    Raises:
+        TypeError: if an argument has the wrong Python type.
+        ValueError: if ``lam`` is negative or not finite, or ``X`` and ``S`` do not match.
+
+    """
+    _check_tensor(X, "X")
+    _check_tensor(S, "S")
+    lam = _check_lam(lam)
+    if X.dim() != 2 or S.dim() != 2 or X.shape[0] != S.shape[0]:
+        raise ValueError(
+            f"arguments 'X' [n, d] and 'S' [n, K] must be 2-D with the same number of rows, "
+            f"got {tuple(X.shape)} and {tuple(S.shape)}"
+        )
+    diagonal = X.square().T @ S + lam
+    return torch.where(diagonal > 0, diagonal.reciprocal(), torch.ones_like(diagonal))
+
+
+def glm_cg(
+    X: Tensor,
+    S: Tensor,
+    B: Tensor,
+    lam: float,
+    *,
+    x0: Tensor | None = None,
+    precond: str | Tensor | None = None,
+    tol: float = 1e-6,
+    maxiter: int | None = None,
+) -> CGResult:
+    """Solve the K systems ``(X^T diag(S[:, k]) X + lam I) x_k = B[:, k]`` by CG, matrix-free.
+
+    All K solves run together on the device of ``X``: each iteration is one
+    :func:`glm_hvp` plus one fused update; the host checks for convergence only every few
+    iterations. System k stops when ``||r_k|| <= tol * ||B[:, k]||``, on breakdown (the
+    operator is not positive definite along the search direction), or after ``maxiter``
+    iterations. A zero column of ``B`` without ``x0`` gives a zero solution in 0 iterations.
+
+    Args:
+        X (Tensor[n, d]): design matrix (float32 or float64).
+        S (Tensor[n, K]): per-row, per-class curvature weights (zero for removed rows).
+        B (Tensor[d, K]): right-hand sides.
+        lam (float): L2 regularisation, >= 0.
+        x0 (Tensor[d, K], optional): warm start; zeros if None.
+        precond (str or Tensor, optional): None for plain CG; ``"jacobi"`` for the inverse
+            Hessian diagonals (:func:`jacobi_inverse_diagonal`); a Tensor[d, K] of inverse
+            diagonals; or a Tensor[K, d, d] of lower Cholesky factors ``L_k`` of
+            preconditioners ``M_k = L_k L_k^T`` (the exact factors of ``H_k`` solve in one
+            iteration).
+        tol (float): relative residual tolerance, >= 0.
+        maxiter (int, optional): iteration cap per system, >= 0; default ``max(10, 2 d)``.
+
+    Returns:
+        CGResult: ``(solution [d, K], iterations int64 [K], residual_norms [K])``.
+
+    Raises:
+        TypeError: if an argument has the wrong Python type.
+        ValueError: if ``lam``, ``tol`` or ``maxiter`` is out of range, or ``precond`` is an
+            unknown string.
+        RuntimeError: if shapes, dtypes or devices do not match (the message names the
+            argument).
+
+    """
+    for name, t in (("X", X), ("S", S), ("B", B)):
+        _check_tensor(t, name)
+    lam = _check_lam(lam)
+    if x0 is not None:
+        _check_tensor(x0, "x0")
+    if isinstance(tol, bool) or not isinstance(tol, Real):
+        raise TypeError(f"argument 'tol' must be a real number, got {type(tol).__name__}")
+    if not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"argument 'tol' must be finite and >= 0, got {tol}")
+    if maxiter is None:
+        maxiter = max(10, 2 * X.shape[-1])
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int):
+        raise TypeError(f"argument 'maxiter' must be an int, got {type(maxiter).__name__}")
+    if maxiter < 0:
+        raise ValueError(f"argument 'maxiter' must be >= 0, got {maxiter}")
+    if isinstance(precond, str):
+        if precond != "jacobi":
+            raise ValueError(
+                f"argument 'precond' must be None, 'jacobi' or a Tensor, got {precond!r}"
+            )
+        precond = jacobi_inverse_diagonal(X, S, lam)
+    elif precond is not None and not isinstance(precond, Tensor):
+        raise TypeError(
+            f"argument 'precond' must be None, 'jacobi' or a Tensor, got {type(precond).__name__}"
+        )
+    solution, iterations, residual_norms = torch.ops.fastunlearn.glm_cg.default(
+        X, S, B, lam, x0, precond, float(tol), maxiter
+    )
+    return CGResult(solution, iterations, residual_norms)
+
+
+# ---- fake kernels: shapes only, so torch.compile can trace the ops without graph breaks ----
+
+
+def _check_design(op: str, X: Tensor, S: Tensor) -> None:
+    torch._check(X.dim() == 2, lambda: f"{op}: argument 'X' must be 2-D, got {tuple(X.shape)}")
+    torch._check(S.dim() == 2, lambda: f"{op}: argument 'S' must be 2-D, got {tuple(S.shape)}")
+    torch._check(
+        S.shape[0] == X.shape[0],
+        lambda: f"{op}: argument 'S' has {S.shape[0]} rows but {X.shape[0]} were expected",
+    )
+    torch._check(
+        X.dtype in (torch.float32, torch.float64),
+        lambda: f"{op}: argument 'X' must be float32 or float64, got {X.dtype}",
+    )
+    torch._check(S.dtype == X.dtype, lambda: f"{op}: arguments 'S' and 'X' differ in dtype")
+
+
+def _check_dk(op: str, name: str, t: Tensor, X: Tensor, S: Tensor) -> None:
+    torch._check(
+        t.dim() == 2 and t.shape[0] == X.shape[1] and t.shape[1] == S.shape[1],
+        lambda: (
+            f"{op}: argument '{name}' has shape {tuple(t.shape)}, expected "
+            f"({X.shape[1]}, {S.shape[1]})"
+        ),
+    )
+    torch._check(t.dtype == X.dtype, lambda: f"{op}: arguments '{name}' and 'X' differ in dtype")
+
+
+@torch.library.register_fake("fastunlearn::glm_hvp")
+def _glm_hvp_fake(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
+    _check_design("glm_hvp", X, S)
+    _check_dk("glm_hvp", "V", V, X, S)
+    return V.new_empty((X.shape[1], S.shape[1]))
+
+
+@torch.library.register_fake("fastunlearn::glm_hessian")
+def _glm_hessian_fake(X: Tensor, S: Tensor, lam: float) -> Tensor:
+    _check_design("glm_hessian", X, S)
+    return X.new_empty((S.shape[1], X.shape[1], X.shape[1]))
+
+
+@torch.library.register_fake("fastunlearn::glm_cg")
+def _glm_cg_fake(
+    X: Tensor,
+    S: Tensor,
+    B: Tensor,
+    lam: float,
+    x0: Tensor | None,
+    precond: Tensor | None,
+    tol: float,
+    maxiter: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    _check_design("glm_cg", X, S)
+    _check_dk("glm_cg", "B", B, X, S)
+    if x0 is not None:
+        _check_dk("glm_cg", "x0", x0, X, S)
+    d, K = X.shape[1], S.shape[1]
+    return B.new_empty((d, K)), B.new_empty((K,), dtype=torch.int64), B.new_empty((K,))
+
+
+# ---- autograd of glm_hvp ----------------------------------------------------------------
+# With Z = S * (X V) and the output gradient G:
+#   dV = X^T (S * (X G)) + lam G = glm_hvp(X, S, G, lam)   (the operator is symmetric)
+#   dS = (X V) * (X G)
+#   dX = (S * (X V)) G^T + (S * (X G)) V^T
+
+
+def _glm_hvp_setup_context(ctx, inputs, output) -> None:
+    X, S, V, lam = inputs
+    need_X, need_S, need_V = ctx.needs_input_grad[:3]
+    ctx.lam = lam
+    ctx.save_for_backward(
+        X,
+        S if (need_X or need_V) else None,
+        V if (need_X or need_S) else None,
+    )
+
+
+def _glm_hvp_backward(ctx, grad: Tensor):
+    X, S, V = ctx.saved_tensors
+    need_X, need_S, need_V = ctx.needs_input_grad[:3]
+    dX = dS = dV = None
+    if need_V:
+        dV = torch.ops.fastunlearn.glm_hvp.default(X, S, grad, ctx.lam)
+    if need_X or need_S:
+        XV, XG = X @ V, X @ grad
+        if need_S:
+            dS = XV * XG
+        if need_X:
+            dX = (S * XV) @ grad.T + (S * XG) @ V.T
+    return dX, dS, dV, None
+
+
+torch.library.register_autograd(
+    "fastunlearn::glm_hvp", _glm_hvp_backward, setup_context=_glm_hvp_setup_context
+)
