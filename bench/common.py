@@ -22,10 +22,9 @@ What the numbers mean:
   CUDA: ``torch.cuda.max_memory_allocated`` (the caching allocator's live tensors).
   CPU, ``method="torch"``: the peak of the running sum of every allocation and free made
   by PyTorch's CPU allocator during the call, recorded by ``torch.profiler`` with
-  ``profile_memory=True`` (exact for tensors, blind to numpy). CPU, ``method="rss"``: the
-  rise of the process's peak resident set (``VmHWM`` in ``/proc/self/status``, reset via
-  ``/proc/self/clear_refs``); page-granular and affected by malloc caching, used only for
-  non-torch peers such as scikit-learn.
+  ``profile_memory=True`` (exact for tensors, blind to numpy). ``method="numpy"``: the
+  peak of Python and numpy allocations traced by ``tracemalloc`` (numpy reports its
+  buffers to it), used for non-torch peers such as scikit-learn.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -246,23 +246,19 @@ def _torch_cpu_peak(fn: Callable[[], Any]) -> float:
     return float(peak)
 
 
-def _proc_status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"{key} not in /proc/self/status")
-
-
-def _rss_peak(fn: Callable[[], Any]) -> float:
+def _traced_peak(fn: Callable[[], Any]) -> float:
+    """Peak of Python and numpy allocations (numpy reports its buffers to tracemalloc)."""
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        before = _proc_status_bytes("VmRSS")
-    except OSError:
-        return math.nan
-    fn()
-    return float(max(0, _proc_status_bytes("VmHWM") - before))
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        fn()
+        return float(max(0, tracemalloc.get_traced_memory()[1] - before))
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device, *, method: str = "torch") -> float:
@@ -272,7 +268,8 @@ def peak_memory(fn: Callable[[], Any], device: torch.device, *, method: str = "t
         fn: The call to measure (run once, after the caller's warm-up).
         device: Where ``fn`` allocates.
         method: ``"torch"`` (CUDA allocator statistics or the CPU profiler's allocation
-            events) or ``"rss"`` (peak resident set, for non-torch code on the CPU).
+            events) or ``"numpy"`` (tracemalloc: Python and numpy allocations, for
+            non-torch peers such as scikit-learn).
 
     Returns:
         Bytes; ``inf`` if the call ran out of memory, ``nan`` if not measurable here.
@@ -285,8 +282,8 @@ def peak_memory(fn: Callable[[], Any], device: torch.device, *, method: str = "t
             fn()
             synchronize(device)
             return float(torch.cuda.max_memory_allocated(device) - before)
-        if method == "rss":
-            return _rss_peak(fn)
+        if method == "numpy":
+            return _traced_peak(fn)
         return _torch_cpu_peak(fn)
     except Exception as exc:
         if is_oom(exc):
@@ -337,7 +334,7 @@ def compare(
     Args:
         impls: Name -> zero-argument call.
         device: Where they run.
-        memory: ``None`` (skip), ``"torch"`` or ``"rss"`` (see :func:`peak_memory`),
+        memory: ``None`` (skip), ``"torch"`` or ``"numpy"`` (see :func:`peak_memory`),
             measured once per implementation after the timing.
         setups: Name -> untimed preparation before every call of that implementation
             (forces one call per sample for it).

@@ -135,6 +135,13 @@ def test_cpu_peak_memory_counts_torch_allocations():
     assert 8 * 2**20 <= peak < 9 * 2**20
 
 
+def test_numpy_peak_memory_counts_numpy_arrays():
+    import numpy as np
+
+    peak = common.peak_memory(lambda: np.ones(1 << 20).sum(), CPU, method="numpy")  # 8 MiB
+    assert 8 * 2**20 <= peak < 9 * 2**20
+
+
 def test_check_close_names_the_case():
     a = torch.ones(3)
     assert common.check_close(a, a + 1e-9, rtol=1e-6, atol=0, what="x") < 1e-8
