@@ -50,7 +50,7 @@ QUANTITIES = ("norms", "dots", "clipped_sum")
 #: preset -> (image side, tiny models?, batch sizes)
 SIZES: dict[str, tuple[int, bool, tuple[int, ...]]] = {
     "tiny": (8, True, (16,)),
-    "quick": (28, False, (256,)),
+    "quick": (28, False, (256, 512)),
     "full": (28, False, (256, 512)),
 }
 
