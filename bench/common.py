@@ -509,7 +509,9 @@ def _git_revision() -> dict[str, Any]:
             timeout=10, check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+            # result files written earlier in the same run do not make the code dirty
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             ":(exclude)bench/results"], cwd=REPO_ROOT,
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()
         return {"git_revision": rev or "unknown", "git_dirty": bool(dirty)}
