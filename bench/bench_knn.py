@@ -155,13 +155,21 @@ def run_case(m: int, n: int, d: int, dev: torch.device, **opts: Any) -> dict[str
     sk_d, sk_i = sklearn_farthest(Qn[:CHECK_ROWS], Pn, K)
     check_farthest(Q, P, torch.from_numpy(sk_d), torch.from_numpy(sk_i), "sklearn peer")
 
-    res = compare({"ours": lambda: farthest_k(Q, P, K),
-                   "torch": lambda: torch_farthest(Q, P, K)}, dev, memory="torch", **opts)
-    ours, peer_torch = res["ours"], res["torch"]
-    # scikit-learn runs on the host whatever the device; its memory is numpy's (the full
-    # m x n distance matrix and the argsort), traced by tracemalloc
-    peer_sk = measure(lambda: sklearn_farthest(Qn, Pn, K), torch.device("cpu"), memory="numpy",
-                      **{**opts, "warmup": 1, "repeat": min(opts["repeat"], 5)})
+    impls = {"ours": lambda: farthest_k(Q, P, K), "torch": lambda: torch_farthest(Q, P, K)}
+
+    def sklearn() -> tuple[np.ndarray, np.ndarray]:
+        return sklearn_farthest(Qn, Pn, K)
+
+    # scikit-learn's memory is numpy's (the full m x n distance matrix and the argsort),
+    # traced by tracemalloc; on a CPU run it is timed interleaved with the others
+    if dev.type == "cpu":
+        res = compare({**impls, "sklearn": sklearn}, dev,
+                      memory={"ours": "torch", "torch": "torch", "sklearn": "numpy"}, **opts)
+    else:
+        res = compare(impls, dev, memory="torch", **opts)
+        res["sklearn"] = measure(sklearn, torch.device("cpu"), memory="numpy",
+                                 **{**opts, "warmup": 1, "repeat": min(opts["repeat"], 5)})
+    ours, peer_torch, peer_sk = res["ours"], res["torch"], res["sklearn"]
     return {
         "m": m, "n": n, "d": d, "k": K, "dtype": "float32",
         "ours_ms": ours.ms, "ours_iqr_ms": ours.timing.iqr_ms,

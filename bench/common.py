@@ -318,7 +318,7 @@ def compare(
     impls: dict[str, Callable[[], Any]],
     device: torch.device,
     *,
-    memory: str | None = None,
+    memory: str | dict[str, str | None] | None = None,
     setups: dict[str, Callable[[], Any]] | None = None,
     warmup: int = 2,
     repeat: int = 10,
@@ -335,7 +335,8 @@ def compare(
         impls: Name -> zero-argument call.
         device: Where they run.
         memory: ``None`` (skip), ``"torch"`` or ``"numpy"`` (see :func:`peak_memory`),
-            measured once per implementation after the timing.
+            measured once per implementation after the timing; or a dict giving the
+            method per implementation name.
         setups: Name -> untimed preparation before every call of that implementation
             (forces one call per sample for it).
         warmup: Untimed calls per implementation first (one only for calls > 0.25 s).
@@ -394,10 +395,11 @@ def compare(
         timing = Timing(median=median, q1=q1, q3=q3, samples=len(samples[name]),
                         number=numbers[name])
         peak = math.nan
-        if memory is not None:
+        method = memory.get(name) if isinstance(memory, dict) else memory
+        if method is not None:
             if name in setups:
                 setups[name]()
-            peak = peak_memory(fn, device, method=memory)
+            peak = peak_memory(fn, device, method=method)
         out[name] = Measurement(timing, peak)
     return out
 
