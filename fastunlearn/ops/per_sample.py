@@ -326,13 +326,22 @@ def _grad_backward(ctx, dP: Tensor) -> tuple[Tensor | None, Tensor | None]:
     return dA, dG
 
 
+def _prefers_gram(T: int, n_in: int, n_out: int) -> bool:
+    """Whether ``per_sample_sq_norm`` takes the Gram form (csrc/per_sample_common.h rule).
+
+    Multiply-adds per sample: Gram form ``T^2 (in + out + 1)`` against materialising
+    ``in out (T + 1)``; ties go to the Gram form. ``T = 1`` always uses the ghost norm.
+    """
+    return T * T * (n_in + n_out + 1) <= n_in * n_out * (T + 1)
+
+
 def _sq_norm_backward(ctx, s: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
     A, G = ctx.saved_tensors
     bias = ctx.bias
     T, n_in, n_out = A.shape[1], A.shape[2], G.shape[2]
     s2 = (2 * s).view(-1, 1, 1)
     dA = dG = None
-    if T * (n_in + n_out) < n_in * n_out:
+    if _prefers_gram(T, n_in, n_out):
         # Gram form: G_b P_b = (G_b G_b^T) A_b and A_b P_b^T = (A_b A_b^T) G_b; [B, T, T]
         if ctx.needs_input_grad[0]:
             dA = s2 * torch.bmm(torch.bmm(G, G.transpose(1, 2)), A)
