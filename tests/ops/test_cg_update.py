@@ -120,19 +120,39 @@ def test_non_finite_curvature_deactivates(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cg_loop_solves_spd_system(device, dtype):
-    d, K = 20, 4
+@pytest.mark.parametrize("K", [1, 4])
+@pytest.mark.parametrize("precond", [None, "full", "column"])
+def test_cg_loop_solves_spd_system(device, dtype, K, precond):
+    d = 20
     A = spd_operators(d, K, torch.float64, device)
     b = torch.randn(d, K, dtype=torch.float64, device=device)
     want = torch.linalg.solve(A, b.T.unsqueeze(-1)).squeeze(-1).T
     A_, b_ = A.to(dtype), b.to(dtype)
-    state = initial_state(A_, b_, None, tol=1e-5 if dtype == torch.float32 else 1e-12)
+    inv_diag = make_inv_diag(precond, A_, d, K)
+    state = initial_state(A_, b_, inv_diag, tol=1e-5 if dtype == torch.float32 else 1e-12)
     for _ in range(3 * d):
-        step(cg_update_, A_, state, None)
+        step(cg_update_, A_, state, inv_diag)
     assert not state[5].any()
     assert (state[6] <= 3 * d).all() and (state[6] > 0).all()
     rtol = 1e-3 if dtype == torch.float32 else 1e-9
     torch.testing.assert_close(state[0].double(), want, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("precond", [None, "full", "column"])
+def test_many_row_blocks(device, K, precond):
+    # d spans several CPU row blocks (32K elements each); diagonal operators keep it cheap.
+    d = 70_000
+    diag = torch.rand(d, K, dtype=torch.float64, device=device) + 0.5
+    b = torch.randn(d, K, dtype=torch.float64, device=device)
+    inv_diag = None if precond is None else (1 / diag if precond == "full" else 1 / diag[:, :1])
+    ours = initial_state(None, b, inv_diag, tol=1e-12)
+    ref = clone_state(ours)
+    for _ in range(2):
+        for fn, state in ((cg_update_, ours), (reference.cg_update_, ref)):
+            step(fn, None, state, inv_diag, Ap=diag * state[2])
+    assert_states_close(ours, ref, torch.float64)
 
 
 @pytest.mark.parametrize("device", DEVICES)
