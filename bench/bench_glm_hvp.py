@@ -1,0 +1,132 @@
+"""glm_hvp vs the two-GEMM PyTorch expression.
+
+Computes ``X^T (S * (X V)) + lam V`` for the one-vs-rest logistic-regression Hessian
+(X: n x d, S: n x K curvature weights, V: d x K directions) at the MNIST size n = 60000,
+d = 784 in float32. The peer is PyTorch's ``torch.addmm(V, X.T, S * (X @ V), beta=lam)``
+(two GEMMs, X read twice; addmm fuses the ``+ lam V``).
+
+Byte model: the op is memory-bound for small K (performance.md section 5.3), so throughput
+is reported as ``n * d * itemsize`` bytes (X read once, the floor of a fused kernel) per
+second, and on CUDA as a percentage of the H100's 3.35 TB/s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench.common import (
+    H100_HBM_BYTES_PER_S,
+    check_close,
+    compare,
+    no_tf32,
+    print_table,
+    ratio,
+    require_op,
+    resolve_device,
+    resolve_preset,
+    scaled_atol,
+    timing_options,
+)
+
+NAME = "glm_hvp"
+LAM = 1e-3
+
+#: preset -> (n, d, list of K)
+SIZES: dict[str, tuple[int, int, tuple[int, ...]]] = {
+    "tiny": (1000, 64, (1, 8)),
+    "quick": (60000, 784, (1, 4, 8, 16, 64)),
+    "full": (60000, 784, (1, 4, 8, 16, 64)),
+}
+
+COLUMNS = [
+    ("n", "n", "d"),
+    ("d", "d", "d"),
+    ("K", "K", "d"),
+    ("ours_ms", "ours ms", ".3f"),
+    ("ours_iqr_ms", "±iqr", ".3f"),
+    ("torch_ms", "torch ms", ".3f"),
+    ("torch_iqr_ms", "±iqr", ".3f"),
+    ("ratio_torch", "torch/ours", ".2f"),
+    ("ours_gbps", "ours GB/s", ".1f"),
+    ("torch_gbps", "torch GB/s", ".1f"),
+    ("ours_pct_hbm", "% HBM", ".1f"),
+    ("max_abs_err", "max err", ".1e"),
+]
+
+
+def torch_hvp(X: torch.Tensor, S: torch.Tensor, V: torch.Tensor, lam: float) -> torch.Tensor:
+    """The peer: two GEMMs, ``X^T (S * (X V)) + lam V``."""
+    return torch.addmm(V, X.T, S * (X @ V), beta=lam)
+
+
+def make_inputs(
+    n: int, d: int, K: int, device: torch.device, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of norm about 1, logistic curvature weights in [0, 1/4], random directions."""
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=gen, dtype=dtype) / d**0.5
+    S = 0.25 * torch.rand(n, K, generator=gen, dtype=dtype)
+    V = torch.randn(d, K, generator=gen, dtype=dtype)
+    return X.to(device), S.to(device), V.to(device)
+
+
+def run_case(n: int, d: int, K: int, device: torch.device, **opts: Any) -> dict[str, Any]:
+    """Check, then time glm_hvp against the peer for one (n, d, K); return the record."""
+    from fastunlearn.ops import glm_hvp
+
+    X, S, V = make_inputs(n, d, K, device)
+    expected = torch_hvp(X, S, V, LAM)
+    err = check_close(glm_hvp(X, S, V, LAM), expected, rtol=1e-3,
+                      atol=scaled_atol(expected, 1e-4), what=f"{NAME} n={n} d={d} K={K}")
+    res = compare({"ours": lambda: glm_hvp(X, S, V, LAM),
+                   "torch": lambda: torch_hvp(X, S, V, LAM)}, device, **opts)
+    ours, peer = res["ours"].timing, res["torch"].timing
+    nbytes = n * d * X.element_size()
+    rec: dict[str, Any] = {
+        "n": n, "d": d, "K": K, "dtype": str(X.dtype).removeprefix("torch."),
+        "ours_ms": ours.ms, "ours_iqr_ms": ours.iqr_ms,
+        "torch_ms": peer.ms, "torch_iqr_ms": peer.iqr_ms,
+        "ratio_torch": ratio(peer.median, ours.median),
+        "bytes_model": nbytes,
+        "ours_gbps": nbytes / ours.median / 1e9,
+        "torch_gbps": nbytes / peer.median / 1e9,
+        "max_abs_err": err,
+    }
+    if device.type == "cuda":
+        rec["ours_pct_hbm"] = 100 * nbytes / ours.median / H100_HBM_BYTES_PER_S
+        rec["torch_pct_hbm"] = 100 * nbytes / peer.median / H100_HBM_BYTES_PER_S
+    return rec
+
+
+def run(
+    device: str | torch.device, quick: bool = False, *, preset: str | None = None
+) -> list[dict[str, Any]]:
+    """Run the sweep and return one record per K.
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        quick: Use the ``quick`` size preset (ignored when ``preset`` is given).
+        preset: ``tiny``, ``quick`` or ``full``.
+
+    Returns:
+        Records with times (ms), ratio ``torch / ours``, GB/s and errors.
+
+    Raises:
+        OpUnavailable: If glm_hvp was not compiled for ``device``.
+        CorrectnessError: If glm_hvp disagrees with the peer.
+    """
+    dev = resolve_device(device)
+    size = resolve_preset(quick, preset)
+    require_op(NAME, dev)
+    n, d, Ks = SIZES[size]
+    with no_tf32():
+        return [run_case(n, d, K, dev, **timing_options(size)) for K in Ks]
+
+
+def print_results(records: list[dict[str, Any]]) -> None:
+    """Print the table of :func:`run`'s records."""
+    print_table(f"{NAME}: X^T (S * (X V)) + lam V vs torch two-GEMM (ratio > 1: ours faster)",
+                records, COLUMNS)
+

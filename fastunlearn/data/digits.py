@@ -1,0 +1,201 @@
+"""The embedded default data set: scikit-learn's bundled handwritten digits.
+
+scikit-learn ships 1797 real 8x8 grey-scale digit images (pixel values 0..16, ten classes,
+about 180 per class) inside the package, so every demo, CLI command and test can run with no
+data directory and no network. ``binary=(3, 8)`` gives the small analogue of the MNIST
+"3 vs 8" task used in the certified-removal literature.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["DigitsSplit", "digits_images", "load_digits_dataset"]
+
+#: Largest pixel value in the bundled digits (4-bit intensities).
+_PIXEL_MAX = 16.0
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    """A deterministic train/test split of the digits.
+
+    Attributes:
+        X_train: Features ``[n_train, 64]``.
+        y_train: Labels ``[n_train]`` (int64): ``0..9`` for all classes, ``{0, 1}`` for a
+            binary task.
+        X_test: Features ``[n_test, 64]``.
+        y_test: Labels ``[n_test]`` (int64).
+        classes: The original digit of each label: ``classes[label] == digit``.
+
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    classes: tuple[int, ...]
+
+    @property
+    def n_features(self) -> int:
+        """Number of features (64)."""
+        return int(self.X_train.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        """Number of labels (2 for a binary task, 10 otherwise)."""
+        return len(self.classes)
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
+    """Load the bundled images once: float64 ``[1797, 64]`` and int64 labels, read-only."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    data = np.ascontiguousarray(bunch.data, dtype=np.float64)
+    target = np.ascontiguousarray(bunch.target, dtype=np.int64)
+    data.setflags(write=False)
+    target.setflags(write=False)
+    return data, target
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"'dtype' must be a torch.dtype, got {type(dtype).__name__}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"'dtype' must be a floating-point dtype, got {dtype}")
+
+
+def _check_binary(binary: object) -> tuple[int, int] | None:
+    if binary is None:
+        return None
+    if not isinstance(binary, (tuple, list)) or len(binary) != 2:
+        raise ValueError(f"'binary' must be a pair of digits like (3, 8), got {binary!r}")
+    a, b = binary
+    for digit in (a, b):
+        if isinstance(digit, bool) or not isinstance(digit, (int, np.integer)):
+            raise ValueError(f"'binary' must hold two int digits, got {binary!r}")
+        if not 0 <= digit <= 9:
+            raise ValueError(f"'binary' digits must be in 0..9, got {binary!r}")
+    if a == b:
+        raise ValueError(f"'binary' digits must differ, got {binary!r}")
+    return int(a), int(b)
+
+
+def _stratified_test_mask(digits: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask choosing ``round(test_fraction * n_c)`` test rows of every digit c.
+
+    Stratifying keeps the class balance of both parts equal to the whole set's. Each digit
+    draws from its own seeded ``torch.Generator``, so the split is identical on every machine
+    and a binary task's split is exactly the matching subset of the ten-class split.
+    """
+    mask = np.zeros(digits.shape[0], dtype=bool)
+    for c in np.unique(digits):
+        rows = np.flatnonzero(digits == c)
+        n_test = int(round(test_fraction * rows.shape[0]))
+        # keep at least one row of every class on both sides
+        n_test = min(max(n_test, 1), rows.shape[0] - 1)
+        gen = torch.Generator().manual_seed(seed * 16 + int(c))
+        perm = torch.randperm(rows.shape[0], generator=gen).numpy()
+        mask[rows[perm[:n_test]]] = True
+    return mask
+
+
+def load_digits_dataset(
+    *,
+    binary: tuple[int, int] | None = None,
+    normalize: bool = True,
+    dtype: torch.dtype = torch.float64,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> DigitsSplit:
+    """Load the bundled digits as flat feature vectors with a stratified train/test split.
+
+    Args:
+        binary: ``None`` for all ten classes (labels ``0..9``), or a pair of distinct digits
+            ``(a, b)``: only those images are kept and labelled ``a -> 0``, ``b -> 1``
+            (``(3, 8)`` mirrors MNIST 3-vs-8).
+        normalize: If true, every row is scaled to unit L2 norm (``||x_i||_2 = 1``; the
+            digits have no all-zero image), which is the ``||x|| <= 1`` assumption of the
+            certified-removal bounds (Guo et al. 2020). If false, the raw pixel values
+            ``0..16`` are returned unscaled.
+        dtype: Floating-point dtype of the features (labels are always int64).
+        test_fraction: Fraction of each class put in the test part, in ``(0, 1)``.
+        seed: Seed of the split; the same seed always gives the same split.
+
+    Returns:
+        A :class:`DigitsSplit` with ``X_*`` ``[n, 64]`` and ``y_*`` ``[n]`` on the CPU.
+
+    Raises:
+        ValueError: If ``binary`` is not two distinct digits in 0..9, ``test_fraction`` is
+            not in (0, 1), ``seed`` is negative or ``dtype`` is not floating point.
+        TypeError: If ``dtype`` is not a ``torch.dtype`` or ``seed`` is not an int.
+
+    Example:
+        >>> split = load_digits_dataset(binary=(3, 8))
+        >>> split.classes, sorted(set(split.y_train.tolist()))
+        ((3, 8), [0, 1])
+
+    """
+    pair = _check_binary(binary)
+    _check_dtype(dtype)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+        raise ValueError(f"'test_fraction' must be a number in (0, 1), got {test_fraction!r}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"'seed' must be non-negative, got {seed}")
+
+    data, target = _raw_digits()
+    if pair is None:
+        features, digits, labels, classes = data, target, target, tuple(range(10))
+    else:
+        keep = (target == pair[0]) | (target == pair[1])
+        features, digits = data[keep], target[keep]
+        labels = (digits == pair[1]).astype(np.int64)
+        classes = pair
+    if normalize:
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        features = features / np.where(norms > 0, norms, 1.0)
+
+    test = _stratified_test_mask(digits, float(test_fraction), int(seed))
+    X = torch.from_numpy(np.array(features, dtype=np.float64)).to(dtype)
+    y = torch.from_numpy(np.array(labels, dtype=np.int64))
+    test_t = torch.from_numpy(test)
+    return DigitsSplit(
+        X_train=X[~test_t].contiguous(),
+        y_train=y[~test_t].contiguous(),
+        X_test=X[test_t].contiguous(),
+        y_test=y[test_t].contiguous(),
+        classes=classes,
+    )
+
+
+def digits_images(*, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """All 1797 digits as images for convolutional models.
+
+    Args:
+        dtype: Floating-point dtype of the images.
+
+    Returns:
+        ``(images, labels)``: images ``[1797, 1, 8, 8]`` with pixel values scaled to
+        ``[0, 1]`` (divided by 16) and int64 labels ``[1797]`` in ``0..9``, in the bundled
+        order (unshuffled).
+
+    Raises:
+        ValueError: If ``dtype`` is not floating point.
+        TypeError: If ``dtype`` is not a ``torch.dtype``.
+
+    """
+    _check_dtype(dtype)
+    data, target = _raw_digits()
+    images = torch.from_numpy(np.array(data, dtype=np.float64) / _PIXEL_MAX).to(dtype)
+    return images.reshape(-1, 1, 8, 8).contiguous(), torch.from_numpy(np.array(target))

@@ -1,0 +1,192 @@
+"""The benchmark code works: tiny runs of every benchmark, its checks, its JSON output."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `bench` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import common, run  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests check that the code works, not its speed: one thread avoids OpenMP
+    workers spinning against other processes on a busy machine (10-100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run_tiny(name):
+    try:
+        return run.BENCHMARKS[name].run("cpu", preset="tiny")
+    except common.OpUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("name", list(run.BENCHMARKS))
+def test_tiny_run_checks_and_times_everything(name, capsys):
+    records = _run_tiny(name)
+    assert records
+    for rec in records:
+        times = {k: v for k, v in rec.items() if k.endswith("_ms") and "iqr" not in k}
+        assert "ours_ms" in times and len(times) >= 2, rec
+        assert all(math.isfinite(v) and v > 0 for v in times.values()), rec
+        ratios = [v for k, v in rec.items() if k.startswith("ratio_")]
+        assert ratios and all(math.isfinite(r) and r > 0 for r in ratios), rec
+    run.BENCHMARKS[name].print_results(records)
+    out = capsys.readouterr().out
+    assert "ours ms" in out and "OOM" not in out
+
+
+def test_cli_writes_json_with_metadata(tmp_path, capsys):
+    try:
+        common.require_op("glm_hvp", CPU)
+    except common.OpUnavailable as exc:
+        pytest.skip(str(exc))
+    assert run.main(["--device", "cpu", "--preset", "tiny", "--only", "glm_hvp",
+                     "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "glm_hvp-cpu.json").read_text())
+    assert payload["benchmark"] == "glm_hvp" and payload["preset"] == "tiny"
+    meta = payload["metadata"]
+    for key in ("device_name", "torch", "cuda", "git_revision", "date", "cpu_count",
+                "fastunlearn"):
+        assert key in meta
+    assert meta["fastunlearn"]["compiled"] is True
+    assert len(payload["records"]) == len(run.BENCHMARKS["glm_hvp"].SIZES["tiny"][2])
+    assert "glm_hvp" in capsys.readouterr().out
+
+
+def test_wrong_results_are_refused_before_timing(monkeypatch):
+    """The correctness check can fail: a broken op makes the benchmark raise."""
+    import fastunlearn.ops
+    from bench import bench_glm_hvp
+
+    monkeypatch.setattr(bench_glm_hvp, "require_op", lambda *args: None)
+    monkeypatch.setattr(fastunlearn.ops, "glm_hvp",
+                        lambda X, S, V, lam: bench_glm_hvp.torch_hvp(X, S, V, lam) * 1.01,
+                        raising=False)
+    with pytest.raises(common.CorrectnessError, match="glm_hvp"):
+        bench_glm_hvp.run("cpu", preset="tiny")
+
+
+def test_unknown_benchmark_name_is_rejected():
+    with pytest.raises(SystemExit):
+        run.main(["--only", "nope", "--no-write"])
+
+
+# ---- bench.common -------------------------------------------------------------------------
+
+
+def test_compare_interleaves_and_reports_quartiles():
+    calls = []
+    res = common.compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                         CPU, warmup=1, repeat=4, min_block_s=0.0)
+    assert set(res) == {"a", "b"}
+    timed = calls[2:]  # after one warm-up call each
+    assert timed[:4] == ["a", "b", "a", "b"]
+    for m in res.values():
+        assert m.timing.samples == 4 and m.timing.number == 1
+        assert m.timing.q1 <= m.timing.median <= m.timing.q3
+        assert math.isnan(m.peak_bytes)
+
+
+def test_fast_calls_are_batched_per_sample():
+    m = common.measure(lambda: None, CPU, warmup=1, repeat=3, min_block_s=1e-3)
+    assert m.timing.number > 1 and m.timing.median < 1e-3
+
+
+def test_out_of_memory_is_recorded_as_inf():
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+
+    res = common.compare({"ok": lambda: None, "oom": oom}, CPU, warmup=1, repeat=3)
+    assert math.isinf(res["oom"].ms) and math.isinf(res["oom"].peak_bytes)
+    assert math.isfinite(res["ok"].ms)
+    assert math.isnan(common.ratio(res["ok"].timing.median, res["oom"].timing.median))
+
+
+def test_other_errors_propagate():
+    def broken():
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError, match="bug"):
+        common.measure(broken, CPU, warmup=1, repeat=3)
+
+
+def test_cpu_peak_memory_counts_torch_allocations():
+    def alloc():
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = torch.ones(1 << 20)
+        del a
+        return b.sum()
+
+    peak = common.peak_memory(alloc, CPU)
+    assert 8 * 2**20 <= peak < 9 * 2**20
+
+
+def test_numpy_peak_memory_counts_numpy_arrays():
+    import numpy as np
+
+    peak = common.peak_memory(lambda: np.ones(1 << 20).sum(), CPU, method="numpy")  # 8 MiB
+    assert 8 * 2**20 <= peak < 9 * 2**20
+
+
+def test_check_close_names_the_case():
+    a = torch.ones(3)
+    assert common.check_close(a, a + 1e-9, rtol=1e-6, atol=0, what="x") < 1e-8
+    with pytest.raises(common.CorrectnessError, match="my case"):
+        common.check_close(a, a * 2, rtol=1e-6, atol=0, what="my case")
+
+
+def test_print_table_formats_oom_and_missing(capsys):
+    common.print_table("t", [{"a": 1.5, "b": math.inf}, {"a": math.nan}],
+                       [("a", "A", ".2f"), ("b", "B", ".1f")])
+    out = capsys.readouterr().out
+    assert "1.50" in out and "OOM" in out and "-" in out
+
+
+def test_write_results_round_trips(tmp_path):
+    path = common.write_results("demo", [{"ms": 1.0, "peak": math.inf, "dtype": torch.float32}],
+                                device=CPU, preset="tiny", out_dir=tmp_path)
+    assert path.name == "demo-cpu.json"
+    payload = json.loads(path.read_text())
+    assert payload["records"][0]["peak"] == math.inf
+    assert payload["records"][0]["dtype"] == "torch.float32"
+    assert payload["metadata"]["git_revision"]
+
+
+def test_presets_and_devices():
+    assert common.resolve_preset(True, None) == "quick"
+    assert common.resolve_preset(False, None) == "full"
+    assert common.resolve_preset(False, "tiny") == "tiny"
+    with pytest.raises(ValueError, match="'preset'"):
+        common.resolve_preset(False, "huge")
+    with pytest.raises(ValueError, match="'device'"):
+        common.resolve_device("mps")
+
+
+# ---- the demo -----------------------------------------------------------------------------
+
+
+def test_demo_runs_every_section(capsys):
+    import fastunlearn
+    from fastunlearn import demo
+
+    assert demo.main(["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for marker in ("fastunlearn", "[1]", "[2]", "[3]", "Done in"):
+        assert marker in out
+    if fastunlearn.backend()["cpu"]:  # every op compiled: nothing may be skipped
+        assert "skipped" not in out
+        assert "glm_hvp" in out and "farthest-k" in out and "per-sample" in out
