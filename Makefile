@@ -31,8 +31,11 @@ $(STAMP):
 	touch $(STAMP)
 
 $(BUILT): $(STAMP) setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
-	$(BUILD_ENV) $(PIP) install --no-build-isolation --no-deps -v -e . 2>&1 | \
-	  grep -E "^ *(=|fastunlearn|  )|error|Error|warning: unused|\[[0-9]+/[0-9]+\]" || true
+	@mkdir -p build
+	@echo "building the extension (log: build/pip-install.log)"
+	$(BUILD_ENV) $(PIP) install --no-build-isolation --no-deps -v -e . > build/pip-install.log 2>&1 || \
+	  (grep -E -A3 "error|Error" build/pip-install.log | tail -60; exit 1)
+	@sed -n '/fastunlearn build configuration/,/^ *=====/p' build/pip-install.log | tail -n +1
 	$(PY) -c "import fastunlearn,json;b=fastunlearn.backend();print('compiled:',b['compiled'],'cpu:',b['cpu'],'cuda:',b['cuda']);assert b['cpu'],b"
 	touch $(BUILT)
 

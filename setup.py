@@ -114,8 +114,11 @@ def _write_build_info(build_cuda: bool) -> None:
 
 def make_extension():
     build_cuda, why = _decide_cuda()
-    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
-    sources += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    # setuptools wants source paths relative to the project root (egg_info rejects absolute
+    # ones), and pip runs setup.py from there
+    os.chdir(ROOT)
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
     cxx += ["-fopenmp"]
     extra = {"cxx": cxx}
@@ -125,7 +128,7 @@ def make_extension():
     ext_cls = cpp_extension.CppExtension
     if build_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-        sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         nvcc = ["-O0", "-g", "-G"] if DEBUG else ["-O3"]
         nvcc += ["--expt-relaxed-constexpr", "-lineinfo"] + NVCC_EXTRA
         extra["nvcc"] = nvcc
