@@ -25,10 +25,11 @@ def test_all_classes_shapes_and_labels():
 
 def test_binary_three_vs_eight():
     split = load_digits_dataset(binary=(3, 8))
-    assert split.classes == (3, 8) and split.n_classes == 2
+    # the first digit is the positive class (label 1), as in the reference's MNIST 3 vs 8
+    assert split.classes == (8, 3) and split.n_classes == 2
     y = torch.cat([split.y_train, split.y_test])
     assert set(y.tolist()) == {0, 1}
-    assert int((y == 0).sum()) == N_THREES and int((y == 1).sum()) == N_EIGHTS
+    assert int((y == 1).sum()) == N_THREES and int((y == 0).sum()) == N_EIGHTS
     # the label order follows the pair: (8, 3) swaps the labels of the same images
     swapped = load_digits_dataset(binary=(8, 3))
     assert torch.equal(swapped.X_train, split.X_train)
@@ -44,7 +45,7 @@ def test_binary_split_is_the_subset_of_the_ten_class_split():
     ]:
         keep = (y == 3) | (y == 8)
         assert torch.equal(X[keep], Xb)
-        assert torch.equal((y[keep] == 8).long(), yb)
+        assert torch.equal((y[keep] == 3).long(), yb)
 
 
 def test_normalize_unit_rows_and_raw_range():

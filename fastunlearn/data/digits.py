@@ -119,8 +119,10 @@ def load_digits_dataset(
 
     Args:
         binary: ``None`` for all ten classes (labels ``0..9``), or a pair of distinct digits
-            ``(a, b)``: only those images are kept and labelled ``a -> 0``, ``b -> 1``
-            (``(3, 8)`` mirrors MNIST 3-vs-8).
+            ``(a, b)``: only those images are kept; ``a`` is the positive class (label 1)
+            and ``b`` the negative one (label 0), as in the certified-removal reference's
+            MNIST 3-vs-8 (3 -> +1) and in :func:`fastunlearn.data.load_features_or_pixels`.
+            ``classes[label]`` is the digit of a label, so ``classes == (b, a)``.
         normalize: If true, every row is scaled to unit L2 norm (``||x_i||_2 = 1``; the
             digits have no all-zero image), which is the ``||x|| <= 1`` assumption of the
             certified-removal bounds (Guo et al. 2020). If false, the raw pixel values
@@ -140,7 +142,7 @@ def load_digits_dataset(
     Example:
         >>> split = load_digits_dataset(binary=(3, 8))
         >>> split.classes, sorted(set(split.y_train.tolist()))
-        ((3, 8), [0, 1])
+        ((8, 3), [0, 1])
 
     """
     pair = _check_binary(binary)
@@ -160,8 +162,8 @@ def load_digits_dataset(
     else:
         keep = (target == pair[0]) | (target == pair[1])
         features, digits = data[keep], target[keep]
-        labels = (digits == pair[1]).astype(np.int64)
-        classes = pair
+        labels = (digits == pair[0]).astype(np.int64)
+        classes = (pair[1], pair[0])
     if normalize:
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         features = features / np.where(norms > 0, norms, 1.0)
