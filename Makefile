@@ -22,7 +22,7 @@ $(STAMP):
 	$(PIP) install --upgrade pip
 	# plain `torch` takes the newest CUDA-enabled build (torchvision needs it)
 	$(PIP) install torch torchvision
-	$(PIP) install ninja numpy scikit-learn tqdm matplotlib safetensors \
+	$(PIP) install ninja numpy scipy scikit-learn tqdm matplotlib safetensors \
 	    pytest hypothesis pytest-benchmark expecttest opacus ruff
 	# nvcc matching torch's CUDA version, for compiling the CUDA kernels
 	$(PY) -c "import torch,sys;v=torch.version.cuda;sys.exit(0 if v else 1)" && \
