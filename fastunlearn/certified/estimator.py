@@ -311,6 +311,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"argument 'device' is not a torch device: {self.device!r}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"argument 'device' is {self.device!r} but CUDA is not available")
         cfg["device"] = str(device)
         self._check_live_params()
         return cfg
@@ -968,13 +970,19 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_state(
-        cls, tensors: dict[str, Tensor], meta: dict[str, Any]
+        cls,
+        tensors: dict[str, Tensor],
+        meta: dict[str, Any],
+        *,
+        device: str | torch.device | None = None,
     ) -> CertifiedLogisticRegression:
         """Rebuild a fitted model from :meth:`get_state` output.
 
         Args:
             tensors: the tensors of ``get_state``.
             meta: the metadata of ``get_state``.
+            device: put the model on this device instead of the saved one (e.g. ``"cpu"``
+                for a model saved on a GPU).
 
         Returns:
             A fitted model that continues exactly where the saved one stopped.
@@ -994,6 +1002,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"argument 'tensors' lacks {missing}")
         model = cls(**meta["params"])
         cfg = dict(meta["config"])
+        if device is not None:
+            cfg["device"] = str(torch.device(device))
+            model.set_params(device=cfg["device"])
         device = torch.device(cfg["device"])
         X = tensors["X"].to(device, torch.float64, copy=True)
         n, d = X.shape

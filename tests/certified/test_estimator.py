@@ -503,6 +503,7 @@ def test_removing_a_whole_class_is_refused(tenclass):
         ("seed", -1),
         ("max_iter", 0),
         ("device", "not-a-device"),
+        *([("device", "cuda")] if not torch.cuda.is_available() else []),
     ],
 )
 def test_bad_parameters_raise_and_leave_model_unchanged(binary, param, value):
@@ -574,6 +575,8 @@ def test_state_roundtrip_continues_identically(tenclass):
         m.remove([35, 89])
     np.testing.assert_array_equal(restored.coef_, model.coef_)
     assert restored.budget_used_ == model.budget_used_
+    on_cpu = CertifiedLogisticRegression.from_state(tensors, meta, device=torch.device("cpu"))
+    assert on_cpu.device == "cpu" and on_cpu._W.device.type == "cpu"
     with pytest.raises(ValueError, match="'meta'"):
         CertifiedLogisticRegression.from_state(tensors, {**meta, "version": 99})
     with pytest.raises(ValueError, match="'tensors'"):
