@@ -24,18 +24,24 @@ that ends with the record of exactly that state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from .ledger import (
     RemovalLedger,
@@ -141,7 +147,12 @@ def _checksum(tensor: torch.Tensor) -> str:
     return f"{zlib.crc32(memoryview(raw)) & 0xFFFFFFFF:08x}"
 
 
-def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _file_id(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _read_state_once(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     meta = read_metadata(path)
     try:
         tensors = load_file(path, device="cpu")
@@ -159,6 +170,55 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                 f"model file {str(path)!r} is corrupt: checksum mismatch in tensor {name!r}"
             )
     return tensors, meta
+
+
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Header and tensors of one and the same version of ``path``.
+
+    The header and the tensors are read by two opens; a writer replacing the file in between
+    (``os.replace`` gives it a new inode) is detected and the read retried.
+    """
+    for attempt in range(3):
+        try:
+            before = _file_id(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist") from None
+        try:
+            state = _read_state_once(path)
+        except (ValueError, FileNotFoundError):
+            if attempt < 2 and _exists_changed(path, before):
+                continue
+            raise
+        if not _exists_changed(path, before):
+            return state
+    raise ValueError(f"model file {str(path)!r} kept changing while being read")
+
+
+def _exists_changed(path: Path, before: tuple[int, int, int]) -> bool:
+    try:
+        return _file_id(path) != before
+    except FileNotFoundError:
+        return True
+
+
+@contextlib.contextmanager
+def _ledger_lock(book: RemovalLedger) -> Iterator[None]:
+    """Hold an exclusive lock on the ledger for one checkpoint or one reconciliation.
+
+    A writer (state file + ledger line) and a reader that repairs the ledger must not
+    interleave: the reader could append the record the writer is about to append, or cut
+    records the writer just wrote. The kernel drops the lock when its process dies, so a
+    crashed writer never blocks recovery. Without ``fcntl`` (Windows) this is a no-op.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(book.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------------- writing
@@ -342,13 +402,15 @@ def _reconcile(path: Path, meta: Mapping[str, Any], book: RemovalLedger) -> None
         )
 
 
-def _check_removed(path: Path, model: Any, ledger: RemovalLedger) -> None:
+def _check_removed(
+    path: Path, model: Any, ledger: RemovalLedger, records: list[dict[str, Any]]
+) -> None:
     """Check that the model's removed rows are those the ledger lists since the last fit."""
     removed = getattr(model, "removed_indices_", None)
     if removed is None:
         return
     listed: set[int] = set()
-    for rec in ledger.records():
+    for rec in records:
         if rec.get("event") == "fit":
             listed = set()
         elif rec.get("event") in ("remove", "retrain"):
@@ -397,18 +459,24 @@ def load_model(
 
     """
     p = Path(path)
-    tensors, meta = _read_state(p)
     if cls is None:
         from .estimator import CertifiedLogisticRegression
 
         cls = CertifiedLogisticRegression
+    if not ledger or read_metadata(p).get("ledger_seq") is None:
+        tensors, meta = _read_state(p)
+        return cls.from_state(tensors, meta["state"])
     book = RemovalLedger(ledger_path(p))
-    if ledger:
+    # State and ledger are read and repaired under the writers' lock, so a checkpoint running
+    # in another process cannot slip between them.
+    with _ledger_lock(book):
+        tensors, meta = _read_state(p)
         _reconcile(p, meta, book)
-    model = cls.from_state(tensors, meta["state"])
-    if ledger and meta.get("ledger_seq") is not None:
-        _check_removed(p, model, book)
+        records = book.records()
         _remove_stale_tmp(p)
+    model = cls.from_state(tensors, meta["state"])
+    if meta.get("ledger_seq") is not None:
+        _check_removed(p, model, book, records)
     return model
 
 
@@ -437,16 +505,17 @@ def checkpoint(model: Any, record: Mapping[str, Any]) -> dict[str, Any]:
     if target is None or target == "":
         raise ValueError("model.checkpoint is not set; give the model a checkpoint path")
     p = Path(target)
-    book = RemovalLedger(ledger_path(p))
-    prev_seq = 0
-    if p.exists():
-        prev = read_metadata(p)
-        _reconcile(p, prev, book)
-        prev_seq = prev.get("ledger_seq") or 0
     rec = normalize_record(record)
     rec.setdefault("time", time.time())
-    seq = max(book.last_seq(), prev_seq) + 1
-    rec = {"seq": seq, **{k: v for k, v in rec.items() if k != "seq"}}
-    save_model(model, p, ledger_seq=rec["seq"], last_record=rec)
-    _crash_point("before_ledger")
-    return book.append(rec)
+    book = RemovalLedger(ledger_path(p))
+    with _ledger_lock(book):
+        prev_seq = 0
+        if p.exists():
+            prev = read_metadata(p)
+            _reconcile(p, prev, book)
+            prev_seq = prev.get("ledger_seq") or 0
+        seq = max(book.last_seq(), prev_seq) + 1
+        rec = {"seq": seq, **{k: v for k, v in rec.items() if k != "seq"}}
+        save_model(model, p, ledger_seq=seq, last_record=rec)
+        _crash_point("before_ledger")
+        return book.append(rec)

@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -513,6 +514,7 @@ def test_stale_tmp_files_removed_on_load(tmp_path):
 # --------------------------------------------------------------------------- real crashes
 _FAKE_SCRIPT = """
 import sys
+import threading
 sys.path.insert(0, {here!r})
 from test_persistence import FakeModel
 model = FakeModel(checkpoint={path!r}).fit()
@@ -570,3 +572,40 @@ def test_sigkill_at_crash_points_fake(tmp_path):
         assert [r["indices"] for r in records[1:]] == [[i] for i in FAKE_ORDER[:want]], point
         if point == "before_replace":
             assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+# --------------------------------------------------------------------------- concurrency
+def test_reader_waits_for_a_checkpoint_in_progress(tmp_path):
+    from fastunlearn.certified.persistence import _ledger_lock
+
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    result = {}
+    reader = threading.Thread(target=lambda: result.update(m=load_model(path, cls=FakeModel)))
+    with _ledger_lock(ledger_of(path)):  # what checkpoint holds while writing
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive()  # blocked on the lock, not reading a half-done checkpoint
+    reader.join(30)
+    assert not reader.is_alive()
+    assert_same_fake(result["m"], model)
+
+
+def test_read_retries_when_the_file_is_replaced_meanwhile(tmp_path, monkeypatch):
+    import fastunlearn.certified.persistence as persistence
+
+    path = tmp_path / "m.safetensors"
+    save_model(FakeModel(seed=1), path)
+    newer = FakeModel(seed=2).fit()
+    real_load_file = persistence.load_file
+    calls = []
+
+    def racing_load_file(*args, **kwargs):
+        if not calls:  # another process replaces the file between header and tensor reads
+            save_model(newer, path)
+        calls.append(1)
+        return real_load_file(*args, **kwargs)
+
+    monkeypatch.setattr(persistence, "load_file", racing_load_file)
+    assert_same_fake(load_model(path, cls=FakeModel), newer)
+    assert len(calls) == 2
