@@ -9,6 +9,7 @@ value is a JSON object::
      "ledger_seq": int or null, "last_record": dict or null}
 
 Loading goes through safetensors only: nothing is ever unpickled, so a file cannot run code.
+The CRC-32 of every tensor is checked, so a damaged file raises instead of loading wrong data.
 
 Every write is atomic: the file is written under a temporary name in the same directory,
 flushed and fsynced, renamed over the target with :func:`os.replace`, and the directory is
@@ -19,7 +20,8 @@ appends the record to ``<path>.ledger.jsonl`` second. :func:`load_model` then re
 a crash left: a torn ledger line is cut, a record present in the state but missing from the
 ledger is appended, records beyond the state's ``seq`` are dropped. A process killed at any
 moment of a removal therefore loads as the model before or after that removal, with a ledger
-that ends with the record of exactly that state.
+that ends with the record of exactly that state. Checkpoints and repairs hold an exclusive
+``flock`` on the ledger, so a reader in another process never repairs around a live writer.
 """
 
 from __future__ import annotations
