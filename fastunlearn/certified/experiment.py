@@ -169,12 +169,13 @@ class ExperimentConfig:
             raise ValueError(f"'gamma' must be one of {', '.join(GAMMAS)}, got {self.gamma!r}")
         if self.solver not in ("auto", "cholesky", "cg"):
             raise ValueError(f"'solver' must be auto, cholesky or cg, got {self.solver!r}")
+        bad_device = f"'device' must be cpu, cuda or cuda:<index>, got {self.device!r}"
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"'device' is not a device: {self.device!r}") from exc
+            raise ValueError(bad_device) from exc
         if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"'device' must be cpu or cuda, got {self.device!r}")
+            raise ValueError(bad_device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"'device' is {self.device!r} but no CUDA GPU is visible")
         return self
