@@ -1,0 +1,523 @@
+"""Crash-safe persistence of certified models: safetensors state file plus removal ledger.
+
+File format (``FORMAT_VERSION`` 1): one safetensors file holding the tensors of
+``model.get_state()`` and, in the safetensors metadata header, one key ``"fastunlearn"`` whose
+value is a JSON object::
+
+    {"format": "fastunlearn.certified", "format_version": 1, "model_class": "...",
+     "state": <meta dict of get_state()>, "checksums": {tensor name: crc32 hex},
+     "ledger_seq": int or null, "last_record": dict or null}
+
+Loading goes through safetensors only: nothing is ever unpickled, so a file cannot run code.
+The CRC-32 of every tensor is checked, so a damaged file raises instead of loading wrong data.
+
+Every write is atomic: the file is written under a temporary name in the same directory,
+flushed and fsynced, renamed over the target with :func:`os.replace`, and the directory is
+fsynced, so the target always holds either the old or the new complete state.
+
+:func:`checkpoint` writes the state first (carrying the new ledger record and its ``seq``) and
+appends the record to ``<path>.ledger.jsonl`` second. :func:`load_model` then repairs whatever
+a crash left: a torn ledger line is cut, a record present in the state but missing from the
+ledger is appended, records beyond the state's ``seq`` are dropped. A process killed at any
+moment of a removal therefore loads as the model before or after that removal, with a ledger
+that ends with the record of exactly that state. Checkpoints and repairs hold an exclusive
+``flock`` on the ledger, so a reader in another process never repairs around a live writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+from .ledger import (
+    RemovalLedger,
+    _crash_point,
+    _dumps,
+    fsync_directory,
+    normalize_record,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "checkpoint",
+    "ledger_path",
+    "load_model",
+    "read_metadata",
+    "save_model",
+]
+
+FORMAT_NAME = "fastunlearn.certified"
+FORMAT_VERSION = 1
+METADATA_KEY = "fastunlearn"
+_LEDGER_SUFFIX = ".ledger.jsonl"
+_TMP_MARK = ".tmp-"
+# safetensors: an 8-byte little-endian header length, then that many bytes of JSON.
+_MAX_HEADER = 100_000_000
+
+
+def ledger_path(path: str | os.PathLike[str]) -> Path:
+    """Return the removal ledger path of the model file ``path``: ``<path>.ledger.jsonl``."""
+    return Path(os.fspath(path) + _LEDGER_SUFFIX)
+
+
+# ---------------------------------------------------------------------- reading
+def _not_safetensors(path: Path, head: bytes) -> str:
+    """Explain what a non-safetensors file looks like, for the error message."""
+    if head[:1] == b"\x80":
+        return "it looks like a Python pickle, which is never loaded (it could run code)"
+    if head[:4] == b"PK\x03\x04":
+        return "it looks like a torch.save zip archive (pickle inside), which is never loaded"
+    return "it is not a safetensors file"
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate the fastunlearn header of a model file without loading tensors.
+
+    Args:
+        path: a file written by :func:`save_model`.
+
+    Returns:
+        The decoded header dict (``format``, ``format_version``, ``state``, ``checksums``,
+        ``ledger_seq``, ``last_record``, ...).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a safetensors file written by fastunlearn, is truncated or
+            corrupt, or has an unknown format version.
+
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+            size = os.fstat(fh.fileno()).st_size
+            if len(head) < 8:
+                raise ValueError(f"model file {str(p)!r} is truncated ({size} bytes)")
+            n = int.from_bytes(head, "little")
+            if n <= 1 or n > min(_MAX_HEADER, size - 8):
+                raise ValueError(
+                    f"model file {str(p)!r} is corrupt: {_not_safetensors(p, head)} "
+                    f"(header length {n}, file size {size})"
+                )
+            raw = fh.read(n)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model file {str(p)!r} does not exist") from None
+    try:
+        header = json.loads(raw)
+        text = header["__metadata__"][METADATA_KEY]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"model file {str(p)!r} is corrupt or was not written by fastunlearn: its "
+            f"safetensors header has no '{METADATA_KEY}' metadata"
+        ) from None
+    try:
+        meta = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"model file {str(p)!r} has corrupt metadata: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"model file {str(p)!r} is not a {FORMAT_NAME} file")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"model file {str(p)!r} has format version {version!r}; this fastunlearn reads "
+            f"version {FORMAT_VERSION} only (a newer fastunlearn may have written it)"
+        )
+    for key, kind in (("state", dict), ("checksums", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise ValueError(f"model file {str(p)!r} has corrupt metadata: no '{key}' object")
+    return meta
+
+
+def _checksum(tensor: torch.Tensor) -> str:
+    raw = tensor.detach().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(memoryview(raw)) & 0xFFFFFFFF:08x}"
+
+
+def _file_id(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _read_state_once(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(path, device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(f"model file {str(path)!r} is corrupt: {err}") from None
+    sums = meta["checksums"]
+    if set(sums) != set(tensors):
+        raise ValueError(
+            f"model file {str(path)!r} is corrupt: tensors {sorted(tensors)} do not match the "
+            f"recorded names {sorted(sums)}"
+        )
+    for name, tensor in tensors.items():
+        if _checksum(tensor) != sums[name]:
+            raise ValueError(
+                f"model file {str(path)!r} is corrupt: checksum mismatch in tensor {name!r}"
+            )
+    return tensors, meta
+
+
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Header and tensors of one and the same version of ``path``.
+
+    The header and the tensors are read by two opens; a writer replacing the file in between
+    (``os.replace`` gives it a new inode) is detected and the read retried.
+    """
+    for attempt in range(3):
+        try:
+            before = _file_id(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist") from None
+        try:
+            state = _read_state_once(path)
+        except (ValueError, FileNotFoundError):
+            if attempt < 2 and _exists_changed(path, before):
+                continue
+            raise
+        if not _exists_changed(path, before):
+            return state
+    raise ValueError(f"model file {str(path)!r} kept changing while being read")
+
+
+def _exists_changed(path: Path, before: tuple[int, int, int]) -> bool:
+    try:
+        return _file_id(path) != before
+    except FileNotFoundError:
+        return True
+
+
+@contextlib.contextmanager
+def _ledger_lock(book: RemovalLedger) -> Iterator[None]:
+    """Hold an exclusive lock on the ledger for one checkpoint or one reconciliation.
+
+    A writer (state file + ledger line) and a reader that repairs the ledger must not
+    interleave: the reader could append the record the writer is about to append, or cut
+    records the writer just wrote. The kernel drops the lock when its process dies, so a
+    crashed writer never blocks recovery. Without ``fcntl`` (Windows) this is a no-op.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(book.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ---------------------------------------------------------------------- writing
+def _prepare_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, storage-disjoint copies where needed (safetensors refuses aliasing)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise TypeError(
+                "model.get_state() must return tensors as dict[str, Tensor]; got entry "
+                f"{name!r}: {type(tensor).__name__}"
+            )
+        t = tensor.detach().to("cpu").contiguous()
+        key = t.untyped_storage().data_ptr()
+        if t.numel() and key in seen:
+            t = t.clone()
+            key = t.untyped_storage().data_ptr()
+        seen.add(key)
+        out[name] = t
+    return out
+
+
+def _tmp_path(path: Path) -> Path:
+    # Same directory (so os.replace is an atomic rename); pid in the name so a later writer can
+    # tell files abandoned by dead processes from a live writer's.
+    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Delete temporary files that killed writers left next to ``path``."""
+    prefix = f".{path.name}{_TMP_MARK}"
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        try:
+            pid = int(name[len(prefix) :].split("-", 1)[0])
+            if pid == os.getpid():
+                continue
+            os.kill(pid, 0)  # raises if no such process: the writer is gone
+        except ProcessLookupError:
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass
+        except (ValueError, OSError):
+            continue
+
+
+def save_model(
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    ledger_seq: int | None = None,
+    last_record: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model.get_state()`` to one safetensors file, atomically and durably.
+
+    Args:
+        model: an object with ``get_state() -> (dict[str, Tensor], dict)`` (a fitted
+            :class:`~fastunlearn.certified.estimator.CertifiedLogisticRegression`).
+        path: target file; its directory must exist. An existing file is replaced.
+        ledger_seq: sequence number of the ledger record this state corresponds to (set by
+            :func:`checkpoint`; leave ``None`` for a plain save).
+        last_record: that ledger record (set by :func:`checkpoint`).
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: ``get_state()`` returned something other than ``(dict[str, Tensor], dict)``
+            or its meta is not JSON-serialisable.
+        FileNotFoundError: the directory of ``path`` does not exist.
+
+    """
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"directory {str(p.parent)!r} of 'path' does not exist")
+    state = model.get_state()
+    if not (isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], Mapping)):
+        raise TypeError("model.get_state() must return (dict[str, Tensor], dict)")
+    tensors = _prepare_tensors(state[0])
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "state": dict(state[1]),
+        "checksums": {name: _checksum(t) for name, t in tensors.items()},
+        "ledger_seq": ledger_seq,
+        "last_record": None if last_record is None else normalize_record(last_record),
+    }
+    try:
+        text = _dumps(header)
+    except TypeError as err:
+        raise TypeError(f"model.get_state() meta is not JSON-serialisable: {err}") from None
+    tmp = _tmp_path(p)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: text})
+        # save_file closed (and so flushed) the file; now force the bytes to disk.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _crash_point("before_replace")
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _crash_point("after_replace")
+    fsync_directory(p.parent)
+    return p
+
+
+# ---------------------------------------------------------------------- ledger reconciliation
+def _same_record(a: Any, b: Any) -> bool:
+    # Compare as canonical JSON text: NaN equals NaN there, and key order does not matter.
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _contradiction(path: Path, book: RemovalLedger, what: str) -> ValueError:
+    return ValueError(
+        f"ledger {str(book.path)!r} contradicts model file {str(path)!r}: {what} (no crash "
+        "explains this; pass ledger=False to load_model to load the state alone)"
+    )
+
+
+def _reconcile(path: Path, meta: Mapping[str, Any], book: RemovalLedger) -> None:
+    """Make the ledger end with the record of the state in ``meta`` (see module docstring).
+
+    Reads only the end of the ledger unless it ran ahead of the state.
+
+    Raises:
+        ValueError: the ledger contradicts the state in a way no crash of :func:`checkpoint`
+            explains, or the ledger is corrupt before its last line.
+
+    """
+    seq = meta.get("ledger_seq")
+    last = meta.get("last_record")
+    if seq is None:
+        return  # a plain save: no ledger belongs to it
+    if (
+        isinstance(seq, bool)
+        or not isinstance(seq, int)
+        or not isinstance(last, dict)
+        or last.get("seq") != seq
+    ):
+        raise ValueError(f"model file {str(path)!r} has corrupt ledger metadata")
+    tail = book.last_record()
+    head = 0 if tail is None else int(tail["seq"])
+    if head > seq:
+        # The ledger ran ahead of the state (never produced by checkpoint's write order, but
+        # e.g. an older copy of the model file put back): keep the history up to the state.
+        match = [rec for rec in book.records() if rec["seq"] == seq]
+        if not match:
+            raise _contradiction(path, book, f"the ledger has no record seq {seq}")
+        if not _same_record(match[0], last):
+            raise _contradiction(path, book, f"record seq {seq} differs from the model's")
+        book.truncate_after(seq)
+    elif head == seq:
+        if not _same_record(tail, last):
+            raise _contradiction(path, book, f"record seq {seq} differs from the model's")
+        book.repair()
+    elif head == seq - 1:
+        # Killed between the state write and the ledger append (maybe mid-line).
+        book.repair()
+        book.append(last)
+    else:
+        raise _contradiction(
+            path,
+            book,
+            f"the model was checkpointed at seq {seq} but the ledger ends at seq {head}; only "
+            "the last record can be missing after a crash",
+        )
+
+
+def _check_removed(
+    path: Path, model: Any, ledger: RemovalLedger, records: list[dict[str, Any]]
+) -> None:
+    """Check that the model's removed rows are those the ledger lists since the last fit."""
+    removed = getattr(model, "removed_indices_", None)
+    if removed is None:
+        return
+    listed: set[int] = set()
+    for rec in records:
+        if rec.get("event") == "fit":
+            listed = set()
+        elif rec.get("event") in ("remove", "retrain"):
+            idx = rec.get("indices")
+            if isinstance(idx, list):
+                listed.update(int(i) for i in idx)
+            elif isinstance(idx, int) and not isinstance(idx, bool):
+                listed.add(idx)
+    have = {int(i) for i in removed}
+    if have != listed:
+        raise _contradiction(
+            path,
+            ledger,
+            f"the model has {len(have)} removed rows, the ledger lists {len(listed)} since the "
+            f"last fit (first differences: {sorted(have ^ listed)[:5]})",
+        )
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    cls: type | None = None,
+    ledger: bool = True,
+) -> Any:
+    """Load a model written by :func:`save_model` or :func:`checkpoint`.
+
+    Only safetensors is read, never pickle, so loading cannot execute code from the file.
+    When the file was written by :func:`checkpoint` and ``ledger`` is true, the ledger
+    ``<path>.ledger.jsonl`` is reconciled with it (torn last line cut, a missing last record
+    appended, records beyond the state dropped) and checked against the model's removed rows.
+
+    Args:
+        path: the model file.
+        cls: class providing ``from_state(tensors, meta)``; defaults to
+            :class:`~fastunlearn.certified.estimator.CertifiedLogisticRegression`.
+        ledger: reconcile and check the ledger; ``False`` loads the state alone and writes
+            nothing.
+
+    Returns:
+        The model, ``cls.from_state(tensors, meta)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is corrupt, not a fastunlearn model file, has an unknown format
+            version, or its ledger contradicts it.
+
+    """
+    p = Path(path)
+    if cls is None:
+        from .estimator import CertifiedLogisticRegression
+
+        cls = CertifiedLogisticRegression
+    if not ledger or read_metadata(p).get("ledger_seq") is None:
+        tensors, meta = _read_state(p)
+        return cls.from_state(tensors, meta["state"])
+    book = RemovalLedger(ledger_path(p))
+    # State and ledger are read and repaired under the writers' lock, so a checkpoint running
+    # in another process cannot slip between them.
+    with _ledger_lock(book):
+        tensors, meta = _read_state(p)
+        _reconcile(p, meta, book)
+        records = book.records()
+        _remove_stale_tmp(p)
+    model = cls.from_state(tensors, meta["state"])
+    if meta.get("ledger_seq") is not None:
+        _check_removed(p, model, book, records)
+    return model
+
+
+def checkpoint(model: Any, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Durably record one event of ``model``: state file first, ledger line second.
+
+    The record gets the next sequence number (``"seq"``) and, unless given, the current
+    ``"time"``; the state is saved to ``model.checkpoint`` with that record in its header, then
+    the record is appended to ``<model.checkpoint>.ledger.jsonl``. A ledger left inconsistent
+    by an earlier crash is reconciled first, so sequence numbers stay contiguous.
+
+    Args:
+        model: model with ``checkpoint`` (a path) and ``get_state()``.
+        record: the event, e.g. ``{"event": "remove", "seed": ..., "indices": [...],
+            "bound": ..., "cumulative": ..., "budget_left": ...}``; not modified.
+
+    Returns:
+        The record as written (plain JSON data, with ``seq`` and ``time``).
+
+    Raises:
+        ValueError: ``model.checkpoint`` is not set, or the existing files are inconsistent.
+        TypeError: ``record`` is not a JSON-serialisable mapping.
+
+    """
+    target = getattr(model, "checkpoint", None)
+    if target is None or target == "":
+        raise ValueError("model.checkpoint is not set; give the model a checkpoint path")
+    p = Path(target)
+    rec = normalize_record(record)
+    rec.setdefault("time", time.time())
+    book = RemovalLedger(ledger_path(p))
+    with _ledger_lock(book):
+        prev_seq = 0
+        if p.exists():
+            prev = read_metadata(p)
+            _reconcile(p, prev, book)
+            prev_seq = prev.get("ledger_seq") or 0
+        seq = max(book.last_seq(), prev_seq) + 1
+        rec = {"seq": seq, **{k: v for k, v in rec.items() if k != "seq"}}
+        save_model(model, p, ledger_seq=seq, last_record=rec)
+        _crash_point("before_ledger")
+        return book.append(rec)

@@ -1,0 +1,611 @@
+"""Persistence of certified models: safetensors round trip, ledger, checkpoints, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fastunlearn.certified.ledger import RemovalLedger, normalize_record
+from fastunlearn.certified.persistence import (
+    FORMAT_VERSION,
+    checkpoint,
+    ledger_path,
+    load_model,
+    read_metadata,
+    save_model,
+)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+class FakeModel:
+    """Stand-in for the estimator: implements get_state/from_state/checkpoint only.
+
+    Its "model" is the mean of the remaining rows, so results after k removals are exact and
+    easy to recompute; each event is checkpointed when ``checkpoint`` is set.
+    """
+
+    def __init__(self, n: int = 12, d: int = 3, seed: int = 0, checkpoint: str | None = None):
+        gen = torch.Generator().manual_seed(seed)
+        self.X = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        self.removed = torch.zeros(n, dtype=torch.bool)
+        self.w = torch.zeros(d, dtype=torch.float64)
+        self.used = 0.0
+        self.seed = seed
+        self.checkpoint = checkpoint
+
+    def _record(self, event: str, indices: list[int]) -> dict:
+        return {
+            "event": event,
+            "seed": self.seed,
+            "indices": np.asarray(indices, dtype=np.int64),
+            "bound": np.float64(0.125),
+            "cumulative": self.used,
+            "budget_left": 10.0 - self.used,
+        }
+
+    def fit(self) -> FakeModel:
+        self.w = self.X.mean(0)
+        if self.checkpoint is not None:
+            checkpoint(self, self._record("fit", []))
+        return self
+
+    def remove(self, i: int) -> None:
+        self.removed[i] = True
+        self.w = self.X[~self.removed].mean(0)
+        self.used += 0.125
+        if self.checkpoint is not None:
+            checkpoint(self, self._record("remove", [i]))
+
+    @property
+    def removed_indices_(self) -> np.ndarray:
+        return np.flatnonzero(self.removed.numpy())
+
+    def get_state(self):
+        tensors = {"X": self.X, "removed": self.removed, "w": self.w}
+        meta = {"used": self.used, "seed": self.seed, "checkpoint": self.checkpoint}
+        return tensors, meta
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        model = cls.__new__(cls)
+        model.X, model.removed, model.w = tensors["X"], tensors["removed"], tensors["w"]
+        model.used, model.seed, model.checkpoint = meta["used"], meta["seed"], meta["checkpoint"]
+        return model
+
+
+def assert_same_fake(a: FakeModel, b: FakeModel) -> None:
+    assert torch.equal(a.X, b.X)
+    assert torch.equal(a.removed, b.removed)
+    assert torch.equal(a.w, b.w)
+    assert a.used == b.used and a.seed == b.seed
+
+
+def ledger_of(path: Path) -> RemovalLedger:
+    return RemovalLedger(ledger_path(path))
+
+
+def dir_listing(path: Path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+# --------------------------------------------------------------------------- save / load
+def test_round_trip_fake(tmp_path):
+    model = FakeModel().fit()
+    model.remove(3)
+    path = save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(path, cls=FakeModel)
+    assert_same_fake(loaded, model)
+    assert dir_listing(tmp_path) == ["m.safetensors"]  # no ledger for a plain save
+    meta = read_metadata(path)
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["ledger_seq"] is None and meta["last_record"] is None
+    assert meta["model_class"].endswith("FakeModel")
+
+
+def test_round_trip_tensor_kinds(tmp_path):
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+
+    class Holder:
+        def get_state(self):
+            tensors = {
+                "t": base.t(),  # non-contiguous
+                "view": base[1],  # shares storage with "t"
+                "empty": torch.zeros(0, 5, dtype=torch.float32),
+                "scalar": torch.tensor(2.5, dtype=torch.float64),
+                "mask": torch.tensor([True, False, True]),
+                "idx": torch.tensor([3, -1], dtype=torch.int64),
+            }
+            return tensors, {"nested": {"a": [1, 2.5, None, "x"]}, "flag": True}
+
+        @classmethod
+        def from_state(cls, tensors, meta):
+            return tensors, meta
+
+    path = save_model(Holder(), tmp_path / "h.safetensors")
+    tensors, meta = load_model(path, cls=Holder)
+    assert meta == {"nested": {"a": [1, 2.5, None, "x"]}, "flag": True}
+    want = Holder().get_state()[0]
+    assert set(tensors) == set(want)
+    for name, tensor in want.items():
+        assert tensors[name].dtype == tensor.dtype, name
+        assert torch.equal(tensors[name], tensor), name
+
+
+def test_save_replaces_atomically_and_cleans_up_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    first = FakeModel(seed=1).fit()
+    save_model(first, path)
+    second = FakeModel(seed=2).fit()
+
+    def broken_replace(src, dst):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk on fire"):
+        save_model(second, path)
+    monkeypatch.undo()
+    assert dir_listing(tmp_path) == ["m.safetensors"]  # temporary file removed
+    assert_same_fake(load_model(path, cls=FakeModel), first)  # old content intact
+    save_model(second, path)
+    assert dir_listing(tmp_path) == ["m.safetensors"]
+    assert_same_fake(load_model(path, cls=FakeModel), second)
+
+
+def test_save_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        save_model(FakeModel(), tmp_path / "no_such_dir" / "m.safetensors")
+
+    class BadMeta(FakeModel):
+        def get_state(self):
+            tensors, meta = super().get_state()
+            return tensors, {**meta, "obj": object()}
+
+    with pytest.raises(TypeError, match="JSON"):
+        save_model(BadMeta(), tmp_path / "m.safetensors")
+
+    class BadTensors(FakeModel):
+        def get_state(self):
+            return {"X": [1.0, 2.0]}, {}
+
+    with pytest.raises(TypeError, match="get_state"):
+        save_model(BadTensors(), tmp_path / "m.safetensors")
+    assert dir_listing(tmp_path) == []
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "absent.safetensors"
+    with pytest.raises(FileNotFoundError, match="absent.safetensors"):
+        load_model(path, cls=FakeModel)
+
+
+def test_unknown_version_refused(tmp_path):
+    path = tmp_path / "future.safetensors"
+    save_model(FakeModel(), path)
+    meta = read_metadata(path)
+    meta["format_version"] = FORMAT_VERSION + 1
+    save_file(
+        {"X": torch.zeros(2)},
+        path,
+        metadata={"fastunlearn": json.dumps(meta)},
+    )
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}"):
+        load_model(path, cls=FakeModel)
+
+
+def test_foreign_safetensors_refused(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file({"X": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="not written by fastunlearn"):
+        load_model(path, cls=FakeModel)
+    save_file({"X": torch.zeros(2)}, path, metadata={"fastunlearn": "{not json"})
+    with pytest.raises(ValueError, match="corrupt metadata"):
+        load_model(path, cls=FakeModel)
+    save_file({"X": torch.zeros(2)}, path, metadata={"fastunlearn": '{"format": "other"}'})
+    with pytest.raises(ValueError, match="not a fastunlearn.certified file"):
+        load_model(path, cls=FakeModel)
+
+
+@pytest.mark.parametrize("damage", ["truncate_data", "truncate_header", "flip_data", "garbage"])
+def test_corrupt_file(tmp_path, damage):
+    path = tmp_path / "m.safetensors"
+    save_model(FakeModel().fit(), path)
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate_data":
+        raw = raw[:-5]
+    elif damage == "truncate_header":
+        raw = raw[:40]
+    elif damage == "flip_data":
+        raw[-3] ^= 0x01  # inside the last tensor's bytes: only the checksum notices
+    else:
+        raw = bytearray(b"\x12" * 64)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt|truncated"):
+        load_model(path, cls=FakeModel)
+
+
+class _Trap:
+    """Unpickling this creates a marker file: proof that code from the file ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_pickle_payload_never_executed(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.safetensors"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(_Trap(marker)))
+    else:
+        torch.save({"x": _Trap(marker)}, path)
+    with pytest.raises(ValueError, match="pickle"):
+        load_model(path, cls=FakeModel)
+    with pytest.raises(ValueError, match="pickle"):
+        read_metadata(path)
+    assert not marker.exists()
+    # Sanity: the payload really is live.
+    pickle.loads(pickle.dumps(_Trap(marker)))
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- ledger
+def test_ledger_append_and_read(tmp_path):
+    book = RemovalLedger(tmp_path / "l.jsonl")
+    assert book.records() == [] and book.last_seq() == 0 and book.last_record() is None
+    assert book.repair() == 0
+    stored = book.append({"seq": 1, "event": "fit", "indices": np.arange(3), "b": np.float32(0.5)})
+    assert stored == {"seq": 1, "event": "fit", "indices": [0, 1, 2], "b": 0.5}
+    book.append({"seq": 2, "event": "remove", "indices": [7], "note": "a\nb"})
+    assert book.last_seq() == 2
+    assert [r["seq"] for r in book.records()] == [1, 2]
+    assert book.records()[1]["note"] == "a\nb"
+    assert len(book.path.read_bytes().splitlines()) == 2  # one line per record
+    with pytest.raises(ValueError, match="expects seq 3"):
+        book.append({"seq": 5, "event": "remove"})
+    with pytest.raises(ValueError, match="seq"):
+        book.append({"event": "remove"})
+    with pytest.raises(TypeError, match="JSON"):
+        book.append({"seq": 3, "x": object()})
+    assert book.last_seq() == 2
+
+
+def test_ledger_long_records_tail(tmp_path):
+    book = RemovalLedger(tmp_path / "l.jsonl")
+    for seq in range(1, 4):
+        book.append({"seq": seq, "indices": list(range(30_000 * seq))})  # lines > 64 KiB
+    assert book.last_seq() == 3
+    assert len(book.last_record()["indices"]) == 90_000
+    with open(book.path, "ab") as fh:
+        fh.write(b'{"seq": 4, "indices": [1, 2')
+    assert book.last_seq() == 3
+    assert book.repair() > 0
+    assert book.path.read_bytes().endswith(b"]}\n")
+
+
+@pytest.mark.parametrize(
+    "tail", [b'{"seq": 3, "ev', b'{"seq": 3, "event": "remove"}', b"\x00" * 40, b"garbage\n"]
+)
+def test_ledger_torn_last_line(tmp_path, tail):
+    book = RemovalLedger(tmp_path / "l.jsonl")
+    book.append({"seq": 1, "event": "fit"})
+    book.append({"seq": 2, "event": "remove", "indices": [4]})
+    intact = book.path.read_bytes()
+    with open(book.path, "ab") as fh:
+        fh.write(tail)
+    assert [r["seq"] for r in book.records()] == [1, 2]  # tolerated on read, not removed
+    assert book.last_seq() == 2
+    assert book.path.read_bytes() == intact + tail
+    assert book.repair() == len(tail)
+    assert book.path.read_bytes() == intact
+    # An append after a torn line cuts it first.
+    with open(book.path, "ab") as fh:
+        fh.write(tail)
+    book.append({"seq": 3, "event": "remove", "indices": [5]})
+    assert [r["seq"] for r in book.records()] == [1, 2, 3]
+
+
+def test_ledger_corruption_is_an_error(tmp_path):
+    book = RemovalLedger(tmp_path / "l.jsonl")
+    book.path.write_bytes(b'{"seq": 1}\nnot json\n{"seq": 3}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        book.records()
+    book.path.write_bytes(b'{"seq": 1}\n{"seq": 3}\n')
+    with pytest.raises(ValueError, match="seq 3 follows seq 1"):
+        book.records()
+    book.path.write_bytes(b'{"seq": 1}\n[1, 2]\n{"seq": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        book.records()
+
+
+def test_ledger_truncate_after(tmp_path):
+    book = RemovalLedger(tmp_path / "l.jsonl")
+    for seq in range(1, 6):
+        book.append({"seq": seq})
+    with open(book.path, "ab") as fh:
+        fh.write(b'{"se')
+    assert book.truncate_after(3) == 2
+    assert [r["seq"] for r in book.records()] == [1, 2, 3]
+    assert book.path.read_bytes().endswith(b"\n")
+    assert book.truncate_after(10) == 0
+
+
+def test_normalize_record():
+    rec = {"i": np.int64(3), "a": np.arange(2), "t": torch.tensor([1.5]), "s": {2, 1}, "n": None}
+    assert normalize_record(rec) == {"i": 3, "a": [0, 1], "t": [1.5], "s": [1, 2], "n": None}
+    with pytest.raises(TypeError, match="record"):
+        normalize_record([1, 2])
+
+
+# --------------------------------------------------------------------------- checkpoint
+def test_checkpoint_sequence(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    for i in (4, 0, 7):
+        model.remove(i)
+    records = ledger_of(path).records()
+    assert [r["seq"] for r in records] == [1, 2, 3, 4]
+    assert [r["event"] for r in records] == ["fit", "remove", "remove", "remove"]
+    assert [r["indices"] for r in records] == [[], [4], [0], [7]]
+    assert all(isinstance(r["time"], float) for r in records)
+    meta = read_metadata(path)
+    assert meta["ledger_seq"] == 4 and meta["last_record"] == records[-1]
+    loaded = load_model(path, cls=FakeModel)
+    assert_same_fake(loaded, model)
+    # Continue after loading: identical to never having saved.
+    loaded.remove(9)
+    model.checkpoint = None
+    model.remove(9)
+    assert_same_fake(loaded, model)
+    assert ledger_of(path).last_seq() == 5
+    assert dir_listing(tmp_path) == ["m.safetensors", "m.safetensors.ledger.jsonl"]
+
+
+def test_checkpoint_does_not_mutate_record_and_needs_path(tmp_path):
+    model = FakeModel(checkpoint=str(tmp_path / "m.safetensors"))
+    record = {"event": "fit", "seq": 99, "time": 1.0}
+    out = checkpoint(model, record)
+    assert record == {"event": "fit", "seq": 99, "time": 1.0}
+    assert out == {"seq": 1, "event": "fit", "time": 1.0}
+    with pytest.raises(ValueError, match="checkpoint"):
+        checkpoint(FakeModel(), {"event": "fit"})
+
+
+def test_refit_on_existing_checkpoint_continues_sequence(tmp_path):
+    path = tmp_path / "m.safetensors"
+    FakeModel(checkpoint=str(path)).fit().remove(2)
+    again = FakeModel(seed=5, checkpoint=str(path)).fit()
+    records = ledger_of(path).records()
+    assert [(r["seq"], r["event"]) for r in records] == [(1, "fit"), (2, "remove"), (3, "fit")]
+    assert_same_fake(load_model(path, cls=FakeModel), again)  # removed set restarts at fit
+
+
+# --------------------------------------------------------------------------- reconciliation
+def _crash_between_writes(model: FakeModel, index: int, monkeypatch) -> None:
+    """Run model.remove(index) but die (raise) right before the ledger append."""
+
+    def boom(self, record):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(RemovalLedger, "append", boom)
+        with pytest.raises(KeyboardInterrupt):
+            model.remove(index)
+
+
+def test_recovery_appends_missing_record(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    model.remove(1)
+    _crash_between_writes(model, 6, monkeypatch)
+    assert ledger_of(path).last_seq() == 2
+    loaded = load_model(path, cls=FakeModel)
+    assert_same_fake(loaded, model)  # the state after the interrupted removal
+    records = ledger_of(path).records()
+    assert [r["seq"] for r in records] == [1, 2, 3]
+    assert records[-1] == read_metadata(path)["last_record"]
+    assert records[-1]["indices"] == [6]
+
+
+def test_recovery_with_torn_line_and_missing_record(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    _crash_between_writes(model, 6, monkeypatch)
+    with open(ledger_path(path), "ab") as fh:
+        fh.write(b'{"seq": 2, "event": "rem')
+    loaded = load_model(path, cls=FakeModel)
+    assert_same_fake(loaded, model)
+    assert [r["seq"] for r in ledger_of(path).records()] == [1, 2]
+    assert ledger_path(path).read_bytes().endswith(b"\n")
+
+
+def test_checkpoint_reconciles_before_writing(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    _crash_between_writes(model, 6, monkeypatch)
+    model.remove(2)  # no load in between: checkpoint itself repairs the ledger first
+    records = ledger_of(path).records()
+    assert [(r["seq"], r["indices"]) for r in records] == [(1, []), (2, [6]), (3, [2])]
+
+
+def test_ledger_ahead_of_state_is_truncated(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    model.remove(1)
+    backup = path.read_bytes()
+    model.remove(2)
+    model.remove(3)
+    path.write_bytes(backup)  # an older copy of the model file put back
+    loaded = load_model(path, cls=FakeModel)
+    assert loaded.removed_indices_.tolist() == [1]
+    assert [r["seq"] for r in ledger_of(path).records()] == [1, 2]
+
+
+def test_ledger_contradicting_state(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    model.remove(1)
+    model.remove(2)
+    book = ledger_of(path)
+    good = book.path.read_bytes()
+
+    # The last record was edited.
+    lines = good.splitlines(keepends=True)
+    rec = json.loads(lines[-1])
+    rec["bound"] = 0.5
+    book.path.write_bytes(b"".join(lines[:-1]) + json.dumps(rec).encode() + b"\n")
+    with pytest.raises(ValueError, match="contradicts"):
+        load_model(path, cls=FakeModel)
+    # ledger=False loads the state alone and writes nothing.
+    before = book.path.read_bytes()
+    assert_same_fake(load_model(path, cls=FakeModel, ledger=False), model)
+    assert book.path.read_bytes() == before
+
+    # More than one record missing: not a crash.
+    book.path.write_bytes(b"".join(lines[:1]))
+    with pytest.raises(ValueError, match="ends at seq 1"):
+        load_model(path, cls=FakeModel)
+
+    # An older record lists a different removed row.
+    rec = json.loads(lines[1])
+    rec["indices"] = [9]
+    book.path.write_bytes(lines[0] + json.dumps(rec).encode() + b"\n" + lines[2])
+    with pytest.raises(ValueError, match="removed rows"):
+        load_model(path, cls=FakeModel)
+
+    # Garbage in the middle.
+    book.path.write_bytes(lines[0] + b"xx\n" + lines[2])
+    with pytest.raises(ValueError, match="corrupt at line 2"):
+        load_model(path, cls=FakeModel)
+
+    book.path.write_bytes(good)
+    assert_same_fake(load_model(path, cls=FakeModel), model)
+
+
+def test_stale_tmp_files_removed_on_load(tmp_path):
+    path = tmp_path / "m.safetensors"
+    FakeModel(checkpoint=str(path)).fit()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".m.safetensors.tmp-{dead.pid}-abcdef12"
+    stale.write_bytes(b"partial")
+    live = tmp_path / f".m.safetensors.tmp-{os.getppid()}-abcdef12"
+    live.write_bytes(b"partial")
+    load_model(path, cls=FakeModel)
+    assert not stale.exists()
+    assert live.exists()
+
+
+# --------------------------------------------------------------------------- real crashes
+_FAKE_SCRIPT = """
+import sys
+import threading
+sys.path.insert(0, {here!r})
+from test_persistence import FakeModel
+model = FakeModel(checkpoint={path!r}).fit()
+print("fitted", flush=True)
+for i in {order!r}:
+    model.remove(i)
+print("done", flush=True)
+"""
+
+
+def _run_child(script: str, crash: str | None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FASTUNLEARN_TEST_CRASH", None)
+    if crash is not None:
+        env["FASTUNLEARN_TEST_CRASH"] = crash
+    return subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
+
+
+def _check_ledger_matches(path: Path) -> list[dict]:
+    records = ledger_of(path).records()
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert records[-1] == read_metadata(path)["last_record"]
+    assert ledger_path(path).read_bytes().endswith(b"\n")
+    return records
+
+
+FAKE_ORDER = [5, 0, 9, 3, 7, 1]
+# (crash point, which checkpoint call it hits (1 = fit), removals in the recovered state)
+FAKE_CRASHES = [
+    ("before_replace", 3, 1),  # 2nd removal's state never replaced the file: state before it
+    ("after_replace", 3, 2),  # renamed but directory not synced: after
+    ("before_ledger", 4, 3),  # state written, ledger not: after, record re-appended
+    ("ledger_torn", 2, 1),  # half a ledger line on disk: after, line cut and re-appended
+]
+
+
+def test_sigkill_at_crash_points_fake(tmp_path):
+    children = []
+    for point, nth, _ in FAKE_CRASHES:
+        path = tmp_path / f"{point}.safetensors"
+        script = _FAKE_SCRIPT.format(here=str(HERE), path=str(path), order=FAKE_ORDER)
+        children.append((path, _run_child(script, f"{point}:{nth}")))
+    for (path, child), (point, _, want) in zip(children, FAKE_CRASHES, strict=True):
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == -signal.SIGKILL, (point, out)
+        assert "done" not in out
+        loaded = load_model(path, cls=FakeModel)
+        reference = FakeModel().fit()
+        for i in FAKE_ORDER[:want]:
+            reference.remove(i)
+        assert_same_fake(loaded, reference)
+        records = _check_ledger_matches(path)
+        assert [r["indices"] for r in records[1:]] == [[i] for i in FAKE_ORDER[:want]], point
+        if point == "before_replace":
+            assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+# --------------------------------------------------------------------------- concurrency
+def test_reader_waits_for_a_checkpoint_in_progress(tmp_path):
+    from fastunlearn.certified.persistence import _ledger_lock
+
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    result = {}
+    reader = threading.Thread(target=lambda: result.update(m=load_model(path, cls=FakeModel)))
+    with _ledger_lock(ledger_of(path)):  # what checkpoint holds while writing
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive()  # blocked on the lock, not reading a half-done checkpoint
+    reader.join(30)
+    assert not reader.is_alive()
+    assert_same_fake(result["m"], model)
+
+
+def test_read_retries_when_the_file_is_replaced_meanwhile(tmp_path, monkeypatch):
+    import fastunlearn.certified.persistence as persistence
+
+    path = tmp_path / "m.safetensors"
+    save_model(FakeModel(seed=1), path)
+    newer = FakeModel(seed=2).fit()
+    real_load_file = persistence.load_file
+    calls = []
+
+    def racing_load_file(*args, **kwargs):
+        if not calls:  # another process replaces the file between header and tensor reads
+            save_model(newer, path)
+        calls.append(1)
+        return real_load_file(*args, **kwargs)
+
+    monkeypatch.setattr(persistence, "load_file", racing_load_file)
+    assert_same_fake(load_model(path, cls=FakeModel), newer)
+    assert len(calls) == 2
