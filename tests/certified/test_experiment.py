@@ -2,6 +2,7 @@
 
 import json
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -198,3 +199,60 @@ def test_too_many_removals_is_a_clean_error():
     config = ExperimentConfig(train_mode="binary", num_removes=10_000, result_dir=None)
     with pytest.raises(ValueError, match="'num_removes' must be at most"):
         run_removal_experiment(config)
+
+
+# ---- data from a folder -------------------------------------------------------------------
+
+
+def _write_idx(path, array):
+    """An IDX file as MNIST ships it: magic (0, 0, 0x08, ndim), big-endian dims, bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", (0x08 << 8) | array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.tobytes())
+
+
+def test_raw_mnist_pixels_binary_3_vs_8(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        images[labels == 3, :14] += 150  # 3s bright on top, 8s at the bottom
+        images[labels == 8, 14:] += 150
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    config = ExperimentConfig(dataset="MNIST", data_dir=str(tmp_path), train_mode="binary",
+                              lam=1e-1, std=0.1, num_removes=3, result_dir=None)
+    result = run_removal_experiment(config)
+    assert result.data["n_train"] == 12 and result.data["n_features"] == 784
+    assert sorted(result.data["classes"]) == ["3", "8"]
+    assert result.training["test_accuracy"] == 1.0
+    assert len(result.records) == 3 and result.privacy["composed"] is None
+
+
+def test_extracted_features_compose_with_the_extractor_privacy(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fastunlearn.data.vision import extracted_features_path, save_features
+
+    gen = torch.Generator().manual_seed(0)
+    centers = 3 * torch.randn(10, 16, generator=gen)
+    feats, labels = {}, {}
+    for split, n in (("train", 200), ("test", 50)):
+        y = torch.arange(n) % 10
+        feats[split] = centers[y] + torch.randn(n, 16, generator=gen)
+        labels[split] = y
+    path = extracted_features_path(tmp_path, "dp_test", "SVHN")
+    save_features(path, feats, labels, meta={"epsilon": 0.1, "delta": 1e-5})
+    config = ExperimentConfig(dataset="svhn", data_dir=str(tmp_path), extractor="dp_test",
+                              lam=1e-2, std=1.0, num_removes=4, batch=2, result_dir=None)
+    result = run_removal_experiment(config)
+    assert result.data["dataset"] == "SVHN" and result.data["n_features"] == 16
+    assert len(result.data["classes"]) == 10 and result.training["test_accuracy"] > 0.8
+    composed = result.privacy["composed"]
+    assert composed["epsilon"] == pytest.approx(1.1) and composed["delta"] == pytest.approx(1.1e-4)
+    with pytest.raises(FileNotFoundError, match="no features of extractor 'other'"):
+        run_removal_experiment(ExperimentConfig(dataset="SVHN", data_dir=str(tmp_path),
+                                                extractor="other", result_dir=None))
