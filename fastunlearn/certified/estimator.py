@@ -1,0 +1,1015 @@
+"""Certified-removal logistic regression (Guo et al., ICML 2020) as a scikit-learn estimator.
+
+The model minimises the perturbed objective ``L_b`` (see :mod:`fastunlearn.certified.math`)
+exactly with float64 Newton, then removes training rows with Newton steps whose
+gradient-residual bounds are accumulated against the noise budget
+``sigma * epsilon / c(delta)``; a removal that would exceed it retrains with a fresh
+perturbation (or raises :class:`BudgetExceededError`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import Tensor
+
+from .. import ops
+from .bounds import (
+    c_delta,
+    data_dependent_bound,
+    epsilon_spent,
+    noise_budget,
+    resolve_gamma,
+    worst_case_bound,
+)
+from .errors import BudgetExceededError
+from .math import (
+    cholesky_apply,
+    cholesky_factor,
+    curvature_weights,
+    draw_perturbation,
+    gram_matrices,
+    lambda_max_upper,
+    loss_derivative,
+    newton_fit,
+    no_tf32,
+    normalize_rows,
+    subsample_membership,
+)
+
+__all__ = ["CertifiedLogisticRegression", "RemovalRecord", "RemovalReport"]
+
+#: Version of the ``get_state`` layout.
+STATE_VERSION = 1
+#: Relative residual tolerance of the CG solver (the residual left is added to the bound).
+CG_TOL = 1e-12
+#: Features above which ``solver="auto"`` uses CG instead of a dense Cholesky per removal.
+AUTO_CG_FEATURES = 2048
+
+_TRAIN_MODES = ("auto", "binary", "ovr")
+_SOLVERS = ("auto", "cholesky", "cg")
+
+
+@dataclass(frozen=True)
+class RemovalRecord:
+    """One removal (or batch removal, or retrain) as the model accounted for it.
+
+    Attributes:
+        indices: training-row indices removed by this step (empty for an explicit
+            :meth:`CertifiedLogisticRegression.retrain`).
+        bound: the data-dependent gradient-residual bound of the Newton step (summed over
+            classes, plus the linear solver's residual). For a step that retrained instead,
+            the bound that would have exceeded the budget (not added).
+        cumulative: used budget after the step (``budget_used_``).
+        budget_left: ``budget_ - cumulative``.
+        retrained: whether the step retrained from scratch with a fresh perturbation.
+        seconds: wall time of the step (computation only, no checkpoint I/O).
+        worst_case: the worst-case bound ``4 gamma m^2 C^2 / (lam^2 (n - m))`` of the step,
+            summed over the classes it updates (reported, never used for accounting).
+
+    """
+
+    indices: tuple[int, ...]
+    bound: float
+    cumulative: float
+    budget_left: float
+    retrained: bool
+    seconds: float
+    worst_case: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as plain JSON-compatible data."""
+        out = asdict(self)
+        out["indices"] = [int(i) for i in self.indices]
+        return out
+
+
+@dataclass
+class RemovalReport:
+    """What one call of :meth:`CertifiedLogisticRegression.remove` (or ``report``) did.
+
+    Attributes:
+        records: one :class:`RemovalRecord` per Newton step or retrain, in order.
+        retrains: how many of the records retrained.
+        seconds: wall time of the whole call.
+
+    """
+
+    records: list[RemovalRecord] = field(default_factory=list)
+    retrains: int = 0
+    seconds: float = 0.0
+
+    @property
+    def bounds(self) -> list[float]:
+        """Per-record bounds."""
+        return [r.bound for r in self.records]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain JSON-compatible data."""
+        return {
+            "records": [r.to_dict() for r in self.records],
+            "retrains": int(self.retrains),
+            "seconds": float(self.seconds),
+        }
+
+
+class _Step(NamedTuple):
+    """A planned Newton removal step, computed without changing the model."""
+
+    rows: Tensor  # int64 [m], on the model's device
+    row_weights: Tensor  # [m, K] memberships of the removed rows (before removal)
+    classes: Tensor | None  # int64 classes updated; None: all classes
+    V: Tensor | None  # [d, k'] Newton step; None: no class is affected
+    L: Tensor | None  # [k', d, d] Cholesky factors of the new Hessians (cholesky solver)
+    bound: float
+    worst_case: float
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
+    """L2-regularised logistic regression with certified data removal.
+
+    Training minimises, per one-vs-rest class k (one class for a binary model),
+    ``sum_{i in S_k} log(1 + exp(-y_ik w_k.x_i)) + (lam n_k / 2) ||w_k||^2 + b_k.w_k`` with
+    ``b ~ N(0, sigma^2 I)`` drawn from ``seed``, by float64 Newton to ``||grad L_b|| <= tol``;
+    that residual starts the used budget. :meth:`remove` takes Newton steps on the remaining
+    rows and adds each step's data-dependent bound; the model is (epsilon, delta)-certified as
+    long as the sum stays within ``budget_ = sigma * epsilon / c(delta)``.
+
+    One-vs-rest models use ONE joint budget for the joint perturbation ``b [K, d]`` and add
+    the SUM of the per-class bounds (a bound on the joint residual's norm), as the reference
+    implementation does; the budget is not multiplied by K.
+
+    Parameters that define the certified model (``lam``, ``sigma``, ``epsilon``, ``delta``,
+    ``train_mode``, ``subsample_ratio``, ``gamma``, ``normalize``, ``seed``, ``max_iter``,
+    ``tol``, ``device``) are read by :meth:`fit`; changing them later with ``set_params`` has no
+    effect until the next ``fit``. ``solver``, ``retrain`` and ``checkpoint`` are read at every
+    :meth:`remove`.
+
+    Args:
+        lam: L2 regularisation, > 0 (multiplied by the rows of each class, as in the paper).
+        sigma: standard deviation of the objective perturbation, >= 0.
+        epsilon: certified-removal epsilon, > 0.
+        delta: certified-removal delta, in (0, 1).
+        train_mode: ``"binary"`` (two classes, one weight vector), ``"ovr"`` (one-vs-rest, one
+            vector per class) or ``"auto"`` (binary for two classes, else ovr).
+        subsample_ratio: in (0, 1]; below 1, class k trains on all its positives and a seeded
+            random fraction of the negatives (drawn per row and class), and a removal only
+            updates the classes whose subset holds the removed row.
+        gamma: Lipschitz constant of ``l''`` in the bound: a positive float (default 1/4, as in
+            the paper) or ``"tight"`` for the exact ``1 / (6 sqrt 3)``.
+        solver: linear solver of the Newton removal steps: ``"cholesky"`` (dense Hessians and
+            a batched Cholesky), ``"cg"`` (matrix-free CG preconditioned by the last Cholesky
+            factors; its residual is added to the bound) or ``"auto"`` (cholesky up to 2048
+            features).
+        retrain: when a removal would exceed the budget, retrain on the remaining rows with a
+            fresh perturbation (True) or raise :class:`BudgetExceededError` (False).
+        normalize: scale every row to unit L2 norm, ``x / max(||x||, tiny)``, at fit and
+            predict time; the bounds assume ``||x|| <= 1`` (with longer rows they are scaled
+            by the largest row norm).
+        seed: seed of the perturbation draws and the subsampling.
+        device: torch device of the model's tensors (``"cpu"``, ``"cuda"``, ...).
+        max_iter: Newton iteration cap of training.
+        tol: training target for ``||grad L_b||``.
+        checkpoint: path of a checkpoint file: after fit, each removal and each retrain the
+            state is saved there and the event appended to ``<path>.ledger.jsonl``
+            (:func:`fastunlearn.certified.persistence.checkpoint`).
+
+    Attributes:
+        classes_ (ndarray[C]): the class labels.
+        coef_ (ndarray[K, d]): weights (K = 1 for a binary model), float64.
+        b_ (ndarray[K, d]): the current objective perturbation.
+        n_features_in_ (int): number of features.
+        budget_ (float): ``sigma * epsilon / c(delta)``.
+        budget_used_ (float): training residual plus the bounds of the removals since the
+            last (re)training.
+        budget_left_ (float): ``budget_ - budget_used_``.
+        training_residual_ (float): ``||grad L_b||`` left by the last (re)training.
+        n_removed_ (int): rows removed since fit.
+        removed_indices_ (ndarray[int64]): sorted indices of the removed training rows.
+        retrains_ (int): retrains since fit.
+        n_iter_ (int): Newton iterations of the last (re)training.
+
+    Example:
+        >>> from fastunlearn.data import load_digits_dataset
+        >>> data = load_digits_dataset(binary=(3, 8))
+        >>> model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0)
+        >>> model = model.fit(data.X_train.numpy(), data.y_train.numpy())
+        >>> report = model.remove([0, 5])
+        >>> len(report.records), model.n_removed_
+        (2, 2)
+
+    """
+
+    def __init__(
+        self,
+        lam: float = 1e-3,
+        sigma: float = 10.0,
+        epsilon: float = 1.0,
+        delta: float = 1e-4,
+        train_mode: str = "auto",
+        subsample_ratio: float = 1.0,
+        gamma: float | str = 0.25,
+        solver: str = "auto",
+        retrain: bool = True,
+        normalize: bool = True,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        max_iter: int = 100,
+        tol: float = 1e-10,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.lam = lam
+        self.sigma = sigma
+        self.epsilon = epsilon
+        self.delta = delta
+        self.train_mode = train_mode
+        self.subsample_ratio = subsample_ratio
+        self.gamma = gamma
+        self.solver = solver
+        self.retrain = retrain
+        self.normalize = normalize
+        self.seed = seed
+        self.device = device
+        self.max_iter = max_iter
+        self.tol = tol
+        self.checkpoint = checkpoint
+
+    # ---- parameter validation ---------------------------------------------------------
+
+    def _fit_config(self) -> dict[str, Any]:
+        """Validate the parameters read by ``fit``; returns them normalised (no mutation)."""
+
+        def real(name: str, lo: float, *, strict: bool) -> float:
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(float(value)):
+                raise ValueError(f"argument '{name}' must be a finite real number, got {value!r}")
+            value = float(value)
+            if value < lo or (strict and value == lo):
+                raise ValueError(f"argument '{name}' must be {'>' if strict else '>='} {lo}, "
+                                 f"got {value}")
+            return value
+
+        cfg: dict[str, Any] = {
+            "lam": real("lam", 0.0, strict=True),
+            "sigma": real("sigma", 0.0, strict=False),
+            "epsilon": real("epsilon", 0.0, strict=True),
+        }
+        delta = self.delta
+        if not _is_real(delta) or not 0.0 < float(delta) < 1.0:
+            raise ValueError(f"argument 'delta' must be in (0, 1), got {delta!r}")
+        cfg["delta"] = float(delta)
+        if self.train_mode not in _TRAIN_MODES:
+            raise ValueError(f"argument 'train_mode' must be one of {_TRAIN_MODES}, "
+                             f"got {self.train_mode!r}")
+        cfg["train_mode"] = self.train_mode
+        ratio = self.subsample_ratio
+        if not _is_real(ratio) or not 0.0 < float(ratio) <= 1.0:
+            raise ValueError(f"argument 'subsample_ratio' must be in (0, 1], got {ratio!r}")
+        cfg["subsample_ratio"] = float(ratio)
+        cfg["gamma"] = resolve_gamma(self.gamma)
+        for name in ("normalize",):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"argument '{name}' must be a bool, got {getattr(self, name)!r}")
+        cfg["normalize"] = bool(self.normalize)
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"argument 'seed' must be a non-negative int, got {seed!r}")
+        cfg["seed"] = int(seed)
+        max_iter = self.max_iter
+        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+            raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
+        cfg["max_iter"] = int(max_iter)
+        cfg["tol"] = real("tol", 0.0, strict=False)
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"argument 'device' is not a torch device: {self.device!r}") from err
+        cfg["device"] = str(device)
+        self._check_live_params()
+        return cfg
+
+    def _check_live_params(self) -> tuple[str, bool]:
+        """Validate ``solver``, ``retrain`` and ``checkpoint`` (read at every removal)."""
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"argument 'solver' must be one of {_SOLVERS}, got {self.solver!r}")
+        if not isinstance(self.retrain, (bool, np.bool_)):
+            raise ValueError(f"argument 'retrain' must be a bool, got {self.retrain!r}")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            kind = type(self.checkpoint).__name__
+            raise ValueError(f"argument 'checkpoint' must be None or a path, got {kind}")
+        return self.solver, bool(self.retrain)
+
+    # ---- training ------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any) -> CertifiedLogisticRegression:
+        """Train the certified model on ``X`` (rows are the removable training points).
+
+        Args:
+            X (array-like [n, d]): finite features.
+            y (array-like [n]): class labels (at least two classes).
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: a parameter is out of range (the message names it), ``X`` has NaN or
+                inf, ``y`` has fewer than two classes, or ``train_mode="binary"`` with more
+                than two classes. On error the model is left as it was.
+
+        """
+        saved = dict(self.__dict__)
+        try:
+            return self._fit(X, y)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _fit(self, X: Any, y: Any) -> CertifiedLogisticRegression:
+        cfg = self._fit_config()
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=True)
+        check_classification_targets(y)
+        classes, labels = np.unique(y, return_inverse=True)
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"argument 'y' has {classes.shape[0]} class; at least 2 classes are needed"
+            )
+        n_classes = classes.shape[0]
+        mode = cfg["train_mode"]
+        if mode == "auto":
+            mode = "binary" if n_classes == 2 else "ovr"
+        if mode == "binary" and n_classes != 2:
+            raise ValueError(
+                f"argument 'train_mode' is 'binary' but 'y' has {n_classes} classes"
+            )
+        cfg["train_mode"] = mode
+        device = torch.device(cfg["device"])
+        Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).to(device)
+        if cfg["normalize"]:
+            Xt = normalize_rows(Xt)
+        lab = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        if mode == "binary":
+            Y = torch.where(lab == 1, 1.0, -1.0).to(torch.float64).unsqueeze(1)
+        else:
+            cls = torch.arange(n_classes, device=device)
+            Y = torch.where(lab.unsqueeze(1) == cls, 1.0, -1.0).to(torch.float64)
+        member = subsample_membership(Y, cfg["subsample_ratio"], cfg["seed"])
+        row_sq = Xt.square().sum(1)
+
+        self.classes_ = classes
+        self._cfg = cfg
+        self._X, self._Y, self._labels = Xt, Y, lab
+        self._member = member
+        self._A = member.to(torch.float64)
+        self._removed = torch.zeros(Xt.shape[0], dtype=torch.bool, device=device)
+        self._n_rem = self._A.sum(0)
+        self._row_sq = row_sq
+        self._row_norm_max = float(row_sq.max().sqrt()) if row_sq.numel() else 0.0
+        self._shared_gram = cfg["subsample_ratio"] >= 1.0
+        self._draws = 0
+        self._history: list[RemovalRecord] = []
+        self.budget_ = noise_budget(cfg["sigma"], cfg["epsilon"], cfg["delta"])
+        self.retrains_ = 0
+        self.n_removed_ = 0
+        with no_tf32():
+            self._gram = gram_matrices(Xt, self._A[:, :1] if self._shared_gram else self._A)
+            self._train(draw=0)
+            self._refresh_spectral()
+        self._sync_public()
+        if self.budget_used_ > self.budget_:
+            warnings.warn(
+                f"the training residual {self.budget_used_:.3e} already exceeds the budget "
+                f"{self.budget_:.3e} (sigma={cfg['sigma']}); every removal will retrain",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._checkpoint_event("fit", None)
+        return self
+
+    def _train(self, draw: int) -> None:
+        """(Re)train from zero on the remaining rows with perturbation draw ``draw``."""
+        cfg = self._cfg
+        d, K = self._X.shape[1], self._Y.shape[1]
+        b = draw_perturbation(cfg["seed"], draw, d, K, cfg["sigma"]).to(self._X.device)
+        result = newton_fit(
+            self._X, self._Y, self._A, b, cfg["lam"], max_iter=cfg["max_iter"], tol=cfg["tol"]
+        )
+        self._b = b
+        self._W = result.W
+        self._chol = result.cholesky
+        self._draws = draw
+        self.n_iter_ = result.iterations
+        self.training_residual_ = result.residual
+        self.budget_used_ = result.residual
+
+    def _refresh_spectral(self) -> None:
+        """Recompute the cached upper bounds of ``lambda_max`` of the remaining Gram matrices."""
+        self._eig = lambda_max_upper(self._gram, self._gram_traces())
+
+    def _gram_traces(self) -> Tensor:
+        A = self._A[:, :1] if self._shared_gram else self._A
+        return self._row_sq @ A
+
+    def _sync_public(self) -> None:
+        """Refresh the public numpy attributes from the tensors."""
+        self.coef_ = self._W.T.detach().cpu().numpy().copy()
+        self.b_ = self._b.T.detach().cpu().numpy().copy()
+        self.budget_left_ = self.budget_ - self.budget_used_
+        self.removed_indices_ = np.flatnonzero(self._removed.cpu().numpy()).astype(np.int64)
+        self.n_removed_ = int(self.removed_indices_.shape[0])
+
+    # ---- prediction ----------------------------------------------------------------------
+
+    def _features(self, X: Any) -> Tensor:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite=True)
+        Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).to(self._X.device)
+        return normalize_rows(Xt) if self._cfg["normalize"] else Xt
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Margins ``x . w_k`` (after the same row normalisation as in fit).
+
+        Args:
+            X (array-like [n, d]): features.
+
+        Returns:
+            ndarray [n] for a binary model (positive means ``classes_[1]``), else [n, K].
+
+        Raises:
+            sklearn.exceptions.NotFittedError: before ``fit``.
+            ValueError: wrong number of features, NaN or inf.
+
+        """
+        with no_tf32():
+            Z = (self._features(X) @ self._W).cpu().numpy()
+        return Z[:, 0] if self._cfg["train_mode"] == "binary" else Z
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities: ``sigma(z)`` for binary, normalised ``sigma(z_k)`` for OvR.
+
+        Args:
+            X (array-like [n, d]): features.
+
+        Returns:
+            ndarray [n, C], rows summing to 1.
+
+        """
+        Z = self.decision_function(X)
+        if Z.ndim == 1:
+            p = 1.0 / (1.0 + np.exp(-Z))
+            return np.stack([1.0 - p, p], axis=1)
+        P = 1.0 / (1.0 + np.exp(-Z))
+        total = P.sum(axis=1, keepdims=True)
+        return np.where(total > 0, P / np.where(total > 0, total, 1.0), 1.0 / P.shape[1])
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels (``argmax`` of the one-vs-rest margins; sign for binary).
+
+        Args:
+            X (array-like [n, d]): features.
+
+        Returns:
+            ndarray [n] of labels from ``classes_``.
+
+        """
+        Z = self.decision_function(X)
+        if Z.ndim == 1:
+            return self.classes_[(Z > 0).astype(np.int64)]
+        return self.classes_[Z.argmax(axis=1)]
+
+    # ---- removal -------------------------------------------------------------------------
+
+    def _check_indices(self, indices: Any) -> np.ndarray:
+        """Validate removal indices against the training rows; returns int64 [m]."""
+        if isinstance(indices, (bool, np.bool_)):
+            raise TypeError("argument 'indices' must hold integers, got a bool")
+        if isinstance(indices, Tensor):
+            indices = indices.detach().cpu().numpy()
+        try:
+            arr = np.asarray(indices)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"argument 'indices' must be integer indices: {err}") from None
+        if arr.ndim > 1:
+            raise ValueError(f"argument 'indices' must be 1-D, got shape {arr.shape}")
+        arr = arr.reshape(-1)
+        if arr.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"argument 'indices' must hold integers, got dtype {arr.dtype}")
+        n = self._X.shape[0]
+        bad = (arr < 0) | (arr >= n)
+        if bad.any():
+            raise ValueError(
+                f"argument 'indices' has unknown index {int(arr[bad][0])}: the model was fit on "
+                f"{n} rows (valid indices 0..{n - 1})"
+            )
+        arr = arr.astype(np.int64)
+        uniq, counts = np.unique(arr, return_counts=True)
+        if uniq.shape[0] != arr.shape[0]:
+            raise ValueError(
+                f"argument 'indices' has duplicate index {int(uniq[counts > 1][0])}"
+            )
+        removed = self._removed.cpu().numpy()
+        if removed[arr].any():
+            raise ValueError(
+                f"argument 'indices' has already removed index {int(arr[removed[arr]][0])}"
+            )
+        labels = self._labels.cpu().numpy()
+        keep = ~removed
+        keep[arr] = False
+        left = np.bincount(labels[keep], minlength=self.classes_.shape[0])
+        if (left == 0).any():
+            c = self.classes_[int(np.flatnonzero(left == 0)[0])]
+            raise ValueError(
+                f"argument 'indices' would remove every remaining row of class {c!r}"
+            )
+        return arr
+
+    def _solver(self, name: str) -> str:
+        if name == "auto":
+            return "cholesky" if self._X.shape[1] <= AUTO_CG_FEATURES else "cg"
+        return name
+
+    def _plan(self, rows: Tensor, solver: str) -> _Step:
+        """Newton step and its bound for removing ``rows`` at once; changes nothing."""
+        cfg = self._cfg
+        lam, gamma = cfg["lam"], cfg["gamma"]
+        X, Y, A, W = self._X, self._Y, self._A, self._W
+        K = Y.shape[1]
+        row_weights = A[rows]  # [m, K]
+        m_k = row_weights.sum(0)
+        affected = torch.nonzero(m_k > 0).flatten()
+        n_affected = int(affected.numel())
+        if n_affected == 0:  # the rows are in no class's subset: nothing to update
+            return _Step(rows, row_weights, affected, None, None, 0.0, 0.0)
+        ks = None if n_affected == K else affected
+
+        def pick(t: Tensor) -> Tensor:
+            return t if ks is None else t.index_select(-1, ks)
+
+        A_after = A.clone()
+        A_after[rows] = 0.0
+        Ak, Wk, mk = pick(A_after), pick(W), pick(m_k)
+        n_after = pick(self._n_rem) - mk
+        Z = X @ Wk
+        Xi = X[rows]
+        grads = Xi.T @ (pick(row_weights) * loss_derivative(Z[rows], pick(Y[rows])))
+        Delta = (lam * mk) * Wk + grads  # [d, k']
+        S = curvature_weights(Z, Ak)
+        lam_k = lam * n_after
+        L = None
+        if solver == "cholesky":
+            H = ops.glm_hessian(X, S, 0.0)
+            H.diagonal(dim1=-2, dim2=-1).add_(lam_k.unsqueeze(-1))
+            L = cholesky_factor(H)
+            V = cholesky_apply(L, Delta)
+            solve_residual = torch.linalg.vector_norm(
+                torch.bmm(H, V.T.unsqueeze(-1)).squeeze(-1).T - Delta, dim=0
+            )
+        else:
+            # glm_cg takes one lam for all classes: solve the equivalent systems
+            # (H_k / c_k) x = Delta_k / c_k with c_k = lam_k / lam0, i.e. weights S_k / c_k.
+            lam0 = lam_k.max()
+            c = lam_k / lam0
+            P = self._chol if ks is None else self._chol.index_select(0, ks)
+            result = ops.glm_cg(
+                X, S / c, Delta / c, float(lam0), precond=P / c.sqrt().view(-1, 1, 1),
+                tol=CG_TOL, maxiter=2 * X.shape[1] + 10,
+            )
+            V = result.solution
+            solve_residual = result.residual_norms * c
+        XV = X @ V
+        projected = (Ak * XV.square()).sum(0).sqrt()
+        step = torch.linalg.vector_norm(V, dim=0)
+        trace = self._row_sq @ Ak
+        eig = self._eig if self._shared_gram else pick(self._eig)
+        spectral = torch.minimum(eig, trace).clamp_min(0.0).sqrt()
+        per_class = data_dependent_bound(spectral, step, projected, gamma, self._row_norm_max)
+        bound = float(per_class.sum() + solve_residual.sum())
+        worst = worst_case_bound(
+            lam, pick(self._n_rem), mk, gamma, C=max(1.0, self._row_norm_max)
+        )
+        return _Step(rows, row_weights, ks, V, L, bound, worst)
+
+    def _drop_rows(self, rows: Tensor, row_weights: Tensor) -> None:
+        """Mark rows removed: zero weights, counts, rank-m downdate of the Gram matrices."""
+        self._A[rows] = 0.0
+        self._removed[rows] = True
+        self._n_rem -= row_weights.sum(0)
+        Xi = self._X[rows]
+        if self._shared_gram:
+            self._gram[0].addmm_(Xi.T, Xi, alpha=-1.0)
+        else:
+            self._gram.sub_(torch.einsum("mk,mi,mj->kij", row_weights, Xi, Xi))
+
+    def _commit(self, step: _Step) -> None:
+        if step.V is not None:
+            if step.classes is None:
+                self._W.add_(step.V)
+                if step.L is not None:
+                    self._chol = step.L
+            else:
+                self._W.index_add_(1, step.classes, step.V)
+                if step.L is not None:
+                    self._chol.index_copy_(0, step.classes, step.L)
+        self._drop_rows(step.rows, step.row_weights)
+        self.budget_used_ += step.bound
+
+    def _retrain_without(self, rows: Tensor | None, row_weights: Tensor | None) -> None:
+        if rows is not None:
+            self._drop_rows(rows, row_weights)
+        self.retrains_ += 1
+        self._train(draw=self.retrains_)
+        self._refresh_spectral()
+
+    def remove(self, indices: Any, *, batch: bool = False) -> RemovalReport:
+        """Remove training rows with certified Newton updates.
+
+        Sequential mode (default) removes the rows one at a time in the given order, each with
+        its own Newton step and bound. ``batch=True`` removes them with ONE Newton step
+        (``Delta = m lam w + sum of their gradients``, Hessian on the rows left) and one batch
+        bound. Before each step the bound is checked against the budget: if
+        ``budget_used_ + bound > budget_`` the model retrains on the remaining rows with a fresh
+        perturbation (``retrain=True``) or raises :class:`BudgetExceededError`
+        (``retrain=False``) without applying that step; steps committed earlier in the same
+        call stay committed (listed in the error's ``report``).
+
+        Args:
+            indices: int or 1-D integer array-like of rows of the ``X`` given to ``fit``.
+            batch: one batch update instead of sequential updates.
+
+        Returns:
+            RemovalReport: one record per step (per index, or one for a batch).
+
+        Raises:
+            sklearn.exceptions.NotFittedError: before ``fit``.
+            ValueError: unknown, duplicate or already removed indices, or a removal that
+                would leave a class with no rows (the model is unchanged).
+            TypeError: non-integer indices.
+            BudgetExceededError: the budget would be exceeded and ``retrain=False``.
+
+        """
+        check_is_fitted(self)
+        if not isinstance(batch, (bool, np.bool_)):
+            raise TypeError(f"argument 'batch' must be a bool, got {type(batch).__name__}")
+        solver_name, retrain = self._check_live_params()
+        arr = self._check_indices(indices)
+        report = RemovalReport()
+        if arr.shape[0] == 0:
+            return report
+        solver = self._solver(solver_name)
+        rows_all = torch.from_numpy(arr).to(self._X.device)
+        groups = [rows_all] if batch else list(rows_all.split(1))
+        start = time.perf_counter()
+        for rows in groups:
+            t0 = time.perf_counter()
+            with no_tf32():
+                step = self._plan(rows, solver)
+                over = self.budget_used_ + step.bound > self.budget_
+                if over and not retrain:
+                    report.seconds = time.perf_counter() - start
+                    raise BudgetExceededError(
+                        f"removing {rows.tolist()} would add a bound of {step.bound:.4g} to the "
+                        f"used budget {self.budget_used_:.4g} > budget {self.budget_:.4g} "
+                        f"(retrain=False); the model was not changed by this removal",
+                        indices=tuple(rows.tolist()),
+                        bound=step.bound,
+                        budget_left=self.budget_ - self.budget_used_,
+                        report=report if report.records else None,
+                    )
+                if over:
+                    self._retrain_without(step.rows, step.row_weights)
+                else:
+                    self._commit(step)
+            self._sync_public()
+            record = RemovalRecord(
+                indices=tuple(int(i) for i in rows.tolist()),
+                bound=step.bound,
+                cumulative=self.budget_used_,
+                budget_left=self.budget_left_,
+                retrained=over,
+                seconds=time.perf_counter() - t0,
+                worst_case=step.worst_case,
+            )
+            self._history.append(record)
+            report.records.append(record)
+            report.retrains += int(over)
+            self._checkpoint_event("retrain" if over else "remove", record)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def retrain(self) -> RemovalRecord:
+        """Retrain on the remaining rows now, with a fresh perturbation; resets the budget.
+
+        Returns:
+            RemovalRecord: the retrain (no indices), also appended to :meth:`report`.
+
+        Raises:
+            sklearn.exceptions.NotFittedError: before ``fit``.
+
+        """
+        check_is_fitted(self)
+        self._check_live_params()
+        t0 = time.perf_counter()
+        with no_tf32():
+            self._retrain_without(None, None)
+        self._sync_public()
+        record = RemovalRecord((), 0.0, self.budget_used_, self.budget_left_, True,
+                               time.perf_counter() - t0, 0.0)
+        self._history.append(record)
+        self._checkpoint_event("retrain", record)
+        return record
+
+    # ---- reports -------------------------------------------------------------------------
+
+    def report(self) -> RemovalReport:
+        """All removal and retrain records since ``fit``.
+
+        Returns:
+            RemovalReport: the records in order, the retrain count and their total seconds.
+
+        """
+        check_is_fitted(self)
+        records = list(self._history)
+        return RemovalReport(
+            records=records,
+            retrains=sum(int(r.retrained) for r in records),
+            seconds=float(sum(r.seconds for r in records)),
+        )
+
+    def privacy_report(self) -> dict[str, Any]:
+        """Summarise the certified-removal guarantee and budget state as a plain dict.
+
+        Returns:
+            dict: ``epsilon``, ``delta``, ``sigma``, ``c``, ``gamma``, ``lam``, ``budget``,
+            ``used``, ``left``, ``epsilon_spent`` (``c * used / sigma``), ``removals``,
+            ``retrains``, ``training_residual``, ``train_mode``, ``n_classes``.
+
+        """
+        check_is_fitted(self)
+        cfg = self._cfg
+        return {
+            "epsilon": cfg["epsilon"],
+            "delta": cfg["delta"],
+            "sigma": cfg["sigma"],
+            "c": c_delta(cfg["delta"]),
+            "gamma": cfg["gamma"],
+            "lam": cfg["lam"],
+            "budget": float(self.budget_),
+            "used": float(self.budget_used_),
+            "left": float(self.budget_left_),
+            "epsilon_spent": epsilon_spent(self.budget_used_, cfg["sigma"], cfg["delta"]),
+            "removals": int(self.n_removed_),
+            "retrains": int(self.retrains_),
+            "training_residual": float(self.training_residual_),
+            "train_mode": cfg["train_mode"],
+            "n_classes": int(self.classes_.shape[0]),
+        }
+
+    def fairness_report(self, X: Any, y: Any) -> dict[str, Any]:
+        """Per-class accuracy on ``(X, y)`` and the gaps between classes.
+
+        Args:
+            X (array-like [n, d]): features.
+            y (array-like [n]): true labels.
+
+        Returns:
+            dict: ``accuracy``, ``per_class_accuracy`` ({label: accuracy} for labels present in
+            ``y``), ``worst_class``, ``worst_class_accuracy``, ``largest_gap`` (best minus
+            worst class accuracy).
+
+        Raises:
+            ValueError: if ``X`` and ``y`` differ in length or ``y`` is empty.
+
+        """
+        y = np.asarray(y)
+        pred = self.predict(X)
+        if y.ndim != 1 or y.shape[0] != pred.shape[0] or y.shape[0] == 0:
+            raise ValueError(
+                f"argument 'y' must be 1-D with one label per row of 'X' ({pred.shape[0]}), "
+                f"got shape {y.shape}"
+            )
+        per_class: dict[Any, float] = {}
+        for label in np.unique(y):
+            mask = y == label
+            key = label.item() if hasattr(label, "item") else label
+            per_class[key] = float((pred[mask] == label).mean())
+        worst = min(per_class, key=per_class.__getitem__)
+        return {
+            "accuracy": float((pred == y).mean()),
+            "per_class_accuracy": per_class,
+            "worst_class": worst,
+            "worst_class_accuracy": per_class[worst],
+            "largest_gap": max(per_class.values()) - per_class[worst],
+        }
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    def _checkpoint_event(self, event: str, record: RemovalRecord | None) -> None:
+        if self.checkpoint is None:
+            return
+        from .persistence import checkpoint
+
+        entry: dict[str, Any] = {
+            "event": event,
+            "seed": self._cfg["seed"],
+            "draw": self._draws,
+            "indices": [],
+            "bound": 0.0,
+            "cumulative": float(self.budget_used_),
+            "budget_left": float(self.budget_left_),
+        }
+        if record is not None:
+            entry.update(record.to_dict())
+        entry.update(retrains=int(self.retrains_), n_removed=int(self.n_removed_))
+        checkpoint(self, entry)
+
+    def get_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Everything needed to continue removing, as CPU tensors plus JSON-able metadata.
+
+        Returns:
+            ``(tensors, meta)``: tensors ``X`` (normalised, float64), ``Y``, ``member`` (the
+            ``S_k`` masks), ``removed``, ``labels``, ``W``, ``b``, ``gram``, ``eig``,
+            ``chol`` and the removal history; meta holds the parameters, classes, budget
+            numbers and counters.
+
+        Raises:
+            sklearn.exceptions.NotFittedError: before ``fit``.
+
+        """
+        check_is_fitted(self)
+        hist = self._history
+        offsets = np.cumsum([0] + [len(r.indices) for r in hist]).astype(np.int64)
+        flat = [i for r in hist for i in r.indices]
+
+        def f64(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float64)
+
+        tensors = {
+            "X": self._X,
+            "Y": self._Y,
+            "member": self._member,
+            "removed": self._removed,
+            "labels": self._labels,
+            "W": self._W,
+            "b": self._b,
+            "gram": self._gram,
+            "eig": self._eig,
+            "chol": self._chol,
+            "history_indices": torch.tensor(flat, dtype=torch.int64),
+            "history_offsets": torch.from_numpy(offsets),
+            "history_bound": f64([r.bound for r in hist]),
+            "history_cumulative": f64([r.cumulative for r in hist]),
+            "history_budget_left": f64([r.budget_left for r in hist]),
+            "history_retrained": torch.tensor([r.retrained for r in hist], dtype=torch.bool),
+            "history_seconds": f64([r.seconds for r in hist]),
+            "history_worst_case": f64([r.worst_case for r in hist]),
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        params = self.get_params(deep=False)
+        params["device"] = str(params["device"])
+        if params["checkpoint"] is not None:
+            params["checkpoint"] = os.fspath(params["checkpoint"])
+        meta = {
+            "version": STATE_VERSION,
+            "estimator": type(self).__name__,
+            "params": params,
+            "config": dict(self._cfg),
+            "classes": self.classes_.tolist(),
+            "classes_dtype": self.classes_.dtype.str if self.classes_.dtype != object else "O",
+            "n_features_in": int(self.n_features_in_),
+            "budget": float(self.budget_),
+            "budget_used": float(self.budget_used_),
+            "training_residual": float(self.training_residual_),
+            "retrains": int(self.retrains_),
+            "draws": int(self._draws),
+            "n_iter": int(self.n_iter_),
+            "row_norm_max": float(self._row_norm_max),
+            "shared_gram": bool(self._shared_gram),
+        }
+        return tensors, meta
+
+    @classmethod
+    def from_state(
+        cls, tensors: dict[str, Tensor], meta: dict[str, Any]
+    ) -> CertifiedLogisticRegression:
+        """Rebuild a fitted model from :meth:`get_state` output.
+
+        Args:
+            tensors: the tensors of ``get_state``.
+            meta: the metadata of ``get_state``.
+
+        Returns:
+            A fitted model that continues exactly where the saved one stopped.
+
+        Raises:
+            ValueError: unknown state version, or missing or inconsistent entries.
+
+        """
+        if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"argument 'meta' has unsupported state version "
+                f"{meta.get('version') if isinstance(meta, dict) else None!r}"
+            )
+        needed = ("X", "Y", "member", "removed", "labels", "W", "b", "gram", "eig", "chol")
+        missing = [k for k in needed if k not in tensors]
+        if missing:
+            raise ValueError(f"argument 'tensors' lacks {missing}")
+        model = cls(**meta["params"])
+        cfg = dict(meta["config"])
+        device = torch.device(cfg["device"])
+        X = tensors["X"].to(device, torch.float64)
+        n, d = X.shape
+        K = tensors["Y"].shape[1]
+        shapes = {"Y": (n, K), "member": (n, K), "removed": (n,), "labels": (n,), "W": (d, K),
+                  "b": (d, K), "chol": (K, d, d)}
+        for name, shape in shapes.items():
+            if tuple(tensors[name].shape) != shape:
+                raise ValueError(f"argument 'tensors' entry {name!r} has shape "
+                                 f"{tuple(tensors[name].shape)}, expected {shape}")
+        model._cfg = cfg
+        model._X = X
+        model._Y = tensors["Y"].to(device, torch.float64)
+        model._member = tensors["member"].to(device, torch.bool)
+        model._removed = tensors["removed"].to(device, torch.bool)
+        model._labels = tensors["labels"].to(device, torch.int64)
+        model._A = (model._member & ~model._removed.unsqueeze(1)).to(torch.float64)
+        model._n_rem = model._A.sum(0)
+        model._row_sq = X.square().sum(1)
+        model._row_norm_max = float(meta["row_norm_max"])
+        model._shared_gram = bool(meta["shared_gram"])
+        model._W = tensors["W"].to(device, torch.float64).clone()
+        model._b = tensors["b"].to(device, torch.float64).clone()
+        model._gram = tensors["gram"].to(device, torch.float64).clone()
+        model._eig = tensors["eig"].to(device, torch.float64).clone()
+        model._chol = tensors["chol"].to(device, torch.float64).clone()
+        model._draws = int(meta["draws"])
+        dtype = meta["classes_dtype"]
+        model.classes_ = np.asarray(meta["classes"], dtype=object if dtype == "O" else dtype)
+        model.n_features_in_ = int(meta["n_features_in"])
+        model.budget_ = float(meta["budget"])
+        model.budget_used_ = float(meta["budget_used"])
+        model.training_residual_ = float(meta["training_residual"])
+        model.retrains_ = int(meta["retrains"])
+        model.n_iter_ = int(meta["n_iter"])
+        model._history = _history_from_tensors(tensors)
+        model._sync_public()
+        return model
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save the model (one safetensors file); see ``persistence.save_model``.
+
+        Args:
+            path: target file.
+
+        """
+        from .persistence import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CertifiedLogisticRegression:
+        """Load a model saved by :meth:`save` or a checkpoint; see ``persistence.load_model``.
+
+        Args:
+            path: the model file.
+
+        Returns:
+            The model.
+
+        """
+        from .persistence import load_model
+
+        return load_model(path, cls=cls)
+
+
+def _history_from_tensors(tensors: dict[str, Tensor]) -> list[RemovalRecord]:
+    if "history_offsets" not in tensors:
+        return []
+    offsets = tensors["history_offsets"].tolist()
+    flat = tensors["history_indices"].tolist()
+    columns = [tensors[f"history_{name}"].tolist() for name in
+               ("bound", "cumulative", "budget_left", "retrained", "seconds", "worst_case")]
+    records = []
+    for j, (bound, cum, left, retrained, seconds, worst) in enumerate(zip(*columns, strict=True)):
+        records.append(RemovalRecord(
+            indices=tuple(int(i) for i in flat[offsets[j]:offsets[j + 1]]),
+            bound=float(bound), cumulative=float(cum), budget_left=float(left),
+            retrained=bool(retrained), seconds=float(seconds), worst_case=float(worst),
+        ))
+    return records
