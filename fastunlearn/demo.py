@@ -131,8 +131,8 @@ def _print_removals(result: Any) -> None:
         rec = records[i]
         rows = str(rec["indices"][0]) if len(rec["indices"]) == 1 else f"{len(rec['indices'])} rows"
         if rec["retrained"]:
-            print(f"    {rec['n_removed']:>9} {rows:>10}   over budget: RETRAIN with a fresh b, "
-                  f"used reset to {rec['cumulative']:.1e}")
+            print(f"    {rec['n_removed']:>9} {rows:>10} {rec['bound']:>10.2e}   over budget: "
+                  f"RETRAIN, fresh b, used reset to {rec['cumulative']:.1e}")
         else:
             print(f"    {rec['n_removed']:>9} {rows:>10} {rec['bound']:>10.2e} "
                   f"{rec['cumulative']:>10.2e} {rec['budget_left']:>10.2e}")

@@ -56,8 +56,8 @@ DATASETS = ("digits", "MNIST", "SVHN", "CIFAR10")
 #: The two digits of the binary task ("3 vs 8", as in the paper's MNIST experiment).
 BINARY_PAIR = (3, 8)
 
-#: ``gamma`` names -> the estimator's ``gamma`` argument.
-GAMMAS = {"paper": 0.25, "tight": "tight"}
+#: ``gamma`` names (the estimator's ``gamma`` argument).
+GAMMAS = ("paper", "tight")
 
 #: Evaluations of the test accuracy per run when ``eval_every`` is 0 (automatic).
 _AUTO_EVALUATIONS = 20
@@ -329,7 +329,8 @@ class ExperimentResult:
         data: Data description (dataset, train_mode, classes, n_train, n_test, n_features).
         training: Fit time, training residual, train and test accuracy after the fit.
         records: One dict per removal (or batch): ``step``, ``indices``, ``n_removed``,
-            ``bound``, ``cumulative``, ``budget_left``, ``retrained``, ``seconds``.
+            ``bound`` (for a retrain: the bound that did not fit), ``cumulative``,
+            ``budget_left``, ``retrained``, ``seconds``, ``worst_case``.
         evaluations: ``{"n_removed", "test_accuracy", "retrains"}`` every ``eval_every``
             removals, starting at 0.
         final: Test accuracy after the removals and of a model retrained from scratch.
@@ -434,16 +435,8 @@ def _record_dict(record: Any, step: int, n_removed: int) -> dict[str, Any]:
         "budget_left": float(raw["budget_left"]),
         "retrained": bool(raw["retrained"]),
         "seconds": float(raw["seconds"]),
+        "worst_case": float(raw.get("worst_case", math.nan)),
     }
-
-
-def _privacy_constant(delta: float) -> float:
-    return math.sqrt(2.0 * math.log(1.5 / delta))
-
-
-def _worst_case_bound(gamma: float, lam: float, n: int, m: int) -> float:
-    """Theorem 1 (batch of m; m = 1 sequential): 4 gamma m^2 C^2 / (lam^2 (n - m)), C = 1."""
-    return 4.0 * gamma * m * m / (lam * lam * (n - m)) if n > m else math.inf
 
 
 def _supported(records: list[dict[str, Any]], budget_left: float, stopped: bool
@@ -473,7 +466,7 @@ def _make_model(config: ExperimentConfig) -> Any:
     return CertifiedLogisticRegression(
         lam=config.lam, sigma=config.std, epsilon=config.epsilon, delta=config.delta,
         train_mode=config.train_mode, subsample_ratio=config.subsample_ratio,
-        gamma=GAMMAS[config.gamma], solver=config.solver, retrain=config.retrain,
+        gamma=config.gamma, solver=config.solver, retrain=config.retrain,
         seed=config.seed, device=config.device, max_iter=config.num_steps,
     )
 
@@ -606,22 +599,33 @@ def run_removal_experiment(
         retrain_seconds = time.perf_counter() - t0
         final["retrained_test_accuracy"], _ = _accuracy(fresh, data.X_test, data.y_test)
 
-    gamma = 0.25 if config.gamma == "paper" else 1.0 / (6.0 * math.sqrt(3.0))
-    m = config.batch or 1
+    from fastunlearn.certified.bounds import c_delta, resolve_gamma, worst_case_bound
+
+    gamma = resolve_gamma(config.gamma)
     budget = float(model.budget_)
     budget_left = float(model.budget_left_)
     supported, estimate = _supported(records, budget_left, stop_reason is not None)
+    # a retrain record's bound is the one that did not fit: not part of the used budget
     bounds = [r["bound"] for r in records if not r["retrained"]]
+    # worst case (Theorem 1) of the steps made, summed over the classes each one updated
+    worst = [r["worst_case"] for r in records if math.isfinite(r["worst_case"])]
+    if worst:
+        worst_case = statistics.fmean(worst)
+    else:  # every class holds every row (no subsampling): K classes alike
+        m = config.batch or 1
+        worst_case = worst_case_bound(config.lam, n_train, m, gamma) * int(
+            np.asarray(model.coef_).shape[0])
     privacy = {
         "epsilon": config.epsilon, "delta": config.delta, "sigma": config.std,
-        "c": _privacy_constant(config.delta), "budget": budget, "gamma": gamma,
+        "c": c_delta(config.delta), "budget": budget, "gamma": gamma,
         "training_residual": training["residual"], "removals": n_removed,
         "retrains": int(model.retrains_), "removals_supported": supported,
         "removals_supported_is_estimate": estimate,
         "mean_bound": statistics.fmean(bounds) if bounds else None,
         "max_bound": max(bounds) if bounds else None,
-        "worst_case_bound": _worst_case_bound(gamma, config.lam, n_train, m),
+        "worst_case_bound": worst_case,
         "budget_used": float(model.budget_used_), "budget_left": budget_left,
+        "epsilon_spent": float(model.privacy_report()["epsilon_spent"]),
         "stopped_early": stop_reason is not None, "stop_reason": stop_reason,
     }
     privacy["composed"] = _composed_privacy(data.meta, privacy)

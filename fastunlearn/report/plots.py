@@ -9,7 +9,9 @@ backend of the calling program and works on machines without a display.
 Record fields used (dicts, or objects with these attributes):
 
 * ``n_removed``: removals done after this record (its x position);
-* ``bound``: the record's data-dependent gradient-residual bound;
+* ``bound``: the record's data-dependent gradient-residual bound (for a retrain: the bound
+  that would have exceeded the budget);
+* ``worst_case`` (optional): the worst-case (Theorem 1) bound of the record;
 * ``cumulative``: the used budget after the record (training residual + bounds since the
   last retrain);
 * ``retrained``: whether the model was retrained before this removal;
@@ -79,6 +81,26 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _worst_case_running(records: Sequence[Any], default: float | None) -> list[float] | None:
+    """Sum each record's worst case (or ``default``) since the last retrain; None if none."""
+    running, out, seen = 0.0, [], False
+    for r in records:
+        if _field(r, "retrained", False):  # the retrained model starts afresh
+            running = 0.0
+            out.append(math.nan)
+            continue
+        value = _field(r, "worst_case", None)
+        if value is None or not math.isfinite(float(value)) or float(value) <= 0:
+            value = default
+        if value is None or not math.isfinite(value) or value <= 0:
+            out.append(math.nan)
+            continue
+        seen = True
+        running += float(value)
+        out.append(running)
+    return out if seen else None
+
+
 def plot_bounds(
     records: Sequence[Any],
     budget: float,
@@ -93,8 +115,9 @@ def plot_bounds(
         records: Removal records in order (see the module docstring).
         budget: The budget ``sigma * epsilon / c`` (a horizontal line).
         path: PNG file to write (folders are created).
-        worst_case: Optional worst-case (data-independent) bound of one removal; its
-            running sum since the last retrain is drawn for comparison.
+        worst_case: Worst-case (data-independent) bound of one removal, for records
+            without a ``worst_case`` field of their own; the running sum since the last
+            retrain is drawn for comparison.
         title: Figure title.
 
     Returns:
@@ -113,18 +136,18 @@ def plot_bounds(
     if records:
         ax.plot(xs, _positive(_field(r, "cumulative", math.nan) for r in records),
                 color="tab:blue", linewidth=1.6, label="used budget (cumulative bound)")
-        # a retrain replaces the Newton step: no bound of its own to show
-        steps = [(x, float(_field(r, "bound", math.nan))) for x, r in zip(xs, records, strict=True)
-                 if not _field(r, "retrained", False)]
-        steps = [(x, b) for x, b in steps if math.isfinite(b) and b > 0]
-        if steps:
-            ax.scatter(*zip(*steps, strict=True), s=6, color="tab:gray", alpha=0.6,
-                       label="bound of each removal")
-        if worst_case is not None and math.isfinite(worst_case) and worst_case > 0:
-            running, worst = 0.0, []
-            for r in records:
-                running = (0.0 if _field(r, "retrained", False) else running) + worst_case
-                worst.append(running)
+        for retrained, style in ((False, {"s": 6, "color": "tab:gray", "alpha": 0.6,
+                                          "label": "bound of each removal"}),
+                                 (True, {"s": 30, "marker": "x", "color": _RETRAIN_COLOR,
+                                         "label": "bound that did not fit (retrain)"})):
+            points = [(x, float(_field(r, "bound", math.nan)))
+                      for x, r in zip(xs, records, strict=True)
+                      if bool(_field(r, "retrained", False)) == retrained]
+            points = [(x, b) for x, b in points if math.isfinite(b) and b > 0]
+            if points:
+                ax.scatter(*zip(*points, strict=True), **style)
+        worst = _worst_case_running(records, worst_case)
+        if worst is not None:
             ax.plot(xs, worst, color="tab:orange", linestyle="--", linewidth=1.2,
                     label="worst-case bound (cumulative)")
     ax.axhline(budget, color="black", linewidth=1.2, label=f"budget {budget:.3g}")
