@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from fastunlearn.certified.experiment import (
     ExperimentConfig,
@@ -18,6 +19,16 @@ from fastunlearn.certified.experiment import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: OpenMP workers spinning against other processes on a busy machine make
+    LAPACK calls (eigvalsh, Cholesky) 10-100x slower; these tests check results, not speed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 #: digits 3 vs 8 with a budget that runs out after about 20 removals (see the demo)
 BINARY = {"train_mode": "binary", "lam": 1e-2, "std": 1.0, "epsilon": 1.0, "delta": 1e-4}
@@ -241,7 +252,6 @@ def test_raw_mnist_pixels_binary_3_vs_8(tmp_path):
 
 
 def test_extracted_features_compose_with_the_extractor_privacy(tmp_path):
-    torch = pytest.importorskip("torch")
     from fastunlearn.data.vision import extracted_features_path, save_features
 
     gen = torch.Generator().manual_seed(0)
