@@ -83,8 +83,11 @@ def normalize_rows(X: Tensor) -> Tensor:
         Tensor[n, d]: the normalised rows (a new tensor).
 
     """
-    norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
-    return X / norms.clamp_min(torch.finfo(X.dtype).tiny)
+    tiny = torch.finfo(X.dtype).tiny
+    # scale by the largest entry first so that squaring neither underflows (|x| < 1e-154)
+    # nor overflows (|x| > 1e154)
+    scaled = X / X.abs().amax(dim=1, keepdim=True).clamp_min(tiny)
+    return scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min(tiny)
 
 
 def derive_seed(seed: int, purpose: str, counter: int = 0) -> int:

@@ -1,0 +1,142 @@
+"""Bounds and budget of certified removal: reference numbers and validity of the bounds."""
+
+import math
+
+import pytest
+import torch
+
+from fastunlearn.certified import bounds
+from fastunlearn.certified.bounds import (
+    GAMMA_PAPER,
+    GAMMA_TIGHT,
+    c_delta,
+    data_dependent_bound,
+    epsilon_spent,
+    noise_budget,
+    resolve_gamma,
+    worst_case_bound,
+)
+from fastunlearn.certified.math import (
+    logistic_gradient,
+    logistic_hessian,
+    normalize_rows,
+    spectral_norm_upper,
+)
+
+
+@pytest.mark.parametrize(
+    ("delta", "c", "budget"),
+    [(1e-2, 3.1656, 3.159), (1e-4, 4.3854, 2.280), (1e-5, 4.8823, 2.048)],
+)
+def test_c_and_budget_match_reference_table(delta, c, budget):
+    assert c_delta(delta) == pytest.approx(c, abs=5e-5)
+    assert noise_budget(10.0, 1.0, delta) == pytest.approx(budget, abs=5e-4)
+
+
+def test_budget_formula_and_epsilon_spent_invert():
+    b = noise_budget(3.0, 0.5, 1e-3)
+    assert b == pytest.approx(3.0 * 0.5 / math.sqrt(2 * math.log(1.5 / 1e-3)), rel=1e-15)
+    assert epsilon_spent(b, 3.0, 1e-3) == pytest.approx(0.5, rel=1e-12)
+    assert noise_budget(0.0, 1.0, 1e-4) == 0.0
+    assert epsilon_spent(0.0, 0.0, 1e-4) == 0.0
+    assert epsilon_spent(1e-9, 0.0, 1e-4) == math.inf
+
+
+def test_worst_case_reference_number():
+    # MNIST 3v8, lambda 1e-3, n = 11,982: 83.5 per removal
+    assert worst_case_bound(1e-3, 11982) == pytest.approx(83.47, abs=0.01)
+    assert worst_case_bound(1e-3, 11982) == pytest.approx(1.0 / (1e-6 * 11981), rel=1e-12)
+
+
+def test_worst_case_batch_is_quadratic_and_sums_classes():
+    single = worst_case_bound(1e-3, 11982, 1)
+    batch = worst_case_bound(1e-3, 11982, 10)
+    assert batch == pytest.approx(4 * 0.25 * 100 / (1e-6 * 11972), rel=1e-12)
+    assert batch / single == pytest.approx(100 * 11981 / 11972, rel=1e-12)
+    per_class = worst_case_bound(0.1, torch.tensor([100.0, 50.0, 80.0]), torch.tensor([2.0, 0, 1]))
+    expected = 4 * 0.25 * (4 / (0.01 * 98) + 1 / (0.01 * 79))
+    assert per_class == pytest.approx(expected, rel=1e-12)
+    assert worst_case_bound(1e-2, 100, 1, gamma=GAMMA_TIGHT) == pytest.approx(
+        4 * GAMMA_TIGHT / (1e-4 * 99), rel=1e-12
+    )
+    assert worst_case_bound(1.0, 5, 5) == math.inf
+
+
+def test_gamma_options():
+    assert resolve_gamma(0.25) == GAMMA_PAPER
+    assert resolve_gamma("paper") == GAMMA_PAPER
+    assert resolve_gamma("tight") == pytest.approx(0.0962250448649376, rel=1e-14)
+    # the tight value is the exact Lipschitz constant of sigma': max |sigma'''| on a fine grid
+    z = torch.linspace(-10, 10, 200001, dtype=torch.float64)
+    s = torch.sigmoid(z)
+    third = (s * (1 - s) * (1 - 2 * s)).abs().max()
+    assert float(third) == pytest.approx(GAMMA_TIGHT, rel=1e-8)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "loose"])
+def test_gamma_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="'gamma'"):
+        resolve_gamma(bad)
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, -0.1, 1.5])
+def test_delta_outside_unit_interval(delta):
+    with pytest.raises(ValueError, match="'delta'"):
+        c_delta(delta)
+    with pytest.raises(ValueError, match="'delta'"):
+        noise_budget(1.0, 1.0, delta)
+
+
+def test_budget_rejects_bad_sigma_epsilon():
+    with pytest.raises(ValueError, match="'sigma'"):
+        noise_budget(-1.0, 1.0, 1e-4)
+    with pytest.raises(ValueError, match="'epsilon'"):
+        noise_budget(1.0, 0.0, 1e-4)
+    with pytest.raises(ValueError, match="'epsilon'"):
+        noise_budget(1.0, -2.0, 1e-4)
+    with pytest.raises(ValueError, match="'lam'"):
+        worst_case_bound(0.0, 10)
+    with pytest.raises(TypeError, match="'delta'"):
+        c_delta("0.1")
+
+
+def test_data_dependent_bound_formula():
+    spec = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    step = torch.tensor([0.5, 0.1], dtype=torch.float64)
+    proj = torch.tensor([1.5, 0.2], dtype=torch.float64)
+    out = data_dependent_bound(spec, step, proj, 0.25)
+    torch.testing.assert_close(out, 0.25 * spec * step * proj, rtol=0, atol=0)
+    # rows shorter than 1 do not loosen the bound; longer rows scale it
+    torch.testing.assert_close(data_dependent_bound(spec, step, proj, 0.25, 0.5), out)
+    torch.testing.assert_close(data_dependent_bound(spec, step, proj, 0.25, 3.0), 3 * out)
+
+
+@pytest.mark.parametrize("gamma", [GAMMA_PAPER, GAMMA_TIGHT])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 5.0])
+def test_taylor_remainder_is_within_the_data_dependent_bound(gamma, scale):
+    """Corollary 1: ||g(w + v) - g(w) - H(w) v|| <= gamma ||X||_2 ||v|| ||X v||."""
+    gen = torch.Generator().manual_seed(int(scale * 10) + int(gamma * 100))
+    for _ in range(20):
+        n, d = 40, 6
+        X = normalize_rows(torch.randn(n, d, generator=gen, dtype=torch.float64))
+        Y = torch.where(torch.rand(n, 1, generator=gen) < 0.5, 1.0, -1.0).double()
+        A = torch.ones(n, 1, dtype=torch.float64)
+        b = torch.zeros(d, 1, dtype=torch.float64)
+        w = 2 * torch.randn(d, 1, generator=gen, dtype=torch.float64)
+        v = scale * torch.randn(d, 1, generator=gen, dtype=torch.float64)
+        H = logistic_hessian(X, A, w, 0.1)[0]
+        remainder = (
+            logistic_gradient(X, Y, A, w + v, b, 0.1)
+            - logistic_gradient(X, Y, A, w, b, 0.1)
+            - H @ v
+        )
+        spec = spectral_norm_upper((X.T @ X).unsqueeze(0), X.square().sum().reshape(1))
+        bound = data_dependent_bound(
+            spec, v.norm().reshape(1), (X @ v).norm().reshape(1), gamma
+        )
+        assert float(remainder.norm()) <= float(bound[0])
+
+
+def test_module_exports():
+    for name in bounds.__all__:
+        assert hasattr(bounds, name)
