@@ -66,7 +66,9 @@ def synthetic_result(records=None):
                     "removals_supported": 11, "removals_supported_is_estimate": False,
                     "mean_bound": 0.0213, "worst_case_bound": 35.21, "budget_used": 0.1,
                     "budget_left": 0.128, "stopped_early": False, "stop_reason": None,
-                    "composed": None},
+                    "extractor": {"name": "dp_x", "private": True, "epsilon": 0.1,
+                                  "delta": 1e-5, "composed": {"removals": 30, "epsilon": 4.0,
+                                                              "delta": 0.5}}},
         "fairness": {
             "before": {"per_class": {"3": 0.973, "8": 0.9714}, "worst_class": "8",
                        "worst_accuracy": 0.9714, "largest_gap": 0.0016},
@@ -138,8 +140,17 @@ def test_markdown_reports_privacy_fairness_and_timings():
                    "| delta | 0.0001 |", "| budget sigma * epsilon / c | 0.228 |",
                    "| removals supported by one budget | 11 |", "| automatic retrains | 2 |",
                    "| 3 | 97.30 % | 94.59 % |", "| after removals | 3 | 94.59 % | 2.55 % |",
-                   "40.0x", "Automatic retrains at removal(s) 12, 25."):
+                   "40.0x", "Automatic retrains at removal(s) 12, 25.",
+                   "| feature extractor dp_x (DP) | (0.1, 1e-05) |",
+                   "| extractor + head after 30 removals (epsilon, delta) | (4, 0.5) |"):
         assert needle in text, needle
+
+
+def test_markdown_warns_about_a_non_private_extractor():
+    result = synthetic_result()
+    result["privacy"]["extractor"] = {"name": "standard_small_cnn", "private": False,
+                                      "note": "not private"}
+    assert "| feature extractor standard_small_cnn | not private |" in render_markdown(result)
 
 
 def test_markdown_tables_are_well_formed():

@@ -108,11 +108,21 @@ def _privacy_section(privacy: Mapping[str, Any]) -> list[str]:
     ]
     if privacy.get("stopped_early"):
         pairs.append(("stopped", format_value(privacy.get("stop_reason"))))
-    if privacy.get("composed") is not None:
-        composed = privacy["composed"]
-        pairs.append(("with the feature extractor (epsilon, delta)",
-                      f"({format_value(composed.get('epsilon'))}, "
-                      f"{format_value(composed.get('delta'))})"))
+    extractor = privacy.get("extractor")
+    if extractor:
+        name = format_value(extractor.get("name", extractor.get("extractor")))
+        if extractor.get("private"):
+            composed = extractor.get("composed", {})
+            pairs += [
+                (f"feature extractor {name} (DP)",
+                 f"({format_value(extractor.get('epsilon'))}, "
+                 f"{format_value(extractor.get('delta'))})"),
+                (f"extractor + head after {format_value(composed.get('removals'))} removals "
+                 "(epsilon, delta)", f"({format_value(composed.get('epsilon'))}, "
+                                     f"{format_value(composed.get('delta'))})"),
+            ]
+        else:
+            pairs.append((f"feature extractor {name}", format_value(extractor.get("note"))))
     return ["## Privacy", "", *_kv_table(pairs)]
 
 

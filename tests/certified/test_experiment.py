@@ -248,7 +248,7 @@ def test_raw_mnist_pixels_binary_3_vs_8(tmp_path):
     assert result.data["n_train"] == 12 and result.data["n_features"] == 784
     assert sorted(result.data["classes"]) == ["3", "8"]
     assert result.training["test_accuracy"] == 1.0
-    assert len(result.records) == 3 and result.privacy["composed"] is None
+    assert len(result.records) == 3 and result.privacy["extractor"] is None
 
 
 def test_extracted_features_compose_with_the_extractor_privacy(tmp_path):
@@ -268,8 +268,12 @@ def test_extracted_features_compose_with_the_extractor_privacy(tmp_path):
     result = run_removal_experiment(config)
     assert result.data["dataset"] == "SVHN" and result.data["n_features"] == 16
     assert len(result.data["classes"]) == 10 and result.training["test_accuracy"] > 0.8
-    composed = result.privacy["composed"]
-    assert composed["epsilon"] == pytest.approx(1.1) and composed["delta"] == pytest.approx(1.1e-4)
+    # group privacy over the 4 removals: 4 * 0.1 + 1 and 4 exp(3 * 0.1) 1e-5 + 1e-4
+    extractor = result.privacy["extractor"]
+    assert extractor["private"] and extractor["epsilon"] == 0.1
+    composed = extractor["composed"]
+    assert composed["removals"] == 4 and composed["epsilon"] == pytest.approx(1.4)
+    assert composed["delta"] == pytest.approx(4 * math.exp(0.3) * 1e-5 + 1e-4)
     with pytest.raises(FileNotFoundError, match="no features of extractor 'other'"):
         run_removal_experiment(ExperimentConfig(dataset="SVHN", data_dir=str(tmp_path),
                                                 extractor="other", result_dir=None))
