@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 
 def _format_info(info: dict) -> str:
     lines = [
@@ -237,8 +239,220 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- extract --------------------------------------------------------------------------------
+
+#: Default model of ``extract`` per data set: the reference's DP extractor for colour images,
+#: a small CNN for the digit images.
+_DEFAULT_MODEL = {"digits": "small_cnn", "MNIST": "small_cnn", "SVHN": "svhn_dp",
+                  "CIFAR10": "svhn_dp"}
+
+
+class _ScaledImages(torch.utils.data.Dataset):
+    """Images kept in their stored dtype (uint8 for the vision sets) and scaled per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float) -> None:
+        self.images, self.labels, self.scale = images, labels, scale
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i].to(torch.float32) / self.scale, self.labels[i]
+
+
+def _load_images(dataset: str, data_dir: str, svhn_extra: bool) -> dict[str, _ScaledImages]:
+    """Train and test images in [0, 1], in the row order the removal experiment uses."""
+    if dataset == "digits":
+        from .data import load_digits_dataset
+
+        # the same split (and row order) as `remove --dataset digits`; pixels 0..16
+        split = load_digits_dataset(normalize=False, dtype=torch.float32)
+        return {name: _ScaledImages(X.reshape(-1, 1, 8, 8), y, 16.0) for name, X, y in (
+            ("train", split.X_train, split.y_train), ("test", split.X_test, split.y_test))}
+    from .data import vision_tensors
+
+    out = {}
+    for name, train in (("train", True), ("test", False)):
+        images, labels = vision_tensors(dataset, data_dir, train=train,
+                                        svhn_extra=svhn_extra and train)
+        out[name] = _ScaledImages(images, labels, 255.0)
+    return out
+
+
+def _build_extractor_model(name: str, sample: torch.Tensor, num_classes: int,
+                           private: bool) -> Any:
+    from .models import build_model
+
+    channels, side = int(sample.shape[0]), int(sample.shape[-1])
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if name in ("svhn_dp", "small_cnn"):
+        kwargs.update(in_channels=channels, side=side)
+    elif name.startswith("resnet"):
+        kwargs.update(in_channels=channels, norm="group" if private else "batch")
+    elif name == "mlp":
+        kwargs.update(in_features=int(sample.numel()))
+    return build_model(name, **kwargs)
+
+
+def _extractor_name(args: argparse.Namespace, model: str) -> str:
+    if args.name:
+        return args.name
+    if args.extractor == "dp":  # the reference's naming, e.g. dp_delta_1.00e-05_std_6.00
+        return f"dp_delta_{args.delta:.2e}_std_{args.std:.2f}"
+    if args.extractor == "adversarial":
+        return f"adv_{args.attack}_{model}"
+    return f"standard_{model}"
+
+
 def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser(
+        "extract", help="train a feature extractor and write features for `remove`",
+        description="Train (or load) a feature extractor with DP-SGD, adversarial training "
+        "(FGSM/PGD) or plain training on --dataset, then write its features of the train and "
+        "test images to <data-dir>/<name>_<dataset>_extracted.safetensors, where `fastunlearn "
+        "remove --extractor <name>` finds them. Only a DP extractor keeps a guarantee for "
+        "the features; its (epsilon, delta) is stored with them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", required=True,
+                   help="folder with the images (and where the features are written)")
+    p.add_argument("--dataset", type=_dataset, default="SVHN",
+                   help="digits (bundled), MNIST, SVHN or CIFAR10")
+    p.add_argument("--extractor", choices=["dp", "adversarial", "standard"], default="dp",
+                   help="how the extractor is trained")
+    p.add_argument("--model", default=None,
+                   help="svhn_dp, small_cnn, mlp, resnet18 or resnet34 (default: svhn_dp for "
+                   "SVHN/CIFAR10, small_cnn for digits/MNIST)")
+    p.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="Adam lr")
+    p.add_argument("--batch-size", type=_positive_int, default=500,
+                   help="batch size (DP: expected Poisson batch size)")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the data")
+    p.add_argument("--std", type=_positive_float, default=6.0,
+                   help="DP-SGD noise multiplier (noise std / clipping norm)")
+    p.add_argument("--delta", type=_open_unit, default=1e-5, help="DP delta")
+    p.add_argument("--clip", type=_positive_float, default=4.0,
+                   help="DP-SGD per-example clipping norm")
+    p.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm",
+                   help="adversarial training attack")
+    p.add_argument("--attack-epsilon", type=_positive_float, default=8 / 255,
+                   help="L-inf radius of the attack (inputs in [0, 1])")
+    p.add_argument("--pgd-steps", type=_positive_int, default=10, help="PGD steps")
+    p.add_argument("--svhn-extra", action="store_true",
+                   help="SVHN: train and extract on train + extra (as the reference)")
+    p.add_argument("--name", default=None,
+                   help="feature-file prefix (default from the settings, e.g. "
+                   "dp_delta_1.00e-05_std_6.00 as in the reference)")
+    p.add_argument("--checkpoint", default=None,
+                   help="extractor weights (safetensors): loaded if the file exists, else "
+                   "written after training (default <data-dir>/<name>_<dataset>_model"
+                   ".safetensors)")
+    p.add_argument("--force", action="store_true", help="train even if the checkpoint exists")
+    p.add_argument("--seed", type=_non_negative_int, default=1, help="seed (reference: 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_extract)
+
+
+def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
+                     device: torch.device) -> dict[str, Any]:
+    """Train ``model`` as ``args.extractor`` says; return the metadata to store."""
+    from .certified import extractors
+
+    progress = not args.quiet
+    meta: dict[str, Any] = {"epochs": args.epochs, "lr": args.learning_rate,
+                            "batch_size": args.batch_size, "seed": args.seed}
+    if args.extractor == "dp":
+        loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size)
+        _, epsilon = extractors.train_dp_extractor(
+            model, loader, epochs=args.epochs, lr=args.learning_rate, noise_multiplier=args.std,
+            max_grad_norm=args.clip, delta=args.delta, device=device, progress=progress)
+        meta.update(epsilon=epsilon, delta=args.delta, noise_multiplier=args.std,
+                    max_grad_norm=args.clip, accountant="opacus rdp, poisson sampling")
+        return meta
+    gen = torch.Generator().manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True,
+                                         generator=gen)
+    if args.extractor == "adversarial":
+        extractors.train_adversarial_extractor(
+            model, loader, attack=args.attack, epsilon=args.attack_epsilon,
+            steps=args.pgd_steps, epochs=args.epochs, lr=args.learning_rate, device=device,
+            progress=progress)
+        meta.update(attack=args.attack, attack_epsilon=args.attack_epsilon)
+        if args.attack == "pgd":
+            meta["pgd_steps"] = args.pgd_steps
+    else:
+        extractors.train_standard_extractor(model, loader, epochs=args.epochs,
+                                            lr=args.learning_rate, device=device,
+                                            progress=progress)
+    return meta
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        device = torch.device(args.device)
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"'device' must be cpu or cuda, got {args.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"'device' is {args.device!r} but no CUDA GPU is visible")
+        if not Path(args.data_dir).is_dir():
+            raise FileNotFoundError(f"'data_dir' {args.data_dir!r} is not a folder")
+        return _extract(args, device)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        return _error("extract", str(exc))
+
+
+def _extract(args: argparse.Namespace, device: torch.device) -> int:
+    import time
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import load_model, save_model
+
+    from .certified.extractors import extract_features
+    from .data import extracted_features_path, save_features
+
+    parts = _load_images(args.dataset, args.data_dir, args.svhn_extra)
+    train, test = parts["train"], parts["test"]
+    num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
+    model_name = args.model or _DEFAULT_MODEL[args.dataset]
+    name = _extractor_name(args, model_name)
+    torch.manual_seed(args.seed)
+    model = _build_extractor_model(model_name, train[0][0], num_classes,
+                                   private=args.extractor == "dp")
+    checkpoint = Path(args.checkpoint or Path(args.data_dir) / f"{name}_{args.dataset}_model"
+                      ".safetensors")
+    print(f"extract: {args.extractor} extractor {model_name} ({model.feature_dim} features) on "
+          f"{args.dataset}: {len(train)} train / {len(test)} test images")
+    if checkpoint.is_file() and not args.force:
+        load_model(model, str(checkpoint), device="cpu")
+        with safe_open(str(checkpoint), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        print(f"loaded the trained extractor from {checkpoint} (--force trains a new one)")
+    else:
+        start = time.perf_counter()
+        meta = _train_extractor(args, model, train, device)
+        meta["train_seconds"] = time.perf_counter() - start
+        meta.update(extractor=args.extractor, model=model_name, name=name,
+                    dataset=args.dataset)
+        save_model(model.cpu(), str(checkpoint), metadata={"meta": json.dumps(meta)})
+        print(f"trained in {meta['train_seconds']:.1f} s; wrote {checkpoint}")
+    if "epsilon" in meta:
+        print(f"privacy of the extractor: ({meta['epsilon']:.4g}, {meta['delta']:.2g})-DP")
+    else:
+        print("the extractor is not private: a certificate of the head will not cover it")
+    features, labels = {}, {}
+    for split, images in (("train", train), ("test", test)):
+        loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size)
+        features[split], labels[split] = extract_features(model, loader, device,
+                                                          progress=not args.quiet)
+    path = save_features(extracted_features_path(args.data_dir, name, args.dataset),
+                         features, labels, meta=meta)
+    print(f"wrote {path} ({features['train'].shape[0]} + {features['test'].shape[0]} rows, "
+          f"{features['train'].shape[1]} features)")
+    print(f"next: fastunlearn remove --data-dir {args.data_dir} --dataset {args.dataset} "
+          f"--extractor {name}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -120,3 +120,81 @@ def test_bad_flag_from_the_shell_exits_non_zero_without_a_traceback():
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert "--delta: must be in (0, 1)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- extract ------------------------------------------------------------------------------
+
+
+def run_extract(tmp_path, *flags):
+    return main(["extract", "--data-dir", str(tmp_path), "--dataset", "digits", "--epochs", "1",
+                 "--batch-size", "256", "--quiet", *flags])
+
+
+def test_extract_standard_features_feed_remove(tmp_path, capsys):
+    from fastunlearn.data import load_digits_dataset, load_features
+
+    assert run_extract(tmp_path, "--extractor", "standard") == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "standard_small_cnn_digits_extracted.safetensors"
+    assert f"wrote {path}" in out and "not private" in out
+    assert (tmp_path / "standard_small_cnn_digits_model.safetensors").is_file()
+    features, labels, meta = load_features(path)
+    split = load_digits_dataset()
+    assert features["train"].shape == (split.X_train.shape[0], 128)
+    assert torch.equal(labels["train"], split.y_train) and torch.equal(labels["test"], split.y_test)
+    assert meta["extractor"] == "standard" and meta["model"] == "small_cnn"
+    assert "epsilon" not in meta
+
+    assert main(["remove", "--data-dir", str(tmp_path), "--extractor", "standard_small_cnn",
+                 "--train-mode", "binary", "--num-removes", "3", "--lam", "0.01", "--std", "1",
+                 "--result-dir", str(tmp_path / "res"), "--no-plots"]) == 0
+    capsys.readouterr()
+    payload = json.loads(next((tmp_path / "res").glob("*.json")).read_text())
+    assert payload["data"]["n_features"] == 128 and payload["data"]["classes"] == ["8", "3"]
+    assert payload["privacy"]["extractor"]["private"] is False
+
+
+def test_extract_dp_records_epsilon_and_reuses_the_checkpoint(tmp_path, capsys):
+    from fastunlearn.data import load_features
+
+    flags = ("--extractor", "dp", "--model", "mlp", "--std", "2", "--delta", "1e-5")
+    assert run_extract(tmp_path, *flags) == 0
+    out = capsys.readouterr().out
+    name = "dp_delta_1.00e-05_std_2.00"
+    _, _, meta = load_features(tmp_path / f"{name}_digits_extracted.safetensors")
+    assert 0 < meta["epsilon"] < 100 and meta["delta"] == 1e-5
+    assert meta["noise_multiplier"] == 2.0 and meta["max_grad_norm"] == 4.0
+    assert f"({meta['epsilon']:.4g}, 1e-05)-DP" in out and "trained in" in out
+    # a second run loads the trained extractor instead of training again
+    assert run_extract(tmp_path, *flags) == 0
+    out = capsys.readouterr().out
+    assert "loaded the trained extractor" in out and "trained in" not in out
+    _, _, again = load_features(tmp_path / f"{name}_digits_extracted.safetensors")
+    assert again["epsilon"] == meta["epsilon"]
+
+
+def test_extract_adversarial(tmp_path, capsys):
+    assert run_extract(tmp_path, "--extractor", "adversarial", "--attack", "pgd", "--pgd-steps",
+                       "2", "--model", "mlp", "--name", "robust") == 0
+    assert "robust_digits_extracted.safetensors" in capsys.readouterr().out
+    assert (tmp_path / "robust_digits_extracted.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--delta", "2"], "argument --delta: must be in (0, 1)"),
+    (["--clip", "0"], "argument --clip: must be positive"),
+    (["--attack", "cw"], "argument --attack: invalid choice"),
+    (["--extractor", "magic"], "argument --extractor: invalid choice"),
+])
+def test_extract_bad_flags(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", "--data-dir", str(tmp_path), *flags])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_extract_missing_data_is_a_clean_error(tmp_path, capsys):
+    assert main(["extract", "--data-dir", str(tmp_path / "nope")]) == 2
+    assert "'data_dir'" in capsys.readouterr().err
+    assert main(["extract", "--data-dir", str(tmp_path), "--dataset", "MNIST"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastunlearn extract: error: ") and "MNIST" in err
