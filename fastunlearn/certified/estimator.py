@@ -448,7 +448,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             X (array-like [n, d]): features.
 
         Returns:
-            ndarray [n] for a binary model (positive means ``classes_[1]``), else [n, K].
+            ndarray [n] for two classes (positive means ``classes_[1]``; ``z_1 - z_0`` for a
+            two-class one-vs-rest model), else [n, K].
 
         Raises:
             sklearn.exceptions.NotFittedError: before ``fit``.
@@ -457,10 +458,17 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         """
         with no_tf32():
             Z = (self._features(X) @ self._W).cpu().numpy()
-        return Z[:, 0] if self._cfg["train_mode"] == "binary" else Z
+        if Z.shape[1] == 1:
+            return Z[:, 0]
+        # scikit-learn's convention for two classes is one score (positive: classes_[1]);
+        # for two one-vs-rest columns the argmax is the sign of their difference
+        return Z[:, 1] - Z[:, 0] if Z.shape[1] == 2 else Z
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities: ``sigma(z)`` for binary, normalised ``sigma(z_k)`` for OvR.
+        """Class probabilities: ``sigma(z)`` for two classes, normalised ``sigma(z_k)`` for OvR.
+
+        For two classes ``z`` is :meth:`decision_function`, so the probabilities rank the rows
+        exactly as the scores do.
 
         Args:
             X (array-like [n, d]): features.
@@ -535,6 +543,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         left = np.bincount(labels[keep], minlength=self.classes_.shape[0])
         if (left == 0).any():
             c = self.classes_[int(np.flatnonzero(left == 0)[0])]
+            c = c.item() if hasattr(c, "item") else c
             raise ValueError(
                 f"argument 'indices' would remove every remaining row of class {c!r}"
             )
@@ -713,8 +722,11 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         report.seconds = time.perf_counter() - start
         return report
 
-    def retrain(self) -> RemovalRecord:
+    def retrain_now(self) -> RemovalRecord:
         """Retrain on the remaining rows now, with a fresh perturbation; resets the budget.
+
+        (Named ``retrain_now`` because ``retrain`` is the constructor parameter that decides
+        what happens when the budget runs out.)
 
         Returns:
             RemovalRecord: the retrain (no indices), also appended to :meth:`report`.
@@ -880,7 +892,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             "history_seconds": f64([r.seconds for r in hist]),
             "history_worst_case": f64([r.worst_case for r in hist]),
         }
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        # copies: the model keeps changing its tensors in place after this snapshot
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
         params = self.get_params(deep=False)
         params["device"] = str(params["device"])
         if params["checkpoint"] is not None:
@@ -933,7 +946,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         model = cls(**meta["params"])
         cfg = dict(meta["config"])
         device = torch.device(cfg["device"])
-        X = tensors["X"].to(device, torch.float64)
+        X = tensors["X"].to(device, torch.float64, copy=True)
         n, d = X.shape
         K = tensors["Y"].shape[1]
         shapes = {"Y": (n, K), "member": (n, K), "removed": (n,), "labels": (n,), "W": (d, K),
@@ -944,20 +957,20 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                                  f"{tuple(tensors[name].shape)}, expected {shape}")
         model._cfg = cfg
         model._X = X
-        model._Y = tensors["Y"].to(device, torch.float64)
-        model._member = tensors["member"].to(device, torch.bool)
-        model._removed = tensors["removed"].to(device, torch.bool)
-        model._labels = tensors["labels"].to(device, torch.int64)
+        model._Y = tensors["Y"].to(device, torch.float64, copy=True)
+        model._member = tensors["member"].to(device, torch.bool, copy=True)
+        model._removed = tensors["removed"].to(device, torch.bool, copy=True)
+        model._labels = tensors["labels"].to(device, torch.int64, copy=True)
         model._A = (model._member & ~model._removed.unsqueeze(1)).to(torch.float64)
         model._n_rem = model._A.sum(0)
         model._row_sq = X.square().sum(1)
         model._row_norm_max = float(meta["row_norm_max"])
         model._shared_gram = bool(meta["shared_gram"])
-        model._W = tensors["W"].to(device, torch.float64).clone()
-        model._b = tensors["b"].to(device, torch.float64).clone()
-        model._gram = tensors["gram"].to(device, torch.float64).clone()
-        model._eig = tensors["eig"].to(device, torch.float64).clone()
-        model._chol = tensors["chol"].to(device, torch.float64).clone()
+        model._W = tensors["W"].to(device, torch.float64, copy=True)
+        model._b = tensors["b"].to(device, torch.float64, copy=True)
+        model._gram = tensors["gram"].to(device, torch.float64, copy=True)
+        model._eig = tensors["eig"].to(device, torch.float64, copy=True)
+        model._chol = tensors["chol"].to(device, torch.float64, copy=True)
         model._draws = int(meta["draws"])
         dtype = meta["classes_dtype"]
         model.classes_ = np.asarray(meta["classes"], dtype=object if dtype == "O" else dtype)

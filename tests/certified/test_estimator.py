@@ -1,0 +1,682 @@
+"""CertifiedLogisticRegression: sklearn compatibility, bounds, solvers, retraining, errors."""
+
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from fastunlearn.certified import (
+    BudgetExceededError,
+    CertifiedLogisticRegression,
+    RemovalRecord,
+    RemovalReport,
+    noise_budget,
+    worst_case_bound,
+)
+from fastunlearn.certified.math import draw_perturbation, newton_fit, normalize_rows
+from fastunlearn.data import load_digits_dataset
+
+LAM = 1e-2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the 2-core test machine is shared: OpenMP threads fighting over it make the small
+    # kernels here 10-40x slower, so run this module single-threaded
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def binary():
+    data = load_digits_dataset(binary=(3, 8))
+    return data.X_train.numpy(), data.y_train.numpy(), data.X_test.numpy(), data.y_test.numpy()
+
+
+@pytest.fixture(scope="module")
+def tenclass():
+    data = load_digits_dataset()
+    return data.X_train.numpy(), data.y_train.numpy(), data.X_test.numpy(), data.y_test.numpy()
+
+
+def tiny(seed=0, n=40, d=5, classes=3):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, d)) * 2
+    y = np.arange(n) % classes
+    X = centers[y] + rng.normal(size=(n, d))
+    return X, y
+
+
+def true_gradient(model, X, y):
+    """||grad L_b(W; D_rem)|| recomputed in numpy from public attributes (plus S_k masks).
+
+    Includes b and uses the current lam * n_rem scaling: the residual of the theory.
+    """
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True) if model.normalize else X
+    keep = np.ones(X.shape[0], dtype=bool)
+    keep[model.removed_indices_] = False
+    member = model._member.cpu().numpy() & keep[:, None]
+    if model.coef_.shape[0] == 1:
+        Y = np.where(y == model.classes_[1], 1.0, -1.0)[:, None]
+    else:
+        Y = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
+    Z = Xn @ model.coef_.T
+    dl = -Y / (1.0 + np.exp(Y * Z))  # l'(z, y) = -y sigma(-y z)
+    G = (Xn.T @ (member * dl)).T + model.lam * member.sum(0)[:, None] * model.coef_ + model.b_
+    return np.linalg.norm(G), G, member
+
+
+def snapshot(model):
+    return {
+        "coef": model.coef_.copy(),
+        "b": model.b_.copy(),
+        "budget": model.budget_,
+        "used": model.budget_used_,
+        "left": model.budget_left_,
+        "removed": model.removed_indices_.copy(),
+        "retrains": model.retrains_,
+        "n_removed": model.n_removed_,
+        "W": model._W.clone(),
+        "A": model._A.clone(),
+        "gram": model._gram.clone(),
+        "history": len(model._history),
+    }
+
+
+def assert_unchanged(model, before):
+    after = snapshot(model)
+    for key, value in before.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(after[key], value), key
+        else:
+            assert after[key] == value, key
+
+
+# ---- scikit-learn compatibility ------------------------------------------------------------
+
+
+@parametrize_with_checks(
+    [
+        CertifiedLogisticRegression(),
+        CertifiedLogisticRegression(
+            train_mode="ovr", subsample_ratio=0.5, solver="cg", gamma="tight", sigma=0.1
+        ),
+    ]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    # Every applicable check runs. Skipped by scikit-learn itself here: sample-weight checks
+    # (fit takes no sample_weight: per-row weights would change the certified objective),
+    # pandas checks (pandas is not installed) and array-API checks (not supported).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        check(estimator)
+
+
+def test_clone_get_set_params_and_pipeline(binary):
+    X, y, Xt, yt = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=1.0, seed=3)
+    params = model.get_params()
+    assert params["lam"] == LAM and params["sigma"] == 1.0 and params["checkpoint"] is None
+    copy = clone(model)
+    assert copy.get_params() == params and copy is not model
+    model.set_params(epsilon=0.5, gamma="tight")
+    assert model.epsilon == 0.5 and model.gamma == "tight"
+    pipe = make_pipeline(FunctionTransformer(lambda a: a * 3.0), clone(copy)).fit(X, y)
+    direct = clone(copy).fit(X, y)
+    # rows are normalised, so scaling the features first changes nothing
+    np.testing.assert_allclose(pipe[-1].coef_, direct.coef_, rtol=1e-9, atol=1e-12)
+    assert pipe.score(Xt, yt) == direct.score(Xt, yt) > 0.9
+    # clone of a fitted model is unfitted
+    with pytest.raises(NotFittedError):
+        clone(direct).remove(0)
+
+
+def test_predictions_shapes_and_probabilities(binary, tenclass):
+    X, y, Xt, yt = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=1.0).fit(X, y)
+    assert model.coef_.shape == (1, 64) and model.b_.shape == (1, 64)
+    z = model.decision_function(Xt)
+    assert z.shape == (Xt.shape[0],)
+    P = model.predict_proba(Xt)
+    np.testing.assert_allclose(P.sum(1), 1.0)
+    np.testing.assert_array_equal(model.predict(Xt), model.classes_[(z > 0).astype(int)])
+    assert model.score(Xt, yt) > 0.95
+    X, y, Xt, yt = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=1.0).fit(X, y)
+    assert model.coef_.shape == (10, 64)
+    Z = model.decision_function(Xt)
+    assert Z.shape == (Xt.shape[0], 10)
+    np.testing.assert_allclose(model.predict_proba(Xt).sum(1), 1.0)
+    np.testing.assert_array_equal(model.predict(Xt), Z.argmax(1))
+    assert model.score(Xt, yt) > 0.8
+    ovr2 = CertifiedLogisticRegression(lam=LAM, sigma=1.0, train_mode="ovr").fit(*binary[:2])
+    assert ovr2.coef_.shape == (2, 64)
+
+
+def test_training_reaches_exact_minimiser(binary):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    residual, _, _ = true_gradient(model, X, y)
+    assert model.training_residual_ <= 1e-10
+    assert residual <= 1e-10
+    assert model.budget_used_ == model.training_residual_
+    assert model.budget_ == pytest.approx(2.2803, abs=1e-4)
+    assert model.budget_left_ == model.budget_ - model.budget_used_
+    assert model.n_removed_ == 0 and model.retrains_ == 0 and model.removed_indices_.size == 0
+    np.testing.assert_array_equal(model.b_, draw_perturbation(0, 0, 64, 1, 10.0).T.numpy())
+
+
+# ---- bounds hold along removal sequences ---------------------------------------------------
+
+
+def _check_sequence(model, X, y, order, batch=False, tol=1e-10):
+    """Remove ``order``; after every step the true residual is within the bounds."""
+    groups = [order] if batch else [[i] for i in order]
+    worst_ratio = 0.0
+    for rows in groups:
+        before, G_before, member_before = true_gradient(model, X, y)
+        used_before = model.budget_used_
+        report = model.remove(rows, batch=batch)
+        (record,) = report.records
+        after, G_after, _ = true_gradient(model, X, y)
+        if record.retrained:
+            assert after <= model.budget_used_ + tol
+            continue
+        assert record.bound >= 0.0
+        # per step: grad L'(w') = grad L(w) + Taylor remainder + solve residual
+        assert np.linalg.norm(G_after - G_before) <= record.bound + tol
+        # cumulative: the true residual never exceeds the used budget
+        assert after <= model.budget_used_ + tol
+        assert model.budget_used_ == pytest.approx(used_before + record.bound, rel=1e-12)
+        assert record.cumulative == model.budget_used_
+        assert record.budget_left == pytest.approx(model.budget_ - model.budget_used_)
+        assert record.indices == tuple(rows)
+        assert record.seconds > 0
+        worst_ratio = max(worst_ratio, np.linalg.norm(G_after - G_before) / record.bound)
+    return worst_ratio
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_bounds_hold_random_sequences(binary, seed):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, seed=seed).fit(X, y)
+    order = np.random.default_rng(seed).permutation(X.shape[0])[:12].tolist()
+    ratio = _check_sequence(model, X, y, order)
+    assert 0.0 < ratio < 1.0
+    assert model.retrains_ == 0 and model.n_removed_ == 12
+    np.testing.assert_array_equal(model.removed_indices_, np.sort(order))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"seed": 0},
+        {"seed": 1, "gamma": "tight"},
+        {"seed": 2, "subsample_ratio": 0.3},
+        {"seed": 3, "subsample_ratio": 0.5, "solver": "cg"},
+    ],
+)
+def test_ovr_bounds_hold_random_sequences(tenclass, params):
+    X, y, _, _ = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, **params).fit(X, y)
+    order = np.random.default_rng(params["seed"]).permutation(X.shape[0])[:6].tolist()
+    assert _check_sequence(model, X, y, order) < 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tiny_random_data_bounds_hold(seed):
+    X, y = tiny(seed)
+    for params in ({"train_mode": "ovr"}, {"normalize": False, "lam": 0.5}):
+        model = CertifiedLogisticRegression(sigma=1.0, lam=0.05, seed=seed)
+        model.set_params(**params).fit(X, y)
+        order = np.random.default_rng(seed + 10).permutation(X.shape[0])[:10].tolist()
+        _check_sequence(model, X, y, order)
+
+
+@pytest.mark.parametrize("data", ["binary", "tenclass"])
+def test_batch_removal_bound_holds(request, data):
+    X, y, _, _ = request.getfixturevalue(data)
+    # the batch bound grows quadratically with the batch: a larger lam keeps it in budget
+    model = CertifiedLogisticRegression(lam=0.1, sigma=100.0).fit(X, y)
+    order = np.random.default_rng(7).permutation(X.shape[0])[:8].tolist()
+    _check_sequence(model, X, y, order, batch=True)
+    (record,) = model.report().records
+    assert record.indices == tuple(order) and not record.retrained
+    n = X.shape[0]
+    if data == "binary":
+        assert record.worst_case == pytest.approx(worst_case_bound(0.1, n, 8), rel=1e-12)
+        assert record.worst_case > record.bound
+    # a second batch continues from the first
+    more = np.random.default_rng(8).permutation(np.setdiff1d(np.arange(n), order))[:5]
+    _check_sequence(model, X, y, more.tolist(), batch=True)
+    assert model.n_removed_ == 13
+
+
+def test_worst_case_reported_per_removal(binary):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    report = model.remove([4, 9])
+    n = X.shape[0]
+    assert report.records[0].worst_case == pytest.approx(worst_case_bound(LAM, n), rel=1e-12)
+    assert report.records[1].worst_case == pytest.approx(worst_case_bound(LAM, n - 1), rel=1e-12)
+    assert all(r.worst_case > r.bound for r in report.records)
+
+
+# ---- solvers, retraining, accuracy of the updates ----------------------------------------
+
+
+@pytest.mark.parametrize("params", [{}, {"subsample_ratio": 0.4}])
+def test_cholesky_and_cg_agree(tenclass, params):
+    X, y, _, _ = tenclass
+    order = [5, 77, 300, 1000, 12]
+    models = {}
+    for solver in ("cholesky", "cg"):
+        model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, solver=solver, **params)
+        model.fit(X, y).remove(order[:3])
+        model.remove(order[3:], batch=True)
+        models[solver] = model
+    a, b = models["cholesky"], models["cg"]
+    np.testing.assert_allclose(b.coef_, a.coef_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(b.report().bounds, a.report().bounds, rtol=1e-7, atol=1e-12)
+    assert b.budget_used_ == pytest.approx(a.budget_used_, rel=1e-7)
+
+
+def test_removal_is_close_to_retraining_with_same_b(binary, capsys):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, seed=4).fit(X, y)
+    full = model.coef_.copy()
+    order = np.random.default_rng(4).permutation(X.shape[0])[:10]
+    model.remove(order)
+    keep = np.setdiff1d(np.arange(X.shape[0]), order)
+    Xn = normalize_rows(torch.from_numpy(X[keep]))
+    Y = torch.from_numpy(np.where(y[keep] == model.classes_[1], 1.0, -1.0)).unsqueeze(1)
+    b = torch.from_numpy(model.b_.T.copy())
+    exact = newton_fit(Xn, Y, torch.ones_like(Y), b, LAM).W.T.numpy()
+    distance = np.linalg.norm(model.coef_ - exact)
+    moved = np.linalg.norm(full - exact)
+    residual, _, _ = true_gradient(model, X, y)
+    print(f"removal vs retrain distance {distance:.3e} (retrain moved {moved:.3e})")
+    # strong convexity (mu = lam n_rem): ||w - w*|| <= ||grad L_b(w)|| / mu <= used / mu
+    assert distance <= residual / (LAM * keep.size) * (1 + 1e-9)
+    assert distance <= model.budget_used_ / (LAM * keep.size)
+    assert distance < 1e-2 * moved
+
+
+def test_retrain_matches_fresh_fit_with_new_perturbation(binary):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=0.1, seed=5).fit(X, y)
+    order = np.random.default_rng(5).permutation(X.shape[0])[:12]
+    report = model.remove(order)
+    assert report.retrains >= 1 and model.retrains_ == report.retrains
+    assert sum(r.retrained for r in report.records) == report.retrains
+    last = max(j for j, r in enumerate(report.records) if r.retrained)
+    # the retrain used draw number retrains_ of the seeded perturbation
+    np.testing.assert_array_equal(
+        model.b_, draw_perturbation(5, model.retrains_, 64, 1, 0.1).T.numpy()
+    )
+    # replay: a fresh fit on the rows left at the last retrain, with the same b
+    removed_then = np.concatenate([order[: last + 1]])
+    keep = np.setdiff1d(np.arange(X.shape[0]), removed_then)
+    Xn = normalize_rows(torch.from_numpy(X[keep]))
+    Y = torch.from_numpy(np.where(y[keep] == model.classes_[1], 1.0, -1.0)).unsqueeze(1)
+    b = draw_perturbation(5, model.retrains_, 64, 1, 0.1)
+    fresh = newton_fit(Xn, Y, torch.ones_like(Y), b, LAM)
+    replay = CertifiedLogisticRegression(lam=LAM, sigma=0.1, seed=5).fit(X, y)
+    replay.remove(order[: last + 1])
+    np.testing.assert_allclose(replay.coef_, fresh.W.T.numpy(), rtol=0, atol=1e-12)
+    assert replay.budget_used_ == replay.training_residual_ == pytest.approx(
+        fresh.residual, abs=1e-12
+    )
+    # no retrain ever lets the budget be exceeded
+    assert all(r.cumulative <= model.budget_ for r in report.records)
+    assert all(
+        r.retrained or r.cumulative == pytest.approx(p.cumulative + r.bound)
+        for p, r in zip(report.records, report.records[1:], strict=False)
+    )
+
+
+def test_explicit_retrain_resets_budget(binary):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    model.remove([1, 2, 3])
+    assert model.budget_used_ > model.training_residual_
+    record = model.retrain_now()
+    assert isinstance(record, RemovalRecord) and record.retrained and record.indices == ()
+    assert model.retrains_ == 1 and model.budget_used_ == model.training_residual_ <= 1e-10
+    assert model.n_removed_ == 3
+    residual, _, _ = true_gradient(model, X, y)
+    assert residual <= 1e-10
+    np.testing.assert_array_equal(model.b_, draw_perturbation(0, 1, 64, 1, 10.0).T.numpy())
+
+
+def test_budget_exceeded_without_retrain_leaves_model_unchanged(binary):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=0.1, retrain=False).fit(X, y)
+    order = np.random.default_rng(5).permutation(X.shape[0])[:12].tolist()
+    done = []
+    with pytest.raises(BudgetExceededError) as info:
+        for i in order:
+            before = snapshot(model)
+            model.remove(i)
+            done.append(i)
+    assert_unchanged(model, before)
+    err = info.value
+    assert isinstance(err, RuntimeError)
+    assert err.indices == (order[len(done)],) and err.bound > err.budget_left
+    assert err.budget_left == pytest.approx(model.budget_left_)
+    np.testing.assert_array_equal(model.removed_indices_, np.sort(done))
+    # a list call commits the steps before the failing one and reports them
+    model2 = CertifiedLogisticRegression(lam=LAM, sigma=0.1, retrain=False).fit(X, y)
+    with pytest.raises(BudgetExceededError, match="retrain=False") as info:
+        model2.remove(order)
+    assert len(info.value.report.records) == len(done)
+    np.testing.assert_allclose(model2.coef_, model.coef_, rtol=0, atol=0)
+    # a batch is all or nothing
+    model3 = CertifiedLogisticRegression(lam=LAM, sigma=0.1, retrain=False).fit(X, y)
+    before = snapshot(model3)
+    with pytest.raises(BudgetExceededError):
+        model3.remove(order, batch=True)
+    assert_unchanged(model3, before)
+    # switching retrain on at remove time retrains instead
+    model3.set_params(retrain=True)
+    assert model3.remove(order, batch=True).retrains == 1
+
+
+def test_zero_sigma_warns_and_every_removal_retrains(binary):
+    X, y, _, _ = binary
+    with pytest.warns(UserWarning, match="budget"):
+        model = CertifiedLogisticRegression(lam=LAM, sigma=0.0).fit(X, y)
+    assert model.budget_ == 0.0
+    report = model.remove([0, 1])
+    assert report.retrains == 2
+
+
+# ---- subsampling semantics -----------------------------------------------------------------
+
+
+def test_subsample_updates_only_classes_holding_the_row(tenclass):
+    X, y, _, _ = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, subsample_ratio=0.2, seed=1)
+    model.fit(X, y)
+    member = model._member.cpu().numpy()
+    assert member[np.arange(X.shape[0]), y].all()  # positives always in S_k
+    assert 0.15 < member[y[:, None] != np.arange(10)].mean() < 0.25
+    n_k = member.sum(0)
+    i = int(np.flatnonzero(member.sum(1) == 1)[0])  # in its own class's subset only
+    before = model.coef_.copy()
+    model.remove(i)
+    changed = np.flatnonzero(np.abs(model.coef_ - before).sum(1) > 0)
+    np.testing.assert_array_equal(changed, [y[i]])
+    np.testing.assert_array_equal(model._n_rem.cpu().numpy(), n_k - member[i])
+    # binary with subsampling: a negative outside S is free to remove
+    Xb, yb = X[(y == 3) | (y == 8)], (y[(y == 3) | (y == 8)] == 8).astype(int)
+    bin_model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, subsample_ratio=0.3).fit(Xb, yb)
+    outside = int(np.flatnonzero(~bin_model._member.cpu().numpy()[:, 0])[0])
+    coef = bin_model.coef_.copy()
+    record = bin_model.remove(outside).records[0]
+    assert record.bound == 0.0 and not record.retrained
+    np.testing.assert_array_equal(bin_model.coef_, coef)
+    residual, _, _ = true_gradient(bin_model, Xb, yb)
+    assert residual <= bin_model.budget_used_ + 1e-12
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def test_remove_before_fit():
+    with pytest.raises(NotFittedError):
+        CertifiedLogisticRegression().remove([0])
+    with pytest.raises(NotFittedError):
+        CertifiedLogisticRegression().predict(np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize(
+    ("indices", "match"),
+    [
+        ([10_000], "unknown index"),
+        ([-1], "unknown index"),
+        ([3, 5, 3], "duplicate"),
+        ([2], "already removed"),
+        ([[1, 4]], "1-D"),
+    ],
+)
+def test_bad_indices_leave_model_unchanged(binary, indices, match):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    model.remove(2)
+    before = snapshot(model)
+    for batch in (False, True):
+        with pytest.raises(ValueError, match=f"'indices'.*{match}|{match}.*'indices'"):
+            model.remove(indices, batch=batch)
+        assert_unchanged(model, before)
+    with pytest.raises(TypeError, match="'indices'"):
+        model.remove([1.5])
+    with pytest.raises(TypeError, match="'indices'"):
+        model.remove(True)
+    assert_unchanged(model, before)
+    assert model.remove([]).records == []
+
+
+def test_removing_a_whole_class_is_refused(tenclass):
+    X, y, _, _ = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X[:200], y[:200])
+    rows = np.flatnonzero(y[:200] == 4)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="'indices'.*every remaining row of class 4"):
+        model.remove(rows, batch=True)
+    assert_unchanged(model, before)
+    model.remove(rows[:-1], batch=True)
+    with pytest.raises(ValueError, match="class 4"):
+        model.remove(rows[-1:])
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("lam", 0.0),
+        ("lam", -1e-3),
+        ("lam", float("nan")),
+        ("sigma", -0.5),
+        ("epsilon", 0.0),
+        ("epsilon", -1.0),
+        ("delta", 0.0),
+        ("delta", 1.0),
+        ("delta", 2.0),
+        ("gamma", 0.0),
+        ("gamma", "huge"),
+        ("train_mode", "multinomial"),
+        ("subsample_ratio", 0.0),
+        ("subsample_ratio", 1.5),
+        ("solver", "lu"),
+        ("seed", -1),
+        ("max_iter", 0),
+        ("device", "not-a-device"),
+    ],
+)
+def test_bad_parameters_raise_and_leave_model_unchanged(binary, param, value):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    model.remove([0])
+    before = snapshot(model)
+    model.set_params(**{param: value})
+    with pytest.raises(ValueError, match=f"'{param}'"):
+        model.fit(X, y)
+    assert_unchanged(model, before)
+    assert model.lam == (value if param == "lam" else LAM) or param == "lam"
+
+
+def test_bad_data_raises_and_leaves_model_unchanged(binary):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    model.remove([0, 1])
+    before = snapshot(model)
+    for bad in (np.nan, np.inf, -np.inf):
+        Xbad = X.copy()
+        Xbad[3, 5] = bad
+        with pytest.raises(ValueError, match="X"):
+            model.fit(Xbad, y)
+        with pytest.raises(ValueError, match="X"):
+            model.predict(Xbad)
+    with pytest.raises(ValueError, match="X has 63 features"):
+        model.predict(X[:, :63])
+    with pytest.raises(ValueError, match="X has 63 features"):
+        model.decision_function(X[:, :63])
+    with pytest.raises(ValueError, match="'y'.*1 class"):
+        model.fit(X, np.zeros_like(y))
+    with pytest.raises(ValueError, match="'train_mode'"):
+        model.set_params(train_mode="binary").fit(*tiny()[:2])
+    model.set_params(train_mode="auto")
+    assert_unchanged(model, before)
+    with pytest.raises(TypeError, match="'batch'"):
+        model.remove([5], batch="yes")
+    with pytest.raises(ValueError, match="'solver'"):
+        model.set_params(solver="qr").remove([5])
+    with pytest.raises(ValueError, match="'retrain'"):
+        model.set_params(solver="auto", retrain="no").remove([5])
+    model.set_params(retrain=True)
+    assert_unchanged(model, before)
+
+
+# ---- state, persistence hooks, reports -----------------------------------------------------
+
+
+def test_state_roundtrip_continues_identically(tenclass):
+    X, y, _, _ = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=1.0, subsample_ratio=0.5, seed=2)
+    model.fit(X, y).remove([3, 14, 15])
+    model.remove([92, 65], batch=True)
+    tensors, meta = model.get_state()
+    assert all(t.device.type == "cpu" for t in tensors.values())
+    assert tensors["X"].dtype == torch.float64 and tensors["member"].dtype == torch.bool
+    import json
+
+    json.dumps(meta)  # plain JSON
+    restored = CertifiedLogisticRegression.from_state(tensors, meta)
+    np.testing.assert_array_equal(restored.coef_, model.coef_)
+    np.testing.assert_array_equal(restored.b_, model.b_)
+    np.testing.assert_array_equal(restored.removed_indices_, model.removed_indices_)
+    np.testing.assert_array_equal(restored.classes_, model.classes_)
+    assert restored.get_params() == model.get_params()
+    assert restored.report().to_dict()["records"] == model.report().to_dict()["records"]
+    for m in (model, restored):
+        m.remove([35, 89])
+    np.testing.assert_array_equal(restored.coef_, model.coef_)
+    assert restored.budget_used_ == model.budget_used_
+    with pytest.raises(ValueError, match="'meta'"):
+        CertifiedLogisticRegression.from_state(tensors, {**meta, "version": 99})
+    with pytest.raises(ValueError, match="'tensors'"):
+        CertifiedLogisticRegression.from_state({"X": tensors["X"]}, meta)
+
+
+def test_state_roundtrip_string_labels():
+    X, y = tiny(3)
+    labels = np.array(["cat", "dog", "eel"])[y]
+    model = CertifiedLogisticRegression(lam=0.05, sigma=1.0).fit(X, labels)
+    restored = CertifiedLogisticRegression.from_state(*model.get_state())
+    np.testing.assert_array_equal(restored.predict(X), model.predict(X))
+    assert restored.classes_.dtype == model.classes_.dtype
+
+
+@pytest.fixture
+def fake_persistence(monkeypatch):
+    calls = []
+    module = types.ModuleType("fastunlearn.certified.persistence")
+    module.checkpoint = lambda model, record: calls.append(("checkpoint", model, dict(record)))
+    module.save_model = lambda model, path: calls.append(("save", model, path))
+    module.load_model = lambda path, cls=None: calls.append(("load", cls, path)) or "loaded"
+    monkeypatch.setitem(sys.modules, "fastunlearn.certified.persistence", module)
+    return calls
+
+
+def test_checkpoint_called_after_fit_removal_and_retrain(binary, fake_persistence, tmp_path):
+    X, y, _, _ = binary
+    path = tmp_path / "model.safetensors"
+    model = CertifiedLogisticRegression(lam=LAM, sigma=0.1, checkpoint=path).fit(X, y)
+    model.remove([0, 1, 2, 3, 4, 5])
+    model.retrain_now()
+    events = [c[2]["event"] for c in fake_persistence]
+    assert events[0] == "fit" and events[-1] == "retrain"
+    assert len(events) == 1 + 6 + 1 and "remove" in events and events.count("retrain") >= 2
+    first_remove = next(c[2] for c in fake_persistence if c[2]["event"] == "remove")
+    for key in ("indices", "bound", "cumulative", "budget_left", "seed", "retrains"):
+        assert key in first_remove
+    assert all(c[1] is model for c in fake_persistence)
+    removed = [i for c in fake_persistence for i in c[2]["indices"]]
+    assert removed == [0, 1, 2, 3, 4, 5]
+    model.save(path)
+    assert fake_persistence[-1] == ("save", model, path)
+    assert CertifiedLogisticRegression.load(path) == "loaded"
+    assert fake_persistence[-1] == ("load", CertifiedLogisticRegression, path)
+
+
+def test_reports(binary):
+    X, y, Xt, yt = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    first = model.remove([0, 1])
+    second = model.remove([2, 3], batch=True)
+    assert isinstance(first, RemovalReport) and len(first.records) == 2
+    assert first.seconds >= sum(r.seconds for r in first.records) * 0.999
+    full = model.report()
+    assert full.records == first.records + second.records and full.retrains == 0
+    as_dict = full.to_dict()
+    assert as_dict["records"][2]["indices"] == [2, 3]
+    assert set(as_dict["records"][0]) >= {"indices", "bound", "cumulative", "budget_left",
+                                          "retrained", "seconds", "worst_case"}
+    privacy = model.privacy_report()
+    assert privacy["budget"] == pytest.approx(noise_budget(10.0, 1.0, 1e-4))
+    assert privacy["used"] == model.budget_used_ and privacy["removals"] == 4
+    assert privacy["retrains"] == 0 and privacy["c"] == pytest.approx(4.3854, abs=1e-4)
+    assert privacy["epsilon_spent"] == pytest.approx(privacy["c"] * privacy["used"] / 10.0)
+    assert 0 < privacy["epsilon_spent"] <= privacy["epsilon"]
+    fair = model.fairness_report(Xt, yt)
+    pred = model.predict(Xt)
+    assert fair["accuracy"] == pytest.approx((pred == yt).mean())
+    assert set(fair["per_class_accuracy"]) == {0, 1}
+    for label, acc in fair["per_class_accuracy"].items():
+        assert acc == pytest.approx((pred[yt == label] == label).mean())
+    assert fair["worst_class_accuracy"] == min(fair["per_class_accuracy"].values())
+    assert fair["largest_gap"] == pytest.approx(
+        max(fair["per_class_accuracy"].values()) - fair["worst_class_accuracy"]
+    )
+    with pytest.raises(ValueError, match="'y'"):
+        model.fairness_report(Xt, yt[:-1])
+
+
+def test_removal_never_copies_x_and_tf32_flag_is_restored(binary):
+    X, y, _, _ = binary
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+        ptr = model._X.data_ptr()
+        model.remove([0, 1])
+        model.remove([2, 3], batch=True)
+        assert model._X.data_ptr() == ptr
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(tenclass):
+    X, y, _, _ = tenclass
+    order = [1, 2, 30, 400]
+    cpu = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    gpu = CertifiedLogisticRegression(lam=LAM, sigma=10.0, device="cuda").fit(X, y)
+    for m in (cpu, gpu):
+        m.remove(order[:2])
+        m.remove(order[2:], batch=True)
+    np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(gpu.report().bounds, cpu.report().bounds, rtol=1e-8)
