@@ -12,7 +12,8 @@ suffix of the permuted training set, as in the reference.
 
 **Ours** is ``CertifiedLogisticRegression.remove`` (float64, TF32 off, exact
 minimiser, conservative spectral norm) on the same rows in the same order, starting from
-the same fitted weights. Before timing, the weights after the timed removals must agree
+the same fitted weights, with the default solver (``auto``) and with ``solver="cg"``, each on
+its own copy of the fitted model. Before timing, the weights after the timed removals must agree
 (the reference computes in float32, so to about 1e-3 relative).
 
 Cases: the bundled digits, ten classes one-vs-rest (n = 1437, d = 64, K = 10), and
@@ -25,6 +26,7 @@ its removals (a removal changes the model, so it cannot be repeated on the same 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any
@@ -52,11 +54,13 @@ REFERENCE_BLOCK = 50_000
 POWER_ITERATIONS = 20
 #: Relative agreement required between the two weight matrices after the removals.
 WEIGHT_RTOL = 2e-3
+#: Our solvers timed: the default (``auto``: Cholesky up to 2048 features) and CG.
+SOLVERS = ("auto", "cg")
 
 #: preset -> cases: (name, n, d, K, timed removals of ours, timed removals of the reference)
 CASES: dict[str, tuple[tuple[str, int, int, int, int, int], ...]] = {
     "tiny": (("synthetic", 400, 32, 3, 4, 2), ("digits-ovr", 0, 64, 10, 2, 1)),
-    "quick": (("digits-ovr", 0, 64, 10, 20, 10), ("synthetic", 12_000, 784, 10, 10, 2)),
+    "quick": (("digits-ovr", 0, 64, 10, 20, 10), ("synthetic", 12_000, 784, 10, 5, 2)),
     "full": (("digits-ovr", 0, 64, 10, 50, 20), ("synthetic", 60_000, 784, 10, 100, 5)),
 }
 
@@ -70,6 +74,8 @@ COLUMNS = [
     ("reference_ms", "reference ms", ".1f"),
     ("reference_per_s", "ref removals/s", ".2f"),
     ("ratio_reference", "ref/ours", ".1f"),
+    ("ours_cg_ms", "ours CG ms", ".2f"),
+    ("ratio_reference_cg", "ref/ours CG", ".1f"),
     ("weight_rel_diff", "W rel diff", ".1e"),
     ("ours_bound", "ours bound", ".2e"),
     ("reference_bound", "ref bound", ".2e"),
@@ -181,9 +187,40 @@ def _time(fn: Any, device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def _clone(model: Any) -> Any:
+    """An independent copy of a fitted model (its state round-tripped, tensors copied)."""
+    tensors, meta = model.get_state()
+    return type(model).from_state({k: v.clone() for k, v in tensors.items()},
+                                   copy.deepcopy(meta))
+
+
+def _time_ours(model: Any, order: np.ndarray, ref_count: int, W_ref: torch.Tensor,
+               device: torch.device, what: str) -> tuple[float, list[float], float]:
+    """Warm-up removal, then ``order[1:]`` timed; weights checked after ``1 + ref_count``.
+
+    Returns:
+        ``(seconds of the timed removals, their bounds, max relative weight difference)``.
+    """
+    model.remove(order[:1].tolist())  # warm-up
+    first, rest = order[1:1 + ref_count].tolist(), order[1 + ref_count:].tolist()
+    seconds, report = _time(lambda: model.remove(first), device)
+    records = list(report.records)
+    W_ours = torch.as_tensor(np.asarray(model.coef_)).T
+    rel_diff = float((W_ref.double().cpu() - W_ours).abs().max() / W_ours.abs().max())
+    check_close(W_ref, W_ours, rtol=0.0, atol=scaled_atol(W_ours, WEIGHT_RTOL),
+                what=f"{what}: weights after {1 + ref_count} removals")
+    if rest:
+        more_s, more = _time(lambda: model.remove(rest), device)
+        seconds += more_s
+        records += list(more.records)
+    if any(r.retrained for r in records):
+        raise CorrectnessError(f"{what}: our model retrained during the benchmark")
+    return seconds, [float(r.bound) for r in records], rel_diff
+
+
 def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
              device: torch.device) -> dict[str, Any]:
-    """Fit once, then run and time both removal loops on the same rows; return the record."""
+    """Fit once, then run and time the removal loops on the same rows; return the record."""
     from fastunlearn.certified import CertifiedLogisticRegression
 
     X, labels = digits_data() if name == "digits-ovr" else synthetic_data(n, d, k)
@@ -193,7 +230,7 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
     # a budget no removal can exhaust: this measures removals, not retraining
     model = CertifiedLogisticRegression(lam=LAM, sigma=1.0, epsilon=1e12, delta=1e-4,
                                         train_mode="ovr", retrain=False, device=str(device))
-    model.fit(X, labels)
+    fit_s, _ = _time(lambda: model.fit(X, labels), device)
     W0 = torch.as_tensor(np.asarray(model.coef_)).T.contiguous()  # [d, K], float64
 
     # reference: permuted float32 rows, weights from our (exact) fit
@@ -206,36 +243,29 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
     ref_s, timed = _time(lambda: reference_remove(X32, Y32, W_ref, LAM, 1, ref_count, state),
                          device)
     ref_bounds += timed
-
-    # ours, stopping at the same removal first to compare the weights
-    model.remove(order[:1].tolist())  # warm-up
-    first, rest = order[1:1 + ref_count].tolist(), order[1 + ref_count:total].tolist()
-    ours_s, report = _time(lambda: model.remove(first), device)
-    ours_bounds = [float(r.bound) for r in report.records]
-    W_ours = torch.as_tensor(np.asarray(model.coef_)).T
-    rel_diff = float((W_ref.double().cpu() - W_ours).abs().max() / W_ours.abs().max())
-    check_close(W_ref, W_ours, rtol=0.0, atol=scaled_atol(W_ours, WEIGHT_RTOL),
-                what=f"{NAME} {name}: weights after {1 + ref_count} removals")
-    if any(r.retrained for r in report.records):
-        raise CorrectnessError(f"{NAME} {name}: our model retrained during the benchmark")
-    if rest:
-        more_s, more = _time(lambda: model.remove(rest), device)
-        ours_s += more_s
-        ours_bounds += [float(r.bound) for r in more.records]
-
-    ours_per = ours_s / ours_count
     ref_per = ref_s / ref_count
-    return {
-        "case": name, "n": n, "d": X.shape[1], "K": k, "lam": LAM,
+    record: dict[str, Any] = {
+        "case": name, "n": n, "d": X.shape[1], "K": k, "lam": LAM, "fit_s": fit_s,
         "ours_removals": ours_count, "reference_removals": ref_count,
-        "ours_ms": ours_per * 1e3, "reference_ms": ref_per * 1e3,
-        "ours_per_s": 1.0 / ours_per, "reference_per_s": 1.0 / ref_per,
-        "ratio_reference": ratio(ref_per, ours_per),
-        "weight_rel_diff": rel_diff,
-        # mean per-removal bounds over the removals both made (ours: conservative norm)
-        "ours_bound": float(np.mean(ours_bounds[:ref_count])),
+        "reference_ms": ref_per * 1e3, "reference_per_s": 1.0 / ref_per,
         "reference_bound": float(np.mean(ref_bounds[1:1 + ref_count])),
     }
+    for solver in SOLVERS:
+        ours = _clone(model)
+        ours.set_params(solver=solver)
+        seconds, bounds, rel_diff = _time_ours(ours, order, ref_count, W_ref, device,
+                                               f"{NAME} {name} solver={solver}")
+        per = seconds / ours_count
+        key = "ours" if solver == "auto" else f"ours_{solver}"
+        suffix = "" if solver == "auto" else f"_{solver}"
+        record.update({
+            f"{key}_ms": per * 1e3, f"{key}_per_s": 1.0 / per,
+            f"ratio_reference{suffix}": ratio(ref_per, per),
+            f"weight_rel_diff{suffix}": rel_diff,
+            # mean per-removal bound over the removals both made (ours: conservative norm)
+            f"{key}_bound": float(np.mean(bounds[:ref_count])),
+        })
+    return record
 
 
 def run(
@@ -271,5 +301,6 @@ def print_results(records: list[dict[str, Any]]) -> None:
                 records, COLUMNS)
     for rec in records:
         if math.isfinite(rec["ratio_reference"]):
-            print(f"  {rec['case']}: {rec['ours_per_s']:.1f} vs {rec['reference_per_s']:.2f} "
-                  f"removals/s ({rec['ratio_reference']:.1f}x)")
+            print(f"  {rec['case']}: ours {rec['ours_per_s']:.1f} (auto), "
+                  f"{rec['ours_cg_per_s']:.1f} (cg) vs reference {rec['reference_per_s']:.2f} "
+                  f"removals/s ({rec['ratio_reference']:.1f}x, {rec['ratio_reference_cg']:.1f}x)")
