@@ -54,8 +54,16 @@ __all__ = ["CertifiedLogisticRegression", "RemovalRecord", "RemovalReport"]
 STATE_VERSION = 1
 #: Relative residual tolerance of the CG solver (the residual left is added to the bound).
 CG_TOL = 1e-12
-#: Features above which ``solver="auto"`` uses CG instead of a dense Cholesky per removal.
-AUTO_CG_FEATURES = 2048
+#: ``solver="auto"``: CG iterations assumed before any CG solve was observed.
+CG_ITERATIONS_GUESS = 6
+#: ``solver="auto"`` takes one dense Cholesky step (refreshing the CG preconditioner) once CG
+#: needs more than ``CG_REFRESH_FACTOR * base + 2`` iterations, ``base`` being the iterations
+#: of the first CG solve after the factors were last refreshed.
+CG_REFRESH_FACTOR = 2
+#: The cached ``lambda_max`` bound of a Gram matrix is recomputed by ``eigvalsh`` once the rows
+#: removed since its last computation carry more than this fraction of it: by Weyl's
+#: inequality the cached value is then never more than this fraction above the fresh one.
+SPECTRAL_REFRESH_FRACTION = 0.01
 
 _TRAIN_MODES = ("auto", "binary", "ovr")
 _SOLVERS = ("auto", "cholesky", "cg")
@@ -134,6 +142,7 @@ class _Step(NamedTuple):
     L: Tensor | None  # [k', d, d] Cholesky factors of the new Hessians (cholesky solver)
     bound: float
     worst_case: float
+    cg_iterations: int  # 0 for a Cholesky step
 
 
 def _is_real(value: object) -> bool:
@@ -174,8 +183,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             the paper) or ``"tight"`` for the exact ``1 / (6 sqrt 3)``.
         solver: linear solver of the Newton removal steps: ``"cholesky"`` (dense Hessians and
             a batched Cholesky), ``"cg"`` (matrix-free CG preconditioned by the last Cholesky
-            factors; its residual is added to the bound) or ``"auto"`` (cholesky up to 2048
-            features).
+            factors; its residual is added to the bound) or ``"auto"`` (whichever a cost model
+            says is cheaper: CG unless the features are very few, with a dense step again
+            whenever CG's iterations double, to refresh the preconditioner).
         retrain: when a removal would exceed the budget, retrain on the remaining rows with a
             fresh perturbation (True) or raise :class:`BudgetExceededError` (False).
         normalize: scale every row to unit L2 norm, ``x / max(||x||, tiny)``, at fit and
@@ -260,8 +270,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"argument '{name}' must be a finite real number, got {value!r}")
             value = float(value)
             if value < lo or (strict and value == lo):
-                raise ValueError(f"argument '{name}' must be {'>' if strict else '>='} {lo}, "
-                                 f"got {value}")
+                raise ValueError(
+                    f"argument '{name}' must be {'>' if strict else '>='} {lo}, got {value}"
+                )
             return value
 
         cfg: dict[str, Any] = {
@@ -274,8 +285,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"argument 'delta' must be in (0, 1), got {delta!r}")
         cfg["delta"] = float(delta)
         if self.train_mode not in _TRAIN_MODES:
-            raise ValueError(f"argument 'train_mode' must be one of {_TRAIN_MODES}, "
-                             f"got {self.train_mode!r}")
+            raise ValueError(
+                f"argument 'train_mode' must be one of {_TRAIN_MODES}, got {self.train_mode!r}"
+            )
         cfg["train_mode"] = self.train_mode
         ratio = self.subsample_ratio
         if not _is_real(ratio) or not 0.0 < float(ratio) <= 1.0:
@@ -299,6 +311,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"argument 'device' is not a torch device: {self.device!r}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"argument 'device' is {self.device!r} but CUDA is not available")
         cfg["device"] = str(device)
         self._check_live_params()
         return cfg
@@ -354,9 +368,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if mode == "auto":
             mode = "binary" if n_classes == 2 else "ovr"
         if mode == "binary" and n_classes != 2:
-            raise ValueError(
-                f"argument 'train_mode' is 'binary' but 'y' has {n_classes} classes"
-            )
+            raise ValueError(f"argument 'train_mode' is 'binary' but 'y' has {n_classes} classes")
         cfg["train_mode"] = mode
         device = torch.device(cfg["device"])
         Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).to(device)
@@ -412,6 +424,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         self._b = b
         self._W = result.W
         self._chol = result.cholesky
+        self._cg_base = self._cg_last = 0
         self._draws = draw
         self.n_iter_ = result.iterations
         self.training_residual_ = result.residual
@@ -420,6 +433,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
     def _refresh_spectral(self) -> None:
         """Recompute the cached upper bounds of ``lambda_max`` of the remaining Gram matrices."""
         self._eig = lambda_max_upper(self._gram, self._gram_traces())
+        self._eig_slack = torch.zeros_like(self._eig)
 
     def _gram_traces(self) -> Tensor:
         A = self._A[:, :1] if self._shared_gram else self._A
@@ -529,9 +543,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         arr = arr.astype(np.int64)
         uniq, counts = np.unique(arr, return_counts=True)
         if uniq.shape[0] != arr.shape[0]:
-            raise ValueError(
-                f"argument 'indices' has duplicate index {int(uniq[counts > 1][0])}"
-            )
+            raise ValueError(f"argument 'indices' has duplicate index {int(uniq[counts > 1][0])}")
         removed = self._removed.cpu().numpy()
         if removed[arr].any():
             raise ValueError(
@@ -544,15 +556,26 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if (left == 0).any():
             c = self.classes_[int(np.flatnonzero(left == 0)[0])]
             c = c.item() if hasattr(c, "item") else c
-            raise ValueError(
-                f"argument 'indices' would remove every remaining row of class {c!r}"
-            )
+            raise ValueError(f"argument 'indices' would remove every remaining row of class {c!r}")
         return arr
 
     def _solver(self, name: str) -> str:
-        if name == "auto":
-            return "cholesky" if self._X.shape[1] <= AUTO_CG_FEATURES else "cg"
-        return name
+        """Resolve ``solver="auto"`` by a cost model of one removal step.
+
+        A dense step costs about ``n d^2`` (Hessian) ``+ d^3 / 3`` (Cholesky) per class; a CG
+        step about ``it`` Hessian-vector products of ``4 n d`` plus preconditioner solves of
+        ``4 d^2``. CG is preconditioned by the factors of the last dense Hessian, so when its
+        iterations double a dense step is taken again to refresh them.
+        """
+        if name != "auto":
+            return name
+        if self._cg_base and self._cg_last > CG_REFRESH_FACTOR * self._cg_base + 2:
+            return "cholesky"
+        n, d = float(self._n_rem.max()), float(self._X.shape[1])
+        it = max(self._cg_last, CG_ITERATIONS_GUESS)
+        dense = n * d * d + d**3 / 3.0
+        iterative = (it + 1) * 4.0 * n * d + it * 4.0 * d * d
+        return "cg" if iterative < dense else "cholesky"
 
     def _plan(self, rows: Tensor, solver: str) -> _Step:
         """Newton step and its bound for removing ``rows`` at once; changes nothing."""
@@ -565,7 +588,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         affected = torch.nonzero(m_k > 0).flatten()
         n_affected = int(affected.numel())
         if n_affected == 0:  # the rows are in no class's subset: nothing to update
-            return _Step(rows, row_weights, affected, None, None, 0.0, 0.0)
+            return _Step(rows, row_weights, affected, None, None, 0.0, 0.0, 0)
         ks = None if n_affected == K else affected
 
         def pick(t: Tensor) -> Tensor:
@@ -582,6 +605,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         S = curvature_weights(Z, Ak)
         lam_k = lam * n_after
         L = None
+        cg_iterations = 0
         if solver == "cholesky":
             H = ops.glm_hessian(X, S, 0.0)
             H.diagonal(dim1=-2, dim2=-1).add_(lam_k.unsqueeze(-1))
@@ -597,11 +621,17 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             c = lam_k / lam0
             P = self._chol if ks is None else self._chol.index_select(0, ks)
             result = ops.glm_cg(
-                X, S / c, Delta / c, float(lam0), precond=P / c.sqrt().view(-1, 1, 1),
-                tol=CG_TOL, maxiter=2 * X.shape[1] + 10,
+                X,
+                S / c,
+                Delta / c,
+                float(lam0),
+                precond=P / c.sqrt().view(-1, 1, 1),
+                tol=CG_TOL,
+                maxiter=2 * X.shape[1] + 10,
             )
             V = result.solution
             solve_residual = result.residual_norms * c
+            cg_iterations = max(1, int(result.iterations.max()))
         XV = X @ V
         projected = (Ak * XV.square()).sum(0).sqrt()
         step = torch.linalg.vector_norm(V, dim=0)
@@ -610,23 +640,41 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         spectral = torch.minimum(eig, trace).clamp_min(0.0).sqrt()
         per_class = data_dependent_bound(spectral, step, projected, gamma, self._row_norm_max)
         bound = float(per_class.sum() + solve_residual.sum())
-        worst = worst_case_bound(
-            lam, pick(self._n_rem), mk, gamma, C=max(1.0, self._row_norm_max)
-        )
-        return _Step(rows, row_weights, ks, V, L, bound, worst)
+        worst = worst_case_bound(lam, pick(self._n_rem), mk, gamma, C=max(1.0, self._row_norm_max))
+        return _Step(rows, row_weights, ks, V, L, bound, worst, cg_iterations)
 
     def _drop_rows(self, rows: Tensor, row_weights: Tensor) -> None:
-        """Mark rows removed: zero weights, counts, rank-m downdate of the Gram matrices."""
+        """Mark rows removed: zero weights, counts, rank-m downdate of the Gram matrices.
+
+        The Gram matrices (one shared, or one per class with subsampling) are downdated once
+        per removal, in place. Their cached ``lambda_max`` bounds stay valid (removing rows
+        only shrinks a Gram matrix) and are recomputed when they may have become loose.
+        """
         self._A[rows] = 0.0
         self._removed[rows] = True
         self._n_rem -= row_weights.sum(0)
         Xi = self._X[rows]
         if self._shared_gram:
             self._gram[0].addmm_(Xi.T, Xi, alpha=-1.0)
+            mass = self._row_sq[rows].sum().reshape(1)
         else:
             self._gram.sub_(torch.einsum("mk,mi,mj->kij", row_weights, Xi, Xi))
+            mass = self._row_sq[rows] @ row_weights
+        self._eig_slack += mass
+        stale = self._eig_slack > SPECTRAL_REFRESH_FRACTION * self._eig
+        if bool(stale.any()):
+            groups = torch.nonzero(stale).flatten()
+            trace = self._gram_traces().index_select(0, groups)
+            fresh = lambda_max_upper(self._gram.index_select(0, groups), trace)
+            self._eig.index_copy_(0, groups, fresh)
+            self._eig_slack.index_fill_(0, groups, 0.0)
 
     def _commit(self, step: _Step) -> None:
+        if step.cg_iterations:
+            self._cg_last = step.cg_iterations
+            self._cg_base = self._cg_base or step.cg_iterations
+        elif step.L is not None:  # fresh factors: CG starts a new base
+            self._cg_base = self._cg_last = 0
         if step.V is not None:
             if step.classes is None:
                 self._W.add_(step.V)
@@ -741,8 +789,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         with no_tf32():
             self._retrain_without(None, None)
         self._sync_public()
-        record = RemovalRecord((), 0.0, self.budget_used_, self.budget_left_, True,
-                               time.perf_counter() - t0, 0.0)
+        record = RemovalRecord(
+            (), 0.0, self.budget_used_, self.budget_left_, True, time.perf_counter() - t0, 0.0
+        )
         self._history.append(record)
         self._checkpoint_event("retrain", record)
         return record
@@ -882,6 +931,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             "b": self._b,
             "gram": self._gram,
             "eig": self._eig,
+            "eig_slack": self._eig_slack,
             "chol": self._chol,
             "history_indices": torch.tensor(flat, dtype=torch.int64),
             "history_offsets": torch.from_numpy(offsets),
@@ -912,6 +962,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             "retrains": int(self.retrains_),
             "draws": int(self._draws),
             "n_iter": int(self.n_iter_),
+            "cg_iterations": [int(self._cg_base), int(self._cg_last)],
             "row_norm_max": float(self._row_norm_max),
             "shared_gram": bool(self._shared_gram),
         }
@@ -919,13 +970,19 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_state(
-        cls, tensors: dict[str, Tensor], meta: dict[str, Any]
+        cls,
+        tensors: dict[str, Tensor],
+        meta: dict[str, Any],
+        *,
+        device: str | torch.device | None = None,
     ) -> CertifiedLogisticRegression:
         """Rebuild a fitted model from :meth:`get_state` output.
 
         Args:
             tensors: the tensors of ``get_state``.
             meta: the metadata of ``get_state``.
+            device: put the model on this device instead of the saved one (e.g. ``"cpu"``
+                for a model saved on a GPU).
 
         Returns:
             A fitted model that continues exactly where the saved one stopped.
@@ -945,16 +1002,28 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"argument 'tensors' lacks {missing}")
         model = cls(**meta["params"])
         cfg = dict(meta["config"])
+        if device is not None:
+            cfg["device"] = str(torch.device(device))
+            model.set_params(device=cfg["device"])
         device = torch.device(cfg["device"])
         X = tensors["X"].to(device, torch.float64, copy=True)
         n, d = X.shape
         K = tensors["Y"].shape[1]
-        shapes = {"Y": (n, K), "member": (n, K), "removed": (n,), "labels": (n,), "W": (d, K),
-                  "b": (d, K), "chol": (K, d, d)}
+        shapes = {
+            "Y": (n, K),
+            "member": (n, K),
+            "removed": (n,),
+            "labels": (n,),
+            "W": (d, K),
+            "b": (d, K),
+            "chol": (K, d, d),
+        }
         for name, shape in shapes.items():
             if tuple(tensors[name].shape) != shape:
-                raise ValueError(f"argument 'tensors' entry {name!r} has shape "
-                                 f"{tuple(tensors[name].shape)}, expected {shape}")
+                raise ValueError(
+                    f"argument 'tensors' entry {name!r} has shape "
+                    f"{tuple(tensors[name].shape)}, expected {shape}"
+                )
         model._cfg = cfg
         model._X = X
         model._Y = tensors["Y"].to(device, torch.float64, copy=True)
@@ -971,6 +1040,13 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         model._gram = tensors["gram"].to(device, torch.float64, copy=True)
         model._eig = tensors["eig"].to(device, torch.float64, copy=True)
         model._chol = tensors["chol"].to(device, torch.float64, copy=True)
+        slack = tensors.get("eig_slack")
+        model._eig_slack = (
+            torch.zeros_like(model._eig)
+            if slack is None
+            else slack.to(device, torch.float64, copy=True)
+        )
+        model._cg_base, model._cg_last = (int(v) for v in meta.get("cg_iterations", (0, 0)))
         model._draws = int(meta["draws"])
         dtype = meta["classes_dtype"]
         model.classes_ = np.asarray(meta["classes"], dtype=object if dtype == "O" else dtype)
@@ -1016,13 +1092,21 @@ def _history_from_tensors(tensors: dict[str, Tensor]) -> list[RemovalRecord]:
         return []
     offsets = tensors["history_offsets"].tolist()
     flat = tensors["history_indices"].tolist()
-    columns = [tensors[f"history_{name}"].tolist() for name in
-               ("bound", "cumulative", "budget_left", "retrained", "seconds", "worst_case")]
+    columns = [
+        tensors[f"history_{name}"].tolist()
+        for name in ("bound", "cumulative", "budget_left", "retrained", "seconds", "worst_case")
+    ]
     records = []
     for j, (bound, cum, left, retrained, seconds, worst) in enumerate(zip(*columns, strict=True)):
-        records.append(RemovalRecord(
-            indices=tuple(int(i) for i in flat[offsets[j]:offsets[j + 1]]),
-            bound=float(bound), cumulative=float(cum), budget_left=float(left),
-            retrained=bool(retrained), seconds=float(seconds), worst_case=float(worst),
-        ))
+        records.append(
+            RemovalRecord(
+                indices=tuple(int(i) for i in flat[offsets[j] : offsets[j + 1]]),
+                bound=float(bound),
+                cumulative=float(cum),
+                budget_left=float(left),
+                retrained=bool(retrained),
+                seconds=float(seconds),
+                worst_case=float(worst),
+            )
+        )
     return records

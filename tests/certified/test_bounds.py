@@ -131,9 +131,7 @@ def test_taylor_remainder_is_within_the_data_dependent_bound(gamma, scale):
             - H @ v
         )
         spec = spectral_norm_upper((X.T @ X).unsqueeze(0), X.square().sum().reshape(1))
-        bound = data_dependent_bound(
-            spec, v.norm().reshape(1), (X @ v).norm().reshape(1), gamma
-        )
+        bound = data_dependent_bound(spec, v.norm().reshape(1), (X @ v).norm().reshape(1), gamma)
         assert float(remainder.norm()) <= float(bound[0])
 
 

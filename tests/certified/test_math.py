@@ -39,9 +39,7 @@ def _problem(n=30, d=5, K=3, seed=0, drop=0.3):
 
 
 def test_normalize_rows_unit_norm_and_zero_rows():
-    X = torch.tensor(
-        [[3.0, 4.0], [0.0, 0.0], [1e-200, 0.0], [3e200, -4e200]], dtype=torch.float64
-    )
+    X = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-200, 0.0], [3e200, -4e200]], dtype=torch.float64)
     out = normalize_rows(X)
     torch.testing.assert_close(out[0], torch.tensor([0.6, 0.8], dtype=torch.float64))
     assert torch.equal(out[1], torch.zeros(2, dtype=torch.float64))
@@ -56,9 +54,11 @@ def test_objective_gradient_hessian_match_autograd():
     f = logistic_objective(X, Y, A, W_, b, lam)
     # by hand, independent of the module: sum_i A log(1 + exp(-y z)) + lam n_k/2 |w|^2 + b.w
     Z = X @ W
-    manual = (A * torch.log1p(torch.exp(-Y * Z))).sum(0) + 0.5 * lam * A.sum(0) * (
-        W * W
-    ).sum(0) + (b * W).sum(0)
+    manual = (
+        (A * torch.log1p(torch.exp(-Y * Z))).sum(0)
+        + 0.5 * lam * A.sum(0) * (W * W).sum(0)
+        + (b * W).sum(0)
+    )
     torch.testing.assert_close(f.detach(), manual, rtol=1e-13, atol=1e-13)
     (grad,) = torch.autograd.grad(f.sum(), W_)
     torch.testing.assert_close(logistic_gradient(X, Y, A, W, b, lam), grad, rtol=1e-12, atol=1e-12)
