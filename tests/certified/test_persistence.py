@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
+import random
 import subprocess
 import sys
 import threading
@@ -28,6 +28,16 @@ from fastunlearn.certified.persistence import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny problems: one thread is fastest, and it avoids OpenMP barrier stalls on a busy
+    # machine; the forked crash children run with one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class FakeModel:
@@ -511,69 +521,6 @@ def test_stale_tmp_files_removed_on_load(tmp_path):
     assert live.exists()
 
 
-# --------------------------------------------------------------------------- real crashes
-_FAKE_SCRIPT = """
-import sys
-import threading
-sys.path.insert(0, {here!r})
-from test_persistence import FakeModel
-model = FakeModel(checkpoint={path!r}).fit()
-print("fitted", flush=True)
-for i in {order!r}:
-    model.remove(i)
-print("done", flush=True)
-"""
-
-
-def _run_child(script: str, crash: str | None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("FASTUNLEARN_TEST_CRASH", None)
-    if crash is not None:
-        env["FASTUNLEARN_TEST_CRASH"] = crash
-    return subprocess.Popen(
-        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
-    )
-
-
-def _check_ledger_matches(path: Path) -> list[dict]:
-    records = ledger_of(path).records()
-    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
-    assert records[-1] == read_metadata(path)["last_record"]
-    assert ledger_path(path).read_bytes().endswith(b"\n")
-    return records
-
-
-FAKE_ORDER = [5, 0, 9, 3, 7, 1]
-# (crash point, which checkpoint call it hits (1 = fit), removals in the recovered state)
-FAKE_CRASHES = [
-    ("before_replace", 3, 1),  # 2nd removal's state never replaced the file: state before it
-    ("after_replace", 3, 2),  # renamed but directory not synced: after
-    ("before_ledger", 4, 3),  # state written, ledger not: after, record re-appended
-    ("ledger_torn", 2, 1),  # half a ledger line on disk: after, line cut and re-appended
-]
-
-
-def test_sigkill_at_crash_points_fake(tmp_path):
-    children = []
-    for point, nth, _ in FAKE_CRASHES:
-        path = tmp_path / f"{point}.safetensors"
-        script = _FAKE_SCRIPT.format(here=str(HERE), path=str(path), order=FAKE_ORDER)
-        children.append((path, _run_child(script, f"{point}:{nth}")))
-    for (path, child), (point, _, want) in zip(children, FAKE_CRASHES, strict=True):
-        out, _ = child.communicate(timeout=120)
-        assert child.returncode == -signal.SIGKILL, (point, out)
-        assert "done" not in out
-        loaded = load_model(path, cls=FakeModel)
-        reference = FakeModel().fit()
-        for i in FAKE_ORDER[:want]:
-            reference.remove(i)
-        assert_same_fake(loaded, reference)
-        records = _check_ledger_matches(path)
-        assert [r["indices"] for r in records[1:]] == [[i] for i in FAKE_ORDER[:want]], point
-        if point == "before_replace":
-            assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
-
-
 # --------------------------------------------------------------------------- concurrency
 def test_reader_waits_for_a_checkpoint_in_progress(tmp_path):
     from fastunlearn.certified.persistence import _ledger_lock
@@ -609,3 +556,225 @@ def test_read_retries_when_the_file_is_replaced_meanwhile(tmp_path, monkeypatch)
     monkeypatch.setattr(persistence, "load_file", racing_load_file)
     assert_same_fake(load_model(path, cls=FakeModel), newer)
     assert len(calls) == 2
+
+
+# --------------------------------------------------------------------------- real estimator
+# sigma 2 makes the budget (~0.46) last about two removals on this data, so removal sequences
+# mix Newton removals with retrains (fresh b).
+EST_PARAMS = {"sigma": 2.0, "lam": 1e-3, "seed": 3}
+ORDER = [5, 17, 0, 33, 42, 8, 21, 50, 12, 29]
+
+
+def make_data(n: int = 60, d: int = 4, classes: int = 3):
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, classes, n)
+    X = rng.normal(size=(n, d)) + 1.5 * np.eye(classes, d)[y]
+    return X, y
+
+
+def estimator(**kwargs):
+    from fastunlearn.certified import CertifiedLogisticRegression
+
+    return CertifiedLogisticRegression(**{**EST_PARAMS, **kwargs})
+
+
+def snapshot(model) -> dict:
+    return {
+        "coef": model.coef_.copy(),
+        "b": model.b_.copy(),
+        "used": model.budget_used_,
+        "left": model.budget_left_,
+        "budget": model.budget_,
+        "residual": model.training_residual_,
+        "retrains": model.retrains_,
+        "removed": model.removed_indices_.tolist(),
+        "n_removed": model.n_removed_,
+    }
+
+
+def assert_same_snapshot(got: dict, want: dict) -> None:
+    assert got["removed"] == want["removed"]
+    assert got["n_removed"] == want["n_removed"] and got["retrains"] == want["retrains"]
+    np.testing.assert_allclose(got["coef"], want["coef"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["b"], want["b"], rtol=1e-10, atol=1e-12)
+    for key in ("used", "left", "budget", "residual"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Snapshots and ledger events of the uninterrupted run: [k] = after k removals of ORDER."""
+    X, y = make_data()
+    model = estimator().fit(X, y)
+    snaps, events = [snapshot(model)], []
+    for i in ORDER:
+        rec = model.remove(i).records[0]
+        snaps.append(snapshot(model))
+        events.append("retrain" if rec.retrained else "remove")
+    assert "retrain" in events and "remove" in events  # the sequence covers both paths
+    return snaps, events
+
+
+@pytest.mark.parametrize("multiclass", [False, True])
+def test_round_trip_estimator(tmp_path, multiclass):
+    X, y = make_data(classes=3 if multiclass else 2)
+    kwargs = {"subsample_ratio": 0.7} if multiclass else {}
+    model = estimator(**kwargs).fit(X, y)
+    model.remove([5, 17, 0])
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    loaded = type(model).load(path)
+    assert_same_snapshot(snapshot(loaded), snapshot(model))
+    np.testing.assert_array_equal(loaded.classes_, model.classes_)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X), rtol=1e-12)
+    np.testing.assert_allclose(
+        loaded.decision_function(X), model.decision_function(X), rtol=1e-12, atol=1e-14
+    )
+    assert loaded.report().to_dict() == model.report().to_dict()
+    assert loaded.get_params() == model.get_params()
+    # Further removals (through Newton steps and retrains) continue exactly as without saving.
+    more = [33, 42, 8, 21]
+    got = loaded.remove(more)
+    want = model.remove(more)
+    assert [r.retrained for r in got.records] == [r.retrained for r in want.records]
+    np.testing.assert_allclose(got.bounds, want.bounds, rtol=1e-9)
+    assert_same_snapshot(snapshot(loaded), snapshot(model))
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_checkpointed_estimator_ledger(tmp_path, reference):
+    snaps, events = reference
+    X, y = make_data()
+    path = tmp_path / "m.safetensors"
+    model = estimator(checkpoint=str(path)).fit(X, y)
+    model.remove(ORDER[:4])
+    records = ledger_of(path).records()
+    assert [r["event"] for r in records] == ["fit", *events[:4]]
+    assert [r["indices"] for r in records] == [[], *([i] for i in ORDER[:4])]
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[-1]["cumulative"] == model.budget_used_
+    loaded = load_model(path)
+    assert loaded.checkpoint == str(path)
+    assert_same_snapshot(snapshot(loaded), snapshot(model))
+    loaded.remove(ORDER[4])  # the loaded model keeps checkpointing to the same files
+    assert ledger_of(path).last_seq() == 6
+    assert load_model(path).removed_indices_.tolist() == sorted(ORDER[:5])
+
+
+# One Python process imports torch and fastunlearn once, then forks a child per case (starting
+# a fresh interpreter per case costs seconds on a loaded machine). The driver runs no torch
+# computation before forking and each child uses one thread, so no OpenMP pool crosses a fork.
+# A case kills its child either through the crash hook (FASTUNLEARN_TEST_CRASH, see
+# fastunlearn.certified.ledger) or with SIGKILL after `delay` seconds of removals.
+_DRIVER = """
+import json, os, signal, sys, time, traceback
+sys.path.insert(0, {here!r})
+from test_persistence import ORDER, estimator, make_data
+X, y = make_data()
+results = []
+for case in json.loads(sys.argv[1]):
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            import torch
+            torch.set_num_threads(1)
+            if case["crash"]:
+                os.environ["FASTUNLEARN_TEST_CRASH"] = case["crash"]
+            model = estimator(checkpoint=case["path"]).fit(X, y)
+            os.write(write_end, b"f")
+            for i in ORDER:
+                model.remove(i)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    os.close(write_end)
+    fitted = os.read(read_end, 1) == b"f"
+    start = time.perf_counter()
+    if case["delay"] is not None and fitted:
+        time.sleep(case["delay"])
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(read_end)
+    results.append({{
+        "fitted": fitted,
+        "seconds": time.perf_counter() - start,
+        "killed": os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL,
+        "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+    }})
+print(json.dumps(results))
+"""
+
+
+def _run_cases(cases: list[dict]) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FASTUNLEARN_TEST_CRASH", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRIVER.format(here=str(HERE)), json.dumps(cases)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check_recovered(path: Path, reference) -> int:
+    """Load after a crash: the state must be one of the uninterrupted snapshots, the ledger
+    must list exactly its history, and removing the rest must finish like the clean run."""
+    snaps, events = reference
+    loaded = load_model(path)
+    k = loaded.n_removed_
+    assert loaded.removed_indices_.tolist() == sorted(ORDER[:k])
+    assert_same_snapshot(snapshot(loaded), snaps[k])
+    records = ledger_of(path).records()
+    assert [r["seq"] for r in records] == list(range(1, k + 2))
+    assert [r["event"] for r in records] == ["fit", *events[:k]]
+    assert [r["indices"] for r in records[1:]] == [[i] for i in ORDER[:k]]
+    assert records[-1] == read_metadata(path)["last_record"]
+    assert ledger_path(path).read_bytes().endswith(b"\n")
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.tmp-")] == []
+    loaded.remove(ORDER[k:])
+    assert_same_snapshot(snapshot(loaded), snaps[-1])
+    assert [r["seq"] for r in ledger_of(path).records()] == list(range(1, len(ORDER) + 2))
+    return k
+
+
+def test_sigkill_at_crash_points_and_at_random_moments(tmp_path, reference):
+    _, events = reference
+    first_retrain = events.index("retrain") + 1  # removal number (1-based) that retrains
+    # (crash point, checkpoint call it fires on (1 = fit, j + 1 = removal j), removals kept)
+    points = [
+        ("before_replace", 3, 1),  # removal 2's state never replaced the file: before it
+        ("after_replace", 3, 2),  # renamed, directory not yet synced: after
+        ("before_ledger", first_retrain + 1, first_retrain),  # state of a retrain, no record
+        ("ledger_torn", 2, 1),  # half of removal 1's line on disk: after
+    ]
+    cases = [{"path": str(tmp_path / "clean.st"), "crash": None, "delay": None}]
+    cases += [
+        {"path": str(tmp_path / f"{p}.st"), "crash": f"{p}:{n}", "delay": None}
+        for p, n, _ in points
+    ]
+    results = _run_cases(cases)
+    assert results[0]["exit"] == 0  # the uninterrupted checkpointed run
+    assert _check_recovered(Path(cases[0]["path"]), reference) == len(ORDER)
+    for case, result, (point, _, want) in zip(cases[1:], results[1:], points, strict=True):
+        assert result["killed"], (point, result)
+        assert _check_recovered(Path(case["path"]), reference) == want, point
+
+    # SIGKILL at random moments of the removal loop (its length measured by the clean run).
+    loop = results[0]["seconds"]
+    rng = random.Random(1234)
+    delays = [rng.uniform(0.0, loop) for _ in range(8)]
+    cases = [
+        {"path": str(tmp_path / f"random{j}.st"), "crash": None, "delay": delay}
+        for j, delay in enumerate(delays)
+    ]
+    for case, result in zip(cases, _run_cases(cases), strict=True):
+        k = _check_recovered(Path(case["path"]), reference)
+        assert result["killed"] or (result["exit"] == 0 and k == len(ORDER)), (case, result)
