@@ -197,7 +197,7 @@ def section_budget(device: torch.device) -> None:
         except BudgetExceededError as exc:
             same = np.array_equal(coef, model.coef_) and int(model.n_removed_) == removed
             print(f"    model.remove([{row}]) (removal {removed + 1}) raised "
-                  f"BudgetExceededError: {exc}")
+                  f"BudgetExceededError:\n      {exc}")
             print(f"    {removed} certified removals left {model.budget_left_:.3g} of the budget; "
                   f"the model is {'unchanged' if same else 'CHANGED (bug)'} "
                   f"(n_removed_={model.n_removed_})")
