@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from bench import bench_glm_cg, bench_glm_hvp, bench_knn, bench_per_sample
+from bench import bench_certified, bench_glm_cg, bench_glm_hvp, bench_knn, bench_per_sample
 from bench.common import (
     CorrectnessError,
     OpUnavailable,
@@ -30,10 +30,11 @@ BENCHMARKS: dict[str, ModuleType] = {
     "glm_cg": bench_glm_cg,
     "per_sample": bench_per_sample,
     "knn": bench_knn,
+    "certified": bench_certified,
 }
 
 #: Benchmarks whose full size is too big for a CPU unless ``--full`` insists.
-GPU_ONLY_FULL = {"knn", "glm_cg"}
+GPU_ONLY_FULL = {"knn", "glm_cg", "certified"}
 
 
 def _preset(name: str, device: torch.device, args: argparse.Namespace) -> str:

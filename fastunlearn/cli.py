@@ -1,16 +1,25 @@
 """The ``fastunlearn`` command line.
 
 Commands:
-    info    versions, compiled backends (CPU, CUDA and arch list) and the devices seen.
-    demo    the digits walk-through (same as ``make demo``).
+    info     versions, compiled backends (CPU, CUDA and arch list) and the devices seen.
+    demo     the certified-removal walk-through on digits (same as ``make demo``).
+    remove   a certified-removal experiment (the reference ``test_removal.py`` flags): fit,
+             remove rows one by one or in batches, write JSON, PNG plots and a Markdown
+             report.
+    extract  train (or load) a feature extractor (DP, adversarial or standard) and write
+             the features that ``remove --extractor`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import torch
 
 
 def _format_info(info: dict) -> str:
@@ -54,6 +63,409 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.main([])
 
 
+# ---- argument types: bad values become clean argparse errors (exit status 2) ------------
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative, got {text}")
+    return value
+
+
+def _open_unit(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _dataset(text: str) -> str:
+    from .certified.experiment import DATASETS
+
+    for name in DATASETS:
+        if text.lower() == name.lower():
+            return name
+    raise argparse.ArgumentTypeError(f"must be one of {', '.join(DATASETS)}, got {text!r}")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the examples' line breaks."""
+
+
+def _error(command: str, message: str) -> int:
+    print(f"fastunlearn {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# ---- remove ---------------------------------------------------------------------------------
+
+
+def _add_remove_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "remove", help="certified-removal experiment (fit, remove, report)",
+        description="Fit certified-removal logistic regression (Guo et al. 2020), remove "
+        "training rows with\nNewton steps under an (epsilon, delta) budget with automatic "
+        "retraining, and write JSON\nresults, PNG plots and a Markdown report. Flags follow "
+        "the reference test_removal.py.",
+        epilog="examples:\n"
+        "  fastunlearn remove --train-mode binary --lam 0.01 --std 1 --num-removes 40\n"
+        "      digits 3 vs 8; the budget runs out after about 18 removals and retraining "
+        "kicks in\n"
+        "  fastunlearn remove --data-dir data --dataset MNIST --extractor none "
+        "--train-mode binary --std 10 --lam 1e-3 --num-removes 1000\n"
+        "      the paper's MNIST 3 vs 8 setting (raw pixels)",
+        formatter_class=_HelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--data-dir", default=None,
+                      help="folder with the data set or extracted features (not for digits)")
+    data.add_argument("--dataset", type=_dataset, default="digits",
+                      help="digits (bundled), MNIST, SVHN or CIFAR10")
+    data.add_argument("--extractor", default="none",
+                      help="feature-file prefix written by `fastunlearn extract`; none = pixels")
+    data.add_argument("--train-mode", choices=["binary", "ovr"], default="ovr",
+                      help="binary (3 vs 8 on digits/MNIST) or one-vs-rest over all classes")
+    model = p.add_argument_group("model and privacy")
+    model.add_argument("--lam", type=_positive_float, default=1e-3,
+                       help="L2 regularisation per training row (reference default 1e-6)")
+    model.add_argument("--std", type=_non_negative_float, default=10.0,
+                       help="standard deviation sigma of the objective perturbation")
+    model.add_argument("--epsilon", type=_positive_float, default=1.0, help="epsilon")
+    model.add_argument("--delta", type=_open_unit, default=1e-4, help="delta, in (0, 1)")
+    model.add_argument("--gamma", choices=["paper", "tight"], default="paper",
+                       help="Lipschitz constant in the bound: paper 1/4, tight 1/(6 sqrt 3)")
+    model.add_argument("--num-steps", type=_positive_int, default=100,
+                       help="maximum Newton iterations per (re)training")
+    model.add_argument("--subsample-ratio", type=_ratio, default=1.0,
+                       help="fraction of negatives kept per one-vs-rest class")
+    model.add_argument("--solver", choices=["auto", "cholesky", "cg"], default="auto",
+                       help="how Newton steps are solved")
+    run = p.add_argument_group("removals")
+    run.add_argument("--num-removes", type=_non_negative_int, default=100,
+                     help="training rows to remove (seeded random order)")
+    run.add_argument("--batch", type=_non_negative_int, default=0,
+                     help="rows per batch removal; 0 removes one at a time")
+    run.add_argument("--no-retrain", action="store_true",
+                     help="stop when the budget runs out instead of retraining")
+    run.add_argument("--eval-every", type=_non_negative_int, default=0,
+                     help="test accuracy every k removals (0: about 20 evaluations)")
+    run.add_argument("--no-retrain-timing", action="store_true",
+                     help="skip timing a full retraining at the end")
+    out = p.add_argument_group("run and output")
+    out.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything")
+    out.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
+    out.add_argument("--result-dir", default="result", help="output folder")
+    out.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    out.add_argument("--verbose", action="store_true",
+                     help="print training details and every evaluation (no progress bar)")
+    p.set_defaults(func=_cmd_remove)
+
+
+def _print_summary(result: Any) -> None:
+    priv, tim, fair = result.privacy, result.timings, result.fairness["after"]
+    fmt = "{:.4g}".format
+    supported = priv["removals_supported"]
+    supported_text = "-" if supported is None else (
+        f"~{supported} (projected)" if priv["removals_supported_is_estimate"] else str(supported))
+    print(f"\nremoved {priv['removals']} rows, {priv['retrains']} automatic retrain(s); "
+          f"test accuracy {result.training['test_accuracy']:.4f} -> "
+          f"{result.final['test_accuracy']:.4f}")
+    print(f"privacy: epsilon {fmt(priv['epsilon'])}, delta {fmt(priv['delta'])}, budget "
+          f"{fmt(priv['budget'])}, removals supported by one budget {supported_text}")
+    if priv["stopped_early"]:
+        print(f"stopped: {priv['stop_reason']}")
+    if fair["worst_class"] is not None:
+        print(f"fairness: worst class {fair['worst_class']} ({fair['worst_accuracy']:.4f}), "
+              f"largest gap {fair['largest_gap']:.4f}")
+    if tim["removal_seconds_median"] is not None:
+        line = f"time: median removal {tim['removal_seconds_median'] * 1e3:.2f} ms"
+        if tim["retrain_seconds"] is not None:
+            line += f", full retraining {tim['retrain_seconds'] * 1e3:.1f} ms"
+        if tim["speedup"] is not None:
+            line += f" ({tim['speedup']:.0f}x)"
+        print(line)
+    for kind, path in result.files.items():
+        print(f"wrote {kind:<13} {path}")
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    from .certified.experiment import ExperimentConfig, run_removal_experiment
+
+    config = ExperimentConfig(
+        dataset=args.dataset, data_dir=args.data_dir, extractor=args.extractor,
+        train_mode=args.train_mode, lam=args.lam, std=args.std, epsilon=args.epsilon,
+        delta=args.delta, num_steps=args.num_steps, subsample_ratio=args.subsample_ratio,
+        num_removes=args.num_removes, batch=args.batch, gamma=args.gamma, solver=args.solver,
+        device=args.device, seed=args.seed, retrain=not args.no_retrain,
+        eval_every=args.eval_every, time_retraining=not args.no_retrain_timing,
+        result_dir=args.result_dir, plots=not args.no_plots, verbose=args.verbose)
+    try:
+        config.validate()
+        result = run_removal_experiment(config, echo=print, progress=not args.verbose)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        return _error("remove", str(exc))
+    _print_summary(result)
+    return 0
+
+
+# ---- extract --------------------------------------------------------------------------------
+
+#: Default model of ``extract`` per data set: the reference's DP extractor for colour images,
+#: a small CNN for the digit images.
+_DEFAULT_MODEL = {"digits": "small_cnn", "MNIST": "small_cnn", "SVHN": "svhn_dp",
+                  "CIFAR10": "svhn_dp"}
+
+
+class _ScaledImages(torch.utils.data.Dataset):
+    """Images kept in their stored dtype (uint8 for the vision sets) and scaled per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float) -> None:
+        self.images, self.labels, self.scale = images, labels, scale
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i].to(torch.float32) / self.scale, self.labels[i]
+
+
+def _load_images(dataset: str, data_dir: str, svhn_extra: bool) -> dict[str, _ScaledImages]:
+    """Train and test images in [0, 1], in the row order the removal experiment uses."""
+    if dataset == "digits":
+        from .data import load_digits_dataset
+
+        # the same split (and row order) as `remove --dataset digits`; pixels 0..16
+        split = load_digits_dataset(normalize=False, dtype=torch.float32)
+        return {name: _ScaledImages(X.reshape(-1, 1, 8, 8), y, 16.0) for name, X, y in (
+            ("train", split.X_train, split.y_train), ("test", split.X_test, split.y_test))}
+    from .data import vision_tensors
+
+    out = {}
+    for name, train in (("train", True), ("test", False)):
+        images, labels = vision_tensors(dataset, data_dir, train=train,
+                                        svhn_extra=svhn_extra and train)
+        out[name] = _ScaledImages(images, labels, 255.0)
+    return out
+
+
+def _build_extractor_model(name: str, sample: torch.Tensor, num_classes: int,
+                           private: bool) -> Any:
+    from .models import build_model
+
+    channels, side = int(sample.shape[0]), int(sample.shape[-1])
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if name in ("svhn_dp", "small_cnn"):
+        kwargs.update(in_channels=channels, side=side)
+    elif name.startswith("resnet"):
+        kwargs.update(in_channels=channels, norm="group" if private else "batch")
+    elif name == "mlp":
+        kwargs.update(in_features=int(sample.numel()))
+    return build_model(name, **kwargs)
+
+
+def _extractor_name(args: argparse.Namespace, model: str) -> str:
+    if args.name:
+        return args.name
+    if args.extractor == "dp":  # the reference's naming, e.g. dp_delta_1.00e-05_std_6.00
+        return f"dp_delta_{args.delta:.2e}_std_{args.std:.2f}"
+    if args.extractor == "adversarial":
+        return f"adv_{args.attack}_{model}"
+    return f"standard_{model}"
+
+
+def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract", help="train a feature extractor and write features for `remove`",
+        description="Train (or load) a feature extractor with DP-SGD, adversarial training "
+        "(FGSM/PGD) or plain training on --dataset, then write its features of the train and "
+        "test images to <data-dir>/<name>_<dataset>_extracted.safetensors, where `fastunlearn "
+        "remove --extractor <name>` finds them. Only a DP extractor keeps a guarantee for "
+        "the features; its (epsilon, delta) is stored with them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", required=True,
+                   help="folder with the images (and where the features are written)")
+    p.add_argument("--dataset", type=_dataset, default="SVHN",
+                   help="digits (bundled), MNIST, SVHN or CIFAR10")
+    p.add_argument("--extractor", choices=["dp", "adversarial", "standard"], default="dp",
+                   help="how the extractor is trained")
+    p.add_argument("--model", default=None,
+                   help="svhn_dp, small_cnn, mlp, resnet18 or resnet34 (default: svhn_dp for "
+                   "SVHN/CIFAR10, small_cnn for digits/MNIST)")
+    p.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="Adam lr")
+    p.add_argument("--batch-size", type=_positive_int, default=500,
+                   help="batch size (DP: expected Poisson batch size)")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the data")
+    p.add_argument("--std", type=_positive_float, default=6.0,
+                   help="DP-SGD noise multiplier (noise std / clipping norm)")
+    p.add_argument("--delta", type=_open_unit, default=1e-5, help="DP delta")
+    p.add_argument("--clip", type=_positive_float, default=4.0,
+                   help="DP-SGD per-example clipping norm")
+    p.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm",
+                   help="adversarial training attack")
+    p.add_argument("--attack-epsilon", type=_positive_float, default=8 / 255,
+                   help="L-inf radius of the attack (inputs in [0, 1])")
+    p.add_argument("--pgd-steps", type=_positive_int, default=10, help="PGD steps")
+    p.add_argument("--svhn-extra", action="store_true",
+                   help="SVHN: train and extract on train + extra (as the reference)")
+    p.add_argument("--name", default=None,
+                   help="feature-file prefix (default from the settings, e.g. "
+                   "dp_delta_1.00e-05_std_6.00 as in the reference)")
+    p.add_argument("--checkpoint", default=None,
+                   help="extractor weights (safetensors): loaded if the file exists, else "
+                   "written after training (default <data-dir>/<name>_<dataset>_model"
+                   ".safetensors)")
+    p.add_argument("--force", action="store_true", help="train even if the checkpoint exists")
+    p.add_argument("--seed", type=_non_negative_int, default=1, help="seed (reference: 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_extract)
+
+
+def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
+                     device: torch.device) -> dict[str, Any]:
+    """Train ``model`` as ``args.extractor`` says; return the metadata to store."""
+    from .certified import extractors
+
+    progress = not args.quiet
+    meta: dict[str, Any] = {"epochs": args.epochs, "lr": args.learning_rate,
+                            "batch_size": args.batch_size, "seed": args.seed}
+    if args.extractor == "dp":
+        loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size)
+        _, epsilon = extractors.train_dp_extractor(
+            model, loader, epochs=args.epochs, lr=args.learning_rate, noise_multiplier=args.std,
+            max_grad_norm=args.clip, delta=args.delta, device=device, progress=progress)
+        meta.update(epsilon=epsilon, delta=args.delta, noise_multiplier=args.std,
+                    max_grad_norm=args.clip, accountant="opacus rdp, poisson sampling")
+        return meta
+    gen = torch.Generator().manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True,
+                                         generator=gen)
+    if args.extractor == "adversarial":
+        extractors.train_adversarial_extractor(
+            model, loader, attack=args.attack, epsilon=args.attack_epsilon,
+            steps=args.pgd_steps, epochs=args.epochs, lr=args.learning_rate, device=device,
+            progress=progress)
+        meta.update(attack=args.attack, attack_epsilon=args.attack_epsilon)
+        if args.attack == "pgd":
+            meta["pgd_steps"] = args.pgd_steps
+    else:
+        extractors.train_standard_extractor(model, loader, epochs=args.epochs,
+                                            lr=args.learning_rate, device=device,
+                                            progress=progress)
+    return meta
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        device = torch.device(args.device)
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"'device' must be cpu or cuda, got {args.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"'device' is {args.device!r} but no CUDA GPU is visible")
+        if not Path(args.data_dir).is_dir():
+            raise FileNotFoundError(f"'data_dir' {args.data_dir!r} is not a folder")
+        return _extract(args, device)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        return _error("extract", str(exc))
+
+
+def _extract(args: argparse.Namespace, device: torch.device) -> int:
+    import time
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import load_model, save_model
+
+    from .certified.extractors import extract_features
+    from .data import extracted_features_path, save_features
+
+    parts = _load_images(args.dataset, args.data_dir, args.svhn_extra)
+    train, test = parts["train"], parts["test"]
+    num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
+    model_name = args.model or _DEFAULT_MODEL[args.dataset]
+    name = _extractor_name(args, model_name)
+    torch.manual_seed(args.seed)
+    model = _build_extractor_model(model_name, train[0][0], num_classes,
+                                   private=args.extractor == "dp")
+    checkpoint = Path(args.checkpoint or Path(args.data_dir) / f"{name}_{args.dataset}_model"
+                      ".safetensors")
+    print(f"extract: {args.extractor} extractor {model_name} ({model.feature_dim} features) on "
+          f"{args.dataset}: {len(train)} train / {len(test)} test images")
+    if checkpoint.is_file() and not args.force:
+        load_model(model, str(checkpoint), device="cpu")
+        with safe_open(str(checkpoint), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        print(f"loaded the trained extractor from {checkpoint} (--force trains a new one)")
+    else:
+        start = time.perf_counter()
+        meta = _train_extractor(args, model, train, device)
+        meta["train_seconds"] = time.perf_counter() - start
+        meta.update(extractor=args.extractor, model=model_name, name=name,
+                    dataset=args.dataset)
+        save_model(model.cpu(), str(checkpoint), metadata={"meta": json.dumps(meta)})
+        print(f"trained in {meta['train_seconds']:.1f} s; wrote {checkpoint}")
+    if "epsilon" in meta:
+        print(f"privacy of the extractor: ({meta['epsilon']:.4g}, {meta['delta']:.2g})-DP")
+    else:
+        print("the extractor is not private: a certificate of the head will not cover it")
+    features, labels = {}, {}
+    for split, images in (("train", train), ("test", test)):
+        loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size)
+        features[split], labels[split] = extract_features(model, loader, device,
+                                                          progress=not args.quiet)
+    path = save_features(extracted_features_path(args.data_dir, name, args.dataset),
+                         features, labels, meta=meta)
+    print(f"wrote {path} ({features['train'].shape[0]} + {features['test'].shape[0]} rows, "
+          f"{features['train'].shape[1]} features)")
+    print(f"next: fastunlearn remove --data-dir {args.data_dir} --dataset {args.dataset} "
+          f"--extractor {name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``fastunlearn`` command."""
     parser = argparse.ArgumentParser(
@@ -65,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
     demo = sub.add_parser("demo", help="run the digits demo")
     demo.set_defaults(func=_cmd_demo)
+    _add_remove_parser(sub)
+    _add_extract_parser(sub)
     return parser
 
 

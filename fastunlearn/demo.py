@@ -1,11 +1,18 @@
-"""A one-minute tour of fastunlearn on the bundled digits: ``python -m fastunlearn.demo``.
+"""A walk-through of certified removal on the bundled digits: ``python -m fastunlearn.demo``.
 
-It prints what was compiled, fits logistic regression (3 vs 8, and ten classes one-vs-rest)
-with Newton steps built on :func:`~fastunlearn.ops.glm_hessian` and
-:func:`~fastunlearn.ops.glm_cg`, computes the Newton step that removes one training point
-(the certified-removal update) and checks it against ``torch.linalg.solve``, then times
-the ops against the usual PyTorch / torch.func / scikit-learn code on digits-derived data,
-checking that the answers agree. Needs no data directory and no network.
+Certified data removal (Guo, Goldstein, Hannun, van der Maaten, ICML 2020) trains an
+L2-regularised logistic regression whose objective carries a random linear term ``b.w``
+(``b ~ N(0, sigma^2 I)``), removes training points with one Newton step each, and bounds how
+far the result is from retraining without them (the gradient-residual norm). While the sum
+of these bounds stays below ``sigma * epsilon / c`` the removals are
+``(epsilon, delta)``-certified; when the next one would exceed it, the model is retrained
+with a fresh ``b`` and the budget starts over.
+
+The demo shows this on scikit-learn's digits (no data directory, no network): 3 vs 8 with
+sequential removals and automatic retraining, ten classes one-vs-rest with batch removals,
+the budget refusing a removal when retraining is off, and a short table of op timings
+against the usual PyTorch / torch.func / scikit-learn code. ``fastunlearn remove`` runs the
+same experiments with every option and writes JSON, PNG plots and a Markdown report.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,8 +33,11 @@ from . import backend
 from ._extension import has_kernel
 from .data import load_digits_dataset
 
-#: L2 regularisation per training example (the objective uses ``LAM_PER_SAMPLE * n``).
-LAM_PER_SAMPLE = 1e-3
+#: Settings of the walk-through: small enough budgets that they run out on digits.
+BINARY = {"train_mode": "binary", "lam": 1e-2, "std": 1.0, "epsilon": 1.0, "delta": 1e-4,
+          "num_removes": 40}
+OVR = {"train_mode": "ovr", "lam": 1e-2, "std": 2.0, "epsilon": 1.0, "delta": 1e-4,
+       "num_removes": 24, "batch": 4}
 
 
 def _ops_line(info: dict[str, Any]) -> str:
@@ -73,108 +84,125 @@ def _rel_err(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-# ---- 1. binary logistic regression ------------------------------------------------------
+# ---- 1-3. certified removal ------------------------------------------------------------
 
 
-def fit_binary(X: Tensor, y: Tensor, lam: float, steps: int = 8) -> tuple[Tensor, list[float]]:
-    """Newton's method for L2-regularised logistic regression with glm_hessian.
-
-    Minimises ``sum_i log(1 + exp(-s_i w.x_i)) + lam/2 ||w||^2`` (``s_i = 2 y_i - 1``);
-    returns the weights and the gradient norm after every step.
-    """
-    from .ops import glm_hessian
-
-    w = torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
-    history = []
-    for _ in range(steps):
-        p = torch.sigmoid(X @ w)
-        g = X.T @ (p - y) + lam * w
-        H = glm_hessian(X, (p * (1 - p))[:, None], lam)[0]
-        w = w - torch.linalg.solve(H, g)
-        p = torch.sigmoid(X @ w)
-        history.append(float(torch.linalg.vector_norm(X.T @ (p - y) + lam * w)))
-    return w, history
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def section_binary(device: torch.device) -> None:
-    """Fit 3 vs 8 with glm_hessian Newton steps; check the Hessian against PyTorch."""
-    print("\n[1] Logistic regression, digits 3 vs 8 (float64), Newton steps on glm_hessian")
-    reason = _missing(device, "glm_hessian")
-    if reason:
-        print(f"    skipped: {reason}")
-        return
-    from .ops import glm_hessian
+def _print_setup(result: Any) -> None:
+    cfg, priv, data = result.config, result.privacy, result.data
+    classes = data["classes"]
+    names = " vs ".join(classes) if len(classes) <= 3 else f"{len(classes)} classes"
+    print(f"    {data['n_train']} training rows, d={data['n_features']}, {names}; "
+          f"lam={cfg.lam:g} (times n in the objective), b ~ N(0, {cfg.std:g}^2 I)")
+    print(f"    (epsilon, delta) = ({cfg.epsilon:g}, {cfg.delta:g}): c = sqrt(2 ln(1.5/delta)) "
+          f"= {priv['c']:.3f}, budget sigma*eps/c = {priv['budget']:.4g}")
+    print(f"    fit: float64 Newton, residual ||grad L_b|| {priv['training_residual']:.1e} (starts "
+          f"the budget); test accuracy {_pct(result.training['test_accuracy'])}")
 
+
+def _shown_records(records: list[dict[str, Any]]) -> list[int | None]:
+    """Pick the records worth a line: the first ones, those around retrains, the last."""
+    keep = {0, 1, 2, len(records) - 1}
+    for i, rec in enumerate(records):
+        if rec["retrained"]:
+            keep.update({i - 1, i, i + 1})
+    shown: list[int | None] = []
+    for i in sorted(j for j in keep if 0 <= j < len(records)):
+        if shown and shown[-1] is not None and i > shown[-1] + 1:
+            shown.append(None)  # a gap
+        shown.append(i)
+    return shown
+
+
+def _print_removals(result: Any) -> None:
+    records = result.records
+    batch = result.config.batch
+    what = f"in batches of {batch}" if batch else "one at a time"
+    print(f"    removing {result.privacy['removals']} training rows {what} "
+          "(Newton step + data-dependent bound each):")
+    print(f"    {'removed':>9} {'rows':>10} {'bound':>10} {'used':>10} {'left':>10}")
+    for i in _shown_records(records):
+        if i is None:
+            print(f"    {'...':>9}")
+            continue
+        rec = records[i]
+        rows = str(rec["indices"][0]) if len(rec["indices"]) == 1 else f"{len(rec['indices'])} rows"
+        if rec["retrained"]:
+            print(f"    {rec['n_removed']:>9} {rows:>10} {rec['bound']:>10.2e}   over budget: "
+                  f"RETRAIN, fresh b, used reset to {rec['cumulative']:.1e}")
+        else:
+            print(f"    {rec['n_removed']:>9} {rows:>10} {rec['bound']:>10.2e} "
+                  f"{rec['cumulative']:>10.2e} {rec['budget_left']:>10.2e}")
+
+
+def _print_summary(result: Any) -> None:
+    priv, tim, final = result.privacy, result.timings, result.final
+    after = result.fairness["after"]
+    supported = priv["removals_supported"]
+    print(f"    => {priv['removals']} removals, {priv['retrains']} automatic retrain(s); one "
+          f"budget covered {supported if supported is not None else '-'} removals")
+    if priv["mean_bound"]:
+        unit = f"batch of {result.config.batch}" if result.config.batch else "removal"
+        print(f"       bound per {unit}: {priv['mean_bound']:.2e} (data-dependent) vs "
+              f"{priv['worst_case_bound']:.3g} (worst case, Theorem 1): "
+              f"{priv['worst_case_bound'] / priv['mean_bound']:.0f}x tighter")
+    print(f"       test accuracy {_pct(result.training['test_accuracy'])} -> "
+          f"{_pct(final['test_accuracy'])} (a model retrained without the rows: "
+          f"{_pct(final.get('retrained_test_accuracy'))})")
+    print(f"       fairness: worst class {after['worst_class']} at "
+          f"{_pct(after['worst_accuracy'])}, largest gap between classes "
+          f"{100 * after['largest_gap']:.1f} points")
+    if tim["removal_seconds_median"] and tim["retrain_seconds"]:
+        print(f"       time: median removal {tim['removal_seconds_median'] * 1e3:.2f} ms, full "
+              f"retraining {tim['retrain_seconds'] * 1e3:.1f} ms ({tim['speedup']:.0f}x)")
+
+
+def section_certified(title: str, settings: dict[str, Any], device: torch.device,
+                      result_dir: str | None) -> None:
+    """Run one removal experiment on digits and print a compact walk-through."""
+    from .certified.experiment import ExperimentConfig, run_removal_experiment
+
+    print(f"\n{title}")
+    config = ExperimentConfig(**settings, device=str(device), result_dir=result_dir)
+    result = run_removal_experiment(config)
+    _print_setup(result)
+    _print_removals(result)
+    _print_summary(result)
+    if result.files:
+        print(f"       report: {result.files['markdown']}")
+
+
+def section_budget(device: torch.device) -> None:
+    """Without retraining, the budget refuses the first removal it cannot cover."""
+    from .certified import BudgetExceededError, CertifiedLogisticRegression
+    from .certified.experiment import removal_order
+
+    print("\n[3] The same 3 vs 8 model with retrain=False: the budget refuses a removal")
     split = load_digits_dataset(binary=(3, 8))
-    X, y = split.X_train.to(device), split.y_train.to(device).double()
-    lam = LAM_PER_SAMPLE * X.shape[0]
-    w, history = fit_binary(X, y, lam)
-    acc_train = float(((X @ w > 0).double() == y).double().mean())
-    Xt, yt = split.X_test.to(device), split.y_test.to(device).double()
-    acc_test = float(((Xt @ w > 0).double() == yt).double().mean())
-    s = torch.sigmoid(X @ w)
-    s = s * (1 - s)
-    H = glm_hessian(X, s[:, None], lam)[0]
-    H_torch = X.T @ (s[:, None] * X) + lam * torch.eye(X.shape[1], dtype=X.dtype, device=device)
-    print(f"    n={X.shape[0]} d={X.shape[1]} lam={lam:.3g}; gradient norm per step: "
-          + " ".join(f"{g:.1e}" for g in history[:6]))
-    print(f"    accuracy train {acc_train:.3f}  test {acc_test:.3f}   "
-          f"glm_hessian vs X^T diag(s) X + lam I: rel. diff {_rel_err(H, H_torch):.1e}")
-
-
-# ---- 2. one-vs-rest and a removal step ------------------------------------------------------
-
-
-def fit_ovr(X: Tensor, Y: Tensor, lam: float, steps: int = 8) -> tuple[Tensor, Tensor]:
-    """Ten one-vs-rest logistic models at once: Newton steps solved by glm_cg.
-
-    Returns the weights [d, K] and the final curvature weights S [n, K].
-    """
-    from .ops import glm_cg
-
-    W = torch.zeros(X.shape[1], Y.shape[1], dtype=X.dtype, device=X.device)
-    for _ in range(steps):
-        P = torch.sigmoid(X @ W)
-        G = X.T @ (P - Y) + lam * W
-        W = W - glm_cg(X, P * (1 - P), G, lam, tol=1e-10).solution
-    P = torch.sigmoid(X @ W)
-    return W, P * (1 - P)
-
-
-def section_removal(device: torch.device) -> None:
-    """Fit ten classes one-vs-rest with glm_cg, then remove one point with a Newton step."""
-    print("\n[2] Ten classes one-vs-rest (K=10 models), then removing one training point")
-    reason = _missing(device, "glm_cg", "glm_hessian")
-    if reason:
-        print(f"    skipped: {reason}")
-        return
-    from .ops import glm_cg, glm_hessian
-
-    split = load_digits_dataset()
-    X = split.X_train.to(device)
-    Y = torch.nn.functional.one_hot(split.y_train, 10).to(device, X.dtype)
-    lam = LAM_PER_SAMPLE * X.shape[0]
-    W, S = fit_ovr(X, Y, lam)
-    acc = float(((split.X_test.to(device) @ W).argmax(1).cpu() == split.y_test).double().mean())
-    print(f"    n={X.shape[0]} d={X.shape[1]} K=10 lam={lam:.3g}; test accuracy {acc:.3f}")
-
-    # Removing row j: the remaining loss has Hessian H_k with S[j, k] = 0 (X is not copied),
-    # and the Newton step is H_k^{-1} times the removed point's gradient (Guo et al. 2020).
-    j = 0
-    S_removed = S.clone()
-    S_removed[j] = 0
-    P_j = torch.sigmoid(X[j] @ W)
-    B = X[j][:, None] * (P_j - Y[j])[None, :]  # [d, K]: gradient of the loss at x_j
-    result = glm_cg(X, S_removed, B, lam, tol=1e-10)
-    H = glm_hessian(X, S_removed, lam)
-    exact = torch.linalg.solve(H, B.T.unsqueeze(-1)).squeeze(-1).T
-    resid = torch.linalg.vector_norm(
-        torch.einsum("kij,jk->ik", H, result.solution) - B, dim=0
-    ) / torch.linalg.vector_norm(B, dim=0)
-    iters = result.iterations.tolist()
-    print(f"    glm_cg Newton removal step: iterations {min(iters)}-{max(iters)}, "
-          f"max rel. residual {float(resid.max()):.1e}, "
-          f"vs torch.linalg.solve: rel. diff {_rel_err(result.solution, exact):.1e}")
+    X, y = split.X_train.numpy(), split.y_train.numpy()
+    model = CertifiedLogisticRegression(lam=BINARY["lam"], sigma=BINARY["std"],
+                                        epsilon=BINARY["epsilon"], delta=BINARY["delta"],
+                                        retrain=False, device=str(device)).fit(X, y)
+    print(f"    model = CertifiedLogisticRegression(lam={BINARY['lam']:g}, "
+          f"sigma={BINARY['std']:g}, epsilon={BINARY['epsilon']:g},\n"
+          f"                                        delta={BINARY['delta']:g}, "
+          "retrain=False).fit(X, y)")
+    for row in removal_order(y, len(y) - 2, seed=0).tolist():
+        coef, removed = np.array(model.coef_, copy=True), int(model.n_removed_)
+        try:
+            model.remove([row])
+        except BudgetExceededError as exc:
+            same = np.array_equal(coef, model.coef_) and int(model.n_removed_) == removed
+            print(f"    model.remove([{row}]) (removal {removed + 1}) raised "
+                  f"BudgetExceededError:\n      {exc}")
+            print(f"    {removed} certified removals left {model.budget_left_:.3g} of the budget; "
+                  f"the model is {'unchanged' if same else 'CHANGED (bug)'} "
+                  f"(n_removed_={model.n_removed_})")
+            return
+    print("    the budget covered every removal")
 
 
 # ---- 3. timings ----------------------------------------------------------------------------
@@ -279,7 +307,7 @@ def bench_farthest(device: torch.device) -> None:
 
 def section_timings(device: torch.device) -> None:
     """Print a short benchmark table: ours vs the usual code, on digits-derived data."""
-    print(f"\n[3] Timings on {device.type} (median ms of 7 runs; x = peer time / ours)")
+    print(f"\n[4] Op timings on {device.type} (median ms of 7 runs; x = peer time / ours)")
     print(f"    {'op':<22} {'size':<24} {'ours ms':>8} {'peer ms':>9}  {'ratio':>7}  "
           f"{'peer':<26} agreement")
     bench_hvp(device)
@@ -293,21 +321,24 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: cuda if available, else cpu")
+    parser.add_argument("--result-dir", default=None,
+                        help="also write JSON, PNG plots and a Markdown report of [1] and [2]")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
     start = time.perf_counter()
     print_backend()
-    split = load_digits_dataset(binary=(3, 8))
-    full = load_digits_dataset()
-    print(f"\nData: scikit-learn digits, 8x8 images as 64 features scaled to unit norm; "
-          f"3 vs 8: {split.X_train.shape[0]} train / {split.X_test.shape[0]} test; "
-          f"10 classes: {full.X_train.shape[0]} / {full.X_test.shape[0]}")
-    section_binary(device)
-    section_removal(device)
+    print("\nCertified removal (Guo et al., ICML 2020) on scikit-learn's digits: 8x8 images "
+          "as 64 features,\nrows scaled to unit norm, 80/20 stratified split.")
+    section_certified("[1] Digits 3 vs 8, binary logistic regression", BINARY, device,
+                      args.result_dir)
+    section_certified("[2] Ten digits, one-vs-rest (10 models, one joint budget)", OVR,
+                      device, args.result_dir)
+    section_budget(device)
     section_timings(device)
-    print(f"\nDone in {time.perf_counter() - start:.1f} s.")
+    print(f"\nDone in {time.perf_counter() - start:.1f} s. `fastunlearn remove --help`: these "
+          "experiments with every option,\nwriting JSON, PNG plots and a Markdown report.")
     return 0
 
 

@@ -185,8 +185,11 @@ def test_demo_runs_every_section(capsys):
 
     assert demo.main(["--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    for marker in ("fastunlearn", "[1]", "[2]", "[3]", "Done in"):
+    for marker in ("fastunlearn", "[1]", "[2]", "[3]", "[4]", "Done in"):
         assert marker in out
+    # the certified walk-through: budgets run out, retrains happen, the refusal leaves the model
+    assert "RETRAIN" in out and "raised BudgetExceededError" in out
+    assert "the model is unchanged" in out
     if fastunlearn.backend()["cpu"]:  # every op compiled: nothing may be skipped
         assert "skipped" not in out
         assert "glm_hvp" in out and "farthest-k" in out and "per-sample" in out

@@ -1,0 +1,306 @@
+"""Certified removal: our CertifiedLogisticRegression.remove vs the reference algorithm.
+
+The **reference algorithm** is the removal loop of Guo et al.'s ``test_removal.py``,
+re-implemented here from its description (certified_removal.md sections 5-7): for every
+removal and every one-vs-rest class it rebuilds the ``d x d`` Hessian
+``X_rem^T diag(sigma'(y X_rem w)) X_rem + lam n_rem I`` of the remaining rows in float32
+(in 50,000-row blocks), inverts it with ``Tensor.inverse()`` (LU), multiplies the removed
+point's gradient ``lam w + grad l(w.x_i, y_i)`` by it, takes the Newton step, and bounds
+the gradient residual with ``||X_rem||_2`` from 20 power iterations on the downdated Gram
+matrix ``X_rem^T X_rem``. Rows are removed in a fixed order, the remaining data being the
+suffix of the permuted training set, as in the reference.
+
+**Ours** is ``CertifiedLogisticRegression.remove`` (float64, TF32 off, exact
+minimiser, conservative spectral norm) on the same rows in the same order, starting from
+the same fitted weights, with the default solver (``auto``) and with ``solver="cg"``, each on
+its own copy of the fitted model. Before timing, the weights after the timed removals must agree
+(the reference computes in float32, so to about 1e-3 relative).
+
+Cases: the bundled digits, ten classes one-vs-rest (n = 1437, d = 64, K = 10), and
+synthetic MNIST-shaped data (unit-norm rows of ten Gaussian clusters, n = 60000, d = 784,
+K = 10; 12000 rows in the quick preset). Reported: milliseconds and removals per second of
+both, and ``ratio_reference = reference time / our time`` (> 1: ours faster). One untimed
+warm-up removal precedes the timed ones on both sides; each side is timed once over all
+its removals (a removal changes the model, so it cannot be repeated on the same state).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import (
+    CorrectnessError,
+    check_close,
+    no_tf32,
+    print_table,
+    ratio,
+    require_op,
+    resolve_device,
+    resolve_preset,
+    scaled_atol,
+    synchronize,
+)
+
+NAME = "certified"
+LAM = 1e-3
+#: Rows per block when the reference accumulates its Hessian.
+REFERENCE_BLOCK = 50_000
+POWER_ITERATIONS = 20
+#: Relative agreement required between the two weight matrices after the removals.
+WEIGHT_RTOL = 2e-3
+#: Our solvers timed: the default (``auto``: Cholesky up to 2048 features) and CG.
+SOLVERS = ("auto", "cg")
+
+#: preset -> cases: (name, n, d, K, timed removals of ours, timed removals of the reference)
+CASES: dict[str, tuple[tuple[str, int, int, int, int, int], ...]] = {
+    "tiny": (("synthetic", 400, 32, 3, 4, 2), ("digits-ovr", 0, 64, 10, 2, 1)),
+    "quick": (("digits-ovr", 0, 64, 10, 20, 10), ("synthetic", 12_000, 784, 10, 5, 2)),
+    "full": (("digits-ovr", 0, 64, 10, 50, 20), ("synthetic", 60_000, 784, 10, 100, 5)),
+}
+
+COLUMNS = [
+    ("case", "case", "s"),
+    ("n", "n", "d"),
+    ("d", "d", "d"),
+    ("K", "K", "d"),
+    ("ours_ms", "ours ms", ".2f"),
+    ("ours_per_s", "ours removals/s", ".1f"),
+    ("reference_ms", "reference ms", ".1f"),
+    ("reference_per_s", "ref removals/s", ".2f"),
+    ("ratio_reference", "ref/ours", ".1f"),
+    ("ours_cg_ms", "ours CG ms", ".2f"),
+    ("ratio_reference_cg", "ref/ours CG", ".1f"),
+    ("weight_rel_diff", "W rel diff", ".1e"),
+    ("ours_bound", "ours bound", ".2e"),
+    ("reference_bound", "ref bound", ".2e"),
+]
+
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+def synthetic_data(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm rows of ``k`` Gaussian clusters (MNIST-like shape), labels ``0..k-1``."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, d, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, k, (n,), generator=gen)
+    X = centers[labels] + 1.5 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    X = X / torch.linalg.vector_norm(X, dim=1, keepdim=True)
+    return X.numpy(), labels.numpy()
+
+
+def digits_data() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled digits' training rows (unit norm), ten classes."""
+    from fastunlearn.data import load_digits_dataset
+
+    split = load_digits_dataset()
+    return split.X_train.numpy(), split.y_train.numpy()
+
+
+def removal_order(n: int, count: int, seed: int = 0) -> np.ndarray:
+    """The first ``count`` rows of a seeded permutation."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# the reference algorithm
+
+
+def _reference_spectral_norm(gram: torch.Tensor, gen: torch.Generator) -> float:
+    """``sqrt(lambda_max(gram))`` estimated by power iteration from a random start."""
+    x = torch.randn(gram.shape[0], generator=gen, dtype=gram.dtype).to(gram.device)
+    x = x / x.norm()
+    for _ in range(POWER_ITERATIONS):
+        y = gram @ x
+        x = y / y.norm()
+    return float((gram @ x).norm().sqrt())
+
+
+def _reference_hessian(X_rem: torch.Tensor, y_rem: torch.Tensor, w: torch.Tensor,
+                       lam: float) -> torch.Tensor:
+    """The explicit Hessian on the remaining rows, accumulated over row blocks."""
+    d = X_rem.shape[1]
+    H = torch.zeros(d, d, dtype=X_rem.dtype, device=X_rem.device)
+    for start in range(0, X_rem.shape[0], REFERENCE_BLOCK):
+        Xb = X_rem[start:start + REFERENCE_BLOCK]
+        s = torch.sigmoid(y_rem[start:start + REFERENCE_BLOCK] * (Xb @ w))
+        H += Xb.T @ ((s * (1 - s))[:, None] * Xb)
+    return H + lam * X_rem.shape[0] * torch.eye(d, dtype=X_rem.dtype, device=X_rem.device)
+
+
+def reference_remove(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor, lam: float,
+                     start: int, count: int, state: dict[str, Any]) -> list[float]:
+    """Remove rows ``start .. start+count-1`` of the permuted ``X`` with the reference steps.
+
+    Args:
+        X: ``[n, d]`` float32 rows in removal order (the remaining data after removing row
+            ``i`` is ``X[i+1:]``).
+        Y: ``[n, K]`` labels in {-1, +1} (one column per one-vs-rest class).
+        W: ``[d, K]`` float32 weights, updated in place.
+        lam: L2 regularisation per row.
+        start: First row to remove.
+        count: Rows to remove.
+        state: Holds the downdated Gram matrix ``gram`` and the power-iteration generator.
+
+    Returns:
+        The data-dependent bound of every removal (summed over the classes).
+    """
+    bounds = []
+    for i in range(start, start + count):
+        x_i = X[i]
+        state["gram"] -= torch.outer(x_i, x_i)
+        X_rem, Y_rem = X[i + 1:], Y[i + 1:]
+        total = 0.0
+        for k in range(W.shape[1]):
+            w = W[:, k]
+            margin = Y[i, k] * (x_i @ w)
+            grad = lam * w - Y[i, k] * torch.sigmoid(-margin) * x_i
+            H_inv = _reference_hessian(X_rem, Y_rem[:, k], w, lam).inverse()
+            step = H_inv @ grad
+            spec = _reference_spectral_norm(state["gram"], state["gen"])
+            total += float(step.norm() * (X_rem @ step).norm()) * spec / 4
+            W[:, k] += step
+        bounds.append(total)
+    return bounds
+
+
+# ---------------------------------------------------------------------------------------
+# one case
+
+
+def _ovr_signs(labels: np.ndarray, k: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.where(labels == c, 1.0, -1.0) for c in range(k)], 1))
+
+
+def _time(fn: Any, device: torch.device) -> tuple[float, Any]:
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def _clone(model: Any) -> Any:
+    """An independent copy of a fitted model (its state round-tripped, tensors copied)."""
+    tensors, meta = model.get_state()
+    return type(model).from_state({k: v.clone() for k, v in tensors.items()},
+                                   copy.deepcopy(meta))
+
+
+def _time_ours(model: Any, order: np.ndarray, ref_count: int, W_ref: torch.Tensor,
+               device: torch.device, what: str) -> tuple[float, list[float], float]:
+    """Warm-up removal, then ``order[1:]`` timed; weights checked after ``1 + ref_count``.
+
+    Returns:
+        ``(seconds of the timed removals, their bounds, max relative weight difference)``.
+    """
+    model.remove(order[:1].tolist())  # warm-up
+    first, rest = order[1:1 + ref_count].tolist(), order[1 + ref_count:].tolist()
+    seconds, report = _time(lambda: model.remove(first), device)
+    records = list(report.records)
+    W_ours = torch.as_tensor(np.asarray(model.coef_)).T
+    rel_diff = float((W_ref.double().cpu() - W_ours).abs().max() / W_ours.abs().max())
+    check_close(W_ref, W_ours, rtol=0.0, atol=scaled_atol(W_ours, WEIGHT_RTOL),
+                what=f"{what}: weights after {1 + ref_count} removals")
+    if rest:
+        more_s, more = _time(lambda: model.remove(rest), device)
+        seconds += more_s
+        records += list(more.records)
+    if any(r.retrained for r in records):
+        raise CorrectnessError(f"{what}: our model retrained during the benchmark")
+    return seconds, [float(r.bound) for r in records], rel_diff
+
+
+def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
+             device: torch.device) -> dict[str, Any]:
+    """Fit once, then run and time the removal loops on the same rows; return the record."""
+    from fastunlearn.certified import CertifiedLogisticRegression
+
+    X, labels = digits_data() if name == "digits-ovr" else synthetic_data(n, d, k)
+    n = X.shape[0]
+    total = 1 + max(ours_count, ref_count)  # one warm-up removal, then the timed ones
+    order = removal_order(n, total)
+    # a budget no removal can exhaust: this measures removals, not retraining
+    model = CertifiedLogisticRegression(lam=LAM, sigma=1.0, epsilon=1e12, delta=1e-4,
+                                        train_mode="ovr", retrain=False, device=str(device))
+    fit_s, _ = _time(lambda: model.fit(X, labels), device)
+    W0 = torch.as_tensor(np.asarray(model.coef_)).T.contiguous()  # [d, K], float64
+
+    # reference: permuted float32 rows, weights from our (exact) fit
+    perm = np.concatenate([order, np.setdiff1d(np.arange(n), order)])
+    X32 = torch.from_numpy(X[perm]).float().to(device)
+    Y32 = _ovr_signs(labels[perm], k).float().to(device)
+    W_ref = W0.float().to(device)
+    state = {"gram": X32.T @ X32, "gen": torch.Generator().manual_seed(0)}
+    ref_bounds = reference_remove(X32, Y32, W_ref, LAM, 0, 1, state)  # warm-up
+    ref_s, timed = _time(lambda: reference_remove(X32, Y32, W_ref, LAM, 1, ref_count, state),
+                         device)
+    ref_bounds += timed
+    ref_per = ref_s / ref_count
+    record: dict[str, Any] = {
+        "case": name, "n": n, "d": X.shape[1], "K": k, "lam": LAM, "fit_s": fit_s,
+        "ours_removals": ours_count, "reference_removals": ref_count,
+        "reference_ms": ref_per * 1e3, "reference_per_s": 1.0 / ref_per,
+        "reference_bound": float(np.mean(ref_bounds[1:1 + ref_count])),
+    }
+    for solver in SOLVERS:
+        ours = _clone(model)
+        ours.set_params(solver=solver)
+        seconds, bounds, rel_diff = _time_ours(ours, order, ref_count, W_ref, device,
+                                               f"{NAME} {name} solver={solver}")
+        per = seconds / ours_count
+        key = "ours" if solver == "auto" else f"ours_{solver}"
+        suffix = "" if solver == "auto" else f"_{solver}"
+        record.update({
+            f"{key}_ms": per * 1e3, f"{key}_per_s": 1.0 / per,
+            f"ratio_reference{suffix}": ratio(ref_per, per),
+            f"weight_rel_diff{suffix}": rel_diff,
+            # mean per-removal bound over the removals both made (ours: conservative norm)
+            f"{key}_bound": float(np.mean(bounds[:ref_count])),
+        })
+    return record
+
+
+def run(
+    device: str | torch.device, quick: bool = False, *, preset: str | None = None
+) -> list[dict[str, Any]]:
+    """Run every case of the preset and return one record per case.
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        quick: Use the ``quick`` preset (ignored when ``preset`` is given).
+        preset: ``tiny``, ``quick`` or ``full``.
+
+    Returns:
+        Records with per-removal times (ms), removals per second and
+        ``ratio_reference`` (reference time / ours).
+
+    Raises:
+        OpUnavailable: If the GLM ops are not compiled for ``device``.
+        CorrectnessError: If the weights after the removals disagree.
+    """
+    dev = resolve_device(device)
+    size = resolve_preset(quick, preset)
+    for op in ("glm_hvp", "glm_hessian", "glm_cg"):
+        require_op(op, dev)
+    with no_tf32():
+        return [run_case(*case, device=dev) for case in CASES[size]]
+
+
+def print_results(records: list[dict[str, Any]]) -> None:
+    """Print the table of :func:`run`'s records."""
+    print_table(f"{NAME}: removals, ours (float64) vs the reference algorithm (float32 "
+                f"Hessian + inverse per removal), lam={LAM} (ref/ours > 1: ours faster)",
+                records, COLUMNS)
+    for rec in records:
+        if math.isfinite(rec["ratio_reference"]):
+            print(f"  {rec['case']}: ours {rec['ours_per_s']:.1f} (auto), "
+                  f"{rec['ours_cg_per_s']:.1f} (cg) vs reference {rec['reference_per_s']:.2f} "
+                  f"removals/s ({rec['ratio_reference']:.1f}x, {rec['ratio_reference_cg']:.1f}x)")

@@ -1,0 +1,280 @@
+"""Markdown report of a certified-removal run.
+
+:func:`render_markdown` turns the JSON form of an experiment result (the dict written by
+:func:`~fastunlearn.certified.experiment.run_removal_experiment`, see
+:meth:`ExperimentResult.to_dict`) into a Markdown page: setup, privacy (epsilon, delta,
+budget, removals supported, retrains), accuracy, fairness (per-class accuracy, worst class,
+largest gap), timings (removal vs full retraining), the first and last removals and the
+plots. Missing sections or fields are left out or shown as ``-``, so partial results (e.g.
+synthetic records in tests) render too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_value", "render_markdown", "write_markdown"]
+
+#: Plot key -> caption, in the order they appear.
+PLOT_CAPTIONS = {
+    "bounds_plot": "Used budget (cumulative data-dependent bound) against the budget",
+    "accuracy_plot": "Test accuracy during removals",
+    "time_plot": "Time per removal against a full retraining",
+}
+
+#: Records shown at the start and at the end of the removal table.
+_HEAD, _TAIL = 10, 5
+
+
+def format_value(value: Any, spec: str = ".4g") -> str:
+    """Format one table cell: numbers with ``spec``, None/NaN as ``-``, bools as yes/no."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return format(value, spec)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v, spec) for v in value)
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{100.0 * value:.2f} %"
+    return "-"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _kv_table(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    return _table(("quantity", "value"), [(k, v) for k, v in pairs])
+
+
+def _setup_section(result: Mapping[str, Any]) -> list[str]:
+    config, data = result.get("config", {}), result.get("data", {})
+    pairs = [
+        ("data set", format_value(data.get("dataset", config.get("dataset")))),
+        ("features", format_value(data.get("extractor", config.get("extractor")))),
+        ("mode", format_value(data.get("train_mode", config.get("train_mode")))),
+        ("classes", format_value(data.get("classes"))),
+        ("train / test rows", f"{format_value(data.get('n_train'))} / "
+                              f"{format_value(data.get('n_test'))}"),
+        ("features d", format_value(data.get("n_features"))),
+        ("lambda", format_value(config.get("lam"))),
+        ("sigma (std of b)", format_value(config.get("std"))),
+        ("gamma", format_value(config.get("gamma"))),
+        ("solver / device", f"{format_value(config.get('solver'))} / "
+                            f"{format_value(config.get('device'))}"),
+        ("batch size", format_value(config.get("batch") or "sequential")),
+        ("seed", format_value(config.get("seed"))),
+    ]
+    return ["## Setup", "", *_kv_table(pairs)]
+
+
+def _privacy_section(privacy: Mapping[str, Any]) -> list[str]:
+    supported = privacy.get("removals_supported")
+    if privacy.get("removals_supported_is_estimate"):
+        supported_text = f"~{format_value(supported)} (projected: no retrain happened)"
+    else:
+        supported_text = format_value(supported)
+    pairs = [
+        ("epsilon", format_value(privacy.get("epsilon"))),
+        ("delta", format_value(privacy.get("delta"))),
+        ("c = sqrt(2 ln(1.5/delta))", format_value(privacy.get("c"))),
+        ("budget sigma * epsilon / c", format_value(privacy.get("budget"))),
+        ("training residual (norm of grad L_b)", format_value(privacy.get("training_residual"))),
+        ("removals done", format_value(privacy.get("removals"))),
+        ("automatic retrains", format_value(privacy.get("retrains"))),
+        ("removals supported by one budget", supported_text),
+        ("mean data-dependent bound per removal", format_value(privacy.get("mean_bound"))),
+        ("worst-case bound per removal", format_value(privacy.get("worst_case_bound"))),
+        ("budget used / left at the end", f"{format_value(privacy.get('budget_used'))} / "
+                                          f"{format_value(privacy.get('budget_left'))}"),
+    ]
+    if privacy.get("stopped_early"):
+        pairs.append(("stopped", format_value(privacy.get("stop_reason"))))
+    extractor = privacy.get("extractor")
+    if extractor:
+        name = format_value(extractor.get("name", extractor.get("extractor")))
+        if extractor.get("private"):
+            composed = extractor.get("composed", {})
+            pairs += [
+                (f"feature extractor {name} (DP)",
+                 f"({format_value(extractor.get('epsilon'))}, "
+                 f"{format_value(extractor.get('delta'))})"),
+                (f"extractor + head after {format_value(composed.get('removals'))} removals "
+                 "(epsilon, delta)", f"({format_value(composed.get('epsilon'))}, "
+                                     f"{format_value(composed.get('delta'))})"),
+            ]
+        else:
+            pairs.append((f"feature extractor {name}", format_value(extractor.get("note"))))
+    return ["## Privacy", "", *_kv_table(pairs)]
+
+
+def _accuracy_section(result: Mapping[str, Any]) -> list[str]:
+    training, final = result.get("training", {}), result.get("final", {})
+    pairs = [
+        ("train accuracy after fit", _pct(training.get("train_accuracy"))),
+        ("test accuracy after fit", _pct(training.get("test_accuracy"))),
+        ("test accuracy after the removals", _pct(final.get("test_accuracy"))),
+    ]
+    return ["## Accuracy", "", *_kv_table(pairs)]
+
+
+def _fairness_section(fairness: Mapping[str, Any]) -> list[str]:
+    before, after = fairness.get("before", {}), fairness.get("after", {})
+    classes = list(dict.fromkeys([*before.get("per_class", {}), *after.get("per_class", {})]))
+    lines = ["## Fairness (per-class test accuracy)", ""]
+    if classes:
+        rows = [(str(c), _pct(before.get("per_class", {}).get(c)),
+                 _pct(after.get("per_class", {}).get(c))) for c in classes]
+        lines += _table(("class", "after fit", "after removals"), rows)
+    rows = []
+    for name, part in (("after fit", before), ("after removals", after)):
+        if part:
+            rows.append((name, format_value(part.get("worst_class")),
+                         _pct(part.get("worst_accuracy")), _pct(part.get("largest_gap"))))
+    if rows:
+        lines += _table(("model", "worst class", "worst accuracy", "largest gap"), rows)
+    return lines
+
+
+def _timing_section(timings: Mapping[str, Any]) -> list[str]:
+    speedup = timings.get("speedup")
+    pairs = [
+        ("fit (s)", format_value(timings.get("fit_seconds"))),
+        ("full retraining on the remaining data (s)", format_value(timings.get("retrain_seconds"))),
+        ("median removal (s)", format_value(timings.get("removal_seconds_median"))),
+        ("mean removal incl. automatic retrains (s)",
+         format_value(timings.get("removal_seconds_mean"))),
+        ("removals per second", format_value(timings.get("removals_per_second"))),
+        ("speed-up: retraining / median removal",
+         f"{format_value(speedup, '.1f')}x" if speedup is not None else "-"),
+    ]
+    return ["## Timings", "", *_kv_table(pairs)]
+
+
+def _records_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not records:
+        return ["## Removals", "", "No removal was made.", ""]
+    shown = list(enumerate(records))
+    if len(records) > _HEAD + _TAIL:
+        shown = shown[:_HEAD] + [(-1, {})] + shown[-_TAIL:]
+    rows = []
+    for i, rec in shown:
+        if i < 0:
+            rows.append(("...",) * 7)
+            continue
+        rows.append((
+            str(rec.get("n_removed", i + 1)), format_value(rec.get("indices")),
+            format_value(rec.get("bound"), ".3e"), format_value(rec.get("cumulative"), ".3e"),
+            format_value(rec.get("budget_left"), ".3e"),
+            "retrain" if rec.get("retrained") else "", format_value(rec.get("seconds"), ".3g"),
+        ))
+    retrain_at = [str(r.get("n_removed", i + 1)) for i, r in enumerate(records)
+                  if r.get("retrained")]
+    lines = ["## Removals", ""]
+    lines += _table(("#", "rows", "bound", "cumulative", "budget left", "retrain", "seconds"),
+                    rows)
+    if retrain_at:
+        lines += [f"Automatic retrains at removal(s) {', '.join(retrain_at)}.", ""]
+    return lines
+
+
+def _plots_section(plots: Mapping[str, str], base: Path | None) -> list[str]:
+    lines = ["## Plots", ""]
+    for key, caption in PLOT_CAPTIONS.items():
+        if not plots.get(key):
+            continue
+        target = Path(plots[key])
+        if base is not None:
+            try:
+                target = Path(os.path.relpath(target, base))
+            except ValueError:  # another drive on Windows: keep the absolute path
+                pass
+        lines += [f"![{caption}]({target.as_posix()})", "", f"*{caption}.*", ""]
+    return lines if len(lines) > 2 else []
+
+
+def render_markdown(
+    result: Mapping[str, Any],
+    *,
+    plots: Mapping[str, str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> str:
+    """Render an experiment result as Markdown.
+
+    Args:
+        result: The result dict (``ExperimentResult.to_dict()`` or the JSON file's content)
+            with any of the keys ``config``, ``data``, ``training``, ``final``, ``privacy``,
+            ``fairness``, ``timings``, ``records``.
+        plots: Plot key (``bounds_plot``, ``accuracy_plot``, ``time_plot``) -> PNG path; by
+            default ``result["files"]``.
+        base_dir: Folder the Markdown file will be in: plot paths are written relative to
+            it.
+
+    Returns:
+        The Markdown text.
+
+    """
+    config, data = result.get("config", {}), result.get("data", {})
+    name = data.get("dataset", config.get("dataset", "?"))
+    mode = data.get("train_mode", config.get("train_mode", ""))
+    lines = [f"# Certified removal: {name} {mode}".rstrip(), ""]
+    privacy = result.get("privacy", {})
+    if privacy:
+        lines += [
+            f"{format_value(privacy.get('removals'))} removals with "
+            f"{format_value(privacy.get('retrains'))} automatic retrain(s) at "
+            f"(epsilon, delta) = ({format_value(privacy.get('epsilon'))}, "
+            f"{format_value(privacy.get('delta'))}); budget "
+            f"{format_value(privacy.get('budget'))}.", "",
+        ]
+    lines += _setup_section(result)
+    if privacy:
+        lines += _privacy_section(privacy)
+    if result.get("training") or result.get("final"):
+        lines += _accuracy_section(result)
+    if result.get("fairness"):
+        lines += _fairness_section(result["fairness"])
+    if result.get("timings"):
+        lines += _timing_section(result["timings"])
+    lines += _records_section(result.get("records", []))
+    files = plots if plots is not None else result.get("files", {})
+    lines += _plots_section(files, Path(base_dir) if base_dir is not None else None)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_markdown(
+    result: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    plots: Mapping[str, str] | None = None,
+) -> Path:
+    """Render ``result`` (see :func:`render_markdown`) and write it to ``path``.
+
+    Plot paths are made relative to the folder of ``path``.
+
+    Returns:
+        The path written.
+
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_markdown(result, plots=plots, base_dir=out.parent.resolve()))
+    return out

@@ -1,0 +1,249 @@
+"""PNG plots of a certified-removal run (matplotlib, Agg canvas, no global pyplot state).
+
+Every function takes plain Python data (the ``records`` / ``evaluations`` lists of
+:class:`~fastunlearn.certified.experiment.ExperimentResult` or of its JSON file), writes one
+PNG and returns its path. The figures are drawn on a :class:`matplotlib.figure.Figure`
+attached to an Agg canvas directly, so importing this module never changes the matplotlib
+backend of the calling program and works on machines without a display.
+
+Record fields used (dicts, or objects with these attributes):
+
+* ``n_removed``: removals done after this record (its x position);
+* ``bound``: the record's data-dependent gradient-residual bound (for a retrain: the bound
+  that would have exceeded the budget);
+* ``worst_case`` (optional): the worst-case (Theorem 1) bound of the record;
+* ``cumulative``: the used budget after the record (training residual + bounds since the
+  last retrain);
+* ``retrained``: whether the model was retrained before this removal;
+* ``seconds``: wall time of the removal (including a retrain when there was one).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_accuracy", "plot_bounds", "plot_times"]
+
+#: Smallest value drawn on a log axis (zero bounds, e.g. a residual of exactly 0).
+_LOG_FLOOR = 1e-16
+
+_RETRAIN_COLOR = "tab:red"
+
+
+def _field(record: Any, name: str, default: Any = None) -> Any:
+    if isinstance(record, Mapping):
+        return record.get(name, default)
+    return getattr(record, name, default)
+
+
+def _positions(records: Sequence[Any]) -> list[float]:
+    """Return the x of each record: its ``n_removed``, else its 1-based position."""
+    return [float(_field(r, "n_removed", i + 1)) for i, r in enumerate(records)]
+
+
+def _retrain_positions(records: Sequence[Any]) -> list[float]:
+    xs = _positions(records)
+    return [x for x, r in zip(xs, records, strict=True) if _field(r, "retrained", False)]
+
+
+def _positive(values: Iterable[float]) -> list[float]:
+    return [max(float(v), _LOG_FLOOR) if math.isfinite(float(v)) else math.nan for v in values]
+
+
+def _new_figure(size: tuple[float, float] = (7.0, 4.2)) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # matplotlib is an optional dependency
+        raise ImportError(
+            "fastunlearn.report plots need matplotlib (pip install matplotlib)"
+        ) from exc
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _mark_retrains(ax: Any, xs: Sequence[float], label: bool = True) -> None:
+    for j, x in enumerate(xs):
+        ax.axvline(x, color=_RETRAIN_COLOR, linestyle=":", linewidth=1.0,
+                   label="retrain" if label and j == 0 else None)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    return out
+
+
+def _worst_case_running(records: Sequence[Any], default: float | None) -> list[float] | None:
+    """Sum each record's worst case (or ``default``) since the last retrain; None if none."""
+    running, out, seen = 0.0, [], False
+    for r in records:
+        if _field(r, "retrained", False):  # the retrained model starts afresh
+            running = 0.0
+            out.append(math.nan)
+            continue
+        value = _field(r, "worst_case", None)
+        if value is None or not math.isfinite(float(value)) or float(value) <= 0:
+            value = default
+        if value is None or not math.isfinite(value) or value <= 0:
+            out.append(math.nan)
+            continue
+        seen = True
+        running += float(value)
+        out.append(running)
+    return out if seen else None
+
+
+def plot_bounds(
+    records: Sequence[Any],
+    budget: float,
+    path: str | os.PathLike[str],
+    *,
+    worst_case: float | None = None,
+    title: str | None = None,
+) -> Path:
+    """Cumulative gradient-residual bound against the budget, log scale, with retrains.
+
+    Args:
+        records: Removal records in order (see the module docstring).
+        budget: The budget ``sigma * epsilon / c`` (a horizontal line).
+        path: PNG file to write (folders are created).
+        worst_case: Worst-case (data-independent) bound of one removal, for records
+            without a ``worst_case`` field of their own; the running sum since the last
+            retrain is drawn for comparison.
+        title: Figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: If ``budget`` is not a positive finite number.
+        ImportError: If matplotlib is not installed.
+
+    """
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise ValueError(f"'budget' must be a positive finite number, got {budget!r}")
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    xs = _positions(records)
+    if records:
+        ax.plot(xs, _positive(_field(r, "cumulative", math.nan) for r in records),
+                color="tab:blue", linewidth=1.6, label="used budget (cumulative bound)")
+        for retrained, style in ((False, {"s": 6, "color": "tab:gray", "alpha": 0.6,
+                                          "label": "bound of each removal"}),
+                                 (True, {"s": 30, "marker": "x", "color": _RETRAIN_COLOR,
+                                         "label": "bound that did not fit (retrain)"})):
+            points = [(x, float(_field(r, "bound", math.nan)))
+                      for x, r in zip(xs, records, strict=True)
+                      if bool(_field(r, "retrained", False)) == retrained]
+            points = [(x, b) for x, b in points if math.isfinite(b) and b > 0]
+            if points:
+                ax.scatter(*zip(*points, strict=True), **style)
+        worst = _worst_case_running(records, worst_case)
+        if worst is not None:
+            ax.plot(xs, worst, color="tab:orange", linestyle="--", linewidth=1.2,
+                    label="worst-case bound (cumulative)")
+    ax.axhline(budget, color="black", linewidth=1.2, label=f"budget {budget:.3g}")
+    _mark_retrains(ax, _retrain_positions(records))
+    ax.set_yscale("log")
+    # a fresh model's residual (~1e-14) would stretch the axis over many empty decades
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, budget * 1e-6), high)
+    ax.set_xlabel("removals")
+    ax.set_ylabel("gradient-residual norm bound")
+    ax.set_title(title or "Certified removal: used budget")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_accuracy(
+    evaluations: Sequence[Any],
+    path: str | os.PathLike[str],
+    *,
+    retrains: Sequence[float] = (),
+    title: str | None = None,
+) -> Path:
+    """Test accuracy against the number of removals.
+
+    Args:
+        evaluations: Points with ``n_removed`` and ``test_accuracy`` (a fraction in [0, 1]).
+        path: PNG file to write.
+        retrains: Removal counts at which the model was retrained (dotted lines).
+        title: Figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: If matplotlib is not installed.
+
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    xs = [float(_field(e, "n_removed", i)) for i, e in enumerate(evaluations)]
+    ys = [100.0 * float(_field(e, "test_accuracy", math.nan)) for e in evaluations]
+    ax.plot(xs, ys, marker="o", markersize=3, color="tab:green", label="test accuracy")
+    _mark_retrains(ax, retrains)
+    ax.set_xlabel("removals")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "Test accuracy during removals")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_times(
+    records: Sequence[Any],
+    retrain_seconds: float | None,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+) -> Path:
+    """Wall time of every removal against the time of a full retraining, log scale.
+
+    Args:
+        records: Removal records (``seconds``, ``retrained``, ``n_removed``).
+        retrain_seconds: Time of one full retraining on the remaining data (a horizontal
+            line), or None to leave it out.
+        path: PNG file to write.
+        title: Figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: If matplotlib is not installed.
+
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    xs = _positions(records)
+    secs = _positive(_field(r, "seconds", math.nan) for r in records)
+    plain = [(x, s) for x, s, r in zip(xs, secs, records, strict=True)
+             if not _field(r, "retrained", False)]
+    retrained = [(x, s) for x, s, r in zip(xs, secs, records, strict=True)
+                 if _field(r, "retrained", False)]
+    if plain:
+        ax.scatter(*zip(*plain, strict=True), s=8, color="tab:blue", label="Newton removal")
+    if retrained:
+        ax.scatter(*zip(*retrained, strict=True), s=30, marker="x", color=_RETRAIN_COLOR,
+                   label="removal with automatic retrain")
+    if retrain_seconds is not None and math.isfinite(retrain_seconds) and retrain_seconds > 0:
+        ax.axhline(retrain_seconds, color="black", linestyle="--", linewidth=1.2,
+                   label=f"full retraining {retrain_seconds:.3g} s")
+    ax.set_yscale("log")
+    ax.set_xlabel("removals")
+    ax.set_ylabel("seconds")
+    ax.set_title(title or "Time per removal vs full retraining")
+    ax.grid(True, which="major", alpha=0.3)
+    if plain or retrained or retrain_seconds:
+        ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
