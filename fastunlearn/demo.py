@@ -18,7 +18,6 @@ same experiments with every option and writes JSON, PNG plots and a Markdown rep
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -343,10 +342,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if "OMP_WAIT_POLICY" not in os.environ:
-        # OpenMP workers that spin while waiting made the timings 10-100x slower on machines
-        # whose cores are busy with other work; the policy is read only when the OpenMP
-        # runtime starts (at `import torch`), so start once more with passive waiting.
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.execv(sys.executable, [sys.executable, "-m", "fastunlearn.demo", *sys.argv[1:]])
     sys.exit(main())
