@@ -16,28 +16,29 @@ channels and a ``kh x kw`` kernel (``K = C kh kw``), two families of methods com
   moved into the channels (``[1, B C, H, W]``) and ``B`` groups: sample b's channels only
   meet its own output gradient, so each group's weight gradient is that sample's.
 
-Cost/memory model of ``strategy="auto"`` (per layer, per quantity), in multiply-adds per
-sample; both families then run one kernel of the same work, so what differs is bytes and
-kernel efficiency:
+Cost/memory model of ``strategy="auto"`` (per layer and quantity). Multiply-adds per
+sample are the same ``O K L`` for both families except for the Gram form, so the choice is
+about bytes moved and kernel efficiency (measured on CPU, oneDNN convolutions, MKL GEMMs;
+a table of layer shapes in the commit that introduced this module):
 
-- dots and weighted sums: ``O K L`` either way; ``"unfold"`` also writes and reads ``A``
-  (``K L`` per sample, ``kh kw`` times the input) where ``"conv"`` reads only ``x`` and
-  ``g``. ``"conv"`` always.
+- dots and weighted sums: ``"unfold"`` also writes and reads ``A`` (``K L`` per sample,
+  ``kh kw`` times the input) where ``"conv"`` reads only ``x`` and ``g`` and runs the
+  ordinary convolution kernels: ``"conv"`` always (3-4x faster on the benchmark CNN).
 - squared norms: the Gram form ``<A_b A_b^T, G_b G_b^T>`` costs ``L^2 (K + O + 1)`` against
-  ``O K (L + 1)`` for materialising. When the Gram form is cheaper (few positions, wide
-  layers; the same rule as ``per_sample_sq_norm``), ``"unfold"``: it is the only way to use
-  it, and ``A`` is then at most about as large as the per-sample gradients.
-- otherwise, and for materialised per-sample gradients, the ``O K L`` work is either one
-  batched GEMM over ``A`` (``"unfold"``) or a grouped weight-gradient convolution
-  (``"conv"``). The grouped convolution reduces over the ``L`` positions of each sample
-  inside one group, and (measured on CPU with oneDNN) is only efficient when that
-  reduction is long, ``L >= CONV_MIN_POSITIONS``, and each group has several input channels
-  (``C >= CONV_MIN_CHANNELS``); shorter reductions or single-channel inputs go to the
-  batched GEMM, whose extra bytes are then small next to its better kernel.
+  ``O K (L + 1)`` for materialising. When it is cheaper (few positions, wide layers: the
+  rule of ``per_sample_sq_norm``), ``"unfold"``, the only family with a Gram form; ``A``
+  is then no larger than the per-sample gradients.
+- otherwise, and for materialised per-sample gradients, the ``O K L`` work is either a
+  batched GEMM over ``A`` (``"unfold"``) or the grouped weight-gradient convolution
+  (``"conv"``, no ``A``). oneDNN vectorises convolutions over blocks of channels, so with
+  fewer than :data:`CONV_MIN_CHANNELS` input channels per group most lanes idle and the
+  GEMM wins (2x for 1-3 channels); from there on the convolution is as fast or up to 2x
+  faster.
 
-Memory: every temporary of one chunk (im2col columns, per-sample weight gradients) stays
-below :func:`chunk_bytes`, the size of the layer's captured inputs and output gradients
-(which a plain backward holds too) or :data:`CONV_MIN_CHUNK_BYTES`, whichever is larger.
+Memory: temporaries are built in chunks of samples of at most :data:`CONV_CHUNK_BYTES`
+(im2col columns, per-sample weight gradients). Norms keep the per-sample weight gradients
+for a later weighted sum of the same call (a clipped sum) only when they are no larger than
+the layer's captured inputs and output gradients (:func:`keep_bytes`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ from typing_extensions import override
 from ..ops.per_sample import (
     _prefers_gram,
     per_sample_dot,
-    per_sample_grad,
     per_sample_sq_norm,
     per_sample_weighted_sum,
 )
@@ -62,25 +62,23 @@ from .layers import CapturedLayer, LayerCall, LayerRule, register_rule
 __all__ = [
     "ConvRule",
     "CONV_STRATEGIES",
-    "CONV_MIN_POSITIONS",
     "CONV_MIN_CHANNELS",
-    "CONV_MIN_CHUNK_BYTES",
-    "chunk_bytes",
+    "CONV_CHUNK_BYTES",
+    "keep_bytes",
     "im2col",
 ]
 
 #: ``"auto"`` (the cost model above), ``"unfold"`` or ``"conv"`` for every quantity.
 CONV_STRATEGIES = ("auto", "unfold", "conv")
 
-#: Output positions per sample from which the grouped weight-gradient convolution beats the
-#: batched GEMM over the unfolded input for per-sample gradients and their norms.
-CONV_MIN_POSITIONS = 128
+#: Input channels per group from which per-sample gradients (and norms that do not take
+#: the Gram form) use the grouped weight-gradient convolution rather than im2col + GEMM.
+CONV_MIN_CHANNELS = 8
 
-#: Input channels per group from which the grouped weight-gradient convolution is used.
-CONV_MIN_CHANNELS = 2
-
-#: Lower bound of the per-chunk temporary budget (bytes).
-CONV_MIN_CHUNK_BYTES = 4 << 20
+#: Temporaries of one chunk of samples (im2col columns, per-sample weight gradients) stay
+#: below this many bytes; 1-4 MiB chunks (about the L2 cache) run fastest on CPU, larger
+#: ones up to 2x slower.
+CONV_CHUNK_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -168,27 +166,26 @@ def im2col(x: Tensor, kernel: tuple[int, int], *, stride: tuple[int, int] = (1, 
     return cols.reshape(B, C * kh * kw, Ho * Wo)
 
 
-def chunk_bytes(calls: list[_Call]) -> int:
-    """Temporary budget of one chunk: the captured inputs and output gradients, >= 4 MiB."""
-    held = sum(c.x.numel() * c.x.element_size() + c.g.numel() * c.g.element_size()
+def keep_bytes(calls: list[_Call]) -> int:
+    """Largest per-sample gradient tensor a norm keeps for a later weighted sum (bytes).
+
+    The size of the layer's captured inputs and output gradients, which a plain backward
+    holds too, so keeping them at most doubles what the layer costs in memory.
+    """
+    return sum(c.x.numel() * c.x.element_size() + c.g.numel() * c.g.element_size()
                for c in calls)
-    return max(CONV_MIN_CHUNK_BYTES, held)
 
 
-def _chunks(B: int, bytes_per_sample: int, budget: int) -> Iterator[tuple[int, int]]:
-    step = max(1, budget // max(1, bytes_per_sample))
+def _chunks(B: int, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of chunks of samples whose temporaries fit :data:`CONV_CHUNK_BYTES`."""
+    step = max(1, CONV_CHUNK_BYTES // max(1, bytes_per_sample))
     for start in range(0, B, step):
         yield start, min(B, start + step)
 
 
-def _sum_positions(c: _Call) -> Tensor:
-    return c.g.sum((2, 3))
-
-
 def _row_sq_sum(P: Tensor) -> Tensor:
-    """``||P[b]||^2`` for each b, without a P-sized temporary."""
-    flat = P.reshape(P.shape[0], 1, -1)
-    return torch.bmm(flat, flat.transpose(1, 2)).view(-1)
+    """``||P[b]||^2`` for each b (``vector_norm`` reads P once, without a P-sized temporary)."""
+    return torch.linalg.vector_norm(P.reshape(P.shape[0], -1), dim=1).square()
 
 
 @register_rule(nn.Conv1d, nn.Conv2d)
@@ -227,16 +224,15 @@ class ConvRule(LayerRule):
             return self.strategy
         if quantity in ("dot", "weighted_sum"):
             return "conv"
-        calls = self._calls(layer)
-        L = sum(c.positions for c in calls)
-        K = module.weight[0].numel()
-        if quantity == "sq_norm" and _prefers_gram(L, K, module.out_channels):
+        L = sum(c.positions for c in self._calls(layer))
+        if quantity == "sq_norm" and _prefers_gram(L, *self._linear_sizes(layer)):
             return "unfold"
-        # Each sample's reduction inside the grouped convolution is over one call's positions.
-        min_positions = min(c.positions for c in calls)
-        if min_positions >= CONV_MIN_POSITIONS and module.in_channels >= CONV_MIN_CHANNELS:
-            return "conv"
-        return "unfold"
+        return "conv" if module.in_channels >= CONV_MIN_CHANNELS else "unfold"
+
+    @staticmethod
+    def _linear_sizes(layer: CapturedLayer) -> tuple[int, int]:
+        """``(K, O)``: the weight as a linear layer's ``[out, in]`` matrix is ``[O, K]``."""
+        return layer.module.weight[0].numel(), layer.module.out_channels
 
     def _calls(self, layer: CapturedLayer) -> list[_Call]:
         if "conv_calls" not in layer.cache:
@@ -247,17 +243,24 @@ class ConvRule(LayerRule):
 
     @override
     def sq_norm(self, layer: CapturedLayer, names: set[str]) -> Tensor:
-        calls = self._calls(layer)
-        bias_sq = None
-        if "bias" in names:
-            bias_sq = sum(_sum_positions(c) for c in calls).pow(2).sum(1)
+        bias_sq = _row_sq_sum(self._bias_per_sample(layer)) if "bias" in names else None
         if "weight" not in names:
             return bias_sq
-        if self.choose(layer, "sq_norm") == "unfold":
+        method = self.choose(layer, "sq_norm")
+        L = sum(c.positions for c in self._calls(layer))
+        gram = method == "unfold" and _prefers_gram(L, *self._linear_sizes(layer))
+        if not gram and self._fits(layer):
+            # Small enough to keep: a clipped sum then reuses them instead of a convolution.
+            out = _row_sq_sum(self._weight_per_sample(layer))
+        elif method == "conv":
+            out = torch.cat([_row_sq_sum(P) for _, _, P in self._weight_grads(layer)])
+        elif gram:
             out = torch.cat([per_sample_sq_norm(A, G, bias=False)
                              for _, _, A, G in self._unfolded(layer)])
         else:
-            out = torch.cat([_row_sq_sum(P) for _, _, P in self._weight_grads(layer)])
+            # The op's materialising form, with the faster orientation (see _weight_per_sample).
+            out = torch.cat([_row_sq_sum(torch.bmm(A.transpose(1, 2), G))
+                             for _, _, A, G in self._unfolded(layer)])
         return out if bias_sq is None else out + bias_sq
 
     @override
@@ -265,62 +268,92 @@ class ConvRule(LayerRule):
         module, calls = layer.module, self._calls(layer)
         V, c = vectors.get("weight"), vectors.get("bias")
         if V is None:
-            return sum(_sum_positions(call) for call in calls) @ c
+            return self._bias_per_sample(layer) @ c
         if self.choose(layer, "dot") == "unfold":
             V2 = V.reshape(module.out_channels, -1)
             return torch.cat([per_sample_dot(A, G, V2, c)
                               for _, _, A, G in self._unfolded(layer)])
         V4 = V.reshape(module.out_channels, -1, *calls[0].kernel)
-        total = None
+        out = calls[0].g.new_zeros(layer.batch_size)
         for call in calls:
-            y = F.conv2d(call.x, V4, c, call.stride, call.padding, call.dilation, module.groups)
-            B = y.shape[0]
-            d = torch.bmm(y.reshape(B, 1, -1), call.g.reshape(B, -1, 1)).view(B)
-            total = d if total is None else total + d
-        return total
+            # <g_b, (V, c)> = sum over outputs of g_b * conv(x_b, V, c): a forward conv, in
+            # chunks (large fresh outputs cost page faults on CPU, 4x here).
+            x, g = call.x, call.g
+            for s, e in _chunks(layer.batch_size, g[0].numel() * g.element_size()):
+                y = F.conv2d(x[s:e], V4, c, call.stride, call.padding, call.dilation,
+                             module.groups)
+                out[s:e] += torch.linalg.vecdot(y.flatten(1), g[s:e].flatten(1))
+        return out
 
     @override
     def weighted_sum(self, layer: CapturedLayer, names: set[str], w: Tensor) -> dict[str, Tensor]:
         module, calls = layer.module, self._calls(layer)
         out: dict[str, Tensor] = {}
         if "weight" in names:
-            if self.choose(layer, "weighted_sum") == "unfold":
-                total = None
+            total = None
+            if "per_sample_weight" in layer.cache:  # kept by sq_norm
+                total = torch.tensordot(w, layer.cache["per_sample_weight"], dims=1)
+            elif self.choose(layer, "weighted_sum") == "unfold":
                 for s, e, A, G in self._unfolded(layer):
                     part = per_sample_weighted_sum(A, G, w[s:e])
                     total = part if total is None else total + part
             else:
-                total = None
                 for call in calls:
-                    x, g = call.x, call.g
-                    # Scale the smaller of the two by w_b: sum_b w_b corr(x_b, g_b).
-                    if x.numel() <= g.numel():
-                        x = x * w.view(-1, 1, 1, 1)
-                    else:
-                        g = g * w.view(-1, 1, 1, 1)
-                    shape = (module.out_channels, x.shape[1] // module.groups, *call.kernel)
-                    part = torch.nn.grad.conv2d_weight(
-                        x, shape, g, call.stride, call.padding, call.dilation, module.groups
-                    )
-                    total = part if total is None else total + part
+                    # The weight gradient of the batch with the smaller of x and g scaled by
+                    # w_b is sum_b w_b corr(x_b, g_b); in chunks, as the dots.
+                    shape = (module.out_channels, call.x.shape[1] // module.groups,
+                             *call.kernel)
+                    scale_x = call.x[0].numel() <= call.g[0].numel()
+                    size = min(call.x[0].numel(), call.g[0].numel()) * call.x.element_size()
+                    for s, e in _chunks(layer.batch_size, size):
+                        x, g, ws = call.x[s:e], call.g[s:e], w[s:e].view(-1, 1, 1, 1)
+                        x, g = (x * ws, g) if scale_x else (x, g * ws)
+                        part = torch.nn.grad.conv2d_weight(
+                            x, shape, g, call.stride, call.padding, call.dilation, module.groups
+                        )
+                        total = part if total is None else total + part
             out["weight"] = total.reshape(module.weight.shape)
         if "bias" in names:
-            out["bias"] = w @ sum(_sum_positions(c) for c in calls)
+            out["bias"] = w @ self._bias_per_sample(layer)
         return out
 
     @override
     def per_sample(self, layer: CapturedLayer, names: set[str]) -> dict[str, Tensor]:
-        module, calls, B = layer.module, self._calls(layer), layer.batch_size
         out: dict[str, Tensor] = {}
         if "weight" in names:
-            if self.choose(layer, "per_sample") == "unfold":
-                parts = [per_sample_grad(A, G) for _, _, A, G in self._unfolded(layer)]
-            else:
-                parts = [P for _, _, P in self._weight_grads(layer, whole=True)]
-            out["weight"] = torch.cat(parts).reshape(B, *module.weight.shape)
+            out["weight"] = self._weight_per_sample(layer)
         if "bias" in names:
-            out["bias"] = sum(_sum_positions(c) for c in calls)
+            out["bias"] = self._bias_per_sample(layer)
         return out
+
+    def _fits(self, layer: CapturedLayer) -> bool:
+        """Whether all per-sample weight gradients fit one chunk's budget."""
+        weight = layer.module.weight
+        need = layer.batch_size * weight.numel() * self._calls(layer)[0].g.element_size()
+        return need <= keep_bytes(self._calls(layer))
+
+    def _weight_per_sample(self, layer: CapturedLayer) -> Tensor:
+        """Per-sample weight gradients [B, *weight.shape] (cached)."""
+        if "per_sample_weight" not in layer.cache:
+            module, B = layer.module, layer.batch_size
+            n_out, K = module.out_channels, module.weight[0].numel()
+            out = self._calls(layer)[0].g.new_empty(B, n_out, K)
+            if self.choose(layer, "per_sample") == "unfold":
+                for s, e, A, G in self._unfolded(layer):
+                    # bmm(A^T, G) -> [n, K, O] is faster than the op's bmm(G^T, A) on the
+                    # im2col layout; the copy into the output transposes it.
+                    out[s:e] = torch.bmm(A.transpose(1, 2), G).transpose(1, 2)
+            else:
+                for s, e, P in self._weight_grads(layer):
+                    out[s:e] = P.reshape(e - s, n_out, K)
+            layer.cache["per_sample_weight"] = out.view(B, *module.weight.shape)
+        return layer.cache["per_sample_weight"]
+
+    def _bias_per_sample(self, layer: CapturedLayer) -> Tensor:
+        """Per-sample bias gradients [B, O]: output gradients summed over positions (cached)."""
+        if "per_sample_bias" not in layer.cache:
+            layer.cache["per_sample_bias"] = sum(c.g.sum((2, 3)) for c in self._calls(layer))
+        return layer.cache["per_sample_bias"]
 
     # ---- the two families ------------------------------------------------------------------
 
@@ -330,7 +363,7 @@ class ConvRule(LayerRule):
         K = layer.module.weight[0].numel()
         L = sum(c.positions for c in calls)
         elem = calls[0].x.element_size()
-        for s, e in _chunks(B, L * K * elem * (2 if len(calls) > 1 else 1), chunk_bytes(calls)):
+        for s, e in _chunks(B, L * K * elem * (2 if len(calls) > 1 else 1)):
             cols, grads = [], []
             for c in calls:
                 cols.append(im2col(c.x[s:e], c.kernel, stride=c.stride, padding=c.padding,
@@ -341,15 +374,12 @@ class ConvRule(LayerRule):
             # [n, K, L] and [n, O, L] as [n, L, K] and [n, L, O]: the ops take strided views.
             yield s, e, A.transpose(1, 2), G.transpose(1, 2)
 
-    def _weight_grads(
-        self, layer: CapturedLayer, whole: bool = False
-    ) -> Iterator[tuple[int, int, Tensor]]:
-        """``(start, stop, P[n, O, C/groups, kh, kw])`` over chunks of samples (or all)."""
+    def _weight_grads(self, layer: CapturedLayer) -> Iterator[tuple[int, int, Tensor]]:
+        """``(start, stop, P[n, O, C/groups, kh, kw])`` over chunks of samples."""
         module, calls, B = layer.module, self._calls(layer), layer.batch_size
         groups = module.groups
         per_sample = module.weight.numel() * calls[0].x.element_size()
-        budget = B * per_sample if whole else chunk_bytes(calls)
-        for s, e in _chunks(B, per_sample * (2 if len(calls) > 1 else 1), budget):
+        for s, e in _chunks(B, per_sample * (2 if len(calls) > 1 else 1)):
             n, total = e - s, None
             for c in calls:
                 x, g = c.x[s:e], c.g[s:e]

@@ -34,6 +34,8 @@ CONVS = {
     ),
     # more output than input elements: the weighted sum scales x rather than g
     "2d-same-zeros": (lambda: nn.Conv2d(2, 6, (2, 4), padding="same"), (2, 5, 6)),
+    # 4 positions of a wider layer: norms take the Gram form in the unfold family
+    "2d-gram": (lambda: nn.Conv2d(8, 6, 3, stride=2, padding=1), (8, 4, 4)),
 }
 
 
@@ -118,13 +120,17 @@ def test_strategy_matches_torch_func(use_strategy, strategy, name, dtype):
     check_all(*make(name, dtype), dtype)
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("name", ["1d-reflect-nobias", "2d-stride-pad-dil"])
-def test_shared_layer_and_chunks(use_strategy, monkeypatch, strategy, name):
+@pytest.mark.parametrize(
+    "name", ["1d-reflect-nobias", "2d-stride-pad-dil", "2d-gram", "2d-same-zeros"]
+)
+def test_chunks_and_shared_layer(use_strategy, monkeypatch, strategy, name, shared):
     use_strategy(strategy)
-    # A 1-byte budget: every sample is its own chunk.
-    monkeypatch.setattr(conv_mod, "chunk_bytes", lambda calls: 1)
-    check_all(*make(name, torch.float64, shared=True), torch.float64)
+    # 1-byte budgets: every sample is its own chunk and no per-sample gradient is kept.
+    monkeypatch.setattr(conv_mod, "CONV_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv_mod, "keep_bytes", lambda calls: 1)
+    check_all(*make(name, torch.float64, shared=shared), torch.float64)
 
 
 def test_forced_strategy_is_used(use_strategy, monkeypatch):
@@ -197,25 +203,27 @@ def test_conv_strategy_handles_groups(groups):
 
 
 @pytest.mark.parametrize(
-    "conv, in_shape, norm_choice",
+    "conv, in_shape, norm_choice, per_sample_choice",
     [
-        # benchmark CNN, first layer: one input channel -> batched GEMM over im2col
-        (nn.Conv2d(1, 16, 5), (1, 28, 28), "unfold"),
-        # benchmark CNN, second layer: 64 positions, too few for the grouped convolution
-        (nn.Conv2d(16, 32, 5), (16, 12, 12), "unfold"),
-        # many positions, several channels -> grouped weight-gradient convolution
-        (nn.Conv2d(16, 16, 3), (16, 32, 32), "conv"),
-        # 4 positions of a wide layer: the Gram form is cheaper
-        (nn.Conv2d(64, 64, 3), (64, 4, 4), "unfold"),
+        # benchmark CNN, first layer: one input channel -> im2col + GEMM
+        (nn.Conv2d(1, 16, 5), (1, 28, 28), "unfold", "unfold"),
+        (nn.Conv2d(3, 16, 3), (3, 32, 32), "unfold", "unfold"),
+        # benchmark CNN, second layer: 16 channels -> grouped weight-gradient convolution
+        (nn.Conv2d(16, 32, 5), (16, 12, 12), "conv", "conv"),
+        (nn.Conv1d(8, 8, 3), (8, 50), "conv", "conv"),
+        # 4 positions of a wide layer: the Gram form is cheaper for norms
+        (nn.Conv2d(64, 64, 3), (64, 4, 4), "unfold", "conv"),
     ],
 )
-def test_cost_model_choices(conv, in_shape, norm_choice):
+def test_cost_model_choices(conv, in_shape, norm_choice, per_sample_choice):
     x = torch.randn(2, *in_shape)
     layer = captured(conv, x, torch.randn_like(conv(x)).detach())
     rule = ConvRule()
     assert rule.choose(layer, "sq_norm") == norm_choice
+    assert rule.choose(layer, "per_sample") == per_sample_choice
     assert rule.choose(layer, "dot") == "conv"
     assert rule.choose(layer, "weighted_sum") == "conv"
+    assert ConvRule("unfold").choose(layer, "dot") == "unfold"
 
 
 def test_bad_strategy():
