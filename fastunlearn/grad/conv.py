@@ -23,7 +23,7 @@ a table of layer shapes in the commit that introduced this module):
 
 - dots and weighted sums: ``"unfold"`` also writes and reads ``A`` (``K L`` per sample,
   ``kh kw`` times the input) where ``"conv"`` reads only ``x`` and ``g`` and runs the
-  ordinary convolution kernels: ``"conv"`` always (3-4x faster on the benchmark CNN).
+  ordinary convolution kernels: ``"conv"`` always (3-5x faster on the benchmark CNN).
 - squared norms: the Gram form ``<A_b A_b^T, G_b G_b^T>`` costs ``L^2 (K + O + 1)`` against
   ``O K (L + 1)`` for materialising. When it is cheaper (few positions, wide layers: the
   rule of ``per_sample_sq_norm``), ``"unfold"``, the only family with a Gram form; ``A``
@@ -35,10 +35,12 @@ a table of layer shapes in the commit that introduced this module):
   GEMM wins (2x for 1-3 channels); from there on the convolution is as fast or up to 2x
   faster.
 
-Memory: temporaries are built in chunks of samples of at most :data:`CONV_CHUNK_BYTES`
-(im2col columns, per-sample weight gradients). Norms keep the per-sample weight gradients
-for a later weighted sum of the same call (a clipped sum) only when they are no larger than
-the layer's captured inputs and output gradients (:func:`keep_bytes`).
+Memory: temporaries (im2col columns, per-sample weight gradients, forward outputs, scaled
+copies) are built in chunks of samples of at most :data:`CONV_CHUNK_BYTES` on the CPU
+(:data:`CONV_ACCEL_CHUNK_BYTES` elsewhere, where each chunk costs kernel launches). Norms
+keep the per-sample weight gradients for a later weighted sum of the same call (a clipped
+sum) only when they are no larger than the layer's captured inputs and output gradients
+(:func:`keep_bytes`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ __all__ = [
     "CONV_STRATEGIES",
     "CONV_MIN_CHANNELS",
     "CONV_CHUNK_BYTES",
+    "CONV_ACCEL_CHUNK_BYTES",
     "keep_bytes",
     "im2col",
 ]
@@ -79,6 +82,9 @@ CONV_MIN_CHANNELS = 8
 #: below this many bytes; 1-4 MiB chunks (about the L2 cache) run fastest on CPU, larger
 #: ones up to 2x slower.
 CONV_CHUNK_BYTES = 2 << 20
+
+#: The same on other devices (GPUs): larger, so that chunks are few.
+CONV_ACCEL_CHUNK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -176,9 +182,11 @@ def keep_bytes(calls: list[_Call]) -> int:
                for c in calls)
 
 
-def _chunks(B: int, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` of chunks of samples whose temporaries fit :data:`CONV_CHUNK_BYTES`."""
-    step = max(1, CONV_CHUNK_BYTES // max(1, bytes_per_sample))
+def _chunks(like: Tensor, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of chunks of the samples of ``like`` within the chunk budget."""
+    budget = CONV_CHUNK_BYTES if like.device.type == "cpu" else CONV_ACCEL_CHUNK_BYTES
+    B = like.shape[0]
+    step = max(1, budget // max(1, bytes_per_sample))
     for start in range(0, B, step):
         yield start, min(B, start + step)
 
@@ -279,7 +287,7 @@ class ConvRule(LayerRule):
             # <g_b, (V, c)> = sum over outputs of g_b * conv(x_b, V, c): a forward conv, in
             # chunks (large fresh outputs cost page faults on CPU, 4x here).
             x, g = call.x, call.g
-            for s, e in _chunks(layer.batch_size, g[0].numel() * g.element_size()):
+            for s, e in _chunks(g, g[0].numel() * g.element_size()):
                 y = F.conv2d(x[s:e], V4, c, call.stride, call.padding, call.dilation,
                              module.groups)
                 out[s:e] += torch.linalg.vecdot(y.flatten(1), g[s:e].flatten(1))
@@ -305,7 +313,7 @@ class ConvRule(LayerRule):
                              *call.kernel)
                     scale_x = call.x[0].numel() <= call.g[0].numel()
                     size = min(call.x[0].numel(), call.g[0].numel()) * call.x.element_size()
-                    for s, e in _chunks(layer.batch_size, size):
+                    for s, e in _chunks(call.g, size):
                         x, g, ws = call.x[s:e], call.g[s:e], w[s:e].view(-1, 1, 1, 1)
                         x, g = (x * ws, g) if scale_x else (x, g * ws)
                         part = torch.nn.grad.conv2d_weight(
@@ -327,7 +335,7 @@ class ConvRule(LayerRule):
         return out
 
     def _fits(self, layer: CapturedLayer) -> bool:
-        """Whether all per-sample weight gradients fit one chunk's budget."""
+        """Whether the per-sample weight gradients are small enough to keep (:func:`keep_bytes`)."""
         weight = layer.module.weight
         need = layer.batch_size * weight.numel() * self._calls(layer)[0].g.element_size()
         return need <= keep_bytes(self._calls(layer))
@@ -359,11 +367,11 @@ class ConvRule(LayerRule):
 
     def _unfolded(self, layer: CapturedLayer) -> Iterator[tuple[int, int, Tensor, Tensor]]:
         """``(start, stop, A[n, L, K], G[n, L, O])`` over chunks of samples; calls along L."""
-        calls, B = self._calls(layer), layer.batch_size
+        calls = self._calls(layer)
         K = layer.module.weight[0].numel()
         L = sum(c.positions for c in calls)
         elem = calls[0].x.element_size()
-        for s, e in _chunks(B, L * K * elem * (2 if len(calls) > 1 else 1)):
+        for s, e in _chunks(calls[0].g, L * K * elem * (2 if len(calls) > 1 else 1)):
             cols, grads = [], []
             for c in calls:
                 cols.append(im2col(c.x[s:e], c.kernel, stride=c.stride, padding=c.padding,
@@ -376,10 +384,10 @@ class ConvRule(LayerRule):
 
     def _weight_grads(self, layer: CapturedLayer) -> Iterator[tuple[int, int, Tensor]]:
         """``(start, stop, P[n, O, C/groups, kh, kw])`` over chunks of samples."""
-        module, calls, B = layer.module, self._calls(layer), layer.batch_size
+        module, calls = layer.module, self._calls(layer)
         groups = module.groups
         per_sample = module.weight.numel() * calls[0].x.element_size()
-        for s, e in _chunks(B, per_sample * (2 if len(calls) > 1 else 1)):
+        for s, e in _chunks(calls[0].g, per_sample * (2 if len(calls) > 1 else 1)):
             n, total = e - s, None
             for c in calls:
                 x, g = c.x[s:e], c.g[s:e]

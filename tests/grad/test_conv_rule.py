@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DTYPES, tolerances
+from helpers import DEVICES, DTYPES, tolerances
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -53,7 +53,7 @@ class Shared(nn.Module):
         return self.head(torch.cat([a.flatten(1), b.flatten(1)], 1))
 
 
-def make(name, dtype, shared=False):
+def make(name, dtype, shared=False, device="cpu"):
     torch.manual_seed(0)
     factory, shape = CONVS[name]
     conv = factory()
@@ -61,7 +61,8 @@ def make(name, dtype, shared=False):
                                                       nn.LazyLinear(3))
     x = torch.randn(B, *shape)
     model(x)  # materialise the lazy layer
-    return model.to(dtype), x.to(dtype), torch.randint(0, 3, (B,))
+    y = torch.randint(0, 3, (B,))
+    return model.to(device, dtype), x.to(device, dtype), y.to(device)
 
 
 def ce_sum(out, y):
@@ -69,14 +70,14 @@ def ce_sum(out, y):
 
 
 def func_per_sample(model, x, y):
-    """vmap(grad) of the per-sample loss, in float64."""
-    model = model.double()
+    """vmap(grad) of the per-sample loss, in float64 on the CPU."""
+    model = model.to("cpu", torch.float64)
     params = {n: p.detach() for n, p in model.named_parameters()}
 
     def loss(p, xb, yb):
         return ce_sum(functional_call(model, p, (xb[None],)), yb[None])
 
-    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x.double(), y)
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x.cpu().double(), y.cpu())
 
 
 @pytest.fixture
@@ -95,29 +96,35 @@ def use_strategy(monkeypatch):
 def check_all(model, x, y, dtype):
     ref = func_per_sample(copy.deepcopy(model), x, y)
     tol = tolerances(dtype)
+
+    def close(got, expected):
+        torch.testing.assert_close(got.cpu().double(), expected, **tol)
+
     eng = PerSampleGradients(model)
     got = eng.per_sample(x, y, ce_sum)
     for n in ref:
-        torch.testing.assert_close(got[n].double(), ref[n], **tol)
+        close(got[n], ref[n])
     sq = sum(g.flatten(1).pow(2).sum(1) for g in ref.values())
-    torch.testing.assert_close(eng.sq_norms(x, y, ce_sum).double(), sq, **tol)
+    close(eng.sq_norms(x, y, ce_sum), sq)
     gen = torch.Generator().manual_seed(1)
-    vec = {n: torch.randn(p.shape, generator=gen, dtype=dtype) for n, p in model.named_parameters()}
-    dots = sum(g.flatten(1) @ vec[n].flatten().double() for n, g in ref.items())
-    torch.testing.assert_close(eng.dots(x, y, ce_sum, vec).double(), dots, **tol)
+    vec = {n: torch.randn(p.shape, generator=gen, dtype=dtype).to(x.device)
+           for n, p in model.named_parameters()}
+    dots = sum(g.flatten(1) @ vec[n].flatten().cpu().double() for n, g in ref.items())
+    close(eng.dots(x, y, ce_sum, vec), dots)
     max_norm = float(sq.sqrt().median())
     c = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
     clipped = eng.clipped_sum(x, y, ce_sum, max_norm)
     for n, g in ref.items():
-        torch.testing.assert_close(clipped[n].double(), torch.tensordot(c, g, dims=1), **tol)
+        close(clipped[n], torch.tensordot(c, g, dims=1))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", list(CONVS))
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_strategy_matches_torch_func(use_strategy, strategy, name, dtype):
+def test_strategy_matches_torch_func(use_strategy, strategy, name, dtype, device):
     use_strategy(strategy)
-    check_all(*make(name, dtype), dtype)
+    check_all(*make(name, dtype, device=device), dtype)
 
 
 @pytest.mark.parametrize("shared", [False, True])
