@@ -5,12 +5,12 @@ clipped sums and materialised per-sample gradients of any model from one forward
 backward pass. Layer rules are registered by module type in :data:`LAYER_RULES`.
 """
 
+from .conv import ConvRule
 from .engine import LossFn, PerSampleGradients
 from .fallback import FunctorchRule
 from .layers import (
     LAYER_RULES,
     CapturedLayer,
-    ConvRule,
     EmbeddingRule,
     GroupNormRule,
     LayerCall,

@@ -10,17 +10,18 @@ of the module) into per-sample quantities of the module's own parameters:
 - materialised per-sample gradients -> [B, *param.shape].
 
 Rules are registered by exact module type in :data:`LAYER_RULES` (a subclass of
-``nn.Linear`` may change ``forward``, so it does not inherit the rule). Linear-like layers
-(``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` with ``groups=1``) map onto the per-sample ops
-with activations ``A[B, T, in]`` and output gradients ``G[B, T, out]`` and never materialise
-for norms, dots and weighted sums; ``nn.Embedding`` uses index arithmetic in torch; affine
-normalisation layers have per-sample gradients as small as a channel vector and are
+``nn.Linear`` may change ``forward``, so it does not inherit the rule). ``nn.Linear`` maps
+onto the per-sample ops with activations ``A[B, T, in]`` and output gradients
+``G[B, T, out]`` and never materialises for norms, dots and weighted sums;
+``nn.Conv1d``/``nn.Conv2d`` (``groups=1``, in :mod:`.conv`) choose per quantity between that
+im2col view and convolutions of the batch; ``nn.Embedding`` uses index arithmetic in torch;
+affine normalisation layers have per-sample gradients as small as a channel vector and are
 materialised. Modules without a rule use :class:`fastunlearn.grad.fallback.FunctorchRule`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,6 @@ __all__ = [
     "MaterialisingRule",
     "LinearLikeRule",
     "LinearRule",
-    "ConvRule",
     "EmbeddingRule",
     "LayerNormRule",
     "GroupNormRule",
@@ -276,46 +276,6 @@ class LinearRule(LinearLikeRule):
         return x.reshape(B, -1, module.in_features), call.grad_output.reshape(
             B, -1, module.out_features
         )
-
-
-@register_rule(nn.Conv1d, nn.Conv2d)
-class ConvRule(LinearLikeRule):
-    """``nn.Conv1d``/``nn.Conv2d`` with ``groups=1``, any padding mode, stride and dilation.
-
-    ``A`` is the unfolded (im2col) input [B, L, C*kh*kw] over the L output positions, in the
-    (channel, kernel row, kernel column) order of ``weight.reshape(out, -1)``.
-    """
-
-    @override
-    def supports(self, module: nn.Module) -> bool:
-        return module.groups == 1
-
-    @override
-    def activations(self, layer: CapturedLayer, call: LayerCall) -> tuple[Tensor, Tensor]:
-        module = layer.module
-        one_d = isinstance(module, nn.Conv1d)
-        x = layer.batched(call.input(), min_dim=3 if one_d else 4).detach()
-        if x.dim() != (3 if one_d else 4):
-            raise ValueError(
-                f"model: layer '{layer.name}' got an input of shape {tuple(x.shape)}; expected "
-                f"a batched {'3' if one_d else '4'}-D input"
-            )
-        padding: Iterable[int] | int = module.padding
-        if isinstance(padding, str) or module.padding_mode != "zeros":
-            # The same explicit padding the module applies (asymmetric for padding="same").
-            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-            padding = 0
-        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
-        if one_d:
-            # A length-N signal is a 1 x N image with a 1 x k kernel.
-            x = x.unsqueeze(2)
-            kernel, stride, dilation = (1, *kernel), (1, *stride), (1, *dilation)
-            padding = (0, padding if isinstance(padding, int) else padding[0])
-        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-        B = layer.batch_size
-        G = call.grad_output.reshape(B, module.out_channels, -1)
-        return cols.transpose(1, 2), G.transpose(1, 2)
 
 
 #: Above this many positions per sample, embedding norms use sorting instead of a T x T Gram.
