@@ -68,9 +68,12 @@ class PerSampleGradients:
     multiplied by B, the same scaling as Opacus' ``GradSampleModule``), so both give the
     same results. The batch is dim 0 of every layer's inputs.
 
-    Native rules (no materialisation for norms, dots and clipped sums): ``nn.Linear``,
-    ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``) and ``nn.Embedding``; ``nn.LayerNorm``,
-    ``nn.GroupNorm`` and ``nn.RMSNorm`` materialise their small per-channel gradients. Every
+    Native rules: ``nn.Linear`` and ``nn.Embedding`` (no materialisation for norms, dots and
+    clipped sums); ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``; dots and clipped sums as
+    convolutions without materialising, norms from small per-sample weight gradients built
+    in chunks, or the Gram form when cheaper, see :mod:`fastunlearn.grad.conv`);
+    ``nn.LayerNorm``, ``nn.GroupNorm`` and ``nn.RMSNorm`` materialise their small per-channel
+    gradients. Every
     other module with direct parameters uses the ``torch.func`` fallback. A parameter shared
     by several modules gets the sum of their contributions (materialised for norms).
 
