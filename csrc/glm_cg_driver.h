@@ -223,8 +223,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> glm_cg_solve(
   auto precondition = [&](const at::Tensor& r) -> at::Tensor {
     if (jacobi.has_value()) return *jacobi * r;
     if (!cholesky.defined()) return r;
-    // Solve L_k L_k^T z_k = r_k for every column k as one batched solve.
-    return at::cholesky_solve(r.t().unsqueeze(-1), cholesky, /*upper=*/false)
+    // Solve L_k L_k^T z_k = r_k for every column k with two batched triangular solves.
+    // at::cholesky_solve would clone all K factors into column-major order on every call
+    // (49 MB at d = 784, K = 10: 7x slower on CPU); the triangular solves borrow them.
+    const at::Tensor rhs = r.t().unsqueeze(-1);
+    const at::Tensor y = at::linalg_solve_triangular(cholesky, rhs, /*upper=*/false);
+    return at::linalg_solve_triangular(cholesky.mH(), y, /*upper=*/true)
         .squeeze(-1)
         .t()
         .contiguous();
