@@ -28,6 +28,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "knn_common.h"
 #include "utils.cuh"
 
 namespace fastunlearn {
@@ -290,16 +291,8 @@ void knn_select(const at::Tensor& Q, const at::Tensor& P, const at::Tensor& q_no
 
 std::tuple<at::Tensor, at::Tensor> knn_extreme_cuda(const at::Tensor& Q, const at::Tensor& P,
                                                     int64_t k, bool largest) {
-  check_dim(Q, 2, kOp, "Q");
-  check_dim(P, 2, kOp, "P");
-  check_float(Q, kOp, "Q");
-  check_float(P, kOp, "P");
-  check_same_dtype(Q, P, kOp, "Q", "P");
-  check_same_device(Q, P, kOp, "Q", "P");
-  check_size(P, 1, Q.size(1), kOp, "P", "columns");
+  check_knn_args(Q, P, k);
   const int64_t m = Q.size(0), n = P.size(0);
-  TORCH_CHECK(k >= 0 && k <= n, kOp, ": argument 'k' must satisfy 0 <= k <= n = ", n,
-              " (rows of 'P'), got ", k);
   const c10::cuda::CUDAGuard guard(Q.device());
 
   at::Tensor out_dist = at::empty({m, k}, Q.options());
