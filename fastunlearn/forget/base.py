@@ -1,0 +1,221 @@
+"""The one interface every forgetting method shares: ``method(model, forget, retain, config)``.
+
+A method takes a trained classifier, the forget set, the retain set and a config dataclass,
+and returns a **new** model that has forgotten the forget set. The input model is never
+modified (methods work on a deep copy), so a failed or poor run loses nothing.
+
+``forget`` and ``retain`` are map-style datasets of ``(input, label)`` pairs: a
+:class:`torch.utils.data.Dataset` or a tuple ``(inputs, labels)`` of tensors with the same
+first dimension. :func:`as_dataset` validates and converts them.
+
+Methods register themselves with :func:`register`; :func:`get_method` and
+:func:`available_methods` look them up by name, and :func:`run_method` validates the
+arguments, builds the default config when none is given and runs the method.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+__all__ = [
+    "ForgetConfig",
+    "ForgetMethod",
+    "as_dataset",
+    "available_methods",
+    "clone_model",
+    "get_method",
+    "iterate",
+    "make_loader",
+    "model_device",
+    "register",
+    "run_method",
+]
+
+
+@dataclass
+class ForgetConfig:
+    """Settings every method shares; methods subclass it and add their own fields.
+
+    Attributes:
+        epochs: Passes over the data the method trains on.
+        lr: Learning rate.
+        batch_size: Mini-batch size.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        seed: Seed for shuffling, noise and any random choice of the method.
+        progress: Show a tqdm progress bar (on stderr).
+    """
+
+    epochs: int = 5
+    lr: float = 0.01
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, 0)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_float("lr", self.lr, 0.0, strict=False)
+        _check_float("momentum", self.momentum, 0.0, strict=False)
+        _check_float("weight_decay", self.weight_decay, 0.0, strict=False)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
+
+
+ConfigT = TypeVar("ConfigT", bound=ForgetConfig)
+ForgetMethod = Callable[[nn.Module, Dataset, Dataset, Any], nn.Module]
+
+_REGISTRY: dict[str, tuple[ForgetMethod, type[ForgetConfig]]] = {}
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    bad = value <= minimum if strict else value < minimum
+    if bad or value != value or value in (float("inf"), float("-inf")):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be finite and {op} {minimum}, got {value}")
+
+
+def register(name: str, config_cls: type[ForgetConfig]) -> Callable[[ForgetMethod], ForgetMethod]:
+    """Register a method under ``name`` with its config dataclass (a decorator)."""
+    if not dataclasses.is_dataclass(config_cls) or not issubclass(config_cls, ForgetConfig):
+        raise TypeError("config_cls must be a ForgetConfig dataclass")
+
+    def decorate(fn: ForgetMethod) -> ForgetMethod:
+        if name in _REGISTRY:
+            raise ValueError(f"forgetting method {name!r} is already registered")
+        _REGISTRY[name] = (fn, config_cls)
+        return fn
+
+    return decorate
+
+
+def available_methods() -> list[str]:
+    """Names of the registered methods, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> tuple[ForgetMethod, type[ForgetConfig]]:
+    """Return ``(method, config_class)`` for ``name``; ValueError names the known methods."""
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a str, got {type(name).__name__}")
+    if name not in _REGISTRY:
+        known = ", ".join(available_methods()) or "(none)"
+        raise ValueError(f"unknown forgetting method {name!r}; known methods: {known}")
+    return _REGISTRY[name]
+
+
+def as_dataset(data: object, name: str) -> Dataset:
+    """Validate ``data`` (a Dataset or an ``(inputs, labels)`` tuple) and return a Dataset.
+
+    Raises:
+        ValueError: If the data set is empty or the tuple's tensors disagree in length or
+            hold non-finite inputs.
+        TypeError: If ``data`` is neither a Dataset nor a pair of tensors.
+    """
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+            raise TypeError(f"{name} must be a Dataset or a tuple (inputs, labels) of tensors")
+        inputs, labels = data
+        if inputs.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"{name}: inputs and labels differ in length ({inputs.shape[0]} vs {labels.shape[0]})"
+            )
+        if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+            raise ValueError(f"{name}: inputs contain NaN or inf")
+        if labels.is_floating_point():
+            raise TypeError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
+        data = TensorDataset(inputs, labels)
+    if not isinstance(data, Dataset):
+        raise TypeError(f"{name} must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}")
+    try:
+        size = len(data)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise TypeError(f"{name} must be a map-style Dataset with a length") from exc
+    if size == 0:
+        raise ValueError(f"{name} is empty")
+    return data
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A single-process DataLoader; shuffling uses its own seeded generator."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameterless model)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in training mode, so the caller's model is never modified."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    clone = copy.deepcopy(model)
+    clone.train()
+    return clone
+
+
+def run_method(
+    name: str,
+    model: nn.Module,
+    forget: object,
+    retain: object,
+    config: ForgetConfig | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Run the registered method ``name`` and return the new model.
+
+    Args:
+        name: A name from :func:`available_methods`.
+        model: The trained model (left unchanged).
+        forget: The forget set.
+        retain: The retain set.
+        config: The method's config; its defaults (the published settings) when omitted.
+        **overrides: Config fields to replace, e.g. ``epochs=2``.
+    """
+    fn, config_cls = get_method(name)
+    if config is None:
+        config = config_cls(**overrides)
+    else:
+        if not isinstance(config, config_cls):
+            raise TypeError(
+                f"config for {name!r} must be a {config_cls.__name__}, got {type(config).__name__}"
+            )
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    forget_ds = as_dataset(forget, "forget")
+    retain_ds = as_dataset(retain, "retain")
+    return fn(model, forget_ds, retain_ds, config)
+
+
+def iterate(items: Iterable[Any], *, progress: bool, desc: str, total: int | None = None) -> Iterable[Any]:
+    """Wrap ``items`` in a tqdm bar when ``progress`` is set."""
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, leave=False)
