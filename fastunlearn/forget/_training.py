@@ -1,0 +1,294 @@
+"""Shared machinery of the training-based forgetting methods (FT, GA, RL, pruning, ...).
+
+Seed A runs every method from one ``train`` config (SGD, momentum 0.9, Nesterov, weight
+decay 5e-4, batch 128) and overrides the learning rate, epochs and scheduler per method
+(reference note, section 1). :class:`SGDConfig` is that base; :func:`prepare` validates
+the arguments and clones the model; :func:`train` is the one supervised loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from .base import ForgetConfig, as_dataset, clone_model, iterate, make_loader, model_device
+from .checks import check_batch_labels, check_disjoint, check_labels, dataset_labels
+
+__all__ = [
+    "RelabelledDataset",
+    "SGDConfig",
+    "kaiming_",
+    "last_linear",
+    "make_optimizer",
+    "num_outputs",
+    "prepare",
+    "random_subset",
+    "seeded",
+    "train",
+]
+
+_SCHEDULERS = ("none", "cosine", "multistep")
+
+
+@dataclass
+class SGDConfig(ForgetConfig):
+    """SGD settings of the training-based methods (Seed A's ``train`` config).
+
+    Attributes:
+        nesterov: Nesterov momentum (Seed A: on).
+        scheduler: ``"none"``, ``"cosine"`` (annealing over the run's epochs) or
+            ``"multistep"`` (multiply the learning rate by ``gamma`` at ``milestones``).
+        milestones: Epochs at which ``"multistep"`` decays the learning rate.
+        gamma: Decay factor of ``"multistep"``.
+        check_overlap: Refuse forget and retain sets that share examples
+            (:func:`fastunlearn.forget.checks.check_disjoint`).
+
+    """
+
+    nesterov: bool = True
+    scheduler: str = "none"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    check_overlap: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scheduler not in _SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {self.scheduler!r}")
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov needs momentum > 0 (set nesterov=False or momentum > 0)")
+        self.milestones = tuple(self.milestones)
+        for m in self.milestones:
+            if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+                raise ValueError(f"milestones must be positive ints, got {self.milestones!r}")
+        if not isinstance(self.gamma, (int, float)) or not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+
+
+def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> None:
+    """Raise if ``value`` is not a number in (0, 1] (or [0, 1] with ``allow_zero``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
+    if not ok:
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the body with the global RNGs seeded by ``seed``, restoring them afterwards.
+
+    Parameter re-initialisation (``reset_parameters``) and dropout draw from the global
+    generator; forking it keeps methods reproducible without disturbing the caller.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def num_outputs(model: nn.Module, dataset: Dataset) -> int:
+    """Return the number of logits ``model`` gives for the first example of ``dataset``."""
+    x, _ = dataset[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.as_tensor(x).unsqueeze(0).to(model_device(model)))
+    finally:
+        model.train(was_training)
+    if out.dim() != 2:
+        raise ValueError(f"model must return logits [batch, classes], got shape {tuple(out.shape)}")
+    return int(out.shape[1])
+
+
+def prepare(
+    model: nn.Module,
+    forget: object,
+    retain: object,
+    config: object,
+    config_cls: type[SGDConfig],
+) -> tuple[nn.Module, Dataset, Dataset, int]:
+    """Validate a method's arguments and return ``(clone, forget, retain, num_classes)``.
+
+    Raises:
+        TypeError: If the model, data or config have the wrong type.
+        ValueError: If a data set is empty, a label is outside the model's outputs, or the
+            sets overlap (when ``config.check_overlap``).
+
+    """
+    if not isinstance(config, config_cls):
+        raise TypeError(f"config must be a {config_cls.__name__}, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    forget_ds = as_dataset(forget, "forget")
+    retain_ds = as_dataset(retain, "retain")
+    clone = clone_model(model)
+    k = num_outputs(clone, forget_ds)
+    for ds, name in ((forget_ds, "forget"), (retain_ds, "retain")):
+        labels = dataset_labels(ds)
+        if labels is not None:
+            check_labels(labels, k, name)
+    if config.check_overlap:
+        check_disjoint(forget_ds, retain_ds)
+    return clone, forget_ds, retain_ds, k
+
+
+def make_optimizer(params: object, config: SGDConfig, lr: float) -> torch.optim.SGD:
+    """SGD with the config's momentum, Nesterov flag and weight decay at learning rate ``lr``."""
+    return torch.optim.SGD(
+        params,  # type: ignore[arg-type]
+        lr=lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
+
+
+def _scheduler(opt: torch.optim.Optimizer, config: SGDConfig, epochs: int) -> object | None:
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if config.scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=list(config.milestones), gamma=config.gamma
+        )
+    return None
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    config: SGDConfig,
+    *,
+    lr: float,
+    epochs: int,
+    num_classes: int,
+    desc: str,
+    ascent: bool = False,
+    use_scheduler: bool = True,
+    penalty: Callable[[nn.Module, int], Tensor] | None = None,
+    seed_offset: int = 0,
+) -> nn.Module:
+    """Train ``model`` in place with SGD on mean cross-entropy over ``dataset``.
+
+    Args:
+        model: The (cloned) model to update.
+        dataset: ``(input, label)`` pairs; always shuffled with a seeded generator.
+        config: Supplies batch size, momentum, Nesterov, weight decay, scheduler, seed.
+        lr: Learning rate of this stage.
+        epochs: Passes over ``dataset``.
+        num_classes: Model outputs; each batch's labels are checked against it.
+        desc: Progress-bar label.
+        ascent: Maximise the loss (gradient ascent) instead of minimising it.
+        use_scheduler: Apply ``config.scheduler`` (off for stages Seed A runs without one).
+        penalty: ``penalty(model, epoch)`` added to the loss of every step (l1-sparse).
+        seed_offset: Added to ``config.seed`` for the shuffling order of this stage.
+
+    Returns:
+        ``model``.
+
+    """
+    if epochs == 0 or lr == 0.0:
+        return model
+    device = model_device(model)
+    loader = make_loader(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset)
+    opt = make_optimizer(model.parameters(), config, lr)
+    sched = _scheduler(opt, config, epochs) if use_scheduler else None
+    model.train()
+    for epoch in iterate(range(epochs), progress=config.progress, desc=desc):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            check_batch_labels(y, num_classes, desc)
+            loss = F.cross_entropy(model(x), y)
+            if ascent:
+                loss = -loss
+            if penalty is not None:
+                loss = loss + penalty(model, epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()  # type: ignore[attr-defined]
+    return model
+
+
+class RelabelledDataset(Dataset):
+    """A view of a data set with every label replaced by a fixed random one.
+
+    Args:
+        dataset: The ``(input, label)`` data set.
+        num_classes: Labels are drawn from ``0 .. num_classes - 1``.
+        seed: Seed of the draw (the labels are fixed at construction).
+        other_classes: Draw uniformly among the classes other than the true label
+            (Amnesiac / random-label unlearning); if false, uniformly over all classes, as
+            Seed A's ``poison`` does (the new label may equal the old one).
+
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_classes: int, seed: int, *, other_classes: bool
+    ) -> None:
+        if other_classes and num_classes < 2:
+            raise ValueError("random relabelling to another class needs at least 2 classes")
+        self.dataset = dataset
+        n = len(dataset)  # type: ignore[arg-type]
+        gen = torch.Generator().manual_seed(seed)
+        if other_classes:
+            true = dataset_labels(dataset)
+            if true is None:
+                true = torch.tensor([int(dataset[i][1]) for i in range(n)])
+            shift = torch.randint(1, num_classes, (n,), generator=gen)
+            self.labels = (true.long().cpu() + shift) % num_classes
+        else:
+            self.labels = torch.randint(0, num_classes, (n,), generator=gen)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        x, _ = self.dataset[index]
+        return x, self.labels[index]
+
+
+def random_subset(dataset: Dataset, fraction: float, seed: int) -> Subset:
+    """Return a seeded random subset of ``ceil(fraction * len)`` examples (at least one)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    size = min(n, max(1, math.ceil(fraction * n)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, perm[:size].tolist())
+
+
+def kaiming_(param: Tensor, mask: Tensor | None, generator: torch.Generator) -> int:
+    """Re-initialise the entries of ``param`` where ``mask`` is true (all if None).
+
+    Fresh values come from Kaiming-normal with the ReLU gain (fan-in mode), as Seed A's
+    pruning methods use. Returns the number of re-initialised entries.
+    """
+    with torch.no_grad():
+        fresh = torch.empty(param.shape, dtype=param.dtype, device="cpu")
+        nn.init.kaiming_normal_(fresh, nonlinearity="relu", generator=generator)
+        fresh = fresh.to(param.device)
+        if mask is None:
+            param.copy_(fresh)
+            return param.numel()
+        param.copy_(torch.where(mask, fresh, param))
+        return int(mask.sum())
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """Return the last :class:`nn.Linear` registered in ``model`` (its classifier head)."""
+    found = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            found = module
+    if found is None:
+        raise ValueError("model has no nn.Linear layer to use as its last (classifier) layer")
+    return found

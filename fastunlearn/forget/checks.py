@@ -1,0 +1,130 @@
+"""Argument checks the forgetting methods share: label range and forget/retain overlap.
+
+Both checks only use what a data set exposes cheaply (the label tensor of a
+:class:`~torch.utils.data.TensorDataset`, the ``targets`` of a torchvision data set, the
+indices of a :class:`~torch.utils.data.Subset`); they never decode images. Where a data set
+exposes nothing, the label check is skipped here and the training loops check every batch
+(:func:`check_batch_labels`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+__all__ = [
+    "check_batch_labels",
+    "check_disjoint",
+    "check_labels",
+    "dataset_labels",
+]
+
+
+def dataset_labels(dataset: Dataset) -> Tensor | None:
+    """Return the int64 labels of ``dataset`` when they are available without loading inputs.
+
+    Handles :class:`TensorDataset` (its second tensor), data sets with a ``targets``
+    attribute (torchvision) and :class:`Subset` of either. Returns ``None`` otherwise.
+    """
+    if isinstance(dataset, Subset):
+        base = dataset_labels(dataset.dataset)
+        if base is None:
+            return None
+        return base[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    if isinstance(dataset, TensorDataset):
+        if len(dataset.tensors) < 2:
+            return None
+        labels = dataset.tensors[1]
+        return labels if not labels.is_floating_point() else None
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return None
+    labels = torch.as_tensor(targets)
+    return labels.long() if not labels.is_floating_point() else None
+
+
+def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
+    """Raise ValueError naming ``name`` if a label lies outside ``0 .. num_classes - 1``."""
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"{name}: labels must be integers, got {labels.dtype}")
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name}: label {bad} is out of range for a model with {num_classes} outputs "
+            f"(labels must be in 0..{num_classes - 1})"
+        )
+
+
+def check_batch_labels(labels: Tensor, num_classes: int, name: str) -> None:
+    """Per-batch form of :func:`check_labels` for data sets whose labels are not exposed."""
+    check_labels(labels, num_classes, name)
+
+
+def _root_and_indices(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
+    """Follow nested Subsets to the root data set; the composed indices, or None if none."""
+    indices: list[int] | None = None
+    while isinstance(dataset, Subset):
+        own = [int(i) for i in dataset.indices]
+        indices = own if indices is None else [own[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def _row_digests(dataset: TensorDataset) -> list[bytes]:
+    """One digest per example of the (inputs, labels) pair; exact duplicates collide."""
+    inputs, labels = dataset.tensors[0], dataset.tensors[1]
+    flat = inputs.detach().reshape(inputs.shape[0], -1).cpu().contiguous()
+    lab = labels.detach().reshape(labels.shape[0], -1).cpu().contiguous()
+    out = []
+    for i in range(flat.shape[0]):
+        h = hashlib.blake2b(flat[i].numpy().tobytes(), digest_size=16)
+        h.update(lab[i].numpy().tobytes())
+        out.append(h.digest())
+    return out
+
+
+def check_disjoint(forget: Dataset, retain: Dataset) -> None:
+    """Raise ValueError if ``forget`` and ``retain`` share examples.
+
+    Two cases are checked:
+
+    - both are (possibly nested) :class:`Subset` views of the same root data set: they
+      overlap if they share an index;
+    - both are :class:`TensorDataset`: they overlap if an ``(input, label)`` pair occurs
+      bit-for-bit in both (exact duplicates only; near-duplicates are not detected).
+
+    Any other combination cannot be checked without loading every example and is accepted.
+    """
+    f_root, f_idx = _root_and_indices(forget)
+    r_root, r_idx = _root_and_indices(retain)
+    if f_root is r_root and f_idx is not None and r_idx is not None:
+        shared = set(f_idx) & set(r_idx)
+        if shared:
+            example = min(shared)
+            raise ValueError(
+                f"forget and retain overlap: {len(shared)} index(es) of the same data set are "
+                f"in both (e.g. index {example}); the retain set must exclude the forget set"
+            )
+        return
+    if f_root is r_root and (f_idx is None or r_idx is None):
+        raise ValueError(
+            "forget and retain overlap: one of them is the whole data set the other is drawn from"
+        )
+    if isinstance(forget, TensorDataset) and isinstance(retain, TensorDataset):
+        if len(forget.tensors) < 2 or len(retain.tensors) < 2:
+            return
+        if forget.tensors[0].shape[1:] != retain.tensors[0].shape[1:]:
+            return
+        f_keys = set(_row_digests(forget))
+        shared_count = sum(1 for key in _row_digests(retain) if key in f_keys)
+        if shared_count:
+            raise ValueError(
+                f"forget and retain overlap: {shared_count} retain example(s) equal a forget "
+                f"example (same input and label); the retain set must exclude the forget set"
+            )

@@ -1,0 +1,166 @@
+"""Random-label methods of Seed A: poison (RL), poison-full and the two-stage hybrid.
+
+All three train on the forget set with every label replaced by a fixed random class
+(:class:`~fastunlearn.forget._training.RelabelledDataset`). Seed A draws the new label
+uniformly over all classes (it may equal the true one); here ``other_classes=True`` (the
+default) draws among the other classes, as Amnesiac unlearning and SalUn's RL do, so every
+forget example is really relabelled. Set ``other_classes=False`` for Seed A's draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from ._training import RelabelledDataset, SGDConfig, prepare, seeded, train
+from .base import _check_float, _check_int, model_device, register
+
+__all__ = [
+    "PoisonFullConfig",
+    "RandomLabelsConfig",
+    "TwoStageConfig",
+    "poison_full",
+    "random_labels",
+    "two_stage",
+]
+
+
+@dataclass
+class RandomLabelsConfig(SGDConfig):
+    """Seed A's ``poison``: train on the relabelled forget set alone (lr 7e-4, 1 epoch).
+
+    Attributes:
+        epochs: Passes over the forget set (1; the paper uses 2 for AgeDB).
+        lr: Learning rate (7e-4).
+        other_classes: Relabel to a class other than the true one (see module docstring).
+
+    """
+
+    epochs: int = 1
+    lr: float = 7e-4
+    other_classes: bool = True
+
+
+@register("random_labels", RandomLabelsConfig)
+def random_labels(
+    model: nn.Module, forget: Dataset, retain: Dataset, config: RandomLabelsConfig
+) -> nn.Module:
+    """Train a copy of ``model`` on the forget set with random labels (retain unused)."""
+    clone, forget_ds, _, k = prepare(model, forget, retain, config, RandomLabelsConfig)
+    poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
+    with seeded(config.seed, model_device(clone)):
+        train(
+            clone,
+            poisoned,
+            config,
+            lr=config.lr,
+            epochs=config.epochs,
+            num_classes=k,
+            desc="random_labels",
+        )
+    return clone
+
+
+@dataclass
+class PoisonFullConfig(SGDConfig):
+    """Seed A's ``poison_full``: train on retain and the relabelled forget set together.
+
+    lr 2e-3, 5 epochs, cosine annealing over the 5 epochs (Seed A's ``train`` default).
+    Deviation: Seed A's loader is not shuffled (reference note, bug 5); here it is.
+
+    Attributes:
+        epochs: Passes over retain plus forget (5).
+        lr: Initial learning rate (2e-3).
+        scheduler: ``"cosine"``.
+        other_classes: Relabel to a class other than the true one.
+
+    """
+
+    epochs: int = 5
+    lr: float = 2e-3
+    scheduler: str = "cosine"
+    other_classes: bool = True
+
+
+@register("poison_full", PoisonFullConfig)
+def poison_full(
+    model: nn.Module, forget: Dataset, retain: Dataset, config: PoisonFullConfig
+) -> nn.Module:
+    """Train a copy of ``model`` on ``retain`` united with the randomly relabelled forget set."""
+    clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, PoisonFullConfig)
+    poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
+    union = ConcatDataset([retain_ds, poisoned])
+    with seeded(config.seed, model_device(clone)):
+        train(
+            clone,
+            union,
+            config,
+            lr=config.lr,
+            epochs=config.epochs,
+            num_classes=k,
+            desc="poison_full",
+        )
+    return clone
+
+
+@dataclass
+class TwoStageConfig(SGDConfig):
+    """Seed A's ``two_stage_simple``: relabelled-forget stage, then a retain stage.
+
+    Stage 1: ``forget_epochs`` (1) at ``forget_lr`` (1e-2) on the relabelled forget set;
+    stage 2: ``epochs`` (5) at ``lr`` (1e-3) on the retain set; no scheduler. Deviation:
+    Seed A's stage-2 loader is not shuffled (reference note, bug 5); here it is.
+
+    Attributes:
+        epochs: Retain-stage epochs (5).
+        lr: Retain-stage learning rate (1e-3).
+        forget_epochs: Forget-stage epochs (1).
+        forget_lr: Forget-stage learning rate (1e-2).
+        other_classes: Relabel to a class other than the true one.
+
+    """
+
+    epochs: int = 5
+    lr: float = 1e-3
+    forget_epochs: int = 1
+    forget_lr: float = 1e-2
+    other_classes: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("forget_epochs", self.forget_epochs, 0)
+        _check_float("forget_lr", self.forget_lr, 0.0, strict=False)
+
+
+@register("two_stage", TwoStageConfig)
+def two_stage(
+    model: nn.Module, forget: Dataset, retain: Dataset, config: TwoStageConfig
+) -> nn.Module:
+    """Poison a copy of ``model`` on the forget set, then repair it on the retain set."""
+    clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, TwoStageConfig)
+    poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
+    with seeded(config.seed, model_device(clone)):
+        train(
+            clone,
+            poisoned,
+            config,
+            lr=config.forget_lr,
+            epochs=config.forget_epochs,
+            num_classes=k,
+            desc="two_stage:forget",
+            use_scheduler=False,
+        )
+        train(
+            clone,
+            retain_ds,
+            config,
+            lr=config.lr,
+            epochs=config.epochs,
+            num_classes=k,
+            desc="two_stage:retain",
+            use_scheduler=False,
+            seed_offset=1,
+        )
+    return clone
