@@ -11,6 +11,12 @@ mean) so that it scales with the retain set like the Hessian of the summed train
 ``fisher="expected"`` takes the expectation over the model's own predictive distribution
 (the true Fisher, an exact sum over classes, ``K`` backward passes per batch);
 ``fisher="empirical"`` uses the true label only (one pass; the default).
+
+Class-wise forgetting: noise alone does not remove a class whose head row the retain set
+barely constrains (the row just gets a random perturbation). Golatkar et al.'s class-removal
+step sets the mean of the head's weight row and bias of the forgotten class to 0 and uses a
+small variance (1e-4) for them; ``forget_class_rows=True`` (default) does that for every
+forget label that no retain example has.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, prepare, seeded
+from ._training import SGDConfig, last_linear, prepare, seeded
 from .base import _check_float, iterate, make_loader, model_device, register
-from .checks import check_batch_labels
+from .checks import check_batch_labels, dataset_labels
 
 __all__ = ["FisherConfig", "fisher_diagonal", "fisher_forgetting"]
 
@@ -48,6 +54,9 @@ class FisherConfig(SGDConfig):
         fisher: ``"empirical"`` (true labels) or ``"expected"`` (model's predictive
             distribution).
         batch_size: Examples per vectorised per-sample gradient batch (64).
+        forget_class_rows: Zero the head rows of forget labels absent from the retain set
+            (class-wise forgetting; see the module docstring) (True).
+        class_row_var: Noise variance of those rows (1e-4).
 
     """
 
@@ -56,10 +65,13 @@ class FisherConfig(SGDConfig):
     eps: float = 1e-8
     fisher: str = "empirical"
     batch_size: int = 64
+    forget_class_rows: bool = True
+    class_row_var: float = 1e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_float("alpha", self.alpha, 0.0, strict=False)
+        _check_float("class_row_var", self.class_row_var, 0.0, strict=False)
         _check_float("max_var", self.max_var, 0.0, strict=True)
         _check_float("eps", self.eps, 0.0, strict=True)
         if self.fisher not in _FISHER_KINDS:
@@ -127,6 +139,19 @@ def fisher_diagonal(
     return total
 
 
+def _labels(dataset: Dataset) -> Tensor:
+    labels = dataset_labels(dataset)
+    if labels is None:
+        labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+    return labels
+
+
+def _removed_classes(forget: Dataset, retain: Dataset) -> list[int]:
+    """Forget labels that no retain example has (the classes being removed), sorted."""
+    present = set(_labels(retain).tolist())
+    return sorted(set(_labels(forget).tolist()) - present)
+
+
 @register("fisher", FisherConfig)
 def fisher_forgetting(
     model: nn.Module, forget: Dataset, retain: Dataset, config: FisherConfig
@@ -136,7 +161,7 @@ def fisher_forgetting(
     ``F`` is the diagonal Fisher of the retain set (:func:`fisher_diagonal`); the forget set
     is used only for the argument checks.
     """
-    clone, _, retain_ds, k = prepare(model, forget, retain, config, FisherConfig)
+    clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, FisherConfig)
     fisher = fisher_diagonal(
         clone,
         retain_ds,
@@ -145,6 +170,9 @@ def fisher_forgetting(
         num_classes=k,
         progress=config.progress,
     )
+    rows = _removed_classes(forget_ds, retain_ds) if config.forget_class_rows else []
+    head = last_linear(clone)
+    head_params = {id(head.weight), id(head.bias)} if head.out_features == k else set()
     with seeded(config.seed, model_device(clone)):
         gen = torch.Generator().manual_seed(config.seed)
         params = dict(clone.named_parameters())
@@ -152,6 +180,9 @@ def fisher_forgetting(
             for name in sorted(fisher):
                 p = params[name]
                 var = (config.alpha / (fisher[name] + config.eps)).clamp(max=config.max_var)
+                if rows and id(p) in head_params:
+                    p[rows] = 0.0
+                    var[rows] = config.class_row_var
                 noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
                 p.add_(var.sqrt() * noise)
     return clone
