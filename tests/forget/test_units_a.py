@@ -348,3 +348,36 @@ def test_dataset_labels_and_disjointness_rules():
     check_disjoint(TensorDataset(x[:2], y[:2]), TensorDataset(x[:2], (y[:2] + 1) % 3))
     with pytest.raises(ValueError, match="1 retain example"):
         check_disjoint(TensorDataset(x[:2], y[:2]), TensorDataset(x[1:5], y[1:5]))
+
+
+# --- devices ----------------------------------------------------------------------------
+
+_TINY = {
+    "retrain": {"epochs": 1},
+    "finetune": {"epochs": 1},
+    "l1_sparse": {"epochs": 1},
+    "neggrad": {"epochs": 1},
+    "neggrad_plus": {"epochs": 1},
+    "random_labels": {"epochs": 1},
+    "poison_full": {"epochs": 1},
+    "two_stage": {"epochs": 1},
+    "selective_pruning": {"epochs": 1, "overfit_epochs": 1},
+    "prune_last_layer": {"epochs": 1, "overfit_epochs": 1},
+    "pruning_complex": {"epochs": 1, "overfit_epochs": 1},
+    "activation_reset": {"epochs": 1},
+    "fisher": {},
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(_TINY))
+def test_methods_run_on_cuda_with_cpu_data(sets, name):
+    forget, retain = sets
+    model = _fresh().cuda()
+    before = _params(model)
+    new = run_method(name, model, forget, retain, **_TINY[name])
+    assert all(p.is_cuda for p in new.parameters())
+    for k, v in model.named_parameters():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        assert torch.isfinite(new(forget[0].cuda())).all()
