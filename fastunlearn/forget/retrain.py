@@ -40,11 +40,23 @@ def reinitialize(model: nn.Module) -> nn.Module:
 
     Uses the global generator; wrap the call in :func:`fastunlearn.forget._training.seeded`
     for a reproducible draw.
+
+    Raises:
+        ValueError: If a parameter belongs to a module without ``reset_parameters`` (it
+            would keep its trained value and leak the forget set into the "oracle").
+
     """
-    for module in model.modules():
+    for name, module in model.named_modules():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
+        elif any(True for _ in module.parameters(recurse=False)):
+            own = next(n for n, _ in module.named_parameters(recurse=False))
+            label = f"{name}.{own}" if name else own
+            raise ValueError(
+                f"cannot re-initialise parameter {label!r}: its module "
+                f"{type(module).__name__} has no reset_parameters()"
+            )
     return model
 
 

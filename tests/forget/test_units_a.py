@@ -350,6 +350,22 @@ def test_dataset_labels_and_disjointness_rules():
         check_disjoint(TensorDataset(x[:2], y[:2]), TensorDataset(x[1:5], y[1:5]))
 
 
+def test_retrain_refuses_parameters_it_cannot_reinitialise(sets):
+    forget, retain = sets
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp(hidden=(8,))
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scale * self.net(x)
+
+    with pytest.raises(ValueError, match="cannot re-initialise parameter 'scale'"):
+        run_method("retrain", Scaled(), forget, retain, epochs=1)
+
+
 # --- devices ----------------------------------------------------------------------------
 
 _TINY = {
