@@ -52,6 +52,7 @@ class ForgetConfig:
         weight_decay: SGD weight decay.
         seed: Seed for shuffling, noise and any random choice of the method.
         progress: Show a tqdm progress bar (on stderr).
+
     """
 
     epochs: int = 5
@@ -130,6 +131,7 @@ def as_dataset(data: object, name: str) -> Dataset:
         ValueError: If the data set is empty or the tuple's tensors disagree in length or
             hold non-finite inputs.
         TypeError: If ``data`` is neither a Dataset nor a pair of tensors.
+
     """
     if isinstance(data, (tuple, list)):
         if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
@@ -137,7 +139,8 @@ def as_dataset(data: object, name: str) -> Dataset:
         inputs, labels = data
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(
-                f"{name}: inputs and labels differ in length ({inputs.shape[0]} vs {labels.shape[0]})"
+                f"{name}: inputs and labels differ in length "
+                f"({inputs.shape[0]} vs {labels.shape[0]})"
             )
         if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
             raise ValueError(f"{name}: inputs contain NaN or inf")
@@ -145,7 +148,9 @@ def as_dataset(data: object, name: str) -> Dataset:
             raise TypeError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
         data = TensorDataset(inputs, labels)
     if not isinstance(data, Dataset):
-        raise TypeError(f"{name} must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}")
+        raise TypeError(
+            f"{name} must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}"
+        )
     try:
         size = len(data)  # type: ignore[arg-type]
     except TypeError as exc:
@@ -156,20 +161,20 @@ def as_dataset(data: object, name: str) -> Dataset:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A single-process DataLoader; shuffling uses its own seeded generator."""
+    """Return a single-process DataLoader; shuffling uses its own seeded generator."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameterless model)."""
+    """Return the device of the model's first parameter (CPU for a parameterless model)."""
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
 
 
 def clone_model(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in training mode, so the caller's model is never modified."""
+    """Return a deep copy of ``model`` in training mode, so the caller's model is never modified."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     clone = copy.deepcopy(model)
@@ -194,6 +199,7 @@ def run_method(
         retain: The retain set.
         config: The method's config; its defaults (the published settings) when omitted.
         **overrides: Config fields to replace, e.g. ``epochs=2``.
+
     """
     fn, config_cls = get_method(name)
     if config is None:
@@ -212,7 +218,9 @@ def run_method(
     return fn(model, forget_ds, retain_ds, config)
 
 
-def iterate(items: Iterable[Any], *, progress: bool, desc: str, total: int | None = None) -> Iterable[Any]:
+def iterate(
+    items: Iterable[Any], *, progress: bool, desc: str, total: int | None = None
+) -> Iterable[Any]:
     """Wrap ``items`` in a tqdm bar when ``progress`` is set."""
     if not progress:
         return items
