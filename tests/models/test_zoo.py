@@ -175,8 +175,16 @@ def test_group_norm_variants_have_no_batchnorm(name):
 
 
 def test_registry_names():
-    for name in ("resnet9", "allcnn", "resnet18", "resnet34", "mobilenet_v2", "cifar_cnn",
-                 "small_cnn", "mlp"):
+    for name in (
+        "resnet9",
+        "allcnn",
+        "resnet18",
+        "resnet34",
+        "mobilenet_v2",
+        "cifar_cnn",
+        "small_cnn",
+        "mlp",
+    ):
         assert name in MODELS
 
 
