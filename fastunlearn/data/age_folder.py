@@ -102,15 +102,23 @@ def _scan_folders(root: Path) -> list[tuple[Path, int, str | None]] | None:
     return items
 
 
-def _scan_names(files: list[Path], pattern: re.Pattern[str]) -> list[tuple[Path, int, str | None]]:
-    items = []
+def _scan_names(
+    files: list[Path], pattern: re.Pattern[str], skip: bool
+) -> tuple[list[tuple[Path, int, str | None]], list[Path]]:
+    """Return ``(matched items, skipped files)``; a mismatch raises unless ``skip``."""
+    items, skipped = [], []
     has_subject = "subject" in pattern.groupindex
     for p in files:
         m = pattern.match(p.name)
         if m is None:
-            raise ValueError(f"file name {p.name!r} does not match the pattern {pattern.pattern!r}")
+            if not skip:
+                raise ValueError(
+                    f"file name {p.name!r} does not match the pattern {pattern.pattern!r}"
+                )
+            skipped.append(p)
+            continue
         items.append((p, int(m.group("age")), m.group("subject") if has_subject else None))
-    return items
+    return items, skipped
 
 
 class AgeImageFolder(Dataset):
@@ -131,6 +139,9 @@ class AgeImageFolder(Dataset):
         grayscale: Read one channel instead of RGB.
         transform: Applied to the PIL image instead of the default conversion to a float
             tensor ``[C, H, W]`` in ``[0, 1]``.
+        skip_unmatched: Skip image files whose names match no pattern (UTKFace ships a few
+            malformed names) instead of raising; ``auto`` then picks the layout matching
+            the most files. The skipped files are listed in ``skipped``.
 
     Attributes:
         paths: Image files, in a fixed order (sorted by folder age, or by file name).
@@ -139,6 +150,7 @@ class AgeImageFolder(Dataset):
         subjects: Subject of each image (``agedb`` or a pattern with ``subject``), or None.
         num_classes: ``num_bins``.
         layout: The layout used (``"pattern"`` for a custom pattern).
+        skipped: Files left out by ``skip_unmatched``.
 
     Raises:
         FileNotFoundError: If ``root`` is not a directory.
@@ -160,6 +172,7 @@ class AgeImageFolder(Dataset):
         size: int | None = None,
         grayscale: bool = False,
         transform: Callable[[Any], Any] | None = None,
+        skip_unmatched: bool = False,
     ) -> None:
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"'root' must be a path, got {type(root).__name__}")
@@ -174,7 +187,15 @@ class AgeImageFolder(Dataset):
             raise TypeError(f"'grayscale' must be a bool, got {type(grayscale).__name__}")
         if transform is not None and not callable(transform):
             raise TypeError("'transform' must be callable or None")
-        items = self._scan(root, layout, pattern)
+        if not isinstance(skip_unmatched, bool):
+            raise TypeError(f"'skip_unmatched' must be a bool, got {type(skip_unmatched).__name__}")
+        self.skipped: list[Path] = []
+        items = self._scan(root, layout, pattern, skip_unmatched)
+        if not items and self.skipped:
+            raise ValueError(
+                f"no file name in {str(root)!r} matches layout {self.layout!r} "
+                f"({len(self.skipped)} image(s) skipped)"
+            )
         if not items:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {str(root)!r}")
         too_old = [(p, a) for p, a, _ in items if a > _MAX_AGE]
@@ -195,7 +216,7 @@ class AgeImageFolder(Dataset):
         self.transform = transform
 
     def _scan(
-        self, root: Path, layout: str, pattern: str | None
+        self, root: Path, layout: str, pattern: str | None, skip: bool
     ) -> list[tuple[Path, int, str | None]]:
         if pattern is not None:
             if not isinstance(pattern, str):
@@ -207,7 +228,9 @@ class AgeImageFolder(Dataset):
             if "age" not in compiled.groupindex:
                 raise ValueError(f"'pattern' needs a named group 'age', got {pattern!r}")
             self.layout = "pattern"
-            return _scan_names(sorted(p for p in root.iterdir() if _is_image(p)), compiled)
+            files = sorted(p for p in root.iterdir() if _is_image(p))
+            items, self.skipped = _scan_names(files, compiled, skip)
+            return items
         if layout not in AGE_LAYOUTS:
             raise ValueError(f"'layout' must be one of {AGE_LAYOUTS}, got {layout!r}")
         if layout in ("auto", "folder"):
@@ -221,9 +244,16 @@ class AgeImageFolder(Dataset):
                 )
         files = sorted(p for p in root.iterdir() if _is_image(p))
         candidates = list(_NAME_PATTERNS) if layout == "auto" else [layout]
+        if skip:
+            scans = {name: _scan_names(files, _NAME_PATTERNS[name], True) for name in candidates}
+            best = max(candidates, key=lambda name: len(scans[name][0]))
+            if scans[best][0] or layout != "auto":
+                self.layout = best
+                items, self.skipped = scans[best]
+                return items
         for name in candidates:
             try:
-                items = _scan_names(files, _NAME_PATTERNS[name])
+                items, _ = _scan_names(files, _NAME_PATTERNS[name], False)
             except ValueError as exc:
                 if layout != "auto":
                     raise ValueError(f"layout {name!r}: {exc}") from None

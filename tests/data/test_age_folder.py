@@ -104,6 +104,20 @@ def test_utkface_and_custom_pattern(tmp_path):
     assert ds.ages.tolist() == [33, 41] and ds.subjects == ["p01", "p02"]
 
 
+def test_transform_and_skip_unmatched(agedb):
+    ds = AgeImageFolder(agedb, transform=lambda image: image.size, target="age")
+    assert ds[0][0] == (6, 5)
+    _write(agedb / "holiday.png", 1)
+    ds = AgeImageFolder(agedb, skip_unmatched=True)
+    assert ds.layout == "agedb" and len(ds) == 6
+    assert [p.name for p in ds.skipped] == ["holiday.png"]
+    empty = agedb / "sub"
+    empty.mkdir()
+    _write(empty / "x.png", 1)
+    with pytest.raises(ValueError, match="matches layout 'utkface'"):
+        AgeImageFolder(empty, layout="utkface", skip_unmatched=True)
+
+
 def test_subject_disjoint_split(agedb):
     ds = AgeImageFolder(agedb)
     for seed in range(5):
