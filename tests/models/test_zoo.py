@@ -169,9 +169,13 @@ def test_mobilenet_cifar_stem_keeps_resolution():
 @pytest.mark.parametrize("name", ["resnet9", "allcnn", "mobilenet_v2", "resnet18"])
 def test_group_norm_variants_have_no_batchnorm(name):
     extra = {"width_mult": 0.25} if name == "mobilenet_v2" else {}
+    from opacus.validators import ModuleValidator
+
     model = build_model(name, norm="group", **extra)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert ModuleValidator.validate(model, strict=False) == []  # DP-trainable
+    assert ModuleValidator.validate(build_model(name, **extra), strict=False)  # BatchNorm
 
 
 def test_registry_names():
