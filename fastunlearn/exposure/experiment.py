@@ -332,6 +332,8 @@ class CanaryConfig:
             raise ValueError("'lr' must be > 0 and 'weight_decay' >= 0")
         if not self.prefix:
             raise ValueError("'prefix' must be non-empty")
+        if self.cell not in ("lstm", "gru"):
+            raise ValueError(f"'cell' must be 'lstm' or 'gru', got {self.cell!r}")
 
 
 @dataclass

@@ -174,7 +174,9 @@ def test_config_errors():
     with pytest.raises(ValueError, match="insertions"):
         CanaryConfig(insertions=-1)
     with pytest.raises(ValueError, match="cell"):
-        run_canary_experiment(CanaryConfig(cell="rnn", **TINY))
+        CanaryConfig(cell="rnn")
+    with pytest.raises(TypeError, match="config"):
+        run_canary_experiment({"steps": 1})
 
 
 @pytest.mark.slow
