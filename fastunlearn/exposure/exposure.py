@@ -58,8 +58,8 @@ def _as_scores(values: object, arg: str, *, min_size: int = 1) -> np.ndarray:
 
 def _as_canaries(values: object) -> tuple[np.ndarray, bool]:
     """Canary scores as a 1-D array, and whether a single number was given."""
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
-        if not math.isfinite(values):
+    if isinstance(values, (int, float, np.integer, np.floating)) and not isinstance(values, bool):
+        if not math.isfinite(float(values)):
             raise ValueError(f"'canary' must be finite, got {values}")
         return np.array([float(values)]), True
     if isinstance(values, Tensor) and values.dim() == 0:

@@ -34,6 +34,8 @@ def test_rank_by_hand():
     many = rank_exposure(np.array([0.0, 2.5, 100.0]), torch.tensor(candidates))
     np.testing.assert_allclose(many, [3.0, 3 - math.log2(3), 0.0])
     assert exposure_from_rank(4, 8) == 1.0
+    assert rank_exposure(np.float32(2.5), candidates) == pytest.approx(3 - math.log2(3))
+    assert rank_exposure(torch.tensor(2.5), candidates) == pytest.approx(3 - math.log2(3))
 
 
 @pytest.mark.parametrize("quantile", [1 / 16, 1 / 128, 1 / 1024])
