@@ -5,9 +5,9 @@ features ``[B, feature_dim]`` and a linear ``head`` giving logits. Feature extra
 certified removal (:func:`fastunlearn.certified.extractors.extract_features`) runs only the
 backbone. No weights are ever downloaded (``weights=None``).
 
-Models meant for DP-SGD (``svhn_dp``, ``small_cnn``, ``mlp``, and ``resnet*`` with
-``norm="group"``) contain no BatchNorm, which mixes examples of a batch and so has no
-per-example gradient; Opacus rejects it.
+Models meant for DP-SGD (``svhn_dp``, ``small_cnn``, ``mlp``, and ``resnet*``, ``resnet9``,
+``allcnn``, ``mobilenet_v2`` with ``norm="group"`` or ``None``) contain no BatchNorm, which
+mixes examples of a batch and so has no per-example gradient; Opacus rejects it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ __all__ = [
     "MODELS",
     "FeatureClassifier",
     "L2Normalize",
+    "allcnn",
     "build_model",
+    "cifar_cnn",
     "mlp",
+    "mobilenet_v2",
+    "resnet9",
     "resnet_cifar",
     "small_cnn",
     "svhn_dp_extractor",
@@ -274,11 +278,298 @@ def mlp(
     return FeatureClassifier(nn.Sequential(*layers), width, num_classes)
 
 
+def _conv_block(
+    c_in: int, c_out: int, make_norm: Callable[[int], nn.Module] | None, **conv: Any
+) -> list[nn.Module]:
+    """``Conv2d -> [norm] -> ReLU`` (no convolution bias when a norm layer follows)."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, bias=make_norm is None, **conv)]
+    if make_norm is not None:
+        layers.append(make_norm(c_out))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class _Residual(nn.Module):
+    """``x + body(x)``."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return ``x + body(x)``."""
+        return x + self.body(x)
+
+
+def resnet9(
+    num_classes: int = 10, *, in_channels: int = 3, width: int = 64, norm: str | None = "batch"
+) -> FeatureClassifier:
+    """Build ResNet-9, the small residual network of Page's fast CIFAR-10 training (2018).
+
+    ``prep: conv(w)``; ``layer1: conv(2w) -> maxpool2 -> + res(2 x conv(2w))``;
+    ``layer2: conv(4w) -> maxpool2``; ``layer3: conv(8w) -> maxpool2 -> + res(2 x conv(8w))``;
+    then global max pooling. Every ``conv`` is a 3x3 convolution followed by the norm layer
+    and ReLU. With ``w = 64``: 512 features and 6,573,130 parameters for 10 classes (the
+    original's head has no bias and scales the logits by 1/8, a training-recipe detail left
+    to the optimiser here).
+
+    Args:
+        num_classes: Logits of the head.
+        in_channels: Input channels.
+        width: Filters of the first convolution (64 in the original).
+        norm: ``"batch"`` (original), ``"group"`` (DP-SGD) or ``None``.
+
+    Returns:
+        A :class:`FeatureClassifier` with ``feature_dim = 8 * width``. Global pooling makes it
+        accept any input of side >= 8.
+
+    Raises:
+        ValueError: If a size is not positive or ``norm`` is unknown.
+
+    """
+    for value, arg in (
+        (num_classes, "num_classes"),
+        (in_channels, "in_channels"),
+        (width, "width"),
+    ):
+        _check_positive_int(value, arg)
+    make_norm = _norm_factory(norm)
+    w = width
+
+    def conv(c_in: int, c_out: int) -> list[nn.Module]:
+        return _conv_block(c_in, c_out, make_norm, kernel_size=3, padding=1)
+
+    backbone = nn.Sequential(
+        *conv(in_channels, w),
+        *conv(w, 2 * w),
+        nn.MaxPool2d(2),
+        _Residual(nn.Sequential(*conv(2 * w, 2 * w), *conv(2 * w, 2 * w))),
+        *conv(2 * w, 4 * w),
+        nn.MaxPool2d(2),
+        *conv(4 * w, 8 * w),
+        nn.MaxPool2d(2),
+        _Residual(nn.Sequential(*conv(8 * w, 8 * w), *conv(8 * w, 8 * w))),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+    )
+    return FeatureClassifier(backbone, 8 * w, num_classes)
+
+
+def allcnn(
+    num_classes: int = 10,
+    *,
+    in_channels: int = 3,
+    width: int = 96,
+    norm: str | None = "batch",
+    dropout: bool = False,
+) -> FeatureClassifier:
+    """Build All-CNN-C (Springenberg et al., ICLR 2015 workshop), used in unlearning papers.
+
+    Three stages of 3x3 convolutions with ReLU, no pooling layers (strided convolutions
+    downsample): ``conv(w), conv(w), conv(w, stride 2)``; ``conv(2w), conv(2w),
+    conv(2w, stride 2)``; ``conv(2w, 3x3 unpadded), conv(2w, 1x1)``; then global average
+    pooling. The paper's last layer, a 1x1 convolution to the classes followed by global
+    averaging, equals global averaging followed by the linear head used here (both are
+    linear), so with ``norm=None`` the model is the paper's (1,369,738 parameters for 10
+    classes). ``norm="batch"`` adds BatchNorm after each convolution, the variant used by
+    Golatkar et al. (2020) for forgetting experiments.
+
+    Args:
+        num_classes: Logits of the head.
+        in_channels: Input channels.
+        width: Filters of the first stage (96 in the paper); the later stages use ``2 w``.
+        norm: ``"batch"``, ``"group"`` (DP-SGD) or ``None`` (the paper).
+        dropout: The paper's dropout: 20 % on the input, 50 % after each strided stage.
+
+    Returns:
+        A :class:`FeatureClassifier` with ``feature_dim = 2 * width``; inputs of side >= 12
+        (32 for CIFAR: 32 -> 16 -> 8 -> 6 -> global average).
+
+    Raises:
+        ValueError: If a size is not positive or ``norm`` is unknown.
+        TypeError: If ``dropout`` is not a bool.
+
+    """
+    for value, arg in (
+        (num_classes, "num_classes"),
+        (in_channels, "in_channels"),
+        (width, "width"),
+    ):
+        _check_positive_int(value, arg)
+    if not isinstance(dropout, bool):
+        raise TypeError(f"'dropout' must be a bool, got {type(dropout).__name__}")
+    make_norm = _norm_factory(norm)
+    w1, w2 = width, 2 * width
+
+    def conv(c_in: int, c_out: int, kernel_size: int = 3, **kw: Any) -> list[nn.Module]:
+        return _conv_block(c_in, c_out, make_norm, kernel_size=kernel_size, **kw)
+
+    layers: list[nn.Module] = [nn.Dropout(0.2)] if dropout else []
+    layers += conv(in_channels, w1, padding=1) + conv(w1, w1, padding=1)
+    layers += conv(w1, w1, stride=2, padding=1)
+    layers += [nn.Dropout(0.5)] if dropout else []
+    layers += conv(w1, w2, padding=1) + conv(w2, w2, padding=1)
+    layers += conv(w2, w2, stride=2, padding=1)
+    layers += [nn.Dropout(0.5)] if dropout else []
+    layers += conv(w2, w2) + conv(w2, w2, kernel_size=1)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return FeatureClassifier(nn.Sequential(*layers), w2, num_classes)
+
+
+def cifar_cnn(
+    num_classes: int = 10, *, in_channels: int = 3, side: int = 32, filters: int = 128
+) -> FeatureClassifier:
+    """Build the 1.8M-parameter CNN of the influence-unlearning reference (Warnecke et al.).
+
+    The reference's ``VGG_CIFAR10`` (Keras) for CIFAR-10 label poisoning: three blocks of
+    ``[conv3x3(128) -> ReLU -> BN -> conv3x3(128) -> ReLU -> BN -> maxpool2 -> dropout]``
+    (dropout 0.1, 0.1, 0.2; "same" padding; He-uniform initialisation), flatten
+    (``4 * 4 * 128 = 2048`` for 32x32), ``Linear(512) -> ReLU -> BN`` (He-uniform), and the
+    linear head (Glorot-uniform, Keras's default). 1,798,282 trainable parameters for 10
+    classes, the reference's count. BatchNorm uses Keras's settings (eps 1e-3, running
+    averages updated with weight 0.01); biases start at zero as in Keras. Keras flattens in
+    height-width-channel order, so weights converted from the reference need their
+    flattened axis permuted.
+
+    Args:
+        num_classes: Logits of the head.
+        in_channels: Input channels.
+        side: Input height = width, at least 8 (three 2x2 poolings).
+        filters: Filters of every convolution (128 in the reference).
+
+    Returns:
+        A :class:`FeatureClassifier` with ``feature_dim = 512``.
+
+    Raises:
+        ValueError: If a size is not positive or ``side < 8``.
+
+    """
+    for value, arg in (
+        (num_classes, "num_classes"),
+        (in_channels, "in_channels"),
+        (side, "side"),
+        (filters, "filters"),
+    ):
+        _check_positive_int(value, arg)
+    if side < 8:
+        raise ValueError(f"'side' must be >= 8 (three 2x2 poolings), got {side}")
+
+    def bn(c: int, kind: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
+        return kind(c, eps=1e-3, momentum=0.01)
+
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for p in (0.1, 0.1, 0.2):
+        for _ in range(2):
+            layers += [nn.Conv2d(channels, filters, 3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(bn(filters))
+            channels = filters
+        layers += [nn.MaxPool2d(2), nn.Dropout(p)]
+    flat = filters * (side // 8) ** 2
+    layers += [nn.Flatten(), nn.Linear(flat, 512), nn.ReLU(inplace=True), bn(512, nn.BatchNorm1d)]
+    backbone = nn.Sequential(*layers)
+    for module in backbone.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            # He-uniform: U(-b, b), b = sqrt(6 / fan_in)
+            nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    model = FeatureClassifier(backbone, 512, num_classes)
+    nn.init.xavier_uniform_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    return model
+
+
+#: MobileNetV2's stages (expansion t, channels c, blocks n, stride s), Sandler et al. Table 2.
+_MOBILENET_V2_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def mobilenet_v2(
+    num_classes: int = 10,
+    *,
+    in_channels: int = 3,
+    width_mult: float = 1.0,
+    cifar_stem: bool = True,
+    norm: str | None = "batch",
+) -> FeatureClassifier:
+    """Build torchvision's MobileNetV2, randomly initialised, optionally for 32x32 inputs.
+
+    ImageNet's network downsamples by 32; on a 32x32 image that leaves 1x1 before the last
+    stages. With ``cifar_stem`` the first convolution and the second stage use stride 1
+    (the usual CIFAR adaptation), so the last feature map of a 32x32 input is 4x4. Features
+    are the globally averaged output of the last 1x1 convolution (1280 channels at
+    ``width_mult <= 1``); torchvision's dropout + linear classifier is replaced by the head.
+
+    Args:
+        num_classes: Logits of the head.
+        in_channels: Input channels.
+        width_mult: torchvision's width multiplier.
+        cifar_stem: Stride 1 instead of 2 in the stem and the second stage.
+        norm: ``"batch"`` (torchvision), ``"group"`` (DP-SGD) or ``None`` (no
+            normalisation; torchvision's convolutions have no bias either way).
+
+    Returns:
+        A :class:`FeatureClassifier` with ``feature_dim = 1280`` for ``width_mult <= 1``.
+
+    Raises:
+        ValueError: If a size is not positive or ``norm`` is unknown.
+        TypeError: If ``width_mult`` is not a number or ``cifar_stem`` not a bool.
+
+    """
+    import torchvision.models as tvm
+
+    _check_positive_int(num_classes, "num_classes")
+    _check_positive_int(in_channels, "in_channels")
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)):
+        raise TypeError(f"'width_mult' must be a number, got {type(width_mult).__name__}")
+    if not width_mult > 0:
+        raise ValueError(f"'width_mult' must be > 0, got {width_mult}")
+    if not isinstance(cifar_stem, bool):
+        raise TypeError(f"'cifar_stem' must be a bool, got {type(cifar_stem).__name__}")
+    make_norm = _norm_factory(norm)
+    stages = [list(s) for s in _MOBILENET_V2_STAGES]
+    if cifar_stem:
+        stages[1][3] = 1
+    net = tvm.mobilenet_v2(
+        weights=None,
+        width_mult=float(width_mult),
+        inverted_residual_setting=stages,
+        norm_layer=make_norm if make_norm is not None else nn.Identity,
+    )
+    stem = net.features[0][0]
+    if cifar_stem or in_channels != 3:
+        new = nn.Conv2d(
+            in_channels,
+            stem.out_channels,
+            3,
+            stride=1 if cifar_stem else 2,
+            padding=1,
+            bias=False,
+        )
+        # torchvision's initialisation of every other convolution
+        nn.init.kaiming_normal_(new.weight, mode="fan_out")
+        net.features[0][0] = new
+    feature_dim = net.last_channel
+    backbone = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return FeatureClassifier(backbone, feature_dim, num_classes)
+
+
 #: Registry used by :func:`build_model` (and the CLI's ``--model``).
 MODELS: dict[str, Callable[..., FeatureClassifier]] = {
     "svhn_dp": svhn_dp_extractor,
     "resnet18": lambda **kw: resnet_cifar(depth=18, **kw),
     "resnet34": lambda **kw: resnet_cifar(depth=34, **kw),
+    "resnet9": resnet9,
+    "allcnn": allcnn,
+    "mobilenet_v2": mobilenet_v2,
+    "cifar_cnn": cifar_cnn,
     "small_cnn": small_cnn,
     "mlp": mlp,
 }
@@ -289,7 +580,8 @@ def build_model(name: str, **kwargs: Any) -> FeatureClassifier:
 
     Args:
         name: One of :data:`MODELS`: ``"svhn_dp"``, ``"resnet18"``, ``"resnet34"``,
-            ``"small_cnn"``, ``"mlp"``.
+            ``"resnet9"``, ``"allcnn"``, ``"mobilenet_v2"``, ``"cifar_cnn"``, ``"small_cnn"``,
+            ``"mlp"``.
         **kwargs: Keyword arguments of the builder (e.g. ``num_classes=10``).
 
     Returns:

@@ -1,0 +1,124 @@
+"""The ``fastunlearn exposure`` command: run the canary experiment and print its report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _digits(text: str) -> str:
+    if not text or not text.isdigit() or not text.isascii():
+        raise argparse.ArgumentTypeError(f"must be a string of digits, got {text!r}")
+    return text
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``exposure`` on the CLI's subparsers; returns the new parser."""
+    p = subparsers.add_parser(
+        "exposure",
+        help="canary exposure of a small character model (memorisation test)",
+        description="Insert a canary 'my telephone number is <digits>.' into generated text, "
+        "train a character LSTM/GRU briefly and measure the exposure of the secret (rank "
+        "among all secrets, and the skew-normal extrapolation) next to a never-inserted "
+        "control secret.",
+        epilog="example:\n  fastunlearn exposure --secret-length 4 --insertions 12 --steps 400 "
+        "--out runs/exposure",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--secret", type=_digits, default=None, help="the secret (default: random)")
+    p.add_argument(
+        "--secret-length",
+        type=_positive_int,
+        default=4,
+        help="digits of a random secret (the space has 10^L secrets)",
+    )
+    p.add_argument(
+        "--insertions", type=_non_negative_int, default=12, help="copies of the canary in the text"
+    )
+    p.add_argument("--n-sentences", type=_positive_int, default=600, help="generated sentences")
+    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell")
+    p.add_argument("--embed-dim", type=_positive_int, default=32, help="embedding width")
+    p.add_argument("--hidden", type=_positive_int, default=128, help="recurrent units")
+    p.add_argument("--layers", type=_positive_int, default=1, help="recurrent layers")
+    p.add_argument("--steps", type=_non_negative_int, default=400, help="training steps")
+    p.add_argument("--seq-len", type=_positive_int, default=48, help="training window")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="windows per step")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
+    p.add_argument(
+        "--candidates",
+        type=_positive_int,
+        default=None,
+        help="score this many random secrets instead of the whole space",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of everything")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder for exposure.json and exposure.md"
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the experiment from parsed arguments; print the report; return the exit status."""
+    from .experiment import CanaryConfig, format_report, run_canary_experiment
+
+    try:
+        config = CanaryConfig(
+            n_sentences=args.n_sentences,
+            secret=args.secret,
+            secret_length=args.secret_length,
+            insertions=args.insertions,
+            cell=args.cell,
+            embed_dim=args.embed_dim,
+            hidden=args.hidden,
+            layers=args.layers,
+            steps=args.steps,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            n_candidates=args.candidates,
+            seed=args.seed,
+            device=args.device,
+            progress=args.progress,
+        )
+        result = run_canary_experiment(config)
+    except (ValueError, TypeError) as exc:
+        print(f"fastunlearn exposure: error: {exc}", file=sys.stderr)
+        return 2
+    report = format_report(result)
+    print(report)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "exposure.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        (args.out / "exposure.md").write_text(report)
+        print(f"wrote {args.out / 'exposure.json'} and {args.out / 'exposure.md'}")
+    return 0

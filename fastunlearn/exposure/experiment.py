@@ -1,0 +1,494 @@
+"""Canary experiment: insert a secret, train briefly, measure its exposure, report.
+
+A secret is inserted into generated text, a character model is trained on it, and the
+exposure of the secret (and of a never-inserted control secret) is measured.
+
+The influence-unlearning reference (section 8) does this on *Alice in Wonderland* with a
+10-digit telephone number; the defaults here are small enough for a CPU in seconds to
+minutes. The trained model, vocabulary and text are returned so that an unlearning method
+can be applied and :func:`measure_exposure` called again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .exposure import SkewNormalFit, fit_skew_normal, rank_exposure
+from .model import CharLM, sequence_log_perplexity
+from .text import DIGITS, CharVocab, generate_corpus, insert_canary
+
+__all__ = [
+    "CanaryConfig",
+    "CanaryResult",
+    "ExposureMeasurement",
+    "format_report",
+    "greedy_completion",
+    "measure_exposure",
+    "run_canary_experiment",
+    "train_char_lm",
+]
+
+
+@dataclass(frozen=True)
+class ExposureMeasurement:
+    """Exposure of one secret.
+
+    Attributes:
+        secret: The secret (e.g. ``"0123"``).
+        log_perplexity: Its teacher-forced log-perplexity in bits after the prefix.
+        rank: Its rank among the scored secrets (1 = lowest log-perplexity).
+        rank_exposure: ``log2 |R'| - log2 rank`` over the scored set ``R'`` (the whole space
+            when ``exhaustive``; otherwise a sample, so at most ``log2 |R'|``).
+        skew_normal_exposure: ``-log2 F(P)`` from a skew-normal fit to the scored set,
+            capped at ``log2 |R|``.
+        max_exposure: ``log2 |R|`` for the whole space.
+        space_size: ``|R| = len(alphabet) ** len(secret)``.
+        n_scored: Secrets scored besides this one.
+        exhaustive: Whether every secret of the space was scored (the rank is exact).
+        fit: The skew-normal parameters.
+
+    """
+
+    secret: str
+    log_perplexity: float
+    rank: int
+    rank_exposure: float
+    skew_normal_exposure: float
+    max_exposure: float
+    space_size: int
+    n_scored: int
+    exhaustive: bool
+    fit: SkewNormalFit
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        out = dataclasses.asdict(self)
+        out["fit"] = dataclasses.asdict(self.fit)
+        return out
+
+
+def _all_secrets(alphabet_ids: Tensor, length: int) -> Tensor:
+    """Every string of ``length`` over the alphabet, as ids ``[k ** length, length]``."""
+    k = alphabet_ids.numel()
+    codes = torch.arange(k**length, dtype=torch.int64)
+    places = k ** torch.arange(length - 1, -1, -1, dtype=torch.int64)
+    return alphabet_ids[(codes.unsqueeze(1) // places) % k]
+
+
+def measure_exposure(
+    model: CharLM,
+    vocab: CharVocab,
+    prefix: str,
+    secrets: str | Sequence[str],
+    *,
+    alphabet: str = DIGITS,
+    n_candidates: int | None = None,
+    enumerate_limit: int = 100_000,
+    seed: int = 0,
+    batch_size: int = 4096,
+) -> list[ExposureMeasurement]:
+    """Measure the exposure of secrets that follow ``prefix``.
+
+    When the space (``len(alphabet) ** L``) has at most ``enumerate_limit`` secrets and
+    ``n_candidates`` is None, every secret is scored and the rank is exact. Otherwise
+    ``n_candidates`` (default 10,000) secrets are drawn uniformly and the skew-normal fit
+    extrapolates beyond the sample.
+
+    Args:
+        model: The trained character model.
+        vocab: Its vocabulary.
+        prefix: Text before the secret (``"my telephone number is "``).
+        secrets: One secret or several of the same length (each is measured against the
+            same scored set).
+        alphabet: Characters a secret is drawn from.
+        n_candidates: Sample size; forces sampling.
+        enumerate_limit: Largest space scored exhaustively.
+        seed: Seed of the sample.
+        batch_size: Secrets per forward pass.
+
+    Returns:
+        One :class:`ExposureMeasurement` per secret, in order.
+
+    Raises:
+        ValueError: If a secret is empty, lengths differ, a character is outside
+            ``alphabet`` or the vocabulary, or a count is not positive.
+
+    """
+    single = [secrets] if isinstance(secrets, str) else list(secrets)
+    if not single or not all(isinstance(s, str) and s for s in single):
+        raise ValueError("'secrets' must be a non-empty str or a list of them")
+    length = len(single[0])
+    if any(len(s) != length for s in single):
+        raise ValueError("'secrets' must all have the same length")
+    if not alphabet or len(set(alphabet)) != len(alphabet):
+        raise ValueError("'alphabet' must be non-empty without repeats")
+    if any(c not in alphabet for s in single for c in s):
+        raise ValueError(f"'secrets' must use only the characters of 'alphabet' {alphabet!r}")
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError("'prefix' must be a non-empty str")
+    if n_candidates is not None and (isinstance(n_candidates, bool) or n_candidates < 3):
+        raise ValueError(f"'n_candidates' must be None or >= 3, got {n_candidates!r}")
+    space = len(alphabet) ** length
+    alphabet_ids = vocab.encode(alphabet)
+    prefix_ids = vocab.encode(prefix)
+    secret_ids = vocab.encode(single)
+    exhaustive = n_candidates is None and space <= enumerate_limit
+    if exhaustive:
+        pool = _all_secrets(alphabet_ids, length)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        draws = torch.randint(len(alphabet), (n_candidates or 10_000, length), generator=g)
+        pool = alphabet_ids[draws]
+    pool_scores = sequence_log_perplexity(model, prefix_ids, pool, batch_size=batch_size)
+    own = sequence_log_perplexity(model, prefix_ids, secret_ids, batch_size=batch_size)
+    results = []
+    for s, ids, p in zip(single, secret_ids, own.tolist(), strict=True):
+        others = pool_scores[~(pool == ids).all(dim=1)].numpy()
+        fit = fit_skew_normal(others)
+        exposure = rank_exposure(p, others)
+        results.append(
+            ExposureMeasurement(
+                secret=s,
+                log_perplexity=float(p),
+                rank=int(1 + np.sum(others <= p)),
+                rank_exposure=float(exposure),
+                skew_normal_exposure=float(fit.exposure(p, space)),
+                max_exposure=math.log2(space),
+                space_size=space,
+                n_scored=int(others.size),
+                exhaustive=exhaustive,
+                fit=fit,
+            )
+        )
+    return results
+
+
+def train_char_lm(
+    model: CharLM,
+    ids: Tensor,
+    *,
+    steps: int,
+    seq_len: int = 48,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Train next-character prediction on random windows of ``ids`` with Adam.
+
+    Args:
+        model: The model, trained in place.
+        ids: The encoded text ``[T]``, ``T > seq_len``.
+        steps: Optimiser steps.
+        seq_len: Window length (the reference uses 24).
+        batch_size: Windows per step.
+        lr: Adam learning rate.
+        weight_decay: L2 penalty (Adam's ``weight_decay``; the reference uses 1e-4).
+        seed: Seed of the window draws.
+        progress: Show a tqdm bar.
+
+    Returns:
+        The training loss (nats per character) of every step.
+
+    Raises:
+        ValueError: If ``ids`` is too short or a setting is out of range.
+
+    """
+    if steps < 0 or seq_len < 1 or batch_size < 1:
+        raise ValueError("'steps' must be >= 0, 'seq_len' and 'batch_size' >= 1")
+    if ids.dim() != 1 or ids.numel() <= seq_len:
+        raise ValueError(f"'ids' must be 1-D and longer than seq_len={seq_len}")
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    data = ids.to(device)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    offsets = torch.arange(seq_len + 1)
+    losses = []
+    model.train()
+    for _ in tqdm(range(steps), disable=not progress, desc="train", leave=False):
+        starts = torch.randint(ids.numel() - seq_len, (batch_size, 1), generator=g)
+        window = data[(starts + offsets).to(device)]
+        logits, _ = model(window[:, :-1])
+        loss = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1)
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def greedy_completion(model: CharLM, vocab: CharVocab, prefix: str, length: int) -> str:
+    """Return the ``length`` characters the model predicts after ``prefix`` (argmax)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, state = model(vocab.encode(prefix).to(device).unsqueeze(0))
+    out = []
+    for _ in range(length):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(int(nxt))
+        logits, state = model(nxt, state)
+    model.train(was_training)
+    return vocab.decode(torch.tensor(out))
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """Settings of :func:`run_canary_experiment`.
+
+    Attributes:
+        n_sentences: Generated sentences (about 40 characters each).
+        secret: The inserted secret; None draws ``secret_length`` random digits.
+        secret_length: Digits of a drawn secret (the reference uses 10).
+        prefix: Canary text before the secret.
+        suffix: Canary text after the secret.
+        insertions: Copies of the canary in the text (the reference: 6 to 29).
+        control: Also measure a random secret that was never inserted.
+        cell: ``"lstm"`` or ``"gru"``.
+        embed_dim: Embedding width.
+        hidden: Recurrent units.
+        layers: Recurrent layers.
+        steps: Training steps.
+        seq_len: Training window length.
+        batch_size: Windows per step.
+        lr: Adam learning rate.
+        weight_decay: L2 penalty.
+        n_candidates: Sampled secrets; None scores the whole space when it has at most
+            ``enumerate_limit`` secrets.
+        enumerate_limit: Largest space scored exhaustively.
+        seed: Seed of text, secret, insertion positions, initialisation and training.
+        device: Torch device.
+        progress: Show progress bars.
+
+    """
+
+    n_sentences: int = 600
+    secret: str | None = None
+    secret_length: int = 4
+    prefix: str = "my telephone number is "
+    suffix: str = "."
+    insertions: int = 12
+    control: bool = True
+    cell: str = "lstm"
+    embed_dim: int = 32
+    hidden: int = 128
+    layers: int = 1
+    steps: int = 400
+    seq_len: int = 48
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    n_candidates: int | None = None
+    enumerate_limit: int = 100_000
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in (
+            "n_sentences",
+            "secret_length",
+            "embed_dim",
+            "hidden",
+            "layers",
+            "seq_len",
+            "batch_size",
+            "enumerate_limit",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"'{name}' must be >= 1, got {value}")
+        for name in ("insertions", "steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"'{name}' must be an int >= 0, got {value!r}")
+        if self.secret is not None and (
+            not isinstance(self.secret, str)
+            or not self.secret
+            or any(c not in DIGITS for c in self.secret)
+        ):
+            raise ValueError(
+                f"'secret' must be None or a non-empty string of digits, got {self.secret!r}"
+            )
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ValueError("'lr' must be > 0 and 'weight_decay' >= 0")
+        if not self.prefix:
+            raise ValueError("'prefix' must be non-empty")
+        if self.cell not in ("lstm", "gru"):
+            raise ValueError(f"'cell' must be 'lstm' or 'gru', got {self.cell!r}")
+
+
+@dataclass
+class CanaryResult:
+    """What :func:`run_canary_experiment` measured.
+
+    Attributes:
+        config: The settings.
+        canary: Exposure of the inserted secret.
+        control: Exposure of a never-inserted secret (None if ``config.control`` is off).
+        completion: The model's greedy continuation of the prefix.
+        final_loss: Mean training loss of the last 10 % of steps (nats per character).
+        text_chars: Length of the training text.
+        train_s: Training wall time.
+        measure_s: Scoring and fitting wall time.
+        model: The trained model (not in :meth:`to_dict`).
+        vocab: Its vocabulary.
+        text: The training text with the canaries.
+        canary_offsets: Character offsets of the inserted canaries.
+
+    """
+
+    config: CanaryConfig
+    canary: ExposureMeasurement
+    control: ExposureMeasurement | None
+    completion: str
+    final_loss: float
+    text_chars: int
+    train_s: float
+    measure_s: float
+    model: CharLM = field(repr=False)
+    vocab: CharVocab = field(repr=False)
+    text: str = field(repr=False)
+    canary_offsets: list[int] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (without the model and the text)."""
+        return {
+            "config": dataclasses.asdict(self.config),
+            "canary": self.canary.to_dict(),
+            "control": None if self.control is None else self.control.to_dict(),
+            "completion": self.completion,
+            "final_loss": self.final_loss,
+            "text_chars": self.text_chars,
+            "train_s": self.train_s,
+            "measure_s": self.measure_s,
+        }
+
+
+def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
+    """Insert a canary into generated text, train a character model, measure exposure.
+
+    Steps: generate ``n_sentences`` sentences; insert ``prefix + secret + suffix``
+    ``insertions`` times; train a :class:`CharLM` for ``steps`` steps; score the secret
+    and a control secret of the same length (never inserted) against the space of all
+    secrets (or a sample); return both exposures and the greedy completion.
+
+    Args:
+        config: Settings; None uses :class:`CanaryConfig`'s defaults.
+
+    Returns:
+        A :class:`CanaryResult`.
+
+    Raises:
+        ValueError: From :class:`CanaryConfig` or the steps (e.g. more insertions than
+            sentences).
+
+    """
+    cfg = CanaryConfig() if config is None else config
+    if not isinstance(cfg, CanaryConfig):
+        raise TypeError(f"'config' must be a CanaryConfig, got {type(cfg).__name__}")
+    rng = random.Random(cfg.seed)
+    length = len(cfg.secret) if cfg.secret is not None else cfg.secret_length
+    secret = cfg.secret or "".join(rng.choice(DIGITS) for _ in range(length))
+    control = "".join(rng.choice(DIGITS) for _ in range(length))
+    while control == secret:
+        control = "".join(rng.choice(DIGITS) for _ in range(length))
+    text, offsets = insert_canary(
+        generate_corpus(cfg.n_sentences, cfg.seed),
+        cfg.prefix + secret + cfg.suffix,
+        cfg.insertions,
+        cfg.seed,
+    )
+    vocab = CharVocab.from_texts(text, cfg.prefix, cfg.suffix)
+    torch.manual_seed(cfg.seed)
+    model = CharLM(vocab.size, cfg.embed_dim, cfg.hidden, cfg.layers, cfg.cell).to(cfg.device)
+    start = time.perf_counter()
+    losses = train_char_lm(
+        model,
+        vocab.encode(text),
+        steps=cfg.steps,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    measured = measure_exposure(
+        model,
+        vocab,
+        cfg.prefix,
+        [secret, control] if cfg.control else [secret],
+        n_candidates=cfg.n_candidates,
+        enumerate_limit=cfg.enumerate_limit,
+        seed=cfg.seed,
+    )
+    measure_s = time.perf_counter() - start
+    tail = losses[-max(1, len(losses) // 10) :] if losses else [float("nan")]
+    return CanaryResult(
+        config=cfg,
+        canary=measured[0],
+        control=measured[1] if cfg.control else None,
+        completion=greedy_completion(model, vocab, cfg.prefix, length),
+        final_loss=float(np.mean(tail)),
+        text_chars=len(text),
+        train_s=train_s,
+        measure_s=measure_s,
+        model=model,
+        vocab=vocab,
+        text=text,
+        canary_offsets=offsets,
+    )
+
+
+def format_report(result: CanaryResult) -> str:
+    """Return a Markdown report of a canary experiment."""
+    cfg = result.config
+    rows = [result.canary] + ([result.control] if result.control is not None else [])
+    kinds = ["inserted"] + (["control (never inserted)"] if result.control is not None else [])
+    m = result.canary
+    lines = [
+        "# Canary exposure",
+        "",
+        f"- Text: {result.text_chars} generated characters; canary "
+        f"`{cfg.prefix}{m.secret}{cfg.suffix}` inserted {cfg.insertions} times.",
+        f"- Model: {cfg.cell.upper()} {cfg.layers}x{cfg.hidden}, embedding {cfg.embed_dim}; "
+        f"{cfg.steps} Adam steps, final loss {result.final_loss:.3f} nats/char "
+        f"({result.train_s:.1f} s).",
+        f"- Secrets scored: {m.n_scored + 1} of |R| = {m.space_size} "
+        f"({'all' if m.exhaustive else 'uniform sample'}); max exposure "
+        f"log2|R| = {m.max_exposure:.2f} bits ({result.measure_s:.1f} s).",
+        f"- Greedy completion of the prefix: `{result.completion}`.",
+        "",
+        "| secret | kind | log-perplexity (bits) | rank | exposure (rank) | "
+        "exposure (skew-normal) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, row in zip(kinds, rows, strict=True):
+        lines.append(
+            f"| `{row.secret}` | {kind} | {row.log_perplexity:.2f} | {row.rank} | "
+            f"{row.rank_exposure:.2f} | {row.skew_normal_exposure:.2f} |"
+        )
+    f = m.fit
+    lines += ["", f"Skew-normal fit: a = {f.a:.3f}, loc = {f.loc:.2f}, scale = {f.scale:.2f}.", ""]
+    return "\n".join(lines)

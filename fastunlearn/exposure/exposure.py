@@ -1,0 +1,200 @@
+"""The exposure of a canary (Carlini et al., "The Secret Sharer", USENIX Security 2019).
+
+A canary ``s[r]`` is a template (``"my telephone number is "``) filled with a random secret
+``r`` from a space ``R`` (e.g. all 10-digit strings), inserted into the training text. A
+model that memorised it gives the true secret a lower log-perplexity
+``P(r) = -sum_i log2 p(r_i | prefix, r_<i)`` than other secrets. Exposure measures how much:
+
+    exposure(r) = log2 |R| - log2 rank(r),
+
+``rank`` being the position of ``P(r)`` among the log-perplexities of all of ``R`` (1 for
+the lowest). It ranges from 0 to ``log2 |R|``. When ``R`` is too large to score
+exhaustively, the log-perplexities of a random sample of ``R`` are fitted with a
+skew-normal distribution ``F`` and exposure is extrapolated as ``-log2 F(P(r))``, the
+reference's ``approx_exposure`` (influence reference section 8).
+
+Ties count against the canary (a candidate scored exactly like it ranks ahead of it), so
+exposure is never overstated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+__all__ = [
+    "SkewNormalFit",
+    "exposure_from_rank",
+    "fit_skew_normal",
+    "rank_exposure",
+    "skew_normal_exposure",
+]
+
+_LN2 = math.log(2.0)
+
+
+def _as_scores(values: object, arg: str, *, min_size: int = 1) -> np.ndarray:
+    """1-D finite float64 array from a tensor, array or sequence."""
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().double().numpy()
+    elif not isinstance(values, (np.ndarray, Sequence)) or isinstance(values, (str, bytes)):
+        raise TypeError(f"'{arg}' must be a 1-D array of numbers, got {type(values).__name__}")
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"'{arg}' must hold numbers") from None
+    if array.ndim != 1:
+        raise ValueError(f"'{arg}' must be 1-D, got shape {array.shape}")
+    if array.size < min_size:
+        raise ValueError(f"'{arg}' needs at least {min_size} value(s), got {array.size}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"'{arg}' must be finite (NaN or inf found)")
+    return array
+
+
+def _as_canaries(values: object) -> tuple[np.ndarray, bool]:
+    """Canary scores as a 1-D array, and whether a single number was given."""
+    if isinstance(values, (int, float, np.integer, np.floating)) and not isinstance(values, bool):
+        if not math.isfinite(float(values)):
+            raise ValueError(f"'canary' must be finite, got {values}")
+        return np.array([float(values)]), True
+    if isinstance(values, Tensor) and values.dim() == 0:
+        return _as_canaries(float(values))
+    return _as_scores(values, "canary"), False
+
+
+def exposure_from_rank(rank: int, space_size: int) -> float:
+    """Return ``log2(space_size) - log2(rank)``.
+
+    Raises:
+        ValueError: If ``rank`` is not in ``1..space_size``.
+        TypeError: If an argument is not an int.
+
+    """
+    for value, arg in ((rank, "rank"), (space_size, "space_size")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
+    if not 1 <= rank <= space_size:
+        raise ValueError(f"'rank' must be in 1..space_size={space_size}, got {rank}")
+    return math.log2(space_size) - math.log2(rank)
+
+
+def rank_exposure(canary: object, candidates: object) -> float | np.ndarray:
+    """Exposure of canaries by their rank among candidate secrets.
+
+    The space ``R`` is the canary together with the candidates (every other secret of the
+    space, or a uniform sample of them), so ``|R| = len(candidates) + 1`` and a canary
+    scored below every candidate has exposure ``log2 |R|``.
+
+    Args:
+        canary: Log-perplexity of the inserted secret (a number), or a 1-D array of several
+            canaries, each ranked against the same candidates.
+        candidates: Log-perplexities of the other secrets, 1-D, finite, non-empty.
+
+    Returns:
+        ``log2(len(candidates) + 1) - log2(rank)`` with ``rank = 1 + #{c <= canary}``; a
+        float for a single canary, an array otherwise.
+
+    Raises:
+        ValueError: If an input is empty, not 1-D or not finite.
+        TypeError: If an input is not numeric.
+
+    """
+    scores, scalar = _as_canaries(canary)
+    pool = np.sort(_as_scores(candidates, "candidates"))
+    ranks = 1 + np.searchsorted(pool, scores, side="right")
+    out = math.log2(pool.size + 1) - np.log2(ranks)
+    return float(out[0]) if scalar else out
+
+
+@dataclass(frozen=True)
+class SkewNormalFit:
+    """A skew-normal distribution fitted to candidate log-perplexities.
+
+    Attributes:
+        a: Shape (skewness) parameter, scipy's ``a``.
+        loc: Location.
+        scale: Scale, > 0.
+        n: Number of values fitted.
+
+    """
+
+    a: float
+    loc: float
+    scale: float
+    n: int
+
+    def exposure(self, canary: object, space_size: int | float | None = None) -> float | np.ndarray:
+        """Return ``-log2 F(canary)``, capped to ``[0, log2 space_size]`` when given.
+
+        Far in the lower tail ``F`` underflows even on the log scale; exposure is then
+        ``inf``, or the cap when ``space_size`` is given.
+        """
+        from scipy.stats import skewnorm
+
+        scores, scalar = _as_canaries(canary)
+        bits = -skewnorm.logcdf(scores, self.a, loc=self.loc, scale=self.scale) / _LN2
+        bits = np.maximum(bits, 0.0)
+        if space_size is not None:
+            bits = np.minimum(bits, _max_exposure(space_size))
+        return float(bits[0]) if scalar else bits
+
+
+def _max_exposure(space_size: int | float) -> float:
+    if isinstance(space_size, bool) or not isinstance(space_size, (int, float, np.integer)):
+        raise TypeError(f"'space_size' must be a number, got {type(space_size).__name__}")
+    if not space_size >= 1:
+        raise ValueError(f"'space_size' must be >= 1, got {space_size}")
+    return math.log2(space_size)
+
+
+def fit_skew_normal(candidates: object) -> SkewNormalFit:
+    """Fit a skew-normal distribution to candidate log-perplexities by maximum likelihood.
+
+    Args:
+        candidates: 1-D finite values, at least 3, not all equal.
+
+    Returns:
+        The fitted :class:`SkewNormalFit`.
+
+    Raises:
+        ValueError: If there are fewer than 3 values or they are all equal.
+
+    """
+    from scipy.stats import skewnorm
+
+    values = _as_scores(candidates, "candidates", min_size=3)
+    if np.ptp(values) == 0.0:
+        raise ValueError("'candidates' are all equal: no distribution to fit")
+    a, loc, scale = skewnorm.fit(values)
+    return SkewNormalFit(float(a), float(loc), float(scale), int(values.size))
+
+
+def skew_normal_exposure(
+    canary: object, candidates: object, space_size: int | float | None = None
+) -> float | np.ndarray:
+    """Exposure extrapolated from a skew-normal fit to sampled candidates.
+
+    Args:
+        canary: Log-perplexity of the canary (a number) or a 1-D array of them.
+        candidates: Log-perplexities of secrets drawn uniformly from the space (the
+            reference scores 10^5 of them).
+        space_size: ``|R|``; caps the exposure at ``log2 |R|``. ``None``: no cap.
+
+    Returns:
+        ``-log2 F(canary)`` for the fitted CDF ``F`` (float, or array for several
+        canaries).
+
+    Raises:
+        ValueError: If the inputs are empty, not finite, constant, or ``space_size < 1``.
+        TypeError: If an input is not numeric.
+
+    """
+    if space_size is not None:
+        _max_exposure(space_size)
+    _as_canaries(canary)
+    return fit_skew_normal(candidates).exposure(canary, space_size)

@@ -1,0 +1,131 @@
+"""A character-level recurrent language model and teacher-forced secret scoring."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CharLM", "sequence_log_perplexity"]
+
+_LN2 = math.log(2.0)
+
+
+class CharLM(nn.Module):
+    """Embedding -> LSTM/GRU -> linear next-character logits at every position.
+
+    The reference's model (influence reference section 8) is an embedding of width 64,
+    one LSTM layer of 256 units and a dense softmax layer; it predicts the character after
+    a 24-character window. This model predicts every next character of a sequence, which
+    trains on the same windows with one pass.
+
+    Args:
+        vocab_size: Number of tokens.
+        embed_dim: Embedding width (64 in the reference).
+        hidden: Recurrent units per layer (256 in the reference).
+        layers: Recurrent layers.
+        cell: ``"lstm"`` (reference) or ``"gru"``.
+
+    Raises:
+        ValueError: If a size is not positive or ``cell`` is unknown.
+
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 64,
+        hidden: int = 256,
+        layers: int = 1,
+        cell: str = "lstm",
+    ) -> None:
+        super().__init__()
+        for value, arg in (
+            (vocab_size, "vocab_size"),
+            (embed_dim, "embed_dim"),
+            (hidden, "hidden"),
+            (layers, "layers"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"'{arg}' must be >= 1, got {value}")
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
+        if rnn is None:
+            raise ValueError(f"'cell' must be 'lstm' or 'gru', got {cell!r}")
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.rnn = rnn(embed_dim, hidden, num_layers=layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocab_size)
+
+    def forward(self, tokens: Tensor, state: object = None) -> tuple[Tensor, object]:
+        """Return ``(logits [B, T, V], state)`` for token ids ``[B, T]``.
+
+        ``state`` is the recurrent state after the last position (pass it back to continue
+        the sequence); ``None`` starts from zeros.
+        """
+        hidden, state = self.rnn(self.embed(tokens), state)
+        return self.out(hidden), state
+
+
+def _expand_state(state: object, batch: int) -> object:
+    if isinstance(state, tuple):
+        return tuple(s.expand(-1, batch, -1).contiguous() for s in state)
+    return state.expand(-1, batch, -1).contiguous()
+
+
+@torch.no_grad()
+def sequence_log_perplexity(
+    model: CharLM, prefix: Tensor, secrets: Tensor, *, batch_size: int = 4096
+) -> Tensor:
+    """Log-perplexity in bits of each secret after a prefix, teacher-forced.
+
+    ``P(s) = -sum_i log2 p(s_i | prefix, s_<i)``: each character of the secret is scored
+    given the prefix and the secret's *own* earlier characters. (The reference scored its
+    canary by feeding back the model's argmax characters but the random secrets by teacher
+    forcing; here both use teacher forcing.) The prefix is run once and its state reused.
+
+    Args:
+        model: A :class:`CharLM` (any module with the same ``forward`` signature).
+        prefix: Token ids ``[P]``, ``P >= 1``.
+        secrets: Token ids ``[N, L]``.
+        batch_size: Secrets scored per forward pass.
+
+    Returns:
+        float64 ``[N]`` log-perplexities in bits. The model's training mode is restored.
+
+    Raises:
+        ValueError: If shapes are wrong or an id is outside the vocabulary.
+        TypeError: If the ids are not integer tensors.
+
+    """
+    for value, arg, dim in ((prefix, "prefix", 1), (secrets, "secrets", 2)):
+        if not isinstance(value, Tensor) or value.dtype != torch.int64:
+            raise TypeError(f"'{arg}' must be an int64 tensor")
+        if value.dim() != dim or value.shape[-1] < 1:
+            raise ValueError(f"'{arg}' must be {dim}-D with a non-empty last dimension")
+        vocab = getattr(model, "vocab_size", None)
+        if value.numel() and (value.min() < 0 or (vocab is not None and value.max() >= vocab)):
+            raise ValueError(f"'{arg}' holds ids outside the vocabulary")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"'batch_size' must be a positive int, got {batch_size!r}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        logits, state = model(prefix.to(device).unsqueeze(0))
+        first = torch.log_softmax(logits[:, -1].double(), dim=-1)  # [1, V]
+        out = torch.empty(secrets.shape[0], dtype=torch.float64)
+        for start in range(0, secrets.shape[0], batch_size):
+            chunk = secrets[start : start + batch_size].to(device)
+            b = chunk.shape[0]
+            logp = first.expand(b, -1).gather(1, chunk[:, :1]).squeeze(1)
+            if chunk.shape[1] > 1:
+                rest, _ = model(chunk[:, :-1], _expand_state(state, b))
+                rest = torch.log_softmax(rest.double(), dim=-1)
+                logp = logp + rest.gather(2, chunk[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
+            out[start : start + b] = (-logp / _LN2).cpu()
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,191 @@
+"""Canary pipeline: text insertion, teacher-forced scoring, exhaustive exposure, experiment."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from fastunlearn.exposure import (
+    CanaryConfig,
+    CharLM,
+    CharVocab,
+    format_report,
+    generate_corpus,
+    insert_canary,
+    measure_exposure,
+    rank_exposure,
+    run_canary_experiment,
+    sequence_log_perplexity,
+)
+from fastunlearn.exposure.cli import add_parser, run
+
+
+def test_corpus_and_insertion():
+    text = generate_corpus(50, seed=3)
+    assert text == generate_corpus(50, seed=3)
+    assert any(c.isdigit() for c in generate_corpus(200, seed=0))
+    canary = "my telephone number is 123."
+    new, offsets = insert_canary(text, canary, 7, seed=1)
+    assert len(offsets) == 7
+    assert new.count(canary) == 7
+    assert all(new[o : o + len(canary)] == canary for o in offsets)
+    assert new.replace(canary + " ", "") == text
+    with pytest.raises(ValueError, match="insertions"):
+        insert_canary("One. Two.", canary, 5)
+    with pytest.raises(ValueError, match="n_sentences"):
+        generate_corpus(0)
+
+
+def test_vocab():
+    vocab = CharVocab.from_texts("ab c")
+    assert set("0123456789") <= set(vocab.chars)
+    ids = vocab.encode("c a9")
+    assert vocab.decode(ids) == "c a9"
+    assert vocab.encode(["ab", "ba"]).shape == (2, 2)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        vocab.encode("z")
+    with pytest.raises(ValueError, match="repeat"):
+        CharVocab("aa")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_log_perplexity_matches_full_forward(cell):
+    torch.manual_seed(0)
+    vocab = CharVocab.from_texts("my number is ")
+    model = CharLM(vocab.size, embed_dim=8, hidden=16, layers=2, cell=cell).train()
+    prefix = vocab.encode("my number is ")
+    secrets = vocab.encode(["123", "999", "070"])
+    fast = sequence_log_perplexity(model, prefix, secrets, batch_size=2)
+    assert model.training  # restored
+    model.eval()
+    for i in range(3):
+        full = torch.cat([prefix, secrets[i]]).unsqueeze(0)
+        with torch.no_grad():
+            logits, _ = model(full)
+        logp = torch.log_softmax(logits[0].double(), -1)
+        p = len(prefix)
+        bits = -sum(logp[p - 1 + j, secrets[i, j]] for j in range(3)) / math.log(2)
+        assert float(fast[i]) == pytest.approx(float(bits), rel=1e-5)
+    with pytest.raises(TypeError, match="secrets"):
+        sequence_log_perplexity(model, prefix, secrets.float())
+    with pytest.raises(ValueError, match="vocabulary"):
+        sequence_log_perplexity(model, prefix, secrets + 100)
+
+
+def test_exhaustive_measurement_matches_independent_ranking():
+    torch.manual_seed(1)
+    vocab = CharVocab.from_texts("code ")
+    model = CharLM(vocab.size, embed_dim=8, hidden=16)
+    a, b = measure_exposure(model, vocab, "code ", ["42", "07"])
+    assert a.exhaustive and a.space_size == 100 and a.n_scored == 99
+    # independent: score all 100 two-digit secrets one by one
+    every = ["".join(p) for p in itertools.product("0123456789", repeat=2)]
+    prefix = vocab.encode("code ")
+    scores = {s: float(sequence_log_perplexity(model, prefix, vocab.encode([s]))[0]) for s in every}
+    for m in (a, b):
+        assert m.log_perplexity == pytest.approx(scores[m.secret], rel=1e-9)
+        others = [v for s, v in scores.items() if s != m.secret]
+        assert m.rank == 1 + sum(v <= scores[m.secret] for v in others)
+        assert m.rank_exposure == pytest.approx(math.log2(100) - math.log2(m.rank))
+        assert m.rank_exposure == pytest.approx(rank_exposure(m.log_perplexity, others))
+        assert 0.0 <= m.skew_normal_exposure <= math.log2(100) + 1e-12
+    sampled = measure_exposure(model, vocab, "code ", "42", n_candidates=50, seed=0)[0]
+    assert not sampled.exhaustive and sampled.n_scored <= 50
+    with pytest.raises(ValueError, match="alphabet"):
+        measure_exposure(model, vocab, "code ", "4a")
+    with pytest.raises(ValueError, match="same length"):
+        measure_exposure(model, vocab, "code ", ["4", "42"])
+
+
+TINY = dict(
+    n_sentences=60,
+    secret_length=2,
+    insertions=8,
+    embed_dim=8,
+    hidden=24,
+    steps=25,
+    seq_len=24,
+    batch_size=8,
+)
+
+
+def test_tiny_experiment_runs_and_reports(tmp_path):
+    result = run_canary_experiment(CanaryConfig(**TINY))
+    assert result.text.count("my telephone number is " + result.canary.secret + ".") == 8
+    assert result.control.secret != result.canary.secret
+    for m in (result.canary, result.control):
+        assert m.space_size == 100 and m.exhaustive
+        assert 1 <= m.rank <= 100
+        assert 0 <= m.rank_exposure <= m.max_exposure
+    assert len(result.completion) == 2
+    assert math.isfinite(result.final_loss)
+    report = format_report(result)
+    assert result.canary.secret in report and "exposure" in report
+    json.dumps(result.to_dict())
+    # the same seed gives the same run
+    again = run_canary_experiment(CanaryConfig(**TINY))
+    assert again.canary.log_perplexity == pytest.approx(result.canary.log_perplexity)
+
+
+def test_cli(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "exposure",
+            "--secret",
+            "07",
+            "--n-sentences",
+            "60",
+            "--insertions",
+            "4",
+            "--hidden",
+            "16",
+            "--embed-dim",
+            "8",
+            "--steps",
+            "5",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "exposure.json").read_text())["canary"]["secret"] == "07"
+    assert "`07`" in capsys.readouterr().out
+    bad = parser.parse_args(["exposure", "--candidates", "2", "--steps", "0"])
+    assert run(bad) == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["exposure", "--secret", "12a"])
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="secret"):
+        CanaryConfig(secret="12x")
+    with pytest.raises(ValueError, match="hidden"):
+        CanaryConfig(hidden=0)
+    with pytest.raises(ValueError, match="insertions"):
+        CanaryConfig(insertions=-1)
+    with pytest.raises(ValueError, match="cell"):
+        CanaryConfig(cell="rnn")
+    with pytest.raises(TypeError, match="config"):
+        run_canary_experiment({"steps": 1})
+
+
+@pytest.mark.slow
+def test_memorised_canary_is_exposed_and_control_is_not():
+    result = run_canary_experiment(
+        CanaryConfig(n_sentences=200, secret_length=3, insertions=10, hidden=64, steps=300)
+    )
+    assert result.completion == result.canary.secret
+    assert result.canary.rank == 1
+    assert result.canary.rank_exposure == pytest.approx(math.log2(1000))
+    assert result.canary.skew_normal_exposure > 8.0
+    assert result.control.rank_exposure < 5.0
