@@ -314,7 +314,10 @@ def test_model_zoo_shapes_and_registry():
 
     from fastunlearn.models import MODELS, build_model
 
-    assert set(MODELS) == {"svhn_dp", "resnet18", "resnet34", "small_cnn", "mlp"}
+    assert set(MODELS) == {
+        "svhn_dp", "resnet18", "resnet34", "small_cnn", "mlp",
+        "resnet9", "allcnn", "mobilenet_v2", "cifar_cnn",
+    }
     for name, kwargs, shape, dim in [
         ("svhn_dp", {"in_channels": 1, "side": 28}, (2, 1, 28, 28), 64 * 4 * 4),
         ("small_cnn", {}, (2, 1, 8, 8), 128),
