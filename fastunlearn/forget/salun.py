@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ._common_b import check_fraction, dataset_tensors, num_outputs, train_ce
-from .base import ForgetConfig, clone_model, make_loader, model_device, register
+from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
 
 __all__ = ["SalUnConfig", "salun", "saliency_mask"]
 
@@ -63,7 +63,7 @@ def saliency_mask(
 
     Args:
         model: The trained model.
-        forget_ds: The forget set.
+        forget_ds: The forget set (a Dataset or an ``(inputs, labels)`` pair).
         ratio: Share of weights to mark salient, in (0, 1].
         batch_size: Batch size of the gradient pass.
 
@@ -73,6 +73,7 @@ def saliency_mask(
 
     """
     check_fraction("ratio", ratio)
+    forget_ds = as_dataset(forget_ds, "forget_ds")
     work = clone_model(model).eval()
     params = {n: p for n, p in work.named_parameters() if p.requires_grad}
     device = model_device(work)
