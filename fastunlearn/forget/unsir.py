@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from ._common_b import check_number, check_positive_int, dataset_tensors, num_outputs, train_ce
 from .base import ForgetConfig, clone_model, iterate, model_device, register
 
-__all__ = ["UnsirConfig", "error_maximizing_noise", "unsir"]
+__all__ = ["UnsirConfig", "error_maximizing_noise", "unsir", "unsir_noise_set"]
 
 
 @dataclass
@@ -126,6 +126,40 @@ def error_maximizing_noise(
     return noise.detach()
 
 
+def unsir_noise_set(
+    model: nn.Module,
+    classes: list[int],
+    shape: tuple[int, ...],
+    config: UnsirConfig,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Build the impair step's noise: ``noise_size`` inputs per class, labelled with that class.
+
+    Args:
+        model: The trained model (not modified).
+        classes: The forget classes.
+        shape: Shape of one input.
+        config: The :class:`UnsirConfig` (noise fields and seed).
+        dtype: Floating dtype of the noise.
+
+    Returns:
+        ``(noise [len(classes) * noise_size, *shape], labels)`` on the CPU; block ``i`` holds
+        the noise of ``classes[i]`` and is labelled ``classes[i]``.
+
+    """
+    noises, labels = [], []
+    for i, c in enumerate(iterate(classes, progress=config.progress, desc="unsir noise")):
+        noise = error_maximizing_noise(
+            model, int(c), shape, n=config.noise_size, steps=config.noise_steps,
+            lr=config.noise_lr, l2_weight=config.noise_lambda, seed=config.seed + 1 + i,
+            dtype=dtype,
+        )
+        noises.append(noise.cpu())
+        labels.append(torch.full((config.noise_size,), int(c), dtype=torch.long))
+    return torch.cat(noises), torch.cat(labels)
+
+
 @register("unsir", UnsirConfig)
 def unsir(
     model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, config: UnsirConfig
@@ -163,18 +197,9 @@ def unsir(
     xr_sub, yr_sub = xr[sub], yr[sub]
     dtype = xr.dtype if xr.is_floating_point() else torch.float32
 
-    noises, noise_labels = [], []
-    for i, c in enumerate(iterate(classes, progress=config.progress, desc="unsir noise")):
-        noise = error_maximizing_noise(
-            new, int(c), tuple(xr.shape[1:]), n=config.noise_size, steps=config.noise_steps,
-            lr=config.noise_lr, l2_weight=config.noise_lambda, seed=config.seed + 1 + i,
-            dtype=dtype,
-        )
-        noises.append(noise.cpu())
-        noise_labels.append(torch.full((config.noise_size,), int(c), dtype=torch.long))
-
-    impair_x = torch.cat([*noises, xr_sub.to(dtype)])
-    impair_y = torch.cat([*noise_labels, yr_sub])
+    noise, noise_y = unsir_noise_set(new, classes, tuple(xr.shape[1:]), config, dtype=dtype)
+    impair_x = torch.cat([noise, xr_sub.to(dtype)])
+    impair_y = torch.cat([noise_y, yr_sub])
     opt = torch.optim.Adam(new.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     train_ce(
         new, impair_x, impair_y, opt, epochs=config.epochs, batch_size=config.batch_size,

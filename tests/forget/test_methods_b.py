@@ -9,6 +9,7 @@ import fastunlearn.forget as fg
 from fastunlearn.forget import get_method, run_method
 from fastunlearn.forget._common_b import reinitialize
 from fastunlearn.forget.scrub import tempered_kl
+from fastunlearn.forget.unsir import unsir_noise_set
 
 # How far the unlearned model may stay from the oracle on the forget set (the original is at
 # ~0.99, the oracle at 0.0), and how much retain accuracy may be lost.
@@ -68,6 +69,18 @@ def test_unsir_labels_every_forget_class():
     s = setup((3, 8))
     new = run_method("unsir", s.original, s.forget, s.retain)
     _check_forgets(s, new, (3, 8))
+
+
+def test_unsir_noise_labels_each_class_with_its_own_label():
+    s = setup((3, 8))
+    cfg = fg.UnsirConfig(noise_size=32)
+    noise, labels = unsir_noise_set(s.original, [3, 8], (1, 8, 8), cfg)
+    assert noise.shape == (64, 1, 8, 8)
+    assert torch.equal(labels, torch.tensor([3] * 32 + [8] * 32))
+    with torch.no_grad():
+        probs = torch.softmax(s.original(noise), 1)
+    # each block is error-maximising for its own label
+    assert probs[:32, 3].max() < 0.01 and probs[32:, 8].max() < 0.01
 
 
 def test_unsir_reads_only_forget_labels(one_class):
