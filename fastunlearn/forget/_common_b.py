@@ -81,11 +81,15 @@ def num_outputs(model: nn.Module, example: Tensor) -> int:
 
 
 def class_subset(labels: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
-    """Return indices of a random ``fraction`` of every class (at least one row per class)."""
+    """Return indices of a random ``fraction`` of every class.
+
+    Each class keeps ``floor(fraction * count)`` rows (as the anti-sample scripts), at least
+    one.
+    """
     chosen = []
     for c in torch.unique(labels).tolist():
         rows = torch.nonzero(labels == c).flatten()
-        n = max(1, int(round(fraction * rows.numel())))
+        n = max(1, int(fraction * rows.numel() + 1e-9))
         perm = torch.randperm(rows.numel(), generator=generator)[:n]
         chosen.append(rows[perm])
     return torch.sort(torch.cat(chosen)).values

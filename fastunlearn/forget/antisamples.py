@@ -15,7 +15,8 @@ anti-samples of forget class ``c`` with ``c`` and fine-tunes the model on them t
 a retain subset (true labels) with Adam at ``lr * lr_scale`` for 5 epochs. The retain subset
 is ``retain_fraction`` of every retain class: 0.3 is *Unlearning-30*, 1.0 *Unlearning-100*.
 Single-class draws the far neighbours from the other classes of that subset; multi-class
-from the whole subset. :data:`ANTISAMPLE_PRESETS` holds the published per-model settings.
+(as the published multi-class script) from the whole retain set, one class at a time.
+:data:`ANTISAMPLE_PRESETS` holds the published per-model settings.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ class AntiSampleConfig(ForgetConfig):
         weight_decay: Adam weight decay (0 in the paper).
         lr_scale: The published ``unlearn_scale_lr``.
         retain_fraction: Share of every retain class used (0.3: Unlearning-30, 1.0:
-            Unlearning-100), both as neighbour pool and for fine-tuning.
+            Unlearning-100) for fine-tuning and, single-class, as the neighbour pool.
         tail_randomized: Neighbour drawn among this many farthest (``None``: farthest).
         local_variance: Multiplier of the per-coordinate standard deviation.
         p: Probability of taking the Gaussian draw per coordinate.
@@ -391,12 +392,14 @@ def _unlearn(
 
     anti_x, anti_y = [], []
     for i, c in enumerate(iterate(classes, progress=config.progress, desc="anti-samples")):
-        pool_mask = yr_sub != c if single else torch.ones_like(yr_sub, dtype=torch.bool)
-        if not bool(pool_mask.any()):
+        # single-class: the other classes of the retain subset; multi-class: the whole
+        # retain set (as in the published scripts)
+        pool = xr_sub[yr_sub != c] if single else xr.to(dtype)
+        if pool.shape[0] == 0:
             raise ValueError(f"the retain set has no samples outside forget class {c}")
         result = generate_antisamples(
             xf[yf == c].to(dtype).to(device),
-            xr_sub[pool_mask].to(device),
+            pool.to(device),
             retain_fraction=1.0,
             n_generated=n_gen,
             tail_randomized=config.tail_randomized,
@@ -450,8 +453,9 @@ def antisamples_multi_class(
     """Forget several classes (or samples): anti-samples of each class from the whole retain pool.
 
     For each class ``c`` in the forget set, the forget samples of ``c`` are matched against
-    the entire retain subset and their anti-samples are labelled ``c``; one fine-tune then
-    uses all anti-samples and the retain subset.
+    the whole retain set (not only the ``retain_fraction`` subset, as in the published
+    multi-class script) and their ``n_generated`` anti-samples are labelled ``c``; one
+    fine-tune then uses all anti-samples and the retain subset.
 
     Args:
         model: The trained model; left unchanged.
