@@ -207,3 +207,11 @@ def test_unsir_rejects_out_of_range_forget_labels(one_class):
     with pytest.raises(ValueError, match="forget labels"):
         run_method("unsir", s.original, (xf, torch.full_like(yf, 12)), s.retain)
 
+
+
+def test_progress_bar_is_opt_in(one_class, capfd):
+    s = one_class
+    run_method("scrub", s.original, s.forget, s.retain, epochs=1)
+    assert "scrub" not in capfd.readouterr().err
+    run_method("scrub", s.original, s.forget, s.retain, epochs=1, progress=True)
+    assert "scrub" in capfd.readouterr().err
