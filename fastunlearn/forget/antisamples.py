@@ -38,7 +38,7 @@ from ._common_b import (
     num_outputs,
     train_ce,
 )
-from .base import ForgetConfig, clone_model, iterate, model_device, register
+from .base import ForgetConfig, as_dataset, clone_model, iterate, model_device, register
 
 __all__ = [
     "ANTISAMPLE_PRESETS",
@@ -364,6 +364,8 @@ def _unlearn(
 ) -> nn.Module:
     if not isinstance(config, AntiSampleConfig):
         raise TypeError(f"config must be an AntiSampleConfig, got {type(config).__name__}")
+    forget_ds = as_dataset(forget_ds, "forget")
+    retain_ds = as_dataset(retain_ds, "retain")
     xf, yf = dataset_tensors(forget_ds)
     xr, yr = dataset_tensors(retain_ds)
     if xf.shape[1:] != xr.shape[1:]:

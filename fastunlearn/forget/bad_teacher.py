@@ -18,7 +18,15 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from ._common_b import check_fraction, check_number, dataset_tensors, reinitialize
-from .base import ForgetConfig, clone_model, iterate, make_loader, model_device, register
+from .base import (
+    ForgetConfig,
+    as_dataset,
+    clone_model,
+    iterate,
+    make_loader,
+    model_device,
+    register,
+)
 
 __all__ = ["BadTeacherConfig", "bad_teacher"]
 
@@ -76,6 +84,8 @@ def bad_teacher(
     """
     if not isinstance(config, BadTeacherConfig):
         raise TypeError(f"config must be a BadTeacherConfig, got {type(config).__name__}")
+    forget_ds = as_dataset(forget_ds, "forget")
+    retain_ds = as_dataset(retain_ds, "retain")
     good = clone_model(model).eval()
     bad_seed = config.seed + 1 if config.incompetent_seed is None else config.incompetent_seed
     bad = reinitialize(clone_model(model), bad_seed).eval()

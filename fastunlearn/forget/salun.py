@@ -107,6 +107,8 @@ def salun(
     """
     if not isinstance(config, SalUnConfig):
         raise TypeError(f"config must be a SalUnConfig, got {type(config).__name__}")
+    forget_ds = as_dataset(forget_ds, "forget")
+    retain_ds = as_dataset(retain_ds, "retain")
     masks = saliency_mask(model, forget_ds, config.mask_ratio, batch_size=config.batch_size)
     new = clone_model(model)
     xf, yf = dataset_tensors(forget_ds)

@@ -22,7 +22,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ._common_b import check_number, check_positive_int
-from .base import ForgetConfig, clone_model, iterate, make_loader, model_device, register
+from .base import (
+    ForgetConfig,
+    as_dataset,
+    clone_model,
+    iterate,
+    make_loader,
+    model_device,
+    register,
+)
 
 __all__ = ["ScrubConfig", "scrub", "tempered_kl"]
 
@@ -101,6 +109,8 @@ def scrub(
     """
     if not isinstance(config, ScrubConfig):
         raise TypeError(f"config must be a ScrubConfig, got {type(config).__name__}")
+    forget_ds = as_dataset(forget_ds, "forget")
+    retain_ds = as_dataset(retain_ds, "retain")
     teacher = clone_model(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

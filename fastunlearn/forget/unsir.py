@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ._common_b import check_number, check_positive_int, dataset_tensors, num_outputs, train_ce
-from .base import ForgetConfig, clone_model, iterate, model_device, register
+from .base import ForgetConfig, as_dataset, clone_model, iterate, model_device, register
 
 __all__ = ["UnsirConfig", "error_maximizing_noise", "unsir", "unsir_noise_set"]
 
@@ -180,6 +180,8 @@ def unsir(
     """
     if not isinstance(config, UnsirConfig):
         raise TypeError(f"config must be an UnsirConfig, got {type(config).__name__}")
+    forget_ds = as_dataset(forget_ds, "forget")
+    retain_ds = as_dataset(retain_ds, "retain")
     xf, yf = dataset_tensors(forget_ds)
     xr, yr = dataset_tensors(retain_ds)
     new = clone_model(model)

@@ -215,3 +215,17 @@ def test_progress_bar_is_opt_in(one_class, capfd):
     assert "scrub" not in capfd.readouterr().err
     run_method("scrub", s.original, s.forget, s.retain, epochs=1, progress=True)
     assert "scrub" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(DIGITS_OVERRIDES))
+def test_registered_function_accepts_tensor_pairs(one_class, name):
+    # the registered function itself (not only run_method) validates and converts its data
+    s = one_class
+    fn, cls = get_method(name)
+    cfg = cls(**{**DIGITS_OVERRIDES[name], "epochs": 1})
+    a = fn(s.original, s.forget, s.retain, cfg)
+    b = run_method(name, s.original, s.forget, s.retain, config=cfg)
+    assert same_state(a, state_copy(b))
+    xf, yf = s.forget
+    with pytest.raises(ValueError, match="forget"):
+        fn(s.original, (xf, yf[:-1]), s.retain, cfg)
