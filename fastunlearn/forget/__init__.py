@@ -44,3 +44,32 @@ from . import relabel as relabel  # noqa: E402
 from . import retrain as retrain  # noqa: E402
 
 # end methods: forgeta
+
+# methods: forgetb (SCRUB, Bad Teacher, SalUn, UNSIR, anti-samples); importing registers them
+from . import antisamples, bad_teacher, salun, scrub, unsir  # noqa: E402, F401  # isort: skip
+from .antisamples import (  # noqa: E402  # isort: skip
+    ANTISAMPLE_PRESETS,
+    AntiSampleConfig,
+    AntiSamples,
+    antisample_preset,
+    generate_antisamples,
+)
+from .bad_teacher import BadTeacherConfig  # noqa: E402  # isort: skip
+from .salun import SalUnConfig, saliency_mask  # noqa: E402  # isort: skip
+from .scrub import ScrubConfig  # noqa: E402  # isort: skip
+from .unsir import UnsirConfig, error_maximizing_noise  # noqa: E402  # isort: skip
+
+__all__ += [
+    "ANTISAMPLE_PRESETS",
+    "AntiSampleConfig",
+    "AntiSamples",
+    "BadTeacherConfig",
+    "SalUnConfig",
+    "ScrubConfig",
+    "UnsirConfig",
+    "antisample_preset",
+    "error_maximizing_noise",
+    "generate_antisamples",
+    "saliency_mask",
+]
+# end methods: forgetb

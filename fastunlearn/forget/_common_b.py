@@ -1,0 +1,143 @@
+"""Helpers shared by SCRUB, Bad Teacher, SalUn, UNSIR and the anti-sample methods.
+
+Materialising data sets as tensors, per-class subsets, a plain cross-entropy training loop,
+re-initialising a model and small validators for config fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
+
+from .base import iterate, make_loader, model_device
+
+__all__ = [
+    "check_fraction",
+    "check_number",
+    "check_positive_int",
+    "class_subset",
+    "dataset_tensors",
+    "num_outputs",
+    "reinitialize",
+    "train_ce",
+]
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> None:
+    """Raise TypeError/ValueError unless ``value`` is an int ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_number(name: str, value: object, minimum: float = 0.0, *, strict: bool = False) -> None:
+    """Raise TypeError/ValueError unless ``value`` is a finite number above ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    bad = value <= minimum if strict else value < minimum
+    if bad or value != value or abs(value) == float("inf"):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be finite and {op} {minimum}, got {value}")
+
+
+def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> None:
+    """Raise TypeError/ValueError unless ``value`` is in ``(0, 1]`` (``[0, 1]`` if allowed)."""
+    check_number(name, value, 0.0, strict=not allow_zero)
+    if value > 1:  # type: ignore[operator]
+        raise ValueError(f"{name} must be <= 1, got {value}")
+
+
+def dataset_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
+    """All ``(inputs, labels)`` of a map-style data set as two tensors (labels int64).
+
+    A :class:`~torch.utils.data.TensorDataset` of two tensors is returned without copying.
+    """
+    if isinstance(ds, TensorDataset) and len(ds.tensors) == 2:
+        x, y = ds.tensors
+    else:
+        items = [ds[i] for i in range(len(ds))]  # type: ignore[arg-type]
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        y = torch.stack([torch.as_tensor(item[1]) for item in items])
+    if y.is_floating_point() or y.dim() != 1:
+        raise TypeError(
+            f"labels must be a 1-D integer tensor, got {y.dtype} of shape {tuple(y.shape)}"
+        )
+    return x, y.long()
+
+
+@torch.no_grad()
+def num_outputs(model: nn.Module, example: Tensor) -> int:
+    """Count the logits ``model`` produces for one input (evaluated in eval mode)."""
+    was_training = model.training
+    model.eval()
+    out = model(example[:1].to(model_device(model)))
+    model.train(was_training)
+    return int(out.shape[-1])
+
+
+def class_subset(labels: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
+    """Return indices of a random ``fraction`` of every class.
+
+    Each class keeps ``floor(fraction * count)`` rows (as the anti-sample scripts), at least
+    one.
+    """
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        rows = torch.nonzero(labels == c).flatten()
+        n = max(1, int(fraction * rows.numel() + 1e-9))
+        perm = torch.randperm(rows.numel(), generator=generator)[:n]
+        chosen.append(rows[perm])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def reinitialize(model: nn.Module, seed: int) -> nn.Module:
+    """Re-draw every parameter of ``model`` in place with its module's ``reset_parameters``.
+
+    The draw is seeded and leaves the global RNG state unchanged.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return model
+
+
+def train_ce(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+    desc: str,
+    after_step: Callable[[], None] | None = None,
+    before_step: Callable[[], None] | None = None,
+) -> None:
+    """Minimise the mean cross-entropy of ``model`` on ``(inputs, labels)`` (shuffled).
+
+    ``before_step`` runs after the backward pass (e.g. to mask gradients), ``after_step``
+    after every optimiser step (e.g. to restore frozen weights).
+    """
+    device = model_device(model)
+    loader = make_loader(TensorDataset(inputs, labels), batch_size, shuffle=True, seed=seed)
+    model.train()
+    for _ in iterate(range(epochs), progress=progress, desc=desc):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            if before_step is not None:
+                before_step()
+            optimizer.step()
+            if after_step is not None:
+                after_step()

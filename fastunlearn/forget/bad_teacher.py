@@ -1,0 +1,124 @@
+"""Bad Teacher (Chundawat et al., AAAI 2023): distil from a competent and an incompetent teacher.
+
+The student starts as a copy of the trained model. Batches mix forget samples (flag 1) and a
+random retain subset (flag 0); the student's tempered distribution is pulled (KL divergence)
+towards the *incompetent* teacher (a randomly initialised copy of the architecture) on
+forget samples and towards the *competent* teacher (the frozen trained model) on retain
+samples. Defaults: T 1, Adam lr 1e-4, 1 epoch, batch 256; the retain subset is 30 % of the
+retain set, as in the paper's experiments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from ._common_b import check_fraction, check_number, dataset_tensors, reinitialize
+from .base import (
+    ForgetConfig,
+    as_dataset,
+    clone_model,
+    iterate,
+    make_loader,
+    model_device,
+    register,
+)
+
+__all__ = ["BadTeacherConfig", "bad_teacher"]
+
+
+@dataclass
+class BadTeacherConfig(ForgetConfig):
+    """Bad Teacher settings (defaults: the published ones).
+
+    Attributes:
+        epochs: Passes over the mixed forget + retain-subset data.
+        lr: Adam learning rate.
+        batch_size: Mini-batch size of the mixed data.
+        momentum: Unused (Adam).
+        weight_decay: Adam weight decay (0 in the paper).
+        temperature: Distillation temperature ``T``.
+        retain_fraction: Share of the retain set mixed with the forget set, in (0, 1].
+        incompetent_seed: Seed of the incompetent teacher's random initialisation
+            (``None``: ``seed + 1``).
+
+    """
+
+    epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 256
+    weight_decay: float = 0.0
+    temperature: float = 1.0
+    retain_fraction: float = 0.3
+    incompetent_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("temperature", self.temperature, strict=True)
+        check_fraction("retain_fraction", self.retain_fraction)
+        if self.incompetent_seed is not None and (
+            isinstance(self.incompetent_seed, bool) or not isinstance(self.incompetent_seed, int)
+        ):
+            raise TypeError("incompetent_seed must be an int or None")
+
+
+@register("bad_teacher", BadTeacherConfig)
+def bad_teacher(
+    model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, config: BadTeacherConfig
+) -> nn.Module:
+    """Unlearn ``forget_ds`` by competent/incompetent teacher distillation.
+
+    Args:
+        model: The trained model (the competent teacher); left unchanged.
+        forget_ds: The forget set.
+        retain_ds: The retain set (a ``retain_fraction`` subset of it is used).
+        config: A :class:`BadTeacherConfig`.
+
+    Returns:
+        The student after ``config.epochs`` epochs.
+
+    """
+    if not isinstance(config, BadTeacherConfig):
+        raise TypeError(f"config must be a BadTeacherConfig, got {type(config).__name__}")
+    forget_ds = as_dataset(forget_ds, "forget")
+    retain_ds = as_dataset(retain_ds, "retain")
+    good = clone_model(model).eval()
+    bad_seed = config.seed + 1 if config.incompetent_seed is None else config.incompetent_seed
+    bad = reinitialize(clone_model(model), bad_seed).eval()
+    for teacher in (good, bad):
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    student = clone_model(model)
+    device = model_device(student)
+
+    xf, _ = dataset_tensors(forget_ds)
+    xr, _ = dataset_tensors(retain_ds)
+    gen = torch.Generator().manual_seed(config.seed)
+    n_keep = max(1, int(round(config.retain_fraction * xr.shape[0])))
+    keep = torch.randperm(xr.shape[0], generator=gen)[:n_keep]
+    xr = xr[keep]
+    inputs = torch.cat([xf, xr.to(xf.dtype)])
+    flags = torch.cat([torch.ones(xf.shape[0]), torch.zeros(xr.shape[0])])
+    loader = make_loader(
+        TensorDataset(inputs, flags), config.batch_size, shuffle=True, seed=config.seed
+    )
+
+    opt = torch.optim.Adam(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    T = config.temperature
+    student.train()
+    for _ in iterate(range(config.epochs), progress=config.progress, desc="bad_teacher"):
+        for x, flag in loader:
+            x, flag = x.to(device), flag.to(device).unsqueeze(1)
+            with torch.no_grad():
+                p_bad, p_good = F.softmax(bad(x) / T, dim=1), F.softmax(good(x) / T, dim=1)
+                target = flag * p_bad + (1 - flag) * p_good
+            log_s = F.log_softmax(student(x) / T, dim=1)
+            loss = F.kl_div(log_s, target, reduction="batchmean")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return student.eval()

@@ -1,0 +1,143 @@
+"""SalUn (Fan et al., ICLR 2024): random-label unlearning restricted to salient weights.
+
+1. Saliency mask (:func:`saliency_mask`): the gradient of the cross-entropy summed over the
+   forget set (the sign is irrelevant: only ``|g|`` is used), at the trained weights; the
+   ``mask_ratio`` share of all weights with the largest ``|g|`` (one global threshold over
+   every parameter tensor) is salient.
+2. Random labels: train on the forget set with labels drawn uniformly over all classes
+   (a draw may equal the true label) together with the retain set (true labels). Gradients
+   of non-salient weights are zeroed and, after each step, non-salient weights are restored
+   to their trained values, so weight decay and momentum cannot move them.
+
+Defaults: the authors' README command for random 10 % forgetting (10 epochs, SGD lr 0.013,
+momentum 0.9, weight decay 5e-4, mask ratio 0.5, batch 256).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ._common_b import check_fraction, dataset_tensors, num_outputs, train_ce
+from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
+
+__all__ = ["SalUnConfig", "salun", "saliency_mask"]
+
+
+@dataclass
+class SalUnConfig(ForgetConfig):
+    """SalUn settings (defaults: the published random-forgetting command).
+
+    Attributes:
+        epochs: Random-label training epochs.
+        lr: SGD learning rate.
+        batch_size: Mini-batch size (forget and retain samples shuffled together).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay (applied to salient weights only).
+        mask_ratio: Share of weights that are salient (trainable), in (0, 1].
+
+    """
+
+    epochs: int = 10
+    lr: float = 0.013
+    batch_size: int = 256
+    mask_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fraction("mask_ratio", self.mask_ratio)
+
+
+def saliency_mask(
+    model: nn.Module, forget_ds: Dataset, ratio: float, *, batch_size: int = 256
+) -> dict[str, Tensor]:
+    """Boolean masks (per named parameter) of the ``ratio`` most salient weights.
+
+    Saliency is ``|sum over the forget set of grad CE(model(x), y)|`` at the current weights,
+    ranked globally over all parameters; ties at the threshold are all kept. ``model`` is
+    not modified (its gradients are restored).
+
+    Args:
+        model: The trained model.
+        forget_ds: The forget set (a Dataset or an ``(inputs, labels)`` pair).
+        ratio: Share of weights to mark salient, in (0, 1].
+        batch_size: Batch size of the gradient pass.
+
+    Returns:
+        ``{name: bool tensor shaped like the parameter}`` for every parameter that requires
+        grad.
+
+    """
+    check_fraction("ratio", ratio)
+    forget_ds = as_dataset(forget_ds, "forget_ds")
+    work = clone_model(model).eval()
+    params = {n: p for n, p in work.named_parameters() if p.requires_grad}
+    device = model_device(work)
+    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    for x, y in make_loader(forget_ds, batch_size, shuffle=False):
+        x, y = x.to(device), torch.as_tensor(y).to(device)
+        loss = F.cross_entropy(work(x), y, reduction="sum")
+        for n, g in zip(params, torch.autograd.grad(loss, list(params.values())), strict=True):
+            grads[n] += g
+    flat = torch.cat([g.abs().flatten() for g in grads.values()])
+    k = max(1, int(round(ratio * flat.numel())))
+    threshold = torch.topk(flat, k, sorted=True).values[-1]
+    return {n: g.abs() >= threshold for n, g in grads.items()}
+
+
+@register("salun", SalUnConfig)
+def salun(
+    model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, config: SalUnConfig
+) -> nn.Module:
+    """Unlearn ``forget_ds`` with saliency-masked random-label training.
+
+    Args:
+        model: The trained model; left unchanged.
+        forget_ds: The forget set.
+        retain_ds: The retain set.
+        config: A :class:`SalUnConfig`.
+
+    Returns:
+        The new model.
+
+    """
+    if not isinstance(config, SalUnConfig):
+        raise TypeError(f"config must be a SalUnConfig, got {type(config).__name__}")
+    forget_ds = as_dataset(forget_ds, "forget")
+    retain_ds = as_dataset(retain_ds, "retain")
+    masks = saliency_mask(model, forget_ds, config.mask_ratio, batch_size=config.batch_size)
+    new = clone_model(model)
+    xf, yf = dataset_tensors(forget_ds)
+    xr, yr = dataset_tensors(retain_ds)
+    n_classes = num_outputs(new, xf)
+    gen = torch.Generator().manual_seed(config.seed)
+    random_labels = torch.randint(0, n_classes, yf.shape, generator=gen)
+    inputs = torch.cat([xf, xr.to(xf.dtype)])
+    labels = torch.cat([random_labels, yr])
+
+    named = {n: p for n, p in new.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in named.items()}
+    opt = torch.optim.SGD(
+        named.values(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+    def mask_grads() -> None:
+        for n, p in named.items():
+            if p.grad is not None:
+                p.grad.mul_(masks[n])
+
+    @torch.no_grad()
+    def restore() -> None:
+        for n, p in named.items():
+            p.copy_(torch.where(masks[n], p, frozen[n]))
+
+    train_ce(
+        new, inputs, labels, opt, epochs=config.epochs, batch_size=config.batch_size,
+        seed=config.seed, progress=config.progress, desc="salun",
+        before_step=mask_grads, after_step=restore,
+    )
+    return new.eval()
