@@ -46,6 +46,7 @@ __all__ = [
     "residual_norm",
     "spectral_norm_upper",
     "subsample_membership",
+    "triangular_apply",
 ]
 
 #: Relative safety margin on the largest eigenvalue returned by ``eigvalsh``: its backward
@@ -257,6 +258,17 @@ def cholesky_factor(H: Tensor) -> Tensor:
 def cholesky_apply(L: Tensor, B: Tensor) -> Tensor:
     """Solve ``L_k L_k^T x_k = B[:, k]`` for all k: ``L [K, d, d]``, ``B [d, K]`` -> ``[d, K]``."""
     return torch.cholesky_solve(B.T.unsqueeze(-1), L).squeeze(-1).T
+
+
+def triangular_apply(L: Tensor, B: Tensor) -> Tensor:
+    """:func:`cholesky_apply` by two batched triangular solves that borrow the factors.
+
+    ``torch.cholesky_solve`` copies all ``K`` factors on every call; at ``d = 784``, ``K = 10``
+    the triangular solves are several times faster on the CPU.
+    """
+    rhs = B.T.unsqueeze(-1)
+    y = torch.linalg.solve_triangular(L, rhs, upper=False)
+    return torch.linalg.solve_triangular(L.mH, y, upper=True).squeeze(-1).T
 
 
 class NewtonResult(NamedTuple):

@@ -19,7 +19,13 @@ from fastunlearn.certified import (
     RemovalRecord,
     RemovalReport,
     noise_budget,
+    woodbury,
     worst_case_bound,
+)
+from fastunlearn.certified.estimator import (
+    CG_REFRESH_ITERATIONS,
+    SPECTRAL_REFRESH_FRACTION,
+    WOODBURY_MAX_ROWS,
 )
 from fastunlearn.certified.math import draw_perturbation, newton_fit, normalize_rows
 from fastunlearn.data import load_digits_dataset
@@ -283,7 +289,9 @@ def test_cholesky_and_cg_agree(tenclass, params):
     order = [5, 77, 300, 1000, 12]
     models = {}
     for solver in ("cholesky", "cg"):
-        model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, solver=solver, **params)
+        model = CertifiedLogisticRegression(
+            lam=LAM, sigma=10.0, solver=solver, cg_tol=1e-10, **params
+        )
         model.fit(X, y).remove(order[:3])
         model.remove(order[3:], batch=True)
         models[solver] = model
@@ -708,7 +716,7 @@ def test_cached_spectral_bound_stays_safe_and_tight(tenclass):
         for g, rows in enumerate(groups):
             exact = np.linalg.norm(Xn[rows & keep], ord=2) ** 2
             # never below the exact value, never more than the refresh fraction above it
-            assert exact <= eig[g] <= exact * (1 + 0.01 + 1e-6) + 1e-9
+            assert exact <= eig[g] <= exact * (1 + SPECTRAL_REFRESH_FRACTION + 1e-6) + 1e-9
         # the downdated Gram matrices equal the Gram matrices of the remaining rows
         for g, rows in enumerate(groups):
             np.testing.assert_allclose(
@@ -722,14 +730,44 @@ def test_auto_solver_choice():
     assert model._solver("auto") == "cholesky"  # four features: dense is cheaper
     assert model._solver("cg") == "cg"
     data = load_digits_dataset()
-    model = CertifiedLogisticRegression(lam=1e-3, sigma=1.0).fit(data.X_train, data.y_train)
+    model = CertifiedLogisticRegression(lam=1e-3, sigma=1.0, epsilon=1e9, retrain=False)
+    model.fit(data.X_train, data.y_train)
     assert model._solver("auto") == "cg"  # 64 features, 1437 rows
     model.remove([0, 1])
-    assert model._cg_base > 0
-    model._cg_last = 2 * model._cg_base + 3  # iterations doubled: refresh the factors
+    assert model._wood.rows == 2  # both removed rows folded into the starting factors
+    model._cg_last = CG_REFRESH_ITERATIONS + 1  # CG struggles: refresh the factors
     assert model._solver("auto") == "cholesky"
     model.remove([2])
-    assert model._cg_base == model._cg_last == 0 and model._solver("auto") == "cg"
+    assert model._cg_base == model._cg_last == 0 and model._wood is None
+    assert model._solver("auto") == "cg"
+    model.remove([3])
+    assert model._wood.rows == 1
+    model.remove(list(range(4, 4 + WOODBURY_MAX_ROWS - 1)), batch=True)
+    assert model._wood.rows == WOODBURY_MAX_ROWS  # full: the next step refreshes
+    assert model._solver("auto") == "cholesky"
+
+
+def test_cg_starting_factors_with_removed_rows_match_a_dense_solve(tenclass):
+    X, y, _, _ = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, solver="cg").fit(X, y)
+    model.remove([3, 50, 700])
+    wood = model._wood
+    assert wood.rows == 3
+    # the terms describe M - U U^T: the factors' matrix without the removed rows
+    M = wood.L @ wood.L.mT
+    M_down = M - wood.U @ wood.U.mT
+    gen = torch.Generator().manual_seed(0)
+    B = torch.randn(M.shape[-1], M.shape[0], dtype=torch.float64, generator=gen)
+    dense = torch.linalg.solve(M_down, B.T.unsqueeze(-1)).squeeze(-1).T
+    torch.testing.assert_close(woodbury.solve(wood, B), dense, rtol=1e-9, atol=1e-12)
+    classes = torch.tensor([1, 4])
+    torch.testing.assert_close(
+        woodbury.solve(wood, B[:, classes], classes), dense[:, classes], rtol=1e-9, atol=1e-12
+    )
+    # and the removed rows' columns are sqrt(weight) x_i for every class
+    rows = torch.tensor([3, 50, 700])
+    expected = model._X[rows].T.unsqueeze(0) * wood.weights[rows].sqrt().T.unsqueeze(1)
+    torch.testing.assert_close(wood.U, expected)
 
 
 def test_indices_accept_ints_arrays_and_tensors(binary):
