@@ -277,13 +277,19 @@ class _ShuffledBatches:
 
 def _solve_cg(
     op: NetworkHessianOperator, G: Tensor, tol: float, maxiter: int | None, restarts: int
-) -> tuple[Tensor, int, int, bool, str | None]:
-    """CG with restarts until the true residual meets ``tol`` -> (x, iters, matvecs, ok, note)."""
+) -> tuple[Tensor, int, int, bool, float, str | None]:
+    """CG, restarted while the true residual misses ``tol``.
+
+    Returns:
+        ``(x, iterations, matvecs, converged, true residual norm, note)``.
+
+    """
     x: Tensor | None = None
     iterations = matvecs = 0
     budget = maxiter if maxiter is not None else 10 * G.numel()
     note = None
     converged = False
+    residual = math.inf
     for _ in range(restarts + 1):
         result = cg(op, G, x0=x, tol=tol, maxiter=max(budget - iterations, 0))
         x = result.solution
@@ -291,6 +297,7 @@ def _solve_cg(
         iterations += steps
         matvecs += result.num_matvecs
         converged = bool(result.converged.all())
+        residual = float(result.residual_norms.max())
         if bool(result.breakdown.any()):
             note = "CG breakdown: the damped Hessian is not positive definite along a " \
                    "search direction (increase 'damping')"
@@ -298,7 +305,7 @@ def _solve_cg(
         if converged or steps == 0 or iterations >= budget:
             break
     assert x is not None
-    return x, iterations, matvecs, converged, note
+    return x, iterations, matvecs, converged, residual, note
 
 
 def _solve_direct(
@@ -528,14 +535,14 @@ def influence_update(
             if solver == "cg":
                 op = NetworkHessianOperator(model, loss_fn, X_train, y_train, params=names,
                                             damping=damping, batch_size=hvp_batch_size)
-                step, iters, matvecs, ok, note = _solve_cg(op, G, tol, maxiter, restarts)
+                step, iters, matvecs, ok, residual, note = _solve_cg(op, G, tol, maxiter,
+                                                                      restarts)
                 result.damping = damping
                 result.solver_iterations = iters
                 result.converged = ok
+                # matvecs include the initial residual of each restart and the final true one
                 result.num_hvps += matvecs * n_train
-                residual = torch.linalg.vector_norm(G - op.matmat(step.unsqueeze(1)).squeeze(1))
-                result.num_hvps += n_train
-                result.residual = float(residual) / result.gradient_norm
+                result.residual = residual / result.gradient_norm
                 result.reason = note
             elif solver == "lissa":
                 assert settings is not None
