@@ -8,6 +8,7 @@
 is the certified logistic-regression variant.
 """
 
+from .curvature import GGNOperator
 from .drivers import (
     IterativeRepairResult,
     iterative_label_repair,
@@ -24,7 +25,7 @@ from .gradients import (
     loss_value,
 )
 from .linear import LinearUpdateResult, fit_logistic, linear_influence_update, required_sigma
-from .update import SOLVERS, LissaSettings, UpdateResult, influence_update
+from .update import CURVATURES, SOLVERS, LissaSettings, UpdateResult, influence_update
 
 __all__ = [
     # updates
@@ -32,6 +33,8 @@ __all__ = [
     "UpdateResult",
     "LissaSettings",
     "SOLVERS",
+    "CURVATURES",
+    "GGNOperator",
     # gradients and parameter subsets
     "gradient_difference",
     "loss_gradient",

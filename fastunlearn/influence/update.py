@@ -51,6 +51,7 @@ from ..linalg import (
     selected_parameter_names,
 )
 from ..linalg import lissa as lissa_solve
+from .curvature import GGNOperator
 from .gradients import (
     LossFn,
     check_sum_reduction,
@@ -61,10 +62,17 @@ from .gradients import (
     unflatten,
 )
 
-__all__ = ["LissaSettings", "UpdateResult", "influence_update", "SOLVERS"]
+__all__ = ["LissaSettings", "UpdateResult", "influence_update", "SOLVERS", "CURVATURES"]
 
 #: Second-order solvers.
 SOLVERS = ("cg", "lissa", "direct")
+#: Curvature matrices: the Hessian, or the (positive semidefinite) generalised Gauss-Newton.
+CURVATURES = ("hessian", "ggn")
+
+
+def _curvature_op(curvature: str, *args: Any, **kwargs: Any) -> Any:
+    cls = GGNOperator if curvature == "ggn" else NetworkHessianOperator
+    return cls(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -317,15 +325,19 @@ def _solve_direct(
     G: Tensor,
     damping: float,
     batch_size: int | None,
+    curvature: str = "hessian",
 ) -> tuple[Tensor, Tensor]:
     """Dense ``(H + damping I)^{-1} G``; returns the solution and the damped Hessian."""
     n = X.shape[0]
     step = batch_size or max(n, 1)
     H = torch.zeros(G.numel(), G.numel(), dtype=G.dtype, device=G.device)
     with eval_mode(model):
-        for start in range(0, n, step):
-            H += dense_hessian(model, loss_fn, X[start:start + step], y[start:start + step],
-                               params=names)
+        if curvature == "ggn":
+            H += GGNOperator(model, loss_fn, X, y, params=names, batch_size=batch_size).to_dense()
+        else:
+            for start in range(0, n, step):
+                H += dense_hessian(model, loss_fn, X[start:start + step],
+                                   y[start:start + step], params=names)
     H = 0.5 * (H + H.T)
     H.diagonal().add_(damping)
     try:
@@ -352,6 +364,7 @@ def influence_update(
     tau: float | str = "auto",
     solver: str = "cg",
     damping: float = 0.0,
+    curvature: str = "hessian",
     params: Any = None,
     hvp_batch_size: int | None = None,
     chunk_size: int | None = 1024,
@@ -390,6 +403,9 @@ def influence_update(
         solver: ``"cg"``, ``"lissa"`` or ``"direct"`` (second order).
         damping: Tikhonov damping lambda >= 0 of ``"cg"`` and ``"direct"`` (LiSSA's is
             ``lissa.damping * lissa.scale``).
+        curvature: ``"hessian"`` (the reference) or ``"ggn"``: the generalised Gauss-Newton
+            matrix, positive semidefinite for convex losses, so CG cannot break down on a
+            non-convex network (see :class:`~fastunlearn.influence.GGNOperator`).
         params: Parameters to update: None (all trainable), or names / ``nn.Parameter``
             objects (e.g. :func:`~fastunlearn.influence.last_parameters`).
         hvp_batch_size: Rows per Hessian-vector product batch (None: all at once).
@@ -447,6 +463,8 @@ def influence_update(
         raise ValueError(f"'order' must be 1 or 2, got {order!r}")
     if solver not in SOLVERS:
         raise ValueError(f"'solver' must be one of {SOLVERS}, got {solver!r}")
+    if curvature not in CURVATURES:
+        raise ValueError(f"'curvature' must be one of {CURVATURES}, got {curvature!r}")
     damping = _check_float("damping", damping)
     loss_tolerance = _check_float("loss_tolerance", loss_tolerance)
     tol = _check_float("tol", tol)
@@ -520,7 +538,8 @@ def influence_update(
             if auto_tau:
                 X_train, y_train = train_data  # type: ignore[misc]
                 tau, evals, hvps, loss0 = _line_search(model, loss_fn, X_train, y_train, names,
-                                                       G, hvp_batch_size, chunk_size)
+                                                       G, hvp_batch_size, chunk_size,
+                                                       curvature)
                 result.num_loss_evals += evals
                 result.num_hvps += hvps
                 result.loss_before = loss0
@@ -533,8 +552,8 @@ def influence_update(
         else:
             X_train, y_train = train_data  # type: ignore[misc]
             if solver == "cg":
-                op = NetworkHessianOperator(model, loss_fn, X_train, y_train, params=names,
-                                            damping=damping, batch_size=hvp_batch_size)
+                op = _curvature_op(curvature, model, loss_fn, X_train, y_train, params=names,
+                                   damping=damping, batch_size=hvp_batch_size)
                 step, iters, matvecs, ok, residual, note = _solve_cg(op, G, tol, maxiter,
                                                                       restarts)
                 result.damping = damping
@@ -547,8 +566,8 @@ def influence_update(
             elif solver == "lissa":
                 assert settings is not None
                 result.damping = settings.effective_damping
-                op = NetworkHessianOperator(model, loss_fn, X_train, y_train, params=names,
-                                            batch_size=hvp_batch_size)
+                op = _curvature_op(curvature, model, loss_fn, X_train, y_train, params=names,
+                                   batch_size=hvp_batch_size)
                 batches = _ShuffledBatches(X_train, y_train, settings.batch_size, settings.seed)
                 try:
                     out = lissa_solve(op, G, damping=settings.damping, scale=settings.scale,
@@ -571,7 +590,7 @@ def influence_update(
                         / result.gradient_norm
             else:
                 step, H = _solve_direct(model, loss_fn, X_train, y_train, names, G, damping,
-                                        hvp_batch_size)
+                                        hvp_batch_size, curvature)
                 result.damping = damping
                 result.num_hvps += n_train * P
                 result.residual = float(torch.linalg.vector_norm(H @ step - G)) \
@@ -629,6 +648,7 @@ def _line_search(
     G: Tensor,
     hvp_batch_size: int | None,
     chunk_size: int | None,
+    curvature: str = "hessian",
 ) -> tuple[float | None, int, int, float]:
     """Step size along ``-G`` lowering the corrected training loss.
 
@@ -650,10 +670,10 @@ def _line_search(
         return loss_value(model, loss_fn, X, y, names=names, values=values,
                           chunk_size=chunk_size)
 
-    op = NetworkHessianOperator(model, loss_fn, X, y, params=names, batch_size=hvp_batch_size)
-    curvature = float(G @ op.matmat(G.unsqueeze(1)).squeeze(1))
+    op = _curvature_op(curvature, model, loss_fn, X, y, params=names, batch_size=hvp_batch_size)
+    gHg = float(G @ op.matmat(G.unsqueeze(1)).squeeze(1))
     gg = float(G @ G)
-    t = gg / curvature if curvature > 0 and math.isfinite(curvature) else 1.0 / math.sqrt(gg)
+    t = gg / gHg if gHg > 0 and math.isfinite(gHg) else 1.0 / math.sqrt(gg)
     f0 = f(0.0)
     evals = 1
     ft = f(t)
