@@ -447,7 +447,7 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
              f"| poisoned | {fv(tr['acc_poisoned'])} | {fv(tr['poisoned_train_seconds'])} |"]
     for name, p in result["protocols"].items():
         lines.append(f"| repaired ({name}) | {fv(p['acc_after'])} | {fv(p['seconds'])} |")
-    lines += ["", "| protocol | % restored | residual ||grad L(D~)|| | gradients | HVPs | "
+    lines += ["", "| protocol | % restored | gradient residual | gradients | HVPs | "
               "speed-up vs retraining | diverged steps |", "|---|---|---|---|---|---|---|"]
     for name, p in result["protocols"].items():
         restored = p["restored"]
