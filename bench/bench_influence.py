@@ -43,8 +43,8 @@ NAME = "influence"
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(filters=8, n=128, steps=1, points=16, hvp_batch=128, lissa_batch=32,
                  lissa_depth=3, cg_maxiter=3, digits_epochs=3, digits_n=300),
-    "quick": dict(filters=16, n=512, steps=2, points=64, hvp_batch=512, lissa_batch=128,
-                  lissa_depth=10, cg_maxiter=10, digits_epochs=40, digits_n=0),
+    "quick": dict(filters=16, n=256, steps=2, points=64, hvp_batch=256, lissa_batch=128,
+                  lissa_depth=10, cg_maxiter=8, digits_epochs=30, digits_n=0),
     "full": dict(filters=128, n=10240, steps=10, points=1024, hvp_batch=1024, lissa_batch=1024,
                  lissa_depth=100, cg_maxiter=50, digits_epochs=100, digits_n=0),
 }
