@@ -293,7 +293,8 @@ def iterative_label_repair(
         evaluate: Optional ``evaluate(model)`` called after every step (its time is not
             counted); its return value is stored under ``"eval"``.
         chunk_size: Rows per prediction chunk.
-        **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`.
+        **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
+            (``progress=True`` also shows a bar over the steps).
 
     Returns:
         An :class:`IterativeRepairResult`.
@@ -314,7 +315,14 @@ def iterative_label_repair(
         raise ValueError("'inputs' contains non-finite values (NaN or inf)")
     gen = torch.Generator().manual_seed(seed)
     out = IterativeRepairResult()
+    bar = None
+    if update_kwargs.get("progress"):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="repair", unit="step")
     for step in range(1, steps + 1):
+        if bar is not None:
+            bar.update(1)
         pred = predict(model, inputs, chunk_size=chunk_size)
         wrong = torch.nonzero(pred != labels).reshape(-1)
         record: dict[str, Any] = {"step": step, "mispredicted": int(wrong.numel())}
@@ -337,4 +345,6 @@ def iterative_label_repair(
         if evaluate is not None:
             record["eval"] = evaluate(model)
         out.steps.append(record)
+    if bar is not None:
+        bar.close()
     return out
