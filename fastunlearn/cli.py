@@ -487,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_modules() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Return the ``add_parser`` functions of the commands kept beside their packages."""
     from .exposure.cli import add_parser as exposure
+    from .influence.cli import add_parser as repair
 
-    return [exposure]
+    return [repair, exposure]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
