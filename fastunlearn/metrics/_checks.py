@@ -14,6 +14,7 @@ def as_tensor(value: Any, name: str) -> Tensor:
 
     Raises:
         TypeError: If ``value`` cannot be read as a numeric tensor.
+
     """
     if isinstance(value, Tensor):
         return value
@@ -26,11 +27,12 @@ def as_tensor(value: Any, name: str) -> Tensor:
 
 
 def float_tensor(value: Any, name: str, ndim: int | None = None) -> Tensor:
-    """A finite floating tensor (integer input is promoted to float64), ``ndim`` checked.
+    """Return a finite floating tensor (integers promoted to float64), ``ndim`` checked.
 
     Raises:
         TypeError: If it is not numeric.
         ValueError: If it has the wrong number of dimensions or non-finite entries.
+
     """
     t = as_tensor(value, name)
     if t.dtype == torch.bool or t.is_complex():
@@ -50,6 +52,7 @@ def label_tensor(value: Any, name: str, num_classes: int, shape: tuple[int, ...]
     Raises:
         TypeError: If the labels are not integers.
         ValueError: On a shape mismatch or a label out of range.
+
     """
     t = as_tensor(value, name)
     if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():

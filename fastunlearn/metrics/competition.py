@@ -24,15 +24,19 @@ The forget score F averages ``2**(1 - k)`` points over examples, bin k covering
 ``[0.5 (k - 1), 0.5 k)``, bins existing while their end is at most ``ceil(ln(N - 1))``; the
 final score is ``F * (RA_U / RA_R) * (TA_U / TA_R)``.
 
-Implementation: examples are processed in chunks, all at once. The rates depend only on
-the integer counts (FP, FN), so every threshold's epsilon is a lookup in an
-``(n_neg + 1) x (n_pos + 1)`` table. Counts at all thresholds come from one
-``searchsorted`` of the observed values into the threshold grid, a histogram and a cumulative
-sum (positives and negatives folded into one signed histogram), so the cost is linear in the
-number of thresholds instead of thresholds x models. Thresholds are the same float64 numbers
-the official code builds (numpy's linspace is reproduced and torch's is called), so the decisions match
-it exactly. Examples without any usable threshold (the official code stops with an assertion)
-get nan, which earns 0 points.
+Implementation: examples are processed in chunks, all at once, with no loop over
+thresholds. The rates depend only on the integer counts (FP, FN), so every threshold's
+epsilon is a lookup in an ``(n_neg + 1) x (n_pos + 1)`` table. All thresholds lying in the
+same gap between two consecutive sorted observations give the same counts, so each row of
+thresholds is reduced to the gaps it hits: the number of grid entries at or below every
+observation (``searchsorted`` for the single family; arithmetic on the linear grid, with
+exact float64 comparisons wherever rounding could matter, for the 400-entry rows of left
+edges) tells which gaps hold a threshold, and prefix sums over the sorted observations give
+the counts of each gap. The cost per example is (right edges) x (models) instead of
+(right edges) x 400 x (models). Thresholds are the same float64 numbers the official code
+builds (numpy's linspace is reproduced and torch's is called), so the decisions match it
+exactly. Examples without any usable threshold (the official code stops with an
+assertion) get nan, which earns 0 points.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ def _first_above_rows(start: Tensor, stop: Tensor, n: int, values: Tensor) -> Te
         Computed arithmetically from the linear grid, then corrected with exact
         comparisons against the grid's own float64 entries wherever ``v`` lies within
         rounding distance of one of them, so it equals a ``searchsorted`` on the grid.
+
     """
     step = ((stop - start) / (n - 1))[..., None]
     s0 = start[..., None]
@@ -193,6 +198,7 @@ def _gaps_max(le: Tensor, n: Tensor, n_valid: Tensor, index: Tensor, table: Tens
         n_valid: ``[...]`` grid entries usable per row (a prefix).
         index: ``[..., K + 1]`` table index of each gap.
         table: ``[size]`` flat epsilon table.
+
     """
     zero = torch.zeros_like(le[..., :1])
     first = torch.cat([zero, le], -1)
@@ -310,6 +316,7 @@ def competition_epsilons(
 
     Raises:
         ValueError: On mismatched shapes, non-finite input or ``delta`` outside [0, 1).
+
     """
     delta = check_delta(delta)
     r, u = pair_of_stats(retrained, unlearned)
@@ -324,7 +331,7 @@ def competition_epsilons(
 
 
 def score_bins(num_models: int) -> list[tuple[float, float, float]]:
-    """The official bins ``(start, end, points)``: width 0.5, points 1, 1/2, ...
+    """Return the official bins ``(start, end, points)``: width 0.5, points 1, 1/2, ...
 
     Bins exist while their end is at most ``ceil(ln(num_models - 1))``.
     """
@@ -347,6 +354,7 @@ def forget_score(epsilons: Any, num_models: int) -> float:
     Args:
         epsilons: ``[S]`` per-example epsilons (:func:`competition_epsilons`).
         num_models: Number of unlearned models N (sets the number of bins).
+
     """
     e = torch.as_tensor(epsilons).to(torch.float64).reshape(-1)
     if e.numel() == 0:
@@ -363,6 +371,7 @@ def final_score(forget: float, ra_u: float, ra_r: float, ta_u: float, ta_r: floa
 
     Raises:
         ValueError: If a retrained accuracy is not positive.
+
     """
     for name, v in (("ra_r", ra_r), ("ta_r", ta_r)):
         if not v > 0:
@@ -380,6 +389,7 @@ class CompetitionResult:
         num_models: N used for the bins.
         delta: The delta used.
         final_score: ``F * (RA_U / RA_R) * (TA_U / TA_R)`` when accuracies were given.
+
     """
 
     forget_score: float
@@ -418,6 +428,7 @@ def competition_score(
 
     Returns:
         A :class:`CompetitionResult`.
+
     """
     cr = logit_scaled_confidence(retrain_logits, labels)
     cu = logit_scaled_confidence(unlearn_logits, labels)

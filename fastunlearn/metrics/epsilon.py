@@ -76,6 +76,7 @@ def lira_scores(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
     Returns:
         ``(scores_retrained [S, N], scores_unlearned [S, M])`` in float64; rows whose
         retrained or unlearned std is zero are nan.
+
     """
     r, u = pair_of_stats(retrained, unlearned)
     mu_r, sd_r = r.mean(1, keepdim=True), r.std(1, correction=0, keepdim=True)
@@ -129,6 +130,7 @@ def lira_epsilons(retrained: Any, unlearned: Any, *, delta: float = DEFAULT_DELT
 
     Raises:
         ValueError: On mismatched shapes, non-finite input or ``delta`` outside [0, 1).
+
     """
     delta = check_delta(delta)
     sr, su = lira_scores(retrained, unlearned)
@@ -159,6 +161,7 @@ class EpsilonResult:
         n_infinite: Examples whose two groups are perfectly separable.
         n_nan: Examples without a usable threshold.
         mean: nan-mean of the finite per-example epsilons.
+
     """
 
     epsilon_hat: float
@@ -193,6 +196,7 @@ def epsilon_hat(
 
     Returns:
         An :class:`EpsilonResult`.
+
     """
     hr = hinge_logit(retrain_logits, labels)
     hu = hinge_logit(unlearn_logits, labels)

@@ -22,7 +22,7 @@ __all__ = ["hinge_logit", "logit_scaled_confidence", "true_class_confidence"]
 
 
 def _split_label(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The label's entry and the other entries masked out (shape of ``y`` / of ``z``)."""
+    """Return the label's entry (shape of ``y``) and the label mask (shape of ``z``)."""
     at_label = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     is_label = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, y.unsqueeze(-1), True)
     return at_label, is_label
@@ -37,6 +37,7 @@ def hinge_logit(logits: Any, labels: Any) -> Tensor:
 
     Returns:
         float64 tensor of shape ``logits.shape[:-1]`` on the logits' device.
+
     """
     z, y = logits_and_labels(logits, labels)
     z = z.to(torch.float64)
@@ -59,6 +60,7 @@ def logit_scaled_confidence(logits: Any, labels: Any) -> Tensor:
 
     Returns:
         float64 tensor of shape ``logits.shape[:-1]``.
+
     """
     z, y = logits_and_labels(logits, labels)
     e = torch.exp(z - z.amax(-1, keepdim=True)).to(torch.float64)
