@@ -117,3 +117,20 @@ def pair_of_stats(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
     if r.device != u.device:
         raise ValueError(f"'retrained' is on {r.device} but 'unlearned' on {u.device}")
     return r.to(torch.float64), u.to(torch.float64)
+
+
+def stacked_logits(retrain_logits: Any, unlearn_logits: Any, labels: Any) -> tuple[Tensor, ...]:
+    """Check ``[S, N, C]`` retrained and ``[S, M, C]`` unlearned logits and ``[S]`` labels."""
+    r = float_tensor(retrain_logits, "retrain_logits", ndim=3)
+    u = float_tensor(unlearn_logits, "unlearn_logits", ndim=3)
+    if r.shape[0] != u.shape[0] or r.shape[2] != u.shape[2]:
+        raise ValueError(
+            f"'retrain_logits' {tuple(r.shape)} and 'unlearn_logits' {tuple(u.shape)} must "
+            "agree on examples (dim 0) and classes (dim 2)"
+        )
+    if r.shape[2] < 2:
+        raise ValueError(f"'retrain_logits' needs at least 2 classes, got {r.shape[2]}")
+    if r.device != u.device:
+        raise ValueError(f"'retrain_logits' is on {r.device} but 'unlearn_logits' on {u.device}")
+    y = label_tensor(labels, "labels", r.shape[2], (r.shape[0],)).to(r.device)
+    return r, u, y

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_delta, pair_of_stats
+from ._checks import check_delta, pair_of_stats, stacked_logits
 from ._reduce import median
 from .statistics import logit_scaled_confidence
 
@@ -430,10 +430,9 @@ def competition_score(
         A :class:`CompetitionResult`.
 
     """
-    cr = logit_scaled_confidence(retrain_logits, labels)
-    cu = logit_scaled_confidence(unlearn_logits, labels)
-    if cr.dim() != 2 or cu.dim() != 2:
-        raise ValueError("'retrain_logits' and 'unlearn_logits' must have shape [S, N, C]")
+    r, u, y = stacked_logits(retrain_logits, unlearn_logits, labels)
+    cr = logit_scaled_confidence(r, y)
+    cu = logit_scaled_confidence(u, y)
     eps = competition_epsilons(cr, cu, delta=delta).cpu()
     n_models = cu.shape[1]
     f = forget_score(eps, n_models)

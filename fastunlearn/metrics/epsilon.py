@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_delta, pair_of_stats
+from ._checks import check_delta, pair_of_stats, stacked_logits
 from ._reduce import median, nanmax, nanmedian
 from .statistics import hinge_logit
 
@@ -198,10 +198,9 @@ def epsilon_hat(
         An :class:`EpsilonResult`.
 
     """
-    hr = hinge_logit(retrain_logits, labels)
-    hu = hinge_logit(unlearn_logits, labels)
-    if hr.dim() != 2 or hu.dim() != 2:
-        raise ValueError("'retrain_logits' and 'unlearn_logits' must have shape [S, N, C]")
+    r, u, y = stacked_logits(retrain_logits, unlearn_logits, labels)
+    hr = hinge_logit(r, y)
+    hu = hinge_logit(u, y)
     eps = lira_epsilons(hr, hu, delta=delta).cpu()
     finite = eps[torch.isfinite(eps)]
     return EpsilonResult(
