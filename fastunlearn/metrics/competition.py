@@ -69,7 +69,7 @@ BUFFER = 2.0
 PEAKY_RATIO = 0.01
 
 #: Threshold-grid entries processed per chunk (bounds the working memory).
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 19
 
 
 def _eps_table(n_pos: int, n_neg: int, delta: float, device: torch.device) -> Tensor:
@@ -120,45 +120,66 @@ def _numpy_linspace(start: Tensor, stop: Tensor, num: int | Tensor, width: int) 
     return out.masked_fill(idx >= n, torch.inf)
 
 
-def _first_above_rows(start: Tensor, stop: Tensor, n: int, values: Tensor) -> Tensor:
+def _first_above_rows(
+    start: Tensor,
+    stop: Tensor,
+    n: int,
+    values: Tensor,
+    out: Tensor | None = None,
+    origin: Tensor | None = None,
+) -> Tensor:
     """``#{j : l_j <= v}`` for rows ``l_j = numpy.linspace(start, stop, n)`` and values ``v``.
 
     Args:
         start: ``[...]`` first grid entry of each row (float64).
         stop: ``[...]`` last grid entry of each row.
         n: Entries per row (> 1).
-        values: ``[..., K]`` values, one set per row.
+        values: ``[..., K]`` values, one set per row (broadcast against ``start[..., None]``).
+        out: Optional ``[..., K]`` buffer (may be a view) to write the result into, float64,
+            or float32 with ``origin``.
+        origin: Optional per-row origin (broadcastable to ``start``) close to the rows: the
+            arithmetic then runs in float32 on values relative to it (twice the throughput);
+            the band of values sent to the exact check widens to cover float32 rounding.
 
     Returns:
-        int64 ``[..., K]`` in ``[0, n]``: the index of the first grid entry above ``v``.
-        Computed arithmetically from the linear grid, then corrected with exact
-        comparisons against the grid's own float64 entries wherever ``v`` lies within
+        ``[..., K]`` integers in ``[0, n]`` (float dtype): the index of the first grid entry
+        above ``v``. Computed arithmetically from the linear grid, then corrected with exact
+        float64 comparisons against the grid's own entries wherever ``v`` lies within
         rounding distance of one of them, so it equals a ``searchsorted`` on the grid.
 
     """
     step = ((stop - start) / (n - 1))[..., None]
     s0 = start[..., None]
-    u = (values - s0) / step
-    fl = torch.floor(u)
-    first = (fl + 1).clamp(0, n).to(torch.int64)
-    frac = u - fl
-    risky = ((frac < 1e-6) | (frac > 1 - 1e-6)).nonzero(as_tuple=True)
+    if origin is None:
+        u = values - s0
+        u.div_(step)
+        band = 1e-6
+    else:
+        o = origin[..., None]
+        u = (values - o).float() - (s0 - o).float()
+        u.mul_((1.0 / step).float())
+        # |v - origin| and |start - origin| stay below ~100 near the grid (farther values
+        # are clamped): float32 rounding moves u by < 1e-3 grid steps
+        band = 5e-3
+    first = torch.floor(u) if out is None else torch.floor(u, out=out)
+    frac = u.sub_(first)
+    risky = ((frac < band) | (frac > 1 - band)).nonzero(as_tuple=True)
+    first.add_(1).clamp_(0, n)
     if risky[0].numel():
-        v = values.expand_as(u)[risky]
-        st = s0.expand_as(u)[risky]
-        sp = step.expand_as(u)[risky]
-        end = stop[..., None].expand_as(u)[risky]
-        j = first[risky]
+        shape = first.shape
+        v = values.expand(shape)[risky]
+        st = s0.expand(shape)[risky]
+        sp = step.expand(shape)[risky]
+        end = stop[..., None].expand(shape)[risky]
+        j = first[risky].to(torch.float64)
 
         def grid(i: Tensor) -> Tensor:
-            return torch.where(i == n - 1, end, i.to(torch.float64) * sp + st)
+            return torch.where(i == n - 1, end, i * sp + st)
 
         for _ in range(2):  # at most one grid step off either way
-            down = (j > 0) & (grid((j - 1).clamp_min(0)) > v)
-            j = j - down.to(j.dtype)
-            up = (j < n) & (grid(j.clamp_max(n - 1)) <= v)
-            j = j + up.to(j.dtype)
-        first[risky] = j
+            j = j - ((j > 0) & (grid((j - 1).clamp_min(0)) > v)).to(j.dtype)
+            j = j + ((j < n) & (grid(j.clamp_max(n - 1)) <= v)).to(j.dtype)
+        first[risky] = j.to(first.dtype)
     return first
 
 
@@ -184,28 +205,28 @@ def _sorted_pool(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
     return values, W
 
 
-def _gaps_max(le: Tensor, n: Tensor, n_valid: Tensor, index: Tensor, table: Tensor) -> Tensor:
+def _gaps_max(edges: Tensor, n_valid: Tensor, index: Tensor, table: Tensor) -> Tensor:
     """Max of ``table[index]`` over the gaps between sorted values that hold a grid point.
 
-    Gap g (threshold above exactly the g smallest values) holds the grid entries
-    ``[le[g - 1], le[g])`` (``le[-1] = 0``, ``le[K] = n``); it counts when it holds one whose
-    position is below ``n_valid``. All thresholds in a gap give the same counts, so the
-    gaps stand for the whole grid.
+    Gap g (thresholds above exactly the g smallest values) holds the grid entries
+    ``[edges[g], edges[g + 1])``; it counts when it holds one whose position is below
+    ``n_valid``. All thresholds in a gap give the same counts, so the gaps stand for the
+    whole grid.
 
     Args:
-        le: ``[..., K]`` number of grid entries <= each sorted value.
-        n: ``[...]`` grid entries per row.
+        edges: ``[..., K + 2]``: 0, the number of grid entries <= each sorted value, and
+            the number of grid entries of the row.
         n_valid: ``[...]`` grid entries usable per row (a prefix).
-        index: ``[..., K + 1]`` table index of each gap.
+        index: ``[..., K + 1]`` table index of each gap (overwritten).
         table: ``[size]`` flat epsilon table.
 
     """
-    zero = torch.zeros_like(le[..., :1])
-    first = torch.cat([zero, le], -1)
-    last = torch.cat([le, n[..., None]], -1)
-    ok = (last > first) & (first < n_valid[..., None])
+    first, last = edges[..., :-1], edges[..., 1:]
+    ok = last > first
+    ok &= first < n_valid[..., None]
+    index.masked_fill_(~ok, table.numel())
     ext = torch.cat([table, table.new_full((1,), -torch.inf)])
-    vals = ext[torch.where(ok, index, table.numel())]
+    vals = torch.take(ext, index)
     return vals.reshape(vals.shape[0], -1).amax(1).to(torch.float64)
 
 
@@ -218,9 +239,10 @@ def _single_family(pos: Tensor, neg: Tensor, table: Tensor) -> Tensor:
     width = max(int(steps.max()), 1)
     grid = _torch_linspace(lo, hi, steps, width)  # [B, T], +inf padded
     le = torch.searchsorted(grid, values.contiguous(), right=True)  # [B, K]
+    edges = torch.cat([torch.zeros_like(le[:, :1]), le, steps[:, None]], 1).to(torch.float64)
     # positive if f >= t: FN = #pos < t, FP = Q - #neg < t, index FP (P + 1) + FN
     index = Q * (P + 1) + W
-    return _gaps_max(le, steps, steps, index, table.reshape(-1))
+    return _gaps_max(edges, steps.to(torch.float64), index, table.reshape(-1))
 
 
 def _double_family(pos: Tensor, neg: Tensor, table: Tensor) -> Tensor:
@@ -244,13 +266,17 @@ def _double_family(pos: Tensor, neg: Tensor, table: Tensor) -> Tensor:
     neg_le = torch.searchsorted(neg.sort(1).values, rr, right=True)
     base = neg_le * (P + 1) + P - pos_le  # [B, R]
     values, W = _sorted_pool(pos, neg)
-    le = _first_above_rows(start, stop, L, values[:, None, :])  # [B, R, K]
+    B, K = values.shape
+    edges = torch.empty(B, R, K + 2, dtype=torch.float32, device=pos.device)
+    edges[..., 0] = 0
+    edges[..., -1] = L
+    _first_above_rows(start, stop, L, values[:, None, :], out=edges[..., 1:-1],
+                      origin=pmin[:, None])
     # usable left edges: l <= r (a non-empty interval) on a real (not padded) right edge
     n_valid = _first_above_rows(start, stop, L, rr[..., None]).squeeze(-1)
-    n_valid = torch.where(finite, n_valid, 0)
+    n_valid = n_valid.masked_fill_(~finite, 0).float()
     index = base[..., None] + W[:, None, :]
-    n = torch.full_like(n_valid, L)
-    return _gaps_max(le, n, n_valid, index, table.reshape(-1))
+    return _gaps_max(edges, n_valid, index, table.reshape(-1))
 
 
 def _chunks(n: int, per_example: int) -> list[slice]:

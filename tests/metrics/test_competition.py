@@ -141,10 +141,14 @@ def test_first_above_rows_equals_searchsorted():
     picks = grid[..., rng.integers(0, L, 30)]
     values = torch.cat([picks, torch.nextafter(picks, picks + 1), torch.nextafter(picks, picks - 1),
                         start[..., None] - 1, stop[..., None] + 1], -1)
-    got = _first_above_rows(start, stop, L, values)
     expected = torch.searchsorted(grid.reshape(-1, L).contiguous(),
                                   values.reshape(-1, values.shape[-1]).contiguous(), right=True)
-    assert torch.equal(got.reshape(-1, values.shape[-1]), expected)
+    got = _first_above_rows(start, stop, L, values)
+    assert torch.equal(got.reshape(-1, values.shape[-1]).long(), expected)
+    # the float32 path (values relative to a per-row origin) gives the same answer
+    got32 = _first_above_rows(start, stop, L, values, origin=start[..., :1] + 1.0)
+    assert got32.dtype == torch.float32
+    assert torch.equal(got32.reshape(-1, values.shape[-1]).long(), expected)
 
 
 def test_competition_score_with_accuracies():
