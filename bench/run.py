@@ -21,6 +21,7 @@ from bench import (
     bench_glm_hvp,
     bench_influence,
     bench_knn,
+    bench_metrics,
     bench_per_sample,
 )
 from bench.common import (
@@ -39,10 +40,11 @@ BENCHMARKS: dict[str, ModuleType] = {
     "knn": bench_knn,
     "certified": bench_certified,
     "influence": bench_influence,
+    "metrics": bench_metrics,
 }
 
 #: Benchmarks whose full size is too big for a CPU unless ``--full`` insists.
-GPU_ONLY_FULL = {"knn", "glm_cg", "certified", "influence"}
+GPU_ONLY_FULL = {"knn", "glm_cg", "certified", "influence", "metrics"}
 
 
 def _preset(name: str, device: torch.device, args: argparse.Namespace) -> str:

@@ -488,8 +488,9 @@ def _command_modules() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Return the ``add_parser`` functions of the commands kept beside their packages."""
     from .exposure.cli import add_parser as exposure
     from .influence.cli import add_parser as repair
+    from .metrics.cli import add_parser as evaluate
 
-    return [repair, exposure]
+    return [repair, evaluate, exposure]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
