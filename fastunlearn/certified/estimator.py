@@ -705,13 +705,18 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 def precondition(R: Tensor) -> Tensor:
                     return triangular_apply(P, R)
 
-            if V is None:
-                V = precondition(Delta)
-            XV, per_class = bound_terms(V)
-            HV = hessian_apply(V, XV)
+            # CG from zero whose first direction is that solve: the first iterate is the solve
+            # scaled by the step length minimising the H-norm error along it
+            Pd = precondition(Delta) if V is None else V
+            XP = X @ Pd
+            HP = hessian_apply(Pd, XP)
+            rz = (Delta * Pd).sum(0)
+            curvature = (Pd * HP).sum(0)
+            alpha = torch.where(curvature > 0, rz / curvature, torch.ones_like(rz))
+            V, XV, HV = alpha * Pd, alpha * XP, alpha * HP
+            per_class = bound_from(V, XV)
             R = Delta - HV
             solve_residual = torch.linalg.vector_norm(R, dim=0)
-            Pd = rz = None
             cg_tol = float(self.cg_tol)
             while float(solve_residual.sum()) > cg_tol * float(per_class.sum()):
                 if cg_iterations == CG_MAX_ITERATIONS:
@@ -721,7 +726,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                     )
                 Zr = precondition(R)
                 rz_new = (R * Zr).sum(0)
-                Pd = Zr if Pd is None else Zr + (rz_new / rz) * Pd
+                Pd = Zr + torch.where(rz != 0, rz_new / rz, torch.zeros_like(rz)) * Pd
                 rz = rz_new
                 XP = X @ Pd
                 HP = hessian_apply(Pd, XP)
