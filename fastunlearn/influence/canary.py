@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,8 +48,10 @@ class NextCharModel(nn.Module):
         oneDNN's fused CPU RNN has no forward-mode derivative (needed by the network HVPs),
         so it is switched off here; the native kernels compute the same function.
         """
-        with torch.backends.mkldnn.flags(enabled=False):
-            logits, _ = self.lm(tokens)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+            with torch.backends.mkldnn.flags(enabled=False):
+                logits, _ = self.lm(tokens)
         return logits
 
 

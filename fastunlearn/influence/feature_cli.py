@@ -76,7 +76,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=1,
                    help="stepwise variant: split the columns into this many updates")
     p.add_argument("--tau", type=_tau, default="auto",
-                   help="first-order step size, or 'auto' (line search)")
+                   help="first-order step size, or 'auto' (curvature step of the objective)")
     p.add_argument("--cg-tol", type=_non_negative, default=1e-10)
     p.add_argument("--cg-maxiter", type=_positive_int, default=500)
     p.add_argument("--seed", type=_non_negative_int, default=0)
@@ -84,7 +84,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="skip the certified linear variant (digits)")
     p.add_argument("--binary", type=_pair, default=(3, 8),
                    help="digit pair of the certified variant (default 3,8)")
-    p.add_argument("--linear-lam", type=_positive, default=1e-3)
+    p.add_argument("--linear-lam", type=_positive, default=1e-2)
     p.add_argument("--epsilon", type=_positive, default=0.1)
     p.add_argument("--delta", type=_positive, default=0.01)
     p.add_argument("--out", default="results", help="where JSON/PNG/Markdown go")

@@ -10,6 +10,7 @@ import torch
 from fastunlearn.influence import feature_cli
 from fastunlearn.influence.feature_experiment import (
     FeatureConfig,
+    curvature_step,
     fit_linear_model,
     load_feature_data,
     objective_gradient,
@@ -61,6 +62,9 @@ def test_tabular_second_order_is_a_newton_step_close_to_retraining():
     assert math.isclose(dense_before, before, rel_tol=1e-6)
     assert math.isclose(dense_after, second["residual"], rel_tol=1e-3, abs_tol=1e-6)
     assert second["seconds"] > 0 and r["retrained"]["seconds"] > 0
+    # first order (curvature step) also lowers the residual, less than second order
+    first = r["methods"]["first_order"]
+    assert second["residual"] < first["residual"] < before
 
 
 def test_replace_mode_changes_only_selected_rows():
@@ -84,6 +88,24 @@ def test_objective_gradient_matches_autograd():
     expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     got = objective_gradient(model, data.X_train, data.y_train, 2.0)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_curvature_step_matches_dense_hessian():
+    data = load_feature_data("wine")
+    model, _ = fit_linear_model(data.X_train, data.y_train, 3, 2.0, rounds=1)
+    X, y = data.X_train, data.y_train
+    W0, b0 = model.weight.detach(), model.bias.detach()
+
+    def J(theta):
+        W, b = theta[: W0.numel()].reshape(W0.shape), theta[W0.numel():]
+        return torch.nn.functional.cross_entropy(X @ W.T + b, y, reduction="sum") \
+            + theta @ theta
+
+    theta = torch.cat([W0.reshape(-1), b0])
+    g = torch.func.grad(J)(theta)
+    H = torch.func.hessian(J)(theta)
+    expected = float(g @ g / (g @ H @ g))
+    assert math.isclose(curvature_step(model, X, y, 2.0), expected, rel_tol=1e-9)
 
 
 def test_select_columns_most_non_zero():
