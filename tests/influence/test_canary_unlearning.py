@@ -64,6 +64,27 @@ def test_bad_input_raises_and_leaves_model_unchanged():
     assert all(torch.equal(a, p) for a, p in zip(before, res.model.parameters(), strict=True))
 
 
+def test_second_order_update_lowers_exposure_small():
+    res = run_canary_experiment(CanaryConfig(n_sentences=150, steps=250, hidden=48,
+                                             embed_dim=16, insertions=8, seq_len=24,
+                                             secret_length=4))
+    original = [p.detach().clone() for p in res.model.parameters()]
+    out = unlearn_canary(res, CanaryUnlearnConfig(damping=100.0, cg_maxiter=10,
+                                                  hvp_windows=64, seq_len=16))
+    b, a, r = out["before"], out["after"], out["retrained"]
+    assert out["update"]["applied"] and out["update"]["order"] == 2
+    assert out["num_canaries"] == 8
+    # 8 canaries x windows with a secret target (16-char inputs, stride 2)
+    assert out["num_affected"] == 8 * len(range(0, 16 + 4 - 1, 2))
+    # memorised before, forgotten by retraining on the corrected text
+    assert b["rank_exposure"] > 10 and r["rank_exposure"] < 2
+    assert r["log_perplexity"] > b["log_perplexity"] + 20
+    # the update: log-perplexity (bits) well up, exposure well down
+    assert a["log_perplexity"] > b["log_perplexity"] + 15
+    assert a["rank_exposure"] < b["rank_exposure"] - 5
+    assert all(torch.equal(o, p) for o, p in zip(original, res.model.parameters(), strict=True))
+
+
 @pytest.mark.slow
 def test_second_order_update_lowers_exposure_towards_retraining():
     res = run_canary_experiment(CanaryConfig(n_sentences=200, steps=300, hidden=64,
