@@ -16,10 +16,13 @@ the corrected windows (the reference uses every window of the corrected text).
 from __future__ import annotations
 
 import copy
+import json
+import os
 import random
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +32,7 @@ from .update import influence_update
 
 __all__ = [
     "CanaryUnlearnConfig", "NextCharModel", "canary_windows", "sequence_loss", "unlearn_canary",
+    "render_canary_report", "write_canary_outputs",
 ]
 
 
@@ -257,3 +261,52 @@ def unlearn_canary(
         out["retrain_seconds"] = time.perf_counter() - t0
         out["retrained"] = measure(fresh)
     return out
+
+
+def render_canary_report(result: dict[str, Any]) -> str:
+    """Markdown page of an :func:`unlearn_canary` result."""
+    from ..report import format_value as fv
+
+    cfg, u = result["config"], result["update"]
+    how = (f"second order (CG, {cfg['curvature']}, damping {fv(cfg['damping'])})"
+           if cfg["order"] == 2 else f"first order (tau {fv(u['tau'])})")
+    lines = ["# Canary unlearning", "",
+             f"Secret `{result['secret']}` replaced by `{result['replacement']}` in "
+             f"{result['num_canaries']} canaries: {result['num_affected']} affected windows of "
+             f"{cfg['seq_len']} characters; {how}; applied: {fv(u['applied'])}"
+             + (f" ({u['reason']})" if u.get("reason") else "") + ".", "",
+             "| model | log-perplexity (bits) | rank | exposure (rank) | "
+             "exposure (skew-normal) | greedy completion | time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [("before", result["before"], None), ("updated", result["after"],
+                                                 result["update_seconds"])]
+    if result.get("retrained"):
+        rows.append(("retrained", result["retrained"], result["retrain_seconds"]))
+    for name, m, sec in rows:
+        lines.append(f"| {name} | {fv(m['log_perplexity'])} | {m['rank']} | "
+                     f"{fv(m['rank_exposure'])} | {fv(m['skew_normal_exposure'])} | "
+                     f"`{m['completion']}` | {fv(sec)} |")
+    lines += ["", f"Maximum exposure log2|R| = {fv(result['before']['max_exposure'])} bits. "
+              f"Update: {u['num_gradients']} window gradients, {u['num_hvps']} window HVPs, "
+              f"{u['solver_iterations']} solver iterations.", ""]
+    return "\n".join(lines)
+
+
+def write_canary_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Write ``canary_unlearning.json`` and ``.md`` (the model is left out) into ``out_dir``.
+
+    Returns:
+        Kind (``json``, ``markdown``) -> path.
+
+    """
+    from .experiment import _json_ready
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"json": str(folder / "canary_unlearning.json"),
+             "markdown": str(folder / "canary_unlearning.md")}
+    data = {k: v for k, v in result.items() if k != "model"}
+    Path(files["json"]).write_text(json.dumps(_json_ready({**data, "files": files}),
+                                              indent=2) + "\n")
+    Path(files["markdown"]).write_text(render_canary_report(data))
+    return files

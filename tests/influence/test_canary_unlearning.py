@@ -1,5 +1,7 @@
 """Canary unlearning: influence update of a character model, exposure before/after/retrained."""
 
+import json
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from fastunlearn.influence.canary import (
     canary_windows,
     sequence_loss,
     unlearn_canary,
+    write_canary_outputs,
 )
 
 
@@ -64,7 +67,7 @@ def test_bad_input_raises_and_leaves_model_unchanged():
     assert all(torch.equal(a, p) for a, p in zip(before, res.model.parameters(), strict=True))
 
 
-def test_second_order_update_lowers_exposure_small():
+def test_second_order_update_lowers_exposure_small(tmp_path):
     res = run_canary_experiment(CanaryConfig(n_sentences=150, steps=250, hidden=48,
                                              embed_dim=16, insertions=8, seq_len=24,
                                              secret_length=4))
@@ -83,6 +86,11 @@ def test_second_order_update_lowers_exposure_small():
     assert a["log_perplexity"] > b["log_perplexity"] + 15
     assert a["rank_exposure"] < b["rank_exposure"] - 5
     assert all(torch.equal(o, p) for o, p in zip(original, res.model.parameters(), strict=True))
+    files = write_canary_outputs(out, tmp_path)
+    saved = json.loads((tmp_path / "canary_unlearning.json").read_text())
+    assert saved["after"]["rank"] == a["rank"] and "model" not in saved
+    md = (tmp_path / "canary_unlearning.md").read_text()
+    assert out["secret"] in md and "retrained" in md and set(files) == {"json", "markdown"}
 
 
 @pytest.mark.slow
