@@ -488,9 +488,10 @@ def _command_modules() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Return the ``add_parser`` functions of the commands kept beside their packages."""
     from .exposure.cli import add_parser as exposure
     from .influence.cli import add_parser as repair
+    from .influence.feature_cli import add_parser as unlearn_features
     from .metrics.cli import add_parser as evaluate
 
-    return [repair, evaluate, exposure]
+    return [repair, unlearn_features, evaluate, exposure]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
