@@ -21,6 +21,9 @@ TORCH_LIBRARY(fastunlearn, m) {
   // ---- 1. GLM curvature (one-vs-rest logistic regression with K classes) -------------
   // X^T (S * (X V)) + lam V; X[n,d], S[n,K], V[d,K] -> [d,K]. One pass over X.
   m.def("glm_hvp(Tensor X, Tensor S, Tensor V, float lam) -> Tensor");
+  // The same product and the margins X V it computes on the way: -> ([d,K], [n,K]).
+  // One pass over X; a caller that needs both saves the second pass of X @ V.
+  m.def("glm_hvp_margins(Tensor X, Tensor S, Tensor V, float lam) -> (Tensor, Tensor)");
   // Batched weighted Gram: out[k] = X^T diag(S[:,k]) X + lam I; -> [K,d,d].
   m.def("glm_hessian(Tensor X, Tensor S, float lam) -> Tensor");
   // K independent CG solves of (X^T diag(S_k) X + lam I) x_k = B[:,k].

@@ -50,9 +50,9 @@ void multiply_into(at::Tensor& z, const at::Tensor& s, cudaStream_t stream) {
   });
 }
 
-at::Tensor glm_hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at::Tensor& V_in,
-                        double lam) {
-  constexpr const char* op = "glm_hvp";
+// glm_hvp, and X V into ``margins`` when it is defined ([n, K], contiguous).
+at::Tensor hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at::Tensor& V_in,
+                    double lam, const at::Tensor& margins, const char* op) {
   check_glm_design(X_in, S_in, op);
   check_dk(V_in, X_in, S_in, op, "V");
   check_lam(lam, op);
@@ -78,10 +78,26 @@ at::Tensor glm_hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at
     const at::Tensor chunk = X.narrow(0, start, len);
     at::Tensor z = Z.narrow(0, 0, len);
     at::mm_out(z, chunk, V);
+    if (margins.defined()) margins.narrow(0, start, len).copy_(z);
     multiply_into(z, S.narrow(0, start, len), stream);
     out.addmm_(chunk.t(), z);  // second read of the chunk: served from L2
   }
   return out;
+}
+
+at::Tensor glm_hvp_cuda(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V,
+                        double lam) {
+  return hvp_cuda(X, S, V, lam, at::Tensor(), "glm_hvp");
+}
+
+std::tuple<at::Tensor, at::Tensor> glm_hvp_margins_cuda(const at::Tensor& X,
+                                                       const at::Tensor& S,
+                                                       const at::Tensor& V, double lam) {
+  check_glm_design(X, S, "glm_hvp_margins");
+  const c10::cuda::CUDAGuard guard(X.device());
+  at::Tensor margins = at::zeros({X.size(0), S.size(1)}, X.options().dtype(V.scalar_type()));
+  at::Tensor out = hvp_cuda(X, S, V, lam, margins, "glm_hvp_margins");
+  return {out, margins};
 }
 
 at::Tensor glm_hessian_cuda(const at::Tensor& X, const at::Tensor& S, double lam) {
@@ -102,6 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> glm_cg_cuda(
 
 TORCH_LIBRARY_IMPL(fastunlearn, CUDA, m) {
   m.impl("glm_hvp", &glm_hvp_cuda);
+  m.impl("glm_hvp_margins", &glm_hvp_margins_cuda);
   m.impl("glm_hessian", &glm_hessian_cuda);
   m.impl("glm_cg", &glm_cg_cuda);
 }

@@ -10,7 +10,14 @@ Float64 oracles for all of them are in :mod:`.reference`.
 from .. import _extension  # noqa: F401  # isort: skip
 from . import reference
 from .cg import cg_update_
-from .glm import CGResult, glm_cg, glm_hessian, glm_hvp, jacobi_inverse_diagonal
+from .glm import (
+    CGResult,
+    glm_cg,
+    glm_hessian,
+    glm_hvp,
+    glm_hvp_margins,
+    jacobi_inverse_diagonal,
+)
 from .knn import farthest_k, knn_extreme, nearest_k
 from .per_sample import (
     per_sample_dot,
@@ -22,6 +29,7 @@ from .per_sample import (
 #: Every op in the ``fastunlearn`` namespace.
 OP_NAMES = (
     "glm_hvp",
+    "glm_hvp_margins",
     "glm_hessian",
     "glm_cg",
     "cg_update_",
@@ -37,6 +45,7 @@ __all__ = [
     "reference",
     # GLM curvature
     "glm_hvp",
+    "glm_hvp_margins",
     "glm_hessian",
     "glm_cg",
     "CGResult",

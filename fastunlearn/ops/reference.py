@@ -12,6 +12,7 @@ from torch import Tensor
 
 __all__ = [
     "glm_hvp",
+    "glm_hvp_margins",
     "glm_hessian",
     "glm_cg",
     "cg_update_",
@@ -31,6 +32,13 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
     """``X^T (S * (X V)) + lam V`` -> [d, K]."""
     X, S, V = _d(X), _d(S), _d(V)
     return X.T @ (S * (X @ V)) + lam * V
+
+
+def glm_hvp_margins(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """``(X^T (S * (X V)) + lam V, X V)`` -> ([d, K], [n, K])."""
+    X, S, V = _d(X), _d(S), _d(V)
+    XV = X @ V
+    return X.T @ (S * XV) + lam * V, XV
 
 
 def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
