@@ -188,12 +188,34 @@ FU_HD float single_family(const Example& e, const Plan& p, int64_t k_begin, int6
   return best;
 }
 
+// #{j : grid.at(j) <= v} by a multiplication when v is clear of every grid entry (more
+// than 1e-6 steps away: with |v|, |start| < 1e6 and 400 entries of step ~0.01, the
+// rounding of the entries and of u is below 1e-7 steps), exactly by count_le otherwise.
+FU_HD int64_t count_le_fast(const LinGrid& grid, double inv_step, double v) {
+  constexpr double kBand = 1e-6;
+  if (!(fabs(v) < 1e6 && fabs(grid.start) < 1e6)) return grid.count_le(v);
+  const double u1 = (v - grid.start) * inv_step + 1.0;  // floor(u1): the count, if clear
+  if (u1 < 0.5) return 0;
+  const double n = static_cast<double>(grid.n);
+  if (u1 > n + 0.5) return grid.n;
+  const int64_t c = static_cast<int64_t>(u1);  // truncation = floor here (u1 >= 0.5)
+  const double frac = u1 - static_cast<double>(c);
+  // c = n would involve the last entry (= stop, not on the arithmetic grid): exact path
+  if (frac > kBand && frac < 1.0 - kBand && c < grid.n) return c;
+  return grid.count_le(v);
+}
+
 // Max over the intervals of the right edges i in [i_begin, n) (stride i_step).
+//
+// For a right edge r, the left edges l_0 < l_1 < ... (those <= r) hit gap g (thresholds
+// with exactly g values below) iff some l_j lies in (v_{g-1}, v_g]. With c(v) = #{j : l_j
+// <= v}, the first left edge is in gap #values < l_0, and gap k + 1 (k >= that) is hit iff
+// c(v_{k+1}) > c(v_k), while c(v_k) < n_valid. One count per value in the window.
 FU_HD float double_family(const Example& e, const Plan& p, int64_t i_begin, int64_t i_step) {
   float best = -INFINITY;
   const int64_t P = p.double_r ? e.N : e.M;
   const float* table = p.double_r ? e.table_r : e.table_u;
-  for (int64_t i = i_begin; i < p.right.n; i += i_step) {
+  for (int64_t i = i_begin; i < p.right.n && best != INFINITY; i += i_step) {
     const double r = p.right.at(i);
     const double centre = r - p.width;
     LinGrid left;
@@ -201,24 +223,30 @@ FU_HD float double_family(const Example& e, const Plan& p, int64_t i_begin, int6
     left.stop = centre + kBuffer;
     left.n = kLeftEdges;
     left.step = (left.stop - left.start) / static_cast<double>(kLeftEdges - 1);
+    const double inv_step = 1.0 / left.step;
     const int64_t n_valid = left.count_le(r);  // left edges l <= r
     if (n_valid == 0) continue;
     const int64_t g_r = upper_bound(e.vals, 0, e.K, r);  // values <= r
     const int64_t r_le = e.rcount[g_r];
     const int64_t a_le = p.double_r ? r_le : g_r - r_le;
     const int64_t b_le = g_r - a_le;
-    // gap of the first left edge, then jump to the gap of the first left edge above v_g
-    int64_t g = lower_bound(e.vals, 0, e.K, left.start);  // values < l_0 = start
-    while (true) {
+    // index of gap g: FP (P + 1) + FN with FP = b_le - b_lt(g), FN = P - a_le + a_lt(g)
+    const int64_t base = b_le * (P + 1) + P - a_le;
+    auto gap_value = [&](int64_t g) {
       const int64_t r_lt = e.rcount[g];
       const int64_t a_lt = p.double_r ? r_lt : g - r_lt;
-      const int64_t fp = b_le - (g - a_lt);
-      const int64_t fn = P - (a_le - a_lt);
-      best = max_f(best, table[fp * (P + 1) + fn]);
-      if (g >= e.K) break;
-      const int64_t j = left.count_le(e.vals[g]);  // l_j > v_g
-      if (j >= n_valid) break;
-      g = lower_bound(e.vals, g + 1, e.K, left.at(j));
+      return table[base + a_lt * (P + 2) - (P + 1) * g];
+    };
+    int64_t k = lower_bound(e.vals, 0, e.K, left.start);  // values < l_0 = start
+    best = max_f(best, gap_value(k));
+    if (k >= e.K) continue;
+    int64_t c = count_le_fast(left, inv_step, e.vals[k]);
+    while (c < n_valid) {
+      const int64_t c_next = k + 1 < e.K ? count_le_fast(left, inv_step, e.vals[k + 1])
+                                         : kLeftEdges;
+      if (c_next > c) best = max_f(best, gap_value(k + 1));
+      ++k;
+      c = c_next;
     }
   }
   return best;

@@ -57,8 +57,9 @@ void epsilons_cpu(const at::Tensor& r, const at::Tensor& u, const at::Tensor& gr
       if (!plan.peaky) {
         const comp::Example ex{vals.data(), rcount.data(), K, N, M, tr, tu,
                                grid_ptr + off[s], off[s + 1] - off[s]};
-        best = comp::max_f(comp::single_family(ex, plan, 0, 1),
-                           comp::double_family(ex, plan, 0, 1));
+        best = comp::single_family(ex, plan, 0, 1);
+        // nothing beats inf (a perfect split): the interval family is skipped then
+        if (best != INFINITY) best = comp::max_f(best, comp::double_family(ex, plan, 0, 1));
       }
       out_ptr[s] = comp::finish(plan, best);
     }
