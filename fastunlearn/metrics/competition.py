@@ -86,10 +86,13 @@ def _eps_table(n_pos: int, n_neg: int, delta: float, device: torch.device) -> Te
 
     inf where FP = FN = 0, -inf (discarded) where exactly one is zero or both log terms
     are nan; otherwise the clipped nan-max, computed in float32 as the official code does.
+    Always computed on the CPU (where the official code runs) and then moved to
+    ``device``: a GPU's float32 log may round differently, and every device must give the
+    same epsilons.
     """
-    fpr = (torch.arange(n_neg + 1, dtype=torch.float32, device=device) / n_neg)[:, None]
-    fnr = (torch.arange(n_pos + 1, dtype=torch.float32, device=device) / n_pos)[None, :]
-    a = torch.tensor(1.0 - delta, dtype=torch.float32, device=device)
+    fpr = (torch.arange(n_neg + 1, dtype=torch.float32) / n_neg)[:, None]
+    fnr = (torch.arange(n_pos + 1, dtype=torch.float32) / n_pos)[None, :]
+    a = torch.tensor(1.0 - delta, dtype=torch.float32)
     t1 = torch.log(a - fpr) - torch.log(fnr)
     t2 = torch.log(a - fnr) - torch.log(fpr)
     t1, t2 = torch.broadcast_tensors(t1, t2)
@@ -98,7 +101,8 @@ def _eps_table(n_pos: int, n_neg: int, delta: float, device: torch.device) -> Te
     fp0, fn0 = fpr == 0, fnr == 0
     val = torch.where(fp0 ^ fn0, -torch.inf, val)
     val = torch.where(fp0 & fn0, torch.inf, val)
-    return val.nan_to_num(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf).float()
+    val = val.nan_to_num(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf).float()
+    return val.to(device)
 
 
 def _torch_linspace(start: Tensor, end: Tensor, steps: Tensor, width: int) -> Tensor:
