@@ -71,6 +71,15 @@ def test_unequal_group_sizes(device, N, M):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("offset", [-3e6, 2e7])
+def test_large_magnitudes_take_the_exact_path(device, offset):
+    # |values| >= 1e6: the kernel's multiply-and-round shortcut is off, every count exact
+    r, u = _cases(8, N=9, M=9)
+    args = _args(r.to(device) + offset, u.to(device) + offset)
+    _assert_same(competition_epsilons(*args), reference.competition_epsilons(*args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_values_on_the_threshold_grids(device):
     # Statistics placed exactly on interval edges (and one ulp either side), where only
     # exact float64 comparisons with numpy's grid entries give the right counts.
