@@ -369,6 +369,14 @@ def _single_grids(r: Tensor, u: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:
     return grid.to(r.device), offsets.to(r.device)
 
 
+def _op_available(device_type: str) -> bool:
+    """Whether the compiled op has a kernel for ``device_type`` (False for an older build)."""
+    try:
+        return bool(has_kernel("competition_epsilons", device_type))
+    except RuntimeError:  # a compiled library from before the op existed
+        return False
+
+
 def _epsilons_op(r: Tensor, u: Tensor, delta: float) -> Tensor:
     """Clipped per-example epsilons from the fused op (float64 ``[S, N]``, ``[S, M]``)."""
     from ..ops.competition import competition_epsilons as op
@@ -416,7 +424,7 @@ def competition_epsilons(
     """
     delta = check_delta(delta)
     r, u = pair_of_stats(retrained, unlearned)
-    if has_kernel("competition_epsilons", r.device.type):
+    if _op_available(r.device.type):
         return _epsilons_op(r, u, delta)
     return _epsilons_torch(r, u, delta)
 

@@ -254,6 +254,16 @@ def test_dispatch_falls_back_to_torch(monkeypatch):
     assert calls == [("competition_epsilons", "cpu")]
 
 
+def test_dispatch_falls_back_when_the_library_predates_the_op(monkeypatch):
+    def missing(op, dev):
+        raise RuntimeError(f"operator fastunlearn::{op} does not exist")
+
+    r, u = _hard_case(7)
+    monkeypatch.setattr(competition, "has_kernel", missing)
+    _assert_identical(competition.competition_epsilons(r, u),
+                      competition._epsilons_torch(r, u, 1e-5))
+
+
 @needs_op
 def test_dispatch_uses_the_op_when_compiled(monkeypatch):
     r, u = _hard_case(6)
