@@ -14,9 +14,10 @@ as the reference does. The same model copy is repaired twice, in the same proces
   1 repetition).
 
 One record per part, with ``ours_*`` (CG) and ``lissa_*`` keys and ``ratio_lissa`` = LiSSA
-time / CG time. Reported per solver: total wall time of the updates, per-sample gradients and HVPs actually
-evaluated, the mean true relative residual ``||(H + lambda I) x - G|| / ||G||`` (LiSSA's
-costs one extra full-data product per step, not timed) and diverged steps.
+time / CG time. Reported per solver: total wall time of the updates, per-sample gradients
+and HVPs actually evaluated, the mean true relative residual
+``||(H + lambda I) x - G|| / ||G||`` (LiSSA's costs one extra full-data product per step, not
+timed) and diverged steps.
 
 Part 2, **repair** (``repair`` records): % restored of both solvers on the embedded digits
 (``small_cnn``, 20 % labels flipped s -> 9 - s), one-shot on the known flipped rows, with the

@@ -1,7 +1,8 @@
 """Typed wrappers around the compiled ``torch.ops.fastunlearn`` operators.
 
 Families: GLM curvature (:mod:`.glm`), generic CG support (:mod:`.cg`), per-sample
-gradients of linear-like layers (:mod:`.per_sample`) and neighbour search (:mod:`.knn`).
+gradients of linear-like layers (:mod:`.per_sample`), neighbour search (:mod:`.knn`) and
+the competition metric's per-example epsilon (:mod:`.competition`).
 Float64 oracles for all of them are in :mod:`.reference`.
 """
 
@@ -10,6 +11,7 @@ Float64 oracles for all of them are in :mod:`.reference`.
 from .. import _extension  # noqa: F401  # isort: skip
 from . import reference
 from .cg import cg_update_
+from .competition import competition_epsilons
 from .glm import (
     CGResult,
     glm_cg,
@@ -38,6 +40,7 @@ OP_NAMES = (
     "per_sample_dot",
     "per_sample_weighted_sum",
     "knn_extreme",
+    "competition_epsilons",
 )
 
 __all__ = [
@@ -61,4 +64,6 @@ __all__ = [
     "knn_extreme",
     "farthest_k",
     "nearest_k",
+    # evaluation metrics
+    "competition_epsilons",
 ]
