@@ -188,12 +188,21 @@ def test_hvp_margins_with_one_row_chunks_and_idle_threads():
 @given(n=st.integers(0, 40), d=st.integers(0, 9), K=st.integers(0, 5), lam=st.floats(0.0, 3.0))
 def test_hvp_margins_hypothesis_shapes(device, n, d, K, lam):
     X, S, V = problem(n, d, K, torch.float64, device)
-    X, S, V = transposed_copy(X), transposed_copy(S), transposed_copy(V)
     out, margins = glm_hvp_margins(X, S, V, lam)
     assert out.shape == (d, K) and margins.shape == (n, K)
     want_out, want_margins = reference.glm_hvp_margins(X, S, V, lam)
     torch.testing.assert_close(out, want_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(margins, want_margins, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hvp_margins_non_contiguous(device, dtype):
+    X, S, V = problem(50, 6, 3, dtype, device)
+    out, margins = glm_hvp_margins(transposed_copy(X), transposed_copy(S), transposed_copy(V), 0.5)
+    want_out, want_margins = reference.glm_hvp_margins(X, S, V, 0.5)
+    torch.testing.assert_close(out.double(), want_out, **tolerances(dtype))
+    torch.testing.assert_close(margins.double(), want_margins, **tolerances(dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)
