@@ -32,6 +32,7 @@ __all__ = [
     "random_subset",
     "seeded",
     "train",
+    "train_main_stage",
 ]
 
 _SCHEDULERS = ("none", "cosine", "multistep")
@@ -218,6 +219,36 @@ def train(
         if sched is not None:
             sched.step()  # type: ignore[attr-defined]
     return model
+
+
+def train_main_stage(
+    model: nn.Module,
+    dataset: Dataset,
+    config: SGDConfig,
+    num_classes: int,
+    desc: str,
+    **options: object,
+) -> nn.Module:
+    """Run :func:`train` at the config's own ``lr`` and ``epochs`` (a method's main stage).
+
+    Most training-based methods end with one stage that trains for ``config.epochs`` at
+    ``config.lr``; this is that call. ``options`` are passed on to :func:`train`
+    (``ascent``, ``use_scheduler``, ``penalty``, ``seed_offset``).
+
+    Returns:
+        ``model``, trained in place.
+
+    """
+    return train(
+        model,
+        dataset,
+        config,
+        lr=config.lr,
+        epochs=config.epochs,
+        num_classes=num_classes,
+        desc=desc,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 class RelabelledDataset(Dataset):
