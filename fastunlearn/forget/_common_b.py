@@ -13,14 +13,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .base import iterate, make_loader, model_device
+from .base import as_dataset, iterate, make_loader, model_device
 
 __all__ = [
     "check_fraction",
+    "check_inputs",
     "check_number",
     "check_positive_int",
     "class_subset",
     "dataset_tensors",
+    "freeze",
     "num_outputs",
     "reinitialize",
     "train_ce",
@@ -50,6 +52,34 @@ def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> Non
     check_number(name, value, 0.0, strict=not allow_zero)
     if value > 1:  # type: ignore[operator]
         raise ValueError(f"{name} must be <= 1, got {value}")
+
+
+def check_inputs(
+    config: object, config_cls: type, forget: object, retain: object
+) -> tuple[Dataset, Dataset]:
+    """Check a method's config type and return its forget and retain sets as data sets.
+
+    Raises:
+        TypeError: If ``config`` is not a ``config_cls`` or a data set has the wrong type.
+        ValueError: If a data set is malformed (see :func:`~fastunlearn.forget.base.as_dataset`).
+
+    """
+    if not isinstance(config, config_cls):
+        name = config_cls.__name__
+        article = "an" if name[:1] in "AEIOU" else "a"
+        raise TypeError(f"config must be {article} {name}, got {type(config).__name__}")
+    return as_dataset(forget, "forget"), as_dataset(retain, "retain")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put ``model`` in eval mode and stop gradients to all its parameters (in place).
+
+    Used for distillation teachers and for models only differentiated through (not trained).
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def dataset_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
