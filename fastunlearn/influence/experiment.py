@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -510,15 +511,38 @@ def write_outputs(
         Kind (``json``, ``plot``, ``markdown``) -> path.
 
     """
+    stem = f"repair_{result['data']['dataset']}"
+    return _write_report_files(
+        result, out_dir, stem, render=render_report, plot=_plot if plots else None
+    )
+
+
+def _write_report_files(
+    result: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    stem: str,
+    *,
+    render: Callable[[dict[str, Any], str | None], str],
+    plot: Callable[[dict[str, Any], Path], Path] | None,
+) -> dict[str, str]:
+    """Write ``<stem>.json``, ``<stem>.md`` and (with ``plot``) ``<stem>.png`` into ``out_dir``.
+
+    The shared writer of the experiment reports. ``result`` gains a ``files`` entry (kind ->
+    path) before it is written; ``render(result, plot_name)`` gives the Markdown, with the
+    figure's file name (relative to ``out_dir``) or None.
+
+    Returns:
+        Kind (``json``, ``markdown`` and, with ``plot``, ``plot``) -> path.
+
+    """
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"repair_{result['data']['dataset']}"
     files = {"json": str(folder / f"{stem}.json"), "markdown": str(folder / f"{stem}.md")}
-    if plots:
-        files["plot"] = str(_plot(result, folder / f"{stem}.png"))
+    if plot is not None:
+        files["plot"] = str(plot(result, folder / f"{stem}.png"))
     result = {**result, "files": files}
     Path(files["json"]).write_text(json.dumps(_json_ready(result), indent=2) + "\n")
-    plot_rel = Path(files["plot"]).name if plots else None
-    Path(files["markdown"]).write_text(render_report(result, plot_rel))
+    plot_rel = Path(files["plot"]).name if plot is not None else None
+    Path(files["markdown"]).write_text(render(result, plot_rel))
     return files
 
