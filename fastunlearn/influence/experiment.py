@@ -496,6 +496,11 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_title("Label-poisoning repair")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    return _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Lay out a matplotlib figure and save it as PNG at ``path`` (folders created)."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from .drivers import predict, replace_features, unlearn_features
-from .experiment import _json_ready, _write_report_files
+from .experiment import _json_ready, _save_png, _write_report_files
 from .gradients import default_loss, loss_gradient
 from .linear import fit_logistic, linear_influence_update
 
@@ -634,10 +634,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     bx.tick_params(axis="x", labelsize=8)
     for a in (ax, bx):
         a.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save_png(fig, path)
 
 
 def write_feature_outputs(
