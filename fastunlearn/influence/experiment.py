@@ -475,11 +475,7 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.0, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _agg_figure(7.0, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     tr = result["training"]
     for name, p in result["protocols"].items():
@@ -497,6 +493,19 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _save_png(fig, path)
+
+
+def _agg_figure(width: float, height: float) -> Any:
+    """Return a ``width`` x ``height`` inch matplotlib figure (100 dpi) on an Agg canvas.
+
+    Drawn off-screen (no pyplot, no display), so reports render on headless machines.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save_png(fig: Any, path: Path) -> Path:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from .drivers import predict, replace_features, unlearn_features
-from .experiment import _json_ready, _save_png, _write_report_files
+from .experiment import _agg_figure, _json_ready, _save_png, _write_report_files
 from .gradients import default_loss, loss_gradient
 from .linear import fit_logistic, linear_influence_update
 
@@ -609,11 +609,7 @@ def render_feature_report(result: dict[str, Any], plot: str | None = None) -> st
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.0, 3.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _agg_figure(9.0, 3.8)
     ax, bx = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     m = result["methods"]
     labels = ["original", "first order", "second order", "retrained"]
