@@ -48,10 +48,16 @@ def check_number(name: str, value: object, minimum: float = 0.0, *, strict: bool
 
 
 def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> None:
-    """Raise TypeError/ValueError unless ``value`` is in ``(0, 1]`` (``[0, 1]`` if allowed)."""
-    check_number(name, value, 0.0, strict=not allow_zero)
-    if value > 1:  # type: ignore[operator]
-        raise ValueError(f"{name} must be <= 1, got {value}")
+    """Raise TypeError/ValueError unless ``value`` is in ``(0, 1]`` (``[0, 1]`` if allowed).
+
+    The one fraction check of every forgetting method (also re-exported by ``_training``).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
+    if not ok:
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
 
 
 def check_inputs(

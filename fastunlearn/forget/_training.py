@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
 from .base import ForgetConfig, as_dataset, clone_model, iterate, make_loader, model_device
 from .checks import check_batch_labels, check_disjoint, check_labels, dataset_labels
 
@@ -71,16 +72,6 @@ class SGDConfig(ForgetConfig):
                 raise ValueError(f"milestones must be positive ints, got {self.milestones!r}")
         if not isinstance(self.gamma, (int, float)) or not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
-
-
-def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> None:
-    """Raise if ``value`` is not a number in (0, 1] (or [0, 1] with ``allow_zero``)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
-    if not ok:
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
 
 
 @contextlib.contextmanager

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
-    check_fraction,
     make_optimizer,
     prepare,
     seeded,

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
-    check_fraction,
     kaiming_,
     last_linear,
     prepare,
