@@ -22,6 +22,7 @@ __all__ = [
     "check_positive_int",
     "class_subset",
     "dataset_tensors",
+    "eval_forward",
     "freeze",
     "num_outputs",
     "reinitialize",
@@ -106,14 +107,23 @@ def dataset_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
     return x, y.long()
 
 
-@torch.no_grad()
-def num_outputs(model: nn.Module, example: Tensor) -> int:
-    """Count the logits ``model`` produces for one input (evaluated in eval mode)."""
+def eval_forward(model: nn.Module, batch: Tensor) -> Tensor:
+    """Return ``model(batch)`` in eval mode without gradients, restoring the mode after.
+
+    ``batch`` is moved to the model's device first.
+    """
     was_training = model.training
     model.eval()
-    out = model(example[:1].to(model_device(model)))
-    model.train(was_training)
-    return int(out.shape[-1])
+    try:
+        with torch.no_grad():
+            return model(batch.to(model_device(model)))
+    finally:
+        model.train(was_training)
+
+
+def num_outputs(model: nn.Module, example: Tensor) -> int:
+    """Count the logits ``model`` produces for one input (evaluated in eval mode)."""
+    return int(eval_forward(model, example[:1]).shape[-1])
 
 
 def class_subset(labels: Tensor, fraction: float, generator: torch.Generator) -> Tensor:

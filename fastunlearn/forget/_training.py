@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
+from ._common_b import eval_forward
 from .base import ForgetConfig, as_dataset, clone_model, iterate, make_loader, model_device
 from .checks import check_batch_labels, check_disjoint, check_labels, dataset_labels
 
@@ -90,13 +91,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def num_outputs(model: nn.Module, dataset: Dataset) -> int:
     """Return the number of logits ``model`` gives for the first example of ``dataset``."""
     x, _ = dataset[0]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.as_tensor(x).unsqueeze(0).to(model_device(model)))
-    finally:
-        model.train(was_training)
+    out = eval_forward(model, torch.as_tensor(x).unsqueeze(0))
     if out.dim() != 2:
         raise ValueError(f"model must return logits [batch, classes], got shape {tuple(out.shape)}")
     return int(out.shape[1])
