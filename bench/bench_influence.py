@@ -7,9 +7,11 @@ CIFAR-shaped inputs (``[N, 3, 32, 32]`` uniform pixels, random labels), ``steps`
 steps of ``points`` relabelled training points each, updating the last 6 parameter tensors
 as the reference does. The same model copy is repaired twice, in the same process:
 
-* **ours**: CG on ``(H + lambda I) x = G`` over the whole training set with ``lambda`` =
-  LiSSA's effective damping ``d * s`` (so both solve the same system), stopping on the true
-  residual (tolerance ``CG_TOL``) or at ``cg_maxiter``;
+* **ours**: CG on ``(C + lambda I) x = G`` over the whole training set, ``C`` the generalised
+  Gauss-Newton matrix (PSD, so CG cannot break down; the Hessian of a network away from a
+  minimum is indefinite and CG on it diverged in the first GPU run), ``lambda`` = LiSSA's
+  effective damping ``d * s``, stopping on the true residual (tolerance ``CG_TOL``) or at
+  ``cg_maxiter``;
 * **lissa**: the reference's LiSSA (batch 1024, d = 1e-4, s = 2e5, ``lissa_depth`` steps,
   1 repetition).
 
@@ -125,8 +127,10 @@ def _solver_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: dict[
                                       hvp_batch_size=sizes["hvp_batch"], check_loss=False,
                                       apply=False)
         if solver == "cg":
-            kwargs.update(solver="cg", damping=lam, tol=CG_TOL, maxiter=sizes["cg_maxiter"],
-                          restarts=0)
+            # the Gauss-Newton matrix is PSD: CG cannot break down on it, as it can on the
+            # indefinite Hessian of a network away from a minimum
+            kwargs.update(solver="cg", curvature="ggn", damping=lam, tol=CG_TOL,
+                          maxiter=sizes["cg_maxiter"], restarts=0)
         else:
             kwargs.update(solver="lissa", compute_residual=False, lissa=LissaSettings(
                 batch_size=sizes["lissa_batch"], damping=LISSA_DAMPING, scale=LISSA_SCALE,
