@@ -46,6 +46,7 @@ from .math import (
     newton_fit,
     no_tf32,
     normalize_rows,
+    small_problem_threads,
     subsample_membership,
     triangular_apply,
 )
@@ -843,7 +844,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         start = time.perf_counter()
         for rows in groups:
             t0 = time.perf_counter()
-            with no_tf32():
+            with no_tf32(), small_problem_threads(self._X):
                 step = self._plan(rows, solver)
                 over = self.budget_used_ + step.bound > self.budget_
                 if over and not retrain:
