@@ -1,0 +1,229 @@
+"""Second-order influence repair: our CG (network HVP + fused cg_update_) vs the reference's LiSSA.
+
+Part 1, **solver** (``solver`` records): the reference's CIFAR setting, a 1.8M-parameter
+CNN (the reference's ``VGG_CIFAR10``: ``fastunlearn.models.build_model("cifar_cnn")``, or
+the same architecture defined here when the zoo of this checkout lacks it), synthetic
+CIFAR-shaped inputs (``[N, 3, 32, 32]`` uniform pixels, random labels), ``steps`` repair
+steps of ``points`` relabelled training points each, updating the last 6 parameter tensors
+as the reference does. The same model copy is repaired twice, in the same process:
+
+* **ours**: CG on ``(H + lambda I) x = G`` over the whole training set with ``lambda`` =
+  LiSSA's effective damping ``d * s`` (so both solve the same system), stopping on the true
+  residual (tolerance ``CG_TOL``) or at ``cg_maxiter``;
+* **lissa**: the reference's LiSSA (batch 1024, d = 1e-4, s = 2e5, ``lissa_depth`` steps,
+  1 repetition).
+
+Reported per solver: total wall time of the updates, per-sample gradients and HVPs actually
+evaluated, the mean true relative residual ``||(H + lambda I) x - G|| / ||G||`` (LiSSA's
+costs one extra full-data product per step, not timed) and diverged steps.
+
+Part 2, **repair** (``repair`` records): % restored of both solvers on the embedded digits
+(``small_cnn``, 20 % labels flipped s -> 9 - s), one-shot on the known flipped rows, with the
+generalised Gauss-Newton curvature and the same effective damping for both.
+
+No peer library is timed: MU (TensorFlow) is not installed; its published numbers are in
+``reference/influence_updates.md`` section 5.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.common import print_table, resolve_device, resolve_preset, synchronize
+
+NAME = "influence"
+
+#: preset -> sizes. ``filters`` 128 gives the reference's 1,798,282 parameters.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(filters=8, n=128, steps=1, points=16, hvp_batch=128, lissa_batch=32,
+                 lissa_depth=3, cg_maxiter=3, digits_epochs=3, digits_n=300),
+    "quick": dict(filters=16, n=256, steps=2, points=64, hvp_batch=256, lissa_batch=128,
+                  lissa_depth=10, cg_maxiter=8, digits_epochs=30, digits_n=0),
+    "full": dict(filters=128, n=10240, steps=10, points=1024, hvp_batch=1024, lissa_batch=1024,
+                 lissa_depth=100, cg_maxiter=50, digits_epochs=100, digits_n=0),
+}
+
+#: The reference's LiSSA settings for CIFAR (configs/unlearn.json).
+LISSA_DAMPING, LISSA_SCALE = 1e-4, 2e5
+CG_TOL = 1e-4
+#: Effective damping of the digits comparison (the experiment's default) and LiSSA's scale.
+DIGITS_DAMPING, DIGITS_LISSA_SCALE, DIGITS_LISSA_BATCH, DIGITS_LISSA_DEPTH = 100.0, 2e4, 256, 200
+
+COLUMNS = [
+    ("part", "part", "s"),
+    ("solver", "solver", "s"),
+    ("params", "params", "d"),
+    ("updated", "updated", "d"),
+    ("seconds", "seconds", ".2f"),
+    ("num_hvps", "HVPs", "d"),
+    ("num_gradients", "grads", "d"),
+    ("residual", "rel. residual", ".3g"),
+    ("diverged", "diverged", "d"),
+    ("acc_poisoned", "acc before", ".4f"),
+    ("acc_after", "acc after", ".4f"),
+    ("acc_clean", "acc clean", ".4f"),
+    ("restored", "% restored", ".1%"),
+]
+
+
+def reference_cnn(filters: int = 128, num_classes: int = 10) -> nn.Module:
+    """The reference CNN, from the zoo if it has ``cifar_cnn``, else defined here (same layers)."""
+    from fastunlearn.models import MODELS, build_model
+
+    if "cifar_cnn" in MODELS:
+        return build_model("cifar_cnn", num_classes=num_classes, filters=filters)
+    layers: list[nn.Module] = []
+    channels = 3
+    for drop in (0.1, 0.1, 0.2):
+        for _ in range(2):
+            layers += [nn.Conv2d(channels, filters, 3, padding=1), nn.ReLU(),
+                       nn.BatchNorm2d(filters, eps=1e-3, momentum=0.01)]
+            channels = filters
+        layers += [nn.MaxPool2d(2), nn.Dropout(drop)]
+    layers += [nn.Flatten(), nn.Linear(16 * filters, 512), nn.ReLU(),
+               nn.BatchNorm1d(512, eps=1e-3, momentum=0.01), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _solver_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: dict[str, Any],
+                solver: str, dev: torch.device) -> dict[str, Any]:
+    from fastunlearn.influence import LissaSettings, influence_update, last_parameters
+
+    names = last_parameters(model, 6)
+    gen = torch.Generator().manual_seed(0)
+    lam = LISSA_DAMPING * LISSA_SCALE
+    seconds, hvps, grads, residuals, diverged = 0.0, 0, 0, [], 0
+    for _ in range(sizes["steps"]):
+        rows = torch.randperm(X.shape[0], generator=gen)[: sizes["points"]].to(dev)
+        new = (y[rows] + 1 + torch.randint(0, 9, (rows.numel(),), generator=gen).to(dev)) % 10
+        corrected = y.clone()
+        corrected[rows] = new
+        kwargs: dict[str, Any] = dict(train_data=(X, corrected), params=names, order=2,
+                                      hvp_batch_size=sizes["hvp_batch"], check_loss=False,
+                                      apply=False)
+        if solver == "cg":
+            kwargs.update(solver="cg", damping=lam, tol=CG_TOL, maxiter=sizes["cg_maxiter"],
+                          restarts=0)
+        else:
+            kwargs.update(solver="lissa", compute_residual=False, lissa=LissaSettings(
+                batch_size=sizes["lissa_batch"], damping=LISSA_DAMPING, scale=LISSA_SCALE,
+                depth=sizes["lissa_depth"], seed=0))
+        synchronize(dev)
+        t0 = time.perf_counter()
+        res = influence_update(model, X[rows], y[rows], new_targets=new, **kwargs)
+        synchronize(dev)
+        seconds += time.perf_counter() - t0
+        hvps += res.num_hvps
+        grads += res.num_gradients
+        diverged += int(res.diverged)
+        if not res.diverged:
+            residuals.append(res.residual if res.residual is not None else _residual(
+                model, X, y, corrected, rows, new, names, res.step, lam, sizes))
+            _apply(model, names, res.step)
+        y = corrected
+    return {"seconds": seconds, "num_hvps": hvps, "num_gradients": grads,
+            "residual": sum(residuals) / len(residuals) if residuals else math.nan,
+            "diverged": diverged}
+
+
+def _residual(model: nn.Module, X: torch.Tensor, y: torch.Tensor, corrected: torch.Tensor,
+              rows: torch.Tensor, new: torch.Tensor, names: list[str], x: torch.Tensor,
+              lam: float, sizes: dict[str, Any]) -> float:
+    """Untimed ``||(H + lam I) x - G|| / ||G||`` for LiSSA's estimate ``x``."""
+    from fastunlearn.influence.gradients import default_loss, eval_mode, gradient_difference
+    from fastunlearn.linalg import NetworkHessianOperator
+
+    G = gradient_difference(model, default_loss, X[rows], y[rows], X[rows], new, params=names)
+    with eval_mode(model):
+        op = NetworkHessianOperator(model, default_loss, X, corrected, params=names,
+                                    damping=lam, batch_size=sizes["hvp_batch"])
+        Ax = op.matmat(x.unsqueeze(1)).squeeze(1)
+    return float(torch.linalg.vector_norm(Ax - G) / torch.linalg.vector_norm(G))
+
+
+def _warmup(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: dict[str, Any]) -> None:
+    """One untimed HVP on a full batch and on a LiSSA batch (torch.func first-call costs)."""
+    from fastunlearn.influence import last_parameters
+    from fastunlearn.influence.gradients import default_loss, eval_mode
+    from fastunlearn.linalg import NetworkHessianOperator
+
+    with eval_mode(model):
+        op = NetworkHessianOperator(model, default_loss, X, y,
+                                    params=last_parameters(model, 6),
+                                    batch_size=sizes["hvp_batch"])
+        v = torch.ones(op.shape[0], 1, dtype=op.dtype, device=op.device)
+        op.matmat(v)
+        b = sizes["lissa_batch"]
+        op.matmat_on(v, X[:b], y[:b])
+
+
+def _apply(model: nn.Module, names: list[str], step: torch.Tensor) -> None:
+    from fastunlearn.influence.gradients import unflatten
+
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, s in zip(names, unflatten(model, names, step), strict=True):
+            named[n].sub_(s)
+
+
+def run(device: str | torch.device, quick: bool = False, *,
+        preset: str | None = None) -> list[dict[str, Any]]:
+    """Run both parts and return their records (see the module docstring)."""
+    dev = resolve_device(device)
+    size = resolve_preset(quick, preset)
+    sizes = SIZES[size]
+    records = []
+    torch.manual_seed(0)
+    base = reference_cnn(sizes["filters"]).to(dev).eval()
+    gen = torch.Generator().manual_seed(1)
+    X = torch.rand(sizes["n"], 3, 32, 32, generator=gen).to(dev)
+    y = torch.randint(0, 10, (sizes["n"],), generator=gen).to(dev)
+    n_params = sum(p.numel() for p in base.parameters())
+    from fastunlearn.influence import last_parameters
+
+    named = dict(base.named_parameters())
+    updated = sum(named[n].numel() for n in last_parameters(base, 6))
+    _warmup(base, X, y, sizes)
+    for solver in ("cg", "lissa"):
+        out = _solver_run(copy.deepcopy(base), X, y, sizes, solver, dev)
+        records.append({"part": "solver", "solver": solver, "params": n_params,
+                        "updated": updated, "n": sizes["n"], "steps": sizes["steps"],
+                        "points": sizes["points"], **out})
+    records += _digits(sizes, dev)
+    return records
+
+
+def _digits(sizes: dict[str, Any], dev: torch.device) -> list[dict[str, Any]]:
+    from fastunlearn.influence.experiment import RepairConfig, run_repair_experiment
+
+    out = []
+    for solver in ("cg", "lissa"):
+        cfg = RepairConfig(protocols=("one-shot",), solver=solver, curvature="ggn",
+                           damping=DIGITS_DAMPING, epochs=sizes["digits_epochs"],
+                           n_train=sizes["digits_n"], lissa_batch=DIGITS_LISSA_BATCH,
+                           lissa_damping=DIGITS_DAMPING / DIGITS_LISSA_SCALE,
+                           lissa_scale=DIGITS_LISSA_SCALE, lissa_depth=DIGITS_LISSA_DEPTH,
+                           device=dev.type)
+        result = run_repair_experiment(cfg)
+        p, tr = result["protocols"]["one-shot"], result["training"]
+        step = p["steps"][0]
+        out.append({"part": "repair", "solver": solver, "params": result["data"]["num_params"],
+                    "updated": result["data"]["updated_params"], "seconds": p["seconds"],
+                    "num_hvps": p["num_hvps"], "num_gradients": p["num_gradients"],
+                    "residual": step.get("residual"), "diverged": int(p["any_diverged"]),
+                    "acc_clean": tr["acc_clean"], "acc_poisoned": tr["acc_poisoned"],
+                    "acc_after": p["acc_after"], "restored": p["restored"],
+                    "retrain_seconds": tr["retrain_seconds"]})
+    return out
+
+
+def print_results(records: list[dict[str, Any]]) -> None:
+    """Print the table of :func:`run`'s records."""
+    print_table("second-order influence repair: our CG vs reference LiSSA (same run)",
+                records, COLUMNS)

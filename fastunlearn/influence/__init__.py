@@ -1,0 +1,56 @@
+"""Influence-based unlearning of features and labels (Warnecke et al., NDSS 2023).
+
+:func:`influence_update` applies ``theta - tau G`` (first order) or ``theta - H^{-1} G``
+(second order, solvers ``"cg"``, ``"lissa"``, ``"direct"``) with
+``G = sum grad l(z~) - sum grad l(z)`` for affected points ``z`` and their corrections
+``z~``. Drivers: :func:`repair_labels` and :func:`iterative_label_repair` (label poisoning),
+:func:`unlearn_features` (replace or zero feature values). :func:`linear_influence_update`
+is the certified logistic-regression variant.
+"""
+
+from .curvature import GGNOperator
+from .drivers import (
+    IterativeRepairResult,
+    iterative_label_repair,
+    predict,
+    repair_labels,
+    replace_features,
+    unlearn_features,
+)
+from .gradients import (
+    default_loss,
+    gradient_difference,
+    last_parameters,
+    loss_gradient,
+    loss_value,
+)
+from .linear import LinearUpdateResult, fit_logistic, linear_influence_update, required_sigma
+from .update import CURVATURES, SOLVERS, LissaSettings, UpdateResult, influence_update
+
+__all__ = [
+    # updates
+    "influence_update",
+    "UpdateResult",
+    "LissaSettings",
+    "SOLVERS",
+    "CURVATURES",
+    "GGNOperator",
+    # gradients and parameter subsets
+    "gradient_difference",
+    "loss_gradient",
+    "loss_value",
+    "default_loss",
+    "last_parameters",
+    # drivers
+    "repair_labels",
+    "iterative_label_repair",
+    "IterativeRepairResult",
+    "unlearn_features",
+    "replace_features",
+    "predict",
+    # certified linear variant
+    "linear_influence_update",
+    "LinearUpdateResult",
+    "fit_logistic",
+    "required_sigma",
+]

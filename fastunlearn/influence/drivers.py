@@ -1,0 +1,350 @@
+"""Drivers: label unlearning (repair flipped labels) and feature unlearning (replace or zero).
+
+Each driver turns a description of *what* changes (rows and new labels; rows, columns and
+new values) into the affected points ``Z``, their corrected versions ``Z~`` and the corrected
+training set, then calls :func:`~fastunlearn.influence.influence_update`. Inputs are
+validated before anything is computed: a bad index, label, column or non-finite value
+raises and leaves the model unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .gradients import eval_mode
+from .update import UpdateResult, influence_update
+
+__all__ = [
+    "IterativeRepairResult",
+    "repair_labels",
+    "iterative_label_repair",
+    "replace_features",
+    "unlearn_features",
+    "predict",
+]
+
+
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim == 0:
+        raise ValueError(f"'{name}' must have a leading dimension, got a scalar")
+    return value
+
+
+def _as_index(name: str, value: Any, n: int, device: torch.device) -> Tensor:
+    """Validate an index list (ints in [0, n), no duplicates) -> int64 tensor on ``device``."""
+    if isinstance(value, Tensor):
+        t = value.detach().to("cpu")
+    elif isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
+        t = torch.as_tensor(np.asarray(value))
+    else:
+        raise TypeError(f"'{name}' must be a sequence or tensor of ints, got "
+                        f"{type(value).__name__}")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"'{name}' must hold integers, got {t.dtype}")
+    t = t.reshape(-1).to(torch.int64)
+    if t.numel():
+        low, high = int(t.min()), int(t.max())
+        if low < 0 or high >= n:
+            raise ValueError(f"'{name}' holds indices in [{low}, {high}], outside [0, {n - 1}]")
+        if torch.unique(t).numel() != t.numel():
+            raise ValueError(f"'{name}' holds duplicate indices")
+    return t.to(device)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """Arg-max class of every row (eval mode, no graph, chunked) -> int64 Tensor[n]."""
+    out = []
+    with torch.no_grad(), eval_mode(model):
+        for start in range(0, inputs.shape[0], chunk_size):
+            out.append(model(inputs[start:start + chunk_size]).argmax(dim=-1))
+    if not out:
+        return torch.zeros(0, dtype=torch.int64, device=inputs.device)
+    return torch.cat(out)
+
+
+def repair_labels(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    indices: Any,
+    new_labels: Any,
+    **update_kwargs: Any,
+) -> UpdateResult:
+    """Unlearn wrong labels: replace ``labels[indices]`` by ``new_labels`` with one update.
+
+    ``Z = (inputs[i], labels[i])`` and ``Z~ = (inputs[i], new_label_i)`` for i in ``indices``;
+    the Hessian, line search and divergence check use the corrected training set
+    (``labels`` with the new labels put in). ``labels`` itself is not modified.
+
+    Args:
+        model: The model trained on ``(inputs, labels)``; updated in place.
+        inputs: Tensor[N, ...], the training inputs.
+        labels: int Tensor[N], the labels the model was trained on.
+        indices: Rows whose labels change (ints in [0, N), no duplicates).
+        new_labels: Their correct labels (one per index, in the model's classes).
+        **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
+            (``order``, ``solver``, ``damping``, ``params``, ``tau``, ``loss_fn``, ...).
+
+    Returns:
+        The :class:`~fastunlearn.influence.UpdateResult`.
+
+    Raises:
+        TypeError / ValueError: bad inputs (named), as for ``influence_update``; the model
+            is then unchanged.
+
+    """
+    inputs = _check_tensor("inputs", inputs)
+    labels = _check_tensor("labels", labels)
+    if labels.is_floating_point() or labels.ndim != 1:
+        raise TypeError(f"'labels' must be a 1-D integer tensor, got {labels.dtype} "
+                        f"{list(labels.shape)}")
+    if labels.shape[0] != inputs.shape[0]:
+        raise ValueError(f"'labels' must have one entry per row of 'inputs' "
+                         f"({inputs.shape[0]}), got {labels.shape[0]}")
+    idx = _as_index("indices", indices, inputs.shape[0], labels.device)
+    if idx.numel() == 0:
+        raise ValueError("'indices' must name at least one row")
+    new = torch.as_tensor(new_labels).to(labels.device)
+    if new.is_floating_point() or new.dtype == torch.bool:
+        raise TypeError(f"'new_labels' must hold integers, got {new.dtype}")
+    new = new.reshape(-1).to(labels.dtype)
+    if new.numel() != idx.numel():
+        raise ValueError(f"'new_labels' must have one label per index ({idx.numel()}), "
+                         f"got {new.numel()}")
+    corrected = labels.clone()
+    corrected[idx] = new
+    x = inputs[idx]
+    return influence_update(model, x, labels[idx], x, new, train_data=(inputs, corrected),
+                            **update_kwargs)
+
+
+def replace_features(
+    inputs: Tensor, columns: Any, *, rows: Any = None, values: float | Tensor = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Return the corrected inputs and the affected rows for a feature change.
+
+    Features are the entries of each flattened row (``inputs.reshape(N, -1)``).
+
+    Args:
+        inputs: Tensor[N, ...].
+        columns: Feature indices (ints in [0, F), no duplicates).
+        rows: Rows to change; None: every row with a non-zero value in one of ``columns``
+            (the reference's feature-removal mode).
+        values: New values: a scalar (0.0 zeroes the features) or Tensor[len(rows),
+            len(columns)] (replacement mode); must be finite.
+
+    Returns:
+        ``(corrected inputs [N, ...], affected rows int64 [m])``; ``inputs`` is not modified.
+
+    Raises:
+        TypeError / ValueError: bad indices, shapes or non-finite values (named).
+
+    """
+    inputs = _check_tensor("inputs", inputs)
+    if not inputs.is_floating_point():
+        raise TypeError(f"'inputs' must be floating point, got {inputs.dtype}")
+    n = inputs.shape[0]
+    flat = inputs.reshape(n, -1)
+    cols = _as_index("columns", columns, flat.shape[1], inputs.device)
+    if cols.numel() == 0:
+        raise ValueError("'columns' must name at least one feature")
+    if rows is None:
+        row_idx = torch.nonzero((flat[:, cols] != 0).any(dim=1)).reshape(-1)
+    else:
+        row_idx = _as_index("rows", rows, n, inputs.device)
+    if isinstance(values, Tensor):
+        vals = values.to(dtype=inputs.dtype, device=inputs.device)
+        if vals.shape != (row_idx.numel(), cols.numel()):
+            raise ValueError(f"'values' must have shape [{row_idx.numel()}, {cols.numel()}] "
+                             f"(rows x columns), got {list(vals.shape)}")
+        if not bool(torch.isfinite(vals).all()):
+            raise ValueError("'values' contains non-finite values (NaN or inf)")
+    else:
+        if isinstance(values, bool) or not isinstance(values, (int, float)):
+            raise TypeError(f"'values' must be a number or a tensor, got "
+                            f"{type(values).__name__}")
+        if not np.isfinite(values):
+            raise ValueError(f"'values' must be finite, got {values}")
+        vals = torch.full((row_idx.numel(), cols.numel()), float(values), dtype=inputs.dtype,
+                          device=inputs.device)
+    new_flat = flat.clone()
+    new_flat[row_idx.unsqueeze(1), cols.unsqueeze(0)] = vals
+    return new_flat.reshape(inputs.shape), row_idx
+
+
+def unlearn_features(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    columns: Any,
+    *,
+    rows: Any = None,
+    values: float | Tensor = 0.0,
+    **update_kwargs: Any,
+) -> UpdateResult:
+    """Unlearn feature values: set ``columns`` of ``rows`` to ``values`` with one update.
+
+    ``Z`` are the affected rows as trained on, ``Z~`` the same rows with the new feature
+    values (labels unchanged); the corrected training set has every affected row replaced.
+    See :func:`replace_features` for ``columns``, ``rows`` and ``values``.
+
+    Args:
+        model: The model trained on ``(inputs, labels)``; updated in place.
+        inputs: Tensor[N, ...], the training inputs (not modified).
+        labels: Tensor[N], the training labels.
+        columns: Feature indices of the flattened rows.
+        rows: Affected rows, or None for every row with a non-zero value in ``columns``.
+        values: Scalar (0.0: removal) or Tensor[len(rows), len(columns)].
+        **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`.
+
+    Returns:
+        The :class:`~fastunlearn.influence.UpdateResult` (``applied=False`` with a reason
+        when no row is affected).
+
+    Raises:
+        TypeError / ValueError: bad inputs (named); the model is then unchanged.
+
+    """
+    inputs = _check_tensor("inputs", inputs)
+    labels = _check_tensor("labels", labels)
+    if labels.shape[0] != inputs.shape[0]:
+        raise ValueError(f"'labels' must have one entry per row of 'inputs' "
+                         f"({inputs.shape[0]}), got {labels.shape[0]}")
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        raise ValueError("'inputs' contains non-finite values (NaN or inf)")
+    corrected, row_idx = replace_features(inputs, columns, rows=rows, values=values)
+    if row_idx.numel() == 0:
+        P = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        some = next(iter(model.parameters()))
+        return UpdateResult(order=int(update_kwargs.get("order", 2)), solver=None,
+                            step=torch.zeros(P, dtype=some.dtype, device=some.device),
+                            param_names=[], num_params=P, num_affected=0,
+                            reason="no row has a non-zero value in the given columns")
+    return influence_update(model, inputs[row_idx], labels[row_idx], corrected[row_idx],
+                            labels[row_idx], train_data=(corrected, labels), **update_kwargs)
+
+
+@dataclass
+class IterativeRepairResult:
+    """Outcome of :func:`iterative_label_repair`.
+
+    Attributes:
+        steps: One dict per step: ``step``, ``mispredicted`` (training rows whose prediction
+            differs from the corrected label before the step), ``batch`` (points updated),
+            and the step's :meth:`UpdateResult.to_dict` fields, plus whatever ``evaluate``
+            returned under ``"eval"``.
+        results: The :class:`UpdateResult` of every step.
+        update_time_s: Wall time of the updates (selection and evaluation excluded).
+        num_gradients: Per-sample gradients over all steps.
+        num_hvps: Per-sample HVPs over all steps.
+
+    """
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    results: list[UpdateResult] = field(default_factory=list)
+    update_time_s: float = 0.0
+    num_gradients: int = 0
+    num_hvps: int = 0
+
+
+def iterative_label_repair(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    steps: int = 10,
+    batch_size: int = 512,
+    seed: int = 0,
+    evaluate: Callable[[nn.Module], Any] | None = None,
+    chunk_size: int = 1024,
+    **update_kwargs: Any,
+) -> IterativeRepairResult:
+    """Run the reference's iterative approximate retraining for label poisoning.
+
+    Per step: find every training row whose current prediction differs from its corrected
+    label, sample ``batch_size`` of them, and apply one update with ``z = (x, current
+    prediction)`` and ``z~ = (x, corrected label)``; the corrected training set is
+    ``(inputs, labels)``. A diverged step leaves the model unchanged and the loop goes on.
+    The known flipped indices are not needed.
+
+    Args:
+        model: The poisoned model; updated in place.
+        inputs: Tensor[N, ...], training inputs.
+        labels: int Tensor[N], the **corrected** labels.
+        steps: Number of update steps (reference: 10).
+        batch_size: Mispredicted points sampled per step (reference: 512 first order,
+            1024 second order).
+        seed: Seed of the sampling.
+        evaluate: Optional ``evaluate(model)`` called after every step (its time is not
+            counted); its return value is stored under ``"eval"``.
+        chunk_size: Rows per prediction chunk.
+        **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
+            (``progress=True`` also shows a bar over the steps).
+
+    Returns:
+        An :class:`IterativeRepairResult`.
+
+    Raises:
+        TypeError / ValueError: bad inputs or options (named); the model is then unchanged.
+
+    """
+    inputs = _check_tensor("inputs", inputs)
+    labels = _check_tensor("labels", labels)
+    if labels.is_floating_point() or labels.ndim != 1 or labels.shape[0] != inputs.shape[0]:
+        raise ValueError(f"'labels' must be a 1-D integer tensor with one label per row of "
+                         f"'inputs', got {labels.dtype} {list(labels.shape)}")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        raise ValueError("'inputs' contains non-finite values (NaN or inf)")
+    gen = torch.Generator().manual_seed(seed)
+    out = IterativeRepairResult()
+    bar = None
+    if update_kwargs.get("progress"):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="repair", unit="step")
+    for step in range(1, steps + 1):
+        if bar is not None:
+            bar.update(1)
+        pred = predict(model, inputs, chunk_size=chunk_size)
+        wrong = torch.nonzero(pred != labels).reshape(-1)
+        record: dict[str, Any] = {"step": step, "mispredicted": int(wrong.numel())}
+        if wrong.numel() == 0:
+            record["batch"] = 0
+            out.steps.append(record)
+            break
+        pick = torch.randperm(wrong.numel(), generator=gen)[:batch_size].to(wrong.device)
+        rows = wrong[pick]
+        x = inputs[rows]
+        t0 = time.perf_counter()
+        result = influence_update(model, x, pred[rows], x, labels[rows],
+                                  train_data=(inputs, labels), **update_kwargs)
+        out.update_time_s += time.perf_counter() - t0
+        out.num_gradients += result.num_gradients
+        out.num_hvps += result.num_hvps
+        out.results.append(result)
+        record["batch"] = int(rows.numel())
+        record.update(result.to_dict())
+        if evaluate is not None:
+            record["eval"] = evaluate(model)
+        out.steps.append(record)
+    if bar is not None:
+        bar.close()
+    return out

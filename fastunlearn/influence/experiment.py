@@ -1,0 +1,521 @@
+"""Label-poisoning repair experiment (Warnecke et al., NDSS 2023, Section 5 setup).
+
+Poison the training labels by flipping class ``s`` to ``9 - s`` for ``budget // 10`` rows of
+every source class (the reference's ``flip_labels``), train a clean model (on the true
+labels: this *is* retraining, and its time is the retraining time) and a poisoned model, then
+repair the poisoned model with influence updates:
+
+- ``iterative`` (the reference protocol): ``steps`` updates; before each, every training row
+  whose prediction differs from its corrected label is a candidate and ``batch`` of them are
+  sampled, with ``z = (x, current prediction)`` and ``z~ = (x, corrected label)``;
+- ``one-shot``: one update on the known flipped rows, ``z = (x, flipped label)``,
+  ``z~ = (x, true label)``.
+
+Accuracies (clean, poisoned, repaired) are all measured on the same test split, and
+``% restored = (after - before) / (clean - before)``. Also reported: the gradient-residual
+norm ``||grad L(theta_new; D~)||`` of the corrected training loss, per-sample gradient and
+HVP counts, and wall times (evaluation excluded from the repair time).
+
+Data: the embedded digits (8x8, ``small_cnn`` by default) or CIFAR-10 from ``data_dir``
+(the reference's 1.8M-parameter CNN, ``cifar_cnn``; pixels scaled to [0, 1]).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .drivers import iterative_label_repair, predict, repair_labels
+from .gradients import default_loss, last_parameters, loss_gradient
+from .update import CURVATURES, SOLVERS, LissaSettings
+
+__all__ = [
+    "PROTOCOLS",
+    "RepairConfig",
+    "RepairData",
+    "flip_labels",
+    "load_repair_data",
+    "train_classifier",
+    "accuracy",
+    "run_repair_experiment",
+    "write_outputs",
+    "render_report",
+]
+
+PROTOCOLS = ("iterative", "one-shot")
+
+
+@dataclass
+class RepairConfig:
+    """Settings of :func:`run_repair_experiment`.
+
+    Attributes:
+        dataset: ``"digits"`` (embedded) or ``"cifar10"`` (from ``data_dir``).
+        data_dir: Folder with the torchvision CIFAR-10 files (cifar10 only).
+        model: Model zoo name (default: ``small_cnn`` for digits, ``cifar_cnn`` for CIFAR).
+        budget: Flipped labels (``budget // 10`` per source class); default 20 % of the
+            training set (the reference's 10,000 of 50,000).
+        seed: Seed of the poisoning, training and sampling.
+        epochs: Training epochs (Adam, amsgrad, as the reference).
+        lr: Training learning rate.
+        train_batch: Training mini-batch size.
+        protocols: Which of ``iterative`` and ``one-shot`` to run.
+        order: 1 or 2.
+        solver: ``cg``, ``lissa`` or ``direct`` (second order).
+        curvature: ``ggn`` (positive semidefinite, default) or ``hessian``.
+        damping: Tikhonov damping of CG/direct.
+        tau: First-order step (a number or ``"auto"``).
+        steps: Iterative protocol steps (reference 10).
+        batch: Points per iterative step (reference 1024 second order, 512 first order).
+        last_layers: Update only the last ``k`` parameter tensors (0: all; the reference
+            uses 6 for its CIFAR CNN).
+        hvp_batch_size: Rows per HVP batch.
+        cg_tol: CG relative tolerance (true residual).
+        cg_maxiter: CG iteration cap.
+        lissa_batch: LiSSA batch (reference 1024).
+        lissa_damping: LiSSA d (reference 1e-4).
+        lissa_scale: LiSSA s (reference 2e5).
+        lissa_depth: LiSSA steps.
+        n_train: Use only the first ``n_train`` training rows (0: all).
+        device: ``cpu`` or ``cuda``.
+        progress: Show progress bars.
+
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str | None = None
+    budget: int | None = None
+    seed: int = 42
+    epochs: int = 100
+    lr: float = 3e-3
+    train_batch: int = 64
+    protocols: tuple[str, ...] = PROTOCOLS
+    order: int = 2
+    solver: str = "cg"
+    curvature: str = "ggn"
+    damping: float = 100.0
+    tau: float | str = "auto"
+    steps: int = 10
+    batch: int = 1024
+    last_layers: int = 0
+    hvp_batch_size: int | None = 4096
+    cg_tol: float = 1e-4
+    cg_maxiter: int = 100
+    lissa_batch: int = 1024
+    lissa_damping: float = 1e-4
+    lissa_scale: float = 2e5
+    lissa_depth: int = 100
+    n_train: int = 0
+    device: str = "cpu"
+    progress: bool = False
+
+    def validate(self) -> RepairConfig:
+        """Check every field; return self.
+
+        Raises:
+            ValueError: a field out of range (named).
+
+        """
+        if self.dataset not in ("digits", "cifar10"):
+            raise ValueError(f"'dataset' must be 'digits' or 'cifar10', got {self.dataset!r}")
+        if self.dataset == "cifar10" and not self.data_dir:
+            raise ValueError("'data_dir' is required for dataset 'cifar10'")
+        for name in ("epochs", "train_batch", "steps", "batch", "cg_maxiter", "lissa_batch",
+                     "lissa_depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"'{name}' must be >= 1, got {getattr(self, name)}")
+        for name in ("last_layers", "n_train", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"'{name}' must be >= 0, got {getattr(self, name)}")
+        if self.budget is not None and self.budget < 10:
+            raise ValueError(f"'budget' must be >= 10 (budget // 10 per class), got {self.budget}")
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad or not self.protocols:
+            raise ValueError(f"'protocols' must be a non-empty subset of {PROTOCOLS}, got "
+                             f"{self.protocols}")
+        if self.order not in (1, 2):
+            raise ValueError(f"'order' must be 1 or 2, got {self.order}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"'solver' must be one of {SOLVERS}, got {self.solver!r}")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"'curvature' must be one of {CURVATURES}, got "
+                             f"{self.curvature!r}")
+        for name in ("damping", "lissa_damping", "cg_tol"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"'{name}' must be finite and >= 0, got {value}")
+        for name in ("lr", "lissa_scale"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"'{name}' must be finite and > 0, got {value}")
+        if self.tau != "auto" and not (isinstance(self.tau, (int, float)) and self.tau > 0):
+            raise ValueError(f"'tau' must be 'auto' or a positive number, got {self.tau!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"'device' must be 'cpu' or 'cuda', got {self.device!r}")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The zoo model used."""
+        return self.model or ("small_cnn" if self.dataset == "digits" else "cifar_cnn")
+
+
+@dataclass
+class RepairData:
+    """Images and labels of one experiment (all on the experiment's device).
+
+    Attributes:
+        X_train: Tensor[N, C, H, W] float32.
+        y_train: True labels [N].
+        X_test: Tensor[M, C, H, W].
+        y_test: Labels [M].
+        num_classes: 10.
+
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    num_classes: int = 10
+
+
+def load_repair_data(config: RepairConfig) -> RepairData:
+    """Load the digits (stratified seed-0 split, pixels / 16) or CIFAR-10 (pixels / 255)."""
+    if config.dataset == "digits":
+        from ..data import load_digits_dataset
+
+        split = load_digits_dataset(normalize=False, dtype=torch.float32, seed=0)
+        X_tr = (split.X_train / 16.0).reshape(-1, 1, 8, 8)
+        X_te = (split.X_test / 16.0).reshape(-1, 1, 8, 8)
+        y_tr, y_te = split.y_train, split.y_test
+    else:
+        from ..data import vision_tensors
+
+        assert config.data_dir is not None
+        X_tr, y_tr = vision_tensors("cifar10", config.data_dir, train=True)
+        X_te, y_te = vision_tensors("cifar10", config.data_dir, train=False)
+        X_tr, X_te = X_tr.float() / 255.0, X_te.float() / 255.0
+    if config.n_train:
+        X_tr, y_tr = X_tr[: config.n_train], y_tr[: config.n_train]
+    dev = torch.device(config.device)
+    return RepairData(X_tr.contiguous().to(dev), y_tr.to(dev), X_te.contiguous().to(dev),
+                      y_te.to(dev))
+
+
+def flip_labels(labels: Tensor, budget: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Flip ``budget // 10`` rows of every class ``s`` to ``9 - s`` (reference ``flip_labels``).
+
+    Args:
+        labels: True labels in 0..9, Tensor[N].
+        budget: Total flips (>= 10).
+        seed: Seed of the per-class choice.
+
+    Returns:
+        ``(poisoned labels, flipped row indices sorted)``.
+
+    Raises:
+        ValueError: a class has fewer than ``budget // 10`` rows, or labels outside 0..9.
+
+    """
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 9):
+        raise ValueError("'labels' must be in 0..9 to flip s -> 9 - s")
+    per_class = budget // 10
+    gen = torch.Generator().manual_seed(seed)
+    cpu = labels.cpu()
+    chosen = []
+    for s in range(10):
+        rows = torch.nonzero(cpu == s).reshape(-1)
+        if rows.numel() < per_class:
+            raise ValueError(f"'budget' {budget} needs {per_class} rows of class {s}, "
+                             f"only {rows.numel()} exist")
+        chosen.append(rows[torch.randperm(rows.numel(), generator=gen)[:per_class]])
+    flipped = torch.sort(torch.cat(chosen)).values
+    poisoned = cpu.clone()
+    poisoned[flipped] = 9 - cpu[flipped]
+    return poisoned.to(labels.device), flipped.to(labels.device)
+
+
+def train_classifier(
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+) -> float:
+    """Train with Adam (amsgrad) on mean cross-entropy; return the wall time in seconds."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
+    model.train()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc="train", unit="epoch")
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(X.shape[0], generator=gen).to(X.device)
+        for start in range(0, X.shape[0], batch_size):
+            idx = perm[start:start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+        if bar is not None:
+            bar.update(1)
+    _sync(X.device)
+    elapsed = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return elapsed
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def accuracy(model: nn.Module, X: Tensor, y: Tensor) -> float:
+    """Fraction of rows whose arg-max prediction equals the label."""
+    return float((predict(model, X) == y).float().mean())
+
+
+def _restored(after: float, before: float, clean: float) -> float:
+    gap = clean - before
+    return (after - before) / gap if abs(gap) > 1e-12 else math.nan
+
+
+def _update_kwargs(config: RepairConfig, model: nn.Module) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        order=config.order, solver=config.solver, damping=config.damping, tau=config.tau,
+        curvature=config.curvature,
+        hvp_batch_size=config.hvp_batch_size, tol=config.cg_tol, maxiter=config.cg_maxiter,
+        progress=config.progress,
+        lissa=LissaSettings(batch_size=config.lissa_batch, damping=config.lissa_damping,
+                            scale=config.lissa_scale, depth=config.lissa_depth,
+                            seed=config.seed),
+    )
+    if config.last_layers:
+        kwargs["params"] = last_parameters(model, config.last_layers)
+    return kwargs
+
+
+def _residual_norm(model: nn.Module, X: Tensor, y: Tensor, params: Any) -> float:
+    """``||grad L(theta; D~)||`` of the summed corrected training loss."""
+    g = loss_gradient(model, default_loss, X, y, params=params, chunk_size=1024)
+    return float(torch.linalg.vector_norm(g))
+
+
+def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) -> dict[str, Any]:
+    """Run the experiment; return its JSON-ready result dict.
+
+    Args:
+        config: The settings (validated here).
+        data: Preloaded data (default :func:`load_repair_data`).
+
+    Returns:
+        A dict with ``config``, ``data``, ``training`` (clean/poisoned accuracy and times),
+        ``protocols`` (one entry per protocol: accuracy after, % restored, residual,
+        counts, times, per-step trajectory).
+
+    Raises:
+        ValueError: bad settings, or an unknown model name.
+
+    """
+    from ..models import build_model
+
+    config.validate()
+    data = data if data is not None else load_repair_data(config)
+    dev = torch.device(config.device)
+    n = data.X_train.shape[0]
+    budget = config.budget if config.budget is not None else max(10, (n // 5) // 10 * 10)
+    y_poison, flipped = flip_labels(data.y_train, budget, config.seed)
+
+    in_ch, side = data.X_train.shape[1], data.X_train.shape[-1]
+    kwargs: dict[str, Any] = {"num_classes": data.num_classes}
+    if config.model_name in ("small_cnn", "svhn_dp"):
+        kwargs.update(in_channels=in_ch, side=side)
+    elif config.model_name == "mlp":
+        kwargs.update(in_features=int(data.X_train[0].numel()))
+    torch.manual_seed(config.seed)
+    init = build_model(config.model_name, **kwargs).to(dev)
+    num_params = sum(p.numel() for p in init.parameters())
+    mlp_input = config.model_name == "mlp"
+    X_tr = data.X_train.flatten(1) if mlp_input else data.X_train
+    X_te = data.X_test.flatten(1) if mlp_input else data.X_test
+
+    clean = copy.deepcopy(init)
+    retrain_s = train_classifier(clean, X_tr, data.y_train, epochs=config.epochs, lr=config.lr,
+                                 batch_size=config.train_batch, seed=config.seed,
+                                 progress=config.progress)
+    poisoned = copy.deepcopy(init)
+    poison_s = train_classifier(poisoned, X_tr, y_poison, epochs=config.epochs, lr=config.lr,
+                                batch_size=config.train_batch, seed=config.seed,
+                                progress=config.progress)
+    acc_clean = accuracy(clean, X_te, data.y_test)
+    acc_before = accuracy(poisoned, X_te, data.y_test)
+    upd = _update_kwargs(config, poisoned)
+    params = upd.get("params")
+    result: dict[str, Any] = {
+        "config": {**asdict(config), "protocols": list(config.protocols),
+                   "model": config.model_name},
+        "data": {"dataset": config.dataset, "n_train": n, "n_test": int(X_te.shape[0]),
+                 "budget": budget, "flipped": int(flipped.numel()), "num_params": num_params,
+                 "updated_params": sum(p.numel() for name, p in poisoned.named_parameters()
+                                       if params is None or name in params)},
+        "training": {"acc_clean": acc_clean, "acc_poisoned": acc_before,
+                     "retrain_seconds": retrain_s, "poisoned_train_seconds": poison_s,
+                     "residual_poisoned": _residual_norm(poisoned, X_tr, data.y_train, params)},
+        "protocols": {},
+    }
+    for protocol in config.protocols:
+        model = copy.deepcopy(poisoned)
+        t0 = time.perf_counter()
+        if protocol == "one-shot":
+            res = repair_labels(model, X_tr, y_poison, flipped, data.y_train[flipped], **upd)
+            _sync(dev)
+            seconds = time.perf_counter() - t0
+            steps = [{"step": 1, "batch": int(flipped.numel()), **res.to_dict(),
+                      "eval": accuracy(model, X_te, data.y_test)}]
+            grads, hvps, diverged = res.num_gradients, res.num_hvps, res.diverged
+        else:
+            batch = config.batch
+
+            def evaluate(m: nn.Module) -> float:
+                return accuracy(m, X_te, data.y_test)
+
+            out = iterative_label_repair(model, X_tr, data.y_train, steps=config.steps,
+                                         batch_size=batch, seed=config.seed, evaluate=evaluate,
+                                         **upd)
+            seconds = out.update_time_s
+            steps, grads, hvps = out.steps, out.num_gradients, out.num_hvps
+            diverged = any(r.diverged for r in out.results)
+        acc_after = accuracy(model, X_te, data.y_test)
+        result["protocols"][protocol] = {
+            "acc_after": acc_after,
+            "restored": _restored(acc_after, acc_before, acc_clean),
+            "residual": _residual_norm(model, X_tr, data.y_train, params),
+            "seconds": seconds,
+            "speedup_vs_retrain": retrain_s / seconds if seconds > 0 else math.nan,
+            "num_gradients": grads,
+            "num_hvps": hvps,
+            "any_diverged": diverged,
+            "steps": [_json_ready(s) for s in steps],
+        }
+    return result
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Tensor):
+        return value.tolist()
+    return value
+
+
+def render_report(result: dict[str, Any], plot: str | None = None) -> str:
+    """Markdown page of a repair result (setup, accuracies, % restored, counts, times)."""
+    from ..report import format_value as fv
+
+    cfg, data, tr = result["config"], result["data"], result["training"]
+    lines = [f"# Label-poisoning repair: {data['dataset']} / {cfg['model']}", "",
+             f"{data['flipped']} of {data['n_train']} training labels flipped (class s -> "
+             f"9 - s), seed {cfg['seed']}; order {cfg['order']}"
+             + (f", solver {cfg['solver']}" if cfg["order"] == 2 else "")
+             + f"; {data['updated_params']} of {data['num_params']} parameters updated.", "",
+             "| model | test accuracy | time (s) |", "|---|---|---|",
+             f"| clean (= retraining) | {fv(tr['acc_clean'])} | {fv(tr['retrain_seconds'])} |",
+             f"| poisoned | {fv(tr['acc_poisoned'])} | {fv(tr['poisoned_train_seconds'])} |"]
+    for name, p in result["protocols"].items():
+        lines.append(f"| repaired ({name}) | {fv(p['acc_after'])} | {fv(p['seconds'])} |")
+    lines += ["", "| protocol | % restored | gradient residual | gradients | HVPs | "
+              "speed-up vs retraining | diverged steps |", "|---|---|---|---|---|---|---|"]
+    for name, p in result["protocols"].items():
+        restored = p["restored"]
+        pct = "-" if restored is None else f"{100 * restored:.1f} %"
+        n_div = sum(1 for s in p["steps"] if s.get("diverged"))
+        lines.append(f"| {name} | {pct} | {fv(p['residual'])} | {p['num_gradients']} | "
+                     f"{p['num_hvps']} | {fv(p['speedup_vs_retrain'])}x | {n_div} |")
+    lines += ["", f"Residual of the poisoned model: {fv(tr['residual_poisoned'])}. "
+              "All accuracies on the same test split; % restored = (after - before) / "
+              "(clean - before). Repair time excludes evaluation.", ""]
+    for name, p in result["protocols"].items():
+        lines += [f"## {name} steps", "", "| step | mispredicted | batch | test acc | "
+                  "residual (solver) | iterations | applied | reason |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s in p["steps"]:
+            lines.append(f"| {s.get('step')} | {fv(s.get('mispredicted'))} | "
+                         f"{fv(s.get('batch'))} | {fv(s.get('eval'))} | "
+                         f"{fv(s.get('residual'))} | {fv(s.get('solver_iterations'))} | "
+                         f"{fv(s.get('applied'))} | {s.get('reason') or ''} |")
+        lines.append("")
+    if plot:
+        lines += [f"![test accuracy per step]({plot})", ""]
+    return "\n".join(lines)
+
+
+def _plot(result: dict[str, Any], path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    tr = result["training"]
+    for name, p in result["protocols"].items():
+        xs = [0] + [s["step"] for s in p["steps"] if s.get("eval") is not None]
+        ys = [tr["acc_poisoned"]] + [s["eval"] for s in p["steps"] if s.get("eval") is not None]
+        ax.plot(xs, [100 * y for y in ys], marker="o", label=f"repaired ({name})")
+    ax.axhline(100 * tr["acc_clean"], color="black", linestyle="--", label="clean / retrained")
+    ax.axhline(100 * tr["acc_poisoned"], color="tab:red", linestyle=":", label="poisoned")
+    ax.set_xlabel("update step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Label-poisoning repair")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def write_outputs(
+    result: dict[str, Any], out_dir: str | os.PathLike[str], *, plots: bool = True
+) -> dict[str, str]:
+    """Write ``repair_<dataset>.json``, ``.png`` and ``.md`` into ``out_dir``.
+
+    Returns:
+        Kind (``json``, ``plot``, ``markdown``) -> path.
+
+    """
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"repair_{result['data']['dataset']}"
+    files = {"json": str(folder / f"{stem}.json"), "markdown": str(folder / f"{stem}.md")}
+    if plots:
+        files["plot"] = str(_plot(result, folder / f"{stem}.png"))
+    result = {**result, "files": files}
+    Path(files["json"]).write_text(json.dumps(_json_ready(result), indent=2) + "\n")
+    plot_rel = Path(files["plot"]).name if plots else None
+    Path(files["markdown"]).write_text(render_report(result, plot_rel))
+    return files
+

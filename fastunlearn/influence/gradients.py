@@ -1,0 +1,260 @@
+"""Summed loss gradients and gradient differences over chunks, w.r.t. a parameter subset.
+
+All functions evaluate the model *functionally* (``torch.func.functional_call`` with the
+selected parameters replaced by detached leaf copies), so they never touch ``.grad``, never
+build a graph the caller keeps, and never modify the model. The loss must be a **sum** over
+the batch (``reduction="sum"``): then the chunked sums equal the full-data sums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..linalg import flatten_params, selected_parameter_names, unflatten_like
+
+__all__ = [
+    "LossFn",
+    "default_loss",
+    "last_parameters",
+    "loss_value",
+    "loss_gradient",
+    "gradient_difference",
+    "check_sum_reduction",
+    "eval_mode",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Return the summed cross-entropy ``sum_i -log softmax(outputs_i)[targets_i]`` (default)."""
+    return torch.nn.functional.cross_entropy(outputs, targets, reduction="sum")
+
+
+def last_parameters(model: nn.Module, count: int) -> list[str]:
+    """Names of the last ``count`` trainable parameter tensors (registration order).
+
+    The reference updates only ``model.trainable_weights[-6:]`` of its CIFAR CNN (the
+    dense head and its batch norm); ``last_parameters(model, 6)`` is the same selection.
+
+    Args:
+        model: The network.
+        count: How many tensors, >= 1 (all of them if the model has fewer).
+
+    Returns:
+        Parameter names, in ``named_parameters()`` order.
+
+    Raises:
+        TypeError: ``model`` is not an nn.Module or ``count`` not an int.
+        ValueError: ``count < 1`` or the model has no trainable parameters.
+
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"'count' must be an int, got {type(count).__name__}")
+    if count < 1:
+        raise ValueError(f"'count' must be >= 1, got {count}")
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        raise ValueError("'model' has no trainable parameters")
+    return names[-count:]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in ``eval()`` inside the block and restore each module's mode after.
+
+    Influence computations need a deterministic loss (no dropout) and must not update
+    batch-norm running statistics.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _state(model: nn.Module, names: Sequence[str], values: Sequence[Tensor]) -> dict[str, Tensor]:
+    state: dict[str, Tensor] = {n: p.detach() for n, p in model.named_parameters()}
+    state.update(dict(model.named_buffers()))
+    state.update(zip(names, values, strict=True))
+    return state
+
+
+def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    step = chunk_size or max(n, 1)
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def loss_value(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    names: Sequence[str] | None = None,
+    values: Sequence[Tensor] | None = None,
+    chunk_size: int | None = 1024,
+) -> float:
+    """Compute the summed loss over ``(inputs, targets)``, optionally with some parameters replaced.
+
+    Args:
+        model: The network (not modified).
+        loss_fn: Summed loss ``loss_fn(outputs, targets) -> scalar``.
+        inputs: Tensor[n, ...].
+        targets: Tensor[n, ...].
+        names: Parameter names whose values are replaced by ``values`` (None: none).
+        values: Replacement tensors, one per name.
+        chunk_size: Rows per forward pass (None: all at once).
+
+    Returns:
+        The loss as a Python float (``nan``/``inf`` are returned, not raised).
+
+    """
+    names = list(names or [])
+    state = _state(model, names, list(values or []))
+    total = 0.0
+    with torch.no_grad(), eval_mode(model):
+        for start, stop in _chunks(inputs.shape[0], chunk_size):
+            out = functional_call(model, state, (inputs[start:stop],))
+            total += float(loss_fn(out, targets[start:stop]))
+    return total
+
+
+def _grad_of(
+    model: nn.Module,
+    names: Sequence[str],
+    loss_of_outputs: Callable[[dict[str, Tensor]], Tensor],
+) -> list[Tensor]:
+    named = dict(model.named_parameters())
+    leaves = [named[n].detach().requires_grad_(True) for n in names]
+    with torch.enable_grad():
+        loss = loss_of_outputs(_state(model, names, leaves))
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves, strict=True)]
+
+
+def loss_gradient(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    params: Any = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """Gradient of the summed loss w.r.t. the selected parameters, as one flat vector.
+
+    Args:
+        model: The network (not modified).
+        loss_fn: Summed loss.
+        inputs: Tensor[n, ...].
+        targets: Tensor[n, ...].
+        params: Selection as in :func:`fastunlearn.linalg.selected_parameter_names`.
+        chunk_size: Rows per backward pass (None: all at once).
+
+    Returns:
+        Tensor[P] in ``named_parameters()`` order.
+
+    """
+    names = selected_parameter_names(model, params)
+    named = dict(model.named_parameters())
+    total = flatten_params(torch.zeros_like(named[n]) for n in names)
+    for start, stop in _chunks(inputs.shape[0], chunk_size):
+        x, y = inputs[start:stop], targets[start:stop]
+
+        def loss(st: dict[str, Tensor], x: Tensor = x, y: Tensor = y) -> Tensor:
+            return loss_fn(functional_call(model, st, (x,)), y)
+
+        with eval_mode(model):
+            total += flatten_params(_grad_of(model, names, loss))
+    return total
+
+
+def gradient_difference(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Tensor,
+    targets: Tensor,
+    new_inputs: Tensor,
+    new_targets: Tensor,
+    *,
+    params: Any = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """``G = sum_i grad l(z~_i) - sum_i grad l(z_i)`` in one backward pass per chunk.
+
+    ``z_i = (inputs[i], targets[i])`` are the affected training points as they are now and
+    ``z~_i = (new_inputs[i], new_targets[i])`` their corrected versions. Each chunk
+    differentiates ``loss(z~) - loss(z)`` once (the reference's ``get_gradients_diff``).
+
+    Args:
+        model: The network (not modified).
+        loss_fn: Summed loss.
+        inputs: Tensor[m, ...].
+        targets: Tensor[m, ...].
+        new_inputs: Tensor[m, ...].
+        new_targets: Tensor[m, ...].
+        params: Selection as in :func:`fastunlearn.linalg.selected_parameter_names`.
+        chunk_size: Affected points per backward pass (None: all at once).
+
+    Returns:
+        Tensor[P] in ``named_parameters()`` order.
+
+    """
+    names = selected_parameter_names(model, params)
+    named = dict(model.named_parameters())
+    total = flatten_params(torch.zeros_like(named[n]) for n in names)
+    for start, stop in _chunks(inputs.shape[0], chunk_size):
+        x, y = inputs[start:stop], targets[start:stop]
+        xn, yn = new_inputs[start:stop], new_targets[start:stop]
+
+        def diff(
+            st: dict[str, Tensor], x: Tensor = x, y: Tensor = y, xn: Tensor = xn, yn: Tensor = yn
+        ) -> Tensor:
+            new = loss_fn(functional_call(model, st, (xn,)), yn)
+            return new - loss_fn(functional_call(model, st, (x,)), y)
+
+        with eval_mode(model):
+            total += flatten_params(_grad_of(model, names, diff))
+    return total
+
+
+def check_sum_reduction(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor) -> None:
+    """Raise unless ``loss_fn`` sums over the batch (one row duplicated doubles the loss).
+
+    Args:
+        model: The network.
+        loss_fn: The loss to check.
+        inputs: At least one row.
+        targets: Matching targets.
+
+    Raises:
+        ValueError: the loss of a row repeated twice is not twice the loss of the row
+            (e.g. ``reduction="mean"``).
+
+    """
+    with torch.no_grad(), eval_mode(model):
+        out = model(inputs[:1])
+        one = float(loss_fn(out, targets[:1]))
+        two = float(loss_fn(torch.cat([out, out]), torch.cat([targets[:1], targets[:1]])))
+    if abs(one) > 1e-30 and not abs(two - 2.0 * one) <= 1e-4 * abs(2.0 * one):
+        raise ValueError(
+            "'loss_fn' must sum over the batch (reduction='sum'): the loss of a duplicated "
+            f"row is {two:.6g}, not twice {one:.6g}"
+        )
+
+
+def unflatten(model: nn.Module, names: Sequence[str], vector: Tensor) -> list[Tensor]:
+    """Split a flat vector into tensors shaped like the named parameters."""
+    named = dict(model.named_parameters())
+    return unflatten_like(vector, [named[n] for n in names])

@@ -1,0 +1,136 @@
+"""Argument checks shared by the metric functions (clear errors naming the argument)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def as_tensor(value: Any, name: str) -> Tensor:
+    """Return ``value`` as a tensor (numpy arrays and sequences are converted, not copied twice).
+
+    Raises:
+        TypeError: If ``value`` cannot be read as a numeric tensor.
+
+    """
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"'{name}' must be a tensor or array, got {type(value).__name__}") from exc
+
+
+def float_tensor(value: Any, name: str, ndim: int | None = None) -> Tensor:
+    """Return a finite floating tensor (integers promoted to float64), ``ndim`` checked.
+
+    Raises:
+        TypeError: If it is not numeric.
+        ValueError: If it has the wrong number of dimensions or non-finite entries.
+
+    """
+    t = as_tensor(value, name)
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"'{name}' must be real floating point, got {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"'{name}' must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"'{name}' has non-finite entries (nan or inf)")
+    return t
+
+
+def label_tensor(value: Any, name: str, num_classes: int, shape: tuple[int, ...]) -> Tensor:
+    """Integer class labels of ``shape`` in ``[0, num_classes)`` as int64.
+
+    Raises:
+        TypeError: If the labels are not integers.
+        ValueError: On a shape mismatch or a label out of range.
+
+    """
+    t = as_tensor(value, name)
+    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"'{name}' must be integer class labels, got {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"'{name}' must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    t = t.to(torch.int64)
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"'{name}' has labels outside [0, {num_classes}): min {lo}, max {hi}"
+            )
+    return t
+
+
+def logits_and_labels(
+    logits: Any, labels: Any, *, logits_name: str = "logits", labels_name: str = "labels"
+) -> tuple[Tensor, Tensor]:
+    """Check logits ``[..., C]`` (C >= 2) and labels of shape ``logits.shape[:-1]``.
+
+    Labels of shape ``[S]`` with logits ``[S, N, C]`` (one label per example shared by N
+    models) are broadcast to ``[S, N]``.
+    """
+    z = float_tensor(logits, logits_name)
+    if z.dim() < 2 or z.shape[-1] < 2:
+        raise ValueError(
+            f"'{logits_name}' must have shape [..., C] with C >= 2 classes, got {tuple(z.shape)}"
+        )
+    y = as_tensor(labels, labels_name)
+    if z.dim() == 3 and y.dim() == 1 and y.shape[0] == z.shape[0]:
+        y = label_tensor(y, labels_name, z.shape[-1], (z.shape[0],))
+        return z, y.to(z.device)[:, None].expand(z.shape[0], z.shape[1])
+    y = label_tensor(y, labels_name, z.shape[-1], tuple(z.shape[:-1]))
+    return z, y.to(z.device)
+
+
+def check_delta(delta: float, name: str = "delta") -> float:
+    """``delta`` as a float in [0, 1)."""
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+        raise TypeError(f"'{name}' must be a number, got {type(delta).__name__}")
+    delta = float(delta)
+    if not 0.0 <= delta < 1.0:
+        raise ValueError(f"'{name}' must be in [0, 1), got {delta}")
+    return delta
+
+
+def pair_of_stats(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
+    """Per-example statistics ``[S, N]`` and ``[S, M]`` (same S, N and M >= 2) as float64."""
+    r = float_tensor(retrained, "retrained", ndim=2)
+    u = float_tensor(unlearned, "unlearned", ndim=2)
+    if r.shape[0] != u.shape[0]:
+        raise ValueError(
+            f"'retrained' and 'unlearned' must have the same number of examples (dim 0), "
+            f"got {r.shape[0]} and {u.shape[0]}"
+        )
+    if r.shape[1] < 2 or u.shape[1] < 2:
+        raise ValueError(
+            f"need at least 2 models per group (dim 1), got {r.shape[1]} retrained and "
+            f"{u.shape[1]} unlearned"
+        )
+    if r.device != u.device:
+        raise ValueError(f"'retrained' is on {r.device} but 'unlearned' on {u.device}")
+    return r.to(torch.float64), u.to(torch.float64)
+
+
+def stacked_logits(retrain_logits: Any, unlearn_logits: Any, labels: Any) -> tuple[Tensor, ...]:
+    """Check ``[S, N, C]`` retrained and ``[S, M, C]`` unlearned logits and ``[S]`` labels."""
+    r = float_tensor(retrain_logits, "retrain_logits", ndim=3)
+    u = float_tensor(unlearn_logits, "unlearn_logits", ndim=3)
+    if r.shape[0] != u.shape[0] or r.shape[2] != u.shape[2]:
+        raise ValueError(
+            f"'retrain_logits' {tuple(r.shape)} and 'unlearn_logits' {tuple(u.shape)} must "
+            "agree on examples (dim 0) and classes (dim 2)"
+        )
+    if r.shape[2] < 2:
+        raise ValueError(f"'retrain_logits' needs at least 2 classes, got {r.shape[2]}")
+    if r.device != u.device:
+        raise ValueError(f"'retrain_logits' is on {r.device} but 'unlearn_logits' on {u.device}")
+    y = label_tensor(labels, "labels", r.shape[2], (r.shape[0],)).to(r.device)
+    return r, u, y

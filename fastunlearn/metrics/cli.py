@@ -1,0 +1,100 @@
+"""``fastunlearn evaluate DIR [--out OUT]``: every metric from saved logits.
+
+``DIR`` is a logits directory in the fixture layout (:mod:`.fixtures`). Writes
+``evaluation.json`` (all numbers, per-example epsilons included), ``evaluation.md`` (one
+table row per method) and ``epsilon_hist.png`` into ``OUT``. The top-level CLI registers it
+with :func:`add_parser` and dispatches to :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def _delta(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` sub-command to ``subparsers`` (``ArgumentParser.add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="epsilon-hat, competition score, accuracies and fairness from saved logits",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("dir", help="logits directory (logits_retain.npy + <method>/logits_unlearn.npy)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: ./evaluation-<name of DIR>)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method folders (default: all)")
+    p.add_argument("--delta", type=_delta, default=0.05, help="Seed A's delta (default 0.05)")
+    p.add_argument("--competition-delta", type=_delta, default=1e-5,
+                   help="the competition's delta (default 1e-5)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the retrained-vs-retrained noise floor")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG histogram")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``evaluate``; returns the exit status (0 ok, 2 bad input)."""
+    from .evaluate import evaluate_logits_dir
+    from .report import plot_epsilon_histogram, render_evaluation_markdown
+
+    src = Path(args.dir)
+    out = Path(args.out) if args.out else Path.cwd() / f"evaluation-{src.resolve().name}"
+    methods = None
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        if args.device is not None and args.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("'--device' is cuda but no CUDA GPU is visible")
+        result = evaluate_logits_dir(
+            src, methods=methods, delta=args.delta, competition_delta=args.competition_delta,
+            baseline=not args.no_baseline, per_example=True, device=args.device,
+            progress=args.progress,
+        )
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"fastunlearn evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "evaluation.md").write_text(render_evaluation_markdown(result))
+    if not args.no_plot:
+        plot_epsilon_histogram(result, out / "epsilon_hist.png")
+    print(render_evaluation_markdown(result))
+    print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'}"
+          + ("" if args.no_plot else f", {out / 'epsilon_hist.png'}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m fastunlearn.metrics.cli DIR``)."""
+    parser = argparse.ArgumentParser(prog="fastunlearn")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,473 @@
+"""The NeurIPS 2023 Machine Unlearning Competition forget score and final score.
+
+Per forget example the attacker sees the logit-scaled confidence
+(:func:`~.statistics.logit_scaled_confidence`) of N retrained and N unlearned models.
+Following the official scoring code (google-deepmind/unlearning_evaluation, ``metric.py``):
+
+1. positive group: retrained if its median is strictly larger, else unlearned;
+2. peaky rule: if (smaller range) / (larger range) < 0.01 the example's epsilon is the cap
+   (50) and nothing else is computed (two zero ranges give 0/0 and are not caught);
+3. single-threshold family: ``t`` in ``linspace(min, max, ceil(100 (max - min)))`` over the
+   pooled values (``torch.linspace``), positive if ``f >= t``;
+4. double-threshold family: positive := the peakier group (smaller range; the original
+   negative group on equal ranges), ``w`` its range; right edges
+   ``r in linspace(min_pos + w - 2, max_pos + 2, ceil(100 (hi - lo)))`` and for each 400 left
+   edges ``l in linspace(r - w - 2, r - w + 2)`` (``numpy.linspace``); positive if
+   ``l <= f <= r``;
+5. per threshold: FPR = FNR = 0 gives inf; exactly one of them 0 is discarded; otherwise
+   ``clip(nanmax(log(1 - delta - FPR) - log(FNR), log(1 - delta - FNR) - log(FPR)), 0)``
+   with the rates and logarithms in float32 as the official code computes them;
+6. the example's epsilon is the max over kept thresholds of both families, clipped to
+   [0, 50] (inf becomes 50). delta = 1e-5.
+
+The forget score F averages ``2**(1 - k)`` points over examples, bin k covering
+``[0.5 (k - 1), 0.5 k)``, bins existing while their end is at most ``ceil(ln(N - 1))``; the
+final score is ``F * (RA_U / RA_R) * (TA_U / TA_R)``.
+
+Implementation: examples are processed in chunks, all at once, with no loop over
+thresholds. The rates depend only on the integer counts (FP, FN), so every threshold's
+epsilon is a lookup in an ``(n_neg + 1) x (n_pos + 1)`` table. All thresholds lying in the
+same gap between two consecutive sorted observations give the same counts, so each row of
+thresholds is reduced to the gaps it hits: the number of grid entries at or below every
+observation (``searchsorted`` for the single family; arithmetic on the linear grid, with
+exact float64 comparisons wherever rounding could matter, for the 400-entry rows of left
+edges) tells which gaps hold a threshold, and prefix sums over the sorted observations give
+the counts of each gap. The cost per example is (right edges) x (models) instead of
+(right edges) x 400 x (models). Thresholds are the same float64 numbers the official code
+builds (numpy's linspace is reproduced and torch's is called), so the decisions match it
+exactly. Examples without any usable threshold (the official code stops with an
+assertion) get nan, which earns 0 points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._checks import check_delta, pair_of_stats, stacked_logits
+from ._reduce import median
+from .statistics import logit_scaled_confidence
+
+__all__ = [
+    "CompetitionResult",
+    "competition_epsilons",
+    "competition_score",
+    "final_score",
+    "forget_score",
+    "score_bins",
+]
+
+#: Official constants (``metric.py``).
+DEFAULT_DELTA = 1e-5
+EPSILON_CAP = 50.0
+THRESHOLDS_PER_UNIT = 100
+BUFFER = 2.0
+PEAKY_RATIO = 0.01
+
+#: Threshold-grid entries processed per chunk (bounds the working memory).
+_CHUNK_ELEMENTS = 1 << 19
+
+
+def _eps_table(n_pos: int, n_neg: int, delta: float, device: torch.device) -> Tensor:
+    """Epsilon for every (FP, FN) count pair, ``[n_neg + 1, n_pos + 1]`` (float32).
+
+    inf where FP = FN = 0, -inf (discarded) where exactly one is zero or both log terms
+    are nan; otherwise the clipped nan-max, computed in float32 as the official code does.
+    """
+    fpr = (torch.arange(n_neg + 1, dtype=torch.float32, device=device) / n_neg)[:, None]
+    fnr = (torch.arange(n_pos + 1, dtype=torch.float32, device=device) / n_pos)[None, :]
+    a = torch.tensor(1.0 - delta, dtype=torch.float32, device=device)
+    t1 = torch.log(a - fpr) - torch.log(fnr)
+    t2 = torch.log(a - fnr) - torch.log(fpr)
+    t1, t2 = torch.broadcast_tensors(t1, t2)
+    val = torch.where(torch.isnan(t1), t2, torch.where(torch.isnan(t2), t1, torch.maximum(t1, t2)))
+    val = val.clamp_min(0.0).to(torch.float64)  # nan stays nan
+    fp0, fn0 = fpr == 0, fnr == 0
+    val = torch.where(fp0 ^ fn0, -torch.inf, val)
+    val = torch.where(fp0 & fn0, torch.inf, val)
+    return val.nan_to_num(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf).float()
+
+
+def _torch_linspace(start: Tensor, end: Tensor, steps: Tensor, width: int) -> Tensor:
+    """Rows of ``torch.linspace(start, end, steps)`` on the CPU, padded with +inf.
+
+    The official code builds these thresholds with ``torch.linspace`` on the CPU; its
+    vectorised kernel rounds differently from a plain ``start + i * step``, so the rows are
+    built with it (one small call per example) to keep the thresholds bit-identical.
+    """
+    out = torch.full((start.shape[0], width), torch.inf, dtype=torch.float64)
+    for i, (a, b, n) in enumerate(zip(start.tolist(), end.tolist(), steps.tolist(),
+                                      strict=True)):
+        if n > 0:
+            out[i, :n] = torch.linspace(a, b, n, dtype=torch.float64)
+    return out.to(start.device)
+
+
+def _numpy_linspace(start: Tensor, stop: Tensor, num: int | Tensor, width: int) -> Tensor:
+    """Rows of ``numpy.linspace(start, stop, num)``: ``i * step + start``, last = stop."""
+    idx = torch.arange(width, dtype=torch.float64, device=start.device)
+    shape = (1,) * start.dim() + (width,)
+    idx = idx.reshape(shape)
+    n = torch.as_tensor(num, device=start.device).to(torch.float64)
+    n = n.reshape(n.shape + (1,)) if n.dim() else n
+    step = ((stop - start)[..., None]) / (n - 1).clamp_min(1)
+    out = idx * step + start[..., None]
+    out = torch.where(idx == n - 1, stop[..., None].expand_as(out), out)
+    return out.masked_fill(idx >= n, torch.inf)
+
+
+def _first_above_rows(
+    start: Tensor,
+    stop: Tensor,
+    n: int,
+    values: Tensor,
+    out: Tensor | None = None,
+    origin: Tensor | None = None,
+) -> Tensor:
+    """``#{j : l_j <= v}`` for rows ``l_j = numpy.linspace(start, stop, n)`` and values ``v``.
+
+    Args:
+        start: ``[...]`` first grid entry of each row (float64).
+        stop: ``[...]`` last grid entry of each row.
+        n: Entries per row (> 1).
+        values: ``[..., K]`` values, one set per row (broadcast against ``start[..., None]``).
+        out: Optional ``[..., K]`` buffer (may be a view) to write the result into, float64,
+            or float32 with ``origin``.
+        origin: Optional per-row origin (broadcastable to ``start``) close to the rows: the
+            arithmetic then runs in float32 on values relative to it (twice the throughput);
+            the band of values sent to the exact check widens to cover float32 rounding.
+
+    Returns:
+        ``[..., K]`` integers in ``[0, n]`` (float dtype): the index of the first grid entry
+        above ``v``. Computed arithmetically from the linear grid, then corrected with exact
+        float64 comparisons against the grid's own entries wherever ``v`` lies within
+        rounding distance of one of them, so it equals a ``searchsorted`` on the grid.
+
+    """
+    step = ((stop - start) / (n - 1))[..., None]
+    s0 = start[..., None]
+    if origin is None:
+        u = values - s0
+        u.div_(step)
+        band = 1e-6
+    else:
+        o = origin[..., None]
+        u = (values - o).float() - (s0 - o).float()
+        u.mul_((1.0 / step).float())
+        # |v - origin| and |start - origin| stay below ~100 near the grid (farther values
+        # are clamped): float32 rounding moves u by < 1e-3 grid steps
+        band = 5e-3
+    first = torch.floor(u) if out is None else torch.floor(u, out=out)
+    frac = u.sub_(first)
+    risky = ((frac < band) | (frac > 1 - band)).nonzero(as_tuple=True)
+    first.add_(1).clamp_(0, n)
+    if risky[0].numel():
+        shape = first.shape
+        v = values.expand(shape)[risky]
+        st = s0.expand(shape)[risky]
+        sp = step.expand(shape)[risky]
+        end = stop[..., None].expand(shape)[risky]
+        j = first[risky].to(torch.float64)
+
+        def grid(i: Tensor) -> Tensor:
+            return torch.where(i == n - 1, end, i * sp + st)
+
+        for _ in range(2):  # at most one grid step off either way
+            j = j - ((j > 0) & (grid((j - 1).clamp_min(0)) > v)).to(j.dtype)
+            j = j + ((j < n) & (grid(j.clamp_max(n - 1)) <= v)).to(j.dtype)
+        first[risky] = j.to(first.dtype)
+    return first
+
+
+def _weights(P: int, Q: int, device: torch.device) -> Tensor:
+    """Signed weight per observation: positives +1, negatives -(P + 1)."""
+    return torch.cat([
+        torch.ones(P, dtype=torch.int64, device=device),
+        torch.full((Q,), -(P + 1), dtype=torch.int64, device=device),
+    ])
+
+
+def _sorted_pool(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+    """Pooled values sorted per row ``[B, K]`` and the prefix sums ``W [B, K + 1]``.
+
+    ``W[:, g] = #pos among the g smallest - (P + 1) #neg among them``: for a threshold
+    above exactly the g smallest values, ``#pos < t - (P + 1) #neg < t``.
+    """
+    P, Q = pos.shape[1], neg.shape[1]
+    values, order = torch.cat([pos, neg], 1).sort(1)
+    w = _weights(P, Q, pos.device)[order]
+    W = torch.zeros(values.shape[0], values.shape[1] + 1, dtype=torch.int64, device=pos.device)
+    W[:, 1:] = w.cumsum(1)
+    return values, W
+
+
+def _gaps_max(edges: Tensor, n_valid: Tensor, index: Tensor, table: Tensor) -> Tensor:
+    """Max of ``table[index]`` over the gaps between sorted values that hold a grid point.
+
+    Gap g (thresholds above exactly the g smallest values) holds the grid entries
+    ``[edges[g], edges[g + 1])``; it counts when it holds one whose position is below
+    ``n_valid``. All thresholds in a gap give the same counts, so the gaps stand for the
+    whole grid.
+
+    Args:
+        edges: ``[..., K + 2]``: 0, the number of grid entries <= each sorted value, and
+            the number of grid entries of the row.
+        n_valid: ``[...]`` grid entries usable per row (a prefix).
+        index: ``[..., K + 1]`` table index of each gap (overwritten).
+        table: ``[size]`` flat epsilon table.
+
+    """
+    first, last = edges[..., :-1], edges[..., 1:]
+    ok = last > first
+    ok &= first < n_valid[..., None]
+    index.masked_fill_(~ok, table.numel())
+    ext = torch.cat([table, table.new_full((1,), -torch.inf)])
+    vals = torch.take(ext, index)
+    return vals.reshape(vals.shape[0], -1).amax(1).to(torch.float64)
+
+
+def _single_family(pos: Tensor, neg: Tensor, table: Tensor) -> Tensor:
+    """Max epsilon of the single-threshold family, ``pos [B, P]``, ``neg [B, Q]``."""
+    P, Q = pos.shape[1], neg.shape[1]
+    values, W = _sorted_pool(pos, neg)
+    lo, hi = values[:, 0], values[:, -1]
+    steps = torch.ceil((hi - lo) * THRESHOLDS_PER_UNIT).to(torch.int64)
+    width = max(int(steps.max()), 1)
+    grid = _torch_linspace(lo, hi, steps, width)  # [B, T], +inf padded
+    le = torch.searchsorted(grid, values.contiguous(), right=True)  # [B, K]
+    edges = torch.cat([torch.zeros_like(le[:, :1]), le, steps[:, None]], 1).to(torch.float64)
+    # positive if f >= t: FN = #pos < t, FP = Q - #neg < t, index FP (P + 1) + FN
+    index = Q * (P + 1) + W
+    return _gaps_max(edges, steps.to(torch.float64), index, table.reshape(-1))
+
+
+def _double_family(pos: Tensor, neg: Tensor, table: Tensor) -> Tensor:
+    """Max epsilon of the interval family; ``pos [B, P]`` is the peakier group."""
+    P = pos.shape[1]
+    pmin, pmax = pos.amin(1), pos.amax(1)
+    width = pmax - pmin
+    lo = pmin + width - BUFFER
+    hi = pmax + BUFFER
+    n_right = torch.ceil((hi - lo) * THRESHOLDS_PER_UNIT).to(torch.int64)
+    R = max(int(n_right.max()), 1)
+    right = _numpy_linspace(lo, hi, n_right, R)  # [B, R], +inf padded
+    L = int(math.ceil(2 * BUFFER * THRESHOLDS_PER_UNIT))
+    finite = torch.isfinite(right)
+    centre = torch.where(finite, right, 0.0) - width[:, None]
+    start, stop = centre - BUFFER, centre + BUFFER
+    # positive if l <= f <= r: TP = #pos <= r - #pos < l, FP = #neg <= r - #neg < l,
+    # FN = P - TP, so the index FP (P + 1) + FN is base(r) + #pos < l - (P + 1) #neg < l
+    rr = torch.where(finite, right, -torch.inf).contiguous()
+    pos_le = torch.searchsorted(pos.sort(1).values, rr, right=True)
+    neg_le = torch.searchsorted(neg.sort(1).values, rr, right=True)
+    base = neg_le * (P + 1) + P - pos_le  # [B, R]
+    values, W = _sorted_pool(pos, neg)
+    B, K = values.shape
+    edges = torch.empty(B, R, K + 2, dtype=torch.float32, device=pos.device)
+    edges[..., 0] = 0
+    edges[..., -1] = L
+    _first_above_rows(start, stop, L, values[:, None, :], out=edges[..., 1:-1],
+                      origin=pmin[:, None])
+    # usable left edges: l <= r (a non-empty interval) on a real (not padded) right edge
+    n_valid = _first_above_rows(start, stop, L, rr[..., None]).squeeze(-1)
+    n_valid = n_valid.masked_fill_(~finite, 0).float()
+    index = base[..., None] + W[:, None, :]
+    return _gaps_max(edges, n_valid, index, table.reshape(-1))
+
+
+def _chunks(n: int, per_example: int) -> list[slice]:
+    size = max(1, _CHUNK_ELEMENTS // max(per_example, 1))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _group_epsilons(pos: Tensor, neg: Tensor, delta: float) -> Tensor:
+    """Per-example epsilon (unclipped, nan if nothing kept) for one positive/negative split."""
+    B, P = pos.shape
+    Q = neg.shape[1]
+    out = torch.full((B,), torch.nan, dtype=torch.float64, device=pos.device)
+    if B == 0:
+        return out
+    pd = pos.amax(1) - pos.amin(1)
+    nd = neg.amax(1) - neg.amin(1)
+    largest = torch.where(pd > nd, pd, nd)
+    smallest = torch.where(pd > nd, nd, pd)
+    peaky = (smallest / largest) < PEAKY_RATIO  # 0/0 is nan: not peaky
+    out[peaky] = EPSILON_CAP
+    todo = ~peaky
+    single = torch.full((B,), -torch.inf, dtype=torch.float64, device=pos.device)
+    double = torch.full((B,), -torch.inf, dtype=torch.float64, device=pos.device)
+    table_pq = _eps_table(P, Q, delta, pos.device)
+    # single family, original positive group
+    idx = todo.nonzero().squeeze(1)
+    if idx.numel():
+        span = (torch.cat([pos[idx], neg[idx]], 1).aminmax(dim=1))
+        per = int(torch.ceil((span.max - span.min).max() * THRESHOLDS_PER_UNIT)) + 1
+        for sl in _chunks(idx.numel(), per):
+            j = idx[sl]
+            single[j] = _single_family(pos[j], neg[j], table_pq)
+    # double family: the peakier group is positive (the original negative on equal ranges)
+    swap = pd >= nd
+    per = (int(math.ceil(2 * BUFFER * THRESHOLDS_PER_UNIT)) + 2) * (P + Q + 1)
+    for flag in (False, True):
+        idx = (todo & (swap == flag)).nonzero().squeeze(1)
+        if not idx.numel():
+            continue
+        a, b = (neg, pos) if flag else (pos, neg)
+        table = _eps_table(a.shape[1], b.shape[1], delta, pos.device) if flag else table_pq
+        for sl in _chunks(idx.numel(), per):
+            j = idx[sl]
+            double[j] = _double_family(a[j], b[j], table)
+    best = torch.maximum(single, double)
+    best = best.masked_fill(best == -torch.inf, torch.nan)
+    out[todo] = best[todo]
+    return out
+
+
+def competition_epsilons(
+    retrained: Any, unlearned: Any, *, delta: float = DEFAULT_DELTA
+) -> Tensor:
+    """Per-example epsilons of the NeurIPS 2023 competition metric, clipped to [0, 50].
+
+    Args:
+        retrained: ``[S, N]`` logit-scaled confidences of N retrained models on S examples.
+        unlearned: ``[S, M]`` confidences of M unlearned models (N = M officially).
+        delta: delta of (epsilon, delta), 1e-5 officially.
+
+    Returns:
+        float64 ``[S]`` on the inputs' device; nan where no threshold is usable.
+
+    Raises:
+        ValueError: On mismatched shapes, non-finite input or ``delta`` outside [0, 1).
+
+    """
+    delta = check_delta(delta)
+    r, u = pair_of_stats(retrained, unlearned)
+    retrained_positive = median(r, 1) > median(u, 1)
+    eps = torch.full((r.shape[0],), torch.nan, dtype=torch.float64, device=r.device)
+    for flag in (True, False):
+        idx = (retrained_positive == flag).nonzero().squeeze(1)
+        if idx.numel():
+            pos, neg = (r[idx], u[idx]) if flag else (u[idx], r[idx])
+            eps[idx] = _group_epsilons(pos, neg, delta)
+    return eps.clamp(0.0, EPSILON_CAP)
+
+
+def score_bins(num_models: int) -> list[tuple[float, float, float]]:
+    """Return the official bins ``(start, end, points)``: width 0.5, points 1, 1/2, ...
+
+    Bins exist while their end is at most ``ceil(ln(num_models - 1))``.
+    """
+    if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 3:
+        raise ValueError(f"'num_models' must be an integer >= 3, got {num_models!r}")
+    max_eps = math.ceil(math.log(num_models - 1))
+    bins, k = [], 0
+    while 0.5 * (k + 1) <= max_eps:
+        bins.append((0.5 * k, 0.5 * (k + 1), 2.0 ** -k))
+        k += 1
+    return bins
+
+
+def forget_score(epsilons: Any, num_models: int) -> float:
+    """Forget quality F: mean over examples of the points of each epsilon's bin.
+
+    An epsilon earns the points of the first bin whose end exceeds it; epsilons beyond the
+    last bin (the cap 50 included) and nan earn 0.
+
+    Args:
+        epsilons: ``[S]`` per-example epsilons (:func:`competition_epsilons`).
+        num_models: Number of unlearned models N (sets the number of bins).
+
+    """
+    e = torch.as_tensor(epsilons).to(torch.float64).reshape(-1)
+    if e.numel() == 0:
+        raise ValueError("'epsilons' is empty")
+    points = torch.zeros_like(e)
+    for start, end, pts in reversed(score_bins(num_models)):
+        points = torch.where(e < end, torch.full_like(e, pts), points)
+        del start
+    return float(points.mean())
+
+
+def final_score(forget: float, ra_u: float, ra_r: float, ta_u: float, ta_r: float) -> float:
+    """Competition final score ``F * (RA_U / RA_R) * (TA_U / TA_R)`` (ratios not capped).
+
+    Raises:
+        ValueError: If a retrained accuracy is not positive.
+
+    """
+    for name, v in (("ra_r", ra_r), ("ta_r", ta_r)):
+        if not v > 0:
+            raise ValueError(f"'{name}' must be > 0, got {v}")
+    return float(forget) * (float(ra_u) / float(ra_r)) * (float(ta_u) / float(ta_r))
+
+
+@dataclass(frozen=True)
+class CompetitionResult:
+    """Competition forget score and the per-example epsilons behind it.
+
+    Attributes:
+        forget_score: F in [0, 1].
+        per_example: float64 ``[S]`` epsilons in [0, 50] (CPU).
+        num_models: N used for the bins.
+        delta: The delta used.
+        final_score: ``F * (RA_U / RA_R) * (TA_U / TA_R)`` when accuracies were given.
+
+    """
+
+    forget_score: float
+    per_example: Tensor
+    num_models: int
+    delta: float
+    final_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (without the per-example tensor)."""
+        e = self.per_example
+        return {
+            "forget_score": self.forget_score, "final_score": self.final_score,
+            "num_models": self.num_models, "delta": self.delta,
+            "n_capped": int((e >= EPSILON_CAP).sum()), "n_nan": int(torch.isnan(e).sum()),
+        }
+
+
+def competition_score(
+    retrain_logits: Any,
+    unlearn_logits: Any,
+    labels: Any,
+    *,
+    delta: float = DEFAULT_DELTA,
+    accuracies: dict[str, float] | None = None,
+) -> CompetitionResult:
+    """Forget score (and final score) of the competition from forget-set logits.
+
+    Args:
+        retrain_logits: ``[S, N, C]`` logits of N retrained models on the S forget examples.
+        unlearn_logits: ``[S, N, C]`` logits of N unlearned models.
+        labels: ``[S]`` integer labels.
+        delta: delta of (epsilon, delta), 1e-5 officially.
+        accuracies: Optional ``{"ra_u", "ra_r", "ta_u", "ta_r"}`` mean retain/test accuracies
+            of the unlearned and retrained models, for the final score.
+
+    Returns:
+        A :class:`CompetitionResult`.
+
+    """
+    r, u, y = stacked_logits(retrain_logits, unlearn_logits, labels)
+    cr = logit_scaled_confidence(r, y)
+    cu = logit_scaled_confidence(u, y)
+    eps = competition_epsilons(cr, cu, delta=delta).cpu()
+    n_models = cu.shape[1]
+    f = forget_score(eps, n_models)
+    final = None
+    if accuracies is not None:
+        missing = {"ra_u", "ra_r", "ta_u", "ta_r"} - set(accuracies)
+        if missing:
+            raise ValueError(f"'accuracies' lacks {sorted(missing)}")
+        final = final_score(f, accuracies["ra_u"], accuracies["ra_r"], accuracies["ta_u"],
+                            accuracies["ta_r"])
+    return CompetitionResult(forget_score=f, per_example=eps, num_models=n_models,
+                             delta=float(delta), final_score=final)

@@ -1,0 +1,177 @@
+"""Every applicable metric for a saved-logits directory (the fixture layout).
+
+For each method folder, against the retrained models of the same directory:
+
+* forget accuracy of every model from the logits (mean and spread), and the retain /
+  forget / test accuracies and wall times of the ``metrics.csv`` files where present;
+* Seed A's epsilon-hat (delta 0.05 by default) with its per-example epsilons;
+* the NeurIPS 2023 competition forget score F and, when both ``metrics.csv`` give retain
+  and test accuracies, the final score ``F * (RA_U / RA_R) * (TA_U / TA_R)``;
+* class fairness on the forget set (per-class accuracy pooled over models, worst class,
+  largest gap) for the method and for the retrained models;
+* the wall-time ratio to retraining when both ``metrics.csv`` have ``wall_time_s``.
+
+A ``baseline`` entry scores the retrained models against themselves (first half vs second
+half), the noise floor of both epsilon metrics. MIA-Efficacy needs retain and test logits,
+which this layout does not hold; it is reported as not applicable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .accuracy import per_model_accuracy
+from .competition import DEFAULT_DELTA as COMPETITION_DELTA
+from .competition import competition_score
+from .epsilon import DEFAULT_DELTA as EPSILON_DELTA
+from .epsilon import epsilon_hat
+from .fairness import class_fairness
+from .fixtures import LogitsDir, load_logits_dir
+from .timing import time_ratio
+
+__all__ = ["evaluate_logits", "evaluate_logits_dir"]
+
+
+def _finite_list(t: Tensor) -> list[float]:
+    return [float(v) for v in t.tolist()]
+
+
+def evaluate_logits(
+    retrain: Tensor,
+    unlearn: Tensor,
+    labels: Tensor,
+    *,
+    delta: float = EPSILON_DELTA,
+    competition_delta: float = COMPETITION_DELTA,
+    accuracies: dict[str, float] | None = None,
+    per_example: bool = True,
+) -> dict[str, Any]:
+    """Epsilon-hat, competition score, forget accuracy and fairness of one method.
+
+    Args:
+        retrain: ``[S, N, C]`` retrained-model logits on the forget set.
+        unlearn: ``[S, M, C]`` unlearned-model logits.
+        labels: ``[S]`` labels.
+        delta: Seed A's delta.
+        competition_delta: The competition's delta.
+        accuracies: Optional ``ra_u, ra_r, ta_u, ta_r`` for the competition final score.
+        per_example: Include the per-example epsilons (lists) in the result.
+
+    Returns:
+        A JSON-friendly dict.
+
+    """
+    eps = epsilon_hat(retrain, unlearn, labels, delta=delta)
+    comp = competition_score(retrain, unlearn, labels, delta=competition_delta,
+                             accuracies=accuracies)
+    acc = per_model_accuracy(unlearn, labels)
+    out: dict[str, Any] = {
+        "num_models": int(unlearn.shape[1]),
+        "forget_accuracy": float(acc.mean()),
+        "forget_accuracy_std": float(acc.std()) if acc.numel() > 1 else 0.0,
+        "epsilon_hat": eps.epsilon_hat,
+        "seed_a": eps.to_dict(),
+        "competition_forget_score": comp.forget_score,
+        "competition_final_score": comp.final_score,
+        "competition": comp.to_dict(),
+        "fairness": class_fairness(unlearn, labels),
+    }
+    if per_example:
+        out["per_example"] = {
+            "epsilon": _finite_list(eps.per_example),
+            "competition_epsilon": _finite_list(comp.per_example),
+        }
+    return out
+
+
+def _csv_accuracies(data: LogitsDir, who: str) -> dict[str, float]:
+    out = {}
+    for col in ("retain_accuracy", "forget_accuracy", "test_accuracy", "wall_time_s"):
+        v = data.mean_metric(who, col)
+        if not math.isnan(v):
+            out[col] = v
+    return out
+
+
+def evaluate_logits_dir(
+    path: str | os.PathLike[str],
+    *,
+    methods: list[str] | None = None,
+    delta: float = EPSILON_DELTA,
+    competition_delta: float = COMPETITION_DELTA,
+    baseline: bool = True,
+    per_example: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Compute every applicable metric for each method folder vs the retrained logits.
+
+    Args:
+        path: Directory in the fixture layout (:mod:`.fixtures`).
+        methods: Method folders to score (all by default).
+        delta: Seed A's delta (0.05).
+        competition_delta: The competition's delta (1e-5).
+        baseline: Also score retrained vs retrained (first half vs second half of the models).
+        per_example: Keep the per-example epsilons in the result.
+        device: Where to compute (``"cuda"`` to use a GPU); the CPU by default.
+        progress: Show a tqdm bar over the methods.
+
+    Returns:
+        ``{"path", "num_examples", "num_models", "num_classes", "retrain": {...},
+        "methods": {name: {...}}, "baseline": {...}, "mia": {...}}`` (JSON-friendly).
+
+    """
+    data = load_logits_dir(path, methods)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    labels = data.labels.to(dev)
+    retrain = data.retrain.to(dev)
+    ret_csv = _csv_accuracies(data, "retrain")
+    ret_acc = per_model_accuracy(retrain, labels)
+    result: dict[str, Any] = {
+        "path": str(data.path),
+        "num_examples": int(retrain.shape[0]),
+        "num_models": int(retrain.shape[1]),
+        "num_classes": int(retrain.shape[2]),
+        "delta": delta,
+        "competition_delta": competition_delta,
+        "retrain": {
+            "forget_accuracy": float(ret_acc.mean()),
+            "csv": ret_csv,
+            "fairness": class_fairness(retrain, labels),
+        },
+        "methods": {},
+        "mia": {"applicable": False,
+                "reason": "MIA-Efficacy needs retain and test logits; this layout holds "
+                          "forget-set logits only (use fastunlearn.metrics.svc_mia_efficacy)"},
+    }
+    names = list(data.methods)
+    iterator: Any = names
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(names, desc="evaluate", unit="method")
+    for name in iterator:
+        m_csv = _csv_accuracies(data, name)
+        accs = None
+        if all(k in m_csv and k in ret_csv for k in ("retain_accuracy", "test_accuracy")):
+            accs = {"ra_u": m_csv["retain_accuracy"], "ra_r": ret_csv["retain_accuracy"],
+                    "ta_u": m_csv["test_accuracy"], "ta_r": ret_csv["test_accuracy"]}
+        entry = evaluate_logits(retrain, data.methods[name].to(dev), labels, delta=delta,
+                                competition_delta=competition_delta, accuracies=accs,
+                                per_example=per_example)
+        entry["csv"] = m_csv
+        if "wall_time_s" in m_csv and ret_csv.get("wall_time_s", 0) > 0:
+            entry["time_ratio"] = time_ratio(m_csv["wall_time_s"], ret_csv["wall_time_s"])
+        result["methods"][name] = entry
+    if baseline and retrain.shape[1] >= 4:
+        half = retrain.shape[1] // 2
+        result["baseline"] = evaluate_logits(
+            retrain[:, :half], retrain[:, half:2 * half], labels, delta=delta,
+            competition_delta=competition_delta, per_example=per_example)
+        result["baseline"]["split"] = f"retrained models 1..{half} vs {half + 1}..{2 * half}"
+    return result

@@ -1,0 +1,66 @@
+"""MIA-Efficacy as the OPTML baselines define it (Unlearn-Sparse / SalUn ``SVC_MIA``).
+
+An RBF support-vector classifier (``C = 3``, ``gamma = "auto"``) is trained on one feature,
+the confidence (softmax probability of the true class), with retain examples as members
+(label 1) and test examples as non-members (label 0); as in their evaluation, the members
+are the first ``len(test)`` retain examples (balanced classes). MIA-Efficacy is the fraction
+of forget examples the classifier predicts as non-members (OPTML tables report it x 100).
+Confidences are computed on the logits' device in float64; the SVC runs in scikit-learn on
+the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .statistics import true_class_confidence
+
+__all__ = ["svc_mia_efficacy"]
+
+
+def svc_mia_efficacy(
+    retain: tuple[Any, Any],
+    test: tuple[Any, Any],
+    forget: tuple[Any, Any],
+    *,
+    balance: bool = True,
+    C: float = 3.0,
+) -> float:
+    """Fraction of the forget set an SVC on the confidence predicts as non-member.
+
+    Args:
+        retain: ``(logits [n_r, C], labels [n_r])`` of the retain set (members).
+        test: ``(logits [n_t, C], labels [n_t])`` of the test set (non-members).
+        forget: ``(logits [n_f, C], labels [n_f])`` of the forget set.
+        balance: Use only the first ``n_t`` retain examples (OPTML's evaluation).
+        C: SVC regularisation, 3 in OPTML.
+
+    Returns:
+        MIA-Efficacy in [0, 1].
+
+    Raises:
+        ValueError: On bad shapes/labels or an empty set.
+
+    """
+    from sklearn.svm import SVC
+
+    feats = {}
+    for name, pair in (("retain", retain), ("test", test), ("forget", forget)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"'{name}' must be a (logits, labels) pair")
+        conf = true_class_confidence(pair[0], pair[1])
+        if conf.dim() != 1:
+            raise ValueError(f"'{name}' logits must have shape [n, C], got {tuple(conf.shape)}"
+                             " (without the class dim)")
+        if conf.numel() == 0:
+            raise ValueError(f"'{name}' is empty")
+        feats[name] = conf.cpu().numpy()
+    members = feats["retain"][: len(feats["test"])] if balance else feats["retain"]
+    x = np.concatenate([members, feats["test"]])[:, None]
+    y = np.concatenate([np.ones(len(members)), np.zeros(len(feats["test"]))])
+    clf = SVC(C=C, gamma="auto", kernel="rbf")
+    clf.fit(x, y)
+    pred = clf.predict(feats["forget"][:, None])
+    return float(1.0 - pred.mean())

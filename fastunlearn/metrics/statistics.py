@@ -1,0 +1,76 @@
+"""Per-example attack statistics computed from logits (vectorised, any leading shape).
+
+* :func:`hinge_logit`: ``z_y - max_{j != y} z_j``, the statistic of Seed A's epsilon-hat
+  (``scripts/attack.py`` of "Forget with Precision").
+* :func:`logit_scaled_confidence`: ``log(p_y + 1e-45) - log(sum_{j != y} p_j + 1e-45)``, the
+  statistic of the NeurIPS 2023 competition (``compute_logit_scaled_confidence`` of
+  google-deepmind/unlearning_evaluation).
+* :func:`true_class_confidence`: the softmax probability of the label (OPTML's SVC-MIA
+  "confidence" feature).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._checks import logits_and_labels
+
+__all__ = ["hinge_logit", "logit_scaled_confidence", "true_class_confidence"]
+
+
+def _split_label(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Return the label's entry (shape of ``y``) and the label mask (shape of ``z``)."""
+    at_label = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    is_label = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, y.unsqueeze(-1), True)
+    return at_label, is_label
+
+
+def hinge_logit(logits: Any, labels: Any) -> Tensor:
+    """Hinge logit ``z_y - max_{j != y} z_j`` per (example, model), in float64.
+
+    Args:
+        logits: ``[..., C]`` logits (``[S, N, C]``: S examples, N models).
+        labels: Integer labels of shape ``logits.shape[:-1]``, or ``[S]`` for ``[S, N, C]``.
+
+    Returns:
+        float64 tensor of shape ``logits.shape[:-1]`` on the logits' device.
+
+    """
+    z, y = logits_and_labels(logits, labels)
+    z = z.to(torch.float64)
+    at_label, is_label = _split_label(z, y)
+    others = z.masked_fill(is_label, -torch.inf).amax(-1)
+    return at_label - others
+
+
+def logit_scaled_confidence(logits: Any, labels: Any) -> Tensor:
+    """Competition statistic ``log(p_y + 1e-45) - log(sum_{j != y} p_j + 1e-45)``.
+
+    Computed as the official code does it: the maximum logit is subtracted and the
+    exponential taken in the logits' own dtype, then the softmax is normalised in float64.
+    The 1e-45 floors bound the statistic to about [-103.6, 103.6].
+
+    Args:
+        logits: ``[..., C]`` logits.
+        labels: Integer labels of shape ``logits.shape[:-1]``, or ``[S]`` for ``[S, N, C]``.
+
+    Returns:
+        float64 tensor of shape ``logits.shape[:-1]``.
+
+    """
+    z, y = logits_and_labels(logits, labels)
+    e = torch.exp(z - z.amax(-1, keepdim=True)).to(torch.float64)
+    p = e / e.sum(-1, keepdim=True)
+    p_label, is_label = _split_label(p, y)
+    p_wrong = p.masked_fill(is_label, 0.0).sum(-1)
+    return torch.log(p_label + 1e-45) - torch.log(p_wrong + 1e-45)
+
+
+def true_class_confidence(logits: Any, labels: Any) -> Tensor:
+    """Softmax probability of the true class (float64), shape ``logits.shape[:-1]``."""
+    z, y = logits_and_labels(logits, labels)
+    p = torch.softmax(z.to(torch.float64), dim=-1)
+    return p.gather(-1, y.unsqueeze(-1)).squeeze(-1)

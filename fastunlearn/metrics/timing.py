@@ -1,0 +1,64 @@
+"""Wall time of an unlearning run and its ratio to retraining (OPTML's RTE)."""
+
+from __future__ import annotations
+
+import math
+import time
+from types import TracebackType
+
+import torch
+
+__all__ = ["Stopwatch", "time_ratio"]
+
+
+class Stopwatch:
+    """Context manager measuring wall time; synchronises CUDA at both ends when asked.
+
+    Example:
+        >>> with Stopwatch() as sw:
+        ...     _ = sum(range(1000))
+        >>> sw.seconds >= 0
+        True
+
+    """
+
+    def __init__(self, cuda_sync: bool | None = None) -> None:
+        self.cuda_sync = torch.cuda.is_available() if cuda_sync is None else cuda_sync
+        self.seconds = math.nan
+        self._start = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        if self.cuda_sync:
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.cuda_sync:
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self._start
+
+    @property
+    def minutes(self) -> float:
+        """Elapsed minutes (OPTML reports RTE in minutes)."""
+        return self.seconds / 60.0
+
+
+def time_ratio(seconds: float, retrain_seconds: float) -> float:
+    """Unlearning time as a fraction of retraining time (the competition rejects > ~0.2).
+
+    Raises:
+        ValueError: If a time is negative or not finite, or ``retrain_seconds`` is 0.
+
+    """
+    for name, v in (("seconds", seconds), ("retrain_seconds", retrain_seconds)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"'{name}' must be a finite time >= 0, got {v!r}")
+    if retrain_seconds == 0:
+        raise ValueError("'retrain_seconds' must be > 0")
+    return float(seconds) / float(retrain_seconds)

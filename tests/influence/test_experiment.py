@@ -1,0 +1,64 @@
+"""Repair experiment and `fastunlearn repair` CLI on a tiny digits run."""
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from fastunlearn.influence import cli
+from fastunlearn.influence.experiment import RepairConfig, flip_labels
+
+
+def test_flip_labels_reference_semantics():
+    labels = torch.arange(10).repeat_interleave(30)
+    poisoned, flipped = flip_labels(labels, 100, seed=42)
+    assert flipped.numel() == 100
+    assert bool((poisoned[flipped] == 9 - labels[flipped]).all())
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    mask[flipped] = False
+    assert torch.equal(poisoned[mask], labels[mask])
+    assert torch.bincount(labels[flipped], minlength=10).tolist() == [10] * 10
+    again, flipped2 = flip_labels(labels, 100, seed=42)
+    assert torch.equal(flipped, flipped2) and torch.equal(poisoned, again)
+    with pytest.raises(ValueError, match="budget"):
+        flip_labels(labels, 400, seed=0)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli.add_parser(sub)
+    return parser.parse_args(["repair", *argv])
+
+
+def test_cli_repair_writes_json_png_markdown(tmp_path, capsys):
+    args = _parse(["--epochs", "3", "--steps", "2", "--batch", "32", "--cg-maxiter", "5",
+                   "--n-train", "600", "--budget", "100", "--result-dir", str(tmp_path)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "iterative" in out and "one-shot" in out
+    result = json.loads((tmp_path / "repair_digits.json").read_text())
+    assert (tmp_path / "repair_digits.png").stat().st_size > 1000
+    md = (tmp_path / "repair_digits.md").read_text()
+    assert "% restored" in md and "one-shot" in md
+    tr = result["training"]
+    assert result["data"]["flipped"] == 100 and result["data"]["n_train"] == 600
+    for name in ("iterative", "one-shot"):
+        p = result["protocols"][name]
+        expected = (p["acc_after"] - tr["acc_poisoned"]) / (tr["acc_clean"] - tr["acc_poisoned"])
+        assert p["restored"] is None or math.isclose(p["restored"], expected, rel_tol=1e-9)
+        assert p["num_gradients"] == 2 * sum(s["batch"] for s in p["steps"])
+        assert p["residual"] > 0 and p["seconds"] > 0
+    assert len(result["protocols"]["iterative"]["steps"]) <= 2
+
+
+def test_cli_repair_bad_input(capsys, tmp_path):
+    args = _parse(["--dataset", "cifar10", "--result-dir", str(tmp_path)])
+    assert args.func(args) == 2
+    assert "data_dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse(["--damping", "-1"])
+    with pytest.raises(ValueError, match="protocols"):
+        RepairConfig(protocols=("nope",)).validate()

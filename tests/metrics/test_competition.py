@@ -1,0 +1,176 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench import _metrics_reference as ref
+from fastunlearn.metrics import (
+    competition_epsilons,
+    competition_score,
+    final_score,
+    forget_score,
+    logit_scaled_confidence,
+    score_bins,
+    split_slots,
+)
+from fastunlearn.metrics.competition import _first_above_rows, _numpy_linspace
+from tests.helpers import DEVICES
+
+
+def test_bins_follow_ceil_log():
+    # ceil(ln(511)) = 7 -> 14 bins; ceil(ln(79)) = 5 -> 10; ceil(ln(39)) = 4 -> 8
+    assert len(score_bins(512)) == 14 and score_bins(512)[-1][1] == 7.0
+    assert len(score_bins(80)) == 10
+    assert len(score_bins(40)) == 8
+    assert score_bins(80)[:3] == [(0.0, 0.5, 1.0), (0.5, 1.0, 0.5), (1.0, 1.5, 0.25)]
+    with pytest.raises(ValueError, match="'num_models'"):
+        score_bins(2)
+
+
+def test_forget_score_hand_case():
+    eps = [0.2, 0.5, 0.7, 1.2, 4.99, 5.0, 50.0, float("nan")]
+    # points: 1, 1/2 (0.5 is in [0.5, 1)), 1/2, 1/4, 2^-9, 0 (beyond 10 bins), 0, 0
+    expected = (1 + 0.5 + 0.5 + 0.25 + 2.0 ** -9) / 8
+    assert forget_score(eps, 80) == pytest.approx(expected, rel=1e-15)
+    assert forget_score(torch.tensor(eps), 80) == pytest.approx(
+        ref.competition_forget_score(np.array(eps), 80), rel=1e-15)
+
+
+def test_final_score_hand_case():
+    assert final_score(0.5, 0.9, 1.0, 0.8, 0.9) == pytest.approx(0.5 * 0.9 * (0.8 / 0.9))
+    assert final_score(0.5, 1.0, 0.9, 1.0, 0.9) > 0.5  # ratios are not capped
+    with pytest.raises(ValueError, match="'ra_r'"):
+        final_score(0.5, 0.9, 0.0, 0.8, 0.9)
+
+
+def test_perfect_separation_gives_the_cap():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(6, 50, generator=g, dtype=torch.float64)
+    u = torch.randn(6, 50, generator=g, dtype=torch.float64) * 1.5 + 20
+    eps = competition_epsilons(r, u)
+    assert (eps == 50).all()
+    assert forget_score(eps, 50) == 0.0
+
+
+def test_peaky_group_gives_the_cap():
+    r = torch.linspace(0, 5, 30, dtype=torch.float64).repeat(2, 1)
+    u = 2.0 + torch.linspace(0, 0.04, 30, dtype=torch.float64).repeat(2, 1)  # range 0.04/5
+    assert (competition_epsilons(r, u) == 50).all()
+
+
+def test_identical_values_give_zero():
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(10, 40, generator=g, dtype=torch.float64) * 3
+    eps = competition_epsilons(r, r.clone())
+    # every threshold predicts both groups alike (FPR = TPR): the log terms are < 0, clip 0
+    assert (eps == 0).all()
+    assert forget_score(eps, 40) == 1.0
+
+
+def test_same_distribution_stays_at_the_noise_floor():
+    # with N = 512 models the max over thresholds of noisy rates sits around 1-2.5 (the
+    # metric's noise floor, far below the last bin at ln(511) ~ 6.2); a shift is seen
+    g = torch.Generator().manual_seed(2)
+    r = torch.randn(20, 512, generator=g, dtype=torch.float64) * 2
+    u = torch.randn(20, 512, generator=g, dtype=torch.float64) * 2
+    same = competition_epsilons(r, u)
+    shifted = competition_epsilons(r, u + 3.0)
+    assert float(same.max()) < 3.0
+    assert float(shifted.min()) > float(same.max())
+    assert forget_score(same, 512) > 2 * forget_score(shifted, 512)
+
+
+def _random_case(seed, S=6, N=24):
+    rng = np.random.default_rng(seed)
+    r = rng.normal(0, rng.uniform(0.3, 3, (S, 1)), (S, N))
+    u = rng.normal(rng.uniform(-2, 2, (S, 1)), rng.uniform(0.3, 3, (S, 1)), (S, N))
+    u[0] = np.round(u[0], 1)  # ties
+    r[0] = np.round(r[0], 1)
+    u[1] = r[1][::-1] + 0.0  # equal ranges: the swap rule
+    return r, u
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_the_official_algorithm_on_random_data(seed, device):
+    r, u = _random_case(seed)
+    expected = ref.competition_epsilons(r, u)
+    got = competition_epsilons(torch.from_numpy(r).to(device), torch.from_numpy(u).to(device))
+    # the rates and logs are float32 as in the official code; torch's and numpy's float32 log
+    # may differ by one unit in the last place, hence rtol = 1e-6 (nan and 50 compare equal)
+    np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-6, atol=0)
+
+
+def test_unequal_group_sizes_run():
+    r, u = _random_case(5, N=30)
+    got = competition_epsilons(torch.from_numpy(r), torch.from_numpy(u[:, :20]))
+    assert got.shape == (6,) and ((got >= 0) & (got <= 50)).all()
+
+
+def test_fixture_subset_matches_the_official_algorithm(fixture_arrays):
+    """Real fixture confidences: agreement with the official algorithm (float32 rtol 1e-6)."""
+    retain, methods = fixture_arrays
+    S = 8
+    r, y = split_slots(retain[:S])
+    u, _ = split_slots(methods["prune_complex"][:S])
+    cr, cu = logit_scaled_confidence(r, y), logit_scaled_confidence(u, y)
+    expected = ref.competition_epsilons(cr.numpy(), cu.numpy())
+    np.testing.assert_allclose(competition_epsilons(cr, cu).numpy(), expected, rtol=1e-6, atol=0)
+
+
+def test_numpy_linspace_is_bit_identical():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 10, 50)
+    b = a + rng.uniform(0.1, 30, 50)
+    n = np.ceil((b - a) * 100).astype(int)
+    got = _numpy_linspace(torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(n),
+                          int(n.max()))
+    for i in range(50):
+        np.testing.assert_array_equal(got[i, : n[i]].numpy(), np.linspace(a[i], b[i], n[i]))
+        assert torch.isinf(got[i, n[i]:]).all()
+
+
+def test_first_above_rows_equals_searchsorted():
+    rng = np.random.default_rng(1)
+    start = torch.from_numpy(rng.normal(0, 3, (4, 7)))
+    stop = start + 4.0
+    L = 400
+    grid = _numpy_linspace(start, stop, L, L)
+    # values on grid points exactly, next to them, and outside the rows
+    picks = grid[..., rng.integers(0, L, 30)]
+    values = torch.cat([picks, torch.nextafter(picks, picks + 1), torch.nextafter(picks, picks - 1),
+                        start[..., None] - 1, stop[..., None] + 1], -1)
+    expected = torch.searchsorted(grid.reshape(-1, L).contiguous(),
+                                  values.reshape(-1, values.shape[-1]).contiguous(), right=True)
+    got = _first_above_rows(start, stop, L, values)
+    assert torch.equal(got.reshape(-1, values.shape[-1]).long(), expected)
+    # the float32 path (values relative to a per-row origin) gives the same answer
+    got32 = _first_above_rows(start, stop, L, values, origin=start[..., :1] + 1.0)
+    assert got32.dtype == torch.float32
+    assert torch.equal(got32.reshape(-1, values.shape[-1]).long(), expected)
+
+
+def test_competition_score_with_accuracies():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(5, 12, 3, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    res = competition_score(z, z.clone(), y, accuracies={"ra_u": 0.9, "ra_r": 1.0,
+                                                         "ta_u": 0.8, "ta_r": 0.8})
+    assert res.forget_score == 1.0
+    assert res.final_score == pytest.approx(0.9)
+    assert res.num_models == 12
+    with pytest.raises(ValueError, match="'accuracies' lacks"):
+        competition_score(z, z, y, accuracies={"ra_u": 1.0})
+
+
+def test_bad_input():
+    r = torch.randn(4, 10)
+    with pytest.raises(ValueError, match="same number of examples"):
+        competition_epsilons(r, torch.randn(3, 10))
+    with pytest.raises(ValueError, match="'retrained' has non-finite"):
+        competition_epsilons(torch.full((4, 10), math.inf), torch.randn(4, 10))
+    with pytest.raises(ValueError, match="'labels'.*outside"):
+        competition_score(torch.randn(3, 5, 4), torch.randn(3, 5, 4), torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match="must agree"):
+        competition_score(torch.randn(3, 5, 4), torch.randn(2, 5, 4), torch.tensor([0, 1, 1]))

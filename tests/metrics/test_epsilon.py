@@ -1,0 +1,154 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench import _metrics_reference as ref
+from fastunlearn.metrics import epsilon_hat, lira_epsilons, lira_scores, split_slots
+from fastunlearn.metrics.epsilon import _det_epsilons
+from tests.helpers import DEVICES
+
+
+def _det(scores_pos, scores_neg, delta):
+    s = torch.tensor([list(scores_pos) + list(scores_neg)], dtype=torch.float64)
+    y = torch.tensor([[True] * len(scores_pos) + [False] * len(scores_neg)])
+    return float(_det_epsilons(s, y, torch.tensor([len(scores_pos)]),
+                               torch.tensor([len(scores_neg)]), delta)[0])
+
+
+def test_det_epsilon_hand_case():
+    # sorted: 0.9 P, 0.7 N, 0.6 P, 0.1 N. Thresholds (FPR, FNR): (0, .5) dropped,
+    # (.5, .5) kept, (.5, 0) dropped, (1, 0) dropped -> eps = log(.45 + e) - log(.5 + e)
+    e = 1e-8
+    expected = math.log(1 - 0.05 - 0.5 + e) - math.log(0.5 + e)
+    assert _det([0.9, 0.6], [0.7, 0.1], 0.05) == pytest.approx(expected, rel=1e-12)
+
+
+def test_det_epsilon_perfect_separation_is_infinite():
+    assert _det([5.0, 4.0, 3.0], [1.0, 0.0, 2.0], 0.05) == math.inf
+
+
+def test_det_epsilon_ties_never_separate():
+    # every positive ties with a negative: no threshold splits the pairs
+    got = _det([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 0.0)
+    # thresholds 3, 2, 1 give FPR = FNR complements: (1/3, 2/3), (2/3, 1/3), (1, 0)
+    e = 1e-8
+    expected = max(math.log(1 - 1 / 3 + e) - math.log(2 / 3 + e),
+                   math.log(1 - 2 / 3 + e) - math.log(1 / 3 + e))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_det_epsilon_matches_sklearn_det_curve(seed):
+    from sklearn.metrics import det_curve
+
+    rng = np.random.default_rng(seed)
+    n = 30
+    pos = np.round(rng.normal(0.4 * seed, 1.0, n), 1)  # rounding makes ties
+    neg = np.round(rng.normal(0.0, 1.0, n), 1)
+    fpr, fnr, _ = det_curve(np.r_[np.ones(n), np.zeros(n)], np.r_[pos, neg])
+    expected = ref._seed_a_example_eps(fpr, fnr, 0.05)
+    assert _det(pos, neg, 0.05) == pytest.approx(expected, rel=1e-12, nan_ok=True)
+
+
+def test_perfect_separation_gives_infinity():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(20, 40, generator=g, dtype=torch.float64)
+    u = torch.randn(20, 40, generator=g, dtype=torch.float64) + 30.0
+    eps = lira_epsilons(r, u)
+    assert torch.isinf(eps).all()
+    res = epsilon_hat(torch.stack([r, -r], -1), torch.stack([u, -u], -1), torch.zeros(20).long())
+    assert res.epsilon_hat == math.inf and res.n_infinite == 20
+
+
+def test_identical_distributions_give_near_zero():
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(200, 2000, generator=g, dtype=torch.float64)
+    u = torch.randn(200, 2000, generator=g, dtype=torch.float64)
+    eps = lira_epsilons(r, u, delta=0.05)
+    # with delta = 0.05 the noise floor is below 0: only sampling noise remains
+    assert float(eps.median()) < 0.1
+    # identical samples: identical Gaussians, every score ties (LR = 1), the only threshold
+    # has FPR = 1, FNR = 0 and is dropped: no usable threshold, epsilon nan
+    same = lira_epsilons(r[:5], r[:5].clone())
+    assert torch.isnan(same).all()
+
+
+def test_zero_spread_is_nan_and_ignored_by_the_median():
+    r = torch.randn(3, 10, dtype=torch.float64)
+    u = torch.randn(3, 10, dtype=torch.float64) + 100
+    r[1] = 2.0
+    eps = lira_epsilons(r, u)
+    assert math.isnan(eps[1]) and torch.isinf(eps[[0, 2]]).all()
+
+
+def test_scores_are_the_density_ratio():
+    g = torch.Generator().manual_seed(2)
+    r = torch.randn(2, 7, generator=g, dtype=torch.float64)
+    u = torch.randn(2, 9, generator=g, dtype=torch.float64) * 2 + 1
+    sr, su = lira_scores(r, u)
+    from scipy.stats import norm
+
+    rn, un = r.numpy(), u.numpy()
+    for i in range(2):
+        def lr(x, i=i):
+            return (norm.pdf(x, un[i].mean(), un[i].std())
+                    / norm.pdf(x, rn[i].mean(), rn[i].std()))
+        np.testing.assert_allclose(sr[i].numpy(), lr(rn[i]), rtol=1e-12)
+        np.testing.assert_allclose(su[i].numpy(), lr(un[i]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fixture_subset_matches_the_study_algorithm(fixture_arrays, device):
+    """Per-example epsilons on the real fixture equal the attack-script reference exactly.
+
+    The reference (bench/_metrics_reference.py) follows scripts/attack.py: scipy's
+    norm.pdf element by element and sklearn's det_curve per example. Tolerance: 1e-12
+    relative (both are float64 and take the same thresholds).
+    """
+    retain, methods = fixture_arrays
+    S = 40
+    for name in ("finetune", "poison"):
+        expected = ref.seed_a_epsilons(retain[:S], methods[name][:S], 0.05)
+        r, y = split_slots(retain[:S])
+        u, _ = split_slots(methods[name][:S])
+        got = epsilon_hat(r.to(device), u.to(device), y.to(device)).per_example.numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+def test_fixture_epsilon_hat_full(fixture_arrays):
+    """Full 1000-example medians equal the study-algorithm reference run (slow: ~50 s/method)."""
+    retain, methods = fixture_arrays
+    for name in ("prune_complex",):
+        expected = ref.seed_a_epsilons(retain, methods[name], 0.05)
+        r, y = split_slots(retain)
+        u, _ = split_slots(methods[name])
+        got = epsilon_hat(r, u, y)
+        np.testing.assert_allclose(got.per_example.numpy(), expected, rtol=1e-12, atol=0)
+        assert got.epsilon_hat == pytest.approx(float(np.nanmedian(expected)), rel=1e-12)
+
+
+def test_bad_input():
+    r = torch.randn(5, 10)
+    with pytest.raises(ValueError, match="same number of examples"):
+        lira_epsilons(r, torch.randn(6, 10))
+    with pytest.raises(ValueError, match="'unlearned' must have 2 dimensions"):
+        lira_epsilons(r, torch.randn(5))
+    with pytest.raises(ValueError, match="at least 2 models"):
+        lira_epsilons(r, torch.randn(5, 1))
+    with pytest.raises(ValueError, match="'delta'"):
+        lira_epsilons(r, torch.randn(5, 10), delta=1.5)
+    with pytest.raises(ValueError, match="'labels'.*outside"):
+        epsilon_hat(torch.randn(5, 4, 3), torch.randn(5, 4, 3), torch.tensor([0, 1, 2, 3, 0]))
+    with pytest.raises(ValueError, match="'labels' must have shape"):
+        epsilon_hat(torch.randn(5, 4, 3), torch.randn(5, 4, 3), torch.zeros(4).long())
+    with pytest.raises(ValueError, match="must agree on examples"):
+        epsilon_hat(torch.randn(5, 4, 3), torch.randn(5, 4, 2), torch.zeros(5).long())
+    with pytest.raises(ValueError, match="'unlearn_logits' must have 3 dimensions"):
+        epsilon_hat(torch.randn(5, 4, 3), torch.randn(5, 3), torch.zeros(5).long())
+    x = torch.randn(5, 10)
+    before = x.clone()
+    lira_epsilons(x, torch.randn(5, 10))
+    assert torch.equal(x, before)
