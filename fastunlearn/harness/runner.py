@@ -129,6 +129,8 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
             "retain": (data.x_train[retain_idx], data.y_train[retain_idx]),
             "test": (data.x_test, data.y_test)}
     labels = {p: sets[p][1] for p in PARTS}
+    # classes with no example left in the retain set are forgotten as a whole
+    forgotten = sorted(set(labels["forget"].tolist()) - set(labels["retain"].tolist()))
     digest = data.digest()
     common = dict(model_name=config.model, x=data.x_train, y=data.y_train,
                   num_classes=data.num_classes, data_digest=digest, settings=config.train,
@@ -166,7 +168,8 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
         "oracles": {**_summarise(oracle_scores), "per_model": oracle_scores,
                     "seconds": oracle_seconds, "mean_seconds": retrain_s,
                     "cached": [trained[r].cached for r in oracle_roles],
-                    "fairness": class_fairness(oracle_forget, labels["forget"])},
+                    "fairness": _fairness(all_logits["oracles"], labels["forget"],
+                                          labels["test"], forgotten)},
         "methods": {},
         "cache": cache,
     }
@@ -206,7 +209,7 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
     for name in config.methods:
         result["methods"][name] = _method_entry(
             per_method[name], all_logits.get(name, []), oracle_forget, labels["forget"],
-            oracle_summary, retrain_s)
+            oracle_summary, retrain_s, labels["test"], forgotten)
     result["timing"] = {"total_seconds": time.perf_counter() - t_start,
                         "retrain_seconds": retrain_s}
     result["logits"] = all_logits
@@ -214,9 +217,23 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
     return result
 
 
+def _fairness(logits: list[dict[str, Tensor]], forget_labels: Tensor, test_labels: Tensor,
+              forgotten: list[int]) -> dict[str, Any]:
+    """Class fairness on the forget set and on the test examples of the kept classes."""
+    out = {"forget": class_fairness(torch.stack([lg["forget"] for lg in logits], 1),
+                                    forget_labels)}
+    keep = ~torch.isin(test_labels, torch.tensor(forgotten, dtype=torch.long))
+    if bool(keep.any()):
+        test = torch.stack([lg["test"][keep] for lg in logits], 1)
+        out["test_kept_classes"] = class_fairness(test, test_labels[keep])
+    out["forgotten_classes"] = list(forgotten)
+    return out
+
+
 def _method_entry(records: list[dict[str, Any]], logits: list[dict[str, Tensor]],
                   oracle_forget: Tensor, forget_labels: Tensor, oracles: dict[str, Any],
-                  retrain_s: float) -> dict[str, Any]:
+                  retrain_s: float, test_labels: Tensor,
+                  forgotten: list[int]) -> dict[str, Any]:
     ok = [r for r in records if r["status"] == "ok"]
     entry: dict[str, Any] = {"runs": records, "num_ok": len(ok),
                              "status": "ok" if len(ok) == len(records) else
@@ -233,7 +250,7 @@ def _method_entry(records: list[dict[str, Any]], logits: list[dict[str, Tensor]]
             if k in entry and k in oracles]
     entry["avg_gap"] = sum(gaps) / len(gaps) if gaps else math.nan
     unlearn = torch.stack([lg["forget"] for lg in logits], 1)
-    entry["fairness"] = class_fairness(unlearn, forget_labels)
+    entry["fairness"] = _fairness(logits, forget_labels, test_labels, forgotten)
     accs = {"ra_u": entry["retain_accuracy"], "ra_r": oracles["retain_accuracy"],
             "ta_u": entry["test_accuracy"], "ta_r": oracles["test_accuracy"]}
     entry.update(privacy_metrics(oracle_forget, unlearn, forget_labels, accs))
