@@ -39,8 +39,10 @@ _CURVATURES = ("hessian", "ggn")
 
 @dataclass
 class InfluenceConfig(ForgetConfig):
-    """Settings of influence unlearning (``epochs``, ``lr``, ``momentum``, ``weight_decay``
-    are not used: there is no training).
+    """Settings of influence unlearning.
+
+    ``epochs``, ``lr``, ``momentum`` and ``weight_decay`` are not used (there is no
+    training); ``batch_size`` is the batch of the data gathering.
 
     Attributes:
         num_params: Update the last ``num_params`` parameter tensors (2: the head's weight
@@ -95,7 +97,10 @@ class InfluenceConfig(ForgetConfig):
 
 
 def weighted_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Summed cross-entropy weighted per row: ``targets[:, 0]`` label, ``targets[:, 1]`` weight."""
+    """Return the per-row weighted summed cross-entropy.
+
+    ``targets[:, 0]`` holds the label and ``targets[:, 1]`` the row's weight.
+    """
     ce = F.cross_entropy(outputs, targets[:, 0].long(), reduction="none")
     return (targets[:, 1].to(ce.dtype) * ce).sum()
 

@@ -1,4 +1,4 @@
-"""The ``fastunlearn forget`` command: compare forgetting methods against retrained oracles.
+r"""The ``fastunlearn forget`` command: compare forgetting methods against retrained oracles.
 
 Example::
 
@@ -27,7 +27,7 @@ def _positive_int(text: str) -> int:
 
 
 def _value(text: str) -> Any:
-    """A Python literal (number, bool, None, tuple) or else the string itself."""
+    """Parse a Python literal (number, bool, None, tuple), else return the string."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"

@@ -27,21 +27,24 @@ DIGITS_OVERRIDES: dict[str, dict[str, Any]] = {
     "retrain": {"epochs": 30, "lr": 0.05, "batch_size": 64, "scheduler": "cosine",
                 "milestones": ()},
     "finetune": {"epochs": 10, "lr": 0.05, "batch_size": 64},
-    "neggrad": {"epochs": 5, "lr": 0.01, "batch_size": 32},
-    "neggrad_plus": {"epochs": 5, "lr": 0.02, "batch_size": 64, "beta": 0.9},
-    "random_labels": {"epochs": 3, "lr": 0.02, "batch_size": 32},
+    "neggrad": {"epochs": 3, "lr": 0.003, "batch_size": 32},
+    "neggrad_plus": {"epochs": 5, "lr": 0.01, "batch_size": 64, "beta": 0.99},
+    "random_labels": {"epochs": 1, "lr": 0.005, "batch_size": 32},
     "poison_full": {"epochs": 10, "lr": 0.05, "batch_size": 64},
     "two_stage": {"epochs": 10, "lr": 0.05, "forget_lr": 0.05, "forget_epochs": 2,
                   "batch_size": 64},
-    "selective_pruning": {"epochs": 10, "lr": 0.05, "overfit_lr": 0.05, "batch_size": 64},
-    "prune_last_layer": {"epochs": 10, "lr": 0.05, "overfit_lr": 0.05, "batch_size": 64},
-    "pruning_complex": {"epochs": 10, "lr": 0.05, "overfit_lr": 0.05, "batch_size": 64},
+    "selective_pruning": {"epochs": 10, "lr": 0.05, "overfit_lr": 0.05, "batch_size": 64,
+                          "quantile": 0.6},
+    "prune_last_layer": {"epochs": 10, "lr": 0.05, "overfit_lr": 0.05, "batch_size": 64,
+                         "quantile": 0.6},
+    "pruning_complex": {"epochs": 10, "lr": 0.05, "overfit_lr": 0.05, "batch_size": 64,
+                        "quantile": 0.8},
     "activation_reset": {"epochs": 10, "lr": 0.05, "batch_size": 64, "retain_fraction": 0.1},
-    "l1_sparse": {"epochs": 10, "lr": 0.05, "alpha": 1e-4, "batch_size": 64},
+    "l1_sparse": {"epochs": 10, "lr": 0.05, "alpha": 2e-3, "batch_size": 64},
     "fisher": {"batch_size": 64},
-    "salun": {"epochs": 5, "lr": 0.02, "batch_size": 64},
-    "scrub": {"epochs": 10, "lr": 0.02, "batch_size": 64, "forget_batch_size": 16,
-              "max_steps": 5, "lr_decay_epochs": (8,)},
+    "salun": {"epochs": 5, "lr": 0.05, "batch_size": 64},
+    "scrub": {"epochs": 10, "lr": 0.002, "batch_size": 64, "forget_batch_size": 32,
+              "max_steps": 2, "lr_decay_epochs": (8,)},
     "bad_teacher": {"epochs": 5, "lr": 1e-3, "batch_size": 64, "retain_fraction": 0.5},
     "unsir": {"epochs": 2, "lr": 0.02, "repair_epochs": 3, "repair_lr": 0.02,
               "batch_size": 64},
@@ -159,14 +162,14 @@ class HarnessConfig:
             method_overrides(m, fields)  # validates the field names
 
     def with_methods(self, methods: tuple[str, ...]) -> HarnessConfig:
-        """A copy running other methods."""
+        """Return a copy that runs ``methods``."""
         return dataclasses.replace(self, methods=methods, overrides={
             k: v for k, v in self.overrides.items() if k in methods})
 
 
 def method_overrides(name: str, extra: dict[str, Any] | None = None,
                      *, digits_defaults: bool = True) -> dict[str, Any]:
-    """The config overrides the harness passes to ``run_method(name, ...)``.
+    """Return the config overrides the harness passes to ``run_method(name, ...)``.
 
     Args:
         name: A registered method.

@@ -150,5 +150,5 @@ def build_harness_model(name: str, shape: tuple[int, ...], num_classes: int) -> 
 
 
 def model_kwargs(name: str, shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    """The keyword arguments :func:`build_harness_model` passes to the zoo (cache key)."""
+    """Return the keyword arguments :func:`build_harness_model` passes to the zoo."""
     return _model_kwargs(name, tuple(shape), num_classes)

@@ -54,7 +54,7 @@ def _row(name: str, e: dict[str, Any], status: str) -> str:
 
 
 def render_table(result: dict[str, Any]) -> str:
-    """The Markdown comparison table (one row per method, plus the original and oracles)."""
+    """Render the Markdown comparison table (a row per method, the original, the oracles)."""
     cfg, data = result["config"], result["data"]
     lines = [
         "# fastunlearn forget: comparison",
@@ -68,7 +68,8 @@ def render_table(result: dict[str, Any]) -> str:
         "UA = 100 - forget accuracy, RA / TA = retain / test accuracy, MIA = OPTML's SVC "
         "MIA-Efficacy (%), gap = mean |UA, RA, TA, MIA - oracles| (%), eps = Seed A's "
         "epsilon-hat (delta 0.05, lower is better), F / final = NeurIPS 2023 competition "
-        "forget / final score (higher is better), worst = worst test accuracy of a class not forgotten, "
+        "forget / final score (higher is better), worst = worst test accuracy of a class "
+        "not forgotten, "
         "time = seconds per run, ratio = time / retraining time. Mean ± std over seeds.",
         "",
         "| method | status | UA | RA | TA | MIA | gap | eps | F | final | worst | time s "
@@ -150,7 +151,7 @@ def plot_epsilons(result: dict[str, Any], path: Path) -> Path | None:
 
 
 def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
-    """Grouped bars: UA, RA, TA and MIA-Efficacy of the oracles, original and methods."""
+    """Plot grouped bars of UA, RA, TA and MIA-Efficacy (original, oracles, methods)."""
     rows = [("original", result["original"]), ("retrain", result["oracles"])]
     rows += [(n, e) for n, e in result["methods"].items() if e.get("num_ok")]
     keys = [("unlearning_accuracy", "UA"), ("retain_accuracy", "RA"),
