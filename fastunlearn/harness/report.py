@@ -142,6 +142,11 @@ def plot_epsilons(result: dict[str, Any], path: Path) -> Path | None:
         n_inf = sum(1 for v in eps if math.isinf(v))
         if finite:
             ax.hist(finite, bins=30, color="tab:blue")
+        else:
+            n_nan = sum(1 for v in eps if math.isnan(v))
+            ax.text(0.5, 0.5, f"no finite epsilon\n{n_inf} inf, {n_nan} nan\n"
+                    "(more seeds/oracles help)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=7)
         ax.set_title(f"{name}: median {_num(e.get('epsilon_hat'))}, {n_inf} inf", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle("Per-example epsilon (Seed A, delta 0.05) on the forget set", fontsize=9)
