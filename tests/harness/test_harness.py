@@ -22,7 +22,7 @@ from fastunlearn.harness import (
 from fastunlearn.harness.cli import main, parse_set
 from fastunlearn.metrics import load_logits_dir
 
-FAST = TrainSettings(epochs=4)
+FAST = TrainSettings(epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_epsilon_and_competition_scores_with_enough_models(tmp_path: Path,
                                                          digits: HarnessData) -> None:
     from fastunlearn.metrics import competition_score, epsilon_hat
 
-    cfg = _config(tmp_path, methods=("fisher",), seeds=3, oracles=2)
+    cfg = _config(tmp_path, methods=("fisher",), seeds=3, oracles=2, mia=False)
     result = run_harness(cfg, digits)
     entry = result["methods"]["fisher"]
     retrain = torch.stack([lg["forget"] for lg in result["logits"]["oracles"]], 1)
@@ -94,7 +94,7 @@ def test_epsilon_and_competition_scores_with_enough_models(tmp_path: Path,
 
 
 def test_cache_reuse_does_not_retrain(tmp_path: Path, digits: HarnessData) -> None:
-    cfg = _config(tmp_path, methods=("fisher",), oracles=2)
+    cfg = _config(tmp_path, methods=("fisher",), oracles=2, mia=False)
     first = run_harness(cfg, digits)
     assert first["cache"] == {"hits": 0, "misses": 3}
     second = run_harness(cfg, digits)
@@ -105,8 +105,8 @@ def test_cache_reuse_does_not_retrain(tmp_path: Path, digits: HarnessData) -> No
         assert torch.equal(a["test"], b["test"])
     assert second["oracles"]["seconds"] == first["oracles"]["seconds"]
     # a different recipe is a different key: trained again
-    third = run_harness(_config(tmp_path, methods=("fisher",), oracles=2,
-                                train=TrainSettings(epochs=3)), digits)
+    third = run_harness(_config(tmp_path, methods=("fisher",), oracles=2, mia=False,
+                                train=TrainSettings(epochs=1)), digits)
     assert third["cache"] == {"hits": 0, "misses": 3}
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len([f for f in files if f.endswith(".safetensors")]) == 6
@@ -119,7 +119,8 @@ def test_a_failing_method_is_recorded_and_the_run_goes_on(
         raise RuntimeError("exploded on purpose")
 
     monkeypatch.setitem(base._REGISTRY, "broken_for_test", (broken, ForgetConfig))
-    result = run_harness(_config(tmp_path, methods=("broken_for_test", "fisher")), digits)
+    result = run_harness(_config(tmp_path, methods=("broken_for_test", "fisher"), mia=False),
+                         digits)
     assert result["methods"]["broken_for_test"]["status"] == "error"
     assert "exploded on purpose" in result["methods"]["broken_for_test"]["error"]
     assert result["methods"]["fisher"]["status"] == "ok"
@@ -181,7 +182,7 @@ def test_parse_set() -> None:
 def test_cli_runs_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli"
     rc = main(["--method", "fisher,finetune", "--seeds", "1", "--oracles", "1", "--epochs",
-               "3", "--set", "finetune.epochs=1", "--out", str(out), "--cache-dir",
+               "2", "--set", "finetune.epochs=1", "--out", str(out), "--cache-dir",
                str(tmp_path / "c"), "--no-progress", "--no-mia"])
     assert rc == 0
     assert (out / "results.md").is_file() and (out / "logits" / "logits_retain.npy").is_file()

@@ -82,6 +82,7 @@ def test_weighted_loss_is_a_weighted_summed_cross_entropy() -> None:
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.slow
 def test_forgets_a_digit_class_with_the_head_only() -> None:
     from fastunlearn.data import load_digits_dataset
 
