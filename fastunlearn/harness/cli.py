@@ -106,7 +106,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run ``forget``; returns the exit status (0 ok, 1 some method failed, 2 bad input)."""
     from ..forget import available_methods
-    from . import HarnessConfig, TrainSettings, run_harness, write_outputs
+    from . import HarnessConfig, TrainSettings, run_harness
 
     try:
         methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"fastunlearn forget: error: {exc}", file=sys.stderr)
         return 2
-    paths = write_outputs(result, args.out)
+    paths = result["paths"]
     from .report import render_table
 
     print(render_table(result))

@@ -223,7 +223,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
         (folder / "forget_set.txt").write_text(
             ",".join(str(i) for i in result["data"]["forget_indices"]) + "\n")
         paths["logits"] = str(folder)
-    public = {k: v for k, v in result.items() if k not in ("logits", "labels")}
+    public = {k: v for k, v in result.items() if k not in ("logits", "labels", "paths")}
     (out / "results.json").write_text(json.dumps(_json_ready(public), indent=1) + "\n")
     paths["json"] = str(out / "results.json")
     (out / "results.md").write_text(render_table(result))

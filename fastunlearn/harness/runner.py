@@ -104,8 +104,10 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
 
     Returns:
         ``{"config", "data", "original", "oracles", "methods": {name: {...}}, "cache",
-        "timing", "logits"}``; ``logits`` holds tensors (``[n, C]`` per model and part)
-        and is dropped by :func:`fastunlearn.harness.report.write_outputs` from the JSON.
+        "timing", "logits", "labels"}``; ``logits`` / ``labels`` hold tensors (``[n, C]``
+        per model and part) and are left out of the JSON. With ``config.out_dir`` set, the
+        outputs are written there (:func:`fastunlearn.harness.write_outputs`) and
+        ``"paths"`` lists them.
 
     Raises:
         ValueError, TypeError: Bad settings or data (nothing is trained then).
@@ -134,7 +136,7 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
     digest = data.digest()
     common = dict(model_name=config.model, x=data.x_train, y=data.y_train,
                   num_classes=data.num_classes, data_digest=digest, settings=config.train,
-                  cache_dir=config.cache_dir, device=device, progress=False)
+                  cache_dir=config.cache_dir, device=device, progress=config.progress)
     cache = {"hits": 0, "misses": 0}
 
     def logits_of(model: nn.Module) -> dict[str, Tensor]:
@@ -216,6 +218,10 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
                         "retrain_seconds": retrain_s}
     result["logits"] = all_logits
     result["labels"] = labels
+    if config.out_dir is not None:
+        from .report import write_outputs
+
+        result["paths"] = write_outputs(result, config.out_dir)
     return result
 
 

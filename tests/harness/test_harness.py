@@ -40,8 +40,8 @@ def _config(tmp: Path, **kw: object) -> HarnessConfig:
 
 
 def test_end_to_end_outputs_match_the_saved_logits(tmp_path: Path, digits: HarnessData) -> None:
-    result = run_harness(_config(tmp_path), digits)
-    paths = write_outputs(result, tmp_path / "out")
+    result = run_harness(_config(tmp_path, out_dir=str(tmp_path / "out")), digits)
+    paths = result["paths"]
     for key in ("json", "markdown", "accuracy", "time", "logits"):
         assert Path(paths[key]).exists(), key
     for png in ("accuracy", "time"):
