@@ -151,6 +151,10 @@ class HarnessConfig:
                 raise ValueError(f"'{name}' must be an int >= 0, got {v!r}")
         if not isinstance(self.train, TrainSettings):
             raise TypeError(f"'train' must be a TrainSettings, got {type(self.train).__name__}")
+        from ..models.zoo import MODELS
+
+        if self.model not in MODELS:
+            raise ValueError(f"'model' must be one of {sorted(MODELS)}, got {self.model!r}")
         if not isinstance(self.forget, str):
             raise TypeError(f"'forget' must be a str, got {type(self.forget).__name__}")
         if not isinstance(self.overrides, dict):

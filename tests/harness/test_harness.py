@@ -138,6 +138,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path, digits: HarnessData) -> N
         HarnessConfig(methods=("finetune",), overrides={"finetune": {"learning_rate": 1}})
     with pytest.raises(ValueError, match="'seeds'"):
         HarnessConfig(seeds=0)
+    with pytest.raises(ValueError, match="'model' must be one of"):
+        HarnessConfig(model="resnet1000")
     with pytest.raises(ValueError, match="empty forget set"):  # random:0.0001 of 1438 -> 0
         run_harness(_config(tmp_path, forget="random:0.0001"), digits)
     with pytest.raises(ValueError, match="class 12 does not occur"):
@@ -192,3 +194,8 @@ def test_cli_runs_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFi
     assert "unknown forgetting method 'bogus'" in capsys.readouterr().err
     rc = main(["--method", "finetune", "--set", "finetune.nope=1", "--no-progress"])
     assert rc == 2
+    rc = main(["--method", "finetune", "--dataset", "mnist", "--data-dir", str(tmp_path),
+               "--no-progress", "--cache-dir", str(tmp_path / "c2")])
+    assert rc == 2  # the MNIST files are missing: a clear message, nothing trained
+    assert "mnist" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "c2").exists()
