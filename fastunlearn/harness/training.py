@@ -146,14 +146,13 @@ def train_or_load(
         folder = Path(cache_dir)
         path = folder / f"{role}-{key[:24]}.safetensors"
         meta = path.with_suffix(".json")
-        if path.is_file() and meta.is_file():
+        info = json.loads(meta.read_text()) if meta.is_file() else {}
+        if path.is_file() and info.get("key") == key:
             from safetensors.torch import load_model
 
             load_model(model, str(path), device=str(device))
-            info = json.loads(meta.read_text())
-            if info.get("key") == key:
-                model.eval()
-                return TrainedModel(model, float(info["seconds"]), True, key)
+            model.eval()
+            return TrainedModel(model, float(info["seconds"]), True, key)
     t0 = time.perf_counter()
     train_model(model, x[indices], y[indices], settings, seed=seed, progress=progress,
                 desc=role)
@@ -164,7 +163,9 @@ def train_or_load(
         from safetensors.torch import save_model
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(model, str(path))
+        tmp = path.with_suffix(".tmp")
+        save_model(model, str(tmp))
+        tmp.replace(path)  # the sidecar is written last: a half-written cache is a miss
         meta.write_text(json.dumps({"key": key, "seconds": seconds, "role": role,
                                     "model": model_name, "seed": seed}) + "\n")
     return TrainedModel(model, seconds, False, key)

@@ -104,6 +104,14 @@ def test_cache_reuse_does_not_retrain(tmp_path: Path, digits: HarnessData) -> No
     for a, b in zip(first["logits"]["oracles"], second["logits"]["oracles"], strict=True):
         assert torch.equal(a["test"], b["test"])
     assert second["oracles"]["seconds"] == first["oracles"]["seconds"]
+    # a sidecar that does not match its key is a miss: trained again from a fresh init,
+    # which reproduces the first run's weights exactly
+    for meta in (tmp_path / "cache").glob("oracle0-*.json"):
+        meta.write_text(json.dumps({"key": "stale", "seconds": 0.0}))
+    again = run_harness(cfg, digits)
+    assert again["cache"] == {"hits": 2, "misses": 1}
+    assert torch.equal(again["logits"]["oracles"][0]["test"],
+                       first["logits"]["oracles"][0]["test"])
     # a different recipe is a different key: trained again
     third = run_harness(_config(tmp_path, methods=("fisher",), oracles=2, mia=False,
                                 train=TrainSettings(epochs=1)), digits)
