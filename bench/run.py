@@ -15,7 +15,15 @@ from types import ModuleType
 
 import torch
 
-from bench import bench_certified, bench_glm_cg, bench_glm_hvp, bench_knn, bench_per_sample
+from bench import (
+    bench_certified,
+    bench_glm_cg,
+    bench_glm_hvp,
+    bench_influence,
+    bench_knn,
+    bench_metrics,
+    bench_per_sample,
+)
 from bench.common import (
     CorrectnessError,
     OpUnavailable,
@@ -31,10 +39,12 @@ BENCHMARKS: dict[str, ModuleType] = {
     "per_sample": bench_per_sample,
     "knn": bench_knn,
     "certified": bench_certified,
+    "influence": bench_influence,
+    "metrics": bench_metrics,
 }
 
 #: Benchmarks whose full size is too big for a CPU unless ``--full`` insists.
-GPU_ONLY_FULL = {"knn", "glm_cg", "certified"}
+GPU_ONLY_FULL = {"knn", "glm_cg", "certified", "influence", "metrics"}
 
 
 def _preset(name: str, device: torch.device, args: argparse.Namespace) -> str:

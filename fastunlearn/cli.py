@@ -16,7 +16,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -479,7 +479,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     _add_remove_parser(sub)
     _add_extract_parser(sub)
+    for add_parser in _command_modules():
+        add_parser(sub)
     return parser
+
+
+def _command_modules() -> list[Callable[[argparse._SubParsersAction], Any]]:
+    """Return the ``add_parser`` functions of the commands kept beside their packages."""
+    from .exposure.cli import add_parser as exposure
+    from .influence.cli import add_parser as repair
+    from .influence.feature_cli import add_parser as unlearn_features
+    from .metrics.cli import add_parser as evaluate
+
+    return [repair, unlearn_features, evaluate, exposure]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

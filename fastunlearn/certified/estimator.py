@@ -64,7 +64,7 @@ CG_BOUND_FRACTION = 0.01
 CG_MAX_ITERATIONS = 200
 #: Removed rows folded into the CG starting factors by the Woodbury identity before
 #: ``solver="auto"`` refreshes them with a dense step (``solver="cg"`` then uses them as is).
-WOODBURY_MAX_ROWS = 128
+WOODBURY_MAX_ROWS = 256
 #: ``solver="auto"``: CG iterations assumed before any CG solve was observed.
 CG_ITERATIONS_GUESS = 2
 #: ``solver="auto"`` takes one dense Cholesky step (refreshing the factors) once a refinement
@@ -198,7 +198,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             Cholesky factors, the rows removed since folded in by the Woodbury identity; its
             true residual is added to the bound; see ``cg_tol``) or ``"auto"`` (whichever a cost
             model says is cheaper: CG unless the features are very few, with a dense step again
-            to refresh the factors after 128 removals or when CG needs over 8 iterations).
+            to refresh the factors after 256 removals or when CG needs over 8 iterations).
         retrain: when a removal would exceed the budget, retrain on the remaining rows with a
             fresh perturbation (True) or raise :class:`BudgetExceededError` (False).
         normalize: scale every row to unit L2 norm, ``x / max(||x||, tiny)``, at fit and
@@ -466,7 +466,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         """Return the CG starting factors with the rows removed since then folded in."""
         if getattr(self, "_wood", None) is None:
             weights = curvature_weights(self._margins(), self._A)
-            self._wood = woodbury.start(self._chol, weights)
+            capacity = min(WOODBURY_MAX_ROWS, int(self._X.shape[0]))
+            self._wood = woodbury.start(self._chol, weights, capacity)
         return self._wood
 
     def _refresh_spectral(self) -> None:
@@ -612,7 +613,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if self._cg_last > CG_REFRESH_ITERATIONS:
             return "cholesky"
         wood = getattr(self, "_wood", None)
-        if wood is not None and wood.rows >= WOODBURY_MAX_ROWS:
+        if wood is not None and wood.rows >= wood.capacity:
             return "cholesky"
         n, d = float(self._n_rem.max()), float(self._X.shape[1])
         it = max(self._cg_last, CG_ITERATIONS_GUESS)
@@ -686,7 +687,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             # iterations (exact products, two passes over X each) refine the step.
             base = self._removal_factor()
             V = None
-            if base.rows + int(rows.numel()) <= WOODBURY_MAX_ROWS:
+            if base.rows + int(rows.numel()) <= base.capacity:
                 B = Delta
                 if ks is not None:  # the factors hold every class
                     B = Delta.new_zeros(Delta.shape[0], K).index_copy_(1, ks, Delta)
@@ -704,13 +705,18 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 def precondition(R: Tensor) -> Tensor:
                     return triangular_apply(P, R)
 
-            if V is None:
-                V = precondition(Delta)
-            XV, per_class = bound_terms(V)
-            HV = hessian_apply(V, XV)
+            # CG from zero whose first direction is that solve: the first iterate is the solve
+            # scaled by the step length minimising the H-norm error along it
+            Pd = precondition(Delta) if V is None else V
+            XP = X @ Pd
+            HP = hessian_apply(Pd, XP)
+            rz = (Delta * Pd).sum(0)
+            curvature = (Pd * HP).sum(0)
+            alpha = torch.where(curvature > 0, rz / curvature, torch.ones_like(rz))
+            V, XV, HV = alpha * Pd, alpha * XP, alpha * HP
+            per_class = bound_from(V, XV)
             R = Delta - HV
             solve_residual = torch.linalg.vector_norm(R, dim=0)
-            Pd = rz = None
             cg_tol = float(self.cg_tol)
             while float(solve_residual.sum()) > cg_tol * float(per_class.sum()):
                 if cg_iterations == CG_MAX_ITERATIONS:
@@ -720,7 +726,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                     )
                 Zr = precondition(R)
                 rz_new = (R * Zr).sum(0)
-                Pd = Zr if Pd is None else Zr + (rz_new / rz) * Pd
+                Pd = Zr + torch.where(rz != 0, rz_new / rz, torch.zeros_like(rz)) * Pd
                 rz = rz_new
                 XP = X @ Pd
                 HP = hessian_apply(Pd, XP)

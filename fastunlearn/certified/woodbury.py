@@ -29,27 +29,49 @@ __all__ = ["RemovedRowsFactor", "extend", "solve", "start"]
 
 
 class RemovedRowsFactor(NamedTuple):
-    """Factors ``L`` of ``M`` and the Woodbury terms of the rows removed since.
+    """Factors ``L`` of ``M`` and the Woodbury terms of the ``rows`` removed since.
+
+    The terms live in buffers sized for ``capacity`` rows; only the first ``rows`` columns
+    are part of the state. :func:`extend` writes the next columns in place and returns a new
+    tuple with a larger ``rows``: the old tuple stays valid (it never reads past its
+    ``rows``), so a planned removal that is not committed changes nothing.
 
     Attributes:
         L (Tensor[K, d, d]): lower Cholesky factors of ``M_k``.
         weights (Tensor[n, K]): curvature weights ``s`` the factors were built with.
-        U (Tensor[K, d, t]): removed rows scaled by ``sqrt(s)``.
-        G (Tensor[K, d, t]): ``M^{-1} U``.
-        C_chol (Tensor[K, t, t]): lower Cholesky factors of ``I - U^T G``.
+        U_buf (Tensor[K, d, capacity]): removed rows scaled by ``sqrt(s)``.
+        G_buf (Tensor[K, d, capacity]): ``M^{-1} U``.
+        C_buf (Tensor[K, capacity, capacity]): lower Cholesky factor of ``I - U^T G``.
+        rows (int): removed rows folded in.
 
     """
 
     L: Tensor
     weights: Tensor
-    U: Tensor
-    G: Tensor
-    C_chol: Tensor
+    U_buf: Tensor
+    G_buf: Tensor
+    C_buf: Tensor
+    rows: int
 
     @property
-    def rows(self) -> int:
-        """Number of removed rows folded in."""
-        return int(self.U.shape[-1])
+    def capacity(self) -> int:
+        """Most rows the buffers hold."""
+        return int(self.U_buf.shape[-1])
+
+    @property
+    def U(self) -> Tensor:
+        """``[K, d, rows]`` removed rows scaled by ``sqrt(s)``."""
+        return self.U_buf[..., : self.rows]
+
+    @property
+    def G(self) -> Tensor:
+        """``[K, d, rows]`` ``M^{-1} U``."""
+        return self.G_buf[..., : self.rows]
+
+    @property
+    def C_chol(self) -> Tensor:
+        """``[K, rows, rows]`` lower Cholesky factor of ``I - U^T G``."""
+        return self.C_buf[:, : self.rows, : self.rows]
 
 
 def _factor_solve(L: Tensor, B: Tensor) -> Tensor:
@@ -58,11 +80,17 @@ def _factor_solve(L: Tensor, B: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(L.mH, y, upper=True)
 
 
-def start(L: Tensor, weights: Tensor) -> RemovedRowsFactor:
+def start(L: Tensor, weights: Tensor, capacity: int) -> RemovedRowsFactor:
     """Terms for factors ``L`` of ``X^T diag(weights_k) X + c I`` with no row removed yet."""
     K, d = L.shape[0], L.shape[-1]
-    empty = L.new_zeros(K, d, 0)
-    return RemovedRowsFactor(L, weights, empty, empty, L.new_zeros(K, 0, 0))
+    return RemovedRowsFactor(
+        L,
+        weights,
+        L.new_empty(K, d, capacity),
+        L.new_empty(K, d, capacity),
+        L.new_zeros(K, capacity, capacity),
+        0,
+    )
 
 
 def extend(
@@ -70,29 +98,39 @@ def extend(
 ) -> tuple[RemovedRowsFactor | None, Tensor | None]:
     """Fold the removal of ``rows`` (features ``X_rows [m, d]``) into the terms.
 
-    With ``B [d, K]``, also returns ``M'^{-1} B`` for the extended terms, its triangular solves
-    sharing the factors' pass with the new rows'. Returns ``(None, None)`` when ``C`` is not
+    The Cholesky factor of ``C`` grows by a block row (``O(t^2 m)``), the new columns of
+    ``U`` and ``G`` are written into the buffers. With ``B [d, K]``, also returns
+    ``M'^{-1} B`` for the extended terms, its triangular solves sharing the factors' pass
+    with the new rows'. Returns ``(None, None)`` when the buffers are full or ``C`` is not
     numerically positive definite (the caller falls back to the plain factors).
     """
-    m = int(X_rows.shape[0])
+    m, t = int(X_rows.shape[0]), state.rows
+    if t + m > state.capacity:
+        return None, None
     scale = state.weights[rows].clamp_min(0.0).sqrt()  # [m, K]
-    U_new = (X_rows.T.unsqueeze(0) * scale.T.unsqueeze(1)).contiguous()  # [K, d, m]
+    U_new = X_rows.T.unsqueeze(0) * scale.T.unsqueeze(1)  # [K, d, m]
     rhs = U_new if B is None else torch.cat([U_new, B.T.unsqueeze(-1)], dim=-1)
     solved = _factor_solve(state.L, rhs)
     G_new = solved[..., :m]
-    U = torch.cat([state.U, U_new], dim=-1)
-    G = torch.cat([state.G, G_new], dim=-1)
-    C = -torch.bmm(U.mT, G)
-    C.diagonal(dim1=-2, dim2=-1).add_(1.0)
-    C = 0.5 * (C + C.mT)
-    C_chol, info = torch.linalg.cholesky_ex(C)
+    # C = I - U^T G grows by [C12; C22]; its factor by [L21 L22]
+    C12 = -torch.bmm(state.U.mT, G_new)  # [K, t, m]
+    C22 = -torch.bmm(U_new.mT, G_new)
+    C22.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    L21t = torch.linalg.solve_triangular(state.C_chol, C12, upper=False)  # [K, t, m]
+    S22 = C22 - torch.bmm(L21t.mT, L21t)
+    L22, info = torch.linalg.cholesky_ex(0.5 * (S22 + S22.mT))
     if bool((info != 0).any()):
         return None, None
-    factor = RemovedRowsFactor(state.L, state.weights, U, G, C_chol)
+    state.U_buf[..., t : t + m] = U_new
+    state.G_buf[..., t : t + m] = G_new
+    state.C_buf[:, t : t + m, :t] = L21t.mT
+    state.C_buf[:, t : t + m, t : t + m] = L22
+    state.C_buf[:, :t, t : t + m] = 0.0
+    factor = state._replace(rows=t + m)
     if B is None:
         return factor, None
     y = solved[..., m:]
-    y = y + torch.bmm(G, torch.cholesky_solve(torch.bmm(U.mT, y), C_chol))
+    y = y + torch.bmm(factor.G, torch.cholesky_solve(torch.bmm(factor.U.mT, y), factor.C_chol))
     return factor, y.squeeze(-1).T
 
 

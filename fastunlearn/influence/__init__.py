@@ -54,3 +54,21 @@ __all__ = [
     "fit_logistic",
     "required_sigma",
 ]
+
+# --- feature-unlearning experiment and canary unlearning (issue 4) ---------------------
+from .canary import CanaryUnlearnConfig, unlearn_canary  # noqa: E402
+from .feature_experiment import (  # noqa: E402
+    FeatureConfig,
+    render_feature_report,
+    run_feature_experiment,
+    write_feature_outputs,
+)
+
+__all__ += [
+    "FeatureConfig",
+    "run_feature_experiment",
+    "render_feature_report",
+    "write_feature_outputs",
+    "CanaryUnlearnConfig",
+    "unlearn_canary",
+]

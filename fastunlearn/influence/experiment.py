@@ -487,6 +487,9 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
         ax.plot(xs, [100 * y for y in ys], marker="o", label=f"repaired ({name})")
     ax.axhline(100 * tr["acc_clean"], color="black", linestyle="--", label="clean / retrained")
     ax.axhline(100 * tr["acc_poisoned"], color="tab:red", linestyle=":", label="poisoned")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("update step")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Label-poisoning repair")

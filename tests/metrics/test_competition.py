@@ -174,3 +174,19 @@ def test_bad_input():
         competition_score(torch.randn(3, 5, 4), torch.randn(3, 5, 4), torch.tensor([0, 4, 1]))
     with pytest.raises(ValueError, match="must agree"):
         competition_score(torch.randn(3, 5, 4), torch.randn(2, 5, 4), torch.tensor([0, 1, 1]))
+
+
+def test_constant_statistics_have_no_usable_threshold():
+    # both groups constant (ranges 0/0: not peaky); every threshold puts all of both
+    # groups on one side (FPR or FNR zero): discarded, nan, 0 points
+    r = torch.full((2, 10), 3.0, dtype=torch.float64)
+    eps = competition_epsilons(r, r.clone())
+    assert torch.isnan(eps).all()
+    assert forget_score(eps, 10) == 0.0
+
+
+def test_empty_forget_set():
+    eps = competition_epsilons(torch.zeros(0, 5), torch.zeros(0, 5))
+    assert eps.shape == (0,)
+    with pytest.raises(ValueError, match="'epsilons' is empty"):
+        forget_score(eps, 5)

@@ -62,3 +62,43 @@ def test_cli_repair_bad_input(capsys, tmp_path):
         _parse(["--damping", "-1"])
     with pytest.raises(ValueError, match="protocols"):
         RepairConfig(protocols=("nope",)).validate()
+
+
+def _write_tiny_cifar10(root, per_batch=20):
+    """The torchvision on-disk format (pickled batches of 3072-byte rows), tiny."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+
+    def dump(name, obj):
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+    for b in range(1, 6):
+        dump(f"data_batch_{b}", {"labels": [i % 10 for i in range(per_batch)],
+                                 "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)})
+    dump("test_batch", {"labels": [i % 10 for i in range(per_batch)],
+                        "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)})
+    dump("batches.meta", {"label_names": [str(i) for i in range(10)]})
+
+
+def test_cli_repair_cifar10_from_data_dir(tmp_path, capsys):
+    _write_tiny_cifar10(tmp_path)
+    out = tmp_path / "out"
+    args = _parse(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", "small_cnn",
+                   "--epochs", "1", "--steps", "1", "--budget", "20", "--cg-maxiter", "2",
+                   "--last-layers", "2", "--result-dir", str(out), "--no-plots"])
+    assert args.func(args) == 0
+    result = json.loads((out / "repair_cifar10.json").read_text())
+    assert result["data"]["n_train"] == 100 and result["data"]["flipped"] == 20
+    # only the head (last 2 tensors) is updated: 2 * 16 * (32 // 4)**2 = 2048 features -> 10
+    assert result["data"]["updated_params"] == 2048 * 10 + 10
+    assert result["data"]["num_params"] > result["data"]["updated_params"]
+    bad = _parse(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", "nope",
+                  "--result-dir", str(out)])
+    assert bad.func(bad) == 2
+    assert "nope" in capsys.readouterr().err

@@ -1,0 +1,312 @@
+"""Unlearning an inserted canary from a character model (Warnecke et al., Section 8 setup).
+
+Given a :func:`~fastunlearn.exposure.run_canary_experiment` result (a trained
+:class:`~fastunlearn.exposure.CharLM`, its vocabulary and the training text with the
+canaries), the secret's characters are replaced by a same-length string of other characters
+(the reference uses ``"not there "``): ``Z`` are the training windows that overlap a secret,
+``Z~`` the same windows cut from the corrected text. A first- or second-order influence
+update (summed next-character cross-entropy, :func:`~fastunlearn.influence.influence_update`)
+removes the secret; exposure is measured before, after, and for a model retrained from
+scratch on the corrected text (same seed and settings).
+
+The Hessian's data is a seeded sample of ``hvp_windows`` windows of the corrected text plus
+the corrected windows (the reference uses every window of the corrected text).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .update import influence_update
+
+__all__ = [
+    "CanaryUnlearnConfig", "NextCharModel", "canary_windows", "sequence_loss", "unlearn_canary",
+    "render_canary_report", "write_canary_outputs",
+]
+
+
+class NextCharModel(nn.Module):
+    """Wrap a :class:`~fastunlearn.exposure.CharLM` so ``forward`` returns only the logits.
+
+    Shares the wrapped model's parameters: updating this module updates the CharLM.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Next-character logits ``[B, T, V]`` of token ids ``[B, T]``.
+
+        oneDNN's fused CPU RNN has no forward-mode derivative (needed by the network HVPs),
+        so it is switched off here; the native kernels compute the same function.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+            with torch.backends.mkldnn.flags(enabled=False):
+                logits, _ = self.lm(tokens)
+        return logits
+
+
+def sequence_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Return the summed next-character cross-entropy (logits [B, T, V], targets [B, T])."""
+    return nn.functional.cross_entropy(outputs.reshape(-1, outputs.shape[-1]),
+                                       targets.reshape(-1), reduction="sum")
+
+
+@dataclass
+class CanaryUnlearnConfig:
+    """Settings of :func:`unlearn_canary`.
+
+    Attributes:
+        replacement: Same-length string put in place of the secret (None: seeded random
+            lowercase letters of the vocabulary).
+        seq_len: Window length (inputs; the targets are shifted by one).
+        stride: Offset between consecutive windows overlapping a secret.
+        order: 1 or 2.
+        tau: First-order step size (or ``"auto"``).
+        damping: Tikhonov damping of the second-order CG solve (the summed loss of the
+            affected windows is large: small damping overshoots and the divergence check
+            rejects the step; the reference used d * s = 3,600-3,900).
+        curvature: ``"ggn"`` (positive semidefinite, default) or ``"hessian"``.
+        cg_maxiter: CG iteration cap.
+        hvp_windows: Windows of the corrected text sampled for the Hessian.
+        retrain: Also retrain from scratch on the corrected text (same settings and seed
+            as the canary experiment) and measure its exposure.
+        seed: Seed of the replacement and the window sample.
+        progress: Show progress bars (retraining).
+
+    """
+
+    replacement: str | None = None
+    seq_len: int = 24
+    stride: int = 2
+    order: int = 2
+    tau: float | str = "auto"
+    damping: float = 300.0
+    curvature: str = "ggn"
+    cg_maxiter: int = 30
+    hvp_windows: int = 256
+    retrain: bool = True
+    seed: int = 0
+    progress: bool = False
+
+    def validate(self) -> CanaryUnlearnConfig:
+        """Check the fields; return self.
+
+        Raises:
+            ValueError: a field out of range (named).
+
+        """
+        for name in ("seq_len", "stride", "cg_maxiter", "hvp_windows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
+        if self.order not in (1, 2):
+            raise ValueError(f"'order' must be 1 or 2, got {self.order!r}")
+        if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) \
+                or not self.damping >= 0:
+            raise ValueError(f"'damping' must be >= 0, got {self.damping!r}")
+        return self
+
+
+def canary_windows(
+    ids: Tensor, spans: list[tuple[int, int]], seq_len: int, stride: int
+) -> Tensor:
+    """Start offsets of every ``seq_len + 1`` window that overlaps one of ``spans``.
+
+    A window starting at ``s`` has inputs ``s .. s + seq_len - 1`` and targets
+    ``s + 1 .. s + seq_len``; its targets contain a character of ``[a, b)`` when
+    ``a - seq_len <= s <= b - 2``. Those starts (clipped to the text) are taken every
+    ``stride``-th, plus the last one.
+
+    Returns:
+        Sorted unique int64 start offsets.
+
+    """
+    n = ids.numel()
+    starts: set[int] = set()
+    for a, b in spans:
+        low, high = max(0, a - seq_len), min(b - 2, n - seq_len - 1)
+        if high < low:
+            continue
+        starts.update(range(low, high + 1, stride))
+        starts.add(high)
+    return torch.tensor(sorted(starts), dtype=torch.int64)
+
+
+def _windows(ids: Tensor, starts: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    idx = starts.unsqueeze(1) + torch.arange(seq_len + 1)
+    w = ids[idx]
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+def _replacement(vocab: Any, length: int, seed: int) -> str:
+    letters = [c for c in vocab.chars if c.isalpha() and c.islower()]
+    rng = random.Random(seed)
+    return "".join(rng.choice(letters) for _ in range(length))
+
+
+def unlearn_canary(
+    canary_result: Any, config: CanaryUnlearnConfig | None = None
+) -> dict[str, Any]:
+    """Remove a canary's secret from a trained character model with an influence update.
+
+    Args:
+        canary_result: A :class:`~fastunlearn.exposure.CanaryResult` (its ``model`` is
+            not modified: a copy is updated).
+        config: Settings (default :class:`CanaryUnlearnConfig`).
+
+    Returns:
+        A JSON-ready dict: ``secret``, ``replacement``, ``num_affected`` windows,
+        ``before`` / ``after`` / ``retrained`` exposures (rank and skew-normal, log-
+        perplexity, greedy completion), ``update`` (the :class:`UpdateResult` fields),
+        ``update_seconds`` and ``retrain_seconds``. ``model`` (the updated CharLM) is
+        also returned under ``"model"`` (not JSON).
+
+    Raises:
+        ValueError / TypeError: bad settings, a replacement of the wrong length or with
+            characters outside the vocabulary, or no canary in the text.
+
+    """
+    from ..exposure import CharLM, greedy_completion, measure_exposure, train_char_lm
+
+    cfg = (config or CanaryUnlearnConfig()).validate()
+    res = canary_result
+    for attr in ("model", "vocab", "text", "canary_offsets", "config", "canary"):
+        if not hasattr(res, attr):
+            raise TypeError(f"'canary_result' must be a CanaryResult (missing {attr!r})")
+    ccfg, vocab, text = res.config, res.vocab, res.text
+    secret = res.canary.secret
+    if not res.canary_offsets:
+        raise ValueError("'canary_result' has no inserted canary (insertions = 0)")
+    replacement = cfg.replacement if cfg.replacement is not None else _replacement(
+        vocab, len(secret), cfg.seed)
+    if len(replacement) != len(secret):
+        raise ValueError(f"'replacement' must have the secret's length {len(secret)}, got "
+                         f"{len(replacement)}")
+    if any(c not in vocab.chars for c in replacement):
+        raise ValueError("'replacement' holds characters outside the model's vocabulary")
+    if any(c in secret for c in replacement if c.isdigit()):
+        raise ValueError("'replacement' must not reuse the secret's digits")
+
+    # corrected text: the secret replaced in every canary (same length: offsets unchanged)
+    chars = list(text)
+    spans = []
+    for off in res.canary_offsets:
+        a = off + len(ccfg.prefix)
+        if text[a:a + len(secret)] != secret:
+            raise ValueError(f"no secret at canary offset {off} of the text")
+        chars[a:a + len(secret)] = replacement
+        spans.append((a, a + len(secret)))
+    corrected_text = "".join(chars)
+    ids, new_ids = vocab.encode(text), vocab.encode(corrected_text)
+    starts = canary_windows(ids, spans, cfg.seq_len, cfg.stride)
+    x_old, y_old = _windows(ids, starts, cfg.seq_len)
+    x_new, y_new = _windows(new_ids, starts, cfg.seq_len)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sample = torch.randint(new_ids.numel() - cfg.seq_len - 1, (cfg.hvp_windows,), generator=gen)
+    xs, ys = _windows(new_ids, sample, cfg.seq_len)
+    train_x, train_y = torch.cat([xs, x_new]), torch.cat([ys, y_new])
+
+    device = next(res.model.parameters()).device
+    lm = copy.deepcopy(res.model)
+    wrapped = NextCharModel(lm)
+    kwargs: dict[str, Any] = dict(order=cfg.order, loss_fn=sequence_loss, tau=cfg.tau)
+    if cfg.order == 2:
+        kwargs.update(solver="cg", damping=float(cfg.damping), curvature=cfg.curvature,
+                      maxiter=cfg.cg_maxiter, tol=1e-6)
+    t0 = time.perf_counter()
+    upd = influence_update(wrapped, x_old.to(device), y_old.to(device), x_new.to(device),
+                           y_new.to(device), train_data=(train_x.to(device),
+                                                         train_y.to(device)), **kwargs)
+    update_s = time.perf_counter() - t0
+
+    def measure(model: nn.Module) -> dict[str, Any]:
+        m = measure_exposure(model, vocab, ccfg.prefix, secret,
+                             n_candidates=ccfg.n_candidates,
+                             enumerate_limit=ccfg.enumerate_limit, seed=ccfg.seed)[0]
+        return {"log_perplexity": m.log_perplexity, "rank": m.rank,
+                "rank_exposure": m.rank_exposure,
+                "skew_normal_exposure": m.skew_normal_exposure,
+                "max_exposure": m.max_exposure,
+                "completion": greedy_completion(model, vocab, ccfg.prefix, len(secret))}
+
+    out: dict[str, Any] = {
+        "config": asdict(cfg), "secret": secret, "replacement": replacement,
+        "num_affected": int(starts.numel()), "num_canaries": len(spans),
+        "before": measure(res.model), "after": measure(lm),
+        "update": upd.to_dict(), "update_seconds": update_s,
+        "retrained": None, "retrain_seconds": None, "model": lm,
+    }
+    if cfg.retrain:
+        torch.manual_seed(ccfg.seed)
+        fresh = CharLM(vocab.size, ccfg.embed_dim, ccfg.hidden, ccfg.layers,
+                       ccfg.cell).to(device)
+        t0 = time.perf_counter()
+        train_char_lm(fresh, new_ids, steps=ccfg.steps, seq_len=ccfg.seq_len,
+                      batch_size=ccfg.batch_size, lr=ccfg.lr, weight_decay=ccfg.weight_decay,
+                      seed=ccfg.seed, progress=cfg.progress)
+        out["retrain_seconds"] = time.perf_counter() - t0
+        out["retrained"] = measure(fresh)
+    return out
+
+
+def render_canary_report(result: dict[str, Any]) -> str:
+    """Markdown page of an :func:`unlearn_canary` result."""
+    from ..report import format_value as fv
+
+    cfg, u = result["config"], result["update"]
+    how = (f"second order (CG, {cfg['curvature']}, damping {fv(cfg['damping'])})"
+           if cfg["order"] == 2 else f"first order (tau {fv(u['tau'])})")
+    lines = ["# Canary unlearning", "",
+             f"Secret `{result['secret']}` replaced by `{result['replacement']}` in "
+             f"{result['num_canaries']} canaries: {result['num_affected']} affected windows of "
+             f"{cfg['seq_len']} characters; {how}; applied: {fv(u['applied'])}"
+             + (f" ({u['reason']})" if u.get("reason") else "") + ".", "",
+             "| model | log-perplexity (bits) | rank | exposure (rank) | "
+             "exposure (skew-normal) | greedy completion | time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [("before", result["before"], None), ("updated", result["after"],
+                                                 result["update_seconds"])]
+    if result.get("retrained"):
+        rows.append(("retrained", result["retrained"], result["retrain_seconds"]))
+    for name, m, sec in rows:
+        lines.append(f"| {name} | {fv(m['log_perplexity'])} | {m['rank']} | "
+                     f"{fv(m['rank_exposure'])} | {fv(m['skew_normal_exposure'])} | "
+                     f"`{m['completion']}` | {fv(sec)} |")
+    lines += ["", f"Maximum exposure log2|R| = {fv(result['before']['max_exposure'])} bits. "
+              f"Update: {u['num_gradients']} window gradients, {u['num_hvps']} window HVPs, "
+              f"{u['solver_iterations']} solver iterations.", ""]
+    return "\n".join(lines)
+
+
+def write_canary_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Write ``canary_unlearning.json`` and ``.md`` (the model is left out) into ``out_dir``.
+
+    Returns:
+        Kind (``json``, ``markdown``) -> path.
+
+    """
+    from .experiment import _json_ready
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"json": str(folder / "canary_unlearning.json"),
+             "markdown": str(folder / "canary_unlearning.md")}
+    data = {k: v for k, v in result.items() if k != "model"}
+    Path(files["json"]).write_text(json.dumps(_json_ready({**data, "files": files}),
+                                              indent=2) + "\n")
+    Path(files["markdown"]).write_text(render_canary_report(data))
+    return files

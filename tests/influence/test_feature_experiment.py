@@ -1,0 +1,171 @@
+"""Feature-unlearning experiment and `fastunlearn unlearn-features` CLI on small data."""
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from fastunlearn.influence import feature_cli
+from fastunlearn.influence.feature_experiment import (
+    FeatureConfig,
+    curvature_step,
+    fit_linear_model,
+    load_feature_data,
+    objective_gradient,
+    run_feature_experiment,
+    select_columns,
+)
+
+
+def _dense_newton_residual(model, X, y, l2):
+    """||grad J|| after one exact Newton step on J(.; (X, y)), by a dense Hessian."""
+    W0, b0 = model.weight.detach(), model.bias.detach()
+    shapes = (W0.numel(), b0.numel())
+
+    def J(theta):
+        W = theta[: shapes[0]].reshape(W0.shape)
+        b = theta[shapes[0]:]
+        logits = X @ W.T + b
+        return torch.nn.functional.cross_entropy(logits, y, reduction="sum") \
+            + 0.5 * l2 * (theta @ theta)
+
+    theta = torch.cat([W0.reshape(-1), b0])
+    g = torch.func.grad(J)(theta)
+    H = torch.func.hessian(J)(theta)
+    new = theta - torch.linalg.solve(H, g)
+    return float(torch.linalg.vector_norm(torch.func.grad(J)(new))), float(
+        torch.linalg.vector_norm(g))
+
+
+def test_tabular_second_order_is_a_newton_step_close_to_retraining():
+    cfg = FeatureConfig(dataset="breast_cancer", columns=(10,), l2=10.0)
+    r = run_feature_experiment(cfg)
+    data = load_feature_data("breast_cancer", seed=0)
+    assert r["data"]["n_train"] == data.X_train.shape[0]
+    # standardised column: every row but those exactly at the mean is affected
+    assert r["data"]["num_affected"] == int((data.X_train[:, 10] != 0).sum())
+    before = r["original"]["residual"]
+    second = r["methods"]["second_order"]
+    # retraining reaches a stationary point of the corrected objective
+    assert r["retrained"]["residual"] < 1e-4 < before
+    # second order: residual down by > 5x, parameters > 10x closer to retraining
+    assert second["update"]["applied"] and second["residual"] < 0.2 * before
+    assert second["distance_retrained"] < 0.1 * r["original"]["distance_retrained"]
+    assert abs(second["acc"] - r["retrained"]["acc"]) <= 0.02
+    # independent: the same Newton step with a dense Hessian gives the same residual
+    model, _ = fit_linear_model(data.X_train, data.y_train, 2, 10.0)
+    corrected = data.X_train.clone()
+    corrected[:, 10] = 0.0
+    dense_after, dense_before = _dense_newton_residual(model, corrected, data.y_train, 10.0)
+    assert math.isclose(dense_before, before, rel_tol=1e-6)
+    assert math.isclose(dense_after, second["residual"], rel_tol=1e-3, abs_tol=1e-6)
+    assert second["seconds"] > 0 and r["retrained"]["seconds"] > 0
+    # first order (curvature step) also lowers the residual, less than second order
+    first = r["methods"]["first_order"]
+    assert second["residual"] < first["residual"] < before
+
+
+def test_replace_mode_changes_only_selected_rows():
+    cfg = FeatureConfig(dataset="wine", columns=(12, 9), mode="replace", n_rows=20, value=0.5)
+    r = run_feature_experiment(cfg)
+    assert r["data"]["num_affected"] == 20 and r["data"]["columns"] == [12, 9]
+    second = r["methods"]["second_order"]
+    assert second["residual"] < 0.2 * r["original"]["residual"]
+    assert second["distance_retrained"] < 0.2 * r["original"]["distance_retrained"]
+    assert second["update"]["num_gradients"] == 40  # 2 per affected row
+
+
+def test_objective_gradient_matches_autograd():
+    data = load_feature_data("wine")
+    model, _ = fit_linear_model(data.X_train, data.y_train, 3, 2.0, rounds=1)
+    model.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(data.X_train), data.y_train,
+                                             reduction="sum")
+    loss = loss + 1.0 * sum((p * p).sum() for p in model.parameters())
+    loss.backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    got = objective_gradient(model, data.X_train, data.y_train, 2.0)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_curvature_step_matches_dense_hessian():
+    data = load_feature_data("wine")
+    model, _ = fit_linear_model(data.X_train, data.y_train, 3, 2.0, rounds=1)
+    X, y = data.X_train, data.y_train
+    W0, b0 = model.weight.detach(), model.bias.detach()
+
+    def J(theta):
+        W, b = theta[: W0.numel()].reshape(W0.shape), theta[W0.numel():]
+        return torch.nn.functional.cross_entropy(X @ W.T + b, y, reduction="sum") \
+            + theta @ theta
+
+    theta = torch.cat([W0.reshape(-1), b0])
+    g = torch.func.grad(J)(theta)
+    H = torch.func.hessian(J)(theta)
+    expected = float(g @ g / (g @ H @ g))
+    assert math.isclose(curvature_step(model, X, y, 2.0), expected, rel_tol=1e-9)
+
+
+def test_select_columns_most_non_zero():
+    X = torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 3.0, 0.0, 1.0], [1.0, 1.0, 0.0, 1.0]])
+    assert select_columns(X, 2) == [1, 3]
+    assert select_columns(X, 10) == [0, 1, 2, 3]
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    feature_cli.add_parser(sub)
+    return parser.parse_args(["unlearn-features", *argv])
+
+
+def test_cli_digits_writes_json_png_markdown(tmp_path, capsys):
+    args = _parse(["--top-k", "2", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "second_order" in out and "sigma required" in out
+    result = json.loads((tmp_path / "features_digits.json").read_text())
+    assert (tmp_path / "features_digits.png").stat().st_size > 1000
+    md = (tmp_path / "features_digits.md").read_text()
+    assert "gradient residual" in md and "Certified linear variant" in md
+    cols = result["data"]["columns"]
+    assert len(cols) == 2
+    # the two pixels with the most non-zero training values
+    data = load_feature_data("digits")
+    counts = (data.X_train != 0).sum(0)
+    assert sorted(counts[cols].tolist()) == sorted(torch.topk(counts, 2).values.tolist())
+    lin = result["linear"]
+    for m in lin["methods"].values():
+        c = math.sqrt(2 * math.log(1.5 / 0.01))
+        assert math.isclose(m["sigma_required"], m["residual"] * c / 0.1, rel_tol=1e-9)
+        assert m["residual"] < m["residual_before"]
+    assert lin["methods"]["order2"]["distance_retrained"] < lin["distance_original"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(dataset="mnist"), "dataset"),
+    (dict(dataset="wine", columns=()), "columns"),
+    (dict(dataset="wine", columns=(3, 13)), "columns"),
+    (dict(dataset="wine", columns=(-1,)), "columns"),
+    (dict(dataset="wine", columns=(2, 2)), "columns"),
+    (dict(dataset="wine", mode="drop"), "mode"),
+    (dict(dataset="wine", l2=0.0), "l2"),
+    (dict(dataset="wine", mode="replace", n_rows=10_000), "n_rows"),
+])
+def test_bad_input_raises_named_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run_feature_experiment(FeatureConfig(**kwargs))
+
+
+def test_cli_bad_input(tmp_path, capsys):
+    args = _parse(["--dataset", "wine", "--columns", "3,99", "--out", str(tmp_path)])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "columns" in err and "99" in err
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        _parse(["--columns", ","])
+    with pytest.raises(SystemExit):
+        _parse(["--dataset", "iris"])
