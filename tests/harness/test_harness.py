@@ -207,3 +207,14 @@ def test_cli_runs_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFi
     assert rc == 2  # the MNIST files are missing: a clear message, nothing trained
     assert "mnist" in capsys.readouterr().err.lower()
     assert not (tmp_path / "c2").exists()
+
+
+def test_retrain_method_follows_the_oracle_recipe(tmp_path: Path, digits: HarnessData) -> None:
+    result = run_harness(_config(tmp_path, methods=("retrain",), mia=False), digits)
+    settings = result["config"]["method_settings"]["retrain"]
+    assert (settings["epochs"], settings["lr"], settings["batch_size"]) == (
+        FAST.epochs, FAST.lr, FAST.batch_size)
+    entry = result["methods"]["retrain"]
+    assert entry["status"] == "ok"
+    assert entry["forget_accuracy"] < 0.1  # never saw a 3
+    assert entry["retain_accuracy"] > 0.5
