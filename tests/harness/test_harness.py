@@ -217,4 +217,4 @@ def test_retrain_method_follows_the_oracle_recipe(tmp_path: Path, digits: Harnes
     entry = result["methods"]["retrain"]
     assert entry["status"] == "ok"
     assert entry["forget_accuracy"] < 0.1  # never saw a 3
-    assert entry["retain_accuracy"] > 0.5
+    assert entry["retain_accuracy"] > 0.3  # 2 epochs: well above chance (1/9)
