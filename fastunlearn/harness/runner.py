@@ -189,6 +189,8 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
         base["split"] = f"oracles 1..{half} vs {half + 1}..{2 * half}"
         result["oracles"]["baseline"] = base
 
+    # the methods work on copies; a snapshot guards the original against one that does not
+    snapshot = {k: v.detach().clone() for k, v in original.model.state_dict().items()}
     runs = [(m, s) for m in config.methods for s in range(config.seeds)]
     bar = _iter(runs, config.progress, "unlearn")
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in config.methods}
@@ -213,6 +215,16 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
         except Exception as exc:  # noqa: BLE001 - a failing method must not stop the run
             record.update(status="error", error=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc(limit=4))
+        state = original.model.state_dict()
+        if any(not torch.equal(state[k], v) for k, v in snapshot.items()):
+            original.model.load_state_dict(snapshot)
+            if record["status"] == "ok":
+                all_logits[name].pop()
+                if not all_logits[name]:
+                    del all_logits[name]
+            record.update(status="error", error="RuntimeError: the method modified the "
+                          "original model (restored; its result is discarded)")
+        original.model.eval()
         per_method[name].append(record)
     oracle_summary = result["oracles"]
     for name in config.methods:

@@ -126,9 +126,23 @@ def test_a_failing_method_is_recorded_and_the_run_goes_on(
     def broken(model, forget, retain, config):  # noqa: ANN001, ANN202
         raise RuntimeError("exploded on purpose")
 
+    def vandal(model, forget, retain, config):  # noqa: ANN001, ANN202
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()  # modifies the caller's model, against the interface
+        return model
+
     monkeypatch.setitem(base._REGISTRY, "broken_for_test", (broken, ForgetConfig))
-    result = run_harness(_config(tmp_path, methods=("broken_for_test", "fisher"), mia=False),
-                         digits)
+    monkeypatch.setitem(base._REGISTRY, "vandal_for_test", (vandal, ForgetConfig))
+    result = run_harness(_config(tmp_path, methods=("broken_for_test", "vandal_for_test",
+                                                    "fisher"), mia=False), digits)
+    assert result["methods"]["vandal_for_test"]["status"] == "error"
+    assert "modified the original" in result["methods"]["vandal_for_test"]["error"]
+    assert "vandal_for_test" not in result["logits"]
+    # fisher ran after it from the restored original: same as a run without the vandal
+    alone = run_harness(_config(tmp_path, methods=("fisher",), mia=False), digits)
+    assert torch.equal(result["logits"]["fisher"][0]["forget"],
+                       alone["logits"]["fisher"][0]["forget"])
     assert result["methods"]["broken_for_test"]["status"] == "error"
     assert "exploded on purpose" in result["methods"]["broken_for_test"]["error"]
     assert result["methods"]["fisher"]["status"] == "ok"
