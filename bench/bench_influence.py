@@ -7,15 +7,19 @@ CIFAR-shaped inputs (``[N, 3, 32, 32]`` uniform pixels, random labels), ``steps`
 steps of ``points`` relabelled training points each, updating the last 6 parameter tensors
 as the reference does. The same model copy is repaired twice, in the same process:
 
-* **ours**: CG on ``(H + lambda I) x = G`` over the whole training set with ``lambda`` =
-  LiSSA's effective damping ``d * s`` (so both solve the same system), stopping on the true
-  residual (tolerance ``CG_TOL``) or at ``cg_maxiter``;
+* **ours**: CG on ``(C + lambda I) x = G`` over the whole training set, ``C`` the generalised
+  Gauss-Newton matrix (PSD, so CG cannot break down; the Hessian of a network away from a
+  minimum is indefinite and CG on it diverged in the first GPU run), ``lambda`` = LiSSA's
+  effective damping ``d * s``, stopping on the true residual (tolerance ``CG_TOL``) or at
+  ``cg_maxiter``;
 * **lissa**: the reference's LiSSA (batch 1024, d = 1e-4, s = 2e5, ``lissa_depth`` steps,
   1 repetition).
 
-Reported per solver: total wall time of the updates, per-sample gradients and HVPs actually
-evaluated, the mean true relative residual ``||(H + lambda I) x - G|| / ||G||`` (LiSSA's
-costs one extra full-data product per step, not timed) and diverged steps.
+One record per part, with ``ours_*`` (CG) and ``lissa_*`` keys and ``ratio_lissa`` = LiSSA
+time / CG time. Reported per solver: total wall time of the updates, per-sample gradients
+and HVPs actually evaluated, the mean true relative residual
+``||(H + lambda I) x - G|| / ||G||`` (LiSSA's costs one extra full-data product per step, not
+timed) and diverged steps.
 
 Part 2, **repair** (``repair`` records): % restored of both solvers on the embedded digits
 (``small_cnn``, 20 % labels flipped s -> 9 - s), one-shot on the known flipped rows, with the
@@ -57,19 +61,34 @@ DIGITS_DAMPING, DIGITS_LISSA_SCALE, DIGITS_LISSA_BATCH, DIGITS_LISSA_DEPTH = 100
 
 COLUMNS = [
     ("part", "part", "s"),
-    ("solver", "solver", "s"),
     ("params", "params", "d"),
     ("updated", "updated", "d"),
-    ("seconds", "seconds", ".2f"),
-    ("num_hvps", "HVPs", "d"),
-    ("num_gradients", "grads", "d"),
-    ("residual", "rel. residual", ".3g"),
-    ("diverged", "diverged", "d"),
+    ("ours_ms", "ours ms", ".1f"),
+    ("lissa_ms", "LiSSA ms", ".1f"),
+    ("ratio_lissa", "LiSSA/CG time", ".2f"),
+    ("ours_num_hvps", "ours HVPs", "d"),
+    ("lissa_num_hvps", "LiSSA HVPs", "d"),
+    ("ours_residual", "CG rel. res.", ".3g"),
+    ("lissa_residual", "LiSSA rel. res.", ".3g"),
     ("acc_poisoned", "acc before", ".4f"),
-    ("acc_after", "acc after", ".4f"),
     ("acc_clean", "acc clean", ".4f"),
-    ("restored", "% restored", ".1%"),
+    ("ours_restored", "CG % restored", ".1%"),
+    ("lissa_restored", "LiSSA % restored", ".1%"),
+    ("restored_vs_lissa", "restored CG/LiSSA", ".2f"),
 ]
+
+
+def _pair(part: str, ours: dict[str, Any], lissa: dict[str, Any],
+          shared: dict[str, Any]) -> dict[str, Any]:
+    """One record comparing our CG run with the LiSSA run (``ours_*`` / ``lissa_*`` keys)."""
+    rec: dict[str, Any] = {"part": part, **shared}
+    for prefix, out in (("ours", ours), ("lissa", lissa)):
+        rec[f"{prefix}_ms"] = out["seconds"] * 1e3
+        for key, value in out.items():
+            if key != "seconds":
+                rec[f"{prefix}_{key}"] = value
+    rec["ratio_lissa"] = rec["lissa_ms"] / rec["ours_ms"]
+    return rec
 
 
 def reference_cnn(filters: int = 128, num_classes: int = 10) -> nn.Module:
@@ -108,8 +127,10 @@ def _solver_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: dict[
                                       hvp_batch_size=sizes["hvp_batch"], check_loss=False,
                                       apply=False)
         if solver == "cg":
-            kwargs.update(solver="cg", damping=lam, tol=CG_TOL, maxiter=sizes["cg_maxiter"],
-                          restarts=0)
+            # the Gauss-Newton matrix is PSD: CG cannot break down on it, as it can on the
+            # indefinite Hessian of a network away from a minimum
+            kwargs.update(solver="cg", curvature="ggn", damping=lam, tol=CG_TOL,
+                          maxiter=sizes["cg_maxiter"], restarts=0)
         else:
             kwargs.update(solver="lissa", compute_residual=False, lissa=LissaSettings(
                 batch_size=sizes["lissa_batch"], damping=LISSA_DAMPING, scale=LISSA_SCALE,
@@ -190,19 +211,20 @@ def run(device: str | torch.device, quick: bool = False, *,
     named = dict(base.named_parameters())
     updated = sum(named[n].numel() for n in last_parameters(base, 6))
     _warmup(base, X, y, sizes)
-    for solver in ("cg", "lissa"):
-        out = _solver_run(copy.deepcopy(base), X, y, sizes, solver, dev)
-        records.append({"part": "solver", "solver": solver, "params": n_params,
-                        "updated": updated, "n": sizes["n"], "steps": sizes["steps"],
-                        "points": sizes["points"], **out})
-    records += _digits(sizes, dev)
+    runs = {solver: _solver_run(copy.deepcopy(base), X, y, sizes, solver, dev)
+            for solver in ("cg", "lissa")}
+    records.append(_pair("solver", runs["cg"], runs["lissa"], {
+        "params": n_params, "updated": updated, "n": sizes["n"], "steps": sizes["steps"],
+        "points": sizes["points"]}))
+    records.append(_digits(sizes, dev))
     return records
 
 
-def _digits(sizes: dict[str, Any], dev: torch.device) -> list[dict[str, Any]]:
+def _digits(sizes: dict[str, Any], dev: torch.device) -> dict[str, Any]:
     from fastunlearn.influence.experiment import RepairConfig, run_repair_experiment
 
     out = []
+    shared: dict[str, Any] = {}
     for solver in ("cg", "lissa"):
         cfg = RepairConfig(protocols=("one-shot",), solver=solver, curvature="ggn",
                            damping=DIGITS_DAMPING, epochs=sizes["digits_epochs"],
@@ -213,14 +235,18 @@ def _digits(sizes: dict[str, Any], dev: torch.device) -> list[dict[str, Any]]:
         result = run_repair_experiment(cfg)
         p, tr = result["protocols"]["one-shot"], result["training"]
         step = p["steps"][0]
-        out.append({"part": "repair", "solver": solver, "params": result["data"]["num_params"],
-                    "updated": result["data"]["updated_params"], "seconds": p["seconds"],
-                    "num_hvps": p["num_hvps"], "num_gradients": p["num_gradients"],
-                    "residual": step.get("residual"), "diverged": int(p["any_diverged"]),
-                    "acc_clean": tr["acc_clean"], "acc_poisoned": tr["acc_poisoned"],
-                    "acc_after": p["acc_after"], "restored": p["restored"],
-                    "retrain_seconds": tr["retrain_seconds"]})
-    return out
+        shared = {"params": result["data"]["num_params"],
+                  "updated": result["data"]["updated_params"], "acc_clean": tr["acc_clean"],
+                  "acc_poisoned": tr["acc_poisoned"], "retrain_seconds": tr["retrain_seconds"]}
+        out.append({"seconds": p["seconds"], "num_hvps": p["num_hvps"],
+                    "num_gradients": p["num_gradients"], "residual": step.get("residual"),
+                    "diverged": int(p["any_diverged"]), "acc_after": p["acc_after"],
+                    "restored": p["restored"]})
+    rec = _pair("repair", out[0], out[1], shared)
+    lissa_restored = rec["lissa_restored"]
+    rec["restored_vs_lissa"] = (rec["ours_restored"] / lissa_restored
+                                if lissa_restored > 0 else math.inf)
+    return rec
 
 
 def print_results(records: list[dict[str, Any]]) -> None:

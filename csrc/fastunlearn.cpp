@@ -21,6 +21,9 @@ TORCH_LIBRARY(fastunlearn, m) {
   // ---- 1. GLM curvature (one-vs-rest logistic regression with K classes) -------------
   // X^T (S * (X V)) + lam V; X[n,d], S[n,K], V[d,K] -> [d,K]. One pass over X.
   m.def("glm_hvp(Tensor X, Tensor S, Tensor V, float lam) -> Tensor");
+  // The same product and the margins X V it computes on the way: -> ([d,K], [n,K]).
+  // One pass over X; a caller that needs both saves the second pass of X @ V.
+  m.def("glm_hvp_margins(Tensor X, Tensor S, Tensor V, float lam) -> (Tensor, Tensor)");
   // Batched weighted Gram: out[k] = X^T diag(S[:,k]) X + lam I; -> [K,d,d].
   m.def("glm_hessian(Tensor X, Tensor S, float lam) -> Tensor");
   // K independent CG solves of (X^T diag(S_k) X + lam I) x_k = B[:,k].
@@ -56,4 +59,16 @@ TORCH_LIBRARY(fastunlearn, m) {
   // smallest squared Euclidean distance, without the full m x n matrix in memory.
   // Returns (squared distances [m,k], indices int64 [m,k]), sorted best first.
   m.def("knn_extreme(Tensor Q, Tensor P, int k, bool largest) -> (Tensor, Tensor)");
+
+  // ---- 5. Evaluation metrics ---------------------------------------------------------
+  // Per-example epsilon of the NeurIPS 2023 unlearning competition from the statistics of
+  // N retrained (retrained[S,N]) and M unlearned (unlearned[S,M]) models. grid (float64,
+  // ascending within each example) holds the single-threshold family of example s in
+  // grid[grid_offsets[s]:grid_offsets[s+1]]; table_r [M+1,N+1] and table_u [N+1,M+1]
+  // (float32) give the epsilon of every (FP, FN) count pair when the retrained or the
+  // unlearned group is positive. Returns float64 [S] in [0, 50], nan where no threshold
+  // is usable. See csrc/competition_common.h.
+  m.def(
+      "competition_epsilons(Tensor retrained, Tensor unlearned, Tensor grid, "
+      "Tensor grid_offsets, Tensor table_r, Tensor table_u) -> Tensor");
 }

@@ -1,4 +1,4 @@
-// CPU kernels of the GLM-curvature family: glm_hvp, glm_hessian, glm_cg.
+// CPU kernels of the GLM-curvature family: glm_hvp, glm_hvp_margins, glm_hessian, glm_cg.
 // Semantics: fastunlearn/ops/reference.py.
 //
 // glm_hvp reads X from memory once. The rows are split into one contiguous slab per thread;
@@ -35,31 +35,38 @@ int64_t padded_columns(int64_t K, at::ScalarType dtype) {
 }
 
 // Z = X_c V, Z *= S_c, out += X_c^T Z over the row chunks [begin, end) of X. V and out may
-// have more (zero) columns than S; only the first S.size(1) columns of Z are scaled.
+// have more (zero) columns than S; only the first S.size(1) columns of Z are scaled. With a
+// defined ``margins`` [n, K], the rows of X V are also stored there before the scaling.
 void hvp_rows(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V, int64_t begin,
-              int64_t end, int64_t rows, at::Tensor& out) {
+              int64_t end, int64_t rows, at::Tensor& out, const at::Tensor& margins) {
   if (begin >= end) return;  // the last slabs can be empty when n is tiny
+  const int64_t K = S.size(1);
   at::Tensor Z = at::empty({std::min(rows, end - begin), V.size(1)}, V.options());
   for (int64_t start = begin; start < end; start += rows) {
     const int64_t len = std::min(rows, end - start);
     const at::Tensor chunk = X.narrow(0, start, len);
     at::Tensor z = Z.narrow(0, 0, len);
     at::mm_out(z, chunk, V);
-    z.narrow(1, 0, S.size(1)).mul_(S.narrow(0, start, len));
+    if (margins.defined()) margins.narrow(0, start, len).copy_(z.narrow(1, 0, K));
+    z.narrow(1, 0, K).mul_(S.narrow(0, start, len));
     out.addmm_(chunk.t(), z);
   }
 }
 
-at::Tensor glm_hvp_cpu(const at::Tensor& X_in, const at::Tensor& S_in, const at::Tensor& V_in,
-                       double lam) {
-  constexpr const char* op = "glm_hvp";
+// glm_hvp, and X V into ``margins`` when it is defined ([n, K], contiguous).
+at::Tensor hvp_cpu(const at::Tensor& X_in, const at::Tensor& S_in, const at::Tensor& V_in,
+                   double lam, const at::Tensor& margins, const char* op) {
   check_glm_design(X_in, S_in, op);
   check_dk(V_in, X_in, S_in, op, "V");
   check_lam(lam, op);
   const int64_t n = X_in.size(0), d = X_in.size(1), K = S_in.size(1);
   const at::Tensor V = V_in.contiguous();
   at::Tensor out = at::mul(V, lam).contiguous();
-  if (n == 0 || d == 0 || K == 0) return out;
+  if (n == 0 || K == 0) return out;
+  if (d == 0) {
+    if (margins.defined()) margins.zero_();
+    return out;
+  }
   const at::Tensor X = X_in.contiguous(), S = S_in.contiguous();
   const int64_t rows = std::min(n, rows_per_chunk(X, kHvpChunkBytes));
   at::Tensor V_used = V;
@@ -76,10 +83,24 @@ at::Tensor glm_hvp_cpu(const at::Tensor& X_in, const at::Tensor& S_in, const at:
   at::parallel_for(0, slabs, 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
       at::Tensor part = partial.select(0, s);
-      hvp_rows(X, S, V_used, s * per_slab, std::min(n, (s + 1) * per_slab), rows, part);
+      hvp_rows(X, S, V_used, s * per_slab, std::min(n, (s + 1) * per_slab), rows, part,
+               margins);
     }
   });
   return out.add_(partial.sum(0).narrow(1, 0, K));
+}
+
+at::Tensor glm_hvp_cpu(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V,
+                       double lam) {
+  return hvp_cpu(X, S, V, lam, at::Tensor(), "glm_hvp");
+}
+
+std::tuple<at::Tensor, at::Tensor> glm_hvp_margins_cpu(const at::Tensor& X, const at::Tensor& S,
+                                                      const at::Tensor& V, double lam) {
+  check_glm_design(X, S, "glm_hvp_margins");
+  at::Tensor margins = at::empty({X.size(0), S.size(1)}, X.options().dtype(V.scalar_type()));
+  at::Tensor out = hvp_cpu(X, S, V, lam, margins, "glm_hvp_margins");
+  return {out, margins};
 }
 
 at::Tensor glm_hessian_cpu(const at::Tensor& X, const at::Tensor& S, double lam) {
@@ -100,6 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> glm_cg_cpu(
 
 TORCH_LIBRARY_IMPL(fastunlearn, CPU, m) {
   m.impl("glm_hvp", &glm_hvp_cpu);
+  m.impl("glm_hvp_margins", &glm_hvp_margins_cpu);
   m.impl("glm_hessian", &glm_hessian_cpu);
   m.impl("glm_cg", &glm_cg_cpu);
 }

@@ -53,6 +53,16 @@ void test_glm_hvp() {
   expect_close(got32, X.t().mm(S * X.mm(V)) + 0.5 * V, 1e-5, "glm_hvp float32");
 }
 
+void test_glm_hvp_margins() {
+  auto X = at::randn({300, 17}, f64), S = at::rand({300, 3}, f64), V = at::randn({17, 3}, f64);
+  auto [out, margins] =
+      op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, double)>(
+          "fastunlearn::glm_hvp_margins")
+          .call(X, S, V, 0.5);
+  expect_close(out, X.t().mm(S * X.mm(V)) + 0.5 * V, 1e-12, "glm_hvp_margins product");
+  expect_close(margins, X.mm(V), 1e-12, "glm_hvp_margins margins");
+}
+
 void test_glm_hessian() {
   auto X = at::randn({200, 9}, f64), S = at::rand({200, 2}, f64);
   auto got = op<Tensor(const Tensor&, const Tensor&, double)>("fastunlearn::glm_hessian")
@@ -169,6 +179,7 @@ void test_bad_input() {
 int main(int argc, char** argv) {
   const std::map<std::string, std::function<void()>> tests = {
       {"glm_hvp", test_glm_hvp},
+      {"glm_hvp_margins", test_glm_hvp_margins},
       {"glm_hessian", test_glm_hessian},
       {"glm_cg", test_glm_cg},
       {"cg_update", test_cg_update},

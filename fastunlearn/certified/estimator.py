@@ -46,6 +46,7 @@ from .math import (
     newton_fit,
     no_tf32,
     normalize_rows,
+    small_problem_threads,
     subsample_membership,
     triangular_apply,
 )
@@ -660,9 +661,10 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             step = torch.linalg.vector_norm(V, dim=0)
             return data_dependent_bound(spectral, step, projected, gamma, self._row_norm_max)
 
-        def hessian_apply(V: Tensor, XV: Tensor) -> Tensor:
-            # (B^T X)^T: a GEMM on X as stored (X^T @ B is several times slower on the CPU)
-            return torch.mm((S * XV).T, X).T + lam_k * V
+        def hessian_and_margins(P: Tensor) -> tuple[Tensor, Tensor]:
+            # H P and X P in one pass over X (glm_hvp_margins); lam differs per class
+            HP, XP = ops.glm_hvp_margins(X, S, P, 0.0)
+            return HP.add_(lam_k * P), XP
 
         def bound_terms(V: Tensor) -> tuple[Tensor, Tensor]:
             XV = X @ V
@@ -684,7 +686,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             # since folded in (Woodbury); it differs from this Hessian only by the small change
             # of w since. Its true residual ||H V - Delta|| is added to the bound; while that
             # residual exceeds CG_BOUND_FRACTION of the step's bound, preconditioned CG
-            # iterations (exact products, two passes over X each) refine the step.
+            # iterations (exact products, one pass over X each) refine the step.
             base = self._removal_factor()
             V = None
             if base.rows + int(rows.numel()) <= base.capacity:
@@ -708,8 +710,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             # CG from zero whose first direction is that solve: the first iterate is the solve
             # scaled by the step length minimising the H-norm error along it
             Pd = precondition(Delta) if V is None else V
-            XP = X @ Pd
-            HP = hessian_apply(Pd, XP)
+            HP, XP = hessian_and_margins(Pd)
             rz = (Delta * Pd).sum(0)
             curvature = (Pd * HP).sum(0)
             alpha = torch.where(curvature > 0, rz / curvature, torch.ones_like(rz))
@@ -728,8 +729,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 rz_new = (R * Zr).sum(0)
                 Pd = Zr + torch.where(rz != 0, rz_new / rz, torch.zeros_like(rz)) * Pd
                 rz = rz_new
-                XP = X @ Pd
-                HP = hessian_apply(Pd, XP)
+                HP, XP = hessian_and_margins(Pd)
                 curvature = (Pd * HP).sum(0)
                 alpha = torch.where(curvature > 0, rz / curvature, torch.zeros_like(rz))
                 V = V + alpha * Pd
@@ -844,7 +844,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         start = time.perf_counter()
         for rows in groups:
             t0 = time.perf_counter()
-            with no_tf32():
+            with no_tf32(), small_problem_threads(self._X):
                 step = self._plan(rows, solver)
                 over = self.budget_used_ + step.bound > self.budget_
                 if over and not retrain:

@@ -13,14 +13,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .base import iterate, make_loader, model_device
+from .base import as_dataset, iterate, make_loader, model_device
 
 __all__ = [
     "check_fraction",
+    "check_inputs",
     "check_number",
     "check_positive_int",
     "class_subset",
     "dataset_tensors",
+    "eval_forward",
+    "freeze",
     "num_outputs",
     "reinitialize",
     "train_ce",
@@ -46,10 +49,44 @@ def check_number(name: str, value: object, minimum: float = 0.0, *, strict: bool
 
 
 def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> None:
-    """Raise TypeError/ValueError unless ``value`` is in ``(0, 1]`` (``[0, 1]`` if allowed)."""
-    check_number(name, value, 0.0, strict=not allow_zero)
-    if value > 1:  # type: ignore[operator]
-        raise ValueError(f"{name} must be <= 1, got {value}")
+    """Raise TypeError/ValueError unless ``value`` is in ``(0, 1]`` (``[0, 1]`` if allowed).
+
+    The one fraction check of every forgetting method (also re-exported by ``_training``).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
+    if not ok:
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+
+
+def check_inputs(
+    config: object, config_cls: type, forget: object, retain: object
+) -> tuple[Dataset, Dataset]:
+    """Check a method's config type and return its forget and retain sets as data sets.
+
+    Raises:
+        TypeError: If ``config`` is not a ``config_cls`` or a data set has the wrong type.
+        ValueError: If a data set is malformed (see :func:`~fastunlearn.forget.base.as_dataset`).
+
+    """
+    if not isinstance(config, config_cls):
+        name = config_cls.__name__
+        article = "an" if name[:1] in "AEIOU" else "a"
+        raise TypeError(f"config must be {article} {name}, got {type(config).__name__}")
+    return as_dataset(forget, "forget"), as_dataset(retain, "retain")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put ``model`` in eval mode and stop gradients to all its parameters (in place).
+
+    Used for distillation teachers and for models only differentiated through (not trained).
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def dataset_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
@@ -70,14 +107,23 @@ def dataset_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
     return x, y.long()
 
 
-@torch.no_grad()
-def num_outputs(model: nn.Module, example: Tensor) -> int:
-    """Count the logits ``model`` produces for one input (evaluated in eval mode)."""
+def eval_forward(model: nn.Module, batch: Tensor) -> Tensor:
+    """Return ``model(batch)`` in eval mode without gradients, restoring the mode after.
+
+    ``batch`` is moved to the model's device first.
+    """
     was_training = model.training
     model.eval()
-    out = model(example[:1].to(model_device(model)))
-    model.train(was_training)
-    return int(out.shape[-1])
+    try:
+        with torch.no_grad():
+            return model(batch.to(model_device(model)))
+    finally:
+        model.train(was_training)
+
+
+def num_outputs(model: nn.Module, example: Tensor) -> int:
+    """Count the logits ``model`` produces for one input (evaluated in eval mode)."""
+    return int(eval_forward(model, example[:1]).shape[-1])
 
 
 def class_subset(labels: Tensor, fraction: float, generator: torch.Generator) -> Tensor:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
+from ._common_b import eval_forward
 from .base import ForgetConfig, as_dataset, clone_model, iterate, make_loader, model_device
 from .checks import check_batch_labels, check_disjoint, check_labels, dataset_labels
 
@@ -32,6 +34,7 @@ __all__ = [
     "random_subset",
     "seeded",
     "train",
+    "train_main_stage",
 ]
 
 _SCHEDULERS = ("none", "cosine", "multistep")
@@ -72,16 +75,6 @@ class SGDConfig(ForgetConfig):
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
 
 
-def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> None:
-    """Raise if ``value`` is not a number in (0, 1] (or [0, 1] with ``allow_zero``)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
-    if not ok:
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-
-
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Run the body with the global RNGs seeded by ``seed``, restoring them afterwards.
@@ -98,13 +91,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def num_outputs(model: nn.Module, dataset: Dataset) -> int:
     """Return the number of logits ``model`` gives for the first example of ``dataset``."""
     x, _ = dataset[0]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.as_tensor(x).unsqueeze(0).to(model_device(model)))
-    finally:
-        model.train(was_training)
+    out = eval_forward(model, torch.as_tensor(x).unsqueeze(0))
     if out.dim() != 2:
         raise ValueError(f"model must return logits [batch, classes], got shape {tuple(out.shape)}")
     return int(out.shape[1])
@@ -218,6 +205,36 @@ def train(
         if sched is not None:
             sched.step()  # type: ignore[attr-defined]
     return model
+
+
+def train_main_stage(
+    model: nn.Module,
+    dataset: Dataset,
+    config: SGDConfig,
+    num_classes: int,
+    desc: str,
+    **options: object,
+) -> nn.Module:
+    """Run :func:`train` at the config's own ``lr`` and ``epochs`` (a method's main stage).
+
+    Most training-based methods end with one stage that trains for ``config.epochs`` at
+    ``config.lr``; this is that call. ``options`` are passed on to :func:`train`
+    (``ascent``, ``use_scheduler``, ``penalty``, ``seed_offset``).
+
+    Returns:
+        ``model``, trained in place.
+
+    """
+    return train(
+        model,
+        dataset,
+        config,
+        lr=config.lr,
+        epochs=config.epochs,
+        num_classes=num_classes,
+        desc=desc,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 class RelabelledDataset(Dataset):

@@ -23,15 +23,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
-    check_fraction,
     kaiming_,
     last_linear,
     prepare,
     random_subset,
     seeded,
-    train,
+    train_main_stage,
 )
 from .base import iterate, make_loader, model_device, register
 
@@ -130,13 +130,5 @@ def activation_reset(
                 kaiming_(weight, mask, gen)
         if config.reset_mlp:
             kaiming_(last_linear(clone).weight, None, gen)
-        train(
-            clone,
-            retain_ds,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="activation_reset",
-        )
+        train_main_stage(clone, retain_ds, config, k, "activation_reset")
     return clone

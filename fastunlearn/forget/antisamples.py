@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from ._common_b import (
     check_fraction,
+    check_inputs,
     check_number,
     check_positive_int,
     class_subset,
@@ -38,7 +39,7 @@ from ._common_b import (
     num_outputs,
     train_ce,
 )
-from .base import ForgetConfig, as_dataset, clone_model, iterate, model_device, register
+from .base import ForgetConfig, clone_model, iterate, model_device, register
 
 __all__ = [
     "ANTISAMPLE_PRESETS",
@@ -362,10 +363,7 @@ def _unlearn(
     model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, config: AntiSampleConfig,
     *, single: bool,
 ) -> nn.Module:
-    if not isinstance(config, AntiSampleConfig):
-        raise TypeError(f"config must be an AntiSampleConfig, got {type(config).__name__}")
-    forget_ds = as_dataset(forget_ds, "forget")
-    retain_ds = as_dataset(retain_ds, "retain")
+    forget_ds, retain_ds = check_inputs(config, AntiSampleConfig, forget_ds, retain_ds)
     xf, yf = dataset_tensors(forget_ds)
     xr, yr = dataset_tensors(retain_ds)
     if xf.shape[1:] != xr.shape[1:]:

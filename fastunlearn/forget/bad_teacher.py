@@ -17,10 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from ._common_b import check_fraction, check_number, dataset_tensors, reinitialize
+from ._common_b import (
+    check_fraction,
+    check_inputs,
+    check_number,
+    dataset_tensors,
+    freeze,
+    reinitialize,
+)
 from .base import (
     ForgetConfig,
-    as_dataset,
     clone_model,
     iterate,
     make_loader,
@@ -82,16 +88,10 @@ def bad_teacher(
         The student after ``config.epochs`` epochs.
 
     """
-    if not isinstance(config, BadTeacherConfig):
-        raise TypeError(f"config must be a BadTeacherConfig, got {type(config).__name__}")
-    forget_ds = as_dataset(forget_ds, "forget")
-    retain_ds = as_dataset(retain_ds, "retain")
-    good = clone_model(model).eval()
+    forget_ds, retain_ds = check_inputs(config, BadTeacherConfig, forget_ds, retain_ds)
+    good = freeze(clone_model(model))
     bad_seed = config.seed + 1 if config.incompetent_seed is None else config.incompetent_seed
-    bad = reinitialize(clone_model(model), bad_seed).eval()
-    for teacher in (good, bad):
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+    bad = freeze(reinitialize(clone_model(model), bad_seed))
     student = clone_model(model)
     device = model_device(student)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, prepare, seeded, train
+from ._training import SGDConfig, prepare, seeded, train_main_stage
 from .base import model_device, register
 
 __all__ = ["FinetuneConfig", "finetune"]
@@ -37,13 +37,5 @@ def finetune(
     """Train a copy of ``model`` on ``retain`` with cross-entropy (the forget set is unused)."""
     clone, _, retain_ds, k = prepare(model, forget, retain, config, FinetuneConfig)
     with seeded(config.seed, model_device(clone)):
-        train(
-            clone,
-            retain_ds,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="finetune",
-        )
+        train_main_stage(clone, retain_ds, config, k, "finetune")
     return clone

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, check_fraction, make_optimizer, prepare, seeded, train
+from ._common_b import check_fraction
+from ._training import (
+    SGDConfig,
+    make_optimizer,
+    prepare,
+    seeded,
+    train_main_stage,
+)
 from .base import iterate, make_loader, model_device, register
 from .checks import check_batch_labels
 
@@ -41,16 +48,7 @@ def neggrad(model: nn.Module, forget: Dataset, retain: Dataset, config: NegGradC
     """Maximise the cross-entropy of a copy of ``model`` on ``forget`` (retain unused)."""
     clone, forget_ds, _, k = prepare(model, forget, retain, config, NegGradConfig)
     with seeded(config.seed, model_device(clone)):
-        train(
-            clone,
-            forget_ds,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="neggrad",
-            ascent=True,
-        )
+        train_main_stage(clone, forget_ds, config, k, "neggrad", ascent=True)
     return clone
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, prepare, seeded, train
+from ._training import SGDConfig, prepare, seeded, train_main_stage
 from .base import _check_float, model_device, register
 
 __all__ = ["L1SparseConfig", "l1_sparse"]
@@ -59,14 +59,5 @@ def l1_sparse(
         return gamma * sum(p.abs().sum() for p in params)  # type: ignore[return-value]
 
     with seeded(config.seed, model_device(clone)):
-        train(
-            clone,
-            retain_ds,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="l1_sparse",
-            penalty=penalty,
-        )
+        train_main_stage(clone, retain_ds, config, k, "l1_sparse", penalty=penalty)
     return clone

@@ -20,15 +20,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
-    check_fraction,
     kaiming_,
     last_linear,
     prepare,
     random_subset,
     seeded,
     train,
+    train_main_stage,
 )
 from .base import _check_float, _check_int, model_device, register
 
@@ -163,15 +164,7 @@ def _prune_and_finetune(
             names = {n for n, p in clone.named_parameters() if p is head.weight}
         masks = movement_masks(clone, moved, config.quantile, names)
         _reinit(clone, masks, config.seed)
-        train(
-            clone,
-            retain_ds,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc=f"{desc}:retain",
-        )
+        train_main_stage(clone, retain_ds, config, k, f"{desc}:retain")
     return clone
 
 
@@ -267,13 +260,5 @@ def pruning_complex(
         mask_f = movement_masks(clone, moved_f, config.quantile)
         mask_r = movement_masks(clone, moved_r, config.quantile)
         _reinit(clone, {n: mask_f[n] & mask_r[n] for n in mask_f}, config.seed)
-        train(
-            clone,
-            retain_ds,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="pruning_complex:retain",
-        )
+        train_main_stage(clone, retain_ds, config, k, "pruning_complex:retain")
     return clone

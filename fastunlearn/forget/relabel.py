@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from ._training import RelabelledDataset, SGDConfig, prepare, seeded, train
+from ._training import RelabelledDataset, SGDConfig, prepare, seeded, train, train_main_stage
 from .base import _check_float, _check_int, model_device, register
 
 __all__ = [
@@ -51,15 +51,7 @@ def random_labels(
     clone, forget_ds, _, k = prepare(model, forget, retain, config, RandomLabelsConfig)
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
     with seeded(config.seed, model_device(clone)):
-        train(
-            clone,
-            poisoned,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="random_labels",
-        )
+        train_main_stage(clone, poisoned, config, k, "random_labels")
     return clone
 
 
@@ -93,15 +85,7 @@ def poison_full(
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
     union = ConcatDataset([retain_ds, poisoned])
     with seeded(config.seed, model_device(clone)):
-        train(
-            clone,
-            union,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="poison_full",
-        )
+        train_main_stage(clone, union, config, k, "poison_full")
     return clone
 
 
@@ -152,15 +136,7 @@ def two_stage(
             desc="two_stage:forget",
             use_scheduler=False,
         )
-        train(
-            clone,
-            retain_ds,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="two_stage:retain",
-            use_scheduler=False,
-            seed_offset=1,
+        train_main_stage(
+            clone, retain_ds, config, k, "two_stage:retain", use_scheduler=False, seed_offset=1
         )
     return clone

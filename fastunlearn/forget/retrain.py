@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, prepare, seeded, train
+from ._training import SGDConfig, prepare, seeded, train_main_stage
 from .base import model_device, register
 
 __all__ = ["RetrainConfig", "reinitialize", "retrain"]
@@ -70,13 +70,5 @@ def retrain(model: nn.Module, forget: Dataset, retain: Dataset, config: RetrainC
     clone, _, retain_ds, k = prepare(model, forget, retain, config, RetrainConfig)
     with seeded(config.seed, model_device(clone)):
         reinitialize(clone)
-        train(
-            clone,
-            retain_ds,
-            config,
-            lr=config.lr,
-            epochs=config.epochs,
-            num_classes=k,
-            desc="retrain",
-        )
+        train_main_stage(clone, retain_ds, config, k, "retrain")
     return clone

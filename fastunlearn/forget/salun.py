@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_fraction, dataset_tensors, num_outputs, train_ce
+from ._common_b import check_fraction, check_inputs, dataset_tensors, num_outputs, train_ce
 from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
 
 __all__ = ["SalUnConfig", "salun", "saliency_mask"]
@@ -105,10 +105,7 @@ def salun(
         The new model.
 
     """
-    if not isinstance(config, SalUnConfig):
-        raise TypeError(f"config must be a SalUnConfig, got {type(config).__name__}")
-    forget_ds = as_dataset(forget_ds, "forget")
-    retain_ds = as_dataset(retain_ds, "retain")
+    forget_ds, retain_ds = check_inputs(config, SalUnConfig, forget_ds, retain_ds)
     masks = saliency_mask(model, forget_ds, config.mask_ratio, batch_size=config.batch_size)
     new = clone_model(model)
     xf, yf = dataset_tensors(forget_ds)

@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_number, check_positive_int
+from ._common_b import check_inputs, check_number, check_positive_int, freeze
 from .base import (
     ForgetConfig,
-    as_dataset,
     clone_model,
     iterate,
     make_loader,
@@ -107,13 +106,8 @@ def scrub(
         The student after ``config.epochs`` SCRUB epochs.
 
     """
-    if not isinstance(config, ScrubConfig):
-        raise TypeError(f"config must be a ScrubConfig, got {type(config).__name__}")
-    forget_ds = as_dataset(forget_ds, "forget")
-    retain_ds = as_dataset(retain_ds, "retain")
-    teacher = clone_model(model).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    forget_ds, retain_ds = check_inputs(config, ScrubConfig, forget_ds, retain_ds)
+    teacher = freeze(clone_model(model))
     student = clone_model(model)
     device = model_device(student)
     opt = torch.optim.SGD(

@@ -25,8 +25,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_number, check_positive_int, dataset_tensors, num_outputs, train_ce
-from .base import ForgetConfig, as_dataset, clone_model, iterate, model_device, register
+from ._common_b import (
+    check_inputs,
+    check_number,
+    check_positive_int,
+    dataset_tensors,
+    freeze,
+    num_outputs,
+    train_ce,
+)
+from .base import ForgetConfig, clone_model, iterate, model_device, register
 
 __all__ = ["UnsirConfig", "error_maximizing_noise", "unsir", "unsir_noise_set"]
 
@@ -109,9 +117,7 @@ def error_maximizing_noise(
     check_positive_int("target_class", target_class, 0)
     check_positive_int("n", n)
     check_positive_int("steps", steps, 0)
-    work = clone_model(model).eval()
-    for p in work.parameters():
-        p.requires_grad_(False)
+    work = freeze(clone_model(model))
     device = model_device(work)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, *shape), generator=gen, dtype=dtype).to(device).requires_grad_(True)
@@ -178,10 +184,7 @@ def unsir(
         The model after repair.
 
     """
-    if not isinstance(config, UnsirConfig):
-        raise TypeError(f"config must be an UnsirConfig, got {type(config).__name__}")
-    forget_ds = as_dataset(forget_ds, "forget")
-    retain_ds = as_dataset(retain_ds, "retain")
+    forget_ds, retain_ds = check_inputs(config, UnsirConfig, forget_ds, retain_ds)
     xf, yf = dataset_tensors(forget_ds)
     xr, yr = dataset_tensors(retain_ds)
     new = clone_model(model)

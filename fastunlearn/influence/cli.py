@@ -10,26 +10,28 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["add_parser", "run"]
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
     return value
@@ -56,6 +58,28 @@ def _non_negative(text: str) -> float:
 
 def _tau(text: str) -> float | str:
     return "auto" if text == "auto" else _positive(text)
+
+
+def _add_run_options(
+    p: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]
+) -> None:
+    """Add the options every experiment command ends with and set ``func`` as its runner.
+
+    ``--no-plots``, ``--progress`` and ``--json`` (print the result JSON to stdout).
+    """
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result JSON to stdout")
+    p.set_defaults(func=func)
+
+
+def _finish(files: dict[str, str], result: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print the written files (and, with ``--json``, the result) of an experiment; return 0."""
+    for kind, path in files.items():
+        print(f"wrote {kind}: {path}")
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -115,10 +139,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="use only the first n training rows (0: all)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--result-dir", default="results", help="where JSON/PNG/Markdown go")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print the result JSON to stdout")
-    p.set_defaults(func=run)
+    _add_run_options(p, run)
     return p
 
 
@@ -158,8 +179,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:>9}: repaired {p['acc_after']:.4f}  restored {pct}  residual "
               f"{p['residual']:.4g}  {p['seconds']:.2f} s  gradients {p['num_gradients']}  "
               f"HVPs {p['num_hvps']}")
-    for kind, path in files.items():
-        print(f"wrote {kind}: {path}")
-    if args.json:
-        print(json.dumps(result, default=str))
-    return 0
+    return _finish(files, result, args)

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -474,11 +475,7 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.0, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _agg_figure(7.0, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     tr = result["training"]
     for name, p in result["protocols"].items():
@@ -495,6 +492,24 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_title("Label-poisoning repair")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    return _save_png(fig, path)
+
+
+def _agg_figure(width: float, height: float) -> Any:
+    """Return a ``width`` x ``height`` inch matplotlib figure (100 dpi) on an Agg canvas.
+
+    Drawn off-screen (no pyplot, no display), so reports render on headless machines.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Lay out a matplotlib figure and save it as PNG at ``path`` (folders created)."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -510,15 +525,38 @@ def write_outputs(
         Kind (``json``, ``plot``, ``markdown``) -> path.
 
     """
+    stem = f"repair_{result['data']['dataset']}"
+    return _write_report_files(
+        result, out_dir, stem, render=render_report, plot=_plot if plots else None
+    )
+
+
+def _write_report_files(
+    result: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    stem: str,
+    *,
+    render: Callable[[dict[str, Any], str | None], str],
+    plot: Callable[[dict[str, Any], Path], Path] | None,
+) -> dict[str, str]:
+    """Write ``<stem>.json``, ``<stem>.md`` and (with ``plot``) ``<stem>.png`` into ``out_dir``.
+
+    The shared writer of the experiment reports. ``result`` gains a ``files`` entry (kind ->
+    path) before it is written; ``render(result, plot_name)`` gives the Markdown, with the
+    figure's file name (relative to ``out_dir``) or None.
+
+    Returns:
+        Kind (``json``, ``markdown`` and, with ``plot``, ``plot``) -> path.
+
+    """
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"repair_{result['data']['dataset']}"
     files = {"json": str(folder / f"{stem}.json"), "markdown": str(folder / f"{stem}.md")}
-    if plots:
-        files["plot"] = str(_plot(result, folder / f"{stem}.png"))
+    if plot is not None:
+        files["plot"] = str(plot(result, folder / f"{stem}.png"))
     result = {**result, "files": files}
     Path(files["json"]).write_text(json.dumps(_json_ready(result), indent=2) + "\n")
-    plot_rel = Path(files["plot"]).name if plots else None
-    Path(files["markdown"]).write_text(render_report(result, plot_rel))
+    plot_rel = Path(files["plot"]).name if plot is not None else None
+    Path(files["markdown"]).write_text(render(result, plot_rel))
     return files
 

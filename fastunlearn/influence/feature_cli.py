@@ -7,11 +7,18 @@ Wire it into ``fastunlearn/cli.py`` with ``from .influence import feature_cli`` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from .cli import _non_negative, _non_negative_int, _positive, _positive_int, _tau
+from .cli import (
+    _add_run_options,
+    _finish,
+    _non_negative,
+    _non_negative_int,
+    _positive,
+    _positive_int,
+    _tau,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -88,10 +95,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=_positive, default=0.1)
     p.add_argument("--delta", type=_positive, default=0.01)
     p.add_argument("--out", default="results", help="where JSON/PNG/Markdown go")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print the result JSON to stdout")
-    p.set_defaults(func=run)
+    _add_run_options(p, run)
     return p
 
 
@@ -125,8 +129,4 @@ def run(args: argparse.Namespace) -> int:
         for name, m in lin["methods"].items():
             print(f"certified linear {name}: residual {m['residual']:.4g}  sigma required "
                   f"{m['sigma_required']:.4g}")
-    for kind, path in files.items():
-        print(f"wrote {kind}: {path}")
-    if args.json:
-        print(json.dumps(result, default=str))
-    return 0
+    return _finish(files, result, args)

@@ -30,7 +30,6 @@ standardised with the training split's mean and standard deviation.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -44,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from .drivers import predict, replace_features, unlearn_features
-from .experiment import _json_ready
+from .experiment import _agg_figure, _json_ready, _save_png, _write_report_files
 from .gradients import default_loss, loss_gradient
 from .linear import fit_logistic, linear_influence_update
 
@@ -610,11 +609,7 @@ def render_feature_report(result: dict[str, Any], plot: str | None = None) -> st
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.0, 3.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _agg_figure(9.0, 3.8)
     ax, bx = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     m = result["methods"]
     labels = ["original", "first order", "second order", "retrained"]
@@ -635,10 +630,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     bx.tick_params(axis="x", labelsize=8)
     for a in (ax, bx):
         a.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save_png(fig, path)
 
 
 def write_feature_outputs(
@@ -650,14 +642,7 @@ def write_feature_outputs(
         Kind (``json``, ``plot``, ``markdown``) -> path.
 
     """
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     stem = f"features_{result['data']['dataset']}"
-    files = {"json": str(folder / f"{stem}.json"), "markdown": str(folder / f"{stem}.md")}
-    if plots:
-        files["plot"] = str(_plot(result, folder / f"{stem}.png"))
-    result = {**result, "files": files}
-    Path(files["json"]).write_text(json.dumps(_json_ready(result), indent=2) + "\n")
-    plot_rel = Path(files["plot"]).name if plots else None
-    Path(files["markdown"]).write_text(render_feature_report(result, plot_rel))
-    return files
+    return _write_report_files(
+        result, out_dir, stem, render=render_feature_report, plot=_plot if plots else None
+    )

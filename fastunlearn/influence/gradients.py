@@ -143,6 +143,32 @@ def _grad_of(
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves, strict=True)]
 
 
+def _chunked_gradient(
+    model: nn.Module,
+    names: Sequence[str],
+    num_rows: int,
+    chunk_size: int | None,
+    chunk_loss: Callable[[dict[str, Tensor], int, int], Tensor],
+) -> Tensor:
+    """Sum over row chunks of the gradient of ``chunk_loss(state, start, stop)``, flattened.
+
+    The shared loop of :func:`loss_gradient` and :func:`gradient_difference`: rows
+    ``0 .. num_rows - 1`` are split into chunks of ``chunk_size`` (None: one chunk), each chunk's
+    loss is differentiated w.r.t. the parameters ``names`` (model in eval mode) and the
+    flat gradients are added up. Returns Tensor[P] in ``named_parameters()`` order.
+    """
+    named = dict(model.named_parameters())
+    total = flatten_params(torch.zeros_like(named[n]) for n in names)
+    for start, stop in _chunks(num_rows, chunk_size):
+
+        def loss(st: dict[str, Tensor], start: int = start, stop: int = stop) -> Tensor:
+            return chunk_loss(st, start, stop)
+
+        with eval_mode(model):
+            total += flatten_params(_grad_of(model, names, loss))
+    return total
+
+
 def loss_gradient(
     model: nn.Module,
     loss_fn: LossFn,
@@ -167,17 +193,11 @@ def loss_gradient(
 
     """
     names = selected_parameter_names(model, params)
-    named = dict(model.named_parameters())
-    total = flatten_params(torch.zeros_like(named[n]) for n in names)
-    for start, stop in _chunks(inputs.shape[0], chunk_size):
-        x, y = inputs[start:stop], targets[start:stop]
 
-        def loss(st: dict[str, Tensor], x: Tensor = x, y: Tensor = y) -> Tensor:
-            return loss_fn(functional_call(model, st, (x,)), y)
+    def loss(st: dict[str, Tensor], start: int, stop: int) -> Tensor:
+        return loss_fn(functional_call(model, st, (inputs[start:stop],)), targets[start:stop])
 
-        with eval_mode(model):
-            total += flatten_params(_grad_of(model, names, loss))
-    return total
+    return _chunked_gradient(model, names, inputs.shape[0], chunk_size, loss)
 
 
 def gradient_difference(
@@ -212,21 +232,13 @@ def gradient_difference(
 
     """
     names = selected_parameter_names(model, params)
-    named = dict(model.named_parameters())
-    total = flatten_params(torch.zeros_like(named[n]) for n in names)
-    for start, stop in _chunks(inputs.shape[0], chunk_size):
-        x, y = inputs[start:stop], targets[start:stop]
+
+    def diff(st: dict[str, Tensor], start: int, stop: int) -> Tensor:
         xn, yn = new_inputs[start:stop], new_targets[start:stop]
+        new = loss_fn(functional_call(model, st, (xn,)), yn)
+        return new - loss_fn(functional_call(model, st, (inputs[start:stop],)), targets[start:stop])
 
-        def diff(
-            st: dict[str, Tensor], x: Tensor = x, y: Tensor = y, xn: Tensor = xn, yn: Tensor = yn
-        ) -> Tensor:
-            new = loss_fn(functional_call(model, st, (xn,)), yn)
-            return new - loss_fn(functional_call(model, st, (x,)), y)
-
-        with eval_mode(model):
-            total += flatten_params(_grad_of(model, names, diff))
-    return total
+    return _chunked_gradient(model, names, inputs.shape[0], chunk_size, diff)
 
 
 def check_sum_reduction(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor) -> None:

@@ -37,6 +37,13 @@ the counts of each gap. The cost per example is (right edges) x (models) instead
 builds (numpy's linspace is reproduced and torch's is called), so the decisions match it
 exactly. Examples without any usable threshold (the official code stops with an
 assertion) get nan, which earns 0 points.
+
+Where the compiled library has a kernel for the inputs' device, the epsilons come from the
+fused op ``torch.ops.fastunlearn.competition_epsilons`` (:mod:`fastunlearn.ops.competition`:
+one sort per example and a sweep over the gaps, examples in parallel on the CPU, one CUDA
+block per example), fed with the same single-threshold grid (``torch.linspace``, built here)
+and the same float32 epsilon table, so both paths give identical epsilons; the vectorised
+torch path above is the fallback.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._extension import has_kernel
 from ._checks import check_delta, pair_of_stats, stacked_logits
 from ._reduce import median
 from .statistics import logit_scaled_confidence
@@ -55,6 +63,7 @@ from .statistics import logit_scaled_confidence
 __all__ = [
     "CompetitionResult",
     "competition_epsilons",
+    "epsilon_table",
     "competition_score",
     "final_score",
     "forget_score",
@@ -77,10 +86,13 @@ def _eps_table(n_pos: int, n_neg: int, delta: float, device: torch.device) -> Te
 
     inf where FP = FN = 0, -inf (discarded) where exactly one is zero or both log terms
     are nan; otherwise the clipped nan-max, computed in float32 as the official code does.
+    Always computed on the CPU (where the official code runs) and then moved to
+    ``device``: a GPU's float32 log may round differently, and every device must give the
+    same epsilons.
     """
-    fpr = (torch.arange(n_neg + 1, dtype=torch.float32, device=device) / n_neg)[:, None]
-    fnr = (torch.arange(n_pos + 1, dtype=torch.float32, device=device) / n_pos)[None, :]
-    a = torch.tensor(1.0 - delta, dtype=torch.float32, device=device)
+    fpr = (torch.arange(n_neg + 1, dtype=torch.float32) / n_neg)[:, None]
+    fnr = (torch.arange(n_pos + 1, dtype=torch.float32) / n_pos)[None, :]
+    a = torch.tensor(1.0 - delta, dtype=torch.float32)
     t1 = torch.log(a - fpr) - torch.log(fnr)
     t2 = torch.log(a - fnr) - torch.log(fpr)
     t1, t2 = torch.broadcast_tensors(t1, t2)
@@ -89,7 +101,8 @@ def _eps_table(n_pos: int, n_neg: int, delta: float, device: torch.device) -> Te
     fp0, fn0 = fpr == 0, fnr == 0
     val = torch.where(fp0 ^ fn0, -torch.inf, val)
     val = torch.where(fp0 & fn0, torch.inf, val)
-    return val.nan_to_num(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf).float()
+    val = val.nan_to_num(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf).float()
+    return val.to(device)
 
 
 def _torch_linspace(start: Tensor, end: Tensor, steps: Tensor, width: int) -> Tensor:
@@ -327,6 +340,68 @@ def _group_epsilons(pos: Tensor, neg: Tensor, delta: float) -> Tensor:
     return out
 
 
+def epsilon_table(n_pos: int, n_neg: int, delta: float = DEFAULT_DELTA,
+                  device: torch.device | str = "cpu") -> Tensor:
+    """Return the float32 epsilon of every ``(FP, FN)`` pair, ``[n_neg + 1, n_pos + 1]``.
+
+    Rates ``FP / n_neg`` and ``FN / n_pos`` and the logarithms in float32 as the official
+    code computes them; ``inf`` where FP = FN = 0, ``-inf`` (discarded) where exactly one is
+    zero or both log terms are nan, otherwise the clipped nan-max of the two log ratios.
+    """
+    return _eps_table(n_pos, n_neg, delta, torch.device(device))
+
+
+def _single_grids(r: Tensor, u: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:
+    """Each example's single-threshold grid (``torch.linspace`` on the CPU), concatenated.
+
+    Examples flagged in ``skip`` get an empty grid. Returns ``(grid [T], offsets [S + 1])``
+    on the inputs' device.
+    """
+    lo = torch.minimum(r.amin(1), u.amin(1))
+    hi = torch.maximum(r.amax(1), u.amax(1))
+    steps = torch.ceil((hi - lo) * THRESHOLDS_PER_UNIT).to(torch.int64).masked_fill(skip, 0)
+    pieces = [torch.linspace(a, b, n, dtype=torch.float64)
+              for a, b, n in zip(lo.tolist(), hi.tolist(), steps.tolist(), strict=True)
+              if n > 0]
+    grid = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.float64)
+    offsets = torch.zeros(r.shape[0] + 1, dtype=torch.int64)
+    offsets[1:] = steps.cpu().cumsum(0)
+    return grid.to(r.device), offsets.to(r.device)
+
+
+def _op_available(device_type: str) -> bool:
+    """Whether the compiled op has a kernel for ``device_type`` (False for an older build)."""
+    try:
+        return bool(has_kernel("competition_epsilons", device_type))
+    except RuntimeError:  # a compiled library from before the op existed
+        return False
+
+
+def _epsilons_op(r: Tensor, u: Tensor, delta: float) -> Tensor:
+    """Clipped per-example epsilons from the fused op (float64 ``[S, N]``, ``[S, M]``)."""
+    from ..ops.competition import competition_epsilons as op
+
+    rd = r.amax(1) - r.amin(1)
+    ud = u.amax(1) - u.amin(1)
+    peaky = torch.minimum(rd, ud) / torch.maximum(rd, ud) < PEAKY_RATIO  # 0/0: not peaky
+    grid, offsets = _single_grids(r, u, peaky)
+    N, M = r.shape[1], u.shape[1]
+    return op(r, u, grid, offsets, _eps_table(N, M, delta, r.device),
+              _eps_table(M, N, delta, r.device))
+
+
+def _epsilons_torch(r: Tensor, u: Tensor, delta: float) -> Tensor:
+    """Clipped per-example epsilons by the vectorised torch path (float64 inputs)."""
+    retrained_positive = median(r, 1) > median(u, 1)
+    eps = torch.full((r.shape[0],), torch.nan, dtype=torch.float64, device=r.device)
+    for flag in (True, False):
+        idx = (retrained_positive == flag).nonzero().squeeze(1)
+        if idx.numel():
+            pos, neg = (r[idx], u[idx]) if flag else (u[idx], r[idx])
+            eps[idx] = _group_epsilons(pos, neg, delta)
+    return eps.clamp(0.0, EPSILON_CAP)
+
+
 def competition_epsilons(
     retrained: Any, unlearned: Any, *, delta: float = DEFAULT_DELTA
 ) -> Tensor:
@@ -340,20 +415,18 @@ def competition_epsilons(
     Returns:
         float64 ``[S]`` on the inputs' device; nan where no threshold is usable.
 
+    Uses the compiled op where it has a kernel for the device, the vectorised torch path
+    otherwise; both give identical epsilons.
+
     Raises:
         ValueError: On mismatched shapes, non-finite input or ``delta`` outside [0, 1).
 
     """
     delta = check_delta(delta)
     r, u = pair_of_stats(retrained, unlearned)
-    retrained_positive = median(r, 1) > median(u, 1)
-    eps = torch.full((r.shape[0],), torch.nan, dtype=torch.float64, device=r.device)
-    for flag in (True, False):
-        idx = (retrained_positive == flag).nonzero().squeeze(1)
-        if idx.numel():
-            pos, neg = (r[idx], u[idx]) if flag else (u[idx], r[idx])
-            eps[idx] = _group_epsilons(pos, neg, delta)
-    return eps.clamp(0.0, EPSILON_CAP)
+    if _op_available(r.device.type):
+        return _epsilons_op(r, u, delta)
+    return _epsilons_torch(r, u, delta)
 
 
 def score_bins(num_models: int) -> list[tuple[float, float, float]]:

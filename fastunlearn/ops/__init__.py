@@ -1,7 +1,8 @@
 """Typed wrappers around the compiled ``torch.ops.fastunlearn`` operators.
 
 Families: GLM curvature (:mod:`.glm`), generic CG support (:mod:`.cg`), per-sample
-gradients of linear-like layers (:mod:`.per_sample`) and neighbour search (:mod:`.knn`).
+gradients of linear-like layers (:mod:`.per_sample`), neighbour search (:mod:`.knn`) and
+the competition metric's per-example epsilon (:mod:`.competition`).
 Float64 oracles for all of them are in :mod:`.reference`.
 """
 
@@ -10,7 +11,15 @@ Float64 oracles for all of them are in :mod:`.reference`.
 from .. import _extension  # noqa: F401  # isort: skip
 from . import reference
 from .cg import cg_update_
-from .glm import CGResult, glm_cg, glm_hessian, glm_hvp, jacobi_inverse_diagonal
+from .competition import competition_epsilons
+from .glm import (
+    CGResult,
+    glm_cg,
+    glm_hessian,
+    glm_hvp,
+    glm_hvp_margins,
+    jacobi_inverse_diagonal,
+)
 from .knn import farthest_k, knn_extreme, nearest_k
 from .per_sample import (
     per_sample_dot,
@@ -22,6 +31,7 @@ from .per_sample import (
 #: Every op in the ``fastunlearn`` namespace.
 OP_NAMES = (
     "glm_hvp",
+    "glm_hvp_margins",
     "glm_hessian",
     "glm_cg",
     "cg_update_",
@@ -30,6 +40,7 @@ OP_NAMES = (
     "per_sample_dot",
     "per_sample_weighted_sum",
     "knn_extreme",
+    "competition_epsilons",
 )
 
 __all__ = [
@@ -37,6 +48,7 @@ __all__ = [
     "reference",
     # GLM curvature
     "glm_hvp",
+    "glm_hvp_margins",
     "glm_hessian",
     "glm_cg",
     "CGResult",
@@ -52,4 +64,6 @@ __all__ = [
     "knn_extreme",
     "farthest_k",
     "nearest_k",
+    # evaluation metrics
+    "competition_epsilons",
 ]

@@ -14,7 +14,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["CGResult", "glm_cg", "glm_hessian", "glm_hvp", "jacobi_inverse_diagonal"]
+__all__ = [
+    "CGResult",
+    "glm_cg",
+    "glm_hessian",
+    "glm_hvp",
+    "glm_hvp_margins",
+    "jacobi_inverse_diagonal",
+]
 
 
 class CGResult(NamedTuple):
@@ -73,6 +80,34 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
     for name, t in (("X", X), ("S", S), ("V", V)):
         _check_tensor(t, name)
     return torch.ops.fastunlearn.glm_hvp.default(X, S, V, _check_lam(lam))
+
+
+def glm_hvp_margins(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """:func:`glm_hvp` and the margins ``X V`` it computes on the way, in one pass over X.
+
+    A caller that needs both (the certified CG removal step: ``X V`` updates the cached
+    margins and enters the bound) saves the second pass ``X @ V`` would cost. Not
+    differentiable (use :func:`glm_hvp` for autograd).
+
+    Args:
+        X (Tensor[n, d]): design matrix (float32 or float64).
+        S (Tensor[n, K]): per-row, per-class curvature weights.
+        V (Tensor[d, K]): one vector per class.
+        lam (float): L2 regularisation, >= 0.
+
+    Returns:
+        tuple[Tensor[d, K], Tensor[n, K]]: ``X^T (S * (X V)) + lam V`` and ``X V``.
+
+    Raises:
+        TypeError: if an argument has the wrong Python type.
+        ValueError: if ``lam`` is negative or not finite.
+        RuntimeError: if shapes, dtypes or devices do not match (the message names the
+            argument).
+
+    """
+    for name, t in (("X", X), ("S", S), ("V", V)):
+        _check_tensor(t, name)
+    return torch.ops.fastunlearn.glm_hvp_margins.default(X, S, V, _check_lam(lam))
 
 
 def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
@@ -237,6 +272,13 @@ def _glm_hvp_fake(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
     _check_design("glm_hvp", X, S)
     _check_dk("glm_hvp", "V", V, X, S)
     return V.new_empty((X.shape[1], S.shape[1]))
+
+
+@torch.library.register_fake("fastunlearn::glm_hvp_margins")
+def _glm_hvp_margins_fake(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    _check_design("glm_hvp_margins", X, S)
+    _check_dk("glm_hvp_margins", "V", V, X, S)
+    return V.new_empty((X.shape[1], S.shape[1])), V.new_empty((X.shape[0], S.shape[1]))
 
 
 @torch.library.register_fake("fastunlearn::glm_hessian")

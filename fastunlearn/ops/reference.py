@@ -7,11 +7,14 @@ also a slow fallback for users without the compiled library.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 __all__ = [
     "glm_hvp",
+    "glm_hvp_margins",
     "glm_hessian",
     "glm_cg",
     "cg_update_",
@@ -20,6 +23,7 @@ __all__ = [
     "per_sample_dot",
     "per_sample_weighted_sum",
     "knn_extreme",
+    "competition_epsilons",
 ]
 
 
@@ -31,6 +35,13 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
     """``X^T (S * (X V)) + lam V`` -> [d, K]."""
     X, S, V = _d(X), _d(S), _d(V)
     return X.T @ (S * (X @ V)) + lam * V
+
+
+def glm_hvp_margins(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """``(X^T (S * (X V)) + lam V, X V)`` -> ([d, K], [n, K])."""
+    X, S, V = _d(X), _d(S), _d(V)
+    XV = X @ V
+    return X.T @ (S * XV) + lam * V, XV
 
 
 def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
@@ -135,3 +146,63 @@ def knn_extreme(Q: Tensor, P: Tensor, k: int, largest: bool) -> tuple[Tensor, Te
     # stable sort on the key gives smallest-index tie breaking
     order = torch.sort(-D if largest else D, dim=1, stable=True).indices[:, :k]
     return torch.gather(D, 1, order), order
+
+
+def _np_median(x: Tensor) -> float:
+    s = torch.sort(x).values
+    lo, hi = float(s[(len(s) - 1) // 2]), float(s[len(s) // 2])
+    return lo if lo == hi else (lo + hi) / 2
+
+
+def _np_linspace(start: Tensor, stop: Tensor, num: int) -> Tensor:
+    """Rows of ``numpy.linspace(start, stop, num)`` (``i * step + start``, last = stop)."""
+    i = torch.arange(num, dtype=torch.float64)
+    out = i * ((stop - start) / (num - 1))[..., None] + start[..., None]
+    out[..., -1] = stop
+    return out
+
+
+def competition_epsilons(
+    retrained: Tensor,
+    unlearned: Tensor,
+    grid: Tensor,
+    grid_offsets: Tensor,
+    table_r: Tensor,
+    table_u: Tensor,
+) -> Tensor:
+    """Competition epsilons by brute force: every threshold of both families counted.
+
+    One example at a time, as the official ``metric.py``: positive group by median, the
+    peaky rule, the given single-threshold grid (positive if ``f >= t``) and all
+    ``right x 400`` intervals (positive if ``l <= f <= r``, empty intervals included),
+    each looked up in the epsilon table of its positive group. -> float64 [S].
+    """
+    r, u = _d(retrained).cpu(), _d(unlearned).cpu()
+    grid, off = _d(grid).cpu(), grid_offsets.cpu().tolist()
+    tables = {True: table_r.cpu(), False: table_u.cpu()}
+    out = torch.empty(r.shape[0], dtype=torch.float64)
+    for s in range(r.shape[0]):
+        pos_r = _np_median(r[s]) > _np_median(u[s])
+        pos, neg = (r[s], u[s]) if pos_r else (u[s], r[s])
+        pd, nd = float(pos.max() - pos.min()), float(neg.max() - neg.min())
+        largest, smallest = (pd, nd) if pd > nd else (nd, pd)
+        if largest > 0 and smallest / largest < 0.01:
+            out[s] = 50.0
+            continue
+        t = grid[off[s]:off[s + 1]]
+        fn = (pos[:, None] < t).sum(0)
+        fp = (neg[:, None] >= t).sum(0)
+        vals = [tables[pos_r][fp, fn]]
+        a, b, a_r = (neg, pos, not pos_r) if pd >= nd else (pos, neg, pos_r)
+        w = a.max() - a.min()
+        lo, hi = a.min() + w - 2.0, a.max() + 2.0
+        right = _np_linspace(lo, hi, int(math.ceil(float(hi - lo) * 100)))
+        centre = right - w
+        left = _np_linspace(centre - 2.0, centre + 2.0, 400)  # [R, 400]
+        rr = right[:, None, None]
+        tp = ((left[..., None] <= a) & (a <= rr)).sum(-1)
+        fp = ((left[..., None] <= b) & (b <= rr)).sum(-1)
+        vals.append(tables[a_r][fp, a.numel() - tp].reshape(-1))
+        best = float(torch.cat(vals).max())
+        out[s] = math.nan if best == -math.inf else min(max(best, 0.0), 50.0)
+    return out

@@ -211,3 +211,22 @@ def test_no_tf32_restores_flags_even_on_error():
 def test_module_exports():
     for name in cmath.__all__:
         assert hasattr(cmath, name)
+
+
+def test_small_problem_threads_runs_small_cpu_problems_on_one_thread():
+    from fastunlearn.certified.math import SINGLE_THREAD_ENTRIES, small_problem_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with small_problem_threads(torch.zeros(10, 10)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored
+        big = torch.zeros(SINGLE_THREAD_ENTRIES + 1)
+        with small_problem_threads(big):
+            assert torch.get_num_threads() == 2  # large problems keep every thread
+        with pytest.raises(RuntimeError), small_problem_threads(torch.zeros(3)):
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2  # restored after an error too
+    finally:
+        torch.set_num_threads(before)

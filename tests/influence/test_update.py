@@ -63,6 +63,13 @@ def _net_data(n=40, d=4, k=3, seed=1):
     return X, y
 
 
+def _shift_labels(y, rows, shift=1, k=3):
+    """Copy of ``y`` with the labels of ``rows`` moved ``shift`` classes on (mod ``k``)."""
+    y_new = y.clone()
+    y_new[rows] = (y[rows] + shift) % k
+    return y_new
+
+
 def _dense_hessian_of(model, loss_fn, X, y, names=None):
     """Independent dense Hessian: torch.autograd.functional.hessian of a flat function."""
     named = dict(model.named_parameters())
@@ -109,8 +116,7 @@ def test_cg_solution_satisfies_damped_system_on_small_network():
     model = _small_net()
     X, y = _net_data()
     rows = torch.arange(5)
-    y_new = y.clone()
-    y_new[rows] = (y[rows] + 1) % 3
+    y_new = _shift_labels(y, rows)
     H = _dense_hessian_of(model, ce_sum, X, y_new)
     lam = float(-torch.linalg.eigvalsh(H)[0].clamp(max=0)) + 0.5  # positive definite
     G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows])
@@ -131,8 +137,7 @@ def test_direct_matches_dense_solve_on_parameter_subset():
     model = _small_net()
     X, y = _net_data()
     rows = torch.tensor([3, 7, 11])
-    y_new = y.clone()
-    y_new[rows] = (y[rows] + 2) % 3
+    y_new = _shift_labels(y, rows, 2)
     names = last_parameters(model, 2)  # the last Linear: weight and bias
     assert names == ["2.weight", "2.bias"]
     H = _dense_hessian_of(model, ce_sum, X, y_new, names)
@@ -155,8 +160,7 @@ def test_lissa_converges_to_the_damped_solve():
     model = _small_net()
     X, y = _net_data()
     rows = torch.arange(4)
-    y_new = y.clone()
-    y_new[rows] = (y[rows] + 1) % 3
+    y_new = _shift_labels(y, rows)
     H = _dense_hessian_of(model, ce_sum, X, y_new)
     evals = torch.linalg.eigvalsh(H)
     scale = 1.2 * float(evals[-1])
@@ -216,8 +220,7 @@ def test_first_order_auto_tau_lowers_the_corrected_loss():
     model = _small_net()
     X, y = _net_data()
     rows = torch.arange(8)
-    y_new = y.clone()
-    y_new[rows] = (y[rows] + 1) % 3
+    y_new = _shift_labels(y, rows)
     res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
                            train_data=(X, y_new), order=1, tau="auto")
     assert res.applied and res.tau > 0
@@ -263,8 +266,7 @@ def test_growing_loss_is_divergence_and_model_untouched():
     model = _small_net()
     X, y = _net_data()
     rows = torch.arange(5)
-    y_new = y.clone()
-    y_new[rows] = (y[rows] + 1) % 3
+    y_new = _shift_labels(y, rows)
     state = _state(model)
     res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
                            train_data=(X, y_new), order=1, tau=50.0)
@@ -367,8 +369,7 @@ def test_ggn_cg_equals_dense_ggn_solve_on_small_network():
     model = _small_net()
     X, y = _net_data()
     rows = torch.arange(6)
-    y_new = y.clone()
-    y_new[rows] = (y[rows] + 1) % 3
+    y_new = _shift_labels(y, rows)
     GGN = _dense_ggn(model, X, y_new)
     op = GGNOperator(model, ce_sum, X, y_new, batch_size=9)
     torch.testing.assert_close(op.to_dense(), GGN, rtol=1e-10, atol=1e-10)

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from bench import _metrics_reference as ref
+from fastunlearn._extension import has_kernel
 from fastunlearn.metrics import (
+    competition,
     competition_epsilons,
     competition_score,
     final_score,
@@ -14,7 +16,7 @@ from fastunlearn.metrics import (
     score_bins,
     split_slots,
 )
-from fastunlearn.metrics.competition import _first_above_rows, _numpy_linspace
+from fastunlearn.metrics.competition import _first_above_rows, _numpy_linspace, epsilon_table
 from tests.helpers import DEVICES
 
 
@@ -190,3 +192,97 @@ def test_empty_forget_set():
     assert eps.shape == (0,)
     with pytest.raises(ValueError, match="'epsilons' is empty"):
         forget_score(eps, 5)
+
+
+# ---- the compiled op and the vectorised torch path -------------------------------------
+
+needs_op = pytest.mark.skipif(not has_kernel("competition_epsilons", "cpu"),
+                              reason="the compiled competition_epsilons op is not available")
+
+
+def _assert_identical(a, b):
+    a, b = a.cpu(), b.cpu()
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
+    assert torch.equal(a[~torch.isnan(a)], b[~torch.isnan(b)])
+
+
+def _hard_case(seed, S=10, N=24, M=24):
+    r, u = _random_case(seed, S=S, N=N)  # row 0: ties, row 1: equal ranges
+    if M != N:
+        u = _random_case(seed + 50, S=S, N=M)[1]
+    rng = np.random.default_rng(seed + 100)
+    if M == N:
+        u[2] = r[2] + 0.75  # equal ranges, shifted
+    u[3] = r[3].mean() + 1e-3 * rng.normal(size=M)  # peaky
+    r[4], u[4] = 1.0, 1.0  # constant: nan
+    u[5] = r[5, 3]  # one group constant at a value of the other
+    r[6] = np.round(r[6] * 4) / 4  # coarse lattice: many ties across the groups
+    u[6] = np.round(u[6] * 4) / 4
+    return torch.from_numpy(r), torch.from_numpy(u)
+
+
+@needs_op
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("seed", "M"), [(0, 24), (1, 24), (2, 17), (3, 40)])
+def test_op_and_torch_paths_agree_on_random_data(seed, M, device):
+    r, u = _hard_case(seed, M=M)
+    r, u = r.to(device), u.to(device)
+    got = competition.competition_epsilons(r, u)
+    _assert_identical(got, competition._epsilons_torch(r, u, 1e-5))
+    _assert_identical(got, competition._epsilons_op(r, u, 1e-5))
+    assert got[3] == 50.0 and torch.isnan(got[4].cpu())
+
+
+@needs_op
+@pytest.mark.parametrize("method", ["finetune", "prune_complex", "poison"])
+def test_op_and_torch_paths_agree_on_the_fixture(fixture_arrays, method):
+    retain, methods = fixture_arrays
+    S = 150
+    r, y = split_slots(retain[:S])
+    u, _ = split_slots(methods[method][:S])
+    cr, cu = logit_scaled_confidence(r, y), logit_scaled_confidence(u, y)
+    _assert_identical(competition._epsilons_op(cr, cu, 1e-5),
+                      competition._epsilons_torch(cr, cu, 1e-5))
+
+
+def test_dispatch_falls_back_to_torch(monkeypatch):
+    r, u = _hard_case(5)
+    expected = competition._epsilons_torch(r, u, 1e-5)
+    calls = []
+    monkeypatch.setattr(competition, "has_kernel", lambda op, dev: calls.append((op, dev)))
+    _assert_identical(competition.competition_epsilons(r, u), expected)
+    assert calls == [("competition_epsilons", "cpu")]
+
+
+def test_dispatch_falls_back_when_the_library_predates_the_op(monkeypatch):
+    def missing(op, dev):
+        raise RuntimeError(f"operator fastunlearn::{op} does not exist")
+
+    r, u = _hard_case(7)
+    monkeypatch.setattr(competition, "has_kernel", missing)
+    _assert_identical(competition.competition_epsilons(r, u),
+                      competition._epsilons_torch(r, u, 1e-5))
+
+
+@needs_op
+def test_dispatch_uses_the_op_when_compiled(monkeypatch):
+    r, u = _hard_case(6)
+
+    def spy(*args):
+        spy.calls += 1
+        return real(*args)
+
+    spy.calls, real = 0, competition._epsilons_op
+    monkeypatch.setattr(competition, "_epsilons_op", spy)
+    competition.competition_epsilons(r, u)
+    assert spy.calls == 1
+
+
+def test_epsilon_table_hand_values():
+    # 2 positives, 2 negatives: FPR, FNR in {0, 1/2, 1}
+    t = epsilon_table(2, 2, 1e-5)
+    assert t.shape == (3, 3) and t.dtype == torch.float32
+    assert t[0, 0] == math.inf and t[0, 1] == -math.inf and t[1, 0] == -math.inf
+    a = np.float32(1 - 1e-5)
+    half = np.float32(0.5)
+    assert t[1, 1] == max(np.log(a - half) - np.log(half), 0)

@@ -1,4 +1,4 @@
-"""GLM curvature ops (glm_hvp, glm_hessian, glm_cg) against the float64 reference."""
+"""GLM curvature ops (glm_hvp, glm_hvp_margins, glm_hessian, glm_cg) vs the float64 reference."""
 
 import math
 
@@ -14,11 +14,13 @@ from fastunlearn.ops import (
     glm_cg,
     glm_hessian,
     glm_hvp,
+    glm_hvp_margins,
     jacobi_inverse_diagonal,
     reference,
 )
 
 HVP = torch.ops.fastunlearn.glm_hvp.default
+HVP_MARGINS = torch.ops.fastunlearn.glm_hvp_margins.default
 HESSIAN = torch.ops.fastunlearn.glm_hessian.default
 CG = torch.ops.fastunlearn.glm_cg.default
 
@@ -148,6 +150,96 @@ def test_hvp_compiles_without_graph_breaks():
         lambda X, S, V: glm_hvp(X, S, V, 0.1) * 2, fullgraph=True, backend="aot_eager"
     )
     torch.testing.assert_close(compiled(X, S, V), 2 * reference.glm_hvp(X, S, V, 0.1))
+
+
+# ---- glm_hvp_margins ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, d, K", [(200, 13, 1), (157, 7, 4), (9001, 64, 3), (3000, 31, 16)])
+def test_hvp_margins_match_reference(device, dtype, n, d, K):
+    X, S, V = problem(n, d, K, dtype, device)
+    out, margins = glm_hvp_margins(X, S, V, 0.3)
+    assert out.dtype == margins.dtype == dtype
+    assert out.shape == (d, K) and margins.shape == (n, K)
+    want_out, want_margins = reference.glm_hvp_margins(X, S, V, 0.3)
+    torch.testing.assert_close(out.double(), want_out, **tolerances(dtype))
+    torch.testing.assert_close(margins.double(), want_margins, **tolerances(dtype))
+    # the product equals glm_hvp's (the same kernel)
+    torch.testing.assert_close(out, glm_hvp(X, S, V, 0.3))
+
+
+def test_hvp_margins_with_one_row_chunks_and_idle_threads():
+    X, S, V = problem(9, 2**18 + 1, 2, torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(6)
+    try:
+        out, margins = glm_hvp_margins(X, S, V, 0.1)
+    finally:
+        torch.set_num_threads(threads)
+    want_out, want_margins = reference.glm_hvp_margins(X, S, V, 0.1)
+    torch.testing.assert_close(out.double(), want_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(margins.double(), want_margins, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 40), d=st.integers(0, 9), K=st.integers(0, 5), lam=st.floats(0.0, 3.0))
+def test_hvp_margins_hypothesis_shapes(device, n, d, K, lam):
+    X, S, V = problem(n, d, K, torch.float64, device)
+    out, margins = glm_hvp_margins(X, S, V, lam)
+    assert out.shape == (d, K) and margins.shape == (n, K)
+    want_out, want_margins = reference.glm_hvp_margins(X, S, V, lam)
+    torch.testing.assert_close(out, want_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(margins, want_margins, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hvp_margins_non_contiguous(device, dtype):
+    X, S, V = problem(50, 6, 3, dtype, device)
+    out, margins = glm_hvp_margins(transposed_copy(X), transposed_copy(S), transposed_copy(V), 0.5)
+    want_out, want_margins = reference.glm_hvp_margins(X, S, V, 0.5)
+    torch.testing.assert_close(out.double(), want_out, **tolerances(dtype))
+    torch.testing.assert_close(margins.double(), want_margins, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hvp_margins_opcheck(device, dtype):
+    X, S, V = problem(11, 5, 3, dtype, device)
+    torch.library.opcheck(HVP_MARGINS, (X, S, V, 0.25))
+
+
+def test_hvp_margins_nan_propagates():
+    X, S, V = problem(20, 4, 2)
+    X[3, 1] = float("nan")
+    out, margins = glm_hvp_margins(X, S, V, 0.1)
+    assert torch.isnan(margins[3]).all() and torch.isfinite(margins[:3]).all()
+    assert torch.isnan(out).all()
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("X", torch.zeros(10, 4, dtype=torch.int64)),
+        ("S", torch.zeros(9, 3, dtype=torch.float64)),
+        ("V", torch.zeros(5, 3, dtype=torch.float64)),
+        ("V", torch.zeros(4, 3, dtype=torch.float32)),
+        ("lam", -1.0),
+    ],
+)
+def test_hvp_margins_bad_inputs_name_the_argument(name, bad):
+    args = {
+        "X": torch.zeros(10, 4, dtype=torch.float64),
+        "S": torch.zeros(10, 3, dtype=torch.float64),
+        "V": torch.zeros(4, 3, dtype=torch.float64),
+        "lam": 0.1,
+    }
+    args[name] = bad
+    with pytest.raises(RuntimeError, match=f"'{name}'"):
+        HVP_MARGINS(*args.values())
 
 
 # ---- glm_hessian -------------------------------------------------------------------------

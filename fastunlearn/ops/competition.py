@@ -1,0 +1,113 @@
+"""The per-example epsilon of the NeurIPS 2023 unlearning competition as one fused op.
+
+:func:`competition_epsilons` evaluates, for every example, the official attack's two
+threshold families over the statistics of ``N`` retrained and ``M`` unlearned models and
+returns the example's epsilon (the algorithm is described in
+:mod:`fastunlearn.metrics.competition` and ``csrc/competition_common.h``). Per example the
+kernel sorts the ``N + M`` statistics once and reduces every row of thresholds to the gaps
+between consecutive sorted values that it hits, so no threshold grid is materialised
+except the single-threshold one, which the caller passes in.
+
+The caller provides the parts that must match the official code bit for bit:
+
+* ``grid``: each example's single-threshold grid, ``torch.linspace(lo, hi, ceil(100 (hi -
+  lo)))`` of the pooled values on the CPU in float64 (torch's vectorised linspace rounds in
+  a way only torch itself reproduces), concatenated, with ``grid_offsets``;
+* ``table_r`` / ``table_u``: the float32 epsilon of every ``(FP, FN)`` count pair when the
+  retrained or the unlearned group is the positive one (``inf`` for FP = FN = 0, ``-inf``
+  for discarded pairs), as :func:`fastunlearn.metrics.competition.epsilon_table` builds.
+
+The interval family's thresholds are computed inside the kernel exactly as numpy's
+``linspace`` does (``i * step + start``, no fused multiply-add). The output is not
+differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["competition_epsilons"]
+
+_OP = "competition_epsilons"
+
+
+def competition_epsilons(
+    retrained: Tensor,
+    unlearned: Tensor,
+    grid: Tensor,
+    grid_offsets: Tensor,
+    table_r: Tensor,
+    table_u: Tensor,
+) -> Tensor:
+    """Per-example competition epsilons (clipped to [0, 50], nan if nothing usable).
+
+    Args:
+        retrained: ``[S, N]`` statistics of N retrained models, float32 or float64, finite.
+        unlearned: ``[S, M]`` statistics of M unlearned models, same dtype and device.
+        grid: float64 ``[T]``: example ``s``'s single-threshold grid, ascending, is
+            ``grid[grid_offsets[s]:grid_offsets[s + 1]]`` (may be empty).
+        grid_offsets: int64 ``[S + 1]`` rising from 0 to ``T``.
+        table_r: float32 ``[M + 1, N + 1]``: epsilon of ``(FP, FN)`` with the retrained
+            group positive.
+        table_u: float32 ``[N + 1, M + 1]``: the same with the unlearned group positive.
+
+    Returns:
+        float64 ``[S]`` on the inputs' device.
+
+    Raises:
+        TypeError: An argument is not a Tensor.
+        RuntimeError: Wrong shapes, dtypes or devices, non-finite statistics or offsets
+            that do not rise from 0 to ``T`` (the message names the argument).
+
+    """
+    for name, t in (("retrained", retrained), ("unlearned", unlearned), ("grid", grid),
+                    ("grid_offsets", grid_offsets), ("table_r", table_r),
+                    ("table_u", table_u)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{_OP}: argument '{name}' must be a Tensor, got {type(t).__name__}")
+    return torch.ops.fastunlearn.competition_epsilons.default(
+        retrained, unlearned, grid, grid_offsets, table_r, table_u)
+
+
+@torch.library.register_fake("fastunlearn::competition_epsilons")
+def _competition_epsilons_fake(retrained: Tensor, unlearned: Tensor, grid: Tensor,
+                               grid_offsets: Tensor, table_r: Tensor,
+                               table_u: Tensor) -> Tensor:
+    torch._check(retrained.dim() == 2,
+                 lambda: f"{_OP}: argument 'retrained' must be 2-D, got {retrained.dim()}-D")
+    torch._check(unlearned.dim() == 2,
+                 lambda: f"{_OP}: argument 'unlearned' must be 2-D, got {unlearned.dim()}-D")
+    torch._check(retrained.dtype in (torch.float32, torch.float64),
+                 lambda: f"{_OP}: argument 'retrained' must be float32 or float64")
+    torch._check(unlearned.dtype == retrained.dtype,
+                 lambda: f"{_OP}: arguments 'retrained' and 'unlearned' must have the same dtype")
+    torch._check(unlearned.shape[0] == retrained.shape[0],
+                 lambda: f"{_OP}: argument 'unlearned' has {unlearned.shape[0]} examples but "
+                         f"{retrained.shape[0]} were expected")
+    torch._check(grid.dim() == 1 and grid.dtype == torch.float64,
+                 lambda: f"{_OP}: argument 'grid' must be a 1-D float64 tensor")
+    torch._check(grid_offsets.dim() == 1 and grid_offsets.dtype == torch.int64,
+                 lambda: f"{_OP}: argument 'grid_offsets' must be a 1-D int64 tensor")
+    torch._check(grid_offsets.shape[0] == retrained.shape[0] + 1,
+                 lambda: f"{_OP}: argument 'grid_offsets' must have S + 1 entries")
+    N, M = retrained.shape[1], unlearned.shape[1]
+    torch._check(table_r.shape == (M + 1, N + 1) and table_r.dtype == torch.float32,
+                 lambda: f"{_OP}: argument 'table_r' must be float32 [M + 1, N + 1]")
+    torch._check(table_u.shape == (N + 1, M + 1) and table_u.dtype == torch.float32,
+                 lambda: f"{_OP}: argument 'table_u' must be float32 [N + 1, M + 1]")
+    return retrained.new_empty((retrained.shape[0],), dtype=torch.float64)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+    ctx.mark_non_differentiable(output)
+
+
+def _backward(ctx: Any, grad: Tensor) -> tuple:
+    raise RuntimeError(f"{_OP}: the output is not differentiable")
+
+
+torch.library.register_autograd("fastunlearn::competition_epsilons", _backward,
+                                setup_context=_setup_context)
