@@ -1,0 +1,188 @@
+r"""Second-order influence unlearning of the forget set (method ``"influence"``).
+
+Removing the forget set ``F`` from the training set ``D`` moves the minimiser of the summed
+loss from ``theta`` to approximately (one Newton step on the retain loss, Koh & Liang 2017;
+Warnecke et al. 2023; OPTML's "IU")::
+
+    theta_new = theta + scale * (H_R + lambda I)^{-1} sum_{z in F} grad l(z; theta)
+
+with ``H_R`` the Hessian of the summed loss on the retain set ``R``. The update is
+:func:`fastunlearn.influence.influence_update` with the forget points as the affected points
+and **weight 0** for their corrected versions (a weighted summed cross-entropy), so
+``G = -sum_F grad l`` and the Newton system is solved on the retain set: by default with
+matrix-free CG on the last parameter tensors (the classifier head), which is cheap and
+well conditioned. Divergence (the retain loss growing, a non-finite step) leaves the model
+unchanged and, with ``on_divergence="raise"``, raises so a harness records the failure.
+
+The update's report (:class:`~fastunlearn.influence.UpdateResult` as a dict) is attached
+to the returned model as ``model.unlearning_info``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..influence import influence_update, last_parameters
+from .base import ForgetConfig, clone_model, make_loader, model_device, register
+from .checks import check_disjoint, check_labels, dataset_labels
+
+__all__ = ["InfluenceConfig", "influence_unlearning", "weighted_loss"]
+
+_SOLVERS = ("cg", "lissa", "direct")
+_CURVATURES = ("hessian", "ggn")
+
+
+@dataclass
+class InfluenceConfig(ForgetConfig):
+    """Settings of influence unlearning.
+
+    ``epochs``, ``lr``, ``momentum`` and ``weight_decay`` are not used (there is no
+    training); ``batch_size`` is the batch of the data gathering.
+
+    Attributes:
+        num_params: Update the last ``num_params`` parameter tensors (2: the head's weight
+            and bias); 0 updates every trainable parameter.
+        solver: ``"cg"`` (default), ``"lissa"`` or ``"direct"``.
+        curvature: ``"hessian"`` or ``"ggn"`` (positive semidefinite; use it for deep
+            parameter subsets where the Hessian can be indefinite).
+        damping: Tikhonov damping lambda of the retain Hessian (summed loss).
+        scale: Multiplier of the Newton step (1: the plain influence estimate).
+        tol: Relative CG tolerance.
+        maxiter: CG iteration cap (None: ``10 P``).
+        hvp_batch_size: Rows per Hessian-vector product batch.
+        retain_fraction: Fraction of the retain set the Hessian is estimated on (seeded).
+        loss_tolerance: Relative growth of the retain loss treated as divergence.
+        on_divergence: ``"raise"`` (RuntimeError) or ``"keep"`` (return the unchanged copy).
+        check_overlap: Refuse forget and retain sets that share examples.
+
+    """
+
+    num_params: int = 2
+    solver: str = "cg"
+    curvature: str = "hessian"
+    damping: float = 1.0
+    scale: float = 1.0
+    tol: float = 1e-3
+    maxiter: int | None = None
+    hvp_batch_size: int = 1024
+    retain_fraction: float = 1.0
+    loss_tolerance: float = 1.0
+    on_divergence: str = "raise"
+    check_overlap: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.num_params, bool) or not isinstance(self.num_params, int) \
+                or self.num_params < 0:
+            raise ValueError(f"num_params must be an int >= 0, got {self.num_params!r}")
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
+        if self.curvature not in _CURVATURES:
+            raise ValueError(f"curvature must be one of {_CURVATURES}, got {self.curvature!r}")
+        for name in ("damping", "scale", "tol", "loss_tolerance"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
+                    or v == float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not 0.0 < float(self.retain_fraction) <= 1.0:
+            raise ValueError(f"retain_fraction must be in (0, 1], got {self.retain_fraction!r}")
+        if self.on_divergence not in ("raise", "keep"):
+            raise ValueError(f"on_divergence must be 'raise' or 'keep', got "
+                             f"{self.on_divergence!r}")
+
+
+def weighted_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Return the per-row weighted summed cross-entropy.
+
+    ``targets[:, 0]`` holds the label and ``targets[:, 1]`` the row's weight.
+    """
+    ce = F.cross_entropy(outputs, targets[:, 0].long(), reduction="none")
+    return (targets[:, 1].to(ce.dtype) * ce).sum()
+
+
+def _tensors(ds: Dataset, batch_size: int, device: torch.device,
+             dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    xs, ys = [], []
+    for x, y in make_loader(ds, batch_size, shuffle=False):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    x, y = torch.cat(xs), torch.cat(ys).long()
+    if not x.is_floating_point():
+        raise TypeError(f"influence unlearning needs floating-point inputs, got {x.dtype}")
+    return x.to(device, dtype), y.to(device)
+
+
+@register("influence", InfluenceConfig)
+def influence_unlearning(
+    model: nn.Module, forget: Dataset, retain: Dataset, config: InfluenceConfig
+) -> nn.Module:
+    """Remove the forget set with one influence (Newton) step on the retain loss.
+
+    Args:
+        model: Trained classifier (left unchanged).
+        forget: The forget set.
+        retain: The retain set (its Hessian).
+        config: :class:`InfluenceConfig`.
+
+    Returns:
+        A new model; ``model.unlearning_info`` holds the update's report.
+
+    Raises:
+        RuntimeError: The update diverged and ``on_divergence="raise"``.
+        ValueError: Overlapping sets or labels outside the model's outputs.
+
+    """
+    if not isinstance(config, InfluenceConfig):
+        raise TypeError(f"config must be an InfluenceConfig, got {type(config).__name__}")
+    clone = clone_model(model)
+    if config.check_overlap:
+        check_disjoint(forget, retain)
+    device = model_device(clone)
+    params = [p for p in clone.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    dtype = params[0].dtype
+    xf, yf = _tensors(forget, config.batch_size, device, dtype)
+    xr, yr = _tensors(retain, config.batch_size, device, dtype)
+    with torch.no_grad():
+        k = int(clone.eval()(xf[:1]).shape[-1])
+    for labels, name in ((dataset_labels(forget), "forget"), (dataset_labels(retain), "retain")):
+        check_labels(labels if labels is not None else (yf if name == "forget" else yr), k, name)
+    if config.retain_fraction < 1.0:
+        gen = torch.Generator().manual_seed(config.seed)
+        keep = torch.randperm(xr.shape[0], generator=gen)[:max(1, round(
+            config.retain_fraction * xr.shape[0]))].to(device)
+        xr, yr = xr[keep], yr[keep]
+    names = last_parameters(clone, config.num_params) if config.num_params else None
+    one = torch.ones_like(yf, dtype=dtype)
+    targets = torch.stack([yf.to(dtype), one], 1)
+    new_targets = torch.stack([yf.to(dtype), torch.zeros_like(one)], 1)
+    train_targets = torch.stack([yr.to(dtype), torch.ones_like(yr, dtype=dtype)], 1)
+    result = influence_update(
+        clone, xf, targets, None, new_targets, train_data=(xr, train_targets),
+        loss_fn=weighted_loss, order=2, solver=config.solver, damping=float(config.damping),
+        curvature=config.curvature, params=names, hvp_batch_size=config.hvp_batch_size,
+        chunk_size=config.hvp_batch_size, tol=float(config.tol), maxiter=config.maxiter,
+        loss_tolerance=float(config.loss_tolerance), apply=False, progress=config.progress,
+    )
+    if result.diverged and config.on_divergence == "raise":
+        raise RuntimeError(f"influence unlearning diverged: {result.reason}")
+    if not result.diverged and result.step_norm > 0:
+        named = dict(clone.named_parameters())
+        offset = 0
+        with torch.no_grad():
+            for n in result.param_names:
+                p = named[n]
+                p.sub_(config.scale * result.step[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+    info = result.to_dict()
+    info["applied"] = bool(not result.diverged and result.step_norm > 0)
+    info["scale"] = config.scale
+    clone.unlearning_info = info  # type: ignore[assignment]
+    clone.train(model.training)
+    return clone

@@ -1,0 +1,151 @@
+r"""The ``fastunlearn forget`` command: compare forgetting methods against retrained oracles.
+
+Example::
+
+    fastunlearn forget --method finetune,neggrad,influence --dataset digits \\
+        --forget class:3 --seeds 3 --oracles 4 --out runs/digits-class3
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "main", "parse_set", "run"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _value(text: str) -> Any:
+    """Parse a Python literal (number, bool, None, tuple), else return the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """Parse ``--set method.key=value`` items into ``{method: {key: value}}``.
+
+    Raises:
+        ValueError: An item without ``method.key=value``.
+
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        left, eq, value = item.partition("=")
+        method, dot, key = left.strip().partition(".")
+        if not eq or not dot or not method or not key.strip():
+            raise ValueError(f"'--set' takes method.key=value, got {item!r}")
+        out.setdefault(method, {})[key.strip()] = _value(value)
+    return out
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``forget`` sub-command to ``subparsers`` (``ArgumentParser.add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "forget",
+        help="run forgetting methods over seeds vs retrained oracles; table + plots",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("--method", default="all",
+                   help="comma-separated methods, or 'all' (default: all registered)")
+    p.add_argument("--dataset", default="digits",
+                   help="digits (bundled, default), mnist, fashion-mnist, cifar10, cifar100, "
+                        "svhn (the last five need --data-dir)")
+    p.add_argument("--data-dir", default=None, help="folder of the torchvision data files")
+    p.add_argument("--model", default="small_cnn", help="zoo model (default small_cnn)")
+    p.add_argument("--forget", default="class:3",
+                   help="forget set: class:K[,K...], random:FRACTION or file:PATH "
+                        "(default class:3)")
+    p.add_argument("--forget-seed", type=int, default=0, help="seed of random: forget sets")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="runs per method (3)")
+    p.add_argument("--oracles", type=_positive_int, default=4,
+                   help="models retrained on the retain set (4)")
+    p.add_argument("--epochs", type=_positive_int, default=30,
+                   help="training epochs of the original model and the oracles (30)")
+    p.add_argument("--lr", type=float, default=0.05, help="their learning rate (0.05)")
+    p.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="their batch size (64)")
+    p.add_argument("--out", default="fastunlearn-forget",
+                   help="output folder (default ./fastunlearn-forget)")
+    p.add_argument("--cache-dir", default=".fastunlearn-cache",
+                   help="cache of trained originals/oracles (default ./.fastunlearn-cache)")
+    p.add_argument("--no-cache", action="store_true", help="train everything, store nothing")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="METHOD.KEY=VALUE",
+                   help="override a method's config field, e.g. finetune.lr=0.02 (repeatable)")
+    p.add_argument("--published-defaults", action="store_true",
+                   help="use the methods' published (CIFAR) defaults instead of the "
+                        "digits-sized ones")
+    p.add_argument("--no-mia", action="store_true", help="skip the SVC MIA-Efficacy")
+    p.add_argument("--progress", dest="progress", action="store_true", default=True,
+                   help="show progress bars (default)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``forget``; returns the exit status (0 ok, 1 some method failed, 2 bad input)."""
+    from ..forget import available_methods
+    from . import HarnessConfig, TrainSettings, run_harness
+
+    try:
+        methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
+        if methods == ["all"]:
+            methods = available_methods()
+        config = HarnessConfig(
+            methods=tuple(methods), dataset=args.dataset, data_dir=args.data_dir,
+            model=args.model, forget=args.forget, forget_seed=args.forget_seed,
+            seeds=args.seeds, oracles=args.oracles,
+            train=TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
+            overrides=parse_set(args.overrides),
+            digits_defaults=not args.published_defaults,
+            cache_dir=None if args.no_cache else args.cache_dir, out_dir=args.out,
+            device=args.device, mia=not args.no_mia, progress=args.progress,
+        )
+        result = run_harness(config)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"fastunlearn forget: error: {exc}", file=sys.stderr)
+        return 2
+    paths = result["paths"]
+    from .report import render_table
+
+    print(render_table(result))
+    print("wrote " + ", ".join(paths.values()))
+    failed = [n for n, e in result["methods"].items() if e["status"] != "ok"]
+    if failed:
+        print(f"fastunlearn forget: methods with errors: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``forget`` as a standalone program (``python -m fastunlearn.harness.cli``)."""
+    parser = argparse.ArgumentParser(prog="fastunlearn")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["forget", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

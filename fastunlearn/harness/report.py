@@ -1,0 +1,236 @@
+"""Outputs of a harness run: JSON, a Markdown comparison table, PNG plots, saved logits.
+
+The logits folder uses the fixture layout of :mod:`fastunlearn.metrics.fixtures`
+(``logits_retain.npy`` of the oracles, ``<method>/logits_unlearn.npy`` of its seeds, the
+``metrics.csv`` files with accuracies and wall times), so ``fastunlearn evaluate
+OUT/logits`` re-scores a harness run like the published fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..metrics import write_logits_dir
+
+__all__ = ["render_table", "write_outputs"]
+
+
+def _pct(v: Any, std: Any = None) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    s = f"{100 * v:.1f}"
+    if isinstance(std, (int, float)) and math.isfinite(std) and std > 0:
+        s += f" ± {100 * std:.1f}"
+    return s
+
+
+def _num(v: Any, spec: str = ".2f") -> str:
+    if not isinstance(v, (int, float)):
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    return "-" if math.isnan(v) else format(v, spec)
+
+
+def _row(name: str, e: dict[str, Any], status: str) -> str:
+    cells = [name, status,
+             _pct(e.get("unlearning_accuracy"), e.get("unlearning_accuracy_std")),
+             _pct(e.get("retain_accuracy"), e.get("retain_accuracy_std")),
+             _pct(e.get("test_accuracy"), e.get("test_accuracy_std")),
+             _pct(e.get("mia_efficacy"), e.get("mia_efficacy_std")),
+             _pct(e.get("avg_gap")),
+             _num(e.get("epsilon_hat")),
+             _num(e.get("competition_forget_score"), ".3f"),
+             _num(e.get("competition_final_score"), ".3f"),
+             _pct(e.get("fairness", {}).get("test_kept_classes", {}).get("worst_accuracy")),
+             _num(e.get("seconds"), ".2f"),
+             _num(e.get("time_ratio"), ".3f")]
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """Render the Markdown comparison table (a row per method, the original, the oracles)."""
+    cfg, data = result["config"], result["data"]
+    lines = [
+        "# fastunlearn forget: comparison",
+        "",
+        f"Data set `{data['dataset']}` ({data['num_train']} train / {data['num_test']} test, "
+        f"{data['num_classes']} classes), model `{cfg['model']}`, forget `{cfg['forget']}` "
+        f"({data['num_forget']} examples), {cfg['seeds']} seed(s) per method, "
+        f"{cfg['oracles']} oracle(s) retrained on the {data['num_retain']} retain examples "
+        f"(mean {result['oracles']['mean_seconds']:.2f} s each).",
+        "",
+        "UA = 100 - forget accuracy, RA / TA = retain / test accuracy, MIA = OPTML's SVC "
+        "MIA-Efficacy (%), gap = mean |UA, RA, TA, MIA - oracles| (%), eps = Seed A's "
+        "epsilon-hat (delta 0.05, lower is better), F / final = NeurIPS 2023 competition "
+        "forget / final score (higher is better), worst = worst test accuracy of a class "
+        "not forgotten, "
+        "time = seconds per run, ratio = time / retraining time. Mean ± std over seeds.",
+        "",
+        "| method | status | UA | RA | TA | MIA | gap | eps | F | final | worst | time s "
+        "| ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    orig = dict(result["original"])
+    lines.append(_row("original", orig, "trained"))
+    orc = dict(result["oracles"])
+    orc["seconds"] = orc["mean_seconds"]
+    orc["time_ratio"] = 1.0
+    if "baseline" in orc:
+        for k in ("epsilon_hat", "competition_forget_score"):
+            if k in orc["baseline"]:
+                orc[k] = orc["baseline"][k]
+    lines.append(_row("retrain (oracles)", orc, "oracle"))
+    notes = []
+    for name, e in result["methods"].items():
+        status = e["status"] if e["status"] != "partial" else f"partial {e['num_ok']}/" \
+            f"{len(e['runs'])}"
+        lines.append(_row(name, e, status))
+        if "error" in e:
+            notes.append(f"- `{name}`: {e['error'].splitlines()[0][:300]}")
+    if "baseline" in result["oracles"]:
+        lines += ["", "The oracles' eps and F compare half of the oracles with the other half "
+                  "(the noise floor of both metrics)."]
+    if notes:
+        lines += ["", "Errors:", *notes]
+    lines += ["", f"Total wall time: {result['timing']['total_seconds']:.1f} s "
+              f"(cache: {result['cache']['hits']} hit(s), {result['cache']['misses']} "
+              "model(s) trained)."]
+    return "\n".join(lines) + "\n"
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+def _figure(size: tuple[float, float]) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_epsilons(result: dict[str, Any], path: Path) -> Path | None:
+    """Histograms of the per-example epsilons of every method (one panel each)."""
+    rows = [(n, e) for n, e in result["methods"].items() if "per_example" in e]
+    if "baseline" in result["oracles"]:
+        rows.append(("oracles vs oracles", result["oracles"]["baseline"]))
+    if not rows:
+        return None
+    cols = min(4, len(rows))
+    nrows = math.ceil(len(rows) / cols)
+    fig = _figure((3.2 * cols, 2.4 * nrows))
+    for i, (name, e) in enumerate(rows):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        eps = e["per_example"]["epsilon"]
+        finite = [v for v in eps if math.isfinite(v)]
+        n_inf = sum(1 for v in eps if math.isinf(v))
+        if finite:
+            ax.hist(finite, bins=30, color="tab:blue")
+        else:
+            n_nan = sum(1 for v in eps if math.isnan(v))
+            ax.text(0.5, 0.5, f"no finite epsilon\n{n_inf} inf, {n_nan} nan\n"
+                    "(more seeds/oracles help)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=7)
+        ax.set_title(f"{name}: median {_num(e.get('epsilon_hat'))}, {n_inf} inf", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("Per-example epsilon (Seed A, delta 0.05) on the forget set", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
+    """Plot grouped bars of UA, RA, TA and MIA-Efficacy (original, oracles, methods)."""
+    rows = [("original", result["original"]), ("retrain", result["oracles"])]
+    rows += [(n, e) for n, e in result["methods"].items() if e.get("num_ok")]
+    keys = [("unlearning_accuracy", "UA"), ("retain_accuracy", "RA"),
+            ("test_accuracy", "TA"), ("mia_efficacy", "MIA")]
+    fig = _figure((max(6.0, 0.55 * len(rows) + 2), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    w = 0.2
+    for j, (k, label) in enumerate(keys):
+        vals = [100 * float(e.get(k, float("nan"))) for _, e in rows]
+        ax.bar([i + (j - 1.5) * w for i in range(len(rows))], vals, w, label=label)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([n for n, _ in rows], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncol=4)
+    ax.set_title("Accuracies and MIA-Efficacy (mean over seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_times(result: dict[str, Any], path: Path) -> Path:
+    """Bars of seconds per run, with the retraining time as a line."""
+    rows = [(n, e) for n, e in result["methods"].items() if e.get("num_ok")]
+    fig = _figure((max(6.0, 0.5 * len(rows) + 2), 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(range(len(rows)), [float(e["seconds"]) for _, e in rows], color="tab:green")
+    ax.axhline(result["oracles"]["mean_seconds"], color="k", ls="--", lw=1,
+               label="retraining (oracle mean)")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([n for n, _ in rows], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("seconds per run")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """Write ``results.json``, ``results.md``, the PNGs and ``logits/``; return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    logits = result.get("logits", {})
+    labels = result.get("labels", {})
+    if logits.get("oracles") and "forget" in labels:
+        retrain = torch.stack([lg["forget"] for lg in logits["oracles"]], 1)
+        methods = {n: torch.stack([lg["forget"] for lg in logits[n]], 1)
+                   for n in result["methods"] if logits.get(n)}
+        orc = result["oracles"]
+        metrics: dict[str, dict[str, list[float]]] = {"retrain": {
+            "seed": list(range(len(orc["per_model"]))),
+            "retain_accuracy": [r["retain_accuracy"] for r in orc["per_model"]],
+            "forget_accuracy": [r["forget_accuracy"] for r in orc["per_model"]],
+            "test_accuracy": [r["test_accuracy"] for r in orc["per_model"]],
+            "wall_time_s": list(orc["seconds"])}}
+        for n in methods:
+            ok = [r for r in result["methods"][n]["runs"] if r["status"] == "ok"]
+            metrics[n] = {"seed": [r["seed"] for r in ok],
+                          **{k: [r[k] for r in ok] for k in
+                             ("retain_accuracy", "forget_accuracy", "test_accuracy")},
+                          "wall_time_s": [r["seconds"] for r in ok]}
+        folder = write_logits_dir(out / "logits", retrain, labels["forget"], methods, metrics)
+        (folder / "forget_set.txt").write_text(
+            ",".join(str(i) for i in result["data"]["forget_indices"]) + "\n")
+        paths["logits"] = str(folder)
+    public = {k: v for k, v in result.items() if k not in ("logits", "labels", "paths")}
+    (out / "results.json").write_text(json.dumps(_json_ready(public), indent=1) + "\n")
+    paths["json"] = str(out / "results.json")
+    (out / "results.md").write_text(render_table(result))
+    paths["markdown"] = str(out / "results.md")
+    eps = plot_epsilons(result, out / "epsilon_hist.png")
+    if eps is not None:
+        paths["epsilon_hist"] = str(eps)
+    paths["accuracy"] = str(plot_accuracies(result, out / "accuracy.png"))
+    paths["time"] = str(plot_times(result, out / "time.png"))
+    return paths

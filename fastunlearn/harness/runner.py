@@ -1,0 +1,333 @@
+"""Run forgetting methods over seeds against retrained oracles and score them all.
+
+:func:`run_harness` trains (or loads from the cache) the original model on the whole
+training set and ``oracles`` models retrained from scratch on the retain set, runs every
+method ``seeds`` times from the original model (``run_method(..., seed=s)``, timed), keeps
+the logits of every model on the forget, retain and test sets, and computes:
+
+* forget / retain / test accuracy and OPTML's UA (= 1 - forget accuracy) per model;
+* OPTML's SVC MIA-Efficacy per model (retain = members, test = non-members);
+* Seed A's epsilon-hat and the NeurIPS 2023 competition forget score F and final score,
+  unlearned models (one per seed) vs the oracles on the forget set (needs >= 2 of each);
+* class fairness of the forget-set predictions;
+* wall time and its ratio to the oracles' mean retraining time;
+* the average absolute gap to the oracles over UA, RA, TA and MIA-Efficacy (SalUn's
+  "Avg. gap").
+
+A method that raises records the error (per seed) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..forget import run_method
+from ..metrics import (
+    accuracy_report,
+    class_fairness,
+    competition_score,
+    epsilon_hat,
+    svc_mia_efficacy,
+    time_ratio,
+)
+from .config import HarnessConfig, method_overrides
+from .data import HarnessData, load_harness_data, split_forget
+from .training import train_or_load
+
+__all__ = ["collect_logits", "privacy_metrics", "run_harness"]
+
+PARTS = ("forget", "retain", "test")
+
+
+@torch.no_grad()
+def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+    """Float32 CPU logits ``[n, C]`` of ``model`` (eval mode; its mode is restored)."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(x[i:i + batch_size].to(device)).float().cpu()
+           for i in range(0, x.shape[0], batch_size)]
+    model.train(was)
+    return torch.cat(out)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_scores(logits: dict[str, Tensor], labels: dict[str, Tensor], mia: bool) -> dict:
+    out = accuracy_report(**{p: (logits[p], labels[p]) for p in PARTS})
+    if mia:
+        out["mia_efficacy"] = svc_mia_efficacy((logits["retain"], labels["retain"]),
+                                               (logits["test"], labels["test"]),
+                                               (logits["forget"], labels["forget"]))
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
+
+
+def _summarise(per_model: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keys = [k for k in per_model[0] if isinstance(per_model[0][k], (int, float))
+            and not isinstance(per_model[0][k], bool)]
+    for k in keys:
+        mean, std = _mean_std([float(r[k]) for r in per_model])
+        out[k] = mean
+        out[f"{k}_std"] = std
+    return out
+
+
+def _iter(items: Any, progress: bool, desc: str) -> Any:
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[str, Any]:
+    """Train, unlearn, score. Returns a JSON-friendly result (and the logits, as tensors).
+
+    Args:
+        config: The run's settings.
+        data: Tensors to use instead of loading ``config.dataset``.
+
+    Returns:
+        ``{"config", "data", "original", "oracles", "methods": {name: {...}}, "cache",
+        "timing", "logits", "labels"}``; ``logits`` / ``labels`` hold tensors (``[n, C]``
+        per model and part) and are left out of the JSON. With ``config.out_dir`` set, the
+        outputs are written there (:func:`fastunlearn.harness.write_outputs`) and
+        ``"paths"`` lists them.
+
+    Raises:
+        ValueError, TypeError: Bad settings or data (nothing is trained then).
+
+    """
+    if not isinstance(config, HarnessConfig):
+        raise TypeError(f"'config' must be a HarnessConfig, got {type(config).__name__}")
+    t_start = time.perf_counter()
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("'device' is cuda but no CUDA GPU is visible")
+    if data is None:
+        data = load_harness_data(config.dataset, config.data_dir)
+    elif not isinstance(data, HarnessData):
+        raise TypeError(f"'data' must be a HarnessData, got {type(data).__name__}")
+    forget_idx, retain_idx = split_forget(data, config.forget, config.forget_seed)
+    overrides = {}
+    for m in config.methods:
+        extra = dict(config.overrides.get(m, {}))
+        if m == "retrain":  # the "retrain" method follows the oracles' recipe
+            t = config.train
+            extra = {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
+                     "momentum": t.momentum, "weight_decay": t.weight_decay, **extra}
+        overrides[m] = method_overrides(m, extra, digits_defaults=config.digits_defaults)
+    sets = {"forget": (data.x_train[forget_idx], data.y_train[forget_idx]),
+            "retain": (data.x_train[retain_idx], data.y_train[retain_idx]),
+            "test": (data.x_test, data.y_test)}
+    labels = {p: sets[p][1] for p in PARTS}
+    # classes with no example left in the retain set are forgotten as a whole
+    forgotten = sorted(set(labels["forget"].tolist()) - set(labels["retain"].tolist()))
+    digest = data.digest()
+    common = dict(model_name=config.model, x=data.x_train, y=data.y_train,
+                  num_classes=data.num_classes, data_digest=digest, settings=config.train,
+                  cache_dir=config.cache_dir, device=device, progress=config.progress)
+    cache = {"hits": 0, "misses": 0}
+
+    def logits_of(model: nn.Module) -> dict[str, Tensor]:
+        return {p: collect_logits(model, sets[p][0]) for p in PARTS}
+
+    jobs = [("original", torch.arange(data.x_train.shape[0]), config.train_seed)]
+    jobs += [(f"oracle{i}", retain_idx, config.train_seed + 1 + i)
+             for i in range(config.oracles)]
+    trained = {}
+    for role, idx, seed in _iter(jobs, config.progress, "train original + oracles"):
+        tm = train_or_load(indices=idx, seed=seed, role=role, **common)  # type: ignore[arg-type]
+        cache["hits" if tm.cached else "misses"] += 1
+        trained[role] = tm
+    original = trained["original"]
+    oracle_roles = [r for r, _, _ in jobs[1:]]
+
+    all_logits: dict[str, list[dict[str, Tensor]]] = {"original": [logits_of(original.model)]}
+    all_logits["oracles"] = [logits_of(trained[r].model) for r in oracle_roles]
+    oracle_scores = [_model_scores(lg, labels, config.mia) for lg in all_logits["oracles"]]
+    oracle_seconds = [trained[r].seconds for r in oracle_roles]
+    retrain_s = sum(oracle_seconds) / len(oracle_seconds)
+    oracle_forget = torch.stack([lg["forget"] for lg in all_logits["oracles"]], 1)
+    result: dict[str, Any] = {
+        "config": _config_dict(config, overrides),
+        "data": {"dataset": data.name, "num_train": int(data.x_train.shape[0]),
+                 "num_test": int(data.x_test.shape[0]), "num_classes": data.num_classes,
+                 "num_forget": int(forget_idx.numel()), "num_retain": int(retain_idx.numel()),
+                 "forget_indices": forget_idx.tolist()},
+        "original": {**_model_scores(all_logits["original"][0], labels, config.mia),
+                     "seconds": original.seconds, "cached": original.cached,
+                     "fairness": _fairness(all_logits["original"], labels["forget"],
+                                           labels["test"], forgotten)},
+        "oracles": {**_summarise(oracle_scores), "per_model": oracle_scores,
+                    "seconds": oracle_seconds, "mean_seconds": retrain_s,
+                    "cached": [trained[r].cached for r in oracle_roles],
+                    "fairness": _fairness(all_logits["oracles"], labels["forget"],
+                                          labels["test"], forgotten)},
+        "methods": {},
+        "cache": cache,
+    }
+    if config.oracles >= 4:
+        half = config.oracles // 2
+        base = privacy_metrics(oracle_forget[:, :half], oracle_forget[:, half:2 * half],
+                               labels["forget"])
+        base["split"] = f"oracles 1..{half} vs {half + 1}..{2 * half}"
+        result["oracles"]["baseline"] = base
+
+    # the methods work on copies; a snapshot guards the original against one that does not
+    snapshot = {k: v.detach().clone() for k, v in original.model.state_dict().items()}
+    runs = [(m, s) for m in config.methods for s in range(config.seeds)]
+    bar = _iter(runs, config.progress, "unlearn")
+    per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in config.methods}
+    for name, seed in bar:
+        if config.progress and hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{name} seed {seed}")
+        record: dict[str, Any] = {"seed": seed}
+        try:
+            _sync(device)
+            t0 = time.perf_counter()
+            model = run_method(name, original.model, sets["forget"], sets["retain"],
+                               seed=seed, **overrides[name])
+            _sync(device)
+            record["seconds"] = time.perf_counter() - t0
+            lg = logits_of(model)
+            bad = [p for p in PARTS if not bool(torch.isfinite(lg[p]).all())]
+            if bad:
+                raise FloatingPointError(f"non-finite logits on the {bad[0]} set")
+            record.update(_model_scores(lg, labels, config.mia))
+            record["status"] = "ok"
+            all_logits.setdefault(name, []).append(lg)
+        except Exception as exc:  # noqa: BLE001 - a failing method must not stop the run
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(limit=4))
+        state = original.model.state_dict()
+        if any(not torch.equal(state[k], v) for k, v in snapshot.items()):
+            original.model.load_state_dict(snapshot)
+            if record["status"] == "ok":
+                all_logits[name].pop()
+                if not all_logits[name]:
+                    del all_logits[name]
+            record.update(status="error", error="RuntimeError: the method modified the "
+                          "original model (restored; its result is discarded)")
+        original.model.eval()
+        per_method[name].append(record)
+    oracle_summary = result["oracles"]
+    for name in config.methods:
+        result["methods"][name] = _method_entry(
+            per_method[name], all_logits.get(name, []), oracle_forget, labels["forget"],
+            oracle_summary, retrain_s, labels["test"], forgotten)
+    result["timing"] = {"total_seconds": time.perf_counter() - t_start,
+                        "retrain_seconds": retrain_s}
+    result["logits"] = all_logits
+    result["labels"] = labels
+    if config.out_dir is not None:
+        from .report import write_outputs
+
+        result["paths"] = write_outputs(result, config.out_dir)
+    return result
+
+
+def _fairness(logits: list[dict[str, Tensor]], forget_labels: Tensor, test_labels: Tensor,
+              forgotten: list[int]) -> dict[str, Any]:
+    """Class fairness on the forget set and on the test examples of the kept classes."""
+    out = {"forget": class_fairness(torch.stack([lg["forget"] for lg in logits], 1),
+                                    forget_labels)}
+    keep = ~torch.isin(test_labels, torch.tensor(forgotten, dtype=torch.long))
+    if bool(keep.any()):
+        test = torch.stack([lg["test"][keep] for lg in logits], 1)
+        out["test_kept_classes"] = class_fairness(test, test_labels[keep])
+    out["forgotten_classes"] = list(forgotten)
+    return out
+
+
+def _method_entry(records: list[dict[str, Any]], logits: list[dict[str, Tensor]],
+                  oracle_forget: Tensor, forget_labels: Tensor, oracles: dict[str, Any],
+                  retrain_s: float, test_labels: Tensor,
+                  forgotten: list[int]) -> dict[str, Any]:
+    ok = [r for r in records if r["status"] == "ok"]
+    entry: dict[str, Any] = {"runs": records, "num_ok": len(ok),
+                             "status": "ok" if len(ok) == len(records) else
+                             ("partial" if ok else "error")}
+    errors = [r["error"] for r in records if r["status"] != "ok"]
+    if errors:
+        entry["error"] = errors[0]
+    if not ok:
+        return entry
+    entry.update(_summarise([{k: v for k, v in r.items() if k != "seed"} for r in ok]))
+    entry["time_ratio"] = time_ratio(entry["seconds"], retrain_s) if retrain_s > 0 else math.nan
+    gaps = [abs(entry[k] - oracles[k]) for k in
+            ("unlearning_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy")
+            if k in entry and k in oracles]
+    entry["avg_gap"] = sum(gaps) / len(gaps) if gaps else math.nan
+    unlearn = torch.stack([lg["forget"] for lg in logits], 1)
+    entry["fairness"] = _fairness(logits, forget_labels, test_labels, forgotten)
+    accs = {"ra_u": entry["retain_accuracy"], "ra_r": oracles["retain_accuracy"],
+            "ta_u": entry["test_accuracy"], "ta_r": oracles["test_accuracy"]}
+    entry.update(privacy_metrics(oracle_forget, unlearn, forget_labels, accs))
+    return entry
+
+
+def privacy_metrics(retrain: Tensor, unlearn: Tensor, labels: Tensor,
+                    accuracies: dict[str, float] | None = None) -> dict[str, Any]:
+    """Seed A's epsilon-hat (>= 2 models per group) and the competition scores (>= 3).
+
+    Args:
+        retrain: ``[S, N, C]`` oracle logits on the forget set.
+        unlearn: ``[S, M, C]`` unlearned-model logits.
+        labels: ``[S]``.
+        accuracies: ``ra_u, ra_r, ta_u, ta_r`` for the competition's final score.
+
+    Returns:
+        ``epsilon_hat``, ``seed_a``, ``competition_forget_score``,
+        ``competition_final_score``, ``competition``, ``per_example`` where computable,
+        and ``privacy_note`` saying what was skipped.
+
+    """
+    out: dict[str, Any] = {}
+    notes = []
+    n, m = int(retrain.shape[1]), int(unlearn.shape[1])
+    if n >= 2 and m >= 2:
+        eps = epsilon_hat(retrain, unlearn, labels)
+        out["epsilon_hat"] = eps.epsilon_hat
+        out["seed_a"] = eps.to_dict()
+        out["per_example"] = {"epsilon": [float(v) for v in eps.per_example.tolist()]}
+    else:
+        notes.append(f"epsilon-hat needs >= 2 oracles and >= 2 unlearned models ({n}, {m})")
+    if n >= 2 and m >= 3:
+        comp = competition_score(retrain, unlearn, labels, accuracies=accuracies)
+        out["competition_forget_score"] = comp.forget_score
+        out["competition_final_score"] = comp.final_score
+        out["competition"] = comp.to_dict()
+        out.setdefault("per_example", {})["competition_epsilon"] = [
+            float(v) for v in comp.per_example.tolist()]
+    else:
+        notes.append(f"the competition score needs >= 2 oracles and >= 3 unlearned models "
+                     f"({n}, {m})")
+    if notes:
+        out["privacy_note"] = "; ".join(notes)
+    return out
+
+
+def _config_dict(config: HarnessConfig, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    out = asdict(config)
+    out["methods"] = list(config.methods)
+    out["method_settings"] = {m: {k: (list(v) if isinstance(v, tuple) else v)
+                                  for k, v in o.items()} for m, o in overrides.items()}
+    return out

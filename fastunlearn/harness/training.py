@@ -1,0 +1,171 @@
+"""Training of the original model and the retrained oracles, with an on-disk cache.
+
+Weights are stored with :mod:`safetensors` (tensors only, never pickled code) under a
+file name that is a SHA-256 of everything that determines them: the data (a digest of the
+tensors), the training indices, the model name and arguments, the recipe and the seed. A
+JSON sidecar keeps the training wall time, so a cached oracle still reports the retraining
+time that the methods' time ratios are measured against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import TrainSettings
+from .data import build_harness_model, model_kwargs
+
+__all__ = ["CACHE_VERSION", "TrainedModel", "cache_key", "train_model", "train_or_load"]
+
+#: Bumped whenever the training code changes what a key produces.
+CACHE_VERSION = 1
+
+
+@dataclass
+class TrainedModel:
+    """A trained model and how it was obtained.
+
+    Attributes:
+        model: The network (eval mode).
+        seconds: Wall time of its training (the original run's, when loaded from the cache).
+        cached: Whether the weights came from the cache.
+        key: The cache key.
+
+    """
+
+    model: nn.Module
+    seconds: float
+    cached: bool
+    key: str
+
+
+def train_model(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    progress: bool = False,
+    desc: str = "train",
+) -> nn.Module:
+    """Train ``model`` in place: SGD (Nesterov), cosine schedule, mean cross-entropy.
+
+    Tensors are batched directly (no DataLoader) with a seeded shuffle.
+    """
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                          nesterov=settings.momentum > 0, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
+    gen = torch.Generator().manual_seed(seed)
+    epochs: Any = range(settings.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc=desc, leave=False)
+    model.train()
+    n = x.shape[0]
+    for _ in epochs:
+        perm = torch.randperm(n, generator=gen).to(device)
+        for start in range(0, n, settings.batch_size):
+            idx = perm[start:start + settings.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    model.eval()
+    return model
+
+
+def _digest(t: Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def cache_key(*, data_digest: str, indices: Tensor, model: str, model_args: dict[str, Any],
+              settings: TrainSettings, seed: int) -> str:
+    """SHA-256 of everything that determines a trained model's weights."""
+    blob = json.dumps({
+        "version": CACHE_VERSION, "torch": torch.__version__.split("+")[0],
+        "data": data_digest, "indices": _digest(indices.long()), "model": model,
+        "model_args": model_args, "train": asdict(settings), "seed": seed,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def train_or_load(
+    *,
+    model_name: str,
+    x: Tensor,
+    y: Tensor,
+    indices: Tensor,
+    num_classes: int,
+    data_digest: str,
+    settings: TrainSettings,
+    seed: int,
+    cache_dir: str | Path | None,
+    device: torch.device,
+    role: str,
+    progress: bool = False,
+) -> TrainedModel:
+    """Train the model on rows ``indices`` of ``(x, y)``, or load it from the cache.
+
+    Args:
+        model_name: Zoo model.
+        x: All training inputs.
+        y: All training labels.
+        indices: Rows trained on (everything for the original, the retain set for oracles).
+        num_classes: Classes.
+        data_digest: :meth:`HarnessData.digest`.
+        settings: Recipe.
+        seed: Seed of the initialisation and the shuffling.
+        cache_dir: Cache folder (None: always train, store nothing).
+        device: Where to train.
+        role: File-name prefix (``original``, ``oracle3``).
+        progress: tqdm bar over epochs.
+
+    """
+    shape = tuple(x.shape[1:])
+    kw = model_kwargs(model_name, shape, num_classes)
+    key = cache_key(data_digest=data_digest, indices=indices, model=model_name,
+                    model_args=kw, settings=settings, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_harness_model(model_name, shape, num_classes).to(device)
+    path = meta = None
+    if cache_dir is not None:
+        folder = Path(cache_dir)
+        path = folder / f"{role}-{key[:24]}.safetensors"
+        meta = path.with_suffix(".json")
+        info = json.loads(meta.read_text()) if meta.is_file() else {}
+        if path.is_file() and info.get("key") == key:
+            from safetensors.torch import load_model
+
+            load_model(model, str(path), device=str(device))
+            model.eval()
+            return TrainedModel(model, float(info["seconds"]), True, key)
+    t0 = time.perf_counter()
+    train_model(model, x[indices], y[indices], settings, seed=seed, progress=progress,
+                desc=role)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    if path is not None and meta is not None:
+        from safetensors.torch import save_model
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_model(model, str(tmp))
+        tmp.replace(path)  # the sidecar is written last: a half-written cache is a miss
+        meta.write_text(json.dumps({"key": key, "seconds": seconds, "role": role,
+                                    "model": model_name, "seed": seed}) + "\n")
+    return TrainedModel(model, seconds, False, key)

@@ -1,0 +1,234 @@
+"""End-to-end harness runs on digits: outputs, metrics vs the saved logits, cache, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastunlearn.forget import ForgetConfig, base
+from fastunlearn.harness import (
+    HarnessConfig,
+    HarnessData,
+    TrainSettings,
+    load_harness_data,
+    method_overrides,
+    run_harness,
+    write_outputs,
+)
+from fastunlearn.harness.cli import main, parse_set
+from fastunlearn.metrics import load_logits_dir
+
+FAST = TrainSettings(epochs=2)
+
+
+@pytest.fixture(scope="module")
+def digits() -> HarnessData:
+    return load_harness_data("digits")
+
+
+def _config(tmp: Path, **kw: object) -> HarnessConfig:
+    opts: dict = dict(methods=("fisher", "finetune"), seeds=1, oracles=1, train=FAST,
+                      cache_dir=str(tmp / "cache"))
+    opts.update(kw)
+    if "finetune" in opts["methods"]:
+        opts.setdefault("overrides", {"finetune": {"epochs": 1}})
+    return HarnessConfig(**opts)
+
+
+def test_end_to_end_outputs_match_the_saved_logits(tmp_path: Path, digits: HarnessData) -> None:
+    result = run_harness(_config(tmp_path, out_dir=str(tmp_path / "out")), digits)
+    paths = result["paths"]
+    for key in ("json", "markdown", "accuracy", "time", "logits"):
+        assert Path(paths[key]).exists(), key
+    for png in ("accuracy", "time"):
+        assert Path(paths[png]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(Path(paths["json"]).read_text())
+    assert set(data["methods"]) == {"fisher", "finetune"}
+    assert all(m["status"] == "ok" for m in data["methods"].values())
+    # class:3: the oracle never saw a 3, the original did
+    assert data["oracles"]["forget_accuracy"] < 0.1
+    assert data["original"]["forget_accuracy"] > 0.5
+    assert data["data"]["num_forget"] == int((digits.y_train == 3).sum())
+    # the saved logits (fixture layout) give the reported accuracies: independent recount
+    saved = load_logits_dir(paths["logits"])
+    assert (saved.labels == 3).all()
+    assert saved.retrain.shape == (data["data"]["num_forget"], 1, 10)
+    for name in ("fisher", "finetune"):
+        acc = float((saved.methods[name][:, 0].argmax(1) == saved.labels).double().mean())
+        assert acc == pytest.approx(data["methods"][name]["forget_accuracy"], abs=1e-12)
+        assert saved.metrics[name]["forget_accuracy"][0] == pytest.approx(acc)
+        # one seed, one oracle: the epsilon metrics say why they are missing
+        assert "privacy_note" in data["methods"][name]
+        assert data["methods"][name]["time_ratio"] == pytest.approx(
+            data["methods"][name]["seconds"] / data["oracles"]["mean_seconds"])
+    assert saved.forget_set == data["data"]["forget_indices"]
+    table = Path(paths["markdown"]).read_text()
+    assert "| fisher | ok |" in table and "| finetune | ok |" in table
+
+
+def test_epsilon_and_competition_scores_with_enough_models(tmp_path: Path,
+                                                         digits: HarnessData) -> None:
+    from fastunlearn.metrics import competition_score, epsilon_hat
+
+    cfg = _config(tmp_path, methods=("fisher",), seeds=3, oracles=2, mia=False)
+    result = run_harness(cfg, digits)
+    entry = result["methods"]["fisher"]
+    retrain = torch.stack([lg["forget"] for lg in result["logits"]["oracles"]], 1)
+    unlearn = torch.stack([lg["forget"] for lg in result["logits"]["fisher"]], 1)
+    y = result["labels"]["forget"]
+    assert entry["epsilon_hat"] == epsilon_hat(retrain, unlearn, y).epsilon_hat or (
+        np.isnan(entry["epsilon_hat"]))
+    assert entry["competition_forget_score"] == competition_score(retrain, unlearn,
+                                                                  y).forget_score
+    paths = write_outputs(result, tmp_path / "out")
+    assert Path(paths["epsilon_hist"]).read_bytes()[:4] == b"\x89PNG"
+    from fastunlearn.metrics import evaluate_logits_dir
+
+    ev = evaluate_logits_dir(paths["logits"])  # `fastunlearn evaluate` reads the harness
+    assert ev["methods"]["fisher"]["competition_forget_score"] == pytest.approx(
+        entry["competition_forget_score"])
+
+
+def test_cache_reuse_does_not_retrain(tmp_path: Path, digits: HarnessData) -> None:
+    cfg = _config(tmp_path, methods=("fisher",), oracles=2, mia=False)
+    first = run_harness(cfg, digits)
+    assert first["cache"] == {"hits": 0, "misses": 3}
+    second = run_harness(cfg, digits)
+    assert second["cache"] == {"hits": 3, "misses": 0}
+    assert second["original"]["cached"] and all(second["oracles"]["cached"])
+    # same weights (same logits) and the stored training times of the first run
+    for a, b in zip(first["logits"]["oracles"], second["logits"]["oracles"], strict=True):
+        assert torch.equal(a["test"], b["test"])
+    assert second["oracles"]["seconds"] == first["oracles"]["seconds"]
+    # a sidecar that does not match its key is a miss: trained again from a fresh init,
+    # which reproduces the first run's weights exactly
+    for meta in (tmp_path / "cache").glob("oracle0-*.json"):
+        meta.write_text(json.dumps({"key": "stale", "seconds": 0.0}))
+    again = run_harness(cfg, digits)
+    assert again["cache"] == {"hits": 2, "misses": 1}
+    assert torch.equal(again["logits"]["oracles"][0]["test"],
+                       first["logits"]["oracles"][0]["test"])
+    # a different recipe is a different key: trained again
+    third = run_harness(_config(tmp_path, methods=("fisher",), oracles=2, mia=False,
+                                train=TrainSettings(epochs=1)), digits)
+    assert third["cache"] == {"hits": 0, "misses": 3}
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len([f for f in files if f.endswith(".safetensors")]) == 6
+
+
+def test_a_failing_method_is_recorded_and_the_run_goes_on(
+    tmp_path: Path, digits: HarnessData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(model, forget, retain, config):  # noqa: ANN001, ANN202
+        raise RuntimeError("exploded on purpose")
+
+    def vandal(model, forget, retain, config):  # noqa: ANN001, ANN202
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()  # modifies the caller's model, against the interface
+        return model
+
+    monkeypatch.setitem(base._REGISTRY, "broken_for_test", (broken, ForgetConfig))
+    monkeypatch.setitem(base._REGISTRY, "vandal_for_test", (vandal, ForgetConfig))
+    result = run_harness(_config(tmp_path, methods=("broken_for_test", "vandal_for_test",
+                                                    "fisher"), mia=False), digits)
+    assert result["methods"]["vandal_for_test"]["status"] == "error"
+    assert "modified the original" in result["methods"]["vandal_for_test"]["error"]
+    assert "vandal_for_test" not in result["logits"]
+    # fisher ran after it from the restored original: same as a run without the vandal
+    alone = run_harness(_config(tmp_path, methods=("fisher",), mia=False), digits)
+    assert torch.equal(result["logits"]["fisher"][0]["forget"],
+                       alone["logits"]["fisher"][0]["forget"])
+    assert result["methods"]["broken_for_test"]["status"] == "error"
+    assert "exploded on purpose" in result["methods"]["broken_for_test"]["error"]
+    assert result["methods"]["fisher"]["status"] == "ok"
+    paths = write_outputs(result, tmp_path / "out")
+    table = Path(paths["markdown"]).read_text()
+    assert "| broken_for_test | error |" in table and "exploded on purpose" in table
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path: Path, digits: HarnessData) -> None:
+    with pytest.raises(ValueError, match="unknown forgetting method 'nope'"):
+        HarnessConfig(methods=("nope",))
+    with pytest.raises(ValueError, match="'methods' is empty"):
+        HarnessConfig(methods=())
+    with pytest.raises(ValueError, match="not a field of FinetuneConfig"):
+        HarnessConfig(methods=("finetune",), overrides={"finetune": {"learning_rate": 1}})
+    with pytest.raises(ValueError, match="'seeds'"):
+        HarnessConfig(seeds=0)
+    with pytest.raises(ValueError, match="'model' must be one of"):
+        HarnessConfig(model="resnet1000")
+    with pytest.raises(ValueError, match="empty forget set"):  # random:0.0001 of 1438 -> 0
+        run_harness(_config(tmp_path, forget="random:0.0001"), digits)
+    with pytest.raises(ValueError, match="class 12 does not occur"):
+        run_harness(_config(tmp_path, forget="class:12"), digits)
+    dup = tmp_path / "dup.txt"
+    dup.write_text("1 2 3 2\n")  # an index twice: forget rows overlapping each other
+    with pytest.raises(ValueError, match="duplicates"):
+        run_harness(_config(tmp_path, forget=f"file:{dup}"), digits)
+    far = tmp_path / "far.txt"
+    far.write_text("0 5000\n")
+    with pytest.raises(ValueError, match="out of range"):
+        run_harness(_config(tmp_path, forget=f"file:{far}"), digits)
+    x, y = digits.x_train, digits.y_train
+    with pytest.raises(ValueError, match="differ in length"):
+        HarnessData(x, y[:-1], digits.x_test, digits.y_test, 10)
+    with pytest.raises(ValueError, match="outside 0..9"):
+        HarnessData(x, y + 1, digits.x_test, digits.y_test, 10)
+    with pytest.raises(ValueError, match="'x_test' rows"):
+        HarnessData(x, y, digits.x_test[:, :, :4], digits.y_test, 10)
+    with pytest.raises(ValueError, match="'data_dir' is required"):
+        load_harness_data("cifar10")
+    assert not (tmp_path / "cache").exists()  # nothing trained on bad input
+
+
+def test_method_overrides_layers_digits_defaults_and_user_values() -> None:
+    ov = method_overrides("finetune", {"lr": 0.2})
+    assert ov["lr"] == 0.2 and "epochs" in ov
+    assert method_overrides("finetune", {}, digits_defaults=False) == {}
+
+
+def test_parse_set() -> None:
+    assert parse_set(["finetune.lr=0.02", "scrub.lr_decay_epochs=(3, 5)",
+                      "bad_teacher.incompetent_seed=None", "fisher.fisher=true_fisher",
+                      "influence.solver=cg"]) == {
+        "finetune": {"lr": 0.02}, "scrub": {"lr_decay_epochs": (3, 5)},
+        "bad_teacher": {"incompetent_seed": None}, "fisher": {"fisher": "true_fisher"},
+        "influence": {"solver": "cg"}}
+    with pytest.raises(ValueError, match="method.key=value"):
+        parse_set(["lr=0.1"])
+
+
+def test_cli_runs_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli"
+    rc = main(["--method", "fisher,finetune", "--seeds", "1", "--oracles", "1", "--epochs",
+               "2", "--set", "finetune.epochs=1", "--out", str(out), "--cache-dir",
+               str(tmp_path / "c"), "--no-progress", "--no-mia"])
+    assert rc == 0
+    assert (out / "results.md").is_file() and (out / "logits" / "logits_retain.npy").is_file()
+    assert "| finetune | ok |" in capsys.readouterr().out
+    rc = main(["--method", "finetune,bogus", "--out", str(out), "--no-progress"])
+    assert rc == 2
+    assert "unknown forgetting method 'bogus'" in capsys.readouterr().err
+    rc = main(["--method", "finetune", "--set", "finetune.nope=1", "--no-progress"])
+    assert rc == 2
+    rc = main(["--method", "finetune", "--dataset", "mnist", "--data-dir", str(tmp_path),
+               "--no-progress", "--cache-dir", str(tmp_path / "c2")])
+    assert rc == 2  # the MNIST files are missing: a clear message, nothing trained
+    assert "mnist" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "c2").exists()
+
+
+def test_retrain_method_follows_the_oracle_recipe(tmp_path: Path, digits: HarnessData) -> None:
+    result = run_harness(_config(tmp_path, methods=("retrain",), mia=False), digits)
+    settings = result["config"]["method_settings"]["retrain"]
+    assert (settings["epochs"], settings["lr"], settings["batch_size"]) == (
+        FAST.epochs, FAST.lr, FAST.batch_size)
+    entry = result["methods"]["retrain"]
+    assert entry["status"] == "ok"
+    assert entry["forget_accuracy"] < 0.1  # never saw a 3
+    assert entry["retain_accuracy"] > 0.3  # 2 epochs: well above chance (1/9)
