@@ -487,11 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_modules() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Return the ``add_parser`` functions of the commands kept beside their packages."""
     from .exposure.cli import add_parser as exposure
+    from .harness.cli import add_parser as forget
     from .influence.cli import add_parser as repair
     from .influence.feature_cli import add_parser as unlearn_features
     from .metrics.cli import add_parser as evaluate
 
-    return [repair, unlearn_features, evaluate, exposure]
+    return [repair, unlearn_features, forget, evaluate, exposure]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

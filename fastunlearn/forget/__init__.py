@@ -73,3 +73,6 @@ __all__ += [
     "saliency_mask",
 ]
 # end methods: forgetb
+
+# the influence-unlearning method (fastunlearn.influence behind the shared interface)
+from . import influence_method as influence_method  # noqa: E402
