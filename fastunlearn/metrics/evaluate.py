@@ -36,6 +36,10 @@ from .timing import time_ratio
 
 __all__ = ["evaluate_logits", "evaluate_logits_dir"]
 
+#: Retrained models per half of the retrained-vs-retrained baseline (the competition
+#: score needs at least three models per group).
+MIN_BASELINE_HALF = 3
+
 
 def _finite_list(t: Tensor) -> list[float]:
     return [float(v) for v in t.tolist()]
@@ -168,7 +172,13 @@ def evaluate_logits_dir(
         if "wall_time_s" in m_csv and ret_csv.get("wall_time_s", 0) > 0:
             entry["time_ratio"] = time_ratio(m_csv["wall_time_s"], ret_csv["wall_time_s"])
         result["methods"][name] = entry
-    if baseline and retrain.shape[1] >= 4:
+    if baseline and retrain.shape[1] < 2 * MIN_BASELINE_HALF:
+        result["baseline_skipped"] = (
+            f"the baseline needs at least {2 * MIN_BASELINE_HALF} retrained models "
+            f"({MIN_BASELINE_HALF} per half, the competition score's minimum), "
+            f"got {retrain.shape[1]}"
+        )
+    elif baseline:
         half = retrain.shape[1] // 2
         result["baseline"] = evaluate_logits(
             retrain[:, :half], retrain[:, half:2 * half], labels, delta=delta,

@@ -79,6 +79,20 @@ def test_evaluate_logits_dir_matches_the_parts(tmp_path, fixture_arrays):
     json.dumps(res)  # JSON-friendly
 
 
+@pytest.mark.parametrize("models, has_baseline", [(4, False), (5, False), (6, True)])
+def test_baseline_needs_three_retrained_models_per_half(tmp_path, models, has_baseline):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (30,), generator=gen)
+    r = torch.randn(30, models, 10, generator=gen)
+    u = torch.randn(30, 4, 10, generator=gen)
+    path = write_logits_dir(tmp_path / "logits", r, y, {"finetune": u})
+    res = evaluate_logits_dir(path)
+    assert ("baseline" in res) is has_baseline
+    assert ("baseline_skipped" in res) is not has_baseline
+    assert res["methods"]["finetune"]["num_models"] == 4
+    json.dumps(res)
+
+
 def test_load_rejects_mismatched_arrays(tmp_path):
     z = torch.randn(5, 4, 3)
     y = torch.tensor([0, 1, 2, 0, 1])
