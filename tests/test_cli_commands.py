@@ -1,0 +1,31 @@
+"""The ``fastunlearn`` command lists every subcommand and each one answers --help."""
+
+import pytest
+
+from fastunlearn import cli
+
+COMMANDS = (
+    "info", "demo", "remove", "extract", "repair", "unlearn-features", "forget", "evaluate",
+    "exposure",
+)
+
+
+def test_every_command_is_registered():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    assert f"fastunlearn {command}" in capsys.readouterr().out
+
+
+def test_unknown_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["no-such-command"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
