@@ -7,28 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_types import non_negative_int as _non_negative_int
+from ..cli_types import positive_float as _positive_float
+from ..cli_types import positive_int as _positive_int
+
 __all__ = ["add_parser", "run"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def _digits(text: str) -> str:

@@ -13,17 +13,9 @@ import ast
 import sys
 from typing import Any
 
+from ..cli_types import positive_int as _positive_int
+
 __all__ = ["add_parser", "main", "parse_set", "run"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def _value(text: str) -> Any:

@@ -8,52 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..cli_types import non_negative_float as _non_negative
+from ..cli_types import non_negative_int as _non_negative_int
+from ..cli_types import positive_float as _positive
+from ..cli_types import positive_int as _positive_int
+
 __all__ = ["add_parser", "run"]
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
-    return value
-
-
-def _number(text: str, *, positive: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise argparse.ArgumentTypeError(
-            f"must be finite and {'positive' if positive else 'non-negative'}, got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    return _number(text, positive=True)
-
-
-def _non_negative(text: str) -> float:
-    return _number(text, positive=False)
 
 
 def _tau(text: str) -> float | str:

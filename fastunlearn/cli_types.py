@@ -1,0 +1,86 @@
+"""Argument types for the ``fastunlearn`` commands: bad values become clean argparse errors.
+
+Every parser of the command (``fastunlearn/cli.py`` and the commands kept beside their
+packages) uses these, so one value is rejected with the same message everywhere (exit
+status 2, the message naming the flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = [
+    "integer",
+    "non_negative_float",
+    "non_negative_int",
+    "number",
+    "open_unit",
+    "positive_float",
+    "positive_int",
+    "ratio",
+]
+
+
+def number(text: str) -> float:
+    """Parse a finite real number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Parse a finite number > 0."""
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """Parse a finite number >= 0."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative, got {text}")
+    return value
+
+
+def open_unit(text: str) -> float:
+    """Parse a number in (0, 1)."""
+    value = number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def ratio(text: str) -> float:
+    """Parse a number in (0, 1]."""
+    value = number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def integer(text: str, minimum: int) -> int:
+    """Parse an integer >= ``minimum``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Parse an integer >= 1."""
+    return integer(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """Parse an integer >= 0."""
+    return integer(text, 0)
