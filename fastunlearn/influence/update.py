@@ -283,6 +283,27 @@ class _ShuffledBatches:
             yield self.inputs[idx], self.targets[idx]
 
 
+def _curvature_data(
+    X: Tensor, y: Tensor, loss_fn: LossFn, rows: int | None, seed: int
+) -> tuple[Tensor, Tensor, LossFn]:
+    """Return the rows and loss of the curvature: all, or ``rows`` drawn and reweighted.
+
+    A summed loss over ``m`` of ``n`` rows drawn without replacement, times ``n / m``, has
+    the full summed loss's Hessian (and Gauss-Newton matrix) as its expectation.
+    """
+    n = int(X.shape[0])
+    if rows is None or rows >= n:
+        return X, y, loss_fn
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=gen)[:rows].to(X.device)
+    weight = n / rows
+
+    def weighted_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        return weight * loss_fn(outputs, targets)
+
+    return X[idx], y[idx], weighted_loss
+
+
 def _solve_cg(
     op: NetworkHessianOperator, G: Tensor, tol: float, maxiter: int | None, restarts: int
 ) -> tuple[Tensor, int, int, bool, float, str | None]:
@@ -367,6 +388,8 @@ def influence_update(
     curvature: str = "hessian",
     params: Any = None,
     hvp_batch_size: int | None = None,
+    curvature_subsample: int | None = None,
+    subsample_seed: int = 0,
     chunk_size: int | None = 1024,
     tol: float = 1e-6,
     maxiter: int | None = None,
@@ -409,6 +432,13 @@ def influence_update(
         params: Parameters to update: None (all trainable), or names / ``nn.Parameter``
             objects (e.g. :func:`~fastunlearn.influence.last_parameters`).
         hvp_batch_size: Rows per Hessian-vector product batch (None: all at once).
+        curvature_subsample: ``'cg'`` and ``'direct'`` only: build the curvature from
+            this many rows of ``train_data``, drawn once without replacement (seeded by
+            ``subsample_seed``) and weighted ``n / m``, an unbiased estimate of the
+            full-data matrix at ``m / n`` of the cost per product. The solver then solves
+            that fixed system exactly (CG needs a fixed operator, unlike LiSSA, which draws
+            a new batch per step), and ``residual`` refers to it. None: every row.
+        subsample_seed: Seed of the ``curvature_subsample`` draw.
         chunk_size: Rows per gradient and loss chunk (None: all at once).
         tol: Relative tolerance of CG on the true residual.
         maxiter: CG iteration cap over all restarts (default ``10 P``).
@@ -473,6 +503,12 @@ def influence_update(
         maxiter = _check_int("maxiter", maxiter, 0)
     if hvp_batch_size is not None:
         hvp_batch_size = _check_int("hvp_batch_size", hvp_batch_size, 1)
+    if curvature_subsample is not None:
+        curvature_subsample = _check_int("curvature_subsample", curvature_subsample, 1)
+        if order == 2 and solver == "lissa":
+            raise ValueError("'curvature_subsample' applies to the solvers 'cg' and 'direct'; "
+                             "LiSSA samples its own batches (LissaSettings.batch_size)")
+    subsample_seed = _check_int("subsample_seed", subsample_seed, 0)
     if chunk_size is not None:
         chunk_size = _check_int("chunk_size", chunk_size, 1)
     auto_tau = False
@@ -551,8 +587,11 @@ def influence_update(
             step = float(tau) * G
         else:
             X_train, y_train = train_data  # type: ignore[misc]
+            X_curv, y_curv, curv_loss = _curvature_data(X_train, y_train, loss_fn,
+                                                        curvature_subsample, subsample_seed)
+            n_curv = int(X_curv.shape[0])
             if solver == "cg":
-                op = _curvature_op(curvature, model, loss_fn, X_train, y_train, params=names,
+                op = _curvature_op(curvature, model, curv_loss, X_curv, y_curv, params=names,
                                    damping=damping, batch_size=hvp_batch_size)
                 step, iters, matvecs, ok, residual, note = _solve_cg(op, G, tol, maxiter,
                                                                       restarts)
@@ -560,7 +599,7 @@ def influence_update(
                 result.solver_iterations = iters
                 result.converged = ok
                 # matvecs include the initial residual of each restart and the final true one
-                result.num_hvps += matvecs * n_train
+                result.num_hvps += matvecs * n_curv
                 result.residual = residual / result.gradient_norm
                 result.reason = note
             elif solver == "lissa":
@@ -589,10 +628,10 @@ def influence_update(
                     result.residual = float(torch.linalg.vector_norm(residual)) \
                         / result.gradient_norm
             else:
-                step, H = _solve_direct(model, loss_fn, X_train, y_train, names, G, damping,
+                step, H = _solve_direct(model, curv_loss, X_curv, y_curv, names, G, damping,
                                         hvp_batch_size, curvature)
                 result.damping = damping
-                result.num_hvps += n_train * P
+                result.num_hvps += n_curv * P
                 result.residual = float(torch.linalg.vector_norm(H @ step - G)) \
                     / result.gradient_norm
                 result.converged = True

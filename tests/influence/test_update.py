@@ -392,3 +392,70 @@ def test_ggn_equals_hessian_for_linear_model():
     H = _dense_hessian_of(model, bce_sum, X, y)
     torch.testing.assert_close(GGNOperator(model, bce_sum, X, y).to_dense(), H, rtol=1e-10,
                                atol=1e-10)
+
+
+# ---- curvature subsampling ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["cg", "direct"])
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_curvature_subsample_solves_the_reweighted_subset_system(solver, curvature):
+    model = _small_net()
+    X, y = _net_data(n=60)
+    rows = torch.arange(5)
+    y_new = _shift_labels(y, rows)
+    m, seed = 17, 3
+    # the rows the option documents: a seeded draw without replacement, weighted n / m
+    idx = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))[:m]
+    if curvature == "ggn":
+        C = _dense_ggn(model, X[idx], y_new[idx])
+    else:
+        C = _dense_hessian_of(model, ce_sum, X[idx], y_new[idx])
+    C = C * (X.shape[0] / m)
+    lam = float(-torch.linalg.eigvalsh(C)[0].clamp(max=0)) + 0.5
+    G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows])
+    before = _flat(model)
+    res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
+                           train_data=(X, y_new), solver=solver, curvature=curvature,
+                           damping=lam, tol=1e-11, curvature_subsample=m,
+                           subsample_seed=seed, check_loss=False)
+    expected = torch.linalg.solve(C + lam * torch.eye(C.shape[0], dtype=D64), G)
+    torch.testing.assert_close(before - _flat(model), expected, rtol=1e-7, atol=1e-9)
+    # products are counted on the m rows only
+    if solver == "direct":
+        assert res.num_hvps == m * res.num_params
+    else:
+        assert res.num_hvps % m == 0 and res.num_hvps >= m * res.solver_iterations
+
+
+def test_curvature_subsample_of_every_row_equals_the_full_solve():
+    X, y = _net_data()
+    rows = torch.arange(4)
+    y_new = _shift_labels(y, rows)
+    steps = []
+    for subsample in (None, X.shape[0], 10 * X.shape[0]):
+        model = _small_net()
+        before = _flat(model)
+        influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
+                         train_data=(X, y_new), curvature="ggn", damping=0.1, tol=1e-12,
+                         curvature_subsample=subsample, check_loss=False)
+        steps.append(before - _flat(model))
+    torch.testing.assert_close(steps[1], steps[0], rtol=0, atol=0)
+    torch.testing.assert_close(steps[2], steps[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(curvature_subsample=0), "curvature_subsample"),
+    (dict(curvature_subsample=2.5), "curvature_subsample"),
+    (dict(curvature_subsample=8, solver="lissa"), "curvature_subsample.*LiSSA"),
+    (dict(curvature_subsample=8, subsample_seed=-1), "subsample_seed"),
+])
+def test_curvature_subsample_bad_input(kwargs, match):
+    model = _small_net()
+    X, y = _net_data()
+    rows = torch.arange(4)
+    state = _state(model)
+    with pytest.raises((ValueError, TypeError), match=match):
+        influence_update(model, X[rows], y[rows], new_targets=(y[rows] + 1) % 3,
+                         train_data=(X, y), damping=1.0, **kwargs)
+    assert _same_state(model, state)
