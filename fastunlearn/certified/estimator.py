@@ -147,6 +147,7 @@ class _Step(NamedTuple):
     """A planned Newton removal step, computed without changing the model."""
 
     rows: Tensor  # int64 [m], on the model's device
+    rows_np: np.ndarray  # the same indices on the host
     row_weights: Tensor  # [m, K] memberships of the removed rows (before removal)
     classes: Tensor | None  # int64 classes updated; None: all classes
     V: Tensor | None  # [d, k'] Newton step; None: no class is affected
@@ -427,6 +428,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             self._gram = gram_matrices(Xt, self._A[:, :1] if self._shared_gram else self._A)
             self._train(draw=0)
             self._refresh_spectral()
+        self._build_host_mirrors()
         self._sync_public()
         if self.budget_used_ > self.budget_:
             warnings.warn(
@@ -474,7 +476,25 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
     def _refresh_spectral(self) -> None:
         """Recompute the cached upper bounds of ``lambda_max`` of the remaining Gram matrices."""
         self._eig = lambda_max_upper(self._gram, self._gram_traces())
-        self._eig_slack = torch.zeros_like(self._eig)
+        self._eig_slack = torch.zeros_like(self._eig)  # the host mirror is kept current
+        if hasattr(self, "_h_eig"):
+            self._h_eig = self._eig.cpu().numpy().copy()
+            self._h_eig_slack = np.zeros_like(self._h_eig)
+
+    def _build_host_mirrors(self) -> None:
+        """Host (numpy) copies of the removal bookkeeping, kept in step with the tensors.
+
+        Deciding which classes a removal touches, validating indices, the worst-case bound and
+        when to refresh the spectral bounds then read no device memory: on a GPU each such
+        read would wait for all queued work (a host-device synchronisation per removal).
+        """
+        self._h_A = self._A.cpu().numpy().copy()
+        self._h_removed = self._removed.cpu().numpy().copy()
+        self._h_labels = self._labels.cpu().numpy().copy()
+        self._h_n_rem = self._n_rem.cpu().numpy().copy()
+        self._h_row_sq = self._row_sq.cpu().numpy().copy()
+        self._h_eig = self._eig.cpu().numpy().copy()
+        self._h_eig_slack = self._eig_slack.cpu().numpy().copy()
 
     def _gram_traces(self) -> Tensor:
         A = self._A[:, :1] if self._shared_gram else self._A
@@ -485,7 +505,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         self.coef_ = self._W.T.detach().cpu().numpy().copy()
         self.b_ = self._b.T.detach().cpu().numpy().copy()
         self.budget_left_ = self.budget_ - self.budget_used_
-        self.removed_indices_ = np.flatnonzero(self._removed.cpu().numpy()).astype(np.int64)
+        self.removed_indices_ = np.flatnonzero(self._h_removed).astype(np.int64)
         self.n_removed_ = int(self.removed_indices_.shape[0])
 
     # ---- prediction ----------------------------------------------------------------------
@@ -585,12 +605,12 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         uniq, counts = np.unique(arr, return_counts=True)
         if uniq.shape[0] != arr.shape[0]:
             raise ValueError(f"argument 'indices' has duplicate index {int(uniq[counts > 1][0])}")
-        removed = self._removed.cpu().numpy()
+        removed = self._h_removed
         if removed[arr].any():
             raise ValueError(
                 f"argument 'indices' has already removed index {int(arr[removed[arr]][0])}"
             )
-        labels = self._labels.cpu().numpy()
+        labels = self._h_labels
         keep = ~removed
         keep[arr] = False
         left = np.bincount(labels[keep], minlength=self.classes_.shape[0])
@@ -616,25 +636,41 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         wood = getattr(self, "_wood", None)
         if wood is not None and wood.rows >= wood.capacity:
             return "cholesky"
-        n, d = float(self._n_rem.max()), float(self._X.shape[1])
+        n, d = float(self._h_n_rem.max()), float(self._X.shape[1])
         it = max(self._cg_last, CG_ITERATIONS_GUESS)
         dense = n * d * d + d**3 / 3.0
         iterative = (it + 1) * 4.0 * n * d + it * 4.0 * d * d
         return "cg" if iterative < dense else "cholesky"
 
-    def _plan(self, rows: Tensor, solver: str) -> _Step:
-        """Newton step and its bound for removing ``rows`` at once; changes nothing."""
+    def _plan(self, rows: Tensor, rows_np: np.ndarray, solver: str) -> _Step:
+        """Newton step and its bound for removing ``rows`` at once; changes nothing.
+
+        ``rows_np`` is the host copy of ``rows``: which classes the rows belong to is read
+        from the host mirrors, without waiting for the device.
+        """
         cfg = self._cfg
         lam, gamma = cfg["lam"], cfg["gamma"]
         X, Y, A, W = self._X, self._Y, self._A, self._W
         K = Y.shape[1]
         row_weights = A[rows]  # [m, K]
         m_k = row_weights.sum(0)
-        affected = torch.nonzero(m_k > 0).flatten()
-        n_affected = int(affected.numel())
+        m_k_host = self._h_A[rows_np].sum(0)
+        affected_host = np.flatnonzero(m_k_host > 0)
+        n_affected = int(affected_host.shape[0])
+        worst = (
+            worst_case_bound(
+                lam,
+                self._h_n_rem[affected_host],
+                m_k_host[affected_host],
+                gamma,
+                C=max(1.0, self._row_norm_max),
+            )
+            if n_affected
+            else 0.0
+        )
         if n_affected == 0:  # the rows are in no class's subset: nothing to update
-            return _Step(rows, row_weights, affected, None, None, None, None, 0.0, 0.0, 0)
-        ks = None if n_affected == K else affected
+            return _Step(rows, rows_np, row_weights, None, None, None, None, None, 0.0, 0.0, 0)
+        ks = None if n_affected == K else torch.from_numpy(affected_host).to(X.device)
 
         def pick(t: Tensor) -> Tensor:
             return t if ks is None else t.index_select(-1, ks)
@@ -719,7 +755,13 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             R = Delta - HV
             solve_residual = torch.linalg.vector_norm(R, dim=0)
             cg_tol = float(self.cg_tol)
-            while float(solve_residual.sum()) > cg_tol * float(per_class.sum()):
+            while True:
+                # one device read per check: the two sums together
+                residual_sum, bound_sum = torch.stack(
+                    [solve_residual.sum(), per_class.sum()]
+                ).tolist()
+                if residual_sum <= cg_tol * bound_sum:
+                    break
                 if cg_iterations == CG_MAX_ITERATIONS:
                     raise RuntimeError(
                         f"CG did not reach the residual target in {CG_MAX_ITERATIONS} iterations "
@@ -739,35 +781,44 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 solve_residual = torch.linalg.vector_norm(R, dim=0)
                 per_class = bound_from(V, XV)
                 cg_iterations += 1
-        bound = float(per_class.sum() + solve_residual.sum())
-        worst = worst_case_bound(lam, pick(self._n_rem), mk, gamma, C=max(1.0, self._row_norm_max))
-        return _Step(rows, row_weights, ks, V, XV, factor, L, bound, worst, cg_iterations)
+        if solver == "cholesky":
+            bound = float(per_class.sum() + solve_residual.sum())
+        else:  # read by the last check
+            bound = residual_sum + bound_sum
+        return _Step(rows, rows_np, row_weights, ks, V, XV, factor, L, bound, worst, cg_iterations)
 
-    def _drop_rows(self, rows: Tensor, row_weights: Tensor) -> None:
+    def _drop_rows(self, rows: Tensor, rows_np: np.ndarray, row_weights: Tensor) -> None:
         """Mark rows removed: zero weights, counts, rank-m downdate of the Gram matrices.
 
         The Gram matrices (one shared, or one per class with subsampling) are downdated once
         per removal, in place. Their cached ``lambda_max`` bounds stay valid (removing rows
-        only shrinks a Gram matrix) and are recomputed when they may have become loose.
+        only shrinks a Gram matrix) and are recomputed when they may have become loose. The
+        host mirrors are updated alongside; when to refresh is decided on the host.
         """
+        weights_np = self._h_A[rows_np]  # [m, K], before the removal
         self._A[rows] = 0.0
         self._removed[rows] = True
         self._n_rem -= row_weights.sum(0)
+        self._h_A[rows_np] = 0.0
+        self._h_removed[rows_np] = True
+        self._h_n_rem -= weights_np.sum(0)
         Xi = self._X[rows]
         if self._shared_gram:
             self._gram[0].addmm_(Xi.T, Xi, alpha=-1.0)
-            mass = self._row_sq[rows].sum().reshape(1)
+            mass = self._h_row_sq[rows_np].sum().reshape(1)
         else:
             self._gram.sub_(torch.einsum("mk,mi,mj->kij", row_weights, Xi, Xi))
-            mass = self._row_sq[rows] @ row_weights
-        self._eig_slack += mass
-        stale = self._eig_slack > SPECTRAL_REFRESH_FRACTION * self._eig
-        if bool(stale.any()):
-            groups = torch.nonzero(stale).flatten()
+            mass = self._h_row_sq[rows_np] @ weights_np
+        self._h_eig_slack += mass
+        stale = self._h_eig_slack > SPECTRAL_REFRESH_FRACTION * self._h_eig
+        if stale.any():
+            groups_np = np.flatnonzero(stale)
+            groups = torch.from_numpy(groups_np).to(self._eig.device)
             trace = self._gram_traces().index_select(0, groups)
             fresh = lambda_max_upper(self._gram.index_select(0, groups), trace)
             self._eig.index_copy_(0, groups, fresh)
-            self._eig_slack.index_fill_(0, groups, 0.0)
+            self._h_eig[groups_np] = fresh.cpu().numpy()
+            self._h_eig_slack[groups_np] = 0.0
 
     def _commit(self, step: _Step) -> None:
         if step.L is not None:  # fresh factors
@@ -793,12 +844,12 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 self._W.index_add_(1, step.classes, step.V)
                 if step.L is not None:
                     self._chol.index_copy_(0, step.classes, step.L)
-        self._drop_rows(step.rows, step.row_weights)
+        self._drop_rows(step.rows, step.rows_np, step.row_weights)
         self.budget_used_ += step.bound
 
-    def _retrain_without(self, rows: Tensor | None, row_weights: Tensor | None) -> None:
-        if rows is not None:
-            self._drop_rows(rows, row_weights)
+    def _retrain_without(self, step: _Step | None) -> None:
+        if step is not None:
+            self._drop_rows(step.rows, step.rows_np, step.row_weights)
         self.retrains_ += 1
         self._train(draw=self.retrains_)
         self._refresh_spectral()
@@ -840,42 +891,53 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             return report
         solver = self._solver(solver_name)
         rows_all = torch.from_numpy(arr).to(self._X.device)
-        groups = [rows_all] if batch else list(rows_all.split(1))
+        # host and device copies of each step's rows; the device is read only where a step
+        # needs a number from it (the bound), so a GPU is not made to wait for anything else
+        spans = [(0, arr.shape[0])] if batch else [(i, i + 1) for i in range(arr.shape[0])]
         start = time.perf_counter()
-        for rows in groups:
-            t0 = time.perf_counter()
-            with no_tf32(), small_problem_threads(self._X):
-                step = self._plan(rows, solver)
-                over = self.budget_used_ + step.bound > self.budget_
-                if over and not retrain:
-                    report.seconds = time.perf_counter() - start
-                    raise BudgetExceededError(
-                        f"removing {rows.tolist()} would add a bound of {step.bound:.4g} to the "
-                        f"used budget {self.budget_used_:.4g} > budget {self.budget_:.4g} "
-                        f"(retrain=False); the model was not changed by this removal",
-                        indices=tuple(rows.tolist()),
-                        bound=step.bound,
-                        budget_left=self.budget_ - self.budget_used_,
-                        report=report if report.records else None,
-                    )
-                if over:
-                    self._retrain_without(step.rows, step.row_weights)
-                else:
-                    self._commit(step)
+        checkpointing = self.checkpoint is not None
+        try:
+            for lo, hi in spans:
+                rows, rows_np = rows_all[lo:hi], arr[lo:hi]
+                t0 = time.perf_counter()
+                with no_tf32(), small_problem_threads(self._X):
+                    step = self._plan(rows, rows_np, solver)
+                    over = self.budget_used_ + step.bound > self.budget_
+                    if over and not retrain:
+                        report.seconds = time.perf_counter() - start
+                        raise BudgetExceededError(
+                            f"removing {rows_np.tolist()} would add a bound of "
+                            f"{step.bound:.4g} to the used budget {self.budget_used_:.4g} > "
+                            f"budget {self.budget_:.4g} (retrain=False); the model was not "
+                            f"changed by this removal",
+                            indices=tuple(rows_np.tolist()),
+                            bound=step.bound,
+                            budget_left=self.budget_ - self.budget_used_,
+                            report=report if report.records else None,
+                        )
+                    if over:
+                        self._retrain_without(step)
+                    else:
+                        self._commit(step)
+                if checkpointing:
+                    self._sync_public()
+                record = RemovalRecord(
+                    indices=tuple(rows_np.tolist()),
+                    bound=step.bound,
+                    cumulative=self.budget_used_,
+                    budget_left=self.budget_ - self.budget_used_,
+                    retrained=over,
+                    seconds=time.perf_counter() - t0,
+                    worst_case=step.worst_case,
+                )
+                self._history.append(record)
+                report.records.append(record)
+                report.retrains += int(over)
+                self._checkpoint_event("retrain" if over else "remove", record)
+        finally:
+            # the public attributes (coef_, removed_indices_, ...) once per call, also when
+            # a later step raised after earlier ones committed
             self._sync_public()
-            record = RemovalRecord(
-                indices=tuple(int(i) for i in rows.tolist()),
-                bound=step.bound,
-                cumulative=self.budget_used_,
-                budget_left=self.budget_left_,
-                retrained=over,
-                seconds=time.perf_counter() - t0,
-                worst_case=step.worst_case,
-            )
-            self._history.append(record)
-            report.records.append(record)
-            report.retrains += int(over)
-            self._checkpoint_event("retrain" if over else "remove", record)
         report.seconds = time.perf_counter() - start
         return report
 
@@ -896,7 +958,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         self._check_live_params()
         t0 = time.perf_counter()
         with no_tf32():
-            self._retrain_without(None, None)
+            self._retrain_without(None)
         self._sync_public()
         record = RemovalRecord(
             (), 0.0, self.budget_used_, self.budget_left_, True, time.perf_counter() - t0, 0.0
@@ -1040,7 +1102,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             "b": self._b,
             "gram": self._gram,
             "eig": self._eig,
-            "eig_slack": self._eig_slack,
+            "eig_slack": torch.from_numpy(self._h_eig_slack.copy()),
             "chol": self._chol,
             "history_indices": torch.tensor(flat, dtype=torch.int64),
             "history_offsets": torch.from_numpy(offsets),
@@ -1168,6 +1230,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         model.retrains_ = int(meta["retrains"])
         model.n_iter_ = int(meta["n_iter"])
         model._history = _history_from_tensors(tensors)
+        model._build_host_mirrors()
         model._sync_public()
         return model
 
