@@ -6,7 +6,7 @@
 #   OUT=/tmp/out bash bench/device_run.sh
 #
 # Environment: TORCH_CUDA_ARCH_LIST (default 9.0, Hopper), MAX_JOBS (default 16),
-# BENCHES (default "certified glm_hvp influence glm_cg knn"), TEST_SECONDS (default 100).
+# STEPS (default below: NAME:SECONDS pairs), TEST_SECONDS (default 100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fastunlearn-device}
@@ -25,6 +25,27 @@ fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 $PY -c "import fastunlearn, json; print(json.dumps(fastunlearn.backend(), default=str))" \
   > "$OUT/backend.json" 2>&1
+# Does a C++ argument-check error reach Python as an exception on this image? (It crashed the
+# process here on 2026-11-28.) A child process tries; the libraries loaded tell why not.
+$PY - > "$OUT/exceptions.txt" 2>&1 <<'PYEOF'
+import subprocess, sys
+code = (
+    "import torch, fastunlearn\n"
+    "try:\n"
+    "    torch.ops.fastunlearn.glm_hvp(torch.zeros(3), torch.zeros(3, 1), torch.zeros(3, 1), 0.0)\n"
+    "    print('no error raised')\n"
+    "except Exception as e:\n"
+    "    print('raised', type(e).__name__, str(e).splitlines()[0])\n"
+    "maps = open('/proc/self/maps').read().split()\n"
+    "print(sorted({p for p in maps if 'libstdc++' in p or 'libgcc_s' in p}))\n"
+)
+r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+print("child rc", r.returncode)
+print(r.stdout)
+print(r.stderr[-3000:])
+PYEOF
+{ ldd fastunlearn/_C*.so; c++ --version | head -1; } >> "$OUT/exceptions.txt" 2>&1
+head -5 "$OUT/exceptions.txt"
 stamp "cuda tests"
 # error-path tests are deselected: a C++ exception raised by an argument check has crashed the
 # process on this image before (seen 2026-11-28), which would stop every later test
@@ -33,11 +54,20 @@ timeout "${TEST_SECONDS:-100}" $PY -m pytest -m cuda tests -q -p no:cacheprovide
   > "$OUT/tests.log" 2>&1
 echo "tests rc=$?"
 tail -15 "$OUT/tests.log"
-for name in ${BENCHES:-certified glm_hvp influence glm_cg knn}; do
-  stamp "bench $name"
-  timeout 120 $PY -m bench.run --device cuda --only "$name" > "$OUT/bench-$name.log" 2>&1
-  echo "bench $name rc=$?"
+# Steps in priority order (the lease is short): NAME:SECONDS. "profile" prints where the time of
+# a certified removal goes; "knn-cpu" runs the farthest-k bench on this machine's CPU cores.
+for step in ${STEPS:-certified:150 profile:120 influence:180 knn:240 glm_hvp:90 glm_cg:90 knn-cpu:240}; do
+  name=${step%%:*}; seconds=${step##*:}
+  stamp "$name (limit $seconds s)"
+  case "$name" in
+    profile) cmd=($PY -m bench.profile_certified --device cuda --out "$OUT") ;;
+    knn-cpu) cmd=($PY -m bench.run --device cpu --only knn --full) ;;
+    *) cmd=($PY -m bench.run --device cuda --only "$name") ;;
+  esac
+  timeout "$seconds" "${cmd[@]}" > "$OUT/bench-$name.log" 2>&1
+  echo "$name rc=$?"
   cp bench/results/*cuda*.json "$OUT/" 2>/dev/null
+  [ "$name" = knn-cpu ] && cp bench/results/knn-cpu.json "$OUT/knn-cpu-host.json" 2>/dev/null
   tail -12 "$OUT/bench-$name.log"
 done
 stamp "done"

@@ -193,3 +193,21 @@ def test_demo_runs_every_section(capsys):
     if fastunlearn.backend()["cpu"]:  # every op compiled: nothing may be skipped
         assert "skipped" not in out
         assert "glm_hvp" in out and "farthest-k" in out and "per-sample" in out
+
+
+def test_influence_repair_median_over_seeds(capsys):
+    from bench import bench_influence
+
+    repairs = [
+        {"part": f"repair seed {s}", "seed": s, "params": 6090, "ours_ms": ms,
+         "lissa_ms": 2 * ms, "ratio_lissa": 2.0, "ours_num_hvps": hvps,
+         "ours_restored": r, "lissa_restored": 0.5, "restored_vs_lissa": r / 0.5}
+        for s, ms, hvps, r in ((1, 10.0, 100, 0.9), (2, 30.0, 300, 1.2), (3, 20.0, 250, 0.6))
+    ]
+    med = bench_influence._median_record(repairs)
+    assert med["part"] == "repair median" and med["seeds"] == [1, 2, 3]
+    assert med["ours_ms"] == 20.0 and med["restored_vs_lissa"] == pytest.approx(1.8)
+    assert med["ours_num_hvps"] == 250 and isinstance(med["ours_num_hvps"], int)
+    assert med["params"] == 6090 and "seed" not in med
+    bench_influence.print_results(repairs + [med])  # integer columns still format
+    assert "repair median" in capsys.readouterr().out
