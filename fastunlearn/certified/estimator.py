@@ -35,6 +35,7 @@ from .bounds import (
     worst_case_bound,
 )
 from .errors import BudgetExceededError
+from .fixed_step import FixedShapeStep
 from .math import (
     cholesky_apply,
     cholesky_factor,
@@ -52,6 +53,19 @@ from .math import (
 )
 
 __all__ = ["CertifiedLogisticRegression", "RemovalRecord", "RemovalReport"]
+
+#: Where the single-row CG removal step runs with fixed shapes (:mod:`.fixed_step`):
+#: ``"auto"`` (on CUDA, as CUDA graphs), ``"graph"`` / ``"eager"`` (forced; graphs only on
+#: CUDA), ``"off"``. Per model: the ``_fixed_step_mode`` attribute. The default is ``"off"``
+#: (environment variable ``FASTUNLEARN_FIXED_STEP``) until the graph path has been measured
+#: on a GPU; its arithmetic is tested against the general step on the CPU.
+FIXED_STEP_MODES = ("auto", "graph", "eager", "off")
+FIXED_STEP_MODE = os.environ.get("FASTUNLEARN_FIXED_STEP", "off")
+if FIXED_STEP_MODE not in FIXED_STEP_MODES:
+    raise ValueError(
+        f"environment variable FASTUNLEARN_FIXED_STEP must be one of {FIXED_STEP_MODES}, "
+        f"got {FIXED_STEP_MODE!r}"
+    )
 
 #: Version of the ``get_state`` layout.
 STATE_VERSION = 1
@@ -284,6 +298,12 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     # ---- parameter validation ---------------------------------------------------------
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy state without the fixed-shape step (CUDA graphs do not copy)."""
+        state = super().__getstate__()
+        state.pop("_fixed", None)
+        return state
+
     def _fit_config(self) -> dict[str, Any]:
         """Validate the parameters read by ``fit``; returns them normalised (no mutation)."""
 
@@ -470,8 +490,76 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if getattr(self, "_wood", None) is None:
             weights = curvature_weights(self._margins(), self._A)
             capacity = min(WOODBURY_MAX_ROWS, int(self._X.shape[0]))
-            self._wood = woodbury.start(self._chol, weights, capacity)
+            # the buffers of the last factors are reused: a captured CUDA graph reads them
+            reuse = getattr(self, "_wood_last", None)
+            self._wood = self._wood_last = woodbury.start(self._chol, weights, capacity, reuse)
         return self._wood
+
+    def _discard_uncommitted(self) -> None:
+        """Clean the Woodbury columns a planned step wrote when it is not committed."""
+        wood = getattr(self, "_wood", None)
+        if wood is not None:
+            woodbury.discard(wood, wood.capacity)
+
+    def _fixed_step_applies(self, rows_np: np.ndarray, solver: str) -> bool:
+        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
+        if mode == "off" or solver != "cg" or rows_np.shape[0] != 1:
+            return False
+        if mode == "auto" and self._X.device.type != "cuda":
+            return False
+        return bool((self._h_A[rows_np[0]] > 0).all())  # every class is updated
+
+    def _plan_fixed(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
+        """Plan the single-row CG step with fixed shapes (CUDA graphs on a GPU); None: not here.
+
+        Same step as :meth:`_plan` for one row that every class holds (see
+        :mod:`~fastunlearn.certified.fixed_step`). Returns None when the Woodbury buffers are
+        full or the extended factor is not positive definite; the general step handles those.
+        """
+        base = self._removal_factor()
+        if base.rows + 1 > base.capacity:
+            return None
+        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
+        fixed = getattr(self, "_fixed", None)
+        if fixed is None or not fixed.matches(self, base):
+            fixed = self._fixed = FixedShapeStep(self, base, use_graphs=mode != "eager")
+        fixed.factor = base
+        residual, bound, ok = fixed.start(int(rows_np[0]), base.rows)
+        if not ok:
+            woodbury.discard(base, base.rows + 1)
+            return None
+        cg_tol = float(self.cg_tol)
+        iterations = 0
+        while residual > cg_tol * bound:
+            if iterations == CG_MAX_ITERATIONS:
+                woodbury.discard(base, base.rows + 1)
+                raise RuntimeError(
+                    f"CG did not reach the residual target in {CG_MAX_ITERATIONS} iterations "
+                    "(ill-conditioned Hessian); use solver='cholesky'"
+                )
+            residual, bound = fixed.iterate()
+            iterations += 1
+        m_k = self._h_A[rows_np].sum(0)
+        worst = worst_case_bound(
+            self._cfg["lam"],
+            self._h_n_rem,
+            m_k,
+            self._cfg["gamma"],
+            C=max(1.0, self._row_norm_max),
+        )
+        return _Step(
+            rows,
+            rows_np,
+            fixed.row_weights,
+            None,
+            fixed.V,
+            fixed.XV,
+            base._replace(rows=base.rows + 1),
+            None,
+            residual + bound,
+            worst,
+            iterations,
+        )
 
     def _refresh_spectral(self) -> None:
         """Recompute the cached upper bounds of ``lambda_max`` of the remaining Gram matrices."""
@@ -901,9 +989,18 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 rows, rows_np = rows_all[lo:hi], arr[lo:hi]
                 t0 = time.perf_counter()
                 with no_tf32(), small_problem_threads(self._X):
-                    step = self._plan(rows, rows_np, solver)
+                    try:
+                        step = None
+                        if self._fixed_step_applies(rows_np, solver):
+                            step = self._plan_fixed(rows, rows_np)
+                        if step is None:
+                            step = self._plan(rows, rows_np, solver)
+                    except Exception:
+                        self._discard_uncommitted()
+                        raise
                     over = self.budget_used_ + step.bound > self.budget_
                     if over and not retrain:
+                        self._discard_uncommitted()
                         report.seconds = time.perf_counter() - start
                         raise BudgetExceededError(
                             f"removing {rows_np.tolist()} would add a bound of "

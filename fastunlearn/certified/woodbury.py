@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["RemovedRowsFactor", "extend", "solve", "start"]
+__all__ = ["RemovedRowsFactor", "discard", "extend", "solve", "start"]
 
 
 class RemovedRowsFactor(NamedTuple):
@@ -34,7 +34,13 @@ class RemovedRowsFactor(NamedTuple):
     The terms live in buffers sized for ``capacity`` rows; only the first ``rows`` columns
     are part of the state. :func:`extend` writes the next columns in place and returns a new
     tuple with a larger ``rows``: the old tuple stays valid (it never reads past its
-    ``rows``), so a planned removal that is not committed changes nothing.
+    ``rows``), so a planned removal that is not committed changes nothing once
+    :func:`discard` has cleaned the columns it wrote.
+
+    The columns past ``rows`` are kept at zero in ``U_buf`` and ``G_buf`` and at the identity
+    in ``C_buf``, so products over the whole capacity equal those over the first ``rows``
+    (``C_buf`` is then ``blockdiag(C_chol, I)``): the fixed-shape removal step
+    (:mod:`~fastunlearn.certified.fixed_step`) relies on it.
 
     Attributes:
         L (Tensor[K, d, d]): lower Cholesky factors of ``M_k``.
@@ -80,17 +86,52 @@ def _factor_solve(L: Tensor, B: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(L.mH, y, upper=True)
 
 
-def start(L: Tensor, weights: Tensor, capacity: int) -> RemovedRowsFactor:
-    """Terms for factors ``L`` of ``X^T diag(weights_k) X + c I`` with no row removed yet."""
+def start(
+    L: Tensor, weights: Tensor, capacity: int, reuse: RemovedRowsFactor | None = None
+) -> RemovedRowsFactor:
+    """Terms for factors ``L`` of ``X^T diag(weights_k) X + c I`` with no row removed yet.
+
+    With ``reuse`` (an earlier state of the same shapes), its buffers are overwritten and
+    returned instead of new ones, ``L`` and ``weights`` copied into them: the tensors keep
+    their addresses, which a captured CUDA graph reading them needs.
+    """
     K, d = L.shape[0], L.shape[-1]
+    if (
+        reuse is not None
+        and reuse.L.shape == L.shape
+        and reuse.weights.shape == weights.shape
+        and reuse.capacity == capacity
+        and reuse.L.device == L.device
+    ):
+        if reuse.L is not L:
+            reuse.L.copy_(L)
+        if reuse.weights is not weights:
+            reuse.weights.copy_(weights)
+        reuse.U_buf.zero_()
+        reuse.G_buf.zero_()
+        reuse.C_buf.zero_().diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        return reuse._replace(rows=0)
+    C = L.new_zeros(K, capacity, capacity)
+    C.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     return RemovedRowsFactor(
-        L,
-        weights,
-        L.new_empty(K, d, capacity),
-        L.new_empty(K, d, capacity),
-        L.new_zeros(K, capacity, capacity),
+        L.clone(),
+        weights.clone(),
+        L.new_zeros(K, d, capacity),
+        L.new_zeros(K, d, capacity),
+        C,
         0,
     )
+
+
+def discard(state: RemovedRowsFactor, rows: int) -> None:
+    """Restore the columns ``state.rows .. rows`` that an uncommitted step wrote."""
+    t, end = state.rows, min(rows, state.capacity)
+    if end <= t:
+        return
+    state.U_buf[..., t:end] = 0.0
+    state.G_buf[..., t:end] = 0.0
+    state.C_buf[:, t:end, :] = 0.0
+    state.C_buf[:, t:end, t:end].diagonal(dim1=-2, dim2=-1).fill_(1.0)
 
 
 def extend(

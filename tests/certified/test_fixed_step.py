@@ -1,0 +1,223 @@
+"""The fixed-shape CG removal step equals the general step (run eagerly on the CPU).
+
+On a GPU the single-row CG step runs as captured CUDA graphs (``fixed_step``); its
+arithmetic is the same with or without graphs, so it is checked here, eagerly, against the
+general step of ``CertifiedLogisticRegression._plan`` on the same removal sequences: weights,
+bounds, CG iterations and the Woodbury buffers must agree, including across retrains, budget
+errors, full Woodbury buffers and refreshes of the factors.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from fastunlearn.certified import BudgetExceededError, CertifiedLogisticRegression
+from fastunlearn.certified import estimator as est
+from fastunlearn.data import load_digits_dataset
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(seed=0, n=120, d=8, classes=3):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, d)) * 2
+    y = np.arange(n) % classes
+    return centers[y] + rng.normal(size=(n, d)), y
+
+
+def _pair(X, y, **params):
+    """Two identically fitted models: the general step only, and the fixed-shape step."""
+    models = []
+    for mode in ("off", "eager"):
+        m = CertifiedLogisticRegression(**params).fit(X, y)
+        m._fixed_step_mode = mode
+        models.append(m)
+    return models
+
+
+def assert_clean_beyond_rows(model):
+    """Columns past the folded-in rows: zero in U and G, the identity in C."""
+    wood = model._wood
+    if wood is None:
+        return
+    t = wood.rows
+    assert torch.count_nonzero(wood.U_buf[..., t:]) == 0
+    assert torch.count_nonzero(wood.G_buf[..., t:]) == 0
+    T = wood.capacity
+    eye = torch.eye(T, dtype=wood.C_buf.dtype)[t:].expand(wood.C_buf.shape[0], -1, -1)
+    assert torch.equal(wood.C_buf[:, t:, :], eye)
+
+
+def assert_same(general, fixed, rtol=1e-9):
+    torch.testing.assert_close(fixed._W, general._W, rtol=rtol, atol=1e-12)
+    torch.testing.assert_close(fixed._margins(), general._margins(), rtol=rtol, atol=1e-11)
+    assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=rtol)
+    assert fixed.retrains_ == general.retrains_
+    np.testing.assert_array_equal(fixed.removed_indices_, general.removed_indices_)
+    for a, b in zip(general._history, fixed._history, strict=True):
+        assert a.indices == b.indices and a.retrained == b.retrained
+        assert b.bound == pytest.approx(a.bound, rel=1e-7)
+        assert b.worst_case == pytest.approx(a.worst_case, rel=1e-12)
+    assert (general._wood is None) == (fixed._wood is None)
+    if general._wood is not None:
+        assert fixed._wood.rows == general._wood.rows
+        t = fixed._wood.rows
+        torch.testing.assert_close(fixed._wood.U_buf[..., :t], general._wood.U_buf[..., :t],
+                                   rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(fixed._wood.C_buf[:, :t, :t], general._wood.C_buf[:, :t, :t],
+                                   rtol=1e-8, atol=1e-10)
+    assert_clean_beyond_rows(fixed)
+    assert_clean_beyond_rows(general)
+
+
+def _remove_both(models, rows):
+    for m in models:
+        m.remove(rows)
+
+
+def test_fixed_step_is_used_and_equals_the_general_step_on_digits_ovr():
+    data = load_digits_dataset()
+    X, y = data.X_train.numpy(), data.y_train.numpy()
+    general, fixed = _pair(X, y, lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg", retrain=False)
+    order = np.random.default_rng(0).permutation(X.shape[0])[:25]
+    calls = []
+    original = est.CertifiedLogisticRegression._plan_fixed
+
+    def spy(self, rows, rows_np):
+        step = original(self, rows, rows_np)
+        calls.append(step is not None)
+        return step
+
+    est.CertifiedLogisticRegression._plan_fixed = spy
+    try:
+        for i in order:
+            _remove_both((general, fixed), int(i))
+            assert_same(general, fixed)
+    finally:
+        est.CertifiedLogisticRegression._plan_fixed = original
+    # every removal took the fixed path on the fixed model, none on the general one
+    assert calls == [True] * len(order)
+    assert isinstance(fixed._fixed, est.FixedShapeStep)
+    assert getattr(general, "_fixed", None) is None
+
+
+@pytest.mark.parametrize("params", [
+    dict(),  # binary
+    dict(cg_tol=1e-10),  # several CG iterations per removal
+    dict(gamma="tight"),
+])
+def test_binary_sequences_agree(params):
+    X, y = _data(classes=2)
+    models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg", **params)
+    for i in np.random.default_rng(1).permutation(X.shape[0])[:30]:
+        _remove_both(models, int(i))
+        assert_same(*models)
+
+
+def test_retrains_batches_and_auto_refreshes_agree():
+    X, y = _data(seed=3, n=150, classes=4)
+    models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=0.3, solver="auto")
+    order = np.random.default_rng(2).permutation(X.shape[0])
+    _remove_both(models, order[:10].tolist())  # sequential, retrains on the way
+    assert_same(*models)
+    _remove_both(models, order[10:14])  # batch: the general step on both
+    for m in models:
+        m.remove(order[14:17], batch=True)
+    assert_same(*models)
+    _remove_both(models, order[17:60].tolist())
+    assert_same(*models)
+    assert models[1].retrains_ >= 1
+
+
+def test_full_woodbury_buffers_fall_back_to_the_general_step(monkeypatch):
+    monkeypatch.setattr(est, "WOODBURY_MAX_ROWS", 4)
+    X, y = _data(seed=4)
+    models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
+    for i in np.random.default_rng(3).permutation(X.shape[0])[:12]:
+        _remove_both(models, int(i))
+        assert_same(*models)
+    assert models[1]._wood.rows == 4  # full: later removals preconditioned by plain factors
+
+
+def test_subsampled_classes_agree():
+    X, y = _data(seed=5, classes=3)
+    models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg", subsample_ratio=0.7)
+    for i in np.random.default_rng(4).permutation(X.shape[0])[:25]:
+        _remove_both(models, int(i))
+        assert_same(*models)
+
+
+def test_budget_error_leaves_model_and_buffers_unchanged():
+    X, y = _data(seed=6)
+    general, fixed = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=0.2, solver="cg", retrain=False)
+    order = np.random.default_rng(5).permutation(X.shape[0])
+    for m in (general, fixed):
+        with pytest.raises(BudgetExceededError):
+            m.remove(order[:50].tolist())
+    assert_same(general, fixed)
+    W = fixed._W.clone()
+    wood = fixed._wood
+    U, C = wood.U_buf.clone(), wood.C_buf.clone()
+    with pytest.raises(BudgetExceededError):
+        fixed.remove(int(order[len(fixed._history)]))
+    assert torch.equal(fixed._W, W)
+    assert torch.equal(wood.U_buf, U) and torch.equal(wood.C_buf, C)
+    assert_clean_beyond_rows(fixed)
+
+
+def test_graph_mode_without_cuda_runs_eagerly():
+    X, y = _data(seed=7, classes=2)
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
+    model._fixed_step_mode = "graph"
+    model.remove(3)
+    model.remove(5)
+    assert model._fixed.use_graphs is False and model._fixed.graphs == {}
+    reference = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
+    reference.fit(X, y)
+    reference._fixed_step_mode = "off"
+    reference.remove(3)
+    reference.remove(5)
+    assert_same(reference, model)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_equals_the_general_step():
+    X, y = _data(seed=8, n=400, d=16, classes=5)
+    models = []
+    for mode in ("off", "graph"):
+        m = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
+                                        device="cuda").fit(X, y)
+        m._fixed_step_mode = mode
+        models.append(m)
+    for i in np.random.default_rng(6).permutation(X.shape[0])[:40]:
+        _remove_both(models, int(i))
+    general, fixed = models
+    torch.testing.assert_close(fixed._W, general._W, rtol=1e-8, atol=1e-11)
+    assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-7)
+    assert fixed._fixed.use_graphs and set(fixed._fixed.graphs) == {"start", "iterate"}
+
+
+def test_copies_drop_the_fixed_step_and_continue_identically():
+    import copy
+    import pickle
+
+    X, y = _data(seed=9, classes=3)
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
+    model._fixed_step_mode = "eager"
+    model.remove(1)
+    assert model._fixed is not None
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert getattr(other, "_fixed", None) is None
+        other.remove(2)
+        model_copy = copy.deepcopy(model)
+        model_copy.remove(2)
+        torch.testing.assert_close(other._W, model_copy._W, rtol=0, atol=0)
+        assert other._fixed is not None  # rebuilt on the copy's own tensors
+        assert other._fixed.W is other._W and other._fixed.W is not model._W
