@@ -13,8 +13,10 @@ suffix of the permuted training set, as in the reference.
 **Ours** is ``CertifiedLogisticRegression.remove`` (float64, TF32 off, exact
 minimiser, conservative spectral norm) on the same rows in the same order, starting from
 the same fitted weights, with the default solver (``auto``) and with ``solver="cg"``, each on
-its own copy of the fitted model. Before timing, the weights after the timed removals must agree
-(the reference computes in float32, so to about 1e-3 relative).
+its own copy of the fitted model; on CUDA also ``solver="cg"`` with the fixed-shape step
+replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`). Before
+timing, the weights after the timed removals must agree (the reference computes in float32,
+so to about 1e-3 relative).
 
 Cases: the bundled digits, ten classes one-vs-rest (n = 1437, d = 64, K = 10), and
 synthetic MNIST-shaped data (unit-norm rows of ten Gaussian clusters, n = 60000, d = 784,
@@ -76,6 +78,8 @@ COLUMNS = [
     ("ratio_reference", "ref/ours", ".1f"),
     ("ours_cg_ms", "ours CG ms", ".2f"),
     ("ratio_reference_cg", "ref/ours CG", ".1f"),
+    ("ours_graph_ms", "ours graphs ms", ".2f"),
+    ("ours_graph_per_s", "graphs removals/s", ".0f"),
     ("weight_rel_diff", "W rel diff", ".1e"),
     ("ours_bound", "ours bound", ".2e"),
     ("reference_bound", "ref bound", ".2e"),
@@ -250,14 +254,19 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
         "reference_ms": ref_per * 1e3, "reference_per_s": 1.0 / ref_per,
         "reference_bound": float(np.mean(ref_bounds[1:1 + ref_count])),
     }
-    for solver in SOLVERS:
+    variants = [(solver, None, solver) for solver in SOLVERS]
+    if device.type == "cuda":
+        variants.append(("cg", "graph", "graph"))
+    for solver, fixed_step, label in variants:
         ours = _clone(model)
         ours.set_params(solver=solver)
+        if fixed_step is not None:  # the single-row CG step as replayed CUDA graphs
+            ours._fixed_step_mode = fixed_step
         seconds, bounds, rel_diff = _time_ours(ours, order, ref_count, W_ref, device,
-                                               f"{NAME} {name} solver={solver}")
+                                               f"{NAME} {name} {label}")
         per = seconds / ours_count
-        key = "ours" if solver == "auto" else f"ours_{solver}"
-        suffix = "" if solver == "auto" else f"_{solver}"
+        key = "ours" if label == "auto" else f"ours_{label}"
+        suffix = "" if label == "auto" else f"_{label}"
         record.update({
             f"{key}_ms": per * 1e3, f"{key}_per_s": 1.0 / per,
             f"ratio_reference{suffix}": ratio(ref_per, per),

@@ -8,7 +8,11 @@ Peers, on the same inputs:
 
 * **sklearn**: ``pairwise_distances(Q, P)`` (the full m x n matrix) then ``np.argsort``
   per row, on the CPU (on a CUDA run the host copies are made before timing);
-* **torch**: ``torch.cdist(Q, P).topk(k)`` on the benchmark device.
+* **torch**: ``torch.cdist(Q, P).topk(k)`` on the benchmark device;
+* **gemm**: the bare product ``Q @ P.T`` (float32, TF32 off) on the benchmark device, the
+  arithmetic every exact method must do: ``ratio_gemm = gemm / ours`` close to 1 means
+  farthest_k runs at the GEMM rate of the machine (distances, selection and the exact
+  rescoring of the k winners cost little on top), and bounds what any peer ratio can be.
 
 Peak memory shows the point of the fused op: it never holds the m x n matrix. It is
 measured with PyTorch's allocator (ours, torch; device memory on CUDA) and with
@@ -59,6 +63,8 @@ COLUMNS = [
     ("ratio_sklearn", "sklearn/ours", ".1f"),
     ("torch_ms", "torch ms", ".2f"),
     ("ratio_torch", "torch/ours", ".2f"),
+    ("gemm_ms", "GEMM ms", ".2f"),
+    ("ratio_gemm", "GEMM/ours", ".2f"),
     ("ours_peak_mb", "ours MiB", ".1f"),
     ("torch_peak_mb", "torch MiB", ".1f"),
     ("sklearn_peak_mb", "sklearn MiB", ".1f"),
@@ -155,7 +161,8 @@ def run_case(m: int, n: int, d: int, dev: torch.device, **opts: Any) -> dict[str
     sk_d, sk_i = sklearn_farthest(Qn[:CHECK_ROWS], Pn, K)
     check_farthest(Q, P, torch.from_numpy(sk_d), torch.from_numpy(sk_i), "sklearn peer")
 
-    impls = {"ours": lambda: farthest_k(Q, P, K), "torch": lambda: torch_farthest(Q, P, K)}
+    impls = {"ours": lambda: farthest_k(Q, P, K), "torch": lambda: torch_farthest(Q, P, K),
+             "gemm": lambda: torch.mm(Q, P.T)}
 
     def sklearn() -> tuple[np.ndarray, np.ndarray]:
         return sklearn_farthest(Qn, Pn, K)
@@ -164,12 +171,13 @@ def run_case(m: int, n: int, d: int, dev: torch.device, **opts: Any) -> dict[str
     # traced by tracemalloc; on a CPU run it is timed interleaved with the others
     if dev.type == "cpu":
         res = compare({**impls, "sklearn": sklearn}, dev,
-                      memory={"ours": "torch", "torch": "torch", "sklearn": "numpy"}, **opts)
+                      memory={"ours": "torch", "torch": "torch", "gemm": "torch",
+                              "sklearn": "numpy"}, **opts)
     else:
         res = compare(impls, dev, memory="torch", **opts)
         res["sklearn"] = measure(sklearn, torch.device("cpu"), memory="numpy",
                                  **{**opts, "warmup": 1, "repeat": min(opts["repeat"], 5)})
-    ours, peer_torch, peer_sk = res["ours"], res["torch"], res["sklearn"]
+    ours, peer_torch, peer_sk, gemm = res["ours"], res["torch"], res["sklearn"], res["gemm"]
     return {
         "m": m, "n": n, "d": d, "k": K, "dtype": "float32",
         "ours_ms": ours.ms, "ours_iqr_ms": ours.timing.iqr_ms,
@@ -177,6 +185,9 @@ def run_case(m: int, n: int, d: int, dev: torch.device, **opts: Any) -> dict[str
         "torch_ms": peer_torch.ms, "torch_iqr_ms": peer_torch.timing.iqr_ms,
         "ratio_sklearn": ratio(peer_sk.timing.median, ours.timing.median),
         "ratio_torch": ratio(peer_torch.timing.median, ours.timing.median),
+        "gemm_ms": gemm.ms, "ratio_gemm": ratio(gemm.timing.median, ours.timing.median),
+        "gemm_gflops": 2.0 * m * n * d / gemm.timing.median / 1e9,
+        "ours_gflops": 2.0 * m * n * d / ours.timing.median / 1e9,
         "ours_peak_mb": ours.peak_mb, "torch_peak_mb": peer_torch.peak_mb,
         "sklearn_peak_mb": peer_sk.peak_mb,
         "max_rel_err": err,

@@ -1,33 +1,42 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build the extension for the card, run the CUDA tests, then the
-# CUDA benchmarks. Every step writes its log under $OUT as it goes, so a run cut short still
-# returns what it did; bench JSON lands in bench/results/ and is copied to $OUT.
+# CUDA benchmarks. At most 8 files come back from $OUT, so every log goes to $LOG and after
+# each step $LOG is packed into $OUT/logs.tgz and the bench JSON (bench/results/) is copied to
+# $OUT: a run cut short still returns what it did.
 #
 #   OUT=/tmp/out bash bench/device_run.sh
 #
 # Environment: TORCH_CUDA_ARCH_LIST (default 9.0, Hopper), MAX_JOBS (default 16),
-# STEPS (default below: NAME:SECONDS pairs), TEST_SECONDS (default 100).
+# STEPS (default below: NAME:SECONDS pairs), TEST_SECONDS (default 100), SKIP_BUILD=1 (use the
+# extension already built, e.g. for a dry run of the script on a machine without a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fastunlearn-device}
-mkdir -p "$OUT"
+LOG=${LOG:-/tmp/fastunlearn-device-logs}
+mkdir -p "$OUT" "$LOG"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 export OMP_WAIT_POLICY=PASSIVE
 PY=${PY:-python3}
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+pack() {
+  cp bench/results/*cuda*.json "$OUT/" 2>/dev/null
+  tar czf "$OUT/logs.tgz" -C "$LOG" . 2>/dev/null
+}
 
 stamp "build"
-if ! $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"
+if [ "${SKIP_BUILD:-0}" != 1 ] &&
+   ! $PY -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1; then
+  tail -40 "$LOG/build.log"
+  pack
   exit 1
 fi
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv > "$LOG/gpu.txt" 2>&1
 $PY -c "import fastunlearn, json; print(json.dumps(fastunlearn.backend(), default=str))" \
-  > "$OUT/backend.json" 2>&1
+  > "$LOG/backend.json" 2>&1
 # Does a C++ argument-check error reach Python as an exception on this image? (It crashed the
 # process here on 2026-11-28.) A child process tries; the libraries loaded tell why not.
-$PY - > "$OUT/exceptions.txt" 2>&1 <<'PYEOF'
+$PY - > "$LOG/exceptions.txt" 2>&1 <<'PYEOF'
 import subprocess, sys
 code = (
     "import torch, fastunlearn\n"
@@ -44,30 +53,34 @@ print("child rc", r.returncode)
 print(r.stdout)
 print(r.stderr[-3000:])
 PYEOF
-{ ldd fastunlearn/_C*.so; c++ --version | head -1; } >> "$OUT/exceptions.txt" 2>&1
-head -5 "$OUT/exceptions.txt"
+{ ldd fastunlearn/_C*.so; c++ --version | head -1; } >> "$LOG/exceptions.txt" 2>&1
+head -5 "$LOG/exceptions.txt"
 stamp "cuda tests"
 # error-path tests are deselected: a C++ exception raised by an argument check has crashed the
 # process on this image before (seen 2026-11-28), which would stop every later test
 timeout "${TEST_SECONDS:-100}" $PY -m pytest -m cuda tests -q -p no:cacheprovider \
   --continue-on-collection-errors --timeout 60 --maxfail 20 -k "not bad and not error and not raise and not reject" \
-  > "$OUT/tests.log" 2>&1
+  > "$LOG/tests.log" 2>&1
 echo "tests rc=$?"
-tail -15 "$OUT/tests.log"
+pack
+tail -15 "$LOG/tests.log"
 # Steps in priority order (the lease is short): NAME:SECONDS. "profile" prints where the time of
-# a certified removal goes; "knn-cpu" runs the farthest-k bench on this machine's CPU cores.
-for step in ${STEPS:-certified:150 profile:120 influence:180 knn:240 glm_hvp:90 glm_cg:90 knn-cpu:240}; do
+# a certified removal goes; "forget" runs every forgetting method on digits on the GPU (one
+# seed); "knn-cpu" runs the farthest-k bench on this machine's CPU cores.
+for step in ${STEPS:-certified:150 profile:120 influence:180 knn:240 forget:150 glm_hvp:90 glm_cg:90 knn-cpu:240}; do
   name=${step%%:*}; seconds=${step##*:}
   stamp "$name (limit $seconds s)"
   case "$name" in
-    profile) cmd=($PY -m bench.profile_certified --device cuda --out "$OUT") ;;
+    profile) cmd=($PY -m bench.profile_certified --device cuda --out "$LOG") ;;
     knn-cpu) cmd=($PY -m bench.run --device cpu --only knn --full) ;;
+    forget) cmd=($PY -m fastunlearn forget --method all --dataset digits --seeds 1 --oracles 6
+                 --device cuda --no-cache --no-progress --out "$LOG/forget-cuda") ;;
     *) cmd=($PY -m bench.run --device cuda --only "$name") ;;
   esac
-  timeout "$seconds" "${cmd[@]}" > "$OUT/bench-$name.log" 2>&1
+  timeout "$seconds" "${cmd[@]}" > "$LOG/bench-$name.log" 2>&1
   echo "$name rc=$?"
-  cp bench/results/*cuda*.json "$OUT/" 2>/dev/null
   [ "$name" = knn-cpu ] && cp bench/results/knn-cpu.json "$OUT/knn-cpu-host.json" 2>/dev/null
-  tail -12 "$OUT/bench-$name.log"
+  pack
+  tail -12 "$LOG/bench-$name.log"
 done
 stamp "done"

@@ -9,8 +9,10 @@ synthetic MNIST-shaped data, makes a few untimed removals, then:
 * profiles the same number again and prints the operators by self host time and by device
   time, and per removal: operator calls, host-device synchronisations and copies.
 
-Usage: ``python -m bench.profile_certified --device cuda [--n 60000] [--solver auto]``;
-the tables go to stdout and, with ``--out DIR``, to ``DIR/profile-certified.txt``.
+Usage: ``python -m bench.profile_certified --device cuda [--n 60000] [--solver auto]
+[--fixed-step off,graph]``: one profile per fixed-step mode (``off``: the general step;
+``graph``: the single-row CG step replayed as CUDA graphs), each on its own copy of the fitted
+model. The tables go to stdout and, with ``--out DIR``, to ``DIR/profile-certified.txt``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--d", type=int, default=784)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--solver", default="auto")
+    parser.add_argument("--fixed-step", default="off,graph",
+                        help="comma-separated fixed-step modes to profile (off, graph, eager)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     dev = torch.device(args.device)
@@ -60,7 +65,24 @@ def main(argv: list[str] | None = None) -> str:
     t0 = time.perf_counter()
     model.fit(X, labels)
     fit_s = time.perf_counter() - t0
-    order = [int(i) for i in removal_order(X.shape[0], WARMUP + 2 * REMOVALS)]
+    tensors, meta = model.get_state()
+    sections = []
+    for mode in args.fixed_step.split(","):
+        copy = type(model).from_state({k: v.clone() for k, v in tensors.items()}, dict(meta))
+        copy._fixed_step_mode = mode
+        sections.append(_profile(copy, X.shape[0], dev, args, fit_s, mode))
+    text = "\n\n".join(sections)
+    print(text)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "profile-certified.txt").write_text(text)
+    return text
+
+
+def _profile(model: Any, n: int, dev: torch.device, args: argparse.Namespace, fit_s: float,
+             mode: str) -> str:
+    """Time and profile removals on ``model``; return the report section."""
+    order = [int(i) for i in removal_order(n, WARMUP + 2 * REMOVALS)]
     for i in order[:WARMUP]:
         model.remove(i)
     times = []
@@ -89,7 +111,7 @@ def main(argv: list[str] | None = None) -> str:
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     lines = [
         f"certified removal profile: n={args.n} d={args.d} K={args.classes} "
-        f"solver={args.solver} device={dev} ({card})",
+        f"solver={args.solver} fixed step={mode} device={dev} ({card})",
         f"fit {fit_s:.2f} s; median {1e3 * statistics.median(times):.3f} ms per removal "
         f"({1.0 / statistics.median(times):.0f} removals/s) over {REMOVALS}, no profiler",
         f"per removal: {aten:.0f} operator calls, {syncs:.1f} synchronisations, "
@@ -100,12 +122,7 @@ def main(argv: list[str] | None = None) -> str:
     ]
     if dev.type == "cuda":
         lines += ["by device time:", events.table(sort_by="self_cuda_time_total", row_limit=20)]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "profile-certified.txt").write_text(text)
-    return text
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
