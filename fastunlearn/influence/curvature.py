@@ -28,7 +28,10 @@ class GGNOperator(LinearOperator):
     Same interface as :class:`~fastunlearn.linalg.NetworkHessianOperator` (``matmat``,
     ``matmat_on`` for LiSSA's mini-batches, ``num_hvps``); each column costs one forward-mode
     pass (``J v``), one output-space Hessian product and one backward pass (``J^T u``) per
-    batch. Put the model in eval mode.
+    batch. When the stored data is one batch (``batch_size`` None or >= n, e.g. a curvature
+    subsample), the forward pass of the backward product is kept between calls (recomputed
+    if a selected parameter changes in place), which saves one forward pass per product. Put
+    the model in eval mode.
 
     Args:
         model: The network.
@@ -65,6 +68,7 @@ class GGNOperator(LinearOperator):
             raise ValueError(f"'damping' must be >= 0, got {damping}")
         self.batch_size = batch_size
         self.num_hvps = 0
+        self._vjp_cache: tuple[tuple[int, ...], Any, Tensor] | None = None
         d = sum(p.numel() for p in selected)
         self.shape = (d, d)
         self.dtype = selected[0].dtype
@@ -84,6 +88,8 @@ class GGNOperator(LinearOperator):
         sizes = [p.numel() for p in primals]
         n = inputs.shape[0]
         step = self.batch_size or max(n, 1)
+        # one batch of the stored data: the backward product's forward pass is reusable
+        reuse = inputs is self.inputs and targets is self.targets and n <= step
         columns = []
         with torch.no_grad():
             for k in range(V.shape[1]):
@@ -101,14 +107,31 @@ class GGNOperator(LinearOperator):
                     def loss_grad(out: Tensor, y: Tensor = y) -> Tensor:
                         return grad(lambda o: self.loss_fn(o, y))(out)
 
-                    out, jv = jvp(f, (primals,), (tangent,))
+                    if reuse:
+                        out, vjp_fn = self._cached_vjp(f, primals)
+                        _, jv = jvp(f, (primals,), (tangent,))
+                    else:
+                        out, jv = jvp(f, (primals,), (tangent,))
+                        _, vjp_fn = vjp(f, primals)
                     _, hjv = jvp(loss_grad, (out,), (jv,))
-                    _, vjp_fn = vjp(f, primals)
                     parts = vjp_fn(hjv)[0]
                     total += torch.cat([t.reshape(-1) for t in parts])
                 columns.append(total)
         self.num_hvps += V.shape[1]
+        if not reuse:
+            self._vjp_cache = None
         result = torch.stack(columns, dim=1) if columns else torch.zeros_like(V)
         if self.damping:
             result = result + self.damping * V
         return result
+
+    def _cached_vjp(self, f: Any, primals: tuple[Tensor, ...]) -> tuple[Tensor, Any]:
+        """``(outputs, vjp_fn)`` of the stored batch, kept while the parameters are unchanged."""
+        named = dict(self.model.named_parameters())
+        versions = tuple(named[n]._version for n in self.param_names)
+        versions += tuple(b._version for b in self.model.buffers())
+        if self._vjp_cache is None or self._vjp_cache[0] != versions:
+            out, vjp_fn = vjp(f, primals)
+            self._vjp_cache = (versions, vjp_fn, out)
+        _, vjp_fn, out = self._vjp_cache
+        return out, vjp_fn

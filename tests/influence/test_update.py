@@ -459,3 +459,28 @@ def test_curvature_subsample_bad_input(kwargs, match):
         influence_update(model, X[rows], y[rows], new_targets=(y[rows] + 1) % 3,
                          train_data=(X, y), damping=1.0, **kwargs)
     assert _same_state(model, state)
+
+
+def test_ggn_forward_cache_is_exact_and_follows_parameter_changes():
+    from fastunlearn.influence import GGNOperator
+
+    model = _small_net()
+    X, y = _net_data()
+    V = torch.randn(sum(p.numel() for p in model.parameters()), 3, dtype=D64,
+                    generator=torch.Generator().manual_seed(0))
+    op = GGNOperator(model, ce_sum, X, y)  # one batch: the forward pass is kept
+    first = op.matmat(V)
+    torch.testing.assert_close(first, _dense_ggn(model, X, y) @ V, rtol=1e-10, atol=1e-10)
+    assert op._vjp_cache is not None
+    torch.testing.assert_close(op.matmat(V), first, rtol=0, atol=0)
+    with torch.no_grad():  # an in-place change of a parameter invalidates the kept pass
+        model[0].weight.mul_(1.5)
+    moved = op.matmat(V)
+    torch.testing.assert_close(moved, _dense_ggn(model, X, y) @ V, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(moved, first)
+    # several batches, or other data: nothing kept
+    batched = GGNOperator(model, ce_sum, X, y, batch_size=7)
+    torch.testing.assert_close(batched.matmat(V), moved, rtol=1e-10, atol=1e-10)
+    assert batched._vjp_cache is None
+    op.matmat_on(V, X[:5], y[:5])
+    assert op._vjp_cache is None
