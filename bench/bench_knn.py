@@ -8,7 +8,8 @@ Peers, on the same inputs:
 
 * **sklearn**: ``pairwise_distances(Q, P)`` (the full m x n matrix) then ``np.argsort``
   per row, on the CPU (on a CUDA run the host copies are made before timing);
-* **torch**: ``torch.cdist(Q, P).topk(k)`` on the benchmark device;
+* **torch**: ``torch.cdist(Q, P).topk(k)`` on the benchmark device (on a CUDA run, ours is
+  also timed on the host's CPU cores: ``ours_cpu_ms``, ``ratio_sklearn_cpu``);
 * **gemm**: the bare product ``Q @ P.T`` (float32, TF32 off) on the benchmark device, the
   arithmetic every exact method must do: ``ratio_gemm = gemm / ours`` close to 1 means
   farthest_k runs at the GEMM rate of the machine (distances, selection and the exact
@@ -65,6 +66,8 @@ COLUMNS = [
     ("ratio_torch", "torch/ours", ".2f"),
     ("gemm_ms", "GEMM ms", ".2f"),
     ("ratio_gemm", "GEMM/ours", ".2f"),
+    ("ours_cpu_ms", "ours host CPU ms", ".1f"),
+    ("ratio_sklearn_cpu", "sklearn/ours CPU", ".1f"),
     ("ours_peak_mb", "ours MiB", ".1f"),
     ("torch_peak_mb", "torch MiB", ".1f"),
     ("sklearn_peak_mb", "sklearn MiB", ".1f"),
@@ -175,10 +178,20 @@ def run_case(m: int, n: int, d: int, dev: torch.device, **opts: Any) -> dict[str
                               "sklearn": "numpy"}, **opts)
     else:
         res = compare(impls, dev, memory="torch", **opts)
-        res["sklearn"] = measure(sklearn, torch.device("cpu"), memory="numpy",
-                                 **{**opts, "warmup": 1, "repeat": min(opts["repeat"], 5)})
+        host = {**opts, "warmup": 1, "repeat": min(opts["repeat"], 5)}
+        res["sklearn"] = measure(sklearn, torch.device("cpu"), memory="numpy", **host)
+        # farthest_k on the same machine's CPU cores too: the CPU ratio to scikit-learn on
+        # this (usually larger) host, at the cost of a few more CPU runs
+        Qc, Pc = Q.cpu(), P.cpu()
+        res["ours_cpu"] = measure(lambda: farthest_k(Qc, Pc, K), torch.device("cpu"), **host)
     ours, peer_torch, peer_sk, gemm = res["ours"], res["torch"], res["sklearn"], res["gemm"]
+    extra: dict[str, Any] = {}
+    if "ours_cpu" in res:
+        extra = {"ours_cpu_ms": res["ours_cpu"].ms, "cpu_threads": torch.get_num_threads(),
+                 "ratio_sklearn_cpu": ratio(peer_sk.timing.median,
+                                            res["ours_cpu"].timing.median)}
     return {
+        **extra,
         "m": m, "n": n, "d": d, "k": K, "dtype": "float32",
         "ours_ms": ours.ms, "ours_iqr_ms": ours.timing.iqr_ms,
         "sklearn_ms": peer_sk.ms, "sklearn_iqr_ms": peer_sk.timing.iqr_ms,
