@@ -126,7 +126,7 @@ class GGNOperator(LinearOperator):
         return result
 
     def _cached_vjp(self, f: Any, primals: tuple[Tensor, ...]) -> tuple[Tensor, Any]:
-        """``(outputs, vjp_fn)`` of the stored batch, kept while the parameters are unchanged."""
+        """Return ``(outputs, vjp_fn)`` of the stored batch, kept while the parameters hold."""
         named = dict(self.model.named_parameters())
         versions = tuple(named[n]._version for n in self.param_names)
         versions += tuple(b._version for b in self.model.buffers())
