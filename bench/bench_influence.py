@@ -56,16 +56,17 @@ SIZES: dict[str, dict[str, Any]] = {
                  lissa_depth=3, cg_maxiter=3, cg_subsample=64, digits_epochs=3, digits_n=300,
                  digits_seeds=(42,)),
     "quick": dict(filters=16, n=256, steps=2, points=64, hvp_batch=256, lissa_batch=128,
-                  lissa_depth=10, cg_maxiter=24, cg_subsample=64, digits_epochs=30,
+                  lissa_depth=10, cg_maxiter=24, cg_subsample=128, digits_epochs=30,
                   digits_n=0, digits_seeds=(42, 43, 44)),
     "full": dict(filters=128, n=10240, steps=10, points=1024, hvp_batch=1024, lissa_batch=1024,
-                 lissa_depth=100, cg_maxiter=20, cg_subsample=1024, digits_epochs=100,
+                 lissa_depth=100, cg_maxiter=30, cg_subsample=2048, digits_epochs=100,
                  digits_n=0, digits_seeds=(42, 43, 44)),
 }
 
-# CG's budget at full size: 20 products on 1024 rows per step, a fifth of the sample-products
-# of LiSSA's 100 steps on 1024-row batches (its CPU quick-size cost per sample-product is
-# ~1.3x LiSSA's Hessian product: a forward-mode and a backward pass).
+# CG's budget at full size: at most 30 products on 2048 rows per step, 60 % of the
+# sample-products of LiSSA's 100 steps on 1024-row batches. A CG product on one kept batch
+# runs only the selected (last) layers (see GGNOperator), a LiSSA product the whole network
+# on a fresh batch.
 
 #: The reference's LiSSA settings for CIFAR (configs/unlearn.json).
 LISSA_DAMPING, LISSA_SCALE = 1e-4, 2e5

@@ -29,9 +29,12 @@ class GGNOperator(LinearOperator):
     ``matmat_on`` for LiSSA's mini-batches, ``num_hvps``); each column costs one forward-mode
     pass (``J v``), one output-space Hessian product and one backward pass (``J^T u``) per
     batch. When the stored data is one batch (``batch_size`` None or >= n, e.g. a curvature
-    subsample), the forward pass of the backward product is kept between calls (recomputed
-    if a selected parameter changes in place), which saves one forward pass per product. Put
-    the model in eval mode.
+    subsample), the network is not run again per product: the graph of ``J^T u`` is built
+    once and kept (rebuilt if a parameter or buffer changes in place), ``J^T u`` is a
+    backward pass through it and ``J v`` a backward pass through that backward pass (the
+    transpose of a linear map is its vector-Jacobian product). Only the layers from the
+    first selected parameter on are traversed: with the last layers selected, a product
+    costs a fraction of a forward pass of the whole network. Put the model in eval mode.
 
     Args:
         model: The network.
@@ -68,7 +71,7 @@ class GGNOperator(LinearOperator):
             raise ValueError(f"'damping' must be >= 0, got {damping}")
         self.batch_size = batch_size
         self.num_hvps = 0
-        self._vjp_cache: tuple[tuple[int, ...], Any, Tensor] | None = None
+        self._vjp_cache: tuple[tuple[int, ...], Tensor, Any, Any] | None = None
         d = sum(p.numel() for p in selected)
         self.shape = (d, d)
         self.dtype = selected[0].dtype
@@ -108,8 +111,8 @@ class GGNOperator(LinearOperator):
                         return grad(lambda o: self.loss_fn(o, y))(out)
 
                     if reuse:
-                        out, vjp_fn = self._cached_vjp(f, primals)
-                        _, jv = jvp(f, (primals,), (tangent,))
+                        out, vjp_fn, jv_fn = self._cached_products(f, primals)
+                        jv = jv_fn(tangent)[0]
                     else:
                         out, jv = jvp(f, (primals,), (tangent,))
                         _, vjp_fn = vjp(f, primals)
@@ -125,13 +128,18 @@ class GGNOperator(LinearOperator):
             result = result + self.damping * V
         return result
 
-    def _cached_vjp(self, f: Any, primals: tuple[Tensor, ...]) -> tuple[Tensor, Any]:
-        """Return ``(outputs, vjp_fn)`` of the stored batch, kept while the parameters hold."""
+    def _cached_products(self, f: Any, primals: tuple[Tensor, ...]) -> tuple[Tensor, Any, Any]:
+        """Return the stored batch's outputs, ``u -> J^T u`` and ``v -> J v``, kept.
+
+        ``J v`` is the vector-Jacobian product of the linear map ``u -> J^T u`` (at any
+        ``u``; zeros here). Rebuilt when a parameter or buffer has changed in place.
+        """
         named = dict(self.model.named_parameters())
         versions = tuple(named[n]._version for n in self.param_names)
         versions += tuple(b._version for b in self.model.buffers())
         if self._vjp_cache is None or self._vjp_cache[0] != versions:
             out, vjp_fn = vjp(f, primals)
-            self._vjp_cache = (versions, vjp_fn, out)
-        _, vjp_fn, out = self._vjp_cache
-        return out, vjp_fn
+            _, jv_fn = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
+            self._vjp_cache = (versions, out, vjp_fn, jv_fn)
+        _, out, vjp_fn, jv_fn = self._vjp_cache
+        return out, vjp_fn, jv_fn

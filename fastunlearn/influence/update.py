@@ -591,8 +591,12 @@ def influence_update(
                                                         curvature_subsample, subsample_seed)
             n_curv = int(X_curv.shape[0])
             if solver == "cg":
+                # one batch of curvature rows: reverse-over-reverse keeps the gradient's graph
+                # between CG products (the GGN operator keeps its own graphs)
+                one_batch = hvp_batch_size is None or n_curv <= hvp_batch_size
+                mode = {"mode": "rev-rev"} if curvature == "hessian" and one_batch else {}
                 op = _curvature_op(curvature, model, curv_loss, X_curv, y_curv, params=names,
-                                   damping=damping, batch_size=hvp_batch_size)
+                                   damping=damping, batch_size=hvp_batch_size, **mode)
                 step, iters, matvecs, ok, residual, note = _solve_cg(op, G, tol, maxiter,
                                                                       restarts)
                 result.damping = damping

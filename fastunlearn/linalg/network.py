@@ -241,6 +241,7 @@ class NetworkHessianOperator(LinearOperator):
         self.num_hvps = 0
         self.vectorized = True
         self._loss = _functional_loss(model, loss_fn, self.param_names)
+        self._vjp_cache: tuple[tuple[int, ...], Any] | None = None
         d = sum(p.numel() for p in selected)
         self.shape = (d, d)
         self.dtype = selected[0].dtype
@@ -279,11 +280,17 @@ class NetworkHessianOperator(LinearOperator):
         )
         n = inputs.shape[0]
         step = self.batch_size or max(n, 1)
+        # rev-rev on the stored data in one batch: the gradient's graph is kept between calls
+        keep = (self.mode == "rev-rev" and inputs is self.inputs and targets is self.targets
+                and n <= step)
+        if not keep:
+            self._vjp_cache = None
         out: tuple[Tensor, ...] | None = None
         with torch.no_grad():  # no graph for the caller; torch.func ignores the outer mode
             for start in range(0, n if K > 0 else 0, step):
                 stop = start + step
-                part = self._hvp_batch(primals, tangents, inputs[start:stop], targets[start:stop])
+                part = self._hvp_batch(primals, tangents, inputs[start:stop], targets[start:stop],
+                                       keep)
                 out = part if out is None else tuple(a + b for a, b in zip(out, part, strict=True))
         self.num_hvps += K
         if out is None:
@@ -295,9 +302,19 @@ class NetworkHessianOperator(LinearOperator):
         return result
 
     def _hvp_batch(
-        self, primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...], x: Tensor, y: Tensor
+        self,
+        primals: tuple[Tensor, ...],
+        tangents: tuple[Tensor, ...],
+        x: Tensor,
+        y: Tensor,
+        keep: bool = False,
     ) -> tuple[Tensor, ...]:
-        """Hessian products on one batch for K stacked tangents -> tuple of [K, *shape]."""
+        """Hessian products on one batch for K stacked tangents -> tuple of [K, *shape].
+
+        With ``keep`` (rev-rev, the stored data in one batch) the gradient's graph is built
+        once and reused while the parameters and buffers are unchanged (their in-place
+        version counters): each product is then one backward pass through it.
+        """
 
         def grad_fn(p: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
             return grad(self._loss)(p, x, y)
@@ -308,7 +325,15 @@ class NetworkHessianOperator(LinearOperator):
                 return jvp(grad_fn, (primals,), (t,))[1]
 
         else:
-            _, vjp_fn = vjp(grad_fn, primals)
+            if keep:
+                named = dict(self.model.named_parameters())
+                versions = tuple(named[n]._version for n in self.param_names)
+                versions += tuple(b._version for b in self.model.buffers())
+                if self._vjp_cache is None or self._vjp_cache[0] != versions:
+                    self._vjp_cache = (versions, vjp(grad_fn, primals)[1])
+                vjp_fn = self._vjp_cache[1]
+            else:
+                _, vjp_fn = vjp(grad_fn, primals)
 
             def one(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
                 return vjp_fn(t)[0]

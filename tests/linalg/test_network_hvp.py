@@ -112,15 +112,22 @@ def test_damping_and_cg_solve_damped_system():
         assert bool((residual <= 1e-8 * torch.linalg.vector_norm(B, dim=0)).all())
 
 
-def test_operator_follows_in_place_parameter_updates():
+@pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev"])
+def test_operator_follows_in_place_parameter_updates(mode):
     model, loss_fn, x, y = _problem()
-    op = NetworkHessianOperator(model, loss_fn, x, y)
+    op = NetworkHessianOperator(model, loss_fn, x, y, mode=mode)
     before = op.to_dense()
+    # rev-rev on one batch of the stored data keeps the gradient's graph between calls
+    assert (op._vjp_cache is not None) == (mode == "rev-rev")
+    torch.testing.assert_close(op.to_dense(), before, rtol=0, atol=0)
     with torch.no_grad():
         model[0].weight.mul_(2.0)
     after = op.to_dense()
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, dense_hessian(model, loss_fn, x, y))
+    # other data, or several batches: nothing is kept
+    op.matmat_on(torch.ones(op.shape[0], 1, dtype=torch.float64), x[:4], y[:4])
+    assert op._vjp_cache is None
 
 
 def test_loop_fallback_when_vmap_fails(monkeypatch):
