@@ -33,14 +33,7 @@ from fastunlearn.data import load_digits_dataset
 LAM = 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the 2-core test machine is shared: OpenMP threads fighting over it make the small
-    # kernels here 10-40x slower, so run this module single-threaded
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

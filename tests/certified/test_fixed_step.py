@@ -15,13 +15,7 @@ from fastunlearn.certified import BudgetExceededError, CertifiedLogisticRegressi
 from fastunlearn.certified import estimator as est
 from fastunlearn.data import load_digits_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(seed=0, n=120, d=8, classes=3):
