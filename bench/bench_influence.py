@@ -145,9 +145,12 @@ def _solver_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: dict[
         if solver == "cg":
             # the Gauss-Newton matrix is PSD: CG cannot break down on it, as it can on the
             # indefinite Hessian of a network away from a minimum
+            # the curvature rows are one batch, so the operator keeps the network's graph and
+            # a product runs only the selected layers (see GGNOperator)
             kwargs.update(solver="cg", curvature="ggn", damping=lam, tol=CG_TOL,
                           maxiter=sizes["cg_maxiter"], restarts=0,
-                          curvature_subsample=sizes["cg_subsample"])
+                          curvature_subsample=sizes["cg_subsample"],
+                          hvp_batch_size=max(sizes["hvp_batch"], sizes["cg_subsample"]))
         else:
             kwargs.update(solver="lissa", compute_residual=False, lissa=LissaSettings(
                 batch_size=sizes["lissa_batch"], damping=LISSA_DAMPING, scale=LISSA_SCALE,
