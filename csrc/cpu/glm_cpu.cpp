@@ -15,11 +15,19 @@
 // in float64 K = 16 takes ~500 us and K = 24 ~300 us. So with MKL, V is padded with zero
 // columns up to the next such multiple; the extra flops are free in this memory-bound
 // regime. K = 1 takes MKL's fast matrix-vector path and is not padded.
+//
+// On CPUs with AVX2 and FMA, K up to 16 (float64) or 32 (float32) columns take the fused
+// register-blocked kernel of glm_rows_avx2.h instead of the BLAS calls; the environment
+// variable FASTUNLEARN_GLM_CPU_KERNEL=blas forces the BLAS path (tests compare the two).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "glm_cg_driver.h"
+#include "glm_rows_avx2.h"
 
 namespace fastunlearn {
 namespace {
@@ -53,6 +61,52 @@ void hvp_rows(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V, int
   }
 }
 
+// True when the fused AVX2 kernel should compute this product (see the note at the top).
+bool use_avx2_kernel(const at::Tensor& V, int64_t K) {
+#if FASTUNLEARN_HAVE_AVX2_KERNELS
+  const char* forced = std::getenv("FASTUNLEARN_GLM_CPU_KERNEL");
+  if (forced != nullptr && std::strcmp(forced, "blas") == 0) return false;
+  if (!cpu_has_avx2_fma()) return false;
+  if (V.scalar_type() == at::kDouble) return K <= avx2_max_columns<double>();
+  if (V.scalar_type() == at::kFloat) return K <= avx2_max_columns<float>();
+#endif
+  (void)V;
+  (void)K;
+  return false;
+}
+
+#if FASTUNLEARN_HAVE_AVX2_KERNELS
+// The fused kernel over one slab of rows per thread; returns sum_slabs X^T (S * X V), [d, K].
+template <typename T>
+at::Tensor hvp_avx2(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V,
+                    const at::Tensor& margins) {
+  const int64_t n = X.size(0), d = X.size(1), K = S.size(1);
+  const int64_t padded = avx2_padded_columns<T>(K);
+  at::Tensor V_pad = at::zeros({d, padded}, V.options());
+  V_pad.narrow(1, 0, K).copy_(V);
+  // rows per slab: enough work per thread to pay for waking it
+  constexpr int64_t kMinRowsPerSlab = 256;
+  const int64_t slabs = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), n / kMinRowsPerSlab));
+  at::Tensor partial = at::zeros({slabs, d, padded}, V.options());
+  const int64_t per_slab = (n + slabs - 1) / slabs;
+  const T* x = X.const_data_ptr<T>();
+  const T* s = S.const_data_ptr<T>();
+  const T* v = V_pad.const_data_ptr<T>();
+  T* acc = partial.mutable_data_ptr<T>();
+  T* m = margins.defined() ? margins.mutable_data_ptr<T>() : nullptr;
+  at::parallel_for(0, slabs, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t slab = s0; slab < s1; ++slab) {
+      const int64_t begin = slab * per_slab, end = std::min(n, (slab + 1) * per_slab);
+      if (begin < end)
+        glm_rows_avx2<T>(x, d, s, K, v, d, K, begin, end, acc + slab * d * padded, m);
+    }
+  });
+  at::Tensor total = slabs == 1 ? partial.select(0, 0) : partial.sum(0);
+  return total.narrow(1, 0, K);
+}
+#endif
+
 // glm_hvp, and X V into ``margins`` when it is defined ([n, K], contiguous).
 at::Tensor hvp_cpu(const at::Tensor& X_in, const at::Tensor& S_in, const at::Tensor& V_in,
                    double lam, const at::Tensor& margins, const char* op) {
@@ -68,6 +122,14 @@ at::Tensor hvp_cpu(const at::Tensor& X_in, const at::Tensor& S_in, const at::Ten
     return out;
   }
   const at::Tensor X = X_in.contiguous(), S = S_in.contiguous();
+#if FASTUNLEARN_HAVE_AVX2_KERNELS
+  if (use_avx2_kernel(V, K)) {
+    const at::Tensor product = V.scalar_type() == at::kDouble
+                                   ? hvp_avx2<double>(X, S, V, margins)
+                                   : hvp_avx2<float>(X, S, V, margins);
+    return out.add_(product);
+  }
+#endif
   const int64_t rows = std::min(n, rows_per_chunk(X, kHvpChunkBytes));
   at::Tensor V_used = V;
   if (const int64_t columns = padded_columns(K, V.scalar_type()); columns != K) {

@@ -242,6 +242,66 @@ def test_hvp_margins_bad_inputs_name_the_argument(name, bad):
         HVP_MARGINS(*args.values())
 
 
+# ---- the CPU kernels: fused AVX2 (few columns) and BLAS --------------------------------
+
+
+@pytest.fixture(params=["auto", "blas"])
+def cpu_kernel(request, monkeypatch):
+    """Run a CPU test with the default kernel choice and with the BLAS path forced."""
+    if request.param == "blas":
+        monkeypatch.setenv("FASTUNLEARN_GLM_CPU_KERNEL", "blas")
+    else:
+        monkeypatch.delenv("FASTUNLEARN_GLM_CPU_KERNEL", raising=False)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(
+    "n, d, K",
+    # every vector count of the fused kernel (4 / 8 lanes), rows not a multiple of its row
+    # blocks, more rows than one slab per thread, and past its column limit (BLAS again)
+    [(1, 3, 1), (7, 5, 3), (523, 17, 4), (1031, 64, 5), (801, 9, 8), (777, 33, 9),
+     (600, 20, 12), (1543, 7, 13), (900, 11, 16), (901, 10, 17), (513, 6, 24), (300, 5, 33)],
+)
+def test_cpu_kernels_match_reference(cpu_kernel, dtype, threads, n, d, K):
+    X, S, V = problem(n, d, K, dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, margins = glm_hvp_margins(X, S, V, 0.2)
+        alone = glm_hvp(X, S, V, 0.2)
+    finally:
+        torch.set_num_threads(previous)
+    want_out, want_margins = reference.glm_hvp_margins(X, S, V, 0.2)
+    torch.testing.assert_close(out.double(), want_out, **tolerances(dtype))
+    torch.testing.assert_close(margins.double(), want_margins, **tolerances(dtype))
+    torch.testing.assert_close(alone, out)
+
+
+def test_cpu_kernels_agree(monkeypatch):
+    X, S, V = problem(1438, 64, 10, torch.float64)
+    fused = glm_hvp_margins(X, S, V, 0.1)
+    monkeypatch.setenv("FASTUNLEARN_GLM_CPU_KERNEL", "blas")
+    blas = glm_hvp_margins(X, S, V, 0.1)
+    for a, b in zip(fused, blas, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_kernels_non_contiguous_and_nan(cpu_kernel, dtype):
+    X, S, V = problem(301, 12, 6, dtype)
+    out, margins = glm_hvp_margins(transposed_copy(X), transposed_copy(S), V[:, :6], 0.5)
+    want_out, want_margins = reference.glm_hvp_margins(X, S, V, 0.5)
+    torch.testing.assert_close(out.double(), want_out, **tolerances(dtype))
+    torch.testing.assert_close(margins.double(), want_margins, **tolerances(dtype))
+    X[17, 4] = float("nan")
+    out, margins = glm_hvp_margins(X, S, V, 0.5)
+    assert torch.isnan(margins[17]).all()
+    assert torch.isfinite(margins[:17]).all() and torch.isfinite(margins[18:]).all()
+    assert torch.isnan(out).all()
+
+
 # ---- glm_hessian -------------------------------------------------------------------------
 
 
