@@ -261,8 +261,20 @@ def cpu_kernel(request, monkeypatch):
     "n, d, K",
     # every vector count of the fused kernel (4 / 8 lanes), rows not a multiple of its row
     # blocks, more rows than one slab per thread, and past its column limit (BLAS again)
-    [(1, 3, 1), (7, 5, 3), (523, 17, 4), (1031, 64, 5), (801, 9, 8), (777, 33, 9),
-     (600, 20, 12), (1543, 7, 13), (900, 11, 16), (901, 10, 17), (513, 6, 24), (300, 5, 33)],
+    [
+        (1, 3, 1),
+        (7, 5, 3),
+        (523, 17, 4),
+        (1031, 64, 5),
+        (801, 9, 8),
+        (777, 33, 9),
+        (600, 20, 12),
+        (1543, 7, 13),
+        (900, 11, 16),
+        (901, 10, 17),
+        (513, 6, 24),
+        (300, 5, 33),
+    ],
 )
 def test_cpu_kernels_match_reference(cpu_kernel, dtype, threads, n, d, K):
     X, S, V = problem(n, d, K, dtype)
