@@ -33,6 +33,17 @@ TORCH_LIBRARY(fastunlearn, m) {
       "glm_cg(Tensor X, Tensor S, Tensor B, float lam, Tensor? x0, Tensor? precond, "
       "float tol, int maxiter) -> (Tensor, Tensor, Tensor)");
 
+  // Certified removal of one row that every class holds (CPU kernel; on CUDA the same step
+  // runs as captured graphs of tensor expressions, fastunlearn/certified/fixed_step.py).
+  // Writes the row's Woodbury column into slot `rows` of U_buf, G_buf, C_buf and returns
+  // (V [d,K], X V [n,K], stats float64 [5] = residual sum, bound sum, CG iterations,
+  // factor ok, converged). See fastunlearn/ops/certified.py.
+  m.def(
+      "certified_cg_step(Tensor X, Tensor Y, Tensor A, Tensor Z, Tensor W, Tensor n_rem, "
+      "Tensor eig, Tensor row_sq, Tensor L, Tensor weights, Tensor(a!) U_buf, "
+      "Tensor(b!) G_buf, Tensor(c!) C_buf, int rows, int row, float lam, float gamma, "
+      "float row_norm_max, float cg_tol, int max_iter) -> (Tensor, Tensor, Tensor)");
+
   // ---- 2. Generic CG support -------------------------------------------------------
   // One fused CG step for K right-hand sides stored as columns of [d,K] tensors, given
   // Ap = A p. Updates x, r, p, rz (= r.z), rr (= r.r), active and iterations in place.

@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from .. import ops
+from ..ops.certified import certified_cg_step
 from . import woodbury
 from .bounds import (
     c_delta,
@@ -54,13 +55,16 @@ from .math import (
 
 __all__ = ["CertifiedLogisticRegression", "RemovalRecord", "RemovalReport"]
 
-#: Where the single-row CG removal step runs with fixed shapes (:mod:`.fixed_step`):
-#: ``"auto"`` (on CUDA, as CUDA graphs), ``"graph"`` / ``"eager"`` (forced; graphs only on
-#: CUDA), ``"off"``. Per model: the ``_fixed_step_mode`` attribute. The default is ``"off"``
-#: (environment variable ``FASTUNLEARN_FIXED_STEP``) until the graph path has been measured
-#: on a GPU; its arithmetic is tested against the general step on the CPU.
-FIXED_STEP_MODES = ("auto", "graph", "eager", "off")
-FIXED_STEP_MODE = os.environ.get("FASTUNLEARN_FIXED_STEP", "off")
+#: Where the single-row CG removal step of a row every class holds runs with fixed shapes:
+#: ``"cpu"`` (default): on the CPU as one compiled call (:func:`~fastunlearn.ops.certified
+#: .certified_cg_step`), on CUDA the general step; ``"auto"``: the compiled call on the CPU,
+#: CUDA graphs of :mod:`.fixed_step` on CUDA; ``"graph"`` / ``"eager"``: :mod:`.fixed_step`
+#: on any device (graphs only on CUDA); ``"off"``: the general step everywhere. Per model:
+#: the ``_fixed_step_mode`` attribute; default from the environment variable
+#: ``FASTUNLEARN_FIXED_STEP``. The CUDA graphs stay opt-in until measured on a GPU; both
+#: paths are tested equal to the general step on the CPU.
+FIXED_STEP_MODES = ("cpu", "auto", "graph", "eager", "off")
+FIXED_STEP_MODE = os.environ.get("FASTUNLEARN_FIXED_STEP", "cpu")
 if FIXED_STEP_MODE not in FIXED_STEP_MODES:
     raise ValueError(
         f"environment variable FASTUNLEARN_FIXED_STEP must be one of {FIXED_STEP_MODES}, "
@@ -505,9 +509,55 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
         if mode == "off" or solver != "cg" or rows_np.shape[0] != 1:
             return False
-        if mode == "auto" and self._X.device.type != "cuda":
+        device = self._X.device.type
+        if mode in ("cpu", "auto") and device != "cpu" and (mode == "cpu" or device != "cuda"):
             return False
         return bool((self._h_A[rows_np[0]] > 0).all())  # every class is updated
+
+    def _plan_compiled(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
+        """Plan the single-row CG step with the compiled CPU op; None: the general step.
+
+        Same step as :meth:`_plan` (and :class:`~fastunlearn.certified.fixed_step.FixedShapeStep`)
+        for one row that every class holds, in one call instead of ~600 operator calls.
+        Returns None when the Woodbury buffers are full or the extended factor is not
+        positive definite.
+        """
+        base = self._removal_factor()
+        if base.rows + 1 > base.capacity:
+            return None
+        cfg = self._cfg
+        result = certified_cg_step(
+            self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
+            self._row_sq, base.L, base.weights, base.U_buf, base.G_buf, base.C_buf,
+            base.rows, int(rows_np[0]), lam=cfg["lam"], gamma=cfg["gamma"],
+            row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
+            max_iter=CG_MAX_ITERATIONS,
+        )  # fmt: skip
+        if not result.factor_ok or not result.converged:
+            woodbury.discard(base, base.rows + 1)
+            if not result.factor_ok:
+                return None
+            raise RuntimeError(
+                f"CG did not reach the residual target in {CG_MAX_ITERATIONS} iterations "
+                "(ill-conditioned Hessian); use solver='cholesky'"
+            )
+        worst = worst_case_bound(
+            cfg["lam"], self._h_n_rem, self._h_A[rows_np].sum(0), cfg["gamma"],
+            C=max(1.0, self._row_norm_max),
+        )  # fmt: skip
+        return _Step(
+            rows,
+            rows_np,
+            self._A[rows],
+            None,
+            result.V,
+            result.XV,
+            base._replace(rows=base.rows + 1),
+            None,
+            result.residual + result.bound,
+            worst,
+            result.iterations,
+        )
 
     def _plan_fixed(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
         """Plan the single-row CG step with fixed shapes (CUDA graphs on a GPU); None: not here.
@@ -515,11 +565,14 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         Same step as :meth:`_plan` for one row that every class holds (see
         :mod:`~fastunlearn.certified.fixed_step`). Returns None when the Woodbury buffers are
         full or the extended factor is not positive definite; the general step handles those.
+        On the CPU in modes ``"cpu"`` and ``"auto"`` the compiled op plans it instead.
         """
+        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
+        if mode in ("cpu", "auto") and self._X.device.type == "cpu":
+            return self._plan_compiled(rows, rows_np)
         base = self._removal_factor()
         if base.rows + 1 > base.capacity:
             return None
-        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
         fixed = getattr(self, "_fixed", None)
         if fixed is None or not fixed.matches(self, base):
             fixed = self._fixed = FixedShapeStep(self, base, use_graphs=mode != "eager")
@@ -530,7 +583,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             return None
         cg_tol = float(self.cg_tol)
         iterations = 0
-        while residual > cg_tol * bound:
+        while not residual <= cg_tol * bound:  # NaN keeps iterating, as in the general step
             if iterations == CG_MAX_ITERATIONS:
                 woodbury.discard(base, base.rows + 1)
                 raise RuntimeError(

@@ -113,9 +113,9 @@ def start(
         return reuse._replace(rows=0)
     C = L.new_zeros(K, capacity, capacity)
     C.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    return RemovedRowsFactor(
-        L.clone(),
-        weights.clone(),
+    return RemovedRowsFactor(  # contiguous copies: the compiled CPU step reads them as is
+        L.clone(memory_format=torch.contiguous_format),
+        weights.clone(memory_format=torch.contiguous_format),
         L.new_zeros(K, d, capacity),
         L.new_zeros(K, d, capacity),
         C,

@@ -1,10 +1,12 @@
-"""The fixed-shape CG removal step equals the general step (run eagerly on the CPU).
+"""The single-row CG removal step with fixed shapes equals the general step.
 
-On a GPU the single-row CG step runs as captured CUDA graphs (``fixed_step``); its
-arithmetic is the same with or without graphs, so it is checked here, eagerly, against the
-general step of ``CertifiedLogisticRegression._plan`` on the same removal sequences: weights,
-bounds, CG iterations and the Woodbury buffers must agree, including across retrains, budget
-errors, full Woodbury buffers and refreshes of the factors.
+Two implementations of that step replace the general step of
+``CertifiedLogisticRegression._plan`` for one row that every class holds: on a GPU, captured
+CUDA graphs of tensor expressions (``fixed_step``, mode ``"eager"`` runs the same expressions
+without graphs), and on the CPU one compiled call (``certified_cg_step``, mode ``"cpu"``, the
+default). Both are checked here against the general step (mode ``"off"``) on the same
+removal sequences: weights, bounds, CG iterations and the Woodbury buffers must agree,
+including across retrains, budget errors, full Woodbury buffers and refreshes of the factors.
 """
 
 import numpy as np
@@ -17,6 +19,21 @@ from fastunlearn.data import load_digits_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+#: The fixed-step implementation the tests of this module compare with the general step.
+FIXED_MODES = ("eager", "cpu")
+
+
+_MODE = "eager"
+
+
+@pytest.fixture(params=FIXED_MODES, autouse=True)
+def fixed_mode(request):
+    """Run every test once per implementation (``_pair`` reads it)."""
+    global _MODE
+    _MODE = request.param
+    yield request.param
+    _MODE = "eager"
+
 
 def _data(seed=0, n=120, d=8, classes=3):
     rng = np.random.default_rng(seed)
@@ -28,7 +45,7 @@ def _data(seed=0, n=120, d=8, classes=3):
 def _pair(X, y, **params):
     """Two identically fitted models: the general step only, and the fixed-shape step."""
     models = []
-    for mode in ("off", "eager"):
+    for mode in ("off", _MODE):
         m = CertifiedLogisticRegression(**params).fit(X, y)
         m._fixed_step_mode = mode
         models.append(m)
@@ -97,7 +114,10 @@ def test_fixed_step_is_used_and_equals_the_general_step_on_digits_ovr():
         est.CertifiedLogisticRegression._plan_fixed = original
     # every removal took the fixed path on the fixed model, none on the general one
     assert calls == [True] * len(order)
-    assert isinstance(fixed._fixed, est.FixedShapeStep)
+    if _MODE == "eager":
+        assert isinstance(fixed._fixed, est.FixedShapeStep)
+    else:  # the compiled step keeps no state of its own
+        assert getattr(fixed, "_fixed", None) is None
     assert getattr(general, "_fixed", None) is None
 
 
@@ -165,7 +185,9 @@ def test_budget_error_leaves_model_and_buffers_unchanged():
     assert_clean_beyond_rows(fixed)
 
 
-def test_graph_mode_without_cuda_runs_eagerly():
+def test_graph_mode_without_cuda_runs_eagerly(fixed_mode):
+    if fixed_mode != "eager":
+        pytest.skip("about the fixed_step module")
     X, y = _data(seed=7, classes=2)
     model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
     model._fixed_step_mode = "graph"
@@ -182,7 +204,9 @@ def test_graph_mode_without_cuda_runs_eagerly():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_step_equals_the_general_step():
+def test_cuda_graph_step_equals_the_general_step(fixed_mode):
+    if fixed_mode != "eager":
+        pytest.skip("about the fixed_step module")
     X, y = _data(seed=8, n=400, d=16, classes=5)
     models = []
     for mode in ("off", "graph"):
@@ -198,7 +222,9 @@ def test_cuda_graph_step_equals_the_general_step():
     assert fixed._fixed.use_graphs and set(fixed._fixed.graphs) == {"start", "iterate"}
 
 
-def test_copies_drop_the_fixed_step_and_continue_identically():
+def test_copies_drop_the_fixed_step_and_continue_identically(fixed_mode):
+    if fixed_mode != "eager":
+        pytest.skip("about the fixed_step module")
     import copy
     import pickle
 
@@ -215,3 +241,42 @@ def test_copies_drop_the_fixed_step_and_continue_identically():
         torch.testing.assert_close(other._W, model_copy._W, rtol=0, atol=0)
         assert other._fixed is not None  # rebuilt on the copy's own tensors
         assert other._fixed.W is other._W and other._fixed.W is not model._W
+
+
+def test_compiled_step_on_two_threads_with_row_slabs():
+    # n >= 2 x 4096 rows and more than 2^20 entries (below, removals run on one thread):
+    # the compiled step splits its passes over X into per-thread slabs
+    X, y = _data(seed=10, n=9000, d=120, classes=3)
+    models = [
+        CertifiedLogisticRegression(lam=1e-3, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
+        for _ in range(2)
+    ]
+    models[0]._fixed_step_mode = "off"
+    models[1]._fixed_step_mode = "cpu"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for i in np.random.default_rng(7).permutation(X.shape[0])[:8]:
+            _remove_both(models, int(i))
+    finally:
+        torch.set_num_threads(threads)
+    assert_same(*models)
+
+
+def test_compiled_step_is_the_default_on_the_cpu():
+    assert est.FIXED_STEP_MODE == "cpu"  # the environment of the test run does not set it
+    X, y = _data(seed=11, classes=3)
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
+    calls = []
+    original = est.certified_cg_step
+
+    def spy(*args, **kwargs):
+        calls.append(args[14])
+        return original(*args, **kwargs)
+
+    est.certified_cg_step = spy
+    try:
+        model.remove([4, 9])
+    finally:
+        est.certified_cg_step = original
+    assert calls == [4, 9]

@@ -1,0 +1,115 @@
+"""The compiled certified removal step (``certified_cg_step``): its contract as an op.
+
+Its arithmetic is compared with the general Python step on whole removal sequences in
+``tests/certified/test_fixed_step.py``; here: the result for one row against a direct dense
+computation, argument checks, strides, and ``opcheck``.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from fastunlearn.certified import CertifiedLogisticRegression
+from fastunlearn.ops.certified import certified_cg_step
+
+OP = torch.ops.fastunlearn.certified_cg_step.default
+
+
+def _model(seed=0, n=90, d=6, classes=3):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = rng.normal(size=(classes, d))[y] * 2 + rng.normal(size=(n, d))
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
+    model.fit(X, y)
+    model.remove([0, 1])  # Woodbury columns in use
+    return model
+
+
+def _args(model, row=5):
+    base = model._removal_factor()
+    return [model._X, model._Y, model._A, model._margins(), model._W, model._n_rem, model._eig,
+            model._row_sq, base.L, base.weights, base.U_buf, base.G_buf, base.C_buf, base.rows,
+            row, model._cfg["lam"], model._cfg["gamma"], model._row_norm_max, 1e-12, 200]
+
+
+def _call(args):
+    *tensors, rows, row, lam, gamma, norm, tol, it = args
+    return certified_cg_step(*tensors, rows, row, lam=lam, gamma=gamma, row_norm_max=norm,
+                             cg_tol=tol, max_iter=it)
+
+
+def test_step_solves_the_newton_system_of_the_remaining_rows():
+    model = _model()
+    args = _args(model, row=5)
+    step = _call(args)
+    assert step.factor_ok and step.converged
+    # dense check: H_k v_k = Delta_k with H_k the Hessian of the rows left (tol 1e-12)
+    X, Y, A, Z, W = (t.clone() for t in args[:5])
+    A[5] = 0.0
+    lam = model._cfg["lam"]
+    n_after = model._n_rem - model._A[5]
+    for k in range(W.shape[1]):
+        s = A[:, k] * torch.sigmoid(Z[:, k]) * torch.sigmoid(-Z[:, k])
+        H = X.T @ (s[:, None] * X) + lam * n_after[k] * torch.eye(X.shape[1], dtype=X.dtype)
+        g = -Y[5, k] * torch.sigmoid(-Y[5, k] * Z[5, k])
+        delta = lam * W[:, k] + X[5] * g
+        torch.testing.assert_close(step.V[:, k], torch.linalg.solve(H, delta), rtol=1e-8,
+                                   atol=1e-10)
+    torch.testing.assert_close(step.XV, X @ step.V, rtol=1e-12, atol=1e-12)
+    assert step.residual <= 1e-12 * step.bound or step.iterations == 200
+
+
+def test_non_contiguous_inputs_give_the_same_step():
+    model = _model(seed=1)
+    args = _args(model)
+    buffers = [args[i].clone() for i in (10, 11, 12)]
+    want = _call(args)
+    args[10:13] = buffers  # the same clean buffers for the second call
+    for i in (0, 2, 3, 4, 8):
+        args[i] = args[i].T.contiguous().T if args[i].dim() == 2 else args[i].mT.contiguous().mT
+    got = _call(args)
+    torch.testing.assert_close(got.V, want.V, rtol=0, atol=0)
+    assert got.bound == want.bound and got.iterations == want.iterations
+
+
+def test_max_iter_zero_reports_not_converged():
+    model = _model(seed=2)
+    args = _args(model)
+    args[18], args[19] = 0.0, 0  # a target no residual meets, no iteration allowed
+    step = _call(args)
+    assert step.factor_ok and not step.converged and step.iterations == 0
+
+
+@pytest.mark.parametrize(
+    "index, bad, message",
+    [
+        (0, lambda t: t.float(), "'X' must be float64"),
+        (2, lambda t: t[:-1], "'A' must have shape"),
+        (4, lambda t: t[:-1], "'W' must have shape"),
+        (6, lambda t: torch.cat([t, t]), "'eig' must be"),
+        (8, lambda t: t[:, :-1], "'L' must be"),
+        (10, lambda t: t.mT.contiguous().mT, "'U_buf' must be contiguous"),
+        (12, lambda t: t[:, :-1], "'C_buf' must be"),
+        (13, lambda t: 10**6, "'rows' must be in"),
+        (14, lambda t: -1, "'row' must be in"),
+        (15, lambda t: float("nan"), "lam"),
+        (19, lambda t: -1, "'max_iter' must be >= 0"),
+    ],
+)
+def test_bad_arguments_are_named(index, bad, message):
+    args = _args(_model(seed=3))
+    args[index] = bad(args[index])
+    with pytest.raises(RuntimeError, match=message):
+        OP(*args)
+
+
+def test_a_non_tensor_is_a_type_error():
+    args = _args(_model(seed=4))
+    args[1] = args[1].numpy()
+    with pytest.raises(TypeError, match="argument 'Y'"):
+        _call(args)
+
+
+def test_opcheck():
+    args = _args(_model(seed=5))
+    torch.library.opcheck(OP, tuple(args), test_utils=("test_schema", "test_faketensor"))
