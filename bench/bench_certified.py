@@ -22,14 +22,20 @@ Cases: the bundled digits, ten classes one-vs-rest (n = 1437, d = 64, K = 10), a
 synthetic MNIST-shaped data (unit-norm rows of ten Gaussian clusters, n = 60000, d = 784,
 K = 10; 12000 rows in the quick preset). Reported: milliseconds and removals per second of
 both, and ``ratio_reference = reference time / our time`` (> 1: ours faster). One untimed
-warm-up removal precedes the timed ones on both sides; each side is timed once over all
-its removals (a removal changes the model, so it cannot be repeated on the same state).
+warm-up removal precedes the timed ones on both sides. A removal changes the model, so it
+cannot be repeated on the same state: each block of removals is timed once, the reference's
+block and each of our variants' block of the same rows one after the other (interleaved, so
+that load on a shared machine hits all alike), and the time per removal reported is the
+median over
+the timed blocks (``*_mean_ms``: the mean). Each block is ``BLOCK`` consecutive rows removed
+sequentially by one call on each side (``remove(rows)``: one Newton step and bound per row).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from typing import Any
 
@@ -56,6 +62,9 @@ REFERENCE_BLOCK = 50_000
 POWER_ITERATIONS = 20
 #: Relative agreement required between the two weight matrices after the removals.
 WEIGHT_RTOL = 2e-3
+#: Removals per timed block: the reference and each of our variants remove the same block of
+#: rows in turn, each with one call.
+BLOCK = 5
 #: Our solvers timed: the default (``auto``: Cholesky up to 2048 features) and CG.
 SOLVERS = ("auto", "cg")
 
@@ -198,37 +207,37 @@ def _clone(model: Any) -> Any:
                                    copy.deepcopy(meta))
 
 
-def _time_ours(model: Any, order: np.ndarray, ref_count: int, W_ref: torch.Tensor,
-               device: torch.device, what: str) -> tuple[float, list[float], float]:
-    """Warm-up removal, then ``order[1:]`` timed; weights checked after ``1 + ref_count``.
+def _timed(fn: Any, device: torch.device) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
 
-    Returns:
-        ``(seconds of the timed removals, their bounds, max relative weight difference)``.
-    """
-    model.remove(order[:1].tolist())  # warm-up
-    first, rest = order[1:1 + ref_count].tolist(), order[1 + ref_count:].tolist()
-    seconds, report = _time(lambda: model.remove(first), device)
-    records = list(report.records)
+
+def _check_weights(model: Any, W_ref: torch.Tensor, what: str) -> float:
+    """Check our weights against the reference's; return the max relative difference."""
     W_ours = torch.as_tensor(np.asarray(model.coef_)).T
     rel_diff = float((W_ref.double().cpu() - W_ours).abs().max() / W_ours.abs().max())
-    check_close(W_ref, W_ours, rtol=0.0, atol=scaled_atol(W_ours, WEIGHT_RTOL),
-                what=f"{what}: weights after {1 + ref_count} removals")
-    if rest:
-        more_s, more = _time(lambda: model.remove(rest), device)
-        seconds += more_s
-        records += list(more.records)
-    if any(r.retrained for r in records):
-        raise CorrectnessError(f"{what}: our model retrained during the benchmark")
-    return seconds, [float(r.bound) for r in records], rel_diff
+    check_close(W_ref, W_ours, rtol=0.0, atol=scaled_atol(W_ours, WEIGHT_RTOL), what=what)
+    return rel_diff
 
 
 def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
              device: torch.device) -> dict[str, Any]:
-    """Fit once, then run and time the removal loops on the same rows; return the record."""
+    """Fit once, then time the removal loops on the same rows, interleaved; return the record.
+
+    Each block of ``BLOCK`` rows is removed by the reference and then by each of our variants
+    (one call each), so that load on a shared machine hits all of them alike; the reported
+    time per removal is the median over the blocks.
+    """
     from fastunlearn.certified import CertifiedLogisticRegression
 
     X, labels = digits_data() if name == "digits-ovr" else synthetic_data(n, d, k)
     n = X.shape[0]
+    if ours_count < ref_count:
+        raise ValueError("the weights are compared after the reference's removals: "
+                         "ours_count must be >= ref_count")
     total = 1 + max(ours_count, ref_count)  # one warm-up removal, then the timed ones
     order = removal_order(n, total)
     # a budget no removal can exhaust: this measures removals, not retraining
@@ -244,35 +253,67 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
     W_ref = W0.float().to(device)
     state = {"gram": X32.T @ X32, "gen": torch.Generator().manual_seed(0)}
     ref_bounds = reference_remove(X32, Y32, W_ref, LAM, 0, 1, state)  # warm-up
-    ref_s, timed = _time(lambda: reference_remove(X32, Y32, W_ref, LAM, 1, ref_count, state),
-                         device)
-    ref_bounds += timed
-    ref_per = ref_s / ref_count
+
+    variants = [(solver, None, solver) for solver in SOLVERS]
+    if device.type == "cuda":
+        variants.append(("cg", "graph", "graph"))
+    ours: dict[str, Any] = {}
+    for solver, fixed_step, label in variants:
+        m = _clone(model)
+        m.set_params(solver=solver)
+        if fixed_step is not None:  # the single-row CG step as replayed CUDA graphs
+            m._fixed_step_mode = fixed_step
+        m.remove(int(order[0]))  # warm-up
+        ours[label] = m
+    ref_times: list[float] = []  # seconds per removal, one entry per block
+    times: dict[str, list[float]] = {label: [] for label in ours}
+    bounds: dict[str, list[float]] = {label: [] for label in ours}
+    rel_diffs: dict[str, float] = {}
+    for lo in range(1, total, BLOCK):
+        if lo <= ref_count:
+            hi = min(lo + BLOCK, ref_count + 1)
+            ref_times.append(_timed(
+                lambda lo=lo, hi=hi: ref_bounds.extend(
+                    reference_remove(X32, Y32, W_ref, LAM, lo, hi - lo, state)), device)
+                / (hi - lo))
+        for label, m in ours.items():
+            if lo <= ours_count:
+                # the same rows as the reference's block (up to its last removal), one call
+                hi = min(lo + BLOCK, ours_count + 1)
+                if lo <= ref_count:
+                    hi = min(hi, ref_count + 1)
+                rows = [int(i) for i in order[lo:hi]]
+                reports: list[Any] = []
+                times[label].append(_timed(
+                    lambda m=m, rows=rows, reports=reports: reports.append(m.remove(rows)),
+                    device) / len(rows))
+                records = reports[0].records
+                if any(r.retrained for r in records):
+                    raise CorrectnessError(f"{NAME} {name} {label}: our model retrained "
+                                           "during the benchmark")
+                bounds[label].extend(float(r.bound) for r in records)
+                if hi == ref_count + 1:
+                    rel_diffs[label] = _check_weights(
+                        m, W_ref,
+                        f"{NAME} {name} {label}: weights after {1 + ref_count} removals")
+    ref_per = statistics.median(ref_times)
     record: dict[str, Any] = {
         "case": name, "n": n, "d": X.shape[1], "K": k, "lam": LAM, "fit_s": fit_s,
         "ours_removals": ours_count, "reference_removals": ref_count,
         "reference_ms": ref_per * 1e3, "reference_per_s": 1.0 / ref_per,
         "reference_bound": float(np.mean(ref_bounds[1:1 + ref_count])),
     }
-    variants = [(solver, None, solver) for solver in SOLVERS]
-    if device.type == "cuda":
-        variants.append(("cg", "graph", "graph"))
-    for solver, fixed_step, label in variants:
-        ours = _clone(model)
-        ours.set_params(solver=solver)
-        if fixed_step is not None:  # the single-row CG step as replayed CUDA graphs
-            ours._fixed_step_mode = fixed_step
-        seconds, bounds, rel_diff = _time_ours(ours, order, ref_count, W_ref, device,
-                                               f"{NAME} {name} {label}")
-        per = seconds / ours_count
+    for label in ours:
+        per = statistics.median(times[label])
         key = "ours" if label == "auto" else f"ours_{label}"
         suffix = "" if label == "auto" else f"_{label}"
         record.update({
             f"{key}_ms": per * 1e3, f"{key}_per_s": 1.0 / per,
+            f"{key}_mean_ms": float(np.mean(times[label])) * 1e3,
             f"ratio_reference{suffix}": ratio(ref_per, per),
-            f"weight_rel_diff{suffix}": rel_diff,
+            f"weight_rel_diff{suffix}": rel_diffs[label],
             # mean per-removal bound over the removals both made (ours: conservative norm)
-            f"{key}_bound": float(np.mean(bounds[:ref_count])),
+            f"{key}_bound": float(np.mean(bounds[label][:ref_count])),
         })
     return record
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+import numpy as np
 from torch import Tensor
 
 __all__ = [
@@ -194,12 +194,21 @@ def worst_case_bound(
 
     """
     lam = _check_nonneg("lam", lam, positive=True)
-    n_t = torch.as_tensor(n, dtype=torch.float64).reshape(-1)
-    m_t = torch.as_tensor(m, dtype=torch.float64).reshape(-1).expand_as(n_t)
-    rest = n_t - m_t
-    per_class = torch.where(
-        m_t > 0,
-        4.0 * gamma * m_t.square() * C * C / (lam * lam * rest.clamp_min(0.0)),
-        torch.zeros_like(n_t),
-    )
-    return float(per_class.sum())
+    # host arithmetic on a handful of numbers (once per removal): plain floats
+    if isinstance(n, Tensor):
+        n = n.detach().cpu().numpy()
+    if isinstance(m, Tensor):
+        m = m.detach().cpu().numpy()
+    n_list = np.asarray(n, dtype=np.float64).reshape(-1).tolist()
+    m_list = np.asarray(m, dtype=np.float64).reshape(-1).tolist()
+    if len(m_list) == 1:
+        m_list = m_list * len(n_list)
+    if len(m_list) != len(n_list):
+        raise ValueError(f"arguments 'n' and 'm' must have the same length or 'm' one entry, "
+                         f"got {len(n_list)} and {len(m_list)}")
+    total = 0.0
+    for n_k, m_k in zip(n_list, m_list, strict=True):
+        if m_k > 0:
+            rest = max(n_k - m_k, 0.0)
+            total += math.inf if rest == 0 else 4.0 * gamma * m_k * m_k * C * C / (lam * lam * rest)
+    return total

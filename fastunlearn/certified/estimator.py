@@ -724,6 +724,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             raise TypeError("argument 'indices' must hold integers, got a bool")
         if isinstance(indices, Tensor):
             indices = indices.detach().cpu().numpy()
+        if isinstance(indices, (int, np.integer)):  # one row: the same checks, without arrays
+            return self._check_one_index(int(indices))
         try:
             arr = np.asarray(indices)
         except (TypeError, ValueError) as err:
@@ -760,6 +762,24 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             c = c.item() if hasattr(c, "item") else c
             raise ValueError(f"argument 'indices' would remove every remaining row of class {c!r}")
         return arr
+
+    def _check_one_index(self, index: int) -> np.ndarray:
+        """:meth:`_check_indices` for one integer index; returns int64 [1]."""
+        n = self._X.shape[0]
+        if not 0 <= index < n:
+            raise ValueError(
+                f"argument 'indices' has unknown index {index}: the model was fit on "
+                f"{n} rows (valid indices 0..{n - 1})"
+            )
+        if self._h_removed[index]:
+            raise ValueError(f"argument 'indices' has already removed index {index}")
+        label = self._h_labels[index]
+        # rows of that class left besides this one (the only class this removal can empty)
+        if not ((self._h_labels == label) & ~self._h_removed).sum() > 1:
+            c = self.classes_[int(label)]
+            c = c.item() if hasattr(c, "item") else c
+            raise ValueError(f"argument 'indices' would remove every remaining row of class {c!r}")
+        return np.array([index], dtype=np.int64)
 
     def _solver(self, name: str) -> str:
         """Resolve ``solver="auto"`` by a cost model of one removal step.
@@ -937,13 +957,20 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         host mirrors are updated alongside; when to refresh is decided on the host.
         """
         weights_np = self._h_A[rows_np]  # [m, K], before the removal
-        self._A[rows] = 0.0
-        self._removed[rows] = True
-        self._n_rem -= row_weights.sum(0)
+        if rows_np.shape[0] == 1:  # one row: plain indexing, fewer operator calls
+            i = int(rows_np[0])
+            self._A[i] = 0.0
+            self._removed[i] = True
+            self._n_rem.sub_(row_weights[0])
+            Xi = self._X[i].unsqueeze(0)
+        else:
+            self._A[rows] = 0.0
+            self._removed[rows] = True
+            self._n_rem -= row_weights.sum(0)
+            Xi = self._X[rows]
         self._h_A[rows_np] = 0.0
         self._h_removed[rows_np] = True
         self._h_n_rem -= weights_np.sum(0)
-        Xi = self._X[rows]
         if self._shared_gram:
             self._gram[0].addmm_(Xi.T, Xi, alpha=-1.0)
             mass = self._h_row_sq[rows_np].sum().reshape(1)
@@ -1022,7 +1049,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             BudgetExceededError: the budget would be exceeded and ``retrain=False``.
 
         """
-        check_is_fitted(self)
+        if getattr(self, "_X", None) is None:  # sklearn's check, only when it would fail
+            check_is_fitted(self)
         if not isinstance(batch, (bool, np.bool_)):
             raise TypeError(f"argument 'batch' must be a bool, got {type(batch).__name__}")
         solver_name, retrain = self._check_live_params()

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,10 @@ def test_worst_case_batch_is_quadratic_and_sums_classes():
         4 * GAMMA_TIGHT / (1e-4 * 99), rel=1e-12
     )
     assert worst_case_bound(1.0, 5, 5) == math.inf
+    # numpy host mirrors and tensors give the same number; mismatched lengths are refused
+    assert worst_case_bound(0.1, np.array([100.0, 50.0, 80.0]), np.array([2.0, 0, 1])) == per_class
+    with pytest.raises(ValueError, match="'n' and 'm'"):
+        worst_case_bound(0.1, np.array([100.0, 50.0]), np.array([1.0, 1.0, 1.0]))
 
 
 def test_gamma_options():

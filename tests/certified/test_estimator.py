@@ -480,6 +480,25 @@ def test_removing_a_whole_class_is_refused(tenclass):
     model.remove(rows[:-1], batch=True)
     with pytest.raises(ValueError, match="class 4"):
         model.remove(rows[-1:])
+    with pytest.raises(ValueError, match="'indices'.*every remaining row of class 4"):
+        model.remove(int(rows[-1]))  # one integer: the same check on its own path
+    assert model.n_removed_ == rows.shape[0] - 1
+
+
+@pytest.mark.parametrize(
+    ("index", "match"),
+    [(10_000, "unknown index 10000"), (-1, "unknown index -1"), (2, "already removed index 2")],
+)
+def test_one_integer_index_is_checked_like_a_list(binary, index, match):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
+    model.remove(np.int64(2))
+    assert model.removed_indices_.tolist() == [2]
+    before = snapshot(model)
+    for value in (index, np.int32(index)):
+        with pytest.raises(ValueError, match=f"'indices'.*{match}"):
+            model.remove(value)
+        assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize(
