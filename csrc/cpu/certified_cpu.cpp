@@ -8,7 +8,9 @@
 // bound, and the bound terms. On a small problem (digits: 1438 x 64, K = 10) the Python step
 // spends its time in ~600 operator calls of a few microseconds each and in batched small
 // BLAS/LAPACK calls; here the whole step is one call: two fused passes over X
-// (glm_rows_avx2.h) plus O(K (d^2 + d t + t^2)) of loops for the preconditioner.
+// (glm_rows_avx2.h) plus O(K (d^2 + d t + t^2)) of loops for the preconditioner, which
+// applies M^{-1} (the explicit inverse of the last factors' matrix, computed once per
+// factorisation) as a dense product rather than two triangular solves.
 //
 // On CUDA the same step runs as captured CUDA graphs of the tensor expressions
 // (fixed_step.py): there the host-side cost is launch latency, which graphs remove, and the
@@ -26,6 +28,15 @@
 
 #include "../checks.h"
 #include "glm_rows_avx2.h"
+
+// The small dense loops of the preconditioner (dense products, triangular solves, Woodbury
+// terms) are compiled twice, for AVX2+FMA and for the baseline, and picked when the library
+// loads.
+#if FASTUNLEARN_HAVE_AVX2_KERNELS && defined(__gnu_linux__)
+#define FASTUNLEARN_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define FASTUNLEARN_CLONES
+#endif
 
 namespace fastunlearn {
 namespace {
@@ -84,7 +95,8 @@ void fused_hvp(const double* X, const double* S, const double* P, int64_t n, int
 }
 
 // In place: b <- (L L^T)^{-1} b for a lower-triangular L [m, m] with row stride ld.
-void cholesky_solve_in_place(const double* L, int64_t ld, int64_t m, double* b) {
+FASTUNLEARN_CLONES void cholesky_solve_in_place(const double* L, int64_t ld, int64_t m,
+                                                double* b) {
   for (int64_t j = 0; j < m; ++j) {  // L y = b
     const double* row = L + j * ld;
     double acc = 0.0;
@@ -103,16 +115,30 @@ void cholesky_solve_in_place(const double* L, int64_t ld, int64_t m, double* b) 
 // The Woodbury terms of the last Cholesky factors and the rows removed since (see
 // fastunlearn/certified/woodbury.py), for one class.
 struct WoodburyClass {
-  const double* L;  // [d, d] lower factor of M
+  const double* M_inv;  // [d, d] M^{-1} (symmetric)
   double* U;        // [d, T] removed rows scaled by sqrt(s)
   double* G;        // [d, T] M^{-1} U
   double* C;        // [T, T] lower factor of I - U^T G
   int64_t d, T;
 };
 
-// b <- M'^{-1} b with the first ``r`` Woodbury columns; ``u`` is scratch of length >= r.
-void precondition(const WoodburyClass& w, int64_t r, double* b, double* u) {
-  cholesky_solve_in_place(w.L, w.d, w.d, b);
+// out = M b for a dense row-major M [d, d].
+FASTUNLEARN_CLONES void dense_matvec(const double* M, int64_t d, const double* b, double* out) {
+  for (int64_t j = 0; j < d; ++j) {
+    const double* row = M + j * d;
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t l = 0; l < d; ++l) acc += row[l] * b[l];
+    out[j] = acc;
+  }
+}
+
+// b <- M'^{-1} b with the first ``r`` Woodbury columns; ``u`` (length >= r) and ``tmp``
+// (length d) are scratch.
+FASTUNLEARN_CLONES void precondition(const WoodburyClass& w, int64_t r, double* b, double* u,
+                                     double* tmp) {
+  dense_matvec(w.M_inv, w.d, b, tmp);
+  std::copy(tmp, tmp + w.d, b);
   if (r == 0) return;
   std::fill(u, u + r, 0.0);
   for (int64_t j = 0; j < w.d; ++j) {  // u = U^T y
@@ -128,6 +154,42 @@ void precondition(const WoodburyClass& w, int64_t r, double* b, double* u) {
     for (int64_t c = 0; c < r; ++c) acc += Gj[c] * u[c];
     b[j] += acc;
   }
+}
+
+// Write the Woodbury column of a removed row (features xi scaled by ``scale``) into slot
+// ``rows`` of one class's terms; false when the extended C is not positive definite.
+// ``g_new``, ``tmp`` (length d) and ``l21`` (length >= rows) are scratch.
+FASTUNLEARN_CLONES bool extend_class(const WoodburyClass& w, int64_t rows, const double* xi,
+                                     double scale, double* g_new, double* l21, double* tmp) {
+  const int64_t d = w.d, T = w.T;
+  for (int64_t j = 0; j < d; ++j) tmp[j] = xi[j] * scale;
+  dense_matvec(w.M_inv, d, tmp, g_new);  // G_new = M^{-1} U_new
+  // C12 = -U^T G_new over the earlier columns; L21 = C_chol^{-1} C12 (forward solve)
+  std::fill(l21, l21 + rows, 0.0);
+  for (int64_t j = 0; j < d; ++j) {
+    const double* Uj = w.U + j * T;
+    const double gj = g_new[j];
+    for (int64_t c = 0; c < rows; ++c) l21[c] -= Uj[c] * gj;
+  }
+  for (int64_t c = 0; c < rows; ++c) {
+    const double* Crow = w.C + c * T;
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t l = 0; l < c; ++l) acc += Crow[l] * l21[l];
+    l21[c] = (l21[c] - acc) / Crow[c];
+  }
+  double s22 = 1.0;
+  for (int64_t j = 0; j < d; ++j) s22 -= xi[j] * scale * g_new[j];
+  for (int64_t c = 0; c < rows; ++c) s22 -= l21[c] * l21[c];
+  const double l22 = std::sqrt(std::max(s22, std::numeric_limits<double>::min()));
+  for (int64_t j = 0; j < d; ++j) {
+    w.U[j * T + rows] = xi[j] * scale;
+    w.G[j * T + rows] = g_new[j];
+  }
+  double* Crow = w.C + rows * T;
+  for (int64_t c = 0; c < rows; ++c) Crow[c] = l21[c];
+  Crow[rows] = l22;
+  return s22 > 0.0;
 }
 
 void check_matrix(const at::Tensor& t, int64_t rows, int64_t cols, const char* name,
@@ -147,15 +209,15 @@ void check_f64_cpu(const at::Tensor& t, const char* name) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
     const at::Tensor& X_in, const at::Tensor& Y_in, const at::Tensor& A_in,
     const at::Tensor& Z_in, const at::Tensor& W_in, const at::Tensor& n_rem_in,
-    const at::Tensor& eig_in, const at::Tensor& row_sq_in, const at::Tensor& L_in,
+    const at::Tensor& eig_in, const at::Tensor& row_sq_in, const at::Tensor& M_inv_in,
     const at::Tensor& weights_in, const at::Tensor& U_buf, const at::Tensor& G_buf, const at::Tensor& C_buf, int64_t rows,
     int64_t row, double lam, double gamma, double row_norm_max, double cg_tol,
     int64_t max_iter) {
   // read-only inputs may have any strides; the buffers written in place must be contiguous
-  const char* names[] = {"X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "L", "weights",
-                         "U_buf", "G_buf", "C_buf"};
+  const char* names[] = {"X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv",
+                         "weights", "U_buf", "G_buf", "C_buf"};
   const at::Tensor* tensors[] = {&X_in, &Y_in, &A_in, &Z_in, &W_in, &n_rem_in, &eig_in,
-                                 &row_sq_in, &L_in, &weights_in, &U_buf, &G_buf, &C_buf};
+                                 &row_sq_in, &M_inv_in, &weights_in, &U_buf, &G_buf, &C_buf};
   for (int i = 0; i < 13; ++i) check_f64_cpu(*tensors[i], names[i]);
   for (int i = 10; i < 13; ++i)
     TORCH_CHECK(tensors[i]->is_contiguous(), kOp, ": argument '", names[i],
@@ -163,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   const at::Tensor X = X_in.contiguous(), Y = Y_in.contiguous(), A = A_in.contiguous(),
                    Z = Z_in.contiguous(), W = W_in.contiguous(), n_rem = n_rem_in.contiguous(),
                    eig = eig_in.contiguous(), row_sq = row_sq_in.contiguous(),
-                   L = L_in.contiguous(), weights = weights_in.contiguous();
+                   M_inv = M_inv_in.contiguous(), weights = weights_in.contiguous();
   TORCH_CHECK(X.dim() == 2, kOp, ": argument 'X' must be 2-D [n, d], got ", X.sizes());
   TORCH_CHECK(A.dim() == 2, kOp, ": argument 'A' must be 2-D [n, K], got ", A.sizes());
   const int64_t n = X.size(0), d = X.size(1), K = A.size(1);
@@ -176,8 +238,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   TORCH_CHECK(eig.dim() == 1 && (eig.size(0) == K || eig.size(0) == 1), kOp,
               ": argument 'eig' must be [K] or [1] (one shared Gram matrix), got ", eig.sizes());
   TORCH_CHECK(row_sq.dim() == 1 && row_sq.size(0) == n, kOp, ": argument 'row_sq' must be [n]");
-  TORCH_CHECK(L.dim() == 3 && L.size(0) == K && L.size(1) == d && L.size(2) == d, kOp,
-              ": argument 'L' must be [K, d, d], got ", L.sizes());
+  TORCH_CHECK(M_inv.dim() == 3 && M_inv.size(0) == K && M_inv.size(1) == d &&
+                  M_inv.size(2) == d,
+              kOp, ": argument 'M_inv' must be [K, d, d], got ", M_inv.sizes());
   TORCH_CHECK(U_buf.dim() == 3 && U_buf.size(0) == K && U_buf.size(1) == d, kOp,
               ": argument 'U_buf' must be [K, d, T], got ", U_buf.sizes());
   const int64_t T = U_buf.size(2);
@@ -247,41 +310,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   double* Ub = U_buf.mutable_data_ptr<double>();
   double* Gb = G_buf.mutable_data_ptr<double>();
   double* Cb = C_buf.mutable_data_ptr<double>();
-  const double* Lb = L.const_data_ptr<double>();
+  const double* Mb = M_inv.const_data_ptr<double>();
   std::vector<WoodburyClass> wood(K);
-  std::vector<double> P(d * K), col(d), g_new(d), scratch(r), l21(r);
+  std::vector<double> P(d * K), col(d), g_new(d), tmp(d), scratch(r), l21(r);
   bool ok = true;
   for (int64_t k = 0; k < K; ++k) {
     WoodburyClass& w = wood[k];
-    w = {Lb + k * d * d, Ub + k * d * T, Gb + k * d * T, Cb + k * T * T, d, T};
-    const double scale = std::sqrt(std::max(wt[k], 0.0));
-    for (int64_t j = 0; j < d; ++j) g_new[j] = xi[j] * scale;
-    cholesky_solve_in_place(w.L, d, d, g_new.data());  // G_new = M^{-1} U_new
-    // C12 = -U^T G_new over the earlier columns; L21 = C_chol^{-1} C12 (forward solve)
-    std::fill(l21.begin(), l21.end(), 0.0);
-    for (int64_t j = 0; j < d; ++j) {
-      const double* Uj = w.U + j * T;
-      for (int64_t c = 0; c < rows; ++c) l21[c] -= Uj[c] * g_new[j];
-    }
-    for (int64_t c = 0; c < rows; ++c) {
-      const double* Crow = w.C + c * T;
-      double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t l = 0; l < c; ++l) acc += Crow[l] * l21[l];
-      l21[c] = (l21[c] - acc) / Crow[c];
-    }
-    double s22 = 1.0;
-    for (int64_t j = 0; j < d; ++j) s22 -= xi[j] * scale * g_new[j];
-    for (int64_t c = 0; c < rows; ++c) s22 -= l21[c] * l21[c];
-    ok = ok && s22 > 0.0;
-    const double l22 = std::sqrt(std::max(s22, std::numeric_limits<double>::min()));
-    for (int64_t j = 0; j < d; ++j) {
-      w.U[j * T + rows] = xi[j] * scale;
-      w.G[j * T + rows] = g_new[j];
-    }
-    double* Crow = w.C + rows * T;
-    for (int64_t c = 0; c < rows; ++c) Crow[c] = l21[c];
-    Crow[rows] = l22;
+    w = {Mb + k * d * d, Ub + k * d * T, Gb + k * d * T, Cb + k * T * T, d, T};
+    ok = extend_class(w, rows, xi, std::sqrt(std::max(wt[k], 0.0)), g_new.data(), l21.data(),
+                      tmp.data()) &&
+         ok;
   }
   stats[3] = ok ? 1.0 : 0.0;
   if (!ok) return {V_t, XV_t, stats_t};  // the caller discards the slot, takes the general step
@@ -289,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   auto precondition_all = [&](const std::vector<double>& B, std::vector<double>& out) {
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t j = 0; j < d; ++j) col[j] = B[j * K + k];
-      precondition(wood[k], r, col.data(), scratch.data());
+      precondition(wood[k], r, col.data(), scratch.data(), tmp.data());
       for (int64_t j = 0; j < d; ++j) out[j * K + k] = col[j];
     }
   };

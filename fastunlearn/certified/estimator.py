@@ -496,7 +496,10 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             capacity = min(WOODBURY_MAX_ROWS, int(self._X.shape[0]))
             # the buffers of the last factors are reused: a captured CUDA graph reads them
             reuse = getattr(self, "_wood_last", None)
-            self._wood = self._wood_last = woodbury.start(self._chol, weights, capacity, reuse)
+            # on the CPU the compiled step applies M^{-1} as one dense product
+            self._wood = self._wood_last = woodbury.start(
+                self._chol, weights, capacity, reuse, inverse=self._X.device.type == "cpu"
+            )
         return self._wood
 
     def _discard_uncommitted(self) -> None:
@@ -526,9 +529,11 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if base.rows + 1 > base.capacity:
             return None
         cfg = self._cfg
+        if base.M_inv is None:  # factors started elsewhere: add the inverse once
+            base = self._wood = base._replace(M_inv=torch.cholesky_inverse(base.L).contiguous())
         result = certified_cg_step(
             self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
-            self._row_sq, base.L, base.weights, base.U_buf, base.G_buf, base.C_buf,
+            self._row_sq, base.M_inv, base.weights, base.U_buf, base.G_buf, base.C_buf,
             base.rows, int(rows_np[0]), lam=cfg["lam"], gamma=cfg["gamma"],
             row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
             max_iter=CG_MAX_ITERATIONS,

@@ -49,6 +49,9 @@ class RemovedRowsFactor(NamedTuple):
         G_buf (Tensor[K, d, capacity]): ``M^{-1} U``.
         C_buf (Tensor[K, capacity, capacity]): lower Cholesky factor of ``I - U^T G``.
         rows (int): removed rows folded in.
+        M_inv (Tensor[K, d, d] | None): ``M^{-1}`` explicitly (``start(..., inverse=True)``):
+            the compiled CPU step applies it as one dense product instead of two triangular
+            solves.
 
     """
 
@@ -58,6 +61,7 @@ class RemovedRowsFactor(NamedTuple):
     G_buf: Tensor
     C_buf: Tensor
     rows: int
+    M_inv: Tensor | None = None
 
     @property
     def capacity(self) -> int:
@@ -87,15 +91,22 @@ def _factor_solve(L: Tensor, B: Tensor) -> Tensor:
 
 
 def start(
-    L: Tensor, weights: Tensor, capacity: int, reuse: RemovedRowsFactor | None = None
+    L: Tensor,
+    weights: Tensor,
+    capacity: int,
+    reuse: RemovedRowsFactor | None = None,
+    *,
+    inverse: bool = False,
 ) -> RemovedRowsFactor:
     """Terms for factors ``L`` of ``X^T diag(weights_k) X + c I`` with no row removed yet.
 
     With ``reuse`` (an earlier state of the same shapes), its buffers are overwritten and
     returned instead of new ones, ``L`` and ``weights`` copied into them: the tensors keep
-    their addresses, which a captured CUDA graph reading them needs.
+    their addresses, which a captured CUDA graph reading them needs. With ``inverse``, also
+    ``M^{-1}`` (``M_inv``, ``K d^3`` flops once per factorisation).
     """
     K, d = L.shape[0], L.shape[-1]
+    M_inv = torch.cholesky_inverse(L).contiguous() if inverse else None
     if (
         reuse is not None
         and reuse.L.shape == L.shape
@@ -107,10 +118,12 @@ def start(
             reuse.L.copy_(L)
         if reuse.weights is not weights:
             reuse.weights.copy_(weights)
+        if M_inv is not None and reuse.M_inv is not None:
+            M_inv = reuse.M_inv.copy_(M_inv)
         reuse.U_buf.zero_()
         reuse.G_buf.zero_()
         reuse.C_buf.zero_().diagonal(dim1=-2, dim2=-1).fill_(1.0)
-        return reuse._replace(rows=0)
+        return reuse._replace(rows=0, M_inv=M_inv)
     C = L.new_zeros(K, capacity, capacity)
     C.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     return RemovedRowsFactor(  # contiguous copies: the compiled CPU step reads them as is
@@ -120,6 +133,7 @@ def start(
         L.new_zeros(K, d, capacity),
         C,
         0,
+        M_inv,
     )
 
 

@@ -58,7 +58,7 @@ def certified_cg_step(
     n_rem: Tensor,
     eig: Tensor,
     row_sq: Tensor,
-    L: Tensor,
+    M_inv: Tensor,
     weights: Tensor,
     U_buf: Tensor,
     G_buf: Tensor,
@@ -83,8 +83,9 @@ def certified_cg_step(
         n_rem: ``[K]`` remaining (weighted) rows per class, before the removal.
         eig: ``[K]`` (or ``[1]``, one shared Gram matrix) upper bounds of ``lambda_max``.
         row_sq: ``[n]`` squared row norms.
-        L: ``[K, d, d]`` lower Cholesky factors of the last dense Hessians.
-        weights: ``[n, K]`` curvature weights those factors were built with.
+        M_inv: ``[K, d, d]`` inverses of the last dense Hessians ``M = L L^T`` (the Woodbury
+            terms fold the rows removed since into them).
+        weights: ``[n, K]`` curvature weights those Hessians were built with.
         U_buf: ``[K, d, T]`` removed rows scaled by ``sqrt(weights)`` (see
             :mod:`fastunlearn.certified.woodbury`); slot ``rows`` is written.
         G_buf: ``[K, d, T]`` ``M^{-1} U``; slot ``rows`` is written.
@@ -106,9 +107,9 @@ def certified_cg_step(
             non-contiguous tensor or an index out of range (the message names the argument).
 
     """
-    names = ("X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "L", "weights", "U_buf",
+    names = ("X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv", "weights", "U_buf",
              "G_buf", "C_buf")
-    tensors = (X, Y, A, Z, W, n_rem, eig, row_sq, L, weights, U_buf, G_buf, C_buf)
+    tensors = (X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, weights, U_buf, G_buf, C_buf)
     for name, t in zip(names, tensors, strict=True):
         if not isinstance(t, Tensor):
             raise TypeError(f"certified_cg_step: argument '{name}' must be a Tensor, "
@@ -122,7 +123,7 @@ def certified_cg_step(
 
 @torch.library.register_fake("fastunlearn::certified_cg_step")
 def _certified_cg_step_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tensor,
-                            n_rem: Tensor, eig: Tensor, row_sq: Tensor, L: Tensor,
+                            n_rem: Tensor, eig: Tensor, row_sq: Tensor, M_inv: Tensor,
                             weights: Tensor, U_buf: Tensor, G_buf: Tensor, C_buf: Tensor,
                             rows: int, row: int, lam: float, gamma: float,
                             row_norm_max: float, cg_tol: float,

@@ -780,6 +780,13 @@ def test_cg_starting_factors_with_removed_rows_match_a_dense_solve(tenclass):
     rows = torch.tensor([3, 50, 700])
     expected = model._X[rows].T.unsqueeze(0) * wood.weights[rows].sqrt().T.unsqueeze(1)
     torch.testing.assert_close(wood.U, expected)
+    # on the CPU the factors carry M^{-1} for the compiled step; a restart reuses its buffer
+    torch.testing.assert_close(wood.M_inv, torch.linalg.inv(M), rtol=1e-9, atol=1e-12)
+    buffer = wood.M_inv
+    again = woodbury.start(wood.L, wood.weights, wood.capacity, wood, inverse=True)
+    assert again.M_inv is buffer and again.rows == 0
+    torch.testing.assert_close(again.M_inv, torch.linalg.inv(M), rtol=1e-9, atol=1e-12)
+    assert woodbury.start(wood.L, wood.weights, wood.capacity).M_inv is None
 
 
 def test_indices_accept_ints_arrays_and_tensors(binary):

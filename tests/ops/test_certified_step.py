@@ -28,7 +28,7 @@ def _model(seed=0, n=90, d=6, classes=3):
 def _args(model, row=5):
     base = model._removal_factor()
     return [model._X, model._Y, model._A, model._margins(), model._W, model._n_rem, model._eig,
-            model._row_sq, base.L, base.weights, base.U_buf, base.G_buf, base.C_buf, base.rows,
+            model._row_sq, base.M_inv, base.weights, base.U_buf, base.G_buf, base.C_buf, base.rows,
             row, model._cfg["lam"], model._cfg["gamma"], model._row_norm_max, 1e-12, 200]
 
 
@@ -87,7 +87,7 @@ def test_max_iter_zero_reports_not_converged():
         (2, lambda t: t[:-1], "'A' must have shape"),
         (4, lambda t: t[:-1], "'W' must have shape"),
         (6, lambda t: torch.cat([t, t]), "'eig' must be"),
-        (8, lambda t: t[:, :-1], "'L' must be"),
+        (8, lambda t: t[:, :-1], "'M_inv' must be"),
         (10, lambda t: t.mT.contiguous().mT, "'U_buf' must be contiguous"),
         (12, lambda t: t[:, :-1], "'C_buf' must be"),
         (13, lambda t: 10**6, "'rows' must be in"),
