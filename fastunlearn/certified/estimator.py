@@ -9,6 +9,7 @@ perturbation (or raises :class:`BudgetExceededError`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -1070,11 +1071,13 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         spans = [(0, arr.shape[0])] if batch else [(i, i + 1) for i in range(arr.shape[0])]
         start = time.perf_counter()
         checkpointing = self.checkpoint is not None
+        # TF32 exists only on CUDA; its flags cost host time for every step
+        tf32_off = no_tf32 if self._X.device.type == "cuda" else contextlib.nullcontext
         try:
             for lo, hi in spans:
                 rows, rows_np = rows_all[lo:hi], arr[lo:hi]
                 t0 = time.perf_counter()
-                with no_tf32(), small_problem_threads(self._X):
+                with tf32_off(), small_problem_threads(self._X):
                     try:
                         step = None
                         if self._fixed_step_applies(rows_np, solver):
