@@ -72,6 +72,10 @@ if FIXED_STEP_MODE not in FIXED_STEP_MODES:
         f"got {FIXED_STEP_MODE!r}"
     )
 
+#: The compiled CPU step keeps ``M^{-1}`` beside the factors (``K d^2`` more memory); above
+#: this many features the general step runs instead (its operator overhead is small there).
+COMPILED_STEP_MAX_FEATURES = 2048
+
 #: Version of the ``get_state`` layout.
 STATE_VERSION = 1
 #: The CG solver's step is the solve with the last dense Hessian's Cholesky factors, refined
@@ -499,7 +503,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             reuse = getattr(self, "_wood_last", None)
             # on the CPU the compiled step applies M^{-1} as one dense product
             self._wood = self._wood_last = woodbury.start(
-                self._chol, weights, capacity, reuse, inverse=self._X.device.type == "cpu"
+                self._chol, weights, capacity, reuse, inverse=self._wants_inverse()
             )
         return self._wood
 
@@ -516,7 +520,20 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         device = self._X.device.type
         if mode in ("cpu", "auto") and device != "cpu" and (mode == "cpu" or device != "cuda"):
             return False
+        if self._compiled_step_applies() is False and mode in ("cpu", "auto"):
+            return False
         return bool((self._h_A[rows_np[0]] > 0).all())  # every class is updated
+
+    def _compiled_step_applies(self) -> bool | None:
+        """On the CPU: whether the compiled step runs (None: not on the CPU)."""
+        if self._X.device.type != "cpu":
+            return None
+        return int(self._X.shape[1]) <= COMPILED_STEP_MAX_FEATURES
+
+    def _wants_inverse(self) -> bool:
+        """Whether the CG starting factors should carry ``M^{-1}`` (for the compiled step)."""
+        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
+        return mode in ("cpu", "auto") and bool(self._compiled_step_applies())
 
     def _plan_compiled(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
         """Plan the single-row CG step with the compiled CPU op; None: the general step.

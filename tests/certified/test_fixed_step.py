@@ -284,3 +284,22 @@ def test_compiled_step_is_the_default_on_the_cpu():
     finally:
         est.certified_cg_step = original
     assert calls == [4, 9]
+
+
+def test_many_features_take_the_general_step_without_an_inverse(monkeypatch):
+    monkeypatch.setattr(est, "COMPILED_STEP_MAX_FEATURES", 4)
+    X, y = _data(seed=12, d=8, classes=3)
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
+    calls = []
+    original = est.certified_cg_step
+    est.certified_cg_step = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        model.remove([3, 7])
+    finally:
+        est.certified_cg_step = original
+    assert calls == [] and model._wood.M_inv is None
+    reference = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
+    reference.fit(X, y)
+    reference._fixed_step_mode = "off"
+    reference.remove([3, 7])
+    assert_same(reference, model)
