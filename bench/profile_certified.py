@@ -11,8 +11,9 @@ synthetic MNIST-shaped data, makes a few untimed removals, then:
 
 Usage: ``python -m bench.profile_certified --device cuda [--n 60000] [--solver auto]
 [--fixed-step off,graph]``: one profile per fixed-step mode (``off``: the general step;
-``graph``: the single-row CG step replayed as CUDA graphs), each on its own copy of the fitted
-model. The tables go to stdout and, with ``--out DIR``, to ``DIR/profile-certified.txt``.
+``graph``: the single-row CG step replayed as CUDA graphs; ``cpu``: the compiled CPU step),
+each on its own copy of the fitted model. The tables go to stdout and, with ``--out DIR``,
+to ``DIR/profile-certified.txt``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--solver", default="auto")
     parser.add_argument("--fixed-step", default="off,graph",
-                        help="comma-separated fixed-step modes to profile (off, graph, eager)")
+                        help="comma-separated fixed-step modes to profile (off: general step; "
+                             "cpu: compiled CPU step; graph / eager: fixed_step)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     dev = torch.device(args.device)
