@@ -50,12 +50,14 @@ inline double sigmoid(double x) {
   return e / (1.0 + e);
 }
 
-// out[d, K] = X^T (S * (X P)) over all rows, margins[n, K] = X P; one pass over X.
+// out[d, K] = X^T (S * (X P)) over all rows, margins[n, K] = X P: the fused AVX2 kernel
+// (one pass over X) where glm_hvp would take it, else two BLAS products (CPUs without AVX2,
+// more than 16 classes, or FASTUNLEARN_GLM_CPU_KERNEL=blas).
 void fused_hvp(const double* X, const double* S, const double* P, int64_t n, int64_t d,
                int64_t K, double* out, double* margins) {
-  std::fill(out, out + d * K, 0.0);
 #if FASTUNLEARN_HAVE_AVX2_KERNELS
-  if (cpu_has_avx2_fma() && K <= avx2_max_columns<double>()) {
+  if (!glm_cpu_kernel_forced_blas() && cpu_has_avx2_fma() && K <= avx2_max_columns<double>()) {
+    std::fill(out, out + d * K, 0.0);
     const int64_t padded = avx2_padded_columns<double>(K);
     std::vector<double> P_pad(d * padded, 0.0);
     for (int64_t j = 0; j < d; ++j)
@@ -79,19 +81,14 @@ void fused_hvp(const double* X, const double* S, const double* P, int64_t n, int
     return;
   }
 #endif
-  std::vector<double> z(K);
-  for (int64_t i = 0; i < n; ++i) {
-    const double* x = X + i * d;
-    std::fill(z.begin(), z.end(), 0.0);
-    for (int64_t j = 0; j < d; ++j)
-      for (int64_t k = 0; k < K; ++k) z[k] += x[j] * P[j * K + k];
-    for (int64_t k = 0; k < K; ++k) {
-      margins[i * K + k] = z[k];
-      z[k] *= S[i * K + k];
-    }
-    for (int64_t j = 0; j < d; ++j)
-      for (int64_t k = 0; k < K; ++k) out[j * K + k] += x[j] * z[k];
-  }
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor X_t = at::from_blob(const_cast<double*>(X), {n, d}, f64);
+  const at::Tensor S_t = at::from_blob(const_cast<double*>(S), {n, K}, f64);
+  const at::Tensor P_t = at::from_blob(const_cast<double*>(P), {d, K}, f64);
+  at::Tensor margins_t = at::from_blob(margins, {n, K}, f64);
+  at::Tensor out_t = at::from_blob(out, {d, K}, f64);
+  at::mm_out(margins_t, X_t, P_t);
+  at::mm_out(out_t, X_t.t(), margins_t * S_t);
 }
 
 // In place: b <- (L L^T)^{-1} b for a lower-triangular L [m, m] with row stride ld.

@@ -67,8 +67,7 @@ void hvp_rows(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V, int
 // True when the fused AVX2 kernel should compute this product (see the note at the top).
 bool use_avx2_kernel(const at::Tensor& V, int64_t K) {
 #if FASTUNLEARN_HAVE_AVX2_KERNELS
-  const char* forced = std::getenv("FASTUNLEARN_GLM_CPU_KERNEL");
-  if (forced != nullptr && std::strcmp(forced, "blas") == 0) return false;
+  if (glm_cpu_kernel_forced_blas()) return false;
   if (!cpu_has_avx2_fma()) return false;
   if (K < 2) return false;
   if (V.scalar_type() == at::kDouble) return K <= avx2_max_columns<double>();

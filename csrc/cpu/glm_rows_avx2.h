@@ -16,6 +16,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FASTUNLEARN_HAVE_AVX2_KERNELS 1
@@ -25,6 +27,13 @@
 #endif
 
 namespace fastunlearn {
+
+// True when the environment variable FASTUNLEARN_GLM_CPU_KERNEL=blas asks for the BLAS path
+// (read at every call, so tests can compare the two paths in one process).
+inline bool glm_cpu_kernel_forced_blas() {
+  const char* forced = std::getenv("FASTUNLEARN_GLM_CPU_KERNEL");
+  return forced != nullptr && std::strcmp(forced, "blas") == 0;
+}
 
 #if FASTUNLEARN_HAVE_AVX2_KERNELS
 

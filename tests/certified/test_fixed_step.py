@@ -303,3 +303,18 @@ def test_many_features_take_the_general_step_without_an_inverse(monkeypatch):
     reference._fixed_step_mode = "off"
     reference.remove([3, 7])
     assert_same(reference, model)
+
+
+def test_compiled_step_with_blas_products_equals_the_general_step(monkeypatch):
+    # the compiled step's products without the AVX2 kernel (other CPUs, or forced)
+    monkeypatch.setenv("FASTUNLEARN_GLM_CPU_KERNEL", "blas")
+    X, y = _data(seed=13, classes=4)
+    models = [
+        CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
+        for _ in range(2)
+    ]
+    models[0]._fixed_step_mode = "off"
+    models[1]._fixed_step_mode = "cpu"
+    for i in np.random.default_rng(8).permutation(X.shape[0])[:15]:
+        _remove_both(models, int(i))
+        assert_same(*models)
