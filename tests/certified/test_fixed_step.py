@@ -44,14 +44,33 @@ def _data(seed=0, n=120, d=8, classes=3):
     return centers[y] + rng.normal(size=(n, d)), y
 
 
-def _pair(X, y, **params):
-    """Two identically fitted models: the general step only, and the fixed-shape step."""
+def _pair(X, y, mode=None, **params):
+    """Two identically fitted models: the general step only, and ``mode`` (the fixture's)."""
     models = []
-    for mode in ("off", _MODE):
+    for m_mode in ("off", mode or _MODE):
         m = CertifiedLogisticRegression(**params).fit(X, y)
-        m._fixed_step_mode = mode
+        m._fixed_step_mode = m_mode
         models.append(m)
     return models
+
+
+def _only(fixed_mode, wanted, what):
+    """Run a test about one implementation once, not once per fixture parameter."""
+    if fixed_mode != wanted:
+        pytest.skip(f"about {what}")
+
+
+def _spy_compiled(monkeypatch):
+    """Record the row of every compiled-step call."""
+    calls = []
+    original = est.certified_cg_step
+
+    def spy(*args, **kwargs):
+        calls.append(args[14])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(est, "certified_cg_step", spy)
+    return calls
 
 
 def assert_clean_beyond_rows(model):
@@ -188,34 +207,22 @@ def test_budget_error_leaves_model_and_buffers_unchanged():
 
 
 def test_graph_mode_without_cuda_runs_eagerly(fixed_mode):
-    if fixed_mode != "eager":
-        pytest.skip("about the fixed_step module")
+    _only(fixed_mode, "eager", "the fixed_step module")
     X, y = _data(seed=7, classes=2)
-    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
-    model._fixed_step_mode = "graph"
-    model.remove(3)
-    model.remove(5)
+    reference, model = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
+    _remove_both((reference, model), 3)
+    _remove_both((reference, model), 5)
     assert model._fixed.use_graphs is False and model._fixed.graphs == {}
-    reference = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
-    reference.fit(X, y)
-    reference._fixed_step_mode = "off"
-    reference.remove(3)
-    reference.remove(5)
     assert_same(reference, model)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_step_equals_the_general_step(fixed_mode):
-    if fixed_mode != "eager":
-        pytest.skip("about the fixed_step module")
+    _only(fixed_mode, "eager", "the fixed_step module")
     X, y = _data(seed=8, n=400, d=16, classes=5)
-    models = []
-    for mode in ("off", "graph"):
-        m = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
-                                        device="cuda").fit(X, y)
-        m._fixed_step_mode = mode
-        models.append(m)
+    models = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
+                   device="cuda")
     for i in np.random.default_rng(6).permutation(X.shape[0])[:40]:
         _remove_both(models, int(i))
     general, fixed = models
@@ -225,8 +232,7 @@ def test_cuda_graph_step_equals_the_general_step(fixed_mode):
 
 
 def test_copies_drop_the_fixed_step_and_continue_identically(fixed_mode):
-    if fixed_mode != "eager":
-        pytest.skip("about the fixed_step module")
+    _only(fixed_mode, "eager", "the fixed_step module")
     import copy
     import pickle
 
@@ -245,16 +251,12 @@ def test_copies_drop_the_fixed_step_and_continue_identically(fixed_mode):
         assert other._fixed.W is other._W and other._fixed.W is not model._W
 
 
-def test_compiled_step_on_two_threads_with_row_slabs():
+def test_compiled_step_on_two_threads_with_row_slabs(fixed_mode):
+    _only(fixed_mode, "cpu", "the compiled step")
     # n >= 2 x 4096 rows and more than 2^20 entries (below, removals run on one thread):
     # the compiled step splits its passes over X into per-thread slabs
     X, y = _data(seed=10, n=9000, d=120, classes=3)
-    models = [
-        CertifiedLogisticRegression(lam=1e-3, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
-        for _ in range(2)
-    ]
-    models[0]._fixed_step_mode = "off"
-    models[1]._fixed_step_mode = "cpu"
+    models = _pair(X, y, lam=1e-3, sigma=1.0, epsilon=1e9, solver="cg")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -265,56 +267,35 @@ def test_compiled_step_on_two_threads_with_row_slabs():
     assert_same(*models)
 
 
-def test_compiled_step_is_the_default_on_the_cpu():
+def test_compiled_step_is_the_default_on_the_cpu(fixed_mode, monkeypatch):
+    _only(fixed_mode, "cpu", "the compiled step")
     if os.environ.get("FASTUNLEARN_FIXED_STEP", "cpu") != "cpu":
         pytest.skip("FASTUNLEARN_FIXED_STEP chooses another mode in this environment")
     assert est.FIXED_STEP_MODE == "cpu"
     X, y = _data(seed=11, classes=3)
     model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
-    calls = []
-    original = est.certified_cg_step
-
-    def spy(*args, **kwargs):
-        calls.append(args[14])
-        return original(*args, **kwargs)
-
-    est.certified_cg_step = spy
-    try:
-        model.remove([4, 9])
-    finally:
-        est.certified_cg_step = original
+    calls = _spy_compiled(monkeypatch)
+    model.remove([4, 9])
     assert calls == [4, 9]
 
 
-def test_many_features_take_the_general_step_without_an_inverse(monkeypatch):
+def test_many_features_take_the_general_step_without_an_inverse(fixed_mode, monkeypatch):
+    _only(fixed_mode, "cpu", "the compiled step")
     monkeypatch.setattr(est, "COMPILED_STEP_MAX_FEATURES", 4)
     X, y = _data(seed=12, d=8, classes=3)
-    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
-    calls = []
-    original = est.certified_cg_step
-    est.certified_cg_step = lambda *a, **k: calls.append(1) or original(*a, **k)
-    try:
-        model.remove([3, 7])
-    finally:
-        est.certified_cg_step = original
+    general, model = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
+    calls = _spy_compiled(monkeypatch)
+    _remove_both((general, model), [3, 7])
     assert calls == [] and model._wood.M_inv is None
-    reference = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
-    reference.fit(X, y)
-    reference._fixed_step_mode = "off"
-    reference.remove([3, 7])
-    assert_same(reference, model)
+    assert_same(general, model)
 
 
-def test_compiled_step_with_blas_products_equals_the_general_step(monkeypatch):
+def test_compiled_step_with_blas_products_equals_the_general_step(fixed_mode, monkeypatch):
+    _only(fixed_mode, "cpu", "the compiled step")
     # the compiled step's products without the AVX2 kernel (other CPUs, or forced)
     monkeypatch.setenv("FASTUNLEARN_GLM_CPU_KERNEL", "blas")
     X, y = _data(seed=13, classes=4)
-    models = [
-        CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
-        for _ in range(2)
-    ]
-    models[0]._fixed_step_mode = "off"
-    models[1]._fixed_step_mode = "cpu"
+    models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
     for i in np.random.default_rng(8).permutation(X.shape[0])[:15]:
         _remove_both(models, int(i))
         assert_same(*models)
