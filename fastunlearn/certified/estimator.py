@@ -518,22 +518,24 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if mode == "off" or solver != "cg" or rows_np.shape[0] != 1:
             return False
         device = self._X.device.type
-        if mode in ("cpu", "auto") and device != "cpu" and (mode == "cpu" or device != "cuda"):
-            return False
-        if self._compiled_step_applies() is False and mode in ("cpu", "auto"):
-            return False
+        if mode in ("cpu", "auto"):
+            if device == "cpu":  # the compiled step, within its size limit
+                if not self._compiled_step_fits():
+                    return False
+            elif mode == "cpu" or device != "cuda":  # "auto" takes CUDA graphs on CUDA
+                return False
         return bool((self._h_A[rows_np[0]] > 0).all())  # every class is updated
 
-    def _compiled_step_applies(self) -> bool | None:
-        """On the CPU: whether the compiled step runs (None: not on the CPU)."""
-        if self._X.device.type != "cpu":
-            return None
+    def _compiled_step_fits(self) -> bool:
+        """Whether the features are few enough for the compiled CPU step and its ``M^{-1}``."""
         return int(self._X.shape[1]) <= COMPILED_STEP_MAX_FEATURES
 
     def _wants_inverse(self) -> bool:
         """Whether the CG starting factors should carry ``M^{-1}`` (for the compiled step)."""
         mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
-        return mode in ("cpu", "auto") and bool(self._compiled_step_applies())
+        return (
+            mode in ("cpu", "auto") and self._X.device.type == "cpu" and self._compiled_step_fits()
+        )
 
     def _plan_compiled(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
         """Plan the single-row CG step with the compiled CPU op; None: the general step.
@@ -763,46 +765,51 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         n = self._X.shape[0]
         bad = (arr < 0) | (arr >= n)
         if bad.any():
-            raise ValueError(
-                f"argument 'indices' has unknown index {int(arr[bad][0])}: the model was fit on "
-                f"{n} rows (valid indices 0..{n - 1})"
-            )
+            raise self._index_error("unknown", int(arr[bad][0]))
         arr = arr.astype(np.int64)
         uniq, counts = np.unique(arr, return_counts=True)
         if uniq.shape[0] != arr.shape[0]:
             raise ValueError(f"argument 'indices' has duplicate index {int(uniq[counts > 1][0])}")
         removed = self._h_removed
         if removed[arr].any():
-            raise ValueError(
-                f"argument 'indices' has already removed index {int(arr[removed[arr]][0])}"
-            )
+            raise self._index_error("removed", int(arr[removed[arr]][0]))
         labels = self._h_labels
         keep = ~removed
         keep[arr] = False
         left = np.bincount(labels[keep], minlength=self.classes_.shape[0])
         if (left == 0).any():
-            c = self.classes_[int(np.flatnonzero(left == 0)[0])]
-            c = c.item() if hasattr(c, "item") else c
-            raise ValueError(f"argument 'indices' would remove every remaining row of class {c!r}")
+            raise self._index_error("empties", int(np.flatnonzero(left == 0)[0]))
         return arr
 
     def _check_one_index(self, index: int) -> np.ndarray:
         """:meth:`_check_indices` for one integer index; returns int64 [1]."""
-        n = self._X.shape[0]
-        if not 0 <= index < n:
-            raise ValueError(
-                f"argument 'indices' has unknown index {index}: the model was fit on "
-                f"{n} rows (valid indices 0..{n - 1})"
-            )
+        if not 0 <= index < self._X.shape[0]:
+            raise self._index_error("unknown", index)
         if self._h_removed[index]:
-            raise ValueError(f"argument 'indices' has already removed index {index}")
-        label = self._h_labels[index]
+            raise self._index_error("removed", index)
+        label = int(self._h_labels[index])
         # rows of that class left besides this one (the only class this removal can empty)
         if not ((self._h_labels == label) & ~self._h_removed).sum() > 1:
-            c = self.classes_[int(label)]
-            c = c.item() if hasattr(c, "item") else c
-            raise ValueError(f"argument 'indices' would remove every remaining row of class {c!r}")
+            raise self._index_error("empties", label)
         return np.array([index], dtype=np.int64)
+
+    def _index_error(self, kind: str, value: int) -> ValueError:
+        """Build the error of a bad removal index.
+
+        ``kind``: ``unknown`` or ``removed`` index ``value``, or a removal that ``empties``
+        class number ``value``.
+        """
+        if kind == "unknown":
+            n = self._X.shape[0]
+            return ValueError(
+                f"argument 'indices' has unknown index {value}: the model was fit on "
+                f"{n} rows (valid indices 0..{n - 1})"
+            )
+        if kind == "removed":
+            return ValueError(f"argument 'indices' has already removed index {value}")
+        c = self.classes_[value]
+        c = c.item() if hasattr(c, "item") else c
+        return ValueError(f"argument 'indices' would remove every remaining row of class {c!r}")
 
     def _solver(self, name: str) -> str:
         """Resolve ``solver="auto"`` by a cost model of one removal step.
