@@ -40,8 +40,8 @@ TORCH_LIBRARY(fastunlearn, m) {
   // factor ok, converged). See fastunlearn/ops/certified.py.
   m.def(
       "certified_cg_step(Tensor X, Tensor Y, Tensor A, Tensor Z, Tensor W, Tensor n_rem, "
-      "Tensor eig, Tensor row_sq, Tensor M_inv, Tensor weights, Tensor(a!) U_buf, "
-      "Tensor(b!) G_buf, Tensor(c!) C_buf, int rows, int row, float lam, float gamma, "
+      "Tensor eig, Tensor row_sq, Tensor M_inv, Tensor(a!) M_out, Tensor weights, "
+      "Tensor(b!) U_buf, int slot, int row, float lam, float gamma, "
       "float row_norm_max, float cg_tol, int max_iter) -> (Tensor, Tensor, Tensor)");
 
   // ---- 2. Generic CG support -------------------------------------------------------

@@ -1,16 +1,20 @@
 // CPU kernel of the certified single-row removal step (certified_cg_step).
 //
-// The same arithmetic as fastunlearn/certified/fixed_step.py (``FixedShapeStep._start`` and
+// The same step as fastunlearn/certified/fixed_step.py (``FixedShapeStep._start`` and
 // ``_iterate``) and as the general CG step of ``CertifiedLogisticRegression._plan`` for one
 // row that every class holds: Delta, the curvature weights of the remaining rows, the
-// Woodbury extension of the last Cholesky factors by the removed row, preconditioned CG on
-// the K Newton systems until the solve residual is at most cg_tol times the data-dependent
-// bound, and the bound terms. On a small problem (digits: 1438 x 64, K = 10) the Python step
-// spends its time in ~600 operator calls of a few microseconds each and in batched small
-// BLAS/LAPACK calls; here the whole step is one call: two fused passes over X
-// (glm_rows_avx2.h) plus O(K (d^2 + d t + t^2)) of loops for the preconditioner, which
-// applies M^{-1} (the explicit inverse of the last factors' matrix, computed once per
-// factorisation) as a dense product rather than two triangular solves.
+// starting factors with the removed row folded in, preconditioned CG on the K Newton systems
+// until the solve residual is at most cg_tol times the data-dependent bound, and the bound
+// terms. On a small problem (digits: 1438 x 64, K = 10) the Python step spends its time in
+// ~600 operator calls of a few microseconds each and in batched small BLAS/LAPACK calls;
+// here the whole step is one call: two fused passes over X (glm_rows_avx2.h) plus O(K d^2)
+// for the preconditioner. The preconditioner is M'^{-1}, the inverse of the last dense
+// Hessians with the rows removed since taken out, kept explicitly: the removed row is folded
+// in by the Sherman-Morrison formula (written into a second buffer, so the caller can drop
+// an uncommitted step), and only its column of U is written; the Python side folds such
+// pending columns into the Woodbury terms G, C when it needs them (woodbury.settle). Where
+// Python's Woodbury form costs O(d t + t^2) per product after t removed rows, this stays
+// O(d^2).
 //
 // On CUDA the same step runs as captured CUDA graphs of the tensor expressions
 // (fixed_step.py): there the host-side cost is launch latency, which graphs remove, and the
@@ -91,102 +95,37 @@ void fused_hvp(const double* X, const double* S, const double* P, int64_t n, int
   at::mm_out(out_t, X_t.t(), margins_t * S_t);
 }
 
-// In place: b <- (L L^T)^{-1} b for a lower-triangular L [m, m] with row stride ld.
-FASTUNLEARN_CLONES void cholesky_solve_in_place(const double* L, int64_t ld, int64_t m,
-                                                double* b) {
-  for (int64_t j = 0; j < m; ++j) {  // L y = b
-    const double* row = L + j * ld;
-    double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t l = 0; l < j; ++l) acc += row[l] * b[l];
-    b[j] = (b[j] - acc) / row[j];
-  }
-  for (int64_t j = m - 1; j >= 0; --j) {  // L^T x = y, by columns of L^T = rows of L
-    const double* row = L + j * ld;
-    b[j] /= row[j];
-    const double xj = b[j];
-    for (int64_t l = 0; l < j; ++l) b[l] -= row[l] * xj;
+// out = M b for a symmetric row-major M [d, d], as a sum of M's rows scaled by b (no
+// reduction chains: the compiler keeps out in vector registers).
+FASTUNLEARN_CLONES void symmetric_matvec(const double* M, int64_t d, const double* b,
+                                         double* out) {
+  std::fill(out, out + d, 0.0);
+  for (int64_t l = 0; l < d; ++l) {
+    const double* row = M + l * d;
+    const double bl = b[l];
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) out[j] += row[j] * bl;
   }
 }
 
-// The Woodbury terms of the last Cholesky factors and the rows removed since (see
-// fastunlearn/certified/woodbury.py), for one class.
-struct WoodburyClass {
-  const double* M_inv;  // [d, d] M^{-1} (symmetric)
-  double* U;        // [d, T] removed rows scaled by sqrt(s)
-  double* G;        // [d, T] M^{-1} U
-  double* C;        // [T, T] lower factor of I - U^T G
-  int64_t d, T;
-};
-
-// out = M b for a dense row-major M [d, d].
-FASTUNLEARN_CLONES void dense_matvec(const double* M, int64_t d, const double* b, double* out) {
-  for (int64_t j = 0; j < d; ++j) {
-    const double* row = M + j * d;
-    double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t l = 0; l < d; ++l) acc += row[l] * b[l];
-    out[j] = acc;
+// M_out = (M_in^{-1} - u u^T)^{-1} = M_in + h h^T / (1 - u^T h), h = M_in u (Sherman-Morrison)
+// for a symmetric M_in [d, d]; false (M_out untouched) when 1 - u^T h is not positive, i.e.
+// the downdated matrix is not numerically positive definite. ``h`` (length d) is scratch.
+FASTUNLEARN_CLONES bool sherman_morrison(const double* M_in, int64_t d, const double* u,
+                                         double* M_out, double* h) {
+  symmetric_matvec(M_in, d, u, h);
+  double s = 1.0;
+  for (int64_t j = 0; j < d; ++j) s -= u[j] * h[j];
+  if (!(s > 0.0)) return false;
+  const double inv_s = 1.0 / s;
+  for (int64_t i = 0; i < d; ++i) {
+    const double* in_row = M_in + i * d;
+    double* out_row = M_out + i * d;
+    const double hi = h[i] * inv_s;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) out_row[j] = in_row[j] + hi * h[j];
   }
-}
-
-// b <- M'^{-1} b with the first ``r`` Woodbury columns; ``u`` (length >= r) and ``tmp``
-// (length d) are scratch.
-FASTUNLEARN_CLONES void precondition(const WoodburyClass& w, int64_t r, double* b, double* u,
-                                     double* tmp) {
-  dense_matvec(w.M_inv, w.d, b, tmp);
-  std::copy(tmp, tmp + w.d, b);
-  if (r == 0) return;
-  std::fill(u, u + r, 0.0);
-  for (int64_t j = 0; j < w.d; ++j) {  // u = U^T y
-    const double* Uj = w.U + j * w.T;
-    const double yj = b[j];
-    for (int64_t c = 0; c < r; ++c) u[c] += Uj[c] * yj;
-  }
-  cholesky_solve_in_place(w.C, w.T, r, u);  // u = C^{-1} U^T y
-  for (int64_t j = 0; j < w.d; ++j) {       // y += G u
-    const double* Gj = w.G + j * w.T;
-    double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t c = 0; c < r; ++c) acc += Gj[c] * u[c];
-    b[j] += acc;
-  }
-}
-
-// Write the Woodbury column of a removed row (features xi scaled by ``scale``) into slot
-// ``rows`` of one class's terms; false when the extended C is not positive definite.
-// ``g_new``, ``tmp`` (length d) and ``l21`` (length >= rows) are scratch.
-FASTUNLEARN_CLONES bool extend_class(const WoodburyClass& w, int64_t rows, const double* xi,
-                                     double scale, double* g_new, double* l21, double* tmp) {
-  const int64_t d = w.d, T = w.T;
-  for (int64_t j = 0; j < d; ++j) tmp[j] = xi[j] * scale;
-  dense_matvec(w.M_inv, d, tmp, g_new);  // G_new = M^{-1} U_new
-  // C12 = -U^T G_new over the earlier columns; L21 = C_chol^{-1} C12 (forward solve)
-  std::fill(l21, l21 + rows, 0.0);
-  for (int64_t j = 0; j < d; ++j) {
-    const double* Uj = w.U + j * T;
-    const double gj = g_new[j];
-    for (int64_t c = 0; c < rows; ++c) l21[c] -= Uj[c] * gj;
-  }
-  for (int64_t c = 0; c < rows; ++c) {
-    const double* Crow = w.C + c * T;
-    double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t l = 0; l < c; ++l) acc += Crow[l] * l21[l];
-    l21[c] = (l21[c] - acc) / Crow[c];
-  }
-  double s22 = 1.0;
-  for (int64_t j = 0; j < d; ++j) s22 -= xi[j] * scale * g_new[j];
-  for (int64_t c = 0; c < rows; ++c) s22 -= l21[c] * l21[c];
-  const double l22 = std::sqrt(std::max(s22, std::numeric_limits<double>::min()));
-  for (int64_t j = 0; j < d; ++j) {
-    w.U[j * T + rows] = xi[j] * scale;
-    w.G[j * T + rows] = g_new[j];
-  }
-  double* Crow = w.C + rows * T;
-  for (int64_t c = 0; c < rows; ++c) Crow[c] = l21[c];
-  Crow[rows] = l22;
-  return s22 > 0.0;
+  return true;
 }
 
 void check_matrix(const at::Tensor& t, int64_t rows, int64_t cols, const char* name,
@@ -207,16 +146,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
     const at::Tensor& X_in, const at::Tensor& Y_in, const at::Tensor& A_in,
     const at::Tensor& Z_in, const at::Tensor& W_in, const at::Tensor& n_rem_in,
     const at::Tensor& eig_in, const at::Tensor& row_sq_in, const at::Tensor& M_inv_in,
-    const at::Tensor& weights_in, const at::Tensor& U_buf, const at::Tensor& G_buf, const at::Tensor& C_buf, int64_t rows,
-    int64_t row, double lam, double gamma, double row_norm_max, double cg_tol,
+    const at::Tensor& M_out, const at::Tensor& weights_in, const at::Tensor& U_buf,
+    int64_t slot, int64_t row, double lam, double gamma, double row_norm_max, double cg_tol,
     int64_t max_iter) {
   // read-only inputs may have any strides; the buffers written in place must be contiguous
   const char* names[] = {"X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv",
-                         "weights", "U_buf", "G_buf", "C_buf"};
+                         "M_out", "weights", "U_buf"};
   const at::Tensor* tensors[] = {&X_in, &Y_in, &A_in, &Z_in, &W_in, &n_rem_in, &eig_in,
-                                 &row_sq_in, &M_inv_in, &weights_in, &U_buf, &G_buf, &C_buf};
-  for (int i = 0; i < 13; ++i) check_f64_cpu(*tensors[i], names[i]);
-  for (int i = 10; i < 13; ++i)
+                                 &row_sq_in, &M_inv_in, &M_out, &weights_in, &U_buf};
+  for (int i = 0; i < 12; ++i) check_f64_cpu(*tensors[i], names[i]);
+  for (int i : {9, 11})
     TORCH_CHECK(tensors[i]->is_contiguous(), kOp, ": argument '", names[i],
                 "' must be contiguous (it is written in place)");
   const at::Tensor X = X_in.contiguous(), Y = Y_in.contiguous(), A = A_in.contiguous(),
@@ -238,15 +177,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   TORCH_CHECK(M_inv.dim() == 3 && M_inv.size(0) == K && M_inv.size(1) == d &&
                   M_inv.size(2) == d,
               kOp, ": argument 'M_inv' must be [K, d, d], got ", M_inv.sizes());
+  TORCH_CHECK(M_out.sizes() == M_inv.sizes(), kOp, ": argument 'M_out' must be [K, d, d] like ",
+              "M_inv, got ", M_out.sizes());
+  TORCH_CHECK(!M_out.is_same(M_inv_in) && M_out.data_ptr() != M_inv.data_ptr(), kOp,
+              ": argument 'M_out' must not be 'M_inv' (the step writes the next inverse ",
+              "beside the current one)");
   TORCH_CHECK(U_buf.dim() == 3 && U_buf.size(0) == K && U_buf.size(1) == d, kOp,
               ": argument 'U_buf' must be [K, d, T], got ", U_buf.sizes());
   const int64_t T = U_buf.size(2);
-  TORCH_CHECK(G_buf.sizes() == U_buf.sizes(), kOp, ": argument 'G_buf' must be [K, d, T] like ",
-              "U_buf, got ", G_buf.sizes());
-  TORCH_CHECK(C_buf.dim() == 3 && C_buf.size(0) == K && C_buf.size(1) == T && C_buf.size(2) == T,
-              kOp, ": argument 'C_buf' must be [K, T, T], got ", C_buf.sizes());
-  TORCH_CHECK(rows >= 0 && rows < T, kOp, ": argument 'rows' must be in [0, T) = [0, ", T,
-              "), got ", rows);
+  TORCH_CHECK(slot >= 0 && slot < T, kOp, ": argument 'slot' must be in [0, T) = [0, ", T,
+              "), got ", slot);
   TORCH_CHECK(row >= 0 && row < n, kOp, ": argument 'row' must be in [0, n) = [0, ", n,
               "), got ", row);
   TORCH_CHECK(K >= 1 && d >= 1, kOp, ": needs at least one class and one feature");
@@ -302,30 +242,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   for (int64_t k = 0; k < K; ++k)
     spectral[k] = std::sqrt(std::max(std::min(eg[eig.size(0) == 1 ? 0 : k], trace[k]), 0.0));
 
-  // Woodbury column of the removed row in slot ``rows``; the first direction M'^{-1} Delta
-  const int64_t r = rows + 1;
+  // the removed row folded into each class's M'^{-1} (into M_out) and written into U
   double* Ub = U_buf.mutable_data_ptr<double>();
-  double* Gb = G_buf.mutable_data_ptr<double>();
-  double* Cb = C_buf.mutable_data_ptr<double>();
   const double* Mb = M_inv.const_data_ptr<double>();
-  std::vector<WoodburyClass> wood(K);
-  std::vector<double> P(d * K), col(d), g_new(d), tmp(d), scratch(r), l21(r);
+  double* Mo = M_out.mutable_data_ptr<double>();
+  std::vector<double> P(d * K), col(d), tmp(d), u(d);
   bool ok = true;
-  for (int64_t k = 0; k < K; ++k) {
-    WoodburyClass& w = wood[k];
-    w = {Mb + k * d * d, Ub + k * d * T, Gb + k * d * T, Cb + k * T * T, d, T};
-    ok = extend_class(w, rows, xi, std::sqrt(std::max(wt[k], 0.0)), g_new.data(), l21.data(),
-                      tmp.data()) &&
-         ok;
+  for (int64_t k = 0; k < K && ok; ++k) {
+    const double scale = std::sqrt(std::max(wt[k], 0.0));
+    for (int64_t j = 0; j < d; ++j) u[j] = xi[j] * scale;
+    ok = sherman_morrison(Mb + k * d * d, d, u.data(), Mo + k * d * d, tmp.data());
   }
   stats[3] = ok ? 1.0 : 0.0;
-  if (!ok) return {V_t, XV_t, stats_t};  // the caller discards the slot, takes the general step
+  if (!ok) return {V_t, XV_t, stats_t};  // the caller takes the general step
+  for (int64_t k = 0; k < K; ++k) {
+    const double scale = std::sqrt(std::max(wt[k], 0.0));
+    for (int64_t j = 0; j < d; ++j) Ub[(k * d + j) * T + slot] = xi[j] * scale;
+  }
 
   auto precondition_all = [&](const std::vector<double>& B, std::vector<double>& out) {
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t j = 0; j < d; ++j) col[j] = B[j * K + k];
-      precondition(wood[k], r, col.data(), scratch.data(), tmp.data());
-      for (int64_t j = 0; j < d; ++j) out[j * K + k] = col[j];
+      symmetric_matvec(Mo + k * d * d, d, col.data(), tmp.data());
+      for (int64_t j = 0; j < d; ++j) out[j * K + k] = tmp[j];
     }
   };
   std::vector<double> HP(d * K), XP(n * K), HV(d * K), R(d * K), Zr(d * K), rz(K), curv(K);

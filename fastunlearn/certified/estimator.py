@@ -494,8 +494,15 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             self._Z = self._X @ self._W
         return self._Z
 
-    def _removal_factor(self) -> woodbury.RemovedRowsFactor:
-        """Return the CG starting factors with the rows removed since then folded in."""
+    def _removal_factor(self, settled: bool = True) -> woodbury.RemovedRowsFactor:
+        """Return the CG starting factors with the rows removed since then folded in.
+
+        ``settled``: rows the compiled step left pending are folded into the Woodbury terms
+        first (the Python steps read those terms); if that fails, the factors restart.
+        """
+        wood = getattr(self, "_wood", None)
+        if settled and wood is not None and wood.pending:
+            self._wood = woodbury.settle(wood)
         if getattr(self, "_wood", None) is None:
             weights = curvature_weights(self._margins(), self._A)
             capacity = min(WOODBURY_MAX_ROWS, int(self._X.shape[0]))
@@ -545,21 +552,25 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         Returns None when the Woodbury buffers are full or the extended factor is not
         positive definite.
         """
-        base = self._removal_factor()
-        if base.rows + 1 > base.capacity:
+        base = self._removal_factor(settled=False)
+        if base.folded + 1 > base.capacity:
             return None
         cfg = self._cfg
-        if base.M_inv is None:  # factors started elsewhere: add the inverse once
-            base = self._wood = base._replace(M_inv=torch.cholesky_inverse(base.L).contiguous())
+        if base.M_inv is None:  # stale, or factors started elsewhere: the inverse once
+            base = self._removal_factor()
+            base = self._wood = base._replace(
+                M_inv=woodbury.inverse(base),
+                M_spare=base.M_spare if base.M_spare is not None else torch.empty_like(base.L),
+            )
         result = certified_cg_step(
             self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
-            self._row_sq, base.M_inv, base.weights, base.U_buf, base.G_buf, base.C_buf,
-            base.rows, int(rows_np[0]), lam=cfg["lam"], gamma=cfg["gamma"],
+            self._row_sq, base.M_inv, base.M_spare, base.weights, base.U_buf, base.folded,
+            int(rows_np[0]), lam=cfg["lam"], gamma=cfg["gamma"],
             row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
             max_iter=CG_MAX_ITERATIONS,
         )  # fmt: skip
         if not result.factor_ok or not result.converged:
-            woodbury.discard(base, base.rows + 1)
+            woodbury.discard(base, base.folded + 1)
             if not result.factor_ok:
                 return None
             raise RuntimeError(
@@ -577,7 +588,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             None,
             result.V,
             result.XV,
-            base._replace(rows=base.rows + 1),
+            # the next inverse is in the spare buffer: swap (the current one stays intact)
+            base._replace(pending=base.pending + 1, M_inv=base.M_spare, M_spare=base.M_inv),
             None,
             result.residual + result.bound,
             worst,
@@ -632,7 +644,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             None,
             fixed.V,
             fixed.XV,
-            base._replace(rows=base.rows + 1),
+            base._replace(rows=base.rows + 1, M_inv=None),  # an explicit inverse is now stale
             None,
             residual + bound,
             worst,
@@ -825,7 +837,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if self._cg_last > CG_REFRESH_ITERATIONS:
             return "cholesky"
         wood = getattr(self, "_wood", None)
-        if wood is not None and wood.rows >= wood.capacity:
+        if wood is not None and wood.folded >= wood.capacity:
             return "cholesky"
         n, d = float(self._h_n_rem.max()), float(self._X.shape[1])
         it = max(self._cg_last, CG_ITERATIONS_GUESS)

@@ -14,6 +14,12 @@ costs two triangular solves plus ``O(d t)`` for ``t`` removed rows, instead of a
 ``O(n d^2)`` Hessian. ``C_k`` is positive definite whenever ``M_k'`` is (it is the Hessian
 of the remaining rows), so it is solved through its own Cholesky factor.
 
+On the CPU the compiled single-row step (``certified_cg_step``) keeps ``M_k'^{-1}``
+explicitly instead and folds each removed row into it by the Sherman-Morrison formula,
+``O(d^2)`` per row whatever the number of rows removed; it only writes the row's column of
+``U`` and leaves it *pending*: :func:`settle` folds pending columns into ``G`` and ``C``
+when a Python step needs the terms.
+
 Only the speed of the solver depends on this: the certified bound always uses the true
 residual ``||H V - Delta||`` of the step actually taken.
 """
@@ -25,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["RemovedRowsFactor", "discard", "extend", "solve", "start"]
+__all__ = ["RemovedRowsFactor", "discard", "extend", "inverse", "settle", "solve", "start"]
 
 
 class RemovedRowsFactor(NamedTuple):
@@ -48,10 +54,15 @@ class RemovedRowsFactor(NamedTuple):
         U_buf (Tensor[K, d, capacity]): removed rows scaled by ``sqrt(s)``.
         G_buf (Tensor[K, d, capacity]): ``M^{-1} U``.
         C_buf (Tensor[K, capacity, capacity]): lower Cholesky factor of ``I - U^T G``.
-        rows (int): removed rows folded in.
-        M_inv (Tensor[K, d, d] | None): ``M^{-1}`` explicitly (``start(..., inverse=True)``):
-            the compiled CPU step applies it as one dense product instead of two triangular
-            solves.
+        rows (int): removed rows folded into ``G`` and ``C``.
+        M_inv (Tensor[K, d, d] | None): ``M'^{-1}`` explicitly, every folded row (``rows +
+            pending``) included (``start(..., inverse=True)``; None once stale): the compiled
+            CPU step applies it as one dense product and updates it per row.
+        M_spare (Tensor[K, d, d] | None): a buffer of the same shape that the compiled step
+            writes the next ``M_inv`` into (the two swap, so an uncommitted step changes
+            nothing).
+        pending (int): rows past ``rows`` whose ``U`` columns are written and folded into
+            ``M_inv`` but not yet into ``G`` and ``C`` (see :func:`settle`).
 
     """
 
@@ -62,11 +73,18 @@ class RemovedRowsFactor(NamedTuple):
     C_buf: Tensor
     rows: int
     M_inv: Tensor | None = None
+    M_spare: Tensor | None = None
+    pending: int = 0
 
     @property
     def capacity(self) -> int:
         """Most rows the buffers hold."""
         return int(self.U_buf.shape[-1])
+
+    @property
+    def folded(self) -> int:
+        """Removed rows folded in so far: ``rows + pending``."""
+        return self.rows + self.pending
 
     @property
     def U(self) -> Tensor:
@@ -103,10 +121,11 @@ def start(
     With ``reuse`` (an earlier state of the same shapes), its buffers are overwritten and
     returned instead of new ones, ``L`` and ``weights`` copied into them: the tensors keep
     their addresses, which a captured CUDA graph reading them needs. With ``inverse``, also
-    ``M^{-1}`` (``M_inv``, ``K d^3`` flops once per factorisation).
+    ``M^{-1}`` (``M_inv``, ``K d^3`` flops once per factorisation) and its spare buffer.
     """
     K, d = L.shape[0], L.shape[-1]
     M_inv = torch.cholesky_inverse(L).contiguous() if inverse else None
+    M_spare = torch.empty_like(M_inv) if M_inv is not None else None
     if (
         reuse is not None
         and reuse.L.shape == L.shape
@@ -120,10 +139,12 @@ def start(
             reuse.weights.copy_(weights)
         if M_inv is not None and reuse.M_inv is not None:
             M_inv = reuse.M_inv.copy_(M_inv)
+        if M_spare is not None and reuse.M_spare is not None:
+            M_spare = reuse.M_spare
         reuse.U_buf.zero_()
         reuse.G_buf.zero_()
         reuse.C_buf.zero_().diagonal(dim1=-2, dim2=-1).fill_(1.0)
-        return reuse._replace(rows=0, M_inv=M_inv)
+        return reuse._replace(rows=0, M_inv=M_inv, M_spare=M_spare, pending=0)
     C = L.new_zeros(K, capacity, capacity)
     C.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     return RemovedRowsFactor(  # contiguous copies: the compiled CPU step reads them as is
@@ -134,12 +155,13 @@ def start(
         C,
         0,
         M_inv,
+        M_spare,
     )
 
 
 def discard(state: RemovedRowsFactor, rows: int) -> None:
-    """Restore the columns ``state.rows .. rows`` that an uncommitted step wrote."""
-    t, end = state.rows, min(rows, state.capacity)
+    """Restore the columns ``state.folded .. rows`` that an uncommitted step wrote."""
+    t, end = state.folded, min(rows, state.capacity)
     if end <= t:
         return
     state.U_buf[..., t:end] = 0.0
@@ -148,22 +170,11 @@ def discard(state: RemovedRowsFactor, rows: int) -> None:
     state.C_buf[:, t:end, t:end].diagonal(dim1=-2, dim2=-1).fill_(1.0)
 
 
-def extend(
-    state: RemovedRowsFactor, X_rows: Tensor, rows: Tensor, B: Tensor | None = None
+def _grow(
+    state: RemovedRowsFactor, U_new: Tensor, B: Tensor | None
 ) -> tuple[RemovedRowsFactor | None, Tensor | None]:
-    """Fold the removal of ``rows`` (features ``X_rows [m, d]``) into the terms.
-
-    The Cholesky factor of ``C`` grows by a block row (``O(t^2 m)``), the new columns of
-    ``U`` and ``G`` are written into the buffers. With ``B [d, K]``, also returns
-    ``M'^{-1} B`` for the extended terms, its triangular solves sharing the factors' pass
-    with the new rows'. Returns ``(None, None)`` when the buffers are full or ``C`` is not
-    numerically positive definite (the caller falls back to the plain factors).
-    """
-    m, t = int(X_rows.shape[0]), state.rows
-    if t + m > state.capacity:
-        return None, None
-    scale = state.weights[rows].clamp_min(0.0).sqrt()  # [m, K]
-    U_new = X_rows.T.unsqueeze(0) * scale.T.unsqueeze(1)  # [K, d, m]
+    """Write the columns ``U_new [K, d, m]`` after ``state.rows`` (see :func:`extend`)."""
+    m, t = int(U_new.shape[-1]), state.rows
     rhs = U_new if B is None else torch.cat([U_new, B.T.unsqueeze(-1)], dim=-1)
     solved = _factor_solve(state.L, rhs)
     G_new = solved[..., :m]
@@ -189,8 +200,58 @@ def extend(
     return factor, y.squeeze(-1).T
 
 
+def extend(
+    state: RemovedRowsFactor, X_rows: Tensor, rows: Tensor, B: Tensor | None = None
+) -> tuple[RemovedRowsFactor | None, Tensor | None]:
+    """Fold the removal of ``rows`` (features ``X_rows [m, d]``) into the terms.
+
+    The Cholesky factor of ``C`` grows by a block row (``O(t^2 m)``), the new columns of
+    ``U`` and ``G`` are written into the buffers. With ``B [d, K]``, also returns
+    ``M'^{-1} B`` for the extended terms, its triangular solves sharing the factors' pass
+    with the new rows'. Returns ``(None, None)`` when the buffers are full or ``C`` is not
+    numerically positive definite (the caller falls back to the plain factors). ``state``
+    must have no pending rows (:func:`settle`); the result's ``M_inv`` is None (stale).
+    """
+    if state.pending:
+        raise ValueError("extend: the state has pending rows; settle() it first")
+    m = int(X_rows.shape[0])
+    if state.rows + m > state.capacity:
+        return None, None
+    scale = state.weights[rows].clamp_min(0.0).sqrt()  # [m, K]
+    U_new = X_rows.T.unsqueeze(0) * scale.T.unsqueeze(1)  # [K, d, m]
+    factor, y = _grow(state, U_new, B)
+    return (None, None) if factor is None else (factor._replace(M_inv=None), y)
+
+
+def settle(state: RemovedRowsFactor) -> RemovedRowsFactor | None:
+    """Fold the pending rows (written by the compiled step into ``U_buf``) into ``G``, ``C``.
+
+    Returns the state with ``rows = folded`` and no pending row (``M_inv`` stays valid: it
+    already holds them), or None when the extended ``C`` is not numerically positive
+    definite.
+    """
+    if not state.pending:
+        return state
+    U_new = state.U_buf[..., state.rows : state.folded].clone()
+    factor, _ = _grow(state._replace(pending=0), U_new, None)
+    return factor
+
+
+def inverse(state: RemovedRowsFactor) -> Tensor:
+    """``M'^{-1} = M^{-1} + G C^{-1} G^T`` explicitly, ``[K, d, d]`` (no pending rows)."""
+    if state.pending:
+        raise ValueError("inverse: the state has pending rows; settle() it first")
+    M_inv = torch.cholesky_inverse(state.L)
+    if state.rows:
+        M_inv = M_inv + torch.bmm(state.G, torch.cholesky_solve(state.G.mT, state.C_chol))
+    return (0.5 * (M_inv + M_inv.mT)).contiguous()
+
+
 def solve(state: RemovedRowsFactor, B: Tensor, classes: Tensor | None = None) -> Tensor:
-    """``M_k'^{-1} B[:, k]`` for every class (or the given ``classes``): ``B [d, k']``."""
+    """``M_k'^{-1} B[:, k]`` for every class (or the given ``classes``): ``B [d, k']``.
+
+    Only the rows folded into ``G`` and ``C`` count: :func:`settle` pending rows first.
+    """
     L, U, G, C_chol = state.L, state.U, state.G, state.C_chol
     if classes is not None:
         L, U, G, C_chol = (t.index_select(0, classes) for t in (L, U, G, C_chol))

@@ -2,10 +2,11 @@
 
 :func:`certified_cg_step` computes, for one training row that every class holds, the
 Newton step of :class:`~fastunlearn.certified.CertifiedLogisticRegression`'s ``cg`` solver
-and its bound terms: ``Delta``, the curvature weights of the remaining rows, the Woodbury
-extension of the last Cholesky factors by the removed row (written into slot ``rows`` of
-the buffers), preconditioned CG until the summed solve residual is at most ``cg_tol`` times
-the summed data-dependent bound. Its Python twins, which the tests compare it with, are the
+and its bound terms: ``Delta``, the curvature weights of the remaining rows, the removed
+row folded into the explicit preconditioner ``M'^{-1}`` by the Sherman-Morrison formula
+(written into ``M_out``; the row's scaled features into column ``slot`` of ``U_buf``),
+preconditioned CG until the summed solve residual is at most ``cg_tol`` times the summed
+data-dependent bound. Its Python twins, which the tests compare it with, are the
 general step (``CertifiedLogisticRegression._plan``) and
 :class:`~fastunlearn.certified.fixed_step.FixedShapeStep`.
 
@@ -34,8 +35,8 @@ class CertifiedStep(NamedTuple):
         residual (float): ``sum_k ||H_k v_k - Delta_k||``.
         bound (float): sum of the per-class data-dependent bounds.
         iterations (int): CG iterations after the first direction.
-        factor_ok (bool): False when the extended Woodbury factor is not positive definite
-            (nothing else was computed; the caller discards the slot).
+        factor_ok (bool): False when the downdated preconditioner is not positive definite
+            (nothing else was computed or written).
         converged (bool): False when ``max_iter`` iterations did not reach the target.
 
     """
@@ -59,11 +60,10 @@ def certified_cg_step(
     eig: Tensor,
     row_sq: Tensor,
     M_inv: Tensor,
+    M_out: Tensor,
     weights: Tensor,
     U_buf: Tensor,
-    G_buf: Tensor,
-    C_buf: Tensor,
-    rows: int,
+    slot: int,
     row: int,
     *,
     lam: float,
@@ -83,14 +83,14 @@ def certified_cg_step(
         n_rem: ``[K]`` remaining (weighted) rows per class, before the removal.
         eig: ``[K]`` (or ``[1]``, one shared Gram matrix) upper bounds of ``lambda_max``.
         row_sq: ``[n]`` squared row norms.
-        M_inv: ``[K, d, d]`` inverses of the last dense Hessians ``M = L L^T`` (the Woodbury
-            terms fold the rows removed since into them).
-        weights: ``[n, K]`` curvature weights those Hessians were built with.
-        U_buf: ``[K, d, T]`` removed rows scaled by ``sqrt(weights)`` (see
-            :mod:`fastunlearn.certified.woodbury`); slot ``rows`` is written.
-        G_buf: ``[K, d, T]`` ``M^{-1} U``; slot ``rows`` is written.
-        C_buf: ``[K, T, T]`` lower factor of ``I - U^T G``; row ``rows`` is written.
-        rows: Woodbury columns in use (``0 <= rows < T``).
+        M_inv: ``[K, d, d]`` ``M'^{-1}``: the inverses of the last dense Hessians with the
+            rows removed since taken out (see :mod:`fastunlearn.certified.woodbury`).
+        M_out: ``[K, d, d]`` written with ``M'^{-1}`` after also taking out ``row`` (must
+            not be ``M_inv``).
+        weights: ``[n, K]`` curvature weights the dense Hessians were built with.
+        U_buf: ``[K, d, T]`` removed rows scaled by ``sqrt(weights)``; column ``slot`` is
+            written with ``row``'s.
+        slot: the column of ``U_buf`` to write (``0 <= slot < T``).
         row: the row to remove; every class must hold it (``A[row] > 0``).
         lam: L2 regularisation per row.
         gamma: Lipschitz constant of the loss's second derivative.
@@ -107,15 +107,15 @@ def certified_cg_step(
             non-contiguous tensor or an index out of range (the message names the argument).
 
     """
-    names = ("X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv", "weights", "U_buf",
-             "G_buf", "C_buf")
-    tensors = (X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, weights, U_buf, G_buf, C_buf)
+    names = ("X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv", "M_out", "weights",
+             "U_buf")
+    tensors = (X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_out, weights, U_buf)
     for name, t in zip(names, tensors, strict=True):
         if not isinstance(t, Tensor):
             raise TypeError(f"certified_cg_step: argument '{name}' must be a Tensor, "
                             f"got {type(t).__name__}")
     V, XV, stats = torch.ops.fastunlearn.certified_cg_step.default(
-        *tensors, int(rows), int(row), float(lam), float(gamma), float(row_norm_max),
+        *tensors, int(slot), int(row), float(lam), float(gamma), float(row_norm_max),
         float(cg_tol), int(max_iter))
     residual, bound, iterations, ok, converged = stats.tolist()
     return CertifiedStep(V, XV, residual, bound, int(iterations), ok > 0.5, converged > 0.5)
@@ -124,8 +124,8 @@ def certified_cg_step(
 @torch.library.register_fake("fastunlearn::certified_cg_step")
 def _certified_cg_step_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tensor,
                             n_rem: Tensor, eig: Tensor, row_sq: Tensor, M_inv: Tensor,
-                            weights: Tensor, U_buf: Tensor, G_buf: Tensor, C_buf: Tensor,
-                            rows: int, row: int, lam: float, gamma: float,
+                            M_out: Tensor, weights: Tensor, U_buf: Tensor,
+                            slot: int, row: int, lam: float, gamma: float,
                             row_norm_max: float, cg_tol: float,
                             max_iter: int) -> tuple[Tensor, Tensor, Tensor]:
     torch._check(X.dim() == 2 and A.dim() == 2,

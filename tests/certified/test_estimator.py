@@ -746,14 +746,14 @@ def test_auto_solver_choice():
     model.fit(data.X_train, data.y_train)
     assert model._solver("auto") == "cg"  # 64 features, 1437 rows
     model.remove([0, 1])
-    assert model._wood.rows == 2  # both removed rows folded into the starting factors
+    assert model._wood.folded == 2  # both removed rows folded into the starting factors
     model._cg_last = CG_REFRESH_ITERATIONS + 1  # CG struggles: refresh the factors
     assert model._solver("auto") == "cholesky"
     model.remove([2])
     assert model._cg_base == model._cg_last == 0 and model._wood is None
     assert model._solver("auto") == "cg"
     model.remove([3])
-    assert model._wood.rows == 1
+    assert model._wood.folded == 1
     model.remove(list(range(4, 4 + WOODBURY_MAX_ROWS - 1)), batch=True)
     assert model._wood.rows == WOODBURY_MAX_ROWS  # full: the next step refreshes
     assert model._solver("auto") == "cholesky"
@@ -763,8 +763,11 @@ def test_cg_starting_factors_with_removed_rows_match_a_dense_solve(tenclass):
     X, y, _, _ = tenclass
     model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, solver="cg").fit(X, y)
     model.remove([3, 50, 700])
-    wood = model._wood
-    assert wood.rows == 3
+    # the compiled CPU step leaves its rows pending (in U and M_inv); settle folds them into
+    # G and C
+    assert model._wood.folded == 3
+    wood = woodbury.settle(model._wood)
+    assert wood.rows == 3 and wood.pending == 0
     # the terms describe M - U U^T: the factors' matrix without the removed rows
     M = wood.L @ wood.L.mT
     M_down = M - wood.U @ wood.U.mT
@@ -780,8 +783,12 @@ def test_cg_starting_factors_with_removed_rows_match_a_dense_solve(tenclass):
     rows = torch.tensor([3, 50, 700])
     expected = model._X[rows].T.unsqueeze(0) * wood.weights[rows].sqrt().T.unsqueeze(1)
     torch.testing.assert_close(wood.U, expected)
-    # on the CPU the factors carry M^{-1} for the compiled step; a restart reuses its buffer
-    torch.testing.assert_close(wood.M_inv, torch.linalg.inv(M), rtol=1e-9, atol=1e-12)
+    # on the CPU the factors carry M'^{-1} for the compiled step (updated per row by
+    # Sherman-Morrison), equal to the Woodbury terms' explicit inverse; a restart reuses its
+    # buffer
+    torch.testing.assert_close(wood.M_inv, torch.linalg.inv(M_down), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(woodbury.inverse(wood), torch.linalg.inv(M_down), rtol=1e-9,
+                               atol=1e-12)
     buffer = wood.M_inv
     again = woodbury.start(wood.L, wood.weights, wood.capacity, wood, inverse=True)
     assert again.M_inv is buffer and again.rows == 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastunlearn.certified import BudgetExceededError, CertifiedLogisticRegression
+from fastunlearn.certified import BudgetExceededError, CertifiedLogisticRegression, woodbury
 from fastunlearn.certified import estimator as est
 from fastunlearn.data import load_digits_dataset
 
@@ -66,20 +66,28 @@ def _spy_compiled(monkeypatch):
     original = est.certified_cg_step
 
     def spy(*args, **kwargs):
-        calls.append(args[14])
+        calls.append(args[13])
         return original(*args, **kwargs)
 
     monkeypatch.setattr(est, "certified_cg_step", spy)
     return calls
 
 
+def _settled(wood):
+    """The factor with its pending rows folded into G and C, on copies of the buffers."""
+    copy = wood._replace(U_buf=wood.U_buf.clone(), G_buf=wood.G_buf.clone(),
+                         C_buf=wood.C_buf.clone())
+    return woodbury.settle(copy)
+
+
 def assert_clean_beyond_rows(model):
-    """Columns past the folded-in rows: zero in U and G, the identity in C."""
+    """Columns past the folded-in rows: zero in U (past the pending ones too) and G, the
+    identity in C."""
     wood = model._wood
     if wood is None:
         return
     t = wood.rows
-    assert torch.count_nonzero(wood.U_buf[..., t:]) == 0
+    assert torch.count_nonzero(wood.U_buf[..., wood.folded:]) == 0
     assert torch.count_nonzero(wood.G_buf[..., t:]) == 0
     T = wood.capacity
     eye = torch.eye(T, dtype=wood.C_buf.dtype)[t:].expand(wood.C_buf.shape[0], -1, -1)
@@ -98,12 +106,17 @@ def assert_same(general, fixed, rtol=1e-9):
         assert b.worst_case == pytest.approx(a.worst_case, rel=1e-12)
     assert (general._wood is None) == (fixed._wood is None)
     if general._wood is not None:
-        assert fixed._wood.rows == general._wood.rows
-        t = fixed._wood.rows
-        torch.testing.assert_close(fixed._wood.U_buf[..., :t], general._wood.U_buf[..., :t],
+        assert general._wood.pending == 0  # only the compiled step leaves rows pending
+        wood = _settled(fixed._wood)  # the compiled step's pending rows, as Python folds them
+        assert wood.rows == general._wood.rows
+        t = wood.rows
+        torch.testing.assert_close(wood.U_buf[..., :t], general._wood.U_buf[..., :t],
                                    rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(fixed._wood.C_buf[:, :t, :t], general._wood.C_buf[:, :t, :t],
+        torch.testing.assert_close(wood.C_buf[:, :t, :t], general._wood.C_buf[:, :t, :t],
                                    rtol=1e-8, atol=1e-10)
+        if fixed._wood.M_inv is not None:  # kept by Sherman-Morrison: the Woodbury inverse
+            torch.testing.assert_close(fixed._wood.M_inv, woodbury.inverse(wood), rtol=1e-8,
+                                       atol=1e-10)
     assert_clean_beyond_rows(fixed)
     assert_clean_beyond_rows(general)
 
@@ -199,10 +212,13 @@ def test_budget_error_leaves_model_and_buffers_unchanged():
     W = fixed._W.clone()
     wood = fixed._wood
     U, C = wood.U_buf.clone(), wood.C_buf.clone()
+    M_inv = None if wood.M_inv is None else wood.M_inv.clone()
     with pytest.raises(BudgetExceededError):
         fixed.remove(int(order[len(fixed._history)]))
     assert torch.equal(fixed._W, W)
+    assert fixed._wood is wood
     assert torch.equal(wood.U_buf, U) and torch.equal(wood.C_buf, C)
+    assert M_inv is None or torch.equal(wood.M_inv, M_inv)
     assert_clean_beyond_rows(fixed)
 
 

@@ -26,15 +26,16 @@ def _model(seed=0, n=90, d=6, classes=3):
 
 
 def _args(model, row=5):
-    base = model._removal_factor()
+    base = model._removal_factor(settled=False)
     return [model._X, model._Y, model._A, model._margins(), model._W, model._n_rem, model._eig,
-            model._row_sq, base.M_inv, base.weights, base.U_buf, base.G_buf, base.C_buf, base.rows,
-            row, model._cfg["lam"], model._cfg["gamma"], model._row_norm_max, 1e-12, 200]
+            model._row_sq, base.M_inv.clone(), torch.zeros_like(base.M_inv), base.weights,
+            base.U_buf.clone(), base.folded, row, model._cfg["lam"], model._cfg["gamma"],
+            model._row_norm_max, 1e-12, 200]
 
 
 def _call(args):
-    *tensors, rows, row, lam, gamma, norm, tol, it = args
-    return certified_cg_step(*tensors, rows, row, lam=lam, gamma=gamma, row_norm_max=norm,
+    *tensors, slot, row, lam, gamma, norm, tol, it = args
+    return certified_cg_step(*tensors, slot, row, lam=lam, gamma=gamma, row_norm_max=norm,
                              cg_tol=tol, max_iter=it)
 
 
@@ -59,12 +60,38 @@ def test_step_solves_the_newton_system_of_the_remaining_rows():
     assert step.residual <= 1e-12 * step.bound or step.iterations == 200
 
 
+def test_step_folds_the_row_into_the_inverse_and_writes_its_column():
+    model = _model(seed=6)
+    args = _args(model, row=7)
+    M_inv, M_out, U_buf, slot = args[8], args[9], args[11], args[12]
+    before_inv, before_U = M_inv.clone(), U_buf.clone()
+    assert _call(args).factor_ok
+    u = model._X[7].unsqueeze(0) * args[10][7].sqrt().unsqueeze(1)  # [K, d]
+    # Sherman-Morrison against a dense inverse of (M_inv^{-1} - u u^T)
+    M_down = torch.linalg.inv(before_inv) - u.unsqueeze(-1) * u.unsqueeze(1)
+    torch.testing.assert_close(M_out, torch.linalg.inv(M_down), rtol=1e-10, atol=1e-12)
+    assert torch.equal(M_inv, before_inv)  # the current inverse is kept
+    torch.testing.assert_close(U_buf[..., slot], u, rtol=0, atol=0)
+    others = torch.arange(U_buf.shape[-1]) != slot
+    assert torch.equal(U_buf[..., others], before_U[..., others])
+
+
+def test_a_downdate_that_is_not_positive_definite_writes_nothing():
+    model = _model(seed=7)
+    args = _args(model)
+    args[8] = torch.eye(args[8].shape[-1], dtype=torch.float64).expand_as(args[8]) * 1e9
+    U_before, M_out_before = args[11].clone(), args[9].clone()
+    step = _call(args)
+    assert not step.factor_ok
+    assert torch.equal(args[11], U_before) and torch.equal(args[9], M_out_before)
+
+
 def test_non_contiguous_inputs_give_the_same_step():
     model = _model(seed=1)
     args = _args(model)
-    buffers = [args[i].clone() for i in (10, 11, 12)]
+    buffers = [args[i].clone() for i in (9, 11)]
     want = _call(args)
-    args[10:13] = buffers  # the same clean buffers for the second call
+    args[9], args[11] = buffers  # the same clean buffers for the second call
     for i in (0, 2, 3, 4, 8):
         args[i] = args[i].T.contiguous().T if args[i].dim() == 2 else args[i].mT.contiguous().mT
     got = _call(args)
@@ -75,7 +102,7 @@ def test_non_contiguous_inputs_give_the_same_step():
 def test_max_iter_zero_reports_not_converged():
     model = _model(seed=2)
     args = _args(model)
-    args[18], args[19] = 0.0, 0  # a target no residual meets, no iteration allowed
+    args[17], args[18] = 0.0, 0  # a target no residual meets, no iteration allowed
     step = _call(args)
     assert step.factor_ok and not step.converged and step.iterations == 0
 
@@ -88,18 +115,27 @@ def test_max_iter_zero_reports_not_converged():
         (4, lambda t: t[:-1], "'W' must have shape"),
         (6, lambda t: torch.cat([t, t]), "'eig' must be"),
         (8, lambda t: t[:, :-1], "'M_inv' must be"),
-        (10, lambda t: t.mT.contiguous().mT, "'U_buf' must be contiguous"),
-        (12, lambda t: t[:, :-1], "'C_buf' must be"),
-        (13, lambda t: 10**6, "'rows' must be in"),
-        (14, lambda t: -1, "'row' must be in"),
-        (15, lambda t: float("nan"), "lam"),
-        (19, lambda t: -1, "'max_iter' must be >= 0"),
+        (9, lambda t: t[:, :-1].contiguous(), "'M_out' must be"),
+        (9, lambda t: t.mT, "'M_out' must be contiguous"),
+        (10, lambda t: t[:-1], "'weights' must have shape"),
+        (11, lambda t: t.mT.contiguous().mT, "'U_buf' must be contiguous"),
+        (12, lambda t: 10**6, "'slot' must be in"),
+        (13, lambda t: -1, "'row' must be in"),
+        (14, lambda t: float("nan"), "lam"),
+        (18, lambda t: -1, "'max_iter' must be >= 0"),
     ],
 )
 def test_bad_arguments_are_named(index, bad, message):
     args = _args(_model(seed=3))
     args[index] = bad(args[index])
     with pytest.raises(RuntimeError, match=message):
+        OP(*args)
+
+
+def test_m_out_must_not_be_m_inv():
+    args = _args(_model(seed=8))
+    args[9] = args[8]
+    with pytest.raises(RuntimeError, match="'M_out' must not be 'M_inv'"):
         OP(*args)
 
 
