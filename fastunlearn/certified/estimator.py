@@ -171,7 +171,7 @@ class _Step(NamedTuple):
 
     rows: Tensor  # int64 [m], on the model's device
     rows_np: np.ndarray  # the same indices on the host
-    row_weights: Tensor  # [m, K] memberships of the removed rows (before removal)
+    row_weights: Tensor | None  # [m, K] memberships of the removed rows (before removal)
     classes: Tensor | None  # int64 classes updated; None: all classes
     V: Tensor | None  # [d, k'] Newton step; None: no class is affected
     XV: Tensor | None  # [n, k'] X @ V, the change of the cached margins
@@ -520,9 +520,13 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if wood is not None:
             woodbury.discard(wood, wood.capacity)
 
-    def _fixed_step_applies(self, rows_np: np.ndarray, solver: str) -> bool:
+    def _fixed_step_possible(self, solver: str) -> bool:
+        """Whether single-row steps may take the fixed-shape or compiled step.
+
+        Each row must also be held by every class (:meth:`_fixed_step_applies`).
+        """
         mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
-        if mode == "off" or solver != "cg" or rows_np.shape[0] != 1:
+        if mode == "off" or solver != "cg":
             return False
         device = self._X.device.type
         if mode in ("cpu", "auto"):
@@ -531,7 +535,11 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                     return False
             elif mode == "cpu" or device != "cuda":  # "auto" takes CUDA graphs on CUDA
                 return False
-        return bool((self._h_A[rows_np[0]] > 0).all())  # every class is updated
+        return True
+
+    def _fixed_step_applies(self, rows_np: np.ndarray) -> bool:
+        """Whether the step removes one row that every class holds (every class is updated)."""
+        return rows_np.shape[0] == 1 and bool((self._h_A[rows_np[0]] > 0).all())
 
     def _compiled_step_fits(self) -> bool:
         """Whether the features are few enough for the compiled CPU step and its ``M^{-1}``."""
@@ -578,13 +586,13 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 "(ill-conditioned Hessian); use solver='cholesky'"
             )
         worst = worst_case_bound(
-            cfg["lam"], self._h_n_rem, self._h_A[rows_np].sum(0), cfg["gamma"],
+            cfg["lam"], self._h_n_rem, self._h_A[int(rows_np[0])], cfg["gamma"],
             C=max(1.0, self._row_norm_max),
         )  # fmt: skip
         return _Step(
             rows,
             rows_np,
-            self._A[rows],
+            None,  # not needed: the row's memberships are read when it is dropped
             None,
             result.V,
             result.XV,
@@ -990,7 +998,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             bound = residual_sum + bound_sum
         return _Step(rows, rows_np, row_weights, ks, V, XV, factor, L, bound, worst, cg_iterations)
 
-    def _drop_rows(self, rows: Tensor, rows_np: np.ndarray, row_weights: Tensor) -> None:
+    def _drop_rows(self, rows: Tensor, rows_np: np.ndarray) -> None:
         """Mark rows removed: zero weights, counts, rank-m downdate of the Gram matrices.
 
         The Gram matrices (one shared, or one per class with subsampling) are downdated once
@@ -998,27 +1006,37 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         only shrinks a Gram matrix) and are recomputed when they may have become loose. The
         host mirrors are updated alongside; when to refresh is decided on the host.
         """
-        weights_np = self._h_A[rows_np]  # [m, K], before the removal
-        if rows_np.shape[0] == 1:  # one row: plain indexing, fewer operator calls
+        if rows_np.shape[0] == 1:  # one row: views and rank-1 products, fewer operator calls
             i = int(rows_np[0])
-            self._A[i] = 0.0
+            a, x = self._A[i], self._X[i]
+            if self._shared_gram:
+                self._gram[0].addr_(x, x, alpha=-1.0)
+            else:
+                self._gram.sub_(a[:, None, None] * torch.outer(x, x))
+            self._n_rem.sub_(a)
+            a.zero_()
             self._removed[i] = True
-            self._n_rem.sub_(row_weights[0])
-            Xi = self._X[i].unsqueeze(0)
+            a_np = self._h_A[i]
+            mass = self._h_row_sq[i] if self._shared_gram else self._h_row_sq[i] * a_np
+            self._h_n_rem -= a_np
+            a_np.fill(0.0)
+            self._h_removed[i] = True
         else:
+            row_weights = self._A[rows]  # [m, K], before the removal
+            weights_np = self._h_A[rows_np]
+            Xi = self._X[rows]
+            if self._shared_gram:
+                self._gram[0].addmm_(Xi.T, Xi, alpha=-1.0)
+                mass = self._h_row_sq[rows_np].sum()
+            else:
+                self._gram.sub_(torch.einsum("mk,mi,mj->kij", row_weights, Xi, Xi))
+                mass = self._h_row_sq[rows_np] @ weights_np
             self._A[rows] = 0.0
             self._removed[rows] = True
             self._n_rem -= row_weights.sum(0)
-            Xi = self._X[rows]
-        self._h_A[rows_np] = 0.0
-        self._h_removed[rows_np] = True
-        self._h_n_rem -= weights_np.sum(0)
-        if self._shared_gram:
-            self._gram[0].addmm_(Xi.T, Xi, alpha=-1.0)
-            mass = self._h_row_sq[rows_np].sum().reshape(1)
-        else:
-            self._gram.sub_(torch.einsum("mk,mi,mj->kij", row_weights, Xi, Xi))
-            mass = self._h_row_sq[rows_np] @ weights_np
+            self._h_A[rows_np] = 0.0
+            self._h_removed[rows_np] = True
+            self._h_n_rem -= weights_np.sum(0)
         self._h_eig_slack += mass
         stale = self._h_eig_slack > SPECTRAL_REFRESH_FRACTION * self._h_eig
         if stale.any():
@@ -1054,12 +1072,12 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 self._W.index_add_(1, step.classes, step.V)
                 if step.L is not None:
                     self._chol.index_copy_(0, step.classes, step.L)
-        self._drop_rows(step.rows, step.rows_np, step.row_weights)
+        self._drop_rows(step.rows, step.rows_np)
         self.budget_used_ += step.bound
 
     def _retrain_without(self, step: _Step | None) -> None:
         if step is not None:
-            self._drop_rows(step.rows, step.rows_np, step.row_weights)
+            self._drop_rows(step.rows, step.rows_np)
         self.retrains_ += 1
         self._train(draw=self.retrains_)
         self._refresh_spectral()
@@ -1109,14 +1127,15 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         checkpointing = self.checkpoint is not None
         # TF32 exists only on CUDA; its flags cost host time for every step
         tf32_off = no_tf32 if self._X.device.type == "cuda" else contextlib.nullcontext
+        fixed_possible = self._fixed_step_possible(solver)
         try:
-            for lo, hi in spans:
-                rows, rows_np = rows_all[lo:hi], arr[lo:hi]
-                t0 = time.perf_counter()
-                with tf32_off(), small_problem_threads(self._X):
+            with tf32_off(), small_problem_threads(self._X):
+                for lo, hi in spans:
+                    rows, rows_np = rows_all[lo:hi], arr[lo:hi]
+                    t0 = time.perf_counter()
                     try:
                         step = None
-                        if self._fixed_step_applies(rows_np, solver):
+                        if fixed_possible and self._fixed_step_applies(rows_np):
                             step = self._plan_fixed(rows, rows_np)
                         if step is None:
                             step = self._plan(rows, rows_np, solver)
@@ -1141,21 +1160,21 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                         self._retrain_without(step)
                     else:
                         self._commit(step)
-                if checkpointing:
-                    self._sync_public()
-                record = RemovalRecord(
-                    indices=tuple(rows_np.tolist()),
-                    bound=step.bound,
-                    cumulative=self.budget_used_,
-                    budget_left=self.budget_ - self.budget_used_,
-                    retrained=over,
-                    seconds=time.perf_counter() - t0,
-                    worst_case=step.worst_case,
-                )
-                self._history.append(record)
-                report.records.append(record)
-                report.retrains += int(over)
-                self._checkpoint_event("retrain" if over else "remove", record)
+                    if checkpointing:
+                        self._sync_public()
+                    record = RemovalRecord(
+                        indices=tuple(rows_np.tolist()),
+                        bound=step.bound,
+                        cumulative=self.budget_used_,
+                        budget_left=self.budget_ - self.budget_used_,
+                        retrained=over,
+                        seconds=time.perf_counter() - t0,
+                        worst_case=step.worst_case,
+                    )
+                    self._history.append(record)
+                    report.records.append(record)
+                    report.retrains += int(over)
+                    self._checkpoint_event("retrain" if over else "remove", record)
         finally:
             # the public attributes (coef_, removed_indices_, ...) once per call, also when
             # a later step raised after earlier ones committed
