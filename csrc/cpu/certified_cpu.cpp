@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../checks.h"
@@ -209,30 +210,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   const double* rs = row_sq.const_data_ptr<double>();
   const double bound_scale = gamma * std::max(1.0, row_norm_max);
 
-  at::Tensor V_t = at::zeros({d, K}, X.options());
-  at::Tensor XV_t = at::zeros({n, K}, X.options());
+  // V and XV are written whole below (zeroed on the early return)
+  at::Tensor V_t = at::empty({d, K}, X.options());
+  at::Tensor XV_t = at::empty({n, K}, X.options());
   at::Tensor stats_t = at::zeros({5}, X.options());
   double* V = V_t.mutable_data_ptr<double>();
   double* XV = XV_t.mutable_data_ptr<double>();
   double* stats = stats_t.mutable_data_ptr<double>();
 
   // Delta = lam m_k w_k + x_i a_ik l'(z_ik, y_ik); the remaining rows' curvature weights
-  std::vector<double> Delta(d * K), S(n * K), lam_k(K), spectral(K), trace(K, 0.0);
+  std::vector<double> Delta(d * K), lam_k(K), spectral(K), trace(K, 0.0);
+  // n x K scratch written whole before it is read: no zero fill
+  const std::unique_ptr<double[]> S(new double[n * K]), XP(new double[n * K]);
   for (int64_t k = 0; k < K; ++k) {
     const double yz = y_all[row * K + k] * z_all[row * K + k];
     const double g = ai[k] * (-y_all[row * K + k] * sigmoid(-yz));
     for (int64_t j = 0; j < d; ++j) Delta[j * K + k] = xi[j] * g + lam * ai[k] * w_all[j * K + k];
     lam_k[k] = lam * (nr[k] - ai[k]);
   }
-  // sigma(z) sigma(-z) = e / (1 + e)^2 with e = exp(-|z|): ATen's vectorised exp, then a
-  // loop the compiler vectorises
-  const at::Tensor E = at::exp(Z.abs().neg_());
-  const double* e_all = E.const_data_ptr<double>();
+  // sigma(z) sigma(-z) = e / (1 + e)^2 with e = exp(-|z|): ATen's vectorised exp in place,
+  // then a loop the compiler vectorises
+  at::Tensor E = at::empty({n, K}, X.options());
+  double* e_all = E.mutable_data_ptr<double>();
+  for (int64_t i = 0; i < n * K; ++i) e_all[i] = -std::abs(z_all[i]);
+  E.exp_();
   for (int64_t i = 0; i < n; ++i) {
     const double keep = i == row ? 0.0 : 1.0;
     const double* e = e_all + i * K;
     const double* a = a_all + i * K;
-    double* s = S.data() + i * K;
+    double* s = S.get() + i * K;
     for (int64_t k = 0; k < K; ++k) {
       const double one_plus = 1.0 + e[k];
       s[k] = a[k] * keep * (e[k] / (one_plus * one_plus));
@@ -254,7 +260,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
     ok = sherman_morrison(Mb + k * d * d, d, u.data(), Mo + k * d * d, tmp.data());
   }
   stats[3] = ok ? 1.0 : 0.0;
-  if (!ok) return {V_t, XV_t, stats_t};  // the caller takes the general step
+  if (!ok) {  // the caller takes the general step
+    V_t.zero_();
+    XV_t.zero_();
+    return {V_t, XV_t, stats_t};
+  }
   for (int64_t k = 0; k < K; ++k) {
     const double scale = std::sqrt(std::max(wt[k], 0.0));
     for (int64_t j = 0; j < d; ++j) Ub[(k * d + j) * T + slot] = xi[j] * scale;
@@ -267,9 +277,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
       for (int64_t j = 0; j < d; ++j) out[j * K + k] = tmp[j];
     }
   };
-  std::vector<double> HP(d * K), XP(n * K), HV(d * K), R(d * K), Zr(d * K), rz(K), curv(K);
+  std::vector<double> HP(d * K), HV(d * K), R(d * K), Zr(d * K), rz(K), curv(K);
   auto hessian = [&]() {  // HP = H P, XP = X P
-    fused_hvp(x_all, S.data(), P.data(), n, d, K, HP.data(), XP.data());
+    fused_hvp(x_all, S.get(), P.data(), n, d, K, HP.data(), XP.get());
     for (int64_t j = 0; j < d; ++j)
       for (int64_t k = 0; k < K; ++k) HP[j * K + k] += lam_k[k] * P[j * K + k];
     std::fill(curv.begin(), curv.end(), 0.0);
