@@ -35,14 +35,24 @@ TORCH_LIBRARY(fastunlearn, m) {
 
   // Certified removal of one row that every class holds (CPU kernel; on CUDA the same step
   // runs as captured graphs of tensor expressions, fastunlearn/certified/fixed_step.py).
-  // Writes the row's Woodbury column into slot `rows` of U_buf, G_buf, C_buf and returns
-  // (V [d,K], X V [n,K], stats float64 [5] = residual sum, bound sum, CG iterations,
-  // factor ok, converged). See fastunlearn/ops/certified.py.
+  // Writes M'^{-1} with the row folded in into M_out and the row's column into slot `slot`
+  // of U_buf, and returns (V [d,K], X V [n,K], stats float64 [5] = residual sum, bound sum,
+  // CG iterations, factor ok, converged). See fastunlearn/ops/certified.py.
   m.def(
       "certified_cg_step(Tensor X, Tensor Y, Tensor A, Tensor Z, Tensor W, Tensor n_rem, "
       "Tensor eig, Tensor row_sq, Tensor M_inv, Tensor(a!) M_out, Tensor weights, "
       "Tensor(b!) U_buf, int slot, int row, float lam, float gamma, "
       "float row_norm_max, float cg_tol, int max_iter) -> (Tensor, Tensor, Tensor)");
+  // The same step for each of `rows` in turn, each committed in place (W, Z, A, n_rem, the
+  // Gram matrices, removed, the inverse in M_inv / M_spare alternately, U_buf from `slot`)
+  // while its bound fits the budget; stops at the first row refused. Returns the committed
+  // rows' records [done, 4] = bound, worst-case bound, CG iterations, seconds.
+  m.def(
+      "certified_cg_steps(Tensor X, Tensor Y, Tensor(a!) A, Tensor(b!) Z, Tensor(c!) W, "
+      "Tensor(d!) n_rem, Tensor eig, Tensor row_sq, Tensor(e!) gram, Tensor(f!) removed, "
+      "Tensor(g!) M_inv, Tensor(h!) M_spare, Tensor weights, Tensor(i!) U_buf, Tensor rows, "
+      "int slot, float lam, float gamma, float row_norm_max, float cg_tol, int max_iter, "
+      "float budget_used, float budget) -> Tensor");
 
   // ---- 2. Generic CG support -------------------------------------------------------
   // One fused CG step for K right-hand sides stored as columns of [d,K] tensors, given

@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -143,85 +144,46 @@ void check_f64_cpu(const at::Tensor& t, const char* name) {
               t.device());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
-    const at::Tensor& X_in, const at::Tensor& Y_in, const at::Tensor& A_in,
-    const at::Tensor& Z_in, const at::Tensor& W_in, const at::Tensor& n_rem_in,
-    const at::Tensor& eig_in, const at::Tensor& row_sq_in, const at::Tensor& M_inv_in,
-    const at::Tensor& M_out, const at::Tensor& weights_in, const at::Tensor& U_buf,
-    int64_t slot, int64_t row, double lam, double gamma, double row_norm_max, double cg_tol,
-    int64_t max_iter) {
-  // read-only inputs may have any strides; the buffers written in place must be contiguous
-  const char* names[] = {"X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv",
-                         "M_out", "weights", "U_buf"};
-  const at::Tensor* tensors[] = {&X_in, &Y_in, &A_in, &Z_in, &W_in, &n_rem_in, &eig_in,
-                                 &row_sq_in, &M_inv_in, &M_out, &weights_in, &U_buf};
-  for (int i = 0; i < 12; ++i) check_f64_cpu(*tensors[i], names[i]);
-  for (int i : {9, 11})
-    TORCH_CHECK(tensors[i]->is_contiguous(), kOp, ": argument '", names[i],
-                "' must be contiguous (it is written in place)");
-  const at::Tensor X = X_in.contiguous(), Y = Y_in.contiguous(), A = A_in.contiguous(),
-                   Z = Z_in.contiguous(), W = W_in.contiguous(), n_rem = n_rem_in.contiguous(),
-                   eig = eig_in.contiguous(), row_sq = row_sq_in.contiguous(),
-                   M_inv = M_inv_in.contiguous(), weights = weights_in.contiguous();
-  TORCH_CHECK(X.dim() == 2, kOp, ": argument 'X' must be 2-D [n, d], got ", X.sizes());
-  TORCH_CHECK(A.dim() == 2, kOp, ": argument 'A' must be 2-D [n, K], got ", A.sizes());
-  const int64_t n = X.size(0), d = X.size(1), K = A.size(1);
-  check_matrix(A, n, K, "A", "n", "K");
-  check_matrix(Y, n, K, "Y", "n", "K");
-  check_matrix(Z, n, K, "Z", "n", "K");
-  check_matrix(weights, n, K, "weights", "n", "K");
-  check_matrix(W, d, K, "W", "d", "K");
-  TORCH_CHECK(n_rem.dim() == 1 && n_rem.size(0) == K, kOp, ": argument 'n_rem' must be [K]");
-  TORCH_CHECK(eig.dim() == 1 && (eig.size(0) == K || eig.size(0) == 1), kOp,
-              ": argument 'eig' must be [K] or [1] (one shared Gram matrix), got ", eig.sizes());
-  TORCH_CHECK(row_sq.dim() == 1 && row_sq.size(0) == n, kOp, ": argument 'row_sq' must be [n]");
-  TORCH_CHECK(M_inv.dim() == 3 && M_inv.size(0) == K && M_inv.size(1) == d &&
-                  M_inv.size(2) == d,
-              kOp, ": argument 'M_inv' must be [K, d, d], got ", M_inv.sizes());
-  TORCH_CHECK(M_out.sizes() == M_inv.sizes(), kOp, ": argument 'M_out' must be [K, d, d] like ",
-              "M_inv, got ", M_out.sizes());
-  TORCH_CHECK(!M_out.is_same(M_inv_in) && M_out.data_ptr() != M_inv.data_ptr(), kOp,
-              ": argument 'M_out' must not be 'M_inv' (the step writes the next inverse ",
-              "beside the current one)");
-  TORCH_CHECK(U_buf.dim() == 3 && U_buf.size(0) == K && U_buf.size(1) == d, kOp,
-              ": argument 'U_buf' must be [K, d, T], got ", U_buf.sizes());
-  const int64_t T = U_buf.size(2);
-  TORCH_CHECK(slot >= 0 && slot < T, kOp, ": argument 'slot' must be in [0, T) = [0, ", T,
-              "), got ", slot);
-  TORCH_CHECK(row >= 0 && row < n, kOp, ": argument 'row' must be in [0, n) = [0, ", n,
-              "), got ", row);
-  TORCH_CHECK(K >= 1 && d >= 1, kOp, ": needs at least one class and one feature");
-  check_finite_scalar(lam, kOp, "lam");
-  check_finite_scalar(gamma, kOp, "gamma");
-  check_finite_scalar(row_norm_max, kOp, "row_norm_max");
-  check_finite_scalar(cg_tol, kOp, "cg_tol");
-  TORCH_CHECK(max_iter >= 0, kOp, ": argument 'max_iter' must be >= 0, got ", max_iter);
+// The inputs of one step as raw contiguous float64 arrays (see the op's argument list).
+struct StepProblem {
+  const double *X, *Y, *A, *Z, *W, *n_rem, *eig, *row_sq, *weights;
+  int64_t n, d, K, n_eig, T;
+  double lam, gamma, row_norm_max, cg_tol;
+  int64_t max_iter;
+};
 
-  const double* x_all = X.const_data_ptr<double>();
-  const double* y_all = Y.const_data_ptr<double>();
-  const double* a_all = A.const_data_ptr<double>();
-  const double* z_all = Z.const_data_ptr<double>();
-  const double* w_all = W.const_data_ptr<double>();
+struct StepResult {
+  double residual = 0.0, bound = 0.0;
+  int64_t iterations = 0;
+  bool ok = false, converged = false;
+};
+
+// Plan the removal of ``row``: M_out = M_in with the row folded in, its U column written
+// into ``slot``, V [d, K] the Newton step and XV [n, K] = X V. Nothing but M_out, U's slot,
+// V and XV is written; with ok false (the downdate is not positive definite) not even those.
+StepResult plan_row(const StepProblem& p, int64_t row, const double* M_in, double* M_out,
+                    double* Ub, int64_t slot, double* V, double* XV) {
+  const int64_t n = p.n, d = p.d, K = p.K, T = p.T;
+  const double* x_all = p.X;
+  const double* y_all = p.Y;
+  const double* a_all = p.A;
+  const double* z_all = p.Z;
+  const double* w_all = p.W;
   const double* xi = x_all + row * d;
   const double* ai = a_all + row * K;
-  const double* wt = weights.const_data_ptr<double>() + row * K;
-  const double* nr = n_rem.const_data_ptr<double>();
-  const double* eg = eig.const_data_ptr<double>();
-  const double* rs = row_sq.const_data_ptr<double>();
-  const double bound_scale = gamma * std::max(1.0, row_norm_max);
-
-  // V and XV are written whole below (zeroed on the early return)
-  at::Tensor V_t = at::empty({d, K}, X.options());
-  at::Tensor XV_t = at::empty({n, K}, X.options());
-  at::Tensor stats_t = at::zeros({5}, X.options());
-  double* V = V_t.mutable_data_ptr<double>();
-  double* XV = XV_t.mutable_data_ptr<double>();
-  double* stats = stats_t.mutable_data_ptr<double>();
+  const double* wt = p.weights + row * K;
+  const double* nr = p.n_rem;
+  const double* eg = p.eig;
+  const double* rs = p.row_sq;
+  const double lam = p.lam;
+  const double bound_scale = p.gamma * std::max(1.0, p.row_norm_max);
+  StepResult result;
 
   // Delta = lam m_k w_k + x_i a_ik l'(z_ik, y_ik); the remaining rows' curvature weights
   std::vector<double> Delta(d * K), lam_k(K), spectral(K), trace(K, 0.0);
   // n x K scratch written whole before it is read: no zero fill
-  const std::unique_ptr<double[]> S(new double[n * K]), XP(new double[n * K]);
+  const std::unique_ptr<double[]> S(new double[n * K]), XP(new double[n * K]),
+      E(new double[n * K]);
   for (int64_t k = 0; k < K; ++k) {
     const double yz = y_all[row * K + k] * z_all[row * K + k];
     const double g = ai[k] * (-y_all[row * K + k] * sigmoid(-yz));
@@ -230,10 +192,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   }
   // sigma(z) sigma(-z) = e / (1 + e)^2 with e = exp(-|z|): ATen's vectorised exp in place,
   // then a loop the compiler vectorises
-  at::Tensor E = at::empty({n, K}, X.options());
-  double* e_all = E.mutable_data_ptr<double>();
+  double* e_all = E.get();
   for (int64_t i = 0; i < n * K; ++i) e_all[i] = -std::abs(z_all[i]);
-  E.exp_();
+  at::from_blob(e_all, {n * K}, at::TensorOptions().dtype(at::kDouble)).exp_();
   for (int64_t i = 0; i < n; ++i) {
     const double keep = i == row ? 0.0 : 1.0;
     const double* e = e_all + i * K;
@@ -246,25 +207,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
     }
   }
   for (int64_t k = 0; k < K; ++k)
-    spectral[k] = std::sqrt(std::max(std::min(eg[eig.size(0) == 1 ? 0 : k], trace[k]), 0.0));
+    spectral[k] = std::sqrt(std::max(std::min(eg[p.n_eig == 1 ? 0 : k], trace[k]), 0.0));
 
   // the removed row folded into each class's M'^{-1} (into M_out) and written into U
-  double* Ub = U_buf.mutable_data_ptr<double>();
-  const double* Mb = M_inv.const_data_ptr<double>();
-  double* Mo = M_out.mutable_data_ptr<double>();
   std::vector<double> P(d * K), col(d), tmp(d), u(d);
   bool ok = true;
   for (int64_t k = 0; k < K && ok; ++k) {
     const double scale = std::sqrt(std::max(wt[k], 0.0));
     for (int64_t j = 0; j < d; ++j) u[j] = xi[j] * scale;
-    ok = sherman_morrison(Mb + k * d * d, d, u.data(), Mo + k * d * d, tmp.data());
+    ok = sherman_morrison(M_in + k * d * d, d, u.data(), M_out + k * d * d, tmp.data());
   }
-  stats[3] = ok ? 1.0 : 0.0;
-  if (!ok) {  // the caller takes the general step
-    V_t.zero_();
-    XV_t.zero_();
-    return {V_t, XV_t, stats_t};
-  }
+  if (!ok) return result;  // the caller takes the general step
+  result.ok = true;
   for (int64_t k = 0; k < K; ++k) {
     const double scale = std::sqrt(std::max(wt[k], 0.0));
     for (int64_t j = 0; j < d; ++j) Ub[(k * d + j) * T + slot] = xi[j] * scale;
@@ -273,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   auto precondition_all = [&](const std::vector<double>& B, std::vector<double>& out) {
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t j = 0; j < d; ++j) col[j] = B[j * K + k];
-      symmetric_matvec(Mo + k * d * d, d, col.data(), tmp.data());
+      symmetric_matvec(M_out + k * d * d, d, col.data(), tmp.data());
       for (int64_t j = 0; j < d; ++j) out[j * K + k] = tmp[j];
     }
   };
@@ -333,8 +287,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   int64_t iterations = 0;
   bool converged = true;
   // written as in Python: a NaN residual or bound keeps iterating (and ends unconverged)
-  while (!(residual <= cg_tol * bound)) {
-    if (iterations == max_iter) {
+  while (!(residual <= p.cg_tol * bound)) {
+    if (iterations == p.max_iter) {
       converged = false;
       break;
     }
@@ -358,15 +312,218 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
     bound_terms(residual, bound);
     ++iterations;
   }
-  stats[0] = residual;
-  stats[1] = bound;
-  stats[2] = static_cast<double>(iterations);
-  stats[4] = converged ? 1.0 : 0.0;
+  result.residual = residual;
+  result.bound = bound;
+  result.iterations = iterations;
+  result.converged = converged;
+  return result;
+}
+
+
+// Checks shared by both ops; returns the problem over contiguous views kept in ``keep``.
+StepProblem check_problem(const at::Tensor& X_in, const at::Tensor& Y_in, const at::Tensor& A_in,
+                          const at::Tensor& Z_in, const at::Tensor& W_in,
+                          const at::Tensor& n_rem_in, const at::Tensor& eig_in,
+                          const at::Tensor& row_sq_in, const at::Tensor& M_inv,
+                          const at::Tensor& M_out, const at::Tensor& weights_in,
+                          const at::Tensor& U_buf, int64_t slot, double lam, double gamma,
+                          double row_norm_max, double cg_tol, int64_t max_iter,
+                          std::vector<at::Tensor>& keep) {
+  const char* names[] = {"X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv",
+                         "M_out", "weights", "U_buf"};
+  const at::Tensor* tensors[] = {&X_in, &Y_in, &A_in, &Z_in, &W_in, &n_rem_in, &eig_in,
+                                 &row_sq_in, &M_inv, &M_out, &weights_in, &U_buf};
+  for (int i = 0; i < 12; ++i) check_f64_cpu(*tensors[i], names[i]);
+  for (int i : {8, 9, 11})
+    TORCH_CHECK(tensors[i]->is_contiguous(), kOp, ": argument '", names[i],
+                "' must be contiguous (it is written in place)");
+  const at::Tensor X = X_in.contiguous(), Y = Y_in.contiguous(), A = A_in.contiguous(),
+                   Z = Z_in.contiguous(), W = W_in.contiguous(), n_rem = n_rem_in.contiguous(),
+                   eig = eig_in.contiguous(), row_sq = row_sq_in.contiguous(),
+                   weights = weights_in.contiguous();
+  TORCH_CHECK(X.dim() == 2, kOp, ": argument 'X' must be 2-D [n, d], got ", X.sizes());
+  TORCH_CHECK(A.dim() == 2, kOp, ": argument 'A' must be 2-D [n, K], got ", A.sizes());
+  const int64_t n = X.size(0), d = X.size(1), K = A.size(1);
+  check_matrix(A, n, K, "A", "n", "K");
+  check_matrix(Y, n, K, "Y", "n", "K");
+  check_matrix(Z, n, K, "Z", "n", "K");
+  check_matrix(weights, n, K, "weights", "n", "K");
+  check_matrix(W, d, K, "W", "d", "K");
+  TORCH_CHECK(n_rem.dim() == 1 && n_rem.size(0) == K, kOp, ": argument 'n_rem' must be [K]");
+  TORCH_CHECK(eig.dim() == 1 && (eig.size(0) == K || eig.size(0) == 1), kOp,
+              ": argument 'eig' must be [K] or [1] (one shared Gram matrix), got ", eig.sizes());
+  TORCH_CHECK(row_sq.dim() == 1 && row_sq.size(0) == n, kOp, ": argument 'row_sq' must be [n]");
+  TORCH_CHECK(M_inv.dim() == 3 && M_inv.size(0) == K && M_inv.size(1) == d &&
+                  M_inv.size(2) == d,
+              kOp, ": argument 'M_inv' must be [K, d, d], got ", M_inv.sizes());
+  TORCH_CHECK(M_out.sizes() == M_inv.sizes(), kOp, ": argument 'M_out' must be [K, d, d] like ",
+              "M_inv, got ", M_out.sizes());
+  TORCH_CHECK(M_out.data_ptr() != M_inv.data_ptr(), kOp,
+              ": argument 'M_out' must not be 'M_inv' (the step writes the next inverse ",
+              "beside the current one)");
+  TORCH_CHECK(U_buf.dim() == 3 && U_buf.size(0) == K && U_buf.size(1) == d, kOp,
+              ": argument 'U_buf' must be [K, d, T], got ", U_buf.sizes());
+  const int64_t T = U_buf.size(2);
+  TORCH_CHECK(slot >= 0 && slot < T, kOp, ": argument 'slot' must be in [0, T) = [0, ", T,
+              "), got ", slot);
+  TORCH_CHECK(K >= 1 && d >= 1, kOp, ": needs at least one class and one feature");
+  check_finite_scalar(lam, kOp, "lam");
+  check_finite_scalar(gamma, kOp, "gamma");
+  check_finite_scalar(row_norm_max, kOp, "row_norm_max");
+  check_finite_scalar(cg_tol, kOp, "cg_tol");
+  TORCH_CHECK(max_iter >= 0, kOp, ": argument 'max_iter' must be >= 0, got ", max_iter);
+  keep = {X, Y, A, Z, W, n_rem, eig, row_sq, weights};
+  return {X.const_data_ptr<double>(), Y.const_data_ptr<double>(), A.const_data_ptr<double>(),
+          Z.const_data_ptr<double>(), W.const_data_ptr<double>(),
+          n_rem.const_data_ptr<double>(), eig.const_data_ptr<double>(),
+          row_sq.const_data_ptr<double>(), weights.const_data_ptr<double>(), n, d, K,
+          eig.size(0), T, lam, gamma, row_norm_max, cg_tol, max_iter};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
+    const at::Tensor& X, const at::Tensor& Y, const at::Tensor& A, const at::Tensor& Z,
+    const at::Tensor& W, const at::Tensor& n_rem, const at::Tensor& eig,
+    const at::Tensor& row_sq, const at::Tensor& M_inv_in, const at::Tensor& M_out,
+    const at::Tensor& weights, const at::Tensor& U_buf, int64_t slot, int64_t row, double lam,
+    double gamma, double row_norm_max, double cg_tol, int64_t max_iter) {
+  const at::Tensor M_inv = M_inv_in.contiguous();  // read only: any strides
+  std::vector<at::Tensor> keep;
+  const StepProblem p = check_problem(X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_out, weights,
+                                      U_buf, slot, lam, gamma, row_norm_max, cg_tol, max_iter,
+                                      keep);
+  TORCH_CHECK(row >= 0 && row < p.n, kOp, ": argument 'row' must be in [0, n) = [0, ", p.n,
+              "), got ", row);
+  // V and XV are written whole by a step (zeroed when it is refused)
+  at::Tensor V_t = at::empty({p.d, p.K}, X.options());
+  at::Tensor XV_t = at::empty({p.n, p.K}, X.options());
+  at::Tensor stats_t = at::zeros({5}, X.options());
+  const StepResult r = plan_row(p, row, M_inv.const_data_ptr<double>(),
+                                M_out.mutable_data_ptr<double>(),
+                                U_buf.mutable_data_ptr<double>(), slot,
+                                V_t.mutable_data_ptr<double>(), XV_t.mutable_data_ptr<double>());
+  if (!r.ok) {
+    V_t.zero_();
+    XV_t.zero_();
+  }
+  double* stats = stats_t.mutable_data_ptr<double>();
+  stats[0] = r.residual;
+  stats[1] = r.bound;
+  stats[2] = static_cast<double>(r.iterations);
+  stats[3] = r.ok ? 1.0 : 0.0;
+  stats[4] = r.converged ? 1.0 : 0.0;
   return {V_t, XV_t, stats_t};
+}
+
+// Remove ``rows`` one after another, committing each step in place, until one is refused
+// (downdate not positive definite, CG not converged, or its bound would exceed the budget):
+// that row changes nothing (its U column is cleaned) and the loop stops. Returns the
+// records of the committed rows ([done, 4]: bound (residual included), worst-case bound,
+// CG iterations, seconds).
+at::Tensor certified_cg_steps_cpu(
+    const at::Tensor& X, const at::Tensor& Y, const at::Tensor& A, const at::Tensor& Z,
+    const at::Tensor& W, const at::Tensor& n_rem, const at::Tensor& eig,
+    const at::Tensor& row_sq, const at::Tensor& gram, const at::Tensor& removed,
+    const at::Tensor& M_inv, const at::Tensor& M_spare, const at::Tensor& weights,
+    const at::Tensor& U_buf, const at::Tensor& rows_in, int64_t slot, double lam, double gamma,
+    double row_norm_max, double cg_tol, int64_t max_iter, double budget_used, double budget) {
+  std::vector<at::Tensor> keep;
+  const StepProblem p = check_problem(X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_spare,
+                                      weights, U_buf, slot, lam, gamma, row_norm_max, cg_tol,
+                                      max_iter, keep);
+  const int64_t n = p.n, d = p.d, K = p.K;
+  const char* written[] = {"A", "Z", "W", "n_rem", "gram", "removed"};
+  const at::Tensor* wt[] = {&A, &Z, &W, &n_rem, &gram, &removed};
+  for (int i = 0; i < 6; ++i)
+    TORCH_CHECK(wt[i]->is_contiguous(), kOp, ": argument '", written[i],
+                "' must be contiguous (it is written in place)");
+  check_f64_cpu(gram, "gram");
+  TORCH_CHECK(gram.dim() == 3 && (gram.size(0) == 1 || gram.size(0) == K) && gram.size(1) == d &&
+                  gram.size(2) == d,
+              kOp, ": argument 'gram' must be [1, d, d] or [K, d, d], got ", gram.sizes());
+  TORCH_CHECK(removed.scalar_type() == at::kBool && removed.dim() == 1 && removed.size(0) == n &&
+                  removed.device().is_cpu(),
+              kOp, ": argument 'removed' must be a bool CPU tensor [n], got ", removed.sizes(),
+              " ", removed.scalar_type());
+  TORCH_CHECK(rows_in.scalar_type() == at::kLong && rows_in.dim() == 1, kOp,
+              ": argument 'rows' must be a 1-D int64 tensor, got ", rows_in.scalar_type());
+  const at::Tensor rows = rows_in.to(at::kCPU).contiguous();
+  const int64_t m = rows.size(0);
+  const int64_t* row_ids = rows.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < m; ++r)
+    TORCH_CHECK(row_ids[r] >= 0 && row_ids[r] < n, kOp, ": argument 'rows' holds ", row_ids[r],
+                ", outside [0, n) = [0, ", n, ")");
+  TORCH_CHECK(slot + m <= p.T, kOp, ": argument 'rows' has ", m, " rows but U_buf has ",
+              p.T - slot, " free columns after slot ", slot);
+  check_finite_scalar(budget_used, kOp, "budget_used");
+
+  double* a_all = A.mutable_data_ptr<double>();
+  double* z_all = Z.mutable_data_ptr<double>();
+  double* w_all = W.mutable_data_ptr<double>();
+  double* nr = n_rem.mutable_data_ptr<double>();
+  double* g_all = gram.mutable_data_ptr<double>();
+  bool* rem = removed.mutable_data_ptr<bool>();
+  double* Ub = U_buf.mutable_data_ptr<double>();
+  double* M_cur = M_inv.mutable_data_ptr<double>();
+  double* M_next = M_spare.mutable_data_ptr<double>();
+  const double C = std::max(1.0, row_norm_max);
+  const bool shared = gram.size(0) == 1;
+
+  at::Tensor records = at::zeros({m, 4}, X.options());
+  double* rec = records.mutable_data_ptr<double>();
+  std::vector<double> V(d * K), XV(n * K);
+  int64_t done = 0;
+  for (; done < m; ++done) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t row = row_ids[done];
+    const StepResult r = plan_row(p, row, M_cur, M_next, Ub, slot + done, V.data(), XV.data());
+    if (!r.ok) break;
+    const double bound = r.residual + r.bound;
+    if (!r.converged || !(budget_used + bound <= budget)) {
+      for (int64_t k = 0; k < K; ++k)  // the refused row's U column, as discard() would
+        for (int64_t j = 0; j < d; ++j) Ub[(k * d + j) * p.T + slot + done] = 0.0;
+      break;
+    }
+    // commit: the step, then the row out of the data (as _commit and _drop_rows)
+    double* ai = a_all + row * K;
+    const double* xi = p.X + row * d;
+    double worst = 0.0;
+    for (int64_t k = 0; k < K; ++k) {  // worst_case_bound(): the same expression, in order
+      const double m_k = ai[k];
+      if (m_k > 0) {
+        const double rest = std::max(nr[k] - m_k, 0.0);
+        worst += rest == 0 ? std::numeric_limits<double>::infinity()
+                           : 4.0 * gamma * m_k * m_k * C * C / (lam * lam * rest);
+      }
+    }
+    for (int64_t i = 0; i < d * K; ++i) w_all[i] += V[i];
+    for (int64_t i = 0; i < n * K; ++i) z_all[i] += XV[i];
+    for (int64_t g = 0; g < gram.size(0); ++g) {
+      const double a_g = shared ? 1.0 : ai[g];
+      double* G = g_all + g * d * d;
+      for (int64_t i = 0; i < d; ++i)
+        for (int64_t j = 0; j < d; ++j)
+          G[i * d + j] -= shared ? xi[i] * xi[j] : a_g * (xi[i] * xi[j]);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      nr[k] -= ai[k];
+      ai[k] = 0.0;
+    }
+    rem[row] = true;
+    std::swap(M_cur, M_next);
+    budget_used += bound;
+    rec[done * 4 + 0] = bound;
+    rec[done * 4 + 1] = worst;
+    rec[done * 4 + 2] = static_cast<double>(r.iterations);
+    rec[done * 4 + 3] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return records.narrow(0, 0, done);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastunlearn, CPU, m) { m.impl("certified_cg_step", &certified_cg_step_cpu); }
-
+TORCH_LIBRARY_IMPL(fastunlearn, CPU, m) {
+  m.impl("certified_cg_step", &certified_cg_step_cpu);
+  m.impl("certified_cg_steps", &certified_cg_steps_cpu);
+}
 }  // namespace fastunlearn

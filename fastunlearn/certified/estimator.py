@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from .. import ops
-from ..ops.certified import certified_cg_step
+from ..ops.certified import certified_cg_step, certified_cg_steps
 from . import woodbury
 from .bounds import (
     c_delta,
@@ -563,13 +563,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         base = self._removal_factor(settled=False)
         if base.folded + 1 > base.capacity:
             return None
+        base = self._compiled_base()
         cfg = self._cfg
-        if base.M_inv is None:  # stale, or factors started elsewhere: the inverse once
-            base = self._removal_factor()
-            base = self._wood = base._replace(
-                M_inv=woodbury.inverse(base),
-                M_spare=base.M_spare if base.M_spare is not None else torch.empty_like(base.L),
-            )
         result = certified_cg_step(
             self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
             self._row_sq, base.M_inv, base.M_spare, base.weights, base.U_buf, base.folded,
@@ -603,6 +598,98 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             worst,
             result.iterations,
         )
+
+    def _compiled_loop_applies(self, solver: str, batch: bool) -> bool:
+        """Whether this call's sequential rows go through the compiled removal loop (CPU)."""
+        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
+        return (
+            not batch
+            and solver == "cg"
+            and self.checkpoint is None  # the ledger records every removal as it commits
+            and mode in ("cpu", "auto")
+            and self._X.device.type == "cpu"
+            and self._compiled_step_fits()
+        )
+
+    def _compiled_base(self) -> woodbury.RemovedRowsFactor:
+        """Return the starting factors with ``M'^{-1}`` and a spare buffer (compiled step)."""
+        base = self._removal_factor(settled=False)
+        if base.M_inv is None:  # stale, or factors started elsewhere: the inverse once
+            base = self._removal_factor()
+            base = self._wood = base._replace(
+                M_inv=woodbury.inverse(base),
+                M_spare=base.M_spare if base.M_spare is not None else torch.empty_like(base.L),
+            )
+        return base
+
+    def _remove_compiled(
+        self, arr: np.ndarray, lo: int, report: RemovalReport
+    ) -> tuple[int, bool]:
+        """Remove rows ``arr[lo:]`` one by one in one compiled call, as far as it can go.
+
+        The run of rows taken is the longest from ``lo`` whose rows every class holds, that
+        fits the free Woodbury columns, and that ends with the first row after which a cached
+        spectral bound must be refreshed (refreshed here). Each committed row gets its record
+        as in the single-step path. Returns ``(rows removed, refused)``: ``refused`` when the
+        op stopped at a row (budget, failed downdate, CG): the caller's single step takes it.
+        """
+        base = self._removal_factor(settled=False)
+        rows_np = arr[lo : lo + base.capacity - base.folded]
+        held = (self._h_A[rows_np] > 0).all(1)
+        if not held.all():
+            rows_np = rows_np[: int(np.argmin(held))]
+        if rows_np.shape[0] == 0:
+            return 0, False
+        # the slack of the cached spectral bounds after each row, summed in order
+        masses = self._h_row_sq[rows_np][:, None]
+        if not self._shared_gram:
+            masses = masses * self._h_A[rows_np]
+        slack = np.cumsum(np.concatenate([self._h_eig_slack[None], masses]), axis=0)[1:]
+        stale = (slack > SPECTRAL_REFRESH_FRACTION * self._h_eig).any(1)
+        if stale.any():
+            rows_np = rows_np[: int(np.argmax(stale)) + 1]
+        base = self._compiled_base()
+        cfg = self._cfg
+        result = certified_cg_steps(
+            self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
+            self._row_sq, self._gram, self._removed, base.M_inv, base.M_spare, base.weights,
+            base.U_buf, torch.from_numpy(rows_np), base.folded, lam=cfg["lam"],
+            gamma=cfg["gamma"], row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
+            max_iter=CG_MAX_ITERATIONS, budget_used=self.budget_used_, budget=self.budget_,
+        )  # fmt: skip
+        done = result.done
+        if done:
+            committed = rows_np[:done]
+            for weights_np in self._h_A[committed]:  # in order, as row by row
+                self._h_n_rem -= weights_np
+            self._h_A[committed] = 0.0
+            self._h_removed[committed] = True
+            self._h_eig_slack[:] = slack[done - 1]
+            odd = done % 2 == 1  # the op alternates the inverse between the two buffers
+            self._wood = base._replace(
+                pending=base.pending + done,
+                M_inv=base.M_spare if odd else base.M_inv,
+                M_spare=base.M_inv if odd else base.M_spare,
+            )
+            for row, bound, worst, iterations, seconds in zip(
+                committed.tolist(), *result, strict=True
+            ):
+                self._cg_last = iterations
+                self._cg_base = self._cg_base or iterations
+                self.budget_used_ += bound
+                record = RemovalRecord(
+                    indices=(row,),
+                    bound=bound,
+                    cumulative=self.budget_used_,
+                    budget_left=self.budget_ - self.budget_used_,
+                    retrained=False,
+                    seconds=seconds,
+                    worst_case=worst,
+                )
+                self._history.append(record)
+                report.records.append(record)
+            self._refresh_loose_spectral()
+        return done, done < rows_np.shape[0]
 
     def _plan_fixed(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
         """Plan the single-row CG step with fixed shapes (CUDA graphs on a GPU); None: not here.
@@ -1038,6 +1125,10 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             self._h_removed[rows_np] = True
             self._h_n_rem -= weights_np.sum(0)
         self._h_eig_slack += mass
+        self._refresh_loose_spectral()
+
+    def _refresh_loose_spectral(self) -> None:
+        """Recompute the cached ``lambda_max`` bounds whose removed mass exceeds the margin."""
         stale = self._h_eig_slack > SPECTRAL_REFRESH_FRACTION * self._h_eig
         if stale.any():
             groups_np = np.flatnonzero(stale)
@@ -1128,9 +1219,18 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         # TF32 exists only on CUDA; its flags cost host time for every step
         tf32_off = no_tf32 if self._X.device.type == "cuda" else contextlib.nullcontext
         fixed_possible = self._fixed_step_possible(solver)
+        compiled_loop = fixed_possible and self._compiled_loop_applies(solver, batch)
         try:
             with tf32_off(), small_problem_threads(self._X):
-                for lo, hi in spans:
+                span = 0
+                while span < len(spans):
+                    if compiled_loop:  # runs of rows in one call; the single step takes the rest
+                        done, refused = self._remove_compiled(arr, span, report)
+                        span += done
+                        if span == len(spans) or (done and not refused):
+                            continue
+                    lo, hi = spans[span]
+                    span += 1
                     rows, rows_np = rows_all[lo:hi], arr[lo:hi]
                     t0 = time.perf_counter()
                     try:

@@ -10,8 +10,12 @@ data-dependent bound. Its Python twins, which the tests compare it with, are the
 general step (``CertifiedLogisticRegression._plan``) and
 :class:`~fastunlearn.certified.fixed_step.FixedShapeStep`.
 
-It exists for speed on small problems: on the bundled digits (1438 x 64, K = 10) the
-Python step makes ~600 operator calls per removal; this is one. It has a CPU kernel only:
+:func:`certified_cg_steps` runs that step for a list of rows in turn and commits each one
+in place while its bound fits the budget, so a sequential ``remove`` of many rows is one
+call rather than a Python loop of plan-and-commit steps.
+
+They exist for speed on small problems: on the bundled digits (1438 x 64, K = 10) the
+Python step makes ~600 operator calls per removal; this is one. They have CPU kernels only:
 on CUDA the same step runs as captured CUDA graphs of the tensor expressions
 (:mod:`fastunlearn.certified.fixed_step`). Everything is float64 and contiguous.
 """
@@ -23,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["CertifiedStep", "certified_cg_step"]
+__all__ = ["CertifiedStep", "CertifiedSteps", "certified_cg_step", "certified_cg_steps"]
 
 
 class CertifiedStep(NamedTuple):
@@ -134,3 +138,129 @@ def _certified_cg_step_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tenso
                  lambda: f"certified_cg_step: argument 'X' must be float64, got {X.dtype}")
     n, d, K = X.shape[0], X.shape[1], A.shape[1]
     return X.new_empty(d, K), X.new_empty(n, K), X.new_empty(5)
+
+
+class CertifiedSteps(NamedTuple):
+    """Result of :func:`certified_cg_steps`: one entry per committed row, in order.
+
+    Attributes:
+        bounds (list[float]): each step's bound (data-dependent bound plus solve residual).
+        worst_case (list[float]): each step's worst-case bound.
+        iterations (list[int]): CG iterations after the first direction.
+        seconds (list[float]): wall time of each step.
+
+    """
+
+    bounds: list[float]
+    worst_case: list[float]
+    iterations: list[int]
+    seconds: list[float]
+
+    @property
+    def done(self) -> int:
+        """How many rows were removed (the first ones of ``rows``)."""
+        return len(self.bounds)
+
+
+def certified_cg_steps(
+    X: Tensor,
+    Y: Tensor,
+    A: Tensor,
+    Z: Tensor,
+    W: Tensor,
+    n_rem: Tensor,
+    eig: Tensor,
+    row_sq: Tensor,
+    gram: Tensor,
+    removed: Tensor,
+    M_inv: Tensor,
+    M_spare: Tensor,
+    weights: Tensor,
+    U_buf: Tensor,
+    rows: Tensor,
+    slot: int,
+    *,
+    lam: float,
+    gamma: float,
+    row_norm_max: float,
+    cg_tol: float,
+    max_iter: int,
+    budget_used: float,
+    budget: float,
+) -> CertifiedSteps:
+    """Remove ``rows`` one after another with the step of :func:`certified_cg_step`, in place.
+
+    Each row's step is committed while ``budget_used`` plus its bound stays within
+    ``budget``: ``W += V``, ``Z += X V``, the row's memberships zeroed in ``A`` and taken off
+    ``n_rem``, its outer product taken off the Gram matrices (``gram [1, d, d]`` shared, or
+    ``[K, d, d]`` weighted by the memberships), ``removed[row] = True``; the inverse with the
+    row folded in becomes current (``M_inv`` and ``M_spare`` alternate: after an odd number of
+    rows it is in ``M_spare``) and its ``U`` column is kept at ``slot + i``. The first row that
+    is refused (its downdate not positive definite, CG not converged in ``max_iter``, or the
+    budget exceeded) changes nothing and ends the call; the caller plans that row again with
+    the single step to tell why.
+
+    Args:
+        X: ``[n, d]`` features.
+        Y: ``[n, K]`` labels in {-1, +1}.
+        A: ``[n, K]`` row memberships (in place, contiguous).
+        Z: ``[n, K]`` margins ``X W`` (in place, contiguous).
+        W: ``[d, K]`` weights (in place, contiguous).
+        n_rem: ``[K]`` remaining (weighted) rows per class (in place, contiguous).
+        eig: ``[K]`` or ``[1]`` upper bounds of ``lambda_max`` (refresh them between calls).
+        row_sq: ``[n]`` squared row norms.
+        gram: ``[1, d, d]`` or ``[K, d, d]`` Gram matrices of the remaining rows (in place).
+        removed: ``[n]`` bool removal flags (in place).
+        M_inv: ``[K, d, d]`` current ``M'^{-1}``.
+        M_spare: ``[K, d, d]`` a second buffer for it.
+        weights: ``[n, K]`` curvature weights the dense Hessians were built with.
+        U_buf: ``[K, d, T]``; columns ``slot ..`` receive the removed rows'.
+        rows: ``[m]`` int64 rows to remove, each held by every class, none removed yet.
+        slot: first free column of ``U_buf`` (``slot + m <= T``).
+        lam: L2 regularisation per row.
+        gamma: Lipschitz constant of the loss's second derivative.
+        row_norm_max: largest row norm.
+        cg_tol: stop CG when the solve residual is at most this fraction of the bound.
+        max_iter: CG iterations allowed after the first direction.
+        budget_used: budget used before the first row.
+        budget: the total budget.
+
+    Returns:
+        CertifiedSteps: the committed rows' bounds, worst-case bounds, iterations and times.
+
+    Raises:
+        TypeError: an argument is not a Tensor.
+        RuntimeError: wrong shapes, dtypes, devices, a non-contiguous tensor written in place
+            or an index out of range (the message names the argument).
+
+    """
+    names = ("X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "gram", "removed", "M_inv",
+             "M_spare", "weights", "U_buf", "rows")
+    tensors = (X, Y, A, Z, W, n_rem, eig, row_sq, gram, removed, M_inv, M_spare, weights,
+               U_buf, rows)
+    for name, t in zip(names, tensors, strict=True):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"certified_cg_steps: argument '{name}' must be a Tensor, "
+                            f"got {type(t).__name__}")
+    records = torch.ops.fastunlearn.certified_cg_steps.default(
+        *tensors, int(slot), float(lam), float(gamma), float(row_norm_max), float(cg_tol),
+        int(max_iter), float(budget_used), float(budget))
+    if records.shape[0] == 0:
+        return CertifiedSteps([], [], [], [])
+    bounds, worst, iterations, seconds = records.T.tolist()
+    return CertifiedSteps(bounds, worst, [int(i) for i in iterations], seconds)
+
+
+@torch.library.register_fake("fastunlearn::certified_cg_steps")
+def _certified_cg_steps_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tensor,
+                             n_rem: Tensor, eig: Tensor, row_sq: Tensor, gram: Tensor,
+                             removed: Tensor, M_inv: Tensor, M_spare: Tensor,
+                             weights: Tensor, U_buf: Tensor, rows: Tensor, slot: int,
+                             lam: float, gamma: float, row_norm_max: float, cg_tol: float,
+                             max_iter: int, budget_used: float, budget: float) -> Tensor:
+    torch._check(X.dtype == torch.float64,
+                 lambda: f"certified_cg_steps: argument 'X' must be float64, got {X.dtype}")
+    torch._check(rows.dim() == 1,
+                 lambda: "certified_cg_steps: argument 'rows' must be 1-D")
+    done = torch.library.get_ctx().new_dynamic_size(max=rows.shape[0])
+    return X.new_empty(done, 4)

@@ -61,15 +61,20 @@ def _only(fixed_mode, wanted, what):
 
 
 def _spy_compiled(monkeypatch):
-    """Record the row of every compiled-step call."""
+    """Record the rows the compiled ops are given (the single step, and the loop's rows)."""
     calls = []
-    original = est.certified_cg_step
+    step, steps = est.certified_cg_step, est.certified_cg_steps
 
-    def spy(*args, **kwargs):
+    def spy_step(*args, **kwargs):
         calls.append(args[13])
-        return original(*args, **kwargs)
+        return step(*args, **kwargs)
 
-    monkeypatch.setattr(est, "certified_cg_step", spy)
+    def spy_steps(*args, **kwargs):
+        calls.extend(args[14].tolist())
+        return steps(*args, **kwargs)
+
+    monkeypatch.setattr(est, "certified_cg_step", spy_step)
+    monkeypatch.setattr(est, "certified_cg_steps", spy_steps)
     return calls
 
 
@@ -131,23 +136,25 @@ def test_fixed_step_is_used_and_equals_the_general_step_on_digits_ovr():
     X, y = data.X_train.numpy(), data.y_train.numpy()
     general, fixed = _pair(X, y, lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg", retrain=False)
     order = np.random.default_rng(0).permutation(X.shape[0])[:25]
+    # the fixed step plans each row (eager); the compiled loop removes them (cpu)
+    name = "_plan_fixed" if _MODE == "eager" else "_remove_compiled"
     calls = []
-    original = est.CertifiedLogisticRegression._plan_fixed
+    original = getattr(est.CertifiedLogisticRegression, name)
 
-    def spy(self, rows, rows_np):
-        step = original(self, rows, rows_np)
-        calls.append(step is not None)
-        return step
+    def spy(self, *args):
+        result = original(self, *args)
+        calls.append(result is not None if name == "_plan_fixed" else result[0])
+        return result
 
-    est.CertifiedLogisticRegression._plan_fixed = spy
+    setattr(est.CertifiedLogisticRegression, name, spy)
     try:
         for i in order:
             _remove_both((general, fixed), int(i))
             assert_same(general, fixed)
     finally:
-        est.CertifiedLogisticRegression._plan_fixed = original
+        setattr(est.CertifiedLogisticRegression, name, original)
     # every removal took the fixed path on the fixed model, none on the general one
-    assert calls == [True] * len(order)
+    assert calls == ([True] if name == "_plan_fixed" else [1]) * len(order)
     if _MODE == "eager":
         assert isinstance(fixed._fixed, est.FixedShapeStep)
     else:  # the compiled step keeps no state of its own
@@ -315,3 +322,30 @@ def test_compiled_step_with_blas_products_equals_the_general_step(fixed_mode, mo
     for i in np.random.default_rng(8).permutation(X.shape[0])[:15]:
         _remove_both(models, int(i))
         assert_same(*models)
+
+
+def test_one_call_removing_many_rows_crosses_refreshes_and_full_buffers(monkeypatch):
+    # one remove() call of 60 rows: the compiled loop takes runs of rows, cut where a cached
+    # spectral bound is refreshed and where the Woodbury buffers fill up (then the single
+    # step takes over); the result is the general step's, row by row
+    monkeypatch.setattr(est, "WOODBURY_MAX_ROWS", 16)
+    X, y = _data(seed=14, n=300, classes=3)
+    models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
+    runs = []
+    original = est.CertifiedLogisticRegression._remove_compiled
+
+    def spy(self, *args):
+        result = original(self, *args)
+        runs.append(result[0])
+        return result
+
+    monkeypatch.setattr(est.CertifiedLogisticRegression, "_remove_compiled", spy)
+    order = np.random.default_rng(9).permutation(X.shape[0])[:60].tolist()
+    refreshed = models[1]._h_eig.copy()
+    _remove_both(models, order)
+    assert_same(*models)
+    assert [r.indices for r in models[1]._history] == [(i,) for i in order]
+    assert not np.array_equal(models[1]._h_eig, refreshed)  # spectral bounds were refreshed
+    if _MODE == "cpu":
+        assert max(runs) > 1 and sum(runs) == 16  # runs of rows, until the buffers were full
+        assert models[1]._wood.folded == 16

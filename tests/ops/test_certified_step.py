@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastunlearn.certified import CertifiedLogisticRegression
-from fastunlearn.ops.certified import certified_cg_step
+from fastunlearn.ops.certified import certified_cg_step, certified_cg_steps
 
 OP = torch.ops.fastunlearn.certified_cg_step.default
 
@@ -149,3 +149,102 @@ def test_a_non_tensor_is_a_type_error():
 def test_opcheck():
     args = _args(_model(seed=5))
     torch.library.opcheck(OP, tuple(args), test_utils=("test_schema", "test_faketensor"))
+
+
+# ---- certified_cg_steps: the same step for several rows, committed in place -------------
+
+STEPS = torch.ops.fastunlearn.certified_cg_steps.default
+
+
+def _steps_args(model, rows, budget=float("inf")):
+    base = model._compiled_base()
+    return [model._X, model._Y, model._A, model._margins(), model._W, model._n_rem, model._eig,
+            model._row_sq, model._gram, model._removed, base.M_inv, base.M_spare, base.weights,
+            base.U_buf, torch.tensor(rows, dtype=torch.int64), base.folded,
+            model._cfg["lam"], model._cfg["gamma"], model._row_norm_max, 1e-12, 200,
+            model.budget_used_, budget]
+
+
+def _call_steps(args):
+    *tensors, slot, lam, gamma, norm, tol, it, used, budget = args
+    return certified_cg_steps(*tensors, slot, lam=lam, gamma=gamma, row_norm_max=norm,
+                              cg_tol=tol, max_iter=it, budget_used=used, budget=budget)
+
+
+def test_steps_commit_each_row_like_the_single_step():
+    model, twin = _model(seed=9), _model(seed=9)
+    rows = [5, 11, 20]
+    args = _steps_args(model, rows)
+    M_spare, slot = args[11], args[15]
+    result = _call_steps(args)
+    assert result.done == 3
+    # the twin: the single step for each row, committed by hand
+    for t, row in enumerate(rows):
+        single = _args(twin, row)
+        single[12] = slot + t
+        single[17] = 1e-12
+        step = _call(single)
+        assert step.factor_ok and step.converged
+        assert result.bounds[t] == pytest.approx(step.residual + step.bound, rel=1e-12)
+        assert result.iterations[t] == step.iterations
+        twin._W += step.V
+        twin._Z += step.XV
+        twin._n_rem -= twin._A[row]
+        twin._A[row] = 0.0
+        twin._gram[0] -= torch.outer(twin._X[row], twin._X[row])
+        twin._wood = twin._wood._replace(M_inv=single[9], pending=twin._wood.pending + 1)
+    torch.testing.assert_close(model._W, twin._W, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(model._margins(), twin._margins(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(model._A, twin._A, rtol=0, atol=0)
+    torch.testing.assert_close(model._gram, twin._gram, rtol=1e-12, atol=1e-12)
+    assert model._removed[rows].all() and int(model._removed.sum()) == 2 + 3
+    # three rows: the current inverse alternated into M_spare; it matches the twin's
+    torch.testing.assert_close(M_spare, twin._wood.M_inv, rtol=1e-12, atol=1e-14)
+    assert all(w > 0 for w in result.worst_case) and all(s >= 0 for s in result.seconds)
+
+
+def test_steps_stop_at_the_first_row_over_budget_without_touching_it():
+    model = _model(seed=10)
+    first = _call_steps(_steps_args(_model(seed=10), [5, 11, 20]))
+    budget = model.budget_used_ + first.bounds[0] + 0.5 * first.bounds[1]  # row 11 won't fit
+    args = _steps_args(model, [5, 11, 20], budget)
+    W_before = model._W.clone()
+    result = _call_steps(args)
+    assert result.done == 1
+    slot = args[15]
+    assert torch.count_nonzero(args[13][..., slot + 1:]) == 0  # the refused row's column
+    assert not model._removed[11] and (model._A[11] > 0).all()
+    assert not torch.equal(model._W, W_before)  # row 5 was committed
+    assert result.bounds[0] == pytest.approx(first.bounds[0], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "index, bad, message",
+    [
+        (2, lambda t: t.T.contiguous().T, "'A' must be contiguous"),
+        (8, lambda t: t[:, :-1], "'gram' must be"),
+        (9, lambda t: t.float(), "'removed' must be a bool"),
+        (14, lambda t: torch.tensor([10**6]), "'rows' holds"),
+        (14, lambda t: t.float(), "'rows' must be a 1-D int64"),
+        (15, lambda t: 10**6, "'slot' must be in"),
+        (21, lambda t: float("nan"), "budget_used"),
+    ],
+)
+def test_steps_bad_arguments_are_named(index, bad, message):
+    args = _steps_args(_model(seed=11), [5, 11])
+    args[index] = bad(args[index])
+    with pytest.raises(RuntimeError, match=message):
+        STEPS(*args)
+
+
+def test_steps_refuse_more_rows_than_free_columns():
+    model = _model(seed=12)
+    args = _steps_args(model, [5, 11])
+    args[15] = args[13].shape[-1] - 1  # one free column
+    with pytest.raises(RuntimeError, match="free columns"):
+        STEPS(*args)
+
+
+def test_steps_opcheck():
+    args = _steps_args(_model(seed=13), [5, 11])
+    torch.library.opcheck(STEPS, tuple(args), test_utils=("test_schema", "test_faketensor"))
