@@ -144,6 +144,49 @@ void check_f64_cpu(const at::Tensor& t, const char* name) {
               t.device());
 }
 
+// e = -|z| over n*K entries (then exponentiated by ATen).
+FASTUNLEARN_CLONES void negative_abs(const double* z, int64_t count, double* e) {
+  for (int64_t i = 0; i < count; ++i) e[i] = -std::abs(z[i]);
+}
+
+// Curvature weights of the rows left: s_ik = a_ik sigma(z) sigma(-z) from e = exp(-|z|) (0 for
+// ``row``), and trace_k += sum_i row_sq_i a_ik over the rows left.
+FASTUNLEARN_CLONES void curvature_weights_without(const double* e_all, const double* a_all,
+                                                  const double* row_sq, int64_t n, int64_t K,
+                                                  int64_t row, double* S, double* trace) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double keep = i == row ? 0.0 : 1.0;
+    const double* e = e_all + i * K;
+    const double* a = a_all + i * K;
+    double* s = S + i * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const double one_plus = 1.0 + e[k];
+      s[k] = a[k] * keep * (e[k] / (one_plus * one_plus));
+      trace[k] += row_sq[i] * a[k] * keep;
+    }
+  }
+}
+
+// XV = alpha XP (``first``) or XV += alpha XP over n x K, and sq_k = sum_{i != row} a_ik XV_ik^2
+// of the result.
+FASTUNLEARN_CLONES void update_margins_and_square(double* XV, const double* XP,
+                                                  const double* alpha, const double* a_all,
+                                                  int64_t n, int64_t K, int64_t row, bool first,
+                                                  double* sq) {
+  std::fill(sq, sq + K, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    double* xv = XV + i * K;
+    const double* xp = XP + i * K;
+    const double* a = a_all + i * K;
+    const double keep = i == row ? 0.0 : 1.0;
+    for (int64_t k = 0; k < K; ++k) {
+      const double v = first ? alpha[k] * xp[k] : xv[k] + alpha[k] * xp[k];
+      xv[k] = v;
+      sq[k] += keep * a[k] * v * v;
+    }
+  }
+}
+
 // The inputs of one step as raw contiguous float64 arrays (see the op's argument list).
 struct StepProblem {
   const double *X, *Y, *A, *Z, *W, *n_rem, *eig, *row_sq, *weights;
@@ -193,19 +236,9 @@ StepResult plan_row(const StepProblem& p, int64_t row, const double* M_in, doubl
   // sigma(z) sigma(-z) = e / (1 + e)^2 with e = exp(-|z|): ATen's vectorised exp in place,
   // then a loop the compiler vectorises
   double* e_all = E.get();
-  for (int64_t i = 0; i < n * K; ++i) e_all[i] = -std::abs(z_all[i]);
+  negative_abs(z_all, n * K, e_all);
   at::from_blob(e_all, {n * K}, at::TensorOptions().dtype(at::kDouble)).exp_();
-  for (int64_t i = 0; i < n; ++i) {
-    const double keep = i == row ? 0.0 : 1.0;
-    const double* e = e_all + i * K;
-    const double* a = a_all + i * K;
-    double* s = S.get() + i * K;
-    for (int64_t k = 0; k < K; ++k) {
-      const double one_plus = 1.0 + e[k];
-      s[k] = a[k] * keep * (e[k] / (one_plus * one_plus));
-      trace[k] += rs[i] * a[k] * keep;
-    }
-  }
+  curvature_weights_without(e_all, a_all, rs, n, K, row, S.get(), trace.data());
   for (int64_t k = 0; k < K; ++k)
     spectral[k] = std::sqrt(std::max(std::min(eg[p.n_eig == 1 ? 0 : k], trace[k]), 0.0));
 
@@ -242,15 +275,8 @@ StepResult plan_row(const StepProblem& p, int64_t row, const double* M_in, doubl
   };
   // residual sum and bound sum of the current V, XV, HV (R = Delta - HV)
   std::vector<double> sq(K);
+  // sq is that of the current XV (update_margins_and_square)
   auto bound_terms = [&](double& residual, double& bound) {
-    std::fill(sq.begin(), sq.end(), 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-      if (i == row) continue;
-      for (int64_t k = 0; k < K; ++k) {
-        const double v = XV[i * K + k];
-        sq[k] += a_all[i * K + k] * v * v;
-      }
-    }
     residual = bound = 0.0;
     for (int64_t k = 0; k < K; ++k) {
       double step = 0.0, res = 0.0;
@@ -280,8 +306,7 @@ StepResult plan_row(const StepProblem& p, int64_t row, const double* M_in, doubl
       V[j * K + k] = alpha[k] * P[j * K + k];
       HV[j * K + k] = alpha[k] * HP[j * K + k];
     }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < K; ++k) XV[i * K + k] = alpha[k] * XP[i * K + k];
+  update_margins_and_square(XV, XP.get(), alpha.data(), a_all, n, K, row, true, sq.data());
   double residual = 0.0, bound = 0.0;
   bound_terms(residual, bound);
   int64_t iterations = 0;
@@ -307,8 +332,7 @@ StepResult plan_row(const StepProblem& p, int64_t row, const double* M_in, doubl
         V[j * K + k] += alpha[k] * P[j * K + k];
         HV[j * K + k] += alpha[k] * HP[j * K + k];
       }
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t k = 0; k < K; ++k) XV[i * K + k] += alpha[k] * XP[i * K + k];
+    update_margins_and_square(XV, XP.get(), alpha.data(), a_all, n, K, row, false, sq.data());
     bound_terms(residual, bound);
     ++iterations;
   }
