@@ -1,4 +1,5 @@
-// CPU kernel of the certified single-row removal step (certified_cg_step).
+// CPU kernels of the certified single-row removal step (certified_cg_step) and of that step
+// run over several rows with each one committed in place (certified_cg_steps).
 //
 // The same step as fastunlearn/certified/fixed_step.py (``FixedShapeStep._start`` and
 // ``_iterate``) and as the general CG step of ``CertifiedLogisticRegression._plan`` for one
@@ -47,7 +48,6 @@
 namespace fastunlearn {
 namespace {
 
-constexpr const char* kOp = "certified_cg_step";
 
 // sigma(x) = 1 / (1 + e^{-x}), evaluated without overflow
 inline double sigmoid(double x) {
@@ -130,14 +130,14 @@ FASTUNLEARN_CLONES bool sherman_morrison(const double* M_in, int64_t d, const do
   return true;
 }
 
-void check_matrix(const at::Tensor& t, int64_t rows, int64_t cols, const char* name,
-                  const char* rows_name, const char* cols_name) {
+void check_matrix(const char* kOp, const at::Tensor& t, int64_t rows, int64_t cols,
+                  const char* name, const char* rows_name, const char* cols_name) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, kOp, ": argument '", name,
               "' must have shape [", rows_name, ", ", cols_name, "] = [", rows, ", ", cols,
               "], got ", t.sizes());
 }
 
-void check_f64_cpu(const at::Tensor& t, const char* name) {
+void check_f64_cpu(const char* kOp, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kDouble, kOp, ": argument '", name,
               "' must be float64 (certified removal runs in float64), got ", t.scalar_type());
   TORCH_CHECK(t.device().is_cpu(), kOp, ": argument '", name, "' must be on the CPU, got ",
@@ -345,8 +345,8 @@ StepResult plan_row(const StepProblem& p, int64_t row, const double* M_in, doubl
 
 
 // Checks shared by both ops; returns the problem over contiguous views kept in ``keep``.
-StepProblem check_problem(const at::Tensor& X_in, const at::Tensor& Y_in, const at::Tensor& A_in,
-                          const at::Tensor& Z_in, const at::Tensor& W_in,
+StepProblem check_problem(const char* kOp, const at::Tensor& X_in, const at::Tensor& Y_in,
+                          const at::Tensor& A_in, const at::Tensor& Z_in, const at::Tensor& W_in,
                           const at::Tensor& n_rem_in, const at::Tensor& eig_in,
                           const at::Tensor& row_sq_in, const at::Tensor& M_inv,
                           const at::Tensor& M_out, const at::Tensor& weights_in,
@@ -357,7 +357,7 @@ StepProblem check_problem(const at::Tensor& X_in, const at::Tensor& Y_in, const 
                          "M_out", "weights", "U_buf"};
   const at::Tensor* tensors[] = {&X_in, &Y_in, &A_in, &Z_in, &W_in, &n_rem_in, &eig_in,
                                  &row_sq_in, &M_inv, &M_out, &weights_in, &U_buf};
-  for (int i = 0; i < 12; ++i) check_f64_cpu(*tensors[i], names[i]);
+  for (int i = 0; i < 12; ++i) check_f64_cpu(kOp, *tensors[i], names[i]);
   for (int i : {8, 9, 11})
     TORCH_CHECK(tensors[i]->is_contiguous(), kOp, ": argument '", names[i],
                 "' must be contiguous (it is written in place)");
@@ -368,11 +368,11 @@ StepProblem check_problem(const at::Tensor& X_in, const at::Tensor& Y_in, const 
   TORCH_CHECK(X.dim() == 2, kOp, ": argument 'X' must be 2-D [n, d], got ", X.sizes());
   TORCH_CHECK(A.dim() == 2, kOp, ": argument 'A' must be 2-D [n, K], got ", A.sizes());
   const int64_t n = X.size(0), d = X.size(1), K = A.size(1);
-  check_matrix(A, n, K, "A", "n", "K");
-  check_matrix(Y, n, K, "Y", "n", "K");
-  check_matrix(Z, n, K, "Z", "n", "K");
-  check_matrix(weights, n, K, "weights", "n", "K");
-  check_matrix(W, d, K, "W", "d", "K");
+  check_matrix(kOp, A, n, K, "A", "n", "K");
+  check_matrix(kOp, Y, n, K, "Y", "n", "K");
+  check_matrix(kOp, Z, n, K, "Z", "n", "K");
+  check_matrix(kOp, weights, n, K, "weights", "n", "K");
+  check_matrix(kOp, W, d, K, "W", "d", "K");
   TORCH_CHECK(n_rem.dim() == 1 && n_rem.size(0) == K, kOp, ": argument 'n_rem' must be [K]");
   TORCH_CHECK(eig.dim() == 1 && (eig.size(0) == K || eig.size(0) == 1), kOp,
               ": argument 'eig' must be [K] or [1] (one shared Gram matrix), got ", eig.sizes());
@@ -410,9 +410,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
     const at::Tensor& row_sq, const at::Tensor& M_inv_in, const at::Tensor& M_out,
     const at::Tensor& weights, const at::Tensor& U_buf, int64_t slot, int64_t row, double lam,
     double gamma, double row_norm_max, double cg_tol, int64_t max_iter) {
+  constexpr const char* kOp = "certified_cg_step";
   const at::Tensor M_inv = M_inv_in.contiguous();  // read only: any strides
   std::vector<at::Tensor> keep;
-  const StepProblem p = check_problem(X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_out, weights,
+  const StepProblem p = check_problem(kOp, X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_out, weights,
                                       U_buf, slot, lam, gamma, row_norm_max, cg_tol, max_iter,
                                       keep);
   TORCH_CHECK(row >= 0 && row < p.n, kOp, ": argument 'row' must be in [0, n) = [0, ", p.n,
@@ -450,8 +451,9 @@ at::Tensor certified_cg_steps_cpu(
     const at::Tensor& M_inv, const at::Tensor& M_spare, const at::Tensor& weights,
     const at::Tensor& U_buf, const at::Tensor& rows_in, int64_t slot, double lam, double gamma,
     double row_norm_max, double cg_tol, int64_t max_iter, double budget_used, double budget) {
+  constexpr const char* kOp = "certified_cg_steps";
   std::vector<at::Tensor> keep;
-  const StepProblem p = check_problem(X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_spare,
+  const StepProblem p = check_problem(kOp, X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_spare,
                                       weights, U_buf, slot, lam, gamma, row_norm_max, cg_tol,
                                       max_iter, keep);
   const int64_t n = p.n, d = p.d, K = p.K;
@@ -460,7 +462,7 @@ at::Tensor certified_cg_steps_cpu(
   for (int i = 0; i < 6; ++i)
     TORCH_CHECK(wt[i]->is_contiguous(), kOp, ": argument '", written[i],
                 "' must be contiguous (it is written in place)");
-  check_f64_cpu(gram, "gram");
+  check_f64_cpu(kOp, gram, "gram");
   TORCH_CHECK(gram.dim() == 3 && (gram.size(0) == 1 || gram.size(0) == K) && gram.size(1) == d &&
                   gram.size(2) == d,
               kOp, ": argument 'gram' must be [1, d, d] or [K, d, d], got ", gram.sizes());

@@ -58,9 +58,11 @@ __all__ = ["CertifiedLogisticRegression", "RemovalRecord", "RemovalReport"]
 
 #: Where the single-row CG removal step of a row every class holds runs with fixed shapes:
 #: ``"cpu"`` (default): on the CPU as one compiled call (:func:`~fastunlearn.ops.certified
-#: .certified_cg_step`), on CUDA the general step; ``"auto"``: the compiled call on the CPU,
-#: CUDA graphs of :mod:`.fixed_step` on CUDA; ``"graph"`` / ``"eager"``: :mod:`.fixed_step`
-#: on any device (graphs only on CUDA); ``"off"``: the general step everywhere. Per model:
+#: .certified_cg_step`; a sequential run of such rows is one :func:`~fastunlearn.ops
+#: .certified.certified_cg_steps` call), on CUDA the general step; ``"auto"``: the compiled
+#: call on the CPU, CUDA graphs of :mod:`.fixed_step` on CUDA; ``"graph"`` / ``"eager"``:
+#: :mod:`.fixed_step` on any device (graphs only on CUDA); ``"off"``: the general step
+#: everywhere. Per model:
 #: the ``_fixed_step_mode`` attribute; default from the environment variable
 #: ``FASTUNLEARN_FIXED_STEP``. The CUDA graphs stay opt-in until measured on a GPU; both
 #: paths are tested equal to the general step on the CPU.

@@ -222,7 +222,7 @@ def test_steps_stop_at_the_first_row_over_budget_without_touching_it():
     "index, bad, message",
     [
         (2, lambda t: t.T.contiguous().T, "'A' must be contiguous"),
-        (8, lambda t: t[:, :-1], "'gram' must be"),
+        (8, lambda t: t[:, :-1], "certified_cg_steps: argument 'gram' must be"),
         (9, lambda t: t.float(), "'removed' must be a bool"),
         (14, lambda t: torch.tensor([10**6]), "'rows' holds"),
         (14, lambda t: t.float(), "'rows' must be a 1-D int64"),
