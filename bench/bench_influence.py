@@ -223,13 +223,36 @@ def _apply(model: nn.Module, names: list[str], step: torch.Tensor) -> None:
             named[n].sub_(s)
 
 
+#: The parts of the benchmark (see the module docstring).
+PARTS = ("solver", "repair")
+
+
 def run(device: str | torch.device, quick: bool = False, *,
-        preset: str | None = None) -> list[dict[str, Any]]:
-    """Run both parts and return their records (see the module docstring)."""
+        preset: str | None = None, parts: tuple[str, ...] = PARTS) -> list[dict[str, Any]]:
+    """Run the given parts (default both) and return their records (see the module docstring).
+
+    Raises:
+        ValueError: an unknown part.
+
+    """
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"argument 'parts': unknown part(s) {unknown}; choose from {PARTS}")
     dev = resolve_device(device)
-    size = resolve_preset(quick, preset)
-    sizes = SIZES[size]
+    sizes = SIZES[resolve_preset(quick, preset)]
     records = []
+    if "solver" in parts:
+        records.append(_solver_part(sizes, dev))
+    if "repair" in parts:
+        repairs = [_digits(sizes, dev, seed) for seed in sizes["digits_seeds"]]
+        records += repairs
+        if len(repairs) > 1:
+            records.append(_median_record(repairs))
+    return records
+
+
+def _solver_part(sizes: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+    """Part 1: CG and LiSSA on the same CNN, same steps; their ``solver`` record."""
     torch.manual_seed(0)
     base = reference_cnn(sizes["filters"]).to(dev).eval()
     gen = torch.Generator().manual_seed(1)
@@ -243,14 +266,9 @@ def run(device: str | torch.device, quick: bool = False, *,
     _warmup(base, X, y, sizes)
     runs = {solver: _solver_run(copy.deepcopy(base), X, y, sizes, solver, dev)
             for solver in ("cg", "lissa")}
-    records.append(_pair("solver", runs["cg"], runs["lissa"], {
+    return _pair("solver", runs["cg"], runs["lissa"], {
         "params": n_params, "updated": updated, "n": sizes["n"], "steps": sizes["steps"],
-        "points": sizes["points"]}))
-    repairs = [_digits(sizes, dev, seed) for seed in sizes["digits_seeds"]]
-    records += repairs
-    if len(repairs) > 1:
-        records.append(_median_record(repairs))
-    return records
+        "points": sizes["points"]})
 
 
 def _median_record(repairs: list[dict[str, Any]]) -> dict[str, Any]:

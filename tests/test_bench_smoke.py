@@ -211,3 +211,12 @@ def test_influence_repair_median_over_seeds(capsys):
     assert med["params"] == 6090 and "seed" not in med
     bench_influence.print_results(repairs + [med])  # integer columns still format
     assert "repair median" in capsys.readouterr().out
+
+
+def test_influence_parts_run_alone_and_unknown_parts_are_refused():
+    from bench import bench_influence
+
+    with pytest.raises(ValueError, match="argument 'parts'"):
+        bench_influence.run("cpu", preset="tiny", parts=("nope",))
+    solver = bench_influence.run("cpu", preset="tiny", parts=("solver",))
+    assert [r["part"] for r in solver] == ["solver"]
