@@ -635,6 +635,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         as in the single-step path. Returns ``(rows removed, refused)``: ``refused`` when the
         op stopped at a row (budget, failed downdate, CG): the caller's single step takes it.
         """
+        written = (self._A, self._margins(), self._W, self._n_rem, self._gram, self._removed)
+        if not all(t.is_contiguous() for t in written):  # the op updates them in place
+            return 0, False
         base = self._removal_factor(settled=False)
         rows_np = arr[lo : lo + base.capacity - base.folded]
         held = (self._h_A[rows_np] > 0).all(1)

@@ -349,3 +349,14 @@ def test_one_call_removing_many_rows_crosses_refreshes_and_full_buffers(monkeypa
     if _MODE == "cpu":
         assert max(runs) > 1 and sum(runs) == 16  # runs of rows, until the buffers were full
         assert models[1]._wood.folded == 16
+
+
+def test_non_contiguous_state_takes_the_single_step(fixed_mode, monkeypatch):
+    _only(fixed_mode, "cpu", "the compiled step")
+    X, y = _data(seed=15, classes=3)
+    general, model = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
+    model._W = model._W.T.contiguous().T  # same values, strides the loop cannot update
+    calls = _spy_compiled(monkeypatch)
+    _remove_both((general, model), [3, 7, 11])
+    assert calls == [3, 7, 11]  # each through the single compiled step instead
+    assert_same(general, model)
