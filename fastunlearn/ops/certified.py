@@ -30,6 +30,12 @@ from torch import Tensor
 __all__ = ["CertifiedStep", "CertifiedSteps", "certified_cg_step", "certified_cg_steps"]
 
 
+def _check_tensors(op: str, names: tuple[str, ...], tensors: tuple[object, ...]) -> None:
+    for name, t in zip(names, tensors, strict=True):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: argument '{name}' must be a Tensor, got {type(t).__name__}")
+
+
 class CertifiedStep(NamedTuple):
     """Result of :func:`certified_cg_step`.
 
@@ -114,10 +120,7 @@ def certified_cg_step(
     names = ("X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv", "M_out", "weights",
              "U_buf")
     tensors = (X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_out, weights, U_buf)
-    for name, t in zip(names, tensors, strict=True):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"certified_cg_step: argument '{name}' must be a Tensor, "
-                            f"got {type(t).__name__}")
+    _check_tensors("certified_cg_step", names, tensors)
     V, XV, stats = torch.ops.fastunlearn.certified_cg_step.default(
         *tensors, int(slot), int(row), float(lam), float(gamma), float(row_norm_max),
         float(cg_tol), int(max_iter))
@@ -238,10 +241,7 @@ def certified_cg_steps(
              "M_spare", "weights", "U_buf", "rows")
     tensors = (X, Y, A, Z, W, n_rem, eig, row_sq, gram, removed, M_inv, M_spare, weights,
                U_buf, rows)
-    for name, t in zip(names, tensors, strict=True):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"certified_cg_steps: argument '{name}' must be a Tensor, "
-                            f"got {type(t).__name__}")
+    _check_tensors("certified_cg_steps", names, tensors)
     records = torch.ops.fastunlearn.certified_cg_steps.default(
         *tensors, int(slot), float(lam), float(gamma), float(row_norm_max), float(cg_tol),
         int(max_iter), float(budget_used), float(budget))

@@ -248,3 +248,10 @@ def test_steps_refuse_more_rows_than_free_columns():
 def test_steps_opcheck():
     args = _steps_args(_model(seed=13), [5, 11])
     torch.library.opcheck(STEPS, tuple(args), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_steps_a_non_tensor_is_a_type_error():
+    args = _steps_args(_model(seed=14), [5])
+    args[14] = [5]
+    with pytest.raises(TypeError, match="certified_cg_steps: argument 'rows'"):
+        _call_steps(args)
