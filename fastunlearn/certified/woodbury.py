@@ -43,10 +43,11 @@ class RemovedRowsFactor(NamedTuple):
     ``rows``), so a planned removal that is not committed changes nothing once
     :func:`discard` has cleaned the columns it wrote.
 
-    The columns past ``rows`` are kept at zero in ``U_buf`` and ``G_buf`` and at the identity
-    in ``C_buf``, so products over the whole capacity equal those over the first ``rows``
+    The columns past ``rows`` are kept at zero in ``G_buf`` and at the identity in ``C_buf``,
+    and past ``folded`` (``rows`` plus the pending rows) at zero in ``U_buf``, so with no
+    pending row products over the whole capacity equal those over the first ``rows``
     (``C_buf`` is then ``blockdiag(C_chol, I)``): the fixed-shape removal step
-    (:mod:`~fastunlearn.certified.fixed_step`) relies on it.
+    (:mod:`~fastunlearn.certified.fixed_step`, which leaves no row pending) relies on it.
 
     Attributes:
         L (Tensor[K, d, d]): lower Cholesky factors of ``M_k``.
