@@ -360,3 +360,22 @@ def test_non_contiguous_state_takes_the_single_step(fixed_mode, monkeypatch):
     _remove_both((general, model), [3, 7, 11])
     assert calls == [3, 7, 11]  # each through the single compiled step instead
     assert_same(general, model)
+
+
+def test_copies_with_pending_rows_continue_identically(fixed_mode):
+    _only(fixed_mode, "cpu", "the compiled step")
+    import copy
+    import pickle
+
+    X, y = _data(seed=16, classes=3)
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
+    model.remove([1, 2, 3])  # an odd count: the current inverse sits in the spare buffer
+    assert model._wood.pending == 3
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert other._wood.pending == 3 and other._wood.M_inv is not model._wood.M_inv
+        other.remove([4, 5])
+        twin = copy.deepcopy(model)
+        twin.remove([4, 5])
+        torch.testing.assert_close(other._W, twin._W, rtol=0, atol=0)
+    model.remove([4, 5])
+    torch.testing.assert_close(model._W, twin._W, rtol=0, atol=0)
