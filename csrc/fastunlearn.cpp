@@ -45,14 +45,15 @@ TORCH_LIBRARY(fastunlearn, m) {
       "float row_norm_max, float cg_tol, int max_iter) -> (Tensor, Tensor, Tensor)");
   // The same step for each of `rows` in turn, each committed in place (W, Z, A, n_rem, the
   // Gram matrices, removed, the inverse in M_inv / M_spare alternately, U_buf from `slot`)
-  // while its bound fits the budget; stops at the first row refused. Returns the committed
+  // while its bound fits the budget; stops at the first row refused (or after a row whose CG
+  // took more than refresh_after >= 0 iterations). Returns the committed
   // rows' records [done, 4] = bound, worst-case bound, CG iterations, seconds.
   m.def(
       "certified_cg_steps(Tensor X, Tensor Y, Tensor(a!) A, Tensor(b!) Z, Tensor(c!) W, "
       "Tensor(d!) n_rem, Tensor eig, Tensor row_sq, Tensor(e!) gram, Tensor(f!) removed, "
       "Tensor(g!) M_inv, Tensor(h!) M_spare, Tensor weights, Tensor(i!) U_buf, Tensor rows, "
       "int slot, float lam, float gamma, float row_norm_max, float cg_tol, int max_iter, "
-      "float budget_used, float budget) -> Tensor");
+      "float budget_used, float budget, int refresh_after=-1) -> Tensor");
 
   // ---- 2. Generic CG support -------------------------------------------------------
   // One fused CG step for K right-hand sides stored as columns of [d,K] tensors, given

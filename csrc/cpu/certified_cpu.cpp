@@ -455,7 +455,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
 
 // Remove ``rows`` one after another, committing each step in place, until one is refused
 // (downdate not positive definite, CG not converged, or its bound would exceed the budget):
-// that row changes nothing (its U column is cleaned) and the loop stops. Returns the
+// that row changes nothing (its U column is cleaned) and the loop stops. With
+// ``refresh_after >= 0`` it also stops after committing a row whose CG needed more than that
+// many iterations (solver "auto" then takes a dense step). Returns the
 // records of the committed rows ([done, 4]: bound (residual included), worst-case bound,
 // CG iterations, seconds).
 at::Tensor certified_cg_steps_cpu(
@@ -464,7 +466,8 @@ at::Tensor certified_cg_steps_cpu(
     const at::Tensor& row_sq, const at::Tensor& gram, const at::Tensor& removed,
     const at::Tensor& M_inv, const at::Tensor& M_spare, const at::Tensor& weights,
     const at::Tensor& U_buf, const at::Tensor& rows_in, int64_t slot, double lam, double gamma,
-    double row_norm_max, double cg_tol, int64_t max_iter, double budget_used, double budget) {
+    double row_norm_max, double cg_tol, int64_t max_iter, double budget_used, double budget,
+    int64_t refresh_after) {
   constexpr const char* kOp = "certified_cg_steps";
   std::vector<at::Tensor> keep;
   const StepProblem p = check_problem(kOp, X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_spare,
@@ -556,6 +559,10 @@ at::Tensor certified_cg_steps_cpu(
     rec[done * 4 + 2] = static_cast<double>(r.iterations);
     rec[done * 4 + 3] =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (refresh_after >= 0 && r.iterations > refresh_after) {  // the caller refreshes first
+      ++done;
+      break;
+    }
   }
   return records.narrow(0, 0, done);
 }

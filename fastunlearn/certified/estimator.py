@@ -225,7 +225,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             Cholesky factors, the rows removed since folded in by the Woodbury identity; its
             true residual is added to the bound; see ``cg_tol``) or ``"auto"`` (whichever a cost
             model says is cheaper: CG unless the features are very few, with a dense step again
-            to refresh the factors after 256 removals or when CG needs over 8 iterations).
+            to refresh the factors after 256 removals or when CG needs over 8 iterations;
+            decided before every step, so also within one long ``remove`` call).
         retrain: when a removal would exceed the budget, retrain on the remaining rows with a
             fresh perturbation (True) or raise :class:`BudgetExceededError` (False).
         normalize: scale every row to unit L2 norm, ``x / max(||x||, tiny)``, at fit and
@@ -625,15 +626,17 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         return base
 
     def _remove_compiled(
-        self, arr: np.ndarray, lo: int, report: RemovalReport
+        self, arr: np.ndarray, lo: int, report: RemovalReport, refresh_after: int = -1
     ) -> tuple[int, bool]:
         """Remove rows ``arr[lo:]`` one by one in one compiled call, as far as it can go.
 
         The run of rows taken is the longest from ``lo`` whose rows every class holds, that
         fits the free Woodbury columns, and that ends with the first row after which a cached
         spectral bound must be refreshed (refreshed here). Each committed row gets its record
-        as in the single-step path. Returns ``(rows removed, refused)``: ``refused`` when the
-        op stopped at a row (budget, failed downdate, CG): the caller's single step takes it.
+        as in the single-step path. With ``refresh_after >= 0`` the run also ends after a row
+        whose CG needed more iterations (solver ``"auto"`` then refreshes the factors).
+        Returns ``(rows removed, refused)``: ``refused`` when the op stopped at a row (budget,
+        failed downdate, CG): the caller's single step takes it.
         """
         written = (self._A, self._margins(), self._W, self._n_rem, self._gram, self._removed)
         if not all(t.is_contiguous() for t in written):  # the op updates them in place
@@ -661,6 +664,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             base.U_buf, torch.from_numpy(rows_np), base.folded, lam=cfg["lam"],
             gamma=cfg["gamma"], row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
             max_iter=CG_MAX_ITERATIONS, budget_used=self.budget_used_, budget=self.budget_,
+            refresh_after=refresh_after,
         )  # fmt: skip
         done = result.done
         if done:
@@ -694,7 +698,10 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 self._history.append(record)
                 report.records.append(record)
             self._refresh_loose_spectral()
-        return done, done < rows_np.shape[0]
+        ended_early = done < rows_np.shape[0]
+        if ended_early and done and refresh_after >= 0 and self._cg_last > refresh_after:
+            return done, False  # ended for a refresh, not a refused row
+        return done, ended_early
 
     def _plan_fixed(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
         """Plan the single-row CG step with fixed shapes (CUDA graphs on a GPU); None: not here.
@@ -1214,7 +1221,6 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         report = RemovalReport()
         if arr.shape[0] == 0:
             return report
-        solver = self._solver(solver_name)
         rows_all = torch.from_numpy(arr).to(self._X.device)
         # host and device copies of each step's rows; the device is read only where a step
         # needs a number from it (the bound), so a GPU is not made to wait for anything else
@@ -1223,17 +1229,24 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         checkpointing = self.checkpoint is not None
         # TF32 exists only on CUDA; its flags cost host time for every step
         tf32_off = no_tf32 if self._X.device.type == "cuda" else contextlib.nullcontext
-        fixed_possible = self._fixed_step_possible(solver)
-        compiled_loop = fixed_possible and self._compiled_loop_applies(solver, batch)
+        # "auto" is resolved before every step (or run of steps), so that it refreshes the
+        # factors with a dense step when they are full or CG struggles, mid-call too
+        refresh_after = CG_REFRESH_ITERATIONS if solver_name == "auto" else -1
         try:
             with tf32_off(), small_problem_threads(self._X):
                 span = 0
                 while span < len(spans):
-                    if compiled_loop:  # runs of rows in one call; the single step takes the rest
-                        done, refused = self._remove_compiled(arr, span, report)
+                    solver = self._solver(solver_name)
+                    fixed_possible = self._fixed_step_possible(solver)
+                    if fixed_possible and self._compiled_loop_applies(solver, batch):
+                        # runs of rows in one call; the single step takes the rest
+                        done, refused = self._remove_compiled(arr, span, report, refresh_after)
                         span += done
                         if span == len(spans) or (done and not refused):
                             continue
+                        if done:  # the state moved on: resolve again for the refused row
+                            solver = self._solver(solver_name)
+                            fixed_possible = self._fixed_step_possible(solver)
                     lo, hi = spans[span]
                     span += 1
                     rows, rows_np = rows_all[lo:hi], arr[lo:hi]

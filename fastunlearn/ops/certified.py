@@ -190,6 +190,7 @@ def certified_cg_steps(
     max_iter: int,
     budget_used: float,
     budget: float,
+    refresh_after: int = -1,
 ) -> CertifiedSteps:
     """Remove ``rows`` one after another with the step of :func:`certified_cg_step`, in place.
 
@@ -227,6 +228,8 @@ def certified_cg_steps(
         max_iter: CG iterations allowed after the first direction.
         budget_used: budget used before the first row.
         budget: the total budget.
+        refresh_after: when >= 0, also stop after committing a row whose CG needed more than
+            this many iterations (the caller refreshes its factors first).
 
     Returns:
         CertifiedSteps: the committed rows' bounds, worst-case bounds, iterations and times.
@@ -244,7 +247,7 @@ def certified_cg_steps(
     _check_tensors("certified_cg_steps", names, tensors)
     records = torch.ops.fastunlearn.certified_cg_steps.default(
         *tensors, int(slot), float(lam), float(gamma), float(row_norm_max), float(cg_tol),
-        int(max_iter), float(budget_used), float(budget))
+        int(max_iter), float(budget_used), float(budget), int(refresh_after))
     if records.shape[0] == 0:
         return CertifiedSteps([], [], [], [])
     bounds, worst, iterations, seconds = records.T.tolist()
@@ -257,7 +260,8 @@ def _certified_cg_steps_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tens
                              removed: Tensor, M_inv: Tensor, M_spare: Tensor,
                              weights: Tensor, U_buf: Tensor, rows: Tensor, slot: int,
                              lam: float, gamma: float, row_norm_max: float, cg_tol: float,
-                             max_iter: int, budget_used: float, budget: float) -> Tensor:
+                             max_iter: int, budget_used: float, budget: float,
+                             refresh_after: int = -1) -> Tensor:
     torch._check(X.dtype == torch.float64,
                  lambda: f"certified_cg_steps: argument 'X' must be float64, got {X.dtype}")
     torch._check(rows.dim() == 1,

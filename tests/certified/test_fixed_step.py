@@ -379,3 +379,34 @@ def test_copies_with_pending_rows_continue_identically(fixed_mode):
         torch.testing.assert_close(other._W, twin._W, rtol=0, atol=0)
     model.remove([4, 5])
     torch.testing.assert_close(model._W, twin._W, rtol=0, atol=0)
+
+
+def test_auto_refreshes_the_factors_mid_call_and_goes_on_compiled(monkeypatch):
+    # solver "auto" is resolved before every step: in one long call, full Woodbury buffers
+    # (or a CG that struggles) give a dense step, after which runs of rows continue
+    monkeypatch.setattr(est, "WOODBURY_MAX_ROWS", 8)
+    X, y = _data(seed=17, n=400, d=40, classes=3)  # enough features for "auto" to pick CG
+    models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="auto")
+    runs = []
+    original = est.CertifiedLogisticRegression._remove_compiled
+
+    def spy(self, *args):
+        result = original(self, *args)
+        runs.append(result[0])
+        return result
+
+    monkeypatch.setattr(est.CertifiedLogisticRegression, "_remove_compiled", spy)
+    dense = []
+    plan = est.CertifiedLogisticRegression._plan
+
+    def spy_plan(self, rows, rows_np, solver):
+        dense.append(solver == "cholesky")
+        return plan(self, rows, rows_np, solver)
+
+    monkeypatch.setattr(est.CertifiedLogisticRegression, "_plan", spy_plan)
+    order = np.random.default_rng(10).permutation(X.shape[0])[:30].tolist()
+    _remove_both(models, order)
+    assert_same(*models)
+    assert any(dense)  # dense refreshes inside the call
+    if _MODE == "cpu":
+        assert sum(runs) > 8  # and the compiled runs went on after them

@@ -166,9 +166,11 @@ def _steps_args(model, rows, budget=float("inf")):
 
 
 def _call_steps(args):
-    *tensors, slot, lam, gamma, norm, tol, it, used, budget = args
+    refresh_after = args[23] if len(args) > 23 else -1
+    *tensors, slot, lam, gamma, norm, tol, it, used, budget = args[:23]
     return certified_cg_steps(*tensors, slot, lam=lam, gamma=gamma, row_norm_max=norm,
-                              cg_tol=tol, max_iter=it, budget_used=used, budget=budget)
+                              cg_tol=tol, max_iter=it, budget_used=used, budget=budget,
+                              refresh_after=refresh_after)
 
 
 def test_steps_commit_each_row_like_the_single_step():
@@ -255,3 +257,11 @@ def test_steps_a_non_tensor_is_a_type_error():
     args[14] = [5]
     with pytest.raises(TypeError, match="certified_cg_steps: argument 'rows'"):
         _call_steps(args)
+
+
+def test_steps_stop_after_a_row_that_needed_more_iterations_than_allowed():
+    args = _steps_args(_model(seed=15), [5, 11, 20])  # cg_tol 1e-12: every row iterates
+    everything = _call_steps([t.clone() if isinstance(t, torch.Tensor) else t for t in args])
+    assert everything.done == 3 and min(everything.iterations) >= 1
+    result = _call_steps(args + [0])  # refresh_after = 0
+    assert result.done == 1 and result.iterations[0] >= 1
