@@ -78,6 +78,20 @@ def _spy_compiled(monkeypatch):
     return calls
 
 
+def _spy_runs(monkeypatch):
+    """Record how many rows each call of the compiled removal loop removed."""
+    runs = []
+    original = est.CertifiedLogisticRegression._remove_compiled
+
+    def spy(self, *args):
+        result = original(self, *args)
+        runs.append(result[0])
+        return result
+
+    monkeypatch.setattr(est.CertifiedLogisticRegression, "_remove_compiled", spy)
+    return runs
+
+
 def _settled(wood):
     """The factor with its pending rows folded into G and C, on copies of the buffers."""
     copy = wood._replace(U_buf=wood.U_buf.clone(), G_buf=wood.G_buf.clone(),
@@ -331,15 +345,7 @@ def test_one_call_removing_many_rows_crosses_refreshes_and_full_buffers(monkeypa
     monkeypatch.setattr(est, "WOODBURY_MAX_ROWS", 16)
     X, y = _data(seed=14, n=300, classes=3)
     models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
-    runs = []
-    original = est.CertifiedLogisticRegression._remove_compiled
-
-    def spy(self, *args):
-        result = original(self, *args)
-        runs.append(result[0])
-        return result
-
-    monkeypatch.setattr(est.CertifiedLogisticRegression, "_remove_compiled", spy)
+    runs = _spy_runs(monkeypatch)
     order = np.random.default_rng(9).permutation(X.shape[0])[:60].tolist()
     refreshed = models[1]._h_eig.copy()
     _remove_both(models, order)
@@ -387,15 +393,7 @@ def test_auto_refreshes_the_factors_mid_call_and_goes_on_compiled(monkeypatch):
     monkeypatch.setattr(est, "WOODBURY_MAX_ROWS", 8)
     X, y = _data(seed=17, n=400, d=40, classes=3)  # enough features for "auto" to pick CG
     models = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="auto")
-    runs = []
-    original = est.CertifiedLogisticRegression._remove_compiled
-
-    def spy(self, *args):
-        result = original(self, *args)
-        runs.append(result[0])
-        return result
-
-    monkeypatch.setattr(est.CertifiedLogisticRegression, "_remove_compiled", spy)
+    runs = _spy_runs(monkeypatch)
     dense = []
     plan = est.CertifiedLogisticRegression._plan
 
