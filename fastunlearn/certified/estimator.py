@@ -604,14 +604,11 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def _compiled_loop_applies(self, solver: str, batch: bool) -> bool:
         """Whether this call's sequential rows go through the compiled removal loop (CPU)."""
-        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
         return (
             not batch
             and solver == "cg"
             and self.checkpoint is None  # the ledger records every removal as it commits
-            and mode in ("cpu", "auto")
-            and self._X.device.type == "cpu"
-            and self._compiled_step_fits()
+            and self._wants_inverse()  # the compiled step's mode, device and size
         )
 
     def _compiled_base(self) -> woodbury.RemovedRowsFactor:
