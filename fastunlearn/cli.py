@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -129,9 +130,17 @@ def _add_remove_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--num-steps", type=_positive_int, default=100,
                        help="maximum Newton iterations per (re)training")
     model.add_argument("--subsample-ratio", type=_ratio, default=1.0,
-                       help="fraction of negatives kept per one-vs-rest class")
+                       help="fraction of negatives kept per one-vs-rest class (ignored "
+                       "in binary mode, as in the reference)")
     model.add_argument("--solver", choices=["auto", "cholesky", "cg"], default="auto",
                        help="how Newton steps are solved")
+    model.add_argument("--cg-tol", type=_positive_float, default=0.01,
+                       help="CG stops when its residual (added to the bound) is below this "
+                       "fraction of the step's bound; 1e-10 makes cg and cholesky agree to "
+                       "~1e-12")
+    model.add_argument("--target-epsilon", type=_positive_float, default=None,
+                       help="total epsilon of a DP extractor composed with the head: the "
+                       "report gives the removals supported within it (default 2 x --epsilon)")
     run = p.add_argument_group("removals")
     run.add_argument("--num-removes", type=_non_negative_int, default=100,
                      help="training rows to remove (seeded random order)")
@@ -164,6 +173,16 @@ def _print_summary(result: Any) -> None:
           f"{result.final['test_accuracy']:.4f}")
     print(f"privacy: epsilon {fmt(priv['epsilon'])}, delta {fmt(priv['delta'])}, budget "
           f"{fmt(priv['budget'])}, removals supported by one budget {supported_text}")
+    extractor = priv.get("extractor") or {}
+    if extractor.get("private"):
+        composed = extractor.get("composed", {})
+        print(f"feature extractor {extractor.get('name')}: DP ({fmt(extractor['epsilon'])}, "
+              f"{fmt(extractor['delta'])}); with the head after {composed.get('removals')} "
+              f"removals ({fmt(composed.get('epsilon', math.nan))}, "
+              f"{fmt(composed.get('delta', math.nan))}); removals supported within total "
+              f"epsilon {fmt(extractor['target_epsilon'])}: {extractor['removals_supported']}")
+    elif extractor:
+        print(f"feature extractor {extractor.get('name')}: {extractor.get('note')}")
     if priv["stopped_early"]:
         print(f"stopped: {priv['stop_reason']}")
     if fair["worst_class"] is not None:
@@ -188,6 +207,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         train_mode=args.train_mode, lam=args.lam, std=args.std, epsilon=args.epsilon,
         delta=args.delta, num_steps=args.num_steps, subsample_ratio=args.subsample_ratio,
         num_removes=args.num_removes, batch=args.batch, gamma=args.gamma, solver=args.solver,
+        cg_tol=args.cg_tol, target_epsilon=args.target_epsilon,
         device=args.device, seed=args.seed, retrain=not args.no_retrain,
         eval_every=args.eval_every, time_retraining=not args.no_retrain_timing,
         result_dir=args.result_dir, plots=not args.no_plots, verbose=args.verbose)

@@ -55,6 +55,7 @@ def test_remove_flags_reach_the_experiment(tmp_path, capsys):
     assert run_remove(tmp_path, "--train-mode", "binary", "--lam", "0.1", "--std", "2",
                       "--epsilon", "0.5", "--delta", "1e-5", "--gamma", "tight", "--batch", "5",
                       "--seed", "3", "--solver", "cholesky", "--num-steps", "50",
+                      "--cg-tol", "1e-9", "--target-epsilon", "3",
                       "--no-plots", "--no-retrain", "--no-retrain-timing", "--verbose") == 0
     out = capsys.readouterr().out
     assert out.startswith("fit: ")  # --verbose: training details first
@@ -64,6 +65,7 @@ def test_remove_flags_reach_the_experiment(tmp_path, capsys):
     assert (cfg["lam"], cfg["std"], cfg["epsilon"], cfg["delta"]) == (0.1, 2.0, 0.5, 1e-5)
     assert (cfg["gamma"], cfg["batch"], cfg["seed"], cfg["solver"]) == ("tight", 5, 3, "cholesky")
     assert cfg["num_steps"] == 50 and cfg["retrain"] is False
+    assert cfg["cg_tol"] == 1e-9 and cfg["target_epsilon"] == 3.0
     assert [len(r["indices"]) for r in payload["records"]] == [5]
     assert payload["timings"]["retrain_seconds"] is None
     assert not list(tmp_path.glob("*.png"))
@@ -83,6 +85,8 @@ def test_remove_flags_reach_the_experiment(tmp_path, capsys):
     (["--train-mode", "multi"], "argument --train-mode: invalid choice"),
     (["--dataset", "imagenet"], "argument --dataset: must be one of digits, MNIST"),
     (["--gamma", "loose"], "argument --gamma: invalid choice"),
+    (["--cg-tol", "0"], "argument --cg-tol: must be positive"),
+    (["--target-epsilon", "-1"], "argument --target-epsilon: must be positive"),
 ])
 def test_bad_flags_are_clean_argparse_errors(capsys, flags, message):
     with pytest.raises(SystemExit) as exc:

@@ -427,6 +427,12 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             mode = "binary" if n_classes == 2 else "ovr"
         if mode == "binary" and n_classes != 2:
             raise ValueError(f"argument 'train_mode' is 'binary' but 'y' has {n_classes} classes")
+        if mode == "binary" and cfg["subsample_ratio"] < 1.0:
+            raise ValueError(
+                f"argument 'subsample_ratio' is {cfg['subsample_ratio']} but subsampling applies "
+                "to one-vs-rest training only (each class keeps a share of the other classes' "
+                "rows, as in the reference); binary training uses every row"
+            )
         cfg["train_mode"] = mode
         device = torch.device(cfg["device"])
         Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).to(device)
@@ -856,6 +862,35 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if Z.ndim == 1:
             return self.classes_[(Z > 0).astype(np.int64)]
         return self.classes_[Z.argmax(axis=1)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy on ``(X, y)``.
+
+        Args:
+            X (array-like [n, d]): features.
+            y (array-like [n]): true labels, each one of ``classes_``.
+            sample_weight (array-like [n], optional): weights.
+
+        Returns:
+            The (weighted) fraction of rows predicted correctly.
+
+        Raises:
+            ValueError: ``y`` holds a label the model was not fitted on (it could never be
+                predicted, so the accuracy would silently count it as an error).
+
+        """
+        self._check_known_labels(y)
+        return float(super().score(X, y, sample_weight=sample_weight))
+
+    def _check_known_labels(self, y: Any) -> None:
+        check_is_fitted(self)
+        labels = np.asarray(y)
+        unseen = np.setdiff1d(np.unique(labels), self.classes_) if labels.size else labels
+        if unseen.size:
+            raise ValueError(
+                f"argument 'y' holds labels the model was not fitted on: "
+                f"{unseen[:5].tolist()} (classes: {self.classes_.tolist()})"
+            )
 
     # ---- removal -------------------------------------------------------------------------
 
@@ -1382,10 +1417,12 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             worst class accuracy).
 
         Raises:
-            ValueError: if ``X`` and ``y`` differ in length or ``y`` is empty.
+            ValueError: if ``X`` and ``y`` differ in length, ``y`` is empty or holds a label
+                the model was not fitted on.
 
         """
         y = np.asarray(y)
+        self._check_known_labels(y)
         pred = self.predict(X)
         if y.ndim != 1 or y.shape[0] != pred.shape[0] or y.shape[0] == 0:
             raise ValueError(
@@ -1515,7 +1552,10 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             A fitted model that continues exactly where the saved one stopped.
 
         Raises:
-            ValueError: unknown state version, or missing or inconsistent entries.
+            ValueError: unknown state version, or missing or inconsistent entries: unknown
+                parameters, a configuration ``fit`` would refuse, a budget that does not
+                follow from ``sigma``, ``epsilon`` and ``delta``, counters out of range, or
+                tensor shapes that do not fit ``X``, the classes and ``n_features_in``.
 
         """
         if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION:
@@ -1527,11 +1567,15 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         missing = [k for k in needed if k not in tensors]
         if missing:
             raise ValueError(f"argument 'tensors' lacks {missing}")
-        model = cls(**meta["params"])
-        cfg = dict(meta["config"])
+        try:
+            model = cls(**meta["params"])
+            cfg = dict(meta["config"])
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"argument 'meta' has unknown or missing parameters: {err}") from None
         if device is not None:
             cfg["device"] = str(torch.device(device))
             model.set_params(device=cfg["device"])
+        cls._check_state_config(cfg)
         device = torch.device(cfg["device"])
         X = tensors["X"].to(device, torch.float64, copy=True)
         n, d = X.shape
@@ -1545,12 +1589,15 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             "b": (d, K),
             "chol": (K, d, d),
         }
+        groups = 1 if meta.get("shared_gram") else K
+        shapes.update(gram=(groups, d, d), eig=(groups,))
         for name, shape in shapes.items():
             if tuple(tensors[name].shape) != shape:
                 raise ValueError(
                     f"argument 'tensors' entry {name!r} has shape "
                     f"{tuple(tensors[name].shape)}, expected {shape}"
                 )
+        _check_state_numbers(meta, cfg, d, K)
         model._cfg = cfg
         model._X = X
         model._Y = tensors["Y"].to(device, torch.float64, copy=True)
@@ -1590,6 +1637,30 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         model._sync_public()
         return model
 
+    @classmethod
+    def _check_state_config(cls, cfg: dict[str, Any]) -> None:
+        """Raise ValueError unless ``cfg`` is what ``fit`` would produce from its values."""
+        names = ("lam", "sigma", "epsilon", "delta", "train_mode", "subsample_ratio", "gamma",
+                 "normalize", "seed", "max_iter", "tol", "device")
+        try:
+            probe = cls(**{name: cfg[name] for name in names})
+            checked = probe._fit_config()
+        except KeyError as err:
+            raise ValueError(f"argument 'meta' config lacks {err}") from None
+        except ValueError as err:
+            hint = " (load it with device='cpu')" if "CUDA is not available" in str(err) else ""
+            raise ValueError(f"argument 'meta' config is invalid: {err}{hint}") from None
+        if cfg["train_mode"] not in ("binary", "ovr"):
+            raise ValueError(f"argument 'meta' config has train_mode {cfg['train_mode']!r}")
+        if cfg["train_mode"] == "binary" and checked["subsample_ratio"] < 1.0:
+            raise ValueError("argument 'meta' config subsamples a binary model")
+        for name in names:
+            if checked[name] != cfg[name]:
+                raise ValueError(
+                    f"argument 'meta' config entry {name!r} is {cfg[name]!r}, which fit "
+                    f"would store as {checked[name]!r}"
+                )
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save the model (one safetensors file); see ``persistence.save_model``.
 
@@ -1602,11 +1673,25 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         save_model(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> CertifiedLogisticRegression:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        allow_rollback: bool = False,
+    ) -> CertifiedLogisticRegression:
         """Load a model saved by :meth:`save` or a checkpoint; see ``persistence.load_model``.
+
+        A checkpoint file loads with its ledger checked and ``checkpoint`` set to it; a file
+        written by :meth:`save` loads with ``checkpoint=None`` (a backup never writes into
+        the live checkpoint it was copied from).
 
         Args:
             path: the model file.
+            device: put the model on this device (e.g. ``"cpu"`` for a model saved on a GPU);
+                None keeps the saved one.
+            allow_rollback: load a checkpoint older than its ledger and record the rollback
+                (see ``persistence.load_model``).
 
         Returns:
             The model.
@@ -1614,7 +1699,38 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         """
         from .persistence import load_model
 
-        return load_model(path, cls=cls)
+        return load_model(path, cls=cls, device=device, allow_rollback=allow_rollback)
+
+
+def _check_state_numbers(meta: dict[str, Any], cfg: dict[str, Any], d: int, K: int) -> None:
+    """Raise ValueError unless the budget, counters and class list of a state fit together."""
+    try:
+        budget = float(meta["budget"])
+        numbers_ = {k: float(meta[k]) for k in ("budget_used", "training_residual")}
+        counters = {k: meta[k] for k in ("retrains", "draws", "n_iter")}
+        classes, n_features = meta["classes"], meta["n_features_in"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"argument 'meta' lacks or garbles an entry: {err}") from None
+    expected = noise_budget(cfg["sigma"], cfg["epsilon"], cfg["delta"])
+    if not math.isclose(budget, expected, rel_tol=1e-12, abs_tol=0.0):
+        raise ValueError(
+            f"argument 'meta' has budget {budget!r}, but sigma, epsilon and delta give "
+            f"{expected!r}"
+        )
+    for name, value in numbers_.items():
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"argument 'meta' entry {name!r} must be finite and >= 0, got {value}")
+    for name, value in counters.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"argument 'meta' entry {name!r} must be an int >= 0, got {value!r}")
+    n_classes = len(classes) if isinstance(classes, list) else -1
+    if n_classes != (2 if cfg["train_mode"] == "binary" else K) or n_classes < 2:
+        raise ValueError(
+            f"argument 'meta' lists {n_classes} classes for a {cfg['train_mode']} model with "
+            f"{K} weight vector(s)"
+        )
+    if n_features != d:
+        raise ValueError(f"argument 'meta' has n_features_in {n_features!r}, X has {d} columns")
 
 
 def _history_from_tensors(tensors: dict[str, Tensor]) -> list[RemovalRecord]:

@@ -6,10 +6,12 @@ value is a JSON object::
 
     {"format": "fastunlearn.certified", "format_version": 1, "model_class": "...",
      "state": <meta dict of get_state()>, "checksums": {tensor name: crc32 hex},
-     "ledger_seq": int or null, "last_record": dict or null}
+     "ledger_seq": int or null, "last_record": dict or null, "header_crc32": hex}
 
 Loading goes through safetensors only: nothing is ever unpickled, so a file cannot run code.
-The CRC-32 of every tensor is checked, so a damaged file raises instead of loading wrong data.
+The CRC-32 of every tensor and of the header itself (its canonical JSON without the
+``header_crc32`` key) is checked, so a damaged file raises instead of loading wrong data; the
+model's ``from_state`` then re-validates the decoded values (parameters, budget, shapes).
 
 Every write is atomic: the file is written under a temporary name in the same directory,
 flushed and fsynced, renamed over the target with :func:`os.replace`, and the directory is
@@ -49,6 +51,7 @@ from .ledger import (
     RemovalLedger,
     _crash_point,
     _dumps,
+    _to_json_value,
     fsync_directory,
     normalize_record,
 )
@@ -69,6 +72,8 @@ _LEDGER_SUFFIX = ".ledger.jsonl"
 _TMP_MARK = ".tmp-"
 # safetensors: an 8-byte little-endian header length, then that many bytes of JSON.
 _MAX_HEADER = 100_000_000
+# Header key holding the CRC-32 of the rest of the header (absent in files written before it).
+_HEADER_CRC = "header_crc32"
 
 
 def ledger_path(path: str | os.PathLike[str]) -> Path:
@@ -138,10 +143,19 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"model file {str(p)!r} has format version {version!r}; this fastunlearn reads "
             f"version {FORMAT_VERSION} only (a newer fastunlearn may have written it)"
         )
+    stored = meta.pop(_HEADER_CRC, None)
+    if stored is not None and stored != _header_checksum(meta):
+        raise ValueError(f"model file {str(p)!r} is corrupt: checksum mismatch in its header")
     for key, kind in (("state", dict), ("checksums", dict)):
         if not isinstance(meta.get(key), kind):
             raise ValueError(f"model file {str(p)!r} has corrupt metadata: no '{key}' object")
     return meta
+
+
+def _header_checksum(header: Mapping[str, Any]) -> str:
+    """CRC-32 of the header's canonical JSON (sorted keys, no ``header_crc32`` key)."""
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), default=_to_json_value)
+    return f"{zlib.crc32(text.encode('utf-8')) & 0xFFFFFFFF:08x}"
 
 
 def _checksum(tensor: torch.Tensor) -> str:
@@ -317,6 +331,8 @@ def save_model(
         "last_record": None if last_record is None else normalize_record(last_record),
     }
     try:
+        header = normalize_record(header)  # as it reads back, so the checksum matches
+        header[_HEADER_CRC] = _header_checksum(header)
         text = _dumps(header)
     except TypeError as err:
         raise TypeError(f"model.get_state() meta is not JSON-serialisable: {err}") from None
@@ -355,20 +371,28 @@ def _contradiction(path: Path, book: RemovalLedger, what: str) -> ValueError:
     )
 
 
-def _reconcile(path: Path, meta: Mapping[str, Any], book: RemovalLedger) -> None:
+def _reconcile(
+    path: Path, meta: Mapping[str, Any], book: RemovalLedger, *, allow_rollback: bool = False
+) -> int | None:
     """Make the ledger end with the record of the state in ``meta`` (see module docstring).
 
-    Reads only the end of the ledger unless it ran ahead of the state.
+    Reads only the end of the ledger unless it ran ahead of the state. The ledger is never
+    shortened: a torn last line is cut and a missing last record appended, nothing else.
+
+    Returns:
+        ``None``, or, when the ledger ran ahead of the state and ``allow_rollback`` is true,
+        the ledger's last sequence number (the caller records the rollback).
 
     Raises:
         ValueError: the ledger contradicts the state in a way no crash of :func:`checkpoint`
-            explains, or the ledger is corrupt before its last line.
+            explains, ran ahead of the state (unless ``allow_rollback``), or is corrupt before
+            its last line.
 
     """
     seq = meta.get("ledger_seq")
     last = meta.get("last_record")
     if seq is None:
-        return  # a plain save: no ledger belongs to it
+        return None  # a plain save: no ledger belongs to it
     if (
         isinstance(seq, bool)
         or not isinstance(seq, int)
@@ -380,14 +404,23 @@ def _reconcile(path: Path, meta: Mapping[str, Any], book: RemovalLedger) -> None
     head = 0 if tail is None else int(tail["seq"])
     if head > seq:
         # The ledger ran ahead of the state (never produced by checkpoint's write order, but
-        # e.g. an older copy of the model file put back): keep the history up to the state.
+        # e.g. an older copy of the model file put back).
         match = [rec for rec in book.records() if rec["seq"] == seq]
         if not match:
             raise _contradiction(path, book, f"the ledger has no record seq {seq}")
         if not _same_record(match[0], last):
             raise _contradiction(path, book, f"record seq {seq} differs from the model's")
-        book.truncate_after(seq)
-    elif head == seq:
+        book.repair()
+        if allow_rollback:
+            return head
+        raise ValueError(
+            f"model file {str(path)!r} is older than its ledger {str(book.path)!r}: the file "
+            f"holds the state of record seq {seq}, the ledger goes on to seq {head} (was an "
+            "older copy of the file put back?). Loading it would undo the removals recorded "
+            "after it; pass allow_rollback=True to load it and record the rollback in the "
+            "ledger, or ledger=False to read the state alone (nothing written)"
+        )
+    if head == seq:
         if not _same_record(tail, last):
             raise _contradiction(path, book, f"record seq {seq} differs from the model's")
         book.repair()
@@ -402,26 +435,62 @@ def _reconcile(path: Path, meta: Mapping[str, Any], book: RemovalLedger) -> None
             f"the model was checkpointed at seq {seq} but the ledger ends at seq {head}; only "
             "the last record can be missing after a crash",
         )
+    return None
+
+
+def _removed_ids(model: Any) -> list[int] | None:
+    removed = getattr(model, "removed_indices_", None)
+    return None if removed is None else sorted(int(i) for i in removed)
+
+
+def _note_removed_before(model: Any, rec: dict[str, Any]) -> None:
+    """Give the first record of a ledger started after ``fit`` the rows removed before it."""
+    removed = _removed_ids(model)
+    if removed is None or "removed_before" in rec:
+        return
+    idx = rec.get("indices")
+    now = {int(idx)} if isinstance(idx, int) else {int(i) for i in (idx or [])}
+    rec["removed_before"] = [i for i in removed if i not in now]
+
+
+def _record_rollback(path: Path, model: Any, book: RemovalLedger, to_seq: int, head: int) -> None:
+    """Checkpoint ``model`` (the state of record ``to_seq``) with a ``rollback`` record."""
+    rec: dict[str, Any] = {
+        "seq": head + 1,
+        "event": "rollback",
+        "to_seq": to_seq,
+        "undone": head - to_seq,
+        "indices": [],
+        "time": time.time(),
+    }
+    removed = _removed_ids(model)
+    if removed is not None:
+        rec["removed_before"] = removed
+    save_model(model, path, ledger_seq=rec["seq"], last_record=rec)
+    book.append(rec)
 
 
 def _check_removed(
     path: Path, model: Any, ledger: RemovalLedger, records: list[dict[str, Any]]
 ) -> None:
     """Check that the model's removed rows are those the ledger lists since the last fit."""
-    removed = getattr(model, "removed_indices_", None)
+    removed = _removed_ids(model)
     if removed is None:
         return
     listed: set[int] = set()
     for rec in records:
         if rec.get("event") == "fit":
             listed = set()
-        elif rec.get("event") in ("remove", "retrain"):
+        before = rec.get("removed_before")
+        if isinstance(before, list):
+            listed = {int(i) for i in before}
+        if rec.get("event") in ("remove", "retrain"):
             idx = rec.get("indices")
             if isinstance(idx, list):
                 listed.update(int(i) for i in idx)
             elif isinstance(idx, int) and not isinstance(idx, bool):
                 listed.add(idx)
-    have = {int(i) for i in removed}
+    have = set(removed)
     if have != listed:
         raise _contradiction(
             path,
@@ -436,13 +505,19 @@ def load_model(
     *,
     cls: type | None = None,
     ledger: bool = True,
+    allow_rollback: bool = False,
+    device: str | Any | None = None,
 ) -> Any:
     """Load a model written by :func:`save_model` or :func:`checkpoint`.
 
     Only safetensors is read, never pickle, so loading cannot execute code from the file.
     When the file was written by :func:`checkpoint` and ``ledger`` is true, the ledger
     ``<path>.ledger.jsonl`` is reconciled with it (torn last line cut, a missing last record
-    appended, records beyond the state dropped) and checked against the model's removed rows.
+    appended) and checked against the model's removed rows; the loaded model's
+    ``checkpoint`` is then ``path`` (absolute), so it goes on checkpointing there. A model
+    loaded from a plain :func:`save_model` file, or with ``ledger=False``, has
+    ``checkpoint=None``: a backup copy never writes into the live checkpoint it was taken
+    from.
 
     Args:
         path: the model file.
@@ -450,6 +525,10 @@ def load_model(
             :class:`~fastunlearn.certified.estimator.CertifiedLogisticRegression`.
         ledger: reconcile and check the ledger; ``False`` loads the state alone and writes
             nothing.
+        allow_rollback: load a checkpoint file older than its ledger (a backup put back) and
+            append a ``"rollback"`` record; without it that raises ValueError.
+        device: passed to ``cls.from_state(..., device=device)`` (e.g. ``"cpu"`` for a model
+            saved on a GPU); ``None`` keeps the saved device.
 
     Returns:
         The model, ``cls.from_state(tensors, meta)``.
@@ -457,28 +536,45 @@ def load_model(
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is corrupt, not a fastunlearn model file, has an unknown format
-            version, or its ledger contradicts it.
+            version, or its ledger contradicts it or is newer than it.
+        TypeError: ``allow_rollback`` or ``ledger`` is not a bool.
 
     """
+    for name, flag in (("ledger", ledger), ("allow_rollback", allow_rollback)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"argument '{name}' must be a bool, got {type(flag).__name__}")
     p = Path(path)
     if cls is None:
         from .estimator import CertifiedLogisticRegression
 
         cls = CertifiedLogisticRegression
+
+    def build(tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> Any:
+        state = meta["state"]
+        if device is None:
+            return cls.from_state(tensors, state)
+        return cls.from_state(tensors, state, device=device)
+
+    def attach(model: Any, target: str | None) -> Any:
+        if hasattr(model, "checkpoint"):
+            model.checkpoint = target
+        return model
+
     if not ledger or read_metadata(p).get("ledger_seq") is None:
         tensors, meta = _read_state(p)
-        return cls.from_state(tensors, meta["state"])
+        return attach(build(tensors, meta), None)
     book = RemovalLedger(ledger_path(p))
     # State and ledger are read and repaired under the writers' lock, so a checkpoint running
     # in another process cannot slip between them.
     with _ledger_lock(book):
         tensors, meta = _read_state(p)
-        _reconcile(p, meta, book)
+        head = _reconcile(p, meta, book, allow_rollback=allow_rollback)
+        model = attach(build(tensors, meta), str(p.absolute()))
+        if head is not None:
+            _record_rollback(p, model, book, int(meta["ledger_seq"]), head)
         records = book.records()
         _remove_stale_tmp(p)
-    model = cls.from_state(tensors, meta["state"])
-    if meta.get("ledger_seq") is not None:
-        _check_removed(p, model, book, records)
+    _check_removed(p, model, book, records)
     return model
 
 
@@ -488,7 +584,9 @@ def checkpoint(model: Any, record: Mapping[str, Any]) -> dict[str, Any]:
     The record gets the next sequence number (``"seq"``) and, unless given, the current
     ``"time"``; the state is saved to ``model.checkpoint`` with that record in its header, then
     the record is appended to ``<model.checkpoint>.ledger.jsonl``. A ledger left inconsistent
-    by an earlier crash is reconciled first, so sequence numbers stay contiguous.
+    by an earlier crash is reconciled first, so sequence numbers stay contiguous. The first
+    record of a new ledger that is not a ``fit`` (a checkpoint path set after fitting) gets
+    ``"removed_before"``, the rows the model had already removed.
 
     Args:
         model: model with ``checkpoint`` (a path) and ``get_state()``.
@@ -518,6 +616,8 @@ def checkpoint(model: Any, record: Mapping[str, Any]) -> dict[str, Any]:
             prev_seq = prev.get("ledger_seq") or 0
         seq = max(book.last_seq(), prev_seq) + 1
         rec = {"seq": seq, **{k: v for k, v in rec.items() if k != "seq"}}
+        if seq == 1 and rec.get("event") != "fit":
+            _note_removed_before(model, rec)
         save_model(model, p, ledger_seq=seq, last_record=rec)
         _crash_point("before_ledger")
         return book.append(rec)

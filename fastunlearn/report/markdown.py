@@ -120,6 +120,9 @@ def _privacy_section(privacy: Mapping[str, Any]) -> list[str]:
                 (f"extractor + head after {format_value(composed.get('removals'))} removals "
                  "(epsilon, delta)", f"({format_value(composed.get('epsilon'))}, "
                                      f"{format_value(composed.get('delta'))})"),
+                ("removals supported by extractor + head within total epsilon "
+                 f"{format_value(extractor.get('target_epsilon'))} (group privacy)",
+                 format_value(extractor.get("removals_supported"))),
             ]
         else:
             pairs.append((f"feature extractor {name}", format_value(extractor.get("note"))))

@@ -420,16 +420,12 @@ def test_subsample_updates_only_classes_holding_the_row(tenclass):
     changed = np.flatnonzero(np.abs(model.coef_ - before).sum(1) > 0)
     np.testing.assert_array_equal(changed, [y[i]])
     np.testing.assert_array_equal(model._n_rem.cpu().numpy(), n_k - member[i])
-    # binary with subsampling: a negative outside S is free to remove
+    # binary training uses every row: subsampling is one-vs-rest only (as in the reference)
     Xb, yb = X[(y == 3) | (y == 8)], (y[(y == 3) | (y == 8)] == 8).astype(int)
-    bin_model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, subsample_ratio=0.3).fit(Xb, yb)
-    outside = int(np.flatnonzero(~bin_model._member.cpu().numpy()[:, 0])[0])
-    coef = bin_model.coef_.copy()
-    record = bin_model.remove(outside).records[0]
-    assert record.bound == 0.0 and not record.retrained
-    np.testing.assert_array_equal(bin_model.coef_, coef)
-    residual, _, _ = true_gradient(bin_model, Xb, yb)
-    assert residual <= bin_model.budget_used_ + 1e-12
+    bin_model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, subsample_ratio=0.3)
+    with pytest.raises(ValueError, match="'subsample_ratio'.*one-vs-rest"):
+        bin_model.fit(Xb, yb)
+    assert not hasattr(bin_model, "coef_")
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -617,7 +613,8 @@ def fake_persistence(monkeypatch):
     module = types.ModuleType("fastunlearn.certified.persistence")
     module.checkpoint = lambda model, record: calls.append(("checkpoint", model, dict(record)))
     module.save_model = lambda model, path: calls.append(("save", model, path))
-    module.load_model = lambda path, cls=None: calls.append(("load", cls, path)) or "loaded"
+    module.load_model = lambda path, cls=None, **kw: calls.append(("load", cls, path, kw)) or (
+        "loaded")
     monkeypatch.setitem(sys.modules, "fastunlearn.certified.persistence", module)
     return calls
 
@@ -640,7 +637,8 @@ def test_checkpoint_called_after_fit_removal_and_retrain(binary, fake_persistenc
     model.save(path)
     assert fake_persistence[-1] == ("save", model, path)
     assert CertifiedLogisticRegression.load(path) == "loaded"
-    assert fake_persistence[-1] == ("load", CertifiedLogisticRegression, path)
+    assert fake_persistence[-1] == (
+        "load", CertifiedLogisticRegression, path, {"device": None, "allow_rollback": False})
 
 
 def test_reports(binary):
@@ -805,3 +803,72 @@ def test_indices_accept_ints_arrays_and_tensors(binary):
     model.remove(np.uint64(20))
     np.testing.assert_array_equal(model.removed_indices_, [3, 5, 7, 11, 20])
     assert [r.indices for r in model.report().records] == [(3,), (7,), (5,), (11,), (20,)]
+
+
+# ---- a saved state is validated as it loads --------------------------------------------------
+
+
+def _edited_state(model, edit):
+    import copy
+
+    tensors, meta = model.get_state()
+    meta = copy.deepcopy(meta)
+    edit(tensors, meta)
+    return tensors, meta
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda t, m: m["config"].update(lam=-1.0), "'lam'"),
+        (lambda t, m: m["config"].update(delta=1.5), "'delta'"),
+        (lambda t, m: m["config"].update(train_mode="auto"), "train_mode"),
+        (lambda t, m: m["config"].update(subsample_ratio=0.5, train_mode="binary"),
+         "subsamples a binary model|'train_mode'|classes"),
+        (lambda t, m: m["config"].update(sigma=1000.0), "budget"),
+        (lambda t, m: m.update(budget=m["budget"] * 1.01), "budget"),
+        (lambda t, m: m.update(budget_used=float("nan")), "'budget_used'"),
+        (lambda t, m: m.update(retrains=-1), "'retrains'"),
+        (lambda t, m: m.update(classes=m["classes"] + [99]), "classes"),
+        (lambda t, m: m.update(n_features_in=m["n_features_in"] + 1), "n_features_in"),
+        (lambda t, m: m["params"].update(unknown=1), "unknown or missing parameters"),
+        (lambda t, m: t.update(gram=t["gram"][:, :-1]), "'gram'"),
+        (lambda t, m: t.update(eig=t["eig"][:-1]), "'eig'"),
+    ],
+)
+def test_from_state_refuses_inconsistent_states(tenclass, edit, match):
+    X, y, _, _ = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=1.0).fit(X[:200], y[:200])
+    model.remove([3])
+    tensors, meta = _edited_state(model, edit)
+    with pytest.raises(ValueError, match=match):
+        CertifiedLogisticRegression.from_state(tensors, meta)
+    # the untouched state still loads
+    CertifiedLogisticRegression.from_state(*model.get_state())
+
+
+def test_load_takes_a_device(tenclass, tmp_path):
+    X, y, _, _ = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=1.0).fit(X[:200], y[:200])
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    loaded = CertifiedLogisticRegression.load(path, device="cpu")
+    assert loaded.device == "cpu" and loaded._X.device.type == "cpu"
+    np.testing.assert_array_equal(loaded.coef_, model.coef_)
+    if not torch.cuda.is_available():
+        tensors, meta = model.get_state()
+        meta["params"]["device"] = meta["config"]["device"] = "cuda"
+        with pytest.raises(ValueError, match="device='cpu'"):
+            CertifiedLogisticRegression.from_state(tensors, meta)
+        assert CertifiedLogisticRegression.from_state(tensors, meta, device="cpu").device == "cpu"
+
+
+def test_unseen_labels_are_refused_by_score_and_fairness_report(tenclass):
+    X, y, _, _ = tenclass
+    model = CertifiedLogisticRegression(lam=LAM, sigma=1.0).fit(X[:300], y[:300])
+    labels = y[:5].copy()
+    labels[2] = 99
+    for method in (model.score, model.fairness_report):
+        with pytest.raises(ValueError, match=r"not fitted on: \[99\]"):
+            method(X[:5], labels)
+    assert model.score(X[:5], y[:5]) == pytest.approx(np.mean(model.predict(X[:5]) == y[:5]))

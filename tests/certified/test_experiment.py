@@ -198,6 +198,7 @@ def test_format_record_line():
     ("num_removes", -1, "'num_removes'"), ("train_mode", "multi", "'train_mode'"),
     ("dataset", "imagenet", "'dataset'"), ("gamma", "loose", "'gamma'"),
     ("solver", "lu", "'solver'"), ("device", "tpu", "'device'"), ("batch", 1.5, "'batch'"),
+    ("cg_tol", 0.0, "'cg_tol'"), ("target_epsilon", -1.0, "'target_epsilon'"),
 ])
 def test_bad_config_names_the_field(field, value, match):
     config = ExperimentConfig(result_dir=None)
@@ -274,6 +275,48 @@ def test_extracted_features_compose_with_the_extractor_privacy(tmp_path):
     composed = extractor["composed"]
     assert composed["removals"] == 4 and composed["epsilon"] == pytest.approx(1.4)
     assert composed["delta"] == pytest.approx(4 * math.exp(0.3) * 1e-5 + 1e-4)
+    # the extractor limits the removals: within total epsilon 2 (twice the head's 1), at most
+    # floor((2 - 1) / 0.1) = 10 removals; the name is the feature-file prefix
+    assert extractor["name"] == "dp_test" and extractor["target_epsilon"] == 2.0
+    assert extractor["removals_supported"] == 10
+    config.target_epsilon = 1.55
+    assert run_removal_experiment(config).privacy["extractor"]["removals_supported"] == 5
     with pytest.raises(FileNotFoundError, match="no features of extractor 'other'"):
         run_removal_experiment(ExperimentConfig(dataset="SVHN", data_dir=str(tmp_path),
                                                 extractor="other", result_dir=None))
+
+
+def test_binary_mode_ignores_the_subsample_ratio_like_the_reference():
+    config = ExperimentConfig(train_mode="binary", subsample_ratio=0.2, num_removes=2,
+                              result_dir=None, time_retraining=False)
+    with pytest.warns(UserWarning, match="ignored in binary mode"):
+        config.validate()
+    assert config.effective_subsample_ratio == 1.0 and "_ratio_" not in config.stem
+    with pytest.warns(UserWarning):
+        result = run_removal_experiment(config)
+    plain = run_removal_experiment(ExperimentConfig(train_mode="binary", num_removes=2,
+                                                    result_dir=None, time_retraining=False))
+    assert result.final == plain.final
+    assert [r["bound"] for r in result.records] == [r["bound"] for r in plain.records]
+    ovr = ExperimentConfig(subsample_ratio=0.2, result_dir=None)
+    assert ovr.validate().effective_subsample_ratio == 0.2 and "_ratio_0.2" in ovr.stem
+
+
+def test_retraining_time_is_the_median_of_repeated_fits(monkeypatch):
+    from fastunlearn.certified import experiment
+
+    fits = []
+    real = experiment._make_model
+
+    def counting(config):
+        model = real(config)
+        fit = model.fit
+        model.fit = lambda X, y: (fits.append(len(X)), fit(X, y))[1]
+        return model
+
+    monkeypatch.setattr(experiment, "_make_model", counting)
+    config = ExperimentConfig(train_mode="binary", num_removes=3, result_dir=None)
+    result = run_removal_experiment(config)
+    # the experiment's own fit, then three timed fits on the remaining rows
+    assert fits[1:] == [fits[0] - 3] * experiment.RETRAIN_TIMINGS
+    assert result.timings["retrain_seconds"] > 0

@@ -446,7 +446,7 @@ def test_checkpoint_reconciles_before_writing(tmp_path, monkeypatch):
     assert [(r["seq"], r["indices"]) for r in records] == [(1, []), (2, [6]), (3, [2])]
 
 
-def test_ledger_ahead_of_state_is_truncated(tmp_path):
+def test_ledger_ahead_of_state_is_refused_and_never_shortened(tmp_path):
     path = tmp_path / "m.safetensors"
     model = FakeModel(checkpoint=str(path)).fit()
     model.remove(1)
@@ -454,9 +454,76 @@ def test_ledger_ahead_of_state_is_truncated(tmp_path):
     model.remove(2)
     model.remove(3)
     path.write_bytes(backup)  # an older copy of the model file put back
-    loaded = load_model(path, cls=FakeModel)
+    book = ledger_of(path)
+    ledger_before = book.path.read_bytes()
+    with pytest.raises(ValueError, match="older than its ledger.*allow_rollback"):
+        load_model(path, cls=FakeModel)
+    assert book.path.read_bytes() == ledger_before and path.read_bytes() == backup
+    # ledger=False reads the state alone, writes nothing and never checkpoints
+    alone = load_model(path, cls=FakeModel, ledger=False)
+    assert alone.removed_indices_.tolist() == [1] and alone.checkpoint is None
+    assert book.path.read_bytes() == ledger_before
+    # allow_rollback keeps the whole history and records the rollback
+    loaded = load_model(path, cls=FakeModel, allow_rollback=True)
     assert loaded.removed_indices_.tolist() == [1]
-    assert [r["seq"] for r in ledger_of(path).records()] == [1, 2]
+    records = book.records()
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["indices"] for r in records[1:4]] == [[1], [2], [3]]
+    rollback = records[-1]
+    assert rollback["event"] == "rollback" and rollback["to_seq"] == 2
+    assert rollback["undone"] == 2 and rollback["removed_before"] == [1]
+    assert read_metadata(path)["ledger_seq"] == 5
+    # the rolled-back model loads cleanly and keeps checkpointing after the rollback
+    loaded.remove(4)
+    again = load_model(path, cls=FakeModel)
+    assert again.removed_indices_.tolist() == [1, 4]
+    assert ledger_of(path).last_seq() == 6
+
+
+def test_backup_of_a_checkpointed_model_never_writes_into_the_live_checkpoint(tmp_path):
+    live, backup = tmp_path / "live.safetensors", tmp_path / "backup.safetensors"
+    model = FakeModel(checkpoint=str(live)).fit()
+    model.remove(1)
+    save_model(model, backup)  # a plain save of a checkpointed model
+    model.remove(2)
+    old = load_model(backup, cls=FakeModel)
+    assert old.checkpoint is None and old.removed_indices_.tolist() == [1]
+    state, ledger = live.read_bytes(), ledger_of(live).path.read_bytes()
+    # checkpoint files load with their own (absolute) path
+    assert load_model(live, cls=FakeModel).checkpoint == str(live.absolute())
+    assert live.read_bytes() == state and ledger_of(live).path.read_bytes() == ledger
+
+
+def test_checkpoint_path_set_after_fit_lists_the_rows_removed_before(tmp_path):
+    path = tmp_path / "late.safetensors"
+    model = FakeModel().fit()
+    model.remove(1)
+    model.remove(5)
+    model.checkpoint = str(path)
+    model.remove(2)
+    records = ledger_of(path).records()
+    assert [(r["seq"], r["indices"], r["removed_before"]) for r in records] == [(1, [2], [1, 5])]
+    loaded = load_model(path, cls=FakeModel)
+    assert loaded.removed_indices_.tolist() == [1, 2, 5]
+    loaded.remove(3)
+    assert load_model(path, cls=FakeModel).removed_indices_.tolist() == [1, 2, 3, 5]
+    assert "removed_before" not in ledger_of(path).records()[-1]
+
+
+def test_header_checksum_catches_an_edited_value(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = FakeModel(checkpoint=str(path)).fit()
+    model.remove(3)
+    raw = bytearray(path.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    header = raw[8 : 8 + n].decode()
+    assert '\\"used\\":0.125' in header
+    edited = header.replace('\\"used\\":0.125', '\\"used\\":0.925')
+    path.write_bytes(bytes(raw[:8]) + edited.encode() + bytes(raw[8 + n :]))
+    with pytest.raises(ValueError, match="checksum mismatch in its header"):
+        load_model(path, cls=FakeModel)
+    with pytest.raises(ValueError, match="checksum mismatch in its header"):
+        read_metadata(path)
 
 
 def test_ledger_contradicting_state(tmp_path):
