@@ -14,7 +14,9 @@ import math
 import numbers
 import os
 import time
+import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -449,6 +451,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
 
         self.classes_ = classes
         self._cfg = cfg
+        self._data_id = uuid.uuid4().hex  # names this fit's fixed tensors in checkpoints
         self._X, self._Y, self._labels = Xt, Y, lab
         self._member = member
         self._A = member.to(torch.float64)
@@ -1464,8 +1467,22 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         entry.update(retrains=int(self.retrains_), n_removed=int(self.n_removed_))
         checkpoint(self, entry)
 
-    def get_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    #: Tensors of :meth:`get_state` fixed from ``fit`` to the next ``fit`` (a checkpoint
+    #: writes them once, see ``persistence``).
+    STATIC_TENSORS = ("X", "Y", "member", "labels")
+
+    def static_state_id(self) -> str | None:
+        """Identify the current fit's ``STATIC_TENSORS`` (a new id at every ``fit``)."""
+        return getattr(self, "_data_id", None)
+
+    def get_state(
+        self, exclude: Sequence[str] = ()
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Everything needed to continue removing, as CPU tensors plus JSON-able metadata.
+
+        Args:
+            exclude: tensor names to leave out (not copied), e.g. ``STATIC_TENSORS`` when a
+                checkpoint already holds them.
 
         Returns:
             ``(tensors, meta)``: tensors ``X`` (normalised, float64), ``Y``, ``member`` (the
@@ -1507,7 +1524,11 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             "history_worst_case": f64([r.worst_case for r in hist]),
         }
         # copies: the model keeps changing its tensors in place after this snapshot
-        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+        tensors = {
+            k: v.detach().to("cpu", copy=True).contiguous()
+            for k, v in tensors.items()
+            if k not in exclude
+        }
         params = self.get_params(deep=False)
         params["device"] = str(params["device"])
         if params["checkpoint"] is not None:
@@ -1529,6 +1550,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             "cg_iterations": [int(self._cg_base), int(self._cg_last)],
             "row_norm_max": float(self._row_norm_max),
             "shared_gram": bool(self._shared_gram),
+            "data_id": self.static_state_id(),
         }
         return tensors, meta
 
@@ -1623,6 +1645,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             else slack.to(device, torch.float64, copy=True)
         )
         model._cg_base, model._cg_last = (int(v) for v in meta.get("cg_iterations", (0, 0)))
+        data_id = meta.get("data_id")
+        model._data_id = data_id if isinstance(data_id, str) and data_id.isalnum() else (
+            uuid.uuid4().hex)
         model._draws = int(meta["draws"])
         dtype = meta["classes_dtype"]
         model.classes_ = np.asarray(meta["classes"], dtype=object if dtype == "O" else dtype)

@@ -17,7 +17,8 @@ Testing hook (tests only, never set it in production): the environment variable
 ``FASTUNLEARN_TEST_CRASH="<point>[:<n>]"`` makes the process SIGKILL itself the ``n``-th time
 (default 1st) it reaches ``<point>``: ``ledger_torn`` (inside :meth:`RemovalLedger.append`,
 after half of the line is durably written) or one of the points of
-:func:`fastunlearn.certified.persistence.save_model` (``before_replace``, ``after_replace``)
+:func:`fastunlearn.certified.persistence.save_model` (``before_replace``, ``after_replace``,
+``data_before_replace`` for a checkpoint's data file)
 and :func:`~fastunlearn.certified.persistence.checkpoint` (``before_ledger``).
 """
 

@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = "fastunlearn.certified"
+DATA_FORMAT_NAME = "fastunlearn.certified.data"
+_DATA_REQUIRED = (("data_id", str), ("checksums", dict))
 FORMAT_VERSION = 1
 METADATA_KEY = "fastunlearn"
 _LEDGER_SUFFIX = ".ledger.jsonl"
@@ -107,7 +109,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             corrupt, or has an unknown format version.
 
     """
-    p = Path(path)
+    return _read_header(Path(path), FORMAT_NAME, (("state", dict), ("checksums", dict)))
+
+
+def _read_header(
+    p: Path, format_name: str, required: tuple[tuple[str, type], ...]
+) -> dict[str, Any]:
+    """Read and check the fastunlearn header of ``p`` (format ``format_name``)."""
     try:
         with open(p, "rb") as fh:
             head = fh.read(8)
@@ -135,8 +143,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         meta = json.loads(text)
     except ValueError as err:
         raise ValueError(f"model file {str(p)!r} has corrupt metadata: {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"model file {str(p)!r} is not a {FORMAT_NAME} file")
+    if not isinstance(meta, dict) or meta.get("format") != format_name:
+        raise ValueError(f"model file {str(p)!r} is not a {format_name} file")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -146,7 +154,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     stored = meta.pop(_HEADER_CRC, None)
     if stored is not None and stored != _header_checksum(meta):
         raise ValueError(f"model file {str(p)!r} is corrupt: checksum mismatch in its header")
-    for key, kind in (("state", dict), ("checksums", dict)):
+    for key, kind in required:
         if not isinstance(meta.get(key), kind):
             raise ValueError(f"model file {str(p)!r} has corrupt metadata: no '{key}' object")
     return meta
@@ -185,7 +193,34 @@ def _read_state_once(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
             raise ValueError(
                 f"model file {str(path)!r} is corrupt: checksum mismatch in tensor {name!r}"
             )
+    if meta.get("data_file") is not None:
+        tensors.update(_read_data_file(path, meta))
     return tensors, meta
+
+
+def _read_data_file(path: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Read the tensors a checkpoint keeps in its data file, checked against its header."""
+    name, sums = meta.get("data_file"), meta.get("data_checksums")
+    if not isinstance(name, str) or "/" in name or os.sep in name or not isinstance(sums, dict):
+        raise ValueError(f"model file {str(path)!r} has corrupt data-file metadata")
+    data_path = path.parent / name
+    if not data_path.exists():
+        raise ValueError(
+            f"model file {str(path)!r} keeps its training data in {str(data_path)!r}, which "
+            "is missing: a checkpoint is the model file, its data file and its ledger; copy "
+            "them together (or use save() for one self-contained file)"
+        )
+    _read_header(data_path, DATA_FORMAT_NAME, _DATA_REQUIRED)
+    try:
+        data = load_file(data_path, device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(f"data file {str(data_path)!r} is corrupt: {err}") from None
+    if set(data) != set(sums) or any(_checksum(t) != sums[k] for k, t in data.items()):
+        raise ValueError(
+            f"data file {str(data_path)!r} does not match model file {str(path)!r} (checksum "
+            "mismatch)"
+        )
+    return data
 
 
 def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -317,19 +352,37 @@ def save_model(
     p = Path(path)
     if not p.parent.is_dir():
         raise FileNotFoundError(f"directory {str(p.parent)!r} of 'path' does not exist")
-    state = model.get_state()
+    data = _DataFile.plan(model, p) if ledger_seq is not None else None
+    state = model.get_state() if data is None else data.state(model)
     if not (isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], Mapping)):
         raise TypeError("model.get_state() must return (dict[str, Tensor], dict)")
     tensors = _prepare_tensors(state[0])
-    header = {
+    header: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "state": dict(state[1]),
-        "checksums": {name: _checksum(t) for name, t in tensors.items()},
         "ledger_seq": ledger_seq,
         "last_record": None if last_record is None else normalize_record(last_record),
     }
+    if data is not None:
+        header.update(data_file=data.name, data_checksums=data.write(tensors))
+    header["checksums"] = {name: _checksum(t) for name, t in tensors.items()}
+    _write_atomically(p, tensors, header)
+    _crash_point("after_replace")
+    fsync_directory(p.parent)
+    if data is not None:
+        data.remove_others()
+    return p
+
+
+def _write_atomically(
+    p: Path,
+    tensors: dict[str, torch.Tensor],
+    header: dict[str, Any],
+    crash_point: str = "before_replace",
+) -> None:
+    """Write ``tensors`` with ``header`` (plus its CRC) to ``p`` by fsync + rename."""
     try:
         header = normalize_record(header)  # as it reads back, so the checksum matches
         header[_HEADER_CRC] = _header_checksum(header)
@@ -345,7 +398,7 @@ def save_model(
             os.fsync(fd)
         finally:
             os.close(fd)
-        _crash_point("before_replace")
+        _crash_point(crash_point)
         os.replace(tmp, p)
     except BaseException:
         try:
@@ -353,9 +406,65 @@ def save_model(
         except OSError:
             pass
         raise
-    _crash_point("after_replace")
-    fsync_directory(p.parent)
-    return p
+
+
+class _DataFile:
+    """The training data of a checkpoint, in a file of its own written once per ``fit``.
+
+    A model that names its fixed tensors (``STATIC_TENSORS``) and the fit they come from
+    (``static_state_id()``) keeps them in ``<model file>.data-<id>.safetensors``: every
+    later checkpoint of that fit reuses the file, so a removal rewrites the changing state
+    only, not ``X``. The file is written (atomically) before the model file that refers to
+    it and deleted only once no model file refers to it.
+    """
+
+    def __init__(self, path: Path, names: tuple[str, ...], data_id: str) -> None:
+        self.path, self.names, self.data_id = path, names, data_id
+        self.name = f"{path.name}.data-{data_id}.safetensors"
+        self.file = path.parent / self.name
+        self.checksums: dict[str, str] | None = None
+
+    @classmethod
+    def plan(cls, model: Any, path: Path) -> _DataFile | None:
+        names = tuple(getattr(model, "STATIC_TENSORS", ()))
+        get_id = getattr(model, "static_state_id", None)
+        data_id = get_id() if names and callable(get_id) else None
+        if not isinstance(data_id, str) or not data_id.isalnum():
+            return None
+        plan = cls(path, names, data_id)
+        try:
+            meta = _read_header(plan.file, DATA_FORMAT_NAME, _DATA_REQUIRED)
+        except (FileNotFoundError, ValueError):
+            return plan  # absent or damaged: written anew
+        if meta["data_id"] == data_id and set(meta["checksums"]) == set(names):
+            plan.checksums = dict(meta["checksums"])
+        return plan
+
+    def state(self, model: Any) -> Any:
+        """``model.get_state()``, without copying the fixed tensors when the file has them."""
+        if self.checksums is None:
+            return model.get_state()
+        return model.get_state(exclude=self.names)
+
+    def write(self, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+        """Move the fixed tensors out of ``tensors`` into the file; return their checksums."""
+        fixed = {name: tensors.pop(name) for name in self.names if name in tensors}
+        if self.checksums is None:
+            sums = {name: _checksum(t) for name, t in fixed.items()}
+            header = {"format": DATA_FORMAT_NAME, "format_version": FORMAT_VERSION,
+                      "data_id": self.data_id, "checksums": sums}
+            _write_atomically(self.file, fixed, header, "data_before_replace")
+            fsync_directory(self.path.parent)
+            self.checksums = sums
+        return self.checksums
+
+    def remove_others(self) -> None:
+        """Delete this model file's data files of other fits (none is referenced now)."""
+        prefix = f"{self.path.name}.data-"
+        for entry in os.listdir(self.path.parent):
+            if entry.startswith(prefix) and entry.endswith(".safetensors") and entry != self.name:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path.parent / entry)
 
 
 # ---------------------------------------------------------------------- ledger reconciliation

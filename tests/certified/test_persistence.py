@@ -838,3 +838,47 @@ def test_sigkill_at_crash_points_and_at_random_moments(tmp_path, reference):
     for case, result in zip(cases, _run_cases(cases), strict=True):
         k = _check_recovered(Path(case["path"]), reference)
         assert result["killed"] or (result["exit"] == 0 and k == len(ORDER)), (case, result)
+
+
+def test_checkpoint_writes_the_training_data_once_per_fit(tmp_path):
+    X, y = make_data(n=300, d=16)
+    path = tmp_path / "m.safetensors"
+
+    def data_files():
+        return sorted(tmp_path.glob("m.safetensors.data-*.safetensors"))
+
+    model = estimator(checkpoint=str(path)).fit(X, y)
+    (first,) = data_files()
+    stamp = (first.stat().st_ino, first.stat().st_mtime_ns)
+    model.remove([1, 2, 3])
+    assert data_files() == [first] and (first.stat().st_ino, first.stat().st_mtime_ns) == stamp
+    meta = read_metadata(path)
+    assert not {"X", "Y", "member", "labels"} & set(meta["checksums"])
+    assert meta["data_file"] == first.name and path.stat().st_size < first.stat().st_size
+    loaded = load_model(path)
+    assert_same_snapshot(snapshot(loaded), snapshot(model))
+    assert torch.equal(loaded._X, model._X) and torch.equal(loaded._member, model._member)
+    loaded.remove(7)  # the loaded model reuses the data file too
+    assert data_files() == [first] and (first.stat().st_ino, first.stat().st_mtime_ns) == stamp
+
+    # a refit writes a new data file once the model file no longer needs the old one
+    loaded.fit(X[:200], y[:200])
+    (second,) = data_files()
+    assert second != first and load_model(path).n_removed_ == 0
+
+    # a checkpoint copied without its data file, or a damaged one: clear errors
+    second.rename(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="is missing.*copy them together"):
+        load_model(path)
+    (tmp_path / "elsewhere").rename(second)
+    raw = bytearray(second.read_bytes())
+    raw[-3] ^= 0xFF
+    second.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="does not match model file"):
+        load_model(path)
+
+    # a plain save stays one self-contained file
+    plain = tmp_path / "plain.safetensors"
+    model.save(plain)
+    assert not list(tmp_path.glob("plain.safetensors.data-*"))
+    assert torch.equal(load_model(plain)._X, model._X)
