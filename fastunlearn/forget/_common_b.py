@@ -1,7 +1,8 @@
 """Helpers shared by SCRUB, Bad Teacher, SalUn, UNSIR and the anti-sample methods.
 
-Materialising data sets as tensors, per-class subsets, a plain cross-entropy training loop,
-re-initialising a model and small validators for config fields.
+The input checks every one of them runs first (:func:`prepare_inputs`), materialising data
+sets as tensors, per-class subsets, a plain cross-entropy training loop, re-initialising a
+model and small validators for config fields.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .base import as_dataset, iterate, make_loader, model_device
+from .base import as_dataset, batches, iterate, model_device
+from .checks import check_labels, check_sets
 
 __all__ = [
     "check_fraction",
     "check_inputs",
     "check_number",
     "check_positive_int",
+    "checked_tensors",
     "class_subset",
     "dataset_tensors",
     "eval_forward",
     "freeze",
     "num_outputs",
+    "prepare_inputs",
     "reinitialize",
     "train_ce",
 ]
@@ -66,6 +70,9 @@ def check_inputs(
 ) -> tuple[Dataset, Dataset]:
     """Check a method's config type and return its forget and retain sets as data sets.
 
+    Only the types and shapes; :func:`prepare_inputs` adds the label, duplicate and overlap
+    checks every method runs.
+
     Raises:
         TypeError: If ``config`` is not a ``config_cls`` or a data set has the wrong type.
         ValueError: If a data set is malformed (see :func:`~fastunlearn.forget.base.as_dataset`).
@@ -76,6 +83,43 @@ def check_inputs(
         article = "an" if name[:1] in "AEIOU" else "a"
         raise TypeError(f"config must be {article} {name}, got {type(config).__name__}")
     return as_dataset(forget, "forget"), as_dataset(retain, "retain")
+
+
+def prepare_inputs(
+    model: object, config: object, config_cls: type, forget: object, retain: object
+) -> tuple[Dataset, Dataset, int]:
+    """Validate everything a method gets, before any costly work; nothing is modified.
+
+    Checks the config type, the model type, the data sets (:func:`check_inputs`), then
+    labels against the model's outputs, duplicate forget examples and, unless
+    ``config.check_overlap`` is off, forget examples present in retain
+    (:func:`~fastunlearn.forget.checks.check_sets`).
+
+    Returns:
+        ``(forget, retain, num_classes)``.
+
+    Raises:
+        TypeError: On a wrong config, model or data type.
+        ValueError: On empty or malformed data, out-of-range labels, duplicates or overlap.
+
+    """
+    forget_ds, retain_ds = check_inputs(config, config_cls, forget, retain)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x0 = torch.as_tensor(forget_ds[0][0])
+    k = num_outputs(model, x0.unsqueeze(0))
+    check_sets(forget_ds, retain_ds, k, check_overlap=bool(getattr(config, "check_overlap", True)))
+    return forget_ds, retain_ds, k
+
+
+def checked_tensors(ds: Dataset, num_classes: int, name: str) -> tuple[Tensor, Tensor]:
+    """:func:`dataset_tensors` of ``ds`` with its labels checked against ``num_classes``.
+
+    For data sets whose labels :func:`prepare_inputs` could not see without loading them.
+    """
+    x, y = dataset_tensors(ds)
+    check_labels(y, num_classes, name)
+    return x, y
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -175,7 +219,7 @@ def train_ce(
     after every optimiser step (e.g. to restore frozen weights).
     """
     device = model_device(model)
-    loader = make_loader(TensorDataset(inputs, labels), batch_size, shuffle=True, seed=seed)
+    loader = batches(TensorDataset(inputs, labels), batch_size, shuffle=True, seed=seed)
     model.train()
     for _ in iterate(range(epochs), progress=progress, desc=desc):
         for x, y in loader:

@@ -3,7 +3,9 @@
 Seed A runs every method from one ``train`` config (SGD, momentum 0.9, Nesterov, weight
 decay 5e-4, batch 128) and overrides the learning rate, epochs and scheduler per method
 (reference note, section 1). :class:`SGDConfig` is that base; :func:`prepare` validates
-the arguments and clones the model; :func:`train` is the one supervised loop.
+the arguments and clones the model; :func:`train` is the one supervised loop, shared with
+the harness, which trains its original model and retrained oracles with it
+(:func:`fastunlearn.harness.train_model`), so a method's time ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from torch.utils.data import Dataset, Subset
 
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
 from ._common_b import eval_forward
-from .base import ForgetConfig, as_dataset, clone_model, iterate, make_loader, model_device
-from .checks import check_batch_labels, check_disjoint, check_labels, dataset_labels
+from .base import ForgetConfig, as_dataset, batches, clone_model, iterate, model_device
+from .checks import check_batch_labels, check_sets, dataset_labels
 
 __all__ = [
     "RelabelledDataset",
@@ -50,8 +52,6 @@ class SGDConfig(ForgetConfig):
             ``"multistep"`` (multiply the learning rate by ``gamma`` at ``milestones``).
         milestones: Epochs at which ``"multistep"`` decays the learning rate.
         gamma: Decay factor of ``"multistep"``.
-        check_overlap: Refuse forget and retain sets that share examples
-            (:func:`fastunlearn.forget.checks.check_disjoint`).
 
     """
 
@@ -59,7 +59,6 @@ class SGDConfig(ForgetConfig):
     scheduler: str = "none"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
-    check_overlap: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,8 +107,9 @@ def prepare(
 
     Raises:
         TypeError: If the model, data or config have the wrong type.
-        ValueError: If a data set is empty, a label is outside the model's outputs, or the
-            sets overlap (when ``config.check_overlap``).
+        ValueError: If a data set is empty, a label is outside the model's outputs, the
+            forget set repeats an example, or the sets overlap (when
+            ``config.check_overlap``); see :func:`~fastunlearn.forget.checks.check_sets`.
 
     """
     if not isinstance(config, config_cls):
@@ -120,12 +120,7 @@ def prepare(
     retain_ds = as_dataset(retain, "retain")
     clone = clone_model(model)
     k = num_outputs(clone, forget_ds)
-    for ds, name in ((forget_ds, "forget"), (retain_ds, "retain")):
-        labels = dataset_labels(ds)
-        if labels is not None:
-            check_labels(labels, k, name)
-    if config.check_overlap:
-        check_disjoint(forget_ds, retain_ds)
+    check_sets(forget_ds, retain_ds, k, check_overlap=config.check_overlap)
     return clone, forget_ds, retain_ds, k
 
 
@@ -166,6 +161,9 @@ def train(
 ) -> nn.Module:
     """Train ``model`` in place with SGD on mean cross-entropy over ``dataset``.
 
+    Batches come from :func:`~fastunlearn.forget.base.batches` (tensors sliced directly for
+    a TensorDataset, in the order of a seeded shuffling DataLoader).
+
     Args:
         model: The (cloned) model to update.
         dataset: ``(input, label)`` pairs; always shuffled with a seeded generator.
@@ -186,7 +184,7 @@ def train(
     if epochs == 0 or lr == 0.0:
         return model
     device = model_device(model)
-    loader = make_loader(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset)
+    loader = batches(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset)
     opt = make_optimizer(model.parameters(), config, lr)
     sched = _scheduler(opt, config, epochs) if use_scheduler else None
     model.train()

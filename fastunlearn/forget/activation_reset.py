@@ -131,4 +131,4 @@ def activation_reset(
         if config.reset_mlp:
             kaiming_(last_linear(clone).weight, None, gen)
         train_main_stage(clone, retain_ds, config, k, "activation_reset")
-    return clone
+    return clone.eval()

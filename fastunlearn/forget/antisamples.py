@@ -31,12 +31,11 @@ from torch.utils.data import Dataset
 
 from ._common_b import (
     check_fraction,
-    check_inputs,
     check_number,
     check_positive_int,
+    checked_tensors,
     class_subset,
-    dataset_tensors,
-    num_outputs,
+    prepare_inputs,
     train_ce,
 )
 from .base import ForgetConfig, clone_model, iterate, model_device, register
@@ -363,9 +362,11 @@ def _unlearn(
     model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, config: AntiSampleConfig,
     *, single: bool,
 ) -> nn.Module:
-    forget_ds, retain_ds = check_inputs(config, AntiSampleConfig, forget_ds, retain_ds)
-    xf, yf = dataset_tensors(forget_ds)
-    xr, yr = dataset_tensors(retain_ds)
+    forget_ds, retain_ds, n_classes = prepare_inputs(
+        model, config, AntiSampleConfig, forget_ds, retain_ds
+    )
+    xf, yf = checked_tensors(forget_ds, n_classes, "forget")
+    xr, yr = checked_tensors(retain_ds, n_classes, "retain")
     if xf.shape[1:] != xr.shape[1:]:
         raise ValueError(
             f"forget and retain inputs differ in shape: {tuple(xf.shape[1:])} "
@@ -378,9 +379,6 @@ def _unlearn(
             "use 'antisamples_multiclass'"
         )
     new = clone_model(model)
-    n_classes = num_outputs(new, xr)
-    if min(classes) < 0 or max(classes) >= n_classes:
-        raise ValueError(f"forget labels must be in 0..{n_classes - 1}, got {classes}")
     dtype = xr.dtype if xr.dtype in (torch.float32, torch.float64) else torch.float32
     device = model_device(new)
 

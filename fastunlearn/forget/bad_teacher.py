@@ -19,10 +19,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ._common_b import (
     check_fraction,
-    check_inputs,
     check_number,
-    dataset_tensors,
+    checked_tensors,
     freeze,
+    prepare_inputs,
     reinitialize,
 )
 from .base import (
@@ -88,15 +88,17 @@ def bad_teacher(
         The student after ``config.epochs`` epochs.
 
     """
-    forget_ds, retain_ds = check_inputs(config, BadTeacherConfig, forget_ds, retain_ds)
+    forget_ds, retain_ds, k = prepare_inputs(
+        model, config, BadTeacherConfig, forget_ds, retain_ds
+    )
+    xf, _ = checked_tensors(forget_ds, k, "forget")
+    xr, _ = checked_tensors(retain_ds, k, "retain")
     good = freeze(clone_model(model))
     bad_seed = config.seed + 1 if config.incompetent_seed is None else config.incompetent_seed
     bad = freeze(reinitialize(clone_model(model), bad_seed))
     student = clone_model(model)
     device = model_device(student)
 
-    xf, _ = dataset_tensors(forget_ds)
-    xr, _ = dataset_tensors(retain_ds)
     gen = torch.Generator().manual_seed(config.seed)
     n_keep = max(1, int(round(config.retain_fraction * xr.shape[0])))
     keep = torch.randperm(xr.shape[0], generator=gen)[:n_keep]

@@ -1,8 +1,14 @@
 """The one interface every forgetting method shares: ``method(model, forget, retain, config)``.
 
 A method takes a trained classifier, the forget set, the retain set and a config dataclass,
-and returns a **new** model that has forgotten the forget set. The input model is never
-modified (methods work on a deep copy), so a failed or poor run loses nothing.
+and returns a **new** model, in eval mode, that has forgotten the forget set. The input
+model is never modified (methods work on a deep copy), so a failed or poor run loses nothing.
+
+Every method checks its inputs before any costly work: the config type, the model, empty
+or malformed data sets, labels outside the model's outputs, forget rows given twice and
+(unless ``check_overlap=False``) forget examples that are also in the retain set
+(:mod:`fastunlearn.forget.checks`). Bad input raises ValueError or TypeError naming the
+argument and leaves the model unchanged.
 
 ``forget`` and ``retain`` are map-style datasets of ``(input, label)`` pairs: a
 :class:`torch.utils.data.Dataset` or a tuple ``(inputs, labels)`` of tensors with the same
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,8 +34,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 __all__ = [
     "ForgetConfig",
     "ForgetMethod",
+    "TensorBatches",
     "as_dataset",
     "available_methods",
+    "batches",
     "clone_model",
     "get_method",
     "iterate",
@@ -52,6 +60,8 @@ class ForgetConfig:
         weight_decay: SGD weight decay.
         seed: Seed for shuffling, noise and any random choice of the method.
         progress: Show a tqdm progress bar (on stderr).
+        check_overlap: Refuse forget and retain sets that share examples
+            (:func:`fastunlearn.forget.checks.check_disjoint`).
 
     """
 
@@ -62,6 +72,7 @@ class ForgetConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     progress: bool = False
+    check_overlap: bool = True
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 0)
@@ -71,6 +82,9 @@ class ForgetConfig:
         _check_float("weight_decay", self.weight_decay, 0.0, strict=False)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
+        if not isinstance(self.check_overlap, bool):
+            kind = type(self.check_overlap).__name__
+            raise TypeError(f"check_overlap must be a bool, got {kind}")
 
 
 ConfigT = TypeVar("ConfigT", bound=ForgetConfig)
@@ -164,6 +178,54 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     """Return a single-process DataLoader; shuffling uses its own seeded generator."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+class _Indices(Dataset):
+    """The integers ``0 .. n - 1`` as a data set (a DataLoader over it yields index batches)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class TensorBatches:
+    """Mini-batches of a :class:`TensorDataset`, sliced from its tensors directly.
+
+    The batch order is drawn exactly as :func:`make_loader` draws it for the same data set
+    (a loader over the row indices with the same seeded generator), so results do not
+    change; only the per-example indexing and collation of a DataLoader are skipped.
+    """
+
+    def __init__(self, dataset: TensorDataset, batch_size: int, *, shuffle: bool,
+                 seed: int) -> None:
+        self.tensors = dataset.tensors
+        self.indices = make_loader(_Indices(len(dataset)), batch_size, shuffle=shuffle,
+                                   seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        for idx in self.indices:
+            yield tuple(t[idx.to(t.device)] for t in self.tensors)
+
+
+def batches(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> Iterable[Any]:
+    """Mini-batches of ``dataset``: :class:`TensorBatches` for a TensorDataset, else a loader.
+
+    Both give the batches of :func:`make_loader` in the same order; the training loops of
+    every method and of the harness's original model and oracles iterate this.
+    """
+    if isinstance(dataset, TensorDataset):
+        return TensorBatches(dataset, batch_size, shuffle=shuffle, seed=seed)
+    return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,4 +1,4 @@
-"""Argument checks the forgetting methods share: label range and forget/retain overlap.
+"""Argument checks the forgetting methods share: label range, duplicates, forget/retain overlap.
 
 Both checks only use what a data set exposes cheaply (the label tensor of a
 :class:`~torch.utils.data.TensorDataset`, the ``targets`` of a torchvision data set, the
@@ -19,6 +19,8 @@ __all__ = [
     "check_batch_labels",
     "check_disjoint",
     "check_labels",
+    "check_sets",
+    "check_unique",
     "dataset_labels",
 ]
 
@@ -128,3 +130,51 @@ def check_disjoint(forget: Dataset, retain: Dataset) -> None:
                 f"forget and retain overlap: {shared_count} retain example(s) equal a forget "
                 f"example (same input and label); the retain set must exclude the forget set"
             )
+
+
+def check_unique(dataset: Dataset, name: str = "forget") -> None:
+    """Raise ValueError naming ``name`` if ``dataset`` holds the same example twice.
+
+    A (nested) :class:`Subset` repeats an example when it repeats an index (as the harness's
+    ``file:`` forget sets refuse); a :class:`TensorDataset` when an ``(input, label)`` pair
+    occurs twice bit for bit. Other data sets cannot be checked cheaply and are accepted.
+    """
+    _, indices = _root_and_indices(dataset)
+    if indices is not None:
+        seen: set[int] = set()
+        for i in indices:
+            if i in seen:
+                raise ValueError(f"{name}: index {i} occurs more than once (duplicates)")
+            seen.add(i)
+        return
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        first: dict[bytes, int] = {}
+        for row, key in enumerate(_row_digests(dataset)):
+            if key in first:
+                raise ValueError(
+                    f"{name}: rows {first[key]} and {row} are the same example "
+                    "(same input and label; duplicates)"
+                )
+            first[key] = row
+
+
+def check_sets(
+    forget: Dataset, retain: Dataset, num_classes: int, *, check_overlap: bool = True
+) -> None:
+    """Run every data check of a forgetting method, cheapest first.
+
+    Labels of both sets within ``0 .. num_classes - 1`` (where the data sets expose them;
+    the training loops check the rest per batch), no duplicate forget example and, when
+    ``check_overlap``, no example in both sets.
+
+    Raises:
+        ValueError: Naming ``forget`` or ``retain`` and what is wrong.
+
+    """
+    for ds, name in ((forget, "forget"), (retain, "retain")):
+        labels = dataset_labels(ds)
+        if labels is not None:
+            check_labels(labels, num_classes, name)
+    check_unique(forget, "forget")
+    if check_overlap:
+        check_disjoint(forget, retain)

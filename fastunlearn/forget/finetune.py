@@ -38,4 +38,4 @@ def finetune(
     clone, _, retain_ds, k = prepare(model, forget, retain, config, FinetuneConfig)
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, retain_ds, config, k, "finetune")
-    return clone
+    return clone.eval()

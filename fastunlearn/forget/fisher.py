@@ -185,4 +185,4 @@ def fisher_forgetting(
                     var[rows] = config.class_row_var
                 noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
                 p.add_(var.sqrt() * noise)
-    return clone
+    return clone.eval()

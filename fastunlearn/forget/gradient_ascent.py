@@ -49,7 +49,7 @@ def neggrad(model: nn.Module, forget: Dataset, retain: Dataset, config: NegGradC
     clone, forget_ds, _, k = prepare(model, forget, retain, config, NegGradConfig)
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, forget_ds, config, k, "neggrad", ascent=True)
-    return clone
+    return clone.eval()
 
 
 @dataclass
@@ -94,7 +94,7 @@ def neggrad_plus(
     """Descend on the retain loss while ascending on the forget loss, on a copy of ``model``."""
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, NegGradPlusConfig)
     if config.epochs == 0 or config.lr == 0.0:
-        return clone
+        return clone.eval()
     device = model_device(clone)
     with seeded(config.seed, device):
         r_loader = make_loader(retain_ds, config.batch_size, shuffle=True, seed=config.seed)
@@ -123,4 +123,4 @@ def neggrad_plus(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-    return clone
+    return clone.eval()

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..influence import influence_update, last_parameters
+from ._common_b import prepare_inputs
 from .base import ForgetConfig, clone_model, make_loader, model_device, register
-from .checks import check_disjoint, check_labels, dataset_labels
+from .checks import check_labels
 
 __all__ = ["InfluenceConfig", "influence_unlearning", "weighted_loss"]
 
@@ -58,7 +59,6 @@ class InfluenceConfig(ForgetConfig):
         retain_fraction: Fraction of the retain set the Hessian is estimated on (seeded).
         loss_tolerance: Relative growth of the retain loss treated as divergence.
         on_divergence: ``"raise"`` (RuntimeError) or ``"keep"`` (return the unchanged copy).
-        check_overlap: Refuse forget and retain sets that share examples.
 
     """
 
@@ -73,7 +73,6 @@ class InfluenceConfig(ForgetConfig):
     retain_fraction: float = 1.0
     loss_tolerance: float = 1.0
     on_divergence: str = "raise"
-    check_overlap: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -134,14 +133,12 @@ def influence_unlearning(
 
     Raises:
         RuntimeError: The update diverged and ``on_divergence="raise"``.
-        ValueError: Overlapping sets or labels outside the model's outputs.
+        ValueError: Overlapping sets, duplicate forget examples or labels outside the
+            model's outputs.
 
     """
-    if not isinstance(config, InfluenceConfig):
-        raise TypeError(f"config must be an InfluenceConfig, got {type(config).__name__}")
+    forget, retain, k = prepare_inputs(model, config, InfluenceConfig, forget, retain)
     clone = clone_model(model)
-    if config.check_overlap:
-        check_disjoint(forget, retain)
     device = model_device(clone)
     params = [p for p in clone.parameters() if p.requires_grad]
     if not params:
@@ -149,10 +146,8 @@ def influence_unlearning(
     dtype = params[0].dtype
     xf, yf = _tensors(forget, config.batch_size, device, dtype)
     xr, yr = _tensors(retain, config.batch_size, device, dtype)
-    with torch.no_grad():
-        k = int(clone.eval()(xf[:1]).shape[-1])
-    for labels, name in ((dataset_labels(forget), "forget"), (dataset_labels(retain), "retain")):
-        check_labels(labels if labels is not None else (yf if name == "forget" else yr), k, name)
+    check_labels(yf, k, "forget")  # also for data sets that do not expose their labels
+    check_labels(yr, k, "retain")
     if config.retain_fraction < 1.0:
         gen = torch.Generator().manual_seed(config.seed)
         keep = torch.randperm(xr.shape[0], generator=gen)[:max(1, round(
@@ -184,5 +179,4 @@ def influence_unlearning(
     info["applied"] = bool(not result.diverged and result.step_norm > 0)
     info["scale"] = config.scale
     clone.unlearning_info = info  # type: ignore[assignment]
-    clone.train(model.training)
-    return clone
+    return clone.eval()

@@ -60,4 +60,4 @@ def l1_sparse(
 
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, retain_ds, config, k, "l1_sparse", penalty=penalty)
-    return clone
+    return clone.eval()

@@ -165,7 +165,7 @@ def _prune_and_finetune(
         masks = movement_masks(clone, moved, config.quantile, names)
         _reinit(clone, masks, config.seed)
         train_main_stage(clone, retain_ds, config, k, f"{desc}:retain")
-    return clone
+    return clone.eval()
 
 
 @register("selective_pruning", SelectivePruningConfig)
@@ -261,4 +261,4 @@ def pruning_complex(
         mask_r = movement_masks(clone, moved_r, config.quantile)
         _reinit(clone, {n: mask_f[n] & mask_r[n] for n in mask_f}, config.seed)
         train_main_stage(clone, retain_ds, config, k, "pruning_complex:retain")
-    return clone
+    return clone.eval()

@@ -1,10 +1,10 @@
 """Random-label methods of Seed A: poison (RL), poison-full and the two-stage hybrid.
 
 All three train on the forget set with every label replaced by a fixed random class
-(:class:`~fastunlearn.forget._training.RelabelledDataset`). Seed A draws the new label
-uniformly over all classes (it may equal the true one); here ``other_classes=True`` (the
-default) draws among the other classes, as Amnesiac unlearning and SalUn's RL do, so every
-forget example is really relabelled. Set ``other_classes=False`` for Seed A's draw.
+(:class:`~fastunlearn.forget._training.RelabelledDataset`). By default the new label is
+drawn uniformly over all classes, as Seed A's published code does (it may equal the true
+one). ``other_classes=True`` draws among the other classes instead, as Amnesiac unlearning
+and SalUn's RL do, so every forget example is really relabelled.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ class RandomLabelsConfig(SGDConfig):
     Attributes:
         epochs: Passes over the forget set (1; the paper uses 2 for AgeDB).
         lr: Learning rate (7e-4).
-        other_classes: Relabel to a class other than the true one (see module docstring).
+        other_classes: Relabel to a class other than the true one (default False: uniform
+            over all classes, Seed A; see the module docstring).
 
     """
 
     epochs: int = 1
     lr: float = 7e-4
-    other_classes: bool = True
+    other_classes: bool = False
 
 
 @register("random_labels", RandomLabelsConfig)
@@ -52,7 +53,7 @@ def random_labels(
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, poisoned, config, k, "random_labels")
-    return clone
+    return clone.eval()
 
 
 @dataclass
@@ -66,14 +67,15 @@ class PoisonFullConfig(SGDConfig):
         epochs: Passes over retain plus forget (5).
         lr: Initial learning rate (2e-3).
         scheduler: ``"cosine"``.
-        other_classes: Relabel to a class other than the true one.
+        other_classes: Relabel to a class other than the true one (default False: uniform
+            over all classes, Seed A).
 
     """
 
     epochs: int = 5
     lr: float = 2e-3
     scheduler: str = "cosine"
-    other_classes: bool = True
+    other_classes: bool = False
 
 
 @register("poison_full", PoisonFullConfig)
@@ -86,7 +88,7 @@ def poison_full(
     union = ConcatDataset([retain_ds, poisoned])
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, union, config, k, "poison_full")
-    return clone
+    return clone.eval()
 
 
 @dataclass
@@ -102,7 +104,8 @@ class TwoStageConfig(SGDConfig):
         lr: Retain-stage learning rate (1e-3).
         forget_epochs: Forget-stage epochs (1).
         forget_lr: Forget-stage learning rate (1e-2).
-        other_classes: Relabel to a class other than the true one.
+        other_classes: Relabel to a class other than the true one (default False: uniform
+            over all classes, Seed A).
 
     """
 
@@ -110,7 +113,7 @@ class TwoStageConfig(SGDConfig):
     lr: float = 1e-3
     forget_epochs: int = 1
     forget_lr: float = 1e-2
-    other_classes: bool = True
+    other_classes: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,4 +142,4 @@ def two_stage(
         train_main_stage(
             clone, retain_ds, config, k, "two_stage:retain", use_scheduler=False, seed_offset=1
         )
-    return clone
+    return clone.eval()

@@ -71,4 +71,4 @@ def retrain(model: nn.Module, forget: Dataset, retain: Dataset, config: RetrainC
     with seeded(config.seed, model_device(clone)):
         reinitialize(clone)
         train_main_stage(clone, retain_ds, config, k, "retrain")
-    return clone
+    return clone.eval()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_fraction, check_inputs, dataset_tensors, num_outputs, train_ce
+from ._common_b import check_fraction, checked_tensors, prepare_inputs, train_ce
 from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
 
 __all__ = ["SalUnConfig", "salun", "saliency_mask"]
@@ -105,12 +105,13 @@ def salun(
         The new model.
 
     """
-    forget_ds, retain_ds = check_inputs(config, SalUnConfig, forget_ds, retain_ds)
+    forget_ds, retain_ds, n_classes = prepare_inputs(
+        model, config, SalUnConfig, forget_ds, retain_ds
+    )
+    xf, yf = checked_tensors(forget_ds, n_classes, "forget")
+    xr, yr = checked_tensors(retain_ds, n_classes, "retain")
     masks = saliency_mask(model, forget_ds, config.mask_ratio, batch_size=config.batch_size)
     new = clone_model(model)
-    xf, yf = dataset_tensors(forget_ds)
-    xr, yr = dataset_tensors(retain_ds)
-    n_classes = num_outputs(new, xf)
     gen = torch.Generator().manual_seed(config.seed)
     random_labels = torch.randint(0, n_classes, yf.shape, generator=gen)
     inputs = torch.cat([xf, xr.to(xf.dtype)])

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_inputs, check_number, check_positive_int, freeze
+from ._common_b import check_number, check_positive_int, freeze, prepare_inputs
 from .base import (
     ForgetConfig,
     clone_model,
@@ -30,6 +30,7 @@ from .base import (
     model_device,
     register,
 )
+from .checks import check_batch_labels
 
 __all__ = ["ScrubConfig", "scrub", "tempered_kl"]
 
@@ -106,7 +107,7 @@ def scrub(
         The student after ``config.epochs`` SCRUB epochs.
 
     """
-    forget_ds, retain_ds = check_inputs(config, ScrubConfig, forget_ds, retain_ds)
+    forget_ds, retain_ds, k = prepare_inputs(model, config, ScrubConfig, forget_ds, retain_ds)
     teacher = freeze(clone_model(model))
     student = clone_model(model)
     device = model_device(student)
@@ -123,7 +124,8 @@ def scrub(
             group["lr"] = config.lr * config.lr_decay_rate**decays
         student.train()
         if epoch <= config.max_steps:
-            for x, _ in forget_loader:
+            for x, y in forget_loader:
+                check_batch_labels(torch.as_tensor(y), k, "forget")
                 x = x.to(device)
                 with torch.no_grad():
                     t_out = teacher(x)
@@ -132,6 +134,7 @@ def scrub(
                 loss.backward()
                 opt.step()
         for x, y in retain_loader:
+            check_batch_labels(torch.as_tensor(y), k, "retain")
             x, y = x.to(device), y.to(device)
             with torch.no_grad():
                 t_out = teacher(x)

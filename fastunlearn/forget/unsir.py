@@ -26,12 +26,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ._common_b import (
-    check_inputs,
     check_number,
     check_positive_int,
-    dataset_tensors,
+    checked_tensors,
     freeze,
-    num_outputs,
+    prepare_inputs,
     train_ce,
 )
 from .base import ForgetConfig, clone_model, iterate, model_device, register
@@ -166,13 +165,28 @@ def unsir_noise_set(
     return torch.cat(noises), torch.cat(labels)
 
 
+def _check_whole_classes(classes: list[int], retain_labels: Tensor) -> None:
+    """Raise ValueError if a forget class still has examples among ``retain_labels``."""
+    kept = [c for c in classes if bool((retain_labels == c).any())]
+    if kept:
+        counts = ", ".join(f"class {c}: {int((retain_labels == c).sum())}" for c in kept)
+        raise ValueError(
+            "UNSIR needs whole classes: it forgets every class of the forget set, but "
+            f"forget class(es) {kept} still have examples in retain ({counts}); put every "
+            "example of those classes in the forget set, or use a method for random "
+            "forgetting"
+        )
+
+
 @register("unsir", UnsirConfig)
 def unsir(
     model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, config: UnsirConfig
 ) -> nn.Module:
     """Unlearn the classes of ``forget_ds`` with UNSIR (noise, impair, repair).
 
-    Only the labels of ``forget_ds`` are read: every class present in it is forgotten.
+    Only the labels of ``forget_ds`` are read: every class present in it is forgotten, so
+    UNSIR is class unlearning: the forget set must hold whole classes (no example of a
+    forget class may remain in ``retain_ds``).
 
     Args:
         model: The trained model; left unchanged.
@@ -183,15 +197,19 @@ def unsir(
     Returns:
         The model after repair.
 
+    Raises:
+        ValueError: Besides the checks every method runs, if a forget class still has
+            examples in the retain set (UNSIR needs whole classes).
+
     """
-    forget_ds, retain_ds = check_inputs(config, UnsirConfig, forget_ds, retain_ds)
-    xf, yf = dataset_tensors(forget_ds)
-    xr, yr = dataset_tensors(retain_ds)
-    new = clone_model(model)
-    n_classes = num_outputs(new, xr)
+    forget_ds, retain_ds, n_classes = prepare_inputs(
+        model, config, UnsirConfig, forget_ds, retain_ds
+    )
+    _, yf = checked_tensors(forget_ds, n_classes, "forget")
+    xr, yr = checked_tensors(retain_ds, n_classes, "retain")
     classes = torch.unique(yf).tolist()
-    if min(classes) < 0 or max(classes) >= n_classes:
-        raise ValueError(f"forget labels must be in 0..{n_classes - 1}, got {classes}")
+    _check_whole_classes(classes, yr)
+    new = clone_model(model)
 
     gen = torch.Generator().manual_seed(config.seed)
     keep = []

@@ -7,7 +7,13 @@ PNG plots and the logits (fixture layout, readable by ``fastunlearn evaluate``).
 """
 
 from ..forget import influence_method as influence_method  # registers "influence"
-from .config import DIGITS_OVERRIDES, HarnessConfig, TrainSettings, method_overrides
+from .config import (
+    DIGITS_OVERRIDES,
+    HarnessConfig,
+    TrainSettings,
+    method_overrides,
+    oracle_recipe,
+)
 from .data import HarnessData, build_harness_model, load_harness_data, split_forget
 from .report import render_table, write_outputs
 from .runner import collect_logits, run_harness
@@ -24,6 +30,7 @@ __all__ = [
     "collect_logits",
     "load_harness_data",
     "method_overrides",
+    "oracle_recipe",
     "render_table",
     "run_harness",
     "split_forget",

@@ -82,10 +82,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="METHOD.KEY=VALUE",
-                   help="override a method's config field, e.g. finetune.lr=0.02 (repeatable)")
+                   help="override a method's config field, e.g. finetune.lr=0.02 "
+                        "(repeatable; checked before training; not seed or progress, "
+                        "which --seeds and --progress set)")
     p.add_argument("--published-defaults", action="store_true",
-                   help="use the methods' published (CIFAR) defaults instead of the "
-                        "digits-sized ones")
+                   help="use the methods' published (CIFAR) defaults also on digits; the "
+                        "digits-sized settings (DIGITS_OVERRIDES) apply only to --dataset "
+                        "digits, every other data set always gets the published ones")
     p.add_argument("--no-mia", action="store_true", help="skip the SVC MIA-Efficacy")
     p.add_argument("--progress", dest="progress", action="store_true", default=True,
                    help="show progress bars (default)")
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds, oracles=args.oracles,
             train=TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
             overrides=parse_set(args.overrides),
-            digits_defaults=not args.published_defaults,
+            digits_defaults=False if args.published_defaults else None,
             cache_dir=None if args.no_cache else args.cache_dir, out_dir=args.out,
             device=args.device, mia=not args.no_mia, progress=args.progress,
         )

@@ -5,8 +5,10 @@ CIFAR ResNet trained for 100+ epochs on 50,000 images: a few epochs at ``lr = 1e
 then thousands of SGD steps. On the 1,437 training digits an epoch is 12-23 steps, so the
 same settings barely move the model and nothing is forgotten. :data:`DIGITS_OVERRIDES`
 scales each method's learning rate and epochs so that it actually forgets on the digits
-with the harness's ``small_cnn``; every value can be replaced per run with
-``HarnessConfig.overrides`` (CLI: ``--set method.key=value``).
+with the harness's ``small_cnn``. They apply to the digits data set only, unless
+``HarnessConfig.digits_defaults`` says otherwise; every value can be replaced per run with
+``HarnessConfig.overrides`` (CLI: ``--set method.key=value``), which are checked by building
+each method's config before anything is trained.
 """
 
 from __future__ import annotations
@@ -18,7 +20,18 @@ from typing import Any
 
 from ..forget import available_methods, get_method
 
-__all__ = ["DIGITS_OVERRIDES", "HarnessConfig", "TrainSettings", "method_overrides"]
+__all__ = [
+    "DIGITS_OVERRIDES",
+    "HARNESS_FIELDS",
+    "HarnessConfig",
+    "TrainSettings",
+    "method_overrides",
+    "oracle_recipe",
+]
+
+#: Config fields the harness sets itself: a run's seeds are ``0 .. seeds - 1`` and progress
+#: bars follow ``HarnessConfig.progress``; ``overrides`` may not set them.
+HARNESS_FIELDS = ("seed", "progress")
 
 #: Per-method config overrides used on small data sets (digits): see the module docstring.
 #: Chosen so that class forgetting (``class:3``) drives the forget accuracy near the
@@ -85,6 +98,17 @@ class TrainSettings:
                 raise ValueError(f"'{name}' must be a finite number >= 0 (lr > 0), got {v!r}")
 
 
+def oracle_recipe(settings: TrainSettings) -> dict[str, Any]:
+    """Return the :class:`~fastunlearn.forget._training.SGDConfig` fields of a recipe.
+
+    The original model, the oracles and the ``retrain`` method are all trained with these
+    (SGD, Nesterov when ``momentum > 0``, cosine annealing over the epochs).
+    """
+    return {"epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size,
+            "momentum": settings.momentum, "weight_decay": settings.weight_decay,
+            "nesterov": settings.momentum > 0, "scheduler": "cosine", "milestones": ()}
+
+
 @dataclass
 class HarnessConfig:
     """Everything a harness run needs.
@@ -101,8 +125,12 @@ class HarnessConfig:
         oracles: Models retrained from scratch on the retain set (seeds differ).
         train: Training recipe of the original model and the oracles.
         train_seed: Seed of the original model (oracle ``i`` uses ``train_seed + 1 + i``).
-        overrides: ``{method: {field: value}}`` on top of the defaults.
-        digits_defaults: Apply :data:`DIGITS_OVERRIDES` under ``overrides``.
+        overrides: ``{method: {field: value}}`` on top of the defaults (not ``seed`` or
+            ``progress``, which the harness sets); validated by building every method's
+            config when the HarnessConfig is created.
+        digits_defaults: Apply :data:`DIGITS_OVERRIDES` under ``overrides``; ``None``
+            (default): only when ``dataset`` is ``"digits"`` (other data sets get the
+            methods' published defaults).
         cache_dir: Folder of the cached original/oracle weights (None: no cache).
         out_dir: Folder of the JSON, Markdown, PNG and logits outputs (None: write nothing).
         device: ``"cpu"`` or ``"cuda"``.
@@ -122,7 +150,7 @@ class HarnessConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     train_seed: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    digits_defaults: bool = True
+    digits_defaults: bool | None = None
     cache_dir: str | None = ".fastunlearn-cache"
     out_dir: str | None = None
     device: str = "cpu"
@@ -159,11 +187,37 @@ class HarnessConfig:
             raise TypeError(f"'forget' must be a str, got {type(self.forget).__name__}")
         if not isinstance(self.overrides, dict):
             raise TypeError("'overrides' must be a dict {method: {field: value}}")
-        for m, fields in self.overrides.items():
+        for m in self.overrides:
             if m not in self.methods:
                 raise ValueError(f"'overrides' names method {m!r}, which is not run "
                                  f"(methods: {list(self.methods)})")
-            method_overrides(m, fields)  # validates the field names
+        if self.digits_defaults is None:
+            self.digits_defaults = self.dataset.strip().lower() == "digits" \
+                if isinstance(self.dataset, str) else False
+        if not isinstance(self.digits_defaults, bool):
+            raise TypeError(f"'digits_defaults' must be a bool or None, got "
+                            f"{type(self.digits_defaults).__name__}")
+        for m, settings in self.method_settings().items():
+            _check_method_config(m, settings)
+
+    def method_settings(self) -> dict[str, dict[str, Any]]:
+        """Return the config overrides every method runs with (``{method: {field: value}}``).
+
+        :data:`DIGITS_OVERRIDES` (when ``digits_defaults``), then the ``retrain`` method's
+        oracle recipe (:func:`oracle_recipe`), then ``overrides``.
+
+        Raises:
+            ValueError: If an override is not a field of the method's config, or sets
+                ``seed`` / ``progress``.
+
+        """
+        out = {}
+        for m in self.methods:
+            extra = dict(self.overrides.get(m, {}))
+            if m == "retrain":  # the "retrain" method follows the oracles' recipe
+                extra = {**oracle_recipe(self.train), **extra}
+            out[m] = method_overrides(m, extra, digits_defaults=bool(self.digits_defaults))
+        return out
 
     def with_methods(self, methods: tuple[str, ...]) -> HarnessConfig:
         """Return a copy that runs ``methods``."""
@@ -181,10 +235,16 @@ def method_overrides(name: str, extra: dict[str, Any] | None = None,
         digits_defaults: Start from :data:`DIGITS_OVERRIDES` (else from nothing).
 
     Raises:
-        ValueError: If a key is not a field of the method's config.
+        ValueError: If a key is not a field of the method's config, or is one the harness
+            sets itself (:data:`HARNESS_FIELDS`).
 
     """
     _, cls = get_method(name)
+    for key in HARNESS_FIELDS:
+        if key in (extra or {}):
+            how = ("runs use seeds 0..seeds-1: set 'seeds' (CLI --seeds)" if key == "seed"
+                   else "bars follow the run's 'progress' (CLI --progress / --no-progress)")
+            raise ValueError(f"'overrides' for {name!r}: {key!r} is set by the harness ({how})")
     out = dict(DIGITS_OVERRIDES.get(name, {})) if digits_defaults else {}
     out.update(extra or {})
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -192,6 +252,13 @@ def method_overrides(name: str, extra: dict[str, Any] | None = None,
     if bad:
         raise ValueError(f"'overrides' for {name!r}: {bad[0]!r} is not a field of "
                          f"{cls.__name__} (fields: {sorted(fields)})")
-    out.pop("seed", None)
-    out.pop("progress", None)
     return out
+
+
+def _check_method_config(name: str, settings: dict[str, Any]) -> None:
+    """Build method ``name``'s config from ``settings``; errors name the method."""
+    _, cls = get_method(name)
+    try:
+        cls(**settings)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"'overrides' for {name!r}: {exc}") from None

@@ -125,6 +125,11 @@ def split_forget(data: HarnessData, spec: str, seed: int = 0) -> tuple[Tensor, T
 
 
 def _model_kwargs(name: str, shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """Keyword arguments that fit zoo model ``name`` to rows of ``shape``.
+
+    Reads the builder's signature: ``in_channels`` and ``side`` for images ``[C, H, W]``,
+    ``in_features`` for the flattened size.
+    """
     from ..models.zoo import MODELS
 
     params = inspect.signature(MODELS[name]).parameters if name in MODELS else {}
@@ -141,12 +146,44 @@ def _model_kwargs(name: str, shape: tuple[int, ...], num_classes: int) -> dict[s
     return kw
 
 
+def _check_fits(model: nn.Module, name: str, shape: tuple[int, ...], num_classes: int) -> None:
+    """Run two zero inputs through ``model`` (eval mode, no RNG, no state change).
+
+    Raises:
+        ValueError: If the model cannot take rows of ``shape`` or does not give
+            ``num_classes`` logits.
+
+    """
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((2, *shape)))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"'model' {name!r} cannot take inputs of shape {shape}: {first}") \
+            from None
+    finally:
+        model.train(was)
+    if tuple(out.shape) != (2, num_classes):
+        raise ValueError(f"'model' {name!r} gives logits of shape {tuple(out.shape[1:])} for "
+                         f"inputs {shape}, expected ({num_classes},)")
+
+
 def build_harness_model(name: str, shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build zoo model ``name`` for inputs of ``shape`` (one row) and ``num_classes``.
 
-    Uses the global RNG (seed it first). Raises ValueError for an unknown model name.
+    Uses the global RNG (seed it first). A test forward pass on zeros checks that the model
+    fits the data.
+
+    Raises:
+        ValueError: For an unknown model name, or a model that cannot take ``shape``.
+
     """
-    return build_model(name, **_model_kwargs(name, tuple(shape), num_classes))
+    shape = tuple(shape)
+    model = build_model(name, **_model_kwargs(name, shape, num_classes))
+    _check_fits(model, name, shape, num_classes)
+    return model
 
 
 def model_kwargs(name: str, shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:

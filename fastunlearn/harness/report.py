@@ -195,6 +195,36 @@ def plot_times(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _run_columns(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Return the ``metrics.csv`` columns of a method's successful runs."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    return {"seed": [r["seed"] for r in ok],
+            **{k: [r[k] for r in ok] for k in
+               ("retain_accuracy", "forget_accuracy", "test_accuracy")},
+            "wall_time_s": [r["seconds"] for r in ok]}
+
+
+def _write_logits(result: dict[str, Any], folder: Path) -> Path:
+    """Write the forget-set logits in the fixture layout (replacing an earlier run's).
+
+    The oracles' metrics go to the top-level ``metrics.csv`` and each method's to its own
+    folder, so a method named ``retrain`` cannot take the oracles' place.
+    """
+    logits, labels = result["logits"], result["labels"]
+    retrain = torch.stack([lg["forget"] for lg in logits["oracles"]], 1)
+    methods = {n: torch.stack([lg["forget"] for lg in logits[n]], 1)
+               for n in result["methods"] if logits.get(n)}
+    orc = result["oracles"]
+    oracle_cols = {"seed": list(range(len(orc["per_model"]))),
+                   **{k: [r[k] for r in orc["per_model"]] for k in
+                      ("retain_accuracy", "forget_accuracy", "test_accuracy")},
+                   "wall_time_s": list(orc["seconds"])}
+    method_cols = {n: _run_columns(result["methods"][n]["runs"]) for n in methods}
+    return write_logits_dir(folder, retrain, labels["forget"], methods, method_cols,
+                            retrain_metrics=oracle_cols,
+                            forget_set=result["data"]["forget_indices"])
+
+
 def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     """Write ``results.json``, ``results.md``, the PNGs and ``logits/``; return the paths."""
     out = Path(out_dir)
@@ -203,26 +233,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
     logits = result.get("logits", {})
     labels = result.get("labels", {})
     if logits.get("oracles") and "forget" in labels:
-        retrain = torch.stack([lg["forget"] for lg in logits["oracles"]], 1)
-        methods = {n: torch.stack([lg["forget"] for lg in logits[n]], 1)
-                   for n in result["methods"] if logits.get(n)}
-        orc = result["oracles"]
-        metrics: dict[str, dict[str, list[float]]] = {"retrain": {
-            "seed": list(range(len(orc["per_model"]))),
-            "retain_accuracy": [r["retain_accuracy"] for r in orc["per_model"]],
-            "forget_accuracy": [r["forget_accuracy"] for r in orc["per_model"]],
-            "test_accuracy": [r["test_accuracy"] for r in orc["per_model"]],
-            "wall_time_s": list(orc["seconds"])}}
-        for n in methods:
-            ok = [r for r in result["methods"][n]["runs"] if r["status"] == "ok"]
-            metrics[n] = {"seed": [r["seed"] for r in ok],
-                          **{k: [r[k] for r in ok] for k in
-                             ("retain_accuracy", "forget_accuracy", "test_accuracy")},
-                          "wall_time_s": [r["seconds"] for r in ok]}
-        folder = write_logits_dir(out / "logits", retrain, labels["forget"], methods, metrics)
-        (folder / "forget_set.txt").write_text(
-            ",".join(str(i) for i in result["data"]["forget_indices"]) + "\n")
-        paths["logits"] = str(folder)
+        paths["logits"] = str(_write_logits(result, out / "logits"))
     public = {k: v for k, v in result.items() if k not in ("logits", "labels", "paths")}
     (out / "results.json").write_text(json.dumps(_json_ready(public), indent=1) + "\n")
     paths["json"] = str(out / "results.json")

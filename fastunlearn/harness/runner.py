@@ -36,7 +36,7 @@ from ..metrics import (
     svc_mia_efficacy,
     time_ratio,
 )
-from .config import HarnessConfig, method_overrides
+from .config import HarnessConfig
 from .data import HarnessData, load_harness_data, split_forget
 from .training import train_or_load
 
@@ -124,14 +124,7 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
     elif not isinstance(data, HarnessData):
         raise TypeError(f"'data' must be a HarnessData, got {type(data).__name__}")
     forget_idx, retain_idx = split_forget(data, config.forget, config.forget_seed)
-    overrides = {}
-    for m in config.methods:
-        extra = dict(config.overrides.get(m, {}))
-        if m == "retrain":  # the "retrain" method follows the oracles' recipe
-            t = config.train
-            extra = {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
-                     "momentum": t.momentum, "weight_decay": t.weight_decay, **extra}
-        overrides[m] = method_overrides(m, extra, digits_defaults=config.digits_defaults)
+    overrides = config.method_settings()
     sets = {"forget": (data.x_train[forget_idx], data.y_train[forget_idx]),
             "retain": (data.x_train[retain_idx], data.y_train[retain_idx]),
             "test": (data.x_test, data.y_test)}

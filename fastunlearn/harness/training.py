@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
-from .config import TrainSettings
+from ..forget import _training
+from .config import TrainSettings, oracle_recipe
 from .data import build_harness_model, model_kwargs
 
 __all__ = ["CACHE_VERSION", "TrainedModel", "cache_key", "train_model", "train_or_load"]
 
-#: Bumped whenever the training code changes what a key produces.
-CACHE_VERSION = 1
+#: Bumped whenever the training code changes what a key produces (2: the methods' shared
+#: training loop, :func:`fastunlearn.forget._training.train`).
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -59,32 +61,17 @@ def train_model(
 ) -> nn.Module:
     """Train ``model`` in place: SGD (Nesterov), cosine schedule, mean cross-entropy.
 
-    Tensors are batched directly (no DataLoader) with a seeded shuffle.
+    Runs the forgetting methods' own training loop
+    (:func:`fastunlearn.forget._training.train`, as the ``retrain`` method does) with
+    :func:`~fastunlearn.harness.config.oracle_recipe`, so the retraining time that methods
+    are compared with is measured on the same loop. Returns ``model`` in eval mode.
     """
-    device = next(model.parameters()).device
-    x, y = x.to(device), y.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                          nesterov=settings.momentum > 0, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
-    gen = torch.Generator().manual_seed(seed)
-    epochs: Any = range(settings.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc=desc, leave=False)
-    model.train()
-    n = x.shape[0]
-    for _ in epochs:
-        perm = torch.randperm(n, generator=gen).to(device)
-        for start in range(0, n, settings.batch_size):
-            idx = perm[start:start + settings.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    model.eval()
-    return model
+    config = _training.SGDConfig(seed=seed, progress=progress, **oracle_recipe(settings))
+    dataset = TensorDataset(x, y)
+    k = _training.num_outputs(model, dataset)
+    with _training.seeded(seed, _training.model_device(model)):
+        _training.train_main_stage(model, dataset, config, k, desc)
+    return model.eval()
 
 
 def _digest(t: Tensor) -> str:

@@ -90,6 +90,13 @@ def logits_and_labels(
     return z, y.to(z.device)
 
 
+def check_examples(t: Tensor, name: str) -> None:
+    """Raise ValueError naming ``name`` if ``t`` holds no example (its dim 0 is 0)."""
+    if t.dim() == 0 or t.shape[0] == 0:
+        raise ValueError(f"'{name}' has no examples (shape {tuple(t.shape)}): "
+                         "a metric needs at least one")
+
+
 def check_delta(delta: float, name: str = "delta") -> float:
     """``delta`` as a float in [0, 1)."""
     if isinstance(delta, bool) or not isinstance(delta, (int, float)):
@@ -104,6 +111,8 @@ def pair_of_stats(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
     """Per-example statistics ``[S, N]`` and ``[S, M]`` (same S, N and M >= 2) as float64."""
     r = float_tensor(retrained, "retrained", ndim=2)
     u = float_tensor(unlearned, "unlearned", ndim=2)
+    check_examples(r, "retrained")
+    check_examples(u, "unlearned")
     if r.shape[0] != u.shape[0]:
         raise ValueError(
             f"'retrained' and 'unlearned' must have the same number of examples (dim 0), "
@@ -119,15 +128,38 @@ def pair_of_stats(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
     return r.to(torch.float64), u.to(torch.float64)
 
 
-def stacked_logits(retrain_logits: Any, unlearn_logits: Any, labels: Any) -> tuple[Tensor, ...]:
-    """Check ``[S, N, C]`` retrained and ``[S, M, C]`` unlearned logits and ``[S]`` labels."""
+def stacked_logits(
+    retrain_logits: Any, unlearn_logits: Any, labels: Any, *,
+    min_models: tuple[int, int] = (1, 1), purpose: str = "this metric",
+) -> tuple[Tensor, ...]:
+    """Check ``[S, N, C]`` retrained and ``[S, M, C]`` unlearned logits and ``[S]`` labels.
+
+    Args:
+        retrain_logits: Retrained-model logits.
+        unlearn_logits: Unlearned-model logits.
+        labels: Labels.
+        min_models: Fewest ``(N, M)`` the caller needs.
+        purpose: The metric, named in the error when there are too few models.
+
+    Raises:
+        ValueError: Naming the argument: no examples (S = 0), too few models, shapes that
+            disagree, fewer than 2 classes, non-finite logits or labels out of range.
+
+    """
     r = float_tensor(retrain_logits, "retrain_logits", ndim=3)
     u = float_tensor(unlearn_logits, "unlearn_logits", ndim=3)
+    check_examples(r, "retrain_logits")
+    check_examples(u, "unlearn_logits")
     if r.shape[0] != u.shape[0] or r.shape[2] != u.shape[2]:
         raise ValueError(
             f"'retrain_logits' {tuple(r.shape)} and 'unlearn_logits' {tuple(u.shape)} must "
             "agree on examples (dim 0) and classes (dim 2)"
         )
+    for t, name, low in ((r, "retrain_logits", min_models[0]),
+                         (u, "unlearn_logits", min_models[1])):
+        if t.shape[1] < low:
+            raise ValueError(f"'{name}' holds {t.shape[1]} model(s) (dim 1); {purpose} needs "
+                             f"at least {low}")
     if r.shape[2] < 2:
         raise ValueError(f"'retrain_logits' needs at least 2 classes, got {r.shape[2]}")
     if r.device != u.device:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import logits_and_labels
+from ._checks import check_examples, logits_and_labels
 
 __all__ = ["accuracy", "accuracy_report", "per_model_accuracy"]
 
@@ -25,17 +25,16 @@ def accuracy(logits: Any, labels: Any) -> float:
         labels: ``[n]`` integer labels in ``[0, C)``.
 
     Returns:
-        Accuracy in [0, 1]; nan for an empty set.
+        Accuracy in [0, 1].
 
     Raises:
-        ValueError: On mismatched shapes or labels out of range.
+        ValueError: On an empty set, mismatched shapes or labels out of range.
 
     """
     z, y = logits_and_labels(logits, labels)
     if z.dim() != 2:
         raise ValueError(f"'logits' must have shape [n, C], got {tuple(z.shape)}")
-    if z.shape[0] == 0:
-        return float("nan")
+    check_examples(z, "logits")
     return float((z.argmax(-1) == y).to(torch.float64).mean())
 
 
@@ -49,10 +48,14 @@ def per_model_accuracy(logits: Any, labels: Any) -> Tensor:
     Returns:
         float64 ``[N]`` accuracies.
 
+    Raises:
+        ValueError: On no examples (S = 0), mismatched shapes or labels out of range.
+
     """
     z, y = logits_and_labels(logits, labels)
     if z.dim() != 3:
         raise ValueError(f"'logits' must have shape [S, N, C], got {tuple(z.shape)}")
+    check_examples(z, "logits")
     return (z.argmax(-1) == y).to(torch.float64).mean(0)
 
 

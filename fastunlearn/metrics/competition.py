@@ -529,7 +529,8 @@ def competition_score(
         A :class:`CompetitionResult`.
 
     """
-    r, u, y = stacked_logits(retrain_logits, unlearn_logits, labels)
+    r, u, y = stacked_logits(retrain_logits, unlearn_logits, labels, min_models=(2, 3),
+                             purpose="the competition score")
     cr = logit_scaled_confidence(r, y)
     cu = logit_scaled_confidence(u, y)
     eps = competition_epsilons(cr, cu, delta=delta).cpu()

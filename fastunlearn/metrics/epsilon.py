@@ -198,7 +198,8 @@ def epsilon_hat(
         An :class:`EpsilonResult`.
 
     """
-    r, u, y = stacked_logits(retrain_logits, unlearn_logits, labels)
+    r, u, y = stacked_logits(retrain_logits, unlearn_logits, labels, min_models=(2, 2),
+                             purpose="epsilon-hat")
     hr = hinge_logit(r, y)
     hu = hinge_logit(u, y)
     eps = lira_epsilons(hr, hu, delta=delta).cpu()

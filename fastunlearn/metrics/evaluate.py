@@ -14,17 +14,21 @@ For each method folder, against the retrained models of the same directory:
 A ``baseline`` entry scores the retrained models against themselves (first half vs second
 half), the noise floor of both epsilon metrics. MIA-Efficacy needs retain and test logits,
 which this layout does not hold; it is reported as not applicable.
+
+A metric a method has too few models for (epsilon-hat: 2 per group, the competition score:
+2 retrained and 3 unlearned) is skipped for that method with a ``privacy_note``, and a
+method whose logits cannot be scored gets an ``error``; the other methods are still scored.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ._checks import stacked_logits
 from .accuracy import per_model_accuracy
 from .competition import DEFAULT_DELTA as COMPETITION_DELTA
 from .competition import competition_score
@@ -39,6 +43,10 @@ __all__ = ["evaluate_logits", "evaluate_logits_dir"]
 #: Retrained models per half of the retrained-vs-retrained baseline (the competition
 #: score needs at least three models per group).
 MIN_BASELINE_HALF = 3
+
+#: Fewest retrained / unlearned models of epsilon-hat and of the competition score.
+MIN_EPSILON_MODELS = (2, 2)
+MIN_COMPETITION_MODELS = (2, 3)
 
 
 def _finite_list(t: Tensor) -> list[float]:
@@ -57,6 +65,9 @@ def evaluate_logits(
 ) -> dict[str, Any]:
     """Epsilon-hat, competition score, forget accuracy and fairness of one method.
 
+    A score that needs more models than given (:data:`MIN_EPSILON_MODELS`,
+    :data:`MIN_COMPETITION_MODELS`) is left out and ``privacy_note`` says why.
+
     Args:
         retrain: ``[S, N, C]`` retrained-model logits on the forget set.
         unlearn: ``[S, M, C]`` unlearned-model logits.
@@ -69,37 +80,71 @@ def evaluate_logits(
     Returns:
         A JSON-friendly dict.
 
+    Raises:
+        ValueError: If the logits are empty, disagree in shape, or hold nan / inf.
+
     """
-    eps = epsilon_hat(retrain, unlearn, labels, delta=delta)
-    comp = competition_score(retrain, unlearn, labels, delta=competition_delta,
-                             accuracies=accuracies)
+    retrain, unlearn, labels = stacked_logits(retrain, unlearn, labels)
+    n, m = int(retrain.shape[1]), int(unlearn.shape[1])
     acc = per_model_accuracy(unlearn, labels)
     out: dict[str, Any] = {
-        "num_models": int(unlearn.shape[1]),
+        "num_models": m,
         "forget_accuracy": float(acc.mean()),
         "forget_accuracy_std": float(acc.std()) if acc.numel() > 1 else 0.0,
-        "epsilon_hat": eps.epsilon_hat,
-        "seed_a": eps.to_dict(),
-        "competition_forget_score": comp.forget_score,
-        "competition_final_score": comp.final_score,
-        "competition": comp.to_dict(),
         "fairness": class_fairness(unlearn, labels),
     }
-    if per_example:
-        out["per_example"] = {
-            "epsilon": _finite_list(eps.per_example),
-            "competition_epsilon": _finite_list(comp.per_example),
-        }
+    examples: dict[str, list[float]] = {}
+    notes = []
+    if n >= MIN_EPSILON_MODELS[0] and m >= MIN_EPSILON_MODELS[1]:
+        eps = epsilon_hat(retrain, unlearn, labels, delta=delta)
+        out.update(epsilon_hat=eps.epsilon_hat, seed_a=eps.to_dict())
+        examples["epsilon"] = _finite_list(eps.per_example)
+    else:
+        notes.append(f"epsilon-hat needs >= {MIN_EPSILON_MODELS[0]} retrained and >= "
+                     f"{MIN_EPSILON_MODELS[1]} unlearned models, got {n} and {m}")
+    if n >= MIN_COMPETITION_MODELS[0] and m >= MIN_COMPETITION_MODELS[1]:
+        comp = competition_score(retrain, unlearn, labels, delta=competition_delta,
+                                 accuracies=accuracies)
+        out.update(competition_forget_score=comp.forget_score,
+                   competition_final_score=comp.final_score, competition=comp.to_dict())
+        examples["competition_epsilon"] = _finite_list(comp.per_example)
+    else:
+        notes.append(f"the competition score needs >= {MIN_COMPETITION_MODELS[0]} retrained "
+                     f"and >= {MIN_COMPETITION_MODELS[1]} unlearned models, got {n} and {m}")
+    if per_example and examples:
+        out["per_example"] = examples
+    if notes:
+        out["privacy_note"] = "; ".join(notes)
     return out
 
 
-def _csv_accuracies(data: LogitsDir, who: str) -> dict[str, float]:
+def _csv_means(columns: dict[str, list[float]]) -> dict[str, float]:
+    """Means of the accuracy and wall-time columns of one ``metrics.csv``."""
     out = {}
     for col in ("retain_accuracy", "forget_accuracy", "test_accuracy", "wall_time_s"):
-        v = data.mean_metric(who, col)
-        if not math.isnan(v):
-            out[col] = v
+        values = columns.get(col)
+        if values:
+            out[col] = float(sum(values) / len(values))
     return out
+
+
+def _evaluate_method(data: LogitsDir, name: str, ret_csv: dict[str, float], *,
+                     dev: torch.device, **options: Any) -> dict[str, Any]:
+    """Score one method folder; a ValueError becomes the entry's ``error``."""
+    m_csv = _csv_means(data.metrics.get(name, {}))
+    accs = None
+    if all(k in m_csv and k in ret_csv for k in ("retain_accuracy", "test_accuracy")):
+        accs = {"ra_u": m_csv["retain_accuracy"], "ra_r": ret_csv["retain_accuracy"],
+                "ta_u": m_csv["test_accuracy"], "ta_r": ret_csv["test_accuracy"]}
+    try:
+        entry = evaluate_logits(data.retrain.to(dev), data.methods[name].to(dev),
+                                data.labels.to(dev), accuracies=accs, **options)
+    except ValueError as exc:
+        entry = {"num_models": int(data.methods[name].shape[1]), "error": str(exc)}
+    entry["csv"] = m_csv
+    if "wall_time_s" in m_csv and ret_csv.get("wall_time_s", 0) > 0:
+        entry["time_ratio"] = time_ratio(m_csv["wall_time_s"], ret_csv["wall_time_s"])
+    return entry
 
 
 def evaluate_logits_dir(
@@ -134,7 +179,7 @@ def evaluate_logits_dir(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     labels = data.labels.to(dev)
     retrain = data.retrain.to(dev)
-    ret_csv = _csv_accuracies(data, "retrain")
+    ret_csv = _csv_means(data.retrain_metrics)
     ret_acc = per_model_accuracy(retrain, labels)
     result: dict[str, Any] = {
         "path": str(data.path),
@@ -160,18 +205,9 @@ def evaluate_logits_dir(
 
         iterator = tqdm(names, desc="evaluate", unit="method")
     for name in iterator:
-        m_csv = _csv_accuracies(data, name)
-        accs = None
-        if all(k in m_csv and k in ret_csv for k in ("retain_accuracy", "test_accuracy")):
-            accs = {"ra_u": m_csv["retain_accuracy"], "ra_r": ret_csv["retain_accuracy"],
-                    "ta_u": m_csv["test_accuracy"], "ta_r": ret_csv["test_accuracy"]}
-        entry = evaluate_logits(retrain, data.methods[name].to(dev), labels, delta=delta,
-                                competition_delta=competition_delta, accuracies=accs,
-                                per_example=per_example)
-        entry["csv"] = m_csv
-        if "wall_time_s" in m_csv and ret_csv.get("wall_time_s", 0) > 0:
-            entry["time_ratio"] = time_ratio(m_csv["wall_time_s"], ret_csv["wall_time_s"])
-        result["methods"][name] = entry
+        result["methods"][name] = _evaluate_method(
+            data, name, ret_csv, dev=dev, delta=delta, competition_delta=competition_delta,
+            per_example=per_example)
     if baseline and retrain.shape[1] < 2 * MIN_BASELINE_HALF:
         result["baseline_skipped"] = (
             f"the baseline needs at least {2 * MIN_BASELINE_HALF} retrained models "

@@ -5,14 +5,17 @@ A logits directory holds::
     logits_retain.npy            [S, N + 1, C]: slot 0 = one-hot label, slots 1..N = the
                                  logits of N retrained models on the S forget examples
     metrics.csv                  (optional) per retrained model: seed, retain_accuracy,
-                                 forget_accuracy, test_accuracy[, wall_time_s]
+                                 forget_accuracy, test_accuracy[, wall_time_s]; kept
+                                 apart from the methods' (``retrain_metrics``), so a
+                                 method may be called "retrain"
     <method>/logits_unlearn.npy  [S, M + 1, C], same layout, M unlearned models
     <method>/metrics.csv         (optional) same columns for the unlearned models
     forget_set.txt               (optional) the forget-set indices
 
 :func:`load_logits_dir` reads it (``numpy.load`` with pickles disabled) and
 :func:`write_logits_dir` writes logits collected by the harness in the same layout, so
-``fastunlearn evaluate`` scores both alike.
+``fastunlearn evaluate`` scores both alike. It writes a fresh folder and swaps it in, so
+method folders of an earlier run never survive next to the new oracles.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,8 +100,9 @@ class LogitsDir:
         retrain: ``[S, N, C]`` logits of the retrained models (dtype as stored).
         labels: ``[S]`` int64 labels.
         methods: Method name -> ``[S, M, C]`` logits of its unlearned models.
-        metrics: ``"retrain"`` and method names -> the columns of their ``metrics.csv``.
+        metrics: Method name -> the columns of its ``<method>/metrics.csv``.
         forget_set: Forget-set indices if ``forget_set.txt`` is present.
+        retrain_metrics: The columns of the top-level ``metrics.csv`` (retrained models).
 
     """
 
@@ -106,10 +112,16 @@ class LogitsDir:
     methods: dict[str, Tensor] = field(default_factory=dict)
     metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     forget_set: list[int] | None = None
+    retrain_metrics: dict[str, list[float]] = field(default_factory=dict)
 
     def mean_metric(self, who: str, column: str) -> float:
-        """Mean of a ``metrics.csv`` column (nan if absent)."""
+        """Mean of a column of method ``who``'s ``metrics.csv`` (nan if absent)."""
         values = self.metrics.get(who, {}).get(column)
+        return float(np.mean(values)) if values else math.nan
+
+    def retrain_mean_metric(self, column: str) -> float:
+        """Mean of a column of the retrained models' ``metrics.csv`` (nan if absent)."""
+        values = self.retrain_metrics.get(column)
         return float(np.mean(values)) if values else math.nan
 
 
@@ -141,7 +153,7 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
         methods = sorted(p.name for p in root.iterdir() if (p / UNLEARN_FILE).is_file())
     out = LogitsDir(path=root, retrain=retrain, labels=labels)
     if (root / METRICS_FILE).is_file():
-        out.metrics["retrain"] = read_metrics_csv(root / METRICS_FILE)
+        out.retrain_metrics = read_metrics_csv(root / METRICS_FILE)
     for name in methods:
         f = root / name / UNLEARN_FILE
         if not f.is_file():
@@ -164,46 +176,123 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
     return out
 
 
+def _check_method_name(name: object) -> str:
+    if not isinstance(name, str) or not name or os.sep in name or "/" in name \
+            or name.startswith("."):
+        raise ValueError(f"'methods': bad method name {name!r}")
+    return name
+
+
+def _metrics_rows(cols: dict[str, list[float]], arg: str) -> int:
+    """Check equal column lengths; return the number of rows."""
+    n = {len(v) for v in cols.values()}
+    if len(n) > 1:
+        raise ValueError(f"'{arg}': columns have different lengths")
+    return n.pop() if n else 0
+
+
+def _write_metrics(folder: Path, cols: dict[str, list[float]], rows: int) -> None:
+    names = [c for c in cols if c != "seed"]
+    seeds = cols.get("seed")
+    with open(folder / METRICS_FILE, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["seed", *names])
+        for i in range(rows):
+            w.writerow([int(seeds[i]) if seeds else i, *(cols[c][i] for c in names)])
+
+
+def _check_replaceable(root: Path) -> None:
+    """Raise unless ``root`` is absent, an empty folder or a logits directory."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ValueError(f"'path': {root} exists and is not a directory")
+    if any(root.iterdir()) and not (root / RETRAIN_FILE).is_file():
+        raise ValueError(f"'path': {root} is a non-empty folder without {RETRAIN_FILE}; "
+                         "refusing to replace it (give a new or a logits folder)")
+
+
+def _swap_in(new: Path, root: Path) -> None:
+    """Put folder ``new`` at ``root``, replacing what is there (a rename each)."""
+    if not root.exists() or not any(root.iterdir()):
+        os.replace(new, root)  # atomic; an empty folder is replaced in place
+        return
+    old = root.with_name(f".{root.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(root, old)
+    try:
+        os.replace(new, root)
+    except OSError:
+        os.replace(old, root)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_logits_dir(
     path: str | os.PathLike[str],
     retrain_logits: Any,
     labels: Any,
     methods: dict[str, Any],
     metrics: dict[str, dict[str, list[float]]] | None = None,
+    *,
+    retrain_metrics: dict[str, list[float]] | None = None,
+    forget_set: list[int] | None = None,
 ) -> Path:
     """Write logits collected by the harness in the fixture layout.
 
+    Everything is written to a fresh folder next to ``path`` that then replaces ``path``,
+    so the result holds exactly this call's methods (none of an earlier run's).
+
     Args:
-        path: Directory to create (or fill).
+        path: Directory to create or replace (absent, empty, or an earlier logits folder).
         retrain_logits: ``[S, N, C]`` logits of N retrained models on the forget set.
         labels: ``[S]`` labels.
         methods: Method name -> ``[S, M, C]`` logits of its unlearned models.
-        metrics: Optional ``"retrain"`` / method name -> columns (equal-length lists, e.g.
-            ``retain_accuracy``, ``test_accuracy``, ``wall_time_s``) written to ``metrics.csv``.
+        metrics: Optional method name (a key of ``methods``) -> columns (equal-length
+            lists, e.g. ``retain_accuracy``, ``test_accuracy``, ``wall_time_s``) written
+            to ``<method>/metrics.csv``.
+        retrain_metrics: The same columns of the retrained models, written to the
+            top-level ``metrics.csv``.
+        forget_set: Forget-set indices, written to ``forget_set.txt``.
 
     Returns:
         The directory.
 
+    Raises:
+        ValueError: On a bad method name, ``metrics`` of a method not in ``methods``,
+            unequal columns, arrays that do not fit, or a ``path`` that is a non-empty
+            folder other than a logits directory (nothing is written then).
+
     """
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    np.save(root / RETRAIN_FILE, pack_slots(retrain_logits, labels))
-    for name, logits in methods.items():
-        if not name or os.sep in name or name.startswith("."):
-            raise ValueError(f"'methods': bad method name {name!r}")
-        (root / name).mkdir(exist_ok=True)
-        np.save(root / name / UNLEARN_FILE, pack_slots(logits, labels))
-    for who, cols in (metrics or {}).items():
-        folder = root if who == "retrain" else root / who
-        folder.mkdir(exist_ok=True)
-        names = [c for c in cols if c != "seed"]
-        n = {len(v) for v in cols.values()}
-        if len(n) > 1:
-            raise ValueError(f"'metrics[{who!r}]': columns have different lengths")
-        with open(folder / METRICS_FILE, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["seed", *names])
-            seeds = cols.get("seed")
-            for i in range(n.pop() if n else 0):
-                w.writerow([int(seeds[i]) if seeds else i, *(cols[c][i] for c in names)])
-    return root
+    root = Path(os.path.abspath(path))  # "." too has a name and a parent
+    arrays = {RETRAIN_FILE: pack_slots(retrain_logits, labels)}
+    packed = {_check_method_name(n): pack_slots(z, labels) for n, z in methods.items()}
+    metrics = metrics or {}
+    for who in metrics:
+        if who not in packed:
+            hint = " (pass the retrained models' columns as 'retrain_metrics')" \
+                if who == "retrain" else ""
+            raise ValueError(f"'metrics' names {who!r}, which is not in 'methods'{hint}")
+    rows = {who: _metrics_rows(cols, f"metrics[{who!r}]") for who, cols in metrics.items()}
+    retrain_rows = _metrics_rows(retrain_metrics or {}, "retrain_metrics")
+    _check_replaceable(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir()  # the usual mode (mkdtemp would make it private)
+    try:
+        for name, arr in arrays.items():
+            np.save(tmp / name, arr)
+        if retrain_metrics:
+            _write_metrics(tmp, retrain_metrics, retrain_rows)
+        for name, arr in packed.items():
+            (tmp / name).mkdir()
+            np.save(tmp / name / UNLEARN_FILE, arr)
+            if name in metrics:
+                _write_metrics(tmp / name, metrics[name], rows[name])
+        if forget_set is not None:
+            (tmp / "forget_set.txt").write_text(",".join(str(int(i)) for i in forget_set) + "\n")
+        _swap_in(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Path(path)
+

@@ -66,6 +66,10 @@ def render_evaluation_markdown(result: Mapping[str, Any]) -> str:
             f"{_fmt(m.get('competition_final_score'))} | {worst} | "
             f"{_fmt(fair.get('largest_gap'), '.3f')} | {_fmt(m.get('time_ratio'), '.3f')} |"
         )
+    notes = [f"- `{name}`: {m[key]}" for name, m in _rows(result)
+             for key in ("error", "privacy_note") if m.get(key)]
+    if notes:
+        lines += ["", "Skipped:", *notes]
     mia = result.get("mia", {})
     if mia and not mia.get("applicable", True):
         lines += ["", f"MIA-Efficacy: not applicable ({mia.get('reason')})."]

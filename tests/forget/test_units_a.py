@@ -124,6 +124,19 @@ def test_random_relabelling_to_other_classes():
     assert torch.equal(x0, torch.zeros(2)) and int(y0) == int(other.labels[3])
 
 
+@pytest.mark.parametrize("name", ["random_labels", "poison_full", "two_stage"])
+def test_relabel_methods_default_to_seed_a_draw(sets, name):
+    # Seed A's published code draws the new label uniformly over all classes
+    from fastunlearn.forget import get_method
+
+    _, cls = get_method(name)
+    assert cls().other_classes is False
+    forget, retain = sets
+    default = run_method(name, _fresh(), forget, retain, epochs=1)
+    seed_a = run_method(name, _fresh(), forget, retain, epochs=1, other_classes=False)
+    _assert_models_equal(default, seed_a)
+
+
 # --- pruning masks ----------------------------------------------------------------------
 
 

@@ -228,7 +228,114 @@ def test_retrain_method_follows_the_oracle_recipe(tmp_path: Path, digits: Harnes
     settings = result["config"]["method_settings"]["retrain"]
     assert (settings["epochs"], settings["lr"], settings["batch_size"]) == (
         FAST.epochs, FAST.lr, FAST.batch_size)
+    assert (settings["scheduler"], settings["milestones"], settings["nesterov"]) == (
+        "cosine", [], True)  # the oracles' schedule, whatever the data set's defaults
     entry = result["methods"]["retrain"]
     assert entry["status"] == "ok"
     assert entry["forget_accuracy"] < 0.1  # never saw a 3
     assert entry["retain_accuracy"] > 0.3  # 2 epochs: well above chance (1/9)
+
+
+def test_a_method_named_retrain_keeps_its_own_metrics(tmp_path: Path,
+                                                      digits: HarnessData) -> None:
+    from fastunlearn.metrics import evaluate_logits_dir
+
+    cfg = _config(tmp_path, methods=("retrain", "finetune"), oracles=2, mia=False,
+                  overrides={"finetune": {"epochs": 1}, "retrain": {"epochs": 1}},
+                  out_dir=str(tmp_path / "out"))
+    result = run_harness(cfg, digits)
+    saved = load_logits_dir(result["paths"]["logits"])
+    oracle_s = result["oracles"]["seconds"]
+    # the top-level metrics.csv holds the two oracles, retrain/metrics.csv the one run
+    assert saved.retrain_metrics["wall_time_s"] == pytest.approx(oracle_s)
+    assert len(saved.retrain_metrics["seed"]) == 2
+    assert saved.metrics["retrain"]["wall_time_s"] == pytest.approx(
+        [result["methods"]["retrain"]["seconds"]])
+    lines = (Path(result["paths"]["logits"]) / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2
+    ev = evaluate_logits_dir(result["paths"]["logits"], baseline=False)
+    assert ev["retrain"]["csv"]["wall_time_s"] == pytest.approx(sum(oracle_s) / 2)
+    assert ev["methods"]["retrain"]["time_ratio"] == pytest.approx(
+        result["methods"]["retrain"]["seconds"] / (sum(oracle_s) / 2))
+
+
+def test_a_second_run_replaces_the_logits_folder(tmp_path: Path, digits: HarnessData) -> None:
+    result = run_harness(_config(tmp_path, mia=False), digits)  # fisher and finetune
+    out = tmp_path / "out"
+    folder = Path(write_outputs(result, out)["logits"])
+    assert (folder / "fisher" / "logits_unlearn.npy").is_file()
+    only_finetune = {**result, "methods": {"finetune": result["methods"]["finetune"]}}
+    write_outputs(only_finetune, out)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["finetune"]
+    assert list(load_logits_dir(folder).methods) == ["finetune"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_oracles_and_methods_share_one_training_loop(monkeypatch: pytest.MonkeyPatch,
+                                                     digits: HarnessData) -> None:
+    from fastunlearn.forget import _training, run_method
+    from fastunlearn.harness import build_harness_model, train_model
+
+    calls: list[str] = []
+    real = _training.train
+
+    def spy(model, dataset, config, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append(kw["desc"])
+        return real(model, dataset, config, **kw)
+
+    monkeypatch.setattr(_training, "train", spy)
+    x, y = digits.x_train[:200], digits.y_train[:200]
+    torch.manual_seed(0)
+    model = build_harness_model("small_cnn", (1, 8, 8), 10)
+    trained = train_model(model, x, y, TrainSettings(epochs=1), seed=0, desc="oracle0")
+    assert calls == ["oracle0"] and not trained.training
+    run_method("retrain", model, (x[:10], y[:10]), (x[10:], y[10:]), epochs=1)
+    assert calls == ["oracle0", "retrain"]
+
+
+def test_bad_overrides_fail_before_anything_is_trained(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(ValueError, match="'overrides' for 'finetune': lr must be finite"):
+        HarnessConfig(methods=("finetune",), overrides={"finetune": {"lr": -1}})
+    with pytest.raises(TypeError, match="'overrides' for 'scrub': alpha must be a number"):
+        HarnessConfig(methods=("scrub",), overrides={"scrub": {"alpha": "x"}})
+    with pytest.raises(ValueError, match="'seed' is set by the harness.*seeds"):
+        HarnessConfig(methods=("finetune",), overrides={"finetune": {"seed": 5}})
+    with pytest.raises(ValueError, match="'progress' is set by the harness"):
+        HarnessConfig(methods=("finetune",), overrides={"finetune": {"progress": True}})
+    with pytest.raises(ValueError, match="'seed' is set by the harness"):
+        method_overrides("finetune", {"seed": 5})
+    for item in ("finetune.lr=-1", "finetune.seed=5"):
+        rc = main(["--method", "finetune", "--set", item, "--no-progress", "--out",
+                   str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")])
+        assert rc == 2
+        assert "'overrides' for 'finetune'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "o").exists()
+
+
+def test_digits_overrides_apply_to_digits_only(tmp_path: Path) -> None:
+    digits_cfg = HarnessConfig(methods=("finetune",))
+    assert digits_cfg.digits_defaults is True
+    assert digits_cfg.method_settings()["finetune"] == method_overrides("finetune", {})
+    cifar = HarnessConfig(methods=("finetune",), dataset="cifar10", data_dir=str(tmp_path))
+    assert cifar.digits_defaults is False
+    assert cifar.method_settings()["finetune"] == {}
+    forced = HarnessConfig(methods=("finetune",), dataset="cifar10", digits_defaults=True)
+    assert forced.method_settings()["finetune"]["epochs"] == 10
+    published = HarnessConfig(methods=("finetune",), digits_defaults=False)
+    assert published.method_settings()["finetune"] == {}
+    with pytest.raises(TypeError, match="'digits_defaults'"):
+        HarnessConfig(digits_defaults="yes")
+
+
+def test_resnet18_fits_one_channel_images_through_the_harness_builder() -> None:
+    from fastunlearn.harness import build_harness_model
+    from fastunlearn.harness.data import model_kwargs
+
+    assert model_kwargs("resnet18", (1, 28, 28), 10)["in_channels"] == 1
+    model = build_harness_model("resnet18", (1, 28, 28), 10).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # a model that cannot take the data is a ValueError (CLI exit 2), not a traceback
+    with pytest.raises(ValueError, match="'model' 'allcnn' cannot take inputs of shape"):
+        build_harness_model("allcnn", (1, 8, 8), 10)

@@ -21,6 +21,15 @@ def _onehot_logits(pred, C):
     return torch.nn.functional.one_hot(torch.tensor(pred), C).float()
 
 
+def test_empty_sets_are_refused():
+    with pytest.raises(ValueError, match="'logits' has no examples"):
+        accuracy(torch.randn(0, 3), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="'logits' has no examples"):
+        per_model_accuracy(torch.randn(0, 4, 3), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="'logits' has no examples"):
+        accuracy_report(forget=(torch.randn(0, 3), torch.zeros(0, dtype=torch.long)))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_accuracy_hand_case(device):
     z = _onehot_logits([0, 1, 2, 2], 3).to(device)

@@ -188,10 +188,23 @@ def test_constant_statistics_have_no_usable_threshold():
 
 
 def test_empty_forget_set():
-    eps = competition_epsilons(torch.zeros(0, 5), torch.zeros(0, 5))
-    assert eps.shape == (0,)
+    # an empty set is refused where it enters, naming the caller's argument
+    with pytest.raises(ValueError, match="'retrained' has no examples"):
+        competition_epsilons(torch.zeros(0, 5), torch.zeros(0, 5))
+    with pytest.raises(ValueError, match="'retrain_logits' has no examples"):
+        competition_score(torch.zeros(0, 5, 3), torch.zeros(0, 5, 3), torch.zeros(0).long())
+    with pytest.raises(ValueError, match="'unlearn_logits' has no examples"):
+        competition_score(torch.randn(2, 5, 3), torch.zeros(0, 5, 3), torch.zeros(2).long())
     with pytest.raises(ValueError, match="'epsilons' is empty"):
-        forget_score(eps, 5)
+        forget_score(torch.zeros(0), 5)
+
+
+def test_too_few_unlearned_models_name_the_argument():
+    r, u, y = torch.randn(4, 5, 3), torch.randn(4, 2, 3), torch.zeros(4).long()
+    with pytest.raises(ValueError, match="'unlearn_logits' holds 2 model.*at least 3"):
+        competition_score(r, u, y)
+    with pytest.raises(ValueError, match="'retrain_logits' holds 1 model.*at least 2"):
+        competition_score(r[:, :1], torch.randn(4, 3, 3), y)
 
 
 # ---- the compiled op and the vectorised torch path -------------------------------------

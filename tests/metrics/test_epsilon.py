@@ -130,6 +130,18 @@ def test_fixture_epsilon_hat_full(fixture_arrays):
         assert got.epsilon_hat == pytest.approx(float(np.nanmedian(expected)), rel=1e-12)
 
 
+def test_empty_inputs_are_refused_naming_the_argument():
+    empty = torch.empty(0, 10, 3)
+    with pytest.raises(ValueError, match="'retrain_logits' has no examples"):
+        epsilon_hat(empty, empty, torch.empty(0).long())
+    with pytest.raises(ValueError, match="'unlearn_logits' has no examples"):
+        epsilon_hat(torch.randn(2, 10, 3), empty, torch.zeros(2).long())
+    with pytest.raises(ValueError, match="'unlearn_logits' holds 1 model"):
+        epsilon_hat(torch.randn(2, 10, 3), torch.randn(2, 1, 3), torch.zeros(2).long())
+    with pytest.raises(ValueError, match="'retrained' has no examples"):
+        lira_epsilons(torch.empty(0, 4), torch.empty(0, 4))
+
+
 def test_bad_input():
     r = torch.randn(5, 10)
     with pytest.raises(ValueError, match="same number of examples"):

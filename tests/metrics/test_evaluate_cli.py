@@ -22,11 +22,12 @@ def _small_dir(tmp_path, fixture_arrays, S=24):
     retain, methods = fixture_arrays
     r, y = split_slots(retain[:S])
     ms = {name: split_slots(a[:S])[0] for name, a in methods.items() if name != "poison"}
-    metrics = {"retrain": {"retain_accuracy": [1.0, 0.98], "test_accuracy": [0.95, 0.93]},
-               "finetune": {"retain_accuracy": [0.9, 0.92], "test_accuracy": [0.9, 0.9],
+    oracles = {"retain_accuracy": [1.0, 0.98], "test_accuracy": [0.95, 0.93],
+               "wall_time_s": [100.0, 100.0]}
+    metrics = {"finetune": {"retain_accuracy": [0.9, 0.92], "test_accuracy": [0.9, 0.9],
                             "wall_time_s": [3.0, 5.0]}}
-    metrics["retrain"]["wall_time_s"] = [100.0, 100.0]
-    return write_logits_dir(tmp_path / "logits", r, y, ms, metrics), r, y, ms
+    path = write_logits_dir(tmp_path / "logits", r, y, ms, metrics, retrain_metrics=oracles)
+    return path, r, y, ms
 
 
 def test_split_and_pack_roundtrip():
@@ -49,7 +50,8 @@ def test_load_the_shipped_fixture(fixture_dir):
     assert d.retrain.shape == (1000, 80, 10) and d.labels.shape == (1000,)
     assert list(d.methods) == ["finetune"]
     assert len(d.forget_set) == 1000
-    assert len(d.metrics["retrain"]["test_accuracy"]) == 80
+    assert len(d.retrain_metrics["test_accuracy"]) == 80
+    assert "retrain" not in d.metrics  # the methods' metrics only
     # the per-model forget accuracies of the logits agree with the study's metrics.csv up
     # to 0.025 (the logits come from a re-run: per-model values differ, the mean does not)
     from fastunlearn.metrics import per_model_accuracy
@@ -137,3 +139,54 @@ def test_cli_bad_input_exit_status(tmp_path, capsys):
     assert "logits_retain.npy" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _args([str(tmp_path), "--delta", "1.5"])
+
+
+def test_a_method_with_too_few_models_is_skipped_not_fatal(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 5, (20,), generator=gen)
+    r = torch.randn(20, 6, 5, generator=gen)
+    methods = {"two": torch.randn(20, 2, 5, generator=gen),
+               "one": torch.randn(20, 1, 5, generator=gen),
+               "four": torch.randn(20, 4, 5, generator=gen)}
+    res = evaluate_logits_dir(write_logits_dir(tmp_path / "logits", r, y, methods))
+    two, one, four = (res["methods"][n] for n in ("two", "one", "four"))
+    assert "epsilon_hat" in two and "competition_forget_score" not in two
+    assert "competition score needs >= 2 retrained and >= 3 unlearned" in two["privacy_note"]
+    assert "epsilon_hat" not in one and "epsilon-hat needs" in one["privacy_note"]
+    assert one["forget_accuracy"] == pytest.approx(
+        float((methods["one"][:, 0].argmax(1) == y).double().mean()))
+    assert "privacy_note" not in four and four["competition_forget_score"] is not None
+    from fastunlearn.metrics.report import render_evaluation_markdown
+
+    md = render_evaluation_markdown(res)
+    assert "| two |" in md and "Skipped:" in md and "- `one`: epsilon-hat needs" in md
+    json.dumps(res)
+
+
+def test_write_replaces_an_earlier_run_and_keeps_oracle_metrics_apart(tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 3, (6,), generator=gen)
+    r = torch.randn(6, 3, 3, generator=gen)
+    u = torch.randn(6, 3, 3, generator=gen)
+    folder = tmp_path / "logits"
+    write_logits_dir(folder, r, y, {"old": u, "finetune": u})
+    oracle_cols = {"wall_time_s": [10.0, 20.0, 30.0]}
+    write_logits_dir(folder, r, y, {"retrain": u, "finetune": u},
+                     {"retrain": {"wall_time_s": [1.0, 1.0, 1.0]}},
+                     retrain_metrics=oracle_cols, forget_set=[4, 2, 9, 1, 0, 3])
+    d = load_logits_dir(folder)
+    assert sorted(d.methods) == ["finetune", "retrain"]  # "old" is gone
+    assert not (folder / "old").exists()
+    assert d.retrain_metrics["wall_time_s"] == [10.0, 20.0, 30.0]
+    assert d.metrics["retrain"]["wall_time_s"] == [1.0, 1.0, 1.0]
+    assert d.forget_set == [4, 2, 9, 1, 0, 3]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(ValueError, match="'metrics' names 'retrain'.*'retrain_metrics'"):
+        write_logits_dir(folder, r, y, {"finetune": u}, {"retrain": oracle_cols})
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing to replace it"):
+        write_logits_dir(other, r, y, {"finetune": u})
+    assert [p.name for p in other.iterdir()] == ["keep.txt"]
+    assert sorted(load_logits_dir(folder).methods) == ["finetune", "retrain"]  # untouched

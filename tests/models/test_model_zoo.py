@@ -178,6 +178,26 @@ def test_group_norm_variants_have_no_batchnorm(name):
     assert ModuleValidator.validate(build_model(name, **extra), strict=False)  # BatchNorm
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_registry_entries_show_their_keyword_arguments(name):
+    # the harness reads these signatures to pass in_channels / side / in_features
+    import inspect
+
+    params = inspect.signature(MODELS[name]).parameters
+    assert "num_classes" in params
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if name != "mlp":
+        assert "in_channels" in params
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_resnets_take_one_channel_images(name):
+    model = build_model(name, num_classes=10, in_channels=1).eval()
+    assert model.backbone.conv1.in_channels == 1
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_registry_names():
     for name in (
         "resnet9",
