@@ -12,21 +12,31 @@ as the reference does. The same model copy is repaired twice, in the same proces
   it diverged in the first GPU run) of ``cg_subsample`` training rows drawn once per step and
   weighted ``n / cg_subsample`` (``influence_update(curvature_subsample=...)``: an unbiased
   estimate of the full-data matrix; LiSSA likewise sees one 1024-row batch per product),
-  ``lambda`` = LiSSA's effective damping ``d * s``, stopping on the true residual of that
-  system (tolerance ``CG_TOL``) or at ``cg_maxiter``. Its residual against the full-data
-  Gauss-Newton system is also reported (``ours_full_residual``, untimed);
+  ``lambda = d * s`` (the reference's LiSSA d s = 20), stopping on the true residual of
+  that system (tolerance ``CG_TOL``) or at ``cg_maxiter``. Its residual against the
+  full-data Gauss-Newton system is also reported (``ours_full_residual``, untimed);
 * **lissa**: the reference's LiSSA (batch 1024, d = 1e-4, s = 2e5, ``lissa_depth`` steps,
-  1 repetition).
+  1 repetition, summed batch Hessians: ``LissaSettings(hessian="batch")``).
+
+The two do **not** target the same system when ``n`` exceeds LiSSA's batch. LiSSA multiplies
+by summed Hessians of one batch, so with ``k = ceil(n / lissa_batch)`` batches per pass it
+estimates ``k (H + k d s I)^{-1} G``: damping ``k d s`` relative to the full-data H, and a
+step k times that damped Newton step (k = 10 at the ``full`` size, 49 for the reference's
+CIFAR run). CG solves ``(C + d s I) x = G``.
 
 One record per part, with ``ours_*`` (CG) and ``lissa_*`` keys and ``ratio_lissa`` = LiSSA
 time / CG time. Reported per solver: total wall time of the updates, per-sample gradients
-and HVPs actually evaluated, the mean true relative residual
-``||(H + lambda I) x - G|| / ||G||`` (LiSSA's costs one extra full-data product per step, not
-timed) and diverged steps.
+and HVPs actually evaluated, the mean true relative residual of each solver's own system
+(one extra full-data product per step, not timed): CG's ``||(C + d s I) x - G|| / ||G||``
+on its kept rows, LiSSA's ``||(H + k d s I) (x / k) - G|| / ||G||``
+(``UpdateResult.damping`` and ``step_scale``), and diverged steps.
 
 Part 2, **repair** (``repair seed S`` records): % restored of both solvers on the embedded
 digits (``small_cnn``, 20 % labels flipped s -> 9 - s), one-shot on the known flipped rows,
-with the generalised Gauss-Newton curvature and the same effective damping for both, for
+with the generalised Gauss-Newton curvature, CG damping 100 and LiSSA d s = 100. The
+dampings are *not* the same relative to the full-data matrix: LiSSA's 256-row batches give
+k = ceil(N / 256) batches per pass (k = 6 on the 1437 digits training rows), so LiSSA's
+damping is 600 and its step is 6 times the step of that more damped system. Runs cover
 each seed of ``digits_seeds`` (poisoning, training and LiSSA's batches): the training seed
 moves both numbers a lot, so a ``repair median`` record gives the medians over the seeds
 (``restored_vs_lissa`` there is the median of the per-seed ratios).
@@ -71,7 +81,9 @@ SIZES: dict[str, dict[str, Any]] = {
 #: The reference's LiSSA settings for CIFAR (configs/unlearn.json).
 LISSA_DAMPING, LISSA_SCALE = 1e-4, 2e5
 CG_TOL = 1e-4
-#: Effective damping of the digits comparison (the experiment's default) and LiSSA's scale.
+#: Damping of the digits comparison (CG: the experiment's default; LiSSA: d s relative to
+#: one summed 256-row batch Hessian, i.e. ceil(N / 256) * 100 relative to the full data)
+#: and LiSSA's scale, batch and depth.
 DIGITS_DAMPING, DIGITS_LISSA_SCALE, DIGITS_LISSA_BATCH, DIGITS_LISSA_DEPTH = 100.0, 2e4, 256, 200
 
 COLUMNS = [
@@ -132,6 +144,8 @@ def _solver_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: dict[
 
     names = last_parameters(model, 6)
     gen = torch.Generator().manual_seed(0)
+    # CG's damping: LiSSA's d s. LiSSA itself damps k = ceil(n / lissa_batch) times more
+    # relative to the full data (summed batch Hessians; see the module docstring).
     lam = LISSA_DAMPING * LISSA_SCALE
     seconds, hvps, grads, residuals, full_residuals, diverged = 0.0, 0, 0, [], [], 0
     for _ in range(sizes["steps"]):
@@ -164,8 +178,10 @@ def _solver_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: dict[
         grads += res.num_gradients
         diverged += int(res.diverged)
         if not res.diverged:
+            # each solver's own system: LiSSA's is step_scale (H + damping I)^{-1} G
             residuals.append(res.residual if res.residual is not None else _residual(
-                model, X, y, corrected, rows, new, names, res.step, lam, sizes))
+                model, X, y, corrected, rows, new, names, res.step / res.step_scale,
+                res.damping, sizes))
             if solver == "cg":
                 full_residuals.append(_residual(model, X, y, corrected, rows, new, names,
                                                 res.step, lam, sizes, curvature="ggn"))

@@ -1,10 +1,12 @@
 """Influence-based unlearning of features and labels (Warnecke et al., NDSS 2023).
 
-:func:`influence_update` applies ``theta - tau G`` (first order) or ``theta - H^{-1} G``
-(second order, solvers ``"cg"``, ``"lissa"``, ``"direct"``) with
-``G = sum grad l(z~) - sum grad l(z)`` for affected points ``z`` and their corrections
-``z~``. Drivers: :func:`repair_labels` and :func:`iterative_label_repair` (label poisoning),
-:func:`unlearn_features` (replace or zero feature values). :func:`linear_influence_update`
+:func:`influence_update` applies ``theta - tau G`` (first order) or
+``theta - step_scale (H + lambda I)^{-1} G`` (second order, solvers ``"cg"``, ``"lissa"``,
+``"direct"``; ``step_scale`` is 1 except for LiSSA on summed batch Hessians, see
+:class:`LissaSettings`) with ``G = sum grad l(z~) - sum grad l(z)`` for affected points
+``z`` and their corrections ``z~``. Drivers: :func:`repair_labels` and
+:func:`iterative_label_repair` (label poisoning), :func:`unlearn_features` (replace or zero
+feature values). :func:`linear_influence_update`
 is the certified logistic-regression variant.
 """
 
@@ -25,13 +27,23 @@ from .gradients import (
     loss_value,
 )
 from .linear import LinearUpdateResult, fit_logistic, linear_influence_update, required_sigma
-from .update import CURVATURES, SOLVERS, LissaSettings, UpdateResult, influence_update
+from .update import (
+    CURVATURES,
+    LISSA_HESSIANS,
+    SOLVERS,
+    LissaSettings,
+    UpdateResult,
+    check_update_options,
+    influence_update,
+)
 
 __all__ = [
     # updates
     "influence_update",
     "UpdateResult",
     "LissaSettings",
+    "LISSA_HESSIANS",
+    "check_update_options",
     "SOLVERS",
     "CURVATURES",
     "GGNOperator",

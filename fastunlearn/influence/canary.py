@@ -3,11 +3,13 @@
 Given a :func:`~fastunlearn.exposure.run_canary_experiment` result (a trained
 :class:`~fastunlearn.exposure.CharLM`, its vocabulary and the training text with the
 canaries), the secret's characters are replaced by a same-length string of other characters
-(the reference uses ``"not there "``): ``Z`` are the training windows that overlap a secret,
-``Z~`` the same windows cut from the corrected text. A first- or second-order influence
-update (summed next-character cross-entropy, :func:`~fastunlearn.influence.influence_update`)
-removes the secret; exposure is measured before, after, and for a model retrained from
-scratch on the corrected text (same seed and settings).
+(the reference uses ``"not there "``): ``Z`` are the training windows (``seq_len + 1``
+characters, the training window length of the canary experiment) whose inputs or targets
+overlap a secret, ``Z~`` the same windows cut from the corrected text. A first- or
+second-order influence update (summed next-character cross-entropy,
+:func:`~fastunlearn.influence.influence_update`) removes the secret. Exposure is
+measured before, after, and for a model retrained from scratch on the corrected text (same
+seed and settings).
 
 The Hessian's data is a seeded sample of ``hvp_windows`` windows of the corrected text plus
 the corrected windows (the reference uses every window of the corrected text).
@@ -72,13 +74,20 @@ class CanaryUnlearnConfig:
     Attributes:
         replacement: Same-length string put in place of the secret (None: seeded random
             lowercase letters of the vocabulary).
-        seq_len: Window length (inputs; the targets are shifted by one).
-        stride: Offset between consecutive windows overlapping a secret.
+        seq_len: Window length (inputs; the targets are shifted by one). None (default):
+            the training window length of the canary experiment
+            (``canary_result.config.seq_len``), so the affected windows are exactly the
+            training windows that touch a secret.
+        stride: Take every ``stride``-th affected window (plus the last one); 1 (default)
+            takes all of them.
         order: 1 or 2.
         tau: First-order step size (or ``"auto"``).
-        damping: Tikhonov damping of the second-order CG solve (the summed loss of the
-            affected windows is large: small damping overshoots and the divergence check
-            rejects the step; the reference used d * s = 3,600-3,900).
+        damping: Tikhonov damping of the second-order CG solve. The summed loss of the
+            affected windows (about canaries x (seq_len + secret length) of them) is
+            large, and too small a damping overshoots, so the divergence check rejects the
+            step; scale it with the number of affected windows. The reference used LiSSA
+            with d s = 3,600-3,900 on summed Hessians of 500-window batches; relative to
+            its full-data Hessian that damping is about ``ceil(N / 500)`` times larger.
         curvature: ``"ggn"`` (positive semidefinite, default) or ``"hessian"``.
         cg_maxiter: CG iteration cap.
         hvp_windows: Windows of the corrected text sampled for the Hessian.
@@ -90,8 +99,8 @@ class CanaryUnlearnConfig:
     """
 
     replacement: str | None = None
-    seq_len: int = 24
-    stride: int = 2
+    seq_len: int | None = None
+    stride: int = 1
     order: int = 2
     tau: float | str = "auto"
     damping: float = 300.0
@@ -111,6 +120,8 @@ class CanaryUnlearnConfig:
         """
         for name in ("seq_len", "stride", "cg_maxiter", "hvp_windows"):
             value = getattr(self, name)
+            if name == "seq_len" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
         if self.order not in (1, 2):
@@ -122,14 +133,15 @@ class CanaryUnlearnConfig:
 
 
 def canary_windows(
-    ids: Tensor, spans: list[tuple[int, int]], seq_len: int, stride: int
+    ids: Tensor, spans: list[tuple[int, int]], seq_len: int, stride: int = 1
 ) -> Tensor:
-    """Start offsets of every ``seq_len + 1`` window that overlaps one of ``spans``.
+    """Start offsets of every training window of ``seq_len + 1`` characters touching ``spans``.
 
-    A window starting at ``s`` has inputs ``s .. s + seq_len - 1`` and targets
-    ``s + 1 .. s + seq_len``; its targets contain a character of ``[a, b)`` when
-    ``a - seq_len <= s <= b - 2``. Those starts (clipped to the text) are taken every
-    ``stride``-th, plus the last one.
+    Training draws windows starting at ``s`` in ``0 .. n - seq_len - 1``, with inputs
+    ``s .. s + seq_len - 1`` and targets ``s + 1 .. s + seq_len``. Its inputs or targets
+    contain a character of ``[a, b)`` exactly when ``a - seq_len <= s <= b - 1`` (at
+    ``s = b - 1`` only an input: the secret's last character predicts the next one). Those
+    starts (clipped to the text) are taken every ``stride``-th, plus the last one.
 
     Returns:
         Sorted unique int64 start offsets.
@@ -138,7 +150,7 @@ def canary_windows(
     n = ids.numel()
     starts: set[int] = set()
     for a, b in spans:
-        low, high = max(0, a - seq_len), min(b - 2, n - seq_len - 1)
+        low, high = max(0, a - seq_len), min(b - 1, n - seq_len - 1)
         if high < low:
             continue
         starts.update(range(low, high + 1, stride))
@@ -212,12 +224,16 @@ def unlearn_canary(
         spans.append((a, a + len(secret)))
     corrected_text = "".join(chars)
     ids, new_ids = vocab.encode(text), vocab.encode(corrected_text)
-    starts = canary_windows(ids, spans, cfg.seq_len, cfg.stride)
-    x_old, y_old = _windows(ids, starts, cfg.seq_len)
-    x_new, y_new = _windows(new_ids, starts, cfg.seq_len)
+    seq_len = cfg.seq_len if cfg.seq_len is not None else int(ccfg.seq_len)
+    if ids.numel() <= seq_len:
+        raise ValueError(f"'seq_len' {seq_len} must be shorter than the text ({ids.numel()})")
+    starts = canary_windows(ids, spans, seq_len, cfg.stride)
+    x_old, y_old = _windows(ids, starts, seq_len)
+    x_new, y_new = _windows(new_ids, starts, seq_len)
     gen = torch.Generator().manual_seed(cfg.seed)
-    sample = torch.randint(new_ids.numel() - cfg.seq_len - 1, (cfg.hvp_windows,), generator=gen)
-    xs, ys = _windows(new_ids, sample, cfg.seq_len)
+    # the Hessian's sample: training windows (starts 0 .. n - seq_len - 1) of the new text
+    sample = torch.randint(new_ids.numel() - seq_len, (cfg.hvp_windows,), generator=gen)
+    xs, ys = _windows(new_ids, sample, seq_len)
     train_x, train_y = torch.cat([xs, x_new]), torch.cat([ys, y_new])
 
     device = next(res.model.parameters()).device
@@ -244,7 +260,8 @@ def unlearn_canary(
                 "completion": greedy_completion(model, vocab, ccfg.prefix, len(secret))}
 
     out: dict[str, Any] = {
-        "config": asdict(cfg), "secret": secret, "replacement": replacement,
+        "config": {**asdict(cfg), "seq_len": seq_len}, "secret": secret,
+        "replacement": replacement,
         "num_affected": int(starts.numel()), "num_canaries": len(spans),
         "before": measure(res.model), "after": measure(lm),
         "update": upd.to_dict(), "update_seconds": update_s,

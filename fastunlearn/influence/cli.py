@@ -95,10 +95,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--hvp-batch-size", type=_positive_int, default=4096)
     p.add_argument("--cg-tol", type=_non_negative, default=1e-4)
     p.add_argument("--cg-maxiter", type=_positive_int, default=100)
-    p.add_argument("--lissa-batch", type=_positive_int, default=1024)
-    p.add_argument("--lissa-damping", type=_non_negative, default=1e-4)
-    p.add_argument("--lissa-scale", type=_positive, default=2e5)
+    p.add_argument("--lissa-batch", type=_positive_int, default=1024,
+                   help="LiSSA batch B (rows per stochastic Hessian)")
+    p.add_argument("--lissa-damping", type=_non_negative, default=1e-4,
+                   help="LiSSA d: d*s damps the Hessian LiSSA uses; with --lissa-hessian "
+                   "batch (summed batch Hessians) the damping relative to the full-data "
+                   "Hessian is ceil(N/B)*d*s and the step ceil(N/B) times that Newton step")
+    p.add_argument("--lissa-scale", type=_positive, default=2e5, help="LiSSA s")
     p.add_argument("--lissa-depth", type=_positive_int, default=100)
+    p.add_argument("--lissa-hessian", choices=["batch", "full"], default="batch",
+                   help="batch: summed batch Hessian (reference); full: scaled by N/B to "
+                   "estimate the full-data Hessian (damping d*s relative to it)")
     p.add_argument("--n-train", type=_non_negative_int, default=0,
                    help="use only the first n training rows (0: all)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -109,7 +116,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the experiment described by ``args``; return the exit status (0 ok, 2 bad input)."""
-    from .experiment import PROTOCOLS, RepairConfig, run_repair_experiment, write_outputs
+    from .experiment import (
+        PROTOCOLS,
+        RepairConfig,
+        lissa_damping_text,
+        run_repair_experiment,
+        write_outputs,
+    )
 
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     config = RepairConfig(
@@ -120,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         last_layers=args.last_layers, hvp_batch_size=args.hvp_batch_size,
         cg_tol=args.cg_tol, cg_maxiter=args.cg_maxiter, lissa_batch=args.lissa_batch,
         lissa_damping=args.lissa_damping, lissa_scale=args.lissa_scale,
-        lissa_depth=args.lissa_depth, n_train=args.n_train, device=args.device,
+        lissa_depth=args.lissa_depth, lissa_hessian=args.lissa_hessian,
+        n_train=args.n_train, device=args.device,
         progress=args.progress)
     try:
         config.validate()
@@ -137,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     tr = result["training"]
     print(f"clean {tr['acc_clean']:.4f}  poisoned {tr['acc_poisoned']:.4f}  "
           f"(retraining {tr['retrain_seconds']:.2f} s)")
+    if result.get("lissa"):
+        print(lissa_damping_text(result["lissa"]))
     for name, p in result["protocols"].items():
         restored = p["restored"]
         pct = "-" if restored is None or restored != restored else f"{100 * restored:.1f} %"

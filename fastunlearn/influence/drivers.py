@@ -19,7 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from .gradients import eval_mode
-from .update import UpdateResult, influence_update
+from .update import (
+    UpdateOptions,
+    UpdateResult,
+    _check_inputs,
+    _check_target_type,
+    _num_outputs,
+    check_update_options,
+    influence_update,
+)
 
 __all__ = [
     "IterativeRepairResult",
@@ -39,25 +47,62 @@ def _check_tensor(name: str, value: object) -> Tensor:
     return value
 
 
-def _as_index(name: str, value: Any, n: int, device: torch.device) -> Tensor:
-    """Validate an index list (ints in [0, n), no duplicates) -> int64 tensor on ``device``."""
+def _as_tensor(name: str, value: Any) -> Tensor:
+    """Return a CPU tensor of a tensor, sequence or array (not a string); else TypeError."""
     if isinstance(value, Tensor):
-        t = value.detach().to("cpu")
-    elif isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
-        t = torch.as_tensor(np.asarray(value))
-    else:
-        raise TypeError(f"'{name}' must be a sequence or tensor of ints, got "
-                        f"{type(value).__name__}")
+        return value.detach().to("cpu")
+    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
+        try:
+            return torch.as_tensor(np.asarray(value))
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ValueError(f"'{name}' must be a 1-D list of integers: {exc}") from None
+    raise TypeError(f"'{name}' must be a sequence or tensor of ints, got {type(value).__name__}")
+
+
+def _as_integers(name: str, value: Any) -> Tensor:
+    """Return a non-empty 1-D integer CPU tensor; emptiness is checked before the dtype.
+
+    (``np.asarray([])`` is float64: an empty list would otherwise look like a dtype error.)
+    """
+    t = _as_tensor(name, value)
+    if t.numel() == 0:
+        raise ValueError(f"'{name}' is empty: it must name at least one entry")
+    if t.ndim != 1:
+        raise ValueError(f"'{name}' must be 1-D, got shape {list(t.shape)}")
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise TypeError(f"'{name}' must hold integers, got {t.dtype}")
-    t = t.reshape(-1).to(torch.int64)
-    if t.numel():
-        low, high = int(t.min()), int(t.max())
-        if low < 0 or high >= n:
-            raise ValueError(f"'{name}' holds indices in [{low}, {high}], outside [0, {n - 1}]")
-        if torch.unique(t).numel() != t.numel():
-            raise ValueError(f"'{name}' holds duplicate indices")
+    return t
+
+
+def _as_index(name: str, value: Any, n: int, device: torch.device) -> Tensor:
+    """Validate an index list (non-empty, 1-D, ints in [0, n), no duplicates).
+
+    Returns:
+        An int64 tensor on ``device``.
+
+    """
+    t = _as_integers(name, value)
+    low, high = int(t.min()), int(t.max())
+    if low < 0 or high >= n:
+        raise ValueError(f"'{name}' holds indices in [{low}, {high}], outside [0, {n - 1}]")
+    t = t.to(torch.int64)
+    if torch.unique(t).numel() != t.numel():
+        raise ValueError(f"'{name}' holds duplicate indices")
     return t.to(device)
+
+
+def _check_new_labels(
+    name: str, new: Tensor, num_outputs: int | None, dtype: torch.dtype
+) -> None:
+    """Check that new labels are classes of the model and fit ``dtype`` (before any cast)."""
+    low, high = int(new.min()), int(new.max())
+    if num_outputs is not None and (low < 0 or high >= num_outputs):
+        raise ValueError(f"'{name}' holds labels in [{low}, {high}], outside the model's "
+                         f"{num_outputs} classes [0, {num_outputs - 1}]")
+    info = torch.iinfo(dtype)
+    if low < info.min or high > info.max:
+        raise ValueError(f"'{name}' holds labels in [{low}, {high}], which the dtype of "
+                         f"'labels' ({dtype}) cannot hold")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -95,8 +140,10 @@ def repair_labels(
         model: The model trained on ``(inputs, labels)``; updated in place.
         inputs: Tensor[N, ...], the training inputs.
         labels: int Tensor[N], the labels the model was trained on.
-        indices: Rows whose labels change (ints in [0, N), no duplicates).
-        new_labels: Their correct labels (one per index, in the model's classes).
+        indices: Rows whose labels change (a non-empty 1-D list of ints in [0, N), no
+            duplicates).
+        new_labels: Their correct labels (1-D, one per index, in the model's classes;
+            checked before they are cast to ``labels.dtype``).
         **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
             (``order``, ``solver``, ``damping``, ``params``, ``tau``, ``loss_fn``, ...).
 
@@ -110,22 +157,23 @@ def repair_labels(
     """
     inputs = _check_tensor("inputs", inputs)
     labels = _check_tensor("labels", labels)
-    if labels.is_floating_point() or labels.ndim != 1:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool \
+            or labels.ndim != 1:
         raise TypeError(f"'labels' must be a 1-D integer tensor, got {labels.dtype} "
                         f"{list(labels.shape)}")
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"'labels' must have one entry per row of 'inputs' "
                          f"({inputs.shape[0]}), got {labels.shape[0]}")
+    opts = check_update_options(model, **update_kwargs)
     idx = _as_index("indices", indices, inputs.shape[0], labels.device)
-    if idx.numel() == 0:
-        raise ValueError("'indices' must name at least one row")
-    new = torch.as_tensor(new_labels).to(labels.device)
-    if new.is_floating_point() or new.dtype == torch.bool:
-        raise TypeError(f"'new_labels' must hold integers, got {new.dtype}")
-    new = new.reshape(-1).to(labels.dtype)
+    new = _as_integers("new_labels", new_labels)
     if new.numel() != idx.numel():
         raise ValueError(f"'new_labels' must have one label per index ({idx.numel()}), "
                          f"got {new.numel()}")
+    # range-check before casting to labels.dtype (a uint8 cast would wrap 258 to 2)
+    _check_inputs("inputs", inputs, opts.dtype, opts.device)
+    _check_new_labels("new_labels", new, _num_outputs(model, inputs), labels.dtype)
+    new = new.to(device=labels.device, dtype=labels.dtype)
     corrected = labels.clone()
     corrected[idx] = new
     x = inputs[idx]
@@ -142,9 +190,9 @@ def replace_features(
 
     Args:
         inputs: Tensor[N, ...].
-        columns: Feature indices (ints in [0, F), no duplicates).
-        rows: Rows to change; None: every row with a non-zero value in one of ``columns``
-            (the reference's feature-removal mode).
+        columns: Feature indices (a non-empty 1-D list of ints in [0, F), no duplicates).
+        rows: Rows to change (non-empty, 1-D); None: every row with a non-zero value in
+            one of ``columns`` (the reference's feature-removal mode).
         values: New values: a scalar (0.0 zeroes the features) or Tensor[len(rows),
             len(columns)] (replacement mode); must be finite.
 
@@ -161,8 +209,6 @@ def replace_features(
     n = inputs.shape[0]
     flat = inputs.reshape(n, -1)
     cols = _as_index("columns", columns, flat.shape[1], inputs.device)
-    if cols.numel() == 0:
-        raise ValueError("'columns' must name at least one feature")
     if rows is None:
         row_idx = torch.nonzero((flat[:, cols] != 0).any(dim=1)).reshape(-1)
     else:
@@ -217,7 +263,8 @@ def unlearn_features(
         when no row is affected).
 
     Raises:
-        TypeError / ValueError: bad inputs (named); the model is then unchanged.
+        TypeError / ValueError: bad inputs or options (named), checked even when no row is
+            affected; the model is then unchanged.
 
     """
     inputs = _check_tensor("inputs", inputs)
@@ -225,18 +272,22 @@ def unlearn_features(
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"'labels' must have one entry per row of 'inputs' "
                          f"({inputs.shape[0]}), got {labels.shape[0]}")
-    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
-        raise ValueError("'inputs' contains non-finite values (NaN or inf)")
+    opts = check_update_options(model, **update_kwargs)
+    _check_inputs("inputs", inputs, opts.dtype, opts.device)
+    _check_target_type("labels", labels, opts.device, opts.class_labels)
     corrected, row_idx = replace_features(inputs, columns, rows=rows, values=values)
     if row_idx.numel() == 0:
-        P = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        some = next(iter(model.parameters()))
-        return UpdateResult(order=int(update_kwargs.get("order", 2)), solver=None,
-                            step=torch.zeros(P, dtype=some.dtype, device=some.device),
-                            param_names=[], num_params=P, num_affected=0,
-                            reason="no row has a non-zero value in the given columns")
+        return _nothing_to_update(opts, "no row has a non-zero value in the given columns")
     return influence_update(model, inputs[row_idx], labels[row_idx], corrected[row_idx],
                             labels[row_idx], train_data=(corrected, labels), **update_kwargs)
+
+
+def _nothing_to_update(opts: UpdateOptions, reason: str) -> UpdateResult:
+    """Return the result of an update without affected points (zero step, not applied)."""
+    return UpdateResult(order=opts.order, solver=opts.solver if opts.order == 2 else None,
+                        step=torch.zeros(opts.num_params, dtype=opts.dtype, device=opts.device),
+                        param_names=list(opts.names), num_params=opts.num_params,
+                        num_affected=0, tau=opts.tau, reason=reason)
 
 
 @dataclass
@@ -313,6 +364,7 @@ def iterative_label_repair(
             raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
     if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         raise ValueError("'inputs' contains non-finite values (NaN or inf)")
+    check_update_options(model, **update_kwargs)  # even if no step runs an update
     gen = torch.Generator().manual_seed(seed)
     out = IterativeRepairResult()
     bar = None

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .drivers import iterative_label_repair, predict, repair_labels
-from .gradients import default_loss, last_parameters, loss_gradient
-from .update import CURVATURES, SOLVERS, LissaSettings
+from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
+from .update import CURVATURES, LISSA_HESSIANS, SOLVERS, LissaSettings
 
 __all__ = [
     "PROTOCOLS",
@@ -83,10 +83,16 @@ class RepairConfig:
         hvp_batch_size: Rows per HVP batch.
         cg_tol: CG relative tolerance (true residual).
         cg_maxiter: CG iteration cap.
-        lissa_batch: LiSSA batch (reference 1024).
-        lissa_damping: LiSSA d (reference 1e-4).
+        lissa_batch: LiSSA batch B (reference 1024).
+        lissa_damping: LiSSA d (reference 1e-4). ``d s`` is the damping relative to the
+            Hessian LiSSA multiplies by. With ``lissa_hessian="batch"`` that is the summed
+            Hessian of one batch, so relative to the full-data Hessian the damping is
+            ``k d s`` and the step is k times the damped Newton step (k = ceil(N / B);
+            the result's ``lissa`` entry and each step's ``damping`` / ``step_scale``).
         lissa_scale: LiSSA s (reference 2e5).
         lissa_depth: LiSSA steps.
+        lissa_hessian: ``"batch"`` (summed batch Hessian, the reference) or ``"full"``
+            (batch Hessian times N / B, an estimate of the full-data Hessian).
         n_train: Use only the first ``n_train`` training rows (0: all).
         device: ``cpu`` or ``cuda``.
         progress: Show progress bars.
@@ -117,6 +123,7 @@ class RepairConfig:
     lissa_damping: float = 1e-4
     lissa_scale: float = 2e5
     lissa_depth: int = 100
+    lissa_hessian: str = "batch"
     n_train: int = 0
     device: str = "cpu"
     progress: bool = False
@@ -152,6 +159,9 @@ class RepairConfig:
         if self.curvature not in CURVATURES:
             raise ValueError(f"'curvature' must be one of {CURVATURES}, got "
                              f"{self.curvature!r}")
+        if self.lissa_hessian not in LISSA_HESSIANS:
+            raise ValueError(f"'lissa_hessian' must be one of {LISSA_HESSIANS}, got "
+                             f"{self.lissa_hessian!r}")
         for name in ("damping", "lissa_damping", "cg_tol"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
@@ -307,13 +317,75 @@ def _update_kwargs(config: RepairConfig, model: nn.Module) -> dict[str, Any]:
         curvature=config.curvature,
         hvp_batch_size=config.hvp_batch_size, tol=config.cg_tol, maxiter=config.cg_maxiter,
         progress=config.progress,
-        lissa=LissaSettings(batch_size=config.lissa_batch, damping=config.lissa_damping,
-                            scale=config.lissa_scale, depth=config.lissa_depth,
-                            seed=config.seed),
+        lissa=_lissa_settings(config),
     )
     if config.last_layers:
         kwargs["params"] = last_parameters(model, config.last_layers)
     return kwargs
+
+
+def _lissa_settings(config: RepairConfig) -> LissaSettings:
+    return LissaSettings(batch_size=config.lissa_batch, damping=config.lissa_damping,
+                         scale=config.lissa_scale, depth=config.lissa_depth, seed=config.seed,
+                         hessian=config.lissa_hessian)
+
+
+def _lissa_summary(config: RepairConfig, n_rows: int) -> dict[str, Any]:
+    """Describe LiSSA's damping on ``n_rows`` training rows (see :class:`LissaSettings`)."""
+    settings = _lissa_settings(config)
+    return {"hessian": settings.hessian, "batch_size": settings.batch_size,
+            "batch_damping": settings.effective_damping,
+            "step_scale": settings.step_scale(n_rows),
+            "full_data_damping": settings.full_data_damping(n_rows)}
+
+
+def lissa_damping_text(summary: dict[str, Any]) -> str:
+    """One sentence on LiSSA's damping relative to the full-data Hessian H."""
+    from ..report import format_value as fv
+
+    k, lam = summary["step_scale"], fv(summary["full_data_damping"])
+    if summary["hessian"] == "full":
+        return (f"LiSSA (batch Hessians scaled to the full data): damping {lam} relative to "
+                f"the full-data Hessian H, step (H + {lam} I)^-1 G.")
+    return (f"LiSSA (summed Hessians of {summary['batch_size']}-row batches): d s = "
+            f"{fv(summary['batch_damping'])} relative to a batch Hessian, i.e. damping "
+            f"{lam} relative to the full-data Hessian H, and the step is {k} x "
+            f"(H + {lam} I)^-1 G (k = {k} batches per pass).")
+
+
+def _build_checked_model(config: RepairConfig, X: Tensor, num_classes: int) -> nn.Module:
+    """Build the zoo model and run one training row through it before any training.
+
+    Raises:
+        ValueError: the model cannot be built for this data, or it does not accept its
+            rows (e.g. ``cifar_cnn`` on 8x8 digits) or gives no ``num_classes`` outputs.
+
+    """
+    from ..models import build_model
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if config.model_name in ("small_cnn", "svhn_dp"):
+        kwargs.update(in_channels=X.shape[1], side=X.shape[-1])
+    elif config.model_name == "mlp":
+        kwargs.update(in_features=int(X[0].numel()))
+    torch.manual_seed(config.seed)
+    try:
+        model = build_model(config.model_name, **kwargs).to(X.device)
+    except TypeError as exc:
+        raise ValueError(f"model {config.model_name!r} cannot be built for {config.dataset}: "
+                         f"{exc}") from None
+    rows = X[:1].flatten(1) if config.model_name == "mlp" else X[:1]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(rows)
+    except RuntimeError as exc:
+        raise ValueError(f"model {config.model_name!r} does not fit the {config.dataset} "
+                         f"inputs of shape {list(X.shape[1:])}: {exc}") from None
+    if not isinstance(out, Tensor) or tuple(out.shape) != (1, num_classes):
+        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"model {config.model_name!r} gives outputs {shape} for one "
+                         f"{config.dataset} row, expected [1, {num_classes}]")
+    return model
 
 
 def _residual_norm(model: nn.Module, X: Tensor, y: Tensor, params: Any) -> float:
@@ -335,11 +407,10 @@ def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) 
         counts, times, per-step trajectory).
 
     Raises:
-        ValueError: bad settings, or an unknown model name.
+        ValueError: bad settings, an unknown model name, or a model that does not fit the
+            data (checked on one row before training).
 
     """
-    from ..models import build_model
-
     config.validate()
     data = data if data is not None else load_repair_data(config)
     dev = torch.device(config.device)
@@ -347,14 +418,7 @@ def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) 
     budget = config.budget if config.budget is not None else max(10, (n // 5) // 10 * 10)
     y_poison, flipped = flip_labels(data.y_train, budget, config.seed)
 
-    in_ch, side = data.X_train.shape[1], data.X_train.shape[-1]
-    kwargs: dict[str, Any] = {"num_classes": data.num_classes}
-    if config.model_name in ("small_cnn", "svhn_dp"):
-        kwargs.update(in_channels=in_ch, side=side)
-    elif config.model_name == "mlp":
-        kwargs.update(in_features=int(data.X_train[0].numel()))
-    torch.manual_seed(config.seed)
-    init = build_model(config.model_name, **kwargs).to(dev)
+    init = _build_checked_model(config, data.X_train.to(dev), data.num_classes)
     num_params = sum(p.numel() for p in init.parameters())
     mlp_input = config.model_name == "mlp"
     X_tr = data.X_train.flatten(1) if mlp_input else data.X_train
@@ -384,6 +448,8 @@ def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) 
                      "residual_poisoned": _residual_norm(poisoned, X_tr, data.y_train, params)},
         "protocols": {},
     }
+    if config.order == 2 and config.solver == "lissa":
+        result["lissa"] = _lissa_summary(config, n)
     for protocol in config.protocols:
         model = copy.deepcopy(poisoned)
         t0 = time.perf_counter()
@@ -442,7 +508,9 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
              f"{data['flipped']} of {data['n_train']} training labels flipped (class s -> "
              f"9 - s), seed {cfg['seed']}; order {cfg['order']}"
              + (f", solver {cfg['solver']}" if cfg["order"] == 2 else "")
-             + f"; {data['updated_params']} of {data['num_params']} parameters updated.", "",
+             + f"; {data['updated_params']} of {data['num_params']} parameters updated."
+             + (f" {lissa_damping_text(result['lissa'])}" if result.get("lissa") else ""),
+             "",
              "| model | test accuracy | time (s) |", "|---|---|---|",
              f"| clean (= retraining) | {fv(tr['acc_clean'])} | {fv(tr['retrain_seconds'])} |",
              f"| poisoned | {fv(tr['acc_poisoned'])} | {fv(tr['poisoned_train_seconds'])} |"]

@@ -47,6 +47,13 @@ def _pair(text: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
+def _update_status(update: dict[str, Any]) -> str:
+    """Return ``applied`` or ``NOT APPLIED (reason)`` (a rejected update changes nothing)."""
+    if update.get("applied"):
+        return "applied"
+    return f"NOT APPLIED ({update.get('reason') or 'no reason given'})"
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``unlearn-features`` command to an ``argparse`` subparsers object.
 
@@ -121,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
           f"  acc {o['acc']:.4f}")
     for name, m in result["methods"].items():
         print(f"{name:>12}: residual {m['residual']:.4g}  distance "
-              f"{m['distance_retrained']:.4g}  acc {m['acc']:.4f}  {m['seconds']:.3f} s")
+              f"{m['distance_retrained']:.4g}  acc {m['acc']:.4f}  {m['seconds']:.3f} s  "
+              f"{_update_status(m['update'])}")
     print(f"{'retrained':>12}: residual {r['residual']:.4g}  acc {r['acc']:.4f}  "
           f"{r['seconds']:.3f} s")
     lin = result.get("linear")

@@ -131,6 +131,42 @@ def _features(name: str, X: object) -> Tensor:
     return X.to(torch.float64)
 
 
+def _finite_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Check a real, finite number > 0 (>= 0 with ``allow_zero``; bools are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"'{name}' must be finite and {'>= 0' if allow_zero else '> 0'}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _vector(name: str, value: object, d: int, device: torch.device) -> Tensor:
+    """Check a finite Tensor[d]; return it as float64 on ``device``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor, got {type(value).__name__}")
+    if value.shape != (d,):
+        raise ValueError(f"'{name}' must have shape [{d}], got {list(value.shape)}")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"'{name}' must be real-valued, got {value.dtype}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
+    return value.to(device=device, dtype=torch.float64)
+
+
+def _check_step(order: object, tau: object) -> float | None:
+    """``order`` (the int 1 or 2) and, for first order, ``tau``; returns tau or None."""
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"'order' must be the int 1 or 2, got {order!r}")
+    if order not in (1, 2):
+        raise ValueError(f"'order' must be 1 or 2, got {order!r}")
+    if order == 2:
+        return None
+    if tau is None:
+        raise ValueError("'tau' (a finite step size > 0) is required for order=1")
+    return _finite_positive("tau", tau)
+
+
 def _lam(lam: object) -> float:
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 \
             or not math.isfinite(lam):
@@ -191,19 +227,20 @@ def linear_influence_update(
     Args:
         X: Tensor[n, d], training features as trained on.
         y: Tensor[n], binary labels as trained on.
-        w: Tensor[d], the trained weights (minimiser of ``L_b(.; D)``).
+        w: Tensor[d], the trained weights (minimiser of ``L_b(.; D)``); finite.
         rows: Affected rows (ints in [0, n), no duplicates).
         new_X: Tensor[len(rows), d], their corrected features (None: unchanged).
         new_y: Tensor[len(rows)], their corrected labels (None: unchanged).
         lam: L2 regularisation of the objective (> 0, times n).
-        b: Tensor[d], the objective perturbation used in training (None: zeros).
-        order: 2 (Newton step, certified) or 1 (``w - tau G``).
-        tau: First-order step size (> 0); required for ``order=1``.
+        b: Tensor[d], the objective perturbation used in training (None: zeros); finite.
+        order: The int 2 (Newton step, certified) or 1 (``w - tau G``).
+        tau: First-order step size (a finite number > 0, not a bool); required for
+            ``order=1``.
         epsilon: Privacy parameter of the certificate.
         delta: Failure probability of the certificate.
         sigma: The perturbation's standard deviation, if the model has one: then
             ``certified`` and ``epsilon_spent`` are filled in.
-        gamma: Lipschitz constant of ``l''`` for the data-dependent bound.
+        gamma: Lipschitz constant of ``l''`` for the data-dependent bound (finite, >= 0).
 
     Returns:
         A :class:`LinearUpdateResult`; the inputs are not modified.
@@ -216,26 +253,18 @@ def linear_influence_update(
     X = _features("X", X)
     n, d = X.shape
     Y = _labels("y", y, n)
-    if not isinstance(w, Tensor) or w.shape != (d,):
-        raise ValueError(f"'w' must be a tensor of shape [{d}]")
-    W = w.to(device=X.device, dtype=torch.float64).reshape(d, 1)
+    W = _vector("w", w, d, X.device).reshape(d, 1)
     idx = _as_index("rows", rows, n, X.device)
-    if idx.numel() == 0:
-        raise ValueError("'rows' must name at least one row")
     m = idx.numel()
     Xn = X[idx] if new_X is None else _features("new_X", new_X).to(X.device)
     if Xn.shape != (m, d):
         raise ValueError(f"'new_X' must have shape [{m}, {d}], got {list(Xn.shape)}")
     Yn = Y[idx] if new_y is None else _labels("new_y", new_y, m).to(X.device)
     lam = _lam(lam)
-    if order not in (1, 2):
-        raise ValueError(f"'order' must be 1 or 2, got {order!r}")
-    if order == 1 and (tau is None or not isinstance(tau, (int, float)) or not tau > 0):
-        raise ValueError(f"'tau' must be a positive number for order=1, got {tau!r}")
+    tau = _check_step(order, tau)
+    gamma = _finite_positive("gamma", gamma, allow_zero=True)
     B = torch.zeros(d, 1, dtype=torch.float64, device=X.device) if b is None else \
-        b.to(device=X.device, dtype=torch.float64).reshape(d, 1)
-    if B.shape != (d, 1):
-        raise ValueError(f"'b' must have shape [{d}]")
+        _vector("b", b, d, X.device).reshape(d, 1)
 
     X_new = X.clone()
     X_new[idx] = Xn
@@ -257,9 +286,14 @@ def linear_influence_update(
                 spectral, torch.linalg.vector_norm(step, dim=0),
                 torch.linalg.vector_norm(X_new @ step, dim=0), gamma, row_max).sum())
         else:
-            step = float(tau) * G
+            assert tau is not None
+            step = tau * G
         W_new = W - step
         residual = residual_norm(X_new, Ync, A, W_new, B, lam)
+        if not (bool(torch.isfinite(W_new).all()) and math.isfinite(residual)):
+            raise ValueError(f"the updated weights or their residual are not finite (order "
+                             f"{order}" + (f", 'tau' = {tau!r} too large)" if order == 1
+                                           else ")"))
         residual_before = residual_norm(X_new, Ync, A, W, B, lam)
     sig = required_sigma(residual, epsilon, delta)
     certified = spent = None

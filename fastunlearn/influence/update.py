@@ -20,11 +20,26 @@ Solvers for the second order:
   residual: when CG's recursive residual says "converged" but the true residual
   ``||G - (H + damping I) x||`` is above ``tol ||G||``, CG restarts from ``x``.
 - ``"lissa"``: the reference's stochastic Neumann series with its parameters
-  (:class:`LissaSettings`: batch, damping d, scale s, depth, repetitions). It converges to
-  ``(H + d s I)^{-1} G``: the **effective damping is d * s** (20 for the reference's
-  CIFAR settings d = 1e-4, s = 2e5), reported as :attr:`UpdateResult.damping`.
+  (:class:`LissaSettings`: batch size B, damping d, scale s, depth, repetitions, and
+  ``hessian``). Each step multiplies by the Hessian of the loss **summed over one batch**
+  of B of the N training rows. With ``k = ceil(N / B)`` batches per pass the average batch
+  Hessian is ``H / k``, so with ``hessian="batch"`` (the reference's behaviour) LiSSA
+  converges to ``(H / k + d s I)^{-1} G = k (H + k d s I)^{-1} G``. Relative to the
+  full-data H the damping is ``k d s`` and the step is k times that damped Newton step.
+  Reference CIFAR settings: N = 50,000, B = 1024, k = 49, d = 1e-4, s = 2e5, d s = 20, so
+  the damping relative to H is 980 and the step is ``49 (H + 980 I)^{-1} G``. With
+  ``hessian="full"`` each batch product is multiplied by ``N / |B_j|`` (an unbiased
+  estimate of H), and LiSSA converges to ``(H + d s I)^{-1} G``. ``scale`` must then bound
+  the eigenvalues of H rather than those of a batch Hessian. When ``N <= B``, k = 1 and the
+  two modes are the same.
 - ``"direct"``: the explicit Hessian of the selected parameters (``torch.func.hessian``,
   summed over chunks) and a dense solve; for small parameter subsets only.
+
+Every solver's :class:`UpdateResult` reports the system it targets: the update equals
+``step_scale * (H + damping I)^{-1} G``, and ``residual`` is the relative residual of
+``(H + damping I) (step / step_scale) = G``. For LiSSA with ``hessian="batch"``,
+``damping = k d s`` and ``step_scale = k``. For ``"full"``, CG and direct,
+``step_scale = 1`` and ``damping`` is the solver's own (``d s`` for LiSSA).
 
 Divergence (a non-finite step, a LiSSA recursion that blows up, or a corrected training
 loss that grows by more than ``loss_tolerance``) is detected *before* the model is touched:
@@ -33,9 +48,10 @@ the model is then left unchanged and the result says ``diverged=True`` with the 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,7 +78,16 @@ from .gradients import (
     unflatten,
 )
 
-__all__ = ["LissaSettings", "UpdateResult", "influence_update", "SOLVERS", "CURVATURES"]
+__all__ = [
+    "LissaSettings",
+    "UpdateOptions",
+    "UpdateResult",
+    "check_update_options",
+    "influence_update",
+    "SOLVERS",
+    "CURVATURES",
+    "LISSA_HESSIANS",
+]
 
 #: Second-order solvers.
 SOLVERS = ("cg", "lissa", "direct")
@@ -75,15 +100,33 @@ def _curvature_op(curvature: str, *args: Any, **kwargs: Any) -> Any:
     return cls(*args, **kwargs)
 
 
+#: How a LiSSA step's batch Hessian is scaled (see :class:`LissaSettings`).
+LISSA_HESSIANS = ("batch", "full")
+
+
 @dataclass(frozen=True)
 class LissaSettings:
-    """LiSSA parameters, named as in the reference (``get_inv_hvp_lissa``).
+    """LiSSA parameters, named as in the reference (``get_inv_hvp_lissa``), plus ``hessian``.
 
-    The recursion ``u <- G + (1 - damping) u - H_B u / scale`` over mini-batches ``B`` of
-    ``batch_size`` rows (a fresh random permutation of the training set per pass) estimates
-    ``(H + damping * scale * I)^{-1} G``: the effective Tikhonov damping is
-    ``damping * scale``. It converges only if every eigenvalue of the summed batch Hessian
-    ``H_B`` lies in ``(-damping * scale, (2 - damping) * scale)``.
+    The recursion ``u <- G + (1 - damping) u - H_j u / scale`` (estimate ``u / scale``) runs
+    over mini-batches ``B_j`` of ``batch_size`` rows: a fresh random permutation of the N
+    training rows per pass, so a pass has ``k = ceil(N / batch_size)`` batches. It estimates
+    ``(E[H_j] + damping * scale * I)^{-1} G``, where ``H_j`` depends on ``hessian``:
+
+    - ``"batch"`` (default, the reference): the Hessian of the loss summed over ``B_j``.
+      Then ``E[H_j] = H / k`` (H: the summed full-data Hessian), and the estimate is
+      ``(H / k + d s I)^{-1} G = k (H + k d s I)^{-1} G``. Relative to H the damping is
+      ``k d s`` (:meth:`full_data_damping`) and the step is ``k`` (:meth:`step_scale`)
+      times that damped Newton step. Reference CIFAR settings: N = 50,000, B = 1024,
+      k = 49, d = 1e-4, s = 2e5, d s = 20, so the damping relative to H is 980 and the
+      step is ``49 (H + 980 I)^{-1} G``.
+    - ``"full"``: that batch product times ``N / |B_j|``, an unbiased estimate of H. The
+      estimate is ``(H + d s I)^{-1} G``.
+
+    With ``N <= batch_size``, k = 1 and the two modes are the same. The recursion converges
+    only if every eigenvalue of ``H_j`` lies in ``(-damping * scale, (2 - damping) * scale)``.
+    With ``"batch"``, ``scale`` must bound the eigenvalues of a batch Hessian. With
+    ``"full"`` it must bound those of the full-data H, which are about k times larger.
 
     Attributes:
         batch_size: Rows per stochastic Hessian (reference CIFAR: 1024).
@@ -95,6 +138,8 @@ class LissaSettings:
         repetitions: Independent runs averaged (reference: 1).
         seed: Seed of the batch permutations.
         check_every: Steps between divergence checks.
+        hessian: ``"batch"`` (summed batch Hessian, the reference) or ``"full"`` (batch
+            Hessian scaled to estimate the full-data H).
 
     """
 
@@ -105,11 +150,42 @@ class LissaSettings:
     repetitions: int = 1
     seed: int = 0
     check_every: int = 10
+    hessian: str = "batch"
 
     @property
     def effective_damping(self) -> float:
-        """``damping * scale``, the lambda of ``(H + lambda I)^{-1}`` LiSSA converges to."""
+        """``damping * scale``: the damping of the system LiSSA targets, ``E[H_j] + d s I``.
+
+        It is the damping relative to the full-data Hessian only for ``hessian="full"``
+        or a single batch; in general see :meth:`full_data_damping`.
+        """
         return self.damping * self.scale
+
+    def step_scale(self, n_rows: int) -> int:
+        """Return the factor k of the estimate ``k (H + k d s I)^{-1} G`` on ``n_rows`` rows.
+
+        For ``hessian="batch"`` this is ``k = ceil(n_rows / batch_size)``, which is 1 when
+        ``n_rows <= batch_size``. For ``hessian="full"`` it is 1.
+
+        Raises:
+            TypeError / ValueError: ``n_rows`` not an int >= 0, or an unknown ``hessian``.
+
+        """
+        n_rows = _check_int("n_rows", n_rows, 0)
+        _check_hessian_mode(self.hessian)
+        if self.hessian == "full" or n_rows <= self.batch_size:
+            return 1
+        return -(-n_rows // self.batch_size)
+
+    def full_data_damping(self, n_rows: int) -> float:
+        """Return the damping relative to the full-data Hessian, ``step_scale(n_rows) * d * s``."""
+        return self.step_scale(n_rows) * self.effective_damping
+
+
+def _check_hessian_mode(mode: object) -> str:
+    if not isinstance(mode, str) or mode not in LISSA_HESSIANS:
+        raise ValueError(f"'lissa.hessian' must be one of {LISSA_HESSIANS}, got {mode!r}")
+    return mode
 
 
 @dataclass
@@ -125,11 +201,18 @@ class UpdateResult:
         num_params: P.
         num_affected: Number of affected points ``|Z|``.
         tau: The first-order step size used (None for second order).
-        damping: Effective Tikhonov damping lambda (``d * s`` for LiSSA).
+        damping: Tikhonov damping lambda, relative to the full-data H, of the system the
+            solver targets: the second-order step is ``step_scale * (H + lambda I)^{-1} G``.
+            For CG and direct it is ``damping``. For LiSSA it is ``d s`` with
+            ``hessian="full"`` and ``k d s`` with ``"batch"`` (k = ceil(N / B)). Reference
+            CIFAR example: N = 50,000, B = 1024, k = 49, d s = 20, so lambda = 980.
+        step_scale: The factor of that step: k for LiSSA with ``hessian="batch"`` (49 in
+            the example: the step is 49 times ``(H + 980 I)^{-1} G``), otherwise 1.
         gradient_norm: ``||G||``.
         step_norm: ``||step||``.
-        residual: Relative true residual ``||(H + lambda I) step - G|| / ||G||`` of the
-            second-order solve (None for first order or when not computed).
+        residual: Relative true residual of the targeted system,
+            ``||(H + lambda I) (step / step_scale) - G|| / ||G||`` (None for first order or
+            when not computed).
         solver_iterations: CG iterations (all restarts), LiSSA steps, or 0.
         converged: Whether the solver met its tolerance (None if it has none).
         num_gradients: Per-sample loss gradients evaluated (2 per affected point).
@@ -139,7 +222,7 @@ class UpdateResult:
         loss_before: Corrected training loss at the old parameters (None if not computed).
         loss_after: Corrected training loss at the new parameters (None if not computed).
         diverged: Whether divergence was detected (the model was then left unchanged).
-        applied: Whether the model was updated.
+        applied: Whether the model was updated (never for a zero step).
         reason: Why the update was not applied, or a solver remark; None otherwise.
         timings: Seconds spent per phase (``gradient``, ``solve``, ``line_search``,
             ``check``, ``total``).
@@ -154,6 +237,7 @@ class UpdateResult:
     num_affected: int
     tau: float | None = None
     damping: float = 0.0
+    step_scale: float = 1.0
     gradient_norm: float = 0.0
     step_norm: float = 0.0
     residual: float | None = None
@@ -189,6 +273,7 @@ def _check_tensor(name: str, value: object) -> Tensor:
 
 
 def _check_inputs(name: str, x: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+    """Device, dtype (floating inputs: the parameters' dtype) and finiteness of model inputs."""
     if x.device != device:
         raise ValueError(f"'{name}' must be on the model's device {device}, got {x.device}")
     if x.is_floating_point():
@@ -198,19 +283,30 @@ def _check_inputs(name: str, x: Tensor, dtype: torch.dtype, device: torch.device
             raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
 
 
-def _check_targets(name: str, y: Tensor, num_outputs: int | None, device: torch.device) -> None:
+def _check_target_type(name: str, y: Tensor, device: torch.device, class_labels: bool) -> None:
+    """Device, dtype and finiteness of targets (checked before the model runs).
+
+    ``class_labels``: the loss is the default cross-entropy, which needs integer labels.
+    """
     if y.device != device:
         raise ValueError(f"'{name}' must be on the model's device {device}, got {y.device}")
-    if y.is_floating_point():
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
-    elif y.dtype != torch.bool and num_outputs is not None and y.numel():
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= num_outputs:
-            raise ValueError(
-                f"'{name}' holds labels in [{low}, {high}], outside the model's "
-                f"{num_outputs} classes [0, {num_outputs - 1}]"
-            )
+    if class_labels and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
+        raise TypeError(f"'{name}' must hold integer class labels for the default "
+                        f"cross-entropy loss, got {y.dtype} (pass 'loss_fn' for other targets)")
+    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
+
+
+def _check_target_range(name: str, y: Tensor, num_outputs: int | None) -> None:
+    """Integer labels must lie in ``[0, num_outputs)`` (when the model has class outputs)."""
+    if y.is_floating_point() or y.dtype == torch.bool or num_outputs is None or not y.numel():
+        return
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= num_outputs:
+        raise ValueError(
+            f"'{name}' holds labels in [{low}, {high}], outside the model's "
+            f"{num_outputs} classes [0, {num_outputs - 1}]"
+        )
 
 
 def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
@@ -239,9 +335,27 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def _check_order(order: object) -> int:
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"'order' must be the int 1 or 2, got {order!r} "
+                        f"({type(order).__name__})")
+    if order not in (1, 2):
+        raise ValueError(f"'order' must be 1 or 2, got {order!r}")
+    return order
+
+
 def _num_outputs(model: nn.Module, x: Tensor) -> int | None:
-    with torch.no_grad(), eval_mode(model):
-        out = model(x[:1])
+    """Classes of the model (last output dimension) from one row; None if not a class model.
+
+    Call it only on validated inputs (device, dtype): a failing forward pass is reported
+    as a ValueError naming ``inputs``.
+    """
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x[:1])
+    except (RuntimeError, TypeError, IndexError) as exc:
+        raise ValueError(f"'inputs' of shape {list(x.shape)} do not fit the model: "
+                         f"{type(exc).__name__}: {exc}") from None
     return int(out.shape[-1]) if isinstance(out, Tensor) and out.ndim >= 2 else None
 
 
@@ -256,7 +370,199 @@ def _check_lissa(settings: object) -> LissaSettings:
     _check_int("lissa.depth", settings.depth, 1)
     _check_int("lissa.repetitions", settings.repetitions, 1)
     _check_int("lissa.check_every", settings.check_every, 1)
+    _check_hessian_mode(settings.hessian)
     return settings
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """The validated options of :func:`influence_update` (see :func:`check_update_options`).
+
+    Attributes:
+        names: Selected parameter names (``named_parameters()`` order).
+        num_params: P, their total size.
+        dtype: Their dtype.
+        device: Their device.
+        loss_fn: The loss (the default cross-entropy when None was given).
+        order: 1 or 2.
+        solver: The second-order solver.
+        tau: First-order step size (None for ``"auto"``).
+        auto_tau: Whether ``tau="auto"``.
+        lissa: The LiSSA settings (None unless ``order=2, solver="lissa"``).
+
+    """
+
+    names: list[str]
+    num_params: int
+    dtype: torch.dtype
+    device: torch.device
+    loss_fn: LossFn
+    order: int
+    solver: str
+    tau: float | None
+    auto_tau: bool
+    lissa: LissaSettings | None
+
+    @property
+    def class_labels(self) -> bool:
+        """Whether the loss is the default cross-entropy (targets must be integer labels)."""
+        return self.loss_fn is default_loss
+
+
+def _selection(model: object, params: Any) -> tuple[list[str], list[nn.Parameter]]:
+    """Validate ``model`` and ``params``; return the selected names and parameters."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    names = selected_parameter_names(model, params)
+    named = dict(model.named_parameters())
+    selected = [named[n] for n in names]
+    dtype, device = selected[0].dtype, selected[0].device
+    if any(p.dtype != dtype or p.device != device for p in selected):
+        raise ValueError("'params': the selected parameters must share one dtype and device")
+    return names, selected
+
+
+def _check_tau(order: int, tau: object) -> tuple[float | None, bool]:
+    """Return ``(tau or None, auto)``; only first order uses ``tau``."""
+    if order != 1:
+        return None, False
+    if isinstance(tau, str):
+        if tau != "auto":
+            raise ValueError(f"'tau' must be a positive number or 'auto', got {tau!r}")
+        return None, True
+    return _check_float("tau", tau, positive=True), False
+
+
+def _check_options(
+    model: nn.Module,
+    *,
+    loss_fn: LossFn | None,
+    params: Any,
+    order: int,
+    tau: float | str,
+    solver: str,
+    damping: float,
+    curvature: str,
+    hvp_batch_size: int | None,
+    curvature_subsample: int | None,
+    subsample_seed: int,
+    chunk_size: int | None,
+    tol: float,
+    maxiter: int | None,
+    restarts: int,
+    lissa: LissaSettings | None,
+    max_direct_params: int,
+    loss_tolerance: float,
+) -> UpdateOptions:
+    """Validate every option of :func:`influence_update` (no data, nothing computed)."""
+    names, selected = _selection(model, params)
+    loss_fn = default_loss if loss_fn is None else loss_fn
+    if not callable(loss_fn):
+        raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
+    order = _check_order(order)
+    if solver not in SOLVERS:
+        raise ValueError(f"'solver' must be one of {SOLVERS}, got {solver!r}")
+    if curvature not in CURVATURES:
+        raise ValueError(f"'curvature' must be one of {CURVATURES}, got {curvature!r}")
+    _check_float("damping", damping)
+    _check_float("loss_tolerance", loss_tolerance)
+    _check_float("tol", tol)
+    _check_int("restarts", restarts, 0)
+    for name, value, minimum in (("maxiter", maxiter, 0), ("hvp_batch_size", hvp_batch_size, 1),
+                                 ("curvature_subsample", curvature_subsample, 1),
+                                 ("chunk_size", chunk_size, 1)):
+        if value is not None:
+            _check_int(name, value, minimum)
+    if curvature_subsample is not None and order == 2 and solver == "lissa":
+        raise ValueError("'curvature_subsample' applies to the solvers 'cg' and 'direct'; "
+                         "LiSSA samples its own batches (LissaSettings.batch_size)")
+    _check_int("subsample_seed", subsample_seed, 0)
+    tau_value, auto_tau = _check_tau(order, tau)
+    settings = _check_lissa(lissa) if order == 2 and solver == "lissa" else None
+    P = sum(p.numel() for p in selected)
+    if order == 2 and solver == "direct" and P > max_direct_params:
+        raise ValueError(f"solver 'direct' builds a dense {P} x {P} Hessian, more than "
+                         f"'max_direct_params' = {max_direct_params}; select fewer "
+                         f"parameters or use 'cg'")
+    return UpdateOptions(names=names, num_params=P, dtype=selected[0].dtype,
+                         device=selected[0].device, loss_fn=loss_fn, order=order,
+                         solver=solver, tau=tau_value, auto_tau=auto_tau, lissa=settings)
+
+
+#: Options of influence_update that need no data (the keywords of _check_options).
+_OPTION_NAMES = tuple(inspect.signature(_check_options).parameters)[1:]
+
+
+def check_update_options(model: nn.Module, **options: Any) -> UpdateOptions:
+    """Validate keyword options of :func:`influence_update` without any data.
+
+    Unknown keywords raise TypeError; missing ones take :func:`influence_update`'s
+    defaults. Used by the drivers to reject bad options even when there is nothing to
+    update.
+
+    Returns:
+        The :class:`UpdateOptions`.
+
+    Raises:
+        TypeError / ValueError: as :func:`influence_update` for the same options.
+
+    """
+    signature = inspect.signature(influence_update)
+    keywords = {name: p.default for name, p in signature.parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(keywords))
+    if unknown:
+        raise TypeError(f"influence_update() got unexpected keyword argument(s) {unknown}")
+    keywords.update(options)
+    return _check_options(model, **{name: keywords[name] for name in _OPTION_NAMES})
+
+
+def _check_affected(
+    inputs: object, targets: object, new_inputs: object, new_targets: object
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Types and shapes of the affected points and their corrected versions."""
+    inputs = _check_tensor("inputs", inputs)
+    targets = _check_tensor("targets", targets)
+    new_inputs = inputs if new_inputs is None else _check_tensor("new_inputs", new_inputs)
+    new_targets = targets if new_targets is None else _check_tensor("new_targets", new_targets)
+    _check_pair("inputs/targets", inputs, targets)
+    if new_inputs.shape != inputs.shape:
+        raise ValueError(f"'new_inputs' must have the shape of 'inputs' {list(inputs.shape)}, "
+                         f"got {list(new_inputs.shape)}")
+    if new_targets.shape != targets.shape:
+        raise ValueError(f"'new_targets' must have the shape of 'targets' "
+                         f"{list(targets.shape)}, got {list(new_targets.shape)}")
+    if inputs.shape[0] == 0:
+        raise ValueError("'inputs' must hold at least one affected point")
+    return inputs, targets, new_inputs, new_targets
+
+
+def _check_train_shape(train_data: object, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    if not isinstance(train_data, (tuple, list)) or len(train_data) != 2:
+        raise TypeError("'train_data' must be a pair (inputs, targets)")
+    X_train = _check_tensor("train_data[0]", train_data[0])
+    y_train = _check_tensor("train_data[1]", train_data[1])
+    _check_pair("train_data", X_train, y_train)
+    if X_train.shape[1:] != inputs.shape[1:]:
+        raise ValueError(f"'train_data' inputs must have rows shaped like 'inputs' "
+                         f"{list(inputs.shape[1:])}, got {list(X_train.shape[1:])}")
+    return X_train, y_train
+
+
+def _check_data(
+    model: nn.Module, opts: UpdateOptions, pairs: list[tuple[str, Tensor, str, Tensor]]
+) -> None:
+    """Check ``(input name, inputs, target name, targets)`` pairs against the model.
+
+    Devices and dtypes first, so the model only ever runs on inputs it accepts; then one
+    forward pass gives the number of classes the labels must fit.
+    """
+    for x_name, x, y_name, y in pairs:
+        _check_inputs(x_name, x, opts.dtype, opts.device)
+        _check_target_type(y_name, y, opts.device, opts.class_labels)
+    num_outputs = _num_outputs(model, pairs[0][1])
+    for _, _, y_name, y in pairs:
+        _check_target_range(y_name, y, num_outputs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,13 +634,67 @@ def _solve_cg(
         converged = bool(result.converged.all())
         residual = float(result.residual_norms.max())
         if bool(result.breakdown.any()):
-            note = "CG breakdown: the damped Hessian is not positive definite along a " \
-                   "search direction (increase 'damping')"
+            note = _breakdown_note(iterations)
             break
         if converged or steps == 0 or iterations >= budget:
             break
     assert x is not None
     return x, iterations, matvecs, converged, residual, note
+
+
+def _breakdown_note(iterations: int) -> str:
+    return (f"CG breakdown after {iterations} iteration(s): the damped curvature "
+            f"(H + damping I) is not positive definite along a search direction (a "
+            f"network's Hessian is often indefinite); use 'damping' > 0 large enough to make "
+            f"it positive definite, or curvature='ggn' (positive semidefinite)")
+
+
+def _zero_step_reason(note: str | None) -> str:
+    """Why a zero step is not applied (the solver's remark, if any, kept first)."""
+    zero = "the update step is zero: nothing was applied"
+    return f"{note}; {zero}" if note else zero
+
+
+def _full_data_estimate(
+    op: Any, n_rows: int
+) -> Callable[[Tensor, tuple[Tensor, Tensor]], Tensor]:
+    """Batch product ``H_B v`` times ``n_rows / |B|``: an unbiased estimate of ``H v``."""
+
+    def product(v: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
+        inputs, targets = batch
+        out = op.matmat_on(v.unsqueeze(1), inputs, targets).squeeze(1)
+        return out * (n_rows / inputs.shape[0])
+
+    return product
+
+
+def _solve_lissa(
+    op: Any, G: Tensor, settings: LissaSettings, X: Tensor, y: Tensor, progress: bool
+) -> tuple[Tensor | None, int, int, str | None]:
+    """LiSSA on shuffled batches of ``(X, y)``, per ``settings.hessian``.
+
+    Returns:
+        ``(solution or None if it diverged, steps, per-sample HVPs, divergence reason)``.
+
+    """
+    batches = _ShuffledBatches(X, y, settings.batch_size, settings.seed)
+    hvp = op if settings.hessian == "batch" else _full_data_estimate(op, int(X.shape[0]))
+    try:
+        out = lissa_solve(hvp, G, damping=settings.damping, scale=settings.scale,
+                          depth=settings.depth, repetitions=settings.repetitions,
+                          batches=batches, progress=progress, check_every=settings.check_every)
+    except LissaDivergenceError as exc:
+        return None, exc.step, batches.rows, str(exc)
+    return out.solution, settings.depth * settings.repetitions, batches.rows, None
+
+
+def _targeted_residual(
+    op: Any, G: Tensor, step: Tensor, damping: float, step_scale: float
+) -> float:
+    """``||(H + damping I) (step / step_scale) - G||`` with H the full-data operator ``op``."""
+    x = step / step_scale
+    residual = G - op.matmat(x.unsqueeze(1)).squeeze(1) - damping * x
+    return float(torch.linalg.vector_norm(residual))
 
 
 def _solve_direct(
@@ -408,11 +768,20 @@ def influence_update(
     on it, ``(new_inputs[i], new_targets[i])`` its corrected version (either may be None:
     unchanged). See the module docstring for the formulas and solvers.
 
+    A zero step is never applied (``applied=False``, with the reason). This happens when CG
+    breaks down at its first iteration, which is common with the defaults
+    ``curvature="hessian", damping=0`` on a network. The remedy is ``damping > 0`` or
+    ``curvature="ggn"``. If CG breaks down after some iterations, its partial solution is
+    the step and ``reason`` says so. That step then goes through the same loss check as any
+    other: it is applied only if the corrected training loss does not grow by more than
+    ``loss_tolerance`` (or ``check_loss=False``).
+
     Args:
         model: The trained network; called as ``model(inputs)``. Batch-norm and dropout run
             in eval mode during the update (the mode is restored afterwards).
         inputs: Tensor[m, ...], affected points as trained on.
-        targets: Tensor[m, ...], their labels as trained on.
+        targets: Tensor[m, ...], their labels as trained on (integer class labels for the
+            default loss).
         new_inputs: Tensor[m, ...], corrected inputs (None: ``inputs``).
         new_targets: Tensor[m, ...], corrected labels (None: ``targets``).
         train_data: ``(X, y)``, the **corrected** training set: the Hessian's data
@@ -424,8 +793,10 @@ def influence_update(
         tau: First-order step size (> 0), or ``"auto"``: a line search on the corrected
             training loss, starting from the curvature step ``||G||^2 / G^T H G``.
         solver: ``"cg"``, ``"lissa"`` or ``"direct"`` (second order).
-        damping: Tikhonov damping lambda >= 0 of ``"cg"`` and ``"direct"`` (LiSSA's is
-            ``lissa.damping * lissa.scale``).
+        damping: Tikhonov damping lambda >= 0 of ``"cg"`` and ``"direct"``. LiSSA's damping
+            is ``lissa.damping * lissa.scale`` relative to the Hessian it uses: with
+            ``lissa.hessian="batch"`` that is a batch Hessian, about ``H / k``. The result's
+            ``damping`` and ``step_scale`` give the system solved relative to H.
         curvature: ``"hessian"`` (the reference) or ``"ggn"``: the generalised Gauss-Newton
             matrix, positive semidefinite for convex losses, so CG cannot break down on a
             non-convex network (see :class:`~fastunlearn.influence.GGNOperator`).
@@ -443,7 +814,8 @@ def influence_update(
         tol: Relative tolerance of CG on the true residual.
         maxiter: CG iteration cap over all restarts (default ``10 P``).
         restarts: CG restarts allowed when the true residual misses ``tol``.
-        lissa: :class:`LissaSettings` (defaults: the reference's CIFAR settings).
+        lissa: :class:`LissaSettings` (defaults: the reference's CIFAR settings, summed
+            batch Hessians: the step is ``k (H + k d s I)^{-1} G``, k = ceil(N / B)).
         compute_residual: Compute the true relative residual for LiSSA (one extra
             full-data HVP; CG and direct always have it).
         max_direct_params: Largest P accepted by ``"direct"``.
@@ -457,94 +829,40 @@ def influence_update(
         An :class:`UpdateResult` (counts, residual, divergence, timings).
 
     Raises:
-        TypeError: arguments of the wrong type or dtype.
-        ValueError: bad shapes, devices, non-finite features, labels outside the model's
-            classes, parameters not in the model, a mean-reduced loss, or an out-of-range
-            option. The model is unchanged whenever an error is raised.
+        TypeError: arguments of the wrong type or dtype (e.g. floating-point targets with
+            the default cross-entropy, or ``order=2.0``).
+        ValueError: bad shapes, devices, non-finite features, inputs the model cannot run
+            on, labels outside the model's classes, parameters not in the model or frozen
+            (``requires_grad=False``), a mean-reduced loss, or an out-of-range option.
+            Devices and dtypes are checked before the model runs. The model is unchanged
+            whenever an error is raised.
 
     """
     t_start = time.perf_counter()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
-    loss_fn = default_loss if loss_fn is None else loss_fn
-    if not callable(loss_fn):
-        raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
-    names = selected_parameter_names(model, params)
+    opts = _check_options(
+        model, loss_fn=loss_fn, params=params, order=order, tau=tau, solver=solver,
+        damping=damping, curvature=curvature, hvp_batch_size=hvp_batch_size,
+        curvature_subsample=curvature_subsample, subsample_seed=subsample_seed,
+        chunk_size=chunk_size, tol=tol, maxiter=maxiter, restarts=restarts, lissa=lissa,
+        max_direct_params=max_direct_params, loss_tolerance=loss_tolerance)
+    names, loss_fn, order, settings = opts.names, opts.loss_fn, opts.order, opts.lissa
+    damping, tol = float(damping), float(tol)
+    loss_tolerance = float(loss_tolerance)
+    auto_tau, P, dtype, device = opts.auto_tau, opts.num_params, opts.dtype, opts.device
     named = dict(model.named_parameters())
     selected = [named[n] for n in names]
-    dtype, device = selected[0].dtype, selected[0].device
-    if any(p.dtype != dtype or p.device != device for p in selected):
-        raise ValueError("'params': the selected parameters must share one dtype and device")
 
-    inputs = _check_tensor("inputs", inputs)
-    targets = _check_tensor("targets", targets)
-    new_inputs = inputs if new_inputs is None else _check_tensor("new_inputs", new_inputs)
-    new_targets = targets if new_targets is None else _check_tensor("new_targets", new_targets)
-    _check_pair("inputs/targets", inputs, targets)
-    if new_inputs.shape != inputs.shape:
-        raise ValueError(f"'new_inputs' must have the shape of 'inputs' {list(inputs.shape)}, "
-                         f"got {list(new_inputs.shape)}")
-    if new_targets.shape != targets.shape:
-        raise ValueError(f"'new_targets' must have the shape of 'targets' "
-                         f"{list(targets.shape)}, got {list(new_targets.shape)}")
-    if inputs.shape[0] == 0:
-        raise ValueError("'inputs' must hold at least one affected point")
-    if order not in (1, 2) or isinstance(order, bool):
-        raise ValueError(f"'order' must be 1 or 2, got {order!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"'solver' must be one of {SOLVERS}, got {solver!r}")
-    if curvature not in CURVATURES:
-        raise ValueError(f"'curvature' must be one of {CURVATURES}, got {curvature!r}")
-    damping = _check_float("damping", damping)
-    loss_tolerance = _check_float("loss_tolerance", loss_tolerance)
-    tol = _check_float("tol", tol)
-    restarts = _check_int("restarts", restarts, 0)
-    if maxiter is not None:
-        maxiter = _check_int("maxiter", maxiter, 0)
-    if hvp_batch_size is not None:
-        hvp_batch_size = _check_int("hvp_batch_size", hvp_batch_size, 1)
-    if curvature_subsample is not None:
-        curvature_subsample = _check_int("curvature_subsample", curvature_subsample, 1)
-        if order == 2 and solver == "lissa":
-            raise ValueError("'curvature_subsample' applies to the solvers 'cg' and 'direct'; "
-                             "LiSSA samples its own batches (LissaSettings.batch_size)")
-    subsample_seed = _check_int("subsample_seed", subsample_seed, 0)
-    if chunk_size is not None:
-        chunk_size = _check_int("chunk_size", chunk_size, 1)
-    auto_tau = False
-    if order == 1:
-        if isinstance(tau, str):
-            if tau != "auto":
-                raise ValueError(f"'tau' must be a positive number or 'auto', got {tau!r}")
-            auto_tau = True
-        else:
-            tau = _check_float("tau", tau, positive=True)
-    settings = _check_lissa(lissa) if order == 2 and solver == "lissa" else None
-    P = sum(p.numel() for p in selected)
-    if order == 2 and solver == "direct" and P > max_direct_params:
-        raise ValueError(f"solver 'direct' builds a dense {P} x {P} Hessian, more than "
-                         f"'max_direct_params' = {max_direct_params}; select fewer "
-                         f"parameters or use 'cg'")
-
-    num_outputs = _num_outputs(model, inputs)
-    for name, x in (("inputs", inputs), ("new_inputs", new_inputs)):
-        _check_inputs(name, x, dtype, device)
-    for name, y in (("targets", targets), ("new_targets", new_targets)):
-        _check_targets(name, y, num_outputs, device)
+    inputs, targets, new_inputs, new_targets = _check_affected(inputs, targets, new_inputs,
+                                                               new_targets)
+    pairs = [("inputs", inputs, "targets", targets),
+             ("new_inputs", new_inputs, "new_targets", new_targets)]
     if train_data is not None:
-        if not isinstance(train_data, (tuple, list)) or len(train_data) != 2:
-            raise TypeError("'train_data' must be a pair (inputs, targets)")
-        X_train = _check_tensor("train_data[0]", train_data[0])
-        y_train = _check_tensor("train_data[1]", train_data[1])
-        _check_pair("train_data", X_train, y_train)
-        if X_train.shape[1:] != inputs.shape[1:]:
-            raise ValueError(f"'train_data' inputs must have rows shaped like 'inputs' "
-                             f"{list(inputs.shape[1:])}, got {list(X_train.shape[1:])}")
-        _check_inputs("train_data[0]", X_train, dtype, device)
-        _check_targets("train_data[1]", y_train, num_outputs, device)
+        train_data = _check_train_shape(train_data, inputs)
+        pairs.append(("train_data[0]", train_data[0], "train_data[1]", train_data[1]))
     elif order == 2 or auto_tau:
         raise ValueError("'train_data' (the corrected training set) is required for "
                          "second-order updates and tau='auto'")
+    _check_data(model, opts, pairs)
     check_sum_reduction(model, loss_fn, new_inputs, new_targets)
 
     m = inputs.shape[0]
@@ -564,7 +882,7 @@ def influence_update(
     if not math.isfinite(result.gradient_norm):
         return _finish(result, t_start, diverged=True, reason="non-finite gradient G")
     if result.gradient_norm == 0.0:
-        result.tau = None if order == 2 else (None if auto_tau else float(tau))
+        result.tau = opts.tau
         result.converged = True
         return _finish(result, t_start, reason="G is zero: nothing to update")
 
@@ -583,6 +901,8 @@ def influence_update(
                 if tau is None:
                     return _finish(result, t_start, reason="line search found no step that "
                                    "lowers the corrected training loss")
+            else:
+                tau = opts.tau
             result.tau = float(tau)
             step = float(tau) * G
         else:
@@ -608,29 +928,24 @@ def influence_update(
                 result.reason = note
             elif solver == "lissa":
                 assert settings is not None
-                result.damping = settings.effective_damping
+                # the system LiSSA targets, relative to the full-data H (see LissaSettings)
+                result.damping = settings.full_data_damping(n_train)
+                result.step_scale = float(settings.step_scale(n_train))
                 op = _curvature_op(curvature, model, loss_fn, X_train, y_train, params=names,
                                    batch_size=hvp_batch_size)
-                batches = _ShuffledBatches(X_train, y_train, settings.batch_size, settings.seed)
-                try:
-                    out = lissa_solve(op, G, damping=settings.damping, scale=settings.scale,
-                                depth=settings.depth, repetitions=settings.repetitions,
-                                batches=batches, progress=progress,
-                                check_every=settings.check_every)
-                except LissaDivergenceError as exc:
-                    result.num_hvps += batches.rows
-                    result.solver_iterations = exc.step
+                solution, steps, rows, failure = _solve_lissa(op, G, settings, X_train,
+                                                              y_train, progress)
+                result.num_hvps += rows
+                result.solver_iterations = steps
+                if solution is None:
                     timings["solve"] = time.perf_counter() - t0
-                    return _finish(result, t_start, diverged=True, reason=str(exc))
-                step = out.solution
-                result.num_hvps += batches.rows
-                result.solver_iterations = settings.depth * settings.repetitions
+                    return _finish(result, t_start, diverged=True, reason=failure)
+                step = solution
                 if compute_residual:
-                    full = op.matmat(step.unsqueeze(1)).squeeze(1)
-                    residual = G - full - result.damping * step
+                    residual = _targeted_residual(op, G, step, result.damping,
+                                                  result.step_scale)
                     result.num_hvps += n_train
-                    result.residual = float(torch.linalg.vector_norm(residual)) \
-                        / result.gradient_norm
+                    result.residual = residual / result.gradient_norm
             else:
                 step, H = _solve_direct(model, curv_loss, X_curv, y_curv, names, G, damping,
                                         hvp_batch_size, curvature)
@@ -644,6 +959,8 @@ def influence_update(
     result.step_norm = float(torch.linalg.vector_norm(step))
     if not math.isfinite(result.step_norm):
         return _finish(result, t_start, diverged=True, reason="non-finite update step")
+    if result.step_norm == 0.0:  # e.g. CG breakdown at its first iteration
+        return _finish(result, t_start, reason=_zero_step_reason(result.reason))
 
     if check_loss and train_data is not None:
         t0 = time.perf_counter()

@@ -10,7 +10,13 @@ i.e. ``(damping * scale * I + H) (h / scale) = b``, so the estimate converges to
 .. math:: (H + \mathrm{damping} \cdot \mathrm{scale} \cdot I)^{-1} b
 
 (the effective Tikhonov damping is ``damping * scale``, not ``damping``). With mini-batches,
-H is the expected batch Hessian ``E[H_j]``.
+H is the expected batch Hessian ``E[H_j]``. **That is not the full-data Hessian** when
+``H_j`` is the Hessian of a loss summed over a batch: with ``k`` batches per pass over the
+data, ``E[H_j] = H_full / k``, and the estimate is
+``(H_full / k + damping * scale * I)^{-1} b = k (H_full + k * damping * scale * I)^{-1} b``.
+Relative to ``H_full`` the damping is ``k * damping * scale`` and the result is k times that
+damped solve. Scaling each batch product by ``N / |B_j|`` makes ``E[H_j] = H_full`` (see
+:class:`~fastunlearn.influence.LissaSettings`, ``hessian="batch"`` / ``"full"``).
 
 **When it converges.** The error obeys ``e_j = T e_{j-1}`` with
 ``T = (1 - damping) I - H / scale``; it converges iff the spectral radius of T is below 1,
@@ -59,8 +65,8 @@ class LissaResult:
     """Outcome of :func:`lissa`.
 
     Attributes:
-        solution: The estimate of ``(H + damping * scale * I)^{-1} b``, shaped like ``b``,
-            averaged over repetitions.
+        solution: The estimate of ``(H + damping * scale * I)^{-1} b`` (H: the expected
+            product ``E[H_j]``), shaped like ``b``, averaged over repetitions.
         num_hvps: Hessian-vector products evaluated (steps x repetitions x columns).
         history: float64 CPU Tensor[repetitions, C]: the update norm
             ``||h_j - h_{j-1}|| / scale`` (the change of the estimate) at the checked steps.
@@ -107,8 +113,11 @@ def lissa(
 ) -> LissaResult:
     """Estimate ``(H + damping * scale * I)^{-1} b`` with the LiSSA recursion.
 
-    See the module docstring for the derivation of the fixed point and the convergence
-    condition (every eigenvalue of ``damping * I + H / scale`` in (0, 2)).
+    With ``batches``, H is the *expected* product ``E[H_j]``. For summed-loss batch Hessians
+    that is the full-data Hessian divided by the number of batches k, so the estimate is
+    ``k (H_full + k * damping * scale * I)^{-1} b``. See the module docstring for the
+    derivation of the fixed point and the convergence condition (every eigenvalue of
+    ``damping * I + H_j / scale`` in (0, 2)).
 
     Divergence is an error, never a silent result: every ``check_every`` steps and at the last
     step the update norm ``||h_j - h_{j-1}||`` is read on the host; a non-finite value, or one
@@ -122,9 +131,11 @@ def lissa(
             :class:`~fastunlearn.linalg.NetworkHessianOperator`, called as
             ``hvp.matmat_on(v, *batch)`` with ``batch = (inputs, targets)`` (its own
             ``damping`` is included in H). Summed-loss Hessians of a batch grow with the
-            batch size; pick ``scale`` for the batch Hessian.
+            batch size; pick ``scale`` for the batch Hessian, and read the result relative
+            to ``E[H_j]`` (the full-data Hessian / k for summed batch Hessians).
         b: Tensor[d] or Tensor[d, K] (columns are estimated independently).
-        damping: ``>= 0``; the effective damping is ``damping * scale``.
+        damping: ``>= 0``; the effective damping is ``damping * scale`` (relative to
+            ``E[H_j]``).
         scale: ``> 0``; must exceed about ``lambda_max(H) / (2 - damping)``.
         depth: Recursion steps per repetition (>= 1).
         repetitions: Independent runs averaged (>= 1); with ``batches`` they continue

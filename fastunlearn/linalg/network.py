@@ -38,7 +38,7 @@ def selected_parameter_names(model: nn.Module, params: ParamSpec = None) -> list
         model: The network.
         params: None for all parameters with ``requires_grad``; otherwise an iterable of
             parameter names (as in ``named_parameters()``) and/or ``nn.Parameter`` objects of
-            ``model``. A single name is accepted too.
+            ``model``, each with ``requires_grad=True``. A single name is accepted too.
 
     Returns:
         The selected names, without duplicates, in registration order.
@@ -46,8 +46,9 @@ def selected_parameter_names(model: nn.Module, params: ParamSpec = None) -> list
     Raises:
         TypeError: ``model`` is not an nn.Module, or ``params`` holds something else than
             names and parameters.
-        ValueError: an unknown name, a tensor that is not a parameter of ``model``, or an
-            empty selection.
+        ValueError: an unknown name, a tensor that is not a parameter of ``model``, a
+            frozen parameter (``requires_grad=False``: it must stay fixed, as it does with
+            ``params=None``), or an empty selection.
 
     """
     if not isinstance(model, nn.Module):
@@ -80,7 +81,16 @@ def selected_parameter_names(model: nn.Module, params: ParamSpec = None) -> list
             )
     if not chosen:
         raise ValueError("'params' selects no parameters")
+    _check_trainable(by_name, chosen)
     return [n for n, _ in named if n in chosen]
+
+
+def _check_trainable(by_name: dict[str, nn.Parameter], chosen: set[str]) -> None:
+    """Raise ValueError naming the first explicitly selected frozen parameter."""
+    for name, p in by_name.items():
+        if name in chosen and not p.requires_grad:
+            raise ValueError(f"'params': parameter {name!r} has requires_grad=False (frozen "
+                             f"parameters are never updated; unfreeze it or leave it out)")
 
 
 def flatten_params(tensors: Iterable[Tensor]) -> Tensor:

@@ -18,18 +18,61 @@ from fastunlearn.influence.canary import (
 
 def test_canary_windows_hand_computed():
     ids = torch.arange(40)
-    # secret at [20, 24), windows of 8 inputs: starts 12..22 have a secret target
-    got = canary_windows(ids, [(20, 24)], seq_len=8, stride=1).tolist()
-    assert got == list(range(12, 23))
+    # secret at [20, 24), windows of 8 inputs + 1: starts 12..22 have a secret target,
+    # start 23 has the secret's last character as its first input
+    got = canary_windows(ids, [(20, 24)], seq_len=8).tolist()
+    assert got == list(range(12, 24))
     for s in got:
-        targets = set(range(s + 1, s + 9))
-        assert targets & set(range(20, 24))
-    for s in (11, 23):  # the neighbouring starts predict no secret character
-        assert not set(range(s + 1, s + 9)) & set(range(20, 24))
-    assert canary_windows(ids, [(20, 24)], seq_len=8, stride=4).tolist() == [12, 16, 20, 22]
-    # clipped at both ends of the text
-    assert canary_windows(ids, [(1, 3)], seq_len=8, stride=1).tolist() == [0, 1]
-    assert canary_windows(ids, [(37, 40)], seq_len=8, stride=1).tolist() == list(range(29, 32))
+        assert set(range(s, s + 9)) & set(range(20, 24))
+    for s in (11, 24):  # the neighbouring windows do not touch the secret
+        assert not set(range(s, s + 9)) & set(range(20, 24))
+    assert canary_windows(ids, [(20, 24)], seq_len=8, stride=4).tolist() == [12, 16, 20, 23]
+    # clipped at both ends of the text (training starts are 0 .. 40 - 8 - 1)
+    assert canary_windows(ids, [(1, 3)], seq_len=8).tolist() == [0, 1, 2]
+    assert canary_windows(ids, [(37, 40)], seq_len=8).tolist() == list(range(29, 32))
+
+
+def _touching_training_windows(n, seq_len, spans):
+    """Brute force: every training start (0 .. n - seq_len - 1, as train_char_lm draws them)
+    whose window of seq_len + 1 characters shares a character with a secret."""
+    secret = set().union(*(range(a, b) for a, b in spans))
+    return [s for s in range(n - seq_len) if secret & set(range(s, s + seq_len + 1))]
+
+
+@pytest.mark.parametrize("seq_len", [1, 5, 8, 30])
+def test_canary_windows_equal_brute_force_enumeration(seq_len):
+    ids = torch.arange(60)
+    spans = [(0, 3), (10, 14), (17, 20), (55, 60)]  # at the start, close together, at the end
+    got = canary_windows(ids, spans, seq_len).tolist()
+    assert got == _touching_training_windows(60, seq_len, spans)
+
+
+def test_unlearn_canary_uses_exactly_the_training_windows_touching_the_secret(monkeypatch):
+    from fastunlearn.influence import canary as canary_module
+
+    res = _tiny(2)
+    seen = {}
+    real = canary_module.influence_update
+
+    def spy(model, x_old, y_old, x_new, y_new, **kwargs):
+        seen.update(x_old=x_old, y_old=y_old, x_new=x_new)
+        return real(model, x_old, y_old, x_new, y_new, **kwargs)
+
+    monkeypatch.setattr(canary_module, "influence_update", spy)
+    out = unlearn_canary(res, CanaryUnlearnConfig(order=1, tau=1e-4, retrain=False,
+                                                  hvp_windows=4))
+    seq_len = res.config.seq_len  # the training window length (16), not a default
+    assert CanaryUnlearnConfig().seq_len is None and out["config"]["seq_len"] == seq_len
+    a0 = len(res.config.prefix)
+    spans = [(off + a0, off + a0 + len(res.canary.secret)) for off in res.canary_offsets]
+    ids = res.vocab.encode(res.text)
+    starts = _touching_training_windows(ids.numel(), seq_len, spans)
+    assert out["num_affected"] == len(starts) == seen["x_old"].shape[0]
+    windows = torch.stack([ids[s:s + seq_len + 1] for s in starts])
+    assert torch.equal(seen["x_old"].cpu(), windows[:, :-1])
+    assert torch.equal(seen["y_old"].cpu(), windows[:, 1:])
+    # the corrected windows differ exactly where a secret character was
+    assert bool((seen["x_new"] != seen["x_old"]).any(dim=1).sum() > 0)
 
 
 def test_next_char_model_and_loss_match_charlm():
@@ -72,13 +115,12 @@ def test_second_order_update_lowers_exposure_small(tmp_path):
                                              embed_dim=16, insertions=8, seq_len=24,
                                              secret_length=4))
     original = [p.detach().clone() for p in res.model.parameters()]
-    out = unlearn_canary(res, CanaryUnlearnConfig(damping=100.0, cg_maxiter=10,
-                                                  hvp_windows=64, seq_len=16))
+    out = unlearn_canary(res, CanaryUnlearnConfig(cg_maxiter=10, hvp_windows=64))
     b, a, r = out["before"], out["after"], out["retrained"]
     assert out["update"]["applied"] and out["update"]["order"] == 2
     assert out["num_canaries"] == 8
-    # 8 canaries x windows with a secret target (16-char inputs, stride 2)
-    assert out["num_affected"] == 8 * len(range(0, 16 + 4 - 1, 2))
+    # 8 canaries x the training windows (24-char inputs) touching their 4-digit secret
+    assert out["config"]["seq_len"] == 24 and out["num_affected"] == 8 * (24 + 4)
     # memorised before, forgotten by retraining on the corrected text
     assert b["rank_exposure"] > 10 and r["rank_exposure"] < 2
     assert r["log_perplexity"] > b["log_perplexity"] + 20
@@ -98,7 +140,10 @@ def test_second_order_update_lowers_exposure_towards_retraining():
     res = run_canary_experiment(CanaryConfig(n_sentences=200, steps=300, hidden=64,
                                              embed_dim=16, insertions=10, seq_len=32,
                                              secret_length=4))
-    out = unlearn_canary(res, CanaryUnlearnConfig(cg_maxiter=20, hvp_windows=128))
+    # 10 canaries x (32 + 4) affected windows: their summed loss needs more damping than
+    # the default (tuned for the smaller test above)
+    out = unlearn_canary(res, CanaryUnlearnConfig(cg_maxiter=20, hvp_windows=128,
+                                                  damping=800.0))
     b, a, r = out["before"], out["after"], out["retrained"]
     assert out["update"]["applied"] and out["num_canaries"] == 10
     # the trained model memorised the secret; retraining without it forgets it

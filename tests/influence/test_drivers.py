@@ -1,5 +1,6 @@
 """Label and feature drivers: repair on a poisoned digits model, feature replacement, bad input."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,3 +188,94 @@ def test_unlearn_features_bad_input_and_no_rows():
     res = unlearn_features(model, X, y, [zero_col])
     assert not res.applied and res.num_affected == 0 and "no row" in res.reason
     assert _same(model, state)
+
+
+@pytest.mark.parametrize("bad", [258, 256 + 9, -253])
+def test_repair_labels_range_checks_before_casting_to_uint8_labels(poisoned, bad):
+    split, y_bad, flipped, model = poisoned
+    labels = y_bad.to(torch.uint8)
+    assert int(torch.tensor([bad]).to(torch.uint8)) in range(10)  # the cast would wrap
+    state, before = _state(model), labels.clone()
+    with pytest.raises(ValueError, match="new_labels.*outside the model's 10 classes"):
+        repair_labels(model, split.X_train, labels, [0], [bad], order=1, tau=1e-3)
+    assert _same(model, state) and torch.equal(labels, before)
+    # a valid label with uint8 labels goes through
+    import copy
+
+    res = repair_labels(copy.deepcopy(model), split.X_train, labels, [0],
+                        [(int(labels[0]) + 1) % 10], order=1, tau=1e-4)
+    assert res.num_affected == 1
+
+
+@pytest.mark.parametrize(("indices", "new_labels", "match"), [
+    ([[0, 1], [2, 3]], [1, 2, 3, 4], "'indices' must be 1-D"),
+    (torch.tensor([[0, 1]]), [1, 2], "'indices' must be 1-D"),
+    ([0, 1], [[1], [2]], "'new_labels' must be 1-D"),
+    ([0, 1], torch.tensor([[1, 2]]), "'new_labels' must be 1-D"),
+    ([], [], "'indices' is empty"),
+    (torch.tensor([], dtype=torch.long), [], "'indices' is empty"),
+    (np.array([], dtype=np.int64), [], "'indices' is empty"),
+    ([0], [], "'new_labels' is empty"),
+])
+def test_repair_labels_rejects_multi_dimensional_and_empty_lists(poisoned, indices,
+                                                                  new_labels, match):
+    split, y_bad, flipped, model = poisoned
+    state = _state(model)
+    with pytest.raises(ValueError, match=match):
+        repair_labels(model, split.X_train, y_bad, indices, new_labels, order=1, tau=1e-3)
+    assert _same(model, state)
+
+
+def test_replace_features_rejects_2d_and_empty_columns():
+    X = torch.ones(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="'columns' must be 1-D"):
+        replace_features(X, [[0, 1]])
+    with pytest.raises(ValueError, match="'columns' is empty"):
+        replace_features(X, [])
+    with pytest.raises(ValueError, match="'rows' is empty"):
+        replace_features(X, [0], rows=[])
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    (dict(solver="nonsense"), ValueError, "solver"),
+    (dict(order=1, tau=-5), ValueError, "tau"),
+    (dict(order=7), ValueError, "order"),
+    (dict(params=["nope"]), ValueError, "unknown parameter"),
+    (dict(solvr="cg"), TypeError, "solvr"),
+])
+def test_unlearn_features_validates_options_even_without_affected_rows(kwargs, error, match):
+    split = load_digits_dataset(dtype=torch.float64, seed=0)
+    X, y = split.X_train[:50], split.y_train[:50]
+    torch.manual_seed(0)
+    model = mlp(64, 10, hidden=()).double()
+    zero_col = int(torch.nonzero((X == 0).all(dim=0))[0])
+    state = _state(model)
+    with pytest.raises(error, match=match):
+        unlearn_features(model, X, y, [zero_col], **kwargs)
+    assert _same(model, state)
+
+
+def test_unlearn_features_without_affected_rows_reports_the_selected_params():
+    split = load_digits_dataset(dtype=torch.float64, seed=0)
+    X, y = split.X_train[:50], split.y_train[:50]
+    torch.manual_seed(0)
+    model = mlp(64, 10, hidden=(8,)).double()
+    zero_col = int(torch.nonzero((X == 0).all(dim=0))[0])
+    names = [n for n, _ in model.named_parameters()]
+    res = unlearn_features(model, X, y, [zero_col], order=1, tau=0.5, params=names[-2:])
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    assert res.param_names == names[-2:] and res.num_params == sizes[names[-2]] + 10
+    assert res.step.shape == (res.num_params,) and res.order == 1 and res.tau == 0.5
+    assert not res.applied and res.solver is None
+    res = unlearn_features(model, X, y, [zero_col])
+    assert res.param_names == names and res.num_params == sum(sizes.values())
+    assert res.solver == "cg" and res.order == 2
+
+
+def test_iterative_repair_validates_options_when_nothing_is_mispredicted(poisoned):
+    split, y_bad, flipped, model = poisoned
+    labels = predict(model, split.X_train)  # nothing mispredicted: no update runs
+    with pytest.raises(ValueError, match="solver"):
+        iterative_label_repair(model, split.X_train, labels, steps=1, solver="nonsense")
+    out = iterative_label_repair(model, split.X_train, labels, steps=1)
+    assert out.steps[0]["mispredicted"] == 0 and not out.results

@@ -169,3 +169,17 @@ def test_cli_bad_input(tmp_path, capsys):
         _parse(["--columns", ","])
     with pytest.raises(SystemExit):
         _parse(["--dataset", "iris"])
+
+
+def test_cli_prints_when_an_update_is_rejected(tmp_path, capsys):
+    # a huge first-order step makes the corrected training loss grow: it is rejected
+    args = _parse(["--dataset", "wine", "--columns", "3", "--tau", "1e6", "--no-linear",
+                   "--out", str(tmp_path), "--no-plots"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = next(line for line in lines if line.strip().startswith("first_order"))
+    second = next(line for line in lines if line.strip().startswith("second_order"))
+    assert "NOT APPLIED (the corrected training loss grew" in first
+    assert second.endswith(" applied")
+    result = json.loads((tmp_path / "features_wine.json").read_text())
+    assert result["methods"]["first_order"]["update"]["applied"] is False

@@ -120,3 +120,55 @@ def test_bad_input(problem, case):
     with pytest.raises(ValueError, match=match):
         linear_influence_update(X, y, w, rows, **kwargs)
     assert torch.equal(w, w0)
+
+
+def _nan_at_0(t):
+    t = t.clone()
+    t[0] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize(("case", "error", "match"), [
+    ("tau_inf", ValueError, "'tau' must be finite and > 0"),
+    ("tau_nan", ValueError, "'tau' must be finite and > 0"),
+    ("tau_true", TypeError, "'tau' must be a real number"),
+    ("tau_huge", ValueError, "not finite.*'tau' = 1e.308 too large"),
+    ("b_nan", ValueError, "'b' contains non-finite"),
+    ("b_list", TypeError, "'b' must be a torch.Tensor"),
+    ("w_nan", ValueError, "'w' contains non-finite"),
+    ("w_shape", ValueError, "'w' must have shape"),
+    ("order_float", TypeError, "'order'"),
+    ("gamma_negative", ValueError, "'gamma'"),
+])
+def test_bad_numbers_are_named(problem, case, error, match):
+    X, y, w, b, lam = problem
+    kwargs = dict(lam=lam, b=b)
+    weights = w
+    if case.startswith("tau"):
+        tau = {"tau_inf": float("inf"), "tau_nan": float("nan"), "tau_true": True,
+               "tau_huge": 1e308}[case]
+        kwargs.update(order=1, tau=tau, new_y=-y[:2])
+    elif case == "b_nan":
+        kwargs["b"] = _nan_at_0(b)
+    elif case == "b_list":
+        kwargs["b"] = b.tolist()
+    elif case == "w_nan":
+        weights = _nan_at_0(w)
+    elif case == "w_shape":
+        weights = w[:-1]
+    elif case == "order_float":
+        kwargs["order"] = 2.0
+    else:
+        kwargs["gamma"] = -1.0
+    w0, b0 = w.clone(), b.clone()
+    with pytest.raises(error, match=match):
+        linear_influence_update(X, y, weights, [0, 1], **kwargs)
+    assert torch.equal(w, w0) and torch.equal(b, b0)
+
+
+def test_empty_and_2d_rows_are_named(problem):
+    X, y, w, b, lam = problem
+    with pytest.raises(ValueError, match="'rows' is empty"):
+        linear_influence_update(X, y, w, [], lam=lam)
+    with pytest.raises(ValueError, match="'rows' must be 1-D"):
+        linear_influence_update(X, y, w, [[0, 1]], lam=lam)

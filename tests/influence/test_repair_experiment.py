@@ -102,3 +102,36 @@ def test_cli_repair_cifar10_from_data_dir(tmp_path, capsys):
                   "--result-dir", str(out)])
     assert bad.func(bad) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_main_repair_model_data_mismatch_exits_2(tmp_path, capsys):
+    from fastunlearn.cli import main
+
+    out = tmp_path / "out"
+    status = main(["repair", "--model", "cifar_cnn", "--epochs", "1", "--n-train", "200",
+                   "--budget", "20", "--result-dir", str(out), "--no-plots"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "fastunlearn repair: error:" in err and "cifar_cnn" in err
+    assert "does not fit the digits inputs of shape [1, 8, 8]" in err
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_cli_repair_lissa_reports_damping_relative_to_the_full_data(tmp_path, capsys):
+    args = _parse(["--epochs", "1", "--n-train", "300", "--budget", "30", "--protocol",
+                   "one-shot", "--solver", "lissa", "--lissa-batch", "64", "--lissa-depth", "3",
+                   "--lissa-damping", "1e-3", "--lissa-scale", "1e4", "--result-dir",
+                   str(tmp_path), "--no-plots"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    k = math.ceil(300 / 64)  # 5 batches per pass: damping 5 * d s = 50, step 5 x
+    assert "relative to the full-data Hessian" in out and f"step is {k} x" in out
+    result = json.loads((tmp_path / "repair_digits.json").read_text())
+    assert result["lissa"]["step_scale"] == k
+    assert result["lissa"]["full_data_damping"] == pytest.approx(k * 10.0)
+    step = result["protocols"]["one-shot"]["steps"][0]
+    assert step["damping"] == pytest.approx(k * 10.0) and step["step_scale"] == k
+    md = (tmp_path / "repair_digits.md").read_text()
+    assert "relative to the full-data Hessian" in md
+    with pytest.raises(ValueError, match="lissa_hessian"):
+        RepairConfig(lissa_hessian="nope").validate()

@@ -484,3 +484,233 @@ def test_ggn_forward_cache_is_exact_and_follows_parameter_changes():
     assert batched._vjp_cache is None
     op.matmat_on(V, X[:5], y[:5])
     assert op._vjp_cache is None
+
+
+# ---- LiSSA with batches smaller than the training set -------------------------------------
+
+
+def _softmax_problem():
+    """Convex softmax regression (float64), N = 40 rows of norm 2, labels of 4 rows shifted."""
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 4, generator=gen, dtype=D64)
+    X = 2.0 * X / X.norm(dim=1, keepdim=True)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    rows = torch.arange(4)
+    y_new = _shift_labels(y, rows)
+    H = _dense_hessian_of(model, ce_sum, X, y_new)
+    G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows])
+    return model, X, y, y_new, rows, H, G
+
+
+def _damped_solve(H, G, lam):
+    return torch.linalg.solve(H + lam * torch.eye(H.shape[0], dtype=D64), G)
+
+
+def _rel(a, b):
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def _lissa_step(model, X, y, y_new, rows, settings):
+    res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
+                           train_data=(X, y_new), solver="lissa", lissa=settings,
+                           check_loss=False, apply=False)
+    assert not res.diverged and not res.applied
+    return res
+
+
+def test_lissa_settings_step_scale_and_full_data_damping():
+    ref = LissaSettings()  # the reference's CIFAR settings: B = 1024, d s = 20
+    assert ref.hessian == "batch" and ref.effective_damping == pytest.approx(20.0)
+    assert ref.step_scale(50_000) == 49  # ceil(50000 / 1024)
+    assert ref.full_data_damping(50_000) == pytest.approx(980.0)
+    assert ref.step_scale(1024) == ref.step_scale(10) == 1
+    assert ref.step_scale(1025) == 2
+    full = LissaSettings(hessian="full")
+    assert full.step_scale(50_000) == 1 and full.full_data_damping(50_000) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="hessian"):
+        LissaSettings(hessian="nonsense").step_scale(10)
+    with pytest.raises(ValueError, match="n_rows"):
+        ref.step_scale(-1)
+
+
+def test_lissa_summed_batch_hessian_targets_k_times_the_k_damped_step():
+    model, X, y, y_new, rows, H, G = _softmax_problem()
+    lam, k = 1.0, 4  # d s = 1; 40 rows in batches of 10
+    scale = 2.4 * float(torch.linalg.eigvalsh(H)[-1])  # a batch Hessian is below H
+    settings = LissaSettings(batch_size=10, damping=lam / scale, scale=scale, depth=300)
+    res = _lissa_step(model, X, y, y_new, rows, settings)
+    target = k * _damped_solve(H, G, k * lam)
+    assert _rel(res.step, target) < 0.05
+    assert _rel(res.step, _damped_solve(H, G, lam)) > 0.5  # not the (H + d s I) step
+    assert res.damping == pytest.approx(k * lam) and res.step_scale == k
+    # the residual is that of the targeted system (H + k d s I) (step / k) = G, and small
+    A = H + k * lam * torch.eye(H.shape[0], dtype=D64)
+    expected = _rel(A @ (res.step / k), G)
+    assert res.residual == pytest.approx(expected, rel=1e-6) and res.residual < 0.05
+    assert res.to_dict()["step_scale"] == k
+
+
+def test_lissa_full_hessian_targets_the_d_s_damped_step():
+    model, X, y, y_new, rows, H, G = _softmax_problem()
+    lam, k = 2.0, 4
+    scale = 4.8 * float(torch.linalg.eigvalsh(H)[-1])  # scaled batch products ~ H
+    settings = LissaSettings(batch_size=10, damping=lam / scale, scale=scale, depth=300,
+                             hessian="full")
+    res = _lissa_step(model, X, y, y_new, rows, settings)
+    target = _damped_solve(H, G, lam)
+    other = k * _damped_solve(H, G, k * lam)
+    assert _rel(other, target) > 1.0  # the two targets are far apart
+    assert _rel(res.step, target) < 0.1
+    assert _rel(res.step, other) > 0.4
+    assert res.damping == pytest.approx(lam) and res.step_scale == 1
+    A = H + lam * torch.eye(H.shape[0], dtype=D64)
+    assert res.residual == pytest.approx(_rel(A @ res.step, G), rel=1e-6)
+    assert res.residual < 0.1
+
+
+@pytest.mark.parametrize("hessian", ["batch", "full"])
+@pytest.mark.parametrize("batch_size", [40, 64])
+def test_lissa_one_batch_per_pass_is_the_damped_solve_in_both_modes(hessian, batch_size):
+    model, X, y, y_new, rows, H, G = _softmax_problem()
+    top = float(torch.linalg.eigvalsh(H)[-1])
+    scale, lam = 1.2 * top, 0.5 * top
+    settings = LissaSettings(batch_size=batch_size, damping=lam / scale, scale=scale,
+                             depth=60, hessian=hessian)
+    res = _lissa_step(model, X, y, y_new, rows, settings)
+    torch.testing.assert_close(res.step, _damped_solve(H, G, lam), rtol=1e-8, atol=1e-10)
+    assert res.damping == pytest.approx(lam) and res.step_scale == 1
+    assert res.residual < 1e-8
+
+
+def test_lissa_unknown_hessian_mode_raises_and_leaves_model_unchanged():
+    model, X, y, y_new, rows, _, _ = _softmax_problem()
+    state = _state(model)
+    with pytest.raises(ValueError, match="'lissa.hessian'.*nonsense"):
+        influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
+                         train_data=(X, y_new), solver="lissa",
+                         lissa=LissaSettings(batch_size=10, hessian="nonsense"))
+    assert _same_state(model, state)
+
+
+# ---- zero steps, frozen parameters, validation order -----------------------------------------
+
+
+def _trained_net():
+    """A small tanh network trained to near a minimum, where the Hessian is indefinite."""
+    torch.manual_seed(0)
+    X = torch.randn(40, 5, dtype=D64)
+    y = torch.randint(0, 3, (40,))
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        F.cross_entropy(model(X), y).backward()
+        opt.step()
+    return model, X, y
+
+
+def test_cg_breakdown_at_the_first_iteration_is_not_applied():
+    model, X, y = _trained_net()
+    rows = torch.arange(4)
+    y_new = _shift_labels(y, rows)
+    state = _state(model)
+    # defaults: curvature="hessian", damping=0
+    res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
+                           train_data=(X, y_new))
+    assert res.solver_iterations == 0 and res.step_norm == 0.0  # broke down at once
+    assert not res.applied and not res.diverged
+    assert "breakdown" in res.reason and "damping" in res.reason and "ggn" in res.reason
+    assert _same_state(model, state)
+
+
+def test_zero_first_order_step_is_not_applied():
+    model = _small_net()
+    X, y = _net_data()
+    state = _state(model)
+    res = influence_update(model, X[:3], y[:3], new_targets=(y[:3] + 1) % 3, order=1,
+                           tau=1e-320, check_loss=False)  # tau * G underflows to 0
+    assert res.step_norm == 0.0 and not res.applied and "zero" in res.reason
+    assert _same_state(model, state)
+
+
+@pytest.mark.parametrize("as_object", [False, True])
+def test_explicitly_selected_frozen_parameter_raises(as_object):
+    model = _small_net()
+    X, y = _net_data()
+    model[0].weight.requires_grad_(False)
+    state = _state(model)
+    params = [model[0].weight] if as_object else ["0.weight", "2.bias"]
+    with pytest.raises(ValueError, match="'params'.*'0.weight'.*requires_grad=False"):
+        influence_update(model, X[:4], y[:4], new_targets=(y[:4] + 1) % 3, order=1,
+                         tau=1e-3, params=params)
+    assert _same_state(model, state)
+    # params=None skips it, as does last_parameters
+    res = influence_update(model, X[:4], y[:4], new_targets=(y[:4] + 1) % 3, order=1,
+                           tau=1e-3)
+    assert "0.weight" not in res.param_names and torch.equal(model[0].weight,
+                                                             state["0.weight"])
+
+
+@pytest.mark.parametrize("case", ["float32", "int", "meta", "float_targets",
+                                  "float_new_targets", "float_train_targets"])
+def test_dtype_and_device_are_checked_before_the_model_runs(case):
+    model = _small_net()
+    X, y = _net_data()
+    rows = torch.arange(4)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    kwargs = dict(new_targets=(y[rows] + 1) % 3, train_data=(X, y), order=1, tau=1e-3)
+    inputs, targets = X[rows], y[rows]
+    if case == "float32":
+        inputs, error, match = inputs.float(), TypeError, "'inputs'.*dtype"
+    elif case == "int":
+        inputs, error, match = inputs.long(), ValueError, "'inputs'.*do not fit the model"
+    elif case == "meta":
+        inputs, error, match = inputs.to("meta"), ValueError, "'inputs'.*device"
+    elif case == "float_targets":
+        targets, error, match = targets.double(), TypeError, "'targets'.*integer class labels"
+        kwargs["new_targets"] = kwargs["new_targets"].double()
+    elif case == "float_new_targets":
+        kwargs["new_targets"] = kwargs["new_targets"].double()
+        error, match = TypeError, "'new_targets'.*integer class labels"
+    else:
+        kwargs["train_data"] = (X, y.double())
+        error, match = TypeError, r"'train_data\[1\]'.*integer class labels"
+    state = _state(model)
+    with pytest.raises(error, match=match):
+        influence_update(model, inputs, targets, **kwargs)
+    assert _same_state(model, state)
+    # only the int inputs reach the model (one guarded row); the others never run it
+    assert len(calls) == (1 if case == "int" else 0)
+
+
+def test_float_targets_are_fine_with_a_custom_loss():
+    model, X, y, y_new, rows = _logreg_problem()
+    res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
+                           train_data=(X, y_new), loss_fn=bce_sum, order=1, tau=1e-3)
+    assert res.applied
+
+
+@pytest.mark.parametrize("order", [2.0, True, "2"])
+def test_order_must_be_an_int(order):
+    model = _small_net()
+    X, y = _net_data()
+    state = _state(model)
+    with pytest.raises(TypeError, match="'order'"):
+        influence_update(model, X[:4], y[:4], new_targets=(y[:4] + 1) % 3, train_data=(X, y),
+                         order=order, damping=1.0)
+    assert _same_state(model, state)
+
+
+def test_check_update_options_rejects_bad_and_unknown_options():
+    from fastunlearn.influence.update import check_update_options
+
+    model = _small_net()
+    opts = check_update_options(model, order=1, tau=0.5, params=["2.weight"])
+    assert opts.names == ["2.weight"] and opts.num_params == 18 and opts.tau == 0.5
+    for kwargs, match in ((dict(solver="nonsense"), "solver"), (dict(order=7), "order"),
+                          (dict(order=1, tau=-5), "tau"), (dict(solvr="cg"), "solvr")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            check_update_options(model, **kwargs)

@@ -97,6 +97,17 @@ def test_frozen_parameters_are_excluded_and_held_fixed():
     torch.testing.assert_close(op.to_dense(), H)
 
 
+def test_explicitly_selected_frozen_parameter_raises():
+    model, loss_fn, x, y = _problem()
+    model[0].weight.requires_grad_(False)
+    for params in (["0.weight"], [model[0].weight, model[2].bias], "0.weight"):
+        with pytest.raises(ValueError, match="'params'.*'0.weight'.*requires_grad=False"):
+            selected_parameter_names(model, params)
+        with pytest.raises(ValueError, match="requires_grad=False"):
+            NetworkHessianOperator(model, loss_fn, x, y, params=params)
+    assert selected_parameter_names(model, ["0.bias", "2.weight"]) == ["0.bias", "2.weight"]
+
+
 def test_damping_and_cg_solve_damped_system():
     model, loss_fn, x, y = _problem()
     H = dense_hessian(model, loss_fn, x, y)
