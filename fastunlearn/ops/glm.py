@@ -3,6 +3,11 @@
 For one-vs-rest logistic regression with K classes, class k's Hessian is
 ``H_k = X^T diag(S[:, k]) X + lam I`` where ``S[:, k]`` holds ``sigma'(margin)`` times any
 sample weights, and zero for removed rows (so a removal never copies ``X``).
+
+Only :func:`glm_hvp` is differentiable. :func:`glm_hvp_margins`, :func:`glm_hessian` and
+:func:`glm_cg` refuse inputs that require grad while grad mode is on (a ``RuntimeError``
+naming the op and the arguments) rather than return outputs that silently carry no
+gradient; call them under ``torch.no_grad()`` or on detached tensors.
 """
 
 from __future__ import annotations
@@ -87,7 +92,8 @@ def glm_hvp_margins(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor
 
     A caller that needs both (the certified CG removal step: ``X V`` updates the cached
     margins and enters the bound) saves the second pass ``X @ V`` would cost. Not
-    differentiable (use :func:`glm_hvp` for autograd).
+    differentiable (use :func:`glm_hvp` for autograd): inputs that require grad raise
+    ``RuntimeError`` while grad mode is on.
 
     Args:
         X (Tensor[n, d]): design matrix (float32 or float64).
@@ -342,3 +348,29 @@ def _glm_hvp_backward(ctx, grad: Tensor):
 torch.library.register_autograd(
     "fastunlearn::glm_hvp", _glm_hvp_backward, setup_context=_glm_hvp_setup_context
 )
+
+
+# ---- the ops without a gradient formula ----------------------------------------------------
+# Their math is differentiable, so outputs that silently carry no gradient would be a wrong
+# answer: with an input that requires grad (grad mode on) the call raises instead.
+
+
+def _refuse_gradients(op: str, names: tuple[str, ...]) -> None:
+    def setup_context(ctx: object, inputs: tuple, output: object) -> None:
+        wanted = [n for n, t in zip(names, inputs, strict=False)
+                  if isinstance(t, Tensor) and t.requires_grad]
+        raise RuntimeError(
+            f"{op}: not differentiable, but argument(s) {', '.join(map(repr, wanted))} "
+            "require grad; call it under torch.no_grad() or on detached tensors"
+            + (" (glm_hvp is differentiable)" if op != "glm_cg" else "")
+        )
+
+    def backward(ctx: object, *grads: Tensor) -> tuple:  # pragma: no cover - unreachable
+        raise RuntimeError(f"{op}: not differentiable")
+
+    torch.library.register_autograd(f"fastunlearn::{op}", backward, setup_context=setup_context)
+
+
+_refuse_gradients("glm_hvp_margins", ("X", "S", "V"))
+_refuse_gradients("glm_hessian", ("X", "S"))
+_refuse_gradients("glm_cg", ("X", "S", "B", "lam", "x0", "precond"))

@@ -634,3 +634,32 @@ def test_mixed_devices_name_the_argument():
         HVP(X.cuda(), S, B.cuda(), lam)
     with pytest.raises(RuntimeError, match="'B'"):
         CG(X.cuda(), S.cuda(), B, lam, None, None, 1e-6, 10)
+
+
+# ---- ops without a gradient formula refuse inputs that require grad --------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ops_without_gradients_refuse_inputs_that_require_grad(device):
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 5, generator=gen, dtype=torch.float64).to(device)
+    S = torch.rand(30, 3, generator=gen, dtype=torch.float64).to(device)
+    V = torch.randn(5, 3, generator=gen, dtype=torch.float64).to(device)
+    calls = {
+        "glm_hvp_margins": (lambda X, S, V: glm_hvp_margins(X, S, V, 0.1), "XSV"),
+        "glm_hessian": (lambda X, S, V: glm_hessian(X, S, 0.1), "XS"),
+        "glm_cg": (lambda X, S, V: glm_cg(X, S, V, 0.1), "XSB"),
+    }
+    for op, (call, names) in calls.items():
+        want = call(X, S, V)
+        for i, name in enumerate(names):
+            args = [X, S, V]
+            args[i] = args[i].clone().requires_grad_(True)
+            # outputs without a gradient would be silently wrong inside a larger graph
+            with pytest.raises(RuntimeError, match=rf"{op}: not differentiable.*'{name}'"):
+                call(*args)
+            with torch.no_grad():
+                got = call(*args)
+            for a, b in zip(got, want, strict=True):
+                assert not a.requires_grad
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
