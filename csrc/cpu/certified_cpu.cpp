@@ -23,12 +23,14 @@
 //
 // Semantics and checks: ``fastunlearn/ops/certified.py`` (the Python wrapper and fake kernel).
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -359,6 +361,33 @@ StepResult plan_row(const StepProblem& p, int64_t row, const double* M_in, doubl
 
 
 // Checks shared by both ops; returns the problem over contiguous views kept in ``keep``.
+// No tensor the op writes may share memory with another argument: the kernels read and
+// write through raw pointers, so an alias would silently mix inputs and outputs.
+void check_no_overlap(const char* kOp, const std::vector<const at::Tensor*>& written,
+                      const std::vector<const char*>& written_names,
+                      const std::vector<const at::Tensor*>& all,
+                      const std::vector<const char*>& all_names) {
+  for (size_t w = 0; w < written.size(); ++w) {
+    for (size_t a = 0; a < all.size(); ++a) {
+      if (written[w] == all[a] || std::strcmp(written_names[w], all_names[a]) == 0) continue;
+      const at::MemOverlapStatus status = at::get_overlap_status(*written[w], *all[a]);
+      TORCH_CHECK(status != at::MemOverlapStatus::Full &&
+                      status != at::MemOverlapStatus::Partial,
+                  kOp, ": argument '", written_names[w], "' (written in place) shares memory ",
+                  "with argument '", all_names[a], "'");
+    }
+  }
+}
+
+// The row must be held by every class (A[row, k] != 0): the steps fold it out of all K.
+void check_row_held(const char* kOp, const at::Tensor& A, int64_t row, const char* what) {
+  const int64_t K = A.size(1);
+  const double* a = A.const_data_ptr<double>() + row * K;
+  for (int64_t k = 0; k < K; ++k)
+    TORCH_CHECK(a[k] != 0.0, kOp, ": ", what, " ", row, " is not held by class ", k,
+                " (A[row, k] = 0: removed already, or outside that class's subset)");
+}
+
 StepProblem check_problem(const char* kOp, const at::Tensor& X_in, const at::Tensor& Y_in,
                           const at::Tensor& A_in, const at::Tensor& Z_in, const at::Tensor& W_in,
                           const at::Tensor& n_rem_in, const at::Tensor& eig_in,
@@ -396,6 +425,7 @@ StepProblem check_problem(const char* kOp, const at::Tensor& X_in, const at::Ten
               kOp, ": argument 'M_inv' must be [K, d, d], got ", M_inv.sizes());
   TORCH_CHECK(M_out.sizes() == M_inv.sizes(), kOp, ": argument 'M_out' must be [K, d, d] like ",
               "M_inv, got ", M_out.sizes());
+  TORCH_CHECK(K >= 1 && d >= 1, kOp, ": needs at least one class and one feature");
   TORCH_CHECK(M_out.data_ptr() != M_inv.data_ptr(), kOp,
               ": argument 'M_out' must not be 'M_inv' (the step writes the next inverse ",
               "beside the current one)");
@@ -404,7 +434,6 @@ StepProblem check_problem(const char* kOp, const at::Tensor& X_in, const at::Ten
   const int64_t T = U_buf.size(2);
   TORCH_CHECK(slot >= 0 && slot < T, kOp, ": argument 'slot' must be in [0, T) = [0, ", T,
               "), got ", slot);
-  TORCH_CHECK(K >= 1 && d >= 1, kOp, ": needs at least one class and one feature");
   check_finite_scalar(lam, kOp, "lam");
   check_finite_scalar(gamma, kOp, "gamma");
   check_finite_scalar(row_norm_max, kOp, "row_norm_max");
@@ -432,6 +461,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
                                       keep);
   TORCH_CHECK(row >= 0 && row < p.n, kOp, ": argument 'row' must be in [0, n) = [0, ", p.n,
               "), got ", row);
+  check_row_held(kOp, A.contiguous(), row, "argument 'row'");
+  check_no_overlap(kOp, {&M_out, &U_buf}, {"M_out", "U_buf"},
+                   {&X, &Y, &A, &Z, &W, &n_rem, &eig, &row_sq, &M_inv_in, &M_out, &weights,
+                    &U_buf},
+                   {"X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv", "M_out",
+                    "weights", "U_buf"});
   // V and XV are written whole by a step (zeroed when it is refused)
   at::Tensor V_t = at::empty({p.d, p.K}, X.options());
   at::Tensor XV_t = at::empty({p.n, p.K}, X.options());
@@ -488,16 +523,34 @@ at::Tensor certified_cg_steps_cpu(
               kOp, ": argument 'removed' must be a bool CPU tensor [n], got ", removed.sizes(),
               " ", removed.scalar_type());
   TORCH_CHECK(rows_in.scalar_type() == at::kLong && rows_in.dim() == 1, kOp,
-              ": argument 'rows' must be a 1-D int64 tensor, got ", rows_in.scalar_type());
+              ": argument 'rows' must be a 1-D int64 tensor, got ", rows_in.scalar_type(), " ",
+              rows_in.sizes());
   const at::Tensor rows = rows_in.to(at::kCPU).contiguous();
   const int64_t m = rows.size(0);
   const int64_t* row_ids = rows.const_data_ptr<int64_t>();
-  for (int64_t r = 0; r < m; ++r)
-    TORCH_CHECK(row_ids[r] >= 0 && row_ids[r] < n, kOp, ": argument 'rows' holds ", row_ids[r],
+  const bool* removed_before = removed.const_data_ptr<bool>();
+  std::vector<char> seen(static_cast<size_t>(n), 0);
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t row = row_ids[r];
+    TORCH_CHECK(row >= 0 && row < n, kOp, ": argument 'rows' holds ", row,
                 ", outside [0, n) = [0, ", n, ")");
+    TORCH_CHECK(!seen[row], kOp, ": argument 'rows' holds row ", row, " twice");
+    seen[row] = 1;
+    TORCH_CHECK(!removed_before[row], kOp, ": argument 'rows' holds row ", row,
+                ", which is removed already");
+    check_row_held(kOp, A, row, "argument 'rows' holds row");
+  }
+  check_no_overlap(
+      kOp, {&A, &Z, &W, &n_rem, &gram, &removed, &M_inv, &M_spare, &U_buf},
+      {"A", "Z", "W", "n_rem", "gram", "removed", "M_inv", "M_spare", "U_buf"},
+      {&X, &Y, &A, &Z, &W, &n_rem, &eig, &row_sq, &gram, &removed, &M_inv, &M_spare, &weights,
+       &U_buf, &rows_in},
+      {"X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "gram", "removed", "M_inv", "M_spare",
+       "weights", "U_buf", "rows"});
   TORCH_CHECK(slot + m <= p.T, kOp, ": argument 'rows' has ", m, " rows but U_buf has ",
               p.T - slot, " free columns after slot ", slot);
   check_finite_scalar(budget_used, kOp, "budget_used");
+  TORCH_CHECK(!std::isnan(budget), kOp, ": argument 'budget' must not be NaN");
 
   double* a_all = A.mutable_data_ptr<double>();
   double* z_all = Z.mutable_data_ptr<double>();

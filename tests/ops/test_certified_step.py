@@ -265,3 +265,72 @@ def test_steps_stop_after_a_row_that_needed_more_iterations_than_allowed():
     assert everything.done == 3 and min(everything.iterations) >= 1
     result = _call_steps(args + [0])  # refresh_after = 0
     assert result.done == 1 and result.iterations[0] >= 1
+
+
+# ---- rows the steps cannot take, and aliased in-place arguments: refused, nothing written --
+
+
+def _snapshot(args):
+    return [a.clone() for a in args if isinstance(a, torch.Tensor)]
+
+
+def _unchanged(args, before):
+    now = [a for a in args if isinstance(a, torch.Tensor)]
+    return all(torch.equal(a, b) for a, b in zip(now, before, strict=True))
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([5, 5], "holds row 5 twice"),
+        ([5, 0], "holds row 0, which is removed already"),  # _model removed rows 0 and 1
+        ([7, 5], "row 7 is not held by class 1"),
+    ],
+)
+def test_steps_refuse_rows_they_cannot_remove_before_writing(rows, message):
+    model = _model(seed=13)
+    model._A[7, 1] = 0.0  # as if row 7 were outside class 1's subset
+    args = _steps_args(model, rows)
+    before = _snapshot(args)
+    with pytest.raises(RuntimeError, match=message):
+        STEPS(*args)
+    assert _unchanged(args, before)
+
+
+def test_single_step_refuses_a_row_not_held_by_every_class():
+    model = _model(seed=14)
+    args = _args(model, row=0)  # removed already: A[0] = 0
+    before = _snapshot(args)
+    with pytest.raises(RuntimeError, match="'row' 0 is not held by class 0"):
+        OP(*args)
+    assert _unchanged(args, before)
+
+
+def test_written_arguments_must_not_share_memory_with_others():
+    model = _model(seed=15)
+    args = _steps_args(model, [5])
+    args[3] = args[2]  # Z given as A
+    with pytest.raises(RuntimeError, match="'A' \\(written in place\\) shares memory with "
+                                           "argument 'Z'"):
+        STEPS(*args)
+    args = _args(_model(seed=16))
+    args[9] = args[11].view(-1)[: args[9].numel()].view(args[9].shape)  # M_out inside U_buf
+    with pytest.raises(RuntimeError, match="shares memory"):
+        OP(*args)
+
+
+def test_steps_refuse_a_nan_budget():
+    args = _steps_args(_model(seed=17), [5], budget=float("nan"))
+    with pytest.raises(RuntimeError, match="'budget' must not be NaN"):
+        STEPS(*args)
+
+
+def test_no_class_or_feature_is_named_before_the_alias_check():
+    args = _args(_model(seed=18))
+    for i in (1, 2, 3, 4, 5, 6, 10):  # K = 0: every [n, K] / [d, K] / [K] argument empty
+        args[i] = args[i][..., :0]
+    args[8] = args[8][:0]
+    args[9] = args[9][:0]
+    args[11] = args[11][:0]
+    with pytest.raises(RuntimeError, match="needs at least one class and one feature"):
+        OP(*args)
