@@ -176,12 +176,17 @@ def _file_id(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def _load_tensors(path: Path, kind: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file onto the CPU; ValueError if it cannot be parsed."""
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(f"{kind} file {str(path)!r} is corrupt: {err}") from None
+
+
 def _read_state_once(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     meta = read_metadata(path)
-    try:
-        tensors = load_file(path, device="cpu")
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"model file {str(path)!r} is corrupt: {err}") from None
+    tensors = _load_tensors(path, "model")
     sums = meta["checksums"]
     if set(sums) != set(tensors):
         raise ValueError(
@@ -211,10 +216,7 @@ def _read_data_file(path: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tens
             "them together (or use save() for one self-contained file)"
         )
     _read_header(data_path, DATA_FORMAT_NAME, _DATA_REQUIRED)
-    try:
-        data = load_file(data_path, device="cpu")
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"data file {str(data_path)!r} is corrupt: {err}") from None
+    data = _load_tensors(data_path, "data")
     if set(data) != set(sums) or any(_checksum(t) != sums[k] for k, t in data.items()):
         raise ValueError(
             f"data file {str(data_path)!r} does not match model file {str(path)!r} (checksum "
