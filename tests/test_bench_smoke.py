@@ -220,3 +220,41 @@ def test_influence_parts_run_alone_and_unknown_parts_are_refused():
         bench_influence.run("cpu", preset="tiny", parts=("nope",))
     solver = bench_influence.run("cpu", preset="tiny", parts=("solver",))
     assert [r["part"] for r in solver] == ["solver"]
+
+
+def test_certified_fixed_step_variant_is_timed_and_checked(monkeypatch, capsys):
+    """The fixed-shape variant (CUDA graphs on a GPU; here eagerly) is timed beside the
+    solvers, its weights checked against the reference's, and it reports whether graphs ran."""
+    from bench import bench_certified
+
+    monkeypatch.setattr(bench_certified, "variants",
+                        lambda device: [("auto", None, "auto"), ("cg", None, "cg"),
+                                        ("cg", "eager", "graph")])
+    records = _run_tiny("certified")
+    for rec in records:
+        assert rec["ours_graph_per_s"] > 0
+        assert rec["weight_rel_diff_graph"] < bench_certified.WEIGHT_RTOL
+        assert rec["ours_graph_replayed"] is False  # eager: no graphs on the CPU
+        assert "ours_graph_error" not in rec
+    bench_certified.print_results(records)
+    assert "fixed-shape step" in capsys.readouterr().out
+
+
+def test_certified_failing_optional_variant_is_recorded_not_fatal(monkeypatch):
+    """A failure of the optional fixed-shape variant (first runs on a new GPU) is recorded in
+    the case's record; the solvers' numbers still come back."""
+    from bench import bench_certified
+    from fastunlearn.certified import fixed_step
+
+    def broken(self, row, slot):
+        raise RuntimeError("capture exploded")
+
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "start", broken)
+    monkeypatch.setattr(bench_certified, "variants",
+                        lambda device: [("auto", None, "auto"), ("cg", None, "cg"),
+                                        ("cg", "eager", "graph")])
+    records = _run_tiny("certified")
+    for rec in records:
+        assert rec["ours_graph_error"] == "RuntimeError: capture exploded"
+        assert "ours_graph_per_s" not in rec
+        assert rec["ours_per_s"] > 0 and rec["ours_cg_per_s"] > 0
