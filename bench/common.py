@@ -417,6 +417,14 @@ def measure(
     return compare({"fn": fn}, device, memory=memory, setups=setups, **kwargs)["fn"]
 
 
+def time_once(fn: Callable[[], Any]) -> Measurement:
+    """One timed call of a host (CPU) implementation too slow to repeat; no memory trace."""
+    t0 = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - t0
+    return Measurement(Timing(median=elapsed, q1=elapsed, q3=elapsed, samples=1, number=1))
+
+
 def ratio(peer: float, ours: float) -> float:
     """``peer / ours`` (> 1 means we are faster); nan when undefined."""
     if not (math.isfinite(ours) and ours > 0):

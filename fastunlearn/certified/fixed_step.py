@@ -40,6 +40,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["FixedShapeStep"]
 
+#: Device types on which the step applies ``M^{-1}`` as an explicit inverse (one batched
+#: product) instead of two triangular solves: cuBLAS's batched trsm with one right-hand side
+#: is launch- and latency-bound. On the CPU the solves are cheap and keep the step's
+#: arithmetic identical to the general step's.
+EXPLICIT_INVERSE_DEVICES = ("cuda",)
+
 
 def _lower_solve(L: Tensor, B: Tensor) -> Tensor:
     """``(L L^T)^{-1} B`` for lower ``L [K, r, r]`` and ``B [K, r, c]``."""
@@ -72,6 +78,13 @@ class FixedShapeStep:
         self.n_rem, self.eig, self.row_sq = model._n_rem, model._eig, model._row_sq
         self.factor = factor
         dev = self.X.device
+        # On a GPU, M^{-1} of the factors explicitly (K d^3 flops once per factorisation):
+        # the preconditioner is then one batched product. Its two triangular solves ran as
+        # ~20 blocked cuBLAS trsm launches each, 4 ms of a 6 ms removal on an H200. Only the
+        # preconditioner changes (by rounding): CG still stops on the true residual.
+        self.M0_inv = (
+            torch.cholesky_inverse(factor.L) if dev.type in EXPLICIT_INVERSE_DEVICES else None
+        )
         n, K = self.A.shape
         d = self.X.shape[1]
         T = factor.capacity
@@ -112,10 +125,16 @@ class FixedShapeStep:
 
     # ---- the computation -----------------------------------------------------------------
 
+    def _base_solve(self, B: Tensor) -> Tensor:
+        """``M^{-1} B`` with the factors alone, ``B [K, d, c]``."""
+        if self.M0_inv is not None:
+            return torch.bmm(self.M0_inv, B)
+        return _lower_solve(self.factor.L, B)
+
     def _precondition(self, B: Tensor) -> Tensor:
         """``M'^{-1} B`` with the factors and every Woodbury column, ``B [d, K]``."""
         f = self.factor
-        y = _lower_solve(f.L, B.T.unsqueeze(-1))
+        y = self._base_solve(B.T.unsqueeze(-1))
         w = _lower_solve(f.C_buf, torch.bmm(f.U_buf.mT, y))
         return (y + torch.bmm(f.G_buf, w)).squeeze(-1).T
 
@@ -151,8 +170,7 @@ class FixedShapeStep:
         # the Woodbury column of the row, written into slot t (zero / identity before)
         scale = f.weights.index_select(0, r).clamp_min(0.0).sqrt()  # [1, K]
         U_new = xi.T.unsqueeze(0) * scale.T.unsqueeze(1)  # [K, d, 1]
-        solved = _lower_solve(f.L, torch.cat([U_new, self.Delta.T.unsqueeze(-1)], dim=-1))
-        G_new = solved[..., :1]
+        G_new = self._base_solve(U_new)  # [K, d, 1]
         C12 = -torch.bmm(f.U_buf.mT, G_new)  # [K, T, 1], zero at and past slot t
         L21 = torch.linalg.solve_triangular(f.C_buf, C12, upper=False)
         S22 = 1.0 - torch.bmm(U_new.mT, G_new) - torch.bmm(L21.mT, L21)  # [K, 1, 1]
