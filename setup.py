@@ -157,7 +157,11 @@ def make_extension():
         define_macros=define_macros,
         library_dirs=library_dirs,
         extra_compile_args=extra,
-        extra_link_args=["-fopenmp"],
+        # -lstdc++ explicitly: where Python's LDSHARED is a C driver ("cc -shared", as on the
+        # H200 image of 2026-11-28) the module was linked without libstdc++, and a C++
+        # exception from an argument check then crashed the process (SIGSEGV) instead of
+        # reaching Python. Not yet re-run there; harmless where the driver adds it anyway.
+        extra_link_args=["-fopenmp"] + (["-lstdc++"] if sys.platform.startswith("linux") else []),
         py_limited_api=True,
     )
 

@@ -14,7 +14,9 @@ suffix of the permuted training set, as in the reference.
 minimiser, conservative spectral norm) on the same rows in the same order, starting from
 the same fitted weights, with the default solver (``auto``) and with ``solver="cg"``, each on
 its own copy of the fitted model; on CUDA also ``solver="cg"`` with the fixed-shape step
-replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`). Before
+replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`; the default
+there since 2026-11-28) and with the general step (``ours_general_*``). A failure of one of
+these two optional variants is recorded (``ours_<label>_error``), not fatal. Before
 timing, the weights after the timed removals must agree (the reference computes in float32,
 so to about 1e-3 relative).
 
@@ -89,6 +91,7 @@ COLUMNS = [
     ("ratio_reference_cg", "ref/ours CG", ".1f"),
     ("ours_graph_ms", "ours graphs ms", ".2f"),
     ("ours_graph_per_s", "graphs removals/s", ".0f"),
+    ("ours_general_per_s", "general step removals/s", ".0f"),
     ("weight_rel_diff", "W rel diff", ".1e"),
     ("ours_bound", "ours bound", ".2e"),
     ("reference_bound", "ref bound", ".2e"),
@@ -226,8 +229,8 @@ def _check_weights(model: Any, W_ref: torch.Tensor, what: str) -> float:
 def variants(device: torch.device) -> list[tuple[str, str | None, str]]:
     """``(solver, fixed-step mode or None, label)`` of each of our timed variants."""
     out: list[tuple[str, str | None, str]] = [(solver, None, solver) for solver in SOLVERS]
-    if device.type == "cuda":
-        out.append(("cg", "graph", "graph"))
+    if device.type == "cuda":  # the graphs (the default there) and the general step
+        out += [("cg", "graph", "graph"), ("cg", "off", "general")]
     return out
 
 

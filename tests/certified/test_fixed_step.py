@@ -310,9 +310,9 @@ def test_compiled_step_on_two_threads_with_row_slabs(fixed_mode):
 
 def test_compiled_step_is_the_default_on_the_cpu(fixed_mode, monkeypatch):
     _only(fixed_mode, "cpu", "the compiled step")
-    if os.environ.get("FASTUNLEARN_FIXED_STEP", "cpu") != "cpu":
+    if os.environ.get("FASTUNLEARN_FIXED_STEP", "auto") != "auto":
         pytest.skip("FASTUNLEARN_FIXED_STEP chooses another mode in this environment")
-    assert est.FIXED_STEP_MODE == "cpu"
+    assert est.FIXED_STEP_MODE == "auto"
     X, y = _data(seed=11, classes=3)
     model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
     calls = _spy_compiled(monkeypatch)
@@ -432,3 +432,16 @@ def test_explicit_inverse_preconditioner_solves_the_same_step(fixed_mode, monkey
     torch.testing.assert_close(fixed._W, general._W, rtol=1e-8, atol=1e-11)
     torch.testing.assert_close(fixed._margins(), general._margins(), rtol=1e-8, atol=1e-10)
     assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_are_the_default_on_cuda(fixed_mode):
+    _only(fixed_mode, "eager", "the fixed_step module")
+    if os.environ.get("FASTUNLEARN_FIXED_STEP", "auto") != "auto":
+        pytest.skip("FASTUNLEARN_FIXED_STEP chooses another mode in this environment")
+    X, y = _data(seed=13, n=300, d=16, classes=4)
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
+                                        device="cuda").fit(X, y)
+    model.remove([3, 8])
+    assert model._fixed.use_graphs and set(model._fixed.graphs) == {"start", "iterate"}
