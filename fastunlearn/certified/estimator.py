@@ -531,6 +531,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         wood = getattr(self, "_wood", None)
         if wood is not None:
             woodbury.discard(wood, wood.capacity)
+        fixed = getattr(self, "_fixed", None)
+        if fixed is not None:
+            fixed.forget_c_inverse()
 
     def _fixed_step_possible(self, solver: str) -> bool:
         """Whether single-row steps may take the fixed-shape or compiled step.
@@ -730,12 +733,14 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         residual, bound, ok = fixed.start(int(rows_np[0]), base.rows)
         if not ok:
             woodbury.discard(base, base.rows + 1)
+            fixed.forget_c_inverse()
             return None
         cg_tol = float(self.cg_tol)
         iterations = 0
         while not residual <= cg_tol * bound:  # NaN keeps iterating, as in the general step
             if iterations == CG_MAX_ITERATIONS:
                 woodbury.discard(base, base.rows + 1)
+                fixed.forget_c_inverse()
                 raise RuntimeError(
                     f"CG did not reach the residual target in {CG_MAX_ITERATIONS} iterations "
                     "(ill-conditioned Hessian); use solver='cholesky'"

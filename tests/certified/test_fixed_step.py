@@ -428,9 +428,68 @@ def test_explicit_inverse_preconditioner_solves_the_same_step(fixed_mode, monkey
     for i in np.random.default_rng(2).permutation(X.shape[0])[:30]:
         _remove_both(models, int(i))
     general, fixed = models
-    assert fixed._fixed.M0_inv is not None
+    step = fixed._fixed
+    assert step.M0_inv is not None and step.C_inv is not None
     torch.testing.assert_close(fixed._W, general._W, rtol=1e-8, atol=1e-11)
     torch.testing.assert_close(fixed._margins(), general._margins(), rtol=1e-8, atol=1e-10)
+    assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-6)
+    _assert_same_woodbury(general._wood, fixed._wood)
+    # the inverse kept row by row is C^{-1} of the factor it preconditions with
+    C = fixed._wood.C_buf
+    assert step.C_inv_rows == fixed._wood.rows
+    torch.testing.assert_close(step.C_inv @ C, torch.eye(C.shape[-1], dtype=C.dtype).expand_as(C),
+                               rtol=0, atol=1e-10)
+
+
+def _assert_same_woodbury(a, b):
+    """Two Woodbury states hold the same rows with the same terms (to rounding)."""
+    assert a.rows == b.rows and a.capacity == b.capacity
+    for name in ("U_buf", "G_buf", "C_buf"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-9, atol=1e-11,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+class _ReplayEagerly:
+    """Stands in for a captured CUDA graph on the CPU: replay runs the captured function."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        self.fn()
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["solves", "explicit-inverse"])
+def test_graph_capture_leaves_the_factor_as_the_general_step_builds_it(
+    fixed_mode, monkeypatch, explicit
+):
+    """The graph path's bookkeeping (warm-up runs, the start run before capturing the
+    iteration, snapshots restored, replays) on the CPU with stand-in graphs: the Woodbury
+    terms each removal folds in equal the general step's. (A start run to capture the
+    iteration once left its slot written, so the first replay extended a dirty factor.)"""
+    _only(fixed_mode, "eager", "the fixed_step module")
+    from fastunlearn.certified import fixed_step
+
+    if explicit:
+        monkeypatch.setattr(fixed_step, "EXPLICIT_INVERSE_DEVICES", ("cpu",))
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "_record",
+                        lambda self, fn: (fn(), _ReplayEagerly(fn))[1])
+    init = fixed_step.FixedShapeStep.__init__
+
+    def init_with_graphs(self, model, factor, use_graphs):
+        init(self, model, factor, use_graphs)
+        self.use_graphs = True
+
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "__init__", init_with_graphs)
+    X, y = _data(seed=14, n=300, d=12, classes=4)
+    models = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
+                   cg_tol=1e-10)
+    for i in np.random.default_rng(3).permutation(X.shape[0])[:12]:
+        _remove_both(models, int(i))
+        _assert_same_woodbury(models[0]._wood, models[1]._wood)
+    general, fixed = models
+    assert set(fixed._fixed.graphs) == {"start", "iterate"}
+    torch.testing.assert_close(fixed._W, general._W, rtol=1e-8, atol=1e-11)
     assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-6)
 
 
@@ -445,3 +504,28 @@ def test_cuda_graphs_are_the_default_on_cuda(fixed_mode):
                                         device="cuda").fit(X, y)
     model.remove([3, 8])
     assert model._fixed.use_graphs and set(model._fixed.graphs) == {"start", "iterate"}
+
+
+def test_explicit_inverse_is_rebuilt_after_a_refused_removal(fixed_mode, monkeypatch):
+    """A removal refused for the budget wrote its row of C^{-1} before the refusal: the step
+    marks the inverse stale, and the next removal preconditions with C^{-1} of the cleaned
+    factor (one row fewer), not with the refused row's."""
+    _only(fixed_mode, "eager", "the fixed_step module")
+    from fastunlearn.certified import fixed_step
+
+    monkeypatch.setattr(fixed_step, "EXPLICIT_INVERSE_DEVICES", ("cpu",))
+    X, y = _data(seed=6)
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=0.2, solver="cg",
+                                        retrain=False).fit(X, y)
+    model._fixed_step_mode = "eager"
+    order = np.random.default_rng(5).permutation(X.shape[0])
+    with pytest.raises(BudgetExceededError):
+        model.remove(order[:50].tolist())
+    step = model._fixed
+    assert step.C_inv_rows == -1
+    rows = model._wood.rows
+    step._sync_c_inverse(rows)
+    C = model._wood.C_buf
+    torch.testing.assert_close(step.C_inv @ C, torch.eye(C.shape[-1], dtype=C.dtype)
+                               .expand_as(C), rtol=0, atol=1e-10)
+    assert step.C_inv_rows == rows
