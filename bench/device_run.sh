@@ -55,13 +55,16 @@ print(r.stderr[-3000:])
 PYEOF
 { ldd fastunlearn/_C*.so; c++ --version | head -1; } >> "$LOG/exceptions.txt" 2>&1
 head -5 "$LOG/exceptions.txt"
-for step in ${STEPS:-certified:100 influence:150 tests:100 knn:150 forget:120 profile:60 glm_hvp:40 glm_cg:50}; do
+for step in ${STEPS:-certified:90 profile:50 tests:80 errors:60 influence:150 knn:110 forget:90 glm_hvp:40 glm_cg:50}; do
   name=${step%%:*}; seconds=${step##*:}
   stamp "$name (limit $seconds s)"
   case "$name" in
     tests) cmd=($PY -m pytest -m cuda tests -q -p no:cacheprovider -n 6
                 --continue-on-collection-errors --timeout 60 --maxfail 20
                 -k "not bad and not error and not raise and not reject") ;;
+    errors) cmd=($PY -m pytest -m cuda tests -q -p no:cacheprovider -n 6
+                 --continue-on-collection-errors --timeout 60 --maxfail 50
+                 -k "bad or error or raise or reject") ;;
     profile) cmd=($PY -m bench.profile_certified --device cuda --out "$LOG") ;;
     knn-cpu) cmd=($PY -m bench.run --device cpu --only knn --full) ;;
     forget) cmd=($PY -m fastunlearn forget --method all --dataset digits --seeds 1 --oracles 6
