@@ -55,6 +55,13 @@ print(r.stderr[-3000:])
 PYEOF
 { ldd fastunlearn/_C*.so; c++ --version | head -1; } >> "$LOG/exceptions.txt" 2>&1
 head -5 "$LOG/exceptions.txt"
+# Steps in priority order (the lease is short): NAME:SECONDS. "tests" runs the CUDA tests
+# (pytest -m cuda, 6 xdist workers) without the error-path tests: a C++ exception raised by an
+# argument check crashed the process on this image (SIGSEGV, seen 2026-11-28, when the module
+# was linked without libstdc++); "errors" runs those alone, so a crash costs only that step.
+# "profile" prints where the time of a certified removal goes; "forget" runs every forgetting
+# method on digits on the GPU (one seed); "knn" also times farthest_k on the host's CPU cores
+# beside scikit-learn; "knn-cpu" (not in the default list) runs the farthest-k bench on the CPU.
 for step in ${STEPS:-certified:90 profile:50 tests:80 errors:60 influence:150 knn:110 forget:90 glm_hvp:40 glm_cg:50}; do
   name=${step%%:*}; seconds=${step##*:}
   stamp "$name (limit $seconds s)"
