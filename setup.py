@@ -157,10 +157,12 @@ def make_extension():
         define_macros=define_macros,
         library_dirs=library_dirs,
         extra_compile_args=extra,
-        # -lstdc++ explicitly: where Python's LDSHARED is a C driver ("cc -shared", as on the
-        # H200 image of 2026-11-28) the module was linked without libstdc++, and a C++
-        # exception from an argument check then crashed the process (SIGSEGV) instead of
-        # reaching Python. Not yet re-run there; harmless where the driver adds it anyway.
+        # -lstdc++ explicitly: on the H200 image of 2026-11-28 the module came out linked
+        # without libstdc++ (Python's LDSHARED there is a C driver) and a child process whose
+        # op call raised an argument-check error died with SIGSEGV. A local build linked
+        # without it still raised correctly, so this may not be the whole cause
+        # (bench/device_run.sh records where the crash happens); harmless where the driver
+        # adds libstdc++ anyway.
         extra_link_args=["-fopenmp"] + (["-lstdc++"] if sys.platform.startswith("linux") else []),
         py_limited_api=True,
     )

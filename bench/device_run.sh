@@ -40,6 +40,7 @@ $PY - > "$LOG/exceptions.txt" 2>&1 <<'PYEOF'
 import subprocess, sys
 code = (
     "import torch, fastunlearn\n"
+    "print('imported', flush=True)\n"
     "try:\n"
     "    torch.ops.fastunlearn.glm_hvp(torch.zeros(3), torch.zeros(3, 1), torch.zeros(3, 1), 0.0)\n"
     "    print('no error raised')\n"
@@ -48,7 +49,9 @@ code = (
     "maps = open('/proc/self/maps').read().split()\n"
     "print(sorted({p for p in maps if 'libstdc++' in p or 'libgcc_s' in p}))\n"
 )
-r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+# faulthandler: a crash prints the Python frames it happened in
+r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True,
+                   text=True)
 print("child rc", r.returncode)
 print(r.stdout)
 print(r.stderr[-3000:])
