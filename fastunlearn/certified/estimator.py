@@ -524,6 +524,8 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             self._wood = self._wood_last = woodbury.start(
                 self._chol, weights, capacity, reuse, inverse=self._wants_inverse()
             )
+            # new factors, possibly in the old buffers: what was derived from them is stale
+            self._factor_generation = getattr(self, "_factor_generation", 0) + 1
         return self._wood
 
     def _discard_uncommitted(self) -> None:

@@ -97,6 +97,9 @@ class FixedShapeStep:
         # the factor has rows this step did not fold in (see _sync_c_inverse)
         self.C_inv = torch.empty_like(factor.C_buf) if explicit else None
         self.C_inv_rows = -1  # the factor rows C_inv is the inverse for; -1: to rebuild
+        # refreshed factors are written into the same buffers (the graphs read them), so
+        # matches() still holds; the model's factor generation says when M0_inv is stale
+        self.generation = getattr(model, "_factor_generation", 0)
         n, K = self.A.shape
         d = self.X.shape[1]
         T = factor.capacity
@@ -159,6 +162,22 @@ class FixedShapeStep:
         else:
             w = _lower_solve(f.C_buf, z)
         return (y + torch.bmm(f.G_buf, w)).squeeze(-1).T
+
+    def _sync_inverses(self, rows: int) -> None:
+        """Rebuild the explicit inverses where the factors changed since they were made.
+
+        ``M^{-1}`` when the model started new factors (in the same buffers), ``C^{-1}`` unless
+        it is the inverse for the factor's ``rows`` rows. Both are written in place: the
+        captured graphs read these tensors.
+        """
+        if self.M0_inv is None:
+            return
+        generation = getattr(self.model, "_factor_generation", 0)
+        if generation != self.generation:
+            self.M0_inv.copy_(torch.cholesky_inverse(self.factor.L))
+            self.generation = generation
+            self.C_inv_rows = -1
+        self._sync_c_inverse(rows)
 
     def _sync_c_inverse(self, rows: int) -> None:
         """Rebuild ``C^{-1}`` unless it is the inverse for the factor's ``rows`` rows."""
@@ -321,7 +340,7 @@ class FixedShapeStep:
         """
         self.row.fill_(row)
         self.slot.fill_(slot)
-        self._sync_c_inverse(slot)
+        self._sync_inverses(slot)
         if self.use_graphs and "start" not in self.graphs:
             self._capture("start", self._start)
             if self.use_graphs and "iterate" not in self.graphs:

@@ -529,3 +529,38 @@ def test_explicit_inverse_is_rebuilt_after_a_refused_removal(fixed_mode, monkeyp
     torch.testing.assert_close(step.C_inv @ C, torch.eye(C.shape[-1], dtype=C.dtype)
                                .expand_as(C), rtol=0, atol=1e-10)
     assert step.C_inv_rows == rows
+
+
+def test_graph_path_with_explicit_inverses_across_factor_refreshes(fixed_mode, monkeypatch):
+    """Stand-in graphs and the GPU's explicit inverses over a sequence that fills the Woodbury
+    buffers several times (solver 'auto' refreshes the factors): the step is rebuilt with
+    each refresh and stays equal to the general step."""
+    _only(fixed_mode, "eager", "the fixed_step module")
+    from fastunlearn.certified import fixed_step
+
+    monkeypatch.setattr(fixed_step, "EXPLICIT_INVERSE_DEVICES", ("cpu",))
+    monkeypatch.setattr(est, "WOODBURY_MAX_ROWS", 6)
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "_record",
+                        lambda self, fn: (fn(), _ReplayEagerly(fn))[1])
+    init = fixed_step.FixedShapeStep.__init__
+
+    def init_with_graphs(self, model, factor, use_graphs):
+        init(self, model, factor, use_graphs)
+        self.use_graphs = True
+
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "__init__", init_with_graphs)
+    X, y = _data(seed=15, n=600, d=40, classes=3)  # CG is the cheaper step: auto picks it
+    models = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="auto",
+                   cg_tol=1e-10)
+    for i in np.random.default_rng(8).permutation(X.shape[0])[:30]:
+        _remove_both(models, int(i))
+        if models[0]._wood is not None:  # None right after a dense (refreshing) step
+            _assert_same_woodbury(models[0]._wood, models[1]._wood)
+    general, fixed = models
+    assert fixed._factor_generation >= 4  # the factors were refreshed (in their buffers)
+    step = fixed._fixed
+    assert step.generation == fixed._factor_generation
+    torch.testing.assert_close(step.M0_inv, torch.cholesky_inverse(fixed._wood.L))
+    torch.testing.assert_close(fixed._W, general._W, rtol=1e-8, atol=1e-11)
+    torch.testing.assert_close(fixed._margins(), general._margins(), rtol=1e-8, atol=1e-10)
+    assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-6)
