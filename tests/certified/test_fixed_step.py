@@ -459,6 +459,22 @@ class _ReplayEagerly:
         self.fn()
 
 
+def _stand_in_graphs(monkeypatch):
+    """Make the fixed-shape step take its graph path on the CPU: "capture" runs the function
+    once and returns a :class:`_ReplayEagerly`."""
+    from fastunlearn.certified import fixed_step
+
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "_record",
+                        lambda self, fn: (fn(), _ReplayEagerly(fn))[1])
+    init = fixed_step.FixedShapeStep.__init__
+
+    def init_with_graphs(self, model, factor, use_graphs):
+        init(self, model, factor, use_graphs)
+        self.use_graphs = True
+
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "__init__", init_with_graphs)
+
+
 @pytest.mark.parametrize("explicit", [False, True], ids=["solves", "explicit-inverse"])
 def test_graph_capture_leaves_the_factor_as_the_general_step_builds_it(
     fixed_mode, monkeypatch, explicit
@@ -472,15 +488,7 @@ def test_graph_capture_leaves_the_factor_as_the_general_step_builds_it(
 
     if explicit:
         monkeypatch.setattr(fixed_step, "EXPLICIT_INVERSE_DEVICES", ("cpu",))
-    monkeypatch.setattr(fixed_step.FixedShapeStep, "_record",
-                        lambda self, fn: (fn(), _ReplayEagerly(fn))[1])
-    init = fixed_step.FixedShapeStep.__init__
-
-    def init_with_graphs(self, model, factor, use_graphs):
-        init(self, model, factor, use_graphs)
-        self.use_graphs = True
-
-    monkeypatch.setattr(fixed_step.FixedShapeStep, "__init__", init_with_graphs)
+    _stand_in_graphs(monkeypatch)
     X, y = _data(seed=14, n=300, d=12, classes=4)
     models = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
                    cg_tol=1e-10)
@@ -533,22 +541,14 @@ def test_explicit_inverse_is_rebuilt_after_a_refused_removal(fixed_mode, monkeyp
 
 def test_graph_path_with_explicit_inverses_across_factor_refreshes(fixed_mode, monkeypatch):
     """Stand-in graphs and the GPU's explicit inverses over a sequence that fills the Woodbury
-    buffers several times (solver 'auto' refreshes the factors): the step is rebuilt with
-    each refresh and stays equal to the general step."""
+    buffers several times (solver 'auto' refreshes the factors into the same buffers): the
+    step's explicit inverses follow each refresh and it stays equal to the general step."""
     _only(fixed_mode, "eager", "the fixed_step module")
     from fastunlearn.certified import fixed_step
 
     monkeypatch.setattr(fixed_step, "EXPLICIT_INVERSE_DEVICES", ("cpu",))
     monkeypatch.setattr(est, "WOODBURY_MAX_ROWS", 6)
-    monkeypatch.setattr(fixed_step.FixedShapeStep, "_record",
-                        lambda self, fn: (fn(), _ReplayEagerly(fn))[1])
-    init = fixed_step.FixedShapeStep.__init__
-
-    def init_with_graphs(self, model, factor, use_graphs):
-        init(self, model, factor, use_graphs)
-        self.use_graphs = True
-
-    monkeypatch.setattr(fixed_step.FixedShapeStep, "__init__", init_with_graphs)
+    _stand_in_graphs(monkeypatch)
     X, y = _data(seed=15, n=600, d=40, classes=3)  # CG is the cheaper step: auto picks it
     models = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="auto",
                    cg_tol=1e-10)
