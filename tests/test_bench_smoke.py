@@ -246,10 +246,10 @@ def test_certified_failing_optional_variant_is_recorded_not_fatal(monkeypatch):
     from bench import bench_certified
     from fastunlearn.certified import fixed_step
 
-    def broken(self, row, slot):
+    def broken(self, row, slot, chain=False):
         raise RuntimeError("capture exploded")
 
-    monkeypatch.setattr(fixed_step.FixedShapeStep, "start", broken)
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "begin", broken)
     monkeypatch.setattr(bench_certified, "variants",
                         lambda device: [("auto", None, "auto"), ("cg", None, "cg"),
                                         ("cg", "eager", "graph")])

@@ -728,10 +728,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         base = self._removal_factor()
         if base.rows + 1 > base.capacity:
             return None
-        fixed = getattr(self, "_fixed", None)
-        if fixed is None or not fixed.matches(self, base):
-            fixed = self._fixed = FixedShapeStep(self, base, use_graphs=mode != "eager")
-        fixed.factor = base
+        fixed = self._fixed_step_for(base)
         residual, bound, ok = fixed.start(int(rows_np[0]), base.rows)
         if not ok:
             woodbury.discard(base, base.rows + 1)
@@ -770,6 +767,111 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             worst,
             iterations,
         )
+
+    def _fixed_step_for(self, base: woodbury.RemovedRowsFactor) -> FixedShapeStep:
+        """Return the fixed-shape step for the current tensors (built when they changed)."""
+        fixed = getattr(self, "_fixed", None)
+        if fixed is None or not fixed.matches(self, base):
+            mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
+            fixed = self._fixed = FixedShapeStep(self, base, use_graphs=mode != "eager")
+        fixed.factor = base
+        return fixed
+
+    def _fixed_loop_applies(self, solver: str, batch: bool) -> bool:
+        """Whether this call's sequential rows go through :meth:`_remove_fixed`.
+
+        That loop serves the fixed-shape step (CUDA graphs); the CPU's compiled step has its
+        own loop (:meth:`_compiled_loop_applies`).
+        """
+        return (
+            not batch
+            and solver == "cg"
+            and self.checkpoint is None  # the ledger records every removal as it commits
+            and not self._wants_inverse()
+        )
+
+    def _remove_fixed(
+        self, arr: np.ndarray, lo: int, report: RemovalReport, refresh_after: int = -1
+    ) -> tuple[int, bool]:
+        """Remove rows ``arr[lo:]`` one by one with the fixed-shape step, as far as it can go.
+
+        The loop of :mod:`~fastunlearn.certified.fixed_step` on a GPU: per row one launch of
+        the start (a CUDA graph), one device read of its three numbers, rarely an iteration,
+        then one launch of the commit (a graph too) and host bookkeeping while the device
+        works; no other operator calls. The run of rows is the longest from ``lo`` whose rows
+        every class holds and that fits the free Woodbury columns; with ``refresh_after >= 0``
+        it ends after a row whose CG needed more iterations (solver ``"auto"`` then refreshes
+        the factors). Returns ``(rows removed, refused)`` as :meth:`_remove_compiled`:
+        ``refused`` when a row would exceed the budget or its extended factor is not positive
+        definite; the caller's single step takes that row.
+        """
+        base = self._removal_factor()
+        rows_np = arr[lo : lo + base.capacity - base.rows]
+        held = (self._h_A[rows_np] > 0).all(1)
+        if not held.all():
+            rows_np = rows_np[: int(np.argmin(held))]
+        if rows_np.shape[0] == 0:
+            return 0, False
+        fixed = self._fixed_step_for(base)
+        cfg = self._cfg
+        lam, gamma, cg_tol = cfg["lam"], cfg["gamma"], float(self.cg_tol)
+        worst_c = max(1.0, self._row_norm_max)
+        done, refused, planned = 0, False, False
+        t0 = time.perf_counter()
+        try:
+            # chain one CG iteration into the start while the last removal needed one
+            chain = self._cg_last > 0
+            fixed.begin(int(rows_np[0]), base.rows, chain)
+            planned = True
+            while True:
+                row = int(rows_np[done])
+                residual, bound, ok, iterations = fixed.result()
+                while ok and not residual <= cg_tol * bound:  # NaN keeps iterating
+                    if iterations >= CG_MAX_ITERATIONS:  # a chained one may be past it
+                        raise RuntimeError(
+                            f"CG did not reach the residual target in {CG_MAX_ITERATIONS} "
+                            "iterations (ill-conditioned Hessian); use solver='cholesky'"
+                        )
+                    residual, bound = fixed.iterate()
+                    iterations += 1
+                total = residual + bound
+                if not ok or self.budget_used_ + total > self.budget_:
+                    refused = True  # the single step plans the row again and handles it
+                    break
+                worst = worst_case_bound(
+                    lam, self._h_n_rem, self._h_A[row], gamma, C=worst_c
+                )  # before the row is dropped from the counts
+                fixed.commit()
+                planned = False
+                base = self._wood = base._replace(rows=base.rows + 1, M_inv=None)
+                self._cg_last = iterations
+                self._cg_base = self._cg_base or iterations
+                self.budget_used_ += total
+                self._drop_row_mirrors(row)
+                self._refresh_loose_spectral()
+                seconds = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                record = RemovalRecord(
+                    indices=(row,),
+                    bound=total,
+                    cumulative=self.budget_used_,
+                    budget_left=self.budget_ - self.budget_used_,
+                    retrained=False,
+                    seconds=seconds,
+                    worst_case=worst,
+                )
+                self._history.append(record)
+                report.records.append(record)
+                done += 1
+                if done == rows_np.shape[0] or 0 <= refresh_after < iterations:
+                    break
+                fixed.begin(int(rows_np[done]), base.rows, iterations > 0)
+                planned = True
+        finally:
+            if planned:  # a started row not committed: clean the slot it wrote
+                woodbury.discard(base, base.rows + 1)
+                fixed.forget_c_inverse()
+        return done, refused
 
     def _refresh_spectral(self) -> None:
         """Recompute the cached upper bounds of ``lambda_max`` of the remaining Gram matrices."""
@@ -1157,11 +1259,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             self._n_rem.sub_(a)
             a.zero_()
             self._removed[i] = True
-            a_np = self._h_A[i]
-            mass = self._h_row_sq[i] if self._shared_gram else self._h_row_sq[i] * a_np
-            self._h_n_rem -= a_np
-            a_np.fill(0.0)
-            self._h_removed[i] = True
+            self._drop_row_mirrors(i)
         else:
             row_weights = self._A[rows]  # [m, K], before the removal
             weights_np = self._h_A[rows_np]
@@ -1178,8 +1276,17 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             self._h_A[rows_np] = 0.0
             self._h_removed[rows_np] = True
             self._h_n_rem -= weights_np.sum(0)
-        self._h_eig_slack += mass
+            self._h_eig_slack += mass
         self._refresh_loose_spectral()
+
+    def _drop_row_mirrors(self, i: int) -> None:
+        """Drop row ``i`` from the host mirrors (the caller updates the tensors)."""
+        a_np = self._h_A[i]
+        mass = self._h_row_sq[i] if self._shared_gram else self._h_row_sq[i] * a_np
+        self._h_n_rem -= a_np
+        a_np.fill(0.0)
+        self._h_removed[i] = True
+        self._h_eig_slack += mass
 
     def _refresh_loose_spectral(self) -> None:
         """Recompute the cached ``lambda_max`` bounds whose removed mass exceeds the margin."""
@@ -1280,9 +1387,13 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 while span < len(spans):
                     solver = self._solver(solver_name)
                     fixed_possible = self._fixed_step_possible(solver)
+                    run = None
                     if fixed_possible and self._compiled_loop_applies(solver, batch):
-                        # runs of rows in one call; the single step takes the rest
-                        done, refused = self._remove_compiled(arr, span, report, refresh_after)
+                        run = self._remove_compiled  # runs of rows in one compiled call
+                    elif fixed_possible and self._fixed_loop_applies(solver, batch):
+                        run = self._remove_fixed  # runs of rows replaying CUDA graphs
+                    if run is not None:  # the single step takes the rows they leave
+                        done, refused = run(arr, span, report, refresh_after)
                         span += done
                         if span == len(spans) or (done and not refused):
                             continue
@@ -1482,9 +1593,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         """Identify the current fit's ``STATIC_TENSORS`` (a new id at every ``fit``)."""
         return getattr(self, "_data_id", None)
 
-    def get_state(
-        self, exclude: Sequence[str] = ()
-    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    def get_state(self, exclude: Sequence[str] = ()) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Everything needed to continue removing, as CPU tensors plus JSON-able metadata.
 
         Args:
@@ -1653,8 +1762,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         )
         model._cg_base, model._cg_last = (int(v) for v in meta.get("cg_iterations", (0, 0)))
         data_id = meta.get("data_id")
-        model._data_id = data_id if isinstance(data_id, str) and data_id.isalnum() else (
-            uuid.uuid4().hex)
+        model._data_id = (
+            data_id if isinstance(data_id, str) and data_id.isalnum() else (uuid.uuid4().hex)
+        )
         model._draws = int(meta["draws"])
         dtype = meta["classes_dtype"]
         model.classes_ = np.asarray(meta["classes"], dtype=object if dtype == "O" else dtype)
@@ -1672,8 +1782,20 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
     @classmethod
     def _check_state_config(cls, cfg: dict[str, Any]) -> None:
         """Raise ValueError unless ``cfg`` is what ``fit`` would produce from its values."""
-        names = ("lam", "sigma", "epsilon", "delta", "train_mode", "subsample_ratio", "gamma",
-                 "normalize", "seed", "max_iter", "tol", "device")
+        names = (
+            "lam",
+            "sigma",
+            "epsilon",
+            "delta",
+            "train_mode",
+            "subsample_ratio",
+            "gamma",
+            "normalize",
+            "seed",
+            "max_iter",
+            "tol",
+            "device",
+        )
         try:
             probe = cls(**{name: cfg[name] for name in names})
             checked = probe._fit_config()
@@ -1746,8 +1868,7 @@ def _check_state_numbers(meta: dict[str, Any], cfg: dict[str, Any], d: int, K: i
     expected = noise_budget(cfg["sigma"], cfg["epsilon"], cfg["delta"])
     if not math.isclose(budget, expected, rel_tol=1e-12, abs_tol=0.0):
         raise ValueError(
-            f"argument 'meta' has budget {budget!r}, but sigma, epsilon and delta give "
-            f"{expected!r}"
+            f"argument 'meta' has budget {budget!r}, but sigma, epsilon and delta give {expected!r}"
         )
     for name, value in numbers_.items():
         if not (math.isfinite(value) and value >= 0.0):

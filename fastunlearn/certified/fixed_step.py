@@ -13,13 +13,18 @@ with tensor shapes that do not change from one removal to the next:
   products equal those over the rows folded in;
 * the step length, CG update and bound terms are tensor expressions with no host read.
 
-On a GPU the start of the step (Delta, Woodbury extension, first CG direction, bound and
-residual) and one CG iteration are each captured once as a CUDA graph and replayed: a
-removal is one replay, one device read of three numbers (residual, bound, factor check),
-rarely a further iteration, and the commit. Elsewhere, or when a capture fails, the same
-functions run eagerly. Only single-row removals that update every class (no subsampling)
-take this path; the result equals the general step up to rounding (tested on the CPU,
-and the graphs on an H200).
+On a GPU each piece is captured once as a CUDA graph and replayed: the start of the step
+(Delta, Woodbury extension, first CG direction, bound and residual), the start with one CG
+iteration chained to it (taken or skipped on the device by the same test as the host's
+loop), one CG iteration, and the commit (weights, margins, the row's weights and counts, the
+Gram downdate). The removal loop
+(:meth:`CertifiedLogisticRegression._remove_fixed <fastunlearn.certified.CertifiedLogisticRegression>`)
+chains the iteration while the last removal needed one, so a removal is one replay and one
+device read of four numbers (residual, bound, factor check, iteration taken), rarely a
+further iteration, and one replay of the commit. Elsewhere, or when a capture fails, the
+same functions run eagerly. Only single-row removals that update every class take this
+path; the result equals the general step up to rounding (tested on the CPU, and the graphs
+on an H200).
 
 On a GPU the preconditioner's two inverses are kept explicitly: ``M^{-1}`` of the dense
 factors (once per factorisation) and ``C^{-1}`` of the Woodbury factor (one row per removal,
@@ -84,6 +89,8 @@ class FixedShapeStep:
         self.X, self.Y, self.A, self.W = model._X, model._Y, model._A, model._W
         self.Z = model._margins()
         self.n_rem, self.eig, self.row_sq = model._n_rem, model._eig, model._row_sq
+        self.gram, self.removed = model._gram, model._removed
+        self.shared_gram = bool(model._shared_gram)
         self.factor = factor
         dev = self.X.device
         # On a GPU, M^{-1} of the factors explicitly (K d^3 flops once per factorisation):
@@ -120,7 +127,10 @@ class FixedShapeStep:
         self.R = torch.empty(d, K, **f64)
         self.P = torch.empty(d, K, **f64)
         self.rz = torch.empty(K, **f64)
-        self.out = torch.empty(3, **f64)  # residual sum, bound sum, factor ok
+        # residual sum, bound sum, factor ok, whether the chained iteration was taken
+        self.out = torch.zeros(4, **f64)
+        self.cg_tol = float(model.cg_tol)
+        self.chained = False  # whether the last begin() chained an iteration
         self.graphs: dict[str, Any] = {}
         self.use_graphs = bool(use_graphs) and dev.type == "cuda"
 
@@ -133,9 +143,12 @@ class FixedShapeStep:
             and model._A is self.A
             and model._eig is self.eig
             and model._n_rem is self.n_rem
+            and model._gram is self.gram
+            and model._removed is self.removed
             and factor.U_buf is f.U_buf
             and factor.L is f.L
             and factor.weights is f.weights
+            and float(model.cg_tol) == self.cg_tol
         )
 
     # ---- the computation -----------------------------------------------------------------
@@ -251,8 +264,13 @@ class FixedShapeStep:
         torch.mul(HP, alpha, out=self.HV)
         self._bound_terms()
 
-    def _iterate(self) -> None:
-        """One preconditioned CG iteration on the step, then its bound terms."""
+    def _iterate(self, needed: Tensor | None = None) -> None:
+        """One preconditioned CG iteration on the step, then its bound terms.
+
+        ``needed`` (a device bool): take the iteration only where it is true; otherwise the
+        step stays as it is (its step length is zero, the bound terms are recomputed from the
+        same step and come out the same).
+        """
         Zr = self._precondition(self.R)
         rz_new = (self.R * Zr).sum(0)
         beta = torch.where(self.rz != 0, rz_new / self.rz, torch.zeros_like(rz_new))
@@ -260,39 +278,80 @@ class FixedShapeStep:
         self.rz.copy_(rz_new)
         HP, XP = self._hessian(self.P)
         curvature = (self.P * HP).sum(0)
-        alpha = torch.where(curvature > 0, self.rz / curvature, torch.zeros_like(curvature))
+        take = curvature > 0 if needed is None else (curvature > 0) & needed
+        alpha = torch.where(take, self.rz / curvature, torch.zeros_like(curvature))
         self.V.add_(alpha * self.P)
         self.XV.add_(alpha * XP)
         self.HV.add_(alpha * HP)
         self._bound_terms()
 
+    def _iterate_if_needed(self) -> None:
+        """Take the iteration the host loop would take next, decided on the device.
+
+        Taken when the step's residual is not within ``cg_tol`` times its bound (NaN
+        included), as the host's loop decides; ``out[3]`` says whether it was.
+        """
+        needed = ~(self.out[0] <= self.cg_tol * self.out[1])
+        self.out[3] = needed.to(torch.float64)
+        self._iterate(needed)
+
+    def _start_and_iterate(self) -> None:
+        """Run the start and, where needed, one CG iteration (one launch, one device read)."""
+        self._start()
+        self._iterate_if_needed()
+
+    def _commit(self) -> None:
+        """Apply the planned step and drop its row: the device half of the model's commit.
+
+        Same updates as ``CertifiedLogisticRegression._commit`` for this step (weights,
+        margins, then the row's weights, counts, removed flag and the rank-1 downdate of the
+        Gram matrices), with the row read from the device scalar ``row``.
+        """
+        r = self.row
+        self.W.add_(self.V)
+        self.Z.add_(self.XV)
+        a = self.row_weights[0]  # [K]: the row's weights before the removal
+        x = self.X.index_select(0, r)[0]
+        if self.shared_gram:
+            self.gram[0].addr_(x, x, alpha=-1.0)
+        else:
+            self.gram.sub_(a[:, None, None] * torch.outer(x, x))
+        self.n_rem.sub_(a)
+        self.A.index_fill_(0, r, 0.0)
+        self.removed.index_fill_(0, r, True)
+
     # ---- running -------------------------------------------------------------------------
 
-    def _run(self, name: str, fn: Callable[[], None]) -> list[float]:
-        """Run ``fn`` (replaying its graph on CUDA) and read ``out`` (one device read)."""
+    def _state_buffers(self) -> list[Tensor]:
+        """Return every tensor the step's functions write (its own, the slot's, the model's)."""
+        own = [self.row_weights, self.Delta, self.lam_k, self.S, self.spectral, self.A_after,
+               self.V, self.XV, self.HV, self.R, self.P, self.rz, self.out]  # fmt: skip
+        f = self.factor
+        slot = [f.U_buf, f.G_buf, f.C_buf] + ([self.C_inv] if self.C_inv is not None else [])
+        model = [self.W, self.Z, self.gram, self.n_rem, self.A, self.removed]
+        return own + slot + model
+
+    @staticmethod
+    def _snapshot(buffers: list[Tensor]) -> list[Tensor]:
+        """Copy ``buffers`` (see :meth:`_restore`)."""
+        return [t.clone() for t in buffers]
+
+    @staticmethod
+    def _restore(buffers: list[Tensor], saved: list[Tensor]) -> None:
+        """Put back ``buffers`` as :meth:`_snapshot` copied them."""
+        for t, copy in zip(buffers, saved, strict=True):
+            t.copy_(copy)
+
+    def _launch(self, name: str, fn: Callable[[], None]) -> None:
+        """Run ``fn``: replay its graph on CUDA (captured on first use), else eagerly."""
         if self.use_graphs:
             graph = self.graphs.get(name)
             if graph is None:
                 graph = self._capture(name, fn)
             if graph is not None:
                 graph.replay()
-                return self.out.tolist()
+                return
         fn()
-        return self.out.tolist()
-
-    def _slot_buffers(self) -> list[Tensor]:
-        """Return the buffers a start writes its slot into: Woodbury terms and ``C^{-1}``."""
-        f = self.factor
-        return [f.U_buf, f.G_buf, f.C_buf] + ([self.C_inv] if self.C_inv is not None else [])
-
-    def _snapshot(self) -> list[Tensor]:
-        """Copy the slot buffers (see :meth:`_restore`)."""
-        return [t.clone() for t in self._slot_buffers()]
-
-    def _restore(self, saved: list[Tensor]) -> None:
-        """Put back the slot buffers copied by :meth:`_snapshot`."""
-        for t, copy in zip(self._slot_buffers(), saved, strict=True):
-            t.copy_(copy)
 
     def _record(self, fn: Callable[[], None]) -> Any:
         """Warm ``fn`` up on a side stream, then capture it as a CUDA graph."""
@@ -310,10 +369,11 @@ class FixedShapeStep:
     def _capture(self, name: str, fn: Callable[[], None]) -> Any:
         """Capture ``fn`` as a CUDA graph, or switch graphs off (with a warning) if it fails.
 
-        The capture runs ``fn`` on scratch copies of the Woodbury buffers' slot, so the
-        warm-up and the captured launch change nothing the model keeps.
+        Every tensor ``fn`` may write is copied before and put back after, so the warm-up run
+        changes nothing: the replay that follows computes what ``fn`` would have.
         """
-        saved = self._snapshot()
+        written = self._state_buffers()
+        saved = self._snapshot(written)
         try:
             graph = self._record(fn)
         except Exception as err:  # noqa: BLE001 - any capture failure: run eagerly instead
@@ -321,41 +381,60 @@ class FixedShapeStep:
                 f"certified removal: CUDA graph capture failed ({type(err).__name__}: {err}); "
                 "running the fixed-shape step eagerly",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             self.use_graphs = False
             graph = None
         finally:
-            self._restore(saved)
+            self._restore(written, saved)
         if graph is not None:
             self.graphs[name] = graph
         return graph
 
+    def begin(self, row: int, slot: int, chain: bool = False) -> None:
+        """Launch the planning of the removal of ``row`` into Woodbury slot ``slot``.
+
+        ``chain``: also take one CG iteration where the start's residual needs it, decided on
+        the device (worth it when most removals need one: one launch and one device read
+        fewer; when none was needed, one product with the Hessian was spent for nothing).
+        On CUDA this returns once the work is queued; :meth:`result` reads its numbers.
+        """
+        self.row.fill_(row)
+        self.slot.fill_(slot)
+        self._sync_inverses(slot)
+        if chain:
+            self._launch("start+iterate", self._start_and_iterate)
+        else:
+            self._launch("start", self._start)
+        self.chained = chain
+        self.C_inv_rows = slot + 1  # the row this start folded in (forget_c_inverse if not)
+
+    def result(self) -> tuple[float, float, bool, int]:
+        """Wait for the planned step (one device read).
+
+        Returns:
+            ``(solve residual sum, bound sum, factor ok, CG iterations taken)``.
+
+        """
+        residual, bound, ok, iterated = self.out.tolist()
+        return residual, bound, ok > 0.5, int(self.chained and iterated > 0.5)
+
     def start(self, row: int, slot: int) -> tuple[float, float, bool]:
-        """Plan the removal of ``row`` into Woodbury slot ``slot``.
+        """Plan the removal of ``row`` into Woodbury slot ``slot`` (no chained iteration).
 
         Returns:
             ``(solve residual sum, bound sum, factor ok)``; the step is in ``V``/``XV``.
 
         """
-        self.row.fill_(row)
-        self.slot.fill_(slot)
-        self._sync_inverses(slot)
-        if self.use_graphs and "start" not in self.graphs:
-            self._capture("start", self._start)
-            if self.use_graphs and "iterate" not in self.graphs:
-                # the iteration reads the state the start leaves: capture it after a start,
-                # whose slot writes are then undone (the start below must find the slot
-                # empty: zero in U and G, the identity in C)
-                saved = self._snapshot()
-                self._start()
-                self._capture("iterate", self._iterate)
-                self._restore(saved)
-        residual, bound, ok = self._run("start", self._start)
-        self.C_inv_rows = slot + 1  # the row this start folded in (forget_c_inverse if not)
-        return residual, bound, ok > 0.5
+        self.begin(row, slot)
+        return self.result()[:3]
 
     def iterate(self) -> tuple[float, float]:
         """One more CG iteration; returns ``(solve residual sum, bound sum)``."""
-        residual, bound, _ = self._run("iterate", self._iterate)
+        self._launch("iterate", self._iterate)
+        residual, bound = self.out.tolist()[:2]
         return residual, bound
+
+    def commit(self) -> None:
+        """Launch the commit of the planned step (see :meth:`_commit`); no device read."""
+        self._launch("commit", self._commit)

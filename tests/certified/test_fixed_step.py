@@ -15,9 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from fastunlearn.certified import BudgetExceededError, CertifiedLogisticRegression, woodbury
+from fastunlearn.certified import BudgetExceededError, CertifiedLogisticRegression
 from fastunlearn.certified import estimator as est
 from fastunlearn.data import load_digits_dataset
+from tests.certified.fixed_helpers import (
+    assert_clean_beyond_rows,
+    assert_same,
+    stand_in_graphs,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,65 +84,18 @@ def _spy_compiled(monkeypatch):
 
 
 def _spy_runs(monkeypatch):
-    """Record how many rows each call of the compiled removal loop removed."""
+    """Record how many rows each call of the removal loop of the fixture's mode removed."""
     runs = []
-    original = est.CertifiedLogisticRegression._remove_compiled
+    name = "_remove_fixed" if _MODE == "eager" else "_remove_compiled"
+    original = getattr(est.CertifiedLogisticRegression, name)
 
     def spy(self, *args):
         result = original(self, *args)
         runs.append(result[0])
         return result
 
-    monkeypatch.setattr(est.CertifiedLogisticRegression, "_remove_compiled", spy)
+    monkeypatch.setattr(est.CertifiedLogisticRegression, name, spy)
     return runs
-
-
-def _settled(wood):
-    """The factor with its pending rows folded into G and C, on copies of the buffers."""
-    copy = wood._replace(U_buf=wood.U_buf.clone(), G_buf=wood.G_buf.clone(),
-                         C_buf=wood.C_buf.clone())
-    return woodbury.settle(copy)
-
-
-def assert_clean_beyond_rows(model):
-    """Columns past the folded-in rows: zero in U (past the pending ones too) and G, the
-    identity in C."""
-    wood = model._wood
-    if wood is None:
-        return
-    t = wood.rows
-    assert torch.count_nonzero(wood.U_buf[..., wood.folded:]) == 0
-    assert torch.count_nonzero(wood.G_buf[..., t:]) == 0
-    T = wood.capacity
-    eye = torch.eye(T, dtype=wood.C_buf.dtype)[t:].expand(wood.C_buf.shape[0], -1, -1)
-    assert torch.equal(wood.C_buf[:, t:, :], eye)
-
-
-def assert_same(general, fixed, rtol=1e-9):
-    torch.testing.assert_close(fixed._W, general._W, rtol=rtol, atol=1e-12)
-    torch.testing.assert_close(fixed._margins(), general._margins(), rtol=rtol, atol=1e-11)
-    assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=rtol)
-    assert fixed.retrains_ == general.retrains_
-    np.testing.assert_array_equal(fixed.removed_indices_, general.removed_indices_)
-    for a, b in zip(general._history, fixed._history, strict=True):
-        assert a.indices == b.indices and a.retrained == b.retrained
-        assert b.bound == pytest.approx(a.bound, rel=1e-7)
-        assert b.worst_case == pytest.approx(a.worst_case, rel=1e-12)
-    assert (general._wood is None) == (fixed._wood is None)
-    if general._wood is not None:
-        assert general._wood.pending == 0  # only the compiled step leaves rows pending
-        wood = _settled(fixed._wood)  # the compiled step's pending rows, as Python folds them
-        assert wood.rows == general._wood.rows
-        t = wood.rows
-        torch.testing.assert_close(wood.U_buf[..., :t], general._wood.U_buf[..., :t],
-                                   rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(wood.C_buf[:, :t, :t], general._wood.C_buf[:, :t, :t],
-                                   rtol=1e-8, atol=1e-10)
-        if fixed._wood.M_inv is not None:  # kept by Sherman-Morrison: the Woodbury inverse
-            torch.testing.assert_close(fixed._wood.M_inv, woodbury.inverse(wood), rtol=1e-8,
-                                       atol=1e-10)
-    assert_clean_beyond_rows(fixed)
-    assert_clean_beyond_rows(general)
 
 
 def _remove_both(models, rows):
@@ -150,14 +108,14 @@ def test_fixed_step_is_used_and_equals_the_general_step_on_digits_ovr():
     X, y = data.X_train.numpy(), data.y_train.numpy()
     general, fixed = _pair(X, y, lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg", retrain=False)
     order = np.random.default_rng(0).permutation(X.shape[0])[:25]
-    # the fixed step plans each row (eager); the compiled loop removes them (cpu)
-    name = "_plan_fixed" if _MODE == "eager" else "_remove_compiled"
+    # the fixed step's loop (eager) or the compiled loop (cpu) removes each row
+    name = "_remove_fixed" if _MODE == "eager" else "_remove_compiled"
     calls = []
     original = getattr(est.CertifiedLogisticRegression, name)
 
     def spy(self, *args):
         result = original(self, *args)
-        calls.append(result is not None if name == "_plan_fixed" else result[0])
+        calls.append(result[0])
         return result
 
     setattr(est.CertifiedLogisticRegression, name, spy)
@@ -168,7 +126,7 @@ def test_fixed_step_is_used_and_equals_the_general_step_on_digits_ovr():
     finally:
         setattr(est.CertifiedLogisticRegression, name, original)
     # every removal took the fixed path on the fixed model, none on the general one
-    assert calls == ([True] if name == "_plan_fixed" else [1]) * len(order)
+    assert calls == [1] * len(order)
     if _MODE == "eager":
         assert isinstance(fixed._fixed, est.FixedShapeStep)
     else:  # the compiled step keeps no state of its own
@@ -264,12 +222,18 @@ def test_cuda_graph_step_equals_the_general_step(fixed_mode):
     X, y = _data(seed=8, n=400, d=16, classes=5)
     models = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
                    cg_tol=1e-10, device="cuda")
-    for i in np.random.default_rng(6).permutation(X.shape[0])[:40]:
+    order = np.random.default_rng(6).permutation(X.shape[0])[:40]
+    for i in order[:20]:
         _remove_both(models, int(i))
+    _remove_both(models, order[20:].tolist())  # one call: the pipelined loop
     general, fixed = models
     torch.testing.assert_close(fixed._W, general._W, rtol=1e-8, atol=1e-11)
+    torch.testing.assert_close(fixed._margins(), general._margins(), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(fixed._gram, general._gram, rtol=1e-12, atol=1e-12)
+    assert torch.equal(fixed._A, general._A) and torch.equal(fixed._removed, general._removed)
     assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-6)
-    assert fixed._fixed.use_graphs and set(fixed._fixed.graphs) == {"start", "iterate"}
+    assert fixed._fixed.use_graphs
+    assert set(fixed._fixed.graphs) == {"start", "start+iterate", "iterate", "commit"}
 
 
 def test_copies_drop_the_fixed_step_and_continue_identically(fixed_mode):
@@ -356,9 +320,8 @@ def test_one_call_removing_many_rows_crosses_refreshes_and_full_buffers(monkeypa
     assert_same(*models)
     assert [r.indices for r in models[1]._history] == [(i,) for i in order]
     assert not np.array_equal(models[1]._h_eig, refreshed)  # spectral bounds were refreshed
-    if _MODE == "cpu":
-        assert max(runs) > 1 and sum(runs) == 16  # runs of rows, until the buffers were full
-        assert models[1]._wood.folded == 16
+    assert max(runs) > 1 and sum(runs) == 16  # runs of rows, until the buffers were full
+    assert models[1]._wood.rows == 16
 
 
 def test_non_contiguous_state_takes_the_single_step(fixed_mode, monkeypatch):
@@ -449,32 +412,6 @@ def _assert_same_woodbury(a, b):
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
-class _ReplayEagerly:
-    """Stands in for a captured CUDA graph on the CPU: replay runs the captured function."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def replay(self):
-        self.fn()
-
-
-def _stand_in_graphs(monkeypatch):
-    """Make the fixed-shape step take its graph path on the CPU: "capture" runs the function
-    once and returns a :class:`_ReplayEagerly`."""
-    from fastunlearn.certified import fixed_step
-
-    monkeypatch.setattr(fixed_step.FixedShapeStep, "_record",
-                        lambda self, fn: (fn(), _ReplayEagerly(fn))[1])
-    init = fixed_step.FixedShapeStep.__init__
-
-    def init_with_graphs(self, model, factor, use_graphs):
-        init(self, model, factor, use_graphs)
-        self.use_graphs = True
-
-    monkeypatch.setattr(fixed_step.FixedShapeStep, "__init__", init_with_graphs)
-
-
 @pytest.mark.parametrize("explicit", [False, True], ids=["solves", "explicit-inverse"])
 def test_graph_capture_leaves_the_factor_as_the_general_step_builds_it(
     fixed_mode, monkeypatch, explicit
@@ -488,7 +425,7 @@ def test_graph_capture_leaves_the_factor_as_the_general_step_builds_it(
 
     if explicit:
         monkeypatch.setattr(fixed_step, "EXPLICIT_INVERSE_DEVICES", ("cpu",))
-    _stand_in_graphs(monkeypatch)
+    stand_in_graphs(monkeypatch)
     X, y = _data(seed=14, n=300, d=12, classes=4)
     models = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
                    cg_tol=1e-10)
@@ -496,7 +433,7 @@ def test_graph_capture_leaves_the_factor_as_the_general_step_builds_it(
         _remove_both(models, int(i))
         _assert_same_woodbury(models[0]._wood, models[1]._wood)
     general, fixed = models
-    assert set(fixed._fixed.graphs) == {"start", "iterate"}
+    assert set(fixed._fixed.graphs) == {"start", "start+iterate", "iterate", "commit"}
     torch.testing.assert_close(fixed._W, general._W, rtol=1e-8, atol=1e-11)
     assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-6)
 
@@ -511,7 +448,7 @@ def test_cuda_graphs_are_the_default_on_cuda(fixed_mode):
     model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg",
                                         device="cuda").fit(X, y)
     model.remove([3, 8])
-    assert model._fixed.use_graphs and set(model._fixed.graphs) == {"start", "iterate"}
+    assert model._fixed.use_graphs and {"start", "commit"} <= set(model._fixed.graphs)
 
 
 def test_explicit_inverse_is_rebuilt_after_a_refused_removal(fixed_mode, monkeypatch):
@@ -548,7 +485,7 @@ def test_graph_path_with_explicit_inverses_across_factor_refreshes(fixed_mode, m
 
     monkeypatch.setattr(fixed_step, "EXPLICIT_INVERSE_DEVICES", ("cpu",))
     monkeypatch.setattr(est, "WOODBURY_MAX_ROWS", 6)
-    _stand_in_graphs(monkeypatch)
+    stand_in_graphs(monkeypatch)
     X, y = _data(seed=15, n=600, d=40, classes=3)  # CG is the cheaper step: auto picks it
     models = _pair(X, y, mode="graph", lam=1e-2, sigma=1.0, epsilon=1e9, solver="auto",
                    cg_tol=1e-10)
