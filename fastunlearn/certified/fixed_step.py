@@ -17,14 +17,13 @@ On a GPU each piece is captured once as a CUDA graph and replayed: the start of 
 (Delta, Woodbury extension, first CG direction, bound and residual), the start with one CG
 iteration chained to it (taken or skipped on the device by the same test as the host's
 loop), one CG iteration, and the commit (weights, margins, the row's weights and counts, the
-Gram downdate). The removal loop
-(:meth:`CertifiedLogisticRegression._remove_fixed <fastunlearn.certified.CertifiedLogisticRegression>`)
-chains the iteration while the last removal needed one, so a removal is one replay and one
-device read of four numbers (residual, bound, factor check, iteration taken), rarely a
-further iteration, and one replay of the commit. Elsewhere, or when a capture fails, the
-same functions run eagerly. Only single-row removals that update every class take this
-path; the result equals the general step up to rounding (tested on the CPU, and the graphs
-on an H200).
+Gram downdate). The removal loop (``CertifiedLogisticRegression._remove_fixed``) chains the
+iteration while the last removal needed one, so a removal is one replay and one device read
+of four numbers (residual, bound, factor check, iteration taken), rarely a further
+iteration, and one replay of the commit. Elsewhere, or when a capture fails, the same
+functions run eagerly. Only single-row removals that update every class take this path; the
+result equals the general step up to rounding (tested on the CPU, and the graphs on an
+H200).
 
 On a GPU the preconditioner's two inverses are kept explicitly: ``M^{-1}`` of the dense
 factors (once per factorisation) and ``C^{-1}`` of the Woodbury factor (one row per removal,
