@@ -15,8 +15,9 @@ minimiser, conservative spectral norm) on the same rows in the same order, start
 the same fitted weights, with the default solver (``auto``) and with ``solver="cg"``, each on
 its own copy of the fitted model; on CUDA also ``solver="cg"`` with the fixed-shape step
 replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`; the default
-there since 2026-11-28) and with the general step (``ours_general_*``). A failure of one of
-these two optional variants is recorded (``ours_<label>_error``), not fatal. Before
+there since 2026-11-28), the same without the CG iteration chained into the start's graph
+(``ours_graph_unchained_*``) and with the general step (``ours_general_*``). A failure of
+one of these optional variants is recorded (``ours_<label>_error``), not fatal. Before
 timing, the weights after the timed removals must agree (the reference computes in float32,
 so to about 1e-3 relative).
 
@@ -234,8 +235,9 @@ def _check_weights(model: Any, W_ref: torch.Tensor, what: str) -> float:
 def variants(device: torch.device) -> list[tuple[str, str | None, str]]:
     """``(solver, fixed-step mode or None, label)`` of each of our timed variants."""
     out: list[tuple[str, str | None, str]] = [(solver, None, solver) for solver in SOLVERS]
-    if device.type == "cuda":  # the graphs (the default there) and the general step
-        out += [("cg", "graph", "graph"), ("cg", "off", "general")]
+    if device.type == "cuda":  # the graphs (the default there), unchained, the general step
+        out += [("cg", "graph", "graph"), ("cg", "graph-unchained", "graph_unchained"),
+                ("cg", "off", "general")]
     return out
 
 
@@ -276,7 +278,9 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
         m = _clone(model)
         m.set_params(solver=solver)
         if fixed_step is not None:  # the single-row CG step as replayed CUDA graphs
-            m._fixed_step_mode = fixed_step
+            # "-unchained": no CG iteration chained into the start's graph
+            m._fixed_step_mode = fixed_step.removesuffix("-unchained")
+            m._chain_iterations = not fixed_step.endswith("-unchained")
         try:
             m.remove(int(order[0]))  # warm-up
         except Exception as err:  # noqa: BLE001 - an optional variant must not sink the case
@@ -406,3 +410,6 @@ def print_results(records: list[dict[str, Any]]) -> None:
                   f"{rec['ours_removals']} removals; CUDA graphs replayed: "
                   f"{rec.get('ours_graph_replayed')}), {rec['ratio_reference_graph']:.1f}x the "
                   "reference")
+        if "ours_graph_unchained_per_s" in rec:
+            print(f"  {rec['case']}: without the chained iteration "
+                  f"{rec['ours_graph_unchained_per_s']:.1f} removals/s (median block)")

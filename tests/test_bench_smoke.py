@@ -229,11 +229,13 @@ def test_certified_fixed_step_variant_is_timed_and_checked(monkeypatch, capsys):
 
     monkeypatch.setattr(bench_certified, "variants",
                         lambda device: [("auto", None, "auto"), ("cg", None, "cg"),
-                                        ("cg", "eager", "graph")])
+                                        ("cg", "eager", "graph"),
+                                        ("cg", "eager-unchained", "graph_unchained")])
     records = _run_tiny("certified")
     for rec in records:
-        assert rec["ours_graph_per_s"] > 0
+        assert rec["ours_graph_per_s"] > 0 and rec["ours_graph_unchained_per_s"] > 0
         assert rec["weight_rel_diff_graph"] < bench_certified.WEIGHT_RTOL
+        assert rec["weight_rel_diff_graph_unchained"] < bench_certified.WEIGHT_RTOL
         assert rec["ours_graph_replayed"] is False  # eager: no graphs on the CPU
         assert "ours_graph_error" not in rec
     bench_certified.print_results(records)

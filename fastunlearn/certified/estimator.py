@@ -820,8 +820,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         t0 = time.perf_counter()
         try:
             # chain one CG iteration into the start while the last removal needed one
-            chain = self._cg_last > 0
-            fixed.begin(int(rows_np[0]), base.rows, chain)
+            # (``_chain_iterations = False`` on a model: never; the benchmark compares both)
+            chaining = getattr(self, "_chain_iterations", True)
+            fixed.begin(int(rows_np[0]), base.rows, chaining and self._cg_last > 0)
             planned = True
             while True:
                 row = int(rows_np[done])
@@ -865,7 +866,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 done += 1
                 if done == rows_np.shape[0] or 0 <= refresh_after < iterations:
                     break
-                fixed.begin(int(rows_np[done]), base.rows, iterations > 0)
+                fixed.begin(int(rows_np[done]), base.rows, chaining and iterations > 0)
                 planned = True
         finally:
             if planned:  # a started row not committed: clean the slot it wrote

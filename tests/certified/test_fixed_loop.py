@@ -151,3 +151,19 @@ def test_changed_cg_tol_rebuilds_the_step():
         m.remove(order[10:])
     assert fixed._fixed is not step and fixed._fixed.cg_tol == 1e-6
     assert_same(general, fixed)
+
+
+def test_unchained_loop_never_chains_and_gives_the_same_removals(monkeypatch):
+    """``_chain_iterations = False`` (the benchmark's comparison) plans every row with the
+    start alone; the removals are the chained loop's."""
+    X, y = _digits()
+    chained, unchained = _model(X, y, "eager"), _model(X, y, "eager")
+    unchained._chain_iterations = False
+    seen = _spy_results(monkeypatch)
+    order = np.random.default_rng(2).permutation(X.shape[0])[:30].tolist()
+    chained.remove(order)
+    assert any(c for c, _ in seen)
+    seen.clear()
+    unchained.remove(order)
+    assert len(seen) == len(order) and not any(c for c, _ in seen)
+    assert_same(chained, unchained)
