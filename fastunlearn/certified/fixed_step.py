@@ -173,7 +173,7 @@ class FixedShapeStep:
             w = torch.bmm(self.C_inv.mT, torch.bmm(self.C_inv, z))
         else:
             w = _lower_solve(f.C_buf, z)
-        return (y + torch.bmm(f.G_buf, w)).squeeze(-1).T
+        return torch.baddbmm(y, f.G_buf, w).squeeze(-1).T
 
     def _sync_inverses(self, rows: int) -> None:
         """Rebuild the explicit inverses where the factors changed since they were made.
@@ -206,7 +206,7 @@ class FixedShapeStep:
 
     def _hessian(self, P: Tensor) -> tuple[Tensor, Tensor]:
         HP, XP = ops.glm_hvp_margins(self.X, self.S, P, 0.0)
-        return HP.add_(self.lam_k * P), XP
+        return HP.addcmul_(self.lam_k, P), XP
 
     def _bound_terms(self) -> None:
         projected = (self.A_after * self.XV.square()).sum(0).sqrt()
@@ -215,24 +215,23 @@ class FixedShapeStep:
             self.spectral, step, projected, self.gamma, self.row_norm_max
         )
         torch.sub(self.Delta, self.HV, out=self.R)
-        self.out[0] = torch.linalg.vector_norm(self.R, dim=0).sum()
-        self.out[1] = per_class.sum()
+        torch.sum(torch.linalg.vector_norm(self.R, dim=0), 0, out=self.out[0])
+        torch.sum(per_class, 0, out=self.out[1])
 
     def _start(self) -> None:
         """Delta, the Woodbury extension by the row, the first CG step and its bound."""
         f, r, t = self.factor, self.row, self.slot
         X, Z, A = self.X, self.Z, self.A
-        a = A.index_select(0, r)  # [1, K]
-        self.row_weights.copy_(a)
+        a = torch.index_select(A, 0, r, out=self.row_weights)  # [1, K]
         m_k = a[0]
         xi = X.index_select(0, r)  # [1, d]
         grads = xi.T @ (a * loss_derivative(Z.index_select(0, r), self.Y.index_select(0, r)))
         torch.add(grads, (self.lam * m_k) * self.W, out=self.Delta)
         self.A_after.copy_(A).index_fill_(0, r, 0.0)
-        self.S.copy_(curvature_weights(Z, self.A_after))
+        curvature_weights(Z, self.A_after, out=self.S)
         torch.mul(self.n_rem - m_k, self.lam, out=self.lam_k)
         trace = self.row_sq @ self.A_after
-        self.spectral.copy_(torch.minimum(self.eig, trace).clamp_min(0.0).sqrt())
+        torch.minimum(self.eig, trace, out=self.spectral).clamp_min_(0.0).sqrt_()
         # the Woodbury column of the row, written into slot t (zero / identity before)
         scale = f.weights.index_select(0, r).clamp_min(0.0).sqrt()  # [1, K]
         U_new = xi.T.unsqueeze(0) * scale.T.unsqueeze(1)  # [K, d, 1]
@@ -240,7 +239,7 @@ class FixedShapeStep:
         C12 = -torch.bmm(f.U_buf.mT, G_new)  # [K, T, 1], zero at and past slot t
         L21 = self._c_solve(C12)  # [K, T, 1], zero at and past slot t
         S22 = 1.0 - torch.bmm(U_new.mT, G_new) - torch.bmm(L21.mT, L21)  # [K, 1, 1]
-        self.out[2] = (S22 > 0).all().to(torch.float64)
+        self.out[2] = (S22 > 0).all()  # copied as 1.0 / 0.0
         L22 = S22.clamp_min(torch.finfo(torch.float64).tiny).sqrt()
         onehot = (self.slots == t).to(torch.float64)  # [T]
         row_t = L21.mT + L22 * onehot  # [K, 1, T]: L21^T left of slot t, L22 at it
@@ -255,9 +254,9 @@ class FixedShapeStep:
         # CG from zero along the extended solve, scaled to minimise the H-norm error
         self.P.copy_(self._precondition(self.Delta))
         HP, XP = self._hessian(self.P)
-        self.rz.copy_((self.Delta * self.P).sum(0))
+        torch.sum(self.Delta * self.P, 0, out=self.rz)
         curvature = (self.P * HP).sum(0)
-        alpha = torch.where(curvature > 0, self.rz / curvature, torch.ones_like(curvature))
+        alpha = torch.where(curvature > 0, self.rz / curvature, 1.0)
         torch.mul(self.P, alpha, out=self.V)
         torch.mul(XP, alpha, out=self.XV)
         torch.mul(HP, alpha, out=self.HV)
@@ -272,16 +271,16 @@ class FixedShapeStep:
         """
         Zr = self._precondition(self.R)
         rz_new = (self.R * Zr).sum(0)
-        beta = torch.where(self.rz != 0, rz_new / self.rz, torch.zeros_like(rz_new))
+        beta = torch.where(self.rz != 0, rz_new / self.rz, 0.0)
         self.P.mul_(beta).add_(Zr)
         self.rz.copy_(rz_new)
         HP, XP = self._hessian(self.P)
         curvature = (self.P * HP).sum(0)
         take = curvature > 0 if needed is None else (curvature > 0) & needed
-        alpha = torch.where(take, self.rz / curvature, torch.zeros_like(curvature))
-        self.V.add_(alpha * self.P)
-        self.XV.add_(alpha * XP)
-        self.HV.add_(alpha * HP)
+        alpha = torch.where(take, self.rz / curvature, 0.0)
+        self.V.addcmul_(alpha, self.P)
+        self.XV.addcmul_(alpha, XP)
+        self.HV.addcmul_(alpha, HP)
         self._bound_terms()
 
     def _iterate_if_needed(self) -> None:

@@ -180,18 +180,19 @@ def loss_derivative(Z: Tensor, Y: Tensor) -> Tensor:
     return -Y * torch.sigmoid(-Y * Z)
 
 
-def curvature_weights(Z: Tensor, A: Tensor) -> Tensor:
+def curvature_weights(Z: Tensor, A: Tensor, out: Tensor | None = None) -> Tensor:
     """Per-row curvature weights ``A * sigma(z) sigma(-z)`` for :func:`fastunlearn.ops.glm_hessian`.
 
     Args:
         Z (Tensor[n, K]): margins ``X W``.
         A (Tensor[n, K]): row weights (0 for removed or non-member rows).
+        out (Tensor[n, K], optional): written in place and returned.
 
     Returns:
         Tensor[n, K].
 
     """
-    return A * (torch.sigmoid(Z) * torch.sigmoid(-Z))
+    return torch.mul(A, torch.sigmoid(Z) * torch.sigmoid(-Z), out=out)
 
 
 def logistic_objective(
