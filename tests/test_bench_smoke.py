@@ -260,3 +260,21 @@ def test_certified_failing_optional_variant_is_recorded_not_fatal(monkeypatch):
         assert rec["ours_graph_error"] == "RuntimeError: capture exploded"
         assert "ours_graph_per_s" not in rec
         assert rec["ours_per_s"] > 0 and rec["ours_cg_per_s"] > 0
+
+
+def test_count_certified_ops_reports_the_cuda_loops_host_work(capsys):
+    """The counts behind bench/GPU_NOTES.md: one commit run per removal, at most one device
+    read per planning and iteration, and outside the step's functions only the fills of the
+    row and slot (a removal loop that issued its commit op by op would show ~14 here)."""
+    from bench import count_certified_ops
+
+    result = count_certified_ops.main(["--rows", "12"])
+    runs = result["runs_per_removal"]
+    assert runs["_commit"] == 1.0
+    assert runs["_start"] + runs["_start_and_iterate"] == 1.0
+    plannings = 1.0 + runs["_iterate"]
+    assert 1.0 <= result["device_reads_per_removal"] <= plannings + 1e-9
+    assert result["host_kernels_per_removal"] <= 3.0
+    inside = result["inside"]
+    assert inside["_start_and_iterate"]["not_views"] > inside["_start"]["not_views"] > 0
+    assert "device reads" in capsys.readouterr().out
