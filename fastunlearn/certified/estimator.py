@@ -694,20 +694,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             for row, bound, worst, iterations, seconds in zip(
                 committed.tolist(), *result, strict=True
             ):
-                self._cg_last = iterations
-                self._cg_base = self._cg_base or iterations
-                self.budget_used_ += bound
-                record = RemovalRecord(
-                    indices=(row,),
-                    bound=bound,
-                    cumulative=self.budget_used_,
-                    budget_left=self.budget_ - self.budget_used_,
-                    retrained=False,
-                    seconds=seconds,
-                    worst_case=worst,
-                )
-                self._history.append(record)
-                report.records.append(record)
+                self._account_row(report, row, bound, worst, iterations, seconds)
             self._refresh_loose_spectral()
         ended_early = done < rows_np.shape[0]
         if ended_early and done and refresh_after >= 0 and self._cg_last > refresh_after:
@@ -767,6 +754,31 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             worst,
             iterations,
         )
+
+    def _account_row(
+        self,
+        report: RemovalReport,
+        row: int,
+        bound: float,
+        worst: float,
+        iterations: int,
+        seconds: float,
+    ) -> None:
+        """Account a committed single-row CG removal: CG counts, used budget, its record."""
+        self._cg_last = iterations
+        self._cg_base = self._cg_base or iterations
+        self.budget_used_ += bound
+        record = RemovalRecord(
+            indices=(row,),
+            bound=bound,
+            cumulative=self.budget_used_,
+            budget_left=self.budget_ - self.budget_used_,
+            retrained=False,
+            seconds=seconds,
+            worst_case=worst,
+        )
+        self._history.append(record)
+        report.records.append(record)
 
     def _fixed_step_for(self, base: woodbury.RemovedRowsFactor) -> FixedShapeStep:
         """Return the fixed-shape step for the current tensors (built when they changed)."""
@@ -845,24 +857,11 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 fixed.commit()
                 planned = False
                 base = self._wood = base._replace(rows=base.rows + 1, M_inv=None)
-                self._cg_last = iterations
-                self._cg_base = self._cg_base or iterations
-                self.budget_used_ += total
                 self._drop_row_mirrors(row)
                 self._refresh_loose_spectral()
-                seconds = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                record = RemovalRecord(
-                    indices=(row,),
-                    bound=total,
-                    cumulative=self.budget_used_,
-                    budget_left=self.budget_ - self.budget_used_,
-                    retrained=False,
-                    seconds=seconds,
-                    worst_case=worst,
-                )
-                self._history.append(record)
-                report.records.append(record)
+                now = time.perf_counter()
+                self._account_row(report, row, total, worst, iterations, now - t0)
+                t0 = now
                 done += 1
                 if done == rows_np.shape[0] or 0 <= refresh_after < iterations:
                     break
