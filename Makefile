@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 CUDA_HOME_VENV = $(shell $(PY) -c "import os,sysconfig;p=os.path.join(sysconfig.get_paths()['purelib'],'nvidia','cu13');print(p if os.path.exists(os.path.join(p,'bin','nvcc')) else '')" 2>/dev/null)
 BUILD_ENV = $(if $(CUDA_HOME_VENV),CUDA_HOME=$(CUDA_HOME_VENV),)
 
-.PHONY: venv build test test-python test-cpp demo bench lint clean info
+.PHONY: venv build test test-python test-cuda-path test-cpp demo bench lint clean info
 
 venv: $(STAMP)
 
@@ -41,10 +41,16 @@ $(BUILT): $(STAMP) setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/c
 
 build: $(BUILT)
 
-test: test-python test-cpp
+test: test-python test-cuda-path test-cpp
 
 test-python: $(BUILT)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# certified removal's tests again with the removal loop of the CUDA path (fixed_step: its
+# graphs' functions, run eagerly) in place of the CPU's compiled step, so that every
+# scenario of the suite (retrains, budget errors, subsampling, refreshes) covers that loop
+test-cuda-path: $(BUILT)
+	FASTUNLEARN_FIXED_STEP=eager $(PY) -m pytest tests/certified -q $(PYTEST_ARGS)
 
 test-cpp: $(STAMP)
 	$(PY) -c "import torch" && cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release \

@@ -335,8 +335,9 @@ def test_non_contiguous_state_takes_the_single_step(fixed_mode, monkeypatch):
     assert_same(general, model)
 
 
-def test_copies_with_pending_rows_continue_identically(fixed_mode):
+def test_copies_with_pending_rows_continue_identically(fixed_mode, monkeypatch):
     _only(fixed_mode, "cpu", "the compiled step")
+    monkeypatch.setattr(est, "FIXED_STEP_MODE", "auto")  # the CPU default, copies included
     import copy
     import pickle
 
