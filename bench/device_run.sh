@@ -65,7 +65,7 @@ head -5 "$LOG/exceptions.txt"
 # "profile" prints where the time of a certified removal goes; "forget" runs every forgetting
 # method on digits on the GPU (one seed); "knn" also times farthest_k on the host's CPU cores
 # beside scikit-learn; "knn-cpu" (not in the default list) runs the farthest-k bench on the CPU.
-for step in ${STEPS:-certified:90 profile:50 tests:80 errors:60 influence:150 knn:110 forget:90 glm_hvp:40 glm_cg:50}; do
+for step in ${STEPS:-certified:120 profile:60 tests:80 errors:60 influence:150 knn:110 forget:90 glm_hvp:40 glm_cg:50}; do
   name=${step%%:*}; seconds=${step##*:}
   stamp "$name (limit $seconds s)"
   case "$name" in
