@@ -290,7 +290,7 @@ class FixedShapeStep:
         included), as the host's loop decides; ``out[3]`` says whether it was.
         """
         needed = ~(self.out[0] <= self.cg_tol * self.out[1])
-        self.out[3] = needed.to(torch.float64)
+        self.out[3] = needed  # copied as 1.0 / 0.0
         self._iterate(needed)
 
     def _start_and_iterate(self) -> None:
