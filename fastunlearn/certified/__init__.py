@@ -18,8 +18,9 @@ from .bounds import (
     worst_case_bound,
 )
 from .errors import BudgetExceededError
-from .estimator import CertifiedLogisticRegression, RemovalRecord, RemovalReport
+from .estimator import CertifiedLogisticRegression
 from .math import newton_fit, no_tf32, normalize_rows, residual_norm
+from .records import RemovalRecord, RemovalReport
 
 __all__ = [
     # estimator

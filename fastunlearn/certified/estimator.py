@@ -17,8 +17,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +27,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from .. import ops
-from ..ops.certified import certified_cg_step, certified_cg_steps
-from . import woodbury
+from . import single_row, woodbury
 from .bounds import (
     c_delta,
     data_dependent_bound,
@@ -39,7 +37,6 @@ from .bounds import (
     worst_case_bound,
 )
 from .errors import BudgetExceededError
-from .fixed_step import FixedShapeStep
 from .math import (
     cholesky_apply,
     cholesky_factor,
@@ -55,30 +52,10 @@ from .math import (
     subsample_membership,
     triangular_apply,
 )
+from .records import PlannedStep, RemovalRecord, RemovalReport
+from .single_row import SPECTRAL_REFRESH_FRACTION, SingleRowSteps
 
 __all__ = ["CertifiedLogisticRegression", "RemovalRecord", "RemovalReport"]
-
-#: Where the single-row CG removal step of a row every class holds runs with fixed shapes:
-#: ``"auto"`` (default): on the CPU as one compiled call (:func:`~fastunlearn.ops.certified
-#: .certified_cg_step`; a sequential run of such rows is one :func:`~fastunlearn.ops
-#: .certified.certified_cg_steps` call), on CUDA as the captured CUDA graphs of
-#: :mod:`.fixed_step` (H200, MNIST scale: 472 removals/s against 173 for the general step);
-#: ``"cpu"``: the compiled call on the CPU, the general step on CUDA; ``"graph"`` /
-#: ``"eager"``: :mod:`.fixed_step` on any device (graphs only on CUDA); ``"off"``: the
-#: general step everywhere. Per model: the ``_fixed_step_mode`` attribute; default from the
-#: environment variable ``FASTUNLEARN_FIXED_STEP``. Every path is tested equal to the general
-#: step (on the CPU; the graphs on CUDA too).
-FIXED_STEP_MODES = ("cpu", "auto", "graph", "eager", "off")
-FIXED_STEP_MODE = os.environ.get("FASTUNLEARN_FIXED_STEP", "auto")
-if FIXED_STEP_MODE not in FIXED_STEP_MODES:
-    raise ValueError(
-        f"environment variable FASTUNLEARN_FIXED_STEP must be one of {FIXED_STEP_MODES}, "
-        f"got {FIXED_STEP_MODE!r}"
-    )
-
-#: The compiled CPU step keeps ``M^{-1}`` beside the factors (``K d^2`` more memory); above
-#: this many features the general step runs instead (its operator overhead is small there).
-COMPILED_STEP_MAX_FEATURES = 2048
 
 #: Version of the ``get_state`` layout.
 STATE_VERSION = 1
@@ -87,9 +64,6 @@ STATE_VERSION = 1
 #: fraction of the step's data-dependent bound: the certificate stays exact and the residual
 #: costs at most 1% more budget, while most removals need no CG iteration at all.
 CG_BOUND_FRACTION = 0.01
-#: CG iterations allowed to refine one step before giving up (the Hessian is then too
-#: ill-conditioned for the starting factors; the dense solver still works).
-CG_MAX_ITERATIONS = 200
 #: Removed rows folded into the CG starting factors by the Woodbury identity before
 #: ``solver="auto"`` refreshes them with a dense step (``solver="cg"`` then uses them as is).
 WOODBURY_MAX_ROWS = 256
@@ -98,99 +72,15 @@ CG_ITERATIONS_GUESS = 2
 #: ``solver="auto"`` takes one dense Cholesky step (refreshing the factors) once a refinement
 #: needed more than this many CG iterations: the factors have drifted from the Hessian.
 CG_REFRESH_ITERATIONS = 8
-#: The cached ``lambda_max`` bound of a Gram matrix is recomputed by ``eigvalsh`` once the rows
-#: removed since its last computation carry more than this fraction of it: by Weyl's
-#: inequality the cached value is then never more than this fraction above the fresh one.
-SPECTRAL_REFRESH_FRACTION = 0.05
-
 _TRAIN_MODES = ("auto", "binary", "ovr")
 _SOLVERS = ("auto", "cholesky", "cg")
-
-
-@dataclass(frozen=True)
-class RemovalRecord:
-    """One removal (or batch removal, or retrain) as the model accounted for it.
-
-    Attributes:
-        indices: training-row indices removed by this step (empty for an explicit
-            :meth:`CertifiedLogisticRegression.retrain`).
-        bound: the data-dependent gradient-residual bound of the Newton step (summed over
-            classes, plus the linear solver's residual). For a step that retrained instead,
-            the bound that would have exceeded the budget (not added).
-        cumulative: used budget after the step (``budget_used_``).
-        budget_left: ``budget_ - cumulative``.
-        retrained: whether the step retrained from scratch with a fresh perturbation.
-        seconds: wall time of the step (computation only, no checkpoint I/O).
-        worst_case: the worst-case bound ``4 gamma m^2 C^2 / (lam^2 (n - m))`` of the step,
-            summed over the classes it updates (reported, never used for accounting).
-
-    """
-
-    indices: tuple[int, ...]
-    bound: float
-    cumulative: float
-    budget_left: float
-    retrained: bool
-    seconds: float
-    worst_case: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the record as plain JSON-compatible data."""
-        out = asdict(self)
-        out["indices"] = [int(i) for i in self.indices]
-        return out
-
-
-@dataclass
-class RemovalReport:
-    """What one call of :meth:`CertifiedLogisticRegression.remove` (or ``report``) did.
-
-    Attributes:
-        records: one :class:`RemovalRecord` per Newton step or retrain, in order.
-        retrains: how many of the records retrained.
-        seconds: wall time of the whole call.
-
-    """
-
-    records: list[RemovalRecord] = field(default_factory=list)
-    retrains: int = 0
-    seconds: float = 0.0
-
-    @property
-    def bounds(self) -> list[float]:
-        """Per-record bounds."""
-        return [r.bound for r in self.records]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the report as plain JSON-compatible data."""
-        return {
-            "records": [r.to_dict() for r in self.records],
-            "retrains": int(self.retrains),
-            "seconds": float(self.seconds),
-        }
-
-
-class _Step(NamedTuple):
-    """A planned Newton removal step, computed without changing the model."""
-
-    rows: Tensor  # int64 [m], on the model's device
-    rows_np: np.ndarray  # the same indices on the host
-    row_weights: Tensor | None  # [m, K] memberships of the removed rows (before removal)
-    classes: Tensor | None  # int64 classes updated; None: all classes
-    V: Tensor | None  # [d, k'] Newton step; None: no class is affected
-    XV: Tensor | None  # [n, k'] X @ V, the change of the cached margins
-    factor: woodbury.RemovedRowsFactor | None  # CG: the factors with these rows folded in
-    L: Tensor | None  # [k', d, d] Cholesky factors of the new Hessians (cholesky solver)
-    bound: float
-    worst_case: float
-    cg_iterations: int  # 0 for a Cholesky step
 
 
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
+class CertifiedLogisticRegression(SingleRowSteps, ClassifierMixin, BaseEstimator):
     """L2-regularised logistic regression with certified data removal.
 
     Training minimises, per one-vs-rest class k (one class for a binary model),
@@ -537,342 +427,6 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         if fixed is not None:
             fixed.forget_c_inverse()
 
-    def _fixed_step_possible(self, solver: str) -> bool:
-        """Whether single-row steps may take the fixed-shape or compiled step.
-
-        Each row must also be held by every class (:meth:`_fixed_step_applies`).
-        """
-        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
-        if mode == "off" or solver != "cg":
-            return False
-        device = self._X.device.type
-        if mode in ("cpu", "auto"):
-            if device == "cpu":  # the compiled step, within its size limit
-                if not self._compiled_step_fits():
-                    return False
-            elif mode == "cpu" or device != "cuda":  # "auto" takes CUDA graphs on CUDA
-                return False
-        return True
-
-    def _fixed_step_applies(self, rows_np: np.ndarray) -> bool:
-        """Whether the step removes one row that every class holds (every class is updated)."""
-        return rows_np.shape[0] == 1 and bool((self._h_A[rows_np[0]] > 0).all())
-
-    def _compiled_step_fits(self) -> bool:
-        """Whether the features are few enough for the compiled CPU step and its ``M^{-1}``."""
-        return int(self._X.shape[1]) <= COMPILED_STEP_MAX_FEATURES
-
-    def _wants_inverse(self) -> bool:
-        """Whether the CG starting factors should carry ``M^{-1}`` (for the compiled step)."""
-        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
-        return (
-            mode in ("cpu", "auto") and self._X.device.type == "cpu" and self._compiled_step_fits()
-        )
-
-    def _plan_compiled(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
-        """Plan the single-row CG step with the compiled CPU op; None: the general step.
-
-        Same step as :meth:`_plan` (and :class:`~fastunlearn.certified.fixed_step.FixedShapeStep`)
-        for one row that every class holds, in one call instead of ~600 operator calls.
-        Returns None when the Woodbury buffers are full or the extended factor is not
-        positive definite.
-        """
-        base = self._removal_factor(settled=False)
-        if base.folded + 1 > base.capacity:
-            return None
-        base = self._compiled_base()
-        cfg = self._cfg
-        result = certified_cg_step(
-            self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
-            self._row_sq, base.M_inv, base.M_spare, base.weights, base.U_buf, base.folded,
-            int(rows_np[0]), lam=cfg["lam"], gamma=cfg["gamma"],
-            row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
-            max_iter=CG_MAX_ITERATIONS,
-        )  # fmt: skip
-        if not result.factor_ok or not result.converged:
-            woodbury.discard(base, base.folded + 1)
-            if not result.factor_ok:
-                return None
-            raise RuntimeError(
-                f"CG did not reach the residual target in {CG_MAX_ITERATIONS} iterations "
-                "(ill-conditioned Hessian); use solver='cholesky'"
-            )
-        worst = worst_case_bound(
-            cfg["lam"], self._h_n_rem, self._h_A[int(rows_np[0])], cfg["gamma"],
-            C=max(1.0, self._row_norm_max),
-        )  # fmt: skip
-        return _Step(
-            rows,
-            rows_np,
-            None,  # not needed: the row's memberships are read when it is dropped
-            None,
-            result.V,
-            result.XV,
-            # the next inverse is in the spare buffer: swap (the current one stays intact)
-            base._replace(pending=base.pending + 1, M_inv=base.M_spare, M_spare=base.M_inv),
-            None,
-            result.residual + result.bound,
-            worst,
-            result.iterations,
-        )
-
-    def _compiled_loop_applies(self, solver: str, batch: bool) -> bool:
-        """Whether this call's sequential rows go through the compiled removal loop (CPU)."""
-        return (
-            not batch
-            and solver == "cg"
-            and self.checkpoint is None  # the ledger records every removal as it commits
-            and self._wants_inverse()  # the compiled step's mode, device and size
-        )
-
-    def _compiled_base(self) -> woodbury.RemovedRowsFactor:
-        """Return the starting factors with ``M'^{-1}`` and a spare buffer (compiled step)."""
-        base = self._removal_factor(settled=False)
-        if base.M_inv is None:  # stale, or factors started elsewhere: the inverse once
-            base = self._removal_factor()
-            base = self._wood = base._replace(
-                M_inv=woodbury.inverse(base),
-                M_spare=base.M_spare if base.M_spare is not None else torch.empty_like(base.L),
-            )
-        return base
-
-    def _remove_compiled(
-        self, arr: np.ndarray, lo: int, report: RemovalReport, refresh_after: int = -1
-    ) -> tuple[int, bool]:
-        """Remove rows ``arr[lo:]`` one by one in one compiled call, as far as it can go.
-
-        The run of rows taken is the longest from ``lo`` whose rows every class holds, that
-        fits the free Woodbury columns, and that ends with the first row after which a cached
-        spectral bound must be refreshed (refreshed here). Each committed row gets its record
-        as in the single-step path. With ``refresh_after >= 0`` the run also ends after a row
-        whose CG needed more iterations (solver ``"auto"`` then refreshes the factors).
-        Returns ``(rows removed, refused)``: ``refused`` when the op stopped at a row (budget,
-        failed downdate, CG): the caller's single step takes it.
-        """
-        written = (self._A, self._margins(), self._W, self._n_rem, self._gram, self._removed)
-        if not all(t.is_contiguous() for t in written):  # the op updates them in place
-            return 0, False
-        base = self._removal_factor(settled=False)
-        rows_np = arr[lo : lo + base.capacity - base.folded]
-        held = (self._h_A[rows_np] > 0).all(1)
-        if not held.all():
-            rows_np = rows_np[: int(np.argmin(held))]
-        if rows_np.shape[0] == 0:
-            return 0, False
-        # the slack of the cached spectral bounds after each row, summed in order
-        masses = self._h_row_sq[rows_np][:, None]
-        if not self._shared_gram:
-            masses = masses * self._h_A[rows_np]
-        slack = np.cumsum(np.concatenate([self._h_eig_slack[None], masses]), axis=0)[1:]
-        stale = (slack > SPECTRAL_REFRESH_FRACTION * self._h_eig).any(1)
-        if stale.any():
-            rows_np = rows_np[: int(np.argmax(stale)) + 1]
-        base = self._compiled_base()
-        cfg = self._cfg
-        result = certified_cg_steps(
-            self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
-            self._row_sq, self._gram, self._removed, base.M_inv, base.M_spare, base.weights,
-            base.U_buf, torch.from_numpy(rows_np), base.folded, lam=cfg["lam"],
-            gamma=cfg["gamma"], row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
-            max_iter=CG_MAX_ITERATIONS, budget_used=self.budget_used_, budget=self.budget_,
-            refresh_after=refresh_after,
-        )  # fmt: skip
-        done = result.done
-        if done:
-            committed = rows_np[:done]
-            for weights_np in self._h_A[committed]:  # in order, as row by row
-                self._h_n_rem -= weights_np
-            self._h_A[committed] = 0.0
-            self._h_removed[committed] = True
-            self._h_eig_slack[:] = slack[done - 1]
-            odd = done % 2 == 1  # the op alternates the inverse between the two buffers
-            self._wood = base._replace(
-                pending=base.pending + done,
-                M_inv=base.M_spare if odd else base.M_inv,
-                M_spare=base.M_inv if odd else base.M_spare,
-            )
-            for row, bound, worst, iterations, seconds in zip(
-                committed.tolist(), *result, strict=True
-            ):
-                self._account_row(report, row, bound, worst, iterations, seconds)
-            self._refresh_loose_spectral()
-        ended_early = done < rows_np.shape[0]
-        if ended_early and done and refresh_after >= 0 and self._cg_last > refresh_after:
-            return done, False  # ended for a refresh, not a refused row
-        return done, ended_early
-
-    def _plan_fixed(self, rows: Tensor, rows_np: np.ndarray) -> _Step | None:
-        """Plan the single-row CG step with fixed shapes (CUDA graphs on a GPU); None: not here.
-
-        Same step as :meth:`_plan` for one row that every class holds (see
-        :mod:`~fastunlearn.certified.fixed_step`). Returns None when the Woodbury buffers are
-        full or the extended factor is not positive definite; the general step handles those.
-        On the CPU in modes ``"cpu"`` and ``"auto"`` the compiled op plans it instead.
-        """
-        mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
-        if mode in ("cpu", "auto") and self._X.device.type == "cpu":
-            return self._plan_compiled(rows, rows_np)
-        base = self._removal_factor()
-        if base.rows + 1 > base.capacity:
-            return None
-        fixed = self._fixed_step_for(base)
-        residual, bound, ok = fixed.start(int(rows_np[0]), base.rows)
-        if not ok:
-            woodbury.discard(base, base.rows + 1)
-            fixed.forget_c_inverse()
-            return None
-        cg_tol = float(self.cg_tol)
-        iterations = 0
-        while not residual <= cg_tol * bound:  # NaN keeps iterating, as in the general step
-            if iterations == CG_MAX_ITERATIONS:
-                woodbury.discard(base, base.rows + 1)
-                fixed.forget_c_inverse()
-                raise RuntimeError(
-                    f"CG did not reach the residual target in {CG_MAX_ITERATIONS} iterations "
-                    "(ill-conditioned Hessian); use solver='cholesky'"
-                )
-            residual, bound = fixed.iterate()
-            iterations += 1
-        m_k = self._h_A[rows_np].sum(0)
-        worst = worst_case_bound(
-            self._cfg["lam"],
-            self._h_n_rem,
-            m_k,
-            self._cfg["gamma"],
-            C=max(1.0, self._row_norm_max),
-        )
-        return _Step(
-            rows,
-            rows_np,
-            fixed.row_weights,
-            None,
-            fixed.V,
-            fixed.XV,
-            base._replace(rows=base.rows + 1, M_inv=None),  # an explicit inverse is now stale
-            None,
-            residual + bound,
-            worst,
-            iterations,
-        )
-
-    def _account_row(
-        self,
-        report: RemovalReport,
-        row: int,
-        bound: float,
-        worst: float,
-        iterations: int,
-        seconds: float,
-    ) -> None:
-        """Account a committed single-row CG removal: CG counts, used budget, its record."""
-        self._cg_last = iterations
-        self._cg_base = self._cg_base or iterations
-        self.budget_used_ += bound
-        record = RemovalRecord(
-            indices=(row,),
-            bound=bound,
-            cumulative=self.budget_used_,
-            budget_left=self.budget_ - self.budget_used_,
-            retrained=False,
-            seconds=seconds,
-            worst_case=worst,
-        )
-        self._history.append(record)
-        report.records.append(record)
-
-    def _fixed_step_for(self, base: woodbury.RemovedRowsFactor) -> FixedShapeStep:
-        """Return the fixed-shape step for the current tensors (built when they changed)."""
-        fixed = getattr(self, "_fixed", None)
-        if fixed is None or not fixed.matches(self, base):
-            mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
-            fixed = self._fixed = FixedShapeStep(self, base, use_graphs=mode != "eager")
-        fixed.factor = base
-        return fixed
-
-    def _fixed_loop_applies(self, solver: str, batch: bool) -> bool:
-        """Whether this call's sequential rows go through :meth:`_remove_fixed`.
-
-        That loop serves the fixed-shape step (CUDA graphs); the CPU's compiled step has its
-        own loop (:meth:`_compiled_loop_applies`).
-        """
-        return (
-            not batch
-            and solver == "cg"
-            and self.checkpoint is None  # the ledger records every removal as it commits
-            and not self._wants_inverse()
-        )
-
-    def _remove_fixed(
-        self, arr: np.ndarray, lo: int, report: RemovalReport, refresh_after: int = -1
-    ) -> tuple[int, bool]:
-        """Remove rows ``arr[lo:]`` one by one with the fixed-shape step, as far as it can go.
-
-        The loop of :mod:`~fastunlearn.certified.fixed_step` on a GPU: per row one launch of
-        the start (a CUDA graph), one device read of its three numbers, rarely an iteration,
-        then one launch of the commit (a graph too) and host bookkeeping while the device
-        works; no other operator calls. The run of rows is the longest from ``lo`` whose rows
-        every class holds and that fits the free Woodbury columns; with ``refresh_after >= 0``
-        it ends after a row whose CG needed more iterations (solver ``"auto"`` then refreshes
-        the factors). Returns ``(rows removed, refused)`` as :meth:`_remove_compiled`:
-        ``refused`` when a row would exceed the budget or its extended factor is not positive
-        definite; the caller's single step takes that row.
-        """
-        base = self._removal_factor()
-        rows_np = arr[lo : lo + base.capacity - base.rows]
-        held = (self._h_A[rows_np] > 0).all(1)
-        if not held.all():
-            rows_np = rows_np[: int(np.argmin(held))]
-        if rows_np.shape[0] == 0:
-            return 0, False
-        fixed = self._fixed_step_for(base)
-        cfg = self._cfg
-        lam, gamma, cg_tol = cfg["lam"], cfg["gamma"], float(self.cg_tol)
-        worst_c = max(1.0, self._row_norm_max)
-        done, refused, planned = 0, False, False
-        t0 = time.perf_counter()
-        try:
-            # chain one CG iteration into the start while the last removal needed one
-            # (``_chain_iterations = False`` on a model: never; the benchmark compares both)
-            chaining = getattr(self, "_chain_iterations", True)
-            fixed.begin(int(rows_np[0]), base.rows, chaining and self._cg_last > 0)
-            planned = True
-            while True:
-                row = int(rows_np[done])
-                residual, bound, ok, iterations = fixed.result()
-                while ok and not residual <= cg_tol * bound:  # NaN keeps iterating
-                    if iterations >= CG_MAX_ITERATIONS:  # a chained one may be past it
-                        raise RuntimeError(
-                            f"CG did not reach the residual target in {CG_MAX_ITERATIONS} "
-                            "iterations (ill-conditioned Hessian); use solver='cholesky'"
-                        )
-                    residual, bound = fixed.iterate()
-                    iterations += 1
-                total = residual + bound
-                if not ok or self.budget_used_ + total > self.budget_:
-                    refused = True  # the single step plans the row again and handles it
-                    break
-                worst = worst_case_bound(
-                    lam, self._h_n_rem, self._h_A[row], gamma, C=worst_c
-                )  # before the row is dropped from the counts
-                fixed.commit()
-                planned = False
-                base = self._wood = base._replace(rows=base.rows + 1, M_inv=None)
-                self._drop_row_mirrors(row)
-                self._refresh_loose_spectral()
-                now = time.perf_counter()
-                self._account_row(report, row, total, worst, iterations, now - t0)
-                t0 = now
-                done += 1
-                if done == rows_np.shape[0] or 0 <= refresh_after < iterations:
-                    break
-                fixed.begin(int(rows_np[done]), base.rows, chaining and iterations > 0)
-                planned = True
-        finally:
-            if planned:  # a started row not committed: clean the slot it wrote
-                woodbury.discard(base, base.rows + 1)
-                fixed.forget_c_inverse()
-        return done, refused
-
     def _refresh_spectral(self) -> None:
         """Recompute the cached upper bounds of ``lambda_max`` of the remaining Gram matrices."""
         self._eig = lambda_max_upper(self._gram, self._gram_traces())
@@ -1096,7 +650,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         iterative = (it + 1) * 4.0 * n * d + it * 4.0 * d * d
         return "cg" if iterative < dense else "cholesky"
 
-    def _plan(self, rows: Tensor, rows_np: np.ndarray, solver: str) -> _Step:
+    def _plan(self, rows: Tensor, rows_np: np.ndarray, solver: str) -> PlannedStep:
         """Newton step and its bound for removing ``rows`` at once; changes nothing.
 
         ``rows_np`` is the host copy of ``rows``: which classes the rows belong to is read
@@ -1123,7 +677,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             else 0.0
         )
         if n_affected == 0:  # the rows are in no class's subset: nothing to update
-            return _Step(rows, rows_np, row_weights, None, None, None, None, None, 0.0, 0.0, 0)
+            return PlannedStep(
+                rows, rows_np, row_weights, None, None, None, None, None, 0.0, 0.0, 0
+            )
         ks = None if n_affected == K else torch.from_numpy(affected_host).to(X.device)
 
         def pick(t: Tensor) -> Tensor:
@@ -1216,9 +772,10 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
                 ).tolist()
                 if residual_sum <= cg_tol * bound_sum:
                     break
-                if cg_iterations == CG_MAX_ITERATIONS:
+                cap = single_row.CG_MAX_ITERATIONS
+                if cg_iterations == cap:
                     raise RuntimeError(
-                        f"CG did not reach the residual target in {CG_MAX_ITERATIONS} iterations "
+                        f"CG did not reach the residual target in {cap} iterations "
                         "(ill-conditioned Hessian); use solver='cholesky'"
                     )
                 Zr = precondition(R)
@@ -1239,7 +796,9 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             bound = float(per_class.sum() + solve_residual.sum())
         else:  # read by the last check
             bound = residual_sum + bound_sum
-        return _Step(rows, rows_np, row_weights, ks, V, XV, factor, L, bound, worst, cg_iterations)
+        return PlannedStep(
+            rows, rows_np, row_weights, ks, V, XV, factor, L, bound, worst, cg_iterations
+        )
 
     def _drop_rows(self, rows: Tensor, rows_np: np.ndarray) -> None:
         """Mark rows removed: zero weights, counts, rank-m downdate of the Gram matrices.
@@ -1300,7 +859,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
             self._h_eig[groups_np] = fresh.cpu().numpy()
             self._h_eig_slack[groups_np] = 0.0
 
-    def _commit(self, step: _Step) -> None:
+    def _commit(self, step: PlannedStep) -> None:
         if step.L is not None:  # fresh factors
             self._cg_base = self._cg_last = 0
             self._wood = None
@@ -1327,7 +886,7 @@ class CertifiedLogisticRegression(ClassifierMixin, BaseEstimator):
         self._drop_rows(step.rows, step.rows_np)
         self.budget_used_ += step.bound
 
-    def _retrain_without(self, step: _Step | None) -> None:
+    def _retrain_without(self, step: PlannedStep | None) -> None:
         if step is not None:
             self._drop_rows(step.rows, step.rows_np)
         self.retrains_ += 1

@@ -758,7 +758,7 @@ def test_auto_solver_choice():
 
 
 def test_cg_starting_factors_with_removed_rows_match_a_dense_solve(tenclass, monkeypatch):
-    monkeypatch.setattr("fastunlearn.certified.estimator.FIXED_STEP_MODE", "auto")  # CPU default
+    monkeypatch.setattr("fastunlearn.certified.single_row.FIXED_STEP_MODE", "auto")  # CPU default
     X, y, _, _ = tenclass
     model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, solver="cg").fit(X, y)
     model.remove([3, 50, 700])

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastunlearn.certified import CertifiedLogisticRegression, fixed_step
-from fastunlearn.certified import estimator as est
+from fastunlearn.certified import CertifiedLogisticRegression, fixed_step, single_row
 from fastunlearn.data import load_digits_dataset
 from tests.certified.fixed_helpers import assert_clean_beyond_rows, assert_same, stand_in_graphs
 
@@ -120,7 +119,7 @@ def test_error_mid_call_keeps_the_committed_rows_and_cleans_the_slot(monkeypatch
     X, y = _digits()
     general, fixed = _model(X, y, "off"), _model(X, y, "eager")
     order = np.random.default_rng(0).permutation(X.shape[0])[:30].tolist()
-    monkeypatch.setattr(est, "CG_MAX_ITERATIONS", 0)  # the first row needing CG fails
+    monkeypatch.setattr(single_row, "CG_MAX_ITERATIONS", 0)  # the first row needing CG fails
     for m in (general, fixed):
         with pytest.raises(RuntimeError, match="CG did not reach"):
             m.remove(order)
@@ -131,7 +130,7 @@ def test_error_mid_call_keeps_the_committed_rows_and_cleans_the_slot(monkeypatch
     assert_clean_beyond_rows(fixed)
     assert fixed._fixed.C_inv_rows == -1
     assert fixed._h_removed.sum() == committed == int(fixed._removed.sum())
-    monkeypatch.setattr(est, "CG_MAX_ITERATIONS", 200)
+    monkeypatch.setattr(single_row, "CG_MAX_ITERATIONS", 200)
     for m in (general, fixed):
         m.remove(order[committed:])
     assert_same(general, fixed)

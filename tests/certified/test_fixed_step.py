@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastunlearn.certified import BudgetExceededError, CertifiedLogisticRegression
+from fastunlearn.certified import BudgetExceededError, CertifiedLogisticRegression, single_row
 from fastunlearn.certified import estimator as est
 from fastunlearn.data import load_digits_dataset
 from tests.certified.fixed_helpers import (
@@ -68,7 +68,7 @@ def _only(fixed_mode, wanted, what):
 def _spy_compiled(monkeypatch):
     """Record the rows the compiled ops are given (the single step, and the loop's rows)."""
     calls = []
-    step, steps = est.certified_cg_step, est.certified_cg_steps
+    step, steps = single_row.certified_cg_step, single_row.certified_cg_steps
 
     def spy_step(*args, **kwargs):
         calls.append(args[13])
@@ -78,8 +78,8 @@ def _spy_compiled(monkeypatch):
         calls.extend(args[14].tolist())
         return steps(*args, **kwargs)
 
-    monkeypatch.setattr(est, "certified_cg_step", spy_step)
-    monkeypatch.setattr(est, "certified_cg_steps", spy_steps)
+    monkeypatch.setattr(single_row, "certified_cg_step", spy_step)
+    monkeypatch.setattr(single_row, "certified_cg_steps", spy_steps)
     return calls
 
 
@@ -128,7 +128,7 @@ def test_fixed_step_is_used_and_equals_the_general_step_on_digits_ovr():
     # every removal took the fixed path on the fixed model, none on the general one
     assert calls == [1] * len(order)
     if _MODE == "eager":
-        assert isinstance(fixed._fixed, est.FixedShapeStep)
+        assert isinstance(fixed._fixed, single_row.FixedShapeStep)
     else:  # the compiled step keeps no state of its own
         assert getattr(fixed, "_fixed", None) is None
     assert getattr(general, "_fixed", None) is None
@@ -276,7 +276,7 @@ def test_compiled_step_is_the_default_on_the_cpu(fixed_mode, monkeypatch):
     _only(fixed_mode, "cpu", "the compiled step")
     if os.environ.get("FASTUNLEARN_FIXED_STEP", "auto") != "auto":
         pytest.skip("FASTUNLEARN_FIXED_STEP chooses another mode in this environment")
-    assert est.FIXED_STEP_MODE == "auto"
+    assert single_row.FIXED_STEP_MODE == "auto"
     X, y = _data(seed=11, classes=3)
     model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg").fit(X, y)
     calls = _spy_compiled(monkeypatch)
@@ -286,7 +286,7 @@ def test_compiled_step_is_the_default_on_the_cpu(fixed_mode, monkeypatch):
 
 def test_many_features_take_the_general_step_without_an_inverse(fixed_mode, monkeypatch):
     _only(fixed_mode, "cpu", "the compiled step")
-    monkeypatch.setattr(est, "COMPILED_STEP_MAX_FEATURES", 4)
+    monkeypatch.setattr(single_row, "COMPILED_STEP_MAX_FEATURES", 4)
     X, y = _data(seed=12, d=8, classes=3)
     general, model = _pair(X, y, lam=1e-2, sigma=1.0, epsilon=1e9, solver="cg")
     calls = _spy_compiled(monkeypatch)
@@ -337,7 +337,7 @@ def test_non_contiguous_state_takes_the_single_step(fixed_mode, monkeypatch):
 
 def test_copies_with_pending_rows_continue_identically(fixed_mode, monkeypatch):
     _only(fixed_mode, "cpu", "the compiled step")
-    monkeypatch.setattr(est, "FIXED_STEP_MODE", "auto")  # the CPU default, copies included
+    monkeypatch.setattr(single_row, "FIXED_STEP_MODE", "auto")  # the CPU default, copies included
     import copy
     import pickle
 
