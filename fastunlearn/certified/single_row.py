@@ -30,7 +30,14 @@ from .bounds import worst_case_bound
 from .fixed_step import FixedShapeStep
 from .records import PlannedStep, RemovalRecord, RemovalReport
 
-__all__ = ["CG_MAX_ITERATIONS", "FIXED_STEP_MODE", "FIXED_STEP_MODES", "SingleRowSteps"]
+__all__ = [
+    "CG_MAX_ITERATIONS",
+    "COMPILED_STEP_MAX_FEATURES",
+    "FIXED_STEP_MODE",
+    "FIXED_STEP_MODES",
+    "SPECTRAL_REFRESH_FRACTION",
+    "SingleRowSteps",
+]
 
 #: Where the single-row CG removal step of a row every class holds runs with fixed shapes:
 #: ``"auto"`` (default): on the CPU as one compiled call (:func:`~fastunlearn.ops.certified
