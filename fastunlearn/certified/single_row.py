@@ -345,14 +345,15 @@ class SingleRowSteps:
         """Remove rows ``arr[lo:]`` one by one with the fixed-shape step, as far as it can go.
 
         The loop of :mod:`~fastunlearn.certified.fixed_step` on a GPU: per row one launch of
-        the start (a CUDA graph), one device read of its three numbers, rarely an iteration,
-        then one launch of the commit (a graph too) and host bookkeeping while the device
-        works; no other operator calls. The run of rows is the longest from ``lo`` whose rows
-        every class holds and that fits the free Woodbury columns; with ``refresh_after >= 0``
-        it ends after a row whose CG needed more iterations (solver ``"auto"`` then refreshes
-        the factors). Returns ``(rows removed, refused)`` as :meth:`_remove_compiled`:
-        ``refused`` when a row would exceed the budget or its extended factor is not positive
-        definite; the caller's single step takes that row.
+        the start (a CUDA graph; with one CG iteration chained to it while the last row
+        needed one), one device read of its four numbers, rarely a further iteration, then
+        one launch of the commit (a graph too) and the host's bookkeeping while the device
+        commits; besides, only the fills of the row and slot. The run of rows is the longest
+        from ``lo`` whose rows every class holds and that fits the free Woodbury columns;
+        with ``refresh_after >= 0`` it ends after a row whose CG needed more iterations
+        (solver ``"auto"`` then refreshes the factors). Returns ``(rows removed, refused)``
+        as :meth:`_remove_compiled`: ``refused`` when a row would exceed the budget or its
+        extended factor is not positive definite; the caller's single step takes that row.
         """
         base = self._removal_factor()
         rows_np = arr[lo : lo + base.capacity - base.rows]
