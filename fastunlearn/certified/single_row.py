@@ -153,6 +153,15 @@ class SingleRowSteps:
             result.iterations,
         )
 
+    def _held_run(self, arr: np.ndarray, lo: int, free: int) -> np.ndarray:
+        """Return up to ``free`` rows from ``arr[lo]`` on, ending before one not all classes hold.
+
+        The single-row steps update every class, so their runs stop at such a row.
+        """
+        rows_np = arr[lo : lo + free]
+        held = (self._h_A[rows_np] > 0).all(1)
+        return rows_np if held.all() else rows_np[: int(np.argmin(held))]
+
     def _compiled_loop_applies(self, solver: str, batch: bool) -> bool:
         """Whether this call's sequential rows go through the compiled removal loop (CPU)."""
         return (
@@ -190,10 +199,7 @@ class SingleRowSteps:
         if not all(t.is_contiguous() for t in written):  # the op updates them in place
             return 0, False
         base = self._removal_factor(settled=False)
-        rows_np = arr[lo : lo + base.capacity - base.folded]
-        held = (self._h_A[rows_np] > 0).all(1)
-        if not held.all():
-            rows_np = rows_np[: int(np.argmin(held))]
+        rows_np = self._held_run(arr, lo, base.capacity - base.folded)
         if rows_np.shape[0] == 0:
             return 0, False
         # the slack of the cached spectral bounds after each row, summed in order
@@ -356,10 +362,7 @@ class SingleRowSteps:
         extended factor is not positive definite; the caller's single step takes that row.
         """
         base = self._removal_factor()
-        rows_np = arr[lo : lo + base.capacity - base.rows]
-        held = (self._h_A[rows_np] > 0).all(1)
-        if not held.all():
-            rows_np = rows_np[: int(np.argmin(held))]
+        rows_np = self._held_run(arr, lo, base.capacity - base.rows)
         if rows_np.shape[0] == 0:
             return 0, False
         fixed = self._fixed_step_for(base)
