@@ -15,8 +15,10 @@ minimiser, conservative spectral norm) on the same rows in the same order, start
 the same fitted weights, with the default solver (``auto``) and with ``solver="cg"``, each on
 its own copy of the fitted model; on CUDA also ``solver="cg"`` with the fixed-shape step
 replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`; the default
-there since 2026-11-28), the same without the CG iteration chained into the start's graph
-(``ours_graph_unchained_*``) and with the general step (``ours_general_*``). A failure of
+there since 2026-11-28; runs of rows pipelined, :mod:`fastunlearn.certified.pipelined`), the
+same row by row (``ours_graph_rowwise_*``: one device read per row), row by row without the
+CG iteration chained into the start's graph (``ours_graph_unchained_*``) and with the
+general step (``ours_general_*``). A failure of
 one of these optional variants is recorded (``ours_<label>_error``), not fatal. Before
 timing, the weights after the timed removals must agree (the reference computes in float32,
 so to about 1e-3 relative).
@@ -31,7 +33,8 @@ block and each of our variants' block of the same rows one after the other (inte
 that load on a shared machine hits all alike), and the time per removal reported is the
 median over the timed blocks (``*_mean_ms`` and ``*_mean_per_s``: the mean, which includes
 the rare blocks that refresh the factors). Each block is ``BLOCK`` consecutive rows removed
-sequentially by one call on each side (``remove(rows)``: one Newton step and bound per row).
+sequentially by one call on each side (``remove(rows)``: one Newton step and bound per row);
+after the reference's last removal ours go on in blocks of ``RUN_BLOCK`` rows per call.
 On CUDA at the full size ours remove ``CUDA_FULL_REMOVALS`` rows (past two refreshes).
 """
 
@@ -66,9 +69,12 @@ REFERENCE_BLOCK = 50_000
 POWER_ITERATIONS = 20
 #: Relative agreement required between the two weight matrices after the removals.
 WEIGHT_RTOL = 2e-3
-#: Removals per timed block: the reference and each of our variants remove the same block of
-#: rows in turn, each with one call.
+#: Removals per timed block while the reference removes too: it and each of our variants
+#: remove the same block of rows in turn, each with one call.
 BLOCK = 5
+#: Removals per timed block (one call) of ours after the reference's last: long enough that
+#: the CUDA path's pipelined runs (:mod:`fastunlearn.certified.pipelined`) fill their windows.
+RUN_BLOCK = 50
 #: Our solvers timed: the default (``auto``: Cholesky up to 2048 features) and CG.
 SOLVERS = ("auto", "cg")
 
@@ -235,9 +241,34 @@ def _check_weights(model: Any, W_ref: torch.Tensor, what: str) -> float:
 def variants(device: torch.device) -> list[tuple[str, str | None, str]]:
     """``(solver, fixed-step mode or None, label)`` of each of our timed variants."""
     out: list[tuple[str, str | None, str]] = [(solver, None, solver) for solver in SOLVERS]
-    if device.type == "cuda":  # the graphs (the default there), unchained, the general step
-        out += [("cg", "graph", "graph"), ("cg", "graph-unchained", "graph_unchained"),
-                ("cg", "off", "general")]
+    if device.type == "cuda":  # the graphs (the default there), row by row, unchained, general
+        out += [("cg", "graph", "graph"), ("cg", "graph-rowwise", "graph_rowwise"),
+                ("cg", "graph-unchained", "graph_unchained"), ("cg", "off", "general")]
+    return out
+
+
+def configure(model: Any, fixed_step: str) -> None:
+    """Set a variant's fixed-step mode on ``model``.
+
+    ``"graph-rowwise"``: the graphs with the row-by-row loop (no pipelined runs);
+    ``"graph-unchained"``: row by row, without the CG iteration chained into the start.
+    """
+    mode, _, how = fixed_step.partition("-")
+    model._fixed_step_mode = mode
+    model._pipeline_removals = how == ""
+    model._chain_iterations = how != "unchained"
+
+
+def blocks(ours_count: int, ref_count: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of each timed block of removals (row 0 of the order is the warm-up).
+
+    Blocks of ``BLOCK`` rows while the reference removes too, then of ``RUN_BLOCK`` rows.
+    """
+    out, lo, end = [], 1, max(ours_count, ref_count) + 1
+    while lo < end:
+        hi = min(lo + BLOCK, ref_count + 1) if lo <= ref_count else min(lo + RUN_BLOCK, end)
+        out.append((lo, hi))
+        lo = hi
     return out
 
 
@@ -278,9 +309,7 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
         m = _clone(model)
         m.set_params(solver=solver)
         if fixed_step is not None:  # the single-row CG step as replayed CUDA graphs
-            # "-unchained": no CG iteration chained into the start's graph
-            m._fixed_step_mode = fixed_step.removesuffix("-unchained")
-            m._chain_iterations = not fixed_step.endswith("-unchained")
+            configure(m, fixed_step)
         try:
             m.remove(int(order[0]))  # warm-up
         except Exception as err:  # noqa: BLE001 - an optional variant must not sink the case
@@ -293,9 +322,8 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
     times: dict[str, list[float]] = {label: [] for label in ours}
     bounds: dict[str, list[float]] = {label: [] for label in ours}
     rel_diffs: dict[str, float] = {}
-    for lo in range(1, total, BLOCK):
+    for lo, hi in blocks(ours_count, ref_count):
         if lo <= ref_count:
-            hi = min(lo + BLOCK, ref_count + 1)
             ref_times.append(_timed(
                 lambda lo=lo, hi=hi: ref_bounds.extend(
                     reference_remove(X32, Y32, W_ref, LAM, lo, hi - lo, state)), device)
@@ -303,10 +331,7 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
         for label, m in ours.items():
             if lo <= ours_count:
                 # the same rows as the reference's block (up to its last removal), one call
-                hi = min(lo + BLOCK, ours_count + 1)
-                if lo <= ref_count:
-                    hi = min(hi, ref_count + 1)
-                rows = [int(i) for i in order[lo:hi]]
+                rows = [int(i) for i in order[lo : min(hi, ours_count + 1)]]
                 reports: list[Any] = []
                 if label in failed:
                     continue
@@ -324,7 +349,7 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
                     raise CorrectnessError(f"{NAME} {name} {label}: our model retrained "
                                            "during the benchmark")
                 bounds[label].extend(float(r.bound) for r in records)
-                if hi == ref_count + 1:
+                if lo <= ref_count and hi == ref_count + 1:
                     try:
                         rel_diffs[label] = _check_weights(
                             m, W_ref,
@@ -410,6 +435,9 @@ def print_results(records: list[dict[str, Any]]) -> None:
                   f"{rec['ours_removals']} removals; CUDA graphs replayed: "
                   f"{rec.get('ours_graph_replayed')}), {rec['ratio_reference_graph']:.1f}x the "
                   "reference")
+        if "ours_graph_rowwise_per_s" in rec:
+            print(f"  {rec['case']}: row by row (no pipelined runs) "
+                  f"{rec['ours_graph_rowwise_per_s']:.1f} removals/s (median block)")
         if "ours_graph_unchained_per_s" in rec:
             print(f"  {rec['case']}: without the chained iteration "
                   f"{rec['ours_graph_unchained_per_s']:.1f} removals/s (median block)")

@@ -11,7 +11,10 @@ operator calls the host issues outside the step's functions (on CUDA: outside th
 the runs of each function (on CUDA: graph replays) and the device reads; then the operator
 calls inside each function (views, which launch nothing, counted apart).
 
-Usage: ``python -m bench.count_certified_ops [--rows 60] [--explicit-inverse]``.
+By default the rows go in pipelined runs (:mod:`fastunlearn.certified.pipelined`, the CUDA
+path's default); ``--rowwise`` counts the row-by-row loop instead.
+
+Usage: ``python -m bench.count_certified_ops [--rows 60] [--explicit-inverse] [--rowwise]``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ VIEW_OPS = frozenset({
     "view",
 })  # fmt: skip
 #: The step's functions that are graphs on CUDA.
-GRAPH_FUNCTIONS = ("_start", "_start_and_iterate", "_iterate", "_commit")
+GRAPH_FUNCTIONS = ("_pipelined_step", "_start", "_start_and_iterate", "_iterate", "_commit")
 
 
 class OperatorCounter(TorchDispatchMode):
@@ -54,7 +57,7 @@ def kernels(calls: collections.Counter[str]) -> int:
     return sum(count for name, count in calls.items() if name not in VIEW_OPS)
 
 
-def count(rows: int = 60, explicit_inverse: bool = False) -> dict[str, Any]:
+def count(rows: int = 60, explicit_inverse: bool = False, rowwise: bool = False) -> dict[str, Any]:
     """Remove ``rows`` digits rows in one call and return the counts (see the module doc)."""
     from fastunlearn.certified import CertifiedLogisticRegression, fixed_step
     from fastunlearn.data import load_digits_dataset
@@ -93,6 +96,7 @@ def count(rows: int = 60, explicit_inverse: bool = False) -> dict[str, Any]:
     X, y = data.X_train.numpy(), data.y_train.numpy()
     model = CertifiedLogisticRegression(lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg").fit(X, y)
     model._fixed_step_mode = "eager"
+    model._pipeline_removals = not rowwise
     order = np.random.default_rng(0).permutation(X.shape[0])[: rows + 2].tolist()
     try:
         model.remove(order[:2])  # builds the step
@@ -117,6 +121,7 @@ def count(rows: int = 60, explicit_inverse: bool = False) -> dict[str, Any]:
     return {
         "rows": rows,
         "explicit_inverse": explicit_inverse,
+        "pipelined": not rowwise,
         "host_calls_per_removal": sum(counter.calls.values()) / rows,
         "host_kernels_per_removal": kernels(counter.calls) / rows,
         "runs_per_removal": {name: runs[name] / rows for name in GRAPH_FUNCTIONS},
@@ -131,9 +136,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", type=int, default=60)
     parser.add_argument("--explicit-inverse", action="store_true",
                         help="the GPU's explicit M^-1 and C^-1 preconditioner")
+    parser.add_argument("--rowwise", action="store_true",
+                        help="the row-by-row loop instead of pipelined runs")
     args = parser.parse_args(argv)
-    result = count(args.rows, args.explicit_inverse)
-    print(f"one remove() call of {result['rows']} digits rows, per removal:")
+    result = count(args.rows, args.explicit_inverse, args.rowwise)
+    loop = "pipelined runs" if result["pipelined"] else "row by row"
+    print(f"one remove() call of {result['rows']} digits rows ({loop}), per removal:")
     print(f"  host operator calls outside the step's functions: "
           f"{result['host_calls_per_removal']:.1f} ({result['host_kernels_per_removal']:.1f} "
           "not views)")

@@ -12,9 +12,10 @@ synthetic MNIST-shaped data, makes a few untimed removals, then:
   host-device synchronisations and copies.
 
 Usage: ``python -m bench.profile_certified --device cuda [--n 60000] [--solver auto]
-[--fixed-step off,graph]``: one profile per fixed-step mode (``off``: the general step;
-``graph``: the single-row CG step replayed as CUDA graphs; ``cpu``: the compiled CPU step),
-each on its own copy of the fitted model. The tables go to stdout and, with ``--out DIR``,
+[--fixed-step graph,graph-rowwise,off]``: one profile per fixed-step mode (``off``: the
+general step; ``graph``: the single-row CG step replayed as CUDA graphs, runs of rows
+pipelined; ``graph-rowwise``: the same row by row; ``cpu``: the compiled CPU step), each on
+its own copy of the fitted model. The tables go to stdout and, with ``--out DIR``,
 to ``DIR/profile-certified.txt``.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from bench.bench_certified import LAM, removal_order, synthetic_data
+from bench.bench_certified import LAM, configure, removal_order, synthetic_data
 from bench.common import synchronize
 
 REMOVALS = 20
@@ -48,9 +49,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--d", type=int, default=784)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--solver", default="auto")
-    parser.add_argument("--fixed-step", default="off,graph",
+    parser.add_argument("--fixed-step", default="graph,graph-rowwise,off",
                         help="comma-separated fixed-step modes to profile (off: general step; "
-                             "cpu: compiled CPU step; graph / eager: fixed_step)")
+                             "cpu: compiled CPU step; graph / eager: fixed_step, "
+                             "graph-rowwise: without pipelined runs)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     dev = torch.device(args.device)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> str:
     sections = []
     for mode in args.fixed_step.split(","):
         copy = type(model).from_state({k: v.clone() for k, v in tensors.items()}, dict(meta))
-        copy._fixed_step_mode = mode
+        configure(copy, mode)
         sections.append(_profile(copy, X.shape[0], dev, args, fit_s, mode))
     text = "\n\n".join(sections)
     print(text)

@@ -230,12 +230,13 @@ def test_certified_fixed_step_variant_is_timed_and_checked(monkeypatch, capsys):
     monkeypatch.setattr(bench_certified, "variants",
                         lambda device: [("auto", None, "auto"), ("cg", None, "cg"),
                                         ("cg", "eager", "graph"),
+                                        ("cg", "eager-rowwise", "graph_rowwise"),
                                         ("cg", "eager-unchained", "graph_unchained")])
     records = _run_tiny("certified")
     for rec in records:
-        assert rec["ours_graph_per_s"] > 0 and rec["ours_graph_unchained_per_s"] > 0
-        assert rec["weight_rel_diff_graph"] < bench_certified.WEIGHT_RTOL
-        assert rec["weight_rel_diff_graph_unchained"] < bench_certified.WEIGHT_RTOL
+        for label in ("graph", "graph_rowwise", "graph_unchained"):
+            assert rec[f"ours_{label}_per_s"] > 0
+            assert rec[f"weight_rel_diff_{label}"] < bench_certified.WEIGHT_RTOL
         assert rec["ours_graph_replayed"] is False  # eager: no graphs on the CPU
         assert "ours_graph_error" not in rec
     bench_certified.print_results(records)
@@ -252,6 +253,7 @@ def test_certified_failing_optional_variant_is_recorded_not_fatal(monkeypatch):
         raise RuntimeError("capture exploded")
 
     monkeypatch.setattr(fixed_step.FixedShapeStep, "begin", broken)
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "enqueue", lambda self: broken(self, 0, 0))
     monkeypatch.setattr(bench_certified, "variants",
                         lambda device: [("auto", None, "auto"), ("cg", None, "cg"),
                                         ("cg", "eager", "graph")])
@@ -268,8 +270,9 @@ def test_count_certified_ops_reports_the_cuda_loops_host_work(capsys):
     row and slot (a removal loop that issued its commit op by op would show ~14 here)."""
     from bench import count_certified_ops
 
-    result = count_certified_ops.main(["--rows", "12"])
+    result = count_certified_ops.main(["--rows", "12", "--rowwise"])
     runs = result["runs_per_removal"]
+    assert runs["_pipelined_step"] == 0.0
     assert runs["_commit"] == 1.0
     assert runs["_start"] + runs["_start_and_iterate"] == 1.0
     plannings = 1.0 + runs["_iterate"]
@@ -278,3 +281,20 @@ def test_count_certified_ops_reports_the_cuda_loops_host_work(capsys):
     inside = result["inside"]
     assert inside["_start_and_iterate"]["not_views"] > inside["_start"]["not_views"] > 0
     assert "device reads" in capsys.readouterr().out
+
+
+def test_count_certified_ops_pipelined_runs_read_the_device_once_per_window(capsys):
+    """Pipelined runs (the default): one replay per row of the graph that plans and commits
+    it, and device reads per window of rows, not per row."""
+    from bench import count_certified_ops
+
+    result = count_certified_ops.main(["--rows", "40"])
+    assert result["pipelined"]
+    runs = result["runs_per_removal"]
+    assert runs["_pipelined_step"] >= 1.0  # rows past one chained iteration: also row by row
+    assert runs["_commit"] == runs["_start"] + runs["_start_and_iterate"] < 0.2
+    assert result["device_reads_per_removal"] <= 0.3
+    assert result["host_kernels_per_removal"] <= 1.5
+    inside = result["inside"]
+    assert inside["_pipelined_step"]["not_views"] > inside["_start_and_iterate"]["not_views"]
+    assert "pipelined runs" in capsys.readouterr().out

@@ -52,6 +52,7 @@ from .math import (
     subsample_membership,
     triangular_apply,
 )
+from .pipelined import PipelinedRuns
 from .records import PlannedStep, RemovalRecord, RemovalReport
 from .single_row import SPECTRAL_REFRESH_FRACTION, SingleRowSteps
 
@@ -80,7 +81,7 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-class CertifiedLogisticRegression(SingleRowSteps, ClassifierMixin, BaseEstimator):
+class CertifiedLogisticRegression(PipelinedRuns, SingleRowSteps, ClassifierMixin, BaseEstimator):
     """L2-regularised logistic regression with certified data removal.
 
     Training minimises, per one-vs-rest class k (one class for a binary model),
@@ -950,7 +951,7 @@ class CertifiedLogisticRegression(SingleRowSteps, ClassifierMixin, BaseEstimator
                     if fixed_possible and self._compiled_loop_applies(solver, batch):
                         run = self._remove_compiled  # runs of rows in one compiled call
                     elif fixed_possible and self._fixed_loop_applies(solver, batch):
-                        run = self._remove_fixed  # runs of rows replaying CUDA graphs
+                        run = self._remove_on_fixed_step  # runs of rows replaying CUDA graphs
                     if run is not None:  # the single step takes the rows they leave
                         done, refused = run(arr, span, report, refresh_after)
                         span += done

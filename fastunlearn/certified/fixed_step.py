@@ -50,7 +50,7 @@ from .woodbury import RemovedRowsFactor
 if TYPE_CHECKING:  # pragma: no cover
     from .estimator import CertifiedLogisticRegression
 
-__all__ = ["FixedShapeStep"]
+__all__ = ["FixedShapeStep", "RunResults"]
 
 #: Device types on which the step applies ``M^{-1}`` as an explicit inverse (one batched
 #: product) instead of two triangular solves: cuBLAS's batched trsm with one right-hand side
@@ -126,8 +126,22 @@ class FixedShapeStep:
         self.R = torch.empty(d, K, **f64)
         self.P = torch.empty(d, K, **f64)
         self.rz = torch.empty(K, **f64)
-        # residual sum, bound sum, factor ok, whether the chained iteration was taken
-        self.out = torch.zeros(4, **f64)
+        # residual sum, bound sum, factor ok, whether the chained iteration was taken, and
+        # (pipelined runs) whether the step was committed
+        self.out = torch.zeros(5, **f64)
+        # pipelined runs (see :meth:`start_run`): the run's rows, the slot of its first row,
+        # the rows enqueued so far, whether every row so far was committed, the used budget
+        # and the budget, and each slot's five numbers (copied to the host per window)
+        self.run_rows = torch.zeros(T, dtype=torch.int64, device=dev)
+        self.run_slot0 = torch.zeros(1, dtype=torch.int64, device=dev)
+        self.counter = torch.zeros(1, dtype=torch.int64, device=dev)
+        self.alive = torch.ones(1, dtype=torch.bool, device=dev)
+        self.budget_used = torch.zeros(1, **f64)
+        self.budget = torch.zeros(1, **f64)
+        self.results = torch.zeros(T, 5, **f64)
+        self.results_host = torch.zeros(T, 5, dtype=torch.float64, pin_memory=dev.type == "cuda")
+        self.run_start = 0  # the slot of the run's first row
+        self.queued = 0  # rows of the run queued so far
         self.cg_tol = float(model.cg_tol)
         self.chained = False  # whether the last begin() chained an iteration
         self.graphs: dict[str, Any] = {}
@@ -298,25 +312,66 @@ class FixedShapeStep:
         self._start()
         self._iterate_if_needed()
 
-    def _commit(self) -> None:
+    def _commit(self, go: Tensor | None = None) -> None:
         """Apply the planned step and drop its row: the device half of the model's commit.
 
         Same updates as ``CertifiedLogisticRegression._commit`` for this step (weights,
         margins, then the row's weights, counts, removed flag and the rank-1 downdate of the
         Gram matrices), with the row read from the device scalar ``row``.
+
+        ``go`` (a device bool, pipelined runs): apply the updates only where it is true,
+        decided on the device; where it is true the tensors get the same values as without
+        it (the row's weights and features are finite: multiplying them by one is exact).
         """
         r = self.row
-        self.W.add_(self.V)
-        self.Z.add_(self.XV)
         a = self.row_weights[0]  # [K]: the row's weights before the removal
         x = self.X.index_select(0, r)[0]
+        if go is None:
+            self.W.add_(self.V)
+            self.Z.add_(self.XV)
+            self.A.index_fill_(0, r, 0.0)
+            self.removed.index_fill_(0, r, True)
+        else:
+            self.W.add_(torch.where(go, self.V, 0.0))
+            self.Z.add_(torch.where(go, self.XV, 0.0))
+            self.A.index_copy_(0, r, self.row_weights * ~go)  # zero where go, else as it was
+            self.removed.index_copy_(0, r, self.removed.index_select(0, r) | go)
+            a = a * go
         if self.shared_gram:
-            self.gram[0].addr_(x, x, alpha=-1.0)
+            self.gram[0].addr_(x if go is None else x * go, x, alpha=-1.0)
         else:
             self.gram.sub_(a[:, None, None] * torch.outer(x, x))
         self.n_rem.sub_(a)
-        self.A.index_fill_(0, r, 0.0)
-        self.removed.index_fill_(0, r, True)
+
+    def _pipelined_step(self) -> None:
+        """Plan and (where the host would) commit the next row of a pipelined run.
+
+        The row is ``run_rows[counter]`` and its slot ``run_slot0 + counter``. The step is
+        committed (``out[4]``) only if every earlier row of the run was, the extended factor
+        is positive definite, the start and at most one chained CG iteration reach
+        ``cg_tol``, and the bound fits the budget left: the host loop's own tests, taken on
+        the device. The row's five numbers go to ``results[slot]``. Once a row is not
+        committed no later row of the run is (``alive``), so the host can queue rows without
+        reading each one's numbers first.
+        """
+        torch.index_select(self.run_rows, 0, self.counter, out=self.row)
+        torch.add(self.run_slot0, self.counter, out=self.slot)
+        self._start()
+        self._iterate_if_needed()
+        residual, bound = self.out[0], self.out[1]
+        total = residual + bound
+        go = (
+            self.alive
+            & (self.out[2] > 0.5)
+            & (residual <= self.cg_tol * bound)
+            & ~(self.budget_used + total > self.budget)
+        )
+        self._commit(go)
+        self.budget_used.add_(torch.where(go, total, 0.0))
+        self.alive.logical_and_(go)
+        self.out[4] = go[0]  # copied as 1.0 / 0.0
+        self.results.index_copy_(0, self.slot, self.out.unsqueeze(0))
+        self.counter.add_(1)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -327,7 +382,8 @@ class FixedShapeStep:
         f = self.factor
         slot = [f.U_buf, f.G_buf, f.C_buf] + ([self.C_inv] if self.C_inv is not None else [])
         model = [self.W, self.Z, self.gram, self.n_rem, self.A, self.removed]
-        return own + slot + model
+        run = [self.row, self.slot, self.counter, self.alive, self.budget_used, self.results]
+        return own + slot + model + run
 
     @staticmethod
     def _snapshot(buffers: list[Tensor]) -> list[Tensor]:
@@ -414,7 +470,7 @@ class FixedShapeStep:
             ``(solve residual sum, bound sum, factor ok, CG iterations taken)``.
 
         """
-        residual, bound, ok, iterated = self.out.tolist()
+        residual, bound, ok, iterated = self.out.tolist()[:4]
         return residual, bound, ok > 0.5, int(self.chained and iterated > 0.5)
 
     def start(self, row: int, slot: int) -> tuple[float, float, bool]:
@@ -436,3 +492,59 @@ class FixedShapeStep:
     def commit(self) -> None:
         """Launch the commit of the planned step (see :meth:`_commit`); no device read."""
         self._launch("commit", self._commit)
+
+    # ---- pipelined runs ------------------------------------------------------------------
+
+    def start_run(self, rows: Tensor, slot: int, budget_used: float, budget: float) -> None:
+        """Prepare a pipelined run removing ``rows`` (int64, CPU) into slots from ``slot`` on.
+
+        ``budget_used`` and ``budget`` are the model's: the device adds each committed row's
+        bound to its own copy and refuses the first row that would exceed the budget.
+        """
+        count = int(rows.shape[0])
+        self.run_rows[:count].copy_(rows, non_blocking=True)
+        self.run_slot0.fill_(slot)
+        self.counter.zero_()
+        self.alive.fill_(True)
+        self.budget_used.fill_(budget_used)
+        self.budget.fill_(budget)
+        self._sync_inverses(slot)
+        self.run_start = slot
+        self.queued = 0
+
+    def enqueue(self) -> None:
+        """Queue the next row of the run (one graph launch on CUDA, no device read)."""
+        self._launch("pipelined", self._pipelined_step)
+        self.queued += 1
+        self.C_inv_rows = self.run_start + self.queued  # as begin(): forget_c_inverse if not
+
+    def fetch(self, first: int, count: int) -> RunResults:
+        """Start copying the numbers of the run's rows ``first .. first + count`` to the host."""
+        lo = self.run_start + first
+        host = self.results_host[lo : lo + count]
+        host.copy_(self.results[lo : lo + count], non_blocking=True)
+        event = None
+        if self.results.is_cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.results.device))
+        return RunResults(first, host, event)
+
+
+class RunResults:
+    """The numbers of some rows of a pipelined run, on their way to the host.
+
+    Attributes:
+        first (int): the run index of the first row.
+
+    """
+
+    def __init__(self, first: int, host: Tensor, event: Any) -> None:
+        self.first = first
+        self._host = host
+        self._event = event
+
+    def wait(self) -> list[list[float]]:
+        """Wait for the copy; per row ``[residual, bound, factor ok, iterated, committed]``."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()

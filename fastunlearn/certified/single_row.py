@@ -162,6 +162,23 @@ class SingleRowSteps:
         held = (self._h_A[rows_np] > 0).all(1)
         return rows_np if held.all() else rows_np[: int(np.argmin(held))]
 
+    def _spectral_run(self, rows_np: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """End a run of rows with the first after which a cached spectral bound goes stale.
+
+        Returns the rows kept and the slack of the cached bounds after each of them (summed
+        in order, as :meth:`_drop_row_mirrors` does row by row), so a loop that queues its
+        rows ahead refreshes a bound only after its last row.
+        """
+        masses = self._h_row_sq[rows_np][:, None]
+        if not self._shared_gram:
+            masses = masses * self._h_A[rows_np]
+        slack = np.cumsum(np.concatenate([self._h_eig_slack[None], masses]), axis=0)[1:]
+        stale = (slack > SPECTRAL_REFRESH_FRACTION * self._h_eig).any(1)
+        if stale.any():
+            end = int(np.argmax(stale)) + 1
+            rows_np, slack = rows_np[:end], slack[:end]
+        return rows_np, slack
+
     def _compiled_loop_applies(self, solver: str, batch: bool) -> bool:
         """Whether this call's sequential rows go through the compiled removal loop (CPU)."""
         return (
@@ -202,14 +219,7 @@ class SingleRowSteps:
         rows_np = self._held_run(arr, lo, base.capacity - base.folded)
         if rows_np.shape[0] == 0:
             return 0, False
-        # the slack of the cached spectral bounds after each row, summed in order
-        masses = self._h_row_sq[rows_np][:, None]
-        if not self._shared_gram:
-            masses = masses * self._h_A[rows_np]
-        slack = np.cumsum(np.concatenate([self._h_eig_slack[None], masses]), axis=0)[1:]
-        stale = (slack > SPECTRAL_REFRESH_FRACTION * self._h_eig).any(1)
-        if stale.any():
-            rows_np = rows_np[: int(np.argmax(stale)) + 1]
+        rows_np, slack = self._spectral_run(rows_np)
         base = self._compiled_base()
         cfg = self._cfg
         result = certified_cg_steps(
@@ -346,7 +356,12 @@ class SingleRowSteps:
         )
 
     def _remove_fixed(
-        self, arr: np.ndarray, lo: int, report: RemovalReport, refresh_after: int = -1
+        self,
+        arr: np.ndarray,
+        lo: int,
+        report: RemovalReport,
+        refresh_after: int = -1,
+        limit: int | None = None,
     ) -> tuple[int, bool]:
         """Remove rows ``arr[lo:]`` one by one with the fixed-shape step, as far as it can go.
 
@@ -360,9 +375,11 @@ class SingleRowSteps:
         (solver ``"auto"`` then refreshes the factors). Returns ``(rows removed, refused)``
         as :meth:`_remove_compiled`: ``refused`` when a row would exceed the budget or its
         extended factor is not positive definite; the caller's single step takes that row.
+        ``limit``: remove at most this many rows.
         """
         base = self._removal_factor()
-        rows_np = self._held_run(arr, lo, base.capacity - base.rows)
+        free = base.capacity - base.rows
+        rows_np = self._held_run(arr, lo, free if limit is None else min(free, limit))
         if rows_np.shape[0] == 0:
             return 0, False
         fixed = self._fixed_step_for(base)

@@ -25,7 +25,8 @@ def assert_clean_beyond_rows(model):
     assert torch.count_nonzero(wood.U_buf[..., wood.folded :]) == 0
     assert torch.count_nonzero(wood.G_buf[..., t:]) == 0
     T = wood.capacity
-    eye = torch.eye(T, dtype=wood.C_buf.dtype)[t:].expand(wood.C_buf.shape[0], -1, -1)
+    eye = torch.eye(T, dtype=wood.C_buf.dtype, device=wood.C_buf.device)[t:]
+    eye = eye.expand(wood.C_buf.shape[0], -1, -1)
     assert torch.equal(wood.C_buf[:, t:, :], eye)
 
 

@@ -1,6 +1,8 @@
-"""The removal loop of the fixed-shape step (``_remove_fixed``): the CUDA path's loop.
+"""The row-by-row removal loop of the fixed-shape step (``_remove_fixed``) on the CUDA path.
 
-On a GPU a run of single-row removals replays captured graphs: the start (with one CG
+(Runs of rows are pipelined by default, tests/certified/test_pipelined.py; the models here
+pin the row-by-row loop, which the pipelined loop falls back to.) On a GPU a run of
+single-row removals replays captured graphs: the start (with one CG
 iteration chained into it while the last removal needed one, decided on the device), rarely
 a further iteration, and the commit of the step. Here the same functions run eagerly on the
 CPU (mode ``"eager"``), with stand-in graphs where the graph bookkeeping is under test, and
@@ -29,6 +31,7 @@ def _model(X, y, mode, **params):
     params = dict(dict(lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg"), **params)
     model = CertifiedLogisticRegression(**params).fit(X, y)
     model._fixed_step_mode = mode
+    model._pipeline_removals = False  # the row-by-row loop
     return model
 
 

@@ -86,7 +86,7 @@ def _spy_compiled(monkeypatch):
 def _spy_runs(monkeypatch):
     """Record how many rows each call of the removal loop of the fixture's mode removed."""
     runs = []
-    name = "_remove_fixed" if _MODE == "eager" else "_remove_compiled"
+    name = "_remove_on_fixed_step" if _MODE == "eager" else "_remove_compiled"
     original = getattr(est.CertifiedLogisticRegression, name)
 
     def spy(self, *args):
@@ -109,7 +109,7 @@ def test_fixed_step_is_used_and_equals_the_general_step_on_digits_ovr():
     general, fixed = _pair(X, y, lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg", retrain=False)
     order = np.random.default_rng(0).permutation(X.shape[0])[:25]
     # the fixed step's loop (eager) or the compiled loop (cpu) removes each row
-    name = "_remove_fixed" if _MODE == "eager" else "_remove_compiled"
+    name = "_remove_on_fixed_step" if _MODE == "eager" else "_remove_compiled"
     calls = []
     original = getattr(est.CertifiedLogisticRegression, name)
 
@@ -233,7 +233,7 @@ def test_cuda_graph_step_equals_the_general_step(fixed_mode):
     assert torch.equal(fixed._A, general._A) and torch.equal(fixed._removed, general._removed)
     assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-6)
     assert fixed._fixed.use_graphs
-    assert set(fixed._fixed.graphs) == {"start", "start+iterate", "iterate", "commit"}
+    assert set(fixed._fixed.graphs) == {"pipelined", "start", "start+iterate", "iterate", "commit"}
 
 
 def test_copies_drop_the_fixed_step_and_continue_identically(fixed_mode):
@@ -434,7 +434,7 @@ def test_graph_capture_leaves_the_factor_as_the_general_step_builds_it(
         _remove_both(models, int(i))
         _assert_same_woodbury(models[0]._wood, models[1]._wood)
     general, fixed = models
-    assert set(fixed._fixed.graphs) == {"start", "start+iterate", "iterate", "commit"}
+    assert set(fixed._fixed.graphs) == {"pipelined", "start", "start+iterate", "iterate", "commit"}
     torch.testing.assert_close(fixed._W, general._W, rtol=1e-8, atol=1e-11)
     assert fixed.budget_used_ == pytest.approx(general.budget_used_, rel=1e-6)
 

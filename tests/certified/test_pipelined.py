@@ -1,0 +1,254 @@
+"""Pipelined runs of single-row removals (``_remove_pipelined``): the CUDA path's default loop.
+
+The host queues rows without reading each one's numbers; the device commits a row only where
+the host's tests pass and stops committing at the first row that fails them. Here the step's
+functions run on the CPU (stand-in graphs or eagerly) and every run is compared with the
+general step and, bit for bit, with the row-by-row loop it replaces; the rows the device
+refuses (a second CG iteration, a factor that is not positive definite, the budget) and an
+exception in the middle of a run are checked to leave the host's and the device's state
+equal.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from fastunlearn.certified import (
+    BudgetExceededError,
+    CertifiedLogisticRegression,
+    fixed_step,
+    pipelined,
+)
+from fastunlearn.data import load_digits_dataset
+from tests.certified.fixed_helpers import assert_clean_beyond_rows, assert_same, stand_in_graphs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _digits():
+    data = load_digits_dataset()
+    return data.X_train.numpy(), data.y_train.numpy()
+
+
+def _model(X, y, mode, pipelined_runs=True, **params):
+    params = dict(dict(lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg"), **params)
+    model = CertifiedLogisticRegression(**params).fit(X, y)
+    model._fixed_step_mode = mode
+    model._pipeline_removals = pipelined_runs
+    return model
+
+
+def _order(n, count, seed=0):
+    return np.random.default_rng(seed).permutation(n)[:count].tolist()
+
+
+def _spy_fetches(monkeypatch):
+    """Record the ``(first, count)`` of every window a run copies back."""
+    seen = []
+    fetch = fixed_step.FixedShapeStep.fetch
+
+    def spy(self, first, count):
+        seen.append((first, count))
+        return fetch(self, first, count)
+
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "fetch", spy)
+    return seen
+
+
+def _assert_identical(a, b):
+    """Same tensors, mirrors and records, to the bit (the same operators in the same order)."""
+    for name in ("_W", "_gram", "_A", "_n_rem", "_removed", "_eig"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a._margins(), b._margins())
+    for name in ("_h_A", "_h_n_rem", "_h_removed", "_h_eig", "_h_eig_slack"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.budget_used_ == b.budget_used_ and a.retrains_ == b.retrains_
+    assert [(r.indices, r.bound, r.cumulative, r.worst_case) for r in a._history] == [
+        (r.indices, r.bound, r.cumulative, r.worst_case) for r in b._history
+    ]
+    wa, wb = a._wood, b._wood
+    assert (wa is None) == (wb is None)
+    if wa is not None:
+        assert wa.rows == wb.rows
+        for name in ("U_buf", "G_buf", "C_buf"):
+            assert torch.equal(getattr(wa, name), getattr(wb, name)), name
+
+
+def _assert_mirrors_match_tensors(model):
+    """The host's mirrors say what the device's tensors hold: no row lost between them."""
+    np.testing.assert_array_equal(model._h_A, model._A.cpu().numpy())
+    np.testing.assert_array_equal(model._h_removed, model._removed.cpu().numpy())
+    np.testing.assert_allclose(model._h_n_rem, model._n_rem.cpu().numpy(), rtol=0, atol=1e-9)
+    assert len(model._history) == int(model._removed.sum())
+
+
+def test_one_call_equals_the_row_by_row_loop_bit_for_bit(monkeypatch):
+    """One call removing 120 digits rows in pipelined runs (stand-in graphs): the same
+    removals, to the bit, as the row-by-row loop; equal to the general step; windows of
+    4, 8, 16 rows (the cap, patched), restarting with each run; the device's budget copy
+    equals the host's."""
+    stand_in_graphs(monkeypatch)
+    monkeypatch.setattr(pipelined, "MAX_WINDOW", 16)
+    X, y = _digits()
+    general = _model(X, y, "off")
+    rowwise, piped = _model(X, y, "graph", False), _model(X, y, "graph")
+    fetches = _spy_fetches(monkeypatch)
+    order = _order(X.shape[0], 120)
+    for m in (general, rowwise, piped):
+        m.remove(order)
+    _assert_identical(rowwise, piped)
+    assert_same(general, piped)
+    assert [r.indices for r in piped._history] == [(i,) for i in order]
+    assert all(r.seconds > 0 for r in piped._history)
+    assert "pipelined" in piped._fixed.graphs
+    sizes = [count for _, count in fetches]
+    assert sizes[:3] == [4, 8, 16] and max(sizes) == 16  # capped (patched below)
+    assert sum(sizes) == len(order)  # no row queued twice
+    runs = [i for i, (first, _) in enumerate(fetches) if first == 0]
+    assert len(runs) > 1  # runs end where a cached spectral bound goes stale
+    assert float(piped._fixed.budget_used) == piped.budget_used_
+    _assert_mirrors_match_tensors(piped)
+    assert_clean_beyond_rows(piped)
+
+
+def test_rows_needing_more_iterations_go_row_by_row(monkeypatch):
+    """With a tolerance no start and chained iteration reach, the device commits no row: each
+    goes to the row-by-row loop (one row per call), and the removals are still its own."""
+    X, y = _digits()
+    rowwise = _model(X, y, "eager", False, cg_tol=1e-13)
+    piped = _model(X, y, "eager", cg_tol=1e-13)
+    calls = []
+    remove_fixed = CertifiedLogisticRegression._remove_fixed
+
+    def spy(self, arr, lo, report, refresh_after=-1, limit=None):
+        calls.append(limit)
+        return remove_fixed(self, arr, lo, report, refresh_after, limit)
+
+    monkeypatch.setattr(CertifiedLogisticRegression, "_remove_fixed", spy)
+    order = _order(X.shape[0], 12, seed=1)
+    piped.remove(order)
+    assert calls == [1] * len(order)
+    calls.clear()
+    rowwise.remove(order)
+    assert calls and all(limit is None for limit in calls)
+    _assert_identical(rowwise, piped)
+    assert all(r.indices == (i,) for r, i in zip(piped._history, order, strict=True))
+    assert max(piped._cg_last, 0) >= 1
+    assert_clean_beyond_rows(piped)
+
+
+def test_a_row_whose_factor_fails_goes_to_the_single_step(monkeypatch):
+    """A row whose extended Woodbury factor is reported not positive definite (forced here)
+    is refused by the device mid-run; the rows queued after it are cleaned and the caller's
+    single step takes it with the general step; the removals equal the general step's."""
+    X, y = _digits()
+    general, piped = _model(X, y, "off"), _model(X, y, "eager")
+    order = _order(X.shape[0], 40, seed=2)
+    bad = order[10]
+    start = fixed_step.FixedShapeStep._start
+
+    def failing_start(self):
+        start(self)
+        if int(self.row) == bad:
+            self.out[2] = 0.0
+
+    monkeypatch.setattr(fixed_step.FixedShapeStep, "_start", failing_start)
+    for m in (general, piped):
+        m.remove(order)
+    assert_same(general, piped)
+    _assert_mirrors_match_tensors(piped)
+    assert_clean_beyond_rows(piped)
+
+
+@pytest.mark.parametrize("retrain", [True, False])
+def test_budget_stops_the_run_at_the_row_that_would_exceed_it(retrain):
+    """A budget reached mid-run: the device refuses the row that would exceed it and every
+    row after it; the single step then retrains (or raises with the model unchanged by that
+    row), as the general step does; the rows before stay committed with their records."""
+    X, y = _digits()
+    params = dict(lam=1e-2, sigma=1.0, epsilon=0.2, retrain=retrain)
+    general, piped = _model(X, y, "off", **params), _model(X, y, "eager", **params)
+    order = _order(X.shape[0], 60, seed=3)
+    for m in (general, piped):
+        if retrain:
+            m.remove(order)
+        else:
+            with pytest.raises(BudgetExceededError):
+                m.remove(order)
+    assert_same(general, piped)
+    if retrain:
+        assert piped.retrains_ >= 1
+    else:
+        assert 0 < len(piped._history) < len(order)
+    _assert_mirrors_match_tensors(piped)
+    assert_clean_beyond_rows(piped)
+    if piped._fixed is not None and piped._fixed.matches(piped, piped._removal_factor()):
+        assert piped._fixed.C_inv_rows in (-1, piped._wood.rows)
+
+
+def test_an_exception_mid_run_loses_no_committed_row(monkeypatch):
+    """An exception while the host waits for a window (a KeyboardInterrupt, say): the rows the
+    device committed are still accounted on the host before it propagates, the slots of the
+    rows queued after them are cleaned, and later removals equal the general step's."""
+    X, y = _digits()
+    general, piped = _model(X, y, "off"), _model(X, y, "eager")
+    wait = fixed_step.RunResults.wait
+    calls = {"n": 0}
+
+    def interrupted_wait(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return wait(self)
+
+    monkeypatch.setattr(fixed_step.RunResults, "wait", interrupted_wait)
+    order = _order(X.shape[0], 40, seed=4)
+    with pytest.raises(KeyboardInterrupt):
+        piped.remove(order)
+    done = len(piped._history)
+    assert done > 4  # the interrupted window's rows were committed on the device: accounted
+    _assert_mirrors_match_tensors(piped)
+    assert_clean_beyond_rows(piped)
+    assert piped.removed_indices_.tolist() == sorted(order[:done])
+    monkeypatch.setattr(fixed_step.RunResults, "wait", wait)
+    general.remove(order[:done])
+    assert_same(general, piped)
+    for m in (general, piped):
+        m.remove(order[done:])
+    assert_same(general, piped)
+
+
+def test_pipelining_switches():
+    """Off when asked (``_pipeline_removals`` / ``_chain_iterations`` False) and where a row
+    needing one iteration must end the run (``refresh_after == 0``)."""
+    model = CertifiedLogisticRegression()
+    assert model._pipeline_applies(-1) and model._pipeline_applies(8)
+    assert not model._pipeline_applies(0)
+    model._pipeline_removals = False
+    assert not model._pipeline_applies(-1)
+    model._pipeline_removals, model._chain_iterations = True, False
+    assert not model._pipeline_applies(-1)
+
+
+@pytest.mark.parametrize(
+    "device", [pytest.param(d, marks=[pytest.mark.cuda] if d == "cuda" else []) for d in DEVICES]
+)
+def test_pipelined_graphs_equal_the_general_step(device):
+    """On CUDA the run replays the captured graph (on the CPU: eagerly); 100 removals in one
+    call equal the general step's and leave host and device in agreement."""
+    X, y = _digits()
+    mode = "graph" if device == "cuda" else "eager"
+    general = _model(X, y, "off", device=device)
+    piped = _model(X, y, mode, device=device)
+    order = _order(X.shape[0], 100, seed=5)
+    for m in (general, piped):
+        m.remove(order)
+    assert_same(general, piped, rtol=1e-8)
+    _assert_mirrors_match_tensors(piped)
+    if device == "cuda":
+        assert "pipelined" in piped._fixed.graphs
+        torch.testing.assert_close(
+            piped._fixed.budget_used.item(), piped.budget_used_, rtol=1e-12, atol=0
+        )
