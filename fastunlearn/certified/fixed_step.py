@@ -140,6 +140,10 @@ class FixedShapeStep:
         self.budget = torch.zeros(1, **f64)
         self.results = torch.zeros(T, 5, **f64)
         self.results_host = torch.zeros(T, 5, dtype=torch.float64, pin_memory=dev.type == "cuda")
+        # the run's rows on their way to the device: pinned on CUDA, so that the copy does
+        # not wait for the queued work (a copy from pageable memory synchronises the stream)
+        self.run_rows_host = torch.zeros(T, dtype=torch.int64, pin_memory=dev.type == "cuda")
+        self.run_rows_copied: Any = None  # an event after that copy (CUDA)
         self.run_start = 0  # the slot of the run's first row
         self.queued = 0  # rows of the run queued so far
         self.cg_tol = float(model.cg_tol)
@@ -502,7 +506,13 @@ class FixedShapeStep:
         bound to its own copy and refuses the first row that would exceed the budget.
         """
         count = int(rows.shape[0])
-        self.run_rows[:count].copy_(rows, non_blocking=True)
+        if self.run_rows_copied is not None:  # the last run's copy has left the buffer
+            self.run_rows_copied.synchronize()
+        self.run_rows_host[:count].copy_(rows)
+        self.run_rows[:count].copy_(self.run_rows_host[:count], non_blocking=True)
+        if self.run_rows.is_cuda:
+            self.run_rows_copied = torch.cuda.Event()
+            self.run_rows_copied.record(torch.cuda.current_stream(self.run_rows.device))
         self.run_slot0.fill_(slot)
         self.counter.zero_()
         self.alive.fill_(True)
