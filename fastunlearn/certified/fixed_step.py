@@ -17,9 +17,12 @@ On a GPU each piece is captured once as a CUDA graph and replayed: the start of 
 (Delta, Woodbury extension, first CG direction, bound and residual), the start with one CG
 iteration chained to it (taken or skipped on the device by the same test as the host's
 loop), one CG iteration, and the commit (weights, margins, the row's weights and counts, the
-Gram downdate). The removal loop (``CertifiedLogisticRegression._remove_fixed``) chains the
-iteration while the last removal needed one, so a removal is one replay and one device read
-of four numbers (residual, bound, factor check, iteration taken), rarely a further
+Gram downdate), and the pipelined step (the start, the chained iteration and a commit that
+the device applies only where the host's tests pass; see
+:mod:`~fastunlearn.certified.pipelined`, whose runs of rows replay it without reading the
+device per row). The row-by-row loop (``CertifiedLogisticRegression._remove_fixed``) chains
+the iteration while the last removal needed one, so a removal is one replay and one device
+read of four numbers (residual, bound, factor check, iteration taken), rarely a further
 iteration, and one replay of the commit. Elsewhere, or when a capture fails, the same
 functions run eagerly. Only single-row removals that update every class take this path; the
 result equals the general step up to rounding (tested on the CPU, and the graphs on an

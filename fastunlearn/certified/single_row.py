@@ -9,7 +9,9 @@ sequential ``remove(rows)``:
 * on the CPU, the compiled op :func:`~fastunlearn.ops.certified.certified_cg_step` (a run of
   rows: :func:`~fastunlearn.ops.certified.certified_cg_steps`), ``_remove_compiled``;
 * on CUDA, the fixed-shape step of :mod:`.fixed_step` replayed as CUDA graphs (or run
-  eagerly), ``_remove_fixed``.
+  eagerly): in pipelined runs by default (:mod:`.pipelined`), else row by row,
+  ``_remove_fixed``, which also takes the rows a pipelined run refuses for more CG
+  iterations.
 
 Both are tested equal to the general step. The mixin reads and writes the estimator's
 private state (tensors, host mirrors, Woodbury factors, budget and history).
@@ -365,7 +367,9 @@ class SingleRowSteps:
     ) -> tuple[int, bool]:
         """Remove rows ``arr[lo:]`` one by one with the fixed-shape step, as far as it can go.
 
-        The loop of :mod:`~fastunlearn.certified.fixed_step` on a GPU: per row one launch of
+        The row-by-row loop of :mod:`~fastunlearn.certified.fixed_step` (pipelined runs,
+        :mod:`~fastunlearn.certified.pipelined`, are the default; they hand this loop the
+        rows that need more than one CG iteration). On a GPU: per row one launch of
         the start (a CUDA graph; with one CG iteration chained to it while the last row
         needed one), one device read of its four numbers, rarely a further iteration, then
         one launch of the commit (a graph too) and the host's bookkeeping while the device
