@@ -39,7 +39,11 @@ k = ceil(N / 256) batches per pass (k = 6 on the 1437 digits training rows), so 
 damping is 600 and its step is 6 times the step of that more damped system. Runs cover
 each seed of ``digits_seeds`` (poisoning, training and LiSSA's batches): the training seed
 moves both numbers a lot, so a ``repair median`` record gives the medians over the seeds
-(``restored_vs_lissa`` there is the median of the per-seed ratios).
+(``restored_vs_lissa`` there is the median of the per-seed ratios). Beside the ratio of
+the shares restored, ``damage_left_lissa_vs_ours`` = ``(1 - LiSSA's share) / (1 - ours)``:
+how many times more of the poisoning's damage (clean minus poisoned accuracy) LiSSA leaves
+than CG. It is the telling comparison where LiSSA restores more than half (twice its share
+would exceed 100 %); infinite when CG restores all of it.
 
 No peer library is timed: MU (TensorFlow) is not installed; its published numbers are in
 ``reference/influence_updates.md`` section 5.
@@ -103,6 +107,7 @@ COLUMNS = [
     ("ours_restored", "CG % restored", ".1%"),
     ("lissa_restored", "LiSSA % restored", ".1%"),
     ("restored_vs_lissa", "restored CG/LiSSA", ".2f"),
+    ("damage_left_lissa_vs_ours", "damage left LiSSA/CG", ".2f"),
 ]
 
 
@@ -322,10 +327,23 @@ def _digits(sizes: dict[str, Any], dev: torch.device, seed: int) -> dict[str, An
                     "diverged": int(p["any_diverged"]), "acc_after": p["acc_after"],
                     "restored": p["restored"]})
     rec = _pair(f"repair seed {seed}", out[0], out[1], {"seed": seed, **shared})
-    lissa_restored = rec["lissa_restored"]
-    rec["restored_vs_lissa"] = (rec["ours_restored"] / lissa_restored
-                                if lissa_restored > 0 else math.inf)
+    rec.update(compare_restored(rec["ours_restored"], rec["lissa_restored"]))
     return rec
+
+
+def compare_restored(ours: float, lissa: float) -> dict[str, float]:
+    """The two comparisons of the shares restored (fractions; 1 = all of the damage).
+
+    ``restored_vs_lissa`` = ``ours / lissa``; ``damage_left_lissa_vs_ours`` = ``(1 - lissa) /
+    (1 - ours)``: where LiSSA restores more than half, twice its share cannot be reached, and
+    how much of the poisoning's damage each leaves is the telling comparison. Infinite where
+    the denominator is not positive.
+    """
+    left = 1.0 - ours
+    return {
+        "restored_vs_lissa": ours / lissa if lissa > 0 else math.inf,
+        "damage_left_lissa_vs_ours": (1.0 - lissa) / left if left > 0 else math.inf,
+    }
 
 
 def print_results(records: list[dict[str, Any]]) -> None:

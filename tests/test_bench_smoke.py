@@ -213,6 +213,17 @@ def test_influence_repair_median_over_seeds(capsys):
     assert "repair median" in capsys.readouterr().out
 
 
+def test_influence_compares_shares_restored_and_damage_left():
+    from bench.bench_influence import compare_restored
+
+    got = compare_restored(0.9, 0.6)
+    assert got["restored_vs_lissa"] == pytest.approx(1.5)
+    assert got["damage_left_lissa_vs_ours"] == pytest.approx(4.0)  # 40 % left vs 10 %
+    assert compare_restored(1.15, 0.46)["damage_left_lissa_vs_ours"] == math.inf
+    assert compare_restored(0.2, 0.0)["restored_vs_lissa"] == math.inf
+    assert compare_restored(0.5, 0.7)["damage_left_lissa_vs_ours"] == pytest.approx(0.6)
+
+
 def test_influence_parts_run_alone_and_unknown_parts_are_refused():
     from bench import bench_influence
 
