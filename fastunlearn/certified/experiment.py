@@ -62,6 +62,8 @@ GAMMAS = ("paper", "tight")
 
 #: Evaluations of the test accuracy per run when ``eval_every`` is 0 (automatic).
 _AUTO_EVALUATIONS = 20
+#: Sequential removals per ``remove`` call (see ``_chunks``).
+SEQUENTIAL_CHUNK = 64
 
 
 # ---------------------------------------------------------------------------------------
@@ -512,9 +514,22 @@ def _accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarr
     return float((pred == y).mean()) if y.size else math.nan, pred
 
 
-def _chunks(order: np.ndarray, batch: int) -> list[list[int]]:
-    step = batch if batch > 0 else 1
-    return [order[i:i + step].tolist() for i in range(0, order.shape[0], step)]
+def _chunks(order: np.ndarray, batch: int, eval_every: int) -> list[list[int]]:
+    """Split the removal order into the rows of each ``remove`` call (batches, or runs).
+
+    Sequential removals go ``SEQUENTIAL_CHUNK`` at a time (one record and printed line per
+    row still), ending where an accuracy evaluation is due, so the fast removal loops (the
+    compiled CPU step's, the CUDA path's pipelined runs) see more than one row per call.
+    """
+    n = int(order.shape[0])
+    if batch > 0:
+        return [order[i : i + batch].tolist() for i in range(0, n, batch)]
+    out, lo = [], 0
+    while lo < n:
+        hi = min(n, lo + SEQUENTIAL_CHUNK, (lo // eval_every + 1) * eval_every)
+        out.append(order[lo:hi].tolist())
+        lo = hi
+    return out
 
 
 def _synchronize(device: str) -> None:
@@ -577,7 +592,7 @@ def run_removal_experiment(
     evaluations = [{"n_removed": 0, "test_accuracy": test_acc, "retrains": 0}]
     records: list[dict[str, Any]] = []
     stop_reason = None
-    chunks = _chunks(order, config.batch)
+    chunks = _chunks(order, config.batch, eval_every)
     bar = _progress_bar(len(order), progress)
 
     def write(line: str) -> None:
@@ -588,22 +603,31 @@ def run_removal_experiment(
                 say(line)
 
     n_removed = 0
+
+    def account(report: Any) -> None:
+        nonlocal n_removed
+        before = n_removed
+        for raw in report.records:
+            rec = _record_dict(raw, len(records) + 1, n_removed)
+            n_removed = rec["n_removed"]
+            records.append(rec)
+            if echo is not None:
+                write(format_record_line(rec, len(order)))
+        if bar is not None:
+            bar.update(n_removed - before)
+
     try:
         for chunk in chunks:
             try:
                 report = model.remove(chunk, batch=config.batch > 0)
             except _budget_error() as exc:
+                if exc.report is not None:  # the removals of this call made before the refusal
+                    account(exc.report)
                 stop_reason = f"budget exhausted before removal {n_removed + 1}: {exc}"
                 write(stop_reason)
                 break
-            for raw in report.records:
-                rec = _record_dict(raw, len(records) + 1, n_removed)
-                n_removed = rec["n_removed"]
-                records.append(rec)
-                if echo is not None:
-                    write(format_record_line(rec, len(order)))
+            account(report)
             if bar is not None:
-                bar.update(len(chunk))
                 bar.set_postfix(cum=f"{float(model.budget_used_):.2e}",
                                 retrains=int(model.retrains_), refresh=False)
             if n_removed // eval_every > (n_removed - len(chunk)) // eval_every or (

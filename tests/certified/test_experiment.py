@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from fastunlearn.certified import BudgetExceededError
 from fastunlearn.certified.experiment import (
+    SEQUENTIAL_CHUNK,
     ExperimentConfig,
     ExperimentData,
+    _chunks,
+    _make_model,
     fairness_summary,
     format_record_line,
     load_experiment_data,
@@ -131,6 +135,45 @@ def test_no_retrain_stops_at_the_budget():
     assert p["removals_supported"] == p["removals"] and not p["removals_supported_is_estimate"]
     assert result.records[-1]["cumulative"] <= p["budget"]
     assert result.timings["retrain_seconds"] is None and result.files == {}
+
+
+def test_sequential_calls_lose_no_removal_to_a_mid_call_refusal():
+    """Sequential removals go many rows per ``remove`` call; a budget refusal in the middle
+    of one keeps (and records, and prints) the removals that call made before it: the same
+    removals and bounds as removing one row per call."""
+    config = ExperimentConfig(**BINARY, num_removes=60, retrain=False, eval_every=7,
+                              result_dir=None, time_retraining=False)
+    lines = []
+    result = run_removal_experiment(config, echo=lines.append)
+    model = _make_model(config)
+    data = load_experiment_data(config)
+    model.fit(data.X_train, data.y_train)
+    expected = []
+    for row in removal_order(data.y_train, 60, config.seed).tolist():
+        try:
+            expected.append(model.remove(row).records[0])
+        except BudgetExceededError:
+            break
+    assert 7 < len(expected) < 60 and len(expected) % 7  # refused inside a call of 7 rows
+    assert [r["indices"] for r in result.records] == [list(r.indices) for r in expected]
+    for got, want in zip(result.records, expected, strict=True):
+        assert got["bound"] == pytest.approx(want.bound, rel=1e-9)
+    assert result.privacy["removals"] == len(expected)
+    assert f"before removal {len(expected) + 1}" in result.privacy["stop_reason"]
+    assert sum(line.startswith("removal") for line in lines) == len(expected)
+    # evaluations where they were due, every 7 removals
+    assert [e["n_removed"] for e in result.evaluations][:3] == [0, 7, 14]
+
+
+def test_sequential_chunks_end_where_an_evaluation_is_due():
+    order = np.arange(200)
+    chunks = _chunks(order, 0, eval_every=50)
+    assert [len(c) for c in chunks] == [50, 50, 50, 50]
+    chunks = _chunks(order, 0, eval_every=1000)
+    assert [len(c) for c in chunks] == [SEQUENTIAL_CHUNK] * 3 + [200 - 3 * SEQUENTIAL_CHUNK]
+    assert [len(c) for c in _chunks(order[:10], 0, eval_every=3)] == [3, 3, 3, 1]
+    assert [len(c) for c in _chunks(order[:10], 4, eval_every=3)] == [4, 4, 2]  # batches
+    assert sum(_chunks(order, 0, eval_every=7), []) == order.tolist()
 
 
 def test_ovr_batch_removal():
