@@ -101,11 +101,11 @@ class PipelinedRuns:
             now = time.perf_counter()
             seconds = (now - clock[0]) / len(numbers)  # the window's time, shared by its rows
             clock[0] = now
-            for j, (residual, bound, _ok, iterated, committed) in enumerate(numbers):
+            for j, (residual, bound, ok, iterated, committed) in enumerate(numbers):
                 if batch.first + j < done:  # accounted before an exception: retried here
                     continue
                 if not committed > 0.5:
-                    return [residual, bound, _ok, iterated, committed]
+                    return [residual, bound, ok, iterated, committed]
                 row = int(rows_np[done])
                 worst = worst_case_bound(
                     lam, self._h_n_rem, self._h_A[row], gamma, C=worst_c
