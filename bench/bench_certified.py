@@ -16,7 +16,8 @@ the same fitted weights, with the default solver (``auto``) and with ``solver="c
 its own copy of the fitted model; on CUDA also ``solver="cg"`` with the fixed-shape step
 replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`; the default
 there since 2026-11-28; runs of rows pipelined, :mod:`fastunlearn.certified.pipelined`), the
-same row by row (``ours_graph_rowwise_*``: one device read per row), row by row without the
+same with the end of each CG step fused into one op (``ours_graph_fused_*``, opt-in until
+measured), row by row (``ours_graph_rowwise_*``: one device read per row), row by row without the
 CG iteration chained into the start's graph (``ours_graph_unchained_*``) and with the
 general step (``ours_general_*``). A failure of
 one of these optional variants is recorded (``ours_<label>_error``), not fatal. Before
@@ -242,7 +243,8 @@ def variants(device: torch.device) -> list[tuple[str, str | None, str]]:
     """``(solver, fixed-step mode or None, label)`` of each of our timed variants."""
     out: list[tuple[str, str | None, str]] = [(solver, None, solver) for solver in SOLVERS]
     if device.type == "cuda":  # the graphs (the default there), row by row, unchained, general
-        out += [("cg", "graph", "graph"), ("cg", "graph-rowwise", "graph_rowwise"),
+        out += [("cg", "graph", "graph"), ("cg", "graph-fused", "graph_fused"),
+                ("cg", "graph-rowwise", "graph_rowwise"),
                 ("cg", "graph-unchained", "graph_unchained"), ("cg", "off", "general")]
     return out
 
@@ -251,12 +253,14 @@ def configure(model: Any, fixed_step: str) -> None:
     """Set a variant's fixed-step mode on ``model``.
 
     ``"graph-rowwise"``: the graphs with the row-by-row loop (no pipelined runs);
-    ``"graph-unchained"``: row by row, without the CG iteration chained into the start.
+    ``"graph-unchained"``: row by row, without the CG iteration chained into the start;
+    ``"graph-fused"``: pipelined, the end of each CG step as one op (``certified_cg_tail_``).
     """
     mode, _, how = fixed_step.partition("-")
     model._fixed_step_mode = mode
-    model._pipeline_removals = how == ""
+    model._pipeline_removals = how in ("", "fused")
     model._chain_iterations = how != "unchained"
+    model._fused_cg_tail = how == "fused"
 
 
 def blocks(ours_count: int, ref_count: int) -> list[tuple[int, int]]:
@@ -435,6 +439,9 @@ def print_results(records: list[dict[str, Any]]) -> None:
                   f"{rec['ours_removals']} removals; CUDA graphs replayed: "
                   f"{rec.get('ours_graph_replayed')}), {rec['ratio_reference_graph']:.1f}x the "
                   "reference")
+        if "ours_graph_fused_per_s" in rec:
+            print(f"  {rec['case']}: with the fused CG tail "
+                  f"{rec['ours_graph_fused_per_s']:.1f} removals/s (median block)")
         if "ours_graph_rowwise_per_s" in rec:
             print(f"  {rec['case']}: row by row (no pipelined runs) "
                   f"{rec['ours_graph_rowwise_per_s']:.1f} removals/s (median block)")

@@ -14,7 +14,10 @@ calls inside each function (views, which launch nothing, counted apart).
 By default the rows go in pipelined runs (:mod:`fastunlearn.certified.pipelined`, the CUDA
 path's default); ``--rowwise`` counts the row-by-row loop instead.
 
-Usage: ``python -m bench.count_certified_ops [--rows 60] [--explicit-inverse] [--rowwise]``.
+``--fused`` counts the step with the end of each CG step as one op (``certified_cg_tail_``).
+
+Usage: ``python -m bench.count_certified_ops [--rows 60] [--explicit-inverse] [--rowwise]
+[--fused]``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ def kernels(calls: collections.Counter[str]) -> int:
     return sum(count for name, count in calls.items() if name not in VIEW_OPS)
 
 
-def count(rows: int = 60, explicit_inverse: bool = False, rowwise: bool = False) -> dict[str, Any]:
+def count(
+    rows: int = 60, explicit_inverse: bool = False, rowwise: bool = False, fused: bool = False
+) -> dict[str, Any]:
     """Remove ``rows`` digits rows in one call and return the counts (see the module doc)."""
     from fastunlearn.certified import CertifiedLogisticRegression, fixed_step
     from fastunlearn.data import load_digits_dataset
@@ -97,6 +102,7 @@ def count(rows: int = 60, explicit_inverse: bool = False, rowwise: bool = False)
     model = CertifiedLogisticRegression(lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg").fit(X, y)
     model._fixed_step_mode = "eager"
     model._pipeline_removals = not rowwise
+    model._fused_cg_tail = fused
     order = np.random.default_rng(0).permutation(X.shape[0])[: rows + 2].tolist()
     try:
         model.remove(order[:2])  # builds the step
@@ -122,6 +128,7 @@ def count(rows: int = 60, explicit_inverse: bool = False, rowwise: bool = False)
         "rows": rows,
         "explicit_inverse": explicit_inverse,
         "pipelined": not rowwise,
+        "fused_tail": fused,
         "host_calls_per_removal": sum(counter.calls.values()) / rows,
         "host_kernels_per_removal": kernels(counter.calls) / rows,
         "runs_per_removal": {name: runs[name] / rows for name in GRAPH_FUNCTIONS},
@@ -138,8 +145,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the GPU's explicit M^-1 and C^-1 preconditioner")
     parser.add_argument("--rowwise", action="store_true",
                         help="the row-by-row loop instead of pipelined runs")
+    parser.add_argument("--fused", action="store_true",
+                        help="the end of each CG step as one op (certified_cg_tail_)")
     args = parser.parse_args(argv)
-    result = count(args.rows, args.explicit_inverse, args.rowwise)
+    result = count(args.rows, args.explicit_inverse, args.rowwise, args.fused)
     loop = "pipelined runs" if result["pipelined"] else "row by row"
     print(f"one remove() call of {result['rows']} digits rows ({loop}), per removal:")
     print(f"  host operator calls outside the step's functions: "

@@ -55,6 +55,17 @@ TORCH_LIBRARY(fastunlearn, m) {
       "int slot, float lam, float gamma, float row_norm_max, float cg_tol, int max_iter, "
       "float budget_used, float budget, int refresh_after=-1) -> Tensor");
 
+  // The end of one CG step of that removal step, fused (CPU and CUDA kernels; the CUDA
+  // graphs of fastunlearn/certified/fixed_step.py use it when asked): given P, X P, H P and
+  // rz, the step length alpha (first: where curvature > 0 else 1; else: where curvature > 0
+  // and `needed`, else 0), V, XV, HV set (first) or advanced by alpha times them, R = Delta -
+  // HV, and out[0] = sum_k ||R_k||, out[1] = sum_k bound_scale * spectral_k * ||V_k|| *
+  // sqrt(sum_i A[i,k] XV[i,k]^2). float64; see fastunlearn/ops/certified_tail.py.
+  m.def(
+      "certified_cg_tail_(Tensor(a!) V, Tensor(b!) XV, Tensor(c!) HV, Tensor(d!) R, "
+      "Tensor(e!) out, Tensor P, Tensor XP, Tensor HP, Tensor rz, Tensor? needed, Tensor A, "
+      "Tensor Delta, Tensor spectral, float bound_scale, bool first) -> ()");
+
   // ---- 2. Generic CG support -------------------------------------------------------
   // One fused CG step for K right-hand sides stored as columns of [d,K] tensors, given
   // Ap = A p. Updates x, r, p, rz (= r.z), rr (= r.r), active and iterations in place.

@@ -241,11 +241,12 @@ def test_certified_fixed_step_variant_is_timed_and_checked(monkeypatch, capsys):
     monkeypatch.setattr(bench_certified, "variants",
                         lambda device: [("auto", None, "auto"), ("cg", None, "cg"),
                                         ("cg", "eager", "graph"),
+                                        ("cg", "eager-fused", "graph_fused"),
                                         ("cg", "eager-rowwise", "graph_rowwise"),
                                         ("cg", "eager-unchained", "graph_unchained")])
     records = _run_tiny("certified")
     for rec in records:
-        for label in ("graph", "graph_rowwise", "graph_unchained"):
+        for label in ("graph", "graph_fused", "graph_rowwise", "graph_unchained"):
             assert rec[f"ours_{label}_per_s"] > 0
             assert rec[f"weight_rel_diff_{label}"] < bench_certified.WEIGHT_RTOL
         assert rec["ours_graph_replayed"] is False  # eager: no graphs on the CPU
@@ -309,3 +310,7 @@ def test_count_certified_ops_pipelined_runs_read_the_device_once_per_window(caps
     inside = result["inside"]
     assert inside["_pipelined_step"]["not_views"] > inside["_start_and_iterate"]["not_views"]
     assert "pipelined runs" in capsys.readouterr().out
+    # the end of each CG step as one op: ~40 operator calls fewer in the pipelined graph
+    fused = count_certified_ops.main(["--rows", "12", "--fused"])["inside"]
+    assert fused["_pipelined_step"]["not_views"] <= inside["_pipelined_step"]["not_views"] - 30
+    assert fused["_iterate"]["not_views"] < inside["_iterate"]["not_views"] / 2

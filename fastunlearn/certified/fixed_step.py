@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..ops.certified_tail import certified_cg_tail_
 from .bounds import data_dependent_bound
 from .math import curvature_weights, loss_derivative
 from .woodbury import RemovedRowsFactor
@@ -153,6 +154,10 @@ class FixedShapeStep:
         self.chained = False  # whether the last begin() chained an iteration
         self.graphs: dict[str, Any] = {}
         self.use_graphs = bool(use_graphs) and dev.type == "cuda"
+        # the end of each CG step as one fused op (certified_cg_tail_) instead of ~25 small
+        # operators: opt-in per model (``_fused_cg_tail``) until measured on a GPU
+        self.fused_tail = bool(getattr(model, "_fused_cg_tail", False))
+        self.bound_scale = self.gamma * max(1.0, self.row_norm_max)
 
     def matches(self, model: CertifiedLogisticRegression, factor: RemovedRowsFactor) -> bool:
         """Whether the buffers and graphs still read the model's current tensors."""
@@ -169,6 +174,7 @@ class FixedShapeStep:
             and factor.L is f.L
             and factor.weights is f.weights
             and float(model.cg_tol) == self.cg_tol
+            and bool(getattr(model, "_fused_cg_tail", False)) == self.fused_tail
         )
 
     # ---- the computation -----------------------------------------------------------------
@@ -229,6 +235,13 @@ class FixedShapeStep:
         HP, XP = ops.glm_hvp_margins(self.X, self.S, P, 0.0)
         return HP.addcmul_(self.lam_k, P), XP
 
+    def _fused_tail(self, HP: Tensor, XP: Tensor, needed: Tensor | None, first: bool) -> None:
+        """Take the step along ``P``, its updates and bound terms in one op (``_start``)."""
+        certified_cg_tail_(
+            self.V, self.XV, self.HV, self.R, self.out, self.P, XP, HP, self.rz, needed,
+            self.A_after, self.Delta, self.spectral, self.bound_scale, first,
+        )  # fmt: skip
+
     def _bound_terms(self) -> None:
         projected = (self.A_after * self.XV.square()).sum(0).sqrt()
         step = torch.linalg.vector_norm(self.V, dim=0)
@@ -276,6 +289,9 @@ class FixedShapeStep:
         self.P.copy_(self._precondition(self.Delta))
         HP, XP = self._hessian(self.P)
         torch.sum(self.Delta * self.P, 0, out=self.rz)
+        if self.fused_tail:
+            self._fused_tail(HP, XP, None, first=True)
+            return
         curvature = (self.P * HP).sum(0)
         alpha = torch.where(curvature > 0, self.rz / curvature, 1.0)
         torch.mul(self.P, alpha, out=self.V)
@@ -296,6 +312,9 @@ class FixedShapeStep:
         self.P.mul_(beta).add_(Zr)
         self.rz.copy_(rz_new)
         HP, XP = self._hessian(self.P)
+        if self.fused_tail:
+            self._fused_tail(HP, XP, needed, first=False)
+            return
         curvature = (self.P * HP).sum(0)
         take = curvature > 0 if needed is None else (curvature > 0) & needed
         alpha = torch.where(take, self.rz / curvature, 0.0)

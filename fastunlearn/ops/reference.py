@@ -18,6 +18,7 @@ __all__ = [
     "glm_hessian",
     "glm_cg",
     "cg_update_",
+    "certified_cg_tail_",
     "per_sample_grad",
     "per_sample_sq_norm",
     "per_sample_dot",
@@ -107,6 +108,51 @@ def cg_update_(
         rr[k] = float((rk * rk).sum())
         iterations[k] += 1
         active[k] = bool(rr[k] > threshold_sq[k])
+
+
+def certified_cg_tail_(
+    V: Tensor,
+    XV: Tensor,
+    HV: Tensor,
+    R: Tensor,
+    out: Tensor,
+    P: Tensor,
+    XP: Tensor,
+    HP: Tensor,
+    rz: Tensor,
+    needed: Tensor | None,
+    A: Tensor,
+    Delta: Tensor,
+    spectral: Tensor,
+    bound_scale: float,
+    first: bool,
+) -> None:
+    """Take one CG step of the certified removal step and its bound terms, in place.
+
+    ``curvature = sum(P * HP, 0)``; first step: ``alpha = rz / curvature`` where positive,
+    else 1, and ``V, XV, HV = alpha P, alpha XP, alpha HP``; else ``alpha = rz / curvature``
+    where positive and ``needed``, else 0, added to ``V, XV, HV``. ``R = Delta - HV``;
+    ``out[0] = sum ||R_k||``, ``out[1] = sum bound_scale spectral_k ||V_k|| ||sqrt(A_k) XV_k||``.
+    """
+    curvature = (_d(P) * _d(HP)).sum(0)
+    take = curvature > 0
+    if first:
+        alpha = torch.where(take, _d(rz) / curvature, torch.ones_like(curvature))
+        V.copy_(alpha * _d(P))
+        XV.copy_(alpha * _d(XP))
+        HV.copy_(alpha * _d(HP))
+    else:
+        if needed is not None:
+            take = take & bool(needed.reshape(-1)[0])
+        alpha = torch.where(take, _d(rz) / curvature, torch.zeros_like(curvature))
+        V.copy_(_d(V) + alpha * _d(P))
+        XV.copy_(_d(XV) + alpha * _d(XP))
+        HV.copy_(_d(HV) + alpha * _d(HP))
+    R.copy_(_d(Delta) - _d(HV))
+    projected = (_d(A) * _d(XV).square()).sum(0).sqrt()
+    step = torch.linalg.vector_norm(_d(V), dim=0)
+    out[0] = torch.linalg.vector_norm(_d(R), dim=0).sum()
+    out[1] = (bound_scale * _d(spectral) * step * projected).sum()
 
 
 def per_sample_grad(A: Tensor, G: Tensor) -> Tensor:

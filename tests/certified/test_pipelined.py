@@ -252,3 +252,35 @@ def test_pipelined_graphs_equal_the_general_step(device):
         torch.testing.assert_close(
             piped._fixed.budget_used.item(), piped.budget_used_, rtol=1e-12, atol=0
         )
+
+
+@pytest.mark.parametrize("pipelined_runs", [True, False], ids=["pipelined", "row-by-row"])
+def test_fused_cg_tail_gives_the_general_steps_removals(monkeypatch, pipelined_runs):
+    """``_fused_cg_tail``: the end of each CG step as one op (certified_cg_tail_) in the
+    graphs (stand-ins here); the removals equal the general step's, and switching the flag
+    rebuilds the step."""
+    stand_in_graphs(monkeypatch)
+    X, y = _digits()
+    general = _model(X, y, "off")
+    fused = _model(X, y, "graph", pipelined_runs)
+    fused._fused_cg_tail = True
+    calls = []
+    tail = fixed_step.certified_cg_tail_
+
+    def spy(*args):
+        calls.append(args[-1])  # first
+        return tail(*args)
+
+    monkeypatch.setattr(fixed_step, "certified_cg_tail_", spy)
+    order = _order(X.shape[0], 80, seed=6)
+    for m in (general, fused):
+        m.remove(order[:60])
+    assert_same(general, fused)
+    assert fused._fixed.fused_tail and True in calls and False in calls
+    step = fused._fixed
+    fused._fused_cg_tail = False
+    for m in (general, fused):
+        m.remove(order[60:])
+    assert fused._fixed is not step and not fused._fixed.fused_tail
+    assert_same(general, fused)
+    _assert_mirrors_match_tensors(fused)
