@@ -12,9 +12,10 @@ synthetic MNIST-shaped data, makes a few untimed removals, then:
   host-device synchronisations and copies.
 
 Usage: ``python -m bench.profile_certified --device cuda [--n 60000] [--solver auto]
-[--fixed-step graph,graph-rowwise,off]``: one profile per fixed-step mode (``off``: the
+[--fixed-step graph,graph-fused,graph-rowwise,off]``: one profile per mode (``off``: the
 general step; ``graph``: the single-row CG step replayed as CUDA graphs, runs of rows
-pipelined; ``graph-rowwise``: the same row by row; ``cpu``: the compiled CPU step), each on
+pipelined; ``graph-fused``: with the fused CG tail; ``graph-rowwise``: row by row; ``cpu``:
+the compiled CPU step), each on
 its own copy of the fitted model. The tables go to stdout and, with ``--out DIR``,
 to ``DIR/profile-certified.txt``.
 """
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--d", type=int, default=784)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--solver", default="auto")
-    parser.add_argument("--fixed-step", default="graph,graph-rowwise,off",
+    parser.add_argument("--fixed-step", default="graph,graph-fused,graph-rowwise,off",
                         help="comma-separated fixed-step modes to profile (off: general step; "
                              "cpu: compiled CPU step; graph / eager: fixed_step, "
                              "graph-rowwise: without pipelined runs)")
