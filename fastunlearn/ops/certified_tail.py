@@ -78,33 +78,17 @@ def certified_cg_tail_(
 
 
 @torch.library.register_fake("fastunlearn::certified_cg_tail_")
-def _certified_cg_tail_fake(
-    V: Tensor,
-    XV: Tensor,
-    HV: Tensor,
-    R: Tensor,
-    out: Tensor,
-    P: Tensor,
-    XP: Tensor,
-    HP: Tensor,
-    rz: Tensor,
-    needed: Tensor | None,
-    A: Tensor,
-    Delta: Tensor,
-    spectral: Tensor,
-    bound_scale: float,
-    first: bool,
-) -> None:
-    # the kernels' shape checks, so that torch.compile fails at trace time
+def _certified_cg_tail_fake(*args: object) -> None:
+    # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
+    # are those of certified_cg_tail_, in order
+    V, XV, HV, R, _out, P, XP, HP, _rz, _needed, A, Delta = args[:12]
+    assert isinstance(V, Tensor) and isinstance(XV, Tensor)
     torch._check(V.dim() == 2 and XV.dim() == 2, lambda: "certified_cg_tail_: V, XV must be 2-D")
-    for name, t in (("HV", HV), ("R", R), ("P", P), ("HP", HP), ("Delta", Delta)):
+    for name, t, like in (("HV", HV, V), ("R", R, V), ("P", P, V), ("HP", HP, V),
+                          ("Delta", Delta, V), ("XP", XP, XV), ("A", A, XV)):  # fmt: skip
+        assert isinstance(t, Tensor)
         torch._check(
-            t.shape == V.shape,
-            lambda n=name, t=t: f"certified_cg_tail_: argument '{n}' has shape {tuple(t.shape)}",
-        )
-    for name, t in (("XP", XP), ("A", A)):
-        torch._check(
-            t.shape == XV.shape,
+            t.shape == like.shape,
             lambda n=name, t=t: f"certified_cg_tail_: argument '{n}' has shape {tuple(t.shape)}",
         )
     return None
