@@ -314,3 +314,23 @@ def test_count_certified_ops_pipelined_runs_read_the_device_once_per_window(caps
     fused = count_certified_ops.main(["--rows", "12", "--fused"])["inside"]
     assert fused["_pipelined_step"]["not_views"] <= inside["_pipelined_step"]["not_views"] - 30
     assert fused["_iterate"]["not_views"] < inside["_iterate"]["not_views"] / 2
+
+
+def test_profile_reports_the_device_share_of_the_kernels_alone():
+    """The device time per removal counts the kernels' own events, not the operators that
+    launched them (which repeat that time)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from bench import profile_certified
+
+    events = [
+        SimpleNamespace(device_type=DeviceType.CPU, self_device_time_total=500.0),  # aten op
+        SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=300.0),  # kernel
+        SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=100.0),
+    ]
+    line = profile_certified._device_share(events, profiled_ms=0.05)
+    per_removal = 400.0 * 1e-3 / profile_certified.REMOVALS
+    assert f"device busy {per_removal:.3f} ms per removal" in line
+    assert f"({100 * per_removal / 0.05:.0f} %)" in line
