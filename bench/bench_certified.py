@@ -20,7 +20,8 @@ same with the end of each CG step fused into one op (``ours_graph_fused_*``, opt
 measured), row by row (``ours_graph_rowwise_*``: one device read per row), row by row without the
 CG iteration chained into the start's graph (``ours_graph_unchained_*``) and with the
 general step (``ours_general_*``). A failure of
-one of these optional variants is recorded (``ours_<label>_error``), not fatal. Before
+one of these optional variants is recorded (``ours_<label>_error``), not fatal (on CUDA a
+failure of the solver variants too, so that one GPU run still times the others). Before
 timing, the weights after the timed removals must agree (the reference computes in float32,
 so to about 1e-3 relative).
 
@@ -277,7 +278,7 @@ def blocks(ours_count: int, ref_count: int) -> list[tuple[int, int]]:
 
 
 def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
-             device: torch.device) -> dict[str, Any]:
+             device: torch.device, lenient: bool | None = None) -> dict[str, Any]:
     """Fit once, then time the removal loops on the same rows, interleaved; return the record.
 
     Each block of ``BLOCK`` rows is removed by the reference and then by each of our variants
@@ -309,6 +310,9 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
 
     ours: dict[str, Any] = {}
     failed: dict[str, str] = {}
+    # on CUDA a failing solver variant is recorded too, so that one run on a scarce GPU
+    # still times the others (the solvers run the CUDA path's default loop there)
+    lenient = device.type == "cuda" if lenient is None else lenient
     for solver, fixed_step, label in variants(device):
         m = _clone(model)
         m.set_params(solver=solver)
@@ -317,7 +321,7 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
         try:
             m.remove(int(order[0]))  # warm-up
         except Exception as err:  # noqa: BLE001 - an optional variant must not sink the case
-            if fixed_step is None:
+            if fixed_step is None and not lenient:
                 raise
             failed[label] = f"{type(err).__name__}: {err}"
             continue
@@ -344,7 +348,7 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
                         lambda m=m, rows=rows, reports=reports: reports.append(m.remove(rows)),
                         device) / len(rows))
                 except Exception as err:  # noqa: BLE001 - see the warm-up
-                    if label in SOLVERS:
+                    if label in SOLVERS and not lenient:
                         raise
                     failed[label] = f"{type(err).__name__}: {err}"
                     continue
@@ -359,7 +363,7 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
                             m, W_ref,
                             f"{NAME} {name} {label}: weights after {1 + ref_count} removals")
                     except CorrectnessError as err:
-                        if label in SOLVERS:
+                        if label in SOLVERS and not lenient:
                             raise
                         failed[label] = f"CorrectnessError: {err}"
     ref_per = statistics.median(ref_times)
@@ -410,7 +414,8 @@ def run(
 
     Raises:
         OpUnavailable: If the GLM ops are not compiled for ``device``.
-        CorrectnessError: If the weights after the removals disagree.
+        CorrectnessError: If the weights after the removals disagree (on CUDA: recorded as
+            the variant's error instead).
     """
     dev = resolve_device(device)
     size = resolve_preset(quick, preset)
@@ -429,7 +434,7 @@ def print_results(records: list[dict[str, Any]]) -> None:
                 f"Hessian + inverse per removal), lam={LAM} (ref/ours > 1: ours faster)",
                 records, COLUMNS)
     for rec in records:
-        if math.isfinite(rec["ratio_reference"]):
+        if "ours_cg_per_s" in rec and math.isfinite(rec.get("ratio_reference", math.nan)):
             print(f"  {rec['case']}: ours {rec['ours_per_s']:.1f} (auto), "
                   f"{rec['ours_cg_per_s']:.1f} (cg) vs reference {rec['reference_per_s']:.2f} "
                   f"removals/s ({rec['ratio_reference']:.1f}x, {rec['ratio_reference_cg']:.1f}x)")
