@@ -166,9 +166,9 @@ def test_cuda_results_are_the_same_run_to_run():
         assert torch.equal(first[name], second[name]), name
 
 
-def test_a_tensor_on_another_device_is_named():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_error_names_a_tensor_on_another_device():
     args = _args()
     args["A"] = args["A"].cuda()
     with pytest.raises(ValueError, match="argument 'A' is on"):
