@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from . import woodbury
-from .bounds import worst_case_bound
 from .fixed_step import RunResults
 from .records import RemovalReport
 
@@ -86,33 +85,26 @@ class PipelinedRuns:
         if count == 0:
             return 0, False
         fixed = self._fixed_step_for(base)
-        cfg = self._cfg
-        lam, gamma, cg_tol = cfg["lam"], cfg["gamma"], float(self.cg_tol)
-        worst_c = max(1.0, self._row_norm_max)
+        cg_tol = float(self.cg_tol)
         in_flight: deque[RunResults] = deque()
         done, fetched, window = 0, 0, FIRST_WINDOW  # rows accounted, rows being copied back
         stop: list[float] | None = None  # the numbers of the first row not committed
-        clock = [time.perf_counter()]
+        last = time.perf_counter()
 
         def absorb(batch: RunResults) -> list[float] | None:
             """Account the committed rows of ``batch`` in order; the first other row's numbers."""
-            nonlocal done
+            nonlocal done, last
             numbers = batch.wait()
             now = time.perf_counter()
-            seconds = (now - clock[0]) / len(numbers)  # the window's time, shared by its rows
-            clock[0] = now
+            seconds = (now - last) / len(numbers)  # the window's time, shared by its rows
+            last = now
             for j, (residual, bound, ok, iterated, committed) in enumerate(numbers):
                 if batch.first + j < done:  # accounted before an exception: retried here
                     continue
                 if not committed > 0.5:
                     return [residual, bound, ok, iterated, committed]
-                row = int(rows_np[done])
-                worst = worst_case_bound(
-                    lam, self._h_n_rem, self._h_A[row], gamma, C=worst_c
-                )  # before the row is dropped from the counts
-                self._drop_row_mirrors(row)
-                self._account_row(
-                    report, row, residual + bound, worst, int(iterated > 0.5), seconds
+                self._account_fixed_row(
+                    report, int(rows_np[done]), residual + bound, int(iterated > 0.5), seconds
                 )
                 done += 1
             return None

@@ -335,6 +335,22 @@ class SingleRowSteps:
         self._history.append(record)
         report.records.append(record)
 
+    def _account_fixed_row(
+        self, report: RemovalReport, row: int, bound: float, iterations: int, seconds: float
+    ) -> None:
+        """Account a row the fixed-shape step committed on the device.
+
+        Its worst-case bound (from the counts before it), the host mirrors, the used budget
+        and its record.
+        """
+        cfg = self._cfg
+        worst = worst_case_bound(
+            cfg["lam"], self._h_n_rem, self._h_A[row], cfg["gamma"],
+            C=max(1.0, self._row_norm_max),
+        )  # fmt: skip
+        self._drop_row_mirrors(row)
+        self._account_row(report, row, bound, worst, iterations, seconds)
+
     def _fixed_step_for(self, base: woodbury.RemovedRowsFactor) -> FixedShapeStep:
         """Return the fixed-shape step for the current tensors (built when they changed)."""
         fixed = getattr(self, "_fixed", None)
@@ -387,9 +403,7 @@ class SingleRowSteps:
         if rows_np.shape[0] == 0:
             return 0, False
         fixed = self._fixed_step_for(base)
-        cfg = self._cfg
-        lam, gamma, cg_tol = cfg["lam"], cfg["gamma"], float(self.cg_tol)
-        worst_c = max(1.0, self._row_norm_max)
+        cg_tol = float(self.cg_tol)
         done, refused, planned = 0, False, False
         t0 = time.perf_counter()
         try:
@@ -413,16 +427,12 @@ class SingleRowSteps:
                 if not ok or self.budget_used_ + total > self.budget_:
                     refused = True  # the single step plans the row again and handles it
                     break
-                worst = worst_case_bound(
-                    lam, self._h_n_rem, self._h_A[row], gamma, C=worst_c
-                )  # before the row is dropped from the counts
                 fixed.commit()
                 planned = False
                 base = self._wood = base._replace(rows=base.rows + 1, M_inv=None)
-                self._drop_row_mirrors(row)
-                self._refresh_loose_spectral()
                 now = time.perf_counter()
-                self._account_row(report, row, total, worst, iterations, now - t0)
+                self._account_fixed_row(report, row, total, iterations, now - t0)
+                self._refresh_loose_spectral()
                 t0 = now
                 done += 1
                 if done == rows_np.shape[0] or 0 <= refresh_after < iterations:
