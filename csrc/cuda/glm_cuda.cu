@@ -54,7 +54,11 @@ void multiply_into(at::Tensor& z, const at::Tensor& s, cudaStream_t stream) {
   });
 }
 
-// glm_hvp, and X V into ``margins`` when it is defined ([n, K], contiguous).
+// glm_hvp, and X V into ``margins`` when it is defined ([n, K], contiguous, any contents).
+// The first GEMM writes the margins in place and the scaling by S goes to a workspace (one
+// elementwise kernel, no copy of the margins); with lam == 0 (the certified removal step's
+// call) the second GEMM of the first chunk initialises ``out`` itself (beta = 0, so nothing
+// is read from it), so no kernel writes lam V first.
 at::Tensor hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at::Tensor& V_in,
                     double lam, const at::Tensor& margins, const char* op) {
   check_glm_design(X_in, S_in, op);
@@ -65,13 +69,19 @@ at::Tensor hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at::Te
   const int64_t n = X_in.size(0), K = S_in.size(1);
   const at::Tensor V = V_in.contiguous();
   at::Tensor out = at::empty_like(V, at::MemoryFormat::Contiguous);
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "glm_hvp_init", [&] {
-    scale_kernel<scalar_t><<<cuda::grid_for(V.numel()), cuda::kThreads, 0, stream>>>(
-        V.numel(), out.data_ptr<scalar_t>(), V.const_data_ptr<scalar_t>(),
-        static_cast<scalar_t>(lam));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  if (out.numel() == 0) {  // d == 0 or K == 0: X V is an empty sum (or has no columns)
+    if (margins.defined()) margins.zero_();
+    return out;
+  }
+  const bool gemm_initialises = lam == 0.0 && n > 0;
+  if (!gemm_initialises) {
+    AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "glm_hvp_init", [&] {
+      scale_kernel<scalar_t><<<cuda::grid_for(V.numel()), cuda::kThreads, 0, stream>>>(
+          V.numel(), out.data_ptr<scalar_t>(), V.const_data_ptr<scalar_t>(),
+          static_cast<scalar_t>(lam));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
   if (n == 0) return out;
 
   const at::Tensor X = X_in.contiguous(), S = S_in.contiguous();
@@ -80,11 +90,21 @@ at::Tensor hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at::Te
   for (int64_t start = 0; start < n; start += rows) {
     const int64_t len = std::min(rows, n - start);
     const at::Tensor chunk = X.narrow(0, start, len);
+    const at::Tensor s = S.narrow(0, start, len);
     at::Tensor z = Z.narrow(0, 0, len);
-    at::mm_out(z, chunk, V);
-    if (margins.defined()) margins.narrow(0, start, len).copy_(z);
-    multiply_into(z, S.narrow(0, start, len), stream);
-    out.addmm_(chunk.t(), z);  // second read of the chunk: served from L2
+    if (margins.defined()) {
+      at::Tensor m = margins.narrow(0, start, len);
+      at::mm_out(m, chunk, V);
+      at::mul_out(z, m, s);
+    } else {
+      at::mm_out(z, chunk, V);
+      multiply_into(z, s, stream);
+    }
+    if (start == 0 && gemm_initialises) {
+      at::mm_out(out, chunk.t(), z);
+    } else {
+      out.addmm_(chunk.t(), z);
+    }
   }
   return out;
 }
@@ -99,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor> glm_hvp_margins_cuda(const at::Tensor& X,
                                                        const at::Tensor& V, double lam) {
   check_glm_design(X, S, "glm_hvp_margins");
   const c10::cuda::CUDAGuard guard(X.device());
-  at::Tensor margins = at::zeros({X.size(0), S.size(1)}, X.options().dtype(V.scalar_type()));
+  at::Tensor margins = at::empty({X.size(0), S.size(1)}, X.options().dtype(V.scalar_type()));
   at::Tensor out = hvp_cuda(X, S, V, lam, margins, "glm_hvp_margins");
   return {out, margins};
 }
