@@ -16,10 +16,11 @@ the same fitted weights, with the default solver (``auto``) and with ``solver="c
 its own copy of the fitted model; on CUDA also ``solver="cg"`` with the fixed-shape step
 replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`; the default
 there since 2026-11-28; runs of rows pipelined, :mod:`fastunlearn.certified.pipelined`), the
-same with the end of each CG step fused into one op (``ours_graph_fused_*``, opt-in until
-measured), row by row (``ours_graph_rowwise_*``: one device read per row), row by row without the
-CG iteration chained into the start's graph (``ours_graph_unchained_*``) and with the
-general step (``ours_general_*``). A failure of
+same with the row's quantities, the end of each CG step and the pipelined commit fused
+into one op each (``ours_graph_fused_*``: ``certified_start_``, ``certified_cg_tail_``,
+``certified_commit_``; opt-in until measured), row by row (``ours_graph_rowwise_*``: one
+device read per row), row by row without the CG iteration chained into the start's graph
+(``ours_graph_unchained_*``) and with the general step (``ours_general_*``). A failure of
 one of these optional variants is recorded (``ours_<label>_error``), not fatal (on CUDA a
 failure of the solver variants too, so that one GPU run still times the others). Before
 timing, the weights after the timed removals must agree (the reference computes in float32,
@@ -255,13 +256,15 @@ def configure(model: Any, fixed_step: str) -> None:
 
     ``"graph-rowwise"``: the graphs with the row-by-row loop (no pipelined runs);
     ``"graph-unchained"``: row by row, without the CG iteration chained into the start;
-    ``"graph-fused"``: pipelined, the end of each CG step as one op (``certified_cg_tail_``).
+    ``"graph-fused"``: pipelined, with the row's quantities (``certified_start_``), the end
+    of each CG step (``certified_cg_tail_``) and the guarded commit (``certified_commit_``)
+    as one op each.
     """
     mode, _, how = fixed_step.partition("-")
     model._fixed_step_mode = mode
     model._pipeline_removals = how in ("", "fused")
     model._chain_iterations = how != "unchained"
-    model._fused_cg_tail = how == "fused"
+    model._fused_start = model._fused_cg_tail = model._fused_commit = how == "fused"
 
 
 def blocks(ours_count: int, ref_count: int) -> list[tuple[int, int]]:
@@ -445,7 +448,7 @@ def print_results(records: list[dict[str, Any]]) -> None:
                   f"{rec.get('ours_graph_replayed')}), {rec['ratio_reference_graph']:.1f}x the "
                   "reference")
         if "ours_graph_fused_per_s" in rec:
-            print(f"  {rec['case']}: with the fused CG tail "
+            print(f"  {rec['case']}: with the fused ops (start, CG tail, commit) "
                   f"{rec['ours_graph_fused_per_s']:.1f} removals/s (median block)")
         if "ours_graph_rowwise_per_s" in rec:
             print(f"  {rec['case']}: row by row (no pipelined runs) "

@@ -14,9 +14,9 @@ synthetic MNIST-shaped data, makes a few untimed removals, then:
 Usage: ``python -m bench.profile_certified --device cuda [--n 60000] [--solver auto]
 [--fixed-step graph,graph-fused,graph-rowwise,off]``: one profile per mode (``off``: the
 general step; ``graph``: the single-row CG step replayed as CUDA graphs, runs of rows
-pipelined; ``graph-fused``: with the fused CG tail; ``graph-rowwise``: row by row; ``cpu``:
-the compiled CPU step), each on its own copy of the fitted model. The tables go to stdout
-and, with ``--out DIR``, to ``DIR/profile-certified.txt``.
+pipelined; ``graph-fused``: with the fused start, CG tail and commit; ``graph-rowwise``: row by
+row; ``cpu``: the compiled CPU step), each on its own copy of the fitted model. The tables
+go to stdout and, with ``--out DIR``, to ``DIR/profile-certified.txt``.
 """
 
 from __future__ import annotations

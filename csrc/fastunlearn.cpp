@@ -66,6 +66,31 @@ TORCH_LIBRARY(fastunlearn, m) {
       "Tensor(e!) out, Tensor P, Tensor XP, Tensor HP, Tensor rz, Tensor? needed, Tensor A, "
       "Tensor Delta, Tensor spectral, float bound_scale, bool first) -> ()");
 
+  // The removed row's quantities of that removal step (CPU and CUDA kernels; the CUDA graphs
+  // of fastunlearn/certified/fixed_step.py use it when asked): a = A[row], row_weights = a,
+  // Delta = X[row]^T (a * l'(Z[row], Y[row])) + lam a W with l'(z, y) = -y sigma(-y z),
+  // A_after = A with its row zeroed, S = A_after sigma(Z) sigma(-Z), lam_k = (n_rem - a) lam,
+  // spectral = sqrt(max(min(eig, row_sq @ A_after), 0)). float64; see
+  // fastunlearn/ops/certified_start.py.
+  m.def(
+      "certified_start_(Tensor(a!) row_weights, Tensor(b!) Delta, Tensor(c!) A_after, "
+      "Tensor(d!) S, Tensor(e!) lam_k, Tensor(f!) spectral, Tensor X, Tensor Y, Tensor Z, "
+      "Tensor A, Tensor W, Tensor row, Tensor n_rem, Tensor eig, Tensor row_sq, float lam) -> ()");
+
+  // The guarded commit of a pipelined run's planned step (CPU and CUDA kernels; the pipelined
+  // CUDA graph of fastunlearn/certified/fixed_step.py uses it when asked): go = alive and
+  // out[2] > 0.5 and out[0] <= cg_tol out[1] and not (budget_used + out[0] + out[1] > budget);
+  // where go, W += V, Z += XV, A[row] = 0, removed[row] = True, gram[c] -= coef_c x x^T
+  // (x = X[row]; coef 1 if shared_gram else the row's weights), n_rem -= row_weights,
+  // budget_used += out[0] + out[1]; always alive &= go, out[4] = go, results[slot] = out[:5],
+  // counter += 1. See fastunlearn/ops/certified_commit.py.
+  m.def(
+      "certified_commit_(Tensor(a!) W, Tensor(b!) Z, Tensor(c!) A, Tensor(d!) removed, "
+      "Tensor(e!) gram, Tensor(f!) n_rem, Tensor(g!) budget_used, Tensor(h!) alive, "
+      "Tensor(i!) out, Tensor(j!) results, Tensor(k!) counter, Tensor V, Tensor XV, Tensor X, "
+      "Tensor row, Tensor slot, Tensor row_weights, Tensor budget, float cg_tol, "
+      "bool shared_gram) -> ()");
+
   // ---- 2. Generic CG support -------------------------------------------------------
   // One fused CG step for K right-hand sides stored as columns of [d,K] tensors, given
   // Ap = A p. Updates x, r, p, rz (= r.z), rr (= r.r), active and iterations in place.

@@ -46,6 +46,8 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..ops.certified_commit import certified_commit_
+from ..ops.certified_start import certified_start_
 from ..ops.certified_tail import certified_cg_tail_
 from .bounds import data_dependent_bound
 from .math import curvature_weights, loss_derivative
@@ -157,6 +159,11 @@ class FixedShapeStep:
         # the end of each CG step as one fused op (certified_cg_tail_) instead of ~25 small
         # operators: opt-in per model (``_fused_cg_tail``) until measured on a GPU
         self.fused_tail = bool(getattr(model, "_fused_cg_tail", False))
+        # likewise the pipelined step's guard, commit and bookkeeping as one op
+        # (certified_commit_) instead of ~30: opt-in per model (``_fused_commit``)
+        self.fused_commit = bool(getattr(model, "_fused_commit", False))
+        # and the row's quantities before its Woodbury extension (certified_start_)
+        self.fused_start = bool(getattr(model, "_fused_start", False))
         self.bound_scale = self.gamma * max(1.0, self.row_norm_max)
 
     def matches(self, model: CertifiedLogisticRegression, factor: RemovedRowsFactor) -> bool:
@@ -175,6 +182,8 @@ class FixedShapeStep:
             and factor.weights is f.weights
             and float(model.cg_tol) == self.cg_tol
             and bool(getattr(model, "_fused_cg_tail", False)) == self.fused_tail
+            and bool(getattr(model, "_fused_commit", False)) == self.fused_commit
+            and bool(getattr(model, "_fused_start", False)) == self.fused_start
         )
 
     # ---- the computation -----------------------------------------------------------------
@@ -256,16 +265,22 @@ class FixedShapeStep:
         """Delta, the Woodbury extension by the row, the first CG step and its bound."""
         f, r, t = self.factor, self.row, self.slot
         X, Z, A = self.X, self.Z, self.A
-        a = torch.index_select(A, 0, r, out=self.row_weights)  # [1, K]
-        m_k = a[0]
         xi = X.index_select(0, r)  # [1, d]
-        grads = xi.T @ (a * loss_derivative(Z.index_select(0, r), self.Y.index_select(0, r)))
-        torch.add(grads, (self.lam * m_k) * self.W, out=self.Delta)
-        self.A_after.copy_(A).index_fill_(0, r, 0.0)
-        curvature_weights(Z, self.A_after, out=self.S)
-        torch.mul(self.n_rem - m_k, self.lam, out=self.lam_k)
-        trace = self.row_sq @ self.A_after
-        torch.minimum(self.eig, trace, out=self.spectral).clamp_min_(0.0).sqrt_()
+        if self.fused_start:
+            certified_start_(
+                self.row_weights, self.Delta, self.A_after, self.S, self.lam_k, self.spectral,
+                X, self.Y, Z, A, self.W, r, self.n_rem, self.eig, self.row_sq, self.lam,
+            )  # fmt: skip
+        else:
+            a = torch.index_select(A, 0, r, out=self.row_weights)  # [1, K]
+            m_k = a[0]
+            derivative = loss_derivative(Z.index_select(0, r), self.Y.index_select(0, r))
+            torch.add(xi.T @ (a * derivative), (self.lam * m_k) * self.W, out=self.Delta)
+            self.A_after.copy_(A).index_fill_(0, r, 0.0)
+            curvature_weights(Z, self.A_after, out=self.S)
+            torch.mul(self.n_rem - m_k, self.lam, out=self.lam_k)
+            trace = self.row_sq @ self.A_after
+            torch.minimum(self.eig, trace, out=self.spectral).clamp_min_(0.0).sqrt_()
         # the Woodbury column of the row, written into slot t (zero / identity before)
         scale = f.weights.index_select(0, r).clamp_min(0.0).sqrt()  # [1, K]
         U_new = xi.T.unsqueeze(0) * scale.T.unsqueeze(1)  # [K, d, 1]
@@ -384,6 +399,14 @@ class FixedShapeStep:
         torch.add(self.run_slot0, self.counter, out=self.slot)
         self._start()
         self._iterate_if_needed()
+        if self.fused_commit:
+            certified_commit_(
+                self.W, self.Z, self.A, self.removed, self.gram, self.n_rem, self.budget_used,
+                self.alive, self.out, self.results, self.counter, self.V, self.XV, self.X,
+                self.row, self.slot, self.row_weights, self.budget, self.cg_tol,
+                self.shared_gram,
+            )  # fmt: skip
+            return
         residual, bound = self.out[0], self.out[1]
         total = residual + bound
         go = (

@@ -19,6 +19,8 @@ __all__ = [
     "glm_cg",
     "cg_update_",
     "certified_cg_tail_",
+    "certified_commit_",
+    "certified_start_",
     "per_sample_grad",
     "per_sample_sq_norm",
     "per_sample_dot",
@@ -153,6 +155,103 @@ def certified_cg_tail_(
     step = torch.linalg.vector_norm(_d(V), dim=0)
     out[0] = torch.linalg.vector_norm(_d(R), dim=0).sum()
     out[1] = (bound_scale * _d(spectral) * step * projected).sum()
+
+
+def certified_commit_(
+    W: Tensor,
+    Z: Tensor,
+    A: Tensor,
+    removed: Tensor,
+    gram: Tensor,
+    n_rem: Tensor,
+    budget_used: Tensor,
+    alive: Tensor,
+    out: Tensor,
+    results: Tensor,
+    counter: Tensor,
+    V: Tensor,
+    XV: Tensor,
+    X: Tensor,
+    row: Tensor,
+    slot: Tensor,
+    row_weights: Tensor,
+    budget: Tensor,
+    cg_tol: float,
+    shared_gram: bool,
+) -> None:
+    """Commit a pipelined run's planned step where the host's tests pass, in place.
+
+    ``go = alive and out[2] > 0.5 and out[0] <= cg_tol out[1] and not (budget_used + out[0] +
+    out[1] > budget)``. Where ``go``: ``W += V``, ``Z += XV``, ``A[row] = 0``, ``removed[row] =
+    True``, ``gram[k] -= c_k x x^T`` (``x = X[row]``, ``c = 1`` if ``shared_gram`` else the
+    row's weights), ``n_rem -= row_weights``, ``budget_used += out[0] + out[1]``. Always:
+    ``alive &= go``, ``out[4] = go``, ``results[slot] = out[:5]``, ``counter += 1``.
+    """
+    residual, bound = float(out[0]), float(out[1])
+    total = residual + bound
+    go = (
+        bool(alive.reshape(-1)[0])
+        and float(out[2]) > 0.5
+        and residual <= cg_tol * bound
+        and not (float(budget_used.reshape(-1)[0]) + total > float(budget.reshape(-1)[0]))
+    )
+    r, t = int(row.reshape(-1)[0]), int(slot.reshape(-1)[0])
+    if go:
+        rw = _d(row_weights.reshape(-1)).clone()  # may be a view of A's row
+        x = _d(X[r])
+        outer = torch.outer(x, x)
+        W.copy_(_d(W) + _d(V))
+        Z.copy_(_d(Z) + _d(XV))
+        A[r] = 0.0
+        removed[r] = True
+        coef = torch.ones(1, dtype=torch.float64) if shared_gram else rw
+        gram.copy_(_d(gram) - coef[:, None, None] * outer)
+        n_rem.copy_(_d(n_rem) - rw)
+        budget_used.reshape(-1)[0] += total
+    alive.reshape(-1)[0] = bool(alive.reshape(-1)[0]) and go
+    out[4] = 1.0 if go else 0.0
+    results[t, :5] = out[:5]
+    counter.reshape(-1)[0] += 1
+
+
+def certified_start_(
+    row_weights: Tensor,
+    Delta: Tensor,
+    A_after: Tensor,
+    S: Tensor,
+    lam_k: Tensor,
+    spectral: Tensor,
+    X: Tensor,
+    Y: Tensor,
+    Z: Tensor,
+    A: Tensor,
+    W: Tensor,
+    row: Tensor,
+    n_rem: Tensor,
+    eig: Tensor,
+    row_sq: Tensor,
+    lam: float,
+) -> None:
+    """Compute the certified removal step's quantities for removing ``row``, in place.
+
+    ``a = A[row]``; ``row_weights = a``; ``Delta = X[row]^T (a * l'(Z[row], Y[row])) + lam a
+    W`` with ``l'(z, y) = -y sigma(-y z)``; ``A_after = A`` with its row zeroed; ``S = A_after
+    sigma(Z) sigma(-Z)``; ``lam_k = (n_rem - a) lam``; ``spectral = sqrt(max(min(eig, row_sq
+    @ A_after), 0))``.
+    """
+    r = int(row.reshape(-1)[0])
+    a = _d(A[r]).clone()
+    Zd, Yd = _d(Z), _d(Y)
+    derivative = -Yd[r] * torch.sigmoid(-Yd[r] * Zd[r])
+    after = _d(A).clone()
+    after[r] = 0.0
+    row_weights.copy_(a.reshape(row_weights.shape))
+    Delta.copy_(torch.outer(_d(X[r]), a * derivative) + (lam * a) * _d(W))
+    A_after.copy_(after)
+    S.copy_(after * (torch.sigmoid(Zd) * torch.sigmoid(-Zd)))
+    lam_k.copy_((_d(n_rem) - a) * lam)
+    trace = _d(row_sq) @ after
+    spectral.copy_(torch.minimum(_d(eig), trace).clamp_min(0.0).sqrt())
 
 
 def per_sample_grad(A: Tensor, G: Tensor) -> Tensor:

@@ -235,13 +235,16 @@ def test_pipelining_switches():
 @pytest.mark.parametrize(
     "device", [pytest.param(d, marks=[pytest.mark.cuda] if d == "cuda" else []) for d in DEVICES]
 )
-def test_pipelined_graphs_equal_the_general_step(device):
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused-ops"])
+def test_pipelined_graphs_equal_the_general_step(device, fused):
     """On CUDA the run replays the captured graph (on the CPU: eagerly); 100 removals in one
-    call equal the general step's and leave host and device in agreement."""
+    call equal the general step's and leave host and device in agreement, with and without
+    the fused ops (start, CG tail, commit)."""
     X, y = _digits()
     mode = "graph" if device == "cuda" else "eager"
     general = _model(X, y, "off", device=device)
     piped = _model(X, y, mode, device=device)
+    piped._fused_start = piped._fused_cg_tail = piped._fused_commit = fused
     order = _order(X.shape[0], 100, seed=5)
     for m in (general, piped):
         m.remove(order)
@@ -284,3 +287,95 @@ def test_fused_cg_tail_gives_the_general_steps_removals(monkeypatch, pipelined_r
     assert fused._fixed is not step and not fused._fixed.fused_tail
     assert_same(general, fused)
     _assert_mirrors_match_tensors(fused)
+
+
+@pytest.mark.parametrize("subsample_ratio", [1.0, 0.9], ids=["shared-gram", "per-class-gram"])
+def test_fused_commit_gives_the_unfused_removals(monkeypatch, subsample_ratio):
+    """``_fused_commit``: the pipelined step's guard, commit and bookkeeping as one op
+    (certified_commit_) in the graph (stand-ins here): the same removals as the unfused
+    pipelined step (to rounding in the Gram downdate) and the general step's, with the
+    shared and the per-class Gram matrices; switching the flag rebuilds the step."""
+    stand_in_graphs(monkeypatch)
+    X, y = _digits()
+    if subsample_ratio < 1.0:  # three classes: most rows stay in every class's share
+        X, y = X[y < 3], y[y < 3]
+    params = dict(subsample_ratio=subsample_ratio)
+    general = _model(X, y, "off", **params)
+    plain, fused = _model(X, y, "graph", **params), _model(X, y, "graph", **params)
+    fused._fused_commit = True
+    calls = []
+    commit = fixed_step.certified_commit_
+
+    def spy(*args):
+        calls.append(args[-1])  # shared_gram
+        return commit(*args)
+
+    monkeypatch.setattr(fixed_step, "certified_commit_", spy)
+    order = _order(X.shape[0], 90, seed=7)
+    for m in (general, plain, fused):
+        m.remove(order[:70])
+    assert fused._fixed.fused_commit and calls == [subsample_ratio >= 1.0] * len(calls)
+    assert len(calls) >= 30  # one per pipelined row (rows in every class's share)
+    for name in ("_W", "_A", "_n_rem", "_removed", "_eig"):
+        assert torch.equal(getattr(plain, name), getattr(fused, name)), name
+    torch.testing.assert_close(plain._gram, fused._gram, rtol=1e-13, atol=1e-13)
+    assert plain.budget_used_ == fused.budget_used_
+    assert [r.bound for r in plain._history] == [r.bound for r in fused._history]
+    assert_same(general, fused)
+    _assert_mirrors_match_tensors(fused)
+    assert float(fused._fixed.budget_used) == fused.budget_used_
+    step = fused._fixed
+    fused._fused_commit = False
+    for m in (general, fused):
+        m.remove(order[70:])
+    assert fused._fixed is not step and not fused._fixed.fused_commit
+    assert_same(general, fused)
+
+
+@pytest.mark.parametrize("retrain", [True, False])
+def test_fused_commit_stops_the_run_at_the_budget(retrain):
+    """The budget reached mid-run with the fused commit: the same refusals, retrain or
+    error, and committed rows as the general step."""
+    X, y = _digits()
+    params = dict(lam=1e-2, sigma=1.0, epsilon=0.2, retrain=retrain)
+    general, fused = _model(X, y, "off", **params), _model(X, y, "eager", **params)
+    fused._fused_commit = True
+    order = _order(X.shape[0], 60, seed=3)
+    for m in (general, fused):
+        if retrain:
+            m.remove(order)
+        else:
+            with pytest.raises(BudgetExceededError):
+                m.remove(order)
+    assert_same(general, fused)
+    assert fused.retrains_ >= 1 if retrain else 0 < len(fused._history) < len(order)
+    _assert_mirrors_match_tensors(fused)
+    assert_clean_beyond_rows(fused)
+
+
+@pytest.mark.parametrize("pipelined_runs", [True, False], ids=["pipelined", "row-by-row"])
+def test_every_fused_op_together_gives_the_general_steps_removals(monkeypatch, pipelined_runs):
+    """``_fused_start``, ``_fused_cg_tail`` and ``_fused_commit`` together (the benchmark's
+    ``graph-fused`` variant) in the graphs (stand-ins here): the row's quantities, the end
+    of each CG step and the pipelined commit each one op; the removals equal the general
+    step's, and the start's op runs once per planned row."""
+    stand_in_graphs(monkeypatch)
+    X, y = _digits()
+    general = _model(X, y, "off")
+    fused = _model(X, y, "graph", pipelined_runs)
+    fused._fused_start = fused._fused_cg_tail = fused._fused_commit = True
+    starts = []
+    start = fixed_step.certified_start_
+
+    def spy(*args):
+        starts.append(int(args[11]))  # row
+        return start(*args)
+
+    monkeypatch.setattr(fixed_step, "certified_start_", spy)
+    order = _order(X.shape[0], 80, seed=8)
+    for m in (general, fused):
+        m.remove(order)
+    assert fused._fixed.fused_start and set(order[1:]) <= set(starts)
+    assert_same(general, fused)
+    _assert_mirrors_match_tensors(fused)
+    assert_clean_beyond_rows(fused)
