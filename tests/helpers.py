@@ -13,3 +13,36 @@ def tolerances(dtype: torch.dtype) -> dict:
     if dtype == torch.float32:
         return {"rtol": 1e-4, "atol": 1e-4}
     return {"rtol": 1e-10, "atol": 1e-10}
+
+
+def run_in_place(fn, args: dict, written: tuple[str, ...]) -> dict:
+    """Call the in-place ``fn(**args)`` on copies of the tensors; return the written copies."""
+    copies = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    fn(**copies)
+    return {k: copies[k] for k in written}
+
+
+def assert_in_place_matches(fn, oracle, args: dict, written: tuple[str, ...], **tol) -> dict:
+    """Run an in-place op and its float64 oracle on copies of ``args``; every written tensor
+    must agree (NaN where the oracle has NaN). Returns the op's written tensors."""
+    ours, ref = run_in_place(fn, args, written), run_in_place(oracle, args, written)
+    for name in written:
+        torch.testing.assert_close(ours[name], ref[name], equal_nan=True, msg=name, **tol)
+    return ours
+
+
+def assert_rejected_unchanged(fn, args: dict, error: type, match: str) -> None:
+    """``fn(**args)`` raises ``error`` matching ``match`` and leaves every tensor as it was."""
+    before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(error, match=match):
+        fn(**args)
+    for k, v in before.items():
+        assert torch.equal(args[k], v), k
+
+
+def assert_same_run_to_run(fn, args: dict, written: tuple[str, ...]) -> None:
+    """Two calls of the in-place ``fn`` on copies of ``args`` write the same bits (kernels whose
+    sums have a fixed order)."""
+    first, second = run_in_place(fn, args, written), run_in_place(fn, args, written)
+    for name in written:
+        assert torch.equal(first[name], second[name]), name

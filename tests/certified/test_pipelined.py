@@ -57,6 +57,19 @@ def _spy_fetches(monkeypatch):
     return seen
 
 
+def _spy_op(monkeypatch, name, pick):
+    """Record ``pick(args)`` for every call the fixed-shape step makes to its op ``name``."""
+    seen = []
+    op = getattr(fixed_step, name)
+
+    def spy(*args):
+        seen.append(pick(args))
+        return op(*args)
+
+    monkeypatch.setattr(fixed_step, name, spy)
+    return seen
+
+
 def _assert_identical(a, b):
     """Same tensors, mirrors and records, to the bit (the same operators in the same order)."""
     for name in ("_W", "_gram", "_A", "_n_rem", "_removed", "_eig"):
@@ -162,14 +175,17 @@ def test_a_row_whose_factor_fails_goes_to_the_single_step(monkeypatch):
     assert_clean_beyond_rows(piped)
 
 
+@pytest.mark.parametrize("fused_commit", [False, True], ids=["commit", "fused-commit"])
 @pytest.mark.parametrize("retrain", [True, False])
-def test_budget_stops_the_run_at_the_row_that_would_exceed_it(retrain):
+def test_budget_stops_the_run_at_the_row_that_would_exceed_it(retrain, fused_commit):
     """A budget reached mid-run: the device refuses the row that would exceed it and every
     row after it; the single step then retrains (or raises with the model unchanged by that
-    row), as the general step does; the rows before stay committed with their records."""
+    row), as the general step does; the rows before stay committed with their records. The
+    same with the guard and commit as one op (``_fused_commit``)."""
     X, y = _digits()
     params = dict(lam=1e-2, sigma=1.0, epsilon=0.2, retrain=retrain)
     general, piped = _model(X, y, "off", **params), _model(X, y, "eager", **params)
+    piped._fused_commit = fused_commit
     order = _order(X.shape[0], 60, seed=3)
     for m in (general, piped):
         if retrain:
@@ -267,14 +283,7 @@ def test_fused_cg_tail_gives_the_general_steps_removals(monkeypatch, pipelined_r
     general = _model(X, y, "off")
     fused = _model(X, y, "graph", pipelined_runs)
     fused._fused_cg_tail = True
-    calls = []
-    tail = fixed_step.certified_cg_tail_
-
-    def spy(*args):
-        calls.append(args[-1])  # first
-        return tail(*args)
-
-    monkeypatch.setattr(fixed_step, "certified_cg_tail_", spy)
+    calls = _spy_op(monkeypatch, "certified_cg_tail_", lambda args: args[-1])  # first
     order = _order(X.shape[0], 80, seed=6)
     for m in (general, fused):
         m.remove(order[:60])
@@ -303,14 +312,7 @@ def test_fused_commit_gives_the_unfused_removals(monkeypatch, subsample_ratio):
     general = _model(X, y, "off", **params)
     plain, fused = _model(X, y, "graph", **params), _model(X, y, "graph", **params)
     fused._fused_commit = True
-    calls = []
-    commit = fixed_step.certified_commit_
-
-    def spy(*args):
-        calls.append(args[-1])  # shared_gram
-        return commit(*args)
-
-    monkeypatch.setattr(fixed_step, "certified_commit_", spy)
+    calls = _spy_op(monkeypatch, "certified_commit_", lambda args: args[-1])  # shared_gram
     order = _order(X.shape[0], 90, seed=7)
     for m in (general, plain, fused):
         m.remove(order[:70])
@@ -332,27 +334,6 @@ def test_fused_commit_gives_the_unfused_removals(monkeypatch, subsample_ratio):
     assert_same(general, fused)
 
 
-@pytest.mark.parametrize("retrain", [True, False])
-def test_fused_commit_stops_the_run_at_the_budget(retrain):
-    """The budget reached mid-run with the fused commit: the same refusals, retrain or
-    error, and committed rows as the general step."""
-    X, y = _digits()
-    params = dict(lam=1e-2, sigma=1.0, epsilon=0.2, retrain=retrain)
-    general, fused = _model(X, y, "off", **params), _model(X, y, "eager", **params)
-    fused._fused_commit = True
-    order = _order(X.shape[0], 60, seed=3)
-    for m in (general, fused):
-        if retrain:
-            m.remove(order)
-        else:
-            with pytest.raises(BudgetExceededError):
-                m.remove(order)
-    assert_same(general, fused)
-    assert fused.retrains_ >= 1 if retrain else 0 < len(fused._history) < len(order)
-    _assert_mirrors_match_tensors(fused)
-    assert_clean_beyond_rows(fused)
-
-
 @pytest.mark.parametrize("pipelined_runs", [True, False], ids=["pipelined", "row-by-row"])
 def test_every_fused_op_together_gives_the_general_steps_removals(monkeypatch, pipelined_runs):
     """``_fused_start``, ``_fused_cg_tail`` and ``_fused_commit`` together (the benchmark's
@@ -364,14 +345,7 @@ def test_every_fused_op_together_gives_the_general_steps_removals(monkeypatch, p
     general = _model(X, y, "off")
     fused = _model(X, y, "graph", pipelined_runs)
     fused._fused_start = fused._fused_cg_tail = fused._fused_commit = True
-    starts = []
-    start = fixed_step.certified_start_
-
-    def spy(*args):
-        starts.append(int(args[11]))  # row
-        return start(*args)
-
-    monkeypatch.setattr(fixed_step, "certified_start_", spy)
+    starts = _spy_op(monkeypatch, "certified_start_", lambda args: int(args[11]))  # row
     order = _order(X.shape[0], 80, seed=8)
     for m in (general, fused):
         m.remove(order)

@@ -4,7 +4,13 @@ CUDA when present)."""
 
 import pytest
 import torch
-from helpers import DEVICES
+from helpers import (
+    DEVICES,
+    assert_in_place_matches,
+    assert_rejected_unchanged,
+    assert_same_run_to_run,
+    run_in_place,
+)
 
 import fastunlearn  # noqa: F401  (loads the op library)
 from fastunlearn.ops import reference
@@ -49,18 +55,13 @@ def _args(d=7, n=19, K=3, T=6, device="cpu", seed=0, shared_gram=True, row=4, sl
 
 
 def _run(fn, args):
-    copies = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
-    fn(**copies)
-    return {k: copies[k] for k in WRITTEN}
+    return run_in_place(fn, args, WRITTEN)
 
 
 def _assert_matches_reference(args):
-    ours, ref = _run(certified_commit_, args), _run(reference.certified_commit_, args)
-    for name in WRITTEN:
-        torch.testing.assert_close(
-            ours[name], ref[name], rtol=1e-14, atol=1e-14, equal_nan=True, msg=name
-        )
-    return ours
+    return assert_in_place_matches(
+        certified_commit_, reference.certified_commit_, args, WRITTEN, rtol=1e-14, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -209,11 +210,7 @@ def test_opcheck(device):
 def test_bad_arguments_are_named_and_nothing_is_written(change, error, match):
     args = _args()
     change(args)
-    before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor)}
-    with pytest.raises(error, match=match):
-        certified_commit_(**args)
-    for k, v in before.items():
-        assert torch.equal(args[k], v), k
+    assert_rejected_unchanged(certified_commit_, args, error, match)
 
 
 @pytest.mark.cuda
@@ -234,8 +231,15 @@ def test_cuda_row_or_slot_out_of_range_commits_nothing():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_results_are_the_same_run_to_run():
+    """Per-class Gram matrices past one block's work: repeated calls agree to the bit."""
+    args = _args(d=80, n=5000, K=10, T=40, device="cuda", seed=4, shared_gram=False)
+    assert_same_run_to_run(certified_commit_, args, WRITTEN)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_error_names_a_tensor_on_another_device():
     args = _args()
     args["XV"] = args["XV"].cuda()
-    with pytest.raises(ValueError, match="argument 'XV' is on"):
-        certified_commit_(**args)
+    assert_rejected_unchanged(certified_commit_, args, ValueError, "argument 'XV' is on")

@@ -4,7 +4,13 @@ present)."""
 
 import pytest
 import torch
-from helpers import DEVICES
+from helpers import (
+    DEVICES,
+    assert_in_place_matches,
+    assert_rejected_unchanged,
+    assert_same_run_to_run,
+    run_in_place,
+)
 
 import fastunlearn  # noqa: F401  (loads the op library)
 from fastunlearn.certified.math import curvature_weights, loss_derivative
@@ -38,18 +44,13 @@ def _args(d=7, n=19, K=3, device="cpu", seed=0, row=4, eig_size=None):
 
 
 def _run(fn, args):
-    copies = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
-    fn(**copies)
-    return {k: copies[k] for k in WRITTEN}
+    return run_in_place(fn, args, WRITTEN)
 
 
 def _assert_matches_reference(args):
-    ours, ref = _run(certified_start_, args), _run(reference.certified_start_, args)
-    for name in WRITTEN:
-        torch.testing.assert_close(
-            ours[name], ref[name], rtol=1e-13, atol=1e-14, equal_nan=True, msg=name
-        )
-    return ours
+    return assert_in_place_matches(
+        certified_start_, reference.certified_start_, args, WRITTEN, rtol=1e-13, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -73,8 +74,9 @@ def test_the_spectral_bound_is_the_smaller_one(device):
                                          args["A"])  # fmt: skip
     args["eig"] = torch.stack([trace[0] * 0.5, trace[1] * 2.0, -trace[2]])
     ours = _assert_matches_reference(args)
-    want = torch.stack([(trace[0] * 0.5).sqrt(), trace[1].sqrt(), torch.zeros((), dtype=F64,
-                                                                               device=device)])
+    want = torch.stack(
+        [(trace[0] * 0.5).sqrt(), trace[1].sqrt(), torch.zeros((), dtype=F64, device=device)]
+    )
     torch.testing.assert_close(ours["spectral"], want, rtol=1e-14, atol=0)
 
 
@@ -150,11 +152,7 @@ def test_opcheck(device):
 def test_bad_arguments_are_named_and_nothing_is_written(change, error, match):
     args = _args()
     change(args)
-    before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor)}
-    with pytest.raises(error, match=match):
-        certified_start_(**args)
-    for k, v in before.items():
-        assert torch.equal(args[k], v), k
+    assert_rejected_unchanged(certified_start_, args, error, match)
 
 
 @pytest.mark.cuda
@@ -173,9 +171,7 @@ def test_cuda_row_out_of_range_plans_a_step_that_fails():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_results_are_the_same_run_to_run():
     args = _args(d=80, n=5000, K=10, device="cuda", seed=4)
-    first, second = _run(certified_start_, args), _run(certified_start_, args)
-    for name in WRITTEN:
-        assert torch.equal(first[name], second[name]), name
+    assert_same_run_to_run(certified_start_, args, WRITTEN)
 
 
 @pytest.mark.cuda
@@ -183,5 +179,4 @@ def test_cuda_results_are_the_same_run_to_run():
 def test_error_names_a_tensor_on_another_device():
     args = _args()
     args["Z"] = args["Z"].cuda()
-    with pytest.raises(ValueError, match="argument 'Z' is on"):
-        certified_start_(**args)
+    assert_rejected_unchanged(certified_start_, args, ValueError, "argument 'Z' is on")

@@ -3,7 +3,13 @@ against the fixed-shape step's own tensor expressions, on CPU (and CUDA when pre
 
 import pytest
 import torch
-from helpers import DEVICES
+from helpers import (
+    DEVICES,
+    assert_in_place_matches,
+    assert_rejected_unchanged,
+    assert_same_run_to_run,
+    run_in_place,
+)
 
 import fastunlearn  # noqa: F401  (loads the op library)
 from fastunlearn.ops import reference
@@ -35,18 +41,13 @@ WRITTEN = ("V", "XV", "HV", "R", "out")
 
 
 def _run(fn, args):
-    copies = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
-    fn(**copies)
-    return {k: copies[k] for k in WRITTEN}
+    return run_in_place(fn, args, WRITTEN)
 
 
 def _assert_matches_reference(args):
-    ours, ref = _run(certified_cg_tail_, args), _run(reference.certified_cg_tail_, args)
-    for name in WRITTEN:
-        torch.testing.assert_close(
-            ours[name], ref[name], rtol=1e-12, atol=1e-13, equal_nan=True, msg=name
-        )
-    return ours
+    return assert_in_place_matches(
+        certified_cg_tail_, reference.certified_cg_tail_, args, WRITTEN, rtol=1e-12, atol=1e-13
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -149,11 +150,7 @@ def test_opcheck(device):
 def test_bad_arguments_are_named_and_nothing_is_written(change, error, match):
     args = _args(first=False)
     change(args)
-    before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor)}
-    with pytest.raises(error, match=match):
-        certified_cg_tail_(**args)
-    for k, v in before.items():
-        assert torch.equal(args[k], v), k
+    assert_rejected_unchanged(certified_cg_tail_, args, error, match)
 
 
 @pytest.mark.cuda
@@ -161,9 +158,7 @@ def test_bad_arguments_are_named_and_nothing_is_written(change, error, match):
 def test_cuda_results_are_the_same_run_to_run():
     """Every sum of the CUDA kernels has a fixed order: repeated calls agree to the bit."""
     args = _args(d=80, n=5000, K=10, device="cuda", seed=4)
-    first, second = _run(certified_cg_tail_, args), _run(certified_cg_tail_, args)
-    for name in WRITTEN:
-        assert torch.equal(first[name], second[name]), name
+    assert_same_run_to_run(certified_cg_tail_, args, WRITTEN)
 
 
 @pytest.mark.cuda
@@ -171,5 +166,4 @@ def test_cuda_results_are_the_same_run_to_run():
 def test_error_names_a_tensor_on_another_device():
     args = _args()
     args["A"] = args["A"].cuda()
-    with pytest.raises(ValueError, match="argument 'A' is on"):
-        certified_cg_tail_(**args)
+    assert_rejected_unchanged(certified_cg_tail_, args, ValueError, "argument 'A' is on")
