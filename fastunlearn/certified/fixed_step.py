@@ -200,10 +200,14 @@ class FixedShapeStep:
             return torch.bmm(self.C_inv, B)
         return torch.linalg.solve_triangular(self.factor.C_buf, B, upper=False)
 
-    def _precondition(self, B: Tensor) -> Tensor:
-        """``M'^{-1} B`` with the factors and every Woodbury column, ``B [d, K]``."""
+    def _precondition(self, B: Tensor, y: Tensor | None = None) -> Tensor:
+        """``M'^{-1} B`` with the factors and every Woodbury column, ``B [d, K]``.
+
+        ``y``: ``M^{-1} B`` as ``[K, d, 1]`` when the caller already has it.
+        """
         f = self.factor
-        y = self._base_solve(B.T.unsqueeze(-1))
+        if y is None:
+            y = self._base_solve(B.T.unsqueeze(-1))
         z = torch.bmm(f.U_buf.mT, y)
         if self.C_inv is not None:  # (C C^T)^{-1} z = C^{-T} C^{-1} z
             w = torch.bmm(self.C_inv.mT, torch.bmm(self.C_inv, z))
@@ -284,7 +288,10 @@ class FixedShapeStep:
         # the Woodbury column of the row, written into slot t (zero / identity before)
         scale = f.weights.index_select(0, r).clamp_min(0.0).sqrt()  # [1, K]
         U_new = xi.T.unsqueeze(0) * scale.T.unsqueeze(1)  # [K, d, 1]
-        G_new = self._base_solve(U_new)  # [K, d, 1]
+        # M^{-1} of the new column and of Delta in one product (one read of M^{-1}): Delta's
+        # does not depend on the column, the rest of its preconditioning does
+        both = self._base_solve(torch.cat([U_new, self.Delta.T.unsqueeze(-1)], dim=2))
+        G_new, y_delta = both[..., :1], both[..., 1:]  # [K, d, 1] each
         C12 = -torch.bmm(f.U_buf.mT, G_new)  # [K, T, 1], zero at and past slot t
         L21 = self._c_solve(C12)  # [K, T, 1], zero at and past slot t
         S22 = 1.0 - torch.bmm(U_new.mT, G_new) - torch.bmm(L21.mT, L21)  # [K, 1, 1]
@@ -301,7 +308,7 @@ class FixedShapeStep:
         f.G_buf.index_copy_(2, t, G_new)
         f.C_buf.index_copy_(1, t, row_t)
         # CG from zero along the extended solve, scaled to minimise the H-norm error
-        self.P.copy_(self._precondition(self.Delta))
+        self.P.copy_(self._precondition(self.Delta, y_delta))
         HP, XP = self._hessian(self.P)
         torch.sum(self.Delta * self.P, 0, out=self.rz)
         if self.fused_tail:
