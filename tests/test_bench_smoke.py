@@ -327,10 +327,29 @@ def test_count_certified_ops_pipelined_runs_read_the_device_once_per_window(caps
     inside = result["inside"]
     assert inside["_pipelined_step"]["not_views"] > inside["_start_and_iterate"]["not_views"]
     assert "pipelined runs" in capsys.readouterr().out
-    # the end of each CG step as one op: ~40 operator calls fewer in the pipelined graph
+    # the fused ops (start, end of each CG step, commit): the pipelined graph less than half
     fused = count_certified_ops.main(["--rows", "12", "--fused"])["inside"]
-    assert fused["_pipelined_step"]["not_views"] <= inside["_pipelined_step"]["not_views"] - 30
+    assert fused["_pipelined_step"]["not_views"] < inside["_pipelined_step"]["not_views"] / 2
     assert fused["_iterate"]["not_views"] < inside["_iterate"]["not_views"] / 2
+    assert fused["_start"]["not_views"] <= inside["_start"]["not_views"] - 20
+
+
+def test_certified_fused_variants_run_last_and_can_be_left_out(monkeypatch):
+    """On CUDA the fused ops' variant is timed last (its kernels are the newest: a bad access
+    would poison the process the other variants run in), and FASTUNLEARN_BENCH_NO_FUSED=1
+    (set by bench/device_run.sh when their CUDA tests fail) leaves it out of the benchmark
+    and the profile."""
+    from bench import bench_certified, profile_certified
+
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("FASTUNLEARN_BENCH_NO_FUSED", raising=False)
+    labels = [label for *_, label in bench_certified.variants(cuda)]
+    assert labels[-1] == "graph_fused" and "graph" in labels
+    assert profile_certified.default_modes().split(",")[-1] == "graph-fused"
+    monkeypatch.setenv("FASTUNLEARN_BENCH_NO_FUSED", "1")
+    assert "graph_fused" not in [label for *_, label in bench_certified.variants(cuda)]
+    assert "graph-fused" not in profile_certified.default_modes()
+    assert [label for *_, label in bench_certified.variants(torch.device("cpu"))] == ["auto", "cg"]
 
 
 def test_profile_reports_the_device_share_of_the_kernels_alone():
