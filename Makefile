@@ -48,9 +48,12 @@ test-python: $(BUILT)
 
 # certified removal's tests again with the removal loop of the CUDA path (fixed_step: its
 # graphs' functions, run eagerly) in place of the CPU's compiled step, so that every
-# scenario of the suite (retrains, budget errors, subsampling, refreshes) covers that loop
+# scenario of the suite (retrains, budget errors, subsampling, refreshes) covers that loop;
+# then once more with its fused ops (certified_start_, certified_cg_tail_, certified_commit_)
 test-cuda-path: $(BUILT)
 	FASTUNLEARN_FIXED_STEP=eager $(PY) -m pytest tests/certified -q $(PYTEST_ARGS)
+	FASTUNLEARN_FIXED_STEP=eager FASTUNLEARN_CERTIFIED_FUSED=1 \
+	  $(PY) -m pytest tests/certified -q $(PYTEST_ARGS)
 
 test-cpp: $(STAMP)
 	$(PY) -c "import torch" && cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release \

@@ -38,6 +38,7 @@ blocked launches of ~40 us each: 4 ms of a 5.9 ms removal at MNIST scale on an H
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,23 @@ __all__ = ["FixedShapeStep", "RunResults"]
 #: is launch- and latency-bound. On the CPU the solves are cheap and keep the step's
 #: arithmetic identical to the general step's.
 EXPLICIT_INVERSE_DEVICES = ("cuda",)
+
+#: Whether the step uses its fused ops (``certified_start_``, ``certified_cg_tail_``,
+#: ``certified_commit_``: ~95 kernels fewer per pipelined removal on a GPU) unless a model
+#: sets ``_fused_start`` / ``_fused_cg_tail`` / ``_fused_commit``: the environment variable
+#: ``FASTUNLEARN_CERTIFIED_FUSED`` (``"1"`` on, ``"0"`` off, the default until the CUDA
+#: kernels are measured on a GPU).
+FUSED_OPS_DEFAULT = os.environ.get("FASTUNLEARN_CERTIFIED_FUSED", "0")
+if FUSED_OPS_DEFAULT not in ("0", "1"):
+    raise ValueError(
+        "environment variable FASTUNLEARN_CERTIFIED_FUSED must be '0' or '1', "
+        f"got {FUSED_OPS_DEFAULT!r}"
+    )
+
+
+def _uses(model: CertifiedLogisticRegression, switch: str) -> bool:
+    """Whether ``model`` uses the fused op of ``switch`` (its attribute, else the default)."""
+    return bool(getattr(model, switch, FUSED_OPS_DEFAULT == "1"))
 
 
 def _lower_solve(L: Tensor, B: Tensor) -> Tensor:
@@ -158,12 +176,12 @@ class FixedShapeStep:
         self.use_graphs = bool(use_graphs) and dev.type == "cuda"
         # the end of each CG step as one fused op (certified_cg_tail_) instead of ~25 small
         # operators: opt-in per model (``_fused_cg_tail``) until measured on a GPU
-        self.fused_tail = bool(getattr(model, "_fused_cg_tail", False))
+        self.fused_tail = _uses(model, "_fused_cg_tail")
         # likewise the pipelined step's guard, commit and bookkeeping as one op
         # (certified_commit_) instead of ~30: opt-in per model (``_fused_commit``)
-        self.fused_commit = bool(getattr(model, "_fused_commit", False))
+        self.fused_commit = _uses(model, "_fused_commit")
         # and the row's quantities before its Woodbury extension (certified_start_)
-        self.fused_start = bool(getattr(model, "_fused_start", False))
+        self.fused_start = _uses(model, "_fused_start")
         self.bound_scale = self.gamma * max(1.0, self.row_norm_max)
 
     def matches(self, model: CertifiedLogisticRegression, factor: RemovedRowsFactor) -> bool:
@@ -181,9 +199,9 @@ class FixedShapeStep:
             and factor.L is f.L
             and factor.weights is f.weights
             and float(model.cg_tol) == self.cg_tol
-            and bool(getattr(model, "_fused_cg_tail", False)) == self.fused_tail
-            and bool(getattr(model, "_fused_commit", False)) == self.fused_commit
-            and bool(getattr(model, "_fused_start", False)) == self.fused_start
+            and _uses(model, "_fused_cg_tail") == self.fused_tail
+            and _uses(model, "_fused_commit") == self.fused_commit
+            and _uses(model, "_fused_start") == self.fused_start
         )
 
     # ---- the computation -----------------------------------------------------------------

@@ -107,6 +107,7 @@ def test_one_call_equals_the_row_by_row_loop_bit_for_bit(monkeypatch):
     X, y = _digits()
     general = _model(X, y, "off")
     rowwise, piped = _model(X, y, "graph", False), _model(X, y, "graph")
+    piped._fused_commit = False  # the row-by-row loop's commit is unfused (Gram rounding)
     fetches = _spy_fetches(monkeypatch)
     order = _order(X.shape[0], 120)
     for m in (general, rowwise, piped):
@@ -353,3 +354,23 @@ def test_every_fused_op_together_gives_the_general_steps_removals(monkeypatch, p
     assert_same(general, fused)
     _assert_mirrors_match_tensors(fused)
     assert_clean_beyond_rows(fused)
+
+
+def test_fused_ops_default_from_the_environment(monkeypatch):
+    """``FASTUNLEARN_CERTIFIED_FUSED`` sets whether a model uses the fused ops unless it
+    says itself; another value than 0 / 1 is refused at import, naming the variable."""
+    import subprocess
+    import sys
+
+    model = CertifiedLogisticRegression()
+    monkeypatch.setattr(fixed_step, "FUSED_OPS_DEFAULT", "1")
+    assert fixed_step._uses(model, "_fused_start") and fixed_step._uses(model, "_fused_commit")
+    model._fused_commit = False
+    assert not fixed_step._uses(model, "_fused_commit")
+    monkeypatch.setattr(fixed_step, "FUSED_OPS_DEFAULT", "0")
+    assert not fixed_step._uses(model, "_fused_cg_tail")
+    env = dict(__import__("os").environ, FASTUNLEARN_CERTIFIED_FUSED="yes")
+    done = subprocess.run([sys.executable, "-c", "import fastunlearn.certified"], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0
+    assert "FASTUNLEARN_CERTIFIED_FUSED must be '0' or '1', got 'yes'" in done.stderr
