@@ -65,14 +65,13 @@ __global__ void commit_updates_kernel(CommitScalars c, int64_t d, int64_t K, int
   }
 }
 
-// (b) the row's weights, flag and counts; budget, flags, results, counter.
+// (b) the row's weights, flag and counts; budget, flags, results, counter. No __restrict__:
+// the scalars are read through `c` and written here, and `rw` may be a view of A's row.
 __global__ void commit_scalars_kernel(CommitScalars c, int64_t K, int64_t T, int64_t result_cols,
-                                      const int64_t* __restrict__ slot,
-                                      const double* __restrict__ rw, double* __restrict__ a,
-                                      bool* __restrict__ removed, double* __restrict__ n_rem,
-                                      double* __restrict__ budget_used, bool* __restrict__ alive,
-                                      double* __restrict__ out, double* __restrict__ results,
-                                      int64_t* __restrict__ counter) {
+                                      const int64_t* slot, const double* rw, double* a,
+                                      bool* removed, double* n_rem, double* budget_used,
+                                      bool* alive, double* out, double* results,
+                                      int64_t* counter) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   const bool go = commit_go(c);
   if (go) {
