@@ -16,9 +16,10 @@ the same fitted weights, with the default solver (``auto``) and with ``solver="c
 its own copy of the fitted model; on CUDA also ``solver="cg"`` with the fixed-shape step
 replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`; the default
 there since 2026-11-28; runs of rows pipelined, :mod:`fastunlearn.certified.pipelined`), the
-same with the row's quantities, the end of each CG step and the pipelined commit fused
-into one op each (``ours_graph_fused_*``: ``certified_start_``, ``certified_cg_tail_``,
-``certified_commit_``; opt-in until measured), row by row (``ours_graph_rowwise_*``: one
+same with the row's quantities, its Woodbury column, the end of each CG step and the
+pipelined commit fused into one op each (``ours_graph_fused_*``: ``certified_start_``,
+``certified_woodbury_row_``, ``certified_cg_tail_``, ``certified_commit_``; opt-in until
+measured), row by row (``ours_graph_rowwise_*``: one
 device read per row), row by row without the CG iteration chained into the start's graph
 (``ours_graph_unchained_*``) and with the general step (``ours_general_*``). A failure of
 one of these optional variants is recorded (``ours_<label>_error``), not fatal (on CUDA a
@@ -260,15 +261,16 @@ def configure(model: Any, fixed_step: str) -> None:
 
     ``"graph-rowwise"``: the graphs with the row-by-row loop (no pipelined runs);
     ``"graph-unchained"``: row by row, without the CG iteration chained into the start;
-    ``"graph-fused"``: pipelined, with the row's quantities (``certified_start_``), the end
-    of each CG step (``certified_cg_tail_``) and the guarded commit (``certified_commit_``)
-    as one op each.
+    ``"graph-fused"``: pipelined, with the row's quantities (``certified_start_``), its
+    Woodbury column (``certified_woodbury_row_``), the end of each CG step
+    (``certified_cg_tail_``) and the guarded commit (``certified_commit_``) as one op each.
     """
     mode, _, how = fixed_step.partition("-")
     model._fixed_step_mode = mode
     model._pipeline_removals = how in ("", "fused")
     model._chain_iterations = how != "unchained"
-    model._fused_start = model._fused_cg_tail = model._fused_commit = how == "fused"
+    for switch in ("_fused_start", "_fused_woodbury", "_fused_cg_tail", "_fused_commit"):
+        setattr(model, switch, how == "fused")
 
 
 def blocks(ours_count: int, ref_count: int) -> list[tuple[int, int]]:

@@ -14,9 +14,10 @@ calls inside each function (views, which launch nothing, counted apart).
 By default the rows go in pipelined runs (:mod:`fastunlearn.certified.pipelined`, the CUDA
 path's default); ``--rowwise`` counts the row-by-row loop instead.
 
-``--fused`` counts the step with the row's quantities (``certified_start_``), the end of each
-CG step (``certified_cg_tail_``) and the pipelined step's guarded commit
-(``certified_commit_``) as one op each.
+``--fused`` counts the step with the row's quantities (``certified_start_``), its Woodbury
+column (``certified_woodbury_row_``, with ``--explicit-inverse``), the end of each CG step
+(``certified_cg_tail_``) and the pipelined step's guarded commit (``certified_commit_``) as
+one op each.
 
 Usage: ``python -m bench.count_certified_ops [--rows 60] [--explicit-inverse] [--rowwise]
 [--fused]``.
@@ -104,7 +105,8 @@ def count(
     model = CertifiedLogisticRegression(lam=1e-3, sigma=1.0, epsilon=1e12, solver="cg").fit(X, y)
     model._fixed_step_mode = "eager"
     model._pipeline_removals = not rowwise
-    model._fused_start = model._fused_cg_tail = model._fused_commit = fused
+    for switch in ("_fused_start", "_fused_woodbury", "_fused_cg_tail", "_fused_commit"):
+        setattr(model, switch, fused)
     order = np.random.default_rng(0).permutation(X.shape[0])[: rows + 2].tolist()
     try:
         model.remove(order[:2])  # builds the step
@@ -133,6 +135,7 @@ def count(
         "fused_tail": fused,
         "fused_commit": fused,
         "fused_start": fused,
+        "fused_woodbury": fused and explicit_inverse,
         "host_calls_per_removal": sum(counter.calls.values()) / rows,
         "host_kernels_per_removal": kernels(counter.calls) / rows,
         "runs_per_removal": {name: runs[name] / rows for name in GRAPH_FUNCTIONS},
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rowwise", action="store_true",
                         help="the row-by-row loop instead of pipelined runs")
     parser.add_argument("--fused", action="store_true",
-                        help="the fused start, CG tail and commit (certified_*_ ops)")
+                        help="the fused certified ops (start, Woodbury column, CG tail, commit)")
     args = parser.parse_args(argv)
     result = count(args.rows, args.explicit_inverse, args.rowwise, args.fused)
     loop = "pipelined runs" if result["pipelined"] else "row by row"

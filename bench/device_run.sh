@@ -79,8 +79,9 @@ for step in ${STEPS:-fused:45 certified:120 profile:60 tests:80 errors:60 influe
                  --continue-on-collection-errors --timeout 60 --maxfail 50
                  -k "bad or error or raise or reject") ;;
     fused) cmd=($PY -m pytest -m cuda -q -p no:cacheprovider --timeout 30 -x
-                tests/ops/test_certified_start.py tests/ops/test_certified_commit.py
-                tests/ops/test_certified_tail.py tests/certified/test_pipelined.py) ;;
+                tests/ops/test_certified_start.py tests/ops/test_certified_woodbury.py
+                tests/ops/test_certified_commit.py tests/ops/test_certified_tail.py
+                tests/certified/test_pipelined.py) ;;
     profile) cmd=($PY -m bench.profile_certified --device cuda --out "$LOG") ;;
     knn-cpu) cmd=($PY -m bench.run --device cpu --only knn --full) ;;
     forget) cmd=($PY -m fastunlearn forget --method all --dataset digits --seeds 1 --oracles 6

@@ -14,7 +14,7 @@ synthetic MNIST-shaped data, makes a few untimed removals, then:
 Usage: ``python -m bench.profile_certified --device cuda [--n 60000] [--solver auto]
 [--fixed-step graph,graph-rowwise,off,graph-fused]``: one profile per mode (``off``: the
 general step; ``graph``: the single-row CG step replayed as CUDA graphs, runs of rows
-pipelined; ``graph-fused``: with the fused start, CG tail and commit; ``graph-rowwise``: row by
+pipelined; ``graph-fused``: with the fused ops; ``graph-rowwise``: row by
 row; ``cpu``: the compiled CPU step), each on its own copy of the fitted model. The tables
 go to stdout and, with ``--out DIR``, to ``DIR/profile-certified.txt``.
 """

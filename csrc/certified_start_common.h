@@ -6,8 +6,8 @@
 
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
-#include <utility>
+
+#include "checks.h"
 
 #ifdef __CUDACC__
 #define FU_HOST_DEVICE __host__ __device__
@@ -31,13 +31,6 @@ FU_HOST_DEVICE inline double start_spectral(double e, double t) {
   return sqrt(m < 0.0 ? 0.0 : m);
 }
 
-using StartTensor = std::pair<const at::Tensor*, const char*>;
-
-inline void check_start_shape(const at::Tensor& t, at::IntArrayRef want, const char* name) {
-  TORCH_CHECK_VALUE(t.sizes() == want, "certified_start_: argument '", name,
-                    "' must have shape ", want, ", got ", t.sizes());
-}
-
 // X [n, d]; Y, Z, A, A_after, S [n, K]; W, Delta [d, K]; row_weights K elements; lam_k,
 // n_rem, spectral [K]; eig [1] or [K]; row_sq [n]; row one int64. Everything float64 (row
 // int64) on X's device; the written tensors contiguous; lam finite and >= 0.
@@ -48,50 +41,38 @@ inline StartSizes check_start_args(const at::Tensor& row_weights, const at::Tens
                                    const at::Tensor& A, const at::Tensor& W,
                                    const at::Tensor& row, const at::Tensor& n_rem,
                                    const at::Tensor& eig, const at::Tensor& row_sq, double lam) {
-  const StartTensor all[] = {{&row_weights, "row_weights"}, {&Delta, "Delta"},
-                             {&A_after, "A_after"}, {&S, "S"}, {&lam_k, "lam_k"},
-                             {&spectral, "spectral"}, {&X, "X"}, {&Y, "Y"}, {&Z, "Z"},
-                             {&A, "A"}, {&W, "W"}, {&row, "row"}, {&n_rem, "n_rem"},
-                             {&eig, "eig"}, {&row_sq, "row_sq"}};
-  for (const auto& [t, name] : all) {
-    TORCH_CHECK_VALUE(t->device() == X.device(), "certified_start_: argument '", name,
-                      "' is on ", t->device(), " but 'X' is on ", X.device());
-    const at::ScalarType want = t == &row ? at::kLong : at::kDouble;
-    TORCH_CHECK_TYPE(t->scalar_type() == want, "certified_start_: argument '", name,
-                     "' must be ", want, ", got ", t->scalar_type());
-  }
-  TORCH_CHECK_VALUE(X.dim() == 2, "certified_start_: argument 'X' must be 2-D, got shape ",
-                    X.sizes());
-  TORCH_CHECK_VALUE(W.dim() == 2, "certified_start_: argument 'W' must be 2-D, got shape ",
-                    W.sizes());
+  constexpr const char* op = "certified_start_";
+  check_named_tensors({{&X, "X"}, {&row_weights, "row_weights"}, {&Delta, "Delta"},
+                       {&A_after, "A_after"}, {&S, "S"}, {&lam_k, "lam_k"},
+                       {&spectral, "spectral"}, {&Y, "Y"}, {&Z, "Z"}, {&A, "A"}, {&W, "W"},
+                       {&row, "row"}, {&n_rem, "n_rem"}, {&eig, "eig"}, {&row_sq, "row_sq"}},
+                      op, {&row});
+  TORCH_CHECK_VALUE(X.dim() == 2, op, ": argument 'X' must be 2-D, got shape ", X.sizes());
+  TORCH_CHECK_VALUE(W.dim() == 2, op, ": argument 'W' must be 2-D, got shape ", W.sizes());
   const int64_t n = X.size(0), d = X.size(1), K = W.size(1);
-  check_start_shape(W, {d, K}, "W");
-  check_start_shape(Delta, {d, K}, "Delta");
-  for (const StartTensor& nt : {StartTensor{&Y, "Y"}, StartTensor{&Z, "Z"}, StartTensor{&A, "A"},
-                                StartTensor{&A_after, "A_after"}, StartTensor{&S, "S"}}) {
-    check_start_shape(*nt.first, {n, K}, nt.second);
+  check_shape_is(W, {d, K}, op, "W");
+  check_shape_is(Delta, {d, K}, op, "Delta");
+  for (const NamedTensor& nt : {NamedTensor{&Y, "Y"}, NamedTensor{&Z, "Z"}, NamedTensor{&A, "A"},
+                                NamedTensor{&A_after, "A_after"}, NamedTensor{&S, "S"}}) {
+    check_shape_is(*nt.first, {n, K}, op, nt.second);
   }
-  for (const StartTensor& nt : {StartTensor{&lam_k, "lam_k"}, StartTensor{&n_rem, "n_rem"},
-                                StartTensor{&spectral, "spectral"}}) {
-    check_start_shape(*nt.first, {K}, nt.second);
+  for (const NamedTensor& nt : {NamedTensor{&lam_k, "lam_k"}, NamedTensor{&n_rem, "n_rem"},
+                                NamedTensor{&spectral, "spectral"}}) {
+    check_shape_is(*nt.first, {K}, op, nt.second);
   }
-  TORCH_CHECK_VALUE(eig.dim() == 1 && (eig.size(0) == 1 || eig.size(0) == K),
-                    "certified_start_: argument 'eig' must have shape [1] or [", K, "], got ",
-                    eig.sizes());
-  check_start_shape(row_sq, {n}, "row_sq");
-  TORCH_CHECK_VALUE(row_weights.numel() == K, "certified_start_: argument 'row_weights' must "
-                    "have ", K, " elements, got shape ", row_weights.sizes());
-  TORCH_CHECK_VALUE(row.numel() == 1, "certified_start_: argument 'row' must have one element, "
-                    "got shape ", row.sizes());
-  TORCH_CHECK_VALUE(std::isfinite(lam) && lam >= 0.0, "certified_start_: argument 'lam' must be "
-                    "finite and >= 0, got ", lam);
-  for (const StartTensor& nt :
-       {StartTensor{&row_weights, "row_weights"}, StartTensor{&Delta, "Delta"},
-        StartTensor{&A_after, "A_after"}, StartTensor{&S, "S"}, StartTensor{&lam_k, "lam_k"},
-        StartTensor{&spectral, "spectral"}}) {
-    TORCH_CHECK_VALUE(nt.first->is_contiguous(), "certified_start_: argument '", nt.second,
-                      "' must be contiguous (it is written in place)");
-  }
+  TORCH_CHECK_VALUE(eig.dim() == 1 && (eig.size(0) == 1 || eig.size(0) == K), op,
+                    ": argument 'eig' must have shape [1] or [", K, "], got ", eig.sizes());
+  check_shape_is(row_sq, {n}, op, "row_sq");
+  TORCH_CHECK_VALUE(row_weights.numel() == K, op, ": argument 'row_weights' must have ", K,
+                    " elements, got shape ", row_weights.sizes());
+  TORCH_CHECK_VALUE(row.numel() == 1, op, ": argument 'row' must have one element, got shape ",
+                    row.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(lam) && lam >= 0.0, op, ": argument 'lam' must be finite and "
+                    ">= 0, got ", lam);
+  check_written_contiguous({{&row_weights, "row_weights"}, {&Delta, "Delta"},
+                            {&A_after, "A_after"}, {&S, "S"}, {&lam_k, "lam_k"},
+                            {&spectral, "spectral"}},
+                           op);
   return StartSizes{d, n, K, eig.size(0)};
 }
 

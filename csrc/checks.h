@@ -3,7 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 namespace fastunlearn {
 
@@ -40,6 +42,42 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
 
 inline void check_finite_scalar(double v, const char* op, const char* name) {
   TORCH_CHECK(std::isfinite(v), op, ": argument '", name, "' must be finite, got ", v);
+}
+
+// The in-place ops of the certified removal step (certified_*_) raise TypeError for a dtype
+// and ValueError for a device, shape or layout, like their Python wrappers document.
+using NamedTensor = std::pair<const at::Tensor*, const char*>;
+
+// Every tensor on `first`'s device with dtype float64, except those listed in `int64` (int64)
+// and `boolean` (bool).
+inline void check_named_tensors(std::initializer_list<NamedTensor> all, const char* op,
+                                std::initializer_list<const at::Tensor*> int64 = {},
+                                std::initializer_list<const at::Tensor*> boolean = {}) {
+  const NamedTensor& first = *all.begin();
+  for (const auto& [t, name] : all) {
+    TORCH_CHECK_VALUE(t->device() == first.first->device(), op, ": argument '", name,
+                      "' is on ", t->device(), " but '", first.second, "' is on ",
+                      first.first->device());
+    at::ScalarType want = at::kDouble;
+    for (const at::Tensor* p : int64) want = p == t ? at::kLong : want;
+    for (const at::Tensor* p : boolean) want = p == t ? at::kBool : want;
+    TORCH_CHECK_TYPE(t->scalar_type() == want, op, ": argument '", name, "' must be ", want,
+                     ", got ", t->scalar_type());
+  }
+}
+
+inline void check_shape_is(const at::Tensor& t, at::IntArrayRef want, const char* op,
+                           const char* name) {
+  TORCH_CHECK_VALUE(t.sizes() == want, op, ": argument '", name, "' must have shape ", want,
+                    ", got ", t.sizes());
+}
+
+// The tensors an op writes in place must be contiguous.
+inline void check_written_contiguous(std::initializer_list<NamedTensor> written, const char* op) {
+  for (const auto& [t, name] : written) {
+    TORCH_CHECK_VALUE(t->is_contiguous(), op, ": argument '", name,
+                      "' must be contiguous (it is written in place)");
+  }
 }
 
 }  // namespace fastunlearn

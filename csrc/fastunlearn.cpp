@@ -77,6 +77,17 @@ TORCH_LIBRARY(fastunlearn, m) {
       "Tensor(d!) S, Tensor(e!) lam_k, Tensor(f!) spectral, Tensor X, Tensor Y, Tensor Z, "
       "Tensor A, Tensor W, Tensor row, Tensor n_rem, Tensor eig, Tensor row_sq, float lam) -> ()");
 
+  // The removed row's Woodbury column written into slot t with the factor's check (CPU and
+  // CUDA kernels; the CUDA graphs of fastunlearn/certified/fixed_step.py use it when asked):
+  // S22_k = 1 - U_new_k . G_new_k - L21_k . L21_k, out[2] = all(S22 > 0), L22 = sqrt(max(S22,
+  // tiny)), C_inv[k, t] = (e_t - L21_k^T C_inv_k) / L22_k, C_buf[k, t] = L21_k^T + L22_k e_t,
+  // U_buf[k, :, t] = U_new_k, G_buf[k, :, t] = G_new_k. See
+  // fastunlearn/ops/certified_woodbury.py.
+  m.def(
+      "certified_woodbury_row_(Tensor(a!) U_buf, Tensor(b!) G_buf, Tensor(c!) C_buf, "
+      "Tensor(d!) C_inv, Tensor(e!) out, Tensor U_new, Tensor G_new, Tensor L21, Tensor slot) "
+      "-> ()");
+
   // The guarded commit of a pipelined run's planned step (CPU and CUDA kernels; the pipelined
   // CUDA graph of fastunlearn/certified/fixed_step.py uses it when asked): go = alive and
   // out[2] > 0.5 and out[0] <= cg_tol out[1] and not (budget_used + out[0] + out[1] > budget);

@@ -50,6 +50,7 @@ from .. import ops
 from ..ops.certified_commit import certified_commit_
 from ..ops.certified_start import certified_start_
 from ..ops.certified_tail import certified_cg_tail_
+from ..ops.certified_woodbury import certified_woodbury_row_
 from .bounds import data_dependent_bound
 from .math import curvature_weights, loss_derivative
 from .woodbury import RemovedRowsFactor
@@ -180,8 +181,10 @@ class FixedShapeStep:
         # likewise the pipelined step's guard, commit and bookkeeping as one op
         # (certified_commit_) instead of ~30: opt-in per model (``_fused_commit``)
         self.fused_commit = _uses(model, "_fused_commit")
-        # and the row's quantities before its Woodbury extension (certified_start_)
+        # and the row's quantities before its Woodbury extension (certified_start_), and
+        # the extension's checks and writes (certified_woodbury_row_; with C^{-1} only)
         self.fused_start = _uses(model, "_fused_start")
+        self.fused_woodbury = _uses(model, "_fused_woodbury") and self.C_inv is not None
         self.bound_scale = self.gamma * max(1.0, self.row_norm_max)
 
     def matches(self, model: CertifiedLogisticRegression, factor: RemovedRowsFactor) -> bool:
@@ -202,6 +205,8 @@ class FixedShapeStep:
             and _uses(model, "_fused_cg_tail") == self.fused_tail
             and _uses(model, "_fused_commit") == self.fused_commit
             and _uses(model, "_fused_start") == self.fused_start
+            and (_uses(model, "_fused_woodbury") and self.C_inv is not None)
+            == self.fused_woodbury
         )
 
     # ---- the computation -----------------------------------------------------------------
@@ -285,7 +290,7 @@ class FixedShapeStep:
 
     def _start(self) -> None:
         """Delta, the Woodbury extension by the row, the first CG step and its bound."""
-        f, r, t = self.factor, self.row, self.slot
+        f, r = self.factor, self.row
         X, Z, A = self.X, self.Z, self.A
         xi = X.index_select(0, r)  # [1, d]
         if self.fused_start:
@@ -312,19 +317,12 @@ class FixedShapeStep:
         G_new, y_delta = both[..., :1], both[..., 1:]  # [K, d, 1] each
         C12 = -torch.bmm(f.U_buf.mT, G_new)  # [K, T, 1], zero at and past slot t
         L21 = self._c_solve(C12)  # [K, T, 1], zero at and past slot t
-        S22 = 1.0 - torch.bmm(U_new.mT, G_new) - torch.bmm(L21.mT, L21)  # [K, 1, 1]
-        self.out[2] = (S22 > 0).all()  # copied as 1.0 / 0.0
-        L22 = S22.clamp_min(torch.finfo(torch.float64).tiny).sqrt()
-        onehot = (self.slots == t).to(torch.float64)  # [T]
-        row_t = L21.mT + L22 * onehot  # [K, 1, T]: L21^T left of slot t, L22 at it
-        if self.C_inv is not None:
-            # row t of the new inverse: (e_t - L21^T C^{-1}) / L22; the other rows keep
-            # theirs (the rows above are unchanged, those below are still identity rows)
-            inv_row = (onehot - torch.bmm(L21.mT, self.C_inv)) / L22
-            self.C_inv.index_copy_(1, t, inv_row)
-        f.U_buf.index_copy_(2, t, U_new)
-        f.G_buf.index_copy_(2, t, G_new)
-        f.C_buf.index_copy_(1, t, row_t)
+        if self.fused_woodbury:
+            certified_woodbury_row_(
+                f.U_buf, f.G_buf, f.C_buf, self.C_inv, self.out, U_new, G_new, L21, self.slot
+            )
+        else:
+            self._extend(U_new, G_new, L21)
         # CG from zero along the extended solve, scaled to minimise the H-norm error
         self.P.copy_(self._precondition(self.Delta, y_delta))
         HP, XP = self._hessian(self.P)
@@ -338,6 +336,23 @@ class FixedShapeStep:
         torch.mul(XP, alpha, out=self.XV)
         torch.mul(HP, alpha, out=self.HV)
         self._bound_terms()
+
+    def _extend(self, U_new: Tensor, G_new: Tensor, L21: Tensor) -> None:
+        """Write the row's Woodbury column into slot ``t`` and check the factor (``out[2]``)."""
+        f, t = self.factor, self.slot
+        S22 = 1.0 - torch.bmm(U_new.mT, G_new) - torch.bmm(L21.mT, L21)  # [K, 1, 1]
+        self.out[2] = (S22 > 0).all()  # copied as 1.0 / 0.0
+        L22 = S22.clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+        onehot = (self.slots == t).to(torch.float64)  # [T]
+        row_t = L21.mT + L22 * onehot  # [K, 1, T]: L21^T left of slot t, L22 at it
+        if self.C_inv is not None:
+            # row t of the new inverse: (e_t - L21^T C^{-1}) / L22; the other rows keep
+            # theirs (the rows above are unchanged, those below are still identity rows)
+            inv_row = (onehot - torch.bmm(L21.mT, self.C_inv)) / L22
+            self.C_inv.index_copy_(1, t, inv_row)
+        f.U_buf.index_copy_(2, t, U_new)
+        f.G_buf.index_copy_(2, t, G_new)
+        f.C_buf.index_copy_(1, t, row_t)
 
     def _iterate(self, needed: Tensor | None = None) -> None:
         """One preconditioned CG iteration on the step, then its bound terms.

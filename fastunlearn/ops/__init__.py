@@ -9,7 +9,14 @@ Float64 oracles for all of them are in :mod:`.reference`.
 # loads the compiled library first: the wrappers below register fake kernels and autograd
 # formulas for ops that must already exist
 from .. import _extension  # noqa: F401  # isort: skip
-from . import certified, certified_commit, certified_start, certified_tail, reference  # noqa: F401
+from . import (  # noqa: F401  (internal ops of the certified removal step)
+    certified,
+    certified_commit,
+    certified_start,
+    certified_tail,
+    certified_woodbury,
+    reference,
+)
 from .cg import cg_update_
 from .competition import competition_epsilons
 from .glm import (

@@ -21,6 +21,7 @@ __all__ = [
     "certified_cg_tail_",
     "certified_commit_",
     "certified_start_",
+    "certified_woodbury_row_",
     "per_sample_grad",
     "per_sample_sq_norm",
     "per_sample_dot",
@@ -252,6 +253,38 @@ def certified_start_(
     lam_k.copy_((_d(n_rem) - a) * lam)
     trace = _d(row_sq) @ after
     spectral.copy_(torch.minimum(_d(eig), trace).clamp_min(0.0).sqrt())
+
+
+def certified_woodbury_row_(
+    U_buf: Tensor,
+    G_buf: Tensor,
+    C_buf: Tensor,
+    C_inv: Tensor,
+    out: Tensor,
+    U_new: Tensor,
+    G_new: Tensor,
+    L21: Tensor,
+    slot: Tensor,
+) -> None:
+    """Write the removed row's Woodbury column into slot ``t`` and check the factor, in place.
+
+    ``S22_k = 1 - U_new_k . G_new_k - L21_k . L21_k``; ``out[2] = all(S22 > 0)``; ``L22 =
+    sqrt(max(S22, tiny))``; ``C_inv[k, t] = (e_t - L21_k^T C_inv_k) / L22_k`` (with ``C_inv``
+    before the write); ``C_buf[k, t] = L21_k^T + L22_k e_t``; ``U_buf[k, :, t] = U_new_k``;
+    ``G_buf[k, :, t] = G_new_k``.
+    """
+    t = int(slot.reshape(-1)[0])
+    U, G, L = _d(U_new)[..., 0], _d(G_new)[..., 0], _d(L21)[..., 0]  # [K, d], [K, d], [K, T]
+    S22 = 1.0 - (U * G).sum(1) - (L * L).sum(1)
+    out[2] = 1.0 if bool((S22 > 0).all()) else 0.0
+    L22 = S22.clamp_min(torch.finfo(torch.float64).tiny).sqrt()  # [K]
+    onehot = torch.zeros(C_buf.shape[-1], dtype=torch.float64)
+    onehot[t] = 1.0
+    inv_row = (onehot - torch.einsum("ks,ksc->kc", L, _d(C_inv))) / L22[:, None]
+    C_inv[:, t, :] = inv_row
+    C_buf[:, t, :] = L + L22[:, None] * onehot
+    U_buf[:, :, t] = U
+    G_buf[:, :, t] = G
 
 
 def per_sample_grad(A: Tensor, G: Tensor) -> Tensor:

@@ -337,20 +337,25 @@ def test_fused_commit_gives_the_unfused_removals(monkeypatch, subsample_ratio):
 
 @pytest.mark.parametrize("pipelined_runs", [True, False], ids=["pipelined", "row-by-row"])
 def test_every_fused_op_together_gives_the_general_steps_removals(monkeypatch, pipelined_runs):
-    """``_fused_start``, ``_fused_cg_tail`` and ``_fused_commit`` together (the benchmark's
-    ``graph-fused`` variant) in the graphs (stand-ins here): the row's quantities, the end
-    of each CG step and the pipelined commit each one op; the removals equal the general
-    step's, and the start's op runs once per planned row."""
+    """``_fused_start``, ``_fused_woodbury``, ``_fused_cg_tail`` and ``_fused_commit``
+    together (the benchmark's ``graph-fused`` variant) in the graphs (stand-ins here), with
+    the GPU's explicit inverses: the row's quantities, its Woodbury column, the end of each
+    CG step and the pipelined commit each one op; the removals equal the general step's, and
+    the start's and the column's ops run once per planned row."""
     stand_in_graphs(monkeypatch)
+    monkeypatch.setattr(fixed_step, "EXPLICIT_INVERSE_DEVICES", ("cpu",))
     X, y = _digits()
     general = _model(X, y, "off")
     fused = _model(X, y, "graph", pipelined_runs)
-    fused._fused_start = fused._fused_cg_tail = fused._fused_commit = True
+    for switch in ("_fused_start", "_fused_woodbury", "_fused_cg_tail", "_fused_commit"):
+        setattr(fused, switch, True)
     starts = _spy_op(monkeypatch, "certified_start_", lambda args: int(args[11]))  # row
+    columns = _spy_op(monkeypatch, "certified_woodbury_row_", lambda args: int(args[8]))  # slot
     order = _order(X.shape[0], 80, seed=8)
     for m in (general, fused):
         m.remove(order)
     assert fused._fixed.fused_start and set(order[1:]) <= set(starts)
+    assert fused._fixed.fused_woodbury and len(columns) == len(starts)
     assert_same(general, fused)
     _assert_mirrors_match_tensors(fused)
     assert_clean_beyond_rows(fused)
