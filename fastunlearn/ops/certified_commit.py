@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._fake_shapes import check_fake_shapes
+
 __all__ = ["certified_commit_"]
 
 
@@ -99,11 +101,6 @@ def _certified_commit_fake(*args: object) -> None:
     assert isinstance(W, Tensor) and isinstance(X, Tensor)
     torch._check(W.dim() == 2 and X.dim() == 2, lambda: "certified_commit_: W, X must be 2-D")
     n, K = X.shape[0], W.shape[1]
-    for name, t, shape in (("V", V, W.shape), ("Z", Z, (n, K)), ("XV", XV, (n, K)),
-                           ("A", A, (n, K))):  # fmt: skip
-        assert isinstance(t, Tensor)
-        torch._check(
-            tuple(t.shape) == tuple(shape),
-            lambda n=name, t=t: f"certified_commit_: argument '{n}' has shape {tuple(t.shape)}",
-        )
+    check_fake_shapes("certified_commit_", [
+        ("V", V, W.shape), ("Z", Z, (n, K)), ("XV", XV, (n, K)), ("A", A, (n, K))])  # fmt: skip
     return None

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._fake_shapes import check_fake_shapes
+
 __all__ = ["certified_start_"]
 
 
@@ -88,12 +90,7 @@ def _certified_start_fake(*args: object) -> None:
     assert isinstance(X, Tensor) and isinstance(W, Tensor)
     torch._check(X.dim() == 2 and W.dim() == 2, lambda: "certified_start_: X, W must be 2-D")
     n, K = X.shape[0], W.shape[1]
-    for name, t, shape in (("Delta", Delta, W.shape), ("A_after", A_after, (n, K)),
-                           ("S", S, (n, K)), ("Y", Y, (n, K)), ("Z", Z, (n, K)),
-                           ("A", A, (n, K))):  # fmt: skip
-        assert isinstance(t, Tensor)
-        torch._check(
-            tuple(t.shape) == tuple(shape),
-            lambda n=name, t=t: f"certified_start_: argument '{n}' has shape {tuple(t.shape)}",
-        )
+    check_fake_shapes("certified_start_", [
+        ("Delta", Delta, W.shape), ("A_after", A_after, (n, K)), ("S", S, (n, K)),
+        ("Y", Y, (n, K)), ("Z", Z, (n, K)), ("A", A, (n, K))])  # fmt: skip
     return None

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._fake_shapes import check_fake_shapes
+
 __all__ = ["certified_cg_tail_"]
 
 
@@ -84,11 +86,7 @@ def _certified_cg_tail_fake(*args: object) -> None:
     V, XV, HV, R, _out, P, XP, HP, _rz, _needed, A, Delta = args[:12]
     assert isinstance(V, Tensor) and isinstance(XV, Tensor)
     torch._check(V.dim() == 2 and XV.dim() == 2, lambda: "certified_cg_tail_: V, XV must be 2-D")
-    for name, t, like in (("HV", HV, V), ("R", R, V), ("P", P, V), ("HP", HP, V),
-                          ("Delta", Delta, V), ("XP", XP, XV), ("A", A, XV)):  # fmt: skip
-        assert isinstance(t, Tensor)
-        torch._check(
-            t.shape == like.shape,
-            lambda n=name, t=t: f"certified_cg_tail_: argument '{n}' has shape {tuple(t.shape)}",
-        )
+    check_fake_shapes("certified_cg_tail_", [
+        ("HV", HV, V.shape), ("R", R, V.shape), ("P", P, V.shape), ("HP", HP, V.shape),
+        ("Delta", Delta, V.shape), ("XP", XP, XV.shape), ("A", A, XV.shape)])  # fmt: skip
     return None

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._fake_shapes import check_fake_shapes
+
 __all__ = ["certified_woodbury_row_"]
 
 
@@ -72,13 +74,8 @@ def _certified_woodbury_row_fake(*args: object) -> None:
     assert isinstance(U_buf, Tensor)
     torch._check(U_buf.dim() == 3, lambda: "certified_woodbury_row_: U_buf must be 3-D")
     K, d, T = U_buf.shape
-    for name, t, shape in (("G_buf", G_buf, (K, d, T)), ("C_buf", C_buf, (K, T, T)),
-                           ("C_inv", C_inv, (K, T, T)), ("U_new", U_new, (K, d, 1)),
-                           ("G_new", G_new, (K, d, 1)), ("L21", L21, (K, T, 1))):  # fmt: skip
-        assert isinstance(t, Tensor)
-        torch._check(
-            tuple(t.shape) == tuple(shape),
-            lambda n=name, t=t: f"certified_woodbury_row_: argument '{n}' has shape "
-            f"{tuple(t.shape)}",
-        )
+    check_fake_shapes("certified_woodbury_row_", [
+        ("G_buf", G_buf, (K, d, T)), ("C_buf", C_buf, (K, T, T)), ("C_inv", C_inv, (K, T, T)),
+        ("U_new", U_new, (K, d, 1)), ("G_new", G_new, (K, d, 1)),
+        ("L21", L21, (K, T, 1))])  # fmt: skip
     return None
