@@ -3,10 +3,12 @@
 // replay per removal; each operator is a ~2 us kernel on an H200).
 // Semantics: fastunlearn/ops/reference.py::certified_start_.
 //
-//   (a) one block: the row's weights, lam_k and Delta ([d, K]: d K = 7840 at MNIST scale);
+//   (a) one thread per entry of Delta ([d, K]: d K = 7840 at MNIST scale), block 0 also
+//       writes the row's weights and lam_k;
 //   (b) blocks over contiguous row ranges: A_after, S and each block's sum of row_sq A_after
 //       per class;
-//   (c) one block: the traces from the block sums in a fixed order, then the spectral bounds.
+//   (c) one warp per class: the trace from the block sums in a fixed order, then the spectral
+//       bound.
 // Every sum has a fixed order, so results do not change from run to run. The device cannot
 // raise: a row out of range zeroes no row and makes Delta, the row's weights and lam_k NaN
 // (a step planned from them fails the host's tests). No host synchronisation.
@@ -40,7 +42,9 @@ __global__ void start_row_kernel(int64_t n, int64_t d, int64_t K, const int64_t*
   const int64_t r = *row;
   const bool valid = 0 <= r && r < n;
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  for (int64_t e = threadIdx.x; e < d * K; e += blockDim.x) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < d * K;
+       e += stride) {
     const int64_t j = e / K, k = e % K;
     if (!valid) {
       delta[e] = nan;
@@ -50,6 +54,7 @@ __global__ void start_row_kernel(int64_t n, int64_t d, int64_t K, const int64_t*
     const double grad = ak * (-yk * start_sigmoid(-yk * zk));
     delta[e] = x[r * d + j] * grad + (lam * ak) * w[e];
   }
+  if (blockIdx.x != 0) return;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
     const double ak = valid ? a[r * K + k] : nan;
     rw[k] = ak;
@@ -82,16 +87,17 @@ __global__ void start_rows_kernel(int64_t n, int64_t K, int64_t rows_per_block,
   }
 }
 
-// (c) spectral_k = sqrt(max(min(eig_k, sum_b partials[b, k]), 0)).
+// (c) Block k (one warp): spectral_k = sqrt(max(min(eig_k, sum_b partials[b, k]), 0)). Lane
+// l adds the blocks b = l, l + 32, ... in order, then the warp adds the lanes in a fixed order.
 __global__ void start_finish_kernel(int64_t K, int64_t blocks, int64_t eig_size,
                                     const double* __restrict__ partials,
                                     const double* __restrict__ eig,
                                     double* __restrict__ spectral) {
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-    double trace = 0.0;
-    for (int64_t b = 0; b < blocks; ++b) trace += partials[b * K + k];
-    spectral[k] = start_spectral(eig[eig_size == 1 ? 0 : k], trace);
-  }
+  const int64_t k = blockIdx.x;
+  double trace = 0.0;
+  for (int64_t b = threadIdx.x; b < blocks; b += 32) trace += partials[b * K + k];
+  trace = cuda::warp_sum(trace);
+  if (threadIdx.x == 0) spectral[k] = start_spectral(eig[eig_size == 1 ? 0 : k], trace);
 }
 
 void certified_start_cuda(at::Tensor& row_weights, at::Tensor& Delta, at::Tensor& A_after,
@@ -112,7 +118,8 @@ void certified_start_cuda(at::Tensor& row_weights, at::Tensor& Delta, at::Tensor
   const at::Tensor eig = eig_in.contiguous(), row_sq = row_sq_in.contiguous();
   const at::Tensor row_c = row.reshape({-1}).contiguous();
   const int64_t* r = row_c.const_data_ptr<int64_t>();
-  start_row_kernel<<<1, kStartThreads, 0, stream>>>(
+  const int64_t row_blocks = std::clamp<int64_t>(ceil_div(d * K, kStartThreads), 1, 1024);
+  start_row_kernel<<<static_cast<unsigned>(row_blocks), kStartThreads, 0, stream>>>(
       n, d, K, r, X.const_data_ptr<double>(), Y.const_data_ptr<double>(),
       Z.const_data_ptr<double>(), A.const_data_ptr<double>(), W.const_data_ptr<double>(),
       n_rem.const_data_ptr<double>(), lam, row_weights.data_ptr<double>(),
@@ -126,7 +133,7 @@ void certified_start_cuda(at::Tensor& row_weights, at::Tensor& Delta, at::Tensor
       row_sq.const_data_ptr<double>(), A_after.data_ptr<double>(), S.data_ptr<double>(),
       partials.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  start_finish_kernel<<<1, 32, 0, stream>>>(K, blocks, s.E, partials.const_data_ptr<double>(),
+  start_finish_kernel<<<static_cast<unsigned>(K), 32, 0, stream>>>(K, blocks, s.E, partials.const_data_ptr<double>(),
                                             eig.const_data_ptr<double>(),
                                             spectral.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -58,7 +58,8 @@ void multiply_into(at::Tensor& z, const at::Tensor& s, cudaStream_t stream) {
 // The first GEMM writes the margins in place and the scaling by S goes to a workspace (one
 // elementwise kernel, no copy of the margins); with lam == 0 (the certified removal step's
 // call) the second GEMM of the first chunk initialises ``out`` itself (beta = 0, so nothing
-// is read from it), so no kernel writes lam V first.
+// is read from it), so no kernel writes lam V first. The one difference this makes: an
+// infinite entry of V with lam == 0 can give +-inf where the oracle's 0 * inf gives NaN.
 at::Tensor hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at::Tensor& V_in,
                     double lam, const at::Tensor& margins, const char* op) {
   check_glm_design(X_in, S_in, op);

@@ -73,7 +73,9 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
         lam (float): L2 regularisation, >= 0.
 
     Returns:
-        Tensor[d, K]: ``X^T (S * (X V)) + lam V``.
+        Tensor[d, K]: ``X^T (S * (X V)) + lam V``. On CUDA with ``lam == 0`` the term
+        ``lam V`` is not formed, so an infinite entry of ``V`` can give ``inf`` where the
+        float64 oracle's ``0 * inf`` gives ``NaN`` (non-finite either way).
 
     Raises:
         TypeError: if an argument has the wrong Python type.
@@ -102,7 +104,8 @@ def glm_hvp_margins(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor
         lam (float): L2 regularisation, >= 0.
 
     Returns:
-        tuple[Tensor[d, K], Tensor[n, K]]: ``X^T (S * (X V)) + lam V`` and ``X V``.
+        tuple[Tensor[d, K], Tensor[n, K]]: ``X^T (S * (X V)) + lam V`` and ``X V`` (with
+        ``lam == 0`` on CUDA, infinite entries of ``V`` as in :func:`glm_hvp`).
 
     Raises:
         TypeError: if an argument has the wrong Python type.
