@@ -1,0 +1,380 @@
+"""Saving and restoring a certified model's state: the mixin behind ``get_state``, ``save``.
+
+:class:`ModelState` is a mixin of :class:`~fastunlearn.certified.CertifiedLogisticRegression`:
+the state as CPU tensors plus JSON-able metadata (:meth:`~ModelState.get_state`), the model
+rebuilt from it with every entry checked (:meth:`~ModelState.from_state`), the file format's
+entry points (:meth:`~ModelState.save`, :meth:`~ModelState.load`, see
+:mod:`fastunlearn.certified.persistence`) and the ledger event written after each change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor
+
+from .bounds import noise_budget
+from .records import RemovalRecord
+
+if TYPE_CHECKING:
+    from .estimator import CertifiedLogisticRegression
+
+__all__ = ["STATE_VERSION", "ModelState"]
+
+#: Version of the ``get_state`` layout.
+STATE_VERSION = 1
+
+
+class ModelState:
+    """Checkpoint events, ``get_state``/``from_state`` and ``save``/``load`` (a mixin)."""
+
+    def _checkpoint_event(self, event: str, record: RemovalRecord | None) -> None:
+        if self.checkpoint is None:
+            return
+        from .persistence import checkpoint
+
+        entry: dict[str, Any] = {
+            "event": event,
+            "seed": self._cfg["seed"],
+            "draw": self._draws,
+            "indices": [],
+            "bound": 0.0,
+            "cumulative": float(self.budget_used_),
+            "budget_left": float(self.budget_left_),
+        }
+        if record is not None:
+            entry.update(record.to_dict())
+        entry.update(retrains=int(self.retrains_), n_removed=int(self.n_removed_))
+        checkpoint(self, entry)
+
+    #: Tensors of :meth:`get_state` fixed from ``fit`` to the next ``fit`` (a checkpoint
+    #: writes them once, see ``persistence``).
+    STATIC_TENSORS = ("X", "Y", "member", "labels")
+
+    def static_state_id(self) -> str | None:
+        """Identify the current fit's ``STATIC_TENSORS`` (a new id at every ``fit``)."""
+        return getattr(self, "_data_id", None)
+
+    def get_state(self, exclude: Sequence[str] = ()) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Everything needed to continue removing, as CPU tensors plus JSON-able metadata.
+
+        Args:
+            exclude: tensor names to leave out (not copied), e.g. ``STATIC_TENSORS`` when a
+                checkpoint already holds them.
+
+        Returns:
+            ``(tensors, meta)``: tensors ``X`` (normalised, float64), ``Y``, ``member`` (the
+            ``S_k`` masks), ``removed``, ``labels``, ``W``, ``b``, ``gram``, ``eig``,
+            ``chol`` and the removal history; meta holds the parameters, classes, budget
+            numbers and counters.
+
+        Raises:
+            sklearn.exceptions.NotFittedError: before ``fit``.
+
+        """
+        check_is_fitted(self)
+        hist = self._history
+        offsets = np.cumsum([0] + [len(r.indices) for r in hist]).astype(np.int64)
+        flat = [i for r in hist for i in r.indices]
+
+        def f64(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float64)
+
+        tensors = {
+            "X": self._X,
+            "Y": self._Y,
+            "member": self._member,
+            "removed": self._removed,
+            "labels": self._labels,
+            "W": self._W,
+            "b": self._b,
+            "gram": self._gram,
+            "eig": self._eig,
+            "eig_slack": torch.from_numpy(self._h_eig_slack.copy()),
+            "chol": self._chol,
+            "history_indices": torch.tensor(flat, dtype=torch.int64),
+            "history_offsets": torch.from_numpy(offsets),
+            "history_bound": f64([r.bound for r in hist]),
+            "history_cumulative": f64([r.cumulative for r in hist]),
+            "history_budget_left": f64([r.budget_left for r in hist]),
+            "history_retrained": torch.tensor([r.retrained for r in hist], dtype=torch.bool),
+            "history_seconds": f64([r.seconds for r in hist]),
+            "history_worst_case": f64([r.worst_case for r in hist]),
+        }
+        # copies: the model keeps changing its tensors in place after this snapshot
+        tensors = {
+            k: v.detach().to("cpu", copy=True).contiguous()
+            for k, v in tensors.items()
+            if k not in exclude
+        }
+        params = self.get_params(deep=False)
+        params["device"] = str(params["device"])
+        if params["checkpoint"] is not None:
+            params["checkpoint"] = os.fspath(params["checkpoint"])
+        meta = {
+            "version": STATE_VERSION,
+            "estimator": type(self).__name__,
+            "params": params,
+            "config": dict(self._cfg),
+            "classes": self.classes_.tolist(),
+            "classes_dtype": self.classes_.dtype.str if self.classes_.dtype != object else "O",
+            "n_features_in": int(self.n_features_in_),
+            "budget": float(self.budget_),
+            "budget_used": float(self.budget_used_),
+            "training_residual": float(self.training_residual_),
+            "retrains": int(self.retrains_),
+            "draws": int(self._draws),
+            "n_iter": int(self.n_iter_),
+            "cg_iterations": [int(self._cg_base), int(self._cg_last)],
+            "row_norm_max": float(self._row_norm_max),
+            "shared_gram": bool(self._shared_gram),
+            "data_id": self.static_state_id(),
+        }
+        return tensors, meta
+
+    @classmethod
+    def from_state(
+        cls,
+        tensors: dict[str, Tensor],
+        meta: dict[str, Any],
+        *,
+        device: str | torch.device | None = None,
+    ) -> CertifiedLogisticRegression:
+        """Rebuild a fitted model from :meth:`get_state` output.
+
+        Args:
+            tensors: the tensors of ``get_state``.
+            meta: the metadata of ``get_state``.
+            device: put the model on this device instead of the saved one (e.g. ``"cpu"``
+                for a model saved on a GPU).
+
+        Returns:
+            A fitted model that continues exactly where the saved one stopped.
+
+        Raises:
+            ValueError: unknown state version, or missing or inconsistent entries: unknown
+                parameters, a configuration ``fit`` would refuse, a budget that does not
+                follow from ``sigma``, ``epsilon`` and ``delta``, counters out of range, or
+                tensor shapes that do not fit ``X``, the classes and ``n_features_in``.
+
+        """
+        if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"argument 'meta' has unsupported state version "
+                f"{meta.get('version') if isinstance(meta, dict) else None!r}"
+            )
+        needed = ("X", "Y", "member", "removed", "labels", "W", "b", "gram", "eig", "chol")
+        missing = [k for k in needed if k not in tensors]
+        if missing:
+            raise ValueError(f"argument 'tensors' lacks {missing}")
+        try:
+            model = cls(**meta["params"])
+            cfg = dict(meta["config"])
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"argument 'meta' has unknown or missing parameters: {err}") from None
+        if device is not None:
+            cfg["device"] = str(torch.device(device))
+            model.set_params(device=cfg["device"])
+        cls._check_state_config(cfg)
+        device = torch.device(cfg["device"])
+        X = tensors["X"].to(device, torch.float64, copy=True)
+        n, d = X.shape
+        K = tensors["Y"].shape[1]
+        shapes = {
+            "Y": (n, K),
+            "member": (n, K),
+            "removed": (n,),
+            "labels": (n,),
+            "W": (d, K),
+            "b": (d, K),
+            "chol": (K, d, d),
+        }
+        groups = 1 if meta.get("shared_gram") else K
+        shapes.update(gram=(groups, d, d), eig=(groups,))
+        for name, shape in shapes.items():
+            if tuple(tensors[name].shape) != shape:
+                raise ValueError(
+                    f"argument 'tensors' entry {name!r} has shape "
+                    f"{tuple(tensors[name].shape)}, expected {shape}"
+                )
+        _check_state_numbers(meta, cfg, d, K)
+        model._cfg = cfg
+        model._X = X
+        model._Y = tensors["Y"].to(device, torch.float64, copy=True)
+        model._member = tensors["member"].to(device, torch.bool, copy=True)
+        model._removed = tensors["removed"].to(device, torch.bool, copy=True)
+        model._labels = tensors["labels"].to(device, torch.int64, copy=True)
+        model._A = (model._member & ~model._removed.unsqueeze(1)).to(torch.float64)
+        model._n_rem = model._A.sum(0)
+        model._row_sq = X.square().sum(1)
+        model._row_norm_max = float(meta["row_norm_max"])
+        model._shared_gram = bool(meta["shared_gram"])
+        model._W = tensors["W"].to(device, torch.float64, copy=True)
+        model._Z = None
+        model._b = tensors["b"].to(device, torch.float64, copy=True)
+        model._gram = tensors["gram"].to(device, torch.float64, copy=True)
+        model._eig = tensors["eig"].to(device, torch.float64, copy=True)
+        model._chol = tensors["chol"].to(device, torch.float64, copy=True)
+        model._wood = None
+        slack = tensors.get("eig_slack")
+        model._eig_slack = (
+            torch.zeros_like(model._eig)
+            if slack is None
+            else slack.to(device, torch.float64, copy=True)
+        )
+        model._cg_base, model._cg_last = (int(v) for v in meta.get("cg_iterations", (0, 0)))
+        data_id = meta.get("data_id")
+        model._data_id = (
+            data_id if isinstance(data_id, str) and data_id.isalnum() else (uuid.uuid4().hex)
+        )
+        model._draws = int(meta["draws"])
+        dtype = meta["classes_dtype"]
+        model.classes_ = np.asarray(meta["classes"], dtype=object if dtype == "O" else dtype)
+        model.n_features_in_ = int(meta["n_features_in"])
+        model.budget_ = float(meta["budget"])
+        model.budget_used_ = float(meta["budget_used"])
+        model.training_residual_ = float(meta["training_residual"])
+        model.retrains_ = int(meta["retrains"])
+        model.n_iter_ = int(meta["n_iter"])
+        model._history = _history_from_tensors(tensors)
+        model._build_host_mirrors()
+        model._sync_public()
+        return model
+
+    @classmethod
+    def _check_state_config(cls, cfg: dict[str, Any]) -> None:
+        """Raise ValueError unless ``cfg`` is what ``fit`` would produce from its values."""
+        names = (
+            "lam",
+            "sigma",
+            "epsilon",
+            "delta",
+            "train_mode",
+            "subsample_ratio",
+            "gamma",
+            "normalize",
+            "seed",
+            "max_iter",
+            "tol",
+            "device",
+        )
+        try:
+            probe = cls(**{name: cfg[name] for name in names})
+            checked = probe._fit_config()
+        except KeyError as err:
+            raise ValueError(f"argument 'meta' config lacks {err}") from None
+        except ValueError as err:
+            hint = " (load it with device='cpu')" if "CUDA is not available" in str(err) else ""
+            raise ValueError(f"argument 'meta' config is invalid: {err}{hint}") from None
+        if cfg["train_mode"] not in ("binary", "ovr"):
+            raise ValueError(f"argument 'meta' config has train_mode {cfg['train_mode']!r}")
+        if cfg["train_mode"] == "binary" and checked["subsample_ratio"] < 1.0:
+            raise ValueError("argument 'meta' config subsamples a binary model")
+        for name in names:
+            if checked[name] != cfg[name]:
+                raise ValueError(
+                    f"argument 'meta' config entry {name!r} is {cfg[name]!r}, which fit "
+                    f"would store as {checked[name]!r}"
+                )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save the model (one safetensors file); see ``persistence.save_model``.
+
+        Args:
+            path: target file.
+
+        """
+        from .persistence import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        allow_rollback: bool = False,
+    ) -> CertifiedLogisticRegression:
+        """Load a model saved by :meth:`save` or a checkpoint; see ``persistence.load_model``.
+
+        A checkpoint file loads with its ledger checked and ``checkpoint`` set to it; a file
+        written by :meth:`save` loads with ``checkpoint=None`` (a backup never writes into
+        the live checkpoint it was copied from).
+
+        Args:
+            path: the model file.
+            device: put the model on this device (e.g. ``"cpu"`` for a model saved on a GPU);
+                None keeps the saved one.
+            allow_rollback: load a checkpoint older than its ledger and record the rollback
+                (see ``persistence.load_model``).
+
+        Returns:
+            The model.
+
+        """
+        from .persistence import load_model
+
+        return load_model(path, cls=cls, device=device, allow_rollback=allow_rollback)
+
+
+def _check_state_numbers(meta: dict[str, Any], cfg: dict[str, Any], d: int, K: int) -> None:
+    """Raise ValueError unless the budget, counters and class list of a state fit together."""
+    try:
+        budget = float(meta["budget"])
+        numbers_ = {k: float(meta[k]) for k in ("budget_used", "training_residual")}
+        counters = {k: meta[k] for k in ("retrains", "draws", "n_iter")}
+        classes, n_features = meta["classes"], meta["n_features_in"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"argument 'meta' lacks or garbles an entry: {err}") from None
+    expected = noise_budget(cfg["sigma"], cfg["epsilon"], cfg["delta"])
+    if not math.isclose(budget, expected, rel_tol=1e-12, abs_tol=0.0):
+        raise ValueError(
+            f"argument 'meta' has budget {budget!r}, but sigma, epsilon and delta give {expected!r}"
+        )
+    for name, value in numbers_.items():
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"argument 'meta' entry {name!r} must be finite and >= 0, got {value}")
+    for name, value in counters.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"argument 'meta' entry {name!r} must be an int >= 0, got {value!r}")
+    n_classes = len(classes) if isinstance(classes, list) else -1
+    if n_classes != (2 if cfg["train_mode"] == "binary" else K) or n_classes < 2:
+        raise ValueError(
+            f"argument 'meta' lists {n_classes} classes for a {cfg['train_mode']} model with "
+            f"{K} weight vector(s)"
+        )
+    if n_features != d:
+        raise ValueError(f"argument 'meta' has n_features_in {n_features!r}, X has {d} columns")
+
+
+def _history_from_tensors(tensors: dict[str, Tensor]) -> list[RemovalRecord]:
+    if "history_offsets" not in tensors:
+        return []
+    offsets = tensors["history_offsets"].tolist()
+    flat = tensors["history_indices"].tolist()
+    columns = [
+        tensors[f"history_{name}"].tolist()
+        for name in ("bound", "cumulative", "budget_left", "retrained", "seconds", "worst_case")
+    ]
+    records = []
+    for j, (bound, cum, left, retrained, seconds, worst) in enumerate(zip(*columns, strict=True)):
+        records.append(
+            RemovalRecord(
+                indices=tuple(int(i) for i in flat[offsets[j] : offsets[j + 1]]),
+                bound=float(bound),
+                cumulative=float(cum),
+                budget_left=float(left),
+                retrained=bool(retrained),
+                seconds=float(seconds),
+                worst_case=float(worst),
+            )
+        )
+    return records
