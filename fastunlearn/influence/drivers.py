@@ -18,16 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .arguments import _check_inputs, _check_target_type, _num_outputs
 from .gradients import eval_mode
-from .update import (
-    UpdateOptions,
-    UpdateResult,
-    _check_inputs,
-    _check_target_type,
-    _num_outputs,
-    check_update_options,
-    influence_update,
-)
+from .settings import UpdateOptions, UpdateResult
+from .update import check_update_options, influence_update
 
 __all__ = [
     "IterativeRepairResult",

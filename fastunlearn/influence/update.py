@@ -52,7 +52,6 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -67,6 +66,17 @@ from ..linalg import (
     selected_parameter_names,
 )
 from ..linalg import lissa as lissa_solve
+from .arguments import (
+    _check_float,
+    _check_inputs,
+    _check_int,
+    _check_order,
+    _check_pair,
+    _check_target_range,
+    _check_target_type,
+    _check_tensor,
+    _num_outputs,
+)
 from .curvature import GGNOperator
 from .gradients import (
     LossFn,
@@ -76,6 +86,15 @@ from .gradients import (
     gradient_difference,
     loss_value,
     unflatten,
+)
+from .settings import (
+    CURVATURES,
+    LISSA_HESSIANS,
+    SOLVERS,
+    LissaSettings,
+    UpdateOptions,
+    UpdateResult,
+    _check_lissa,
 )
 
 __all__ = [
@@ -89,324 +108,13 @@ __all__ = [
     "LISSA_HESSIANS",
 ]
 
-#: Second-order solvers.
-SOLVERS = ("cg", "lissa", "direct")
-#: Curvature matrices: the Hessian, or the (positive semidefinite) generalised Gauss-Newton.
-CURVATURES = ("hessian", "ggn")
-
-
 def _curvature_op(curvature: str, *args: Any, **kwargs: Any) -> Any:
     cls = GGNOperator if curvature == "ggn" else NetworkHessianOperator
     return cls(*args, **kwargs)
 
 
-#: How a LiSSA step's batch Hessian is scaled (see :class:`LissaSettings`).
-LISSA_HESSIANS = ("batch", "full")
-
-
-@dataclass(frozen=True)
-class LissaSettings:
-    """LiSSA parameters, named as in the reference (``get_inv_hvp_lissa``), plus ``hessian``.
-
-    The recursion ``u <- G + (1 - damping) u - H_j u / scale`` (estimate ``u / scale``) runs
-    over mini-batches ``B_j`` of ``batch_size`` rows: a fresh random permutation of the N
-    training rows per pass, so a pass has ``k = ceil(N / batch_size)`` batches. It estimates
-    ``(E[H_j] + damping * scale * I)^{-1} G``, where ``H_j`` depends on ``hessian``:
-
-    - ``"batch"`` (default, the reference): the Hessian of the loss summed over ``B_j``.
-      Then ``E[H_j] = H / k`` (H: the summed full-data Hessian), and the estimate is
-      ``(H / k + d s I)^{-1} G = k (H + k d s I)^{-1} G``. Relative to H the damping is
-      ``k d s`` (:meth:`full_data_damping`) and the step is ``k`` (:meth:`step_scale`)
-      times that damped Newton step. Reference CIFAR settings: N = 50,000, B = 1024,
-      k = 49, d = 1e-4, s = 2e5, d s = 20, so the damping relative to H is 980 and the
-      step is ``49 (H + 980 I)^{-1} G``.
-    - ``"full"``: that batch product times ``N / |B_j|``, an unbiased estimate of H. The
-      estimate is ``(H + d s I)^{-1} G``.
-
-    With ``N <= batch_size``, k = 1 and the two modes are the same. The recursion converges
-    only if every eigenvalue of ``H_j`` lies in ``(-damping * scale, (2 - damping) * scale)``.
-    With ``"batch"``, ``scale`` must bound the eigenvalues of a batch Hessian. With
-    ``"full"`` it must bound those of the full-data H, which are about k times larger.
-
-    Attributes:
-        batch_size: Rows per stochastic Hessian (reference CIFAR: 1024).
-        damping: ``d`` (reference CIFAR: 1e-4).
-        scale: ``s`` (reference CIFAR: 2e5).
-        depth: Recursion steps per repetition. The reference runs up to
-            ``100 * ceil(N / B)`` steps with a patience rule that stopped it after 81-153
-            steps on CIFAR; the default 100 is that effective length.
-        repetitions: Independent runs averaged (reference: 1).
-        seed: Seed of the batch permutations.
-        check_every: Steps between divergence checks.
-        hessian: ``"batch"`` (summed batch Hessian, the reference) or ``"full"`` (batch
-            Hessian scaled to estimate the full-data H).
-
-    """
-
-    batch_size: int = 1024
-    damping: float = 1e-4
-    scale: float = 2e5
-    depth: int = 100
-    repetitions: int = 1
-    seed: int = 0
-    check_every: int = 10
-    hessian: str = "batch"
-
-    @property
-    def effective_damping(self) -> float:
-        """``damping * scale``: the damping of the system LiSSA targets, ``E[H_j] + d s I``.
-
-        It is the damping relative to the full-data Hessian only for ``hessian="full"``
-        or a single batch; in general see :meth:`full_data_damping`.
-        """
-        return self.damping * self.scale
-
-    def step_scale(self, n_rows: int) -> int:
-        """Return the factor k of the estimate ``k (H + k d s I)^{-1} G`` on ``n_rows`` rows.
-
-        For ``hessian="batch"`` this is ``k = ceil(n_rows / batch_size)``, which is 1 when
-        ``n_rows <= batch_size``. For ``hessian="full"`` it is 1.
-
-        Raises:
-            TypeError / ValueError: ``n_rows`` not an int >= 0, or an unknown ``hessian``.
-
-        """
-        n_rows = _check_int("n_rows", n_rows, 0)
-        _check_hessian_mode(self.hessian)
-        if self.hessian == "full" or n_rows <= self.batch_size:
-            return 1
-        return -(-n_rows // self.batch_size)
-
-    def full_data_damping(self, n_rows: int) -> float:
-        """Return the damping relative to the full-data Hessian, ``step_scale(n_rows) * d * s``."""
-        return self.step_scale(n_rows) * self.effective_damping
-
-
-def _check_hessian_mode(mode: object) -> str:
-    if not isinstance(mode, str) or mode not in LISSA_HESSIANS:
-        raise ValueError(f"'lissa.hessian' must be one of {LISSA_HESSIANS}, got {mode!r}")
-    return mode
-
-
-@dataclass
-class UpdateResult:
-    """What :func:`influence_update` did.
-
-    Attributes:
-        order: 1 or 2.
-        solver: ``"cg"``, ``"lissa"``, ``"direct"`` (second order) or None (first order).
-        step: Tensor[P], the vector subtracted from the selected parameters
-            (``tau G`` or ``(H + lambda I)^{-1} G``), in ``param_names`` order.
-        param_names: The selected parameters.
-        num_params: P.
-        num_affected: Number of affected points ``|Z|``.
-        tau: The first-order step size used (None for second order).
-        damping: Tikhonov damping lambda, relative to the full-data H, of the system the
-            solver targets: the second-order step is ``step_scale * (H + lambda I)^{-1} G``.
-            For CG and direct it is ``damping``. For LiSSA it is ``d s`` with
-            ``hessian="full"`` and ``k d s`` with ``"batch"`` (k = ceil(N / B)). Reference
-            CIFAR example: N = 50,000, B = 1024, k = 49, d s = 20, so lambda = 980.
-        step_scale: The factor of that step: k for LiSSA with ``hessian="batch"`` (49 in
-            the example: the step is 49 times ``(H + 980 I)^{-1} G``), otherwise 1.
-        gradient_norm: ``||G||``.
-        step_norm: ``||step||``.
-        residual: Relative true residual of the targeted system,
-            ``||(H + lambda I) (step / step_scale) - G|| / ||G||`` (None for first order or
-            when not computed).
-        solver_iterations: CG iterations (all restarts), LiSSA steps, or 0.
-        converged: Whether the solver met its tolerance (None if it has none).
-        num_gradients: Per-sample loss gradients evaluated (2 per affected point).
-        num_hvps: Per-sample Hessian-vector products evaluated (a full-data product counts
-            the number of training rows; a dense Hessian counts ``P`` per row).
-        num_loss_evals: Per-sample loss evaluations (divergence check, line search).
-        loss_before: Corrected training loss at the old parameters (None if not computed).
-        loss_after: Corrected training loss at the new parameters (None if not computed).
-        diverged: Whether divergence was detected (the model was then left unchanged).
-        applied: Whether the model was updated (never for a zero step).
-        reason: Why the update was not applied, or a solver remark; None otherwise.
-        timings: Seconds spent per phase (``gradient``, ``solve``, ``line_search``,
-            ``check``, ``total``).
-
-    """
-
-    order: int
-    solver: str | None
-    step: Tensor
-    param_names: list[str]
-    num_params: int
-    num_affected: int
-    tau: float | None = None
-    damping: float = 0.0
-    step_scale: float = 1.0
-    gradient_norm: float = 0.0
-    step_norm: float = 0.0
-    residual: float | None = None
-    solver_iterations: int = 0
-    converged: bool | None = None
-    num_gradients: int = 0
-    num_hvps: int = 0
-    num_loss_evals: int = 0
-    loss_before: float | None = None
-    loss_after: float | None = None
-    diverged: bool = False
-    applied: bool = False
-    reason: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field except ``step``, JSON-ready."""
-        out = asdict(self)
-        out.pop("step")
-        return out
-
-
 # ---------------------------------------------------------------------------------------
 # validation
-
-
-def _check_tensor(name: str, value: object) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"'{name}' must be a torch.Tensor, got {type(value).__name__}")
-    if value.ndim == 0:
-        raise ValueError(f"'{name}' must have a leading batch dimension, got a scalar")
-    return value
-
-
-def _check_inputs(name: str, x: Tensor, dtype: torch.dtype, device: torch.device) -> None:
-    """Device, dtype (floating inputs: the parameters' dtype) and finiteness of model inputs."""
-    if x.device != device:
-        raise ValueError(f"'{name}' must be on the model's device {device}, got {x.device}")
-    if x.is_floating_point():
-        if x.dtype != dtype:
-            raise TypeError(f"'{name}' must have the parameters' dtype {dtype}, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
-
-
-def _check_target_type(name: str, y: Tensor, device: torch.device, class_labels: bool) -> None:
-    """Device, dtype and finiteness of targets (checked before the model runs).
-
-    ``class_labels``: the loss is the default cross-entropy, which needs integer labels.
-    """
-    if y.device != device:
-        raise ValueError(f"'{name}' must be on the model's device {device}, got {y.device}")
-    if class_labels and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
-        raise TypeError(f"'{name}' must hold integer class labels for the default "
-                        f"cross-entropy loss, got {y.dtype} (pass 'loss_fn' for other targets)")
-    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-        raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
-
-
-def _check_target_range(name: str, y: Tensor, num_outputs: int | None) -> None:
-    """Integer labels must lie in ``[0, num_outputs)`` (when the model has class outputs)."""
-    if y.is_floating_point() or y.dtype == torch.bool or num_outputs is None or not y.numel():
-        return
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= num_outputs:
-        raise ValueError(
-            f"'{name}' holds labels in [{low}, {high}], outside the model's "
-            f"{num_outputs} classes [0, {num_outputs - 1}]"
-        )
-
-
-def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"'{name}': inputs and targets must have the same length, got {x.shape[0]} and "
-            f"{y.shape[0]}"
-        )
-
-
-def _check_float(name: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"'{name}' must be finite and {'> 0' if positive else '>= 0'}, "
-                         f"got {value}")
-    return value
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_order(order: object) -> int:
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"'order' must be the int 1 or 2, got {order!r} "
-                        f"({type(order).__name__})")
-    if order not in (1, 2):
-        raise ValueError(f"'order' must be 1 or 2, got {order!r}")
-    return order
-
-
-def _num_outputs(model: nn.Module, x: Tensor) -> int | None:
-    """Classes of the model (last output dimension) from one row; None if not a class model.
-
-    Call it only on validated inputs (device, dtype): a failing forward pass is reported
-    as a ValueError naming ``inputs``.
-    """
-    try:
-        with torch.no_grad(), eval_mode(model):
-            out = model(x[:1])
-    except (RuntimeError, TypeError, IndexError) as exc:
-        raise ValueError(f"'inputs' of shape {list(x.shape)} do not fit the model: "
-                         f"{type(exc).__name__}: {exc}") from None
-    return int(out.shape[-1]) if isinstance(out, Tensor) and out.ndim >= 2 else None
-
-
-def _check_lissa(settings: object) -> LissaSettings:
-    if settings is None:
-        return LissaSettings()
-    if not isinstance(settings, LissaSettings):
-        raise TypeError(f"'lissa' must be a LissaSettings, got {type(settings).__name__}")
-    _check_int("lissa.batch_size", settings.batch_size, 1)
-    _check_float("lissa.damping", settings.damping)
-    _check_float("lissa.scale", settings.scale, positive=True)
-    _check_int("lissa.depth", settings.depth, 1)
-    _check_int("lissa.repetitions", settings.repetitions, 1)
-    _check_int("lissa.check_every", settings.check_every, 1)
-    _check_hessian_mode(settings.hessian)
-    return settings
-
-
-@dataclass(frozen=True)
-class UpdateOptions:
-    """The validated options of :func:`influence_update` (see :func:`check_update_options`).
-
-    Attributes:
-        names: Selected parameter names (``named_parameters()`` order).
-        num_params: P, their total size.
-        dtype: Their dtype.
-        device: Their device.
-        loss_fn: The loss (the default cross-entropy when None was given).
-        order: 1 or 2.
-        solver: The second-order solver.
-        tau: First-order step size (None for ``"auto"``).
-        auto_tau: Whether ``tau="auto"``.
-        lissa: The LiSSA settings (None unless ``order=2, solver="lissa"``).
-
-    """
-
-    names: list[str]
-    num_params: int
-    dtype: torch.dtype
-    device: torch.device
-    loss_fn: LossFn
-    order: int
-    solver: str
-    tau: float | None
-    auto_tau: bool
-    lissa: LissaSettings | None
-
-    @property
-    def class_labels(self) -> bool:
-        """Whether the loss is the default cross-entropy (targets must be integer labels)."""
-        return self.loss_fn is default_loss
 
 
 def _selection(model: object, params: Any) -> tuple[list[str], list[nn.Parameter]]:

@@ -1,0 +1,108 @@
+"""Checks of the arguments of the influence updates: tensors, targets and numbers.
+
+Each raises TypeError or ValueError naming the argument; nothing here runs a solver.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .gradients import eval_mode
+
+
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim == 0:
+        raise ValueError(f"'{name}' must have a leading batch dimension, got a scalar")
+    return value
+
+
+def _check_inputs(name: str, x: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+    """Device, dtype (floating inputs: the parameters' dtype) and finiteness of model inputs."""
+    if x.device != device:
+        raise ValueError(f"'{name}' must be on the model's device {device}, got {x.device}")
+    if x.is_floating_point():
+        if x.dtype != dtype:
+            raise TypeError(f"'{name}' must have the parameters' dtype {dtype}, got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
+
+
+def _check_target_type(name: str, y: Tensor, device: torch.device, class_labels: bool) -> None:
+    """Device, dtype and finiteness of targets (checked before the model runs).
+
+    ``class_labels``: the loss is the default cross-entropy, which needs integer labels.
+    """
+    if y.device != device:
+        raise ValueError(f"'{name}' must be on the model's device {device}, got {y.device}")
+    if class_labels and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
+        raise TypeError(f"'{name}' must hold integer class labels for the default "
+                        f"cross-entropy loss, got {y.dtype} (pass 'loss_fn' for other targets)")
+    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
+
+
+def _check_target_range(name: str, y: Tensor, num_outputs: int | None) -> None:
+    """Integer labels must lie in ``[0, num_outputs)`` (when the model has class outputs)."""
+    if y.is_floating_point() or y.dtype == torch.bool or num_outputs is None or not y.numel():
+        return
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= num_outputs:
+        raise ValueError(
+            f"'{name}' holds labels in [{low}, {high}], outside the model's "
+            f"{num_outputs} classes [0, {num_outputs - 1}]"
+        )
+
+
+def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"'{name}': inputs and targets must have the same length, got {x.shape[0]} and "
+            f"{y.shape[0]}"
+        )
+
+
+def _check_float(name: str, value: object, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"'{name}' must be finite and {'> 0' if positive else '>= 0'}, "
+                         f"got {value}")
+    return value
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_order(order: object) -> int:
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"'order' must be the int 1 or 2, got {order!r} "
+                        f"({type(order).__name__})")
+    if order not in (1, 2):
+        raise ValueError(f"'order' must be 1 or 2, got {order!r}")
+    return order
+
+
+def _num_outputs(model: nn.Module, x: Tensor) -> int | None:
+    """Classes of the model (last output dimension) from one row; None if not a class model.
+
+    Call it only on validated inputs (device, dtype): a failing forward pass is reported
+    as a ValueError naming ``inputs``.
+    """
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x[:1])
+    except (RuntimeError, TypeError, IndexError) as exc:
+        raise ValueError(f"'inputs' of shape {list(x.shape)} do not fit the model: "
+                         f"{type(exc).__name__}: {exc}") from None
+    return int(out.shape[-1]) if isinstance(out, Tensor) and out.ndim >= 2 else None
