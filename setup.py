@@ -172,5 +172,5 @@ setup(
     packages=find_packages(include=["fastunlearn", "fastunlearn.*"]),
     ext_modules=[make_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},  # torch builds Py_LIMITED_API 3.10
 )
