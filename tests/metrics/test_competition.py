@@ -121,6 +121,40 @@ def test_fixture_subset_matches_the_official_algorithm(fixture_arrays):
     np.testing.assert_allclose(competition_epsilons(cr, cu).numpy(), expected, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_statistic_matches_the_official_code(fixture_arrays, device):
+    """The official code's own statistic on real float32 logits, every model of 12 examples."""
+    retain, methods = fixture_arrays
+    logits, y = split_slots(methods["finetune"][30:42])
+    expected = np.stack([ref.logit_scaled_confidence(logits[:, m].numpy().copy(), y.numpy())
+                         for m in range(logits.shape[1])], axis=1)
+    got = logit_scaled_confidence(logits.to(device), y.to(device)).cpu().numpy()
+    # on the CPU the float32 exponentials are numpy's, as the official code's: only the
+    # float64 normalisation's order differs; torch.exp on a GPU is within ~1 float32 ulp
+    atol = 1e-13 if device == "cpu" else 1e-6
+    np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+
+
+def test_fixture_epsilons_match_the_official_pipeline(fixture_arrays):
+    """Logits to per-example epsilons, each side with its own statistic (CPU).
+
+    Example 38 of ``finetune`` sits on a threshold: with torch's float32 exp its epsilon was
+    2.944, with numpy's (the official code's) 2.996.
+    """
+    retain, methods = fixture_arrays
+    rows = slice(34, 42)
+    r, y = split_slots(retain[rows])
+    u, _ = split_slots(methods["finetune"][rows])
+
+    def official(logits):
+        return np.stack([ref.logit_scaled_confidence(logits[:, m].numpy().copy(), y.numpy())
+                         for m in range(logits.shape[1])], axis=1)
+
+    expected = ref.competition_epsilons(official(r), official(u))
+    got = competition_epsilons(logit_scaled_confidence(r, y), logit_scaled_confidence(u, y))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=0)
+
+
 def test_numpy_linspace_is_bit_identical():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 10, 50)
