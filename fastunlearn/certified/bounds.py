@@ -171,13 +171,21 @@ def data_dependent_bound(
 
 
 def worst_case_bound(
-    lam: float, n: int | Tensor, m: int | Tensor = 1, gamma: float = GAMMA_PAPER, C: float = 1.0
+    lam: float,
+    n: int | Tensor,
+    m: int | Tensor = 1,
+    gamma: float = GAMMA_PAPER,
+    C: float = 1.0,
+    row_norm: float = 1.0,
 ) -> float:
     """Worst-case residual of removing ``m`` points from ``n`` (Theorem 1 / batch version).
 
-    ``4 gamma m^2 C^2 / (lam^2 (n - m))``, summed over classes when ``n`` and ``m`` are
-    per-class tensors. Assumes ``||x_i|| <= 1`` and ``|l'| <= C`` (``C = 1`` for logistic
-    loss). E.g. lam 1e-3, n 11982, m 1 gives 83.5.
+    ``4 gamma m^2 C^2 R^3 / (lam^2 (n - m))`` with ``R = row_norm``, summed over classes when
+    ``n`` and ``m`` are per-class tensors. Theorem 1 assumes ``||x_i|| <= 1`` (``R = 1``) and
+    ``|l'| ||x_i|| <= C`` (``C = 1`` for logistic loss). With rows up to ``R`` long the
+    curvature term ``l''(x^T w) x x^T`` of a row is ``gamma R^3``-Lipschitz in ``w`` (``l''``
+    is ``gamma``-Lipschitz in the margin), hence the factor ``R^3``; the logistic loss then
+    has ``C = R``. E.g. lam 1e-3, n 11982, m 1 gives 83.5.
 
     Args:
         lam: L2 regularisation, > 0.
@@ -185,15 +193,17 @@ def worst_case_bound(
         m: rows removed at once (per class); classes with ``m == 0`` contribute 0.
         gamma: Lipschitz constant of ``l''``.
         C: bound on ``|l'|`` times the row norm.
+        row_norm: bound on the row norms ``R`` (callers pass ``max(1, R)``), > 0.
 
     Returns:
         The bound (``inf`` if a class would be left with no rows).
 
     Raises:
-        ValueError: if ``lam`` is not positive.
+        ValueError: if ``lam`` or ``row_norm`` is not positive.
 
     """
     lam = _check_nonneg("lam", lam, positive=True)
+    lipschitz = gamma * _check_nonneg("row_norm", row_norm, positive=True) ** 3
     # host arithmetic on a handful of numbers (once per removal): plain floats
     if isinstance(n, Tensor):
         n = n.detach().cpu().numpy()
@@ -210,5 +220,8 @@ def worst_case_bound(
     for n_k, m_k in zip(n_list, m_list, strict=True):
         if m_k > 0:
             rest = max(n_k - m_k, 0.0)
-            total += math.inf if rest == 0 else 4.0 * gamma * m_k * m_k * C * C / (lam * lam * rest)
+            if rest == 0:
+                total = math.inf
+            else:
+                total += 4.0 * lipschitz * m_k * m_k * C * C / (lam * lam * rest)
     return total

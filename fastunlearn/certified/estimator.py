@@ -673,6 +673,7 @@ class CertifiedLogisticRegression(
                 m_k_host[affected_host],
                 gamma,
                 C=max(1.0, self._row_norm_max),
+                row_norm=max(1.0, self._row_norm_max),
             )
             if n_affected
             else 0.0

@@ -139,6 +139,7 @@ class SingleRowSteps:
         worst = worst_case_bound(
             cfg["lam"], self._h_n_rem, self._h_A[int(rows_np[0])], cfg["gamma"],
             C=max(1.0, self._row_norm_max),
+            row_norm=max(1.0, self._row_norm_max),
         )  # fmt: skip
         return PlannedStep(
             rows,
@@ -295,6 +296,7 @@ class SingleRowSteps:
             m_k,
             self._cfg["gamma"],
             C=max(1.0, self._row_norm_max),
+            row_norm=max(1.0, self._row_norm_max),
         )
         return PlannedStep(
             rows,
@@ -347,6 +349,7 @@ class SingleRowSteps:
         worst = worst_case_bound(
             cfg["lam"], self._h_n_rem, self._h_A[row], cfg["gamma"],
             C=max(1.0, self._row_norm_max),
+            row_norm=max(1.0, self._row_norm_max),
         )  # fmt: skip
         self._drop_row_mirrors(row)
         self._account_row(report, row, bound, worst, iterations, seconds)

@@ -49,6 +49,41 @@ def test_worst_case_reference_number():
     assert worst_case_bound(1e-3, 11982) == pytest.approx(1.0 / (1e-6 * 11981), rel=1e-12)
 
 
+def test_worst_case_carries_the_row_norm_cubed():
+    # Theorem 1 with rows up to R long: the curvature term l''(x^T w) x x^T is gamma R^3
+    # Lipschitz and the logistic gradient is at most R long: 4 gamma m^2 R^2 R^3 / (lam^2 (n-m))
+    R = 3.0
+    got = worst_case_bound(0.5, 40, 2, GAMMA_PAPER, C=R, row_norm=R)
+    assert got == pytest.approx(4 * 0.25 * 4 * R**5 / (0.25 * 38), rel=1e-12)
+    assert worst_case_bound(0.5, 40, 2, C=1.0, row_norm=1.0) == worst_case_bound(0.5, 40, 2)
+    with pytest.raises(ValueError, match="'row_norm'"):
+        worst_case_bound(0.5, 40, 2, row_norm=0.0)
+
+
+def test_estimator_reports_the_row_norm_worst_case_without_normalisation():
+    """Unnormalised rows (R > 1): the reported worst case is Theorem 1 with R^5, and holds."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 4)) * 2.0
+    y = (X[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+    lam, R = 0.5, float(np.linalg.norm(X, axis=1).max())
+    assert R > 1.5
+    from fastunlearn.certified import CertifiedLogisticRegression
+
+    model = CertifiedLogisticRegression(lam=lam, sigma=1e3, normalize=False, solver="cholesky")
+    model.fit(X, y)
+    (record,) = model.remove([5]).records
+    assert record.worst_case == pytest.approx(4 * 0.25 * R**5 / (lam**2 * 59), rel=1e-12)
+    # the true gradient of the perturbed objective on the remaining rows, recomputed here,
+    # is within the training residual plus the data-dependent bound (which carries one R),
+    # itself below the worst case
+    keep = np.setdiff1d(np.arange(60), [5])
+    Xr, s = X[keep], np.where(y[keep] == 1, 1.0, -1.0)
+    w = model.coef_[0]
+    gradient = Xr.T @ (-s / (1.0 + np.exp(s * (Xr @ w)))) + lam * len(keep) * w + model.b_[0]
+    assert np.linalg.norm(gradient) <= model.training_residual_ + record.bound + 1e-12
+    assert record.bound < record.worst_case
+
+
 def test_worst_case_batch_is_quadratic_and_sums_classes():
     single = worst_case_bound(1e-3, 11982, 1)
     batch = worst_case_bound(1e-3, 11982, 10)
