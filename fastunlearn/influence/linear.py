@@ -58,8 +58,9 @@ class LinearUpdateResult:
         order: 1 or 2.
         residual: ``||grad L_b(w_new; D~)||``, the exact gradient residual.
         residual_before: The same at the old weights (what doing nothing leaves).
-        bound: Data-dependent bound ``gamma ||X~||_2 ||v|| ||X~ v||`` on the residual of the
-            Newton step from an exact minimiser (second order only; Guo et al. Cor. 1).
+        bound: Data-dependent bound ``gamma max(1, R) ||X~||_2 ||v|| ||X~ v||`` on the
+            residual of the Newton step from an exact minimiser, ``R`` the longest row of
+            ``X~`` (second order only; Guo et al. Cor. 1).
         sigma_required: Noise ``residual * c(delta) / epsilon`` that certifies the update.
         certified: With ``sigma`` given: ``residual <= sigma * epsilon / c(delta)``.
         epsilon_spent: With ``sigma`` given: ``c(delta) * residual / sigma``.

@@ -118,6 +118,47 @@ def test_transform_and_skip_unmatched(agedb):
         AgeImageFolder(empty, layout="utkface", skip_unmatched=True)
 
 
+def _assert_greedy_to_goal(subjects, forget, goal):
+    """Whole subjects taken one by one until the forget set holds >= ``goal`` images.
+
+    A set F of subjects is the shortest prefix of some order reaching the goal iff it reaches
+    it and dropping one of its subjects (the last one taken) falls below it.
+    """
+    forget_list = forget.tolist()
+    assert forget.dtype == torch.int64 and forget_list == sorted(forget_list)
+    forgotten = {subjects[i] for i in forget_list}
+    assert forget_list == [i for i, s in enumerate(subjects) if s in forgotten]  # whole
+    size = {s: subjects.count(s) for s in forgotten}
+    assert len(forget_list) >= goal
+    assert min(len(forget_list) - size[s] for s in forgotten) < goal
+
+
+def test_subject_split_stops_at_the_goal_by_hand():
+    # three subjects of 4 images: whatever the shuffle, the number taken is fixed
+    subjects = ["x"] * 4 + ["y"] * 4 + ["z"] * 4
+    for fraction, images in ((0.01, 4), (0.25, 4), (0.34, 4), (0.4, 8), (0.66, 8)):
+        for seed in range(4):  # goals 1, 3, 4 (one subject), 5, 8 (two subjects)
+            forget, retain = subject_forget_split(subjects, fraction, seed=seed)
+            assert forget.numel() == images and retain.numel() == 12 - images
+            _assert_greedy_to_goal(subjects, forget, max(1, round(fraction * 12)))
+    assert subject_forget_split(subjects, 0.7)[0].numel() == 8  # goal round(8.4) = 8
+    with pytest.raises(ValueError, match="retain set is empty"):
+        subject_forget_split(subjects, 0.75)  # goal 9: all three subjects
+    # unequal subjects: one of 3, three of 1; goal 3
+    subjects = ["a", "b", "a", "c", "a", "d"]
+    seen = set()
+    for seed in range(30):
+        forget, retain = subject_forget_split(subjects, 0.5, seed=seed)
+        _assert_greedy_to_goal(subjects, forget, 3)
+        assert torch.equal(torch.cat([forget, retain]).sort().values, torch.arange(6))
+        assert torch.equal(subject_forget_split(subjects, 0.5, seed=seed)[0], forget)
+        seen.add(tuple(forget.tolist()))
+    # "a" alone (3 images), or singles before "a" (5 or 4 images), or b, c, d (3 images)
+    assert (0, 2, 4) in seen and len(seen) > 1  # the seed changes the split
+    assert seen <= {(0, 2, 4), (0, 1, 2, 4), (0, 2, 3, 4), (0, 2, 4, 5), (0, 1, 2, 3, 4),
+                    (0, 1, 2, 4, 5), (0, 2, 3, 4, 5), (1, 3, 5)}
+
+
 def test_subject_disjoint_split(agedb):
     ds = AgeImageFolder(agedb)
     for seed in range(5):
@@ -126,7 +167,9 @@ def test_subject_disjoint_split(agedb):
         forgotten = {ds.subjects[i] for i in forget.tolist()}
         kept = {ds.subjects[i] for i in retain.tolist()}
         assert not forgotten & kept
-        assert forget.numel() >= 2  # round(0.3 * 6)
+        _assert_greedy_to_goal(ds.subjects, forget, goal=2)  # round(0.3 * 6)
+        again = ds.subject_forget_split(0.3, seed=seed)
+        assert torch.equal(again[0], forget) and torch.equal(again[1], retain)
     with pytest.raises(ValueError, match="fraction"):
         ds.subject_forget_split(1.0)
     with pytest.raises(ValueError, match="retain set is empty"):

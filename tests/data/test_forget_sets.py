@@ -82,6 +82,35 @@ def test_save_round_trip(tmp_path):
     assert torch.equal(parse_forget_spec(f"file:{path}", LABELS)[0], forget)
 
 
+@pytest.mark.parametrize(
+    ("indices", "error", "match"),
+    [
+        (torch.tensor([1.0, 2.0]), TypeError, "'indices' must hold integers, got dtype "
+                                              "torch.float32"),
+        ([0.5, 2.0], TypeError, "'indices' must hold integers, got dtype torch.float"),
+        (torch.tensor([True, False]), TypeError, "'indices' must hold integers, got dtype "
+                                                 "torch.bool"),
+        (torch.tensor([1 + 2j]), TypeError, "'indices' must hold integers, got dtype "
+                                            "torch.complex"),
+        (torch.tensor([[1, 2], [3, 4]]), ValueError, r"'indices' must be 1-D, got shape "
+                                                     r"\(2, 2\)"),
+        (torch.tensor(3), ValueError, r"'indices' must be 1-D, got shape \(\)"),
+    ],
+)
+def test_save_bad_indices_are_named_and_write_nothing(tmp_path, indices, error, match):
+    path = tmp_path / "f.txt"
+    with pytest.raises(error, match=match):
+        save_forget_indices(path, indices)
+    assert not path.exists()
+
+
+def test_save_writes_one_index_per_line(tmp_path):
+    path = save_forget_indices(tmp_path / "f.txt", np.array([7, 2, 9], dtype=np.int16))
+    assert path == tmp_path / "f.txt" and path.read_text() == "7\n2\n9\n"
+    save_forget_indices(path, torch.tensor([], dtype=torch.int64))
+    assert path.read_text() == ""
+
+
 # ------------------------------------------------------------------ errors
 
 

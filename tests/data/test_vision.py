@@ -355,3 +355,64 @@ def test_feature_file_errors(tmp_path):
     with pytest.raises(ValueError, match="'test'"):
         load_features_or_pixels("x", tmp_path, extractor="only_train")
     assert os.listdir(tmp_path) == ["only_train_x_extracted.safetensors"]
+
+
+def _write_safetensors(path, tensors):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tensors", "match"),
+    [
+        ({"y_train": torch.arange(4)}, r"holds no 'X_<split>' feature tensors"),
+        ({"features": torch.zeros(4, 2)}, r"holds no 'X_<split>' feature tensors"),
+        ({"X_train": torch.zeros(4, 2), "y_test": torch.arange(4)},
+         r"has 'X_train' but no 'y_train'"),
+        ({"X_train": torch.zeros(4, 2), "y_train": torch.arange(3)},
+         r"'X_train' \(4, 2\) does not match 'y_train' \(3,\)"),
+        ({"X_train": torch.zeros(4, 2), "y_train": torch.arange(4),
+          "X_test": torch.zeros(2, 2), "y_test": torch.arange(5)},
+         r"'X_test' \(2, 2\) does not match 'y_test' \(5,\)"),
+        ({"X_train": torch.zeros(4), "y_train": torch.arange(4)},
+         r"'X_train' \(4,\) does not match 'y_train' \(4,\)"),  # not 2-D
+    ],
+)
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_load_features_defective_files_are_named(tmp_path, tensors, match, suffix):
+    path = tmp_path / f"bad{suffix}"
+    if suffix == ".pth":
+        torch.save(tensors, path)
+    else:
+        _write_safetensors(path, tensors)
+    with pytest.raises(ValueError, match=match) as info:
+        load_features(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_features_pth_that_is_not_a_dict(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(3, 2), torch.arange(3)], path)
+    expected = "must hold a dict of tensors, got <class 'list'>"
+    with pytest.raises(ValueError, match=expected) as info:
+        load_features(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(FileNotFoundError, match="absent.safetensors"):
+        load_features(tmp_path / "absent.safetensors")
+
+
+def test_binary_class_without_training_rows_is_named(tmp_path):
+    X_tr, y_tr = _features(4, 9)  # labels 0, 1, 2
+    X_te = _features(5, 3)[0]
+    y_te = torch.tensor([0, 3, 1])  # class 3 only in the test split
+    save_features(extracted_features_path(tmp_path, "ext", "toy"),
+                  {"train": X_tr, "test": X_te}, {"train": y_tr, "test": y_te})
+    with pytest.raises(ValueError, match="'binary' class 3 has no training examples"):
+        load_features_or_pixels("toy", tmp_path, extractor="ext", binary=(3, 1))
+    with pytest.raises(ValueError, match="'binary' class 7 has no training examples"):
+        load_features_or_pixels("toy", tmp_path, extractor="ext", binary=(0, 7))
+    # a class missing from the test split only is accepted
+    split = load_features_or_pixels("toy", tmp_path, extractor="ext", binary=(2, 1))
+    assert split.y_train.tolist() == [0, 1, 0, 1, 0, 1] and split.y_test.tolist() == [0]

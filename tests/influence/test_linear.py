@@ -19,6 +19,21 @@ def _objective_grad(X, y, w, b, lam):
     return torch.autograd.grad(loss, w)[0]
 
 
+#: Lipschitz constant of sigma'(z) = sigma(z) (1 - sigma(z)): max |sigma''| = 1 / (6 sqrt 3).
+GAMMA = 1.0 / (6.0 * math.sqrt(3.0))
+
+
+def _closed_form_bound(X_new, w, w_new, gamma=GAMMA):
+    """Guo et al. Cor. 1 as documented: gamma max(1, max_i ||x~_i||) ||X~||_2 ||v|| ||X~ v||.
+
+    ``v = w - w_new`` is the Newton step.
+    """
+    v = w - w_new
+    row_max = float(torch.linalg.vector_norm(X_new, dim=1).max())
+    spectral = float(torch.linalg.matrix_norm(X_new, 2))
+    return gamma * max(1.0, row_max) * spectral * float(v.norm()) * float((X_new @ v).norm())
+
+
 @pytest.fixture(scope="module")
 def problem():
     split = load_digits_dataset(binary=(3, 8), dtype=D64, seed=0)
@@ -55,6 +70,8 @@ def test_newton_step_equals_dense_newton_and_residual_is_exact(problem):
     assert res.residual_before == pytest.approx(float(G.norm()), rel=1e-6)
     assert res.residual < 0.05 * res.residual_before
     assert res.bound >= res.residual - 1e-8  # the data-dependent bound holds
+    # its value (the spectral norm is a safe upper bound, inflated by a 1e-6 margin)
+    assert res.bound == pytest.approx(_closed_form_bound(Xc, w, res.weights), rel=1e-5)
     c = math.sqrt(2 * math.log(1.5 / 0.01))
     assert res.sigma_required == pytest.approx(residual * c / 0.1, rel=1e-8)
     assert res.certified == (res.residual <= 0.5 * 0.1 / c)
@@ -85,6 +102,25 @@ def test_label_change_reduces_residual(problem):
     res = linear_influence_update(X, y, w, rows, new_y=-y[rows], lam=lam, b=b)
     assert res.residual < 0.1 * res.residual_before
     assert res.bound >= res.residual - 1e-8
+    # a label change leaves X~ = X
+    assert res.bound == pytest.approx(_closed_form_bound(X, w, res.weights), rel=1e-5)
+
+
+def test_bound_scales_with_long_rows_and_gamma(problem):
+    # rows of norm up to 2: the bound carries the factor max(1, max_i ||x~_i||) = 2
+    X, y, _, _, _ = problem
+    X2 = 2.0 * X
+    assert float(torch.linalg.vector_norm(X2, dim=1).max()) == pytest.approx(2.0)
+    lam = 1e-2
+    w, b = fit_logistic(X2, y, lam, sigma=0.5, seed=3)
+    rows = torch.arange(5, 25)
+    res = linear_influence_update(X2, y, w, rows, new_y=-y[rows], lam=lam, b=b, gamma=0.25)
+    expected = _closed_form_bound(X2, w, res.weights, gamma=0.25)
+    assert res.bound == pytest.approx(expected, rel=1e-5)
+    assert res.bound >= res.residual
+    tight = linear_influence_update(X2, y, w, rows, new_y=-y[rows], lam=lam, b=b)
+    torch.testing.assert_close(tight.weights, res.weights, rtol=0, atol=0)
+    assert tight.bound == pytest.approx(expected * GAMMA / 0.25, rel=1e-5)
 
 
 def test_required_sigma_reference_constant():
