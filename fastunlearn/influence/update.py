@@ -591,7 +591,7 @@ def influence_update(
         return _finish(result, t_start, diverged=True, reason="non-finite gradient G")
     if result.gradient_norm == 0.0:
         result.tau = opts.tau
-        result.converged = True
+        result.converged = True if opts.order == 2 else None  # first order has no solver
         return _finish(result, t_start, reason="G is zero: nothing to update")
 
     t0 = time.perf_counter()

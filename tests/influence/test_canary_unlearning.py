@@ -55,24 +55,55 @@ def test_unlearn_canary_uses_exactly_the_training_windows_touching_the_secret(mo
     real = canary_module.influence_update
 
     def spy(model, x_old, y_old, x_new, y_new, **kwargs):
-        seen.update(x_old=x_old, y_old=y_old, x_new=x_new)
+        seen.update(x_old=x_old, y_old=y_old, x_new=x_new, y_new=y_new,
+                    train_data=kwargs["train_data"])
         return real(model, x_old, y_old, x_new, y_new, **kwargs)
 
     monkeypatch.setattr(canary_module, "influence_update", spy)
+    hvp_windows = 4
     out = unlearn_canary(res, CanaryUnlearnConfig(order=1, tau=1e-4, retrain=False,
-                                                  hvp_windows=4))
+                                                  hvp_windows=hvp_windows))
     seq_len = res.config.seq_len  # the training window length (16), not a default
     assert CanaryUnlearnConfig().seq_len is None and out["config"]["seq_len"] == seq_len
     a0 = len(res.config.prefix)
-    spans = [(off + a0, off + a0 + len(res.canary.secret)) for off in res.canary_offsets]
+    secret, replacement = res.canary.secret, out["replacement"]
+    spans = [(off + a0, off + a0 + len(secret)) for off in res.canary_offsets]
     ids = res.vocab.encode(res.text)
     starts = _touching_training_windows(ids.numel(), seq_len, spans)
     assert out["num_affected"] == len(starts) == seen["x_old"].shape[0]
     windows = torch.stack([ids[s:s + seq_len + 1] for s in starts])
     assert torch.equal(seen["x_old"].cpu(), windows[:, :-1])
     assert torch.equal(seen["y_old"].cpu(), windows[:, 1:])
-    # the corrected windows differ exactly where a secret character was
-    assert bool((seen["x_new"] != seen["x_old"]).any(dim=1).sum() > 0)
+
+    # the corrected text, built by hand: the replacement put into every secret span
+    assert len(replacement) == len(secret)
+    assert all(r != c for r, c in zip(replacement, secret, strict=True))  # every char changes
+    text = res.text
+    for a, b in spans:
+        assert text[a:b] == secret
+        text = text[:a] + replacement + text[b:]
+    new_ids = res.vocab.encode(text)
+    new_windows = torch.stack([new_ids[s:s + seq_len + 1] for s in starts])
+    assert torch.equal(seen["x_new"].cpu(), new_windows[:, :-1])
+    assert torch.equal(seen["y_new"].cpu(), new_windows[:, 1:])
+
+    # the corrected windows differ exactly at the secret's characters
+    secret_pos = set().union(*(range(a, b) for a, b in spans))
+    inside = torch.tensor([[s + j in secret_pos for j in range(seq_len + 1)] for s in starts])
+    assert torch.equal(seen["x_new"].cpu() != seen["x_old"].cpu(), inside[:, :-1])
+    assert torch.equal(seen["y_new"].cpu() != seen["y_old"].cpu(), inside[:, 1:])
+
+    # the Hessian's data: hvp_windows training windows of the corrected text, then the
+    # corrected affected windows
+    train_x, train_y = (t.cpu() for t in seen["train_data"])
+    assert train_x.shape == (hvp_windows + len(starts), seq_len)
+    assert torch.equal(train_x[hvp_windows:], new_windows[:, :-1])
+    assert torch.equal(train_y[hvp_windows:], new_windows[:, 1:])
+    all_windows = {tuple(new_ids[s:s + seq_len + 1].tolist())
+                   for s in range(new_ids.numel() - seq_len)}
+    for x, y in zip(train_x[:hvp_windows], train_y[:hvp_windows], strict=True):
+        assert torch.equal(x[1:], y[:-1])
+        assert tuple(x.tolist()) + (int(y[-1]),) in all_windows
 
 
 def test_next_char_model_and_loss_match_charlm():

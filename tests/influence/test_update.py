@@ -2,6 +2,8 @@
 autograd gradients and retraining."""
 
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
@@ -10,7 +12,6 @@ from torch import nn
 
 from fastunlearn.influence import (
     LissaSettings,
-    gradient_difference,
     influence_update,
     last_parameters,
 )
@@ -87,6 +88,17 @@ def _dense_hessian_of(model, loss_fn, X, y, names=None):
     return torch.autograd.functional.hessian(f, theta)
 
 
+def _autograd_G(model, x_old, y_old, x_new, y_new, names=None, loss_fn=None):
+    """Independent G: torch.autograd.grad of (summed loss on the corrected points - summed
+    loss on the old points) w.r.t. the named parameters (all by default), flattened in
+    registration order."""
+    loss_fn = loss_fn or ce_sum
+    named = dict(model.named_parameters())
+    chosen = [p for n, p in named.items() if names is None or n in names]
+    diff = loss_fn(model(x_new), y_new) - loss_fn(model(x_old), y_old)
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(diff, chosen)])
+
+
 # ---- second order -------------------------------------------------------------------------
 
 
@@ -119,7 +131,7 @@ def test_cg_solution_satisfies_damped_system_on_small_network():
     y_new = _shift_labels(y, rows)
     H = _dense_hessian_of(model, ce_sum, X, y_new)
     lam = float(-torch.linalg.eigvalsh(H)[0].clamp(max=0)) + 0.5  # positive definite
-    G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows])
+    G = _autograd_G(model, X[rows], y[rows], X[rows], y_new[rows])
     before = _flat(model)
     tol = 1e-9
     res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
@@ -133,6 +145,62 @@ def test_cg_solution_satisfies_damped_system_on_small_network():
     torch.testing.assert_close(x, torch.linalg.solve(A, G), rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("restarts", [0, 3])
+def test_cg_restarts_from_its_solution_when_the_true_residual_misses_tol(monkeypatch, restarts):
+    from fastunlearn.influence import update as update_module
+
+    real_cg = update_module.cg
+    calls = []
+
+    def loose_first_cg(A, B, *, x0=None, tol, maxiter, **kwargs):
+        """The real CG; the first call stops at tol=1e-2 and reports converged=False."""
+        first = not calls
+        out = real_cg(A, B, x0=x0, tol=1e-2 if first else tol, maxiter=maxiter, **kwargs)
+        if first:
+            out = dataclasses.replace(out, converged=torch.zeros_like(out.converged))
+        calls.append(dict(x0=None if x0 is None else x0.clone(), maxiter=maxiter, out=out))
+        return out
+
+    monkeypatch.setattr(update_module, "cg", loose_first_cg)
+    model = _small_net()
+    X, y = _net_data()
+    rows = torch.arange(5)
+    y_new = _shift_labels(y, rows)
+    H = _dense_hessian_of(model, ce_sum, X, y_new)
+    lam = float(-torch.linalg.eigvalsh(H)[0].clamp(max=0)) + 0.5  # positive definite
+    A = H + lam * torch.eye(H.shape[0], dtype=D64)
+    G = _autograd_G(model, X[rows], y[rows], X[rows], y_new[rows])
+    before = _flat(model)
+    tol = 1e-10
+    res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
+                           train_data=(X, y_new), order=2, solver="cg", damping=lam, tol=tol,
+                           restarts=restarts, check_loss=False)
+    step = before - _flat(model)
+    first = calls[0]["out"]
+    first_rel = float(torch.linalg.vector_norm(A @ first.solution - G) / G.norm())
+    assert tol < first_rel <= 1e-2  # the first solve really is loose
+    assert calls[0]["x0"] is None and calls[0]["maxiter"] == 10 * G.numel()
+    assert res.applied
+    if restarts == 0:  # no second try: the loose solution is the step, not converged
+        assert len(calls) == 1
+        assert res.converged is False
+        assert res.residual == pytest.approx(first_rel, rel=1e-6)
+        torch.testing.assert_close(step, first.solution, rtol=0, atol=1e-14)
+        assert res.solver_iterations == int(first.iterations.max())
+        return
+    assert len(calls) == 2
+    second = calls[1]["out"]
+    assert torch.equal(calls[1]["x0"], first.solution)  # restarted from the first solution
+    iters = [int(c["out"].iterations.max()) for c in calls]
+    assert calls[1]["maxiter"] == 10 * G.numel() - iters[0]  # the budget is shared
+    assert res.solver_iterations == sum(iters) and iters[1] > 0
+    assert res.num_hvps == (first.num_matvecs + second.num_matvecs) * X.shape[0]
+    assert res.converged is True and res.residual <= tol
+    true_rel = float(torch.linalg.vector_norm(A @ step - G) / G.norm())
+    assert true_rel <= tol
+    torch.testing.assert_close(step, torch.linalg.solve(A, G), rtol=1e-7, atol=1e-9)
+
+
 def test_direct_matches_dense_solve_on_parameter_subset():
     model = _small_net()
     X, y = _net_data()
@@ -142,7 +210,7 @@ def test_direct_matches_dense_solve_on_parameter_subset():
     assert names == ["2.weight", "2.bias"]
     H = _dense_hessian_of(model, ce_sum, X, y_new, names)
     lam = 0.3
-    G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows], params=names)
+    G = _autograd_G(model, X[rows], y[rows], X[rows], y_new[rows], names)
     first = model[0].weight.detach().clone()
     head_before = torch.cat([model[2].weight.detach().reshape(-1), model[2].bias.detach()])
     res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
@@ -167,7 +235,7 @@ def test_lissa_converges_to_the_damped_solve():
     lam_eff = float(-evals[0].clamp(max=0)) + 0.5 * float(evals[-1])
     settings = LissaSettings(batch_size=X.shape[0], damping=lam_eff / scale, scale=scale,
                              depth=400, repetitions=1)
-    G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows])
+    G = _autograd_G(model, X[rows], y[rows], X[rows], y_new[rows])
     before = _flat(model)
     res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
                            train_data=(X, y_new), order=2, solver="lissa", lissa=settings,
@@ -216,17 +284,115 @@ def test_first_order_tiny_tau_moves_along_minus_G():
     assert res.gradient_norm == pytest.approx(float(G.norm()), rel=1e-12)
 
 
-def test_first_order_auto_tau_lowers_the_corrected_loss():
-    model = _small_net()
-    X, y = _net_data()
-    rows = torch.arange(8)
-    y_new = _shift_labels(y, rows)
-    res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
-                           train_data=(X, y_new), order=1, tau="auto")
-    assert res.applied and res.tau > 0
+def _one_weight_logreg(w0):
+    """Logistic regression with a single weight ``w`` (no bias), set to ``w0``."""
+    model = nn.Linear(1, 1, bias=False).double()
     with torch.no_grad():
-        after = float(ce_sum(model(X), y_new))
+        model.weight.fill_(w0)
+    return model
+
+
+def _auto_tau_problem(case):
+    """``(model, inputs, targets, new_targets, train_data, loss_fn)`` for the line search."""
+    if case in ("quadratic_step", "halving"):
+        model = _small_net()
+        X, y = _net_data()
+        rows = torch.arange(8 if case == "quadratic_step" else 20)
+        y_new = _shift_labels(y, rows)
+        return model, X[rows], y[rows], y_new[rows], (X, y_new), ce_sum
+    if case == "negative_curvature":  # near a minimum: G^T H G < 0, t0 = 1 / ||G||
+        model, X, y = _trained_net()
+        rows = torch.arange(1)
+        y_new = _shift_labels(y, rows)
+        return model, X[rows], y[rows], y_new[rows], (X, y_new), ce_sum
+    # doubling: one weight w = 0; the flipped point x = 1 (label 1 -> 0) gives G = 1, and
+    # the corrected loss softplus(w) + softplus(-w / 1000) is lowest near w = -7.6, about
+    # twice as far as the quadratic model's step 1 / f''(0) ~ 4
+    one = torch.ones(1, 1, dtype=D64)
+    train = (torch.tensor([[1.0], [1e-3]], dtype=D64), torch.tensor([0.0, 1.0], dtype=D64))
+    return (_one_weight_logreg(0.0), one, torch.ones(1, dtype=D64), torch.zeros(1, dtype=D64),
+            train, bce_sum)
+
+
+def _loss_along(model, loss_fn, X, y, G):
+    """Independent ``f(t)``: the summed loss at ``theta - t G`` (all parameters)."""
+    named = dict(model.named_parameters())
+    theta = torch.cat([p.detach().reshape(-1) for p in named.values()])
+    sizes = [p.numel() for p in named.values()]
+
+    def f(t):
+        parts = (theta - t * G).split(sizes)
+        state = {n: c.view(p.shape) for (n, p), c in zip(named.items(), parts, strict=True)}
+        with torch.no_grad():
+            return float(loss_fn(torch.func.functional_call(model, state, (X,)), y))
+
+    return f
+
+
+@pytest.mark.parametrize("case", ["quadratic_step", "halving", "doubling",
+                                  "negative_curvature"])
+def test_first_order_auto_tau_follows_the_documented_line_search(case):
+    # documented rule: start at t0 = ||G||^2 / G^T H G (1 / ||G|| if G^T H G <= 0), halve
+    # until the corrected training loss decreases, double while it keeps decreasing
+    model, inputs, targets, new_targets, (X, y), loss_fn = _auto_tau_problem(case)
+    n = X.shape[0]
+    H = _dense_hessian_of(model, loss_fn, X, y)
+    G = _autograd_G(model, inputs, targets, inputs, new_targets, loss_fn=loss_fn)
+    gHg = float(G @ H @ G)
+    assert (gHg > 0) == (case != "negative_curvature")
+    t0 = float(G @ G) / gHg if gHg > 0 else 1.0 / float(G.norm())
+    f = _loss_along(model, loss_fn, X, y, G)
+    f0 = f(0.0)
+    before = _flat(model)
+    res = influence_update(model, inputs, targets, new_targets=new_targets, train_data=(X, y),
+                           loss_fn=loss_fn, order=1, tau="auto")
+    assert res.applied and not res.diverged and res.reason is None
+    # tau = t0 * 2^k for an integer k
+    exponent = math.log2(res.tau / t0)
+    k = round(exponent)
+    assert abs(exponent - k) < 1e-9 and -40 <= k <= 20
+    assert {"quadratic_step": k == 0, "halving": k < 0, "doubling": k > 0,
+            "negative_curvature": True}[case]
+    ft = f(res.tau)
+    assert ft < f0
+    if k < 0:  # every longer trial step failed to lower the loss, the first halving did
+        assert all(not f(t0 * 2.0**j) < f0 for j in range(k + 1, 1))
+        evals = 2 + (-k)
+    else:  # no halving; the loss fell at every doubling taken, and not at the next one
+        assert all(f(t0 * 2.0**(j + 1)) < f(t0 * 2.0**j) for j in range(k))
+        assert k == 20 or not f(2.0 * res.tau) < ft
+        evals = 2 + min(k + 1, 20)
+    # loss evaluations: the line search's, then the divergence check at the chosen tau
+    assert res.num_loss_evals == (evals + 1) * n and res.num_hvps == n
+    assert res.loss_before == pytest.approx(f0, rel=1e-12)
+    assert res.loss_after == pytest.approx(ft, rel=1e-10, abs=1e-14)
+    torch.testing.assert_close(_flat(model), before - res.tau * G, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        after = float(loss_fn(model(X), y))
     assert after < res.loss_before and after == pytest.approx(res.loss_after, rel=1e-10)
+
+
+def test_first_order_auto_tau_without_a_descending_step_is_not_applied():
+    # one weight w = 0.5, one point x = 1 flipped from label 1 to 0: G = x (s - 0) - x (s - 1)
+    # = 1, but the "corrected" training set keeps the old label, so its loss softplus(-w)
+    # grows along -G for every t > 0 and no halving of t0 helps
+    model = _one_weight_logreg(0.5)
+    one = torch.ones(1, 1, dtype=D64)
+    targets, new_targets = torch.ones(1, dtype=D64), torch.zeros(1, dtype=D64)
+    G = _autograd_G(model, one, targets, one, new_targets, loss_fn=bce_sum)
+    torch.testing.assert_close(G, torch.ones(1, dtype=D64), rtol=0, atol=1e-15)
+    f = _loss_along(model, bce_sum, one, targets, G)
+    assert f(1e-3) > f(0.0)  # an ascent direction
+    state = _state(model)
+    res = influence_update(model, one, targets, new_targets=new_targets,
+                           train_data=(one, targets), loss_fn=bce_sum, order=1, tau="auto")
+    assert not res.applied and not res.diverged and res.tau is None
+    assert res.reason == "line search found no step that lowers the corrected training loss"
+    assert res.step_norm == 0.0 and res.loss_after is None
+    assert res.loss_before == pytest.approx(f(0.0), rel=1e-12)
+    # f(0), f(t0) and 40 halvings, each over the one training row; one HVP for t0
+    assert res.num_loss_evals == 42 and res.num_hvps == 1
+    assert _same_state(model, state)
 
 
 def test_second_order_matches_retraining_on_regularised_logistic_regression():
@@ -376,7 +542,7 @@ def test_ggn_cg_equals_dense_ggn_solve_on_small_network():
     torch.testing.assert_close(op.to_dense(), GGN, rtol=1e-10, atol=1e-10)
     assert float(torch.linalg.eigvalsh(GGN)[0]) > -1e-10  # positive semidefinite
     lam = 0.05  # small damping is enough: CG cannot break down on a PSD matrix
-    G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows])
+    G = _autograd_G(model, X[rows], y[rows], X[rows], y_new[rows])
     before = _flat(model)
     res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
                            train_data=(X, y_new), curvature="ggn", damping=lam, tol=1e-10,
@@ -414,7 +580,7 @@ def test_curvature_subsample_solves_the_reweighted_subset_system(solver, curvatu
         C = _dense_hessian_of(model, ce_sum, X[idx], y_new[idx])
     C = C * (X.shape[0] / m)
     lam = float(-torch.linalg.eigvalsh(C)[0].clamp(max=0)) + 0.5
-    G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows])
+    G = _autograd_G(model, X[rows], y[rows], X[rows], y_new[rows])
     before = _flat(model)
     res = influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
                            train_data=(X, y_new), solver=solver, curvature=curvature,
@@ -501,7 +667,7 @@ def _softmax_problem():
     rows = torch.arange(4)
     y_new = _shift_labels(y, rows)
     H = _dense_hessian_of(model, ce_sum, X, y_new)
-    G = gradient_difference(model, ce_sum, X[rows], y[rows], X[rows], y_new[rows])
+    G = _autograd_G(model, X[rows], y[rows], X[rows], y_new[rows])
     return model, X, y, y_new, rows, H, G
 
 
@@ -623,6 +789,30 @@ def test_cg_breakdown_at_the_first_iteration_is_not_applied():
     assert res.solver_iterations == 0 and res.step_norm == 0.0  # broke down at once
     assert not res.applied and not res.diverged
     assert "breakdown" in res.reason and "damping" in res.reason and "ggn" in res.reason
+    assert _same_state(model, state)
+
+
+@pytest.mark.parametrize(("order", "tau"), [(1, 0.5), (1, "auto"), (2, "auto")])
+def test_zero_gradient_difference_is_not_applied(order, tau):
+    model = _small_net()
+    X, y = _net_data()
+    rows = torch.arange(4)
+    state = _state(model)
+    # the corrected points equal the old ones: G = grad l(z) - grad l(z) = 0
+    res = influence_update(model, X[rows], y[rows], new_inputs=X[rows].clone(),
+                           new_targets=y[rows].clone(), train_data=(X, y), order=order,
+                           tau=tau, damping=1.0)
+    assert res.gradient_norm == 0.0 and res.step_norm == 0.0
+    assert torch.equal(res.step, torch.zeros(res.num_params, dtype=D64))
+    assert not res.applied and not res.diverged
+    assert res.reason == "G is zero: nothing to update"
+    assert res.tau == (tau if order == 1 and tau != "auto" else None)
+    # nothing beyond the gradient was evaluated
+    assert res.num_gradients == 2 * len(rows)
+    assert res.num_hvps == res.num_loss_evals == res.solver_iterations == 0
+    assert res.loss_before is None and res.loss_after is None and res.residual is None
+    # the zero step solves (H + lambda I) x = 0 exactly; first order has no solver
+    assert res.converged is (True if order == 2 else None)
     assert _same_state(model, state)
 
 
