@@ -1,6 +1,7 @@
 """``fastunlearn remove``: a few removals on digits, its outputs, clean errors for bad flags."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,7 +52,18 @@ def test_remove_five_points(tmp_path, capsys, mode):
     assert payload["config"]["result_dir"] == str(tmp_path)
 
 
-def test_remove_flags_reach_the_experiment(tmp_path, capsys):
+def test_remove_flags_reach_the_experiment(tmp_path, capsys, monkeypatch):
+    from fastunlearn.certified import experiment
+
+    built = []
+    make_model = experiment._make_model
+
+    def capture(config):
+        model = make_model(config)
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(experiment, "_make_model", capture)
     assert run_remove(tmp_path, "--train-mode", "binary", "--lam", "0.1", "--std", "2",
                       "--epsilon", "0.5", "--delta", "1e-5", "--gamma", "tight", "--batch", "5",
                       "--seed", "3", "--solver", "cholesky", "--num-steps", "50",
@@ -70,6 +82,18 @@ def test_remove_flags_reach_the_experiment(tmp_path, capsys):
     assert payload["timings"]["retrain_seconds"] is None
     assert not list(tmp_path.glob("*.png"))
     assert "removal 5/5  5 rows" in out
+    # the flags reach the certified model itself, not only the JSON
+    assert len(built) == 1  # --no-retrain-timing: no timed refits
+    params = built[0].get_params()
+    assert (params["lam"], params["sigma"], params["epsilon"], params["delta"]) == (
+        0.1, 2.0, 0.5, 1e-5)
+    assert (params["max_iter"], params["solver"], params["cg_tol"], params["seed"]) == (
+        50, "cholesky", 1e-9, 3)
+    assert (params["gamma"], params["retrain"], params["train_mode"]) == ("tight", False, "binary")
+    # sigma epsilon / c(delta), c = sqrt(2 ln(1.5 / delta)): --std, --epsilon, --delta in use
+    budget = 2.0 * 0.5 / math.sqrt(2.0 * math.log(1.5 / 1e-5))
+    assert built[0].budget_ == pytest.approx(budget, rel=1e-12)
+    assert built[0].n_removed_ == 5
 
 
 @pytest.mark.parametrize(("flags", "message"), [

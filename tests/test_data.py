@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_digits
 
 from fastunlearn.data import DigitsSplit, digits_images, load_digits_dataset
 
@@ -72,11 +74,21 @@ def test_deterministic_and_seed_dependent():
     c = load_digits_dataset(seed=2)
     assert torch.equal(a.X_train, b.X_train) and torch.equal(a.y_test, b.y_test)
     assert not torch.equal(a.y_train, c.y_train) or not torch.equal(a.X_train, c.X_train)
-    # train and test are disjoint and together cover every image exactly once
-    both = torch.cat([a.X_train, a.X_test])
-    assert torch.unique(both, dim=0).shape[0] == torch.unique(
-        torch.cat([c.X_train, c.X_test]), dim=0
-    ).shape[0]
+    # train and test are disjoint and together cover every image exactly once: as multisets
+    # of rows they equal scikit-learn's raw digits (rows scaled to unit L2 norm, as documented)
+    raw = load_digits().data.astype(np.float64)
+    scaled = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    for split in (a, c):
+        both = torch.cat([split.X_train, split.X_test]).numpy()
+        np.testing.assert_allclose(sorted_rows(both), sorted_rows(scaled), rtol=0, atol=1e-15)
+        unscaled = load_digits_dataset(seed=1 if split is a else 2, normalize=False)
+        both = torch.cat([unscaled.X_train, unscaled.X_test]).numpy()
+        np.testing.assert_array_equal(sorted_rows(both), sorted_rows(raw))
+
+
+def sorted_rows(X):
+    """Rows of X in lexicographic order (duplicates kept)."""
+    return X[np.lexsort(X.T[::-1])]
 
 
 def test_returned_tensors_are_independent_copies():

@@ -89,6 +89,11 @@ def snapshot(model):
         "A": model._A.clone(),
         "gram": model._gram.clone(),
         "history": len(model._history),
+        "n_features_in": model.n_features_in_,
+        "classes": model.classes_.copy(),
+        "cfg": dict(model._cfg),
+        "X": model._X.clone(),
+        "member": model._member.clone(),
     }
 
 
@@ -205,6 +210,157 @@ def _check_sequence(model, X, y, order, batch=False, tol=1e-10):
         assert record.seconds > 0
         worst_ratio = max(worst_ratio, np.linalg.norm(G_after - G_before) / record.bound)
     return worst_ratio
+
+
+def independent_step(model, X, y, rows, W_before, removed_before):
+    """The Newton step and the data-dependent bound of removing ``rows``, in dense numpy.
+
+    For each class k whose training subset holds a removed row: the Hessian of the perturbed
+    objective at ``W_before[k]`` on the rows of S_k left after the removal,
+    ``H_k = X_rem^T diag(sigma(z) sigma(-z)) X_rem + lam n_k I``, and
+    ``Delta_k = lam m_k w_k + sum over the removed rows of l'(x_i.w_k, y_ik) x_i``; then
+    ``v_k = H_k^{-1} Delta_k`` by a dense solve and the bound (Corollary 1, rows up to R long)
+    ``gamma max(1, R) ||X_rem||_2 ||v_k|| ||X_rem v_k||`` with the EXACT spectral norm.
+    Returns (sum of the per-class bounds, per-class bounds [K], steps V [K, d]).
+    """
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True) if model.normalize else X
+    member = model._member.cpu().numpy()  # S_k (all rows when subsample_ratio == 1)
+    keep = np.ones(X.shape[0], dtype=bool)
+    keep[removed_before] = False
+    keep[rows] = False
+    if W_before.shape[0] == 1:
+        Y = np.where(y == model.classes_[1], 1.0, -1.0)[:, None]
+    else:
+        Y = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
+    gamma = 1.0 / (6.0 * np.sqrt(3.0)) if model.gamma == "tight" else float(model.gamma)
+    R = max(1.0, float(np.linalg.norm(Xn, axis=1).max()))
+    per_class = np.zeros(W_before.shape[0])
+    V = np.zeros_like(W_before)
+    for k in range(W_before.shape[0]):
+        gone = [i for i in rows if member[i, k]]
+        if not gone:
+            continue
+        rem = member[:, k] & keep
+        Xr, w = Xn[rem], W_before[k]
+        z = Xn @ w
+        dl = -Y[:, k] / (1.0 + np.exp(Y[:, k] * z))  # l'(z, y) = -y sigma(-y z)
+        Delta = model.lam * len(gone) * w + Xn[gone].T @ dl[gone]
+        s = 1.0 / ((1.0 + np.exp(-z[rem])) * (1.0 + np.exp(z[rem])))  # sigma(z) sigma(-z)
+        H = Xr.T @ (s[:, None] * Xr) + model.lam * rem.sum() * np.eye(Xn.shape[1])
+        V[k] = np.linalg.solve(H, Delta)
+        per_class[k] = (
+            gamma * R * np.linalg.norm(Xr, 2) * np.linalg.norm(V[k]) * np.linalg.norm(Xr @ V[k])
+        )
+    return per_class.sum(), per_class, V
+
+
+def _check_bound_values(model, X, y, groups, batch=False):
+    """Remove ``groups`` (solver="cholesky"); each step and bound equal the dense computation.
+
+    The library's spectral norm is a cached safe upper bound of ``||X_rem||_2`` that is at most
+    SPECTRAL_REFRESH_FRACTION above the exact one, and its bound adds the (tiny) solve
+    residual, so the ratio to the exact-norm bound lies in [1, 1 + SPECTRAL_REFRESH_FRACTION].
+    Returns the per-class bounds of every step.
+    """
+    assert model.solver == "cholesky"
+    steps = []
+    for rows in groups:
+        W_before, removed_before = model.coef_.copy(), model.removed_indices_.copy()
+        used_before = model.budget_used_
+        (record,) = model.remove(rows, batch=batch).records
+        assert not record.retrained
+        total, per_class, V = independent_step(model, X, y, rows, W_before, removed_before)
+        assert total > 0
+        ratio = record.bound / total
+        assert 1.0 - 1e-9 <= ratio <= 1.0 + SPECTRAL_REFRESH_FRACTION + 1e-9, ratio
+        # the committed step is the dense Newton step; classes not holding a row stay as is
+        scale = np.abs(V).max()
+        np.testing.assert_allclose(model.coef_, W_before + V, rtol=0, atol=1e-9 * scale)
+        untouched = per_class == 0
+        np.testing.assert_array_equal(model.coef_[untouched], W_before[untouched])
+        # the used budget grows by exactly the record's bound
+        assert model.budget_used_ == used_before + record.bound
+        steps.append(per_class)
+    return steps
+
+
+def test_binary_bound_values_match_a_dense_computation(binary):
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, solver="cholesky", seed=1)
+    model.fit(X, y)
+    order = np.random.default_rng(11).permutation(X.shape[0])[:4].tolist()
+    _check_bound_values(model, X, y, [[i] for i in order])
+    # and a batch step (Delta = m lam w + the sum of the removed rows' gradients)
+    batch = CertifiedLogisticRegression(
+        lam=0.1, sigma=100.0, solver="cholesky", gamma="tight"
+    ).fit(X, y)
+    rest = np.setdiff1d(np.arange(X.shape[0]), order)
+    more = np.random.default_rng(12).permutation(rest)[:8].tolist()
+    _check_bound_values(batch, X, y, [order, more], batch=True)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.3])
+def test_ovr_bound_values_and_joint_budget_match_a_dense_computation(tenclass, ratio):
+    X, y, _, _ = tenclass
+    sigma, epsilon, delta = 10.0, 0.5, 1e-5
+    model = CertifiedLogisticRegression(
+        lam=LAM, sigma=sigma, epsilon=epsilon, delta=delta, solver="cholesky",
+        subsample_ratio=ratio, seed=2,
+    ).fit(X, y)
+    # ONE joint budget sigma epsilon / c(delta) for the joint b [K, d], not K times it
+    c = np.sqrt(2.0 * np.log(1.5 / delta))
+    assert model.budget_ == pytest.approx(sigma * epsilon / c, rel=1e-12)
+    assert model.budget_ == noise_budget(sigma, epsilon, delta)
+    order = np.random.default_rng(13).permutation(X.shape[0])[:5].tolist()
+    used = model.budget_used_
+    steps = _check_bound_values(model, X, y, [[i] for i in order[:3]])
+    steps += _check_bound_values(model, X, y, [order[3:]], batch=True)
+    records = model.report().records
+    # the record's bound is the SUM of the per-class bounds (within the cached spectral norm's
+    # margin), and the used budget is the training residual plus the records' bounds
+    for record, per_class in zip(records, steps, strict=True):
+        if ratio == 1.0:  # every class holds every row
+            assert (per_class > 0).all()
+        assert per_class.sum() <= record.bound <= per_class.sum() * (
+            1 + SPECTRAL_REFRESH_FRACTION + 1e-9)
+    assert model.budget_used_ == pytest.approx(
+        used + sum(r.bound for r in records), rel=1e-12)
+    if ratio < 1.0:  # a row updates only the classes whose subset holds it
+        member = model._member.cpu().numpy()
+        groups = [[i] for i in order[:3]] + [order[3:]]
+        for rows, per_class in zip(groups, steps, strict=True):
+            np.testing.assert_array_equal(per_class > 0, member[rows].any(0))
+
+
+def test_subsampled_ovr_retrain_reaches_the_minimiser_of_the_subsets(tenclass):
+    X, y, _, _ = tenclass
+    sigma = 1.0  # budget ~0.23: a few removals, then a retrain
+    model = CertifiedLogisticRegression(lam=LAM, sigma=sigma, subsample_ratio=0.3, seed=4)
+    model.fit(X, y)
+    member = model._member.clone()
+    order = np.random.default_rng(4).permutation(X.shape[0])[:12].tolist()
+    retrained = 0
+    for i in order:
+        b_before = model.b_.copy()
+        (record,) = model.remove(i).records
+        if not record.retrained:
+            np.testing.assert_array_equal(model.b_, b_before)
+            continue
+        retrained += 1
+        # the retrain minimised the perturbed objective on the rows left in each S_k
+        residual, _, _ = true_gradient(model, X, y)
+        assert residual <= model.tol + 1e-12
+        assert residual == pytest.approx(model.training_residual_, abs=1e-12)
+        assert model.budget_used_ == model.training_residual_ == record.cumulative
+        assert model.retrains_ == retrained and i in model.removed_indices_
+        # the subsets are kept (the reference draws them once), the perturbation is fresh
+        assert torch.equal(model._member, member)
+        assert not np.array_equal(model.b_, b_before)
+        np.testing.assert_array_equal(
+            model.b_, draw_perturbation(4, retrained, 64, 10, sigma).T.numpy()
+        )
+    assert retrained >= 1 and retrained < len(order)  # removals and retrains both happened
+    assert model.n_removed_ == len(order)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -504,11 +660,14 @@ def test_one_integer_index_is_checked_like_a_list(binary, index, match):
         ("lam", -1e-3),
         ("lam", float("nan")),
         ("sigma", -0.5),
+        ("sigma", float("inf")),
         ("epsilon", 0.0),
         ("epsilon", -1.0),
+        ("epsilon", float("inf")),
         ("delta", 0.0),
         ("delta", 1.0),
         ("delta", 2.0),
+        ("delta", float("nan")),
         ("gamma", 0.0),
         ("gamma", "huge"),
         ("train_mode", "multinomial"),
@@ -526,10 +685,12 @@ def test_bad_parameters_raise_and_leave_model_unchanged(binary, param, value):
     model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
     model.remove([0])
     before = snapshot(model)
+    predicted = model.predict(X)
     model.set_params(**{param: value})
     with pytest.raises(ValueError, match=f"'{param}'"):
         model.fit(X, y)
     assert_unchanged(model, before)
+    np.testing.assert_array_equal(model.predict(X), predicted)
     assert getattr(model, param) == value or value != value  # the parameter itself stays set
 
 
@@ -538,6 +699,7 @@ def test_bad_data_raises_and_leaves_model_unchanged(binary):
     model = CertifiedLogisticRegression(lam=LAM, sigma=10.0).fit(X, y)
     model.remove([0, 1])
     before = snapshot(model)
+    predicted = model.predict(X)
     for bad in (np.nan, np.inf, -np.inf):
         Xbad = X.copy()
         Xbad[3, 5] = bad
@@ -555,6 +717,7 @@ def test_bad_data_raises_and_leaves_model_unchanged(binary):
         model.set_params(train_mode="binary").fit(*tiny()[:2])
     model.set_params(train_mode="auto")
     assert_unchanged(model, before)
+    np.testing.assert_array_equal(model.predict(X), predicted)
     with pytest.raises(TypeError, match="'batch'"):
         model.remove([5], batch="yes")
     with pytest.raises(ValueError, match="'solver'"):
@@ -563,6 +726,41 @@ def test_bad_data_raises_and_leaves_model_unchanged(binary):
         model.set_params(solver="auto", retrain="no").remove([5])
     model.set_params(retrain=True)
     assert_unchanged(model, before)
+    np.testing.assert_array_equal(model.predict(X), predicted)
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("cg_tol", 0.0),
+        ("cg_tol", -1e-3),
+        ("cg_tol", float("nan")),
+        ("cg_tol", float("inf")),
+        ("cg_tol", "0.01"),
+        ("checkpoint", 123),
+        ("checkpoint", ["model.safetensors"]),
+    ],
+)
+def test_live_parameters_are_checked_at_every_remove(binary, param, value):
+    # solver, cg_tol, retrain and checkpoint are read at every remove(): a bad value set after
+    # fit raises there (and in retrain_now) before anything changes
+    X, y, _, _ = binary
+    model = CertifiedLogisticRegression(lam=LAM, sigma=10.0, solver="cg").fit(X, y)
+    model.remove([0])
+    good = getattr(model, param)
+    before = snapshot(model)
+    predicted = model.predict(X)
+    model.set_params(**{param: value})
+    for call in (lambda: model.remove([5]), lambda: model.remove([5, 6], batch=True),
+                 lambda: model.remove(5), model.retrain_now):
+        with pytest.raises(ValueError, match=f"'{param}'"):
+            call()
+        assert_unchanged(model, before)
+    np.testing.assert_array_equal(model.predict(X), predicted)
+    # back to a good value, removals go on
+    model.set_params(**{param: good})
+    assert model.remove([5]).records[0].indices == (5,)
+    assert model.n_removed_ == 2
 
 
 # ---- state, persistence hooks, reports -----------------------------------------------------

@@ -355,6 +355,31 @@ def test_hessian_agrees_with_hvp(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_hessian_nan_row_and_weight(device, dtype):
+    # A NaN feature x_ij reaches row j and column j of every class's Hessian (and nothing
+    # else); a NaN weight S[i, k] reaches all of H_k and no other class.
+    X, S, _ = problem(150, 7, 3, dtype, device)
+    X[11, 2] = float("nan")
+    got = glm_hessian(X, S, 0.2)
+    want = reference.glm_hessian(X, S, 0.2)
+    nan_at = torch.zeros(3, 7, 7, dtype=torch.bool, device=device)
+    nan_at[:, 2, :] = nan_at[:, :, 2] = True
+    assert torch.equal(torch.isnan(want), nan_at)  # the oracle agrees on where NaN must be
+    assert torch.equal(torch.isnan(got), nan_at)
+    torch.testing.assert_close(got[~nan_at].double(), want[~nan_at], **tolerances(dtype))
+
+    X, S, _ = problem(150, 7, 3, dtype, device)
+    S[40, 1] = float("nan")
+    got = glm_hessian(X, S, 0.2)
+    assert torch.isnan(got[1]).all()
+    assert torch.isfinite(got[[0, 2]]).all()
+    torch.testing.assert_close(
+        got[[0, 2]].double(), reference.glm_hessian(X, S, 0.2)[[0, 2]], **tolerances(dtype)
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_hessian_opcheck(device, dtype):
     X, S, _ = problem(12, 4, 2, dtype, device)
     torch.library.opcheck(HESSIAN, (X, S, 0.1))
@@ -504,6 +529,42 @@ def test_cg_hypothesis_shapes(device, n, d, K, precond):
     assert x.shape == (d, K) and iterations.shape == (K,) and residual_norms.shape == (K,)
     if d and K:
         torch.testing.assert_close(x, exact_solution(X, S, B, lam), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("precond", [None, "jacobi", "cholesky"])
+@pytest.mark.parametrize("where", ["X", "S", "B", "x0"])
+def test_cg_nan_input_is_never_reported_converged(device, dtype, precond, where):
+    # NaN in X poisons every system; NaN in column k of S, B or x0 poisons system k only. A
+    # poisoned system returns a NaN true residual norm, so it never passes the convergence
+    # test ||r_k|| <= tol ||B[:, k]||; the other systems still converge to the exact solution.
+    X, S, B, lam = cg_problem(120, 8, 3, dtype, device)
+    clean = (X.clone(), S.clone(), B.clone())
+    x0 = torch.zeros_like(B) if where == "x0" else None
+    if precond == "cholesky":  # factors of the clean Hessians
+        precond = torch.linalg.cholesky(glm_hessian(X, S, lam))
+    if where == "X":
+        X[17, 3] = float("nan")
+    elif where == "S":
+        S[17, 1] = float("nan")
+    elif where == "B":
+        B[3, 1] = float("nan")
+    else:
+        x0[3, 1] = float("nan")
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    x, iterations, residual_norms = glm_cg(X, S, B, lam, x0=x0, precond=precond, tol=tol)
+    poisoned = torch.tensor([where == "X", True, where == "X"], device=device)
+    assert torch.isnan(residual_norms[poisoned]).all()
+    assert not (residual_norms[poisoned] <= tol * B[:, poisoned].norm(dim=0)).any()
+    assert (iterations <= max(10, 2 * 8)).all()
+    healthy = ~poisoned
+    if healthy.any():
+        assert torch.isfinite(residual_norms[healthy]).all()
+        if dtype == torch.float64:  # float32's true residual may sit a little above tol
+            assert (residual_norms[healthy] <= tol * B[:, healthy].norm(dim=0)).all()
+        want = exact_solution(*clean, lam)[:, healthy]
+        assert relative_error(x[:, healthy], want) < (1e-8 if dtype == torch.float64 else 1e-3)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -59,6 +59,46 @@ def test_matches_reference(shape, dtype, device):
     close(bias, w.double() @ G.double().sum(1), dtype)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("where", ["A", "G"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["ghost", "gram", "materialise"])
+def test_nan_stays_in_its_sample(shape, where, dtype, device):
+    # A NaN in sample i makes out[i] NaN (norms, dots and every entry of the gradient that
+    # reads it) and leaves every other sample equal to the float64 reference.
+    A, G, W, b, _ = make(shape, dtype, device)
+    i = 1
+    if where == "A":
+        A[i, -1, 0] = float("nan")
+    else:
+        G[i, -1, 0] = float("nan")
+    others = torch.arange(shape[0], device=device) != i
+    got = {
+        "sq_norm": ps.per_sample_sq_norm(A, G),
+        "sq_norm_bias": ps.per_sample_sq_norm(A, G, bias=True),
+        "dot": ps.per_sample_dot(A, G, W),
+        "dot_bias": ps.per_sample_dot(A, G, W, b),
+        "grad": ps.per_sample_grad(A, G),
+    }
+    want = {
+        "sq_norm": ref.per_sample_sq_norm(A, G, False),
+        "sq_norm_bias": ref.per_sample_sq_norm(A, G, True),
+        "dot": ref.per_sample_dot(A, G, W, None),
+        "dot_bias": ref.per_sample_dot(A, G, W, b),
+        "grad": ref.per_sample_grad(A, G),
+    }
+    for name, out in got.items():
+        assert bool(torch.isnan(out[i]).any()), name
+        if out.dim() == 1:  # one number per sample
+            assert bool(torch.isnan(out[i])), name
+        close(out[others], want[name][others], dtype)
+    # the NaN gradient entries are exactly the reference's: the row or column of the NaN
+    nan_at = torch.isnan(want["grad"][i])
+    assert bool(nan_at.any()) and not bool(nan_at.all())
+    assert torch.equal(torch.isnan(got["grad"][i]), nan_at)
+    close(got["grad"][i][~nan_at], want["grad"][i][~nan_at], dtype)
+
+
 def test_cost_model_shapes_pick_each_branch():
     assert GHOST[1] == 1
     assert ps._prefers_gram(*GRAM[1:])
