@@ -23,6 +23,7 @@ from ..forget import available_methods, get_method
 __all__ = [
     "DIGITS_OVERRIDES",
     "HARNESS_FIELDS",
+    "ORACLE_SEED_OFFSET",
     "HarnessConfig",
     "TrainSettings",
     "method_overrides",
@@ -32,6 +33,12 @@ __all__ = [
 #: Config fields the harness sets itself: a run's seeds are ``0 .. seeds - 1`` and progress
 #: bars follow ``HarnessConfig.progress``; ``overrides`` may not set them.
 HARNESS_FIELDS = ("seed", "progress")
+
+#: Oracle ``i`` trains with seed ``train_seed + ORACLE_SEED_OFFSET + i``: far from the
+#: methods' seeds ``0 .. seeds - 1``, so that ``retrain`` (the oracles' recipe) at seed ``s``
+#: is never the very model of an oracle (which made retrain's privacy scores look better
+#: than any independent retraining: identical models cannot be told apart).
+ORACLE_SEED_OFFSET = 1_000_003
 
 #: Per-method config overrides used on small data sets (digits): see the module docstring.
 #: Chosen so that class forgetting (``class:3``) drives the forget accuracy near the
@@ -124,7 +131,8 @@ class HarnessConfig:
         seeds: Runs of every method (seeds ``0..seeds-1``) from the one original model.
         oracles: Models retrained from scratch on the retain set (seeds differ).
         train: Training recipe of the original model and the oracles.
-        train_seed: Seed of the original model (oracle ``i`` uses ``train_seed + 1 + i``).
+        train_seed: Seed of the original model (oracle ``i`` uses
+            ``train_seed + ORACLE_SEED_OFFSET + i``).
         overrides: ``{method: {field: value}}`` on top of the defaults (not ``seed`` or
             ``progress``, which the harness sets); validated by building every method's
             config when the HarnessConfig is created.

@@ -36,7 +36,7 @@ from ..metrics import (
     svc_mia_efficacy,
     time_ratio,
 )
-from .config import HarnessConfig
+from .config import ORACLE_SEED_OFFSET, HarnessConfig
 from .data import HarnessData, load_harness_data, split_forget
 from .training import train_or_load
 
@@ -141,7 +141,7 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
         return {p: collect_logits(model, sets[p][0]) for p in PARTS}
 
     jobs = [("original", torch.arange(data.x_train.shape[0]), config.train_seed)]
-    jobs += [(f"oracle{i}", retain_idx, config.train_seed + 1 + i)
+    jobs += [(f"oracle{i}", retain_idx, config.train_seed + ORACLE_SEED_OFFSET + i)
              for i in range(config.oracles)]
     trained = {}
     for role, idx, seed in _iter(jobs, config.progress, "train original + oracles"):

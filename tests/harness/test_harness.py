@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bench import _metrics_reference as ref
 from fastunlearn.forget import ForgetConfig, base
 from fastunlearn.harness import (
     HarnessConfig,
@@ -70,27 +72,190 @@ def test_end_to_end_outputs_match_the_saved_logits(tmp_path: Path, digits: Harne
     assert "| fisher | ok |" in table and "| finetune | ok |" in table
 
 
-def test_epsilon_and_competition_scores_with_enough_models(tmp_path: Path,
-                                                         digits: HarnessData) -> None:
-    from fastunlearn.metrics import competition_score, epsilon_hat
+@pytest.fixture(scope="module")
+def privacy_run(tmp_path_factory: pytest.TempPathFactory, digits: HarnessData) -> dict:
+    """4 oracles and 3 seeds of "retrain" (the oracles' recipe) on a random forget set.
 
-    cfg = _config(tmp_path, methods=("fisher",), seeds=3, oracles=2, mia=False)
-    result = run_harness(cfg, digits)
-    entry = result["methods"]["fisher"]
-    retrain = torch.stack([lg["forget"] for lg in result["logits"]["oracles"]], 1)
-    unlearn = torch.stack([lg["forget"] for lg in result["logits"]["fisher"]], 1)
-    y = result["labels"]["forget"]
-    assert entry["epsilon_hat"] == epsilon_hat(retrain, unlearn, y).epsilon_hat or (
-        np.isnan(entry["epsilon_hat"]))
-    assert entry["competition_forget_score"] == competition_score(retrain, unlearn,
-                                                                  y).forget_score
+    Both groups come out of the same training process, so epsilon-hat and the competition
+    score are finite and unsaturated and the SVC MIA-Efficacy is neither 0 nor 1 (with a
+    class forget set every model has MIA-Efficacy 1 and a method like fisher gives an
+    infinite epsilon-hat). One epoch of training keeps the run to a few models' seconds.
+    """
+    cfg = _config(tmp_path_factory.mktemp("privacy"), methods=("retrain",), seeds=3,
+                  oracles=4, forget="random:0.1", train=TrainSettings(epochs=1), mia=True)
+    return run_harness(cfg, digits)
+
+
+def _fixture_layout(logits: list[dict], labels: torch.Tensor) -> np.ndarray:
+    """Forget-set logits of a list of models as a study fixture array [S, 1 + N, C]."""
+    z = torch.stack([lg["forget"] for lg in logits], 1).numpy().astype(np.float64)
+    onehot = np.eye(z.shape[-1])[labels.numpy()]
+    return np.concatenate([onehot[:, None], z], 1)
+
+
+def _seed_a_reference(retain: np.ndarray, unlearn: np.ndarray) -> np.ndarray:
+    """``ref.seed_a_epsilons`` extended to the scores the study's script cannot take.
+
+    With two models per group a density often underflows: the score is then x/0 = +inf,
+    which ``sklearn.metrics.det_curve`` refuses, or 0/0, which gets the rule the library
+    documents (+inf if the log ratio is positive, else 0). The DET curve depends only on
+    the order of the scores (ties included), so it is taken on their dense ranks.
+    """
+    from scipy.stats import norm, rankdata
+    from sklearn.metrics import det_curve
+
+    hr, hu = ref.seed_a_hinge(retain), ref.seed_a_hinge(unlearn)
+    mr, sr, mu, su = hr.mean(1), hr.std(1), hu.mean(1), hu.std(1)
+
+    def scores(h: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = ref._pdf_loop(h, mu, su) / ref._pdf_loop(h, mr, sr)
+        log_ratio = (norm.logpdf(h, mu[:, None], su[:, None])
+                     - norm.logpdf(h, mr[:, None], sr[:, None]))
+        return np.where(np.isnan(s), np.where(log_ratio > 0, np.inf, 0.0), s)
+
+    lr, lu = scores(hr), scores(hu)
+    out = np.empty(hr.shape[0])
+    for i in range(hr.shape[0]):
+        neg, pos = (lu[i], lr[i]) if np.median(lr[i]) > np.median(lu[i]) else (lr[i], lu[i])
+        y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
+        fpr, fnr, _ = det_curve(y, rankdata(np.r_[neg, pos], method="dense"))
+        out[i] = ref._seed_a_example_eps(fpr, fnr, 0.05)
+    return out
+
+
+def _official_confidences(logits: list[dict], labels: torch.Tensor) -> np.ndarray:
+    """The competition statistic of every model, as the official code computes it: [S, N]."""
+    y = labels.numpy()
+    return np.stack([ref.logit_scaled_confidence(lg["forget"].numpy().copy(), y)
+                     for lg in logits], 1)
+
+
+def _recount(lg: dict, labels: dict) -> dict[str, float]:
+    """Accuracies of one model's stored logits, counted here."""
+    acc = {f"{p}_accuracy": float((lg[p].argmax(1) == labels[p]).double().mean())
+           for p in ("forget", "retain", "test")}
+    acc["unlearning_accuracy"] = 1.0 - acc["forget_accuracy"]
+    return acc
+
+
+def _mia_by_hand(lg: dict, labels: dict) -> float:
+    """OPTML's SVC MIA-Efficacy from the stored logits, with numpy and sklearn only."""
+    from sklearn.svm import SVC
+
+    def conf(p: str) -> np.ndarray:
+        z = lg[p].numpy().astype(np.float64)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return (e / e.sum(1, keepdims=True))[np.arange(len(z)), labels[p].numpy()]
+
+    test = conf("test")
+    members = conf("retain")[: len(test)]  # balanced: the first len(test) retain examples
+    clf = SVC(C=3.0, gamma="auto", kernel="rbf").fit(
+        np.r_[members, test][:, None], np.r_[np.ones(len(members)), np.zeros(len(test))])
+    return float(1.0 - clf.predict(conf("forget")[:, None]).mean())
+
+
+def test_epsilon_and_competition_scores_with_enough_models(tmp_path: Path,
+                                                         privacy_run: dict) -> None:
+    result = privacy_run
+    entry = result["methods"]["retrain"]
+    assert entry["status"] == "ok" and entry["num_ok"] == 3
+    oracles, runs = result["logits"]["oracles"], result["logits"]["retrain"]
+    assert len(oracles) == 4 and len(runs) == 3
+    labels = result["labels"]
+    y = labels["forget"]
+    # the stored logits are the scored ones: the accuracies recounted from them are recorded
+    for lg, rec in zip(runs, entry["runs"], strict=True):
+        for key, value in _recount(lg, labels).items():
+            assert rec[key] == pytest.approx(value, abs=1e-12), key
+    # Seed A's epsilons by the attack-script reference (scipy pdf + sklearn det_curve)
+    eps_ref = ref.seed_a_epsilons(_fixture_layout(oracles, y), _fixture_layout(runs, y), 0.05)
+    np.testing.assert_allclose(entry["per_example"]["epsilon"], eps_ref, rtol=1e-12, atol=0)
+    # where the plain reference runs, its rank-based extension (used below) agrees exactly
+    np.testing.assert_array_equal(
+        _seed_a_reference(_fixture_layout(oracles, y), _fixture_layout(runs, y)), eps_ref)
+    assert math.isfinite(entry["epsilon_hat"])
+    assert entry["epsilon_hat"] == pytest.approx(float(np.nanmedian(eps_ref)), rel=1e-12)
+    assert entry["seed_a"]["n_infinite"] == int(np.isinf(eps_ref).sum())
+    # the competition's epsilons, forget score and final score by the official algorithm
+    comp_ref = ref.competition_epsilons(_official_confidences(oracles, y),
+                                        _official_confidences(runs, y))
+    np.testing.assert_allclose(entry["per_example"]["competition_epsilon"], comp_ref,
+                               rtol=1e-6, atol=0)
+    f_ref = ref.competition_forget_score(comp_ref, len(runs))
+    assert math.isfinite(entry["competition_forget_score"])
+    assert 0.0 < entry["competition_forget_score"] < 1.0  # not saturated either way
+    assert entry["competition_forget_score"] == pytest.approx(f_ref, rel=1e-12)
+
+    def mean_acc(models: list[dict], part: str) -> float:
+        return float(np.mean([_recount(lg, labels)[f"{part}_accuracy"] for lg in models]))
+
+    final_ref = f_ref * (mean_acc(runs, "retain") / mean_acc(oracles, "retain")) * (
+        mean_acc(runs, "test") / mean_acc(oracles, "test"))
+    assert entry["competition_final_score"] == pytest.approx(final_ref, rel=1e-12)
     paths = write_outputs(result, tmp_path / "out")
     assert Path(paths["epsilon_hist"]).read_bytes()[:4] == b"\x89PNG"
     from fastunlearn.metrics import evaluate_logits_dir
 
     ev = evaluate_logits_dir(paths["logits"])  # `fastunlearn evaluate` reads the harness
-    assert ev["methods"]["fisher"]["competition_forget_score"] == pytest.approx(
+    assert ev["methods"]["retrain"]["competition_forget_score"] == pytest.approx(
         entry["competition_forget_score"])
+
+
+def test_retrain_runs_are_not_the_oracles(privacy_run: dict) -> None:
+    """``retrain`` at seed s follows the oracles' recipe but never an oracle's seed.
+
+    With oracle i at ``train_seed + 1 + i`` (before), retrain's seeds 1 and 2 reproduced
+    oracles 0 and 1 bit for bit, and comparing a model with itself flattered its privacy.
+    """
+    from fastunlearn.harness.config import ORACLE_SEED_OFFSET
+
+    oracles = privacy_run["logits"]["oracles"]
+    for run in privacy_run["logits"]["retrain"]:
+        for oracle in oracles:
+            assert not torch.equal(run["test"], oracle["test"])
+    assert ORACLE_SEED_OFFSET > privacy_run["config"]["seeds"]
+
+
+def test_mia_efficacy_avg_gap_and_oracle_baseline(privacy_run: dict) -> None:
+    from fastunlearn.metrics import svc_mia_efficacy
+
+    result = privacy_run
+    labels = result["labels"]
+    entry, summary = result["methods"]["retrain"], result["oracles"]
+    models = [(result["original"], result["logits"]["original"][0])]
+    models += list(zip(summary["per_model"], result["logits"]["oracles"], strict=True))
+    models += list(zip(entry["runs"], result["logits"]["retrain"], strict=True))
+    assert len(models) == 1 + 4 + 3
+    # MIA-Efficacy of every model: retain = members, test = non-members, scored on forget
+    for record, lg in models:
+        pair = {p: (lg[p], labels[p]) for p in ("retain", "test", "forget")}
+        expected = svc_mia_efficacy(pair["retain"], pair["test"], pair["forget"])
+        assert record["mia_efficacy"] == expected
+        assert record["mia_efficacy"] == _mia_by_hand(lg, labels)
+    assert 0.0 < entry["mia_efficacy"] < 1.0  # not saturated: the wiring is visible
+    keys = ("unlearning_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy")
+    method_mean = {k: float(np.mean([r[k] for r in entry["runs"]])) for k in keys}
+    oracle_mean = {k: float(np.mean([r[k] for r in summary["per_model"]])) for k in keys}
+    for k in keys:
+        assert entry[k] == pytest.approx(method_mean[k], rel=1e-12), k
+        assert summary[k] == pytest.approx(oracle_mean[k], rel=1e-12), k
+    # SalUn's Avg. gap: mean absolute gap to the oracles over UA, RA, TA and MIA-Efficacy
+    gap = sum(abs(method_mean[k] - oracle_mean[k]) for k in keys) / len(keys)
+    assert gap > 0
+    assert entry["avg_gap"] == pytest.approx(gap, rel=1e-12)
+    # oracle-vs-oracle baseline: oracles 1-2 (retrained) vs 3-4 (as the "unlearned")
+    base = summary["baseline"]
+    oracles, y = result["logits"]["oracles"], labels["forget"]
+    assert base["split"] == "oracles 1..2 vs 3..4"
+    # (2 models a group: some densities underflow, x/0 scores the plain reference refuses)
+    base_ref = _seed_a_reference(_fixture_layout(oracles[:2], y), _fixture_layout(oracles[2:], y))
+    np.testing.assert_allclose(base["per_example"]["epsilon"], base_ref, rtol=1e-12, atol=0)
+    assert base["epsilon_hat"] == pytest.approx(float(np.nanmedian(base_ref)), rel=1e-12)
+    assert base["seed_a"]["n_infinite"] == int(np.isinf(base_ref).sum())
+    # 2 against 2 models: epsilon-hat only, the competition needs >= 3 "unlearned" models
+    assert "competition_forget_score" not in base
+    assert "competition score needs" in base["privacy_note"]
 
 
 def test_cache_reuse_does_not_retrain(tmp_path: Path, digits: HarnessData) -> None:

@@ -97,6 +97,47 @@ def test_svc_mia_efficacy_behaviour():
     assert svc_mia_efficacy(retain, test, half, balance=False) == 0.5
 
 
+def _logits_with_confidence_on(conf, labels, C=10):
+    """Logits whose softmax gives probability ``conf[i]`` to ``labels[i]``, the rest even."""
+    conf, labels = np.asarray(conf, dtype=np.float64), np.asarray(labels)
+    p = np.repeat(((1 - conf) / (C - 1))[:, None], C, 1)
+    p[np.arange(len(conf)), labels] = conf
+    return torch.from_numpy(np.log(p)), torch.from_numpy(labels).long()
+
+
+def _svc_efficacy_by_hand(retain_conf, test_conf, forget_conf, balance):
+    """OPTML's SVC_MIA as documented: one feature (true-class confidence), members (1) =
+    the first len(test) retain examples when balanced, else all; non-members (0) = test;
+    RBF SVC with C = 3, gamma = "auto"; efficacy = share of forget predicted non-member."""
+    from sklearn.svm import SVC
+
+    members = retain_conf[: len(test_conf)] if balance else retain_conf
+    x = np.concatenate([members, test_conf])[:, None]
+    y = np.concatenate([np.ones(len(members)), np.zeros(len(test_conf))])
+    clf = SVC(C=3.0, gamma="auto", kernel="rbf").fit(x, y)
+    return float(1.0 - clf.predict(np.asarray(forget_conf)[:, None]).mean())
+
+
+def test_svc_mia_efficacy_balance_uses_the_first_retain_examples():
+    # the first len(test) retain examples are confident (0.9-0.99); the 600 after them sit
+    # inside the test range (0.45-0.6). Balanced, mid-confidence forget examples look like
+    # non-members; with all 600 members they look like members: the answers differ.
+    rng = np.random.default_rng(3)
+    n_test = 80
+    retain_conf = np.r_[rng.uniform(0.9, 0.99, n_test), rng.uniform(0.45, 0.6, 600)]
+    test_conf = rng.uniform(0.3, 0.7, n_test)
+    forget_conf = np.r_[rng.uniform(0.47, 0.58, 30), rng.uniform(0.92, 0.98, 10),
+                        rng.uniform(0.3, 0.4, 10)]
+    sets = [_logits_with_confidence_on(c, rng.integers(0, 10, len(c)))
+            for c in (retain_conf, test_conf, forget_conf)]
+    balanced = svc_mia_efficacy(*sets, balance=True)
+    unbalanced = svc_mia_efficacy(*sets, balance=False)
+    assert balanced == _svc_efficacy_by_hand(retain_conf, test_conf, forget_conf, True)
+    assert unbalanced == _svc_efficacy_by_hand(retain_conf, test_conf, forget_conf, False)
+    assert balanced != unbalanced
+    assert svc_mia_efficacy(*sets) == balanced  # balance=True is the default (OPTML)
+
+
 def test_svc_mia_bad_input():
     ok = _logits_with_confidence([0.5, 0.6])
     with pytest.raises(ValueError, match="'forget' is empty"):

@@ -108,6 +108,13 @@ def test_unequal_group_sizes_run():
     r, u = _random_case(5, N=30)
     got = competition_epsilons(torch.from_numpy(r), torch.from_numpy(u[:, :20]))
     assert got.shape == (6,) and ((got >= 0) & (got <= 50)).all()
+    # the reference takes each group's own size for its rates (N = 30, M = 20), and the
+    # other way round (N = 20, M = 30); nan compares equal to nan
+    np.testing.assert_allclose(got.numpy(), ref.competition_epsilons(r, u[:, :20]),
+                               rtol=1e-6, atol=0)
+    got = competition_epsilons(torch.from_numpy(r[:, :20]), torch.from_numpy(u))
+    np.testing.assert_allclose(got.numpy(), ref.competition_epsilons(r[:, :20], u),
+                               rtol=1e-6, atol=0)
 
 
 def test_fixture_subset_matches_the_official_algorithm(fixture_arrays):
@@ -278,6 +285,22 @@ def test_op_and_torch_paths_agree_on_random_data(seed, M, device):
     _assert_identical(got, competition._epsilons_torch(r, u, 1e-5))
     _assert_identical(got, competition._epsilons_op(r, u, 1e-5))
     assert got[3] == 50.0 and torch.isnan(got[4].cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("seed", "M"), [(0, 24), (1, 24), (2, 17), (3, 40)])
+def test_hard_cases_match_the_official_algorithm(seed, M, device):
+    """Ties, equal ranges, peaky and constant groups, lattices, unequal N / M vs the reference.
+
+    Whichever path the dispatch takes (op or torch). rtol 1e-6: the float32 log of torch
+    and numpy may differ by an ulp (as in the random-data test); nan compares equal.
+    """
+    r, u = _hard_case(seed, M=M)
+    expected = ref.competition_epsilons(r.numpy(), u.numpy())
+    got = competition_epsilons(r.to(device), u.to(device)).cpu().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(competition._epsilons_torch(r.to(device), u.to(device), 1e-5)
+                               .cpu().numpy(), expected, rtol=1e-6, atol=0)
 
 
 @needs_op

@@ -100,6 +100,45 @@ def test_scores_are_the_density_ratio():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_scores_where_both_densities_underflow_follow_the_log_ratio(device):
+    """0/0 rule of lira_scores: +inf where log N(x; U) - log N(x; R) > 0, else 0.
+
+    2000 models per group with tight spreads and one far outlier: the outlier lies ~45 of
+    its own group's (population) stds out and ~1000 of the other's, so both scipy densities
+    underflow to 0 and the plain ratio is nan. Row 0 puts the outlier in the unlearned
+    group (log ratio > 0), row 1 in the retrained group (log ratio < 0). Every other entry
+    is compared with scipy's density ratio.
+    """
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(7)
+    n = 2000
+    r = 0.01 * rng.standard_normal((2, n))
+    u = 0.3 + 0.01 * rng.standard_normal((2, n))
+    u[0, -1] = 10.0
+    r[1, -1] = 10.0
+    sr, su = lira_scores(torch.from_numpy(r).to(device), torch.from_numpy(u).to(device))
+    got = {"r": sr.cpu().numpy(), "u": su.cpu().numpy()}
+    resolved = {}
+    for i in range(2):
+        mu_r, sd_r = r[i].mean(), r[i].std()  # population std, as documented
+        mu_u, sd_u = u[i].mean(), u[i].std()
+        for name, x in (("r", r[i]), ("u", u[i])):
+            pdf_u, pdf_r = norm.pdf(x, mu_u, sd_u), norm.pdf(x, mu_r, sd_r)
+            log_ratio = norm.logpdf(x, mu_u, sd_u) - norm.logpdf(x, mu_r, sd_r)
+            both = (pdf_u == 0) & (pdf_r == 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                expected = np.where(both, np.where(log_ratio > 0, np.inf, 0.0), pdf_u / pdf_r)
+            np.testing.assert_allclose(got[name][i], expected, rtol=1e-12, atol=0)
+            resolved[(i, name)] = (np.flatnonzero(both).tolist(), log_ratio[both])
+    # the construction reaches the rule exactly once per row, once on each side of it
+    assert resolved[(0, "r")][0] == [] and resolved[(1, "u")][0] == []
+    assert resolved[(0, "u")][0] == [n - 1] and resolved[(0, "u")][1][0] > 0
+    assert resolved[(1, "r")][0] == [n - 1] and resolved[(1, "r")][1][0] < 0
+    assert got["u"][0, -1] == math.inf and got["r"][1, -1] == 0.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_fixture_subset_matches_the_study_algorithm(fixture_arrays, device):
     """Per-example epsilons on the real fixture equal the attack-script reference exactly.
 
