@@ -99,6 +99,61 @@ def test_exhaustive_measurement_matches_independent_ranking():
         measure_exposure(model, vocab, "code ", ["4", "42"])
 
 
+
+def test_sampled_measurement_agrees_with_exhaustive_within_binomial_error():
+    # 2-digit space (|R| = 100), n = 3000 draws with replacement. For a secret whose exact
+    # rank is r, c = r - 1 of the 99 other secrets score at or below it. The sampled
+    # "others" are the draws that are not the secret itself, each uniform over the 99
+    # others, so with N of them the count C = (sampled rank - 1) is Binomial(N, c / 99),
+    # and the secret's own draws, Binomial(n, 1 / 100), are the ones left out.
+    torch.manual_seed(1)
+    vocab = CharVocab.from_texts("code ")
+    model = CharLM(vocab.size, embed_dim=8, hidden=16)
+    every = ["".join(p) for p in itertools.product("0123456789", repeat=2)]
+    scores = sequence_log_perplexity(model, vocab.encode("code "), vocab.encode(every))
+    by_score = [every[i] for i in torch.argsort(scores).tolist()]
+    chosen = by_score[::9]  # exact ranks 1, 10, 19, ..., 100: both tails and the middle
+    assert len(chosen) == 12 and chosen[-1] == by_score[-1]
+    exact = measure_exposure(model, vocab, "code ", chosen)
+    n = 3000
+    sampled = measure_exposure(model, vocab, "code ", chosen, n_candidates=n, seed=7)
+    k = 5.0  # standard deviations allowed; every quantity is seeded (deterministic)
+    for e, s in zip(exact, sampled, strict=True):
+        assert e.exhaustive and not s.exhaustive and s.secret == e.secret
+        assert s.space_size == 100 and s.max_exposure == pytest.approx(math.log2(100))
+        assert s.log_perplexity == pytest.approx(e.log_perplexity, rel=1e-6)
+        # the canary's own secret is excluded from the others, and only it
+        removed = n - s.n_scored
+        assert removed >= 1
+        assert abs(removed - n / 100) <= k * math.sqrt(n * 0.01 * 0.99), (s.secret, removed)
+        assert s.fit.n == s.n_scored
+        # rank exposure: the exhaustive one gives c; the sampled count must be within k sd
+        big_n = s.n_scored
+        c = round(100 * 2.0 ** -e.rank_exposure) - 1
+        assert c == e.rank - 1
+        pi = c / 99
+        mu, sd = big_n * pi, math.sqrt(big_n * pi * (1 - pi))
+        count = s.rank - 1
+        assert abs(count - mu) <= k * sd, (s.secret, count, mu, sd)
+        # ... and so its exposure, log2 |R'| - log2 rank over |R'| = N + 1, lies within
+        # log2(1 + k sd / (1 + min(C, mu))) of the one the exact fraction predicts
+        predicted = math.log2(big_n + 1) - math.log2(1 + mu)
+        tol = math.log2(1 + k * sd / (1 + min(count, mu)))
+        assert abs(s.rank_exposure - predicted) <= tol + 1e-9, (s.secret, s.rank_exposure)
+        # skew-normal: the sampled fit's CDF at the canary estimates the exhaustive fit's,
+        # with at most the binomial error sqrt(F (1 - F) / N) of an empirical CDF
+        f_exact = 2.0 ** -e.skew_normal_exposure
+        f_sampled = 2.0 ** -s.skew_normal_exposure
+        f_sd = math.sqrt(f_exact * (1 - f_exact) / big_n)
+        assert abs(f_sampled - f_exact) <= k * f_sd, (s.secret, f_sampled, f_exact)
+    # the lowest secret: none of the others is at or below it, so the exclusion of its own
+    # draws (which would tie with it) leaves rank 1 and the largest sampled exposure
+    lowest = sampled[0]
+    assert exact[0].rank == 1 and lowest.rank == 1
+    assert lowest.rank_exposure == pytest.approx(math.log2(lowest.n_scored + 1))
+    # the highest: every other secret is at or below it
+    assert sampled[-1].rank == sampled[-1].n_scored + 1 and sampled[-1].rank_exposure == 0.0
+
 TINY = dict(
     n_sentences=60,
     secret_length=2,

@@ -61,6 +61,11 @@ def test_method_is_seeded(one_class, name):
     a = run_method(name, s.original, s.forget, s.retain, seed=5, **kw)
     b = run_method(name, s.original, s.forget, s.retain, seed=5, **kw)
     assert same_state(a, state_copy(b))
+    # every one of these methods draws from the seed (the shuffling of every method, SalUn's
+    # random forget labels, UNSIR's retain subset and noise, Bad Teacher's retain subset
+    # and incompetent teacher): another seed gives another model
+    c = run_method(name, s.original, s.forget, s.retain, seed=6, **kw)
+    assert not same_state(a, state_copy(c))
 
 
 def test_unsir_labels_every_forget_class():

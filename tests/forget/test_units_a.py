@@ -1,18 +1,21 @@
 """Unit checks of forgeta's building blocks against independent computations.
 
 Masks and statistics are compared with hand-computed values or direct recomputation
-(``F.conv2d``, a per-example autograd loop); methods that must coincide in a limiting case
+(``F.conv2d``, a per-example autograd loop, overfitted copies trained by the test's own SGD
+loop in ``hand_sgd``); methods that must coincide in a limiting case
 (NegGrad+ with beta = 1 and fine-tuning, l1-sparse with alpha = 0 and fine-tuning, the
 two-stage hybrid without its retain stage and random labels) are run both ways.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hand_sgd import quantile_mask, sgd_loop
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
@@ -170,6 +173,50 @@ def _changed_fraction(before: dict[str, torch.Tensor], after: nn.Module) -> dict
     }
 
 
+def _changed(before: dict[str, torch.Tensor], after: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: before[k] != v.detach() for k, v in after.named_parameters()}
+
+
+def _hand_overfit(
+    model: nn.Module, x, y, lr: float, epochs: int, seed: int, batch_size: int = 128
+) -> nn.Module:
+    # the overfitted copy, trained by the test's own loop: Seed A's SGD (momentum 0.9,
+    # Nesterov, weight decay 5e-4) at ``lr``, no scheduler, shuffled with ``seed``
+    return sgd_loop(
+        copy.deepcopy(model), x, y, lrs=[lr] * epochs, batch_size=batch_size, seed=seed
+    )
+
+
+def _hand_masks(model: nn.Module, moved: nn.Module, q: float) -> dict[str, torch.Tensor]:
+    # the documented rule: per >= 2-D weight, entries with |w_moved - w| strictly below
+    # the tensor's q-quantile
+    moved_p = dict(moved.named_parameters())
+    return {
+        n: quantile_mask(w, moved_p[n], q) for n, w in model.named_parameters() if w.dim() >= 2
+    }
+
+
+def _assert_kaiming_relu_fan_in(model: nn.Module, changed: dict[str, torch.Tensor]) -> None:
+    # re-drawn entries are Kaiming normal with the ReLU gain in fan-in mode:
+    # w / sqrt(2 / fan_in) pooled over every re-drawn entry is standard normal
+    z = []
+    for name, p in model.named_parameters():
+        if changed[name].any():
+            fan_in = p[0].numel()
+            z.append(p.detach()[changed[name]] / math.sqrt(2.0 / fan_in))
+    z = torch.cat(z).double()
+    n = z.numel()
+    assert n >= 150
+    # 5 standard errors of the mean and of the standard deviation of n normal draws
+    assert abs(z.mean().item()) < 5 / math.sqrt(n), z.mean().item()
+    assert abs(z.std().item() - 1.0) < 5 / math.sqrt(2 * n), z.std().item()
+
+
+# Seeds of the overfitting stages' shuffling (pruning.py passes seed offsets 1 and 2 to
+# ``train``, whose ``seed_offset`` is added to ``config.seed``).
+_FORGET_COPY_OFFSET, _RETAIN_COPY_OFFSET = 1, 2
+
+
 def test_selective_pruning_reinitialises_the_quantile_of_every_weight(sets):
     forget, retain = sets
     model = _fresh()
@@ -187,6 +234,34 @@ def test_selective_pruning_reinitialises_the_quantile_of_every_weight(sets):
             assert frac == 0.0, name
 
 
+def test_selective_pruning_selects_the_entries_the_forget_set_moves_least(sets):
+    # the re-drawn positions are exactly the movement masks of a forget-set copy that the
+    # test overfits with its own SGD loop (overfit_lr, overfit_epochs, its own shuffling)
+    forget, retain = sets
+    model = _fresh()
+    before = _params(model)
+    seed, q, lr, epochs, batch = 2, 0.3, 0.02, 3, 16  # 3 batches: the order matters
+    new = run_method(
+        "selective_pruning", model, forget, retain,
+        epochs=0, overfit_epochs=epochs, overfit_lr=lr, quantile=q, seed=seed, batch_size=batch,
+    )
+    moved = _hand_overfit(model, *forget, lr, epochs, seed + _FORGET_COPY_OFFSET, batch)
+    want = _hand_masks(model, moved, q)
+    changed = _changed(before, new)
+    assert set(want) == {"backbone.0.weight", "backbone.3.weight", "head.weight"}
+    for name in before:
+        if name in want:
+            assert torch.equal(changed[name], want[name]), name
+        else:
+            assert not changed[name].any(), name
+    _assert_kaiming_relu_fan_in(new, changed)
+    # the selection depends on the overfit copy: one trained at a quarter of the rate
+    # selects other entries, so the equality above pins the overfit stage down
+    slower = _hand_overfit(model, *forget, lr / 4, epochs, seed + _FORGET_COPY_OFFSET, batch)
+    other = _hand_masks(model, slower, q)
+    assert any(not torch.equal(other[n], want[n]) for n in want)
+
+
 def test_prune_last_layer_touches_only_the_head(sets):
     forget, retain = sets
     model = _fresh()
@@ -199,25 +274,62 @@ def test_prune_last_layer_touches_only_the_head(sets):
     assert all(v == 0.0 for k, v in changed.items() if k != "head.weight")
 
 
+def test_prune_last_layer_selects_the_head_entries_the_forget_set_moves_least(sets):
+    forget, retain = sets
+    model = _fresh()
+    before = _params(model)
+    seed, q, epochs = 5, 0.4, 2
+    new = run_method(
+        "prune_last_layer", model, forget, retain,
+        epochs=0, overfit_epochs=epochs, quantile=q, seed=seed,
+    )
+    # overfit_lr keeps its documented default, 1e-2
+    moved = _hand_overfit(model, *forget, 1e-2, epochs, seed + _FORGET_COPY_OFFSET)
+    want = quantile_mask(model.head.weight, moved.head.weight, q)
+    changed = _changed(before, new)
+    assert torch.equal(changed["head.weight"], want)
+    assert all(not v.any() for k, v in changed.items() if k != "head.weight")
+
+
 def test_pruning_complex_reinitialises_the_intersection(sets):
     # the shipped code's ``lr // 3`` left the retain-subset copy unmoved and re-initialised
     # nothing; with lr / 3 every weight tensor loses part of the intersection of both masks
     forget, retain = sets
     model = _fresh()
     before = _params(model)
-    q = 0.5
-    kw = {"epochs": 0, "overfit_epochs": 2, "quantile": q, "retain_fraction": 0.2}
-    new = run_method("pruning_complex", model, forget, retain, **kw)
-    single = run_method(
-        "selective_pruning", model, forget, retain, epochs=0, overfit_epochs=2, quantile=q
-    )
-    changed = _changed_fraction(before, new)
-    changed_single = _changed_fraction(before, single)
+    seed, q, epochs, fraction, batch = 1, 0.5, 2, 0.2, 16
+    kw = {"epochs": 0, "overfit_epochs": epochs, "quantile": q, "seed": seed, "batch_size": batch}
+    new = run_method("pruning_complex", model, forget, retain, retain_fraction=fraction, **kw)
+    single = run_method("selective_pruning", model, forget, retain, **kw)
+    changed, changed_single = _changed(before, new), _changed(before, single)
+    single_p, new_p = dict(single.named_parameters()), dict(new.named_parameters())
+
+    # the retain-subset copy, overfitted by the test's loop at overfit_lr / 3 (default
+    # overfit_lr 1e-2, retain_lr_divisor 3) on the seeded ceil(fraction * n) subset
+    subset = random_subset(TensorDataset(*retain), fraction, seed).indices
+    assert len(subset) == math.ceil(fraction * len(retain[1])) == len(set(subset))
+    xs, ys = retain[0][subset], retain[1][subset]
+    moved_f = _hand_overfit(model, *forget, 1e-2, epochs, seed + _FORGET_COPY_OFFSET, batch)
+    mask_f = _hand_masks(model, moved_f, q)
+    moved_r = _hand_overfit(model, xs, ys, 1e-2 / 3, epochs, seed + _RETAIN_COPY_OFFSET, batch)
+    mask_r = _hand_masks(model, moved_r, q)
     for name in before:
-        if before[name].dim() >= 2:
-            assert 0.0 < changed[name] < changed_single[name] + 1e-12, name
-        else:
-            assert changed[name] == 0.0
+        if before[name].dim() < 2:
+            assert not changed[name].any() and not changed_single[name].any(), name
+            continue
+        # selective pruning with the same forget copy re-draws mask_f ...
+        assert torch.equal(changed_single[name], mask_f[name]), name
+        # ... pruning complex only its intersection with the retain copy's mask
+        assert torch.equal(changed[name], mask_f[name] & mask_r[name]), name
+        assert 0 < int(changed[name].sum()) < int(changed_single[name].sum()), name
+        assert not (changed[name] & ~changed_single[name]).any(), name
+        # both draw the fresh values from the same seeded generator: bit-identical
+        assert torch.equal(new_p[name][changed[name]], single_p[name][changed[name]]), name
+    # a retain copy trained at the full overfit_lr (no divisor) would select otherwise
+    undivided = _hand_masks(
+        model, _hand_overfit(model, xs, ys, 1e-2, epochs, seed + _RETAIN_COPY_OFFSET, batch), q
+    )
+    assert any(not torch.equal(mask_f[n] & undivided[n], changed[n]) for n in mask_f)
 
 
 # --- activation reset -------------------------------------------------------------------
@@ -277,6 +389,56 @@ def test_activation_reset_redraws_whole_kernels(sets):
         "activation_reset", model, forget, retain, epochs=0, toll=1.0, reset_mlp=False
     )
     _assert_models_equal(model, same)
+
+
+def _direct_conv_means(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    # small_cnn's two convolutions evaluated with F.conv2d in float64, averaged over x
+    conv1, conv2 = model.backbone[0], model.backbone[3]
+    with torch.no_grad():
+        out1 = F.conv2d(x.double(), conv1.weight.double(), conv1.bias.double(), padding=1)
+        h = F.max_pool2d(F.relu(out1), 2)
+        out2 = F.conv2d(h, conv2.weight.double(), conv2.bias.double(), padding=1)
+    return {"backbone.0": out1.mean(0), "backbone.3": out2.mean(0)}
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_activation_reset_selects_the_kernels_the_forget_set_excites(sets, seed):
+    # the documented rule, computed directly: channel c of a convolution is reset when the
+    # forget mean map exceeds the retain-subset mean map at more than toll * H * W positions
+    forget, retain = sets
+    model = _fresh()
+    before = _params(model)
+    toll, fraction = 0.5, 0.2
+    new = run_method(
+        "activation_reset", model, forget, retain,
+        epochs=0, toll=toll, retain_fraction=fraction, seed=seed, reset_mlp=False,
+    )
+    subset = random_subset(TensorDataset(*retain), fraction, seed).indices
+    f_mean = _direct_conv_means(model, forget[0])
+    r_mean = _direct_conv_means(model, retain[0][subset])
+    scale = len(subset) / len(retain[1])
+    any_kept = any_reset = shipped_differs = False
+    for layer in ("backbone.0", "backbone.3"):
+        gap = f_mean[layer] - r_mean[layer]
+        # no position is a near-tie that float32 rounding could flip
+        assert gap.abs().min().item() > 1e-5, layer
+        hw = gap[0].numel()
+        count = (gap > 0).flatten(1).sum(dim=1)
+        want = count > toll * hw
+        name = f"{layer}.weight"
+        diff = (before[name] != new.state_dict()[name]).flatten(1)
+        assert torch.equal(diff.all(dim=1), want), (layer, count.tolist())
+        assert not diff[~want].any(), layer  # kernels not selected are untouched
+        assert torch.equal(before[f"{layer}.bias"], new.state_dict()[f"{layer}.bias"])
+        any_kept |= bool((~want).any())
+        any_reset |= bool(want.any())
+        # retain sums divided by the whole retain set's size (Seed A's shipped code)
+        # would select other kernels
+        shipped = (f_mean[layer] > scale * r_mean[layer]).flatten(1).sum(1) > toll * hw
+        shipped_differs |= not torch.equal(shipped, want)
+    assert any_kept and any_reset  # the rule selects some kernels, not all or none
+    assert shipped_differs
+    assert torch.equal(before["head.weight"], new.head.weight.detach())  # reset_mlp off
 
 
 # --- Fisher forgetting ------------------------------------------------------------------
