@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from hand_sgd import assert_models_equal
-from torch import nn
+from tiny_problem import tiny_forget_retain, tiny_linear
 from torch.utils.data import TensorDataset
 
 from fastunlearn.forget import (
@@ -24,16 +24,7 @@ from fastunlearn.forget.finetune import FinetuneConfig
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(30, 5, generator=g)
-    y = torch.randint(0, 3, (30,), generator=g)
-    return (x[:6], y[:6]), (x[6:], y[6:])
-
-
-def _linear() -> nn.Linear:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return nn.Linear(5, 3)
+    return tiny_forget_retain()
 
 
 # --- as_dataset -------------------------------------------------------------------------
@@ -54,7 +45,7 @@ def test_as_dataset_rejects_non_finite_inputs(bad):
 
 def test_non_finite_inputs_are_rejected_before_any_work(data):
     forget, retain = data
-    model = _linear()
+    model = tiny_linear()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     xr = retain[0].clone()
     xr[0, 0] = float("nan")
@@ -117,7 +108,7 @@ def test_get_method_errors():
 
 def test_run_method_overrides_replace_config_fields(data):
     forget, retain = data
-    model = _linear()
+    model = tiny_linear()
     cfg = FinetuneConfig(lr=0.05, epochs=2, batch_size=8, seed=3)
     got = run_method("finetune", model, forget, retain, config=cfg, lr=0.2, seed=4)
     want = run_method(
@@ -141,7 +132,7 @@ def test_run_method_overrides_replace_config_fields(data):
 
 def test_run_method_override_errors(data):
     forget, retain = data
-    model = _linear()
+    model = tiny_linear()
     cfg = FinetuneConfig(epochs=1)
     # replace() re-runs the config's validation
     with pytest.raises(ValueError, match="lr must be finite and >= 0.0"):

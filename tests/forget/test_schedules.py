@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hand_sgd import assert_models_equal, sgd_loop
+from tiny_problem import tiny_forget_retain, tiny_linear
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -29,16 +30,7 @@ BATCH = 8  # 24 retain rows: 3 steps per epoch
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(30, 5, generator=g)
-    y = torch.randint(0, 3, (30,), generator=g)
-    return (x[:6], y[:6]), (x[6:], y[6:])
-
-
-def _linear() -> nn.Linear:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return nn.Linear(5, 3)
+    return tiny_forget_retain()
 
 
 def _differs(a: nn.Module, b: nn.Module) -> bool:
@@ -57,7 +49,7 @@ def _differs(a: nn.Module, b: nn.Module) -> bool:
 )
 def test_multistep_schedule_matches_a_hand_written_loop(data, milestones, gamma, epochs):
     forget, retain = data
-    model = _linear()
+    model = tiny_linear()
     seed = 4
     new = run_method(
         "finetune", model, forget, retain, lr=LR, epochs=epochs, batch_size=BATCH, seed=seed,
@@ -84,7 +76,7 @@ def test_multistep_schedule_matches_a_hand_written_loop(data, milestones, gamma,
 @pytest.mark.parametrize("epochs", [2, 3])
 def test_cosine_schedule_matches_a_hand_written_loop(data, epochs):
     forget, retain = data
-    model = _linear()
+    model = tiny_linear()
     seed = 1
     new = run_method(
         "finetune", model, forget, retain, lr=LR, epochs=epochs, batch_size=BATCH, seed=seed,
@@ -103,7 +95,7 @@ def test_retrain_default_recipe_fires_every_milestone(data):
     # RetrainConfig's defaults (100 epochs at 0.1, divided by 10 at epochs 35, 70 and 90;
     # batch 128, so one step per epoch here), run in full on a tiny model
     forget, retain = data
-    model = _linear()
+    model = tiny_linear()
     cfg = RetrainConfig()
     new = run_method("retrain", model, forget, retain, config=cfg)
 
@@ -133,7 +125,7 @@ def test_retrain_default_recipe_fires_every_milestone(data):
 
 def test_l1_sparse_penalty_decays_linearly_per_epoch(data):
     forget, retain = data
-    model = _linear()
+    model = tiny_linear()
     alpha, epochs, seed = 0.05, 3, 5
     new = run_method(
         "l1_sparse", model, forget, retain,
@@ -159,7 +151,7 @@ def test_l1_sparse_penalty_decays_linearly_per_epoch(data):
 
 def test_scrub_lr_decay_matches_a_hand_written_loop(data):
     forget, retain = data
-    model = _linear()
+    model = tiny_linear()
     lr, rate, decay_epochs = 0.05, 0.5, (1, 2)
     cfg = {
         "epochs": 3, "lr": lr, "lr_decay_epochs": decay_epochs, "lr_decay_rate": rate,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from small_nets import net_data, small_net
 
 from fastunlearn.influence import (
     GGNOperator,
@@ -18,18 +18,6 @@ HEAD = ["2.weight", "2.bias"]  # the last Linear layer: the outputs are linear i
 
 def ce_sum(out, t):
     return F.cross_entropy(out, t, reduction="sum")
-
-
-def _small_net(seed=0, d=4, h=6, k=3):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, k)).double()
-
-
-def _net_data(n=20, d=4, k=3, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=gen, dtype=D64)
-    y = torch.randint(0, k, (n,), generator=gen)
-    return X, y
 
 
 def _flat_function(model, names, fn):
@@ -70,8 +58,8 @@ def _dense_ggn(model, X, names):
 
 @pytest.mark.parametrize("batch_size", [None, 7])
 def test_ggn_of_the_last_layer_equals_its_hessian(batch_size):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(20)
     H = _dense_hessian(model, X, y, HEAD)
     op = GGNOperator(model, ce_sum, X, y, params=HEAD, batch_size=batch_size)
     assert op.param_names == HEAD and op.shape == (6 * 3 + 3,) * 2
@@ -89,8 +77,8 @@ def test_ggn_of_the_last_layer_equals_its_hessian(batch_size):
 
 @pytest.mark.parametrize("batch_size", [None, 7])
 def test_ggn_of_a_nonlinear_subset_is_the_subset_gauss_newton(batch_size):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(20)
     names = ["0.weight", "2.weight"]  # the outputs are bilinear in these: GGN != Hessian
     op = GGNOperator(model, ce_sum, X, y, params=[model[0].weight, model[2].weight],
                      batch_size=batch_size)
@@ -107,8 +95,8 @@ def test_ggn_of_a_nonlinear_subset_is_the_subset_gauss_newton(batch_size):
 @pytest.mark.parametrize(("params", "hvp_batch_size"), [(None, None),
                                                         (["0.weight", "2.weight"], 7)])
 def test_ggn_lissa_single_batch_equals_the_damped_ggn_solve(params, hvp_batch_size):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(20)
     rows = torch.arange(5)
     y_new = y.clone()
     y_new[rows] = (y[rows] + 1) % 3

@@ -4,6 +4,7 @@ the summed loss over all rows at once."""
 import pytest
 import torch
 import torch.nn.functional as F
+from small_nets import net_data, small_net
 from torch import nn
 
 from fastunlearn.influence import gradient_difference, loss_gradient, loss_value
@@ -14,18 +15,6 @@ N = 11  # rows: chunks of 3 (3+3+3+2) and of 4 (4+4+3) both end with a partial c
 
 def ce_sum(out, t):
     return F.cross_entropy(out, t, reduction="sum")
-
-
-def _small_net(seed=0, d=4, h=6, k=3):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, k)).double()
-
-
-def _data(n=N, d=4, k=3, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=gen, dtype=D64)
-    y = torch.randint(0, k, (n,), generator=gen)
-    return X, y
 
 
 def _state(model):
@@ -51,8 +40,8 @@ SUBSETS = [None, ["2.bias", "0.weight"]]
 
 @pytest.mark.parametrize("params", SUBSETS)
 def test_gradient_difference_over_chunks_equals_autograd_of_the_summed_difference(params):
-    model = _small_net()
-    X, y = _data()
+    model = small_net()
+    X, y = net_data(N)
     gen = torch.Generator().manual_seed(2)
     X_new = X + 0.3 * torch.randn(X.shape, generator=gen, dtype=D64)  # new features
     y_new = (y + 1 + torch.randint(0, 2, y.shape, generator=gen)) % 3  # every label changes
@@ -67,8 +56,8 @@ def test_gradient_difference_over_chunks_equals_autograd_of_the_summed_differenc
 
 
 def test_gradient_difference_with_parameter_objects_selects_the_same_parameters():
-    model = _small_net()
-    X, y = _data()
+    model = small_net()
+    X, y = net_data(N)
     y_new = (y + 1) % 3
     expected = _autograd(ce_sum(model(X), y_new) - ce_sum(model(X), y), model,
                          ["0.weight", "2.bias"])
@@ -80,8 +69,8 @@ def test_gradient_difference_with_parameter_objects_selects_the_same_parameters(
 
 @pytest.mark.parametrize("params", SUBSETS)
 def test_loss_gradient_over_chunks_equals_autograd_of_the_summed_loss(params):
-    model = _small_net()
-    X, y = _data()
+    model = small_net()
+    X, y = net_data(N)
     names = ALL if params is None else params
     expected = _autograd(ce_sum(model(X), y), model, names)
     state = _state(model)
@@ -95,7 +84,7 @@ def test_loss_gradient_is_taken_in_eval_mode_and_restores_the_mode():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3),
                           nn.Dropout(0.5)).double()
-    X, y = _data()
+    X, y = net_data(N)
     model.train()
     model(X)  # non-trivial running statistics
     buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -112,8 +101,8 @@ def test_loss_gradient_is_taken_in_eval_mode_and_restores_the_mode():
 
 
 def test_loss_value_over_chunks_equals_the_summed_loss():
-    model = _small_net()
-    X, y = _data()
+    model = small_net()
+    X, y = net_data(N)
     with torch.no_grad():
         expected = float(ce_sum(model(X), y))
     assert loss_value(model, ce_sum, X, y, chunk_size=4) == pytest.approx(expected, rel=1e-13)
@@ -121,13 +110,13 @@ def test_loss_value_over_chunks_equals_the_summed_loss():
 
 
 def test_loss_value_with_replaced_parameters_equals_the_loss_of_a_modified_copy():
-    model = _small_net()
-    X, y = _data()
+    model = small_net()
+    X, y = net_data(N)
     state = _state(model)
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(model[2].weight.shape, generator=gen, dtype=D64)
     b = torch.randn(model[2].bias.shape, generator=gen, dtype=D64)
-    other = _small_net()
+    other = small_net()
     with torch.no_grad():
         other[2].weight.copy_(w)
         other[2].bias.copy_(b)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from small_nets import net_data, small_net
 from torch import nn
 
 from fastunlearn.influence import (
@@ -50,18 +51,6 @@ def _state(model):
 
 def _same_state(model, state):
     return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-
-
-def _small_net(seed=0, d=4, h=6, k=3):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, k)).double()
-
-
-def _net_data(n=40, d=4, k=3, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=gen, dtype=D64)
-    y = torch.randint(0, k, (n,), generator=gen)
-    return X, y
 
 
 def _shift_labels(y, rows, shift=1, k=3):
@@ -125,8 +114,8 @@ def test_cg_equals_dense_newton_step_on_logistic_regression():
 
 
 def test_cg_solution_satisfies_damped_system_on_small_network():
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(5)
     y_new = _shift_labels(y, rows)
     H = _dense_hessian_of(model, ce_sum, X, y_new)
@@ -162,8 +151,8 @@ def test_cg_restarts_from_its_solution_when_the_true_residual_misses_tol(monkeyp
         return out
 
     monkeypatch.setattr(update_module, "cg", loose_first_cg)
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(5)
     y_new = _shift_labels(y, rows)
     H = _dense_hessian_of(model, ce_sum, X, y_new)
@@ -202,8 +191,8 @@ def test_cg_restarts_from_its_solution_when_the_true_residual_misses_tol(monkeyp
 
 
 def test_direct_matches_dense_solve_on_parameter_subset():
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.tensor([3, 7, 11])
     y_new = _shift_labels(y, rows, 2)
     names = last_parameters(model, 2)  # the last Linear: weight and bias
@@ -225,8 +214,8 @@ def test_direct_matches_dense_solve_on_parameter_subset():
 
 
 def test_lissa_converges_to_the_damped_solve():
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(4)
     y_new = _shift_labels(y, rows)
     H = _dense_hessian_of(model, ce_sum, X, y_new)
@@ -249,8 +238,8 @@ def test_lissa_converges_to_the_damped_solve():
 
 
 def test_lissa_divergence_is_reported_and_model_untouched():
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(4)
     y_new = (y + 1) % 3
     H = _dense_hessian_of(model, ce_sum, X, y_new)
@@ -268,8 +257,8 @@ def test_lissa_divergence_is_reported_and_model_untouched():
 
 
 def test_first_order_tiny_tau_moves_along_minus_G():
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.tensor([0, 5, 9])
     x_new = X[rows] + 0.3
     # independent G: plain autograd on the summed loss difference
@@ -295,8 +284,8 @@ def _one_weight_logreg(w0):
 def _auto_tau_problem(case):
     """``(model, inputs, targets, new_targets, train_data, loss_fn)`` for the line search."""
     if case in ("quadratic_step", "halving"):
-        model = _small_net()
-        X, y = _net_data()
+        model = small_net()
+        X, y = net_data(40)
         rows = torch.arange(8 if case == "quadratic_step" else 20)
         y_new = _shift_labels(y, rows)
         return model, X[rows], y[rows], y_new[rows], (X, y_new), ce_sum
@@ -430,8 +419,8 @@ def test_second_order_matches_retraining_on_regularised_logistic_regression():
 
 
 def test_growing_loss_is_divergence_and_model_untouched():
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(5)
     y_new = _shift_labels(y, rows)
     state = _state(model)
@@ -443,8 +432,8 @@ def test_growing_loss_is_divergence_and_model_untouched():
 
 
 def test_non_finite_step_is_divergence():
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     state = _state(model)
     res = influence_update(model, X[:3], y[:3], new_targets=(y[:3] + 1) % 3, order=1,
                            tau=1e308)
@@ -455,8 +444,8 @@ def test_non_finite_step_is_divergence():
 @pytest.mark.parametrize("case", ["label", "param", "nan_new", "nan_train", "shape", "mean",
                                   "order", "solver", "missing_train", "dtype"])
 def test_bad_input_raises_and_leaves_model_unchanged(case):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(4)
     kwargs = dict(new_targets=(y[rows] + 1) % 3, train_data=(X, y), order=2, damping=1.0)
     if case == "label":
@@ -502,7 +491,7 @@ def test_bad_input_raises_and_leaves_model_unchanged(case):
 def test_batchnorm_statistics_and_mode_are_preserved():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
-    X, y = _net_data()
+    X, y = net_data(40)
     model.train()
     model(X)  # non-trivial running statistics
     buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -533,8 +522,8 @@ def _dense_ggn(model, X, y):
 def test_ggn_cg_equals_dense_ggn_solve_on_small_network():
     from fastunlearn.influence import GGNOperator
 
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(6)
     y_new = _shift_labels(y, rows)
     GGN = _dense_ggn(model, X, y_new)
@@ -567,8 +556,8 @@ def test_ggn_equals_hessian_for_linear_model():
 @pytest.mark.parametrize("solver", ["cg", "direct"])
 @pytest.mark.parametrize("curvature", ["hessian", "ggn"])
 def test_curvature_subsample_solves_the_reweighted_subset_system(solver, curvature):
-    model = _small_net()
-    X, y = _net_data(n=60)
+    model = small_net()
+    X, y = net_data(60)
     rows = torch.arange(5)
     y_new = _shift_labels(y, rows)
     m, seed = 17, 3
@@ -596,12 +585,12 @@ def test_curvature_subsample_solves_the_reweighted_subset_system(solver, curvatu
 
 
 def test_curvature_subsample_of_every_row_equals_the_full_solve():
-    X, y = _net_data()
+    X, y = net_data(40)
     rows = torch.arange(4)
     y_new = _shift_labels(y, rows)
     steps = []
     for subsample in (None, X.shape[0], 10 * X.shape[0]):
-        model = _small_net()
+        model = small_net()
         before = _flat(model)
         influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
                          train_data=(X, y_new), curvature="ggn", damping=0.1, tol=1e-12,
@@ -618,8 +607,8 @@ def test_curvature_subsample_of_every_row_equals_the_full_solve():
     (dict(curvature_subsample=8, subsample_seed=-1), "subsample_seed"),
 ])
 def test_curvature_subsample_bad_input(kwargs, match):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(4)
     state = _state(model)
     with pytest.raises((ValueError, TypeError), match=match):
@@ -631,8 +620,8 @@ def test_curvature_subsample_bad_input(kwargs, match):
 def test_ggn_forward_cache_is_exact_and_follows_parameter_changes():
     from fastunlearn.influence import GGNOperator
 
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     V = torch.randn(sum(p.numel() for p in model.parameters()), 3, dtype=D64,
                     generator=torch.Generator().manual_seed(0))
     op = GGNOperator(model, ce_sum, X, y)  # one batch: the forward pass is kept
@@ -794,8 +783,8 @@ def test_cg_breakdown_at_the_first_iteration_is_not_applied():
 
 @pytest.mark.parametrize(("order", "tau"), [(1, 0.5), (1, "auto"), (2, "auto")])
 def test_zero_gradient_difference_is_not_applied(order, tau):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(4)
     state = _state(model)
     # the corrected points equal the old ones: G = grad l(z) - grad l(z) = 0
@@ -817,8 +806,8 @@ def test_zero_gradient_difference_is_not_applied(order, tau):
 
 
 def test_zero_first_order_step_is_not_applied():
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     state = _state(model)
     res = influence_update(model, X[:3], y[:3], new_targets=(y[:3] + 1) % 3, order=1,
                            tau=1e-320, check_loss=False)  # tau * G underflows to 0
@@ -828,8 +817,8 @@ def test_zero_first_order_step_is_not_applied():
 
 @pytest.mark.parametrize("as_object", [False, True])
 def test_explicitly_selected_frozen_parameter_raises(as_object):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     model[0].weight.requires_grad_(False)
     state = _state(model)
     params = [model[0].weight] if as_object else ["0.weight", "2.bias"]
@@ -847,8 +836,8 @@ def test_explicitly_selected_frozen_parameter_raises(as_object):
 @pytest.mark.parametrize("case", ["float32", "int", "meta", "float_targets",
                                   "float_new_targets", "float_train_targets"])
 def test_dtype_and_device_are_checked_before_the_model_runs(case):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     rows = torch.arange(4)
     calls = []
     model.register_forward_pre_hook(lambda module, args: calls.append(1))
@@ -886,8 +875,8 @@ def test_float_targets_are_fine_with_a_custom_loss():
 
 @pytest.mark.parametrize("order", [2.0, True, "2"])
 def test_order_must_be_an_int(order):
-    model = _small_net()
-    X, y = _net_data()
+    model = small_net()
+    X, y = net_data(40)
     state = _state(model)
     with pytest.raises(TypeError, match="'order'"):
         influence_update(model, X[:4], y[:4], new_targets=(y[:4] + 1) % 3, train_data=(X, y),
@@ -898,7 +887,7 @@ def test_order_must_be_an_int(order):
 def test_check_update_options_rejects_bad_and_unknown_options():
     from fastunlearn.influence.update import check_update_options
 
-    model = _small_net()
+    model = small_net()
     opts = check_update_options(model, order=1, tau=0.5, params=["2.weight"])
     assert opts.names == ["2.weight"] and opts.num_params == 18 and opts.tau == 0.5
     for kwargs, match in ((dict(solver="nonsense"), "solver"), (dict(order=7), "order"),
