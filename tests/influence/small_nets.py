@@ -1,4 +1,6 @@
-"""A small float64 tanh network and data, shared by the influence update tests."""
+"""A small float64 tanh network, data and flat parameter functions for the influence tests."""
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,3 +20,25 @@ def net_data(n: int, d: int = 4, k: int = 3, seed: int = 1) -> tuple[torch.Tenso
     X = torch.randn(n, d, generator=gen, dtype=D64)
     y = torch.randint(0, k, (n,), generator=gen)
     return X, y
+
+
+def flat_function(
+    model: nn.Module, names: list[str], fn: Callable[[dict], torch.Tensor]
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """``(theta_sel -> fn(parameters with names <- theta_sel), theta_sel now)``.
+
+    ``fn`` takes a full parameter dict (for ``torch.func.functional_call``); the parameters
+    not in ``names`` are detached, so autograd differentiates the flat selection only.
+    """
+    named = dict(model.named_parameters())
+    shapes = [named[n].shape for n in names]
+    sizes = [named[n].numel() for n in names]
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        parts = [c.view(s) for c, s in zip(flat.split(sizes), shapes, strict=True)]
+        state = {n: p.detach() for n, p in named.items()}
+        state.update(zip(names, parts, strict=True))
+        return fn(state)
+
+    theta = torch.cat([named[n].detach().reshape(-1) for n in names])
+    return f, theta

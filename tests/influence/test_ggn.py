@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from small_nets import net_data, small_net
+from small_nets import flat_function, net_data, small_net
 
 from fastunlearn.influence import (
     GGNOperator,
@@ -20,32 +20,16 @@ def ce_sum(out, t):
     return F.cross_entropy(out, t, reduction="sum")
 
 
-def _flat_function(model, names, fn):
-    """``theta_sel -> fn(functional_call(model, params with names <- theta_sel))``."""
-    named = dict(model.named_parameters())
-    shapes = [named[n].shape for n in names]
-    sizes = [named[n].numel() for n in names]
-
-    def f(flat):
-        parts = [c.view(s) for c, s in zip(flat.split(sizes), shapes, strict=True)]
-        state = {n: p.detach() for n, p in named.items()}
-        state.update(zip(names, parts, strict=True))
-        return fn(state)
-
-    theta = torch.cat([named[n].detach().reshape(-1) for n in names])
-    return f, theta
-
-
 def _dense_hessian(model, X, y, names):
     """Hessian of the summed cross-entropy w.r.t. ``names`` (autograd, flat function)."""
-    f, theta = _flat_function(
+    f, theta = flat_function(
         model, names, lambda s: ce_sum(torch.func.functional_call(model, s, (X,)), y))
     return torch.autograd.functional.hessian(f, theta, vectorize=True)
 
 
 def _dense_ggn(model, X, names):
     """``sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i``, J the output Jacobian w.r.t. ``names``."""
-    f, theta = _flat_function(model, names,
+    f, theta = flat_function(model, names,
                               lambda s: torch.func.functional_call(model, s, (X,)))
     J = torch.autograd.functional.jacobian(f, theta, vectorize=True)  # [n, C, P]
     p = torch.softmax(f(theta), dim=1)

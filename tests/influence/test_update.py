@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from small_nets import net_data, small_net
+from small_nets import flat_function, net_data, small_net
 from torch import nn
 
 from fastunlearn.influence import (
@@ -62,18 +62,9 @@ def _shift_labels(y, rows, shift=1, k=3):
 
 def _dense_hessian_of(model, loss_fn, X, y, names=None):
     """Independent dense Hessian: torch.autograd.functional.hessian of a flat function."""
-    named = dict(model.named_parameters())
-    names = names or list(named)
-    shapes = [named[n].shape for n in names]
-    sizes = [named[n].numel() for n in names]
-
-    def f(flat):
-        parts = [c.view(s) for c, s in zip(flat.split(sizes), shapes, strict=True)]
-        state = {n: p.detach() for n, p in named.items()}
-        state.update(zip(names, parts, strict=True))
-        return loss_fn(torch.func.functional_call(model, state, (X,)), y)
-
-    theta = torch.cat([named[n].detach().reshape(-1) for n in names])
+    names = names or [n for n, _ in model.named_parameters()]
+    f, theta = flat_function(
+        model, names, lambda s: loss_fn(torch.func.functional_call(model, s, (X,)), y))
     return torch.autograd.functional.hessian(f, theta)
 
 
