@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 import uuid
 import zlib
@@ -302,17 +303,25 @@ def _tmp_path(path: Path) -> Path:
 
 
 def _remove_stale_tmp(path: Path) -> None:
-    """Delete temporary files that killed writers left next to ``path``."""
-    prefix = f".{path.name}{_TMP_MARK}"
+    """Delete temporary files that killed writers left next to ``path``.
+
+    Those of the model file itself and of its data files (``<name>.data-<id>.safetensors``,
+    as large as the training data), written by a process that no longer runs.
+    """
+    pattern = re.compile(
+        rf"\.{re.escape(path.name)}(?:\.data-[0-9A-Za-z]+\.safetensors)?"
+        rf"{re.escape(_TMP_MARK)}(\d+)-"
+    )
     try:
         names = os.listdir(path.parent)
     except OSError:
         return
     for name in names:
-        if not name.startswith(prefix):
+        match = pattern.match(name)
+        if match is None:
             continue
         try:
-            pid = int(name[len(prefix) :].split("-", 1)[0])
+            pid = int(match.group(1))
             if pid == os.getpid():
                 continue
             os.kill(pid, 0)  # raises if no such process: the writer is gone

@@ -748,6 +748,8 @@ for case in json.loads(sys.argv[1]):
             os.write(write_end, b"f")
             for i in ORDER:
                 model.remove(i)
+            if case.get("refit"):
+                model.fit(X, y)  # over the same checkpoint: a new fit, new data file
         except BaseException:
             traceback.print_exc()
             os._exit(1)
@@ -838,6 +840,47 @@ def test_sigkill_at_crash_points_and_at_random_moments(tmp_path, reference):
     for case, result in zip(cases, _run_cases(cases), strict=True):
         k = _check_recovered(Path(case["path"]), reference)
         assert result["killed"] or (result["exit"] == 0 and k == len(ORDER)), (case, result)
+
+
+def test_sigkill_during_a_refit_over_a_checkpoint(tmp_path, reference):
+    """A refit writes a new data file, then the model file, then the ledger's ``fit``.
+
+    Killed before its data file is in place: the checkpoint is the last removal's, with its
+    own data file; killed after the model file is replaced (or before the ledger record):
+    the refit's state, its ``fit`` record appended at load. No temporary file survives the
+    load, the data file the model file names exists, and removals go on from there.
+    """
+    snaps, events = reference
+    refit_call = len(ORDER) + 2  # checkpoint calls: 1 = fit, 2 .. len + 1 = removals
+    points = [
+        (None, True),
+        ("data_before_replace:2", False),
+        (f"after_replace:{refit_call}", True),
+        (f"before_ledger:{refit_call}", True),
+    ]
+    cases = [
+        {"path": str(tmp_path / f"refit{j}.st"), "crash": crash, "delay": None, "refit": True}
+        for j, (crash, _) in enumerate(points)
+    ]
+    for case, result, (crash, refitted) in zip(cases, _run_cases(cases), points, strict=True):
+        assert result["killed"] == (crash is not None), (crash, result)
+        path = Path(case["path"])
+        loaded = load_model(path)
+        want = snaps[0] if refitted else snaps[-1]
+        assert_same_snapshot(snapshot(loaded), want)
+        records = ledger_of(path).records()
+        expected = ["fit", *events] + (["fit"] if refitted else [])
+        assert [r["event"] for r in records] == expected, crash
+        assert [r["seq"] for r in records] == list(range(1, len(expected) + 1))
+        meta = read_metadata(path)
+        assert records[-1] == meta["last_record"]
+        assert (path.parent / meta["data_file"]).is_file()
+        leftovers = [p.name for p in path.parent.iterdir()
+                     if p.name.startswith(f".{path.name}") and ".tmp-" in p.name]
+        assert leftovers == [], crash
+        if refitted:
+            loaded.remove(ORDER[:3])
+            assert_same_snapshot(snapshot(loaded), snaps[3])
 
 
 def test_checkpoint_writes_the_training_data_once_per_fit(tmp_path):
