@@ -374,6 +374,21 @@ def test_binary_bounds_hold_random_sequences(binary, seed):
     np.testing.assert_array_equal(model.removed_indices_, np.sort(order))
 
 
+@pytest.mark.slow
+def test_long_binary_sequence_through_every_refresh(tenclass):
+    """300 single removals on 1438 rows: past the spectral bound's refresh (5 % of the rows),
+    past a full Woodbury buffer (256 rows folded into the CG factors) and through the
+    solver's own refreshes, every step checked against the numpy gradient."""
+    X, y, _, _ = tenclass
+    y = (y >= 5).astype(int)  # a two-class problem on all ten digits
+    model = CertifiedLogisticRegression(lam=LAM, sigma=100.0, seed=4).fit(X, y)
+    order = np.random.default_rng(4).permutation(X.shape[0])[:300].tolist()
+    assert 300 > WOODBURY_MAX_ROWS and 300 > SPECTRAL_REFRESH_FRACTION * X.shape[0]
+    assert 0.0 < _check_sequence(model, X, y, order) < 1.0
+    assert model.n_removed_ == 300
+    np.testing.assert_array_equal(model.removed_indices_, np.sort(order))
+
+
 @pytest.mark.parametrize(
     "params",
     [
