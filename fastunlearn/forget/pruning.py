@@ -96,6 +96,11 @@ def _overfit(
     desc: str,
     offset: int,
 ) -> nn.Module:
+    """Train a copy of ``model`` on ``dataset`` at ``lr`` without a schedule.
+
+    Its batches are shuffled with ``config.seed + offset``: 1 for the forget-set copy, 2 for
+    ``pruning_complex``'s retain-subset copy, so the two copies see independent orders.
+    """
     moved = copy.deepcopy(model)
     return train(
         moved,

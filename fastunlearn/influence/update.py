@@ -499,7 +499,9 @@ def influence_update(
             summed cross-entropy). A mean-reduced loss is rejected.
         order: 1 (gradient step) or 2 (Newton step).
         tau: First-order step size (> 0), or ``"auto"``: a line search on the corrected
-            training loss, starting from the curvature step ``||G||^2 / G^T H G``.
+            training loss, starting from the curvature step ``||G||^2 / G^T H G`` and
+            halving (at most 40 times) or doubling (at most 20) it; when no step lowers the
+            loss the model is left unchanged and the result says why.
         solver: ``"cg"``, ``"lissa"`` or ``"direct"`` (second order).
         damping: Tikhonov damping lambda >= 0 of ``"cg"`` and ``"direct"``. LiSSA's damping
             is ``lissa.damping * lissa.scale`` relative to the Hessian it uses: with
@@ -722,7 +724,8 @@ def _line_search(
 
     Starts from the minimiser of the local quadratic model, ``||G||^2 / G^T H G`` (one
     full-data HVP; ``1 / ||G||`` if the curvature is not positive), then halves until the
-    loss decreases and doubles while it keeps decreasing.
+    loss decreases (at most 40 times: no step then) and, when the first step already did,
+    doubles while it keeps decreasing (at most 20 times).
 
     Returns:
         ``(tau or None, loss evaluations (per sample), HVPs (per sample), loss at tau=0)``.
