@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vjp
+from torch.func import functional_call, grad, vjp
 
 from ..linalg import LinearOperator, selected_parameter_names
+from ..linalg.forward_ad import jvp
 from .gradients import LossFn
 
 __all__ = ["GGNOperator"]

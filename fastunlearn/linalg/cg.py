@@ -163,6 +163,12 @@ def cg(
     does not depend on ``check_every``, only the number of wasted operator calls after the
     last column stops (at most ``check_every - 1``).
 
+    The recursive residual keeps shrinking after the true one has stalled at the operator's
+    rounding floor, about ``eps * ||A|| ||x||`` (float32: ``eps`` ~ 1e-7, so a relative
+    ``tol`` much below ``1e-7 * cond(A)`` is out of reach); ``converged`` is judged on the
+    true residual, so such a column reports ``False`` with its true residual norm. Solve in
+    float64 when a tighter tolerance matters.
+
     Preconditioning:
 
     - ``None``: plain CG.

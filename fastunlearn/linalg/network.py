@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad, vjp, vmap
 
+from .forward_ad import jvp
 from .operators import LinearOperator, _check_nonnegative
 
 __all__ = [
