@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_types import non_negative_float as _non_negative_float
 from ..cli_types import non_negative_int as _non_negative_int
 from ..cli_types import positive_float as _positive_float
 from ..cli_types import positive_int as _positive_int
@@ -52,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seq-len", type=_positive_int, default=48, help="training window")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="windows per step")
     p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 penalty")
     p.add_argument(
         "--candidates",
         type=_positive_int,

@@ -136,8 +136,12 @@ def measure_exposure(
         raise ValueError(f"'secrets' must use only the characters of 'alphabet' {alphabet!r}")
     if not isinstance(prefix, str) or not prefix:
         raise ValueError("'prefix' must be a non-empty str")
+    if n_candidates is not None and not isinstance(n_candidates, int):
+        raise TypeError(f"'n_candidates' must be None or an int, got {n_candidates!r}")
     if n_candidates is not None and (isinstance(n_candidates, bool) or n_candidates < 3):
         raise ValueError(f"'n_candidates' must be None or >= 3, got {n_candidates!r}")
+    if isinstance(enumerate_limit, bool) or not isinstance(enumerate_limit, int):
+        raise TypeError(f"'enumerate_limit' must be an int, got {enumerate_limit!r}")
     space = len(alphabet) ** length
     alphabet_ids = vocab.encode(alphabet)
     prefix_ids = vocab.encode(prefix)
@@ -205,8 +209,17 @@ def train_char_lm(
         ValueError: If ``ids`` is too short or a setting is out of range.
 
     """
-    if steps < 0 or seq_len < 1 or batch_size < 1:
-        raise ValueError("'steps' must be >= 0, 'seq_len' and 'batch_size' >= 1")
+    for value, arg, low in (
+        (steps, "steps", 0),
+        (seq_len, "seq_len", 1),
+        (batch_size, "batch_size", 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"'{arg}' must be >= {low}, got {value}")
+    if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
+        raise TypeError("'ids' must be an int64 tensor")
     if ids.dim() != 1 or ids.numel() <= seq_len:
         raise ValueError(f"'ids' must be 1-D and longer than seq_len={seq_len}")
     from tqdm.auto import tqdm
@@ -234,18 +247,35 @@ def train_char_lm(
 
 @torch.no_grad()
 def greedy_completion(model: CharLM, vocab: CharVocab, prefix: str, length: int) -> str:
-    """Return the ``length`` characters the model predicts after ``prefix`` (argmax)."""
+    """Return the ``length`` characters the model predicts after ``prefix`` (argmax).
+
+    The model's training mode is restored, also on error.
+
+    Raises:
+        ValueError: If ``prefix`` is empty or outside the vocabulary, or ``length < 0``.
+        TypeError: If ``length`` is not an int.
+
+    """
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise TypeError(f"'length' must be an int, got {type(length).__name__}")
+    if length < 0:
+        raise ValueError(f"'length' must be >= 0, got {length}")
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError("'prefix' must be a non-empty str")
+    prefix_ids = vocab.encode(prefix)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    logits, state = model(vocab.encode(prefix).to(device).unsqueeze(0))
-    out = []
-    for _ in range(length):
-        nxt = logits[:, -1].argmax(-1, keepdim=True)
-        out.append(int(nxt))
-        logits, state = model(nxt, state)
-    model.train(was_training)
-    return vocab.decode(torch.tensor(out))
+    try:
+        device = next(model.parameters()).device
+        logits, state = model(prefix_ids.to(device).unsqueeze(0))
+        out = []
+        for _ in range(length):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(int(nxt))
+            logits, state = model(nxt, state)
+    finally:
+        model.train(was_training)
+    return vocab.decode(torch.tensor(out, dtype=torch.int64))
 
 
 @dataclass(frozen=True)
@@ -330,6 +360,16 @@ class CanaryConfig:
             )
         if not self.lr > 0 or not self.weight_decay >= 0:
             raise ValueError("'lr' must be > 0 and 'weight_decay' >= 0")
+        if not math.isfinite(self.lr) or not math.isfinite(self.weight_decay):
+            raise ValueError("'lr' and 'weight_decay' must be finite")
+        if self.n_candidates is not None and (
+            isinstance(self.n_candidates, bool)
+            or not isinstance(self.n_candidates, int)
+            or self.n_candidates < 3
+        ):
+            raise ValueError(
+                f"'n_candidates' must be None or an int >= 3, got {self.n_candidates!r}"
+            )
         if not self.prefix:
             raise ValueError("'prefix' must be non-empty")
         if self.cell not in ("lstm", "gru"):

@@ -64,6 +64,8 @@ def _as_canaries(values: object) -> tuple[np.ndarray, bool]:
         return np.array([float(values)]), True
     if isinstance(values, Tensor) and values.dim() == 0:
         return _as_canaries(float(values))
+    if isinstance(values, np.ndarray) and values.ndim == 0:
+        return _as_canaries(values.item())
     return _as_scores(values, "canary"), False
 
 

@@ -174,6 +174,8 @@ class CharVocab:
         """
         index = {c: i for i, c in enumerate(self.chars)}
         texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("'text' must be a str or a non-empty list of str")
         if len({len(t) for t in texts}) > 1:
             raise ValueError("'text' strings must all have the same length")
         try:
@@ -183,5 +185,17 @@ class CharVocab:
         return ids[0] if isinstance(text, str) else ids.view(len(texts), -1)
 
     def decode(self, ids: Tensor) -> str:
-        """Return the string of a 1-D tensor of token ids."""
-        return "".join(self.chars[i] for i in ids.tolist())
+        """Return the string of a 1-D tensor of token ids.
+
+        Raises:
+            ValueError: If ``ids`` is not 1-D or holds an id outside ``0..size-1``.
+
+        """
+        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        if isinstance(ids, Tensor) and ids.dim() != 1:
+            raise ValueError(f"'ids' must be 1-D, got shape {tuple(ids.shape)}")
+        if any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.size for i in values
+        ):
+            raise ValueError(f"'ids' holds ids outside the vocabulary 0..{self.size - 1}")
+        return "".join(self.chars[i] for i in values)

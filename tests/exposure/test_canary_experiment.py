@@ -154,6 +154,7 @@ def test_sampled_measurement_agrees_with_exhaustive_within_binomial_error():
     # the highest: every other secret is at or below it
     assert sampled[-1].rank == sampled[-1].n_scored + 1 and sampled[-1].rank_exposure == 0.0
 
+
 TINY = dict(
     n_sentences=60,
     secret_length=2,
@@ -179,9 +180,20 @@ def test_tiny_experiment_runs_and_reports(tmp_path):
     report = format_report(result)
     assert result.canary.secret in report and "exposure" in report
     json.dumps(result.to_dict())
-    # the same seed gives the same run
+    # the same seed gives the same run, bit for bit (timings aside)
     again = run_canary_experiment(CanaryConfig(**TINY))
-    assert again.canary.log_perplexity == pytest.approx(result.canary.log_perplexity)
+    first, second = result.to_dict(), again.to_dict()
+    for d in (first, second):
+        del d["train_s"], d["measure_s"]
+    assert first == second
+    assert again.text == result.text and again.canary_offsets == result.canary_offsets
+    for p, q in zip(result.model.parameters(), again.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    # the offsets point at the inserted canaries, and the report's table holds the numbers
+    canary = "my telephone number is " + result.canary.secret + "."
+    assert all(result.text.startswith(canary, o) for o in result.canary_offsets)
+    for m in (result.canary, result.control):
+        assert f"| `{m.secret}` |" in report and f"| {m.rank} |" in report
 
 
 def test_cli(tmp_path, capsys):
