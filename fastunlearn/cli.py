@@ -199,6 +199,15 @@ def _print_summary(result: Any) -> None:
         print(f"wrote {kind:<13} {path}")
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any fitting, a result folder that could not be written at the end."""
+    from pathlib import Path
+
+    folder = Path(args.result_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"'result_dir' {args.result_dir!r} exists and is not a folder")
+
+
 def _cmd_remove(args: argparse.Namespace) -> int:
     from .certified.experiment import ExperimentConfig, run_removal_experiment
 
@@ -213,8 +222,9 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         result_dir=args.result_dir, plots=not args.no_plots, verbose=args.verbose)
     try:
         config.validate()
+        _check_outputs(args)
         result = run_removal_experiment(config, echo=print, progress=not args.verbose)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:
         return _error("remove", str(exc))
     _print_summary(result)
     return 0
@@ -266,13 +276,24 @@ def _build_extractor_model(name: str, sample: torch.Tensor, num_classes: int,
 
     channels, side = int(sample.shape[0]), int(sample.shape[-1])
     kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if name in ("svhn_dp", "small_cnn"):
+    if name in ("svhn_dp", "small_cnn", "cifar_cnn"):
         kwargs.update(in_channels=channels, side=side)
-    elif name.startswith("resnet"):
+    elif name.startswith("resnet") or name in ("allcnn", "mobilenet_v2"):
         kwargs.update(in_channels=channels, norm="group" if private else "batch")
     elif name == "mlp":
         kwargs.update(in_features=int(sample.numel()))
-    return build_model(name, **kwargs)
+    model = build_model(name, **kwargs)
+    # a model that cannot take the images fails here, not deep inside the training loop
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.stack([sample, sample]))
+    except RuntimeError as exc:
+        raise ValueError(f"'model' {name} cannot take images of shape "
+                         f"{tuple(sample.shape)}: {exc}") from None
+    finally:
+        model.train(was_training)
+    return model
 
 
 def _extractor_name(args: argparse.Namespace, model: str) -> str:
@@ -406,9 +427,19 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
     print(f"extract: {args.extractor} extractor {model_name} ({model.feature_dim} features) on "
           f"{args.dataset}: {len(train)} train / {len(test)} test images")
     if checkpoint.is_file() and not args.force:
-        load_model(model, str(checkpoint), device="cpu")
         with safe_open(str(checkpoint), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        for key, wanted in (("model", model_name), ("extractor", args.extractor)):
+            if meta.get(key, wanted) != wanted:
+                raise ValueError(
+                    f"'checkpoint' {str(checkpoint)!r} holds a {meta[key]} {key}, not the "
+                    f"{wanted} asked for: pass --force to train a new one, or --name / "
+                    "--checkpoint to keep both")
+        try:
+            load_model(model, str(checkpoint), device="cpu")
+        except RuntimeError as exc:
+            raise ValueError(f"'checkpoint' {str(checkpoint)!r} does not fit model "
+                             f"{model_name}: {exc}") from None
         print(f"loaded the trained extractor from {checkpoint} (--force trains a new one)")
     else:
         start = time.perf_counter()
@@ -416,6 +447,7 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
         meta["train_seconds"] = time.perf_counter() - start
         meta.update(extractor=args.extractor, model=model_name, name=name,
                     dataset=args.dataset)
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_model(model.cpu(), str(checkpoint), metadata={"meta": json.dumps(meta)})
         print(f"trained in {meta['train_seconds']:.1f} s; wrote {checkpoint}")
     if "epsilon" in meta:

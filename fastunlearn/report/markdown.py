@@ -55,9 +55,15 @@ def _pct(value: Any) -> str:
     return "-"
 
 
+def _cell(text: str) -> str:
+    """Escape what would break a table row: ``|`` splits a cell, a line break ends the row."""
+    return " ".join(str(text).replace("|", "\\|").split())
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(_cell, headers)) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
     return lines + [""]
 
 
@@ -86,9 +92,12 @@ def _setup_section(result: Mapping[str, Any]) -> list[str]:
     return ["## Setup", "", *_kv_table(pairs)]
 
 
-def _privacy_section(privacy: Mapping[str, Any]) -> list[str]:
+def _privacy_section(privacy: Mapping[str, Any], batch: Any = None) -> list[str]:
     supported = privacy.get("removals_supported")
-    if privacy.get("removals_supported_is_estimate"):
+    # a batch run's records (and so its bounds) are per batch, not per row
+    unit = (f"batch of {batch} rows" if isinstance(batch, int) and not isinstance(batch, bool)
+            and batch > 0 else "removal")
+    if privacy.get("removals_supported_is_estimate") and supported is not None:
         supported_text = f"~{format_value(supported)} (projected: no retrain happened)"
     else:
         supported_text = format_value(supported)
@@ -101,8 +110,8 @@ def _privacy_section(privacy: Mapping[str, Any]) -> list[str]:
         ("removals done", format_value(privacy.get("removals"))),
         ("automatic retrains", format_value(privacy.get("retrains"))),
         ("removals supported by one budget", supported_text),
-        ("mean data-dependent bound per removal", format_value(privacy.get("mean_bound"))),
-        ("worst-case bound per removal", format_value(privacy.get("worst_case_bound"))),
+        (f"mean data-dependent bound per {unit}", format_value(privacy.get("mean_bound"))),
+        (f"worst-case bound per {unit}", format_value(privacy.get("worst_case_bound"))),
         ("budget used / left at the end", f"{format_value(privacy.get('budget_used'))} / "
                                           f"{format_value(privacy.get('budget_left'))}"),
     ]
@@ -158,7 +167,7 @@ def _fairness_section(fairness: Mapping[str, Any]) -> list[str]:
 
 
 def _timing_section(timings: Mapping[str, Any]) -> list[str]:
-    speedup = timings.get("speedup")
+    speedup = format_value(timings.get("speedup"), ".1f")
     pairs = [
         ("fit (s)", format_value(timings.get("fit_seconds"))),
         ("full retraining on the remaining data (s)", format_value(timings.get("retrain_seconds"))),
@@ -167,7 +176,7 @@ def _timing_section(timings: Mapping[str, Any]) -> list[str]:
          format_value(timings.get("removal_seconds_mean"))),
         ("removals per second", format_value(timings.get("removals_per_second"))),
         ("speed-up: retraining / median removal",
-         f"{format_value(speedup, '.1f')}x" if speedup is not None else "-"),
+         f"{speedup}x" if speedup not in ("-", "inf", "-inf") else speedup),
     ]
     return ["## Timings", "", *_kv_table(pairs)]
 
@@ -250,7 +259,7 @@ def render_markdown(
         ]
     lines += _setup_section(result)
     if privacy:
-        lines += _privacy_section(privacy)
+        lines += _privacy_section(privacy, config.get("batch"))
     if result.get("training") or result.get("final"):
         lines += _accuracy_section(result)
     if result.get("fairness"):

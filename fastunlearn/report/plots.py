@@ -21,6 +21,7 @@ Record fields used (dicts, or objects with these attributes):
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -40,9 +41,18 @@ def _field(record: Any, name: str, default: Any = None) -> Any:
     return getattr(record, name, default)
 
 
+def _number(value: Any) -> float:
+    """``value`` as a float; None (how the JSON file stores NaN and inf) becomes NaN."""
+    return math.nan if value is None else float(value)
+
+
 def _positions(records: Sequence[Any]) -> list[float]:
     """Return the x of each record: its ``n_removed``, else its 1-based position."""
-    return [float(_field(r, "n_removed", i + 1)) for i, r in enumerate(records)]
+    xs = []
+    for i, r in enumerate(records):
+        x = _field(r, "n_removed", None)
+        xs.append(float(i + 1) if x is None else float(x))
+    return xs
 
 
 def _retrain_positions(records: Sequence[Any]) -> list[float]:
@@ -51,7 +61,8 @@ def _retrain_positions(records: Sequence[Any]) -> list[float]:
 
 
 def _positive(values: Iterable[float]) -> list[float]:
-    return [max(float(v), _LOG_FLOOR) if math.isfinite(float(v)) else math.nan for v in values]
+    parsed = [_number(v) for v in values]
+    return [max(v, _LOG_FLOOR) if math.isfinite(v) else math.nan for v in parsed]
 
 
 def _new_figure(size: tuple[float, float] = (7.0, 4.2)) -> Any:
@@ -113,7 +124,8 @@ def plot_bounds(
 
     Args:
         records: Removal records in order (see the module docstring).
-        budget: The budget ``sigma * epsilon / c`` (a horizontal line).
+        budget: The budget ``sigma * epsilon / c`` (a horizontal line; 0 when ``sigma`` is
+            0, named in the legend only).
         path: PNG file to write (folders are created).
         worst_case: Worst-case (data-independent) bound of one removal, for records
             without a ``worst_case`` field of their own; the running sum since the last
@@ -124,12 +136,14 @@ def plot_bounds(
         The path written.
 
     Raises:
-        ValueError: If ``budget`` is not a positive finite number.
+        ValueError: If ``budget`` is negative or not a finite number.
         ImportError: If matplotlib is not installed.
 
     """
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
-        raise ValueError(f"'budget' must be a positive finite number, got {budget!r}")
+    if isinstance(budget, bool) or not (isinstance(budget, numbers.Real)
+                                        and math.isfinite(budget) and budget >= 0):
+        raise ValueError(f"'budget' must be a finite number >= 0, got {budget!r}")
+    budget = float(budget)
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     xs = _positions(records)
@@ -140,7 +154,7 @@ def plot_bounds(
                                           "label": "bound of each removal"}),
                                  (True, {"s": 30, "marker": "x", "color": _RETRAIN_COLOR,
                                          "label": "bound that did not fit (retrain)"})):
-            points = [(x, float(_field(r, "bound", math.nan)))
+            points = [(x, _number(_field(r, "bound", math.nan)))
                       for x, r in zip(xs, records, strict=True)
                       if bool(_field(r, "retrained", False)) == retrained]
             points = [(x, b) for x, b in points if math.isfinite(b) and b > 0]
@@ -150,12 +164,16 @@ def plot_bounds(
         if worst is not None:
             ax.plot(xs, worst, color="tab:orange", linestyle="--", linewidth=1.2,
                     label="worst-case bound (cumulative)")
-    ax.axhline(budget, color="black", linewidth=1.2, label=f"budget {budget:.3g}")
+    if budget > 0:
+        ax.axhline(budget, color="black", linewidth=1.2, label=f"budget {budget:.3g}")
+    else:  # sigma = 0: nothing fits, every removal retrains; no line on a log axis
+        ax.plot([], [], color="black", linewidth=1.2, label="budget 0 (every removal retrains)")
     _mark_retrains(ax, _retrain_positions(records))
     ax.set_yscale("log")
     # a fresh model's residual (~1e-14) would stretch the axis over many empty decades
     low, high = ax.get_ylim()
-    ax.set_ylim(max(low, budget * 1e-6), high)
+    if budget > 0:
+        ax.set_ylim(max(low, budget * 1e-6), high)
     ax.set_xlabel("removals")
     ax.set_ylabel("gradient-residual norm bound")
     ax.set_title(title or "Certified removal: used budget")
@@ -188,8 +206,9 @@ def plot_accuracy(
     """
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    xs = [float(_field(e, "n_removed", i)) for i, e in enumerate(evaluations)]
-    ys = [100.0 * float(_field(e, "test_accuracy", math.nan)) for e in evaluations]
+    xs = [float(i) if _field(e, "n_removed", None) is None else float(_field(e, "n_removed"))
+          for i, e in enumerate(evaluations)]
+    ys = [100.0 * _number(_field(e, "test_accuracy", math.nan)) for e in evaluations]
     ax.plot(xs, ys, marker="o", markersize=3, color="tab:green", label="test accuracy")
     _mark_retrains(ax, retrains)
     ax.set_xlabel("removals")
@@ -236,7 +255,9 @@ def plot_times(
     if retrained:
         ax.scatter(*zip(*retrained, strict=True), s=30, marker="x", color=_RETRAIN_COLOR,
                    label="removal with automatic retrain")
-    if retrain_seconds is not None and math.isfinite(retrain_seconds) and retrain_seconds > 0:
+    has_retrain_line = (retrain_seconds is not None and math.isfinite(retrain_seconds)
+                        and retrain_seconds > 0)
+    if has_retrain_line:
         ax.axhline(retrain_seconds, color="black", linestyle="--", linewidth=1.2,
                    label=f"full retraining {retrain_seconds:.3g} s")
     ax.set_yscale("log")
@@ -244,6 +265,6 @@ def plot_times(
     ax.set_ylabel("seconds")
     ax.set_title(title or "Time per removal vs full retraining")
     ax.grid(True, which="major", alpha=0.3)
-    if plain or retrained or retrain_seconds:
+    if plain or retrained or has_retrain_line:
         ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
