@@ -22,9 +22,10 @@ pipeline depends on how it was trained:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -96,6 +97,24 @@ def _check_probability(value: object, arg: str) -> float:
     if value >= 1.0:
         raise ValueError(f"'{arg}' must be in (0, 1), got {value}")
     return value
+
+
+@contextlib.contextmanager
+def _activations_out_of_place(model: nn.Module) -> Iterator[None]:
+    """Turn off ``inplace`` of every activation and dropout of ``model``; restore on exit.
+
+    Opacus hooks each trainable layer with a full backward hook, and autograd forbids
+    modifying such a layer's output in place, which ``ReLU(inplace=True)`` after a
+    convolution or norm layer does. The results are the same either way.
+    """
+    flipped = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    for module in flipped:
+        module.inplace = False
+    try:
+        yield
+    finally:
+        for module in flipped:
+            module.inplace = True
 
 
 def _check_model(model: object) -> nn.Module:
@@ -313,25 +332,26 @@ def train_dp_extractor(
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     engine = PrivacyEngine(accountant="rdp")
-    private_model, private_optimizer, private_loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=train_loader,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm,
-        poisson_sampling=True,
-    )
-    try:
-        with warnings.catch_warnings():
-            # Opacus' hooks on the first layer fire on outputs because inputs need no
-            # gradient: harmless, and printed once per module per step otherwise
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            _run_epochs(
-                private_model, private_loader, private_optimizer, epochs=epochs, device=device,
-                progress=progress, desc="dp epoch",
-            )  # fmt: skip
-    finally:
-        private_model.to_standard_module()  # removes the per-sample-gradient hooks
+    with _activations_out_of_place(model):
+        private_model, private_optimizer, private_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=train_loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+        )
+        try:
+            with warnings.catch_warnings():
+                # Opacus' hooks on the first layer fire on outputs because inputs need no
+                # gradient: harmless, and printed once per module per step otherwise
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                _run_epochs(
+                    private_model, private_loader, private_optimizer, epochs=epochs,
+                    device=device, progress=progress, desc="dp epoch",
+                )  # fmt: skip
+        finally:
+            private_model.to_standard_module()  # removes the per-sample-gradient hooks
     epsilon = engine.accountant.get_epsilon(delta=delta, alphas=list(DP_ORDERS))
     return model.eval(), float(epsilon)
 

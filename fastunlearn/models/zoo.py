@@ -197,8 +197,11 @@ def resnet_cifar(
     make_norm = _norm_factory(norm)
     if make_norm is None:
         raise ValueError("'norm' must be 'batch' or 'group' for a ResNet, got None")
+    from ._resnet_blocks import use_out_of_place_blocks
+
     builder = tvm.resnet18 if depth == 18 else tvm.resnet34
-    net = builder(weights=None, norm_layer=make_norm)
+    # blocks that add their shortcut out of place: DP-SGD's backward hooks forbid in-place
+    net = use_out_of_place_blocks(builder(weights=None, norm_layer=make_norm))
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     # torchvision's initialisation of every other convolution
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

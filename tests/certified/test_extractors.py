@@ -105,6 +105,31 @@ def test_dp_training_survives_empty_poisson_batches():
     assert math.isfinite(eps) and torch.isfinite(_params(model)).all()
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet9", "allcnn", "mobilenet_v2"])
+def test_dp_training_of_zoo_networks_with_in_place_layers(name):
+    """torchvision's ResNet blocks added their shortcut in place and the zoo's networks use
+    ReLU(inplace=True): opacus' backward hooks forbid both, so DP training of every zoo
+    network but svhn_dp and mlp stopped at the first step. They train now, and the
+    activations' ``inplace`` flags are as they were afterwards."""
+    from fastunlearn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, norm="group")
+    in_place = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    assert in_place                                   # the case this test is about
+    X, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    before = _params(model)
+    trained, eps = train_dp_extractor(
+        model, DataLoader(TensorDataset(X, y), batch_size=4), epochs=1, noise_multiplier=1.0,
+        progress=False,
+    )  # fmt: skip
+    assert trained is model and math.isfinite(eps) and eps > 0
+    after = _params(model)
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+    assert [m for m in model.modules() if getattr(m, "inplace", None) is True] == in_place
+    assert all(not hasattr(p, "grad_sample") for p in model.parameters())
+
+
 def test_reference_svhn_setting_gives_epsilon_about_0_075():
     # reference train_svhn.py: batch 500 of 604,388 (train + extra), 20 epochs, noise 6
     steps = 20 * math.ceil(604_388 / 500)

@@ -234,3 +234,46 @@ def test_errors():
         mobilenet_v2(cifar_stem="yes")
     with pytest.raises(TypeError):
         build_model("resnet9", depth=3)
+
+
+# ------------------------------------------------------------------ residual blocks
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_resnet_blocks_compute_torchvisions_function_out_of_place(norm):
+    """The zoo's ResNet blocks add their shortcut out of place; torchvision's own forward
+    (the block's class swapped back) gives the same output bit for bit, same state dict."""
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", norm=norm).double().eval()
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and all(type(b) is not BasicBlock for b in blocks)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        ours = model(x)
+        for block in blocks:
+            block.__class__ = BasicBlock
+        theirs = model(x)
+    assert torch.equal(ours, theirs)
+    assert list(model.state_dict()) == keys
+
+
+def test_resnet_trains_under_full_backward_hooks_on_every_layer():
+    """What DP-SGD (opacus) does: a full backward hook on each convolution and norm layer.
+    Autograd forbids changing a hooked layer's output in place; the zoo's blocks do not."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", norm="group")
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False   # opacus' callers turn these off (certified.extractors)
+    seen = []
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.GroupNorm, nn.Linear)):
+            module.register_full_backward_hook(lambda m, gi, go: seen.append(m))
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 16, 16)), torch.tensor([1, 2]))
+    loss.backward()
+    hooked = sum(isinstance(m, (nn.Conv2d, nn.GroupNorm, nn.Linear)) for m in model.modules())
+    assert len(seen) == hooked
+    assert all(p.grad is not None for p in model.parameters())
