@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .arguments import _check_inputs, _check_target_type, _num_outputs
+from .arguments import _check_inputs, _check_target_range, _check_target_type, _num_outputs
 from .gradients import eval_mode
 from .settings import UpdateOptions, UpdateResult
 from .update import check_update_options, influence_update
@@ -269,6 +269,8 @@ def unlearn_features(
     opts = check_update_options(model, **update_kwargs)
     _check_inputs("inputs", inputs, opts.dtype, opts.device)
     _check_target_type("labels", labels, opts.device, opts.class_labels)
+    # labels outside the model's classes are rejected even when no row is affected
+    _check_target_range("labels", labels, _num_outputs(model, inputs))
     corrected, row_idx = replace_features(inputs, columns, rows=rows, values=values)
     if row_idx.numel() == 0:
         return _nothing_to_update(opts, "no row has a non-zero value in the given columns")
@@ -334,10 +336,10 @@ def iterative_label_repair(
         steps: Number of update steps (reference: 10).
         batch_size: Mispredicted points sampled per step (reference: 512 first order,
             1024 second order).
-        seed: Seed of the sampling.
-        evaluate: Optional ``evaluate(model)`` called after every step (its time is not
-            counted); its return value is stored under ``"eval"``.
-        chunk_size: Rows per prediction chunk.
+        seed: Seed of the sampling (an int >= 0).
+        evaluate: Optional callable ``evaluate(model)`` called after every step (its time
+            is not counted); its return value is stored under ``"eval"``.
+        chunk_size: Rows per prediction chunk (an int >= 1).
         **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
             (``progress=True`` also shows a bar over the steps).
 
@@ -345,7 +347,9 @@ def iterative_label_repair(
         An :class:`IterativeRepairResult`.
 
     Raises:
-        TypeError / ValueError: bad inputs or options (named); the model is then unchanged.
+        TypeError / ValueError: bad inputs or options (named), including inputs the model
+            cannot run on and labels outside its classes; all are checked before the
+            first step, so the model is then unchanged.
 
     """
     inputs = _check_tensor("inputs", inputs)
@@ -353,13 +357,21 @@ def iterative_label_repair(
     if labels.is_floating_point() or labels.ndim != 1 or labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"'labels' must be a 1-D integer tensor with one label per row of "
                          f"'inputs', got {labels.dtype} {list(labels.shape)}")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
+    for name, value in (("steps", steps), ("batch_size", batch_size),
+                        ("chunk_size", chunk_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
-        raise ValueError("'inputs' contains non-finite values (NaN or inf)")
-    check_update_options(model, **update_kwargs)  # even if no step runs an update
-    gen = torch.Generator().manual_seed(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"'seed' must be an int >= 0, got {seed!r}")
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"'evaluate' must be callable, got {type(evaluate).__name__}")
+    opts = check_update_options(model, **update_kwargs)  # even if no step runs an update
+    # everything the steps use is checked before the first prediction, so a bad argument
+    # is named here (not a RuntimeError of the forward pass) and no step runs before it
+    _check_inputs("inputs", inputs, opts.dtype, opts.device)
+    _check_target_type("labels", labels, opts.device, opts.class_labels)
+    _check_target_range("labels", labels, _num_outputs(model, inputs))
+    gen = torch.Generator().manual_seed(int(seed))
     out = IterativeRepairResult()
     bar = None
     if update_kwargs.get("progress"):

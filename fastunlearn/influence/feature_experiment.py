@@ -80,7 +80,7 @@ class FeatureConfig:
         top_k: Number of columns chosen when ``columns`` is None.
         mode: ``remove`` or ``replace``.
         n_rows: Rows changed in ``replace`` mode (random, seeded).
-        value: New value in ``replace`` mode.
+        value: New value in ``replace`` mode (``remove`` mode always zeroes).
         l2: L2 regularisation of the summed objective (> 0; also the Tikhonov damping of
             the second-order solve, which makes it the exact Hessian of ``J``).
         steps: Split the columns into this many chunks and update once per chunk (the
@@ -93,7 +93,8 @@ class FeatureConfig:
         train_rounds: L-BFGS rounds (20 iterations each) at most.
         test_fraction: Stratified test fraction.
         seed: Seed of the split and the replace-mode rows.
-        linear: Also run the certified linear variant (digits only).
+        linear: Also run the certified linear variant (digits only; it always removes
+            ``columns``, i.e. zeroes them wherever non-zero, whatever ``mode``).
         binary: Digit pair ``(a, b)`` of the certified variant (``a`` -> +1).
         linear_lam: ``lam`` of the certified variant (times n).
         epsilon: Certificate epsilon.
@@ -378,7 +379,11 @@ def _check_columns(columns: Sequence[int], n_features: int) -> list[int]:
 
 
 def _linear_variant(config: FeatureConfig, columns: list[int]) -> dict[str, Any]:
-    """Certified linear update on binary digits (rows scaled to unit norm)."""
+    """Certified linear update on binary digits (rows scaled to unit norm).
+
+    The columns are removed (zeroed wherever non-zero) in either ``mode``: the replace
+    mode's rows index the ten-class training set, not this binary one.
+    """
     from ..data import load_digits_dataset
 
     split = load_digits_dataset(binary=tuple(config.binary), normalize=True,
@@ -478,10 +483,12 @@ def run_feature_experiment(
     if columns is None:
         columns = select_columns(X, config.top_k, original)
     rows: Tensor | None = None
+    # remove mode zeroes the columns; ``value`` is the new value of replace mode only
+    value = float(config.value) if config.mode == "replace" else 0.0
     if config.mode == "replace":
         gen = torch.Generator().manual_seed(config.seed)
         rows = torch.sort(torch.randperm(n, generator=gen)[: config.n_rows]).values
-    corrected, affected = replace_features(X, columns, rows=rows, values=float(config.value))
+    corrected, affected = replace_features(X, columns, rows=rows, values=value)
 
     retrained, retrain_s = fit_linear_model(corrected, y, data.num_classes, config.l2,
                                             tol=config.train_tol, rounds=config.train_rounds,
@@ -521,12 +528,12 @@ def run_feature_experiment(
         t0 = time.perf_counter()
         X_cur, results = X, []
         for chunk in chunks:
-            X_next, _ = replace_features(X_cur, chunk, rows=rows, values=float(config.value))
+            X_next, _ = replace_features(X_cur, chunk, rows=rows, values=value)
             step_kwargs = dict(kwargs)
             if name == "first_order" and config.tau == "auto":
                 step_kwargs["tau"] = curvature_step(model, X_next, y, config.l2)
             res = unlearn_features(model, X_cur, y, chunk, rows=rows,
-                                   values=float(config.value), chunk_size=None, **step_kwargs)
+                                   values=value, chunk_size=None, **step_kwargs)
             results.append(res)
             X_cur = X_next
         seconds = time.perf_counter() - t0
@@ -590,7 +597,8 @@ def render_feature_report(result: dict[str, Any], plot: str | None = None) -> st
         lines += [f"## Certified linear variant (digits {lin['binary'][0]} vs "
                   f"{lin['binary'][1]}, unit-norm rows)", "",
                   f"lam {fv(lin['lam'])} (times n = {lin['n_train']}), "
-                  f"{lin['num_affected']} affected rows; epsilon {fv(lin['epsilon'])}, "
+                  f"{lin['num_affected']} affected rows (the columns zeroed wherever "
+                  f"non-zero, in either mode); epsilon {fv(lin['epsilon'])}, "
                   f"delta {fv(lin['delta'])}. Retrained accuracy {fv(lin['acc_retrained'])}, "
                   f"original {fv(lin['acc_original'])} (distance "
                   f"{fv(lin['distance_original'])}).", "",

@@ -102,9 +102,11 @@ def required_sigma(residual: float, epsilon: float = 0.1, delta: float = 0.01) -
         ValueError: an argument out of range.
 
     """
-    if not (isinstance(residual, (int, float)) and math.isfinite(residual) and residual >= 0):
+    if isinstance(residual, bool) or not (isinstance(residual, (int, float))
+                                          and math.isfinite(residual) and residual >= 0):
         raise ValueError(f"'residual' must be finite and >= 0, got {residual!r}")
-    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+    if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float))
+                                         and math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"'epsilon' must be finite and > 0, got {epsilon!r}")
     return float(residual) * c_delta(delta) / float(epsilon)
 
@@ -197,9 +199,12 @@ def fit_logistic(
     X = _features("X", X)
     Y = _labels("y", y, X.shape[0]).unsqueeze(1)
     lam = _lam(lam)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma < 0:
-        raise ValueError(f"'sigma' must be >= 0, got {sigma!r}")
-    b = draw_perturbation(seed, 0, X.shape[1], 1, float(sigma)).to(X.device)
+    sigma = _finite_positive("sigma", sigma, allow_zero=True)  # NaN / inf: a named error
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"'seed' must be >= 0, got {seed}")
+    b = draw_perturbation(seed, 0, X.shape[1], 1, sigma).to(X.device)
     A = torch.ones_like(Y)
     with no_tf32():
         fit = newton_fit(X, Y, A, b, lam)
