@@ -219,13 +219,29 @@ class ExperimentConfig:
 
     @property
     def stem(self) -> str:
-        """File-name stem of the outputs, like the reference's result names."""
+        """File-name stem of the outputs, like the reference's result names.
+
+        The reference's fields (extractor, dataset, mode, std, lam, epsilon) always; then each
+        setting that changes the results only where it differs from its default (subsample
+        ratio, batch, delta, gamma, solver, seed, target epsilon, retraining off), so that
+        runs differing in it do not overwrite each other's files.
+        """
         stem = (f"{self.extractor}_{self.dataset}_{self.train_mode}_std_{self.std:g}"
                 f"_lam_{self.lam:g}_eps_{self.epsilon:g}")
         if self.effective_subsample_ratio < 1:
             stem += f"_ratio_{self.subsample_ratio:g}"
         if self.batch:
             stem += f"_batch_{self.batch}"
+        defaults = {f.name: f.default for f in fields(self)}
+        if self.delta != defaults["delta"]:
+            stem += f"_delta_{self.delta:g}"
+        for name in ("gamma", "solver", "seed"):
+            if getattr(self, name) != defaults[name]:
+                stem += f"_{name}_{getattr(self, name)}"
+        if self.target_epsilon is not None:
+            stem += f"_target_eps_{self.target_epsilon:g}"
+        if not self.retrain:
+            stem += "_no_retrain"
         return stem
 
 
@@ -796,6 +812,9 @@ def write_outputs(result: ExperimentResult, result_dir: str | os.PathLike[str]) 
     folder.mkdir(parents=True, exist_ok=True)
     stem = result.config.stem
     files: dict[str, str] = {"json": str(folder / f"{stem}.json")}
+    # the results first: a plot that fails (matplotlib missing, a full disk) loses nothing
+    result.files = dict(files)
+    Path(files["json"]).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if result.config.plots:
         retrain_at = [r["n_removed"] for r in result.records if r["retrained"]]
         title = f"{result.data['dataset']} {result.data['train_mode']}"

@@ -363,3 +363,37 @@ def test_retraining_time_is_the_median_of_repeated_fits(monkeypatch):
     # the experiment's own fit, then three timed fits on the remaining rows
     assert fits[1:] == [fits[0] - 3] * experiment.RETRAIN_TIMINGS
     assert result.timings["retrain_seconds"] > 0
+
+
+def test_runs_differing_in_a_result_setting_write_different_files():
+    """The reference's name (extractor, dataset, mode, std, lam, epsilon) stays for the
+    defaults; each setting that changes the results adds itself when it is not the default,
+    so two such runs in one result folder do not overwrite each other."""
+    base = ExperimentConfig(**BINARY)
+    assert base.stem == "none_digits_binary_std_1_lam_0.01_eps_1"
+    changes = {"delta": 1e-5, "gamma": "tight", "solver": "cg", "seed": 3,
+               "target_epsilon": 2.0, "retrain": False, "batch": 4}
+    stems = {base.stem}
+    for name, value in changes.items():
+        stem = ExperimentConfig(**{**BINARY, name: value}).stem
+        assert stem.startswith(base.stem) and stem not in stems, name
+        stems.add(stem)
+    assert ExperimentConfig(**{**BINARY, "delta": 1e-5}).stem.endswith("_delta_1e-05")
+    assert ExperimentConfig(**{**BINARY, "seed": 3}).stem.endswith("_seed_3")
+
+
+def test_the_json_is_written_before_the_plots(tmp_path, monkeypatch):
+    """A plot that fails (here: matplotlib's writer raising) leaves the run's JSON behind."""
+    import fastunlearn.report as report
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "plot_bounds", broken)
+    config = ExperimentConfig(**BINARY, num_removes=3, result_dir=str(tmp_path),
+                              time_retraining=False)
+    with pytest.raises(OSError, match="disk full"):
+        run_removal_experiment(config, echo=lambda line: None)
+    payload = json.loads((tmp_path / f"{config.stem}.json").read_text())
+    assert len(payload["records"]) == 3 and payload["files"] == {
+        "json": str(tmp_path / f"{config.stem}.json")}
