@@ -71,7 +71,8 @@ def test_remove_flags_reach_the_experiment(tmp_path, capsys, monkeypatch):
                       "--no-plots", "--no-retrain", "--no-retrain-timing", "--verbose") == 0
     out = capsys.readouterr().out
     assert out.startswith("fit: ")  # --verbose: training details first
-    stem = "none_digits_binary_std_2_lam_0.1_eps_0.5_batch_5"
+    stem = ("none_digits_binary_std_2_lam_0.1_eps_0.5_batch_5_delta_1e-05_gamma_tight"
+            "_solver_cholesky_seed_3_target_eps_3_no_retrain")
     payload = json.loads((tmp_path / f"{stem}.json").read_text())
     cfg = payload["config"]
     assert (cfg["lam"], cfg["std"], cfg["epsilon"], cfg["delta"]) == (0.1, 2.0, 0.5, 1e-5)
