@@ -173,6 +173,9 @@ def _print_summary(result: Any) -> None:
           f"{result.final['test_accuracy']:.4f}")
     print(f"privacy: epsilon {fmt(priv['epsilon'])}, delta {fmt(priv['delta'])}, budget "
           f"{fmt(priv['budget'])}, removals supported by one budget {supported_text}")
+    print(f"exactness: true gradient residual {fmt(result.final['gradient_residual'])} "
+          f"(used budget {fmt(priv['budget_used'])}); distance to retraining with the same "
+          f"noise <= {fmt(result.final['distance_bound'])}")
     extractor = priv.get("extractor") or {}
     if extractor.get("private"):
         composed = extractor.get("composed", {})

@@ -662,6 +662,9 @@ def run_removal_experiment(
     fairness = {"before": fairness_before,
                 "after": fairness_summary(data.y_test, pred, data.class_names)}
     final: dict[str, Any] = {"test_accuracy": final_acc, "n_removed": n_removed}
+    exact = model.gradient_residual()  # measured: what the bounds only bound
+    final["gradient_residual"] = exact["norm"]
+    final["distance_bound"] = exact["distance_bound"]
 
     retrain_seconds = None
     if config.time_retraining:

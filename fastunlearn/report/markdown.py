@@ -145,6 +145,16 @@ def _accuracy_section(result: Mapping[str, Any]) -> list[str]:
         ("test accuracy after fit", _pct(training.get("test_accuracy"))),
         ("test accuracy after the removals", _pct(final.get("test_accuracy"))),
     ]
+    if "retrained_test_accuracy" in final:
+        pairs.append(("test accuracy of a fresh fit without the removed rows",
+                      _pct(final.get("retrained_test_accuracy"))))
+    if "gradient_residual" in final:
+        pairs += [
+            ("true gradient residual after the removals (at most the used budget)",
+             format_value(final.get("gradient_residual"))),
+            ("distance to retraining with the same noise b, at most",
+             format_value(final.get("distance_bound"))),
+        ]
     return ["## Accuracy", "", *_kv_table(pairs)]
 
 

@@ -1086,3 +1086,46 @@ def test_unseen_labels_are_refused_by_score_and_fairness_report(tenclass):
         with pytest.raises(ValueError, match=r"not fitted on: \[99\]"):
             method(X[:5], labels)
     assert model.score(X[:5], y[:5]) == pytest.approx(np.mean(model.predict(X[:5]) == y[:5]))
+
+
+# ---- gradient_residual: the measured distance from retraining -------------------------------
+
+
+def numpy_minimiser(X, Y, member, lam, b, iters=30):
+    """The exact minimiser of each class's perturbed objective on its rows, by numpy Newton."""
+    W = np.zeros((Y.shape[1], X.shape[1]))
+    for k in range(Y.shape[1]):
+        Xk, yk = X[member[:, k]], Y[member[:, k], k]
+        n_k, w = Xk.shape[0], W[k]
+        for _ in range(iters):
+            s = 1.0 / (1.0 + np.exp(yk * (Xk @ w)))              # sigma(-y z)
+            g = Xk.T @ (-yk * s) + lam * n_k * w + b[k]
+            H = (Xk * (s * (1 - s))[:, None]).T @ Xk + lam * n_k * np.eye(X.shape[1])
+            w = w - np.linalg.solve(H, g)
+        W[k] = w
+    return W
+
+
+@pytest.mark.parametrize("case", ["binary", "ovr_subsampled"])
+def test_gradient_residual_is_the_true_gradient_and_bounds_the_distance(case, binary, tenclass):
+    if case == "binary":
+        X, y, _, _ = binary
+        model = CertifiedLogisticRegression(lam=1e-2, sigma=1.0, epsilon=1.0, delta=1e-4, seed=0)
+    else:
+        X, y, _, _ = tenclass
+        model = CertifiedLogisticRegression(lam=1e-3, sigma=10.0, epsilon=1.0, delta=1e-4,
+                                            seed=0, subsample_ratio=0.5)
+    model.fit(X, y)
+    model.remove(range(0, 40, 3))
+    out = model.gradient_residual()
+    norm, _, member = true_gradient(model, X, y)
+    assert out["norm"] == pytest.approx(norm, rel=1e-9)
+    assert 0 < out["norm"] <= out["budget_used"] == model.budget_used_
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    if model.coef_.shape[0] == 1:
+        Y = np.where(y == model.classes_[1], 1.0, -1.0)[:, None]
+    else:
+        Y = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
+    W_star = numpy_minimiser(Xn, Y, member, model.lam, model.b_)
+    distance = np.linalg.norm(model.coef_ - W_star)
+    assert 0 < distance <= out["distance_bound"]

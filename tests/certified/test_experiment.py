@@ -397,3 +397,20 @@ def test_the_json_is_written_before_the_plots(tmp_path, monkeypatch):
     payload = json.loads((tmp_path / f"{config.stem}.json").read_text())
     assert len(payload["records"]) == 3 and payload["files"] == {
         "json": str(tmp_path / f"{config.stem}.json")}
+
+
+def test_final_exactness_is_reported_in_json_markdown_and_summary(binary_run):
+    """The measured gradient residual (tested against numpy in test_estimator) is within the
+    used budget; the JSON, the Markdown and the retrained accuracy row carry it."""
+    result, _, _ = binary_run
+    final = result.final
+    assert 0 < final["gradient_residual"] <= result.privacy["budget_used"]
+    n_left = result.data["n_train"] - final["n_removed"]
+    # lam n-strong convexity: the distance bound is the residual over lam * n_rows
+    assert final["distance_bound"] == pytest.approx(
+        final["gradient_residual"] / (BINARY["lam"] * n_left), rel=1e-9)
+    payload = json.loads(open(result.files["json"]).read())
+    assert payload["final"]["gradient_residual"] == final["gradient_residual"]
+    md = open(result.files["markdown"]).read()
+    assert f"| {final['gradient_residual']:.4g} |" in md
+    assert f"| {100 * final['retrained_test_accuracy']:.2f} % |" in md
