@@ -67,7 +67,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    return demo.main([])
+    argv = [] if args.device is None else ["--device", args.device]
+    if args.result_dir is not None:
+        argv += ["--result-dir", args.result_dir]
+    return demo.main(argv)
 
 
 # ---- argument types: bad values become clean argparse errors (exit status 2) ------------
@@ -481,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_cmd_info)
     demo = sub.add_parser("demo", help="run the digits demo")
+    demo.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                      help="default: cuda if available, else cpu")
+    demo.add_argument("--result-dir", default=None,
+                      help="also write JSON, PNG plots and a Markdown report of the first two "
+                           "sections")
     demo.set_defaults(func=_cmd_demo)
     _add_remove_parser(sub)
     _add_extract_parser(sub)

@@ -314,3 +314,14 @@ def test_demo_section_prints_what_its_report_says(tmp_path):
     assert f"budget sigma*eps/c = {priv['budget']:.4g}" in out
     report = re.search(r"report: (\S+\.md)", out)
     assert report and report.group(1) == str(next(tmp_path.glob("*.md")))
+
+
+def test_demo_command_passes_its_device_and_result_dir(monkeypatch, tmp_path):
+    """`fastunlearn demo` reaches the demo's own --device and --result-dir (it passed none)."""
+    import fastunlearn.demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["demo"]) == 0
+    assert main(["demo", "--device", "cpu", "--result-dir", str(tmp_path)]) == 0
+    assert seen == [[], ["--device", "cpu", "--result-dir", str(tmp_path)]]
