@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from small_nets import D64, net_data, small_net
+from small_nets import D64, flat_function, net_data, small_net
 from torch import nn
 
 from fastunlearn.data import load_digits_dataset
@@ -56,17 +56,10 @@ def _sum_ce_grad(model, x, y):
 
 
 def _functional_loss(model, X, y):
-    """``theta -> summed CE(model_theta(X), y)`` over the flat parameter vector."""
-    named = dict(model.named_parameters())
-    names = list(named)
-    shapes = [named[n].shape for n in names]
-    sizes = [named[n].numel() for n in names]
-
-    def f(theta):
-        parts = [c.view(s) for c, s in zip(theta.split(sizes), shapes, strict=True)]
-        out = torch.func.functional_call(model, dict(zip(names, parts, strict=True)), (X,))
-        return F.cross_entropy(out, y, reduction="sum")
-
+    """``theta -> summed CE(model_theta(X), y)`` over the flat vector of all parameters."""
+    f, _ = flat_function(model, [n for n, _ in model.named_parameters()],
+                         lambda state: F.cross_entropy(
+                             torch.func.functional_call(model, state, (X,)), y, reduction="sum"))
     return f
 
 
