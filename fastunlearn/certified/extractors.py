@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -128,7 +129,12 @@ def _check_range(input_range: object) -> tuple[float, float] | None:
         return None
     if not isinstance(input_range, (tuple, list)) or len(input_range) != 2:
         raise ValueError(f"'input_range' must be (low, high) or None, got {input_range!r}")
-    low, high = (float(v) for v in input_range)
+    try:
+        low, high = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"'input_range' must hold two numbers (low, high), got {input_range!r}"
+        ) from None
     if not low < high:
         raise ValueError(f"'input_range' must have low < high, got {input_range!r}")
     return low, high
@@ -282,8 +288,10 @@ def train_dp_extractor(
     Args:
         model: A model without BatchNorm (e.g. ``fastunlearn.models.svhn_dp_extractor``);
             it is trained in place.
-        train_loader: A ``DataLoader`` of ``(inputs, int labels)``; its dataset and batch
-            size define the Poisson sampling rate ``batch_size / len(dataset)``.
+        train_loader: A ``DataLoader`` of ``(inputs, int labels)``; Opacus samples each
+            example with probability ``1 / len(train_loader)`` (``batch_size / len(dataset)``
+            when the batch size divides the data set) for ``len(train_loader)`` steps an
+            epoch, and the accountant uses the same rate.
         epochs: Passes over the data (each ``len(train_loader)`` noisy steps).
         lr: Adam learning rate.
         noise_multiplier: Noise standard deviation over the clipping norm, > 0.
@@ -568,7 +576,7 @@ def extract_features(
             used) or any module when ``feature_fn`` is given.
         loader: Yields ``(inputs, int labels)`` in a fixed order (do not shuffle: rows must
             match the data set's order for removals by index).
-        device: Where to run the model.
+        device: Where to run the model (it is moved there, and stays there afterwards).
         feature_fn: Maps an input batch to features; default ``model.extract``.
         progress: Show a tqdm bar.
 
@@ -632,6 +640,21 @@ class ComposedPrivacy:
         return asdict(self)
 
 
+def _group_delta(k: int, epsilon_dp: float, delta_dp: float) -> float:
+    """``k exp((k - 1) epsilon_dp) delta_dp``; ``inf`` when it exceeds the float range."""
+    if k == 0 or delta_dp == 0.0:
+        return 0.0
+    try:
+        value = k * math.exp((k - 1) * epsilon_dp) * delta_dp
+    except OverflowError:
+        value = math.inf
+    if math.isfinite(value):
+        return value
+    # exp (or k * exp) overflowed; the product with a tiny delta_dp may still be finite
+    log_value = math.log(k) + (k - 1) * epsilon_dp + math.log(delta_dp)
+    return math.exp(log_value) if log_value < math.log(sys.float_info.max) else math.inf
+
+
 def compose_privacy(
     epsilon_dp: float, delta_dp: float, epsilon_cr: float, delta_cr: float, removals: int
 ) -> ComposedPrivacy:
@@ -666,7 +689,8 @@ def compose_privacy(
             head's own guarantee).
 
     Returns:
-        A :class:`ComposedPrivacy`.
+        A :class:`ComposedPrivacy` (its ``delta`` is ``inf`` when the extractor's share
+        exceeds the float range, e.g. ``epsilon_dp = 8`` after 100 removals).
 
     Raises:
         ValueError: If an argument is out of range (the message names it).
@@ -681,7 +705,7 @@ def compose_privacy(
             raise ValueError(f"'{arg}' must be in [0, 1), got {value}")
     k = _check_count(removals, "removals", low=0)
     eps_ext = k * epsilon_dp
-    delta_ext = k * math.exp((k - 1) * epsilon_dp) * delta_dp if k > 0 else 0.0
+    delta_ext = _group_delta(k, epsilon_dp, delta_dp)
     return ComposedPrivacy(
         epsilon=eps_ext + epsilon_cr,
         delta=delta_ext + delta_cr,
@@ -730,11 +754,18 @@ def supported_removals(
         return 0
     # the tiny slack keeps exact ratios such as (1.0 - 0.1) / 0.1 from rounding down
     k = int(math.floor((target_epsilon - epsilon_cr) / epsilon_dp * (1 + 1e-12)))
-    k = max(k, 0)
-    while k > 0:
-        composed = compose_privacy(epsilon_dp, delta_dp, epsilon_cr, delta_cr, k)
+
+    def fits(count: int) -> bool:
+        composed = compose_privacy(epsilon_dp, delta_dp, epsilon_cr, delta_cr, count)
         eps_ok = composed.epsilon <= target_epsilon * (1 + 1e-12)
-        if eps_ok and (target_delta is None or composed.delta <= target_delta):
-            break
-        k -= 1
-    return k
+        return eps_ok and (target_delta is None or composed.delta <= target_delta)
+
+    # the composed epsilon and delta both grow with k: bisect for the last k that fits
+    low, high = 0, max(k, 0)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low

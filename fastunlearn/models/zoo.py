@@ -297,7 +297,13 @@ def mlp(
     _check_positive_int(num_classes, "num_classes")
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
-    for h in hidden:
+    try:
+        widths = tuple(hidden)
+    except TypeError:
+        raise TypeError(
+            f"'hidden' must be a sequence of ints, got {type(hidden).__name__}"
+        ) from None
+    for h in widths:
         _check_positive_int(h, "hidden")
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
