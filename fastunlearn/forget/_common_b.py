@@ -7,7 +7,8 @@ model and small validators for config fields.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ __all__ = [
     "num_outputs",
     "prepare_inputs",
     "reinitialize",
+    "seeded_rng",
     "train_ce",
 ]
 
@@ -185,13 +187,30 @@ def class_subset(labels: Tensor, fraction: float, generator: torch.Generator) ->
     return torch.sort(torch.cat(chosen)).values
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the body with the global generators seeded by ``seed``, restoring them after.
+
+    The CPU generator and, for a CUDA ``device``, that device's generator are forked:
+    dropout and ``reset_parameters`` draw from them, so a method's result depends on its
+    seed alone and the caller's RNG state is left as it was.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     """Re-draw every parameter of ``model`` in place with its module's ``reset_parameters``.
 
-    The draw is seeded and leaves the global RNG state unchanged.
+    The draw is seeded and leaves the global RNG state (CPU, and the model's CUDA device)
+    unchanged.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, model_device(model)):
         for module in model.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
@@ -216,18 +235,21 @@ def train_ce(
     """Minimise the mean cross-entropy of ``model`` on ``(inputs, labels)`` (shuffled).
 
     ``before_step`` runs after the backward pass (e.g. to mask gradients), ``after_step``
-    after every optimiser step (e.g. to restore frozen weights).
+    after every optimiser step (e.g. to restore frozen weights). ``seed`` fixes the
+    shuffling and any global-generator draw of the model (dropout), which runs under
+    :func:`seeded_rng` so the caller's RNG state is not advanced.
     """
     device = model_device(model)
     loader = batches(TensorDataset(inputs, labels), batch_size, shuffle=True, seed=seed)
     model.train()
-    for _ in iterate(range(epochs), progress=progress, desc=desc):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            if before_step is not None:
-                before_step()
-            optimizer.step()
-            if after_step is not None:
-                after_step()
+    with seeded_rng(seed, device):
+        for _ in iterate(range(epochs), progress=progress, desc=desc):
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
+                if before_step is not None:
+                    before_step()
+                optimizer.step()
+                if after_step is not None:
+                    after_step()

@@ -4,8 +4,13 @@ The student starts as a copy of the trained model. Batches mix forget samples (f
 random retain subset (flag 0); the student's tempered distribution is pulled (KL divergence)
 towards the *incompetent* teacher (a randomly initialised copy of the architecture) on
 forget samples and towards the *competent* teacher (the frozen trained model) on retain
-samples. Defaults: T 1, Adam lr 1e-4, 1 epoch, batch 256; the retain subset is 30 % of the
-retain set, as in the paper's experiments.
+samples. The loss is ``KL(teacher_T || student_T) = sum_j p_teacher (log p_teacher -
+log p_student)`` at temperature ``T`` without a ``T**2`` factor, as the published
+``UnlearnerLoss`` (``kl_div(log_softmax(student / T), teacher)``); it is averaged over the
+batch, where the published element-wise mean also divides by the number of classes (a
+constant factor that Adam's scale invariance makes immaterial). Defaults: T 1, Adam lr
+1e-4, 1 epoch, batch 256; the retain subset is 30 % of the retain set, as in the paper's
+experiments. Dropout in the student draws from a generator seeded by ``config.seed``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ._common_b import (
     freeze,
     prepare_inputs,
     reinitialize,
+    seeded_rng,
 )
 from .base import (
     ForgetConfig,
@@ -112,15 +118,18 @@ def bad_teacher(
     opt = torch.optim.Adam(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     T = config.temperature
     student.train()
-    for _ in iterate(range(config.epochs), progress=config.progress, desc="bad_teacher"):
-        for x, flag in loader:
-            x, flag = x.to(device), flag.to(device).unsqueeze(1)
-            with torch.no_grad():
-                p_bad, p_good = F.softmax(bad(x) / T, dim=1), F.softmax(good(x) / T, dim=1)
-                target = flag * p_bad + (1 - flag) * p_good
-            log_s = F.log_softmax(student(x) / T, dim=1)
-            loss = F.kl_div(log_s, target, reduction="batchmean")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with seeded_rng(config.seed, device):  # dropout: seeded, the caller's RNG untouched
+        for _ in iterate(range(config.epochs), progress=config.progress, desc="bad_teacher"):
+            for x, flag in loader:
+                x, flag = x.to(device), flag.to(device).unsqueeze(1)
+                with torch.no_grad():
+                    p_bad = F.softmax(bad(x) / T, dim=1)
+                    p_good = F.softmax(good(x) / T, dim=1)
+                    target = flag * p_bad + (1 - flag) * p_good
+                log_s = F.log_softmax(student(x) / T, dim=1)
+                # KL(teacher_T || student_T), as kl_div(log student, teacher) in the paper's code
+                loss = F.kl_div(log_s, target, reduction="batchmean")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     return student.eval()

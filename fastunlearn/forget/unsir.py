@@ -112,14 +112,38 @@ def error_maximizing_noise(
     Returns:
         The noise ``[n, *shape]`` (detached, on the model's device).
 
+    Raises:
+        TypeError: If an argument has the wrong type (``dtype`` must be floating).
+        ValueError: If a size, ``lr`` or ``l2_weight`` is out of range, or ``target_class``
+            is not one of the model's outputs.
+
     """
     check_positive_int("target_class", target_class, 0)
     check_positive_int("n", n)
     check_positive_int("steps", steps, 0)
+    check_number("lr", lr)
+    check_number("l2_weight", l2_weight)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if not isinstance(shape, (tuple, list)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
+    if any(d < 1 for d in shape):
+        raise ValueError(f"shape must hold positive sizes, got {tuple(shape)}")
     work = freeze(clone_model(model))
     device = model_device(work)
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n, *shape), generator=gen, dtype=dtype).to(device).requires_grad_(True)
+    noise = torch.randn((n, *shape), generator=gen, dtype=dtype).to(device)
+    with torch.no_grad():
+        n_out = int(work(noise[:1]).shape[-1])
+    if target_class >= n_out:
+        raise ValueError(
+            f"target_class must be < {n_out} (the model's outputs), got {target_class}"
+        )
+    noise.requires_grad_(True)
     labels = torch.full((n,), target_class, dtype=torch.long, device=device)
     opt = torch.optim.Adam([noise], lr=lr)
     for _ in range(steps):
