@@ -88,7 +88,9 @@ class CanaryUnlearnConfig:
             step; scale it with the number of affected windows. The reference used LiSSA
             with d s = 3,600-3,900 on summed Hessians of 500-window batches; relative to
             its full-data Hessian that damping is about ``ceil(N / 500)`` times larger.
-        curvature: ``"ggn"`` (positive semidefinite, default) or ``"hessian"``.
+        curvature: ``"ggn"`` (positive semidefinite, default) or ``"hessian"``: the
+            matrix of the second-order solve, and of the first-order ``tau="auto"`` line
+            search's starting (curvature) step.
         cg_maxiter: CG iteration cap.
         hvp_windows: Windows of the corrected text sampled for the Hessian.
         retrain: Also retrain from scratch on the corrected text (same settings and seed
@@ -239,10 +241,12 @@ def unlearn_canary(
     device = next(res.model.parameters()).device
     lm = copy.deepcopy(res.model)
     wrapped = NextCharModel(lm)
-    kwargs: dict[str, Any] = dict(order=cfg.order, loss_fn=sequence_loss, tau=cfg.tau)
+    # the curvature also gives the first-order "auto" step its starting value
+    kwargs: dict[str, Any] = dict(order=cfg.order, loss_fn=sequence_loss, tau=cfg.tau,
+                                  curvature=cfg.curvature)
     if cfg.order == 2:
-        kwargs.update(solver="cg", damping=float(cfg.damping), curvature=cfg.curvature,
-                      maxiter=cfg.cg_maxiter, tol=1e-6)
+        kwargs.update(solver="cg", damping=float(cfg.damping), maxiter=cfg.cg_maxiter,
+                      tol=1e-6)
     t0 = time.perf_counter()
     upd = influence_update(wrapped, x_old.to(device), y_old.to(device), x_new.to(device),
                            y_new.to(device), train_data=(train_x.to(device),

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..cli_types import non_negative_float as _non_negative
@@ -37,12 +40,44 @@ def _add_run_options(
     p.set_defaults(func=func)
 
 
+def _check_out_dir(folder: str, names: Sequence[str] = ()) -> None:
+    """Refuse, before any training, an output folder the results could not be written to.
+
+    Args:
+        folder: The ``--result-dir`` / ``--out`` value (created later if missing).
+        names: File names the experiment will write into it.
+
+    Raises:
+        ValueError: ``folder`` (or the nearest existing folder above it) is not a writable
+            folder, or one of ``names`` in it is a folder.
+
+    """
+    path = Path(folder)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"output folder {folder!r}: {str(existing)!r} exists and is not a "
+                         f"folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {folder!r}: {str(existing)!r} is not writable")
+    for name in names:
+        if (path / name).is_dir():
+            raise ValueError(f"output folder {folder!r}: {name!r} in it is a folder")
+
+
 def _finish(files: dict[str, str], result: dict[str, Any], args: argparse.Namespace) -> int:
-    """Print the written files (and, with ``--json``, the result) of an experiment; return 0."""
+    """Print the written files (and, with ``--json``, the result) of an experiment; return 0.
+
+    The ``--json`` line is the object written to the JSON file (strict JSON: non-finite
+    numbers are null, the written files included).
+    """
+    from .experiment import _json_ready
+
     for kind, path in files.items():
         print(f"wrote {kind}: {path}")
     if args.json:
-        print(json.dumps(result, default=str))
+        print(json.dumps(_json_ready({**result, "files": files}), allow_nan=False))
     return 0
 
 
@@ -136,16 +171,22 @@ def run(args: argparse.Namespace) -> int:
         lissa_depth=args.lissa_depth, lissa_hessian=args.lissa_hessian,
         n_train=args.n_train, device=args.device,
         progress=args.progress)
+    stem = f"repair_{args.dataset}"
     try:
         config.validate()
+        _check_out_dir(args.result_dir, [f"{stem}.json", f"{stem}.md", f"{stem}.png"])
         if config.device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
                 raise ValueError("'--device cuda' but no CUDA GPU is visible")
         result = run_repair_experiment(config)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         print(f"fastunlearn repair: error: {exc}", file=sys.stderr)
+        return 2
+    except (EOFError, pickle.UnpicklingError) as exc:  # a truncated or corrupt data file
+        print(f"fastunlearn repair: error: cannot read the data in {args.data_dir!r} "
+              f"({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
     files = write_outputs(result, args.result_dir, plots=not args.no_plots)
     tr = result["training"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from .cli import (
     _add_run_options,
+    _check_out_dir,
     _finish,
     _non_negative,
     _non_negative_int,
@@ -45,6 +46,13 @@ def _pair(text: str) -> tuple[int, int]:
     if len(pair) != 2:
         raise argparse.ArgumentTypeError(f"expected two digits 'a,b', got {text!r}")
     return pair  # type: ignore[return-value]
+
+
+def _num(value: Any, spec: str = ".4g") -> str:
+    """Format a result number as the Markdown report does (None, i.e. non-finite: ``-``)."""
+    from ..report import format_value
+
+    return format_value(value, spec)
 
 
 def _update_status(update: dict[str, Any]) -> str:
@@ -117,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         linear=not args.no_linear, binary=args.binary, linear_lam=args.linear_lam,
         epsilon=args.epsilon, delta=args.delta, progress=args.progress)
     try:
+        stem = f"features_{args.dataset}"
+        _check_out_dir(args.out, [f"{stem}.json", f"{stem}.md", f"{stem}.png"])
         result = run_feature_experiment(config)
     except (ValueError, TypeError) as exc:
         print(f"fastunlearn unlearn-features: error: {exc}", file=sys.stderr)
@@ -124,17 +134,17 @@ def run(args: argparse.Namespace) -> int:
     files = write_feature_outputs(result, args.out, plots=not args.no_plots)
     d, o, r = result["data"], result["original"], result["retrained"]
     print(f"{d['dataset']}: columns {d['columns']}, {d['num_affected']} affected rows")
-    print(f"{'original':>12}: residual {o['residual']:.4g}  distance {o['distance_retrained']:.4g}"
-          f"  acc {o['acc']:.4f}")
+    print(f"{'original':>12}: residual {_num(o['residual'])}  distance "
+          f"{_num(o['distance_retrained'])}  acc {_num(o['acc'], '.4f')}")
     for name, m in result["methods"].items():
-        print(f"{name:>12}: residual {m['residual']:.4g}  distance "
-              f"{m['distance_retrained']:.4g}  acc {m['acc']:.4f}  {m['seconds']:.3f} s  "
-              f"{_update_status(m['update'])}")
-    print(f"{'retrained':>12}: residual {r['residual']:.4g}  acc {r['acc']:.4f}  "
-          f"{r['seconds']:.3f} s")
+        print(f"{name:>12}: residual {_num(m['residual'])}  distance "
+              f"{_num(m['distance_retrained'])}  acc {_num(m['acc'], '.4f')}  "
+              f"{_num(m['seconds'], '.3f')} s  {_update_status(m['update'])}")
+    print(f"{'retrained':>12}: residual {_num(r['residual'])}  acc {_num(r['acc'], '.4f')}  "
+          f"{_num(r['seconds'], '.3f')} s")
     lin = result.get("linear")
     if lin and "methods" in lin:
         for name, m in lin["methods"].items():
-            print(f"certified linear {name}: residual {m['residual']:.4g}  sigma required "
-                  f"{m['sigma_required']:.4g}")
+            print(f"certified linear {name}: residual {_num(m['residual'])}  sigma required "
+                  f"{_num(m['sigma_required'])}")
     return _finish(files, result, args)
