@@ -242,14 +242,29 @@ def _local_classes() -> dict[str, type]:
                 if verify and not check_integrity(path, md5):
                     raise ValueError(f"{path!r} failed its MD5 check (verify=True)")
                 entry = _load_array_pickle(path)
-                batches.append(np.asarray(entry["data"], dtype=np.uint8))
-                key = "labels" if "labels" in entry else "fine_labels"
-                targets.extend(int(t) for t in entry[key])
+                try:
+                    rows = np.asarray(entry["data"], dtype=np.uint8)
+                    key = "labels" if "labels" in entry else "fine_labels"
+                    labels = [int(t) for t in entry[key]]
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"{path!r} is not a CIFAR batch (a dict with 'data' and "
+                                     f"'labels'): {type(exc).__name__}: {exc}") from None
+                if rows.ndim != 2 or rows.shape != (len(labels), 3072):
+                    raise ValueError(f"{path!r} is not a CIFAR batch: 'data' has shape "
+                                     f"{rows.shape} for {len(labels)} labels (expected "
+                                     f"[{len(labels)}, 3072])")
+                batches.append(rows)
+                targets.extend(labels)
             # stored as rows of 3072 bytes, channel-major; torchvision keeps HWC
             self.data = np.vstack(batches).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             self.targets = targets
-            meta = _load_array_pickle(os.path.join(folder, self.meta["filename"]))
-            self.classes = list(meta[self.meta["key"]])
+            meta_path = os.path.join(folder, self.meta["filename"])
+            meta = _load_array_pickle(meta_path)
+            try:
+                self.classes = list(meta[self.meta["key"]])
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"{meta_path!r} is not CIFAR's meta file (no "
+                                 f"{self.meta['key']!r} list): {exc}") from None
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     class LocalCIFAR10(_SafeCifarMixin, tvd.CIFAR10):

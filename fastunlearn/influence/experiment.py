@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
-from .update import CURVATURES, LISSA_HESSIANS, SOLVERS, LissaSettings
+from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings
 
 __all__ = [
     "PROTOCOLS",
@@ -435,6 +435,15 @@ def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) 
 
     init = _build_checked_model(config, data.X_train.to(dev), data.num_classes)
     num_params = sum(p.numel() for p in init.parameters())
+    if config.order == 2 and config.solver == "direct":
+        # the dense solve's size limit, checked before the two trainings rather than after
+        chosen = _update_kwargs(config, init).get("params")
+        size = sum(p.numel() for name, p in init.named_parameters()
+                   if p.requires_grad and (chosen is None or name in chosen))
+        if size > MAX_DIRECT_PARAMS:
+            raise ValueError(f"'solver' direct solves a dense {size} x {size} system; it takes "
+                             f"at most {MAX_DIRECT_PARAMS} parameters: choose fewer with "
+                             "'last_layers', or the 'cg' solver")
     mlp_input = config.model_name == "mlp"
     X_tr = data.X_train.flatten(1) if mlp_input else data.X_train
     X_te = data.X_test.flatten(1) if mlp_input else data.X_test
@@ -535,7 +544,8 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
               "speed-up vs retraining | diverged steps |", "|---|---|---|---|---|---|---|"]
     for name, p in result["protocols"].items():
         restored = p["restored"]
-        pct = "-" if restored is None else f"{100 * restored:.1f} %"
+        pct = ("-" if restored is None or not math.isfinite(restored)
+               else f"{100 * restored:.1f} %")
         n_div = sum(1 for s in p["steps"] if s.get("diverged"))
         lines.append(f"| {name} | {pct} | {fv(p['residual'])} | {p['num_gradients']} | "
                      f"{p['num_hvps']} | {fv(p['speedup_vs_retrain'])}x | {n_div} |")

@@ -19,6 +19,7 @@ from .gradients import LossFn, default_loss
 __all__ = [
     "CURVATURES",
     "LISSA_HESSIANS",
+    "MAX_DIRECT_PARAMS",
     "SOLVERS",
     "LissaSettings",
     "UpdateOptions",
@@ -27,6 +28,8 @@ __all__ = [
 
 #: Second-order solvers.
 SOLVERS = ("cg", "lissa", "direct")
+#: Default cap on the parameters the dense ``"direct"`` solver accepts (a P x P Hessian).
+MAX_DIRECT_PARAMS = 5000
 #: Curvature matrices: the Hessian, or the (positive semidefinite) generalised Gauss-Newton.
 CURVATURES = ("hessian", "ggn")
 

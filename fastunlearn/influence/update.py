@@ -90,6 +90,7 @@ from .gradients import (
 from .settings import (
     CURVATURES,
     LISSA_HESSIANS,
+    MAX_DIRECT_PARAMS,
     SOLVERS,
     LissaSettings,
     UpdateOptions,
@@ -464,7 +465,7 @@ def influence_update(
     restarts: int = 3,
     lissa: LissaSettings | None = None,
     compute_residual: bool = True,
-    max_direct_params: int = 5000,
+    max_direct_params: int = MAX_DIRECT_PARAMS,
     check_loss: bool = True,
     loss_tolerance: float = 0.01,
     apply: bool = True,

@@ -224,6 +224,30 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.parametrize("content, match", [
+    ([1, 2, 3], "not a CIFAR batch"),                                    # a list, not a dict
+    ({"labels": [3, 8, 3]}, "not a CIFAR batch"),                        # no 'data'
+    ({"data": _cifar_rows(3, 9)}, "not a CIFAR batch"),                  # no labels
+    ({"data": _cifar_rows(3, 9)[:, :100], "labels": [3, 8, 3]}, r"\[3, 3072\]"),
+    ({"data": _cifar_rows(2, 9), "labels": [3, 8, 3]}, r"\[3, 3072\]"),  # rows != labels
+])
+def test_cifar_batch_with_wrong_content_is_a_clean_error(tmp_path, content, match):
+    """A batch that unpickles safely but is not a CIFAR batch names its file (it raised a
+    KeyError or TypeError, or reshaped rows of other images)."""
+    _write_cifar10(tmp_path)
+    _dump(tmp_path / "cifar-10-batches-py" / "test_batch", content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_vision_dataset("cifar10", tmp_path, train=False)
+    assert "test_batch" in str(info.value)
+
+
+def test_cifar_meta_without_class_names_is_a_clean_error(tmp_path):
+    _write_cifar10(tmp_path)
+    _dump(tmp_path / "cifar-10-batches-py" / "batches.meta", {"num_cases_per_batch": 2})
+    with pytest.raises(ValueError, match="batches.meta.*'label_names'"):
+        load_vision_dataset("cifar10", tmp_path, train=False)
+
+
 def test_verify_checks_the_published_md5(tmp_path):
     _write_cifar10(tmp_path)
     with pytest.raises(ValueError, match="MD5"):

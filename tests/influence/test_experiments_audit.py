@@ -576,3 +576,42 @@ def test_fit_logistic_names_bad_sigma_and_seed(binary, kwargs, error, match):
 def test_required_sigma_names_bad_numbers(residual, epsilon, match):
     with pytest.raises(ValueError, match=match):
         required_sigma(residual, epsilon)
+
+
+def test_repair_direct_solver_over_its_size_limit_fails_before_training(monkeypatch):
+    """small_cnn has 6,090 parameters, over the dense solver's 5,000: refused before the
+    clean and poisoned models are trained (it used to fail after both)."""
+    from fastunlearn.influence.settings import MAX_DIRECT_PARAMS
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although the solver cannot take the model")
+
+    monkeypatch.setattr(exp, "train_classifier", refuse)
+    config = RepairConfig(n_train=100, order=2, solver="direct")
+    data = exp.load_repair_data(config)
+    assert sum(p.numel() for p in small_cnn_for(data).parameters()) > MAX_DIRECT_PARAMS
+    with pytest.raises(ValueError, match="'solver' direct.*'last_layers'"):
+        run_repair_experiment(config, data)
+    # the last two tensors (the head) fit: the run gets as far as training
+    with pytest.raises(AssertionError, match="trained although"):
+        run_repair_experiment(RepairConfig(n_train=100, order=2, solver="direct",
+                                           last_layers=2), data)
+
+
+def small_cnn_for(data):
+    from fastunlearn.models import small_cnn
+
+    return small_cnn(data.X_train.shape[1], data.num_classes, data.X_train.shape[-1])
+
+
+def test_repair_report_shows_an_undefined_restored_share_as_a_dash():
+    """With a learning rate of 1e-12 training changes nothing: clean and poisoned accuracy are
+    equal and % restored is 0/0, which the report shows as '-' (it showed 'nan %')."""
+    config = RepairConfig(n_train=100, epochs=1, lr=1e-12, order=1, tau=1e-6,
+                          protocols=("one-shot",))
+    result = run_repair_experiment(config)
+    assert result["training"]["acc_clean"] == result["training"]["acc_poisoned"]
+    assert math.isnan(result["protocols"]["one-shot"]["restored"])
+    row = next(line for line in exp.render_report(result).splitlines()
+               if line.startswith("| one-shot |"))
+    assert row.split("|")[2].strip() == "-"
