@@ -17,7 +17,7 @@ import torch
 
 from ..metrics import write_logits_dir
 
-__all__ = ["render_table", "write_outputs"]
+__all__ = ["check_out_dir", "render_table", "write_outputs"]
 
 
 def _pct(v: Any, std: Any = None) -> str:
@@ -215,7 +215,7 @@ def _write_logits(result: dict[str, Any], folder: Path) -> Path:
     methods = {n: torch.stack([lg["forget"] for lg in logits[n]], 1)
                for n in result["methods"] if logits.get(n)}
     orc = result["oracles"]
-    oracle_cols = {"seed": list(range(len(orc["per_model"]))),
+    oracle_cols = {"seed": list(orc.get("seeds", range(len(orc["per_model"])))),
                    **{k: [r[k] for r in orc["per_model"]] for k in
                       ("retain_accuracy", "forget_accuracy", "test_accuracy")},
                    "wall_time_s": list(orc["seconds"])}
@@ -225,9 +225,29 @@ def _write_logits(result: dict[str, Any], folder: Path) -> Path:
                             forget_set=result["data"]["forget_indices"])
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """Raise ValueError unless :func:`write_outputs` can write into ``out_dir``.
+
+    ``out_dir`` must be absent or a folder, and its ``logits`` entry absent, an empty
+    folder or an earlier logits folder (the one thing a run replaces as a whole). The
+    harness checks this before training, so a bad ``--out`` does not cost the run.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"'out_dir': {out} exists and is not a directory")
+    logits = out / "logits"
+    if logits.exists() and not logits.is_dir():
+        raise ValueError(f"'out_dir': {logits} exists and is not a directory")
+    if logits.is_dir() and any(logits.iterdir()) \
+            and not (logits / "logits_retain.npy").is_file():
+        raise ValueError(f"'out_dir': {logits} is a non-empty folder without "
+                         "logits_retain.npy; refusing to replace it (give a new --out)")
+
+
 def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     """Write ``results.json``, ``results.md``, the PNGs and ``logits/``; return the paths."""
     out = Path(out_dir)
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     logits = result.get("logits", {})
@@ -242,6 +262,8 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
     eps = plot_epsilons(result, out / "epsilon_hist.png")
     if eps is not None:
         paths["epsilon_hist"] = str(eps)
+    else:  # no epsilon this run: an earlier run's histogram must not stay beside it
+        (out / "epsilon_hist.png").unlink(missing_ok=True)
     paths["accuracy"] = str(plot_accuracies(result, out / "accuracy.png"))
     paths["time"] = str(plot_times(result, out / "time.png"))
     return paths

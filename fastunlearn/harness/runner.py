@@ -57,6 +57,23 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
     return torch.cat(out)
 
 
+def _device(spec: str) -> torch.device:
+    """Parse ``spec`` as ``cpu`` or ``cuda[:N]`` (ValueError, not torch's RuntimeError)."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"'device' must be 'cpu' or 'cuda[:N]', got {spec!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"'device' must be 'cpu' or 'cuda[:N]', got {spec!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("'device' is cuda but no CUDA GPU is visible")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"'device' {spec!r}: only {torch.cuda.device_count()} CUDA "
+                             "GPU(s) are visible")
+    return device
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -116,9 +133,11 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
     if not isinstance(config, HarnessConfig):
         raise TypeError(f"'config' must be a HarnessConfig, got {type(config).__name__}")
     t_start = time.perf_counter()
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("'device' is cuda but no CUDA GPU is visible")
+    device = _device(config.device)
+    if config.out_dir is not None:
+        from .report import check_out_dir
+
+        check_out_dir(config.out_dir)  # before training: a bad --out must not waste the run
     if data is None:
         data = load_harness_data(config.dataset, config.data_dir)
     elif not isinstance(data, HarnessData):
@@ -168,6 +187,7 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
                      "fairness": _fairness(all_logits["original"], labels["forget"],
                                            labels["test"], forgotten)},
         "oracles": {**_summarise(oracle_scores), "per_model": oracle_scores,
+                    "seeds": [seed for _, _, seed in jobs[1:]],
                     "seconds": oracle_seconds, "mean_seconds": retrain_s,
                     "cached": [trained[r].cached for r in oracle_roles],
                     "fairness": _fairness(all_logits["oracles"], labels["forget"],

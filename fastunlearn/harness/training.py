@@ -2,9 +2,9 @@
 
 Weights are stored with :mod:`safetensors` (tensors only, never pickled code) under a
 file name that is a SHA-256 of everything that determines them: the data (a digest of the
-tensors), the training indices, the model name and arguments, the recipe and the seed. A
-JSON sidecar keeps the training wall time, so a cached oracle still reports the retraining
-time that the methods' time ratios are measured against.
+tensors), the training indices, the model name and arguments, the recipe, the seed and the
+device type. A JSON sidecar keeps the training wall time, so a cached oracle still reports
+the retraining time that the methods' time ratios are measured against.
 """
 
 from __future__ import annotations
@@ -79,14 +79,29 @@ def _digest(t: Tensor) -> str:
 
 
 def cache_key(*, data_digest: str, indices: Tensor, model: str, model_args: dict[str, Any],
-              settings: TrainSettings, seed: int) -> str:
-    """SHA-256 of everything that determines a trained model's weights."""
+              settings: TrainSettings, seed: int, device: str = "cpu") -> str:
+    """SHA-256 of everything that determines a trained model's weights.
+
+    ``device`` is the device type trained on (``"cpu"``, ``"cuda"``): it changes the weights
+    (other kernels) and the stored training time the methods' time ratios are measured
+    against, so a model trained on one is never reused on the other.
+    """
     blob = json.dumps({
         "version": CACHE_VERSION, "torch": torch.__version__.split("+")[0],
         "data": data_digest, "indices": _digest(indices.long()), "model": model,
         "model_args": model_args, "train": asdict(settings), "seed": seed,
+        "device": device,
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_sidecar(meta: Path) -> dict[str, Any]:
+    """Read the JSON sidecar of a cached model; ``{}`` (a miss) if absent or unreadable."""
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):  # missing, or half-written by an interrupted run
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def train_or_load(
@@ -124,7 +139,7 @@ def train_or_load(
     shape = tuple(x.shape[1:])
     kw = model_kwargs(model_name, shape, num_classes)
     key = cache_key(data_digest=data_digest, indices=indices, model=model_name,
-                    model_args=kw, settings=settings, seed=seed)
+                    model_args=kw, settings=settings, seed=seed, device=device.type)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_harness_model(model_name, shape, num_classes).to(device)
@@ -133,8 +148,9 @@ def train_or_load(
         folder = Path(cache_dir)
         path = folder / f"{role}-{key[:24]}.safetensors"
         meta = path.with_suffix(".json")
-        info = json.loads(meta.read_text()) if meta.is_file() else {}
-        if path.is_file() and info.get("key") == key:
+        info = _read_sidecar(meta)
+        if path.is_file() and info.get("key") == key \
+                and isinstance(info.get("seconds"), (int, float)):
             from safetensors.torch import load_model
 
             load_model(model, str(path), device=str(device))
