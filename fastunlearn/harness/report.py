@@ -56,11 +56,15 @@ def _row(name: str, e: dict[str, Any], status: str) -> str:
 def render_table(result: dict[str, Any]) -> str:
     """Render the Markdown comparison table (a row per method, the original, the oracles)."""
     cfg, data = result["config"], result["data"]
+    dropped = data.get("test_classes_dropped") or []
+    test_note = (f" of the classes not forgotten ({', '.join(map(str, dropped))} dropped, as "
+                 "in OPTML's class-wise protocol)" if dropped else "")
     lines = [
         "# fastunlearn forget: comparison",
         "",
-        f"Data set `{data['dataset']}` ({data['num_train']} train / {data['num_test']} test, "
-        f"{data['num_classes']} classes), model `{cfg['model']}`, forget `{cfg['forget']}` "
+        f"Data set `{data['dataset']}` ({data['num_train']} train / {data['num_test']} test"
+        f"{test_note}, {data['num_classes']} classes), model `{cfg['model']}`, "
+        f"forget `{cfg['forget']}` "
         f"({data['num_forget']} examples), {cfg['seeds']} seed(s) per method, "
         f"{cfg['oracles']} oracle(s) retrained on the {data['num_retain']} retain examples "
         f"(mean {result['oracles']['mean_seconds']:.2f} s each).",

@@ -314,7 +314,9 @@ def test_seeds_settings_and_split_reach_run_method(monkeypatch: pytest.MonkeyPat
         [("finetune", s) for s in range(4)] + [(JITTER, s) for s in range(4)]
     expected_ft = {**DIGITS_OVERRIDES["finetune"], "lr": 0.02}
     for c in calls:
-        settings = {k: v for k, v in c.items() if k not in ("name", "forget", "retain", "seed")}
+        assert c["progress"] is cfg.progress   # bars follow the run's --progress
+        settings = {k: v for k, v in c.items()
+                    if k not in ("name", "forget", "retain", "seed", "progress")}
         assert settings == (expected_ft if c["name"] == "finetune" else {})
         assert torch.equal(c["forget"][1], small.y_train[small.y_train == 3])
         assert torch.equal(c["forget"][0], small.x_train[small.y_train == 3])
@@ -325,7 +327,7 @@ def test_seeds_settings_and_split_reach_run_method(monkeypatch: pytest.MonkeyPat
     run_harness(HarnessConfig(methods=("finetune",), seeds=1, oracles=1, forget="class:3",
                               train=FAST, cache_dir=None, mia=False,
                               digits_defaults=False), small)
-    assert [k for k in calls[0] if k not in ("name", "forget", "retain")] == ["seed"]
+    assert [k for k in calls[0] if k not in ("name", "forget", "retain")] == ["seed", "progress"]
 
 
 def test_oracles_flag_and_the_saved_oracle_seeds(monkeypatch: pytest.MonkeyPatch,
@@ -485,3 +487,28 @@ def test_cache_misses_on_changed_settings_and_survives_a_broken_sidecar(
     assert again["original"]["cached"] and not again["oracles"]["cached"][0]
     assert torch.equal(again["logits"]["oracles"][0]["test"],
                        first["logits"]["oracles"][0]["test"])
+
+
+def test_class_forgetting_drops_the_class_from_the_test_set(tmp_path: Path,
+                                                            small: HarnessData) -> None:
+    """OPTML's class-wise protocol: the test set holds the classes not forgotten, so a
+    retrained model's TA is its accuracy on those classes (not ~90 % of it) and MIA's
+    non-members are those examples. Recomputed from the oracle's own logits."""
+    cfg = HarnessConfig(methods=(JITTER,), seeds=1, oracles=2, forget="class:3", train=FAST,
+                        cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"),
+                        mia=True, overrides={JITTER: {"lr": 0.05}})
+    result = run_harness(cfg, small)
+    kept = small.y_test != 3
+    assert result["data"]["num_test"] == int(kept.sum()) < small.y_test.numel()
+    assert result["data"]["test_classes_dropped"] == [3]
+    oracle = result["logits"]["oracles"][0]
+    assert oracle["test"].shape[0] == int(kept.sum())
+    rec = result["oracles"]["per_model"][0]
+    acc = float((oracle["test"].argmax(1) == small.y_test[kept]).double().mean())
+    assert rec["test_accuracy"] == pytest.approx(acc, abs=1e-12)
+    forget_idx, retain_idx = parse_forget_spec("class:3", small.y_train)
+    assert rec["mia_efficacy"] == svc_mia_efficacy(
+        (oracle["retain"], small.y_train[retain_idx]), (oracle["test"], small.y_test[kept]),
+        (oracle["forget"], small.y_train[forget_idx]))
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert f"/ {int(kept.sum())} test of the classes not forgotten (3 dropped" in table

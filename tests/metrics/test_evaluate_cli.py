@@ -81,8 +81,8 @@ def test_evaluate_logits_dir_matches_the_parts(tmp_path, fixture_arrays):
     json.dumps(res)  # JSON-friendly
 
 
-@pytest.mark.parametrize("models, has_baseline", [(4, False), (5, False), (6, True)])
-def test_baseline_needs_three_retrained_models_per_half(tmp_path, models, has_baseline):
+@pytest.mark.parametrize("models, has_baseline", [(2, False), (3, False), (4, True), (6, True)])
+def test_baseline_needs_two_retrained_models_per_half(tmp_path, models, has_baseline):
     gen = torch.Generator().manual_seed(0)
     y = torch.randint(0, 10, (30,), generator=gen)
     r = torch.randn(30, models, 10, generator=gen)
@@ -92,6 +92,13 @@ def test_baseline_needs_three_retrained_models_per_half(tmp_path, models, has_ba
     assert ("baseline" in res) is has_baseline
     assert ("baseline_skipped" in res) is not has_baseline
     assert res["methods"]["finetune"]["num_models"] == 4
+    if has_baseline:  # halves of the retrained models, scored like a method
+        half = models // 2
+        expected = epsilon_hat(r[:, :half], r[:, half:2 * half], y)
+        assert res["baseline"]["epsilon_hat"] == pytest.approx(expected.epsilon_hat)
+        # the competition score needs 3 models in the "unlearned" half
+        assert ("competition_forget_score" in res["baseline"]) is (half >= 3)
+        assert ("privacy_note" in res["baseline"]) is (half < 3)
     json.dumps(res)
 
 
