@@ -37,13 +37,14 @@ def backend() -> dict[str, Any]:
 
     Returns:
         A dict with keys ``version``, ``compiled`` (bool), ``load_error``, ``cpu`` (bool),
-        ``cuda`` (bool: CUDA kernels compiled in), ``cuda_arch_list``, ``torch``,
+        ``cuda`` (bool: CUDA kernels compiled in for every op but
+        :data:`~fastunlearn.ops.CPU_ONLY_OPS`), ``cuda_arch_list``, ``torch``,
         ``torch_cuda``, ``python``, ``ops`` (op name -> list of device types with a
         kernel) and ``devices`` (list of device descriptions).
 
     """
     from . import __version__
-    from .ops import OP_NAMES
+    from .ops import CPU_ONLY_OPS, OP_NAMES
 
     info: dict[str, Any] = {}
     if os.path.exists(_BUILD_INFO):
@@ -63,7 +64,8 @@ def backend() -> dict[str, Any]:
         "compiled": is_compiled(),
         "load_error": _LOAD_ERROR,
         "cpu": is_compiled() and all("cpu" in v for v in ops.values()),
-        "cuda": is_compiled() and all("cuda" in v for v in ops.values()),
+        "cuda": is_compiled() and all("cuda" in v for name, v in ops.items()
+                                      if name not in CPU_ONLY_OPS),
         "cuda_arch_list": info.get("cuda_arch_list", ""),
         "built_with_torch": info.get("built_with_torch"),
         "built_with_cuda": info.get("built_with_cuda"),

@@ -48,9 +48,20 @@ OP_NAMES = (
     "per_sample_weighted_sum",
     "knn_extreme",
     "competition_epsilons",
+    # the certified removal step's fused pieces (float64; fastunlearn.certified uses them)
+    "certified_cg_step",
+    "certified_cg_steps",
+    "certified_start_",
+    "certified_woodbury_row_",
+    "certified_cg_tail_",
+    "certified_commit_",
 )
 
+#: Ops with a CPU kernel only: the CPU removal loop (the GPU runs CUDA graphs instead).
+CPU_ONLY_OPS = ("certified_cg_step", "certified_cg_steps")
+
 __all__ = [
+    "CPU_ONLY_OPS",
     "OP_NAMES",
     "reference",
     # GLM curvature
