@@ -42,6 +42,12 @@ __all__ = [
 _SCHEDULERS = ("none", "cosine", "multistep")
 
 
+def check_bool(name: str, value: object) -> None:
+    """Raise TypeError unless ``value`` is a bool (a string such as ``"no"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
 @dataclass
 class SGDConfig(ForgetConfig):
     """SGD settings of the training-based methods (Seed A's ``train`` config).
@@ -62,6 +68,7 @@ class SGDConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_bool("nesterov", self.nesterov)
         if self.scheduler not in _SCHEDULERS:
             raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {self.scheduler!r}")
         if self.nesterov and self.momentum == 0.0:

@@ -175,8 +175,13 @@ def as_dataset(data: object, name: str) -> Dataset:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Return a single-process DataLoader; shuffling uses its own seeded generator."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    """Return a single-process DataLoader; shuffling uses its own seeded generator.
+
+    The loader gets that generator even when it does not shuffle: a DataLoader without one
+    draws its base seed from the global generator every time it is iterated, which would
+    advance the caller's RNG state.
+    """
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 

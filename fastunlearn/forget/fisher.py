@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, last_linear, prepare, seeded
+from ._training import SGDConfig, check_bool, last_linear, prepare, seeded
 from .base import _check_float, iterate, make_loader, model_device, register
 from .checks import check_batch_labels, dataset_labels
 
@@ -46,8 +46,10 @@ class FisherConfig(SGDConfig):
 
     Attributes:
         alpha: Noise scale: variance ``alpha / (F + eps)`` (1e-6, the OPTML run scripts'
-            value for ``fisher``; they use 3e-8 for ``fisher_new``). Tune it per data set:
-            the Fisher sum grows with the retain set's size.
+            value for ``fisher``; they use 3e-8 for ``fisher_new``). Not the same noise as
+            OPTML's at that value: their Fisher is a mean over the retain set (ours a sum),
+            they cap the standard deviation (not the variance) at 1e-3 and scale the head's
+            noise by 10. Tune it per data set: the Fisher sum grows with the retain set.
         max_var: Cap on each weight's noise variance (1e-3), so weights with (almost) zero
             Fisher information do not get unbounded noise.
         eps: Added to ``F`` before dividing (1e-8).
@@ -74,6 +76,7 @@ class FisherConfig(SGDConfig):
         _check_float("class_row_var", self.class_row_var, 0.0, strict=False)
         _check_float("max_var", self.max_var, 0.0, strict=True)
         _check_float("eps", self.eps, 0.0, strict=True)
+        check_bool("forget_class_rows", self.forget_class_rows)
         if self.fisher not in _FISHER_KINDS:
             raise ValueError(f"fisher must be one of {_FISHER_KINDS}, got {self.fisher!r}")
 

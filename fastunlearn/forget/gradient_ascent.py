@@ -80,7 +80,9 @@ class NegGradPlusConfig(SGDConfig):
         super().__post_init__()
         check_fraction("beta", self.beta, allow_zero=True)
         if self.forget_batch_size is not None and (
-            not isinstance(self.forget_batch_size, int) or self.forget_batch_size < 1
+            not isinstance(self.forget_batch_size, int)
+            or isinstance(self.forget_batch_size, bool)
+            or self.forget_batch_size < 1
         ):
             raise ValueError(
                 f"forget_batch_size must be a positive int, got {self.forget_batch_size!r}"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..influence import influence_update, last_parameters
-from ._common_b import prepare_inputs
+from ._common_b import check_fraction, prepare_inputs
 from .base import ForgetConfig, clone_model, make_loader, model_device, register
 from .checks import check_labels
 
@@ -88,8 +88,7 @@ class InfluenceConfig(ForgetConfig):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
                     or v == float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not 0.0 < float(self.retain_fraction) <= 1.0:
-            raise ValueError(f"retain_fraction must be in (0, 1], got {self.retain_fraction!r}")
+        check_fraction("retain_fraction", self.retain_fraction)
         if self.on_divergence not in ("raise", "keep"):
             raise ValueError(f"on_divergence must be 'raise' or 'keep', got "
                              f"{self.on_divergence!r}")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, prepare, seeded, train_main_stage
+from ._training import SGDConfig, check_bool, prepare, seeded, train_main_stage
 from .base import _check_float, model_device, register
 
 __all__ = ["L1SparseConfig", "l1_sparse"]
@@ -40,6 +40,7 @@ class L1SparseConfig(SGDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_float("alpha", self.alpha, 0.0, strict=False)
+        check_bool("include_bias", self.include_bias)
 
 
 @register("l1_sparse", L1SparseConfig)

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from ._training import RelabelledDataset, SGDConfig, prepare, seeded, train, train_main_stage
+from ._training import (
+    RelabelledDataset,
+    SGDConfig,
+    check_bool,
+    prepare,
+    seeded,
+    train,
+    train_main_stage,
+)
 from .base import _check_float, _check_int, model_device, register
 
 __all__ = [
@@ -42,6 +50,10 @@ class RandomLabelsConfig(SGDConfig):
     epochs: int = 1
     lr: float = 7e-4
     other_classes: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bool("other_classes", self.other_classes)
 
 
 @register("random_labels", RandomLabelsConfig)
@@ -76,6 +88,10 @@ class PoisonFullConfig(SGDConfig):
     lr: float = 2e-3
     scheduler: str = "cosine"
     other_classes: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bool("other_classes", self.other_classes)
 
 
 @register("poison_full", PoisonFullConfig)
@@ -119,6 +135,7 @@ class TwoStageConfig(SGDConfig):
         super().__post_init__()
         _check_int("forget_epochs", self.forget_epochs, 0)
         _check_float("forget_lr", self.forget_lr, 0.0, strict=False)
+        check_bool("other_classes", self.other_classes)
 
 
 @register("two_stage", TwoStageConfig)

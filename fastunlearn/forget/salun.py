@@ -2,10 +2,11 @@
 
 1. Saliency mask (:func:`saliency_mask`): the gradient of the cross-entropy summed over the
    forget set (the sign is irrelevant: only ``|g|`` is used), at the trained weights; the
-   ``mask_ratio`` share of all weights with the largest ``|g|`` (one global threshold over
+   ``mask_ratio`` share of all weights with the largest ``|g|`` (one global ranking over
    every parameter tensor) is salient.
 2. Random labels: train on the forget set with labels drawn uniformly over all classes
-   (a draw may equal the true label) together with the retain set (true labels). Gradients
+   (a draw may equal the true label; drawn once per run, where the published loop redraws
+   them every epoch) together with the retain set (true labels). Gradients
    of non-salient weights are zeroed and, after each step, non-salient weights are restored
    to their trained values, so weight decay and momentum cannot move them.
 
@@ -58,8 +59,9 @@ def saliency_mask(
     """Boolean masks (per named parameter) of the ``ratio`` most salient weights.
 
     Saliency is ``|sum over the forget set of grad CE(model(x), y)|`` at the current weights,
-    ranked globally over all parameters; ties at the threshold are all kept. ``model`` is
-    not modified (its gradients are restored).
+    ranked globally over all parameters; exactly ``round(ratio * n)`` (at least one) of the
+    ``n`` weights are salient, ties at the threshold broken by parameter order (as the
+    published rank-based mask). ``model`` is not modified (its gradients are restored).
 
     Args:
         model: The trained model.
@@ -85,8 +87,17 @@ def saliency_mask(
             grads[n] += g
     flat = torch.cat([g.abs().flatten() for g in grads.values()])
     k = max(1, int(round(ratio * flat.numel())))
-    threshold = torch.topk(flat, k, sorted=True).values[-1]
-    return {n: g.abs() >= threshold for n, g in grads.items()}
+    # exactly k weights, ties broken by parameter order: keeping every tie at the threshold
+    # would, when more than 1 - ratio of the gradients are exactly zero (inputs that are
+    # always zero, dead units), make the threshold 0 and every weight salient
+    order = torch.sort(flat, descending=True, stable=True).indices
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    chosen[order[:k]] = True
+    masks, start = {}, 0
+    for n, g in grads.items():
+        masks[n] = chosen[start:start + g.numel()].view_as(g)
+        start += g.numel()
+    return masks
 
 
 @register("salun", SalUnConfig)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_number, check_positive_int, freeze, prepare_inputs
+from ._common_b import check_number, check_positive_int, freeze, prepare_inputs, seeded_rng
 from .base import (
     ForgetConfig,
     clone_model,
@@ -104,7 +104,8 @@ def scrub(
         config: A :class:`ScrubConfig`.
 
     Returns:
-        The student after ``config.epochs`` SCRUB epochs.
+        The student after ``config.epochs`` SCRUB epochs. Shuffling and dropout depend on
+        ``config.seed`` alone; the caller's RNG state is left as it was.
 
     """
     forget_ds, retain_ds, k = prepare_inputs(model, config, ScrubConfig, forget_ds, retain_ds)
@@ -118,30 +119,32 @@ def scrub(
     forget_loader = make_loader(forget_ds, config.forget_batch_size, shuffle=True, seed=config.seed)
     retain_loader = make_loader(retain_ds, config.batch_size, shuffle=True, seed=config.seed + 1)
     T = config.temperature
-    for epoch in iterate(range(1, config.epochs + 1), progress=config.progress, desc="scrub"):
-        decays = sum(epoch > m for m in config.lr_decay_epochs)
-        for group in opt.param_groups:
-            group["lr"] = config.lr * config.lr_decay_rate**decays
-        student.train()
-        if epoch <= config.max_steps:
-            for x, y in forget_loader:
-                check_batch_labels(torch.as_tensor(y), k, "forget")
-                x = x.to(device)
+    # dropout draws from the global generator: seed it, leave the caller's RNG untouched
+    with seeded_rng(config.seed, device):
+        for epoch in iterate(range(1, config.epochs + 1), progress=config.progress, desc="scrub"):
+            decays = sum(epoch > m for m in config.lr_decay_epochs)
+            for group in opt.param_groups:
+                group["lr"] = config.lr * config.lr_decay_rate**decays
+            student.train()
+            if epoch <= config.max_steps:
+                for x, y in forget_loader:
+                    check_batch_labels(torch.as_tensor(y), k, "forget")
+                    x = x.to(device)
+                    with torch.no_grad():
+                        t_out = teacher(x)
+                    loss = -tempered_kl(student(x), t_out, T)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            for x, y in retain_loader:
+                check_batch_labels(torch.as_tensor(y), k, "retain")
+                x, y = x.to(device), y.to(device)
                 with torch.no_grad():
                     t_out = teacher(x)
-                loss = -tempered_kl(student(x), t_out, T)
+                s_out = student(x)
+                ce = F.cross_entropy(s_out, y)
+                loss = config.gamma * ce + config.alpha * tempered_kl(s_out, t_out, T)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        for x, y in retain_loader:
-            check_batch_labels(torch.as_tensor(y), k, "retain")
-            x, y = x.to(device), y.to(device)
-            with torch.no_grad():
-                t_out = teacher(x)
-            s_out = student(x)
-            ce = F.cross_entropy(s_out, y)
-            loss = config.gamma * ce + config.alpha * tempered_kl(s_out, t_out, T)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
     return student.eval()
