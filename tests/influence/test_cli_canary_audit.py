@@ -98,19 +98,25 @@ def test_repair_bad_flag_values_are_argparse_errors(monkeypatch, tmp_path, capsy
     assert flag in err and "Traceback" not in err
 
 
+def _unwritable_target(tmp_path, where, json_name):
+    """``(blocker file, output folder)``: the folder is the file, below it, or its JSON
+    output path is taken by a folder."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    if where == "file":
+        return blocker, blocker
+    if where == "below_file":
+        return blocker, blocker / "sub"
+    target = tmp_path / "out"
+    (target / json_name).mkdir(parents=True)
+    return blocker, target
+
+
 @pytest.mark.parametrize("where", ["file", "below_file", "json_is_folder"])
 def test_repair_unwritable_result_dir_is_refused_before_training(
         monkeypatch, tmp_path, capsys, where):
     seen = _record_repair(monkeypatch, error=AssertionError)
-    blocker = tmp_path / "blocker"
-    blocker.write_text("keep me")
-    if where == "file":
-        target = blocker
-    elif where == "below_file":
-        target = blocker / "sub"
-    else:
-        target = tmp_path / "out"
-        (target / "repair_digits.json").mkdir(parents=True)
+    blocker, target = _unwritable_target(tmp_path, where, "repair_digits.json")
     assert main(["repair", "--result-dir", str(target), "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastunlearn repair: error:") and str(target) in err
@@ -216,15 +222,7 @@ def test_unlearn_features_every_flag_reaches_the_experiment_config(monkeypatch, 
 def test_unlearn_features_unwritable_out_is_refused_before_fitting(
         monkeypatch, tmp_path, capsys, where):
     seen = _record_features(monkeypatch, error=AssertionError)
-    blocker = tmp_path / "blocker"
-    blocker.write_text("keep me")
-    if where == "file":
-        target = blocker
-    elif where == "below_file":
-        target = blocker / "sub"
-    else:
-        target = tmp_path / "out"
-        (target / "features_wine.json").mkdir(parents=True)
+    blocker, target = _unwritable_target(tmp_path, where, "features_wine.json")
     assert main(["unlearn-features", "--dataset", "wine", "--out", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastunlearn unlearn-features: error:") and str(target) in err
