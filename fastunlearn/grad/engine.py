@@ -6,6 +6,12 @@ outputs; one ``torch.autograd.grad`` call gives the loss gradients w.r.t. those 
 fallback in :mod:`.fallback`) turn them into per-sample norms, dot products, clipped sums or
 materialised gradients. The gradient edges are taken when the layer returns, so a later
 in-place op on its output (``ReLU(inplace=True)``) does not change what is captured.
+
+Parameters must reach the loss through their own module's calls. A selected parameter of a
+module that never runs but is read directly (``nn.MultiheadAttention`` uses
+``out_proj.weight`` without calling ``out_proj``) raises a ``ValueError`` naming the layer
+(its gradients cannot be captured). Known limitation: a parameter read directly *and*
+through its running module (``emb(t) @ emb.weight.T``) gets only the module's share.
 """
 
 from __future__ import annotations
@@ -363,9 +369,26 @@ class PerSampleGradients:
 
         flat = [(li, ci, i, e) for li, calls in enumerate(pending)
                 for ci, call in enumerate(calls) for i, e in call.edges.items()]
+        # Selected parameters of layers that never ran: the loss may still use them directly
+        # (nn.MultiheadAttention reads out_proj.weight without calling out_proj).
+        # (A parameter tied to a layer that did run is that layer's: not idle.)
+        ran = {full for li, calls in enumerate(pending) if calls
+               for full in self._layers[li].names.values()}
+        idle = [(self._layers[li], self.params[full]) for li, calls in enumerate(pending)
+                if not calls for full in self._layers[li].names.values() if full not in ran]
         grads: list[Tensor | None] = [None] * len(flat)
-        if flat and loss.requires_grad:
-            grads = list(torch.autograd.grad(loss, [e for *_, e in flat], allow_unused=True))
+        if (flat or idle) and loss.requires_grad:
+            grads = list(torch.autograd.grad(
+                loss, [e for *_, e in flat] + [p for _, p in idle], allow_unused=True
+            ))
+            for (layer, _), g in zip(idle, grads[len(flat):], strict=True):
+                if g is not None:
+                    raise ValueError(
+                        f"model: parameters of layer '{layer.name}' are used without calling "
+                        "the layer (e.g. nn.MultiheadAttention's out_proj); their per-sample "
+                        "gradients cannot be captured"
+                    )
+            grads = grads[:len(flat)]
         got: dict[tuple[int, int], dict[int, Tensor]] = {}
         for (li, ci, i, _), g in zip(flat, grads, strict=True):
             if g is not None:
