@@ -19,3 +19,20 @@ def _seed_and_restore_rng():
     torch.manual_seed(0)
     yield
     torch.set_rng_state(state)
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """Every certified model a removal experiment builds, in order (the fitted one first)."""
+    from fastunlearn.certified import experiment
+
+    models = []
+    make_model = experiment._make_model
+
+    def capture(config):
+        model = make_model(config)
+        models.append(model)
+        return model
+
+    monkeypatch.setattr(experiment, "_make_model", capture)
+    return models

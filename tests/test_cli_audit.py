@@ -26,23 +26,6 @@ def _one_thread():
 
 
 @pytest.fixture
-def built(monkeypatch):
-    """Every certified model the run builds, in order (the fitted one first)."""
-    from fastunlearn.certified import experiment
-
-    models = []
-    make_model = experiment._make_model
-
-    def capture(config):
-        model = make_model(config)
-        models.append(model)
-        return model
-
-    monkeypatch.setattr(experiment, "_make_model", capture)
-    return models
-
-
-@pytest.fixture
 def no_fit(monkeypatch):
     """Fail the test if the run gets as far as building a model."""
     from fastunlearn.certified import experiment

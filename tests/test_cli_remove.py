@@ -52,18 +52,7 @@ def test_remove_five_points(tmp_path, capsys, mode):
     assert payload["config"]["result_dir"] == str(tmp_path)
 
 
-def test_remove_flags_reach_the_experiment(tmp_path, capsys, monkeypatch):
-    from fastunlearn.certified import experiment
-
-    built = []
-    make_model = experiment._make_model
-
-    def capture(config):
-        model = make_model(config)
-        built.append(model)
-        return model
-
-    monkeypatch.setattr(experiment, "_make_model", capture)
+def test_remove_flags_reach_the_experiment(tmp_path, capsys, built):
     assert run_remove(tmp_path, "--train-mode", "binary", "--lam", "0.1", "--std", "2",
                       "--epsilon", "0.5", "--delta", "1e-5", "--gamma", "tight", "--batch", "5",
                       "--seed", "3", "--solver", "cholesky", "--num-steps", "50",
