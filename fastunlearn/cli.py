@@ -207,11 +207,9 @@ def _print_summary(result: Any) -> None:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any fitting, a result folder that could not be written at the end."""
-    from pathlib import Path
+    from ._output_folder import check_output_folder
 
-    folder = Path(args.result_dir)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"'result_dir' {args.result_dir!r} exists and is not a folder")
+    check_output_folder(args.result_dir, argument="result_dir")
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
@@ -397,6 +395,8 @@ def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
 def _cmd_extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ._output_folder import check_output_folder
+
     try:
         device = torch.device(args.device)
         if device.type not in ("cpu", "cuda"):
@@ -405,6 +405,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             raise ValueError(f"'device' is {args.device!r} but no CUDA GPU is visible")
         if not Path(args.data_dir).is_dir():
             raise FileNotFoundError(f"'data_dir' {args.data_dir!r} is not a folder")
+        check_output_folder(args.data_dir, argument="data_dir")  # the features go there
         return _extract(args, device)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         return _error("extract", str(exc))

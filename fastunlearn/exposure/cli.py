@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .._output_folder import check_output_folder
 from ..cli_types import non_negative_float as _non_negative_float
 from ..cli_types import non_negative_int as _non_negative_int
 from ..cli_types import positive_float as _positive_float
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=args.progress,
         )
+        if args.out is not None:
+            check_output_folder(args.out, argument="out", names=["exposure.json", "exposure.md"])
         result = run_canary_experiment(config)
     except (ValueError, TypeError) as exc:
         print(f"fastunlearn exposure: error: {exc}", file=sys.stderr)

@@ -231,11 +231,13 @@ def train_ce(
     desc: str,
     after_step: Callable[[], None] | None = None,
     before_step: Callable[[], None] | None = None,
+    before_epoch: Callable[[int], None] | None = None,
 ) -> None:
     """Minimise the mean cross-entropy of ``model`` on ``(inputs, labels)`` (shuffled).
 
-    ``before_step`` runs after the backward pass (e.g. to mask gradients), ``after_step``
-    after every optimiser step (e.g. to restore frozen weights). ``seed`` fixes the
+    ``before_epoch(epoch)`` runs at the start of every epoch (e.g. to redraw labels in
+    ``labels`` in place), ``before_step`` after the backward pass (e.g. to mask gradients),
+    ``after_step`` after every optimiser step (e.g. to restore frozen weights). ``seed`` fixes the
     shuffling and any global-generator draw of the model (dropout), which runs under
     :func:`seeded_rng` so the caller's RNG state is not advanced.
     """
@@ -243,7 +245,9 @@ def train_ce(
     loader = batches(TensorDataset(inputs, labels), batch_size, shuffle=True, seed=seed)
     model.train()
     with seeded_rng(seed, device):
-        for _ in iterate(range(epochs), progress=progress, desc=desc):
+        for epoch in iterate(range(epochs), progress=progress, desc=desc):
+            if before_epoch is not None:
+                before_epoch(epoch)
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)

@@ -5,8 +5,8 @@
    ``mask_ratio`` share of all weights with the largest ``|g|`` (one global ranking over
    every parameter tensor) is salient.
 2. Random labels: train on the forget set with labels drawn uniformly over all classes
-   (a draw may equal the true label; drawn once per run, where the published loop redraws
-   them every epoch) together with the retain set (true labels). Gradients
+   (a draw may equal the true label; redrawn every epoch, as the published loop does, or
+   drawn once with ``redraw_labels=False``) together with the retain set (true labels). Gradients
    of non-salient weights are zeroed and, after each step, non-salient weights are restored
    to their trained values, so weight decay and momentum cannot move them.
 
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ._common_b import check_fraction, checked_tensors, prepare_inputs, train_ce
+from ._training import check_bool
 from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
 
 __all__ = ["SalUnConfig", "salun", "saliency_mask"]
@@ -40,6 +41,8 @@ class SalUnConfig(ForgetConfig):
         momentum: SGD momentum.
         weight_decay: SGD weight decay (applied to salient weights only).
         mask_ratio: Share of weights that are salient (trainable), in (0, 1].
+        redraw_labels: Draw the forget set's random labels anew every epoch (the published
+            loop); False draws them once for the whole run.
 
     """
 
@@ -47,10 +50,12 @@ class SalUnConfig(ForgetConfig):
     lr: float = 0.013
     batch_size: int = 256
     mask_ratio: float = 0.5
+    redraw_labels: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fraction("mask_ratio", self.mask_ratio)
+        check_bool("redraw_labels", self.redraw_labels)
 
 
 def saliency_mask(
@@ -124,9 +129,13 @@ def salun(
     masks = saliency_mask(model, forget_ds, config.mask_ratio, batch_size=config.batch_size)
     new = clone_model(model)
     gen = torch.Generator().manual_seed(config.seed)
-    random_labels = torch.randint(0, n_classes, yf.shape, generator=gen)
     inputs = torch.cat([xf, xr.to(xf.dtype)])
-    labels = torch.cat([random_labels, yr])
+    labels = torch.cat([torch.randint(0, n_classes, yf.shape, generator=gen), yr])
+
+    def draw_labels(epoch: int) -> None:
+        # the training set holds ``labels`` itself: its forget rows are rewritten in place
+        if epoch > 0 and config.redraw_labels:
+            labels[: len(yf)] = torch.randint(0, n_classes, yf.shape, generator=gen)
 
     named = {n: p for n, p in new.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in named.items()}
@@ -147,6 +156,6 @@ def salun(
     train_ce(
         new, inputs, labels, opt, epochs=config.epochs, batch_size=config.batch_size,
         seed=config.seed, progress=config.progress, desc="salun",
-        before_step=mask_grads, after_step=restore,
+        before_step=mask_grads, after_step=restore, before_epoch=draw_labels,
     )
     return new.eval()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
 
 __all__ = ["check_out_dir", "render_table", "write_outputs"]
@@ -236,9 +237,8 @@ def check_out_dir(out_dir: str | Path) -> None:
     folder or an earlier logits folder (the one thing a run replaces as a whole). The
     harness checks this before training, so a bad ``--out`` does not cost the run.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"'out_dir': {out} exists and is not a directory")
+    out = check_output_folder(out_dir, argument="out_dir",
+                              names=["results.json", "results.md"])
     logits = out / "logits"
     if logits.exists() and not logits.is_dir():
         raise ValueError(f"'out_dir': {logits} exists and is not a directory")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from .._output_folder import check_output_folder
 from ..cli_types import non_negative_float as _non_negative
 from ..cli_types import non_negative_int as _non_negative_int
 from ..cli_types import positive_float as _positive
@@ -38,32 +37,6 @@ def _add_run_options(
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the result JSON to stdout")
     p.set_defaults(func=func)
-
-
-def _check_out_dir(folder: str, names: Sequence[str] = ()) -> None:
-    """Refuse, before any training, an output folder the results could not be written to.
-
-    Args:
-        folder: The ``--result-dir`` / ``--out`` value (created later if missing).
-        names: File names the experiment will write into it.
-
-    Raises:
-        ValueError: ``folder`` (or the nearest existing folder above it) is not a writable
-            folder, or one of ``names`` in it is a folder.
-
-    """
-    path = Path(folder)
-    existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"output folder {folder!r}: {str(existing)!r} exists and is not a "
-                         f"folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder {folder!r}: {str(existing)!r} is not writable")
-    for name in names:
-        if (path / name).is_dir():
-            raise ValueError(f"output folder {folder!r}: {name!r} in it is a folder")
 
 
 def _finish(files: dict[str, str], result: dict[str, Any], args: argparse.Namespace) -> int:
@@ -174,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     stem = f"repair_{args.dataset}"
     try:
         config.validate()
-        _check_out_dir(args.result_dir, [f"{stem}.json", f"{stem}.md", f"{stem}.png"])
+        check_output_folder(args.result_dir, argument="result_dir",
+                            names=[f"{stem}.json", f"{stem}.md", f"{stem}.png"])
         if config.device == "cuda":
             import torch
 

@@ -10,9 +10,9 @@ import argparse
 import sys
 from typing import Any
 
+from .._output_folder import check_output_folder
 from .cli import (
     _add_run_options,
-    _check_out_dir,
     _finish,
     _non_negative,
     _non_negative_int,
@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         epsilon=args.epsilon, delta=args.delta, progress=args.progress)
     try:
         stem = f"features_{args.dataset}"
-        _check_out_dir(args.out, [f"{stem}.json", f"{stem}.md", f"{stem}.png"])
+        check_output_folder(args.out, argument="out",
+                            names=[f"{stem}.json", f"{stem}.md", f"{stem}.png"])
         result = run_feature_experiment(config)
     except (ValueError, TypeError) as exc:
         print(f"fastunlearn unlearn-features: error: {exc}", file=sys.stderr)

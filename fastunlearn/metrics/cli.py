@@ -54,6 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``; returns the exit status (0 ok, 2 bad input)."""
+    from .._output_folder import check_output_folder
     from .evaluate import evaluate_logits_dir
     from .report import plot_epsilon_histogram, render_evaluation_markdown
 
@@ -68,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
             if not torch.cuda.is_available():
                 raise ValueError("'--device' is cuda but no CUDA GPU is visible")
+        check_output_folder(out, argument="out",
+                            names=["evaluation.json", "evaluation.md", "epsilon_hist.png"])
         result = evaluate_logits_dir(
             src, methods=methods, delta=args.delta, competition_delta=args.competition_delta,
             baseline=not args.no_baseline, per_example=True, device=args.device,

@@ -11,6 +11,7 @@ The reference is ``/work/shared/reference/forgetting_and_evaluation.md`` section
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -390,43 +391,48 @@ def test_saliency_mask_keeps_the_ratio_when_many_gradients_are_zero():
     assert bool(got[flat > 0].all())  # every weight with a gradient is salient
 
 
-def test_salun_is_masked_random_label_training_on_forget_and_retain():
-    # 2 forget rows and 3 classes: the random labels are one of 9 assignments; exactly one
-    # of the 9 hand-written runs must give SalUn's model
+@pytest.mark.parametrize("redraw", [True, False])
+def test_salun_is_masked_random_label_training_on_forget_and_retain(redraw):
+    # 2 forget rows, 3 classes, 3 epochs: the random labels of an epoch are one of 9
+    # assignments; of the 9**3 hand-written runs with a free assignment per epoch exactly
+    # one must give SalUn's model, and it keeps one assignment throughout unless the labels
+    # are redrawn every epoch (the published loop)
     forget, retain = _problem(n=20, n_forget=2, seed=5)
     model = _linear()
     lr, epochs, ratio = 0.2, 3, 0.5
     new = run_method("salun", model, forget, retain, lr=lr, epochs=epochs, mask_ratio=ratio,
-                     batch_size=BIG, seed=1)
+                     batch_size=BIG, seed=1, redraw_labels=redraw)
     gw, gb = _saliency(model, *forget)
     flat = torch.cat([gw.flatten(), gb])
     keep = torch.zeros_like(flat)
     keep[torch.argsort(flat, descending=True)[:round(ratio * flat.numel())]] = 1.0
     masks = [keep[:15].view(3, 5), keep[15:]]
+    x = torch.cat([forget[0], retain[0]])
 
-    def hand(labels: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.cat([forget[0], retain[0]])
-        y = torch.cat([labels, retain[1]])
+    def hand(per_epoch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         w, b = _leaves(model)
         opt = HandSGD([w, b], nesterov=False)
-        for _ in range(epochs):
-            opt.step(_ce(w, b, x, y), lr, masks)
+        for labels in per_epoch:
+            opt.step(_ce(w, b, x, torch.cat([labels, retain[1]])), lr, masks)
         return w.detach(), b.detach()
 
-    matches = []
-    for a in range(3):
-        for c in range(3):
-            w, b = hand(torch.tensor([a, c]))
-            nw, nb = new.weight.detach(), new.bias.detach()
-            err = max(float((nw - w).abs().max()), float((nb - b).abs().max()))
-            matches.append(err)
-    matches.sort()
-    assert matches[0] < 1e-10 and matches[1] > 1e-6, matches[:2]
+    nw, nb = new.weight.detach(), new.bias.detach()
+    assignments = [torch.tensor([a, c]) for a in range(3) for c in range(3)]
+    errors = []
+    for per_epoch in itertools.product(assignments, repeat=epochs):
+        w, b = hand(per_epoch)
+        err = max(float((nw - w).abs().max()), float((nb - b).abs().max()))
+        errors.append((err, per_epoch))
+    errors.sort(key=lambda e: e[0])
+    assert errors[0][0] < 1e-10 and errors[1][0] > 1e-6, [e[0] for e in errors[:2]]
+    drawn = errors[0][1]
+    same_throughout = all(torch.equal(drawn[0], d) for d in drawn)
+    assert same_throughout is not redraw, drawn
     # non-salient weights are exactly the originals
     assert torch.equal(new.weight.detach()[masks[0] == 0], model.weight.detach()[masks[0] == 0])
     c = _defaults("salun")
-    assert (c.lr, c.epochs, c.mask_ratio, c.momentum, c.weight_decay) == (
-        0.013, 10, 0.5, 0.9, 5e-4)
+    assert (c.lr, c.epochs, c.mask_ratio, c.momentum, c.weight_decay, c.redraw_labels) == (
+        0.013, 10, 0.5, 0.9, 5e-4, True)
 
 
 # --- SCRUB ---------------------------------------------------------------------------------

@@ -1,0 +1,45 @@
+"""The one check every command makes of its output folder before its long work.
+
+Each command calls :func:`check_output_folder` before fitting, training or evaluating, so
+a mistyped or unwritable output path costs an error message, not the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["check_output_folder"]
+
+
+def check_output_folder(folder: str | os.PathLike[str], *, argument: str,
+                        names: Sequence[str] = ()) -> Path:
+    """Raise ValueError unless results can be written into ``folder``; return it as a Path.
+
+    ``folder`` may be missing (the command creates it later); then the nearest existing
+    folder above it must be writable. Nothing is created or changed here.
+
+    Args:
+        folder: The output folder a command was given.
+        argument: Its argument name, quoted in the error (e.g. ``"result_dir"``).
+        names: File names the command will write into ``folder``; none may be a folder.
+
+    Raises:
+        ValueError: ``folder`` or an entry above it is a file, the nearest existing folder
+            is not writable, or one of ``names`` in it is a folder.
+
+    """
+    path = Path(folder)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"'{argument}' {str(folder)!r}: {str(existing)!r} exists and is "
+                         "not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"'{argument}' {str(folder)!r}: {str(existing)!r} is not writable")
+    for name in names:
+        if (path / name).is_dir():
+            raise ValueError(f"'{argument}' {str(folder)!r}: {name!r} in it is a folder")
+    return path
