@@ -10,8 +10,9 @@ in-place op on its output (``ReLU(inplace=True)``) does not change what is captu
 Parameters must reach the loss through their own module's calls. A selected parameter of a
 module that never runs but is read directly (``nn.MultiheadAttention`` uses
 ``out_proj.weight`` without calling ``out_proj``) raises a ``ValueError`` naming the layer
-(its gradients cannot be captured). Known limitation: a parameter read directly *and*
-through its running module (``emb(t) @ emb.weight.T``) gets only the module's share.
+(its gradients cannot be captured), and so does one read directly *and* through its
+running module (``emb(t) @ emb.weight.T``; found in the autograd graph by :mod:`.uses` on
+an engine's first call), which would get only the module's share.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.utils._pytree import tree_flatten
 
 from ..ops.per_sample import clip_weights
 from .fallback import FunctorchRule
 from .layers import CapturedLayer, LayerCall, LayerRule, find_rule
+from .uses import nodes_inside_call, reads_outside_owners
 
 __all__ = ["PerSampleGradients", "LossFn"]
 
@@ -126,6 +128,7 @@ class PerSampleGradients:
                     uses[full] = uses.get(full, 0) + 1
         # Norms of a parameter used by several modules need the summed gradient itself.
         self._tied = {n for n, k in uses.items() if k > 1}
+        self._uses_checked = False
 
     @staticmethod
     def _select(named: dict[str, Tensor], params: Iterable[str | Tensor] | None) -> tuple:
@@ -367,6 +370,8 @@ class PerSampleGradients:
                 h.remove()
         loss = self._reduce(loss, B)
 
+        if not self._uses_checked and loss.requires_grad:
+            self._check_reads(loss, pending)
         flat = [(li, ci, i, e) for li, calls in enumerate(pending)
                 for ci, call in enumerate(calls) for i, e in call.edges.items()]
         # Selected parameters of layers that never ran: the loss may still use them directly
@@ -411,6 +416,32 @@ class PerSampleGradients:
             if kept:
                 layers.append((layer, rule, CapturedLayer(layer.name, layer.module, B, kept)))
         return layers, B
+
+    def _check_reads(self, loss: Tensor, pending: list[list[_Pending]]) -> None:
+        """Refuse parameters the loss also reads outside their layers' calls.
+
+        Such a parameter would get only its layers' share of the gradient. The graph is
+        walked once per engine (on the first call whose loss has one): a model whose
+        forward changes between calls is assumed to read its parameters the same way.
+        Parameters of layers that never ran are left to the uncalled-layer check.
+        """
+        owned: dict[str, set[Node]] = {}
+        for layer, calls in zip(self._layers, pending, strict=True):
+            for call in calls:
+                inside = nodes_inside_call((call.args, call.kwargs),
+                                           [e.node for e in call.edges.values()])
+                for full in layer.names.values():
+                    owned.setdefault(full, set()).update(inside)
+        checked = {n: p for n, p in self.params.items() if n in owned}
+        outside = reads_outside_owners(loss, checked, owned)
+        if outside:
+            raise ValueError(
+                f"model: parameter(s) {outside} are read outside the calls of the layers "
+                "that own them (e.g. `emb(t) @ emb.weight.T`); their per-sample gradients "
+                "would miss that use. Route the use through a module (a tied nn.Linear) or "
+                "leave these parameters out of 'params'"
+            )
+        self._uses_checked = True
 
     def _reduce(self, loss: Any, B: int) -> Tensor:
         if not isinstance(loss, Tensor):

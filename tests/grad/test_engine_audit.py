@@ -175,19 +175,80 @@ class DirectTied(nn.Module):
         return self.emb(t) @ self.emb.weight.T
 
 
-@pytest.mark.xfail(strict=True, reason="known: a weight also used outside its module's "
-                   "calls only gets the module's share; not detected")
-def test_weight_also_used_outside_its_module():
+def test_weight_also_used_outside_its_module_is_refused():
+    # the engine would give emb.weight only the embedding's share of its gradient
     torch.manual_seed(0)
     model = DirectTied().double()
     t, y = torch.randint(0, 7, (3, 5)), torch.randn(3, 5, 7, dtype=torch.float64)
-    got = PerSampleGradients(model).per_sample(t, y, mse_sum)
-    try:
-        ok = torch.allclose(got["emb.weight"], reference(model, t, y, mse_sum,
-                                                         ["emb.weight"])["emb.weight"])
-    except ValueError:  # a clear refusal would also be acceptable
-        ok = True
-    assert ok
+    ref = reference(model, t, y, mse_sum, ["emb.weight"])["emb.weight"]
+    engine = PerSampleGradients(model)
+    with pytest.raises(ValueError, match=r"\['emb.weight'\] are read outside"):
+        engine.per_sample(t, y, mse_sum)
+    with pytest.raises(ValueError, match="emb.weight"):
+        engine.sq_norms(t, y, mse_sum)  # a refusal is not remembered as a pass
+    # the same model with the head as a tied module is captured whole
+    tied = TiedModuleHead().double()
+    tied.emb.weight.data.copy_(model.emb.weight.data)
+    got = PerSampleGradients(tied).per_sample(t, y, mse_sum)
+    torch.testing.assert_close(got["emb.weight"], ref)
+
+
+class TiedModuleHead(nn.Module):
+    """DirectTied with its head as an nn.Linear sharing the embedding's weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.head = nn.Linear(4, 7, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, t):
+        return self.head(self.emb(t))
+
+
+class OwnAndChildParams(nn.Module):
+    """A module with a parameter of its own around a child layer, read only in its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(4))
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x * self.scale) * self.scale.sum()
+
+
+class ReadsChildWeight(nn.Module):
+    """A parent that reads its child layer's weight in its own forward, besides the call."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) + x @ self.lin.weight
+
+
+def test_parameters_read_only_inside_their_layers_calls_pass_the_check():
+    torch.manual_seed(0)
+    model = nn.Sequential(OwnAndChildParams(), nn.ReLU(inplace=True), OwnAndChildParams()).double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    engine = PerSampleGradients(model)
+    got = engine.per_sample(x, y, mse_sum)
+    ref = reference(model, x, y, mse_sum, list(engine.param_names))
+    for n in engine.param_names:
+        torch.testing.assert_close(got[n], ref[n], msg=n)
+
+
+def test_parent_reading_its_childs_weight_is_refused_unless_left_out():
+    torch.manual_seed(0)
+    model = ReadsChildWeight().double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"\['lin.weight'\]"):
+        PerSampleGradients(model).per_sample(x, y, mse_sum)
+    got = PerSampleGradients(model, params=["lin.bias"]).per_sample(x, y, mse_sum)
+    torch.testing.assert_close(got["lin.bias"],
+                               reference(model, x, y, mse_sum, ["lin.bias"])["lin.bias"])
 
 
 class EmbMaxNorm(nn.Module):
