@@ -335,7 +335,8 @@ class AgeImageFolder(Dataset):
 
         Raises:
             ValueError: If the file names carry no subject, ``fraction`` is outside
-                ``(0, 1)``, or the split leaves the retain set empty.
+                ``(0, 1)``, ``seed`` is outside ``0..2**64-1``, or the split leaves the
+                retain set empty.
 
         """
         return subject_forget_split(self.subjects, fraction, seed)
@@ -347,12 +348,18 @@ def subject_forget_split(
     """Forget whole subjects: see :meth:`AgeImageFolder.subject_forget_split`."""
     if subjects is None:
         raise ValueError("'subjects' is None: the file names carry no subject (use 'agedb')")
+    if isinstance(subjects, (str, bytes)) or not isinstance(subjects, Sequence):
+        raise TypeError(f"'subjects' must be a sequence of names, got {type(subjects).__name__}")
+    if len(subjects) == 0:
+        raise ValueError("'subjects' is empty: there is nothing to forget from")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
         raise TypeError(f"'fraction' must be a number, got {type(fraction).__name__}")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"'fraction' must be in (0, 1), got {fraction}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:  # torch.Generator's range; negative seeds alias large ones
+        raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
     n = len(subjects)
     names = sorted(set(subjects))
     of = {s: i for i, s in enumerate(names)}

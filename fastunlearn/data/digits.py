@@ -136,7 +136,8 @@ def load_digits_dataset(
 
     Raises:
         ValueError: If ``binary`` is not two distinct digits in 0..9, ``test_fraction`` is
-            not in (0, 1), ``seed`` is negative or ``dtype`` is not floating point.
+            not in (0, 1), ``seed`` is outside ``0..2**60-1`` or ``dtype`` is not floating
+            point.
         TypeError: If ``dtype`` is not a ``torch.dtype`` or ``seed`` is not an int.
 
     Example:
@@ -153,8 +154,8 @@ def load_digits_dataset(
         raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"'seed' must be non-negative, got {seed}")
+    if not 0 <= seed < 2**60:  # each class seeds a generator with seed * 16 + class
+        raise ValueError(f"'seed' must be in 0..2**60-1, got {seed}")
 
     data, target = _raw_digits()
     if pair is None:

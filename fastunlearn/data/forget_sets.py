@@ -41,7 +41,10 @@ class _BadIndexFile(Exception):
 
 def _as_labels(labels: object) -> Tensor:
     if isinstance(labels, np.ndarray):
-        labels = torch.from_numpy(labels)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"'labels' must hold integers, got dtype {labels.dtype}")
+        # a copy: torch warns on read-only arrays (the caller's array is never written)
+        labels = torch.from_numpy(np.array(labels))
     elif isinstance(labels, Sequence) and not isinstance(labels, (str, bytes)):
         labels = torch.as_tensor(list(labels))
     if not isinstance(labels, Tensor):
@@ -124,6 +127,8 @@ def load_forget_indices(path: str | os.PathLike) -> Tensor:
                 raise _BadIndexFile(f"holds dtype {values.dtype}, not integers")
             if values.ndim != 1:
                 raise _BadIndexFile(f"holds an array of shape {values.shape}, not a flat list")
+            if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
+                raise _BadIndexFile(f"holds index {values.max()}, beyond the int64 range")
             return torch.from_numpy(values.astype(np.int64))
         text = path.read_text(encoding="utf-8")
         if suffix == ".json":
@@ -159,7 +164,8 @@ def save_forget_indices(path: str | os.PathLike, indices: Tensor | Sequence[int]
 
     Raises:
         TypeError: If ``indices`` does not hold integers.
-        ValueError: If ``indices`` is not 1-D.
+        ValueError: If ``indices`` is not 1-D, holds a negative index or one twice (such a
+            file would be refused by ``file:PATH``).
 
     """
     idx = torch.as_tensor(indices)
@@ -167,6 +173,11 @@ def save_forget_indices(path: str | os.PathLike, indices: Tensor | Sequence[int]
         raise TypeError(f"'indices' must hold integers, got dtype {idx.dtype}")
     if idx.dim() != 1:
         raise ValueError(f"'indices' must be 1-D, got shape {tuple(idx.shape)}")
+    if idx.numel() and int(idx.min()) < 0:
+        raise ValueError(f"'indices' must be 0-based row indices, got {int(idx.min())}")
+    unique, counts = torch.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"'indices' holds {int(unique[counts > 1][0])} more than once")
     path = Path(path)
     path.write_text("".join(f"{i}\n" for i in idx.tolist()), encoding="utf-8")
     return path
@@ -211,8 +222,8 @@ def parse_forget_spec(spec: str, labels: object, seed: int = 0) -> tuple[Tensor,
     Raises:
         ValueError: If the spec is malformed, names a class absent from ``labels`` or a
             class twice, has a fraction outside (0, 1), or its file holds no indices,
-            non-integers, indices outside ``0..n-1`` or duplicates; or if the forget set or
-            the retain set would be empty.
+            non-integers, indices outside ``0..n-1`` or duplicates; if the forget set or
+            the retain set would be empty; or if ``seed`` is outside ``0..2**64-1``.
         TypeError: If ``spec`` is not a string, ``labels`` not integers or ``seed`` not an
             int.
         FileNotFoundError: If the index file does not exist.
@@ -220,8 +231,11 @@ def parse_forget_spec(spec: str, labels: object, seed: int = 0) -> tuple[Tensor,
     """
     if not isinstance(spec, str):
         raise TypeError(f"'spec' must be a str, got {type(spec).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:  # torch.Generator's range; negative seeds alias large ones
+        raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
+    seed = int(seed)
     kind, sep, body = spec.partition(":")
     kind = kind.strip().lower()
     if not sep or kind not in ("class", "random", "file"):

@@ -20,6 +20,10 @@ Differences from plain torchvision, and why:
   numpy arrays, lists, dicts and strings, so a tampered file cannot run code.
 - CIFAR and SVHN files are not MD5-checked unless ``verify=True`` (torchvision always
   checks; the check re-hashes ~180 MB per load and rejects the tiny files tests write).
+- Every file is checked whole instead: IDX magic numbers and lengths, 28x28 MNIST images,
+  as many labels as images, labels in range (0..9, 0..99, SVHN 0..10), uint8-range pixels,
+  SVHN's ``[32, 32, 3, n]`` layout. A defective file raises a ValueError naming it
+  (torchvision asserts, raises KeyError/TypeError, or loads misaligned or wrapped data).
 
 Feature files (:func:`save_features` / :func:`load_features`) hold features extracted by a
 trained network, one ``X_<split>``/``y_<split>`` tensor pair per split, in safetensors (no
@@ -35,6 +39,7 @@ import importlib
 import json
 import os
 import pickle
+import struct
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -178,12 +183,21 @@ def _numpy_multiarray() -> Any:
         return importlib.import_module("numpy.core.multiarray")
 
 
+class RefusedPickleError(pickle.UnpicklingError, ValueError):
+    """A data file's pickle names a global other than the few a numpy array needs.
+
+    Subclasses both :class:`pickle.UnpicklingError` and :class:`ValueError`, so callers that
+    catch either see it; nothing named in the file has been called when it is raised.
+    """
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the globals a pickled numpy array needs.
 
     Anything else (``os.system``, ``builtins.eval``, ...) raises, so loading a data file
     can never execute code. ``_codecs.encode`` is what Python 3 pickles use for bytes at
-    protocol 2; it only converts text to bytes.
+    protocol 2; it only converts text to bytes. ``numpy._core.numeric._frombuffer`` is what
+    numpy writes at protocol 5 (``pickle.dump``'s default); it wraps ``np.frombuffer``.
     """
 
     def find_class(self, module: str, name: str) -> Any:
@@ -192,20 +206,173 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             "scalar",
         ):
             return getattr(_numpy_multiarray(), name)
+        if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
+            return _frombuffer
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         if (module, name) == ("_codecs", "encode"):
             import codecs
 
             return codecs.encode
-        raise pickle.UnpicklingError(
+        raise RefusedPickleError(
             f"refusing to load {module}.{name}: a CIFAR batch file holds only numpy arrays"
         )
 
 
+def _frombuffer(buffer: Any, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
+    """Rebuild an array pickled at protocol 5 (numpy's own ``_frombuffer``, re-stated)."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise RefusedPickleError(f"refusing a protocol-5 array of dtype {dtype!r}")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+
+
 def _load_array_pickle(path: str | os.PathLike) -> Any:
+    """Unpickle a CIFAR file with :class:`_ArrayOnlyUnpickler`.
+
+    Raises:
+        RefusedPickleError: If the file names any global a numpy array does not need
+            (the message names the file).
+        ValueError: If the file is not a readable pickle (empty, truncated, corrupt).
+
+    """
     with open(path, "rb") as f:
-        return _ArrayOnlyUnpickler(f, encoding="latin1").load()
+        try:
+            return _ArrayOnlyUnpickler(f, encoding="latin1").load()
+        except RefusedPickleError as exc:
+            raise RefusedPickleError(f"{str(path)!r}: {exc}") from None
+        except Exception as exc:  # any parse failure of untrusted bytes
+            raise ValueError(
+                f"{str(path)!r} is not a readable pickle (empty, truncated or corrupt): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+
+# ---------------------------------------------------------------------------------------
+# checks shared by the readers: every defect is a ValueError that names the file
+# ---------------------------------------------------------------------------------------
+
+
+def _uint8_pixels(values: Any, path: str, what: str) -> np.ndarray:
+    """Return ``values`` as a uint8 array; integers outside 0..255 or non-integers raise."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise ValueError(f"{path!r}: {what} is not an array of pixels: {exc}") from None
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"{path!r}: {what} has dtype {array.dtype}, expected uint8 pixels")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(
+            f"{path!r}: {what} holds values outside 0..255 (min {array.min()}, "
+            f"max {array.max()}), expected uint8 pixels"
+        )
+    return array.astype(np.uint8)
+
+
+def _int_labels(values: Any, path: str, what: str, low: int, high: int) -> np.ndarray:
+    """Return ``values`` as 1-D int64 labels in ``low..high``; anything else raises.
+
+    Whole-valued floats are accepted (MATLAB stores numbers as doubles); fractions, NaN,
+    strings, booleans and out-of-range labels are not.
+    """
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path!r}: {what} is not a list of labels: {exc}") from None
+    if array.ndim != 1:
+        raise ValueError(f"{path!r}: {what} has shape {array.shape}, expected a flat list")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise ValueError(f"{path!r}: {what} holds labels that are not whole numbers")
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"{path!r}: {what} has dtype {array.dtype}, expected integer labels")
+    bad = array[(array < low) | (array > high)]
+    if bad.size:
+        raise ValueError(
+            f"{path!r}: {what} holds label {bad[0].item()!r} outside {low}..{high}"
+        )
+    return array.astype(np.int64)
+
+
+def _read_idx(path: str, ndim: int) -> np.ndarray:
+    """Read an unpacked IDX file of unsigned bytes (MNIST's format), checked whole.
+
+    The file is a 4-byte magic number ``00 00 08 <ndim>``, ``ndim`` big-endian uint32 sizes
+    and exactly ``prod(sizes)`` bytes.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    expected_magic = bytes((0, 0, 0x08, ndim))
+    if data[:4] != expected_magic:
+        hint = " (still gzip-compressed?)" if data[:2] == b"\x1f\x8b" else ""
+        raise ValueError(
+            f"{path!r} is not an IDX file of {ndim}-D unsigned bytes: magic number "
+            f"0x{data[:4].hex() or '(empty)'}, expected 0x{expected_magic.hex()}{hint}"
+        )
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(
+            f"{path!r} is truncated: its header needs {header} bytes, the file has {len(data)}"
+        )
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    size = int(np.prod(shape, dtype=np.int64))
+    if len(data) - header != size:
+        raise ValueError(
+            f"{path!r} holds {len(data) - header} data bytes, its header {list(shape)} "
+            f"declares {size} ({'truncated' if len(data) - header < size else 'trailing bytes'})"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _checked_mnist(
+    images: np.ndarray, labels: np.ndarray, image_path: str, label_path: str
+) -> tuple[Tensor, Tensor]:
+    """``(uint8 [n, 28, 28], int64 [n])`` tensors once shapes, counts and labels agree."""
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(
+            f"{image_path!r} holds images of shape {list(images.shape)}, expected [n, 28, 28]"
+        )
+    y = _int_labels(labels, label_path, "the label file", 0, 9)
+    if y.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"{label_path!r} holds {y.shape[0]} labels but {image_path!r} holds "
+            f"{images.shape[0]} images"
+        )
+    return torch.from_numpy(np.array(images, dtype=np.uint8)), torch.from_numpy(y)
+
+
+def _read_svhn_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 images [n, 3, 32, 32], int64 labels [n] in 0..9)`` from an SVHN ``.mat``.
+
+    The file holds ``X`` ``[32, 32, 3, n]`` uint8 and ``y`` ``[n, 1]`` with 10 for digit 0.
+    """
+    import scipy.io as sio
+
+    try:
+        mat = sio.loadmat(path)
+    except Exception as exc:  # any parse failure of the file's bytes
+        raise ValueError(
+            f"{path!r} is not a readable MATLAB .mat file (empty, truncated, corrupt or "
+            f"saved as v7.3/HDF5): {type(exc).__name__}: {exc}"
+        ) from exc
+    if "X" not in mat or "y" not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(
+            f"{path!r} is not an SVHN file: it needs variables 'X' [32, 32, 3, n] and "
+            f"'y' [n, 1], found {found}"
+        )
+    X = _uint8_pixels(mat["X"], path, "'X'")
+    if X.ndim != 4 or X.shape[:3] != (32, 32, 3):
+        raise ValueError(
+            f"{path!r}: 'X' has shape {list(X.shape)}, expected [32, 32, 3, n] "
+            "(height, width, channel, image)"
+        )
+    y = _int_labels(np.asarray(mat["y"]).reshape(-1), path, "'y'", 0, 10)
+    if y.shape[0] != X.shape[3]:
+        raise ValueError(f"{path!r}: 'y' holds {y.shape[0]} labels for {X.shape[3]} images")
+    y[y == 10] = 0
+    return np.transpose(X, (3, 2, 0, 1)), y
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,13 +387,74 @@ def _local_classes() -> dict[str, type]:
     from torchvision.datasets.utils import check_integrity
     from torchvision.datasets.vision import VisionDataset
 
+    class _CheckedMnistMixin:
+        """MNIST reader: torchvision's layout and item access, every file checked whole.
+
+        torchvision asserts on a bad magic number and accepts label files of another length
+        or with labels above 9; here each defect is a ValueError naming the file.
+        """
+
+        root: str
+        train: bool
+        training_file: str
+        test_file: str
+        _folder: str
+
+        @property
+        def raw_folder(self) -> str:
+            return os.path.join(self.root, self._folder, "raw")
+
+        @property
+        def processed_folder(self) -> str:
+            return os.path.join(self.root, self._folder, "processed")
+
+        def _load_data(self) -> tuple[Tensor, Tensor]:
+            prefix = "train" if self.train else "t10k"
+            image_path = os.path.join(self.raw_folder, f"{prefix}-images-idx3-ubyte")
+            label_path = os.path.join(self.raw_folder, f"{prefix}-labels-idx1-ubyte")
+            images, labels = _read_idx(image_path, 3), _read_idx(label_path, 1)
+            return _checked_mnist(images, labels, image_path, label_path)
+
+        def _load_legacy_data(self) -> tuple[Tensor, Tensor]:
+            name = self.training_file if self.train else self.test_file
+            path = os.path.join(self.processed_folder, name)
+            try:
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # corrupt file, or one holding more than tensors
+                raise ValueError(
+                    f"{path!r} is not a readable torch file of (images, labels) tensors: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from None
+            if not (
+                isinstance(raw, (tuple, list))
+                and len(raw) == 2
+                and all(isinstance(t, Tensor) for t in raw)
+            ):
+                raise ValueError(f"{path!r} must hold a pair (images, labels) of tensors")
+            images, labels = raw
+            if images.dtype != torch.uint8:
+                raise ValueError(f"{path!r}: images have dtype {images.dtype}, expected uint8")
+            return _checked_mnist(images.numpy(), labels.numpy(), path, path)
+
+    class LocalMNIST(_CheckedMnistMixin, tvd.MNIST):
+        _folder = "MNIST"
+
+    class LocalFashionMNIST(_CheckedMnistMixin, tvd.FashionMNIST):
+        _folder = "FashionMNIST"
+
     class _SafeCifarMixin:
-        """CIFAR reader: torchvision's layout and item access, restricted unpickling."""
+        """CIFAR reader: torchvision's layout and item access, restricted unpickling.
+
+        Every batch must be a dict with uint8-range ``data`` ``[n, 3072]`` and ``n`` labels
+        under the data set's own key, in range; the meta file must name every class.
+        """
 
         base_folder: str
         train_list: list
         test_list: list
         meta: dict
+        _label_key: str
+        _num_classes: int
 
         def __init__(
             self, root: str, train: bool, transform: Callable | None, verify: bool
@@ -235,6 +463,7 @@ def _local_classes() -> dict[str, type]:
             self.train = train
             folder = os.path.join(root, self.base_folder)
             files = self.train_list if train else self.test_list
+            key, k = self._label_key, self._num_classes
             batches = []
             targets: list[int] = []
             for file_name, md5 in files:
@@ -242,54 +471,62 @@ def _local_classes() -> dict[str, type]:
                 if verify and not check_integrity(path, md5):
                     raise ValueError(f"{path!r} failed its MD5 check (verify=True)")
                 entry = _load_array_pickle(path)
-                try:
-                    rows = np.asarray(entry["data"], dtype=np.uint8)
-                    key = "labels" if "labels" in entry else "fine_labels"
-                    labels = [int(t) for t in entry[key]]
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise ValueError(f"{path!r} is not a CIFAR batch (a dict with 'data' and "
-                                     f"'labels'): {type(exc).__name__}: {exc}") from None
+                if not isinstance(entry, dict) or "data" not in entry or key not in entry:
+                    got = (
+                        f"a dict with keys {', '.join(sorted(map(repr, entry))[:6])}"
+                        if isinstance(entry, dict)
+                        else f"a {type(entry).__name__}"
+                    )
+                    raise ValueError(
+                        f"{path!r} is not a CIFAR batch (a dict with 'data' and {key!r}): "
+                        f"got {got}"
+                    )
+                rows = _uint8_pixels(entry["data"], path, "'data'")
+                labels = _int_labels(entry[key], path, repr(key), 0, k - 1)
                 if rows.ndim != 2 or rows.shape != (len(labels), 3072):
-                    raise ValueError(f"{path!r} is not a CIFAR batch: 'data' has shape "
-                                     f"{rows.shape} for {len(labels)} labels (expected "
-                                     f"[{len(labels)}, 3072])")
+                    raise ValueError(
+                        f"{path!r} is not a CIFAR batch: 'data' has shape {rows.shape} for "
+                        f"{len(labels)} labels (expected [{len(labels)}, 3072])"
+                    )
                 batches.append(rows)
-                targets.extend(labels)
+                targets.extend(labels.tolist())
             # stored as rows of 3072 bytes, channel-major; torchvision keeps HWC
             self.data = np.vstack(batches).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             self.targets = targets
             meta_path = os.path.join(folder, self.meta["filename"])
             meta = _load_array_pickle(meta_path)
-            try:
-                self.classes = list(meta[self.meta["key"]])
-            except (KeyError, TypeError) as exc:
-                raise ValueError(f"{meta_path!r} is not CIFAR's meta file (no "
-                                 f"{self.meta['key']!r} list): {exc}") from None
+            names = meta.get(self.meta["key"]) if isinstance(meta, dict) else None
+            if isinstance(names, np.ndarray):
+                names = names.tolist()
+            if not isinstance(names, (list, tuple)) or len(names) != k:
+                raise ValueError(
+                    f"{meta_path!r} is not CIFAR's meta file: expected a dict whose "
+                    f"{self.meta['key']!r} lists {k} class names"
+                )
+            self.classes = list(names)
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     class LocalCIFAR10(_SafeCifarMixin, tvd.CIFAR10):
-        pass
+        _label_key, _num_classes = "labels", 10
 
     class LocalCIFAR100(_SafeCifarMixin, tvd.CIFAR100):
-        pass
+        _label_key, _num_classes = "fine_labels", 100
 
     class LocalSVHN(tvd.SVHN):
-        """SVHN that checks the MD5 only when asked (torchvision always does)."""
+        """SVHN with each ``.mat`` checked (shapes, dtype, labels); MD5 only when asked."""
 
         def __init__(self, root: str, split: str, transform: Callable | None, verify: bool) -> None:
-            self._verify = verify
-            try:
-                super().__init__(root, split=split, transform=transform, download=False)
-            except RuntimeError as exc:  # only raised by the MD5 check (files exist)
-                raise ValueError(f"{self.filename!r} failed its MD5 check (verify=True)") from exc
-
-        def _check_integrity(self) -> bool:
-            md5 = self.split_list[self.split][2] if self._verify else None
-            return check_integrity(os.path.join(self.root, self.filename), md5)
+            VisionDataset.__init__(self, root, transform=transform)
+            self.split = split
+            self.url, self.filename, self.file_md5 = self.split_list[split]
+            path = os.path.join(root, self.filename)
+            if verify and not check_integrity(path, self.file_md5):
+                raise ValueError(f"{path!r} failed its MD5 check (verify=True)")
+            self.data, self.labels = _read_svhn_mat(path)
 
     return {
-        "mnist": tvd.MNIST,
-        "fashion-mnist": tvd.FashionMNIST,
+        "mnist": LocalMNIST,
+        "fashion-mnist": LocalFashionMNIST,
         "cifar10": LocalCIFAR10,
         "cifar100": LocalCIFAR100,
         "svhn": LocalSVHN,
@@ -344,8 +581,10 @@ def load_vision_dataset(
     Raises:
         FileNotFoundError: If ``data_dir`` or an expected file is missing; the message names
             ``data_dir`` and the expected files.
-        ValueError: If ``name`` is unknown, ``svhn_extra`` is set for another data set, or a
-            file fails its MD5 check with ``verify=True``.
+        ValueError: If ``name`` is unknown, ``svhn_extra`` is set for another data set, a
+            file fails its MD5 check with ``verify=True``, or a file is unreadable, truncated
+            or holds the wrong shapes, dtypes or labels (the message names the file; a CIFAR
+            pickle naming anything but numpy arrays raises :class:`RefusedPickleError`).
 
     """
     canonical = canonical_dataset_name(name)
@@ -545,26 +784,35 @@ def load_features(
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file holds no ``X_<split>``/``y_<split>`` pair or mismatched ones.
+        ValueError: If the file cannot be read (truncated, corrupt, objects other than
+            tensors), holds no ``X_<split>``/``y_<split>`` pair or mismatched ones, features
+            that are not finite, or labels that are not whole numbers.
 
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file 'path' {str(path)!r} not found")
     meta: dict[str, Any] = {}
-    if path.suffix in (".pt", ".pth"):
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"{str(path)!r} must hold a dict of tensors, got {type(raw)}")
-        tensors = {k: v for k, v in raw.items() if isinstance(v, Tensor)}
-    else:
-        from safetensors import safe_open
+    try:
+        if path.suffix in (".pt", ".pth"):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if "meta" in header:
-            meta = json.loads(header["meta"])
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                header = f.metadata() or {}
+                raw = {k: f.get_tensor(k) for k in f.keys()}
+            if "meta" in header:
+                meta = json.loads(header["meta"])
+    except Exception as exc:  # truncated, corrupt, or objects weights_only refuses
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(
+            f"{str(path)!r} is not a readable feature file (truncated, corrupt, or holding "
+            f"more than tensors): {type(exc).__name__}: {first_line}"
+        ) from None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{str(path)!r} must hold a dict of tensors, got {type(raw)}")
+    tensors = {k: v for k, v in raw.items() if isinstance(v, Tensor)}
     splits = sorted(k[2:] for k in tensors if k.startswith("X_"))
     if not splits:
         raise ValueError(f"{str(path)!r} holds no 'X_<split>' feature tensors")
@@ -578,6 +826,14 @@ def load_features(
                 f"{str(path)!r}: 'X_{split}' {tuple(X.shape)} does not match 'y_{split}' "
                 f"{tuple(y.shape)}"
             )
+        if X.is_complex() or X.dtype == torch.bool or (
+            X.is_floating_point() and not bool(torch.isfinite(X).all())
+        ):
+            raise ValueError(f"{str(path)!r}: 'X_{split}' must hold finite real numbers")
+        if y.is_complex() or y.dtype == torch.bool or (
+            y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())).all())
+        ):
+            raise ValueError(f"{str(path)!r}: 'y_{split}' must hold whole-number labels")
         features[split] = X
         labels[split] = y.to(torch.int64)  # the reference stored float labels
     return features, labels, meta
