@@ -938,8 +938,8 @@ def load_features_or_pixels(
         FileNotFoundError: If ``data_dir``, the images or the feature file are missing (the
             message lists the expected paths).
         ValueError: If ``dataset`` is unknown (pixels), ``extractor`` is not a plain name,
-            ``binary`` is malformed or names a class without training examples, or the feature file
-            lacks a train or test split.
+            ``binary`` is malformed or names a class without training examples, or the feature
+            file lacks a train or test split, has an empty one or a negative label.
 
     """
     pair = _check_binary(binary)
@@ -968,6 +968,12 @@ def load_features_or_pixels(
             if split not in feats:
                 raise ValueError(f"{str(found)!r} has no {split!r} split (X_{split}, y_{split})")
         parts = [(feats[s].to(torch.float64), labs[s]) for s in ("train", "test")]
+        for split, (_, y) in zip(("train", "test"), parts, strict=True):
+            if y.numel() == 0:
+                raise ValueError(f"{str(found)!r}: its {split!r} split holds no rows")
+            if int(y.min()) < 0:
+                raise ValueError(f"{str(found)!r}: 'y_{split}' holds label {int(y.min())}; "
+                                 "labels must be class numbers 0..K-1")
         source = str(found)
         n_classes = int(max(int(parts[0][1].max()), int(parts[1][1].max())) + 1)
     (X_train, y_train), (X_test, y_test) = (

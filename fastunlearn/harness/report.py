@@ -17,6 +17,7 @@ import torch
 
 from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
+from ..metrics.report import json_ready
 
 __all__ = ["check_out_dir", "render_table", "write_outputs"]
 
@@ -107,18 +108,6 @@ def render_table(result: dict[str, Any]) -> str:
               f"(cache: {result['cache']['hits']} hit(s), {result['cache']['misses']} "
               "model(s) trained)."]
     return "\n".join(lines) + "\n"
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    return value
 
 
 def _figure(size: tuple[float, float]) -> Any:
@@ -259,7 +248,8 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
     if logits.get("oracles") and "forget" in labels:
         paths["logits"] = str(_write_logits(result, out / "logits"))
     public = {k: v for k, v in result.items() if k not in ("logits", "labels", "paths")}
-    (out / "results.json").write_text(json.dumps(_json_ready(public), indent=1) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(json_ready(public), indent=1, allow_nan=False) + "\n")
     paths["json"] = str(out / "results.json")
     (out / "results.md").write_text(render_table(result))
     paths["markdown"] = str(out / "results.md")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,13 @@ def as_tensor(value: Any, name: str) -> Tensor:
     if isinstance(value, Tensor):
         return value
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        if not value.dtype.isnative:  # e.g. a big-endian '>f4' .npy: torch refuses it
+            value = value.astype(value.dtype.newbyteorder("="))
+        try:
+            return torch.from_numpy(np.ascontiguousarray(value))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"'{name}' must be a numeric array, got dtype {value.dtype}") \
+                from exc
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -98,8 +105,8 @@ def check_examples(t: Tensor, name: str) -> None:
 
 
 def check_delta(delta: float, name: str = "delta") -> float:
-    """``delta`` as a float in [0, 1)."""
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+    """``delta`` as a float in [0, 1) (Python or numpy real numbers)."""
+    if isinstance(delta, (bool, np.bool_)) or not isinstance(delta, numbers.Real):
         raise TypeError(f"'{name}' must be a number, got {type(delta).__name__}")
     delta = float(delta)
     if not 0.0 <= delta < 1.0:

@@ -1,7 +1,8 @@
 """``fastunlearn evaluate DIR [--out OUT]``: every metric from saved logits.
 
 ``DIR`` is a logits directory in the fixture layout (:mod:`.fixtures`). Writes
-``evaluation.json`` (all numbers, per-example epsilons included), ``evaluation.md`` (one
+``evaluation.json`` (all numbers, per-example epsilons included; strict JSON, with
+infinite and nan values as the strings ``"inf"`` and ``"nan"``), ``evaluation.md`` (one
 table row per method) and ``epsilon_hist.png`` into ``OUT``. The top-level CLI registers it
 with :func:`add_parser` and dispatches to :func:`run`.
 """
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``; returns the exit status (0 ok, 2 bad input)."""
     from .._output_folder import check_output_folder
     from .evaluate import evaluate_logits_dir
-    from .report import plot_epsilon_histogram, render_evaluation_markdown
+    from .report import json_ready, plot_epsilon_histogram, render_evaluation_markdown
 
     src = Path(args.dir)
     out = Path(args.out) if args.out else Path.cwd() / f"evaluation-{src.resolve().name}"
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastunlearn evaluate: error: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "evaluation.json").write_text(
+        json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
     (out / "evaluation.md").write_text(render_evaluation_markdown(result))
     if not args.no_plot:
         plot_epsilon_histogram(result, out / "epsilon_hist.png")

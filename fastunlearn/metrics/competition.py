@@ -49,9 +49,11 @@ torch path above is the fallback.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -434,8 +436,10 @@ def score_bins(num_models: int) -> list[tuple[float, float, float]]:
 
     Bins exist while their end is at most ``ceil(ln(num_models - 1))``.
     """
-    if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 3:
+    if isinstance(num_models, (bool, np.bool_)) or not isinstance(num_models, numbers.Integral) \
+            or num_models < 3:
         raise ValueError(f"'num_models' must be an integer >= 3, got {num_models!r}")
+    num_models = int(num_models)  # numpy integers too (e.g. an array's shape entry)
     max_eps = math.ceil(math.log(num_models - 1))
     bins, k = [], 0
     while 0.5 * (k + 1) <= max_eps:
@@ -468,14 +472,29 @@ def forget_score(epsilons: Any, num_models: int) -> float:
 def final_score(forget: float, ra_u: float, ra_r: float, ta_u: float, ta_r: float) -> float:
     """Competition final score ``F * (RA_U / RA_R) * (TA_U / TA_R)`` (ratios not capped).
 
+    A nan input (an accuracy that could not be measured) gives a nan score.
+
     Raises:
-        ValueError: If a retrained accuracy is not positive.
+        TypeError: If a value is not a real number.
+        ValueError: If a value is infinite or negative, or a retrained accuracy is 0.
 
     """
-    for name, v in (("ra_r", ra_r), ("ta_r", ta_r)):
-        if not v > 0:
-            raise ValueError(f"'{name}' must be > 0, got {v}")
-    return float(forget) * (float(ra_u) / float(ra_r)) * (float(ta_u) / float(ta_r))
+    values = {"forget": forget, "ra_u": ra_u, "ra_r": ra_r, "ta_u": ta_u, "ta_r": ta_r}
+    for name, v in values.items():
+        if isinstance(v, Tensor) and v.numel() == 1 and not v.dtype.is_complex \
+                and v.dtype != torch.bool:
+            v = values[name] = float(v)  # a 0-d accuracy tensor
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise TypeError(f"'{name}' must be a real number, got {type(v).__name__}")
+        if math.isinf(v) or v < 0:
+            raise ValueError(f"'{name}' must be finite and >= 0, got {v}")
+    if any(math.isnan(v) for v in values.values()):
+        return math.nan
+    for name in ("ra_r", "ta_r"):
+        if not values[name] > 0:
+            raise ValueError(f"'{name}' must be > 0, got {values[name]}")
+    forget, ra_u, ra_r, ta_u, ta_r = (float(v) for v in values.values())
+    return forget * (ra_u / ra_r) * (ta_u / ta_r)
 
 
 @dataclass(frozen=True)

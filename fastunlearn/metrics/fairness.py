@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,13 +22,21 @@ def per_class_accuracy(logits: Any, labels: Any, num_classes: int | None = None)
         logits: ``[..., C]`` logits; with ``[S, N, C]`` (N models) the accuracy of a class
             pools all its (example, model) pairs, i.e. it is the mean over models.
         labels: Labels of shape ``logits.shape[:-1]``, or ``[S]`` for ``[S, N, C]``.
-        num_classes: Number of classes, ``C`` by default.
+        num_classes: Number of classes (an integer >= C), ``C`` by default.
 
     Returns:
         float64 ``[num_classes]`` on the CPU; nan for a class without examples.
 
+    Raises:
+        TypeError: If ``num_classes`` is not an integer.
+        ValueError: If ``num_classes`` is below C, or on bad logits / labels.
+
     """
     z, y = logits_and_labels(logits, labels)
+    if num_classes is not None and (isinstance(num_classes, (bool, np.bool_))
+                                    or not isinstance(num_classes, numbers.Integral)):
+        # int() would silently truncate 10.7 to 10
+        raise TypeError(f"'num_classes' must be an integer, got {num_classes!r}")
     C = z.shape[-1] if num_classes is None else int(num_classes)
     if C < z.shape[-1]:
         raise ValueError(f"'num_classes' ({C}) is smaller than the logits' classes "

@@ -73,7 +73,7 @@ def pack_slots(logits: Any, labels: Any) -> np.ndarray:
     z = float_tensor(logits, "logits", ndim=3)
     y = label_tensor(labels, "labels", z.shape[2], (z.shape[0],))
     onehot = torch.nn.functional.one_hot(y, z.shape[2]).to(z.dtype)
-    return torch.cat([onehot[:, None, :].to(z.device), z], 1).cpu().numpy()
+    return torch.cat([onehot[:, None, :].to(z.device), z.detach()], 1).cpu().numpy()
 
 
 def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, list[float]]:

@@ -56,7 +56,7 @@ def svc_mia_efficacy(
                              " (without the class dim)")
         if conf.numel() == 0:
             raise ValueError(f"'{name}' is empty")
-        feats[name] = conf.cpu().numpy()
+        feats[name] = conf.detach().cpu().numpy()  # logits may require grad
     members = feats["retain"][: len(feats["test"])] if balance else feats["retain"]
     x = np.concatenate([members, feats["test"]])[:, None]
     y = np.concatenate([np.ones(len(members)), np.zeros(len(feats["test"]))])

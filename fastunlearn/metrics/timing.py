@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from types import TracebackType
 
+import numpy as np
 import torch
 
 __all__ = ["Stopwatch", "time_ratio"]
@@ -53,11 +55,14 @@ def time_ratio(seconds: float, retrain_seconds: float) -> float:
     """Unlearning time as a fraction of retraining time (the competition rejects > ~0.2).
 
     Raises:
+        TypeError: If a time is not a real number (numpy scalars are accepted; bools not).
         ValueError: If a time is negative or not finite, or ``retrain_seconds`` is 0.
 
     """
     for name, v in (("seconds", seconds), ("retrain_seconds", retrain_seconds)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise TypeError(f"'{name}' must be a time in seconds, got {type(v).__name__}")
+        if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"'{name}' must be a finite time >= 0, got {v!r}")
     if retrain_seconds == 0:
         raise ValueError("'retrain_seconds' must be > 0")

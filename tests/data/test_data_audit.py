@@ -18,6 +18,7 @@ import torch
 from fastunlearn.data import (
     load_digits_dataset,
     load_features,
+    load_features_or_pixels,
     load_forget_indices,
     load_vision_dataset,
     parse_forget_spec,
@@ -533,3 +534,17 @@ def test_digits_seed_at_the_generator_limit():
         load_digits_dataset(seed=2**60)
     split = load_digits_dataset(seed=2**60 - 1, binary=(3, 8))
     assert split.X_train.shape[0] + split.X_test.shape[0] == 357  # 183 threes + 174 eights
+
+
+@pytest.mark.parametrize("y_test, match", [
+    (torch.tensor([0, -1, 2]), "holds label -1"),
+    (torch.zeros(0, dtype=torch.int64), "'test' split holds no rows"),
+])
+def test_feature_split_with_negative_labels_or_no_rows_is_refused(tmp_path, y_test, match):
+    # a negative label made the class count max + 1 wrong; an empty split crashed in max()
+    X_train, y_train = torch.randn(6, 3, dtype=torch.float64), torch.arange(6) % 3
+    X_test = torch.randn(len(y_test), 3, dtype=torch.float64)
+    path = tmp_path / "ext_toy_extracted.safetensors"
+    save_features(path, {"train": X_train, "test": X_test}, {"train": y_train, "test": y_test})
+    with pytest.raises(ValueError, match=match):
+        load_features_or_pixels("toy", tmp_path, extractor="ext")
