@@ -70,7 +70,10 @@ def _jacobi_from_operator(A: object, B: Tensor) -> Tensor:
     diagonal = getattr(A, "diagonal", None)
     if not callable(diagonal):
         raise ValueError("precond='jacobi' needs an operator 'A' with a diagonal() method")
-    diag = diagonal()
+    try:
+        diag = diagonal()
+    except NotImplementedError as exc:  # e.g. a damped operator whose base has no diagonal
+        raise ValueError(f"precond='jacobi' needs the diagonal of 'A': {exc}") from exc
     if not bool(((diag > 0) & torch.isfinite(diag)).all()):
         raise ValueError("precond='jacobi': the diagonal of 'A' must be positive and finite")
     return _check_inv_diag(1.0 / diag, B)
@@ -115,11 +118,23 @@ def _preconditioner(precond: object, A: object, B: Tensor) -> tuple[Tensor | Non
 
 
 def _apply(f: Matmat, V: Tensor, name: str) -> Tensor:
+    """``f(V)``, checked to be a tensor of the shape, dtype and device of ``V``."""
     out = f(V)
     if not isinstance(out, Tensor) or out.shape != V.shape:
         shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"'{name}' must map a [d, K] block to [d, K], got {shape}")
+    if out.dtype != V.dtype:
+        raise TypeError(f"'{name}' must return dtype {V.dtype} (that of 'B'), got {out.dtype}")
+    if out.device != V.device:
+        raise ValueError(f"'{name}' must return a tensor on {V.device} (that of 'B'), "
+                         f"got {out.device}")
     return out
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    """Raise ValueError when ``t`` holds NaN or infinity (one host synchronisation)."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"'{name}' must be finite (it holds NaN or infinity)")
 
 
 def _pcg_update_(
@@ -183,8 +198,10 @@ def cg(
 
     Args:
         A: A square LinearOperator, or a callable mapping [d, K] -> [d, K].
-        B: Tensor[d] or Tensor[d, K], right-hand sides.
+        B: Tensor[d] or Tensor[d, K], float32 or float64, finite right-hand sides. The
+            solve is not differentiable: ``B`` and ``x0`` are used detached.
         x0: Initial guess shaped like ``B`` (default zeros; costs one extra operator call).
+            Ignored for all-zero columns of ``B``, whose solution is exactly zero.
         tol: Relative tolerance (>= 0).
         atol: Absolute tolerance (>= 0).
         maxiter: Maximum iterations (default ``10 * d``).
@@ -198,14 +215,18 @@ def cg(
         A :class:`CGResult`; ``solution`` has the rank of ``B``.
 
     Raises:
-        TypeError: bad types of ``A``, ``B``, ``x0``, ``precond``, ints or dtype mismatches.
-        ValueError: wrong shapes, devices, negative ``tol``/``atol``/``maxiter``,
+        TypeError: bad types of ``A``, ``B``, ``x0``, ``precond``, ints or dtype mismatches
+            (also an operator or preconditioner returning another dtype than ``B``'s).
+        ValueError: wrong shapes, devices, non-finite ``B`` or ``x0``, negative
+            ``tol``/``atol``/``maxiter``,
             ``check_every < 1``, an unusable Jacobi diagonal, or an operator returning
             the wrong shape.
 
     """
     matmat, d_op = _as_matmat(A)
-    B = _check_float_tensor("B", B)
+    B = _check_float_tensor("B", B).detach()
+    if B.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"'B' must be float32 or float64, got {B.dtype}")
     if B.ndim not in (1, 2) or (d_op is not None and B.shape[0] != d_op):
         expected = "[d] or [d, K]" if d_op is None else f"[{d_op}] or [{d_op}, K]"
         raise ValueError(f"'B' must have shape {expected}, got {list(B.shape)}")
@@ -214,6 +235,7 @@ def cg(
             raise TypeError(f"'B' must have the operator's dtype {A.dtype}, got {B.dtype}")
         if B.device != A.device:
             raise ValueError(f"'B' must be on the operator's device {A.device}, got {B.device}")
+    _check_finite("B", B)
     tol = _check_nonnegative("tol", tol)
     atol = _check_nonnegative("atol", atol)
     d = B.shape[0]
@@ -232,7 +254,7 @@ def cg(
         x = torch.zeros_like(Bm, memory_format=torch.contiguous_format)
         r = Bm.clone(memory_format=torch.contiguous_format)
     else:
-        x0 = _check_float_tensor("x0", x0)
+        x0 = _check_float_tensor("x0", x0).detach()
         if x0.shape != B.shape:
             raise ValueError(f"'x0' must have the shape of 'B' {list(B.shape)}, "
                              f"got {list(x0.shape)}")
@@ -240,7 +262,11 @@ def cg(
             raise TypeError(f"'x0' must have dtype {B.dtype}, got {x0.dtype}")
         if x0.device != B.device:
             raise ValueError(f"'x0' must be on {B.device}, got {x0.device}")
+        _check_finite("x0", x0)
         x = (x0.unsqueeze(1) if vector else x0).clone(memory_format=torch.contiguous_format)
+        # A zero right-hand side has the exact solution 0 whatever the guess (SciPy does the
+        # same); starting from x0 there would chase a relative tolerance of 0 until maxiter.
+        x.masked_fill_((Bm == 0).all(0, keepdim=True), 0.0)
         r = (Bm - _apply(matmat, x, "A")).contiguous()
         num_calls += 1
 

@@ -11,6 +11,7 @@ from .network import (
     LossFn,
     ParamSpec,
     _check_data,
+    _check_eval_mode,
     _functional_loss,
     flatten_params,
     selected_parameter_names,
@@ -36,7 +37,8 @@ def cholesky_solve(H: Tensor, B: Tensor) -> Tensor:
 
     Raises:
         TypeError: non-floating tensors or mismatched dtypes.
-        ValueError: bad shapes, mixed devices, or ``H`` not positive definite (numerically).
+        ValueError: bad shapes, mixed devices, non-finite ``H`` or ``B``, or ``H`` not
+            positive definite (numerically).
 
     """
     H = _check_float_tensor("H", H)
@@ -53,6 +55,9 @@ def cholesky_solve(H: Tensor, B: Tensor) -> Tensor:
     rows = B.shape[-1] if vector else (B.shape[-2] if B.ndim >= 2 else None)
     if rows != d:
         raise ValueError(f"'B' must have shape [..., {d}] or [..., {d}, K], got {list(B.shape)}")
+    for name, t in (("H", H), ("B", B)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"'{name}' must be finite (it holds NaN or infinity)")
     L, info = torch.linalg.cholesky_ex(H)
     if bool((info != 0).any()):
         raise ValueError("'H' is not positive definite (Cholesky factorisation failed)")
@@ -85,13 +90,15 @@ def dense_hessian(
         Tensor[P, P].
 
     Raises:
-        TypeError / ValueError: as for :class:`~fastunlearn.linalg.NetworkHessianOperator`.
+        TypeError / ValueError: as for :class:`~fastunlearn.linalg.NetworkHessianOperator`
+            (including a model with dropout/RReLU/batch-norm layers in training mode).
 
     """
     names = selected_parameter_names(model, params)
     if not callable(loss_fn):
         raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
     _check_data(inputs, targets)
+    _check_eval_mode(model)
     named = dict(model.named_parameters())
     primals = [named[n].detach() for n in names]
     loss = _functional_loss(model, loss_fn, names)

@@ -120,8 +120,10 @@ def lissa(
     ``damping * I + H_j / scale`` in (0, 2)).
 
     Divergence is an error, never a silent result: every ``check_every`` steps and at the last
-    step the update norm ``||h_j - h_{j-1}||`` is read on the host; a non-finite value, or one
-    more than :data:`GROWTH_FACTOR` times the smallest seen so far, raises
+    step the update norm ``||h_j - h_{j-1}||`` is read on the host; a non-finite value, one
+    more than :data:`GROWTH_FACTOR` times the smallest seen so far, or (without ``batches``,
+    where ``h_j - h_{j-1}`` is the residual ``b - (damping I + H / scale) h_{j-1}``) one above
+    ``2 ||b||`` (an estimate worse than zero: a slow divergence) raises
     :class:`LissaDivergenceError` (increase ``scale`` or ``damping``).
 
     Args:
@@ -133,7 +135,8 @@ def lissa(
             ``damping`` is included in H). Summed-loss Hessians of a batch grow with the
             batch size; pick ``scale`` for the batch Hessian, and read the result relative
             to ``E[H_j]`` (the full-data Hessian / k for summed batch Hessians).
-        b: Tensor[d] or Tensor[d, K] (columns are estimated independently).
+        b: Tensor[d] or Tensor[d, K], finite (columns are estimated independently); used
+            detached (the estimate is not differentiable).
         damping: ``>= 0``; the effective damping is ``damping * scale`` (relative to
             ``E[H_j]``).
         scale: ``> 0``; must exceed about ``lambda_max(H) / (2 - damping)``.
@@ -148,15 +151,19 @@ def lissa(
         A :class:`LissaResult`.
 
     Raises:
-        TypeError: bad types of ``hvp``, ``b`` or the integer arguments.
-        ValueError: bad shapes, ``damping < 0``, ``scale <= 0``, ``depth``, ``repetitions``
-            or ``check_every`` below 1, empty ``batches``, or ``hvp`` returning a wrong shape.
+        TypeError: bad types of ``hvp``, ``b`` or the integer arguments, or ``b`` not of the
+            dtype of an operator ``hvp``.
+        ValueError: bad shapes, non-finite ``b``, ``damping < 0``, ``scale <= 0``, ``depth``,
+            ``repetitions`` or ``check_every`` below 1, empty ``batches``, or ``hvp``
+            returning a wrong shape.
         LissaDivergenceError: the recursion diverged.
 
     """
-    b = _check_float_tensor("b", b)
+    b = _check_float_tensor("b", b).detach()  # no autograd graph through `depth` steps
     if b.ndim not in (1, 2):
         raise ValueError(f"'b' must have shape [d] or [d, K], got {list(b.shape)}")
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("'b' must be finite (it holds NaN or infinity)")
     damping = _check_nonnegative("damping", damping)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"'scale' must be a real number, got {type(scale).__name__}")
@@ -175,6 +182,13 @@ def lissa(
 
         bar = tqdm(total=depth * repetitions, desc="LiSSA", unit="hvp")
 
+    # With a fixed symmetric H, h_j - h_{j-1} = b - (damping I + H / scale) h_{j-1} is the
+    # residual of the damped system at the estimate h_{j-1} / scale; it equals T^j b with
+    # T = (1 - damping) I - H / scale, so it never exceeds ||b|| while the recursion converges
+    # (||T|| < 1). A larger residual is an estimate worse than 0: divergence, however slow.
+    # Batch Hessians add noise to this residual, so the test is made without batches only.
+    residual_limit = (2.0 * float(torch.linalg.vector_norm(b)) if batches is None
+                      else math.inf)
     steps = [j for j in range(1, depth + 1) if j % check_every == 0 or j == depth]
     history = torch.zeros(repetitions, len(steps), dtype=torch.float64)
     total = torch.zeros_like(b)
@@ -187,12 +201,14 @@ def lissa(
                 Hh = apply(h, next(stream) if stream is not None else None)
                 h_new = b + (1.0 - damping) * h - Hh / scale
                 if j == steps[checked]:
-                    update = float(torch.linalg.vector_norm(h_new - h)) / scale
+                    residual = float(torch.linalg.vector_norm(h_new - h))
+                    update = residual / scale
                     history[rep, checked] = update
                     checked += 1
                     floor = torch.finfo(b.dtype).eps * float(torch.linalg.vector_norm(h_new))
                     smallest = min(smallest, max(update, floor / scale))
-                    if not math.isfinite(update) or update > GROWTH_FACTOR * smallest:
+                    if (not math.isfinite(update) or update > GROWTH_FACTOR * smallest
+                            or residual > residual_limit):
                         raise LissaDivergenceError(
                             f"LiSSA diverged at step {j} of repetition {rep} (update norm "
                             f"{update:.3g}): it converges only if every eigenvalue of H lies "
@@ -225,6 +241,11 @@ def _hvp_function(
     if isinstance(hvp, LinearOperator):
         if hvp.shape[1] != b.shape[0]:
             raise ValueError(f"'b' must have {hvp.shape[1]} rows, got {list(b.shape)}")
+        if b.dtype != hvp.dtype:
+            raise TypeError(f"'b' must have the operator's dtype {hvp.dtype}, got {b.dtype}")
+        if b.device != hvp.device:
+            raise ValueError(f"'b' must be on the operator's device {hvp.device}, "
+                             f"got {b.device}")
         if stochastic:
             matmat_on = getattr(hvp, "matmat_on", None)
             if not callable(matmat_on):

@@ -31,6 +31,9 @@ ParamSpec = Iterable[str | nn.Parameter] | None
 
 _MODES = ("fwd-rev", "rev-rev")
 
+#: (tensors with their version counters, module training flags): see ``_graph_key``.
+_GraphKey = tuple[tuple[tuple[Tensor, int], ...], tuple[bool, ...]]
+
 
 def selected_parameter_names(model: nn.Module, params: ParamSpec = None) -> list[str]:
     """Names of the selected parameters, in ``model.named_parameters()`` order.
@@ -152,6 +155,36 @@ def params_vector(model: nn.Module, params: ParamSpec = None) -> Tensor:
     return flatten_params(named[n].detach() for n in names).clone()
 
 
+#: Layers whose output in training mode is random (dropout, RReLU) or that update running
+#: statistics in place (batch/instance norm tracking them): their loss is not a fixed
+#: function of the parameters there, so no Hessian operator is defined.
+_TRAIN_MODE_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.dropout._DropoutNd,
+    nn.RReLU,
+    nn.modules.batchnorm._NormBase,
+)
+
+
+def _check_eval_mode(model: nn.Module) -> None:
+    """Reject a model whose training-mode layers make the loss random or mutate buffers.
+
+    Those are dropout with p > 0, RReLU and batch/instance norm tracking running statistics.
+    """
+    for name, module in model.named_modules():
+        if not module.training or not isinstance(module, _TRAIN_MODE_LAYERS):
+            continue
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p == 0.0:
+            continue
+        if (isinstance(module, nn.modules.batchnorm._NormBase)
+                and not module.track_running_stats):
+            continue
+        raise ValueError(
+            f"'model' has layer {name or type(module).__name__!r} "
+            f"({type(module).__name__}) in training mode: its loss is random or updates "
+            f"running statistics, so it has no Hessian; call model.eval() first"
+        )
+
+
 def _functional_loss(
     model: nn.Module, loss_fn: LossFn, names: list[str]
 ) -> Callable[[tuple[Tensor, ...], Any, Any], Tensor]:
@@ -185,8 +218,9 @@ class NetworkHessianOperator(LinearOperator):
     The K columns of a block are vectorised with ``vmap``; if the model cannot be vmapped
     (e.g. it calls ``.item()``), the operator falls back to a loop over columns and remembers
     that (``vectorized`` becomes False). The parameters are read from ``model`` at every
-    product, so in-place updates are seen. Put the model in ``eval()`` mode (dropout and
-    batch-norm statistics make the loss non-deterministic or mutate buffers).
+    product, so in-place updates are seen. The model must be in ``eval()`` mode where it has
+    dropout, RReLU or batch-norm layers (their training mode makes the loss random or mutates
+    buffers): a product raises ValueError otherwise.
 
     Args:
         model: The network; called as ``model(inputs)``.
@@ -252,11 +286,21 @@ class NetworkHessianOperator(LinearOperator):
         self.num_hvps = 0
         self.vectorized = True
         self._loss = _functional_loss(model, loss_fn, self.param_names)
-        self._vjp_cache: tuple[tuple[int, ...], Any] | None = None
+        self._vjp_cache: tuple[_GraphKey, Any] | None = None
         d = sum(p.numel() for p in selected)
         self.shape = (d, d)
         self.dtype = selected[0].dtype
         self.device = selected[0].device
+
+    def _graph_key(self) -> _GraphKey:
+        """Return what the kept rev-rev graph depends on.
+
+        That is every parameter (selected or not), buffer and data tensor with its in-place
+        version counter, and every module's training flag.
+        """
+        tensors = [*self.model.parameters(), *self.model.buffers(), self.inputs, self.targets]
+        return (tuple((t, t._version) for t in tensors),
+                tuple(m.training for m in self.model.modules()))
 
     def _primals(self) -> tuple[Tensor, ...]:
         named = dict(self.model.named_parameters())
@@ -279,9 +323,14 @@ class NetworkHessianOperator(LinearOperator):
         Returns:
             Tensor[d, K].
 
+        Raises:
+            ValueError: the model has dropout/RReLU/batch-norm layers in training mode, or
+                a bad ``V``, ``inputs`` or ``targets``.
+
         """
         V = self._check_block(V)
         _check_data(inputs, targets)
+        _check_eval_mode(self.model)
         K = V.shape[1]
         primals = self._primals()
         # Columns -> per-parameter tangents with the column index leading: [K, *shape].
@@ -337,11 +386,9 @@ class NetworkHessianOperator(LinearOperator):
 
         else:
             if keep:
-                named = dict(self.model.named_parameters())
-                versions = tuple(named[n]._version for n in self.param_names)
-                versions += tuple(b._version for b in self.model.buffers())
-                if self._vjp_cache is None or self._vjp_cache[0] != versions:
-                    self._vjp_cache = (versions, vjp(grad_fn, primals)[1])
+                key = self._graph_key()
+                if self._vjp_cache is None or not _same_key(self._vjp_cache[0], key):
+                    self._vjp_cache = (key, vjp(grad_fn, primals)[1])
                 vjp_fn = self._vjp_cache[1]
             else:
                 _, vjp_fn = vjp(grad_fn, primals)
@@ -361,6 +408,13 @@ class NetworkHessianOperator(LinearOperator):
                 self.vectorized = False
         columns = [one(tuple(t[k] for t in tangents)) for k in range(K)]
         return tuple(torch.stack(parts) for parts in zip(*columns, strict=True))
+
+
+def _same_key(a: _GraphKey, b: _GraphKey) -> bool:
+    """Whether two graph keys hold the same tensor objects at the same versions and modes."""
+    return (a[1] == b[1] and len(a[0]) == len(b[0])
+            and all(ta is tb and va == vb for (ta, va), (tb, vb) in zip(a[0], b[0],
+                                                                            strict=True)))
 
 
 def _check_data(inputs: object, targets: object) -> None:

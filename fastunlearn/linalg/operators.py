@@ -157,7 +157,7 @@ class GLMHessianOperator(LinearOperator):
 
     Raises:
         TypeError: non-floating tensors, dtype mismatch, non-number ``lam``.
-        ValueError: wrong shapes, mixed devices, negative or non-finite ``lam``.
+        ValueError: wrong shapes, mixed devices, negative or non-finite ``S`` or ``lam``.
 
     """
 
@@ -174,6 +174,8 @@ class GLMHessianOperator(LinearOperator):
             raise TypeError(f"'S' must have the dtype of 'X' ({X.dtype}), got {S.dtype}")
         if S.device != X.device:
             raise ValueError(f"'S' must be on the device of 'X' ({X.device}), got {S.device}")
+        if not bool(((S >= 0) & torch.isfinite(S)).all()):
+            raise ValueError("'S' must be finite and non-negative (curvature weights)")
         self.lam = _check_nonnegative("lam", lam)
         self.X = X
         self.S = S.unsqueeze(1) if S.ndim == 1 else S  # [n, K]
@@ -224,7 +226,7 @@ class ScaledIdentityPlus(LinearOperator):
         if not isinstance(base, LinearOperator):
             raise TypeError(f"'base' must be a LinearOperator, got {type(base).__name__}")
         self.base = base
-        self.c = _check_nonnegative("damping", c)
+        self.c = _check_nonnegative("c", c)
         self.shape = base.shape
         self.dtype = base.dtype
         self.device = base.device
