@@ -6,7 +6,7 @@ The spec is what the CLI's ``--forget`` takes:
 ``class:3``         every example whose label is 3
 ``class:1,2``       every example whose label is 1 or 2
 ``random:0.1``      ``round(0.1 * n)`` examples drawn uniformly without replacement
-``file:PATH``       the indices stored in ``PATH``
+``file:PATH``       the indices stored in ``PATH`` (a leading ``~`` expanded)
 ==================  ==================================================================
 
 An index file holds 0-based row indices into the data set: ``.npy`` (an integer array,
@@ -116,7 +116,7 @@ def load_forget_indices(path: str | os.PathLike) -> Tensor:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"'path' must be a path, got {type(path).__name__}")
-    path = Path(path)
+    path = Path(path).expanduser()  # the shell leaves `file:~/...` unexpanded
     if not path.is_file():
         raise FileNotFoundError(f"forget index file {str(path)!r} does not exist")
     suffix = path.suffix.lower()

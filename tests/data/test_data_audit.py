@@ -548,3 +548,14 @@ def test_feature_split_with_negative_labels_or_no_rows_is_refused(tmp_path, y_te
     save_features(path, {"train": X_train, "test": X_test}, {"train": y_train, "test": y_test})
     with pytest.raises(ValueError, match=match):
         load_features_or_pixels("toy", tmp_path, extractor="ext")
+
+
+def test_file_spec_expands_a_leading_tilde(tmp_path, monkeypatch):
+    # `--forget file:~/ids.txt` reaches the parser unexpanded (the shell expands `~` only at
+    # the start of a word)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_forget_indices(tmp_path / "ids.txt", [4, 1])
+    labels = torch.arange(6) % 3
+    forget, retain = parse_forget_spec("file:~/ids.txt", labels)
+    assert sorted(forget.tolist()) == [1, 4]
+    assert sorted(forget.tolist() + retain.tolist()) == list(range(6))
