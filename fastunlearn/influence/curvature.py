@@ -18,6 +18,14 @@ from torch.func import functional_call, grad, vjp
 
 from ..linalg import LinearOperator, selected_parameter_names
 from ..linalg.forward_ad import jvp
+from ..linalg.network import (
+    _check_batch_size,
+    _check_data,
+    _check_eval_mode,
+    _GraphKey,
+    _same_key,
+)
+from ..linalg.operators import _check_nonnegative
 from .gradients import LossFn
 
 __all__ = ["GGNOperator"]
@@ -31,11 +39,16 @@ class GGNOperator(LinearOperator):
     pass (``J v``), one output-space Hessian product and one backward pass (``J^T u``) per
     batch. When the stored data is one batch (``batch_size`` None or >= n, e.g. a curvature
     subsample), the network is not run again per product: the graph of ``J^T u`` is built
-    once and kept (rebuilt if a parameter or buffer changes in place), ``J^T u`` is a
-    backward pass through it and ``J v`` a backward pass through that backward pass (the
-    transpose of a linear map is its vector-Jacobian product). Only the layers from the
+    once and kept, ``J^T u`` is a backward pass through it and ``J v`` a backward pass
+    through that backward pass (the transpose of a linear map is its vector-Jacobian
+    product). The kept graph is rebuilt when any parameter (selected or not), buffer or
+    data tensor is replaced or changed in place, or a module's training flag changes (as
+    for :class:`~fastunlearn.linalg.NetworkHessianOperator`). Only the layers from the
     first selected parameter on are traversed: with the last layers selected, a product
-    costs a fraction of a forward pass of the whole network. Put the model in eval mode.
+    costs a fraction of a forward pass of the whole network. The model must be in eval
+    mode where it has dropout, RReLU or batch-norm layers (in training mode the outputs
+    are random or the running statistics would be updated): a product raises ValueError
+    otherwise.
 
     Args:
         model: The network.
@@ -48,6 +61,13 @@ class GGNOperator(LinearOperator):
 
     Attributes:
         num_hvps: Full-data (or ``matmat_on``-data) products evaluated, one per column.
+
+    Raises:
+        TypeError: bad ``model``, ``loss_fn``, ``inputs``/``targets``, ``params`` or
+            ``batch_size`` types, or non-floating parameters.
+        ValueError: unknown or frozen ``params``, negative or non-finite ``damping``,
+            ``batch_size < 1``, ``inputs``/``targets`` of different lengths, or selected
+            parameters of mixed dtypes/devices.
 
     """
 
@@ -63,28 +83,60 @@ class GGNOperator(LinearOperator):
         batch_size: int | None = None,
     ) -> None:
         self.param_names = selected_parameter_names(model, params)
+        if not callable(loss_fn):
+            raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
+        self.damping = _check_nonnegative("damping", damping)
+        _check_data(inputs, targets)
+        self.batch_size = _check_batch_size(batch_size)
         named = dict(model.named_parameters())
         selected = [named[n] for n in self.param_names]
+        if len({p.dtype for p in selected}) != 1 or len({p.device for p in selected}) != 1:
+            raise ValueError("'params': the selected parameters must share one dtype and device")
+        if not selected[0].is_floating_point():
+            raise TypeError(f"'params' must be floating, got {selected[0].dtype}")
         self.model, self.loss_fn = model, loss_fn
         self.inputs, self.targets = inputs, targets
-        self.damping = float(damping)
-        if self.damping < 0:
-            raise ValueError(f"'damping' must be >= 0, got {damping}")
-        self.batch_size = batch_size
         self.num_hvps = 0
-        self._vjp_cache: tuple[tuple[int, ...], Tensor, Any, Any] | None = None
+        self._vjp_cache: tuple[_GraphKey, Tensor, Any, Any] | None = None
         d = sum(p.numel() for p in selected)
         self.shape = (d, d)
         self.dtype = selected[0].dtype
         self.device = selected[0].device
+
+    def _graph_key(self) -> _GraphKey:
+        """Return what the kept graph depends on.
+
+        That is every parameter (selected or not: the unselected ones shape the outputs
+        and their Jacobian), buffer and stored data tensor with its in-place version
+        counter, and every module's training flag.
+        """
+        tensors = [*self.model.parameters(), *self.model.buffers(), self.inputs, self.targets]
+        return (tuple((t, t._version) for t in tensors),
+                tuple(m.training for m in self.model.modules()))
 
     def matmat(self, V: Tensor) -> Tensor:
         """``(GGN + damping I) V`` on the stored data, V [d, K] -> [d, K]."""
         return self.matmat_on(V, self.inputs, self.targets)
 
     def matmat_on(self, V: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
-        """``(GGN_D + damping I) V`` on other data D (LiSSA mini-batches)."""
+        """``(GGN_D + damping I) V`` on other data D (LiSSA mini-batches).
+
+        Args:
+            V: Tensor[d, K].
+            inputs: Tensor[m, ...].
+            targets: Tensor[m, ...].
+
+        Returns:
+            Tensor[d, K].
+
+        Raises:
+            ValueError: the model has dropout/RReLU/batch-norm layers in training mode, or
+                a bad ``V``, ``inputs`` or ``targets``.
+
+        """
         V = self._check_block(V)
+        _check_data(inputs, targets)
+        _check_eval_mode(self.model)
         named = dict(self.model.named_parameters())
         primals = tuple(named[n].detach() for n in self.param_names)
         base = {n: p.detach() for n, p in named.items()}
@@ -133,14 +185,12 @@ class GGNOperator(LinearOperator):
         """Return the stored batch's outputs, ``u -> J^T u`` and ``v -> J v``, kept.
 
         ``J v`` is the vector-Jacobian product of the linear map ``u -> J^T u`` (at any
-        ``u``; zeros here). Rebuilt when a parameter or buffer has changed in place.
+        ``u``; zeros here). Rebuilt when :meth:`_graph_key` changes.
         """
-        named = dict(self.model.named_parameters())
-        versions = tuple(named[n]._version for n in self.param_names)
-        versions += tuple(b._version for b in self.model.buffers())
-        if self._vjp_cache is None or self._vjp_cache[0] != versions:
+        key = self._graph_key()
+        if self._vjp_cache is None or not _same_key(self._vjp_cache[0], key):
             out, vjp_fn = vjp(f, primals)
             _, jv_fn = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
-            self._vjp_cache = (versions, out, vjp_fn, jv_fn)
+            self._vjp_cache = (key, out, vjp_fn, jv_fn)
         _, out, vjp_fn, jv_fn = self._vjp_cache
         return out, vjp_fn, jv_fn

@@ -95,6 +95,65 @@ def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     return [(s, min(s + step, n)) for s in range(0, n, step)]
 
 
+def _check_chunk_size(chunk_size: object) -> int | None:
+    """Return ``chunk_size``, checked to be None or an int >= 1.
+
+    0 or a negative size would silently mean one chunk or no chunk at all (a zero
+    gradient, a zero loss).
+    """
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"'chunk_size' must be an int or None, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"'chunk_size' must be >= 1, got {chunk_size}")
+    return chunk_size
+
+
+def _check_rows(pairs: Sequence[tuple[str, object]]) -> int:
+    """Return the common number of rows of the ``(name, tensor)`` pairs, checked.
+
+    Each must be a tensor with a leading dimension, all with the same number of rows (a
+    shorter tensor would be sliced silently per chunk).
+    """
+    rows = None
+    for name, t in pairs:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"'{name}' must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim == 0:
+            raise ValueError(f"'{name}' must have a leading batch dimension, got a scalar")
+        if rows is None:
+            rows = int(t.shape[0])
+        elif t.shape[0] != rows:
+            first = pairs[0][0]
+            raise ValueError(f"'{name}' must have as many rows as '{first}' ({rows}), "
+                             f"got {t.shape[0]}")
+    assert rows is not None
+    return rows
+
+
+def _check_replacements(
+    model: nn.Module, names: Sequence[str], values: Sequence[Tensor]
+) -> None:
+    """Check that ``names`` are parameters of ``model`` and ``values`` tensors of their shapes.
+
+    An unknown name would otherwise be ignored silently by ``functional_call``.
+    """
+    named = dict(model.named_parameters())
+    if len(names) != len(values):
+        raise ValueError(f"'values' must hold one tensor per name ({len(names)}), "
+                         f"got {len(values)}")
+    for name, value in zip(names, values, strict=True):
+        if name not in named:
+            raise ValueError(f"'names': unknown parameter name {name!r}")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"'values' must hold tensors, got {type(value).__name__} for "
+                            f"{name!r}")
+        if value.shape != named[name].shape:
+            raise ValueError(f"'values': the tensor for {name!r} must have shape "
+                             f"{list(named[name].shape)}, got {list(value.shape)}")
+
+
 def loss_value(
     model: nn.Module,
     loss_fn: LossFn,
@@ -119,9 +178,18 @@ def loss_value(
     Returns:
         The loss as a Python float (``nan``/``inf`` are returned, not raised).
 
+    Raises:
+        TypeError / ValueError: ``inputs``/``targets`` not tensors or of different
+            lengths, ``chunk_size`` not None or an int >= 1, or ``names``/``values``
+            that are not parameters of ``model`` with their shapes.
+
     """
     names = list(names or [])
-    state = _state(model, names, list(values or []))
+    values = list(values or [])
+    _check_rows([("inputs", inputs), ("targets", targets)])
+    chunk_size = _check_chunk_size(chunk_size)
+    _check_replacements(model, names, values)
+    state = _state(model, names, values)
     total = 0.0
     with torch.no_grad(), eval_mode(model):
         for start, stop in _chunks(inputs.shape[0], chunk_size):
@@ -191,8 +259,14 @@ def loss_gradient(
     Returns:
         Tensor[P] in ``named_parameters()`` order.
 
+    Raises:
+        TypeError / ValueError: ``inputs``/``targets`` not tensors or of different
+            lengths, ``chunk_size`` not None or an int >= 1, or a bad ``params``.
+
     """
     names = selected_parameter_names(model, params)
+    _check_rows([("inputs", inputs), ("targets", targets)])
+    chunk_size = _check_chunk_size(chunk_size)
 
     def loss(st: dict[str, Tensor], start: int, stop: int) -> Tensor:
         return loss_fn(functional_call(model, st, (inputs[start:stop],)), targets[start:stop])
@@ -230,8 +304,15 @@ def gradient_difference(
     Returns:
         Tensor[P] in ``named_parameters()`` order.
 
+    Raises:
+        TypeError / ValueError: the four tensors not tensors or of different lengths,
+            ``chunk_size`` not None or an int >= 1, or a bad ``params``.
+
     """
     names = selected_parameter_names(model, params)
+    _check_rows([("inputs", inputs), ("targets", targets), ("new_inputs", new_inputs),
+                 ("new_targets", new_targets)])
+    chunk_size = _check_chunk_size(chunk_size)
 
     def diff(st: dict[str, Tensor], start: int, stop: int) -> Tensor:
         xn, yn = new_inputs[start:stop], new_targets[start:stop]
@@ -251,14 +332,21 @@ def check_sum_reduction(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targe
         targets: Matching targets.
 
     Raises:
-        ValueError: the loss of a row repeated twice is not twice the loss of the row
-            (e.g. ``reduction="mean"``).
+        ValueError: the loss is not a single number (e.g. ``reduction="none"``), or the
+            loss of a row repeated twice is not twice the loss of the row (e.g.
+            ``reduction="mean"``).
 
     """
     with torch.no_grad(), eval_mode(model):
         out = model(inputs[:1])
-        one = float(loss_fn(out, targets[:1]))
-        two = float(loss_fn(torch.cat([out, out]), torch.cat([targets[:1], targets[:1]])))
+        one_t = loss_fn(out, targets[:1])
+        two_t = loss_fn(torch.cat([out, out]), torch.cat([targets[:1], targets[:1]]))
+    for value in (one_t, two_t):
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"'loss_fn' must return one number, the loss summed over the "
+                             f"batch (reduction='sum'), got {got}")
+    one, two = float(one_t), float(two_t)
     if abs(one) > 1e-30 and not abs(two - 2.0 * one) <= 1e-4 * abs(2.0 * one):
         raise ValueError(
             "'loss_fn' must sum over the batch (reduction='sum'): the loss of a duplicated "

@@ -246,15 +246,29 @@ def _check_affected(
     return inputs, targets, new_inputs, new_targets
 
 
-def _check_train_shape(train_data: object, inputs: Tensor) -> tuple[Tensor, Tensor]:
+def _check_train_shape(
+    train_data: object, inputs: Tensor, targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Types and shapes of ``train_data``: a non-empty pair with rows like the affected points.
+
+    An empty training set has no curvature or loss: a second-order step would be
+    ``G / damping`` and the loss check would compare 0 with 0. Targets shaped unlike
+    ``targets`` would be broadcast silently by a custom loss.
+    """
     if not isinstance(train_data, (tuple, list)) or len(train_data) != 2:
         raise TypeError("'train_data' must be a pair (inputs, targets)")
     X_train = _check_tensor("train_data[0]", train_data[0])
     y_train = _check_tensor("train_data[1]", train_data[1])
     _check_pair("train_data", X_train, y_train)
+    if X_train.shape[0] == 0:
+        raise ValueError("'train_data' must hold at least one row (the corrected training "
+                         "set), got 0")
     if X_train.shape[1:] != inputs.shape[1:]:
         raise ValueError(f"'train_data' inputs must have rows shaped like 'inputs' "
                          f"{list(inputs.shape[1:])}, got {list(X_train.shape[1:])}")
+    if y_train.shape[1:] != targets.shape[1:]:
+        raise ValueError(f"'train_data' targets must have rows shaped like 'targets' "
+                         f"{list(targets.shape[1:])}, got {list(y_train.shape[1:])}")
     return X_train, y_train
 
 
@@ -358,6 +372,21 @@ def _breakdown_note(iterations: int) -> str:
             f"it positive definite, or curvature='ggn' (positive semidefinite)")
 
 
+def _unconverged_note(
+    relative: float, tol: float, iterations: int, maxiter: int | None, restarts: int,
+    num_params: int,
+) -> str:
+    """Return the remark of a CG solve that stopped above ``tol``.
+
+    The step is not refused: ``converged=False``, this remark and the loss check let the
+    caller judge it.
+    """
+    cap = maxiter if maxiter is not None else 10 * num_params
+    return (f"CG did not converge: relative residual {relative:.3g} > tol={tol:g} after "
+            f"{iterations} iteration(s) (maxiter={cap}, restarts={restarts}); the step is "
+            f"CG's last iterate, an inexact solution of (H + damping I) x = G")
+
+
 def _zero_step_reason(note: str | None) -> str:
     """Why a zero step is not applied (the solver's remark, if any, kept first)."""
     zero = "the update step is zero: nothing was applied"
@@ -416,8 +445,15 @@ def _solve_direct(
     damping: float,
     batch_size: int | None,
     curvature: str = "hessian",
-) -> tuple[Tensor, Tensor]:
-    """Dense ``(H + damping I)^{-1} G``; returns the solution and the damped Hessian."""
+) -> tuple[Tensor, Tensor, str | None]:
+    """Dense ``(H + damping I)^{-1} G``.
+
+    Returns:
+        ``(solution, damped Hessian, note)``: when the damped matrix is exactly singular
+        (e.g. ``damping=0`` and a parameter no training row reaches) there is no solution;
+        the solution is then zero and ``note`` says why (otherwise None).
+
+    """
     n = X.shape[0]
     step = batch_size or max(n, 1)
     H = torch.zeros(G.numel(), G.numel(), dtype=G.dtype, device=G.device)
@@ -433,8 +469,13 @@ def _solve_direct(
     try:
         x = cholesky_solve(H, G)
     except ValueError:  # indefinite (non-convex, too little damping): LU still solves it
-        x = torch.linalg.solve(H, G)
-    return x, H
+        try:
+            x = torch.linalg.solve(H, G)
+        except torch.linalg.LinAlgError:
+            note = ("the damped curvature (H + damping I) is singular: no Newton step "
+                    "exists; use 'damping' > 0")
+            return torch.zeros_like(G), H, note
+    return x, H, None
 
 
 # ---------------------------------------------------------------------------------------
@@ -483,7 +524,10 @@ def influence_update(
     ``curvature="ggn"``. If CG breaks down after some iterations, its partial solution is
     the step and ``reason`` says so. That step then goes through the same loss check as any
     other: it is applied only if the corrected training loss does not grow by more than
-    ``loss_tolerance`` (or ``check_loss=False``).
+    ``loss_tolerance`` (or ``check_loss=False``). Likewise a CG solve that misses ``tol``
+    within ``maxiter`` and ``restarts`` is reported, not hidden: ``converged=False``, its
+    true ``residual`` and a ``reason`` saying so; its last iterate then goes through the
+    same loss check.
 
     Args:
         model: The trained network; called as ``model(inputs)``. Batch-norm and dropout run
@@ -568,7 +612,7 @@ def influence_update(
     pairs = [("inputs", inputs, "targets", targets),
              ("new_inputs", new_inputs, "new_targets", new_targets)]
     if train_data is not None:
-        train_data = _check_train_shape(train_data, inputs)
+        train_data = _check_train_shape(train_data, inputs, targets)
         pairs.append(("train_data[0]", train_data[0], "train_data[1]", train_data[1]))
     elif order == 2 or auto_tau:
         raise ValueError("'train_data' (the corrected training set) is required for "
@@ -636,6 +680,8 @@ def influence_update(
                 # matvecs include the initial residual of each restart and the final true one
                 result.num_hvps += matvecs * n_curv
                 result.residual = residual / result.gradient_norm
+                if not ok and note is None:
+                    note = _unconverged_note(result.residual, tol, iters, maxiter, restarts, P)
                 result.reason = note
             elif solver == "lissa":
                 assert settings is not None
@@ -658,13 +704,14 @@ def influence_update(
                     result.num_hvps += n_train
                     result.residual = residual / result.gradient_norm
             else:
-                step, H = _solve_direct(model, curv_loss, X_curv, y_curv, names, G, damping,
-                                        hvp_batch_size, curvature)
+                step, H, note = _solve_direct(model, curv_loss, X_curv, y_curv, names, G,
+                                              damping, hvp_batch_size, curvature)
                 result.damping = damping
                 result.num_hvps += n_curv * P
                 result.residual = float(torch.linalg.vector_norm(H @ step - G)) \
                     / result.gradient_norm
-                result.converged = True
+                result.converged = note is None
+                result.reason = note
     timings.setdefault("solve", time.perf_counter() - t0)
     result.step = step
     result.step_norm = float(torch.linalg.vector_norm(step))
@@ -688,9 +735,11 @@ def influence_update(
         timings["check"] = time.perf_counter() - t0
         before, after = result.loss_before, result.loss_after
         if not math.isfinite(after) or after > before + loss_tolerance * max(abs(before), 1e-12):
+            grew = (f"the corrected training loss grew from {before:.6g} to {after:.6g} "
+                    f"(more than loss_tolerance={loss_tolerance})")
+            # keep the solver's remark (CG breakdown or no convergence): it explains why
             return _finish(result, t_start, diverged=True,
-                           reason=f"the corrected training loss grew from {before:.6g} to "
-                                  f"{after:.6g} (more than loss_tolerance={loss_tolerance})")
+                           reason=f"{grew}; {result.reason}" if result.reason else grew)
 
     if apply:
         with torch.no_grad():

@@ -181,7 +181,8 @@ def _check_eval_mode(model: nn.Module) -> None:
         raise ValueError(
             f"'model' has layer {name or type(module).__name__!r} "
             f"({type(module).__name__}) in training mode: its loss is random or updates "
-            f"running statistics, so it has no Hessian; call model.eval() first"
+            "running statistics, so no curvature (Hessian or GGN) is defined; call "
+            "model.eval() first"
         )
 
 
