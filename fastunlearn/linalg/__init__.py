@@ -1,6 +1,6 @@
 """Linear operators (GLM and network Hessians) and solvers (CG, PCG, LiSSA, Cholesky)."""
 
-from .cg import CGInverseOperator, CGResult, cg
+from .cg import CGInverseOperator, CGNotConvergedError, CGResult, cg
 from .dense import cholesky_solve, dense_hessian
 from .lissa import LissaDivergenceError, LissaResult, lissa
 from .network import (
@@ -35,6 +35,7 @@ __all__ = [
     "cg",
     "CGResult",
     "CGInverseOperator",
+    "CGNotConvergedError",
     # LiSSA
     "lissa",
     "LissaResult",

@@ -10,6 +10,7 @@ per-column ``active`` flags on the device. The host only looks at ``active.any()
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,9 +20,13 @@ from torch import Tensor
 from .. import ops
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
-__all__ = ["CGResult", "cg", "CGInverseOperator"]
+__all__ = ["CGResult", "cg", "CGInverseOperator", "CGNotConvergedError"]
 
 Matmat = Callable[[Tensor], Tensor]
+
+
+class CGNotConvergedError(RuntimeError):
+    """A :class:`CGInverseOperator` product missed its tolerance (``on_unconverged="raise"``)."""
 
 
 @dataclass(frozen=True)
@@ -319,8 +324,14 @@ _CG_KEYWORDS = frozenset(
 class CGInverseOperator(LinearOperator):
     """``A^{-1}`` as an operator: each product runs :func:`cg` on the given columns.
 
+    A product whose solve misses the tolerance is not returned silently: by default it
+    warns (``RuntimeWarning``, with the worst column's relative residual);
+    ``on_unconverged="raise"`` raises :class:`CGNotConvergedError` instead, ``"ignore"``
+    leaves it to :attr:`last_result`.
+
     Args:
         A: The symmetric positive definite LinearOperator to invert.
+        on_unconverged: ``"warn"`` (default), ``"raise"`` or ``"ignore"``.
         **cg_kwargs: Keyword arguments of :func:`cg` (``tol``, ``atol``, ``maxiter``,
             ``precond``, ``check_every``, ``callback``).
 
@@ -330,12 +341,18 @@ class CGInverseOperator(LinearOperator):
 
     Raises:
         TypeError: ``A`` is not a LinearOperator, or an unknown keyword.
+        ValueError: ``on_unconverged`` is not one of the three choices.
 
     """
 
-    def __init__(self, A: LinearOperator, **cg_kwargs: object) -> None:
+    def __init__(self, A: LinearOperator, on_unconverged: str = "warn",
+                 **cg_kwargs: object) -> None:
         if not isinstance(A, LinearOperator):
             raise TypeError(f"'A' must be a LinearOperator, got {type(A).__name__}")
+        if on_unconverged not in ("warn", "raise", "ignore"):
+            raise ValueError(f"'on_unconverged' must be 'warn', 'raise' or 'ignore', got "
+                             f"{on_unconverged!r}")
+        self.on_unconverged = on_unconverged
         unknown = sorted(set(cg_kwargs) - _CG_KEYWORDS)
         if unknown:
             raise TypeError(f"'cg_kwargs': unknown keyword(s) {unknown}; "
@@ -350,7 +367,21 @@ class CGInverseOperator(LinearOperator):
 
     def matmat(self, V: Tensor) -> Tensor:
         """``A^{-1} V`` by CG, V [d, K] -> [d, K]."""
-        result = cg(self.A, self._check_block(V), **self.cg_kwargs)
+        V = self._check_block(V)
+        result = cg(self.A, V, **self.cg_kwargs)
         self.last_result = result
         self.num_matvecs += result.num_matvecs
+        if self.on_unconverged != "ignore" and not bool(result.converged.all()):
+            missed = ~result.converged
+            norms = torch.linalg.vector_norm(V, dim=0).to(result.residual_norms.dtype)
+            relative = result.residual_norms[missed] / norms[missed].clamp_min(
+                torch.finfo(norms.dtype).tiny)
+            worst = float(relative.max())
+            message = (f"CG did not converge on {int(missed.sum())} of "
+                       f"{result.converged.numel()} column(s) (worst relative residual "
+                       f"{worst:.3g}, {int(result.iterations.max())} iterations): the "
+                       "product is an inexact inverse; raise maxiter or use a preconditioner")
+            if self.on_unconverged == "raise":
+                raise CGNotConvergedError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
         return result.solution

@@ -1,12 +1,16 @@
 """Audit tests for fastunlearn.linalg: bad inputs, silent wrong answers, stale caches,
 train-mode models and operation counts, each checked against an independent float64 solve."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from fastunlearn.linalg import (
+    CGInverseOperator,
+    CGNotConvergedError,
     DenseOperator,
     GLMHessianOperator,
     LissaDivergenceError,
@@ -369,3 +373,44 @@ def test_cholesky_solve_rejects_non_finite_inputs():
     bad_H[3, 0] = float("inf")
     with pytest.raises(ValueError, match="'H'.*finite"):
         cholesky_solve(bad_H, b)
+
+
+# ---------------------------------------------------------------- CGInverseOperator
+
+
+def _ill_conditioned(d: int = 40) -> torch.Tensor:
+    """SPD with eigenvalues 1e-6 .. 1: CG needs far more than 3 steps."""
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(0)))
+    return q @ torch.diag(torch.logspace(-6, 0, d, dtype=torch.float64)) @ q.T
+
+
+def test_cg_inverse_operator_does_not_return_an_unconverged_product_silently():
+    H = _ill_conditioned()
+    V = torch.randn(40, 2, dtype=torch.float64)
+    inv = CGInverseOperator(DenseOperator(H), tol=1e-10, maxiter=3)
+    with pytest.warns(RuntimeWarning, match=r"did not converge on 2 of 2 column"):
+        X = inv @ V
+    # the reported worst relative residual is the true one
+    relative = torch.linalg.vector_norm(V - H @ X, dim=0) / torch.linalg.vector_norm(V, dim=0)
+    message = f"{float(relative.max()):.3g}"
+    with pytest.warns(RuntimeWarning, match=rf"worst relative residual {message}"):
+        inv @ V
+    strict = CGInverseOperator(DenseOperator(H), on_unconverged="raise", tol=1e-10, maxiter=3)
+    with pytest.raises(CGNotConvergedError, match="inexact inverse"):
+        strict @ V
+    assert not bool(strict.last_result.converged.any())  # the outcome is still recorded
+    quiet = CGInverseOperator(DenseOperator(H), on_unconverged="ignore", tol=1e-10, maxiter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "ignore" must not warn
+        torch.testing.assert_close(quiet @ V, X)  # the same iterate
+    with pytest.raises(ValueError, match="on_unconverged"):
+        CGInverseOperator(DenseOperator(H), on_unconverged="sometimes")
+
+
+def test_cg_inverse_operator_converged_products_stay_quiet(recwarn):
+    H = _ill_conditioned(8) + torch.eye(8, dtype=torch.float64)
+    V = torch.randn(8, 3, dtype=torch.float64)
+    X = CGInverseOperator(DenseOperator(H), tol=1e-12) @ V
+    torch.testing.assert_close(X, torch.linalg.solve(H, V))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
