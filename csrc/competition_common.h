@@ -49,6 +49,8 @@ constexpr double kPerUnit = 100.0;
 constexpr int64_t kLeftEdges = 400;
 constexpr double kPeakyRatio = 0.01;
 constexpr double kCap = 50.0;
+// More right edges than this (400 at ordinary magnitudes) are refused by check_args.
+constexpr int64_t kMaxRightEdges = 100000;
 
 // Products and sums rounded separately (never contracted into an FMA), as numpy computes.
 FU_HD double mul_rn(double a, double b) {
@@ -309,6 +311,26 @@ inline void check_args(const at::Tensor& retrained, const at::Tensor& unlearned,
                 ": argument 'retrained' must be finite");
     TORCH_CHECK(at::isfinite(unlearned).all().item<bool>(), op,
                 ": argument 'unlearned' must be finite");
+    // The interval family has ceil(100 (hi - lo)) right edges, about 400; a range's rounding
+    // at huge magnitudes (min + (max - min) != max) can make it billions, and the kernel
+    // would run for hours. Bound it from each group's extremes (either group may be the
+    // positive one), as make_plan computes it, before any kernel runs.
+    const auto [r_min, r_max] = at::aminmax(retrained, 1);
+    const auto [u_min, u_max] = at::aminmax(unlearned, 1);
+    const at::Tensor ext = at::stack({r_min, r_max, u_min, u_max}, 1).to(at::kDouble).cpu();
+    const double* x = ext.const_data_ptr<double>();
+    for (int64_t s = 0; s < S; ++s) {
+      for (int64_t g = 0; g < 2; ++g) {
+        const double a_min = x[s * 4 + 2 * g], a_max = x[s * 4 + 2 * g + 1];
+        const double width = a_max - a_min;
+        const double edges = std::ceil(((a_max + kBuffer) - ((a_min + width) - kBuffer)) * kPerUnit);
+        TORCH_CHECK(edges <= static_cast<double>(kMaxRightEdges), op, ": argument '",
+                    g == 0 ? "retrained" : "unlearned", "' of example ", s,
+                    " spans [", a_min, ", ", a_max, "]: at that magnitude the interval family "
+                    "would need ", edges, " right edges (at most ", kMaxRightEdges,
+                    " are supported; about 400 at ordinary magnitudes)");
+      }
+    }
   }
 }
 

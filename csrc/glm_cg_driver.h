@@ -5,12 +5,14 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "checks.h"
 
@@ -78,6 +80,26 @@ inline void check_cg_update_args(const at::Tensor& x, const at::Tensor& r, const
   check_vector(threshold_sq, K, x.scalar_type(), x, op, "threshold_sq", "x");
   check_vector(active, K, at::kBool, x, op, "active", "x");
   check_vector(iterations, K, at::kLong, x, op, "iterations", "x");
+  // The kernels read and write through raw pointers (and copy non-contiguous arguments), so
+  // a written argument sharing memory with another one would silently mix inputs and
+  // outputs. The one alias allowed is Ap with p (an identity operator returns its input):
+  // p is written only after the last read of Ap.
+  const std::pair<const at::Tensor*, const char*> written[] = {
+      {&x, "x"}, {&r, "r"}, {&p, "p"}, {&rz, "rz"}, {&rr, "rr"}, {&active, "active"},
+      {&iterations, "iterations"}};
+  const std::pair<const at::Tensor*, const char*> all[] = {
+      {&x, "x"}, {&r, "r"}, {&p, "p"}, {&Ap, "Ap"},
+      {inv_diag.has_value() ? &*inv_diag : nullptr, "inv_diag"}, {&rz, "rz"}, {&rr, "rr"},
+      {&active, "active"}, {&iterations, "iterations"}, {&threshold_sq, "threshold_sq"}};
+  for (const auto& [w, w_name] : written) {
+    for (const auto& [a, a_name] : all) {
+      if (a == nullptr || a == w || (w == &p && a == &Ap)) continue;
+      const at::MemOverlapStatus status = at::get_overlap_status(*w, *a);
+      TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
+                  op, ": argument '", w_name, "' (written in place) shares memory with argument '",
+                  a_name, "'");
+    }
+  }
 }
 
 // X [n, d] and S [n, K], float32/float64, same dtype and device.
@@ -234,8 +256,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> glm_cg_solve(
         .contiguous();
   };
 
-  const at::Tensor X = X_in.contiguous(), S = S_in.contiguous(), Bc = B.contiguous();
-  at::Tensor x = x0.has_value() ? x0->clone(at::MemoryFormat::Contiguous) : at::zeros_like(Bc);
+  // CG is invariant to scaling a column of B (and of x0), its dot products are not: r.r of a
+  // float32 column of size ~1e-22 underflows to 0 (the column "converges" at once to x = 0)
+  // and of one of ~1e20 overflows to inf. A column whose largest entry is far from 1
+  // (2^(e-1) <= max|B[:, k]| < 2^e with |e| > kExponentBand) is solved for B[:, k] 2^-e and
+  // its solution and residual norm are scaled back. Powers of two scale exactly; other
+  // columns are multiplied by 1, so their results are unchanged bit for bit.
+  const at::Tensor B_raw = B.contiguous();
+  const int64_t band = B_raw.scalar_type() == at::kFloat ? 30 : 250;
+  at::Tensor down = at::ones({K}, B_raw.options().dtype(at::kDouble));
+  if (d > 0 && K > 0) {
+    const at::Tensor amax = B_raw.abs().amax(0).to(at::kDouble);
+    const at::Tensor e = std::get<1>(at::frexp(amax)).to(at::kDouble).clamp(-1000, 1000);
+    const at::Tensor rescale = at::isfinite(amax) & (amax > 0) & (e.abs() > band);
+    down = at::where(rescale, at::exp2(-e), down);
+  }
+  const at::Tensor up = down.reciprocal();
+  auto rescaled = [](const at::Tensor& t, const at::Tensor& factor) {
+    return (t.to(at::kDouble) * factor).to(t.scalar_type()).contiguous();
+  };
+  const at::Tensor X = X_in.contiguous(), S = S_in.contiguous();
+  const at::Tensor Bc = rescaled(B_raw, down);
+  at::Tensor x = x0.has_value() ? rescaled(*x0, down) : at::zeros_like(Bc);
   at::Tensor r = x0.has_value() ? (Bc - hvp(X, S, x, lam)).contiguous() : Bc.clone();
   at::Tensor z = precondition(r);
   at::Tensor p = z.clone(at::MemoryFormat::Contiguous);
@@ -255,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> glm_cg_solve(
   }
   const at::Tensor residual = Bc - hvp(X, S, x, lam);
   const at::Tensor residual_norms = column_dots(residual, residual).sqrt_();
-  return {x, iterations, residual_norms};
+  return {rescaled(x, up), iterations, rescaled(residual_norms, up)};
 }
 
 }  // namespace fastunlearn

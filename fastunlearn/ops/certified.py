@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._fake_shapes import check_fake_devices_of
+
 __all__ = ["CertifiedStep", "CertifiedSteps", "certified_cg_step", "certified_cg_steps"]
 
 
@@ -135,6 +137,8 @@ def _certified_cg_step_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tenso
                             slot: int, row: int, lam: float, gamma: float,
                             row_norm_max: float, cg_tol: float,
                             max_iter: int) -> tuple[Tensor, Tensor, Tensor]:
+    check_fake_devices_of("certified_cg_step", (X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_out,
+                                                weights, U_buf), RuntimeError)
     torch._check(X.dim() == 2 and A.dim() == 2,
                  lambda: "certified_cg_step: arguments 'X' and 'A' must be 2-D")
     torch._check(X.dtype == torch.float64,
@@ -262,6 +266,9 @@ def _certified_cg_steps_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tens
                              lam: float, gamma: float, row_norm_max: float, cg_tol: float,
                              max_iter: int, budget_used: float, budget: float,
                              refresh_after: int = -1) -> Tensor:
+    check_fake_devices_of("certified_cg_steps", (X, Y, A, Z, W, n_rem, eig, row_sq, gram, removed,
+                                                 M_inv, M_spare, weights, U_buf, rows),
+                          RuntimeError)
     torch._check(X.dtype == torch.float64,
                  lambda: f"certified_cg_steps: argument 'X' must be float64, got {X.dtype}")
     torch._check(rows.dim() == 1,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._fake_shapes import check_fake_shapes
+from ._fake_shapes import check_fake_devices_of, check_fake_shapes
 
 __all__ = ["certified_commit_"]
 
@@ -94,6 +94,7 @@ def certified_commit_(
 
 @torch.library.register_fake("fastunlearn::certified_commit_")
 def _certified_commit_fake(*args: object) -> None:
+    check_fake_devices_of("certified_commit_", args, ValueError)
     # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
     # are those of certified_commit_, in order
     W, Z, A = args[0], args[1], args[2]

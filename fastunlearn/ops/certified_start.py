@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._fake_shapes import check_fake_shapes
+from ._fake_shapes import check_fake_devices_of, check_fake_shapes
 
 __all__ = ["certified_start_"]
 
@@ -83,6 +83,7 @@ def certified_start_(
 
 @torch.library.register_fake("fastunlearn::certified_start_")
 def _certified_start_fake(*args: object) -> None:
+    check_fake_devices_of("certified_start_", args, ValueError)
     # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
     # are those of certified_start_, in order
     Delta, A_after, S = args[1], args[2], args[3]

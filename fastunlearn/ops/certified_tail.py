@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._fake_shapes import check_fake_shapes
+from ._fake_shapes import check_fake_devices_of, check_fake_shapes
 
 __all__ = ["certified_cg_tail_"]
 
@@ -81,6 +81,7 @@ def certified_cg_tail_(
 
 @torch.library.register_fake("fastunlearn::certified_cg_tail_")
 def _certified_cg_tail_fake(*args: object) -> None:
+    check_fake_devices_of("certified_cg_tail_", args, ValueError)
     # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
     # are those of certified_cg_tail_, in order
     V, XV, HV, R, _out, P, XP, HP, _rz, _needed, A, Delta = args[:12]

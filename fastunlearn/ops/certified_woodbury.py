@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._fake_shapes import check_fake_shapes
+from ._fake_shapes import check_fake_devices_of, check_fake_shapes
 
 __all__ = ["certified_woodbury_row_"]
 
@@ -68,6 +68,7 @@ def certified_woodbury_row_(
 
 @torch.library.register_fake("fastunlearn::certified_woodbury_row_")
 def _certified_woodbury_row_fake(*args: object) -> None:
+    check_fake_devices_of("certified_woodbury_row_", args, ValueError)
     # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
     # are those of certified_woodbury_row_, in order
     U_buf, G_buf, C_buf, C_inv, _out, U_new, G_new, L21 = args[:8]

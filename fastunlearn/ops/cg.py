@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._fake_shapes import check_fake_devices
+
 __all__ = ["cg_update_"]
 
 
@@ -74,6 +76,10 @@ def _cg_update_fake(
     threshold_sq: Tensor,
 ) -> None:
     # Repeats the kernel's checks so torch.compile fails at trace time, not at run time.
+    check_fake_devices("cg_update_", (
+        ("x", x), ("r", r), ("p", p), ("Ap", Ap), ("inv_diag", inv_diag), ("rz", rz),
+        ("rr", rr), ("active", active), ("iterations", iterations),
+        ("threshold_sq", threshold_sq)))  # fmt: skip
     torch._check(x.dim() == 2, lambda: f"cg_update_: argument 'x' must be 2-D, got {x.shape}")
     for name, t in (("r", r), ("p", p), ("Ap", Ap)):
         torch._check(

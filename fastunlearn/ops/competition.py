@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._fake_shapes import check_fake_devices
+
 __all__ = ["competition_epsilons"]
 
 _OP = "competition_epsilons"
@@ -59,8 +61,10 @@ def competition_epsilons(
 
     Raises:
         TypeError: An argument is not a Tensor.
-        RuntimeError: Wrong shapes, dtypes or devices, non-finite statistics or offsets
-            that do not rise from 0 to ``T`` (the message names the argument).
+        RuntimeError: Wrong shapes, dtypes or devices, non-finite statistics, offsets
+            that do not rise from 0 to ``T``, or statistics so large that rounding makes
+            the interval family's right-edge count explode (more than 100000 instead of
+            about 400; the message names the argument and the example).
 
     """
     for name, t in (("retrained", retrained), ("unlearned", unlearned), ("grid", grid),
@@ -76,6 +80,9 @@ def competition_epsilons(
 def _competition_epsilons_fake(retrained: Tensor, unlearned: Tensor, grid: Tensor,
                                grid_offsets: Tensor, table_r: Tensor,
                                table_u: Tensor) -> Tensor:
+    check_fake_devices(_OP, (("retrained", retrained), ("unlearned", unlearned), ("grid", grid),
+                             ("grid_offsets", grid_offsets), ("table_r", table_r),
+                             ("table_u", table_u)))
     torch._check(retrained.dim() == 2,
                  lambda: f"{_OP}: argument 'retrained' must be 2-D, got {retrained.dim()}-D")
     torch._check(unlearned.dim() == 2,

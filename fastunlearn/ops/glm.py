@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._fake_shapes import check_fake_devices
+
 __all__ = [
     "CGResult",
     "glm_cg",
@@ -278,6 +280,7 @@ def _check_dk(op: str, name: str, t: Tensor, X: Tensor, S: Tensor) -> None:
 
 @torch.library.register_fake("fastunlearn::glm_hvp")
 def _glm_hvp_fake(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
+    check_fake_devices("glm_hvp", (("X", X), ("S", S), ("V", V)))
     _check_design("glm_hvp", X, S)
     _check_dk("glm_hvp", "V", V, X, S)
     return V.new_empty((X.shape[1], S.shape[1]))
@@ -285,6 +288,7 @@ def _glm_hvp_fake(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
 
 @torch.library.register_fake("fastunlearn::glm_hvp_margins")
 def _glm_hvp_margins_fake(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    check_fake_devices("glm_hvp_margins", (("X", X), ("S", S), ("V", V)))
     _check_design("glm_hvp_margins", X, S)
     _check_dk("glm_hvp_margins", "V", V, X, S)
     return V.new_empty((X.shape[1], S.shape[1])), V.new_empty((X.shape[0], S.shape[1]))
@@ -292,6 +296,7 @@ def _glm_hvp_margins_fake(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[
 
 @torch.library.register_fake("fastunlearn::glm_hessian")
 def _glm_hessian_fake(X: Tensor, S: Tensor, lam: float) -> Tensor:
+    check_fake_devices("glm_hessian", (("X", X), ("S", S)))
     _check_design("glm_hessian", X, S)
     return X.new_empty((S.shape[1], X.shape[1], X.shape[1]))
 
@@ -307,6 +312,9 @@ def _glm_cg_fake(
     tol: float,
     maxiter: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    check_fake_devices(
+        "glm_cg", (("X", X), ("S", S), ("B", B), ("x0", x0), ("precond", precond))
+    )
     _check_design("glm_cg", X, S)
     _check_dk("glm_cg", "B", B, X, S)
     if x0 is not None:
