@@ -31,7 +31,7 @@ void certified_commit_cpu(at::Tensor& W, at::Tensor& Z, at::Tensor& A, at::Tenso
   bool* alive_flag = alive.data_ptr<bool>();
   const double residual = o[0], bound = o[1], total = residual + bound;
   const bool go = *alive_flag && o[2] > 0.5 && residual <= cg_tol * bound &&
-                  !(*used + total > budget.item<double>());
+                  *used + total <= budget.item<double>();  // a NaN never commits
   if (go) {
     const int64_t d = s.d, n = s.n, K = s.K;
     const at::Tensor V = V_in.contiguous(), XV = XV_in.contiguous();

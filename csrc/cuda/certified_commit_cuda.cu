@@ -39,7 +39,7 @@ __device__ __forceinline__ bool commit_go(const CommitScalars& c) {
   const double residual = c.out[0], bound = c.out[1];
   const int64_t r = *c.row;
   return *c.alive && c.out[2] > 0.5 && residual <= c.cg_tol * bound &&
-         !(*c.budget_used + (residual + bound) > *c.budget) && 0 <= r && r < c.n;
+         *c.budget_used + (residual + bound) <= *c.budget && 0 <= r && r < c.n;  // NaN: no
 }
 
 // (a) W += V, Z += XV, gram[c] -= coef_c x x^T where the tests pass. W and Z in one

@@ -18,6 +18,7 @@ as the accumulated residual stays below ``sigma * epsilon / c(delta)`` with
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from torch import Tensor
@@ -39,8 +40,13 @@ GAMMA_PAPER = 0.25
 GAMMA_TIGHT = 1.0 / (6.0 * math.sqrt(3.0))
 
 
+def _is_real(value: object) -> bool:
+    """Python or numpy real scalar, not a bool (``np.float32(0.25)`` counts)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_delta(delta: float) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+    if not _is_real(delta):
         raise TypeError(f"argument 'delta' must be a real number, got {type(delta).__name__}")
     delta = float(delta)
     if not 0.0 < delta < 1.0:
@@ -49,7 +55,7 @@ def _check_delta(delta: float) -> float:
 
 
 def _check_nonneg(name: str, value: float, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_real(value):
         raise TypeError(f"argument '{name}' must be a real number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):

@@ -80,6 +80,21 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _host_array(value: Any) -> Any:
+    """Return a torch tensor argument as a numpy array; anything else unchanged.
+
+    scikit-learn's validation reads tensors through ``np.asarray``, which fails for tensors
+    that require grad, live on a GPU or are half precision; those are detached, moved to the
+    CPU and (half / bfloat16) widened to float32 first. Other inputs are left to it.
+    """
+    if not isinstance(value, Tensor):
+        return value
+    value = value.detach()
+    if value.dtype in (torch.float16, torch.bfloat16):
+        value = value.to(torch.float32)
+    return value.cpu().numpy()
+
+
 class CertifiedLogisticRegression(
     PipelinedRuns, SingleRowSteps, ModelState, ClassifierMixin, BaseEstimator
 ):
@@ -204,6 +219,32 @@ class CertifiedLogisticRegression(
 
     # ---- parameter validation ---------------------------------------------------------
 
+    def set_params(self, **params: Any) -> CertifiedLogisticRegression:
+        """Set parameters (scikit-learn API), all or none.
+
+        Values are checked when they are read (``fit``, ``remove``), as scikit-learn
+        requires; the names are checked first, so an unknown one changes nothing (the base
+        class would have set the names before it).
+
+        Args:
+            **params: parameter names and values.
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: an unknown parameter name (the model is unchanged).
+
+        """
+        valid = self._get_param_names()
+        unknown = sorted(k for k in params if k.partition("__")[0] not in valid)
+        if unknown:
+            raise ValueError(
+                f"Invalid parameter {unknown[0]!r} for estimator {type(self).__name__}; "
+                f"valid parameters are: {valid!r} (nothing was changed)"
+            )
+        return super().set_params(**params)
+
     def __getstate__(self) -> dict[str, Any]:
         """Pickle / deepcopy state without the fixed-shape step (CUDA graphs do not copy)."""
         state = super().__getstate__()
@@ -260,6 +301,8 @@ class CertifiedLogisticRegression(
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"argument 'device' is not a torch device: {self.device!r}") from err
+        if device.type not in ("cpu", "cuda"):  # the ops have CPU and CUDA kernels only
+            raise ValueError(f"argument 'device' must be a CPU or CUDA device, got {self.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"argument 'device' is {self.device!r} but CUDA is not available")
         cfg["device"] = str(device)
@@ -308,6 +351,7 @@ class CertifiedLogisticRegression(
 
     def _fit(self, X: Any, y: Any) -> CertifiedLogisticRegression:
         cfg = self._fit_config()
+        X, y = _host_array(X), _host_array(y)
         X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=True)
         check_classification_targets(y)
         classes, labels = np.unique(y, return_inverse=True)
@@ -329,7 +373,7 @@ class CertifiedLogisticRegression(
             )
         cfg["train_mode"] = mode
         device = torch.device(cfg["device"])
-        Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).to(device)
+        Xt = torch.from_numpy(np.array(X, dtype=np.float64, order="C", copy=True)).to(device)
         if cfg["normalize"]:
             Xt = normalize_rows(Xt)
         lab = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
@@ -340,6 +384,11 @@ class CertifiedLogisticRegression(
             Y = torch.where(lab.unsqueeze(1) == cls, 1.0, -1.0).to(torch.float64)
         member = subsample_membership(Y, cfg["subsample_ratio"], cfg["seed"])
         row_sq = Xt.square().sum(1)
+        if not bool(torch.isfinite(row_sq).all()):  # finite entries, but ||x||^2 overflows
+            raise ValueError(
+                "argument 'X' has rows whose squared norm overflows float64 (normalize=False); "
+                "scale the features or use normalize=True"
+            )
 
         self.classes_ = classes
         self._cfg = cfg
@@ -468,8 +517,11 @@ class CertifiedLogisticRegression(
 
     def _features(self, X: Any) -> Tensor:
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite=True)
-        Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).to(self._X.device)
+        X = validate_data(
+            self, _host_array(X), reset=False, dtype=np.float64, ensure_all_finite=True
+        )
+        Xt = np.array(X, dtype=np.float64, order="C", copy=True)  # row-major as in fit
+        Xt = torch.from_numpy(Xt).to(self._X.device)
         return normalize_rows(Xt) if self._cfg["normalize"] else Xt
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -547,6 +599,7 @@ class CertifiedLogisticRegression(
                 predicted, so the accuracy would silently count it as an error).
 
         """
+        X, y = _host_array(X), _host_array(y)
         self._check_known_labels(y)
         return float(super().score(X, y, sample_weight=sample_weight))
 
@@ -921,6 +974,8 @@ class CertifiedLogisticRegression(
                 would leave a class with no rows (the model is unchanged).
             TypeError: non-integer indices.
             BudgetExceededError: the budget would be exceeded and ``retrain=False``.
+            OSError: writing the checkpoint failed; the step is applied in memory, and the
+                next checkpoint's ledger record lists the rows removed before it.
 
         """
         if getattr(self, "_X", None) is None:  # sklearn's check, only when it would fail
@@ -975,7 +1030,8 @@ class CertifiedLogisticRegression(
                     except Exception:
                         self._discard_uncommitted()
                         raise
-                    over = self.budget_used_ + step.bound > self.budget_
+                    # "not <=": a NaN bound (non-finite arithmetic) retrains, never commits
+                    over = not self.budget_used_ + step.bound <= self.budget_
                     if over and not retrain:
                         self._discard_uncommitted()
                         report.seconds = time.perf_counter() - start
@@ -1133,7 +1189,7 @@ class CertifiedLogisticRegression(
                 the model was not fitted on.
 
         """
-        y = np.asarray(y)
+        y = np.asarray(_host_array(y))
         self._check_known_labels(y)
         pred = self.predict(X)
         if y.ndim != 1 or y.shape[0] != pred.shape[0] or y.shape[0] == 0:

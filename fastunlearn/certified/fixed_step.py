@@ -453,7 +453,7 @@ class FixedShapeStep:
             self.alive
             & (self.out[2] > 0.5)
             & (residual <= self.cg_tol * bound)
-            & ~(self.budget_used + total > self.budget)
+            & (self.budget_used + total <= self.budget)  # a NaN never commits
         )
         self._commit(go)
         self.budget_used.add_(torch.where(go, total, 0.0))

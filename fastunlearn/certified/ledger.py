@@ -117,7 +117,10 @@ def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _parse(line: bytes) -> dict[str, Any]:
     """Parse one ledger line; ValueError unless it is a JSON object with an integer seq."""
-    record = json.loads(line)
+    try:
+        record = json.loads(line)
+    except RecursionError:  # absurdly deep nesting: no writer of ours produces it
+        raise ValueError("line nests too deeply to be a ledger record") from None
     if not isinstance(record, dict):
         raise ValueError("line is not a JSON object")
     seq = record.get("seq")

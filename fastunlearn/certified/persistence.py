@@ -135,14 +135,14 @@ def _read_header(
     try:
         header = json.loads(raw)
         text = header["__metadata__"][METADATA_KEY]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ValueError(
             f"model file {str(p)!r} is corrupt or was not written by fastunlearn: its "
             f"safetensors header has no '{METADATA_KEY}' metadata"
         ) from None
     try:
         meta = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise ValueError(f"model file {str(p)!r} has corrupt metadata: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != format_name:
         raise ValueError(f"model file {str(p)!r} is not a {format_name} file")

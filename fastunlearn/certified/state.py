@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,7 +52,15 @@ class ModelState:
         if record is not None:
             entry.update(record.to_dict())
         entry.update(retrains=int(self.retrains_), n_removed=int(self.n_removed_))
+        if getattr(self, "_ledger_gap", False) and event != "fit":
+            # an earlier event's checkpoint failed (e.g. disk full) after its step was applied
+            # in memory: this record lists every row removed before it, so the ledger still
+            # accounts for that step's rows (``load_model`` checks the removed rows)
+            now = {int(i) for i in entry["indices"]}
+            entry["removed_before"] = [int(i) for i in self.removed_indices_ if int(i) not in now]
+        self._ledger_gap = True  # cleared only once this event is on disk
         checkpoint(self, entry)
+        self._ledger_gap = False
 
     #: Tensors of :meth:`get_state` fixed from ``fit`` to the next ``fit`` (a checkpoint
     #: writes them once, see ``persistence``).
@@ -171,9 +179,22 @@ class ModelState:
                 f"{meta.get('version') if isinstance(meta, dict) else None!r}"
             )
         needed = ("X", "Y", "member", "removed", "labels", "W", "b", "gram", "eig", "chol")
+        if not isinstance(tensors, Mapping):
+            raise ValueError(f"argument 'tensors' must be a dict, got {type(tensors).__name__}")
         missing = [k for k in needed if k not in tensors]
         if missing:
             raise ValueError(f"argument 'tensors' lacks {missing}")
+        for name, value in tensors.items():
+            if not isinstance(value, Tensor):
+                raise ValueError(
+                    f"argument 'tensors' entry {name!r} is a {type(value).__name__}, not a tensor"
+                )
+        for name in ("X", "Y"):
+            if tensors[name].dim() != 2:
+                raise ValueError(
+                    f"argument 'tensors' entry {name!r} must be 2-D, got shape "
+                    f"{tuple(tensors[name].shape)}"
+                )
         try:
             model = cls(**meta["params"])
             cfg = dict(meta["config"])
@@ -196,7 +217,13 @@ class ModelState:
             "b": (d, K),
             "chol": (K, d, d),
         }
-        groups = 1 if meta.get("shared_gram") else K
+        shared = meta.get("shared_gram")
+        if not isinstance(shared, bool) or shared != (cfg["subsample_ratio"] >= 1.0):
+            raise ValueError(
+                f"argument 'meta' entry 'shared_gram' is {shared!r}, but subsample_ratio "
+                f"{cfg['subsample_ratio']} gives {cfg['subsample_ratio'] >= 1.0}"
+            )
+        groups = 1 if shared else K
         shapes.update(gram=(groups, d, d), eig=(groups,))
         for name, shape in shapes.items():
             if tuple(tensors[name].shape) != shape:
@@ -205,6 +232,7 @@ class ModelState:
                     f"{tuple(tensors[name].shape)}, expected {shape}"
                 )
         _check_state_numbers(meta, cfg, d, K)
+        _check_state_tensors(tensors, meta, cfg, len(meta["classes"]))
         model._cfg = cfg
         model._X = X
         model._Y = tensors["Y"].to(device, torch.float64, copy=True)
@@ -214,7 +242,7 @@ class ModelState:
         model._A = (model._member & ~model._removed.unsqueeze(1)).to(torch.float64)
         model._n_rem = model._A.sum(0)
         model._row_sq = X.square().sum(1)
-        model._row_norm_max = float(meta["row_norm_max"])
+        model._row_norm_max = _row_norm_max_from_meta(meta, model._row_sq)
         model._shared_gram = bool(meta["shared_gram"])
         model._W = tensors["W"].to(device, torch.float64, copy=True)
         model._Z = None
@@ -229,14 +257,13 @@ class ModelState:
             if slack is None
             else slack.to(device, torch.float64, copy=True)
         )
-        model._cg_base, model._cg_last = (int(v) for v in meta.get("cg_iterations", (0, 0)))
+        model._cg_base, model._cg_last = _cg_iterations_from_meta(meta)
         data_id = meta.get("data_id")
         model._data_id = (
             data_id if isinstance(data_id, str) and data_id.isalnum() else (uuid.uuid4().hex)
         )
         model._draws = int(meta["draws"])
-        dtype = meta["classes_dtype"]
-        model.classes_ = np.asarray(meta["classes"], dtype=object if dtype == "O" else dtype)
+        model.classes_ = _classes_from_meta(meta)
         model.n_features_in_ = int(meta["n_features_in"])
         model.budget_ = float(meta["budget"])
         model.budget_used_ = float(meta["budget_used"])
@@ -355,9 +382,142 @@ def _check_state_numbers(meta: dict[str, Any], cfg: dict[str, Any], d: int, K: i
         raise ValueError(f"argument 'meta' has n_features_in {n_features!r}, X has {d} columns")
 
 
+def _classes_from_meta(meta: Mapping[str, Any]) -> np.ndarray:
+    """Return the ``classes_`` array of a state; ValueError unless its labels are distinct."""
+    dtype = meta.get("classes_dtype")
+    try:
+        classes = np.asarray(meta["classes"], dtype=object if dtype == "O" else dtype)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"argument 'meta' has unreadable classes: {err}") from None
+    if classes.ndim != 1 or len({repr(c) for c in classes.tolist()}) != classes.shape[0]:
+        raise ValueError(
+            f"argument 'meta' classes must be distinct labels, got {meta['classes']!r}"
+        )
+    return classes
+
+
+def _cg_iterations_from_meta(meta: Mapping[str, Any]) -> tuple[int, int]:
+    """Return the two CG iteration counters of a state (``(0, 0)`` when absent)."""
+    value = meta.get("cg_iterations", [0, 0])
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)
+    ):
+        raise ValueError(
+            f"argument 'meta' entry 'cg_iterations' must be two ints >= 0, got {value!r}"
+        )
+    return int(value[0]), int(value[1])
+
+
+def _row_norm_max_from_meta(meta: Mapping[str, Any], row_sq: Tensor) -> float:
+    """Return the stored largest row norm, checked against the rows (bounds scale with it)."""
+    value = meta.get("row_norm_max")
+    actual = float(row_sq.max().sqrt()) if row_sq.numel() else 0.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < actual * (1.0 - 1e-12)
+    ):
+        raise ValueError(
+            f"argument 'meta' entry 'row_norm_max' is {value!r}, but the longest row of X has "
+            f"norm {actual!r}"
+        )
+    return float(value)
+
+
+def _check_state_tensors(
+    tensors: Mapping[str, Tensor], meta: Mapping[str, Any], cfg: Mapping[str, Any], n_classes: int
+) -> None:
+    """Raise ValueError unless the (correctly shaped) tensors of a state are consistent.
+
+    Checks what the removal steps rely on: finite float values, +/-1 labels that agree with
+    the class indices, 0/1 masks whose subsets hold every positive row, at least one
+    remaining row per class, non-negative spectral bounds, and removed rows that are exactly
+    those of the removal history.
+    """
+
+    def fail(what: str) -> ValueError:
+        return ValueError(f"argument 'tensors' {what}")
+
+    for name in ("X", "Y", "W", "b", "gram", "eig", "chol", "eig_slack"):
+        t = tensors.get(name)
+        if t is None:
+            continue
+        if not (t.is_floating_point() and bool(torch.isfinite(t).all())):
+            raise fail(f"entry {name!r} must hold finite floats")
+    for name in ("eig", "eig_slack"):
+        t = tensors.get(name)
+        if t is not None and (t.shape != tensors["eig"].shape or bool((t < 0).any())):
+            raise fail(f"entry {name!r} must be {tuple(tensors['eig'].shape)} values >= 0")
+    for name in ("member", "removed"):
+        t = tensors[name]
+        if t.dtype != torch.bool and (t.is_complex() or not bool(((t == 0) | (t == 1)).all())):
+            raise fail(f"entry {name!r} must be a 0/1 mask")
+    labels = tensors["labels"]
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise fail(f"entry 'labels' must hold integer class numbers, got {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise fail(f"entry 'labels' must hold class numbers in 0..{n_classes - 1}")
+    labels = labels.to(torch.int64)
+    if cfg["train_mode"] == "binary":
+        expected = torch.where(labels == 1, 1.0, -1.0).unsqueeze(1)
+    else:
+        classes = torch.arange(n_classes, device=labels.device)
+        expected = torch.where(labels.unsqueeze(1) == classes, 1.0, -1.0)
+    Y = tensors["Y"].to(labels.device, torch.float64)
+    if not torch.equal(Y, expected.to(torch.float64)):
+        raise fail("entry 'Y' does not match 'labels'")
+    member = tensors["member"].to(labels.device, torch.bool)
+    removed = tensors["removed"].to(labels.device, torch.bool)
+    if bool(((Y > 0) & ~member).any()):
+        raise fail("entry 'member' leaves out a positive row of its class")
+    left = torch.bincount(labels[~removed], minlength=n_classes)
+    if bool((left == 0).any()):
+        raise fail("entry 'removed' removes every row of a class")
+    removed_rows = set(torch.nonzero(removed).flatten().tolist())
+    history = _history_from_tensors(dict(tensors))
+    listed = [i for record in history for i in record.indices]
+    if len(set(listed)) != len(listed) or set(listed) != removed_rows:
+        raise fail(
+            f"entry 'removed' marks {len(removed_rows)} rows, but the removal history lists "
+            f"{len(listed)} ({len(set(listed) ^ removed_rows)} differ)"
+        )
+
+
+_HISTORY_COLUMNS = ("bound", "cumulative", "budget_left", "retrained", "seconds", "worst_case")
+
+
 def _history_from_tensors(tensors: dict[str, Tensor]) -> list[RemovalRecord]:
-    if "history_offsets" not in tensors:
+    names = ["history_offsets", "history_indices"] + [f"history_{c}" for c in _HISTORY_COLUMNS]
+    present = [name for name in names if name in tensors]
+    if not present:
         return []
+    if len(present) != len(names):
+        missing = sorted(set(names) - set(present))
+        raise ValueError(f"argument 'tensors' has a partial removal history (lacks {missing})")
+    offsets_t, flat_t = tensors["history_offsets"], tensors["history_indices"]
+    n_records = offsets_t.numel() - 1
+    if (
+        offsets_t.dim() != 1
+        or flat_t.dim() != 1
+        or offsets_t.is_floating_point()
+        or flat_t.is_floating_point()
+        or n_records < 0
+        or int(offsets_t[0]) != 0
+        or int(offsets_t[-1]) != flat_t.numel()
+        or bool((offsets_t[1:] < offsets_t[:-1]).any())
+        or any(tensors[f"history_{c}"].shape != (n_records,) for c in _HISTORY_COLUMNS)
+    ):
+        raise ValueError("argument 'tensors' has an inconsistent removal history")
+    n_rows = tensors["X"].shape[0] if "X" in tensors else None
+    if (
+        flat_t.numel()
+        and n_rows is not None
+        and (int(flat_t.min()) < 0 or int(flat_t.max()) >= n_rows)
+    ):
+        raise ValueError("argument 'tensors' removal history lists rows that do not exist")
     offsets = tensors["history_offsets"].tolist()
     flat = tensors["history_indices"].tolist()
     columns = [

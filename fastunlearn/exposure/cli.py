@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     print(report)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "exposure.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        payload = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+        (args.out / "exposure.json").write_text(payload + "\n")
         (args.out / "exposure.md").write_text(report)
         print(f"wrote {args.out / 'exposure.json'} and {args.out / 'exposure.md'}")
     return 0

@@ -55,7 +55,8 @@ class ExposureMeasurement:
         space_size: ``|R| = len(alphabet) ** len(secret)``.
         n_scored: Secrets scored besides this one.
         exhaustive: Whether every secret of the space was scored (the rank is exact).
-        fit: The skew-normal parameters.
+        fit: The skew-normal parameters (``scale == 0``: a point mass, every other
+            scored secret having the same log-perplexity).
 
     """
 
@@ -119,46 +120,99 @@ def measure_exposure(
     Returns:
         One :class:`ExposureMeasurement` per secret, in order.
 
+    Ties: a secret scored exactly like the canary ranks ahead of it (exposure is never
+    overstated). The canary is scored in the same forward pass as the secrets it is
+    ranked against, so exact ties are kept. Sampled candidates are drawn with replacement
+    and draws equal to the measured secret are left out of its ranking. When every other
+    secret has the same log-perplexity, the fit is a point mass (``scale == 0``).
+
     Raises:
         ValueError: If a secret is empty, lengths differ, a character is outside
-            ``alphabet`` or the vocabulary, or a count is not positive.
+            ``alphabet`` or the vocabulary, a count is out of range, the space has fewer
+            than 4 secrets, fewer than 3 sampled candidates differ from a secret, or the
+            model gives non-finite log-perplexities.
+        TypeError: If ``vocab``, ``secrets``, ``alphabet``, ``seed`` or a count has the
+            wrong type.
 
     """
+    if not isinstance(vocab, CharVocab):
+        raise TypeError(f"'vocab' must be a CharVocab, got {type(vocab).__name__}")
+    if not isinstance(secrets, (str, Sequence)):
+        raise TypeError(f"'secrets' must be a str or a list of str, got {type(secrets).__name__}")
     single = [secrets] if isinstance(secrets, str) else list(secrets)
     if not single or not all(isinstance(s, str) and s for s in single):
         raise ValueError("'secrets' must be a non-empty str or a list of them")
     length = len(single[0])
     if any(len(s) != length for s in single):
         raise ValueError("'secrets' must all have the same length")
+    if not isinstance(alphabet, str):
+        raise TypeError(f"'alphabet' must be a str, got {type(alphabet).__name__}")
     if not alphabet or len(set(alphabet)) != len(alphabet):
         raise ValueError("'alphabet' must be non-empty without repeats")
     if any(c not in alphabet for s in single for c in s):
         raise ValueError(f"'secrets' must use only the characters of 'alphabet' {alphabet!r}")
     if not isinstance(prefix, str) or not prefix:
         raise ValueError("'prefix' must be a non-empty str")
+    for text, arg in ((prefix, "prefix"), (alphabet, "alphabet")):
+        missing = sorted(set(text) - set(vocab.chars))
+        if missing:
+            raise ValueError(f"'{arg}' holds characters not in the vocabulary: {missing}")
     if n_candidates is not None and not isinstance(n_candidates, int):
         raise TypeError(f"'n_candidates' must be None or an int, got {n_candidates!r}")
     if n_candidates is not None and (isinstance(n_candidates, bool) or n_candidates < 3):
         raise ValueError(f"'n_candidates' must be None or >= 3, got {n_candidates!r}")
     if isinstance(enumerate_limit, bool) or not isinstance(enumerate_limit, int):
         raise TypeError(f"'enumerate_limit' must be an int, got {enumerate_limit!r}")
+    if enumerate_limit < 0:
+        raise ValueError(f"'enumerate_limit' must be >= 0, got {enumerate_limit}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
     space = len(alphabet) ** length
+    if space < 4:
+        # the secret plus at least 3 others: fewer leave nothing to rank or to fit
+        raise ValueError(
+            f"'alphabet' {alphabet!r} and secrets of length {length} give only {space} "
+            "possible secret(s); exposure needs at least 4"
+        )
     alphabet_ids = vocab.encode(alphabet)
     prefix_ids = vocab.encode(prefix)
     secret_ids = vocab.encode(single)
     exhaustive = n_candidates is None and space <= enumerate_limit
     if exhaustive:
+        # every secret is in the pool: take its score from the very same forward pass as
+        # the scores it is ranked against, so that an exact tie stays a tie (a row scored
+        # alone can differ in the last bits from the same row scored in a batch)
         pool = _all_secrets(alphabet_ids, length)
+        pool_scores = sequence_log_perplexity(model, prefix_ids, pool, batch_size=batch_size)
+        position = {c: i for i, c in enumerate(alphabet)}
+        index = [sum(position[c] * len(alphabet) ** (length - 1 - j) for j, c in enumerate(s))
+                 for s in single]
+        own = pool_scores[index]
     else:
         g = torch.Generator().manual_seed(seed)
         draws = torch.randint(len(alphabet), (n_candidates or 10_000, length), generator=g)
         pool = alphabet_ids[draws]
-    pool_scores = sequence_log_perplexity(model, prefix_ids, pool, batch_size=batch_size)
-    own = sequence_log_perplexity(model, prefix_ids, secret_ids, batch_size=batch_size)
+        # the secrets lead the first batch, scored with (not apart from) the candidates
+        scores = sequence_log_perplexity(
+            model, prefix_ids, torch.cat([secret_ids, pool]), batch_size=batch_size
+        )
+        own, pool_scores = scores[: len(single)], scores[len(single) :]
+    if not (torch.isfinite(own).all() and torch.isfinite(pool_scores).all()):
+        raise ValueError("'model' gives non-finite log-perplexities (NaN or inf weights?)")
     results = []
     for s, ids, p in zip(single, secret_ids, own.tolist(), strict=True):
         others = pool_scores[~(pool == ids).all(dim=1)].numpy()
-        fit = fit_skew_normal(others)
+        if others.size < 3:
+            raise ValueError(
+                f"only {others.size} of the {pool.shape[0]} sampled candidates differ from "
+                f"the secret {s!r}; raise 'n_candidates' (at least 3 others are needed)"
+            )
+        if np.ptp(others) == 0.0:
+            # the model scores every other secret alike: no distribution to fit; its
+            # limit is a point mass (exposure 0 unless the secret scores lower)
+            fit = SkewNormalFit(0.0, float(others[0]), 0.0, int(others.size))
+        else:
+            fit = fit_skew_normal(others)
         exposure = rank_exposure(p, others)
         results.append(
             ExposureMeasurement(
@@ -370,8 +424,21 @@ class CanaryConfig:
             raise ValueError(
                 f"'n_candidates' must be None or an int >= 3, got {self.n_candidates!r}"
             )
-        if not self.prefix:
-            raise ValueError("'prefix' must be non-empty")
+        if not isinstance(self.prefix, str) or not self.prefix:
+            raise ValueError("'prefix' must be a non-empty str")
+        if not isinstance(self.suffix, str):
+            raise ValueError(f"'suffix' must be a str, got {self.suffix!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"'seed' must be an int, got {type(self.seed).__name__}")
+        bad_device = f"'device' must be cpu, cuda or cuda:<index>, got {self.device!r}"
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(bad_device) from exc
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(bad_device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"'device' is {self.device!r} but no CUDA GPU is visible")
         if self.cell not in ("lstm", "gru"):
             raise ValueError(f"'cell' must be 'lstm' or 'gru', got {self.cell!r}")
 
@@ -385,7 +452,9 @@ class CanaryResult:
         canary: Exposure of the inserted secret.
         control: Exposure of a never-inserted secret (None if ``config.control`` is off).
         completion: The model's greedy continuation of the prefix.
-        final_loss: Mean training loss of the last 10 % of steps (nats per character).
+        final_loss: Mean training loss of the last 10 % of steps (nats per character);
+            NaN without training steps or when the loss diverged (``None`` in
+            :meth:`to_dict`).
         text_chars: Length of the training text.
         train_s: Training wall time.
         measure_s: Scoring and fitting wall time.
@@ -410,13 +479,16 @@ class CanaryResult:
     canary_offsets: list[int] = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (without the model and the text)."""
+        """Return a JSON-ready dict (without the model and the text).
+
+        Strict JSON: a non-finite ``final_loss`` (no training steps) is ``None``.
+        """
         return {
             "config": dataclasses.asdict(self.config),
             "canary": self.canary.to_dict(),
             "control": None if self.control is None else self.control.to_dict(),
             "completion": self.completion,
-            "final_loss": self.final_loss,
+            "final_loss": self.final_loss if math.isfinite(self.final_loss) else None,
             "text_chars": self.text_chars,
             "train_s": self.train_s,
             "measure_s": self.measure_s,
@@ -458,8 +530,11 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
         cfg.seed,
     )
     vocab = CharVocab.from_texts(text, cfg.prefix, cfg.suffix)
-    torch.manual_seed(cfg.seed)
-    model = CharLM(vocab.size, cfg.embed_dim, cfg.hidden, cfg.layers, cfg.cell).to(cfg.device)
+    # seeded initialisation without resetting the caller's global RNG stream
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = CharLM(vocab.size, cfg.embed_dim, cfg.hidden, cfg.layers, cfg.cell)
+    model = model.to(cfg.device)
     start = time.perf_counter()
     losses = train_char_lm(
         model,
@@ -513,7 +588,8 @@ def format_report(result: CanaryResult) -> str:
         f"- Text: {result.text_chars} generated characters; canary "
         f"`{cfg.prefix}{m.secret}{cfg.suffix}` inserted {cfg.insertions} times.",
         f"- Model: {cfg.cell.upper()} {cfg.layers}x{cfg.hidden}, embedding {cfg.embed_dim}; "
-        f"{cfg.steps} Adam steps, final loss {result.final_loss:.3f} nats/char "
+        f"{cfg.steps} Adam steps, final loss "
+        f"{f'{result.final_loss:.3f} nats/char' if math.isfinite(result.final_loss) else 'n/a'} "
         f"({result.train_s:.1f} s).",
         f"- Secrets scored: {m.n_scored + 1} of |R| = {m.space_size} "
         f"({'all' if m.exhaustive else 'uniform sample'}); max exposure "

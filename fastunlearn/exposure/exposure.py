@@ -120,7 +120,10 @@ class SkewNormalFit:
     Attributes:
         a: Shape (skewness) parameter, scipy's ``a``.
         loc: Location.
-        scale: Scale, > 0.
+        scale: Scale, > 0; or 0 for the degenerate limit, a point mass at ``loc`` (what
+            :func:`~fastunlearn.exposure.measure_exposure` records when every candidate
+            has the same log-perplexity, e.g. a model that predicts a uniform
+            distribution, and no distribution can be fitted).
         n: Number of values fitted.
 
     """
@@ -130,16 +133,31 @@ class SkewNormalFit:
     scale: float
     n: int
 
+    def __post_init__(self) -> None:
+        for name in ("a", "loc", "scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise TypeError(f"'{name}' must be a number, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"'{name}' must be finite, got {value}")
+        if self.scale < 0:
+            raise ValueError(f"'scale' must be >= 0, got {self.scale}")
+
     def exposure(self, canary: object, space_size: int | float | None = None) -> float | np.ndarray:
         """Return ``-log2 F(canary)``, capped to ``[0, log2 space_size]`` when given.
 
         Far in the lower tail ``F`` underflows even on the log scale; exposure is then
-        ``inf``, or the cap when ``space_size`` is given.
+        ``inf``, or the cap when ``space_size`` is given. For a point mass (``scale == 0``)
+        ``F`` is a step: 0 bits at or above ``loc`` (a tie counts against the canary, as
+        in :func:`rank_exposure`), ``inf`` (or the cap) below it.
         """
         from scipy.stats import skewnorm
 
         scores, scalar = _as_canaries(canary)
-        bits = -skewnorm.logcdf(scores, self.a, loc=self.loc, scale=self.scale) / _LN2
+        if self.scale == 0.0:
+            bits = np.where(scores < self.loc, np.inf, 0.0)
+        else:
+            bits = -skewnorm.logcdf(scores, self.a, loc=self.loc, scale=self.scale) / _LN2
         bits = np.maximum(bits, 0.0)
         if space_size is not None:
             bits = np.minimum(bits, _max_exposure(space_size))

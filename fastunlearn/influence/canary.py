@@ -272,9 +272,11 @@ def unlearn_canary(
         "retrained": None, "retrain_seconds": None, "model": lm,
     }
     if cfg.retrain:
-        torch.manual_seed(ccfg.seed)
-        fresh = CharLM(vocab.size, ccfg.embed_dim, ccfg.hidden, ccfg.layers,
-                       ccfg.cell).to(device)
+        # the experiment's initialisation, without resetting the caller's global RNG stream
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ccfg.seed)
+            fresh = CharLM(vocab.size, ccfg.embed_dim, ccfg.hidden, ccfg.layers, ccfg.cell)
+        fresh = fresh.to(device)
         t0 = time.perf_counter()
         train_char_lm(fresh, new_ids, steps=ccfg.steps, seq_len=ccfg.seq_len,
                       batch_size=ccfg.batch_size, lr=ccfg.lr, weight_decay=ccfg.weight_decay,

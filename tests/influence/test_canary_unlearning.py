@@ -146,7 +146,11 @@ def test_second_order_update_lowers_exposure_small(tmp_path):
                                              embed_dim=16, insertions=8, seq_len=24,
                                              secret_length=4))
     original = [p.detach().clone() for p in res.model.parameters()]
+    torch.manual_seed(1234)
+    caller = torch.random.get_rng_state()
     out = unlearn_canary(res, CanaryUnlearnConfig(cg_maxiter=10, hvp_windows=64))
+    # the retraining seeds its own initialisation; the caller's stream is left where it was
+    assert torch.equal(torch.random.get_rng_state(), caller)
     b, a, r = out["before"], out["after"], out["retrained"]
     assert out["update"]["applied"] and out["update"]["order"] == 2
     assert out["num_canaries"] == 8
