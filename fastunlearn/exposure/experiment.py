@@ -582,6 +582,12 @@ def format_report(result: CanaryResult) -> str:
     rows = [result.canary] + ([result.control] if result.control is not None else [])
     kinds = ["inserted"] + (["control (never inserted)"] if result.control is not None else [])
     m = result.canary
+    if m.exhaustive:
+        scored = f"all {m.space_size} of |R|"
+    else:  # each secret is ranked among the draws that differ from it
+        drawn = cfg.n_candidates or 10_000
+        scored = (f"{drawn} uniform draws (with replacement) from |R| = {m.space_size}; "
+                  f"the secret ranked among the {m.n_scored} that differ from it")
     lines = [
         "# Canary exposure",
         "",
@@ -591,8 +597,7 @@ def format_report(result: CanaryResult) -> str:
         f"{cfg.steps} Adam steps, final loss "
         f"{f'{result.final_loss:.3f} nats/char' if math.isfinite(result.final_loss) else 'n/a'} "
         f"({result.train_s:.1f} s).",
-        f"- Secrets scored: {m.n_scored + 1} of |R| = {m.space_size} "
-        f"({'all' if m.exhaustive else 'uniform sample'}); max exposure "
+        f"- Secrets scored: {scored}; max exposure "
         f"log2|R| = {m.max_exposure:.2f} bits ({result.measure_s:.1f} s).",
         f"- Greedy completion of the prefix: `{result.completion}`.",
         "",

@@ -273,3 +273,15 @@ def test_cli_bad_device_is_a_clean_error(device, capsys):
     assert "'device'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="'device'"):
         CanaryConfig(device=device)
+
+
+def test_report_says_how_many_secrets_were_drawn_and_ranked_against():
+    cfg = CanaryConfig(**(TINY | {"steps": 0, "n_candidates": 40}))
+    result = run_canary_experiment(cfg)
+    m = result.canary
+    assert not m.exhaustive and m.n_scored <= 40
+    report = format_report(result)
+    assert (f"40 uniform draws (with replacement) from |R| = {m.space_size}; the secret "
+            f"ranked among the {m.n_scored} that differ from it") in report
+    exhaustive = format_report(run_canary_experiment(CanaryConfig(**(TINY | {"steps": 0}))))
+    assert f"all {m.space_size} of |R|" in exhaustive
