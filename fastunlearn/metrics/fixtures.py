@@ -77,16 +77,24 @@ def pack_slots(logits: Any, labels: Any) -> np.ndarray:
 
 
 def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, list[float]]:
-    """Read a ``metrics.csv`` into ``{column: values}`` (numeric columns only)."""
+    """Read a ``metrics.csv`` into ``{column: values}`` (numeric columns only).
+
+    A column is numeric when every cell that is not empty is a number; its empty cells (a
+    model whose value was not recorded) are NaN, so one missing value does not drop the
+    column. Columns of text (e.g. a method name) are left out.
+    """
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return {}
     out: dict[str, list[float]] = {}
     for col in rows[0]:
+        cells = [(r.get(col) or "").strip() for r in rows]
+        if not any(cells):
+            continue
         try:
-            out[col] = [float(r[col]) for r in rows]
-        except (TypeError, ValueError):
+            out[col] = [float(c) if c else math.nan for c in cells]
+        except ValueError:
             continue
     return out
 
@@ -115,14 +123,21 @@ class LogitsDir:
     retrain_metrics: dict[str, list[float]] = field(default_factory=dict)
 
     def mean_metric(self, who: str, column: str) -> float:
-        """Mean of a column of method ``who``'s ``metrics.csv`` (nan if absent)."""
-        values = self.metrics.get(who, {}).get(column)
-        return float(np.mean(values)) if values else math.nan
+        """Mean of a column of method ``who``'s ``metrics.csv`` over its recorded values.
+
+        NaN if the column is absent or holds no recorded (non-NaN) value.
+        """
+        return _mean_recorded(self.metrics.get(who, {}).get(column))
 
     def retrain_mean_metric(self, column: str) -> float:
-        """Mean of a column of the retrained models' ``metrics.csv`` (nan if absent)."""
-        values = self.retrain_metrics.get(column)
-        return float(np.mean(values)) if values else math.nan
+        """Mean of a column of the retrained models' ``metrics.csv`` (as :meth:`mean_metric`)."""
+        return _mean_recorded(self.retrain_metrics.get(column))
+
+
+def _mean_recorded(values: list[float] | None) -> float:
+    """Mean of the non-NaN ``values``; NaN when there are none."""
+    kept = [v for v in values or () if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
 
 
 def _load_array(path: Path) -> np.ndarray:

@@ -33,6 +33,7 @@ from fastunlearn.metrics import (
     write_logits_dir,
 )
 from fastunlearn.metrics import cli as metrics_cli
+from fastunlearn.metrics.fixtures import LogitsDir, read_metrics_csv
 
 
 def _conf_logits(conf, labels, C=5):
@@ -249,3 +250,21 @@ def test_cli_writes_strict_json_with_infinite_epsilons(tmp_path):
     eps = [float(v) for v in res["methods"]["far"]["per_example"]["epsilon"]]
     assert len(eps) == S and all(math.isinf(e) and e > 0 for e in eps)
     assert math.isinf(float(res["methods"]["far"]["epsilon_hat"]))
+
+
+def test_metrics_csv_with_a_missing_cell_keeps_its_column(tmp_path):
+    # one model's value not recorded: the column used to vanish from the evaluation
+    path = tmp_path / "metrics.csv"
+    path.write_text("model,forget_accuracy,retain_accuracy,method\n"
+                    "0,0.25,0.9,ft\n1,,0.8,ft\n2,0.75,0.7,ft\n")
+    columns = read_metrics_csv(path)
+    assert set(columns) == {"model", "forget_accuracy", "retain_accuracy"}  # text left out
+    forget = columns["forget_accuracy"]
+    assert forget[0] == 0.25 and math.isnan(forget[1]) and forget[2] == 0.75
+    d = LogitsDir(path=tmp_path, retrain=torch.zeros(1, 1, 2), labels=torch.zeros(1),
+                  metrics={"ft": columns}, retrain_metrics=columns)
+    assert d.mean_metric("ft", "forget_accuracy") == pytest.approx(0.5)  # recorded values
+    assert d.retrain_mean_metric("retain_accuracy") == pytest.approx(0.8)
+    assert math.isnan(d.mean_metric("ft", "absent"))
+    (tmp_path / "empty.csv").write_text("model,score\n0,\n")
+    assert read_metrics_csv(tmp_path / "empty.csv") == {"model": [0.0]}  # nothing recorded
