@@ -73,11 +73,16 @@ class SGDConfig(ForgetConfig):
             raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {self.scheduler!r}")
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("nesterov needs momentum > 0 (set nesterov=False or momentum > 0)")
+        if isinstance(self.milestones, (str, bytes)) or not hasattr(self.milestones, "__iter__"):
+            kind = type(self.milestones).__name__
+            raise TypeError(f"milestones must be a sequence of ints, got {kind}")
         self.milestones = tuple(self.milestones)
         for m in self.milestones:
             if not isinstance(m, int) or isinstance(m, bool) or m < 1:
                 raise ValueError(f"milestones must be positive ints, got {self.milestones!r}")
-        if not isinstance(self.gamma, (int, float)) or not 0.0 < self.gamma <= 1.0:
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)):
+            raise TypeError(f"gamma must be a number, got {type(self.gamma).__name__}")
+        if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
 
 
@@ -113,14 +118,19 @@ def prepare(
     """Validate a method's arguments and return ``(clone, forget, retain, num_classes)``.
 
     Raises:
-        TypeError: If the model, data or config have the wrong type.
-        ValueError: If a data set is empty, a label is outside the model's outputs, the
-            forget set repeats an example, or the sets overlap (when
-            ``config.check_overlap``); see :func:`~fastunlearn.forget.checks.check_sets`.
+        TypeError: If the model, data or config have the wrong type (also a config field
+            assigned a value of the wrong type after construction).
+        ValueError: If a config field holds an invalid value, a data set is empty, a
+            label is outside the model's outputs, the forget set repeats an example, or
+            the sets overlap (when ``config.check_overlap``); see
+            :func:`~fastunlearn.forget.checks.check_sets`.
 
     """
     if not isinstance(config, config_cls):
         raise TypeError(f"config must be a {config_cls.__name__}, got {type(config).__name__}")
+    # Re-run the field checks: a config changed after construction (``cfg.lr = nan``)
+    # would otherwise train with the bad value and return a silently broken model.
+    config.__post_init__()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     forget_ds = as_dataset(forget, "forget")
@@ -185,11 +195,20 @@ def train(
         seed_offset: Added to ``config.seed`` for the shuffling order of this stage.
 
     Returns:
-        ``model``.
+        ``model``, with its gradients cleared (``None``) so that the last step's retain
+        gradients do not leak into a caller's later ``backward()``.
+
+    Raises:
+        ValueError: If no parameter of ``model`` requires a gradient.
 
     """
     if epochs == 0 or lr == 0.0:
         return model
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            f"{desc}: model has no trainable parameters (every parameter has "
+            "requires_grad=False), so there is nothing to train"
+        )
     device = model_device(model)
     loader = batches(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset)
     opt = make_optimizer(model.parameters(), config, lr)
@@ -199,7 +218,8 @@ def train(
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             check_batch_labels(y, num_classes, desc)
-            loss = F.cross_entropy(model(x), y)
+            # any integer label dtype (int32, uint8) is accepted; cross-entropy wants int64
+            loss = F.cross_entropy(model(x), y.long())
             if ascent:
                 loss = -loss
             if penalty is not None:
@@ -209,6 +229,7 @@ def train(
             opt.step()
         if sched is not None:
             sched.step()  # type: ignore[attr-defined]
+    opt.zero_grad(set_to_none=True)
     return model
 
 

@@ -12,7 +12,9 @@ divided by the subset size (the shipped code divides by the whole retain set's s
 making the retain means about 50x too small); every ``nn.Conv2d`` is hooked, including
 1x1 shortcut convolutions (the shipped code hooks modules whose *name* contains "conv",
 which skips ``shortcut.0``); the fine-tuning loader is shuffled. A model without
-convolutions (an MLP) only gets the ``reset_mlp`` step.
+convolutions (an MLP) only gets the ``reset_mlp`` step. Frozen weights
+(``requires_grad=False``) are never re-drawn: fine-tuning could not repair them, and no
+other method changes them either.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.utils.data import Dataset
 from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
+    check_bool,
     kaiming_,
     last_linear,
     prepare,
@@ -63,6 +66,7 @@ class ActivationResetConfig(SGDConfig):
         super().__post_init__()
         check_fraction("retain_fraction", self.retain_fraction)
         check_fraction("toll", self.toll, allow_zero=True)
+        check_bool("reset_mlp", self.reset_mlp)
 
 
 def mean_activations(
@@ -120,15 +124,16 @@ def activation_reset(
         convs = {name: m for name, m in clone.named_modules() if isinstance(m, nn.Conv2d)}
         for name in sorted(f_mean):
             channels = kernels_to_reset(f_mean[name], r_mean[name], config.toll)
-            if bool(channels.any()):
-                weight = convs[name].weight
+            weight = convs[name].weight
+            if weight.requires_grad and bool(channels.any()):
                 mask = (
                     channels.to(weight.device)
                     .reshape(-1, *([1] * (weight.dim() - 1)))
                     .expand_as(weight)
                 )
                 kaiming_(weight, mask, gen)
-        if config.reset_mlp:
-            kaiming_(last_linear(clone).weight, None, gen)
+        head = last_linear(clone).weight if config.reset_mlp else None
+        if head is not None and head.requires_grad:
+            kaiming_(head, None, gen)
         train_main_stage(clone, retain_ds, config, k, "activation_reset")
     return clone.eval()

@@ -144,7 +144,8 @@ def as_dataset(data: object, name: str) -> Dataset:
     Raises:
         ValueError: If the data set is empty or the tuple's tensors disagree in length or
             hold non-finite inputs.
-        TypeError: If ``data`` is neither a Dataset nor a pair of tensors.
+        TypeError: If ``data`` is neither a Dataset nor a pair of tensors, or the
+            tuple's labels are not integers (other integer dtypes are cast to int64).
 
     """
     if isinstance(data, (tuple, list)):
@@ -158,9 +159,11 @@ def as_dataset(data: object, name: str) -> Dataset:
             )
         if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
             raise ValueError(f"{name}: inputs contain NaN or inf")
-        if labels.is_floating_point():
+        if labels.is_floating_point() or labels.dtype == torch.bool:
             raise TypeError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
-        data = TensorDataset(inputs, labels)
+        # int32 / uint8 labels become int64, the class-index dtype cross-entropy needs
+        # (``.long()`` returns int64 labels themselves, uncopied)
+        data = TensorDataset(inputs, labels.long())
     if not isinstance(data, Dataset):
         raise TypeError(
             f"{name} must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}"

@@ -49,9 +49,20 @@ def dataset_labels(dataset: Dataset) -> Tensor | None:
 
 
 def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
-    """Raise ValueError naming ``name`` if a label lies outside ``0 .. num_classes - 1``."""
-    if labels.is_floating_point() or labels.is_complex():
+    """Raise ValueError naming ``name`` if a label lies outside ``0 .. num_classes - 1``.
+
+    Raises:
+        TypeError: If the labels are not integers (floating, complex or bool).
+        ValueError: If they are not a 1-D tensor of class indices or one is out of range.
+
+    """
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{name}: labels must be integers, got {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(
+            f"{name}: labels must be a 1-D tensor of class indices, got shape "
+            f"{tuple(labels.shape)}"
+        )
     if labels.numel() == 0:
         return
     low, high = int(labels.min()), int(labels.max())

@@ -125,6 +125,7 @@ def fisher_diagonal(
             x, y = x.to(device), y.to(device)
             if num_classes is not None:
                 check_batch_labels(y, num_classes, "retain")
+            y = y.long()  # int32 / uint8 labels: cross-entropy's gather needs int64
             if kind == "empirical":
                 g = per_sample(params, x, y)
                 for n in total:

@@ -137,6 +137,7 @@ def influence_unlearning(
 
     """
     forget, retain, k = prepare_inputs(model, config, InfluenceConfig, forget, retain)
+    config.__post_init__()  # a field changed after construction (cfg.damping = nan) is refused
     clone = clone_model(model)
     device = model_device(clone)
     params = [p for p in clone.parameters() if p.requires_grad]

@@ -47,7 +47,14 @@ _QUANTILE_MAX = 1 << 24  # torch.quantile's input limit
 
 
 def _quantile(values: Tensor, q: float) -> Tensor:
-    flat = values.detach().flatten().float()
+    """Return the ``q``-quantile of ``values`` in their precision (float32 for half types).
+
+    Float64 movements stay float64: a threshold rounded to float32 can land above the
+    entry it equals, so ``quantile=0`` would re-draw the least-moved weight.
+    """
+    flat = values.detach().flatten()
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
     if flat.numel() <= _QUANTILE_MAX:
         return torch.quantile(flat, q)
     k = min(flat.numel(), max(1, round(q * (flat.numel() - 1)) + 1))
@@ -69,6 +76,10 @@ def movement_masks(
     Returns:
         ``{parameter name: bool mask}``.
 
+    Raises:
+        RuntimeError: If a movement is not finite (the moved copy's training diverged;
+            its NaN quantile would silently select nothing).
+
     """
     moved_params = dict(moved.named_parameters())
     masks = {}
@@ -76,6 +87,11 @@ def movement_masks(
         if w.dim() < 2 or (names is not None and name not in names):
             continue
         d = (moved_params[name].detach() - w.detach()).abs()
+        if not bool(torch.isfinite(d).all()):
+            raise RuntimeError(
+                f"the overfitted copy's {name!r} is not finite (its training diverged); "
+                "lower overfit_lr or overfit_epochs"
+            )
         masks[name] = d < _quantile(d, quantile)
     return masks
 
