@@ -60,7 +60,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.common import print_table, resolve_device, resolve_preset, synchronize
+from bench.common import print_table, ratio, resolve_device, resolve_preset, synchronize
 
 NAME = "influence"
 
@@ -120,7 +120,7 @@ def _pair(part: str, ours: dict[str, Any], lissa: dict[str, Any],
         for key, value in out.items():
             if key != "seconds":
                 rec[f"{prefix}_{key}"] = value
-    rec["ratio_lissa"] = rec["lissa_ms"] / rec["ours_ms"]
+    rec["ratio_lissa"] = ratio(rec["lissa_ms"], rec["ours_ms"])
     return rec
 
 

@@ -164,6 +164,7 @@ def run_case(m: int, n: int, d: int, dev: torch.device, **opts: Any) -> dict[str
     err = check_farthest(Q, P, ours_d, ours_i, f"farthest_k m={m} n={n} d={d}")
     sk_d, sk_i = sklearn_farthest(Qn[:CHECK_ROWS], Pn, K)
     check_farthest(Q, P, torch.from_numpy(sk_d), torch.from_numpy(sk_i), "sklearn peer")
+    check_farthest(Q, P, *torch_farthest(Q[:CHECK_ROWS], P, K), "torch peer")
 
     impls = {"ours": lambda: farthest_k(Q, P, K), "torch": lambda: torch_farthest(Q, P, K),
              "gemm": lambda: torch.mm(Q, P.T)}

@@ -23,6 +23,7 @@ memory of the plain forward + backward (see ``bench/common.py`` for what is meas
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Any
 
@@ -235,7 +236,9 @@ def run_case(
         "ratio_func": ratio(t["func"].median, t["ours"].median),
         "ours_vs_plain": ratio(t["ours"].median, t["plain"].median),
         **{f"{k}_peak_mb": peak[k] / 2**20 for k in peak},
-        **{f"{k}_mem_x": ratio(peak[k], peak["plain"]) for k in ("ours", "opacus", "func")},
+        # memory over the plain backward's: ``inf`` (out of memory) stays ``inf``
+        **{f"{k}_mem_x": peak[k] / peak["plain"] if peak["plain"] > 0 else math.nan
+           for k in ("ours", "opacus", "func")},
     }
 
 

@@ -426,8 +426,13 @@ def time_once(fn: Callable[[], Any]) -> Measurement:
 
 
 def ratio(peer: float, ours: float) -> float:
-    """``peer / ours`` (> 1 means we are faster); nan when undefined."""
-    if not (math.isfinite(ours) and ours > 0):
+    """``peer / ours`` (> 1 means we are faster); nan when undefined.
+
+    Undefined includes a peer that failed (``inf``: out of memory) or was not measured
+    (``nan``): its time is recorded as such, and a ratio of ``inf`` would report a failure
+    of the peer as an infinite speed-up.
+    """
+    if not (math.isfinite(ours) and ours > 0 and math.isfinite(peer) and peer > 0):
         return math.nan
     return peer / ours
 
