@@ -292,7 +292,8 @@ def bench_farthest(device: torch.device) -> None:
 
     def sklearn_farthest() -> tuple[np.ndarray, np.ndarray]:
         D = pairwise_distances(Qn, Pn)
-        idx = np.argsort(-D, axis=1)[:, :10]
+        part = np.argpartition(-D, 9, axis=1)[:, :10]  # the 10 largest, then sorted
+        idx = np.take_along_axis(part, np.argsort(-np.take_along_axis(D, part, 1), 1), 1)
         return np.take_along_axis(D, idx, axis=1) ** 2, idx
 
     dist, _ = farthest_k(Qd, Pd, 10)
@@ -300,7 +301,7 @@ def bench_farthest(device: torch.device) -> None:
     _row("farthest-k (k=10)", f"{Q.shape[0]} x {P.shape[0]} x 64",
          _time_ms(lambda: farthest_k(Qd, Pd, 10), device),
          _time_ms(sklearn_farthest, torch.device("cpu")),
-         "sklearn distances+argsort",
+         "sklearn distances+argpartition",
          f"rel. diff {_rel_err(dist, torch.from_numpy(sk_dist)):.0e}")
 
 
