@@ -583,12 +583,15 @@ at::Tensor certified_cg_steps_cpu(
     double* ai = a_all + row * K;
     const double* xi = p.X + row * d;
     double worst = 0.0;
-    for (int64_t k = 0; k < K; ++k) {  // worst_case_bound(): the same expression, in order
+    // worst_case_bound(): the same expression, in order, with row_norm = C = max(1, R): the
+    // curvature of rows up to R long is gamma R^3-Lipschitz
+    const double lipschitz = gamma * std::pow(C, 3.0);
+    for (int64_t k = 0; k < K; ++k) {
       const double m_k = ai[k];
       if (m_k > 0) {
         const double rest = std::max(nr[k] - m_k, 0.0);
         worst += rest == 0 ? std::numeric_limits<double>::infinity()
-                           : 4.0 * gamma * m_k * m_k * C * C / (lam * lam * rest);
+                           : 4.0 * lipschitz * m_k * m_k * C * C / (lam * lam * rest);
       }
     }
     for (int64_t i = 0; i < d * K; ++i) w_all[i] += V[i];

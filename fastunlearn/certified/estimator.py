@@ -247,7 +247,9 @@ class CertifiedLogisticRegression(
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle / deepcopy state without the fixed-shape step (CUDA graphs do not copy)."""
-        state = super().__getstate__()
+        # a copy: from Python 3.11 on, object.__getstate__ returns the live __dict__, and
+        # popping from it would drop the model's own step (and break a deepcopy of __dict__)
+        state = dict(super().__getstate__())
         state.pop("_fixed", None)
         return state
 
@@ -699,11 +701,39 @@ class CertifiedLogisticRegression(
         wood = getattr(self, "_wood", None)
         if wood is not None and wood.folded >= wood.capacity:
             return "cholesky"
-        n, d = float(self._h_n_rem.max()), float(self._X.shape[1])
         it = max(self._cg_last, CG_ITERATIONS_GUESS)
+        return "cg" if self._cg_cheaper(float(self._h_n_rem.max()), it) else "cholesky"
+
+    def _cg_cheaper(self, n: float, iterations: int) -> bool:
+        """Whether the cost model of :meth:`_solver` prefers CG for ``n`` rows, ``iterations``."""
+        d = float(self._X.shape[1])
         dense = n * d * d + d**3 / 3.0
-        iterative = (it + 1) * 4.0 * n * d + it * 4.0 * d * d
-        return "cg" if iterative < dense else "cholesky"
+        iterative = (iterations + 1) * 4.0 * n * d + iterations * 4.0 * d * d
+        return iterative < dense
+
+    def _run_refresh_after(self, name: str, rows_left: int) -> int | None:
+        """Return the ``refresh_after`` of a run of single-row CG steps (-1: none needed).
+
+        Solver ``name="cg"`` is never resolved again: ``-1``. ``"auto"`` is resolved before
+        every general step: a run must end after any row whose CG iteration count ``it``
+        would make :meth:`_solver` pick ``"cholesky"`` for the next row, i.e. ``it >
+        CG_REFRESH_ITERATIONS`` or the cost model preferring the dense step with ``max(it,
+        CG_ITERATIONS_GUESS)`` iterations at the rows left then. Returns the most iterations
+        a row may take with ``"cg"`` still chosen at every row count the run can reach (at
+        most ``rows_left`` rows removed, each lowering the largest class count by at most
+        one; the cost difference is linear in that count, so its two ends decide), or None
+        when even the guess would not keep ``"cg"`` (every row then takes the single step).
+        """
+        if name != "auto":
+            return -1
+        n_hi = float(self._h_n_rem.max())
+        ends = (n_hi, max(n_hi - float(rows_left), 0.0))
+        limit = None
+        for it in range(CG_REFRESH_ITERATIONS + 1):
+            if not all(self._cg_cheaper(n, max(it, CG_ITERATIONS_GUESS)) for n in ends):
+                break
+            limit = it
+        return limit
 
     def _plan(self, rows: Tensor, rows_np: np.ndarray, solver: str) -> PlannedStep:
         """Newton step and its bound for removing ``rows`` at once; changes nothing.
@@ -996,8 +1026,8 @@ class CertifiedLogisticRegression(
         # TF32 exists only on CUDA; its flags cost host time for every step
         tf32_off = no_tf32 if self._X.device.type == "cuda" else contextlib.nullcontext
         # "auto" is resolved before every step (or run of steps), so that it refreshes the
-        # factors with a dense step when they are full or CG struggles, mid-call too
-        refresh_after = CG_REFRESH_ITERATIONS if solver_name == "auto" else -1
+        # factors with a dense step when they are full or CG struggles, mid-call too; a run
+        # ends after a row whose CG iterations would make it resolve otherwise (_run_refresh_after)
         try:
             with tf32_off(), small_problem_threads(self._X):
                 span = 0
@@ -1009,6 +1039,9 @@ class CertifiedLogisticRegression(
                         run = self._remove_compiled  # runs of rows in one compiled call
                     elif fixed_possible and self._fixed_loop_applies(solver, batch):
                         run = self._remove_on_fixed_step  # runs of rows replaying CUDA graphs
+                    refresh_after = self._run_refresh_after(solver_name, len(spans) - span)
+                    if refresh_after is None:  # "auto" may change its mind at any row
+                        run = None
                     if run is not None:  # the single step takes the rows they leave
                         done, refused = run(arr, span, report, refresh_after)
                         span += done
