@@ -395,14 +395,11 @@ def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
 def _cmd_extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ._device import parse_device
     from ._output_folder import check_output_folder
 
     try:
-        device = torch.device(args.device)
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"'device' must be cpu or cuda, got {args.device!r}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"'device' is {args.device!r} but no CUDA GPU is visible")
+        device = parse_device(args.device)
         if not Path(args.data_dir).is_dir():
             raise FileNotFoundError(f"'data_dir' {args.data_dir!r} is not a folder")
         check_output_folder(args.data_dir, argument="data_dir")  # the features go there

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._device import parse_device
+
 __all__ = [
     "DATASETS",
     "ExperimentConfig",
@@ -201,15 +203,7 @@ class ExperimentConfig:
         if target is not None and not (_is_number(target) and math.isfinite(target)
                                        and target > 0):
             raise ValueError(f"'target_epsilon' must be a positive number or None, got {target!r}")
-        bad_device = f"'device' must be cpu, cuda or cuda:<index>, got {self.device!r}"
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(bad_device) from exc
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(bad_device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"'device' is {self.device!r} but no CUDA GPU is visible")
+        parse_device(self.device)
         return self
 
     @property

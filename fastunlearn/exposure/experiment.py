@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._device import parse_device
 from .exposure import SkewNormalFit, fit_skew_normal, rank_exposure
 from .model import CharLM, sequence_log_perplexity
 from .text import DIGITS, CharVocab, generate_corpus, insert_canary
@@ -430,15 +431,7 @@ class CanaryConfig:
             raise ValueError(f"'suffix' must be a str, got {self.suffix!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"'seed' must be an int, got {type(self.seed).__name__}")
-        bad_device = f"'device' must be cpu, cuda or cuda:<index>, got {self.device!r}"
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(bad_device) from exc
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(bad_device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"'device' is {self.device!r} but no CUDA GPU is visible")
+        parse_device(self.device)
         if self.cell not in ("lstm", "gru"):
             raise ValueError(f"'cell' must be 'lstm' or 'gru', got {self.cell!r}")
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._device import parse_device
 from ..forget import run_method
 from ..metrics import (
     accuracy_report,
@@ -62,19 +63,7 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
 
 def _device(spec: str) -> torch.device:
     """Parse ``spec`` as ``cpu`` or ``cuda[:N]`` (ValueError, not torch's RuntimeError)."""
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"'device' must be 'cpu' or 'cuda[:N]', got {spec!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"'device' must be 'cpu' or 'cuda[:N]', got {spec!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("'device' is cuda but no CUDA GPU is visible")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"'device' {spec!r}: only {torch.cuda.device_count()} CUDA "
-                             "GPU(s) are visible")
-    return device
+    return parse_device(spec)
 
 
 def _sync(device: torch.device) -> None:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .._device import parse_device
 from .._output_folder import check_output_folder
 from ..cli_types import non_negative_float as _non_negative
 from ..cli_types import non_negative_int as _non_negative_int
@@ -149,11 +150,7 @@ def run(args: argparse.Namespace) -> int:
         config.validate()
         check_output_folder(args.result_dir, argument="result_dir",
                             names=[f"{stem}.json", f"{stem}.md", f"{stem}.png"])
-        if config.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError("'--device cuda' but no CUDA GPU is visible")
+        parse_device(config.device)
         result = run_repair_experiment(config)
     except (ValueError, OSError, ImportError) as exc:
         print(f"fastunlearn repair: error: {exc}", file=sys.stderr)

@@ -55,6 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``; returns the exit status (0 ok, 2 bad input)."""
+    from .._device import parse_device
     from .._output_folder import check_output_folder
     from .evaluate import evaluate_logits_dir
     from .report import json_ready, plot_epsilon_histogram, render_evaluation_markdown
@@ -65,11 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
-        if args.device is not None and args.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError("'--device' is cuda but no CUDA GPU is visible")
+        if args.device is not None:
+            parse_device(args.device)
         check_output_folder(out, argument="out",
                             names=["evaluation.json", "evaluation.md", "epsilon_hist.png"])
         result = evaluate_logits_dir(
