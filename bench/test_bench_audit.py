@@ -22,7 +22,8 @@ from bench import (
     bench_metrics,
     bench_per_sample,
 )
-from bench.common import CorrectnessError, OpUnavailable, ratio, require_op, timing_options
+from bench.common import CorrectnessError, OpUnavailable, ratio, timing_options
+from bench.test_benchmarks import _need
 
 CPU = torch.device("cpu")
 
@@ -34,14 +35,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _need(*ops: str) -> None:
-    for op in ops:
-        try:
-            require_op(op, CPU)
-        except OpUnavailable as exc:
-            pytest.skip(str(exc))
 
 
 # ---- ratios: direction, failed peers --------------------------------------------------------

@@ -85,3 +85,27 @@ def stand_in_graphs(monkeypatch):
         self.use_graphs = True
 
     monkeypatch.setattr(fixed_step.FixedShapeStep, "__init__", init_with_graphs)
+
+
+def perturbed_gradient(model, X, y):
+    """Gradient of the perturbed objective on the remaining rows, dense numpy float64.
+
+    Independent of the library: normalisation, labels, masks and the objective are redone
+    here from the public attributes (plus the fixed subsample masks ``S_k``); it includes
+    b and uses the current ``lam * n_rem`` scaling, the residual of the theory.
+
+    Returns:
+        ``(G [K, d], member [n, K], Xn, Y)``.
+    """
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True) if model.normalize else X
+    keep = np.ones(X.shape[0], dtype=bool)
+    keep[model.removed_indices_] = False
+    member = model._member.cpu().numpy() & keep[:, None]
+    if model.coef_.shape[0] == 1:
+        Y = np.where(y == model.classes_[1], 1.0, -1.0)[:, None]
+    else:
+        Y = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
+    Z = Xn @ model.coef_.T
+    dl = -Y / (1.0 + np.exp(Y * Z))  # l'(z, y) = -y sigma(-y z)
+    G = (Xn.T @ (member * dl)).T + model.lam * member.sum(0)[:, None] * model.coef_ + model.b_
+    return G, member, Xn, Y

@@ -29,6 +29,7 @@ from fastunlearn.certified.estimator import (
 )
 from fastunlearn.certified.math import draw_perturbation, newton_fit, normalize_rows
 from fastunlearn.data import load_digits_dataset
+from tests.certified.fixed_helpers import perturbed_gradient
 
 LAM = 1e-2
 
@@ -57,21 +58,8 @@ def tiny(seed=0, n=40, d=5, classes=3):
 
 
 def true_gradient(model, X, y):
-    """||grad L_b(W; D_rem)|| recomputed in numpy from public attributes (plus S_k masks).
-
-    Includes b and uses the current lam * n_rem scaling: the residual of the theory.
-    """
-    Xn = X / np.linalg.norm(X, axis=1, keepdims=True) if model.normalize else X
-    keep = np.ones(X.shape[0], dtype=bool)
-    keep[model.removed_indices_] = False
-    member = model._member.cpu().numpy() & keep[:, None]
-    if model.coef_.shape[0] == 1:
-        Y = np.where(y == model.classes_[1], 1.0, -1.0)[:, None]
-    else:
-        Y = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
-    Z = Xn @ model.coef_.T
-    dl = -Y / (1.0 + np.exp(Y * Z))  # l'(z, y) = -y sigma(-y z)
-    G = (Xn.T @ (member * dl)).T + model.lam * member.sum(0)[:, None] * model.coef_ + model.b_
+    """||grad L_b(W; D_rem)|| recomputed in numpy (:func:`perturbed_gradient`)."""
+    G, member, _, _ = perturbed_gradient(model, X, y)
     return np.linalg.norm(G), G, member
 
 

@@ -27,6 +27,7 @@ from fastunlearn.certified import (
 from fastunlearn.certified.ledger import RemovalLedger
 from fastunlearn.certified.math import draw_perturbation
 from fastunlearn.certified.persistence import ledger_path, load_model, save_model
+from tests.certified.fixed_helpers import perturbed_gradient
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,24 +79,7 @@ def files_of(path):
     return {p.name: p.read_bytes() for p in sorted(path.parent.iterdir())}
 
 
-def true_gradient(model, X, y):
-    """Gradient of the perturbed objective on the remaining rows, dense numpy float64.
-
-    Independent of the library: normalisation, labels, masks and the objective are redone
-    here from the public attributes (plus the fixed subsample masks ``S_k``).
-    """
-    Xn = X / np.linalg.norm(X, axis=1, keepdims=True) if model.normalize else X
-    keep = np.ones(X.shape[0], dtype=bool)
-    keep[model.removed_indices_] = False
-    member = model._member.cpu().numpy() & keep[:, None]
-    if model.coef_.shape[0] == 1:
-        Y = np.where(y == model.classes_[1], 1.0, -1.0)[:, None]
-    else:
-        Y = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
-    Z = Xn @ model.coef_.T
-    dl = -Y * expit(-Y * Z)
-    G = (Xn.T @ (member * dl)).T + model.lam * member.sum(0)[:, None] * model.coef_ + model.b_
-    return G, member, Xn, Y
+true_gradient = perturbed_gradient  # (G, member, Xn, Y), dense numpy float64
 
 
 def scipy_minimiser(Xn, Y, member, b, lam):

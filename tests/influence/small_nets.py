@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 D64 = torch.float64
@@ -42,3 +43,18 @@ def flat_function(
 
     theta = torch.cat([named[n].detach().reshape(-1) for n in names])
     return f, theta
+
+
+def ce_sum(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch (the influence updates' loss)."""
+    return F.cross_entropy(out, t, reduction="sum")
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s state dict."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``model``'s state dict equals ``state`` exactly."""
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -3,26 +3,15 @@ the summed loss over all rows at once."""
 
 import pytest
 import torch
-import torch.nn.functional as F
-from small_nets import net_data, small_net
+from small_nets import ce_sum, net_data, small_net
+from small_nets import same_state as _same_state
+from small_nets import state_of as _state
 from torch import nn
 
 from fastunlearn.influence import gradient_difference, loss_gradient, loss_value
 
 D64 = torch.float64
 N = 11  # rows: chunks of 3 (3+3+3+2) and of 4 (4+4+3) both end with a partial chunk
-
-
-def ce_sum(out, t):
-    return F.cross_entropy(out, t, reduction="sum")
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same_state(model, state):
-    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def _autograd(loss, model, names):

@@ -5,7 +5,9 @@ impossible solves, each against independent float64 computations."""
 import pytest
 import torch
 import torch.nn.functional as F
-from small_nets import flat_function, net_data, small_net
+from small_nets import ce_sum, flat_function, net_data, small_net
+from small_nets import same_state as _same_state
+from small_nets import state_of as _state
 from torch import nn
 
 from fastunlearn.influence import (
@@ -18,18 +20,6 @@ from fastunlearn.influence import (
 
 D64 = torch.float64
 HEAD = ["2.weight", "2.bias"]
-
-
-def ce_sum(out, t):
-    return F.cross_entropy(out, t, reduction="sum")
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same_state(model, state):
-    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def _dense_ggn(model, X, names):
