@@ -147,7 +147,12 @@ class CertifiedLogisticRegression(
         tol: training target for ``||grad L_b||``.
         checkpoint: path of a checkpoint file: after fit, each removal and each retrain the
             state is saved there and the event appended to ``<path>.ledger.jsonl``
-            (:func:`fastunlearn.certified.persistence.checkpoint`).
+            (:func:`fastunlearn.certified.persistence.checkpoint`). One model per path:
+            ``fit`` may start a new checkpoint over any path, but a removal or retrain raises
+            ValueError (changing nothing) when the file there was written by another model
+            since this one last wrote it, e.g. by a copy from ``clone``, ``deepcopy`` or
+            pickling (the first to write wins). Give each model its own path, or ``load``
+            the checkpoint and go on with the loaded model (which owns it).
         cg_tol: stopping rule of the ``"cg"`` solver, > 0: CG stops once the true residual
             ``||H V - Delta||`` of the step (summed over classes and added to the bound) is at
             most ``cg_tol`` times the step's data-dependent bound. The default 0.01 costs at
@@ -1000,8 +1005,9 @@ class CertifiedLogisticRegression(
 
         Raises:
             sklearn.exceptions.NotFittedError: before ``fit``.
-            ValueError: unknown, duplicate or already removed indices, or a removal that
-                would leave a class with no rows (the model is unchanged).
+            ValueError: unknown, duplicate or already removed indices, a removal that
+                would leave a class with no rows, or a ``checkpoint`` path written by another
+                model since this one last wrote it (the model is unchanged).
             TypeError: non-integer indices.
             BudgetExceededError: the budget would be exceeded and ``retrain=False``.
             OSError: writing the checkpoint failed; the step is applied in memory, and the
@@ -1017,6 +1023,7 @@ class CertifiedLogisticRegression(
         report = RemovalReport()
         if arr.shape[0] == 0:
             return report
+        self._check_checkpoint_owner()
         rows_all = torch.from_numpy(arr).to(self._X.device)
         # host and device copies of each step's rows; the device is read only where a step
         # needs a number from it (the bound), so a GPU is not made to wait for anything else
@@ -1115,10 +1122,13 @@ class CertifiedLogisticRegression(
 
         Raises:
             sklearn.exceptions.NotFittedError: before ``fit``.
+            ValueError: the ``checkpoint`` path was written by another model since this one
+                last wrote it (the model is unchanged).
 
         """
         check_is_fitted(self)
         self._check_live_params()
+        self._check_checkpoint_owner("retrain")
         t0 = time.perf_counter()
         with no_tf32():
             self._retrain_without(None)

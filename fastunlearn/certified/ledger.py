@@ -31,14 +31,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RemovalLedger", "normalize_record"]
+__all__ = ["RemovalLedger", "ledger_path", "normalize_record"]
 
 _CRASH_ENV = "FASTUNLEARN_TEST_CRASH"
+_LEDGER_SUFFIX = ".ledger.jsonl"
 _crash_hits: dict[str, int] = {}
 
 # Backwards reads of the tail happen in blocks of this size; a line longer than one block (a
 # batch removal of many indices) costs a few more reads.
 _TAIL_BLOCK = 1 << 16
+
+
+def ledger_path(path: str | os.PathLike[str]) -> Path:
+    """Return the removal ledger path of the model file ``path``: ``<path>.ledger.jsonl``."""
+    return Path(os.fspath(path) + _LEDGER_SUFFIX)
 
 
 def _should_crash(point: str) -> bool:

@@ -6,7 +6,8 @@ value is a JSON object::
 
     {"format": "fastunlearn.certified", "format_version": 1, "model_class": "...",
      "state": <meta dict of get_state()>, "checksums": {tensor name: crc32 hex},
-     "ledger_seq": int or null, "last_record": dict or null, "header_crc32": hex}
+     "ledger_seq": int or null, "last_record": dict or null, "lineage": str (checkpoints),
+     "header_crc32": hex}
 
 Loading goes through safetensors only: nothing is ever unpickled, so a file cannot run code.
 The CRC-32 of every tensor and of the header itself (its canonical JSON without the
@@ -24,6 +25,14 @@ ledger is appended, records beyond the state's ``seq`` are dropped. A process ki
 moment of a removal therefore loads as the model before or after that removal, with a ledger
 that ends with the record of exactly that state. Checkpoints and repairs hold an exclusive
 ``flock`` on the ledger, so a reader in another process never repairs around a live writer.
+
+A checkpoint path has one writer at a time. Every ``fit`` checkpoint starts a new *lineage* (a
+random id kept in the header, next to ``ledger_seq``); the model remembers the path, lineage
+and ``seq`` of its last write (or of the file it was loaded from). Any other event is refused
+with ValueError, before the model changes, when the file was written by someone else since:
+a copy of the model (``clone`` + ``fit``, ``deepcopy``, pickling; the first to write wins) or
+another model whose path was set after fitting. A ``fit`` may always start a new lineage over a
+path; the ledger keeps the older records.
 """
 
 from __future__ import annotations
@@ -54,11 +63,13 @@ from .ledger import (
     _dumps,
     _to_json_value,
     fsync_directory,
+    ledger_path,
     normalize_record,
 )
 
 __all__ = [
     "FORMAT_VERSION",
+    "check_checkpoint_owner",
     "checkpoint",
     "ledger_path",
     "load_model",
@@ -71,17 +82,13 @@ DATA_FORMAT_NAME = "fastunlearn.certified.data"
 _DATA_REQUIRED = (("data_id", str), ("checksums", dict))
 FORMAT_VERSION = 1
 METADATA_KEY = "fastunlearn"
-_LEDGER_SUFFIX = ".ledger.jsonl"
 _TMP_MARK = ".tmp-"
 # safetensors: an 8-byte little-endian header length, then that many bytes of JSON.
 _MAX_HEADER = 100_000_000
 # Header key holding the CRC-32 of the rest of the header (absent in files written before it).
 _HEADER_CRC = "header_crc32"
-
-
-def ledger_path(path: str | os.PathLike[str]) -> Path:
-    """Return the removal ledger path of the model file ``path``: ``<path>.ledger.jsonl``."""
-    return Path(os.fspath(path) + _LEDGER_SUFFIX)
+# Model attribute remembering the checkpoint it last wrote: (path key, lineage, ledger seq).
+_MARK = "_checkpoint_mark"
 
 
 # ---------------------------------------------------------------------- reading
@@ -340,6 +347,7 @@ def save_model(
     *,
     ledger_seq: int | None = None,
     last_record: Mapping[str, Any] | None = None,
+    lineage: str | None = None,
 ) -> Path:
     """Write ``model.get_state()`` to one safetensors file, atomically and durably.
 
@@ -350,6 +358,8 @@ def save_model(
         ledger_seq: sequence number of the ledger record this state corresponds to (set by
             :func:`checkpoint`; leave ``None`` for a plain save).
         last_record: that ledger record (set by :func:`checkpoint`).
+        lineage: id of the run of checkpoints this state belongs to (set by
+            :func:`checkpoint`; kept in the header of checkpoint files only).
 
     Returns:
         The path written.
@@ -376,6 +386,8 @@ def save_model(
         "ledger_seq": ledger_seq,
         "last_record": None if last_record is None else normalize_record(last_record),
     }
+    if ledger_seq is not None:
+        header["lineage"] = lineage
     if data is not None:
         header.update(data_file=data.name, data_checksums=data.write(tensors))
     header["checksums"] = {name: _checksum(t) for name, t in tensors.items()}
@@ -478,6 +490,79 @@ class _DataFile:
                     os.unlink(self.path.parent / entry)
 
 
+# ---------------------------------------------------------------------- ownership
+def _path_key(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _set_mark(model: Any, path: Path, lineage: Any, seq: int) -> None:
+    """Remember that ``model`` wrote (or was loaded from) ``path`` at ``lineage``, ``seq``."""
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(model, _MARK, (_path_key(path), lineage, int(seq)))
+
+
+def _foreign_writer(
+    p: Path, model: Any, meta: Mapping[str, Any] | None, book: RemovalLedger
+) -> str | None:
+    """Why ``model`` may not write a non-``fit`` event to ``p``; ``None`` when it may.
+
+    ``meta`` is the header of ``p`` (``None`` when there is no file). The model may write when
+    the checkpoint file is the one it last wrote or loaded (same path, lineage and ``seq``),
+    or when the path holds no checkpoint and no ledger records at all.
+    """
+    mark = getattr(model, _MARK, None)
+    key = _path_key(p)
+    mine = isinstance(mark, tuple) and len(mark) == 3 and mark[0] == key
+    seq = None if meta is None else meta.get("ledger_seq")
+    if seq is not None:
+        if mine and mark[1] == meta.get("lineage") and mark[2] == seq:
+            return None
+        wrote = f"seq {mark[2]}" if mine else "nothing there"
+        return f"the file is at ledger seq {seq}; this model last wrote {wrote}"
+    last = book.last_seq()
+    if last == 0 or (mine and mark[2] == last):
+        return None
+    return f"its ledger {str(book.path)!r} holds records up to seq {last} of another model"
+
+
+def _owner_error(p: Path, why: str, event: str, outcome: str) -> ValueError:
+    return ValueError(
+        f"argument 'checkpoint' {str(p)!r} was written by another model (or another copy of "
+        f"this one) since this model last wrote it ({why}); a {event} checkpointed there "
+        "would mix two models' records in one ledger. Give each model, and each copy (clone, "
+        "deepcopy, pickle), its own checkpoint path, or load the checkpoint (load(path)) and "
+        f"go on with the loaded model; {outcome}"
+    )
+
+
+def check_checkpoint_owner(model: Any, event: str = "remove") -> None:
+    """Raise ValueError unless ``model`` may checkpoint a non-``fit`` event to its path.
+
+    Called before a removal or retrain changes anything; :func:`checkpoint` checks again
+    under the ledger lock. See the module docstring for the rule.
+
+    Args:
+        model: model with ``checkpoint`` (a path, or ``None``: nothing to check).
+        event: the event to be written (``"fit"`` is always allowed).
+
+    Raises:
+        ValueError: the checkpoint file (or ledger) at the path was written by another model
+            since ``model`` last wrote it, or the file's header is corrupt.
+
+    """
+    target = getattr(model, "checkpoint", None)
+    if target is None or target == "" or event == "fit":
+        return
+    p = Path(target)
+    book = RemovalLedger(ledger_path(p))
+    if not p.exists() and not book.path.exists():
+        return
+    meta = read_metadata(p) if p.exists() else None
+    why = _foreign_writer(p, model, meta, book)
+    if why is not None:
+        raise _owner_error(p, why, event, "the model was not changed")
+
+
 # ---------------------------------------------------------------------- ledger reconciliation
 def _same_record(a: Any, b: Any) -> bool:
     # Compare as canonical JSON text: NaN equals NaN there, and key order does not matter.
@@ -573,7 +658,9 @@ def _note_removed_before(model: Any, rec: dict[str, Any]) -> None:
     rec["removed_before"] = [i for i in removed if i not in now]
 
 
-def _record_rollback(path: Path, model: Any, book: RemovalLedger, to_seq: int, head: int) -> None:
+def _record_rollback(
+    path: Path, model: Any, book: RemovalLedger, to_seq: int, head: int, lineage: Any
+) -> None:
     """Checkpoint ``model`` (the state of record ``to_seq``) with a ``rollback`` record."""
     rec: dict[str, Any] = {
         "seq": head + 1,
@@ -586,7 +673,8 @@ def _record_rollback(path: Path, model: Any, book: RemovalLedger, to_seq: int, h
     removed = _removed_ids(model)
     if removed is not None:
         rec["removed_before"] = removed
-    save_model(model, path, ledger_seq=rec["seq"], last_record=rec)
+    save_model(model, path, ledger_seq=rec["seq"], last_record=rec, lineage=lineage)
+    _set_mark(model, path, lineage, rec["seq"])
     book.append(rec)
 
 
@@ -634,7 +722,8 @@ def load_model(
     When the file was written by :func:`checkpoint` and ``ledger`` is true, the ledger
     ``<path>.ledger.jsonl`` is reconciled with it (torn last line cut, a missing last record
     appended) and checked against the model's removed rows; the loaded model's
-    ``checkpoint`` is then ``path`` (absolute), so it goes on checkpointing there. A model
+    ``checkpoint`` is then ``path`` (absolute), so it goes on checkpointing there (it owns the
+    checkpoint, see :func:`checkpoint`). A model
     loaded from a plain :func:`save_model` file, or with ``ledger=False``, has
     ``checkpoint=None``: a backup copy never writes into the live checkpoint it was taken
     from.
@@ -690,8 +779,10 @@ def load_model(
         tensors, meta = _read_state(p)
         head = _reconcile(p, meta, book, allow_rollback=allow_rollback)
         model = attach(build(tensors, meta), str(p.absolute()))
+        if hasattr(model, "checkpoint"):
+            _set_mark(model, p, meta.get("lineage"), int(meta["ledger_seq"]))
         if head is not None:
-            _record_rollback(p, model, book, int(meta["ledger_seq"]), head)
+            _record_rollback(p, model, book, int(meta["ledger_seq"]), head, meta.get("lineage"))
         records = book.records()
         _remove_stale_tmp(p)
     _check_removed(p, model, book, records)
@@ -708,6 +799,11 @@ def checkpoint(model: Any, record: Mapping[str, Any]) -> dict[str, Any]:
     record of a new ledger that is not a ``fit`` (a checkpoint path set after fitting) gets
     ``"removed_before"``, the rows the model had already removed.
 
+    One writer per path: a ``fit`` starts a new lineage (allowed over any path; the ledger
+    keeps the older records); any other event is refused unless the file is the one this
+    model last wrote or was loaded from, or the path holds no checkpoint yet (see the module
+    docstring and :func:`check_checkpoint_owner`).
+
     Args:
         model: model with ``checkpoint`` (a path) and ``get_state()``.
         record: the event, e.g. ``{"event": "remove", "seed": ..., "indices": [...],
@@ -717,7 +813,8 @@ def checkpoint(model: Any, record: Mapping[str, Any]) -> dict[str, Any]:
         The record as written (plain JSON data, with ``seq`` and ``time``).
 
     Raises:
-        ValueError: ``model.checkpoint`` is not set, or the existing files are inconsistent.
+        ValueError: ``model.checkpoint`` is not set, the existing files are inconsistent, or
+            they were written by another model since this one last wrote them (not a fit).
         TypeError: ``record`` is not a JSON-serialisable mapping.
 
     """
@@ -728,16 +825,33 @@ def checkpoint(model: Any, record: Mapping[str, Any]) -> dict[str, Any]:
     rec = normalize_record(record)
     rec.setdefault("time", time.time())
     book = RemovalLedger(ledger_path(p))
+    fit = rec.get("event") == "fit"
     with _ledger_lock(book):
         prev_seq = 0
-        if p.exists():
-            prev = read_metadata(p)
+        prev = read_metadata(p) if p.exists() else None
+        if not fit:
+            why = _foreign_writer(p, model, prev, book)
+            if why is not None:
+                raise _owner_error(p, why, str(rec.get("event")), "nothing was written")
+        if prev is not None:
             _reconcile(p, prev, book)
             prev_seq = prev.get("ledger_seq") or 0
         seq = max(book.last_seq(), prev_seq) + 1
         rec = {"seq": seq, **{k: v for k, v in rec.items() if k != "seq"}}
-        if seq == 1 and rec.get("event") != "fit":
+        if seq == 1 and not fit:
             _note_removed_before(model, rec)
-        save_model(model, p, ledger_seq=seq, last_record=rec)
+        lineage = None if fit or prev is None else prev.get("lineage")
+        if not isinstance(lineage, str):
+            lineage = uuid.uuid4().hex
+        try:
+            save_model(model, p, ledger_seq=seq, last_record=rec, lineage=lineage)
+        except BaseException:
+            # a write that failed after its rename (e.g. fsync of the directory) is ours
+            with contextlib.suppress(Exception):
+                now = read_metadata(p)
+                if now.get("lineage") == lineage and now.get("ledger_seq") == seq:
+                    _set_mark(model, p, lineage, seq)
+            raise
+        _set_mark(model, p, lineage, seq)
         _crash_point("before_ledger")
         return book.append(rec)

@@ -21,6 +21,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from .bounds import noise_budget
+from .ledger import ledger_path
+from .math import draw_perturbation, gram_matrices, no_tf32, subsample_membership
 from .records import RemovalRecord
 
 if TYPE_CHECKING:
@@ -30,10 +32,29 @@ __all__ = ["STATE_VERSION", "ModelState"]
 
 #: Version of the ``get_state`` layout.
 STATE_VERSION = 1
+#: ``from_state`` refuses cached Gram matrices farther than this times the rows' total squared
+#: norm (removed rows included) from a recomputation, in Frobenius norm, and spectral bounds
+#: below ``lambda_max`` of the recomputed matrices by more than that: far above the rounding
+#: of the in-place downdates, far below anything that moves a bound.
+GRAM_TOLERANCE = 1e-10
 
 
 class ModelState:
     """Checkpoint events, ``get_state``/``from_state`` and ``save``/``load`` (a mixin)."""
+
+    def _check_checkpoint_owner(self, event: str = "remove") -> None:
+        """Refuse (ValueError) a removal or retrain whose checkpoint path another model owns.
+
+        Called before anything changes; see ``persistence.check_checkpoint_owner``.
+        """
+        if self.checkpoint is None:
+            return
+        path = os.fspath(self.checkpoint)
+        if not os.path.exists(path) and not ledger_path(path).exists():
+            return  # nothing there yet: any model may start checkpointing to it
+        from .persistence import check_checkpoint_owner
+
+        check_checkpoint_owner(self, event)
 
     def _checkpoint_event(self, event: str, record: RemovalRecord | None) -> None:
         if self.checkpoint is None:
@@ -166,11 +187,19 @@ class ModelState:
         Returns:
             A fitted model that continues exactly where the saved one stopped.
 
+        The tensors the bounds and updates rest on that can be derived from ``X``, the
+        labels and the parameters are checked against a recomputation: the subsets
+        ``member`` and the perturbation ``b`` exactly, the cached Gram matrices of the
+        remaining rows and their spectral bounds ``eig`` (which must not be below
+        ``lambda_max``) within ``GRAM_TOLERANCE``; so an edited file, even with matching
+        checksums, cannot loosen the certified bounds.
+
         Raises:
             ValueError: unknown state version, or missing or inconsistent entries: unknown
                 parameters, a configuration ``fit`` would refuse, a budget that does not
                 follow from ``sigma``, ``epsilon`` and ``delta``, counters out of range, or
-                tensor shapes that do not fit ``X``, the classes and ``n_features_in``.
+                tensor shapes that do not fit ``X``, the classes and ``n_features_in``, or
+                derived tensors that disagree with their recomputation.
 
         """
         if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION:
@@ -271,6 +300,7 @@ class ModelState:
         model.retrains_ = int(meta["retrains"])
         model.n_iter_ = int(meta["n_iter"])
         model._history = _history_from_tensors(tensors)
+        _check_derived_tensors(model, cfg)
         model._build_host_mirrors()
         model._sync_public()
         return model
@@ -350,6 +380,45 @@ class ModelState:
         from .persistence import load_model
 
         return load_model(path, cls=cls, device=device, allow_rollback=allow_rollback)
+
+
+def _check_derived_tensors(model: CertifiedLogisticRegression, cfg: Mapping[str, Any]) -> None:
+    """Raise ValueError unless the derived tensors of a rebuilt model match a recomputation.
+
+    ``member`` and ``b`` are drawn from the seed (exactly reproducible); the Gram matrices of
+    the remaining rows are recomputed from ``X`` and the weights ``A`` (``member`` minus the
+    removed rows), and every cached spectral bound must be at least ``lambda_max`` of its
+    recomputed matrix (it may be larger: a bound computed before later removals).
+    """
+
+    def fail(name: str, what: str) -> ValueError:
+        return ValueError(f"argument 'tensors' entry {name!r} {what} (was the file edited?)")
+
+    member = subsample_membership(model._Y, cfg["subsample_ratio"], cfg["seed"])
+    if not torch.equal(member, model._member):
+        raise fail("member", "is not the training subsets drawn from 'seed'")
+    d, K = model._W.shape
+    b = draw_perturbation(cfg["seed"], model._draws, d, K, cfg["sigma"]).to(model._b.device)
+    if not torch.equal(b, model._b):
+        raise fail("b", f"is not perturbation draw {model._draws} of 'seed' and 'sigma'")
+    groups = slice(0, 1) if model._shared_gram else slice(None)
+    with no_tf32():
+        fresh = gram_matrices(model._X, model._A[:, groups])
+        mass = model._row_sq @ member[:, groups].to(torch.float64)
+        slack = GRAM_TOLERANCE * mass + torch.finfo(torch.float64).tiny
+        error = torch.linalg.matrix_norm(model._gram - fresh)
+        if bool((~(error <= slack)).any()):
+            raise fail(
+                "gram",
+                f"differs from the Gram matrices of the remaining rows by up to "
+                f"{float(error.max()):.3g}",
+            )
+        top = torch.linalg.eigvalsh(fresh)[..., -1] if d else torch.zeros_like(mass)
+        if bool((~(model._eig >= top - slack)).any()):
+            raise fail(
+                "eig",
+                "is below lambda_max of the remaining rows' Gram matrices: not an upper bound",
+            )
 
 
 def _check_state_numbers(meta: dict[str, Any], cfg: dict[str, Any], d: int, K: int) -> None:
