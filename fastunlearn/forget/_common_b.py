@@ -3,26 +3,42 @@
 The input checks every one of them runs first (:func:`prepare_inputs`), materialising data
 sets as tensors, per-class subsets, a plain cross-entropy training loop, re-initialising a
 model and small validators for config fields.
+
+BatchNorm and one-example batches: in training mode ``nn.BatchNorm*`` normalises with the
+statistics of the batch itself and refuses an input with one value per channel (PyTorch's
+"Expected more than 1 value per channel when training"), so a model with a BatchNorm1d
+after a linear layer (or a BatchNorm2d on a 1x1 map) cannot train on a batch of a single
+example. Every training loop of the forgetting methods therefore iterates its batches
+through :class:`SkipSingleBatches`, which skips a one-example batch (only ever the last
+batch of an epoch, since ``batch_size = 1`` is refused) when, and only when, the model
+could not train on it; and every method calls :func:`check_single_batches` before any
+training, which refuses with a ValueError naming the argument a data set of one example
+or a batch size of 1 that such a model would have to train on.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, TensorDataset
 
 from .base import as_dataset, batches, iterate, model_device
 from .checks import check_labels, check_sets
 
 __all__ = [
+    "SkipSingleBatches",
+    "TrainingData",
     "check_fraction",
     "check_inputs",
     "check_number",
     "check_positive_int",
+    "check_single_batches",
     "checked_tensors",
     "class_subset",
     "dataset_tensors",
@@ -32,6 +48,7 @@ __all__ = [
     "prepare_inputs",
     "reinitialize",
     "seeded_rng",
+    "single_example_batch_fails",
     "train_ce",
 ]
 
@@ -156,15 +173,17 @@ def dataset_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
 def eval_forward(model: nn.Module, batch: Tensor) -> Tensor:
     """Return ``model(batch)`` in eval mode without gradients, restoring the mode after.
 
-    ``batch`` is moved to the model's device first.
+    ``batch`` is moved to the model's device first. Every submodule gets its own mode
+    back (a caller's model may mix modes, e.g. a backbone in eval mode).
     """
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
             return model(batch.to(model_device(model)))
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 def num_outputs(model: nn.Module, example: Tensor) -> int:
@@ -208,7 +227,9 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     """Re-draw every parameter of ``model`` in place with its module's ``reset_parameters``.
 
     The draw is seeded and leaves the global RNG state (CPU, and the model's CUDA device)
-    unchanged.
+    unchanged. Frozen parameters (``requires_grad=False``) are re-drawn too: this builds
+    Bad Teacher's incompetent teacher, a random network that is never returned; the
+    retrain oracle uses :func:`fastunlearn.forget.retrain.reinitialize`, which keeps them.
     """
     with seeded_rng(seed, model_device(model)):
         for module in model.modules():
@@ -216,6 +237,149 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
             if callable(reset):
                 reset()
     return model
+
+
+_ONE_VALUE = "Expected more than 1 value per channel"
+
+
+def single_example_batch_fails(model: nn.Module, example: Tensor) -> bool:
+    """Whether ``model`` in training mode would fail on a batch holding one example.
+
+    True when a BatchNorm layer (any ``nn.modules.batchnorm._BatchNorm``) would get a
+    single value per channel from a one-example batch: ``size[0] * prod(size[2:]) == 1``,
+    the input PyTorch refuses in training mode. A BatchNorm1d after a linear layer does; a
+    BatchNorm2d on a feature map larger than 1x1 does not. ``model`` is run once on
+    ``example[:1]`` in eval mode without gradients (no buffer or parameter changes); a
+    model without BatchNorm is not run at all.
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if not norms:
+        return False
+    fails = False
+
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+        nonlocal fails
+        x = args[0] if args else None
+        if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[1] > 0:
+            fails = fails or x.numel() // x.shape[1] == 1
+
+    handles = [m.register_forward_pre_hook(hook) for m in norms]
+    try:
+        eval_forward(model, example[:1])
+    except ValueError as exc:  # a norm without running statistics normalises in eval too
+        if _ONE_VALUE in str(exc):
+            return True
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+    return fails
+
+
+_WHY = (
+    "the model has a BatchNorm layer that gets a single value per channel from a "
+    "one-example batch, which it cannot normalise in training mode (PyTorch: 'Expected "
+    "more than 1 value per channel when training')"
+)
+
+
+class TrainingData(NamedTuple):
+    """One data set a method trains on, for :func:`check_single_batches`.
+
+    Attributes:
+        name: How the error names the data (``"forget"``, ``"retain"``, ...).
+        size: Its number of examples.
+        batch_field: The config field holding its batch size (``"batch_size"``).
+        batch_size: The batch size.
+        fix: What the error suggests for a one-example data set (a default when None).
+
+    """
+
+    name: str
+    size: int
+    batch_field: str
+    batch_size: int
+    fix: str | None = None
+
+
+def check_single_batches(
+    model: nn.Module, example: Tensor, data: Iterable[TrainingData]
+) -> None:
+    """Refuse data a BatchNorm model would have to train on one example at a time.
+
+    Called by every training-based method before any training, with the data sets it is
+    about to train on. A final batch of one example is fine (the training loops skip it,
+    see :class:`SkipSingleBatches`), but a data set of a single example, or a batch size
+    of 1, would give only one-example batches: with a model that cannot train on those
+    (:func:`single_example_batch_fails`, evaluated on ``example`` only when some data set
+    is at risk) nothing could be trained.
+
+    Raises:
+        ValueError: Naming the data set (or the ``batch_size`` field) and why.
+
+    """
+    risky = [d for d in data if d.size == 1 or d.batch_size == 1]
+    if not risky or not single_example_batch_fails(model, example):
+        return
+    d = risky[0]
+    if d.size == 1:
+        fix = d.fix or (
+            f"give {d.name} at least 2 examples, or use a model whose normalisation works "
+            "on single examples (GroupNorm, LayerNorm)"
+        )
+        raise ValueError(
+            f"{d.name} has a single example, so every training batch of it holds one "
+            f"example; {_WHY}; {fix}"
+        )
+    raise ValueError(
+        f"{d.batch_field}=1: every training batch of {d.name} holds one example; {_WHY}; "
+        f"use {d.batch_field} >= 2"
+    )
+
+
+class SkipSingleBatches:
+    """The batches of ``loader`` without the one-example batches ``model`` cannot train on.
+
+    A batch whose first element (the inputs) holds one example is skipped when
+    :func:`single_example_batch_fails` says ``model`` would fail on it (evaluated once,
+    on the first such batch); with ``batch_size >= 2`` that is only ever the last batch
+    of an epoch, so the batches kept and their order are those of ``loader``. Models
+    that can train on a batch of one (no BatchNorm, or BatchNorm on larger feature maps)
+    get every batch.
+
+    Raises:
+        ValueError: At the end of a pass in which every batch was skipped (the methods
+            refuse such data up front with :func:`check_single_batches`).
+
+    """
+
+    def __init__(self, loader: Iterable[Sequence[Any]], model: nn.Module, name: str) -> None:
+        self.loader = loader
+        self.model = model
+        self.name = name
+        self._fails: bool | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def _skip(self, batch: Sequence[Any]) -> bool:
+        x = batch[0]
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] != 1:
+            return False
+        if self._fails is None:
+            self._fails = single_example_batch_fails(self.model, x)
+        return self._fails
+
+    def __iter__(self) -> Iterator[Any]:
+        kept = skipped = 0
+        for batch in self.loader:
+            if self._skip(batch):
+                skipped += 1
+                continue
+            kept += 1
+            yield batch
+        if skipped and not kept:
+            raise ValueError(f"{self.name}: every training batch holds one example; {_WHY}")
 
 
 def train_ce(
@@ -239,10 +403,13 @@ def train_ce(
     ``labels`` in place), ``before_step`` after the backward pass (e.g. to mask gradients),
     ``after_step`` after every optimiser step (e.g. to restore frozen weights). ``seed`` fixes the
     shuffling and any global-generator draw of the model (dropout), which runs under
-    :func:`seeded_rng` so the caller's RNG state is not advanced.
+    :func:`seeded_rng` so the caller's RNG state is not advanced. A last batch of one
+    example that the model's BatchNorm cannot train on is skipped (:class:`SkipSingleBatches`).
     """
     device = model_device(model)
-    loader = batches(TensorDataset(inputs, labels), batch_size, shuffle=True, seed=seed)
+    loader = SkipSingleBatches(
+        batches(TensorDataset(inputs, labels), batch_size, shuffle=True, seed=seed), model, desc
+    )
     model.train()
     with seeded_rng(seed, device):
         for epoch in iterate(range(epochs), progress=progress, desc=desc):

@@ -6,6 +6,16 @@ decay 5e-4, batch 128) and overrides the learning rate, epochs and scheduler per
 the arguments and clones the model; :func:`train` is the one supervised loop, shared with
 the harness, which trains its original model and retrained oracles with it
 (:func:`fastunlearn.harness.train_model`), so a method's time ratio compares like with like.
+
+Frozen parameters (``requires_grad=False``) are never changed: the optimisers only step
+parameters with a gradient (so neither weight decay nor momentum reaches a frozen one), and
+the methods that re-draw weights skip them. BatchNorm running statistics are buffers, not
+parameters: training runs in train mode and re-estimates them, frozen layers included.
+
+Models with BatchNorm: :func:`train` skips a last batch of one example that the model
+cannot train on (:class:`~fastunlearn.forget._common_b.SkipSingleBatches`), and the methods
+refuse data that would only give such batches before training
+(:func:`check_training_data`).
 """
 
 from __future__ import annotations
@@ -20,20 +30,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from ._common_b import SkipSingleBatches, TrainingData, check_single_batches, eval_forward
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
-from ._common_b import eval_forward
 from .base import ForgetConfig, as_dataset, batches, clone_model, iterate, model_device
 from .checks import check_batch_labels, check_sets, dataset_labels
 
 __all__ = [
     "RelabelledDataset",
     "SGDConfig",
+    "TrainingData",
+    "check_training_data",
     "kaiming_",
     "last_linear",
     "make_optimizer",
     "num_outputs",
     "prepare",
     "random_subset",
+    "runs",
     "seeded",
     "train",
     "train_main_stage",
@@ -141,6 +154,27 @@ def prepare(
     return clone, forget_ds, retain_ds, k
 
 
+def check_training_data(model: nn.Module, example_set: Dataset, *data: TrainingData) -> None:
+    """Refuse, before any training, data ``model`` could only train on one example at a time.
+
+    :func:`~fastunlearn.forget._common_b.check_single_batches` with the first input of
+    ``example_set`` as the probe. Methods list the data sets they will train on (leaving
+    out stages that do not run: zero epochs or a zero learning rate).
+
+    Raises:
+        ValueError: A data set of one example, or a batch size of 1, with a model whose
+            BatchNorm cannot train on a one-example batch.
+
+    """
+    x, _ = example_set[0]
+    check_single_batches(model, torch.as_tensor(x).unsqueeze(0), data)
+
+
+def runs(epochs: int, lr: float) -> bool:
+    """Whether a :func:`train` stage with these settings trains at all."""
+    return epochs > 0 and lr != 0.0
+
+
 def make_optimizer(params: object, config: SGDConfig, lr: float) -> torch.optim.SGD:
     """SGD with the config's momentum, Nesterov flag and weight decay at learning rate ``lr``."""
     return torch.optim.SGD(
@@ -179,7 +213,9 @@ def train(
     """Train ``model`` in place with SGD on mean cross-entropy over ``dataset``.
 
     Batches come from :func:`~fastunlearn.forget.base.batches` (tensors sliced directly for
-    a TensorDataset, in the order of a seeded shuffling DataLoader).
+    a TensorDataset, in the order of a seeded shuffling DataLoader). A last batch of one
+    example is skipped when the model's BatchNorm cannot train on it (PyTorch refuses one
+    value per channel in training mode); every other batch is used.
 
     Args:
         model: The (cloned) model to update.
@@ -199,10 +235,11 @@ def train(
         gradients do not leak into a caller's later ``backward()``.
 
     Raises:
-        ValueError: If no parameter of ``model`` requires a gradient.
+        ValueError: If no parameter of ``model`` requires a gradient, or every batch holds
+            a single example the model's BatchNorm cannot train on.
 
     """
-    if epochs == 0 or lr == 0.0:
+    if not runs(epochs, lr):
         return model
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
@@ -210,7 +247,11 @@ def train(
             "requires_grad=False), so there is nothing to train"
         )
     device = model_device(model)
-    loader = batches(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset)
+    loader = SkipSingleBatches(
+        batches(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset),
+        model,
+        desc,
+    )
     opt = make_optimizer(model.parameters(), config, lr)
     sched = _scheduler(opt, config, epochs) if use_scheduler else None
     model.train()

@@ -28,11 +28,14 @@ from torch.utils.data import Dataset
 from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
+    TrainingData,
     check_bool,
+    check_training_data,
     kaiming_,
     last_linear,
     prepare,
     random_subset,
+    runs,
     seeded,
     train_main_stage,
 )
@@ -114,8 +117,19 @@ def kernels_to_reset(forget_mean: Tensor, retain_mean: Tensor, toll: float) -> T
 def activation_reset(
     model: nn.Module, forget: Dataset, retain: Dataset, config: ActivationResetConfig
 ) -> nn.Module:
-    """Re-draw the conv kernels the forget set activates more than the retain set; fine-tune."""
+    """Re-draw the conv kernels the forget set activates more than the retain set; fine-tune.
+
+    Frozen kernels and a frozen head are never re-drawn (see the module docstring). The
+    activations are recorded in eval mode; the fine-tuning skips a last retain batch of
+    one example that the model's BatchNorm cannot train on, and a retain set of one
+    example or ``batch_size=1`` with such a model is refused before anything is re-drawn.
+    """
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, ActivationResetConfig)
+    if runs(config.epochs, config.lr):
+        check_training_data(
+            clone, retain_ds,
+            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+        )
     with seeded(config.seed, model_device(clone)):
         subset = random_subset(retain_ds, config.retain_fraction, config.seed)
         f_mean = mean_activations(clone, forget_ds, config.batch_size, progress=config.progress)

@@ -30,9 +30,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ._common_b import (
+    TrainingData,
     check_fraction,
     check_number,
     check_positive_int,
+    check_single_batches,
     checked_tensors,
     class_subset,
     prepare_inputs,
@@ -387,6 +389,13 @@ def _unlearn(
     xr_sub, yr_sub = xr[sub].to(dtype), yr[sub]
     per_class = int(round(sub.numel() / max(1, torch.unique(yr_sub).numel())))
     n_gen = config.n_generated if config.n_generated is not None else per_class
+    if config.epochs > 0:  # at least one anti-sample per class joins the retain subset
+        n_train = sub.numel() + len(classes)
+        check_single_batches(
+            new, xr_sub[:1],
+            [TrainingData("anti-samples + retain subset", n_train, "batch_size",
+                          config.batch_size)],
+        )
 
     anti_x, anti_y = [], []
     for i, c in enumerate(iterate(classes, progress=config.progress, desc="anti-samples")):

@@ -11,6 +11,11 @@ batch, where the published element-wise mean also divides by the number of class
 constant factor that Adam's scale invariance makes immaterial). Defaults: T 1, Adam lr
 1e-4, 1 epoch, batch 256; the retain subset is 30 % of the retain set, as in the paper's
 experiments. Dropout in the student draws from a generator seeded by ``config.seed``.
+
+The incompetent teacher is re-drawn entirely, frozen layers included (it is a random
+network that is only queried); the student's frozen parameters (``requires_grad=False``)
+are never trained. With a model whose BatchNorm cannot train on a one-example batch, a
+last mixed batch of one example is skipped and ``batch_size=1`` is refused (ValueError).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from ._common_b import (
+    SkipSingleBatches,
+    TrainingData,
     check_fraction,
     check_number,
+    check_single_batches,
     checked_tensors,
     freeze,
     prepare_inputs,
@@ -109,10 +117,19 @@ def bad_teacher(
     n_keep = max(1, int(round(config.retain_fraction * xr.shape[0])))
     keep = torch.randperm(xr.shape[0], generator=gen)[:n_keep]
     xr = xr[keep]
+    if config.epochs > 0:
+        n_mixed = xf.shape[0] + xr.shape[0]
+        check_single_batches(
+            student, xf[:1], [TrainingData("forget + retain subset", n_mixed, "batch_size",
+                                           config.batch_size)]
+        )
     inputs = torch.cat([xf, xr.to(xf.dtype)])
     flags = torch.cat([torch.ones(xf.shape[0]), torch.zeros(xr.shape[0])])
-    loader = make_loader(
-        TensorDataset(inputs, flags), config.batch_size, shuffle=True, seed=config.seed
+    loader = SkipSingleBatches(
+        make_loader(TensorDataset(inputs, flags), config.batch_size, shuffle=True,
+                    seed=config.seed),
+        student,
+        "bad_teacher",
     )
 
     opt = torch.optim.Adam(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)

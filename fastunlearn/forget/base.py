@@ -14,6 +14,20 @@ argument and leaves the model unchanged.
 :class:`torch.utils.data.Dataset` or a tuple ``(inputs, labels)`` of tensors with the same
 first dimension. :func:`as_dataset` validates and converts them.
 
+Frozen parameters (``requires_grad=False``, e.g. a pretrained backbone) are never changed
+by any method, and keep their flag: optimisers step only parameters with a gradient (no
+weight decay or momentum reaches a frozen one), the methods that re-draw or perturb weights
+(retrain, pruning, activation reset, Fisher noise, SalUn's mask) skip them, and ``retrain``
+keeps them (:func:`fastunlearn.forget.retrain.reinitialize`). BatchNorm running statistics
+are buffers: the methods that train do so in train mode and re-estimate them.
+
+BatchNorm and one-example batches: a BatchNorm layer that gets one value per channel (a
+BatchNorm1d after a linear layer) cannot train on a batch of one example. With such a
+model every training loop skips a last batch of one example (the other batches, and their
+order, are unchanged), and data that would only give such batches (a data set of one
+example that the method trains on, ``batch_size=1``) is refused before any training with
+a ValueError naming the argument (:mod:`fastunlearn.forget._common_b`).
+
 Methods register themselves with :func:`register`; :func:`get_method` and
 :func:`available_methods` look them up by name, and :func:`run_method` validates the
 arguments, builds the default config when none is given and runs the method.

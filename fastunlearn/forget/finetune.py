@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, prepare, seeded, train_main_stage
+from ._training import (
+    SGDConfig,
+    TrainingData,
+    check_training_data,
+    prepare,
+    runs,
+    seeded,
+    train_main_stage,
+)
 from .base import model_device, register
 
 __all__ = ["FinetuneConfig", "finetune"]
@@ -34,8 +42,18 @@ class FinetuneConfig(SGDConfig):
 def finetune(
     model: nn.Module, forget: Dataset, retain: Dataset, config: FinetuneConfig
 ) -> nn.Module:
-    """Train a copy of ``model`` on ``retain`` with cross-entropy (the forget set is unused)."""
+    """Train a copy of ``model`` on ``retain`` with cross-entropy (the forget set is unused).
+
+    Frozen parameters (``requires_grad=False``) are not trained. With a model whose
+    BatchNorm cannot train on a one-example batch, a last retain batch of one example is
+    skipped, and a retain set of one example or ``batch_size=1`` is refused (ValueError).
+    """
     clone, _, retain_ds, k = prepare(model, forget, retain, config, FinetuneConfig)
+    if runs(config.epochs, config.lr):
+        check_training_data(
+            clone, retain_ds,
+            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+        )
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, retain_ds, config, k, "finetune")
     return clone.eval()

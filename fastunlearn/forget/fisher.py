@@ -163,7 +163,10 @@ def fisher_forgetting(
     """Add Gaussian noise with variance ``min(alpha / (F + eps), max_var)`` to a copy's weights.
 
     ``F`` is the diagonal Fisher of the retain set (:func:`fisher_diagonal`); the forget set
-    is used only for the argument checks.
+    is used only for the argument checks. Only trainable parameters get noise (and, with
+    ``forget_class_rows``, zeroed class rows): frozen ones (``requires_grad=False``) have no
+    Fisher entry and are returned unchanged. The model runs in eval mode only, so BatchNorm
+    statistics are not touched and any batch size works.
     """
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, FisherConfig)
     fisher = fisher_diagonal(

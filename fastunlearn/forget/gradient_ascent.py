@@ -8,11 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_fraction
+from ._common_b import SkipSingleBatches, check_fraction
 from ._training import (
     SGDConfig,
+    TrainingData,
+    check_training_data,
     make_optimizer,
     prepare,
+    runs,
     seeded,
     train_main_stage,
 )
@@ -45,8 +48,18 @@ class NegGradConfig(SGDConfig):
 
 @register("neggrad", NegGradConfig)
 def neggrad(model: nn.Module, forget: Dataset, retain: Dataset, config: NegGradConfig) -> nn.Module:
-    """Maximise the cross-entropy of a copy of ``model`` on ``forget`` (retain unused)."""
+    """Maximise the cross-entropy of a copy of ``model`` on ``forget`` (retain unused).
+
+    With a model whose BatchNorm cannot train on a one-example batch, a last forget batch
+    of one example is skipped, and a forget set of one example (or ``batch_size=1``) is
+    refused with a ValueError before any training.
+    """
     clone, forget_ds, _, k = prepare(model, forget, retain, config, NegGradConfig)
+    if runs(config.epochs, config.lr):
+        check_training_data(
+            clone, forget_ds,
+            TrainingData("forget", len(forget_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+        )
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, forget_ds, config, k, "neggrad", ascent=True)
     return clone.eval()
@@ -93,18 +106,34 @@ class NegGradPlusConfig(SGDConfig):
 def neggrad_plus(
     model: nn.Module, forget: Dataset, retain: Dataset, config: NegGradPlusConfig
 ) -> nn.Module:
-    """Descend on the retain loss while ascending on the forget loss, on a copy of ``model``."""
+    """Descend on the retain loss while ascending on the forget loss, on a copy of ``model``.
+
+    With a model whose BatchNorm cannot train on a one-example batch, a last retain or
+    forget batch of one example is skipped (the forget batches then cycle without it), and
+    a retain or forget set of one example, or a batch size of 1, is refused with a
+    ValueError before any training.
+    """
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, NegGradPlusConfig)
-    if config.epochs == 0 or config.lr == 0.0:
+    if not runs(config.epochs, config.lr):
         return clone.eval()
+    f_batch = config.forget_batch_size or config.batch_size
+    f_field = "forget_batch_size" if config.forget_batch_size else "batch_size"
+    check_training_data(
+        clone, retain_ds,
+        TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+        TrainingData("forget", len(forget_ds), f_field, f_batch),  # type: ignore[arg-type]
+    )
     device = model_device(clone)
     with seeded(config.seed, device):
-        r_loader = make_loader(retain_ds, config.batch_size, shuffle=True, seed=config.seed)
-        f_loader = make_loader(
-            forget_ds,
-            config.forget_batch_size or config.batch_size,
-            shuffle=True,
-            seed=config.seed + 1,
+        r_loader = SkipSingleBatches(
+            make_loader(retain_ds, config.batch_size, shuffle=True, seed=config.seed),
+            clone,
+            "neggrad_plus:retain",
+        )
+        f_loader = SkipSingleBatches(
+            make_loader(forget_ds, f_batch, shuffle=True, seed=config.seed + 1),
+            clone,
+            "neggrad_plus:forget",
         )
         opt = make_optimizer(clone.parameters(), config, config.lr)
         f_iter = iter(f_loader)

@@ -8,7 +8,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._training import SGDConfig, check_bool, prepare, seeded, train_main_stage
+from ._training import (
+    SGDConfig,
+    TrainingData,
+    check_bool,
+    check_training_data,
+    prepare,
+    runs,
+    seeded,
+    train_main_stage,
+)
 from .base import _check_float, model_device, register
 
 __all__ = ["L1SparseConfig", "l1_sparse"]
@@ -47,8 +56,18 @@ class L1SparseConfig(SGDConfig):
 def l1_sparse(
     model: nn.Module, forget: Dataset, retain: Dataset, config: L1SparseConfig
 ) -> nn.Module:
-    """Fine-tune a copy on ``retain`` with an L1 penalty whose weight decays linearly to 0."""
+    """Fine-tune a copy on ``retain`` with an L1 penalty whose weight decays linearly to 0.
+
+    Only trainable parameters are penalised (and trained); frozen ones keep their values.
+    A last retain batch of one example that the model's BatchNorm cannot train on is
+    skipped; a retain set of one example or ``batch_size=1`` with such a model is refused.
+    """
     clone, _, retain_ds, k = prepare(model, forget, retain, config, L1SparseConfig)
+    if runs(config.epochs, config.lr):
+        check_training_data(
+            clone, retain_ds,
+            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+        )
     params = [
         p for p in clone.parameters() if p.requires_grad and (config.include_bias or p.dim() > 1)
     ]

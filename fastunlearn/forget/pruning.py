@@ -9,6 +9,12 @@ touched; biases and normalisation parameters are kept.
 Deviations from Seed A's shipped code (reference note, bugs 1 and 5): pruning complex
 trains its retain-subset copy at ``overfit_lr / 3`` (true division; the shipped ``// 3``
 gives 0 and re-initialises nothing), and every loader is shuffled.
+
+Frozen parameters (``requires_grad=False``) are never re-drawn (the overfitted copies
+cannot move them either). With a model whose BatchNorm cannot train on a one-example
+batch, a last batch of one example is skipped, and a data set a stage would train on with
+one example (the forget set, ``pruning_complex``'s retain subset) or ``batch_size=1`` is
+refused with a ValueError before any training.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ from torch.utils.data import Dataset
 from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
+    TrainingData,
+    check_training_data,
     kaiming_,
     last_linear,
     prepare,
     random_subset,
+    runs,
     seeded,
     train,
     train_main_stage,
@@ -97,9 +106,31 @@ def movement_masks(
 
 
 def _reinit(model: nn.Module, masks: dict[str, Tensor], seed: int) -> int:
+    """Re-draw the masked entries of the trainable parameters; frozen ones are skipped."""
     gen = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
-    return sum(kaiming_(params[name], mask, gen) for name, mask in sorted(masks.items()))
+    return sum(
+        kaiming_(params[name], mask, gen)
+        for name, mask in sorted(masks.items())
+        if params[name].requires_grad
+    )
+
+
+def _stages(
+    config: SelectivePruningConfig, forget: Dataset, retain: Dataset, *subset: TrainingData
+) -> list[TrainingData]:
+    """Return the data sets a pruning method trains on (for :func:`check_training_data`)."""
+    stages = []
+    if runs(config.overfit_epochs, config.overfit_lr):
+        stages.append(
+            TrainingData("forget", len(forget), "batch_size", config.batch_size)  # type: ignore[arg-type]
+        )
+        stages.extend(subset)
+    if runs(config.epochs, config.lr):
+        stages.append(
+            TrainingData("retain", len(retain), "batch_size", config.batch_size)  # type: ignore[arg-type]
+        )
+    return stages
 
 
 def _overfit(
@@ -168,6 +199,7 @@ def _prune_and_finetune(
     last_only: bool,
 ) -> nn.Module:
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, cls)
+    check_training_data(clone, retain_ds, *_stages(config, forget_ds, retain_ds))
     with seeded(config.seed, model_device(clone)):
         moved = _overfit(
             clone,
@@ -256,8 +288,17 @@ def pruning_complex(
     ``quantile``. Then the model is fine-tuned on the retain set.
     """
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, PruningComplexConfig)
+    subset = random_subset(retain_ds, config.retain_fraction, config.seed)
+    sub = TrainingData(
+        f"the retain subset (retain_fraction={config.retain_fraction} of "
+        f"{len(retain_ds)} retain examples)",  # type: ignore[arg-type]
+        len(subset),
+        "batch_size",
+        config.batch_size,
+        "raise retain_fraction so that it selects at least 2 examples",
+    )
+    check_training_data(clone, retain_ds, *_stages(config, forget_ds, retain_ds, sub))
     with seeded(config.seed, model_device(clone)):
-        subset = random_subset(retain_ds, config.retain_fraction, config.seed)
         moved_f = _overfit(
             clone,
             forget_ds,

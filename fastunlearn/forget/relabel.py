@@ -5,6 +5,11 @@ All three train on the forget set with every label replaced by a fixed random cl
 drawn uniformly over all classes, as Seed A's published code does (it may equal the true
 one). ``other_classes=True`` draws among the other classes instead, as Amnesiac unlearning
 and SalUn's RL do, so every forget example is really relabelled.
+
+With a model whose BatchNorm cannot train on a one-example batch, a last batch of one
+example is skipped, and a data set of one example (a forget set of one example for
+``random_labels`` and ``two_stage``'s first stage) or ``batch_size=1`` is refused with a
+ValueError before any training.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from torch.utils.data import ConcatDataset, Dataset
 from ._training import (
     RelabelledDataset,
     SGDConfig,
+    TrainingData,
     check_bool,
+    check_training_data,
     prepare,
+    runs,
     seeded,
     train,
     train_main_stage,
@@ -62,6 +70,11 @@ def random_labels(
 ) -> nn.Module:
     """Train a copy of ``model`` on the forget set with random labels (retain unused)."""
     clone, forget_ds, _, k = prepare(model, forget, retain, config, RandomLabelsConfig)
+    if runs(config.epochs, config.lr):
+        check_training_data(
+            clone, forget_ds,
+            TrainingData("forget", len(forget_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+        )
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, poisoned, config, k, "random_labels")
@@ -100,6 +113,11 @@ def poison_full(
 ) -> nn.Module:
     """Train a copy of ``model`` on ``retain`` united with the randomly relabelled forget set."""
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, PoisonFullConfig)
+    if runs(config.epochs, config.lr):
+        n = len(forget_ds) + len(retain_ds)  # type: ignore[arg-type]
+        check_training_data(
+            clone, retain_ds, TrainingData("forget + retain", n, "batch_size", config.batch_size)
+        )
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
     union = ConcatDataset([retain_ds, poisoned])
     with seeded(config.seed, model_device(clone)):
@@ -144,6 +162,16 @@ def two_stage(
 ) -> nn.Module:
     """Poison a copy of ``model`` on the forget set, then repair it on the retain set."""
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, TwoStageConfig)
+    stages = []
+    if runs(config.forget_epochs, config.forget_lr):
+        stages.append(
+            TrainingData("forget", len(forget_ds), "batch_size", config.batch_size)  # type: ignore[arg-type]
+        )
+    if runs(config.epochs, config.lr):
+        stages.append(
+            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size)  # type: ignore[arg-type]
+        )
+    check_training_data(clone, retain_ds, *stages)
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
     with seeded(config.seed, model_device(clone)):
         train(

@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_fraction, checked_tensors, prepare_inputs, train_ce
+from ._common_b import (
+    TrainingData,
+    check_fraction,
+    check_single_batches,
+    checked_tensors,
+    prepare_inputs,
+    train_ce,
+)
 from ._training import check_bool
 from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
 
@@ -118,7 +125,13 @@ def salun(
         config: A :class:`SalUnConfig`.
 
     Returns:
-        The new model.
+        The new model. Only salient trainable weights change: frozen parameters
+        (``requires_grad=False``) get no mask entry and no optimiser step.
+
+    Raises:
+        ValueError: Besides the shared input checks, ``batch_size=1`` with a model whose
+            BatchNorm cannot train on a one-example batch (a last batch of one example is
+            skipped instead).
 
     """
     forget_ds, retain_ds, n_classes = prepare_inputs(
@@ -126,6 +139,11 @@ def salun(
     )
     xf, yf = checked_tensors(forget_ds, n_classes, "forget")
     xr, yr = checked_tensors(retain_ds, n_classes, "retain")
+    if config.epochs > 0:
+        n = xf.shape[0] + xr.shape[0]
+        check_single_batches(
+            model, xf[:1], [TrainingData("forget + retain", n, "batch_size", config.batch_size)]
+        )
     masks = saliency_mask(model, forget_ds, config.mask_ratio, batch_size=config.batch_size)
     new = clone_model(model)
     gen = torch.Generator().manual_seed(config.seed)

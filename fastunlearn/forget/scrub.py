@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common_b import check_number, check_positive_int, freeze, prepare_inputs, seeded_rng
+from ._common_b import (
+    SkipSingleBatches,
+    TrainingData,
+    check_number,
+    check_positive_int,
+    check_single_batches,
+    freeze,
+    prepare_inputs,
+    seeded_rng,
+)
 from .base import (
     ForgetConfig,
     clone_model,
@@ -105,19 +114,42 @@ def scrub(
 
     Returns:
         The student after ``config.epochs`` SCRUB epochs. Shuffling and dropout depend on
-        ``config.seed`` alone; the caller's RNG state is left as it was.
+        ``config.seed`` alone; the caller's RNG state is left as it was. Frozen parameters
+        (``requires_grad=False``) are not trained.
+
+    Raises:
+        ValueError: Besides the shared input checks, with a model whose BatchNorm cannot
+            train on a one-example batch: a forget set of one example (when max steps
+            run) or a retain set of one example, or ``forget_batch_size=1`` /
+            ``batch_size=1``. A last batch of one example is skipped instead.
 
     """
     forget_ds, retain_ds, k = prepare_inputs(model, config, ScrubConfig, forget_ds, retain_ds)
     teacher = freeze(clone_model(model))
     student = clone_model(model)
+    stages = []
+    if config.epochs > 0 and config.max_steps > 0:
+        stages.append(
+            TrainingData("forget", len(forget_ds), "forget_batch_size", config.forget_batch_size)  # type: ignore[arg-type]
+        )
+    if config.epochs > 0:
+        stages.append(TrainingData("retain", len(retain_ds), "batch_size", config.batch_size))  # type: ignore[arg-type]
+    check_single_batches(student, torch.as_tensor(forget_ds[0][0]).unsqueeze(0), stages)
     device = model_device(student)
     opt = torch.optim.SGD(
         student.parameters(), lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    forget_loader = make_loader(forget_ds, config.forget_batch_size, shuffle=True, seed=config.seed)
-    retain_loader = make_loader(retain_ds, config.batch_size, shuffle=True, seed=config.seed + 1)
+    forget_loader = SkipSingleBatches(
+        make_loader(forget_ds, config.forget_batch_size, shuffle=True, seed=config.seed),
+        student,
+        "scrub:forget",
+    )
+    retain_loader = SkipSingleBatches(
+        make_loader(retain_ds, config.batch_size, shuffle=True, seed=config.seed + 1),
+        student,
+        "scrub:retain",
+    )
     T = config.temperature
     # dropout draws from the global generator: seed it, leave the caller's RNG untouched
     with seeded_rng(config.seed, device):

@@ -26,8 +26,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ._common_b import (
+    TrainingData,
     check_number,
     check_positive_int,
+    check_single_batches,
     checked_tensors,
     freeze,
     prepare_inputs,
@@ -223,7 +225,9 @@ def unsir(
 
     Raises:
         ValueError: Besides the checks every method runs, if a forget class still has
-            examples in the retain set (UNSIR needs whole classes).
+            examples in the retain set (UNSIR needs whole classes), or, with a model whose
+            BatchNorm cannot train on a one-example batch, ``batch_size=1`` or a retain set
+            of one example (repair). A last batch of one example is skipped instead.
 
     """
     forget_ds, retain_ds, n_classes = prepare_inputs(
@@ -241,6 +245,15 @@ def unsir(
         rows = torch.nonzero(yr == c).flatten()
         keep.append(rows[torch.randperm(rows.numel(), generator=gen)[: config.retain_per_class]])
     sub = torch.sort(torch.cat(keep)).values
+    stages = []
+    if config.epochs > 0:
+        n_impair = config.noise_size * len(classes) + sub.numel()
+        stages.append(TrainingData("noise + retain subset", n_impair, "batch_size",
+                                   config.batch_size))
+    if config.repair_epochs > 0:
+        stages.append(TrainingData("retain", sub.numel(), "batch_size", config.batch_size))
+    probe = xr[:1] if xr.is_floating_point() else xr[:1].float()
+    check_single_batches(new, probe, stages)
     xr_sub, yr_sub = xr[sub], yr[sub]
     dtype = xr.dtype if xr.is_floating_point() else torch.float32
 
