@@ -13,6 +13,11 @@ gradients clipped to norm C, C = the median norm) the implementations are:
   per-sample gradient is materialised for these layers);
 * **opacus**: ``GradSampleModule`` in ``hooks`` mode (materialises ``p.grad_sample``
   [B, *p.shape]; the quantity is then reduced from it);
+* **opacus ghost**: ``GradSampleModuleFastGradientClipping`` with ghost clipping, Opacus'
+  fastest path for exactly these two quantities (``norms`` and ``clipped_sum``; it offers no
+  per-sample dot products): norms from activations and output gradients without
+  materialising, then the clipped sum as a second backward of the reweighted losses, the
+  two-pass recipe of Opacus' own ``DPLossFastGradientClipping``;
 * **torch.func**: ``vmap(grad(loss))`` over ``functional_call`` (materialises too);
 * **plain**: one ordinary forward + backward of the same batch (the cost floor).
 
@@ -47,6 +52,8 @@ from bench.common import (
 
 NAME = "per_sample"
 QUANTITIES = ("norms", "dots", "clipped_sum")
+#: what Opacus' ghost clipping computes (it has no per-sample dot products)
+GHOST_QUANTITIES = ("norms", "clipped_sum")
 
 #: preset -> (image side, tiny models?, batch sizes)
 SIZES: dict[str, tuple[int, bool, tuple[int, ...]]] = {
@@ -61,13 +68,16 @@ COLUMNS = [
     ("quantity", "quantity", "s"),
     ("ours_ms", "ours ms", ".2f"),
     ("opacus_ms", "opacus ms", ".2f"),
+    ("ghost_ms", "ghost ms", ".2f"),
     ("func_ms", "func ms", ".2f"),
     ("plain_ms", "plain ms", ".2f"),
     ("ratio_opacus", "opacus/ours", ".2f"),
+    ("ratio_ghost", "ghost/ours", ".2f"),
     ("ratio_func", "func/ours", ".2f"),
     ("ours_vs_plain", "ours/plain", ".2f"),
     ("ours_mem_x", "ours mem", ".2f"),
     ("opacus_mem_x", "opacus mem", ".2f"),
+    ("ghost_mem_x", "ghost mem", ".2f"),
     ("func_mem_x", "func mem", ".2f"),
 ]
 
@@ -141,6 +151,48 @@ class OpacusPeer:
         return _reduce(grads, quantity, vector, max_norm)
 
 
+class OpacusGhostPeer:
+    """Opacus ghost clipping (``GradSampleModuleFastGradientClipping``) on its own copy.
+
+    Supports ``norms`` and ``clipped_sum`` only (:data:`GHOST_QUANTITIES`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+        self.gsm = GradSampleModuleFastGradientClipping(
+            copy.deepcopy(model), batch_first=True, loss_reduction="sum",
+            max_grad_norm=1.0, use_ghost_clipping=True)
+        self.named = list(self.gsm._module.named_parameters())
+
+    def clear(self) -> None:
+        """Drop ``.grad`` (set before every timed call)."""
+        self.gsm.zero_grad(set_to_none=True)
+
+    def __call__(self, x: Tensor, y: Tensor, quantity: str, vector: dict[str, Tensor],
+                 max_norm: float) -> Tensor | dict[str, Tensor]:
+        if quantity not in GHOST_QUANTITIES:
+            raise ValueError(f"opacus ghost clipping has no {quantity!r}")
+        with warnings.catch_warnings():
+            # inputs never require grad here; Opacus' hooks are right to fire anyway
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            losses = F.cross_entropy(self.gsm(x), y, reduction="none")
+            # first pass: per-sample norms from the hooks (the parameters' .grad is dropped)
+            losses.sum().backward(retain_graph=quantity == "clipped_sum")
+            sq = self.gsm.get_norm_sample().pow(2)
+            if quantity == "norms":
+                return sq
+            self.gsm.max_grad_norm = max_norm
+            coef = self.gsm.get_clipping_coef()
+            self.gsm.zero_grad(set_to_none=True)
+            self.gsm.disable_hooks()
+            try:  # second pass: the reweighted losses, hooks off
+                (losses * coef).sum().backward()
+            finally:
+                self.gsm.enable_hooks()
+        return {n: p.grad for n, p in self.named}
+
+
 class FuncPeer:
     """``torch.func.vmap(grad(per-sample loss))`` over ``functional_call``."""
 
@@ -204,8 +256,15 @@ def run_case(
     kind: str, impls: dict[str, Any], x: Tensor, y: Tensor, quantity: str,
     vector: dict[str, Tensor], max_norm: float, device: torch.device, **opts: Any,
 ) -> dict[str, Any]:
-    """Check ours and Opacus against torch.func, then time all four; return the record."""
-    ours, opacus, func, plain = (impls[k] for k in ("ours", "opacus", "func", "plain"))
+    """Check ours and the Opacus peers against torch.func, then time all; return the record.
+
+    Opacus' ghost clipping runs only for :data:`GHOST_QUANTITIES`; the other records have
+    no ``ghost_*`` / ``ratio_ghost`` fields.
+    """
+    ours, func, plain = impls["ours"], impls["func"], impls["plain"]
+    peers = {"opacus": impls["opacus"]}
+    if quantity in GHOST_QUANTITIES:
+        peers["ghost"] = impls["ghost"]
     B = x.shape[0]
     args = (x, y, quantity, vector, max_norm)
     expected = _flatten(func(*args))
@@ -213,17 +272,19 @@ def run_case(
     atol = scaled_atol(expected, 1e-5)
     check_close(_flatten(ours(*args)), expected, rtol=1e-3, atol=atol,
                 what=what + " (ours vs torch.func)")
-    opacus.clear()
-    check_close(_flatten(opacus(*args)), expected, rtol=1e-3, atol=atol,
-                what=what + " (opacus vs torch.func)")
-    opacus.clear()
-    res = compare(
-        {"ours": lambda: ours(*args), "opacus": lambda: opacus(*args),
-         "func": lambda: func(*args), "plain": lambda: plain(x, y)},
-        device, memory="torch",
-        setups={"opacus": opacus.clear, "plain": plain.clear}, **opts,
-    )
-    opacus.clear()
+    for name, peer in peers.items():
+        peer.clear()
+        check_close(_flatten(peer(*args)), expected, rtol=1e-3, atol=atol,
+                    what=what + f" ({name} vs torch.func)")
+        peer.clear()
+    calls = {"ours": lambda: ours(*args), "func": lambda: func(*args),
+             "plain": lambda: plain(x, y)}
+    calls.update({name: (lambda p=peer: p(*args)) for name, peer in peers.items()})
+    res = compare(calls, device, memory="torch",
+                  setups={"plain": plain.clear, **{n: p.clear for n, p in peers.items()}},
+                  **opts)
+    for peer in peers.values():
+        peer.clear()
     plain.clear()
     t = {k: m.timing for k, m in res.items()}
     peak = {k: m.peak_bytes for k, m in res.items()}
@@ -232,13 +293,12 @@ def run_case(
         "params": sum(p.numel() for p in plain.model.parameters()),
         **{f"{k}_ms": t[k].ms for k in t},
         **{f"{k}_iqr_ms": t[k].iqr_ms for k in t},
-        "ratio_opacus": ratio(t["opacus"].median, t["ours"].median),
-        "ratio_func": ratio(t["func"].median, t["ours"].median),
+        **{f"ratio_{k}": ratio(t[k].median, t["ours"].median) for k in (*peers, "func")},
         "ours_vs_plain": ratio(t["ours"].median, t["plain"].median),
         **{f"{k}_peak_mb": peak[k] / 2**20 for k in peak},
         # memory over the plain backward's: ``inf`` (out of memory) stays ``inf``
         **{f"{k}_mem_x": peak[k] / peak["plain"] if peak["plain"] > 0 else math.nan
-           for k in ("ours", "opacus", "func")},
+           for k in ("ours", *peers, "func")},
     }
 
 
@@ -258,7 +318,7 @@ def run(
 
     Raises:
         OpUnavailable: If the per-sample ops or the engine are not available.
-        CorrectnessError: If ours disagrees with torch.func (or Opacus with torch.func).
+        CorrectnessError: If ours (or an Opacus peer) disagrees with torch.func.
     """
     dev = resolve_device(device)
     size = resolve_preset(quick, preset)
@@ -276,8 +336,8 @@ def _run_model(
 ) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     model = make_model(kind, side, tiny).to(dev)
-    impls = {"ours": Ours(model), "opacus": OpacusPeer(model), "func": FuncPeer(model),
-             "plain": Plain(model)}
+    impls = {"ours": Ours(model), "opacus": OpacusPeer(model), "ghost": OpacusGhostPeer(model),
+             "func": FuncPeer(model), "plain": Plain(model)}
     gen = torch.Generator().manual_seed(1)
     vector = {n: torch.randn(p.shape, generator=gen).to(dev)
               for n, p in model.named_parameters()}
@@ -294,5 +354,6 @@ def _run_model(
 
 def print_results(records: list[dict[str, Any]]) -> None:
     """Print the table of :func:`run`'s records."""
-    print_table(f"{NAME}: per-sample quantities vs Opacus hooks and torch.func "
-                "(ratio > 1: ours faster; mem = peak / plain backward peak)", records, COLUMNS)
+    print_table(f"{NAME}: per-sample quantities vs Opacus (hooks, ghost clipping) and "
+                "torch.func (ratio > 1: ours faster; mem = peak / plain backward peak)",
+                records, COLUMNS)

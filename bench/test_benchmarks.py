@@ -79,7 +79,7 @@ def mlp_case():
 
 
 @pytest.mark.benchmark(group="per-sample sq norms, MLP 784-512-256-10, B=64")
-@pytest.mark.parametrize("impl", ["ours", "opacus", "func", "plain"])
+@pytest.mark.parametrize("impl", ["ours", "opacus", "ghost", "func", "plain"])
 def test_per_sample_norms(benchmark, impl, mlp_case):
     _need("per_sample_sq_norm")
     model, x, y, vector = mlp_case
@@ -90,8 +90,9 @@ def test_per_sample_norms(benchmark, impl, mlp_case):
         benchmark.pedantic(plain, args=(x, y), setup=plain.clear, rounds=20)
         return
     peer = {"ours": bench_per_sample.Ours, "opacus": bench_per_sample.OpacusPeer,
+            "ghost": bench_per_sample.OpacusGhostPeer,
             "func": bench_per_sample.FuncPeer}[impl](model)
-    if impl == "opacus":
+    if impl in ("opacus", "ghost"):
         def call():
             peer.clear()
             return peer(x, y, "norms", vector, 1.0)
