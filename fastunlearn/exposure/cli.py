@@ -59,7 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--candidates",
         type=_positive_int,
         default=None,
-        help="score this many random secrets instead of the whole space",
+        help="score this many random secrets (drawn with replacement) instead of the whole "
+        "space; a value >= the space size (10^L) scores every secret exactly",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of everything")
     p.add_argument("--device", default="cpu", help="torch device")

@@ -39,6 +39,9 @@ __all__ = [
     "train_char_lm",
 ]
 
+# Secrets drawn when sampling and ``n_candidates`` is None.
+_DEFAULT_CANDIDATES = 10_000
+
 
 @dataclass(frozen=True)
 class ExposureMeasurement:
@@ -48,10 +51,15 @@ class ExposureMeasurement:
         secret: The secret (e.g. ``"0123"``).
         log_perplexity: Its teacher-forced log-perplexity in bits after the prefix.
         rank: Its rank among the scored secrets (1 = lowest log-perplexity).
-        rank_exposure: ``log2 |R'| - log2 rank`` over the scored set ``R'`` (the whole space
-            when ``exhaustive``; otherwise a sample, so at most ``log2 |R'|``).
+        rank_exposure: ``log2 |R'| - log2 rank`` over the scored set ``R'`` (this secret and
+            the ``n_scored`` others). When ``exhaustive``, ``R' = R`` and this is the exact
+            exposure. Otherwise it is the sampled estimate ``-log2 ((1 + C) / (1 + N))`` of
+            ``-log2 (rank_R / |R|)``, ``C`` of the ``N = n_scored`` draws scoring at or below
+            the secret; a sample is only drawn when it is smaller than the space
+            (``N < |R|``), so it never exceeds ``log2 (N + 1) <= log2 |R|``: a sample of
+            ``N`` cannot resolve more (the skew-normal fit extrapolates beyond it).
         skew_normal_exposure: ``-log2 F(P)`` from a skew-normal fit to the scored set,
-            capped at ``log2 |R|``.
+            capped to ``[0, log2 |R|]``.
         max_exposure: ``log2 |R|`` for the whole space.
         space_size: ``|R| = len(alphabet) ** len(secret)``.
         n_scored: Secrets scored besides this one.
@@ -101,10 +109,16 @@ def measure_exposure(
 ) -> list[ExposureMeasurement]:
     """Measure the exposure of secrets that follow ``prefix``.
 
-    When the space (``len(alphabet) ** L``) has at most ``enumerate_limit`` secrets and
-    ``n_candidates`` is None, every secret is scored and the rank is exact. Otherwise
-    ``n_candidates`` (default 10,000) secrets are drawn uniformly and the skew-normal fit
-    extrapolates beyond the sample.
+    Every secret of the space ``R`` (``len(alphabet) ** L`` of them) is scored, and the rank
+    is exact, when ``n_candidates`` is None and ``|R| <= enumerate_limit``, and also whenever
+    the sample would be at least as large as the space (``n_candidates``, default 10,000,
+    ``>= |R|``): scoring all of ``R`` then costs no more than the draws and is exact, while
+    ``|R|`` or more draws with replacement would rank the secret among more "secrets" than
+    exist (``log2 |R'| - log2 rank`` above ``log2 |R|``, an impossible exposure). Otherwise
+    ``n_candidates`` (default 10,000) secrets, fewer than ``|R|``, are drawn uniformly with
+    replacement, the rank exposure is the sampled estimate described in
+    :class:`ExposureMeasurement` (at most ``log2 (n_scored + 1) <= log2 |R|`` bits), and the
+    skew-normal fit extrapolates beyond the sample (capped at ``log2 |R|``).
 
     Args:
         model: The trained character model.
@@ -113,8 +127,10 @@ def measure_exposure(
         secrets: One secret or several of the same length (each is measured against the
             same scored set).
         alphabet: Characters a secret is drawn from.
-        n_candidates: Sample size; forces sampling.
-        enumerate_limit: Largest space scored exhaustively.
+        n_candidates: Sample size; forces sampling when smaller than the space (a value
+            ``>= |R|`` scores every secret exactly instead).
+        enumerate_limit: Largest space scored exhaustively when ``n_candidates`` is None (a
+            space no larger than the default 10,000 draws is always scored exhaustively).
         seed: Seed of the sample.
         batch_size: Secrets per forward pass.
 
@@ -178,7 +194,10 @@ def measure_exposure(
     alphabet_ids = vocab.encode(alphabet)
     prefix_ids = vocab.encode(prefix)
     secret_ids = vocab.encode(single)
-    exhaustive = n_candidates is None and space <= enumerate_limit
+    draws_wanted = _DEFAULT_CANDIDATES if n_candidates is None else n_candidates
+    # |R| or more draws would rank the secret among more "secrets" than the space holds
+    # (rank exposure above log2 |R|): score the whole space instead, exactly and no dearer
+    exhaustive = (n_candidates is None and space <= enumerate_limit) or draws_wanted >= space
     if exhaustive:
         # every secret is in the pool: take its score from the very same forward pass as
         # the scores it is ranked against, so that an exact tie stays a tie (a row scored
@@ -191,7 +210,7 @@ def measure_exposure(
         own = pool_scores[index]
     else:
         g = torch.Generator().manual_seed(seed)
-        draws = torch.randint(len(alphabet), (n_candidates or 10_000, length), generator=g)
+        draws = torch.randint(len(alphabet), (draws_wanted, length), generator=g)
         pool = alphabet_ids[draws]
         # the secrets lead the first batch, scored with (not apart from) the candidates
         scores = sequence_log_perplexity(
@@ -214,7 +233,9 @@ def measure_exposure(
             fit = SkewNormalFit(0.0, float(others[0]), 0.0, int(others.size))
         else:
             fit = fit_skew_normal(others)
-        exposure = rank_exposure(p, others)
+        # others.size < |R| here (all of R but the secret, or fewer than |R| draws), so this
+        # is at most log2 |R|; the min() only guards the documented bound
+        exposure = min(float(rank_exposure(p, others)), math.log2(space))
         results.append(
             ExposureMeasurement(
                 secret=s,
@@ -355,8 +376,9 @@ class CanaryConfig:
         lr: Adam learning rate.
         weight_decay: L2 penalty.
         n_candidates: Sampled secrets; None scores the whole space when it has at most
-            ``enumerate_limit`` secrets.
-        enumerate_limit: Largest space scored exhaustively.
+            ``enumerate_limit`` secrets (else draws 10,000). A sample at least as large as
+            the space scores every secret exactly instead (see :func:`measure_exposure`).
+        enumerate_limit: Largest space scored exhaustively when ``n_candidates`` is None.
         seed: Seed of text, secret, insertion positions, initialisation and training.
         device: Torch device.
         progress: Show progress bars.
@@ -577,10 +599,16 @@ def format_report(result: CanaryResult) -> str:
     m = result.canary
     if m.exhaustive:
         scored = f"all {m.space_size} of |R|"
+        drawn = cfg.n_candidates or _DEFAULT_CANDIDATES
+        if cfg.n_candidates is not None or m.space_size > cfg.enumerate_limit:
+            # a sample of at least |R| draws is replaced by the exact, exhaustive ranking
+            scored += f" (exact: the {drawn} draws asked for are at least |R|)"
     else:  # each secret is ranked among the draws that differ from it
-        drawn = cfg.n_candidates or 10_000
+        drawn = cfg.n_candidates or _DEFAULT_CANDIDATES
         scored = (f"{drawn} uniform draws (with replacement) from |R| = {m.space_size}; "
-                  f"the secret ranked among the {m.n_scored} that differ from it")
+                  f"the secret ranked among the {m.n_scored} that differ from it "
+                  f"(sampled rank exposure at most log2({m.n_scored} + 1) = "
+                  f"{math.log2(m.n_scored + 1):.2f} bits)")
     lines = [
         "# Canary exposure",
         "",

@@ -11,7 +11,12 @@ model that memorised it gives the true secret a lower log-perplexity
 the lowest). It ranges from 0 to ``log2 |R|``. When ``R`` is too large to score
 exhaustively, the log-perplexities of a random sample of ``R`` are fitted with a
 skew-normal distribution ``F`` and exposure is extrapolated as ``-log2 F(P(r))``, the
-reference's ``approx_exposure`` (influence reference section 8).
+reference's ``approx_exposure`` (influence reference section 8). The rank over a uniform
+sample of ``N`` other secrets, ``log2 (N + 1) - log2 rank``, estimates the exposure with a
+resolution of ``log2 (N + 1)`` bits; it is a valid estimate only for ``N < |R|`` (more draws,
+with replacement, would exceed ``log2 |R|``), which is why
+:func:`~fastunlearn.exposure.measure_exposure` scores the whole space whenever the sample
+would not be smaller than it.
 
 Ties count against the canary (a candidate scored exactly like it ranks ahead of it), so
 exposure is never overstated.

@@ -101,7 +101,8 @@ def test_exhaustive_measurement_matches_independent_ranking():
 
 
 def test_sampled_measurement_agrees_with_exhaustive_within_binomial_error():
-    # 2-digit space (|R| = 100), n = 3000 draws with replacement. For a secret whose exact
+    # 2-digit space (|R| = 100), n = 99 draws with replacement (a sample of n >= |R| draws
+    # is replaced by the exact ranking, checked below). For a secret whose exact
     # rank is r, c = r - 1 of the 99 other secrets score at or below it. The sampled
     # "others" are the draws that are not the secret itself, each uniform over the 99
     # others, so with N of them the count C = (sampled rank - 1) is Binomial(N, c / 99),
@@ -115,7 +116,14 @@ def test_sampled_measurement_agrees_with_exhaustive_within_binomial_error():
     chosen = by_score[::9]  # exact ranks 1, 10, 19, ..., 100: both tails and the middle
     assert len(chosen) == 12 and chosen[-1] == by_score[-1]
     exact = measure_exposure(model, vocab, "code ", chosen)
-    n = 3000
+    # as many draws as secrets or more: the whole space is scored, exactly (3000 draws with
+    # replacement used to rank among 2970 'others' and report up to log2 2971 > log2 100)
+    for many in (100, 3000):
+        assert [m.to_dict() for m in exact] == [
+            m.to_dict()
+            for m in measure_exposure(model, vocab, "code ", chosen, n_candidates=many, seed=7)
+        ]
+    n = 99
     sampled = measure_exposure(model, vocab, "code ", chosen, n_candidates=n, seed=7)
     k = 5.0  # standard deviations allowed; every quantity is seeded (deterministic)
     for e, s in zip(exact, sampled, strict=True):
@@ -124,7 +132,7 @@ def test_sampled_measurement_agrees_with_exhaustive_within_binomial_error():
         assert s.log_perplexity == pytest.approx(e.log_perplexity, rel=1e-6)
         # the canary's own secret is excluded from the others, and only it
         removed = n - s.n_scored
-        assert removed >= 1
+        assert removed >= 0
         assert abs(removed - n / 100) <= k * math.sqrt(n * 0.01 * 0.99), (s.secret, removed)
         assert s.fit.n == s.n_scored
         # rank exposure: the exhaustive one gives c; the sampled count must be within k sd

@@ -262,7 +262,8 @@ def test_sampled_measure_exposure_is_seeded_and_counts_its_draws():
     model, logp = _bigram(vocab, 4)
     every = ["".join(p) for p in itertools.product("abc", repeat=3)]
     bits = {s: _bigram_bits(logp, vocab, "id-", s) for s in every}
-    kwargs = {"alphabet": "abc", "n_candidates": 400}
+    # 26 draws: a sample must be smaller than |R| = 27 (else the space is scored whole)
+    kwargs = {"alphabet": "abc", "n_candidates": 26}
     first = measure_exposure(model, vocab, "id-", ["abc", "ccc"], seed=9, **kwargs)
     again = measure_exposure(model, vocab, "id-", ["abc", "ccc"], seed=9, **kwargs)
     other = measure_exposure(model, vocab, "id-", ["abc", "ccc"], seed=10, **kwargs)
@@ -270,9 +271,9 @@ def test_sampled_measure_exposure_is_seeded_and_counts_its_draws():
     assert [m.to_dict() for m in first] != [m.to_dict() for m in other]
     for m in first:
         assert not m.exhaustive and m.space_size == 27
-        # each of the 400 draws is the secret with probability 1/27: removed ~ Bin(400, 1/27)
-        removed = 400 - m.n_scored
-        assert abs(removed - 400 / 27) <= 5 * math.sqrt(400 / 27 * 26 / 27)
+        # each of the 26 draws is the secret with probability 1/27: removed ~ Bin(26, 1/27)
+        removed = 26 - m.n_scored
+        assert abs(removed - 26 / 27) <= 5 * math.sqrt(26 / 27 * 26 / 27)
         # the sampled rank counts draws scored at or below the secret: Bin(N, c / 26)
         c = sum(1 for s, v in bits.items() if s != m.secret and v <= bits[m.secret])
         mu = m.n_scored * c / 26
