@@ -90,8 +90,8 @@ TORCH_LIBRARY(fastunlearn, m) {
 
   // The guarded commit of a pipelined run's planned step (CPU and CUDA kernels; the pipelined
   // CUDA graph of fastunlearn/certified/fixed_step.py uses it when asked): go = alive and
-  // out[2] > 0.5 and out[0] <= cg_tol out[1] and not (budget_used + out[0] + out[1] > budget);
-  // where go, W += V, Z += XV, A[row] = 0, removed[row] = True, gram[c] -= coef_c x x^T
+  // out[2] > 0.5 and out[0] <= cg_tol out[1] and budget_used + out[0] + out[1] <= budget (a
+  // NaN fails it); where go, W += V, Z += XV, A[row] = 0, removed[row] = True, gram[c] -= coef_c x x^T
   // (x = X[row]; coef 1 if shared_gram else the row's weights), n_rem -= row_weights,
   // budget_used += out[0] + out[1]; always alive &= go, out[4] = go, results[slot] = out[:5],
   // counter += 1. See fastunlearn/ops/certified_commit.py.

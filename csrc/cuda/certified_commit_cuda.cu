@@ -9,8 +9,9 @@
 //   (b) one thread: the row's weights, flag and counts, the budget, the run's flags, the
 //       row's results and the counter (after (a) in stream order, so (a) read the scalars
 //       before (b) writes them).
-// A row or slot out of range (the device cannot raise) commits nothing and writes no
-// results; the counter still advances. No host synchronisation.
+// The device cannot raise: a row out of range commits nothing (out[4] = 0); a slot out of
+// range writes no results (the step is still committed where the tests pass); the counter
+// advances either way. No host synchronisation.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -26,15 +26,19 @@ using cuda::ceil_div;
 
 constexpr int kRowThreads = 256;
 constexpr int64_t kMaxRowBlocks = 256;
+// (a)'s block: a warp per class, at most 32 warps. The bound keeps ptxas at <= 64 registers
+// a thread, so that a 1024-thread block (K >= 32) can launch (56 registers on sm_80/sm_90
+// without it, and nothing stopped a PTX JIT or another compiler from using more).
+constexpr int kColumnThreadsMax = 1024;
 
 // (a) scratch = [alpha (K) | ||V_k|| (K) | ||R_k|| (K) | bound_k (K)]; this writes the first
 // three.
-__global__ void tail_columns_kernel(int64_t d, int64_t K, const double* __restrict__ p,
-                                    const double* __restrict__ hp, const double* __restrict__ rz,
-                                    const bool* __restrict__ needed,
-                                    const double* __restrict__ delta, double* __restrict__ v,
-                                    double* __restrict__ hv, double* __restrict__ r,
-                                    double* __restrict__ scratch, bool first) {
+__global__ void __launch_bounds__(kColumnThreadsMax)
+    tail_columns_kernel(int64_t d, int64_t K, const double* __restrict__ p,
+                        const double* __restrict__ hp, const double* __restrict__ rz,
+                        const bool* __restrict__ needed, const double* __restrict__ delta,
+                        double* __restrict__ v, double* __restrict__ hv, double* __restrict__ r,
+                        double* __restrict__ scratch, bool first) {
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
   const bool need = needed == nullptr || *needed;
@@ -137,7 +141,8 @@ void certified_cg_tail_cuda(at::Tensor& V, at::Tensor& XV, at::Tensor& HV, at::T
   at::Tensor work = at::empty({4 * K + blocks * K}, V.options());
   double* scratch = work.data_ptr<double>();
   double* partials = scratch + 4 * K;
-  const int column_threads = 32 * static_cast<int>(std::min<int64_t>(K, 32));
+  const int column_threads =
+      32 * static_cast<int>(std::min<int64_t>(K, kColumnThreadsMax / 32));
   tail_columns_kernel<<<1, column_threads, 0, stream>>>(
       d, K, P.const_data_ptr<double>(), HP.const_data_ptr<double>(),
       rz.const_data_ptr<double>(), need.defined() ? need.const_data_ptr<bool>() : nullptr,

@@ -182,11 +182,12 @@ def certified_commit_(
 ) -> None:
     """Commit a pipelined run's planned step where the host's tests pass, in place.
 
-    ``go = alive and out[2] > 0.5 and out[0] <= cg_tol out[1] and not (budget_used + out[0] +
-    out[1] > budget)``. Where ``go``: ``W += V``, ``Z += XV``, ``A[row] = 0``, ``removed[row] =
-    True``, ``gram[k] -= c_k x x^T`` (``x = X[row]``, ``c = 1`` if ``shared_gram`` else the
-    row's weights), ``n_rem -= row_weights``, ``budget_used += out[0] + out[1]``. Always:
-    ``alive &= go``, ``out[4] = go``, ``results[slot] = out[:5]``, ``counter += 1``.
+    ``go = alive and out[2] > 0.5 and out[0] <= cg_tol out[1] and budget_used + out[0] +
+    out[1] <= budget`` (NaN anywhere fails it). Where ``go``: ``W += V``, ``Z += XV``,
+    ``A[row] = 0``, ``removed[row] = True``, ``gram[k] -= c_k x x^T`` (``x = X[row]``,
+    ``c = 1`` if ``shared_gram`` else the row's weights), ``n_rem -= row_weights``,
+    ``budget_used += out[0] + out[1]``. Always: ``alive &= go``, ``out[4] = go``,
+    ``results[slot] = out[:5]``, ``counter += 1``.
     """
     residual, bound = float(out[0]), float(out[1])
     total = residual + bound
@@ -194,7 +195,7 @@ def certified_commit_(
         bool(alive.reshape(-1)[0])
         and float(out[2]) > 0.5
         and residual <= cg_tol * bound
-        and not (float(budget_used.reshape(-1)[0]) + total > float(budget.reshape(-1)[0]))
+        and float(budget_used.reshape(-1)[0]) + total <= float(budget.reshape(-1)[0])
     )
     r, t = int(row.reshape(-1)[0]), int(slot.reshape(-1)[0])
     if go:
