@@ -326,3 +326,35 @@ def test_lowered_spectral_bound_would_loosen_the_certificate(tmp_path):
     twin._eig = twin._eig * 0.01
     twin._build_host_mirrors()
     assert twin.remove(40).records[0].bound < model.remove(40).records[0].bound
+
+
+def _nudge_gram(relative):
+    """Move one symmetric off-diagonal pair of the first Gram matrix by ``relative * mass``."""
+
+    def edit(tensors, meta):
+        gram = tensors["gram"].clone()
+        mass = float(torch.diagonal(gram[0]).sum())  # the remaining rows' squared mass
+        gram[0, 1, 4] += relative * mass
+        gram[0, 4, 1] += relative * mass
+        tensors["gram"] = gram
+
+    return edit
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.6])
+def test_gram_check_catches_one_small_entry_and_passes_rounding(tmp_path, ratio):
+    """The probe check sees an edit of a single pair of entries far below the bounds' margins.
+
+    1e-7 of the rows' squared mass in one pair (the spectral bound moves by at most that,
+    below the bounds' 1e-6 relative margin) is refused on every one of 20 loads (fresh
+    random probes each time); 1e-13, rounding level, is accepted.
+    """
+    model = _fitted(tmp_path, subsample_ratio=ratio)
+    bad, fine = tmp_path / "bad.safetensors", tmp_path / "fine.safetensors"
+    save_model(_Tampered(model, _nudge_gram(1e-7)), bad)
+    save_model(_Tampered(model, _nudge_gram(1e-13)), fine)
+    for _ in range(20):
+        with pytest.raises(ValueError, match="'gram'"):
+            CertifiedLogisticRegression.load(bad)
+    loaded = CertifiedLogisticRegression.load(fine)
+    assert np.allclose(loaded.coef_, model.coef_, rtol=0, atol=0)
