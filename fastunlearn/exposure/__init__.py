@@ -23,6 +23,7 @@ from .exposure import (
     skew_normal_exposure,
 )
 from .model import CharLM, sequence_log_perplexity
+from .plot import plot_exposure
 from .text import DIGITS, CharVocab, generate_corpus, insert_canary
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "generate_corpus",
     "greedy_completion",
     "insert_canary",
+    "plot_exposure",
     "measure_exposure",
     "rank_exposure",
     "run_canary_experiment",

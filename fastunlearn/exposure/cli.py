@@ -15,6 +15,9 @@ from ..cli_types import positive_int as _positive_int
 
 __all__ = ["add_parser", "run"]
 
+#: What ``--out`` receives.
+_OUTPUTS = ("exposure.json", "exposure.md", "exposure.png")
+
 
 def _digits(text: str) -> str:
     if not text or not text.isdigit() or not text.isascii():
@@ -66,7 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument(
-        "--out", type=Path, default=None, help="folder for exposure.json and exposure.md"
+        "--out", type=Path, default=None,
+        help="folder for exposure.json, exposure.md and exposure.png"
     )
     p.set_defaults(func=run)
     return p
@@ -75,6 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Run the experiment from parsed arguments; print the report; return the exit status."""
     from .experiment import CanaryConfig, format_report, run_canary_experiment
+    from .plot import plot_exposure
 
     try:
         config = CanaryConfig(
@@ -97,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             progress=args.progress,
         )
         if args.out is not None:
-            check_output_folder(args.out, argument="out", names=["exposure.json", "exposure.md"])
+            check_output_folder(args.out, argument="out", names=list(_OUTPUTS))
         result = run_canary_experiment(config)
     except (ValueError, TypeError) as exc:
         print(f"fastunlearn exposure: error: {exc}", file=sys.stderr)
@@ -108,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         payload = json.dumps(result.to_dict(), indent=2, allow_nan=False)
         (args.out / "exposure.json").write_text(payload + "\n")
-        (args.out / "exposure.md").write_text(report)
-        print(f"wrote {args.out / 'exposure.json'} and {args.out / 'exposure.md'}")
+        (args.out / "exposure.md").write_text(report + "\n![exposure](exposure.png)\n")
+        plot_exposure([m for m in (result.canary, result.control) if m is not None],
+                      args.out / "exposure.png")
+        print("wrote " + ", ".join(str(args.out / name) for name in _OUTPUTS))
     return 0

@@ -66,6 +66,9 @@ class ExposureMeasurement:
         exhaustive: Whether every secret of the space was scored (the rank is exact).
         fit: The skew-normal parameters (``scale == 0``: a point mass, every other
             scored secret having the same log-perplexity).
+        others: The log-perplexities (bits) of the ``n_scored`` secrets it was ranked
+            against (for plots, :func:`fastunlearn.exposure.plot_exposure`); not in
+            :meth:`to_dict`, ``None`` when not kept.
 
     """
 
@@ -79,10 +82,12 @@ class ExposureMeasurement:
     n_scored: int
     exhaustive: bool
     fit: SkewNormalFit
+    others: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        out = dataclasses.asdict(self)
+        """Return a JSON-ready dict (without ``others``)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("fit", "others")}
         out["fit"] = dataclasses.asdict(self.fit)
         return out
 
@@ -248,6 +253,7 @@ def measure_exposure(
                 n_scored=int(others.size),
                 exhaustive=exhaustive,
                 fit=fit,
+                others=others,
             )
         )
     return results
