@@ -2,7 +2,9 @@
 
 Environment switches, read once and printed:
 
-* ``FORCE_CUDA=1``      build the CUDA kernels even if no GPU is visible (needs nvcc).
+* ``FORCE_CUDA=1``      fail the build unless the CUDA kernels are built (they are built
+                        whenever nvcc and a CUDA torch are present, GPU visible or not;
+                        this turns a silent CPU-only build into an error).
 * ``FORCE_ONLY_CPU=1``  skip the CUDA kernels even where they could be built.
 * ``DEBUG=1``           ``-O0 -g`` instead of ``-O3``.
 * ``NVCC_FLAGS``        extra flags appended to nvcc's command line.
@@ -52,6 +54,15 @@ def _nvidia_pip_include_dirs() -> list[str]:
 
 
 def _decide_cuda() -> tuple[bool, str]:
+    build, why = _cuda_possible()
+    if FORCE_CUDA and not build:
+        raise RuntimeError(f"FORCE_CUDA=1 but the CUDA kernels cannot be built: {why}")
+    return build, why
+
+
+def _cuda_possible() -> tuple[bool, str]:
+    if FORCE_ONLY_CPU and FORCE_CUDA:
+        return False, "FORCE_ONLY_CPU=1 contradicts it"
     if FORCE_ONLY_CPU:
         return False, "FORCE_ONLY_CPU=1"
     if torch.version.cuda is None:
@@ -60,8 +71,6 @@ def _decide_cuda() -> tuple[bool, str]:
         os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
     ) is None:
         return False, "no nvcc found (set CUDA_HOME)"
-    if FORCE_CUDA:
-        return True, "FORCE_CUDA=1"
     return True, f"nvcc at {cpp_extension.CUDA_HOME} and torch CUDA {torch.version.cuda}"
 
 

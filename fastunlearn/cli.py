@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .cli_types import HelpFormatter
 from .cli_types import non_negative_float as _non_negative_float
 from .cli_types import non_negative_int as _non_negative_int
 from .cli_types import open_unit as _open_unit
@@ -85,10 +86,6 @@ def _dataset(text: str) -> str:
     raise argparse.ArgumentTypeError(f"must be one of {', '.join(DATASETS)}, got {text!r}")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the examples' line breaks."""
-
-
 def _error(command: str, message: str) -> int:
     print(f"fastunlearn {command}: error: {message}", file=sys.stderr)
     return 2
@@ -111,7 +108,7 @@ def _add_remove_parser(sub: argparse._SubParsersAction) -> None:
         "  fastunlearn remove --data-dir data --dataset MNIST --extractor none "
         "--train-mode binary --std 10 --lam 1e-3 --num-removes 1000\n"
         "      the paper's MNIST 3 vs 8 setting (raw pixels)",
-        formatter_class=_HelpFormatter)
+        formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", default=None,
                       help="folder with the data set or extracted features (not for digits)")
@@ -182,10 +179,13 @@ def _print_summary(result: Any) -> None:
     extractor = priv.get("extractor") or {}
     if extractor.get("private"):
         composed = extractor.get("composed", {})
+        total_delta = composed.get("delta", math.nan)
+        # group privacy's delta grows as k exp((k-1) eps) delta: at >= 1 it promises nothing
+        vacuous = " (vacuous: delta >= 1 promises nothing)" if total_delta >= 1 else ""
         print(f"feature extractor {extractor.get('name')}: DP ({fmt(extractor['epsilon'])}, "
               f"{fmt(extractor['delta'])}); with the head after {composed.get('removals')} "
               f"removals ({fmt(composed.get('epsilon', math.nan))}, "
-              f"{fmt(composed.get('delta', math.nan))}); removals supported within total "
+              f"{fmt(total_delta)}){vacuous}; removals supported within total "
               f"epsilon {fmt(extractor['target_epsilon'])}: {extractor['removals_supported']}")
     elif extractor:
         print(f"feature extractor {extractor.get('name')}: {extractor.get('note')}")
@@ -318,7 +318,7 @@ def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
         "test images to <data-dir>/<name>_<dataset>_extracted.safetensors, where `fastunlearn "
         "remove --extractor <name>` finds them. Only a DP extractor keeps a guarantee for "
         "the features; its (epsilon, delta) is stored with them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True,
                    help="folder with the images (and where the features are written)")
     p.add_argument("--dataset", type=_dataset, default="SVHN",

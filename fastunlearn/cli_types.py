@@ -1,4 +1,6 @@
-"""Argument types for the ``fastunlearn`` commands: bad values become clean argparse errors.
+"""Argument types and the help formatter for the ``fastunlearn`` commands.
+
+Bad values become clean argparse errors.
 
 Every parser of the command (``fastunlearn/cli.py`` and the commands kept beside their
 packages) uses these, so one value is rejected with the same message everywhere (exit
@@ -11,6 +13,7 @@ import argparse
 import math
 
 __all__ = [
+    "HelpFormatter",
     "integer",
     "non_negative_float",
     "non_negative_int",
@@ -20,6 +23,20 @@ __all__ = [
     "positive_int",
     "ratio",
 ]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show flags' defaults and keep the examples' line breaks (every command's help).
+
+    A default is appended unless it is ``None``/``False`` (nothing to show) or the help
+    text already gives one ("(default ...").
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False) or "(default" in text:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def number(text: str) -> float:

@@ -216,3 +216,31 @@ def test_extract_missing_data_is_a_clean_error(tmp_path, capsys):
     assert main(["extract", "--data-dir", str(tmp_path), "--dataset", "MNIST"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastunlearn extract: error: ") and "MNIST" in err
+
+
+def _summary_result(composed_delta):
+    from types import SimpleNamespace
+
+    extractor = {"private": True, "name": "dp_x", "epsilon": 0.5, "delta": 1e-5,
+                 "target_epsilon": 1.0, "removals_supported": 2,
+                 "composed": {"removals": 20, "epsilon": 12.58, "delta": composed_delta}}
+    return SimpleNamespace(
+        privacy={"removals": 20, "retrains": 0, "epsilon": 1.0, "delta": 1e-4, "budget": 0.1,
+                 "removals_supported": 30, "removals_supported_is_estimate": False,
+                 "budget_used": 0.01, "extractor": extractor, "stopped_early": False},
+        timings={"removal_seconds_median": None},
+        fairness={"after": {"worst_class": None}},
+        training={"test_accuracy": 0.9}, final={"test_accuracy": 0.9,
+                                                "gradient_residual": 1e-3,
+                                                "distance_bound": 1e-2},
+        files={},
+    )
+
+
+@pytest.mark.parametrize(("delta", "vacuous"), [(12.0, True), (1.0, True), (0.02, False)])
+def test_summary_flags_a_composed_delta_that_promises_nothing(capsys, delta, vacuous):
+    from fastunlearn.cli import _print_summary
+
+    _print_summary(_summary_result(delta))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "with the head after" in x)
+    assert ("vacuous" in line) is vacuous

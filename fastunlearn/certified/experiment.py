@@ -179,7 +179,10 @@ class ExperimentConfig:
             raise ValueError(f"'delta' must be in (0, 1), got {self.delta!r}")
         if not (_is_number(self.subsample_ratio) and 0 < self.subsample_ratio <= 1):
             raise ValueError(f"'subsample_ratio' must be in (0, 1], got {self.subsample_ratio!r}")
-        if self.train_mode == "binary" and self.subsample_ratio < 1:
+        if (self.train_mode == "binary" and self.subsample_ratio < 1
+                and not self.__dict__.get("_warned_subsample")):
+            # once per config: the CLI and the run both validate it (not a field: not saved)
+            self.__dict__["_warned_subsample"] = True
             warnings.warn(
                 f"'subsample_ratio' {self.subsample_ratio:g} is ignored in binary mode (as in the "
                 "reference, where it subsamples the negatives of each one-vs-rest class)",

@@ -53,7 +53,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "forget",
         help="run forgetting methods over seeds vs retrained oracles; table + plots",
-        description=__doc__.splitlines()[0],
+        description="Compare forgetting methods against retrained oracles: train the\n"
+        "original model and the oracles, run each method over seeds, score every metric\n"
+        "and write a table, JSON and plots.",
+        epilog="example:\n  fastunlearn forget --method finetune,neggrad,influence "
+        "--dataset digits --forget class:3 --seeds 3 --oracles 4 --out runs/digits-class3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--method", default="all",
                    help="comma-separated methods, or 'all' (default: all registered)")

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._device import parse_device
 from .._output_folder import check_output_folder
+from ..cli_types import HelpFormatter
 from ..cli_types import non_negative_float as _non_negative
 from ..cli_types import non_negative_int as _non_negative_int
 from ..cli_types import positive_float as _positive
@@ -34,8 +35,8 @@ def _add_run_options(
 
     ``--no-plots``, ``--progress`` and ``--json`` (print the result JSON to stdout).
     """
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--progress", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
     p.add_argument("--json", action="store_true", help="print the result JSON to stdout")
     p.set_defaults(func=func)
 
@@ -70,28 +71,35 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Flip class s to 9 - s for a budget of training labels, train a clean "
         "and a poisoned model, repair the poisoned one with first/second-order influence "
         "updates (iterative reference protocol and/or one shot on the known flipped rows) "
-        "and report clean, poisoned and repaired accuracy, %% restored, the gradient "
+        "and report clean, poisoned and repaired accuracy, % restored, the gradient "
         "residual, counts and times (JSON, PNG, Markdown).",
         epilog="examples:\n"
         "  fastunlearn repair                       # embedded digits, small_cnn\n"
         "  fastunlearn repair --solver lissa --lissa-scale 2e5 --lissa-damping 1e-4\n"
         "  fastunlearn repair --dataset cifar10 --data-dir data --model cifar_cnn "
         "--last-layers 6 --device cuda",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["digits", "cifar10"], default="digits")
+        formatter_class=HelpFormatter)
+    p.add_argument("--dataset", choices=["digits", "cifar10"], default="digits",
+                   help="data set (cifar10 from --data-dir)")
     p.add_argument("--data-dir", default=None, help="folder with CIFAR-10 (torchvision files)")
     p.add_argument("--model", default=None,
                    help="model zoo name (default small_cnn for digits, cifar_cnn for CIFAR)")
     p.add_argument("--budget", type=_positive_int, default=None,
                    help="labels flipped, budget // 10 per class (default 20%% of the data)")
-    p.add_argument("--seed", type=_non_negative_int, default=42)
-    p.add_argument("--epochs", type=_positive_int, default=100)
-    p.add_argument("--lr", type=_positive, default=3e-3)
-    p.add_argument("--train-batch", type=_positive_int, default=64)
-    p.add_argument("--protocol", choices=["iterative", "one-shot", "both"], default="both")
-    p.add_argument("--order", type=int, choices=[1, 2], default=2)
-    p.add_argument("--solver", choices=["cg", "lissa", "direct"], default="cg")
-    p.add_argument("--curvature", choices=["ggn", "hessian"], default="ggn")
+    p.add_argument("--seed", type=_non_negative_int, default=42,
+                   help="seed of the flips and the training")
+    p.add_argument("--epochs", type=_positive_int, default=100,
+                   help="training epochs of the clean and poisoned models")
+    p.add_argument("--lr", type=_positive, default=3e-3, help="training learning rate (Adam)")
+    p.add_argument("--train-batch", type=_positive_int, default=64, help="training batch size")
+    p.add_argument("--protocol", choices=["iterative", "one-shot", "both"], default="both",
+                   help="iterative reference protocol, one shot on the flipped rows, or both")
+    p.add_argument("--order", type=int, choices=[1, 2], default=2,
+                   help="first- or second-order update")
+    p.add_argument("--solver", choices=["cg", "lissa", "direct"], default="cg",
+                   help="second-order solver")
+    p.add_argument("--curvature", choices=["ggn", "hessian"], default="ggn",
+                   help="curvature of cg/direct: Gauss-Newton or the Hessian")
     p.add_argument("--damping", type=_non_negative, default=100.0,
                    help="Tikhonov damping of cg/direct (summed loss)")
     p.add_argument("--tau", type=_tau, default="auto",
@@ -101,9 +109,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="mispredicted points per iterative step")
     p.add_argument("--last-layers", type=_non_negative_int, default=0,
                    help="update only the last k parameter tensors (0: all)")
-    p.add_argument("--hvp-batch-size", type=_positive_int, default=4096)
-    p.add_argument("--cg-tol", type=_non_negative, default=1e-4)
-    p.add_argument("--cg-maxiter", type=_positive_int, default=100)
+    p.add_argument("--hvp-batch-size", type=_positive_int, default=4096,
+                   help="training rows per HVP batch")
+    p.add_argument("--cg-tol", type=_non_negative, default=1e-4,
+                   help="CG stops at this relative true residual")
+    p.add_argument("--cg-maxiter", type=_positive_int, default=100, help="CG iteration cap")
     p.add_argument("--lissa-batch", type=_positive_int, default=1024,
                    help="LiSSA batch B (rows per stochastic Hessian)")
     p.add_argument("--lissa-damping", type=_non_negative, default=1e-4,
@@ -111,13 +121,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "batch (summed batch Hessians) the damping relative to the full-data "
                    "Hessian is ceil(N/B)*d*s and the step ceil(N/B) times that Newton step")
     p.add_argument("--lissa-scale", type=_positive, default=2e5, help="LiSSA s")
-    p.add_argument("--lissa-depth", type=_positive_int, default=100)
+    p.add_argument("--lissa-depth", type=_positive_int, default=100,
+                   help="LiSSA recursion steps")
     p.add_argument("--lissa-hessian", choices=["batch", "full"], default="batch",
                    help="batch: summed batch Hessian (reference); full: scaled by N/B to "
                    "estimate the full-data Hessian (damping d*s relative to it)")
     p.add_argument("--n-train", type=_non_negative_int, default=0,
                    help="use only the first n training rows (0: all)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device")
     p.add_argument("--result-dir", default="results", help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
     return p

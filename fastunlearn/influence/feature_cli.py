@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from .._output_folder import check_output_folder
+from ..cli_types import HelpFormatter
 from .cli import (
     _add_run_options,
     _finish,
@@ -84,12 +85,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "  fastunlearn unlearn-features                          # digits, 4 most used pixels\n"
         "  fastunlearn unlearn-features --dataset breast_cancer --columns 10,21\n"
         "  fastunlearn unlearn-features --dataset wine --mode replace --rows 20 --columns 12",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["digits", "breast_cancer", "wine"], default="digits")
+        formatter_class=HelpFormatter)
+    p.add_argument("--dataset", choices=["digits", "breast_cancer", "wine"], default="digits",
+                   help="digits pixels or a scikit-learn table")
     p.add_argument("--columns", type=_columns, default=None,
                    help="comma-separated feature indices (default: the --top-k most used)")
-    p.add_argument("--top-k", type=_positive_int, default=4)
-    p.add_argument("--mode", choices=["remove", "replace"], default="remove")
+    p.add_argument("--top-k", type=_positive_int, default=4,
+                   help="columns chosen when --columns is not given")
+    p.add_argument("--mode", choices=["remove", "replace"], default="remove",
+                   help="zero the columns, or replace values at random rows")
     p.add_argument("--rows", type=_positive_int, default=50,
                    help="random rows changed in replace mode")
     p.add_argument("--value", type=float, default=0.0, help="new value in replace mode")
@@ -99,16 +103,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="stepwise variant: split the columns into this many updates")
     p.add_argument("--tau", type=_tau, default="auto",
                    help="first-order step size, or 'auto' (curvature step of the objective)")
-    p.add_argument("--cg-tol", type=_non_negative, default=1e-10)
-    p.add_argument("--cg-maxiter", type=_positive_int, default=500)
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--cg-tol", type=_non_negative, default=1e-10,
+                   help="CG stops at this relative true residual")
+    p.add_argument("--cg-maxiter", type=_positive_int, default=500, help="CG iteration cap")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the split and the replace-mode rows")
     p.add_argument("--no-linear", action="store_true",
                    help="skip the certified linear variant (digits)")
     p.add_argument("--binary", type=_pair, default=(3, 8),
                    help="digit pair of the certified variant (default 3,8)")
-    p.add_argument("--linear-lam", type=_positive, default=1e-2)
-    p.add_argument("--epsilon", type=_positive, default=0.1)
-    p.add_argument("--delta", type=_positive, default=0.01)
+    p.add_argument("--linear-lam", type=_positive, default=1e-2,
+                   help="L2 regularisation of the certified linear variant")
+    p.add_argument("--epsilon", type=_positive, default=0.1,
+                   help="epsilon of the certified linear variant")
+    p.add_argument("--delta", type=_positive, default=0.01,
+                   help="delta of the certified linear variant")
     p.add_argument("--out", default="results", help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
     return p

@@ -34,7 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
         help="epsilon-hat, competition score, accuracies and fairness from saved logits",
-        description=__doc__.splitlines()[0],
+        description="Every metric from saved logits (a logits directory in the fixture "
+        "layout): evaluation.json, evaluation.md and epsilon_hist.png in --out",
     )
     p.add_argument("dir", help="logits directory (logits_retain.npy + <method>/logits_unlearn.npy)")
     p.add_argument("--out", default=None,

@@ -3,6 +3,7 @@
 import json
 import math
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -335,8 +336,17 @@ def test_binary_mode_ignores_the_subsample_ratio_like_the_reference():
     with pytest.warns(UserWarning, match="ignored in binary mode"):
         config.validate()
     assert config.effective_subsample_ratio == 1.0 and "_ratio_" not in config.stem
-    with pytest.warns(UserWarning):
+    # said once per config: the run validates it again without repeating it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = run_removal_experiment(config)
+    assert not [w for w in caught if "ignored in binary mode" in str(w.message)]
+    fresh = ExperimentConfig(train_mode="binary", subsample_ratio=0.2, num_removes=2,
+                             result_dir=None, time_retraining=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_removal_experiment(fresh)
+    assert len([w for w in caught if "ignored in binary mode" in str(w.message)]) == 1
     plain = run_removal_experiment(ExperimentConfig(train_mode="binary", num_removes=2,
                                                     result_dir=None, time_retraining=False))
     assert result.final == plain.final
