@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy.special import expit
 
 from fastunlearn.certified import woodbury
 
@@ -106,6 +107,6 @@ def perturbed_gradient(model, X, y):
     else:
         Y = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
     Z = Xn @ model.coef_.T
-    dl = -Y / (1.0 + np.exp(Y * Z))  # l'(z, y) = -y sigma(-y z)
+    dl = -Y * expit(-Y * Z)  # l'(z, y) = -y sigma(-y z), without overflow at large margins
     G = (Xn.T @ (member * dl)).T + model.lam * member.sum(0)[:, None] * model.coef_ + model.b_
     return G, member, Xn, Y
