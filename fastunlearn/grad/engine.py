@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..ops.per_sample import clip_weights
 from .fallback import FunctorchRule
@@ -56,8 +56,9 @@ class _Layer:
 class _Pending:
     """What a forward hook records for one call, before the backward pass."""
 
-    def __init__(self, args: tuple, kwargs: dict, edges: dict[int, GradientEdge]) -> None:
-        self.args, self.kwargs, self.edges = args, kwargs, edges
+    def __init__(self, args: tuple, kwargs: dict, edges: dict[int, GradientEdge],
+                 outputs: dict[int, Tensor] | None = None) -> None:
+        self.args, self.kwargs, self.edges, self.outputs = args, kwargs, edges, outputs
         self.versions = [t._version for t in tree_flatten((args, kwargs))[0]
                          if isinstance(t, Tensor)]
 
@@ -82,7 +83,11 @@ class PerSampleGradients:
     in chunks, or the Gram form when cheaper, see :mod:`fastunlearn.grad.conv`);
     ``nn.LayerNorm``, ``nn.GroupNorm`` and ``nn.RMSNorm`` materialise their small per-channel
     gradients. Every
-    other module with direct parameters uses the ``torch.func`` fallback. A parameter shared
+    other module with direct parameters uses the ``torch.func`` fallback (recurrent layers
+    and ``nn.MultiheadAttention`` with their own batch dims, see :mod:`.fallback`), whose
+    per-sample re-runs must reproduce the layer's outputs. A layer input with another dim of
+    size B (time-first ``[T, B, C]`` with ``T == B``) is checked to have the batch where its
+    rule splits it, by two extra eval-mode forwards (once per shape signature). A parameter shared
     by several modules gets the sum of their contributions (materialised for norms).
 
     Args:
@@ -129,6 +134,7 @@ class PerSampleGradients:
         # Norms of a parameter used by several modules need the summed gradient itself.
         self._tied = {n for n, k in uses.items() if k > 1}
         self._uses_checked = False
+        self._layouts_checked: set[tuple] = set()
 
     @staticmethod
     def _select(named: dict[str, Tensor], params: Iterable[str | Tensor] | None) -> tuple:
@@ -348,20 +354,22 @@ class PerSampleGradients:
         pending: list[list[_Pending]] = [[] for _ in self._layers]
         handles = []
 
-        def make_hook(slot: list[_Pending]) -> Callable:
+        def make_hook(slot: list[_Pending], keep: bool) -> Callable:
             def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
                 leaves = tree_flatten(output)[0]
                 edges = {i: get_gradient_edge(t) for i, t in enumerate(leaves)
                          if isinstance(t, Tensor) and t.requires_grad}
-                slot.append(_Pending(args, kwargs, edges))
+                # A copy: a later in-place op on the output must not change what is kept.
+                outputs = {i: leaves[i].detach().clone() for i in edges} if keep else None
+                slot.append(_Pending(args, kwargs, edges, outputs))
 
             return hook
 
         try:
-            for layer, slot in zip(self._layers, pending, strict=True):
-                handles.append(
-                    layer.module.register_forward_hook(make_hook(slot), with_kwargs=True)
-                )
+            for layer, rule, slot in zip(self._layers, rules, pending, strict=True):
+                handles.append(layer.module.register_forward_hook(
+                    make_hook(slot, rule.keeps_outputs), with_kwargs=True
+                ))
             with torch.enable_grad():
                 outputs = _call(self.model, inputs)
                 loss = loss_fn(outputs, targets)
@@ -412,10 +420,91 @@ class PerSampleGradients:
                         f"model: an input of layer '{layer.name}' was modified in place after "
                         "the layer ran; its per-sample gradients cannot be recovered"
                     )
-                kept.append(LayerCall(call.args, call.kwargs, got[(li, ci)]))
+                kept.append(LayerCall(call.args, call.kwargs, got[(li, ci)], call.outputs))
             if kept:
                 layers.append((layer, rule, CapturedLayer(layer.name, layer.module, B, kept)))
+        self._check_layouts(inputs, layers, B)
         return layers, B
+
+    def _check_layouts(self, inputs: Any, layers: list, B: int) -> None:
+        """Refuse layers whose inputs' batch dim (as their rules see it) is not the batch.
+
+        A time-first ``[T, B, C]`` input with ``T == B`` (``nn.TransformerEncoderLayer(
+        batch_first=False)``'s linear layers) passes every shape check, and a position-wise
+        rule would sum sample b's gradient over time step b. Only inputs with another dim of
+        size B can be fooled; for those, the model is run twice more in eval mode (no
+        dropout), on the inputs as given and with the samples rolled by one:
+        each such layer input must roll along its batch dim with them. A shape signature that
+        passed is not checked again.
+        """
+        if B < 2:
+            return
+        suspects = []  # (layer index, call index, leaf index, batch dim, shape)
+        for layer, rule, cap in layers:
+            li = next(i for i, known in enumerate(self._layers) if known is layer)
+            for ci, call in enumerate(cap.calls):
+                leaves = tree_flatten((call.args, call.kwargs))[0]
+                for k, d in enumerate(rule.input_batch_dims(cap, call, leaves)):
+                    t = leaves[k]
+                    if d is None or not isinstance(t, Tensor) or t.dim() < 2:
+                        continue
+                    others = t.shape[:d] + t.shape[d + 1:]
+                    if t.shape[d] == B and B in others:
+                        suspects.append((li, ci, k, d, tuple(t.shape)))
+        if not suspects:
+            return
+        key = tuple(suspects)
+        if key in self._layouts_checked:
+            return
+        wanted = {li for li, *_ in suspects}
+        plain, rolled = (self._probe(inputs, B, wanted, shift) for shift in (0, 1))
+        for li, ci, k, d, _ in suspects:
+            a, b = plain[li], rolled[li]
+            if len(a) != len(b) or ci >= len(a):
+                continue  # data-dependent calls: nothing to compare
+            x, y = a[ci][k], b[ci][k]
+            if not isinstance(y, Tensor) or not _reproduces(y, x.roll(1, d)):
+                name = self._layers[li].name
+                raise ValueError(
+                    f"model: layer '{name}' got an input of shape {tuple(x.shape)} whose dim {d} "
+                    f"has the batch size {B} but is not the batch (a time-first [T, B, ...] "
+                    "tensor with T equal to the batch size?), or the model mixes the samples "
+                    "of a batch; its per-sample gradients would be wrong"
+                )
+        self._layouts_checked.add(key)
+
+    def _probe(self, inputs: Any, B: int, wanted: set[int], shift: int) -> dict[int, list]:
+        """Tensor leaves of the calls of layers ``wanted`` in an extra eval-mode forward."""
+        seen: dict[int, list] = {li: [] for li in wanted}
+        leaves, spec = tree_flatten(inputs)
+        if shift:
+            leaves = [t.roll(shift, 0) if isinstance(t, Tensor) and t.dim() > 0
+                      and t.shape[0] == B else t for t in leaves]
+        modes = [(m, m.training) for m in self.model.modules()]
+        handles = []
+
+        def make_hook(slot: list) -> Callable:
+            def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                slot.append([t.detach().clone() if isinstance(t, Tensor) else t
+                             for t in tree_flatten((args, kwargs))[0]])
+
+            return hook
+
+        try:
+            for li in wanted:
+                handles.append(self._layers[li].module.register_forward_pre_hook(
+                    make_hook(seen[li]), with_kwargs=True))
+            self.model.eval()
+            # With gradients on, as in the real pass: no inference-only fast paths that skip
+            # submodule calls (nn.TransformerEncoderLayer's); the graph is dropped at once.
+            with torch.enable_grad():
+                _call(self.model, tree_unflatten(leaves, spec))
+        finally:
+            for h in handles:
+                h.remove()
+            for m, training in modes:
+                m.training = training
+        return seen
 
     def _check_reads(self, loss: Tensor, pending: list[list[_Pending]]) -> None:
         """Refuse parameters the loss also reads outside their layers' calls.
@@ -455,6 +544,17 @@ class PerSampleGradients:
             )
         # The mean's gradients carry a 1/B; scaling the loss undoes it for every layer.
         return loss * B if self.loss_reduction == "mean" else loss
+
+
+def _reproduces(got: Tensor, want: Tensor) -> bool:
+    """Whether ``got`` equals ``want`` in shape and, to sqrt(eps) of the dtype, in value."""
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    if not want.is_floating_point() or want.numel() == 0:
+        return bool(torch.equal(got, want))
+    tol = torch.finfo(want.dtype).eps ** 0.5
+    scale = float(want.abs().max())
+    return bool(torch.allclose(got, want, rtol=tol, atol=tol * max(scale, 1e-30), equal_nan=True))
 
 
 def _grad_dtype(cap: CapturedLayer) -> torch.dtype:

@@ -64,12 +64,16 @@ class LayerCall:
         grads: Output-leaf index (in ``torch.utils._pytree.tree_flatten(output)`` order) ->
             gradient of the (sum-reduced) loss w.r.t. that output. Leaves the loss does not
             depend on are absent.
+        outputs: For rules with :attr:`LayerRule.keeps_outputs`: output-leaf index -> a
+            detached copy of that output as the call returned it (the leaves in ``grads``);
+            else None.
 
     """
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     grads: dict[int, Tensor]
+    outputs: dict[int, Tensor] | None = None
 
     def input(self, name: str = "input") -> Any:
         """Return the module's first argument, positional or passed by keyword ``name``."""
@@ -123,12 +127,29 @@ class LayerRule:
     ``"bias"``) to include; ``vectors`` map local names to parameter-shaped tensors.
     """
 
+    #: Whether the engine keeps a copy of each call's outputs (:attr:`LayerCall.outputs`),
+    #: for rules that re-run the module and check it reproduces them.
+    keeps_outputs: bool = False
+
     def supports(self, module: nn.Module) -> bool:
         """Whether this rule handles this instance (else the engine uses the fallback)."""
         return True
 
     def check(self, module: nn.Module, name: str) -> None:
         """Raise ValueError if per-sample gradients of ``module`` are undefined right now."""
+
+    def input_batch_dims(
+        self, layer: CapturedLayer, call: LayerCall, leaves: list[Any]
+    ) -> list[int | None]:
+        """Return the batch dim of each ``tree_flatten((call.args, call.kwargs))[0]`` leaf.
+
+        The engine checks that these dims really are the batch when another dim has the
+        batch size too (a time-first input whose length equals B). None: not batched.
+        Default: dim 0 of every tensor whose dim 0 is the batch size.
+        """
+        B = layer.batch_size
+        return [0 if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == B else None
+                for v in leaves]
 
     def sq_norm(self, layer: CapturedLayer, names: set[str]) -> Tensor:
         """Squared per-sample gradient norm over the parameters ``names`` -> [B]."""
