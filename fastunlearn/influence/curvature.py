@@ -20,10 +20,11 @@ from ..linalg import LinearOperator, selected_parameter_names
 from ..linalg.forward_ad import jvp
 from ..linalg.network import (
     _check_batch_size,
+    _check_batch_statistics,
     _check_data,
     _check_eval_mode,
+    _graph_dependencies,
     _GraphKey,
-    _same_key,
 )
 from ..linalg.operators import _check_nonnegative
 from .gradients import LossFn
@@ -42,13 +43,14 @@ class GGNOperator(LinearOperator):
     once and kept, ``J^T u`` is a backward pass through it and ``J v`` a backward pass
     through that backward pass (the transpose of a linear map is its vector-Jacobian
     product). The kept graph is rebuilt when any parameter (selected or not), buffer or
-    data tensor is replaced or changed in place, or a module's training flag changes (as
-    for :class:`~fastunlearn.linalg.NetworkHessianOperator`). Only the layers from the
-    first selected parameter on are traversed: with the last layers selected, a product
-    costs a fraction of a forward pass of the whole network. The model must be in eval
-    mode where it has dropout, RReLU or batch-norm layers (in training mode the outputs
-    are random or the running statistics would be updated): a product raises ValueError
-    otherwise.
+    data tensor is replaced or changed (in place too, also through ``.data``), or a
+    submodule or a module's setting such as its training flag changes (as for
+    :class:`~fastunlearn.linalg.NetworkHessianOperator`). The model must be in eval
+    mode where it has dropout (also inside stacked RNNs and attention), RReLU or
+    batch-norm layers (in training mode the outputs are random or the running statistics
+    would be updated): a product raises ValueError otherwise. A batch-norm layer using its
+    batch's statistics (no running statistics) couples the rows, so it is refused with
+    ``batch_size`` smaller than the data.
 
     Args:
         model: The network.
@@ -103,16 +105,14 @@ class GGNOperator(LinearOperator):
         self.dtype = selected[0].dtype
         self.device = selected[0].device
 
-    def _graph_key(self) -> _GraphKey:
-        """Return what the kept graph depends on.
+    def _graph_dependencies(self) -> tuple[list[Tensor], list[nn.Module]]:
+        """Return what the kept graph depends on (see ``fastunlearn.linalg.network._GraphKey``).
 
         That is every parameter (selected or not: the unselected ones shape the outputs
-        and their Jacobian), buffer and stored data tensor with its in-place version
-        counter, and every module's training flag.
+        and their Jacobian), buffer and stored data tensor, and every module with its
+        plain attributes (the training flag). The loss is evaluated afresh at every product.
         """
-        tensors = [*self.model.parameters(), *self.model.buffers(), self.inputs, self.targets]
-        return (tuple((t, t._version) for t in tensors),
-                tuple(m.training for m in self.model.modules()))
+        return _graph_dependencies(self.model, None, (self.inputs, self.targets))
 
     def matmat(self, V: Tensor) -> Tensor:
         """``(GGN + damping I) V`` on the stored data, V [d, K] -> [d, K]."""
@@ -130,8 +130,9 @@ class GGNOperator(LinearOperator):
             Tensor[d, K].
 
         Raises:
-            ValueError: the model has dropout/RReLU/batch-norm layers in training mode, or
-                a bad ``V``, ``inputs`` or ``targets``.
+            ValueError: the model has dropout/RReLU/batch-norm layers in training mode,
+                ``batch_size`` splits the data for a batch-norm layer that uses its batch's
+                statistics, or a bad ``V``, ``inputs`` or ``targets``.
 
         """
         V = self._check_block(V)
@@ -144,6 +145,7 @@ class GGNOperator(LinearOperator):
         sizes = [p.numel() for p in primals]
         n = inputs.shape[0]
         step = self.batch_size or max(n, 1)
+        _check_batch_statistics(self.model, n, step)
         # one batch of the stored data: the backward product's forward pass is reusable
         reuse = inputs is self.inputs and targets is self.targets and n <= step
         columns = []
@@ -185,10 +187,12 @@ class GGNOperator(LinearOperator):
         """Return the stored batch's outputs, ``u -> J^T u`` and ``v -> J v``, kept.
 
         ``J v`` is the vector-Jacobian product of the linear map ``u -> J^T u`` (at any
-        ``u``; zeros here). Rebuilt when :meth:`_graph_key` changes.
+        ``u``; zeros here). Rebuilt when :meth:`_graph_dependencies` change.
         """
-        key = self._graph_key()
-        if self._vjp_cache is None or not _same_key(self._vjp_cache[0], key):
+        deps = self._graph_dependencies()
+        if self._vjp_cache is None or not self._vjp_cache[0].matches(*deps):
+            self._vjp_cache = None  # free the old graph before building the new one
+            key = _GraphKey(*deps)
             out, vjp_fn = vjp(f, primals)
             _, jv_fn = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
             self._vjp_cache = (key, out, vjp_fn, jv_fn)

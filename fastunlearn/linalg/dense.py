@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .forward_ad import _load_jvp_decompositions
 from .network import (
     LossFn,
     ParamSpec,
@@ -106,5 +107,6 @@ def dense_hessian(
     def flat_loss(flat: Tensor) -> Tensor:
         return loss(tuple(unflatten_like(flat, primals)), inputs, targets)
 
+    _load_jvp_decompositions()  # torch.func.hessian is forward-over-reverse: no jit warning
     with torch.no_grad():
         return torch.func.hessian(flat_loss)(flatten_params(primals))

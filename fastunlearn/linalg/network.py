@@ -31,8 +31,6 @@ ParamSpec = Iterable[str | nn.Parameter] | None
 
 _MODES = ("fwd-rev", "rev-rev")
 
-#: (tensors with their version counters, module training flags): see ``_graph_key``.
-_GraphKey = tuple[tuple[tuple[Tensor, int], ...], tuple[bool, ...]]
 
 
 def selected_parameter_names(model: nn.Module, params: ParamSpec = None) -> list[str]:
@@ -155,34 +153,130 @@ def params_vector(model: nn.Module, params: ParamSpec = None) -> Tensor:
     return flatten_params(named[n].detach() for n in names).clone()
 
 
-#: Layers whose output in training mode is random (dropout, RReLU) or that update running
-#: statistics in place (batch/instance norm tracking them): their loss is not a fixed
-#: function of the parameters there, so no Hessian operator is defined.
+#: Layers whose output in training mode is random (dropout, RReLU, the dropout inside
+#: stacked RNNs and attention) or that update running statistics in place (batch/instance
+#: norm tracking them): their loss is not a fixed function of the parameters there, so no
+#: Hessian operator is defined.
 _TRAIN_MODE_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.dropout._DropoutNd,
     nn.RReLU,
     nn.modules.batchnorm._NormBase,
+    nn.RNNBase,
+    nn.MultiheadAttention,
 )
+
+
+def _random_or_stateful(module: nn.Module) -> bool:
+    """Whether a training-mode layer of :data:`_TRAIN_MODE_LAYERS` is random or stateful."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0.0
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return module.track_running_stats
+    if isinstance(module, nn.RNNBase):  # dropout acts between stacked layers only
+        return module.dropout > 0.0 and module.num_layers > 1
+    if isinstance(module, nn.MultiheadAttention):  # dropout on the attention weights
+        return module.dropout > 0.0
+    return True
 
 
 def _check_eval_mode(model: nn.Module) -> None:
     """Reject a model whose training-mode layers make the loss random or mutate buffers.
 
-    Those are dropout with p > 0, RReLU and batch/instance norm tracking running statistics.
+    Those are dropout with p > 0 (also the ``dropout`` of stacked ``nn.LSTM``/``nn.GRU``/
+    ``nn.RNN`` and of ``nn.MultiheadAttention``), RReLU and batch/instance norm tracking
+    running statistics.
     """
     for name, module in model.named_modules():
         if not module.training or not isinstance(module, _TRAIN_MODE_LAYERS):
             continue
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p == 0.0:
-            continue
-        if (isinstance(module, nn.modules.batchnorm._NormBase)
-                and not module.track_running_stats):
+        if not _random_or_stateful(module):
             continue
         raise ValueError(
             f"'model' has layer {name or type(module).__name__!r} "
             f"({type(module).__name__}) in training mode: its loss is random or updates "
             "running statistics, so no curvature (Hessian or GGN) is defined; call "
             "model.eval() first"
+        )
+
+
+def _check_batch_statistics(model: nn.Module, n: int, step: int) -> None:
+    """Reject mini-batched products through layers normalising with their batch's statistics.
+
+    A batch-norm layer without running statistics (``track_running_stats=False``, in either
+    mode) couples the rows of its batch: the loss is not a sum over rows, and the sum of the
+    per-batch products (``batch_size`` < n) is not the curvature of the full data.
+    """
+    if step >= n:
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                module.training or module.running_mean is None):
+            raise ValueError(
+                f"'batch_size' = {step} splits the {n} rows into mini-batches, but layer "
+                f"{name or type(module).__name__!r} ({type(module).__name__}) normalises "
+                "with the statistics of its batch: the sum of the per-batch products is not "
+                "the curvature of the full data; use batch_size=None (or >= the number of "
+                "rows) or a layer with running statistics in eval mode"
+            )
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> tuple[tuple[str, object], ...]:
+    """Return a module's plain attributes (training flag, dropout p, eps, flags, ...)."""
+    return tuple((k, v) for k, v in vars(module).items() if isinstance(v, _PLAIN))
+
+
+def _graph_dependencies(
+    model: nn.Module, loss_fn: object, data: Sequence[Tensor]
+) -> tuple[list[Tensor], list[nn.Module]]:
+    """Return what a kept graph depends on: the model's (and a loss module's) tensors, modules.
+
+    The tensors are every parameter (selected or not), buffer and data tensor, plus the
+    parameters and buffers of ``loss_fn`` when it is an ``nn.Module`` (class weights); the
+    modules are those of the model and of such a loss.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    modules = list(model.modules())
+    if isinstance(loss_fn, nn.Module):
+        tensors += [*loss_fn.parameters(), *loss_fn.buffers()]
+        modules += list(loss_fn.modules())
+    return [*tensors, *data], modules
+
+
+class _GraphKey:
+    """A snapshot of what a kept graph depends on, to decide whether it is still valid.
+
+    Each tensor is held with its identity, its in-place version counter and a copy of its
+    values: the copy catches writes that bypass the version counter (``p.data.mul_(2)``,
+    ``p.data = t``, ``torch.nn.utils.vector_to_parameters``, a write through a NumPy view),
+    which would otherwise leave a stale graph serving wrong products silently (the copy costs
+    the memory of the parameters, buffers and stored data once, next to the graph). Each module
+    is held with its identity and plain attributes: replacing a submodule (an activation
+    swapped) or changing a setting (training flag, label smoothing, eps) rebuilds the graph.
+    """
+
+    def __init__(self, tensors: Sequence[Tensor], modules: Sequence[nn.Module]) -> None:
+        self.tensors = tuple(tensors)
+        self.versions = tuple(t._version for t in self.tensors)
+        self.modules = tuple(modules)
+        self.settings = tuple(_settings(m) for m in self.modules)
+        with torch.no_grad():
+            self.values = tuple(t.detach().clone() for t in self.tensors)
+
+    def matches(self, tensors: Sequence[Tensor], modules: Sequence[nn.Module]) -> bool:
+        """Whether ``tensors`` and ``modules`` are those snapshotted, unchanged."""
+        if (len(tensors) != len(self.tensors) or len(modules) != len(self.modules)
+                or any(a is not b for a, b in zip(tensors, self.tensors, strict=True))
+                or any(t._version != v for t, v in zip(tensors, self.versions, strict=True))
+                or any(a is not b for a, b in zip(modules, self.modules, strict=True))):
+            return False
+        if any(_settings(m) != s for m, s in zip(modules, self.settings, strict=True)):
+            return False
+        return all(
+            t.dtype == c.dtype and t.device == c.device and torch.equal(t.detach(), c)
+            for t, c in zip(tensors, self.values, strict=True)
         )
 
 
@@ -219,9 +313,15 @@ class NetworkHessianOperator(LinearOperator):
     The K columns of a block are vectorised with ``vmap``; if the model cannot be vmapped
     (e.g. it calls ``.item()``), the operator falls back to a loop over columns and remembers
     that (``vectorized`` becomes False). The parameters are read from ``model`` at every
-    product, so in-place updates are seen. The model must be in ``eval()`` mode where it has
-    dropout, RReLU or batch-norm layers (their training mode makes the loss random or mutates
-    buffers): a product raises ValueError otherwise.
+    product, so in-place updates are seen; the graph kept by ``rev-rev`` (stored data in
+    one batch) is rebuilt when a parameter, buffer, data tensor or tensor of a loss module
+    changes (in place too, also through ``.data``), or a submodule or a module's setting
+    does (see :class:`_GraphKey`). State captured by a plain loss closure is not watched:
+    build a new operator after changing it. The model must be in ``eval()`` mode where it
+    has dropout (also inside stacked RNNs and attention), RReLU or batch-norm layers (their
+    training mode makes the loss random or mutates buffers): a product raises ValueError
+    otherwise. A batch-norm layer using its batch's statistics (no running statistics)
+    couples the rows, so it is refused with ``batch_size`` smaller than the data.
 
     Args:
         model: The network; called as ``model(inputs)``.
@@ -293,15 +393,13 @@ class NetworkHessianOperator(LinearOperator):
         self.dtype = selected[0].dtype
         self.device = selected[0].device
 
-    def _graph_key(self) -> _GraphKey:
-        """Return what the kept rev-rev graph depends on.
+    def _graph_dependencies(self) -> tuple[list[Tensor], list[nn.Module]]:
+        """Return what the kept rev-rev graph depends on (see :class:`_GraphKey`).
 
-        That is every parameter (selected or not), buffer and data tensor with its in-place
-        version counter, and every module's training flag.
+        That is every parameter (selected or not), buffer and data tensor, the tensors of
+        a loss module, and every module with its plain attributes (the training flag).
         """
-        tensors = [*self.model.parameters(), *self.model.buffers(), self.inputs, self.targets]
-        return (tuple((t, t._version) for t in tensors),
-                tuple(m.training for m in self.model.modules()))
+        return _graph_dependencies(self.model, self.loss_fn, (self.inputs, self.targets))
 
     def _primals(self) -> tuple[Tensor, ...]:
         named = dict(self.model.named_parameters())
@@ -325,8 +423,9 @@ class NetworkHessianOperator(LinearOperator):
             Tensor[d, K].
 
         Raises:
-            ValueError: the model has dropout/RReLU/batch-norm layers in training mode, or
-                a bad ``V``, ``inputs`` or ``targets``.
+            ValueError: the model has dropout/RReLU/batch-norm layers in training mode,
+                ``batch_size`` splits the data for a batch-norm layer that uses its batch's
+                statistics, or a bad ``V``, ``inputs`` or ``targets``.
 
         """
         V = self._check_block(V)
@@ -341,6 +440,7 @@ class NetworkHessianOperator(LinearOperator):
         )
         n = inputs.shape[0]
         step = self.batch_size or max(n, 1)
+        _check_batch_statistics(self.model, n, step)
         # rev-rev on the stored data in one batch: the gradient's graph is kept between calls
         keep = (self.mode == "rev-rev" and inputs is self.inputs and targets is self.targets
                 and n <= step)
@@ -387,8 +487,10 @@ class NetworkHessianOperator(LinearOperator):
 
         else:
             if keep:
-                key = self._graph_key()
-                if self._vjp_cache is None or not _same_key(self._vjp_cache[0], key):
+                deps = self._graph_dependencies()
+                if self._vjp_cache is None or not self._vjp_cache[0].matches(*deps):
+                    self._vjp_cache = None  # free the old graph before building the new one
+                    key = _GraphKey(*deps)
                     self._vjp_cache = (key, vjp(grad_fn, primals)[1])
                 vjp_fn = self._vjp_cache[1]
             else:
@@ -409,13 +511,6 @@ class NetworkHessianOperator(LinearOperator):
                 self.vectorized = False
         columns = [one(tuple(t[k] for t in tangents)) for k in range(K)]
         return tuple(torch.stack(parts) for parts in zip(*columns, strict=True))
-
-
-def _same_key(a: _GraphKey, b: _GraphKey) -> bool:
-    """Whether two graph keys hold the same tensor objects at the same versions and modes."""
-    return (a[1] == b[1] and len(a[0]) == len(b[0])
-            and all(ta is tb and va == vb for (ta, va), (tb, vb) in zip(a[0], b[0],
-                                                                            strict=True)))
 
 
 def _check_data(inputs: object, targets: object) -> None:
