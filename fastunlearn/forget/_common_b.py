@@ -46,6 +46,7 @@ __all__ = [
     "freeze",
     "num_outputs",
     "prepare_inputs",
+    "probe_forward",
     "reinitialize",
     "seeded_rng",
     "single_example_batch_fails",
@@ -141,6 +142,34 @@ def checked_tensors(ds: Dataset, num_classes: int, name: str) -> tuple[Tensor, T
     return x, y
 
 
+def check_float_inputs(model: nn.Module, x: Tensor, method: str, why: str) -> None:
+    """Refuse inputs a method that generates inputs cannot use, before any costly work.
+
+    Such a method makes new floating-point inputs (noise, interpolations) of the data's
+    shape. Floating data is fine; integer data (e.g. uint8 images) is fine when the model
+    runs on its float version, as the method then casts it. Integer data the model does
+    not run on as floats (token ids for an ``nn.Embedding``) has no such version, and is
+    refused with a TypeError; complex or bool data too. ``model`` is evaluated in eval
+    mode without gradients and is not modified.
+    """
+    if x.is_floating_point():
+        return
+    found = f"got {x.dtype} inputs"
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{method} needs floating-point inputs ({why}); {found}")
+    try:
+        eval_forward(model, x[:1].float())
+    except Exception as exc:
+        embeddings = [type(m).__name__ for m in model.modules()
+                      if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+        hint = (f" (token ids for its {embeddings[0]} cannot be generated or perturbed)"
+                if embeddings else "")
+        raise TypeError(
+            f"{method} needs floating-point inputs ({why}); {found}, and the model does "
+            f"not run on them as floats{hint}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Put ``model`` in eval mode and stop gradients to all its parameters (in place).
 
@@ -186,9 +215,27 @@ def eval_forward(model: nn.Module, batch: Tensor) -> Tensor:
             m.training = mode
 
 
+def probe_forward(model: nn.Module, example: Tensor) -> Tensor:
+    """``model`` on one example in eval mode (:func:`eval_forward`), before any work.
+
+    Raises:
+        TypeError: ``model`` cannot run on the inputs (e.g. uint8 images into a float
+            model: torch's error is kept in the message), named with their dtype and shape.
+
+    """
+    try:
+        return eval_forward(model, example[:1])
+    except (RuntimeError, NotImplementedError) as exc:
+        raise TypeError(
+            f"model cannot run on the inputs (dtype {example.dtype}, example shape "
+            f"{tuple(example.shape[1:])}): {exc}; convert the data to what the model takes "
+            "(e.g. float images)"
+        ) from exc
+
+
 def num_outputs(model: nn.Module, example: Tensor) -> int:
     """Count the logits ``model`` produces for one input (evaluated in eval mode)."""
-    return int(eval_forward(model, example[:1]).shape[-1])
+    return int(probe_forward(model, example[:1]).shape[-1])
 
 
 def class_subset(labels: Tensor, fraction: float, generator: torch.Generator) -> Tensor:

@@ -30,7 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from ._common_b import SkipSingleBatches, TrainingData, check_single_batches, eval_forward
+from ._common_b import (
+    SkipSingleBatches,
+    TrainingData,
+    check_single_batches,
+    probe_forward,
+)
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
 from .base import ForgetConfig, as_dataset, batches, clone_model, iterate, model_device
 from .checks import check_batch_labels, check_sets, dataset_labels
@@ -115,7 +120,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def num_outputs(model: nn.Module, dataset: Dataset) -> int:
     """Return the number of logits ``model`` gives for the first example of ``dataset``."""
     x, _ = dataset[0]
-    out = eval_forward(model, torch.as_tensor(x).unsqueeze(0))
+    out = probe_forward(model, torch.as_tensor(x).unsqueeze(0))
     if out.dim() != 2:
         raise ValueError(f"model must return logits [batch, classes], got shape {tuple(out.shape)}")
     return int(out.shape[1])
@@ -367,12 +372,20 @@ def kaiming_(param: Tensor, mask: Tensor | None, generator: torch.Generator) -> 
         return int(mask.sum())
 
 
-def last_linear(model: nn.Module) -> nn.Linear:
-    """Return the last :class:`nn.Linear` registered in ``model`` (its classifier head)."""
+def last_linear(model: nn.Module, method: str | None = None, hint: str = "") -> nn.Linear:
+    """Return the last :class:`nn.Linear` registered in ``model`` (its classifier head).
+
+    Raises:
+        ValueError: If ``model`` has no ``nn.Linear``; the message names ``method`` (the
+            method that needs the layer) and ends with ``hint`` when given.
+
+    """
     found = None
     for module in model.modules():
         if isinstance(module, nn.Linear):
             found = module
     if found is None:
-        raise ValueError("model has no nn.Linear layer to use as its last (classifier) layer")
+        who = f"{method} needs an nn.Linear classifier head, but the " if method else ""
+        msg = f"{who}model has no nn.Linear layer to use as its last (classifier) layer"
+        raise ValueError(msg + (f"; {hint}" if hint else ""))
     return found

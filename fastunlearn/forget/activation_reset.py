@@ -125,6 +125,11 @@ def activation_reset(
     example or ``batch_size=1`` with such a model is refused before anything is re-drawn.
     """
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, ActivationResetConfig)
+    # the head re-drawn by reset_mlp, looked up before any work (a model without one is
+    # refused up front)
+    head = (last_linear(clone, "activation_reset with reset_mlp=True",
+                        "set reset_mlp=False to reset convolution kernels only").weight
+            if config.reset_mlp else None)
     if runs(config.epochs, config.lr):
         check_training_data(
             clone, retain_ds,
@@ -146,7 +151,6 @@ def activation_reset(
                     .expand_as(weight)
                 )
                 kaiming_(weight, mask, gen)
-        head = last_linear(clone).weight if config.reset_mlp else None
         if head is not None and head.requires_grad:
             kaiming_(head, None, gen)
         train_main_stage(clone, retain_ds, config, k, "activation_reset")

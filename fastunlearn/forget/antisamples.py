@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from ._common_b import (
     TrainingData,
+    check_float_inputs,
     check_fraction,
     check_number,
     check_positive_int,
@@ -374,6 +375,8 @@ def _unlearn(
             f"forget and retain inputs differ in shape: {tuple(xf.shape[1:])} "
             f"vs {tuple(xr.shape[1:])}"
         )
+    check_float_inputs(model, xr, "antisamples" if single else "antisamples_multiclass",
+                       "it trains on anti-samples interpolated between inputs")
     classes = torch.unique(yf).tolist()
     if single and len(classes) != 1:
         raise ValueError(
@@ -448,6 +451,9 @@ def antisamples_single_class(
 
     Raises:
         ValueError: If the forget set holds more than one class.
+        TypeError: If the inputs are not floating-point and the model does not run on
+            them as floats (token ids for an ``nn.Embedding``): anti-samples are
+            interpolated inputs (checked before any work).
 
     """
     return _unlearn(model, forget_ds, retain_ds, config, single=True)

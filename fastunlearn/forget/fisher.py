@@ -117,7 +117,23 @@ def fisher_diagonal(
         out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
         return -F.cross_entropy(out, y.unsqueeze(0))
 
-    per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0))
+    one_grad = grad(log_prob)
+    vectorised = vmap(one_grad, in_dims=(None, 0, 0))
+    use_vmap = True
+
+    def per_sample(p: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        # vmap has no batching rule for some layers (e.g. a multi-layer nn.GRU writes its
+        # batched hidden state into an unbatched buffer); those fall back to one example
+        # at a time, which gives the same gradients
+        nonlocal use_vmap
+        if use_vmap:
+            try:
+                return vectorised(p, x, y)
+            except RuntimeError:
+                use_vmap = False
+        rows = [one_grad(p, x[i], y[i]) for i in range(x.shape[0])]
+        return {n: torch.stack([r[n] for r in rows]) for n in p}
+
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     try:
         loader = make_loader(dataset, batch_size, shuffle=False)
@@ -169,6 +185,11 @@ def fisher_forgetting(
     statistics are not touched and any batch size works.
     """
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, FisherConfig)
+    rows = _removed_classes(forget_ds, retain_ds) if config.forget_class_rows else []
+    # the head whose class rows are zeroed: needed only for class-wise forgetting, and
+    # looked up before the Fisher pass (a model without one is refused up front)
+    head = last_linear(clone, "fisher with forget_class_rows=True (class-wise forgetting)",
+                       "set forget_class_rows=False to only add noise") if rows else None
     fisher = fisher_diagonal(
         clone,
         retain_ds,
@@ -177,9 +198,10 @@ def fisher_forgetting(
         num_classes=k,
         progress=config.progress,
     )
-    rows = _removed_classes(forget_ds, retain_ds) if config.forget_class_rows else []
-    head = last_linear(clone)
-    head_params = {id(head.weight), id(head.bias)} if head.out_features == k else set()
+    head_params = (
+        {id(head.weight), id(head.bias)} if head is not None and head.out_features == k
+        else set()
+    )
     with seeded(config.seed, model_device(clone)):
         gen = torch.Generator().manual_seed(config.seed)
         params = dict(clone.named_parameters())

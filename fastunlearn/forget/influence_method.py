@@ -110,9 +110,13 @@ def _tensors(ds: Dataset, batch_size: int, device: torch.device,
         xs.append(x)
         ys.append(torch.as_tensor(y))
     x, y = torch.cat(xs), torch.cat(ys).long()
-    if not x.is_floating_point():
-        raise TypeError(f"influence unlearning needs floating-point inputs, got {x.dtype}")
-    return x.to(device, dtype), y.to(device)
+    if x.is_floating_point():
+        return x.to(device, dtype), y.to(device)
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"influence unlearning needs real inputs, got {x.dtype}")
+    # integer inputs (token ids for an embedding) stay integers: the update differentiates
+    # only with respect to the parameters, never the inputs
+    return x.to(device), y.to(device)
 
 
 @register("influence", InfluenceConfig)

@@ -200,6 +200,9 @@ def _prune_and_finetune(
 ) -> nn.Module:
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, cls)
     check_training_data(clone, retain_ds, *_stages(config, forget_ds, retain_ds))
+    # the pruned layer, looked up before any training (a model without one is refused)
+    head = last_linear(clone, desc, "use 'selective_pruning' to prune every weight") \
+        if last_only else None
     with seeded(config.seed, model_device(clone)):
         moved = _overfit(
             clone,
@@ -212,8 +215,7 @@ def _prune_and_finetune(
             1,
         )
         names = None
-        if last_only:
-            head = last_linear(clone)
+        if head is not None:
             names = {n for n, p in clone.named_parameters() if p is head.weight}
         masks = movement_masks(clone, moved, config.quantile, names)
         _reinit(clone, masks, config.seed)

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ._common_b import (
     TrainingData,
+    check_float_inputs,
     check_number,
     check_positive_int,
     check_single_batches,
@@ -228,6 +229,9 @@ def unsir(
             examples in the retain set (UNSIR needs whole classes), or, with a model whose
             BatchNorm cannot train on a one-example batch, ``batch_size=1`` or a retain set
             of one example (repair). A last batch of one example is skipped instead.
+        TypeError: If the inputs are not floating-point and the model does not run on
+            them as floats (token ids for an ``nn.Embedding``): UNSIR trains on generated
+            noise inputs (checked before any work).
 
     """
     forget_ds, retain_ds, n_classes = prepare_inputs(
@@ -235,6 +239,7 @@ def unsir(
     )
     _, yf = checked_tensors(forget_ds, n_classes, "forget")
     xr, yr = checked_tensors(retain_ds, n_classes, "retain")
+    check_float_inputs(model, xr, "unsir", "it trains on generated noise inputs")
     classes = torch.unique(yf).tolist()
     _check_whole_classes(classes, yr)
     new = clone_model(model)
