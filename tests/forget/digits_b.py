@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from model_state import same_state, state_copy  # noqa: F401  (re-exported for the tests)
 from torch import Tensor, nn
 
 from fastunlearn.data import digits_images
@@ -87,10 +88,3 @@ def setup(forget_classes: tuple[int, ...] = (FORGET_CLASS,)) -> Setup:
     return Setup(x_train, y_train, images[test], labels[test], forget_classes, original, oracle)
 
 
-def state_copy(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same_state(model: nn.Module, state: dict[str, Tensor]) -> bool:
-    now = model.state_dict()
-    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)

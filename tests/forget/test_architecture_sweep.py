@@ -22,6 +22,7 @@ import dataclasses
 
 import pytest
 import torch
+from model_state import assert_unchanged, state_copy
 from test_inputs_all import no_costly_work  # noqa: F401  (a fixture)
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -136,15 +137,6 @@ def _config(name: str, **overrides):
     return cls(**{k: v for k, v in {**TINY, **overrides}.items() if k in fields})
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for k, v in before.items():
-        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
 
 
 def _assert_runs(name: str, model: nn.Module, new: nn.Module, retain: TensorDataset) -> None:
@@ -176,19 +168,19 @@ def test_sweep_covers_the_registry():
 @pytest.mark.parametrize("name", available_methods())
 def test_method_on_architecture(name, arch):
     model = _build(arch)
-    before = _state(model)
+    before = state_copy(model)
     forget, retain = _data(ARCHS[arch][1], name in CLASSWISE)
     fn, _ = get_method(name)
     expected = EXPECTED.get((name, arch), "runs")
     if expected == "runs":
         new = fn(model, forget, retain, _config(name))
-        _assert_unchanged(model, before)
+        assert_unchanged(model, before)
         _assert_runs(name, model, new, retain)
     else:
         error, fragment = expected
         with pytest.raises(error, match=fragment):
             fn(model, forget, retain, _config(name))
-        _assert_unchanged(model, before)
+        assert_unchanged(model, before)
 
 
 @pytest.mark.usefixtures("no_costly_work")
@@ -197,32 +189,32 @@ def test_method_on_architecture(name, arch):
 def test_input_generating_methods_refuse_tokens_before_any_work(name, arch):
     """The refusal comes before any training, noise optimisation or neighbour search."""
     model = _build(arch)
-    before = _state(model)
+    before = state_copy(model)
     forget, retain = _data("tokens", classwise=True)
     pattern = r"needs floating-point inputs \(it trains on .*int64 inputs.*Embedding cannot"
     with pytest.raises(TypeError, match=pattern):
         get_method(name)[0](model, forget, retain, _config(name))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
 @pytest.mark.usefixtures("no_costly_work")
 @pytest.mark.parametrize("name", ["activation_reset", "prune_last_layer"])
 def test_missing_head_is_refused_before_any_work(name):
     model = _build("no_linear")
-    before = _state(model)
+    before = state_copy(model)
     forget, retain = _data("float", classwise=False)
     with pytest.raises(ValueError, match="model has no nn.Linear layer"):
         get_method(name)[0](model, forget, retain, _config(name))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
 def test_activation_reset_without_head_runs_with_reset_mlp_off():
     model = _build("no_linear")
-    before = _state(model)
+    before = state_copy(model)
     forget, retain = _data("float", classwise=False)
     new = get_method("activation_reset")[0](model, forget, retain,
                                             _config("activation_reset", reset_mlp=False))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     _assert_runs("activation_reset", model, new, retain)
 
 
@@ -230,14 +222,14 @@ def test_fisher_classwise_without_head():
     """Class-wise Fisher zeroes head rows: without an nn.Linear it refuses up front,
     and runs (noise only) with ``forget_class_rows=False``."""
     model = _build("no_linear")
-    before = _state(model)
+    before = state_copy(model)
     forget, retain = _data("float", classwise=True)
     fn = get_method("fisher")[0]
     with pytest.raises(ValueError, match=f"forget_class_rows=True.*{_NO_LINEAR}"):
         fn(model, forget, retain, _config("fisher"))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     new = fn(model, forget, retain, _config("fisher", forget_class_rows=False))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     _assert_runs("fisher", model, new, retain)
 
 
@@ -276,7 +268,7 @@ def test_inputs_the_model_cannot_take_are_refused_before_any_work(name):
     """uint8 images into a float CNN: a TypeError naming the inputs, not a torch error."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, C))
-    before = _state(model)
+    before = state_copy(model)
     x = torch.randint(0, 255, (N_FORGET + N_RETAIN, 1, 8, 8), dtype=torch.uint8)
     y = torch.arange(N_FORGET + N_RETAIN) % C
     if name in CLASSWISE:
@@ -286,4 +278,4 @@ def test_inputs_the_model_cannot_take_are_refused_before_any_work(name):
     retain = TensorDataset(x[N_FORGET:], y[N_FORGET:])
     with pytest.raises(TypeError, match=r"model cannot run on the inputs \(dtype torch.uint8"):
         get_method(name)[0](model, forget, retain, _config(name))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_state import assert_unchanged, state_copy
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
@@ -53,13 +54,6 @@ def data():
     return model, (x[f_idx], y[f_idx]), (x[r_idx], y[r_idx])
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_unchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), k
 
 
 @pytest.fixture
@@ -84,11 +78,11 @@ def test_every_method_is_covered():
 @pytest.mark.parametrize("name", METHODS)
 def test_overlap_is_rejected(data, name, no_costly_work):
     model, (xf, yf), (xr, yr) = data
-    before = _state(model)
+    before = state_copy(model)
     retain = (torch.cat([xr, xf[:2]]), torch.cat([yr, yf[:2]]))
     with pytest.raises(ValueError, match="forget and retain overlap: 2 retain example"):
         run_method(name, model, (xf, yf), retain, **_tiny(name))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -103,14 +97,14 @@ def test_overlapping_subsets_are_rejected(data, name, no_costly_work):
 @pytest.mark.parametrize("name", METHODS)
 def test_out_of_range_labels_are_rejected(data, name, no_costly_work):
     model, (xf, yf), (xr, yr) = data
-    before = _state(model)
+    before = state_copy(model)
     with pytest.raises(ValueError, match="forget: label 12 is out of range"):
         run_method(name, model, (xf, torch.full_like(yf, 12)), (xr, yr), **_tiny(name))
     bad = yr.clone()
     bad[-1] = -1
     with pytest.raises(ValueError, match="retain: label -1 is out of range"):
         run_method(name, model, (xf, yf), (xr, bad), **_tiny(name))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -137,12 +131,12 @@ def test_registered_function_checks_too(data, name, no_costly_work):
 def test_the_new_model_is_in_eval_mode(data, name):
     model, forget, retain = data
     model.train()
-    before = _state(model)
+    before = state_copy(model)
     new = run_method(name, model, forget, retain, **_tiny(name))
     assert new is not model
     assert not any(m.training for m in new.modules())
     assert model.training  # the caller's model keeps its mode
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("name", ["scrub", "bad_teacher", "salun", "influence"])

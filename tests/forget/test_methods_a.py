@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from model_state import assert_unchanged, state_copy
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
@@ -111,15 +112,6 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: 
     return model
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_same(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    now = model.state_dict()
-    assert now.keys() == state.keys()
-    for k, v in state.items():
-        assert torch.equal(now[k], v), f"input model changed: {k}"
 
 
 def make_digits() -> SimpleNamespace:
@@ -168,9 +160,9 @@ def test_every_forgeta_method_is_registered_and_tested():
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_method_moves_forget_accuracy_toward_oracle(digits, name):
     overrides, min_move, retain_margin = SETTINGS[name]
-    before = _state(digits.model)
+    before = state_copy(digits.model)
     new = run_method(name, digits.model, digits.forget, digits.retain, **overrides)
-    _assert_same(digits.model, before)
+    assert_unchanged(digits.model, before)
     assert new is not digits.model
     f_new = _accuracy(new, *digits.forget)
     r_new = _accuracy(new, *digits.retain)
@@ -183,7 +175,7 @@ def test_method_moves_forget_accuracy_toward_oracle(digits, name):
 def test_neggrad_forgets_the_class_before_the_others(digits):
     # stopped at the first epoch count whose forget accuracy has fallen by 0.2: by then the
     # retain accuracy has moved little (the collapse of every class comes an epoch later)
-    before = _state(digits.model)
+    before = state_copy(digits.model)
     for epochs in range(1, 16):
         new = run_method("neggrad", digits.model, digits.forget, digits.retain,
                          epochs=epochs, **NEGGRAD)
@@ -192,7 +184,7 @@ def test_neggrad_forgets_the_class_before_the_others(digits):
             break
     else:
         pytest.fail(f"neggrad never moved the forget accuracy (last {f_new})")
-    _assert_same(digits.model, before)
+    assert_unchanged(digits.model, before)
     r_new = _accuracy(new, *digits.retain)
     assert r_new >= digits.retain_acc - 0.06, (epochs, f_new, r_new)
     # and ascent goes on: more epochs push the forget accuracy down to the oracle's
@@ -251,7 +243,7 @@ def test_empty_forget_set_is_rejected(digits, name):
 
 @pytest.mark.parametrize("name", sorted(FORGETA_METHODS))
 def test_out_of_range_labels_are_rejected(digits, name):
-    before = _state(digits.model)
+    before = state_copy(digits.model)
     x, y = digits.forget
     bad = y.clone()
     bad[0] = 10
@@ -262,17 +254,17 @@ def test_out_of_range_labels_are_rejected(digits, name):
     neg[-1] = -1
     with pytest.raises(ValueError, match="retain: label -1 is out of range"):
         run_method(name, digits.model, digits.forget, (xr, neg), epochs=1)
-    _assert_same(digits.model, before)
+    assert_unchanged(digits.model, before)
 
 
 def test_out_of_range_label_in_an_opaque_dataset_is_caught_per_batch(digits):
     x, y = digits.retain
     bad = y.clone()
     bad[5] = 12
-    before = _state(digits.model)
+    before = state_copy(digits.model)
     with pytest.raises(ValueError, match="label 12 is out of range"):
         run_method("finetune", digits.model, digits.forget, _PlainDataset(x, bad), epochs=1)
-    _assert_same(digits.model, before)
+    assert_unchanged(digits.model, before)
 
 
 @pytest.mark.parametrize("name", sorted(FORGETA_METHODS))

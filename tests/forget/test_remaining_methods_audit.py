@@ -15,6 +15,7 @@ import copy
 import pytest
 import torch
 from hand_sgd import sgd_loop
+from model_state import assert_unchanged, state_copy
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -79,15 +80,6 @@ def _conv_bn(seed: int = 0) -> nn.Module:
     return model
 
 
-def _state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_state(model: nn.Module, state: dict[str, Tensor]) -> None:
-    got = model.state_dict()
-    assert got.keys() == state.keys()
-    for k, v in state.items():
-        assert torch.equal(got[k], v), k
 
 
 # --- pruning thresholds in the weights' own precision ------------------------------------
@@ -148,12 +140,12 @@ def test_pruning_refuses_a_diverged_overfit_copy():
     # a NaN quantile selects nothing: the method would silently collapse to fine-tuning
     forget, retain = _data()
     model = _mlp()
-    state = _state(model)
+    state = state_copy(model)
     for name in ("selective_pruning", "pruning_complex"):
         with pytest.raises(RuntimeError, match="overfit_lr"):
             run_method(name, model, forget, retain, epochs=0, overfit_epochs=5,
                        overfit_lr=1e12, batch_size=BIG)
-    _assert_state(model, state)
+    assert_unchanged(model, state)
 
 
 # --- label dtypes and shapes -------------------------------------------------------------
@@ -171,14 +163,14 @@ def test_other_integer_label_dtypes_give_the_int64_result(name, dtype):
         f = wrap((forget[0], forget[1].to(dtype)))
         r = wrap((retain[0], retain[1].to(dtype)))
         got = run_method(name, model, f, r, seed=2, **SMALL[name])
-        _assert_state(got, _state(want))
+        assert_unchanged(got, state_copy(want))
 
 
 @pytest.mark.parametrize("name", ["finetune", "two_stage", "fisher", "activation_reset"])
 def test_bool_and_two_dimensional_labels_are_refused_naming_the_set(name):
     forget, retain = _data()
     model = _mlp()
-    state = _state(model)
+    state = state_copy(model)
     with pytest.raises(TypeError, match="forget.*labels"):
         run_method(name, model, (forget[0], forget[1] > 0), retain, **SMALL[name])
     with pytest.raises(ValueError, match="retain: labels must be a 1-D"):
@@ -186,7 +178,7 @@ def test_bool_and_two_dimensional_labels_are_refused_naming_the_set(name):
                    **SMALL[name])
     with pytest.raises(ValueError, match="forget: labels must be a 1-D"):
         run_method(name, model, (forget[0], forget[1][:, None]), retain, **SMALL[name])
-    _assert_state(model, state)
+    assert_unchanged(model, state)
 
 
 # --- configs ------------------------------------------------------------------------------
@@ -216,7 +208,7 @@ def test_a_config_changed_after_construction_is_checked_when_the_method_runs(
     # (a NaN lr or alpha used to return an all-NaN model without a word)
     forget, retain = _data()
     model = _mlp()
-    state = _state(model)
+    state = state_copy(model)
     fn, cls = get_method(name)
     config = cls(**SMALL[name])
     setattr(config, field, value)
@@ -224,7 +216,7 @@ def test_a_config_changed_after_construction_is_checked_when_the_method_runs(
         fn(model, forget, retain, config)
     with pytest.raises(exc, match=field):
         run_method(name, model, forget, retain, config)
-    _assert_state(model, state)
+    assert_unchanged(model, state)
 
 
 @pytest.mark.parametrize(
@@ -254,10 +246,10 @@ def test_a_model_without_trainable_parameters_is_refused(name):
     model = _mlp()
     for p in model.parameters():
         p.requires_grad_(False)
-    state = _state(model)
+    state = state_copy(model)
     with pytest.raises(ValueError, match="no trainable parameters"):
         run_method(name, model, forget, retain, **SMALL[name])
-    _assert_state(model, state)
+    assert_unchanged(model, state)
 
 
 def _small_cnn(seed: int = 0) -> nn.Module:
@@ -308,7 +300,7 @@ def test_batchnorm_dropout_model_with_gradients_is_left_untouched(name):
     model.train()
     torch.nn.functional.cross_entropy(model(forget[0]), forget[1]).backward()
     model.eval()
-    state = _state(model)
+    state = state_copy(model)
     grads = [p.grad.clone() for p in model.parameters()]
     torch.manual_seed(11)
     rng = torch.get_rng_state()
@@ -317,7 +309,7 @@ def test_batchnorm_dropout_model_with_gradients_is_left_untouched(name):
         kw["num_params"] = 0
     a = run_method(name, model, forget, retain, **kw)
     assert torch.equal(torch.get_rng_state(), rng)
-    _assert_state(model, state)  # weights and BN running statistics
+    assert_unchanged(model, state)  # weights and BN running statistics
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
     assert not any(m.training for m in model.modules())
     assert not any(m.training for m in a.modules())
@@ -325,7 +317,7 @@ def test_batchnorm_dropout_model_with_gradients_is_left_untouched(name):
     assert all(p.grad is None for p in a.parameters())
     torch.manual_seed(12345)
     b = run_method(name, model, forget, retain, **kw)
-    _assert_state(a, _state(b))
+    assert_unchanged(a, state_copy(b))
     if name in ("fisher", "influence"):  # no training: BN statistics are not re-estimated
         assert torch.equal(a[1].running_mean, model[1].running_mean)
         assert torch.equal(a[1].running_var, model[1].running_var)
