@@ -199,7 +199,9 @@ def replace_features(
     """
     inputs = _check_tensor("inputs", inputs)
     if not inputs.is_floating_point():
-        raise TypeError(f"'inputs' must be floating point, got {inputs.dtype}")
+        raise TypeError(f"'inputs' must be floating point features, got {inputs.dtype}: "
+                        f"integer inputs (token ids) have no feature values to replace; "
+                        f"pass the changed tokens to influence_update as 'new_inputs'")
     n = inputs.shape[0]
     flat = inputs.reshape(n, -1)
     cols = _as_index("columns", columns, flat.shape[1], inputs.device)

@@ -32,8 +32,10 @@ Solvers for the second order:
   estimate of H), and LiSSA converges to ``(H + d s I)^{-1} G``. ``scale`` must then bound
   the eigenvalues of H rather than those of a batch Hessian. When ``N <= B``, k = 1 and the
   two modes are the same.
-- ``"direct"``: the explicit Hessian of the selected parameters (``torch.func.hessian``,
-  summed over chunks) and a dense solve; for small parameter subsets only.
+- ``"direct"``: the explicit Hessian of the selected parameters (reverse-over-reverse
+  network HVPs on the columns of the identity, mini-batched by ``hvp_batch_size``; not
+  ``torch.func.hessian``, which is wrong through an affine LayerNorm in torch 2.x) and a
+  dense solve; for small parameter subsets only.
 
 Every solver's :class:`UpdateResult` reports the system it targets: the update equals
 ``step_scale * (H + damping I)^{-1} G``, and ``residual`` is the relative residual of
@@ -48,6 +50,8 @@ the model is then left unchanged and the result says ``diverged=True`` with the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import math
 import time
@@ -62,7 +66,6 @@ from ..linalg import (
     NetworkHessianOperator,
     cg,
     cholesky_solve,
-    dense_hessian,
     selected_parameter_names,
 )
 from ..linalg import lissa as lissa_solve
@@ -108,6 +111,44 @@ __all__ = [
     "CURVATURES",
     "LISSA_HESSIANS",
 ]
+
+@contextlib.contextmanager
+def _differentiable_rnn_kernels(model: object) -> Iterator[None]:
+    """Run a model with recurrent layers on torch's native (twice differentiable) kernels.
+
+    A float32 ``nn.LSTM`` on the CPU runs oneDNN's fused kernel, and an RNN on a GPU
+    cuDNN's: neither has forward-mode AD nor a double backward, so every curvature product
+    would fail deep inside torch. The native kernels compute the same function. Only the
+    ``enabled`` flags are switched off (and restored), only for models with an
+    ``nn.RNNBase`` layer (convolutions elsewhere keep their fast kernels).
+    """
+    if not isinstance(model, nn.Module) or not any(isinstance(m, nn.RNNBase)
+                                                   for m in model.modules()):
+        yield
+        return
+    backends = (torch.backends.mkldnn, torch.backends.cudnn)
+    before = [b.enabled for b in backends]
+    try:
+        for b in backends:
+            b.enabled = False
+        yield
+    finally:
+        for b, enabled in zip(backends, before, strict=True):
+            b.enabled = enabled
+
+
+def _with_differentiable_rnn_kernels(
+    fn: Callable[..., UpdateResult]
+) -> Callable[..., UpdateResult]:
+    """Decorate ``fn(model, ...)`` to run inside :func:`_differentiable_rnn_kernels`."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> UpdateResult:
+        with _differentiable_rnn_kernels(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
 
 def _curvature_op(curvature: str, *args: Any, **kwargs: Any) -> Any:
     cls = GGNOperator if curvature == "ggn" else NetworkHessianOperator
@@ -284,8 +325,27 @@ def _check_data(
         _check_inputs(x_name, x, opts.dtype, opts.device)
         _check_target_type(y_name, y, opts.device, opts.class_labels)
     num_outputs = _num_outputs(model, pairs[0][1])
+    for x_name, x, _, _ in pairs:
+        if not x.is_floating_point():
+            _check_all_rows_run(model, x_name, x)
     for _, _, y_name, y in pairs:
         _check_target_range(y_name, y, num_outputs)
+
+
+def _check_all_rows_run(model: nn.Module, name: str, x: Tensor, chunk: int = 1024) -> None:
+    """Run the model once on every row of non-floating inputs (token ids), without a graph.
+
+    ``_num_outputs`` runs one row only; an id outside an embedding's vocabulary in another
+    row would otherwise fail deep inside the gradient or curvature computation.
+    """
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for start in range(0, x.shape[0], chunk):
+                model(x[start:start + chunk])
+    except (RuntimeError, IndexError) as exc:
+        raise ValueError(f"'{name}' holds rows the model cannot run on (e.g. token ids "
+                         f"outside an embedding's vocabulary): {type(exc).__name__}: "
+                         f"{exc}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -435,6 +495,10 @@ def _targeted_residual(
     return float(torch.linalg.vector_norm(residual))
 
 
+#: Columns of the dense Hessian built per block of products by the solver "direct".
+_DIRECT_BLOCK = 256
+
+
 def _solve_direct(
     model: nn.Module,
     loss_fn: LossFn,
@@ -454,16 +518,21 @@ def _solve_direct(
         the solution is then zero and ``note`` says why (otherwise None).
 
     """
-    n = X.shape[0]
-    step = batch_size or max(n, 1)
-    H = torch.zeros(G.numel(), G.numel(), dtype=G.dtype, device=G.device)
+    P = G.numel()
+    H = torch.zeros(P, P, dtype=G.dtype, device=G.device)
     with eval_mode(model):
         if curvature == "ggn":
             H += GGNOperator(model, loss_fn, X, y, params=names, batch_size=batch_size).to_dense()
         else:
-            for start in range(0, n, step):
-                H += dense_hessian(model, loss_fn, X[start:start + step],
-                                   y[start:start + step], params=names)
+            # H column block by column block from reverse-over-reverse products, not
+            # torch.func.hessian: its jacfwd(jacrev) is silently wrong through an affine
+            # LayerNorm (torch 2.x vmap of the layer-norm backward) and needs forward-mode
+            # AD, which some layers lack
+            op = NetworkHessianOperator(model, loss_fn, X, y, params=names,
+                                        batch_size=batch_size, mode="rev-rev")
+            eye = torch.eye(P, dtype=G.dtype, device=G.device)
+            for start in range(0, P, _DIRECT_BLOCK):
+                H[:, start:start + _DIRECT_BLOCK] = op.matmat(eye[:, start:start + _DIRECT_BLOCK])
     H = 0.5 * (H + H.T)
     H.diagonal().add_(damping)
     try:
@@ -482,6 +551,7 @@ def _solve_direct(
 # the update
 
 
+@_with_differentiable_rnn_kernels
 def influence_update(
     model: nn.Module,
     inputs: Tensor,
@@ -531,11 +601,21 @@ def influence_update(
 
     Args:
         model: The trained network; called as ``model(inputs)``. Batch-norm and dropout run
-            in eval mode during the update (the mode is restored afterwards).
-        inputs: Tensor[m, ...], affected points as trained on.
+            in eval mode during the update (the mode is restored afterwards). A model with
+            recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) runs on torch's native
+            kernels during the update (oneDNN and cuDNN are switched off and restored:
+            their fused RNN kernels cannot be differentiated twice).
+        inputs: Tensor[m, ...], affected points as trained on: floating features in the
+            parameters' dtype, or integer token ids (e.g. for an ``nn.Embedding``). Integer
+            inputs are run through the model once, row by row in chunks, before anything
+            is computed, so an id outside the vocabulary is named, not a torch error.
         targets: Tensor[m, ...], their labels as trained on (integer class labels for the
             default loss).
-        new_inputs: Tensor[m, ...], corrected inputs (None: ``inputs``).
+        new_inputs: Tensor[m, ...], corrected inputs (None: ``inputs``); for token
+            inputs, other token ids (a token change; ``G`` and the curvature are exact, the
+            corrected tokens simply enter the loss). The drivers' feature unlearning
+            (:func:`~fastunlearn.influence.unlearn_features`) needs floating features and
+            refuses token ids.
         new_targets: Tensor[m, ...], corrected labels (None: ``targets``).
         train_data: ``(X, y)``, the **corrected** training set: the Hessian's data
             (second order), the line search's objective (``tau="auto"``) and the
@@ -587,7 +667,8 @@ def influence_update(
         TypeError: arguments of the wrong type or dtype (e.g. floating-point targets with
             the default cross-entropy, or ``order=2.0``).
         ValueError: bad shapes, devices, non-finite features, inputs the model cannot run
-            on, labels outside the model's classes, parameters not in the model or frozen
+            on (also token ids outside an embedding's vocabulary, in any row), labels
+            outside the model's classes, parameters not in the model or frozen
             (``requires_grad=False``), a mean-reduced loss, or an out-of-range option.
             Devices and dtypes are checked before the model runs. The model is unchanged
             whenever an error is raised.
