@@ -126,7 +126,8 @@ def start(
     """
     K, d = L.shape[0], L.shape[-1]
     M_inv = torch.cholesky_inverse(L).contiguous() if inverse else None
-    M_spare = torch.empty_like(M_inv) if M_inv is not None else None
+    # zeros, not empty: a model's state holds no uninitialised memory (copies compare equal)
+    M_spare = torch.zeros_like(M_inv) if M_inv is not None else None
     if (
         reuse is not None
         and reuse.L.shape == L.shape
