@@ -17,14 +17,7 @@ from bench import common, run  # noqa: E402
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests check that the code works, not its speed: one thread avoids OpenMP
-    workers spinning against other processes on a busy machine (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run_tiny(name):

@@ -15,14 +15,7 @@ import torch
 from fastunlearn import demo
 from fastunlearn.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: the machine is shared; these tests check results, not speed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -15,14 +15,7 @@ from fastunlearn.cli import build_parser, main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: OpenMP workers spinning against other processes on a busy machine make
-    LAPACK calls (eigvalsh, Cholesky) 10-100x slower; these tests check results, not speed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_remove(tmp_path, *flags):

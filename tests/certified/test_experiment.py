@@ -26,14 +26,7 @@ from fastunlearn.certified.experiment import (
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: OpenMP workers spinning against other processes on a busy machine make
-    LAPACK calls (eigvalsh, Cholesky) 10-100x slower; these tests check results, not speed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: digits 3 vs 8 with a budget that runs out after about 20 removals (see the demo)
 BINARY = {"train_mode": "binary", "lam": 1e-2, "std": 1.0, "epsilon": 1.0, "delta": 1e-4}

@@ -30,13 +30,7 @@ ROWS = torch.tensor([0, 4, 9])
 DEPTH = 60  # LiSSA steps (contraction <= ~0.6 per step with the damping of _label_case)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and steadier on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TextNet(nn.Module):
