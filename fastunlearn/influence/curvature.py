@@ -27,6 +27,7 @@ from ..linalg.network import (
     _GraphKey,
 )
 from ..linalg.operators import _check_nonnegative
+from ..linalg.rnn_kernels import with_differentiable_rnn_kernels
 from .gradients import LossFn
 
 __all__ = ["GGNOperator"]
@@ -118,6 +119,7 @@ class GGNOperator(LinearOperator):
         """``(GGN + damping I) V`` on the stored data, V [d, K] -> [d, K]."""
         return self.matmat_on(V, self.inputs, self.targets)
 
+    @with_differentiable_rnn_kernels
     def matmat_on(self, V: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
         """``(GGN_D + damping I) V`` on other data D (LiSSA mini-batches).
 

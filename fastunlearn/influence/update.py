@@ -50,7 +50,6 @@ the model is then left unchanged and the result says ``diverged=True`` with the 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import math
@@ -69,6 +68,7 @@ from ..linalg import (
     selected_parameter_names,
 )
 from ..linalg import lissa as lissa_solve
+from ..linalg.rnn_kernels import differentiable_rnn_kernels
 from .arguments import (
     _check_float,
     _check_inputs,
@@ -112,31 +112,6 @@ __all__ = [
     "LISSA_HESSIANS",
 ]
 
-@contextlib.contextmanager
-def _differentiable_rnn_kernels(model: object) -> Iterator[None]:
-    """Run a model with recurrent layers on torch's native (twice differentiable) kernels.
-
-    A float32 ``nn.LSTM`` on the CPU runs oneDNN's fused kernel, and an RNN on a GPU
-    cuDNN's: neither has forward-mode AD nor a double backward, so every curvature product
-    would fail deep inside torch. The native kernels compute the same function. Only the
-    ``enabled`` flags are switched off (and restored), only for models with an
-    ``nn.RNNBase`` layer (convolutions elsewhere keep their fast kernels).
-    """
-    if not isinstance(model, nn.Module) or not any(isinstance(m, nn.RNNBase)
-                                                   for m in model.modules()):
-        yield
-        return
-    backends = (torch.backends.mkldnn, torch.backends.cudnn)
-    before = [b.enabled for b in backends]
-    try:
-        for b in backends:
-            b.enabled = False
-        yield
-    finally:
-        for b, enabled in zip(backends, before, strict=True):
-            b.enabled = enabled
-
-
 def _with_differentiable_rnn_kernels(
     fn: Callable[..., UpdateResult]
 ) -> Callable[..., UpdateResult]:
@@ -144,7 +119,7 @@ def _with_differentiable_rnn_kernels(
 
     @functools.wraps(fn)
     def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> UpdateResult:
-        with _differentiable_rnn_kernels(model):
+        with differentiable_rnn_kernels(model):
             return fn(model, *args, **kwargs)
 
     return wrapper

@@ -18,6 +18,7 @@ from .network import (
     unflatten_like,
 )
 from .operators import _check_float_tensor
+from .rnn_kernels import differentiable_rnn_kernels
 
 __all__ = ["cholesky_solve", "dense_hessian"]
 
@@ -111,5 +112,7 @@ def dense_hessian(
     # Reverse over reverse (double backward), not torch.func.hessian: in torch 2.14 the
     # latter (and jacrev(jacrev)) is wrong through an affine nn.LayerNorm (0.83 off on a
     # Hessian of size 1.6 against finite differences), while double backward agrees to 1e-10.
-    H = torch.autograd.functional.hessian(flat_loss, flatten_params(primals))
+    # (an RNN runs on the native kernels: oneDNN's LSTM has only a slow fallback here)
+    with differentiable_rnn_kernels(model):
+        H = torch.autograd.functional.hessian(flat_loss, flatten_params(primals))
     return H.detach()

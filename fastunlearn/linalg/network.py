@@ -17,6 +17,7 @@ from torch.func import functional_call, grad, vjp, vmap
 
 from .forward_ad import jvp
 from .operators import LinearOperator, _check_nonnegative
+from .rnn_kernels import with_differentiable_rnn_kernels
 
 __all__ = [
     "NetworkHessianOperator",
@@ -409,6 +410,7 @@ class NetworkHessianOperator(LinearOperator):
         """``(H + damping I) V`` on the stored data, V [d, K] -> [d, K]."""
         return self.matmat_on(V, self.inputs, self.targets)
 
+    @with_differentiable_rnn_kernels
     def matmat_on(self, V: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
         """``(H_D + damping I) V`` with ``H_D`` the Hessian of the loss on other data D.
 

@@ -244,7 +244,8 @@ def test_products_equal_dense_hessian_and_ggn(case):
         _close(ggn @ V[:, 0], G @ V[:, 0])
 
 
-@pytest.mark.parametrize("case", ["mlp-tanh", "cnn", "gru-bf", "embedding-mean"])
+@pytest.mark.parametrize("case", ["mlp-tanh", "cnn", "gru-bf", "embedding-mean", "lstm-bf",
+                                  "lstm-tf"])
 def test_float32_products_within_float32_tolerance(case):
     model, loss_fn, x, y, params, chunk = _case(case)
     names = NetworkHessianOperator(model, loss_fn, x, y, params=params).param_names
@@ -253,13 +254,38 @@ def test_float32_products_within_float32_tolerance(case):
     V = torch.randn(H.shape[0], 2, dtype=D64)
     model.float()
     x32 = x.float() if x.is_floating_point() else x
-    # (a float32 LSTM on the CPU runs torch's mkldnn kernel, which has neither forward-mode
-    # AD nor a double backward: torch raises there, in every mode)
+    # (a float32 LSTM on the CPU runs torch's oneDNN kernel by default, which has neither
+    # forward-mode AD nor a double backward: the operators switch to the native kernels)
     for mode in ("fwd-rev", "rev-rev"):
         op = NetworkHessianOperator(model, loss_fn, x32, y, mode=mode, batch_size=chunk)
         assert op.dtype == torch.float32
         _close((op @ V.float()).double(), H @ V, rtol=1e-4)
     _close((GGNOperator(model, loss_fn, x32, y) @ V.float()).double(), G @ V, rtol=1e-4)
+    # the backend flags are the caller's again afterwards
+    assert torch.backends.mkldnn.enabled and torch.backends.cudnn.enabled
+
+
+def test_native_rnn_kernels_only_during_the_product_and_restored_on_error():
+    model, _, x, y, _, _ = _case("lstm-bf")
+    seen = []
+
+    def failing_loss(outputs, targets):
+        seen.append((torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled))
+        raise RuntimeError("loss failed")
+
+    for op in (NetworkHessianOperator(model, failing_loss, x, y),
+               GGNOperator(model, failing_loss, x, y)):
+        with pytest.raises(RuntimeError, match="loss failed"):
+            op @ torch.zeros(op.shape[0], 1, dtype=D64)
+    assert seen and all(flags == (False, False) for flags in seen)
+    assert torch.backends.mkldnn.enabled and torch.backends.cudnn.enabled
+    # a model without recurrent layers keeps the caller's kernels
+    model, _, x, y, _, _ = _case("mlp-tanh")
+    seen.clear()
+    with pytest.raises(RuntimeError, match="loss failed"):
+        NetworkHessianOperator(model, failing_loss, x, y) @ torch.zeros(
+            sum(p.numel() for p in model.parameters()), 1, dtype=D64)
+    assert seen == [(True, True)]
 
 
 # ---------------------------------------------------------------- refusals

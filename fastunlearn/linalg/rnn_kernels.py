@@ -1,0 +1,57 @@
+"""Run recurrent layers on torch's native kernels while curvature products are taken."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+__all__ = ["differentiable_rnn_kernels", "with_differentiable_rnn_kernels"]
+
+_Result = TypeVar("_Result")
+
+
+@contextlib.contextmanager
+def differentiable_rnn_kernels(model: object) -> Iterator[None]:
+    """Run a model with recurrent layers on torch's native (twice differentiable) kernels.
+
+    A float32 ``nn.LSTM`` on the CPU runs oneDNN's fused kernel, and an RNN on a GPU
+    cuDNN's: neither has forward-mode AD nor a double backward, so every curvature product
+    would fail deep inside torch. The native kernels compute the same function. Only the
+    ``enabled`` flags are switched off (and restored, also on error), only for models with
+    an ``nn.RNNBase`` layer (convolutions elsewhere keep their fast kernels). Nesting is
+    fine: the inner exit restores what the outer entry set.
+    """
+    if not isinstance(model, nn.Module) or not any(isinstance(m, nn.RNNBase)
+                                                   for m in model.modules()):
+        yield
+        return
+    backends = (torch.backends.mkldnn, torch.backends.cudnn)
+    before = [b.enabled for b in backends]
+    try:
+        for b in backends:
+            b.enabled = False
+        yield
+    finally:
+        for b, enabled in zip(backends, before, strict=True):
+            b.enabled = enabled
+
+
+def with_differentiable_rnn_kernels(
+    method: Callable[..., _Result]
+) -> Callable[..., _Result]:
+    """Decorate an operator method to run inside :func:`differentiable_rnn_kernels`.
+
+    The operator's model is read from its ``model`` attribute.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> _Result:
+        with differentiable_rnn_kernels(self.model):
+            return method(self, *args, **kwargs)
+
+    return wrapper
