@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..ops.per_sample import clip_weights
 from .fallback import FunctorchRule
 from .layers import CapturedLayer, LayerCall, LayerRule, find_rule
+from .reduction import check_declared_reduction
 from .uses import nodes_inside_call, reads_outside_owners
 
 __all__ = ["PerSampleGradients", "LossFn"]
@@ -75,7 +76,10 @@ class PerSampleGradients:
     batch as ``loss_reduction`` says: ``"sum"`` (``sum_b l_b``, e.g. ``CrossEntropyLoss(
     reduction="sum")``) or ``"mean"`` (``sum_b l_b / B``; the output gradients are then
     multiplied by B, the same scaling as Opacus' ``GradSampleModule``), so both give the
-    same results. The batch is dim 0 of every layer's inputs.
+    same results. A scalar loss is checked against the declared reduction on every call
+    (the loss of one row duplicated doubles for a sum and stays for a mean; two loss
+    evaluations on two rows): a mismatch, which would scale every gradient by B or 1/B, is
+    a ValueError. The batch is dim 0 of every layer's inputs.
 
     Native rules: ``nn.Linear`` and ``nn.Embedding`` (no materialisation for norms, dots and
     clipped sums); ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``; dots and clipped sums as
@@ -376,6 +380,8 @@ class PerSampleGradients:
         finally:
             for h in handles:
                 h.remove()
+        if isinstance(loss, Tensor) and loss.dim() == 0:
+            check_declared_reduction(loss_fn, outputs, targets, B, self.loss_reduction)
         loss = self._reduce(loss, B)
 
         if not self._uses_checked and loss.requires_grad:

@@ -193,9 +193,10 @@ def test_mean_reduction_equals_sum(kind):
     want = by_sum.sq_norms(x, y, ce_sum)
     torch.testing.assert_close(by_mean.sq_norms(x, y, ce_mean), want, **tol)
     assert_dicts_close(by_mean.per_sample(x, y, ce_mean), by_sum.per_sample(x, y, ce_sum), **tol)
-    # Without the B scaling the mean's gradients would be 1/B of these.
-    plain = PerSampleGradients(model, loss_reduction="sum").sq_norms(x, y, ce_mean)
-    torch.testing.assert_close(plain * B * B, by_sum.sq_norms(x, y, ce_sum), **tol)
+    # Without the B scaling the mean's gradients would be 1/B of these: the mismatch is
+    # refused (tests/grad/test_reduction_check.py)
+    with pytest.raises(ValueError, match="loss_reduction: declared 'sum'"):
+        PerSampleGradients(model, loss_reduction="sum").sq_norms(x, y, ce_mean)
 
 
 def test_per_sample_losses_vector():
