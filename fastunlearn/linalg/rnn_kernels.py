@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -23,22 +24,50 @@ def differentiable_rnn_kernels(model: object) -> Iterator[None]:
     cuDNN's: neither has forward-mode AD nor a double backward, so every curvature product
     would fail deep inside torch. The native kernels compute the same function. Only the
     ``enabled`` flags are switched off (and restored, also on error), only for models with
-    an ``nn.RNNBase`` layer (convolutions elsewhere keep their fast kernels). Nesting is
-    fine: the inner exit restores what the outer entry set.
+    an ``nn.RNNBase`` layer (convolutions elsewhere keep their fast kernels). The flags are
+    process-wide: while any such use is active (nested, or in another thread) they stay
+    off, and the last use to leave restores what they were before the first one.
     """
     if not isinstance(model, nn.Module) or not any(isinstance(m, nn.RNNBase)
                                                    for m in model.modules()):
         yield
         return
-    backends = (torch.backends.mkldnn, torch.backends.cudnn)
-    before = [b.enabled for b in backends]
+    _enter()
     try:
-        for b in backends:
-            b.enabled = False
         yield
     finally:
-        for b, enabled in zip(backends, before, strict=True):
-            b.enabled = enabled
+        _exit()
+
+
+# The flags are process-wide. Entries are counted so that overlapping uses (nested, or in
+# several threads) restore the caller's flags only when the last one leaves: saving and
+# restoring per use would leave them off when two threads' uses interleave.
+_LOCK = threading.Lock()
+_ACTIVE = 0
+_SAVED: list[bool] = []
+
+
+def _backends() -> tuple[Any, ...]:
+    return (torch.backends.mkldnn, torch.backends.cudnn)
+
+
+def _enter() -> None:
+    global _ACTIVE
+    with _LOCK:
+        if _ACTIVE == 0:
+            _SAVED[:] = [b.enabled for b in _backends()]
+            for b in _backends():
+                b.enabled = False
+        _ACTIVE += 1
+
+
+def _exit() -> None:
+    global _ACTIVE
+    with _LOCK:
+        _ACTIVE -= 1
+        if _ACTIVE == 0:
+            for b, enabled in zip(_backends(), _SAVED, strict=True):
+                b.enabled = enabled
 
 
 def with_differentiable_rnn_kernels(
