@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
+from .._process_flags import ProcessWideOverride
 
 __all__ = [
     "NewtonResult",
@@ -67,17 +68,30 @@ SINGLE_THREAD_ENTRIES = 1 << 20
 def small_problem_threads(X: Tensor) -> Iterator[None]:
     """Run the block on one CPU thread when ``X`` is small (see ``SINGLE_THREAD_ENTRIES``).
 
-    The thread count is process-wide; it is restored when the block ends.
+    The thread count is process-wide: while such blocks run (also in other threads) it is
+    one, and the last block to leave restores the caller's count.
     """
     if X.device.type != "cpu" or X.numel() > SINGLE_THREAD_ENTRIES:
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _ONE_THREAD.active():
         yield
-    finally:
-        torch.set_num_threads(threads)
+
+
+_ONE_THREAD = ProcessWideOverride(torch.get_num_threads, torch.set_num_threads, 1)
+
+
+def _read_tf32() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def _write_tf32(flags: tuple[bool, bool]) -> None:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+#: Counted across threads: a per-block save/restore let one thread's exit switch TF32 back
+#: on while another thread's certified arithmetic was still running.
+_TF32_OFF = ProcessWideOverride(_read_tf32, _write_tf32, (False, False))
 
 
 @contextlib.contextmanager
@@ -85,17 +99,12 @@ def no_tf32() -> Iterator[None]:
     """Switch TF32 matmuls and convolutions off inside the block, restoring the old flags.
 
     TF32's ~1e-3 relative error is as large as typical per-removal bounds, so certified code
-    never runs with it (a no-op on CPU, where TF32 does not exist).
+    never runs with it (a no-op on CPU, where TF32 does not exist). The flags are
+    process-wide: they stay off while any such block runs, in any thread, and the last block
+    to leave restores the caller's.
     """
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    cudnn = torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    with _TF32_OFF.active():
         yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def normalize_rows(X: Tensor) -> Tensor:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from .._process_flags import ProcessWideOverride
 
 __all__ = ["differentiable_rnn_kernels", "with_differentiable_rnn_kernels"]
 
@@ -32,42 +33,20 @@ def differentiable_rnn_kernels(model: object) -> Iterator[None]:
                                                    for m in model.modules()):
         yield
         return
-    _enter()
-    try:
+    with _NATIVE_KERNELS.active():
         yield
-    finally:
-        _exit()
 
 
-# The flags are process-wide. Entries are counted so that overlapping uses (nested, or in
-# several threads) restore the caller's flags only when the last one leaves: saving and
-# restoring per use would leave them off when two threads' uses interleave.
-_LOCK = threading.Lock()
-_ACTIVE = 0
-_SAVED: list[bool] = []
+def _read_enabled() -> tuple[bool, bool]:
+    return torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled
 
 
-def _backends() -> tuple[Any, ...]:
-    return (torch.backends.mkldnn, torch.backends.cudnn)
+def _write_enabled(flags: tuple[bool, bool]) -> None:
+    torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = flags
 
 
-def _enter() -> None:
-    global _ACTIVE
-    with _LOCK:
-        if _ACTIVE == 0:
-            _SAVED[:] = [b.enabled for b in _backends()]
-            for b in _backends():
-                b.enabled = False
-        _ACTIVE += 1
-
-
-def _exit() -> None:
-    global _ACTIVE
-    with _LOCK:
-        _ACTIVE -= 1
-        if _ACTIVE == 0:
-            for b, enabled in zip(_backends(), _SAVED, strict=True):
-                b.enabled = enabled
+#: The flags are process-wide; overlapping uses (nested, or in several threads) are counted.
+_NATIVE_KERNELS = ProcessWideOverride(_read_enabled, _write_enabled, (False, False))
 
 
 def with_differentiable_rnn_kernels(
