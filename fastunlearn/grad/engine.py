@@ -102,7 +102,8 @@ class PerSampleGradients:
         loss_reduction: ``"sum"`` or ``"mean"``, see above.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
+        TypeError: ``model`` is not an ``nn.Module``, or a selected parameter is not
+            float32/float64 (float16 and bfloat16 are refused, here and on every call).
         ValueError: ``loss_reduction`` is unknown, or ``params`` is empty, names a tensor
             that is not a parameter of ``model``, or one that does not require grad.
 
@@ -124,6 +125,7 @@ class PerSampleGradients:
         named = dict(model.named_parameters())
         self.param_names: tuple[str, ...] = self._select(named, params)
         self.params: dict[str, Tensor] = {n: named[n] for n in self.param_names}
+        self._check_dtypes()
 
         by_id = {id(p): n for n, p in self.params.items()}
         self._layers: list[_Layer] = []
@@ -167,6 +169,21 @@ class PerSampleGradients:
             raise ValueError("params: no parameters selected")
         return tuple(n for n in named if n in chosen)
 
+    def _check_dtypes(self) -> None:
+        """Refuse selected parameters that are not float32/float64 (checked on every call).
+
+        float16/bfloat16 used to crash inside the native linear-like ops ("argument 'A' must
+        be float32 or float64") for nn.Linear and narrow convolutions while other layers ran,
+        and float16 squared norms overflow to inf from a gradient norm of 256, which turns a
+        clipping factor into 0 without any error.
+        """
+        for n, p in self.params.items():
+            if p.dtype not in (torch.float32, torch.float64):
+                raise TypeError(
+                    f"params: parameter '{n}' has dtype {p.dtype}; per-sample gradients need "
+                    "float32 or float64 parameters (convert the model with .float())"
+                )
+
     # ---- public API ----------------------------------------------------------------------
 
     def sq_norms(self, inputs: Any, targets: Any, loss_fn: LossFn) -> Tensor:
@@ -181,6 +198,7 @@ class PerSampleGradients:
             [B] tensor ``||g_b||^2``.
 
         Raises:
+            TypeError: a selected parameter is no longer float32/float64.
             ValueError: ``inputs``/``targets``/``loss_fn`` output have inconsistent batch
                 sizes, or a layer's input does not have the batch first.
 
@@ -205,6 +223,7 @@ class PerSampleGradients:
             [B] tensor.
 
         Raises:
+            TypeError: as :meth:`sq_norms`.
             ValueError: bad batch sizes (as :meth:`sq_norms`), or ``vector`` has missing or
                 unknown names, wrong shapes or sizes, or lives on another device.
 
@@ -237,6 +256,7 @@ class PerSampleGradients:
             Parameter name -> parameter-shaped tensor, in the order of :attr:`param_names`.
 
         Raises:
+            TypeError: as :meth:`sq_norms`.
             ValueError: bad batch sizes (as :meth:`sq_norms`) or ``max_norm`` not finite > 0.
 
         """
@@ -267,6 +287,7 @@ class PerSampleGradients:
             Parameter name -> [B, *param.shape], in the order of :attr:`param_names`.
 
         Raises:
+            TypeError: as :meth:`sq_norms`.
             ValueError: bad batch sizes (as :meth:`sq_norms`).
 
         """
@@ -343,6 +364,7 @@ class PerSampleGradients:
         self, inputs: Any, targets: Any, loss_fn: LossFn
     ) -> tuple[list[tuple[_Layer, LayerRule, CapturedLayer]], int]:
         """One forward and one backward pass; the captured layers the loss depends on."""
+        self._check_dtypes()  # the model may have been converted since construction
         B = _batch_size(inputs)
         if isinstance(targets, Tensor) and (targets.dim() == 0 or targets.shape[0] != B):
             raise ValueError(

@@ -38,9 +38,10 @@ class GGNOperator(LinearOperator):
 
     Same interface as :class:`~fastunlearn.linalg.NetworkHessianOperator` (``matmat``,
     ``matmat_on`` for LiSSA's mini-batches, ``num_hvps``); each column costs one forward-mode
-    pass (``J v``), one output-space Hessian product and one backward pass (``J^T u``) per
-    batch. When the stored data is one batch (``batch_size`` None or >= n, e.g. a curvature
-    subsample), the network is not run again per product: the graph of ``J^T u`` is built
+    pass (``J v``), one output-space Hessian product (reverse over reverse, so any integer
+    targets the loss takes work) and one backward pass (``J^T u``) per batch. When the
+    stored data is one batch (``batch_size`` None or >= n, e.g. a curvature subsample), the
+    network is not run again per product: the graph of ``J^T u`` is built
     once and kept, ``J^T u`` is a backward pass through it and ``J v`` a backward pass
     through that backward pass (the transpose of a linear map is its vector-Jacobian
     product). The kept graph is rebuilt when any parameter (selected or not), buffer or
@@ -173,7 +174,10 @@ class GGNOperator(LinearOperator):
                     else:
                         out, jv = jvp(f, (primals,), (tangent,))
                         _, vjp_fn = vjp(f, primals)
-                    _, hjv = jvp(loss_grad, (out,), (jv,))
+                    # H_i (J v) as the vjp of the output gradient (H_i is symmetric), not a
+                    # jvp: forward-mode AD through the loss fails inside torch for uint8
+                    # class indices (its nll_loss_backward decomposition scatters with them).
+                    hjv = vjp(loss_grad, out)[1](jv)[0]
                     parts = vjp_fn(hjv)[0]
                     total += torch.cat([t.reshape(-1) for t in parts])
                 columns.append(total)

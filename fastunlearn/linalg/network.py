@@ -310,6 +310,8 @@ class NetworkHessianOperator(LinearOperator):
     - ``mode="fwd-rev"``: forward-over-reverse, ``jvp(grad(loss))`` (usually least memory).
     - ``mode="rev-rev"``: reverse-over-reverse, ``vjp(grad(loss))`` (the double-backward
       fallback where forward-mode AD is missing; the Hessian is symmetric so vjp = jvp).
+      ``"fwd-rev"`` takes it too for uint8 targets (class indices torch's forward-mode
+      ``nll_loss`` cannot use).
 
     The K columns of a block are vectorised with ``vmap``; if the model cannot be vmapped
     (e.g. it calls ``.item()``), the operator falls back to a loop over columns and remembers
@@ -482,7 +484,10 @@ class NetworkHessianOperator(LinearOperator):
         def grad_fn(p: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
             return grad(self._loss)(p, x, y)
 
-        if self.mode == "fwd-rev":
+        # uint8 class indices crash forward-mode AD inside torch (the decomposition of
+        # nll_loss_backward scatters with them); the Hessian is symmetric, so such targets
+        # take the reverse-over-reverse product instead.
+        if self.mode == "fwd-rev" and not _byte_targets(y):
 
             def one(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
                 return jvp(grad_fn, (primals,), (t,))[1]
@@ -513,6 +518,11 @@ class NetworkHessianOperator(LinearOperator):
                 self.vectorized = False
         columns = [one(tuple(t[k] for t in tangents)) for k in range(K)]
         return tuple(torch.stack(parts) for parts in zip(*columns, strict=True))
+
+
+def _byte_targets(targets: object) -> bool:
+    """Whether ``targets`` is a uint8 tensor (forward-mode AD cannot index with it)."""
+    return isinstance(targets, Tensor) and targets.dtype == torch.uint8
 
 
 def _check_data(inputs: object, targets: object) -> None:
