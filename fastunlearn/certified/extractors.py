@@ -397,6 +397,19 @@ def _input_gradient(model: nn.Module, x_adv: Tensor, y: Tensor) -> Tensor:
     return grad
 
 
+def _random_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+    """Return a uniform point of the L-inf ball of radius ``eps`` around ``x``.
+
+    Drawn from ``generator`` when given (the caller's global RNG is then left alone), else
+    from torch's global RNG. A ``generator`` that is not a ``torch.Generator`` raises
+    TypeError.
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"'generator' must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
+    return x + torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+
+
 def fgsm_attack(
     model: nn.Module,
     x: Tensor,
@@ -406,13 +419,15 @@ def fgsm_attack(
     alpha: float | None = None,
     random_start: bool = True,
     input_range: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """One signed-gradient ascent step on the cross-entropy, inside an L-inf ball.
 
     With ``random_start`` (Wong et al. 2020) the step starts from a uniform point of the
     ball and has size ``alpha = 1.25 epsilon`` by default, then is projected back; without
     it this is Goodfellow et al.'s FGSM with ``alpha = epsilon``. The model's mode
-    (train/eval) is left as it is.
+    (train/eval) is left as it is. The random start is drawn from ``generator``, or from
+    torch's global RNG (advancing it) when ``generator`` is None.
 
     Args:
         model: Classifier returning logits.
@@ -422,6 +437,7 @@ def fgsm_attack(
         alpha: Step size; default ``1.25 * epsilon`` (random start) or ``epsilon``.
         random_start: Start from a uniform random point of the ball.
         input_range: ``(low, high)`` the adversarial inputs are clamped to, or ``None``.
+        generator: Generator of the random start, on ``x``'s device (None: the global RNG).
 
     Returns:
         Adversarial inputs, detached, with ``|x_adv - x|_inf <= epsilon``.
@@ -434,7 +450,7 @@ def fgsm_attack(
     x = x.detach()
     if step is None:
         step = 1.25 * eps if random_start else eps
-    start = x + torch.empty_like(x).uniform_(-eps, eps) if random_start else x
+    start = _random_start(x, eps, generator) if random_start else x
     start = _project(x, start, eps, valid)
     x_adv = start + step * _input_gradient(model, start, y).sign()
     return _project(x, x_adv, eps, valid).detach()
@@ -450,8 +466,12 @@ def pgd_attack(
     steps: int = 10,
     random_start: bool = True,
     input_range: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Projected gradient ascent on the cross-entropy inside an L-inf ball (Madry et al.).
+
+    The random start is drawn from ``generator``, or from torch's global RNG (advancing it)
+    when ``generator`` is None.
 
     Args:
         model: Classifier returning logits (its mode is left as it is).
@@ -462,6 +482,7 @@ def pgd_attack(
         steps: Number of signed-gradient steps, >= 1.
         random_start: Start from a uniform random point of the ball.
         input_range: ``(low, high)`` the adversarial inputs are clamped to, or ``None``.
+        generator: Generator of the random start, on ``x``'s device (None: the global RNG).
 
     Returns:
         Adversarial inputs, detached, with ``|x_adv - x|_inf <= epsilon``.
@@ -476,7 +497,7 @@ def pgd_attack(
     if step is None:
         step = 2.5 * eps / steps
     x = x.detach()
-    x_adv = x + torch.empty_like(x).uniform_(-eps, eps) if random_start else x
+    x_adv = _random_start(x, eps, generator) if random_start else x
     x_adv = _project(x, x_adv, eps, valid)
     for _ in range(steps):
         x_adv = _project(x, x_adv + step * _input_gradient(model, x_adv, y).sign(), eps, valid)
@@ -508,7 +529,8 @@ def train_adversarial_extractor(
     ``1.25 epsilon`` ("fast is better than free", about the cost of two standard epochs);
     ``"pgd"`` runs ``steps`` projected steps (about ``steps + 1`` times the cost). The
     issue's reference run uses ``resnet34`` (:func:`fastunlearn.models.resnet_cifar`), Adam
-    lr 0.001 and batch size 64. The result has no privacy guarantee.
+    lr 0.001 and batch size 64. The result has no privacy guarantee. The attacks' random
+    starts draw from torch's global RNG: for a reproducible run, seed it first.
 
     Args:
         model: Classifier returning logits; trained in place.

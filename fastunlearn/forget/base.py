@@ -1,8 +1,11 @@
 """The one interface every forgetting method shares: ``method(model, forget, retain, config)``.
 
 A method takes a trained classifier, the forget set, the retain set and a config dataclass,
-and returns a **new** model, in eval mode, that has forgotten the forget set. The input
-model is never modified (methods work on a deep copy), so a failed or poor run loses nothing.
+and returns a **new** model, in eval mode and without ``.grad`` fields, that has forgotten
+the forget set. The input model is never modified (methods work on a deep copy), so a failed
+or poor run loses nothing. Methods train with gradients enabled even when called under
+``torch.no_grad()``, and draw every random number from generators seeded by
+``config.seed``: the caller's global RNG state is left as it was.
 
 Every method checks its inputs before any costly work: the config type, the model, empty
 or malformed data sets, labels outside the model's outputs, forget rows given twice and
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -123,16 +127,43 @@ def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> N
         raise ValueError(f"{name} must be finite and {op} {minimum}, got {value}")
 
 
+def _interface(fn: ForgetMethod) -> ForgetMethod:
+    """Wrap a method so that every method keeps the interface's promises.
+
+    The method runs with gradients enabled: called under ``torch.no_grad()`` (e.g. from
+    evaluation code), its training loops would otherwise fail with an autograd error or,
+    for methods that only need gradients in part, give a different model. The returned
+    model's ``.grad`` fields are cleared: the last training step's gradients (or the
+    caller's, copied with the model) would otherwise add to a later ``backward()``.
+    """
+
+    @functools.wraps(fn)
+    def method(*args: Any, **kwargs: Any) -> nn.Module:
+        with torch.enable_grad():
+            new = fn(*args, **kwargs)
+        if isinstance(new, nn.Module):
+            for p in new.parameters():
+                p.grad = None
+        return new
+
+    return method
+
+
 def register(name: str, config_cls: type[ForgetConfig]) -> Callable[[ForgetMethod], ForgetMethod]:
-    """Register a method under ``name`` with its config dataclass (a decorator)."""
+    """Register a method under ``name`` with its config dataclass (a decorator).
+
+    The decorator returns (and registers) the method wrapped to run with gradients enabled
+    and to clear the returned model's ``.grad`` fields (see :func:`_interface`).
+    """
     if not dataclasses.is_dataclass(config_cls) or not issubclass(config_cls, ForgetConfig):
         raise TypeError("config_cls must be a ForgetConfig dataclass")
 
     def decorate(fn: ForgetMethod) -> ForgetMethod:
         if name in _REGISTRY:
             raise ValueError(f"forgetting method {name!r} is already registered")
-        _REGISTRY[name] = (fn, config_cls)
-        return fn
+        method = _interface(fn)
+        _REGISTRY[name] = (method, config_cls)
+        return method
 
     return decorate
 

@@ -383,7 +383,12 @@ def _build_checked_model(config: RepairConfig, X: Tensor, num_classes: int) -> n
         kwargs.update(in_channels=X.shape[1], side=X.shape[-1])
     elif config.model_name == "mlp":
         kwargs.update(in_features=int(X[0].numel()))
-    torch.manual_seed(config.seed)
+    # seed only the generators the run uses; run_repair_experiment has forked them, so the
+    # caller's RNG state is restored afterwards (a bare torch.manual_seed reseeded it)
+    torch.default_generator.manual_seed(config.seed)
+    if X.device.type == "cuda":
+        with torch.cuda.device(X.device):
+            torch.cuda.manual_seed(config.seed)
     try:
         model = build_model(config.model_name, **kwargs).to(X.device)
     except TypeError as exc:
@@ -412,6 +417,10 @@ def _residual_norm(model: nn.Module, X: Tensor, y: Tensor, params: Any) -> float
 def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) -> dict[str, Any]:
     """Run the experiment; return its JSON-ready result dict.
 
+    The model's initialisation (and any dropout while training) draws from torch's global
+    RNG seeded with ``config.seed``; the global RNG is forked, so the caller's state (CPU
+    and ``config.device``) is the same after the run.
+
     Args:
         config: The settings (validated here).
         data: Preloaded data (default :func:`load_repair_data`).
@@ -427,8 +436,16 @@ def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) 
 
     """
     config.validate()
-    data = data if data is not None else load_repair_data(config)
     dev = torch.device(config.device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        return _run_repair_experiment(config, data, dev)
+
+
+def _run_repair_experiment(
+    config: RepairConfig, data: RepairData | None, dev: torch.device
+) -> dict[str, Any]:
+    """Run the body of :func:`run_repair_experiment` inside its forked global RNG."""
+    data = data if data is not None else load_repair_data(config)
     n = data.X_train.shape[0]
     budget = config.budget if config.budget is not None else max(10, (n // 5) // 10 * 10)
     y_poison, flipped = flip_labels(data.y_train, budget, config.seed)

@@ -324,7 +324,9 @@ def fit_linear_model(
 
     """
     n = X.shape[0]
-    model = nn.Linear(X.shape[1], num_classes).to(torch.float64)
+    # skip_init: a plain nn.Linear would draw (and discard) its random initialisation from
+    # the caller's global RNG; the weights start at zero anyway
+    model = nn.utils.skip_init(nn.Linear, X.shape[1], num_classes, dtype=torch.float64)
     nn.init.zeros_(model.weight)
     nn.init.zeros_(model.bias)
     opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=20, history_size=20,
