@@ -22,7 +22,6 @@ import json
 import os
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,13 +50,10 @@ class NextCharModel(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         """Next-character logits ``[B, T, V]`` of token ids ``[B, T]``.
 
-        oneDNN's fused CPU RNN has no forward-mode derivative (needed by the network HVPs),
-        so it is switched off here; the native kernels compute the same function.
+        (oneDNN's fused CPU RNN has no forward-mode derivative; the curvature products and
+        ``influence_update`` switch recurrent models to the native kernels themselves.)
         """
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
-            with torch.backends.mkldnn.flags(enabled=False):
-                logits, _ = self.lm(tokens)
+        logits, _ = self.lm(tokens)
         return logits
 
 
