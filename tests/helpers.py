@@ -46,3 +46,16 @@ def assert_same_run_to_run(fn, args: dict, written: tuple[str, ...]) -> None:
     first, second = run_in_place(fn, args, written), run_in_place(fn, args, written)
     for name in written:
         assert torch.equal(first[name], second[name]), name
+
+
+def per_sample_loop(model, x, y, loss_fn, names) -> dict:
+    """Per-sample gradients of the named parameters by one plain backward per sample
+    (zeros for a parameter the sample's loss does not use)."""
+    params = dict(model.named_parameters())
+    rows = {n: [] for n in names}
+    for b in range(x.shape[0]):
+        loss = loss_fn(model(x[b:b + 1]), y[b:b + 1])
+        gs = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+        for n, g in zip(names, gs, strict=True):
+            rows[n].append(torch.zeros_like(params[n]) if g is None else g)
+    return {n: torch.stack(v) for n, v in rows.items()}

@@ -20,6 +20,7 @@ from fastunlearn.grad.conv import ConvRule
 from fastunlearn.grad.layers import LAYER_RULES
 from fastunlearn.influence import GGNOperator
 from fastunlearn.linalg import NetworkHessianOperator, dense_hessian
+from tests.helpers import per_sample_loop
 
 D64 = torch.float64
 B = 5
@@ -153,18 +154,6 @@ GRAD_CASES = [
 ]
 
 
-def _reference_per_sample(model, x, y, loss_fn, names):
-    """Per-sample gradients by one plain backward per sample."""
-    params = dict(model.named_parameters())
-    rows = {n: [] for n in names}
-    for b in range(x.shape[0]):
-        loss = loss_fn(model(x[b:b + 1]), y[b:b + 1])
-        gs = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-        for n, gr in zip(names, gs, strict=True):
-            rows[n].append(torch.zeros_like(params[n]) if gr is None else gr)
-    return {n: torch.stack(v) for n, v in rows.items()}
-
-
 def _close(got, want):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
@@ -180,7 +169,7 @@ def test_per_sample_engine_matches_autograd_loop(case, strategy, monkeypatch):
     model, x, y, loss_fn, params = _grad_case(case)
     engine = PerSampleGradients(model, params=params)
     names = engine.param_names
-    ref = _reference_per_sample(model, x, y, loss_fn, names)
+    ref = per_sample_loop(model, x, y, loss_fn, names)
     flat_ref = torch.cat([ref[n].flatten(1) for n in names], 1)
 
     got = engine.per_sample(x, y, loss_fn)

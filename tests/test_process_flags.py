@@ -11,6 +11,7 @@ import torch
 
 from fastunlearn._process_flags import ProcessWideOverride
 from fastunlearn.certified.math import SINGLE_THREAD_ENTRIES, no_tf32, small_problem_threads
+from fastunlearn.linalg.rnn_kernels import differentiable_rnn_kernels
 
 
 def _interleave(block, read):
@@ -64,6 +65,15 @@ def test_one_thread_while_another_thread_is_inside(one_thread):
     inside, after = _interleave(lambda: small_problem_threads(small), torch.get_num_threads)
     assert inside == 1
     assert after == 2
+
+
+def test_native_rnn_kernels_while_another_thread_is_inside():
+    lstm = torch.nn.LSTM(2, 3)
+    inside, after = _interleave(lambda: differentiable_rnn_kernels(lstm),
+                                lambda: (torch.backends.mkldnn.enabled,
+                                         torch.backends.cudnn.enabled))
+    assert inside == (False, False)
+    assert after == (True, True)
 
 
 def test_override_nested_and_on_error_restores_the_callers_value():

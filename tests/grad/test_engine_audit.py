@@ -7,20 +7,9 @@ import torch
 from torch import nn
 
 from fastunlearn.grad import PerSampleGradients
+from tests.helpers import per_sample_loop as reference
 
 B = 4
-
-
-def reference(model, x, y, loss_fn, names):
-    """Per-sample gradients by one plain backward per sample (float64)."""
-    params = dict(model.named_parameters())
-    out = {n: [] for n in names}
-    for b in range(x.shape[0]):
-        loss = loss_fn(model(x[b : b + 1]), y[b : b + 1])
-        gs = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-        for n, g in zip(names, gs, strict=True):
-            out[n].append(torch.zeros_like(params[n]) if g is None else g)
-    return {n: torch.stack(v) for n, v in out.items()}
 
 
 def mse_sum(out, y):
