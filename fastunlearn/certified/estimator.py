@@ -431,12 +431,23 @@ class CertifiedLogisticRegression(
 
     def _train(self, draw: int) -> None:
         """(Re)train from zero on the remaining rows with perturbation draw ``draw``."""
+        self._set_trained(draw, *self._solve_draw(draw, self._A))
+
+    def _solve_draw(self, draw: int, A: Tensor) -> tuple[Tensor, Any]:
+        """Train from zero on the rows weighted by ``A`` with draw ``draw``; changes nothing.
+
+        (The long part of a retrain: an interrupt in it leaves the model as it was.)
+        """
         cfg = self._cfg
         d, K = self._X.shape[1], self._Y.shape[1]
         b = draw_perturbation(cfg["seed"], draw, d, K, cfg["sigma"]).to(self._X.device)
         result = newton_fit(
-            self._X, self._Y, self._A, b, cfg["lam"], max_iter=cfg["max_iter"], tol=cfg["tol"]
+            self._X, self._Y, A, b, cfg["lam"], max_iter=cfg["max_iter"], tol=cfg["tol"]
         )
+        return b, result
+
+    def _set_trained(self, draw: int, b: Tensor, result: Any) -> None:
+        """Install the weights of :meth:`_solve_draw` (quick assignments only)."""
         self._b = b
         self._W = result.W
         self._Z = None
@@ -891,12 +902,13 @@ class CertifiedLogisticRegression(
             rows, rows_np, row_weights, ks, V, XV, factor, L, bound, worst, cg_iterations
         )
 
-    def _drop_rows(self, rows: Tensor, rows_np: np.ndarray) -> None:
+    def _drop_rows(self, rows: Tensor, rows_np: np.ndarray, *, refresh: bool = True) -> None:
         """Mark rows removed: zero weights, counts, rank-m downdate of the Gram matrices.
 
         The Gram matrices (one shared, or one per class with subsampling) are downdated once
         per removal, in place. Their cached ``lambda_max`` bounds stay valid (removing rows
-        only shrinks a Gram matrix) and are recomputed when they may have become loose. The
+        only shrinks a Gram matrix) and are recomputed when they may have become loose
+        (``refresh``; :meth:`remove` refreshes only once the step is fully accounted). The
         host mirrors are updated alongside; when to refresh is decided on the host.
         """
         if rows_np.shape[0] == 1:  # one row: views and rank-1 products, fewer operator calls
@@ -927,7 +939,8 @@ class CertifiedLogisticRegression(
             self._h_removed[rows_np] = True
             self._h_n_rem -= weights_np.sum(0)
             self._h_eig_slack += mass
-        self._refresh_loose_spectral()
+        if refresh:
+            self._refresh_loose_spectral()
 
     def _drop_row_mirrors(self, i: int) -> None:
         """Drop row ``i`` from the host mirrors (the caller updates the tensors)."""
@@ -974,15 +987,29 @@ class CertifiedLogisticRegression(
                 self._W.index_add_(1, step.classes, step.V)
                 if step.L is not None:
                     self._chol.index_copy_(0, step.classes, step.L)
-        self._drop_rows(step.rows, step.rows_np)
+        # the spectral refresh (a computation that may be interrupted) is left to the caller,
+        # after the step's record: an interrupt there leaves the step fully accounted
+        self._drop_rows(step.rows, step.rows_np, refresh=False)
         self.budget_used_ += step.bound
 
     def _retrain_without(self, step: PlannedStep | None) -> None:
+        """Retrain without ``step``'s rows (none: on the remaining rows) with the next draw.
+
+        The Newton fit runs first, on a copy of the row weights, and only then is anything
+        changed (quick assignments): an interrupt (Ctrl-C) during the fit leaves the model
+        as it was. The caller refreshes the spectral bounds (:meth:`_refresh_spectral`) once
+        it has recorded the retrain; until then the cached bounds stay valid (looser).
+        """
+        A = self._A
         if step is not None:
-            self._drop_rows(step.rows, step.rows_np)
-        self.retrains_ += 1
-        self._train(draw=self.retrains_)
-        self._refresh_spectral()
+            A = A.clone()
+            A[step.rows] = 0.0  # the weights _drop_rows leaves
+        draw = self.retrains_ + 1
+        b, result = self._solve_draw(draw, A)
+        if step is not None:
+            self._drop_rows(step.rows, step.rows_np, refresh=False)
+        self.retrains_ = draw
+        self._set_trained(draw, b, result)
 
     def remove(self, indices: Any, *, batch: bool = False) -> RemovalReport:
         """Remove training rows with certified Newton updates.
@@ -1067,7 +1094,7 @@ class CertifiedLogisticRegression(
                             step = self._plan_fixed(rows, rows_np)
                         if step is None:
                             step = self._plan(rows, rows_np, solver)
-                    except Exception:
+                    except BaseException:  # KeyboardInterrupt too: the columns it wrote
                         self._discard_uncommitted()
                         raise
                     # "not <=": a NaN bound (non-finite arithmetic) retrains, never commits
@@ -1086,7 +1113,11 @@ class CertifiedLogisticRegression(
                             report=report if report.records else None,
                         )
                     if over:
-                        self._retrain_without(step)
+                        try:
+                            self._retrain_without(step)
+                        except BaseException:  # interrupted in the fit: nothing changed but
+                            self._discard_uncommitted()  # the columns the plan wrote
+                            raise
                     else:
                         self._commit(step)
                     if checkpointing:
@@ -1103,6 +1134,12 @@ class CertifiedLogisticRegression(
                     self._history.append(record)
                     report.records.append(record)
                     report.retrains += int(over)
+                    # the step is fully accounted: an interrupt in this refresh (or in the
+                    # checkpoint) leaves the model after it, with valid (looser) cached bounds
+                    if over:
+                        self._refresh_spectral()
+                    else:
+                        self._refresh_loose_spectral()
                     self._checkpoint_event("retrain" if over else "remove", record)
         finally:
             # the public attributes (coef_, removed_indices_, ...) once per call, also when
@@ -1131,12 +1168,14 @@ class CertifiedLogisticRegression(
         self._check_checkpoint_owner("retrain")
         t0 = time.perf_counter()
         with no_tf32():
-            self._retrain_without(None)
-        self._sync_public()
-        record = RemovalRecord(
-            (), 0.0, self.budget_used_, self.budget_left_, True, time.perf_counter() - t0, 0.0
-        )
-        self._history.append(record)
+            self._retrain_without(None)  # interrupted: the model is unchanged
+            self._sync_public()
+            record = RemovalRecord(
+                (), 0.0, self.budget_used_, self.budget_left_, True, time.perf_counter() - t0,
+                0.0,
+            )
+            self._history.append(record)
+            self._refresh_spectral()
         self._checkpoint_event("retrain", record)
         return record
 

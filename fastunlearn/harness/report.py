@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import torch
 
 from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
+from ..metrics.fixtures import _swap_in
 from ..metrics.report import json_ready
 
 __all__ = ["check_out_dir", "render_table", "write_outputs"]
@@ -238,26 +242,49 @@ def check_out_dir(out_dir: str | Path) -> None:
 
 
 def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
-    """Write ``results.json``, ``results.md``, the PNGs and ``logits/``; return the paths."""
+    """Write ``results.json``, ``results.md``, the PNGs and ``logits/``; return the paths.
+
+    Everything is first written into a temporary folder inside ``out_dir`` and then renamed
+    into place, so an error or an interrupt (Ctrl-C) while writing leaves an earlier run's
+    outputs there as they were (not half replaced), and no temporary folder behind.
+    """
     out = Path(out_dir)
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".results-{uuid.uuid4().hex[:12]}.tmp"
+    stage.mkdir()
+    try:
+        names = ["results.json", "results.md"]
+        logits = result.get("logits", {})
+        labels = result.get("labels", {})
+        with_logits = bool(logits.get("oracles")) and "forget" in labels
+        if with_logits:
+            _write_logits(result, stage / "logits")
+        public = {k: v for k, v in result.items() if k not in ("logits", "labels", "paths")}
+        (stage / "results.json").write_text(
+            json.dumps(json_ready(public), indent=1, allow_nan=False) + "\n")
+        (stage / "results.md").write_text(render_table(result))
+        eps = plot_epsilons(result, stage / "epsilon_hist.png")
+        if eps is not None:
+            names.append("epsilon_hist.png")
+        names += [plot_accuracies(result, stage / "accuracy.png").name,
+                  plot_times(result, stage / "time.png").name]
+        # everything is written: now only renames
+        if with_logits:
+            _swap_in(stage / "logits", out / "logits")
+        for name in names:
+            os.replace(stage / name, out / name)
+        if eps is None:  # no epsilon this run: an earlier run's histogram must not stay beside it
+            (out / "epsilon_hist.png").unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     paths: dict[str, str] = {}
-    logits = result.get("logits", {})
-    labels = result.get("labels", {})
-    if logits.get("oracles") and "forget" in labels:
-        paths["logits"] = str(_write_logits(result, out / "logits"))
-    public = {k: v for k, v in result.items() if k not in ("logits", "labels", "paths")}
-    (out / "results.json").write_text(
-        json.dumps(json_ready(public), indent=1, allow_nan=False) + "\n")
+    if with_logits:
+        paths["logits"] = str(out / "logits")
     paths["json"] = str(out / "results.json")
-    (out / "results.md").write_text(render_table(result))
     paths["markdown"] = str(out / "results.md")
-    eps = plot_epsilons(result, out / "epsilon_hist.png")
     if eps is not None:
-        paths["epsilon_hist"] = str(eps)
-    else:  # no epsilon this run: an earlier run's histogram must not stay beside it
-        (out / "epsilon_hist.png").unlink(missing_ok=True)
-    paths["accuracy"] = str(plot_accuracies(result, out / "accuracy.png"))
-    paths["time"] = str(plot_times(result, out / "time.png"))
+        paths["epsilon_hist"] = str(out / "epsilon_hist.png")
+    paths["accuracy"] = str(out / "accuracy.png")
+    paths["time"] = str(out / "time.png")
     return paths

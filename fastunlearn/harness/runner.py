@@ -51,13 +51,19 @@ PARTS = ("forget", "retain", "test")
 
 @torch.no_grad()
 def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
-    """Float32 CPU logits ``[n, C]`` of ``model`` (eval mode; its mode is restored)."""
-    was = model.training
+    """Float32 CPU logits ``[n, C]`` of ``model`` (eval mode).
+
+    Every submodule's mode is restored afterwards, also on an error or an interrupt.
+    """
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    device = next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(device)).float().cpu()
-           for i in range(0, x.shape[0], batch_size)]
-    model.train(was)
+    try:
+        device = next(model.parameters()).device
+        out = [model(x[i:i + batch_size].to(device)).float().cpu()
+               for i in range(0, x.shape[0], batch_size)]
+    finally:
+        for m, mode in modes:
+            m.training = mode
     return torch.cat(out)
 
 

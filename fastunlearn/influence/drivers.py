@@ -380,31 +380,35 @@ def iterative_label_repair(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="repair", unit="step")
-    for step in range(1, steps + 1):
-        if bar is not None:
-            bar.update(1)
-        pred = predict(model, inputs, chunk_size=chunk_size)
-        wrong = torch.nonzero(pred != labels).reshape(-1)
-        record: dict[str, Any] = {"step": step, "mispredicted": int(wrong.numel())}
-        if wrong.numel() == 0:
-            record["batch"] = 0
+    # the bar is closed also when a step raises or is interrupted (Ctrl-C); every step
+    # before it is applied whole (influence_update changes the model in one call)
+    try:
+        for step in range(1, steps + 1):
+            if bar is not None:
+                bar.update(1)
+            pred = predict(model, inputs, chunk_size=chunk_size)
+            wrong = torch.nonzero(pred != labels).reshape(-1)
+            record: dict[str, Any] = {"step": step, "mispredicted": int(wrong.numel())}
+            if wrong.numel() == 0:
+                record["batch"] = 0
+                out.steps.append(record)
+                break
+            pick = torch.randperm(wrong.numel(), generator=gen)[:batch_size].to(wrong.device)
+            rows = wrong[pick]
+            x = inputs[rows]
+            t0 = time.perf_counter()
+            result = influence_update(model, x, pred[rows], x, labels[rows],
+                                      train_data=(inputs, labels), **update_kwargs)
+            out.update_time_s += time.perf_counter() - t0
+            out.num_gradients += result.num_gradients
+            out.num_hvps += result.num_hvps
+            out.results.append(result)
+            record["batch"] = int(rows.numel())
+            record.update(result.to_dict())
+            if evaluate is not None:
+                record["eval"] = evaluate(model)
             out.steps.append(record)
-            break
-        pick = torch.randperm(wrong.numel(), generator=gen)[:batch_size].to(wrong.device)
-        rows = wrong[pick]
-        x = inputs[rows]
-        t0 = time.perf_counter()
-        result = influence_update(model, x, pred[rows], x, labels[rows],
-                                  train_data=(inputs, labels), **update_kwargs)
-        out.update_time_s += time.perf_counter() - t0
-        out.num_gradients += result.num_gradients
-        out.num_hvps += result.num_hvps
-        out.results.append(result)
-        record["batch"] = int(rows.numel())
-        record.update(result.to_dict())
-        if evaluate is not None:
-            record["eval"] = evaluate(model)
-        out.steps.append(record)
-    if bar is not None:
-        bar.close()
+    finally:
+        if bar is not None:
+            bar.close()
     return out

@@ -798,9 +798,11 @@ def influence_update(
                            reason=f"{grew}; {result.reason}" if result.reason else grew)
 
     if apply:
+        updates = unflatten(model, names, step)
         with torch.no_grad():
-            for p, s in zip(selected, unflatten(model, names, step), strict=True):
-                p.sub_(s)
+            # one call for every parameter: a Ctrl-C cannot land between two of them and
+            # leave the model half updated
+            torch._foreach_sub_(selected, updates)
         result.applied = True
     return _finish(result, t_start)
 

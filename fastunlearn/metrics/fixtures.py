@@ -236,7 +236,7 @@ def _swap_in(new: Path, root: Path) -> None:
     os.replace(root, old)
     try:
         os.replace(new, root)
-    except OSError:
+    except BaseException:  # KeyboardInterrupt too: the earlier folder goes back in place
         os.replace(old, root)
         raise
     shutil.rmtree(old, ignore_errors=True)
