@@ -25,9 +25,11 @@ from .cli_types import HelpFormatter
 from .cli_types import non_negative_float as _non_negative_float
 from .cli_types import non_negative_int as _non_negative_int
 from .cli_types import open_unit as _open_unit
+from .cli_types import path as _path
 from .cli_types import positive_float as _positive_float
 from .cli_types import positive_int as _positive_int
 from .cli_types import ratio as _ratio
+from .cli_types import seed as _seed
 
 
 def _format_info(info: dict) -> str:
@@ -68,6 +70,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _error("demo", "'device' is 'cuda' but no CUDA GPU is visible")
+    if args.result_dir is not None:
+        from ._output_folder import check_output_folder
+        from .certified.experiment import ExperimentConfig
+
+        # the demo writes its two reports only after it has run: refuse a bad folder first
+        names = [name for settings in (demo.BINARY, demo.OVR)
+                 for name in _output_names(ExperimentConfig(**settings).stem)]
+        try:
+            check_output_folder(args.result_dir, argument="result_dir", names=names)
+        except ValueError as exc:
+            return _error("demo", str(exc))
     argv = [] if args.device is None else ["--device", args.device]
     if args.result_dir is not None:
         argv += ["--result-dir", args.result_dir]
@@ -86,9 +101,23 @@ def _dataset(text: str) -> str:
     raise argparse.ArgumentTypeError(f"must be one of {', '.join(DATASETS)}, got {text!r}")
 
 
-def _error(command: str, message: str) -> int:
+def _error(command: str, message: str, status: int = 2) -> int:
     print(f"fastunlearn {command}: error: {message}", file=sys.stderr)
-    return 2
+    return status
+
+
+def _plain_name(text: str) -> str:
+    """Parse a file-name prefix: non-empty, no path separators, not ``.`` or ``..``."""
+    if not text or "/" in text or "\\" in text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"must be a plain name without path separators, got {text!r}")
+    return text
+
+
+def _output_names(stem: str) -> list[str]:
+    """Return the files a removal experiment with result stem ``stem`` writes."""
+    return [f"{stem}.json", f"{stem}.md", f"{stem}_bounds.png", f"{stem}_accuracy.png",
+            f"{stem}_time.png"]
 
 
 # ---- remove ---------------------------------------------------------------------------------
@@ -110,7 +139,7 @@ def _add_remove_parser(sub: argparse._SubParsersAction) -> None:
         "      the paper's MNIST 3 vs 8 setting (raw pixels)",
         formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--data-dir", default=None,
+    data.add_argument("--data-dir", type=_path, default=None,
                       help="folder with the data set or extracted features (not for digits)")
     data.add_argument("--dataset", type=_dataset, default="digits",
                       help="digits (bundled), MNIST, SVHN or CIFAR10")
@@ -153,9 +182,10 @@ def _add_remove_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-retrain-timing", action="store_true",
                      help="skip timing a full retraining at the end")
     out = p.add_argument_group("run and output")
-    out.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything")
+    out.add_argument("--seed", type=_seed, default=0,
+                     help="seed of everything, 0 .. 2**32-1")
     out.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
-    out.add_argument("--result-dir", default="result", help="output folder")
+    out.add_argument("--result-dir", type=_path, default="result", help="output folder")
     out.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     out.add_argument("--verbose", action="store_true",
                      help="print training details and every evaluation (no progress bar)")
@@ -209,7 +239,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any fitting, a result folder that could not be written at the end."""
     from ._output_folder import check_output_folder
 
-    check_output_folder(args.result_dir, argument="result_dir")
+    check_output_folder(args.result_dir, argument="result_dir",
+                        names=_output_names(args.stem))
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
@@ -226,10 +257,14 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         result_dir=args.result_dir, plots=not args.no_plots, verbose=args.verbose)
     try:
         config.validate()
+        args.stem = config.stem
         _check_outputs(args)
         result = run_removal_experiment(config, echo=print, progress=not args.verbose)
     except (ValueError, TypeError, OSError, ImportError) as exc:
         return _error("remove", str(exc))
+    except (ArithmeticError, RuntimeError) as exc:  # e.g. a Cholesky failure at lam 1e-150
+        return _error("remove", f"the fit failed numerically ({exc}); extreme --lam, --std "
+                      "or --epsilon values can cause this", status=1)
     _print_summary(result)
     return 0
 
@@ -319,7 +354,7 @@ def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
         "remove --extractor <name>` finds them. Only a DP extractor keeps a guarantee for "
         "the features; its (epsilon, delta) is stored with them.",
         formatter_class=HelpFormatter)
-    p.add_argument("--data-dir", required=True,
+    p.add_argument("--data-dir", type=_path, required=True,
                    help="folder with the images (and where the features are written)")
     p.add_argument("--dataset", type=_dataset, default="SVHN",
                    help="digits (bundled), MNIST, SVHN or CIFAR10")
@@ -344,15 +379,16 @@ def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pgd-steps", type=_positive_int, default=10, help="PGD steps")
     p.add_argument("--svhn-extra", action="store_true",
                    help="SVHN: train and extract on train + extra (as the reference)")
-    p.add_argument("--name", default=None,
+    p.add_argument("--name", type=_plain_name, default=None,
                    help="feature-file prefix (default from the settings, e.g. "
                    "dp_delta_1.00e-05_std_6.00 as in the reference)")
-    p.add_argument("--checkpoint", default=None,
+    p.add_argument("--checkpoint", type=_path, default=None,
                    help="extractor weights (safetensors): loaded if the file exists, else "
                    "written after training (default <data-dir>/<name>_<dataset>_model"
-                   ".safetensors)")
+                   ".safetensors); an existing file that is not a safetensors file is "
+                   "never overwritten")
     p.add_argument("--force", action="store_true", help="train even if the checkpoint exists")
-    p.add_argument("--seed", type=_non_negative_int, default=1, help="seed (reference: 1)")
+    p.add_argument("--seed", type=_seed, default=1, help="seed, 0 .. 2**32-1 (reference: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_extract)
@@ -404,8 +440,37 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"'data_dir' {args.data_dir!r} is not a folder")
         check_output_folder(args.data_dir, argument="data_dir")  # the features go there
         return _extract(args, device)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:
         return _error("extract", str(exc))
+    except ArithmeticError as exc:  # e.g. the DP accountant at --std 1e-300
+        return _error("extract", f"a computation failed numerically ({exc}); extreme "
+                      "--std, --delta or --learning-rate values can cause this", status=1)
+
+
+def _check_checkpoint(checkpoint: Any) -> bool:
+    """Return whether ``checkpoint`` holds weights to load.
+
+    Raises ValueError for a path that cannot be a checkpoint (a folder, a file that is not
+    safetensors, an unwritable place). Checked before any training, so that a bad
+    ``--checkpoint`` costs no run and a user's file that is not a checkpoint is never
+    overwritten (not even with ``--force``).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from ._output_folder import check_output_folder
+
+    if checkpoint.is_dir():
+        raise ValueError(f"'checkpoint' {str(checkpoint)!r} is a folder, not a file")
+    if not checkpoint.exists():
+        check_output_folder(checkpoint.parent, argument="checkpoint")
+        return False
+    try:
+        with safe_open(str(checkpoint), framework="pt") as f:
+            f.metadata()
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"'checkpoint' {str(checkpoint)!r} exists and is not a safetensors "
+                         f"file ({exc}); refusing to load or overwrite it") from None
+    return True
 
 
 def _extract(args: argparse.Namespace, device: torch.device) -> int:
@@ -428,9 +493,14 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
                                    private=args.extractor == "dp")
     checkpoint = Path(args.checkpoint or Path(args.data_dir) / f"{name}_{args.dataset}_model"
                       ".safetensors")
+    has_checkpoint = _check_checkpoint(checkpoint)
+    features_path = extracted_features_path(args.data_dir, name, args.dataset)
+    if features_path.is_dir():
+        raise ValueError(f"'data_dir' {args.data_dir!r}: the features file "
+                         f"{features_path.name!r} in it is a folder")
     print(f"extract: {args.extractor} extractor {model_name} ({model.feature_dim} features) on "
           f"{args.dataset}: {len(train)} train / {len(test)} test images")
-    if checkpoint.is_file() and not args.force:
+    if has_checkpoint and not args.force:
         with safe_open(str(checkpoint), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("meta", "{}"))
         for key, wanted in (("model", model_name), ("extractor", args.extractor)):
@@ -463,8 +533,7 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
         loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size)
         features[split], labels[split] = extract_features(model, loader, device,
                                                           progress=not args.quiet)
-    path = save_features(extracted_features_path(args.data_dir, name, args.dataset),
-                         features, labels, meta=meta)
+    path = save_features(features_path, features, labels, meta=meta)
     print(f"wrote {path} ({features['train'].shape[0]} + {features['test'].shape[0]} rows, "
           f"{features['train'].shape[1]} features)")
     print(f"next: fastunlearn remove --data-dir {args.data_dir} --dataset {args.dataset} "
@@ -484,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the digits demo")
     demo.add_argument("--device", choices=["cpu", "cuda"], default=None,
                       help="default: cuda if available, else cpu")
-    demo.add_argument("--result-dir", default=None,
+    demo.add_argument("--result-dir", type=_path, default=None,
                       help="also write JSON, PNG plots and a Markdown report of the first two "
                            "sections")
     demo.set_defaults(func=_cmd_demo)

@@ -14,15 +14,27 @@ import math
 
 __all__ = [
     "HelpFormatter",
+    "MAX_INT",
+    "MAX_SEED",
     "integer",
     "non_negative_float",
     "non_negative_int",
     "number",
     "open_unit",
+    "path",
     "positive_float",
     "positive_int",
     "ratio",
+    "seed",
 ]
+
+#: Largest count any flag takes: the largest int64 (torch sizes and ``sys.maxsize``); above
+#: it every consumer overflows (``islice``, tensor shapes, generator seeds).
+MAX_INT = 2**63 - 1
+
+#: Largest ``--seed``: seeds are 32-bit, so that every derived seed (``seed * 16 + class``,
+#: ``seed + offset``) still fits the 64-bit torch generators.
+MAX_SEED = 2**32 - 1
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -82,14 +94,16 @@ def ratio(text: str) -> float:
     return value
 
 
-def integer(text: str, minimum: int) -> int:
-    """Parse an integer >= ``minimum``."""
+def integer(text: str, minimum: int, maximum: int = MAX_INT) -> int:
+    """Parse an integer in ``[minimum, maximum]`` (``maximum`` defaults to :data:`MAX_INT`)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
     return value
 
 
@@ -101,3 +115,15 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """Parse an integer >= 0."""
     return integer(text, 0)
+
+
+def seed(text: str) -> int:
+    """Parse a seed: an integer in ``[0, MAX_SEED]`` (``0 .. 2**32 - 1``)."""
+    return integer(text, 0, MAX_SEED)
+
+
+def path(text: str) -> str:
+    """Parse a file or folder path: any non-empty text (``''`` would silently mean ``.``)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (use . for the current folder)")
+    return text

@@ -8,15 +8,30 @@ import sys
 from pathlib import Path
 
 from .._output_folder import check_output_folder
+from ..cli_types import integer as _integer
 from ..cli_types import non_negative_float as _non_negative_float
 from ..cli_types import non_negative_int as _non_negative_int
+from ..cli_types import path as _path
 from ..cli_types import positive_float as _positive_float
 from ..cli_types import positive_int as _positive_int
+from ..cli_types import seed as _seed
 
 __all__ = ["add_parser", "run"]
 
 #: What ``--out`` receives.
 _OUTPUTS = ("exposure.json", "exposure.md", "exposure.png")
+
+
+#: Digits of a random secret when ``--secret-length`` is not given.
+_SECRET_LENGTH = 4
+
+
+def _candidates(text: str) -> int:
+    return _integer(text, 3)  # the secret must be ranked among at least 3 others
+
+
+def _out(text: str) -> Path:
+    return Path(_path(text))
 
 
 def _digits(text: str) -> str:
@@ -42,8 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--secret-length",
         type=_positive_int,
-        default=4,
-        help="digits of a random secret (the space has 10^L secrets)",
+        default=None,
+        help=f"digits of a random secret (the space has 10^L secrets; default "
+        f"{_SECRET_LENGTH}); with --secret, its length",
     )
     p.add_argument(
         "--insertions", type=_non_negative_int, default=12, help="copies of the canary in the text"
@@ -60,16 +76,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 penalty")
     p.add_argument(
         "--candidates",
-        type=_positive_int,
+        type=_candidates,
         default=None,
-        help="score this many random secrets (drawn with replacement) instead of the whole "
-        "space; a value >= the space size (10^L) scores every secret exactly",
+        help="score this many random secrets (drawn with replacement; at least 3) instead of "
+        "the whole space; a value >= the space size (10^L) scores every secret exactly",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of everything")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of everything, 0 .. 2**32-1")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument(
-        "--out", type=Path, default=None,
+        "--out", type=_out, default=None,
         help="folder for exposure.json, exposure.md and exposure.png"
     )
     p.set_defaults(func=run)
@@ -81,11 +97,18 @@ def run(args: argparse.Namespace) -> int:
     from .experiment import CanaryConfig, format_report, run_canary_experiment
     from .plot import plot_exposure
 
+    length = args.secret_length
+    if args.secret is not None and length is not None and length != len(args.secret):
+        print(f"fastunlearn exposure: error: --secret-length {length} contradicts --secret "
+              f"{args.secret!r} ({len(args.secret)} digits): give one", file=sys.stderr)
+        return 2
+    if length is None:
+        length = len(args.secret) if args.secret is not None else _SECRET_LENGTH
     try:
         config = CanaryConfig(
             n_sentences=args.n_sentences,
             secret=args.secret,
-            secret_length=args.secret_length,
+            secret_length=length,
             insertions=args.insertions,
             cell=args.cell,
             embed_dim=args.embed_dim,
@@ -110,11 +133,16 @@ def run(args: argparse.Namespace) -> int:
     report = format_report(result)
     print(report)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-        (args.out / "exposure.json").write_text(payload + "\n")
-        (args.out / "exposure.md").write_text(report + "\n![exposure](exposure.png)\n")
-        plot_exposure([m for m in (result.canary, result.control) if m is not None],
-                      args.out / "exposure.png")
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            payload = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+            (args.out / "exposure.json").write_text(payload + "\n")
+            (args.out / "exposure.md").write_text(report + "\n![exposure](exposure.png)\n")
+            plot_exposure([m for m in (result.canary, result.control) if m is not None],
+                          args.out / "exposure.png")
+        except OSError as exc:  # checked before training; a full disk or a race remains
+            print(f"fastunlearn exposure: error: cannot write the results: {exc}",
+                  file=sys.stderr)
+            return 1
         print("wrote " + ", ".join(str(args.out / name) for name in _OUTPUTS))
     return 0

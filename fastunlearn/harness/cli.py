@@ -13,9 +13,16 @@ import ast
 import sys
 from typing import Any
 
+from .._output_folder import check_output_folder
+from ..cli_types import path as _path
+from ..cli_types import positive_float as _positive_float
 from ..cli_types import positive_int as _positive_int
+from ..cli_types import seed as _seed
 
 __all__ = ["add_parser", "main", "parse_set", "run"]
+
+#: ``--cache-dir`` when it is not given (and ``--no-cache`` is not either).
+_DEFAULT_CACHE = ".fastunlearn-cache"
 
 
 def _value(text: str) -> Any:
@@ -27,7 +34,11 @@ def _value(text: str) -> Any:
         return None
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
+    try:  # nan and inf: the method's config then says that it needs a finite number
+        return float(text)
+    except ValueError:
         return text
 
 
@@ -65,25 +76,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits",
                    help="digits (bundled, default), mnist, fashion-mnist, cifar10, cifar100, "
                         "svhn (the last five need --data-dir)")
-    p.add_argument("--data-dir", default=None, help="folder of the torchvision data files")
+    p.add_argument("--data-dir", type=_path, default=None,
+                   help="folder of the torchvision data files")
     p.add_argument("--model", default="small_cnn", help="zoo model (default small_cnn)")
     p.add_argument("--forget", default="class:3",
                    help="forget set: class:K[,K...], random:FRACTION or file:PATH "
                         "(default class:3)")
-    p.add_argument("--forget-seed", type=int, default=0, help="seed of random: forget sets")
+    p.add_argument("--forget-seed", type=_seed, default=0,
+                   help="seed of random: forget sets, 0 .. 2**32-1")
     p.add_argument("--seeds", type=_positive_int, default=3, help="runs per method (3)")
     p.add_argument("--oracles", type=_positive_int, default=4,
                    help="models retrained on the retain set (4)")
     p.add_argument("--epochs", type=_positive_int, default=30,
                    help="training epochs of the original model and the oracles (30)")
-    p.add_argument("--lr", type=float, default=0.05, help="their learning rate (0.05)")
+    p.add_argument("--lr", type=_positive_float, default=0.05,
+                   help="their learning rate, > 0 (0.05)")
     p.add_argument("--batch-size", type=_positive_int, default=64,
                    help="their batch size (64)")
-    p.add_argument("--out", default="fastunlearn-forget",
+    p.add_argument("--out", type=_path, default="fastunlearn-forget",
                    help="output folder (default ./fastunlearn-forget)")
-    p.add_argument("--cache-dir", default=".fastunlearn-cache",
+    p.add_argument("--cache-dir", type=_path, default=None,
                    help="cache of trained originals/oracles (default ./.fastunlearn-cache)")
-    p.add_argument("--no-cache", action="store_true", help="train everything, store nothing")
+    p.add_argument("--no-cache", action="store_true",
+                   help="train everything, store nothing (not with --cache-dir)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="METHOD.KEY=VALUE",
@@ -109,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     from . import HarnessConfig, TrainSettings, run_harness
 
     try:
+        if args.no_cache and args.cache_dir is not None:
+            raise ValueError("--no-cache and --cache-dir contradict each other: give one")
+        cache_dir = None if args.no_cache else (args.cache_dir or _DEFAULT_CACHE)
         methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
         if methods == ["all"]:
             methods = available_methods()
@@ -119,13 +137,18 @@ def run(args: argparse.Namespace) -> int:
             train=TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
             overrides=parse_set(args.overrides),
             digits_defaults=False if args.published_defaults else None,
-            cache_dir=None if args.no_cache else args.cache_dir, out_dir=args.out,
+            cache_dir=cache_dir, out_dir=args.out,
             device=args.device, mia=not args.no_mia, progress=args.progress,
         )
+        if cache_dir is not None:  # before training: a file in the way must not cost the run
+            check_output_folder(cache_dir, argument="cache_dir")
         result = run_harness(config)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"fastunlearn forget: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the folders are checked first; a full disk or a race remains
+        print(f"fastunlearn forget: error: {exc}", file=sys.stderr)
+        return 1
     paths = result["paths"]
     from .report import render_table
 

@@ -18,8 +18,10 @@ from .._output_folder import check_output_folder
 from ..cli_types import HelpFormatter
 from ..cli_types import non_negative_float as _non_negative
 from ..cli_types import non_negative_int as _non_negative_int
+from ..cli_types import path as _path
 from ..cli_types import positive_float as _positive
 from ..cli_types import positive_int as _positive_int
+from ..cli_types import seed as _seed
 
 __all__ = ["add_parser", "run"]
 
@@ -81,13 +83,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=["digits", "cifar10"], default="digits",
                    help="data set (cifar10 from --data-dir)")
-    p.add_argument("--data-dir", default=None, help="folder with CIFAR-10 (torchvision files)")
+    p.add_argument("--data-dir", type=_path, default=None,
+                   help="folder with CIFAR-10 (torchvision files)")
     p.add_argument("--model", default=None,
                    help="model zoo name (default small_cnn for digits, cifar_cnn for CIFAR)")
     p.add_argument("--budget", type=_positive_int, default=None,
                    help="labels flipped, budget // 10 per class (default 20%% of the data)")
-    p.add_argument("--seed", type=_non_negative_int, default=42,
-                   help="seed of the flips and the training")
+    p.add_argument("--seed", type=_seed, default=42,
+                   help="seed of the flips and the training, 0 .. 2**32-1")
     p.add_argument("--epochs", type=_positive_int, default=100,
                    help="training epochs of the clean and poisoned models")
     p.add_argument("--lr", type=_positive, default=3e-3, help="training learning rate (Adam)")
@@ -129,7 +132,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=_non_negative_int, default=0,
                    help="use only the first n training rows (0: all)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device")
-    p.add_argument("--result-dir", default="results", help="where JSON/PNG/Markdown go")
+    p.add_argument("--result-dir", type=_path, default="results",
+                   help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
     return p
 
@@ -170,7 +174,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastunlearn repair: error: cannot read the data in {args.data_dir!r} "
               f"({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
-    files = write_outputs(result, args.result_dir, plots=not args.no_plots)
+    try:
+        files = write_outputs(result, args.result_dir, plots=not args.no_plots)
+    except OSError as exc:  # checked before training; a full disk or a race remains
+        print(f"fastunlearn repair: error: cannot write the results: {exc}", file=sys.stderr)
+        return 1
     tr = result["training"]
     print(f"clean {tr['acc_clean']:.4f}  poisoned {tr['acc_poisoned']:.4f}  "
           f"(retraining {tr['retrain_seconds']:.2f} s)")

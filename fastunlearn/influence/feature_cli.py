@@ -12,11 +12,14 @@ from typing import Any
 
 from .._output_folder import check_output_folder
 from ..cli_types import HelpFormatter
+from ..cli_types import number as _number
+from ..cli_types import open_unit as _open_unit
+from ..cli_types import path as _path
+from ..cli_types import seed as _seed
 from .cli import (
     _add_run_options,
     _finish,
     _non_negative,
-    _non_negative_int,
     _positive,
     _positive_int,
     _tau,
@@ -35,6 +38,8 @@ def _columns(text: str) -> tuple[int, ...]:
             out.append(int(p))
         except ValueError:
             raise argparse.ArgumentTypeError(f"not an integer column index: {p!r}") from None
+        if out[-1] < 0:
+            raise argparse.ArgumentTypeError(f"column indices must be >= 0, got {p!r}")
     return tuple(out)
 
 
@@ -44,8 +49,9 @@ def _pair(text: str) -> tuple[int, int]:
         pair = tuple(int(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two digits 'a,b', got {text!r}") from None
-    if len(pair) != 2:
-        raise argparse.ArgumentTypeError(f"expected two digits 'a,b', got {text!r}")
+    if len(pair) != 2 or pair[0] == pair[1] or not all(0 <= d <= 9 for d in pair):
+        raise argparse.ArgumentTypeError(
+            f"expected two distinct digits 0..9 'a,b', got {text!r}")
     return pair  # type: ignore[return-value]
 
 
@@ -96,7 +102,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="zero the columns, or replace values at random rows")
     p.add_argument("--rows", type=_positive_int, default=50,
                    help="random rows changed in replace mode")
-    p.add_argument("--value", type=float, default=0.0, help="new value in replace mode")
+    p.add_argument("--value", type=_number, default=0.0,
+                   help="new value in replace mode (finite)")
     p.add_argument("--l2", type=_positive, default=10.0,
                    help="L2 regularisation of the summed objective")
     p.add_argument("--steps", type=_positive_int, default=1,
@@ -106,8 +113,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cg-tol", type=_non_negative, default=1e-10,
                    help="CG stops at this relative true residual")
     p.add_argument("--cg-maxiter", type=_positive_int, default=500, help="CG iteration cap")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
-                   help="seed of the split and the replace-mode rows")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the split and the replace-mode rows, 0 .. 2**32-1")
     p.add_argument("--no-linear", action="store_true",
                    help="skip the certified linear variant (digits)")
     p.add_argument("--binary", type=_pair, default=(3, 8),
@@ -116,9 +123,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="L2 regularisation of the certified linear variant")
     p.add_argument("--epsilon", type=_positive, default=0.1,
                    help="epsilon of the certified linear variant")
-    p.add_argument("--delta", type=_positive, default=0.01,
-                   help="delta of the certified linear variant")
-    p.add_argument("--out", default="results", help="where JSON/PNG/Markdown go")
+    p.add_argument("--delta", type=_open_unit, default=0.01,
+                   help="delta of the certified linear variant, in (0, 1)")
+    p.add_argument("--out", type=_path, default="results", help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
     return p
 
@@ -139,9 +146,16 @@ def run(args: argparse.Namespace) -> int:
                             names=[f"{stem}.json", f"{stem}.md", f"{stem}.png"])
         result = run_feature_experiment(config)
     except (ValueError, TypeError) as exc:
-        print(f"fastunlearn unlearn-features: error: {exc}", file=sys.stderr)
+        # the config names its fields; say the flag where a field is named otherwise
+        message = str(exc).replace("'n_rows'", "'rows' (--rows)")
+        print(f"fastunlearn unlearn-features: error: {message}", file=sys.stderr)
         return 2
-    files = write_feature_outputs(result, args.out, plots=not args.no_plots)
+    try:
+        files = write_feature_outputs(result, args.out, plots=not args.no_plots)
+    except OSError as exc:  # checked before fitting; a full disk or a race remains
+        print(f"fastunlearn unlearn-features: error: cannot write the results: {exc}",
+              file=sys.stderr)
+        return 1
     d, o, r = result["data"], result["original"], result["retrained"]
     print(f"{d['dataset']}: columns {d['columns']}, {d['num_affected']} affected rows")
     print(f"{'original':>12}: residual {_num(o['residual'])}  distance "

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_types import path as _path
+
 __all__ = ["add_parser", "run"]
 
 
@@ -37,8 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Every metric from saved logits (a logits directory in the fixture "
         "layout): evaluation.json, evaluation.md and epsilon_hist.png in --out",
     )
-    p.add_argument("dir", help="logits directory (logits_retain.npy + <method>/logits_unlearn.npy)")
-    p.add_argument("--out", default=None,
+    p.add_argument("dir", type=_path,
+                   help="logits directory (logits_retain.npy + <method>/logits_unlearn.npy)")
+    p.add_argument("--out", type=_path, default=None,
                    help="output folder (default: ./evaluation-<name of DIR>)")
     p.add_argument("--methods", default=None,
                    help="comma-separated method folders (default: all)")
@@ -79,12 +82,16 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"fastunlearn evaluate: error: {exc}", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(
-        json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
-    (out / "evaluation.md").write_text(render_evaluation_markdown(result))
-    if not args.no_plot:
-        plot_epsilon_histogram(result, out / "epsilon_hist.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(
+            json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
+        (out / "evaluation.md").write_text(render_evaluation_markdown(result))
+        if not args.no_plot:
+            plot_epsilon_histogram(result, out / "epsilon_hist.png")
+    except OSError as exc:  # checked before evaluating; a full disk or a race remains
+        print(f"fastunlearn evaluate: error: cannot write the results: {exc}", file=sys.stderr)
+        return 1
     print(render_evaluation_markdown(result))
     print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'}"
           + ("" if args.no_plot else f", {out / 'epsilon_hist.png'}"))

@@ -361,7 +361,8 @@ def test_oracles_flag_and_the_saved_oracle_seeds(monkeypatch: pytest.MonkeyPatch
 
 
 def test_cli_flags_reach_the_harness_config(monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture) -> None:
+                                            capsys: pytest.CaptureFixture,
+                                            tmp_path: Path) -> None:
     got: list[HarnessConfig] = []
 
     def fake(config: HarnessConfig) -> dict:
@@ -385,9 +386,10 @@ def test_cli_flags_reach_the_harness_config(monkeypatch: pytest.MonkeyPatch,
     assert c.digits_defaults is False and c.cache_dir is None and c.out_dir == "/o"
     assert (c.device, c.mia, c.progress) == ("cpu", False, False)
     got.clear()
-    assert forget_main(["--method", "finetune", "--cache-dir", "/c"]) == 2
+    cache = str(tmp_path / "c")  # the cache folder is checked before the run: writable
+    assert forget_main(["--method", "finetune", "--cache-dir", cache]) == 2
     c = got[0]
-    assert (c.cache_dir, c.mia, c.progress, c.digits_defaults) == ("/c", True, True, True)
+    assert (c.cache_dir, c.mia, c.progress, c.digits_defaults) == (cache, True, True, True)
 
 
 @pytest.mark.parametrize("device", ["foo", "cuda:x", "meta"])
