@@ -226,8 +226,11 @@ def worst_case_bound(
     for n_k, m_k in zip(n_list, m_list, strict=True):
         if m_k > 0:
             rest = max(n_k - m_k, 0.0)
-            if rest == 0:
+            # lam * lam underflows to 0 below lam ~1e-154: the bound is then +inf (as the
+            # C++ kernels' IEEE division gives), not a ZeroDivisionError
+            denominator = lam * lam * rest
+            if denominator == 0:
                 total = math.inf
             else:
-                total += 4.0 * lipschitz * m_k * m_k * C * C / (lam * lam * rest)
+                total += 4.0 * lipschitz * m_k * m_k * C * C / denominator
     return total

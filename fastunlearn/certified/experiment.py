@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic_files import write_text
 from .._device import parse_device
 
 __all__ = [
@@ -814,7 +815,7 @@ def write_outputs(result: ExperimentResult, result_dir: str | os.PathLike[str]) 
     files: dict[str, str] = {"json": str(folder / f"{stem}.json")}
     # the results first: a plot that fails (matplotlib missing, a full disk) loses nothing
     result.files = dict(files)
-    Path(files["json"]).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    write_text(files["json"], json.dumps(result.to_dict(), indent=2) + "\n")
     if result.config.plots:
         retrain_at = [r["n_removed"] for r in result.records if r["retrained"]]
         title = f"{result.data['dataset']} {result.data['train_mode']}"
@@ -830,6 +831,6 @@ def write_outputs(result: ExperimentResult, result_dir: str | os.PathLike[str]) 
     files["markdown"] = str(folder / f"{stem}.md")
     result.files = files
     payload = result.to_dict()
-    Path(files["json"]).write_text(json.dumps(payload, indent=2) + "\n")
+    write_text(files["json"], json.dumps(payload, indent=2) + "\n")
     write_markdown(payload, files["markdown"], plots=files)
     return files

@@ -285,7 +285,8 @@ def cholesky_factor(H: Tensor) -> Tensor:
     """Lower Cholesky factors of SPD matrices ``[K, d, d]``; raises if one is not SPD."""
     L, info = torch.linalg.cholesky_ex(H)
     if bool((info != 0).any()):
-        raise RuntimeError("a Hessian is not positive definite (Cholesky failed)")
+        raise RuntimeError("a Hessian is not positive definite (Cholesky failed): 'lam' is "
+                           "too small to regularise it in float64 (or the weights diverged)")
     return L
 
 

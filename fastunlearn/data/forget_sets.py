@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._atomic_files import write_text
+
 __all__ = ["FORGET_SPEC_FORMS", "load_forget_indices", "parse_forget_spec", "save_forget_indices"]
 
 #: The accepted forms, for error messages and ``--help``.
@@ -179,8 +181,7 @@ def save_forget_indices(path: str | os.PathLike, indices: Tensor | Sequence[int]
     if (counts > 1).any():
         raise ValueError(f"'indices' holds {int(unique[counts > 1][0])} more than once")
     path = Path(path)
-    path.write_text("".join(f"{i}\n" for i in idx.tolist()), encoding="utf-8")
-    return path
+    return write_text(path, "".join(f"{i}\n" for i in idx.tolist()))
 
 
 def _parse_file(body: str, spec: str, n: int) -> Tensor:

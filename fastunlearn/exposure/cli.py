@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .._atomic_files import write_text
 from .._output_folder import check_output_folder
 from ..cli_types import integer as _integer
 from ..cli_types import non_negative_float as _non_negative_float
@@ -136,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
             payload = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-            (args.out / "exposure.json").write_text(payload + "\n")
-            (args.out / "exposure.md").write_text(report + "\n![exposure](exposure.png)\n")
+            write_text(args.out / "exposure.json", payload + "\n")
+            write_text(args.out / "exposure.md", report + "\n![exposure](exposure.png)\n")
             plot_exposure([m for m in (result.canary, result.control) if m is not None],
                           args.out / "exposure.png")
         except OSError as exc:  # checked before training; a full disk or a race remains

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .._atomic_files import save_figure
 from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
 from ..metrics.fixtures import _swap_in
@@ -149,8 +150,7 @@ def plot_epsilons(result: dict[str, Any], path: Path) -> Path | None:
         ax.tick_params(labelsize=7)
     fig.suptitle("Per-example epsilon (Seed A, delta 0.05) on the forget set", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
@@ -172,8 +172,7 @@ def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=7, ncol=4)
     ax.set_title("Accuracies and MIA-Efficacy (mean over seeds)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_times(result: dict[str, Any], path: Path) -> Path:
@@ -189,8 +188,7 @@ def plot_times(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("seconds per run")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def _run_columns(runs: list[dict[str, Any]]) -> dict[str, list[float]]:

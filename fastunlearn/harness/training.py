@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from .._atomic_files import replace_atomically
 from ..forget import _training
 from .config import TrainSettings, oracle_recipe
 from .data import build_harness_model, model_kwargs
@@ -172,23 +170,9 @@ def train_or_load(
         # the weights, then the sidecar, each written under a temporary name (unique, so
         # concurrent runs do not clash) and renamed into place; the sidecar last: a cache
         # entry cut short by an interrupt is a miss, and the temporary file is removed
-        _write_atomically(path, lambda tmp: save_model(model, str(tmp)))
+        replace_atomically(path, lambda tmp: save_model(model, str(tmp)))
         text = json.dumps({"key": key, "seconds": seconds, "role": role,
                            "model": model_name, "seed": seed}) + "\n"
-        _write_atomically(meta, lambda tmp: tmp.write_text(text))
+        replace_atomically(meta, lambda tmp: tmp.write_text(text))
     return TrainedModel(model, seconds, False, key)
 
-
-def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path``.
-
-    ``path`` holds its old content or the new one, never a part; the temporary file is
-    removed when the write fails or is interrupted (Ctrl-C).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._atomic_files import write_text
 from .update import influence_update
 
 __all__ = [
@@ -325,7 +326,7 @@ def write_canary_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]
     files = {"json": str(folder / "canary_unlearning.json"),
              "markdown": str(folder / "canary_unlearning.md")}
     data = {k: v for k, v in result.items() if k != "model"}
-    Path(files["json"]).write_text(json.dumps(_json_ready({**data, "files": files}),
+    write_text(files["json"], json.dumps(_json_ready({**data, "files": files}),
                                               indent=2) + "\n")
-    Path(files["markdown"]).write_text(render_canary_report(data))
+    write_text(files["markdown"], render_canary_report(data))
     return files

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._atomic_files import save_figure, write_text
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings
@@ -621,9 +622,7 @@ def _agg_figure(width: float, height: float) -> Any:
 def _save_png(fig: Any, path: Path) -> Path:
     """Lay out a matplotlib figure and save it as PNG at ``path`` (folders created)."""
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def write_outputs(
@@ -665,8 +664,8 @@ def _write_report_files(
     if plot is not None:
         files["plot"] = str(plot(result, folder / f"{stem}.png"))
     result = {**result, "files": files}
-    Path(files["json"]).write_text(json.dumps(_json_ready(result), indent=2) + "\n")
+    write_text(files["json"], json.dumps(_json_ready(result), indent=2) + "\n")
     plot_rel = Path(files["plot"]).name if plot is not None else None
-    Path(files["markdown"]).write_text(render(result, plot_rel))
+    write_text(files["markdown"], render(result, plot_rel))
     return files
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._atomic_files import write_text
 from ..cli_types import path as _path
 
 __all__ = ["add_parser", "run"]
@@ -84,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "evaluation.json").write_text(
+        write_text(out / "evaluation.json",
             json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
-        (out / "evaluation.md").write_text(render_evaluation_markdown(result))
+        write_text(out / "evaluation.md", render_evaluation_markdown(result))
         if not args.no_plot:
             plot_epsilon_histogram(result, out / "epsilon_hist.png")
     except OSError as exc:  # checked before evaluating; a full disk or a race remains

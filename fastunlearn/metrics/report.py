@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._atomic_files import save_figure
+
 __all__ = ["json_ready", "plot_epsilon_histogram", "render_evaluation_markdown"]
 
 
@@ -120,7 +122,4 @@ def plot_epsilon_histogram(result: Mapping[str, Any], path: str | os.PathLike[st
     ax.set_title("Per-example epsilon of the likelihood-ratio attack")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return save_figure(fig, path)

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._atomic_files import write_text
+
 __all__ = ["format_value", "render_markdown", "write_markdown"]
 
 #: Plot key -> caption, in the order they appear.
@@ -298,5 +300,5 @@ def write_markdown(
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(result, plots=plots, base_dir=out.parent.resolve()))
+    write_text(out, render_markdown(result, plots=plots, base_dir=out.parent.resolve()))
     return out

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._atomic_files import save_figure
+
 __all__ = ["plot_accuracy", "plot_bounds", "plot_times"]
 
 #: Smallest value drawn on a log axis (zero bounds, e.g. a residual of exactly 0).
@@ -88,8 +90,7 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, format="png")
-    return out
+    return save_figure(fig, out)
 
 
 def _worst_case_running(records: Sequence[Any], default: float | None) -> list[float] | None:

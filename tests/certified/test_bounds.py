@@ -49,6 +49,28 @@ def test_worst_case_reference_number():
     assert worst_case_bound(1e-3, 11982) == pytest.approx(1.0 / (1e-6 * 11981), rel=1e-12)
 
 
+def test_worst_case_is_infinite_where_lam_squared_underflows():
+    # lam * lam is 0 in float64 below ~1e-154: +inf (the C++ kernels' value), no
+    # ZeroDivisionError (it crashed `fastunlearn remove --lam 1e-300`)
+    assert worst_case_bound(1e-300, 100) == math.inf
+    assert worst_case_bound(1e-300, [50, 60], [1, 2]) == math.inf
+    assert math.isfinite(worst_case_bound(1e-150, 100))
+
+
+def test_a_vanishing_lam_is_an_error_naming_lam():
+    from fastunlearn.certified import CertifiedLogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.warns(UserWarning):
+        model = CertifiedLogisticRegression(lam=1e-300, max_iter=5).fit(X, y)
+    coef = model.coef_.copy()
+    with pytest.raises(RuntimeError, match="'lam' is too small"):
+        model.remove([0])
+    assert np.array_equal(model.coef_, coef) and len(model.removed_indices_) == 0
+
+
 def test_worst_case_carries_the_row_norm_cubed():
     # Theorem 1 with rows up to R long: the curvature term l''(x^T w) x x^T is gamma R^3
     # Lipschitz and the logistic gradient is at most R long: 4 gamma m^2 R^2 R^3 / (lam^2 (n-m))

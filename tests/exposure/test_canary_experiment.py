@@ -235,7 +235,7 @@ def test_cli(tmp_path, capsys):
     assert args.func(args) == 0
     assert json.loads((tmp_path / "exposure.json").read_text())["canary"]["secret"] == "07"
     assert "`07`" in capsys.readouterr().out
-    bad = parser.parse_args(["exposure", "--candidates", "2", "--steps", "0"])
+    bad = parser.parse_args(["exposure", "--secret", "12", "--secret-length", "3"])
     assert run(bad) == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["exposure", "--secret", "12a"])

@@ -1,0 +1,54 @@
+"""Write result files whole or not at all: a temporary name beside the file, then a rename.
+
+A run interrupted (Ctrl-C, a full disk, a killed job) while writing ``results.json`` in place
+leaves a truncated file that looks like a result; written here, the file keeps its old
+content or gets the new one, and the temporary file is removed on any failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["replace_atomically", "save_figure", "write_text"]
+
+
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path``.
+
+    Args:
+        path: The file to write (its folder must exist).
+        write: Writes the whole content to the path it is given.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        Whatever ``write`` or the rename raises (KeyboardInterrupt too); the temporary file
+        is removed first and ``path`` is left as it was.
+
+    """
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`replace_atomically`)."""
+    return replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Save a matplotlib figure as PNG at ``path`` atomically (folders created)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return replace_atomically(out, lambda tmp: fig.savefig(tmp, format="png"))
