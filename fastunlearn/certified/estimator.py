@@ -37,6 +37,7 @@ from .bounds import (
 )
 from .errors import BudgetExceededError
 from .math import (
+    _normalize_rows,
     cholesky_apply,
     cholesky_factor,
     curvature_weights,
@@ -47,7 +48,6 @@ from .math import (
     loss_derivative,
     newton_fit,
     no_tf32,
-    normalize_rows,
     small_problem_threads,
     subsample_membership,
     triangular_apply,
@@ -382,7 +382,7 @@ class CertifiedLogisticRegression(
         device = torch.device(cfg["device"])
         Xt = torch.from_numpy(np.array(X, dtype=np.float64, order="C", copy=True)).to(device)
         if cfg["normalize"]:
-            Xt = normalize_rows(Xt)
+            Xt = _normalize_rows(Xt, inplace=True)  # Xt is a copy of our own
         lab = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         if mode == "binary":
             Y = torch.where(lab == 1, 1.0, -1.0).to(torch.float64).unsqueeze(1)
@@ -535,12 +535,15 @@ class CertifiedLogisticRegression(
 
     def _features(self, X: Any) -> Tensor:
         check_is_fitted(self)
-        X = validate_data(
-            self, _host_array(X), reset=False, dtype=np.float64, ensure_all_finite=True
-        )
-        Xt = np.array(X, dtype=np.float64, order="C", copy=True)  # row-major as in fit
-        Xt = torch.from_numpy(Xt).to(self._X.device)
-        return normalize_rows(Xt) if self._cfg["normalize"] else Xt
+        given = _host_array(X)
+        X = validate_data(self, given, reset=False, dtype=np.float64, ensure_all_finite=True)
+        # row-major as in fit, in memory of our own: validation's conversion (e.g. of float32
+        # rows) already is a fresh array, copied again only when it may be the caller's
+        own = isinstance(given, np.ndarray) and not np.may_share_memory(X, given)
+        if not (own and X.flags.c_contiguous and X.flags.writeable and X.dtype == np.float64):
+            X = np.array(X, dtype=np.float64, order="C", copy=True)
+        Xt = torch.from_numpy(X).to(self._X.device)
+        return _normalize_rows(Xt, inplace=True) if self._cfg["normalize"] else Xt
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Margins ``x . w_k`` (after the same row normalisation as in fit).

@@ -117,11 +117,19 @@ def normalize_rows(X: Tensor) -> Tensor:
         Tensor[n, d]: the normalised rows (a new tensor).
 
     """
+    return _normalize_rows(X, inplace=False)
+
+
+def _normalize_rows(X: Tensor, *, inplace: bool) -> Tensor:
+    """:func:`normalize_rows`, written into ``X`` itself when ``inplace`` (bitwise the same)."""
     tiny = torch.finfo(X.dtype).tiny
     # scale by the largest entry first so that squaring neither underflows (|x| < 1e-154)
-    # nor overflows (|x| > 1e154)
-    scaled = X / X.abs().amax(dim=1, keepdim=True).clamp_min(tiny)
-    return scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min(tiny)
+    # nor overflows (|x| > 1e154); max |x| = max(max x, -min x) exactly, without the
+    # full-size temporary of X.abs()
+    largest = torch.maximum(X.amax(dim=1, keepdim=True), X.amin(dim=1, keepdim=True).neg_())
+    largest.clamp_min_(tiny)
+    scaled = X.div_(largest) if inplace else X / largest
+    return scaled.div_(torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min_(tiny))
 
 
 def derive_seed(seed: int, purpose: str, counter: int = 0) -> int:

@@ -48,9 +48,20 @@ def float_tensor(value: Any, name: str, ndim: int | None = None) -> Tensor:
         t = t.to(torch.float64)
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"'{name}' must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    if t.numel() and not bool(torch.isfinite(t).all()):
+    if t.numel() and not _all_finite(t):
         raise ValueError(f"'{name}' has non-finite entries (nan or inf)")
     return t
+
+
+def _all_finite(t: Tensor) -> bool:
+    """Whether every entry of a non-empty floating tensor is finite.
+
+    One reduction pass (nan propagates through min and max, and an infinity is an extreme),
+    without the full-size boolean temporary of ``isfinite(t).all()``: this check runs on
+    every metric input, often the same large logits several times.
+    """
+    extremes = torch.aminmax(t)
+    return bool(torch.isfinite(torch.stack([extremes.min, extremes.max])).all())
 
 
 def label_tensor(value: Any, name: str, num_classes: int, shape: tuple[int, ...]) -> Tensor:
