@@ -1,7 +1,12 @@
 """Shared test parametrisation: devices, dtypes, tolerances."""
 
+import dataclasses
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 #: Parametrize over these: CPU always, CUDA marked (and skipped where there is no GPU).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -59,3 +64,39 @@ def per_sample_loop(model, x, y, loss_fn, names) -> dict:
         for n, g in zip(names, gs, strict=True):
             rows[n].append(torch.zeros_like(params[n]) if g is None else g)
     return {n: torch.stack(v) for n, v in rows.items()}
+
+
+#: Result keys left out of :func:`canonical`: timings and where files went.
+_VOLATILE = ("second", "time", "timing", "speedup")
+
+
+def canonical(obj: Any, skip: tuple[str, ...] = ()) -> Any:
+    """A comparable form of a result: tensors and arrays as bytes, floats bitwise (NaN equal
+    to NaN), models as state dicts; timings, paths, tracebacks and the keys in ``skip``
+    left out."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        return ("tensor", str(t.dtype), tuple(t.shape), t.numpy().tobytes())
+    if isinstance(obj, np.ndarray):
+        return ("array", str(obj.dtype), obj.shape, obj.tobytes())
+    if isinstance(obj, nn.Module):
+        return canonical(obj.state_dict(), skip)
+    if isinstance(obj, float):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: canonical(v, skip) for k, v in obj.items()
+                if k not in skip and k not in ("paths", "traceback")
+                and not any(s in str(k) for s in _VOLATILE) and not str(k).endswith("_s")}
+    if hasattr(obj, "_asdict"):
+        return canonical(obj._asdict(), skip)
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v, skip) for v in obj]
+    if dataclasses.is_dataclass(obj):
+        return canonical({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, skip)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (int, str, bool, type(None))):
+        return obj
+    if isinstance(obj, torch.Generator):
+        return canonical(obj.get_state())
+    return canonical(vars(obj), skip)

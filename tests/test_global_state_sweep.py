@@ -32,6 +32,7 @@ from fastunlearn.harness import HarnessConfig, HarnessData, TrainSettings, run_h
 from fastunlearn.influence.canary import CanaryUnlearnConfig, unlearn_canary
 from fastunlearn.influence.experiment import RepairConfig, run_repair_experiment
 from fastunlearn.influence.feature_experiment import FeatureConfig, run_feature_experiment
+from tests.helpers import canonical
 
 # --- global state ----------------------------------------------------------------------
 
@@ -153,35 +154,10 @@ def _assert_unchanged(originals: list[Any], objects: tuple[Any, ...]) -> None:
         assert same, f"input {i} was modified in place"
 
 
-_TIMING = ("second", "time", "timing", "speedup")
-
-
-def _canon(obj: Any) -> Any:
-    """A comparable form of a result: tensors and arrays as bytes, timings left out."""
-    if isinstance(obj, Tensor):
-        t = obj.detach().cpu().contiguous()
-        return ("tensor", str(t.dtype), tuple(t.shape), t.numpy().tobytes())
-    if isinstance(obj, np.ndarray):
-        return ("array", str(obj.dtype), obj.shape, obj.tobytes())
-    if isinstance(obj, nn.Module):
-        return _canon(obj.state_dict())
-    if isinstance(obj, float):
-        return repr(obj)  # NaN equals NaN, bitwise otherwise
-    if isinstance(obj, dict):
-        return {k: _canon(v) for k, v in obj.items()
-                if not any(s in str(k) for s in _TIMING) and not str(k).endswith("_s")
-                and k != "paths"}
-    if isinstance(obj, (list, tuple)):
-        return [_canon(v) for v in obj]
-    if dataclasses.is_dataclass(obj):
-        return _canon({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
-    if isinstance(obj, (int, str, bool, type(None), np.integer, np.floating, np.bool_)):
-        return obj.item() if isinstance(obj, np.generic) else obj
-    return _canon(vars(obj))
 
 
 def _same(a: Any, b: Any) -> bool:
-    return _canon(a) == _canon(b)
+    return canonical(a) == canonical(b)
 
 
 # --- data ------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ intact, no temporary file is left, and the next run gives the uninterrupted resu
 from __future__ import annotations
 
 import copy
-import dataclasses
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from fastunlearn.harness import training as harness_training
 from fastunlearn.influence import drivers
 from fastunlearn.influence import update as inf_update
 from fastunlearn.metrics import fixtures, load_logits_dir, write_logits_dir
+from tests.helpers import canonical
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -104,38 +104,12 @@ def _run_interrupted(fn: Callable[[], Any], hook: Interrupt) -> bool:
     return False
 
 
-def _canon(obj: Any, skip: tuple[str, ...] = ()) -> Any:
-    """A comparable form: tensors / arrays as bytes, floats bitwise, timings left out."""
-    if isinstance(obj, Tensor):
-        t = obj.detach().cpu().contiguous()
-        return ("T", str(t.dtype), tuple(t.shape), t.numpy().tobytes())
-    if isinstance(obj, np.ndarray):
-        return ("A", str(obj.dtype), obj.shape, obj.tobytes())
-    if isinstance(obj, nn.Module):
-        return _canon(obj.state_dict())
-    if isinstance(obj, float):
-        return repr(obj)
-    if isinstance(obj, dict):
-        return {k: _canon(v, skip) for k, v in obj.items()
-                if k not in skip and "second" not in str(k) and "time" not in str(k)
-                and not str(k).endswith("_s") and k not in ("paths", "traceback")}
-    if hasattr(obj, "_asdict"):
-        return _canon(obj._asdict(), skip)
-    if isinstance(obj, (list, tuple)):
-        return [_canon(v, skip) for v in obj]
-    if dataclasses.is_dataclass(obj):
-        return _canon({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, skip)
-    if isinstance(obj, (int, str, bool, type(None), np.generic)):
-        return obj
-    if isinstance(obj, torch.Generator):
-        return _canon(obj.get_state())
-    return _canon(vars(obj), skip)
 
 
 def _model_state(model: nn.Module) -> Any:
-    return (_canon(model.state_dict()), [m.training for m in model.modules()],
+    return (canonical(model.state_dict()), [m.training for m in model.modules()],
             [p.requires_grad for p in model.parameters()],
-            [None if p.grad is None else _canon(p.grad) for p in model.parameters()],
+            [None if p.grad is None else canonical(p.grad) for p in model.parameters()],
             sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                 for m in model.modules()))
 
@@ -179,7 +153,7 @@ def _state(model: CertifiedLogisticRegression) -> Any:
             torch.set_num_threads(threads)
     if wood is not None and wood.folded == 0:  # factors started, no row in them yet: the
         state["_wood"] = None  # cache the next step would start (its buffers are checked)
-    return _canon(state, _CACHES)
+    return canonical(state, _CACHES)
 
 
 def _assert_wood_clean(model: CertifiedLogisticRegression) -> None:
@@ -431,8 +405,8 @@ def test_harness_interrupted_keeps_outputs_and_cache_sound(tmp_path, monkeypatch
             assert not [p.name for p in cache.iterdir() if p.suffix == ".tmp"
                         or p.name.startswith(".")], "a temporary file was left in the cache"
     result = run_harness(config, _HDATA)  # the next run with the same settings
-    assert _canon(result, ("cache", "cached", "config")) == \
-        _canon(harness_reference, ("cache", "cached", "config"))
+    assert canonical(result, ("cache", "cached", "config")) == \
+        canonical(harness_reference, ("cache", "cached", "config"))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert load_logits_dir(out / "logits").methods["finetune"].shape[1] == 1
 
@@ -626,8 +600,8 @@ def test_canary_experiment_interrupted_keeps_global_state(monkeypatch, owner, na
             assert _run_interrupted(lambda: exposure_experiment.run_canary_experiment(cfg),
                                     hook)
     again = exposure_experiment.run_canary_experiment(cfg)
-    assert _canon(again.canary) == _canon(reference.canary)
-    assert _canon(again.model) == _canon(reference.model)
+    assert canonical(again.canary) == canonical(reference.canary)
+    assert canonical(again.model) == canonical(reference.model)
 
 
 def test_measure_exposure_interrupted_restores_the_callers_model(monkeypatch,
