@@ -73,14 +73,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         return _error("demo", "'device' is 'cuda' but no CUDA GPU is visible")
     if args.result_dir is not None:
-        from ._output_folder import check_output_folder
-        from .certified.experiment import ExperimentConfig
-
-        # the demo writes its two reports only after it has run: refuse a bad folder first
-        names = [name for settings in (demo.BINARY, demo.OVR)
-                 for name in _output_names(ExperimentConfig(**settings).stem)]
-        try:
-            check_output_folder(args.result_dir, argument="result_dir", names=names)
+        try:  # the demo writes its two reports only after it has run: refuse a bad folder first
+            demo.check_result_dir(args.result_dir)
         except ValueError as exc:
             return _error("demo", str(exc))
     argv = [] if args.device is None else ["--device", args.device]
@@ -112,12 +106,6 @@ def _plain_name(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"must be a plain name without path separators, got {text!r}")
     return text
-
-
-def _output_names(stem: str) -> list[str]:
-    """Return the files a removal experiment with result stem ``stem`` writes."""
-    return [f"{stem}.json", f"{stem}.md", f"{stem}_bounds.png", f"{stem}_accuracy.png",
-            f"{stem}_time.png"]
 
 
 # ---- remove ---------------------------------------------------------------------------------
@@ -238,9 +226,9 @@ def _print_summary(result: Any) -> None:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any fitting, a result folder that could not be written at the end."""
     from ._output_folder import check_output_folder
+    from .certified.experiment import output_names
 
-    check_output_folder(args.result_dir, argument="result_dir",
-                        names=_output_names(args.stem))
+    check_output_folder(args.result_dir, argument="result_dir", names=output_names(args.stem))
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:

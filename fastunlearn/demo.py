@@ -315,6 +315,22 @@ def section_timings(device: torch.device) -> None:
     bench_farthest(device)
 
 
+def check_result_dir(result_dir: str) -> None:
+    """Refuse, before any work, a folder the two reports of [1] and [2] could not go to.
+
+    Raises:
+        ValueError: naming ``result_dir`` (see :func:`fastunlearn._output_folder.
+            check_output_folder`).
+
+    """
+    from ._output_folder import check_output_folder
+    from .certified.experiment import ExperimentConfig, output_names
+
+    names = [name for settings in (BINARY, OVR)
+             for name in output_names(ExperimentConfig(**settings).stem)]
+    check_output_folder(result_dir, argument="result_dir", names=names)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fastunlearn.demo",
@@ -327,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
+    if args.result_dir is not None:
+        try:
+            check_result_dir(args.result_dir)  # the reports are written after the run
+        except ValueError as exc:
+            parser.error(str(exc))
     start = time.perf_counter()
     print_backend()
     print("\nCertified removal (Guo et al., ICML 2020) on scikit-learn's digits: 8x8 images "

@@ -29,3 +29,16 @@ def test_unknown_command_is_an_error(capsys):
         cli.main(["no-such-command"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_demo_run_directly_refuses_a_bad_result_dir_before_any_section(tmp_path, capsys):
+    from fastunlearn import demo
+
+    occupied = tmp_path / "a file"
+    occupied.write_text("mine\n")
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--device", "cpu", "--result-dir", str(occupied)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "'result_dir'" in captured.err and "[1]" not in captured.out
+    assert occupied.read_text() == "mine\n"

@@ -799,6 +799,12 @@ def _extractor_privacy(meta: dict[str, Any], privacy: dict[str, Any], name: str)
     return info
 
 
+def output_names(stem: str) -> list[str]:
+    """Names of the files :func:`write_outputs` writes for a result whose stem is ``stem``."""
+    return [f"{stem}.json", f"{stem}.md", f"{stem}_bounds.png", f"{stem}_accuracy.png",
+            f"{stem}_time.png"]
+
+
 def write_outputs(result: ExperimentResult, result_dir: str | os.PathLike[str]) -> dict[str, str]:
     """Write the JSON, the PNG plots and the Markdown report of ``result``.
 
