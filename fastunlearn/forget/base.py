@@ -111,11 +111,17 @@ ForgetMethod = Callable[[nn.Module, Dataset, Dataset, Any], nn.Module]
 _REGISTRY: dict[str, tuple[ForgetMethod, type[ForgetConfig]]] = {}
 
 
+#: Largest integer setting: every count ends up in a torch size or ``islice`` (int64).
+_MAX_INT = 2**63 - 1
+
+
 def _check_int(name: str, value: object, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > _MAX_INT:  # would fail deep inside (a torch size, islice) at run time
+        raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
 
 
 def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> None:

@@ -61,6 +61,14 @@ def test_integer_inputs_skip_the_finiteness_check():
     assert len(ds) == 3
 
 
+def test_integer_settings_beyond_int64_are_refused_up_front():
+    # `fastunlearn forget --set finetune.batch_size=99999999999999999999` passed validation
+    # and failed at run time inside the loader
+    with pytest.raises(ValueError, match=r"batch_size must be <= 2\*\*63 - 1"):
+        FinetuneConfig(batch_size=2**63)
+    assert FinetuneConfig(batch_size=2**63 - 1).batch_size == 2**63 - 1
+
+
 # --- register ---------------------------------------------------------------------------
 
 
