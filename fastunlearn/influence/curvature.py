@@ -75,6 +75,8 @@ class GGNOperator(LinearOperator):
 
     """
 
+    costly_products = True  # each product runs the network over the data
+
     def __init__(
         self,
         model: nn.Module,

@@ -171,7 +171,7 @@ def cg(
     atol: float = 0.0,
     maxiter: int | None = None,
     precond: Tensor | str | LinearOperator | Matmat | None = None,
-    check_every: int = 10,
+    check_every: int | None = None,
     callback: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> CGResult:
     """Solve ``A X = B`` column by column with (preconditioned) conjugate gradients.
@@ -211,7 +211,9 @@ def cg(
         atol: Absolute tolerance (>= 0).
         maxiter: Maximum iterations (default ``10 * d``).
         precond: See above.
-        check_every: Host convergence check period in iterations (>= 1).
+        check_every: Host convergence check period in iterations (>= 1); default 1 for an
+            operator with ``costly_products`` (network curvature: a wasted product costs a
+            pass over the data), else 10.
         callback: Called as ``callback(iteration, x, rr)`` after every iteration with the
             live [d, K] iterate and the squared recursive residual norms [K]. Reading them
             synchronises with the device.
@@ -245,6 +247,8 @@ def cg(
     atol = _check_nonnegative("atol", atol)
     d = B.shape[0]
     maxiter = 10 * d if maxiter is None else _check_int("maxiter", maxiter, 0)
+    if check_every is None:
+        check_every = 1 if getattr(A, "costly_products", False) else 10
     check_every = _check_int("check_every", check_every, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"'callback' must be callable, got {type(callback).__name__}")

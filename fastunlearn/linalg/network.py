@@ -352,6 +352,8 @@ class NetworkHessianOperator(LinearOperator):
 
     """
 
+    costly_products = True  # each product runs the network over the data
+
     def __init__(
         self,
         model: nn.Module,

@@ -49,12 +49,16 @@ class LinearOperator:
         shape: ``(d, d)``.
         dtype: Floating dtype of the inputs and outputs.
         device: Device of the inputs and outputs.
+        costly_products: Whether one product costs far more than a host synchronisation
+            (a pass of a network over data): :func:`~fastunlearn.linalg.cg` then checks for
+            convergence after every product by default.
 
     """
 
     shape: tuple[int, int]
     dtype: torch.dtype
     device: torch.device
+    costly_products: bool = False
 
     def matmat(self, V: Tensor) -> Tensor:
         """Apply the operator to the columns of ``V``.
@@ -227,6 +231,7 @@ class ScaledIdentityPlus(LinearOperator):
             raise TypeError(f"'base' must be a LinearOperator, got {type(base).__name__}")
         self.base = base
         self.c = _check_nonnegative("c", c)
+        self.costly_products = base.costly_products
         self.shape = base.shape
         self.dtype = base.dtype
         self.device = base.device

@@ -7,8 +7,10 @@ from fastunlearn.linalg import (
     DenseOperator,
     GLMHessianOperator,
     LissaDivergenceError,
+    NetworkHessianOperator,
     cg,
     cholesky_solve,
+    damped,
     lissa,
 )
 from fastunlearn.ops import reference
@@ -412,3 +414,23 @@ def test_cholesky_solve_bad_inputs():
         cholesky_solve(H, torch.ones(5, dtype=torch.float64))
     with pytest.raises(TypeError, match="'B'"):
         cholesky_solve(H, torch.ones(4, dtype=torch.float32))
+
+
+def test_cg_checks_every_product_of_a_costly_operator_by_default():
+    # a network product is a pass over the data: the default check period is 1 there, so
+    # no product runs after the last column stopped (the answer does not depend on it)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
+                                torch.nn.Linear(6, 3)).double()
+    x, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    op = NetworkHessianOperator(model, torch.nn.CrossEntropyLoss(reduction="sum"), x, y,
+                                damping=0.5)
+    assert op.costly_products and damped(op, 0.1).costly_products
+    b = torch.randn(op.shape[0], dtype=torch.float64)
+    by_default = cg(op, b, tol=1e-6)
+    every_ten = cg(op, b, tol=1e-6, check_every=10)
+    iterations = int(by_default.iterations.max())
+    assert iterations % 10 != 0  # otherwise the two would coincide
+    assert torch.equal(by_default.solution, every_ten.solution)
+    assert by_default.num_matvecs < every_ten.num_matvecs
+    assert not DenseOperator(torch.eye(3, dtype=torch.float64)).costly_products
