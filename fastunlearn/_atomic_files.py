@@ -8,12 +8,13 @@ content or gets the new one, and the temporary file is removed on any failure.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["replace_atomically", "save_figure", "write_text"]
+__all__ = ["replace_atomically", "save_figure", "swap_in_folder", "write_text"]
 
 
 def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
@@ -52,3 +53,23 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     return replace_atomically(out, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def swap_in_folder(new: Path, root: Path) -> None:
+    """Put the fully written folder ``new`` at ``root``, replacing what is there.
+
+    Renames only: ``root`` is first moved aside, then ``new`` takes its place; if that fails
+    or is interrupted (KeyboardInterrupt too), the earlier folder goes back in place. An
+    empty or missing ``root`` is replaced in one atomic rename.
+    """
+    if not root.exists() or not any(root.iterdir()):
+        os.replace(new, root)
+        return
+    old = root.with_name(f".{root.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(root, old)
+    try:
+        os.replace(new, root)
+    except BaseException:
+        os.replace(old, root)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
-from .._atomic_files import save_figure
+from .._atomic_files import save_figure, swap_in_folder
 from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
-from ..metrics.fixtures import _swap_in
 from ..metrics.report import json_ready
 
 __all__ = ["check_out_dir", "render_table", "write_outputs"]
@@ -269,7 +268,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
                   plot_times(result, stage / "time.png").name]
         # everything is written: now only renames
         if with_logits:
-            _swap_in(stage / "logits", out / "logits")
+            swap_in_folder(stage / "logits", out / "logits")
         for name in names:
             os.replace(stage / name, out / name)
         if eps is None:  # no epsilon this run: an earlier run's histogram must not stay beside it

@@ -384,11 +384,8 @@ def _solve_cg(
     converged = False
     residual = math.inf
     for _ in range(restarts + 1):
-        # check for convergence / breakdown after every product: a network HVP over the
-        # training set costs far more than the host check, and cg's default period of
-        # 10 would run up to 9 wasted full-data products after the last column stops
-        result = cg(op, G, x0=x, tol=tol, maxiter=max(budget - iterations, 0),
-                    check_every=1)
+        # (the curvature operators are `costly_products`: cg checks after every product)
+        result = cg(op, G, x0=x, tol=tol, maxiter=max(budget - iterations, 0))
         x = result.solution
         steps = int(result.iterations.max())
         iterations += steps

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._atomic_files import swap_in_folder
 from ._checks import float_tensor, label_tensor
 
 __all__ = [
@@ -227,21 +228,6 @@ def _check_replaceable(root: Path) -> None:
                          "refusing to replace it (give a new or a logits folder)")
 
 
-def _swap_in(new: Path, root: Path) -> None:
-    """Put folder ``new`` at ``root``, replacing what is there (a rename each)."""
-    if not root.exists() or not any(root.iterdir()):
-        os.replace(new, root)  # atomic; an empty folder is replaced in place
-        return
-    old = root.with_name(f".{root.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(root, old)
-    try:
-        os.replace(new, root)
-    except BaseException:  # KeyboardInterrupt too: the earlier folder goes back in place
-        os.replace(old, root)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_logits_dir(
     path: str | os.PathLike[str],
     retrain_logits: Any,
@@ -305,7 +291,7 @@ def write_logits_dir(
                 _write_metrics(tmp / name, metrics[name], rows[name])
         if forget_set is not None:
             (tmp / "forget_set.txt").write_text(",".join(str(int(i)) for i in forget_set) + "\n")
-        _swap_in(tmp, root)
+        swap_in_folder(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
