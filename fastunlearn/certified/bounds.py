@@ -64,6 +64,20 @@ def _check_nonneg(name: str, value: float, *, positive: bool = False) -> float:
     return value
 
 
+def _count_list(name: str, value: object) -> list[float]:
+    """Row counts (a number, or one per class) as floats, each finite and >= 0."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(float(value) if _is_real(value) else value)
+    if array.dtype.kind not in "iuf" or array.size == 0:
+        raise TypeError(f"argument '{name}' must be a count or a non-empty tensor/array of "
+                        f"counts, got {type(value).__name__} of dtype {array.dtype}")
+    counts = array.astype(np.float64).reshape(-1)
+    if not (np.isfinite(counts).all() and (counts >= 0).all()):
+        raise ValueError(f"argument '{name}' must hold finite counts >= 0, got {counts.tolist()}")
+    return counts.tolist()
+
+
 def c_delta(delta: float) -> float:
     """Return ``c = sqrt(2 ln(1.5 / delta))``, the Gaussian-mechanism constant.
 
@@ -172,8 +186,18 @@ def data_dependent_bound(
     Returns:
         Tensor[K]: the bound of each class; their sum bounds the joint residual.
 
+    Raises:
+        TypeError: if a norm is not a tensor.
+        ValueError: if ``gamma`` is not positive or ``row_norm_max`` is negative (both finite).
+
     """
-    return gamma * max(1.0, float(row_norm_max)) * spectral_norm * step_norm * projected_norm
+    for name, value in (("spectral_norm", spectral_norm), ("step_norm", step_norm),
+                        ("projected_norm", projected_norm)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"argument '{name}' must be a torch.Tensor, got {type(value).__name__}")
+    gamma = _check_nonneg("gamma", gamma, positive=True)
+    row_factor = max(1.0, _check_nonneg("row_norm_max", row_norm_max))
+    return gamma * row_factor * spectral_norm * step_norm * projected_norm
 
 
 def worst_case_bound(
@@ -205,18 +229,19 @@ def worst_case_bound(
         The bound (``inf`` if a class would be left with no rows).
 
     Raises:
-        ValueError: if ``lam`` or ``row_norm`` is not positive.
+        TypeError: if an argument is not a number (``n``, ``m``: numbers or a tensor/array of
+            them).
+        ValueError: if ``lam``, ``gamma`` or ``row_norm`` is not positive, ``C``, ``n`` or
+            ``m`` is negative, or any of them is not finite.
 
     """
     lam = _check_nonneg("lam", lam, positive=True)
+    gamma = _check_nonneg("gamma", gamma, positive=True)
+    C = _check_nonneg("C", C)
     lipschitz = gamma * _check_nonneg("row_norm", row_norm, positive=True) ** 3
     # host arithmetic on a handful of numbers (once per removal): plain floats
-    if isinstance(n, Tensor):
-        n = n.detach().cpu().numpy()
-    if isinstance(m, Tensor):
-        m = m.detach().cpu().numpy()
-    n_list = np.asarray(n, dtype=np.float64).reshape(-1).tolist()
-    m_list = np.asarray(m, dtype=np.float64).reshape(-1).tolist()
+    n_list = _count_list("n", n)
+    m_list = _count_list("m", m)
     if len(m_list) == 1:
         m_list = m_list * len(n_list)
     if len(m_list) != len(n_list):

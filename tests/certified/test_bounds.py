@@ -173,6 +173,57 @@ def test_data_dependent_bound_formula():
     torch.testing.assert_close(data_dependent_bound(spec, step, proj, 0.25, 3.0), 3 * out)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"gamma": -0.25}, ValueError, "gamma"),  # was a negative bound
+        ({"gamma": float("nan")}, ValueError, "gamma"),  # was nan
+        ({"gamma": 0.0}, ValueError, "gamma"),  # was 0: no bound at all
+        ({"C": -1.0}, ValueError, "'C'"),
+        ({"C": float("inf")}, ValueError, "'C'"),  # was inf
+        ({"n": None}, TypeError, "'n'"),  # was nan
+        ({"n": "100"}, TypeError, "'n'"),
+        ({"n": True}, TypeError, "'n'"),
+        ({"n": []}, TypeError, "'n'"),
+        ({"n": float("nan")}, ValueError, "'n'"),  # was nan
+        ({"m": -1}, ValueError, "'m'"),  # was 0: a negative removal count cost nothing
+        ({"m": torch.tensor([1.0, float("nan")])}, ValueError, "'m'"),  # was 0
+        ({"m": None}, TypeError, "'m'"),
+    ],
+)
+def test_worst_case_refuses_bad_arguments_by_name(kwargs, error, name):
+    args = {"lam": 0.1, "n": 100, "m": 1, **kwargs}
+    with pytest.raises(error, match=name):
+        worst_case_bound(**args)
+
+
+def test_worst_case_accepts_counts_of_any_numeric_kind():
+    expected = worst_case_bound(0.1, 100, 2)
+    for n, m in [(np.int64(100), np.float32(2)), (torch.tensor(100), torch.tensor([2])),
+                 ([100], 2.0), (100.0, [2])]:
+        assert worst_case_bound(0.1, n, m) == pytest.approx(expected, rel=1e-15)
+    assert worst_case_bound(0.1, 10**30) == pytest.approx(4 * 0.25 / (0.01 * (1e30 - 1)))
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "name"),
+    [
+        ((1.0, 1.0, 1.0, -0.25), ValueError, "gamma"),  # was a negative bound
+        ((1.0, 1.0, 1.0, float("nan")), ValueError, "gamma"),
+        ((1.0, 1.0, 1.0, 0.25, float("nan")), ValueError, "row_norm_max"),  # was nan
+        ((1.0, 1.0, 1.0, 0.25, -2.0), ValueError, "row_norm_max"),
+        ((2.0, 1.0, 1.0, 0.25), TypeError, "spectral_norm"),
+        ((1.0, [1.0], 1.0, 0.25), TypeError, "step_norm"),
+    ],
+)
+def test_data_dependent_bound_refuses_bad_arguments_by_name(args, error, name):
+    one = torch.ones(2, dtype=torch.float64)
+    tensors = [one if isinstance(a, float) and a == 1.0 and i < 3 else a
+               for i, a in enumerate(args)]
+    with pytest.raises(error, match=name):
+        data_dependent_bound(*tensors)
+
+
 @pytest.mark.parametrize("gamma", [GAMMA_PAPER, GAMMA_TIGHT])
 @pytest.mark.parametrize("scale", [0.1, 1.0, 5.0])
 def test_taylor_remainder_is_within_the_data_dependent_bound(gamma, scale):
