@@ -11,41 +11,41 @@ namespace fastunlearn {
 
 // A floating tensor of float32 or float64.
 inline void check_float(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": argument '",
-              name, "' must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
+                   ": argument '", name, "' must be float32 or float64, got ", t.scalar_type());
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == dim, op, ": argument '", name, "' must be ", dim, "-D, got shape ",
-              t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": argument '", name, "' must be ", dim, "-D, got shape ",
+                    t.sizes());
 }
 
 inline void check_size(const at::Tensor& t, int64_t axis, int64_t expected, const char* op,
                        const char* name, const char* what) {
-  TORCH_CHECK(t.size(axis) == expected, op, ": argument '", name, "' has ", t.size(axis), " ",
-              what, " (dimension ", axis, ") but ", expected, " were expected; shape ",
-              t.sizes());
+  TORCH_CHECK_VALUE(t.size(axis) == expected, op, ": argument '", name, "' has ", t.size(axis), " ",
+                    what, " (dimension ", axis, ") but ", expected, " were expected; shape ",
+                    t.sizes());
 }
 
 inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const char* op,
                              const char* name_a, const char* name_b) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": arguments '", name_a, "' (",
-              a.scalar_type(), ") and '", name_b, "' (", b.scalar_type(),
-              ") must have the same dtype");
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), op, ": arguments '", name_a, "' (",
+                   a.scalar_type(), ") and '", name_b, "' (", b.scalar_type(),
+                   ") must have the same dtype");
 }
 
 inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op,
                               const char* name_a, const char* name_b) {
-  TORCH_CHECK(a.device() == b.device(), op, ": arguments '", name_a, "' (", a.device(),
-              ") and '", name_b, "' (", b.device(), ") must be on the same device");
+  TORCH_CHECK_VALUE(a.device() == b.device(), op, ": arguments '", name_a, "' (", a.device(),
+                    ") and '", name_b, "' (", b.device(), ") must be on the same device");
 }
 
 inline void check_finite_scalar(double v, const char* op, const char* name) {
-  TORCH_CHECK(std::isfinite(v), op, ": argument '", name, "' must be finite, got ", v);
+  TORCH_CHECK_VALUE(std::isfinite(v), op, ": argument '", name, "' must be finite, got ", v);
 }
 
-// The in-place ops of the certified removal step (certified_*_) raise TypeError for a dtype
-// and ValueError for a device, shape or layout, like their Python wrappers document.
+// Like the Python wrappers, every op raises TypeError for a dtype and ValueError for a device,
+// shape, layout or value (TORCH_CHECK_TYPE / TORCH_CHECK_VALUE).
 using NamedTensor = std::pair<const at::Tensor*, const char*>;
 
 // Every tensor on `first`'s device with dtype float64, except those listed in `int64` (int64)

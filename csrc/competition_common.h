@@ -274,22 +274,22 @@ inline void check_args(const at::Tensor& retrained, const at::Tensor& unlearned,
   check_same_device(retrained, unlearned, op, "retrained", "unlearned");
   const int64_t S = retrained.size(0), N = retrained.size(1), M = unlearned.size(1);
   check_size(unlearned, 0, S, op, "unlearned", "examples");
-  TORCH_CHECK(N >= 1, op, ": argument 'retrained' needs at least 1 model (dim 1), got shape ",
-              retrained.sizes());
-  TORCH_CHECK(M >= 1, op, ": argument 'unlearned' needs at least 1 model (dim 1), got shape ",
-              unlearned.sizes());
-  TORCH_CHECK(N + M < (int64_t(1) << 30), op, ": too many models (", N, " + ", M, ")");
+  TORCH_CHECK_VALUE(N >= 1, op, ": argument 'retrained' needs at least 1 model (dim 1), got shape ",
+                    retrained.sizes());
+  TORCH_CHECK_VALUE(M >= 1, op, ": argument 'unlearned' needs at least 1 model (dim 1), got shape ",
+                    unlearned.sizes());
+  TORCH_CHECK_VALUE(N + M < (int64_t(1) << 30), op, ": too many models (", N, " + ", M, ")");
   check_dim(grid, 1, op, "grid");
-  TORCH_CHECK(grid.scalar_type() == at::kDouble, op, ": argument 'grid' must be float64, got ",
-              grid.scalar_type());
+  TORCH_CHECK_TYPE(grid.scalar_type() == at::kDouble, op, ": argument 'grid' must be float64, got ",
+                   grid.scalar_type());
   check_dim(grid_offsets, 1, op, "grid_offsets");
-  TORCH_CHECK(grid_offsets.scalar_type() == at::kLong, op,
-              ": argument 'grid_offsets' must be int64, got ", grid_offsets.scalar_type());
+  TORCH_CHECK_TYPE(grid_offsets.scalar_type() == at::kLong, op,
+                   ": argument 'grid_offsets' must be int64, got ", grid_offsets.scalar_type());
   check_size(grid_offsets, 0, S + 1, op, "grid_offsets", "entries");
   for (const auto& [t, name] : {std::pair{&table_r, "table_r"}, std::pair{&table_u, "table_u"}}) {
     check_dim(*t, 2, op, name);
-    TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": argument '", name,
-                "' must be float32, got ", t->scalar_type());
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, op, ": argument '", name,
+                     "' must be float32, got ", t->scalar_type());
     check_same_device(retrained, *t, op, "retrained", name);
   }
   check_size(table_r, 0, M + 1, op, "table_r", "rows");
@@ -304,13 +304,13 @@ inline void check_args(const at::Tensor& retrained, const at::Tensor& unlearned,
   const int64_t stride = off.stride(0);
   bool ok = o[0] == 0 && o[S * stride] == grid.numel();
   for (int64_t i = 0; ok && i < S; ++i) ok = o[i * stride] <= o[(i + 1) * stride];
-  TORCH_CHECK(ok, op, ": argument 'grid_offsets' must rise from 0 to the size of 'grid' (",
-              grid.numel(), ")");
+  TORCH_CHECK_VALUE(ok, op, ": argument 'grid_offsets' must rise from 0 to the size of 'grid' (",
+                    grid.numel(), ")");
   if (retrained.numel()) {
-    TORCH_CHECK(at::isfinite(retrained).all().item<bool>(), op,
-                ": argument 'retrained' must be finite");
-    TORCH_CHECK(at::isfinite(unlearned).all().item<bool>(), op,
-                ": argument 'unlearned' must be finite");
+    TORCH_CHECK_VALUE(at::isfinite(retrained).all().item<bool>(), op,
+                      ": argument 'retrained' must be finite");
+    TORCH_CHECK_VALUE(at::isfinite(unlearned).all().item<bool>(), op,
+                      ": argument 'unlearned' must be finite");
     // The interval family has ceil(100 (hi - lo)) right edges, about 400; a range's rounding
     // at huge magnitudes (min + (max - min) != max) can make it billions, and the kernel
     // would run for hours. Bound it from each group's extremes (either group may be the
@@ -324,11 +324,11 @@ inline void check_args(const at::Tensor& retrained, const at::Tensor& unlearned,
         const double a_min = x[s * 4 + 2 * g], a_max = x[s * 4 + 2 * g + 1];
         const double width = a_max - a_min;
         const double edges = std::ceil(((a_max + kBuffer) - ((a_min + width) - kBuffer)) * kPerUnit);
-        TORCH_CHECK(edges <= static_cast<double>(kMaxRightEdges), op, ": argument '",
-                    g == 0 ? "retrained" : "unlearned", "' of example ", s,
-                    " spans [", a_min, ", ", a_max, "]: at that magnitude the interval family "
-                    "would need ", edges, " right edges (at most ", kMaxRightEdges,
-                    " are supported; about 400 at ordinary magnitudes)");
+        TORCH_CHECK_VALUE(edges <= static_cast<double>(kMaxRightEdges), op, ": argument '",
+                          g == 0 ? "retrained" : "unlearned", "' of example ", s, " spans [",
+                          a_min, ", ", a_max, "]: at that magnitude the interval family would ",
+                          "need ", edges, " right edges (at most ", kMaxRightEdges,
+                          " are supported; about 400 at ordinary magnitudes)");
       }
     }
   }

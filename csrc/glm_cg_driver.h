@@ -37,8 +37,8 @@ inline void check_vector(const at::Tensor& t, int64_t K, at::ScalarType dtype,
                          const char* like_name) {
   check_dim(t, 1, op, name);
   check_size(t, 0, K, op, name, "entries");
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": argument '", name, "' must have dtype ", dtype,
-              ", got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": argument '", name, "' must have dtype ", dtype,
+                   ", got ", t.scalar_type());
   check_same_device(t, like, op, name, like_name);
 }
 
@@ -68,9 +68,9 @@ inline void check_cg_update_args(const at::Tensor& x, const at::Tensor& r, const
     const at::Tensor& m = *inv_diag;
     check_dim(m, 2, op, "inv_diag");
     check_size(m, 0, x.size(0), op, "inv_diag", "rows");
-    TORCH_CHECK(m.size(1) == x.size(1) || m.size(1) == 1, op,
-                ": argument 'inv_diag' must have ", x.size(1), " columns or 1, got shape ",
-                m.sizes());
+    TORCH_CHECK_VALUE(m.size(1) == x.size(1) || m.size(1) == 1, op,
+                      ": argument 'inv_diag' must have ", x.size(1), " columns or 1, got shape ",
+                      m.sizes());
     check_same_dtype(m, x, op, "inv_diag", "x");
     check_same_device(m, x, op, "inv_diag", "x");
   }
@@ -95,9 +95,10 @@ inline void check_cg_update_args(const at::Tensor& x, const at::Tensor& r, const
     for (const auto& [a, a_name] : all) {
       if (a == nullptr || a == w || (w == &p && a == &Ap)) continue;
       const at::MemOverlapStatus status = at::get_overlap_status(*w, *a);
-      TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
-                  op, ": argument '", w_name, "' (written in place) shares memory with argument '",
-                  a_name, "'");
+      TORCH_CHECK_VALUE(
+          status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial, op,
+          ": argument '", w_name, "' (written in place) shares memory with argument '", a_name,
+          "'");
     }
   }
 }
@@ -114,7 +115,7 @@ inline void check_glm_design(const at::Tensor& X, const at::Tensor& S, const cha
 
 inline void check_lam(double lam, const char* op) {
   check_finite_scalar(lam, op, "lam");
-  TORCH_CHECK(lam >= 0.0, op, ": argument 'lam' must be >= 0, got ", lam);
+  TORCH_CHECK_VALUE(lam >= 0.0, op, ": argument 'lam' must be >= 0, got ", lam);
 }
 
 // A [d, K] right-hand side / iterate with X's dtype and device.
@@ -218,8 +219,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> glm_cg_solve(
   check_dk(B, X_in, S_in, op, "B");
   check_lam(lam, op);
   check_finite_scalar(tol, op, "tol");
-  TORCH_CHECK(tol >= 0.0, op, ": argument 'tol' must be >= 0, got ", tol);
-  TORCH_CHECK(maxiter >= 0, op, ": argument 'maxiter' must be >= 0, got ", maxiter);
+  TORCH_CHECK_VALUE(tol >= 0.0, op, ": argument 'tol' must be >= 0, got ", tol);
+  TORCH_CHECK_VALUE(maxiter >= 0, op, ": argument 'maxiter' must be >= 0, got ", maxiter);
   if (x0.has_value()) check_dk(*x0, X_in, S_in, op, "x0");
   const int64_t d = X_in.size(1), K = S_in.size(1);
 
@@ -231,14 +232,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> glm_cg_solve(
     check_same_device(m, X_in, op, "precond", "X");
     if (m.dim() == 2) {
       check_size(m, 0, d, op, "precond", "rows");
-      TORCH_CHECK(m.size(1) == K || m.size(1) == 1, op,
-                  ": argument 'precond' (Jacobi inverse diagonal) must have ", K,
-                  " columns or 1, got shape ", m.sizes());
+      TORCH_CHECK_VALUE(m.size(1) == K || m.size(1) == 1, op,
+                        ": argument 'precond' (Jacobi inverse diagonal) must have ", K,
+                        " columns or 1, got shape ", m.sizes());
       jacobi = m.contiguous();
     } else {
-      TORCH_CHECK(m.dim() == 3 && m.size(0) == K && m.size(1) == d && m.size(2) == d, op,
-                  ": argument 'precond' must be a [d, K] Jacobi inverse diagonal or [K, d, d] "
-                  "lower Cholesky factors (d = ", d, ", K = ", K, "), got shape ", m.sizes());
+      TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == K && m.size(1) == d && m.size(2) == d, op,
+                        ": argument 'precond' must be a [d, K] Jacobi inverse diagonal or ",
+                        "[K, d, d] lower Cholesky factors (d = ", d, ", K = ", K, "), got shape ",
+                        m.sizes());
       cholesky = m.contiguous();
     }
   }

@@ -17,8 +17,8 @@ inline void check_knn_args(const at::Tensor& Q, const at::Tensor& P, int64_t k) 
   check_same_dtype(Q, P, op, "Q", "P");
   check_same_device(Q, P, op, "Q", "P");
   check_size(P, 1, Q.size(1), op, "P", "columns");
-  TORCH_CHECK(k >= 0 && k <= P.size(0), op, ": argument 'k' must satisfy 0 <= k <= n = ",
-              P.size(0), " (rows of 'P'), got ", k);
+  TORCH_CHECK_VALUE(k >= 0 && k <= P.size(0), op, ": argument 'k' must satisfy 0 <= k <= n = ",
+                    P.size(0), " (rows of 'P'), got ", k);
 }
 
 }  // namespace fastunlearn

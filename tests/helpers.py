@@ -20,6 +20,12 @@ def tolerances(dtype: torch.dtype) -> dict:
     return {"rtol": 1e-10, "atol": 1e-10}
 
 
+def op_error(bad: object, dtype: torch.dtype) -> type[Exception]:
+    """The error an op raises for ``bad`` in place of a ``dtype`` tensor: TypeError for a
+    tensor of another dtype, ValueError for anything else wrong (shape, device, value)."""
+    return TypeError if isinstance(bad, torch.Tensor) and bad.dtype != dtype else ValueError
+
+
 def run_in_place(fn, args: dict, written: tuple[str, ...]) -> dict:
     """Call the in-place ``fn(**args)`` on copies of the tensors; return the written copies."""
     copies = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}

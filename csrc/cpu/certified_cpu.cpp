@@ -148,16 +148,16 @@ FASTUNLEARN_CLONES bool sherman_morrison(const double* M_in, int64_t d, const do
 
 void check_matrix(const char* kOp, const at::Tensor& t, int64_t rows, int64_t cols,
                   const char* name, const char* rows_name, const char* cols_name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, kOp, ": argument '", name,
-              "' must have shape [", rows_name, ", ", cols_name, "] = [", rows, ", ", cols,
-              "], got ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, kOp,
+                    ": argument '", name, "' must have shape [", rows_name, ", ", cols_name,
+                    "] = [", rows, ", ", cols, "], got ", t.sizes());
 }
 
 void check_f64_cpu(const char* kOp, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kDouble, kOp, ": argument '", name,
-              "' must be float64 (certified removal runs in float64), got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), kOp, ": argument '", name, "' must be on the CPU, got ",
-              t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, kOp, ": argument '", name,
+                   "' must be float64 (certified removal runs in float64), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), kOp, ": argument '", name, "' must be on the CPU, got ",
+                    t.device());
 }
 
 // e = -|z| over n*K entries (then exponentiated by ATen).
@@ -371,10 +371,10 @@ void check_no_overlap(const char* kOp, const std::vector<const at::Tensor*>& wri
     for (size_t a = 0; a < all.size(); ++a) {
       if (written[w] == all[a] || std::strcmp(written_names[w], all_names[a]) == 0) continue;
       const at::MemOverlapStatus status = at::get_overlap_status(*written[w], *all[a]);
-      TORCH_CHECK(status != at::MemOverlapStatus::Full &&
-                      status != at::MemOverlapStatus::Partial,
-                  kOp, ": argument '", written_names[w], "' (written in place) shares memory ",
-                  "with argument '", all_names[a], "'");
+      TORCH_CHECK_VALUE(
+          status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial, kOp,
+          ": argument '", written_names[w], "' (written in place) shares memory with argument '",
+          all_names[a], "'");
     }
   }
 }
@@ -384,8 +384,8 @@ void check_row_held(const char* kOp, const at::Tensor& A, int64_t row, const cha
   const int64_t K = A.size(1);
   const double* a = A.const_data_ptr<double>() + row * K;
   for (int64_t k = 0; k < K; ++k)
-    TORCH_CHECK(a[k] != 0.0, kOp, ": ", what, " ", row, " is not held by class ", k,
-                " (A[row, k] = 0: removed already, or outside that class's subset)");
+    TORCH_CHECK_VALUE(a[k] != 0.0, kOp, ": ", what, " ", row, " is not held by class ", k,
+                      " (A[row, k] = 0: removed already, or outside that class's subset)");
 }
 
 StepProblem check_problem(const char* kOp, const at::Tensor& X_in, const at::Tensor& Y_in,
@@ -402,43 +402,45 @@ StepProblem check_problem(const char* kOp, const at::Tensor& X_in, const at::Ten
                                  &row_sq_in, &M_inv, &M_out, &weights_in, &U_buf};
   for (int i = 0; i < 12; ++i) check_f64_cpu(kOp, *tensors[i], names[i]);
   for (int i : {8, 9, 11})
-    TORCH_CHECK(tensors[i]->is_contiguous(), kOp, ": argument '", names[i],
-                "' must be contiguous (it is written in place)");
+    TORCH_CHECK_VALUE(tensors[i]->is_contiguous(), kOp, ": argument '", names[i],
+                      "' must be contiguous (it is written in place)");
   const at::Tensor X = X_in.contiguous(), Y = Y_in.contiguous(), A = A_in.contiguous(),
                    Z = Z_in.contiguous(), W = W_in.contiguous(), n_rem = n_rem_in.contiguous(),
                    eig = eig_in.contiguous(), row_sq = row_sq_in.contiguous(),
                    weights = weights_in.contiguous();
-  TORCH_CHECK(X.dim() == 2, kOp, ": argument 'X' must be 2-D [n, d], got ", X.sizes());
-  TORCH_CHECK(A.dim() == 2, kOp, ": argument 'A' must be 2-D [n, K], got ", A.sizes());
+  TORCH_CHECK_VALUE(X.dim() == 2, kOp, ": argument 'X' must be 2-D [n, d], got ", X.sizes());
+  TORCH_CHECK_VALUE(A.dim() == 2, kOp, ": argument 'A' must be 2-D [n, K], got ", A.sizes());
   const int64_t n = X.size(0), d = X.size(1), K = A.size(1);
   check_matrix(kOp, A, n, K, "A", "n", "K");
   check_matrix(kOp, Y, n, K, "Y", "n", "K");
   check_matrix(kOp, Z, n, K, "Z", "n", "K");
   check_matrix(kOp, weights, n, K, "weights", "n", "K");
   check_matrix(kOp, W, d, K, "W", "d", "K");
-  TORCH_CHECK(n_rem.dim() == 1 && n_rem.size(0) == K, kOp, ": argument 'n_rem' must be [K]");
-  TORCH_CHECK(eig.dim() == 1 && (eig.size(0) == K || eig.size(0) == 1), kOp,
-              ": argument 'eig' must be [K] or [1] (one shared Gram matrix), got ", eig.sizes());
-  TORCH_CHECK(row_sq.dim() == 1 && row_sq.size(0) == n, kOp, ": argument 'row_sq' must be [n]");
-  TORCH_CHECK(M_inv.dim() == 3 && M_inv.size(0) == K && M_inv.size(1) == d &&
-                  M_inv.size(2) == d,
-              kOp, ": argument 'M_inv' must be [K, d, d], got ", M_inv.sizes());
-  TORCH_CHECK(M_out.sizes() == M_inv.sizes(), kOp, ": argument 'M_out' must be [K, d, d] like ",
-              "M_inv, got ", M_out.sizes());
-  TORCH_CHECK(K >= 1 && d >= 1, kOp, ": needs at least one class and one feature");
-  TORCH_CHECK(M_out.data_ptr() != M_inv.data_ptr(), kOp,
-              ": argument 'M_out' must not be 'M_inv' (the step writes the next inverse ",
-              "beside the current one)");
-  TORCH_CHECK(U_buf.dim() == 3 && U_buf.size(0) == K && U_buf.size(1) == d, kOp,
-              ": argument 'U_buf' must be [K, d, T], got ", U_buf.sizes());
+  TORCH_CHECK_VALUE(n_rem.dim() == 1 && n_rem.size(0) == K, kOp, ": argument 'n_rem' must be [K]");
+  TORCH_CHECK_VALUE(eig.dim() == 1 && (eig.size(0) == K || eig.size(0) == 1), kOp,
+                    ": argument 'eig' must be [K] or [1] (one shared Gram matrix), got ",
+                    eig.sizes());
+  TORCH_CHECK_VALUE(row_sq.dim() == 1 && row_sq.size(0) == n, kOp,
+                    ": argument 'row_sq' must be [n]");
+  TORCH_CHECK_VALUE(
+      M_inv.dim() == 3 && M_inv.size(0) == K && M_inv.size(1) == d && M_inv.size(2) == d, kOp,
+      ": argument 'M_inv' must be [K, d, d], got ", M_inv.sizes());
+  TORCH_CHECK_VALUE(M_out.sizes() == M_inv.sizes(), kOp,
+                    ": argument 'M_out' must be [K, d, d] like M_inv, got ", M_out.sizes());
+  TORCH_CHECK_VALUE(K >= 1 && d >= 1, kOp, ": needs at least one class and one feature");
+  TORCH_CHECK_VALUE(M_out.data_ptr() != M_inv.data_ptr(), kOp,
+                    ": argument 'M_out' must not be 'M_inv' (the step writes the next inverse ",
+                    "beside the current one)");
+  TORCH_CHECK_VALUE(U_buf.dim() == 3 && U_buf.size(0) == K && U_buf.size(1) == d, kOp,
+                    ": argument 'U_buf' must be [K, d, T], got ", U_buf.sizes());
   const int64_t T = U_buf.size(2);
-  TORCH_CHECK(slot >= 0 && slot < T, kOp, ": argument 'slot' must be in [0, T) = [0, ", T,
+  TORCH_CHECK_VALUE(slot >= 0 && slot < T, kOp, ": argument 'slot' must be in [0, T) = [0, ", T,
               "), got ", slot);
   check_finite_scalar(lam, kOp, "lam");
   check_finite_scalar(gamma, kOp, "gamma");
   check_finite_scalar(row_norm_max, kOp, "row_norm_max");
   check_finite_scalar(cg_tol, kOp, "cg_tol");
-  TORCH_CHECK(max_iter >= 0, kOp, ": argument 'max_iter' must be >= 0, got ", max_iter);
+  TORCH_CHECK_VALUE(max_iter >= 0, kOp, ": argument 'max_iter' must be >= 0, got ", max_iter);
   keep = {X, Y, A, Z, W, n_rem, eig, row_sq, weights};
   return {X.const_data_ptr<double>(), Y.const_data_ptr<double>(), A.const_data_ptr<double>(),
           Z.const_data_ptr<double>(), W.const_data_ptr<double>(),
@@ -459,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_cg_step_cpu(
   const StepProblem p = check_problem(kOp, X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_out, weights,
                                       U_buf, slot, lam, gamma, row_norm_max, cg_tol, max_iter,
                                       keep);
-  TORCH_CHECK(row >= 0 && row < p.n, kOp, ": argument 'row' must be in [0, n) = [0, ", p.n,
+  TORCH_CHECK_VALUE(row >= 0 && row < p.n, kOp, ": argument 'row' must be in [0, n) = [0, ", p.n,
               "), got ", row);
   check_row_held(kOp, A.contiguous(), row, "argument 'row'");
   check_no_overlap(kOp, {&M_out, &U_buf}, {"M_out", "U_buf"},
@@ -512,19 +514,21 @@ at::Tensor certified_cg_steps_cpu(
   const char* written[] = {"A", "Z", "W", "n_rem", "gram", "removed"};
   const at::Tensor* wt[] = {&A, &Z, &W, &n_rem, &gram, &removed};
   for (int i = 0; i < 6; ++i)
-    TORCH_CHECK(wt[i]->is_contiguous(), kOp, ": argument '", written[i],
-                "' must be contiguous (it is written in place)");
+    TORCH_CHECK_VALUE(wt[i]->is_contiguous(), kOp, ": argument '", written[i],
+                      "' must be contiguous (it is written in place)");
   check_f64_cpu(kOp, gram, "gram");
-  TORCH_CHECK(gram.dim() == 3 && (gram.size(0) == 1 || gram.size(0) == K) && gram.size(1) == d &&
-                  gram.size(2) == d,
-              kOp, ": argument 'gram' must be [1, d, d] or [K, d, d], got ", gram.sizes());
-  TORCH_CHECK(removed.scalar_type() == at::kBool && removed.dim() == 1 && removed.size(0) == n &&
-                  removed.device().is_cpu(),
-              kOp, ": argument 'removed' must be a bool CPU tensor [n], got ", removed.sizes(),
-              " ", removed.scalar_type());
-  TORCH_CHECK(rows_in.scalar_type() == at::kLong && rows_in.dim() == 1, kOp,
-              ": argument 'rows' must be a 1-D int64 tensor, got ", rows_in.scalar_type(), " ",
-              rows_in.sizes());
+  TORCH_CHECK_VALUE(gram.dim() == 3 && (gram.size(0) == 1 || gram.size(0) == K) &&
+                        gram.size(1) == d && gram.size(2) == d,
+                    kOp, ": argument 'gram' must be [1, d, d] or [K, d, d], got ", gram.sizes());
+  TORCH_CHECK_TYPE(removed.scalar_type() == at::kBool, kOp,
+                   ": argument 'removed' must be a bool tensor, got ", removed.scalar_type());
+  TORCH_CHECK_VALUE(removed.dim() == 1 && removed.size(0) == n && removed.device().is_cpu(), kOp,
+                    ": argument 'removed' must be a CPU tensor [n], got ", removed.sizes(), " on ",
+                    removed.device());
+  TORCH_CHECK_TYPE(rows_in.scalar_type() == at::kLong, kOp,
+                   ": argument 'rows' must be an int64 tensor, got ", rows_in.scalar_type());
+  TORCH_CHECK_VALUE(rows_in.dim() == 1, kOp, ": argument 'rows' must be 1-D, got shape ",
+                    rows_in.sizes());
   const at::Tensor rows = rows_in.to(at::kCPU).contiguous();
   const int64_t m = rows.size(0);
   const int64_t* row_ids = rows.const_data_ptr<int64_t>();
@@ -532,12 +536,12 @@ at::Tensor certified_cg_steps_cpu(
   std::vector<char> seen(static_cast<size_t>(n), 0);
   for (int64_t r = 0; r < m; ++r) {
     const int64_t row = row_ids[r];
-    TORCH_CHECK(row >= 0 && row < n, kOp, ": argument 'rows' holds ", row,
-                ", outside [0, n) = [0, ", n, ")");
-    TORCH_CHECK(!seen[row], kOp, ": argument 'rows' holds row ", row, " twice");
+    TORCH_CHECK_VALUE(row >= 0 && row < n, kOp, ": argument 'rows' holds ", row,
+                      ", outside [0, n) = [0, ", n, ")");
+    TORCH_CHECK_VALUE(!seen[row], kOp, ": argument 'rows' holds row ", row, " twice");
     seen[row] = 1;
-    TORCH_CHECK(!removed_before[row], kOp, ": argument 'rows' holds row ", row,
-                ", which is removed already");
+    TORCH_CHECK_VALUE(!removed_before[row], kOp, ": argument 'rows' holds row ", row,
+                      ", which is removed already");
     check_row_held(kOp, A, row, "argument 'rows' holds row");
   }
   check_no_overlap(
@@ -547,10 +551,10 @@ at::Tensor certified_cg_steps_cpu(
        &U_buf, &rows_in},
       {"X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "gram", "removed", "M_inv", "M_spare",
        "weights", "U_buf", "rows"});
-  TORCH_CHECK(slot + m <= p.T, kOp, ": argument 'rows' has ", m, " rows but U_buf has ",
-              p.T - slot, " free columns after slot ", slot);
+  TORCH_CHECK_VALUE(slot + m <= p.T, kOp, ": argument 'rows' has ", m, " rows but U_buf has ",
+                    p.T - slot, " free columns after slot ", slot);
   check_finite_scalar(budget_used, kOp, "budget_used");
-  TORCH_CHECK(!std::isnan(budget), kOp, ": argument 'budget' must not be NaN");
+  TORCH_CHECK_VALUE(!std::isnan(budget), kOp, ": argument 'budget' must not be NaN");
 
   double* a_all = A.mutable_data_ptr<double>();
   double* z_all = Z.mutable_data_ptr<double>();

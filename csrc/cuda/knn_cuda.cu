@@ -223,8 +223,8 @@ at::Tensor row_sq_norms(const at::Tensor& x) {
 void check_finite_rows(const at::Tensor& sq_norms, const char* name) {
   // One reduction over the squared row norms catches NaN, Inf and overflowing squares. This
   // is the op's only host synchronisation, before the tile loop.
-  TORCH_CHECK(at::isfinite(sq_norms).all().item<bool>(), kOp, ": argument '", name,
-              "' must be finite (it contains NaN or Inf, or its squared row norms overflow)");
+  TORCH_CHECK_VALUE(at::isfinite(sq_norms).all().item<bool>(), kOp, ": argument '", name,
+                    "' must be finite (it contains NaN or Inf, or its squared row norms overflow)");
 }
 
 template <typename scalar_t>

@@ -115,8 +115,9 @@ def certified_cg_step(
 
     Raises:
         TypeError: an argument is not a Tensor.
-        RuntimeError: wrong shapes, dtype (float64 only), device (CPU only), a
-            non-contiguous tensor or an index out of range (the message names the argument).
+        TypeError: a tensor's dtype is not float64.
+        ValueError: wrong shapes, device (CPU only), a non-contiguous tensor or an index out
+            of range (the message names the argument).
 
     """
     names = ("X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "M_inv", "M_out", "weights",
@@ -138,11 +139,11 @@ def _certified_cg_step_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tenso
                             row_norm_max: float, cg_tol: float,
                             max_iter: int) -> tuple[Tensor, Tensor, Tensor]:
     check_fake_devices_of("certified_cg_step", (X, Y, A, Z, W, n_rem, eig, row_sq, M_inv, M_out,
-                                                weights, U_buf), RuntimeError)
-    torch._check(X.dim() == 2 and A.dim() == 2,
-                 lambda: "certified_cg_step: arguments 'X' and 'A' must be 2-D")
-    torch._check(X.dtype == torch.float64,
-                 lambda: f"certified_cg_step: argument 'X' must be float64, got {X.dtype}")
+                                                weights, U_buf))
+    torch._check_value(X.dim() == 2 and A.dim() == 2,
+                       lambda: "certified_cg_step: arguments 'X' and 'A' must be 2-D")
+    torch._check_type(X.dtype == torch.float64,
+                      lambda: f"certified_cg_step: argument 'X' must be float64, got {X.dtype}")
     n, d, K = X.shape[0], X.shape[1], A.shape[1]
     return X.new_empty(d, K), X.new_empty(n, K), X.new_empty(5)
 
@@ -240,8 +241,9 @@ def certified_cg_steps(
 
     Raises:
         TypeError: an argument is not a Tensor.
-        RuntimeError: wrong shapes, dtypes, devices, a non-contiguous tensor written in place
-            or an index out of range (the message names the argument).
+        TypeError: a tensor has the wrong dtype.
+        ValueError: wrong shapes or devices, a non-contiguous tensor written in place or an
+            index out of range (the message names the argument).
 
     """
     names = ("X", "Y", "A", "Z", "W", "n_rem", "eig", "row_sq", "gram", "removed", "M_inv",
@@ -267,11 +269,10 @@ def _certified_cg_steps_fake(X: Tensor, Y: Tensor, A: Tensor, Z: Tensor, W: Tens
                              max_iter: int, budget_used: float, budget: float,
                              refresh_after: int = -1) -> Tensor:
     check_fake_devices_of("certified_cg_steps", (X, Y, A, Z, W, n_rem, eig, row_sq, gram, removed,
-                                                 M_inv, M_spare, weights, U_buf, rows),
-                          RuntimeError)
-    torch._check(X.dtype == torch.float64,
-                 lambda: f"certified_cg_steps: argument 'X' must be float64, got {X.dtype}")
-    torch._check(rows.dim() == 1,
-                 lambda: "certified_cg_steps: argument 'rows' must be 1-D")
+                                                 M_inv, M_spare, weights, U_buf, rows))
+    torch._check_type(X.dtype == torch.float64,
+                      lambda: f"certified_cg_steps: argument 'X' must be float64, got {X.dtype}")
+    torch._check_value(rows.dim() == 1,
+                       lambda: "certified_cg_steps: argument 'rows' must be 1-D")
     done = torch.library.get_ctx().new_dynamic_size(max=rows.shape[0])
     return X.new_empty(done, 4)

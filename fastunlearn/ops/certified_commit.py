@@ -94,13 +94,13 @@ def certified_commit_(
 
 @torch.library.register_fake("fastunlearn::certified_commit_")
 def _certified_commit_fake(*args: object) -> None:
-    check_fake_devices_of("certified_commit_", args, ValueError)
+    check_fake_devices_of("certified_commit_", args)
     # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
     # are those of certified_commit_, in order
     W, Z, A = args[0], args[1], args[2]
     V, XV, X = args[11], args[12], args[13]
     assert isinstance(W, Tensor) and isinstance(X, Tensor)
-    torch._check(W.dim() == 2 and X.dim() == 2, lambda: "certified_commit_: W, X must be 2-D")
+    torch._check_value(W.dim() == 2 and X.dim() == 2, lambda: "certified_commit_: W, X must be 2-D")
     n, K = X.shape[0], W.shape[1]
     check_fake_shapes("certified_commit_", [
         ("V", V, W.shape), ("Z", Z, (n, K)), ("XV", XV, (n, K)), ("A", A, (n, K))])  # fmt: skip

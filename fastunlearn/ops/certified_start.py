@@ -83,13 +83,13 @@ def certified_start_(
 
 @torch.library.register_fake("fastunlearn::certified_start_")
 def _certified_start_fake(*args: object) -> None:
-    check_fake_devices_of("certified_start_", args, ValueError)
+    check_fake_devices_of("certified_start_", args)
     # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
     # are those of certified_start_, in order
     Delta, A_after, S = args[1], args[2], args[3]
     X, Y, Z, A, W = args[6], args[7], args[8], args[9], args[10]
     assert isinstance(X, Tensor) and isinstance(W, Tensor)
-    torch._check(X.dim() == 2 and W.dim() == 2, lambda: "certified_start_: X, W must be 2-D")
+    torch._check_value(X.dim() == 2 and W.dim() == 2, lambda: "certified_start_: X, W must be 2-D")
     n, K = X.shape[0], W.shape[1]
     check_fake_shapes("certified_start_", [
         ("Delta", Delta, W.shape), ("A_after", A_after, (n, K)), ("S", S, (n, K)),

@@ -81,12 +81,14 @@ def certified_cg_tail_(
 
 @torch.library.register_fake("fastunlearn::certified_cg_tail_")
 def _certified_cg_tail_fake(*args: object) -> None:
-    check_fake_devices_of("certified_cg_tail_", args, ValueError)
+    check_fake_devices_of("certified_cg_tail_", args)
     # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
     # are those of certified_cg_tail_, in order
     V, XV, HV, R, _out, P, XP, HP, _rz, _needed, A, Delta = args[:12]
     assert isinstance(V, Tensor) and isinstance(XV, Tensor)
-    torch._check(V.dim() == 2 and XV.dim() == 2, lambda: "certified_cg_tail_: V, XV must be 2-D")
+    torch._check_value(
+        V.dim() == 2 and XV.dim() == 2, lambda: "certified_cg_tail_: V, XV must be 2-D"
+    )
     check_fake_shapes("certified_cg_tail_", [
         ("HV", HV, V.shape), ("R", R, V.shape), ("P", P, V.shape), ("HP", HP, V.shape),
         ("Delta", Delta, V.shape), ("XP", XP, XV.shape), ("A", A, XV.shape)])  # fmt: skip

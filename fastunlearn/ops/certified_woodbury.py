@@ -68,12 +68,12 @@ def certified_woodbury_row_(
 
 @torch.library.register_fake("fastunlearn::certified_woodbury_row_")
 def _certified_woodbury_row_fake(*args: object) -> None:
-    check_fake_devices_of("certified_woodbury_row_", args, ValueError)
+    check_fake_devices_of("certified_woodbury_row_", args)
     # the kernels' shape checks, so that torch.compile fails at trace time; the arguments
     # are those of certified_woodbury_row_, in order
     U_buf, G_buf, C_buf, C_inv, _out, U_new, G_new, L21 = args[:8]
     assert isinstance(U_buf, Tensor)
-    torch._check(U_buf.dim() == 3, lambda: "certified_woodbury_row_: U_buf must be 3-D")
+    torch._check_value(U_buf.dim() == 3, lambda: "certified_woodbury_row_: U_buf must be 3-D")
     K, d, T = U_buf.shape
     check_fake_shapes("certified_woodbury_row_", [
         ("G_buf", G_buf, (K, d, T)), ("C_buf", C_buf, (K, T, T)), ("C_inv", C_inv, (K, T, T)),

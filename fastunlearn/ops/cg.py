@@ -53,8 +53,9 @@ def cg_update_(
         threshold_sq (Tensor[K]): a column stays active while ``rr > threshold_sq``.
 
     Raises:
-        RuntimeError: if a shape, dtype or device does not match (the message names the
-            argument).
+        TypeError: if a dtype does not match (the message names the argument).
+        ValueError: if a shape or device does not match, or a tensor written in place
+            shares memory with another argument (the message names the argument).
 
     """
     torch.ops.fastunlearn.cg_update_.default(
@@ -80,16 +81,16 @@ def _cg_update_fake(
         ("x", x), ("r", r), ("p", p), ("Ap", Ap), ("inv_diag", inv_diag), ("rz", rz),
         ("rr", rr), ("active", active), ("iterations", iterations),
         ("threshold_sq", threshold_sq)))  # fmt: skip
-    torch._check(x.dim() == 2, lambda: f"cg_update_: argument 'x' must be 2-D, got {x.shape}")
+    torch._check_value(x.dim() == 2, lambda: f"cg_update_: argument 'x' must be 2-D, got {x.shape}")
     for name, t in (("r", r), ("p", p), ("Ap", Ap)):
-        torch._check(
+        torch._check_value(
             t.shape == x.shape,
             lambda n=name, t=t: (
                 f"cg_update_: argument '{n}' has shape {tuple(t.shape)}, expected {tuple(x.shape)}"
             ),
         )
     if inv_diag is not None:
-        torch._check(
+        torch._check_value(
             inv_diag.dim() == 2
             and inv_diag.shape[0] == x.shape[0]
             and inv_diag.shape[1] in (x.shape[1], 1),
@@ -102,7 +103,7 @@ def _cg_update_fake(
         ("iterations", iterations),
         ("threshold_sq", threshold_sq),
     ):
-        torch._check(
+        torch._check_value(
             t.dim() == 1 and t.shape[0] == x.shape[1],
             lambda n=name, t=t: (
                 f"cg_update_: argument '{n}' has shape {tuple(t.shape)}, expected ({x.shape[1]},)"

@@ -60,8 +60,8 @@ def competition_epsilons(
         float64 ``[S]`` on the inputs' device.
 
     Raises:
-        TypeError: An argument is not a Tensor.
-        RuntimeError: Wrong shapes, dtypes or devices, non-finite statistics, offsets
+        TypeError: An argument is not a Tensor, or has the wrong dtype.
+        ValueError: Wrong shapes or devices, non-finite statistics, offsets
             that do not rise from 0 to ``T``, or statistics so large that rounding makes
             the interval family's right-edge count explode (more than 100000 instead of
             about 400; the message names the argument and the example).
@@ -83,28 +83,34 @@ def _competition_epsilons_fake(retrained: Tensor, unlearned: Tensor, grid: Tenso
     check_fake_devices(_OP, (("retrained", retrained), ("unlearned", unlearned), ("grid", grid),
                              ("grid_offsets", grid_offsets), ("table_r", table_r),
                              ("table_u", table_u)))
-    torch._check(retrained.dim() == 2,
-                 lambda: f"{_OP}: argument 'retrained' must be 2-D, got {retrained.dim()}-D")
-    torch._check(unlearned.dim() == 2,
-                 lambda: f"{_OP}: argument 'unlearned' must be 2-D, got {unlearned.dim()}-D")
-    torch._check(retrained.dtype in (torch.float32, torch.float64),
-                 lambda: f"{_OP}: argument 'retrained' must be float32 or float64")
-    torch._check(unlearned.dtype == retrained.dtype,
-                 lambda: f"{_OP}: arguments 'retrained' and 'unlearned' must have the same dtype")
-    torch._check(unlearned.shape[0] == retrained.shape[0],
-                 lambda: f"{_OP}: argument 'unlearned' has {unlearned.shape[0]} examples but "
-                         f"{retrained.shape[0]} were expected")
-    torch._check(grid.dim() == 1 and grid.dtype == torch.float64,
-                 lambda: f"{_OP}: argument 'grid' must be a 1-D float64 tensor")
-    torch._check(grid_offsets.dim() == 1 and grid_offsets.dtype == torch.int64,
-                 lambda: f"{_OP}: argument 'grid_offsets' must be a 1-D int64 tensor")
-    torch._check(grid_offsets.shape[0] == retrained.shape[0] + 1,
-                 lambda: f"{_OP}: argument 'grid_offsets' must have S + 1 entries")
+    torch._check_value(retrained.dim() == 2,
+                       lambda: f"{_OP}: argument 'retrained' must be 2-D, got {retrained.dim()}-D")
+    torch._check_value(unlearned.dim() == 2,
+                       lambda: f"{_OP}: argument 'unlearned' must be 2-D, got {unlearned.dim()}-D")
+    torch._check_type(retrained.dtype in (torch.float32, torch.float64),
+                      lambda: f"{_OP}: argument 'retrained' must be float32 or float64")
+    torch._check_type(unlearned.dtype == retrained.dtype,
+                      lambda: f"{_OP}: arguments 'retrained' and 'unlearned' must have the same "
+                              "dtype")
+    torch._check_value(unlearned.shape[0] == retrained.shape[0],
+                       lambda: f"{_OP}: argument 'unlearned' has {unlearned.shape[0]} examples "
+                               f"but {retrained.shape[0]} were expected")
+    torch._check_value(grid.dim() == 1, lambda: f"{_OP}: argument 'grid' must be 1-D")
+    torch._check_type(grid.dtype == torch.float64,
+                      lambda: f"{_OP}: argument 'grid' must be float64, got {grid.dtype}")
+    torch._check_value(grid_offsets.dim() == 1,
+                       lambda: f"{_OP}: argument 'grid_offsets' must be 1-D")
+    torch._check_type(grid_offsets.dtype == torch.int64,
+                      lambda: f"{_OP}: argument 'grid_offsets' must be int64")
+    torch._check_value(grid_offsets.shape[0] == retrained.shape[0] + 1,
+                       lambda: f"{_OP}: argument 'grid_offsets' must have S + 1 entries")
     N, M = retrained.shape[1], unlearned.shape[1]
-    torch._check(table_r.shape == (M + 1, N + 1) and table_r.dtype == torch.float32,
-                 lambda: f"{_OP}: argument 'table_r' must be float32 [M + 1, N + 1]")
-    torch._check(table_u.shape == (N + 1, M + 1) and table_u.dtype == torch.float32,
-                 lambda: f"{_OP}: argument 'table_u' must be float32 [N + 1, M + 1]")
+    for name, table, shape in (("table_r", table_r, (M + 1, N + 1)),
+                               ("table_u", table_u, (N + 1, M + 1))):
+        torch._check_type(table.dtype == torch.float32,
+                          lambda n=name: f"{_OP}: argument '{n}' must be float32")
+        torch._check_value(table.shape == shape,
+                           lambda n=name, s=shape: f"{_OP}: argument '{n}' must have shape {s}")
     return retrained.new_empty((retrained.shape[0],), dtype=torch.float64)
 
 

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from ._fake_shapes import check_fake_devices
 
+_MAX_INT64 = 2**63 - 1
+
 __all__ = [
     "CGResult",
     "glm_cg",
@@ -81,9 +83,9 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
 
     Raises:
         TypeError: if an argument has the wrong Python type.
-        ValueError: if ``lam`` is negative or not finite.
-        RuntimeError: if shapes, dtypes or devices do not match (the message names the
-            argument).
+        TypeError: if a dtype is not float32/float64 or the dtypes differ.
+        ValueError: if ``lam`` is negative or not finite, or shapes or devices do not match
+            (the message names the argument).
 
     """
     for name, t in (("X", X), ("S", S), ("V", V)):
@@ -111,9 +113,9 @@ def glm_hvp_margins(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor
 
     Raises:
         TypeError: if an argument has the wrong Python type.
-        ValueError: if ``lam`` is negative or not finite.
-        RuntimeError: if shapes, dtypes or devices do not match (the message names the
-            argument).
+        TypeError: if a dtype is not float32/float64 or the dtypes differ.
+        ValueError: if ``lam`` is negative or not finite, or shapes or devices do not match
+            (the message names the argument).
 
     """
     for name, t in (("X", X), ("S", S), ("V", V)):
@@ -134,9 +136,9 @@ def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
 
     Raises:
         TypeError: if an argument has the wrong Python type.
-        ValueError: if ``lam`` is negative or not finite.
-        RuntimeError: if shapes, dtypes or devices do not match (the message names the
-            argument).
+        TypeError: if a dtype is not float32/float64 or the dtypes differ.
+        ValueError: if ``lam`` is negative or not finite, or shapes or devices do not match
+            (the message names the argument).
 
     """
     _check_tensor(X, "X")
@@ -213,9 +215,9 @@ def glm_cg(
 
     Raises:
         TypeError: if an argument has the wrong Python type.
-        ValueError: if ``lam``, ``tol`` or ``maxiter`` is out of range, or ``precond`` is an
-            unknown string.
-        RuntimeError: if shapes, dtypes or devices do not match (the message names the
+        TypeError: if an argument has the wrong Python type or a tensor the wrong dtype.
+        ValueError: if ``lam``, ``tol`` or ``maxiter`` is out of range, ``precond`` is an
+            unknown string, or shapes or devices do not match (the message names the
             argument).
 
     """
@@ -232,8 +234,8 @@ def glm_cg(
         maxiter = max(10, 2 * X.shape[-1])
     if isinstance(maxiter, bool) or not isinstance(maxiter, int):
         raise TypeError(f"argument 'maxiter' must be an int, got {type(maxiter).__name__}")
-    if maxiter < 0:
-        raise ValueError(f"argument 'maxiter' must be >= 0, got {maxiter}")
+    if not 0 <= maxiter <= _MAX_INT64:
+        raise ValueError(f"argument 'maxiter' must be in [0, 2**63 - 1], got {maxiter}")
     if isinstance(precond, str):
         if precond != "jacobi":
             raise ValueError(
@@ -254,28 +256,34 @@ def glm_cg(
 
 
 def _check_design(op: str, X: Tensor, S: Tensor) -> None:
-    torch._check(X.dim() == 2, lambda: f"{op}: argument 'X' must be 2-D, got {tuple(X.shape)}")
-    torch._check(S.dim() == 2, lambda: f"{op}: argument 'S' must be 2-D, got {tuple(S.shape)}")
-    torch._check(
+    torch._check_value(
+        X.dim() == 2, lambda: f"{op}: argument 'X' must be 2-D, got {tuple(X.shape)}"
+    )
+    torch._check_value(
+        S.dim() == 2, lambda: f"{op}: argument 'S' must be 2-D, got {tuple(S.shape)}"
+    )
+    torch._check_value(
         S.shape[0] == X.shape[0],
         lambda: f"{op}: argument 'S' has {S.shape[0]} rows but {X.shape[0]} were expected",
     )
-    torch._check(
+    torch._check_type(
         X.dtype in (torch.float32, torch.float64),
         lambda: f"{op}: argument 'X' must be float32 or float64, got {X.dtype}",
     )
-    torch._check(S.dtype == X.dtype, lambda: f"{op}: arguments 'S' and 'X' differ in dtype")
+    torch._check_type(S.dtype == X.dtype, lambda: f"{op}: arguments 'S' and 'X' differ in dtype")
 
 
 def _check_dk(op: str, name: str, t: Tensor, X: Tensor, S: Tensor) -> None:
-    torch._check(
+    torch._check_value(
         t.dim() == 2 and t.shape[0] == X.shape[1] and t.shape[1] == S.shape[1],
         lambda: (
             f"{op}: argument '{name}' has shape {tuple(t.shape)}, expected "
             f"({X.shape[1]}, {S.shape[1]})"
         ),
     )
-    torch._check(t.dtype == X.dtype, lambda: f"{op}: arguments '{name}' and 'X' differ in dtype")
+    torch._check_type(
+        t.dtype == X.dtype, lambda: f"{op}: arguments '{name}' and 'X' differ in dtype"
+    )
 
 
 @torch.library.register_fake("fastunlearn::glm_hvp")
@@ -312,9 +320,7 @@ def _glm_cg_fake(
     tol: float,
     maxiter: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    check_fake_devices(
-        "glm_cg", (("X", X), ("S", S), ("B", B), ("x0", x0), ("precond", precond))
-    )
+    check_fake_devices("glm_cg", (("X", X), ("S", S), ("B", B), ("x0", x0), ("precond", precond)))
     _check_design("glm_cg", X, S)
     _check_dk("glm_cg", "B", B, X, S)
     if x0 is not None:
@@ -368,8 +374,11 @@ torch.library.register_autograd(
 
 def _refuse_gradients(op: str, names: tuple[str, ...]) -> None:
     def setup_context(ctx: object, inputs: tuple, output: object) -> None:
-        wanted = [n for n, t in zip(names, inputs, strict=False)
-                  if isinstance(t, Tensor) and t.requires_grad]
+        wanted = [
+            n
+            for n, t in zip(names, inputs, strict=False)
+            if isinstance(t, Tensor) and t.requires_grad
+        ]
         raise RuntimeError(
             f"{op}: not differentiable, but argument(s) {', '.join(map(repr, wanted))} "
             "require grad; call it under torch.no_grad() or on detached tensors"

@@ -213,17 +213,17 @@ def knn_extreme(Q: Tensor, P: Tensor, k: int, *, largest: bool = True) -> tuple[
     right index.
 
     Raises:
-        TypeError: ``Q`` or ``P`` is not a Tensor, or ``k`` is not an int.
-        ValueError: ``k`` is negative or larger than the number of rows of ``P``, or ``Q``
-            or ``P`` holds NaN or Inf (the message names the argument; under
-            ``torch.compile`` the op's RuntimeError instead).
-        RuntimeError: Wrong dimensions, mismatched ``d``, dtypes or devices, or a non-float
-            dtype (the message names the argument).
+        TypeError: ``Q`` or ``P`` is not a Tensor, ``k`` is not an int, ``largest`` is not
+            a bool, or the dtypes are not float or differ.
+        ValueError: ``k`` is negative or larger than the number of rows of ``P``, ``Q`` or
+            ``P`` holds NaN or Inf, or dimensions, ``d`` or devices do not match (the message
+            names the argument).
 
     """
     k = _check_args(Q, P, k)
+    if not isinstance(largest, bool):
+        raise TypeError(f"{_OP}: argument 'largest' must be a bool, got {type(largest).__name__}")
     op = torch.ops.fastunlearn.knn_extreme.default
-    largest = bool(largest)
     if torch.compiler.is_compiling():
         return _knn_extreme_traced(Q, P, k, largest)
     if not _checkable(Q, P):  # malformed or fake: the op raises / computes shapes itself
@@ -271,25 +271,25 @@ def nearest_k(Q: Tensor, P: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 @torch.library.register_fake("fastunlearn::knn_extreme")
 def _knn_extreme_fake(Q: Tensor, P: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
-    torch._check(Q.dim() == 2, lambda: f"{_OP}: argument 'Q' must be 2-D, got {Q.dim()}-D")
-    torch._check(P.dim() == 2, lambda: f"{_OP}: argument 'P' must be 2-D, got {P.dim()}-D")
-    torch._check(
+    torch._check_value(Q.dim() == 2, lambda: f"{_OP}: argument 'Q' must be 2-D, got {Q.dim()}-D")
+    torch._check_value(P.dim() == 2, lambda: f"{_OP}: argument 'P' must be 2-D, got {P.dim()}-D")
+    torch._check_type(
         Q.dtype in (torch.float32, torch.float64),
         lambda: f"{_OP}: argument 'Q' must be float32 or float64, got {Q.dtype}",
     )
-    torch._check(
+    torch._check_type(
         P.dtype == Q.dtype,
         lambda: f"{_OP}: arguments 'Q' ({Q.dtype}) and 'P' ({P.dtype}) must have the same dtype",
     )
-    torch._check(
+    torch._check_value(
         P.device == Q.device,
         lambda: f"{_OP}: arguments 'Q' and 'P' must be on the same device",
     )
-    torch._check(
+    torch._check_value(
         P.shape[1] == Q.shape[1],
         lambda: f"{_OP}: argument 'P' has {P.shape[1]} columns but {Q.shape[1]} were expected",
     )
-    torch._check(
+    torch._check_value(
         0 <= k <= P.shape[0],
         lambda: f"{_OP}: argument 'k' must satisfy 0 <= k <= n = {P.shape[0]}, got {k}",
     )

@@ -75,6 +75,12 @@ def _check_tensor(t: object, name: str, fn: str) -> None:
         raise TypeError(f"{fn}: argument '{name}' must be a torch.Tensor, got {type(t)}")
 
 
+def _check_bias_flag(bias: object, fn: str) -> None:
+    """``bias`` is a flag: a bool (a tensor or None here is almost surely a misplaced vector)."""
+    if not isinstance(bias, bool):
+        raise TypeError(f"{fn}: argument 'bias' must be a bool, got {type(bias).__name__}")
+
+
 # --------------------------------------------------------------------------------------
 # Public wrappers
 # --------------------------------------------------------------------------------------
@@ -102,11 +108,13 @@ def per_sample_grad(A: Tensor, G: Tensor, *, bias: bool = False) -> Tensor | tup
         tuple ``(weight [B, out, in], bias [B, out])``.
 
     Raises:
-        TypeError: ``A`` or ``G`` is not a tensor.
-        ValueError: ``A`` or ``G`` is neither 2-D nor 3-D, or one is 2-D and the other 3-D.
-        RuntimeError: shapes, dtypes or devices of ``A`` and ``G`` do not match.
+        TypeError: ``A`` or ``G`` is not a tensor, their dtypes are not float or differ, or
+            ``bias`` is not a bool.
+        ValueError: ``A`` or ``G`` is neither 2-D nor 3-D, one is 2-D and the other 3-D, or
+            their shapes or devices do not match.
 
     """
+    _check_bias_flag(bias, "per_sample_grad")
     A3, G3 = _as_3d(A, G, "per_sample_grad")
     weight = _ops.per_sample_grad.default(A3, G3)
     if bias:
@@ -130,11 +138,12 @@ def per_sample_sq_norm(A: Tensor, G: Tensor, *, bias: bool = False) -> Tensor:
         Tensor[B]: ``||g_b||_F^2`` (+ ``||h_b||^2`` with ``bias=True``) in ``A``'s dtype.
 
     Raises:
-        TypeError, ValueError, RuntimeError: as :func:`per_sample_grad`.
+        TypeError, ValueError: as :func:`per_sample_grad`.
 
     """
+    _check_bias_flag(bias, "per_sample_sq_norm")
     A3, G3 = _as_3d(A, G, "per_sample_sq_norm")
-    return _ops.per_sample_sq_norm.default(A3, G3, bool(bias))
+    return _ops.per_sample_sq_norm.default(A3, G3, bias)
 
 
 def per_sample_dot(A: Tensor, G: Tensor, W: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -154,7 +163,8 @@ def per_sample_dot(A: Tensor, G: Tensor, W: Tensor, bias: Tensor | None = None) 
     Raises:
         TypeError: an argument is not a tensor.
         ValueError: ``A``/``G`` ranks as in :func:`per_sample_grad`.
-        RuntimeError: a shape, dtype or device does not match.
+        TypeError: a dtype does not match.
+        ValueError: a shape or device does not match.
 
     """
     A3, G3 = _as_3d(A, G, "per_sample_dot")
@@ -196,9 +206,11 @@ def per_sample_weighted_sum(
     Raises:
         TypeError: an argument is not a tensor.
         ValueError: ``A``/``G`` ranks as in :func:`per_sample_grad`.
-        RuntimeError: a shape, dtype or device does not match.
+        TypeError: a dtype does not match.
+        ValueError: a shape or device does not match.
 
     """
+    _check_bias_flag(bias, "per_sample_weighted_sum")
     A3, G3 = _as_3d(A, G, "per_sample_weighted_sum")
     _check_tensor(w, "w", "per_sample_weighted_sum")
     weight = _ops.per_sample_weighted_sum.default(A3, G3, w)
@@ -243,24 +255,34 @@ def clip_weights(sq_norms: Tensor, max_norm: float) -> Tensor:
 
 
 def _fake_check_pair(A: Tensor, G: Tensor, op: str) -> None:
-    torch._check(A.dim() == 3, lambda: f"{op}: argument 'A' must be 3-D, got {A.dim()}-D")
-    torch._check(G.dim() == 3, lambda: f"{op}: argument 'G' must be 3-D, got {G.dim()}-D")
-    torch._check(
+    torch._check_value(A.dim() == 3, lambda: f"{op}: argument 'A' must be 3-D, got {A.dim()}-D")
+    torch._check_value(G.dim() == 3, lambda: f"{op}: argument 'G' must be 3-D, got {G.dim()}-D")
+    torch._check_type(
         A.dtype in (torch.float32, torch.float64),
         lambda: f"{op}: argument 'A' must be float32 or float64, got {A.dtype}",
     )
-    torch._check(A.dtype == G.dtype, lambda: f"{op}: arguments 'A' and 'G' must have one dtype")
-    torch._check(A.device == G.device, lambda: f"{op}: 'A' and 'G' must be on one device")
-    torch._check(A.shape[0] == G.shape[0], lambda: f"{op}: argument 'G' has the wrong batch size")
-    torch._check(A.shape[1] == G.shape[1], lambda: f"{op}: argument 'G' has the wrong length T")
+    torch._check_type(
+        A.dtype == G.dtype, lambda: f"{op}: arguments 'A' and 'G' must have one dtype"
+    )
+    torch._check_value(A.device == G.device, lambda: f"{op}: 'A' and 'G' must be on one device")
+    torch._check_value(
+        A.shape[0] == G.shape[0], lambda: f"{op}: argument 'G' has the wrong batch size"
+    )
+    torch._check_value(
+        A.shape[1] == G.shape[1], lambda: f"{op}: argument 'G' has the wrong length T"
+    )
 
 
 def _fake_check_like(t: Tensor, A: Tensor, shape: tuple, name: str, op: str) -> None:
-    torch._check(t.dim() == len(shape), lambda: f"{op}: argument '{name}' has the wrong rank")
+    torch._check_value(t.dim() == len(shape), lambda: f"{op}: argument '{name}' has the wrong rank")
     for axis, size in enumerate(shape):
-        torch._check(t.shape[axis] == size, lambda: f"{op}: argument '{name}' has a wrong shape")
-    torch._check(t.dtype == A.dtype, lambda: f"{op}: argument '{name}' has the wrong dtype")
-    torch._check(t.device == A.device, lambda: f"{op}: argument '{name}' is on the wrong device")
+        torch._check_value(
+            t.shape[axis] == size, lambda: f"{op}: argument '{name}' has a wrong shape"
+        )
+    torch._check_type(t.dtype == A.dtype, lambda: f"{op}: argument '{name}' has the wrong dtype")
+    torch._check_value(
+        t.device == A.device, lambda: f"{op}: argument '{name}' is on the wrong device"
+    )
 
 
 @torch.library.register_fake("fastunlearn::per_sample_grad")

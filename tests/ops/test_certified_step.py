@@ -110,7 +110,7 @@ def test_max_iter_zero_reports_not_converged():
 @pytest.mark.parametrize(
     "index, bad, message",
     [
-        (0, lambda t: t.float(), "'X' must be float64"),
+        (0, lambda t: t.float(), "'X' must be float64"),  # TypeError (the only dtype case)
         (2, lambda t: t[:-1], "'A' must have shape"),
         (4, lambda t: t[:-1], "'W' must have shape"),
         (6, lambda t: torch.cat([t, t]), "'eig' must be"),
@@ -128,14 +128,15 @@ def test_max_iter_zero_reports_not_converged():
 def test_bad_arguments_are_named(index, bad, message):
     args = _args(_model(seed=3))
     args[index] = bad(args[index])
-    with pytest.raises(RuntimeError, match=message):
+    error = TypeError if message == "'X' must be float64" else ValueError
+    with pytest.raises(error, match=message):
         OP(*args)
 
 
 def test_m_out_must_not_be_m_inv():
     args = _args(_model(seed=8))
     args[9] = args[8]
-    with pytest.raises(RuntimeError, match="'M_out' must not be 'M_inv'"):
+    with pytest.raises(ValueError, match="'M_out' must not be 'M_inv'"):
         OP(*args)
 
 
@@ -225,9 +226,10 @@ def test_steps_stop_at_the_first_row_over_budget_without_touching_it():
     [
         (2, lambda t: t.T.contiguous().T, "'A' must be contiguous"),
         (8, lambda t: t[:, :-1], "certified_cg_steps: argument 'gram' must be"),
-        (9, lambda t: t.float(), "'removed' must be a bool"),
+        (9, lambda t: t.float(), "'removed' must be a bool tensor"),
         (14, lambda t: torch.tensor([10**6]), "'rows' holds"),
-        (14, lambda t: t.float(), "'rows' must be a 1-D int64"),
+        (14, lambda t: t.float(), "'rows' must be an int64 tensor"),
+        (14, lambda t: t[None], "'rows' must be 1-D"),
         (15, lambda t: 10**6, "'slot' must be in"),
         (21, lambda t: float("nan"), "budget_used"),
     ],
@@ -235,7 +237,8 @@ def test_steps_stop_at_the_first_row_over_budget_without_touching_it():
 def test_steps_bad_arguments_are_named(index, bad, message):
     args = _steps_args(_model(seed=11), [5, 11])
     args[index] = bad(args[index])
-    with pytest.raises(RuntimeError, match=message):
+    error = TypeError if message.endswith("tensor") else ValueError  # dtypes: TypeError
+    with pytest.raises(error, match=message):
         STEPS(*args)
 
 
@@ -243,7 +246,7 @@ def test_steps_refuse_more_rows_than_free_columns():
     model = _model(seed=12)
     args = _steps_args(model, [5, 11])
     args[15] = args[13].shape[-1] - 1  # one free column
-    with pytest.raises(RuntimeError, match="free columns"):
+    with pytest.raises(ValueError, match="free columns"):
         STEPS(*args)
 
 
@@ -292,7 +295,7 @@ def test_steps_refuse_rows_they_cannot_remove_before_writing(rows, message):
     model._A[7, 1] = 0.0  # as if row 7 were outside class 1's subset
     args = _steps_args(model, rows)
     before = _snapshot(args)
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(ValueError, match=message):
         STEPS(*args)
     assert _unchanged(args, before)
 
@@ -301,7 +304,7 @@ def test_single_step_refuses_a_row_not_held_by_every_class():
     model = _model(seed=14)
     args = _args(model, row=0)  # removed already: A[0] = 0
     before = _snapshot(args)
-    with pytest.raises(RuntimeError, match="'row' 0 is not held by class 0"):
+    with pytest.raises(ValueError, match="'row' 0 is not held by class 0"):
         OP(*args)
     assert _unchanged(args, before)
 
@@ -310,18 +313,18 @@ def test_written_arguments_must_not_share_memory_with_others():
     model = _model(seed=15)
     args = _steps_args(model, [5])
     args[3] = args[2]  # Z given as A
-    with pytest.raises(RuntimeError, match="'A' \\(written in place\\) shares memory with "
+    with pytest.raises(ValueError, match="'A' \\(written in place\\) shares memory with "
                                            "argument 'Z'"):
         STEPS(*args)
     args = _args(_model(seed=16))
     args[9] = args[11].view(-1)[: args[9].numel()].view(args[9].shape)  # M_out inside U_buf
-    with pytest.raises(RuntimeError, match="shares memory"):
+    with pytest.raises(ValueError, match="shares memory"):
         OP(*args)
 
 
 def test_steps_refuse_a_nan_budget():
     args = _steps_args(_model(seed=17), [5], budget=float("nan"))
-    with pytest.raises(RuntimeError, match="'budget' must not be NaN"):
+    with pytest.raises(ValueError, match="'budget' must not be NaN"):
         STEPS(*args)
 
 
@@ -332,5 +335,5 @@ def test_no_class_or_feature_is_named_before_the_alias_check():
     args[8] = args[8][:0]
     args[9] = args[9][:0]
     args[11] = args[11][:0]
-    with pytest.raises(RuntimeError, match="needs at least one class and one feature"):
+    with pytest.raises(ValueError, match="needs at least one class and one feature"):
         OP(*args)

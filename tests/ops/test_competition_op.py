@@ -188,33 +188,33 @@ def test_torch_compile_fullgraph():
 def test_bad_inputs_raise_naming_the_argument(device):
     r, u = _cases(4, N=5, M=6)
     r, u, grid, off, tr, tu = _args(r.to(device), u.to(device))
-    with pytest.raises(RuntimeError, match="'retrained'"):
+    with pytest.raises(ValueError, match="'retrained'"):
         OP(r[0], u, grid, off, tr, tu)
-    with pytest.raises(RuntimeError, match="'unlearned'"):
+    with pytest.raises(ValueError, match="'unlearned'"):
         OP(r, u[:3], grid, off, tr, tu)
-    with pytest.raises(RuntimeError, match="'retrained'.*'unlearned'"):
+    with pytest.raises(TypeError, match="'retrained'.*'unlearned'"):
         OP(r, u.float(), grid, off, tr, tu)
-    with pytest.raises(RuntimeError, match="'retrained'"):
+    with pytest.raises(TypeError, match="'retrained'"):
         OP(r.int(), u.int(), grid, off, tr, tu)
-    with pytest.raises(RuntimeError, match="'grid'"):
+    with pytest.raises(TypeError, match="'grid'"):
         OP(r, u, grid.float(), off, tr, tu)
-    with pytest.raises(RuntimeError, match="'grid_offsets'"):
+    with pytest.raises(ValueError, match="'grid_offsets'"):
         OP(r, u, grid, off[:-1], tr, tu)
-    with pytest.raises(RuntimeError, match="'grid_offsets'"):
+    with pytest.raises(ValueError, match="'grid_offsets'"):
         OP(r, u, grid, off.flip(0), tr, tu)
-    with pytest.raises(RuntimeError, match="'table_r'"):
+    with pytest.raises(ValueError, match="'table_r'"):
         OP(r, u, grid, off, tu, tr)
-    with pytest.raises(RuntimeError, match="'table_u'"):
+    with pytest.raises(TypeError, match="'table_u'"):
         OP(r, u, grid, off, tr, tu.double())
-    with pytest.raises(RuntimeError, match="'retrained'"):
+    with pytest.raises(ValueError, match="'retrained'"):
         OP(r[:, :0], u, grid, off, epsilon_table(0, 6), tu)
     bad = r.clone()
     bad[1, 2] = math.nan
-    with pytest.raises(RuntimeError, match="'retrained'"):
+    with pytest.raises(ValueError, match="'retrained'"):
         OP(bad, u, grid, off, tr, tu)
     bad = u.clone()
     bad[0, 0] = math.inf
-    with pytest.raises(RuntimeError, match="'unlearned'"):
+    with pytest.raises(ValueError, match="'unlearned'"):
         OP(r, bad, grid, off, tr, tu)
     with pytest.raises(TypeError, match="'grid'"):
         competition_epsilons(r, u, grid.tolist(), off, tr, tu)
@@ -224,7 +224,7 @@ def test_bad_inputs_raise_naming_the_argument(device):
 def test_mixed_devices_raise():
     r, u = _cases(5, N=4, M=4)
     args = list(_args(r, u))
-    with pytest.raises(RuntimeError, match="'retrained'.*'unlearned'"):
+    with pytest.raises(ValueError, match="'retrained'.*'unlearned'"):
         OP(args[0], args[1].cuda(), *args[2:])
-    with pytest.raises(RuntimeError, match="'table_r'"):
+    with pytest.raises(ValueError, match="'table_r'"):
         OP(*args[:4], args[4].cuda(), args[5])

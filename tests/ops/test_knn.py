@@ -220,38 +220,38 @@ def test_torch_compile_fullgraph():
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_inputs_raise_naming_the_argument(device):
     Q, P = _data(4, 6, 3, torch.float32, device)
-    with pytest.raises(RuntimeError, match="'Q'"):
+    with pytest.raises(ValueError, match="'Q'"):
         OP(Q[0], P, 1, True)
-    with pytest.raises(RuntimeError, match="'P'"):
+    with pytest.raises(ValueError, match="'P'"):
         OP(Q, P[None], 1, True)
-    with pytest.raises(RuntimeError, match="'P'"):
+    with pytest.raises(ValueError, match="'P'"):
         OP(Q, P[:, :2], 1, True)
-    with pytest.raises(RuntimeError, match="'Q'.*'P'"):
+    with pytest.raises(TypeError, match="'Q'.*'P'"):
         OP(Q, P.double(), 1, True)
-    with pytest.raises(RuntimeError, match="'Q'"):
+    with pytest.raises(TypeError, match="'Q'"):
         OP(Q.int(), P.int(), 1, True)
-    with pytest.raises(RuntimeError, match="'k'"):
+    with pytest.raises(ValueError, match="'k'"):
         OP(Q, P, 7, True)
-    with pytest.raises(RuntimeError, match="'k'"):
+    with pytest.raises(ValueError, match="'k'"):
         OP(Q, P, -1, True)
     bad = Q.clone()
     bad[2, 1] = float("nan")
-    with pytest.raises(RuntimeError, match="'Q'"):
+    with pytest.raises(ValueError, match="'Q'"):
         OP(bad, P, 2, True)
     bad = P.clone()
     bad[5, 0] = float("inf")
-    with pytest.raises(RuntimeError, match="'P'"):
+    with pytest.raises(ValueError, match="'P'"):
         OP(Q, bad, 2, False)
     bad = P.clone()
     bad[0, 0] = 1e30  # finite, but its square overflows float32
-    with pytest.raises(RuntimeError, match="'P'"):
+    with pytest.raises(ValueError, match="'P'"):
         OP(Q, bad, 2, False)
 
 
 @pytest.mark.cuda
 def test_mixed_devices_raise():
     Q, P = _data(4, 6, 3, torch.float32, "cpu")
-    with pytest.raises(RuntimeError, match="'Q'.*'P'"):
+    with pytest.raises(ValueError, match="'Q'.*'P'"):
         OP(Q, P.cuda(), 1, True)
 
 
@@ -269,3 +269,6 @@ def test_wrapper_bad_python_arguments():
         knn_extreme(Q, P, -1)
     with pytest.raises(ValueError, match="'k'"):
         knn_extreme(Q, P, 7)
+    for flag in (None, 0, "nearest", torch.tensor(False)):  # None used to mean nearest
+        with pytest.raises(TypeError, match="'largest' must be a bool"):
+            knn_extreme(Q, P, 1, largest=flag)

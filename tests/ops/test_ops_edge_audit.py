@@ -86,16 +86,16 @@ def _glm_case(op, names):
 
 # (op, argument factory, argument put on meta, error type the real kernels raise)
 META_CASES = [
-    ("glm_hvp", _glm_case("glm_hvp", ("X", "S", "V", "lam")), "X", RuntimeError),
-    ("glm_hvp", _glm_case("glm_hvp", ("X", "S", "V", "lam")), "V", RuntimeError),
-    ("glm_hvp_margins", _glm_case("glm_hvp_margins", ("X", "S", "V", "lam")), "S", RuntimeError),
-    ("glm_hessian", _glm_case("glm_hessian", ("X", "S", "lam")), "S", RuntimeError),
-    ("glm_cg", _glm_case("glm_cg", ("X", "S", "B", "lam")), "B", RuntimeError),
-    ("cg_update_", _cg_update_args, "Ap", RuntimeError),
-    ("cg_update_", _cg_update_args, "threshold_sq", RuntimeError),
-    ("competition_epsilons", _competition_args, "unlearned", RuntimeError),
-    ("competition_epsilons", _competition_args, "table_u", RuntimeError),
-    ("certified_cg_step", _certified_step_args, "M_inv", RuntimeError),
+    ("glm_hvp", _glm_case("glm_hvp", ("X", "S", "V", "lam")), "X", ValueError),
+    ("glm_hvp", _glm_case("glm_hvp", ("X", "S", "V", "lam")), "V", ValueError),
+    ("glm_hvp_margins", _glm_case("glm_hvp_margins", ("X", "S", "V", "lam")), "S", ValueError),
+    ("glm_hessian", _glm_case("glm_hessian", ("X", "S", "lam")), "S", ValueError),
+    ("glm_cg", _glm_case("glm_cg", ("X", "S", "B", "lam")), "B", ValueError),
+    ("cg_update_", _cg_update_args, "Ap", ValueError),
+    ("cg_update_", _cg_update_args, "threshold_sq", ValueError),
+    ("competition_epsilons", _competition_args, "unlearned", ValueError),
+    ("competition_epsilons", _competition_args, "table_u", ValueError),
+    ("certified_cg_step", _certified_step_args, "M_inv", ValueError),
     ("certified_start_", start_case._args, "eig", ValueError),
     ("certified_cg_tail_", tail_case._args, "Delta", ValueError),
     ("certified_woodbury_row_", woodbury_case._args, "L21", ValueError),
@@ -145,7 +145,7 @@ def test_cg_update_refuses_written_arguments_that_share_memory(written, other):
     else:
         args[written] = args[other]
     before = _snapshot(args)
-    with pytest.raises(RuntimeError, match=r"cg_update_: argument '\w+' \(written in place\) "
+    with pytest.raises(ValueError, match=r"cg_update_: argument '\w+' \(written in place\) "
                                            r"shares memory with argument '\w+'"):
         OPS.cg_update_.default(*args.values())
     _assert_unchanged(args, before)
@@ -157,7 +157,7 @@ def test_cg_update_partially_overlapping_views_are_refused():
     buffer[:4] = args["x"]
     args["x"], args["r"] = buffer[:4], buffer[1:5]
     before = _snapshot(args)
-    with pytest.raises(RuntimeError, match="argument 'x' .* shares memory with argument 'r'"):
+    with pytest.raises(ValueError, match="argument 'x' .* shares memory with argument 'r'"):
         OPS.cg_update_.default(*args.values())
     _assert_unchanged(args, before)
 
@@ -272,7 +272,7 @@ def test_competition_refuses_magnitudes_whose_interval_family_explodes(magnitude
     r = [-magnitude, 0.0, 1.0, magnitude * 5e-17]
     u = [-magnitude, 1.0, 2.0, magnitude * 5e-17]
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match=r"competition_epsilons: argument 'retrained' of "
+    with pytest.raises(ValueError, match=r"competition_epsilons: argument 'retrained' of "
                                            r"example 0 spans .* right edges"):
         _competition(r, u)
     assert time.perf_counter() - start < 5.0

@@ -384,55 +384,55 @@ def test_compiles_without_graph_breaks():
 def _bad_cases():
     A, G, W, b, w = make((3, 2, 4, 5))
     return [
-        # (call, expected argument name)
-        (lambda: ops.per_sample_grad.default(A[:, 0], G), "'A'"),
-        (lambda: ops.per_sample_grad.default(A, G[:, 0]), "'G'"),
-        (lambda: ops.per_sample_grad.default(A, G[:2]), "'G'"),
-        (lambda: ops.per_sample_grad.default(A, G[:, :1]), "'G'"),
-        (lambda: ops.per_sample_grad.default(A.long(), G.long()), "'A'"),
-        (lambda: ops.per_sample_grad.default(A, G.float()), "'G'"),
-        (lambda: ops.per_sample_sq_norm.default(A, G[:2], True), "'G'"),
-        (lambda: ops.per_sample_sq_norm.default(A.int(), G, False), "'A'"),
-        (lambda: ops.per_sample_sq_norm.default(A, G.float(), False), "'G'"),
-        (lambda: ops.per_sample_dot.default(A, G, W.t(), None), "'W'"),
-        (lambda: ops.per_sample_dot.default(A, G, W[0], None), "'W'"),
-        (lambda: ops.per_sample_dot.default(A, G, W.float(), None), "'W'"),
-        (lambda: ops.per_sample_dot.default(A, G, W, b[:4]), "'bias'"),
-        (lambda: ops.per_sample_dot.default(A, G, W, b[None]), "'bias'"),
-        (lambda: ops.per_sample_dot.default(A, G, W, b.float()), "'bias'"),
-        (lambda: ops.per_sample_dot.default(A, G[:2], W, None), "'G'"),
-        (lambda: ops.per_sample_weighted_sum.default(A, G, w[:2]), "'w'"),
-        (lambda: ops.per_sample_weighted_sum.default(A, G, w[None]), "'w'"),
-        (lambda: ops.per_sample_weighted_sum.default(A, G, w.float()), "'w'"),
+        # (call, expected argument name, error: TypeError for a dtype, else ValueError)
+        (lambda: ops.per_sample_grad.default(A[:, 0], G), "'A'", ValueError),
+        (lambda: ops.per_sample_grad.default(A, G[:, 0]), "'G'", ValueError),
+        (lambda: ops.per_sample_grad.default(A, G[:2]), "'G'", ValueError),
+        (lambda: ops.per_sample_grad.default(A, G[:, :1]), "'G'", ValueError),
+        (lambda: ops.per_sample_grad.default(A.long(), G.long()), "'A'", TypeError),
+        (lambda: ops.per_sample_grad.default(A, G.float()), "'G'", TypeError),
+        (lambda: ops.per_sample_sq_norm.default(A, G[:2], True), "'G'", ValueError),
+        (lambda: ops.per_sample_sq_norm.default(A.int(), G, False), "'A'", TypeError),
+        (lambda: ops.per_sample_sq_norm.default(A, G.float(), False), "'G'", TypeError),
+        (lambda: ops.per_sample_dot.default(A, G, W.t(), None), "'W'", ValueError),
+        (lambda: ops.per_sample_dot.default(A, G, W[0], None), "'W'", ValueError),
+        (lambda: ops.per_sample_dot.default(A, G, W.float(), None), "'W'", TypeError),
+        (lambda: ops.per_sample_dot.default(A, G, W, b[:4]), "'bias'", ValueError),
+        (lambda: ops.per_sample_dot.default(A, G, W, b[None]), "'bias'", ValueError),
+        (lambda: ops.per_sample_dot.default(A, G, W, b.float()), "'bias'", TypeError),
+        (lambda: ops.per_sample_dot.default(A, G[:2], W, None), "'G'", ValueError),
+        (lambda: ops.per_sample_weighted_sum.default(A, G, w[:2]), "'w'", ValueError),
+        (lambda: ops.per_sample_weighted_sum.default(A, G, w[None]), "'w'", ValueError),
+        (lambda: ops.per_sample_weighted_sum.default(A, G, w.float()), "'w'", TypeError),
     ]
 
 
 @pytest.mark.parametrize("case", range(len(_bad_cases())))
 def test_bad_inputs_name_the_argument(case):
-    call, name = _bad_cases()[case]
-    with pytest.raises(RuntimeError, match=name):
+    call, name, error = _bad_cases()[case]
+    with pytest.raises(error, match=name):
         call()
 
 
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_mixed_devices_name_the_argument(device):
     A, G, W, b, w = make((3, 2, 4, 5))
-    with pytest.raises(RuntimeError, match="'G'"):
+    with pytest.raises(ValueError, match="'G'"):
         ops.per_sample_grad.default(A.to(device), G)
-    with pytest.raises(RuntimeError, match="'W'"):
+    with pytest.raises(ValueError, match="'W'"):
         ops.per_sample_dot.default(A.to(device), G.to(device), W, None)
-    with pytest.raises(RuntimeError, match="'w'"):
+    with pytest.raises(ValueError, match="'w'"):
         ops.per_sample_weighted_sum.default(A.to(device), G.to(device), w)
 
 
 def test_fake_kernel_checks_devices():
     # A meta tensor routes the call to the fake kernel, whose checks mirror the C++ ones.
     A, G, W, _, w = make((3, 2, 4, 5))
-    with pytest.raises(RuntimeError, match="'G'"):
+    with pytest.raises(ValueError, match="'G'"):
         ops.per_sample_grad.default(A, G.to("meta"))
-    with pytest.raises(RuntimeError, match="'W'"):
+    with pytest.raises(ValueError, match="'W'"):
         ops.per_sample_dot.default(A.to("meta"), G.to("meta"), W, None)
-    with pytest.raises(RuntimeError, match="'w'"):
+    with pytest.raises(ValueError, match="'w'"):
         ops.per_sample_weighted_sum.default(A.to("meta"), G.to("meta"), w[:2].to("meta"))
 
 
@@ -450,3 +450,14 @@ def test_wrapper_rejects_bad_python_input():
         ps.per_sample_sq_norm(A[0, 0], G)
     with pytest.raises(ValueError, match="'A'.*'G'"):
         ps.per_sample_grad(A[:, 0], G)
+
+
+@pytest.mark.parametrize("fn", ["per_sample_grad", "per_sample_sq_norm", "per_sample_weighted_sum"])
+@pytest.mark.parametrize("flag", [None, 1, "yes", torch.tensor(True)])
+def test_bias_flag_must_be_a_bool(fn, flag):
+    # any truthy value used to switch the bias term on (None silently off): a misplaced
+    # bias vector or a typo must not change what is computed
+    A, G, _, _, w = make((3, 2, 4, 5))
+    args = (A, G, w) if fn == "per_sample_weighted_sum" else (A, G)
+    with pytest.raises(TypeError, match="'bias' must be a bool"):
+        getattr(ps, fn)(*args, bias=flag)
