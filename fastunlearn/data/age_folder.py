@@ -67,15 +67,15 @@ def age_bins(ages: Tensor, bin_width: int = 10, num_bins: int = 10) -> Tensor:
         int64 bin labels, same shape as ``ages``.
 
     Raises:
-        ValueError: If an age is negative or a size is not positive.
+        ValueError: If an age is negative or a size is not in ``1..2**63-1``.
         TypeError: If ``ages`` is not an integer tensor.
 
     """
     for value, arg in ((bin_width, "bin_width"), (num_bins, "num_bins")):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"'{arg}' must be >= 1, got {value}")
+        if not 1 <= value <= 2**63 - 1:  # int64 arithmetic: larger values overflow
+            raise ValueError(f"'{arg}' must be in 1..2**63-1, got {value}")
     if not isinstance(ages, Tensor) or ages.dtype.is_floating_point or ages.dtype == torch.bool:
         raise TypeError("'ages' must be an integer tensor")
     if (ages < 0).any():

@@ -288,7 +288,10 @@ def train_char_lm(
         The training loss (nats per character) of every step.
 
     Raises:
-        ValueError: If ``ids`` is too short or a setting is out of range.
+        ValueError: If ``ids`` is too short or a setting is out of range (``lr`` must be
+            finite and > 0, ``weight_decay`` finite and >= 0, ``seed`` in 0..2**64-1).
+        TypeError: If ``model`` is not a module, ``ids`` not an int64 tensor, or a
+            setting has the wrong type.
 
     """
     for value, arg, low in (
@@ -304,6 +307,19 @@ def train_char_lm(
         raise TypeError("'ids' must be an int64 tensor")
     if ids.dim() != 1 or ids.numel() <= seq_len:
         raise ValueError(f"'ids' must be 1-D and longer than seq_len={seq_len}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    for value, arg in ((lr, "lr"), (weight_decay, "weight_decay")):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"'{arg}' must be a number, got {type(value).__name__}")
+        if not math.isfinite(value) or value < 0 or (arg == "lr" and value == 0):
+            # an infinite rate would turn every weight into NaN without an error
+            raise ValueError(f"'{arg}' must be finite and {'> 0' if arg == 'lr' else '>= 0'}, "
+                             f"got {value}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:  # torch.Generator's range
+        raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device

@@ -114,6 +114,7 @@ def insert_canary(text: str, canary: str, insertions: int, seed: int = 0) -> tup
     Raises:
         ValueError: If ``insertions < 0``, ``canary`` is empty, or ``text`` has fewer
             sentence starts than ``insertions``.
+        TypeError: If ``insertions`` is not an int or ``text`` not a str.
 
     """
     if isinstance(insertions, bool) or not isinstance(insertions, int):
@@ -122,6 +123,8 @@ def insert_canary(text: str, canary: str, insertions: int, seed: int = 0) -> tup
         raise ValueError(f"'insertions' must be >= 0, got {insertions}")
     if not isinstance(canary, str) or not canary:
         raise ValueError("'canary' must be a non-empty str")
+    if not isinstance(text, str):
+        raise TypeError(f"'text' must be a str, got {type(text).__name__}")
     starts = [0] + [i + 2 for i in range(len(text) - 2) if text[i] in ".!?" and text[i + 1] == " "]
     if insertions > len(starts):
         raise ValueError(
@@ -170,9 +173,14 @@ class CharVocab:
 
         Raises:
             ValueError: If a character is not in the vocabulary or lengths differ.
+            TypeError: If ``text`` is not a str or a sequence of str.
 
         """
         index = {c: i for i, c in enumerate(self.chars)}
+        if isinstance(text, bytes) or not isinstance(text, (str, Sequence)) or not all(
+            isinstance(t, str) for t in ([text] if isinstance(text, str) else text)
+        ):
+            raise TypeError(f"'text' must be a str or a list of str, got {type(text).__name__}")
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("'text' must be a str or a non-empty list of str")

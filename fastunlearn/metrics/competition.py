@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ import torch
 from torch import Tensor
 
 from .._extension import has_kernel
-from ._checks import check_delta, pair_of_stats, stacked_logits
+from ._checks import as_tensor, check_delta, pair_of_stats, stacked_logits
 from ._reduce import median
 from .statistics import logit_scaled_confidence
 
@@ -458,8 +459,15 @@ def forget_score(epsilons: Any, num_models: int) -> float:
         epsilons: ``[S]`` per-example epsilons (:func:`competition_epsilons`).
         num_models: Number of unlearned models N (sets the number of bins).
 
+    Raises:
+        TypeError: If ``epsilons`` is not a real tensor or array.
+        ValueError: If ``epsilons`` is empty or ``num_models`` is not an integer >= 3.
+
     """
-    e = torch.as_tensor(epsilons).to(torch.float64).reshape(-1)
+    e = as_tensor(epsilons, "epsilons")
+    if e.dtype == torch.bool or e.is_complex():
+        raise TypeError(f"'epsilons' must be real numbers, got {e.dtype}")
+    e = e.to(torch.float64).reshape(-1)
     if e.numel() == 0:
         raise ValueError("'epsilons' is empty")
     points = torch.zeros_like(e)
@@ -486,7 +494,11 @@ def final_score(forget: float, ra_u: float, ra_r: float, ta_u: float, ta_r: floa
             v = values[name] = float(v)  # a 0-d accuracy tensor
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
             raise TypeError(f"'{name}' must be a real number, got {type(v).__name__}")
-        if math.isinf(v) or v < 0:
+        try:
+            infinite = math.isinf(v)
+        except OverflowError:  # an int too large for a float
+            infinite = True
+        if infinite or v < 0:
             raise ValueError(f"'{name}' must be finite and >= 0, got {v}")
     if any(math.isnan(v) for v in values.values()):
         return math.nan
@@ -495,6 +507,21 @@ def final_score(forget: float, ra_u: float, ra_r: float, ta_u: float, ta_r: floa
             raise ValueError(f"'{name}' must be > 0, got {values[name]}")
     forget, ra_u, ra_r, ta_u, ta_r = (float(v) for v in values.values())
     return forget * (ra_u / ra_r) * (ta_u / ta_r)
+
+
+ACCURACY_KEYS = ("ra_u", "ra_r", "ta_u", "ta_r")
+
+
+def check_accuracies(accuracies: Any) -> None:
+    """Raise unless ``accuracies`` is None or a mapping with the four accuracy keys."""
+    if accuracies is None:
+        return
+    if not isinstance(accuracies, Mapping):
+        raise TypeError(f"'accuracies' must be a dict with keys {list(ACCURACY_KEYS)}, got "
+                        f"{type(accuracies).__name__}")
+    missing = set(ACCURACY_KEYS) - set(accuracies)
+    if missing:
+        raise ValueError(f"'accuracies' lacks {sorted(missing)}")
 
 
 @dataclass(frozen=True)
@@ -547,7 +574,14 @@ def competition_score(
     Returns:
         A :class:`CompetitionResult`.
 
+    Raises:
+        TypeError: If ``accuracies`` is not a mapping (or a value not a number).
+        ValueError: On bad logits or labels, ``delta`` outside [0, 1), or ``accuracies``
+            without the four keys.
+
     """
+    delta = check_delta(delta)
+    check_accuracies(accuracies)
     r, u, y = stacked_logits(retrain_logits, unlearn_logits, labels, min_models=(2, 3),
                              purpose="the competition score")
     cr = logit_scaled_confidence(r, y)
@@ -557,9 +591,6 @@ def competition_score(
     f = forget_score(eps, n_models)
     final = None
     if accuracies is not None:
-        missing = {"ra_u", "ra_r", "ta_u", "ta_r"} - set(accuracies)
-        if missing:
-            raise ValueError(f"'accuracies' lacks {sorted(missing)}")
         final = final_score(f, accuracies["ra_u"], accuracies["ra_r"], accuracies["ta_u"],
                             accuracies["ta_r"])
     return CompetitionResult(forget_score=f, per_example=eps, num_models=n_models,

@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import stacked_logits
+from .._device import parse_device
+from ._checks import check_delta, stacked_logits
 from .accuracy import per_model_accuracy
 from .competition import DEFAULT_DELTA as COMPETITION_DELTA
-from .competition import competition_score
+from .competition import check_accuracies, competition_score
 from .epsilon import DEFAULT_DELTA as EPSILON_DELTA
 from .epsilon import epsilon_hat
 from .fairness import class_fairness
@@ -82,9 +83,15 @@ def evaluate_logits(
         A JSON-friendly dict.
 
     Raises:
-        ValueError: If the logits are empty, disagree in shape, or hold nan / inf.
+        ValueError: If the logits are empty, disagree in shape, or hold nan / inf, a delta
+            is outside [0, 1), or ``accuracies`` lacks a key.
+        TypeError: If a delta is not a number or ``accuracies`` not a mapping.
 
     """
+    # checked here too: a score skipped for too few models would not check its own
+    check_delta(delta, "delta")
+    check_delta(competition_delta, "competition_delta")
+    check_accuracies(accuracies)
     retrain, unlearn, labels = stacked_logits(retrain, unlearn, labels)
     n, m = int(retrain.shape[1]), int(unlearn.shape[1])
     acc = per_model_accuracy(unlearn, labels)
@@ -175,9 +182,19 @@ def evaluate_logits_dir(
         ``{"path", "num_examples", "num_models", "num_classes", "retrain": {...},
         "methods": {name: {...}}, "baseline": {...}, "mia": {...}}`` (JSON-friendly).
 
+    Raises:
+        FileNotFoundError: If ``path`` or a requested method is missing.
+        TypeError: If a delta is not a number.
+        ValueError: If a delta is outside [0, 1), ``device`` is not a usable CPU or CUDA
+            device, or the directory does not hold valid logits.
+
     """
+    # checked before anything is read: a bad delta would otherwise only turn every
+    # method's entry into an 'error'
+    check_delta(delta, "delta")
+    check_delta(competition_delta, "competition_delta")
+    dev = parse_device(device) if device is not None else torch.device("cpu")
     data = load_logits_dir(path, methods)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
     labels = data.labels.to(dev)
     retrain = data.retrain.to(dev)
     ret_csv = _csv_means(data.retrain_metrics)

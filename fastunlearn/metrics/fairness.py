@@ -14,6 +14,8 @@ from ._checks import logits_and_labels
 
 __all__ = ["class_fairness", "per_class_accuracy"]
 
+_INT64_MAX = 2**63 - 1
+
 
 def per_class_accuracy(logits: Any, labels: Any, num_classes: int | None = None) -> Tensor:
     """Accuracy of every class (one ``bincount`` pass, no loop over classes).
@@ -29,7 +31,8 @@ def per_class_accuracy(logits: Any, labels: Any, num_classes: int | None = None)
 
     Raises:
         TypeError: If ``num_classes`` is not an integer.
-        ValueError: If ``num_classes`` is below C, or on bad logits / labels.
+        ValueError: If ``num_classes`` is below C or above 2**63 - 1, or on bad logits /
+            labels.
 
     """
     z, y = logits_and_labels(logits, labels)
@@ -38,6 +41,8 @@ def per_class_accuracy(logits: Any, labels: Any, num_classes: int | None = None)
         # int() would silently truncate 10.7 to 10
         raise TypeError(f"'num_classes' must be an integer, got {num_classes!r}")
     C = z.shape[-1] if num_classes is None else int(num_classes)
+    if C > _INT64_MAX:
+        raise ValueError(f"'num_classes' ({C}) is too large (at most 2**63 - 1)")
     if C < z.shape[-1]:
         raise ValueError(f"'num_classes' ({C}) is smaller than the logits' classes "
                          f"({z.shape[-1]})")

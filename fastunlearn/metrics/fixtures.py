@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import os
 import shutil
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._atomic_files import swap_in_folder
-from ._checks import float_tensor, label_tensor
+from ._checks import as_tensor, float_tensor, label_tensor
 
 __all__ = [
     "LogitsDir",
@@ -157,11 +159,18 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
 
     Raises:
         FileNotFoundError: If ``logits_retain.npy`` or a requested method is missing.
-        ValueError: If an array has the wrong layout or does not match the retrained
-            array (examples, classes, labels).
+        TypeError: If ``path`` is not a path or ``methods`` not a list of names.
+        ValueError: If ``path`` is empty, a method name is not a plain folder name, an
+            array has the wrong layout or does not match the retrained array (examples,
+            classes, labels).
 
     """
-    root = Path(path)
+    root = _check_path(path)
+    if methods is not None:
+        if isinstance(methods, (str, bytes)) or not isinstance(methods, Sequence):
+            raise TypeError(f"'methods' must be a list of method names, got "
+                            f"{type(methods).__name__}")
+        methods = [_check_method_name(n) for n in methods]
     if not (root / RETRAIN_FILE).is_file():
         raise FileNotFoundError(f"'path': {root} has no {RETRAIN_FILE}")
     retrain, labels = split_slots(_load_array(root / RETRAIN_FILE), RETRAIN_FILE)
@@ -192,6 +201,15 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
     return out
 
 
+def _check_path(path: object) -> Path:
+    """``path`` as a Path; refuses other types and the empty string (not the cwd)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"'path' must be a str or os.PathLike, got {type(path).__name__}")
+    if not os.fspath(path):
+        raise ValueError("'path' is empty")
+    return Path(path)
+
+
 def _check_method_name(name: object) -> str:
     if not isinstance(name, str) or not name or os.sep in name or "/" in name \
             or name.startswith("."):
@@ -201,6 +219,12 @@ def _check_method_name(name: object) -> str:
 
 def _metrics_rows(cols: dict[str, list[float]], arg: str) -> int:
     """Check equal column lengths; return the number of rows."""
+    if not isinstance(cols, Mapping):
+        raise TypeError(f"'{arg}' must be a dict of columns, got {type(cols).__name__}")
+    for col, values in cols.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            raise TypeError(f"'{arg}': column {col!r} must be a list of values, got "
+                            f"{type(values).__name__}")
     n = {len(v) for v in cols.values()}
     if len(n) > 1:
         raise ValueError(f"'{arg}': columns have different lengths")
@@ -215,6 +239,28 @@ def _write_metrics(folder: Path, cols: dict[str, list[float]], rows: int) -> Non
         w.writerow(["seed", *names])
         for i in range(rows):
             w.writerow([int(seeds[i]) if seeds else i, *(cols[c][i] for c in names)])
+
+
+def _forget_set_text(forget_set: object) -> str:
+    """Return the ``forget_set.txt`` line of non-negative integer indices (or raise)."""
+    if isinstance(forget_set, (Tensor, np.ndarray)):
+        t = as_tensor(forget_set, "forget_set")
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"'forget_set' must hold integer indices, got {t.dtype}")
+        values = t.tolist()
+    elif isinstance(forget_set, (str, bytes)) or not isinstance(forget_set, Sequence):
+        raise TypeError(f"'forget_set' must be a list of indices, got "
+                        f"{type(forget_set).__name__}")
+    else:
+        values = list(forget_set)
+    if not isinstance(values, list) or any(isinstance(v, list) for v in values):
+        raise ValueError("'forget_set' must be 1-D")
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"'forget_set' must hold integer indices, got {v!r}")
+        if v < 0:
+            raise ValueError(f"'forget_set' must hold indices >= 0, got {v}")
+    return ",".join(str(int(i)) for i in values) + "\n"
 
 
 def _check_replaceable(root: Path) -> None:
@@ -259,14 +305,33 @@ def write_logits_dir(
         The directory.
 
     Raises:
+        TypeError: If ``path``, ``methods``, ``metrics`` (or a column) or ``forget_set``
+            has the wrong type (nothing is written then).
         ValueError: On a bad method name, ``metrics`` of a method not in ``methods``,
-            unequal columns, arrays that do not fit, or a ``path`` that is a non-empty
-            folder other than a logits directory (nothing is written then).
+            unequal columns, arrays that do not fit (a method's examples or classes
+            differ from the retrained), a negative forget-set index, an empty ``path``, or
+            a ``path`` that is a non-empty folder other than a logits directory (nothing is
+            written then).
 
     """
-    root = Path(os.path.abspath(path))  # "." too has a name and a parent
+    root = Path(os.path.abspath(_check_path(path)))  # "." too has a name and a parent
     arrays = {RETRAIN_FILE: pack_slots(retrain_logits, labels)}
-    packed = {_check_method_name(n): pack_slots(z, labels) for n, z in methods.items()}
+    if not isinstance(methods, Mapping):
+        raise TypeError(f"'methods' must be a dict of method name -> logits, got "
+                        f"{type(methods).__name__}")
+    retrain_shape = arrays[RETRAIN_FILE][:, 1:].shape
+    packed = {}
+    for n, z in methods.items():
+        arg = f"methods[{_check_method_name(n)!r}]"
+        z = float_tensor(z, arg, ndim=3)
+        if z.shape[0] != retrain_shape[0] or z.shape[2] != retrain_shape[2]:
+            raise ValueError(f"'{arg}': logits {tuple(z.shape)} must agree with "
+                             f"'retrain_logits' {retrain_shape} on examples (dim 0) and "
+                             "classes (dim 2)")
+        packed[n] = pack_slots(z, labels)
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise TypeError(f"'metrics' must be a dict, got {type(metrics).__name__}")
+    forget_text = None if forget_set is None else _forget_set_text(forget_set)
     metrics = metrics or {}
     for who in metrics:
         if who not in packed:
@@ -289,8 +354,8 @@ def write_logits_dir(
             np.save(tmp / name / UNLEARN_FILE, arr)
             if name in metrics:
                 _write_metrics(tmp / name, metrics[name], rows[name])
-        if forget_set is not None:
-            (tmp / "forget_set.txt").write_text(",".join(str(int(i)) for i in forget_set) + "\n")
+        if forget_text is not None:
+            (tmp / "forget_set.txt").write_text(forget_text)
         swap_in_folder(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

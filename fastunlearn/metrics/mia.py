@@ -11,6 +11,8 @@ the CPU with a fixed ``random_state``, so numpy's global RNG is left untouched.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -41,10 +43,16 @@ def svc_mia_efficacy(
         MIA-Efficacy in [0, 1].
 
     Raises:
-        ValueError: On bad shapes/labels or an empty set.
+        TypeError: If a set is not a ``(logits, labels)`` pair or ``C`` is not a number.
+        ValueError: On bad shapes/labels, an empty set or ``C`` not finite and > 0.
 
     """
     from sklearn.svm import SVC
+
+    if isinstance(C, (bool, np.bool_)) or not isinstance(C, numbers.Real):
+        raise TypeError(f"'C' must be a number, got {type(C).__name__}")
+    if not (math.isfinite(C) and C > 0):  # libsvm never returns with C = inf
+        raise ValueError(f"'C' must be finite and > 0, got {C!r}")
 
     feats = {}
     for name, pair in (("retain", retain), ("test", test), ("forget", forget)):

@@ -25,6 +25,10 @@ class Stopwatch:
     """
 
     def __init__(self, cuda_sync: bool | None = None) -> None:
+        if cuda_sync is not None and not isinstance(cuda_sync, (bool, np.bool_)):
+            raise TypeError(f"'cuda_sync' must be None or a bool, got {type(cuda_sync).__name__}")
+        if cuda_sync and not torch.cuda.is_available():
+            raise ValueError("'cuda_sync' is True but no CUDA GPU is available")
         self.cuda_sync = torch.cuda.is_available() if cuda_sync is None else cuda_sync
         self.seconds = math.nan
         self._start = 0.0
@@ -51,6 +55,14 @@ class Stopwatch:
         return self.seconds / 60.0
 
 
+def _finite(v: numbers.Real) -> bool:
+    """Whether a real number is finite (an int too large for a float is not)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def time_ratio(seconds: float, retrain_seconds: float) -> float:
     """Unlearning time as a fraction of retraining time (the competition rejects > ~0.2).
 
@@ -62,7 +74,7 @@ def time_ratio(seconds: float, retrain_seconds: float) -> float:
     for name, v in (("seconds", seconds), ("retrain_seconds", retrain_seconds)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
             raise TypeError(f"'{name}' must be a time in seconds, got {type(v).__name__}")
-        if not (math.isfinite(v) and v >= 0):
+        if not (_finite(v) and v >= 0):
             raise ValueError(f"'{name}' must be a finite time >= 0, got {v!r}")
     if retrain_seconds == 0:
         raise ValueError("'retrain_seconds' must be > 0")

@@ -627,6 +627,6 @@ def build_model(name: str, **kwargs: Any) -> FeatureClassifier:
         TypeError: If a keyword is not accepted by the builder.
 
     """
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"'name' must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name](**kwargs)
