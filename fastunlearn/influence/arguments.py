@@ -66,21 +66,41 @@ def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
         )
 
 
+def _as_float(value: float) -> float:
+    """``float(value)``, with an int beyond the float range as a (signed) infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _check_float(name: str, value: object, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    value = float(value)
+    value = _as_float(value)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"'{name}' must be finite and {'> 0' if positive else '>= 0'}, "
                          f"got {value}")
     return value
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"'{name}' must be <= {maximum}, got {value}")
+    return value
+
+
+#: Largest seed of a ``torch.Generator`` (an unsigned 64-bit integer).
+MAX_SEED = 2**64 - 1
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"'{name}' must be a bool, got {type(value).__name__}")
     return value
 
 

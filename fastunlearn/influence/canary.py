@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import time
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._atomic_files import write_text
+from .arguments import MAX_SEED, _as_float
 from .update import influence_update
 
 __all__ = [
@@ -114,20 +116,27 @@ class CanaryUnlearnConfig:
         """Check the fields; return self.
 
         Raises:
-            ValueError: a field out of range (named).
+            ValueError: a field out of range or of the wrong type (named).
 
         """
+        if self.replacement is not None and not isinstance(self.replacement, str):
+            raise ValueError(f"'replacement' must be a string or None, got "
+                             f"{type(self.replacement).__name__}")
         for name in ("seq_len", "stride", "cg_maxiter", "hvp_windows"):
             value = getattr(self, name)
             if name == "seq_len" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-        if self.order not in (1, 2):
-            raise ValueError(f"'order' must be 1 or 2, got {self.order!r}")
+        if isinstance(self.order, bool) or not isinstance(self.order, int) \
+                or self.order not in (1, 2):
+            raise ValueError(f"'order' must be the int 1 or 2, got {self.order!r}")
         if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) \
-                or not self.damping >= 0:
-            raise ValueError(f"'damping' must be >= 0, got {self.damping!r}")
+                or not 0 <= _as_float(self.damping) < math.inf:
+            raise ValueError(f"'damping' must be finite and >= 0, got {self.damping!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {self.seed!r}")
         return self
 
 
@@ -193,6 +202,9 @@ def unlearn_canary(
     """
     from ..exposure import CharLM, greedy_completion, measure_exposure, train_char_lm
 
+    if config is not None and not isinstance(config, CanaryUnlearnConfig):
+        raise TypeError(f"'config' must be a CanaryUnlearnConfig or None, got "
+                        f"{type(config).__name__}")
     cfg = (config or CanaryUnlearnConfig()).validate()
     res = canary_result
     for attr in ("model", "vocab", "text", "canary_offsets", "config", "canary"):

@@ -9,6 +9,7 @@ raises and leaves the model unchanged.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .arguments import _check_inputs, _check_target_range, _check_target_type, _num_outputs
+from .arguments import (
+    MAX_SEED,
+    _check_inputs,
+    _check_target_range,
+    _check_target_type,
+    _num_outputs,
+)
 from .gradients import eval_mode
 from .settings import UpdateOptions, UpdateResult
 from .update import check_update_options, influence_update
@@ -106,7 +113,20 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int = 1024) -> Tensor:
-    """Arg-max class of every row (eval mode, no graph, chunked) -> int64 Tensor[n]."""
+    """Arg-max class of every row (eval mode, no graph, chunked) -> int64 Tensor[n].
+
+    Raises:
+        TypeError / ValueError: ``model`` not an nn.Module, ``inputs`` not a tensor with a
+            leading dimension, or ``chunk_size`` not an int >= 1.
+
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    inputs = _check_tensor("inputs", inputs)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"'chunk_size' must be an int, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"'chunk_size' must be >= 1, got {chunk_size}")
     out = []
     with torch.no_grad(), eval_mode(model):
         for start in range(0, inputs.shape[0], chunk_size):
@@ -210,6 +230,8 @@ def replace_features(
     else:
         row_idx = _as_index("rows", rows, n, inputs.device)
     if isinstance(values, Tensor):
+        if values.is_complex():
+            raise TypeError(f"'values' must be real, got {values.dtype}")
         vals = values.to(dtype=inputs.dtype, device=inputs.device)
         if vals.shape != (row_idx.numel(), cols.numel()):
             raise ValueError(f"'values' must have shape [{row_idx.numel()}, {cols.numel()}] "
@@ -220,9 +242,15 @@ def replace_features(
         if isinstance(values, bool) or not isinstance(values, (int, float)):
             raise TypeError(f"'values' must be a number or a tensor, got "
                             f"{type(values).__name__}")
-        if not np.isfinite(values):
-            raise ValueError(f"'values' must be finite, got {values}")
-        vals = torch.full((row_idx.numel(), cols.numel()), float(values), dtype=inputs.dtype,
+        try:
+            value = float(values)
+        except OverflowError:  # an int beyond the float range
+            value = math.inf
+        # finite also in the dtype of the inputs (1e300 is inf in float32)
+        if not (math.isfinite(value) and abs(value) <= torch.finfo(inputs.dtype).max):
+            raise ValueError(f"'values' must be finite in the dtype of 'inputs' "
+                             f"({inputs.dtype}), got {value}")
+        vals = torch.full((row_idx.numel(), cols.numel()), value, dtype=inputs.dtype,
                           device=inputs.device)
     new_flat = flat.clone()
     new_flat[row_idx.unsqueeze(1), cols.unsqueeze(0)] = vals
@@ -363,8 +391,9 @@ def iterative_label_repair(
                         ("chunk_size", chunk_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"'seed' must be an int >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0 \
+            or seed > MAX_SEED:
+        raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {seed!r}")
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"'evaluate' must be callable, got {type(evaluate).__name__}")
     opts = check_update_options(model, **update_kwargs)  # even if no step runs an update

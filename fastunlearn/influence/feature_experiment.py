@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .arguments import _as_float
 from .drivers import predict, replace_features, unlearn_features
 from .experiment import _agg_figure, _json_ready, _save_png, _write_report_files
 from .gradients import default_loss, loss_gradient
@@ -156,23 +157,27 @@ class FeatureConfig:
         for name in ("l2", "linear_lam", "epsilon", "train_tol"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0:
+                    or not 0 < _as_float(value) < math.inf:
                 raise ValueError(f"'{name}' must be finite and > 0, got {value!r}")
         for name in ("value", "cg_tol"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value):
+                    or not math.isfinite(_as_float(value)):
                 raise ValueError(f"'{name}' must be a finite number, got {value!r}")
         if self.cg_tol < 0:
             raise ValueError(f"'cg_tol' must be >= 0, got {self.cg_tol}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"'delta' must be in (0, 1), got {self.delta!r}")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"'test_fraction' must be in (0, 1), got {self.test_fraction!r}")
+        for name in ("delta", "test_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value < 1:
+                raise ValueError(f"'{name}' must be in (0, 1), got {value!r}")
         if self.tau != "auto" and (isinstance(self.tau, (bool, str))
                                    or not isinstance(self.tau, (int, float))
-                                   or not self.tau > 0):
-            raise ValueError(f"'tau' must be 'auto' or a positive number, got {self.tau!r}")
+                                   or not 0 < _as_float(self.tau) < math.inf):
+            raise ValueError(f"'tau' must be 'auto' or a finite positive number, got "
+                             f"{self.tau!r}")
+        if isinstance(self.binary, (str, bytes)) or not isinstance(self.binary, Sequence):
+            raise ValueError(f"'binary' must be two distinct digits in 0..9, got {self.binary!r}")
         pair = tuple(self.binary)
         if len(pair) != 2 or pair[0] == pair[1] or any(
                 not isinstance(d, int) or not 0 <= d <= 9 for d in pair):
@@ -467,6 +472,8 @@ def run_feature_experiment(
         ValueError / TypeError: bad settings, or ``columns`` out of range (named).
 
     """
+    if not isinstance(config, FeatureConfig):
+        raise TypeError(f"'config' must be a FeatureConfig, got {type(config).__name__}")
     config.validate()
     data = data if data is not None else load_feature_data(
         config.dataset, test_fraction=config.test_fraction, seed=config.seed)

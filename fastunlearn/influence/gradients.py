@@ -152,6 +152,17 @@ def _check_replacements(
         if value.shape != named[name].shape:
             raise ValueError(f"'values': the tensor for {name!r} must have shape "
                              f"{list(named[name].shape)}, got {list(value.shape)}")
+        if value.dtype != named[name].dtype:
+            raise TypeError(f"'values': the tensor for {name!r} must have dtype "
+                            f"{named[name].dtype}, got {value.dtype}")
+
+
+def _check_model_and_loss(model: object, loss_fn: object) -> None:
+    """Raise TypeError unless ``model`` is an nn.Module and ``loss_fn`` is callable."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
 
 
 def loss_value(
@@ -179,13 +190,15 @@ def loss_value(
         The loss as a Python float (``nan``/``inf`` are returned, not raised).
 
     Raises:
-        TypeError / ValueError: ``inputs``/``targets`` not tensors or of different
-            lengths, ``chunk_size`` not None or an int >= 1, or ``names``/``values``
-            that are not parameters of ``model`` with their shapes.
+        TypeError / ValueError: ``model`` not an nn.Module, ``loss_fn`` not callable,
+            ``inputs``/``targets`` not tensors or of different lengths, ``chunk_size`` not
+            None or an int >= 1, or ``names``/``values`` that are not parameters of
+            ``model`` with their shapes and dtypes.
 
     """
-    names = list(names or [])
-    values = list(values or [])
+    _check_model_and_loss(model, loss_fn)
+    names = [] if names is None else list(names)
+    values = [] if values is None else list(values)
     _check_rows([("inputs", inputs), ("targets", targets)])
     chunk_size = _check_chunk_size(chunk_size)
     _check_replacements(model, names, values)
@@ -260,10 +273,12 @@ def loss_gradient(
         Tensor[P] in ``named_parameters()`` order.
 
     Raises:
-        TypeError / ValueError: ``inputs``/``targets`` not tensors or of different
-            lengths, ``chunk_size`` not None or an int >= 1, or a bad ``params``.
+        TypeError / ValueError: ``model`` not an nn.Module, ``loss_fn`` not callable,
+            ``inputs``/``targets`` not tensors or of different lengths, ``chunk_size`` not
+            None or an int >= 1, or a bad ``params``.
 
     """
+    _check_model_and_loss(model, loss_fn)
     names = selected_parameter_names(model, params)
     _check_rows([("inputs", inputs), ("targets", targets)])
     chunk_size = _check_chunk_size(chunk_size)
@@ -305,10 +320,12 @@ def gradient_difference(
         Tensor[P] in ``named_parameters()`` order.
 
     Raises:
-        TypeError / ValueError: the four tensors not tensors or of different lengths,
-            ``chunk_size`` not None or an int >= 1, or a bad ``params``.
+        TypeError / ValueError: ``model`` not an nn.Module, ``loss_fn`` not callable, the
+            four tensors not tensors or of different lengths, ``chunk_size`` not None or an
+            int >= 1, or a bad ``params``.
 
     """
+    _check_model_and_loss(model, loss_fn)
     names = selected_parameter_names(model, params)
     _check_rows([("inputs", inputs), ("targets", targets), ("new_inputs", new_inputs),
                  ("new_targets", new_targets)])

@@ -103,12 +103,20 @@ def required_sigma(residual: float, epsilon: float = 0.1, delta: float = 0.01) -
 
     """
     if isinstance(residual, bool) or not (isinstance(residual, (int, float))
-                                          and math.isfinite(residual) and residual >= 0):
+                                          and _finite(residual) and residual >= 0):
         raise ValueError(f"'residual' must be finite and >= 0, got {residual!r}")
     if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float))
-                                         and math.isfinite(epsilon) and epsilon > 0):
+                                         and _finite(epsilon) and epsilon > 0):
         raise ValueError(f"'epsilon' must be finite and > 0, got {epsilon!r}")
     return float(residual) * c_delta(delta) / float(epsilon)
+
+
+def _finite(value: float) -> bool:
+    """``math.isfinite`` that calls an int beyond the float range infinite (no OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _labels(name: str, y: Tensor, n: int) -> Tensor:
@@ -129,6 +137,8 @@ def _features(name: str, X: object) -> Tensor:
     if X.ndim != 2 or not X.is_floating_point():
         raise ValueError(f"'{name}' must be a floating [n, d] matrix, got {X.dtype} "
                          f"{list(X.shape)}")
+    if X.shape[0] == 0:
+        raise ValueError(f"'{name}' must hold at least one row, got {list(X.shape)}")
     if not bool(torch.isfinite(X).all()):
         raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
     return X.to(torch.float64)
@@ -138,7 +148,7 @@ def _finite_positive(name: str, value: object, *, allow_zero: bool = False) -> f
     """Check a real, finite number > 0 (>= 0 with ``allow_zero``; bools are rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not _finite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"'{name}' must be finite and {'>= 0' if allow_zero else '> 0'}, "
                          f"got {value!r}")
     return float(value)
@@ -172,7 +182,7 @@ def _check_step(order: object, tau: object) -> float | None:
 
 def _lam(lam: object) -> float:
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 \
-            or not math.isfinite(lam):
+            or not _finite(lam):
         raise ValueError(f"'lam' must be finite and > 0, got {lam!r}")
     return float(lam)
 
@@ -233,7 +243,7 @@ def linear_influence_update(
     Args:
         X: Tensor[n, d], training features as trained on.
         y: Tensor[n], binary labels as trained on.
-        w: Tensor[d], the trained weights (minimiser of ``L_b(.; D)``); finite.
+        w: Tensor[d], floating, the trained weights (minimiser of ``L_b(.; D)``); finite.
         rows: Affected rows (ints in [0, n), no duplicates).
         new_X: Tensor[len(rows), d], their corrected features (None: unchanged).
         new_y: Tensor[len(rows)], their corrected labels (None: unchanged).
@@ -260,6 +270,8 @@ def linear_influence_update(
     n, d = X.shape
     Y = _labels("y", y, n)
     W = _vector("w", w, d, X.device).reshape(d, 1)
+    if not w.is_floating_point():  # the new weights are returned in the dtype of 'w'
+        raise TypeError(f"'w' must be floating point, got {w.dtype}")
     idx = _as_index("rows", rows, n, X.device)
     m = idx.numel()
     Xn = X[idx] if new_X is None else _features("new_X", new_X).to(X.device)

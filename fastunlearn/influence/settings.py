@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .arguments import _check_float, _check_int
+from .arguments import MAX_SEED, _check_float, _check_int
 from .gradients import LossFn, default_loss
 
 __all__ = [
@@ -102,10 +102,12 @@ class LissaSettings:
         ``n_rows <= batch_size``. For ``hessian="full"`` it is 1.
 
         Raises:
-            TypeError / ValueError: ``n_rows`` not an int >= 0, or an unknown ``hessian``.
+            TypeError / ValueError: ``n_rows`` not an int >= 0, ``batch_size`` not an int
+                >= 1, or an unknown ``hessian``.
 
         """
         n_rows = _check_int("n_rows", n_rows, 0)
+        _check_int("lissa.batch_size", self.batch_size, 1)
         _check_hessian_mode(self.hessian)
         if self.hessian == "full" or n_rows <= self.batch_size:
             return 1
@@ -205,6 +207,7 @@ def _check_lissa(settings: object) -> LissaSettings:
     _check_int("lissa.depth", settings.depth, 1)
     _check_int("lissa.repetitions", settings.repetitions, 1)
     _check_int("lissa.check_every", settings.check_every, 1)
+    _check_int("lissa.seed", settings.seed, 0, MAX_SEED)
     _check_hessian_mode(settings.hessian)
     return settings
 

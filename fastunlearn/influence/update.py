@@ -70,6 +70,8 @@ from ..linalg import (
 from ..linalg import lissa as lissa_solve
 from ..linalg.rnn_kernels import differentiable_rnn_kernels
 from .arguments import (
+    MAX_SEED,
+    _check_bool,
     _check_float,
     _check_inputs,
     _check_int,
@@ -178,6 +180,10 @@ def _check_options(
     lissa: LissaSettings | None,
     max_direct_params: int,
     loss_tolerance: float,
+    compute_residual: bool,
+    check_loss: bool,
+    apply: bool,
+    progress: bool,
 ) -> UpdateOptions:
     """Validate every option of :func:`influence_update` (no data, nothing computed)."""
     names, selected = _selection(model, params)
@@ -201,7 +207,11 @@ def _check_options(
     if curvature_subsample is not None and order == 2 and solver == "lissa":
         raise ValueError("'curvature_subsample' applies to the solvers 'cg' and 'direct'; "
                          "LiSSA samples its own batches (LissaSettings.batch_size)")
-    _check_int("subsample_seed", subsample_seed, 0)
+    _check_int("subsample_seed", subsample_seed, 0, MAX_SEED)
+    _check_int("max_direct_params", max_direct_params, 1)
+    for name, flag in (("compute_residual", compute_residual), ("check_loss", check_loss),
+                       ("apply", apply), ("progress", progress)):
+        _check_bool(name, flag)
     tau_value, auto_tau = _check_tau(order, tau)
     settings = _check_lissa(lissa) if order == 2 and solver == "lissa" else None
     P = sum(p.numel() for p in selected)
@@ -656,7 +666,9 @@ def influence_update(
         damping=damping, curvature=curvature, hvp_batch_size=hvp_batch_size,
         curvature_subsample=curvature_subsample, subsample_seed=subsample_seed,
         chunk_size=chunk_size, tol=tol, maxiter=maxiter, restarts=restarts, lissa=lissa,
-        max_direct_params=max_direct_params, loss_tolerance=loss_tolerance)
+        max_direct_params=max_direct_params, loss_tolerance=loss_tolerance,
+        compute_residual=compute_residual, check_loss=check_loss, apply=apply,
+        progress=progress)
     names, loss_fn, order, settings = opts.names, opts.loss_fn, opts.order, opts.lissa
     damping, tol = float(damping), float(tol)
     loss_tolerance = float(loss_tolerance)

@@ -37,15 +37,18 @@ def cholesky_solve(H: Tensor, B: Tensor) -> Tensor:
         The solution, shaped like ``B`` (after broadcasting).
 
     Raises:
-        TypeError: non-floating tensors or mismatched dtypes.
-        ValueError: bad shapes, mixed devices, non-finite ``H`` or ``B``, or ``H`` not
-            positive definite (numerically).
+        TypeError: non-floating tensors, dtypes other than float32/float64, or mismatched
+            dtypes.
+        ValueError: bad shapes (also leading dimensions that do not broadcast), mixed
+            devices, non-finite ``H`` or ``B``, or ``H`` not positive definite (numerically).
 
     """
     H = _check_float_tensor("H", H)
     B = _check_float_tensor("B", B)
     if H.ndim < 2 or H.shape[-1] != H.shape[-2]:
         raise ValueError(f"'H' must have shape [..., d, d], got {list(H.shape)}")
+    if H.dtype not in (torch.float32, torch.float64):  # those of the Cholesky kernels
+        raise TypeError(f"'H' must be float32 or float64, got {H.dtype}")
     if B.dtype != H.dtype:
         raise TypeError(f"'B' must have the dtype of 'H' ({H.dtype}), got {B.dtype}")
     if B.device != H.device:
@@ -56,6 +59,12 @@ def cholesky_solve(H: Tensor, B: Tensor) -> Tensor:
     rows = B.shape[-1] if vector else (B.shape[-2] if B.ndim >= 2 else None)
     if rows != d:
         raise ValueError(f"'B' must have shape [..., {d}] or [..., {d}, K], got {list(B.shape)}")
+    batch_B = B.shape[:-1] if vector else B.shape[:-2]
+    try:
+        torch.broadcast_shapes(H.shape[:-2], batch_B)
+    except RuntimeError:
+        raise ValueError(f"'B' must have leading dimensions that broadcast against those of "
+                         f"'H' {list(H.shape[:-2])}, got {list(B.shape)}") from None
     for name, t in (("H", H), ("B", B)):
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"'{name}' must be finite (it holds NaN or infinity)")

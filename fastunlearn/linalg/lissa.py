@@ -91,11 +91,17 @@ def _cycle(batches: Iterable[Any]) -> Iterator[Any]:
             raise ValueError("'batches' yielded no batch")
 
 
-def _check_positive_int(name: str, value: object) -> int:
+#: Largest ``depth`` and ``repetitions``: step numbers and counts are int64.
+_MAX_INT64 = 2**63 - 1
+
+
+def _check_positive_int(name: str, value: object, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"'{name}' must be >= 1, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"'{name}' must be <= {maximum}, got {value}")
     return value
 
 
@@ -151,11 +157,11 @@ def lissa(
         A :class:`LissaResult`.
 
     Raises:
-        TypeError: bad types of ``hvp``, ``b`` or the integer arguments, or ``b`` not of the
-            dtype of an operator ``hvp``.
+        TypeError: bad types of ``hvp``, ``b``, ``batches`` or the integer arguments, or ``b``
+            not of the dtype of an operator ``hvp``.
         ValueError: bad shapes, non-finite ``b``, ``damping < 0``, ``scale <= 0``, ``depth``,
-            ``repetitions`` or ``check_every`` below 1, empty ``batches``, or ``hvp``
-            returning a wrong shape.
+            ``repetitions`` or ``check_every`` below 1 (or ``depth``/``repetitions`` above
+            ``2**63 - 1``), empty ``batches``, or ``hvp`` returning a wrong shape.
         LissaDivergenceError: the recursion diverged.
 
     """
@@ -167,12 +173,18 @@ def lissa(
     damping = _check_nonnegative("damping", damping)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"'scale' must be a real number, got {type(scale).__name__}")
-    scale = float(scale)
+    try:
+        scale = float(scale)
+    except OverflowError:  # an int beyond the float range
+        scale = math.inf
     if not (scale > 0.0 and math.isfinite(scale)):
         raise ValueError(f"'scale' must be finite and > 0, got {scale}")
-    depth = _check_positive_int("depth", depth)
-    repetitions = _check_positive_int("repetitions", repetitions)
+    depth = _check_positive_int("depth", depth, _MAX_INT64)
+    repetitions = _check_positive_int("repetitions", repetitions, _MAX_INT64)
     check_every = _check_positive_int("check_every", check_every)
+    if batches is not None and not isinstance(batches, Iterable):
+        raise TypeError(f"'batches' must be an iterable of batches or None, got "
+                        f"{type(batches).__name__}")
     apply = _hvp_function(hvp, b, stochastic=batches is not None)
     stream = _cycle(batches) if batches is not None else None
 
@@ -189,7 +201,9 @@ def lissa(
     # Batch Hessians add noise to this residual, so the test is made without batches only.
     residual_limit = (2.0 * float(torch.linalg.vector_norm(b)) if batches is None
                       else math.inf)
-    steps = [j for j in range(1, depth + 1) if j % check_every == 0 or j == depth]
+    steps = list(range(check_every, depth + 1, check_every))  # the checked steps
+    if not steps or steps[-1] != depth:
+        steps.append(depth)
     history = torch.zeros(repetitions, len(steps), dtype=torch.float64)
     total = torch.zeros_like(b)
     try:

@@ -64,6 +64,9 @@ def selected_parameter_names(model: nn.Module, params: ParamSpec = None) -> list
         return names
     if isinstance(params, (str, Tensor)):
         params = [params]
+    if not isinstance(params, Iterable):
+        raise TypeError(f"'params' must be None, a name, a parameter or an iterable of them, "
+                        f"got {type(params).__name__}")
     by_name = {n: p for n, p in named}
     by_id = {id(p): n for n, p in named}
     chosen: set[str] = set()
@@ -106,12 +109,18 @@ def flatten_params(tensors: Iterable[Tensor]) -> Tensor:
         Tensor[P] with P the total number of elements.
 
     Raises:
+        TypeError: ``tensors`` is not an iterable of tensors.
         ValueError: ``tensors`` is empty.
 
     """
+    if not isinstance(tensors, Iterable) or isinstance(tensors, Tensor):
+        raise TypeError(f"'tensors' must be an iterable of tensors, got {type(tensors).__name__}")
     tensors = list(tensors)
     if not tensors:
         raise ValueError("'tensors' must hold at least one tensor")
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"'tensors' must hold torch.Tensors, got {type(t).__name__}")
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
@@ -126,12 +135,15 @@ def unflatten_like(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
         Views of ``vector``, one per tensor of ``like``.
 
     Raises:
-        TypeError: ``vector`` is not a tensor.
+        TypeError: ``vector`` is not a tensor, or ``like`` not a sequence of tensors.
         ValueError: ``vector`` is not 1-D or has the wrong length.
 
     """
     if not isinstance(vector, Tensor):
         raise TypeError(f"'vector' must be a torch.Tensor, got {type(vector).__name__}")
+    if not isinstance(like, Iterable) or isinstance(like, Tensor) or any(
+            not isinstance(t, Tensor) for t in like):
+        raise TypeError("'like' must be a sequence of torch.Tensors")
     sizes = [t.numel() for t in like]
     if vector.ndim != 1 or vector.numel() != sum(sizes):
         raise ValueError(f"'vector' must have shape [{sum(sizes)}], got {list(vector.shape)}")
@@ -148,9 +160,12 @@ def params_vector(model: nn.Module, params: ParamSpec = None) -> Tensor:
     Returns:
         Tensor[P] in ``model.named_parameters()`` order.
 
+    Raises:
+        TypeError / ValueError: as :func:`selected_parameter_names`.
+
     """
-    named = dict(model.named_parameters())
     names = selected_parameter_names(model, params)
+    named = dict(model.named_parameters())
     return flatten_params(named[n].detach() for n in names).clone()
 
 

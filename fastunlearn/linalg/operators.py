@@ -32,7 +32,11 @@ def _check_float_tensor(name: str, t: object) -> Tensor:
 def _check_nonnegative(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"'{name}' must be finite and >= 0, got an int beyond the float "
+                         f"range") from None
     if not value >= 0.0 or value == float("inf"):
         raise ValueError(f"'{name}' must be finite and >= 0, got {value}")
     return value
@@ -160,14 +164,18 @@ class GLMHessianOperator(LinearOperator):
         lam: L2 regularisation (>= 0) added on the diagonal.
 
     Raises:
-        TypeError: non-floating tensors, dtype mismatch, non-number ``lam``.
-        ValueError: wrong shapes, mixed devices, negative or non-finite ``S`` or ``lam``.
+        TypeError: non-floating tensors (or not float32/float64), dtype mismatch, non-number
+            ``lam``.
+        ValueError: wrong shapes, mixed devices, non-finite ``X``, negative or non-finite
+            ``S`` or ``lam``.
 
     """
 
     def __init__(self, X: Tensor, S: Tensor, lam: float = 0.0) -> None:
         X = _check_float_tensor("X", X)
         S = _check_float_tensor("S", S)
+        if X.dtype not in (torch.float32, torch.float64):  # the dtypes of ops.glm_hvp
+            raise TypeError(f"'X' must be float32 or float64, got {X.dtype}")
         if X.ndim != 2:
             raise ValueError(f"'X' must have shape [n, d], got {list(X.shape)}")
         if S.ndim not in (1, 2) or S.shape[0] != X.shape[0]:
@@ -180,6 +188,8 @@ class GLMHessianOperator(LinearOperator):
             raise ValueError(f"'S' must be on the device of 'X' ({X.device}), got {S.device}")
         if not bool(((S >= 0) & torch.isfinite(S)).all()):
             raise ValueError("'S' must be finite and non-negative (curvature weights)")
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("'X' must be finite (it holds NaN or infinity)")
         self.lam = _check_nonnegative("lam", lam)
         self.X = X
         self.S = S.unsqueeze(1) if S.ndim == 1 else S  # [n, K]
