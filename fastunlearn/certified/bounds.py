@@ -45,10 +45,20 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def _as_float(name: str, value: numbers.Real) -> float:
+    """``float(value)``; an int beyond the float range is a ValueError naming ``name``."""
+    try:
+        return float(value)
+    except OverflowError:
+        bits = int(value).bit_length()  # not the digits: str() of a huge int can fail too
+        raise ValueError(f"argument '{name}' is too large for a float (an int of {bits} "
+                         "bits)") from None
+
+
 def _check_delta(delta: float) -> float:
     if not _is_real(delta):
         raise TypeError(f"argument 'delta' must be a real number, got {type(delta).__name__}")
-    delta = float(delta)
+    delta = _as_float("delta", delta)
     if not 0.0 < delta < 1.0:
         raise ValueError(f"argument 'delta' must be in (0, 1), got {delta}")
     return delta
@@ -57,7 +67,7 @@ def _check_delta(delta: float) -> float:
 def _check_nonneg(name: str, value: float, *, positive: bool = False) -> float:
     if not _is_real(value):
         raise TypeError(f"argument '{name}' must be a real number, got {type(value).__name__}")
-    value = float(value)
+    value = _as_float(name, value)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         kind = "> 0" if positive else ">= 0"
         raise ValueError(f"argument '{name}' must be finite and {kind}, got {value}")
@@ -68,7 +78,7 @@ def _count_list(name: str, value: object) -> list[float]:
     """Row counts (a number, or one per class) as floats, each finite and >= 0."""
     if isinstance(value, Tensor):
         value = value.detach().cpu().numpy()
-    array = np.asarray(float(value) if _is_real(value) else value)
+    array = np.asarray(_as_float(name, value) if _is_real(value) else value)
     if array.dtype.kind not in "iuf" or array.size == 0:
         raise TypeError(f"argument '{name}' must be a count or a non-empty tensor/array of "
                         f"counts, got {type(value).__name__} of dtype {array.dtype}")

@@ -197,6 +197,23 @@ def test_worst_case_refuses_bad_arguments_by_name(kwargs, error, name):
         worst_case_bound(**args)
 
 
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: c_delta(10**400), "delta"),
+        (lambda: noise_budget(10**400, 1.0, 1e-4), "sigma"),
+        (lambda: noise_budget(1.0, 10**400, 1e-4), "epsilon"),
+        (lambda: epsilon_spent(10**400, 1.0, 1e-4), "used"),
+        (lambda: resolve_gamma(10**400), "gamma"),
+        (lambda: worst_case_bound(10**400, 10), "lam"),
+        (lambda: worst_case_bound(0.1, 10**400), "'n'"),
+    ],
+)
+def test_ints_beyond_the_float_range_are_value_errors(call, name):
+    with pytest.raises(ValueError, match=name):  # were OverflowErrors naming nothing
+        call()
+
+
 def test_worst_case_accepts_counts_of_any_numeric_kind():
     expected = worst_case_bound(0.1, 100, 2)
     for n, m in [(np.int64(100), np.float32(2)), (torch.tensor(100), torch.tensor([2])),
