@@ -24,6 +24,7 @@ group ``age`` and optionally ``subject``) reads any other naming scheme.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -289,7 +290,19 @@ class AgeImageFolder(Dataset):
         return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
     def __getitem__(self, index: int) -> tuple[Any, Tensor]:
-        """Return ``(image, label)``: the bin (int64) or the age (float32), per ``target``."""
+        """Return ``(image, label)``: the bin (int64) or the age (float32), per ``target``.
+
+        Raises:
+            TypeError: If ``index`` is not an integer (a bool is not one).
+            IndexError: If ``index`` is out of range.
+
+        """
+        try:
+            if isinstance(index, (bool, np.bool_)):
+                raise TypeError
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(f"'index' must be an int, got {type(index).__name__}") from None
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         image = self.transform(self._load(index)) if self.transform else self._uint8(index) / 255.0

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .._atomic_files import write_text
+from .._paths import check_file_path
 
 __all__ = ["FORGET_SPEC_FORMS", "load_forget_indices", "parse_forget_spec", "save_forget_indices"]
 
@@ -165,12 +166,28 @@ def save_forget_indices(path: str | os.PathLike, indices: Tensor | Sequence[int]
         ``Path(path)``.
 
     Raises:
-        TypeError: If ``indices`` does not hold integers.
-        ValueError: If ``indices`` is not 1-D, holds a negative index or one twice (such a
-            file would be refused by ``file:PATH``).
+        TypeError: If ``indices`` does not hold integers (or is not a sequence), or
+            ``path`` is not a path.
+        ValueError: If ``indices`` is not 1-D, holds a negative index, one beyond the int64
+            range or one twice (such a file would be refused by ``file:PATH``), or ``path``
+            is empty or an existing folder.
 
     """
-    idx = torch.as_tensor(indices)
+    path = check_file_path(path)
+    if isinstance(indices, np.ndarray) and indices.dtype.kind == "u":
+        if indices.size and indices.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"'indices' holds {indices.max()}, beyond the int64 range")
+        indices = indices.astype(np.int64)
+    try:
+        idx = torch.as_tensor(indices)
+    except OverflowError:
+        raise ValueError("'indices' holds an index beyond the int64 range") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(
+            f"'indices' must be a 1-D sequence of integers, got {type(indices).__name__}: {exc}"
+        ) from None
+    if idx.numel() == 0 and not isinstance(indices, Tensor):
+        idx = idx.to(torch.int64)  # torch.as_tensor([]) is float32
     if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
         raise TypeError(f"'indices' must hold integers, got dtype {idx.dtype}")
     if idx.dim() != 1:
@@ -180,7 +197,6 @@ def save_forget_indices(path: str | os.PathLike, indices: Tensor | Sequence[int]
     unique, counts = torch.unique(idx, return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"'indices' holds {int(unique[counts > 1][0])} more than once")
-    path = Path(path)
     return write_text(path, "".join(f"{i}\n" for i in idx.tolist()))
 
 

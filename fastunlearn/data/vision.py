@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._paths import check_file_path
+
 __all__ = [
     "VISION_DATASETS",
     "FeatureSplit",
@@ -126,6 +128,13 @@ def _check_data_dir(data_dir: str | os.PathLike) -> Path:
     return root
 
 
+def _check_flag(value: object, arg: str) -> bool:
+    """Return a bool (Python or numpy) argument; a truthy string must not pass as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"'{arg}' must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def _check_simple_name(value: object, arg: str) -> str:
     """Check a file-name component: non-empty, no path separators (stays inside data_dir)."""
     if not isinstance(value, str):
@@ -144,8 +153,11 @@ def extracted_features_path(data_dir: str | os.PathLike, extractor: str, dataset
 
     Raises:
         ValueError: If ``extractor`` or ``dataset`` contains a path separator or is empty.
+        TypeError: If ``data_dir`` is not a path or a name is not a str.
 
     """
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"'data_dir' must be a path, got {type(data_dir).__name__}")
     _check_simple_name(extractor, "extractor")
     _check_simple_name(dataset, "dataset")
     try:
@@ -585,9 +597,16 @@ def load_vision_dataset(
             file fails its MD5 check with ``verify=True``, or a file is unreadable, truncated
             or holds the wrong shapes, dtypes or labels (the message names the file; a CIFAR
             pickle naming anything but numpy arrays raises :class:`RefusedPickleError`).
+        TypeError: If ``name`` is not a str, ``data_dir`` not a path, ``train``,
+            ``svhn_extra`` or ``verify`` not a bool, or ``transform`` not callable.
 
     """
     canonical = canonical_dataset_name(name)
+    for value, arg in ((train, "train"), (svhn_extra, "svhn_extra"), (verify, "verify")):
+        _check_flag(value, arg)
+    train, svhn_extra, verify = bool(train), bool(svhn_extra), bool(verify)
+    if transform is not None and not callable(transform):
+        raise TypeError(f"'transform' must be callable or None, got {type(transform).__name__}")
     root = _check_data_dir(data_dir)
     if svhn_extra and canonical != "svhn":
         raise ValueError(f"'svhn_extra' applies to svhn only, got name={name!r}")
@@ -714,11 +733,14 @@ def save_features(
         ValueError: If the splits of ``features`` and ``labels`` differ, a feature tensor
             is not 2-D floating point or not finite, labels are not 1-D integers, row counts
             differ, or ``meta`` is not JSON-serialisable.
-        TypeError: If ``features``/``labels`` are not tensors or mappings of tensors.
+        TypeError: If ``features``/``labels`` are not tensors or mappings of tensors, or
+            ``path`` is not a path.
+        ValueError: If ``path`` is empty or an existing folder.
 
     """
     from safetensors.torch import save_file
 
+    path = check_file_path(path)
     feats = _as_split_mapping(features, "features")
     labs = _as_split_mapping(labels, "labels")
     if set(feats) != set(labs):
@@ -745,12 +767,18 @@ def save_features(
             )
         tensors[f"X_{split}"] = X.detach().cpu().contiguous()
         tensors[f"y_{split}"] = y.detach().cpu().to(torch.int64).contiguous()
+    # safetensors refuses tensors sharing memory (one tensor given for two splits)
+    seen: set[int] = set()
+    for key, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            tensors[key] = t.clone()
+        seen.add(ptr)
     try:
         meta_json = json.dumps(dict(meta or {}), sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"'meta' must be JSON-serialisable: {exc}") from exc
 
-    path = Path(path)
     header = {"format": _FORMAT_TAG, "version": _FORMAT_VERSION, "meta": meta_json}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -784,11 +812,14 @@ def load_features(
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
+        TypeError: If ``path`` is not a str or ``os.PathLike``.
         ValueError: If the file cannot be read (truncated, corrupt, objects other than
             tensors), holds no ``X_<split>``/``y_<split>`` pair or mismatched ones, features
             that are not finite, or labels that are not whole numbers.
 
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"'path' must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file 'path' {str(path)!r} not found")
@@ -831,7 +862,8 @@ def load_features(
         ):
             raise ValueError(f"{str(path)!r}: 'X_{split}' must hold finite real numbers")
         if y.is_complex() or y.dtype == torch.bool or (
-            y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())).all())
+            y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())
+                                                & (y.abs() < 2.0**63)).all())
         ):
             raise ValueError(f"{str(path)!r}: 'y_{split}' must hold whole-number labels")
         features[split] = X
@@ -885,7 +917,7 @@ def _check_binary(binary: object) -> tuple[int, int] | None:
     if not isinstance(binary, (tuple, list)) or len(binary) != 2:
         raise ValueError(f"'binary' must be a pair of classes like (3, 8), got {binary!r}")
     for c in binary:
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < 2**63:
             raise ValueError(f"'binary' must hold two non-negative int classes, got {binary!r}")
     if binary[0] == binary[1]:
         raise ValueError(f"'binary' classes must differ, got {binary!r}")

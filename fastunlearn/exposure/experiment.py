@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import random
 import time
 from collections.abc import Sequence
@@ -259,6 +260,14 @@ def measure_exposure(
     return results
 
 
+def _finite(value: numbers.Real) -> bool:
+    """Whether a real number is finite (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def train_char_lm(
     model: CharLM,
     ids: Tensor,
@@ -312,7 +321,7 @@ def train_char_lm(
     for value, arg in ((lr, "lr"), (weight_decay, "weight_decay")):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             raise TypeError(f"'{arg}' must be a number, got {type(value).__name__}")
-        if not math.isfinite(value) or value < 0 or (arg == "lr" and value == 0):
+        if not _finite(value) or value < 0 or (arg == "lr" and value == 0):
             # an infinite rate would turn every weight into NaN without an error
             raise ValueError(f"'{arg}' must be finite and {'> 0' if arg == 'lr' else '>= 0'}, "
                              f"got {value}")
@@ -457,9 +466,13 @@ class CanaryConfig:
             raise ValueError(
                 f"'secret' must be None or a non-empty string of digits, got {self.secret!r}"
             )
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise TypeError(f"'{name}' must be a number, got {type(value).__name__}")
         if not self.lr > 0 or not self.weight_decay >= 0:
             raise ValueError("'lr' must be > 0 and 'weight_decay' >= 0")
-        if not math.isfinite(self.lr) or not math.isfinite(self.weight_decay):
+        if not _finite(self.lr) or not _finite(self.weight_decay):
             raise ValueError("'lr' and 'weight_decay' must be finite")
         if self.n_candidates is not None and (
             isinstance(self.n_candidates, bool)
@@ -475,6 +488,8 @@ class CanaryConfig:
             raise ValueError(f"'suffix' must be a str, got {self.suffix!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"'seed' must be an int, got {type(self.seed).__name__}")
+        if not 0 <= self.seed < 2**64:  # torch.Generator's range (train_char_lm checks it too)
+            raise ValueError(f"'seed' must be in 0..2**64-1, got {self.seed}")
         parse_device(self.device)
         if self.cell not in ("lstm", "gru"):
             raise ValueError(f"'cell' must be 'lstm' or 'gru', got {self.cell!r}")

@@ -64,7 +64,19 @@ class CharLM(nn.Module):
 
         ``state`` is the recurrent state after the last position (pass it back to continue
         the sequence); ``None`` starts from zeros.
+
+        Raises:
+            TypeError: If ``tokens`` is not an integer tensor.
+            ValueError: If ``tokens`` is not 2-D or holds an id outside ``0..vocab_size-1``.
+
         """
+        if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            got = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise TypeError(f"'tokens' must be an int64 (or int32) tensor of ids, got {got}")
+        if tokens.dim() != 2:
+            raise ValueError(f"'tokens' must be 2-D [B, T], got shape {tuple(tokens.shape)}")
+        if tokens.numel() and bool(((tokens < 0) | (tokens >= self.vocab_size)).any()):
+            raise ValueError(f"'tokens' holds ids outside the vocabulary 0..{self.vocab_size - 1}")
         hidden, state = self.rnn(self.embed(tokens), state)
         return self.out(hidden), state
 

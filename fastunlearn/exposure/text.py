@@ -8,10 +8,12 @@ used instead: every function takes plain strings.
 
 from __future__ import annotations
 
+import numbers
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -71,6 +73,12 @@ _ENDINGS = (
 )
 
 
+def _check_seed(seed: object) -> None:
+    """Refuse a seed that is not an int (None would seed ``random.Random`` from the clock)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+
+
 def generate_corpus(n_sentences: int = 2000, seed: int = 0) -> str:
     """Return ``n_sentences`` generated sentences, separated by spaces.
 
@@ -79,12 +87,14 @@ def generate_corpus(n_sentences: int = 2000, seed: int = 0) -> str:
 
     Raises:
         ValueError: If ``n_sentences < 1``.
+        TypeError: If ``n_sentences`` or ``seed`` is not an int.
 
     """
     if isinstance(n_sentences, bool) or not isinstance(n_sentences, int):
         raise TypeError(f"'n_sentences' must be an int, got {type(n_sentences).__name__}")
     if n_sentences < 1:
         raise ValueError(f"'n_sentences' must be >= 1, got {n_sentences}")
+    _check_seed(seed)
     rng = random.Random(seed)
     sentences = []
     for _ in range(n_sentences):
@@ -114,9 +124,10 @@ def insert_canary(text: str, canary: str, insertions: int, seed: int = 0) -> tup
     Raises:
         ValueError: If ``insertions < 0``, ``canary`` is empty, or ``text`` has fewer
             sentence starts than ``insertions``.
-        TypeError: If ``insertions`` is not an int or ``text`` not a str.
+        TypeError: If ``insertions`` or ``seed`` is not an int or ``text`` not a str.
 
     """
+    _check_seed(seed)
     if isinstance(insertions, bool) or not isinstance(insertions, int):
         raise TypeError(f"'insertions' must be an int, got {type(insertions).__name__}")
     if insertions < 0:
@@ -160,7 +171,15 @@ class CharVocab:
 
     @classmethod
     def from_texts(cls, *texts: str) -> CharVocab:
-        """Build the vocabulary of every character in ``texts`` plus the digits, sorted."""
+        """Build the vocabulary of every character in ``texts`` plus the digits, sorted.
+
+        Raises:
+            TypeError: If an element of ``texts`` is not a str.
+
+        """
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"'texts' must be strings, got {type(text).__name__}")
         return cls("".join(sorted(set("".join(texts)) | set(DIGITS))))
 
     @property
@@ -193,17 +212,26 @@ class CharVocab:
         return ids[0] if isinstance(text, str) else ids.view(len(texts), -1)
 
     def decode(self, ids: Tensor) -> str:
-        """Return the string of a 1-D tensor of token ids.
+        """Return the string of 1-D token ids (a tensor, a numpy array or a list of ints).
 
         Raises:
             ValueError: If ``ids`` is not 1-D or holds an id outside ``0..size-1``.
+            TypeError: If ``ids`` is not a tensor, an array or an iterable of ids.
 
         """
-        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-        if isinstance(ids, Tensor) and ids.dim() != 1:
-            raise ValueError(f"'ids' must be 1-D, got shape {tuple(ids.shape)}")
+        if isinstance(ids, (Tensor, np.ndarray)):
+            if ids.ndim != 1:
+                raise ValueError(f"'ids' must be 1-D, got shape {tuple(ids.shape)}")
+            values = ids.tolist()
+        elif isinstance(ids, Iterable) and not isinstance(ids, (str, bytes)):
+            values = list(ids)
+        else:
+            raise TypeError(
+                f"'ids' must be a 1-D tensor, array or list of ints, got {type(ids).__name__}"
+            )
         if any(
-            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.size for i in values
+            isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral)
+            or not 0 <= i < self.size for i in values
         ):
             raise ValueError(f"'ids' holds ids outside the vocabulary 0..{self.size - 1}")
-        return "".join(self.chars[i] for i in values)
+        return "".join(self.chars[int(i)] for i in values)

@@ -18,9 +18,11 @@ an engine's first call), which would get only the module's share.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
@@ -102,8 +104,9 @@ class PerSampleGradients:
         loss_reduction: ``"sum"`` or ``"mean"``, see above.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``, or a selected parameter is not
-            float32/float64 (float16 and bfloat16 are refused, here and on every call).
+        TypeError: ``model`` is not an ``nn.Module``, ``params`` is not an iterable, or a
+            selected parameter is not float32/float64 (float16 and bfloat16 are refused,
+            here and on every call).
         ValueError: ``loss_reduction`` is unknown, or ``params`` is empty, names a tensor
             that is not a parameter of ``model``, or one that does not require grad.
 
@@ -149,6 +152,11 @@ class PerSampleGradients:
         else:
             if isinstance(params, (str, Tensor)):
                 raise ValueError("params: expected an iterable of names or parameters")
+            if not isinstance(params, Iterable):
+                raise TypeError(
+                    f"params: expected an iterable of names or parameters, got "
+                    f"{type(params).__name__}"
+                )
             by_id = {id(p): n for n, p in named.items()}
             chosen = set()
             for p in params:
@@ -198,9 +206,11 @@ class PerSampleGradients:
             [B] tensor ``||g_b||^2``.
 
         Raises:
-            TypeError: a selected parameter is no longer float32/float64.
+            TypeError: a selected parameter is no longer float32/float64, or ``loss_fn`` is
+                not callable.
             ValueError: ``inputs``/``targets``/``loss_fn`` output have inconsistent batch
-                sizes, or a layer's input does not have the batch first.
+                sizes, ``loss_fn`` returns no real floating-point tensor, or a layer's input
+                does not have the batch first.
 
         """
         layers, B = self._run(inputs, targets, loss_fn)
@@ -260,8 +270,8 @@ class PerSampleGradients:
             ValueError: bad batch sizes (as :meth:`sq_norms`) or ``max_norm`` not finite > 0.
 
         """
-        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not (
-            math.isfinite(max_norm) and max_norm > 0
+        if isinstance(max_norm, (bool, np.bool_)) or not isinstance(max_norm, numbers.Real) or not (
+            _finite(max_norm) and max_norm > 0
         ):
             raise ValueError(f"max_norm: expected a finite number > 0, got {max_norm!r}")
         layers, B = self._run(inputs, targets, loss_fn)
@@ -357,6 +367,8 @@ class PerSampleGradients:
             v = vector[n]
             if v.device != device:
                 raise ValueError(f"vector: '{n}' is on {v.device}, the model on {device}")
+            if v.is_complex():  # .to(p.dtype) would drop the imaginary part
+                raise ValueError(f"vector: '{n}' is complex ({v.dtype}); expected real values")
             out[n] = v.detach().to(p.dtype)
         return out
 
@@ -365,6 +377,8 @@ class PerSampleGradients:
     ) -> tuple[list[tuple[_Layer, LayerRule, CapturedLayer]], int]:
         """One forward and one backward pass; the captured layers the loss depends on."""
         self._check_dtypes()  # the model may have been converted since construction
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
         B = _batch_size(inputs)
         if isinstance(targets, Tensor) and (targets.dim() == 0 or targets.shape[0] != B):
             raise ValueError(
@@ -402,9 +416,10 @@ class PerSampleGradients:
         finally:
             for h in handles:
                 h.remove()
-        if isinstance(loss, Tensor) and loss.dim() == 0:
+        reduced = self._reduce(loss, B)  # checks the loss before the reduction check runs
+        if loss.dim() == 0:
             check_declared_reduction(loss_fn, outputs, targets, B, self.loss_reduction)
-        loss = self._reduce(loss, B)
+        loss = reduced
 
         if not self._uses_checked and loss.requires_grad:
             self._check_reads(loss, pending)
@@ -563,6 +578,10 @@ class PerSampleGradients:
     def _reduce(self, loss: Any, B: int) -> Tensor:
         if not isinstance(loss, Tensor):
             raise ValueError(f"loss_fn: must return a tensor, got {type(loss).__name__}")
+        if not loss.is_floating_point():
+            raise ValueError(
+                f"loss_fn: must return a real floating-point tensor, got dtype {loss.dtype}"
+            )
         if loss.dim() == 1 and loss.shape[0] == B:
             return loss.sum()
         if loss.dim() != 0:
@@ -572,6 +591,14 @@ class PerSampleGradients:
             )
         # The mean's gradients carry a 1/B; scaling the loss undoes it for every layer.
         return loss * B if self.loss_reduction == "mean" else loss
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether a real number is finite (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _reproduces(got: Tensor, want: Tensor) -> bool:

@@ -268,9 +268,25 @@ LAYER_RULES: dict[type[nn.Module], LayerRule] = {}
 
 
 def register_rule(*module_types: type[nn.Module]) -> Callable[[type[LayerRule]], type[LayerRule]]:
-    """Class decorator: register an instance of the rule for each of ``module_types``."""
+    """Class decorator: register an instance of the rule for each of ``module_types``.
+
+    Raises:
+        ValueError: No module type is given.
+        TypeError: A module type is not an ``nn.Module`` subclass, or the decorated object
+            is not a :class:`LayerRule` subclass.
+
+    """
+    if not module_types:
+        raise ValueError("module_types: expected at least one nn.Module subclass")
+    for module_type in module_types:
+        if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+            raise TypeError(
+                f"module_types: expected nn.Module subclasses, got {module_type!r}"
+            )
 
     def decorate(rule_cls: type[LayerRule]) -> type[LayerRule]:
+        if not (isinstance(rule_cls, type) and issubclass(rule_cls, LayerRule)):
+            raise TypeError(f"rule_cls: expected a LayerRule subclass, got {rule_cls!r}")
         rule = rule_cls()
         for module_type in module_types:
             LAYER_RULES[module_type] = rule
@@ -280,7 +296,14 @@ def register_rule(*module_types: type[nn.Module]) -> Callable[[type[LayerRule]],
 
 
 def find_rule(module: nn.Module) -> LayerRule | None:
-    """Return the rule registered for ``module``'s exact type if it supports it, else None."""
+    """Return the rule registered for ``module``'s exact type if it supports it, else None.
+
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module`` instance (e.g. the class itself).
+
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected an nn.Module instance, got {module!r}")
     rule = LAYER_RULES.get(type(module))
     return rule if rule is not None and rule.supports(module) else None
 

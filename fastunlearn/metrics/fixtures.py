@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .._atomic_files import swap_in_folder
+from .._paths import check_path
 from ._checks import as_tensor, float_tensor, label_tensor
 
 __all__ = [
@@ -165,7 +166,7 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
             classes, labels).
 
     """
-    root = _check_path(path)
+    root = check_path(path)
     if methods is not None:
         if isinstance(methods, (str, bytes)) or not isinstance(methods, Sequence):
             raise TypeError(f"'methods' must be a list of method names, got "
@@ -199,15 +200,6 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
         text = fs.read_text().replace("\n", ",")
         out.forget_set = [int(v) for v in text.split(",") if v.strip()]
     return out
-
-
-def _check_path(path: object) -> Path:
-    """``path`` as a Path; refuses other types and the empty string (not the cwd)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"'path' must be a str or os.PathLike, got {type(path).__name__}")
-    if not os.fspath(path):
-        raise ValueError("'path' is empty")
-    return Path(path)
 
 
 def _check_method_name(name: object) -> str:
@@ -314,7 +306,7 @@ def write_logits_dir(
             written then).
 
     """
-    root = Path(os.path.abspath(_check_path(path)))  # "." too has a name and a parent
+    root = Path(os.path.abspath(check_path(path)))  # "." too has a name and a parent
     arrays = {RETRAIN_FILE: pack_slots(retrain_logits, labels)}
     if not isinstance(methods, Mapping):
         raise TypeError(f"'methods' must be a dict of method name -> logits, got "

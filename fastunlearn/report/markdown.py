@@ -12,12 +12,14 @@ synthetic records in tests) render too.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._atomic_files import write_text
+from .._paths import check_file_path
 
 __all__ = ["format_value", "render_markdown", "write_markdown"]
 
@@ -33,14 +35,29 @@ _HEAD, _TAIL = 10, 5
 
 
 def format_value(value: Any, spec: str = ".4g") -> str:
-    """Format one table cell: numbers with ``spec``, None/NaN as ``-``, bools as yes/no."""
+    """Format one table cell: numbers with ``spec``, None/NaN as ``-``, bools as yes/no.
+
+    numpy scalars are formatted as the Python numbers they hold.
+
+    Raises:
+        TypeError: ``spec`` is not a str.
+        ValueError: ``spec`` is not a format spec for floats.
+
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"'spec' must be a format spec str, got {type(spec).__name__}")
+    try:
+        format(0.0, spec)
+    except ValueError as exc:
+        raise ValueError(f"'spec' {spec!r} is not a float format spec: {exc}") from None
     if value is None:
         return "-"
-    if isinstance(value, bool):
+    if _is_bool(value):
         return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        value = float(value)
         if math.isnan(value):
             return "-"
         if math.isinf(value):
@@ -49,6 +66,21 @@ def format_value(value: Any, spec: str = ".4g") -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(format_value(v, spec) for v in value)
     return str(value)
+
+
+def _is_bool(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy bool (numpy is not imported here)."""
+    kind = type(value)
+    return isinstance(value, bool) or (kind.__module__ == "numpy" and kind.__name__ == "bool")
+
+
+def _mapping(value: Any, name: str) -> Mapping[str, Any]:
+    """Return a section of the result: a mapping, or None/missing (an empty one)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"'{name}' must be a mapping, got {type(value).__name__}")
+    return value
 
 
 def _pct(value: Any) -> str:
@@ -119,11 +151,12 @@ def _privacy_section(privacy: Mapping[str, Any], batch: Any = None) -> list[str]
     ]
     if privacy.get("stopped_early"):
         pairs.append(("stopped", format_value(privacy.get("stop_reason"))))
-    extractor = privacy.get("extractor")
+    extractor = _mapping(privacy.get("extractor"), "result['privacy']['extractor']")
     if extractor:
         name = format_value(extractor.get("name", extractor.get("extractor")))
         if extractor.get("private"):
-            composed = extractor.get("composed", {})
+            composed = _mapping(extractor.get("composed"),
+                                "result['privacy']['extractor']['composed']")
             pairs += [
                 (f"feature extractor {name} (DP)",
                  f"({format_value(extractor.get('epsilon'))}, "
@@ -161,12 +194,14 @@ def _accuracy_section(result: Mapping[str, Any]) -> list[str]:
 
 
 def _fairness_section(fairness: Mapping[str, Any]) -> list[str]:
-    before, after = fairness.get("before", {}), fairness.get("after", {})
-    classes = list(dict.fromkeys([*before.get("per_class", {}), *after.get("per_class", {})]))
+    before = _mapping(fairness.get("before"), "result['fairness']['before']")
+    after = _mapping(fairness.get("after"), "result['fairness']['after']")
+    per_before = _mapping(before.get("per_class"), "result['fairness']['before']['per_class']")
+    per_after = _mapping(after.get("per_class"), "result['fairness']['after']['per_class']")
+    classes = list(dict.fromkeys([*per_before, *per_after]))
     lines = ["## Fairness (per-class test accuracy)", ""]
     if classes:
-        rows = [(str(c), _pct(before.get("per_class", {}).get(c)),
-                 _pct(after.get("per_class", {}).get(c))) for c in classes]
+        rows = [(str(c), _pct(per_before.get(c)), _pct(per_after.get(c))) for c in classes]
         lines += _table(("class", "after fit", "after removals"), rows)
     rows = []
     for name, part in (("after fit", before), ("after removals", after)):
@@ -193,7 +228,16 @@ def _timing_section(timings: Mapping[str, Any]) -> list[str]:
     return ["## Timings", "", *_kv_table(pairs)]
 
 
-def _records_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def _records_section(records: Any) -> list[str]:
+    if records is None:
+        records = []
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise TypeError(f"'result['records']' must be a list of mappings, got "
+                        f"{type(records).__name__}")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise TypeError(f"'result['records'][{i}]' must be a mapping, got "
+                            f"{type(rec).__name__}")
     if not records:
         return ["## Removals", "", "No removal was made.", ""]
     shown = list(enumerate(records))
@@ -225,6 +269,8 @@ def _plots_section(plots: Mapping[str, str], base: Path | None) -> list[str]:
     for key, caption in PLOT_CAPTIONS.items():
         if not plots.get(key):
             continue
+        if not isinstance(plots[key], (str, os.PathLike)):
+            raise TypeError(f"'plots[{key!r}]' must be a path, got {type(plots[key]).__name__}")
         target = Path(plots[key])
         if base is not None:
             try:
@@ -255,8 +301,18 @@ def render_markdown(
     Returns:
         The Markdown text.
 
+    Raises:
+        TypeError: ``result`` or one of its sections is not a mapping, ``records`` is not a
+            list of mappings, ``plots`` is not a mapping of paths or ``base_dir`` not a path.
+
     """
-    config, data = result.get("config", {}), result.get("data", {})
+    if not isinstance(result, Mapping):
+        raise TypeError(f"'result' must be a mapping, got {type(result).__name__}")
+    if base_dir is not None and not isinstance(base_dir, (str, os.PathLike)):
+        raise TypeError(f"'base_dir' must be a path, got {type(base_dir).__name__}")
+    sections = ("config", "data", "training", "final", "privacy", "fairness", "timings")
+    result = {**result, **{k: _mapping(result.get(k), f"result['{k}']") for k in sections}}
+    config, data = result["config"], result["data"]
     name = data.get("dataset", config.get("dataset", "?"))
     mode = data.get("train_mode", config.get("train_mode", ""))
     lines = [f"# Certified removal: {name} {mode}".rstrip(), ""]
@@ -279,7 +335,8 @@ def render_markdown(
     if result.get("timings"):
         lines += _timing_section(result["timings"])
     lines += _records_section(result.get("records", []))
-    files = plots if plots is not None else result.get("files", {})
+    files = _mapping(plots, "plots") if plots is not None else _mapping(
+        result.get("files"), "result['files']")
     lines += _plots_section(files, Path(base_dir) if base_dir is not None else None)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -297,8 +354,13 @@ def write_markdown(
     Returns:
         The path written.
 
+    Raises:
+        TypeError: ``path`` is not a path, or as :func:`render_markdown`.
+        ValueError: ``path`` is empty or an existing folder.
+
     """
-    out = Path(path)
+    out = check_file_path(path)
+    text = render_markdown(result, plots=plots, base_dir=out.parent.resolve())
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, render_markdown(result, plots=plots, base_dir=out.parent.resolve()))
+    write_text(out, text)
     return out

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import save_figure
+from .._paths import check_file_path
 
 __all__ = ["plot_accuracy", "plot_bounds", "plot_times"]
 
@@ -43,9 +44,41 @@ def _field(record: Any, name: str, default: Any = None) -> Any:
     return getattr(record, name, default)
 
 
-def _number(value: Any) -> float:
-    """``value`` as a float; None (how the JSON file stores NaN and inf) becomes NaN."""
-    return math.nan if value is None else float(value)
+def _number(value: Any, what: str = "records") -> float:
+    """``value`` as a float; None (how the JSON file stores NaN and inf) becomes NaN.
+
+    An int too large for a float becomes +-inf.
+
+    Raises:
+        TypeError: naming ``what`` if ``value`` is not None or a real number.
+
+    """
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not hasattr(value, "__float__"):
+        raise TypeError(f"'{what}': expected a number or None, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    except (TypeError, ValueError) as exc:  # a tensor of several numbers, a complex
+        raise TypeError(f"'{what}': expected a number or None, got {value!r}") from exc
+
+
+def _check_records(records: Any, what: str = "records") -> Sequence[Any]:
+    """Refuse ``records`` that are not a sequence of mappings or objects with fields."""
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise TypeError(f"'{what}' must be a list of records, got {type(records).__name__}")
+    for i, r in enumerate(records):
+        if r is None or isinstance(r, (numbers.Number, str, bytes, list, tuple)):
+            raise TypeError(f"'{what}[{i}]' must be a mapping or an object with fields, "
+                            f"got {type(r).__name__}")
+    return records
+
+
+def _optional_number(value: Any, what: str) -> float | None:
+    """None, or ``value`` as a float (see :func:`_number`)."""
+    return None if value is None else _number(value, what)
 
 
 def _positions(records: Sequence[Any]) -> list[float]:
@@ -53,13 +86,21 @@ def _positions(records: Sequence[Any]) -> list[float]:
     xs = []
     for i, r in enumerate(records):
         x = _field(r, "n_removed", None)
-        xs.append(float(i + 1) if x is None else float(x))
+        xs.append(float(i + 1) if x is None else _number(x))
     return xs
 
 
 def _retrain_positions(records: Sequence[Any]) -> list[float]:
     xs = _positions(records)
     return [x for x, r in zip(xs, records, strict=True) if _field(r, "retrained", False)]
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether a real number is finite (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _positive(values: Iterable[float]) -> list[float]:
@@ -101,8 +142,8 @@ def _worst_case_running(records: Sequence[Any], default: float | None) -> list[f
             running = 0.0
             out.append(math.nan)
             continue
-        value = _field(r, "worst_case", None)
-        if value is None or not math.isfinite(float(value)) or float(value) <= 0:
+        value = _optional_number(_field(r, "worst_case", None), "records")
+        if value is None or not math.isfinite(value) or value <= 0:
             value = default
         if value is None or not math.isfinite(value) or value <= 0:
             out.append(math.nan)
@@ -137,25 +178,31 @@ def plot_bounds(
         The path written.
 
     Raises:
-        ValueError: If ``budget`` is negative or not a finite number.
+        ValueError: If ``budget`` is negative or not a finite number, or ``path`` is empty
+            or a folder.
+        TypeError: If ``records`` is not a list of records, a record field or
+            ``worst_case`` is not a number, or ``path`` is not a path.
         ImportError: If matplotlib is not installed.
 
     """
+    check_file_path(path)
+    _check_records(records)
     if isinstance(budget, bool) or not (isinstance(budget, numbers.Real)
-                                        and math.isfinite(budget) and budget >= 0):
+                                        and _finite(budget) and budget >= 0):
         raise ValueError(f"'budget' must be a finite number >= 0, got {budget!r}")
     budget = float(budget)
+    worst_case = _optional_number(worst_case, "worst_case")
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     xs = _positions(records)
     if records:
-        ax.plot(xs, _positive(_field(r, "cumulative", math.nan) for r in records),
+        ax.plot(xs, _positive(_field(r, "cumulative", None) for r in records),
                 color="tab:blue", linewidth=1.6, label="used budget (cumulative bound)")
         for retrained, style in ((False, {"s": 6, "color": "tab:gray", "alpha": 0.6,
                                           "label": "bound of each removal"}),
                                  (True, {"s": 30, "marker": "x", "color": _RETRAIN_COLOR,
                                          "label": "bound that did not fit (retrain)"})):
-            points = [(x, _number(_field(r, "bound", math.nan)))
+            points = [(x, _number(_field(r, "bound", None)))
                       for x, r in zip(xs, records, strict=True)
                       if bool(_field(r, "retrained", False)) == retrained]
             points = [(x, b) for x, b in points if math.isfinite(b) and b > 0]
@@ -202,14 +249,22 @@ def plot_accuracy(
         The path written.
 
     Raises:
+        TypeError: If ``evaluations`` is not a list of records, a field or ``retrains`` is
+            not a number, or ``path`` is not a path.
+        ValueError: If ``path`` is empty or a folder.
         ImportError: If matplotlib is not installed.
 
     """
+    check_file_path(path)
+    _check_records(evaluations, "evaluations")
+    if not isinstance(retrains, Iterable) or isinstance(retrains, (str, bytes)):
+        raise TypeError(f"'retrains' must be a list of numbers, got {type(retrains).__name__}")
+    retrains = [_number(x, "retrains") for x in retrains]
+    xs = [float(i) if _field(e, "n_removed", None) is None
+          else _number(_field(e, "n_removed"), "evaluations") for i, e in enumerate(evaluations)]
+    ys = [100.0 * _number(_field(e, "test_accuracy", None), "evaluations") for e in evaluations]
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    xs = [float(i) if _field(e, "n_removed", None) is None else float(_field(e, "n_removed"))
-          for i, e in enumerate(evaluations)]
-    ys = [100.0 * _number(_field(e, "test_accuracy", math.nan)) for e in evaluations]
     ax.plot(xs, ys, marker="o", markersize=3, color="tab:green", label="test accuracy")
     _mark_retrains(ax, retrains)
     ax.set_xlabel("removals")
@@ -240,13 +295,19 @@ def plot_times(
         The path written.
 
     Raises:
+        TypeError: If ``records`` is not a list of records, a field or
+            ``retrain_seconds`` is not a number, or ``path`` is not a path.
+        ValueError: If ``path`` is empty or a folder.
         ImportError: If matplotlib is not installed.
 
     """
+    check_file_path(path)
+    _check_records(records)
+    retrain_seconds = _optional_number(retrain_seconds, "retrain_seconds")
+    xs = _positions(records)
+    secs = _positive(_field(r, "seconds", None) for r in records)
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    xs = _positions(records)
-    secs = _positive(_field(r, "seconds", math.nan) for r in records)
     plain = [(x, s) for x, s, r in zip(xs, secs, records, strict=True)
              if not _field(r, "retrained", False)]
     retrained = [(x, s) for x, s, r in zip(xs, secs, records, strict=True)
