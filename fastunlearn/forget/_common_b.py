@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, TensorDataset
 
-from .base import as_dataset, batches, iterate, model_device
+from .base import _check_int, as_dataset, batches, check_finite_number, iterate, model_device
 from .checks import check_labels, check_sets
 
 __all__ = [
@@ -43,6 +43,8 @@ __all__ = [
     "class_subset",
     "dataset_tensors",
     "eval_forward",
+    "example_logits",
+    "example_outputs",
     "freeze",
     "num_outputs",
     "prepare_inputs",
@@ -55,21 +57,13 @@ __all__ = [
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> None:
-    """Raise TypeError/ValueError unless ``value`` is an int ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    """Raise TypeError/ValueError unless ``value`` is an int in ``minimum .. 2**63 - 1``."""
+    _check_int(name, value, minimum)
 
 
 def check_number(name: str, value: object, minimum: float = 0.0, *, strict: bool = False) -> None:
     """Raise TypeError/ValueError unless ``value`` is a finite number above ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    bad = value <= minimum if strict else value < minimum
-    if bad or value != value or abs(value) == float("inf"):
-        op = ">" if strict else ">="
-        raise ValueError(f"{name} must be finite and {op} {minimum}, got {value}")
+    check_finite_number(name, value, minimum, strict=strict)
 
 
 def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> None:
@@ -94,14 +88,19 @@ def check_inputs(
     checks every method runs.
 
     Raises:
-        TypeError: If ``config`` is not a ``config_cls`` or a data set has the wrong type.
-        ValueError: If a data set is malformed (see :func:`~fastunlearn.forget.base.as_dataset`).
+        TypeError: If ``config`` is not a ``config_cls`` or a data set has the wrong type
+            (also a config field assigned a value of the wrong type after construction).
+        ValueError: If a data set is malformed (see :func:`~fastunlearn.forget.base.as_dataset`)
+            or a config field holds an invalid value.
 
     """
     if not isinstance(config, config_cls):
         name = config_cls.__name__
         article = "an" if name[:1] in "AEIOU" else "a"
         raise TypeError(f"config must be {article} {name}, got {type(config).__name__}")
+    # Re-run the field checks: a config changed after construction (``cfg.lr = nan``)
+    # would otherwise train with the bad value and return a silently broken model.
+    config.__post_init__()  # type: ignore[attr-defined]
     return as_dataset(forget, "forget"), as_dataset(retain, "retain")
 
 
@@ -119,15 +118,16 @@ def prepare_inputs(
         ``(forget, retain, num_classes)``.
 
     Raises:
-        TypeError: On a wrong config, model or data type.
-        ValueError: On empty or malformed data, out-of-range labels, duplicates or overlap.
+        TypeError: On a wrong config, model or data type, or inputs the model cannot run on.
+        ValueError: On empty or malformed data (items that are not ``(input, label)``
+            pairs, retain inputs giving another number of outputs than forget inputs),
+            out-of-range labels, duplicates or overlap.
 
     """
     forget_ds, retain_ds = check_inputs(config, config_cls, forget, retain)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    x0 = torch.as_tensor(forget_ds[0][0])
-    k = num_outputs(model, x0.unsqueeze(0))
+    k = int(example_outputs(model, forget_ds, retain_ds).shape[-1])
     check_sets(forget_ds, retain_ds, k, check_overlap=bool(getattr(config, "check_overlap", True)))
     return forget_ds, retain_ds, k
 
@@ -231,6 +231,39 @@ def probe_forward(model: nn.Module, example: Tensor) -> Tensor:
             f"{tuple(example.shape[1:])}): {exc}; convert the data to what the model takes "
             "(e.g. float images)"
         ) from exc
+
+
+def example_logits(model: nn.Module, dataset: Dataset, name: str) -> Tensor:
+    """``model`` on the first item of ``dataset``, which must be an ``(input, label)`` pair."""
+    item = dataset[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        got = f"{len(item)} elements" if isinstance(item, (tuple, list)) else type(item).__name__
+        raise ValueError(f"{name}: every item must be an (input, label) pair, got {got}")
+    try:
+        return probe_forward(model, torch.as_tensor(item[0]).unsqueeze(0))
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from exc
+
+
+def example_outputs(model: nn.Module, forget: Dataset, retain: Dataset) -> Tensor:
+    """``model``'s output for the first forget example, after checking both data sets' items.
+
+    The first item of each set must be an ``(input, label)`` pair that ``model`` runs on
+    (:func:`probe_forward`, eval mode, nothing modified), giving as many outputs for a retain
+    input as for a forget input.
+
+    Raises:
+        ValueError: An item is not a pair, or the two sets give different output counts.
+        TypeError: ``model`` cannot run on a set's inputs (named ``forget`` or ``retain``).
+
+    """
+    out = example_logits(model, forget, "forget")
+    k_r = int(example_logits(model, retain, "retain").shape[-1])
+    if k_r != int(out.shape[-1]):
+        raise ValueError(f"retain: the model gives {k_r} outputs for a retain input but "
+                         f"{int(out.shape[-1])} for a forget input; the sets must hold the "
+                         "same kind of inputs")
+    return out
 
 
 def num_outputs(model: nn.Module, example: Tensor) -> int:

@@ -34,6 +34,7 @@ from ._common_b import (
     SkipSingleBatches,
     TrainingData,
     check_single_batches,
+    example_outputs,
     probe_forward,
 )
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
@@ -138,10 +139,11 @@ def prepare(
     Raises:
         TypeError: If the model, data or config have the wrong type (also a config field
             assigned a value of the wrong type after construction).
-        ValueError: If a config field holds an invalid value, a data set is empty, a
-            label is outside the model's outputs, the forget set repeats an example, or
-            the sets overlap (when ``config.check_overlap``); see
-            :func:`~fastunlearn.forget.checks.check_sets`.
+        ValueError: If a config field holds an invalid value, a data set is empty or its
+            items are not ``(input, label)`` pairs, the model gives a different number of
+            outputs for retain inputs than for forget inputs, a label is outside the
+            model's outputs, the forget set repeats an example, or the sets overlap (when
+            ``config.check_overlap``); see :func:`~fastunlearn.forget.checks.check_sets`.
 
     """
     if not isinstance(config, config_cls):
@@ -154,7 +156,10 @@ def prepare(
     forget_ds = as_dataset(forget, "forget")
     retain_ds = as_dataset(retain, "retain")
     clone = clone_model(model)
-    k = num_outputs(clone, forget_ds)
+    out = example_outputs(clone, forget_ds, retain_ds)
+    if out.dim() != 2:
+        raise ValueError(f"model must return logits [batch, classes], got shape {tuple(out.shape)}")
+    k = int(out.shape[1])
     check_sets(forget_ds, retain_ds, k, check_overlap=config.check_overlap)
     return clone, forget_ds, retain_ds, k
 

@@ -41,7 +41,7 @@ from ._common_b import (
     prepare_inputs,
     train_ce,
 )
-from .base import ForgetConfig, clone_model, iterate, model_device, register
+from .base import ForgetConfig, check_seed, clone_model, iterate, model_device, register
 
 __all__ = [
     "ANTISAMPLE_PRESETS",
@@ -96,7 +96,9 @@ def _sync(device: torch.device) -> None:
 def _check_tensor(name: str, t: object) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-    if t.dim() < 2 or t.shape[0] == 0:
+    if t.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got {t.dtype}")
+    if t.dim() < 2 or t.numel() == 0:
         raise ValueError(f"{name} must have shape [n >= 1, ...features], got {tuple(t.shape)}")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf")
@@ -163,7 +165,8 @@ def generate_antisamples(
     if retain_labels is not None:
         if not isinstance(retain_labels, Tensor):
             raise TypeError(f"retain_labels must be a Tensor, got {type(retain_labels).__name__}")
-        if retain_labels.shape != (retain.shape[0],) or retain_labels.is_floating_point():
+        if retain_labels.shape != (retain.shape[0],) or retain_labels.is_floating_point() \
+                or retain_labels.is_complex() or retain_labels.dtype == torch.bool:
             raise ValueError(
                 f"retain_labels must be an integer tensor of shape [{retain.shape[0]}], "
                 f"got {retain_labels.dtype} {tuple(retain_labels.shape)}"
@@ -180,8 +183,9 @@ def generate_antisamples(
     check_positive_int("chunk_size", chunk_size)
     if not isinstance(convex_combination, bool):
         raise TypeError("convex_combination must be a bool")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not isinstance(return_weights, bool):
+        raise TypeError("return_weights must be a bool")
+    check_seed("seed", seed)
 
     from ..ops.knn import farthest_k  # loads the compiled op library on first use
 

@@ -98,8 +98,7 @@ class ForgetConfig:
         _check_float("lr", self.lr, 0.0, strict=False)
         _check_float("momentum", self.momentum, 0.0, strict=False)
         _check_float("weight_decay", self.weight_decay, 0.0, strict=False)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
+        check_seed("seed", self.seed)
         if not isinstance(self.check_overlap, bool):
             kind = type(self.check_overlap).__name__
             raise TypeError(f"check_overlap must be a bool, got {kind}")
@@ -124,13 +123,36 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
 
 
-def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> None:
+def check_seed(name: str, value: object) -> None:
+    """Raise TypeError/ValueError unless ``value`` is an int a torch generator can take.
+
+    Generators take 64-bit seeds; methods add small offsets to theirs, so the range is
+    ``-2**63 .. 2**63 - 1`` (a seed outside it failed deep inside, unnamed).
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not -_MAX_INT - 1 <= value <= _MAX_INT:
+        raise ValueError(f"{name} must be in -2**63 .. 2**63 - 1, got {value}")
+
+
+def check_finite_number(name: str, value: object, minimum: float, *, strict: bool) -> None:
+    """Raise TypeError/ValueError unless ``value`` is a finite number above ``minimum``.
+
+    An int beyond 2**63 - 1 in magnitude is refused too: torch cannot take it as a scalar
+    (an OverflowError deep inside the optimiser or a kernel).
+    """
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     bad = value <= minimum if strict else value < minimum
-    if bad or value != value or value in (float("inf"), float("-inf")):
+    huge = isinstance(value, int) and abs(value) > _MAX_INT
+    if bad or huge or value != value or value in (float("inf"), float("-inf")):
         op = ">" if strict else ">="
-        raise ValueError(f"{name} must be finite and {op} {minimum}, got {value}")
+        limit = " (an int must be <= 2**63 - 1)" if huge else ""
+        raise ValueError(f"{name} must be finite and {op} {minimum}{limit}, got {value}")
+
+
+def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> None:
+    check_finite_number(name, value, minimum, strict=strict)
 
 
 def _interface(fn: ForgetMethod) -> ForgetMethod:
@@ -193,8 +215,8 @@ def as_dataset(data: object, name: str) -> Dataset:
     """Validate ``data`` (a Dataset or an ``(inputs, labels)`` tuple) and return a Dataset.
 
     Raises:
-        ValueError: If the data set is empty or the tuple's tensors disagree in length or
-            hold non-finite inputs.
+        ValueError: If the data set is empty, the tuple's tensors disagree in length, or
+            the inputs of the tuple (or of a :class:`TensorDataset`) are not finite.
         TypeError: If ``data`` is neither a Dataset nor a pair of tensors, or the
             tuple's labels are not integers (other integer dtypes are cast to int64).
 
@@ -215,6 +237,10 @@ def as_dataset(data: object, name: str) -> Dataset:
         # int32 / uint8 labels become int64, the class-index dtype cross-entropy needs
         # (``.long()`` returns int64 labels themselves, uncopied)
         data = TensorDataset(inputs, labels.long())
+    elif isinstance(data, TensorDataset) and data.tensors:
+        inputs = data.tensors[0]  # in memory: as cheap to check as a tuple's inputs
+        if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+            raise ValueError(f"{name}: inputs contain NaN or inf")
     if not isinstance(data, Dataset):
         raise TypeError(
             f"{name} must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}"

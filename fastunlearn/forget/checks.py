@@ -180,10 +180,13 @@ def check_sets(
 
     Raises:
         ValueError: Naming ``forget`` or ``retain`` and what is wrong.
+        TypeError: Naming the set, if a :class:`TensorDataset`'s labels are not integers.
 
     """
     for ds, name in ((forget, "forget"), (retain, "retain")):
         labels = dataset_labels(ds)
+        if labels is None and isinstance(ds, TensorDataset) and len(ds.tensors) >= 2:
+            labels = ds.tensors[1]  # floating labels, which check_labels refuses (TypeError)
         if labels is not None:
             check_labels(labels, num_classes, name)
     check_unique(forget, "forget")

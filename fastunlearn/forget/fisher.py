@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from ._training import SGDConfig, check_bool, last_linear, prepare, seeded
 from .base import _check_float, iterate, make_loader, model_device, register
-from .checks import check_batch_labels, dataset_labels
+from .checks import check_batch_labels, check_labels, dataset_labels
 
 __all__ = ["FisherConfig", "fisher_diagonal", "fisher_forgetting"]
 
@@ -159,17 +159,24 @@ def fisher_diagonal(
     return total
 
 
-def _labels(dataset: Dataset) -> Tensor:
+def _labels(dataset: Dataset, num_classes: int, name: str) -> Tensor:
     labels = dataset_labels(dataset)
     if labels is None:
         labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+    check_labels(labels, num_classes, name)  # also labels the data set did not expose
     return labels
 
 
-def _removed_classes(forget: Dataset, retain: Dataset) -> list[int]:
-    """Forget labels that no retain example has (the classes being removed), sorted."""
-    present = set(_labels(retain).tolist())
-    return sorted(set(_labels(forget).tolist()) - present)
+def _removed_classes(forget: Dataset, retain: Dataset, num_classes: int) -> list[int]:
+    """Forget labels that no retain example has (the classes being removed), sorted.
+
+    Raises:
+        ValueError: A label is outside ``0 .. num_classes - 1`` (naming the set).
+        TypeError: The labels are not integers.
+
+    """
+    present = set(_labels(retain, num_classes, "retain").tolist())
+    return sorted(set(_labels(forget, num_classes, "forget").tolist()) - present)
 
 
 @register("fisher", FisherConfig)
@@ -185,7 +192,7 @@ def fisher_forgetting(
     statistics are not touched and any batch size works.
     """
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, FisherConfig)
-    rows = _removed_classes(forget_ds, retain_ds) if config.forget_class_rows else []
+    rows = _removed_classes(forget_ds, retain_ds, k) if config.forget_class_rows else []
     # the head whose class rows are zeroed: needed only for class-wise forgetting, and
     # looked up before the Fisher pass (a model without one is refused up front)
     head = last_linear(clone, "fisher with forget_class_rows=True (class-wise forgetting)",

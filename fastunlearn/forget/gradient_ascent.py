@@ -19,7 +19,7 @@ from ._training import (
     seeded,
     train_main_stage,
 )
-from .base import iterate, make_loader, model_device, register
+from .base import _MAX_INT, iterate, make_loader, model_device, register
 from .checks import check_batch_labels
 
 __all__ = ["NegGradConfig", "NegGradPlusConfig", "neggrad", "neggrad_plus"]
@@ -95,10 +95,11 @@ class NegGradPlusConfig(SGDConfig):
         if self.forget_batch_size is not None and (
             not isinstance(self.forget_batch_size, int)
             or isinstance(self.forget_batch_size, bool)
-            or self.forget_batch_size < 1
+            or not 1 <= self.forget_batch_size <= _MAX_INT
         ):
             raise ValueError(
-                f"forget_batch_size must be a positive int, got {self.forget_batch_size!r}"
+                "forget_batch_size must be a positive int (<= 2**63 - 1), got "
+                f"{self.forget_batch_size!r}"
             )
 
 

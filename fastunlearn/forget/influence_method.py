@@ -29,7 +29,15 @@ from torch.utils.data import Dataset
 
 from ..influence import influence_update, last_parameters
 from ._common_b import check_fraction, prepare_inputs
-from .base import ForgetConfig, clone_model, make_loader, model_device, register
+from .base import (
+    _MAX_INT,
+    ForgetConfig,
+    _check_int,
+    clone_model,
+    make_loader,
+    model_device,
+    register,
+)
 from .checks import check_labels
 
 __all__ = ["InfluenceConfig", "influence_unlearning", "weighted_loss"]
@@ -77,7 +85,7 @@ class InfluenceConfig(ForgetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.num_params, bool) or not isinstance(self.num_params, int) \
-                or self.num_params < 0:
+                or not 0 <= self.num_params <= _MAX_INT:
             raise ValueError(f"num_params must be an int >= 0, got {self.num_params!r}")
         if self.solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
@@ -86,8 +94,11 @@ class InfluenceConfig(ForgetConfig):
         for name in ("damping", "scale", "tol", "loss_tolerance"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
-                    or v == float("inf"):
+                    or v == float("inf") or (isinstance(v, int) and v > _MAX_INT):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.maxiter is not None:
+            _check_int("maxiter", self.maxiter, 0)
+        _check_int("hvp_batch_size", self.hvp_batch_size, 1)
         check_fraction("retain_fraction", self.retain_fraction)
         if self.on_divergence not in ("raise", "keep"):
             raise ValueError(f"on_divergence must be 'raise' or 'keep', got "

@@ -26,13 +26,16 @@ from torch.utils.data import Dataset
 from ._common_b import (
     TrainingData,
     check_fraction,
+    check_positive_int,
     check_single_batches,
     checked_tensors,
+    example_logits,
     prepare_inputs,
     train_ce,
 )
 from ._training import check_bool
 from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
+from .checks import check_batch_labels, check_labels, dataset_labels
 
 __all__ = ["SalUnConfig", "salun", "saliency_mask"]
 
@@ -85,15 +88,33 @@ def saliency_mask(
         ``{name: bool tensor shaped like the parameter}`` for every parameter that requires
         grad.
 
+    Raises:
+        TypeError: If an argument has the wrong type, or ``model`` cannot run on the
+            inputs of ``forget_ds`` (or its labels are not integers).
+        ValueError: If ``ratio`` or ``batch_size`` is out of range, ``forget_ds`` is empty
+            or malformed, a label is outside the model's outputs, or no parameter of
+            ``model`` requires a gradient.
+
     """
     check_fraction("ratio", ratio)
+    check_positive_int("batch_size", batch_size)
     forget_ds = as_dataset(forget_ds, "forget_ds")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no trainable parameters (every parameter has "
+                         "requires_grad=False), so no weight can be salient")
+    k = int(example_logits(model, forget_ds, "forget_ds").shape[-1])
+    labels = dataset_labels(forget_ds)
+    if labels is not None:
+        check_labels(labels, k, "forget_ds")
     work = clone_model(model).eval()
     params = {n: p for n, p in work.named_parameters() if p.requires_grad}
     device = model_device(work)
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
     for x, y in make_loader(forget_ds, batch_size, shuffle=False):
         x, y = x.to(device), torch.as_tensor(y).to(device)
+        check_batch_labels(y, k, "forget_ds")  # labels the data set does not expose
         loss = F.cross_entropy(work(x), y, reduction="sum")
         for n, g in zip(params, torch.autograd.grad(loss, list(params.values())), strict=True):
             grads[n] += g

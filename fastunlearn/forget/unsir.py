@@ -34,9 +34,10 @@ from ._common_b import (
     checked_tensors,
     freeze,
     prepare_inputs,
+    probe_forward,
     train_ce,
 )
-from .base import ForgetConfig, clone_model, iterate, model_device, register
+from .base import _MAX_INT, ForgetConfig, check_seed, clone_model, iterate, model_device, register
 
 __all__ = ["UnsirConfig", "error_maximizing_noise", "unsir", "unsir_noise_set"]
 
@@ -116,7 +117,8 @@ def error_maximizing_noise(
         The noise ``[n, *shape]`` (detached, on the model's device).
 
     Raises:
-        TypeError: If an argument has the wrong type (``dtype`` must be floating).
+        TypeError: If an argument has the wrong type (``dtype`` must be floating), or
+            ``model`` cannot run on inputs of ``shape`` and ``dtype``.
         ValueError: If a size, ``lr`` or ``l2_weight`` is out of range, or ``target_class``
             is not one of the model's outputs.
 
@@ -126,22 +128,24 @@ def error_maximizing_noise(
     check_positive_int("steps", steps, 0)
     check_number("lr", lr)
     check_number("l2_weight", l2_weight)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_seed("seed", seed)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if not isinstance(shape, (tuple, list)) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     ):
         raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
-    if any(d < 1 for d in shape):
-        raise ValueError(f"shape must hold positive sizes, got {tuple(shape)}")
+    if any(not 1 <= d <= _MAX_INT for d in shape):
+        raise ValueError(f"shape must hold positive sizes (<= 2**63 - 1), got {tuple(shape)}")
     work = freeze(clone_model(model))
     device = model_device(work)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, *shape), generator=gen, dtype=dtype).to(device)
-    with torch.no_grad():
-        n_out = int(work(noise[:1]).shape[-1])
+    try:
+        n_out = int(probe_forward(work, noise[:1]).shape[-1])
+    except TypeError as exc:
+        raise TypeError(f"shape {tuple(shape)} and dtype {dtype} must fit the model: {exc}") \
+            from exc
     if target_class >= n_out:
         raise ValueError(
             f"target_class must be < {n_out} (the model's outputs), got {target_class}"

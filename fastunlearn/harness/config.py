@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..forget import available_methods, get_method
+from ..forget.base import _MAX_INT
 
 __all__ = [
     "DIGITS_OVERRIDES",
@@ -96,11 +97,13 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"'{name}' must be an int >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _MAX_INT:
+                raise ValueError(f"'{name}' must be an int >= 1 (<= 2**63 - 1), got {v!r}")
         for name in ("lr", "momentum", "weight_decay"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            # an int beyond 2**63 - 1 overflows math.isfinite and torch's scalars
+            if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                    or (isinstance(v, int) and v > _MAX_INT) or not math.isfinite(v) \
                     or v < 0 or (name == "lr" and v == 0):
                 raise ValueError(f"'{name}' must be a finite number >= 0 (lr > 0), got {v!r}")
 
@@ -168,6 +171,10 @@ class HarnessConfig:
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
             self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())
+        if not isinstance(self.methods, (tuple, list)) \
+                or not all(isinstance(m, str) for m in self.methods):
+            raise TypeError(f"'methods' must be a str or a sequence of str, got "
+                            f"{self.methods!r}")
         self.methods = tuple(self.methods)
         if not self.methods:
             raise ValueError("'methods' is empty: name at least one forgetting method")
@@ -185,17 +192,32 @@ class HarnessConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"'{name}' must be an int >= 0, got {v!r}")
+        # the last oracle's seed (train_seed + ORACLE_SEED_OFFSET + oracles - 1) and the
+        # forget seed go to 64-bit torch generators
+        top = _MAX_INT - ORACLE_SEED_OFFSET - (self.oracles - 1)
+        if self.train_seed > top:
+            raise ValueError(f"'train_seed' must be <= {top} (its oracles' seeds add "
+                             f"{ORACLE_SEED_OFFSET} + i), got {self.train_seed}")
+        if self.forget_seed > _MAX_INT:
+            raise ValueError(f"'forget_seed' must be <= 2**63 - 1, got {self.forget_seed}")
+        for name in ("mia", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"'{name}' must be a bool, got "
+                                f"{type(getattr(self, name)).__name__}")
         if not isinstance(self.train, TrainSettings):
             raise TypeError(f"'train' must be a TrainSettings, got {type(self.train).__name__}")
         from ..models.zoo import MODELS
 
-        if self.model not in MODELS:
+        if not isinstance(self.model, str) or self.model not in MODELS:
             raise ValueError(f"'model' must be one of {sorted(MODELS)}, got {self.model!r}")
         if not isinstance(self.forget, str):
             raise TypeError(f"'forget' must be a str, got {type(self.forget).__name__}")
         if not isinstance(self.overrides, dict):
             raise TypeError("'overrides' must be a dict {method: {field: value}}")
-        for m in self.overrides:
+        for m, settings in self.overrides.items():
+            if not isinstance(settings, dict):
+                raise TypeError(f"'overrides' for {m!r} must be a dict {{field: value}}, got "
+                                f"{type(settings).__name__}")
             if m not in self.methods:
                 raise ValueError(f"'overrides' names method {m!r}, which is not run "
                                  f"(methods: {list(self.methods)})")
