@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from .. import ops
+from .._paths import check_file_path
 from . import single_row, woodbury
 from .bounds import (
     c_delta,
@@ -78,6 +79,20 @@ _SOLVERS = ("auto", "cholesky", "cg")
 
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite_float(value: object) -> float | None:
+    """Return ``value`` as a float if it is a finite real number, else None.
+
+    An int beyond the float range (whose ``float()`` raises OverflowError) gives None too.
+    """
+    if not _is_real(value):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _host_array(value: Any) -> Any:
@@ -262,10 +277,10 @@ class CertifiedLogisticRegression(
         """Validate the parameters read by ``fit``; returns them normalised (no mutation)."""
 
         def real(name: str, lo: float, *, strict: bool) -> float:
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(float(value)):
-                raise ValueError(f"argument '{name}' must be a finite real number, got {value!r}")
-            value = float(value)
+            given = getattr(self, name)
+            value = _finite_float(given)
+            if value is None:
+                raise ValueError(f"argument '{name}' must be a finite real number, got {given!r}")
             if value < lo or (strict and value == lo):
                 raise ValueError(
                     f"argument '{name}' must be {'>' if strict else '>='} {lo}, got {value}"
@@ -277,19 +292,21 @@ class CertifiedLogisticRegression(
             "sigma": real("sigma", 0.0, strict=False),
             "epsilon": real("epsilon", 0.0, strict=True),
         }
-        delta = self.delta
-        if not _is_real(delta) or not 0.0 < float(delta) < 1.0:
-            raise ValueError(f"argument 'delta' must be in (0, 1), got {delta!r}")
-        cfg["delta"] = float(delta)
+        delta = _finite_float(self.delta)
+        if delta is None or not 0.0 < delta < 1.0:
+            raise ValueError(f"argument 'delta' must be in (0, 1), got {self.delta!r}")
+        cfg["delta"] = delta
         if self.train_mode not in _TRAIN_MODES:
             raise ValueError(
                 f"argument 'train_mode' must be one of {_TRAIN_MODES}, got {self.train_mode!r}"
             )
         cfg["train_mode"] = self.train_mode
-        ratio = self.subsample_ratio
-        if not _is_real(ratio) or not 0.0 < float(ratio) <= 1.0:
-            raise ValueError(f"argument 'subsample_ratio' must be in (0, 1], got {ratio!r}")
-        cfg["subsample_ratio"] = float(ratio)
+        ratio = _finite_float(self.subsample_ratio)
+        if ratio is None or not 0.0 < ratio <= 1.0:
+            raise ValueError(
+                f"argument 'subsample_ratio' must be in (0, 1], got {self.subsample_ratio!r}"
+            )
+        cfg["subsample_ratio"] = ratio
         cfg["gamma"] = resolve_gamma(self.gamma)
         for name in ("normalize",):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -325,9 +342,13 @@ class CertifiedLogisticRegression(
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             kind = type(self.checkpoint).__name__
             raise ValueError(f"argument 'checkpoint' must be None or a path, got {kind}")
-        cg_tol = self.cg_tol
-        if not _is_real(cg_tol) or not math.isfinite(float(cg_tol)) or float(cg_tol) <= 0.0:
-            raise ValueError(f"argument 'cg_tol' must be a finite real number > 0, got {cg_tol!r}")
+        if self.checkpoint is not None:
+            check_file_path(self.checkpoint, "checkpoint")  # not empty, not a folder
+        cg_tol = _finite_float(self.cg_tol)
+        if cg_tol is None or cg_tol <= 0.0:
+            raise ValueError(
+                f"argument 'cg_tol' must be a finite real number > 0, got {self.cg_tol!r}"
+            )
         return self.solver, bool(self.retrain)
 
     # ---- training ------------------------------------------------------------------------

@@ -57,6 +57,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+from .._paths import check_file_path
 from .ledger import (
     RemovalLedger,
     _crash_point,
@@ -113,11 +114,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        TypeError, ValueError: ``path`` is not a path, is empty or names a folder.
         ValueError: the file is not a safetensors file written by fastunlearn, is truncated or
             corrupt, or has an unknown format version.
 
     """
-    return _read_header(Path(path), FORMAT_NAME, (("state", dict), ("checksums", dict)))
+    return _read_header(check_file_path(path), FORMAT_NAME,
+                        (("state", dict), ("checksums", dict)))
 
 
 def _read_header(
@@ -368,9 +371,10 @@ def save_model(
         TypeError: ``get_state()`` returned something other than ``(dict[str, Tensor], dict)``
             or its meta is not JSON-serialisable.
         FileNotFoundError: the directory of ``path`` does not exist.
+        TypeError, ValueError: ``path`` is not a path, is empty or names a folder.
 
     """
-    p = Path(path)
+    p = check_file_path(path)
     if not p.parent.is_dir():
         raise FileNotFoundError(f"directory {str(p.parent)!r} of 'path' does not exist")
     data = _DataFile.plan(model, p) if ledger_seq is not None else None
@@ -744,6 +748,7 @@ def load_model(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        TypeError, ValueError: ``path`` is not a path, is empty or names a folder.
         ValueError: the file is corrupt, not a fastunlearn model file, has an unknown format
             version, or its ledger contradicts it or is newer than it.
         TypeError: ``allow_rollback`` or ``ledger`` is not a bool.
@@ -752,7 +757,7 @@ def load_model(
     for name, flag in (("ledger", ledger), ("allow_rollback", allow_rollback)):
         if not isinstance(flag, bool):
             raise TypeError(f"argument '{name}' must be a bool, got {type(flag).__name__}")
-    p = Path(path)
+    p = check_file_path(path)
     if cls is None:
         from .estimator import CertifiedLogisticRegression
 
