@@ -184,12 +184,14 @@ class AgeImageFolder(Dataset):
             raise ValueError(f"'target' must be 'bin' or 'age', got {target!r}")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"'size' must be None or a positive int, got {size!r}")
-        if not isinstance(grayscale, bool):
+        if not isinstance(grayscale, (bool, np.bool_)):
             raise TypeError(f"'grayscale' must be a bool, got {type(grayscale).__name__}")
+        grayscale = bool(grayscale)  # numpy's bool_ as well
         if transform is not None and not callable(transform):
             raise TypeError("'transform' must be callable or None")
-        if not isinstance(skip_unmatched, bool):
+        if not isinstance(skip_unmatched, (bool, np.bool_)):
             raise TypeError(f"'skip_unmatched' must be a bool, got {type(skip_unmatched).__name__}")
+        skip_unmatched = bool(skip_unmatched)
         self.skipped: list[Path] = []
         items = self._scan(root, layout, pattern, skip_unmatched)
         if not items and self.skipped:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .._atomic_files import write_text
-from .._paths import check_file_path
+from .._paths import check_output_file
 
 __all__ = ["FORGET_SPEC_FORMS", "load_forget_indices", "parse_forget_spec", "save_forget_indices"]
 
@@ -170,10 +170,11 @@ def save_forget_indices(path: str | os.PathLike, indices: Tensor | Sequence[int]
             ``path`` is not a path.
         ValueError: If ``indices`` is not 1-D, holds a negative index, one beyond the int64
             range or one twice (such a file would be refused by ``file:PATH``), or ``path``
-            is empty or an existing folder.
+            is empty or an existing folder, or its parent is not a folder.
+        FileNotFoundError: If the folder of ``path`` does not exist.
 
     """
-    path = check_file_path(path)
+    path = check_output_file(path)
     if isinstance(indices, np.ndarray) and indices.dtype.kind == "u":
         if indices.size and indices.max() > np.iinfo(np.int64).max:
             raise ValueError(f"'indices' holds {indices.max()}, beyond the int64 range")

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._paths import check_file_path
+from .._paths import check_output_file
 
 __all__ = [
     "VISION_DATASETS",
@@ -731,16 +731,18 @@ def save_features(
 
     Raises:
         ValueError: If the splits of ``features`` and ``labels`` differ, a feature tensor
-            is not 2-D floating point or not finite, labels are not 1-D integers, row counts
-            differ, or ``meta`` is not JSON-serialisable.
+            is not 2-D floating point or not finite, labels are not 1-D integers >= 0 within
+            the int64 range, row counts differ, or ``meta`` is not JSON-serialisable.
         TypeError: If ``features``/``labels`` are not tensors or mappings of tensors, or
             ``path`` is not a path.
-        ValueError: If ``path`` is empty or an existing folder.
+        ValueError: If ``path`` is empty or an existing folder, its parent is not a folder,
+            or a label is negative or beyond the int64 range.
+        FileNotFoundError: If the folder of ``path`` does not exist.
 
     """
     from safetensors.torch import save_file
 
-    path = check_file_path(path)
+    path = check_output_file(path)
     feats = _as_split_mapping(features, "features")
     labs = _as_split_mapping(labels, "labels")
     if set(feats) != set(labs):
@@ -765,8 +767,15 @@ def save_features(
             raise ValueError(
                 f"'labels[{split!r}]' has {y.shape[0]} rows, 'features[{split!r}]' {X.shape[0]}"
             )
+        y64 = y.detach().cpu().to(torch.int64)  # uint64 >= 2**63 wraps to negative here
+        low = int(y64.min()) if y64.numel() else 0
+        if low < 0 and y.dtype == torch.uint64:
+            raise ValueError(f"'labels[{split!r}]' holds {low + 2**64}, beyond the int64 range")
+        if low < 0:
+            raise ValueError(f"'labels[{split!r}]' holds label {low}; labels must be class "
+                             "numbers >= 0")
         tensors[f"X_{split}"] = X.detach().cpu().contiguous()
-        tensors[f"y_{split}"] = y.detach().cpu().to(torch.int64).contiguous()
+        tensors[f"y_{split}"] = y64.contiguous()
     # safetensors refuses tensors sharing memory (one tensor given for two splits)
     seen: set[int] = set()
     for key, t in tensors.items():
@@ -814,8 +823,9 @@ def load_features(
         FileNotFoundError: If ``path`` does not exist.
         TypeError: If ``path`` is not a str or ``os.PathLike``.
         ValueError: If the file cannot be read (truncated, corrupt, objects other than
-            tensors), holds no ``X_<split>``/``y_<split>`` pair or mismatched ones, features
-            that are not finite, or labels that are not whole numbers.
+            tensors), holds no ``X_<split>``/``y_<split>`` pair or mismatched ones, a split
+            with an empty name (``X_``), features that are not finite, or labels that are
+            not whole numbers.
 
     """
     if not isinstance(path, (str, os.PathLike)):
@@ -847,6 +857,9 @@ def load_features(
     splits = sorted(k[2:] for k in tensors if k.startswith("X_"))
     if not splits:
         raise ValueError(f"{str(path)!r} holds no 'X_<split>' feature tensors")
+    if "" in splits:
+        raise ValueError(f"{str(path)!r} holds tensor 'X_' with an empty split name "
+                         "(expected 'X_<split>')")
     features, labels = {}, {}
     for split in splits:
         if f"y_{split}" not in tensors:

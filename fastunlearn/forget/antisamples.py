@@ -149,7 +149,8 @@ def generate_antisamples(
         An :class:`AntiSamples`.
 
     Raises:
-        TypeError: If an argument has the wrong type.
+        TypeError: If an argument has the wrong type, or ``forget`` and ``retain`` differ
+            in dtype.
         ValueError: If shapes disagree or a parameter is out of range.
 
     """
@@ -162,6 +163,10 @@ def generate_antisamples(
         )
     if forget.device != retain.device:
         raise ValueError("forget and retain must be on the same device")
+    if forget.dtype != retain.dtype:  # was converted silently (a float64 retain lost digits)
+        raise TypeError(
+            f"forget and retain must have the same dtype, got {forget.dtype} and {retain.dtype}"
+        )
     if retain_labels is not None:
         if not isinstance(retain_labels, Tensor):
             raise TypeError(f"retain_labels must be a Tensor, got {type(retain_labels).__name__}")

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from .._device import parse_device
+from .._paths import check_path
 from ..forget import available_methods, get_method
 from ..forget.base import _MAX_INT
 
@@ -144,9 +149,15 @@ class HarnessConfig:
             methods' published defaults).
         cache_dir: Folder of the cached original/oracle weights (None: no cache).
         out_dir: Folder of the JSON, Markdown, PNG and logits outputs (None: write nothing).
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"`` (a ``torch.device`` or an int
+            index is stored as such a str). Only its spelling is checked here; the run
+            needs the GPU.
         mia: Compute OPTML's SVC MIA-Efficacy (an SVC fit per model).
         progress: tqdm bars (stderr).
+
+    ``data_dir``, ``cache_dir`` and ``out_dir`` may be str or ``os.PathLike`` (stored as str)
+    or None; a wrong type, an empty path or a misspelt device raises when the config is
+    created, before anything is trained.
 
     """
 
@@ -221,6 +232,16 @@ class HarnessConfig:
             if m not in self.methods:
                 raise ValueError(f"'overrides' names method {m!r}, which is not run "
                                  f"(methods: {list(self.methods)})")
+        if not isinstance(self.dataset, str):
+            raise TypeError(f"'dataset' must be a str, got {type(self.dataset).__name__}")
+        for name in ("data_dir", "cache_dir", "out_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                check_path(value, name)  # TypeError / ValueError (empty) naming the field
+                if not isinstance(os.fspath(value), str):
+                    raise TypeError(f"'{name}' must be a str path, got bytes")
+                setattr(self, name, os.fspath(value))  # a Path would not go into the JSON
+        self.device = _check_device(self.device)
         if self.digits_defaults is None:
             self.digits_defaults = self.dataset.strip().lower() == "digits" \
                 if isinstance(self.dataset, str) else False
@@ -283,6 +304,30 @@ def method_overrides(name: str, extra: dict[str, Any] | None = None,
         raise ValueError(f"'overrides' for {name!r}: {bad[0]!r} is not a field of "
                          f"{cls.__name__} (fields: {sorted(fields)})")
     return out
+
+
+def _check_device(spec: object) -> str:
+    """``spec`` (a str, ``torch.device`` or CUDA index) as a str once its syntax is right.
+
+    The run parses it again (:func:`~fastunlearn._device.parse_device`) and only then needs
+    the GPU it names: a config for a CUDA machine may be built on another.
+    """
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if spec < 0:
+            raise ValueError(f"'device' must be cpu, cuda or cuda:<index>, got {spec!r}")
+        spec = f"cuda:{spec}"  # torch.device(n) is CUDA device n
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"'device' must be a str such as 'cpu' or 'cuda', got "
+                        f"{type(spec).__name__}")
+    try:
+        is_cuda = torch.device(spec).type == "cuda"
+    except (RuntimeError, TypeError, ValueError):
+        is_cuda = False
+    if not is_cuda:
+        parse_device(spec, argument="device")  # cpu passes; other spellings raise
+    return spec
 
 
 def _check_method_config(name: str, settings: dict[str, Any]) -> None:

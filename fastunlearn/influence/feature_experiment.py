@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .arguments import _as_float
+from .arguments import MAX_SEED, _as_float
 from .drivers import predict, replace_features, unlearn_features
 from .experiment import _agg_figure, _json_ready, _save_png, _write_report_files
 from .gradients import default_loss, loss_gradient
@@ -146,14 +146,18 @@ class FeatureConfig:
             if any(isinstance(c, bool) or not isinstance(c, (int, np.integer))
                    for c in self.columns):
                 raise TypeError(f"'columns' must hold ints, got {list(self.columns)}")
+            if any(c < 0 for c in self.columns):
+                raise ValueError(f"'columns' must hold non-negative feature indices, got "
+                                 f"{list(self.columns)}")
             if len(set(self.columns)) != len(self.columns):
                 raise ValueError(f"'columns' holds duplicates: {list(self.columns)}")
         for name in ("top_k", "n_rows", "cg_maxiter", "train_rounds", "steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"'seed' must be an int >= 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed <= MAX_SEED:  # a torch.Generator seed (replace mode)
+            raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {self.seed!r}")
         for name in ("l2", "linear_lam", "epsilon", "train_tol"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -564,10 +568,36 @@ def run_feature_experiment(
     return _json_ready(result)
 
 
+#: The parts of a :func:`run_feature_experiment` result the report and the plot read.
+_RESULT_KEYS = ("config", "data", "original", "retrained", "methods")
+
+
+def _check_result(result: object) -> dict[str, Any]:
+    """Refuse anything but a :func:`run_feature_experiment` result (named, not a KeyError)."""
+    if not isinstance(result, dict):
+        raise TypeError(f"'result' must be the dict run_feature_experiment returns, got "
+                        f"{type(result).__name__}")
+    for key in _RESULT_KEYS:
+        if not isinstance(result.get(key), dict):
+            raise ValueError(f"'result' is not a run_feature_experiment result: "
+                             f"result[{key!r}] is missing or not a dict")
+    if "dataset" not in result["data"]:
+        raise ValueError("'result' is not a run_feature_experiment result: "
+                         "result['data']['dataset'] is missing")
+    return result
+
+
 def render_feature_report(result: dict[str, Any], plot: str | None = None) -> str:
-    """Markdown page of a feature-unlearning result."""
+    """Markdown page of a feature-unlearning result.
+
+    Raises:
+        TypeError / ValueError: ``result`` is not a :func:`run_feature_experiment` result
+            (not a dict, or a missing part, named).
+
+    """
     from ..report import format_value as fv
 
+    result = _check_result(result)
     cfg, data = result["config"], result["data"]
     mode = ("zeroed in every row where non-zero" if cfg["mode"] == "remove"
             else f"set to {cfg['value']} in {cfg['n_rows']} random rows")
@@ -658,7 +688,12 @@ def write_feature_outputs(
     Returns:
         Kind (``json``, ``plot``, ``markdown``) -> path.
 
+    Raises:
+        TypeError / ValueError: ``result`` is not a :func:`run_feature_experiment` result
+            (checked before anything is written).
+
     """
+    result = _check_result(result)
     stem = f"features_{result['data']['dataset']}"
     return _write_report_files(
         result, out_dir, stem, render=render_feature_report, plot=_plot if plots else None

@@ -339,7 +339,21 @@ def gradient_difference(
     return _chunked_gradient(model, names, inputs.shape[0], chunk_size, diff)
 
 
-def check_sum_reduction(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor) -> None:
+def _evaluate_loss(loss_fn: LossFn, outputs: Any, targets: Tensor, targets_name: str) -> Any:
+    """``loss_fn(outputs, targets)``, a failure of the loss named as a ValueError (chained)."""
+    try:
+        return loss_fn(outputs, targets)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise ValueError(
+            f"'loss_fn' cannot be evaluated on the model's outputs and '{targets_name}' "
+            f"(shape {list(targets.shape)}, dtype {targets.dtype}): "
+            f"{type(exc).__name__}: {exc}") from exc
+
+
+def check_sum_reduction(
+    model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
+    *, targets_name: str = "targets",
+) -> None:
     """Raise unless ``loss_fn`` sums over the batch (one row duplicated doubles the loss).
 
     Args:
@@ -347,17 +361,20 @@ def check_sum_reduction(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targe
         loss_fn: The loss to check.
         inputs: At least one row.
         targets: Matching targets.
+        targets_name: The name of ``targets`` in error messages.
 
     Raises:
-        ValueError: the loss is not a single number (e.g. ``reduction="none"``), or the
-            loss of a row repeated twice is not twice the loss of the row (e.g.
-            ``reduction="mean"``).
+        ValueError: ``loss_fn`` fails on the model's outputs and ``targets`` (e.g. 2-D
+            integer targets with cross-entropy; the loss's error is chained), the loss is
+            not a single number (e.g. ``reduction="none"``), or the loss of a row repeated
+            twice is not twice the loss of the row (e.g. ``reduction="mean"``).
 
     """
     with torch.no_grad(), eval_mode(model):
-        out = model(inputs[:1])
-        one_t = loss_fn(out, targets[:1])
-        two_t = loss_fn(torch.cat([out, out]), torch.cat([targets[:1], targets[:1]]))
+        out = model(inputs[:1])  # a failing model raises its own error, unchanged
+        one_t = _evaluate_loss(loss_fn, out, targets[:1], targets_name)
+        two_t = _evaluate_loss(loss_fn, torch.cat([out, out]),
+                               torch.cat([targets[:1], targets[:1]]), targets_name)
     for value in (one_t, two_t):
         if not isinstance(value, Tensor) or value.numel() != 1:
             got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__

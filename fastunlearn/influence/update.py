@@ -676,6 +676,8 @@ def influence_update(
     named = dict(model.named_parameters())
     selected = [named[n] for n in names]
 
+    # the targets the loss is first evaluated on (in check_sum_reduction)
+    loss_targets = "targets" if new_targets is None else "new_targets"
     inputs, targets, new_inputs, new_targets = _check_affected(inputs, targets, new_inputs,
                                                                new_targets)
     pairs = [("inputs", inputs, "targets", targets),
@@ -687,7 +689,7 @@ def influence_update(
         raise ValueError("'train_data' (the corrected training set) is required for "
                          "second-order updates and tau='auto'")
     _check_data(model, opts, pairs)
-    check_sum_reduction(model, loss_fn, new_inputs, new_targets)
+    check_sum_reduction(model, loss_fn, new_inputs, new_targets, targets_name=loss_targets)
 
     m = inputs.shape[0]
     timings: dict[str, float] = {}

@@ -100,26 +100,50 @@ def _check_inv_diag(inv_diag: Tensor, B: Tensor) -> Tensor:
     return inv_diag.contiguous()
 
 
-def _preconditioner(precond: object, A: object, B: Tensor) -> tuple[Tensor | None, Matmat | None]:
-    """Split ``precond`` into a Jacobi inverse diagonal (fused path) or a callable (unfused)."""
-    if precond is None:
-        return None, None
+def _check_precond_kind(precond: object) -> None:
+    """Check what of ``precond`` does not need ``B``: its type, and the one string."""
     if isinstance(precond, str):
         if precond != "jacobi":
             raise ValueError(f"'precond' must be None, 'jacobi', a tensor or a callable, "
                              f"got {precond!r}")
+    elif isinstance(precond, Tensor):
+        _check_float_tensor("precond", precond)
+    elif precond is not None and not (isinstance(precond, LinearOperator) or callable(precond)):
+        raise TypeError(f"'precond' must be None, 'jacobi', a tensor or a callable, "
+                        f"got {type(precond).__name__}")
+
+
+def _preconditioner(precond: object, A: object, B: Tensor) -> tuple[Tensor | None, Matmat | None]:
+    """Split ``precond`` into a Jacobi inverse diagonal (fused path) or a callable (unfused)."""
+    _check_precond_kind(precond)
+    if precond is None:
+        return None, None
+    if isinstance(precond, str):
         return _jacobi_from_operator(A, B), None
     if isinstance(precond, Tensor):
-        inv_diag = _check_inv_diag(_check_float_tensor("precond", precond), B)
+        inv_diag = _check_inv_diag(precond, B)
         if not bool(((inv_diag > 0) & torch.isfinite(inv_diag)).all()):
             raise ValueError("'precond' (inverse diagonal) must be positive and finite")
         return inv_diag, None
     if isinstance(precond, LinearOperator):
         return None, precond.matmat
-    if callable(precond):
-        return None, precond
-    raise TypeError(f"'precond' must be None, 'jacobi', a tensor or a callable, "
-                    f"got {type(precond).__name__}")
+    return None, precond
+
+
+def _check_options(
+    tol: object, atol: object, maxiter: object, check_every: object, callback: object
+) -> tuple[float, float, int | None, int | None]:
+    """Check the scalar options of :func:`cg` (they need neither ``A`` nor ``B``).
+
+    ``maxiter`` and ``check_every`` may be None (their defaults depend on ``B`` and ``A``).
+    """
+    tol = _check_nonnegative("tol", tol)
+    atol = _check_nonnegative("atol", atol)
+    maxiter = None if maxiter is None else _check_int("maxiter", maxiter, 0)
+    check_every = None if check_every is None else _check_int("check_every", check_every, 1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"'callback' must be callable, got {type(callback).__name__}")
+    return tol, atol, maxiter, check_every
 
 
 def _apply(f: Matmat, V: Tensor, name: str) -> Tensor:
@@ -243,15 +267,12 @@ def cg(
         if B.device != A.device:
             raise ValueError(f"'B' must be on the operator's device {A.device}, got {B.device}")
     _check_finite("B", B)
-    tol = _check_nonnegative("tol", tol)
-    atol = _check_nonnegative("atol", atol)
+    tol, atol, maxiter, check_every = _check_options(tol, atol, maxiter, check_every, callback)
     d = B.shape[0]
-    maxiter = 10 * d if maxiter is None else _check_int("maxiter", maxiter, 0)
+    if maxiter is None:
+        maxiter = 10 * d
     if check_every is None:
         check_every = 1 if getattr(A, "costly_products", False) else 10
-    check_every = _check_int("check_every", check_every, 1)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"'callback' must be callable, got {type(callback).__name__}")
 
     vector = B.ndim == 1
     Bm = B.unsqueeze(1) if vector else B
@@ -320,9 +341,28 @@ def cg(
     )
 
 
-_CG_KEYWORDS = frozenset(
-    name for name, p in inspect.signature(cg).parameters.items() if p.kind is p.KEYWORD_ONLY
-) - {"x0"}
+#: The keyword options of :func:`cg` a :class:`CGInverseOperator` passes on, with defaults.
+_CG_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(cg).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and name != "x0"
+}
+_CG_KEYWORDS = frozenset(_CG_DEFAULTS)
+
+
+def _check_cg_kwargs(cg_kwargs: dict[str, object]) -> None:
+    """Check the keyword options of :func:`cg` as far as they do not need ``B``.
+
+    The same checks :func:`cg` makes (``tol``, ``atol``, ``maxiter``, ``check_every``,
+    ``callback``, and the kind of ``precond``), so a bad option fails at construction.
+    """
+    unknown = sorted(set(cg_kwargs) - _CG_KEYWORDS)
+    if unknown:
+        raise TypeError(f"'cg_kwargs': unknown keyword(s) {unknown}; "
+                        f"allowed: {sorted(_CG_KEYWORDS)}")
+    opts = {**_CG_DEFAULTS, **cg_kwargs}
+    _check_options(opts["tol"], opts["atol"], opts["maxiter"], opts["check_every"],
+                   opts["callback"])
+    _check_precond_kind(opts["precond"])
 
 
 class CGInverseOperator(LinearOperator):
@@ -344,8 +384,10 @@ class CGInverseOperator(LinearOperator):
         num_matvecs: Products with ``A`` evaluated over all solves so far.
 
     Raises:
-        TypeError: ``A`` is not a LinearOperator, or an unknown keyword.
-        ValueError: ``on_unconverged`` is not one of the three choices.
+        TypeError: ``A`` is not a LinearOperator, an unknown keyword, or a keyword of the
+            wrong type (checked here as :func:`cg` checks it).
+        ValueError: ``on_unconverged`` is not one of the three choices, or a keyword out of
+            range (e.g. ``tol < 0``).
 
     """
 
@@ -356,11 +398,8 @@ class CGInverseOperator(LinearOperator):
         if on_unconverged not in ("warn", "raise", "ignore"):
             raise ValueError(f"'on_unconverged' must be 'warn', 'raise' or 'ignore', got "
                              f"{on_unconverged!r}")
+        _check_cg_kwargs(cg_kwargs)
         self.on_unconverged = on_unconverged
-        unknown = sorted(set(cg_kwargs) - _CG_KEYWORDS)
-        if unknown:
-            raise TypeError(f"'cg_kwargs': unknown keyword(s) {unknown}; "
-                            f"allowed: {sorted(_CG_KEYWORDS)}")
         self.A = A
         self.cg_kwargs = cg_kwargs
         self.last_result: CGResult | None = None

@@ -157,8 +157,8 @@ def lissa(
         A :class:`LissaResult`.
 
     Raises:
-        TypeError: bad types of ``hvp``, ``b``, ``batches`` or the integer arguments, or ``b``
-            not of the dtype of an operator ``hvp``.
+        TypeError: bad types of ``hvp``, ``b``, ``batches``, ``progress`` (not a bool) or the
+            integer arguments, or ``b`` not of the dtype of an operator ``hvp``.
         ValueError: bad shapes, non-finite ``b``, ``damping < 0``, ``scale <= 0``, ``depth``,
             ``repetitions`` or ``check_every`` below 1 (or ``depth``/``repetitions`` above
             ``2**63 - 1``), empty ``batches``, or ``hvp`` returning a wrong shape.
@@ -185,6 +185,8 @@ def lissa(
     if batches is not None and not isinstance(batches, Iterable):
         raise TypeError(f"'batches' must be an iterable of batches or None, got "
                         f"{type(batches).__name__}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"'progress' must be a bool, got {type(progress).__name__}")
     apply = _hvp_function(hvp, b, stochastic=batches is not None)
     stream = _cycle(batches) if batches is not None else None
 

@@ -120,7 +120,7 @@ class DenseOperator(LinearOperator):
 
     Raises:
         TypeError: ``H`` is not a floating tensor.
-        ValueError: ``H`` is not square 2-D.
+        ValueError: ``H`` is not square 2-D, or holds NaN or infinity.
 
     """
 
@@ -128,6 +128,8 @@ class DenseOperator(LinearOperator):
         H = _check_float_tensor("H", H)
         if H.ndim != 2 or H.shape[0] != H.shape[1]:
             raise ValueError(f"'H' must be a square [d, d] matrix, got {list(H.shape)}")
+        if not bool(torch.isfinite(H).all()):
+            raise ValueError("'H' must be finite (it holds NaN or infinity)")
         self.H = H
         self.shape = (H.shape[0], H.shape[1])
         self.dtype = H.dtype

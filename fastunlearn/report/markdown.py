@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import write_text
-from .._paths import check_file_path
+from .._paths import check_output_file
 
 __all__ = ["format_value", "render_markdown", "write_markdown"]
 
@@ -349,17 +349,18 @@ def write_markdown(
 ) -> Path:
     """Render ``result`` (see :func:`render_markdown`) and write it to ``path``.
 
-    Plot paths are made relative to the folder of ``path``.
+    Plot paths are made relative to the folder of ``path``; missing folders above ``path``
+    are created.
 
     Returns:
         The path written.
 
     Raises:
         TypeError: ``path`` is not a path, or as :func:`render_markdown`.
-        ValueError: ``path`` is empty or an existing folder.
+        ValueError: ``path`` is empty, an existing folder, or below a file.
 
     """
-    out = check_file_path(path)
+    out = check_output_file(path, create_parents=True)
     text = render_markdown(result, plots=plots, base_dir=out.parent.resolve())
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, text)

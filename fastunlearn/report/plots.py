@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import save_figure
-from .._paths import check_file_path
+from .._paths import check_output_file
 
 __all__ = ["plot_accuracy", "plot_bounds", "plot_times"]
 
@@ -178,14 +178,14 @@ def plot_bounds(
         The path written.
 
     Raises:
-        ValueError: If ``budget`` is negative or not a finite number, or ``path`` is empty
-            or a folder.
+        ValueError: If ``budget`` is negative or not a finite number, or ``path`` is empty,
+            a folder, or below a file.
         TypeError: If ``records`` is not a list of records, a record field or
             ``worst_case`` is not a number, or ``path`` is not a path.
         ImportError: If matplotlib is not installed.
 
     """
-    check_file_path(path)
+    check_output_file(path, create_parents=True)
     _check_records(records)
     if isinstance(budget, bool) or not (isinstance(budget, numbers.Real)
                                         and _finite(budget) and budget >= 0):
@@ -251,11 +251,11 @@ def plot_accuracy(
     Raises:
         TypeError: If ``evaluations`` is not a list of records, a field or ``retrains`` is
             not a number, or ``path`` is not a path.
-        ValueError: If ``path`` is empty or a folder.
+        ValueError: If ``path`` is empty, a folder, or below a file.
         ImportError: If matplotlib is not installed.
 
     """
-    check_file_path(path)
+    check_output_file(path, create_parents=True)
     _check_records(evaluations, "evaluations")
     if not isinstance(retrains, Iterable) or isinstance(retrains, (str, bytes)):
         raise TypeError(f"'retrains' must be a list of numbers, got {type(retrains).__name__}")
@@ -297,11 +297,11 @@ def plot_times(
     Raises:
         TypeError: If ``records`` is not a list of records, a field or
             ``retrain_seconds`` is not a number, or ``path`` is not a path.
-        ValueError: If ``path`` is empty or a folder.
+        ValueError: If ``path`` is empty, a folder, or below a file.
         ImportError: If matplotlib is not installed.
 
     """
-    check_file_path(path)
+    check_output_file(path, create_parents=True)
     _check_records(records)
     retrain_seconds = _optional_number(retrain_seconds, "retrain_seconds")
     xs = _positions(records)
