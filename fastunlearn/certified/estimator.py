@@ -10,6 +10,7 @@ perturbation (or raises :class:`BudgetExceededError`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import numbers
 import os
@@ -272,6 +273,15 @@ class CertifiedLogisticRegression(
         state = dict(super().__getstate__())
         state.pop("_fixed", None)
         return state
+
+    def __copy__(self) -> CertifiedLogisticRegression:
+        """Return an independent copy (``copy.copy``), as ``deepcopy`` but sharing the rows.
+
+        ``remove`` changes the fitted state in place: a shallow copy sharing it would corrupt
+        the original. Only the training rows (never written after fit) are shared.
+        """
+        X = self.__dict__.get("_X")  # never written after fit: shared, not duplicated
+        return copy.deepcopy(self, {} if X is None else {id(X): X})
 
     def _fit_config(self) -> dict[str, Any]:
         """Validate the parameters read by ``fit``; returns them normalised (no mutation)."""

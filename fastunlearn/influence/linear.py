@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._equality import dataclass_eq
 from ..certified.bounds import (
     GAMMA_TIGHT,
     c_delta,
@@ -81,6 +82,8 @@ class LinearUpdateResult:
     num_affected: int
     num_gradients: int
     time_s: float
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field except ``weights``."""

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._equality import dataclass_eq
 from .arguments import MAX_SEED, _check_float, _check_int
 from .gradients import LossFn, default_loss
 
@@ -188,6 +189,8 @@ class UpdateResult:
     applied: bool = False
     reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field except ``step``, JSON-ready."""

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from .._equality import dataclass_eq
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
 __all__ = ["CGResult", "cg", "CGInverseOperator", "CGNotConvergedError"]
@@ -53,6 +54,8 @@ class CGResult:
     converged: Tensor
     num_matvecs: int
     breakdown: Tensor
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
 
 def _as_matmat(A: object) -> tuple[Matmat, int | None]:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._equality import dataclass_eq
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
 __all__ = ["LissaResult", "LissaDivergenceError", "lissa"]
@@ -78,6 +79,8 @@ class LissaResult:
     num_hvps: int
     history: Tensor
     steps: Tensor
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
 
 def _cycle(batches: Iterable[Any]) -> Iterator[Any]:

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._equality import dataclass_eq
 from .._extension import has_kernel
 from ._checks import as_tensor, check_delta, pair_of_stats, stacked_logits
 from ._reduce import median
@@ -542,6 +543,8 @@ class CompetitionResult:
     num_models: int
     delta: float
     final_score: float | None = None
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (without the per-example tensor)."""

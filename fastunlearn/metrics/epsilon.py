@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._equality import dataclass_eq
 from ._checks import check_delta, pair_of_stats, stacked_logits
 from ._reduce import median, nanmax, nanmedian
 from .statistics import hinge_logit
@@ -170,6 +171,8 @@ class EpsilonResult:
     n_infinite: int
     n_nan: int
     mean: float
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (without the per-example tensor)."""

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .._atomic_files import swap_in_folder
+from .._equality import dataclass_eq
 from .._paths import check_path
 from ._checks import as_tensor, float_tensor, label_tensor
 
@@ -125,6 +126,8 @@ class LogitsDir:
     metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     forget_set: list[int] | None = None
     retrain_metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
     def mean_metric(self, who: str, column: str) -> float:
         """Mean of a column of method ``who``'s ``metrics.csv`` over its recorded values.
