@@ -16,9 +16,16 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["ProcessWideOverride"]
+__all__ = ["GLOBAL_RNG_LOCK", "ProcessWideOverride"]
 
 _Value = TypeVar("_Value")
+
+#: Held by every block that seeds torch's global generators and draws from them, forked so
+#: that the caller's stream is restored afterwards (dropout and ``reset_parameters`` have no
+#: generator argument). Two such blocks overlapping in two threads would draw from each
+#: other's seeded stream, and each restore would clobber the other's. Re-entrant: seeded
+#: blocks nest (a re-initialisation inside a seeded training run).
+GLOBAL_RNG_LOCK = threading.RLock()
 
 
 class ProcessWideOverride(Generic[_Value]):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .._device import parse_device
+from .._process_flags import GLOBAL_RNG_LOCK
 from .exposure import SkewNormalFit, fit_skew_normal, rank_exposure
 from .model import CharLM, sequence_log_perplexity
 from .text import DIGITS, CharVocab, generate_corpus, insert_canary
@@ -583,7 +584,7 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
     )
     vocab = CharVocab.from_texts(text, cfg.prefix, cfg.suffix)
     # seeded initialisation without resetting the caller's global RNG stream
-    with torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = CharLM(vocab.size, cfg.embed_dim, cfg.hidden, cfg.layers, cfg.cell)
     model = model.to(cfg.device)

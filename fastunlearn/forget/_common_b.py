@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, TensorDataset
 
+from .._process_flags import GLOBAL_RNG_LOCK
 from .base import _check_int, as_dataset, batches, check_finite_number, iterate, model_device
 from .checks import check_labels, check_sets
 
@@ -295,7 +296,7 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     seed alone and the caller's RNG state is left as it was.
     """
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=devices):  # one seeded block at a time
         torch.default_generator.manual_seed(seed)
         if device.type == "cuda":
             with torch.cuda.device(device):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from .._process_flags import GLOBAL_RNG_LOCK
 from ._common_b import (
     SkipSingleBatches,
     TrainingData,
@@ -113,7 +114,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     generator; forking it keeps methods reproducible without disturbing the caller.
     """
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=devices):  # one seeded block at a time
         torch.manual_seed(seed)
         yield
 

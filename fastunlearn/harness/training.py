@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from .._atomic_files import replace_atomically
+from .._process_flags import GLOBAL_RNG_LOCK
 from ..forget import _training
 from .config import TrainSettings, oracle_recipe
 from .data import build_harness_model, model_kwargs
@@ -141,7 +142,7 @@ def train_or_load(
     kw = model_kwargs(model_name, shape, num_classes)
     key = cache_key(data_digest=data_digest, indices=indices, model=model_name,
                     model_args=kw, settings=settings, seed=seed, device=device.type)
-    with torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_harness_model(model_name, shape, num_classes).to(device)
     path = meta = None

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._atomic_files import write_text
+from .._process_flags import GLOBAL_RNG_LOCK
 from .arguments import MAX_SEED, _as_float
 from .update import influence_update
 
@@ -282,7 +283,7 @@ def unlearn_canary(
     }
     if cfg.retrain:
         # the experiment's initialisation, without resetting the caller's global RNG stream
-        with torch.random.fork_rng(devices=[]):
+        with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(ccfg.seed)
             fresh = CharLM(vocab.size, ccfg.embed_dim, ccfg.hidden, ccfg.layers, ccfg.cell)
         fresh = fresh.to(device)

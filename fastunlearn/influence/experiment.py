@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._atomic_files import save_figure, write_text
+from .._process_flags import GLOBAL_RNG_LOCK
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings
@@ -438,7 +439,7 @@ def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) 
     """
     config.validate()
     dev = torch.device(config.device)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         return _run_repair_experiment(config, data, dev)
 
 

@@ -4,11 +4,17 @@ On its first forward-mode product torch imports ``torch._decomp.decompositions_f
 which calls the deprecated ``torch.jit.script`` itself: every caller of a forward-over-reverse
 Hessian or a GGN product saw a ``FutureWarning`` it could neither act on nor attribute. That
 one import is done here with exactly that warning silenced; everything else is unchanged.
+
+Forward-mode AD levels are process-wide in torch (``torch.autograd.forward_ad`` keeps the
+current level in a module global): two ``jvp`` calls overlapping in two threads exit each
+other's level, failing ("no level exists") or, worse, reading tangents at the wrong level.
+The products are therefore taken one at a time, under a process-wide lock.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +22,9 @@ from typing import Any
 import torch.func
 
 __all__ = ["jvp"]
+
+#: Held around every forward-mode product (re-entrant: a jvp nested in a jvp's function).
+_FORWARD_AD_LOCK = threading.RLock()
 
 
 @functools.cache
@@ -33,5 +42,6 @@ def _load_jvp_decompositions() -> None:
 def jvp(func: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...],
         **kwargs: Any) -> Any:
     """:func:`torch.func.jvp`, after loading its decompositions without torch's warning."""
-    _load_jvp_decompositions()
-    return torch.func.jvp(func, primals, tangents, **kwargs)
+    with _FORWARD_AD_LOCK:  # forward-AD levels are process-wide, see the module docstring
+        _load_jvp_decompositions()  # once, also when the first calls overlap
+        return torch.func.jvp(func, primals, tangents, **kwargs)
