@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from fastunlearn.certified import CertifiedLogisticRegression
-from fastunlearn.forget import ScrubConfig
-from fastunlearn.harness import HarnessConfig
+from fastunlearn.data import DigitsSplit, FeatureSplit
+from fastunlearn.forget import AntiSamples, ScrubConfig
+from fastunlearn.harness import HarnessConfig, HarnessData
 from fastunlearn.influence import LinearUpdateResult, LissaSettings, UpdateResult
 from fastunlearn.linalg import CGResult, LissaResult
 from fastunlearn.metrics import CompetitionResult, EpsilonResult, LogitsDir
@@ -55,6 +56,15 @@ def _results():
         EpsilonResult(1.0, v, 0.05, 0, 0, 1.0),
         LogitsDir(Path("x"), torch.zeros(2, 3, 4), torch.tensor([0, 1]),
                   {"m": torch.ones(2, 3, 4)}, {"m": {"acc": [0.5, 0.25]}}, [0, 1]),
+        HarnessData(v.reshape(3, 2).float(), torch.tensor([0, 1, 0]), v[:2].reshape(1, 2).float(),
+                    torch.tensor([1]), 2),
+        DigitsSplit(v.reshape(3, 2), torch.tensor([0, 1, 0]), v[:2].reshape(1, 2),
+                    torch.tensor([1]), (3, 8)),
+        FeatureSplit(v.reshape(3, 2), torch.tensor([0, 1, 0]), v[:2].reshape(1, 2),
+                     torch.tensor([1]), (3, 8)),
+        AntiSamples(v.reshape(3, 2), v.reshape(3, 2) + 1, torch.tensor([0, 1, 1]),
+                    torch.tensor([[0], [1], [2]]), v[:3, None], None, None,
+                    torch.tensor([0, 1, 2])),
     ]
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._equality import dataclass_eq
+
 __all__ = ["DigitsSplit", "digits_images", "load_digits_dataset"]
 
 #: Largest pixel value in the bundled digits (4-bit intensities).
@@ -40,6 +42,8 @@ class DigitsSplit:
     X_test: Tensor
     y_test: Tensor
     classes: tuple[int, ...]
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
     @property
     def n_features(self) -> int:

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._equality import dataclass_eq
 from .._paths import check_output_file
 
 __all__ = [
@@ -912,6 +913,8 @@ class FeatureSplit:
     classes: tuple[int, ...]
     source: str = "pixels"
     meta: Mapping[str, Any] | None = None
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
     @property
     def n_features(self) -> int:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._equality import dataclass_eq
 from ._common_b import (
     TrainingData,
     check_float_inputs,
@@ -86,6 +87,8 @@ class AntiSamples:
     weights: Tensor | None
     pool_indices: Tensor
     times: dict[str, float] = field(default_factory=dict)
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
 
 def _sync(device: torch.device) -> None:

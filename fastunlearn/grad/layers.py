@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(eq=False)  # a hook record: identity, its tensors are not compared
 class LayerCall:
     """One call of a module: its arguments and the loss gradients of its outputs.
 
@@ -85,7 +85,7 @@ class LayerCall:
         return self.grads[0]
 
 
-@dataclass
+@dataclass(eq=False)  # a hook record: identity, its tensors are not compared
 class CapturedLayer:
     """Everything captured for one module in one engine call.
 

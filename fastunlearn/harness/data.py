@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._equality import dataclass_eq
 from ..data import parse_forget_spec
 from ..models import build_model
 
@@ -38,6 +39,8 @@ class HarnessData:
     y_test: Tensor
     num_classes: int
     name: str = "custom"
+
+    __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
 
     def __post_init__(self) -> None:
         for n in ("x_train", "y_train", "x_test", "y_test"):
