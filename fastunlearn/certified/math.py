@@ -290,7 +290,13 @@ def logistic_hessian(
 
 
 def cholesky_factor(H: Tensor) -> Tensor:
-    """Lower Cholesky factors of SPD matrices ``[K, d, d]``; raises if one is not SPD."""
+    """Lower Cholesky factors of SPD matrices ``[K, d, d]``; raises if one is not SPD.
+
+    Raises:
+        RuntimeError: If a matrix of ``H`` is not positive definite (the Cholesky
+            factorisation fails).
+
+    """
     L, info = torch.linalg.cholesky_ex(H)
     if bool((info != 0).any()):
         raise RuntimeError("a Hessian is not positive definite (Cholesky failed): 'lam' is "

@@ -360,7 +360,16 @@ class AgeImageFolder(Dataset):
 def subject_forget_split(
     subjects: Sequence[str] | None, fraction: float, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Forget whole subjects: see :meth:`AgeImageFolder.subject_forget_split`."""
+    """Forget whole subjects: see :meth:`AgeImageFolder.subject_forget_split`.
+
+    Raises:
+        TypeError: If ``subjects`` is not a sequence of names (a ``str`` is not one),
+            ``fraction`` is not a number or ``seed`` is not an int (a bool is neither).
+        ValueError: If ``subjects`` is None (the file names carry no subject) or empty,
+            ``fraction`` is outside ``(0, 1)``, ``seed`` is outside ``0..2**64-1``, or the
+            split leaves the retain set empty.
+
+    """
     if subjects is None:
         raise ValueError("'subjects' is None: the file names carry no subject (use 'agedb')")
     if isinstance(subjects, (str, bytes)) or not isinstance(subjects, Sequence):

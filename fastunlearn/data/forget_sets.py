@@ -113,6 +113,7 @@ def load_forget_indices(path: str | os.PathLike) -> Tensor:
         :func:`parse_forget_spec`).
 
     Raises:
+        TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
         FileNotFoundError: If ``path`` is not a file.
         ValueError: If the file does not hold a flat list of integers.
 

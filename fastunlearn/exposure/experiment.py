@@ -563,6 +563,7 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
         A :class:`CanaryResult`.
 
     Raises:
+        TypeError: If ``config`` is neither None nor a :class:`CanaryConfig`.
         ValueError: From :class:`CanaryConfig` or the steps (e.g. more insertions than
             sentences).
 

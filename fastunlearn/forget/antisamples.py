@@ -362,6 +362,7 @@ def antisample_preset(name: str, **overrides: object) -> AntiSampleConfig:
     """Return a fresh copy of the preset ``name`` with ``overrides`` applied.
 
     Raises:
+        TypeError: If ``name`` is not a str.
         ValueError: If ``name`` is not in :data:`ANTISAMPLE_PRESETS` (the message lists them).
 
     """

@@ -182,6 +182,11 @@ def register(name: str, config_cls: type[ForgetConfig]) -> Callable[[ForgetMetho
 
     The decorator returns (and registers) the method wrapped to run with gradients enabled
     and to clear the returned model's ``.grad`` fields (see :func:`_interface`).
+
+    Raises:
+        TypeError: If ``config_cls`` is not a :class:`ForgetConfig` dataclass.
+        ValueError: When the decorator is applied, if ``name`` is already registered.
+
     """
     if not dataclasses.is_dataclass(config_cls) or not issubclass(config_cls, ForgetConfig):
         raise TypeError("config_cls must be a ForgetConfig dataclass")
@@ -202,7 +207,13 @@ def available_methods() -> list[str]:
 
 
 def get_method(name: str) -> tuple[ForgetMethod, type[ForgetConfig]]:
-    """Return ``(method, config_class)`` for ``name``; ValueError names the known methods."""
+    """Return ``(method, config_class)`` for ``name``; ValueError names the known methods.
+
+    Raises:
+        TypeError: If ``name`` is not a str.
+        ValueError: If no method is registered under ``name`` (the message lists them).
+
+    """
     if not isinstance(name, str):
         raise TypeError(f"method must be a str, got {type(name).__name__}")
     if name not in _REGISTRY:
@@ -321,7 +332,12 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def clone_model(model: nn.Module) -> nn.Module:
-    """Return a deep copy of ``model`` in training mode, so the caller's model is never modified."""
+    """Return a deep copy of ``model`` in training mode, so the caller's model is never modified.
+
+    Raises:
+        TypeError: If ``model`` is not a ``torch.nn.Module``.
+
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     clone = copy.deepcopy(model)
@@ -346,6 +362,11 @@ def run_method(
         retain: The retain set.
         config: The method's config; its defaults (the published settings) when omitted.
         **overrides: Config fields to replace, e.g. ``epochs=2``.
+
+    Raises:
+        TypeError: If ``config`` is not an instance of the method's config class, or
+            ``model`` is not a ``torch.nn.Module``.
+        ValueError: If no method is registered under ``name`` (see :func:`get_method`).
 
     """
     fn, config_cls = get_method(name)

@@ -92,6 +92,7 @@ def load_harness_data(dataset: str, data_dir: str | None = None) -> HarnessData:
         data_dir: Folder of the torchvision files.
 
     Raises:
+        TypeError: ``dataset`` is not a str.
         ValueError: Unknown data set, or a vision set without ``data_dir``.
         FileNotFoundError: Missing files (from the loaders).
 

@@ -125,7 +125,9 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
         ``"paths"`` lists them.
 
     Raises:
-        ValueError, TypeError: Bad settings or data (nothing is trained then).
+        TypeError: ``config`` is not a :class:`HarnessConfig`, ``data`` is neither None nor a
+            :class:`HarnessData`, or other bad settings or data (nothing is trained then).
+        ValueError: Bad settings or data (nothing is trained then).
 
     """
     if not isinstance(config, HarnessConfig):

@@ -197,8 +197,12 @@ def unlearn_canary(
         also returned under ``"model"`` (not JSON).
 
     Raises:
-        ValueError / TypeError: bad settings, a replacement of the wrong length or with
-            characters outside the vocabulary, or no canary in the text.
+        TypeError: If ``config`` is neither None nor a :class:`CanaryUnlearnConfig`, or
+            ``canary_result`` lacks a :class:`~fastunlearn.exposure.CanaryResult`'s fields.
+        ValueError: Bad settings; ``canary_result`` has no inserted canary (or its text
+            does not hold the secret at a canary offset); a replacement of the wrong length,
+            with characters outside the vocabulary or reusing the secret's digits; or a
+            ``seq_len`` not shorter than the text.
 
     """
     from ..exposure import CharLM, greedy_completion, measure_exposure, train_char_lm

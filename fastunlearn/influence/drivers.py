@@ -116,8 +116,10 @@ def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int = 1024) -> Tens
     """Arg-max class of every row (eval mode, no graph, chunked) -> int64 Tensor[n].
 
     Raises:
-        TypeError / ValueError: ``model`` not an nn.Module, ``inputs`` not a tensor with a
-            leading dimension, or ``chunk_size`` not an int >= 1.
+        TypeError: If ``model`` is not an nn.Module, ``inputs`` is not a tensor, or
+            ``chunk_size`` is not an int (a bool is not one).
+        ValueError: If ``inputs`` has no leading dimension (a scalar) or ``chunk_size``
+            is < 1.
 
     """
     if not isinstance(model, nn.Module):
@@ -165,8 +167,15 @@ def repair_labels(
         The :class:`~fastunlearn.influence.UpdateResult`.
 
     Raises:
-        TypeError / ValueError: bad inputs (named), as for ``influence_update``; the model
-            is then unchanged.
+        TypeError: If ``inputs`` or ``labels`` is not a tensor, ``labels`` is not a 1-D
+            integer tensor, ``indices`` or ``new_labels`` does not hold integers, or an
+            option is of the wrong type (as for ``influence_update``); the model is then
+            unchanged.
+        ValueError: If ``labels`` does not have one entry per row of ``inputs``, ``indices``
+            is empty, not 1-D, outside ``[0, N)`` or holds duplicates, ``new_labels`` does
+            not have one label per index or holds labels outside the model's classes (or
+            the dtype of ``labels``), or other bad inputs (named, as for
+            ``influence_update``); the model is then unchanged.
 
     """
     inputs = _check_tensor("inputs", inputs)
@@ -214,7 +223,12 @@ def replace_features(
         ``(corrected inputs [N, ...], affected rows int64 [m])``; ``inputs`` is not modified.
 
     Raises:
-        TypeError / ValueError: bad indices, shapes or non-finite values (named).
+        TypeError: If ``inputs`` is not a floating-point tensor, ``columns`` or ``rows``
+            does not hold integers, or ``values`` is neither a number nor a real tensor.
+        ValueError: If ``inputs`` is a scalar, ``columns`` or ``rows`` is empty, not 1-D,
+            out of range or holds duplicates, a ``values`` tensor does not have shape
+            ``[len(rows), len(columns)]``, or ``values`` is not finite (in the dtype of
+            ``inputs``).
 
     """
     inputs = _check_tensor("inputs", inputs)
@@ -287,8 +301,12 @@ def unlearn_features(
         when no row is affected).
 
     Raises:
-        TypeError / ValueError: bad inputs or options (named), checked even when no row is
-            affected; the model is then unchanged.
+        TypeError: Bad inputs or options (named), as for :func:`replace_features` and
+            ``influence_update``; checked even when no row is affected, and the model is
+            then unchanged.
+        ValueError: If ``labels`` does not have one entry per row of ``inputs``, holds
+            labels outside the model's classes, or other bad inputs or options (named);
+            checked even when no row is affected, and the model is then unchanged.
 
     """
     inputs = _check_tensor("inputs", inputs)
@@ -377,9 +395,14 @@ def iterative_label_repair(
         An :class:`IterativeRepairResult`.
 
     Raises:
-        TypeError / ValueError: bad inputs or options (named), including inputs the model
-            cannot run on and labels outside its classes; all are checked before the
-            first step, so the model is then unchanged.
+        TypeError: If ``evaluate`` is neither None nor callable, ``inputs`` or ``labels``
+            is not a tensor, or other bad inputs or options (named). All are checked
+            before the first step, so the model is then unchanged.
+        ValueError: If ``labels`` is not a 1-D integer tensor with one label per row of
+            ``inputs`` or holds labels outside the model's classes, ``steps``,
+            ``batch_size`` or ``chunk_size`` is not an int >= 1, ``seed`` is not an int in
+            ``[0, 2**64 - 1]``, or other bad inputs or options (named), including inputs the
+            model cannot run on. All are checked before the first step.
 
     """
     inputs = _check_tensor("inputs", inputs)

@@ -130,7 +130,13 @@ class FeatureConfig:
         """Check every field that does not need the data; return self.
 
         Raises:
-            ValueError / TypeError: a field out of range (named).
+            TypeError: If ``columns`` is neither None nor a sequence of ints.
+            ValueError: If a field is out of range (named): ``dataset`` or ``mode`` not a
+                known name, ``columns`` empty, negative or with duplicates, a count not an
+                int >= 1, ``seed`` not in ``[0, 2**64 - 1]``, a tolerance or weight not
+                finite (and > 0 where required), ``delta`` or ``test_fraction`` outside
+                ``(0, 1)``, ``tau`` neither ``"auto"`` nor finite and positive, or
+                ``binary`` not two distinct digits in 0..9.
 
         """
         if self.dataset not in DATASETS:
@@ -473,7 +479,10 @@ def run_feature_experiment(
         certified variant: residuals and ``sigma_required`` per order).
 
     Raises:
-        ValueError / TypeError: bad settings, or ``columns`` out of range (named).
+        TypeError: If ``config`` is not a :class:`FeatureConfig`, or a setting has the wrong
+            type (see :meth:`FeatureConfig.validate`).
+        ValueError: Bad settings (see :meth:`FeatureConfig.validate`), ``columns`` out of
+            range, or ``n_rows`` (replace mode) above the number of training rows (named).
 
     """
     if not isinstance(config, FeatureConfig):

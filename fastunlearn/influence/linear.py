@@ -206,7 +206,11 @@ def fit_logistic(
         ``(w [d], b [d])``, float64.
 
     Raises:
-        TypeError / ValueError: bad inputs (named).
+        TypeError: If ``X`` or ``y`` is not a tensor, ``sigma`` is not a real number, or
+            ``seed`` is not an int (a bool is not one).
+        ValueError: If ``X`` is not a finite, non-empty floating ``[n, d]`` matrix, ``y``
+            is not ``[n]`` binary labels, ``lam`` is not finite and > 0, ``sigma`` is not
+            finite and >= 0, or ``seed`` is negative.
 
     """
     X = _features("X", X)
@@ -265,7 +269,14 @@ def linear_influence_update(
         A :class:`LinearUpdateResult`; the inputs are not modified.
 
     Raises:
-        TypeError / ValueError: bad inputs (named).
+        TypeError: If ``X``, ``y``, ``w``, ``new_X``, ``new_y`` or ``b`` is not a tensor (where
+            given), ``w`` is not floating point (or ``b`` not real), ``rows`` does not hold
+            integers, ``order`` is not an int, or ``tau`` or ``gamma`` is not a real number.
+        ValueError: Bad inputs (named): non-finite or misshapen ``X``, ``w``, ``new_X`` or
+            ``b``; non-binary or misshapen labels; ``rows`` empty, out of range or with
+            duplicates; ``lam`` not finite and > 0; ``order`` not 1 or 2; ``tau`` missing
+            or not finite and > 0 for ``order=1``; ``gamma`` not finite and >= 0; or
+            updated weights (or their residual) that are not finite.
 
     """
     t0 = time.perf_counter()

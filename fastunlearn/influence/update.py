@@ -239,7 +239,9 @@ def check_update_options(model: nn.Module, **options: Any) -> UpdateOptions:
         The :class:`UpdateOptions`.
 
     Raises:
-        TypeError / ValueError: as :func:`influence_update` for the same options.
+        TypeError: If an option is not a keyword of :func:`influence_update`, or as
+            :func:`influence_update` for the same options.
+        ValueError: As :func:`influence_update` for the same options.
 
     """
     signature = inspect.signature(influence_update)

@@ -412,7 +412,15 @@ class CGInverseOperator(LinearOperator):
         self.device = A.device
 
     def matmat(self, V: Tensor) -> Tensor:
-        """``A^{-1} V`` by CG, V [d, K] -> [d, K]."""
+        """``A^{-1} V`` by CG, V [d, K] -> [d, K].
+
+        Raises:
+            TypeError: If ``V`` is not a floating tensor of the operator's dtype.
+            ValueError: If ``V`` is not ``[d, K]`` or not on the operator's device.
+            CGNotConvergedError: If ``on_unconverged="raise"`` and CG misses the tolerance
+                on a column.
+
+        """
         V = self._check_block(V)
         result = cg(self.A, V, **self.cg_kwargs)
         self.last_result = result

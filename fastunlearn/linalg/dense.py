@@ -102,8 +102,10 @@ def dense_hessian(
         Tensor[P, P].
 
     Raises:
-        TypeError / ValueError: as for :class:`~fastunlearn.linalg.NetworkHessianOperator`
-            (including a model with dropout/RReLU/batch-norm layers in training mode).
+        TypeError: If ``loss_fn`` is not callable, or as for
+            :class:`~fastunlearn.linalg.NetworkHessianOperator`.
+        ValueError: As for :class:`~fastunlearn.linalg.NetworkHessianOperator` (including a
+            model with dropout/RReLU/batch-norm layers in training mode).
 
     """
     names = selected_parameter_names(model, params)

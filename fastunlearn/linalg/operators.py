@@ -89,7 +89,14 @@ class LinearOperator:
         return V
 
     def __matmul__(self, v: Tensor) -> Tensor:
-        """Apply the operator to a vector ``v`` [d] (returns [d]) or a block ``v`` [d, K]."""
+        """Apply the operator to a vector ``v`` [d] (returns [d]) or a block ``v`` [d, K].
+
+        Raises:
+            TypeError: If ``v`` is not a floating tensor (or, from :meth:`matmat`, not of the
+                operator's dtype).
+            ValueError: If ``v`` is neither ``[d]`` nor ``[d, K]``.
+
+        """
         v = _check_float_tensor("v", v)
         if v.ndim == 1:
             return self.matmat(v.unsqueeze(1)).squeeze(1)
@@ -202,7 +209,14 @@ class GLMHessianOperator(LinearOperator):
         self.device = X.device
 
     def matmat(self, V: Tensor) -> Tensor:
-        """``X^T (S * (X V)) + lam V`` for V [d, K] -> [d, K]."""
+        """``X^T (S * (X V)) + lam V`` for V [d, K] -> [d, K].
+
+        Raises:
+            TypeError: If ``V`` is not a floating tensor of the operator's dtype.
+            ValueError: If ``V`` is not ``[d, K]`` or not on the operator's device, or ``S``
+                has several columns and ``K`` differs from their number.
+
+        """
         V = self._check_block(V)
         K = V.shape[1]
         S = self.S

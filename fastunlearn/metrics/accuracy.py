@@ -76,6 +76,12 @@ def accuracy_report(
         ``{"forget_accuracy", "unlearning_accuracy", "retain_accuracy", "test_accuracy"}``
         for the sets given (fractions in [0, 1]).
 
+    Raises:
+        TypeError: If ``forget``, ``retain`` or ``test`` is neither None nor a
+            ``(logits, labels)`` pair (a tuple or list of two).
+        ValueError: As for :func:`accuracy` (an empty set, mismatched shapes or labels out
+            of range).
+
     """
     out: dict[str, float] = {}
     for name, pair in (("forget", forget), ("retain", retain), ("test", test)):

@@ -437,6 +437,10 @@ def score_bins(num_models: int) -> list[tuple[float, float, float]]:
     """Return the official bins ``(start, end, points)``: width 0.5, points 1, 1/2, ...
 
     Bins exist while their end is at most ``ceil(ln(num_models - 1))``.
+
+    Raises:
+        ValueError: If ``num_models`` is not an integer >= 3 (a bool is not one).
+
     """
     if isinstance(num_models, (bool, np.bool_)) or not isinstance(num_models, numbers.Integral) \
             or num_models < 3:

@@ -62,6 +62,11 @@ def class_fairness(logits: Any, labels: Any, num_classes: int | None = None) -> 
         ``{"per_class": [...], "worst_class", "worst_accuracy", "best_class",
         "best_accuracy", "largest_gap", "mean_class_accuracy"}``.
 
+    Raises:
+        TypeError: If ``num_classes`` is not an integer (see :func:`per_class_accuracy`).
+        ValueError: If ``labels`` is empty, or as for :func:`per_class_accuracy` (bad
+            ``num_classes``, logits or labels).
+
     """
     acc = per_class_accuracy(logits, labels, num_classes)
     present = ~torch.isnan(acc)

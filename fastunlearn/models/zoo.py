@@ -290,6 +290,8 @@ def mlp(
         A :class:`FeatureClassifier`.
 
     Raises:
+        TypeError: If ``hidden`` is not a sequence, or a size is not an int (a bool is not
+            one).
         ValueError: If a size is not positive.
 
     """
