@@ -406,6 +406,22 @@ def _epsilons_torch(r: Tensor, u: Tensor, delta: float) -> Tensor:
     return eps.clamp(0.0, EPSILON_CAP)
 
 
+#: Most single-threshold grid entries per example (the logit-scaled confidence spans at
+#: most ~207.3, i.e. ~2e4 entries); wider spans overflowed int64 or the grid offsets.
+_MAX_GRID = 2**31 - 1
+
+
+def _check_grid_size(r: Tensor, u: Tensor) -> None:
+    """Raise ValueError if an example's span needs more than ``_MAX_GRID`` thresholds."""
+    span = (torch.maximum(r.amax(1), u.amax(1)) - torch.minimum(r.amin(1), u.amin(1))).max()
+    if not float(span) * THRESHOLDS_PER_UNIT <= _MAX_GRID:  # also catches an inf span
+        raise ValueError(
+            f"'retrained' and 'unlearned' span {float(span):.4g} within an example: the "
+            f"threshold grid ({THRESHOLDS_PER_UNIT} per unit) would exceed {_MAX_GRID} "
+            "entries; expected logit-scaled confidences (within about +-103.6)"
+        )
+
+
 def competition_epsilons(
     retrained: Any, unlearned: Any, *, delta: float = DEFAULT_DELTA
 ) -> Tensor:
@@ -428,6 +444,7 @@ def competition_epsilons(
     """
     delta = check_delta(delta)
     r, u = pair_of_stats(retrained, unlearned)
+    _check_grid_size(r, u)
     if _op_available(r.device.type):
         return _epsilons_op(r, u, delta)
     return _epsilons_torch(r, u, delta)

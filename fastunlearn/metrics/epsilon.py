@@ -66,6 +66,29 @@ def _gauss_logpdf(x: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
     return -(y * y) / 2.0 - torch.log(sd)
 
 
+#: Rows whose largest magnitude lies outside [2**-_SAFE_EXP, 2**_SAFE_EXP] are rescaled.
+_SAFE_EXP = 500
+
+
+def _rescale_extreme_rows(r: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Divide rows of extreme magnitude by a power of two (exact).
+
+    Otherwise the std overflows (|x| ~ 1e300: var = inf) or underflows (|x| ~ 1e-300:
+    var = 0).
+
+    The likelihood ratio is invariant to a common scale of x, mu and sd. Rows in the safe
+    range are left untouched, so their densities (and underflow ties) are unchanged.
+    """
+    big = torch.maximum(r.abs().amax(1), u.abs().amax(1))
+    extreme = (big > 2.0 ** _SAFE_EXP) | ((big < 2.0 ** -_SAFE_EXP) & (big > 0))
+    if not bool(extreme.any()):
+        return r, u
+    _, e = torch.frexp(big)
+    scale = torch.where(extreme, torch.ldexp(torch.ones_like(big), e.to(big.dtype)),
+                        torch.ones_like(big))[:, None]
+    return r / scale, u / scale
+
+
 def lira_scores(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
     """Likelihood-ratio scores ``N(x; mu_U, sd_U) / N(x; mu_R, sd_R)`` of every observation.
 
@@ -80,6 +103,7 @@ def lira_scores(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
 
     """
     r, u = pair_of_stats(retrained, unlearned)
+    r, u = _rescale_extreme_rows(r, u)
     mu_r, sd_r = r.mean(1, keepdim=True), r.std(1, correction=0, keepdim=True)
     mu_u, sd_u = u.mean(1, keepdim=True), u.std(1, correction=0, keepdim=True)
     out = []
