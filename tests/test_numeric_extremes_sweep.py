@@ -106,3 +106,44 @@ def test_per_sample_norms_extreme_inputs(dtype, scale):
     for n in psg.param_names:
         want = (w.view(-1, *[1] * (ref[n].dim() - 1)) * ref[n]).sum(0)
         torch.testing.assert_close(got[n].double(), want, **{**tol, "atol": 1e-6})
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 1e30), (torch.float32, 1e-30),
+                                              (torch.float64, 1e150), (torch.float64, 1e-150)])
+def test_cg_solves_systems_scaled_with_their_right_hand_side(dtype, scale):
+    # old: the squared norms overflowed or underflowed, CG stopped at iteration 0 and
+    # float32 reported the zero solution as converged (float64: not converged, breakdown)
+    from fastunlearn.linalg import DenseOperator, cg
+
+    gen = torch.Generator().manual_seed(3)
+    Q = torch.randn(6, 6, dtype=torch.float64, generator=gen)
+    A = Q @ Q.T + 6 * torch.eye(6, dtype=torch.float64)
+    B = torch.randn(6, 2, dtype=torch.float64, generator=gen)
+    reference = torch.linalg.solve(A, B)
+    seen = []
+    result = cg(DenseOperator((A * scale).to(dtype)), (B * scale).to(dtype),
+                callback=lambda it, x, rr: seen.append(x.clone()))
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert bool(result.converged.all()) and not bool(result.breakdown.any())
+    torch.testing.assert_close(result.solution.double(), reference, rtol=rtol, atol=0)
+    # the callback sees the iterate in the caller's units
+    torch.testing.assert_close(seen[-1].double(), reference, rtol=rtol, atol=0)
+    assert float(result.residual_norms.max()) <= 1e-6 * float((B * scale).norm(dim=0).max())
+
+
+def test_cg_scales_only_the_extreme_columns():
+    from fastunlearn.linalg import DenseOperator, cg
+
+    gen = torch.Generator().manual_seed(4)
+    Q = torch.randn(5, 5, dtype=torch.float32, generator=gen)
+    A = Q @ Q.T + 5 * torch.eye(5)
+    B = torch.randn(5, 2, generator=gen)
+    plain = cg(DenseOperator(A), B)
+    B2 = B.clone()
+    B2[:, 1] *= 1e-30
+    mixed = cg(DenseOperator(A), B2)
+    # the ordinary column is solved exactly as before (bit for bit), the tiny one correctly
+    assert torch.equal(mixed.solution[:, 0], plain.solution[:, 0])
+    torch.testing.assert_close(mixed.solution[:, 1] * 1e30, plain.solution[:, 1], rtol=1e-5,
+                               atol=1e-6)
+    assert bool(mixed.converged.all())

@@ -281,6 +281,15 @@ def cg(
     Bm = B.unsqueeze(1) if vector else B
     K = Bm.shape[1]
     inv_diag, M = _preconditioner(precond, A, Bm)
+    # Columns far outside the dtype's comfortable range are solved divided by a power of
+    # two (exact, and A x = b is linear in b): their squared norms would overflow to inf
+    # or underflow to 0 and stop CG at once, reporting 0 as converged.
+    scale = _column_scale(Bm)
+    if scale is not None:
+        Bm = Bm / scale
+    atol_t = torch.full((K,), atol, dtype=Bm.dtype, device=Bm.device)
+    if scale is not None:
+        atol_t = atol_t / scale[0]
 
     num_calls = 0
     if x0 is None:
@@ -297,6 +306,8 @@ def cg(
             raise ValueError(f"'x0' must be on {B.device}, got {x0.device}")
         _check_finite("x0", x0)
         x = (x0.unsqueeze(1) if vector else x0).clone(memory_format=torch.contiguous_format)
+        if scale is not None:
+            x.div_(scale)
         # A zero right-hand side has the exact solution 0 whatever the guess (SciPy does the
         # same); starting from x0 there would chase a relative tolerance of 0 until maxiter.
         x.masked_fill_((Bm == 0).all(0, keepdim=True), 0.0)
@@ -312,7 +323,7 @@ def cg(
     p = z.clone(memory_format=torch.contiguous_format)
     rz = (r * z).sum(0)
     rr = (r * r).sum(0)
-    threshold = torch.clamp(tol * torch.linalg.vector_norm(Bm, dim=0), min=atol)
+    threshold = torch.maximum(tol * torch.linalg.vector_norm(Bm, dim=0), atol_t)
     threshold_sq = threshold.square()
     active = rr > threshold_sq
     iterations = torch.zeros(K, dtype=torch.int64, device=B.device)
@@ -328,20 +339,45 @@ def cg(
         else:
             _pcg_update_(x, r, p, Ap, M, rz, rr, active, iterations, threshold_sq)
         if callback is not None:
-            callback(it + 1, x, rr)
+            if scale is None:
+                callback(it + 1, x, rr)
+            else:  # the caller's units (copies)
+                callback(it + 1, x * scale, rr * scale[0].square())
 
     residual_norms = torch.linalg.vector_norm(Bm - _apply(matmat, x, "A"), dim=0)
     num_calls += 1
     # Inactive although the recursive residual is still above the threshold: breakdown.
     breakdown = ~active & (rr > threshold_sq)
+    converged = residual_norms <= threshold
+    if scale is not None:
+        x = x * scale
+        residual_norms = residual_norms * scale[0]
     return CGResult(
         solution=x.squeeze(1) if vector else x,
         iterations=iterations,
         residual_norms=residual_norms,
-        converged=residual_norms <= threshold,
+        converged=converged,
         num_matvecs=num_calls * K,
         breakdown=breakdown,
     )
+
+
+#: Largest |binary exponent| of a right-hand side's entries solved as given: beyond it the
+#: squared norms CG forms (summed over up to 2**47 entries) leave the dtype's range.
+_SAFE_EXPONENT = {torch.float32: 40, torch.float64: 400}
+
+
+def _column_scale(Bm: Tensor) -> Tensor | None:
+    """Powers of two ``[1, K]`` bringing extreme columns of ``Bm`` near 1 (None: none is)."""
+    if Bm.numel() == 0:
+        return None
+    largest = Bm.abs().amax(0)
+    exponent = torch.frexp(largest).exponent
+    extreme = (exponent.abs() > _SAFE_EXPONENT[Bm.dtype]) & (largest > 0)
+    if not bool(extreme.any()):
+        return None
+    ones = torch.ones_like(largest)
+    return torch.where(extreme, torch.ldexp(ones, exponent), ones).unsqueeze(0)
 
 
 #: The keyword options of :func:`cg` a :class:`CGInverseOperator` passes on, with defaults.
