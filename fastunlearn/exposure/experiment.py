@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .._device import parse_device
+from .._numbers import is_finite as _finite
 from .._process_flags import GLOBAL_RNG_LOCK
 from .exposure import SkewNormalFit, fit_skew_normal, rank_exposure
 from .model import CharLM, sequence_log_perplexity
@@ -259,14 +260,6 @@ def measure_exposure(
             )
         )
     return results
-
-
-def _finite(value: numbers.Real) -> bool:
-    """Whether a real number is finite (an int too large for a float is not)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def train_char_lm(

@@ -17,7 +17,6 @@ an engine's first call), which would get only the module's share.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .._numbers import is_finite as _finite
 from ..ops.per_sample import clip_weights
 from .fallback import FunctorchRule
 from .layers import CapturedLayer, LayerCall, LayerRule, find_rule
@@ -591,14 +591,6 @@ class PerSampleGradients:
             )
         # The mean's gradients carry a 1/B; scaling the loss undoes it for every layer.
         return loss * B if self.loss_reduction == "mean" else loss
-
-
-def _finite(value: numbers.Real) -> bool:
-    """Whether a real number is finite (an int too large for a float is not)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _reproduces(got: Tensor, want: Tensor) -> bool:

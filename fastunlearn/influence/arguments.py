@@ -10,6 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._numbers import as_float as _as_float
 from .gradients import eval_mode
 
 
@@ -64,14 +65,6 @@ def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
             f"'{name}': inputs and targets must have the same length, got {x.shape[0]} and "
             f"{y.shape[0]}"
         )
-
-
-def _as_float(value: float) -> float:
-    """``float(value)``, with an int beyond the float range as a (signed) infinity."""
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
 
 
 def _check_float(name: str, value: object, *, positive: bool = False) -> float:

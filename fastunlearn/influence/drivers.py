@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._numbers import as_float
 from .arguments import (
     MAX_SEED,
     _check_inputs,
@@ -256,10 +257,7 @@ def replace_features(
         if isinstance(values, bool) or not isinstance(values, (int, float)):
             raise TypeError(f"'values' must be a number or a tensor, got "
                             f"{type(values).__name__}")
-        try:
-            value = float(values)
-        except OverflowError:  # an int beyond the float range
-            value = math.inf
+        value = as_float(values)  # an int beyond the float range: inf, refused below
         # finite also in the dtype of the inputs (1e300 is inf in float32)
         if not (math.isfinite(value) and abs(value) <= torch.finfo(inputs.dtype).max):
             raise ValueError(f"'values' must be finite in the dtype of 'inputs' "

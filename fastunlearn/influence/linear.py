@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
+from .._numbers import is_finite as _finite
 from ..certified.bounds import (
     GAMMA_TIGHT,
     c_delta,
@@ -112,14 +113,6 @@ def required_sigma(residual: float, epsilon: float = 0.1, delta: float = 0.01) -
                                          and _finite(epsilon) and epsilon > 0):
         raise ValueError(f"'epsilon' must be finite and > 0, got {epsilon!r}")
     return float(residual) * c_delta(delta) / float(epsilon)
-
-
-def _finite(value: float) -> bool:
-    """``math.isfinite`` that calls an int beyond the float range infinite (no OverflowError)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _labels(name: str, y: Tensor, n: int) -> Tensor:

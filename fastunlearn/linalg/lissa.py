@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
+from .._numbers import as_float
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
 __all__ = ["LissaResult", "LissaDivergenceError", "lissa"]
@@ -176,10 +177,7 @@ def lissa(
     damping = _check_nonnegative("damping", damping)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"'scale' must be a real number, got {type(scale).__name__}")
-    try:
-        scale = float(scale)
-    except OverflowError:  # an int beyond the float range
-        scale = math.inf
+    scale = as_float(scale)  # an int beyond the float range: inf, refused below
     if not (scale > 0.0 and math.isfinite(scale)):
         raise ValueError(f"'scale' must be finite and > 0, got {scale}")
     depth = _check_positive_int("depth", depth, _MAX_INT64)

@@ -10,6 +10,8 @@ from types import TracebackType
 import numpy as np
 import torch
 
+from .._numbers import is_finite as _finite
+
 __all__ = ["Stopwatch", "time_ratio"]
 
 
@@ -53,14 +55,6 @@ class Stopwatch:
     def minutes(self) -> float:
         """Elapsed minutes (OPTML reports RTE in minutes)."""
         return self.seconds / 60.0
-
-
-def _finite(v: numbers.Real) -> bool:
-    """Whether a real number is finite (an int too large for a float is not)."""
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
 
 
 def time_ratio(seconds: float, retrain_seconds: float) -> float:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import save_figure
+from .._numbers import is_finite as _finite
 from .._paths import check_output_file
 
 __all__ = ["plot_accuracy", "plot_bounds", "plot_times"]
@@ -93,14 +94,6 @@ def _positions(records: Sequence[Any]) -> list[float]:
 def _retrain_positions(records: Sequence[Any]) -> list[float]:
     xs = _positions(records)
     return [x for x, r in zip(xs, records, strict=True) if _field(r, "retrained", False)]
-
-
-def _finite(value: numbers.Real) -> bool:
-    """Whether a real number is finite (an int too large for a float is not)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _positive(values: Iterable[float]) -> list[float]:
