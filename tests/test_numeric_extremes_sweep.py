@@ -147,3 +147,75 @@ def test_cg_scales_only_the_extreme_columns():
     torch.testing.assert_close(mixed.solution[:, 1] * 1e30, plain.solution[:, 1], rtol=1e-5,
                                atol=1e-6)
     assert bool(mixed.converged.all())
+
+
+def _lissa_system(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, float]:
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.randn(6, 6, dtype=torch.float64, generator=gen)
+    A = Q @ Q.T / 6 + torch.eye(6, dtype=torch.float64)
+    B = torch.randn(6, 2, dtype=torch.float64, generator=gen)
+    return A, B, float(torch.linalg.eigvalsh(A).max())
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 1e30), (torch.float32, 1e-30),
+                                              (torch.float64, 1e150), (torch.float64, 1e-150)])
+@pytest.mark.parametrize("vector", [False, True])
+def test_lissa_solves_systems_scaled_with_their_right_hand_side(dtype, scale, vector):
+    # old: float32 x 1e-30 returned an answer 100x off without an error (H h underflowed),
+    # float32 x 1e30 raised LissaDivergenceError (H h overflowed), float64 x 1e-150 reported
+    # history entries of 0 as it converged (the update norms underflowed)
+    from fastunlearn.linalg import DenseOperator, lissa
+
+    A, B, largest = _lissa_system()
+    if vector:
+        B = B[:, 0]
+    reference = torch.linalg.solve(A, B)
+    plain = lissa(DenseOperator(A.to(dtype)), B.to(dtype), scale=largest, depth=300)
+    result = lissa(DenseOperator((A * scale).to(dtype)), (B * scale).to(dtype),
+                   scale=largest * scale, depth=300)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(result.solution.double(), reference, rtol=rtol, atol=0)
+    # the history is the change of the estimate in the caller's units: that of the unscaled
+    # run (compared above the rounding floor, where the two runs' round-off differs)
+    # (the change of h = scale * estimate is rounded relative to h)
+    floor = 1e3 * torch.finfo(dtype).eps * float(plain.solution.double().norm())
+    above_floor = plain.history > floor
+    assert int(above_floor.sum()) >= 2
+    torch.testing.assert_close(result.history[above_floor], plain.history[above_floor],
+                               rtol=1e-2, atol=0)
+    assert float(result.history[0, 0]) > 0
+
+
+def test_lissa_scales_only_the_extreme_columns():
+    from fastunlearn.linalg import DenseOperator, lissa
+
+    A, B, largest = _lissa_system(4)
+    A, B = A.float(), B.float()
+    plain = lissa(DenseOperator(A), B, scale=largest, depth=200)
+    B2 = B.clone()
+    B2[:, 1] *= 1e-30
+    mixed = lissa(DenseOperator(A), B2, scale=largest, depth=200)
+    one_column = lissa(DenseOperator(A), B[:, 0], scale=largest, depth=200)
+    # the ordinary column is computed exactly as before (bit for bit), the tiny one correctly
+    assert torch.equal(mixed.solution[:, 0], plain.solution[:, 0])
+    torch.testing.assert_close(mixed.solution[:, 1] * 1e30, plain.solution[:, 1], rtol=1e-5,
+                               atol=0)
+    # the history's norm covers both columns in the caller's units: the ordinary one dominates
+    floor = 1e3 * torch.finfo(torch.float32).eps * float(one_column.solution.double().norm())
+    above_floor = one_column.history > floor
+    assert int(above_floor.sum()) >= 2
+    torch.testing.assert_close(mixed.history[above_floor], one_column.history[above_floor],
+                               rtol=1e-2, atol=0)
+
+
+def test_lissa_divergence_reports_caller_units():
+    from fastunlearn.linalg import DenseOperator, LissaDivergenceError, lissa
+
+    A, B, largest = _lissa_system(5)
+    A32, B32 = (A * 1e-30).float(), (B[:, 0] * 1e-30).float()
+    with pytest.raises(LissaDivergenceError) as info:
+        lissa(DenseOperator(A32), B32, scale=largest * 1e-30 / 4, depth=200)
+    with pytest.raises(LissaDivergenceError) as plain:
+        lissa(DenseOperator(A.float()), B[:, 0].float(), scale=largest / 4, depth=200)
+    assert info.value.step == plain.value.step
+    np.testing.assert_allclose(info.value.history, plain.value.history, rtol=1e-3)

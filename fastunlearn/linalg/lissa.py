@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._numbers import as_float
+from .cg import _column_scale
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
 __all__ = ["LissaResult", "LissaDivergenceError", "lissa"]
@@ -190,6 +191,13 @@ def lissa(
         raise TypeError(f"'progress' must be a bool, got {type(progress).__name__}")
     apply = _hvp_function(hvp, b, stochastic=batches is not None)
     stream = _cycle(batches) if batches is not None else None
+    # Columns far outside the dtype's comfortable range run divided by a power of two (exact;
+    # the recursion is linear in b): their products with H would overflow or underflow and
+    # their norms leave the range. The divergence tests run in these units; the history and
+    # the error report the caller's.
+    column_scale = _column_scale(b.unsqueeze(1) if b.ndim == 1 else b)
+    if column_scale is not None:
+        b = b / (column_scale.squeeze(0) if b.ndim == 1 else column_scale)
 
     bar = None
     if progress:
@@ -218,9 +226,12 @@ def lissa(
                 Hh = apply(h, next(stream) if stream is not None else None)
                 h_new = b + (1.0 - damping) * h - Hh / scale
                 if j == steps[checked]:
-                    residual = float(torch.linalg.vector_norm(h_new - h))
+                    change = h_new - h
+                    residual = float(torch.linalg.vector_norm(change))
                     update = residual / scale
-                    history[rep, checked] = update
+                    reported = (update if column_scale is None
+                                else _norm_in_caller_units(change, column_scale) / scale)
+                    history[rep, checked] = reported
                     checked += 1
                     floor = torch.finfo(b.dtype).eps * float(torch.linalg.vector_norm(h_new))
                     smallest = min(smallest, max(update, floor / scale))
@@ -228,7 +239,7 @@ def lissa(
                             or residual > residual_limit):
                         raise LissaDivergenceError(
                             f"LiSSA diverged at step {j} of repetition {rep} (update norm "
-                            f"{update:.3g}): it converges only if every eigenvalue of H lies "
+                            f"{reported:.3g}): it converges only if every eigenvalue of H lies "
                             f"in (-damping*scale, (2-damping)*scale) = "
                             f"({-damping * scale + 0.0:.3g}, {(2.0 - damping) * scale:.3g}); "
                             f"increase 'scale' or 'damping'",
@@ -243,12 +254,30 @@ def lissa(
         if bar is not None:
             bar.close()
     K = 1 if b.ndim == 1 else b.shape[1]
+    solution = total / repetitions
+    if column_scale is not None:
+        solution = solution * (column_scale.squeeze(0) if b.ndim == 1 else column_scale)
     return LissaResult(
-        solution=total / repetitions,
+        solution=solution,
         num_hvps=depth * repetitions * K,
         history=history,
         steps=torch.tensor(steps, dtype=torch.int64),
     )
+
+
+def _norm_in_caller_units(change: Tensor, column_scale: Tensor) -> float:
+    """Frobenius norm of ``change * column_scale`` in float64, without forming the product.
+
+    Column norms are taken in the scaled units (near 1), multiplied by their power of two and
+    combined relative to the largest, so neither the squares nor the product leave the range
+    unless the norm itself does.
+    """
+    columns = change.unsqueeze(1) if change.ndim == 1 else change
+    norms = torch.linalg.vector_norm(columns.double(), dim=0) * column_scale[0].double()
+    largest = float(norms.max()) if norms.numel() else 0.0
+    if largest == 0.0 or not math.isfinite(largest):
+        return largest
+    return largest * float(torch.linalg.vector_norm(norms / largest))
 
 
 def _hvp_function(
