@@ -1,4 +1,4 @@
-"""Process-wide overrides (TF32 off, one thread, native RNN kernels) under overlapping blocks.
+"""Overrides (TF32 off, one thread, native RNN kernels) under overlapping blocks.
 
 A per-block save/restore let one thread's exit switch TF32 back on while another thread's
 certified arithmetic still ran, and left the setting changed for good afterwards.
@@ -58,13 +58,43 @@ def test_tf32_stays_off_while_another_thread_is_inside(tf32_on):
     assert after == (True, True)
 
 
-def test_one_thread_while_another_thread_is_inside(one_thread):
+def test_one_thread_per_thread_and_each_thread_gets_its_count_back(one_thread):
+    # old: one process-wide count restored by the last block to leave - in that thread only
+    # (torch's count belongs to each thread), so the thread that left first kept one
+    # thread for good
     torch.set_num_threads(2)
     small = torch.zeros(2, 2)
     assert small.numel() <= SINGLE_THREAD_ENTRIES
-    inside, after = _interleave(lambda: small_problem_threads(small), torch.get_num_threads)
-    assert inside == 1
-    assert after == 2
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        torch.set_num_threads(3)
+        with small_problem_threads(small):
+            seen["a inside"] = torch.get_num_threads()
+            a_in.set()
+            b_in.wait(5)
+            seen["a inside after b entered"] = torch.get_num_threads()
+        a_out.set()
+        seen["a after"] = torch.get_num_threads()
+
+    def second():
+        a_in.wait(5)
+        torch.set_num_threads(2)
+        with small_problem_threads(small):
+            b_in.set()
+            a_out.wait(5)
+            seen["b inside after a left"] = torch.get_num_threads()
+        seen["b after"] = torch.get_num_threads()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"a inside": 1, "a inside after b entered": 1, "a after": 3,
+                    "b inside after a left": 1, "b after": 2}
+    assert torch.get_num_threads() == 2  # the caller's thread untouched
 
 
 def test_native_rnn_kernels_while_another_thread_is_inside():

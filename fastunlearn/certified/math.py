@@ -68,17 +68,23 @@ SINGLE_THREAD_ENTRIES = 1 << 20
 def small_problem_threads(X: Tensor) -> Iterator[None]:
     """Run the block on one CPU thread when ``X`` is small (see ``SINGLE_THREAD_ENTRIES``).
 
-    The thread count is process-wide: while such blocks run (also in other threads) it is
-    one, and the last block to leave restores the caller's count.
+    The count is saved and restored by the calling thread: torch's intra-op thread count
+    (OpenMP's) belongs to each thread, so blocks running in other threads neither see nor
+    undo it. (A thread *started* while a block runs takes its first count from the block's
+    1, as torch seeds new threads with the last count set.)
     """
     if X.device.type != "cpu" or X.numel() > SINGLE_THREAD_ENTRIES:
         yield
         return
-    with _ONE_THREAD.active():
+    saved = torch.get_num_threads()
+    if saved == 1:
         yield
-
-
-_ONE_THREAD = ProcessWideOverride(torch.get_num_threads, torch.set_num_threads, 1)
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _read_tf32() -> tuple[bool, bool]:
