@@ -502,11 +502,12 @@ def forget_score(epsilons: Any, num_models: int) -> float:
 def final_score(forget: float, ra_u: float, ra_r: float, ta_u: float, ta_r: float) -> float:
     """Competition final score ``F * (RA_U / RA_R) * (TA_U / TA_R)`` (ratios not capped).
 
-    A nan input (an accuracy that could not be measured) gives a nan score.
+    Every value is a fraction in [0, 1] (the forget score F and the four accuracies; not
+    percentages). A nan input (an accuracy that could not be measured) gives a nan score.
 
     Raises:
         TypeError: If a value is not a real number.
-        ValueError: If a value is infinite or negative, or a retrained accuracy is 0.
+        ValueError: If a value is outside [0, 1] (or infinite), or a retrained accuracy is 0.
 
     """
     values = {"forget": forget, "ra_u": ra_u, "ra_r": ra_r, "ta_u": ta_u, "ta_r": ta_r}
@@ -522,6 +523,9 @@ def final_score(forget: float, ra_u: float, ra_r: float, ta_u: float, ta_r: floa
             infinite = True
         if infinite or v < 0:
             raise ValueError(f"'{name}' must be finite and >= 0, got {v}")
+        if v > 1:
+            raise ValueError(f"'{name}' must be a fraction in [0, 1], got {v}"
+                             + (" (a percentage?)" if v <= 100 else ""))
     if any(math.isnan(v) for v in values.values()):
         return math.nan
     for name in ("ra_r", "ta_r"):

@@ -170,6 +170,31 @@ def test_final_score_validates_every_argument():
         pytest.approx(expected, rel=1e-7)
 
 
+@pytest.mark.parametrize("pos", range(5))
+def test_final_score_refuses_values_above_one(pos):
+    # old: accepted; a forget score or accuracy in percent scaled the score by 100
+    args = [0.5, 0.9, 0.9, 0.8, 0.8]
+    args[pos] = 85.0
+    name = ["forget", "ra_u", "ra_r", "ta_u", "ta_r"][pos]
+    with pytest.raises(ValueError, match=rf"'{name}' must be a fraction in \[0, 1\], got 85.0 "
+                                         r"\(a percentage\?\)"):
+        final_score(*args)
+    args[pos] = 1.0  # the boundary is valid
+    assert final_score(*args) > 0
+
+
+def test_competition_score_refuses_percent_accuracies():
+    from fastunlearn.metrics import competition_score
+
+    gen = torch.Generator().manual_seed(0)
+    retrain = torch.randn(4, 3, 5, generator=gen)
+    unlearn = torch.randn(4, 3, 5, generator=gen)
+    labels = torch.tensor([0, 1, 2, 3])
+    accuracies = {"ra_u": 90.0, "ra_r": 0.9, "ta_u": 0.8, "ta_r": 0.8}
+    with pytest.raises(ValueError, match="'ra_u'"):
+        competition_score(retrain, unlearn, labels, accuracies=accuracies)
+
+
 def test_per_class_accuracy_refuses_a_fractional_num_classes():
     z = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 2]), 3).float()
     y = torch.tensor([0, 1, 2, 2])
