@@ -58,7 +58,11 @@ def _as_labels(labels: object) -> Tensor:
         raise ValueError(f"'labels' must be 1-D, got shape {tuple(labels.shape)}")
     if labels.numel() == 0:
         raise ValueError("'labels' is empty: there is nothing to forget from")
-    return labels.detach().to("cpu", torch.int64)
+    labels = labels.detach().to("cpu", torch.int64)
+    low = int(labels.min())
+    if low < 0:  # a class number, like the models' outputs 0..C-1 (was used silently)
+        raise ValueError(f"'labels' must be class numbers >= 0, got label {low}")
+    return labels
 
 
 def _split(mask: Tensor, spec: str) -> tuple[Tensor, Tensor]:
@@ -242,7 +246,8 @@ def parse_forget_spec(spec: str, labels: object, seed: int = 0) -> tuple[Tensor,
         ValueError: If the spec is malformed, names a class absent from ``labels`` or a
             class twice, has a fraction outside (0, 1), or its file holds no indices,
             non-integers, indices outside ``0..n-1`` or duplicates; if the forget set or
-            the retain set would be empty; or if ``seed`` is outside ``0..2**64-1``.
+            the retain set would be empty; if a label is negative; or if ``seed`` is
+            outside ``0..2**64-1``.
         TypeError: If ``spec`` is not a string, ``labels`` not integers or ``seed`` not an
             int.
         FileNotFoundError: If the index file does not exist.

@@ -293,7 +293,8 @@ def train_char_lm(
     Raises:
         ValueError: If ``ids`` is too short or a setting is out of range (``lr`` must be
             finite and > 0, ``weight_decay`` finite and >= 0, ``seed`` in 0..2**64-1).
-        TypeError: If ``model`` is not a module, ``ids`` not an int64 tensor, or a
+        TypeError: If ``model`` is not a module or has float16 parameters (Adam diverges
+            to NaN in half precision; bfloat16 trains), ``ids`` not an int64 tensor, or a
             setting has the wrong type.
 
     """
@@ -312,6 +313,14 @@ def train_char_lm(
         raise ValueError(f"'ids' must be 1-D and longer than seq_len={seq_len}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype == torch.float16:
+            # Adam's second moment underflows in float16 and its eps rounds to 0: the
+            # weights became NaN without an error
+            raise TypeError(
+                f"'model' must not have float16 parameters (got {name!r} in float16): "
+                "Adam's state underflows in half precision; use .float() or .bfloat16()"
+            )
     for value, arg in ((lr, "lr"), (weight_decay, "weight_decay")):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             raise TypeError(f"'{arg}' must be a number, got {type(value).__name__}")

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
 __all__ = [
@@ -43,9 +44,13 @@ _LN2 = math.log(2.0)
 
 
 def _as_scores(values: object, arg: str, *, min_size: int = 1) -> np.ndarray:
-    """1-D finite float64 array from a tensor, array or sequence."""
+    """1-D finite float64 array from a tensor, array or sequence (not bool or complex)."""
     if isinstance(values, Tensor):
+        if values.dtype == torch.bool or values.is_complex():  # True/False are no scores
+            raise TypeError(f"'{arg}' must hold real numbers, got a {values.dtype} tensor")
         values = values.detach().cpu().double().numpy()
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "bcOSUV":
+        raise TypeError(f"'{arg}' must hold real numbers, got an array of {values.dtype}")
     elif not isinstance(values, (np.ndarray, Sequence)) or isinstance(values, (str, bytes)):
         raise TypeError(f"'{arg}' must be a 1-D array of numbers, got {type(values).__name__}")
     try:
@@ -68,6 +73,8 @@ def _as_canaries(values: object) -> tuple[np.ndarray, bool]:
             raise ValueError(f"'canary' must be finite, got {values}")
         return np.array([float(values)]), True
     if isinstance(values, Tensor) and values.dim() == 0:
+        if values.dtype == torch.bool or values.is_complex():
+            raise TypeError(f"'canary' must be a real number, got a {values.dtype} tensor")
         return _as_canaries(float(values))
     if isinstance(values, np.ndarray) and values.ndim == 0:
         return _as_canaries(values.item())
@@ -108,7 +115,8 @@ def rank_exposure(canary: object, candidates: object) -> float | np.ndarray:
 
     Raises:
         ValueError: If an input is empty, not 1-D or not finite.
-        TypeError: If an input is not numeric.
+        TypeError: If an input is not numeric (bool and complex arrays and tensors
+            included).
 
     """
     scores, scalar = _as_canaries(canary)
@@ -188,6 +196,7 @@ def fit_skew_normal(candidates: object) -> SkewNormalFit:
 
     Raises:
         ValueError: If there are fewer than 3 values or they are all equal.
+        TypeError: If the values are not real numbers (a bool or complex array or tensor).
 
     """
     from scipy.stats import skewnorm
@@ -216,7 +225,8 @@ def skew_normal_exposure(
 
     Raises:
         ValueError: If the inputs are empty, not finite, constant, or ``space_size < 1``.
-        TypeError: If an input is not numeric.
+        TypeError: If an input is not numeric (bool and complex arrays and tensors
+            included).
 
     """
     if space_size is not None:

@@ -35,6 +35,7 @@ from .checks import check_labels, check_sets
 __all__ = [
     "SkipSingleBatches",
     "TrainingData",
+    "check_adam_dtype",
     "check_fraction",
     "check_inputs",
     "check_number",
@@ -46,6 +47,7 @@ __all__ = [
     "eval_forward",
     "example_logits",
     "example_outputs",
+    "float_input_dtype",
     "freeze",
     "num_outputs",
     "prepare_inputs",
@@ -138,9 +140,49 @@ def checked_tensors(ds: Dataset, num_classes: int, name: str) -> tuple[Tensor, T
 
     For data sets whose labels :func:`prepare_inputs` could not see without loading them.
     """
-    x, y = dataset_tensors(ds)
+    x, y = dataset_tensors(ds, name)
     check_labels(y, num_classes, name)
     return x, y
+
+
+def model_float_dtype(model: nn.Module) -> torch.dtype:
+    """Return the dtype of the model's first floating parameter (float32 if it has none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def float_input_dtype(model: nn.Module, x: Tensor) -> torch.dtype:
+    """Return the floating dtype a method that generates inputs uses for data ``x``.
+
+    Floating data keeps its dtype; integer data (e.g. uint8 images, used as their values)
+    takes the model's floating dtype (:func:`model_float_dtype`: float32 for a float32
+    model, float64 for a float64 one, as before for float32 models).
+    """
+    return x.dtype if x.is_floating_point() else model_float_dtype(model)
+
+
+def check_adam_dtype(model: nn.Module, method: str) -> None:
+    """Refuse a float16 model for a method that trains it with Adam, before any work.
+
+    Adam's second moment ``grad**2 * (1 - beta2)`` underflows to zero in float16 for
+    gradients below ~8e-3 and its ``eps`` (1e-8) rounds to zero, so its steps divide by
+    zero: the model came back as inf/NaN without an error. bfloat16 (float32's range) and
+    float32/float64 train normally.
+
+    Raises:
+        TypeError: Naming ``model``, if a trainable parameter is float16.
+
+    """
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype == torch.float16:
+            raise TypeError(
+                f"{method}: 'model' must not have float16 parameters (got {name!r} in "
+                "float16): the method trains with Adam, whose state underflows in half "
+                "precision (the weights would become inf/NaN); convert the model with "
+                ".float() or .bfloat16()"
+            )
 
 
 def check_float_inputs(model: nn.Module, x: Tensor, method: str, why: str) -> None:
@@ -148,7 +190,8 @@ def check_float_inputs(model: nn.Module, x: Tensor, method: str, why: str) -> No
 
     Such a method makes new floating-point inputs (noise, interpolations) of the data's
     shape. Floating data is fine; integer data (e.g. uint8 images) is fine when the model
-    runs on its float version, as the method then casts it. Integer data the model does
+    runs on its float version (in the model's floating dtype, :func:`float_input_dtype`),
+    as the method then casts it. Integer data the model does
     not run on as floats (token ids for an ``nn.Embedding``) has no such version, and is
     refused with a TypeError; complex or bool data too. ``model`` is evaluated in eval
     mode without gradients and is not modified.
@@ -159,7 +202,7 @@ def check_float_inputs(model: nn.Module, x: Tensor, method: str, why: str) -> No
     if x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"{method} needs floating-point inputs ({why}); {found}")
     try:
-        eval_forward(model, x[:1].float())
+        eval_forward(model, x[:1].to(float_input_dtype(model, x)))
     except Exception as exc:
         embeddings = [type(m).__name__ for m in model.modules()
                       if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
@@ -182,10 +225,15 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def dataset_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
+def dataset_tensors(ds: Dataset, name: str = "dataset") -> tuple[Tensor, Tensor]:
     """All ``(inputs, labels)`` of a map-style data set as two tensors (labels int64).
 
     A :class:`~torch.utils.data.TensorDataset` of two tensors is returned without copying.
+
+    Raises:
+        TypeError: Naming ``name``, if the labels are not a 1-D tensor of integers (float
+            labels, even whole ones, and bool labels are refused, never truncated).
+
     """
     if isinstance(ds, TensorDataset) and len(ds.tensors) == 2:
         x, y = ds.tensors
@@ -193,9 +241,10 @@ def dataset_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
         items = [ds[i] for i in range(len(ds))]  # type: ignore[arg-type]
         x = torch.stack([torch.as_tensor(item[0]) for item in items])
         y = torch.stack([torch.as_tensor(item[1]) for item in items])
-    if y.is_floating_point() or y.dim() != 1:
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.dim() != 1:
         raise TypeError(
-            f"labels must be a 1-D integer tensor, got {y.dtype} of shape {tuple(y.shape)}"
+            f"{name}: labels must be a 1-D integer tensor, got {y.dtype} of shape "
+            f"{tuple(y.shape)}"
         )
     return x, y.long()
 
@@ -227,10 +276,12 @@ def probe_forward(model: nn.Module, example: Tensor) -> Tensor:
     try:
         return eval_forward(model, example[:1])
     except (RuntimeError, NotImplementedError) as exc:
+        dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+        params = f", the model's parameters {', '.join(dtypes)}" if dtypes else ""
         raise TypeError(
             f"model cannot run on the inputs (dtype {example.dtype}, example shape "
-            f"{tuple(example.shape[1:])}): {exc}; convert the data to what the model takes "
-            "(e.g. float images)"
+            f"{tuple(example.shape[1:])}{params}): {exc}; convert the data to what the "
+            "model takes (e.g. float images of its dtype)"
         ) from exc
 
 

@@ -40,7 +40,7 @@ from ._common_b import (
 )
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
 from .base import ForgetConfig, as_dataset, batches, clone_model, iterate, model_device
-from .checks import check_batch_labels, check_sets, dataset_labels
+from .checks import check_batch_labels, check_sets, dataset_labels, item_labels
 
 __all__ = [
     "RelabelledDataset",
@@ -339,7 +339,7 @@ class RelabelledDataset(Dataset):
         if other_classes:
             true = dataset_labels(dataset)
             if true is None:
-                true = torch.tensor([int(dataset[i][1]) for i in range(n)])
+                true = item_labels(dataset, "forget")  # float labels refused, not truncated
             shift = torch.randint(1, num_classes, (n,), generator=gen)
             self.labels = (true.long().cpu() + shift) % num_classes
         else:

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from .._equality import dataclass_eq
 from ._common_b import (
     TrainingData,
+    check_adam_dtype,
     check_float_inputs,
     check_fraction,
     check_number,
@@ -39,6 +40,7 @@ from ._common_b import (
     check_single_batches,
     checked_tensors,
     class_subset,
+    float_input_dtype,
     prepare_inputs,
     train_ce,
 )
@@ -396,8 +398,12 @@ def _unlearn(
             f"antisamples (single-class) needs a forget set of one class, got classes {classes}; "
             "use 'antisamples_multiclass'"
         )
+    check_adam_dtype(model, "antisamples" if single else "antisamples_multiclass")
     new = clone_model(model)
-    dtype = xr.dtype if xr.dtype in (torch.float32, torch.float64) else torch.float32
+    # the inputs the model trains on keep the data's floating dtype (integer data: the
+    # model's); the neighbour search and mixing run in float32 (float64 for float64 data)
+    train_dtype = float_input_dtype(model, xr)
+    dtype = torch.float64 if train_dtype == torch.float64 else torch.float32
     device = model_device(new)
 
     gen = torch.Generator().manual_seed(config.seed)
@@ -408,7 +414,7 @@ def _unlearn(
     if config.epochs > 0:  # at least one anti-sample per class joins the retain subset
         n_train = sub.numel() + len(classes)
         check_single_batches(
-            new, xr_sub[:1],
+            new, xr_sub[:1].to(train_dtype),
             [TrainingData("anti-samples + retain subset", n_train, "batch_size",
                           config.batch_size)],
         )
@@ -436,7 +442,7 @@ def _unlearn(
         anti_x.append(result.samples.cpu())
         anti_y.append(torch.full((result.samples.shape[0],), int(c), dtype=torch.long))
 
-    inputs = torch.cat([*anti_x, xr_sub])
+    inputs = torch.cat([*anti_x, xr_sub]).to(train_dtype)  # bf16/fp16 data: back to it
     labels = torch.cat([*anti_y, yr_sub])
     opt = torch.optim.Adam(new.parameters(), lr=config.lr * config.lr_scale,
                            weight_decay=config.weight_decay)
@@ -466,7 +472,8 @@ def antisamples_single_class(
         ValueError: If the forget set holds more than one class.
         TypeError: If the inputs are not floating-point and the model does not run on
             them as floats (token ids for an ``nn.Embedding``): anti-samples are
-            interpolated inputs (checked before any work).
+            interpolated inputs (checked before any work), or ``model`` has float16
+            parameters (Adam's state underflows in half precision; bfloat16 trains).
 
     """
     return _unlearn(model, forget_ds, retain_ds, config, single=True)
@@ -491,6 +498,10 @@ def antisamples_multi_class(
 
     Returns:
         The fine-tuned model.
+
+    Raises:
+        TypeError: As :func:`antisamples_single_class` (non-float inputs the model does
+            not run on as floats, or a float16 model).
 
     """
     return _unlearn(model, forget_ds, retain_ds, config, single=False)

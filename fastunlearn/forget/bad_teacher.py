@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, TensorDataset
 from ._common_b import (
     SkipSingleBatches,
     TrainingData,
+    check_adam_dtype,
     check_fraction,
     check_number,
     check_single_batches,
@@ -101,12 +102,17 @@ def bad_teacher(
     Returns:
         The student after ``config.epochs`` epochs.
 
+    Raises:
+        TypeError: If ``model`` has float16 parameters (Adam's state underflows in half
+            precision; bfloat16 trains), besides the checks every method runs.
+
     """
     forget_ds, retain_ds, k = prepare_inputs(
         model, config, BadTeacherConfig, forget_ds, retain_ds
     )
     xf, _ = checked_tensors(forget_ds, k, "forget")
     xr, _ = checked_tensors(retain_ds, k, "retain")
+    check_adam_dtype(model, "bad_teacher")
     good = freeze(clone_model(model))
     bad_seed = config.seed + 1 if config.incompetent_seed is None else config.incompetent_seed
     bad = freeze(reinitialize(clone_model(model), bad_seed))

@@ -18,10 +18,12 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 __all__ = [
     "check_batch_labels",
     "check_disjoint",
+    "check_label_dtype",
     "check_labels",
     "check_sets",
     "check_unique",
     "dataset_labels",
+    "item_labels",
 ]
 
 
@@ -48,6 +50,50 @@ def dataset_labels(dataset: Dataset) -> Tensor | None:
     return labels.long() if not labels.is_floating_point() else None
 
 
+def check_label_dtype(labels: Tensor, name: str) -> None:
+    """Raise TypeError naming ``name`` unless ``labels`` hold integers (not bool).
+
+    Floating labels are refused even when they hold whole numbers (3.0): a label 3.5 would
+    otherwise be truncated to 3 by ``int()`` or ``.long()`` without a word.
+
+    Raises:
+        TypeError: If the labels are floating, complex or bool.
+
+    """
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be integers, got {labels.dtype}")
+
+
+def item_labels(dataset: Dataset, name: str) -> Tensor:
+    """Every label of ``dataset`` read item by item, checked to be integers, as int64.
+
+    For data sets that do not expose their labels (:func:`dataset_labels` gives ``None``);
+    each label is checked on its own, so a float label is never truncated by ``int()``.
+
+    Raises:
+        TypeError: Naming ``name``, if a label is not an integer (float, bool, complex).
+
+    """
+    labels = []
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        label = torch.as_tensor(dataset[i][1])
+        check_label_dtype(label, name)
+        labels.append(label.reshape(()))
+    return torch.stack(labels).long() if labels else torch.zeros(0, dtype=torch.long)
+
+
+def _check_first_label(dataset: Dataset, name: str) -> None:
+    """:func:`check_label_dtype` on the first item's label (a data set hiding its labels)."""
+    try:
+        item = dataset[0]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            return
+        label = torch.as_tensor(item[1])
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        return  # not readable as a tensor here; the methods' own checks report it
+    check_label_dtype(label, name)
+
+
 def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
     """Raise ValueError naming ``name`` if a label lies outside ``0 .. num_classes - 1``.
 
@@ -56,8 +102,7 @@ def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
         ValueError: If they are not a 1-D tensor of class indices or one is out of range.
 
     """
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{name}: labels must be integers, got {labels.dtype}")
+    check_label_dtype(labels, name)
     if labels.dim() != 1:
         raise ValueError(
             f"{name}: labels must be a 1-D tensor of class indices, got shape "
@@ -89,11 +134,23 @@ def _root_and_indices(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
     return dataset, indices
 
 
+#: dtypes numpy has no type for: their rows are hashed as raw bytes (bfloat16 inputs)
+_NO_NUMPY = {torch.bfloat16} | {
+    getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                                "float8_e5m2fnuz") if hasattr(torch, n)
+}
+
+
+def _numpy_view(rows: Tensor) -> Tensor:
+    """``rows`` (contiguous, 2-D), viewed as bytes where numpy has no type for its dtype."""
+    return rows.view(torch.uint8) if rows.dtype in _NO_NUMPY else rows
+
+
 def _row_digests(dataset: TensorDataset) -> list[bytes]:
     """One digest per example of the (inputs, labels) pair; exact duplicates collide."""
     inputs, labels = dataset.tensors[0], dataset.tensors[1]
-    flat = inputs.detach().reshape(inputs.shape[0], -1).cpu().contiguous()
-    lab = labels.detach().reshape(labels.shape[0], -1).cpu().contiguous()
+    flat = _numpy_view(inputs.detach().reshape(inputs.shape[0], -1).cpu().contiguous())
+    lab = _numpy_view(labels.detach().reshape(labels.shape[0], -1).cpu().contiguous())
     out = []
     for i in range(flat.shape[0]):
         h = hashlib.blake2b(flat[i].numpy().tobytes(), digest_size=16)
@@ -180,7 +237,8 @@ def check_sets(
 
     Raises:
         ValueError: Naming ``forget`` or ``retain`` and what is wrong.
-        TypeError: Naming the set, if a :class:`TensorDataset`'s labels are not integers.
+        TypeError: Naming the set, if its labels are not integers (a float, bool or
+            complex label; for a data set that does not expose its labels, its first one).
 
     """
     for ds, name in ((forget, "forget"), (retain, "retain")):
@@ -189,6 +247,8 @@ def check_sets(
             labels = ds.tensors[1]  # floating labels, which check_labels refuses (TypeError)
         if labels is not None:
             check_labels(labels, num_classes, name)
+        else:  # labels not exposed: at least the first one (float 3.5, bool) is checked
+            _check_first_label(ds, name)
     check_unique(forget, "forget")
     if check_overlap:
         check_disjoint(forget, retain)

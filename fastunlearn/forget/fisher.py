@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from ._training import SGDConfig, check_bool, last_linear, prepare, seeded
 from .base import _check_float, iterate, make_loader, model_device, register
-from .checks import check_batch_labels, check_labels, dataset_labels
+from .checks import check_batch_labels, check_labels, dataset_labels, item_labels
 
 __all__ = ["FisherConfig", "fisher_diagonal", "fisher_forgetting"]
 
@@ -162,7 +162,7 @@ def fisher_diagonal(
 def _labels(dataset: Dataset, num_classes: int, name: str) -> Tensor:
     labels = dataset_labels(dataset)
     if labels is None:
-        labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+        labels = item_labels(dataset, name)  # a float label is refused, not truncated
     check_labels(labels, num_classes, name)  # also labels the data set did not expose
     return labels
 

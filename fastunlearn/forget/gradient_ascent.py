@@ -149,9 +149,9 @@ def neggrad_plus(
                 xr, yr, xf, yf = xr.to(device), yr.to(device), xf.to(device), yf.to(device)
                 check_batch_labels(yr, k, "retain")
                 check_batch_labels(yf, k, "forget")
-                loss = config.beta * F.cross_entropy(clone(xr), yr) - (
+                loss = config.beta * F.cross_entropy(clone(xr), yr.long()) - (
                     1.0 - config.beta
-                ) * F.cross_entropy(clone(xf), yf)
+                ) * F.cross_entropy(clone(xf), yf.long())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -38,7 +38,7 @@ from .base import (
     model_device,
     register,
 )
-from .checks import check_labels
+from .checks import check_label_dtype, check_labels
 
 __all__ = ["InfluenceConfig", "influence_unlearning", "weighted_loss"]
 
@@ -115,12 +115,14 @@ def weighted_loss(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 def _tensors(ds: Dataset, batch_size: int, device: torch.device,
-             dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+             dtype: torch.dtype, name: str) -> tuple[Tensor, Tensor]:
     xs, ys = [], []
     for x, y in make_loader(ds, batch_size, shuffle=False):
         xs.append(x)
         ys.append(torch.as_tensor(y))
-    x, y = torch.cat(xs), torch.cat(ys).long()
+    x, y = torch.cat(xs), torch.cat(ys)
+    check_label_dtype(y, name)  # a float label (3.5) is refused, never truncated by .long()
+    y = y.long()
     if x.is_floating_point():
         return x.to(device, dtype), y.to(device)
     if x.is_complex() or x.dtype == torch.bool:
@@ -149,18 +151,27 @@ def influence_unlearning(
         RuntimeError: The update diverged and ``on_divergence="raise"``.
         ValueError: Overlapping sets, duplicate forget examples or labels outside the
             model's outputs.
+        TypeError: A trainable parameter of ``model`` is neither float32 nor float64
+            (bfloat16, float16).
 
     """
     forget, retain, k = prepare_inputs(model, config, InfluenceConfig, forget, retain)
     config.__post_init__()  # a field changed after construction (cfg.damping = nan) is refused
+    for name, p in model.named_parameters():  # the Hessian solve runs in their dtype
+        if p.requires_grad and p.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"influence: 'model' must have float32 or float64 parameters, got {name!r} "
+                f"in {p.dtype} (the inverse-Hessian solve needs them); convert it with "
+                ".float() or .double()"
+            )
     clone = clone_model(model)
     device = model_device(clone)
     params = [p for p in clone.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
     dtype = params[0].dtype
-    xf, yf = _tensors(forget, config.batch_size, device, dtype)
-    xr, yr = _tensors(retain, config.batch_size, device, dtype)
+    xf, yf = _tensors(forget, config.batch_size, device, dtype, "forget")
+    xr, yr = _tensors(retain, config.batch_size, device, dtype, "retain")
     check_labels(yf, k, "forget")  # also for data sets that do not expose their labels
     check_labels(yr, k, "retain")
     if config.retain_fraction < 1.0:

@@ -115,7 +115,7 @@ def saliency_mask(
     for x, y in make_loader(forget_ds, batch_size, shuffle=False):
         x, y = x.to(device), torch.as_tensor(y).to(device)
         check_batch_labels(y, k, "forget_ds")  # labels the data set does not expose
-        loss = F.cross_entropy(work(x), y, reduction="sum")
+        loss = F.cross_entropy(work(x), y.long(), reduction="sum")
         for n, g in zip(params, torch.autograd.grad(loss, list(params.values())), strict=True):
             grads[n] += g
     flat = torch.cat([g.abs().flatten() for g in grads.values()])

@@ -174,7 +174,7 @@ def scrub(
                 with torch.no_grad():
                     t_out = teacher(x)
                 s_out = student(x)
-                ce = F.cross_entropy(s_out, y)
+                ce = F.cross_entropy(s_out, y.long())  # int32 / int16 labels
                 loss = config.gamma * ce + config.alpha * tempered_kl(s_out, t_out, T)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

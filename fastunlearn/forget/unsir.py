@@ -27,11 +27,13 @@ from torch.utils.data import Dataset
 
 from ._common_b import (
     TrainingData,
+    check_adam_dtype,
     check_float_inputs,
     check_number,
     check_positive_int,
     check_single_batches,
     checked_tensors,
+    float_input_dtype,
     freeze,
     prepare_inputs,
     probe_forward,
@@ -235,7 +237,9 @@ def unsir(
             of one example (repair). A last batch of one example is skipped instead.
         TypeError: If the inputs are not floating-point and the model does not run on
             them as floats (token ids for an ``nn.Embedding``): UNSIR trains on generated
-            noise inputs (checked before any work).
+            noise inputs (checked before any work), or ``model`` has float16 parameters
+            (Adam's state underflows in half precision; bfloat16 trains). Integer inputs
+            are used in the model's floating dtype.
 
     """
     forget_ds, retain_ds, n_classes = prepare_inputs(
@@ -244,6 +248,7 @@ def unsir(
     _, yf = checked_tensors(forget_ds, n_classes, "forget")
     xr, yr = checked_tensors(retain_ds, n_classes, "retain")
     check_float_inputs(model, xr, "unsir", "it trains on generated noise inputs")
+    check_adam_dtype(model, "unsir")
     classes = torch.unique(yf).tolist()
     _check_whole_classes(classes, yr)
     new = clone_model(model)
@@ -261,10 +266,10 @@ def unsir(
                                    config.batch_size))
     if config.repair_epochs > 0:
         stages.append(TrainingData("retain", sub.numel(), "batch_size", config.batch_size))
-    probe = xr[:1] if xr.is_floating_point() else xr[:1].float()
+    dtype = float_input_dtype(model, xr)  # integer data: the model's floating dtype
+    probe = xr[:1].to(dtype)
     check_single_batches(new, probe, stages)
     xr_sub, yr_sub = xr[sub], yr[sub]
-    dtype = xr.dtype if xr.is_floating_point() else torch.float32
 
     noise, noise_y = unsir_noise_set(new, classes, tuple(xr.shape[1:]), config, dtype=dtype)
     impair_x = torch.cat([noise, xr_sub.to(dtype)])

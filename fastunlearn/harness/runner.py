@@ -51,20 +51,46 @@ PARTS = ("forget", "retain", "test")
 
 @torch.no_grad()
 def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
-    """Float32 CPU logits ``[n, C]`` of ``model`` (eval mode).
+    """CPU logits ``[n, C]`` of ``model`` (eval mode): float32, float64 for a float64 model.
 
     Every submodule's mode is restored afterwards, also on an error or an interrupt.
+    Logits of a float16 / bfloat16 model are widened to float32; a float64 model's stay
+    float64 (rounding them to float32 lost digits silently).
+
+    Raises:
+        TypeError: If ``model`` cannot run on ``x`` and ``x``'s dtype differs from its
+            parameters' (float64 inputs into a float32 model, uint8 images, ...): the
+            message names ``x`` and both dtypes.
+
     """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         device = next(model.parameters()).device
-        out = [model(x[i:i + batch_size].to(device)).float().cpu()
-               for i in range(0, x.shape[0], batch_size)]
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            try:
+                logits = model(x[i:i + batch_size].to(device))
+            except RuntimeError as exc:
+                _refuse_input_dtype(model, x, exc)
+                raise
+            keep = logits.dtype == torch.float64
+            out.append((logits if keep else logits.float()).cpu())
     finally:
         for m, mode in modes:
             m.training = mode
     return torch.cat(out)
+
+
+def _refuse_input_dtype(model: nn.Module, x: Tensor, exc: Exception) -> None:
+    """Raise a TypeError naming ``x`` if its dtype differs from the model's parameters'."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and x.dtype not in dtypes:
+        dtype = dtypes.pop()
+        raise TypeError(
+            f"'x' is {x.dtype} but the model's parameters are {dtype}, and the model cannot "
+            f"run on it ({exc}); convert the inputs (x.to({dtype})) or the model"
+        ) from exc
 
 
 def _device(spec: str) -> torch.device:

@@ -67,10 +67,18 @@ def train_model(
     (:func:`fastunlearn.forget._training.train`, as the ``retrain`` method does) with
     :func:`~fastunlearn.harness.config.oracle_recipe`, so the retraining time that methods
     are compared with is measured on the same loop. Returns ``model`` in eval mode.
+
+    Raises:
+        TypeError: Naming ``x``, if ``model`` cannot run on it (e.g. float64 inputs into a
+            float32 model, uint8 images), before any training.
+
     """
     config = _training.SGDConfig(seed=seed, progress=progress, **oracle_recipe(settings))
     dataset = TensorDataset(x, y)
-    k = _training.num_outputs(model, dataset)
+    try:
+        k = _training.num_outputs(model, dataset)
+    except TypeError as exc:  # the inputs the model cannot run on (named for the caller)
+        raise TypeError(f"'x': {exc}") from exc
     with _training.seeded(seed, _training.model_device(model)):
         _training.train_main_stage(model, dataset, config, k, desc)
     return model.eval()
