@@ -117,12 +117,22 @@ def normalize_rows(X: Tensor) -> Tensor:
     """Scale every row to unit L2 norm: ``x / max(||x||, tiny)`` (zero rows stay zero).
 
     Args:
-        X (Tensor[n, d]): features.
+        X (Tensor[n, d]): features; floating rows keep their dtype, integer or bool rows
+            are normalised in float64 (the dtype certified code computes in).
 
     Returns:
         Tensor[n, d]: the normalised rows (a new tensor).
 
+    Raises:
+        TypeError: ``X`` is not a tensor, or is complex.
+
     """
+    if not isinstance(X, Tensor):
+        raise TypeError(f"argument 'X' must be a torch.Tensor, got {type(X).__name__}")
+    if X.is_complex():
+        raise TypeError(f"argument 'X' must be real, got {X.dtype}")
+    if not X.is_floating_point():  # integer / bool features: no finfo, no true division
+        return _normalize_rows(X.to(torch.float64), inplace=True)
     return _normalize_rows(X, inplace=False)
 
 
@@ -346,6 +356,18 @@ class NewtonResult(NamedTuple):
     cholesky: Tensor
 
 
+def _check_same_dtype(X: Tensor, **others: Tensor | None) -> None:
+    """``X`` float32/float64 and every other tensor given of its dtype (TypeError naming it)."""
+    if not isinstance(X, Tensor) or X.dtype not in (torch.float32, torch.float64):
+        got = X.dtype if isinstance(X, Tensor) else type(X).__name__
+        raise TypeError(f"argument 'X' must be a float32 or float64 tensor, got {got}")
+    for name, t in others.items():
+        if t is not None and (not isinstance(t, Tensor) or t.dtype != X.dtype):
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"argument '{name}' must have the dtype of 'X' ({X.dtype}), "
+                            f"got {got}")
+
+
 def newton_fit(
     X: Tensor,
     Y: Tensor,
@@ -379,9 +401,12 @@ def newton_fit(
         NewtonResult: weights, final residual, iterations, convergence flag, Cholesky factors.
 
     Raises:
+        TypeError: ``X`` is not float32 or float64, or ``Y``, ``A``, ``b`` or ``W0`` does not
+            have the dtype of ``X`` (nothing is computed).
         RuntimeError: if the iteration produces non-finite values.
 
     """
+    _check_same_dtype(X, Y=Y, A=A, b=b, W0=W0)
     d, K = X.shape[1], Y.shape[1]
     W = torch.zeros(d, K, dtype=X.dtype, device=X.device) if W0 is None else W0.clone()
     L: Tensor | None = None

@@ -33,7 +33,15 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Return the summed cross-entropy ``sum_i -log softmax(outputs_i)[targets_i]`` (default)."""
+    """Return the summed cross-entropy ``sum_i -log softmax(outputs_i)[targets_i]`` (default).
+
+    Integer class labels of any integer dtype (int32, int16, int8, uint8, ...) are read as
+    int64, which is all ``cross_entropy`` accepts besides uint8; floating targets (class
+    probabilities) are passed on unchanged.
+    """
+    if not (targets.is_floating_point() or targets.is_complex()) \
+            and targets.dtype not in (torch.int64, torch.uint8, torch.bool):
+        targets = targets.to(torch.int64)
     return torch.nn.functional.cross_entropy(outputs, targets, reduction="sum")
 
 

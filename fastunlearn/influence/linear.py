@@ -18,10 +18,12 @@ sqrt(2 ln(1.5 / delta))`` (reference: epsilon 0.1, delta 0.01, c = 3.166).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -106,13 +108,16 @@ def required_sigma(residual: float, epsilon: float = 0.1, delta: float = 0.01) -
         ValueError: an argument out of range.
 
     """
-    if isinstance(residual, bool) or not (isinstance(residual, (int, float))
-                                          and _finite(residual) and residual >= 0):
+    if not (_is_real(residual) and _finite(residual) and residual >= 0):
         raise ValueError(f"'residual' must be finite and >= 0, got {residual!r}")
-    if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float))
-                                         and _finite(epsilon) and epsilon > 0):
+    if not (_is_real(epsilon) and _finite(epsilon) and epsilon > 0):
         raise ValueError(f"'epsilon' must be finite and > 0, got {epsilon!r}")
     return float(residual) * c_delta(delta) / float(epsilon)
+
+
+def _is_real(value: object) -> bool:
+    """Return whether ``value`` is a Python or numpy real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _labels(name: str, y: Tensor, n: int) -> Tensor:
@@ -142,7 +147,7 @@ def _features(name: str, X: object) -> Tensor:
 
 def _finite_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
     """Check a real, finite number > 0 (>= 0 with ``allow_zero``; bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_real(value):
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
     if not _finite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"'{name}' must be finite and {'>= 0' if allow_zero else '> 0'}, "
@@ -177,8 +182,7 @@ def _check_step(order: object, tau: object) -> float | None:
 
 
 def _lam(lam: object) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 \
-            or not _finite(lam):
+    if not _is_real(lam) or not lam > 0 or not _finite(lam):
         raise ValueError(f"'lam' must be finite and > 0, got {lam!r}")
     return float(lam)
 

@@ -212,6 +212,10 @@ def _check_options(
     for name, flag in (("compute_residual", compute_residual), ("check_loss", check_loss),
                        ("apply", apply), ("progress", progress)):
         _check_bool(name, flag)
+    if order == 2 and selected[0].dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"'model': second-order updates (solvers {SOLVERS}) need float32 or "
+                        f"float64 parameters, got {selected[0].dtype} (the solves run in the "
+                        f"parameters' dtype); convert the model with .float() or use order=1")
     tau_value, auto_tau = _check_tau(order, tau)
     settings = _check_lissa(lissa) if order == 2 and solver == "lissa" else None
     P = sum(p.numel() for p in selected)
@@ -597,8 +601,8 @@ def influence_update(
             parameters' dtype, or integer token ids (e.g. for an ``nn.Embedding``). Integer
             inputs are run through the model once, row by row in chunks, before anything
             is computed, so an id outside the vocabulary is named, not a torch error.
-        targets: Tensor[m, ...], their labels as trained on (integer class labels for the
-            default loss).
+        targets: Tensor[m, ...], their labels as trained on (integer class labels of any
+            integer dtype for the default loss).
         new_inputs: Tensor[m, ...], corrected inputs (None: ``inputs``); for token
             inputs, other token ids (a token change; ``G`` and the curvature are exact, the
             corrected tokens simply enter the loss). The drivers' feature unlearning
@@ -653,7 +657,9 @@ def influence_update(
 
     Raises:
         TypeError: arguments of the wrong type or dtype (e.g. floating-point targets with
-            the default cross-entropy, or ``order=2.0``).
+            the default cross-entropy, ``order=2.0``, or ``order=2`` on a model whose
+            selected parameters are float16 or bfloat16: the solvers need float32 or
+            float64; first order works in any floating dtype).
         ValueError: bad shapes, devices, non-finite features, inputs the model cannot run
             on (also token ids outside an embedding's vocabulary, in any row), labels
             outside the model's classes, parameters not in the model or frozen

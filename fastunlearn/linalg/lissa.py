@@ -146,8 +146,8 @@ def lissa(
             ``damping`` is included in H). Summed-loss Hessians of a batch grow with the
             batch size; pick ``scale`` for the batch Hessian, and read the result relative
             to ``E[H_j]`` (the full-data Hessian / k for summed batch Hessians).
-        b: Tensor[d] or Tensor[d, K], finite (columns are estimated independently); used
-            detached (the estimate is not differentiable).
+        b: Tensor[d] or Tensor[d, K], float32 or float64, finite (columns are estimated
+            independently); used detached (the estimate is not differentiable).
         damping: ``>= 0``; the effective damping is ``damping * scale`` (relative to
             ``E[H_j]``).
         scale: ``> 0``; must exceed about ``lambda_max(H) / (2 - damping)``.
@@ -163,7 +163,8 @@ def lissa(
 
     Raises:
         TypeError: bad types of ``hvp``, ``b``, ``batches``, ``progress`` (not a bool) or the
-            integer arguments, or ``b`` not of the dtype of an operator ``hvp``.
+            integer arguments, ``b`` not float32 or float64, or ``b`` not of the dtype of an
+            operator ``hvp``.
         ValueError: bad shapes, non-finite ``b``, ``damping < 0``, ``scale <= 0``, ``depth``,
             ``repetitions`` or ``check_every`` below 1 (or ``depth``/``repetitions`` above
             ``2**63 - 1``), empty ``batches``, or ``hvp`` returning a wrong shape.
@@ -171,6 +172,8 @@ def lissa(
 
     """
     b = _check_float_tensor("b", b).detach()  # no autograd graph through `depth` steps
+    if b.dtype not in (torch.float32, torch.float64):  # as cg: half norms overflow at 256
+        raise TypeError(f"'b' must be float32 or float64, got {b.dtype}")
     if b.ndim not in (1, 2):
         raise ValueError(f"'b' must have shape [d] or [d, K], got {list(b.shape)}")
     if not bool(torch.isfinite(b).all()):
