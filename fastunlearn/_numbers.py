@@ -3,6 +3,12 @@
 ``float(10**400)`` and ``math.isfinite(10**400)`` raise OverflowError; argument checks treat
 such an int as infinite instead, so it is refused like ``inf`` with a message naming the
 argument.
+
+NumPy scalars are numbers too: ``np.int64`` (``np.arange``) where an int is taken,
+``np.float32`` where a real is, ``np.bool_`` where a flag is; checks accept them with
+:func:`is_integer`, :func:`is_real` and :func:`is_flag` and pass the Python value on
+(:func:`as_int`, :func:`as_float`, ``bool``), so configs and JSON hold plain Python values.
+Bools are not numbers here (``True`` as a count or a rate is a mistake).
 """
 
 from __future__ import annotations
@@ -10,7 +16,29 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["as_float", "is_finite"]
+import numpy as np
+
+__all__ = ["as_float", "as_int", "is_finite", "is_flag", "is_integer", "is_real"]
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is a Python or NumPy integer (not a bool or ``np.bool_``)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a Python or NumPy real number (not a bool or ``np.bool_``)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_flag(value: object) -> bool:
+    """Whether ``value`` is a bool or a NumPy bool."""
+    return isinstance(value, (bool, np.bool_))
+
+
+def as_int(value: numbers.Integral) -> int:
+    """Return the Python int of an integer (``np.int64(3)`` -> ``3``)."""
+    return int(value)
 
 
 def is_finite(value: numbers.Real) -> bool:
