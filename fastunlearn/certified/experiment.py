@@ -40,6 +40,7 @@ import torch
 
 from .._atomic_files import write_text
 from .._device import parse_device
+from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
 
 __all__ = [
     "DATASETS",
@@ -81,7 +82,20 @@ def _canonical_dataset(name: str) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether ``value`` is a Python or NumPy real number (not a bool)."""
+    return is_real(value)
+
+
+def _plain(value: Any) -> Any:
+    """Return a NumPy bool, integer or real scalar as the Python value, anything else as is."""
+    if isinstance(value, np.generic):
+        if is_flag(value):
+            return bool(value)
+        if is_integer(value):
+            return as_int(value)
+        if is_real(value):
+            return as_float(value)
+    return value
 
 
 @dataclass
@@ -152,6 +166,17 @@ class ExperimentConfig:
     plots: bool = True
     verbose: bool = False
 
+    def __post_init__(self) -> None:
+        self._plain_fields()
+
+    def _plain_fields(self) -> None:
+        """Store NumPy scalars as Python values: configs compare and serialise alike."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            plain = _plain(value)
+            if plain is not value:
+                setattr(self, f.name, plain)
+
     def validate(self) -> ExperimentConfig:
         """Check every field; returns ``self`` (with ``dataset`` spelled canonically).
 
@@ -159,6 +184,7 @@ class ExperimentConfig:
             ValueError: Naming the first bad field.
 
         """
+        self._plain_fields()  # fields may have been set after construction
         self.dataset = _canonical_dataset(self.dataset)
         if not isinstance(self.extractor, str) or not self.extractor:
             raise ValueError(f"'extractor' must be a feature-file prefix or 'none', "
@@ -172,9 +198,9 @@ class ExperimentConfig:
             raise ValueError(f"'train_mode' must be 'binary' or 'ovr', got {self.train_mode!r}")
         positive = {"lam": self.lam, "epsilon": self.epsilon}
         for name, value in positive.items():
-            if not (_is_number(value) and math.isfinite(value) and value > 0):
+            if not (_is_number(value) and is_finite(value) and value > 0):
                 raise ValueError(f"'{name}' must be a positive number, got {value!r}")
-        if not (_is_number(self.std) and math.isfinite(self.std) and self.std >= 0):
+        if not (_is_number(self.std) and is_finite(self.std) and self.std >= 0):
             raise ValueError(f"'std' must be a non-negative number, got {self.std!r}")
         if not (_is_number(self.delta) and 0 < self.delta < 1):
             raise ValueError(f"'delta' must be in (0, 1), got {self.delta!r}")
@@ -192,7 +218,7 @@ class ExperimentConfig:
             )
         for name in ("num_steps", "num_removes", "batch", "eval_every", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            if not is_integer(value):  # Python or NumPy int, not a bool
                 raise ValueError(f"'{name}' must be an int, got {value!r}")
             if value < (1 if name == "num_steps" else 0):
                 kind = "positive" if name == "num_steps" else "non-negative"
@@ -201,10 +227,10 @@ class ExperimentConfig:
             raise ValueError(f"'gamma' must be one of {', '.join(GAMMAS)}, got {self.gamma!r}")
         if self.solver not in ("auto", "cholesky", "cg"):
             raise ValueError(f"'solver' must be auto, cholesky or cg, got {self.solver!r}")
-        if not (_is_number(self.cg_tol) and math.isfinite(self.cg_tol) and self.cg_tol > 0):
+        if not (_is_number(self.cg_tol) and is_finite(self.cg_tol) and self.cg_tol > 0):
             raise ValueError(f"'cg_tol' must be a positive number, got {self.cg_tol!r}")
         target = self.target_epsilon
-        if target is not None and not (_is_number(target) and math.isfinite(target)
+        if target is not None and not (_is_number(target) and is_finite(target)
                                        and target > 0):
             raise ValueError(f"'target_epsilon' must be a positive number or None, got {target!r}")
         parse_device(self.device)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .._numbers import as_float, as_int, is_integer, is_real
 from ..data.vision import load_features, save_features
 
 __all__ = [
@@ -75,9 +76,9 @@ Batch = tuple[Tensor, Tensor]
 
 
 def _check_real(value: object, arg: str, *, low: float, inclusive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):  # Python or NumPy real, not a bool
         raise TypeError(f"'{arg}' must be a number, got {type(value).__name__}")
-    value = float(value)
+    value = as_float(value)  # an int beyond the float range: inf, refused below
     ok = value >= low if inclusive else value > low
     if not ok or not math.isfinite(value):
         sign = ">=" if inclusive else ">"
@@ -86,8 +87,9 @@ def _check_real(value: object, arg: str, *, low: float, inclusive: bool) -> floa
 
 
 def _check_count(value: object, arg: str, *, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):  # Python or NumPy int, not a bool
         raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
+    value = as_int(value)
     if value < low:
         raise ValueError(f"'{arg}' must be >= {low}, got {value}")
     return value

@@ -57,6 +57,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+from .._numbers import is_flag
 from .._paths import check_file_path
 from .ledger import (
     RemovalLedger,
@@ -755,8 +756,9 @@ def load_model(
 
     """
     for name, flag in (("ledger", ledger), ("allow_rollback", allow_rollback)):
-        if not isinstance(flag, bool):
+        if not is_flag(flag):  # a bool or np.bool_
             raise TypeError(f"argument '{name}' must be a bool, got {type(flag).__name__}")
+    ledger, allow_rollback = bool(ledger), bool(allow_rollback)
     p = check_file_path(path)
     if cls is None:
         from .estimator import CertifiedLogisticRegression

@@ -36,6 +36,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._numbers import as_float, as_int, is_integer, is_real
+
 __all__ = [
     "AGE_LAYOUTS",
     "IMAGE_EXTENSIONS",
@@ -73,10 +75,11 @@ def age_bins(ages: Tensor, bin_width: int = 10, num_bins: int = 10) -> Tensor:
 
     """
     for value, arg in ((bin_width, "bin_width"), (num_bins, "num_bins")):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_integer(value):
             raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
         if not 1 <= value <= 2**63 - 1:  # int64 arithmetic: larger values overflow
             raise ValueError(f"'{arg}' must be in 1..2**63-1, got {value}")
+    bin_width, num_bins = as_int(bin_width), as_int(num_bins)
     if not isinstance(ages, Tensor) or ages.dtype.is_floating_point or ages.dtype == torch.bool:
         raise TypeError("'ages' must be an integer tensor")
     if (ages < 0).any():
@@ -182,8 +185,10 @@ class AgeImageFolder(Dataset):
             raise FileNotFoundError(f"'root' {str(root)!r} is not a directory")
         if target not in ("bin", "age"):
             raise ValueError(f"'target' must be 'bin' or 'age', got {target!r}")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        if size is not None and (not is_integer(size) or size < 1):
             raise ValueError(f"'size' must be None or a positive int, got {size!r}")
+        if size is not None:
+            size = as_int(size)
         if not isinstance(grayscale, (bool, np.bool_)):
             raise TypeError(f"'grayscale' must be a bool, got {type(grayscale).__name__}")
         grayscale = bool(grayscale)  # numpy's bool_ as well
@@ -376,12 +381,14 @@ def subject_forget_split(
         raise TypeError(f"'subjects' must be a sequence of names, got {type(subjects).__name__}")
     if len(subjects) == 0:
         raise ValueError("'subjects' is empty: there is nothing to forget from")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+    if not is_real(fraction):
         raise TypeError(f"'fraction' must be a number, got {type(fraction).__name__}")
+    fraction = as_float(fraction)
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"'fraction' must be in (0, 1), got {fraction}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    seed = as_int(seed)
     if not 0 <= seed < 2**64:  # torch.Generator's range; negative seeds alias large ones
         raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
     n = len(subjects)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
+from .._numbers import is_integer, is_real
 
 __all__ = ["DigitsSplit", "digits_images", "load_digits_dataset"]
 
@@ -83,7 +84,7 @@ def _check_binary(binary: object) -> tuple[int, int] | None:
         raise ValueError(f"'binary' must be a pair of digits like (3, 8), got {binary!r}")
     a, b = binary
     for digit in (a, b):
-        if isinstance(digit, bool) or not isinstance(digit, (int, np.integer)):
+        if not is_integer(digit):
             raise ValueError(f"'binary' must hold two int digits, got {binary!r}")
         if not 0 <= digit <= 9:
             raise ValueError(f"'binary' digits must be in 0..9, got {binary!r}")
@@ -152,11 +153,11 @@ def load_digits_dataset(
     """
     pair = _check_binary(binary)
     _check_dtype(dtype)
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+    if not is_real(test_fraction):
         raise ValueError(f"'test_fraction' must be a number in (0, 1), got {test_fraction!r}")
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**60:  # each class seeds a generator with seed * 16 + class
         raise ValueError(f"'seed' must be in 0..2**60-1, got {seed}")

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
+from .._numbers import is_flag, is_integer
 from .._paths import check_output_file
 
 __all__ = [
@@ -131,7 +132,7 @@ def _check_data_dir(data_dir: str | os.PathLike) -> Path:
 
 def _check_flag(value: object, arg: str) -> bool:
     """Return a bool (Python or numpy) argument; a truthy string must not pass as True."""
-    if not isinstance(value, (bool, np.bool_)):
+    if not is_flag(value):
         raise TypeError(f"'{arg}' must be a bool, got {type(value).__name__}")
     return bool(value)
 
@@ -933,7 +934,7 @@ def _check_binary(binary: object) -> tuple[int, int] | None:
     if not isinstance(binary, (tuple, list)) or len(binary) != 2:
         raise ValueError(f"'binary' must be a pair of classes like (3, 8), got {binary!r}")
     for c in binary:
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < 2**63:
+        if not is_integer(c) or not 0 <= c < 2**63:
             raise ValueError(f"'binary' must hold two non-negative int classes, got {binary!r}")
     if binary[0] == binary[1]:
         raise ValueError(f"'binary' classes must differ, got {binary!r}")

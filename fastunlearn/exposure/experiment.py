@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import random
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .._device import parse_device
+from .._numbers import as_float, as_int, is_integer, is_real
 from .._numbers import is_finite as _finite
 from .._process_flags import GLOBAL_RNG_LOCK
 from .exposure import SkewNormalFit, fit_skew_normal, rank_exposure
@@ -41,6 +41,11 @@ __all__ = [
     "run_canary_experiment",
     "train_char_lm",
 ]
+
+def _plain_real(value: object) -> float:
+    """Return a checked real number as a Python int (an integer) or float (NumPy too)."""
+    return as_int(value) if is_integer(value) else as_float(value)  # type: ignore[arg-type]
+
 
 # Secrets drawn when sampling and ``n_candidates`` is None.
 _DEFAULT_CANDIDATES = 10_000
@@ -182,16 +187,22 @@ def measure_exposure(
         missing = sorted(set(text) - set(vocab.chars))
         if missing:
             raise ValueError(f"'{arg}' holds characters not in the vocabulary: {missing}")
-    if n_candidates is not None and not isinstance(n_candidates, int):
-        raise TypeError(f"'n_candidates' must be None or an int, got {n_candidates!r}")
-    if n_candidates is not None and (isinstance(n_candidates, bool) or n_candidates < 3):
+    if n_candidates is not None and isinstance(n_candidates, bool):
         raise ValueError(f"'n_candidates' must be None or >= 3, got {n_candidates!r}")
-    if isinstance(enumerate_limit, bool) or not isinstance(enumerate_limit, int):
+    if n_candidates is not None and not is_integer(n_candidates):
+        raise TypeError(f"'n_candidates' must be None or an int, got {n_candidates!r}")
+    if n_candidates is not None and n_candidates < 3:
+        raise ValueError(f"'n_candidates' must be None or >= 3, got {n_candidates!r}")
+    if n_candidates is not None:
+        n_candidates = as_int(n_candidates)
+    if not is_integer(enumerate_limit):
         raise TypeError(f"'enumerate_limit' must be an int, got {enumerate_limit!r}")
+    enumerate_limit = as_int(enumerate_limit)
     if enumerate_limit < 0:
         raise ValueError(f"'enumerate_limit' must be >= 0, got {enumerate_limit}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    seed = as_int(seed)
     space = len(alphabet) ** length
     if space < 4:
         # the secret plus at least 3 others: fewer leave nothing to rank or to fit
@@ -303,10 +314,11 @@ def train_char_lm(
         (seq_len, "seq_len", 1),
         (batch_size, "batch_size", 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_integer(value):
             raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
         if value < low:
             raise ValueError(f"'{arg}' must be >= {low}, got {value}")
+    steps, seq_len, batch_size = as_int(steps), as_int(seq_len), as_int(batch_size)
     if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
         raise TypeError("'ids' must be an int64 tensor")
     if ids.dim() != 1 or ids.numel() <= seq_len:
@@ -322,14 +334,16 @@ def train_char_lm(
                 "Adam's state underflows in half precision; use .float() or .bfloat16()"
             )
     for value, arg in ((lr, "lr"), (weight_decay, "weight_decay")):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        if not is_real(value):
             raise TypeError(f"'{arg}' must be a number, got {type(value).__name__}")
         if not _finite(value) or value < 0 or (arg == "lr" and value == 0):
             # an infinite rate would turn every weight into NaN without an error
             raise ValueError(f"'{arg}' must be finite and {'> 0' if arg == 'lr' else '>= 0'}, "
                              f"got {value}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    lr, weight_decay = _plain_real(lr), _plain_real(weight_decay)
+    if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    seed = as_int(seed)
     if not 0 <= seed < 2**64:  # torch.Generator's range
         raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
     from tqdm.auto import tqdm
@@ -366,8 +380,9 @@ def greedy_completion(model: CharLM, vocab: CharVocab, prefix: str, length: int)
         TypeError: If ``length`` is not an int.
 
     """
-    if isinstance(length, bool) or not isinstance(length, int):
+    if not is_integer(length):
         raise TypeError(f"'length' must be an int, got {type(length).__name__}")
+    length = as_int(length)
     if length < 0:
         raise ValueError(f"'length' must be >= 0, got {length}")
     if not isinstance(prefix, str) or not prefix:
@@ -453,14 +468,16 @@ class CanaryConfig:
             "enumerate_limit",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_integer(value):
                 raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
             if value < 1:
                 raise ValueError(f"'{name}' must be >= 1, got {value}")
+            object.__setattr__(self, name, as_int(value))  # frozen; a NumPy int as an int
         for name in ("insertions", "steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_integer(value) or value < 0:
                 raise ValueError(f"'{name}' must be an int >= 0, got {value!r}")
+            object.__setattr__(self, name, as_int(value))
         if self.secret is not None and (
             not isinstance(self.secret, str)
             or not self.secret
@@ -471,26 +488,32 @@ class CanaryConfig:
             )
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            if not is_real(value):
                 raise TypeError(f"'{name}' must be a number, got {type(value).__name__}")
         if not self.lr > 0 or not self.weight_decay >= 0:
             raise ValueError("'lr' must be > 0 and 'weight_decay' >= 0")
         if not _finite(self.lr) or not _finite(self.weight_decay):
             raise ValueError("'lr' and 'weight_decay' must be finite")
+        object.__setattr__(self, "lr", _plain_real(self.lr))
+        object.__setattr__(self, "weight_decay", _plain_real(self.weight_decay))
         if self.n_candidates is not None and (
-            isinstance(self.n_candidates, bool)
-            or not isinstance(self.n_candidates, int)
-            or self.n_candidates < 3
+            not is_integer(self.n_candidates) or self.n_candidates < 3
         ):
             raise ValueError(
                 f"'n_candidates' must be None or an int >= 3, got {self.n_candidates!r}"
             )
+        if self.n_candidates is not None:
+            object.__setattr__(self, "n_candidates", as_int(self.n_candidates))
         if not isinstance(self.prefix, str) or not self.prefix:
             raise ValueError("'prefix' must be a non-empty str")
         if not isinstance(self.suffix, str):
             raise ValueError(f"'suffix' must be a str, got {self.suffix!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if not is_integer(self.seed):
             raise TypeError(f"'seed' must be an int, got {type(self.seed).__name__}")
+        object.__setattr__(self, "seed", as_int(self.seed))
+        for name in ("control", "progress"):  # unchecked flags, but stored as plain bools
+            if isinstance(getattr(self, name), np.bool_):
+                object.__setattr__(self, name, bool(getattr(self, name)))
         if not 0 <= self.seed < 2**64:  # torch.Generator's range (train_char_lm checks it too)
             raise ValueError(f"'seed' must be in 0..2**64-1, got {self.seed}")
         parse_device(self.device)

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._numbers import as_float, as_int, is_finite, is_integer, is_real
+
 __all__ = [
     "SkewNormalFit",
     "exposure_from_rank",
@@ -68,8 +70,8 @@ def _as_scores(values: object, arg: str, *, min_size: int = 1) -> np.ndarray:
 
 def _as_canaries(values: object) -> tuple[np.ndarray, bool]:
     """Canary scores as a 1-D array, and whether a single number was given."""
-    if isinstance(values, (int, float, np.integer, np.floating)) and not isinstance(values, bool):
-        if not math.isfinite(float(values)):
+    if is_real(values):
+        if not is_finite(values):  # type: ignore[arg-type]
             raise ValueError(f"'canary' must be finite, got {values}")
         return np.array([float(values)]), True
     if isinstance(values, Tensor) and values.dim() == 0:
@@ -90,8 +92,9 @@ def exposure_from_rank(rank: int, space_size: int) -> float:
 
     """
     for value, arg in ((rank, "rank"), (space_size, "space_size")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not is_integer(value):
             raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
+    rank, space_size = as_int(rank), as_int(space_size)
     if not 1 <= rank <= space_size:
         raise ValueError(f"'rank' must be in 1..space_size={space_size}, got {rank}")
     return math.log2(space_size) - math.log2(rank)
@@ -149,10 +152,14 @@ class SkewNormalFit:
     def __post_init__(self) -> None:
         for name in ("a", "loc", "scale"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            if not is_real(value):
                 raise TypeError(f"'{name}' must be a number, got {type(value).__name__}")
-            if not math.isfinite(value):
+            if not is_finite(value):
                 raise ValueError(f"'{name}' must be finite, got {value}")
+            # frozen; a NumPy scalar is stored as the Python number (asdict / JSON)
+            object.__setattr__(self, name, as_int(value) if is_integer(value) else as_float(value))
+        if is_integer(self.n):
+            object.__setattr__(self, "n", as_int(self.n))
         if self.scale < 0:
             raise ValueError(f"'scale' must be >= 0, got {self.scale}")
 
@@ -178,7 +185,7 @@ class SkewNormalFit:
 
 
 def _max_exposure(space_size: int | float) -> float:
-    if isinstance(space_size, bool) or not isinstance(space_size, (int, float, np.integer)):
+    if not is_real(space_size):
         raise TypeError(f"'space_size' must be a number, got {type(space_size).__name__}")
     if not space_size >= 1:
         raise ValueError(f"'space_size' must be >= 1, got {space_size}")

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._numbers import as_int, is_integer
+
 __all__ = ["CharLM", "sequence_log_perplexity"]
 
 _LN2 = math.log(2.0)
@@ -47,10 +49,12 @@ class CharLM(nn.Module):
             (hidden, "hidden"),
             (layers, "layers"),
         ):
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_integer(value):
                 raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
             if value < 1:
                 raise ValueError(f"'{arg}' must be >= 1, got {value}")
+        vocab_size, embed_dim = as_int(vocab_size), as_int(embed_dim)
+        hidden, layers = as_int(hidden), as_int(layers)
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
         if rnn is None:
             raise ValueError(f"'cell' must be 'lstm' or 'gru', got {cell!r}")
@@ -120,8 +124,9 @@ def sequence_log_perplexity(
         vocab = getattr(model, "vocab_size", None)
         if value.numel() and (value.min() < 0 or (vocab is not None and value.max() >= vocab)):
             raise ValueError(f"'{arg}' holds ids outside the vocabulary")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"'batch_size' must be a positive int, got {batch_size!r}")
+    batch_size = as_int(batch_size)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

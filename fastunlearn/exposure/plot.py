@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._numbers import as_int, is_integer
 from ..report.plots import _new_figure, _save
 from .experiment import ExposureMeasurement
 
@@ -80,8 +81,9 @@ def plot_exposure(
     ]
     if len(names) != len(items):
         raise ValueError(f"'labels' must have {len(items)} entries, got {len(names)}")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+    if not is_integer(bins) or bins < 1:
         raise ValueError(f"'bins' must be an int >= 1, got {bins!r}")
+    bins = as_int(bins)
 
     first = items[0]
     others = np.asarray(first.others, dtype=np.float64)

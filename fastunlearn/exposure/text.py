@@ -8,7 +8,6 @@ used instead: every function takes plain strings.
 
 from __future__ import annotations
 
-import numbers
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._numbers import as_int, is_integer
 
 __all__ = ["CharVocab", "DIGITS", "generate_corpus", "insert_canary"]
 
@@ -73,10 +74,15 @@ _ENDINGS = (
 )
 
 
-def _check_seed(seed: object) -> None:
-    """Refuse a seed that is not an int (None would seed ``random.Random`` from the clock)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
+def _check_seed(seed: object) -> int:
+    """Return ``seed`` as a Python int; refuse one that is not an int.
+
+    None would seed ``random.Random`` from the clock; a NumPy integer (which
+    ``random.Random`` refuses) is accepted and returned as an int.
+    """
+    if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    return as_int(seed)  # type: ignore[arg-type]
 
 
 def generate_corpus(n_sentences: int = 2000, seed: int = 0) -> str:
@@ -90,11 +96,12 @@ def generate_corpus(n_sentences: int = 2000, seed: int = 0) -> str:
         TypeError: If ``n_sentences`` or ``seed`` is not an int.
 
     """
-    if isinstance(n_sentences, bool) or not isinstance(n_sentences, int):
+    if not is_integer(n_sentences):
         raise TypeError(f"'n_sentences' must be an int, got {type(n_sentences).__name__}")
+    n_sentences = as_int(n_sentences)
     if n_sentences < 1:
         raise ValueError(f"'n_sentences' must be >= 1, got {n_sentences}")
-    _check_seed(seed)
+    seed = _check_seed(seed)
     rng = random.Random(seed)
     sentences = []
     for _ in range(n_sentences):
@@ -127,9 +134,10 @@ def insert_canary(text: str, canary: str, insertions: int, seed: int = 0) -> tup
         TypeError: If ``insertions`` or ``seed`` is not an int or ``text`` not a str.
 
     """
-    _check_seed(seed)
-    if isinstance(insertions, bool) or not isinstance(insertions, int):
+    seed = _check_seed(seed)
+    if not is_integer(insertions):
         raise TypeError(f"'insertions' must be an int, got {type(insertions).__name__}")
+    insertions = as_int(insertions)
     if insertions < 0:
         raise ValueError(f"'insertions' must be >= 0, got {insertions}")
     if not isinstance(canary, str) or not canary:
@@ -230,8 +238,7 @@ class CharVocab:
                 f"'ids' must be a 1-D tensor, array or list of ints, got {type(ids).__name__}"
             )
         if any(
-            isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral)
-            or not 0 <= i < self.size for i in values
+            not is_integer(i) or not 0 <= i < self.size for i in values
         ):
             raise ValueError(f"'ids' holds ids outside the vocabulary 0..{self.size - 1}")
         return "".join(self.chars[int(i)] for i in values)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, TensorDataset
 
+from .._numbers import as_float, as_int, is_integer, is_real
 from .._process_flags import GLOBAL_RNG_LOCK
 from .base import _check_int, as_dataset, batches, check_finite_number, iterate, model_device
 from .checks import check_labels, check_sets
@@ -59,27 +60,51 @@ __all__ = [
 ]
 
 
-def check_positive_int(name: str, value: object, minimum: int = 1) -> None:
-    """Raise TypeError/ValueError unless ``value`` is an int in ``minimum .. 2**63 - 1``."""
-    _check_int(name, value, minimum)
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` as a Python int, checked to be in ``minimum .. 2**63 - 1``.
+
+    A NumPy integer is accepted; a bool or a float (even ``2.0``) is not.
+
+    Raises:
+        TypeError: If ``value`` is not an int.
+        ValueError: If ``value`` is out of range.
+
+    """
+    return _check_int(name, value, minimum)
 
 
-def check_number(name: str, value: object, minimum: float = 0.0, *, strict: bool = False) -> None:
-    """Raise TypeError/ValueError unless ``value`` is a finite number above ``minimum``."""
-    check_finite_number(name, value, minimum, strict=strict)
+def check_number(name: str, value: object, minimum: float = 0.0, *, strict: bool = False) -> float:
+    """Return ``value``, checked to be a finite number above ``minimum``, as a Python number.
+
+    A NumPy real scalar is accepted; a bool is not.
+
+    Raises:
+        TypeError: If ``value`` is not a real number.
+        ValueError: If ``value`` is not finite or not above ``minimum``.
+
+    """
+    return check_finite_number(name, value, minimum, strict=strict)
 
 
-def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> None:
-    """Raise TypeError/ValueError unless ``value`` is in ``(0, 1]`` (``[0, 1]`` if allowed).
+def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a Python number, checked to be in ``(0, 1]`` (``[0, 1]`` if allowed).
 
     The one fraction check of every forgetting method (also re-exported by ``_training``).
+    A NumPy real scalar is accepted; a bool is not.
+
+    Raises:
+        TypeError: If ``value`` is not a real number.
+        ValueError: If ``value`` is outside the interval.
+
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = as_int(value) if is_integer(value) else as_float(value)  # type: ignore[arg-type]
     ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
     if not ok:
         interval = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
 
 
 def check_inputs(

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from .._numbers import as_float, as_int, is_integer, is_real
 from .._process_flags import GLOBAL_RNG_LOCK
 from ._common_b import (
     SkipSingleBatches,
@@ -39,7 +40,7 @@ from ._common_b import (
     probe_forward,
 )
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
-from .base import ForgetConfig, as_dataset, batches, clone_model, iterate, model_device
+from .base import ForgetConfig, as_dataset, batches, check_flag, clone_model, iterate, model_device
 from .checks import check_batch_labels, check_sets, dataset_labels, item_labels
 
 __all__ = [
@@ -62,10 +63,14 @@ __all__ = [
 _SCHEDULERS = ("none", "cosine", "multistep")
 
 
-def check_bool(name: str, value: object) -> None:
-    """Raise TypeError unless ``value`` is a bool (a string such as ``"no"`` is truthy)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` as a Python bool; a bool or ``np.bool_`` only.
+
+    Raises:
+        TypeError: If ``value`` is not a bool (a string such as ``"no"`` is truthy).
+
+    """
+    return check_flag(name, value)
 
 
 @dataclass
@@ -88,7 +93,7 @@ class SGDConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_bool("nesterov", self.nesterov)
+        self.nesterov = check_bool("nesterov", self.nesterov)
         if self.scheduler not in _SCHEDULERS:
             raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {self.scheduler!r}")
         if self.nesterov and self.momentum == 0.0:
@@ -98,10 +103,12 @@ class SGDConfig(ForgetConfig):
             raise TypeError(f"milestones must be a sequence of ints, got {kind}")
         self.milestones = tuple(self.milestones)
         for m in self.milestones:
-            if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            if not is_integer(m) or m < 1:
                 raise ValueError(f"milestones must be positive ints, got {self.milestones!r}")
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)):
+        self.milestones = tuple(as_int(m) for m in self.milestones)
+        if not is_real(self.gamma):
             raise TypeError(f"gamma must be a number, got {type(self.gamma).__name__}")
+        self.gamma = as_int(self.gamma) if is_integer(self.gamma) else as_float(self.gamma)
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
 

@@ -67,9 +67,9 @@ class ActivationResetConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fraction("retain_fraction", self.retain_fraction)
-        check_fraction("toll", self.toll, allow_zero=True)
-        check_bool("reset_mlp", self.reset_mlp)
+        self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
+        self.toll = check_fraction("toll", self.toll, allow_zero=True)
+        self.reset_mlp = check_bool("reset_mlp", self.reset_mlp)
 
 
 def mean_activations(

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._equality import dataclass_eq
+from .._numbers import is_flag
 from ._common_b import (
     TrainingData,
     check_adam_dtype,
@@ -181,21 +182,23 @@ def generate_antisamples(
                 f"retain_labels must be an integer tensor of shape [{retain.shape[0]}], "
                 f"got {retain_labels.dtype} {tuple(retain_labels.shape)}"
             )
-    check_fraction("retain_fraction", retain_fraction)
+    retain_fraction = check_fraction("retain_fraction", retain_fraction)
     if n_generated is not None:
-        check_positive_int("n_generated", n_generated)
+        n_generated = check_positive_int("n_generated", n_generated)
     if tail_randomized is not None:
-        check_positive_int("tail_randomized", tail_randomized, 0)
-    check_number("local_variance", local_variance)
-    check_fraction("p", p, allow_zero=True)
-    check_number("eps", eps)
-    check_positive_int("size_multiplier", size_multiplier)
-    check_positive_int("chunk_size", chunk_size)
-    if not isinstance(convex_combination, bool):
+        tail_randomized = check_positive_int("tail_randomized", tail_randomized, 0)
+    local_variance = check_number("local_variance", local_variance)
+    p = check_fraction("p", p, allow_zero=True)
+    eps = check_number("eps", eps)
+    size_multiplier = check_positive_int("size_multiplier", size_multiplier)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
+    if not is_flag(convex_combination):
         raise TypeError("convex_combination must be a bool")
-    if not isinstance(return_weights, bool):
+    convex_combination = bool(convex_combination)
+    if not is_flag(return_weights):
         raise TypeError("return_weights must be a bool")
-    check_seed("seed", seed)
+    return_weights = bool(return_weights)
+    seed = check_seed("seed", seed)
 
     from ..ops.knn import farthest_k  # loads the compiled op library on first use
 
@@ -315,18 +318,19 @@ class AntiSampleConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_number("lr_scale", self.lr_scale, strict=True)
-        check_fraction("retain_fraction", self.retain_fraction)
+        self.lr_scale = check_number("lr_scale", self.lr_scale, strict=True)
+        self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
         if self.tail_randomized is not None:
-            check_positive_int("tail_randomized", self.tail_randomized, 0)
-        check_number("local_variance", self.local_variance)
-        check_fraction("p", self.p, allow_zero=True)
-        check_number("eps", self.eps)
-        check_positive_int("size_multiplier", self.size_multiplier)
+            self.tail_randomized = check_positive_int("tail_randomized", self.tail_randomized, 0)
+        self.local_variance = check_number("local_variance", self.local_variance)
+        self.p = check_fraction("p", self.p, allow_zero=True)
+        self.eps = check_number("eps", self.eps)
+        self.size_multiplier = check_positive_int("size_multiplier", self.size_multiplier)
         if self.n_generated is not None:
-            check_positive_int("n_generated", self.n_generated)
-        if not isinstance(self.convex_combination, bool):
+            self.n_generated = check_positive_int("n_generated", self.n_generated)
+        if not is_flag(self.convex_combination):
             raise TypeError("convex_combination must be a bool")
+        self.convex_combination = bool(self.convex_combination)
 
 
 def _preset(scale: float, retain_fraction: float, *, lv: float = 1.0, p: float = 0.95,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from .._numbers import as_int, is_integer
 from ._common_b import (
     SkipSingleBatches,
     TrainingData,
@@ -79,12 +80,12 @@ class BadTeacherConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_number("temperature", self.temperature, strict=True)
-        check_fraction("retain_fraction", self.retain_fraction)
-        if self.incompetent_seed is not None and (
-            isinstance(self.incompetent_seed, bool) or not isinstance(self.incompetent_seed, int)
-        ):
-            raise TypeError("incompetent_seed must be an int or None")
+        self.temperature = check_number("temperature", self.temperature, strict=True)
+        self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
+        if self.incompetent_seed is not None:
+            if not is_integer(self.incompetent_seed):
+                raise TypeError("incompetent_seed must be an int or None")
+            self.incompetent_seed = as_int(self.incompetent_seed)
 
 
 @register("bad_teacher", BadTeacherConfig)

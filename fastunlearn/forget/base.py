@@ -45,9 +45,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .._numbers import as_float, as_int, is_flag, is_integer, is_real
 
 __all__ = [
     "ForgetConfig",
@@ -93,15 +96,15 @@ class ForgetConfig:
     check_overlap: bool = True
 
     def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs, 0)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_float("lr", self.lr, 0.0, strict=False)
-        _check_float("momentum", self.momentum, 0.0, strict=False)
-        _check_float("weight_decay", self.weight_decay, 0.0, strict=False)
-        check_seed("seed", self.seed)
-        if not isinstance(self.check_overlap, bool):
-            kind = type(self.check_overlap).__name__
-            raise TypeError(f"check_overlap must be a bool, got {kind}")
+        self.epochs = _check_int("epochs", self.epochs, 0)
+        self.batch_size = _check_int("batch_size", self.batch_size, 1)
+        self.lr = _check_float("lr", self.lr, 0.0, strict=False)
+        self.momentum = _check_float("momentum", self.momentum, 0.0, strict=False)
+        self.weight_decay = _check_float("weight_decay", self.weight_decay, 0.0, strict=False)
+        self.seed = check_seed("seed", self.seed)
+        self.check_overlap = check_flag("check_overlap", self.check_overlap)
+        if isinstance(self.progress, np.bool_):  # unchecked (any truthy value), but kept plain
+            self.progress = bool(self.progress)
 
 
 ConfigT = TypeVar("ConfigT", bound=ForgetConfig)
@@ -114,45 +117,76 @@ _REGISTRY: dict[str, tuple[ForgetMethod, type[ForgetConfig]]] = {}
 _MAX_INT = 2**63 - 1
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` as a Python int after checking it (a NumPy integer is accepted)."""
+    if not is_integer(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = as_int(value)  # type: ignore[arg-type]
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if value > _MAX_INT:  # would fail deep inside (a torch size, islice) at run time
         raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
+    return value
 
 
-def check_seed(name: str, value: object) -> None:
-    """Raise TypeError/ValueError unless ``value`` is an int a torch generator can take.
+def check_seed(name: str, value: object) -> int:
+    """Return ``value`` as a Python int, checked to be a seed a torch generator can take.
 
     Generators take 64-bit seeds; methods add small offsets to theirs, so the range is
-    ``-2**63 .. 2**63 - 1`` (a seed outside it failed deep inside, unnamed).
+    ``-2**63 .. 2**63 - 1`` (a seed outside it failed deep inside, unnamed). A NumPy
+    integer (``np.arange``) is accepted and returned as a Python int.
+
+    Raises:
+        TypeError: If ``value`` is not an int (a bool or a float is refused).
+        ValueError: If ``value`` is outside ``-2**63 .. 2**63 - 1``.
+
     """
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_integer(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = as_int(value)  # type: ignore[arg-type]
     if not -_MAX_INT - 1 <= value <= _MAX_INT:
         raise ValueError(f"{name} must be in -2**63 .. 2**63 - 1, got {value}")
+    return value
 
 
-def check_finite_number(name: str, value: object, minimum: float, *, strict: bool) -> None:
-    """Raise TypeError/ValueError unless ``value`` is a finite number above ``minimum``.
+def check_finite_number(name: str, value: object, minimum: float, *, strict: bool) -> float:
+    """Return ``value``, checked to be a finite number above ``minimum``, as a Python number.
 
-    An int beyond 2**63 - 1 in magnitude is refused too: torch cannot take it as a scalar
-    (an OverflowError deep inside the optimiser or a kernel).
+    A NumPy real scalar is accepted and returned as a Python float (a NumPy integer as an
+    int). An int beyond 2**63 - 1 in magnitude is refused too: torch cannot take it as a
+    scalar (an OverflowError deep inside the optimiser or a kernel).
+
+    Raises:
+        TypeError: If ``value`` is not a real number (a bool is refused).
+        ValueError: If ``value`` is not finite or not above ``minimum``.
+
     """
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = as_int(value) if is_integer(value) else as_float(value)  # type: ignore[arg-type]
     bad = value <= minimum if strict else value < minimum
     huge = isinstance(value, int) and abs(value) > _MAX_INT
     if bad or huge or value != value or value in (float("inf"), float("-inf")):
         op = ">" if strict else ">="
         limit = " (an int must be <= 2**63 - 1)" if huge else ""
         raise ValueError(f"{name} must be finite and {op} {minimum}{limit}, got {value}")
+    return value
 
 
-def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> None:
-    check_finite_number(name, value, minimum, strict=strict)
+def check_flag(name: str, value: object) -> bool:
+    """Return ``value`` as a Python bool; a bool or ``np.bool_`` only.
+
+    Raises:
+        TypeError: If ``value`` is not a bool (a string such as ``"no"`` is truthy).
+
+    """
+    if not is_flag(value):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> float:
+    return check_finite_number(name, value, minimum, strict=strict)
 
 
 def _interface(fn: ForgetMethod) -> ForgetMethod:

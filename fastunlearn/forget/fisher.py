@@ -72,11 +72,11 @@ class FisherConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_float("alpha", self.alpha, 0.0, strict=False)
-        _check_float("class_row_var", self.class_row_var, 0.0, strict=False)
-        _check_float("max_var", self.max_var, 0.0, strict=True)
-        _check_float("eps", self.eps, 0.0, strict=True)
-        check_bool("forget_class_rows", self.forget_class_rows)
+        self.alpha = _check_float("alpha", self.alpha, 0.0, strict=False)
+        self.class_row_var = _check_float("class_row_var", self.class_row_var, 0.0, strict=False)
+        self.max_var = _check_float("max_var", self.max_var, 0.0, strict=True)
+        self.eps = _check_float("eps", self.eps, 0.0, strict=True)
+        self.forget_class_rows = check_bool("forget_class_rows", self.forget_class_rows)
         if self.fisher not in _FISHER_KINDS:
             raise ValueError(f"fisher must be one of {_FISHER_KINDS}, got {self.fisher!r}")
 

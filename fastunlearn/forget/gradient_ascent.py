@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._numbers import as_int, is_integer
 from ._common_b import SkipSingleBatches, check_fraction
 from ._training import (
     SGDConfig,
@@ -91,16 +92,17 @@ class NegGradPlusConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fraction("beta", self.beta, allow_zero=True)
+        self.beta = check_fraction("beta", self.beta, allow_zero=True)
         if self.forget_batch_size is not None and (
-            not isinstance(self.forget_batch_size, int)
-            or isinstance(self.forget_batch_size, bool)
+            not is_integer(self.forget_batch_size)
             or not 1 <= self.forget_batch_size <= _MAX_INT
         ):
             raise ValueError(
                 "forget_batch_size must be a positive int (<= 2**63 - 1), got "
                 f"{self.forget_batch_size!r}"
             )
+        if self.forget_batch_size is not None:
+            self.forget_batch_size = as_int(self.forget_batch_size)
 
 
 @register("neggrad_plus", NegGradPlusConfig)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._numbers import as_float, as_int, is_integer, is_real
 from ..influence import influence_update, last_parameters
 from ._common_b import check_fraction, prepare_inputs
 from .base import (
@@ -84,22 +85,23 @@ class InfluenceConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.num_params, bool) or not isinstance(self.num_params, int) \
-                or not 0 <= self.num_params <= _MAX_INT:
+        if not is_integer(self.num_params) or not 0 <= self.num_params <= _MAX_INT:
             raise ValueError(f"num_params must be an int >= 0, got {self.num_params!r}")
+        self.num_params = as_int(self.num_params)
         if self.solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
         if self.curvature not in _CURVATURES:
             raise ValueError(f"curvature must be one of {_CURVATURES}, got {self.curvature!r}")
         for name in ("damping", "scale", "tol", "loss_tolerance"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
-                    or v == float("inf") or (isinstance(v, int) and v > _MAX_INT):
+            if not is_real(v) or not v >= 0 or v == float("inf") \
+                    or (is_integer(v) and v > _MAX_INT):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+            setattr(self, name, as_int(v) if is_integer(v) else as_float(v))
         if self.maxiter is not None:
-            _check_int("maxiter", self.maxiter, 0)
-        _check_int("hvp_batch_size", self.hvp_batch_size, 1)
-        check_fraction("retain_fraction", self.retain_fraction)
+            self.maxiter = _check_int("maxiter", self.maxiter, 0)
+        self.hvp_batch_size = _check_int("hvp_batch_size", self.hvp_batch_size, 1)
+        self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
         if self.on_divergence not in ("raise", "keep"):
             raise ValueError(f"on_divergence must be 'raise' or 'keep', got "
                              f"{self.on_divergence!r}")

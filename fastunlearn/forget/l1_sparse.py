@@ -48,8 +48,8 @@ class L1SparseConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_float("alpha", self.alpha, 0.0, strict=False)
-        check_bool("include_bias", self.include_bias)
+        self.alpha = _check_float("alpha", self.alpha, 0.0, strict=False)
+        self.include_bias = check_bool("include_bias", self.include_bias)
 
 
 @register("l1_sparse", L1SparseConfig)

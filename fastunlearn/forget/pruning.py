@@ -184,9 +184,9 @@ class SelectivePruningConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fraction("quantile", self.quantile, allow_zero=True)
-        _check_int("overfit_epochs", self.overfit_epochs, 0)
-        _check_float("overfit_lr", self.overfit_lr, 0.0, strict=False)
+        self.quantile = check_fraction("quantile", self.quantile, allow_zero=True)
+        self.overfit_epochs = _check_int("overfit_epochs", self.overfit_epochs, 0)
+        self.overfit_lr = _check_float("overfit_lr", self.overfit_lr, 0.0, strict=False)
 
 
 def _prune_and_finetune(
@@ -273,8 +273,10 @@ class PruningComplexConfig(SelectivePruningConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fraction("retain_fraction", self.retain_fraction)
-        _check_float("retain_lr_divisor", self.retain_lr_divisor, 0.0, strict=True)
+        self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
+        self.retain_lr_divisor = _check_float(
+            "retain_lr_divisor", self.retain_lr_divisor, 0.0, strict=True
+        )
 
 
 @register("pruning_complex", PruningComplexConfig)

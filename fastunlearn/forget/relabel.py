@@ -61,7 +61,7 @@ class RandomLabelsConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_bool("other_classes", self.other_classes)
+        self.other_classes = check_bool("other_classes", self.other_classes)
 
 
 @register("random_labels", RandomLabelsConfig)
@@ -104,7 +104,7 @@ class PoisonFullConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_bool("other_classes", self.other_classes)
+        self.other_classes = check_bool("other_classes", self.other_classes)
 
 
 @register("poison_full", PoisonFullConfig)
@@ -151,9 +151,9 @@ class TwoStageConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int("forget_epochs", self.forget_epochs, 0)
-        _check_float("forget_lr", self.forget_lr, 0.0, strict=False)
-        check_bool("other_classes", self.other_classes)
+        self.forget_epochs = _check_int("forget_epochs", self.forget_epochs, 0)
+        self.forget_lr = _check_float("forget_lr", self.forget_lr, 0.0, strict=False)
+        self.other_classes = check_bool("other_classes", self.other_classes)
 
 
 @register("two_stage", TwoStageConfig)

@@ -64,8 +64,8 @@ class SalUnConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fraction("mask_ratio", self.mask_ratio)
-        check_bool("redraw_labels", self.redraw_labels)
+        self.mask_ratio = check_fraction("mask_ratio", self.mask_ratio)
+        self.redraw_labels = check_bool("redraw_labels", self.redraw_labels)
 
 
 def saliency_mask(
@@ -96,8 +96,8 @@ def saliency_mask(
             ``model`` requires a gradient.
 
     """
-    check_fraction("ratio", ratio)
-    check_positive_int("batch_size", batch_size)
+    ratio = check_fraction("ratio", ratio)
+    batch_size = check_positive_int("batch_size", batch_size)
     forget_ds = as_dataset(forget_ds, "forget_ds")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

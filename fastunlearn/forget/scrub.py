@@ -80,16 +80,16 @@ class ScrubConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("forget_batch_size", self.forget_batch_size)
-        check_positive_int("max_steps", self.max_steps, 0)
-        check_number("alpha", self.alpha)
-        check_number("gamma", self.gamma)
-        check_number("temperature", self.temperature, strict=True)
-        check_number("lr_decay_rate", self.lr_decay_rate, strict=True)
+        self.forget_batch_size = check_positive_int("forget_batch_size", self.forget_batch_size)
+        self.max_steps = check_positive_int("max_steps", self.max_steps, 0)
+        self.alpha = check_number("alpha", self.alpha)
+        self.gamma = check_number("gamma", self.gamma)
+        self.temperature = check_number("temperature", self.temperature, strict=True)
+        self.lr_decay_rate = check_number("lr_decay_rate", self.lr_decay_rate, strict=True)
         if not isinstance(self.lr_decay_epochs, (tuple, list)):
             raise TypeError("lr_decay_epochs must be a tuple of ints")
-        for m in self.lr_decay_epochs:
-            check_positive_int("lr_decay_epochs", m)
+        epochs = [check_positive_int("lr_decay_epochs", m) for m in self.lr_decay_epochs]
+        self.lr_decay_epochs = type(self.lr_decay_epochs)(epochs)
 
 
 def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._numbers import as_int, is_integer
 from ._common_b import (
     TrainingData,
     check_adam_dtype,
@@ -78,13 +79,13 @@ class UnsirConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("repair_epochs", self.repair_epochs, 0)
-        check_number("repair_lr", self.repair_lr)
-        check_positive_int("noise_size", self.noise_size)
-        check_positive_int("noise_steps", self.noise_steps, 0)
-        check_number("noise_lr", self.noise_lr)
-        check_number("noise_lambda", self.noise_lambda)
-        check_positive_int("retain_per_class", self.retain_per_class)
+        self.repair_epochs = check_positive_int("repair_epochs", self.repair_epochs, 0)
+        self.repair_lr = check_number("repair_lr", self.repair_lr)
+        self.noise_size = check_positive_int("noise_size", self.noise_size)
+        self.noise_steps = check_positive_int("noise_steps", self.noise_steps, 0)
+        self.noise_lr = check_number("noise_lr", self.noise_lr)
+        self.noise_lambda = check_number("noise_lambda", self.noise_lambda)
+        self.retain_per_class = check_positive_int("retain_per_class", self.retain_per_class)
 
 
 def error_maximizing_noise(
@@ -125,18 +126,19 @@ def error_maximizing_noise(
             is not one of the model's outputs.
 
     """
-    check_positive_int("target_class", target_class, 0)
-    check_positive_int("n", n)
-    check_positive_int("steps", steps, 0)
-    check_number("lr", lr)
-    check_number("l2_weight", l2_weight)
-    check_seed("seed", seed)
+    target_class = check_positive_int("target_class", target_class, 0)
+    n = check_positive_int("n", n)
+    steps = check_positive_int("steps", steps, 0)
+    lr = check_number("lr", lr)
+    l2_weight = check_number("l2_weight", l2_weight)
+    seed = check_seed("seed", seed)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if not isinstance(shape, (tuple, list)) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in shape
+        is_integer(d) for d in shape
     ):
         raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
+    shape = tuple(as_int(d) for d in shape)
     if any(not 1 <= d <= _MAX_INT for d in shape):
         raise ValueError(f"shape must hold positive sizes (<= 2**63 - 1), got {tuple(shape)}")
     work = freeze(clone_model(model))

@@ -17,16 +17,15 @@ an engine's first call), which would get only the module's share.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .._numbers import as_float, is_real
 from .._numbers import is_finite as _finite
 from ..ops.per_sample import clip_weights
 from .fallback import FunctorchRule
@@ -270,12 +269,10 @@ class PerSampleGradients:
             ValueError: bad batch sizes (as :meth:`sq_norms`) or ``max_norm`` not finite > 0.
 
         """
-        if isinstance(max_norm, (bool, np.bool_)) or not isinstance(max_norm, numbers.Real) or not (
-            _finite(max_norm) and max_norm > 0
-        ):
+        if not is_real(max_norm) or not (_finite(max_norm) and max_norm > 0):
             raise ValueError(f"max_norm: expected a finite number > 0, got {max_norm!r}")
         layers, B = self._run(inputs, targets, loss_fn)
-        w = clip_weights(self._sq_norms(layers, B), float(max_norm))
+        w = clip_weights(self._sq_norms(layers, B), as_float(max_norm))
         out = {n: torch.zeros_like(p, memory_format=torch.contiguous_format)
                for n, p in self.params.items()}
         for layer, rule, cap in layers:

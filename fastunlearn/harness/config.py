@@ -14,14 +14,15 @@ each method's config before anything is trained.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._device import parse_device
+from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
 from .._paths import check_path
 from ..forget import available_methods, get_method
 from ..forget.base import _MAX_INT
@@ -102,15 +103,16 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _MAX_INT:
+            if not is_integer(v) or not 1 <= v <= _MAX_INT:
                 raise ValueError(f"'{name}' must be an int >= 1 (<= 2**63 - 1), got {v!r}")
+            object.__setattr__(self, name, as_int(v))  # a NumPy integer is stored as an int
         for name in ("lr", "momentum", "weight_decay"):
             v = getattr(self, name)
             # an int beyond 2**63 - 1 overflows math.isfinite and torch's scalars
-            if isinstance(v, bool) or not isinstance(v, (int, float)) \
-                    or (isinstance(v, int) and v > _MAX_INT) or not math.isfinite(v) \
+            if not is_real(v) or (is_integer(v) and v > _MAX_INT) or not is_finite(v) \
                     or v < 0 or (name == "lr" and v == 0):
                 raise ValueError(f"'{name}' must be a finite number >= 0 (lr > 0), got {v!r}")
+            object.__setattr__(self, name, as_int(v) if is_integer(v) else as_float(v))
 
 
 def oracle_recipe(settings: TrainSettings) -> dict[str, Any]:
@@ -197,12 +199,14 @@ class HarnessConfig:
             get_method(m)  # ValueError naming the known methods
         for name in ("seeds", "oracles"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_integer(v) or v < 1:
                 raise ValueError(f"'{name}' must be an int >= 1, got {v!r}")
+            setattr(self, name, as_int(v))
         for name in ("train_seed", "forget_seed"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            if not is_integer(v) or v < 0:
                 raise ValueError(f"'{name}' must be an int >= 0, got {v!r}")
+            setattr(self, name, as_int(v))
         # the last oracle's seed (train_seed + ORACLE_SEED_OFFSET + oracles - 1) and the
         # forget seed go to 64-bit torch generators
         top = _MAX_INT - ORACLE_SEED_OFFSET - (self.oracles - 1)
@@ -212,9 +216,10 @@ class HarnessConfig:
         if self.forget_seed > _MAX_INT:
             raise ValueError(f"'forget_seed' must be <= 2**63 - 1, got {self.forget_seed}")
         for name in ("mia", "progress"):
-            if not isinstance(getattr(self, name), bool):
+            if not is_flag(getattr(self, name)):
                 raise TypeError(f"'{name}' must be a bool, got "
                                 f"{type(getattr(self, name)).__name__}")
+            setattr(self, name, bool(getattr(self, name)))
         if not isinstance(self.train, TrainSettings):
             raise TypeError(f"'train' must be a TrainSettings, got {type(self.train).__name__}")
         from ..models.zoo import MODELS
@@ -245,11 +250,19 @@ class HarnessConfig:
         if self.digits_defaults is None:
             self.digits_defaults = self.dataset.strip().lower() == "digits" \
                 if isinstance(self.dataset, str) else False
-        if not isinstance(self.digits_defaults, bool):
+        if not is_flag(self.digits_defaults):
             raise TypeError(f"'digits_defaults' must be a bool or None, got "
                             f"{type(self.digits_defaults).__name__}")
-        for m, settings in self.method_settings().items():
-            _check_method_config(m, settings)
+        self.digits_defaults = bool(self.digits_defaults)
+        configs = {m: _check_method_config(m, settings)
+                   for m, settings in self.method_settings().items()}
+        # NumPy scalars in the overrides are stored as the Python values the configs hold
+        # (the JSON outputs and equality see plain values)
+        self.overrides = {
+            m: {k: getattr(configs[m], k) if isinstance(v, np.generic) else v
+                for k, v in settings.items()}
+            for m, settings in self.overrides.items()
+        }
 
     def method_settings(self) -> dict[str, dict[str, Any]]:
         """Return the config overrides every method runs with (``{method: {field: value}}``).
@@ -312,7 +325,8 @@ def _check_device(spec: object) -> str:
     The run parses it again (:func:`~fastunlearn._device.parse_device`) and only then needs
     the GPU it names: a config for a CUDA machine may be built on another.
     """
-    if isinstance(spec, int) and not isinstance(spec, bool):
+    if is_integer(spec):
+        spec = as_int(spec)  # type: ignore[arg-type]
         if spec < 0:
             raise ValueError(f"'device' must be cpu, cuda or cuda:<index>, got {spec!r}")
         spec = f"cuda:{spec}"  # torch.device(n) is CUDA device n
@@ -330,10 +344,10 @@ def _check_device(spec: object) -> str:
     return spec
 
 
-def _check_method_config(name: str, settings: dict[str, Any]) -> None:
-    """Build method ``name``'s config from ``settings``; errors name the method."""
+def _check_method_config(name: str, settings: dict[str, Any]) -> Any:
+    """Build and return method ``name``'s config from ``settings``; errors name the method."""
     _, cls = get_method(name)
     try:
-        cls(**settings)
+        return cls(**settings)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"'overrides' for {name!r}: {exc}") from None

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .._equality import dataclass_eq
+from .._numbers import as_int, is_integer
 from ..data import parse_forget_spec
 from ..models import build_model
 
@@ -47,9 +48,9 @@ class HarnessData:
             if not isinstance(getattr(self, n), Tensor):
                 raise TypeError(f"'{n}' must be a torch.Tensor, got "
                                 f"{type(getattr(self, n)).__name__}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
-                or self.num_classes < 2:
+        if not is_integer(self.num_classes) or self.num_classes < 2:
             raise ValueError(f"'num_classes' must be an int >= 2, got {self.num_classes!r}")
+        self.num_classes = as_int(self.num_classes)
         for x, y, part in ((self.x_train, self.y_train, "train"),
                            (self.x_test, self.y_test, "test")):
             if not x.is_floating_point():

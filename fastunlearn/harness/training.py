@@ -79,7 +79,7 @@ def train_model(
         k = _training.num_outputs(model, dataset)
     except TypeError as exc:  # the inputs the model cannot run on (named for the caller)
         raise TypeError(f"'x': {exc}") from exc
-    with _training.seeded(seed, _training.model_device(model)):
+    with _training.seeded(config.seed, _training.model_device(model)):  # a Python int
         _training.train_main_stage(model, dataset, config, k, desc)
     return model.eval()
 

@@ -5,13 +5,47 @@ Each raises TypeError or ValueError naming the argument; nothing here runs a sol
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._numbers import as_float as _as_float
+from .._numbers import as_int, is_flag, is_integer, is_real
 from .gradients import eval_mode
+
+
+def _plain(value: object) -> object:
+    """Return a NumPy bool, integer or real scalar as the Python value, anything else as is.
+
+    Tuples and lists are converted element by element (``columns=(np.int64(3),)``).
+    """
+    if isinstance(value, np.generic):
+        if is_flag(value):
+            return bool(value)
+        if is_integer(value):
+            return as_int(value)
+        if is_real(value):
+            return _as_float(value)
+        return value
+    if isinstance(value, (tuple, list)) and any(isinstance(v, np.generic) for v in value):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _plain_fields(config: object) -> None:
+    """Replace NumPy scalars in a dataclass's fields by the Python values (in place).
+
+    Configs built with ``np.int64(2)`` then equal those built with ``2``, and their
+    ``asdict`` and JSON are the same; the values are checked where the config is used.
+    """
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        plain = _plain(value)
+        if plain is not value:
+            object.__setattr__(config, f.name, plain)  # also on frozen dataclasses
 
 
 def _check_tensor(name: str, value: object) -> Tensor:
@@ -68,7 +102,7 @@ def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
 
 
 def _check_float(name: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):  # Python or NumPy real, not a bool
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
     value = _as_float(value)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
@@ -78,8 +112,9 @@ def _check_float(name: str, value: object, *, positive: bool = False) -> float:
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):  # Python or NumPy int, not a bool
         raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
+    value = as_int(value)
     if value < minimum:
         raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -92,15 +127,16 @@ MAX_SEED = 2**64 - 1
 
 
 def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
+    if not is_flag(value):  # a bool or np.bool_
         raise TypeError(f"'{name}' must be a bool, got {type(value).__name__}")
-    return value
+    return bool(value)
 
 
 def _check_order(order: object) -> int:
-    if isinstance(order, bool) or not isinstance(order, int):
+    if not is_integer(order):  # Python or NumPy int, not a bool
         raise TypeError(f"'order' must be the int 1 or 2, got {order!r} "
                         f"({type(order).__name__})")
+    order = as_int(order)
     if order not in (1, 2):
         raise ValueError(f"'order' must be 1 or 2, got {order!r}")
     return order

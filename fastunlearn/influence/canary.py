@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .._atomic_files import write_text
 from .._process_flags import GLOBAL_RNG_LOCK
-from .arguments import MAX_SEED, _as_float
+from .arguments import MAX_SEED, _as_float, _plain_fields
 from .update import influence_update
 
 __all__ = [
@@ -113,6 +113,9 @@ class CanaryUnlearnConfig:
     seed: int = 0
     progress: bool = False
 
+    def __post_init__(self) -> None:
+        _plain_fields(self)  # NumPy scalars as Python values (equality, JSON)
+
     def validate(self) -> CanaryUnlearnConfig:
         """Check the fields; return self.
 
@@ -120,6 +123,7 @@ class CanaryUnlearnConfig:
             ValueError: a field out of range or of the wrong type (named).
 
         """
+        _plain_fields(self)  # fields may have been set after construction
         if self.replacement is not None and not isinstance(self.replacement, str):
             raise ValueError(f"'replacement' must be a string or None, got "
                              f"{type(self.replacement).__name__}")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._numbers import as_float
+from .._numbers import as_float, as_int, is_integer, is_real
 from .arguments import (
     MAX_SEED,
     _check_inputs,
@@ -126,8 +126,9 @@ def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int = 1024) -> Tens
     if not isinstance(model, nn.Module):
         raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
     inputs = _check_tensor("inputs", inputs)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+    if not is_integer(chunk_size):  # Python or NumPy int, not a bool
         raise TypeError(f"'chunk_size' must be an int, got {type(chunk_size).__name__}")
+    chunk_size = as_int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"'chunk_size' must be >= 1, got {chunk_size}")
     out = []
@@ -254,7 +255,7 @@ def replace_features(
         if not bool(torch.isfinite(vals).all()):
             raise ValueError("'values' contains non-finite values (NaN or inf)")
     else:
-        if isinstance(values, bool) or not isinstance(values, (int, float)):
+        if not is_real(values):  # Python or NumPy real, not a bool
             raise TypeError(f"'values' must be a number or a tensor, got "
                             f"{type(values).__name__}")
         value = as_float(values)  # an int beyond the float range: inf, refused below
@@ -410,11 +411,12 @@ def iterative_label_repair(
                          f"'inputs', got {labels.dtype} {list(labels.shape)}")
     for name, value in (("steps", steps), ("batch_size", batch_size),
                         ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0 \
-            or seed > MAX_SEED:
+    if not is_integer(seed) or seed < 0 or seed > MAX_SEED:
         raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {seed!r}")
+    steps, batch_size, chunk_size, seed = (as_int(v) for v in (steps, batch_size, chunk_size,
+                                                               seed))
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"'evaluate' must be callable, got {type(evaluate).__name__}")
     opts = check_update_options(model, **update_kwargs)  # even if no step runs an update

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from .._atomic_files import save_figure, write_text
 from .._process_flags import GLOBAL_RNG_LOCK
+from .arguments import _plain_fields
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings
@@ -131,6 +132,9 @@ class RepairConfig:
     device: str = "cpu"
     progress: bool = False
 
+    def __post_init__(self) -> None:
+        _plain_fields(self)  # NumPy scalars as Python values (equality, JSON)
+
     def validate(self) -> RepairConfig:
         """Check every field; return self.
 
@@ -138,6 +142,7 @@ class RepairConfig:
             ValueError: a field out of range (named).
 
         """
+        _plain_fields(self)  # fields may have been set after construction
         if self.dataset not in ("digits", "cifar10"):
             raise ValueError(f"'dataset' must be 'digits' or 'cifar10', got {self.dataset!r}")
         if self.dataset == "cifar10" and not self.data_dir:

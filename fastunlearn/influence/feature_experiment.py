@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .arguments import MAX_SEED, _as_float
+from .arguments import MAX_SEED, _as_float, _plain_fields
 from .drivers import predict, replace_features, unlearn_features
 from .experiment import _agg_figure, _json_ready, _save_png, _write_report_files
 from .gradients import default_loss, loss_gradient
@@ -126,6 +126,9 @@ class FeatureConfig:
     delta: float = 0.01
     progress: bool = False
 
+    def __post_init__(self) -> None:
+        _plain_fields(self)  # NumPy scalars as Python values (equality, JSON)
+
     def validate(self) -> FeatureConfig:
         """Check every field that does not need the data; return self.
 
@@ -139,6 +142,7 @@ class FeatureConfig:
                 ``binary`` not two distinct digits in 0..9.
 
         """
+        _plain_fields(self)  # fields may have been set after construction
         if self.dataset not in DATASETS:
             raise ValueError(f"'dataset' must be one of {DATASETS}, got {self.dataset!r}")
         if self.mode not in MODES:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .._numbers import as_int, is_integer
 from ..linalg import flatten_params, selected_parameter_names, unflatten_like
 
 __all__ = [
@@ -65,8 +66,9 @@ def last_parameters(model: nn.Module, count: int) -> list[str]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
-    if isinstance(count, bool) or not isinstance(count, int):
+    if not is_integer(count):  # Python or NumPy int, not a bool
         raise TypeError(f"'count' must be an int, got {type(count).__name__}")
+    count = as_int(count)
     if count < 1:
         raise ValueError(f"'count' must be >= 1, got {count}")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -111,8 +113,9 @@ def _check_chunk_size(chunk_size: object) -> int | None:
     """
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+    if not is_integer(chunk_size):  # Python or NumPy int, not a bool
         raise TypeError(f"'chunk_size' must be an int or None, got {type(chunk_size).__name__}")
+    chunk_size = as_int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"'chunk_size' must be >= 1, got {chunk_size}")
     return chunk_size

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
+from .._numbers import as_int, is_integer
 from .._numbers import is_finite as _finite
 from ..certified.bounds import (
     GAMMA_TIGHT,
@@ -170,8 +171,9 @@ def _vector(name: str, value: object, d: int, device: torch.device) -> Tensor:
 
 def _check_step(order: object, tau: object) -> float | None:
     """``order`` (the int 1 or 2) and, for first order, ``tau``; returns tau or None."""
-    if isinstance(order, bool) or not isinstance(order, int):
+    if not is_integer(order):  # Python or NumPy int, not a bool
         raise TypeError(f"'order' must be the int 1 or 2, got {order!r}")
+    order = as_int(order)
     if order not in (1, 2):
         raise ValueError(f"'order' must be 1 or 2, got {order!r}")
     if order == 2:
@@ -214,8 +216,9 @@ def fit_logistic(
     Y = _labels("y", y, X.shape[0]).unsqueeze(1)
     lam = _lam(lam)
     sigma = _finite_positive("sigma", sigma, allow_zero=True)  # NaN / inf: a named error
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_integer(seed):  # Python or NumPy int, not a bool
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    seed = as_int(seed)
     if seed < 0:
         raise ValueError(f"'seed' must be >= 0, got {seed}")
     b = draw_perturbation(seed, 0, X.shape[1], 1, sigma).to(X.device)
@@ -291,6 +294,7 @@ def linear_influence_update(
     Yn = Y[idx] if new_y is None else _labels("new_y", new_y, m).to(X.device)
     lam = _lam(lam)
     tau = _check_step(order, tau)
+    order = as_int(order)  # checked: a Python or NumPy int
     gamma = _finite_positive("gamma", gamma, allow_zero=True)
     B = torch.zeros(d, 1, dtype=torch.float64, device=X.device) if b is None else \
         _vector("b", b, d, X.device).reshape(d, 1)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .arguments import MAX_SEED, _check_float, _check_int
+from .arguments import MAX_SEED, _check_float, _check_int, _plain_fields
 from .gradients import LossFn, default_loss
 
 __all__ = [
@@ -86,6 +86,11 @@ class LissaSettings:
     seed: int = 0
     check_every: int = 10
     hessian: str = "batch"
+
+    def __post_init__(self) -> None:
+        # NumPy numbers (np.int64 from np.arange, np.float32) are stored as the Python
+        # values, so equal settings compare and serialise alike (checked where used)
+        _plain_fields(self)
 
     @property
     def effective_damping(self) -> float:

@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._numbers import as_int
 from ..linalg import (
     LissaDivergenceError,
     NetworkHessianOperator,
@@ -680,6 +681,13 @@ def influence_update(
     names, loss_fn, order, settings = opts.names, opts.loss_fn, opts.order, opts.lissa
     damping, tol = float(damping), float(tol)
     loss_tolerance = float(loss_tolerance)
+    # checked above; NumPy scalars become Python values (seeds, counts and JSON fields)
+    hvp_batch_size, curvature_subsample, chunk_size, maxiter = (
+        None if v is None else as_int(v)
+        for v in (hvp_batch_size, curvature_subsample, chunk_size, maxiter))
+    subsample_seed, restarts = as_int(subsample_seed), as_int(restarts)
+    compute_residual, check_loss, apply, progress = (
+        bool(v) for v in (compute_residual, check_loss, apply, progress))
     auto_tau, P, dtype, device = opts.auto_tau, opts.num_params, opts.dtype, opts.device
     named = dict(model.named_parameters())
     selected = [named[n] for n in names]

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .. import ops
 from .._equality import dataclass_eq
+from .._numbers import as_int, is_integer
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
 __all__ = ["CGResult", "cg", "CGInverseOperator", "CGNotConvergedError"]
@@ -67,8 +68,9 @@ def _as_matmat(A: object) -> tuple[Matmat, int | None]:
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):  # Python or NumPy int, not a bool
         raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
+    value = as_int(value)
     if value < minimum:
         raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
     return value

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .._numbers import as_float
+from .._numbers import as_float, as_int, is_flag, is_integer, is_real
 from .cg import _column_scale
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
@@ -101,8 +101,9 @@ _MAX_INT64 = 2**63 - 1
 
 
 def _check_positive_int(name: str, value: object, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):  # Python or NumPy int, not a bool
         raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
+    value = as_int(value)
     if value < 1:
         raise ValueError(f"'{name}' must be >= 1, got {value}")
     if maximum is not None and value > maximum:
@@ -179,7 +180,7 @@ def lissa(
     if not bool(torch.isfinite(b).all()):
         raise ValueError("'b' must be finite (it holds NaN or infinity)")
     damping = _check_nonnegative("damping", damping)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+    if not is_real(scale):
         raise TypeError(f"'scale' must be a real number, got {type(scale).__name__}")
     scale = as_float(scale)  # an int beyond the float range: inf, refused below
     if not (scale > 0.0 and math.isfinite(scale)):
@@ -190,8 +191,9 @@ def lissa(
     if batches is not None and not isinstance(batches, Iterable):
         raise TypeError(f"'batches' must be an iterable of batches or None, got "
                         f"{type(batches).__name__}")
-    if not isinstance(progress, bool):
+    if not is_flag(progress):
         raise TypeError(f"'progress' must be a bool, got {type(progress).__name__}")
+    progress = bool(progress)
     apply = _hvp_function(hvp, b, stochastic=batches is not None)
     stream = _cycle(batches) if batches is not None else None
     # Columns far outside the dtype's comfortable range run divided by a power of two (exact;

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from .._numbers import as_float, is_finite, is_integer, is_real
 
 __all__ = [
     "LinearOperator",
@@ -30,13 +31,12 @@ def _check_float_tensor(name: str, t: object) -> Tensor:
 
 
 def _check_nonnegative(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):  # Python or NumPy real, not a bool
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int beyond the float range
+    if is_integer(value) and not is_finite(value):  # an int beyond the float range
         raise ValueError(f"'{name}' must be finite and >= 0, got an int beyond the float "
-                         f"range") from None
+                         f"range")
+    value = as_float(value)
     if not value >= 0.0 or value == float("inf"):
         raise ValueError(f"'{name}' must be finite and >= 0, got {value}")
     return value

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._numbers import as_float, is_real
 
 
 def as_tensor(value: Any, name: str) -> Tensor:
@@ -117,9 +118,9 @@ def check_examples(t: Tensor, name: str) -> None:
 
 def check_delta(delta: float, name: str = "delta") -> float:
     """``delta`` as a float in [0, 1) (Python or numpy real numbers)."""
-    if isinstance(delta, (bool, np.bool_)) or not isinstance(delta, numbers.Real):
+    if not is_real(delta):  # Python or NumPy real, not a bool
         raise TypeError(f"'{name}' must be a number, got {type(delta).__name__}")
-    delta = float(delta)
+    delta = as_float(delta)  # an int beyond the float range: inf, refused below
     if not 0.0 <= delta < 1.0:
         raise ValueError(f"'{name}' must be in [0, 1), got {delta}")
     return delta

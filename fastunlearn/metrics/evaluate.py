@@ -89,8 +89,8 @@ def evaluate_logits(
 
     """
     # checked here too: a score skipped for too few models would not check its own
-    check_delta(delta, "delta")
-    check_delta(competition_delta, "competition_delta")
+    delta = check_delta(delta, "delta")
+    competition_delta = check_delta(competition_delta, "competition_delta")
     check_accuracies(accuracies)
     retrain, unlearn, labels = stacked_logits(retrain, unlearn, labels)
     n, m = int(retrain.shape[1]), int(unlearn.shape[1])
@@ -191,8 +191,8 @@ def evaluate_logits_dir(
     """
     # checked before anything is read: a bad delta would otherwise only turn every
     # method's entry into an 'error'
-    check_delta(delta, "delta")
-    check_delta(competition_delta, "competition_delta")
+    delta = check_delta(delta, "delta")
+    competition_delta = check_delta(competition_delta, "competition_delta")
     dev = parse_device(device) if device is not None else torch.device("cpu")
     data = load_logits_dir(path, methods)
     labels = data.labels.to(dev)

@@ -11,12 +11,11 @@ the CPU with a fixed ``random_state``, so numpy's global RNG is left untouched.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import numpy as np
 
+from .._numbers import as_float, is_finite, is_real
 from .statistics import true_class_confidence
 
 __all__ = ["svc_mia_efficacy"]
@@ -49,10 +48,11 @@ def svc_mia_efficacy(
     """
     from sklearn.svm import SVC
 
-    if isinstance(C, (bool, np.bool_)) or not isinstance(C, numbers.Real):
+    if not is_real(C):  # Python or NumPy real, not a bool
         raise TypeError(f"'C' must be a number, got {type(C).__name__}")
-    if not (math.isfinite(C) and C > 0):  # libsvm never returns with C = inf
+    if not (is_finite(C) and C > 0):  # libsvm never returns with C = inf
         raise ValueError(f"'C' must be finite and > 0, got {C!r}")
+    C = as_float(C)
 
     feats = {}
     for name, pair in (("retain", retain), ("test", test), ("forget", forget)):

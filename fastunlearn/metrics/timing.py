@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from types import TracebackType
 
-import numpy as np
 import torch
 
+from .._numbers import as_float, is_flag, is_real
 from .._numbers import is_finite as _finite
 
 __all__ = ["Stopwatch", "time_ratio"]
@@ -27,8 +26,10 @@ class Stopwatch:
     """
 
     def __init__(self, cuda_sync: bool | None = None) -> None:
-        if cuda_sync is not None and not isinstance(cuda_sync, (bool, np.bool_)):
+        if cuda_sync is not None and not is_flag(cuda_sync):
             raise TypeError(f"'cuda_sync' must be None or a bool, got {type(cuda_sync).__name__}")
+        if cuda_sync is not None:
+            cuda_sync = bool(cuda_sync)  # np.bool_ too
         if cuda_sync and not torch.cuda.is_available():
             raise ValueError("'cuda_sync' is True but no CUDA GPU is available")
         self.cuda_sync = torch.cuda.is_available() if cuda_sync is None else cuda_sync
@@ -66,10 +67,10 @@ def time_ratio(seconds: float, retrain_seconds: float) -> float:
 
     """
     for name, v in (("seconds", seconds), ("retrain_seconds", retrain_seconds)):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        if not is_real(v):  # Python or NumPy real, not a bool
             raise TypeError(f"'{name}' must be a time in seconds, got {type(v).__name__}")
         if not (_finite(v) and v >= 0):
             raise ValueError(f"'{name}' must be a finite time >= 0, got {v!r}")
     if retrain_seconds == 0:
         raise ValueError("'retrain_seconds' must be > 0")
-    return float(seconds) / float(retrain_seconds)
+    return as_float(seconds) / as_float(retrain_seconds)

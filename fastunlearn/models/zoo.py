@@ -18,6 +18,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._numbers import as_float, as_int, is_flag, is_integer, is_real
+
 __all__ = [
     "MODELS",
     "FeatureClassifier",
@@ -61,8 +63,8 @@ class FeatureClassifier(nn.Module):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int) -> None:
         super().__init__()
-        _check_positive_int(feature_dim, "feature_dim")
-        _check_positive_int(num_classes, "num_classes")
+        feature_dim = _check_positive_int(feature_dim, "feature_dim")
+        num_classes = _check_positive_int(num_classes, "num_classes")
         self.backbone = backbone
         self.head = nn.Linear(feature_dim, num_classes)
         self.feature_dim = int(feature_dim)
@@ -77,11 +79,12 @@ class FeatureClassifier(nn.Module):
 
 
 def _check_positive_int(value: object, arg: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Return ``value`` as a Python int >= 1 (a NumPy integer is accepted, a bool is not)."""
+    if not is_integer(value):
         raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"'{arg}' must be >= 1, got {value}")
-    return value
+    return as_int(value)  # type: ignore[arg-type]
 
 
 def _norm_factory(norm: str | None, arg: str = "norm") -> Callable[[int], nn.Module] | None:
@@ -140,6 +143,9 @@ def svhn_dp_extractor(
         (kernel_size, "kernel_size"),
     ):
         _check_positive_int(value, arg)
+    num_filters, num_classes, in_channels, side, kernel_size = (
+        as_int(v) for v in (num_filters, num_classes, in_channels, side, kernel_size)
+    )  # NumPy ints as ints
     if norm == "batch":
         raise ValueError("'norm' must be None or 'group' for a DP extractor, got 'batch'")
     make_norm = _norm_factory(norm)
@@ -190,10 +196,11 @@ def resnet_cifar(
     """
     import torchvision.models as tvm
 
-    if depth not in (18, 34):
+    if not is_integer(depth) or depth not in (18, 34):
         raise ValueError(f"'depth' must be 18 or 34, got {depth!r}")
-    _check_positive_int(num_classes, "num_classes")
-    _check_positive_int(in_channels, "in_channels")
+    depth = as_int(depth)
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    in_channels = _check_positive_int(in_channels, "in_channels")
     make_norm = _norm_factory(norm)
     if make_norm is None:
         raise ValueError("'norm' must be 'batch' or 'group' for a ResNet, got None")
@@ -260,7 +267,10 @@ def small_cnn(
         (width, "width"),
     ):
         _check_positive_int(value, arg)
-    _check_positive_int(side, "side")
+    in_channels, num_classes, width = (
+        as_int(v) for v in (in_channels, num_classes, width)
+    )  # NumPy ints as ints
+    side = _check_positive_int(side, "side")
     if side < 4:
         raise ValueError(f"'side' must be >= 4 (two 2x2 poolings), got {side}")
     backbone = nn.Sequential(
@@ -295,8 +305,8 @@ def mlp(
         ValueError: If a size is not positive.
 
     """
-    _check_positive_int(in_features, "in_features")
-    _check_positive_int(num_classes, "num_classes")
+    in_features = _check_positive_int(in_features, "in_features")
+    num_classes = _check_positive_int(num_classes, "num_classes")
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     try:
@@ -306,7 +316,7 @@ def mlp(
             f"'hidden' must be a sequence of ints, got {type(hidden).__name__}"
         ) from None
     for h in widths:
-        _check_positive_int(h, "hidden")
+        h = _check_positive_int(h, "hidden")
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
     return FeatureClassifier(nn.Sequential(*layers), width, num_classes)
@@ -367,6 +377,9 @@ def resnet9(
         (width, "width"),
     ):
         _check_positive_int(value, arg)
+    num_classes, in_channels, width = (
+        as_int(v) for v in (num_classes, in_channels, width)
+    )  # NumPy ints as ints
     make_norm = _norm_factory(norm)
     w = width
 
@@ -430,8 +443,12 @@ def allcnn(
         (width, "width"),
     ):
         _check_positive_int(value, arg)
-    if not isinstance(dropout, bool):
+    num_classes, in_channels, width = (
+        as_int(v) for v in (num_classes, in_channels, width)
+    )  # NumPy ints as ints
+    if not is_flag(dropout):
         raise TypeError(f"'dropout' must be a bool, got {type(dropout).__name__}")
+    dropout = bool(dropout)
     make_norm = _norm_factory(norm)
     w1, w2 = width, 2 * width
 
@@ -485,6 +502,9 @@ def cifar_cnn(
         (filters, "filters"),
     ):
         _check_positive_int(value, arg)
+    num_classes, in_channels, side, filters = (
+        as_int(v) for v in (num_classes, in_channels, side, filters)
+    )  # NumPy ints as ints
     if side < 8:
         raise ValueError(f"'side' must be >= 8 (three 2x2 poolings), got {side}")
 
@@ -559,14 +579,16 @@ def mobilenet_v2(
     """
     import torchvision.models as tvm
 
-    _check_positive_int(num_classes, "num_classes")
-    _check_positive_int(in_channels, "in_channels")
-    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)):
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    in_channels = _check_positive_int(in_channels, "in_channels")
+    if not is_real(width_mult):
         raise TypeError(f"'width_mult' must be a number, got {type(width_mult).__name__}")
+    width_mult = as_float(width_mult)
     if not width_mult > 0:
         raise ValueError(f"'width_mult' must be > 0, got {width_mult}")
-    if not isinstance(cifar_stem, bool):
+    if not is_flag(cifar_stem):
         raise TypeError(f"'cifar_stem' must be a bool, got {type(cifar_stem).__name__}")
+    cifar_stem = bool(cifar_stem)
     make_norm = _norm_factory(norm)
     stages = [list(s) for s in _MOBILENET_V2_STAGES]
     if cifar_stem:

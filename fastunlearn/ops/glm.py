@@ -13,12 +13,12 @@ gradient; call them under ``torch.no_grad()`` or on detached tensors.
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from .._numbers import as_float, as_int, is_finite, is_integer, is_real
 from ._fake_shapes import check_fake_devices
 
 _MAX_INT64 = 2**63 - 1
@@ -55,9 +55,9 @@ def _check_tensor(value: object, name: str) -> None:
 
 
 def _check_lam(lam: object) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, Real):
+    if not is_real(lam):  # Python or NumPy real, not a bool
         raise TypeError(f"argument 'lam' must be a real number, got {type(lam).__name__}")
-    lam = float(lam)
+    lam = as_float(lam)  # an int beyond the float range: inf, refused below
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"argument 'lam' must be finite and >= 0, got {lam}")
     return lam
@@ -226,14 +226,16 @@ def glm_cg(
     lam = _check_lam(lam)
     if x0 is not None:
         _check_tensor(x0, "x0")
-    if isinstance(tol, bool) or not isinstance(tol, Real):
+    if not is_real(tol):  # Python or NumPy real, not a bool
         raise TypeError(f"argument 'tol' must be a real number, got {type(tol).__name__}")
-    if not math.isfinite(tol) or tol < 0:
+    if not is_finite(tol) or tol < 0:
         raise ValueError(f"argument 'tol' must be finite and >= 0, got {tol}")
+    tol = as_float(tol)
     if maxiter is None:
         maxiter = max(10, 2 * X.shape[-1])
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int):
+    if not is_integer(maxiter):  # Python or NumPy int, not a bool
         raise TypeError(f"argument 'maxiter' must be an int, got {type(maxiter).__name__}")
+    maxiter = as_int(maxiter)
     if not 0 <= maxiter <= _MAX_INT64:
         raise ValueError(f"argument 'maxiter' must be in [0, 2**63 - 1], got {maxiter}")
     if isinstance(precond, str):

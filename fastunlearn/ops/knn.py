@@ -53,6 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._numbers import is_flag
+
 __all__ = ["knn_extreme", "farthest_k", "nearest_k"]
 
 _OP = "knn_extreme"
@@ -63,8 +65,8 @@ def _check_args(Q: object, P: object, k: object) -> int:
         raise TypeError(f"{_OP}: argument 'Q' must be a Tensor, got {type(Q).__name__}")
     if not isinstance(P, Tensor):
         raise TypeError(f"{_OP}: argument 'P' must be a Tensor, got {type(P).__name__}")
-    if isinstance(k, bool):
-        raise TypeError(f"{_OP}: argument 'k' must be an int, got bool")
+    if is_flag(k):  # a bool or np.bool_ is no count
+        raise TypeError(f"{_OP}: argument 'k' must be an int, got {type(k).__name__}")
     try:
         k = operator.index(k)  # int, or an integer scalar such as numpy.int64
     except TypeError:
@@ -221,8 +223,9 @@ def knn_extreme(Q: Tensor, P: Tensor, k: int, *, largest: bool = True) -> tuple[
 
     """
     k = _check_args(Q, P, k)
-    if not isinstance(largest, bool):
+    if not is_flag(largest):  # a bool or np.bool_
         raise TypeError(f"{_OP}: argument 'largest' must be a bool, got {type(largest).__name__}")
+    largest = bool(largest)
     op = torch.ops.fastunlearn.knn_extreme.default
     if torch.compiler.is_compiling():
         return _knn_extreme_traced(Q, P, k, largest)

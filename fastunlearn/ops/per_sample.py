@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import _extension  # noqa: F401  (loads the compiled library)
+from .._numbers import is_flag
 
 __all__ = [
     "per_sample_grad",
@@ -75,10 +76,14 @@ def _check_tensor(t: object, name: str, fn: str) -> None:
         raise TypeError(f"{fn}: argument '{name}' must be a torch.Tensor, got {type(t)}")
 
 
-def _check_bias_flag(bias: object, fn: str) -> None:
-    """``bias`` is a flag: a bool (a tensor or None here is almost surely a misplaced vector)."""
-    if not isinstance(bias, bool):
+def _check_bias_flag(bias: object, fn: str) -> bool:
+    """Return ``bias`` as a Python bool: a flag, a bool or np.bool_.
+
+    A tensor or None here is almost surely a misplaced vector.
+    """
+    if not is_flag(bias):
         raise TypeError(f"{fn}: argument 'bias' must be a bool, got {type(bias).__name__}")
+    return bool(bias)
 
 
 # --------------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ def per_sample_grad(A: Tensor, G: Tensor, *, bias: bool = False) -> Tensor | tup
             their shapes or devices do not match.
 
     """
-    _check_bias_flag(bias, "per_sample_grad")
+    bias = _check_bias_flag(bias, "per_sample_grad")
     A3, G3 = _as_3d(A, G, "per_sample_grad")
     weight = _ops.per_sample_grad.default(A3, G3)
     if bias:
@@ -141,7 +146,7 @@ def per_sample_sq_norm(A: Tensor, G: Tensor, *, bias: bool = False) -> Tensor:
         TypeError, ValueError: as :func:`per_sample_grad`.
 
     """
-    _check_bias_flag(bias, "per_sample_sq_norm")
+    bias = _check_bias_flag(bias, "per_sample_sq_norm")
     A3, G3 = _as_3d(A, G, "per_sample_sq_norm")
     return _ops.per_sample_sq_norm.default(A3, G3, bias)
 
@@ -210,7 +215,7 @@ def per_sample_weighted_sum(
         ValueError: a shape or device does not match.
 
     """
-    _check_bias_flag(bias, "per_sample_weighted_sum")
+    bias = _check_bias_flag(bias, "per_sample_weighted_sum")
     A3, G3 = _as_3d(A, G, "per_sample_weighted_sum")
     _check_tensor(w, "w", "per_sample_weighted_sum")
     weight = _ops.per_sample_weighted_sum.default(A3, G3, w)

@@ -84,8 +84,14 @@ def _mapping(value: Any, name: str) -> Mapping[str, Any]:
 
 
 def _pct(value: Any) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{100.0 * value:.2f} %"
+    # Python or NumPy reals (numbers.Real covers NumPy's), not bools; an int too large for
+    # a float is not finite
+    if isinstance(value, numbers.Real) and not _is_bool(value):
+        try:
+            if math.isfinite(value):
+                return f"{100.0 * float(value):.2f} %"
+        except OverflowError:
+            pass
     return "-"
 
 
@@ -129,8 +135,8 @@ def _setup_section(result: Mapping[str, Any]) -> list[str]:
 def _privacy_section(privacy: Mapping[str, Any], batch: Any = None) -> list[str]:
     supported = privacy.get("removals_supported")
     # a batch run's records (and so its bounds) are per batch, not per row
-    unit = (f"batch of {batch} rows" if isinstance(batch, int) and not isinstance(batch, bool)
-            and batch > 0 else "removal")
+    unit = (f"batch of {int(batch)} rows" if isinstance(batch, numbers.Integral)
+            and not _is_bool(batch) and batch > 0 else "removal")
     if privacy.get("removals_supported_is_estimate") and supported is not None:
         supported_text = f"~{format_value(supported)} (projected: no retrain happened)"
     else:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import save_figure
+from .._numbers import as_float, is_flag, is_real
 from .._numbers import is_finite as _finite
 from .._paths import check_output_file
 
@@ -56,7 +57,7 @@ def _number(value: Any, what: str = "records") -> float:
     """
     if value is None:
         return math.nan
-    if isinstance(value, bool) or not hasattr(value, "__float__"):
+    if is_flag(value) or not hasattr(value, "__float__"):  # np.bool_ is no number either
         raise TypeError(f"'{what}': expected a number or None, got {value!r}")
     try:
         return float(value)
@@ -180,10 +181,9 @@ def plot_bounds(
     """
     check_output_file(path, create_parents=True)
     _check_records(records)
-    if isinstance(budget, bool) or not (isinstance(budget, numbers.Real)
-                                        and _finite(budget) and budget >= 0):
+    if not (is_real(budget) and _finite(budget) and budget >= 0):  # NumPy reals too
         raise ValueError(f"'budget' must be a finite number >= 0, got {budget!r}")
-    budget = float(budget)
+    budget = as_float(budget)
     worst_case = _optional_number(worst_case, "worst_case")
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
