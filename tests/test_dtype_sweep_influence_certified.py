@@ -148,3 +148,20 @@ def test_linear_influence_accepts_numpy_scalars(kind):
     assert torch.equal(got.weights, ref.weights)
     assert got.residual == ref.residual
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_predict_names_inputs_of_another_dtype(dtype):
+    # old: torch's "mat1 and mat2 must have the same dtype", naming neither argument
+    from fastunlearn.influence import predict
+
+    model = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=rf"'inputs' is {dtype} but the model's parameters "
+                                        r"are torch.float32"):
+        predict(model, torch.randn(4, 3).to(dtype))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model.training  # eval mode restored
+    # the same inputs in the model's dtype run
+    x = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(predict(model.double(), x), model(x).argmax(-1))

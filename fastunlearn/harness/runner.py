@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .._device import parse_device
+from .._model_inputs import refuse_input_dtype
 from ..forget import run_method
 from ..metrics import (
     accuracy_report,
@@ -72,7 +73,7 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
             try:
                 logits = model(x[i:i + batch_size].to(device))
             except RuntimeError as exc:
-                _refuse_input_dtype(model, x, exc)
+                refuse_input_dtype(model, x, "x", exc)
                 raise
             keep = logits.dtype == torch.float64
             out.append((logits if keep else logits.float()).cpu())
@@ -80,17 +81,6 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
         for m, mode in modes:
             m.training = mode
     return torch.cat(out)
-
-
-def _refuse_input_dtype(model: nn.Module, x: Tensor, exc: Exception) -> None:
-    """Raise a TypeError naming ``x`` if its dtype differs from the model's parameters'."""
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    if len(dtypes) == 1 and x.dtype not in dtypes:
-        dtype = dtypes.pop()
-        raise TypeError(
-            f"'x' is {x.dtype} but the model's parameters are {dtype}, and the model cannot "
-            f"run on it ({exc}); convert the inputs (x.to({dtype})) or the model"
-        ) from exc
 
 
 def _device(spec: str) -> torch.device:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._model_inputs import refuse_input_dtype
 from .._numbers import as_float, as_int, is_integer, is_real
 from .arguments import (
     MAX_SEED,
@@ -118,7 +119,8 @@ def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int = 1024) -> Tens
 
     Raises:
         TypeError: If ``model`` is not an nn.Module, ``inputs`` is not a tensor, or
-            ``chunk_size`` is not an int (a bool is not one).
+            ``chunk_size`` is not an int (a bool is not one); or if the model fails on
+            ``inputs`` of another dtype than its parameters (naming both dtypes).
         ValueError: If ``inputs`` has no leading dimension (a scalar) or ``chunk_size``
             is < 1.
 
@@ -134,7 +136,12 @@ def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int = 1024) -> Tens
     out = []
     with torch.no_grad(), eval_mode(model):
         for start in range(0, inputs.shape[0], chunk_size):
-            out.append(model(inputs[start:start + chunk_size]).argmax(dim=-1))
+            try:
+                logits = model(inputs[start:start + chunk_size])
+            except RuntimeError as exc:
+                refuse_input_dtype(model, inputs, "inputs", exc)
+                raise
+            out.append(logits.argmax(dim=-1))
     if not out:
         return torch.zeros(0, dtype=torch.int64, device=inputs.device)
     return torch.cat(out)
