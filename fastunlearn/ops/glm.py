@@ -173,8 +173,54 @@ def jacobi_inverse_diagonal(X: Tensor, S: Tensor, lam: float) -> Tensor:
             f"arguments 'X' [n, d] and 'S' [n, K] must be 2-D with the same number of rows, "
             f"got {tuple(X.shape)} and {tuple(S.shape)}"
         )
-    diagonal = X.square().T @ S + lam
+    diagonal = square_weighted_sums(X, S) + lam
     return torch.where(diagonal > 0, diagonal.reciprocal(), torch.ones_like(diagonal))
+
+
+#: Bytes of the ``X * X`` temporary :func:`square_weighted_sums` builds at a time on the CPU
+#: (a block of whole columns; about the L2 cache). Other devices take larger blocks, each
+#: block costing kernel launches.
+SQUARE_CHUNK_BYTES = 2 << 20
+SQUARE_ACCEL_CHUNK_BYTES = 64 << 20
+
+
+def square_weighted_sums(X: Tensor, S: Tensor) -> Tensor:
+    """``(X * X)^T S`` -> [d, K] without an ``n x d`` temporary: the Hessians' diagonals.
+
+    The squares are formed for a block of whole columns of ``X`` at a time, at most
+    :data:`SQUARE_CHUNK_BYTES` (CPU) or :data:`SQUARE_ACCEL_CHUNK_BYTES` (other devices), and
+    multiplied by ``S`` block by block, so each entry is still one reduction over all ``n``
+    rows inside one matrix product. When ``X * X`` fits in one block this is exactly
+    ``X.square().T @ S``; otherwise an entry may differ from it by the rounding of a
+    different summation order (the same ``n`` products), at most ``n`` ulps.
+
+    Args:
+        X (Tensor[n, d]): design matrix.
+        S (Tensor[n, K]): per-row, per-class weights (dtype and device of ``X``).
+
+    Returns:
+        Tensor[d, K]: ``sum_i X[i, j]^2 S[i, k]``.
+
+    Raises:
+        ValueError: ``X`` or ``S`` is not 2-D or their numbers of rows differ.
+
+    """
+    if X.dim() != 2 or S.dim() != 2 or X.shape[0] != S.shape[0]:
+        raise ValueError(
+            f"arguments 'X' [n, d] and 'S' [n, K] must be 2-D with the same number of rows, "
+            f"got {tuple(X.shape)} and {tuple(S.shape)}"
+        )
+    n, d = X.shape
+    budget = SQUARE_CHUNK_BYTES if X.device.type == "cpu" else SQUARE_ACCEL_CHUNK_BYTES
+    columns = budget // max(1, n * X.element_size())
+    if columns >= d:
+        return X.square().T @ S
+    columns = max(1, columns)
+    out = torch.empty((d, S.shape[1]), dtype=torch.result_type(X, S), device=X.device)
+    for start in range(0, d, columns):
+        stop = min(d, start + columns)
+        torch.matmul(X[:, start:stop].square().T, S, out=out[start:stop])
+    return out
 
 
 def glm_cg(
