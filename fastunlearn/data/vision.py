@@ -679,6 +679,8 @@ def vision_tensors(
     Raises:
         FileNotFoundError: As in :func:`load_vision_dataset`.
         ValueError: As in :func:`load_vision_dataset`.
+        TypeError: As in :func:`load_vision_dataset` (``name``, ``data_dir`` or a flag of
+            the wrong type).
 
     """
     ds = load_vision_dataset(name, data_dir, train=train, svhn_extra=svhn_extra, verify=verify)
@@ -989,6 +991,8 @@ def load_features_or_pixels(
         ValueError: If ``dataset`` is unknown (pixels), ``extractor`` is not a plain name,
             ``binary`` is malformed or names a class without training examples, or the feature
             file lacks a train or test split, has an empty one or a negative label.
+        TypeError: If ``data_dir`` is not a path, or ``dataset`` or ``extractor`` is not a
+            str.
 
     """
     pair = _check_binary(binary)

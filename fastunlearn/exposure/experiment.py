@@ -28,7 +28,7 @@ from .._numbers import as_float, as_int, is_integer, is_real
 from .._numbers import is_finite as _finite
 from .._process_flags import GLOBAL_RNG_LOCK
 from .exposure import SkewNormalFit, fit_skew_normal, rank_exposure
-from .model import CharLM, sequence_log_perplexity
+from .model import CharLM, _module_modes, _restore_modes, sequence_log_perplexity
 from .text import DIGITS, CharVocab, generate_corpus, insert_canary
 
 __all__ = [
@@ -203,6 +203,11 @@ def measure_exposure(
     if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
     seed = as_int(seed)
+    if not is_integer(batch_size):  # a count: the wrong type is a TypeError (bool too)
+        raise TypeError(f"'batch_size' must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"'batch_size' must be a positive int, got {batch_size!r}")
+    batch_size = as_int(batch_size)
     space = len(alphabet) ** length
     if space < 4:
         # the secret plus at least 3 others: fewer leave nothing to rank or to fit
@@ -373,7 +378,8 @@ def train_char_lm(
 def greedy_completion(model: CharLM, vocab: CharVocab, prefix: str, length: int) -> str:
     """Return the ``length`` characters the model predicts after ``prefix`` (argmax).
 
-    The model's training mode is restored, also on error.
+    The training mode of the model and of each of its submodules is restored, also on
+    error.
 
     Raises:
         ValueError: If ``prefix`` is empty or outside the vocabulary, or ``length < 0``.
@@ -388,7 +394,7 @@ def greedy_completion(model: CharLM, vocab: CharVocab, prefix: str, length: int)
     if not isinstance(prefix, str) or not prefix:
         raise ValueError("'prefix' must be a non-empty str")
     prefix_ids = vocab.encode(prefix)
-    was_training = model.training
+    modes = _module_modes(model)
     model.eval()
     try:
         device = next(model.parameters()).device
@@ -399,7 +405,7 @@ def greedy_completion(model: CharLM, vocab: CharVocab, prefix: str, length: int)
             out.append(int(nxt))
             logits, state = model(nxt, state)
     finally:
-        model.train(was_training)
+        _restore_modes(modes)
     return vocab.decode(torch.tensor(out, dtype=torch.int64))
 
 

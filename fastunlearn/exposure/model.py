@@ -14,6 +14,16 @@ __all__ = ["CharLM", "sequence_log_perplexity"]
 _LN2 = math.log(2.0)
 
 
+def _module_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every submodule with its training flag (``model.train(flag)`` would set them all)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    for m, mode in modes:
+        m.training = mode
+
+
 class CharLM(nn.Module):
     """Embedding -> LSTM/GRU -> linear next-character logits at every position.
 
@@ -31,6 +41,7 @@ class CharLM(nn.Module):
 
     Raises:
         ValueError: If a size is not positive or ``cell`` is unknown.
+        TypeError: If a size is not an int (a bool is not one).
 
     """
 
@@ -109,11 +120,14 @@ def sequence_log_perplexity(
         batch_size: Secrets scored per forward pass.
 
     Returns:
-        float64 ``[N]`` log-perplexities in bits. The model's training mode is restored.
+        float64 ``[N]`` log-perplexities in bits. The training mode of the model and of
+        each of its submodules is restored.
 
     Raises:
-        ValueError: If shapes are wrong or an id is outside the vocabulary.
-        TypeError: If the ids are not integer tensors.
+        ValueError: If shapes are wrong, an id is outside the vocabulary or ``batch_size``
+            is < 1.
+        TypeError: If the ids are not int64 tensors or ``batch_size`` is not an int (a bool
+            is not one).
 
     """
     for value, arg, dim in ((prefix, "prefix", 1), (secrets, "secrets", 2)):
@@ -124,11 +138,13 @@ def sequence_log_perplexity(
         vocab = getattr(model, "vocab_size", None)
         if value.numel() and (value.min() < 0 or (vocab is not None and value.max() >= vocab)):
             raise ValueError(f"'{arg}' holds ids outside the vocabulary")
-    if not is_integer(batch_size) or batch_size < 1:
+    if not is_integer(batch_size):  # a bool is not one either
+        raise TypeError(f"'batch_size' must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
         raise ValueError(f"'batch_size' must be a positive int, got {batch_size!r}")
     batch_size = as_int(batch_size)
     device = next(model.parameters()).device
-    was_training = model.training
+    modes = _module_modes(model)
     model.eval()
     try:
         logits, state = model(prefix.to(device).unsqueeze(0))
@@ -144,5 +160,5 @@ def sequence_log_perplexity(
                 logp = logp + rest.gather(2, chunk[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
             out[start : start + b] = (-logp / _LN2).cpu()
     finally:
-        model.train(was_training)
+        _restore_modes(modes)
     return out

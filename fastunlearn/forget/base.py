@@ -397,10 +397,18 @@ def run_method(
         config: The method's config; its defaults (the published settings) when omitted.
         **overrides: Config fields to replace, e.g. ``epochs=2``.
 
+    Returns:
+        The new model (eval mode); ``model`` is left unchanged.
+
     Raises:
-        TypeError: If ``config`` is not an instance of the method's config class, or
-            ``model`` is not a ``torch.nn.Module``.
-        ValueError: If no method is registered under ``name`` (see :func:`get_method`).
+        TypeError: If ``name`` is not a str, ``config`` is not an instance of the method's
+            config class, an override is not a field of it (or has the wrong type),
+            ``model`` is not a ``torch.nn.Module``, or ``forget`` / ``retain`` is not a
+            data set (:func:`as_dataset`); the method's own checks may raise it too.
+        ValueError: If no method is registered under ``name`` (see :func:`get_method`),
+            an override is out of range, or ``forget`` / ``retain`` is empty or malformed
+            (:func:`as_dataset`); the method's own checks (overlapping sets, duplicate
+            forget rows, labels outside the model's outputs) raise it too.
 
     """
     fn, config_cls = get_method(name)

@@ -125,7 +125,15 @@ def load_harness_data(dataset: str, data_dir: str | None = None) -> HarnessData:
 
 
 def split_forget(data: HarnessData, spec: str, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``(forget_idx, retain_idx)`` of the training set from a forget spec."""
+    """``(forget_idx, retain_idx)`` of the training set from a forget spec.
+
+    Raises:
+        ValueError / TypeError / FileNotFoundError: As
+            :func:`fastunlearn.data.parse_forget_spec` (a malformed spec, a class absent
+            from ``data.y_train``, an empty forget or retain set, a bad ``seed``, a
+            missing index file).
+
+    """
     return parse_forget_spec(spec, data.y_train, seed=seed)
 
 

@@ -244,6 +244,13 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
     Everything is first written into a temporary folder inside ``out_dir`` and then renamed
     into place, so an error or an interrupt (Ctrl-C) while writing leaves an earlier run's
     outputs there as they were (not half replaced), and no temporary folder behind.
+
+    Raises:
+        ValueError: If ``out_dir`` cannot take the outputs (:func:`check_out_dir`: not a
+            folder, or its ``logits`` entry is neither absent, an empty folder nor an
+            earlier logits folder).
+        TypeError: If ``out_dir`` is not a path.
+
     """
     out = Path(out_dir)
     check_out_dir(out)

@@ -56,7 +56,9 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
 
     Every submodule's mode is restored afterwards, also on an error or an interrupt.
     Logits of a float16 / bfloat16 model are widened to float32; a float64 model's stay
-    float64 (rounding them to float32 lost digits silently).
+    float64 (rounding them to float32 lost digits silently). An empty ``x`` (``n = 0``)
+    gives ``[0, C]`` logits (the model runs once on the empty batch); a model without
+    parameters runs on the device of its first buffer, else on the CPU.
 
     Raises:
         TypeError: If ``model`` cannot run on ``x`` and ``x``'s dtype differs from its
@@ -67,9 +69,13 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        device = next(model.parameters()).device
+        first = next(model.parameters(), None)
+        if first is None:  # a parameterless model (a fixed function, buffers only)
+            first = next(model.buffers(), None)
+        device = first.device if first is not None else torch.device("cpu")
         out = []
-        for i in range(0, x.shape[0], batch_size):
+        # at least one pass: an empty ``x`` still gives [0, C] logits (not an empty cat)
+        for i in range(0, max(x.shape[0], 1), batch_size):
             try:
                 logits = model(x[i:i + batch_size].to(device))
             except RuntimeError as exc:

@@ -106,7 +106,9 @@ def required_sigma(residual: float, epsilon: float = 0.1, delta: float = 0.01) -
         sigma.
 
     Raises:
-        ValueError: an argument out of range.
+        ValueError: an argument out of range (``residual`` or ``epsilon`` also when it is
+            not a number).
+        TypeError: ``delta`` is not a real number.
 
     """
     if not (_is_real(residual) and _finite(residual) and residual >= 0):
@@ -275,8 +277,10 @@ def linear_influence_update(
         ValueError: Bad inputs (named): non-finite or misshapen ``X``, ``w``, ``new_X`` or
             ``b``; non-binary or misshapen labels; ``rows`` empty, out of range or with
             duplicates; ``lam`` not finite and > 0; ``order`` not 1 or 2; ``tau`` missing
-            or not finite and > 0 for ``order=1``; ``gamma`` not finite and >= 0; or
-            updated weights (or their residual) that are not finite.
+            or not finite and > 0 for ``order=1``; ``gamma`` not finite and >= 0;
+            ``epsilon`` not finite and > 0, ``delta`` outside (0, 1) or ``sigma`` not
+            finite and >= 0; or updated weights (or their residual) that are not finite.
+            (A ``delta`` that is not a real number is a TypeError.)
 
     """
     t0 = time.perf_counter()

@@ -101,6 +101,9 @@ def lira_scores(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
         ``(scores_retrained [S, N], scores_unlearned [S, M])`` in float64; rows whose
         retrained or unlearned std is zero are nan.
 
+    Raises:
+        ValueError: On mismatched shapes or non-finite input.
+
     """
     r, u = pair_of_stats(retrained, unlearned)
     r, u = _rescale_extreme_rows(r, u)

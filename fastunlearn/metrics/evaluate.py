@@ -179,8 +179,11 @@ def evaluate_logits_dir(
         progress: Show a tqdm bar over the methods.
 
     Returns:
-        ``{"path", "num_examples", "num_models", "num_classes", "retrain": {...},
-        "methods": {name: {...}}, "baseline": {...}, "mia": {...}}`` (JSON-friendly).
+        ``{"path", "num_examples", "num_models", "num_classes", "delta",
+        "competition_delta", "retrain": {...}, "methods": {name: {...}}, "baseline": {...},
+        "mia": {...}}`` (JSON-friendly). ``"baseline"`` is present only with ``baseline``
+        and at least ``2 * MIN_BASELINE_HALF`` (4) retrained models; with fewer,
+        ``"baseline_skipped"`` says why instead.
 
     Raises:
         FileNotFoundError: If ``path`` or a requested method is missing.

@@ -59,6 +59,10 @@ class FeatureClassifier(nn.Module):
         head: ``nn.Linear(feature_dim, num_classes)``.
         feature_dim: Width of the features.
 
+    Raises:
+        ValueError: If ``feature_dim`` or ``num_classes`` is not positive.
+        TypeError: If ``feature_dim`` or ``num_classes`` is not an int (a bool is not one).
+
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int) -> None:
@@ -133,6 +137,7 @@ def svhn_dp_extractor(
     Raises:
         ValueError: If a size is not positive, ``norm`` is ``"batch"`` or unknown, or
             ``side`` is too small for two convolutions and poolings.
+        TypeError: If a size is not an int (a bool is not one).
 
     """
     for value, arg in (
@@ -191,7 +196,9 @@ def resnet_cifar(
         A :class:`FeatureClassifier` with ``feature_dim = 512``.
 
     Raises:
-        ValueError: If ``depth`` is not 18 or 34 or ``norm`` is unknown.
+        ValueError: If ``depth`` is not 18 or 34, ``norm`` is unknown or None, or a size
+            is not positive.
+        TypeError: If ``num_classes`` or ``in_channels`` is not an int (a bool is not one).
 
     """
     import torchvision.models as tvm
@@ -225,6 +232,11 @@ def resnet18(
 
     A named function (not a lambda) so that its signature shows ``in_channels``: the
     harness passes the data's channels to every builder that declares them.
+
+    Raises:
+        ValueError: As :func:`resnet_cifar` (``norm`` unknown or None, a size not positive).
+        TypeError: As :func:`resnet_cifar` (a size not an int).
+
     """
     return resnet_cifar(18, num_classes, in_channels=in_channels, norm=norm)
 
@@ -235,6 +247,11 @@ def resnet34(
     """ResNet-34 with the CIFAR stem: :func:`resnet_cifar` with ``depth=34``.
 
     A named function for the same reason as :func:`resnet18`.
+
+    Raises:
+        ValueError: As :func:`resnet_cifar` (``norm`` unknown or None, a size not positive).
+        TypeError: As :func:`resnet_cifar` (a size not an int).
+
     """
     return resnet_cifar(34, num_classes, in_channels=in_channels, norm=norm)
 
@@ -259,6 +276,7 @@ def small_cnn(
 
     Raises:
         ValueError: If a size is not positive or ``side < 4``.
+        TypeError: If a size is not an int (a bool is not one).
 
     """
     for value, arg in (
@@ -369,6 +387,7 @@ def resnet9(
 
     Raises:
         ValueError: If a size is not positive or ``norm`` is unknown.
+        TypeError: If a size is not an int (a bool is not one).
 
     """
     for value, arg in (
@@ -434,7 +453,8 @@ def allcnn(
 
     Raises:
         ValueError: If a size is not positive or ``norm`` is unknown.
-        TypeError: If ``dropout`` is not a bool.
+        TypeError: If ``dropout`` is not a bool, or a size is not an int (a bool is not
+            one).
 
     """
     for value, arg in (
@@ -493,6 +513,7 @@ def cifar_cnn(
 
     Raises:
         ValueError: If a size is not positive or ``side < 8``.
+        TypeError: If a size is not an int (a bool is not one).
 
     """
     for value, arg in (
@@ -574,7 +595,8 @@ def mobilenet_v2(
 
     Raises:
         ValueError: If a size is not positive or ``norm`` is unknown.
-        TypeError: If ``width_mult`` is not a number or ``cifar_stem`` not a bool.
+        TypeError: If ``width_mult`` is not a number, ``cifar_stem`` not a bool, or
+            ``num_classes`` or ``in_channels`` not an int (a bool is not one).
 
     """
     import torchvision.models as tvm
