@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._paths import check_path
+
 __all__ = ["check_output_folder"]
 
 
@@ -26,11 +28,13 @@ def check_output_folder(folder: str | os.PathLike[str], *, argument: str,
         names: File names the command will write into ``folder``; none may be a folder.
 
     Raises:
-        ValueError: ``folder`` or an entry above it is a file, the nearest existing folder
-            is not writable, or one of ``names`` in it is a folder.
+        TypeError: ``folder`` is not a str or ``os.PathLike``.
+        ValueError: ``folder`` is empty (``"."`` names the current folder), it or an entry
+            above it is a file, the nearest existing folder is not writable, or one of
+            ``names`` in it is a folder.
 
     """
-    path = Path(folder)
+    path = check_path(folder, argument)
     existing = path
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent

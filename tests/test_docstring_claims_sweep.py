@@ -78,3 +78,20 @@ def test_exposure_batch_size_of_the_wrong_type_is_a_type_error(which):
     with pytest.raises(ValueError, match="batch_size"):  # out of range stays a ValueError
         sequence_log_perplexity(model, vocab.encode("key: "), vocab.encode(["12"]),
                                 batch_size=0)
+
+
+def test_fisher_diagonal_restores_each_submodules_mode():
+    # old: model.train(was_training) set every submodule's flag (a Dropout left in eval
+    # came back in training mode)
+    from torch.utils.data import TensorDataset
+
+    from fastunlearn.forget.fisher import fisher_diagonal
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.1),
+                                torch.nn.Linear(4, 2))
+    model.train()
+    model[1].eval()
+    ds = TensorDataset(torch.randn(6, 3), torch.randint(0, 2, (6,)))
+    fisher_diagonal(model, ds, batch_size=3)
+    assert [m.training for m in model.modules()] == [True, True, False, True]

@@ -1,6 +1,7 @@
 """The shared output-folder check, and the commands that refuse a bad folder before working."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,18 @@ def test_extract_refuses_a_data_dir_it_cannot_write_features_into(
     err = capsys.readouterr().err
     assert err.startswith("fastunlearn extract: error: 'data_dir'") and "not writable" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("bad", "exc", "message"), [
+    ("", ValueError, "'out' is empty"),  # old: accepted as the current folder
+    (3, TypeError, "'out' must be a str or os.PathLike, got int"),  # old: pathlib's TypeError
+    (None, TypeError, "'out' must be a str or os.PathLike, got NoneType"),
+])
+def test_check_output_folder_refuses_empty_and_non_paths(bad, exc, message):
+    with pytest.raises(exc, match=message):
+        check_output_folder(bad, argument="out")
+
+
+def test_check_output_folder_takes_the_current_folder_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert check_output_folder(".", argument="out") == Path(".")

@@ -110,7 +110,7 @@ def fisher_diagonal(
     device = model_device(model)
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each submodule's own flag
     model.eval()
 
     def log_prob(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -155,7 +155,8 @@ def fisher_diagonal(
                 for n in total:
                     total[n] += torch.einsum("b,b...->...", w, g[n].pow(2))
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return total
 
 
