@@ -13,12 +13,22 @@ Bools are not numbers here (``True`` as a count or a rate is a mistake).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
 import numpy as np
 
-__all__ = ["as_float", "as_int", "is_finite", "is_flag", "is_integer", "is_real"]
+__all__ = [
+    "as_float",
+    "as_int",
+    "as_plain",
+    "is_finite",
+    "is_flag",
+    "is_integer",
+    "is_real",
+    "plain_fields",
+]
 
 
 def is_integer(value: object) -> bool:
@@ -55,3 +65,35 @@ def as_float(value: numbers.Real) -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def as_plain(value: object) -> object:
+    """Return a NumPy bool, integer or real scalar as the Python value, anything else as is.
+
+    Tuples and lists are converted element by element (``columns=(np.int64(3),)``).
+    """
+    if isinstance(value, np.generic):
+        if is_flag(value):
+            return bool(value)
+        if is_integer(value):
+            return as_int(value)  # type: ignore[arg-type]
+        if is_real(value):
+            return as_float(value)  # type: ignore[arg-type]
+        return value
+    if isinstance(value, (tuple, list)) and any(isinstance(v, np.generic) for v in value):
+        return type(value)(as_plain(v) for v in value)
+    return value
+
+
+def plain_fields(config: object) -> None:
+    """Replace NumPy scalars in a dataclass's fields by the Python values (in place).
+
+    Configs built with ``np.int64(2)`` then equal those built with ``2``, and their
+    ``asdict`` and JSON are the same; the values are checked where the config is used.
+    Frozen dataclasses too.
+    """
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        plain = as_plain(value)
+        if plain is not value:
+            object.__setattr__(config, f.name, plain)

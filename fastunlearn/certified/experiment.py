@@ -40,7 +40,7 @@ import torch
 
 from .._atomic_files import write_text
 from .._device import parse_device
-from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
+from .._numbers import is_finite, is_integer, is_real, plain_fields
 
 __all__ = [
     "DATASETS",
@@ -84,18 +84,6 @@ def _canonical_dataset(name: str) -> str:
 def _is_number(value: Any) -> bool:
     """Whether ``value`` is a Python or NumPy real number (not a bool)."""
     return is_real(value)
-
-
-def _plain(value: Any) -> Any:
-    """Return a NumPy bool, integer or real scalar as the Python value, anything else as is."""
-    if isinstance(value, np.generic):
-        if is_flag(value):
-            return bool(value)
-        if is_integer(value):
-            return as_int(value)
-        if is_real(value):
-            return as_float(value)
-    return value
 
 
 @dataclass
@@ -171,11 +159,7 @@ class ExperimentConfig:
 
     def _plain_fields(self) -> None:
         """Store NumPy scalars as Python values: configs compare and serialise alike."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            plain = _plain(value)
-            if plain is not value:
-                setattr(self, f.name, plain)
+        plain_fields(self)
 
     def validate(self) -> ExperimentConfig:
         """Check every field; returns ``self`` (with ``dataset`` spelled canonically).

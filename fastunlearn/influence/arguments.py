@@ -5,47 +5,14 @@ Each raises TypeError or ValueError naming the argument; nothing here runs a sol
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._numbers import as_float as _as_float
 from .._numbers import as_int, is_flag, is_integer, is_real
 from .gradients import eval_mode
-
-
-def _plain(value: object) -> object:
-    """Return a NumPy bool, integer or real scalar as the Python value, anything else as is.
-
-    Tuples and lists are converted element by element (``columns=(np.int64(3),)``).
-    """
-    if isinstance(value, np.generic):
-        if is_flag(value):
-            return bool(value)
-        if is_integer(value):
-            return as_int(value)
-        if is_real(value):
-            return _as_float(value)
-        return value
-    if isinstance(value, (tuple, list)) and any(isinstance(v, np.generic) for v in value):
-        return type(value)(_plain(v) for v in value)
-    return value
-
-
-def _plain_fields(config: object) -> None:
-    """Replace NumPy scalars in a dataclass's fields by the Python values (in place).
-
-    Configs built with ``np.int64(2)`` then equal those built with ``2``, and their
-    ``asdict`` and JSON are the same; the values are checked where the config is used.
-    """
-    for f in dataclasses.fields(config):  # type: ignore[arg-type]
-        value = getattr(config, f.name)
-        plain = _plain(value)
-        if plain is not value:
-            object.__setattr__(config, f.name, plain)  # also on frozen dataclasses
 
 
 def _check_tensor(name: str, value: object) -> Tensor:

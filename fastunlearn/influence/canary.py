@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from .._atomic_files import write_text
+from .._numbers import plain_fields as _plain_fields
 from .._process_flags import GLOBAL_RNG_LOCK
-from .arguments import MAX_SEED, _as_float, _plain_fields
+from .arguments import MAX_SEED, _as_float
 from .update import influence_update
 
 __all__ = [

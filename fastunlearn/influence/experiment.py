@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._atomic_files import save_figure, write_text
+from .._numbers import plain_fields as _plain_fields
 from .._process_flags import GLOBAL_RNG_LOCK
-from .arguments import _plain_fields
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .arguments import MAX_SEED, _as_float, _plain_fields
+from .._numbers import plain_fields as _plain_fields
+from .arguments import MAX_SEED, _as_float
 from .drivers import predict, replace_features, unlearn_features
 from .experiment import _agg_figure, _json_ready, _save_png, _write_report_files
 from .gradients import default_loss, loss_gradient

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .arguments import MAX_SEED, _check_float, _check_int, _plain_fields
+from .._numbers import plain_fields as _plain_fields
+from .arguments import MAX_SEED, _check_float, _check_int
 from .gradients import LossFn, default_loss
 
 __all__ = [
