@@ -48,6 +48,7 @@ torch path above is the fallback.
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 from collections.abc import Mapping
@@ -83,6 +84,9 @@ PEAKY_RATIO = 0.01
 
 #: Threshold-grid entries processed per chunk (bounds the working memory).
 _CHUNK_ELEMENTS = 1 << 19
+#: Single-threshold grid entries built and passed to the compiled op per chunk of examples
+#: (16 MiB of float64; the grid of all examples at once grew with S).
+_GRID_CHUNK_ELEMENTS = 1 << 21
 
 
 def _eps_table(n_pos: int, n_neg: int, delta: float, device: torch.device) -> Tensor:
@@ -361,16 +365,50 @@ def _single_grids(r: Tensor, u: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:
     Examples flagged in ``skip`` get an empty grid. Returns ``(grid [T], offsets [S + 1])``
     on the inputs' device.
     """
+    lo, hi, steps = _single_steps(r, u, skip)
+    return _grids_of(steps.tolist(), lo, hi).to(r.device), _offsets(steps, r.device)
+
+
+def _single_steps(r: Tensor, u: Tensor, skip: Tensor) -> tuple[list[float], list[float], Tensor]:
+    """Pooled minimum and maximum per example and its grid size (0 where ``skip``).
+
+    Returns ``(lo, hi, steps)``: Python floats and an int64 ``[S]`` tensor on the CPU.
+    """
     lo = torch.minimum(r.amin(1), u.amin(1))
     hi = torch.maximum(r.amax(1), u.amax(1))
     steps = torch.ceil((hi - lo) * THRESHOLDS_PER_UNIT).to(torch.int64).masked_fill(skip, 0)
+    return lo.tolist(), hi.tolist(), steps.cpu()
+
+
+def _grids_of(steps: list[int], lo: list[float], hi: list[float]) -> Tensor:
+    """Concatenate the grids ``torch.linspace(lo, hi, steps)`` (float64, on the CPU)."""
     pieces = [torch.linspace(a, b, n, dtype=torch.float64)
-              for a, b, n in zip(lo.tolist(), hi.tolist(), steps.tolist(), strict=True)
-              if n > 0]
-    grid = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.float64)
-    offsets = torch.zeros(r.shape[0] + 1, dtype=torch.int64)
-    offsets[1:] = steps.cpu().cumsum(0)
-    return grid.to(r.device), offsets.to(r.device)
+              for a, b, n in zip(lo, hi, steps, strict=True) if n > 0]
+    return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.float64)
+
+
+def _offsets(steps: Tensor, device: torch.device) -> Tensor:
+    """Grid offsets ``[S + 1]`` (int64, rising from 0) of per-example ``steps``."""
+    offsets = torch.zeros(steps.shape[0] + 1, dtype=torch.int64)
+    offsets[1:] = steps.cumsum(0)
+    return offsets.to(device)
+
+
+def _grid_chunks(steps: Tensor, per_example: int) -> list[slice]:
+    """Split the examples into consecutive ranges of bounded work.
+
+    A range holds at most ``_GRID_CHUNK_ELEMENTS`` grid entries plus ``per_example`` per example
+    (and at least one example).
+    """
+    cost = (steps + per_example).cumsum(0).tolist()
+    chunks, start, done = [], 0, 0
+    n = len(cost)
+    while start < n:
+        end = bisect.bisect_right(cost, done + _GRID_CHUNK_ELEMENTS, lo=start)
+        end = max(end, start + 1)
+        chunks.append(slice(start, end))
+        done, start = cost[end - 1], end
+    return chunks
 
 
 def _op_available(device_type: str) -> bool:
@@ -382,16 +420,29 @@ def _op_available(device_type: str) -> bool:
 
 
 def _epsilons_op(r: Tensor, u: Tensor, delta: float) -> Tensor:
-    """Clipped per-example epsilons from the fused op (float64 ``[S, N]``, ``[S, M]``)."""
+    """Clipped per-example epsilons from the fused op (float64 ``[S, N]``, ``[S, M]``).
+
+    Examples are processed in chunks (the op is per example): each chunk's grids are
+    built and passed on their own, so the memory beyond the inputs and the ``[S]`` output is
+    bounded by about twice ``_GRID_CHUNK_ELEMENTS`` float64 grid entries.
+    """
     from ..ops.competition import competition_epsilons as op
 
     rd = r.amax(1) - r.amin(1)
     ud = u.amax(1) - u.amin(1)
     peaky = torch.minimum(rd, ud) / torch.maximum(rd, ud) < PEAKY_RATIO  # 0/0: not peaky
-    grid, offsets = _single_grids(r, u, peaky)
+    lo, hi, steps = _single_steps(r, u, peaky)
     N, M = r.shape[1], u.shape[1]
-    return op(r, u, grid, offsets, _eps_table(N, M, delta, r.device),
-              _eps_table(M, N, delta, r.device))
+    table_r, table_u = _eps_table(N, M, delta, r.device), _eps_table(M, N, delta, r.device)
+    out = torch.empty(r.shape[0], dtype=torch.float64, device=r.device)
+    for sl in _grid_chunks(steps, N + M):
+        part = steps[sl]
+        grid = _grids_of(part.tolist(), lo[sl], hi[sl]).to(r.device)
+        # (the op's right-edge check, which names an example by its index in the chunk, is
+        # unreachable here: _check_grid_size refuses the magnitudes that trigger it)
+        out[sl] = op(r[sl], u[sl], grid, _offsets(part, r.device), table_r, table_u)
+        del grid
+    return out
 
 
 def _epsilons_torch(r: Tensor, u: Tensor, delta: float) -> Tensor:

@@ -14,8 +14,9 @@ one of FPR, FNR is zero are dropped; the example's epsilon is the nan-max over t
 if none is left). The metric is the median over examples (nan ignored, infinities kept),
 with ``delta = 0.05``.
 
-Everything is computed for all examples at once: one sort of the 2N scores per example,
-prefix counts, and a masked reduction (no Python loop over examples or thresholds).
+Everything is vectorised over chunks of examples (``_CHUNK_ELEMENTS`` statistics each, so
+the working memory stays bounded): one sort of the 2N scores per example, prefix counts,
+and a masked reduction (no Python loop over examples or thresholds).
 
 Numerical notes. The ratio is computed as ``scipy.stats.norm.pdf`` computes each density
 (``exp(-y**2 / 2) / sqrt(2 pi) / sd``, float64), so that densities that underflow to 0 tie
@@ -38,6 +39,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from ._checks import check_delta, pair_of_stats, stacked_logits
+from ._chunking import row_chunks
 from ._reduce import median, nanmax, nanmedian
 from .statistics import hinge_logit
 
@@ -65,6 +67,10 @@ def _gauss_logpdf(x: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
     y = (x - mu) / sd
     return -(y * y) / 2.0 - torch.log(sd)
 
+
+#: Statistics (examples x models) processed per chunk of examples: bounds the working memory
+#: of the scores and epsilons (a few tens of float64 temporaries of this size).
+_CHUNK_ELEMENTS = 1 << 17
 
 #: Rows whose largest magnitude lies outside [2**-_SAFE_EXP, 2**_SAFE_EXP] are rescaled.
 _SAFE_EXP = 500
@@ -106,6 +112,23 @@ def lira_scores(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
 
     """
     r, u = pair_of_stats(retrained, unlearned)
+    sr = torch.empty_like(r)
+    su = torch.empty_like(u)
+    for sl in _row_chunks(r, u):
+        sr[sl], su[sl] = _scores(r[sl], u[sl])
+    return sr, su
+
+
+def _row_chunks(r: Tensor, u: Tensor) -> list[slice]:
+    """Consecutive example ranges of about ``_CHUNK_ELEMENTS`` statistics.
+
+    Everything here is computed per example (row), so chunking is exact.
+    """
+    return row_chunks(r.shape[0], _CHUNK_ELEMENTS // (r.shape[1] + u.shape[1]))
+
+
+def _scores(r: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`lira_scores` of checked float64 ``[B, N]`` and ``[B, M]`` statistics."""
     r, u = _rescale_extreme_rows(r, u)
     mu_r, sd_r = r.mean(1, keepdim=True), r.std(1, correction=0, keepdim=True)
     mu_u, sd_u = u.mean(1, keepdim=True), u.std(1, correction=0, keepdim=True)
@@ -161,7 +184,15 @@ def lira_epsilons(retrained: Any, unlearned: Any, *, delta: float = DEFAULT_DELT
 
     """
     delta = check_delta(delta)
-    sr, su = lira_scores(retrained, unlearned)
+    r, u = pair_of_stats(retrained, unlearned)
+    eps = torch.empty(r.shape[0], dtype=torch.float64, device=r.device)
+    for sl in _row_chunks(r, u):
+        eps[sl] = _epsilons(*_scores(r[sl], u[sl]), delta)
+    return eps
+
+
+def _epsilons(sr: Tensor, su: Tensor, delta: float) -> Tensor:
+    """:func:`lira_epsilons` from the scores ``[B, N]`` and ``[B, M]``."""
     n, m = sr.shape[1], su.shape[1]
     undefined = torch.isnan(sr).any(1) | torch.isnan(su).any(1)
     sr = sr.nan_to_num(0.0)

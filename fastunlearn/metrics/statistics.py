@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,31 @@ import torch
 from torch import Tensor
 
 from ._checks import logits_and_labels
+from ._chunking import row_chunks
 
 __all__ = ["hinge_logit", "logit_scaled_confidence", "true_class_confidence"]
+
+
+#: Logit entries processed per chunk of examples (dim 0): bounds the float64 temporaries
+#: of a statistic to a few times 8 MiB beyond its output, whatever the size of the logits.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _per_chunk(
+    z: Tensor, y: Tensor, fn: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype
+) -> Tensor:
+    """``fn(z, y)`` computed over chunks of dim 0 into one ``z.shape[:-1]`` output.
+
+    Every statistic is a function of one row ``z[..., :]`` (and its label), so chunking
+    along dim 0 gives the same numbers as one call on the whole input.
+    """
+    chunks = row_chunks(z.shape[0], _CHUNK_ELEMENTS // max(z[:1].numel(), 1))
+    if len(chunks) <= 1:
+        return fn(z, y)
+    out = torch.empty(z.shape[:-1], dtype=dtype, device=z.device)
+    for sl in chunks:
+        out[sl] = fn(z[sl], y[sl])
+    return out
 
 
 def _split_label(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,6 +65,10 @@ def hinge_logit(logits: Any, labels: Any) -> Tensor:
 
     """
     z, y = logits_and_labels(logits, labels)
+    return _per_chunk(z, y, _hinge, torch.float64)
+
+
+def _hinge(z: Tensor, y: Tensor) -> Tensor:
     z = z.to(torch.float64)
     at_label, is_label = _split_label(z, y)
     others = z.masked_fill(is_label, -torch.inf).amax(-1)
@@ -79,15 +107,24 @@ def logit_scaled_confidence(logits: Any, labels: Any) -> Tensor:
 
     """
     z, y = logits_and_labels(logits, labels)
+    return _per_chunk(z, y, _scaled_confidence, torch.float64)
+
+
+def _scaled_confidence(z: Tensor, y: Tensor) -> Tensor:
     e = _exp_as_official(z - z.amax(-1, keepdim=True)).to(torch.float64)
     p = e / e.sum(-1, keepdim=True)
+    del e
     p_label, is_label = _split_label(p, y)
-    p_wrong = p.masked_fill(is_label, 0.0).sum(-1)
+    p_wrong = p.masked_fill_(is_label, 0.0).sum(-1)
     return torch.log(p_label + 1e-45) - torch.log(p_wrong + 1e-45)
 
 
 def true_class_confidence(logits: Any, labels: Any) -> Tensor:
     """Softmax probability of the true class (float64), shape ``logits.shape[:-1]``."""
     z, y = logits_and_labels(logits, labels)
+    return _per_chunk(z, y, _true_confidence, torch.float64)
+
+
+def _true_confidence(z: Tensor, y: Tensor) -> Tensor:
     p = torch.softmax(z.to(torch.float64), dim=-1)
     return p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
