@@ -36,15 +36,30 @@ def _pct(v: Any, std: Any = None) -> str:
 
 
 def _num(v: Any, spec: str = ".2f") -> str:
-    if not isinstance(v, (int, float)):
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
         return "-"
+    v = float(v)
     if math.isinf(v):
         return "inf"
-    return "-" if math.isnan(v) else format(v, spec)
+    if math.isnan(v):
+        return "-"
+    # 1e300 s in fixed point would be a 300-digit cell
+    return format(v, ".3g") if abs(v) >= 1e6 else format(v, spec)
+
+
+def _cell(text: Any) -> str:
+    """Escape what would break a table row: ``|`` splits a cell, a line break ends the row."""
+    return " ".join(str(text).replace("|", "\\|").split())
+
+
+def _first_line(text: Any) -> str:
+    """Return the first non-empty line of an error message (``-`` when there is none)."""
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[0][:300] if lines else "-"
 
 
 def _row(name: str, e: dict[str, Any], status: str) -> str:
-    cells = [name, status,
+    cells = [_cell(name), _cell(status),
              _pct(e.get("unlearning_accuracy"), e.get("unlearning_accuracy_std")),
              _pct(e.get("retain_accuracy"), e.get("retain_accuracy_std")),
              _pct(e.get("test_accuracy"), e.get("test_accuracy_std")),
@@ -73,7 +88,7 @@ def render_table(result: dict[str, Any]) -> str:
         f"forget `{cfg['forget']}` "
         f"({data['num_forget']} examples), {cfg['seeds']} seed(s) per method, "
         f"{cfg['oracles']} oracle(s) retrained on the {data['num_retain']} retain examples "
-        f"(mean {result['oracles']['mean_seconds']:.2f} s each).",
+        f"(mean {_num(result['oracles']['mean_seconds'])} s each).",
         "",
         "UA = 100 - forget accuracy, RA / TA = retain / test accuracy, MIA = OPTML's SVC "
         "MIA-Efficacy (%), gap = mean |UA, RA, TA, MIA - oracles| (%), eps = Seed A's "
@@ -90,7 +105,10 @@ def render_table(result: dict[str, Any]) -> str:
     lines.append(_row("original", orig, "trained"))
     orc = dict(result["oracles"])
     orc["seconds"] = orc["mean_seconds"]
-    orc["time_ratio"] = 1.0
+    # retraining / retraining: 1, unless the retraining time is 0 or unknown (0 / 0)
+    mean_s = orc["mean_seconds"]
+    orc["time_ratio"] = (1.0 if isinstance(mean_s, (int, float)) and math.isfinite(mean_s)
+                         and mean_s > 0 else math.nan)
     if "baseline" in orc:
         for k in ("epsilon_hat", "competition_forget_score"):
             if k in orc["baseline"]:
@@ -102,13 +120,13 @@ def render_table(result: dict[str, Any]) -> str:
             f"{len(e['runs'])}"
         lines.append(_row(name, e, status))
         if "error" in e:
-            notes.append(f"- `{name}`: {e['error'].splitlines()[0][:300]}")
+            notes.append(f"- `{name}`: {_first_line(e['error'])}")
     if "baseline" in result["oracles"]:
         lines += ["", "The oracles' eps and F compare half of the oracles with the other half "
                   "(the noise floor of both metrics)."]
     if notes:
         lines += ["", "Errors:", *notes]
-    lines += ["", f"Total wall time: {result['timing']['total_seconds']:.1f} s "
+    lines += ["", f"Total wall time: {_num(result['timing']['total_seconds'], '.1f')} s "
               f"(cache: {result['cache']['hits']} hit(s), {result['cache']['misses']} "
               "model(s) trained)."]
     return "\n".join(lines) + "\n"
@@ -152,6 +170,38 @@ def plot_epsilons(result: dict[str, Any], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def _bar_values(values: list[Any], scale: float = 1.0) -> tuple[list[float], list[str]]:
+    """Bar heights (NaN where there is no finite number) and the word for each missing one.
+
+    None, NaN and inf are not drawn as bars (an inf bar breaks the axis, a NaN one would
+    silently vanish): the caller writes the word (``n/a``, ``inf``) at the bar's place.
+    """
+    heights, words = [], []
+    for v in values:
+        try:
+            x = float(v) if v is not None and not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            x = math.nan
+        if math.isfinite(x):
+            heights.append(scale * x)
+            words.append("")
+        else:
+            heights.append(math.nan)
+            words.append("inf" if x == math.inf else "-inf" if x == -math.inf else "n/a")
+    return heights, words
+
+
+def _mark_missing(ax: Any, xs: list[float], words: list[str]) -> None:
+    """Write ``words`` (non-empty ones) just above the x axis at ``xs``."""
+    from matplotlib.transforms import blended_transform_factory
+
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    for x, word in zip(xs, words, strict=True):
+        if word:
+            ax.text(x, 0.01, word, transform=trans, ha="center", va="bottom", fontsize=6,
+                    rotation=90, color="tab:red")
+
+
 def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
     """Plot grouped bars of UA, RA, TA and MIA-Efficacy (original, oracles, methods)."""
     rows = [("original", result["original"]), ("retrain", result["oracles"])]
@@ -162,8 +212,10 @@ def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     w = 0.2
     for j, (k, label) in enumerate(keys):
-        vals = [100 * float(e.get(k, float("nan"))) for _, e in rows]
-        ax.bar([i + (j - 1.5) * w for i in range(len(rows))], vals, w, label=label)
+        vals, words = _bar_values([e.get(k) for _, e in rows], 100.0)
+        xs = [i + (j - 1.5) * w for i in range(len(rows))]
+        ax.bar(xs, vals, w, label=label)
+        _mark_missing(ax, xs, words)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([n for n, _ in rows], rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("%")
@@ -179,9 +231,15 @@ def plot_times(result: dict[str, Any], path: Path) -> Path:
     rows = [(n, e) for n, e in result["methods"].items() if e.get("num_ok")]
     fig = _figure((max(6.0, 0.5 * len(rows) + 2), 3.6))
     ax = fig.add_subplot(1, 1, 1)
-    ax.bar(range(len(rows)), [float(e["seconds"]) for _, e in rows], color="tab:green")
-    ax.axhline(result["oracles"]["mean_seconds"], color="k", ls="--", lw=1,
-               label="retraining (oracle mean)")
+    secs, words = _bar_values([e.get("seconds") for _, e in rows])
+    ax.bar(range(len(rows)), secs, color="tab:green")
+    _mark_missing(ax, list(range(len(rows))), words)
+    mean_s = _bar_values([result["oracles"].get("mean_seconds")])[0][0]
+    if math.isfinite(mean_s):
+        ax.axhline(mean_s, color="k", ls="--", lw=1, label="retraining (oracle mean)")
+    else:  # unknown or infinite: no line, but said
+        ax.plot([], [], color="k", ls="--", lw=1, label="retraining (oracle mean): "
+                f"{_num(result['oracles'].get('mean_seconds'))} s (not drawn)")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([n for n, _ in rows], rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("seconds per run")

@@ -305,6 +305,19 @@ def unlearn_canary(
     return out
 
 
+def _code(text: Any) -> str:
+    r"""Return ``text`` as a Markdown code span fit for a table cell.
+
+    A greedy completion is any characters: a ``|`` would split the cell and a line break
+    end the row (both escaped: ``\|``, ``\n``), a backtick end the span (a longer fence).
+    """
+    text = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    text = text.replace("|", "\\|")
+    fence = "``" if "`" in text else "`"
+    pad = " " if fence == "``" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def render_canary_report(result: dict[str, Any]) -> str:
     """Markdown page of an :func:`unlearn_canary` result."""
     from ..report import format_value as fv
@@ -327,7 +340,7 @@ def render_canary_report(result: dict[str, Any]) -> str:
     for name, m, sec in rows:
         lines.append(f"| {name} | {fv(m['log_perplexity'])} | {m['rank']} | "
                      f"{fv(m['rank_exposure'])} | {fv(m['skew_normal_exposure'])} | "
-                     f"`{m['completion']}` | {fv(sec)} |")
+                     f"{_code(m['completion'])} | {fv(sec)} |")
     lines += ["", f"Maximum exposure log2|R| = {fv(result['before']['max_exposure'])} bits. "
               f"Update: {u['num_gradients']} window gradients, {u['num_hvps']} window HVPs, "
               f"{u['solver_iterations']} solver iterations.", ""]
@@ -349,6 +362,6 @@ def write_canary_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]
              "markdown": str(folder / "canary_unlearning.md")}
     data = {k: v for k, v in result.items() if k != "model"}
     write_text(files["json"], json.dumps(_json_ready({**data, "files": files}),
-                                              indent=2) + "\n")
+                                              indent=2, allow_nan=False) + "\n")
     write_text(files["markdown"], render_canary_report(data))
     return files

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -536,15 +537,29 @@ def _run_repair_experiment(
 
 
 def _json_ready(value: Any) -> Any:
+    """``value`` as strict JSON data: non-finite floats (also inside tensors) as None."""
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
+    if isinstance(value, (Tensor, np.generic, np.ndarray)):  # their floats may be NaN too
+        return _json_ready(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, Tensor):
-        return value.tolist()
     return value
+
+
+def _times(value: Any) -> str:
+    """Format a speed-up as ``12.3x``; ``-`` when unknown (a time of 0 s) or not finite."""
+    from ..report import format_value
+
+    text = format_value(value)
+    return f"{text}x" if text not in ("-", "inf", "-inf") else text
+
+
+def _cell(text: Any) -> str:
+    """Escape what would break a table row: ``|`` splits a cell, a line break ends the row."""
+    return " ".join(str(text).replace("|", "\\|").split())
 
 
 def render_report(result: dict[str, Any], plot: str | None = None) -> str:
@@ -572,7 +587,7 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
                else f"{100 * restored:.1f} %")
         n_div = sum(1 for s in p["steps"] if s.get("diverged"))
         lines.append(f"| {name} | {pct} | {fv(p['residual'])} | {p['num_gradients']} | "
-                     f"{p['num_hvps']} | {fv(p['speedup_vs_retrain'])}x | {n_div} |")
+                     f"{p['num_hvps']} | {_times(p['speedup_vs_retrain'])} | {n_div} |")
     lines += ["", f"Residual of the poisoned model: {fv(tr['residual_poisoned'])}. "
               "All accuracies on the same test split; % restored = (after - before) / "
               "(clean - before). Repair time excludes evaluation.", ""]
@@ -584,7 +599,7 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
             lines.append(f"| {s.get('step')} | {fv(s.get('mispredicted'))} | "
                          f"{fv(s.get('batch'))} | {fv(s.get('eval'))} | "
                          f"{fv(s.get('residual'))} | {fv(s.get('solver_iterations'))} | "
-                         f"{fv(s.get('applied'))} | {s.get('reason') or ''} |")
+                         f"{fv(s.get('applied'))} | {_cell(s.get('reason') or '')} |")
         lines.append("")
     if plot:
         lines += [f"![test accuracy per step]({plot})", ""]
@@ -670,7 +685,7 @@ def _write_report_files(
     if plot is not None:
         files["plot"] = str(plot(result, folder / f"{stem}.png"))
     result = {**result, "files": files}
-    write_text(files["json"], json.dumps(_json_ready(result), indent=2) + "\n")
+    write_text(files["json"], json.dumps(_json_ready(result), indent=2, allow_nan=False) + "\n")
     plot_rel = Path(files["plot"]).name if plot is not None else None
     write_text(files["markdown"], render(result, plot_rel))
     return files

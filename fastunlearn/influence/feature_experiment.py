@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import time
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 from .._numbers import plain_fields as _plain_fields
 from .arguments import MAX_SEED, _as_float
 from .drivers import predict, replace_features, unlearn_features
-from .experiment import _agg_figure, _json_ready, _save_png, _write_report_files
+from .experiment import _agg_figure, _cell, _json_ready, _save_png, _times, _write_report_files
 from .gradients import default_loss, loss_gradient
 from .linear import fit_logistic, linear_influence_update
 
@@ -638,9 +639,9 @@ def render_feature_report(result: dict[str, Any], plot: str | None = None) -> st
               "tau | applied |", "|---|---|---|---|---|---|---|"]
     for name, m in result["methods"].items():
         u = m["update"]
-        lines.append(f"| {name.replace('_', '-')} | {fv(m['speedup_vs_retrain'])}x | "
+        lines.append(f"| {name.replace('_', '-')} | {_times(m['speedup_vs_retrain'])} | "
                      f"{u['num_gradients']} | {u['num_hvps']} | {u['solver_iterations']} | "
-                     f"{fv(u['tau'])} | {fv(u['applied'])} {u.get('reason') or ''} |")
+                     f"{fv(u['tau'])} | {fv(u['applied'])} {_cell(u.get('reason') or '')} |")
     lines += ["", "Gradient residual: the norm of the gradient of the regularised summed "
               "objective J on the corrected training data D~ (0 at its minimiser); the "
               "second-order update is one Newton step on it. Accuracy on "
@@ -676,22 +677,45 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     labels = ["original", "first order", "second order", "retrained"]
     res = [result["original"]["residual"], m["first_order"]["residual"],
            m["second_order"]["residual"], result["retrained"]["residual"]]
-    floor = 1e-16
+    floor, ceil = 1e-16, 1e100  # matplotlib's log autoscale overflows near 1e300
     colors = ["tab:red", "tab:orange", "tab:blue", "black"]
-    ax.bar(labels, [max(v or floor, floor) for v in res], color=colors)
+    # None is how the result stores a NaN or infinite residual: no bar (not a 1e-16 one)
+    heights = [min(max(float(v), floor), ceil) if _finite(v) else math.nan for v in res]
+    ax.bar(labels, heights, color=colors)
     ax.set_yscale("log")
+    _mark_missing(ax, labels, res, ceil)
     ax.set_ylabel("||grad J(theta; D~)||")
     ax.set_title(f"Gradient residual ({result['data']['dataset']})")
     ax.tick_params(axis="x", labelsize=8)
     times = [m["first_order"]["seconds"], m["second_order"]["seconds"],
              result["retrained"]["seconds"]]
-    bx.bar(labels[1:], times, color=colors[1:])
+    bx.bar(labels[1:], [float(t) if _finite(t) else math.nan for t in times],
+           color=colors[1:])
+    _mark_missing(bx, labels[1:], times, math.inf)
     bx.set_ylabel("wall time (s)")
     bx.set_title("Update vs retraining time")
     bx.tick_params(axis="x", labelsize=8)
     for a in (ax, bx):
         a.grid(True, axis="y", alpha=0.3)
     return _save_png(fig, path)
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (None, NaN and inf are not)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _mark_missing(ax: Any, labels: list[str], values: list[Any], ceil: float) -> None:
+    """Name the bars not drawn (``n/a``: None or not finite) or cut at ``ceil``."""
+    from matplotlib.transforms import blended_transform_factory
+
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    for label, v in zip(labels, values, strict=True):
+        word = ("n/a" if not _finite(v) else f"{float(v):.2g} (cut)" if v > ceil else "")
+        if word:
+            ax.text(label, 0.02, word, transform=trans, ha="center", va="bottom",
+                    fontsize=7, color="tab:red")
 
 
 def write_feature_outputs(

@@ -36,6 +36,9 @@ __all__ = ["plot_accuracy", "plot_bounds", "plot_times"]
 
 #: Smallest value drawn on a log axis (zero bounds, e.g. a residual of exactly 0).
 _LOG_FLOOR = 1e-16
+#: Largest value drawn on a log axis: larger ones are drawn at it (and named in a note), as
+#: matplotlib's autoscale margin overflows near the float range (1e300).
+_LOG_CEIL = 1e100
 
 _RETRAIN_COLOR = "tab:red"
 
@@ -97,9 +100,31 @@ def _retrain_positions(records: Sequence[Any]) -> list[float]:
     return [x for x, r in zip(xs, records, strict=True) if _field(r, "retrained", False)]
 
 
-def _positive(values: Iterable[float]) -> list[float]:
+def _positive(values: Iterable[float], notes: list[str] | None = None,
+              what: str = "value") -> list[float]:
+    """Values for a log axis: clipped to [_LOG_FLOOR, _LOG_CEIL], non-finite ones NaN.
+
+    Infinite and clipped values are counted into ``notes`` (one line each kind), so the
+    figure says what it could not draw instead of dropping it silently.
+    """
     parsed = [_number(v) for v in values]
-    return [max(v, _LOG_FLOOR) if math.isfinite(v) else math.nan for v in parsed]
+    if notes is not None:
+        n_inf = sum(1 for v in parsed if math.isinf(v))
+        n_big = sum(1 for v in parsed if math.isfinite(v) and v > _LOG_CEIL)
+        if n_inf:
+            notes.append(f"{n_inf} infinite {what}(s) not drawn")
+        if n_big:
+            notes.append(f"{n_big} {what}(s) above {_LOG_CEIL:.0e} drawn at {_LOG_CEIL:.0e}")
+    return [min(max(v, _LOG_FLOOR), _LOG_CEIL) if math.isfinite(v) else math.nan
+            for v in parsed]
+
+
+def _add_notes(ax: Any, notes: Sequence[str]) -> None:
+    """Write ``notes`` (what the axes could not show) in the lower right corner."""
+    if notes:
+        ax.text(0.99, 0.02, "\n".join(notes), transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=7, color="tab:red",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
 
 
 def _new_figure(size: tuple[float, float] = (7.0, 4.2)) -> Any:
@@ -188,8 +213,10 @@ def plot_bounds(
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     xs = _positions(records)
+    notes: list[str] = []
     if records:
-        ax.plot(xs, _positive(_field(r, "cumulative", None) for r in records),
+        ax.plot(xs, _positive((_field(r, "cumulative", None) for r in records), notes,
+                              "cumulative bound"),
                 color="tab:blue", linewidth=1.6, label="used budget (cumulative bound)")
         for retrained, style in ((False, {"s": 6, "color": "tab:gray", "alpha": 0.6,
                                           "label": "bound of each removal"}),
@@ -198,13 +225,15 @@ def plot_bounds(
             points = [(x, _number(_field(r, "bound", None)))
                       for x, r in zip(xs, records, strict=True)
                       if bool(_field(r, "retrained", False)) == retrained]
-            points = [(x, b) for x, b in points if math.isfinite(b) and b > 0]
+            points = [(x, b) for x, b in points if not math.isfinite(b) or b > 0]
+            ys = _positive((b for _, b in points), notes, "bound")
+            points = [(x, y) for (x, _), y in zip(points, ys, strict=True) if math.isfinite(y)]
             if points:
                 ax.scatter(*zip(*points, strict=True), **style)
         worst = _worst_case_running(records, worst_case)
         if worst is not None:
-            ax.plot(xs, worst, color="tab:orange", linestyle="--", linewidth=1.2,
-                    label="worst-case bound (cumulative)")
+            ax.plot(xs, _positive(worst, notes, "worst-case sum"), color="tab:orange",
+                    linestyle="--", linewidth=1.2, label="worst-case bound (cumulative)")
     if budget > 0:
         ax.axhline(budget, color="black", linewidth=1.2, label=f"budget {budget:.3g}")
     else:  # sigma = 0: nothing fits, every removal retrains; no line on a log axis
@@ -220,6 +249,7 @@ def plot_bounds(
     ax.set_title(title or "Certified removal: used budget")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    _add_notes(ax, notes)
     return _save(fig, path)
 
 
@@ -298,7 +328,8 @@ def plot_times(
     _check_records(records)
     retrain_seconds = _optional_number(retrain_seconds, "retrain_seconds")
     xs = _positions(records)
-    secs = _positive(_field(r, "seconds", None) for r in records)
+    notes: list[str] = []
+    secs = _positive((_field(r, "seconds", None) for r in records), notes, "time")
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     plain = [(x, s) for x, s, r in zip(xs, secs, records, strict=True)
@@ -313,8 +344,11 @@ def plot_times(
     has_retrain_line = (retrain_seconds is not None and math.isfinite(retrain_seconds)
                         and retrain_seconds > 0)
     if has_retrain_line:
-        ax.axhline(retrain_seconds, color="black", linestyle="--", linewidth=1.2,
-                   label=f"full retraining {retrain_seconds:.3g} s")
+        ax.axhline(min(retrain_seconds, _LOG_CEIL), color="black", linestyle="--",
+                   linewidth=1.2, label=f"full retraining {retrain_seconds:.3g} s")
+    elif retrain_seconds is not None and not math.isnan(retrain_seconds):
+        # 0 s or infinite: no line on a log axis, but the time is said
+        notes.append(f"full retraining {retrain_seconds:.3g} s (not drawn)")
     ax.set_yscale("log")
     ax.set_xlabel("removals")
     ax.set_ylabel("seconds")
@@ -322,4 +356,5 @@ def plot_times(
     ax.grid(True, which="major", alpha=0.3)
     if plain or retrained or has_retrain_line:
         ax.legend(loc="best", fontsize=8)
+    _add_notes(ax, notes)
     return _save(fig, path)
