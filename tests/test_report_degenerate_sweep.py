@@ -275,3 +275,61 @@ def test_canary_table_keeps_a_completion_with_a_bar_and_a_line_break() -> None:
     rows = [line for line in text.splitlines() if line.startswith("|")]
     assert len(rows) == 4 and {_cells(row) for row in rows} == {7}
     assert "`1\\|2\\n3`" in text and "`` a`b ``" in text
+
+
+def _evaluation(per_example: list, name: str = "fine|tune") -> dict:
+    method = {"forget_accuracy": 0.5, "epsilon_hat": math.inf,
+              "per_example": {"epsilon": per_example},
+              "error": "Traceback (most recent call last):\n  File x\nValueError: boom"}
+    return {"path": "logits", "num_examples": 3, "num_models": 4, "num_classes": 10,
+            "delta": 0.05, "competition_delta": 0.01, "methods": {name: method}}
+
+
+def test_evaluation_markdown_escapes_names_and_keeps_notes_to_one_line():
+    # old: a '|' in a method name split its row into an extra cell; a traceback in an
+    # error note ran over several lines of the list
+    from fastunlearn.metrics.report import render_evaluation_markdown
+
+    md = render_evaluation_markdown(_evaluation([1.0]))
+    rows = [line for line in md.splitlines() if line.startswith("| fine")]
+    assert len(rows) == 1
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    cells = re.split(r"(?<!\\)\|", rows[0])
+    assert len(cells) == len(header.split("|"))
+    notes = [line for line in md.splitlines() if line.startswith("- `fine")]
+    assert notes == ["- `fine\\|tune`: Traceback (most recent call last): ..."]
+
+
+def test_epsilon_histogram_reads_reloaded_results_and_names_all_infinite_methods(tmp_path):
+    # old: TypeError from math.isfinite on the "inf"/"nan" strings of a reloaded
+    # evaluation.json (or None), and a method with only infinite epsilons left no trace
+    from fastunlearn.metrics.report import json_ready, plot_epsilon_histogram
+
+    result = json.loads(json.dumps(json_ready(_evaluation([math.inf, math.inf, math.nan]))))
+    assert result["methods"]["fine|tune"]["per_example"]["epsilon"] == ["inf", "inf", "nan"]
+    result["methods"]["other"] = {"epsilon_hat": 1.0,
+                                  "per_example": {"epsilon": [0.5, None, "1.5", 2.0]}}
+    seen = []
+    original = matplotlib.axes.Axes.text
+
+    def spy(self, *args, **kwargs):
+        seen.append(args[2])
+        return original(self, *args, **kwargs)
+
+    matplotlib.axes.Axes.text = spy
+    try:
+        path = plot_epsilon_histogram(result, tmp_path / "eps.png")
+    finally:
+        matplotlib.axes.Axes.text = original
+    _png(path)
+    assert seen == ["fine|tune: no finite epsilon (2 inf, 1 nan)"]
+
+
+@pytest.mark.parametrize(("value", "text"), [(10**400, "1.000e+400"),
+                                             (-(10**20) - 1, "-1.000e+20"),
+                                             (123456789012345, "123456789012345")])
+def test_format_value_writes_huge_ints_in_scientific_notation(value, text):
+    # old: 10**400 filled the cell with 401 digits
+    from fastunlearn.report.markdown import format_value
+
+    assert format_value(value) == text

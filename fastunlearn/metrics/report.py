@@ -43,6 +43,26 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def _cell(text: object) -> str:
+    """``text`` for one Markdown table cell or list line: its first line, ``|`` escaped."""
+    lines = str(text).strip().splitlines()
+    first = lines[0] if lines else ""
+    return first.replace("|", "\\|") + (" ..." if len(lines) > 1 else "")
+
+
+def _epsilon_value(value: Any) -> float:
+    """Return a per-example epsilon as a float (None or anything unreadable: NaN).
+
+    Results reloaded from JSON hold ``"inf"``/``"nan"`` strings (:func:`json_ready`).
+    """
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
 def _rows(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     rows = list(result.get("methods", {}).items())
     if "baseline" in result:
@@ -80,14 +100,15 @@ def render_evaluation_markdown(result: Mapping[str, Any]) -> str:
         worst = (f"{fair.get('worst_class')} ({_fmt(fair.get('worst_accuracy'), '.3f')})"
                  if fair else "-")
         lines.append(
-            f"| {name} | {_fmt(m.get('forget_accuracy'))} | {_fmt(c.get('retain_accuracy'))} | "
+            f"| {_cell(name)} | {_fmt(m.get('forget_accuracy'))} | "
+            f"{_fmt(c.get('retain_accuracy'))} | "
             f"{_fmt(c.get('test_accuracy'))} | {_fmt(m.get('epsilon_hat'))} | "
             f"{sa.get('n_infinite', '-')} / {sa.get('n_nan', '-')} | "
             f"{_fmt(m.get('competition_forget_score'))} | "
             f"{_fmt(m.get('competition_final_score'))} | {worst} | "
             f"{_fmt(fair.get('largest_gap'), '.3f')} | {_fmt(m.get('time_ratio'), '.3f')} |"
         )
-    notes = [f"- `{name}`: {m[key]}" for name, m in _rows(result)
+    notes = [f"- `{_cell(name)}`: {_cell(m[key])}" for name, m in _rows(result)
              for key in ("error", "privacy_note") if m.get(key)]
     if notes:
         lines += ["", "Skipped:", *notes]
@@ -100,7 +121,9 @@ def render_evaluation_markdown(result: Mapping[str, Any]) -> str:
 def plot_epsilon_histogram(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Histogram of the finite per-example epsilon-hat values of every method (PNG, Agg).
 
-    Needs ``per_example`` in the result. Infinite epsilons are counted in the legend.
+    Needs ``per_example`` in the result (also as reloaded from ``evaluation.json``, with
+    ``"inf"``/``"nan"`` strings). Infinite epsilons are counted in the legend; a method whose
+    epsilons are all infinite (or unmeasurable) is named in a note on the axes.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -108,15 +131,22 @@ def plot_epsilon_histogram(result: Mapping[str, Any], path: str | os.PathLike[st
     fig = Figure(figsize=(8, 5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    notes = []
     for name, m in _rows(result):
-        eps = m.get("per_example", {}).get("epsilon")
+        eps = [_epsilon_value(e) for e in (m.get("per_example", {}).get("epsilon") or [])]
         if not eps:
             continue
         finite = [e for e in eps if math.isfinite(e)]
         n_inf = sum(1 for e in eps if math.isinf(e))
+        n_nan = len(eps) - len(finite) - n_inf
         if finite:
             ax.hist(finite, bins=40, histtype="step", linewidth=1.4,
                     label=f"{name} (median {_fmt(m.get('epsilon_hat'), '.2f')}, {n_inf} inf)")
+        else:
+            notes.append(f"{name}: no finite epsilon ({n_inf} inf, {n_nan} nan)")
+    if notes:
+        ax.text(0.99, 0.98, "\n".join(notes), transform=ax.transAxes, ha="right", va="top",
+                fontsize=7, color="tab:red")
     ax.set_xlabel(f"per-example epsilon (Seed A, delta = {result.get('delta')})")
     ax.set_ylabel("forget examples")
     ax.set_title("Per-example epsilon of the likelihood-ratio attack")

@@ -34,6 +34,20 @@ PLOT_CAPTIONS = {
 _HEAD, _TAIL = 10, 5
 
 
+#: Ints with more digits are written in scientific notation (a count of 10**400 would
+#: otherwise fill a table cell with 401 digits).
+_MAX_INT_DIGITS = 15
+
+
+def _format_int(value: int) -> str:
+    """``value`` in full, or as ``d.ddde+N`` (truncated) beyond :data:`_MAX_INT_DIGITS`."""
+    digits = str(abs(value))
+    if len(digits) <= _MAX_INT_DIGITS:
+        return str(value)
+    sign = "-" if value < 0 else ""
+    return f"{sign}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
+
+
 def format_value(value: Any, spec: str = ".4g") -> str:
     """Format one table cell: numbers with ``spec``, None/NaN as ``-``, bools as yes/no.
 
@@ -55,7 +69,7 @@ def format_value(value: Any, spec: str = ".4g") -> str:
     if _is_bool(value):
         return "yes" if value else "no"
     if isinstance(value, numbers.Integral):
-        return str(int(value))
+        return _format_int(int(value))
     if isinstance(value, numbers.Real):
         value = float(value)
         if math.isnan(value):
