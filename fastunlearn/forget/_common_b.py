@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._process_flags import GLOBAL_RNG_LOCK
@@ -250,6 +250,46 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def _subset_tensors(ds: Dataset) -> tuple[Tensor, Tensor] | None:
+    """Return ``(inputs, labels)`` of nested Subsets of a two-tensor TensorDataset, one slice.
+
+    The same tensors as stacking the items one by one (``Subset.__getitem__`` per row, which
+    made :func:`dataset_tensors` a Python loop over every example); ``None`` where that
+    equivalence is not plain (other data set types or subclasses, an empty set, indices that
+    are not integers or out of range, tensors that require grad): the item loop then runs,
+    with its own errors.
+    """
+    chain = []
+    while type(ds) is Subset:
+        chain.append(ds)
+        ds = ds.dataset
+    if not chain or type(ds) is not TensorDataset or len(ds.tensors) != 2:
+        return None
+    x, y = ds.tensors
+    if x.requires_grad or y.requires_grad or x.dim() == 0 or y.dim() == 0:
+        return None
+    size = x.shape[0]
+    index: Tensor | None = None
+    for sub in reversed(chain):  # innermost first: each level picks from the one below
+        try:
+            own = torch.as_tensor(sub.indices)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            return None
+        if own.dim() != 1 or own.numel() == 0 or own.dtype == torch.bool or (
+            own.is_floating_point() or own.is_complex()
+        ):
+            return None
+        own = own.to(torch.int64)
+        if int(own.min()) < -size or int(own.max()) >= size:
+            return None
+        own = torch.where(own < 0, own + size, own)
+        index = own if index is None else index[own]
+        size = own.numel()
+    # contiguous, as a stack of the items is
+    return (x.index_select(0, index.to(x.device)).contiguous(),
+            y.index_select(0, index.to(y.device)).contiguous())
+
+
 def dataset_tensors(ds: Dataset, name: str = "dataset") -> tuple[Tensor, Tensor]:
     """All ``(inputs, labels)`` of a map-style data set as two tensors (labels int64).
 
@@ -262,6 +302,8 @@ def dataset_tensors(ds: Dataset, name: str = "dataset") -> tuple[Tensor, Tensor]
     """
     if isinstance(ds, TensorDataset) and len(ds.tensors) == 2:
         x, y = ds.tensors
+    elif (sliced := _subset_tensors(ds)) is not None:
+        x, y = sliced
     else:
         items = [ds[i] for i in range(len(ds))]  # type: ignore[arg-type]
         x = torch.stack([torch.as_tensor(item[0]) for item in items])
