@@ -237,3 +237,24 @@ def test_summary_flags_a_composed_delta_that_promises_nothing(capsys, delta, vac
     _print_summary(_summary_result(delta))
     line = next(x for x in capsys.readouterr().out.splitlines() if "with the head after" in x)
     assert ("vacuous" in line) is vacuous
+
+
+def test_extract_reference_adversarial_flags_reach_training(tmp_path, capsys, monkeypatch):
+    # the issue's flags: --model resnet34 --learning-rate 0.001 --batch-size 64
+    from fastunlearn.certified import extractors
+
+    seen = {}
+
+    def fake_training(model, loader, **kwargs):
+        seen.update(model=model, batch_size=loader.batch_size, **kwargs)
+        return model
+
+    monkeypatch.setattr(extractors, "train_adversarial_extractor", fake_training)
+    assert main(["extract", "--data-dir", str(tmp_path), "--dataset", "digits", "--quiet",
+                 "--extractor", "adversarial", "--model", "resnet34", "--learning-rate",
+                 "0.001", "--batch-size", "64", "--epochs", "1"]) == 0
+    assert "resnet34" in capsys.readouterr().out
+    assert seen["lr"] == 0.001 and seen["batch_size"] == 64 and seen["epochs"] == 1
+    blocks = [len(getattr(seen["model"].backbone, f"layer{i}")) for i in range(1, 5)]
+    assert blocks == [3, 4, 6, 3]  # ResNet-34's stages
+    assert (tmp_path / "adv_fgsm_resnet34_digits_extracted.safetensors").is_file()

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import stat
 import subprocess
 import sys
 import threading
@@ -925,3 +926,33 @@ def test_checkpoint_writes_the_training_data_once_per_fit(tmp_path):
     model.save(plain)
     assert not list(tmp_path.glob("plain.safetensors.data-*"))
     assert torch.equal(load_model(plain)._X, model._X)
+
+
+def test_ledger_append_fsyncs_the_record_and_a_new_file_s_folder(tmp_path, monkeypatch):
+    # the issue asks for an fsync per record: the file after every append, the folder once
+    # (a new file's directory entry); a record is on disk before append returns
+    from fastunlearn.certified import ledger as ledger_module
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(ledger_module.os, "fsync",
+                        lambda fd: (synced.append(os.fstat(fd).st_mode), real_fsync(fd))[1])
+    book = RemovalLedger(tmp_path / "l.jsonl")
+    book.append({"seq": 1, "event": "fit"})
+    kinds = ["dir" if stat.S_ISDIR(mode) else "file" for mode in synced]
+    assert kinds == ["file", "dir"]
+    synced.clear()
+    book.append({"seq": 2, "event": "remove", "indices": [3]})
+    assert ["dir" if stat.S_ISDIR(mode) else "file" for mode in synced] == ["file"]
+
+
+def test_checkpoint_ledger_records_the_seed_ids_and_bounds(tmp_path):
+    X, y = make_data()
+    path = tmp_path / "m.safetensors"
+    model = estimator(checkpoint=str(path), seed=11).fit(X, y)
+    report = model.remove(ORDER[:2])
+    records = ledger_of(path).records()
+    assert [r["seed"] for r in records] == [11, 11, 11]
+    assert [r["indices"] for r in records[1:]] == [[ORDER[0]], [ORDER[1]]]
+    assert [r["bound"] for r in records[1:]] == [rec.bound for rec in report.records]
+    assert [r["cumulative"] for r in records[1:]] == [rec.cumulative for rec in report.records]

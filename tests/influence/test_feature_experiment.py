@@ -183,3 +183,11 @@ def test_cli_prints_when_an_update_is_rejected(tmp_path, capsys):
     assert second.endswith(" applied")
     result = json.loads((tmp_path / "features_wine.json").read_text())
     assert result["methods"]["first_order"]["update"]["applied"] is False
+
+
+def test_cli_progress_shows_the_fit_and_unlearn_bars(tmp_path, capsys):
+    args = _parse(["--top-k", "2", "--out", str(tmp_path), "--progress", "--no-plots"])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "fit" in err and "round" in err  # L-BFGS rounds of each fit
+    assert "unlearn" in err and "method" in err  # one step per unlearning method

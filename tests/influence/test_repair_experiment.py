@@ -56,6 +56,11 @@ def test_cli_repair_writes_json_png_markdown(tmp_path, capsys):
         assert math.isclose(p["restored"], expected, rel_tol=1e-9, abs_tol=1e-12)
         assert p["num_gradients"] == 2 * sum(s["batch"] for s in p["steps"])
         assert p["residual"] > 0 and p["seconds"] > 0
+        # the retraining time it is compared with (the clean model's training, which is
+        # retraining on the repaired labels) and the ratio, in JSON and Markdown
+        assert math.isclose(p["speedup_vs_retrain"], tr["retrain_seconds"] / p["seconds"])
+    assert tr["retrain_seconds"] > 0
+    assert "| clean (= retraining) |" in md and "speed-up vs retraining" in md
     assert len(result["protocols"]["iterative"]["steps"]) <= 2
 
 
@@ -140,3 +145,12 @@ def test_cli_repair_lissa_reports_damping_relative_to_the_full_data(tmp_path, ca
     assert "relative to the full-data Hessian" in md
     with pytest.raises(ValueError, match="lissa_hessian"):
         RepairConfig(lissa_hessian="nope").validate()
+
+
+def test_cli_repair_progress_shows_the_training_bar(tmp_path, capsys):
+    args = _parse(["--epochs", "2", "--steps", "1", "--batch", "16", "--cg-maxiter", "3",
+                   "--n-train", "300", "--budget", "60", "--result-dir", str(tmp_path),
+                   "--progress", "--no-plots"])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "train" in err and "2/2" in err and "epoch" in err
