@@ -96,3 +96,51 @@ def test_dataset_tensors_subclass_reads_items():
     x, y = dataset_tensors(ds)
     assert _CountingTensorDataset.calls == 3
     assert y.tolist() == [5, 0, 2]
+
+
+def _digests_row_by_row(inputs, labels):
+    """The duplicate check's digests as first written: one tensor row at a time."""
+    import hashlib
+
+    def raw(t):
+        t = t.detach().reshape(t.shape[0], -1).cpu().contiguous()
+        return t.view(torch.uint8) if t.dtype == torch.bfloat16 else t
+
+    flat, lab = raw(inputs), raw(labels)
+    out = []
+    for i in range(flat.shape[0]):
+        h = hashlib.blake2b(flat[i].numpy().tobytes(), digest_size=16)
+        h.update(lab[i].numpy().tobytes())
+        out.append(h.digest())
+    return out
+
+
+@pytest.mark.parametrize("case", ["float32", "bfloat16", "uint8_images", "non_contiguous",
+                                  "no_features", "two_d_labels", "float64"])
+def test_row_digests_equal_the_row_by_row_bytes(case):
+    # old: a tensor index and a numpy conversion per row (0.92 s at 200k x 64 rows; now
+    # 0.2 s, slicing one byte view per tensor); the digests must be the same bytes' digests
+    from torch.utils.data import TensorDataset
+
+    from fastunlearn.forget.checks import _row_digests
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 3, 4, generator=gen)
+    y = torch.randint(0, 5, (9,), generator=gen)
+    if case == "bfloat16":
+        x = x.to(torch.bfloat16)
+    elif case == "uint8_images":
+        x = (x * 50).clamp(0, 255).to(torch.uint8)
+    elif case == "non_contiguous":
+        x = x.transpose(1, 2)
+    elif case == "no_features":
+        x = x[:, :0]
+    elif case == "two_d_labels":
+        y = torch.stack([y, y + 1], dim=1).to(torch.int32)
+    elif case == "float64":
+        x = x.double()
+    assert _row_digests(TensorDataset(x, y)) == _digests_row_by_row(x, y)
+    dup = TensorDataset(torch.cat([x, x[2:3]]), torch.cat([y, y[2:3]]))
+    digests = _row_digests(dup)
+    assert digests[2] == digests[-1] and len(set(digests)) == len(digests) - 1 \
+        or case == "no_features"

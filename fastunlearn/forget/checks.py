@@ -151,12 +151,22 @@ def _row_digests(dataset: TensorDataset) -> list[bytes]:
     inputs, labels = dataset.tensors[0], dataset.tensors[1]
     flat = _numpy_view(inputs.detach().reshape(inputs.shape[0], -1).cpu().contiguous())
     lab = _numpy_view(labels.detach().reshape(labels.shape[0], -1).cpu().contiguous())
+    # one byte view of each (contiguous) tensor, sliced per row: the same bytes as each
+    # row's tobytes() without a tensor index and a numpy conversion per row
+    row_bytes, label_bytes = _bytes_view(flat), _bytes_view(lab)
+    step = flat.shape[1] * flat.element_size()
+    label_step = lab.shape[1] * lab.element_size()
     out = []
     for i in range(flat.shape[0]):
-        h = hashlib.blake2b(flat[i].numpy().tobytes(), digest_size=16)
-        h.update(lab[i].numpy().tobytes())
+        h = hashlib.blake2b(row_bytes[i * step:(i + 1) * step], digest_size=16)
+        h.update(label_bytes[i * label_step:(i + 1) * label_step])
         out.append(h.digest())
     return out
+
+
+def _bytes_view(rows: Tensor) -> memoryview:
+    """Return the bytes of a contiguous CPU tensor, without a copy."""
+    return memoryview(rows.numpy()).cast("B") if rows.numel() else memoryview(b"")
 
 
 def check_disjoint(forget: Dataset, retain: Dataset) -> None:
