@@ -34,7 +34,7 @@ def _design(n: int, d: int, K: int, dtype: torch.dtype = torch.float64):
 
 
 def test_jacobi_inverse_diagonal_builds_no_n_by_d_square():
-    # old: 32.0 MB (X.square(), all of X) vs 2.0 MB (one 2 MiB block of columns)
+    # old: 32.0 MB (X.square(), all of X) vs 2.0 MB (one 2 MiB block of rows)
     X, S = _design(20000, 200, 3)  # X: 32 MB
     lam = 0.1
     peak = _peak(lambda: ops.jacobi_inverse_diagonal(X, S, lam))

@@ -182,16 +182,20 @@ def jacobi_inverse_diagonal(X: Tensor, S: Tensor, lam: float) -> Tensor:
 #: block costing kernel launches.
 SQUARE_CHUNK_BYTES = 2 << 20
 SQUARE_ACCEL_CHUNK_BYTES = 64 << 20
+#: Fewest rows a row block of :func:`square_weighted_sums` holds; wider data (fewer rows per
+#: block) goes by blocks of columns, whose products are larger.
+SQUARE_MIN_BLOCK_ROWS = 256
 
 
 def square_weighted_sums(X: Tensor, S: Tensor) -> Tensor:
     """``(X * X)^T S`` -> [d, K] without an ``n x d`` temporary: the Hessians' diagonals.
 
-    The squares are formed for a block of whole columns of ``X`` at a time, at most
-    :data:`SQUARE_CHUNK_BYTES` (CPU) or :data:`SQUARE_ACCEL_CHUNK_BYTES` (other devices), and
-    multiplied by ``S`` block by block, so each entry is still one reduction over all ``n``
-    rows inside one matrix product. When ``X * X`` fits in one block this is exactly
-    ``X.square().T @ S``; otherwise an entry may differ from it by the rounding of a
+    The squares are formed for a block of ``X`` at a time, at most
+    :data:`SQUARE_CHUNK_BYTES` (CPU) or :data:`SQUARE_ACCEL_CHUNK_BYTES` (other devices):
+    blocks of whole rows, their products with ``S`` added up, where a block holds at least
+    :data:`SQUARE_MIN_BLOCK_ROWS` rows (tall data), else blocks of whole columns, each entry
+    one reduction over all ``n`` rows (wide data). When ``X * X`` fits in one block this is
+    exactly ``X.square().T @ S``; otherwise an entry may differ from it by the rounding of a
     different summation order (the same ``n`` products), at most ``n`` ulps.
 
     Args:
@@ -212,11 +216,17 @@ def square_weighted_sums(X: Tensor, S: Tensor) -> Tensor:
         )
     n, d = X.shape
     budget = SQUARE_CHUNK_BYTES if X.device.type == "cpu" else SQUARE_ACCEL_CHUNK_BYTES
-    columns = budget // max(1, n * X.element_size())
-    if columns >= d:
+    rows = budget // max(1, d * X.element_size())
+    if rows >= n:
         return X.square().T @ S
-    columns = max(1, columns)
-    out = torch.empty((d, S.shape[1]), dtype=torch.result_type(X, S), device=X.device)
+    dtype = torch.result_type(X, S)
+    if rows >= SQUARE_MIN_BLOCK_ROWS:  # tall: contiguous row blocks, one addmm each
+        out = torch.zeros((d, S.shape[1]), dtype=dtype, device=X.device)
+        for start in range(0, n, rows):
+            out.addmm_(X[start:start + rows].square().T, S[start:start + rows])
+        return out
+    columns = max(1, budget // max(1, n * X.element_size()))
+    out = torch.empty((d, S.shape[1]), dtype=dtype, device=X.device)
     for start in range(0, d, columns):
         stop = min(d, start + columns)
         torch.matmul(X[:, start:stop].square().T, S, out=out[start:stop])
