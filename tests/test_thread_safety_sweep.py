@@ -35,12 +35,7 @@ _BINARY = load_digits_dataset(binary=(3, 8))
 _XB, _YB = _BINARY.X_train[:60].clone(), _BINARY.y_train[:60].clone()
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one thread each
 
 
 def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
