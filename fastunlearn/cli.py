@@ -218,7 +218,13 @@ def _print_summary(result: Any) -> None:
             line += f", full retraining {tim['retrain_seconds'] * 1e3:.1f} ms"
         if tim["speedup"] is not None:
             line += f" ({tim['speedup']:.0f}x)"
+        if priv["retrains"] and tim.get("speedup_with_retrains") is not None:
+            line += (f"; mean incl. the automatic retrains "
+                     f"{tim['removal_seconds_mean'] * 1e3:.2f} ms "
+                     f"({tim['speedup_with_retrains']:.1f}x)")
         print(line)
+    if priv.get("budget_hint"):
+        print(f"hint: {priv['budget_hint']}")
     for kind, path in result.files.items():
         print(f"wrote {kind:<13} {path}")
 

@@ -171,6 +171,8 @@ def _privacy_section(privacy: Mapping[str, Any], batch: Any = None) -> list[str]
     ]
     if privacy.get("stopped_early"):
         pairs.append(("stopped", format_value(privacy.get("stop_reason"))))
+    if privacy.get("budget_hint"):
+        pairs.append(("hint", format_value(privacy.get("budget_hint"))))
     extractor = _mapping(privacy.get("extractor"), "result['privacy']['extractor']")
     if extractor:
         name = format_value(extractor.get("name", extractor.get("extractor")))
@@ -245,6 +247,10 @@ def _timing_section(timings: Mapping[str, Any]) -> list[str]:
         ("speed-up: retraining / median removal",
          f"{speedup}x" if speedup not in ("-", "inf", "-inf") else speedup),
     ]
+    if timings.get("speedup_with_retrains") is not None:
+        amortised = format_value(timings.get("speedup_with_retrains"), ".1f")
+        pairs.append(("speed-up: retraining / mean removal incl. automatic retrains",
+                      f"{amortised}x" if amortised not in ("-", "inf", "-inf") else amortised))
     return ["## Timings", "", *_kv_table(pairs)]
 
 
