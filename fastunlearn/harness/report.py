@@ -74,6 +74,30 @@ def _row(name: str, e: dict[str, Any], status: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _privacy_notes(result: dict[str, Any]) -> list[str]:
+    """Lines saying why eps / F / final are missing (the runner's ``privacy_note``).
+
+    One line for all methods when they share the note (the usual case: too few seeds),
+    else one per method; the oracles' half-vs-half baseline gets its own line.
+    """
+    methods = [(n, str(e["privacy_note"])) for n, e in result["methods"].items()
+               if e.get("privacy_note")]
+    scored = [n for n, e in result["methods"].items() if e.get("num_ok")]
+    lines = []
+    if len(methods) > 1 and len(methods) == len(scored) \
+            and len({note for _, note in methods}) == 1:
+        lines.append(f"- all methods: {_cell(methods[0][1])}")
+    else:
+        lines += [f"- `{_cell(n)}`: {_cell(note)}" for n, note in methods]
+    base_note = result["oracles"].get("baseline", {}).get("privacy_note")
+    if base_note:
+        lines.append(f"- retrain (oracles), half vs half: {_cell(base_note)}")
+    if not lines:
+        return []
+    return ["", "Not computed (eps, F, final show -): the numbers in brackets are the "
+            "oracles and the models compared with them (--oracles, --seeds).", *lines]
+
+
 def render_table(result: dict[str, Any]) -> str:
     """Render the Markdown comparison table (a row per method, the original, the oracles)."""
     cfg, data = result["config"], result["data"]
@@ -124,6 +148,7 @@ def render_table(result: dict[str, Any]) -> str:
     if "baseline" in result["oracles"]:
         lines += ["", "The oracles' eps and F compare half of the oracles with the other half "
                   "(the noise floor of both metrics)."]
+    lines += _privacy_notes(result)
     if notes:
         lines += ["", "Errors:", *notes]
     lines += ["", f"Total wall time: {_num(result['timing']['total_seconds'], '.1f')} s "
@@ -141,6 +166,11 @@ def _figure(size: tuple[float, float]) -> Any:
     return fig
 
 
+#: Fewer finite per-example epsilons than this make bars, not a distribution: the panel
+#: says so.
+FEW_FINITE = 5
+
+
 def plot_epsilons(result: dict[str, Any], path: Path) -> Path | None:
     """Histograms of the per-example epsilons of every method (one panel each)."""
     rows = [(n, e) for n, e in result["methods"].items() if "per_example" in e]
@@ -150,22 +180,31 @@ def plot_epsilons(result: dict[str, Any], path: Path) -> Path | None:
         return None
     cols = min(4, len(rows))
     nrows = math.ceil(len(rows) / cols)
-    fig = _figure((3.2 * cols, 2.4 * nrows))
+    # at least 6.4 in wide: the suptitle does not fit in one 3.2 in panel
+    fig = _figure((max(6.4, 3.2 * cols), 2.4 * nrows + 0.6))
     for i, (name, e) in enumerate(rows):
         ax = fig.add_subplot(nrows, cols, i + 1)
         eps = e["per_example"]["epsilon"]
         finite = [v for v in eps if math.isfinite(v)]
         n_inf = sum(1 for v in eps if math.isinf(v))
+        title = f"{name}: median {_num(e.get('epsilon_hat'))}, {n_inf}/{len(eps)} inf"
         if finite:
             ax.hist(finite, bins=30, color="tab:blue")
+            if len(finite) < FEW_FINITE:
+                title += f"\nonly {len(finite)} finite: too few for a histogram"
         else:
             n_nan = sum(1 for v in eps if math.isnan(v))
             ax.text(0.5, 0.5, f"no finite epsilon\n{n_inf} inf, {n_nan} nan\n"
                     "(more seeds/oracles help)", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=7)
-        ax.set_title(f"{name}: median {_num(e.get('epsilon_hat'))}, {n_inf} inf", fontsize=8)
+                    transform=ax.transAxes, fontsize=8)
+            ax.set_xticks([])  # 0..1 ticks of an empty panel would read as data
+            ax.set_yticks([])
+        ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle("Per-example epsilon (Seed A, delta 0.05) on the forget set", fontsize=9)
+    fig.supxlabel("per-example epsilon (finite values; inf counted in the titles)",
+                  fontsize=8)
+    fig.supylabel("forget examples", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -202,13 +241,22 @@ def _mark_missing(ax: Any, xs: list[float], words: list[str]) -> None:
                     rotation=90, color="tab:red")
 
 
+def _legend_outside(ax: Any) -> None:
+    """Put the legend right of the axes, where it covers no bar."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
-    """Plot grouped bars of UA, RA, TA and MIA-Efficacy (original, oracles, methods)."""
-    rows = [("original", result["original"]), ("retrain", result["oracles"])]
+    """Plot grouped bars of UA, RA, TA and MIA-Efficacy (original, oracles, methods).
+
+    The oracles' group is called ``retrain (oracles)`` as in the Markdown table, so a
+    forgetting method named ``retrain`` has a label of its own.
+    """
+    rows = [("original", result["original"]), ("retrain (oracles)", result["oracles"])]
     rows += [(n, e) for n, e in result["methods"].items() if e.get("num_ok")]
     keys = [("unlearning_accuracy", "UA"), ("retain_accuracy", "RA"),
             ("test_accuracy", "TA"), ("mia_efficacy", "MIA")]
-    fig = _figure((max(6.0, 0.55 * len(rows) + 2), 4.0))
+    fig = _figure((max(7.0, 0.55 * len(rows) + 3), 4.4))
     ax = fig.add_subplot(1, 1, 1)
     w = 0.2
     for j, (k, label) in enumerate(keys):
@@ -217,10 +265,11 @@ def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
         ax.bar(xs, vals, w, label=label)
         _mark_missing(ax, xs, words)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([n for n, _ in rows], rotation=45, ha="right", fontsize=7)
+    ax.set_xticklabels([n for n, _ in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, ncol=4)
+    _legend_outside(ax)
     ax.set_title("Accuracies and MIA-Efficacy (mean over seeds)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -229,21 +278,24 @@ def plot_accuracies(result: dict[str, Any], path: Path) -> Path:
 def plot_times(result: dict[str, Any], path: Path) -> Path:
     """Bars of seconds per run, with the retraining time as a line."""
     rows = [(n, e) for n, e in result["methods"].items() if e.get("num_ok")]
-    fig = _figure((max(6.0, 0.5 * len(rows) + 2), 3.6))
+    fig = _figure((max(8.0, 0.5 * len(rows) + 3), 3.8))  # room for the legend
     ax = fig.add_subplot(1, 1, 1)
     secs, words = _bar_values([e.get("seconds") for _, e in rows])
-    ax.bar(range(len(rows)), secs, color="tab:green")
+    ax.bar(range(len(rows)), secs, color="tab:green", label="method (mean over seeds)")
     _mark_missing(ax, list(range(len(rows))), words)
     mean_s = _bar_values([result["oracles"].get("mean_seconds")])[0][0]
     if math.isfinite(mean_s):
-        ax.axhline(mean_s, color="k", ls="--", lw=1, label="retraining (oracle mean)")
+        ax.axhline(mean_s, color="k", ls="--", lw=1,
+                   label=f"retraining (oracle mean): {_num(mean_s)} s")
     else:  # unknown or infinite: no line, but said
         ax.plot([], [], color="k", ls="--", lw=1, label="retraining (oracle mean): "
                 f"{_num(result['oracles'].get('mean_seconds'))} s (not drawn)")
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([n for n, _ in rows], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("seconds per run")
-    ax.legend(fontsize=7)
+    ax.set_xticklabels([n for n, _ in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("method", fontsize=8)
+    ax.set_ylabel("wall time per run (s)")
+    ax.set_title("Wall time per run of each method", fontsize=9)
+    _legend_outside(ax)
     fig.tight_layout()
     return save_figure(fig, path)
 

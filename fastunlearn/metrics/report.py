@@ -63,11 +63,37 @@ def _epsilon_value(value: Any) -> float:
         return math.nan
 
 
+_BASELINE = "baseline (retrain vs retrain)"
+
+
 def _rows(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     rows = list(result.get("methods", {}).items())
     if "baseline" in result:
-        rows.append(("baseline (retrain vs retrain)", result["baseline"]))
+        rows.append((_BASELINE, result["baseline"]))
     return rows
+
+
+def _notes(result: Mapping[str, Any]) -> list[str]:
+    """Return the "Skipped" lines: errors and privacy notes, one line per method.
+
+    When every method has the same privacy note (too few models, say), that note is written
+    once for all of them instead of once per method.
+    """
+    methods = list(result.get("methods", {}).items())
+    privacy = {str(m.get("privacy_note")) for _, m in methods}
+    shared = len(methods) > 1 and len(privacy) == 1 \
+        and all(m.get("privacy_note") for _, m in methods)
+    lines = [f"- `{_cell(name)}`: {_cell(m['error'])}" for name, m in methods
+             if m.get("error")]
+    if shared:
+        lines.append(f"- all methods: {_cell(methods[0][1]['privacy_note'])}")
+    else:
+        lines += [f"- `{_cell(name)}`: {_cell(m['privacy_note'])}" for name, m in methods
+                  if m.get("privacy_note")]
+    base = result.get("baseline", {})
+    lines += [f"- `{_cell(_BASELINE)}`: {_cell(base[key])}"
+              for key in ("error", "privacy_note") if base.get(key)]
+    return lines
 
 
 def render_evaluation_markdown(result: Mapping[str, Any]) -> str:
@@ -108,14 +134,18 @@ def render_evaluation_markdown(result: Mapping[str, Any]) -> str:
             f"{_fmt(m.get('competition_final_score'))} | {worst} | "
             f"{_fmt(fair.get('largest_gap'), '.3f')} | {_fmt(m.get('time_ratio'), '.3f')} |"
         )
-    notes = [f"- `{_cell(name)}`: {_cell(m[key])}" for name, m in _rows(result)
-             for key in ("error", "privacy_note") if m.get(key)]
+    notes = _notes(result)
     if notes:
         lines += ["", "Skipped:", *notes]
     mia = result.get("mia", {})
     if mia and not mia.get("applicable", True):
         lines += ["", f"MIA-Efficacy: not applicable ({mia.get('reason')})."]
     return "\n".join(lines) + "\n"
+
+
+#: A method with fewer finite per-example epsilons than this says so in the legend: its
+#: few bars are not a distribution.
+FEW_FINITE = 5
 
 
 def plot_epsilon_histogram(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -128,28 +158,40 @@ def plot_epsilon_histogram(result: Mapping[str, Any], path: str | os.PathLike[st
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5), dpi=100)
+    fig = Figure(figsize=(10, 5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    values = {name: [_epsilon_value(e) for e in
+                     (m.get("per_example", {}).get("epsilon") or [])]
+              for name, m in _rows(result)}
+    every = [e for eps in values.values() for e in eps if math.isfinite(e)]
+    # the same bins for every method: counts per bin are then comparable between methods
+    span = (min(every), max(every)) if every and min(every) < max(every) else None
     notes = []
     for name, m in _rows(result):
-        eps = [_epsilon_value(e) for e in (m.get("per_example", {}).get("epsilon") or [])]
+        eps = values[name]
         if not eps:
             continue
         finite = [e for e in eps if math.isfinite(e)]
         n_inf = sum(1 for e in eps if math.isinf(e))
         n_nan = len(eps) - len(finite) - n_inf
         if finite:
-            ax.hist(finite, bins=40, histtype="step", linewidth=1.4,
-                    label=f"{name} (median {_fmt(m.get('epsilon_hat'), '.2f')}, {n_inf} inf)")
+            label = f"{name} (median {_fmt(m.get('epsilon_hat'), '.2f')}, {n_inf} inf"
+            if len(finite) < FEW_FINITE:
+                label += f", only {len(finite)} finite"
+            ax.hist(finite, bins=40, range=span, histtype="step", linewidth=1.4,
+                    label=label + ")")
         else:
             notes.append(f"{name}: no finite epsilon ({n_inf} inf, {n_nan} nan)")
-    if notes:
-        ax.text(0.99, 0.98, "\n".join(notes), transform=ax.transAxes, ha="right", va="top",
-                fontsize=7, color="tab:red")
+    if notes:  # right of the axes, below the legend: inside, it covered histograms
+        ax.text(1.01, 0.0, "\n".join(notes), transform=ax.transAxes, ha="left",
+                va="bottom", fontsize=7, color="tab:red")
     ax.set_xlabel(f"per-example epsilon (Seed A, delta = {result.get('delta')})")
     ax.set_ylabel("forget examples")
     ax.set_title("Per-example epsilon of the likelihood-ratio attack")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        # right of the axes: inside, the legend of many methods covered their histograms
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0)
+    fig.tight_layout()
     return save_figure(fig, path)
