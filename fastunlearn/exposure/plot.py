@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._numbers import as_int, is_integer
-from ..report.plots import _new_figure, _save
+from ..report.plots import _legend_below, _new_figure, _save
 from .experiment import ExposureMeasurement
 
 __all__ = ["plot_exposure"]
@@ -29,7 +29,7 @@ def _label(m: ExposureMeasurement, kind: str) -> str:
     sampled = "" if m.exhaustive else " sampled"
     return (
         f"{kind} {m.secret}: {m.rank_exposure:.2f} bits ({rank}{sampled}), "
-        f"skew-normal {m.skew_normal_exposure:.2f}"
+        f"skew-normal {m.skew_normal_exposure:.2f} bits"
     )
 
 
@@ -109,5 +109,5 @@ def plot_exposure(
     ax.set_xlabel("log-perplexity after the prefix (bits; lower = more likely)")
     ax.set_ylabel("density")
     ax.set_title(f"Canary exposure (max log2|R| = {first.max_exposure:.2f} bits)")
-    ax.legend(fontsize=8, loc="best")
+    _legend_below(ax, ncol=2)  # inside, it covered the bulk of the histogram
     return _save(fig, path)

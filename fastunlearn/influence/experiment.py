@@ -621,9 +621,13 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("update step")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Label-poisoning repair")
+    setup = " / ".join(str(v) for v in (result.get("data", {}).get("dataset"),
+                                        result.get("config", {}).get("model")) if v)
+    ax.set_title("Label-poisoning repair" + (f": {setup}" if setup else ""))
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    from ..report.plots import _legend_below
+
+    _legend_below(ax)  # below the axes: the accuracy lines reach every corner
     return _save_png(fig, path)
 
 
@@ -642,7 +646,9 @@ def _agg_figure(width: float, height: float) -> Any:
 
 def _save_png(fig: Any, path: Path) -> Path:
     """Lay out a matplotlib figure and save it as PNG at ``path`` (folders created)."""
-    fig.tight_layout()
+    from ..report.plots import _layout
+
+    _layout(fig)  # tight_layout that keeps room for a legend below the axes
     return save_figure(fig, path)
 
 

@@ -689,8 +689,12 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     ax.tick_params(axis="x", labelsize=8)
     times = [m["first_order"]["seconds"], m["second_order"]["seconds"],
              result["retrained"]["seconds"]]
-    bx.bar(labels[1:], [float(t) if _finite(t) else math.nan for t in times],
-           color=colors[1:])
+    bars = bx.bar(labels[1:], [float(t) if _finite(t) else math.nan for t in times],
+                  color=colors[1:])
+    # a 5 ms update next to a 0.5 s retraining is a bar too thin to read: say each time
+    bx.bar_label(bars, labels=[f"{float(t):.3g} s" if _finite(t) else "" for t in times],
+                 fontsize=8, padding=2)
+    bx.margins(y=0.12)  # room above the tallest bar for its label
     _mark_missing(bx, labels[1:], times, math.inf)
     bx.set_ylabel("wall time (s)")
     bx.set_title("Update vs retraining time")

@@ -41,6 +41,11 @@ _LOG_FLOOR = 1e-16
 _LOG_CEIL = 1e100
 
 _RETRAIN_COLOR = "tab:red"
+#: More retrains than this are drawn as short ticks at the top of the axes, not as
+#: full-height lines (which would swamp the figure).
+_MAX_RETRAIN_LINES = 20
+#: Labels of the used-budget line of :func:`plot_bounds`.
+_USED_LABEL = "used budget (cumulative bound)"
 
 
 def _field(record: Any, name: str, default: Any = None) -> Any:
@@ -141,15 +146,75 @@ def _new_figure(size: tuple[float, float] = (7.0, 4.2)) -> Any:
 
 
 def _mark_retrains(ax: Any, xs: Sequence[float], label: bool = True) -> None:
+    """Mark the retrains at ``xs``: dotted full-height lines, or top ticks if there are many.
+
+    Up to :data:`_MAX_RETRAIN_LINES` retrains get a dotted vertical line each; more would
+    hide the data behind a curtain of lines, so they become one short tick each at the top
+    of the axes (one artist; the legend entry says how many).
+    """
+    if len(xs) > _MAX_RETRAIN_LINES:
+        ax.set_ymargin(0.1)  # room under the ticks: the highest data stay clear of them
+        ax.plot(xs, [0.98] * len(xs), transform=ax.get_xaxis_transform(), linestyle="none",
+                marker="|", markersize=7, markeredgewidth=1.0, color=_RETRAIN_COLOR,
+                label=f"retrain ({len(xs)}, ticks at top)" if label else None)
+        return
     for j, x in enumerate(xs):
         ax.axvline(x, color=_RETRAIN_COLOR, linestyle=":", linewidth=1.0,
                    label="retrain" if label and j == 0 else None)
 
 
+def _integer_x(ax: Any) -> None:
+    """Tick the x axis (removal counts) at whole numbers only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_below(ax: Any, ncol: int = 3, handles: Sequence[Any] | None = None,
+                  labels: Sequence[str] | None = None) -> Any:
+    """Put the legend of ``ax`` below it, in the figure, where it cannot cover data.
+
+    Uses ``ax``'s labelled artists unless ``handles`` and ``labels`` are given; the number
+    of columns drops from ``ncol`` until the legend fits the figure's width. :func:`_layout`
+    keeps room for it. Returns the legend, or None when nothing is labelled.
+    """
+    if handles is None or labels is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    for n in range(max(1, min(ncol, len(handles))), 0, -1):
+        legend = fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0),
+                            ncol=n, fontsize=8, frameon=False)
+        if n == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            return legend
+        legend.remove()
+    return None  # pragma: no cover - the loop returns at n == 1
+
+
+def _layout(fig: Any) -> None:
+    """``tight_layout`` that keeps the bottom strip of a :func:`_legend_below` legend free."""
+    bottom = 0.0
+    if fig.legends:
+        renderer = fig.canvas.get_renderer()
+        bottom = max(leg.get_window_extent(renderer).height for leg in fig.legends)
+        bottom = min(0.5, bottom / fig.bbox.height + 0.01)
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
+
+
+def _isolated(xs: Sequence[float], ys: Sequence[float]) -> list[tuple[float, float]]:
+    """Finite points of a line whose neighbours are NaN or absent (a line draws no dot there)."""
+    def ok(i: int) -> bool:
+        return 0 <= i < len(ys) and math.isfinite(ys[i])
+
+    return [(xs[i], ys[i]) for i in range(len(ys)) if ok(i) and not ok(i - 1) and not ok(i + 1)]
+
+
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    _layout(fig)
     return save_figure(fig, out)
 
 
@@ -183,6 +248,10 @@ def plot_bounds(
 ) -> Path:
     """Cumulative gradient-residual bound against the budget, log scale, with retrains.
 
+    The used-budget line breaks at each retrain: there it restarts at the retrained model's
+    residual (about 1e-14), which is left below the axis. Many retrains are marked by ticks
+    at the top instead of full-height lines; the legend sits below the axes.
+
     Args:
         records: Removal records in order (see the module docstring).
         budget: The budget ``sigma * epsilon / c`` (a horizontal line; 0 when ``sigma`` is
@@ -214,10 +283,24 @@ def plot_bounds(
     ax = fig.add_subplot(1, 1, 1)
     xs = _positions(records)
     notes: list[str] = []
+    retrained_flags = [bool(_field(r, "retrained", False)) for r in records]
+    used_handle = None
+    # lowest value drawn on purpose: the y axis starts just below it (see the end)
+    drawn: list[float] = [budget] if budget > 0 else []
     if records:
-        ax.plot(xs, _positive((_field(r, "cumulative", None) for r in records), notes,
-                              "cumulative bound"),
-                color="tab:blue", linewidth=1.6, label="used budget (cumulative bound)")
+        used = _positive((_field(r, "cumulative", None) for r in records), notes,
+                         "cumulative bound")
+        # one dot per record; the line through them breaks at every retrain, where the used
+        # budget restarts at the new model's residual (~1e-14, below the axis): a line down
+        # to it and back up would draw a full-height spike per retrain (a comb)
+        ax.plot(xs, used, linestyle="none", marker="o", markersize=2.5, color="tab:blue",
+                label=_USED_LABEL)
+        broken = [math.nan if flag else y for flag, y in zip(retrained_flags, used, strict=True)]
+        (used_handle,) = ax.plot(xs, broken, color="tab:blue", linewidth=1.6,
+                                 label="_used budget between retrains")
+        drawn += [y for y in broken if math.isfinite(y)]
+        if records and all(retrained_flags):
+            notes.append("used budget ~0 after every retrain (below the axis)")
         for retrained, style in ((False, {"s": 6, "color": "tab:gray", "alpha": 0.6,
                                           "label": "bound of each removal"}),
                                  (True, {"s": 30, "marker": "x", "color": _RETRAIN_COLOR,
@@ -230,25 +313,43 @@ def plot_bounds(
             points = [(x, y) for (x, _), y in zip(points, ys, strict=True) if math.isfinite(y)]
             if points:
                 ax.scatter(*zip(*points, strict=True), **style)
+                drawn += [y for _, y in points]
         worst = _worst_case_running(records, worst_case)
         if worst is not None:
-            ax.plot(xs, _positive(worst, notes, "worst-case sum"), color="tab:orange",
-                    linestyle="--", linewidth=1.2, label="worst-case bound (cumulative)")
+            worst_ys = _positive(worst, notes, "worst-case sum")
+            ax.plot(xs, worst_ys, color="tab:orange", linestyle="--", linewidth=1.2,
+                    label="worst-case bound (cumulative)")
+            drawn += [y for y in worst_ys if math.isfinite(y)]
+            # a sum right after a retrain and before the next has no neighbour to join
+            lone = _isolated(xs, worst_ys)
+            if lone:
+                ax.scatter(*zip(*lone, strict=True), s=10, color="tab:orange",
+                           label="_worst-case bound (single removal)")
     if budget > 0:
         ax.axhline(budget, color="black", linewidth=1.2, label=f"budget {budget:.3g}")
     else:  # sigma = 0: nothing fits, every removal retrains; no line on a log axis
         ax.plot([], [], color="black", linewidth=1.2, label="budget 0 (every removal retrains)")
     _mark_retrains(ax, _retrain_positions(records))
     ax.set_yscale("log")
-    # a fresh model's residual (~1e-14) would stretch the axis over many empty decades
+    # a fresh model's residual (~1e-14) would stretch the axis over many empty decades:
+    # start the axis just below the lowest value drawn on purpose
     low, high = ax.get_ylim()
+    if drawn:
+        low = min(drawn) / 2.0
     if budget > 0:
-        ax.set_ylim(max(low, budget * 1e-6), high)
+        low = max(low, budget * 1e-6)
+        high = max(high, budget * 2.0)  # the budget line clear of the top frame
+    if drawn or budget > 0:
+        ax.set_ylim(low, high)
+    _integer_x(ax)
     ax.set_xlabel("removals")
     ax.set_ylabel("gradient-residual norm bound")
     ax.set_title(title or "Certified removal: used budget")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if used_handle is not None:  # the legend shows the line, not a lone dot
+        handles[labels.index(_USED_LABEL)] = used_handle
+    _legend_below(ax, 3, handles, labels)
     _add_notes(ax, notes)
     return _save(fig, path)
 
@@ -265,7 +366,8 @@ def plot_accuracy(
     Args:
         evaluations: Points with ``n_removed`` and ``test_accuracy`` (a fraction in [0, 1]).
         path: PNG file to write.
-        retrains: Removal counts at which the model was retrained (dotted lines).
+        retrains: Removal counts at which the model was retrained (dotted lines; ticks at
+            the top when there are more than 20).
         title: Figure title.
 
     Returns:
@@ -290,11 +392,12 @@ def plot_accuracy(
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(xs, ys, marker="o", markersize=3, color="tab:green", label="test accuracy")
     _mark_retrains(ax, retrains)
+    _integer_x(ax)
     ax.set_xlabel("removals")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Test accuracy during removals")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    _legend_below(ax)
     return _save(fig, path)
 
 
@@ -350,11 +453,15 @@ def plot_times(
         # 0 s or infinite: no line on a log axis, but the time is said
         notes.append(f"full retraining {retrain_seconds:.3g} s (not drawn)")
     ax.set_yscale("log")
+    if has_retrain_line:  # keep the retraining line clear of the frame, not on it
+        line_y = min(retrain_seconds, _LOG_CEIL)
+        low, high = ax.get_ylim()
+        ax.set_ylim(min(low, line_y / 2.0), max(high, line_y * 2.0))
+    _integer_x(ax)
     ax.set_xlabel("removals")
-    ax.set_ylabel("seconds")
+    ax.set_ylabel("wall time per removal (s)")
     ax.set_title(title or "Time per removal vs full retraining")
     ax.grid(True, which="major", alpha=0.3)
-    if plain or retrained or has_retrain_line:
-        ax.legend(loc="best", fontsize=8)
+    _legend_below(ax)
     _add_notes(ax, notes)
     return _save(fig, path)
