@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .cli_types import HelpFormatter
+from .cli_types import HelpFormatter, add_progress_flags, resolve_progress
 from .cli_types import non_negative_float as _non_negative_float
 from .cli_types import non_negative_int as _non_negative_int
 from .cli_types import open_unit as _open_unit
@@ -177,6 +177,7 @@ def _add_remove_parser(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     out.add_argument("--verbose", action="store_true",
                      help="print training details and every evaluation (no progress bar)")
+    add_progress_flags(p)
     p.set_defaults(func=_cmd_remove)
 
 
@@ -253,7 +254,8 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         config.validate()
         args.stem = config.stem
         _check_outputs(args)
-        result = run_removal_experiment(config, echo=print, progress=not args.verbose)
+        result = run_removal_experiment(
+            config, echo=print, progress=resolve_progress(args.progress) and not args.verbose)
     except (ValueError, TypeError, OSError, ImportError) as exc:
         return _error("remove", str(exc))
     except (ArithmeticError, RuntimeError) as exc:  # e.g. a Cholesky failure at lam 1e-150
@@ -384,7 +386,7 @@ def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="train even if the checkpoint exists")
     p.add_argument("--seed", type=_seed, default=1, help="seed, 0 .. 2**32-1 (reference: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress_flags(p, "--quiet")
     p.set_defaults(func=_cmd_extract)
 
 
@@ -393,7 +395,7 @@ def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
     """Train ``model`` as ``args.extractor`` says; return the metadata to store."""
     from .certified import extractors
 
-    progress = not args.quiet
+    progress = resolve_progress(args.progress)
     meta: dict[str, Any] = {"epochs": args.epochs, "lr": args.learning_rate,
                             "batch_size": args.batch_size, "seed": args.seed}
     if args.extractor == "dp":
@@ -526,7 +528,7 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
     for split, images in (("train", train), ("test", test)):
         loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size)
         features[split], labels[split] = extract_features(model, loader, device,
-                                                          progress=not args.quiet)
+                                                          progress=resolve_progress(args.progress))
     path = save_features(features_path, features, labels, meta=meta)
     print(f"wrote {path} ({features['train'].shape[0]} + {features['test'].shape[0]} rows, "
           f"{features['train'].shape[1]} features)")

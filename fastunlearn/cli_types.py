@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 __all__ = [
     "HelpFormatter",
     "MAX_INT",
     "MAX_SEED",
+    "add_progress_flags",
     "integer",
     "non_negative_float",
     "non_negative_int",
@@ -25,6 +27,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "ratio",
+    "resolve_progress",
     "seed",
 ]
 
@@ -127,3 +130,31 @@ def path(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty (use . for the current folder)")
     return text
+
+
+def add_progress_flags(parser: argparse.ArgumentParser, *aliases_off: str) -> None:
+    """Add ``--progress`` / ``--no-progress`` (and ``aliases_off`` of the latter).
+
+    Every command shows its progress bars the same way: on a terminal by default (the
+    parsed ``progress`` is then None, see :func:`resolve_progress`), forced on or off by
+    the flags, so that logs and pipes get no bar unless asked for.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_const", const=True,
+                       help="show progress bars (default: only when stderr is a terminal)")
+    group.add_argument("--no-progress", *aliases_off, dest="progress", action="store_const",
+                       const=False, help="no progress bars")
+    parser.set_defaults(progress=None)
+
+
+def resolve_progress(flag: bool | None) -> bool:
+    """Return the ``--progress`` / ``--no-progress`` choice, else whether stderr is a tty.
+
+    The bars go to stderr: with neither flag they show only where someone watches.
+    """
+    if flag is not None:
+        return bool(flag)
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False

@@ -30,7 +30,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import torch
 from .._atomic_files import write_text
 from .._device import parse_device
 from .._numbers import is_finite, is_integer, is_real, plain_fields
+from .._repr import fields_repr, format_number, summarize
 
 __all__ = [
     "DATASETS",
@@ -257,7 +258,7 @@ class ExperimentConfig:
 # data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ExperimentData:
     """Training and test rows of an experiment (numpy, float64 features, int64 labels).
 
@@ -279,6 +280,8 @@ class ExperimentData:
     class_names: tuple[str, ...]
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
+
+    __repr__ = fields_repr  # bounded: long arrays and lists are summarised
 
     @property
     def n_features(self) -> int:
@@ -382,7 +385,7 @@ def removal_order(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 # results
 
 
-@dataclass
+@dataclass(repr=False)
 class ExperimentResult:
     """What :func:`run_removal_experiment` measured.
 
@@ -413,6 +416,30 @@ class ExperimentResult:
     fairness: dict[str, Any]
     timings: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """Return the key numbers in one line (not every record, whatever their number)."""
+        def get(section: Any, key: str) -> Any:
+            return section.get(key) if isinstance(section, Mapping) else None
+
+        numbers = {
+            "removals": get(self.privacy, "removals"),
+            "retrains": get(self.privacy, "retrains"),
+            "test_accuracy": get(self.final, "test_accuracy"),
+            "retrained_test_accuracy": get(self.final, "retrained_test_accuracy"),
+            "epsilon": get(self.privacy, "epsilon"),
+            "budget_used": get(self.privacy, "budget_used"),
+            "budget_left": get(self.privacy, "budget_left"),
+            "removal_seconds_total": get(self.timings, "removal_seconds_total"),
+            "speedup": get(self.timings, "speedup"),
+        }
+        parts = [f"dataset={summarize(get(self.data, 'dataset'))}"]
+        parts += [f"{k}={v}" if isinstance(v, (bool, int)) else f"{k}={format_number(v)}"
+                  for k, v in numbers.items() if v is not None]
+        parts.append(f"records={len(self.records)}, evaluations={len(self.evaluations)}")
+        if self.files:
+            parts.append(f"files={summarize(self.files)}")
+        return f"ExperimentResult({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (non-finite floats become None)."""
@@ -600,8 +627,10 @@ def run_removal_experiment(
         data: Rows to use instead of loading ``config.dataset`` (e.g. synthetic data).
         echo: Called with one line per removal (and, with ``config.verbose``, per
             evaluation and for the fit); None prints nothing.
-        progress: Show a tqdm progress bar on stderr (only on a terminal); lines from
-            ``echo`` are then written above the bar.
+        progress: Show a tqdm progress bar on stderr (also where stderr is no terminal,
+            e.g. a notebook or a log: ``fastunlearn remove`` asks for it only on a
+            terminal unless ``--progress``); lines from ``echo`` are then written above
+            the bar.
 
     Returns:
         The :class:`ExperimentResult`; its ``files`` lists what was written.
@@ -801,8 +830,9 @@ def _progress_bar(total: int, enabled: bool) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    # disable=None: no bar when stderr is not a terminal (logs, pipes, tests)
-    return tqdm(total=total, unit="removal", disable=None, dynamic_ncols=True, leave=False)
+    # the caller decides (the command: only on a terminal unless --progress); tqdm's own
+    # terminal test (disable=None) would hide the bar a notebook user asked for
+    return tqdm(total=total, unit="removal", dynamic_ncols=True, leave=False)
 
 
 def _extractor_privacy(meta: dict[str, Any], privacy: dict[str, Any], name: str) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .._atomic_files import write_text
 from .._output_folder import check_output_folder
+from ..cli_types import add_progress_flags, resolve_progress
 from ..cli_types import integer as _integer
 from ..cli_types import non_negative_float as _non_negative_float
 from ..cli_types import non_negative_int as _non_negative_int
@@ -84,7 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--seed", type=_seed, default=0, help="seed of everything, 0 .. 2**32-1")
     p.add_argument("--device", default="cpu", help="torch device")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_progress_flags(p)
     p.add_argument(
         "--out", type=_out, default=None,
         help="folder for exposure.json, exposure.md and exposure.png"
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             n_candidates=args.candidates,
             seed=args.seed,
             device=args.device,
-            progress=args.progress,
+            progress=resolve_progress(args.progress),
         )
         if args.out is not None:
             check_output_folder(args.out, argument="out", names=list(_OUTPUTS))

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from .._output_folder import check_output_folder
+from ..cli_types import add_progress_flags, resolve_progress
 from ..cli_types import path as _path
 from ..cli_types import positive_float as _positive_float
 from ..cli_types import positive_int as _positive_int
@@ -110,10 +111,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "digits-sized settings (DIGITS_OVERRIDES) apply only to --dataset "
                         "digits, every other data set always gets the published ones")
     p.add_argument("--no-mia", action="store_true", help="skip the SVC MIA-Efficacy")
-    p.add_argument("--progress", dest="progress", action="store_true", default=True,
-                   help="show progress bars (default)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars")
+    add_progress_flags(p)
     p.set_defaults(func=run)
     return p
 
@@ -138,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             overrides=parse_set(args.overrides),
             digits_defaults=False if args.published_defaults else None,
             cache_dir=cache_dir, out_dir=args.out,
-            device=args.device, mia=not args.no_mia, progress=args.progress,
+            device=args.device, mia=not args.no_mia, progress=resolve_progress(args.progress),
         )
         if cache_dir is not None:  # before training: a file in the way must not cost the run
             check_output_folder(cache_dir, argument="cache_dir")

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._device import parse_device
 from .._output_folder import check_output_folder
-from ..cli_types import HelpFormatter
+from ..cli_types import HelpFormatter, add_progress_flags, resolve_progress
 from ..cli_types import non_negative_float as _non_negative
 from ..cli_types import non_negative_int as _non_negative_int
 from ..cli_types import path as _path
@@ -38,7 +38,7 @@ def _add_run_options(
     ``--no-plots``, ``--progress`` and ``--json`` (print the result JSON to stdout).
     """
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    add_progress_flags(p)
     p.add_argument("--json", action="store_true", help="print the result JSON to stdout")
     p.set_defaults(func=func)
 
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         lissa_damping=args.lissa_damping, lissa_scale=args.lissa_scale,
         lissa_depth=args.lissa_depth, lissa_hessian=args.lissa_hessian,
         n_train=args.n_train, device=args.device,
-        progress=args.progress)
+        progress=resolve_progress(args.progress))
     stem = f"repair_{args.dataset}"
     try:
         config.validate()

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from .._output_folder import check_output_folder
-from ..cli_types import HelpFormatter
+from ..cli_types import HelpFormatter, resolve_progress
 from ..cli_types import number as _number
 from ..cli_types import open_unit as _open_unit
 from ..cli_types import path as _path
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         n_rows=args.rows, value=args.value, l2=args.l2, steps=args.steps, tau=args.tau,
         cg_tol=args.cg_tol, cg_maxiter=args.cg_maxiter, seed=args.seed,
         linear=not args.no_linear, binary=args.binary, linear_lam=args.linear_lam,
-        epsilon=args.epsilon, delta=args.delta, progress=args.progress)
+        epsilon=args.epsilon, delta=args.delta, progress=resolve_progress(args.progress))
     try:
         stem = f"features_{args.dataset}"
         check_output_folder(args.out, argument="out",

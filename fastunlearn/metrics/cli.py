@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import write_text
+from ..cli_types import add_progress_flags, resolve_progress
 from ..cli_types import path as _path
 
 __all__ = ["add_parser", "run"]
@@ -53,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the retrained-vs-retrained noise floor")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG histogram")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_progress_flags(p)
     p.set_defaults(func=run)
     return p
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_logits_dir(
             src, methods=methods, delta=args.delta, competition_delta=args.competition_delta,
             baseline=not args.no_baseline, per_example=True, device=args.device,
-            progress=args.progress,
+            progress=resolve_progress(args.progress),
         )
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"fastunlearn evaluate: error: {exc}", file=sys.stderr)

@@ -389,7 +389,11 @@ def test_cli_flags_reach_the_harness_config(monkeypatch: pytest.MonkeyPatch,
     cache = str(tmp_path / "c")  # the cache folder is checked before the run: writable
     assert forget_main(["--method", "finetune", "--cache-dir", cache]) == 2
     c = got[0]
-    assert (c.cache_dir, c.mia, c.progress, c.digits_defaults) == (cache, True, True, True)
+    # no progress flag: bars only on a terminal (pytest's captured stderr is none)
+    assert (c.cache_dir, c.mia, c.progress, c.digits_defaults) == (cache, True, False, True)
+    got.clear()
+    assert forget_main(["--method", "finetune", "--cache-dir", cache, "--progress"]) == 2
+    assert got[0].progress is True
 
 
 @pytest.mark.parametrize("device", ["foo", "cuda:x", "meta"])
