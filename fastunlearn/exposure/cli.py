@@ -90,6 +90,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--out", type=_out, default=None,
         help="folder for exposure.json, exposure.md and exposure.png"
     )
+    p.add_argument("--no-plots", action="store_true",
+                   help="write exposure.json and exposure.md only (no PNG)")
     p.set_defaults(func=run)
     return p
 
@@ -126,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=resolve_progress(args.progress),
         )
+        outputs = list(_OUTPUTS[:2] if args.no_plots else _OUTPUTS)
         if args.out is not None:
-            check_output_folder(args.out, argument="out", names=list(_OUTPUTS))
+            check_output_folder(args.out, argument="out", names=outputs)
         result = run_canary_experiment(config)
     except (ValueError, TypeError) as exc:
         print(f"fastunlearn exposure: error: {exc}", file=sys.stderr)
@@ -139,12 +142,16 @@ def run(args: argparse.Namespace) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             payload = json.dumps(result.to_dict(), indent=2, allow_nan=False)
             write_text(args.out / "exposure.json", payload + "\n")
-            write_text(args.out / "exposure.md", report + "\n![exposure](exposure.png)\n")
-            plot_exposure([m for m in (result.canary, result.control) if m is not None],
-                          args.out / "exposure.png")
+            write_text(args.out / "exposure.md",
+                       report + ("" if args.no_plots else "\n![exposure](exposure.png)") + "\n")
+            if args.no_plots:  # a plot of an earlier run would not match these results
+                (args.out / "exposure.png").unlink(missing_ok=True)
+            else:
+                plot_exposure([m for m in (result.canary, result.control) if m is not None],
+                              args.out / "exposure.png")
         except OSError as exc:  # checked before training; a full disk or a race remains
             print(f"fastunlearn exposure: error: cannot write the results: {exc}",
                   file=sys.stderr)
             return 1
-        print("wrote " + ", ".join(str(args.out / name) for name in _OUTPUTS))
+        print("wrote " + ", ".join(str(args.out / name) for name in outputs))
     return 0
