@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .. import ops
 from .._process_flags import ProcessWideOverride
+from .._repr import fields_repr
 
 __all__ = [
     "NewtonResult",
@@ -354,6 +355,8 @@ class NewtonResult(NamedTuple):
     iterations: int
     converged: bool
     cholesky: Tensor
+
+    __repr__ = fields_repr  # bounded: large tensors print their shape
 
 
 def _check_same_dtype(X: Tensor, **others: Tensor | None) -> None:

@@ -14,12 +14,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from torch import Tensor
 
+from .._repr import format_number, summarize
 from . import woodbury
 
 __all__ = ["PlannedStep", "RemovalRecord", "RemovalReport"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RemovalRecord:
     """One removal (or batch removal, or retrain) as the model accounted for it.
 
@@ -46,6 +47,15 @@ class RemovalRecord:
     seconds: float
     worst_case: float = 0.0
 
+    def __repr__(self) -> str:
+        """Return the record in one short line (a long ``indices`` shows its ends only)."""
+        return (f"RemovalRecord(indices={summarize(self.indices)}, "
+                f"bound={format_number(self.bound)}, "
+                f"cumulative={format_number(self.cumulative)}, "
+                f"budget_left={format_number(self.budget_left)}, "
+                f"retrained={self.retrained}, seconds={format_number(self.seconds)}, "
+                f"worst_case={format_number(self.worst_case)})")
+
     def to_dict(self) -> dict[str, Any]:
         """Return the record as plain JSON-compatible data."""
         out = asdict(self)
@@ -53,7 +63,7 @@ class RemovalRecord:
         return out
 
 
-@dataclass
+@dataclass(repr=False)
 class RemovalReport:
     """What one call of :meth:`CertifiedLogisticRegression.remove` (or ``report``) did.
 
@@ -72,6 +82,28 @@ class RemovalReport:
     def bounds(self) -> list[float]:
         """Per-record bounds."""
         return [r.bound for r in self.records]
+
+    def __repr__(self) -> str:
+        """Return a short summary: counts, the budget after the last step, first and last records.
+
+        ``steps`` counts the records, ``rows`` the removed training rows. The length does not
+        grow with the number of records (a report of thousands of removals prints its first
+        and last record and how many are left out).
+        """
+        records = self.records
+        rows = sum(len(r.indices) for r in records)
+        head = (f"RemovalReport(steps={len(records)}, rows={rows}, retrains={self.retrains}, "
+                f"seconds={format_number(self.seconds)}")
+        if not records:
+            return head + ", records=[])"
+        last = records[-1]
+        head += (f", cumulative={format_number(last.cumulative)}, "
+                 f"budget_left={format_number(last.budget_left)}")
+        if len(records) <= 2:
+            shown = ", ".join(repr(r) for r in records)
+        else:
+            shown = f"{records[0]!r}, ... {len(records) - 2} more, {last!r}"
+        return f"{head}, records=[{shown}])"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as plain JSON-compatible data."""

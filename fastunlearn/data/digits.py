@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._numbers import is_integer, is_real
+from .._repr import fields_repr
 
 __all__ = ["DigitsSplit", "digits_images", "load_digits_dataset"]
 
@@ -24,7 +25,7 @@ __all__ = ["DigitsSplit", "digits_images", "load_digits_dataset"]
 _PIXEL_MAX = 16.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DigitsSplit:
     """A deterministic train/test split of the digits.
 
@@ -45,6 +46,7 @@ class DigitsSplit:
     classes: tuple[int, ...]
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
     @property
     def n_features(self) -> int:

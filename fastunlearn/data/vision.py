@@ -53,6 +53,7 @@ from torch import Tensor
 from .._equality import dataclass_eq
 from .._numbers import is_flag, is_integer
 from .._paths import check_output_file
+from .._repr import fields_repr
 
 __all__ = [
     "VISION_DATASETS",
@@ -893,7 +894,7 @@ def load_features(
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FeatureSplit:
     """Float64 feature matrices and labels of a train/test split.
 
@@ -918,6 +919,7 @@ class FeatureSplit:
     meta: Mapping[str, Any] | None = None
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
     @property
     def n_features(self) -> int:

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from .._equality import dataclass_eq
 from .._numbers import is_flag
+from .._repr import fields_repr
 from ._common_b import (
     TrainingData,
     check_adam_dtype,
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(repr=False)
 class AntiSamples:
     """The output of :func:`generate_antisamples`.
 
@@ -92,6 +93,7 @@ class AntiSamples:
     times: dict[str, float] = field(default_factory=dict)
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
 
 def _sync(device: torch.device) -> None:

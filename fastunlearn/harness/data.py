@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .._equality import dataclass_eq
 from .._numbers import as_int, is_integer
+from .._repr import fields_repr
 from ..data import parse_forget_spec
 from ..models import build_model
 
@@ -20,7 +21,7 @@ __all__ = ["HarnessData", "build_harness_model", "load_harness_data", "split_for
 VISION = ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
 
 
-@dataclass
+@dataclass(repr=False)
 class HarnessData:
     """Training and test tensors of one data set.
 
@@ -42,6 +43,7 @@ class HarnessData:
     name: str = "custom"
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
     def __post_init__(self) -> None:
         for n in ("x_train", "y_train", "x_test", "y_test"):

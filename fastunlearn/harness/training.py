@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 from .._atomic_files import replace_atomically
 from .._process_flags import GLOBAL_RNG_LOCK
+from .._repr import fields_repr
 from ..forget import _training
 from .config import TrainSettings, oracle_recipe
 from .data import build_harness_model, model_kwargs
@@ -33,7 +34,7 @@ __all__ = ["CACHE_VERSION", "TrainedModel", "cache_key", "train_model", "train_o
 CACHE_VERSION = 2
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainedModel:
     """A trained model and how it was obtained.
 
@@ -49,6 +50,8 @@ class TrainedModel:
     seconds: float
     cached: bool
     key: str
+
+    __repr__ = fields_repr  # the network as its class and parameter count, not every layer
 
 
 def train_model(

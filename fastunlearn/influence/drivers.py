@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .._model_inputs import refuse_input_dtype
 from .._numbers import as_float, as_int, is_integer, is_real
+from .._repr import format_number
 from .arguments import (
     MAX_SEED,
     _check_inputs,
@@ -340,7 +341,7 @@ def _nothing_to_update(opts: UpdateOptions, reason: str) -> UpdateResult:
                         num_affected=0, tau=opts.tau, reason=reason)
 
 
-@dataclass
+@dataclass(repr=False)
 class IterativeRepairResult:
     """Outcome of :func:`iterative_label_repair`.
 
@@ -348,7 +349,8 @@ class IterativeRepairResult:
         steps: One dict per step: ``step``, ``mispredicted`` (training rows whose prediction
             differs from the corrected label before the step), ``batch`` (points updated),
             and the step's :meth:`UpdateResult.to_dict` fields, plus whatever ``evaluate``
-            returned under ``"eval"``.
+            returned under ``"eval"``; a last step with nothing mispredicted has only
+            ``step``, ``mispredicted`` (0), ``batch`` (0) and ``reason``.
         results: The :class:`UpdateResult` of every step.
         update_time_s: Wall time of the updates (selection and evaluation excluded).
         num_gradients: Per-sample gradients over all steps.
@@ -361,6 +363,18 @@ class IterativeRepairResult:
     update_time_s: float = 0.0
     num_gradients: int = 0
     num_hvps: int = 0
+
+    def __repr__(self) -> str:
+        """Return the totals in one line (not every step, whatever their number)."""
+        applied = sum(bool(getattr(r, "applied", False)) for r in self.results)
+        diverged = sum(bool(getattr(r, "diverged", False)) for r in self.results)
+        mispredicted = [s.get("mispredicted") for s in self.steps if isinstance(s, Mapping)]
+        mispredicted = [m for m in mispredicted if m is not None]
+        trend = (f", mispredicted={mispredicted[0]}->{mispredicted[-1]}" if mispredicted
+                 else "")
+        return (f"IterativeRepairResult(steps={len(self.steps)}, applied={applied}, "
+                f"diverged={diverged}{trend}, update_time_s={format_number(self.update_time_s)}, "
+                f"num_gradients={self.num_gradients}, num_hvps={self.num_hvps})")
 
 
 def iterative_label_repair(
@@ -450,6 +464,7 @@ def iterative_label_repair(
             record: dict[str, Any] = {"step": step, "mispredicted": int(wrong.numel())}
             if wrong.numel() == 0:
                 record["batch"] = 0
+                record["reason"] = "no mispredicted training point left: stopped"
                 out.steps.append(record)
                 break
             pick = torch.randperm(wrong.numel(), generator=gen)[:batch_size].to(wrong.device)

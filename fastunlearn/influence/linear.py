@@ -30,6 +30,7 @@ from torch import Tensor
 from .._equality import dataclass_eq
 from .._numbers import as_int, is_integer
 from .._numbers import is_finite as _finite
+from .._repr import fields_repr
 from ..certified.bounds import (
     GAMMA_TIGHT,
     c_delta,
@@ -54,7 +55,7 @@ from .drivers import _as_index
 __all__ = ["LinearUpdateResult", "fit_logistic", "linear_influence_update", "required_sigma"]
 
 
-@dataclass
+@dataclass(repr=False)
 class LinearUpdateResult:
     """Outcome of :func:`linear_influence_update`.
 
@@ -88,6 +89,7 @@ class LinearUpdateResult:
     time_s: float
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
     def to_dict(self) -> dict[str, Any]:
         """Every field except ``weights``."""

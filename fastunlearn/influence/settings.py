@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._numbers import plain_fields as _plain_fields
+from .._repr import fields_repr
 from .arguments import MAX_SEED, _check_float, _check_int
 from .gradients import LossFn, default_loss
 
@@ -131,7 +132,7 @@ def _check_hessian_mode(mode: object) -> str:
     return mode
 
 
-@dataclass
+@dataclass(repr=False)
 class UpdateResult:
     """What :func:`influence_update` did.
 
@@ -197,6 +198,7 @@ class UpdateResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
     def to_dict(self) -> dict[str, Any]:
         """Every field except ``step``, JSON-ready."""

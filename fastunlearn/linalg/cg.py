@@ -20,6 +20,7 @@ from torch import Tensor
 from .. import ops
 from .._equality import dataclass_eq
 from .._numbers import as_int, is_integer
+from .._repr import fields_repr
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
 __all__ = ["CGResult", "cg", "CGInverseOperator", "CGNotConvergedError"]
@@ -31,7 +32,7 @@ class CGNotConvergedError(RuntimeError):
     """A :class:`CGInverseOperator` product missed its tolerance (``on_unconverged="raise"``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CGResult:
     """Outcome of :func:`cg`.
 
@@ -57,6 +58,7 @@ class CGResult:
     breakdown: Tensor
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
 
 def _as_matmat(A: object) -> tuple[Matmat, int | None]:

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._numbers import as_float, as_int, is_flag, is_integer, is_real
+from .._repr import fields_repr
 from .cg import _column_scale
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
@@ -63,7 +64,7 @@ class LissaDivergenceError(RuntimeError):
         self.history = history
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LissaResult:
     """Outcome of :func:`lissa`.
 
@@ -83,6 +84,7 @@ class LissaResult:
     steps: Tensor
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
 
 def _cycle(batches: Iterable[Any]) -> Iterator[Any]:

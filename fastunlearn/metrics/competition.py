@@ -61,6 +61,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._extension import has_kernel
+from .._repr import fields_repr
 from ._checks import as_tensor, check_delta, pair_of_stats, stacked_logits
 from ._reduce import median
 from .statistics import logit_scaled_confidence
@@ -601,7 +602,7 @@ def check_accuracies(accuracies: Any) -> None:
         raise ValueError(f"'accuracies' lacks {sorted(missing)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CompetitionResult:
     """Competition forget score and the per-example epsilons behind it.
 
@@ -621,6 +622,7 @@ class CompetitionResult:
     final_score: float | None = None
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (without the per-example tensor)."""

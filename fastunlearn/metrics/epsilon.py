@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
+from .._repr import fields_repr
 from ._checks import check_delta, pair_of_stats, stacked_logits
 from ._chunking import row_chunks
 from ._reduce import median, nanmax, nanmedian
@@ -209,7 +210,7 @@ def _epsilons(sr: Tensor, su: Tensor, delta: float) -> Tensor:
     return eps.masked_fill(undefined, torch.nan)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class EpsilonResult:
     """Seed A's epsilon-hat and the per-example epsilons behind it.
 
@@ -231,6 +232,7 @@ class EpsilonResult:
     mean: float
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (without the per-example tensor)."""

@@ -38,6 +38,7 @@ from torch import Tensor
 from .._atomic_files import swap_in_folder
 from .._equality import dataclass_eq
 from .._paths import check_path
+from .._repr import fields_repr
 from ._checks import as_tensor, float_tensor, label_tensor
 
 __all__ = [
@@ -104,7 +105,7 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, list[float]]:
     return out
 
 
-@dataclass
+@dataclass(repr=False)
 class LogitsDir:
     """A loaded logits directory.
 
@@ -128,6 +129,7 @@ class LogitsDir:
     retrain_metrics: dict[str, list[float]] = field(default_factory=dict)
 
     __eq__ = dataclass_eq  # tensors compared by value (the generated one raises)
+    __repr__ = fields_repr  # bounded: long tensors and lists are summarised
 
     def mean_metric(self, who: str, column: str) -> float:
         """Mean of a column of method ``who``'s ``metrics.csv`` over its recorded values.

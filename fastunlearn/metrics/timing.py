@@ -36,6 +36,10 @@ class Stopwatch:
         self.seconds = math.nan
         self._start = 0.0
 
+    def __repr__(self) -> str:
+        """Return the elapsed seconds (``nan`` before the block ends) and the sync flag."""
+        return f"Stopwatch(seconds={self.seconds!r}, cuda_sync={self.cuda_sync!r})"
+
     def __enter__(self) -> Stopwatch:
         if self.cuda_sync:
             torch.cuda.synchronize()

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .._numbers import as_float, as_int, is_finite, is_integer, is_real
+from .._repr import fields_repr
 from ._fake_shapes import check_fake_devices
 
 _MAX_INT64 = 2**63 - 1
@@ -47,6 +48,8 @@ class CGResult(NamedTuple):
     solution: Tensor
     iterations: Tensor
     residual_norms: Tensor
+
+    __repr__ = fields_repr  # bounded: large tensors print their shape
 
 
 def _check_tensor(value: object, name: str) -> None:

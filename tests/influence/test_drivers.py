@@ -279,3 +279,5 @@ def test_iterative_repair_validates_options_when_nothing_is_mispredicted(poisone
         iterative_label_repair(model, split.X_train, labels, steps=1, solver="nonsense")
     out = iterative_label_repair(model, split.X_train, labels, steps=1)
     assert out.steps[0]["mispredicted"] == 0 and not out.results
+    # the report's step table says why the last row has no numbers
+    assert out.steps[0]["reason"] == "no mispredicted training point left: stopped"
