@@ -173,7 +173,8 @@ def _add_remove_parser(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--seed", type=_seed, default=0,
                      help="seed of everything, 0 .. 2**32-1")
     out.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
-    out.add_argument("--result-dir", type=_path, default="result", help="output folder")
+    out.add_argument("--result-dir", "--out", dest="result_dir", type=_path, default="result",
+                     help="output folder")
     out.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     out.add_argument("--verbose", action="store_true",
                      help="print training details and every evaluation (no progress bar)")

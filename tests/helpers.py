@@ -106,3 +106,16 @@ def canonical(obj: Any, skip: tuple[str, ...] = ()) -> Any:
     if isinstance(obj, torch.Generator):
         return canonical(obj.get_state())
     return canonical(vars(obj), skip)
+
+
+#: every ``fastunlearn`` command with the arguments it needs to parse (tests of flags that
+#: all commands share)
+COMMAND_ARGS = {
+    "remove": [],
+    "extract": ["--data-dir", "data"],
+    "repair": [],
+    "unlearn-features": [],
+    "forget": [],
+    "evaluate": ["logits"],
+    "exposure": [],
+}

@@ -160,10 +160,11 @@ def test_bad_and_mis_cased_choices_are_refused(command, flag, action, capsys):
 
 # ---- paths ----------------------------------------------------------------------------------
 
-#: Every path a command reads or writes (command, flag); the walk must find them all.
-PATHS = {("demo", "--result-dir"), ("remove", "--data-dir"), ("remove", "--result-dir"),
+#: Every path a command reads or writes (command, flag); the walk must find them all (by an
+#: option's last name: ``remove`` and ``repair`` take ``--result-dir`` or ``--out``).
+PATHS = {("demo", "--result-dir"), ("remove", "--data-dir"), ("remove", "--out"),
          ("extract", "--data-dir"), ("extract", "--checkpoint"), ("repair", "--data-dir"),
-         ("repair", "--result-dir"), ("unlearn-features", "--out"), ("forget", "--data-dir"),
+         ("repair", "--out"), ("unlearn-features", "--out"), ("forget", "--data-dir"),
          ("forget", "--out"), ("forget", "--cache-dir"), ("evaluate", "--out")}
 
 
@@ -181,7 +182,9 @@ def test_empty_paths_are_refused(command, flag, action, capsys, tmp_path):
     argv = [command, *REQUIRED.get(command, []), f"{flag}="]
     if command == "extract" and flag == "--data-dir":
         argv = [command, f"{flag}="]
-    assert f"argument {flag}: must not be empty" in parse_error(argv, capsys)
+    # argparse names an option by all its names: --result-dir/--out
+    name = "/".join(action.option_strings)
+    assert f"argument {name}: must not be empty" in parse_error(argv, capsys)
     assert not list(tmp_path.iterdir())
 
 

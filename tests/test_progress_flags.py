@@ -13,21 +13,11 @@ import io
 import sys
 
 import pytest
+from helpers import COMMAND_ARGS as COMMANDS
 
 from fastunlearn.certified.experiment import ExperimentConfig, run_removal_experiment
 from fastunlearn.cli import build_parser, main
 from fastunlearn.cli_types import resolve_progress
-
-#: each command with the arguments it needs to parse
-COMMANDS = {
-    "remove": [],
-    "extract": ["--data-dir", "data"],
-    "repair": [],
-    "unlearn-features": [],
-    "forget": [],
-    "evaluate": ["logits"],
-    "exposure": [],
-}
 
 TINY_EXPOSURE = ["exposure", "--steps", "3", "--n-sentences", "30", "--secret-length", "1",
                  "--insertions", "2", "--hidden", "4", "--embed-dim", "4", "--seq-len", "8",

@@ -111,6 +111,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "digits-sized settings (DIGITS_OVERRIDES) apply only to --dataset "
                         "digits, every other data set always gets the published ones")
     p.add_argument("--no-mia", action="store_true", help="skip the SVC MIA-Efficacy")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write results.json, results.md and the logits only (no PNG)")
     add_progress_flags(p)
     p.set_defaults(func=run)
     return p
@@ -137,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             digits_defaults=False if args.published_defaults else None,
             cache_dir=cache_dir, out_dir=args.out,
             device=args.device, mia=not args.no_mia, progress=resolve_progress(args.progress),
+            plots=not args.no_plots,
         )
         if cache_dir is not None:  # before training: a file in the way must not cost the run
             check_output_folder(cache_dir, argument="cache_dir")

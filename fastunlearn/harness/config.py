@@ -156,6 +156,8 @@ class HarnessConfig:
             needs the GPU.
         mia: Compute OPTML's SVC MIA-Efficacy (an SVC fit per model).
         progress: tqdm bars (stderr).
+        plots: Draw the PNGs into ``out_dir`` (``accuracy.png``, ``time.png``,
+            ``epsilon_hist.png``); False writes the JSON, Markdown and logits only.
 
     ``data_dir``, ``cache_dir`` and ``out_dir`` may be str or ``os.PathLike`` (stored as str)
     or None; a wrong type, an empty path or a misspelt device raises when the config is
@@ -180,6 +182,7 @@ class HarnessConfig:
     device: str = "cpu"
     mia: bool = True
     progress: bool = False
+    plots: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
@@ -215,7 +218,7 @@ class HarnessConfig:
                              f"{ORACLE_SEED_OFFSET} + i), got {self.train_seed}")
         if self.forget_seed > _MAX_INT:
             raise ValueError(f"'forget_seed' must be <= 2**63 - 1, got {self.forget_seed}")
-        for name in ("mia", "progress"):
+        for name in ("mia", "progress", "plots"):
             if not is_flag(getattr(self, name)):
                 raise TypeError(f"'{name}' must be a bool, got "
                                 f"{type(getattr(self, name)).__name__}")

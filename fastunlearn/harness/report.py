@@ -348,8 +348,12 @@ def check_out_dir(out_dir: str | Path) -> None:
                          "logits_retain.npy; refusing to replace it (give a new --out)")
 
 
-def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
+def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = True
+                  ) -> dict[str, str]:
     """Write ``results.json``, ``results.md``, the PNGs and ``logits/``; return the paths.
+
+    With ``plots=False`` no PNG is drawn, and those of an earlier run in ``out_dir`` are
+    removed (they would not match the new results).
 
     Everything is first written into a temporary folder inside ``out_dir`` and then renamed
     into place, so an error or an interrupt (Ctrl-C) while writing leaves an earlier run's
@@ -378,11 +382,12 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
         (stage / "results.json").write_text(
             json.dumps(json_ready(public), indent=1, allow_nan=False) + "\n")
         (stage / "results.md").write_text(render_table(result))
-        eps = plot_epsilons(result, stage / "epsilon_hist.png")
+        eps = plot_epsilons(result, stage / "epsilon_hist.png") if plots else None
         if eps is not None:
             names.append("epsilon_hist.png")
-        names += [plot_accuracies(result, stage / "accuracy.png").name,
-                  plot_times(result, stage / "time.png").name]
+        if plots:
+            names += [plot_accuracies(result, stage / "accuracy.png").name,
+                      plot_times(result, stage / "time.png").name]
         # everything is written: now only renames
         if with_logits:
             swap_in_folder(stage / "logits", out / "logits")
@@ -390,6 +395,9 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
             os.replace(stage / name, out / name)
         if eps is None:  # no epsilon this run: an earlier run's histogram must not stay beside it
             (out / "epsilon_hist.png").unlink(missing_ok=True)
+        if not plots:
+            for name in ("accuracy.png", "time.png"):
+                (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     paths: dict[str, str] = {}
@@ -399,6 +407,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]
     paths["markdown"] = str(out / "results.md")
     if eps is not None:
         paths["epsilon_hist"] = str(out / "epsilon_hist.png")
-    paths["accuracy"] = str(out / "accuracy.png")
-    paths["time"] = str(out / "time.png")
+    if plots:
+        paths["accuracy"] = str(out / "accuracy.png")
+        paths["time"] = str(out / "time.png")
     return paths

@@ -279,7 +279,7 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
     if config.out_dir is not None:
         from .report import write_outputs
 
-        result["paths"] = write_outputs(result, config.out_dir)
+        result["paths"] = write_outputs(result, config.out_dir, plots=config.plots)
     return result
 
 

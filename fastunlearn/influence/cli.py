@@ -131,8 +131,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "estimate the full-data Hessian (damping d*s relative to it)")
     p.add_argument("--n-train", type=_non_negative_int, default=0,
                    help="use only the first n training rows (0: all)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device")
-    p.add_argument("--result-dir", type=_path, default="results",
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
+    p.add_argument("--result-dir", "--out", dest="result_dir", type=_path, default="results",
                    help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
     return p

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._atomic_files import save_figure, write_text
+from .._device import parse_device
 from .._numbers import plain_fields as _plain_fields
 from .._process_flags import GLOBAL_RNG_LOCK
 from .drivers import iterative_label_repair, predict, repair_labels
@@ -99,7 +100,7 @@ class RepairConfig:
         lissa_hessian: ``"batch"`` (summed batch Hessian, the reference) or ``"full"``
             (batch Hessian times N / B, an estimate of the full-data Hessian).
         n_train: Use only the first ``n_train`` training rows (0: all).
-        device: ``cpu`` or ``cuda``.
+        device: ``cpu``, ``cuda`` or ``cuda:<i>``.
         progress: Show progress bars.
 
     """
@@ -140,7 +141,8 @@ class RepairConfig:
         """Check every field; return self.
 
         Raises:
-            ValueError: a field out of range (named).
+            ValueError: a field out of range (named), or a device that is not visible.
+            TypeError: ``device`` is not a str.
 
         """
         _plain_fields(self)  # fields may have been set after construction
@@ -181,8 +183,10 @@ class RepairConfig:
                 raise ValueError(f"'{name}' must be finite and > 0, got {value}")
         if self.tau != "auto" and not (isinstance(self.tau, (int, float)) and self.tau > 0):
             raise ValueError(f"'tau' must be 'auto' or a positive number, got {self.tau!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"'device' must be 'cpu' or 'cuda', got {self.device!r}")
+        if not isinstance(self.device, str):
+            raise TypeError(f"'device' must be a str such as 'cuda:1', got "
+                            f"{type(self.device).__name__}")
+        parse_device(self.device)  # cpu, cuda or cuda:<i>, visible
         return self
 
     @property

@@ -53,7 +53,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the retrained-vs-retrained noise floor")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG histogram")
+    p.add_argument("--no-plots", "--no-plot", dest="no_plot", action="store_true",
+                   help="skip the PNG histogram")
     add_progress_flags(p)
     p.set_defaults(func=run)
     return p
