@@ -84,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "the whole space; a value >= the space size (10^L) scores every secret exactly",
     )
     p.add_argument("--seed", type=_seed, default=0, help="seed of everything, 0 .. 2**32-1")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
     add_progress_flags(p)
     p.add_argument(
         "--out", type=_out, default=None,

@@ -100,7 +100,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="cache of trained originals/oracles (default ./.fastunlearn-cache)")
     p.add_argument("--no-cache", action="store_true",
                    help="train everything, store nothing (not with --cache-dir)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:<i>")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="METHOD.KEY=VALUE",
                    help="override a method's config field, e.g. finetune.lr=0.02 "

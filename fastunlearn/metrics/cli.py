@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import write_text
-from ..cli_types import add_progress_flags, resolve_progress
+from ..cli_types import HelpFormatter, add_progress_flags, resolve_progress
 from ..cli_types import path as _path
 
 __all__ = ["add_parser", "run"]
@@ -40,6 +40,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="epsilon-hat, competition score, accuracies and fairness from saved logits",
         description="Every metric from saved logits (a logits directory in the fixture "
         "layout): evaluation.json, evaluation.md and epsilon_hist.png in --out",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  fastunlearn evaluate fastunlearn-forget/logits   # the logits `forget` wrote\n"
+        "  fastunlearn evaluate runs/logits --methods finetune,scrub --no-baseline\n",
     )
     p.add_argument("dir", type=_path,
                    help="logits directory (logits_retain.npy + <method>/logits_unlearn.npy)")
@@ -50,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--delta", type=_delta, default=0.05, help="Seed A's delta (default 0.05)")
     p.add_argument("--competition-delta", type=_delta, default=1e-5,
                    help="the competition's delta (default 1e-5)")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:<i>")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the retrained-vs-retrained noise floor")
     p.add_argument("--no-plots", "--no-plot", dest="no_plot", action="store_true",
