@@ -568,8 +568,9 @@ def _command_modules() -> list[Callable[[argparse._SubParsersAction], Any]]:
     from .influence.cli import add_parser as repair
     from .influence.feature_cli import add_parser as unlearn_features
     from .metrics.cli import add_parser as evaluate
+    from .report.cli import add_parser as html
 
-    return [repair, unlearn_features, forget, evaluate, exposure]
+    return [repair, unlearn_features, forget, evaluate, exposure, html]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from fastunlearn import cli
 
 COMMANDS = (
     "info", "demo", "remove", "extract", "repair", "unlearn-features", "forget", "evaluate",
-    "exposure",
+    "exposure", "html",
 )
 
 
