@@ -106,37 +106,24 @@ def _code_span(text: str, start: int, ctx: _Context) -> tuple[str, int] | None:
     return None
 
 
-def _bracket_end(text: str, start: int) -> int | None:
-    """Index of the ``]`` that closes the ``[`` at ``start`` (escapes skipped), or None."""
+def _closing(text: str, start: int, pair: str, *, one_line: bool) -> int | None:
+    """Index of the ``pair[1]`` that closes the ``pair[0]`` at ``start``, or None.
+
+    Nested pairs are balanced and backslash escapes skipped; with ``one_line`` a newline
+    before the close means there is none (a link's destination stays on its line).
+    """
+    opening, closing = pair
     depth, i = 0, start
     while i < len(text):
         c = text[i]
         if c == "\\":
             i += 2
             continue
-        if c == "[":
-            depth += 1
-        elif c == "]":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
-
-
-def _paren_end(text: str, start: int) -> int | None:
-    """Index of the ``)`` that closes the ``(`` at ``start`` (balanced), or None."""
-    depth, i = 0, start
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "\n":
+        if one_line and c == "\n":
             return None
-        if c == "(":
+        if c == opening:
             depth += 1
-        elif c == ")":
+        elif c == closing:
             depth -= 1
             if depth == 0:
                 return i
@@ -146,10 +133,10 @@ def _paren_end(text: str, start: int) -> int | None:
 
 def _link_parts(text: str, start: int) -> tuple[str, str, int] | None:
     """Parse ``[label](destination)`` at ``start``: ``(label, destination, end)`` or None."""
-    close = _bracket_end(text, start)
+    close = _closing(text, start, "[]", one_line=False)
     if close is None or not text.startswith("(", close + 1):
         return None
-    end = _paren_end(text, close + 1)
+    end = _closing(text, close + 1, "()", one_line=True)
     if end is None:
         return None
     dest = text[close + 2:end].strip()
