@@ -6,10 +6,12 @@ list and no build torch) because setuptools packs only modules unless told other
 
 import fnmatch
 import pathlib
+import sys
 
 import pytest
 
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+# tomllib is Python >= 3.11; pytest brings tomli (the same parser) to 3.10
+tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fastunlearn"
