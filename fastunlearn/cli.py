@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ._cli_output import add_json_flag, json_output
 from .cli_types import HelpFormatter, add_progress_flags, resolve_progress
 from .cli_types import non_negative_float as _non_negative_float
 from .cli_types import non_negative_int as _non_negative_int
@@ -179,7 +180,8 @@ def _add_remove_parser(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--verbose", action="store_true",
                      help="print training details and every evaluation (no progress bar)")
     add_progress_flags(p)
-    p.set_defaults(func=_cmd_remove)
+    add_json_flag(p)
+    p.set_defaults(func=json_output(_cmd_remove))
 
 
 def _print_summary(result: Any) -> None:
@@ -263,6 +265,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         return _error("remove", f"the fit failed numerically ({exc}); extreme --lam, --std "
                       "or --epsilon values can cause this", status=1)
     _print_summary(result)
+    args.json_result = result.to_dict()
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .._atomic_files import write_text
+from .._cli_output import add_json_flag, json_output
 from .._output_folder import check_output_folder
 from ..cli_types import add_progress_flags, resolve_progress
 from ..cli_types import integer as _integer
@@ -92,7 +93,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--no-plots", action="store_true",
                    help="write exposure.json and exposure.md only (no PNG)")
-    p.set_defaults(func=run)
+    add_json_flag(p)
+    p.set_defaults(func=json_output(run))
     return p
 
 
@@ -154,4 +156,5 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         print("wrote " + ", ".join(str(args.out / name) for name in outputs))
+    args.json_result = result.to_dict()
     return 0

@@ -13,6 +13,7 @@ import ast
 import sys
 from typing import Any
 
+from .._cli_output import add_json_flag, json_output
 from .._output_folder import check_output_folder
 from ..cli_types import add_progress_flags, resolve_progress
 from ..cli_types import path as _path
@@ -114,7 +115,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true",
                    help="write results.json, results.md and the logits only (no PNG)")
     add_progress_flags(p)
-    p.set_defaults(func=run)
+    add_json_flag(p)
+    p.set_defaults(func=json_output(run))
     return p
 
 
@@ -151,7 +153,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastunlearn forget: error: {exc}", file=sys.stderr)
         return 1
     paths = result["paths"]
+    from ..metrics.report import json_ready
     from .report import render_table
+
+    args.json_result = json_ready(
+        {**{k: v for k, v in result.items() if k not in ("logits", "labels")}, "paths": paths})
 
     print(render_table(result))
     print("wrote " + ", ".join(paths.values()))

@@ -7,12 +7,12 @@ Wire it into ``fastunlearn/cli.py`` with ``from .influence import cli as influen
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from .._cli_output import add_json_flag, json_output
 from .._device import parse_device
 from .._output_folder import check_output_folder
 from ..cli_types import HelpFormatter, add_progress_flags, resolve_progress
@@ -35,26 +35,25 @@ def _add_run_options(
 ) -> None:
     """Add the options every experiment command ends with and set ``func`` as its runner.
 
-    ``--no-plots``, ``--progress`` and ``--json`` (print the result JSON to stdout).
+    ``--no-plots``, ``--progress`` and ``--json`` (the result JSON alone on stdout).
     """
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_progress_flags(p)
-    p.add_argument("--json", action="store_true", help="print the result JSON to stdout")
-    p.set_defaults(func=func)
+    add_json_flag(p)
+    p.set_defaults(func=json_output(func))
 
 
 def _finish(files: dict[str, str], result: dict[str, Any], args: argparse.Namespace) -> int:
-    """Print the written files (and, with ``--json``, the result) of an experiment; return 0.
+    """Print the written files of an experiment, keep its ``--json`` document; return 0.
 
-    The ``--json`` line is the object written to the JSON file (strict JSON: non-finite
+    The ``--json`` document is the object written to the JSON file (strict JSON: non-finite
     numbers are null, the written files included).
     """
     from .experiment import _json_ready
 
     for kind, path in files.items():
         print(f"wrote {kind}: {path}")
-    if args.json:
-        print(json.dumps(_json_ready({**result, "files": files}), allow_nan=False))
+    args.json_result = _json_ready({**result, "files": files})
     return 0
 
 

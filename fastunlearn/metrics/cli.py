@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import write_text
+from .._cli_output import add_json_flag, json_output
 from ..cli_types import HelpFormatter, add_progress_flags, resolve_progress
 from ..cli_types import path as _path
 
@@ -60,7 +61,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", "--no-plot", dest="no_plot", action="store_true",
                    help="skip the PNG histogram")
     add_progress_flags(p)
-    p.set_defaults(func=run)
+    add_json_flag(p)
+    p.set_defaults(func=json_output(run))
     return p
 
 
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     print(render_evaluation_markdown(result))
     print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'}"
           + ("" if args.no_plot else f", {out / 'epsilon_hist.png'}"))
+    args.json_result = json_ready(result)
     return 0
 
 

@@ -153,8 +153,11 @@ def test_repair_json_stdout_is_strict_and_equals_the_written_file(tmp_path, caps
                    "--budget", "20", "--protocol", "one-shot", "--cg-maxiter", "1",
                    "--result-dir", str(out), "--no-plots", "--json"])
     assert status == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    printed = _strict_json(lines[-1])
+    captured = capsys.readouterr()
+    # stdout holds the JSON document alone; the summary lines went to stderr
+    (document,) = captured.out.strip().splitlines()
+    printed = _strict_json(document)
+    lines = captured.err.strip().splitlines()
     written = _strict_json((out / "repair_digits.json").read_text())
     assert printed == written
     assert printed["files"] == {"json": str(out / "repair_digits.json"),
@@ -246,9 +249,10 @@ def test_unlearn_features_non_finite_results_print_like_the_report(monkeypatch, 
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "Traceback" not in captured.err
-    lines = captured.out.strip().splitlines()
+    (document,) = captured.out.strip().splitlines()
+    lines = captured.err.strip().splitlines()
     written = _strict_json((out / "features_wine.json").read_text())
-    assert _strict_json(lines[-1]) == written
+    assert _strict_json(document) == written
     assert written["original"]["residual"] is None  # the overflow happened
 
     def shown(value, text):

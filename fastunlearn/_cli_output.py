@@ -1,0 +1,54 @@
+"""``--json``: a command's result as one JSON document on stdout, for scripts and ``jq``.
+
+Every experiment command takes the flag the same way: its result (the object it writes to
+its JSON file) is printed alone on stdout, and everything it prints for people (per-step
+lines, tables, "wrote ..." lines) goes to stderr instead, so that
+``fastunlearn remove --json | jq .privacy.budget`` reads a clean stream. A command's runner
+stores the document in ``args.json_result``; :func:`json_output` does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["add_json_flag", "json_output"]
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json`` to a command's parser."""
+    parser.add_argument("--json", action="store_true",
+                        help="print the result (what the JSON file holds) as one JSON "
+                        "document on stdout; everything else goes to stderr")
+
+
+def json_output(run: Runner) -> Runner:
+    """Wrap a command's runner so that ``--json`` puts only the result on stdout.
+
+    With ``args.json`` set, the runner's own printing goes to stderr and, if it stored a
+    document in ``args.json_result`` (also when it returns a non-zero status after a
+    partial success), that document is written to the real stdout as strict JSON on one
+    line. Without the flag the runner runs as it is.
+    """
+
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        if not getattr(args, "json", False):
+            return run(args)
+        stdout = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            status = run(args)
+        document: Any = getattr(args, "json_result", None)
+        if document is not None:
+            stdout.write(json.dumps(document, allow_nan=False) + "\n")
+            stdout.flush()
+        return status
+
+    return wrapped
