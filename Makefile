@@ -23,7 +23,7 @@ $(STAMP):
 	# plain `torch` takes the newest CUDA-enabled build (torchvision needs it)
 	$(PIP) install torch torchvision
 	$(PIP) install ninja numpy scipy scikit-learn tqdm matplotlib safetensors \
-	    pytest hypothesis pytest-benchmark expecttest opacus ruff
+	    pytest hypothesis pytest-benchmark expecttest opacus ruff mypy
 	# nvcc matching torch's CUDA version, for compiling the CUDA kernels
 	$(PY) -c "import torch,sys;v=torch.version.cuda;sys.exit(0 if v else 1)" && \
 	  $(PIP) install "cuda-toolkit[nvcc,cccl]==$$($(PY) -c 'import torch;print(torch.version.cuda)').*" || \

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from typing import SupportsFloat, SupportsIndex, cast
 
 import numpy as np
 
@@ -46,25 +47,27 @@ def is_flag(value: object) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
-def as_int(value: numbers.Integral) -> int:
+def as_int(value: object) -> int:
     """Return the Python int of an integer (``np.int64(3)`` -> ``3``)."""
-    return int(value)
+    # Callers check the value with is_integer first (Python or NumPy integer).
+    return int(cast(SupportsIndex, value))
 
 
-def is_finite(value: numbers.Real) -> bool:
+def is_finite(value: object) -> bool:
     """Whether a real number is finite (an int beyond the float range is not)."""
     try:
-        return math.isfinite(value)
+        return math.isfinite(cast(SupportsFloat, value))
     except OverflowError:
         return False
 
 
-def as_float(value: numbers.Real) -> float:
+def as_float(value: object) -> float:
     """``float(value)``, with an int beyond the float range as a signed infinity."""
     try:
-        return float(value)
+        return float(cast(SupportsFloat, value))
     except OverflowError:
-        return math.inf if value > 0 else -math.inf
+        # Only an exact real (an int) overflows; it compares with 0 as an int does.
+        return math.inf if cast(int, value) > 0 else -math.inf
 
 
 def as_plain(value: object) -> object:
@@ -76,9 +79,9 @@ def as_plain(value: object) -> object:
         if is_flag(value):
             return bool(value)
         if is_integer(value):
-            return as_int(value)  # type: ignore[arg-type]
+            return as_int(value)
         if is_real(value):
-            return as_float(value)  # type: ignore[arg-type]
+            return as_float(value)
         return value
     if isinstance(value, (tuple, list)) and any(isinstance(v, np.generic) for v in value):
         return type(value)(as_plain(v) for v in value)

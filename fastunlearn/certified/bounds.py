@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import SupportsFloat, SupportsIndex, cast
 
 import numpy as np
 from torch import Tensor
@@ -45,12 +46,13 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _as_float(name: str, value: numbers.Real) -> float:
+def _as_float(name: str, value: object) -> float:
     """``float(value)``; an int beyond the float range is a ValueError naming ``name``."""
     try:
-        return float(value)
+        return float(cast(SupportsFloat, value))
     except OverflowError:
-        bits = int(value).bit_length()  # not the digits: str() of a huge int can fail too
+        # not the digits: str() of a huge int can fail too
+        bits = int(cast(SupportsIndex, value)).bit_length()
         raise ValueError(f"argument '{name}' is too large for a float (an int of {bits} "
                          "bits)") from None
 
@@ -64,7 +66,7 @@ def _check_delta(delta: float) -> float:
     return delta
 
 
-def _check_nonneg(name: str, value: float, *, positive: bool = False) -> float:
+def _check_nonneg(name: str, value: object, *, positive: bool = False) -> float:
     if not _is_real(value):
         raise TypeError(f"argument '{name}' must be a real number, got {type(value).__name__}")
     value = _as_float(name, value)
@@ -149,7 +151,7 @@ def epsilon_spent(used: float, sigma: float, delta: float) -> float:
     return c * used / sigma
 
 
-def resolve_gamma(gamma: float | str) -> float:
+def resolve_gamma(gamma: float | np.floating | str) -> float:
     """Turn the ``gamma`` option into a number.
 
     Args:

@@ -204,22 +204,22 @@ class CertifiedLogisticRegression(
 
     def __init__(
         self,
-        lam: float = 1e-3,
-        sigma: float = 10.0,
-        epsilon: float = 1.0,
-        delta: float = 1e-4,
+        lam: float | np.floating = 1e-3,
+        sigma: float | np.floating = 10.0,
+        epsilon: float | np.floating = 1.0,
+        delta: float | np.floating = 1e-4,
         train_mode: str = "auto",
-        subsample_ratio: float = 1.0,
-        gamma: float | str = 0.25,
+        subsample_ratio: float | np.floating = 1.0,
+        gamma: float | np.floating | str = 0.25,
         solver: str = "auto",
         retrain: bool = True,
         normalize: bool = True,
-        seed: int = 0,
+        seed: int | np.integer = 0,
         device: str | torch.device = "cpu",
-        max_iter: int = 100,
-        tol: float = 1e-10,
+        max_iter: int | np.integer = 100,
+        tol: float | np.floating = 1e-10,
         checkpoint: str | os.PathLike[str] | None = None,
-        cg_tol: float = CG_BOUND_FRACTION,
+        cg_tol: float | np.floating = CG_BOUND_FRACTION,
     ) -> None:
         self.lam = lam
         self.sigma = sigma

@@ -18,7 +18,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -356,7 +356,8 @@ class NewtonResult(NamedTuple):
     converged: bool
     cholesky: Tensor
 
-    __repr__ = fields_repr  # bounded: large tensors print their shape
+    if not TYPE_CHECKING:  # a method, not a field, to type checkers too
+        __repr__ = fields_repr  # bounded: large tensors print their shape
 
 
 def _check_same_dtype(X: Tensor, **others: Tensor | None) -> None:

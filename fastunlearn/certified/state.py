@@ -13,7 +13,7 @@ import math
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -230,7 +230,7 @@ class ModelState:
                     f"{tuple(tensors[name].shape)}"
                 )
         try:
-            model = cls(**meta["params"])
+            model = cast("CertifiedLogisticRegression", cls(**meta["params"]))
             cfg = dict(meta["config"])
         except (TypeError, KeyError) as err:
             raise ValueError(f"argument 'meta' has unknown or missing parameters: {err}") from None

@@ -29,7 +29,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ def _scan_folders(root: Path) -> list[tuple[Path, int, str | None]] | None:
     dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if not dirs or not all(re.fullmatch(r"\d+", d.name) for d in dirs):
         return None
-    items = []
+    items: list[tuple[Path, int, str | None]] = []
     for d in sorted(dirs, key=lambda d: int(d.name)):
         items += [(p, int(d.name), None) for p in sorted(d.iterdir()) if _is_image(p)]
     return items
@@ -215,7 +215,9 @@ class AgeImageFolder(Dataset):
         self.ages = torch.tensor([a for _, a, _ in items], dtype=torch.int64)
         self.targets = age_bins(self.ages, bin_width, num_bins)
         subjects = [s for _, _, s in items]
-        self.subjects: list[str] | None = None if subjects[0] is None else subjects
+        self.subjects: list[str] | None = (
+            None if subjects[0] is None else cast("list[str]", subjects)
+        )
         self.num_classes = num_bins
         self.bin_width = bin_width
         self.target = target

@@ -13,7 +13,7 @@ gradient; call them under ``torch.no_grad()`` or on detached tensors.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from torch import Tensor
 from .._numbers import as_float, as_int, is_finite, is_integer, is_real
 from .._repr import fields_repr
 from ._fake_shapes import check_fake_devices
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _MAX_INT64 = 2**63 - 1
 
@@ -49,7 +52,8 @@ class CGResult(NamedTuple):
     iterations: Tensor
     residual_norms: Tensor
 
-    __repr__ = fields_repr  # bounded: large tensors print their shape
+    if not TYPE_CHECKING:  # a method, not a field, to type checkers too
+        __repr__ = fields_repr  # bounded: large tensors print their shape
 
 
 def _check_tensor(value: object, name: str) -> None:
@@ -66,7 +70,7 @@ def _check_lam(lam: object) -> float:
     return lam
 
 
-def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
+def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float | np.floating) -> Tensor:
     """Hessian-vector products of K weighted least-squares/GLM Hessians in one pass over X.
 
     Column k of the result is ``X^T (S[:, k] * (X V[:, k])) + lam V[:, k]``. Each row chunk of
@@ -96,7 +100,9 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float) -> Tensor:
     return torch.ops.fastunlearn.glm_hvp.default(X, S, V, _check_lam(lam))
 
 
-def glm_hvp_margins(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+def glm_hvp_margins(
+    X: Tensor, S: Tensor, V: Tensor, lam: float | np.floating
+) -> tuple[Tensor, Tensor]:
     """:func:`glm_hvp` and the margins ``X V`` it computes on the way, in one pass over X.
 
     A caller that needs both (the certified CG removal step: ``X V`` updates the cached
@@ -126,7 +132,7 @@ def glm_hvp_margins(X: Tensor, S: Tensor, V: Tensor, lam: float) -> tuple[Tensor
     return torch.ops.fastunlearn.glm_hvp_margins.default(X, S, V, _check_lam(lam))
 
 
-def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
+def glm_hessian(X: Tensor, S: Tensor, lam: float | np.floating) -> Tensor:
     """Compute the K Hessians ``X^T diag(S[:, k]) X + lam I``, accumulated over row chunks.
 
     Args:
@@ -149,7 +155,7 @@ def glm_hessian(X: Tensor, S: Tensor, lam: float) -> Tensor:
     return torch.ops.fastunlearn.glm_hessian.default(X, S, _check_lam(lam))
 
 
-def jacobi_inverse_diagonal(X: Tensor, S: Tensor, lam: float) -> Tensor:
+def jacobi_inverse_diagonal(X: Tensor, S: Tensor, lam: float | np.floating) -> Tensor:
     """Inverse diagonals of the K Hessians: ``1 / ((X * X)^T S + lam)``, a Jacobi preconditioner.
 
     Where a diagonal entry is not positive (a feature that is zero on every weighted row
@@ -240,12 +246,12 @@ def glm_cg(
     X: Tensor,
     S: Tensor,
     B: Tensor,
-    lam: float,
+    lam: float | np.floating,
     *,
     x0: Tensor | None = None,
     precond: str | Tensor | None = None,
-    tol: float = 1e-6,
-    maxiter: int | None = None,
+    tol: float | np.floating = 1e-6,
+    maxiter: int | np.integer | None = None,
 ) -> CGResult:
     """Solve the K systems ``(X^T diag(S[:, k]) X + lam I) x_k = B[:, k]`` by CG, matrix-free.
 

@@ -48,12 +48,15 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .._numbers import is_flag
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["knn_extreme", "farthest_k", "nearest_k"]
 
@@ -191,7 +194,9 @@ def _knn_extreme_traced(Q: Tensor, P: Tensor, k: int, largest: bool) -> tuple[Te
     return out.to(dist.dtype), index
 
 
-def knn_extreme(Q: Tensor, P: Tensor, k: int, *, largest: bool = True) -> tuple[Tensor, Tensor]:
+def knn_extreme(
+    Q: Tensor, P: Tensor, k: int | np.integer, *, largest: bool = True
+) -> tuple[Tensor, Tensor]:
     """Find the ``k`` farthest (or nearest) rows of ``P`` for every row of ``Q``.
 
     Squared Euclidean distances, computed tile by tile without the full ``m x n`` matrix.
@@ -238,7 +243,7 @@ def knn_extreme(Q: Tensor, P: Tensor, k: int, *, largest: bool = True) -> tuple[
     return _unscale_distances(dist, e), index
 
 
-def farthest_k(Q: Tensor, P: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def farthest_k(Q: Tensor, P: Tensor, k: int | np.integer) -> tuple[Tensor, Tensor]:
     """Find the ``k`` rows of ``P`` farthest from each row of ``Q``.
 
     Same as ``knn_extreme(Q, P, k, largest=True)``.
@@ -255,7 +260,7 @@ def farthest_k(Q: Tensor, P: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return knn_extreme(Q, P, k, largest=True)
 
 
-def nearest_k(Q: Tensor, P: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def nearest_k(Q: Tensor, P: Tensor, k: int | np.integer) -> tuple[Tensor, Tensor]:
     """Find the ``k`` rows of ``P`` nearest to each row of ``Q``.
 
     Same as ``knn_extreme(Q, P, k, largest=False)``.
