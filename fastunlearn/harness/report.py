@@ -21,7 +21,7 @@ import torch
 from .._atomic_files import save_figure, swap_in_folder
 from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
-from ..metrics.report import json_ready
+from ..metrics.report import FEW_FINITE, json_ready
 
 __all__ = ["check_out_dir", "render_table", "write_outputs"]
 
@@ -164,11 +164,6 @@ def _figure(size: tuple[float, float]) -> Any:
     fig = Figure(figsize=size, dpi=100)
     FigureCanvasAgg(fig)
     return fig
-
-
-#: Fewer finite per-example epsilons than this make bars, not a distribution: the panel
-#: says so.
-FEW_FINITE = 5
 
 
 def plot_epsilons(result: dict[str, Any], path: Path) -> Path | None:

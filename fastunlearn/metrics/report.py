@@ -143,8 +143,8 @@ def render_evaluation_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: A method with fewer finite per-example epsilons than this says so in the legend: its
-#: few bars are not a distribution.
+#: A method with fewer finite per-example epsilons than this says so (the legend here, the
+#: panel title in ``fastunlearn forget``'s histogram): its few bars are not a distribution.
 FEW_FINITE = 5
 
 
