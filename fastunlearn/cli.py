@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ._cli_output import add_json_flag, json_output
+from ._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .cli_types import HelpFormatter, add_progress_flags, resolve_progress
 from .cli_types import non_negative_float as _non_negative_float
 from .cli_types import non_negative_int as _non_negative_int
@@ -257,8 +258,10 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         config.validate()
         args.stem = config.stem
         _check_outputs(args)
-        result = run_removal_experiment(
-            config, echo=print, progress=resolve_progress(args.progress) and not args.verbose)
+        with GracefulStop(what="batch of removals") as stop:
+            result = run_removal_experiment(
+                config, echo=print, progress=resolve_progress(args.progress) and not args.verbose,
+                should_stop=stop)
     except (ValueError, TypeError, OSError, ImportError) as exc:
         return _error("remove", str(exc))
     except (ArithmeticError, RuntimeError) as exc:  # e.g. a Cholesky failure at lam 1e-150
@@ -266,6 +269,11 @@ def _cmd_remove(args: argparse.Namespace) -> int:
                       "or --epsilon values can cause this", status=1)
     _print_summary(result)
     args.json_result = result.to_dict()
+    if result.stopped_on_request:
+        where = f" in {config.result_dir}" if config.result_dir is not None else ""
+        print(f"fastunlearn remove: stopped on request (Ctrl-C): the results{where} cover "
+              f"the {result.privacy['removals']} removals made", file=sys.stderr)
+        return INTERRUPTED_STATUS
     return 0
 
 
@@ -579,7 +587,11 @@ def _command_modules() -> list[Callable[[argparse._SubParsersAction], Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastunlearn`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one where no step can finish first
+        print(f"\nfastunlearn {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED_STATUS
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import torch
 
 from .._atomic_files import write_text
 from .._device import parse_device
+from .._interrupt import StopCheck, check_stop_callable, stop_requested
 from .._numbers import is_finite, is_integer, is_real, plain_fields
 from .._repr import fields_repr, format_number, summarize
 
@@ -403,6 +404,8 @@ class ExperimentResult:
         fairness: ``before``/``after``: per-class test accuracy, worst class, largest gap.
         timings: Fit, removal and retraining times, removals per second, speed-up.
         files: Output kind -> path (empty without a ``result_dir``).
+        stopped_on_request: True when ``should_stop`` ended the run before every removal
+            was made (``privacy["stop_reason"]`` says after how many).
 
     """
 
@@ -416,6 +419,7 @@ class ExperimentResult:
     fairness: dict[str, Any]
     timings: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
+    stopped_on_request: bool = False
 
     def __repr__(self) -> str:
         """Return the key numbers in one line (not every record, whatever their number)."""
@@ -439,6 +443,8 @@ class ExperimentResult:
         parts.append(f"records={len(self.records)}, evaluations={len(self.evaluations)}")
         if self.files:
             parts.append(f"files={summarize(self.files)}")
+        if self.stopped_on_request:
+            parts.append("stopped_on_request=True")
         return f"ExperimentResult({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -619,6 +625,7 @@ def run_removal_experiment(
     data: ExperimentData | None = None,
     echo: Callable[[str], None] | None = None,
     progress: bool = False,
+    should_stop: StopCheck | None = None,
 ) -> ExperimentResult:
     """Fit a certified model, remove ``config.num_removes`` rows, measure and report.
 
@@ -631,17 +638,24 @@ def run_removal_experiment(
             e.g. a notebook or a log: ``fastunlearn remove`` asks for it only on a
             terminal unless ``--progress``); lines from ``echo`` are then written above
             the bar.
+        should_stop: Asked before each ``remove`` call (a batch, or a run of at most
+            ``SEQUENTIAL_CHUNK`` sequential removals); when it answers True the run stops
+            there (a call is never cut in half), skips the retraining timing and reports and
+            writes what was done, with ``stopped_on_request`` set. ``fastunlearn
+            remove`` answers True after the first Ctrl-C. None: run to the end.
 
     Returns:
         The :class:`ExperimentResult`; its ``files`` lists what was written.
 
     Raises:
+        TypeError: ``should_stop`` is neither None nor callable.
         ValueError: Bad configuration (naming the field), or too many removals.
         FileNotFoundError: Missing data files.
         ImportError: ``config.plots`` without matplotlib.
 
     """
     config.validate()
+    check_stop_callable(should_stop)
     data = data if data is not None else load_experiment_data(config)
     n_train = int(data.X_train.shape[0])
     order = removal_order(data.y_train, config.num_removes, config.seed)
@@ -670,6 +684,7 @@ def run_removal_experiment(
     evaluations = [{"n_removed": 0, "test_accuracy": test_acc, "retrains": 0}]
     records: list[dict[str, Any]] = []
     stop_reason = None
+    budget_stopped = stopped_on_request = False
     chunks = _chunks(order, config.batch, eval_every)
     bar = _progress_bar(len(order), progress)
 
@@ -696,12 +711,19 @@ def run_removal_experiment(
 
     try:
         for chunk in chunks:
+            if stop_requested(should_stop):
+                stopped_on_request = True
+                stop_reason = (f"stopped on request after {n_removed} of {len(order)} "
+                               "removals")
+                write(stop_reason)
+                break
             try:
                 report = model.remove(chunk, batch=config.batch > 0)
             except _budget_error() as exc:
                 if exc.report is not None:  # the removals of this call made before the refusal
                     account(exc.report)
                 stop_reason = f"budget exhausted before removal {n_removed + 1}: {exc}"
+                budget_stopped = True
                 write(stop_reason)
                 break
             account(report)
@@ -729,7 +751,7 @@ def run_removal_experiment(
     final["distance_bound"] = exact["distance_bound"]
 
     retrain_seconds = None
-    if config.time_retraining:
+    if config.time_retraining and not stopped_on_request:
         keep = np.ones(n_train, dtype=bool)
         keep[np.asarray(model.removed_indices_, dtype=np.int64)] = False
         fresh, retrain_seconds = _time_retraining(config, data.X_train[keep], data.y_train[keep])
@@ -740,7 +762,7 @@ def run_removal_experiment(
     gamma = resolve_gamma(config.gamma)
     budget = float(model.budget_)
     budget_left = float(model.budget_left_)
-    supported, estimate = _supported(records, budget_left, stop_reason is not None)
+    supported, estimate = _supported(records, budget_left, budget_stopped)
     # a retrain record's bound is the one that did not fit: not part of the used budget
     bounds = [r["bound"] for r in records if not r["retrained"]]
     # worst case (Theorem 1) of the steps made, summed over the classes each one updated
@@ -789,7 +811,7 @@ def run_removal_experiment(
                  "n_train": n_train, "n_test": int(data.X_test.shape[0]),
                  "n_features": data.n_features}
     result = ExperimentResult(config, data_info, training, records, evaluations, final,
-                              privacy, fairness, timings)
+                              privacy, fairness, timings, stopped_on_request=stopped_on_request)
     if config.result_dir is not None:
         result.files = write_outputs(result, config.result_dir)
     return result

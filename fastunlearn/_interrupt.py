@@ -1,0 +1,97 @@
+"""Ctrl-C in a long command: stop at the next safe point and keep what was done.
+
+The experiment runners (``run_removal_experiment``, ``run_harness``,
+``run_repair_experiment``) take a ``should_stop`` callable that they ask between steps
+(removals, method runs, repair steps); when it answers True they stop there, mark the
+result as stopped on request and write everything finished so far. The commands wire
+``should_stop`` to :class:`GracefulStop`: the first Ctrl-C asks the run to stop after the
+step in progress (a removal is never cut in half), a second one aborts at once. A library
+user can pass any callable instead, e.g. a time limit.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any, TextIO
+
+__all__ = ["INTERRUPTED_STATUS", "GracefulStop", "StopCheck", "check_stop_callable",
+           "stop_requested"]
+
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED_STATUS = 130
+
+#: What the runners take: called between steps, True means "stop here".
+StopCheck = Callable[[], bool]
+
+
+def stop_requested(should_stop: StopCheck | None, argument: str = "should_stop") -> bool:
+    """Ask ``should_stop`` (None: never stop); its answer must be a plain truth value.
+
+    Raises:
+        TypeError: ``should_stop`` is neither None nor callable.
+
+    """
+    check_stop_callable(should_stop, argument)
+    return should_stop is not None and bool(should_stop())
+
+
+def check_stop_callable(should_stop: Any, argument: str = "should_stop") -> None:
+    """Refuse, before any work, a ``should_stop`` that is neither None nor callable."""
+    if should_stop is not None and not callable(should_stop):
+        raise TypeError(f"'{argument}' must be None or a callable taking no arguments, "
+                        f"got {type(should_stop).__name__}")
+
+
+class GracefulStop:
+    """Turn the first Ctrl-C into a request to stop; a second Ctrl-C raises as usual.
+
+    Use as a context manager around a run and pass the instance (it is callable) as the
+    run's ``should_stop``. The handler is installed only in the main thread and only where
+    SIGINT still has Python's default handler (a caller's own handler is left alone); the
+    previous handler is always put back on exit.
+
+    Args:
+        what: The step the run finishes before it stops, for the message ("removal").
+        stream: Where the message goes (stderr by default).
+
+    """
+
+    def __init__(self, what: str = "step", stream: TextIO | None = None) -> None:
+        self.what = what
+        self.stream = stream
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __call__(self) -> bool:
+        """Return True once Ctrl-C was pressed (what the runners' ``should_stop`` asks)."""
+        return self.requested
+
+    def __enter__(self) -> GracefulStop:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:  # the second Ctrl-C: abort now
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        stream = self.stream or sys.stderr
+        print(f"\nfastunlearn: Ctrl-C: stopping after the current {self.what} and writing "
+              "what is done (Ctrl-C again to abort at once)", file=stream, flush=True)
