@@ -589,8 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one where no step can finish first
-        print(f"\nfastunlearn {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or a stop where no step can finish
+        detail = f": {exc}" if str(exc) else ""  # e.g. which trained models were kept
+        print(f"\nfastunlearn {args.command}: interrupted (Ctrl-C){detail}", file=sys.stderr)
         return INTERRUPTED_STATUS
 
 

@@ -4,6 +4,11 @@ Example::
 
     fastunlearn forget --method finetune,neggrad,influence --dataset digits \\
         --forget class:3 --seeds 3 --oracles 4 --out runs/digits-class3
+
+Ctrl-C during the method runs stops after the run in progress: the finished runs are
+scored and written to ``--out`` (the rest marked "not run") and the exit status is 130. A
+Ctrl-C while the original model and the oracles train stops after the model in training
+(the models so far stay in the cache) and writes nothing; a second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sys
 from typing import Any
 
 from .._cli_output import add_json_flag, json_output
+from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
 from ..cli_types import add_progress_flags, resolve_progress
 from ..cli_types import path as _path
@@ -121,7 +127,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``forget``; returns the exit status (0 ok, 1 some method failed, 2 bad input)."""
+    """Run ``forget``; returns the exit status.
+
+    The status is 0 (ok), 1 (some method failed), 2 (bad input) or 130
+    (:data:`~fastunlearn._interrupt.INTERRUPTED_STATUS`: stopped by Ctrl-C between method
+    runs; the partial results are written, and with ``--json`` printed). The run goes
+    inside :class:`~fastunlearn._interrupt.GracefulStop`: the first Ctrl-C asks
+    :func:`~fastunlearn.harness.run_harness` to stop after the method run in progress. A
+    KeyboardInterrupt that escapes (a second Ctrl-C, or a stop while the original model
+    and the oracles train) propagates to the caller.
+    """
     from ..forget import available_methods
     from . import HarnessConfig, TrainSettings, run_harness
 
@@ -145,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if cache_dir is not None:  # before training: a file in the way must not cost the run
             check_output_folder(cache_dir, argument="cache_dir")
-        result = run_harness(config)
+        with GracefulStop(what="method run") as stop:
+            result = run_harness(config, should_stop=stop)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"fastunlearn forget: error: {exc}", file=sys.stderr)
         return 2
@@ -161,11 +177,15 @@ def run(args: argparse.Namespace) -> int:
 
     print(render_table(result))
     print("wrote " + ", ".join(paths.values()))
-    failed = [n for n, e in result["methods"].items() if e["status"] != "ok"]
+    # "not run" (a stop on request came first) is no error
+    failed = [n for n, e in result["methods"].items() if e["status"] not in ("ok", "not run")]
     if failed:
         print(f"fastunlearn forget: methods with errors: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    if result.get("stopped_on_request"):
+        print(f"fastunlearn forget: {result.get('stop_note', 'stopped on request')}; the "
+              f"partial results are in {config.out_dir}", file=sys.stderr)
+        return INTERRUPTED_STATUS
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

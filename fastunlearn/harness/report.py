@@ -98,15 +98,33 @@ def _privacy_notes(result: dict[str, Any]) -> list[str]:
             "oracles and the models compared with them (--oracles, --seeds).", *lines]
 
 
+def _status(e: dict[str, Any]) -> str:
+    """Return the table's status cell: ``partial k/n``, ``not run``, ``ok, k of n seeds``."""
+    status = str(e["status"])
+    if status == "partial":
+        status = f"partial {e['num_ok']}/{len(e['runs'])}"
+    missing = e.get("not_run") or []
+    if missing and e.get("runs"):  # stopped on request part-way through its seeds
+        status += f", {len(e['runs'])} of {len(e['runs']) + len(missing)} seeds run"
+    return status
+
+
 def render_table(result: dict[str, Any]) -> str:
-    """Render the Markdown comparison table (a row per method, the original, the oracles)."""
+    """Render the Markdown comparison table (a row per method, the original, the oracles).
+
+    A run stopped on request (``result["stopped_on_request"]``) says so right under the
+    title, with its ``stop_note``; its methods that did not run show ``not run`` and dashes.
+    """
     cfg, data = result["config"], result["data"]
     dropped = data.get("test_classes_dropped") or []
     test_note = (f" of the classes not forgotten ({', '.join(map(str, dropped))} dropped, as "
                  "in OPTML's class-wise protocol)" if dropped else "")
-    lines = [
-        "# fastunlearn forget: comparison",
-        "",
+    lines = ["# fastunlearn forget: comparison", ""]
+    if result.get("stopped_on_request"):
+        note = result.get("stop_note") or "stopped on request"
+        lines += [f"**Partial results:** {_cell(note)}. The numbers below cover the runs "
+                  "that were made; the methods marked `not run` did not run.", ""]
+    lines += [
         f"Data set `{data['dataset']}` ({data['num_train']} train / {data['num_test']} test"
         f"{test_note}, {data['num_classes']} classes), model `{cfg['model']}`, "
         f"forget `{cfg['forget']}` "
@@ -140,9 +158,7 @@ def render_table(result: dict[str, Any]) -> str:
     lines.append(_row("retrain (oracles)", orc, "oracle"))
     notes = []
     for name, e in result["methods"].items():
-        status = e["status"] if e["status"] != "partial" else f"partial {e['num_ok']}/" \
-            f"{len(e['runs'])}"
-        lines.append(_row(name, e, status))
+        lines.append(_row(name, e, _status(e)))
         if "error" in e:
             notes.append(f"- `{name}`: {_first_line(e['error'])}")
     if "baseline" in result["oracles"]:

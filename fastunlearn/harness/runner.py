@@ -16,7 +16,9 @@ the logits of every model on the forget, retain and test sets, and computes:
 * the average absolute gap to the oracles over UA, RA, TA and MIA-Efficacy (SalUn's
   "Avg. gap").
 
-A method that raises records the error (per seed) and the run goes on.
+A method that raises records the error (per seed) and the run goes on. A ``should_stop``
+callable (Ctrl-C in ``fastunlearn forget``, see :mod:`fastunlearn._interrupt`) stops the
+run between method runs: what is done is scored and written, the rest is marked "not run".
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .._device import parse_device
+from .._interrupt import StopCheck, check_stop_callable, stop_requested
 from .._model_inputs import refuse_input_dtype
 from ..forget import run_method
 from ..metrics import (
@@ -132,28 +135,48 @@ def _iter(items: Any, progress: bool, desc: str) -> Any:
     return tqdm(items, desc=desc, leave=False)
 
 
-def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[str, Any]:
+def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
+                should_stop: StopCheck | None = None) -> dict[str, Any]:
     """Train, unlearn, score. Returns a JSON-friendly result (and the logits, as tensors).
 
     Args:
         config: The run's settings.
         data: Tensors to use instead of loading ``config.dataset``.
+        should_stop: Called with no arguments after each model of the training phase
+            (the original, then each oracle) and before each method run; True means
+            "stop here" (``fastunlearn forget`` passes a
+            :class:`~fastunlearn._interrupt.GracefulStop`, so the first Ctrl-C asks for
+            it; any callable works, e.g. a time limit). None (default): never stop.
+            Between method runs a stop ends the loop: the runs already made are scored
+            as usual (a method with some runs done is summarised over those), a method
+            with none gets status ``"not run"``, the result says
+            ``stopped_on_request`` and the outputs are still written. During the
+            training phase there is nothing to compare yet: the run stops after the model
+            in training is done (it and the earlier ones stay in the cache, so the next
+            run reuses them) by raising KeyboardInterrupt, and no result is written.
 
     Returns:
         ``{"config", "data", "original", "oracles", "methods": {name: {...}}, "cache",
-        "timing", "logits", "labels"}``; ``logits`` / ``labels`` hold tensors (``[n, C]``
-        per model and part) and are left out of the JSON. With ``config.out_dir`` set, the
-        outputs are written there (:func:`fastunlearn.harness.write_outputs`) and
-        ``"paths"`` lists them.
+        "stopped_on_request", "timing", "logits", "labels"}``, plus ``"stop_note"`` (which
+        runs were made and which not) when stopped on request; a method's entry then also
+        has ``"not_run"`` (the seeds not run) and a ``"note"``. ``logits`` / ``labels``
+        hold tensors (``[n, C]`` per model and part) and are left out of the JSON. With
+        ``config.out_dir`` set, the outputs are written there
+        (:func:`fastunlearn.harness.write_outputs`) and ``"paths"`` lists them.
 
     Raises:
         TypeError: ``config`` is not a :class:`HarnessConfig`, ``data`` is neither None nor a
-            :class:`HarnessData`, or other bad settings or data (nothing is trained then).
+            :class:`HarnessData`, ``should_stop`` is neither None nor callable, or other bad
+            settings or data (nothing is trained then).
         ValueError: Bad settings or data (nothing is trained then).
+        KeyboardInterrupt: ``should_stop`` answered True during the training of the
+            original model and the oracles (the models trained so far are in the cache;
+            nothing is written).
 
     """
     if not isinstance(config, HarnessConfig):
         raise TypeError(f"'config' must be a HarnessConfig, got {type(config).__name__}")
+    check_stop_callable(should_stop, "should_stop")  # before any training
     t_start = time.perf_counter()
     device = _device(config.device)
     if config.out_dir is not None:
@@ -190,10 +213,20 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
     jobs += [(f"oracle{i}", retain_idx, config.train_seed + ORACLE_SEED_OFFSET + i)
              for i in range(config.oracles)]
     trained = {}
-    for role, idx, seed in _iter(jobs, config.progress, "train original + oracles"):
+    train_bar = _iter(jobs, config.progress, "train original + oracles")
+    for role, idx, seed in train_bar:
         tm = train_or_load(indices=idx, seed=seed, role=role, **common)  # type: ignore[arg-type]
         cache["hits" if tm.cached else "misses"] += 1
         trained[role] = tm
+        # nothing to compare without every oracle: a stop here ends the run, unwritten
+        if stop_requested(should_stop, "should_stop"):
+            _close(train_bar)
+            kept = (f"; the {len(trained)} model(s) trained or loaded so far are in the cache "
+                    f"({config.cache_dir})" if config.cache_dir is not None else
+                    " (no cache: they are not kept)")
+            raise KeyboardInterrupt(
+                f"stopped on request while training the original model and the oracles, "
+                f"after {role} ({len(trained)} of {len(jobs)}){kept}; nothing written")
     original = trained["original"]
     oracle_roles = [r for r, _, _ in jobs[1:]]
 
@@ -235,7 +268,12 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
     runs = [(m, s) for m in config.methods for s in range(config.seeds)]
     bar = _iter(runs, config.progress, "unlearn")
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in config.methods}
+    stopped = False
     for name, seed in bar:
+        if stop_requested(should_stop, "should_stop"):  # before each run: none is cut short
+            stopped = True
+            _close(bar)
+            break
         if config.progress and hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"{name} seed {seed}")
         record: dict[str, Any] = {"seed": seed}
@@ -272,6 +310,11 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
         result["methods"][name] = _method_entry(
             per_method[name], all_logits.get(name, []), oracle_forget, labels["forget"],
             oracle_summary, retrain_s, labels["test"], forgotten)
+        if stopped:
+            _mark_not_run(result["methods"][name], config.seeds)
+    result["stopped_on_request"] = stopped
+    if stopped:
+        result["stop_note"] = _stop_note(result["methods"], len(runs))
     result["timing"] = {"total_seconds": time.perf_counter() - t_start,
                         "retrain_seconds": retrain_s}
     result["logits"] = all_logits
@@ -281,6 +324,43 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None) -> dict[
 
         result["paths"] = write_outputs(result, config.out_dir, plots=config.plots)
     return result
+
+
+def _close(bar: Any) -> None:
+    """Close a progress bar left early (a plain iterable has nothing to close)."""
+    close = getattr(bar, "close", None)
+    if callable(close):
+        close()
+
+
+def _mark_not_run(entry: dict[str, Any], seeds: int) -> None:
+    """Record in a method's entry the seeds a stop on request left out (if any)."""
+    done = {r["seed"] for r in entry["runs"]}
+    missing = [s for s in range(seeds) if s not in done]
+    if not missing:
+        return
+    entry["not_run"] = missing
+    if entry["runs"]:
+        entry["note"] = (f"stopped on request after {len(entry['runs'])} of {seeds} run(s); "
+                         "summarised over those")
+    else:
+        entry["note"] = "stopped on request before it ran"
+
+
+def _stop_note(methods: dict[str, dict[str, Any]], total: int) -> str:
+    """Say how far a run stopped on request got and what it left out."""
+    done = sum(len(e["runs"]) for e in methods.values())
+    left = []
+    for name, e in methods.items():
+        missing = e.get("not_run") or []
+        if not missing:
+            continue
+        if not e["runs"]:
+            left.append(f"{name} (all {len(missing)} seed(s))")
+        else:
+            left.append(f"{name} (seed(s) {', '.join(map(str, missing))})")
+    text = f"stopped on request (Ctrl-C or should_stop) after {done} of {total} method runs"
+    return text + (f"; not run: {', '.join(left)}" if left else "")
 
 
 def _fairness(logits: list[dict[str, Tensor]], forget_labels: Tensor, test_labels: Tensor,
@@ -300,6 +380,9 @@ def _method_entry(records: list[dict[str, Any]], logits: list[dict[str, Tensor]]
                   oracle_forget: Tensor, forget_labels: Tensor, oracles: dict[str, Any],
                   retrain_s: float, test_labels: Tensor,
                   forgotten: list[int]) -> dict[str, Any]:
+    """Summarise a method's runs; a method with no run (stopped before it) is "not run"."""
+    if not records:  # never "ok": nothing ran (a stop on request came first)
+        return {"runs": [], "num_ok": 0, "status": "not run"}
     ok = [r for r in records if r["status"] == "ok"]
     entry: dict[str, Any] = {"runs": records, "num_ok": len(ok),
                              "status": "ok" if len(ok) == len(records) else

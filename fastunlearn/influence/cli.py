@@ -14,6 +14,7 @@ from typing import Any
 
 from .._cli_output import add_json_flag, json_output
 from .._device import parse_device
+from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
 from ..cli_types import HelpFormatter, add_progress_flags, resolve_progress
 from ..cli_types import non_negative_float as _non_negative
@@ -138,7 +139,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the experiment described by ``args``; return the exit status (0 ok, 2 bad input)."""
+    """Run the experiment described by ``args``; return the exit status.
+
+    The first Ctrl-C asks the run to stop after the repair step in progress (a second one
+    aborts at once): the finished work is reported and written as usual, a line on stderr
+    says where, and the status is 130. Before the poisoned model is trained there is
+    nothing to report, and the KeyboardInterrupt propagates.
+
+    Returns:
+        0 when done, 2 on bad input, 1 when the results cannot be written, 130
+        (:data:`~fastunlearn._interrupt.INTERRUPTED_STATUS`) when stopped on request
+        (the partial results are written, and printed with ``--json``).
+
+    """
     from .experiment import (
         PROTOCOLS,
         RepairConfig,
@@ -165,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(args.result_dir, argument="result_dir",
                             names=[f"{stem}.json", f"{stem}.md", f"{stem}.png"])
         parse_device(config.device)
-        result = run_repair_experiment(config)
+        with GracefulStop(what="repair step") as stop:
+            result = run_repair_experiment(config, should_stop=stop)
     except (ValueError, OSError, ImportError) as exc:
         print(f"fastunlearn repair: error: {exc}", file=sys.stderr)
         return 2
@@ -189,4 +203,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:>9}: repaired {p['acc_after']:.4f}  restored {pct}  residual "
               f"{p['residual']:.4g}  {p['seconds']:.2f} s  gradients {p['num_gradients']}  "
               f"HVPs {p['num_hvps']}")
-    return _finish(files, result, args)
+    status = _finish(files, result, args)
+    if result.get("stopped_on_request"):
+        print(f"fastunlearn repair: {result.get('stop_note') or 'stopped on request.'} "
+              f"Partial results in {files.get('json')}"
+              + (f" (and {', '.join(v for k, v in files.items() if k != 'json')})"
+                 if len(files) > 1 else ""), file=sys.stderr)
+        return INTERRUPTED_STATUS
+    return status

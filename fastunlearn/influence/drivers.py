@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._interrupt import StopCheck, check_stop_callable, stop_requested
 from .._model_inputs import refuse_input_dtype
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._repr import format_number
@@ -350,11 +351,16 @@ class IterativeRepairResult:
             differs from the corrected label before the step), ``batch`` (points updated),
             and the step's :meth:`UpdateResult.to_dict` fields, plus whatever ``evaluate``
             returned under ``"eval"``; a last step with nothing mispredicted has only
-            ``step``, ``mispredicted`` (0), ``batch`` (0) and ``reason``.
-        results: The :class:`UpdateResult` of every step.
+            ``step``, ``mispredicted`` (0), ``batch`` (0) and ``reason``, and so has one
+            not run because ``should_stop`` asked to stop before it (``step``, ``batch``
+            (0) and a ``reason`` starting with ``"stopped on request"``; no prediction
+            is made for it).
+        results: The :class:`UpdateResult` of every step run (each applied whole).
         update_time_s: Wall time of the updates (selection and evaluation excluded).
         num_gradients: Per-sample gradients over all steps.
         num_hvps: Per-sample HVPs over all steps.
+        stopped_on_request: True when ``should_stop`` ended the loop before ``steps``
+            steps were run (the last entry of ``steps`` says after how many).
 
     """
 
@@ -363,6 +369,7 @@ class IterativeRepairResult:
     update_time_s: float = 0.0
     num_gradients: int = 0
     num_hvps: int = 0
+    stopped_on_request: bool = False
 
     def __repr__(self) -> str:
         """Return the totals in one line (not every step, whatever their number)."""
@@ -372,9 +379,10 @@ class IterativeRepairResult:
         mispredicted = [m for m in mispredicted if m is not None]
         trend = (f", mispredicted={mispredicted[0]}->{mispredicted[-1]}" if mispredicted
                  else "")
+        stopped = ", stopped_on_request=True" if self.stopped_on_request else ""
         return (f"IterativeRepairResult(steps={len(self.steps)}, applied={applied}, "
                 f"diverged={diverged}{trend}, update_time_s={format_number(self.update_time_s)}, "
-                f"num_gradients={self.num_gradients}, num_hvps={self.num_hvps})")
+                f"num_gradients={self.num_gradients}, num_hvps={self.num_hvps}{stopped})")
 
 
 def iterative_label_repair(
@@ -387,6 +395,7 @@ def iterative_label_repair(
     seed: int = 0,
     evaluate: Callable[[nn.Module], Any] | None = None,
     chunk_size: int = 1024,
+    should_stop: StopCheck | None = None,
     **update_kwargs: Any,
 ) -> IterativeRepairResult:
     """Run the reference's iterative approximate retraining for label poisoning.
@@ -408,6 +417,12 @@ def iterative_label_repair(
         evaluate: Optional callable ``evaluate(model)`` called after every step (its time
             is not counted); its return value is stored under ``"eval"``.
         chunk_size: Rows per prediction chunk (an int >= 1).
+        should_stop: Optional callable taking no arguments, asked before every step after
+            the first; when it answers True the loop ends there and the result has
+            ``stopped_on_request`` set and a last ``steps`` entry whose ``reason`` says
+            so. A step is never cut in half: the steps run are applied whole (as when a
+            step raises). ``fastunlearn repair`` answers True after the first Ctrl-C.
+            None: run every step.
         **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
             (``progress=True`` also shows a bar over the steps).
 
@@ -415,9 +430,10 @@ def iterative_label_repair(
         An :class:`IterativeRepairResult`.
 
     Raises:
-        TypeError: If ``evaluate`` is neither None nor callable, ``inputs`` or ``labels``
-            is not a tensor, or other bad inputs or options (named). All are checked
-            before the first step, so the model is then unchanged.
+        TypeError: If ``evaluate`` or ``should_stop`` is neither None nor callable,
+            ``inputs`` or ``labels`` is not a tensor, or other bad inputs or options
+            (named). All are checked before the first step, so the model is then
+            unchanged.
         ValueError: If ``labels`` is not a 1-D integer tensor with one label per row of
             ``inputs`` or holds labels outside the model's classes, ``steps``,
             ``batch_size`` or ``chunk_size`` is not an int >= 1, ``seed`` is not an int in
@@ -440,6 +456,7 @@ def iterative_label_repair(
                                                                seed))
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"'evaluate' must be callable, got {type(evaluate).__name__}")
+    check_stop_callable(should_stop)
     opts = check_update_options(model, **update_kwargs)  # even if no step runs an update
     # everything the steps use is checked before the first prediction, so a bad argument
     # is named here (not a RuntimeError of the forward pass) and no step runs before it
@@ -457,6 +474,13 @@ def iterative_label_repair(
     # before it is applied whole (influence_update changes the model in one call)
     try:
         for step in range(1, steps + 1):
+            # asked between steps only: the first step always runs, none is cut in half
+            if step > 1 and stop_requested(should_stop):
+                out.stopped_on_request = True
+                out.steps.append({"step": step, "batch": 0,
+                                  "reason": f"stopped on request after {step - 1} of "
+                                  f"{steps} steps"})
+                break
             if bar is not None:
                 bar.update(1)
             pred = predict(model, inputs, chunk_size=chunk_size)

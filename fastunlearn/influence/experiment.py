@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .._atomic_files import save_figure, write_text
 from .._device import parse_device
+from .._interrupt import StopCheck, check_stop_callable, stop_requested
 from .._numbers import plain_fields as _plain_fields
 from .._process_flags import GLOBAL_RNG_LOCK
 from .drivers import iterative_label_repair, predict, repair_labels
@@ -426,7 +427,12 @@ def _residual_norm(model: nn.Module, X: Tensor, y: Tensor, params: Any) -> float
     return float(torch.linalg.vector_norm(g))
 
 
-def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) -> dict[str, Any]:
+def run_repair_experiment(
+    config: RepairConfig,
+    data: RepairData | None = None,
+    *,
+    should_stop: StopCheck | None = None,
+) -> dict[str, Any]:
     """Run the experiment; return its JSON-ready result dict.
 
     The model's initialisation (and any dropout while training) draws from torch's global
@@ -436,25 +442,61 @@ def run_repair_experiment(config: RepairConfig, data: RepairData | None = None) 
     Args:
         config: The settings (validated here).
         data: Preloaded data (default :func:`load_repair_data`).
+        should_stop: Optional callable taking no arguments, asked between the two
+            trainings, before every protocol and before every iterative step after the
+            first (never inside a training or an update). When it answers True between
+            the trainings there is nothing to report and KeyboardInterrupt is raised;
+            later, the protocol in progress keeps its finished steps (its accuracy and
+            % restored are those after them), the remaining protocols are skipped, and
+            the result says so (``stopped_on_request``, ``stop_note``). ``fastunlearn
+            repair`` answers True after the first Ctrl-C. None: run everything.
 
     Returns:
         A dict with ``config``, ``data``, ``training`` (clean/poisoned accuracy and times),
-        ``protocols`` (one entry per protocol: accuracy after, % restored, residual,
-        counts, times, per-step trajectory).
+        ``protocols`` (one entry per protocol run: accuracy after, % restored, residual,
+        counts, times, per-step trajectory, ``stopped_on_request``),
+        ``stopped_on_request`` (bool), ``skipped_protocols`` (those not run because of a
+        stop request) and ``stop_note`` (what was done and what skipped; None when the
+        run was not stopped).
 
     Raises:
+        TypeError: ``should_stop`` is neither None nor callable (before any work).
         ValueError: bad settings, an unknown model name, or a model that does not fit the
             data (checked on one row before training).
+        KeyboardInterrupt: ``should_stop`` asked to stop before the poisoned model was
+            trained (raised after the clean model's training).
 
     """
+    check_stop_callable(should_stop)
     config.validate()
     dev = torch.device(config.device)
     with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        return _run_repair_experiment(config, data, dev)
+        return _run_repair_experiment(config, data, dev, should_stop)
+
+
+def _stop_note(config: RepairConfig, protocols: dict[str, Any], stopped_in: str | None,
+               skipped: list[str]) -> str:
+    """Say what a run stopped on request did and what it skipped, in one sentence."""
+    done = []
+    for name, p in protocols.items():
+        if name == "iterative":
+            run = sum(1 for s in p["steps"] if "applied" in s)
+            text = f"iterative: {run} of {config.steps} steps run"
+            if name == stopped_in:
+                text += " (stopped there: accuracy and % restored are after those steps)"
+            done.append(text)
+        else:
+            done.append(f"{name}: done")
+    parts = ["clean and poisoned models trained",
+             "; ".join(done) if done else "no repair protocol run"]
+    if skipped:
+        parts.append(f"skipped: {', '.join(skipped)}")
+    return "stopped on request: " + "; ".join(parts) + "."
 
 
 def _run_repair_experiment(
-    config: RepairConfig, data: RepairData | None, dev: torch.device
+    config: RepairConfig, data: RepairData | None, dev: torch.device,
+    should_stop: StopCheck | None = None,
 ) -> dict[str, Any]:
     """Run the body of :func:`run_repair_experiment` inside its forked global RNG."""
     data = data if data is not None else load_repair_data(config)
@@ -481,6 +523,9 @@ def _run_repair_experiment(
     retrain_s = train_classifier(clean, X_tr, data.y_train, epochs=config.epochs, lr=config.lr,
                                  batch_size=config.train_batch, seed=config.seed,
                                  progress=config.progress)
+    if stop_requested(should_stop):  # without the poisoned model there is nothing to report
+        raise KeyboardInterrupt("stopped on request before the poisoned model was trained: "
+                                "nothing to report")
     poisoned = copy.deepcopy(init)
     poison_s = train_classifier(poisoned, X_tr, y_poison, epochs=config.epochs, lr=config.lr,
                                 batch_size=config.train_batch, seed=config.seed,
@@ -503,8 +548,14 @@ def _run_repair_experiment(
     }
     if config.order == 2 and config.solver == "lissa":
         result["lissa"] = _lissa_summary(config, n)
+    stopped_in: str | None = None  # the protocol a stop request ended part-way
+    skipped: list[str] = []
     for protocol in config.protocols:
+        if skipped or stop_requested(should_stop):  # once asked, every later one is skipped
+            skipped.append(protocol)
+            continue
         model = copy.deepcopy(poisoned)
+        stopped = False
         t0 = time.perf_counter()
         if protocol == "one-shot":
             res = repair_labels(model, X_tr, y_poison, flipped, data.y_train[flipped], **upd)
@@ -521,7 +572,8 @@ def _run_repair_experiment(
 
             out = iterative_label_repair(model, X_tr, data.y_train, steps=config.steps,
                                          batch_size=batch, seed=config.seed, evaluate=evaluate,
-                                         **upd)
+                                         should_stop=should_stop, **upd)
+            stopped = out.stopped_on_request
             seconds = out.update_time_s
             steps, grads, hvps = out.steps, out.num_gradients, out.num_hvps
             diverged = any(r.diverged for r in out.results)
@@ -535,8 +587,17 @@ def _run_repair_experiment(
             "num_gradients": grads,
             "num_hvps": hvps,
             "any_diverged": diverged,
+            "stopped_on_request": stopped,
             "steps": [_json_ready(s) for s in steps],
         }
+        if stopped:
+            stopped_in = protocol
+            skipped = list(config.protocols[config.protocols.index(protocol) + 1:])
+            break
+    result["stopped_on_request"] = stopped_in is not None or bool(skipped)
+    result["skipped_protocols"] = skipped
+    result["stop_note"] = (_stop_note(config, result["protocols"], stopped_in, skipped)
+                           if result["stopped_on_request"] else None)
     return result
 
 
@@ -571,16 +632,19 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
     from ..report import format_value as fv
 
     cfg, data, tr = result["config"], result["data"], result["training"]
-    lines = [f"# Label-poisoning repair: {data['dataset']} / {cfg['model']}", "",
-             f"{data['flipped']} of {data['n_train']} training labels flipped (class s -> "
-             f"9 - s), seed {cfg['seed']}; order {cfg['order']}"
-             + (f", solver {cfg['solver']}" if cfg["order"] == 2 else "")
-             + f"; {data['updated_params']} of {data['num_params']} parameters updated."
-             + (f" {lissa_damping_text(result['lissa'])}" if result.get("lissa") else ""),
-             "",
-             "| model | test accuracy | time (s) |", "|---|---|---|",
-             f"| clean (= retraining) | {fv(tr['acc_clean'])} | {fv(tr['retrain_seconds'])} |",
-             f"| poisoned | {fv(tr['acc_poisoned'])} | {fv(tr['poisoned_train_seconds'])} |"]
+    lines = [f"# Label-poisoning repair: {data['dataset']} / {cfg['model']}", ""]
+    if result.get("stopped_on_request"):  # a partial result says so before any number
+        note = result.get("stop_note") or "stopped on request."
+        lines += [f"> **Partial result**: {note[:1].upper()}{note[1:]}", ""]
+    lines += [f"{data['flipped']} of {data['n_train']} training labels flipped (class s -> "
+              f"9 - s), seed {cfg['seed']}; order {cfg['order']}"
+              + (f", solver {cfg['solver']}" if cfg["order"] == 2 else "")
+              + f"; {data['updated_params']} of {data['num_params']} parameters updated."
+              + (f" {lissa_damping_text(result['lissa'])}" if result.get("lissa") else ""),
+              "",
+              "| model | test accuracy | time (s) |", "|---|---|---|",
+              f"| clean (= retraining) | {fv(tr['acc_clean'])} | {fv(tr['retrain_seconds'])} |",
+              f"| poisoned | {fv(tr['acc_poisoned'])} | {fv(tr['poisoned_train_seconds'])} |"]
     for name, p in result["protocols"].items():
         lines.append(f"| repaired ({name}) | {fv(p['acc_after'])} | {fv(p['seconds'])} |")
     lines += ["", "| protocol | % restored | gradient residual | gradients | HVPs | "

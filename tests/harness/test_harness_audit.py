@@ -365,7 +365,7 @@ def test_cli_flags_reach_the_harness_config(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     got: list[HarnessConfig] = []
 
-    def fake(config: HarnessConfig) -> dict:
+    def fake(config: HarnessConfig, **kwargs: Any) -> dict:
         got.append(config)
         raise ValueError("stop here")
 

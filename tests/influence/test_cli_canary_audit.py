@@ -46,7 +46,7 @@ def _strict_json(text):
 def _record_repair(monkeypatch, error=ValueError):
     seen = []
 
-    def stub(config, data=None):
+    def stub(config, data=None, *, should_stop=None):
         seen.append(config)
         raise error("stub: stop before training")
 
