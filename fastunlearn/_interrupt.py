@@ -4,22 +4,26 @@ The experiment runners (``run_removal_experiment``, ``run_harness``,
 ``run_repair_experiment``) take a ``should_stop`` callable that they ask between steps
 (removals, method runs, repair steps); when it answers True they stop there, mark the
 result as stopped on request and write everything finished so far. The commands wire
-``should_stop`` to :class:`GracefulStop`: the first Ctrl-C asks the run to stop after the
-step in progress (a removal is never cut in half), a second one aborts at once. A library
-user can pass any callable instead, e.g. a time limit.
+``should_stop`` to :class:`GracefulStop`: inside the step loops (the runners mark them
+with :func:`stop_points`) the first Ctrl-C asks the run to stop after the step in progress
+(a removal is never cut in half) and a second one aborts at once; elsewhere (loading data,
+training the models a run starts from, writing files) Ctrl-C aborts at once as usual, since
+a half-trained model is worth nothing. A library user can pass any callable instead, e.g. a
+time limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, TextIO
 
 __all__ = ["INTERRUPTED_STATUS", "GracefulStop", "StopCheck", "check_stop_callable",
-           "stop_requested"]
+           "stop_points", "stop_requested"]
 
 #: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
 INTERRUPTED_STATUS = 130
@@ -46,13 +50,33 @@ def check_stop_callable(should_stop: Any, argument: str = "should_stop") -> None
                         f"got {type(should_stop).__name__}")
 
 
+@contextlib.contextmanager
+def stop_points(should_stop: StopCheck | None) -> Iterator[None]:
+    """Mark a runner's step loop: there a :class:`GracefulStop` defers the first Ctrl-C.
+
+    For any other ``should_stop`` (None, a plain callable) this does nothing.
+    """
+    if not isinstance(should_stop, GracefulStop):
+        yield
+        return
+    before = should_stop.armed
+    should_stop.armed = True
+    try:
+        yield
+    finally:
+        should_stop.armed = before
+
+
 class GracefulStop:
-    """Turn the first Ctrl-C into a request to stop; a second Ctrl-C raises as usual.
+    """Turn the first Ctrl-C in a step loop into a request to stop; a second one raises.
 
     Use as a context manager around a run and pass the instance (it is callable) as the
-    run's ``should_stop``. The handler is installed only in the main thread and only where
-    SIGINT still has Python's default handler (a caller's own handler is left alone); the
-    previous handler is always put back on exit.
+    run's ``should_stop``. Inside the run's step loops (marked by :func:`stop_points`) the
+    first Ctrl-C sets :attr:`requested`, which the loop reads before its next step, and
+    prints what will happen; outside them, and at the second Ctrl-C, KeyboardInterrupt is
+    raised as usual. The handler is installed only in the main thread and only where SIGINT
+    still has Python's default handler (a caller's own handler is left alone); the previous
+    handler is always put back on exit.
 
     Args:
         what: The step the run finishes before it stops, for the message ("removal").
@@ -64,6 +88,7 @@ class GracefulStop:
         self.what = what
         self.stream = stream
         self.requested = False
+        self.armed = False
         self._previous: Any = None
         self._installed = False
 
@@ -88,7 +113,7 @@ class GracefulStop:
             self._installed = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:  # the second Ctrl-C: abort now
+        if self.requested or not self.armed:  # a second Ctrl-C, or no step to finish: abort
             self._restore()
             raise KeyboardInterrupt
         self.requested = True

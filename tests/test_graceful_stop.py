@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from fastunlearn import _interrupt
-from fastunlearn._interrupt import INTERRUPTED_STATUS, GracefulStop, stop_requested
+from fastunlearn._interrupt import INTERRUPTED_STATUS, GracefulStop, stop_points, stop_requested
 from fastunlearn.certified import CertifiedLogisticRegression
 from fastunlearn.certified.experiment import ExperimentConfig, run_removal_experiment
 from fastunlearn.cli import main
@@ -28,9 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # --- GracefulStop ------------------------------------------------------------------------
 
 
-def test_first_sigint_requests_a_stop_and_the_second_aborts():
+def test_first_sigint_in_a_step_loop_requests_a_stop_and_the_second_aborts():
     stream = io.StringIO()
-    with GracefulStop(what="removal", stream=stream) as stop:
+    with GracefulStop(what="removal", stream=stream) as stop, stop_points(stop):
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         assert not stop()
         signal.raise_signal(signal.SIGINT)
@@ -41,6 +41,29 @@ def test_first_sigint_requests_a_stop_and_the_second_aborts():
         # the abort put the default handler back at once
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_outside_a_step_loop_the_first_sigint_aborts_at_once():
+    stream = io.StringIO()
+    with GracefulStop(stream=stream) as stop:
+        with stop_points(stop):
+            assert stop.armed
+        assert not stop.armed  # the loop is over: e.g. writing files, training
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert not stop.requested and stream.getvalue() == ""
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_stop_points_nest_and_ignore_plain_callables():
+    with GracefulStop() as stop:
+        with stop_points(stop):
+            with stop_points(stop):
+                assert stop.armed
+            assert stop.armed
+        assert not stop.armed
+    with stop_points(None), stop_points(lambda: False):
+        pass
 
 
 def test_the_default_handler_is_restored_after_an_error_inside():

@@ -40,7 +40,7 @@ import torch
 
 from .._atomic_files import write_text
 from .._device import parse_device
-from .._interrupt import StopCheck, check_stop_callable, stop_requested
+from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._numbers import is_finite, is_integer, is_real, plain_fields
 from .._repr import fields_repr, format_number, summarize
 
@@ -710,34 +710,35 @@ def run_removal_experiment(
             bar.update(n_removed - before)
 
     try:
-        for chunk in chunks:
-            if stop_requested(should_stop):
-                stopped_on_request = True
-                stop_reason = (f"stopped on request after {n_removed} of {len(order)} "
-                               "removals")
-                write(stop_reason)
-                break
-            try:
-                report = model.remove(chunk, batch=config.batch > 0)
-            except _budget_error() as exc:
-                if exc.report is not None:  # the removals of this call made before the refusal
-                    account(exc.report)
-                stop_reason = f"budget exhausted before removal {n_removed + 1}: {exc}"
-                budget_stopped = True
-                write(stop_reason)
-                break
-            account(report)
-            if bar is not None:
-                bar.set_postfix(cum=f"{float(model.budget_used_):.2e}",
-                                retrains=int(model.retrains_), refresh=False)
-            if n_removed // eval_every > (n_removed - len(chunk)) // eval_every or (
-                    n_removed == len(order)):
-                acc, _ = _accuracy(model, data.X_test, data.y_test)
-                evaluations.append({"n_removed": n_removed, "test_accuracy": acc,
-                                    "retrains": int(model.retrains_)})
-                if config.verbose:
-                    write(f"after {n_removed} removals: test accuracy {acc:.4f}, "
-                          f"retrains {int(model.retrains_)}")
+        with stop_points(should_stop):  # Ctrl-C here: finish the step, then stop
+            for chunk in chunks:
+                if stop_requested(should_stop):
+                    stopped_on_request = True
+                    stop_reason = (f"stopped on request after {n_removed} of {len(order)} "
+                                   "removals")
+                    write(stop_reason)
+                    break
+                try:
+                    report = model.remove(chunk, batch=config.batch > 0)
+                except _budget_error() as exc:
+                    if exc.report is not None:  # the removals of this call made before the refusal
+                        account(exc.report)
+                    stop_reason = f"budget exhausted before removal {n_removed + 1}: {exc}"
+                    budget_stopped = True
+                    write(stop_reason)
+                    break
+                account(report)
+                if bar is not None:
+                    bar.set_postfix(cum=f"{float(model.budget_used_):.2e}",
+                                    retrains=int(model.retrains_), refresh=False)
+                if n_removed // eval_every > (n_removed - len(chunk)) // eval_every or (
+                        n_removed == len(order)):
+                    acc, _ = _accuracy(model, data.X_test, data.y_test)
+                    evaluations.append({"n_removed": n_removed, "test_accuracy": acc,
+                                        "retrains": int(model.retrains_)})
+                    if config.verbose:
+                        write(f"after {n_removed} removals: test accuracy {acc:.4f}, "
+                              f"retrains {int(model.retrains_)}")
     finally:
         if bar is not None:
             bar.close()

@@ -6,9 +6,9 @@ Example::
         --forget class:3 --seeds 3 --oracles 4 --out runs/digits-class3
 
 Ctrl-C during the method runs stops after the run in progress: the finished runs are
-scored and written to ``--out`` (the rest marked "not run") and the exit status is 130. A
-Ctrl-C while the original model and the oracles train stops after the model in training
-(the models so far stay in the cache) and writes nothing; a second Ctrl-C aborts at once.
+scored and written to ``--out`` (the rest marked "not run") and the exit status is 130; a
+second Ctrl-C aborts at once. Ctrl-C while the original model and the oracles train aborts
+at once (the models trained before it stay in the cache) and writes nothing.
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
     runs; the partial results are written, and with ``--json`` printed). The run goes
     inside :class:`~fastunlearn._interrupt.GracefulStop`: the first Ctrl-C asks
     :func:`~fastunlearn.harness.run_harness` to stop after the method run in progress. A
-    KeyboardInterrupt that escapes (a second Ctrl-C, or a stop while the original model
-    and the oracles train) propagates to the caller.
+    KeyboardInterrupt that escapes (a second Ctrl-C, or one while the original model and
+    the oracles train) propagates to the caller.
     """
     from ..forget import available_methods
     from . import HarnessConfig, TrainSettings, run_harness

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .._device import parse_device
-from .._interrupt import StopCheck, check_stop_callable, stop_requested
+from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._model_inputs import refuse_input_dtype
 from ..forget import run_method
 from ..metrics import (
@@ -269,42 +269,43 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
     bar = _iter(runs, config.progress, "unlearn")
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in config.methods}
     stopped = False
-    for name, seed in bar:
-        if stop_requested(should_stop, "should_stop"):  # before each run: none is cut short
-            stopped = True
-            _close(bar)
-            break
-        if config.progress and hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"{name} seed {seed}")
-        record: dict[str, Any] = {"seed": seed}
-        try:
-            _sync(device)
-            t0 = time.perf_counter()
-            model = run_method(name, original.model, sets["forget"], sets["retain"],
-                               seed=seed, progress=config.progress, **overrides[name])
-            _sync(device)
-            record["seconds"] = time.perf_counter() - t0
-            lg = logits_of(model)
-            bad = [p for p in PARTS if not bool(torch.isfinite(lg[p]).all())]
-            if bad:
-                raise FloatingPointError(f"non-finite logits on the {bad[0]} set")
-            record.update(_model_scores(lg, labels, config.mia))
-            record["status"] = "ok"
-            all_logits.setdefault(name, []).append(lg)
-        except Exception as exc:  # noqa: BLE001 - a failing method must not stop the run
-            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc(limit=4))
-        state = original.model.state_dict()
-        if any(not torch.equal(state[k], v) for k, v in snapshot.items()):
-            original.model.load_state_dict(snapshot)
-            if record["status"] == "ok":
-                all_logits[name].pop()
-                if not all_logits[name]:
-                    del all_logits[name]
-            record.update(status="error", error="RuntimeError: the method modified the "
-                          "original model (restored; its result is discarded)")
-        original.model.eval()
-        per_method[name].append(record)
+    with stop_points(should_stop):  # Ctrl-C here: finish the step, then stop
+        for name, seed in bar:
+            if stop_requested(should_stop, "should_stop"):  # before each run: none is cut short
+                stopped = True
+                _close(bar)
+                break
+            if config.progress and hasattr(bar, "set_postfix_str"):
+                bar.set_postfix_str(f"{name} seed {seed}")
+            record: dict[str, Any] = {"seed": seed}
+            try:
+                _sync(device)
+                t0 = time.perf_counter()
+                model = run_method(name, original.model, sets["forget"], sets["retain"],
+                                   seed=seed, progress=config.progress, **overrides[name])
+                _sync(device)
+                record["seconds"] = time.perf_counter() - t0
+                lg = logits_of(model)
+                bad = [p for p in PARTS if not bool(torch.isfinite(lg[p]).all())]
+                if bad:
+                    raise FloatingPointError(f"non-finite logits on the {bad[0]} set")
+                record.update(_model_scores(lg, labels, config.mia))
+                record["status"] = "ok"
+                all_logits.setdefault(name, []).append(lg)
+            except Exception as exc:  # noqa: BLE001 - a failing method must not stop the run
+                record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                              traceback=traceback.format_exc(limit=4))
+            state = original.model.state_dict()
+            if any(not torch.equal(state[k], v) for k, v in snapshot.items()):
+                original.model.load_state_dict(snapshot)
+                if record["status"] == "ok":
+                    all_logits[name].pop()
+                    if not all_logits[name]:
+                        del all_logits[name]
+                record.update(status="error", error="RuntimeError: the method modified the "
+                              "original model (restored; its result is discarded)")
+            original.model.eval()
+            per_method[name].append(record)
     oracle_summary = result["oracles"]
     for name in config.methods:
         result["methods"][name] = _method_entry(

@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
     The first Ctrl-C asks the run to stop after the repair step in progress (a second one
     aborts at once): the finished work is reported and written as usual, a line on stderr
-    says where, and the status is 130. Before the poisoned model is trained there is
-    nothing to report, and the KeyboardInterrupt propagates.
+    says where, and the status is 130. While the clean and poisoned models train there is
+    nothing to keep: Ctrl-C aborts at once and the KeyboardInterrupt propagates.
 
     Returns:
         0 when done, 2 on bad input, 1 when the results cannot be written, 130

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._interrupt import StopCheck, check_stop_callable, stop_requested
+from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._model_inputs import refuse_input_dtype
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._repr import format_number
@@ -473,39 +473,40 @@ def iterative_label_repair(
     # the bar is closed also when a step raises or is interrupted (Ctrl-C); every step
     # before it is applied whole (influence_update changes the model in one call)
     try:
-        for step in range(1, steps + 1):
-            # asked between steps only: the first step always runs, none is cut in half
-            if step > 1 and stop_requested(should_stop):
-                out.stopped_on_request = True
-                out.steps.append({"step": step, "batch": 0,
-                                  "reason": f"stopped on request after {step - 1} of "
-                                  f"{steps} steps"})
-                break
-            if bar is not None:
-                bar.update(1)
-            pred = predict(model, inputs, chunk_size=chunk_size)
-            wrong = torch.nonzero(pred != labels).reshape(-1)
-            record: dict[str, Any] = {"step": step, "mispredicted": int(wrong.numel())}
-            if wrong.numel() == 0:
-                record["batch"] = 0
-                record["reason"] = "no mispredicted training point left: stopped"
+        with stop_points(should_stop):  # Ctrl-C here: finish the step, then stop
+            for step in range(1, steps + 1):
+                # asked between steps only: the first step always runs, none is cut in half
+                if step > 1 and stop_requested(should_stop):
+                    out.stopped_on_request = True
+                    out.steps.append({"step": step, "batch": 0,
+                                      "reason": f"stopped on request after {step - 1} of "
+                                      f"{steps} steps"})
+                    break
+                if bar is not None:
+                    bar.update(1)
+                pred = predict(model, inputs, chunk_size=chunk_size)
+                wrong = torch.nonzero(pred != labels).reshape(-1)
+                record: dict[str, Any] = {"step": step, "mispredicted": int(wrong.numel())}
+                if wrong.numel() == 0:
+                    record["batch"] = 0
+                    record["reason"] = "no mispredicted training point left: stopped"
+                    out.steps.append(record)
+                    break
+                pick = torch.randperm(wrong.numel(), generator=gen)[:batch_size].to(wrong.device)
+                rows = wrong[pick]
+                x = inputs[rows]
+                t0 = time.perf_counter()
+                result = influence_update(model, x, pred[rows], x, labels[rows],
+                                          train_data=(inputs, labels), **update_kwargs)
+                out.update_time_s += time.perf_counter() - t0
+                out.num_gradients += result.num_gradients
+                out.num_hvps += result.num_hvps
+                out.results.append(result)
+                record["batch"] = int(rows.numel())
+                record.update(result.to_dict())
+                if evaluate is not None:
+                    record["eval"] = evaluate(model)
                 out.steps.append(record)
-                break
-            pick = torch.randperm(wrong.numel(), generator=gen)[:batch_size].to(wrong.device)
-            rows = wrong[pick]
-            x = inputs[rows]
-            t0 = time.perf_counter()
-            result = influence_update(model, x, pred[rows], x, labels[rows],
-                                      train_data=(inputs, labels), **update_kwargs)
-            out.update_time_s += time.perf_counter() - t0
-            out.num_gradients += result.num_gradients
-            out.num_hvps += result.num_hvps
-            out.results.append(result)
-            record["batch"] = int(rows.numel())
-            record.update(result.to_dict())
-            if evaluate is not None:
-                record["eval"] = evaluate(model)
-            out.steps.append(record)
     finally:
         if bar is not None:
             bar.close()

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .._atomic_files import save_figure, write_text
 from .._device import parse_device
-from .._interrupt import StopCheck, check_stop_callable, stop_requested
+from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._numbers import plain_fields as _plain_fields
 from .._process_flags import GLOBAL_RNG_LOCK
 from .drivers import iterative_label_repair, predict, repair_labels
@@ -550,50 +550,51 @@ def _run_repair_experiment(
         result["lissa"] = _lissa_summary(config, n)
     stopped_in: str | None = None  # the protocol a stop request ended part-way
     skipped: list[str] = []
-    for protocol in config.protocols:
-        if skipped or stop_requested(should_stop):  # once asked, every later one is skipped
-            skipped.append(protocol)
-            continue
-        model = copy.deepcopy(poisoned)
-        stopped = False
-        t0 = time.perf_counter()
-        if protocol == "one-shot":
-            res = repair_labels(model, X_tr, y_poison, flipped, data.y_train[flipped], **upd)
-            _sync(dev)
-            seconds = time.perf_counter() - t0
-            steps = [{"step": 1, "batch": int(flipped.numel()), **res.to_dict(),
-                      "eval": accuracy(model, X_te, data.y_test)}]
-            grads, hvps, diverged = res.num_gradients, res.num_hvps, res.diverged
-        else:
-            batch = config.batch
+    with stop_points(should_stop):  # Ctrl-C here: finish the step, then stop
+        for protocol in config.protocols:
+            if skipped or stop_requested(should_stop):  # once asked, every later one is skipped
+                skipped.append(protocol)
+                continue
+            model = copy.deepcopy(poisoned)
+            stopped = False
+            t0 = time.perf_counter()
+            if protocol == "one-shot":
+                res = repair_labels(model, X_tr, y_poison, flipped, data.y_train[flipped], **upd)
+                _sync(dev)
+                seconds = time.perf_counter() - t0
+                steps = [{"step": 1, "batch": int(flipped.numel()), **res.to_dict(),
+                          "eval": accuracy(model, X_te, data.y_test)}]
+                grads, hvps, diverged = res.num_gradients, res.num_hvps, res.diverged
+            else:
+                batch = config.batch
 
-            def evaluate(m: nn.Module) -> float:
-                return accuracy(m, X_te, data.y_test)
+                def evaluate(m: nn.Module) -> float:
+                    return accuracy(m, X_te, data.y_test)
 
-            out = iterative_label_repair(model, X_tr, data.y_train, steps=config.steps,
-                                         batch_size=batch, seed=config.seed, evaluate=evaluate,
-                                         should_stop=should_stop, **upd)
-            stopped = out.stopped_on_request
-            seconds = out.update_time_s
-            steps, grads, hvps = out.steps, out.num_gradients, out.num_hvps
-            diverged = any(r.diverged for r in out.results)
-        acc_after = accuracy(model, X_te, data.y_test)
-        result["protocols"][protocol] = {
-            "acc_after": acc_after,
-            "restored": _restored(acc_after, acc_before, acc_clean),
-            "residual": _residual_norm(model, X_tr, data.y_train, params),
-            "seconds": seconds,
-            "speedup_vs_retrain": retrain_s / seconds if seconds > 0 else math.nan,
-            "num_gradients": grads,
-            "num_hvps": hvps,
-            "any_diverged": diverged,
-            "stopped_on_request": stopped,
-            "steps": [_json_ready(s) for s in steps],
-        }
-        if stopped:
-            stopped_in = protocol
-            skipped = list(config.protocols[config.protocols.index(protocol) + 1:])
-            break
+                out = iterative_label_repair(model, X_tr, data.y_train, steps=config.steps,
+                                             batch_size=batch, seed=config.seed, evaluate=evaluate,
+                                             should_stop=should_stop, **upd)
+                stopped = out.stopped_on_request
+                seconds = out.update_time_s
+                steps, grads, hvps = out.steps, out.num_gradients, out.num_hvps
+                diverged = any(r.diverged for r in out.results)
+            acc_after = accuracy(model, X_te, data.y_test)
+            result["protocols"][protocol] = {
+                "acc_after": acc_after,
+                "restored": _restored(acc_after, acc_before, acc_clean),
+                "residual": _residual_norm(model, X_tr, data.y_train, params),
+                "seconds": seconds,
+                "speedup_vs_retrain": retrain_s / seconds if seconds > 0 else math.nan,
+                "num_gradients": grads,
+                "num_hvps": hvps,
+                "any_diverged": diverged,
+                "stopped_on_request": stopped,
+                "steps": [_json_ready(s) for s in steps],
+            }
+            if stopped:
+                stopped_in = protocol
+                skipped = list(config.protocols[config.protocols.index(protocol) + 1:])
+                break
     result["stopped_on_request"] = stopped_in is not None or bool(skipped)
     result["skipped_protocols"] = skipped
     result["stop_note"] = (_stop_note(config, result["protocols"], stopped_in, skipped)
