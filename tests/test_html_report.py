@@ -367,6 +367,65 @@ def test_the_markdown_subset():
     assert 'class="language-python"' in document
 
 
+def _structure(markdown: str) -> str:
+    """The block tags of the page's main part, in order (``<ol start=..>`` with its start)."""
+    import re
+
+    document = markdown_to_html(markdown)
+    _page(document)  # well formed
+    body = document[document.index("<main>") + 6:document.index("</main>")]
+    return " ".join(re.findall(r"</?(?:ul|ol(?: start=\"\d+\")?|li|p|blockquote|table)>", body))
+
+
+def test_numbered_and_nested_lists():
+    assert _structure("1. one\n2. two\n") == "<ol> <li> </li> <li> </li> </ol>"
+    assert _structure("3) three\n4) four\n") == '<ol start="3"> <li> </li> <li> </li> </ol>'
+    assert _structure("- a\n  - b\n  - c\n    1. d\n- e\n") == (
+        "<ul> <li> <ul> <li> </li> <li> <ol> <li> </li> </ol> </li> </ul> </li> "
+        "<li> </li> </ul>")
+    # a blank line between items keeps one list; an item's own paragraphs become <p>
+    assert _structure("- a\n\n- b\n") == "<ul> <li> </li> <li> </li> </ul>"
+    assert _structure("- a\n\n  more of a\n- b\n") == (
+        "<ul> <li> <p> </p> <p> </p> </li> <li> </li> </ul>")
+    page = _page(markdown_to_html("1. *one*\n   continued\n2. `two`\n"))
+    assert "one\ncontinued" in page.text and {"em", "code"} <= set(page.tags)
+    # only a list numbered from 1 interrupts a paragraph
+    assert _structure("The year\n2026. was long\n") == "<p> </p>"
+    assert _structure("Steps:\n1. first\n") == "<p> </p> <ol> <li> </li> </ol>"
+
+
+def test_block_quotes_hold_paragraphs_lists_and_tables():
+    assert _structure("> **Partial result**: stopped.\n> Second line.\n\nafter\n") == (
+        "<blockquote> <p> </p> </blockquote> <p> </p>")
+    assert _structure("> - a\n> - b\n>\n> | x | y |\n> |---|---|\n> | 1 | 2 |\n") == (
+        "<blockquote> <ul> <li> </li> <li> </li> </ul> <table> </table> </blockquote>")
+    assert _structure("> > inner\n") == "<blockquote> <blockquote> <p> </p> </blockquote> " \
+        "</blockquote>"
+    page = _page(markdown_to_html("> <script>alert(1)</script> [x](javascript:alert(1))\n"))
+    assert "script" not in page.tags and page.links == [] and "<script>" in page.text
+
+
+def test_deep_nesting_is_capped_not_a_recursion_error():
+    from fastunlearn.report.html import MAX_NESTING
+
+    quotes = markdown_to_html("> " * 5000 + "deep\n")
+    assert quotes.count("<blockquote>") == MAX_NESTING + 1 and "deep" in quotes
+    lists = markdown_to_html("".join("  " * i + "- x\n" for i in range(300)))
+    assert lists.count("<ul>") == MAX_NESTING + 1
+    _page(lists)
+    body = lists[lists.index("<main>"):lists.index("</main>")]
+    assert body.count("x") == 300  # nothing dropped past the cap
+
+
+def test_a_stopped_repair_report_shows_its_partial_result_note(tmp_path):
+    result = _repair_result()
+    result.update(stopped_on_request=True, skipped_protocols=["one-shot"],
+                  stop_note="stopped on request: iterative: 2 of 10 steps run.")
+    page, document = _convert(tmp_path, "repair_stopped.md", render_report(result, None))
+    assert "blockquote" in page.tags and "Partial result" in page.text
+    assert "2 of 10 steps run" in page.text
+
+
 def test_title_argument_default_and_escaping():
     assert _page(markdown_to_html("no heading")).title == "fastunlearn report"
     page = _page(markdown_to_html("# Heading", title='<i>"mine"</i>'))

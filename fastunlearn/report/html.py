@@ -1,8 +1,9 @@
 r"""Self-contained HTML pages from the Markdown reports (one file to mail or archive).
 
 :func:`markdown_to_html` converts the Markdown subset that every ``fastunlearn`` report
-uses: ATX headings, paragraphs, GitHub pipe tables (``\|`` in a cell is a ``|``), ``-``
-bullet lists, fenced code blocks, inline code, ``**bold**``, ``*italic*`` / ``_italic_``,
+uses: ATX headings, paragraphs, GitHub pipe tables (``\|`` in a cell is a ``|``), bullet
+(``-``, ``*``, ``+``) and numbered (``1.``, ``1)``) lists, nested by indenting, block
+quotes (``>``), fenced code blocks, inline code, ``**bold**``, ``*italic*`` / ``_italic_``,
 images ``![alt](path)`` and links ``[text](url)``. Images found under ``base_dir`` are
 embedded as ``data:`` URIs, so the page loads nothing from elsewhere; a missing image shows
 its alt text and a note. Everything else is HTML-escaped: no raw HTML passes through, and
@@ -59,6 +60,14 @@ _ATOM = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 _BULLET = re.compile(r"^ {0,3}[-*+](?:[ \t]+(.*))?$")
+_ORDERED = re.compile(r"^ {0,3}\d{1,9}[.)](?:[ \t]+(.*))?$")
+#: A list item at any indentation: indent, marker, text.
+_ITEM = re.compile(r"^([ \t]*)([-*+]|\d{1,9}[.)])(?:[ \t]+(.*))?$")
+_QUOTE = re.compile(r"^ {0,3}> ?(.*)$")
+#: Only a list numbered from 1 interrupts a paragraph ("2026. was a year" does not).
+_ORDERED_ONE = re.compile(r"^ {0,3}1[.)](?:[ \t]+(.*))?$")
+#: Lists and quotes nested deeper than this render as plain text (no unbounded recursion).
+MAX_NESTING = 16
 _DELIMITER_CELL = re.compile(r"^:?-+:?$")
 
 _STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
@@ -79,6 +88,7 @@ class _Context:
 
     base_dir: Path | None
     atoms: list[str] = field(default_factory=list)
+    depth: int = 0  # lists and quotes the renderer is inside
 
     def atom(self, markup: str) -> str:
         """Store finished ``markup``; return the placeholder that stands for it."""
@@ -280,6 +290,7 @@ def _starts_block(lines: list[str], i: int) -> bool:
     """Whether line ``i`` opens a block that ends a paragraph."""
     line = lines[i]
     return bool(_HEADING.match(line) or _FENCE.match(line) or _BULLET.match(line)
+                or _ORDERED_ONE.match(line) or _QUOTE.match(line)
                 or _is_table_start(lines, i))
 
 
@@ -326,23 +337,104 @@ def _code_block(lines: list[str], i: int) -> tuple[str, int]:
     return f"<pre><code{cls}>{code}</code></pre>", j
 
 
-def _bullet_list(lines: list[str], i: int, ctx: _Context) -> tuple[str, int]:
+def _indent(line: str) -> int:
+    return len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip())
+
+
+def _list(lines: list[str], i: int, ctx: _Context, used: set[str]) -> tuple[str, int]:
+    """Render the list opening at line ``i`` (its items' deeper lines render as blocks)."""
+    first = _ITEM.match(lines[i])
+    assert first is not None
+    ordered = first.group(2)[0].isdigit()
+    indent = _indent(lines[i])
+
+    def same_list(m: re.Match[str] | None, line: str) -> bool:
+        return (m is not None and _indent(line) <= indent + 1
+                and m.group(2)[0].isdigit() == ordered)
+
     items: list[list[str]] = []
     j = i
     while j < len(lines):
-        m = _BULLET.match(lines[j])
-        if m:
-            items.append([m.group(1) or ""])
-        elif lines[j].strip() and not _starts_block(lines, j):  # a continuation line
-            items[-1].append(lines[j].strip())
-        elif not lines[j].strip() and j + 1 < len(lines) and _BULLET.match(lines[j + 1]):
-            pass  # a blank line between two items
+        line = lines[j]
+        m = _ITEM.match(line)
+        if same_list(m, line):
+            assert m is not None
+            items.append([m.group(3) or ""])
+        elif not line.strip():  # a blank line: the list goes on if what follows belongs
+            k = j + 1
+            while k < len(lines) and not lines[k].strip():
+                k += 1
+            if k < len(lines) and same_list(_ITEM.match(lines[k]), lines[k]):
+                j = k  # the next item
+                continue
+            if k < len(lines) and _indent(lines[k]) > indent + 1:
+                items[-1].append("")  # the item goes on after a blank line
+                j = k
+                continue
+            break
+        elif _indent(line) > indent + 1:  # an indented line: part of the item
+            items[-1].append(line)
+        elif not _starts_block(lines, j):  # an unindented continuation of the item's text
+            items[-1].append(line.strip())
         else:
             break
         j += 1
-    rendered = "\n".join(f"<li>{_inline(chr(10).join(item).strip(), ctx)}</li>"
-                         for item in items)
-    return f"<ul>\n{rendered}\n</ul>", j
+    rendered = "\n".join(f"<li>{_list_item(item, ctx, used)}</li>" for item in items)
+    start = int(first.group(2)[:-1]) if ordered else 1
+    tag = "ol" if ordered else "ul"
+    attr = f' start="{start}"' if start != 1 else ""
+    return f"<{tag}{attr}>\n{rendered}\n</{tag}>", j
+
+
+def _list_item(item: list[str], ctx: _Context, used: set[str]) -> str:
+    """Render an item: its text inline, what is nested in it (lists, quotes) as blocks.
+
+    An item whose text runs over a blank line renders as paragraphs.
+    """
+    text, rest = [item[0]], item[1:]
+    nested = [ln.strip() and (_ITEM.match(ln) or _QUOTE.match(ln.strip())
+                              or _FENCE.match(ln.strip())) for ln in rest]
+    cut = next((n for n, flag in enumerate(nested) if flag), len(rest))
+    if "" in rest[:cut]:  # a loose item: paragraphs (and the nested blocks after them)
+        return _nested([item[0], *_dedent(rest)], ctx, used)
+    text += [ln.strip() for ln in rest[:cut]]
+    inline = _inline("\n".join(text).strip(), ctx)
+    if cut == len(rest):
+        return inline
+    return inline + "\n" + _nested(_dedent(rest[cut:]), ctx, used)
+
+
+def _nested(lines: list[str], ctx: _Context, used: set[str]) -> str:
+    """Render the blocks inside a list item or quote; past ``MAX_NESTING``, as one paragraph."""
+    if ctx.depth >= MAX_NESTING:
+        return f"<p>{_inline(chr(10).join(ln.strip() for ln in lines if ln.strip()), ctx)}</p>"
+    ctx.depth += 1
+    try:
+        return "\n".join(_render(lines, ctx, used)[0])
+    finally:
+        ctx.depth -= 1
+
+
+def _dedent(block: list[str]) -> list[str]:
+    """Remove the indentation the non-blank lines of ``block`` share (tabs as 4 spaces)."""
+    depth = min((_indent(ln) for ln in block if ln.strip()), default=0)
+    return [ln.expandtabs(4)[depth:] if ln.strip() else "" for ln in block]
+
+
+def _quote(lines: list[str], i: int, ctx: _Context, used: set[str]) -> tuple[str, int]:
+    """Render the block quote opening at line ``i`` (its content renders as blocks)."""
+    inner, j = [], i
+    while j < len(lines):
+        m = _QUOTE.match(lines[j])
+        if m:
+            inner.append(m.group(1))
+        elif lines[j].strip() and inner and inner[-1].strip() and not _starts_block(lines, j):
+            inner.append(lines[j].strip())  # a lazy continuation of the quoted paragraph
+        else:
+            break
+        j += 1
+    body = _nested(inner, ctx, used)
+    return f"<blockquote>\n{body}\n</blockquote>", j
 
 
 def _paragraph(lines: list[str], i: int, ctx: _Context) -> tuple[str, int]:
@@ -367,9 +459,13 @@ def _slug(markup: str, used: set[str]) -> str:
 def _blocks(text: str, ctx: _Context) -> tuple[list[str], str | None]:
     """Render the blocks of ``text``; return them and the first heading's text (escaped)."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return _render(lines, ctx, set())
+
+
+def _render(lines: list[str], ctx: _Context, used: set[str]) -> tuple[list[str], str | None]:
+    """Render ``lines`` as blocks (``used``: the heading ids taken so far)."""
     out: list[str] = []
     first_heading: str | None = None
-    used: set[str] = set()
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -389,8 +485,11 @@ def _blocks(text: str, ctx: _Context) -> tuple[list[str], str | None]:
         elif _is_table_start(lines, i):
             block, i = _table(lines, i, ctx)
             out.append(block)
-        elif _BULLET.match(line):
-            block, i = _bullet_list(lines, i, ctx)
+        elif _BULLET.match(line) or _ORDERED.match(line):
+            block, i = _list(lines, i, ctx, used)
+            out.append(block)
+        elif _QUOTE.match(line):
+            block, i = _quote(lines, i, ctx, used)
             out.append(block)
         else:
             block, i = _paragraph(lines, i, ctx)
