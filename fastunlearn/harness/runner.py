@@ -360,7 +360,7 @@ def _stop_note(methods: dict[str, dict[str, Any]], total: int) -> str:
             left.append(f"{name} (all {len(missing)} seed(s))")
         else:
             left.append(f"{name} (seed(s) {', '.join(map(str, missing))})")
-    text = f"stopped on request (Ctrl-C or should_stop) after {done} of {total} method runs"
+    text = f"stopped on request after {done} of {total} method runs"
     return text + (f"; not run: {', '.join(left)}" if left else "")
 
 
