@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .._equality import dataclass_eq
 from .._numbers import as_float, as_int, is_integer, is_real
 from ..data.vision import load_features, save_features
 
@@ -658,6 +659,10 @@ class ComposedPrivacy:
     removals: int
     epsilon_extractor: float
     delta_extractor: float
+
+    #: a NaN field compares as on Python <= 3.12 (the same object is equal; 3.13's
+    #: generated __eq__ compares fields one by one and calls such a record unequal to itself)
+    __eq__ = dataclass_eq
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain dict for JSON reports."""

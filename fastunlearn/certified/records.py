@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from torch import Tensor
 
+from .._equality import dataclass_eq
 from .._repr import format_number, summarize
 from . import woodbury
 
@@ -46,6 +47,10 @@ class RemovalRecord:
     retrained: bool
     seconds: float
     worst_case: float = 0.0
+
+    #: a NaN field compares as on Python <= 3.12 (the same object is equal; 3.13's
+    #: generated __eq__ compares fields one by one and calls such a record unequal to itself)
+    __eq__ = dataclass_eq
 
     def __repr__(self) -> str:
         """Return the record in one short line (a long ``indices`` shows its ends only)."""

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .._device import parse_device
+from .._equality import dataclass_eq
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._numbers import is_finite as _finite
 from .._process_flags import GLOBAL_RNG_LOCK
@@ -91,6 +92,10 @@ class ExposureMeasurement:
     exhaustive: bool
     fit: SkewNormalFit
     others: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    #: a NaN field compares as on Python <= 3.12 (the same object is equal; 3.13's
+    #: generated __eq__ compares fields one by one and calls such a record unequal to itself)
+    __eq__ = dataclass_eq
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (without ``others``)."""
@@ -560,6 +565,10 @@ class CanaryResult:
     model: CharLM = field(repr=False)
     vocab: CharVocab = field(repr=False)
     text: str = field(repr=False)
+
+    #: a NaN field compares as on Python <= 3.12 (the same object is equal; 3.13's
+    #: generated __eq__ compares fields one by one and calls such a record unequal to itself)
+    __eq__ = dataclass_eq
     canary_offsets: list[int] = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:

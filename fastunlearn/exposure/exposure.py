@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._equality import dataclass_eq
 from .._numbers import as_float, as_int, is_finite, is_integer, is_real
 
 __all__ = [
@@ -148,6 +149,10 @@ class SkewNormalFit:
     loc: float
     scale: float
     n: int
+
+    #: a NaN field compares as on Python <= 3.12 (the same object is equal; 3.13's
+    #: generated __eq__ compares fields one by one and calls such a record unequal to itself)
+    __eq__ = dataclass_eq
 
     def __post_init__(self) -> None:
         for name in ("a", "loc", "scale"):

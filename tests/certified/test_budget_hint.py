@@ -72,8 +72,13 @@ def test_frequent_retrains_get_the_hint_and_the_amortised_speedup(frequent_retra
     assert math.isclose(timings["speedup_with_retrains"],
                         timings["retrain_seconds"] / timings["removal_seconds_mean"],
                         rel_tol=1e-12)
-    # ... far below the median removal's (a retrain costs about a retraining)
-    assert timings["speedup_with_retrains"] < timings["speedup"] / 5
+    # ... whose mean holds every automatic retrain (exact: the total includes them) ...
+    retrains = timings["automatic_retrain_seconds"]
+    assert len(retrains) == privacy["retrains"]
+    assert timings["removal_seconds_mean"] * len(result.records) >= sum(retrains)
+    # ... and so lies below the median removal's (a retrain costs about a retraining; no
+    # wall-clock ratio beyond that: the eager step under load was once within 5x)
+    assert timings["speedup_with_retrains"] < timings["speedup"]
     text = render_markdown(result.to_dict())
     assert "| hint | one budget covered only" in text
     assert "mean removal incl. automatic retrains |" in text
