@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, TextIO
 
-__all__ = ["INTERRUPTED_STATUS", "GracefulStop", "StopCheck", "check_stop_callable",
-           "stop_points", "stop_requested"]
+__all__ = ["INTERRUPTED_STATUS", "GracefulStop", "Skip", "StopCheck", "check_stop_callable",
+           "skippable", "stop_points", "stop_requested"]
 
 #: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
 INTERRUPTED_STATUS = 130
@@ -65,6 +65,41 @@ def stop_points(should_stop: StopCheck | None) -> Iterator[None]:
         yield
     finally:
         should_stop.armed = before
+
+
+class Skip:
+    """What :func:`skippable` reports: ``skipped`` is True when Ctrl-C cut the work short."""
+
+    def __init__(self) -> None:
+        self.skipped = False
+
+
+@contextlib.contextmanager
+def skippable(should_stop: StopCheck | None, what: str) -> Iterator[Skip]:
+    """Mark optional work after a run's steps (e.g. timing a retraining) that Ctrl-C skips.
+
+    With a :class:`GracefulStop`, the first Ctrl-C inside abandons the work at once (the
+    KeyboardInterrupt is caught here, ``skipped`` set, and the stop counted as requested,
+    so the command still writes its results and exits with 130); a second Ctrl-C aborts.
+    With any other ``should_stop`` the KeyboardInterrupt propagates as usual.
+
+    Args:
+        should_stop: The run's ``should_stop``.
+        what: The work, for the message ("the retraining timing").
+
+    """
+    skip = Skip()
+    if not isinstance(should_stop, GracefulStop) or should_stop.requested:
+        yield skip
+        return
+    try:
+        yield skip
+    except KeyboardInterrupt:
+        if should_stop.requested:  # already asked before: this was the second Ctrl-C
+            raise
+        skip.skipped = should_stop.requested = True
+        print(f"\nfastunlearn: Ctrl-C: skipping {what} and writing what is done",
+              file=should_stop.stream or sys.stderr, flush=True)
 
 
 class GracefulStop:

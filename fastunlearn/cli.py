@@ -269,10 +269,12 @@ def _cmd_remove(args: argparse.Namespace) -> int:
                       "or --epsilon values can cause this", status=1)
     _print_summary(result)
     args.json_result = result.to_dict()
-    if result.stopped_on_request:
+    if result.stopped_on_request or stop.requested:  # also: Ctrl-C after the last removal
         where = f" in {config.result_dir}" if config.result_dir is not None else ""
+        made = (f"the {result.privacy['removals']} removals made" if result.stopped_on_request
+                else f"all {result.privacy['removals']} removals; the retraining was not timed")
         print(f"fastunlearn remove: stopped on request (Ctrl-C): the results{where} cover "
-              f"the {result.privacy['removals']} removals made", file=sys.stderr)
+              f"{made}", file=sys.stderr)
         return INTERRUPTED_STATUS
     return 0
 

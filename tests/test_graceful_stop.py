@@ -17,8 +17,15 @@ from typing import Any
 import pytest
 
 from fastunlearn import _interrupt
-from fastunlearn._interrupt import INTERRUPTED_STATUS, GracefulStop, stop_points, stop_requested
+from fastunlearn._interrupt import (
+    INTERRUPTED_STATUS,
+    GracefulStop,
+    skippable,
+    stop_points,
+    stop_requested,
+)
 from fastunlearn.certified import CertifiedLogisticRegression
+from fastunlearn.certified import experiment as certified_experiment
 from fastunlearn.certified.experiment import ExperimentConfig, run_removal_experiment
 from fastunlearn.cli import main
 
@@ -53,6 +60,26 @@ def test_outside_a_step_loop_the_first_sigint_aborts_at_once():
             signal.raise_signal(signal.SIGINT)
         assert not stop.requested and stream.getvalue() == ""
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_skippable_work_skips_it_and_a_second_aborts():
+    stream = io.StringIO()
+    with GracefulStop(stream=stream) as stop:
+        with skippable(stop, "the timing") as skip:
+            signal.raise_signal(signal.SIGINT)
+            raise AssertionError("the work went on after Ctrl-C")
+        assert skip.skipped and stop.requested
+        assert "skipping the timing" in stream.getvalue()
+        with pytest.raises(KeyboardInterrupt):  # the default handler is back
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_skippable_work_without_a_graceful_stop_propagates_ctrl_c():
+    with pytest.raises(KeyboardInterrupt), skippable(lambda: False, "the timing"):
+        raise KeyboardInterrupt
+    with skippable(None, "the timing") as skip:
+        pass
+    assert not skip.skipped
 
 
 def test_stop_points_nest_and_ignore_plain_callables():
@@ -151,6 +178,20 @@ def test_a_stopped_run_keeps_the_removals_made_and_writes_them(tmp_path):
     assert "stopped on request after 10 of 30 removals" in next(tmp_path.glob("*.md")).read_text()
 
 
+def test_a_stop_asked_after_the_last_removal_skips_the_retraining_timing():
+    calls = [0]
+
+    def should_stop() -> bool:  # False for each of the 3 calls of removals, then True
+        calls[0] += 1
+        return calls[0] > 3
+
+    result = run_removal_experiment(ExperimentConfig(**{**_CONFIG, "eval_every": 10}),
+                                    should_stop=should_stop)
+    assert calls[0] == 4 and result.privacy["removals"] == 30
+    assert not result.stopped_on_request and result.timings["retrain_seconds"] is None
+    assert "retrained_test_accuracy" not in result.final
+
+
 def test_a_should_stop_that_never_answers_true_changes_nothing():
     plain = run_removal_experiment(ExperimentConfig(**{**_CONFIG, "time_retraining": False}))
     asked = run_removal_experiment(ExperimentConfig(**{**_CONFIG, "time_retraining": False}),
@@ -198,6 +239,27 @@ def test_remove_command_stops_after_the_call_in_progress(tmp_path, capsys, monke
     assert "stopping after the current batch of removals" in captured.err
     assert "stopped on request (Ctrl-C)" in captured.err and str(tmp_path) in captured.err
     assert json.loads(next(tmp_path.glob("*.json")).read_text())["stopped_on_request"] is True
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_timing_the_retraining_keeps_every_removal(tmp_path, capsys,
+                                                                 monkeypatch):
+    original = certified_experiment._time_retraining
+
+    def time_retraining(*args: Any, **kwargs: Any) -> Any:
+        signal.raise_signal(signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(certified_experiment, "_time_retraining", time_retraining)
+    status = main(["remove", "--num-removes", "12", "--out", str(tmp_path), "--no-plots",
+                   "--json"])
+    assert status == INTERRUPTED_STATUS
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["privacy"]["removals"] == 12 and not document["stopped_on_request"]
+    assert document["timings"]["retrain_seconds"] is None
+    assert "skipping the retraining timing" in captured.err
+    assert "cover all 12 removals; the retraining was not timed" in captured.err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

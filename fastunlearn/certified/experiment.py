@@ -40,7 +40,7 @@ import torch
 
 from .._atomic_files import write_text
 from .._device import parse_device
-from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
+from .._interrupt import StopCheck, check_stop_callable, skippable, stop_points, stop_requested
 from .._numbers import is_finite, is_integer, is_real, plain_fields
 from .._repr import fields_repr, format_number, summarize
 
@@ -642,7 +642,9 @@ def run_removal_experiment(
             ``SEQUENTIAL_CHUNK`` sequential removals); when it answers True the run stops
             there (a call is never cut in half), skips the retraining timing and reports and
             writes what was done, with ``stopped_on_request`` set. ``fastunlearn
-            remove`` answers True after the first Ctrl-C. None: run to the end.
+            remove`` answers True after the first Ctrl-C. None: run to the end. Asked
+            once more before the retraining timing (True skips it; with a
+            :class:`~fastunlearn._interrupt.GracefulStop`, Ctrl-C during it abandons it).
 
     Returns:
         The :class:`ExperimentResult`; its ``files`` lists what was written.
@@ -752,11 +754,16 @@ def run_removal_experiment(
     final["distance_bound"] = exact["distance_bound"]
 
     retrain_seconds = None
-    if config.time_retraining and not stopped_on_request:
+    # a stop asked for during the last removals skips the timing too; Ctrl-C during it
+    # (``fastunlearn remove``) abandons it and the results are still written
+    if config.time_retraining and not stop_requested(should_stop):
         keep = np.ones(n_train, dtype=bool)
         keep[np.asarray(model.removed_indices_, dtype=np.int64)] = False
-        fresh, retrain_seconds = _time_retraining(config, data.X_train[keep], data.y_train[keep])
-        final["retrained_test_accuracy"], _ = _accuracy(fresh, data.X_test, data.y_test)
+        with skippable(should_stop, "the retraining timing") as skip:
+            fresh, seconds = _time_retraining(config, data.X_train[keep], data.y_train[keep])
+        if not skip.skipped:
+            retrain_seconds = seconds
+            final["retrained_test_accuracy"], _ = _accuracy(fresh, data.X_test, data.y_test)
 
     from fastunlearn.certified.bounds import c_delta, resolve_gamma, worst_case_bound
 
