@@ -8,5 +8,6 @@ from . import (
     ops,  # noqa: E402
 )
 from ._extension import backend, is_compiled  # noqa: E402
+from ._interrupt import GracefulStop  # noqa: E402
 
-__all__ = ["__version__", "backend", "is_compiled", "ops", "linalg", "grad"]
+__all__ = ["__version__", "backend", "is_compiled", "ops", "linalg", "grad", "GracefulStop"]

@@ -287,3 +287,6 @@ def test_an_interrupt_outside_any_loop_exits_130(tmp_path, capsys, monkeypatch):
 def test_the_exit_status_is_the_shells_for_sigint():
     assert INTERRUPTED_STATUS == 128 + int(signal.SIGINT)
     assert set(_interrupt.__all__) >= {"GracefulStop", "stop_requested", "INTERRUPTED_STATUS"}
+    import fastunlearn
+
+    assert fastunlearn.GracefulStop is GracefulStop and "GracefulStop" in fastunlearn.__all__
