@@ -1,9 +1,10 @@
 """Ctrl-C in a long command: stop at the next safe point and keep what was done.
 
 The experiment runners (``run_removal_experiment``, ``run_harness``,
-``run_repair_experiment``) take a ``should_stop`` callable that they ask between steps
-(removals, method runs, repair steps); when it answers True they stop there, mark the
-result as stopped on request and write everything finished so far. The commands wire
+``run_repair_experiment``, ``iterative_label_repair``) take a ``should_stop`` callable
+that they ask between steps (removals, method runs, repair steps); when it answers True
+they stop there, mark the result as stopped on request and write everything finished so
+far. The commands wire
 ``should_stop`` to :class:`GracefulStop`: inside the step loops (the runners mark them
 with :func:`stop_points`) the first Ctrl-C asks the run to stop after the step in progress
 (a removal is never cut in half) and a second one aborts at once; elsewhere (loading data,
@@ -94,9 +95,7 @@ def skippable(should_stop: StopCheck | None, what: str) -> Iterator[Skip]:
         return
     try:
         yield skip
-    except KeyboardInterrupt:
-        if should_stop.requested:  # already asked before: this was the second Ctrl-C
-            raise
+    except KeyboardInterrupt:  # the first Ctrl-C (the work is outside any step loop)
         skip.skipped = should_stop.requested = True
         print(f"\nfastunlearn: Ctrl-C: skipping {what} and writing what is done",
               file=should_stop.stream or sys.stderr, flush=True)

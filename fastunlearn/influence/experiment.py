@@ -551,10 +551,10 @@ def _run_repair_experiment(
     stopped_in: str | None = None  # the protocol a stop request ended part-way
     skipped: list[str] = []
     with stop_points(should_stop):  # Ctrl-C here: finish the step, then stop
-        for protocol in config.protocols:
-            if skipped or stop_requested(should_stop):  # once asked, every later one is skipped
-                skipped.append(protocol)
-                continue
+        for n, protocol in enumerate(config.protocols):
+            if stop_requested(should_stop):  # this protocol and every later one are skipped
+                skipped = list(config.protocols[n:])
+                break
             model = copy.deepcopy(poisoned)
             stopped = False
             t0 = time.perf_counter()
@@ -593,7 +593,7 @@ def _run_repair_experiment(
             }
             if stopped:
                 stopped_in = protocol
-                skipped = list(config.protocols[config.protocols.index(protocol) + 1:])
+                skipped = list(config.protocols[n + 1:])
                 break
     result["stopped_on_request"] = stopped_in is not None or bool(skipped)
     result["skipped_protocols"] = skipped
