@@ -398,6 +398,10 @@ def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
                    ".safetensors); an existing file that is not a safetensors file is "
                    "never overwritten")
     p.add_argument("--force", action="store_true", help="train even if the checkpoint exists")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start training from the first epoch even if an interrupted run of "
+                   "the same settings left its finished epochs in <checkpoint stem>"
+                   ".epoch-state.pt (by default the training resumes after them)")
     p.add_argument("--seed", type=_seed, default=1, help="seed, 0 .. 2**32-1 (reference: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
     add_progress_flags(p, "--quiet")
@@ -405,8 +409,11 @@ def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
-                     device: torch.device) -> dict[str, Any]:
-    """Train ``model`` as ``args.extractor`` says; return the metadata to store."""
+                     device: torch.device, epoch_state: Any) -> dict[str, Any]:
+    """Train ``model`` as ``args.extractor`` says; return the metadata to store.
+
+    ``epoch_state`` is the file that keeps the finished epochs (training resumes there).
+    """
     from .certified import extractors
 
     progress = resolve_progress(args.progress)
@@ -416,7 +423,8 @@ def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
         loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size)
         _, epsilon = extractors.train_dp_extractor(
             model, loader, epochs=args.epochs, lr=args.learning_rate, noise_multiplier=args.std,
-            max_grad_norm=args.clip, delta=args.delta, device=device, progress=progress)
+            max_grad_norm=args.clip, delta=args.delta, device=device, progress=progress,
+            epoch_checkpoint=epoch_state)
         meta.update(epsilon=epsilon, delta=args.delta, noise_multiplier=args.std,
                     max_grad_norm=args.clip, accountant="opacus rdp, poisson sampling")
         return meta
@@ -427,14 +435,14 @@ def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
         extractors.train_adversarial_extractor(
             model, loader, attack=args.attack, epsilon=args.attack_epsilon,
             steps=args.pgd_steps, epochs=args.epochs, lr=args.learning_rate, device=device,
-            progress=progress)
+            progress=progress, epoch_checkpoint=epoch_state)
         meta.update(attack=args.attack, attack_epsilon=args.attack_epsilon)
         if args.attack == "pgd":
             meta["pgd_steps"] = args.pgd_steps
     else:
         extractors.train_standard_extractor(model, loader, epochs=args.epochs,
                                             lr=args.learning_rate, device=device,
-                                            progress=progress)
+                                            progress=progress, epoch_checkpoint=epoch_state)
     return meta
 
 
@@ -483,6 +491,37 @@ def _check_checkpoint(checkpoint: Any) -> bool:
     return True
 
 
+def _train_with_epoch_state(args: argparse.Namespace, model: Any, train: Any,
+                            device: torch.device, checkpoint: Any) -> dict[str, Any]:
+    """Train, keeping each finished epoch beside ``checkpoint``; resume from there."""
+    from .certified.epoch_state import saved_epochs
+
+    epoch_state = checkpoint.with_suffix(".epoch-state.pt")
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)  # the epochs are kept beside it
+    if args.no_resume and epoch_state.is_file():
+        epoch_state.unlink()
+        print(f"--no-resume: removed the finished epochs of an earlier run ({epoch_state})")
+    done = saved_epochs(epoch_state)
+    if done:
+        print(f"resuming after epoch {done} of {args.epochs}: an interrupted run of these "
+              f"settings left them in {epoch_state} (--no-resume starts over)")
+    try:
+        meta = _train_extractor(args, model, train, device, epoch_state)
+    except ValueError as exc:
+        if "'epoch_checkpoint'" not in str(exc) or not epoch_state.is_file():
+            raise
+        raise ValueError(f"{exc} (--no-resume removes it)") from None
+    except KeyboardInterrupt:
+        kept = saved_epochs(epoch_state)
+        if kept:
+            raise KeyboardInterrupt(f"{kept} of {args.epochs} epochs are kept in {epoch_state}; "
+                                    "the same command resumes after them") from None
+        raise
+    if done:
+        meta["resumed_after_epoch"] = done  # train_seconds counts this run's epochs only
+    return meta
+
+
 def _extract(args: argparse.Namespace, device: torch.device) -> int:
     import time
     from pathlib import Path
@@ -527,7 +566,7 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
         print(f"loaded the trained extractor from {checkpoint} (--force trains a new one)")
     else:
         start = time.perf_counter()
-        meta = _train_extractor(args, model, train, device)
+        meta = _train_with_epoch_state(args, model, train, device, checkpoint)
         meta["train_seconds"] = time.perf_counter() - start
         meta.update(extractor=args.extractor, model=model_name, name=name,
                     dataset=args.dataset)

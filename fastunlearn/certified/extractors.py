@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,7 @@ from tqdm import tqdm
 from .._equality import dataclass_eq
 from .._numbers import as_float, as_int, is_integer, is_real
 from ..data.vision import load_features, save_features
+from .epoch_state import EpochState
 
 __all__ = [
     "DP_ORDERS",
@@ -113,12 +116,12 @@ def _activations_out_of_place(model: nn.Module) -> Iterator[None]:
     """
     flipped = [m for m in model.modules() if getattr(m, "inplace", None) is True]
     for module in flipped:
-        module.inplace = False
+        setattr(module, "inplace", False)  # noqa: B010 (nn.Module types attributes as Tensor)
     try:
         yield
     finally:
         for module in flipped:
-            module.inplace = True
+            setattr(module, "inplace", True)  # noqa: B010
 
 
 def _check_model(model: object) -> nn.Module:
@@ -158,10 +161,24 @@ def _run_epochs(
     progress: bool,
     desc: str,
     perturb: Callable[[Tensor, Tensor], Tensor] | None = None,
+    epoch_state: EpochState | None = None,
+    extra_state: Callable[[], dict[str, Any]] | None = None,
+    restore_extra: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Minimise mean cross-entropy over ``epochs`` passes of ``loader``."""
+    """Minimise mean cross-entropy over ``epochs`` passes of ``loader``.
+
+    With ``epoch_state``, training starts after the epochs saved there (``restore_extra``
+    gets what ``extra_state`` returned when they were saved), the state is saved after every
+    epoch and the file is removed at the end.
+    """
     model.train()
-    for epoch in range(epochs):
+    start = 0
+    if epoch_state is not None:
+        start = epoch_state.load(
+            model, optimizer, epochs=epochs, device=device, loader=loader,
+            restore_extra=restore_extra,
+        )  # fmt: skip
+    for epoch in range(start, epochs):
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for x, y in bar:
             x, y = x.to(device), y.to(device)
@@ -173,7 +190,33 @@ def _run_epochs(
             optimizer.step()
             if x.shape[0] > 0:  # Poisson sampling can draw an empty batch (loss is NaN)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if epoch_state is not None:
+            optimizer.zero_grad(set_to_none=True)  # gradients are not part of the state
+            epoch_state.save(
+                epoch + 1, model, optimizer, device=device, loader=loader,
+                extra=extra_state() if extra_state is not None else None,
+            )  # fmt: skip
     optimizer.zero_grad(set_to_none=True)  # free the last gradients
+    if epoch_state is not None:
+        epoch_state.remove()
+
+
+def _epoch_state(
+    path: str | os.PathLike[str] | None,
+    kind: str,
+    model: nn.Module,
+    loader: Iterable[Batch],
+    **settings: Any,
+) -> EpochState | None:
+    """Return the epoch-state file of a run, or None; checked before any training."""
+    if path is None:
+        return None
+    batches = len(loader) if isinstance(loader, Sized) else None
+    dataset = getattr(loader, "dataset", None)
+    examples = len(dataset) if isinstance(dataset, Sized) else None
+    return EpochState.for_run(
+        path, dict(kind=kind, batches=batches, examples=examples, **settings), model
+    )
 
 
 def train_standard_extractor(
@@ -185,6 +228,7 @@ def train_standard_extractor(
     weight_decay: float = 0.0,
     device: Device = "cpu",
     progress: bool = True,
+    epoch_checkpoint: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Train a classifier with Adam on cross-entropy (no privacy, no robustness).
 
@@ -196,12 +240,19 @@ def train_standard_extractor(
         weight_decay: Adam weight decay (the reference's ``--lam``, 0 by default).
         device: Where to train.
         progress: Show a tqdm bar per epoch.
+        epoch_checkpoint: A file for the state after each finished epoch (weights,
+            optimizer, random states), or None. If it exists, training resumes after
+            the epochs it holds, ending as an uninterrupted run would (same settings,
+            initial weights and device); it is removed when training finishes. See
+            :mod:`fastunlearn.certified.epoch_state`.
 
     Returns:
         The trained ``model`` (same object, on ``device``, in eval mode).
 
     Raises:
         ValueError: If ``epochs`` < 1 or ``lr``/``weight_decay`` are out of range.
+        ValueError: If ``epoch_checkpoint`` holds another run's state (other settings or
+            initial weights) or is not an epoch state; it is left as it is.
         TypeError: If ``model`` is not an ``nn.Module``.
 
     """
@@ -209,12 +260,14 @@ def train_standard_extractor(
     epochs = _check_count(epochs, "epochs")
     lr = _check_real(lr, "lr", low=0.0, inclusive=False)
     weight_decay = _check_real(weight_decay, "weight_decay", low=0.0, inclusive=True)
+    state = _epoch_state(epoch_checkpoint, "standard", model, train_loader, lr=lr,
+                         weight_decay=weight_decay)
     device = torch.device(device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     _run_epochs(
         model, train_loader, optimizer, epochs=epochs, device=device, progress=progress,
-        desc="train epoch",
+        desc="train epoch", epoch_state=state,
     )  # fmt: skip
     return model.eval()
 
@@ -274,6 +327,7 @@ def train_dp_extractor(
     weight_decay: float = 0.0,
     device: Device = "cpu",
     progress: bool = True,
+    epoch_checkpoint: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, float]:
     """Train a feature extractor with DP-SGD (Opacus) and return it with its epsilon.
 
@@ -303,6 +357,12 @@ def train_dp_extractor(
         weight_decay: Adam weight decay (reference ``--lam`` 0).
         device: Where to train.
         progress: Show a tqdm bar per epoch.
+        epoch_checkpoint: A file for the state after each finished epoch (weights,
+            optimizer, random states, the accountant's history), or None. If it exists,
+            training resumes after the epochs it holds, ending with the model and epsilon
+            of an uninterrupted run (same settings, initial weights and device); it is
+            removed when training finishes. See
+            :mod:`fastunlearn.certified.epoch_state`.
 
     Returns:
         ``(model, epsilon)``: the trained model (the same object, Opacus hooks removed, in
@@ -314,6 +374,8 @@ def train_dp_extractor(
             contains a layer DP-SGD cannot train (BatchNorm).
         TypeError: If ``model`` is not an ``nn.Module`` or ``train_loader`` not a
             ``DataLoader``.
+        ValueError: Also if ``epoch_checkpoint`` holds another run's state (other settings or
+            initial weights) or is not an epoch state; it is left as it is.
 
     """
     from opacus import PrivacyEngine
@@ -337,6 +399,9 @@ def train_dp_extractor(
             f"'model' cannot be trained with DP-SGD ({len(errors)} problem(s); first: "
             f"{first}). Use GroupNorm instead of BatchNorm, e.g. norm='group'."
         )
+    state = _epoch_state(epoch_checkpoint, "dp", model, train_loader, lr=lr,
+                         weight_decay=weight_decay, noise_multiplier=noise_multiplier,
+                         max_grad_norm=max_grad_norm)
 
     device = torch.device(device)
     model.to(device)
@@ -359,12 +424,28 @@ def train_dp_extractor(
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 _run_epochs(
                     private_model, private_loader, private_optimizer, epochs=epochs,
-                    device=device, progress=progress, desc="dp epoch",
+                    device=device, progress=progress, desc="dp epoch", epoch_state=state,
+                    extra_state=lambda: {"accountant_history": _history(engine)},
+                    restore_extra=lambda extra: _restore_history(engine, extra),
                 )  # fmt: skip
         finally:
             private_model.to_standard_module()  # removes the per-sample-gradient hooks
     epsilon = engine.accountant.get_epsilon(delta=delta, alphas=list(DP_ORDERS))
     return model.eval(), float(epsilon)
+
+
+def _history(engine: Any) -> list[list[float]]:
+    """Return the RDP accountant's steps as ``[noise_multiplier, sample_rate, steps]`` rows."""
+    return [[float(noise), float(rate), int(steps)] for noise, rate, steps in
+            engine.accountant.history]
+
+
+def _restore_history(engine: Any, extra: dict[str, Any]) -> None:
+    rows = extra.get("accountant_history")
+    if not isinstance(rows, list):
+        raise ValueError("'epoch_checkpoint' holds no DP accountant history: remove it to "
+                         "start over")
+    engine.accountant.history = [(float(a), float(b), int(c)) for a, b, c in rows]
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,6 +605,7 @@ def train_adversarial_extractor(
     input_range: tuple[float, float] | None = (0.0, 1.0),
     device: Device = "cpu",
     progress: bool = True,
+    epoch_checkpoint: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Adversarial training: minimise the cross-entropy on attacked inputs.
 
@@ -549,12 +631,19 @@ def train_adversarial_extractor(
         input_range: Valid input range the attacks clamp to, or ``None``.
         device: Where to train.
         progress: Show a tqdm bar per epoch.
+        epoch_checkpoint: A file for the state after each finished epoch (weights,
+            optimizer, random states), or None. If it exists, training resumes after
+            the epochs it holds, ending as an uninterrupted run would (same settings,
+            initial weights and device); it is removed when training finishes. See
+            :mod:`fastunlearn.certified.epoch_state`.
 
     Returns:
         The trained ``model`` (same object, on ``device``, in eval mode).
 
     Raises:
         ValueError: If ``attack`` is unknown or a number is out of range (names the arg).
+        ValueError: If ``epoch_checkpoint`` holds another run's state (other settings or
+            initial weights) or is not an epoch state; it is left as it is.
         TypeError: If ``model`` is not an ``nn.Module``.
 
     """
@@ -571,12 +660,16 @@ def train_adversarial_extractor(
             return fgsm_attack(model, x, y, epsilon=eps, alpha=step, input_range=valid)
         return pgd_attack(model, x, y, epsilon=eps, alpha=step, steps=steps, input_range=valid)
 
+    state = _epoch_state(epoch_checkpoint, "adversarial", model, train_loader, lr=lr,
+                         weight_decay=weight_decay, attack=attack, epsilon=eps, alpha=step,
+                         steps=steps if attack == "pgd" else None,
+                         input_range=list(valid) if valid is not None else None)
     device = torch.device(device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     _run_epochs(
         model, train_loader, optimizer, epochs=epochs, device=device, progress=progress,
-        desc=f"{attack} epoch", perturb=perturb,
+        desc=f"{attack} epoch", perturb=perturb, epoch_state=state,
     )  # fmt: skip
     return model.eval()
 
@@ -617,7 +710,7 @@ def extract_features(
     if feature_fn is None:
         if not callable(getattr(model, "extract", None)):
             raise TypeError("'model' has no extract() method; pass 'feature_fn'")
-        feature_fn = model.extract
+        feature_fn = cast("Callable[[Tensor], Tensor]", model.extract)
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
