@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import SupportsFloat, SupportsIndex, cast
 
 import numpy as np
@@ -214,8 +215,8 @@ def data_dependent_bound(
 
 def worst_case_bound(
     lam: float,
-    n: int | Tensor,
-    m: int | Tensor = 1,
+    n: float | Tensor | np.ndarray | Sequence[float],
+    m: float | Tensor | np.ndarray | Sequence[float] = 1,
     gamma: float = GAMMA_PAPER,
     C: float = 1.0,
     row_norm: float = 1.0,

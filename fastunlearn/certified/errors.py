@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import RemovalReport
+
 __all__ = ["BudgetExceededError"]
 
 
@@ -28,7 +33,7 @@ class BudgetExceededError(RuntimeError):
         indices: tuple[int, ...] = (),
         bound: float = float("nan"),
         budget_left: float = float("nan"),
-        report: object | None = None,
+        report: RemovalReport | None = None,
     ) -> None:
         super().__init__(message)
         self.indices = tuple(indices)

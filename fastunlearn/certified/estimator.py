@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -494,7 +494,7 @@ class CertifiedLogisticRegression(
         """``X @ W`` of every row, cached; each committed step adds its ``X @ V``."""
         if getattr(self, "_Z", None) is None:
             self._Z = self._X @ self._W
-        return self._Z
+        return cast(Tensor, self._Z)  # set just above when it was None
 
     def _removal_factor(self, settled: bool = True) -> woodbury.RemovedRowsFactor:
         """Return the CG starting factors with the rows removed since then folded in.
@@ -516,7 +516,7 @@ class CertifiedLogisticRegression(
             )
             # new factors, possibly in the old buffers: what was derived from them is stale
             self._factor_generation = getattr(self, "_factor_generation", 0) + 1
-        return self._wood
+        return cast(woodbury.RemovedRowsFactor, self._wood)  # started just above when None
 
     def _discard_uncommitted(self) -> None:
         """Clean the Woodbury columns a planned step wrote when it is not committed."""
@@ -1111,7 +1111,8 @@ class CertifiedLogisticRegression(
                     if refresh_after is None:  # "auto" may change its mind at any row
                         run = None
                     if run is not None:  # the single step takes the rows they leave
-                        done, refused = run(arr, span, report, refresh_after)
+                        # refresh_after None set run to None above
+                        done, refused = run(arr, span, report, cast(int, refresh_after))
                         span += done
                         if span == len(spans) or (done and not refused):
                             continue

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,11 @@ from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, skippable, stop_points, stop_requested
 from .._numbers import is_finite, is_integer, is_real, plain_fields
 from .._repr import fields_repr, format_number, summarize
+
+if TYPE_CHECKING:
+    from fastunlearn.certified.errors import BudgetExceededError
+    from fastunlearn.data.digits import DigitsSplit
+    from fastunlearn.data.vision import FeatureSplit
 
 __all__ = [
     "DATASETS",
@@ -325,6 +330,7 @@ def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
     config.validate()
     binary = config.train_mode == "binary"
     meta: dict[str, Any] = {}
+    split: DigitsSplit | FeatureSplit
     if config.dataset == "digits" and config.extractor == "none":
         from fastunlearn.data import load_digits_dataset
 
@@ -332,7 +338,8 @@ def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
     else:
         from fastunlearn.data.vision import load_features_or_pixels
 
-        split = load_features_or_pixels(config.dataset, config.data_dir, config.extractor,
+        data_dir = cast(str, config.data_dir)  # validate() requires it here
+        split = load_features_or_pixels(config.dataset, data_dir, config.extractor,
                                         BINARY_PAIR if binary else None)
         meta = dict(getattr(split, "meta", None) or {})
     X_train, y_train, X_test, y_test, classes = _unpack_split(split)
@@ -849,7 +856,7 @@ def _time_retraining(config: ExperimentConfig, X: np.ndarray, y: np.ndarray
     return fresh, statistics.median(times)
 
 
-def _budget_error() -> type[BaseException]:
+def _budget_error() -> type[BudgetExceededError]:
     from fastunlearn.certified.errors import BudgetExceededError
 
     return BudgetExceededError

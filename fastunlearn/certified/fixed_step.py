@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import torch
 from torch import Tensor
@@ -77,6 +77,13 @@ if FUSED_OPS_DEFAULT not in ("0", "1"):
         "environment variable FASTUNLEARN_CERTIFIED_FUSED must be '0' or '1', "
         f"got {FUSED_OPS_DEFAULT!r}"
     )
+
+
+class _TensorOptions(TypedDict):
+    """The ``dtype`` and ``device`` keywords of a tensor factory (``torch.empty(..., **opts)``)."""
+
+    dtype: torch.dtype
+    device: torch.device
 
 
 def _uses(model: CertifiedLogisticRegression, switch: str) -> bool:
@@ -134,7 +141,7 @@ class FixedShapeStep:
         n, K = self.A.shape
         d = self.X.shape[1]
         T = factor.capacity
-        f64 = dict(dtype=torch.float64, device=dev)
+        f64 = _TensorOptions(dtype=torch.float64, device=dev)
         self.row = torch.zeros(1, dtype=torch.int64, device=dev)
         self.slot = torch.zeros(1, dtype=torch.int64, device=dev)
         self.slots = torch.arange(T, device=dev)
@@ -318,8 +325,10 @@ class FixedShapeStep:
         C12 = -torch.bmm(f.U_buf.mT, G_new)  # [K, T, 1], zero at and past slot t
         L21 = self._c_solve(C12)  # [K, T, 1], zero at and past slot t
         if self.fused_woodbury:
+            # fused_woodbury is set only with an explicit C^{-1} (see __init__)
+            C_inv = cast(Tensor, self.C_inv)
             certified_woodbury_row_(
-                f.U_buf, f.G_buf, f.C_buf, self.C_inv, self.out, U_new, G_new, L21, self.slot
+                f.U_buf, f.G_buf, f.C_buf, C_inv, self.out, U_new, G_new, L21, self.slot
             )
         else:
             self._extend(U_new, G_new, L21)

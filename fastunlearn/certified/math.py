@@ -18,7 +18,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -356,8 +356,9 @@ class NewtonResult(NamedTuple):
     converged: bool
     cholesky: Tensor
 
-    if not TYPE_CHECKING:  # a method, not a field, to type checkers too
-        __repr__ = fields_repr  # bounded: large tensors print their shape
+    def __repr__(self) -> str:
+        """Return the bounded repr of the fields (large tensors print their shape)."""
+        return fields_repr(self)
 
 
 def _check_same_dtype(X: Tensor, **others: Tensor | None) -> None:

@@ -46,7 +46,7 @@ import uuid
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from safetensors import SafetensorError
@@ -91,6 +91,14 @@ _MAX_HEADER = 100_000_000
 _HEADER_CRC = "header_crc32"
 # Model attribute remembering the checkpoint it last wrote: (path key, lineage, ledger seq).
 _MARK = "_checkpoint_mark"
+
+
+class _FromState(Protocol):
+    """A model class as :func:`load_model` takes it: one with a ``from_state`` classmethod."""
+
+    def from_state(
+        self, tensors: dict[str, torch.Tensor], meta: Any, *, device: Any = None
+    ) -> Any: ...
 
 
 # ---------------------------------------------------------------------- reading
@@ -180,7 +188,8 @@ def _header_checksum(header: Mapping[str, Any]) -> str:
 
 def _checksum(tensor: torch.Tensor) -> str:
     raw = tensor.detach().reshape(-1).view(torch.uint8).numpy()
-    return f"{zlib.crc32(memoryview(raw)) & 0xFFFFFFFF:08x}"
+    # numpy's stubs declare ndarray's buffer protocol (__buffer__) only for Python >= 3.12
+    return f"{zlib.crc32(memoryview(raw)) & 0xFFFFFFFF:08x}"  # type: ignore[arg-type]
 
 
 def _file_id(path: Path) -> tuple[int, int, int]:
@@ -515,11 +524,12 @@ def _foreign_writer(
     the checkpoint file is the one it last wrote or loaded (same path, lineage and ``seq``),
     or when the path holds no checkpoint and no ledger records at all.
     """
-    mark = getattr(model, _MARK, None)
+    mark: Any = getattr(model, _MARK, None)  # (path key, lineage, seq) when ``mine``
     key = _path_key(p)
     mine = isinstance(mark, tuple) and len(mark) == 3 and mark[0] == key
     seq = None if meta is None else meta.get("ledger_seq")
     if seq is not None:
+        meta = cast("Mapping[str, Any]", meta)  # a ledger seq was read from it
         if mine and mark[1] == meta.get("lineage") and mark[2] == seq:
             return None
         wrote = f"seq {mark[2]}" if mine else "nothing there"
@@ -716,7 +726,7 @@ def _check_removed(
 def load_model(
     path: str | os.PathLike[str],
     *,
-    cls: type | None = None,
+    cls: _FromState | None = None,
     ledger: bool = True,
     allow_rollback: bool = False,
     device: str | Any | None = None,

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import cast
 
 import numpy as np
 import torch
 
 from . import woodbury
+from ._estimator_attributes import EstimatorAttributes
 from .fixed_step import RunResults
 from .records import RemovalReport
 
@@ -43,7 +45,7 @@ FIRST_WINDOW = 4
 MAX_WINDOW = 32
 
 
-class PipelinedRuns:
+class PipelinedRuns(EstimatorAttributes):
     """The pipelined removal loop of the fixed-shape step (a mixin; see the module)."""
 
     def _pipeline_applies(self, refresh_after: int) -> bool:
@@ -131,7 +133,8 @@ class PipelinedRuns:
             if done:
                 self._wood = base._replace(rows=slot0 + done, M_inv=None)
             if queued > done:  # rows queued and not committed: clean the slots they wrote
-                woodbury.discard(self._wood, slot0 + queued)
+                # the run's factors: ``base`` (or its update above) since _removal_factor
+                woodbury.discard(cast(woodbury.RemovedRowsFactor, self._wood), slot0 + queued)
                 fixed.forget_c_inverse()
             self._refresh_loose_spectral()
         if stop is not None:

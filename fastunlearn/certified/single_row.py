@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -28,9 +29,13 @@ from torch import Tensor
 
 from ..ops.certified import certified_cg_step, certified_cg_steps
 from . import woodbury
+from ._estimator_attributes import EstimatorAttributes
 from .bounds import worst_case_bound
 from .fixed_step import FixedShapeStep
 from .records import PlannedStep, RemovalRecord, RemovalReport
+
+if TYPE_CHECKING:
+    from .estimator import CertifiedLogisticRegression
 
 __all__ = [
     "CG_MAX_ITERATIONS",
@@ -73,7 +78,7 @@ CG_MAX_ITERATIONS = 200
 SPECTRAL_REFRESH_FRACTION = 0.05
 
 
-class SingleRowSteps:
+class SingleRowSteps(EstimatorAttributes):
     """The fixed-shape single-row CG steps and their removal loops (a mixin; see the module)."""
 
     def _fixed_step_possible(self, solver: str) -> bool:
@@ -120,10 +125,11 @@ class SingleRowSteps:
         if base.folded + 1 > base.capacity:
             return None
         base = self._compiled_base()
+        M_inv, M_spare = cast(Tensor, base.M_inv), cast(Tensor, base.M_spare)  # set by it
         cfg = self._cfg
         result = certified_cg_step(
             self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
-            self._row_sq, base.M_inv, base.M_spare, base.weights, base.U_buf, base.folded,
+            self._row_sq, M_inv, M_spare, base.weights, base.U_buf, base.folded,
             int(rows_np[0]), lam=cfg["lam"], gamma=cfg["gamma"],
             row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
             max_iter=CG_MAX_ITERATIONS,
@@ -224,10 +230,11 @@ class SingleRowSteps:
             return 0, False
         rows_np, slack = self._spectral_run(rows_np)
         base = self._compiled_base()
+        M_inv, M_spare = cast(Tensor, base.M_inv), cast(Tensor, base.M_spare)  # set by it
         cfg = self._cfg
         result = certified_cg_steps(
             self._X, self._Y, self._A, self._margins(), self._W, self._n_rem, self._eig,
-            self._row_sq, self._gram, self._removed, base.M_inv, base.M_spare, base.weights,
+            self._row_sq, self._gram, self._removed, M_inv, M_spare, base.weights,
             base.U_buf, torch.from_numpy(rows_np), base.folded, lam=cfg["lam"],
             gamma=cfg["gamma"], row_norm_max=self._row_norm_max, cg_tol=float(self.cg_tol),
             max_iter=CG_MAX_ITERATIONS, budget_used=self.budget_used_, budget=self.budget_,
@@ -359,7 +366,8 @@ class SingleRowSteps:
         fixed = getattr(self, "_fixed", None)
         if fixed is None or not fixed.matches(self, base):
             mode = getattr(self, "_fixed_step_mode", FIXED_STEP_MODE)
-            fixed = self._fixed = FixedShapeStep(self, base, use_graphs=mode != "eager")
+            model = cast("CertifiedLogisticRegression", self)  # the mixin's only host
+            fixed = self._fixed = FixedShapeStep(model, base, use_graphs=mode != "eager")
         fixed.factor = base
         return fixed
 

@@ -20,6 +20,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
+from ._estimator_attributes import EstimatorAttributes
 from .bounds import noise_budget
 from .ledger import ledger_path
 from .math import draw_perturbation, no_tf32, subsample_membership
@@ -43,7 +44,7 @@ GRAM_TOLERANCE = 1e-10
 GRAM_PROBES = 4
 
 
-class ModelState:
+class ModelState(EstimatorAttributes):
     """Checkpoint events, ``get_state``/``from_state`` and ``save``/``load`` (a mixin)."""
 
     def _check_checkpoint_owner(self, event: str = "remove") -> None:
