@@ -12,7 +12,8 @@ import torch
 _BUILD_INFO = os.path.join(os.path.dirname(__file__), "_build_info.json")
 
 try:
-    from . import _C  # noqa: F401  (importing registers torch.ops.fastunlearn.*)
+    # importing registers torch.ops.fastunlearn.*; the compiled module ships no stubs
+    from . import _C  # type: ignore[attr-defined]  # noqa: F401
 
     _LOAD_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - exercised only on broken installs

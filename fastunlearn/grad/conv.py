@@ -57,9 +57,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -122,8 +124,13 @@ class _Call:
         return self.g.shape[2] * self.g.shape[3]
 
 
+def _conv(module: nn.Module) -> nn.Conv1d | nn.Conv2d:
+    """Return ``module`` typed as the convolution it is (the rule handles these two only)."""
+    return cast("nn.Conv1d | nn.Conv2d", module)
+
+
 def _as_2d(layer: CapturedLayer, call: LayerCall) -> _Call:
-    module = layer.module
+    module = _conv(layer.module)
     one_d = isinstance(module, nn.Conv1d)
     dims = 3 if one_d else 4
     x = layer.batched(call.input(), min_dim=dims).detach()
@@ -133,7 +140,7 @@ def _as_2d(layer: CapturedLayer, call: LayerCall) -> _Call:
             f"a batched {dims}-D input"
         )
     g = call.grad_output
-    padding = module.padding
+    padding: str | tuple[int, ...] = module.padding
     if isinstance(padding, str) or module.padding_mode != "zeros":
         # The same explicit padding the module applies (asymmetric for padding="same").
         pads = module._reversed_padding_repeated_twice
@@ -147,7 +154,10 @@ def _as_2d(layer: CapturedLayer, call: LayerCall) -> _Call:
         kernel, stride, dilation, padding = (
             (1, *kernel), (1, *stride), (1, *dilation), (0, *padding)
         )
-    return _Call(x, g, tuple(padding), tuple(kernel), tuple(stride), tuple(dilation))
+    # 2-D now: every one is a pair
+    return _Call(x, g, cast("tuple[int, int]", tuple(padding)),
+                 cast("tuple[int, int]", tuple(kernel)), cast("tuple[int, int]", tuple(stride)),
+                 cast("tuple[int, int]", tuple(dilation)))
 
 
 def im2col(x: Tensor, kernel: tuple[int, int], *, stride: tuple[int, int] = (1, 1),
@@ -226,7 +236,7 @@ class ConvRule(LayerRule):
 
     @override
     def supports(self, module: nn.Module) -> bool:
-        return module.groups == 1
+        return _conv(module).groups == 1
 
     # ---- choosing --------------------------------------------------------------------------
 
@@ -235,7 +245,7 @@ class ConvRule(LayerRule):
 
         Grouped convolutions always take ``"conv"`` (the im2col view assumes one group).
         """
-        module = layer.module
+        module = _conv(layer.module)
         if module.groups > 1:
             return "conv"
         if self.strategy != "auto":
@@ -250,7 +260,8 @@ class ConvRule(LayerRule):
     @staticmethod
     def _linear_sizes(layer: CapturedLayer) -> tuple[int, int]:
         """``(K, O)``: the weight as a linear layer's ``[out, in]`` matrix is ``[O, K]``."""
-        return layer.module.weight[0].numel(), layer.module.out_channels
+        module = _conv(layer.module)
+        return module.weight[0].numel(), module.out_channels
 
     def _calls(self, layer: CapturedLayer) -> list[_Call]:
         if "conv_calls" not in layer.cache:
@@ -263,7 +274,7 @@ class ConvRule(LayerRule):
     def sq_norm(self, layer: CapturedLayer, names: set[str]) -> Tensor:
         bias_sq = _row_sq_sum(self._bias_per_sample(layer)) if "bias" in names else None
         if "weight" not in names:
-            return bias_sq
+            return cast(Tensor, bias_sq)  # ``names`` is never empty: it holds the bias
         method = self.choose(layer, "sq_norm")
         L = sum(c.positions for c in self._calls(layer))
         gram = method == "unfold" and _prefers_gram(L, *self._linear_sizes(layer))
@@ -283,10 +294,10 @@ class ConvRule(LayerRule):
 
     @override
     def dot(self, layer: CapturedLayer, vectors: dict[str, Tensor]) -> Tensor:
-        module, calls = layer.module, self._calls(layer)
+        module, calls = _conv(layer.module), self._calls(layer)
         V, c = vectors.get("weight"), vectors.get("bias")
         if V is None:
-            return self._bias_per_sample(layer) @ c
+            return self._bias_per_sample(layer) @ cast(Tensor, c)  # the weight, bias or both
         if self.choose(layer, "dot") == "unfold":
             V2 = V.reshape(module.out_channels, -1)
             return torch.cat([per_sample_dot(A, G, V2, c)
@@ -305,10 +316,10 @@ class ConvRule(LayerRule):
 
     @override
     def weighted_sum(self, layer: CapturedLayer, names: set[str], w: Tensor) -> dict[str, Tensor]:
-        module, calls = layer.module, self._calls(layer)
+        module, calls = _conv(layer.module), self._calls(layer)
         out: dict[str, Tensor] = {}
         if "weight" in names:
-            total = None
+            total: Tensor | None = None
             if "per_sample_weight" in layer.cache:  # kept by sq_norm
                 total = torch.tensordot(w, layer.cache["per_sample_weight"], dims=1)
             elif self.choose(layer, "weighted_sum") == "unfold":
@@ -330,7 +341,8 @@ class ConvRule(LayerRule):
                             x, shape, g, call.stride, call.padding, call.dilation, module.groups
                         )
                         total = part if total is None else total + part
-            out["weight"] = total.reshape(module.weight.shape)
+            # at least one call and one chunk (B >= 1) were added
+            out["weight"] = cast(Tensor, total).reshape(module.weight.shape)
         if "bias" in names:
             out["bias"] = w @ self._bias_per_sample(layer)
         return out
@@ -346,14 +358,14 @@ class ConvRule(LayerRule):
 
     def _fits(self, layer: CapturedLayer) -> bool:
         """Whether the per-sample weight gradients are small enough to keep (:func:`keep_bytes`)."""
-        weight = layer.module.weight
+        weight = _conv(layer.module).weight
         need = layer.batch_size * weight.numel() * self._calls(layer)[0].g.element_size()
         return need <= keep_bytes(self._calls(layer))
 
     def _weight_per_sample(self, layer: CapturedLayer) -> Tensor:
         """Per-sample weight gradients [B, *weight.shape] (cached)."""
         if "per_sample_weight" not in layer.cache:
-            module, B = layer.module, layer.batch_size
+            module, B = _conv(layer.module), layer.batch_size
             n_out, K = module.out_channels, module.weight[0].numel()
             out = self._calls(layer)[0].g.new_empty(B, n_out, K)
             if self.choose(layer, "per_sample") == "unfold":
@@ -378,14 +390,15 @@ class ConvRule(LayerRule):
     def _unfolded(self, layer: CapturedLayer) -> Iterator[tuple[int, int, Tensor, Tensor]]:
         """``(start, stop, A[n, L, K], G[n, L, O])`` over chunks of samples; calls along L."""
         calls = self._calls(layer)
-        K = layer.module.weight[0].numel()
+        K = _conv(layer.module).weight[0].numel()
         L = sum(c.positions for c in calls)
         elem = calls[0].x.element_size()
         for s, e in _chunks(calls[0].g, L * K * elem * (2 if len(calls) > 1 else 1)):
             cols, grads = [], []
             for c in calls:
                 cols.append(im2col(c.x[s:e], c.kernel, stride=c.stride, padding=c.padding,
-                                   dilation=c.dilation, out_size=c.g.shape[2:]))
+                                   dilation=c.dilation,
+                                   out_size=cast("tuple[int, int]", c.g.shape[2:])))
                 grads.append(c.g[s:e].reshape(e - s, c.g.shape[1], -1))
             A = cols[0] if len(cols) == 1 else torch.cat(cols, 2)
             G = grads[0] if len(grads) == 1 else torch.cat(grads, 2)
@@ -394,11 +407,12 @@ class ConvRule(LayerRule):
 
     def _weight_grads(self, layer: CapturedLayer) -> Iterator[tuple[int, int, Tensor]]:
         """``(start, stop, P[n, O, C/groups, kh, kw])`` over chunks of samples."""
-        module, calls = layer.module, self._calls(layer)
+        module, calls = _conv(layer.module), self._calls(layer)
         groups = module.groups
         per_sample = module.weight.numel() * calls[0].x.element_size()
         for s, e in _chunks(calls[0].g, per_sample * (2 if len(calls) > 1 else 1)):
-            n, total = e - s, None
+            n = e - s
+            total: Tensor | None = None
             for c in calls:
                 x, g = c.x[s:e], c.g[s:e]
                 shape = (n * module.out_channels, x.shape[1] // groups, *c.kernel)
@@ -408,4 +422,5 @@ class ConvRule(LayerRule):
                     c.stride, c.padding, c.dilation, n * groups,
                 )
                 total = P if total is None else total + P
+            total = cast(Tensor, total)  # at least one call
             yield s, e, total.view(n, module.out_channels, *total.shape[1:])

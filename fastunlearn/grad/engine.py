@@ -145,7 +145,7 @@ class PerSampleGradients:
         self._layouts_checked: set[tuple] = set()
 
     @staticmethod
-    def _select(named: dict[str, Tensor], params: Iterable[str | Tensor] | None) -> tuple:
+    def _select(named: Mapping[str, Tensor], params: Iterable[str | Tensor] | None) -> tuple:
         if params is None:
             chosen = {n for n, p in named.items() if p.requires_grad}
         else:
@@ -431,8 +431,11 @@ class PerSampleGradients:
                 if not calls for full in self._layers[li].names.values() if full not in ran]
         grads: list[Tensor | None] = [None] * len(flat)
         if (flat or idle) and loss.requires_grad:
+            wrt: list[GradientEdge | Tensor] = [e for *_, e in flat]
+            wrt += [p for _, p in idle]
+            # torch.autograd.grad takes a mix of tensors and edges; its stub does not
             grads = list(torch.autograd.grad(
-                loss, [e for *_, e in flat] + [p for _, p in idle], allow_unused=True
+                loss, wrt, allow_unused=True  # type: ignore[arg-type]
             ))
             for (layer, _), g in zip(idle, grads[len(flat):], strict=True):
                 if g is not None:

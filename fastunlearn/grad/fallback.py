@@ -18,7 +18,7 @@ modules that mix the samples of a batch. Recurrent layers (:class:`RNNRule`) and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -144,7 +144,7 @@ class FunctorchRule(MaterialisingRule):
         def sample_loss(sel: dict[str, Tensor], xs: list[Tensor], gs: list[Tensor]) -> Any:
             vals: list[Any] = list(leaves)
             for i, x in zip(batched, xs, strict=True):
-                vals[i] = x.unsqueeze(in_dims[i])
+                vals[i] = x.unsqueeze(cast(int, in_dims[i]))  # batched: its dim is not None
             args, kwargs = tree_unflatten(vals, spec)
             outputs = tree_flatten(functional_call(module, sel, args, kwargs))[0]
             outs = [outputs[i] for i in out_index]
@@ -219,7 +219,7 @@ class RNNRule(FunctorchRule):
             args, kwargs = tree_unflatten(vals, spec)
             with torch.enable_grad():
                 outputs = tree_flatten(module(*args, **kwargs))[0]
-                loss = 0
+                loss: Tensor | int = 0
                 for i in out_index:
                     d, o = out_dims[i], outputs[i]
                     if call.outputs is not None and not _same(
@@ -227,7 +227,9 @@ class RNNRule(FunctorchRule):
                     ):
                         raise _not_reproduced(layer, i, d)
                     loss = loss + (o * call.grads[i].narrow(d, b, 1)).sum()
-                gs = torch.autograd.grad(loss, [params[n] for n in order], allow_unused=True)
+                # call.grads is never empty (the loss depends on the call), so loss is a tensor
+                gs = torch.autograd.grad(cast(Tensor, loss), [params[n] for n in order],
+                                         allow_unused=True)
             for n, g in zip(order, gs, strict=True):
                 rows[n].append(torch.zeros_like(params[n]) if g is None else g)
         return {n: torch.stack(v) for n, v in rows.items()}

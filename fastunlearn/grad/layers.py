@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -189,12 +189,14 @@ class MaterialisingRule(LayerRule):
     @override
     def sq_norm(self, layer: CapturedLayer, names: set[str]) -> Tensor:
         grads = self.per_sample(layer, names)
-        return sum(g.flatten(1).pow(2).sum(1) for g in grads.values())
+        # ``names`` is never empty, so the sum is a tensor (never the start value 0)
+        return cast(Tensor, sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
 
     @override
     def dot(self, layer: CapturedLayer, vectors: dict[str, Tensor]) -> Tensor:
         grads = self.per_sample(layer, set(vectors))
-        return sum(grads[n].flatten(1) @ v.reshape(-1) for n, v in vectors.items())
+        # ``vectors`` is never empty, so the sum is a tensor (never the start value 0)
+        return cast(Tensor, sum(grads[n].flatten(1) @ v.reshape(-1) for n, v in vectors.items()))
 
     @override
     def weighted_sum(self, layer: CapturedLayer, names: set[str], w: Tensor) -> dict[str, Tensor]:
@@ -239,14 +241,15 @@ class LinearLikeRule(LayerRule):
         W, b = vectors.get("weight"), vectors.get("bias")
         if W is not None:
             return per_sample_dot(A, G, W.reshape(G.shape[-1], A.shape[-1]), b)
-        return G.sum(1) @ b
+        return G.sum(1) @ cast(Tensor, b)  # ``vectors`` holds the weight, the bias or both
 
     @override
     def weighted_sum(self, layer: CapturedLayer, names: set[str], w: Tensor) -> dict[str, Tensor]:
         A, G = self._ag(layer)
         out: dict[str, Tensor] = {}
         if "weight" in names:
-            out["weight"] = per_sample_weighted_sum(A, G, w).reshape(layer.module.weight.shape)
+            weight = cast(Tensor, layer.module.weight)
+            out["weight"] = per_sample_weighted_sum(A, G, w).reshape(weight.shape)
         if "bias" in names:
             out["bias"] = w @ G.sum(1)
         return out
@@ -256,7 +259,7 @@ class LinearLikeRule(LayerRule):
         A, G = self._ag(layer)
         out: dict[str, Tensor] = {}
         if "weight" in names:
-            shape = (layer.batch_size, *layer.module.weight.shape)
+            shape = (layer.batch_size, *cast(Tensor, layer.module.weight).shape)
             out["weight"] = per_sample_grad(A, G).reshape(shape)
         if "bias" in names:
             out["bias"] = G.sum(1)
@@ -314,7 +317,7 @@ class LinearRule(LinearLikeRule):
 
     @override
     def activations(self, layer: CapturedLayer, call: LayerCall) -> tuple[Tensor, Tensor]:
-        module = layer.module
+        module = cast(nn.Linear, layer.module)  # the rule is registered for nn.Linear only
         x = layer.batched(call.input(), min_dim=2).detach()
         B = layer.batch_size
         return x.reshape(B, -1, module.in_features), call.grad_output.reshape(
@@ -338,7 +341,7 @@ class EmbeddingRule(LayerRule):
 
     @override
     def check(self, module: nn.Module, name: str) -> None:
-        if module.scale_grad_by_freq:
+        if cast(nn.Embedding, module).scale_grad_by_freq:
             raise ValueError(
                 f"model: nn.Embedding '{name}' has scale_grad_by_freq=True, which scales by "
                 "frequencies over the whole batch; per-sample gradients are undefined"
@@ -346,7 +349,7 @@ class EmbeddingRule(LayerRule):
 
     def _ig(self, layer: CapturedLayer) -> tuple[Tensor, Tensor]:
         if "ig" not in layer.cache:
-            module, B = layer.module, layer.batch_size
+            module, B = cast(nn.Embedding, layer.module), layer.batch_size
             indices, grads = [], []
             for call in layer.calls:
                 idx = layer.batched(call.input()).reshape(B, -1)
@@ -365,7 +368,7 @@ class EmbeddingRule(LayerRule):
         if T <= EMBEDDING_GRAM_MAX_T:
             same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(G.dtype)
             return (torch.bmm(G, G.transpose(1, 2)) * same).sum((1, 2))
-        num = layer.module.num_embeddings
+        num = cast(nn.Embedding, layer.module).num_embeddings
         keys = idx + num * torch.arange(B, device=idx.device).unsqueeze(1)
         unique, inverse = torch.unique(keys, return_inverse=True)
         rows = G.new_zeros(unique.numel(), G.shape[-1])
@@ -380,14 +383,14 @@ class EmbeddingRule(LayerRule):
     @override
     def weighted_sum(self, layer: CapturedLayer, names: set[str], w: Tensor) -> dict[str, Tensor]:
         idx, G = self._ig(layer)
-        out = G.new_zeros(layer.module.weight.shape)
+        out = G.new_zeros(cast(nn.Embedding, layer.module).weight.shape)
         out.index_add_(0, idx.reshape(-1), (G * w.view(-1, 1, 1)).reshape(-1, G.shape[-1]))
         return {"weight": out}
 
     @override
     def per_sample(self, layer: CapturedLayer, names: set[str]) -> dict[str, Tensor]:
         idx, G = self._ig(layer)
-        B, num, dim = layer.batch_size, layer.module.num_embeddings, G.shape[-1]
+        B, num, dim = layer.batch_size, cast(nn.Embedding, layer.module).num_embeddings, G.shape[-1]
         keys = idx + num * torch.arange(B, device=idx.device).unsqueeze(1)
         out = G.new_zeros(B * num, dim).index_add_(0, keys.reshape(-1), G.reshape(-1, dim))
         return {"weight": out.view(B, num, dim)}
@@ -406,7 +409,7 @@ class _AffineNormRule(MaterialisingRule):
 
     def to_rows(self, module: nn.Module, t: Tensor) -> Tensor:
         """Reshape an input-shaped tensor to [B, positions, param numel]."""
-        return t.reshape(t.shape[0], -1, module.weight.numel())
+        return t.reshape(t.shape[0], -1, cast(Tensor, module.weight).numel())
 
     @override
     def compute_per_sample(self, layer: CapturedLayer, names: set[str]) -> dict[str, Tensor]:
@@ -432,7 +435,8 @@ class LayerNormRule(_AffineNormRule):
 
     @override
     def normalise(self, module: nn.Module, x: Tensor) -> Tensor:
-        return F.layer_norm(x, module.normalized_shape, eps=module.eps)
+        norm = cast(nn.LayerNorm, module)
+        return F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
 
 
 @register_rule(nn.RMSNorm)
@@ -441,7 +445,8 @@ class RMSNormRule(_AffineNormRule):
 
     @override
     def normalise(self, module: nn.Module, x: Tensor) -> Tensor:
-        return F.rms_norm(x, module.normalized_shape, eps=module.eps)
+        norm = cast(nn.RMSNorm, module)
+        return F.rms_norm(x, norm.normalized_shape, eps=norm.eps)
 
 
 @register_rule(nn.GroupNorm)
@@ -450,9 +455,10 @@ class GroupNormRule(_AffineNormRule):
 
     @override
     def normalise(self, module: nn.Module, x: Tensor) -> Tensor:
-        return F.group_norm(x, module.num_groups, eps=module.eps)
+        norm = cast(nn.GroupNorm, module)
+        return F.group_norm(x, norm.num_groups, eps=norm.eps)
 
     @override
     def to_rows(self, module: nn.Module, t: Tensor) -> Tensor:
         # Channels are dim 1, so positions are the trailing dims: [B, C, L] -> [B, L, C].
-        return t.reshape(t.shape[0], module.num_channels, -1).transpose(1, 2)
+        return t.reshape(t.shape[0], cast(nn.GroupNorm, module).num_channels, -1).transpose(1, 2)

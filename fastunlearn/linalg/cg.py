@@ -13,6 +13,7 @@ import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -134,7 +135,7 @@ def _preconditioner(precond: object, A: object, B: Tensor) -> tuple[Tensor | Non
         return inv_diag, None
     if isinstance(precond, LinearOperator):
         return None, precond.matmat
-    return None, precond
+    return None, cast(Matmat, precond)  # a callable, as _check_precond_kind checked
 
 
 def _check_options(
@@ -444,7 +445,8 @@ class CGInverseOperator(LinearOperator):
         _check_cg_kwargs(cg_kwargs)
         self.on_unconverged = on_unconverged
         self.A = A
-        self.cg_kwargs = cg_kwargs
+        # keyword -> value of the type cg takes for it (_check_cg_kwargs checked them)
+        self.cg_kwargs: dict[str, Any] = cg_kwargs
         self.last_result: CGResult | None = None
         self.num_matvecs = 0
         self.shape = A.shape

@@ -63,15 +63,15 @@ def selected_parameter_names(model: nn.Module, params: ParamSpec = None) -> list
         if not names:
             raise ValueError("'params': the model has no trainable parameters")
         return names
-    if isinstance(params, (str, Tensor)):
-        params = [params]
-    if not isinstance(params, Iterable):
+    # a single name or parameter is accepted too
+    given: Iterable[str | Tensor] = [params] if isinstance(params, (str, Tensor)) else params
+    if not isinstance(given, Iterable):
         raise TypeError(f"'params' must be None, a name, a parameter or an iterable of them, "
-                        f"got {type(params).__name__}")
+                        f"got {type(given).__name__}")
     by_name = {n: p for n, p in named}
     by_id = {id(p): n for n, p in named}
     chosen: set[str] = set()
-    for item in params:
+    for item in given:
         if isinstance(item, str):
             if item not in by_name:
                 known = ", ".join(by_name) or "none"
@@ -519,7 +519,7 @@ class NetworkHessianOperator(LinearOperator):
                     self._vjp_cache = (key, vjp(grad_fn, primals)[1])
                 vjp_fn = self._vjp_cache[1]
             else:
-                _, vjp_fn = vjp(grad_fn, primals)
+                vjp_fn = vjp(grad_fn, primals)[1]
 
             def one(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
                 return vjp_fn(t)[0]

@@ -8,6 +8,7 @@ and the checks on the input come from the base class. Solvers (:func:`~fastunlea
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -289,9 +290,10 @@ class ScaledIdentityPlus(LinearOperator):
 
     def diagonal(self) -> Tensor:
         """``diag(A) + c`` (only when ``A`` has a ``diagonal()``)."""
-        if not callable(getattr(self.base, "diagonal", None)):
+        diagonal: Callable[[], Tensor] | None = getattr(self.base, "diagonal", None)
+        if not callable(diagonal):
             raise NotImplementedError(f"{type(self.base).__name__} has no diagonal()")
-        return self.base.diagonal() + self.c
+        return diagonal() + self.c
 
 
 def damped(op: LinearOperator, damping: float) -> LinearOperator:

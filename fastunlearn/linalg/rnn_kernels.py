@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -38,11 +38,13 @@ def differentiable_rnn_kernels(model: object) -> Iterator[None]:
 
 
 def _read_enabled() -> tuple[bool, bool]:
-    return torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled
+    # torch's stub declares mkldnn.enabled as its ContextProp descriptor; it reads as a bool
+    return cast(bool, torch.backends.mkldnn.enabled), torch.backends.cudnn.enabled
 
 
 def _write_enabled(flags: tuple[bool, bool]) -> None:
-    torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = flags
+    # torch's stub declares mkldnn.enabled as its ContextProp descriptor; it takes a bool
+    torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = flags  # type: ignore[assignment]
 
 
 #: The flags are process-wide; overlapping uses (nested, or in several threads) are counted.

@@ -13,7 +13,7 @@ mixes examples of a batch and so has no per-example gradient; Opacus rejects it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -86,9 +86,10 @@ def _check_positive_int(value: object, arg: str) -> int:
     """Return ``value`` as a Python int >= 1 (a NumPy integer is accepted, a bool is not)."""
     if not is_integer(value):
         raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
-    if value < 1:
+    count = as_int(value)
+    if count < 1:
         raise ValueError(f"'{arg}' must be >= 1, got {value}")
-    return as_int(value)  # type: ignore[arg-type]
+    return count
 
 
 def _norm_factory(norm: str | None, arg: str = "norm") -> Callable[[int], nn.Module] | None:
@@ -220,7 +221,7 @@ def resnet_cifar(
     # torchvision's initialisation of every other convolution
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.Identity()
-    feature_dim = net.fc.in_features
+    feature_dim = cast(nn.Linear, net.fc).in_features
     net.fc = nn.Identity()
     return FeatureClassifier(net, feature_dim, num_classes)
 
@@ -547,7 +548,7 @@ def cifar_cnn(
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             # He-uniform: U(-b, b), b = sqrt(6 / fan_in)
             nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            nn.init.zeros_(cast(Tensor, module.bias))  # built with bias=True
     model = FeatureClassifier(backbone, 512, num_classes)
     nn.init.xavier_uniform_(model.head.weight)
     nn.init.zeros_(model.head.bias)

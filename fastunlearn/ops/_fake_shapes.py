@@ -15,10 +15,11 @@ def check_fake_shapes(op: str, expected: Iterable[tuple[str, object, Sequence[in
     """Check each ``(name, tensor, shape)`` at trace time (ValueError naming the argument)."""
     for name, t, shape in expected:
         assert isinstance(t, Tensor)
-        torch._check_value(
-            tuple(t.shape) == tuple(shape),
-            lambda n=name, t=t: f"{op}: argument '{n}' has shape {tuple(t.shape)}",
-        )
+
+        def message(n: str = name, t: Tensor = t) -> str:
+            return f"{op}: argument '{n}' has shape {tuple(t.shape)}"
+
+        torch._check_value(tuple(t.shape) == tuple(shape), message)
 
 
 def check_fake_devices(op: str, named: Iterable[tuple[str, object]]) -> None:

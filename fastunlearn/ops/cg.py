@@ -83,12 +83,13 @@ def _cg_update_fake(
         ("threshold_sq", threshold_sq)))  # fmt: skip
     torch._check_value(x.dim() == 2, lambda: f"cg_update_: argument 'x' must be 2-D, got {x.shape}")
     for name, t in (("r", r), ("p", p), ("Ap", Ap)):
-        torch._check_value(
-            t.shape == x.shape,
-            lambda n=name, t=t: (
+
+        def like_x(n: str = name, t: Tensor = t) -> str:
+            return (
                 f"cg_update_: argument '{n}' has shape {tuple(t.shape)}, expected {tuple(x.shape)}"
-            ),
-        )
+            )
+
+        torch._check_value(t.shape == x.shape, like_x)
     if inv_diag is not None:
         torch._check_value(
             inv_diag.dim() == 2
@@ -103,10 +104,11 @@ def _cg_update_fake(
         ("iterations", iterations),
         ("threshold_sq", threshold_sq),
     ):
-        torch._check_value(
-            t.dim() == 1 and t.shape[0] == x.shape[1],
-            lambda n=name, t=t: (
+
+        def per_column(n: str = name, t: Tensor = t) -> str:
+            return (
                 f"cg_update_: argument '{n}' has shape {tuple(t.shape)}, expected ({x.shape[1]},)"
-            ),
-        )
+            )
+
+        torch._check_value(t.dim() == 1 and t.shape[0] == x.shape[1], per_column)
     return None

@@ -107,10 +107,14 @@ def _competition_epsilons_fake(retrained: Tensor, unlearned: Tensor, grid: Tenso
     N, M = retrained.shape[1], unlearned.shape[1]
     for name, table, shape in (("table_r", table_r, (M + 1, N + 1)),
                                ("table_u", table_u, (N + 1, M + 1))):
-        torch._check_type(table.dtype == torch.float32,
-                          lambda n=name: f"{_OP}: argument '{n}' must be float32")
-        torch._check_value(table.shape == shape,
-                           lambda n=name, s=shape: f"{_OP}: argument '{n}' must have shape {s}")
+        def dtype_message(n: str = name) -> str:
+            return f"{_OP}: argument '{n}' must be float32"
+
+        def shape_message(n: str = name, s: tuple[int, int] = shape) -> str:
+            return f"{_OP}: argument '{n}' must have shape {s}"
+
+        torch._check_type(table.dtype == torch.float32, dtype_message)
+        torch._check_value(table.shape == shape, shape_message)
     return retrained.new_empty((retrained.shape[0],), dtype=torch.float64)
 
 

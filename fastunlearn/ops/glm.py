@@ -52,8 +52,8 @@ class CGResult(NamedTuple):
     iterations: Tensor
     residual_norms: Tensor
 
-    if not TYPE_CHECKING:  # a method, not a field, to type checkers too
-        __repr__ = fields_repr  # bounded: large tensors print their shape
+    def __repr__(self) -> str:
+        return fields_repr(self)  # bounded: large tensors print their shape
 
 
 def _check_tensor(value: object, name: str) -> None:

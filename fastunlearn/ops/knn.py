@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
 import torch
 from torch import Tensor
@@ -71,7 +71,8 @@ def _check_args(Q: object, P: object, k: object) -> int:
     if is_flag(k):  # a bool or np.bool_ is no count
         raise TypeError(f"{_OP}: argument 'k' must be an int, got {type(k).__name__}")
     try:
-        k = operator.index(k)  # int, or an integer scalar such as numpy.int64
+        # int, or an integer scalar such as numpy.int64 (anything else raises TypeError)
+        k = operator.index(cast(SupportsIndex, k))
     except TypeError:
         raise TypeError(f"{_OP}: argument 'k' must be an int, got {type(k).__name__}") from None
     if k < 0:
