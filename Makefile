@@ -23,7 +23,7 @@ $(STAMP):
 	# plain `torch` takes the newest CUDA-enabled build (torchvision needs it)
 	$(PIP) install torch torchvision
 	$(PIP) install ninja numpy scipy scikit-learn tqdm matplotlib safetensors \
-	    pytest hypothesis pytest-benchmark expecttest opacus ruff mypy
+	    pytest hypothesis pytest-benchmark expecttest opacus ruff "mypy>=2.4,<2.5"
 	# nvcc matching torch's CUDA version, for compiling the CUDA kernels
 	$(PY) -c "import torch,sys;v=torch.version.cuda;sys.exit(0 if v else 1)" && \
 	  $(PIP) install "cuda-toolkit[nvcc,cccl]==$$($(PY) -c 'import torch;print(torch.version.cuda)').*" || \
@@ -75,6 +75,7 @@ info: $(BUILT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fastunlearn tests bench setup.py
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf build *.egg-info fastunlearn/_C*.so fastunlearn/_build_info.json $(BUILT)

@@ -108,9 +108,9 @@ def summarize(value: Any, depth: int = 0) -> str:
             return f"{open_}...{len(value)} items{close}"
         edge = EDGE_ITEMS if depth == 0 else EDGE_ITEMS - 1
         if len(value) <= (SMALL_SEQUENCE if depth == 0 else 2 * edge):
-            items = ", ".join(summarize(v, depth + 1) for v in value)
+            joined = ", ".join(summarize(v, depth + 1) for v in value)
             comma = "," if isinstance(value, tuple) and len(value) == 1 else ""
-            return f"{open_}{items}{comma}{close}"
+            return f"{open_}{joined}{comma}{close}"
         head = ", ".join(summarize(v, depth + 1) for v in value[:edge])
         tail = ", ".join(summarize(v, depth + 1) for v in value[-edge:])
         return f"{open_}{head}, ... {len(value) - 2 * edge} more, {tail}{close}"

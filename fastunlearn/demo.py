@@ -33,10 +33,10 @@ from ._extension import has_kernel
 from .data import load_digits_dataset
 
 #: Settings of the walk-through: small enough budgets that they run out on digits.
-BINARY = {"train_mode": "binary", "lam": 1e-2, "std": 1.0, "epsilon": 1.0, "delta": 1e-4,
-          "num_removes": 40}
-OVR = {"train_mode": "ovr", "lam": 1e-2, "std": 2.0, "epsilon": 1.0, "delta": 1e-4,
-       "num_removes": 24, "batch": 4}
+BINARY: dict[str, Any] = {"train_mode": "binary", "lam": 1e-2, "std": 1.0, "epsilon": 1.0,
+                          "delta": 1e-4, "num_removes": 40}
+OVR: dict[str, Any] = {"train_mode": "ovr", "lam": 1e-2, "std": 2.0, "epsilon": 1.0,
+                       "delta": 1e-4, "num_removes": 24, "batch": 4}
 
 
 def _ops_line(info: dict[str, Any]) -> str:

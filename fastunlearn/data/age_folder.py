@@ -244,10 +244,10 @@ class AgeImageFolder(Dataset):
         if layout not in AGE_LAYOUTS:
             raise ValueError(f"'layout' must be one of {AGE_LAYOUTS}, got {layout!r}")
         if layout in ("auto", "folder"):
-            items = _scan_folders(root)
-            if items is not None:
+            by_folder = _scan_folders(root)
+            if by_folder is not None:
                 self.layout = "folder"
-                return items
+                return by_folder
             if layout == "folder":
                 raise ValueError(
                     f"layout 'folder' needs integer-named age folders in {str(root)!r}"

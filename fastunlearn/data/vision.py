@@ -44,7 +44,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -234,11 +234,16 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         )
 
 
+#: The memory orders ``ndarray.reshape`` takes.
+_Order = Literal["A", "C", "F"]
+
+
 def _frombuffer(buffer: Any, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
     """Rebuild an array pickled at protocol 5 (numpy's own ``_frombuffer``, re-stated)."""
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise RefusedPickleError(f"refusing a protocol-5 array of dtype {dtype!r}")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+    # numpy pickles its own order here ("C" or "F"); reshape refuses any other value
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=cast(_Order, order))
 
 
 def _load_array_pickle(path: str | os.PathLike) -> Any:
@@ -397,7 +402,7 @@ def _read_svhn_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1)
-def _local_classes() -> dict[str, type]:
+def _local_classes() -> dict[str, type[Any]]:
     import torchvision.datasets as tvd
     from torchvision.datasets.utils import check_integrity
     from torchvision.datasets.vision import VisionDataset
@@ -1006,7 +1011,8 @@ def load_features_or_pixels(
             images, y = vision_tensors(canonical, root, train=train)
             X = images.reshape(images.shape[0], -1).to(torch.float64).div_(255.0).sub_(0.5)
             parts.append((X, y))
-        source, meta = "pixels", {}
+        source = "pixels"
+        meta: dict[str, Any] = {}
         n_classes = 100 if canonical == "cifar100" else 10
     else:
         _check_simple_name(dataset, "dataset")

@@ -45,7 +45,7 @@ __all__ = [
 
 def _plain_real(value: object) -> float:
     """Return a checked real number as a Python int (an integer) or float (NumPy too)."""
-    return as_int(value) if is_integer(value) else as_float(value)  # type: ignore[arg-type]
+    return as_int(value) if is_integer(value) else as_float(value)
 
 
 # Secrets drawn when sampling and ``n_candidates`` is None.
@@ -343,13 +343,13 @@ def train_char_lm(
                 f"'model' must not have float16 parameters (got {name!r} in float16): "
                 "Adam's state underflows in half precision; use .float() or .bfloat16()"
             )
-    for value, arg in ((lr, "lr"), (weight_decay, "weight_decay")):
-        if not is_real(value):
-            raise TypeError(f"'{arg}' must be a number, got {type(value).__name__}")
-        if not _finite(value) or value < 0 or (arg == "lr" and value == 0):
+    for rate, arg in ((lr, "lr"), (weight_decay, "weight_decay")):
+        if not is_real(rate):
+            raise TypeError(f"'{arg}' must be a number, got {type(rate).__name__}")
+        if not _finite(rate) or rate < 0 or (arg == "lr" and rate == 0):
             # an infinite rate would turn every weight into NaN without an error
             raise ValueError(f"'{arg}' must be finite and {'> 0' if arg == 'lr' else '>= 0'}, "
-                             f"got {value}")
+                             f"got {rate}")
     lr, weight_decay = _plain_real(lr), _plain_real(weight_decay)
     if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import SupportsFloat, cast
 
 import numpy as np
 import torch
@@ -72,9 +73,9 @@ def _as_scores(values: object, arg: str, *, min_size: int = 1) -> np.ndarray:
 def _as_canaries(values: object) -> tuple[np.ndarray, bool]:
     """Canary scores as a 1-D array, and whether a single number was given."""
     if is_real(values):
-        if not is_finite(values):  # type: ignore[arg-type]
+        if not is_finite(values):
             raise ValueError(f"'canary' must be finite, got {values}")
-        return np.array([float(values)]), True
+        return np.array([float(cast(SupportsFloat, values))]), True
     if isinstance(values, Tensor) and values.dim() == 0:
         if values.dtype == torch.bool or values.is_complex():
             raise TypeError(f"'canary' must be a real number, got a {values.dtype} tensor")

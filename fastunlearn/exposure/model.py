@@ -74,7 +74,9 @@ class CharLM(nn.Module):
         self.rnn = rnn(embed_dim, hidden, num_layers=layers, batch_first=True)
         self.out = nn.Linear(hidden, vocab_size)
 
-    def forward(self, tokens: Tensor, state: object = None) -> tuple[Tensor, object]:
+    def forward(
+        self, tokens: Tensor, state: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
         """Return ``(logits [B, T, V], state)`` for token ids ``[B, T]``.
 
         ``state`` is the recurrent state after the last position (pass it back to continue
@@ -96,7 +98,9 @@ class CharLM(nn.Module):
         return self.out(hidden), state
 
 
-def _expand_state(state: object, batch: int) -> object:
+def _expand_state(
+    state: Tensor | tuple[Tensor, Tensor], batch: int
+) -> Tensor | tuple[Tensor, ...]:
     if isinstance(state, tuple):
         return tuple(s.expand(-1, batch, -1).contiguous() for s in state)
     return state.expand(-1, batch, -1).contiguous()

@@ -82,7 +82,7 @@ def _check_seed(seed: object) -> int:
     """
     if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    return as_int(seed)  # type: ignore[arg-type]
+    return as_int(seed)
 
 
 def generate_corpus(n_sentences: int = 2000, seed: int = 0) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +99,7 @@ def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> flo
     """
     if not is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = as_int(value) if is_integer(value) else as_float(value)  # type: ignore[arg-type]
+    value = as_int(value) if is_integer(value) else as_float(value)
     ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
     if not ok:
         interval = "[0, 1]" if allow_zero else "(0, 1]"
@@ -285,9 +285,10 @@ def _subset_tensors(ds: Dataset) -> tuple[Tensor, Tensor] | None:
         own = torch.where(own < 0, own + size, own)
         index = own if index is None else index[own]
         size = own.numel()
+    picked = cast(Tensor, index)  # never None: ``chain`` is not empty, the loop ran
     # contiguous, as a stack of the items is
-    return (x.index_select(0, index.to(x.device)).contiguous(),
-            y.index_select(0, index.to(y.device)).contiguous())
+    return (x.index_select(0, picked.to(x.device)).contiguous(),
+            y.index_select(0, picked.to(y.device)).contiguous())
 
 
 def dataset_tensors(ds: Dataset, name: str = "dataset") -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -250,7 +251,7 @@ def generate_antisamples(
     if convex_combination:
         G = A.shape[0] if n_generated is None else n_generated
         out = torch.empty((G, A.shape[1]), device=device, dtype=dtype)
-        kept = [] if return_weights else None
+        kept: list[Tensor] | None = [] if return_weights else None
         for start in range(0, G, chunk_size):
             rows_w = min(chunk_size, G - start)
             W = torch.randn((rows_w, A.shape[0]), device=device, dtype=dtype, generator=gen)
@@ -366,7 +367,7 @@ ANTISAMPLE_PRESETS: dict[str, AntiSampleConfig] = {
 }
 
 
-def antisample_preset(name: str, **overrides: object) -> AntiSampleConfig:
+def antisample_preset(name: str, **overrides: Any) -> AntiSampleConfig:
     """Return a fresh copy of the preset ``name`` with ``overrides`` applied.
 
     Raises:

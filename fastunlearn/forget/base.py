@@ -121,7 +121,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     """Return ``value`` as a Python int after checking it (a NumPy integer is accepted)."""
     if not is_integer(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = as_int(value)  # type: ignore[arg-type]
+    value = as_int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if value > _MAX_INT:  # would fail deep inside (a torch size, islice) at run time
@@ -143,7 +143,7 @@ def check_seed(name: str, value: object) -> int:
     """
     if not is_integer(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = as_int(value)  # type: ignore[arg-type]
+    value = as_int(value)
     if not -_MAX_INT - 1 <= value <= _MAX_INT:
         raise ValueError(f"{name} must be in -2**63 .. 2**63 - 1, got {value}")
     return value
@@ -163,7 +163,7 @@ def check_finite_number(name: str, value: object, minimum: float, *, strict: boo
     """
     if not is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = as_int(value) if is_integer(value) else as_float(value)  # type: ignore[arg-type]
+    value = as_int(value) if is_integer(value) else as_float(value)
     bad = value <= minimum if strict else value < minimum
     huge = isinstance(value, int) and abs(value) > _MAX_INT
     if bad or huge or value != value or value in (float("inf"), float("-inf")):

@@ -166,7 +166,9 @@ def _row_digests(dataset: TensorDataset) -> list[bytes]:
 
 def _bytes_view(rows: Tensor) -> memoryview:
     """Return the bytes of a contiguous CPU tensor, without a copy."""
-    return memoryview(rows.numpy()).cast("B") if rows.numel() else memoryview(b"")
+    # numpy's stub declares ndarray.__buffer__ only for Python >= 3.12 (mypy checks 3.10)
+    return (memoryview(rows.numpy()).cast("B")  # type: ignore[arg-type]
+            if rows.numel() else memoryview(b""))
 
 
 def check_disjoint(forget: Dataset, retain: Dataset) -> None:

@@ -119,7 +119,7 @@ def poison_full(
             clone, retain_ds, TrainingData("forget + retain", n, "batch_size", config.batch_size)
         )
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
-    union = ConcatDataset([retain_ds, poisoned])
+    union: Dataset = ConcatDataset([retain_ds, poisoned])
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, union, config, k, "poison_full")
     return clone.eval()

@@ -329,7 +329,7 @@ def _check_device(spec: object) -> str:
     the GPU it names: a config for a CUDA machine may be built on another.
     """
     if is_integer(spec):
-        spec = as_int(spec)  # type: ignore[arg-type]
+        spec = as_int(spec)
         if spec < 0:
             raise ValueError(f"'device' must be cpu, cuda or cuda:<index>, got {spec!r}")
         spec = f"cuda:{spec}"  # torch.device(n) is CUDA device n

@@ -72,7 +72,7 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        first = next(model.parameters(), None)
+        first: Tensor | None = next(model.parameters(), None)
         if first is None:  # a parameterless model (a fixed function, buffers only)
             first = next(model.buffers(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -221,12 +221,12 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
         # nothing to compare without every oracle: a stop here ends the run, unwritten
         if stop_requested(should_stop, "should_stop"):
             _close(train_bar)
-            kept = (f"; the {len(trained)} model(s) trained or loaded so far are in the cache "
-                    f"({config.cache_dir})" if config.cache_dir is not None else
-                    " (no cache: they are not kept)")
+            where = (f"; the {len(trained)} model(s) trained or loaded so far are in the "
+                     f"cache ({config.cache_dir})" if config.cache_dir is not None else
+                     " (no cache: they are not kept)")
             raise KeyboardInterrupt(
                 f"stopped on request while training the original model and the oracles, "
-                f"after {role} ({len(trained)} of {len(jobs)}){kept}; nothing written")
+                f"after {role} ({len(trained)} of {len(jobs)}){where}; nothing written")
     original = trained["original"]
     oracle_roles = [r for r, _, _ in jobs[1:]]
 
@@ -367,8 +367,8 @@ def _stop_note(methods: dict[str, dict[str, Any]], total: int) -> str:
 def _fairness(logits: list[dict[str, Tensor]], forget_labels: Tensor, test_labels: Tensor,
               forgotten: list[int]) -> dict[str, Any]:
     """Class fairness on the forget set and on the test examples of the kept classes."""
-    out = {"forget": class_fairness(torch.stack([lg["forget"] for lg in logits], 1),
-                                    forget_labels)}
+    out: dict[str, Any] = {
+        "forget": class_fairness(torch.stack([lg["forget"] for lg in logits], 1), forget_labels)}
     keep = ~torch.isin(test_labels, torch.tensor(forgotten, dtype=torch.long))
     if bool(keep.any()):
         test = torch.stack([lg["test"][keep] for lg in logits], 1)

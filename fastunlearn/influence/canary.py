@@ -272,7 +272,7 @@ def unlearn_canary(
                                                          train_y.to(device)), **kwargs)
     update_s = time.perf_counter() - t0
 
-    def measure(model: nn.Module) -> dict[str, Any]:
+    def measure(model: CharLM) -> dict[str, Any]:
         m = measure_exposure(model, vocab, ccfg.prefix, secret,
                              n_candidates=ccfg.n_candidates,
                              enumerate_limit=ccfg.enumerate_limit, seed=ccfg.seed)[0]

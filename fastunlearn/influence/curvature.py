@@ -10,7 +10,8 @@ indefinite second-derivative-of-the-network term otherwise.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,14 @@ from ..linalg.rnn_kernels import with_differentiable_rnn_kernels
 from .gradients import LossFn
 
 __all__ = ["GGNOperator"]
+
+
+def _vjp(func: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[..., Any]]:
+    """``torch.func.vjp`` without ``has_aux``: ``(outputs, vjp_fn)``.
+
+    torch annotates its result as a 2- or a 3-tuple, the latter only with ``has_aux=True``.
+    """
+    return cast("tuple[Any, Callable[..., Any]]", vjp(func, *primals))
 
 
 class GGNOperator(LinearOperator):
@@ -175,11 +184,11 @@ class GGNOperator(LinearOperator):
                         jv = jv_fn(tangent)[0]
                     else:
                         out, jv = jvp(f, (primals,), (tangent,))
-                        _, vjp_fn = vjp(f, primals)
+                        _, vjp_fn = _vjp(f, primals)
                     # H_i (J v) as the vjp of the output gradient (H_i is symmetric), not a
                     # jvp: forward-mode AD through the loss fails inside torch for uint8
                     # class indices (its nll_loss_backward decomposition scatters with them).
-                    hjv = vjp(loss_grad, out)[1](jv)[0]
+                    hjv = _vjp(loss_grad, out)[1](jv)[0]
                     parts = vjp_fn(hjv)[0]
                     total += torch.cat([t.reshape(-1) for t in parts])
                 columns.append(total)
@@ -201,8 +210,8 @@ class GGNOperator(LinearOperator):
         if self._vjp_cache is None or not self._vjp_cache[0].matches(*deps):
             self._vjp_cache = None  # free the old graph before building the new one
             key = _GraphKey(*deps)
-            out, vjp_fn = vjp(f, primals)
-            _, jv_fn = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
+            out, vjp_fn = _vjp(f, primals)
+            _, jv_fn = _vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
             self._vjp_cache = (key, out, vjp_fn, jv_fn)
         _, out, vjp_fn, jv_fn = self._vjp_cache
         return out, vjp_fn, jv_fn

@@ -52,7 +52,7 @@ def _pair(text: str) -> tuple[int, int]:
     if len(pair) != 2 or pair[0] == pair[1] or not all(0 <= d <= 9 for d in pair):
         raise argparse.ArgumentTypeError(
             f"expected two distinct digits 0..9 'a,b', got {text!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def _num(value: Any, spec: str = ".4g") -> str:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -409,7 +409,9 @@ def _linear_variant(config: FeatureConfig, columns: list[int]) -> dict[str, Any]
     """
     from ..data import load_digits_dataset
 
-    split = load_digits_dataset(binary=tuple(config.binary), normalize=True,
+    # two digits: FeatureConfig.validate checked the pair (it may come as a JSON list)
+    pair = cast("tuple[int, int]", tuple(config.binary))
+    split = load_digits_dataset(binary=pair, normalize=True,
                                 dtype=torch.float64, test_fraction=config.test_fraction,
                                 seed=config.seed)
     X, y = split.X_train, split.y_train

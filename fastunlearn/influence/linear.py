@@ -21,7 +21,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -154,10 +154,11 @@ def _finite_positive(name: str, value: object, *, allow_zero: bool = False) -> f
     """Check a real, finite number > 0 (>= 0 with ``allow_zero``; bools are rejected)."""
     if not _is_real(value):
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    if not _finite(value) or value < 0 or (value == 0 and not allow_zero):
+    real = cast(float, value)  # a Python or NumPy real number (checked just above)
+    if not _finite(real) or real < 0 or (real == 0 and not allow_zero):
         raise ValueError(f"'{name}' must be finite and {'>= 0' if allow_zero else '> 0'}, "
-                         f"got {value!r}")
-    return float(value)
+                         f"got {real!r}")
+    return float(real)
 
 
 def _vector(name: str, value: object, d: int, device: torch.device) -> Tensor:
@@ -188,9 +189,10 @@ def _check_step(order: object, tau: object) -> float | None:
 
 
 def _lam(lam: object) -> float:
-    if not _is_real(lam) or not lam > 0 or not _finite(lam):
-        raise ValueError(f"'lam' must be finite and > 0, got {lam!r}")
-    return float(lam)
+    real = cast(float, lam)  # compared only once _is_real has found a real number
+    if not _is_real(real) or not real > 0 or not _finite(real):
+        raise ValueError(f"'lam' must be finite and > 0, got {real!r}")
+    return float(real)
 
 
 def fit_logistic(

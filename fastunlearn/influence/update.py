@@ -55,7 +55,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -690,7 +690,7 @@ def influence_update(
         bool(v) for v in (compute_residual, check_loss, apply, progress))
     auto_tau, P, dtype, device = opts.auto_tau, opts.num_params, opts.dtype, opts.device
     named = dict(model.named_parameters())
-    selected = [named[n] for n in names]
+    selected: list[Tensor] = [named[n] for n in names]
 
     # the targets the loss is first evaluated on (in check_sum_reduction)
     loss_targets = "targets" if new_targets is None else "new_targets"
@@ -733,20 +733,22 @@ def influence_update(
         if order == 1:
             if auto_tau:
                 X_train, y_train = train_data  # type: ignore[misc]
-                tau, evals, hvps, loss0 = _line_search(model, loss_fn, X_train, y_train, names,
-                                                       G, hvp_batch_size, chunk_size,
-                                                       curvature)
+                found, evals, hvps, loss0 = _line_search(model, loss_fn, X_train, y_train,
+                                                         names, G, hvp_batch_size, chunk_size,
+                                                         curvature)
                 result.num_loss_evals += evals
                 result.num_hvps += hvps
                 result.loss_before = loss0
                 timings["line_search"] = time.perf_counter() - t0
-                if tau is None:
+                if found is None:
                     return _finish(result, t_start, reason="line search found no step that "
                                    "lowers the corrected training loss")
+                step_size = found
             else:
-                tau = opts.tau
-            result.tau = float(tau)
-            step = float(tau) * G
+                # a number: _check_tau gives None for order 1 only with tau="auto"
+                step_size = cast(float, opts.tau)
+            result.tau = float(step_size)
+            step = float(step_size) * G
         else:
             X_train, y_train = train_data  # type: ignore[misc]
             X_curv, y_curv, curv_loss = _curvature_data(X_train, y_train, loss_fn,

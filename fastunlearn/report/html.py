@@ -122,7 +122,7 @@ def _closing(text: str, start: int, pair: str, *, one_line: bool) -> int | None:
     Nested pairs are balanced and backslash escapes skipped; with ``one_line`` a newline
     before the close means there is none (a link's destination stays on its line).
     """
-    opening, closing = pair
+    opening, closing = pair[0], pair[1]
     depth, i = 0, start
     while i < len(text):
         c = text[i]

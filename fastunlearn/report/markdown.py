@@ -150,7 +150,7 @@ def _privacy_section(privacy: Mapping[str, Any], batch: Any = None) -> list[str]
     supported = privacy.get("removals_supported")
     # a batch run's records (and so its bounds) are per batch, not per row
     unit = (f"batch of {int(batch)} rows" if isinstance(batch, numbers.Integral)
-            and not _is_bool(batch) and batch > 0 else "removal")
+            and not _is_bool(batch) and int(batch) > 0 else "removal")
     if privacy.get("removals_supported_is_estimate") and supported is not None:
         supported_text = f"~{format_value(supported)} (projected: no retrain happened)"
     else:
@@ -225,13 +225,13 @@ def _fairness_section(fairness: Mapping[str, Any]) -> list[str]:
     if classes:
         rows = [(str(c), _pct(per_before.get(c)), _pct(per_after.get(c))) for c in classes]
         lines += _table(("class", "after fit", "after removals"), rows)
-    rows = []
+    worst: list[tuple[str, str, str, str]] = []
     for name, part in (("after fit", before), ("after removals", after)):
         if part:
-            rows.append((name, format_value(part.get("worst_class")),
-                         _pct(part.get("worst_accuracy")), _pct(part.get("largest_gap"))))
-    if rows:
-        lines += _table(("model", "worst class", "worst accuracy", "largest gap"), rows)
+            worst.append((name, format_value(part.get("worst_class")),
+                          _pct(part.get("worst_accuracy")), _pct(part.get("largest_gap"))))
+    if worst:
+        lines += _table(("model", "worst class", "worst accuracy", "largest gap"), worst)
     return lines
 
 

@@ -444,17 +444,17 @@ def plot_times(
     if retrained:
         ax.scatter(*zip(*retrained, strict=True), s=30, marker="x", color=_RETRAIN_COLOR,
                    label="removal with automatic retrain")
-    has_retrain_line = (retrain_seconds is not None and math.isfinite(retrain_seconds)
-                        and retrain_seconds > 0)
-    if has_retrain_line:
-        ax.axhline(min(retrain_seconds, _LOG_CEIL), color="black", linestyle="--",
+    # the height of the full-retraining line, None when there is no line to draw
+    line_y = (min(retrain_seconds, _LOG_CEIL) if retrain_seconds is not None
+              and math.isfinite(retrain_seconds) and retrain_seconds > 0 else None)
+    if line_y is not None:
+        ax.axhline(line_y, color="black", linestyle="--",
                    linewidth=1.2, label=f"full retraining {retrain_seconds:.3g} s")
     elif retrain_seconds is not None and not math.isnan(retrain_seconds):
         # 0 s or infinite: no line on a log axis, but the time is said
         notes.append(f"full retraining {retrain_seconds:.3g} s (not drawn)")
     ax.set_yscale("log")
-    if has_retrain_line:  # keep the retraining line clear of the frame, not on it
-        line_y = min(retrain_seconds, _LOG_CEIL)
+    if line_y is not None:  # keep the retraining line clear of the frame, not on it
         low, high = ax.get_ylim()
         ax.set_ylim(min(low, line_y / 2.0), max(high, line_y * 2.0))
     _integer_x(ax)
