@@ -30,7 +30,15 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._process_flags import GLOBAL_RNG_LOCK
-from .base import _check_int, as_dataset, batches, check_finite_number, iterate, model_device
+from .base import (
+    _check_int,
+    as_dataset,
+    batches,
+    check_finite_number,
+    iterate,
+    model_device,
+    sized_len,
+)
 from .checks import check_labels, check_sets
 
 __all__ = [
@@ -306,7 +314,7 @@ def dataset_tensors(ds: Dataset, name: str = "dataset") -> tuple[Tensor, Tensor]
     elif (sliced := _subset_tensors(ds)) is not None:
         x, y = sliced
     else:
-        items = [ds[i] for i in range(len(ds))]  # type: ignore[arg-type]
+        items = [ds[i] for i in range(sized_len(ds))]
         x = torch.stack([torch.as_tensor(item[0]) for item in items])
         y = torch.stack([torch.as_tensor(item[1]) for item in items])
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.dim() != 1:
@@ -560,7 +568,7 @@ class SkipSingleBatches:
         self._fails: bool | None = None
 
     def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]
+        return sized_len(self.loader)
 
     def _skip(self, batch: Sequence[Any]) -> bool:
         x = batch[0]

@@ -40,7 +40,16 @@ from ._common_b import (
     probe_forward,
 )
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
-from .base import ForgetConfig, as_dataset, batches, check_flag, clone_model, iterate, model_device
+from .base import (
+    ForgetConfig,
+    as_dataset,
+    batches,
+    check_flag,
+    clone_model,
+    iterate,
+    model_device,
+    sized_len,
+)
 from .checks import check_batch_labels, check_sets, dataset_labels, item_labels
 
 __all__ = [
@@ -341,7 +350,7 @@ class RelabelledDataset(Dataset):
         if other_classes and num_classes < 2:
             raise ValueError("random relabelling to another class needs at least 2 classes")
         self.dataset = dataset
-        n = len(dataset)  # type: ignore[arg-type]
+        n = sized_len(dataset)
         gen = torch.Generator().manual_seed(seed)
         if other_classes:
             true = dataset_labels(dataset)
@@ -362,7 +371,7 @@ class RelabelledDataset(Dataset):
 
 def random_subset(dataset: Dataset, fraction: float, seed: int) -> Subset:
     """Return a seeded random subset of ``ceil(fraction * len)`` examples (at least one)."""
-    n = len(dataset)  # type: ignore[arg-type]
+    n = sized_len(dataset)
     size = min(n, max(1, math.ceil(fraction * n)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return Subset(dataset, perm[:size].tolist())

@@ -39,7 +39,7 @@ from ._training import (
     seeded,
     train_main_stage,
 )
-from .base import iterate, make_loader, model_device, register
+from .base import iterate, make_loader, model_device, register, sized_len
 
 __all__ = ["ActivationResetConfig", "activation_reset", "kernels_to_reset", "mean_activations"]
 
@@ -102,7 +102,7 @@ def mean_activations(
         for h in handles:
             h.remove()
         model.train(was_training)
-    n = len(dataset)  # type: ignore[arg-type]
+    n = sized_len(dataset)
     return {name: total / n for name, total in sums.items()}
 
 
@@ -133,7 +133,7 @@ def activation_reset(
     if runs(config.epochs, config.lr):
         check_training_data(
             clone, retain_ds,
-            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+            TrainingData("retain", sized_len(retain_ds), "batch_size", config.batch_size),
         )
     with seeded(config.seed, model_device(clone)):
         subset = random_subset(retain_ds, config.retain_fraction, config.seed)

@@ -41,9 +41,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -115,6 +115,11 @@ _REGISTRY: dict[str, tuple[ForgetMethod, type[ForgetConfig]]] = {}
 
 #: Largest integer setting: every count ends up in a torch size or ``islice`` (int64).
 _MAX_INT = 2**63 - 1
+
+
+def sized_len(data: object) -> int:
+    """Return ``len(data)`` (torch's ``Dataset`` stub declares no ``__len__``; ours have one)."""
+    return len(cast(Sized, data))
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -291,7 +296,7 @@ def as_dataset(data: object, name: str) -> Dataset:
             f"{name} must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}"
         )
     try:
-        size = len(data)  # type: ignore[arg-type]
+        size = sized_len(data)
     except TypeError as exc:
         raise TypeError(f"{name} must be a map-style Dataset with a length") from exc
     if size == 0:

@@ -10,6 +10,8 @@ exposes nothing, the label check is skipped here and the training loops check ev
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sized
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -75,7 +77,7 @@ def item_labels(dataset: Dataset, name: str) -> Tensor:
 
     """
     labels = []
-    for i in range(len(dataset)):  # type: ignore[arg-type]
+    for i in range(len(cast(Sized, dataset))):  # torch's Dataset stub has no __len__
         label = torch.as_tensor(dataset[i][1])
         check_label_dtype(label, name)
         labels.append(label.reshape(()))

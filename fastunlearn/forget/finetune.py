@@ -16,7 +16,7 @@ from ._training import (
     seeded,
     train_main_stage,
 )
-from .base import model_device, register
+from .base import model_device, register, sized_len
 
 __all__ = ["FinetuneConfig", "finetune"]
 
@@ -52,7 +52,7 @@ def finetune(
     if runs(config.epochs, config.lr):
         check_training_data(
             clone, retain_ds,
-            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+            TrainingData("retain", sized_len(retain_ds), "batch_size", config.batch_size),
         )
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, retain_ds, config, k, "finetune")

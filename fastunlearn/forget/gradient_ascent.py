@@ -20,7 +20,7 @@ from ._training import (
     seeded,
     train_main_stage,
 )
-from .base import _MAX_INT, iterate, make_loader, model_device, register
+from .base import _MAX_INT, iterate, make_loader, model_device, register, sized_len
 from .checks import check_batch_labels
 
 __all__ = ["NegGradConfig", "NegGradPlusConfig", "neggrad", "neggrad_plus"]
@@ -59,7 +59,7 @@ def neggrad(model: nn.Module, forget: Dataset, retain: Dataset, config: NegGradC
     if runs(config.epochs, config.lr):
         check_training_data(
             clone, forget_ds,
-            TrainingData("forget", len(forget_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+            TrainingData("forget", sized_len(forget_ds), "batch_size", config.batch_size),
         )
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, forget_ds, config, k, "neggrad", ascent=True)
@@ -123,8 +123,8 @@ def neggrad_plus(
     f_field = "forget_batch_size" if config.forget_batch_size else "batch_size"
     check_training_data(
         clone, retain_ds,
-        TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
-        TrainingData("forget", len(forget_ds), f_field, f_batch),  # type: ignore[arg-type]
+        TrainingData("retain", sized_len(retain_ds), "batch_size", config.batch_size),
+        TrainingData("forget", sized_len(forget_ds), f_field, f_batch),
     )
     device = model_device(clone)
     with seeded(config.seed, device):

@@ -206,5 +206,5 @@ def influence_unlearning(
     info = result.to_dict()
     info["applied"] = bool(not result.diverged and result.step_norm > 0)
     info["scale"] = config.scale
-    clone.unlearning_info = info  # type: ignore[assignment]
+    setattr(clone, "unlearning_info", info)  # noqa: B010 (nn.Module types attributes as Tensor)
     return clone.eval()

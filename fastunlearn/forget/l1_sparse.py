@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,7 @@ from ._training import (
     seeded,
     train_main_stage,
 )
-from .base import _check_float, model_device, register
+from .base import _check_float, model_device, register, sized_len
 
 __all__ = ["L1SparseConfig", "l1_sparse"]
 
@@ -66,7 +67,7 @@ def l1_sparse(
     if runs(config.epochs, config.lr):
         check_training_data(
             clone, retain_ds,
-            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+            TrainingData("retain", sized_len(retain_ds), "batch_size", config.batch_size),
         )
     params = [
         p for p in clone.parameters() if p.requires_grad and (config.include_bias or p.dim() > 1)
@@ -76,7 +77,7 @@ def l1_sparse(
         gamma = config.alpha * (1.0 - epoch / config.epochs)
         if gamma == 0.0 or not params:
             return torch.zeros((), device=model_device(clone))
-        return gamma * sum(p.abs().sum() for p in params)  # type: ignore[return-value]
+        return gamma * cast(Tensor, sum(p.abs().sum() for p in params))  # params not empty
 
     with seeded(config.seed, model_device(clone)):
         train_main_stage(clone, retain_ds, config, k, "l1_sparse", penalty=penalty)

@@ -40,7 +40,7 @@ from ._training import (
     train,
     train_main_stage,
 )
-from .base import _check_float, _check_int, model_device, register
+from .base import _check_float, _check_int, model_device, register, sized_len
 
 __all__ = [
     "PruneLastLayerConfig",
@@ -123,12 +123,12 @@ def _stages(
     stages = []
     if runs(config.overfit_epochs, config.overfit_lr):
         stages.append(
-            TrainingData("forget", len(forget), "batch_size", config.batch_size)  # type: ignore[arg-type]
+            TrainingData("forget", sized_len(forget), "batch_size", config.batch_size)
         )
         stages.extend(subset)
     if runs(config.epochs, config.lr):
         stages.append(
-            TrainingData("retain", len(retain), "batch_size", config.batch_size)  # type: ignore[arg-type]
+            TrainingData("retain", sized_len(retain), "batch_size", config.batch_size)
         )
     return stages
 
@@ -295,7 +295,7 @@ def pruning_complex(
     subset = random_subset(retain_ds, config.retain_fraction, config.seed)
     sub = TrainingData(
         f"the retain subset (retain_fraction={config.retain_fraction} of "
-        f"{len(retain_ds)} retain examples)",  # type: ignore[arg-type]
+        f"{sized_len(retain_ds)} retain examples)",
         len(subset),
         "batch_size",
         config.batch_size,

@@ -31,7 +31,7 @@ from ._training import (
     train,
     train_main_stage,
 )
-from .base import _check_float, _check_int, model_device, register
+from .base import _check_float, _check_int, model_device, register, sized_len
 
 __all__ = [
     "PoisonFullConfig",
@@ -73,7 +73,7 @@ def random_labels(
     if runs(config.epochs, config.lr):
         check_training_data(
             clone, forget_ds,
-            TrainingData("forget", len(forget_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+            TrainingData("forget", sized_len(forget_ds), "batch_size", config.batch_size),
         )
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)
     with seeded(config.seed, model_device(clone)):
@@ -114,7 +114,7 @@ def poison_full(
     """Train a copy of ``model`` on ``retain`` united with the randomly relabelled forget set."""
     clone, forget_ds, retain_ds, k = prepare(model, forget, retain, config, PoisonFullConfig)
     if runs(config.epochs, config.lr):
-        n = len(forget_ds) + len(retain_ds)  # type: ignore[arg-type]
+        n = sized_len(forget_ds) + sized_len(retain_ds)
         check_training_data(
             clone, retain_ds, TrainingData("forget + retain", n, "batch_size", config.batch_size)
         )
@@ -165,11 +165,11 @@ def two_stage(
     stages = []
     if runs(config.forget_epochs, config.forget_lr):
         stages.append(
-            TrainingData("forget", len(forget_ds), "batch_size", config.batch_size)  # type: ignore[arg-type]
+            TrainingData("forget", sized_len(forget_ds), "batch_size", config.batch_size)
         )
     if runs(config.epochs, config.lr):
         stages.append(
-            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size)  # type: ignore[arg-type]
+            TrainingData("retain", sized_len(retain_ds), "batch_size", config.batch_size)
         )
     check_training_data(clone, retain_ds, *stages)
     poisoned = RelabelledDataset(forget_ds, k, config.seed, other_classes=config.other_classes)

@@ -22,7 +22,7 @@ from ._training import (
     seeded,
     train_main_stage,
 )
-from .base import model_device, register
+from .base import model_device, register, sized_len
 
 __all__ = ["RetrainConfig", "reinitialize", "retrain"]
 
@@ -132,7 +132,7 @@ def retrain(model: nn.Module, forget: Dataset, retain: Dataset, config: RetrainC
     if runs(config.epochs, config.lr):
         check_training_data(
             clone, retain_ds,
-            TrainingData("retain", len(retain_ds), "batch_size", config.batch_size),  # type: ignore[arg-type]
+            TrainingData("retain", sized_len(retain_ds), "batch_size", config.batch_size),
         )
     with seeded(config.seed, model_device(clone)):
         reinitialize(clone)

@@ -38,6 +38,7 @@ from .base import (
     make_loader,
     model_device,
     register,
+    sized_len,
 )
 from .checks import check_batch_labels
 
@@ -130,10 +131,12 @@ def scrub(
     stages = []
     if config.epochs > 0 and config.max_steps > 0:
         stages.append(
-            TrainingData("forget", len(forget_ds), "forget_batch_size", config.forget_batch_size)  # type: ignore[arg-type]
+            TrainingData(
+                "forget", sized_len(forget_ds), "forget_batch_size", config.forget_batch_size
+            )
         )
     if config.epochs > 0:
-        stages.append(TrainingData("retain", len(retain_ds), "batch_size", config.batch_size))  # type: ignore[arg-type]
+        stages.append(TrainingData("retain", sized_len(retain_ds), "batch_size", config.batch_size))
     check_single_batches(student, torch.as_tensor(forget_ds[0][0]).unsqueeze(0), stages)
     device = model_device(student)
     opt = torch.optim.SGD(

@@ -201,9 +201,10 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
         sets["test"] = (data.x_test[kept], data.y_test[kept])
     labels = {p: sets[p][1] for p in PARTS}
     digest = data.digest()
-    common = dict(model_name=config.model, x=data.x_train, y=data.y_train,
-                  num_classes=data.num_classes, data_digest=digest, settings=config.train,
-                  cache_dir=config.cache_dir, device=device, progress=config.progress)
+    common: dict[str, Any] = dict(
+        model_name=config.model, x=data.x_train, y=data.y_train, num_classes=data.num_classes,
+        data_digest=digest, settings=config.train, cache_dir=config.cache_dir, device=device,
+        progress=config.progress)
     cache = {"hits": 0, "misses": 0}
 
     def logits_of(model: nn.Module) -> dict[str, Tensor]:
@@ -215,7 +216,7 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
     trained = {}
     train_bar = _iter(jobs, config.progress, "train original + oracles")
     for role, idx, seed in train_bar:
-        tm = train_or_load(indices=idx, seed=seed, role=role, **common)  # type: ignore[arg-type]
+        tm = train_or_load(indices=idx, seed=seed, role=role, **common)
         cache["hits" if tm.cached else "misses"] += 1
         trained[role] = tm
         # nothing to compare without every oracle: a stop here ends the run, unwritten

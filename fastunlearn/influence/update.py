@@ -732,7 +732,8 @@ def influence_update(
     with eval_mode(model):
         if order == 1:
             if auto_tau:
-                X_train, y_train = train_data  # type: ignore[misc]
+                # checked present: tau="auto" needs the training data
+                X_train, y_train = cast("tuple[Tensor, Tensor]", train_data)
                 found, evals, hvps, loss0 = _line_search(model, loss_fn, X_train, y_train,
                                                          names, G, hvp_batch_size, chunk_size,
                                                          curvature)
@@ -750,7 +751,8 @@ def influence_update(
             result.tau = float(step_size)
             step = float(step_size) * G
         else:
-            X_train, y_train = train_data  # type: ignore[misc]
+            # checked present: the second-order update needs the training data
+            X_train, y_train = cast("tuple[Tensor, Tensor]", train_data)
             X_curv, y_curv, curv_loss = _curvature_data(X_train, y_train, loss_fn,
                                                         curvature_subsample, subsample_seed)
             n_curv = int(X_curv.shape[0])
