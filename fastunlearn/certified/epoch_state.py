@@ -17,7 +17,6 @@ and a digest of the initial weights; a run with other settings or other initial 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -29,21 +28,12 @@ import torch
 from torch import nn
 
 from .._atomic_files import replace_atomically
+from .._model_cache import weights_digest
 
 __all__ = ["EPOCH_STATE_VERSION", "EpochState", "saved_epochs", "weights_digest"]
 
 #: Layout version of the epoch-state file.
 EPOCH_STATE_VERSION = 1
-
-
-def weights_digest(model: nn.Module) -> str:
-    """Return a SHA-256 digest of ``model``'s parameters and buffers (names, dtypes, values)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        value = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return digest.hexdigest()
 
 
 def saved_epochs(path: str | os.PathLike[str]) -> int | None:

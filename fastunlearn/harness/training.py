@@ -10,7 +10,6 @@ the retraining time that the methods' time ratios are measured against.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from .._atomic_files import replace_atomically
+from .._model_cache import cache_key as shared_cache_key
+from .._model_cache import load_cached, store_cached
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._repr import fields_repr
 from ..forget import _training
@@ -99,22 +99,12 @@ def cache_key(*, data_digest: str, indices: Tensor, model: str, model_args: dict
     (other kernels) and the stored training time the methods' time ratios are measured
     against, so a model trained on one is never reused on the other.
     """
-    blob = json.dumps({
+    return shared_cache_key({
         "version": CACHE_VERSION, "torch": torch.__version__.split("+")[0],
         "data": data_digest, "indices": _digest(indices.long()), "model": model,
         "model_args": model_args, "train": asdict(settings), "seed": seed,
         "device": device,
-    }, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _read_sidecar(meta: Path) -> dict[str, Any]:
-    """Read the JSON sidecar of a cached model; ``{}`` (a miss) if absent or unreadable."""
-    try:
-        info = json.loads(meta.read_text())
-    except (OSError, ValueError):  # missing, or half-written by an interrupted run
-        return {}
-    return info if isinstance(info, dict) else {}
+    })
 
 
 def train_or_load(
@@ -156,35 +146,16 @@ def train_or_load(
     with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_harness_model(model_name, shape, num_classes).to(device)
-    path = meta = None
     if cache_dir is not None:
-        folder = Path(cache_dir)
-        path = folder / f"{role}-{key[:24]}.safetensors"
-        meta = path.with_suffix(".json")
-        info = _read_sidecar(meta)
-        if path.is_file() and info.get("key") == key \
-                and isinstance(info.get("seconds"), (int, float)):
-            from safetensors.torch import load_model
-
-            load_model(model, str(path), device=str(device))
-            model.eval()
-            return TrainedModel(model, float(info["seconds"]), True, key)
+        seconds = load_cached(cache_dir, role, key, model, device)
+        if seconds is not None:
+            return TrainedModel(model, seconds, True, key)
     t0 = time.perf_counter()
     train_model(model, x[indices], y[indices], settings, seed=seed, progress=progress,
                 desc=role)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    if path is not None and meta is not None:
-        from safetensors.torch import save_model
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the weights, then the sidecar, each written under a temporary name (unique, so
-        # concurrent runs do not clash) and renamed into place; the sidecar last: a cache
-        # entry cut short by an interrupt is a miss, and the temporary file is removed
-        replace_atomically(path, lambda tmp: save_model(model, str(tmp)))
-        text = json.dumps({"key": key, "seconds": seconds, "role": role,
-                           "model": model_name, "seed": seed}) + "\n"
-        replace_atomically(meta, lambda tmp: tmp.write_text(text))
+    if cache_dir is not None:
+        store_cached(cache_dir, role, key, model, seconds, {"model": model_name, "seed": seed})
     return TrainedModel(model, seconds, False, key)
-

@@ -132,6 +132,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=_non_negative_int, default=0,
                    help="use only the first n training rows (0: all)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
+    p.add_argument("--cache-dir", type=_path, default=None,
+                   help="keep the trained clean and poisoned models here and load them in "
+                   "later runs of the same data, model, training settings, seed and device "
+                   "type (e.g. .fastunlearn-cache, forget's cache; default: always train)")
     p.add_argument("--result-dir", "--out", dest="result_dir", type=_path, default="results",
                    help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
@@ -171,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         lissa_damping=args.lissa_damping, lissa_scale=args.lissa_scale,
         lissa_depth=args.lissa_depth, lissa_hessian=args.lissa_hessian,
         n_train=args.n_train, device=args.device,
-        progress=resolve_progress(args.progress))
+        progress=resolve_progress(args.progress), cache_dir=args.cache_dir)
     stem = f"repair_{args.dataset}"
     try:
         config.validate()
@@ -193,8 +197,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastunlearn repair: error: cannot write the results: {exc}", file=sys.stderr)
         return 1
     tr = result["training"]
+    cached = [name for name in ("clean", "poisoned") if tr.get(f"{name}_cached")]
     print(f"clean {tr['acc_clean']:.4f}  poisoned {tr['acc_poisoned']:.4f}  "
-          f"(retraining {tr['retrain_seconds']:.2f} s)")
+          f"(retraining {tr['retrain_seconds']:.2f} s)"
+          + (f"; {' and '.join(cached)} model{'s' if len(cached) > 1 else ''} loaded from "
+             f"{config.cache_dir}" if cached else ""))
     if result.get("lissa"):
         print(lissa_damping_text(result["lissa"]))
     for name, p in result["protocols"].items():

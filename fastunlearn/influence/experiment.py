@@ -28,6 +28,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +42,10 @@ from torch import Tensor, nn
 from .._atomic_files import save_figure, write_text
 from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
+from .._model_cache import cache_key, load_cached, store_cached, tensor_digest, weights_digest
 from .._numbers import plain_fields as _plain_fields
+from .._output_folder import check_output_folder
+from .._paths import check_path
 from .._process_flags import GLOBAL_RNG_LOCK
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
@@ -103,6 +107,11 @@ class RepairConfig:
         n_train: Use only the first ``n_train`` training rows (0: all).
         device: ``cpu``, ``cuda`` or ``cuda:<i>``.
         progress: Show progress bars.
+        cache_dir: Folder of trained clean and poisoned models (None: always train, store
+            nothing). A run whose data, model, initial weights, recipe (``epochs``, ``lr``,
+            ``train_batch``), seed, torch version and device type match a stored model
+            loads it instead of training, and reports the stored training time; the
+            ``fastunlearn forget`` cache can share the folder.
 
     """
 
@@ -134,6 +143,7 @@ class RepairConfig:
     n_train: int = 0
     device: str = "cpu"
     progress: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         _plain_fields(self)  # NumPy scalars as Python values (equality, JSON)
@@ -151,6 +161,11 @@ class RepairConfig:
             raise ValueError(f"'dataset' must be 'digits' or 'cifar10', got {self.dataset!r}")
         if self.dataset == "cifar10" and not self.data_dir:
             raise ValueError("'data_dir' is required for dataset 'cifar10'")
+        if self.cache_dir is not None:
+            check_path(self.cache_dir, "cache_dir")  # TypeError / ValueError (empty)
+            if not isinstance(os.fspath(self.cache_dir), str):
+                raise TypeError("'cache_dir' must be a str path, got bytes")
+            self.cache_dir = os.fspath(self.cache_dir)  # a Path would not go into the JSON
         for name in ("epochs", "train_batch", "steps", "batch", "cg_maxiter", "lissa_batch",
                      "lissa_depth"):
             if int(getattr(self, name)) < 1:
@@ -494,6 +509,58 @@ def _stop_note(config: RepairConfig, protocols: dict[str, Any], stopped_in: str 
     return "stopped on request: " + "; ".join(parts) + "."
 
 
+#: Bumped whenever the training changes what a cached model's key produces.
+REPAIR_CACHE_VERSION = 1
+
+
+class _CachedTraining:
+    """Train the clean and poisoned models, or load them from ``config.cache_dir``."""
+
+    def __init__(self, config: RepairConfig, init: nn.Module, X: Tensor,
+                 dev: torch.device) -> None:
+        self.config, self.X = config, X
+        self.parts: dict[str, Any] = {}
+        if config.cache_dir is not None:  # everything the weights depend on but the labels
+            check_output_folder(config.cache_dir, argument="cache_dir")  # before training
+            self.parts = {
+                "kind": "repair", "version": REPAIR_CACHE_VERSION,
+                "torch": torch.__version__.split("+")[0], "inputs": tensor_digest(X),
+                "model": config.model_name, "init": weights_digest(init),
+                "epochs": config.epochs, "lr": config.lr, "batch_size": config.train_batch,
+                "seed": config.seed, "device": dev.type,
+            }
+        self.dev = dev
+
+    def train(self, role: str, model: nn.Module, labels: Tensor) -> tuple[float, bool]:
+        """Train ``model`` on ``labels`` (or load it); return ``(seconds, from the cache)``."""
+        cfg = self.config
+        key = ""
+        if cfg.cache_dir is not None:
+            key = cache_key({**self.parts, "labels": tensor_digest(labels)})
+            seconds = load_cached(cfg.cache_dir, role, key, model, self.dev)
+            if seconds is not None:
+                return seconds, True
+        # the training's own random draws (dropout) from a seeded fork: the same model
+        # whether the other one came from the cache or not, and the same draws after both
+        cuda = self.dev.type == "cuda"
+        with torch.random.fork_rng(devices=[self.dev] if cuda else []):
+            torch.default_generator.manual_seed(cfg.seed)
+            if cuda:
+                with torch.cuda.device(self.dev):
+                    torch.cuda.manual_seed(cfg.seed)
+            seconds = train_classifier(model, self.X, labels, epochs=cfg.epochs, lr=cfg.lr,
+                                       batch_size=cfg.train_batch, seed=cfg.seed,
+                                       progress=cfg.progress)
+        if cfg.cache_dir is not None:
+            try:
+                store_cached(cfg.cache_dir, role, key, model, seconds,
+                             {"model": cfg.model_name, "seed": cfg.seed})
+            except OSError as exc:  # e.g. a full disk: the run goes on, only the entry is lost
+                warnings.warn(f"could not store the {role} model in 'cache_dir' "
+                              f"{cfg.cache_dir!r}: {exc}", RuntimeWarning, stacklevel=2)
+        return seconds, False
+
+
 def _run_repair_experiment(
     config: RepairConfig, data: RepairData | None, dev: torch.device,
     should_stop: StopCheck | None = None,
@@ -519,17 +586,14 @@ def _run_repair_experiment(
     X_tr = data.X_train.flatten(1) if mlp_input else data.X_train
     X_te = data.X_test.flatten(1) if mlp_input else data.X_test
 
+    trainer = _CachedTraining(config, init, X_tr, dev)
     clean = copy.deepcopy(init)
-    retrain_s = train_classifier(clean, X_tr, data.y_train, epochs=config.epochs, lr=config.lr,
-                                 batch_size=config.train_batch, seed=config.seed,
-                                 progress=config.progress)
+    retrain_s, clean_cached = trainer.train("repair-clean", clean, data.y_train)
     if stop_requested(should_stop):  # without the poisoned model there is nothing to report
         raise KeyboardInterrupt("stopped on request before the poisoned model was trained: "
                                 "nothing to report")
     poisoned = copy.deepcopy(init)
-    poison_s = train_classifier(poisoned, X_tr, y_poison, epochs=config.epochs, lr=config.lr,
-                                batch_size=config.train_batch, seed=config.seed,
-                                progress=config.progress)
+    poison_s, poisoned_cached = trainer.train("repair-poisoned", poisoned, y_poison)
     acc_clean = accuracy(clean, X_te, data.y_test)
     acc_before = accuracy(poisoned, X_te, data.y_test)
     upd = _update_kwargs(config, poisoned)
@@ -543,6 +607,7 @@ def _run_repair_experiment(
                                        if params is None or name in params)},
         "training": {"acc_clean": acc_clean, "acc_poisoned": acc_before,
                      "retrain_seconds": retrain_s, "poisoned_train_seconds": poison_s,
+                     "clean_cached": clean_cached, "poisoned_cached": poisoned_cached,
                      "residual_poisoned": _residual_norm(poisoned, X_tr, data.y_train, params)},
         "protocols": {},
     }
@@ -657,6 +722,11 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
         n_div = sum(1 for s in p["steps"] if s.get("diverged"))
         lines.append(f"| {name} | {pct} | {fv(p['residual'])} | {p['num_gradients']} | "
                      f"{p['num_hvps']} | {_times(p['speedup_vs_retrain'])} | {n_div} |")
+    cached = [name for name, key in (("clean", "clean_cached"), ("poisoned", "poisoned_cached"))
+              if tr.get(key)]
+    if cached:
+        lines += ["", f"The {' and '.join(cached)} model{'s' if len(cached) > 1 else ''} "
+                  "came from the cache; the times are those of the runs that trained them."]
     lines += ["", f"Residual of the poisoned model: {fv(tr['residual_poisoned'])}. "
               "All accuracies on the same test split; % restored = (after - before) / "
               "(clean - before). Repair time excludes evaluation.", ""]

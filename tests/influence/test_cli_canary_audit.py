@@ -65,7 +65,7 @@ def test_repair_every_flag_reaches_the_experiment_config(monkeypatch, tmp_path, 
             "--cg-tol", "0.001", "--cg-maxiter", "12", "--lissa-batch", "21",
             "--lissa-damping", "0.003", "--lissa-scale", "555", "--lissa-depth", "9",
             "--lissa-hessian", "full", "--n-train", "123", "--progress",
-            "--result-dir", str(tmp_path / "out")]
+            "--cache-dir", str(tmp_path / "cache"), "--result-dir", str(tmp_path / "out")]
     assert main(argv) == 2
     assert "stub: stop before training" in capsys.readouterr().err
     (cfg,) = seen
@@ -74,7 +74,8 @@ def test_repair_every_flag_reaches_the_experiment_config(monkeypatch, tmp_path, 
                     solver="lissa", curvature="hessian", damping=2.5, tau=0.125, steps=4,
                     batch=33, last_layers=2, hvp_batch_size=99, cg_tol=0.001, cg_maxiter=12,
                     lissa_batch=21, lissa_damping=0.003, lissa_scale=555.0, lissa_depth=9,
-                    lissa_hessian="full", n_train=123, device="cpu", progress=True)
+                    lissa_hessian="full", n_train=123, device="cpu", progress=True,
+                    cache_dir=str(tmp_path / "cache"))
     assert dataclasses.asdict(cfg) == expected
     # "both" runs the two protocols, "iterative" only that one; "auto" stays a string
     for protocol, protocols in (("both", ("iterative", "one-shot")),

@@ -1,0 +1,97 @@
+"""Trained models kept on disk, so that a run with the same settings loads instead of training.
+
+An entry is two files in the cache folder: the weights (safetensors: tensors only, never
+pickled code) at ``<role>-<key[:24]>.safetensors`` and a JSON sidecar beside it with the full
+key and the training wall time, so a loaded model still reports the time its training took.
+The key is a SHA-256 of everything that determines the weights (the callers list it: data
+digests, model, recipe, seed, device type). Both files are written under temporary names and
+renamed into place, the sidecar last: an entry cut short by an interrupt is a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._atomic_files import replace_atomically
+
+__all__ = ["cache_key", "load_cached", "store_cached", "tensor_digest", "weights_digest"]
+
+
+def tensor_digest(*tensors: Tensor) -> str:
+    """Return a SHA-256 of the tensors' dtypes, shapes and values (in order)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def weights_digest(model: nn.Module) -> str:
+    """Return a SHA-256 of ``model``'s parameters and buffers (names, dtypes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor_digest(tensor)};".encode())
+    return digest.hexdigest()
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """Return the SHA-256 of ``parts`` (JSON-able) written with sorted keys."""
+    return hashlib.sha256(json.dumps(dict(parts), sort_keys=True).encode()).hexdigest()
+
+
+def _paths(folder: str | Path, role: str, key: str) -> tuple[Path, Path]:
+    weights = Path(folder) / f"{role}-{key[:24]}.safetensors"
+    return weights, weights.with_suffix(".json")
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """Read a sidecar; ``{}`` (a miss) if absent, unreadable or not a JSON object."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, or half-written by an interrupted run
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def load_cached(
+    folder: str | Path, role: str, key: str, model: nn.Module, device: torch.device
+) -> float | None:
+    """Load the entry ``key`` into ``model`` (eval mode); return its training seconds.
+
+    Returns None (and leaves ``model`` as it is) when there is no complete entry.
+    """
+    weights, sidecar = _paths(folder, role, key)
+    info = _read_sidecar(sidecar)
+    seconds = info.get("seconds")
+    if not weights.is_file() or info.get("key") != key or isinstance(seconds, bool) \
+            or not isinstance(seconds, (int, float)):
+        return None
+    from safetensors.torch import load_model
+
+    load_model(model, str(weights), device=str(device))
+    model.eval()
+    return float(seconds)
+
+
+def store_cached(
+    folder: str | Path, role: str, key: str, model: nn.Module, seconds: float,
+    info: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``model`` as the entry ``key``, with ``seconds`` and ``info`` in its sidecar."""
+    from safetensors.torch import save_model
+
+    weights, sidecar = _paths(folder, role, key)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    # unique temporary names (concurrent runs do not clash), renamed into place; the
+    # sidecar last: an entry cut short by an interrupt is a miss
+    replace_atomically(weights, lambda tmp: save_model(model, str(tmp)))
+    text = json.dumps({"key": key, "seconds": seconds, "role": role, **(info or {})}) + "\n"
+    replace_atomically(sidecar, lambda tmp: tmp.write_text(text))
