@@ -54,21 +54,22 @@ def _params(model):
     return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
 
 
-def _train(kind, dataset, path=None, *, epochs=EPOCHS, model=None, lr=1e-2):
+def _train(kind, dataset, path=None, *, epochs=EPOCHS, model=None, lr=1e-2, device="cpu"):
     """Train ``kind`` on ``dataset`` from the seeded MLP; return (model, epsilon or None)."""
     model = _model() if model is None else model
+    if device != "cpu":  # the GPU's generator too: DP noise and FGSM starts draw from it
+        torch.cuda.manual_seed(0)
+    common = dict(epochs=epochs, lr=lr, progress=False, epoch_checkpoint=path, device=device)
     if kind == "dp":
         loader = DataLoader(dataset, batch_size=BATCH)
-        return train_dp_extractor(model, loader, epochs=epochs, lr=lr, noise_multiplier=1.0,
-                                  max_grad_norm=1.0, progress=False, epoch_checkpoint=path)
+        return train_dp_extractor(model, loader, noise_multiplier=1.0, max_grad_norm=1.0,
+                                  **common)
     gen = torch.Generator().manual_seed(7)
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, generator=gen)
     if kind == "fgsm":
-        out = train_adversarial_extractor(model, loader, epsilon=0.05, epochs=epochs, lr=lr,
-                                          progress=False, epoch_checkpoint=path)
+        out = train_adversarial_extractor(model, loader, epsilon=0.05, **common)
     else:
-        out = train_standard_extractor(model, loader, epochs=epochs, lr=lr, progress=False,
-                                       epoch_checkpoint=path)
+        out = train_standard_extractor(model, loader, **common)
     return out, None
 
 
@@ -85,6 +86,21 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, kind
     assert resumed_eps == plain_eps  # the accountant counted the first epoch's steps too
     assert not path.exists()  # removed when training finished
     assert not resumed.training
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["fgsm", "dp"])
+def test_interrupted_training_on_the_gpu_resumes_to_the_uninterrupted_result(tmp_path, kind):
+    """On a GPU the saved state includes its generator (DP noise, attack starts)."""
+    plain, plain_eps = _train(kind, _Trap(), device="cuda")
+    path = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _train(kind, _Trap(stop_at=N + N // 2), path, device="cuda")
+    assert saved_epochs(path) == 1
+    # _train seeds the GPU again: the saved state after epoch 1 must replace that seed's
+    resumed, resumed_eps = _train(kind, _Trap(), path, device="cuda")
+    assert torch.equal(_params(resumed), _params(plain))
+    assert resumed_eps == plain_eps
 
 
 def test_the_epoch_state_file_is_written_after_each_epoch_and_removed_at_the_end(tmp_path):
