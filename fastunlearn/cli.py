@@ -491,6 +491,11 @@ def _check_checkpoint(checkpoint: Any) -> bool:
     return True
 
 
+def _epochs(first: int, last: int) -> str:
+    """``"epoch 3"`` or ``"epochs 2-5"``."""
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
 def _train_with_epoch_state(args: argparse.Namespace, model: Any, train: Any,
                             device: torch.device, checkpoint: Any) -> dict[str, Any]:
     """Train, keeping each finished epoch beside ``checkpoint``; resume from there."""
@@ -572,7 +577,10 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
                     dataset=args.dataset)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_model(model.cpu(), str(checkpoint), metadata={"meta": json.dumps(meta)})
-        print(f"trained in {meta['train_seconds']:.1f} s; wrote {checkpoint}")
+        done, seconds = meta.get("resumed_after_epoch"), meta["train_seconds"]
+        span = (f"{_epochs(done + 1, args.epochs)} in {seconds:.1f} s ({_epochs(1, done)} in "
+                "an earlier run)" if done else f"in {seconds:.1f} s")
+        print(f"trained {span}; wrote {checkpoint}")
     if "epsilon" in meta:
         print(f"privacy of the extractor: ({meta['epsilon']:.4g}, {meta['delta']:.2g})-DP")
     else:

@@ -246,6 +246,8 @@ def test_extract_command_resumes_after_an_interrupt(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "resuming after epoch 1 of 3" in second.stdout
+    assert "trained epochs 2-3 in" in second.stdout
+    assert "(epoch 1 in an earlier run)" in second.stdout
     assert not state.exists()
     from safetensors import safe_open
 
