@@ -7,6 +7,8 @@ The script is only type-checked, never run.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 USER_SCRIPT = '''
@@ -21,15 +23,29 @@ import torch
 import torch.nn.functional as F
 
 from fastunlearn import linalg, metrics, ops
-from fastunlearn.certified import CertifiedLogisticRegression, RemovalReport
+from fastunlearn.certified import (
+    CertifiedLogisticRegression,
+    RemovalReport,
+    epsilon_spent,
+    noise_budget,
+    worst_case_bound,
+)
+from fastunlearn.certified.extractors import (
+    compose_privacy,
+    dp_epsilon,
+    pgd_attack,
+    supported_removals,
+)
 from fastunlearn.data import digits_images, load_digits_dataset
-from fastunlearn.forget import available_methods, run_method
+from fastunlearn.exposure import CharLM, exposure_from_rank, generate_corpus
+from fastunlearn.forget import available_methods, error_maximizing_noise, run_method
 from fastunlearn.grad import PerSampleGradients
 from fastunlearn.influence import (
     UpdateResult,
     influence_update,
     predict,
     repair_labels,
+    required_sigma,
 )
 from fastunlearn.influence.experiment import flip_labels, train_classifier
 from fastunlearn.models import small_cnn
@@ -124,6 +140,33 @@ print(sol.converged, sol.iterations, sol.residual_norms)
 engine = PerSampleGradients(mlp)
 norms: torch.Tensor = engine.sq_norms(xm, ym, torch.nn.CrossEntropyLoss(reduction="none")).sqrt()
 clipped = engine.clipped_sum(xm, ym, torch.nn.CrossEntropyLoss(reduction="none"), max_norm=1.0)
+
+# NumPy scalars where a number is taken (np.int64 from np.arange, np.float32 from arrays).
+i64, f32 = np.int64(3), np.float32(0.5)
+budget: float = noise_budget(f32, f32, np.float32(1e-4))
+spent: float = epsilon_spent(f32, f32, np.float32(1e-4))
+wc: float = worst_case_bound(f32, np.int64(1000), np.int64(2), gamma=f32)
+removals: int = supported_removals(f32, np.float32(0.1), np.float32(0.2), target_delta=f32)
+composed = compose_privacy(np.float32(0.1), np.float32(1e-5), f32, np.float32(1e-5), i64)
+dp_eps: float = dp_epsilon(f32, np.float32(0.01), i64, np.float32(1e-5))
+x_adv = pgd_attack(mlp, xm, ym, epsilon=f32, alpha=np.float32(0.1), steps=i64)
+res = influence_update(net, Xt[:4], y_bad[:4], order=np.int64(1), tau=np.float32(0.1))
+res = influence_update(net, Xt[:4], y_bad[:4], Xt[:4], split.y_train[:4], damping=f32,
+                       tol=np.float32(1e-4), maxiter=i64, chunk_size=np.int64(64))
+pred: torch.Tensor = predict(net, Xt_test, chunk_size=np.int64(256))
+sigma_needed: float = required_sigma(f32, epsilon=f32, delta=np.float32(0.01))
+sol = linalg.cg(H, g, tol=np.float32(1e-6), maxiter=np.int64(50))
+H2 = linalg.NetworkHessianOperator(mlp, ce, xm, ym, damping=f32, batch_size=np.int64(64))
+clipped = engine.clipped_sum(xm, ym, torch.nn.CrossEntropyLoss(reduction="none"), max_norm=f32)
+eps = metrics.epsilon_hat(retrain, unlearn, lab, delta=np.float32(0.05)).epsilon_hat
+per_class: torch.Tensor = metrics.per_class_accuracy(retrain[0], lab, np.int64(10))
+final: float = metrics.final_score(f32, f32, f32, f32, f32)
+noise = error_maximizing_noise(cnn, i64, (1, 8, 8), n=np.int64(16), lr=np.float32(0.1))
+split = load_digits_dataset(test_fraction=np.float32(0.25), seed=np.int64(1))
+cnn = small_cnn(num_classes=np.int64(10), width=np.int64(8))
+lm = CharLM(np.int64(12), embed_dim=np.int64(8))
+bits: float = exposure_from_rank(i64, np.int64(1000))
+corpus: str = generate_corpus(np.int64(20), seed=np.int64(1))
 '''
 
 
@@ -134,6 +177,9 @@ def test_documented_calls_type_check(tmp_path):
     script.write_text(USER_SCRIPT.lstrip())
     stdout, stderr, status = api.run([
         str(script),
+        # the running Python: NumPy's stubs (>= 2.3) do not cover 3.10, and with an older
+        # target mypy would take every NumPy type as Any and accept any NumPy scalar
+        "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
         "--ignore-missing-imports",
         "--follow-imports=silent",
         "--cache-dir", str(tmp_path / "mypy_cache"),

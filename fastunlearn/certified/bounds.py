@@ -58,7 +58,7 @@ def _as_float(name: str, value: object) -> float:
                          "bits)") from None
 
 
-def _check_delta(delta: float) -> float:
+def _check_delta(delta: float | np.floating) -> float:
     if not _is_real(delta):
         raise TypeError(f"argument 'delta' must be a real number, got {type(delta).__name__}")
     delta = _as_float("delta", delta)
@@ -91,7 +91,7 @@ def _count_list(name: str, value: object) -> list[float]:
     return counts.tolist()
 
 
-def c_delta(delta: float) -> float:
+def c_delta(delta: float | np.floating) -> float:
     """Return ``c = sqrt(2 ln(1.5 / delta))``, the Gaussian-mechanism constant.
 
     Args:
@@ -107,7 +107,11 @@ def c_delta(delta: float) -> float:
     return math.sqrt(2.0 * math.log(1.5 / _check_delta(delta)))
 
 
-def noise_budget(sigma: float, epsilon: float, delta: float) -> float:
+def noise_budget(
+    sigma: float | np.floating,
+    epsilon: float | np.floating,
+    delta: float | np.floating,
+) -> float:
     """Largest accumulated gradient residual certified by ``b ~ N(0, sigma^2 I)``.
 
     ``budget = sigma * epsilon / c(delta)``; e.g. sigma 10, epsilon 1, delta 1e-4 gives 2.280.
@@ -129,7 +133,11 @@ def noise_budget(sigma: float, epsilon: float, delta: float) -> float:
     return sigma * epsilon / c_delta(delta)
 
 
-def epsilon_spent(used: float, sigma: float, delta: float) -> float:
+def epsilon_spent(
+    used: float | np.floating,
+    sigma: float | np.floating,
+    delta: float | np.floating,
+) -> float:
     """Epsilon certified by an accumulated residual ``used``: ``c(delta) * used / sigma``.
 
     Args:
@@ -180,8 +188,8 @@ def data_dependent_bound(
     spectral_norm: Tensor,
     step_norm: Tensor,
     projected_norm: Tensor,
-    gamma: float,
-    row_norm_max: float = 1.0,
+    gamma: float | np.floating,
+    row_norm_max: float | np.floating = 1.0,
 ) -> Tensor:
     """Per-class data-dependent bound ``gamma ||X_rem||_2 ||v|| ||X_rem v||`` (Corollary 1).
 
@@ -214,12 +222,12 @@ def data_dependent_bound(
 
 
 def worst_case_bound(
-    lam: float,
-    n: float | Tensor | np.ndarray | Sequence[float],
-    m: float | Tensor | np.ndarray | Sequence[float] = 1,
-    gamma: float = GAMMA_PAPER,
-    C: float = 1.0,
-    row_norm: float = 1.0,
+    lam: float | np.floating,
+    n: float | np.integer | np.floating | Tensor | np.ndarray | Sequence[float],
+    m: float | np.integer | np.floating | Tensor | np.ndarray | Sequence[float] = 1,
+    gamma: float | np.floating = GAMMA_PAPER,
+    C: float | np.floating = 1.0,
+    row_norm: float | np.floating = 1.0,
 ) -> float:
     """Worst-case residual of removing ``m`` points from ``n`` (Theorem 1 / batch version).
 

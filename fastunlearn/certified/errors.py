@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .records import RemovalReport
 
 __all__ = ["BudgetExceededError"]
@@ -31,8 +33,8 @@ class BudgetExceededError(RuntimeError):
         message: str,
         *,
         indices: tuple[int, ...] = (),
-        bound: float = float("nan"),
-        budget_left: float = float("nan"),
+        bound: float | np.floating = float("nan"),
+        budget_left: float | np.floating = float("nan"),
         report: RemovalReport | None = None,
     ) -> None:
         super().__init__(message)

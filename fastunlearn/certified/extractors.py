@@ -29,7 +29,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from .._equality import dataclass_eq
 from .._numbers import as_float, as_int, is_integer, is_real
 from ..data.vision import load_features, save_features
 from .epoch_state import EpochState
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "DP_ORDERS",
@@ -223,9 +226,9 @@ def train_standard_extractor(
     model: nn.Module,
     train_loader: Iterable[Batch],
     *,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
+    epochs: int | np.integer = 10,
+    lr: float | np.floating = 1e-3,
+    weight_decay: float | np.floating = 0.0,
     device: Device = "cpu",
     progress: bool = True,
     epoch_checkpoint: str | os.PathLike[str] | None = None,
@@ -273,10 +276,10 @@ def train_standard_extractor(
 
 
 def dp_epsilon(
-    noise_multiplier: float,
-    sample_rate: float,
-    steps: int,
-    delta: float,
+    noise_multiplier: float | np.floating,
+    sample_rate: float | np.floating,
+    steps: int | np.integer,
+    delta: float | np.floating,
     orders: Sequence[float] = DP_ORDERS,
 ) -> float:
     """Return the epsilon of ``steps`` Poisson-subsampled Gaussian steps (RDP accountant).
@@ -319,12 +322,12 @@ def train_dp_extractor(
     model: nn.Module,
     train_loader: torch.utils.data.DataLoader,
     *,
-    epochs: int = 20,
-    lr: float = 1e-3,
-    noise_multiplier: float = 6.0,
-    max_grad_norm: float = 4.0,
-    delta: float = 1e-5,
-    weight_decay: float = 0.0,
+    epochs: int | np.integer = 20,
+    lr: float | np.floating = 1e-3,
+    noise_multiplier: float | np.floating = 6.0,
+    max_grad_norm: float | np.floating = 4.0,
+    delta: float | np.floating = 1e-5,
+    weight_decay: float | np.floating = 0.0,
     device: Device = "cpu",
     progress: bool = True,
     epoch_checkpoint: str | os.PathLike[str] | None = None,
@@ -499,8 +502,8 @@ def fgsm_attack(
     x: Tensor,
     y: Tensor,
     *,
-    epsilon: float = 8 / 255,
-    alpha: float | None = None,
+    epsilon: float | np.floating = 8 / 255,
+    alpha: float | np.floating | None = None,
     random_start: bool = True,
     input_range: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
@@ -545,9 +548,9 @@ def pgd_attack(
     x: Tensor,
     y: Tensor,
     *,
-    epsilon: float = 8 / 255,
-    alpha: float | None = None,
-    steps: int = 10,
+    epsilon: float | np.floating = 8 / 255,
+    alpha: float | np.floating | None = None,
+    steps: int | np.integer = 10,
     random_start: bool = True,
     input_range: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
@@ -596,12 +599,12 @@ def train_adversarial_extractor(
     train_loader: Iterable[Batch],
     *,
     attack: str = "fgsm",
-    epsilon: float = 8 / 255,
-    alpha: float | None = None,
-    steps: int = 10,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
+    epsilon: float | np.floating = 8 / 255,
+    alpha: float | np.floating | None = None,
+    steps: int | np.integer = 10,
+    epochs: int | np.integer = 10,
+    lr: float | np.floating = 1e-3,
+    weight_decay: float | np.floating = 0.0,
     input_range: tuple[float, float] | None = (0.0, 1.0),
     device: Device = "cpu",
     progress: bool = True,
@@ -778,7 +781,11 @@ def _group_delta(k: int, epsilon_dp: float, delta_dp: float) -> float:
 
 
 def compose_privacy(
-    epsilon_dp: float, delta_dp: float, epsilon_cr: float, delta_cr: float, removals: int
+    epsilon_dp: float | np.floating,
+    delta_dp: float | np.floating,
+    epsilon_cr: float | np.floating,
+    delta_cr: float | np.floating,
+    removals: int | np.integer,
 ) -> ComposedPrivacy:
     """Compose a DP extractor with a certified-removal head: (epsilon, delta) after k removals.
 
@@ -838,13 +845,13 @@ def compose_privacy(
 
 
 def supported_removals(
-    target_epsilon: float,
-    epsilon_dp: float,
-    epsilon_cr: float,
+    target_epsilon: float | np.floating,
+    epsilon_dp: float | np.floating,
+    epsilon_cr: float | np.floating,
     *,
-    target_delta: float | None = None,
-    delta_dp: float = 0.0,
-    delta_cr: float = 0.0,
+    target_delta: float | np.floating | None = None,
+    delta_dp: float | np.floating = 0.0,
+    delta_cr: float | np.floating = 0.0,
 ) -> int:
     """Return the largest ``k`` whose composed epsilon (and delta) meets the target.
 

@@ -58,7 +58,11 @@ AGE_LAYOUTS = ("auto", "folder", *_NAME_PATTERNS)
 _MAX_AGE = 150
 
 
-def age_bins(ages: Tensor, bin_width: int = 10, num_bins: int = 10) -> Tensor:
+def age_bins(
+    ages: Tensor,
+    bin_width: int | np.integer = 10,
+    num_bins: int | np.integer = 10,
+) -> Tensor:
     """Map ages to bins ``min(age // bin_width, num_bins - 1)`` (decades, 90+ by default).
 
     Args:
@@ -173,7 +177,7 @@ class AgeImageFolder(Dataset):
         target: str = "bin",
         bin_width: int = 10,
         num_bins: int = 10,
-        size: int | None = None,
+        size: int | np.integer | None = None,
         grayscale: bool = False,
         transform: Callable[[Any], Any] | None = None,
         skip_unmatched: bool = False,
@@ -286,8 +290,8 @@ class AgeImageFolder(Dataset):
     def _load(self, index: int) -> Any:
         from PIL import Image
 
-        with Image.open(self.paths[index]) as img:
-            img = img.convert("L" if self.grayscale else "RGB")
+        with Image.open(self.paths[index]) as opened:
+            img = opened.convert("L" if self.grayscale else "RGB")
             if self.size is not None and img.size != (self.size, self.size):
                 img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
         return img
@@ -342,7 +346,11 @@ class AgeImageFolder(Dataset):
         weights[counts > 0] = len(self) / (present * counts[counts > 0])
         return weights.float()
 
-    def subject_forget_split(self, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    def subject_forget_split(
+        self,
+        fraction: float | np.floating,
+        seed: int | np.integer = 0,
+    ) -> tuple[Tensor, Tensor]:
         """Split whole subjects into forget and retain sets (no person on both sides).
 
         Subjects are shuffled with ``seed`` and taken whole until the forget set holds at
@@ -365,7 +373,7 @@ class AgeImageFolder(Dataset):
 
 
 def subject_forget_split(
-    subjects: Sequence[str] | None, fraction: float, seed: int = 0
+    subjects: Sequence[str] | None, fraction: float | np.floating, seed: int | np.integer = 0
 ) -> tuple[Tensor, Tensor]:
     """Forget whole subjects: see :meth:`AgeImageFolder.subject_forget_split`.
 

@@ -119,8 +119,8 @@ def load_digits_dataset(
     binary: tuple[int, int] | None = None,
     normalize: bool = True,
     dtype: torch.dtype = torch.float64,
-    test_fraction: float = 0.2,
-    seed: int = 0,
+    test_fraction: float | np.floating = 0.2,
+    seed: int | np.integer = 0,
 ) -> DigitsSplit:
     """Load the bundled digits as flat feature vectors with a stratified train/test split.
 

@@ -230,7 +230,11 @@ def _parse_file(body: str, spec: str, n: int) -> Tensor:
     return mask
 
 
-def parse_forget_spec(spec: str, labels: object, seed: int = 0) -> tuple[Tensor, Tensor]:
+def parse_forget_spec(
+    spec: str,
+    labels: object,
+    seed: int | np.integer = 0,
+) -> tuple[Tensor, Tensor]:
     """Split a data set into forget and retain indices from a spec.
 
     Args:

@@ -120,10 +120,10 @@ def measure_exposure(
     secrets: str | Sequence[str],
     *,
     alphabet: str = DIGITS,
-    n_candidates: int | None = None,
-    enumerate_limit: int = 100_000,
-    seed: int = 0,
-    batch_size: int = 4096,
+    n_candidates: int | np.integer | None = None,
+    enumerate_limit: int | np.integer = 100_000,
+    seed: int | np.integer = 0,
+    batch_size: int | np.integer = 4096,
 ) -> list[ExposureMeasurement]:
     """Measure the exposure of secrets that follow ``prefix``.
 
@@ -287,12 +287,12 @@ def train_char_lm(
     model: CharLM,
     ids: Tensor,
     *,
-    steps: int,
-    seq_len: int = 48,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    weight_decay: float = 0.0,
-    seed: int = 0,
+    steps: int | np.integer,
+    seq_len: int | np.integer = 48,
+    batch_size: int | np.integer = 32,
+    lr: float | np.floating = 3e-3,
+    weight_decay: float | np.floating = 0.0,
+    seed: int | np.integer = 0,
     progress: bool = False,
 ) -> list[float]:
     """Train next-character prediction on random windows of ``ids`` with Adam.
@@ -380,7 +380,12 @@ def train_char_lm(
 
 
 @torch.no_grad()
-def greedy_completion(model: CharLM, vocab: CharVocab, prefix: str, length: int) -> str:
+def greedy_completion(
+    model: CharLM,
+    vocab: CharVocab,
+    prefix: str,
+    length: int | np.integer,
+) -> str:
     """Return the ``length`` characters the model predicts after ``prefix`` (argmax).
 
     The training mode of the model and of each of its submodules is restored, also on

@@ -85,7 +85,7 @@ def _as_canaries(values: object) -> tuple[np.ndarray, bool]:
     return _as_scores(values, "canary"), False
 
 
-def exposure_from_rank(rank: int, space_size: int) -> float:
+def exposure_from_rank(rank: int | np.integer, space_size: int | np.integer) -> float:
     """Return ``log2(space_size) - log2(rank)``.
 
     Raises:
@@ -169,7 +169,11 @@ class SkewNormalFit:
         if self.scale < 0:
             raise ValueError(f"'scale' must be >= 0, got {self.scale}")
 
-    def exposure(self, canary: object, space_size: int | float | None = None) -> float | np.ndarray:
+    def exposure(
+        self,
+        canary: object,
+        space_size: int | np.integer | float | np.floating | None = None,
+    ) -> float | np.ndarray:
         """Return ``-log2 F(canary)``, capped to ``[0, log2 space_size]`` when given.
 
         Far in the lower tail ``F`` underflows even on the log scale; exposure is then
@@ -190,7 +194,7 @@ class SkewNormalFit:
         return float(bits[0]) if scalar else bits
 
 
-def _max_exposure(space_size: int | float) -> float:
+def _max_exposure(space_size: int | np.integer | float | np.floating) -> float:
     if not is_real(space_size):
         raise TypeError(f"'space_size' must be a number, got {type(space_size).__name__}")
     if not space_size >= 1:
@@ -222,7 +226,9 @@ def fit_skew_normal(candidates: object) -> SkewNormalFit:
 
 
 def skew_normal_exposure(
-    canary: object, candidates: object, space_size: int | float | None = None
+    canary: object,
+    candidates: object,
+    space_size: int | np.integer | float | np.floating | None = None,
 ) -> float | np.ndarray:
     """Exposure extrapolated from a skew-normal fit to sampled candidates.
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .._numbers import as_int, is_integer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["CharLM", "sequence_log_perplexity"]
 
@@ -47,10 +51,10 @@ class CharLM(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int,
-        embed_dim: int = 64,
-        hidden: int = 256,
-        layers: int = 1,
+        vocab_size: int | np.integer,
+        embed_dim: int | np.integer = 64,
+        hidden: int | np.integer = 256,
+        layers: int | np.integer = 1,
         cell: str = "lstm",
     ) -> None:
         super().__init__()
@@ -108,7 +112,7 @@ def _expand_state(
 
 @torch.no_grad()
 def sequence_log_perplexity(
-    model: CharLM, prefix: Tensor, secrets: Tensor, *, batch_size: int = 4096
+    model: CharLM, prefix: Tensor, secrets: Tensor, *, batch_size: int | np.integer = 4096
 ) -> Tensor:
     """Log-perplexity in bits of each secret after a prefix, teacher-forced.
 

@@ -38,7 +38,7 @@ def plot_exposure(
     path: str | os.PathLike[str],
     *,
     labels: Sequence[str] | None = None,
-    bins: int = 60,
+    bins: int | np.integer = 60,
 ) -> Path:
     """Write the exposure figure of one or more secrets to ``path`` (PNG).
 

@@ -85,7 +85,7 @@ def _check_seed(seed: object) -> int:
     return as_int(seed)
 
 
-def generate_corpus(n_sentences: int = 2000, seed: int = 0) -> str:
+def generate_corpus(n_sentences: int | np.integer = 2000, seed: int | np.integer = 0) -> str:
     """Return ``n_sentences`` generated sentences, separated by spaces.
 
     Sentences follow ``subject verb object [ending|number]`` with punctuation; one in
@@ -116,7 +116,12 @@ def generate_corpus(n_sentences: int = 2000, seed: int = 0) -> str:
     return " ".join(sentences)
 
 
-def insert_canary(text: str, canary: str, insertions: int, seed: int = 0) -> tuple[str, list[int]]:
+def insert_canary(
+    text: str,
+    canary: str,
+    insertions: int | np.integer,
+    seed: int | np.integer = 0,
+) -> tuple[str, list[int]]:
     """Insert ``canary`` ``insertions`` times at random sentence starts of ``text``.
 
     Args:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,9 @@ from ._common_b import (
     train_ce,
 )
 from .base import ForgetConfig, check_seed, clone_model, iterate, model_device, register
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "ANTISAMPLE_PRESETS",
@@ -119,17 +122,17 @@ def generate_antisamples(
     retain: Tensor,
     *,
     retain_labels: Tensor | None = None,
-    retain_fraction: float = 1.0,
-    n_generated: int | None = None,
-    tail_randomized: int | None = 20,
-    local_variance: float = 1.0,
-    p: float = 0.95,
-    eps: float = 0.01,
-    size_multiplier: int = 1,
+    retain_fraction: float | np.floating = 1.0,
+    n_generated: int | np.integer | None = None,
+    tail_randomized: int | np.integer | None = 20,
+    local_variance: float | np.floating = 1.0,
+    p: float | np.floating = 0.95,
+    eps: float | np.floating = 0.01,
+    size_multiplier: int | np.integer = 1,
     convex_combination: bool = True,
-    seed: int = 0,
+    seed: int | np.integer = 0,
     return_weights: bool = False,
-    chunk_size: int = 4096,
+    chunk_size: int | np.integer = 4096,
 ) -> AntiSamples:
     """Generate anti-samples for ``forget`` from far neighbours in ``retain``.
 

@@ -304,14 +304,22 @@ def as_dataset(data: object, name: str) -> Dataset:
     return data
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int | np.integer, *, shuffle: bool, seed: int | np.integer = 0
+) -> DataLoader:
     """Return a single-process DataLoader; shuffling uses its own seeded generator.
 
     The loader gets that generator even when it does not shuffle: a DataLoader without one
     draws its base seed from the global generator every time it is iterated, which would
     advance the caller's RNG state.
+
+    Raises:
+        TypeError: If ``batch_size`` or ``seed`` is not an int (a NumPy integer is one).
+        ValueError: If ``batch_size`` < 1 or ``seed`` is outside a 64-bit generator's range.
+
     """
-    generator = torch.Generator().manual_seed(seed)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    generator = torch.Generator().manual_seed(check_seed("seed", seed))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
@@ -434,7 +442,7 @@ def run_method(
 
 
 def iterate(
-    items: Iterable[Any], *, progress: bool, desc: str, total: int | None = None
+    items: Iterable[Any], *, progress: bool, desc: str, total: int | np.integer | None = None
 ) -> Iterable[Any]:
     """Wrap ``items`` in a tqdm bar when ``progress`` is set."""
     if not progress:

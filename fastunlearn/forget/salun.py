@@ -17,6 +17,7 @@ momentum 0.9, weight decay 5e-4, mask ratio 0.5, batch 256).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ from ._common_b import (
 from ._training import check_bool
 from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
 from .checks import check_batch_labels, check_labels, dataset_labels
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["SalUnConfig", "salun", "saliency_mask"]
 
@@ -69,7 +73,11 @@ class SalUnConfig(ForgetConfig):
 
 
 def saliency_mask(
-    model: nn.Module, forget_ds: Dataset, ratio: float, *, batch_size: int = 256
+    model: nn.Module,
+    forget_ds: Dataset,
+    ratio: float | np.floating,
+    *,
+    batch_size: int | np.integer = 256,
 ) -> dict[str, Tensor]:
     """Boolean masks (per named parameter) of the ``ratio`` most salient weights.
 

@@ -19,6 +19,7 @@ the noise of every forgotten class 0, and it copies only 3 of the 256 noise imag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,9 @@ from ._common_b import (
     train_ce,
 )
 from .base import _MAX_INT, ForgetConfig, check_seed, clone_model, iterate, model_device, register
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["UnsirConfig", "error_maximizing_noise", "unsir", "unsir_noise_set"]
 
@@ -90,14 +94,14 @@ class UnsirConfig(ForgetConfig):
 
 def error_maximizing_noise(
     model: nn.Module,
-    target_class: int,
+    target_class: int | np.integer,
     shape: tuple[int, ...],
     *,
-    n: int = 256,
-    steps: int = 40,
-    lr: float = 0.1,
-    l2_weight: float = 0.1,
-    seed: int = 0,
+    n: int | np.integer = 256,
+    steps: int | np.integer = 40,
+    lr: float | np.floating = 0.1,
+    l2_weight: float | np.floating = 0.1,
+    seed: int | np.integer = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Optimise inputs that maximise ``model``'s error on ``target_class`` (UNSIR step 1).

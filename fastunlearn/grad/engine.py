@@ -18,7 +18,7 @@ an engine's first call), which would get only the module's share.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,9 @@ from .fallback import FunctorchRule
 from .layers import CapturedLayer, LayerCall, LayerRule, find_rule
 from .reduction import check_declared_reduction
 from .uses import nodes_inside_call, reads_outside_owners
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["PerSampleGradients", "LossFn"]
 
@@ -245,7 +248,7 @@ class PerSampleGradients:
         return total
 
     def clipped_sum(
-        self, inputs: Any, targets: Any, loss_fn: LossFn, max_norm: float
+        self, inputs: Any, targets: Any, loss_fn: LossFn, max_norm: float | np.floating
     ) -> dict[str, Tensor]:
         """DP-SGD sum of per-sample gradients each clipped to norm ``max_norm``.
 

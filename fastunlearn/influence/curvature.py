@@ -11,7 +11,7 @@ indefinite second-derivative-of-the-network term otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,9 @@ from ..linalg.network import (
 from ..linalg.operators import _check_nonnegative
 from ..linalg.rnn_kernels import with_differentiable_rnn_kernels
 from .gradients import LossFn
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["GGNOperator"]
 
@@ -94,8 +97,8 @@ class GGNOperator(LinearOperator):
         targets: Tensor,
         *,
         params: Any = None,
-        damping: float = 0.0,
-        batch_size: int | None = None,
+        damping: float | np.floating = 0.0,
+        batch_size: int | np.integer | None = None,
     ) -> None:
         self.param_names = selected_parameter_names(model, params)
         if not callable(loss_fn):

@@ -116,7 +116,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int = 1024) -> Tensor:
+def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int | np.integer = 1024) -> Tensor:
     """Arg-max class of every row (eval mode, no graph, chunked) -> int64 Tensor[n].
 
     Raises:
@@ -216,7 +216,7 @@ def repair_labels(
 
 
 def replace_features(
-    inputs: Tensor, columns: Any, *, rows: Any = None, values: float | Tensor = 0.0
+    inputs: Tensor, columns: Any, *, rows: Any = None, values: float | np.floating | Tensor = 0.0
 ) -> tuple[Tensor, Tensor]:
     """Return the corrected inputs and the affected rows for a feature change.
 
@@ -286,7 +286,7 @@ def unlearn_features(
     columns: Any,
     *,
     rows: Any = None,
-    values: float | Tensor = 0.0,
+    values: float | np.floating | Tensor = 0.0,
     **update_kwargs: Any,
 ) -> UpdateResult:
     """Unlearn feature values: set ``columns`` of ``rows`` to ``values`` with one update.
@@ -390,11 +390,11 @@ def iterative_label_repair(
     inputs: Tensor,
     labels: Tensor,
     *,
-    steps: int = 10,
-    batch_size: int = 512,
-    seed: int = 0,
+    steps: int | np.integer = 10,
+    batch_size: int | np.integer = 512,
+    seed: int | np.integer = 0,
     evaluate: Callable[[nn.Module], Any] | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | np.integer = 1024,
     should_stop: StopCheck | None = None,
     **update_kwargs: Any,
 ) -> IterativeRepairResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,9 @@ from torch.func import functional_call
 
 from .._numbers import as_int, is_integer
 from ..linalg import flatten_params, selected_parameter_names, unflatten_like
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "LossFn",
@@ -46,7 +49,7 @@ def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
     return torch.nn.functional.cross_entropy(outputs, targets, reduction="sum")
 
 
-def last_parameters(model: nn.Module, count: int) -> list[str]:
+def last_parameters(model: nn.Module, count: int | np.integer) -> list[str]:
     """Names of the last ``count`` trainable parameter tensors (registration order).
 
     The reference updates only ``model.trainable_weights[-6:]`` of its CIFAR CNN (the
@@ -184,7 +187,7 @@ def loss_value(
     *,
     names: Sequence[str] | None = None,
     values: Sequence[Tensor] | None = None,
-    chunk_size: int | None = 1024,
+    chunk_size: int | np.integer | None = 1024,
 ) -> float:
     """Compute the summed loss over ``(inputs, targets)``, optionally with some parameters replaced.
 
@@ -268,7 +271,7 @@ def loss_gradient(
     targets: Tensor,
     *,
     params: Any = None,
-    chunk_size: int | None = 1024,
+    chunk_size: int | np.integer | None = 1024,
 ) -> Tensor:
     """Gradient of the summed loss w.r.t. the selected parameters, as one flat vector.
 
@@ -309,7 +312,7 @@ def gradient_difference(
     new_targets: Tensor,
     *,
     params: Any = None,
-    chunk_size: int | None = 1024,
+    chunk_size: int | np.integer | None = 1024,
 ) -> Tensor:
     """``G = sum_i grad l(z~_i) - sum_i grad l(z_i)`` in one backward pass per chunk.
 

@@ -96,7 +96,11 @@ class LinearUpdateResult:
         return {k: v for k, v in self.__dict__.items() if k != "weights"}
 
 
-def required_sigma(residual: float, epsilon: float = 0.1, delta: float = 0.01) -> float:
+def required_sigma(
+    residual: float | np.floating,
+    epsilon: float | np.floating = 0.1,
+    delta: float | np.floating = 0.01,
+) -> float:
     """Objective-perturbation noise certifying a gradient residual: ``residual c(delta) / eps``.
 
     Args:
@@ -196,7 +200,12 @@ def _lam(lam: object) -> float:
 
 
 def fit_logistic(
-    X: Tensor, y: Tensor, lam: float, *, sigma: float = 0.0, seed: int = 0
+    X: Tensor,
+    y: Tensor,
+    lam: float | np.floating,
+    *,
+    sigma: float | np.floating = 0.0,
+    seed: int | np.integer = 0,
 ) -> tuple[Tensor, Tensor]:
     """Fit the perturbed objective exactly (float64 Newton) with ``b ~ N(0, sigma^2 I)``.
 
@@ -242,14 +251,14 @@ def linear_influence_update(
     *,
     new_X: Tensor | None = None,
     new_y: Tensor | None = None,
-    lam: float,
+    lam: float | np.floating,
     b: Tensor | None = None,
-    order: int = 2,
-    tau: float | None = None,
-    epsilon: float = 0.1,
-    delta: float = 0.01,
-    sigma: float | None = None,
-    gamma: float = GAMMA_TIGHT,
+    order: int | np.integer = 2,
+    tau: float | np.floating | None = None,
+    epsilon: float | np.floating = 0.1,
+    delta: float | np.floating = 0.01,
+    sigma: float | np.floating | None = None,
+    gamma: float | np.floating = GAMMA_TIGHT,
 ) -> LinearUpdateResult:
     """First- or second-order update of a logistic regression for changed rows, certified.
 

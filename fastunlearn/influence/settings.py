@@ -8,7 +8,7 @@ and :class:`UpdateResult` (what :func:`~fastunlearn.influence.influence_update` 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -18,6 +18,9 @@ from .._numbers import plain_fields as _plain_fields
 from .._repr import fields_repr
 from .arguments import MAX_SEED, _check_float, _check_int
 from .gradients import LossFn, default_loss
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "CURVATURES",
@@ -103,7 +106,7 @@ class LissaSettings:
         """
         return self.damping * self.scale
 
-    def step_scale(self, n_rows: int) -> int:
+    def step_scale(self, n_rows: int | np.integer) -> int:
         """Return the factor k of the estimate ``k (H + k d s I)^{-1} G`` on ``n_rows`` rows.
 
         For ``hessian="batch"`` this is ``k = ceil(n_rows / batch_size)``, which is 1 when
@@ -121,7 +124,7 @@ class LissaSettings:
             return 1
         return -(-n_rows // self.batch_size)
 
-    def full_data_damping(self, n_rows: int) -> float:
+    def full_data_damping(self, n_rows: int | np.integer) -> float:
         """Return the damping relative to the full-data Hessian, ``step_scale(n_rows) * d * s``."""
         return self.step_scale(n_rows) * self.effective_damping
 

@@ -55,7 +55,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +103,9 @@ from .settings import (
     UpdateResult,
     _check_lissa,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "LissaSettings",
@@ -166,21 +169,21 @@ def _check_options(
     *,
     loss_fn: LossFn | None,
     params: Any,
-    order: int,
-    tau: float | str,
+    order: int | np.integer,
+    tau: float | np.floating | str,
     solver: str,
-    damping: float,
+    damping: float | np.floating,
     curvature: str,
-    hvp_batch_size: int | None,
-    curvature_subsample: int | None,
-    subsample_seed: int,
-    chunk_size: int | None,
-    tol: float,
-    maxiter: int | None,
-    restarts: int,
+    hvp_batch_size: int | np.integer | None,
+    curvature_subsample: int | np.integer | None,
+    subsample_seed: int | np.integer,
+    chunk_size: int | np.integer | None,
+    tol: float | np.floating,
+    maxiter: int | np.integer | None,
+    restarts: int | np.integer,
     lissa: LissaSettings | None,
-    max_direct_params: int,
-    loss_tolerance: float,
+    max_direct_params: int | np.integer,
+    loss_tolerance: float | np.floating,
     compute_residual: bool,
     check_loss: bool,
     apply: bool,
@@ -554,24 +557,24 @@ def influence_update(
     *,
     train_data: tuple[Tensor, Tensor] | None = None,
     loss_fn: LossFn | None = None,
-    order: int = 2,
-    tau: float | str = "auto",
+    order: int | np.integer = 2,
+    tau: float | np.floating | str = "auto",
     solver: str = "cg",
-    damping: float = 0.0,
+    damping: float | np.floating = 0.0,
     curvature: str = "hessian",
     params: Any = None,
-    hvp_batch_size: int | None = None,
-    curvature_subsample: int | None = None,
-    subsample_seed: int = 0,
-    chunk_size: int | None = 1024,
-    tol: float = 1e-6,
-    maxiter: int | None = None,
-    restarts: int = 3,
+    hvp_batch_size: int | np.integer | None = None,
+    curvature_subsample: int | np.integer | None = None,
+    subsample_seed: int | np.integer = 0,
+    chunk_size: int | np.integer | None = 1024,
+    tol: float | np.floating = 1e-6,
+    maxiter: int | np.integer | None = None,
+    restarts: int | np.integer = 3,
     lissa: LissaSettings | None = None,
     compute_residual: bool = True,
-    max_direct_params: int = MAX_DIRECT_PARAMS,
+    max_direct_params: int | np.integer = MAX_DIRECT_PARAMS,
     check_loss: bool = True,
-    loss_tolerance: float = 0.01,
+    loss_tolerance: float | np.floating = 0.01,
     apply: bool = True,
     progress: bool = False,
 ) -> UpdateResult:

@@ -13,7 +13,7 @@ import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -23,6 +23,9 @@ from .._equality import dataclass_eq
 from .._numbers import as_int, is_integer
 from .._repr import fields_repr
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["CGResult", "cg", "CGInverseOperator", "CGNotConvergedError"]
 
@@ -199,11 +202,11 @@ def cg(
     B: Tensor,
     *,
     x0: Tensor | None = None,
-    tol: float = 1e-6,
-    atol: float = 0.0,
-    maxiter: int | None = None,
+    tol: float | np.floating = 1e-6,
+    atol: float | np.floating = 0.0,
+    maxiter: int | np.integer | None = None,
     precond: Tensor | str | LinearOperator | Matmat | None = None,
-    check_every: int | None = None,
+    check_every: int | np.integer | None = None,
     callback: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> CGResult:
     """Solve ``A X = B`` column by column with (preconditioned) conjugate gradients.

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -40,6 +40,9 @@ from .._numbers import as_float, as_int, is_flag, is_integer, is_real
 from .._repr import fields_repr
 from .cg import _column_scale
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["LissaResult", "LissaDivergenceError", "lissa"]
 
@@ -117,13 +120,13 @@ def lissa(
     hvp: LinearOperator | Callable[..., Tensor],
     b: Tensor,
     *,
-    damping: float = 0.0,
-    scale: float = 10.0,
-    depth: int = 5000,
-    repetitions: int = 1,
+    damping: float | np.floating = 0.0,
+    scale: float | np.floating = 10.0,
+    depth: int | np.integer = 5000,
+    repetitions: int | np.integer = 1,
     batches: Iterable[Any] | None = None,
     progress: bool = False,
-    check_every: int = 10,
+    check_every: int | np.integer = 10,
 ) -> LissaResult:
     """Estimate ``(H + damping * scale * I)^{-1} b`` with the LiSSA recursion.
 

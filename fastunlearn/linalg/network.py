@@ -9,7 +9,7 @@ that vector and the list of parameter-shaped tensors.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,9 @@ from .._numbers import as_int, is_integer
 from .forward_ad import jvp
 from .operators import LinearOperator, _check_nonnegative
 from .rnn_kernels import with_differentiable_rnn_kernels
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "NetworkHessianOperator",
@@ -379,8 +382,8 @@ class NetworkHessianOperator(LinearOperator):
         *,
         params: ParamSpec = None,
         mode: str = "fwd-rev",
-        damping: float = 0.0,
-        batch_size: int | None = None,
+        damping: float | np.floating = 0.0,
+        batch_size: int | np.integer | None = None,
     ) -> None:
         self.param_names = selected_parameter_names(model, params)
         if not callable(loss_fn):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -16,6 +17,9 @@ from torch import Tensor
 from .. import ops
 from .._numbers import as_float, is_finite, is_integer, is_real
 from ..ops.glm import square_weighted_sums
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "LinearOperator",
@@ -200,7 +204,7 @@ class GLMHessianOperator(LinearOperator):
 
     """
 
-    def __init__(self, X: Tensor, S: Tensor, lam: float = 0.0) -> None:
+    def __init__(self, X: Tensor, S: Tensor, lam: float | np.floating = 0.0) -> None:
         X = _check_float_tensor("X", X)
         S = _check_float_tensor("S", S)
         if X.dtype not in (torch.float32, torch.float64):  # the dtypes of ops.glm_hvp
@@ -273,7 +277,7 @@ class ScaledIdentityPlus(LinearOperator):
 
     """
 
-    def __init__(self, base: LinearOperator, c: float) -> None:
+    def __init__(self, base: LinearOperator, c: float | np.floating) -> None:
         if not isinstance(base, LinearOperator):
             raise TypeError(f"'base' must be a LinearOperator, got {type(base).__name__}")
         self.base = base
@@ -296,7 +300,7 @@ class ScaledIdentityPlus(LinearOperator):
         return diagonal() + self.c
 
 
-def damped(op: LinearOperator, damping: float) -> LinearOperator:
+def damped(op: LinearOperator, damping: float | np.floating) -> LinearOperator:
     """Return ``op + damping * I``.
 
     A :class:`GLMHessianOperator` folds the damping into its ``lam`` (still one fused op per

@@ -116,7 +116,7 @@ def check_examples(t: Tensor, name: str) -> None:
                          "a metric needs at least one")
 
 
-def check_delta(delta: float, name: str = "delta") -> float:
+def check_delta(delta: float | np.floating, name: str = "delta") -> float:
     """``delta`` as a float in [0, 1) (Python or numpy real numbers)."""
     if not is_real(delta):  # Python or NumPy real, not a bool
         raise TypeError(f"'{name}' must be a number, got {type(delta).__name__}")

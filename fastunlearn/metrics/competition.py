@@ -475,7 +475,7 @@ def _check_grid_size(r: Tensor, u: Tensor) -> None:
 
 
 def competition_epsilons(
-    retrained: Any, unlearned: Any, *, delta: float = DEFAULT_DELTA
+    retrained: Any, unlearned: Any, *, delta: float | np.floating = DEFAULT_DELTA
 ) -> Tensor:
     """Per-example epsilons of the NeurIPS 2023 competition metric, clipped to [0, 50].
 
@@ -502,7 +502,7 @@ def competition_epsilons(
     return _epsilons_torch(r, u, delta)
 
 
-def score_bins(num_models: int) -> list[tuple[float, float, float]]:
+def score_bins(num_models: int | np.integer) -> list[tuple[float, float, float]]:
     """Return the official bins ``(start, end, points)``: width 0.5, points 1, 1/2, ...
 
     Bins exist while their end is at most ``ceil(ln(num_models - 1))``.
@@ -523,7 +523,7 @@ def score_bins(num_models: int) -> list[tuple[float, float, float]]:
     return bins
 
 
-def forget_score(epsilons: Any, num_models: int) -> float:
+def forget_score(epsilons: Any, num_models: int | np.integer) -> float:
     """Forget quality F: mean over examples of the points of each epsilon's bin.
 
     An epsilon earns the points of the first bin whose end exceeds it; epsilons beyond the
@@ -551,7 +551,13 @@ def forget_score(epsilons: Any, num_models: int) -> float:
     return float(points.mean())
 
 
-def final_score(forget: float, ra_u: float, ra_r: float, ta_u: float, ta_r: float) -> float:
+def final_score(
+    forget: float | np.floating,
+    ra_u: float | np.floating,
+    ra_r: float | np.floating,
+    ta_u: float | np.floating,
+    ta_r: float | np.floating,
+) -> float:
     """Competition final score ``F * (RA_U / RA_R) * (TA_U / TA_R)`` (ratios not capped).
 
     Every value is a fraction in [0, 1] (the forget score F and the four accuracies; not
@@ -639,7 +645,7 @@ def competition_score(
     unlearn_logits: Any,
     labels: Any,
     *,
-    delta: float = DEFAULT_DELTA,
+    delta: float | np.floating = DEFAULT_DELTA,
     accuracies: dict[str, float] | None = None,
 ) -> CompetitionResult:
     """Forget score (and final score) of the competition from forget-set logits.

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -43,6 +43,9 @@ from ._checks import check_delta, pair_of_stats, stacked_logits
 from ._chunking import row_chunks
 from ._reduce import median, nanmax, nanmedian
 from .statistics import hinge_logit
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "EpsilonResult",
@@ -168,7 +171,12 @@ def _det_epsilons(
     return eps.masked_fill(separable, torch.inf)
 
 
-def lira_epsilons(retrained: Any, unlearned: Any, *, delta: float = DEFAULT_DELTA) -> Tensor:
+def lira_epsilons(
+    retrained: Any,
+    unlearned: Any,
+    *,
+    delta: float | np.floating = DEFAULT_DELTA,
+) -> Tensor:
     """Per-example epsilon of Seed A's Gaussian likelihood-ratio attack.
 
     Args:
@@ -247,7 +255,7 @@ def epsilon_hat(
     unlearn_logits: Any,
     labels: Any,
     *,
-    delta: float = DEFAULT_DELTA,
+    delta: float | np.floating = DEFAULT_DELTA,
 ) -> EpsilonResult:
     """Seed A's epsilon-hat from logits: hinge logit, Gaussian LR attack, median over examples.
 

@@ -23,7 +23,7 @@ method whose logits cannot be scored gets an ``error``; the other methods are st
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -38,6 +38,9 @@ from .epsilon import epsilon_hat
 from .fairness import class_fairness
 from .fixtures import LogitsDir, load_logits_dir
 from .timing import time_ratio
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["evaluate_logits", "evaluate_logits_dir"]
 
@@ -60,8 +63,8 @@ def evaluate_logits(
     unlearn: Tensor,
     labels: Tensor,
     *,
-    delta: float = EPSILON_DELTA,
-    competition_delta: float = COMPETITION_DELTA,
+    delta: float | np.floating = EPSILON_DELTA,
+    competition_delta: float | np.floating = COMPETITION_DELTA,
     accuracies: dict[str, float] | None = None,
     per_example: bool = True,
 ) -> dict[str, Any]:
@@ -159,8 +162,8 @@ def evaluate_logits_dir(
     path: str | os.PathLike[str],
     *,
     methods: list[str] | None = None,
-    delta: float = EPSILON_DELTA,
-    competition_delta: float = COMPETITION_DELTA,
+    delta: float | np.floating = EPSILON_DELTA,
+    competition_delta: float | np.floating = COMPETITION_DELTA,
     baseline: bool = True,
     per_example: bool = True,
     device: str | torch.device | None = None,

@@ -17,7 +17,11 @@ __all__ = ["class_fairness", "per_class_accuracy"]
 _INT64_MAX = 2**63 - 1
 
 
-def per_class_accuracy(logits: Any, labels: Any, num_classes: int | None = None) -> Tensor:
+def per_class_accuracy(
+    logits: Any,
+    labels: Any,
+    num_classes: int | np.integer | None = None,
+) -> Tensor:
     """Accuracy of every class (one ``bincount`` pass, no loop over classes).
 
     Args:
@@ -53,7 +57,11 @@ def per_class_accuracy(logits: Any, labels: Any, num_classes: int | None = None)
     return (hits / total).cpu()  # 0/0 -> nan for absent classes
 
 
-def class_fairness(logits: Any, labels: Any, num_classes: int | None = None) -> dict[str, Any]:
+def class_fairness(
+    logits: Any,
+    labels: Any,
+    num_classes: int | np.integer | None = None,
+) -> dict[str, Any]:
     """Per-class accuracy, worst and best class, and the largest gap between classes.
 
     Classes without examples are left out of worst/best/gap.

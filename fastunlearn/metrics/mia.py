@@ -27,7 +27,7 @@ def svc_mia_efficacy(
     forget: tuple[Any, Any],
     *,
     balance: bool = True,
-    C: float = 3.0,
+    C: float | np.floating = 3.0,
 ) -> float:
     """Fraction of the forget set an SVC on the confidence predicts as non-member.
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import torch
 
 from .._numbers import as_float, is_flag, is_real
 from .._numbers import is_finite as _finite
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["Stopwatch", "time_ratio"]
 
@@ -62,7 +66,7 @@ class Stopwatch:
         return self.seconds / 60.0
 
 
-def time_ratio(seconds: float, retrain_seconds: float) -> float:
+def time_ratio(seconds: float | np.floating, retrain_seconds: float | np.floating) -> float:
     """Unlearning time as a fraction of retraining time (the competition rejects > ~0.2).
 
     Raises:

@@ -13,12 +13,15 @@ mixes examples of a batch and so has no per-example gradient; Opacus rejects it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._numbers import as_float, as_int, is_flag, is_integer, is_real
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MODELS",
@@ -65,7 +68,12 @@ class FeatureClassifier(nn.Module):
 
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int | np.integer,
+        num_classes: int | np.integer,
+    ) -> None:
         super().__init__()
         feature_dim = _check_positive_int(feature_dim, "feature_dim")
         num_classes = _check_positive_int(num_classes, "num_classes")
@@ -105,12 +113,12 @@ def _norm_factory(norm: str | None, arg: str = "norm") -> Callable[[int], nn.Mod
 
 
 def svhn_dp_extractor(
-    num_filters: int = 64,
+    num_filters: int | np.integer = 64,
     *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    side: int = 32,
-    kernel_size: int = 5,
+    num_classes: int | np.integer = 10,
+    in_channels: int | np.integer = 3,
+    side: int | np.integer = 32,
+    kernel_size: int | np.integer = 5,
     norm: str | None = None,
     normalize: bool = True,
 ) -> FeatureClassifier:
@@ -178,7 +186,11 @@ def svhn_dp_extractor(
 
 
 def resnet_cifar(
-    depth: int = 18, num_classes: int = 10, *, in_channels: int = 3, norm: str = "batch"
+    depth: int | np.integer = 18,
+    num_classes: int | np.integer = 10,
+    *,
+    in_channels: int | np.integer = 3,
+    norm: str = "batch",
 ) -> FeatureClassifier:
     """Build a torchvision ResNet-18/34 with the usual CIFAR stem, randomly initialised.
 
@@ -227,7 +239,7 @@ def resnet_cifar(
 
 
 def resnet18(
-    num_classes: int = 10, *, in_channels: int = 3, norm: str = "batch"
+    num_classes: int | np.integer = 10, *, in_channels: int | np.integer = 3, norm: str = "batch"
 ) -> FeatureClassifier:
     """ResNet-18 with the CIFAR stem: :func:`resnet_cifar` with ``depth=18``.
 
@@ -243,7 +255,7 @@ def resnet18(
 
 
 def resnet34(
-    num_classes: int = 10, *, in_channels: int = 3, norm: str = "batch"
+    num_classes: int | np.integer = 10, *, in_channels: int | np.integer = 3, norm: str = "batch"
 ) -> FeatureClassifier:
     """ResNet-34 with the CIFAR stem: :func:`resnet_cifar` with ``depth=34``.
 
@@ -258,7 +270,11 @@ def resnet34(
 
 
 def small_cnn(
-    in_channels: int = 1, num_classes: int = 10, side: int = 8, *, width: int = 16
+    in_channels: int | np.integer = 1,
+    num_classes: int | np.integer = 10,
+    side: int | np.integer = 8,
+    *,
+    width: int | np.integer = 16,
 ) -> FeatureClassifier:
     """Build a two-block CNN for small digits (8x8 scikit-learn digits, 28x28 MNIST).
 
@@ -305,7 +321,9 @@ def small_cnn(
 
 
 def mlp(
-    in_features: int = 64, num_classes: int = 10, hidden: Sequence[int] = (128,)
+    in_features: int | np.integer = 64,
+    num_classes: int | np.integer = 10,
+    hidden: Sequence[int] = (128,),
 ) -> FeatureClassifier:
     """Build a fully connected network: flatten, then ``Linear -> ReLU`` per hidden width.
 
@@ -365,7 +383,11 @@ class _Residual(nn.Module):
 
 
 def resnet9(
-    num_classes: int = 10, *, in_channels: int = 3, width: int = 64, norm: str | None = "batch"
+    num_classes: int | np.integer = 10,
+    *,
+    in_channels: int | np.integer = 3,
+    width: int | np.integer = 64,
+    norm: str | None = "batch",
 ) -> FeatureClassifier:
     """Build ResNet-9, the small residual network of Page's fast CIFAR-10 training (2018).
 
@@ -423,10 +445,10 @@ def resnet9(
 
 
 def allcnn(
-    num_classes: int = 10,
+    num_classes: int | np.integer = 10,
     *,
-    in_channels: int = 3,
-    width: int = 96,
+    in_channels: int | np.integer = 3,
+    width: int | np.integer = 96,
     norm: str | None = "batch",
     dropout: bool = False,
 ) -> FeatureClassifier:
@@ -489,7 +511,11 @@ def allcnn(
 
 
 def cifar_cnn(
-    num_classes: int = 10, *, in_channels: int = 3, side: int = 32, filters: int = 128
+    num_classes: int | np.integer = 10,
+    *,
+    in_channels: int | np.integer = 3,
+    side: int | np.integer = 32,
+    filters: int | np.integer = 128,
 ) -> FeatureClassifier:
     """Build the 1.8M-parameter CNN of the influence-unlearning reference (Warnecke et al.).
 
@@ -568,10 +594,10 @@ _MOBILENET_V2_STAGES = (
 
 
 def mobilenet_v2(
-    num_classes: int = 10,
+    num_classes: int | np.integer = 10,
     *,
-    in_channels: int = 3,
-    width_mult: float = 1.0,
+    in_channels: int | np.integer = 3,
+    width_mult: float | np.floating = 1.0,
     cifar_stem: bool = True,
     norm: str | None = "batch",
 ) -> FeatureClassifier:

@@ -25,12 +25,15 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._atomic_files import save_figure
 from .._numbers import as_float, is_flag, is_real
 from .._numbers import is_finite as _finite
 from .._paths import check_output_file
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["plot_accuracy", "plot_bounds", "plot_times"]
 
@@ -240,10 +243,10 @@ def _worst_case_running(records: Sequence[Any], default: float | None) -> list[f
 
 def plot_bounds(
     records: Sequence[Any],
-    budget: float,
+    budget: float | np.floating,
     path: str | os.PathLike[str],
     *,
-    worst_case: float | None = None,
+    worst_case: float | np.floating | None = None,
     title: str | None = None,
 ) -> Path:
     """Cumulative gradient-residual bound against the budget, log scale, with retrains.
@@ -403,7 +406,7 @@ def plot_accuracy(
 
 def plot_times(
     records: Sequence[Any],
-    retrain_seconds: float | None,
+    retrain_seconds: float | np.floating | None,
     path: str | os.PathLike[str],
     *,
     title: str | None = None,

@@ -297,3 +297,18 @@ def test_the_callers_mixed_module_modes_are_kept():
     for name in ("scrub", "salun", "finetune"):
         run_method(name, model, forget, retain, **_kw(name))
         assert [m.training for m in model.modules()] == modes, name
+
+
+def test_make_loader_takes_numpy_integers_and_names_bad_arguments():
+    import numpy as np
+
+    ds = TensorDataset(torch.arange(10.0), torch.zeros(10, dtype=torch.long))
+    plain = [b[0].tolist() for b in make_loader(ds, 3, shuffle=True, seed=5)]
+    numpy = [b[0].tolist() for b in make_loader(ds, np.int64(3), shuffle=True, seed=np.int64(5))]
+    assert numpy == plain and len(plain) == 4
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        make_loader(ds, 3.0, shuffle=False)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        make_loader(ds, 0, shuffle=False)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        make_loader(ds, 3, shuffle=False, seed="1")
