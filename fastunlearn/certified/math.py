@@ -446,7 +446,7 @@ def newton_fit(
         raise RuntimeError("Newton training diverged (non-finite gradient)")
     if L is None:  # already optimal at W0: still hand back a preconditioner
         L = cholesky_factor(logistic_hessian(X, A, W, lam, Z))
-    converged = gnorm <= tol
+    converged = bool(gnorm <= tol)  # a Python bool also for a NumPy tol
     if not converged:
         from sklearn.exceptions import ConvergenceWarning
 

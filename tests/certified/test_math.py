@@ -100,6 +100,15 @@ def test_newton_reaches_tolerance(sigma):
     assert float((LLt - H).norm() / H.norm()) < 1e-3
 
 
+def test_newton_converged_is_a_python_bool_for_a_numpy_tol():
+    import numpy as np
+
+    X, Y, A, _, _ = _problem(n=40, d=4, K=2, seed=2)
+    b = torch.zeros(4, 2, dtype=torch.float64)
+    res = newton_fit(X, Y, A, b, 1e-2, tol=np.float32(1e-6))
+    assert res.converged is True  # not np.True_: the result compares and serialises plainly
+
+
 def test_newton_matches_sklearn_without_perturbation():
     data = load_digits_dataset(binary=(3, 8))
     X = data.X_train
