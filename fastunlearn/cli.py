@@ -499,7 +499,7 @@ def _epochs(first: int, last: int) -> str:
 def _train_with_epoch_state(args: argparse.Namespace, model: Any, train: Any,
                             device: torch.device, checkpoint: Any) -> dict[str, Any]:
     """Train, keeping each finished epoch beside ``checkpoint``; resume from there."""
-    from .certified.epoch_state import saved_epochs
+    from .epoch_state import saved_epochs
 
     epoch_state = checkpoint.with_suffix(".epoch-state.pt")
     checkpoint.parent.mkdir(parents=True, exist_ok=True)  # the epochs are kept beside it

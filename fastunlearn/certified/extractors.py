@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .._equality import dataclass_eq
 from .._numbers import as_float, as_int, is_integer, is_real
 from ..data.vision import load_features, save_features
-from .epoch_state import EpochState
+from ..epoch_state import EpochState
 
 if TYPE_CHECKING:
     import numpy as np
@@ -247,7 +247,7 @@ def train_standard_extractor(
             optimizer, random states), or None. If it exists, training resumes after
             the epochs it holds, ending as an uninterrupted run would (same settings,
             initial weights and device); it is removed when training finishes. See
-            :mod:`fastunlearn.certified.epoch_state`.
+            :mod:`fastunlearn.epoch_state`.
 
     Returns:
         The trained ``model`` (same object, on ``device``, in eval mode).
@@ -365,7 +365,7 @@ def train_dp_extractor(
             training resumes after the epochs it holds, ending with the model and epsilon
             of an uninterrupted run (same settings, initial weights and device); it is
             removed when training finishes. See
-            :mod:`fastunlearn.certified.epoch_state`.
+            :mod:`fastunlearn.epoch_state`.
 
     Returns:
         ``(model, epsilon)``: the trained model (the same object, Opacus hooks removed, in
@@ -638,7 +638,7 @@ def train_adversarial_extractor(
             optimizer, random states), or None. If it exists, training resumes after
             the epochs it holds, ending as an uninterrupted run would (same settings,
             initial weights and device); it is removed when training finishes. See
-            :mod:`fastunlearn.certified.epoch_state`.
+            :mod:`fastunlearn.epoch_state`.
 
     Returns:
         The trained ``model`` (same object, on ``device``, in eval mode).

@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
 from .._paths import check_path
 from .._process_flags import GLOBAL_RNG_LOCK
+from ..epoch_state import EpochState, saved_epochs
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings
@@ -311,30 +313,49 @@ def train_classifier(
     batch_size: int,
     seed: int,
     progress: bool = False,
+    epoch_state: EpochState | None = None,
 ) -> float:
-    """Train with Adam (amsgrad) on mean cross-entropy; return the wall time in seconds."""
+    """Train with Adam (amsgrad) on mean cross-entropy; return the wall time in seconds.
+
+    With ``epoch_state`` (:class:`fastunlearn.epoch_state.EpochState`) the training starts
+    after the epochs saved there, saves its state after every epoch and removes the file at
+    the end; the returned time then includes the earlier runs' epochs.
+    """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
     model.train()
+    rng = SimpleNamespace(generator=gen)  # the batch order's generator, saved with the epoch
+    start, earlier = 0, [0.0]
+    if epoch_state is not None:
+        start = epoch_state.load(model, opt, epochs=epochs, device=X.device, loader=rng,
+                                 restore_extra=lambda extra: earlier.__setitem__(
+                                     0, float(extra.get("seconds", 0.0))))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc="train", unit="epoch")
+        bar = tqdm(total=epochs, initial=start, desc="train", unit="epoch")
     t0 = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(start, epochs):
         perm = torch.randperm(X.shape[0], generator=gen).to(X.device)
-        for start in range(0, X.shape[0], batch_size):
-            idx = perm[start:start + batch_size]
+        for begin in range(0, X.shape[0], batch_size):
+            idx = perm[begin:begin + batch_size]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(X[idx]), y[idx]).backward()
             opt.step()
+        if epoch_state is not None:
+            _sync(X.device)
+            seconds = earlier[0] + time.perf_counter() - t0
+            epoch_state.save(epoch + 1, model, opt, device=X.device, loader=rng,
+                             extra={"seconds": seconds})
         if bar is not None:
             bar.update(1)
     _sync(X.device)
-    elapsed = time.perf_counter() - t0
+    elapsed = earlier[0] + time.perf_counter() - t0
     if bar is not None:
         bar.close()
+    if epoch_state is not None:
+        epoch_state.remove()
     model.eval()
     return elapsed
 
@@ -540,6 +561,7 @@ class _CachedTraining:
             seconds = load_cached(cfg.cache_dir, role, key, model, self.dev)
             if seconds is not None:
                 return seconds, True
+        state = self._epoch_state(role, key, model)
         # the training's own random draws (dropout) from a seeded fork: the same model
         # whether the other one came from the cache or not, and the same draws after both
         cuda = self.dev.type == "cuda"
@@ -548,9 +570,19 @@ class _CachedTraining:
             if cuda:
                 with torch.cuda.device(self.dev):
                     torch.cuda.manual_seed(cfg.seed)
-            seconds = train_classifier(model, self.X, labels, epochs=cfg.epochs, lr=cfg.lr,
-                                       batch_size=cfg.train_batch, seed=cfg.seed,
-                                       progress=cfg.progress)
+            try:
+                seconds = train_classifier(model, self.X, labels, epochs=cfg.epochs,
+                                           lr=cfg.lr, batch_size=cfg.train_batch,
+                                           seed=cfg.seed, progress=cfg.progress,
+                                           epoch_state=state)
+            except KeyboardInterrupt:
+                kept = saved_epochs(state.path) if state is not None else None
+                if kept:
+                    raise KeyboardInterrupt(
+                        f"the {role.removeprefix('repair-')} model's first {kept} of "
+                        f"{cfg.epochs} epochs are kept in {cfg.cache_dir}; the same run "
+                        "resumes after them") from None
+                raise
         if cfg.cache_dir is not None:
             try:
                 store_cached(cfg.cache_dir, role, key, model, seconds,
@@ -559,6 +591,24 @@ class _CachedTraining:
                 warnings.warn(f"could not store the {role} model in 'cache_dir' "
                               f"{cfg.cache_dir!r}: {exc}", RuntimeWarning, stacklevel=2)
         return seconds, False
+
+
+    def _epoch_state(self, role: str, key: str, model: nn.Module) -> EpochState | None:
+        """Return the file keeping a training's finished epochs beside its entry, or None.
+
+        An unreadable one (not an epoch state of this version) is removed with a warning:
+        the training then starts from its first epoch.
+        """
+        if self.config.cache_dir is None:
+            return None
+        folder = Path(self.config.cache_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{role}-{key[:24]}.epoch-state.pt"
+        if path.exists() and saved_epochs(path) is None:
+            warnings.warn(f"removed the unreadable epoch state {str(path)!r}; the {role} "
+                          "model trains from its first epoch", RuntimeWarning, stacklevel=3)
+            path.unlink()
+        return EpochState.for_run(path, {"kind": "repair", "key": key}, model)
 
 
 def _run_repair_experiment(

@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastunlearn.certified.epoch_state import EPOCH_STATE_VERSION, saved_epochs, weights_digest
 from fastunlearn.certified.extractors import (
     train_adversarial_extractor,
     train_dp_extractor,
     train_standard_extractor,
 )
 from fastunlearn.data import digits_images
+from fastunlearn.epoch_state import EPOCH_STATE_VERSION, saved_epochs, weights_digest
 from fastunlearn.models import mlp
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -179,3 +179,41 @@ def test_cli_cache_dir(tmp_path, capsys):
                       "--out", str(tmp_path / "c")])
         assert bad.func(bad) == 2
     assert "'cache_dir'" in capsys.readouterr().err
+
+
+def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """Ctrl-C in the poisoned model's second epoch keeps its first; the rerun resumes there."""
+    config = {**SMALL, "epochs": 3}
+    plain = run_repair_experiment(RepairConfig(**config))
+    real_save = exp.EpochState.save
+
+    def interrupt_after_first_poisoned_epoch(self, epochs_done, *args, **kwargs):
+        real_save(self, epochs_done, *args, **kwargs)
+        if "repair-poisoned" in self.path.name and epochs_done == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(exp.EpochState, "save", interrupt_after_first_poisoned_epoch)
+    cache = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt, match="poisoned model's first 1 of 3 epochs are kept"):
+        run_repair_experiment(RepairConfig(**config, cache_dir=str(cache)))
+    (state,) = cache.glob("repair-poisoned-*.epoch-state.pt")
+    monkeypatch.setattr(exp.EpochState, "save", real_save)
+    resumed = run_repair_experiment(RepairConfig(**config, cache_dir=str(cache)))
+    assert resumed["training"]["clean_cached"] and not resumed["training"]["poisoned_cached"]
+    assert _numbers(resumed) == _numbers(plain)
+    assert not state.exists()  # removed once the model was trained and stored
+    assert any(cache.glob("repair-poisoned-*.safetensors"))
+
+
+def test_an_unreadable_epoch_state_is_removed_and_training_starts_over(tmp_path):
+    cache = tmp_path / "cache"
+    run_repair_experiment(RepairConfig(**SMALL, cache_dir=str(cache)))
+    (weights,) = cache.glob("repair-poisoned-*.safetensors")
+    for entry in cache.glob("repair-poisoned-*"):
+        entry.unlink()
+    stale = weights.with_suffix(".epoch-state.pt")  # where its training keeps its epochs
+    stale.write_bytes(b"cut short")
+    with pytest.warns(RuntimeWarning, match="removed the unreadable epoch state"):
+        result = run_repair_experiment(RepairConfig(**SMALL, cache_dir=str(cache)))
+    assert _numbers(result) == _numbers(run_repair_experiment(RepairConfig(**SMALL)))
+    assert not stale.exists() and weights.exists()

@@ -1,13 +1,15 @@
-"""Resumable extractor training: the state after each finished epoch, saved and restored.
+"""Resumable training: the state after each finished epoch, saved and restored.
 
-A feature extractor trains for many epochs (the reference's DP extractor: 20 passes over
-SVHN). With an ``epoch_checkpoint`` file, the training functions of
-:mod:`fastunlearn.certified.extractors` write everything the next epoch depends on after
-every epoch, atomically: the weights, the optimizer's state, torch's random-number states
-(CPU, the training GPU's and the loader's generator), the DP accountant's history. A run
-started again with the same settings and initial weights continues after the last finished
-epoch and ends with the same model (bit for bit on the same device and thread count) and,
-for DP-SGD, the same epsilon as an uninterrupted run. The file goes when training finishes.
+Networks train for many epochs (the reference's DP extractor: 20 passes over SVHN; the
+repair experiment's CIFAR-10 CNNs: 100). With an ``epoch_checkpoint`` file, the training
+functions of :mod:`fastunlearn.certified.extractors` (and, with a ``cache_dir``, the repair
+experiment's trainings) write everything the next epoch depends on after every epoch,
+atomically: the weights, the optimizer's state, torch's random-number states (CPU, the
+training GPU's and the loader's generator) and what the caller adds (the DP accountant's
+history). A run started again with the same settings and initial weights continues after
+the last finished epoch and ends with the same model (bit for bit on the same device and
+thread count) and, for DP-SGD, the same epsilon as an uninterrupted run. The file goes when
+training finishes.
 
 The file is a ``torch.save`` archive read with ``weights_only=True``: tensors, numbers and
 strings only, never code. It records the settings that must not change between the runs
@@ -27,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._atomic_files import replace_atomically
-from .._model_cache import weights_digest
+from ._atomic_files import replace_atomically
+from ._model_cache import weights_digest
 
 __all__ = ["EPOCH_STATE_VERSION", "EpochState", "saved_epochs", "weights_digest"]
 
