@@ -202,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
           f"(retraining {tr['retrain_seconds']:.2f} s)"
           + (f"; {' and '.join(cached)} model{'s' if len(cached) > 1 else ''} loaded from "
              f"{config.cache_dir}" if cached else ""))
+    for name, done in (tr.get("resumed_after_epoch") or {}).items():
+        print(f"the {name} model's training resumed after epoch {done} of {config.epochs} "
+              "(kept by an interrupted run; its time includes that run's epochs)")
     if result.get("lissa"):
         print(lissa_damping_text(result["lissa"]))
     for name, p in result["protocols"].items():

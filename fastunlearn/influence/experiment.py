@@ -551,6 +551,8 @@ class _CachedTraining:
                 "seed": config.seed, "device": dev.type,
             }
         self.dev = dev
+        #: finished epochs an interrupted run had kept, by model ("clean", "poisoned")
+        self.resumed: dict[str, int] = {}
 
     def train(self, role: str, model: nn.Module, labels: Tensor) -> tuple[float, bool]:
         """Train ``model`` on ``labels`` (or load it); return ``(seconds, from the cache)``."""
@@ -562,6 +564,9 @@ class _CachedTraining:
             if seconds is not None:
                 return seconds, True
         state = self._epoch_state(role, key, model)
+        done = saved_epochs(state.path) if state is not None else None
+        if done:
+            self.resumed[role.removeprefix("repair-")] = done
         # the training's own random draws (dropout) from a seeded fork: the same model
         # whether the other one came from the cache or not, and the same draws after both
         cuda = self.dev.type == "cuda"
@@ -658,6 +663,7 @@ def _run_repair_experiment(
         "training": {"acc_clean": acc_clean, "acc_poisoned": acc_before,
                      "retrain_seconds": retrain_s, "poisoned_train_seconds": poison_s,
                      "clean_cached": clean_cached, "poisoned_cached": poisoned_cached,
+                     "resumed_after_epoch": trainer.resumed,
                      "residual_poisoned": _residual_norm(poisoned, X_tr, data.y_train, params)},
         "protocols": {},
     }
