@@ -783,6 +783,9 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
     if cached:
         lines += ["", f"The {' and '.join(cached)} model{'s' if len(cached) > 1 else ''} "
                   "came from the cache; the times are those of the runs that trained them."]
+    for name, done in (tr.get("resumed_after_epoch") or {}).items():
+        lines += ["", f"The {name} model's training resumed after epoch {done} of "
+                  f"{cfg['epochs']}, kept by an interrupted run; its time includes that run's."]
     lines += ["", f"Residual of the poisoned model: {fv(tr['residual_poisoned'])}. "
               "All accuracies on the same test split; % restored = (after - before) / "
               "(clean - before). Repair time excludes evaluation.", ""]

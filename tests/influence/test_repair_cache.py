@@ -201,6 +201,8 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypat
     resumed = run_repair_experiment(RepairConfig(**config, cache_dir=str(cache)))
     assert resumed["training"]["clean_cached"] and not resumed["training"]["poisoned_cached"]
     assert resumed["training"]["resumed_after_epoch"] == {"poisoned": 1}
+    assert "The poisoned model's training resumed after epoch 1 of 3" in exp.render_report(
+        resumed)
     assert plain["training"]["resumed_after_epoch"] == {}
     assert _numbers(resumed) == _numbers(plain)
     assert not state.exists()  # removed once the model was trained and stored
