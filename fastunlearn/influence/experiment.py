@@ -325,11 +325,15 @@ def train_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
     model.train()
     rng = SimpleNamespace(generator=gen)  # the batch order's generator, saved with the epoch
-    start, earlier = 0, [0.0]
+    earlier = {"seconds": 0.0}  # the training time of the epochs an earlier run saved
+
+    def restore(extra: dict[str, Any]) -> None:
+        earlier["seconds"] = float(extra.get("seconds", 0.0))
+
+    start = 0
     if epoch_state is not None:
         start = epoch_state.load(model, opt, epochs=epochs, device=X.device, loader=rng,
-                                 restore_extra=lambda extra: earlier.__setitem__(
-                                     0, float(extra.get("seconds", 0.0))))
+                                 restore_extra=restore)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -345,13 +349,13 @@ def train_classifier(
             opt.step()
         if epoch_state is not None:
             _sync(X.device)
-            seconds = earlier[0] + time.perf_counter() - t0
+            seconds = earlier["seconds"] + time.perf_counter() - t0
             epoch_state.save(epoch + 1, model, opt, device=X.device, loader=rng,
                              extra={"seconds": seconds})
         if bar is not None:
             bar.update(1)
     _sync(X.device)
-    elapsed = earlier[0] + time.perf_counter() - t0
+    elapsed = earlier["seconds"] + time.perf_counter() - t0
     if bar is not None:
         bar.close()
     if epoch_state is not None:
@@ -563,8 +567,7 @@ class _CachedTraining:
             seconds = load_cached(cfg.cache_dir, role, key, model, self.dev)
             if seconds is not None:
                 return seconds, True
-        state = self._epoch_state(role, key, model)
-        done = saved_epochs(state.path) if state is not None else None
+        state, done = self._epoch_state(role, key, model)
         if done:
             self.resumed[role.removeprefix("repair-")] = done
         # the training's own random draws (dropout) from a seeded fork: the same model
@@ -597,23 +600,25 @@ class _CachedTraining:
                               f"{cfg.cache_dir!r}: {exc}", RuntimeWarning, stacklevel=2)
         return seconds, False
 
+    def _epoch_state(
+        self, role: str, key: str, model: nn.Module
+    ) -> tuple[EpochState | None, int | None]:
+        """Return the file keeping a training's finished epochs and how many it holds.
 
-    def _epoch_state(self, role: str, key: str, model: nn.Module) -> EpochState | None:
-        """Return the file keeping a training's finished epochs beside its entry, or None.
-
-        An unreadable one (not an epoch state of this version) is removed with a warning:
-        the training then starts from its first epoch.
+        ``(None, None)`` without a cache. An unreadable file (not an epoch state of this
+        version) is removed with a warning: the training then starts from its first epoch.
         """
         if self.config.cache_dir is None:
-            return None
+            return None, None
         folder = Path(self.config.cache_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{role}-{key[:24]}.epoch-state.pt"
-        if path.exists() and saved_epochs(path) is None:
+        done = saved_epochs(path)
+        if path.exists() and done is None:
             warnings.warn(f"removed the unreadable epoch state {str(path)!r}; the {role} "
                           "model trains from its first epoch", RuntimeWarning, stacklevel=3)
             path.unlink()
-        return EpochState.for_run(path, {"kind": "repair", "key": key}, model)
+        return EpochState.for_run(path, {"kind": "repair", "key": key}, model), done
 
 
 def _run_repair_experiment(

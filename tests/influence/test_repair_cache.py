@@ -5,14 +5,13 @@ whichever of the two models came from the cache, and a setting that changes the 
 must miss.
 """
 
-import argparse
 import json
 import warnings
 
 import pytest
 import torch
+from test_repair_experiment import _parse  # the `repair` sub-parser alone
 
-from fastunlearn.influence import cli
 from fastunlearn.influence import experiment as exp
 from fastunlearn.influence.experiment import RepairConfig, run_repair_experiment
 
@@ -148,13 +147,6 @@ def test_a_cache_dir_that_is_a_file_fails_before_training(tmp_path, monkeypatch)
     monkeypatch.setattr(exp, "train_classifier", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match="'cache_dir'"):
         run_repair_experiment(RepairConfig(**SMALL, cache_dir=str(blocker)))
-
-
-def _parse(argv):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli.add_parser(sub)
-    return parser.parse_args(["repair", *argv])
 
 
 def test_cli_cache_dir(tmp_path, capsys):
