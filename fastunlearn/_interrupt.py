@@ -8,8 +8,10 @@ far. The commands wire
 ``should_stop`` to :class:`GracefulStop`: inside the step loops (the runners mark them
 with :func:`stop_points`) the first Ctrl-C asks the run to stop after the step in progress
 (a removal is never cut in half) and a second one aborts at once; elsewhere (loading data,
-training the models a run starts from, writing files) Ctrl-C aborts at once as usual, since
-a half-trained model is worth nothing. A library user can pass any callable instead, e.g. a
+training the models a run starts from, writing files) Ctrl-C aborts at once as usual. The
+trainings that keep their finished epochs (:mod:`fastunlearn.epoch_state`: ``extract``,
+and ``forget`` and ``repair`` with a cache) lose only the epoch in progress: the same
+command resumes after the others. A library user can pass any callable instead, e.g. a
 time limit.
 """
 

@@ -30,7 +30,9 @@ def tensor_digest(*tensors: Tensor) -> str:
     for tensor in tensors:
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        # a 0-d tensor (BatchNorm's num_batches_tracked) as one element: `view` needs a dim
+        flat = value.reshape(-1) if value.dim() == 0 else value
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
 
 

@@ -2,8 +2,9 @@
 
 Networks train for many epochs (the reference's DP extractor: 20 passes over SVHN; the
 repair experiment's CIFAR-10 CNNs: 100). With an ``epoch_checkpoint`` file, the training
-functions of :mod:`fastunlearn.certified.extractors` (and, with a ``cache_dir``, the repair
-experiment's trainings) write everything the next epoch depends on after every epoch,
+functions of :mod:`fastunlearn.certified.extractors` (and, with a cache, the trainings of
+the repair experiment and of ``fastunlearn forget``'s original model and oracles) write
+everything the next epoch depends on after every epoch,
 atomically: the weights, the optimizer's state, torch's random-number states (CPU, the
 training GPU's and the loader's generator) and what the caller adds (the DP accountant's
 history). A run started again with the same settings and initial weights continues after
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,8 @@ from torch import nn
 from ._atomic_files import replace_atomically
 from ._model_cache import weights_digest
 
-__all__ = ["EPOCH_STATE_VERSION", "EpochState", "saved_epochs", "weights_digest"]
+__all__ = ["EPOCH_STATE_VERSION", "EpochState", "cache_epoch_state", "saved_epochs",
+           "weights_digest"]
 
 #: Layout version of the epoch-state file.
 EPOCH_STATE_VERSION = 1
@@ -80,12 +83,16 @@ class EpochState:
         settings: JSON-able settings a resumed run must share with the saved one (the
             training kind, learning rate, batches per epoch, ...).
         initial_digest: :func:`weights_digest` of the model before its first epoch.
+        earlier_seconds: Training time of the epochs :meth:`load` restored, as the saving
+            run recorded it in ``extra["seconds"]`` (0 when nothing was restored): a
+            resumed run adds it to its own time to report the whole training's.
 
     """
 
     path: Path
     settings: dict[str, Any]
     initial_digest: str = field(default="")
+    earlier_seconds: float = field(default=0.0)
 
     @classmethod
     def for_run(
@@ -168,8 +175,10 @@ class EpochState:
         if done > epochs:
             raise ValueError(f"'epochs' {epochs} is fewer than the {done} epochs {where} "
                              "already holds")
+        extra = dict(saved.get("extra") or {})
         if done and restore_extra is not None:
-            restore_extra(dict(saved.get("extra") or {}))
+            restore_extra(extra)
+        self.earlier_seconds = float(extra.get("seconds", 0.0)) if done else 0.0
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         _set_rng_states(saved["rng"], device, loader)
@@ -201,3 +210,23 @@ class EpochState:
     def remove(self) -> None:
         """Delete the file (training finished)."""
         self.path.unlink(missing_ok=True)
+
+
+def cache_epoch_state(folder: str | os.PathLike[str], role: str, key: str, kind: str,
+                      model: nn.Module) -> tuple[EpochState, int]:
+    """Return the epoch state a model cache keeps for one training, and its finished epochs.
+
+    The file is ``<folder>/<role>-<key[:24]>.epoch-state.pt``, beside the finished models
+    (:mod:`fastunlearn._model_cache`); ``key`` is the cache key, so another training never
+    finds it. An unreadable file (not an epoch state of this version) is removed with a
+    RuntimeWarning: the training then starts from its first epoch.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{role}-{key[:24]}.epoch-state.pt"
+    done = saved_epochs(path)
+    if path.exists() and done is None:
+        warnings.warn(f"removed the unreadable epoch state {str(path)!r}; the {role} model "
+                      "trains from its first epoch", RuntimeWarning, stacklevel=3)
+        path.unlink()
+    return EpochState.for_run(path, {"kind": kind, "key": key}, model), done or 0

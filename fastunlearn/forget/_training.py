@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,7 @@ from torch.utils.data import Dataset, Subset
 
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._process_flags import GLOBAL_RNG_LOCK
+from ..epoch_state import EpochState
 from ._common_b import (
     SkipSingleBatches,
     TrainingData,
@@ -236,6 +239,7 @@ def train(
     use_scheduler: bool = True,
     penalty: Callable[[nn.Module, int], Tensor] | None = None,
     seed_offset: int = 0,
+    epoch_state: EpochState | None = None,
 ) -> nn.Module:
     """Train ``model`` in place with SGD on mean cross-entropy over ``dataset``.
 
@@ -256,6 +260,11 @@ def train(
         use_scheduler: Apply ``config.scheduler`` (off for stages Seed A runs without one).
         penalty: ``penalty(model, epoch)`` added to the loss of every step (l1-sparse).
         seed_offset: Added to ``config.seed`` for the shuffling order of this stage.
+        epoch_state: Keep the state after every finished epoch there
+            (:class:`fastunlearn.epoch_state.EpochState`: weights, optimizer, learning-rate
+            schedule, the shuffling's and torch's random states, the training time so
+            far); training starts after the epochs it already holds and the file is
+            removed at the end. None (default): nothing is kept.
 
     Returns:
         ``model``, with its gradients cleared (``None``) so that the last step's retain
@@ -274,15 +283,14 @@ def train(
             "requires_grad=False), so there is nothing to train"
         )
     device = model_device(model)
-    loader = SkipSingleBatches(
-        batches(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset),
-        model,
-        desc,
-    )
+    source = batches(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset)
+    loader = SkipSingleBatches(source, model, desc)
     opt = make_optimizer(model.parameters(), config, lr)
     sched = _scheduler(opt, config, epochs) if use_scheduler else None
+    keeper = _EpochKeeper(epoch_state, opt, sched, device, source)
+    start = keeper.restore(model, epochs)
     model.train()
-    for epoch in iterate(range(epochs), progress=config.progress, desc=desc):
+    for epoch in iterate(range(start, epochs), progress=config.progress, desc=desc):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             check_batch_labels(y, num_classes, desc)
@@ -297,8 +305,60 @@ def train(
             opt.step()
         if sched is not None:
             sched.step()  # type: ignore[attr-defined]
+        keeper.save(epoch + 1, model)
     opt.zero_grad(set_to_none=True)
+    keeper.finish()
     return model
+
+
+class _EpochKeeper:
+    """What :func:`train` keeps in its ``epoch_state`` (nothing when that is None).
+
+    Beside what :class:`~fastunlearn.epoch_state.EpochState` keeps itself, the extra
+    holds the learning-rate scheduler's state and the training seconds so far (this run's
+    finished epochs plus :attr:`EpochState.earlier_seconds`).
+    """
+
+    def __init__(self, state: EpochState | None, opt: torch.optim.Optimizer,
+                 sched: object | None, device: torch.device, source: object) -> None:
+        self.state, self.opt, self.sched, self.device = state, opt, sched, device
+        # the DataLoader whose generator draws each epoch's order (TensorBatches wraps one)
+        self.shuffler = getattr(source, "indices", source)
+        self.t0 = time.perf_counter()
+
+    def restore(self, model: nn.Module, epochs: int) -> int:
+        """Restore the saved epochs into ``model``; return how many (0 without a state)."""
+        if self.state is None:
+            return 0
+        done = self.state.load(model, self.opt, epochs=epochs, device=self.device,
+                               loader=self.shuffler, restore_extra=self._restore_schedule)
+        self.t0 = time.perf_counter()
+        return done
+
+    def _restore_schedule(self, extra: dict[str, Any]) -> None:
+        saved = extra.get("scheduler")
+        if (saved is None) != (self.sched is None):
+            where = str(self.state.path) if self.state is not None else ""
+            raise ValueError(f"'epoch_checkpoint' {where!r} was saved by a training with "
+                             "another learning-rate schedule; remove it to start over")
+        if self.sched is not None:
+            self.sched.load_state_dict(saved)  # type: ignore[attr-defined]
+
+    def save(self, epochs_done: int, model: nn.Module) -> None:
+        """Keep the state after ``epochs_done`` finished epochs."""
+        if self.state is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the epoch's time, not its launch time
+        seconds = self.state.earlier_seconds + time.perf_counter() - self.t0
+        schedule = self.sched.state_dict() if self.sched is not None else None  # type: ignore[attr-defined]
+        self.state.save(epochs_done, model, self.opt, device=self.device, loader=self.shuffler,
+                        extra={"seconds": seconds, "scheduler": schedule})
+
+    def finish(self) -> None:
+        """Remove the kept state (the training finished)."""
+        if self.state is not None:
+            self.state.remove()
 
 
 def train_main_stage(

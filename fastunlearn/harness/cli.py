@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     inside :class:`~fastunlearn._interrupt.GracefulStop`: the first Ctrl-C asks
     :func:`~fastunlearn.harness.run_harness` to stop after the method run in progress. A
     KeyboardInterrupt that escapes (a second Ctrl-C, or one while the original model and
-    the oracles train) propagates to the caller.
+    the oracles train: with the cache their finished epochs are kept, and the same command
+    resumes after them) propagates to the caller.
     """
     from ..forget import available_methods
     from . import HarnessConfig, TrainSettings, run_harness

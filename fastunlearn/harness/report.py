@@ -109,6 +109,20 @@ def _status(e: dict[str, Any]) -> str:
     return status
 
 
+def _resumed_note(result: dict[str, Any]) -> list[str]:
+    """Return a paragraph naming the trainings that resumed after kept epochs."""
+    epochs = result["config"].get("train", {}).get("epochs")
+    resumed = [("original", result["original"].get("resumed_after_epoch") or 0)]
+    resumed += [(f"oracle {i}", done) for i, done in
+                enumerate(result["oracles"].get("resumed_after_epoch") or [])]
+    parts = [f"{name} after epoch {done}" for name, done in resumed if done]
+    if not parts:
+        return []
+    of = f" of {epochs}" if epochs is not None else ""
+    return [f"Resumed trainings ({'; '.join(parts)}{of}): an interrupted run had kept these "
+            "epochs in the cache; the times shown include them.", ""]
+
+
 def render_table(result: dict[str, Any]) -> str:
     """Render the Markdown comparison table (a row per method, the original, the oracles).
 
@@ -132,6 +146,7 @@ def render_table(result: dict[str, Any]) -> str:
         f"{cfg['oracles']} oracle(s) retrained on the {data['num_retain']} retain examples "
         f"(mean {_num(result['oracles']['mean_seconds'])} s each).",
         "",
+        *_resumed_note(result),
         "UA = 100 - forget accuracy, RA / TA = retain / test accuracy, MIA = OPTML's SVC "
         "MIA-Efficacy (%), gap = mean |UA, RA, TA, MIA - oracles| (%), eps = Seed A's "
         "epsilon-hat (delta 0.05, lower is better), F / final = NeurIPS 2023 competition "

@@ -171,7 +171,9 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
         ValueError: Bad settings or data (nothing is trained then).
         KeyboardInterrupt: ``should_stop`` answered True during the training of the
             original model and the oracles (the models trained so far are in the cache;
-            nothing is written).
+            nothing is written), or Ctrl-C came while one trained: with a cache its
+            finished epochs are kept there too (the message says how many) and the next
+            run resumes after them (``resumed_after_epoch`` in the result).
 
     """
     if not isinstance(config, HarnessConfig):
@@ -246,12 +248,15 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
                  "forget_indices": forget_idx.tolist()},
         "original": {**_model_scores(all_logits["original"][0], labels, config.mia),
                      "seconds": original.seconds, "cached": original.cached,
+                     "resumed_after_epoch": original.resumed_after_epoch,
                      "fairness": _fairness(all_logits["original"], labels["forget"],
                                            labels["test"], forgotten)},
         "oracles": {**_summarise(oracle_scores), "per_model": oracle_scores,
                     "seeds": [seed for _, _, seed in jobs[1:]],
                     "seconds": oracle_seconds, "mean_seconds": retrain_s,
                     "cached": [trained[r].cached for r in oracle_roles],
+                    "resumed_after_epoch": [trained[r].resumed_after_epoch
+                                            for r in oracle_roles],
                     "fairness": _fairness(all_logits["oracles"], labels["forget"],
                                           labels["test"], forgotten)},
         "methods": {},

@@ -10,6 +10,7 @@ the retraining time that the methods' time ratios are measured against.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from .._model_cache import cache_key as shared_cache_key
-from .._model_cache import load_cached, store_cached
+from .._model_cache import load_cached, store_cached, tensor_digest
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._repr import fields_repr
+from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
 from ..forget import _training
 from .config import TrainSettings, oracle_recipe
 from .data import build_harness_model, model_kwargs
@@ -43,6 +45,9 @@ class TrainedModel:
         seconds: Wall time of its training (the original run's, when loaded from the cache).
         cached: Whether the weights came from the cache.
         key: The cache key.
+        resumed_after_epoch: The finished epochs an interrupted run had kept in the cache
+            and this training continued after (0: trained from its first epoch, or
+            loaded). ``seconds`` then counts the kept epochs' time too.
 
     """
 
@@ -50,6 +55,7 @@ class TrainedModel:
     seconds: float
     cached: bool
     key: str
+    resumed_after_epoch: int = 0
 
     __repr__ = fields_repr  # the network as its class and parameter count, not every layer
 
@@ -63,6 +69,7 @@ def train_model(
     seed: int,
     progress: bool = False,
     desc: str = "train",
+    epoch_checkpoint: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place: SGD (Nesterov), cosine schedule, mean cross-entropy.
 
@@ -71,11 +78,33 @@ def train_model(
     :func:`~fastunlearn.harness.config.oracle_recipe`, so the retraining time that methods
     are compared with is measured on the same loop. Returns ``model`` in eval mode.
 
+    With ``epoch_checkpoint`` (a file path) the state after every finished epoch is kept
+    there (:mod:`fastunlearn.epoch_state`: weights, optimizer, schedule, random states); a
+    call with the same model, initial weights, data, settings and seed continues after the
+    epochs the file holds and ends with the model an uninterrupted call gives (bit for bit
+    on the same device and thread count). The file is removed when training finishes.
+
     Raises:
         TypeError: Naming ``x``, if ``model`` cannot run on it (e.g. float64 inputs into a
-            float32 model, uint8 images), before any training.
+            float32 model, uint8 images), before any training; naming
+            ``epoch_checkpoint`` if it is not a path.
+        ValueError: If ``epoch_checkpoint`` is a folder, in a folder that does not exist,
+            or holds the epochs of another training (other data, settings, seed or initial
+            weights); the file is left as it is.
 
     """
+    state = None
+    if epoch_checkpoint is not None:
+        run = {"kind": "harness", "data": tensor_digest(x), "labels": tensor_digest(y),
+               "train": asdict(settings), "seed": int(seed),
+               "device": _training.model_device(model).type}
+        state = EpochState.for_run(epoch_checkpoint, run, model)
+    return _train(model, x, y, settings, seed=seed, progress=progress, desc=desc,
+                  epoch_state=state)
+
+
+def _train(model: nn.Module, x: Tensor, y: Tensor, settings: TrainSettings, *, seed: int,
+           progress: bool, desc: str, epoch_state: EpochState | None) -> nn.Module:
     config = _training.SGDConfig(seed=seed, progress=progress, **oracle_recipe(settings))
     dataset = TensorDataset(x, y)
     try:
@@ -83,7 +112,7 @@ def train_model(
     except TypeError as exc:  # the inputs the model cannot run on (named for the caller)
         raise TypeError(f"'x': {exc}") from exc
     with _training.seeded(config.seed, _training.model_device(model)):  # a Python int
-        _training.train_main_stage(model, dataset, config, k, desc)
+        _training.train_main_stage(model, dataset, config, k, desc, epoch_state=epoch_state)
     return model.eval()
 
 
@@ -146,16 +175,27 @@ def train_or_load(
     with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_harness_model(model_name, shape, num_classes).to(device)
+    state, done = None, 0
     if cache_dir is not None:
         seconds = load_cached(cache_dir, role, key, model, device)
         if seconds is not None:
             return TrainedModel(model, seconds, True, key)
+        state, done = cache_epoch_state(cache_dir, role, key, "harness", model)
     t0 = time.perf_counter()
-    train_model(model, x[indices], y[indices], settings, seed=seed, progress=progress,
-                desc=role)
+    try:
+        _train(model, x[indices], y[indices], settings, seed=seed, progress=progress,
+               desc=role, epoch_state=state)
+    except KeyboardInterrupt:
+        kept = saved_epochs(state.path) if state is not None else None
+        if kept:
+            raise KeyboardInterrupt(
+                f"the {role} model's first {kept} of {settings.epochs} epochs are kept in "
+                f"{cache_dir}; the same run resumes after them") from None
+        raise
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + (state.earlier_seconds if state is not None else 0.0)
     if cache_dir is not None:
         store_cached(cache_dir, role, key, model, seconds, {"model": model_name, "seed": seed})
-    return TrainedModel(model, seconds, False, key)
+    return TrainedModel(model, seconds, False, key, done)
+

@@ -48,7 +48,7 @@ from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
 from .._paths import check_path
 from .._process_flags import GLOBAL_RNG_LOCK
-from ..epoch_state import EpochState, saved_epochs
+from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings
@@ -567,7 +567,9 @@ class _CachedTraining:
             seconds = load_cached(cfg.cache_dir, role, key, model, self.dev)
             if seconds is not None:
                 return seconds, True
-        state, done = self._epoch_state(role, key, model)
+        state, done = None, 0
+        if cfg.cache_dir is not None:
+            state, done = cache_epoch_state(cfg.cache_dir, role, key, "repair", model)
         if done:
             self.resumed[role.removeprefix("repair-")] = done
         # the training's own random draws (dropout) from a seeded fork: the same model
@@ -599,26 +601,6 @@ class _CachedTraining:
                 warnings.warn(f"could not store the {role} model in 'cache_dir' "
                               f"{cfg.cache_dir!r}: {exc}", RuntimeWarning, stacklevel=2)
         return seconds, False
-
-    def _epoch_state(
-        self, role: str, key: str, model: nn.Module
-    ) -> tuple[EpochState | None, int | None]:
-        """Return the file keeping a training's finished epochs and how many it holds.
-
-        ``(None, None)`` without a cache. An unreadable file (not an epoch state of this
-        version) is removed with a warning: the training then starts from its first epoch.
-        """
-        if self.config.cache_dir is None:
-            return None, None
-        folder = Path(self.config.cache_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{role}-{key[:24]}.epoch-state.pt"
-        done = saved_epochs(path)
-        if path.exists() and done is None:
-            warnings.warn(f"removed the unreadable epoch state {str(path)!r}; the {role} "
-                          "model trains from its first epoch", RuntimeWarning, stacklevel=3)
-            path.unlink()
-        return EpochState.for_run(path, {"kind": "repair", "key": key}, model), done
 
 
 def _run_repair_experiment(

@@ -88,6 +88,25 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, kind
     assert not resumed.training
 
 
+@pytest.mark.parametrize("kind", ["standard", "fgsm"])
+def test_a_model_with_batchnorm_resumes_too(tmp_path, kind):
+    """BatchNorm's 0-d ``num_batches_tracked`` buffer is digested and restored as well."""
+    def bn_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16),
+                                   torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                   torch.nn.Linear(16, 10))
+
+    plain, _ = _train(kind, _Trap(), model=bn_model())
+    path = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _train(kind, _Trap(stop_at=N + N // 2), path, model=bn_model())
+    assert saved_epochs(path) == 1
+    resumed, _ = _train(kind, _Trap(), path, model=bn_model())
+    for (name, a), b in zip(plain.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["fgsm", "dp"])
 def test_interrupted_training_on_the_gpu_resumes_to_the_uninterrupted_result(tmp_path, kind):
