@@ -403,11 +403,8 @@ def _unlearn(
     check_float_inputs(model, xr, "antisamples" if single else "antisamples_multiclass",
                        "it trains on anti-samples interpolated between inputs")
     classes = torch.unique(yf).tolist()
-    if single and len(classes) != 1:
-        raise ValueError(
-            f"antisamples (single-class) needs a forget set of one class, got classes {classes}; "
-            "use 'antisamples_multiclass'"
-        )
+    if single:
+        check_single_class(classes)
     check_adam_dtype(model, "antisamples" if single else "antisamples_multiclass")
     new = clone_model(model)
     # the inputs the model trains on keep the data's floating dtype (integer data: the
@@ -462,6 +459,15 @@ def _unlearn(
     )
     return new.eval()
 
+
+
+def check_single_class(classes: list[int]) -> None:
+    """Raise ValueError unless the forget set's ``classes`` are one class (``antisamples``)."""
+    if len(classes) != 1:
+        raise ValueError(
+            f"antisamples (single-class) needs a forget set of one class, got classes {classes}; "
+            "use 'antisamples_multiclass'"
+        )
 
 @register("antisamples", AntiSampleConfig)
 def antisamples_single_class(

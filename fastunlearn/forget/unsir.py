@@ -204,7 +204,7 @@ def unsir_noise_set(
     return torch.cat(noises), torch.cat(labels)
 
 
-def _check_whole_classes(classes: list[int], retain_labels: Tensor) -> None:
+def check_whole_classes(classes: list[int], retain_labels: Tensor) -> None:
     """Raise ValueError if a forget class still has examples among ``retain_labels``."""
     kept = [c for c in classes if bool((retain_labels == c).any())]
     if kept:
@@ -256,7 +256,7 @@ def unsir(
     check_float_inputs(model, xr, "unsir", "it trains on generated noise inputs")
     check_adam_dtype(model, "unsir")
     classes = torch.unique(yf).tolist()
-    _check_whole_classes(classes, yr)
+    check_whole_classes(classes, yr)
     new = clone_model(model)
 
     gen = torch.Generator().manual_seed(config.seed)

@@ -80,7 +80,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--method", default="all",
-                   help="comma-separated methods, or 'all' (default: all registered)")
+                   help="comma-separated methods, or 'all' (default): every registered "
+                        "method the forget set suits (antisamples needs one whole class, "
+                        "unsir whole classes; the others are skipped with the reason)")
     p.add_argument("--dataset", default="digits",
                    help="digits (bundled, default), mnist, fashion-mnist, cifar10, cifar100, "
                         "svhn (the last five need --data-dir)")
@@ -138,16 +140,15 @@ def run(args: argparse.Namespace) -> int:
     the oracles train: with the cache their finished epochs are kept, and the same command
     resumes after them) propagates to the caller.
     """
-    from ..forget import available_methods
     from . import HarnessConfig, TrainSettings, run_harness
 
     try:
         if args.no_cache and args.cache_dir is not None:
             raise ValueError("--no-cache and --cache-dir contradict each other: give one")
         cache_dir = None if args.no_cache else (args.cache_dir or _DEFAULT_CACHE)
+        # "all" is expanded by HarnessConfig, which then skips the methods the forget set
+        # does not suit (instead of reporting their errors)
         methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
-        if methods == ["all"]:
-            methods = available_methods()
         config = HarnessConfig(
             methods=tuple(methods), dataset=args.dataset, data_dir=args.data_dir,
             model=args.model, forget=args.forget, forget_seed=args.forget_seed,
@@ -178,8 +179,13 @@ def run(args: argparse.Namespace) -> int:
 
     print(render_table(result))
     print("wrote " + ", ".join(paths.values()))
-    # "not run" (a stop on request came first) is no error
-    failed = [n for n, e in result["methods"].items() if e["status"] not in ("ok", "not run")]
+    # "not run" (a stop on request came first) and "skipped" (unsuitable) are no errors
+    failed = [n for n, e in result["methods"].items()
+              if e["status"] not in ("ok", "not run", "skipped")]
+    skipped = [n for n, e in result["methods"].items() if e["status"] == "skipped"]
+    if skipped:
+        print(f"fastunlearn forget: skipped {', '.join(skipped)}: the forget set does not suit "
+              "them (the reasons are in results.md)", file=sys.stderr)
     if failed:
         print(f"fastunlearn forget: methods with errors: {', '.join(failed)}", file=sys.stderr)
     if result.get("stopped_on_request"):

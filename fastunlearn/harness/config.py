@@ -158,6 +158,12 @@ class HarnessConfig:
         progress: tqdm bars (stderr).
         plots: Draw the PNGs into ``out_dir`` (``accuracy.png``, ``time.png``,
             ``epsilon_hist.png``); False writes the JSON, Markdown and logits only.
+        skip_unsuitable: Skip the methods the forget set does not suit (``antisamples``
+            needs one whole class, ``unsir`` whole classes;
+            :func:`fastunlearn.forget.suitability.unsuitable_reason`): they get status
+            ``"skipped"`` and the reason as ``note`` instead of running into an error.
+            None (default): only when ``methods`` is ``"all"``; a method named on purpose
+            then still runs and reports its error.
 
     ``data_dir``, ``cache_dir`` and ``out_dir`` may be str or ``os.PathLike`` (stored as str)
     or None; a wrong type, an empty path or a misspelt device raises when the config is
@@ -183,6 +189,7 @@ class HarnessConfig:
     mia: bool = True
     progress: bool = False
     plots: bool = True
+    skip_unsuitable: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
@@ -194,8 +201,11 @@ class HarnessConfig:
         self.methods = tuple(self.methods)
         if not self.methods:
             raise ValueError("'methods' is empty: name at least one forgetting method")
-        if list(self.methods) == ["all"]:
+        every = list(self.methods) == ["all"]
+        if every:
             self.methods = tuple(available_methods())
+        if self.skip_unsuitable is None:
+            self.skip_unsuitable = every
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"'methods' names a method twice: {list(self.methods)}")
         for m in self.methods:
@@ -218,7 +228,7 @@ class HarnessConfig:
                              f"{ORACLE_SEED_OFFSET} + i), got {self.train_seed}")
         if self.forget_seed > _MAX_INT:
             raise ValueError(f"'forget_seed' must be <= 2**63 - 1, got {self.forget_seed}")
-        for name in ("mia", "progress", "plots"):
+        for name in ("mia", "progress", "plots", "skip_unsuitable"):
             if not is_flag(getattr(self, name)):
                 raise TypeError(f"'{name}' must be a bool, got "
                                 f"{type(getattr(self, name)).__name__}")

@@ -41,8 +41,8 @@ def _num(v: Any, spec: str = ".2f") -> str:
     v = float(v)
     if math.isinf(v):
         return "inf"
-    if math.isnan(v):
-        return "-"
+    if math.isnan(v):  # computed but undefined (eps of a method that gives one model)
+        return "nan"
     # 1e300 s in fixed point would be a 300-digit cell
     return format(v, ".3g") if abs(v) >= 1e6 else format(v, spec)
 
@@ -152,7 +152,9 @@ def render_table(result: dict[str, Any]) -> str:
         "epsilon-hat (delta 0.05, lower is better), F / final = NeurIPS 2023 competition "
         "forget / final score (higher is better), worst = worst test accuracy of a class "
         "not forgotten, "
-        "time = seconds per run, ratio = time / retraining time. Mean ± std over seeds.",
+        "time = seconds per run, ratio = time / retraining time. Mean ± std over seeds; "
+        "`-`: not computed, `nan`: undefined (eps when every seed gives the same model, "
+        "as `influence` does: no spread to fit).",
         "",
         "| method | status | UA | RA | TA | MIA | gap | eps | F | final | worst | time s "
         "| ratio |",
@@ -171,17 +173,22 @@ def render_table(result: dict[str, Any]) -> str:
             if k in orc["baseline"]:
                 orc[k] = orc["baseline"][k]
     lines.append(_row("retrain (oracles)", orc, "oracle"))
-    notes = []
+    notes, skipped = [], []
     for name, e in result["methods"].items():
         lines.append(_row(name, e, _status(e)))
         if "error" in e:
             notes.append(f"- `{name}`: {_first_line(e['error'])}")
+        if e["status"] == "skipped":
+            skipped.append(f"- `{name}`: {_first_line(e.get('note'))}")
     if "baseline" in result["oracles"]:
         lines += ["", "The oracles' eps and F compare half of the oracles with the other half "
                   "(the noise floor of both metrics)."]
     lines += _privacy_notes(result)
     if notes:
         lines += ["", "Errors:", *notes]
+    if skipped:
+        lines += ["", "Skipped (the forget set does not suit them; `--method all` leaves them "
+                  "out):", *skipped]
     lines += ["", f"Total wall time: {_num(result['timing']['total_seconds'], '.1f')} s "
               f"(cache: {result['cache']['hits']} hit(s), {result['cache']['misses']} "
               "model(s) trained)."]
@@ -374,6 +381,23 @@ def check_out_dir(out_dir: str | Path) -> None:
                          "logits_retain.npy; refusing to replace it (give a new --out)")
 
 
+_FIGURE_CAPTIONS = {
+    "epsilon_hist.png": "Per-example epsilon-hat of each method",
+    "accuracy.png": "Forget, retain and test accuracy",
+    "time.png": "Seconds per run against retraining",
+}
+
+
+def _figure_links(names: list[str]) -> str:
+    """Return the Markdown image links of the PNGs written beside ``results.md``."""
+    if not names:
+        return ""
+    lines = ["", "## Figures", ""]
+    for name in names:
+        lines += [f"![{_FIGURE_CAPTIONS.get(name, name)}]({name})", ""]
+    return "\n".join(lines)
+
+
 def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = True
                   ) -> dict[str, str]:
     """Write ``results.json``, ``results.md``, the PNGs and ``logits/``; return the paths.
@@ -407,13 +431,14 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
         public = {k: v for k, v in result.items() if k not in ("logits", "labels", "paths")}
         (stage / "results.json").write_text(
             json.dumps(json_ready(public), indent=1, allow_nan=False) + "\n")
-        (stage / "results.md").write_text(render_table(result))
         eps = plot_epsilons(result, stage / "epsilon_hist.png") if plots else None
         if eps is not None:
             names.append("epsilon_hist.png")
         if plots:
             names += [plot_accuracies(result, stage / "accuracy.png").name,
                       plot_times(result, stage / "time.png").name]
+        (stage / "results.md").write_text(
+            render_table(result) + _figure_links([n for n in names if n.endswith(".png")]))
         # everything is written: now only renames
         if with_logits:
             swap_in_folder(stage / "logits", out / "logits")

@@ -35,6 +35,7 @@ from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._model_inputs import refuse_input_dtype
 from ..forget import run_method
+from ..forget.suitability import unsuitable_reason
 from ..metrics import (
     accuracy_report,
     class_fairness,
@@ -202,6 +203,8 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
         kept = ~torch.isin(data.y_test, torch.tensor(forgotten, dtype=data.y_test.dtype))
         sets["test"] = (data.x_test[kept], data.y_test[kept])
     labels = {p: sets[p][1] for p in PARTS}
+    skipped = ({m: reason for m in config.methods if (reason := unsuitable_reason(
+        m, labels["forget"], labels["retain"])) is not None} if config.skip_unsuitable else {})
     digest = data.digest()
     common: dict[str, Any] = dict(
         model_name=config.model, x=data.x_train, y=data.y_train, num_classes=data.num_classes,
@@ -271,7 +274,7 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
 
     # the methods work on copies; a snapshot guards the original against one that does not
     snapshot = {k: v.detach().clone() for k, v in original.model.state_dict().items()}
-    runs = [(m, s) for m in config.methods for s in range(config.seeds)]
+    runs = [(m, s) for m in config.methods if m not in skipped for s in range(config.seeds)]
     bar = _iter(runs, config.progress, "unlearn")
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in config.methods}
     stopped = False
@@ -314,6 +317,10 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
             per_method[name].append(record)
     oracle_summary = result["oracles"]
     for name in config.methods:
+        if name in skipped:  # the forget set does not suit it: no run, no error
+            result["methods"][name] = {"runs": [], "num_ok": 0, "status": "skipped",
+                                       "note": skipped[name]}
+            continue
         result["methods"][name] = _method_entry(
             per_method[name], all_logits.get(name, []), oracle_forget, labels["forget"],
             oracle_summary, retrain_s, labels["test"], forgotten)
