@@ -14,10 +14,11 @@ import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["add_json_flag", "json_output"]
+__all__ = ["add_json_flag", "json_output", "plain_warnings"]
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -52,3 +53,27 @@ def json_output(run: Runner) -> Runner:
         return status
 
     return wrapped
+
+
+@contextlib.contextmanager
+def plain_warnings(prog: str) -> Iterator[None]:
+    """Show warnings as ``<prog>: warning: <message>`` lines while a command runs.
+
+    Python's own format names the library file and line that warned and repeats that
+    source line, which reads like a crash in a command's output. Only the format changes
+    (``warnings.formatwarning``): filters, ``-W`` options and callers that record warnings
+    (``warnings.catch_warnings(record=True)``, ``pytest.warns``) work as before. The
+    previous format is put back on exit.
+    """
+    previous = warnings.formatwarning
+
+    def format_plain(message: Warning | str, category: type[Warning], filename: str,
+                     lineno: int, line: str | None = None) -> str:
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        return f"{prog}: warning{kind}: {message}\n"
+
+    warnings.formatwarning = format_plain
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ._cli_output import add_json_flag, json_output
+from ._cli_output import add_json_flag, json_output, plain_warnings
 from ._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .cli_types import HelpFormatter, add_progress_flags, resolve_progress
 from .cli_types import non_negative_float as _non_negative_float
@@ -71,9 +71,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
+    from ._device import parse_device
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return _error("demo", "'device' is 'cuda' but no CUDA GPU is visible")
+    if args.device is not None:
+        try:
+            parse_device(args.device)
+        except ValueError as exc:
+            return _error("demo", str(exc))
     if args.result_dir is not None:
         try:  # the demo writes its two reports only after it has run: refuse a bad folder first
             demo.check_result_dir(args.result_dir)
@@ -608,8 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_cmd_info)
     demo = sub.add_parser("demo", help="run the digits demo")
-    demo.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                      help="default: cuda if available, else cpu")
+    demo.add_argument("--device", default=None,
+                      help="cpu, cuda or cuda:<i> (default: cuda if available, else cpu)")
     demo.add_argument("--result-dir", type=_path, default=None,
                       help="also write JSON, PNG plots and a Markdown report of the first two "
                            "sections")
@@ -637,7 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastunlearn`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with plain_warnings(f"fastunlearn {args.command}"):
+            return args.func(args)
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or a stop where no step can finish
         detail = f": {exc}" if str(exc) else ""  # e.g. which trained models were kept
         print(f"\nfastunlearn {args.command}: interrupted (Ctrl-C){detail}", file=sys.stderr)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import backend
+from ._device import parse_device
 from ._extension import has_kernel
 from .data import load_digits_dataset
 
@@ -335,14 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fastunlearn.demo",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                        help="default: cuda if available, else cpu")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:<i> (default: cuda if available, else cpu)")
     parser.add_argument("--result-dir", default=None,
                         help="also write JSON, PNG plots and a Markdown report of [1] and [2]")
     args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is visible")
+    try:
+        device = parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                              argument="device")
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.result_dir is not None:
         try:
             check_result_dir(args.result_dir)  # the reports are written after the run

@@ -317,6 +317,29 @@ def test_demo_on_cuda_without_a_gpu_is_a_clean_error(capsys, stub_runner):
     assert err.startswith("fastunlearn demo: error: 'device'") and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("spec", "message"), [
+    ("tpu", "'device' must be cpu, cuda or cuda:<index>, got 'tpu'"),
+    ("cuda:x", "'device' must be cpu, cuda or cuda:<index>, got 'cuda:x'"),
+    pytest.param("cuda:0", "'device' is 'cuda:0' but no CUDA GPU is visible",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
+])
+def test_demo_takes_every_device_spelling_the_other_commands_take(capsys, stub_runner, spec,
+                                                                  message):
+    """`--device` parses as everywhere else (`cuda:<i>` was 'invalid choice' before)."""
+    stub_runner(("fastunlearn.demo", "main"))
+    assert main(["demo", "--device", spec]) == 2
+    assert capsys.readouterr().err.strip() == f"fastunlearn demo: error: {message}"
+
+
+def test_the_demo_module_parses_the_device_the_same_way(capsys):
+    from fastunlearn import demo as demo_module
+
+    with pytest.raises(SystemExit) as stop:
+        demo_module.main(["--device", "tpu"])
+    assert stop.value.code == 2
+    assert "'device' must be cpu, cuda or cuda:<index>, got 'tpu'" in capsys.readouterr().err
+
+
 # ---- extract: names and checkpoints -----------------------------------------------------------
 
 

@@ -400,3 +400,15 @@ def test_markdown_links_resolve_to_the_plots_from_another_folder(tmp_path):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text())
     assert len(links) == 1 and not os.path.isabs(links[0])
     assert (md.parent / links[0]).resolve() == plot.resolve()
+
+
+def test_a_stopped_run_says_so_before_any_number():
+    result = result_dict()
+    result["privacy"].update(stopped_early=True,
+                             stop_reason="stopped on request after 60 of 1000 removals")
+    lines = render_markdown(result).splitlines()
+    partial = lines.index("**Partial results:** stopped on request after 60 of 1000 removals.")
+    assert partial < min(i for i, line in enumerate(lines) if line.startswith("## "))
+    assert "automatic retrain(s) at (epsilon, delta)" in lines[partial - 2]  # the summary
+    result["privacy"].update(stopped_early=False, stop_reason=None)
+    assert "Partial results" not in render_markdown(result)

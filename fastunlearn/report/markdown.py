@@ -351,6 +351,9 @@ def render_markdown(
             f"{format_value(privacy.get('delta'))}); budget "
             f"{format_value(privacy.get('budget'))}.", "",
         ]
+        if privacy.get("stopped_early"):  # partial results: said before any number
+            lines += [f"**Partial results:** "
+                      f"{_cell(format_value(privacy.get('stop_reason')))}.", ""]
     lines += _setup_section(result)
     if privacy:
         lines += _privacy_section(privacy, config.get("batch"))

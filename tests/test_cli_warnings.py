@@ -1,0 +1,48 @@
+"""Warnings in a command's output read as ``fastunlearn <command>: warning: ...`` lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from fastunlearn._cli_output import plain_warnings
+from fastunlearn.cli import main
+
+
+def test_main_puts_the_format_back(tmp_path):
+    """In process (pytest records the warning); the printed line is checked below."""
+    with pytest.warns(UserWarning, match="'subsample_ratio' 0.5 is ignored"):
+        status = main(["remove", "--train-mode", "binary", "--subsample-ratio", "0.5",
+                       "--num-removes", "1", "--out", str(tmp_path / "out"), "--no-plots"])
+    assert status == 0
+    assert warnings.formatwarning is warnings._formatwarning_orig  # type: ignore[attr-defined]
+
+
+def test_the_format_is_restored_and_recording_still_works():
+    before = warnings.formatwarning
+    with pytest.warns(RuntimeWarning, match="kept"), plain_warnings("fastunlearn x"):
+        warnings.warn("kept", RuntimeWarning, stacklevel=1)
+        assert warnings.formatwarning("m", RuntimeWarning, "f.py", 3) == \
+            "fastunlearn x: warning (RuntimeWarning): m\n"
+        assert warnings.formatwarning("m", UserWarning, "f.py", 3) == \
+            "fastunlearn x: warning: m\n"
+    assert warnings.formatwarning is before
+    with pytest.raises(ValueError), plain_warnings("p"):
+        raise ValueError
+    assert warnings.formatwarning is before
+
+
+def test_python_m_fastunlearn_prints_plain_warnings(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "fastunlearn", "remove", "--train-mode", "binary",
+         "--subsample-ratio", "0.5", "--num-removes", "1", "--out", str(tmp_path / "o"),
+         "--no-plots"], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "subsample_ratio" in line]
+    assert lines == ["fastunlearn remove: warning: 'subsample_ratio' 0.5 is ignored in "
+                     "binary mode (as in the reference, where it subsamples the negatives of "
+                     "each one-vs-rest class)"]
+    assert "UserWarning" not in run.stderr and ".py:" not in run.stderr
