@@ -95,9 +95,12 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "evaluation.json",
             json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
-        write_text(out / "evaluation.md", render_evaluation_markdown(result))
         if not args.no_plot:
             plot_epsilon_histogram(result, out / "epsilon_hist.png")
+        else:  # an earlier run's histogram would not match these results
+            (out / "epsilon_hist.png").unlink(missing_ok=True)
+        write_text(out / "evaluation.md", render_evaluation_markdown(
+            result, figure=None if args.no_plot else "epsilon_hist.png"))
     except OSError as exc:  # checked before evaluating; a full disk or a race remains
         print(f"fastunlearn evaluate: error: cannot write the results: {exc}", file=sys.stderr)
         return 1

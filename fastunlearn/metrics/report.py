@@ -96,8 +96,15 @@ def _notes(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render_evaluation_markdown(result: Mapping[str, Any]) -> str:
-    """Render the evaluation result as a Markdown page with one table row per method."""
+def render_evaluation_markdown(result: Mapping[str, Any], figure: str | None = None) -> str:
+    """Render the evaluation result as a Markdown page with one table row per method.
+
+    ``figure``: the file name of the epsilon histogram written beside the page
+    (:func:`plot_epsilon_histogram`), linked at its end so ``fastunlearn html`` embeds it;
+    None (default) links nothing.
+    """
+    if figure is not None and not isinstance(figure, str):
+        raise TypeError(f"'figure' must be a file name or None, got {type(figure).__name__}")
     ret = result.get("retrain", {})
     csv = ret.get("csv", {})
     lines = [
@@ -140,6 +147,8 @@ def render_evaluation_markdown(result: Mapping[str, Any]) -> str:
     mia = result.get("mia", {})
     if mia and not mia.get("applicable", True):
         lines += ["", f"MIA-Efficacy: not applicable ({mia.get('reason')})."]
+    if figure:
+        lines += ["", "## Figures", "", f"![Per-example epsilon-hat of each method]({figure})"]
     return "\n".join(lines) + "\n"
 
 

@@ -197,3 +197,24 @@ def test_write_replaces_an_earlier_run_and_keeps_oracle_metrics_apart(tmp_path):
         write_logits_dir(other, r, y, {"finetune": u})
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
     assert sorted(load_logits_dir(folder).methods) == ["finetune", "retrain"]  # untouched
+
+
+def test_evaluation_md_links_its_histogram_and_no_plots_removes_a_stale_one(tmp_path):
+    """`fastunlearn html evaluation.md` embeds the plot; --no-plots leaves no old one beside."""
+    from fastunlearn.cli import main
+    from fastunlearn.report import write_html_report
+
+    torch.manual_seed(0)
+    y = torch.randint(0, 3, (12,))
+    path = write_logits_dir(tmp_path / "logits", torch.randn(12, 4, 3), y,
+                            {"m": torch.randn(12, 4, 3)})
+    out = tmp_path / "out"
+    assert main(["evaluate", str(path), "--out", str(out), "--no-progress"]) == 0
+    markdown = (out / "evaluation.md").read_text()
+    assert markdown.rstrip().endswith("![Per-example epsilon-hat of each method]"
+                                      "(epsilon_hist.png)")
+    html = write_html_report(out / "evaluation.md").read_text()
+    assert html.count("data:image/png;base64,") == 1
+    assert main(["evaluate", str(path), "--out", str(out), "--no-plots", "--no-progress"]) == 0
+    assert not (out / "epsilon_hist.png").exists()
+    assert ".png" not in (out / "evaluation.md").read_text()
