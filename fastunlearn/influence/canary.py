@@ -37,8 +37,9 @@ from .arguments import MAX_SEED, _as_float
 from .update import influence_update
 
 __all__ = [
-    "CanaryUnlearnConfig", "NextCharModel", "canary_windows", "sequence_loss", "unlearn_canary",
-    "render_canary_report", "write_canary_outputs",
+    "AUTO_DAMPING_BASE", "AUTO_DAMPING_FACTOR", "AUTO_DAMPING_TRIES", "AUTO_DAMPING_WINDOWS",
+    "CanaryUnlearnConfig", "NextCharModel", "auto_damping", "canary_windows", "sequence_loss",
+    "unlearn_canary", "render_canary_report", "write_canary_outputs",
 ]
 
 
@@ -83,12 +84,22 @@ class CanaryUnlearnConfig:
             takes all of them.
         order: 1 or 2.
         tau: First-order step size (or ``"auto"``).
-        damping: Tikhonov damping of the second-order CG solve. The summed loss of the
-            affected windows (about canaries x (seq_len + secret length) of them) is
-            large, and too small a damping overshoots, so the divergence check rejects the
-            step; scale it with the number of affected windows. The reference used LiSSA
-            with d s = 3,600-3,900 on summed Hessians of 500-window batches; relative to
-            its full-data Hessian that damping is about ``ceil(N / 500)`` times larger.
+        damping: Tikhonov damping of the second-order CG solve: ``"auto"`` (default) or a
+            number >= 0. The summed loss of the affected windows (about canaries x
+            (seq_len + secret length) of them) is large, and too small a damping
+            overshoots, so the divergence check rejects the step; too large a damping
+            shrinks the step (less is forgotten). ``"auto"`` starts from
+            ``AUTO_DAMPING_BASE * (num_affected / AUTO_DAMPING_WINDOWS) ** 2`` (300 at
+            224 affected windows, about 780 at 360, 2,500 at 648: the smallest dampings
+            that were accepted on canary experiments of those sizes grow about
+            quadratically) and, while the divergence check rejects the step (the
+            corrected training loss grew, or a non-finite step), retries with the damping
+            multiplied by ``AUTO_DAMPING_FACTOR`` (2), at most ``AUTO_DAMPING_TRIES`` (4)
+            tries in all (Levenberg-Marquardt style). Every try is recorded in the
+            result's ``damping_tries``. A number makes one try with that damping. The
+            reference used LiSSA with d s = 3,600-3,900 on summed Hessians of 500-window
+            batches; relative to its full-data Hessian that damping is about
+            ``ceil(N / 500)`` times larger.
         curvature: ``"ggn"`` (positive semidefinite, default) or ``"hessian"``: the
             matrix of the second-order solve, and of the first-order ``tau="auto"`` line
             search's starting (curvature) step.
@@ -106,7 +117,7 @@ class CanaryUnlearnConfig:
     stride: int = 1
     order: int = 2
     tau: float | str = "auto"
-    damping: float = 300.0
+    damping: float | str = "auto"
     curvature: str = "ggn"
     cg_maxiter: int = 30
     hvp_windows: int = 256
@@ -137,13 +148,39 @@ class CanaryUnlearnConfig:
         if isinstance(self.order, bool) or not isinstance(self.order, int) \
                 or self.order not in (1, 2):
             raise ValueError(f"'order' must be the int 1 or 2, got {self.order!r}")
-        if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) \
+        if isinstance(self.damping, str):
+            if self.damping != "auto":
+                raise ValueError(f"'damping' must be 'auto' or a finite number >= 0, got "
+                                 f"{self.damping!r}")
+        elif isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) \
                 or not 0 <= _as_float(self.damping) < math.inf:
-            raise ValueError(f"'damping' must be finite and >= 0, got {self.damping!r}")
+            raise ValueError(f"'damping' must be 'auto' or a finite number >= 0, got "
+                             f"{self.damping!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
                 or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {self.seed!r}")
         return self
+
+
+AUTO_DAMPING_BASE = 300.0
+"""``damping="auto"``: the starting damping at ``AUTO_DAMPING_WINDOWS`` affected windows."""
+AUTO_DAMPING_WINDOWS = 224
+"""``damping="auto"``: the number of affected windows where the start is ``AUTO_DAMPING_BASE``."""
+AUTO_DAMPING_FACTOR = 2.0
+"""``damping="auto"``: the damping of a rejected try is multiplied by this for the next."""
+AUTO_DAMPING_TRIES = 4
+"""``damping="auto"``: tries at most (the last at ``AUTO_DAMPING_FACTOR ** 3`` times the start)."""
+
+
+def auto_damping(num_affected: int) -> float:
+    """Return the first damping ``damping="auto"`` tries for ``num_affected`` windows.
+
+    ``AUTO_DAMPING_BASE * (num_affected / AUTO_DAMPING_WINDOWS) ** 2``: 300 at 224 windows
+    (8 canaries, 24-character windows, 4 digits), about 780 at 360 (10 canaries, 32, 4),
+    about 2,500 at 648 (12 canaries, 48, 6). The smallest accepted dampings of canary
+    experiments of those sizes were in (150, 300], (400, 800] and (2400, 3000].
+    """
+    return AUTO_DAMPING_BASE * (num_affected / AUTO_DAMPING_WINDOWS) ** 2
 
 
 def canary_windows(
@@ -197,9 +234,14 @@ def unlearn_canary(
     Returns:
         A JSON-ready dict: ``secret``, ``replacement``, ``num_affected`` windows,
         ``before`` / ``after`` / ``retrained`` exposures (rank and skew-normal, log-
-        perplexity, greedy completion), ``update`` (the :class:`UpdateResult` fields),
-        ``update_seconds`` and ``retrain_seconds``. ``model`` (the updated CharLM) is
-        also returned under ``"model"`` (not JSON).
+        perplexity, greedy completion), ``update`` (the :class:`UpdateResult` fields of
+        the last try), ``damping`` (that try's damping, the one finally used; None for
+        first order), ``damping_tries`` (one dict per try: ``damping``, ``applied``,
+        ``diverged``, ``loss_before``, ``loss_after``, ``residual``, ``converged``,
+        ``solver_iterations``, ``reason``, ``seconds``; several only with
+        ``damping="auto"``), ``update_seconds`` (all tries) and ``retrain_seconds``.
+        When no try is applied, ``after`` measures the unchanged copy. ``model`` (the
+        updated CharLM) is also returned under ``"model"`` (not JSON).
 
     Raises:
         TypeError: If ``config`` is neither None nor a :class:`CanaryUnlearnConfig`, or
@@ -263,13 +305,33 @@ def unlearn_canary(
     # the curvature also gives the first-order "auto" step its starting value
     kwargs: dict[str, Any] = dict(order=cfg.order, loss_fn=sequence_loss, tau=cfg.tau,
                                   curvature=cfg.curvature)
+    auto = cfg.order == 2 and cfg.damping == "auto"
     if cfg.order == 2:
-        kwargs.update(solver="cg", damping=float(cfg.damping), maxiter=cfg.cg_maxiter,
-                      tol=1e-6)
+        kwargs.update(solver="cg", maxiter=cfg.cg_maxiter, tol=1e-6)
+    dampings: list[float | None] = [None]  # first order: no damping
+    if auto:
+        start = auto_damping(int(starts.numel()))
+        dampings = [start * AUTO_DAMPING_FACTOR ** k for k in range(AUTO_DAMPING_TRIES)]
+    elif cfg.order == 2:
+        dampings = [float(cfg.damping)]
+    data = (x_old.to(device), y_old.to(device), x_new.to(device), y_new.to(device))
+    train_data = (train_x.to(device), train_y.to(device))
+    tries: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    upd = influence_update(wrapped, x_old.to(device), y_old.to(device), x_new.to(device),
-                           y_new.to(device), train_data=(train_x.to(device),
-                                                         train_y.to(device)), **kwargs)
+    for damping in dampings:
+        t_try = time.perf_counter()
+        extra = {} if damping is None else {"damping": damping}
+        # the model is changed only by an applied step: a rejected try leaves it as it was
+        upd = influence_update(wrapped, *data, train_data=train_data, **kwargs, **extra)
+        tries.append({"damping": damping, "applied": upd.applied, "diverged": upd.diverged,
+                      "loss_before": upd.loss_before, "loss_after": upd.loss_after,
+                      "residual": upd.residual, "converged": upd.converged,
+                      "solver_iterations": upd.solver_iterations, "reason": upd.reason,
+                      "seconds": time.perf_counter() - t_try})
+        # a larger damping only helps a step the divergence check rejected (not a
+        # non-finite gradient, a zero step or an applied one)
+        if upd.applied or not upd.diverged or not math.isfinite(upd.gradient_norm):
+            break
     update_s = time.perf_counter() - t0
 
     def measure(model: CharLM) -> dict[str, Any]:
@@ -287,7 +349,8 @@ def unlearn_canary(
         "replacement": replacement,
         "num_affected": int(starts.numel()), "num_canaries": len(spans),
         "before": measure(res.model), "after": measure(lm),
-        "update": upd.to_dict(), "update_seconds": update_s,
+        "update": upd.to_dict(), "damping": tries[-1]["damping"], "damping_tries": tries,
+        "update_seconds": update_s,
         "retrained": None, "retrain_seconds": None, "model": lm,
     }
     if cfg.retrain:
@@ -323,8 +386,16 @@ def render_canary_report(result: dict[str, Any]) -> str:
     from ..report import format_value as fv
 
     cfg, u = result["config"], result["update"]
-    how = (f"second order (CG, {cfg['curvature']}, damping {fv(cfg['damping'])})"
-           if cfg["order"] == 2 else f"first order (tau {fv(u['tau'])})")
+    tries = result.get("damping_tries") or []
+    if cfg["order"] == 2:
+        damping = fv(u["damping"])
+        if cfg["damping"] == "auto":
+            tried = ", ".join(f"{fv(t['damping'])} ({'applied' if t['applied'] else 'rejected'})"
+                              for t in tries)
+            damping = f"auto: {tried}" if tried else "auto"
+        how = f"second order (CG, {cfg['curvature']}, damping {damping})"
+    else:
+        how = f"first order (tau {fv(u['tau'])})"
     lines = ["# Canary unlearning", "",
              f"Secret `{result['secret']}` replaced by `{result['replacement']}` in "
              f"{result['num_canaries']} canaries: {result['num_affected']} affected windows of "

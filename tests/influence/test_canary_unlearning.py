@@ -189,3 +189,139 @@ def test_second_order_update_lowers_exposure_towards_retraining():
     assert a["completion"] != out["secret"]
     # the original model is untouched
     assert out["model"] is not res.model
+
+
+# ---- damping="auto": a starting damping scaled to the affected windows, doubled on rejection
+
+
+@pytest.fixture(scope="module")
+def small_canary():
+    """The small experiment of test_second_order_update_lowers_exposure_small (224 windows):
+    at cg_maxiter=10, hvp_windows=64 its step is rejected at damping 75 and 150, accepted at
+    300 (measured)."""
+    return run_canary_experiment(CanaryConfig(n_sentences=150, steps=250, hidden=48,
+                                              embed_dim=16, insertions=8, seq_len=24,
+                                              secret_length=4))
+
+
+def _spy_dampings(monkeypatch):
+    from fastunlearn.influence import canary as canary_module
+
+    seen = []
+    real = canary_module.influence_update
+
+    def spy(model, *args, **kwargs):
+        seen.append(kwargs.get("damping"))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(canary_module, "influence_update", spy)
+    return seen
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_auto_damping_start_scales_with_the_affected_windows():
+    from fastunlearn.influence.canary import auto_damping
+
+    assert CanaryUnlearnConfig().damping == "auto"
+    assert auto_damping(224) == pytest.approx(300.0)  # the small test's windows
+    assert auto_damping(360) == pytest.approx(300.0 * (360 / 224) ** 2)  # about 775
+    assert auto_damping(648) == pytest.approx(300.0 * (648 / 224) ** 2)  # about 2,510
+
+
+def test_auto_damping_retries_a_rejected_step_with_a_larger_damping(small_canary, monkeypatch,
+                                                                    tmp_path):
+    from fastunlearn.influence import canary as canary_module
+
+    res = small_canary
+    original = _params(res.model)
+    # start too small (75 instead of 300): rejected at 75 and 150, applied at 300
+    monkeypatch.setattr(canary_module, "AUTO_DAMPING_BASE", 75.0)
+    seen = _spy_dampings(monkeypatch)
+    cfg = CanaryUnlearnConfig(cg_maxiter=10, hvp_windows=64, retrain=False)
+    out = unlearn_canary(res, cfg)
+    assert out["num_affected"] == 224 and seen == [75.0, 150.0, 300.0]
+    tries = out["damping_tries"]
+    assert [t["damping"] for t in tries] == [75.0, 150.0, 300.0]
+    assert [t["applied"] for t in tries] == [False, False, True]
+    for t in tries[:2]:  # rejected by the divergence check: the corrected loss grew
+        assert t["diverged"] and t["loss_after"] > 1.01 * t["loss_before"]
+        assert "loss grew" in t["reason"]
+    assert tries[2]["loss_after"] <= tries[2]["loss_before"] and not tries[2]["diverged"]
+    assert all(t["residual"] is not None and t["seconds"] > 0 for t in tries)
+    assert out["damping"] == out["update"]["damping"] == 300.0 and out["update"]["applied"]
+    assert out["config"]["damping"] == "auto"
+    assert out["update_seconds"] >= sum(t["seconds"] for t in tries) * 0.99
+    # the result is the numeric damping's: the rejected tries left no trace on the model
+    monkeypatch.undo()
+    fixed = unlearn_canary(res, CanaryUnlearnConfig(cg_maxiter=10, hvp_windows=64,
+                                                    damping=300.0, retrain=False))
+    assert all(torch.equal(a, b) for a, b in zip(_params(out["model"]),
+                                                 _params(fixed["model"]), strict=True))
+    assert out["after"] == fixed["after"]
+    assert out["after"]["rank_exposure"] < out["before"]["rank_exposure"] - 5
+    assert all(torch.equal(a, p) for a, p in zip(original, res.model.parameters(), strict=True))
+    write_canary_outputs(out, tmp_path)
+    md = (tmp_path / "canary_unlearning.md").read_text()
+    assert "damping auto: 75 (rejected), 150 (rejected), 300 (applied)" in md
+    saved = json.loads((tmp_path / "canary_unlearning.json").read_text())
+    assert [t["damping"] for t in saved["damping_tries"]] == [75.0, 150.0, 300.0]
+
+
+def test_auto_damping_every_try_rejected_leaves_the_model_unchanged(small_canary, monkeypatch):
+    from fastunlearn.influence import canary as canary_module
+
+    res = small_canary
+    original = _params(res.model)
+    monkeypatch.setattr(canary_module, "AUTO_DAMPING_BASE", 40.0)
+    monkeypatch.setattr(canary_module, "AUTO_DAMPING_TRIES", 2)
+    seen = _spy_dampings(monkeypatch)
+    out = unlearn_canary(res, CanaryUnlearnConfig(cg_maxiter=10, hvp_windows=64,
+                                                  retrain=False))
+    assert seen == [40.0, 80.0]
+    assert [(t["damping"], t["applied"], t["diverged"]) for t in out["damping_tries"]] == [
+        (40.0, False, True), (80.0, False, True)]
+    assert not out["update"]["applied"] and out["damping"] == 80.0
+    # neither the caller's model nor the returned copy was changed
+    assert all(torch.equal(a, p) for a, p in zip(original, res.model.parameters(), strict=True))
+    assert all(torch.equal(a, p) for a, p in zip(original, out["model"].parameters(),
+                                                 strict=True))
+    assert out["after"] == out["before"]
+
+
+def test_numeric_damping_makes_exactly_one_try(small_canary, monkeypatch):
+    res = small_canary
+    original = _params(res.model)
+    seen = _spy_dampings(monkeypatch)
+    # rejected at 75 (see small_canary): a number is not escalated
+    out = unlearn_canary(res, CanaryUnlearnConfig(cg_maxiter=10, hvp_windows=64, damping=75,
+                                                  retrain=False))
+    assert seen == [75.0]
+    (t,) = out["damping_tries"]
+    assert t["damping"] == out["damping"] == out["update"]["damping"] == 75.0
+    assert not t["applied"] and t["diverged"] and not out["update"]["applied"]
+    assert all(torch.equal(a, p) for a, p in zip(original, out["model"].parameters(),
+                                                 strict=True))
+    # first order: one try, no damping
+    seen.clear()
+    out = unlearn_canary(res, CanaryUnlearnConfig(order=1, tau=1e-4, retrain=False))
+    assert seen == [None] and out["damping"] is None and len(out["damping_tries"]) == 1
+
+
+@pytest.mark.parametrize("damping", ["Auto", "", "300", -1.0, float("nan"), float("inf"), True,
+                                     None, [300.0]])
+def test_bad_damping_is_refused_naming_it(damping, monkeypatch):
+    import numpy as np
+
+    res = _tiny(2)
+    before = _params(res.model)
+    seen = _spy_dampings(monkeypatch)
+    with pytest.raises(ValueError, match="'damping'"):
+        unlearn_canary(res, CanaryUnlearnConfig(damping=damping, retrain=False))
+    assert seen == []
+    assert all(torch.equal(a, p) for a, p in zip(before, res.model.parameters(), strict=True))
+    # NumPy and int values are numbers
+    assert CanaryUnlearnConfig(damping=np.float64(12.5)).validate().damping == 12.5
+    assert CanaryUnlearnConfig(damping=0).validate().damping == 0
