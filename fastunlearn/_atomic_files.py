@@ -9,12 +9,42 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["replace_atomically", "save_figure", "swap_in_folder", "write_text"]
+__all__ = ["default_permissions", "replace_atomically", "save_figure", "swap_in_folder",
+           "write_text"]
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """Return the process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and put back at once (the only portable read)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_permissions(path: str | os.PathLike[str]) -> None:
+    """Give the file at ``path`` the permissions a newly created file gets (``0o666 & ~umask``).
+
+    Writers that create their file privately (safetensors' ``save_file``,
+    ``tempfile.mkstemp``: mode 0600) would otherwise leave model and feature files
+    unreadable to the group and others while the JSON, Markdown and PNG beside them are not.
+    """
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
@@ -36,6 +66,7 @@ def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any
     tmp = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
+        default_permissions(tmp)  # some writers create their file private (0600)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -57,6 +57,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+from .._atomic_files import default_permissions
 from .._numbers import is_flag
 from .._paths import check_file_path
 from .ledger import (
@@ -435,6 +436,7 @@ def _write_atomically(
             os.fsync(fd)
         finally:
             os.close(fd)
+        default_permissions(tmp)  # save_file creates it private (0600)
         _crash_point(crash_point)
         os.replace(tmp, p)
     except BaseException:

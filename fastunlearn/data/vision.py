@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._atomic_files import default_permissions
 from .._equality import dataclass_eq
 from .._numbers import is_flag, is_integer
 from .._paths import check_output_file
@@ -805,6 +806,7 @@ def save_features(
         save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        default_permissions(tmp)  # mkstemp and save_file create it private (0600)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
