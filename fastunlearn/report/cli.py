@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._output_folder import check_output_folder
 from ..cli_types import HelpFormatter
 from ..cli_types import path as _path
 
@@ -60,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
             return _error(f"'REPORT.md' {str(report)!r} does not exist")
         if not report.is_file():
             return _error(f"'REPORT.md' {str(report)!r} is not a file")
+        target = Path(args.out) if args.out is not None else report.with_suffix(".html")
+        try:  # a read-only folder: a clean error naming the argument, not a temporary file
+            check_output_folder(target.parent, argument="out" if args.out else "REPORT.md")
+        except (ValueError, TypeError) as exc:
+            return _error(str(exc))
     for report in reports:
         try:
             written = write_html_report(report, args.out)

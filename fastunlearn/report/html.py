@@ -18,6 +18,7 @@ import html
 import os
 import re
 import string
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ class _Context:
     base_dir: Path | None
     atoms: list[str] = field(default_factory=list)
     depth: int = 0  # lists and quotes the renderer is inside
+    missing: list[str] = field(default_factory=list)  # images not embedded (with why)
 
     def atom(self, markup: str) -> str:
         """Store finished ``markup``; return the placeholder that stands for it."""
@@ -201,6 +203,7 @@ def _image(alt: str, dest: str, ctx: _Context) -> str:
                 None)
     if data is None or mime is None:
         why = "image not found" if data is None else "not a PNG, JPEG or GIF image"
+        ctx.missing.append(f"{dest} ({why})")
         return (f'<span class="missing-image">{html.escape(alt_text)} '
                 f"<em>({why}: {html.escape(dest)})</em></span>")
     uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
@@ -529,7 +532,13 @@ def markdown_to_html(
     if title is not None and not isinstance(title, str):
         raise TypeError(f"'title' must be a str or None, got {type(title).__name__}")
     base = None if base_dir is None else check_path(base_dir, "base_dir")
-    blocks, first_heading = _blocks(text, _Context(base))
+    ctx = _Context(base)
+    blocks, first_heading = _blocks(text, ctx)
+    if base is not None and ctx.missing:  # asked to embed them: say which could not be
+        shown = ", ".join(ctx.missing[:5]) + (f" and {len(ctx.missing) - 5} more"
+                                               if len(ctx.missing) > 5 else "")
+        warnings.warn(f"{len(ctx.missing)} image(s) not embedded (shown as their alt text): "
+                      f"{shown}", RuntimeWarning, stacklevel=2)
     page_title = html.escape(" ".join(title.split())) if title is not None else first_heading
     return "\n".join([
         "<!DOCTYPE html>",
