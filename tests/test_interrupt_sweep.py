@@ -376,7 +376,7 @@ def harness_reference(tmp_path_factory) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("owner", "name", "ks"), [
-    (harness_training, "train_model", (1, 2)),
+    (harness_training, "_train", (1, 2)),  # the training train_or_load runs
     (harness_training, "save_model", (1, 2)),
     (_training, "train_main_stage", (1, 2)),
     (harness_report, "plot_times", (1,)),
