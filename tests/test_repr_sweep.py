@@ -184,7 +184,7 @@ def test_trained_model_repr_names_the_network_not_every_layer():
     net = nn.Sequential(*[nn.Linear(4, 4) for _ in range(100)])
     text = repr(TrainedModel(net, 1.5, True, "cache-key"))
     assert text == ("TrainedModel(model=Sequential(2000 parameters), seconds=1.5, cached=True, "
-                    "key='cache-key')")
+                    "key='cache-key', resumed_after_epoch=0)")
 
 
 def test_stopwatch_repr_shows_seconds():

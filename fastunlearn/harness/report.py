@@ -35,14 +35,15 @@ def _pct(v: Any, std: Any = None) -> str:
     return s
 
 
-def _num(v: Any, spec: str = ".2f") -> str:
+def _num(v: Any, spec: str = ".2f", nan: str = "-") -> str:
+    """Format a number; ``-`` when missing, ``nan`` text as given (``-``: unknown)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return "-"
     v = float(v)
     if math.isinf(v):
         return "inf"
-    if math.isnan(v):  # computed but undefined (eps of a method that gives one model)
-        return "nan"
+    if math.isnan(v):
+        return nan
     # 1e300 s in fixed point would be a 300-digit cell
     return format(v, ".3g") if abs(v) >= 1e6 else format(v, spec)
 
@@ -65,7 +66,8 @@ def _row(name: str, e: dict[str, Any], status: str) -> str:
              _pct(e.get("test_accuracy"), e.get("test_accuracy_std")),
              _pct(e.get("mia_efficacy"), e.get("mia_efficacy_std")),
              _pct(e.get("avg_gap")),
-             _num(e.get("epsilon_hat")),
+             # a computed but undefined eps (every seed gave the same model) is "nan"
+             _num(e.get("epsilon_hat"), nan="nan"),
              _num(e.get("competition_forget_score"), ".3f"),
              _num(e.get("competition_final_score"), ".3f"),
              _pct(e.get("fairness", {}).get("test_kept_classes", {}).get("worst_accuracy")),
@@ -153,7 +155,7 @@ def render_table(result: dict[str, Any]) -> str:
         "forget / final score (higher is better), worst = worst test accuracy of a class "
         "not forgotten, "
         "time = seconds per run, ratio = time / retraining time. Mean ± std over seeds; "
-        "`-`: not computed, `nan`: undefined (eps when every seed gives the same model, "
+        "`-`: not computed or unknown, eps `nan`: undefined (every seed gave the same model, "
         "as `influence` does: no spread to fit).",
         "",
         "| method | status | UA | RA | TA | MIA | gap | eps | F | final | worst | time s "
