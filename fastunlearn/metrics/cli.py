@@ -76,8 +76,14 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.dir)
     out = Path(args.out) if args.out else Path.cwd() / f"evaluation-{src.resolve().name}"
     methods = None
-    if args.methods:
+    if args.methods is not None:  # an empty list or a repeated name is a mistake, not "all"
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        repeated = sorted({m for m in methods if methods.count(m) > 1})
+        if not methods or repeated:
+            why = (f"names {', '.join(repeated)} twice" if repeated else "names no method")
+            print(f"fastunlearn evaluate: error: '--methods' {args.methods!r} {why}; leave it "
+                  "out to evaluate every method", file=sys.stderr)
+            return 2
     try:
         if args.device is not None:
             parse_device(args.device)

@@ -166,9 +166,9 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
     Raises:
         FileNotFoundError: If ``logits_retain.npy`` or a requested method is missing.
         TypeError: If ``path`` is not a path or ``methods`` not a list of names.
-        ValueError: If ``path`` is empty, a method name is not a plain folder name, an
-            array has the wrong layout or does not match the retrained array (examples,
-            classes, labels).
+        ValueError: If ``path`` is empty, a method name is not a plain folder name or is
+            repeated, an array has the wrong layout or does not match the retrained array
+            (examples, classes, labels).
 
     """
     root = check_path(path)
@@ -177,6 +177,9 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
             raise TypeError(f"'methods' must be a list of method names, got "
                             f"{type(methods).__name__}")
         methods = [_check_method_name(n) for n in methods]
+        repeated = sorted({n for n in methods if methods.count(n) > 1})
+        if repeated:
+            raise ValueError(f"'methods' names {', '.join(map(repr, repeated))} twice")
     if not (root / RETRAIN_FILE).is_file():
         raise FileNotFoundError(f"'path': {root} has no {RETRAIN_FILE}")
     retrain, labels = split_slots(_load_array(root / RETRAIN_FILE), RETRAIN_FILE)

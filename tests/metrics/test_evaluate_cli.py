@@ -218,3 +218,21 @@ def test_evaluation_md_links_its_histogram_and_no_plots_removes_a_stale_one(tmp_
     assert main(["evaluate", str(path), "--out", str(out), "--no-plots", "--no-progress"]) == 0
     assert not (out / "epsilon_hist.png").exists()
     assert ".png" not in (out / "evaluation.md").read_text()
+
+
+@pytest.mark.parametrize(("value", "why"), [("", "names no method"), (" , ", "names no method"),
+                                            ("m,m", "names m twice")])
+def test_an_empty_or_repeated_methods_list_is_refused(tmp_path, capsys, value, why):
+    """Before, '' evaluated every method and 'm,m' was taken as 'm' (forget refuses both)."""
+    from fastunlearn.cli import main
+
+    path = write_logits_dir(tmp_path / "logits", torch.randn(6, 4, 3),
+                            torch.randint(0, 3, (6,)), {"m": torch.randn(6, 4, 3)})
+    out = tmp_path / "out"
+    assert main(["evaluate", str(path), "--methods", value, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fastunlearn evaluate: error: '--methods' {value!r} {why}; leave it out to evaluate "
+        "every method")
+    assert not out.exists()
+    with pytest.raises(ValueError, match="'methods' names 'm' twice"):
+        load_logits_dir(path, methods=["m", "m"])
