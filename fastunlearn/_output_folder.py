@@ -7,6 +7,7 @@ a mistyped or unwritable output path costs an error message, not the run.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,10 @@ def check_output_folder(folder: str | os.PathLike[str], *, argument: str,
     """Raise ValueError unless results can be written into ``folder``; return it as a Path.
 
     ``folder`` may be missing (the command creates it later); then the nearest existing
-    folder above it must be writable. Nothing is created or changed here.
+    folder above it must be writable. Writability is tried, not only read from the
+    permission bits (root passes those everywhere, and a folder such as ``/proc`` takes
+    no new entries whatever they say): an empty probe folder is created in that nearest
+    existing folder and removed at once. Nothing else is created or changed here.
 
     Args:
         folder: The output folder a command was given.
@@ -30,8 +34,8 @@ def check_output_folder(folder: str | os.PathLike[str], *, argument: str,
     Raises:
         TypeError: ``folder`` is not a str or ``os.PathLike``.
         ValueError: ``folder`` is empty (``"."`` names the current folder), it or an entry
-            above it is a file, the nearest existing folder is not writable, or one of
-            ``names`` in it is a folder.
+            above it is a file, the nearest existing folder is not writable or takes no
+            new entries, or one of ``names`` in it is a folder.
 
     """
     path = check_path(folder, argument)
@@ -43,6 +47,11 @@ def check_output_folder(folder: str | os.PathLike[str], *, argument: str,
                          "not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"'{argument}' {str(folder)!r}: {str(existing)!r} is not writable")
+    try:  # e.g. /proc, a read-only mount, or no space left for even a folder entry
+        os.rmdir(tempfile.mkdtemp(prefix=".fastunlearn-write-check-", dir=existing))
+    except OSError as exc:
+        raise ValueError(f"'{argument}' {str(folder)!r}: nothing can be created in "
+                         f"{str(existing)!r} ({exc.strerror or exc})") from None
     for name in names:
         if (path / name).is_dir():
             raise ValueError(f"'{argument}' {str(folder)!r}: {name!r} in it is a folder")

@@ -397,10 +397,10 @@ def _add_extract_parser(sub: argparse._SubParsersAction) -> None:
                    help="feature-file prefix (default from the settings, e.g. "
                    "dp_delta_1.00e-05_std_6.00 as in the reference)")
     p.add_argument("--checkpoint", type=_path, default=None,
-                   help="extractor weights (safetensors): loaded if the file exists, else "
-                   "written after training (default <data-dir>/<name>_<dataset>_model"
-                   ".safetensors); an existing file that is not a safetensors file is "
-                   "never overwritten")
+                   help="extractor weights (safetensors): loaded if the file exists (refused "
+                   "if it was trained with other settings), else written after training "
+                   "(default <data-dir>/<name>_<dataset>_model.safetensors); an existing "
+                   "file that is not a safetensors file is never overwritten")
     p.add_argument("--force", action="store_true", help="train even if the checkpoint exists")
     p.add_argument("--no-resume", action="store_true",
                    help="start training from the first epoch even if an interrupted run of "
@@ -458,6 +458,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     try:
         device = parse_device(args.device)
+        if not Path(args.data_dir).exists():
+            raise FileNotFoundError(f"'data_dir' {args.data_dir!r} does not exist")
         if not Path(args.data_dir).is_dir():
             raise FileNotFoundError(f"'data_dir' {args.data_dir!r} is not a folder")
         check_output_folder(args.data_dir, argument="data_dir")  # the features go there
@@ -511,6 +513,10 @@ def _train_with_epoch_state(args: argparse.Namespace, model: Any, train: Any,
         epoch_state.unlink()
         print(f"--no-resume: removed the finished epochs of an earlier run ({epoch_state})")
     done = saved_epochs(epoch_state)
+    if done and done > args.epochs:  # refused before a "resuming after epoch 23 of 20"
+        raise ValueError(f"'epochs' {args.epochs} is fewer than the {done} finished epochs "
+                         f"an earlier run left in {epoch_state}: pass --epochs {done} or more "
+                         "to resume, or --no-resume to start over")
     if done:
         print(f"resuming after epoch {done} of {args.epochs}: an interrupted run of these "
               f"settings left them in {epoch_state} (--no-resume starts over)")
@@ -529,6 +535,61 @@ def _train_with_epoch_state(args: argparse.Namespace, model: Any, train: Any,
     if done:
         meta["resumed_after_epoch"] = done  # train_seconds counts this run's epochs only
     return meta
+
+
+def _training_settings(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    """Return the flags that determine an extractor's weights and privacy, keyed by flag.
+
+    They are stored with the checkpoint (its ``settings`` metadata) and compared by
+    :func:`_check_checkpoint_settings` before the checkpoint is reused.
+    """
+    settings: dict[str, Any] = {
+        "--extractor": args.extractor, "--model": model, "--dataset": args.dataset,
+        "--epochs": args.epochs, "--batch-size": args.batch_size,
+        "--learning-rate": args.learning_rate, "--seed": args.seed}
+    if args.dataset == "SVHN":
+        settings["--svhn-extra"] = args.svhn_extra
+    if args.extractor == "dp":
+        settings.update({"--std": args.std, "--clip": args.clip, "--delta": args.delta})
+    elif args.extractor == "adversarial":
+        settings.update({"--attack": args.attack, "--attack-epsilon": args.attack_epsilon})
+        if args.attack == "pgd":
+            settings["--pgd-steps"] = args.pgd_steps
+    return json.loads(json.dumps(settings))  # as they read back from the file
+
+
+def _check_checkpoint_settings(checkpoint: Any, saved: str | None,
+                               settings: dict[str, Any]) -> None:
+    """Refuse to reuse ``checkpoint`` when its stored training ``saved`` differ from ``settings``.
+
+    A checkpoint of an older version, without stored settings, is loaded with a warning
+    line that its settings cannot be checked.
+
+    Raises:
+        ValueError: the settings differ (each flag named with its saved and new value), or
+            the stored settings are unreadable.
+
+    """
+    if saved is None:
+        print(f"fastunlearn extract: warning: {checkpoint} was written by an older fastunlearn "
+              "that did not record its training settings, so they cannot be checked against "
+              "these flags (--force retrains it)", file=sys.stderr)
+        return
+    try:
+        old = json.loads(saved)
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        raise ValueError(f"'checkpoint' {str(checkpoint)!r} holds unreadable training "
+                         "settings: pass --force to train a new one, or --name / --checkpoint "
+                         "to keep it")
+    changed = sorted(k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: saved {old.get(k, 'unset')!r}, now {settings.get(k, 'unset')!r}"
+                          for k in changed)
+        raise ValueError(f"'checkpoint' {str(checkpoint)!r} was trained with other settings "
+                         f"({shown}): pass --force to retrain it, or another --name or "
+                         "--checkpoint to keep both")
 
 
 def _extract(args: argparse.Namespace, device: torch.device) -> int:
@@ -552,6 +613,7 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
     checkpoint = Path(args.checkpoint or Path(args.data_dir) / f"{name}_{args.dataset}_model"
                       ".safetensors")
     has_checkpoint = _check_checkpoint(checkpoint)
+    settings = _training_settings(args, model_name)
     features_path = extracted_features_path(args.data_dir, name, args.dataset)
     if features_path.is_dir():
         raise ValueError(f"'data_dir' {args.data_dir!r}: the features file "
@@ -560,13 +622,15 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
           f"{args.dataset}: {len(train)} train / {len(test)} test images")
     if has_checkpoint and not args.force:
         with safe_open(str(checkpoint), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+            stored = f.metadata() or {}
+        meta = json.loads(stored.get("meta", "{}"))
         for key, wanted in (("model", model_name), ("extractor", args.extractor)):
             if meta.get(key, wanted) != wanted:
                 raise ValueError(
                     f"'checkpoint' {str(checkpoint)!r} holds a {meta[key]} {key}, not the "
                     f"{wanted} asked for: pass --force to train a new one, or --name / "
                     "--checkpoint to keep both")
+        _check_checkpoint_settings(checkpoint, stored.get("settings"), settings)
         try:
             load_model(model, str(checkpoint), device="cpu")
         except RuntimeError as exc:
@@ -580,7 +644,8 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
         meta.update(extractor=args.extractor, model=model_name, name=name,
                     dataset=args.dataset)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        save_model(model.cpu(), str(checkpoint), metadata={"meta": json.dumps(meta)})
+        save_model(model.cpu(), str(checkpoint),
+                   metadata={"meta": json.dumps(meta), "settings": json.dumps(settings)})
         done, seconds = meta.get("resumed_after_epoch"), meta["train_seconds"]
         span = (f"{_epochs(done + 1, args.epochs)} in {seconds:.1f} s ({_epochs(1, done)} in "
                 "an earlier run)" if done else f"in {seconds:.1f} s")
@@ -602,12 +667,28 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
     return 0
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of one command: it reports arguments it does not know itself.
+
+    argparse hands a subcommand's unknown arguments up to the top-level parser, whose error
+    shows the top-level usage; here ``fastunlearn extract --verbose`` shows extract's usage
+    and ``fastunlearn extract: error: unrecognized arguments: --verbose`` (exit status 2).
+    """
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Parse like ``ArgumentParser.parse_known_args``, but exit on any unknown argument."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``fastunlearn`` command."""
     parser = argparse.ArgumentParser(
         prog="fastunlearn", description="Machine unlearning on fused C++/CUDA kernels."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     info = sub.add_parser("info", help="versions, compiled backends and devices")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_cmd_info)
@@ -638,14 +719,24 @@ def _command_modules() -> list[Callable[[argparse._SubParsersAction], Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fastunlearn`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``fastunlearn`` command; returns the exit status.
+
+    Ctrl-C, from the parsing of the flags (which imports the commands' modules) to the end,
+    prints one line and returns 130; it cannot reach here while ``import fastunlearn``
+    itself runs (before this function exists).
+    """
+    words = sys.argv[1:] if argv is None else list(argv)
+    # the command's name for a Ctrl-C before the flags are parsed
+    command = next((w for w in words if isinstance(w, str) and not w.startswith("-")), None)
     try:
+        args = build_parser().parse_args(words)
+        command = args.command
         with plain_warnings(f"fastunlearn {args.command}"):
             return args.func(args)
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or a stop where no step can finish
         detail = f": {exc}" if str(exc) else ""  # e.g. which trained models were kept
-        print(f"\nfastunlearn {args.command}: interrupted (Ctrl-C){detail}", file=sys.stderr)
+        prog = "fastunlearn" if command is None else f"fastunlearn {command}"
+        print(f"\n{prog}: interrupted (Ctrl-C){detail}", file=sys.stderr)
         return INTERRUPTED_STATUS
 
 

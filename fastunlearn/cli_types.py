@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
+from collections.abc import Mapping
 
 __all__ = [
     "HelpFormatter",
@@ -19,6 +21,7 @@ __all__ = [
     "MAX_SEED",
     "add_progress_flags",
     "integer",
+    "name_flags",
     "non_negative_float",
     "non_negative_int",
     "number",
@@ -158,3 +161,21 @@ def resolve_progress(flag: bool | None) -> bool:
         return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):  # no stderr, or a closed one
         return False
+
+
+def name_flags(message: str, flags: Mapping[str, str]) -> str:
+    """Return an error ``message`` of the Python API with its subject named as a flag.
+
+    The library's errors start with the argument at fault, quoted (``'spec' 'class:10':
+    ...``); a command that passes a flag on as that argument shows ``'--forget'
+    'class:10': ...`` instead. ``flags`` maps a parameter name to its flag. Only the
+    leading name is replaced: quoted words later in the message (values, lists of a
+    config's fields) are kept as they are.
+    """
+    match = _LEADING_NAME.match(message)
+    if match is None or match.group(1) not in flags:
+        return message
+    return f"'{flags[match.group(1)]}'" + message[match.end():]
+
+
+_LEADING_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")

@@ -10,7 +10,7 @@ from pathlib import Path
 from .._atomic_files import write_text
 from .._cli_output import add_json_flag, json_output
 from .._output_folder import check_output_folder
-from ..cli_types import add_progress_flags, resolve_progress
+from ..cli_types import add_progress_flags, name_flags, resolve_progress
 from ..cli_types import integer as _integer
 from ..cli_types import non_negative_float as _non_negative_float
 from ..cli_types import non_negative_int as _non_negative_int
@@ -98,6 +98,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+#: The CanaryConfig fields the command's errors name, as the command's flags.
+_FLAGS = {
+    "n_sentences": "--n-sentences", "secret": "--secret", "secret_length": "--secret-length",
+    "insertions": "--insertions", "cell": "--cell", "embed_dim": "--embed-dim",
+    "hidden": "--hidden", "layers": "--layers", "steps": "--steps", "seq_len": "--seq-len",
+    "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+    "n_candidates": "--candidates", "seed": "--seed",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the experiment from parsed arguments; print the report; return the exit status."""
     from .experiment import CanaryConfig, format_report, run_canary_experiment
@@ -135,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             check_output_folder(args.out, argument="out", names=outputs)
         result = run_canary_experiment(config)
     except (ValueError, TypeError) as exc:
-        print(f"fastunlearn exposure: error: {exc}", file=sys.stderr)
+        print(f"fastunlearn exposure: error: {name_flags(str(exc), _FLAGS)}", file=sys.stderr)
         return 2
     report = format_report(result)
     print(report)

@@ -622,12 +622,17 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
     control = "".join(rng.choice(DIGITS) for _ in range(length))
     while control == secret:
         control = "".join(rng.choice(DIGITS) for _ in range(length))
-    text, offsets = insert_canary(
-        generate_corpus(cfg.n_sentences, cfg.seed),
-        cfg.prefix + secret + cfg.suffix,
-        cfg.insertions,
-        cfg.seed,
-    )
+    corpus = generate_corpus(cfg.n_sentences, cfg.seed)
+    try:
+        text, offsets = insert_canary(corpus, cfg.prefix + secret + cfg.suffix,
+                                      cfg.insertions, cfg.seed)
+    except ValueError:  # said in the config's terms, not the helper's
+        raise ValueError(f"'insertions' {cfg.insertions} is more than the sentences of the "
+                         f"generated text (n_sentences {cfg.n_sentences}): each copy of the "
+                         "canary starts a sentence") from None
+    if len(text) <= cfg.seq_len:
+        raise ValueError(f"'seq_len' {cfg.seq_len} is not shorter than the generated text "
+                         f"({len(text)} characters): lower it or raise n_sentences")
     vocab = CharVocab.from_texts(text, cfg.prefix, cfg.suffix)
     # seeded initialisation without resetting the caller's global RNG stream
     with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):

@@ -21,7 +21,7 @@ from typing import Any
 from .._cli_output import add_json_flag, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
-from ..cli_types import add_progress_flags, resolve_progress
+from ..cli_types import add_progress_flags, name_flags, resolve_progress
 from ..cli_types import path as _path
 from ..cli_types import positive_float as _positive_float
 from ..cli_types import positive_int as _positive_int
@@ -128,6 +128,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+#: The HarnessConfig / TrainSettings arguments (and the forget-set parser's ``spec``) that
+#: the command's errors name, as the command's flags ('cache_dir', 'out_dir' and 'device'
+#: keep the names the other commands' errors use too).
+_FLAGS = {
+    "methods": "--method", "dataset": "--dataset", "data_dir": "--data-dir",
+    "model": "--model", "forget": "--forget", "spec": "--forget",
+    "forget_seed": "--forget-seed", "seeds": "--seeds", "oracles": "--oracles",
+    "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "overrides": "--set",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``forget``; returns the exit status.
 
@@ -165,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         with GracefulStop(what="method run") as stop:
             result = run_harness(config, should_stop=stop)
     except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"fastunlearn forget: error: {exc}", file=sys.stderr)
+        print(f"fastunlearn forget: error: {name_flags(str(exc), _FLAGS)}", file=sys.stderr)
         return 2
     except OSError as exc:  # the folders are checked first; a full disk or a race remains
         print(f"fastunlearn forget: error: {exc}", file=sys.stderr)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._cli_output import add_json_flag, json_output
@@ -29,6 +30,41 @@ __all__ = ["add_parser", "run"]
 
 def _tau(text: str) -> float | str:
     return "auto" if text == "auto" else _positive(text)
+
+
+class _Given(argparse.Action):
+    """Store an option's value and note its ``dest`` in ``args.given_flags`` (a set).
+
+    Tells a flag given on the command line from its default, so that a flag which has no
+    effect with the other settings can be reported (:func:`_warn_unused`).
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given_flags = {*getattr(namespace, "given_flags", ()), self.dest}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _warn_unused(args: argparse.Namespace,
+                 rules: Sequence[tuple[bool, Sequence[str], str]]) -> None:
+    """Warn once per rule about given flags that have no effect with the other settings.
+
+    ``rules``: ``(applies, dests, why)``; when ``applies``, the flags among ``dests`` given
+    on the command line are named in one line: ``'--a' and '--b' have no effect <why>``.
+    The run goes on (the flags change nothing); the command line shows the warning as
+    ``fastunlearn <command>: warning: ...``.
+    """
+    given = getattr(args, "given_flags", ())
+    for applies, dests, why in rules:
+        unused = [f"'{_flag(d)}'" for d in dests if d in given]
+        if applies and unused:
+            names = ", ".join(unused[:-1]) + (" and " if len(unused) > 1 else "") + unused[-1]
+            verb = "has" if len(unused) == 1 else "have"
+            warnings.warn(f"{names} {verb} no effect {why}", UserWarning, stacklevel=2)
 
 
 def _add_run_options(
@@ -56,6 +92,31 @@ def _finish(files: dict[str, str], result: dict[str, Any], args: argparse.Namesp
         print(f"wrote {kind}: {path}")
     args.json_result = _json_ready({**result, "files": files})
     return 0
+
+
+#: ``repair``'s flags of the second-order solve (nothing of them is used with ``--order 1``).
+_SECOND_ORDER = ("solver", "damping", "cg_tol", "cg_maxiter", "lissa_batch", "lissa_damping",
+                 "lissa_scale", "lissa_depth", "lissa_hessian")
+_LISSA = ("lissa_batch", "lissa_damping", "lissa_scale", "lissa_depth", "lissa_hessian")
+
+
+def _warn_unused_repair_flags(args: argparse.Namespace) -> None:
+    """Warn about ``repair`` flags given on the command line that the run does not use."""
+    order1, solver = args.order == 1, args.solver
+    _warn_unused(args, [
+        (order1, _SECOND_ORDER, "with '--order 1' (they set the second-order solve)"),
+        (order1 and args.tau != "auto", ("curvature", "hvp_batch_size"),
+         "with '--order 1' and a numeric '--tau' (they set the line search of '--tau auto')"),
+        (not order1, ("tau",), "without '--order 1' (it is the first-order step size)"),
+        (not order1 and solver != "lissa", _LISSA,
+         f"with '--solver {solver}' (they set the LiSSA solver)"),
+        (not order1 and solver != "cg", ("cg_tol", "cg_maxiter"),
+         f"with '--solver {solver}' (they set the CG solver)"),
+        (not order1 and solver == "lissa", ("damping",),
+         "with '--solver lissa' (LiSSA is damped by '--lissa-damping')"),
+        (args.protocol == "one-shot", ("steps", "batch"),
+         "with '--protocol one-shot' (they set the iterative protocol)"),
+    ])
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -99,34 +160,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="iterative reference protocol, one shot on the flipped rows, or both")
     p.add_argument("--order", type=int, choices=[1, 2], default=2,
                    help="first- or second-order update")
-    p.add_argument("--solver", choices=["cg", "lissa", "direct"], default="cg",
+    p.add_argument("--solver", action=_Given, choices=["cg", "lissa", "direct"], default="cg",
                    help="second-order solver")
-    p.add_argument("--curvature", choices=["ggn", "hessian"], default="ggn",
+    p.add_argument("--curvature", action=_Given, choices=["ggn", "hessian"], default="ggn",
                    help="curvature of cg/direct: Gauss-Newton or the Hessian")
-    p.add_argument("--damping", type=_non_negative, default=100.0,
+    p.add_argument("--damping", action=_Given, type=_non_negative, default=100.0,
                    help="Tikhonov damping of cg/direct (summed loss)")
-    p.add_argument("--tau", type=_tau, default="auto",
+    p.add_argument("--tau", action=_Given, type=_tau, default="auto",
                    help="first-order step size, or 'auto' (line search)")
-    p.add_argument("--steps", type=_positive_int, default=10, help="iterative protocol steps")
-    p.add_argument("--batch", type=_positive_int, default=1024,
+    p.add_argument("--steps", action=_Given, type=_positive_int, default=10,
+                   help="iterative protocol steps")
+    p.add_argument("--batch", action=_Given, type=_positive_int, default=1024,
                    help="mispredicted points per iterative step")
     p.add_argument("--last-layers", type=_non_negative_int, default=0,
                    help="update only the last k parameter tensors (0: all)")
-    p.add_argument("--hvp-batch-size", type=_positive_int, default=4096,
+    p.add_argument("--hvp-batch-size", action=_Given, type=_positive_int, default=4096,
                    help="training rows per HVP batch")
-    p.add_argument("--cg-tol", type=_non_negative, default=1e-4,
-                   help="CG stops at this relative true residual")
-    p.add_argument("--cg-maxiter", type=_positive_int, default=100, help="CG iteration cap")
-    p.add_argument("--lissa-batch", type=_positive_int, default=1024,
+    p.add_argument("--cg-tol", action=_Given, type=_positive, default=1e-4,
+                   help="CG stops at this relative true residual (> 0)")
+    p.add_argument("--cg-maxiter", action=_Given, type=_positive_int, default=100,
+                   help="CG iteration cap")
+    p.add_argument("--lissa-batch", action=_Given, type=_positive_int, default=1024,
                    help="LiSSA batch B (rows per stochastic Hessian)")
-    p.add_argument("--lissa-damping", type=_non_negative, default=1e-4,
+    p.add_argument("--lissa-damping", action=_Given, type=_non_negative, default=1e-4,
                    help="LiSSA d: d*s damps the Hessian LiSSA uses; with --lissa-hessian "
                    "batch (summed batch Hessians) the damping relative to the full-data "
                    "Hessian is ceil(N/B)*d*s and the step ceil(N/B) times that Newton step")
-    p.add_argument("--lissa-scale", type=_positive, default=2e5, help="LiSSA s")
-    p.add_argument("--lissa-depth", type=_positive_int, default=100,
+    p.add_argument("--lissa-scale", action=_Given, type=_positive, default=2e5, help="LiSSA s")
+    p.add_argument("--lissa-depth", action=_Given, type=_positive_int, default=100,
                    help="LiSSA recursion steps")
-    p.add_argument("--lissa-hessian", choices=["batch", "full"], default="batch",
+    p.add_argument("--lissa-hessian", action=_Given, choices=["batch", "full"],
+                   default="batch",
                    help="batch: summed batch Hessian (reference); full: scaled by N/B to "
                    "estimate the full-data Hessian (damping d*s relative to it)")
     p.add_argument("--n-train", type=_non_negative_int, default=0,
@@ -151,7 +215,9 @@ def run(args: argparse.Namespace) -> int:
     nothing to keep: Ctrl-C aborts at once and the KeyboardInterrupt propagates.
 
     Returns:
-        0 when done, 2 on bad input, 1 when the results cannot be written, 130
+        0 when done (also when an update step was not applied: a rejected update is a
+        result, and the summary line and the report say NOT APPLIED and why), 2 on bad
+        input, 1 when the results cannot be written, 130
         (:data:`~fastunlearn._interrupt.INTERRUPTED_STATUS`) when stopped on request
         (the partial results are written, and printed with ``--json``).
 
@@ -159,11 +225,13 @@ def run(args: argparse.Namespace) -> int:
     from .experiment import (
         PROTOCOLS,
         RepairConfig,
+        _protocol_status,
         lissa_damping_text,
         run_repair_experiment,
         write_outputs,
     )
 
+    _warn_unused_repair_flags(args)
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     config = RepairConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, budget=args.budget,
@@ -212,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         pct = "-" if restored is None or restored != restored else f"{100 * restored:.1f} %"
         print(f"{name:>9}: repaired {p['acc_after']:.4f}  restored {pct}  residual "
               f"{p['residual']:.4g}  {p['seconds']:.2f} s  gradients {p['num_gradients']}  "
-              f"HVPs {p['num_hvps']}")
+              f"HVPs {p['num_hvps']}  {_protocol_status(p)}")
     status = _finish(files, result, args)
     if result.get("stopped_on_request"):
         print(f"fastunlearn repair: {result.get('stop_note') or 'stopped on request.'} "

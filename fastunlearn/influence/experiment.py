@@ -736,6 +736,26 @@ def _cell(text: Any) -> str:
     return " ".join(str(text).replace("|", "\\|").split())
 
 
+def _protocol_status(protocol: dict[str, Any]) -> str:
+    """Return ``applied``, or which update steps of a protocol were NOT APPLIED and why.
+
+    A step that is not applied leaves the model unchanged (the loss check or the solver
+    rejected it), so the repaired accuracy is not that of an update.
+    """
+    updates = [s for s in protocol.get("steps", ()) if "applied" in s]  # not the stop notes
+    rejected = [s for s in updates if not s.get("applied")]
+    if not rejected:
+        return "applied" if updates else "no update made"
+    first = rejected[0]
+    reason = first.get("reason") or "no reason given"
+    if len(updates) == 1:
+        return f"NOT APPLIED ({reason})"
+    return (f"NOT APPLIED in {len(rejected)} of {len(updates)} steps (step "
+            f"{first.get('step')}: {reason}"
+            + ("; every step's reason is in the report's steps table)" if len(rejected) > 1
+               else ")"))
+
+
 def render_report(result: dict[str, Any], plot: str | None = None) -> str:
     """Markdown page of a repair result (setup, accuracies, % restored, counts, times)."""
     from ..report import format_value as fv
@@ -765,6 +785,11 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
         n_div = sum(1 for s in p["steps"] if s.get("diverged"))
         lines.append(f"| {name} | {pct} | {fv(p['residual'])} | {p['num_gradients']} | "
                      f"{p['num_hvps']} | {_times(p['speedup_vs_retrain'])} | {n_div} |")
+    for name, p in result["protocols"].items():  # a rejected update is no repair: say so
+        status = _protocol_status(p)
+        if status.startswith("NOT APPLIED"):
+            lines += ["", f"**{name}: update {_cell(status)}**; a step not applied leaves "
+                      "the model unchanged."]
     cached = [name for name, key in (("clean", "clean_cached"), ("poisoned", "poisoned_cached"))
               if tr.get(key)]
     if cached:
@@ -842,6 +867,9 @@ def write_outputs(
 ) -> dict[str, str]:
     """Write ``repair_<dataset>.json``, ``.png`` and ``.md`` into ``out_dir``.
 
+    With ``plots=False`` no figure is drawn, and a ``repair_<dataset>.png`` of an earlier
+    run is removed (it would not match these results).
+
     Returns:
         Kind (``json``, ``plot``, ``markdown``) -> path.
 
@@ -864,7 +892,8 @@ def _write_report_files(
 
     The shared writer of the experiment reports. ``result`` gains a ``files`` entry (kind ->
     path) before it is written; ``render(result, plot_name)`` gives the Markdown, with the
-    figure's file name (relative to ``out_dir``) or None.
+    figure's file name (relative to ``out_dir``) or None. Without ``plot``, a
+    ``<stem>.png`` left in ``out_dir`` by an earlier run is removed.
 
     Returns:
         Kind (``json``, ``markdown`` and, with ``plot``, ``plot``) -> path.
@@ -879,5 +908,7 @@ def _write_report_files(
     write_text(files["json"], json.dumps(_json_ready(result), indent=2, allow_nan=False) + "\n")
     plot_rel = Path(files["plot"]).name if plot is not None else None
     write_text(files["markdown"], render(result, plot_rel))
+    if plot is None:  # an earlier run's figure would not match these results
+        (folder / f"{stem}.png").unlink(missing_ok=True)
     return files
 

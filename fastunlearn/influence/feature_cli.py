@@ -19,10 +19,11 @@ from ..cli_types import seed as _seed
 from .cli import (
     _add_run_options,
     _finish,
-    _non_negative,
+    _Given,
     _positive,
     _positive_int,
     _tau,
+    _warn_unused,
 )
 
 __all__ = ["add_parser", "run"]
@@ -69,6 +70,22 @@ def _update_status(update: dict[str, Any]) -> str:
     return f"NOT APPLIED ({update.get('reason') or 'no reason given'})"
 
 
+def _warn_unused_feature_flags(args: argparse.Namespace) -> None:
+    """Warn about ``unlearn-features`` flags given on the command line that the run ignores."""
+    certified = ("binary", "linear_lam", "epsilon", "delta")
+    _warn_unused(args, [
+        (args.mode != "replace", ("value", "rows"),
+         "without '--mode replace' (remove mode zeroes the columns wherever non-zero)"),
+        (args.columns is not None, ("top_k",),
+         "with '--columns' (it picks the columns when '--columns' is not given)"),
+        (args.dataset != "digits", certified,
+         f"with '--dataset {args.dataset}' (they set the certified linear variant, which "
+         "runs on the digits only)"),
+        (args.dataset == "digits" and args.no_linear, certified,
+         "with '--no-linear' (they set the certified linear variant)"),
+    ])
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``unlearn-features`` command to an ``argparse`` subparsers object.
 
@@ -96,34 +113,35 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="digits pixels or a scikit-learn table")
     p.add_argument("--columns", type=_columns, default=None,
                    help="comma-separated feature indices (default: the --top-k most used)")
-    p.add_argument("--top-k", type=_positive_int, default=4,
+    p.add_argument("--top-k", action=_Given, type=_positive_int, default=4,
                    help="columns chosen when --columns is not given")
     p.add_argument("--mode", choices=["remove", "replace"], default="remove",
                    help="zero the columns, or replace values at random rows")
-    p.add_argument("--rows", type=_positive_int, default=50,
+    p.add_argument("--rows", action=_Given, type=_positive_int, default=50,
                    help="random rows changed in replace mode")
-    p.add_argument("--value", type=_number, default=0.0,
-                   help="new value in replace mode (finite)")
+    p.add_argument("--value", action=_Given, type=_number, default=0.0,
+                   help="new value in replace mode (finite; its square summed over the --rows "
+                   "rows must not overflow the data's float64)")
     p.add_argument("--l2", type=_positive, default=10.0,
                    help="L2 regularisation of the summed objective")
     p.add_argument("--steps", type=_positive_int, default=1,
                    help="stepwise variant: split the columns into this many updates")
     p.add_argument("--tau", type=_tau, default="auto",
                    help="first-order step size, or 'auto' (curvature step of the objective)")
-    p.add_argument("--cg-tol", type=_non_negative, default=1e-10,
-                   help="CG stops at this relative true residual")
+    p.add_argument("--cg-tol", type=_positive, default=1e-10,
+                   help="CG stops at this relative true residual (> 0)")
     p.add_argument("--cg-maxiter", type=_positive_int, default=500, help="CG iteration cap")
     p.add_argument("--seed", type=_seed, default=0,
                    help="seed of the split and the replace-mode rows, 0 .. 2**32-1")
     p.add_argument("--no-linear", action="store_true",
                    help="skip the certified linear variant (digits)")
-    p.add_argument("--binary", type=_pair, default=(3, 8),
+    p.add_argument("--binary", action=_Given, type=_pair, default=(3, 8),
                    help="digit pair of the certified variant (default 3,8)")
-    p.add_argument("--linear-lam", type=_positive, default=1e-2,
+    p.add_argument("--linear-lam", action=_Given, type=_positive, default=1e-2,
                    help="L2 regularisation of the certified linear variant")
-    p.add_argument("--epsilon", type=_positive, default=0.1,
+    p.add_argument("--epsilon", action=_Given, type=_positive, default=0.1,
                    help="epsilon of the certified linear variant")
-    p.add_argument("--delta", type=_open_unit, default=0.01,
+    p.add_argument("--delta", action=_Given, type=_open_unit, default=0.01,
                    help="delta of the certified linear variant, in (0, 1)")
     p.add_argument("--out", type=_path, default="results", help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
@@ -132,8 +150,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the experiment described by ``args``; return the exit status (0 ok, 2 bad input)."""
-    from .feature_experiment import FeatureConfig, run_feature_experiment, write_feature_outputs
+    from .feature_experiment import (
+        FeatureConfig,
+        _steps_text,
+        run_feature_experiment,
+        write_feature_outputs,
+    )
 
+    _warn_unused_feature_flags(args)
     config = FeatureConfig(
         dataset=args.dataset, columns=args.columns, top_k=args.top_k, mode=args.mode,
         n_rows=args.rows, value=args.value, l2=args.l2, steps=args.steps, tau=args.tau,
@@ -147,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_feature_experiment(config)
     except (ValueError, TypeError) as exc:
         # the config names its fields; say the flag where a field is named otherwise
-        message = str(exc).replace("'n_rows'", "'rows' (--rows)")
+        message = str(exc).replace("'n_rows'", "'rows' (--rows)").replace(
+            "'value'", "'value' (--value)")
         print(f"fastunlearn unlearn-features: error: {message}", file=sys.stderr)
         return 2
     try:
@@ -157,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     d, o, r = result["data"], result["original"], result["retrained"]
-    print(f"{d['dataset']}: columns {d['columns']}, {d['num_affected']} affected rows")
+    print(f"{d['dataset']}: columns {d['columns']}, {d['num_affected']} affected rows; "
+          f"{_steps_text(result['config'], d)}")
     print(f"{'original':>12}: residual {_num(o['residual'])}  distance "
           f"{_num(o['distance_retrained'])}  acc {_num(o['acc'], '.4f')}")
     for name, m in result["methods"].items():

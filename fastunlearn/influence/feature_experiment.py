@@ -84,10 +84,14 @@ class FeatureConfig:
         mode: ``remove`` or ``replace``.
         n_rows: Rows changed in ``replace`` mode (random, seeded).
         value: New value in ``replace`` mode (``remove`` mode always zeroes).
+            :func:`run_feature_experiment` refuses a value whose square, summed over the
+            ``n_rows`` replaced rows, overflows the data's dtype.
         l2: L2 regularisation of the summed objective (> 0; also the Tikhonov damping of
             the second-order solve, which makes it the exact Hessian of ``J``).
         steps: Split the columns into this many chunks and update once per chunk (the
-            reference's stepwise variant; 1: one update for all columns).
+            reference's stepwise variant; 1: one update for all columns). At most one
+            step per column is made: more are capped to the number of columns (the
+            result's ``data.update_steps`` gives the steps made).
         tau: First-order step size, or ``"auto"``: the curvature step
             ``||G||^2 / G^T (H + l2 I) G`` of ``J`` (:func:`curvature_step`), per step.
         cg_tol: CG relative tolerance.
@@ -401,6 +405,27 @@ def _check_columns(columns: Sequence[int], n_features: int) -> list[int]:
     return [int(c) for c in columns]
 
 
+def _check_value(value: float, dtype: torch.dtype, n_rows: int) -> None:
+    """Refuse a replace-mode ``value`` too large for the data's floating ``dtype`` (named).
+
+    The objective's curvature in a replaced column sums ``value**2`` over the ``n_rows``
+    replaced rows: where that overflows, the gradients, the updates and the retraining are
+    not finite (every residual unknown, both updates rejected), so the run would measure
+    nothing. ``|value|`` must therefore be at most ``sqrt(max / n_rows)``, with ``max``
+    the largest finite number of ``dtype`` (about 1.9e153 for 50 float64 rows).
+    """
+    largest = float(torch.finfo(dtype).max)
+    name = str(dtype).removeprefix("torch.")
+    if abs(value) > largest:
+        raise ValueError(f"'value' {value:g} is not finite in the {name} training data "
+                         f"(largest {largest:.4g})")
+    limit = math.sqrt(largest / n_rows)
+    if abs(value) > limit:
+        raise ValueError(f"'value' {value:g} is too large for the {name} training data: its "
+                         f"square summed over the {n_rows} replaced rows (the objective's "
+                         f"curvature) overflows {name}; use |value| <= {limit:.4g}")
+
+
 def _linear_variant(config: FeatureConfig, columns: list[int]) -> dict[str, Any]:
     """Certified linear update on binary digits (rows scaled to unit norm).
 
@@ -480,7 +505,8 @@ def run_feature_experiment(
         data: Preloaded data (default :func:`load_feature_data`).
 
     Returns:
-        A dict with ``config``, ``data`` (sizes, columns, affected rows), ``original``,
+        A dict with ``config``, ``data`` (sizes, columns, affected rows, ``update_steps``:
+            the stepwise updates made), ``original``,
         ``retrained`` and ``methods`` (``first_order``, ``second_order``: residual,
         distance to the retrained parameters, test accuracy, seconds, speed-up, the
         update's counts) and, for the digits with ``config.linear``, ``linear`` (the
@@ -490,7 +516,9 @@ def run_feature_experiment(
         TypeError: If ``config`` is not a :class:`FeatureConfig`, or a setting has the wrong
             type (see :meth:`FeatureConfig.validate`).
         ValueError: Bad settings (see :meth:`FeatureConfig.validate`), ``columns`` out of
-            range, or ``n_rows`` (replace mode) above the number of training rows (named).
+            range, or, in replace mode, ``n_rows`` above the number of training rows or a
+            ``value`` too large for the data's dtype (its square summed over the
+            ``n_rows`` rows overflows; named, raised before any fitting).
 
     """
     if not isinstance(config, FeatureConfig):
@@ -506,6 +534,8 @@ def run_feature_experiment(
         columns = None
     if config.mode == "replace" and config.n_rows > n:
         raise ValueError(f"'n_rows' must be <= {n} training rows, got {config.n_rows}")
+    if config.mode == "replace":  # before any fitting
+        _check_value(float(config.value), X.dtype, config.n_rows)
 
     original, train_s = fit_linear_model(X, y, data.num_classes, config.l2,
                                          tol=config.train_tol, rounds=config.train_rounds,
@@ -525,13 +555,16 @@ def run_feature_experiment(
                                             progress=config.progress)
     theta_re = _flat_params(retrained)
     theta_0 = _flat_params(original)
+    # stepwise: at most one column per step (a request for more steps is capped)
+    chunks = [c.tolist() for c in torch.tensor(columns).tensor_split(
+        min(config.steps, len(columns)))]
     result: dict[str, Any] = {
         "config": {**asdict(config), "columns": columns, "binary": list(config.binary)},
         "data": {"dataset": config.dataset, "n_train": n, "n_test": int(data.X_test.shape[0]),
                  "n_features": n_features, "num_classes": data.num_classes,
                  "columns": columns, "column_names": [data.feature_names[c] for c in columns],
                  "num_affected": int(affected.numel()),
-                 "num_params": int(theta_0.numel())},
+                 "num_params": int(theta_0.numel()), "update_steps": len(chunks)},
         "original": {"acc": _accuracy(original, data.X_test, data.y_test),
                      "residual": _norm(objective_gradient(original, corrected, y, config.l2)),
                      "residual_old_data": _norm(objective_gradient(original, X, y, config.l2)),
@@ -551,8 +584,6 @@ def run_feature_experiment(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(methods), desc="unlearn", unit="method")
-    chunks = [c.tolist() for c in torch.tensor(columns).tensor_split(
-        min(config.steps, len(columns)))]
     for name, kwargs in methods:
         model = copy.deepcopy(original)
         t0 = time.perf_counter()
@@ -604,6 +635,21 @@ def _check_result(result: object) -> dict[str, Any]:
     return result
 
 
+def _steps_text(config: dict[str, Any], data: dict[str, Any]) -> str:
+    """Say how many update steps a result made, and why fewer than requested (capped).
+
+    ``config`` and ``data`` are the result's entries; a result without
+    ``data["update_steps"]`` (written before it was recorded) made ``config["steps"]``.
+    """
+    requested = int(config["steps"])
+    made = int(data.get("update_steps", requested))
+    text = f"{made} update steps (stepwise)" if made > 1 else "one update step"
+    if made < requested:
+        text += (f"; {requested} were requested, capped at one step per column "
+                 f"({len(data['columns'])} columns)")
+    return text
+
+
 def render_feature_report(result: dict[str, Any], plot: str | None = None) -> str:
     """Markdown page of a feature-unlearning result.
 
@@ -624,9 +670,7 @@ def render_feature_report(result: dict[str, Any], plot: str | None = None) -> st
              f"summed cross-entropy) on {data['n_train']} training rows, "
              f"{data['n_features']} features, {data['num_classes']} classes. "
              f"Columns {data['columns']} ({names}) {mode}: "
-             f"{data['num_affected']} affected rows; "
-             + (f"{cfg['steps']} update steps (stepwise)." if cfg["steps"] > 1
-                else "one update step."), "",
+             f"{data['num_affected']} affected rows; {_steps_text(cfg, data)}.", "",
              "| model | gradient residual | distance to retrained | "
              "test accuracy | time (s) |", "|---|---|---|---|---|"]
     o, r = result["original"], result["retrained"]
@@ -728,6 +772,9 @@ def write_feature_outputs(
     result: dict[str, Any], out_dir: str | os.PathLike[str], *, plots: bool = True
 ) -> dict[str, str]:
     """Write ``features_<dataset>.json``, ``.png`` and ``.md`` into ``out_dir``.
+
+    With ``plots=False`` no figure is drawn, and a ``features_<dataset>.png`` of an earlier
+    run is removed (it would not match these results).
 
     Returns:
         Kind (``json``, ``plot``, ``markdown``) -> path.

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._atomic_files import write_text
 from .._cli_output import add_json_flag, json_output
-from ..cli_types import HelpFormatter, add_progress_flags, resolve_progress
+from ..cli_types import HelpFormatter, add_progress_flags, name_flags, resolve_progress
 from ..cli_types import path as _path
 
 __all__ = ["add_parser", "run"]
@@ -66,6 +66,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+#: The evaluate_logits_dir arguments the command's errors name, as the command's flags.
+_FLAGS = {"path": "DIR", "methods": "--methods", "delta": "--delta",
+          "competition_delta": "--competition-delta"}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``; returns the exit status (0 ok, 2 bad input)."""
     from .._device import parse_device
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             progress=resolve_progress(args.progress),
         )
     except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"fastunlearn evaluate: error: {exc}", file=sys.stderr)
+        print(f"fastunlearn evaluate: error: {name_flags(str(exc), _FLAGS)}", file=sys.stderr)
         return 2
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,39 @@
+"""A command's errors name its flags, not the Python arguments they are passed on as."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastunlearn.cli import main
+from fastunlearn.cli_types import name_flags
+
+
+def test_name_flags_replaces_only_the_leading_name():
+    flags = {"spec": "--forget", "epochs": "--epochs"}
+    assert name_flags("'spec' 'class:10': no", flags) == "'--forget' 'class:10': no"
+    # quoted words later on (values, a config's fields) stay as they are
+    assert name_flags("'other' x 'epochs'", flags) == "'other' x 'epochs'"
+    assert name_flags("fields: ['epochs']", flags) == "fields: ['epochs']"
+    assert name_flags("", flags) == ""
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["forget", "--forget", "class:10"], "'--forget' 'class:10': class 10 does not occur"),
+    (["forget", "--set", "finetune.nope=1"],
+     "'--set' for 'finetune': 'nope' is not a field of FinetuneConfig (fields: ['batch_size'"),
+    (["forget", "--method", ","], "'--method' is empty"),
+    (["exposure", "--n-sentences", "1", "--steps", "1"],
+     "'--insertions' 12 is more than the sentences of the generated text (n_sentences 1)"),
+    (["exposure", "--seq-len", "100000", "--steps", "1"],
+     "'--seq-len' 100000 is not shorter than the generated text ("),
+])
+def test_errors_name_the_flags(tmp_path, capsys, argv, expected):
+    assert main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastunlearn {argv[0]}: error: {expected}"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_names_its_folder_argument(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("fastunlearn evaluate: error: 'DIR': ")
