@@ -599,6 +599,7 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
     from safetensors import safe_open
     from safetensors.torch import load_model, save_model
 
+    from ._atomic_files import replace_atomically
     from .certified.extractors import extract_features
     from .data import extracted_features_path, save_features
 
@@ -644,8 +645,11 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
         meta.update(extractor=args.extractor, model=model_name, name=name,
                     dataset=args.dataset)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        save_model(model.cpu(), str(checkpoint),
-                   metadata={"meta": json.dumps(meta), "settings": json.dumps(settings)})
+        # whole or not at all (a Ctrl-C here must not leave a truncated checkpoint that the
+        # next run would load), with the usual file mode (save_model creates it 0600)
+        replace_atomically(checkpoint, lambda tmp: save_model(
+            model.cpu(), str(tmp),
+            metadata={"meta": json.dumps(meta), "settings": json.dumps(settings)}))
         done, seconds = meta.get("resumed_after_epoch"), meta["train_seconds"]
         span = (f"{_epochs(done + 1, args.epochs)} in {seconds:.1f} s ({_epochs(1, done)} in "
                 "an earlier run)" if done else f"in {seconds:.1f} s")

@@ -60,3 +60,16 @@ def test_model_cache_entries_follow_the_umask(tmp_path, umask):
     store_cached(tmp_path, "original", "k" * 64, nn.Linear(2, 2), 1.0, {"model": "linear"})
     files = sorted(tmp_path.iterdir())
     assert files and all(_mode(f) == 0o666 & ~umask for f in files)
+
+
+def test_an_extracted_checkpoint_follows_the_umask(tmp_path, umask):
+    from fastunlearn.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    assert main(["extract", "--data-dir", str(data), "--dataset", "digits", "--extractor",
+                 "standard", "--model", "mlp", "--epochs", "1", "--no-progress"]) == 0
+    written = sorted(p for p in data.iterdir() if p.suffix == ".safetensors")
+    assert len(written) == 2  # the extractor and its features
+    assert all(_mode(p) == 0o666 & ~umask for p in written)
+    assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no temporary left
