@@ -96,6 +96,20 @@ def _notes(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _one_class_note(result: Mapping[str, Any]) -> list[str]:
+    """Return a note that the class columns say nothing when the forget set has one class.
+
+    The layout holds forget-set logits only, so class fairness is measured on the forget
+    set; for a forgotten class (``class:K``) its one class is the worst and the gap is 0.
+    """
+    per_class = (result.get("retrain", {}).get("fairness") or {}).get("per_class") or []
+    present = [a for a in per_class if isinstance(a, (int, float)) and a == a]  # not nan
+    if len(present) != 1:
+        return []
+    return ["", "The forget set holds one class: the worst class is that class and the "
+            "class gap is 0, so both columns repeat the forget accuracy."]
+
+
 def render_evaluation_markdown(result: Mapping[str, Any], figure: str | None = None) -> str:
     """Render the evaluation result as a Markdown page with one table row per method.
 
@@ -144,6 +158,7 @@ def render_evaluation_markdown(result: Mapping[str, Any], figure: str | None = N
     notes = _notes(result)
     if notes:
         lines += ["", "Skipped:", *notes]
+    lines += _one_class_note(result)
     mia = result.get("mia", {})
     if mia and not mia.get("applicable", True):
         lines += ["", f"MIA-Efficacy: not applicable ({mia.get('reason')})."]

@@ -236,3 +236,17 @@ def test_an_empty_or_repeated_methods_list_is_refused(tmp_path, capsys, value, w
     assert not out.exists()
     with pytest.raises(ValueError, match="'methods' names 'm' twice"):
         load_logits_dir(path, methods=["m", "m"])
+
+
+def test_a_one_class_forget_set_says_the_class_columns_repeat_forget_accuracy(tmp_path):
+    from fastunlearn.metrics.report import render_evaluation_markdown
+
+    torch.manual_seed(0)
+    one = evaluate_logits_dir(write_logits_dir(
+        tmp_path / "one", torch.randn(8, 4, 3), torch.full((8,), 2),
+        {"m": torch.randn(8, 4, 3)}))
+    assert "The forget set holds one class" in render_evaluation_markdown(one)
+    two = evaluate_logits_dir(write_logits_dir(
+        tmp_path / "two", torch.randn(8, 4, 3), torch.tensor([0, 2] * 4),
+        {"m": torch.randn(8, 4, 3)}))
+    assert "The forget set holds one class" not in render_evaluation_markdown(two)
