@@ -474,7 +474,7 @@ def test_bad_overrides_fail_before_anything_is_trained(tmp_path: Path,
         rc = main(["--method", "finetune", "--set", item, "--no-progress", "--out",
                    str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")])
         assert rc == 2
-        assert "'overrides' for 'finetune'" in capsys.readouterr().err
+        assert "'--set' for 'finetune'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists() and not (tmp_path / "o").exists()
 
 
