@@ -104,18 +104,18 @@ def _warn_unused_repair_flags(args: argparse.Namespace) -> None:
     """Warn about ``repair`` flags given on the command line that the run does not use."""
     order1, solver = args.order == 1, args.solver
     _warn_unused(args, [
-        (order1, _SECOND_ORDER, "with '--order 1' (they set the second-order solve)"),
+        (order1, _SECOND_ORDER, "with '--order 1' (for the second-order solve)"),
         (order1 and args.tau != "auto", ("curvature", "hvp_batch_size"),
-         "with '--order 1' and a numeric '--tau' (they set the line search of '--tau auto')"),
+         "with '--order 1' and a numeric '--tau' (for the line search of '--tau auto')"),
         (not order1, ("tau",), "without '--order 1' (it is the first-order step size)"),
         (not order1 and solver != "lissa", _LISSA,
-         f"with '--solver {solver}' (they set the LiSSA solver)"),
+         f"with '--solver {solver}' (for the LiSSA solver)"),
         (not order1 and solver != "cg", ("cg_tol", "cg_maxiter"),
-         f"with '--solver {solver}' (they set the CG solver)"),
+         f"with '--solver {solver}' (for the CG solver)"),
         (not order1 and solver == "lissa", ("damping",),
          "with '--solver lissa' (LiSSA is damped by '--lissa-damping')"),
         (args.protocol == "one-shot", ("steps", "batch"),
-         "with '--protocol one-shot' (they set the iterative protocol)"),
+         "with '--protocol one-shot' (for the iterative protocol)"),
     ])
 
 

@@ -79,10 +79,10 @@ def _warn_unused_feature_flags(args: argparse.Namespace) -> None:
         (args.columns is not None, ("top_k",),
          "with '--columns' (it picks the columns when '--columns' is not given)"),
         (args.dataset != "digits", certified,
-         f"with '--dataset {args.dataset}' (they set the certified linear variant, which "
+         f"with '--dataset {args.dataset}' (for the certified linear variant, which "
          "runs on the digits only)"),
         (args.dataset == "digits" and args.no_linear, certified,
-         "with '--no-linear' (they set the certified linear variant)"),
+         "with '--no-linear' (for the certified linear variant)"),
     ])
 
 

@@ -237,7 +237,7 @@ def _ours(record):
     (["--value", "3"], "'--value' has no effect without '--mode replace'"),
     (["--rows", "5", "--mode", "remove"], "'--rows' has no effect without '--mode replace'"),
     (["--dataset", "wine", "--binary", "3,8"],
-     "'--binary' has no effect with '--dataset wine' (they set the certified linear "
+     "'--binary' has no effect with '--dataset wine' (for the certified linear "
      "variant, which runs on the digits only)"),
     (["--no-linear", "--epsilon", "1", "--delta", "0.5"],
      "'--epsilon' and '--delta' have no effect with '--no-linear'"),
@@ -256,7 +256,7 @@ def test_unlearn_features_warns_about_a_flag_without_effect(monkeypatch, tmp_pat
 
 @pytest.mark.parametrize("flags, message", [
     (["--order", "1", "--solver", "lissa"],
-     "'--solver' has no effect with '--order 1' (they set the second-order solve)"),
+     "'--solver' has no effect with '--order 1' (for the second-order solve)"),
     (["--order", "1", "--cg-tol", "1e-3", "--lissa-scale", "10", "--damping", "1"],
      "'--damping', '--cg-tol' and '--lissa-scale' have no effect with '--order 1'"),
     (["--order", "1", "--tau", "0.5", "--curvature", "hessian"],
@@ -264,7 +264,7 @@ def test_unlearn_features_warns_about_a_flag_without_effect(monkeypatch, tmp_pat
     (["--tau", "0.5"], "'--tau' has no effect without '--order 1'"),
     (["--lissa-depth", "5"], "'--lissa-depth' has no effect with '--solver cg'"),
     (["--solver", "lissa", "--cg-maxiter", "5"],
-     "'--cg-maxiter' has no effect with '--solver lissa' (they set the CG solver)"),
+     "'--cg-maxiter' has no effect with '--solver lissa' (for the CG solver)"),
     (["--solver", "lissa", "--damping", "5"], "'--damping' has no effect with '--solver lissa'"),
     (["--protocol", "one-shot", "--batch", "5"],
      "'--batch' has no effect with '--protocol one-shot'"),
