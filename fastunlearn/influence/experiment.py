@@ -325,15 +325,10 @@ def train_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
     model.train()
     rng = SimpleNamespace(generator=gen)  # the batch order's generator, saved with the epoch
-    earlier = {"seconds": 0.0}  # the training time of the epochs an earlier run saved
-
-    def restore(extra: dict[str, Any]) -> None:
-        earlier["seconds"] = float(extra.get("seconds", 0.0))
-
     start = 0
-    if epoch_state is not None:
-        start = epoch_state.load(model, opt, epochs=epochs, device=X.device, loader=rng,
-                                 restore_extra=restore)
+    if epoch_state is not None:  # restores earlier_seconds: the saved epochs' training time
+        start = epoch_state.load(model, opt, epochs=epochs, device=X.device, loader=rng)
+    earlier = epoch_state.earlier_seconds if epoch_state is not None else 0.0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -349,13 +344,13 @@ def train_classifier(
             opt.step()
         if epoch_state is not None:
             _sync(X.device)
-            seconds = earlier["seconds"] + time.perf_counter() - t0
+            seconds = earlier + time.perf_counter() - t0
             epoch_state.save(epoch + 1, model, opt, device=X.device, loader=rng,
                              extra={"seconds": seconds})
         if bar is not None:
             bar.update(1)
     _sync(X.device)
-    elapsed = earlier["seconds"] + time.perf_counter() - t0
+    elapsed = earlier + time.perf_counter() - t0
     if bar is not None:
         bar.close()
     if epoch_state is not None:
