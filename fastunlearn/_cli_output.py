@@ -1,6 +1,7 @@
-"""``--json``: a command's result as one JSON document on stdout, for scripts and ``jq``.
+"""What the commands print beside their results: ``--json`` documents, warnings, errors.
 
-Every experiment command takes the flag the same way: its result (the object it writes to
+``--json``: a command's result as one JSON document on stdout, for scripts and ``jq``. Every
+experiment command takes the flag the same way: its result (the object it writes to
 its JSON file) is printed alone on stdout, and everything it prints for people (per-step
 lines, tables, "wrote ..." lines) goes to stderr instead, so that
 ``fastunlearn remove --json | jq .privacy.budget`` reads a clean stream. A command's runner
@@ -77,3 +78,14 @@ def plain_warnings(prog: str) -> Iterator[None]:
         yield
     finally:
         warnings.formatwarning = previous
+
+
+def command_error(command: str, message: str, status: int = 2) -> int:
+    """Print ``fastunlearn <command>: error: <message>`` on stderr; return ``status``.
+
+    The form argparse uses for a bad flag, so a value refused after parsing (a folder that
+    cannot be written, a data set that is missing) reads the same; status 2 is argparse's
+    for bad input, 1 is for a run that failed.
+    """
+    print(f"fastunlearn {command}: error: {message}", file=sys.stderr)
+    return status

@@ -2,8 +2,8 @@
 
 Bad values become clean argparse errors.
 
-Every parser of the command (``fastunlearn/cli.py`` and the commands kept beside their
-packages) uses these, so one value is rejected with the same message everywhere (exit
+Every command's parser (each in the module ``fastunlearn/cli.py`` names in ``COMMANDS``)
+uses these, so one value is rejected with the same message everywhere (exit
 status 2, the message naming the flag).
 """
 

@@ -193,13 +193,16 @@ def test_unknown_flag_before_the_subcommand_stays_a_top_level_error(capsys):
 
 @pytest.mark.parametrize(("argv", "prog"), [
     (["remove", "--num-removes", "3"], "fastunlearn remove"),
+    (["info"], "fastunlearn info"),
     (["--help"], "fastunlearn"),
 ])
 def test_ctrl_c_while_parsing_is_one_line_and_status_130(argv, prog, capsys, monkeypatch):
-    def interrupted():
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_command_modules", interrupted)
+    # a command's module is imported while its parser is built; --help imports none
+    monkeypatch.setattr(cli, "_add_command_parser", interrupted)
+    monkeypatch.setattr(cli.argparse.ArgumentParser, "print_help", interrupted)
     try:
         status = main(argv)
     except KeyboardInterrupt:  # would end the test session, not fail this test

@@ -222,7 +222,8 @@ WRITERS = [
     pytest.param(["demo"], "--result-dir", "result_dir", ("fastunlearn.demo", "main"),
                  id="demo"),
     pytest.param(["extract", "--dataset", "digits", "--extractor", "standard"], "--data-dir",
-                 "data_dir", ("fastunlearn.cli", "_train_extractor"), id="extract"),
+                 "data_dir", ("fastunlearn.certified.extract_cli", "_train_extractor"),
+                 id="extract"),
 ]
 
 
@@ -357,7 +358,7 @@ def test_extract_name_with_a_path_is_refused_before_anything_is_written(name, tm
 @pytest.mark.parametrize("force", [[], ["--force"]])
 def test_extract_never_loads_or_overwrites_a_file_that_is_not_a_checkpoint(
         force, tmp_path, capsys, stub_runner):
-    stub_runner(("fastunlearn.cli", "_train_extractor"))
+    stub_runner(("fastunlearn.certified.extract_cli", "_train_extractor"))
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")
     err = _refused(["extract", "--data-dir", str(tmp_path), "--dataset", "digits",
@@ -371,7 +372,7 @@ def test_extract_never_loads_or_overwrites_a_file_that_is_not_a_checkpoint(
 @pytest.mark.parametrize("where", ["folder", "below_file"])
 def test_extract_refuses_a_checkpoint_path_it_cannot_write_before_training(
         where, tmp_path, capsys, stub_runner):
-    stub_runner(("fastunlearn.cli", "_train_extractor"))
+    stub_runner(("fastunlearn.certified.extract_cli", "_train_extractor"))
     blocker = tmp_path / "blocker"
     if where == "folder":
         blocker.mkdir()
@@ -386,7 +387,7 @@ def test_extract_refuses_a_checkpoint_path_it_cannot_write_before_training(
 
 def test_extract_refuses_a_folder_named_like_its_features_before_training(tmp_path, capsys,
                                                                           stub_runner):
-    stub_runner(("fastunlearn.cli", "_train_extractor"))
+    stub_runner(("fastunlearn.certified.extract_cli", "_train_extractor"))
     (tmp_path / "mine_digits_extracted.safetensors").mkdir()
     _refused(["extract", "--data-dir", str(tmp_path), "--dataset", "digits", "--extractor",
               "standard", "--name", "mine"], "data_dir", capsys)

@@ -232,7 +232,7 @@ def _summary_result(composed_delta):
 
 @pytest.mark.parametrize(("delta", "vacuous"), [(12.0, True), (1.0, True), (0.02, False)])
 def test_summary_flags_a_composed_delta_that_promises_nothing(capsys, delta, vacuous):
-    from fastunlearn.cli import _print_summary
+    from fastunlearn.certified.cli import _print_summary
 
     _print_summary(_summary_result(delta))
     line = next(x for x in capsys.readouterr().out.splitlines() if "with the head after" in x)

@@ -1,7 +1,7 @@
 """``fastunlearn repair``: the label-poisoning repair experiment from the command line.
 
-Wire it into ``fastunlearn/cli.py`` with ``from .influence import cli as influence_cli`` and
-``influence_cli.add_parser(sub)``; the parser sets ``func=run``.
+``add_parser(sub)`` adds the command (``fastunlearn/cli.py`` lists it in ``COMMANDS``); the
+parser sets ``func=run``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``fastunlearn unlearn-features``: the feature-unlearning experiment from the command line.
 
-Wire it into ``fastunlearn/cli.py`` with ``from .influence import feature_cli`` and
-``feature_cli.add_parser(sub)``; the parser sets ``func=run``.
+``add_parser(sub)`` adds the command (``fastunlearn/cli.py`` lists it in ``COMMANDS``); the
+parser sets ``func=run``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,129 @@
+"""The command starts light: ``--help`` imports no torch, a command imports only its module.
+
+Also: Ctrl-C while a command's module (torch included) loads is one line and status 130,
+and the lazy package attributes (``fastunlearn.ops``, ``fastunlearn.backend``) work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import fastunlearn
+from fastunlearn import cli
+
+
+def _python(code: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def _choices(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def test_help_and_package_import_load_no_torch():
+    done = _python(
+        "import contextlib, io, sys\n"
+        "import fastunlearn\n"
+        "from fastunlearn.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, exc.code\n"
+        "assert 'unlearn-features' in out.getvalue()\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_command_imports_its_module_only():
+    done = _python(
+        "import sys\n"
+        "from fastunlearn.cli import COMMANDS, build_parser\n"
+        "build_parser('evaluate')\n"
+        "print([c.module for c in COMMANDS.values() if c.module in sys.modules])\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['fastunlearn.metrics.cli']"
+
+
+def test_the_help_lines_are_the_commands_own():
+    full, light = build_full(), cli.build_parser(None)
+    assert list(_choices(full).choices) == list(cli.COMMANDS) == list(_choices(light).choices)
+    lines = {a.dest: a.help for a in _choices(full)._choices_actions}
+    assert lines == {a.dest: a.help for a in _choices(light)._choices_actions}
+    assert lines == {name: command.help for name, command in cli.COMMANDS.items()}
+
+
+def build_full() -> argparse.ArgumentParser:
+    return cli.build_parser()
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_one_command_parser_equals_the_full_one(command):
+    def flags(parser):
+        sub = _choices(parser).choices[command]
+        return [(tuple(a.option_strings), a.dest, a.default) for a in sub._actions]
+
+    assert flags(cli.build_parser(command)) == flags(build_full())
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"fastunlearn {fastunlearn.__version__}\n"
+
+
+def test_an_unknown_command_is_refused_without_imports(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bogus", "--x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err and "'unlearn-features'" in err
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
+    # the child says when main() is about to run; torch takes a second or more to import
+    # after that, and the SIGINT lands there
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\n"
+         "from fastunlearn.cli import main\n"
+         "print('ready', flush=True)\n"
+         "sys.exit(main(['evaluate', 'nowhere']))\n"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    assert err == "\nfastunlearn evaluate: interrupted (Ctrl-C)\n" and out == ""
+
+
+def test_lazy_package_attributes():
+    assert set(fastunlearn.__all__) <= set(dir(fastunlearn))
+    assert fastunlearn.backend()["version"] == fastunlearn.__version__
+    from fastunlearn import GracefulStop, is_compiled, linalg, ops
+
+    assert ops.__name__ == "fastunlearn.ops" and linalg.__name__ == "fastunlearn.linalg"
+    assert callable(is_compiled) and GracefulStop.__name__ == "GracefulStop"
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        fastunlearn.nonexistent  # noqa: B018
+
+
+def test_import_fastunlearn_then_ops_registers_the_kernels():
+    done = _python("import fastunlearn, torch\n"
+                   "fastunlearn.ops\n"
+                   "print(hasattr(torch.ops.fastunlearn, 'glm_hessian'))\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
