@@ -69,7 +69,9 @@ SETTINGS: dict[str, tuple[dict, float, float]] = {
     ),
     "pruning_complex": (
         {
-            "lr": 0.1,
+            # lr 0.1 was seed- and machine-sensitive (retain accuracy 0.11 .. 0.96 over the
+            # seeds 0..3 on an AMD EPYC, the test's seed 0 at 0.90); at 0.05: 0.984 .. 0.996
+            "lr": 0.05,
             "epochs": 5,
             "overfit_epochs": 3,
             "quantile": 0.7,
