@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import Dataset, Subset
 
 from .._numbers import as_float, as_int, is_integer, is_real
@@ -216,7 +217,8 @@ def make_optimizer(params: object, config: SGDConfig, lr: float) -> torch.optim.
     )
 
 
-def _scheduler(opt: torch.optim.Optimizer, config: SGDConfig, epochs: int) -> object | None:
+def _scheduler(opt: torch.optim.Optimizer, config: SGDConfig,
+               epochs: int) -> LRScheduler | None:
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     if config.scheduler == "multistep":
@@ -304,7 +306,7 @@ def train(
             loss.backward()
             opt.step()
         if sched is not None:
-            sched.step()  # type: ignore[attr-defined]
+            sched.step()
         keeper.save(epoch + 1, model)
     opt.zero_grad(set_to_none=True)
     keeper.finish()
@@ -320,7 +322,7 @@ class _EpochKeeper:
     """
 
     def __init__(self, state: EpochState | None, opt: torch.optim.Optimizer,
-                 sched: object | None, device: torch.device, source: object) -> None:
+                 sched: LRScheduler | None, device: torch.device, source: object) -> None:
         self.state, self.opt, self.sched, self.device = state, opt, sched, device
         # the DataLoader whose generator draws each epoch's order (TensorBatches wraps one)
         self.shuffler = getattr(source, "indices", source)
@@ -341,8 +343,8 @@ class _EpochKeeper:
             where = str(self.state.path) if self.state is not None else ""
             raise ValueError(f"'epoch_checkpoint' {where!r} was saved by a training with "
                              "another learning-rate schedule; remove it to start over")
-        if self.sched is not None:
-            self.sched.load_state_dict(saved)  # type: ignore[attr-defined]
+        if self.sched is not None and saved is not None:  # both or neither, checked above
+            self.sched.load_state_dict(saved)
 
     def save(self, epochs_done: int, model: nn.Module) -> None:
         """Keep the state after ``epochs_done`` finished epochs."""
@@ -351,7 +353,7 @@ class _EpochKeeper:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the epoch's time, not its launch time
         seconds = self.state.earlier_seconds + time.perf_counter() - self.t0
-        schedule = self.sched.state_dict() if self.sched is not None else None  # type: ignore[attr-defined]
+        schedule = self.sched.state_dict() if self.sched is not None else None
         self.state.save(epochs_done, model, self.opt, device=self.device, loader=self.shuffler,
                         extra={"seconds": seconds, "scheduler": schedule})
 
