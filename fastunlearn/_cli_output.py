@@ -14,9 +14,10 @@ import argparse
 import contextlib
 import functools
 import json
+import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = ["add_json_flag", "json_output", "plain_warnings"]
@@ -56,9 +57,15 @@ def json_output(run: Runner) -> Runner:
     return wrapped
 
 
+_QUOTED_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
+
+
 @contextlib.contextmanager
-def plain_warnings(prog: str) -> Iterator[None]:
+def plain_warnings(prog: str, flags: Mapping[str, str] | None = None) -> Iterator[None]:
     """Show warnings as ``<prog>: warning: <message>`` lines while a command runs.
+
+    ``flags`` maps the library's parameter names to the command's flags: a quoted name in
+    a message (``'n_candidates'``) is shown as the flag (``'--candidates'``).
 
     Python's own format names the library file and line that warned and repeats that
     source line, which reads like a crash in a command's output. Only the format changes
@@ -71,7 +78,10 @@ def plain_warnings(prog: str) -> Iterator[None]:
     def format_plain(message: Warning | str, category: type[Warning], filename: str,
                      lineno: int, line: str | None = None) -> str:
         kind = "" if category is UserWarning else f" ({category.__name__})"
-        return f"{prog}: warning{kind}: {message}\n"
+        text = str(message) if not flags else _QUOTED_NAME.sub(
+            lambda m: f"'{flags[m.group(1)]}'" if m.group(1) in flags else m.group(0),
+            str(message))
+        return f"{prog}: warning{kind}: {text}\n"
 
     warnings.formatwarning = format_plain
     try:

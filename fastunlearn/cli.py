@@ -128,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(command if command in COMMANDS else None).parse_args(words)
         command = args.command
-        with plain_warnings(f"fastunlearn {args.command}"):
+        # a command's parser may name its flags for the library's parameters (flag_names)
+        with plain_warnings(f"fastunlearn {args.command}",
+                            flags=getattr(args, "flag_names", None)):
             return args.func(args)
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or a stop where no step can finish
         detail = f": {exc}" if str(exc) else ""  # e.g. which trained models were kept

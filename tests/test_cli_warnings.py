@@ -35,6 +35,29 @@ def test_the_format_is_restored_and_recording_still_works():
     assert warnings.formatwarning is before
 
 
+def test_quoted_parameter_names_become_the_commands_flags():
+    flags = {"n_candidates": "--candidates", "value": "--value"}
+    with plain_warnings("fastunlearn x", flags=flags):
+        line = warnings.formatwarning(
+            "'value' 1e10 is far; use 'n_candidates' >= 1000, not 'other'; its value is odd",
+            UserWarning, "f.py", 3)
+    # quoted names only: the word value in prose and unknown names stay as they are
+    assert line == ("fastunlearn x: warning: '--value' 1e10 is far; use '--candidates' >= "
+                    "1000, not 'other'; its value is odd\n")
+
+
+@pytest.mark.parametrize(("argv", "parameter", "flag"), [
+    (["exposure"], "n_candidates", "--candidates"),
+    (["unlearn-features"], "value", "--value"),
+    (["forget"], "seeds", "--seeds"),
+])
+def test_commands_give_their_flag_names_to_the_warnings(argv, parameter, flag):
+    from fastunlearn.cli import build_parser
+
+    args = build_parser(argv[0]).parse_args(argv)
+    assert args.flag_names[parameter] == flag
+
+
 def test_python_m_fastunlearn_prints_plain_warnings(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "fastunlearn", "remove", "--train-mode", "binary",

@@ -82,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=_candidates,
         default=None,
         help="score this many random secrets (drawn with replacement; at least 3) instead of "
-        "the whole space; a value >= the space size (10^L) scores every secret exactly",
+        "the whole space; a value >= the space size (10^L) scores every secret exactly; "
+        "fewer than 100 draw a warning (the skew-normal fit is unreliable; use 1000 or more)",
     )
     p.add_argument("--seed", type=_seed, default=0, help="seed of everything, 0 .. 2**32-1")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
@@ -94,7 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-plots", action="store_true",
                    help="write exposure.json and exposure.md only (no PNG)")
     add_json_flag(p)
-    p.set_defaults(func=json_output(run))
+    p.set_defaults(func=json_output(run), flag_names=_FLAGS)  # flags in warnings too
     return p
 
 

@@ -124,7 +124,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="write results.json, results.md and the logits only (no PNG)")
     add_progress_flags(p)
     add_json_flag(p)
-    p.set_defaults(func=json_output(run))
+    p.set_defaults(func=json_output(run), flag_names=_FLAGS)  # flags in warnings too
     return p
 
 

@@ -69,6 +69,25 @@ __all__ = [
 PROTOCOLS = ("iterative", "one-shot")
 
 
+def _check_cg_tol(cg_tol: float) -> None:
+    """Refuse a CG tolerance ``cg_tol`` that is not finite and > 0 (named, as the commands do).
+
+    CG stops once its relative true residual is at most ``cg_tol``. At 0 no solve ever
+    stops early (rounding keeps the residual above 0): each runs to ``cg_maxiter``, is
+    reported as not converged ("relative residual 1.46e-15 > tol=0") and is applied anyway,
+    at up to ``cg_maxiter / iterations needed`` times the cost (digits, default settings:
+    500 instead of 46 CG iterations for ``unlearn-features``, 100 instead of 9 for a
+    one-shot ``repair``) for the same update. ``--cg-tol`` of both commands refuses it too.
+    """
+    value = float(cg_tol)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"'cg_tol' must be positive (finite and > 0), got {value}: CG stops at this "
+            "relative residual, and 0 is never reached (every solve would run to "
+            "'cg_maxiter' and be reported as not converged); use a small positive tolerance "
+            "such as 1e-10, and 'cg_maxiter' for a fixed number of iterations")
+
+
 @dataclass
 class RepairConfig:
     """Settings of :func:`run_repair_experiment`.
@@ -94,7 +113,8 @@ class RepairConfig:
         last_layers: Update only the last ``k`` parameter tensors (0: all; the reference
             uses 6 for its CIFAR CNN).
         hvp_batch_size: Rows per HVP batch.
-        cg_tol: CG relative tolerance (true residual).
+        cg_tol: CG relative tolerance (true residual), > 0 (use ``cg_maxiter`` for a fixed
+            number of iterations).
         cg_maxiter: CG iteration cap.
         lissa_batch: LiSSA batch B (reference 1024).
         lissa_damping: LiSSA d (reference 1e-4). ``d s`` is the damping relative to the
@@ -154,7 +174,8 @@ class RepairConfig:
         """Check every field; return self.
 
         Raises:
-            ValueError: a field out of range (named), or a device that is not visible.
+            ValueError: a field out of range (named; ``cg_tol`` must be > 0), or a device
+                that is not visible.
             TypeError: ``device`` is not a str.
 
         """
@@ -191,10 +212,11 @@ class RepairConfig:
         if self.lissa_hessian not in LISSA_HESSIANS:
             raise ValueError(f"'lissa_hessian' must be one of {LISSA_HESSIANS}, got "
                              f"{self.lissa_hessian!r}")
-        for name in ("damping", "lissa_damping", "cg_tol"):
+        for name in ("damping", "lissa_damping"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"'{name}' must be finite and >= 0, got {value}")
+        _check_cg_tol(self.cg_tol)
         for name in ("lr", "lissa_scale"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):

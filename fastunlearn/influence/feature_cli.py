@@ -121,7 +121,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="random rows changed in replace mode")
     p.add_argument("--value", action=_Given, type=_number, default=0.0,
                    help="new value in replace mode (finite; its square summed over the --rows "
-                   "rows must not overflow the data's float64)")
+                   "rows must not overflow the data's float64; more than 1000 times the "
+                   "data's largest absolute value draws a warning)")
     p.add_argument("--l2", type=_positive, default=10.0,
                    help="L2 regularisation of the summed objective")
     p.add_argument("--steps", type=_positive_int, default=1,
@@ -145,6 +146,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="delta of the certified linear variant, in (0, 1)")
     p.add_argument("--out", type=_path, default="results", help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
+    p.set_defaults(flag_names={"value": "--value", "n_rows": "--rows"})  # in warnings
     return p
 
 

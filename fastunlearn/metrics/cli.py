@@ -62,7 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="skip the PNG histogram")
     add_progress_flags(p)
     add_json_flag(p)
-    p.set_defaults(func=json_output(run))
+    p.set_defaults(func=json_output(run), flag_names=_FLAGS)  # flags in warnings too
     return p
 
 
