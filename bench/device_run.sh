@@ -39,7 +39,7 @@ $PY -c "import fastunlearn, json; print(json.dumps(fastunlearn.backend(), defaul
 $PY - > "$LOG/exceptions.txt" 2>&1 <<'PYEOF'
 import subprocess, sys
 code = (
-    "import torch, fastunlearn\n"
+    "import torch, fastunlearn.ops\n"
     "print('imported', flush=True)\n"
     "try:\n"
     "    torch.ops.fastunlearn.glm_hvp(torch.zeros(3), torch.zeros(3, 1), torch.zeros(3, 1), 0.0)\n"

@@ -2,12 +2,15 @@
 
 The names below load on first use (PEP 562), so ``import fastunlearn`` and the
 ``fastunlearn`` command start without importing torch; ``fastunlearn.ops`` (or any module
-that uses the kernels) loads the compiled extension and registers its ops.
+that uses the kernels) loads the compiled extension and registers its ops. When torch is
+already imported, ``import fastunlearn`` registers them at once, so ``import torch,
+fastunlearn`` followed by ``torch.ops.fastunlearn.glm_hvp(...)`` works as it always did.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -48,3 +51,7 @@ def __dir__() -> list[str]:
     loaded = {name for name, value in globals().items()
               if getattr(value, "__name__", "").startswith(__name__ + ".")}
     return sorted({*__all__, *loaded, *(name for name in globals() if name.startswith("__"))})
+
+
+if "torch" in sys.modules:  # torch's import cost is paid: register the ops now
+    from . import ops  # noqa: E402, F401

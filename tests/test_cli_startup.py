@@ -127,3 +127,11 @@ def test_import_fastunlearn_then_ops_registers_the_kernels():
                    "print(hasattr(torch.ops.fastunlearn, 'glm_hessian'))\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_import_torch_then_fastunlearn_registers_the_kernels_at_once():
+    # the usual pattern of op libraries: torch.ops.<namespace> is usable after the import
+    done = _python("import torch, fastunlearn\n"
+                   "print(hasattr(torch.ops.fastunlearn, 'glm_hvp'))\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
