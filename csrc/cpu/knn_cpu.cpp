@@ -4,9 +4,10 @@
 // Algorithm. Q is cut into blocks of rows and P into chunks of rows so that one distance tile
 // [block, chunk] is a few MB. Each tile is one GEMM, ||p||^2 - 2 q.p (at::addmm_out, MKL),
 // to which the row's ||q||^2 is added and the result clamped at 0. A running top-k per query
-// row lives in the output tensors: once it holds k entries, a tile entry is kept only if it
-// beats the worst of them (a single compare per entry), and the survivors are merged in with
-// std::nth_element. Memory: O(m k + tile + threads (k + chunk)).
+// row lives in the output tensors. A row's entries are collected in a buffer of max(4k, 64);
+// when it fills, std::nth_element compacts it to the best k, whose worst is from then on a
+// threshold (a single compare per entry; it carries over to the next tile), so even the
+// first tile costs about one compare per entry. Memory: O(m k + tile + threads (k)).
 //
 // Precision and ties. The expansion ||q||^2 + ||p||^2 - 2 q.p cancels catastrophically for
 // nearly identical points (absolute error ~ eps (||q||^2 + ||p||^2)), so it is used only to
@@ -129,6 +130,9 @@ void knn_select(const at::Tensor& Q, const at::Tensor& P, const at::Tensor& q_no
   at::Tensor tile_buf = at::empty({block * chunk}, Q.options());
   // Worst kept entry of each row of the current block, valid once the row holds k entries.
   std::vector<E> worst(block);
+  // Candidates a row collects before it is compacted to its best k (a threshold from then
+  // on): a few times k, so compactions are rare and most entries cost one compare.
+  const int64_t buffer = std::max<int64_t>(4 * k, 64);
 
   for (int64_t i0 = 0; i0 < m; i0 += block) {
     const int64_t rows = std::min(block, m - i0);
@@ -144,28 +148,33 @@ void knn_select(const at::Tensor& Q, const at::Tensor& P, const at::Tensor& q_no
 
       at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
         std::vector<E> cand;
-        cand.reserve(cols + k);
+        cand.reserve(buffer + 1);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = i0 + r;
           const scalar_t qn = q_norm[i];
           const scalar_t* t_row = tile_ptr + r * cols;
-          cand.clear();
-          if (filled < k) {
-            for (int64_t c = 0; c < cols; ++c)
-              cand.push_back({clamped(qn + t_row[c]), j0 + c});
-          } else {
-            // All kept indices are < j0, so a tie with the worst kept entry loses on the index:
-            // a strict compare on the distance alone is the exact (distance, index) test.
-            const scalar_t thr = worst[r].dist;
-            for (int64_t c = 0; c < cols; ++c) {
-              const scalar_t v = clamped(qn + t_row[c]);
-              if (kLargest ? v > thr : v < thr) cand.push_back({v, j0 + c});
-            }
-          }
-          if (cand.empty()) continue;
           scalar_t* row_dist = dist_ptr + i * k;
           int64_t* row_index = index_ptr + i * k;
-          for (int64_t s = 0; s < filled; ++s) cand.push_back({row_dist[s], row_index[s]});
+          // The row's kept entries first; every index in them is < j0 <= the tile's.
+          cand.assign(filled, E{});
+          for (int64_t s = 0; s < filled; ++s) cand[s] = {row_dist[s], row_index[s]};
+          bool have_thr = filled == k;
+          scalar_t thr = have_thr ? worst[r].dist : scalar_t(0);
+          for (int64_t c = 0; c < cols; ++c) {
+            const scalar_t v = clamped(qn + t_row[c]);
+            // Entries come in increasing index, after every kept one: a tie with the worst
+            // kept entry loses on the index, so a strict compare on the distance is exact.
+            if (have_thr && !(kLargest ? v > thr : v < thr)) continue;
+            cand.push_back({v, j0 + c});
+            if (static_cast<int64_t>(cand.size()) >= buffer) {
+              // Compact to the best k; their worst becomes the (only rising) threshold.
+              std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(),
+                               ranks_before<scalar_t, kLargest>);
+              cand.resize(k);
+              thr = cand[k - 1].dist;
+              have_thr = true;
+            }
+          }
           const int64_t keep = std::min<int64_t>(k, static_cast<int64_t>(cand.size()));
           if (static_cast<int64_t>(cand.size()) > keep) {
             std::nth_element(cand.begin(), cand.begin() + (keep - 1), cand.end(),
