@@ -108,7 +108,10 @@ def test_canary_experiment_in_threads_matches_serial():
                                           n_candidates=20, seed=i),
                 exposure.rank_exposure(np.array([0.1, -1.0]), candidates))
 
-    _assert_concurrent_matches_serial(measure, n=3, repeats=2)
+    # a sample of |R| = 100 is smaller than 100: the fits are warned about (the warnings
+    # module's state is process-wide, so the worker threads' warnings are recorded too)
+    with pytest.warns(UserWarning, match=r"fitted to only \d+ sampled candidates"):
+        _assert_concurrent_matches_serial(measure, n=3, repeats=2)
 
 
 # --- influence: forward-mode AD levels ---------------------------------------------------

@@ -91,7 +91,9 @@ def test_exhaustive_measurement_matches_independent_ranking():
         assert m.rank_exposure == pytest.approx(math.log2(100) - math.log2(m.rank))
         assert m.rank_exposure == pytest.approx(rank_exposure(m.log_perplexity, others))
         assert 0.0 <= m.skew_normal_exposure <= math.log2(100) + 1e-12
-    sampled = measure_exposure(model, vocab, "code ", "42", n_candidates=50, seed=0)[0]
+    # any sample of |R| = 100 is smaller than 100: its fit is warned about
+    with pytest.warns(UserWarning, match=r"fitted to only \d+ sampled candidates"):
+        sampled = measure_exposure(model, vocab, "code ", "42", n_candidates=50, seed=0)[0]
     assert not sampled.exhaustive and sampled.n_scored <= 50
     with pytest.raises(ValueError, match="alphabet"):
         measure_exposure(model, vocab, "code ", "4a")
@@ -124,7 +126,8 @@ def test_sampled_measurement_agrees_with_exhaustive_within_binomial_error():
             for m in measure_exposure(model, vocab, "code ", chosen, n_candidates=many, seed=7)
         ]
     n = 99
-    sampled = measure_exposure(model, vocab, "code ", chosen, n_candidates=n, seed=7)
+    with pytest.warns(UserWarning, match=r"fitted to only \d+ sampled candidates"):
+        sampled = measure_exposure(model, vocab, "code ", chosen, n_candidates=n, seed=7)
     k = 5.0  # standard deviations allowed; every quantity is seeded (deterministic)
     for e, s in zip(exact, sampled, strict=True):
         assert e.exhaustive and not s.exhaustive and s.secret == e.secret

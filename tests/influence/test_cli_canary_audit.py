@@ -249,9 +249,10 @@ def test_unlearn_features_non_finite_results_print_like_the_report(monkeypatch, 
 
     monkeypatch.setattr(feature_experiment, "run_feature_experiment", quick)
     out = tmp_path / "out"
-    status = main(["unlearn-features", "--dataset", "wine", "--columns", "3", "--mode",
-                   "replace", "--rows", "5", "--value", "1e100", "--no-linear", "--no-plots",
-                   "--out", str(out), "--json"])
+    with pytest.warns(UserWarning, match="times the largest absolute feature value"):
+        status = main(["unlearn-features", "--dataset", "wine", "--columns", "3", "--mode",
+                       "replace", "--rows", "5", "--value", "1e100", "--no-linear",
+                       "--no-plots", "--out", str(out), "--json"])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "Traceback" not in captured.err
