@@ -14,11 +14,12 @@ import argparse
 import contextlib
 import functools
 import json
-import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+from .cli_types import name_flags
 
 __all__ = ["add_json_flag", "json_output", "plain_warnings"]
 
@@ -57,9 +58,6 @@ def json_output(run: Runner) -> Runner:
     return wrapped
 
 
-_QUOTED_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
-
-
 @contextlib.contextmanager
 def plain_warnings(prog: str, flags: Mapping[str, str] | None = None) -> Iterator[None]:
     """Show warnings as ``<prog>: warning: <message>`` lines while a command runs.
@@ -78,9 +76,7 @@ def plain_warnings(prog: str, flags: Mapping[str, str] | None = None) -> Iterato
     def format_plain(message: Warning | str, category: type[Warning], filename: str,
                      lineno: int, line: str | None = None) -> str:
         kind = "" if category is UserWarning else f" ({category.__name__})"
-        text = str(message) if not flags else _QUOTED_NAME.sub(
-            lambda m: f"'{flags[m.group(1)]}'" if m.group(1) in flags else m.group(0),
-            str(message))
+        text = str(message) if not flags else name_flags(str(message), flags, every=True)
         return f"{prog}: warning{kind}: {text}\n"
 
     warnings.formatwarning = format_plain

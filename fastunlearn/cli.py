@@ -1,9 +1,11 @@
 """The ``fastunlearn`` command line: one subcommand per experiment, each in its own module.
 
-This module stays light (no torch, no NumPy): ``fastunlearn --help`` answers at once, and
-a command's module, with torch and everything else it needs, is imported only when that
-command runs, inside :func:`main`, so Ctrl-C while it loads is one line and status 130
-instead of a traceback.
+This module stays light (no torch, no NumPy): ``fastunlearn --help`` answers at once. A
+command's module is imported only when that command is named, and it is light too (its
+package's names load on first use, :mod:`fastunlearn._lazy_exports`), so
+``fastunlearn <command> --help`` answers at once; torch and the rest load when the command
+runs, inside :func:`main`, so Ctrl-C while they load is one line and status 130 instead of
+a traceback.
 
 Commands (``fastunlearn <command> --help`` for the flags):
     info              versions, compiled backends (CPU, CUDA and arch list), devices.
@@ -82,7 +84,7 @@ class _CommandParser(argparse.ArgumentParser):
 
 
 def _add_command_parser(name: str, subparsers: argparse._SubParsersAction) -> None:
-    """Import command ``name``'s module (torch and all) and add its full parser."""
+    """Import command ``name``'s module (a light one) and add its full parser."""
     importlib.import_module(COMMANDS[name].module).add_parser(subparsers)
 
 

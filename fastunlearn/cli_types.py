@@ -163,19 +163,25 @@ def resolve_progress(flag: bool | None) -> bool:
         return False
 
 
-def name_flags(message: str, flags: Mapping[str, str]) -> str:
-    """Return an error ``message`` of the Python API with its subject named as a flag.
+def name_flags(message: str, flags: Mapping[str, str], *, every: bool = False) -> str:
+    """Return a ``message`` of the Python API with its parameter names shown as flags.
 
     The library's errors start with the argument at fault, quoted (``'spec' 'class:10':
     ...``); a command that passes a flag on as that argument shows ``'--forget'
-    'class:10': ...`` instead. ``flags`` maps a parameter name to its flag. Only the
-    leading name is replaced: quoted words later in the message (values, lists of a
-    config's fields) are kept as they are.
+    'class:10': ...`` instead. ``flags`` maps a parameter name to its flag. By default only
+    the leading name is replaced: quoted words later in an error (values, lists of a
+    config's fields) are kept as they are. ``every=True`` replaces every quoted name that
+    ``flags`` knows, wherever it stands (warnings name their parameters anywhere).
     """
-    match = _LEADING_NAME.match(message)
-    if match is None or match.group(1) not in flags:
-        return message
-    return f"'{flags[match.group(1)]}'" + message[match.end():]
+    def flag(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return f"'{flags[name]}'" if name in flags else match.group(0)
+
+    if every:
+        return _QUOTED_NAME.sub(flag, message)
+    match = _QUOTED_NAME.match(message)
+    return message if match is None else flag(match) + message[match.end():]
 
 
-_LEADING_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
+#: A parameter name in quotes, as the library's messages name their arguments.
+_QUOTED_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")

@@ -17,6 +17,14 @@ def test_name_flags_replaces_only_the_leading_name():
     assert name_flags("", flags) == ""
 
 
+def test_name_flags_every_replaces_each_known_name():
+    flags = {"n_candidates": "--candidates", "value": "--value"}
+    message = "fit to 'n_candidates' 3; 'value' 1e9 and 'other' stay"
+    assert name_flags(message, flags, every=True) == (
+        "fit to '--candidates' 3; '--value' 1e9 and 'other' stay")
+    assert name_flags("no names here", flags, every=True) == "no names here"
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     (["forget", "--forget", "class:10"], "'--forget' 'class:10': class 10 does not occur"),
     (["forget", "--set", "finetune.nope=1"],
@@ -26,6 +34,10 @@ def test_name_flags_replaces_only_the_leading_name():
      "'--insertions' 12 is more than the sentences of the generated text (n_sentences 1)"),
     (["exposure", "--seq-len", "100000", "--steps", "1"],
      "'--seq-len' 100000 is not shorter than the generated text ("),
+    (["unlearn-features", "--dataset", "wine", "--columns", "99", "--no-plots"],
+     "'--columns' holds [99], outside [0, 12] (13 features)"),
+    (["unlearn-features", "--dataset", "wine", "--top-k", "99", "--no-plots"],
+     "'--top-k' must be <= 13 features, got 99"),
 ])
 def test_errors_name_the_flags(tmp_path, capsys, argv, expected):
     assert main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2

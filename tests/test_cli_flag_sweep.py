@@ -481,7 +481,7 @@ def test_unlearn_features_rows_error_names_the_flag(tmp_path, capsys, stub_runne
     assert main(["unlearn-features", "--dataset", "wine", "--mode", "replace", "--rows",
                  "100000", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "'rows' (--rows) must be <=" in err and "n_rows" not in err
+    assert "'--rows' must be <=" in err and "n_rows" not in err
 
 
 def test_remove_with_a_lam_whose_square_underflows_is_a_clean_failure(tmp_path, capsys):

@@ -1,12 +1,13 @@
 """The command starts light: ``--help`` imports no torch, a command imports only its module.
 
 Also: Ctrl-C while a command's module (torch included) loads is one line and status 130,
-and the lazy package attributes (``fastunlearn.ops``, ``fastunlearn.backend``) work.
+and the lazy package attributes (``fastunlearn.ops``, ``fastunlearn.certified.*``) work.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 import fastunlearn
 from fastunlearn import cli
+from fastunlearn._lazy_exports import type_checking_imports
 
 
 def _python(code: str, **kwargs) -> subprocess.CompletedProcess:
@@ -135,3 +137,81 @@ def test_import_torch_then_fastunlearn_registers_the_kernels_at_once():
                    "print(hasattr(torch.ops.fastunlearn, 'glm_hvp'))\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_every_command_help_loads_no_torch():
+    done = _python(
+        "import contextlib, io, sys\n"
+        "from fastunlearn.cli import COMMANDS, main\n"
+        "for name in COMMANDS:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        try:\n"
+        "            main([name, '--help'])\n"
+        "        except SystemExit as exc:\n"
+        "            assert exc.code == 0, (name, exc.code)\n"
+        "    assert f'usage: fastunlearn {name}' in out.getvalue(), name\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'sklearn', 'matplotlib')\n"
+        "             if m in sys.modules))\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+#: The packages whose public names load on first use (fastunlearn._lazy_exports).
+LAZY_PACKAGES = ("fastunlearn", "fastunlearn.certified", "fastunlearn.influence",
+                 "fastunlearn.exposure", "fastunlearn.metrics", "fastunlearn.harness",
+                 "fastunlearn.report")
+
+
+def test_importing_the_lazy_packages_loads_no_torch():
+    done = _python(f"import importlib, sys\n"
+                   f"for name in {LAZY_PACKAGES!r}:\n"
+                   f"    importlib.import_module(name)\n"
+                   f"print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", LAZY_PACKAGES)
+def test_a_lazy_package_resolves_every_public_name(name):
+    package = importlib.import_module(name)
+    lazy = type_checking_imports(package.__file__)
+    assert set(package.__all__) - {"__version__"} == set(lazy)  # listed once, both places
+    for public in package.__all__:
+        value = getattr(package, public)
+        module_name, attribute = lazy.get(public, (None, None))
+        if module_name is not None and attribute is not None:  # the defining module's value
+            module = importlib.import_module(module_name, name)
+            assert value is getattr(module, attribute)
+    assert set(package.__all__) <= set(dir(package))
+    with pytest.raises(AttributeError, match=f"module '{name}' has no attribute 'nonexistent'"):
+        package.nonexistent  # noqa: B018
+
+
+def test_type_checking_imports_reads_the_relative_imports(tmp_path):
+    init = tmp_path / "__init__.py"
+    init.write_text("import typing\n"
+                    "from typing import TYPE_CHECKING\n"
+                    "from .eager import not_lazy\n"
+                    "if TYPE_CHECKING:\n"
+                    "    import os\n"
+                    "    from collections import OrderedDict\n"
+                    "    from . import sub\n"
+                    "    from .mod import a, b as bee\n"
+                    "    from ..up import c\n"
+                    "if typing.TYPE_CHECKING:\n"
+                    "    from .other import d\n")
+    assert type_checking_imports(init) == {
+        "sub": (".sub", None), "a": (".mod", "a"), "bee": (".mod", "b"),
+        "c": ("..up", "c"), "d": (".other", "d")}
+
+
+def test_a_public_name_keeps_its_value_when_its_namesake_submodule_loads():
+    # fastunlearn.metrics.accuracy is a function of the submodule metrics/accuracy.py;
+    # loading that submodule first (the import system then sets the package's attribute)
+    # must not turn the public name into the module
+    done = _python("import importlib\n"
+                   "module = importlib.import_module('fastunlearn.metrics.accuracy')\n"
+                   "import fastunlearn.metrics as metrics\n"
+                   "print(metrics.accuracy is module.accuracy, callable(metrics.accuracy))\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True True"

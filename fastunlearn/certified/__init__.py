@@ -6,21 +6,26 @@ accumulates the data-dependent gradient-residual bounds against the (epsilon, de
 budget, and retrains (or raises :class:`BudgetExceededError`) before the budget is exceeded.
 """
 
-from . import bounds, math
-from .bounds import (
-    GAMMA_PAPER,
-    GAMMA_TIGHT,
-    c_delta,
-    data_dependent_bound,
-    epsilon_spent,
-    noise_budget,
-    resolve_gamma,
-    worst_case_bound,
-)
-from .errors import BudgetExceededError
-from .estimator import CertifiedLogisticRegression
-from .math import newton_fit, no_tf32, normalize_rows, residual_norm
-from .records import RemovalRecord, RemovalReport
+from typing import TYPE_CHECKING
+
+from .._lazy_exports import install_lazy_exports
+
+if TYPE_CHECKING:
+    from . import bounds, math
+    from .bounds import (
+        GAMMA_PAPER,
+        GAMMA_TIGHT,
+        c_delta,
+        data_dependent_bound,
+        epsilon_spent,
+        noise_budget,
+        resolve_gamma,
+        worst_case_bound,
+    )
+    from .errors import BudgetExceededError
+    from .estimator import CertifiedLogisticRegression
+    from .math import newton_fit, no_tf32, normalize_rows, residual_norm
+    from .records import RemovalRecord, RemovalReport
 
 __all__ = [
     # estimator
@@ -46,3 +51,6 @@ __all__ = [
     "bounds",
     "math",
 ]
+
+# the names imported above for type checkers load on first use
+install_lazy_exports(__name__, __file__)

@@ -22,15 +22,16 @@ from ..cli_types import (
     resolve_progress,
     seed,
 )
-from .experiment import DATASETS
+from .dataset_names import DATASETS, canonical_dataset
 
 
 def dataset_name(text: str) -> str:
     """Parse ``--dataset``: a name of :data:`DATASETS`, in any letter case."""
-    for name in DATASETS:
-        if text.lower() == name.lower():
-            return name
-    raise argparse.ArgumentTypeError(f"must be one of {', '.join(DATASETS)}, got {text!r}")
+    try:
+        return canonical_dataset(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(DATASETS)}, got {text!r}") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

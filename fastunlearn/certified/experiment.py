@@ -43,6 +43,7 @@ from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, skippable, stop_points, stop_requested
 from .._numbers import is_finite, is_integer, is_real, plain_fields
 from .._repr import fields_repr, format_number, summarize
+from .dataset_names import DATASETS, canonical_dataset
 
 if TYPE_CHECKING:
     from fastunlearn.certified.errors import BudgetExceededError
@@ -61,10 +62,6 @@ __all__ = [
     "run_removal_experiment",
 ]
 
-#: Data sets accepted by ``dataset`` (``digits`` is bundled; the others load from
-#: ``data_dir`` as features written by ``fastunlearn extract`` or as raw pixels).
-DATASETS = ("digits", "MNIST", "SVHN", "CIFAR10")
-
 #: The two digits of the binary task ("3 vs 8", as in the paper's MNIST experiment).
 BINARY_PAIR = (3, 8)
 
@@ -79,13 +76,6 @@ SEQUENTIAL_CHUNK = 64
 
 # ---------------------------------------------------------------------------------------
 # configuration
-
-
-def _canonical_dataset(name: str) -> str:
-    for known in DATASETS:
-        if str(name).lower() == known.lower():
-            return known
-    raise ValueError(f"'dataset' must be one of {', '.join(DATASETS)}, got {name!r}")
 
 
 def _is_number(value: Any) -> bool:
@@ -176,7 +166,7 @@ class ExperimentConfig:
 
         """
         self._plain_fields()  # fields may have been set after construction
-        self.dataset = _canonical_dataset(self.dataset)
+        self.dataset = canonical_dataset(self.dataset)
         if not isinstance(self.extractor, str) or not self.extractor:
             raise ValueError(f"'extractor' must be a feature-file prefix or 'none', "
                              f"got {self.extractor!r}")

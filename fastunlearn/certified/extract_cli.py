@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .._cli_output import command_error
 from ..cli_types import (
@@ -25,6 +23,9 @@ from ..cli_types import (
     seed,
 )
 from .cli import dataset_name
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _plain_name(text: str) -> str:
@@ -41,40 +42,10 @@ _DEFAULT_MODEL = {"digits": "small_cnn", "MNIST": "small_cnn", "SVHN": "svhn_dp"
                   "CIFAR10": "svhn_dp"}
 
 
-class _ScaledImages(torch.utils.data.Dataset):
-    """Images kept in their stored dtype (uint8 for the vision sets) and scaled per item."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float) -> None:
-        self.images, self.labels, self.scale = images, labels, scale
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i].to(torch.float32) / self.scale, self.labels[i]
-
-
-def _load_images(dataset: str, data_dir: str, svhn_extra: bool) -> dict[str, _ScaledImages]:
-    """Train and test images in [0, 1], in the row order the removal experiment uses."""
-    if dataset == "digits":
-        from ..data import load_digits_dataset
-
-        # the same split (and row order) as `remove --dataset digits`; pixels 0..16
-        split = load_digits_dataset(normalize=False, dtype=torch.float32)
-        return {name: _ScaledImages(X.reshape(-1, 1, 8, 8), y, 16.0) for name, X, y in (
-            ("train", split.X_train, split.y_train), ("test", split.X_test, split.y_test))}
-    from ..data import vision_tensors
-
-    out = {}
-    for name, train in (("train", True), ("test", False)):
-        images, labels = vision_tensors(dataset, data_dir, train=train,
-                                        svhn_extra=svhn_extra and train)
-        out[name] = _ScaledImages(images, labels, 255.0)
-    return out
-
-
 def _build_extractor_model(name: str, sample: torch.Tensor, num_classes: int,
                            private: bool) -> Any:
+    import torch
+
     from ..models import build_model
 
     channels, side = int(sample.shape[0]), int(sample.shape[-1])
@@ -169,6 +140,8 @@ def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
 
     ``epoch_state`` is the file that keeps the finished epochs (training resumes there).
     """
+    import torch
+
     from . import extractors
 
     progress = resolve_progress(args.progress)
@@ -347,14 +320,16 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
     import time
     from pathlib import Path
 
+    import torch
     from safetensors import safe_open
     from safetensors.torch import load_model, save_model
 
     from .._atomic_files import replace_atomically
     from ..data import extracted_features_path, save_features
+    from .extractor_images import load_extractor_images
     from .extractors import extract_features
 
-    parts = _load_images(args.dataset, args.data_dir, args.svhn_extra)
+    parts = load_extractor_images(args.dataset, args.data_dir, args.svhn_extra)
     train, test = parts["train"], parts["test"]
     num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
     model_name = args.model or _DEFAULT_MODEL[args.dataset]

@@ -5,26 +5,31 @@
 inserts a canary into generated text, trains a small character LSTM/GRU and measures it.
 """
 
-from .experiment import (
-    CanaryConfig,
-    CanaryResult,
-    ExposureMeasurement,
-    format_report,
-    greedy_completion,
-    measure_exposure,
-    run_canary_experiment,
-    train_char_lm,
-)
-from .exposure import (
-    SkewNormalFit,
-    exposure_from_rank,
-    fit_skew_normal,
-    rank_exposure,
-    skew_normal_exposure,
-)
-from .model import CharLM, sequence_log_perplexity
-from .plot import plot_exposure
-from .text import DIGITS, CharVocab, generate_corpus, insert_canary
+from typing import TYPE_CHECKING
+
+from .._lazy_exports import install_lazy_exports
+
+if TYPE_CHECKING:
+    from .experiment import (
+        CanaryConfig,
+        CanaryResult,
+        ExposureMeasurement,
+        format_report,
+        greedy_completion,
+        measure_exposure,
+        run_canary_experiment,
+        train_char_lm,
+    )
+    from .exposure import (
+        SkewNormalFit,
+        exposure_from_rank,
+        fit_skew_normal,
+        rank_exposure,
+        skew_normal_exposure,
+    )
+    from .model import CharLM, sequence_log_perplexity
+    from .plot import plot_exposure
+    from .text import DIGITS, CharVocab, generate_corpus, insert_canary
 
 __all__ = [
     "CanaryConfig",
@@ -48,3 +53,6 @@ __all__ = [
     "skew_normal_exposure",
     "train_char_lm",
 ]
+
+# the names imported above for type checkers load on first use
+install_lazy_exports(__name__, __file__)

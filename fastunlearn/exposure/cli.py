@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from .._atomic_files import write_text
-from .._cli_output import add_json_flag, json_output
+from .._cli_output import add_json_flag, command_error, json_output
 from .._output_folder import check_output_folder
 from ..cli_types import add_progress_flags, name_flags, resolve_progress
 from ..cli_types import integer as _integer
@@ -116,9 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
     length = args.secret_length
     if args.secret is not None and length is not None and length != len(args.secret):
-        print(f"fastunlearn exposure: error: --secret-length {length} contradicts --secret "
-              f"{args.secret!r} ({len(args.secret)} digits): give one", file=sys.stderr)
-        return 2
+        return command_error("exposure", f"--secret-length {length} contradicts --secret "
+                             f"{args.secret!r} ({len(args.secret)} digits): give one")
     if length is None:
         length = len(args.secret) if args.secret is not None else _SECRET_LENGTH
     try:
@@ -146,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
             check_output_folder(args.out, argument="out", names=outputs)
         result = run_canary_experiment(config)
     except (ValueError, TypeError) as exc:
-        print(f"fastunlearn exposure: error: {name_flags(str(exc), _FLAGS)}", file=sys.stderr)
-        return 2
+        return command_error("exposure", name_flags(str(exc), _FLAGS))
     report = format_report(result)
     print(report)
     if args.out is not None:
@@ -163,9 +160,7 @@ def run(args: argparse.Namespace) -> int:
                 plot_exposure([m for m in (result.canary, result.control) if m is not None],
                               args.out / "exposure.png")
         except OSError as exc:  # checked before training; a full disk or a race remains
-            print(f"fastunlearn exposure: error: cannot write the results: {exc}",
-                  file=sys.stderr)
-            return 1
+            return command_error("exposure", f"cannot write the results: {exc}", status=1)
         print("wrote " + ", ".join(str(args.out / name) for name in outputs))
     args.json_result = result.to_dict()
     return 0

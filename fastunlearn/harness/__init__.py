@@ -6,18 +6,22 @@ forgetting methods over seeds, collects logits and computes every metric of
 PNG plots and the logits (fixture layout, readable by ``fastunlearn evaluate``).
 """
 
-from ..forget import influence_method as influence_method  # registers "influence"
-from .config import (
-    DIGITS_OVERRIDES,
-    HarnessConfig,
-    TrainSettings,
-    method_overrides,
-    oracle_recipe,
-)
-from .data import HarnessData, build_harness_model, load_harness_data, split_forget
-from .report import render_table, write_outputs
-from .runner import collect_logits, run_harness
-from .training import TrainedModel, cache_key, train_model, train_or_load
+from typing import TYPE_CHECKING
+
+from .._lazy_exports import install_lazy_exports
+
+if TYPE_CHECKING:
+    from .config import (
+        DIGITS_OVERRIDES,
+        HarnessConfig,
+        TrainSettings,
+        method_overrides,
+        oracle_recipe,
+    )
+    from .data import HarnessData, build_harness_model, load_harness_data, split_forget
+    from .report import render_table, write_outputs
+    from .runner import collect_logits, run_harness
+    from .training import TrainedModel, cache_key, train_model, train_or_load
 
 __all__ = [
     "DIGITS_OVERRIDES",
@@ -38,3 +42,6 @@ __all__ = [
     "train_or_load",
     "write_outputs",
 ]
+
+# the names imported above for type checkers load on first use
+install_lazy_exports(__name__, __file__)

@@ -18,7 +18,7 @@ import ast
 import sys
 from typing import Any
 
-from .._cli_output import add_json_flag, json_output
+from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
 from ..cli_types import add_progress_flags, name_flags, resolve_progress
@@ -176,11 +176,9 @@ def run(args: argparse.Namespace) -> int:
         with GracefulStop(what="method run") as stop:
             result = run_harness(config, should_stop=stop)
     except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"fastunlearn forget: error: {name_flags(str(exc), _FLAGS)}", file=sys.stderr)
-        return 2
+        return command_error("forget", name_flags(str(exc), _FLAGS))
     except OSError as exc:  # the folders are checked first; a full disk or a race remains
-        print(f"fastunlearn forget: error: {exc}", file=sys.stderr)
-        return 1
+        return command_error("forget", str(exc), status=1)
     paths = result["paths"]
     from ..metrics.report import json_ready
     from .report import render_table

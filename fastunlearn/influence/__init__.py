@@ -10,32 +10,44 @@ feature values). :func:`linear_influence_update`
 is the certified logistic-regression variant.
 """
 
-from .curvature import GGNOperator
-from .drivers import (
-    IterativeRepairResult,
-    iterative_label_repair,
-    predict,
-    repair_labels,
-    replace_features,
-    unlearn_features,
-)
-from .gradients import (
-    default_loss,
-    gradient_difference,
-    last_parameters,
-    loss_gradient,
-    loss_value,
-)
-from .linear import LinearUpdateResult, fit_logistic, linear_influence_update, required_sigma
-from .update import (
-    CURVATURES,
-    LISSA_HESSIANS,
-    SOLVERS,
-    LissaSettings,
-    UpdateResult,
-    check_update_options,
-    influence_update,
-)
+from typing import TYPE_CHECKING
+
+from .._lazy_exports import install_lazy_exports
+
+if TYPE_CHECKING:
+    from .canary import CanaryUnlearnConfig, unlearn_canary
+    from .curvature import GGNOperator
+    from .drivers import (
+        IterativeRepairResult,
+        iterative_label_repair,
+        predict,
+        repair_labels,
+        replace_features,
+        unlearn_features,
+    )
+    from .feature_experiment import (
+        FeatureConfig,
+        render_feature_report,
+        run_feature_experiment,
+        write_feature_outputs,
+    )
+    from .gradients import (
+        default_loss,
+        gradient_difference,
+        last_parameters,
+        loss_gradient,
+        loss_value,
+    )
+    from .linear import LinearUpdateResult, fit_logistic, linear_influence_update, required_sigma
+    from .update import (
+        CURVATURES,
+        LISSA_HESSIANS,
+        SOLVERS,
+        LissaSettings,
+        UpdateResult,
+        check_update_options,
+        influence_update,
+    )
 
 __all__ = [
     # updates
@@ -67,15 +79,7 @@ __all__ = [
     "required_sigma",
 ]
 
-# --- feature-unlearning experiment and canary unlearning (issue 4) ---------------------
-from .canary import CanaryUnlearnConfig, unlearn_canary  # noqa: E402
-from .feature_experiment import (  # noqa: E402
-    FeatureConfig,
-    render_feature_report,
-    run_feature_experiment,
-    write_feature_outputs,
-)
-
+# feature-unlearning experiment and canary unlearning (issue 4)
 __all__ += [
     "FeatureConfig",
     "run_feature_experiment",
@@ -84,3 +88,6 @@ __all__ += [
     "CanaryUnlearnConfig",
     "unlearn_canary",
 ]
+
+# the names imported above for type checkers load on first use
+install_lazy_exports(__name__, __file__)

@@ -13,8 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._cli_output import add_json_flag, json_output
-from .._device import parse_device
+from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
 from ..cli_types import HelpFormatter, add_progress_flags, resolve_progress
@@ -222,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         (the partial results are written, and printed with ``--json``).
 
     """
+    from .._device import parse_device
     from .experiment import (
         PROTOCOLS,
         RepairConfig,
@@ -253,17 +253,14 @@ def run(args: argparse.Namespace) -> int:
         with GracefulStop(what="repair step") as stop:
             result = run_repair_experiment(config, should_stop=stop)
     except (ValueError, OSError, ImportError) as exc:
-        print(f"fastunlearn repair: error: {exc}", file=sys.stderr)
-        return 2
+        return command_error("repair", str(exc))
     except (EOFError, pickle.UnpicklingError) as exc:  # a truncated or corrupt data file
-        print(f"fastunlearn repair: error: cannot read the data in {args.data_dir!r} "
-              f"({type(exc).__name__}: {exc})", file=sys.stderr)
-        return 2
+        return command_error("repair", f"cannot read the data in {args.data_dir!r} "
+                             f"({type(exc).__name__}: {exc})")
     try:
         files = write_outputs(result, args.result_dir, plots=not args.no_plots)
     except OSError as exc:  # checked before training; a full disk or a race remains
-        print(f"fastunlearn repair: error: cannot write the results: {exc}", file=sys.stderr)
-        return 1
+        return command_error("repair", f"cannot write the results: {exc}", status=1)
     tr = result["training"]
     cached = [name for name in ("clean", "poisoned") if tr.get(f"{name}_cached")]
     print(f"clean {tr['acc_clean']:.4f}  poisoned {tr['acc_poisoned']:.4f}  "

@@ -7,11 +7,11 @@ parser sets ``func=run``.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
+from .._cli_output import command_error
 from .._output_folder import check_output_folder
-from ..cli_types import HelpFormatter, resolve_progress
+from ..cli_types import HelpFormatter, name_flags, resolve_progress
 from ..cli_types import number as _number
 from ..cli_types import open_unit as _open_unit
 from ..cli_types import path as _path
@@ -27,6 +27,16 @@ from .cli import (
 )
 
 __all__ = ["add_parser", "run"]
+
+
+#: The config's fields -> the flags that set them, named in errors and warnings instead.
+_FLAGS = {
+    "dataset": "--dataset", "columns": "--columns", "top_k": "--top-k", "mode": "--mode",
+    "n_rows": "--rows", "value": "--value", "l2": "--l2", "steps": "--steps", "tau": "--tau",
+    "cg_tol": "--cg-tol", "cg_maxiter": "--cg-maxiter", "seed": "--seed",
+    "binary": "--binary", "linear_lam": "--linear-lam", "epsilon": "--epsilon",
+    "delta": "--delta",
+}
 
 
 def _columns(text: str) -> tuple[int, ...]:
@@ -146,7 +156,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="delta of the certified linear variant, in (0, 1)")
     p.add_argument("--out", type=_path, default="results", help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
-    p.set_defaults(flag_names={"value": "--value", "n_rows": "--rows"})  # in warnings
+    p.set_defaults(flag_names=_FLAGS)  # in warnings
     return p
 
 
@@ -172,17 +182,13 @@ def run(args: argparse.Namespace) -> int:
                             names=[f"{stem}.json", f"{stem}.md", f"{stem}.png"])
         result = run_feature_experiment(config)
     except (ValueError, TypeError) as exc:
-        # the config names its fields; say the flag where a field is named otherwise
-        message = str(exc).replace("'n_rows'", "'rows' (--rows)").replace(
-            "'value'", "'value' (--value)")
-        print(f"fastunlearn unlearn-features: error: {message}", file=sys.stderr)
-        return 2
+        # the config names its fields; the command names its flags
+        return command_error("unlearn-features", name_flags(str(exc), _FLAGS))
     try:
         files = write_feature_outputs(result, args.out, plots=not args.no_plots)
     except OSError as exc:  # checked before fitting; a full disk or a race remains
-        print(f"fastunlearn unlearn-features: error: cannot write the results: {exc}",
-              file=sys.stderr)
-        return 1
+        return command_error("unlearn-features", f"cannot write the results: {exc}",
+                             status=1)
     d, o, r = result["data"], result["original"], result["retrained"]
     print(f"{d['dataset']}: columns {d['columns']}, {d['num_affected']} affected rows; "
           f"{_steps_text(result['config'], d)}")

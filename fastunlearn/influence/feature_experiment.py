@@ -89,7 +89,8 @@ class FeatureConfig:
         columns: Feature indices to unlearn (None: the ``top_k`` most used columns, i.e.
             those with the most non-zero training values; for standardised tabular data,
             the columns with the largest weight norm of the trained model).
-        top_k: Number of columns chosen when ``columns`` is None.
+        top_k: Number of columns chosen when ``columns`` is None, at most the data's
+            number of features (more is refused).
         mode: ``remove`` or ``replace``.
         n_rows: Rows changed in ``replace`` mode (random, seeded).
         value: New value in ``replace`` mode (``remove`` mode always zeroes).
@@ -587,6 +588,8 @@ def run_feature_experiment(
         columns = _check_columns(config.columns, n_features)
     else:
         columns = None
+        if config.top_k > n_features:  # not clipped: the user asked for more than there is
+            raise ValueError(f"'top_k' must be <= {n_features} features, got {config.top_k}")
     if config.mode == "replace" and config.n_rows > n:
         raise ValueError(f"'n_rows' must be <= {n} training rows, got {config.n_rows}")
     if config.mode == "replace":  # before any fitting

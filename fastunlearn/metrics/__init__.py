@@ -16,22 +16,27 @@ result depends on it):
   logits layout of the project fixture and every metric computed from it.
 """
 
-from .accuracy import accuracy, accuracy_report, per_model_accuracy
-from .competition import (
-    CompetitionResult,
-    competition_epsilons,
-    competition_score,
-    final_score,
-    forget_score,
-    score_bins,
-)
-from .epsilon import EpsilonResult, epsilon_hat, lira_epsilons, lira_scores
-from .evaluate import evaluate_logits, evaluate_logits_dir
-from .fairness import class_fairness, per_class_accuracy
-from .fixtures import LogitsDir, load_logits_dir, pack_slots, split_slots, write_logits_dir
-from .mia import svc_mia_efficacy
-from .statistics import hinge_logit, logit_scaled_confidence, true_class_confidence
-from .timing import Stopwatch, time_ratio
+from typing import TYPE_CHECKING
+
+from .._lazy_exports import install_lazy_exports
+
+if TYPE_CHECKING:
+    from .accuracy import accuracy, accuracy_report, per_model_accuracy
+    from .competition import (
+        CompetitionResult,
+        competition_epsilons,
+        competition_score,
+        final_score,
+        forget_score,
+        score_bins,
+    )
+    from .epsilon import EpsilonResult, epsilon_hat, lira_epsilons, lira_scores
+    from .evaluate import evaluate_logits, evaluate_logits_dir
+    from .fairness import class_fairness, per_class_accuracy
+    from .fixtures import LogitsDir, load_logits_dir, pack_slots, split_slots, write_logits_dir
+    from .mia import svc_mia_efficacy
+    from .statistics import hinge_logit, logit_scaled_confidence, true_class_confidence
+    from .timing import Stopwatch, time_ratio
 
 __all__ = [
     "CompetitionResult",
@@ -63,3 +68,6 @@ __all__ = [
     "true_class_confidence",
     "write_logits_dir",
 ]
+
+# the names imported above for type checkers load on first use
+install_lazy_exports(__name__, __file__)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import write_text
-from .._cli_output import add_json_flag, json_output
+from .._cli_output import add_json_flag, command_error, json_output
 from ..cli_types import HelpFormatter, add_progress_flags, name_flags, resolve_progress
 from ..cli_types import path as _path
 
@@ -86,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
         repeated = sorted({m for m in methods if methods.count(m) > 1})
         if not methods or repeated:
             why = (f"names {', '.join(repeated)} twice" if repeated else "names no method")
-            print(f"fastunlearn evaluate: error: '--methods' {args.methods!r} {why}; leave it "
-                  "out to evaluate every method", file=sys.stderr)
-            return 2
+            return command_error("evaluate", f"'--methods' {args.methods!r} {why}; leave it "
+                                 "out to evaluate every method")
     try:
         if args.device is not None:
             parse_device(args.device)
@@ -100,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
             progress=resolve_progress(args.progress),
         )
     except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"fastunlearn evaluate: error: {name_flags(str(exc), _FLAGS)}", file=sys.stderr)
-        return 2
+        return command_error("evaluate", name_flags(str(exc), _FLAGS))
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "evaluation.json",
@@ -113,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
         write_text(out / "evaluation.md", render_evaluation_markdown(
             result, figure=None if args.no_plot else "epsilon_hist.png"))
     except OSError as exc:  # checked before evaluating; a full disk or a race remains
-        print(f"fastunlearn evaluate: error: cannot write the results: {exc}", file=sys.stderr)
-        return 1
+        return command_error("evaluate", f"cannot write the results: {exc}", status=1)
     print(render_evaluation_markdown(result))
     print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'}"
           + ("" if args.no_plot else f", {out / 'epsilon_hist.png'}"))

@@ -4,9 +4,14 @@ The plots need matplotlib (imported only when a plot is drawn); the Markdown nee
 :mod:`.html` turns any ``fastunlearn`` Markdown report into one self-contained HTML page.
 """
 
-from .html import markdown_to_html, write_html_report
-from .markdown import format_value, render_markdown, write_markdown
-from .plots import plot_accuracy, plot_bounds, plot_times
+from typing import TYPE_CHECKING
+
+from .._lazy_exports import install_lazy_exports
+
+if TYPE_CHECKING:
+    from .html import markdown_to_html, write_html_report
+    from .markdown import format_value, render_markdown, write_markdown
+    from .plots import plot_accuracy, plot_bounds, plot_times
 
 __all__ = [
     "format_value",
@@ -18,3 +23,6 @@ __all__ = [
     "write_html_report",
     "write_markdown",
 ]
+
+# the names imported above for type checkers load on first use
+install_lazy_exports(__name__, __file__)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._cli_output import command_error
 from .._output_folder import check_output_folder
 from ..cli_types import HelpFormatter
 from ..cli_types import path as _path
@@ -43,36 +44,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _error(message: str, status: int = 2) -> int:
-    print(f"fastunlearn html: error: {message}", file=sys.stderr)
-    return status
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``html``; returns the exit status (0 ok, 2 bad input, 1 a failed write)."""
     from .html import write_html_report
 
     reports = [Path(r) for r in args.reports]
     if args.out is not None and len(reports) > 1:
-        return _error(f"'--out' takes one report, got {len(reports)}; leave it out to write "
-                      "each page beside its report")
+        return command_error("html", f"'--out' takes one report, got {len(reports)}; leave "
+                             "it out to write each page beside its report")
     for report in reports:  # all checked before anything is written
         if not report.exists():
-            return _error(f"'REPORT.md' {str(report)!r} does not exist")
+            return command_error("html", f"'REPORT.md' {str(report)!r} does not exist")
         if not report.is_file():
-            return _error(f"'REPORT.md' {str(report)!r} is not a file")
+            return command_error("html", f"'REPORT.md' {str(report)!r} is not a file")
         target = Path(args.out) if args.out is not None else report.with_suffix(".html")
         try:  # a read-only folder: a clean error naming the argument, not a temporary file
             check_output_folder(target.parent, argument="out" if args.out else "REPORT.md")
         except (ValueError, TypeError) as exc:
-            return _error(str(exc))
+            return command_error("html", str(exc))
     for report in reports:
         try:
             written = write_html_report(report, args.out)
         except (FileNotFoundError, ValueError, TypeError) as exc:
-            return _error(str(exc))
+            return command_error("html", str(exc))
         except OSError as exc:
-            return _error(f"cannot convert {str(report)!r}: {exc}", status=1)
+            return command_error("html", f"cannot convert {str(report)!r}: {exc}", status=1)
         print(f"wrote {written}")
     return 0
 

@@ -57,7 +57,7 @@ def test_cli_refuses_a_replacement_value_whose_square_overflows(monkeypatch, tmp
     err = capsys.readouterr().err
     assert status == 2, err
     (line,) = err.strip().splitlines()  # one line, before any fit (the stub did not run)
-    assert line.startswith("fastunlearn unlearn-features: error: 'value' (--value) 1e+308 ")
+    assert line.startswith("fastunlearn unlearn-features: error: '--value' 1e+308 ")
     assert "float64" in line and "use |value| <= 1.896e+153" in line
     assert not out.exists()
 
@@ -70,7 +70,8 @@ def test_api_refuses_the_same_values_before_fitting(monkeypatch, value):
         run_feature_experiment(config)
     # the bound is sqrt(float64 max / n_rows): n_rows 50 gives 1.896e153
     config.value = 1.8e153
-    with pytest.raises(_Stop):  # accepted: the run goes on to the fit
+    far = "times the largest absolute feature value"  # accepted, with a warning
+    with pytest.warns(UserWarning, match=far), pytest.raises(_Stop):  # goes on to the fit
         run_feature_experiment(config)
     # remove mode never uses the value
     with pytest.raises(_Stop):
@@ -323,3 +324,11 @@ def test_a_positive_cg_tol_reaches_both_configs(monkeypatch, tmp_path):
     assert main(["repair", "--cg-tol", "1e-12", "--out", str(tmp_path)]) == 2
     assert main(["unlearn-features", "--cg-tol", "1e-12", "--out", str(tmp_path)]) == 2
     assert [c.cg_tol for c in repair + features] == [1e-12, 1e-12]
+
+
+def test_api_refuses_more_top_columns_than_features_before_fitting(monkeypatch):
+    _no_fitting(monkeypatch)
+    with pytest.raises(ValueError, match=r"^'top_k' must be <= 13 features, got 14$"):
+        run_feature_experiment(FeatureConfig(dataset="wine", top_k=14, linear=False))
+    with pytest.raises(_Stop):  # all 13 is accepted: the run goes on to the fit
+        run_feature_experiment(FeatureConfig(dataset="wine", top_k=13, linear=False))
