@@ -13,9 +13,12 @@ import argparse
 import math
 import re
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
+    "GivenFlag",
     "HelpFormatter",
     "MAX_INT",
     "MAX_SEED",
@@ -32,6 +35,7 @@ __all__ = [
     "ratio",
     "resolve_progress",
     "seed",
+    "warn_unused_flags",
 ]
 
 #: Largest count any flag takes: the largest int64 (torch sizes and ``sys.maxsize``); above
@@ -185,3 +189,40 @@ def name_flags(message: str, flags: Mapping[str, str], *, every: bool = False) -
 
 #: A parameter name in quotes, as the library's messages name their arguments.
 _QUOTED_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
+
+
+class GivenFlag(argparse.Action):
+    """Store an option's value and note its ``dest`` in ``args.given_flags`` (a set).
+
+    Tells a flag given on the command line from its default, so that a flag which has no
+    effect with the other settings can be reported (:func:`warn_unused_flags`).
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        """Store ``values`` and add this option's ``dest`` to ``namespace.given_flags``."""
+        setattr(namespace, self.dest, values)
+        namespace.given_flags = {*getattr(namespace, "given_flags", ()), self.dest}
+
+
+def _flag(dest: str) -> str:
+    """``'top_k'`` -> ``'--top-k'``."""
+    return "--" + dest.replace("_", "-")
+
+
+def warn_unused_flags(args: argparse.Namespace,
+                      rules: Sequence[tuple[bool, Sequence[str], str]]) -> None:
+    """Warn once per rule about given flags that have no effect with the other settings.
+
+    ``rules``: ``(applies, dests, why)``; when ``applies``, the flags among ``dests`` given
+    on the command line are named in one line: ``'--a' and '--b' have no effect <why>``.
+    The run goes on (the flags change nothing); the command line shows the warning as
+    ``fastunlearn <command>: warning: ...``.
+    """
+    given = getattr(args, "given_flags", ())
+    for applies, dests, why in rules:
+        unused = [f"'{_flag(d)}'" for d in dests if d in given]
+        if applies and unused:
+            names = ", ".join(unused[:-1]) + (" and " if len(unused) > 1 else "") + unused[-1]
+            verb = "has" if len(unused) == 1 else "have"
+            warnings.warn(f"{names} {verb} no effect {why}", UserWarning, stacklevel=2)

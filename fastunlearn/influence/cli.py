@@ -9,14 +9,19 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
-from ..cli_types import HelpFormatter, add_progress_flags, resolve_progress
+from ..cli_types import (
+    GivenFlag,
+    HelpFormatter,
+    add_progress_flags,
+    resolve_progress,
+    warn_unused_flags,
+)
 from ..cli_types import non_negative_float as _non_negative
 from ..cli_types import non_negative_int as _non_negative_int
 from ..cli_types import path as _path
@@ -29,41 +34,6 @@ __all__ = ["add_parser", "run"]
 
 def _tau(text: str) -> float | str:
     return "auto" if text == "auto" else _positive(text)
-
-
-class _Given(argparse.Action):
-    """Store an option's value and note its ``dest`` in ``args.given_flags`` (a set).
-
-    Tells a flag given on the command line from its default, so that a flag which has no
-    effect with the other settings can be reported (:func:`_warn_unused`).
-    """
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.given_flags = {*getattr(namespace, "given_flags", ()), self.dest}
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-def _warn_unused(args: argparse.Namespace,
-                 rules: Sequence[tuple[bool, Sequence[str], str]]) -> None:
-    """Warn once per rule about given flags that have no effect with the other settings.
-
-    ``rules``: ``(applies, dests, why)``; when ``applies``, the flags among ``dests`` given
-    on the command line are named in one line: ``'--a' and '--b' have no effect <why>``.
-    The run goes on (the flags change nothing); the command line shows the warning as
-    ``fastunlearn <command>: warning: ...``.
-    """
-    given = getattr(args, "given_flags", ())
-    for applies, dests, why in rules:
-        unused = [f"'{_flag(d)}'" for d in dests if d in given]
-        if applies and unused:
-            names = ", ".join(unused[:-1]) + (" and " if len(unused) > 1 else "") + unused[-1]
-            verb = "has" if len(unused) == 1 else "have"
-            warnings.warn(f"{names} {verb} no effect {why}", UserWarning, stacklevel=2)
 
 
 def _add_run_options(
@@ -102,7 +72,7 @@ _LISSA = ("lissa_batch", "lissa_damping", "lissa_scale", "lissa_depth", "lissa_h
 def _warn_unused_repair_flags(args: argparse.Namespace) -> None:
     """Warn about ``repair`` flags given on the command line that the run does not use."""
     order1, solver = args.order == 1, args.solver
-    _warn_unused(args, [
+    warn_unused_flags(args, [
         (order1, _SECOND_ORDER, "with '--order 1' (for the second-order solve)"),
         (order1 and args.tau != "auto", ("curvature", "hvp_batch_size"),
          "with '--order 1' and a numeric '--tau' (for the line search of '--tau auto')"),
@@ -159,36 +129,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="iterative reference protocol, one shot on the flipped rows, or both")
     p.add_argument("--order", type=int, choices=[1, 2], default=2,
                    help="first- or second-order update")
-    p.add_argument("--solver", action=_Given, choices=["cg", "lissa", "direct"], default="cg",
+    p.add_argument("--solver", action=GivenFlag, choices=["cg", "lissa", "direct"], default="cg",
                    help="second-order solver")
-    p.add_argument("--curvature", action=_Given, choices=["ggn", "hessian"], default="ggn",
+    p.add_argument("--curvature", action=GivenFlag, choices=["ggn", "hessian"], default="ggn",
                    help="curvature of cg/direct: Gauss-Newton or the Hessian")
-    p.add_argument("--damping", action=_Given, type=_non_negative, default=100.0,
+    p.add_argument("--damping", action=GivenFlag, type=_non_negative, default=100.0,
                    help="Tikhonov damping of cg/direct (summed loss)")
-    p.add_argument("--tau", action=_Given, type=_tau, default="auto",
+    p.add_argument("--tau", action=GivenFlag, type=_tau, default="auto",
                    help="first-order step size, or 'auto' (line search)")
-    p.add_argument("--steps", action=_Given, type=_positive_int, default=10,
+    p.add_argument("--steps", action=GivenFlag, type=_positive_int, default=10,
                    help="iterative protocol steps")
-    p.add_argument("--batch", action=_Given, type=_positive_int, default=1024,
+    p.add_argument("--batch", action=GivenFlag, type=_positive_int, default=1024,
                    help="mispredicted points per iterative step")
     p.add_argument("--last-layers", type=_non_negative_int, default=0,
                    help="update only the last k parameter tensors (0: all)")
-    p.add_argument("--hvp-batch-size", action=_Given, type=_positive_int, default=4096,
+    p.add_argument("--hvp-batch-size", action=GivenFlag, type=_positive_int, default=4096,
                    help="training rows per HVP batch")
-    p.add_argument("--cg-tol", action=_Given, type=_positive, default=1e-4,
+    p.add_argument("--cg-tol", action=GivenFlag, type=_positive, default=1e-4,
                    help="CG stops at this relative true residual (> 0)")
-    p.add_argument("--cg-maxiter", action=_Given, type=_positive_int, default=100,
+    p.add_argument("--cg-maxiter", action=GivenFlag, type=_positive_int, default=100,
                    help="CG iteration cap")
-    p.add_argument("--lissa-batch", action=_Given, type=_positive_int, default=1024,
+    p.add_argument("--lissa-batch", action=GivenFlag, type=_positive_int, default=1024,
                    help="LiSSA batch B (rows per stochastic Hessian)")
-    p.add_argument("--lissa-damping", action=_Given, type=_non_negative, default=1e-4,
+    p.add_argument("--lissa-damping", action=GivenFlag, type=_non_negative, default=1e-4,
                    help="LiSSA d: d*s damps the Hessian LiSSA uses; with --lissa-hessian "
                    "batch (summed batch Hessians) the damping relative to the full-data "
                    "Hessian is ceil(N/B)*d*s and the step ceil(N/B) times that Newton step")
-    p.add_argument("--lissa-scale", action=_Given, type=_positive, default=2e5, help="LiSSA s")
-    p.add_argument("--lissa-depth", action=_Given, type=_positive_int, default=100,
+    p.add_argument("--lissa-scale", action=GivenFlag, type=_positive, default=2e5, help="LiSSA s")
+    p.add_argument("--lissa-depth", action=GivenFlag, type=_positive_int, default=100,
                    help="LiSSA recursion steps")
-    p.add_argument("--lissa-hessian", action=_Given, choices=["batch", "full"],
+    p.add_argument("--lissa-hessian", action=GivenFlag, choices=["batch", "full"],
                    default="batch",
                    help="batch: summed batch Hessian (reference); full: scaled by N/B to "
                    "estimate the full-data Hessian (damping d*s relative to it)")

@@ -11,7 +11,13 @@ from typing import Any
 
 from .._cli_output import command_error
 from .._output_folder import check_output_folder
-from ..cli_types import HelpFormatter, name_flags, resolve_progress
+from ..cli_types import (
+    GivenFlag,
+    HelpFormatter,
+    name_flags,
+    resolve_progress,
+    warn_unused_flags,
+)
 from ..cli_types import number as _number
 from ..cli_types import open_unit as _open_unit
 from ..cli_types import path as _path
@@ -19,11 +25,9 @@ from ..cli_types import seed as _seed
 from .cli import (
     _add_run_options,
     _finish,
-    _Given,
     _positive,
     _positive_int,
     _tau,
-    _warn_unused,
 )
 
 __all__ = ["add_parser", "run"]
@@ -83,7 +87,7 @@ def _update_status(update: dict[str, Any]) -> str:
 def _warn_unused_feature_flags(args: argparse.Namespace) -> None:
     """Warn about ``unlearn-features`` flags given on the command line that the run ignores."""
     certified = ("binary", "linear_lam", "epsilon", "delta")
-    _warn_unused(args, [
+    warn_unused_flags(args, [
         (args.mode != "replace", ("value", "rows"),
          "without '--mode replace' (remove mode zeroes the columns wherever non-zero)"),
         (args.columns is not None, ("top_k",),
@@ -123,13 +127,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="digits pixels or a scikit-learn table")
     p.add_argument("--columns", type=_columns, default=None,
                    help="comma-separated feature indices (default: the --top-k most used)")
-    p.add_argument("--top-k", action=_Given, type=_positive_int, default=4,
+    p.add_argument("--top-k", action=GivenFlag, type=_positive_int, default=4,
                    help="columns chosen when --columns is not given")
     p.add_argument("--mode", choices=["remove", "replace"], default="remove",
                    help="zero the columns, or replace values at random rows")
-    p.add_argument("--rows", action=_Given, type=_positive_int, default=50,
+    p.add_argument("--rows", action=GivenFlag, type=_positive_int, default=50,
                    help="random rows changed in replace mode")
-    p.add_argument("--value", action=_Given, type=_number, default=0.0,
+    p.add_argument("--value", action=GivenFlag, type=_number, default=0.0,
                    help="new value in replace mode (finite; its square summed over the --rows "
                    "rows must not overflow the data's float64; more than 1000 times the "
                    "data's largest absolute value draws a warning)")
@@ -146,13 +150,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="seed of the split and the replace-mode rows, 0 .. 2**32-1")
     p.add_argument("--no-linear", action="store_true",
                    help="skip the certified linear variant (digits)")
-    p.add_argument("--binary", action=_Given, type=_pair, default=(3, 8),
+    p.add_argument("--binary", action=GivenFlag, type=_pair, default=(3, 8),
                    help="digit pair of the certified variant (default 3,8)")
-    p.add_argument("--linear-lam", action=_Given, type=_positive, default=1e-2,
+    p.add_argument("--linear-lam", action=GivenFlag, type=_positive, default=1e-2,
                    help="L2 regularisation of the certified linear variant")
-    p.add_argument("--epsilon", action=_Given, type=_positive, default=0.1,
+    p.add_argument("--epsilon", action=GivenFlag, type=_positive, default=0.1,
                    help="epsilon of the certified linear variant")
-    p.add_argument("--delta", action=_Given, type=_open_unit, default=0.01,
+    p.add_argument("--delta", action=GivenFlag, type=_open_unit, default=0.01,
                    help="delta of the certified linear variant, in (0, 1)")
     p.add_argument("--out", type=_path, default="results", help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
