@@ -19,6 +19,7 @@ from ..cli_types import (
     GivenFlag,
     HelpFormatter,
     add_progress_flags,
+    name_flags,
     resolve_progress,
     warn_unused_flags,
 )
@@ -63,6 +64,19 @@ def _finish(files: dict[str, str], result: dict[str, Any], args: argparse.Namesp
     return 0
 
 
+#: The RepairConfig fields the command's errors and warnings name, as the command's flags
+#: ('result_dir', 'cache_dir' and 'device' keep the names the other commands' errors use too).
+_FLAGS = {
+    "dataset": "--dataset", "data_dir": "--data-dir", "model": "--model", "budget": "--budget",
+    "seed": "--seed", "epochs": "--epochs", "lr": "--lr", "train_batch": "--train-batch",
+    "protocols": "--protocol", "order": "--order", "solver": "--solver",
+    "curvature": "--curvature", "damping": "--damping", "tau": "--tau", "steps": "--steps",
+    "batch": "--batch", "last_layers": "--last-layers", "hvp_batch_size": "--hvp-batch-size",
+    "cg_tol": "--cg-tol", "cg_maxiter": "--cg-maxiter", "lissa_batch": "--lissa-batch",
+    "lissa_damping": "--lissa-damping", "lissa_scale": "--lissa-scale",
+    "lissa_depth": "--lissa-depth", "lissa_hessian": "--lissa-hessian", "n_train": "--n-train",
+}
+
 #: ``repair``'s flags of the second-order solve (nothing of them is used with ``--order 1``).
 _SECOND_ORDER = ("solver", "damping", "cg_tol", "cg_maxiter", "lissa_batch", "lissa_damping",
                  "lissa_scale", "lissa_depth", "lissa_hessian")
@@ -85,6 +99,8 @@ def _warn_unused_repair_flags(args: argparse.Namespace) -> None:
          "with '--solver lissa' (LiSSA is damped by '--lissa-damping')"),
         (args.protocol == "one-shot", ("steps", "batch"),
          "with '--protocol one-shot' (for the iterative protocol)"),
+        (args.dataset == "digits", ("data_dir",),
+         "with '--dataset digits' (bundled; the folder is read for cifar10 only)"),
     ])
 
 
@@ -113,12 +129,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=["digits", "cifar10"], default="digits",
                    help="data set (cifar10 from --data-dir)")
-    p.add_argument("--data-dir", type=_path, default=None,
+    p.add_argument("--data-dir", action=GivenFlag, type=_path, default=None,
                    help="folder with CIFAR-10 (torchvision files)")
     p.add_argument("--model", default=None,
                    help="model zoo name (default small_cnn for digits, cifar_cnn for CIFAR)")
     p.add_argument("--budget", type=_positive_int, default=None,
-                   help="labels flipped, budget // 10 per class (default 20%% of the data)")
+                   help="labels flipped: budget // 10 per class, 10 * (budget // 10) in all "
+                   "(default 20%% of the data)")
     p.add_argument("--seed", type=_seed, default=42,
                    help="seed of the flips and the training, 0 .. 2**32-1")
     p.add_argument("--epochs", type=_positive_int, default=100,
@@ -142,7 +159,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", action=GivenFlag, type=_positive_int, default=1024,
                    help="mispredicted points per iterative step")
     p.add_argument("--last-layers", type=_non_negative_int, default=0,
-                   help="update only the last k parameter tensors (0: all)")
+                   help="update only the last k trainable parameter tensors, at most the "
+                   "model's number of them (0: all)")
     p.add_argument("--hvp-batch-size", action=GivenFlag, type=_positive_int, default=4096,
                    help="training rows per HVP batch")
     p.add_argument("--cg-tol", action=GivenFlag, type=_positive, default=1e-4,
@@ -163,7 +181,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="batch: summed batch Hessian (reference); full: scaled by N/B to "
                    "estimate the full-data Hessian (damping d*s relative to it)")
     p.add_argument("--n-train", type=_non_negative_int, default=0,
-                   help="use only the first n training rows (0: all)")
+                   help="use only the first n training rows, at most their number (0: all)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
     p.add_argument("--cache-dir", type=_path, default=None,
                    help="keep the trained clean and poisoned models here and load them in "
@@ -172,6 +190,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--result-dir", "--out", dest="result_dir", type=_path, default="results",
                    help="where JSON/PNG/Markdown go")
     _add_run_options(p, run)
+    p.set_defaults(flag_names=_FLAGS)  # flags in warnings too
     return p
 
 
@@ -222,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
         parse_device(config.device)
         with GracefulStop(what="repair step") as stop:
             result = run_repair_experiment(config, should_stop=stop)
-    except (ValueError, OSError, ImportError) as exc:
+    except ValueError as exc:  # the config names its fields; the command names its flags
+        return command_error("repair", name_flags(str(exc), _FLAGS))
+    except (OSError, ImportError) as exc:
         return command_error("repair", str(exc))
     except (EOFError, pickle.UnpicklingError) as exc:  # a truncated or corrupt data file
         return command_error("repair", f"cannot read the data in {args.data_dir!r} "

@@ -96,7 +96,8 @@ class RepairConfig:
         dataset: ``"digits"`` (embedded) or ``"cifar10"`` (from ``data_dir``).
         data_dir: Folder with the torchvision CIFAR-10 files (cifar10 only).
         model: Model zoo name (default: ``small_cnn`` for digits, ``cifar_cnn`` for CIFAR).
-        budget: Flipped labels (``budget // 10`` per source class); default 20 % of the
+        budget: Flipped labels (``budget // 10`` per source class, so ``10 * (budget //
+            10)`` in all; a budget that is not a multiple of 10 warns); default 20 % of the
             training set (the reference's 10,000 of 50,000).
         seed: Seed of the poisoning, training and sampling.
         epochs: Training epochs (Adam, amsgrad, as the reference).
@@ -110,8 +111,9 @@ class RepairConfig:
         tau: First-order step (a number or ``"auto"``).
         steps: Iterative protocol steps (reference 10).
         batch: Points per iterative step (reference 1024 second order, 512 first order).
-        last_layers: Update only the last ``k`` parameter tensors (0: all; the reference
-            uses 6 for its CIFAR CNN).
+        last_layers: Update only the last ``k`` trainable parameter tensors (0: all; the
+            reference uses 6 for its CIFAR CNN); at most the model's number of them
+            (checked before training).
         hvp_batch_size: Rows per HVP batch.
         cg_tol: CG relative tolerance (true residual), > 0 (use ``cg_maxiter`` for a fixed
             number of iterations).
@@ -126,7 +128,8 @@ class RepairConfig:
         lissa_depth: LiSSA steps.
         lissa_hessian: ``"batch"`` (summed batch Hessian, the reference) or ``"full"``
             (batch Hessian times N / B, an estimate of the full-data Hessian).
-        n_train: Use only the first ``n_train`` training rows (0: all).
+        n_train: Use only the first ``n_train`` training rows (0: all); at most the
+            number of training rows (checked when the data is loaded).
         device: ``cpu``, ``cuda`` or ``cuda:<i>``.
         progress: Show progress bars.
         cache_dir: Folder of trained clean and poisoned models (None: always train, store
@@ -256,7 +259,12 @@ class RepairData:
 
 
 def load_repair_data(config: RepairConfig) -> RepairData:
-    """Load the digits (stratified seed-0 split, pixels / 16) or CIFAR-10 (pixels / 255)."""
+    """Load the digits (stratified seed-0 split, pixels / 16) or CIFAR-10 (pixels / 255).
+
+    Raises:
+        ValueError: ``config.n_train`` is above the number of training rows.
+
+    """
     if config.dataset == "digits":
         from ..data import load_digits_dataset
 
@@ -272,6 +280,10 @@ def load_repair_data(config: RepairConfig) -> RepairData:
         X_te, y_te = vision_tensors("cifar10", config.data_dir, train=False)
         X_tr, X_te = X_tr.float() / 255.0, X_te.float() / 255.0
     if config.n_train:
+        available = int(X_tr.shape[0])
+        if int(config.n_train) > available:  # a slice would silently keep all the rows
+            raise ValueError(f"'n_train' must be <= {available} training rows (0: all), got "
+                             f"{config.n_train}")
         X_tr, y_tr = X_tr[: config.n_train], y_tr[: config.n_train]
     dev = torch.device(config.device)
     return RepairData(X_tr.contiguous().to(dev), y_tr.to(dev), X_te.contiguous().to(dev),
@@ -478,6 +490,18 @@ def _build_checked_model(config: RepairConfig, X: Tensor, num_classes: int) -> n
     return model
 
 
+def _check_last_layers(config: RepairConfig, model: nn.Module) -> None:
+    """Refuse a ``last_layers`` above the model's number of trainable parameter tensors.
+
+    :func:`~fastunlearn.influence.gradients.last_parameters` would take them all, i.e.
+    silently update the whole model as ``last_layers=0`` does.
+    """
+    count = sum(1 for p in model.parameters() if p.requires_grad)
+    if int(config.last_layers) > count:
+        raise ValueError(f"'last_layers' must be <= {count} (the model's trainable parameter "
+                         f"tensors; 0: all), got {config.last_layers}")
+
+
 def _residual_norm(model: nn.Module, X: Tensor, y: Tensor, params: Any) -> float:
     """``||grad L(theta; D~)||`` of the summed corrected training loss."""
     g = loss_gradient(model, default_loss, X, y, params=params, chunk_size=1024)
@@ -518,10 +542,16 @@ def run_repair_experiment(
 
     Raises:
         TypeError: ``should_stop`` is neither None nor callable (before any work).
-        ValueError: bad settings, an unknown model name, or a model that does not fit the
-            data (checked on one row before training).
+        ValueError: bad settings, an unknown model name, a model that does not fit the
+            data (checked on one row before training), ``n_train`` above the training rows
+            or ``last_layers`` above the model's trainable parameter tensors (both before
+            training).
         KeyboardInterrupt: ``should_stop`` asked to stop before the poisoned model was
             trained (raised after the clean model's training).
+
+    Warns:
+        UserWarning: ``budget`` is not a multiple of 10 (``10 * (budget // 10)`` labels
+            are flipped; before training).
 
     """
     check_stop_callable(should_stop)
@@ -629,8 +659,13 @@ def _run_repair_experiment(
     n = data.X_train.shape[0]
     budget = config.budget if config.budget is not None else max(10, (n // 5) // 10 * 10)
     y_poison, flipped = flip_labels(data.y_train, budget, config.seed)
+    if budget % 10:  # flip_labels flips budget // 10 rows of each of the 10 classes
+        per_class = budget // 10
+        warnings.warn(f"'budget' {budget} flips {10 * per_class} labels (budget // 10 = "
+                      f"{per_class} per class)", UserWarning, stacklevel=3)
 
     init = _build_checked_model(config, data.X_train.to(dev), data.num_classes)
+    _check_last_layers(config, init)
     num_params = sum(p.numel() for p in init.parameters())
     if config.order == 2 and config.solver == "direct":
         # the dense solve's size limit, checked before the two trainings rather than after

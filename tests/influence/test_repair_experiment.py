@@ -67,7 +67,8 @@ def test_cli_repair_writes_json_png_markdown(tmp_path, capsys):
 def test_cli_repair_bad_input(capsys, tmp_path):
     args = _parse(["--dataset", "cifar10", "--result-dir", str(tmp_path)])
     assert args.func(args) == 2
-    assert "data_dir" in capsys.readouterr().err
+    # the command names its flag (the config's field is 'data_dir')
+    assert "'--data-dir' is required for dataset 'cifar10'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _parse(["--damping", "-1"])
     with pytest.raises(ValueError, match="protocols"):
