@@ -10,6 +10,7 @@ from typing import Any
 from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from ..cli_types import (
+    GivenFlag,
     HelpFormatter,
     add_progress_flags,
     non_negative_float,
@@ -21,6 +22,7 @@ from ..cli_types import (
     ratio,
     resolve_progress,
     seed,
+    warn_unused_flags,
 )
 from .dataset_names import DATASETS, canonical_dataset
 
@@ -51,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "      the paper's MNIST 3 vs 8 setting (raw pixels)",
         formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--data-dir", type=path, default=None,
+    data.add_argument("--data-dir", action=GivenFlag, type=path, default=None,
                       help="folder with the data set or extracted features (not for digits)")
     data.add_argument("--dataset", type=dataset_name, default="digits",
                       help="digits (bundled), MNIST, SVHN or CIFAR10")
@@ -75,11 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "in binary mode, as in the reference)")
     model.add_argument("--solver", choices=["auto", "cholesky", "cg"], default="auto",
                        help="how Newton steps are solved")
-    model.add_argument("--cg-tol", type=positive_float, default=0.01,
+    model.add_argument("--cg-tol", action=GivenFlag, type=positive_float, default=0.01,
                        help="CG stops when its residual (added to the bound) is below this "
                        "fraction of the step's bound; 1e-10 makes cg and cholesky agree to "
                        "~1e-12")
-    model.add_argument("--target-epsilon", type=positive_float, default=None,
+    model.add_argument("--target-epsilon", action=GivenFlag, type=positive_float, default=None,
                        help="total epsilon of a DP extractor composed with the head: the "
                        "report gives the removals supported within it (default 2 x --epsilon)")
     run = p.add_argument_group("removals")
@@ -164,8 +166,41 @@ def _check_outputs(args: argparse.Namespace) -> None:
     check_output_folder(args.result_dir, argument="result_dir", names=output_names(args.stem))
 
 
+#: What ``--target-epsilon`` is for (said when it has no effect).
+_TARGET_EPSILON_USE = "(it is the total epsilon of a DP feature extractor composed with the head)"
+
+
+def _warn_unused_remove_flags(args: argparse.Namespace) -> None:
+    """Warn about ``remove`` flags given on the command line that the run does not use.
+
+    ``--solver auto`` may pick CG for any step, so ``--cg-tol`` is unused with ``cholesky``
+    only. Whether a named ``--extractor`` is differentially private is known once its
+    features are read (:func:`_warn_target_epsilon_after_run`).
+    """
+    warn_unused_flags(args, [
+        (args.solver == "cholesky", ("cg_tol",), "with '--solver cholesky' (for the CG solver)"),
+        (args.dataset == "digits" and args.extractor == "none", ("data_dir",),
+         "with '--dataset digits' and '--extractor none' (the digits are bundled; the "
+         "folder is read for other data sets and for extracted features)"),
+        (args.extractor == "none", ("target_epsilon",),
+         f"with '--extractor none' {_TARGET_EPSILON_USE}"),
+    ])
+
+
+def _warn_target_epsilon_after_run(args: argparse.Namespace, result: Any) -> None:
+    """Warn about ``--target-epsilon`` when the features of ``--extractor`` were not DP."""
+    extractor = result.privacy.get("extractor") or {}
+    warn_unused_flags(args, [
+        (args.extractor != "none" and not extractor.get("private"), ("target_epsilon",),
+         f"with '--extractor {args.extractor}', whose features were not trained with "
+         f"differential privacy {_TARGET_EPSILON_USE}"),
+    ])
+
+
 def _cmd_remove(args: argparse.Namespace) -> int:
     from .experiment import ExperimentConfig, run_removal_experiment
+
+    _warn_unused_remove_flags(args)
 
     config = ExperimentConfig(
         dataset=args.dataset, data_dir=args.data_dir, extractor=args.extractor,
@@ -189,6 +224,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     except (ArithmeticError, RuntimeError) as exc:  # e.g. a Cholesky failure at lam 1e-150
         return command_error("remove", f"the fit failed numerically ({exc}); extreme --lam, --std "
                       "or --epsilon values can cause this", status=1)
+    _warn_target_epsilon_after_run(args, result)
     _print_summary(result)
     args.json_result = result.to_dict()
     if result.stopped_on_request or stop.requested:  # also: Ctrl-C after the last removal

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._cli_output import command_error
 from ..cli_types import (
+    GivenFlag,
     HelpFormatter,
     add_progress_flags,
     open_unit,
@@ -21,6 +22,7 @@ from ..cli_types import (
     positive_int,
     resolve_progress,
     seed,
+    warn_unused_flags,
 )
 from .cli import dataset_name
 
@@ -103,18 +105,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=500,
                    help="batch size (DP: expected Poisson batch size)")
     p.add_argument("--epochs", type=positive_int, default=20, help="passes over the data")
-    p.add_argument("--std", type=positive_float, default=6.0,
-                   help="DP-SGD noise multiplier (noise std / clipping norm)")
-    p.add_argument("--delta", type=open_unit, default=1e-5, help="DP delta")
-    p.add_argument("--clip", type=positive_float, default=4.0,
-                   help="DP-SGD per-example clipping norm")
-    p.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm",
-                   help="adversarial training attack")
-    p.add_argument("--attack-epsilon", type=positive_float, default=8 / 255,
-                   help="L-inf radius of the attack (inputs in [0, 1])")
-    p.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD steps")
+    p.add_argument("--std", action=GivenFlag, type=positive_float, default=6.0,
+                   help="DP-SGD noise multiplier (noise std / clipping norm); --extractor dp")
+    p.add_argument("--delta", action=GivenFlag, type=open_unit, default=1e-5,
+                   help="DP delta; --extractor dp")
+    p.add_argument("--clip", action=GivenFlag, type=positive_float, default=4.0,
+                   help="DP-SGD per-example clipping norm; --extractor dp")
+    p.add_argument("--attack", action=GivenFlag, choices=["fgsm", "pgd"], default="fgsm",
+                   help="adversarial training attack; --extractor adversarial")
+    p.add_argument("--attack-epsilon", action=GivenFlag, type=positive_float, default=8 / 255,
+                   help="L-inf radius of the attack (inputs in [0, 1]); --extractor adversarial")
+    p.add_argument("--pgd-steps", action=GivenFlag, type=positive_int, default=10,
+                   help="PGD steps; --extractor adversarial --attack pgd")
     p.add_argument("--svhn-extra", action="store_true",
-                   help="SVHN: train and extract on train + extra (as the reference)")
+                   help="SVHN only: train and extract on train + extra (as the reference)")
     p.add_argument("--name", type=_plain_name, default=None,
                    help="feature-file prefix (default from the settings, e.g. "
                    "dp_delta_1.00e-05_std_6.00 as in the reference)")
@@ -132,6 +136,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
     add_progress_flags(p, "--quiet")
     p.set_defaults(func=_cmd_extract)
+
+
+def _warn_unused_extract_flags(args: argparse.Namespace) -> None:
+    """Warn about ``extract`` flags given on the command line that the training ignores."""
+    extractor = args.extractor
+    warn_unused_flags(args, [
+        (extractor != "dp", ("std", "clip", "delta"),
+         f"with '--extractor {extractor}' (for the DP extractor)"),
+        (extractor != "adversarial", ("attack", "attack_epsilon", "pgd_steps"),
+         f"with '--extractor {extractor}' (for the adversarial extractor)"),
+        (extractor == "adversarial" and args.attack == "fgsm", ("pgd_steps",),
+         "with '--attack fgsm' (for the PGD attack)"),
+    ])
 
 
 def _train_extractor(args: argparse.Namespace, model: Any, train: Any,
@@ -180,6 +197,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from .._device import parse_device
     from .._output_folder import check_output_folder
 
+    if args.svhn_extra and args.dataset != "SVHN":
+        return command_error("extract", "'--svhn-extra' applies to SVHN only, got "
+                             f"'--dataset {args.dataset}'")
+    _warn_unused_extract_flags(args)
     try:
         device = parse_device(args.device)
         if not Path(args.data_dir).exists():

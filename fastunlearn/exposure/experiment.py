@@ -457,6 +457,11 @@ def greedy_completion(
     return vocab.decode(torch.tensor(out, dtype=torch.int64))
 
 
+#: Digits of a drawn secret when :class:`CanaryConfig` gets neither ``secret_length`` nor
+#: ``secret``.
+_DEFAULT_SECRET_LENGTH = 4
+
+
 @dataclass(frozen=True)
 class CanaryConfig:
     """Settings of :func:`run_canary_experiment`.
@@ -464,7 +469,9 @@ class CanaryConfig:
     Attributes:
         n_sentences: Generated sentences (about 40 characters each).
         secret: The inserted secret; None draws ``secret_length`` random digits.
-        secret_length: Digits of a drawn secret (the reference uses 10).
+        secret_length: Digits of a drawn secret (the reference uses 10). None (default):
+            the length of ``secret``, or 4 without one. Given with a ``secret`` of another
+            length, it is refused (ValueError).
         prefix: Canary text before the secret.
         suffix: Canary text after the secret.
         insertions: Copies of the canary in the text (the reference: 6 to 29).
@@ -492,7 +499,7 @@ class CanaryConfig:
 
     n_sentences: int = 600
     secret: str | None = None
-    secret_length: int = 4
+    secret_length: int | None = None
     prefix: str = "my telephone number is "
     suffix: str = "."
     insertions: int = 12
@@ -512,6 +519,13 @@ class CanaryConfig:
     device: str = "cpu"
     progress: bool = False
 
+    @property
+    def secret_digits(self) -> int:
+        """Digits of the secret: ``len(secret)``, else ``secret_length``, else 4."""
+        if self.secret is not None:
+            return len(self.secret)
+        return int(self.secret_length or _DEFAULT_SECRET_LENGTH)
+
     def __post_init__(self) -> None:
         for name in (
             "n_sentences",
@@ -524,6 +538,8 @@ class CanaryConfig:
             "enumerate_limit",
         ):
             value = getattr(self, name)
+            if name == "secret_length" and value is None:  # from the secret (below)
+                continue
             if not is_integer(value):
                 raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
             if value < 1:
@@ -541,6 +557,13 @@ class CanaryConfig:
         ):
             raise ValueError(
                 f"'secret' must be None or a non-empty string of digits, got {self.secret!r}"
+            )
+        if (self.secret is not None and self.secret_length is not None
+                and self.secret_length != len(self.secret)):
+            digits = "digit" if len(self.secret) == 1 else "digits"
+            raise ValueError(
+                f"'secret_length' {self.secret_length} contradicts 'secret' {self.secret!r} "
+                f"({len(self.secret)} {digits}): give one"
             )
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
@@ -657,7 +680,7 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
     if not isinstance(cfg, CanaryConfig):
         raise TypeError(f"'config' must be a CanaryConfig, got {type(cfg).__name__}")
     rng = random.Random(cfg.seed)
-    length = len(cfg.secret) if cfg.secret is not None else cfg.secret_length
+    length = cfg.secret_digits
     secret = cfg.secret or "".join(rng.choice(DIGITS) for _ in range(length))
     control = "".join(rng.choice(DIGITS) for _ in range(length))
     while control == secret:

@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the experiment described by ``args``; return the exit status (0 ok, 2 bad input)."""
     from .feature_experiment import (
         FeatureConfig,
+        _linear_steps_text,
         _steps_text,
         run_feature_experiment,
         write_feature_outputs,
@@ -206,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
           f"{_num(r['seconds'], '.3f')} s")
     lin = result.get("linear")
     if lin and "methods" in lin:
+        print(f"certified linear: {_linear_steps_text(lin)} (--tau and --steps apply to the "
+              "other updates)")
         for name, m in lin["methods"].items():
             print(f"certified linear {name}: residual {_num(m['residual'])}  sigma required "
                   f"{_num(m['sigma_required'])}")

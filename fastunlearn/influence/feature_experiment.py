@@ -709,6 +709,21 @@ def _steps_text(config: dict[str, Any], data: dict[str, Any]) -> str:
     return text
 
 
+def _linear_steps_text(linear: dict[str, Any]) -> str:
+    """Say which steps the certified linear variant made (a result's ``linear`` entry).
+
+    It updates once per order for all the columns, whatever ``steps`` and ``tau`` (which
+    set the other updates): first order with its own curvature step size, second order one
+    Newton step.
+    """
+    from ..report import format_value
+
+    tau = (linear.get("methods") or {}).get("order1", {}).get("tau")
+    size = "" if tau is None else f" (tau {format_value(tau)})"
+    return ("one update per order for all the columns at once: first order one step with "
+            f"its own curvature step size{size}, second order one Newton step")
+
+
 def render_feature_report(result: dict[str, Any], plot: str | None = None) -> str:
     """Markdown page of a feature-unlearning result.
 
@@ -760,8 +775,9 @@ def render_feature_report(result: dict[str, Any], plot: str | None = None) -> st
                   f"non-zero, in either mode); epsilon {fv(lin['epsilon'])}, "
                   f"delta {fv(lin['delta'])}. Retrained accuracy {fv(lin['acc_retrained'])}, "
                   f"original {fv(lin['acc_original'])} (distance "
-                  f"{fv(lin['distance_original'])}).", "",
-                  "| order | residual before | residual after | bound | sigma required | "
+                  f"{fv(lin['distance_original'])}). The certified variant makes "
+                  f"{_linear_steps_text(lin)} (tau and steps apply to the other updates).",
+                  "", "| order | residual before | residual after | bound | sigma required | "
                   "distance to retrained | test accuracy | time (s) |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, m in lin["methods"].items():
