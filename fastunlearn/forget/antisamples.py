@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -322,6 +323,9 @@ class AntiSampleConfig(ForgetConfig):
     n_generated: int | None = None
     convex_combination: bool = True
 
+    UNUSED_FIELDS: ClassVar[Mapping[str, str]] = {
+        "momentum": "(anti-sample fine-tuning trains with Adam, at its default betas)"}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.lr_scale = check_number("lr_scale", self.lr_scale, strict=True)
@@ -337,6 +341,7 @@ class AntiSampleConfig(ForgetConfig):
         if not is_flag(self.convex_combination):
             raise TypeError("convex_combination must be a bool")
         self.convex_combination = bool(self.convex_combination)
+        self._warn_settings()
 
 
 def _preset(scale: float, retain_fraction: float, *, lv: float = 1.0, p: float = 0.95,

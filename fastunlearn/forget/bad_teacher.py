@@ -20,7 +20,9 @@ last mixed batch of one example is skipped and ``batch_size=1`` is refused (Valu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +80,9 @@ class BadTeacherConfig(ForgetConfig):
     retain_fraction: float = 0.3
     incompetent_seed: int | None = None
 
+    UNUSED_FIELDS: ClassVar[Mapping[str, str]] = {
+        "momentum": "(Bad Teacher distillation trains with Adam, at its default betas)"}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.temperature = check_number("temperature", self.temperature, strict=True)
@@ -86,6 +91,7 @@ class BadTeacherConfig(ForgetConfig):
             if not is_integer(self.incompetent_seed):
                 raise TypeError("incompetent_seed must be an int or None")
             self.incompetent_seed = as_int(self.incompetent_seed)
+        self._warn_settings()
 
 
 @register("bad_teacher", BadTeacherConfig)

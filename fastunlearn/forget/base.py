@@ -41,9 +41,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sized
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 import torch
@@ -66,12 +67,19 @@ __all__ = [
     "model_device",
     "register",
     "run_method",
+    "unused_field_messages",
+    "unused_fields",
 ]
 
 
 @dataclass
 class ForgetConfig:
     """Settings every method shares; methods subclass it and add their own fields.
+
+    A method that ignores some of these fields lists them in :attr:`UNUSED_FIELDS`; a
+    config built with such a field set to a value other than its default gives a
+    UserWarning (``'epochs' and 'lr' have no effect (...)``), and so does ``forget --set``
+    naming one (:func:`unused_field_messages`).
 
     Attributes:
         epochs: Passes over the data the method trains on.
@@ -95,6 +103,10 @@ class ForgetConfig:
     progress: bool = False
     check_overlap: bool = True
 
+    #: The fields the method ignores, each with why: ``{field: "(why)"}`` (a class
+    #: attribute, not a field).
+    UNUSED_FIELDS: ClassVar[Mapping[str, str]] = {}
+
     def __post_init__(self) -> None:
         self.epochs = _check_int("epochs", self.epochs, 0)
         self.batch_size = _check_int("batch_size", self.batch_size, 1)
@@ -105,6 +117,72 @@ class ForgetConfig:
         self.check_overlap = check_flag("check_overlap", self.check_overlap)
         if isinstance(self.progress, np.bool_):  # unchecked (any truthy value), but kept plain
             self.progress = bool(self.progress)
+
+    def settings_warnings(self) -> list[str]:
+        """Return the warnings about settings that have no effect with the others.
+
+        By default: the fields of :attr:`UNUSED_FIELDS` set to a value other than their
+        default (:func:`unused_field_messages`). A subclass adds its own (call it at the
+        end of its checks, through :meth:`_warn_settings`).
+        """
+        return unused_field_messages(self)
+
+    def _warn_settings(self) -> None:
+        """Warn :meth:`settings_warnings` (the last step of a subclass's ``__post_init__``).
+
+        A method re-runs ``__post_init__`` on the config it is given (a field changed after
+        construction is checked again); the same warnings are not repeated then.
+        """
+        messages = self.settings_warnings()
+        if messages and self.__dict__.get(_WARNED_KEY) != messages:
+            for message in messages:
+                # stacklevel: the caller of the dataclass __init__ that ran __post_init__
+                warnings.warn(message, UserWarning, stacklevel=4)
+        self.__dict__[_WARNED_KEY] = messages
+
+
+#: Where a config keeps the warnings it gave (see ``ForgetConfig._warn_settings``).
+_WARNED_KEY = "_warned_settings"
+
+
+def unused_fields(config: ForgetConfig) -> list[str]:
+    """Return the fields of :attr:`ForgetConfig.UNUSED_FIELDS` set to a non-default value."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return [n for n in type(config).UNUSED_FIELDS if getattr(config, n) != defaults.get(n)]
+
+
+def unused_field_messages(config: ForgetConfig | type[ForgetConfig],
+                          names: Iterable[str] | None = None) -> list[str]:
+    """Return one warning per reason about the fields among ``names`` the method ignores.
+
+    ``config``'s class lists them in :attr:`ForgetConfig.UNUSED_FIELDS`. With ``names``
+    None, ``config`` (an instance) is checked for such fields set to a value other than
+    their default. A message reads ``'epochs' and 'lr' have no effect (why)``.
+
+    Raises:
+        TypeError: ``names`` is None and ``config`` is a class.
+
+    """
+    cls = config if isinstance(config, type) else type(config)
+    unused = cls.UNUSED_FIELDS
+    if names is None:
+        if isinstance(config, type):
+            raise TypeError("'names' is needed with a config class (an instance is checked "
+                            "for non-default values)")
+        names = unused_fields(config)
+    wanted = set(names)
+    chosen = [n for n in unused if n in wanted]  # in the class's order
+    by_reason: dict[str, list[str]] = {}
+    for name in chosen:
+        by_reason.setdefault(unused[name], []).append(name)
+    return [f"{_quoted_list(fields)} {'has' if len(fields) == 1 else 'have'} no effect {why}"
+            for why, fields in by_reason.items()]
+
+
+def _quoted_list(names: Iterable[str]) -> str:
+    """Join the names quoted: ``['a', 'b', 'c']`` -> ``"'a', 'b' and 'c'"``."""
+    quoted = [f"'{n}'" for n in names]
+    return ", ".join(quoted[:-1]) + (" and " if len(quoted) > 1 else "") + quoted[-1]
 
 
 ConfigT = TypeVar("ConfigT", bound=ForgetConfig)

@@ -21,7 +21,9 @@ forget label that no retain example has.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,9 @@ _FISHER_KINDS = ("empirical", "expected")
 class FisherConfig(SGDConfig):
     """Settings of ``fisher`` (Fisher forgetting).
 
-    ``epochs``, ``lr``, momentum and weight decay are unused (no training).
+    ``epochs``, ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``scheduler``,
+    ``milestones`` and ``gamma`` are unused (no training): a value other than the default
+    gives a UserWarning (:attr:`UNUSED_FIELDS`).
 
     Attributes:
         alpha: Noise scale: variance ``alpha / (F + eps)`` (1e-6, the OPTML run scripts'
@@ -70,6 +74,10 @@ class FisherConfig(SGDConfig):
     forget_class_rows: bool = True
     class_row_var: float = 1e-4
 
+    UNUSED_FIELDS: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        ("epochs", "lr", "momentum", "weight_decay", "nesterov", "scheduler", "milestones",
+         "gamma"), "(Fisher forgetting does not train: it only adds noise to the weights)")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.alpha = _check_float("alpha", self.alpha, 0.0, strict=False)
@@ -79,6 +87,7 @@ class FisherConfig(SGDConfig):
         self.forget_class_rows = check_bool("forget_class_rows", self.forget_class_rows)
         if self.fisher not in _FISHER_KINDS:
             raise ValueError(f"fisher must be one of {_FISHER_KINDS}, got {self.fisher!r}")
+        self._warn_settings()
 
 
 def fisher_diagonal(

@@ -20,7 +20,10 @@ to the returned model as ``model.unlearning_info``.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +37,7 @@ from .base import (
     _MAX_INT,
     ForgetConfig,
     _check_int,
+    _quoted_list,
     clone_model,
     make_loader,
     model_device,
@@ -52,18 +56,27 @@ class InfluenceConfig(ForgetConfig):
     """Settings of influence unlearning.
 
     ``epochs``, ``lr``, ``momentum`` and ``weight_decay`` are not used (there is no
-    training); ``batch_size`` is the batch of the data gathering.
+    training); ``batch_size`` is the batch of the data gathering. A value other than the
+    default of one of them gives a UserWarning (:attr:`UNUSED_FIELDS`), and so do
+    ``damping``, ``tol`` or ``maxiter`` with ``solver="lissa"`` and ``tol`` or ``maxiter``
+    with ``solver="direct"``, which do not use them.
 
     Attributes:
         num_params: Update the last ``num_params`` parameter tensors (2: the head's weight
-            and bias); 0 updates every trainable parameter.
+            and bias); 0 updates every trainable parameter. More than the model has
+            trainable parameter tensors is refused (ValueError) when the method runs.
         solver: ``"cg"`` (default), ``"lissa"`` or ``"direct"``.
         curvature: ``"hessian"`` or ``"ggn"`` (positive semidefinite; use it for deep
             parameter subsets where the Hessian can be indefinite).
-        damping: Tikhonov damping lambda of the retain Hessian (summed loss).
+        damping: Tikhonov damping lambda of the retain Hessian (summed loss); CG and
+            direct only. LiSSA runs with the reference settings
+            (:class:`~fastunlearn.influence.LissaSettings` defaults: 100 steps over batches
+            of 1024 retain rows, damped by ``d s = 1e-4 * 2e5 = 20`` relative to a batch's
+            summed Hessian); the report's ``damping`` and ``step_scale`` give the system
+            it solves relative to the retain Hessian.
         scale: Multiplier of the Newton step (1: the plain influence estimate).
-        tol: Relative CG tolerance.
-        maxiter: CG iteration cap (None: ``10 P``).
+        tol: Relative CG tolerance (CG only).
+        maxiter: CG iteration cap (None: ``10 P``; CG only).
         hvp_batch_size: Rows per Hessian-vector product batch.
         retain_fraction: Fraction of the retain set the Hessian is estimated on (seeded).
         loss_tolerance: Relative growth of the retain loss treated as divergence.
@@ -82,6 +95,10 @@ class InfluenceConfig(ForgetConfig):
     retain_fraction: float = 1.0
     loss_tolerance: float = 1.0
     on_divergence: str = "raise"
+
+    UNUSED_FIELDS: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        ("epochs", "lr", "momentum", "weight_decay"),
+        "(influence unlearning does not train: it takes one Newton step)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,6 +122,33 @@ class InfluenceConfig(ForgetConfig):
         if self.on_divergence not in ("raise", "keep"):
             raise ValueError(f"on_divergence must be 'raise' or 'keep', got "
                              f"{self.on_divergence!r}")
+        self._warn_settings()
+
+    def settings_warnings(self) -> list[str]:
+        """Return the unused-field warnings and those about the solver's own settings.
+
+        LiSSA ignores ``damping``, ``tol`` and ``maxiter``; the direct solver ignores
+        ``tol`` and ``maxiter``. Each set to a value other than its default is named.
+        """
+        out = super().settings_warnings()
+        ignored = {"lissa": ("damping", "tol", "maxiter"), "direct": ("tol", "maxiter")}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = [n for n in ignored.get(self.solver, ()) if getattr(self, n) != defaults[n]]
+        if changed:
+            names = _quoted_list(changed)
+            verb = "has" if len(changed) == 1 else "have"
+            why = _LISSA_NOTE if self.solver == "lissa" else _DIRECT_NOTE
+            out.append(f"{names} {verb} no effect with solver={self.solver!r} {why}")
+        return out
+
+
+#: Why ``damping``, ``tol`` and ``maxiter`` do nothing with ``solver="lissa"``: the update
+#: runs LiSSA with ``LissaSettings()`` (the reference's CIFAR settings).
+_LISSA_NOTE = ("(LiSSA runs with its reference settings: 100 steps over batches of 1024 "
+               "retain rows, damped by d*s = 1e-4 * 2e5 = 20 relative to a batch's summed "
+               "Hessian)")
+_DIRECT_NOTE = ("(the direct solver solves the damped system with one dense factorisation, "
+                "without iterations)")
 
 
 def weighted_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -151,8 +195,9 @@ def influence_unlearning(
 
     Raises:
         RuntimeError: The update diverged and ``on_divergence="raise"``.
-        ValueError: Overlapping sets, duplicate forget examples or labels outside the
-            model's outputs.
+        ValueError: Overlapping sets, duplicate forget examples, labels outside the
+            model's outputs, or ``num_params`` above the model's number of trainable
+            parameter tensors.
         TypeError: A trainable parameter of ``model`` is neither float32 nor float64
             (bfloat16, float16).
 
@@ -166,6 +211,11 @@ def influence_unlearning(
                 f"in {p.dtype} (the inverse-Hessian solve needs them); convert it with "
                 ".float() or .double()"
             )
+    tensors = sum(1 for p in model.parameters() if p.requires_grad)
+    if tensors and config.num_params > tensors:  # last_parameters would take them all
+        raise ValueError(
+            f"'num_params' must be <= {tensors} (the model's trainable parameter tensors; 0 "
+            f"updates all of them), got {config.num_params}")
     clone = clone_model(model)
     device = model_device(clone)
     params = [p for p in clone.parameters() if p.requires_grad]

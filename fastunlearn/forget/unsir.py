@@ -18,8 +18,9 @@ the noise of every forgotten class 0, and it copies only 3 of the 256 noise imag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,9 @@ class UnsirConfig(ForgetConfig):
     noise_lambda: float = 0.1
     retain_per_class: int = 1000
 
+    UNUSED_FIELDS: ClassVar[Mapping[str, str]] = {
+        "momentum": "(UNSIR impairs and repairs with Adam, at its default betas)"}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.repair_epochs = check_positive_int("repair_epochs", self.repair_epochs, 0)
@@ -90,6 +94,7 @@ class UnsirConfig(ForgetConfig):
         self.noise_lr = check_number("noise_lr", self.noise_lr)
         self.noise_lambda = check_number("noise_lambda", self.noise_lambda)
         self.retain_per_class = check_positive_int("retain_per_class", self.retain_per_class)
+        self._warn_settings()
 
 
 def error_maximizing_noise(

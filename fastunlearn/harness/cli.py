@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import re
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
-from ..cli_types import add_progress_flags, name_flags, resolve_progress
+from ..cli_types import (
+    GivenFlag,
+    add_progress_flags,
+    name_flags,
+    resolve_progress,
+    warn_unused_flags,
+)
 from ..cli_types import path as _path
 from ..cli_types import positive_float as _positive_float
 from ..cli_types import positive_int as _positive_int
@@ -92,7 +102,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--forget", default="class:3",
                    help="forget set: class:K[,K...], random:FRACTION or file:PATH "
                         "(default class:3)")
-    p.add_argument("--forget-seed", type=_seed, default=0,
+    p.add_argument("--forget-seed", action=GivenFlag, type=_seed, default=0,
                    help="seed of random: forget sets, 0 .. 2**32-1")
     p.add_argument("--seeds", type=_positive_int, default=3, help="runs per method (3)")
     p.add_argument("--oracles", type=_positive_int, default=4,
@@ -124,7 +134,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="write results.json, results.md and the logits only (no PNG)")
     add_progress_flags(p)
     add_json_flag(p)
-    p.set_defaults(func=json_output(run), flag_names=_FLAGS)  # flags in warnings too
+    # flags in warnings too, except the names a method's config shares with the training
+    # flags ('epochs' in "'overrides' for 'fisher': 'epochs' has no effect" is fisher's)
+    p.set_defaults(func=json_output(run), flag_names=_WARNING_FLAGS)
     return p
 
 
@@ -137,6 +149,36 @@ _FLAGS = {
     "forget_seed": "--forget-seed", "seeds": "--seeds", "oracles": "--oracles",
     "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "overrides": "--set",
 }
+
+#: :data:`_FLAGS` for the warnings: without the names every method's config has too.
+_WARNING_FLAGS = {k: v for k, v in _FLAGS.items() if k not in ("epochs", "lr", "batch_size")}
+
+
+def _warn_unused_forget_flags(args: argparse.Namespace) -> None:
+    """Warn about ``forget`` flags given on the command line that the run does not use."""
+    kind = str(args.forget).partition(":")[0].strip().lower()
+    warn_unused_flags(args, [
+        (kind in ("class", "file"), ("forget_seed",),
+         f"with '--forget {args.forget}' (a {kind} forget set is not drawn at random)"),
+    ])
+
+
+@contextlib.contextmanager
+def _reported_once(config: Any) -> Iterator[None]:
+    """Do not repeat, during the run, the method-config warnings the HarnessConfig gave.
+
+    Creating the config warns about the ``--set`` overrides, naming each method
+    (``'overrides' for 'fisher': ...``); the run builds the same configs again (once per
+    seed), which would repeat those warnings without the method's name.
+    """
+    from .config import _build_method_config
+
+    with warnings.catch_warnings():
+        for name, settings in config.method_settings().items():
+            for w in _build_method_config(name, settings)[1]:
+                warnings.filterwarnings("ignore", message=re.escape(str(w.message)) + r"\Z",
+                                        category=w.category)
+        yield
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,9 +213,10 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, mia=not args.no_mia, progress=resolve_progress(args.progress),
             plots=not args.no_plots,
         )
+        _warn_unused_forget_flags(args)
         if cache_dir is not None:  # before training: a file in the way must not cost the run
             check_output_folder(cache_dir, argument="cache_dir")
-        with GracefulStop(what="method run") as stop:
+        with GracefulStop(what="method run") as stop, _reported_once(config):
             result = run_harness(config, should_stop=stop)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         return command_error("forget", name_flags(str(exc), _FLAGS))

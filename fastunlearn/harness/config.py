@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from .._device import parse_device
 from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
 from .._paths import check_path
 from ..forget import available_methods, get_method
-from ..forget.base import _MAX_INT
+from ..forget.base import _MAX_INT, unused_field_messages, unused_fields
 
 __all__ = [
     "DIGITS_OVERRIDES",
@@ -145,7 +146,10 @@ class HarnessConfig:
             ``train_seed + ORACLE_SEED_OFFSET + i``).
         overrides: ``{method: {field: value}}`` on top of the defaults (not ``seed`` or
             ``progress``, which the harness sets); validated by building every method's
-            config when the HarnessConfig is created.
+            config when the HarnessConfig is created. A field the method ignores
+            (``fisher``'s ``epochs``; ``ForgetConfig.UNUSED_FIELDS``), or one that has no
+            effect with the others, gives a UserWarning naming the method:
+            ``'overrides' for 'fisher': 'epochs' has no effect (...)``.
         digits_defaults: Apply :data:`DIGITS_OVERRIDES` under ``overrides``; ``None``
             (default): only when ``dataset`` is ``"digits"`` (other data sets get the
             methods' published defaults).
@@ -267,8 +271,9 @@ class HarnessConfig:
             raise TypeError(f"'digits_defaults' must be a bool or None, got "
                             f"{type(self.digits_defaults).__name__}")
         self.digits_defaults = bool(self.digits_defaults)
-        configs = {m: _check_method_config(m, settings)
-                   for m, settings in self.method_settings().items()}
+        configs = {}
+        for m, settings in self.method_settings().items():  # a loop: the warnings' stacklevel
+            configs[m] = _check_method_config(m, settings, self.overrides.get(m, {}))
         # NumPy scalars in the overrides are stored as the Python values the configs hold
         # (the JSON outputs and equality see plain values)
         self.overrides = {
@@ -357,10 +362,37 @@ def _check_device(spec: object) -> str:
     return spec
 
 
-def _check_method_config(name: str, settings: dict[str, Any]) -> Any:
-    """Build and return method ``name``'s config from ``settings``; errors name the method."""
+def _build_method_config(name: str,
+                        settings: dict[str, Any]) -> tuple[Any, list[warnings.WarningMessage]]:
+    """Build method ``name``'s config from ``settings``; errors name the method.
+
+    Returns:
+        The config and the warnings its construction gave (recorded, not shown).
+
+    """
     _, cls = get_method(name)
-    try:
-        return cls(**settings)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"'overrides' for {name!r}: {exc}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            config = cls(**settings)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"'overrides' for {name!r}: {exc}") from None
+    return config, caught
+
+
+def _check_method_config(name: str, settings: dict[str, Any], given: dict[str, Any]) -> Any:
+    """Build and return method ``name``'s config from ``settings``; errors name the method.
+
+    Its warnings are shown naming the method (``'overrides' for 'fisher': ...``). The
+    fields it ignores are named when ``given`` (the run's own overrides) sets them, even
+    to their default value, or when ``settings`` sets them to another value.
+    """
+    config, caught = _build_method_config(name, settings)
+    own = set(unused_field_messages(config))  # repeated below with the given fields
+    for w in caught:
+        if str(w.message) not in own:
+            # stacklevel: the caller of HarnessConfig(...)
+            warnings.warn(f"'overrides' for {name!r}: {w.message}", w.category, stacklevel=4)
+    for message in unused_field_messages(config, {*given, *unused_fields(config)}):
+        warnings.warn(f"'overrides' for {name!r}: {message}", UserWarning, stacklevel=4)
+    return config
