@@ -119,3 +119,14 @@ COMMAND_ARGS = {
     "evaluate": ["logits"],
     "exposure": [],
 }
+
+
+def used_settings(method: str, **settings: Any) -> dict:
+    """``settings`` without the fields forgetting ``method`` ignores (they would warn).
+
+    E.g. ``epochs=1`` for speed is dropped for ``fisher``, which does not train.
+    """
+    from fastunlearn.forget import get_method
+
+    ignored = get_method(method)[1].UNUSED_FIELDS
+    return {k: v for k, v in settings.items() if k not in ignored}

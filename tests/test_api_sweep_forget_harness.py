@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import used_settings
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -193,7 +194,8 @@ def test_method_refuses_malformed_data(name: str, make, exc: type, match: str) -
     bad_forget, bad_retain = make(forget, retain)
     snap = _snapshot(model, *forget, *retain)
     with pytest.raises(exc, match=match):
-        run_method(name, model, bad_forget, bad_retain, epochs=1, batch_size=4)
+        run_method(name, model, bad_forget, bad_retain,
+                   **used_settings(name, epochs=1, batch_size=4))
     _assert_unchanged(model, snap, *forget, *retain)
 
 

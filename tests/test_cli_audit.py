@@ -1,6 +1,7 @@
 """``fastunlearn`` command audit: flags reach the run, reports match an independent
 computation, bad settings fail early and cleanly, outputs are not lost or overwritten."""
 
+import contextlib
 import io
 import json
 import math
@@ -51,9 +52,11 @@ def kv_table(text, section):
 def test_zero_std_with_plots_draws_the_zero_budget(tmp_path, capsys):
     """--std 0 gives a zero budget (every removal retrains); the bounds plot names it in
     its legend instead of failing after the run with nothing saved."""
-    assert main(["remove", "--train-mode", "binary", "--lam", "0.01", "--std", "0",
-                 "--num-removes", "2", "--no-retrain-timing", "--result-dir",
-                 str(tmp_path)]) == 0
+    with pytest.warns(UserWarning, match="exceeds the budget 0.000e.00 .sigma=0.0.; every "
+                      "removal will retrain"):
+        assert main(["remove", "--train-mode", "binary", "--lam", "0.01", "--std", "0",
+                     "--num-removes", "2", "--no-retrain-timing", "--result-dir",
+                     str(tmp_path)]) == 0
     capsys.readouterr()
     payload = only_json(tmp_path)
     assert payload["privacy"]["budget"] == 0.0
@@ -62,9 +65,10 @@ def test_zero_std_with_plots_draws_the_zero_budget(tmp_path, capsys):
 
 
 def test_zero_std_without_plots_retrains_every_removal_and_writes_the_report(tmp_path, capsys):
-    assert main(["remove", "--train-mode", "binary", "--lam", "0.01", "--std", "0",
-                 "--num-removes", "3", "--no-plots", "--no-retrain-timing",
-                 "--result-dir", str(tmp_path)]) == 0
+    with pytest.warns(UserWarning, match="every removal will retrain"):
+        assert main(["remove", "--train-mode", "binary", "--lam", "0.01", "--std", "0",
+                     "--num-removes", "3", "--no-plots", "--no-retrain-timing",
+                     "--result-dir", str(tmp_path)]) == 0
     capsys.readouterr()
     payload = only_json(tmp_path)
     # budget sigma * epsilon / c = 0: no removal fits, each one retrains
@@ -130,9 +134,12 @@ def test_subsample_ratio_is_ignored_with_a_warning_in_binary_mode(tmp_path, caps
 
 @pytest.mark.parametrize(("flags", "target"), [((), 2.0 * 0.5), (("--target-epsilon", "3"), 3.0)])
 def test_target_epsilon_reaches_the_privacy_summary(tmp_path, capsys, flags, target):
-    assert main(["remove", "--train-mode", "binary", "--lam", "0.01", "--std", "1",
-                 "--epsilon", "0.5", "--num-removes", "1", "--no-plots",
-                 "--no-retrain-timing", "--result-dir", str(tmp_path), *flags]) == 0
+    # given without a DP extractor, it is recorded and said to have no effect
+    unused = "'--target-epsilon' has no effect with '--extractor none'"
+    with pytest.warns(UserWarning, match=unused) if flags else contextlib.nullcontext():
+        assert main(["remove", "--train-mode", "binary", "--lam", "0.01", "--std", "1",
+                     "--epsilon", "0.5", "--num-removes", "1", "--no-plots",
+                     "--no-retrain-timing", "--result-dir", str(tmp_path), *flags]) == 0
     capsys.readouterr()
     assert only_json(tmp_path)["privacy"]["target_epsilon"] == pytest.approx(target)
 

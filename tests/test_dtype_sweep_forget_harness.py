@@ -8,6 +8,7 @@ unchanged; a supported dtype must give the right answer in the model's own dtype
 import numpy as np
 import pytest
 import torch
+from helpers import used_settings
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -107,7 +108,7 @@ def test_adam_methods_refuse_float16_model(method):
     rng = torch.get_rng_state()
     with pytest.raises(TypeError, match=rf"{method}: 'model' must not have float16"):
         run_method(method, model, (x[forget], y[forget]), (x[~forget], y[~forget]),
-                   epochs=1, batch_size=8)
+                   **used_settings(method, epochs=1, batch_size=8))
     assert _unchanged(model, before)
     assert torch.equal(rng, torch.get_rng_state())
 
@@ -150,7 +151,7 @@ def test_float_or_bool_labels_of_a_custom_dataset_are_refused(method, kind):
     labels = y.float() + 0.5 if kind == "float" else y > 0
     with pytest.raises(TypeError, match=r"forget: labels must be integers"):
         run_method(method, model, _Items(x[:6], labels[:6]), (x[6:], y[6:]),
-                   epochs=1, batch_size=8)
+                   **used_settings(method, epochs=1, batch_size=8))
     assert _unchanged(model, before)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import used_settings
 from torch import Tensor, nn
 
 import fastunlearn.influence as inf
@@ -207,7 +208,8 @@ def _forget_sets() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
 
 def _forget_config(name: str, seed: int = 0) -> Any:
     _, cls = get_method(name)
-    return cls(epochs=1, batch_size=32, seed=seed, **_FORGET_SETTINGS.get(name, {}))
+    return cls(**used_settings(name, epochs=1, batch_size=32), seed=seed,
+               **_FORGET_SETTINGS.get(name, {}))
 
 
 @pytest.mark.parametrize("name", available_methods())

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import used_settings
 from torch import Tensor, nn
 
 import fastunlearn.influence as inf
@@ -455,7 +456,8 @@ def test_forget_method_interrupted_keeps_caller_state(monkeypatch, method, point
     before = _model_state(model)
     inputs = [t.clone() for t in (*_FORGET, *_RETAIN)]
     _, cls = get_method(method)
-    config = cls(epochs=1, batch_size=32, seed=0, **_FORGET_SETTINGS[method])
+    config = cls(**used_settings(method, epochs=1, batch_size=32), seed=0,
+                 **_FORGET_SETTINGS[method])
     fired = 0
     for k in (1, 3):
         with monkeypatch.context() as m:
