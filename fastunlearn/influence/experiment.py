@@ -522,7 +522,8 @@ def run_repair_experiment(
 
     Args:
         config: The settings (validated here).
-        data: Preloaded data (default :func:`load_repair_data`).
+        data: Preloaded data (default :func:`load_repair_data`); with ``config.n_train``
+            set it must have that many training rows (checked before training).
         should_stop: Optional callable taking no arguments, asked between the two
             trainings, before every protocol and before every iterative step after the
             first (never inside a training or an update). When it answers True between
@@ -657,6 +658,9 @@ def _run_repair_experiment(
     """Run the body of :func:`run_repair_experiment` inside its forked global RNG."""
     data = data if data is not None else load_repair_data(config)
     n = data.X_train.shape[0]
+    if config.n_train and n != config.n_train:  # preloaded data of another size
+        raise ValueError(f"'data' has {n} training rows but 'n_train' is {config.n_train}: "
+                         "load it with load_repair_data(config), or set n_train=0")
     budget = config.budget if config.budget is not None else max(10, (n // 5) // 10 * 10)
     y_poison, flipped = flip_labels(data.y_train, budget, config.seed)
     if budget % 10:  # flip_labels flips budget // 10 rows of each of the 10 classes

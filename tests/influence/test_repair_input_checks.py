@@ -73,6 +73,16 @@ def test_api_refuses_n_train_above_the_training_rows_before_training(no_training
     assert load_repair_data(RepairConfig(n_train=1438)).X_train.shape[0] == 1438
 
 
+def test_api_refuses_preloaded_data_of_another_size_than_n_train(no_training):
+    data = load_repair_data(RepairConfig(n_train=300))
+    with pytest.raises(ValueError, match=r"^'data' has 300 training rows but 'n_train' is "
+                       r"200: load it with load_repair_data\(config\), or set n_train=0$"):
+        run_repair_experiment(RepairConfig(n_train=200), data)
+    for n_train in (300, 0):  # the same size, or no n_train: the runs go on to the training
+        with pytest.raises(_Stop):
+            run_repair_experiment(RepairConfig(n_train=n_train), data)
+
+
 def test_cli_refuses_n_train_above_the_training_rows(no_training, tmp_path, capsys):
     out = tmp_path / "out"
     status = main(["repair", "--n-train", "99999", "--result-dir", str(out), "--no-plots"])
