@@ -399,7 +399,7 @@ def test_extract_refuses_a_folder_named_like_its_features_before_training(tmp_pa
 TINY_RUNS = [
     pytest.param(["remove", "--train-mode", "binary", "--num-removes", "2", "--num-steps", "5",
                   "--no-plots", "--no-retrain-timing", "--result-dir"], id="remove"),
-    pytest.param(["repair", "--epochs", "1", "--n-train", "100", "--steps", "1",
+    pytest.param(["repair", "--epochs", "1", "--n-train", "100",
                   "--protocol", "one-shot", "--no-plots", "--result-dir"], id="repair"),
     pytest.param(["unlearn-features", "--dataset", "wine", "--no-linear", "--no-plots",
                   "--out"], id="unlearn-features"),

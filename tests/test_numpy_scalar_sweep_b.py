@@ -223,7 +223,8 @@ def test_train_settings_take_numpy_scalars():
 
 
 def test_harness_config_takes_numpy_scalars():
-    kw = {"methods": ("finetune",), "cache_dir": None}
+    # a random forget set: its seed is used (with class:3 it would warn)
+    kw = {"methods": ("finetune",), "cache_dir": None, "forget": "random:0.1"}
     a = HarnessConfig(**kw, forget_seed=I64(1), seeds=I32(2), oracles=U8(1),
                       train_seed=I64(3), mia=np.bool_(False), progress=np.bool_(False),
                       digits_defaults=np.bool_(True), device=I64(0),

@@ -26,11 +26,9 @@ from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
 from ..cli_types import (
-    GivenFlag,
     add_progress_flags,
     name_flags,
     resolve_progress,
-    warn_unused_flags,
 )
 from ..cli_types import path as _path
 from ..cli_types import positive_float as _positive_float
@@ -102,7 +100,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--forget", default="class:3",
                    help="forget set: class:K[,K...], random:FRACTION or file:PATH "
                         "(default class:3)")
-    p.add_argument("--forget-seed", action=GivenFlag, type=_seed, default=0,
+    p.add_argument("--forget-seed", type=_seed, default=0,
                    help="seed of random: forget sets, 0 .. 2**32-1")
     p.add_argument("--seeds", type=_positive_int, default=3, help="runs per method (3)")
     p.add_argument("--oracles", type=_positive_int, default=4,
@@ -152,15 +150,6 @@ _FLAGS = {
 
 #: :data:`_FLAGS` for the warnings: without the names every method's config has too.
 _WARNING_FLAGS = {k: v for k, v in _FLAGS.items() if k not in ("epochs", "lr", "batch_size")}
-
-
-def _warn_unused_forget_flags(args: argparse.Namespace) -> None:
-    """Warn about ``forget`` flags given on the command line that the run does not use."""
-    kind = str(args.forget).partition(":")[0].strip().lower()
-    warn_unused_flags(args, [
-        (kind in ("class", "file"), ("forget_seed",),
-         f"with '--forget {args.forget}' (a {kind} forget set is not drawn at random)"),
-    ])
 
 
 @contextlib.contextmanager
@@ -213,7 +202,6 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, mia=not args.no_mia, progress=resolve_progress(args.progress),
             plots=not args.no_plots,
         )
-        _warn_unused_forget_flags(args)
         if cache_dir is not None:  # before training: a file in the way must not cost the run
             check_output_folder(cache_dir, argument="cache_dir")
         with GracefulStop(what="method run") as stop, _reported_once(config):

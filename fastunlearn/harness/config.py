@@ -138,7 +138,8 @@ class HarnessConfig:
         data_dir: Folder of the torchvision files (not needed for digits).
         model: Zoo model name (:func:`fastunlearn.models.build_model`).
         forget: Forget spec: ``"class:3"``, ``"random:0.1"``, ``"file:PATH"``.
-        forget_seed: Seed of a ``random:`` forget set.
+        forget_seed: Seed of a ``random:`` forget set (another value than 0 with a
+            ``class:`` or ``file:`` set warns: it has no effect there).
         seeds: Runs of every method (seeds ``0..seeds-1``) from the one original model.
         oracles: Models retrained from scratch on the retain set (seeds differ).
         train: Training recipe of the original model and the oracles.
@@ -245,6 +246,11 @@ class HarnessConfig:
             raise ValueError(f"'model' must be one of {sorted(MODELS)}, got {self.model!r}")
         if not isinstance(self.forget, str):
             raise TypeError(f"'forget' must be a str, got {type(self.forget).__name__}")
+        kind = self.forget.partition(":")[0].strip().lower()
+        if kind in ("class", "file") and self.forget_seed != 0:
+            # stacklevel: the caller of HarnessConfig(...)
+            warnings.warn(f"'forget_seed' has no effect with forget {self.forget!r} (a {kind} "
+                          "forget set is not drawn at random)", UserWarning, stacklevel=3)
         if not isinstance(self.overrides, dict):
             raise TypeError("'overrides' must be a dict {method: {field: value}}")
         for m, settings in self.overrides.items():

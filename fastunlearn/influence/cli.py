@@ -99,9 +99,7 @@ def _warn_unused_repair_flags(args: argparse.Namespace) -> None:
          "with '--solver lissa' (LiSSA is damped by '--lissa-damping')"),
         (args.protocol == "one-shot", ("steps", "batch"),
          "with '--protocol one-shot' (for the iterative protocol)"),
-        (args.dataset == "digits", ("data_dir",),
-         "with '--dataset digits' (bundled; the folder is read for cifar10 only)"),
-    ])
+    ])  # '--data-dir' with the digits: RepairConfig.validate warns
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -129,7 +127,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=["digits", "cifar10"], default="digits",
                    help="data set (cifar10 from --data-dir)")
-    p.add_argument("--data-dir", action=GivenFlag, type=_path, default=None,
+    p.add_argument("--data-dir", type=_path, default=None,
                    help="folder with CIFAR-10 (torchvision files)")
     p.add_argument("--model", default=None,
                    help="model zoo name (default small_cnn for digits, cifar_cnn for CIFAR)")

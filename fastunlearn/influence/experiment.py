@@ -230,6 +230,11 @@ class RepairConfig:
             raise TypeError(f"'device' must be a str such as 'cuda:1', got "
                             f"{type(self.device).__name__}")
         parse_device(self.device)  # cpu, cuda or cuda:<i>, visible
+        if self.dataset == "digits" and self.data_dir:
+            # the location is this line (not the caller's): a config validated twice, by the
+            # command and by the run, warns once
+            warnings.warn("'data_dir' has no effect with dataset 'digits' (bundled; the "
+                          "folder is read for cifar10 only)", UserWarning, stacklevel=1)
         return self
 
     @property

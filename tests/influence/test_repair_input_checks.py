@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import warnings
 
 import pytest
@@ -202,17 +203,25 @@ def _record_configs(monkeypatch):
 
 def test_cli_warns_that_data_dir_has_no_effect_with_the_digits(monkeypatch, tmp_path):
     seen = _record_configs(monkeypatch)
-    with pytest.warns(UserWarning, match=r"^'--data-dir' has no effect with '--dataset "
-                      r"digits' \(bundled; the folder is read for cifar10 only\)$"), \
-            pytest.raises(_Stop):
+    message = ("'data_dir' has no effect with dataset 'digits' (bundled; the folder is read "
+               "for cifar10 only)")
+    with pytest.warns(UserWarning, match=f"^{re.escape(message)}$"), pytest.raises(_Stop):
         main(["repair", "--data-dir", str(tmp_path), "--result-dir", str(tmp_path / "o")])
     assert seen[-1].dataset == "digits"
+    # the command shows its flag; the Python API warns too
+    outcome, lines = _printed_warnings(["repair", "--data-dir", str(tmp_path), "--result-dir",
+                                        str(tmp_path / "o")])
+    assert isinstance(outcome, _Stop)
+    assert lines == ["fastunlearn repair: warning: '--data-dir' has no effect with dataset "
+                     "'digits' (bundled; the folder is read for cifar10 only)\n"]
+    with pytest.warns(UserWarning, match=f"^{re.escape(message)}$"):
+        RepairConfig(data_dir=str(tmp_path)).validate()
     # read with cifar10; not given at all: no warning
     for argv in (["--dataset", "cifar10", "--data-dir", str(tmp_path)], []):
         with warnings.catch_warnings(record=True) as record, pytest.raises(_Stop):
             warnings.simplefilter("always")
             main(["repair", *argv, "--result-dir", str(tmp_path / "o")])
-        assert not [w for w in record if "--data-dir" in str(w.message)]
+        assert not [w for w in record if "data_dir" in str(w.message)]
     assert seen[-2].data_dir == str(tmp_path) and seen[-1].data_dir is None
 
 
