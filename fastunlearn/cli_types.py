@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._no_effect import no_effect_message
+
 __all__ = [
     "GivenFlag",
     "HelpFormatter",
@@ -221,8 +223,6 @@ def warn_unused_flags(args: argparse.Namespace,
     """
     given = getattr(args, "given_flags", ())
     for applies, dests, why in rules:
-        unused = [f"'{_flag(d)}'" for d in dests if d in given]
+        unused = [_flag(d) for d in dests if d in given]
         if applies and unused:
-            names = ", ".join(unused[:-1]) + (" and " if len(unused) > 1 else "") + unused[-1]
-            verb = "has" if len(unused) == 1 else "have"
-            warnings.warn(f"{names} {verb} no effect {why}", UserWarning, stacklevel=2)
+            warnings.warn(no_effect_message(unused, why), UserWarning, stacklevel=2)

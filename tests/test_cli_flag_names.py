@@ -49,3 +49,12 @@ def test_errors_name_the_flags(tmp_path, capsys, argv, expected):
 def test_evaluate_names_its_folder_argument(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("fastunlearn evaluate: error: 'DIR': ")
+
+
+def test_no_effect_message_lists_the_names_in_one_sentence():
+    from fastunlearn._no_effect import no_effect_message
+
+    assert no_effect_message(["--a"], "here") == "'--a' has no effect here"
+    assert no_effect_message(["a", "b", "c"], "(why)") == "'a', 'b' and 'c' have no effect (why)"
+    with pytest.raises(ValueError, match="'names' must name at least one setting"):
+        no_effect_message([], "here")

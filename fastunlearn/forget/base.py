@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .._no_effect import no_effect_message
 from .._numbers import as_float, as_int, is_flag, is_integer, is_real
 
 __all__ = [
@@ -175,14 +176,8 @@ def unused_field_messages(config: ForgetConfig | type[ForgetConfig],
     by_reason: dict[str, list[str]] = {}
     for name in chosen:
         by_reason.setdefault(unused[name], []).append(name)
-    return [f"{_quoted_list(fields)} {'has' if len(fields) == 1 else 'have'} no effect {why}"
-            for why, fields in by_reason.items()]
+    return [no_effect_message(fields, why) for why, fields in by_reason.items()]
 
-
-def _quoted_list(names: Iterable[str]) -> str:
-    """Join the names quoted: ``['a', 'b', 'c']`` -> ``"'a', 'b' and 'c'"``."""
-    quoted = [f"'{n}'" for n in names]
-    return ", ".join(quoted[:-1]) + (" and " if len(quoted) > 1 else "") + quoted[-1]
 
 
 ConfigT = TypeVar("ConfigT", bound=ForgetConfig)

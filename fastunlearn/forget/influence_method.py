@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._no_effect import no_effect_message
 from .._numbers import as_float, as_int, is_integer, is_real
 from ..influence import influence_update, last_parameters
 from ._common_b import check_fraction, prepare_inputs
@@ -37,7 +38,6 @@ from .base import (
     _MAX_INT,
     ForgetConfig,
     _check_int,
-    _quoted_list,
     clone_model,
     make_loader,
     model_device,
@@ -135,10 +135,8 @@ class InfluenceConfig(ForgetConfig):
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         changed = [n for n in ignored.get(self.solver, ()) if getattr(self, n) != defaults[n]]
         if changed:
-            names = _quoted_list(changed)
-            verb = "has" if len(changed) == 1 else "have"
             why = _LISSA_NOTE if self.solver == "lissa" else _DIRECT_NOTE
-            out.append(f"{names} {verb} no effect with solver={self.solver!r} {why}")
+            out.append(no_effect_message(changed, f"with solver={self.solver!r} {why}"))
         return out
 
 
