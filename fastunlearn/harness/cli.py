@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
-import re
 import sys
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 from .._cli_output import add_json_flag, command_error, json_output
@@ -152,24 +148,6 @@ _FLAGS = {
 _WARNING_FLAGS = {k: v for k, v in _FLAGS.items() if k not in ("epochs", "lr", "batch_size")}
 
 
-@contextlib.contextmanager
-def _reported_once(config: Any) -> Iterator[None]:
-    """Do not repeat, during the run, the method-config warnings the HarnessConfig gave.
-
-    Creating the config warns about the ``--set`` overrides, naming each method
-    (``'overrides' for 'fisher': ...``); the run builds the same configs again (once per
-    seed), which would repeat those warnings without the method's name.
-    """
-    from .config import _build_method_config
-
-    with warnings.catch_warnings():
-        for name, settings in config.method_settings().items():
-            for w in _build_method_config(name, settings)[1]:
-                warnings.filterwarnings("ignore", message=re.escape(str(w.message)) + r"\Z",
-                                        category=w.category)
-        yield
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``forget``; returns the exit status.
 
@@ -204,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if cache_dir is not None:  # before training: a file in the way must not cost the run
             check_output_folder(cache_dir, argument="cache_dir")
-        with GracefulStop(what="method run") as stop, _reported_once(config):
+        with GracefulStop(what="method run") as stop:
             result = run_harness(config, should_stop=stop)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         return command_error("forget", name_flags(str(exc), _FLAGS))

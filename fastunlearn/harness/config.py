@@ -386,6 +386,17 @@ def _build_method_config(name: str,
     return config, caught
 
 
+def built_method_config(name: str, settings: dict[str, Any]) -> Any:
+    """Return method ``name``'s config built from ``settings``, its warnings not shown.
+
+    The runner's: the :class:`HarnessConfig` showed them when it was built, naming the
+    method (``'overrides' for 'fisher': ...``); a run does not repeat them. The config
+    remembers the warnings it gave, so the method's own re-check of its fields (with
+    ``seed`` and ``progress`` set per run) stays quiet too.
+    """
+    return _build_method_config(name, settings)[0]
+
+
 def _check_method_config(name: str, settings: dict[str, Any], given: dict[str, Any]) -> Any:
     """Build and return method ``name``'s config from ``settings``; errors name the method.
 

@@ -23,6 +23,7 @@ run between method runs: what is done is scored and written, the rest is marked 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import traceback
@@ -45,7 +46,7 @@ from ..metrics import (
     time_ratio,
 )
 from ..metrics.evaluate import MIN_BASELINE_HALF
-from .config import ORACLE_SEED_OFFSET, HarnessConfig
+from .config import ORACLE_SEED_OFFSET, HarnessConfig, built_method_config
 from .data import HarnessData, load_harness_data, split_forget
 from .training import train_or_load
 
@@ -275,6 +276,10 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
     # the methods work on copies; a snapshot guards the original against one that does not
     snapshot = {k: v.detach().clone() for k, v in original.model.state_dict().items()}
     runs = [(m, s) for m in config.methods if m not in skipped for s in range(config.seeds)]
+    # each method's config once (its warnings were shown, naming it, by the HarnessConfig);
+    # a run gets a copy with its seed
+    method_configs = {m: built_method_config(m, overrides[m])
+                      for m in config.methods if m not in skipped}
     bar = _iter(runs, config.progress, "unlearn")
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in config.methods}
     stopped = False
@@ -288,10 +293,12 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
                 bar.set_postfix_str(f"{name} seed {seed}")
             record: dict[str, Any] = {"seed": seed}
             try:
+                method_config = copy.copy(method_configs[name])
+                method_config.seed, method_config.progress = seed, config.progress
                 _sync(device)
                 t0 = time.perf_counter()
                 model = run_method(name, original.model, sets["forget"], sets["retain"],
-                                   seed=seed, progress=config.progress, **overrides[name])
+                                   method_config)
                 _sync(device)
                 record["seconds"] = time.perf_counter() - t0
                 lg = logits_of(model)

@@ -301,8 +301,11 @@ def test_seeds_settings_and_split_reach_run_method(monkeypatch: pytest.MonkeyPat
                                                    small: HarnessData) -> None:
     calls: list[dict[str, Any]] = []
 
-    def spy(name: str, model: nn.Module, forget: Any, retain: Any, **kw: Any) -> nn.Module:
-        calls.append({"name": name, "forget": forget, "retain": retain, **kw})
+    def spy(name: str, model: nn.Module, forget: Any, retain: Any,
+            config: ForgetConfig, **kw: Any) -> nn.Module:
+        assert not kw  # the settings come in the config
+        calls.append({"name": name, "forget": forget, "retain": retain, "config": config,
+                      "seed": config.seed})
         return copy.deepcopy(model)
 
     monkeypatch.setattr(runner_mod, "run_method", spy)
@@ -314,20 +317,22 @@ def test_seeds_settings_and_split_reach_run_method(monkeypatch: pytest.MonkeyPat
         [("finetune", s) for s in range(4)] + [(JITTER, s) for s in range(4)]
     expected_ft = {**DIGITS_OVERRIDES["finetune"], "lr": 0.02}
     for c in calls:
-        assert c["progress"] is cfg.progress   # bars follow the run's --progress
-        settings = {k: v for k, v in c.items()
-                    if k not in ("name", "forget", "retain", "seed", "progress")}
-        assert settings == (expected_ft if c["name"] == "finetune" else {})
+        assert c["config"].progress is cfg.progress   # bars follow the run's --progress
+        cls = base.get_method(c["name"])[1]
+        settings = expected_ft if c["name"] == "finetune" else {}
+        # each run its own config: the settings with the run's seed
+        assert c["config"] == cls(**settings, seed=c["seed"], progress=cfg.progress)
         assert torch.equal(c["forget"][1], small.y_train[small.y_train == 3])
         assert torch.equal(c["forget"][0], small.x_train[small.y_train == 3])
         assert torch.equal(c["retain"][0], small.x_train[small.y_train != 3])
+    assert len({id(c["config"]) for c in calls}) == len(calls)
     assert [r["seed"] for r in result["methods"]["finetune"]["runs"]] == [0, 1, 2, 3]
     # the published defaults: nothing from DIGITS_OVERRIDES reaches the method
     calls.clear()
     run_harness(HarnessConfig(methods=("finetune",), seeds=1, oracles=1, forget="class:3",
                               train=FAST, cache_dir=None, mia=False,
                               digits_defaults=False), small)
-    assert [k for k in calls[0] if k not in ("name", "forget", "retain")] == ["seed", "progress"]
+    assert calls[0]["config"] == base.get_method("finetune")[1](seed=0, progress=cfg.progress)
 
 
 def test_oracles_flag_and_the_saved_oracle_seeds(monkeypatch: pytest.MonkeyPatch,

@@ -17,7 +17,6 @@ import pytest
 import fastunlearn.harness as harness_pkg
 from fastunlearn._cli_output import plain_warnings
 from fastunlearn.cli import build_parser, main
-from fastunlearn.forget import get_method
 from fastunlearn.harness import HarnessConfig
 
 FISHER_WHY = "(Fisher forgetting does not train: it only adds noise to the weights)"
@@ -92,36 +91,59 @@ def test_bad_overrides_still_raise_naming_the_method() -> None:
 
 
 def _run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *argv: str) -> tuple[int, list]:
-    """Run ``forget`` with a stub harness that builds the method configs as the runner does."""
-    seen: list[str] = []
+    """Run ``forget`` up to its HarnessConfig (a stub harness stops there, status 2)."""
 
     def fake(config: HarnessConfig, **kwargs: Any) -> dict:
-        with warnings.catch_warnings(record=True) as inner:
-            for name, settings in config.method_settings().items():
-                for seed in range(config.seeds):  # as run_method(name, ..., seed=seed)
-                    get_method(name)[1](**settings, seed=seed, progress=False)
-        seen.extend(_user_warnings(inner))
         raise ValueError("stop here")
 
     monkeypatch.setattr(harness_pkg, "run_harness", fake)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         status = main(["forget", "--no-cache", "--out", str(tmp_path / "out"), *argv])
-    return status, _user_warnings(record) + seen
+    return status, _user_warnings(record)
 
 
-def test_cli_set_warns_once_and_the_run_does_not_repeat_it(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    status, got = _run_cli(monkeypatch, tmp_path, "--method", "fisher,influence",
-                           "--set", "fisher.epochs=3", "--set", "fisher.lr=0.5",
-                           "--set", "influence.solver=lissa", "--set", "influence.tol=1e-9")
-    assert status == 2  # the stub's error
-    assert got == [
+_SMALL_RUN = ("--epochs", "1", "--oracles", "1", "--seeds", "2", "--no-mia", "--no-plots")
+
+_INFLUENCE_TOL = (
+    "'overrides' for 'influence': 'tol' has no effect with solver='lissa' (LiSSA runs with "
+    "its reference settings: 100 steps over batches of 1024 retain rows, damped by d*s = "
+    "1e-4 * 2e5 = 20 relative to a batch's summed Hessian)")
+
+
+def test_cli_set_warns_once_and_the_run_does_not_repeat_it(tmp_path: Path) -> None:
+    # the real run: two seeds per method, each run's config a copy with its seed
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        status = main(["forget", "--no-cache", "--out", str(tmp_path / "out"), *_SMALL_RUN,
+                       "--method", "fisher,influence",
+                       "--set", "fisher.epochs=3", "--set", "fisher.lr=0.5",
+                       "--set", "influence.solver=lissa", "--set", "influence.tol=1e-9"])
+    assert status == 0
+    assert _user_warnings(record) == [
         f"'overrides' for 'fisher': 'epochs' and 'lr' have no effect {FISHER_WHY}",
-        "'overrides' for 'influence': 'tol' has no effect with solver='lissa' (LiSSA runs with "
-        "its reference settings: 100 steps over batches of 1024 retain rows, damped by d*s = "
-        "1e-4 * 2e5 = 20 relative to a batch's summed Hessian)",
+        _INFLUENCE_TOL,
     ]
+
+
+def test_run_harness_does_not_repeat_the_configs_warnings(tmp_path: Path) -> None:
+    from fastunlearn.harness import TrainSettings, load_harness_data, run_harness
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        config = HarnessConfig(methods=("fisher",), seeds=2, oracles=1, mia=False,
+                               train=TrainSettings(epochs=1), plots=False, cache_dir=None,
+                               overrides={"fisher": {"epochs": 3, "alpha": 1e-4}})
+        assert len(record) == 1  # shown once, naming the method
+        result = run_harness(config, load_harness_data("digits"))
+    assert _user_warnings(record) == [
+        f"'overrides' for 'fisher': 'epochs' has no effect {FISHER_WHY}"]
+    runs = result["methods"]["fisher"]["runs"]
+    assert [(r["seed"], r["status"]) for r in runs] == [(0, "ok"), (1, "ok")]
+    # each run got its own seed (Fisher's noise differs) and the given alpha
+    assert runs[0]["retain_accuracy"] != runs[1]["retain_accuracy"] or \
+        runs[0]["forget_accuracy"] != runs[1]["forget_accuracy"]
+    assert result["config"]["method_settings"]["fisher"]["alpha"] == 1e-4
 
 
 def test_cli_warning_names_the_set_flag_not_the_training_flags() -> None:
