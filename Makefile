@@ -8,6 +8,11 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastunlearn-deps
 BUILT  := $(VENV)/.fastunlearn-built
 PYTEST_ARGS ?=
+# The test suites run in TEST_WORKERS processes (pytest-xdist; each keeps torch's own thread
+# count, waiting passively: OMP_WAIT_POLICY); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+XDIST = $(shell [ "$(TEST_WORKERS)" != 0 ] && $(PY) -c "import xdist" 2>/dev/null && echo "-n $(TEST_WORKERS)")
+TEST_ENV = OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE}
 
 # CUDA_HOME: the nvcc that matches torch's CUDA (installed into the venv), else the system's.
 CUDA_HOME_VENV = $(shell $(PY) -c "import os,sysconfig;p=os.path.join(sysconfig.get_paths()['purelib'],'nvidia','cu13');print(p if os.path.exists(os.path.join(p,'bin','nvcc')) else '')" 2>/dev/null)
@@ -23,7 +28,7 @@ $(STAMP):
 	# plain `torch` takes the newest CUDA-enabled build (torchvision needs it)
 	$(PIP) install torch torchvision
 	$(PIP) install ninja numpy scipy scikit-learn tqdm matplotlib safetensors \
-	    pytest hypothesis pytest-benchmark expecttest opacus ruff "mypy>=2.4,<2.5"
+	    pytest pytest-xdist hypothesis pytest-benchmark expecttest opacus ruff "mypy>=2.4,<2.5"
 	# nvcc matching torch's CUDA version, for compiling the CUDA kernels
 	$(PY) -c "import torch,sys;v=torch.version.cuda;sys.exit(0 if v else 1)" && \
 	  $(PIP) install "cuda-toolkit[nvcc,cccl]==$$($(PY) -c 'import torch;print(torch.version.cuda)').*" || \
@@ -44,18 +49,21 @@ build: $(BUILT)
 test: test-python test-cuda-path test-cpp
 
 test-python: $(BUILT)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	@date +"[make] %T test-python"
+	$(TEST_ENV) $(PY) -m pytest tests $(XDIST) $(PYTEST_ARGS)
 
 # certified removal's tests again with the removal loop of the CUDA path (fixed_step: its
 # graphs' functions, run eagerly) in place of the CPU's compiled step, so that every
 # scenario of the suite (retrains, budget errors, subsampling, refreshes) covers that loop;
 # then once more with its fused ops (certified_start_, certified_cg_tail_, certified_commit_)
 test-cuda-path: $(BUILT)
-	FASTUNLEARN_FIXED_STEP=eager $(PY) -m pytest tests/certified -q $(PYTEST_ARGS)
-	FASTUNLEARN_FIXED_STEP=eager FASTUNLEARN_CERTIFIED_FUSED=1 \
-	  $(PY) -m pytest tests/certified -q $(PYTEST_ARGS)
+	@date +"[make] %T test-cuda-path"
+	$(TEST_ENV) FASTUNLEARN_FIXED_STEP=eager $(PY) -m pytest tests/certified -q $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) FASTUNLEARN_FIXED_STEP=eager FASTUNLEARN_CERTIFIED_FUSED=1 \
+	  $(PY) -m pytest tests/certified -q $(XDIST) $(PYTEST_ARGS)
 
 test-cpp: $(STAMP)
+	@date +"[make] %T test-cpp"
 	$(PY) -c "import torch" && cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release \
 	  -DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch;print(torch.utils.cmake_prefix_path)') \
 	  -DPython3_EXECUTABLE=$(abspath $(PY)) > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)

@@ -8,9 +8,10 @@ intact, no temporary file is left, and the next run gives the uninterrupted resu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -370,10 +371,27 @@ def _hconfig(tmp: Path, **kw: Any) -> HarnessConfig:
     return HarnessConfig(**opts)
 
 
+@contextlib.contextmanager
+def _as_the_tests_run() -> Iterator[None]:
+    """The thread count :func:`_global_state` gives each test, for a module's reference run.
+
+    A module-scoped fixture runs before that function-scoped one: without this, a process
+    started with another thread count (``OMP_NUM_THREADS=1``) sums in another order and
+    the bit-exact comparisons with the reference fail.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def harness_reference(tmp_path_factory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("reference")
-    return run_harness(_hconfig(tmp), _HDATA)
+    with _as_the_tests_run():
+        return run_harness(_hconfig(tmp), _HDATA)
 
 
 @pytest.mark.parametrize(("owner", "name", "ks"), [
@@ -584,7 +602,9 @@ _CANARY = dict(n_sentences=60, steps=4, embed_dim=8, hidden=16, secret_length=3,
 
 @pytest.fixture(scope="module")
 def canary_reference() -> Any:
-    return exposure_experiment.run_canary_experiment(exposure_experiment.CanaryConfig(**_CANARY))
+    with _as_the_tests_run():
+        return exposure_experiment.run_canary_experiment(
+            exposure_experiment.CanaryConfig(**_CANARY))
 
 
 @pytest.mark.parametrize(("owner", "name", "ks"), [
