@@ -20,6 +20,7 @@ from typing import Any
 from ._no_effect import no_effect_message
 
 __all__ = [
+    "COMMON_FLAGS",
     "GivenFlag",
     "HelpFormatter",
     "MAX_INT",
@@ -167,6 +168,16 @@ def resolve_progress(flag: bool | None) -> bool:
         return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):  # no stderr, or a closed one
         return False
+
+
+#: The settings every command takes from the same flags, as the library's errors name
+#: them: the data and cache folders, the device and the output folder (``result_dir``,
+#: ``out_dir`` or ``out`` in the library, ``--out`` on the command line; ``remove`` and
+#: ``repair`` name their ``--result-dir``, the reference's flag, which ``--out`` aliases).
+COMMON_FLAGS: Mapping[str, str] = {
+    "data_dir": "--data-dir", "cache_dir": "--cache-dir", "device": "--device",
+    "result_dir": "--out", "out_dir": "--out", "out": "--out",
+}
 
 
 def name_flags(message: str, flags: Mapping[str, str], *, every: bool = False) -> str:

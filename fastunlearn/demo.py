@@ -31,7 +31,9 @@ from torch import Tensor, nn
 from . import backend
 from ._device import parse_device
 from ._extension import has_kernel
+from .cli_types import name_flags
 from .data import load_digits_dataset
+from .demo_cli import DEMO_FLAGS
 
 #: Settings of the walk-through: small enough budgets that they run out on digits.
 BINARY: dict[str, Any] = {"train_mode": "binary", "lam": 1e-2, "std": 1.0, "epsilon": 1.0,
@@ -345,12 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         device = parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                               argument="device")
     except ValueError as exc:
-        parser.error(str(exc))
+        parser.error(name_flags(str(exc), DEMO_FLAGS))
     if args.result_dir is not None:
         try:
             check_result_dir(args.result_dir)  # the reports are written after the run
         except ValueError as exc:
-            parser.error(str(exc))
+            parser.error(name_flags(str(exc), DEMO_FLAGS))
     start = time.perf_counter()
     print_backend()
     print("\nCertified removal (Guo et al., ICML 2020) on scikit-learn's digits: 8x8 images "

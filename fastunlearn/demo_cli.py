@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ._cli_output import command_error
-from .cli_types import path
+from .cli_types import name_flags, path
+
+#: The settings the demo's errors name, as its flags (``python -m fastunlearn.demo`` too).
+DEMO_FLAGS = {"device": "--device", "result_dir": "--result-dir"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,12 +30,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         try:
             parse_device(args.device)
         except ValueError as exc:
-            return command_error("demo", str(exc))
+            return command_error("demo", name_flags(str(exc), DEMO_FLAGS))
     if args.result_dir is not None:
         try:  # the demo writes its two reports only after it has run: refuse a bad folder first
             demo.check_result_dir(args.result_dir)
         except ValueError as exc:
-            return command_error("demo", str(exc))
+            return command_error("demo", name_flags(str(exc), DEMO_FLAGS))
     argv = [] if args.device is None else ["--device", args.device]
     if args.result_dir is not None:
         argv += ["--result-dir", args.result_dir]

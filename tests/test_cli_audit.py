@@ -83,7 +83,7 @@ def test_result_dir_that_is_a_file_is_refused_before_fitting(tmp_path, capsys, n
     target.write_text("keep me")
     assert main(["remove", "--num-removes", "3", "--result-dir", str(target)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastunlearn remove: error: ") and "'result_dir'" in err
+    assert err.startswith("fastunlearn remove: error: ") and "'--result-dir'" in err
     assert "Traceback" not in err
     assert target.read_text() == "keep me"
 
@@ -211,7 +211,7 @@ def run_extract(tmp_path, *flags):
 def test_extract_model_too_small_for_the_images_is_a_clean_error(tmp_path, capsys):
     assert run_extract(tmp_path, "--extractor", "standard", "--model", "allcnn") == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastunlearn extract: error: ") and "'model' allcnn" in err
+    assert err.startswith("fastunlearn extract: error: ") and "'--model' allcnn" in err
     assert "Traceback" not in err and not list(tmp_path.glob("*.safetensors"))
 
 
@@ -249,7 +249,7 @@ def test_extract_refuses_a_checkpoint_of_another_model(tmp_path, capsys):
     assert run_extract(tmp_path, "--extractor", "standard", "--model", "small_cnn",
                        "--name", "feat") == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastunlearn extract: error: ") and "'checkpoint'" in err
+    assert err.startswith("fastunlearn extract: error: ") and "'--checkpoint'" in err
     assert "--force" in err and "Traceback" not in err
     assert features.read_bytes() == before
 
@@ -261,7 +261,7 @@ def test_extract_refuses_a_checkpoint_of_another_training(tmp_path, capsys):
     capsys.readouterr()
     assert run_extract(tmp_path, "--extractor", "dp", "--model", "mlp", "--name", "feat") == 2
     err = capsys.readouterr().err
-    assert "'checkpoint'" in err and "standard extractor" in err
+    assert "'--checkpoint'" in err and "standard extractor" in err
 
 
 def test_extract_creates_the_checkpoint_folder(tmp_path, capsys):

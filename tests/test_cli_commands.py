@@ -40,5 +40,5 @@ def test_demo_run_directly_refuses_a_bad_result_dir_before_any_section(tmp_path,
         demo.main(["--device", "cpu", "--result-dir", str(occupied)])
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
-    assert "'result_dir'" in captured.err and "[1]" not in captured.out
+    assert "'--result-dir'" in captured.err and "[1]" not in captured.out
     assert occupied.read_text() == "mine\n"

@@ -72,7 +72,7 @@ def test_repair_names_an_indexed_gpu_it_cannot_see(capsys):
         pytest.skip("a second GPU is visible")
     assert main(["repair", "--device", "cuda:1", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "'device'" in err and "cuda:1" in err and "Traceback" not in err
+    assert "'--device'" in err and "cuda:1" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="'device' must be cpu, cuda or cuda:<index>"):
         RepairConfig(device="meta").validate()
     with pytest.raises(TypeError, match="'device' must be a str"):

@@ -51,7 +51,7 @@ def test_extract_refuses_a_checkpoint_of_other_settings_and_names_each_flag(tmp_
     captured = capsys.readouterr()
     assert "loaded the trained extractor" not in captured.out
     err = captured.err.strip()
-    assert err.startswith("fastunlearn extract: error: 'checkpoint'") and "\n" not in err
+    assert err.startswith("fastunlearn extract: error: '--checkpoint'") and "\n" not in err
     for shown in ("--epochs: saved 1, now 3", "--seed: saved 1, now 7",
                   "--std: saved 6.0, now 50.0", "--force", "--name", "--checkpoint"):
         assert shown in err
@@ -107,7 +107,7 @@ def test_extract_refuses_fewer_epochs_than_saved_before_printing_resume(tmp_path
     captured = capsys.readouterr()
     assert "resuming" not in captured.out
     err = captured.err.strip()
-    assert err.startswith("fastunlearn extract: error: 'epochs' 20 is fewer than the 23")
+    assert err.startswith("fastunlearn extract: error: '--epochs' 20 is fewer than the 23")
     assert str(state) in err and "--no-resume" in err
     assert state.read_bytes() == before
     assert not list(tmp_path.glob("*.safetensors"))
@@ -120,10 +120,10 @@ def test_extract_says_a_missing_data_dir_does_not_exist(tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["extract", "--data-dir", "nonexist_rel"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "fastunlearn extract: error: 'data_dir' 'nonexist_rel' does not exist"
+    assert err == "fastunlearn extract: error: '--data-dir' 'nonexist_rel' does not exist"
     (tmp_path / "a_file").write_text("x")
     assert main(["extract", "--data-dir", "a_file"]) == 2
-    assert "'data_dir' 'a_file' is not a folder" in capsys.readouterr().err
+    assert "'--data-dir' 'a_file' is not a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
@@ -159,7 +159,7 @@ def test_remove_refuses_an_out_under_proc_before_fitting(capsys, monkeypatch):
     assert main(["remove", "--train-mode", "binary", "--num-removes", "3", "--no-plots",
                  "--out", "/proc/fastunlearn-x"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("fastunlearn remove: error: 'result_dir' '/proc/fastunlearn-x'")
+    assert err.startswith("fastunlearn remove: error: '--result-dir' '/proc/fastunlearn-x'")
     assert "nothing can be created in '/proc'" in err and "\n" not in err
 
 

@@ -202,27 +202,27 @@ def _stub(monkeypatch, target: str, name: str) -> None:
     monkeypatch.setattr(importlib.import_module(target), name, must_not_run)
 
 
-#: (argv before the output flag, output flag, argument name in the error, what to stub).
+#: (argv before the output flag, output flag, the flag the error names, what to stub).
 WRITERS = [
-    pytest.param(["remove", "--train-mode", "binary"], "--result-dir", "result_dir",
+    pytest.param(["remove", "--train-mode", "binary"], "--result-dir", "--result-dir",
                  ("fastunlearn.certified.experiment", "run_removal_experiment"), id="remove"),
-    pytest.param(["repair"], "--result-dir", "result_dir",
+    pytest.param(["repair"], "--result-dir", "--result-dir",
                  ("fastunlearn.influence.experiment", "run_repair_experiment"), id="repair"),
-    pytest.param(["unlearn-features", "--dataset", "wine"], "--out", "out",
+    pytest.param(["unlearn-features", "--dataset", "wine"], "--out", "--out",
                  ("fastunlearn.influence.feature_experiment", "run_feature_experiment"),
                  id="unlearn-features"),
-    pytest.param(["forget", "--method", "finetune", "--no-cache"], "--out", "out_dir",
+    pytest.param(["forget", "--method", "finetune", "--no-cache"], "--out", "--out",
                  ("fastunlearn.harness.runner", "load_harness_data"), id="forget"),
-    pytest.param(["forget", "--method", "finetune"], "--cache-dir", "cache_dir",
+    pytest.param(["forget", "--method", "finetune"], "--cache-dir", "--cache-dir",
                  ("fastunlearn.harness", "run_harness"), id="forget-cache"),
-    pytest.param(["evaluate", str(FIXTURE)], "--out", "out",
+    pytest.param(["evaluate", str(FIXTURE)], "--out", "--out",
                  ("fastunlearn.metrics.evaluate", "evaluate_logits_dir"), id="evaluate"),
-    pytest.param(["exposure"], "--out", "out",
+    pytest.param(["exposure"], "--out", "--out",
                  ("fastunlearn.exposure.experiment", "run_canary_experiment"), id="exposure"),
-    pytest.param(["demo"], "--result-dir", "result_dir", ("fastunlearn.demo", "main"),
+    pytest.param(["demo"], "--result-dir", "--result-dir", ("fastunlearn.demo", "main"),
                  id="demo"),
     pytest.param(["extract", "--dataset", "digits", "--extractor", "standard"], "--data-dir",
-                 "data_dir", ("fastunlearn.certified.extract_cli", "_train_extractor"),
+                 "--data-dir", ("fastunlearn.certified.extract_cli", "_train_extractor"),
                  id="extract"),
 ]
 
@@ -265,7 +265,7 @@ def test_an_unwritable_output_folder_is_refused(argv, flag, argument, target, tm
     # root ignores permission bits: make the check see a read-only folder
     monkeypatch.setattr(module.os, "access", lambda path, mode: False)
     # extract reads its images from --data-dir too: that one must exist
-    target = tmp_path if argument == "data_dir" else tmp_path / "new"
+    target = tmp_path if argument == "--data-dir" else tmp_path / "new"
     err = _refused([*argv, flag, str(target)], argument, capsys)
     assert "not writable" in err
     assert not list(tmp_path.iterdir())
@@ -281,7 +281,7 @@ def test_a_read_only_folder_is_refused(argv, flag, argument, target, tmp_path, c
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        _refused([*argv, flag, str(locked if argument == "data_dir" else locked / "new")],
+        _refused([*argv, flag, str(locked if argument == "--data-dir" else locked / "new")],
                  argument, capsys)
     finally:
         locked.chmod(0o700)
@@ -295,7 +295,7 @@ def test_remove_refuses_a_folder_named_like_its_report_before_fitting(tmp_path, 
     stem = ExperimentConfig(train_mode="binary").stem
     (tmp_path / f"{stem}.md").mkdir()
     err = _refused(["remove", "--train-mode", "binary", "--result-dir", str(tmp_path)],
-                   "result_dir", capsys)
+                   "--result-dir", capsys)
     assert f"{stem}.md" in err
 
 
@@ -307,7 +307,7 @@ def test_demo_refuses_a_folder_named_like_its_report_before_running(tmp_path, ca
     stub_runner(("fastunlearn.demo", "main"))
     stem = ExperimentConfig(**demo.OVR).stem
     (tmp_path / f"{stem}.json").mkdir()
-    _refused(["demo", "--result-dir", str(tmp_path)], "result_dir", capsys)
+    _refused(["demo", "--result-dir", str(tmp_path)], "--result-dir", capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
@@ -315,13 +315,13 @@ def test_demo_on_cuda_without_a_gpu_is_a_clean_error(capsys, stub_runner):
     stub_runner(("fastunlearn.demo", "main"))
     assert main(["demo", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastunlearn demo: error: 'device'") and "Traceback" not in err
+    assert err.startswith("fastunlearn demo: error: '--device'") and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("tpu", "'device' must be cpu, cuda or cuda:<index>, got 'tpu'"),
-    ("cuda:x", "'device' must be cpu, cuda or cuda:<index>, got 'cuda:x'"),
-    pytest.param("cuda:0", "'device' is 'cuda:0' but no CUDA GPU is visible",
+    ("tpu", "'--device' must be cpu, cuda or cuda:<index>, got 'tpu'"),
+    ("cuda:x", "'--device' must be cpu, cuda or cuda:<index>, got 'cuda:x'"),
+    pytest.param("cuda:0", "'--device' is 'cuda:0' but no CUDA GPU is visible",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
 def test_demo_takes_every_device_spelling_the_other_commands_take(capsys, stub_runner, spec,
@@ -338,7 +338,7 @@ def test_the_demo_module_parses_the_device_the_same_way(capsys):
     with pytest.raises(SystemExit) as stop:
         demo_module.main(["--device", "tpu"])
     assert stop.value.code == 2
-    assert "'device' must be cpu, cuda or cuda:<index>, got 'tpu'" in capsys.readouterr().err
+    assert "'--device' must be cpu, cuda or cuda:<index>, got 'tpu'" in capsys.readouterr().err
 
 
 # ---- extract: names and checkpoints -----------------------------------------------------------
@@ -363,7 +363,7 @@ def test_extract_never_loads_or_overwrites_a_file_that_is_not_a_checkpoint(
     notes.write_text("keep me")
     err = _refused(["extract", "--data-dir", str(tmp_path), "--dataset", "digits",
                     "--extractor", "standard", "--checkpoint", str(notes), *force],
-                   "checkpoint", capsys)
+                   "--checkpoint", capsys)
     assert "not a safetensors file" in err
     assert notes.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
@@ -381,7 +381,7 @@ def test_extract_refuses_a_checkpoint_path_it_cannot_write_before_training(
         blocker.write_text("keep me")
         checkpoint = blocker / "model.safetensors"
     _refused(["extract", "--data-dir", str(tmp_path), "--dataset", "digits", "--extractor",
-              "standard", "--checkpoint", str(checkpoint)], "checkpoint", capsys)
+              "standard", "--checkpoint", str(checkpoint)], "--checkpoint", capsys)
     assert blocker.is_dir() or blocker.read_text() == "keep me"
 
 
@@ -390,7 +390,7 @@ def test_extract_refuses_a_folder_named_like_its_features_before_training(tmp_pa
     stub_runner(("fastunlearn.certified.extract_cli", "_train_extractor"))
     (tmp_path / "mine_digits_extracted.safetensors").mkdir()
     _refused(["extract", "--data-dir", str(tmp_path), "--dataset", "digits", "--extractor",
-              "standard", "--name", "mine"], "data_dir", capsys)
+              "standard", "--name", "mine"], "--data-dir", capsys)
 
 
 # ---- existing folders: the policy of _output_folder holds for every command ----------------

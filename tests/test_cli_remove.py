@@ -109,9 +109,9 @@ def test_bad_flags_are_clean_argparse_errors(capsys, flags, message):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--dataset", "MNIST"], "'data_dir' is required for dataset MNIST"),
-    (["--device", "tpu"], "'device' must be cpu, cuda or cuda:<index>, got 'tpu'"),
-    (["--train-mode", "binary", "--num-removes", "100000"], "'num_removes' must be at most"),
+    (["--dataset", "MNIST"], "'--data-dir' is required for dataset MNIST"),
+    (["--device", "tpu"], "'--device' must be cpu, cuda or cuda:<index>, got 'tpu'"),
+    (["--train-mode", "binary", "--num-removes", "100000"], "'--num-removes' must be at most"),
 ])
 def test_bad_settings_are_clean_errors(tmp_path, capsys, flags, message):
     assert main(["remove", "--result-dir", str(tmp_path), *flags]) == 2
@@ -210,7 +210,7 @@ def test_extract_bad_flags(tmp_path, capsys, flags, message):
 
 def test_extract_missing_data_is_a_clean_error(tmp_path, capsys):
     assert main(["extract", "--data-dir", str(tmp_path / "nope")]) == 2
-    assert "'data_dir'" in capsys.readouterr().err
+    assert "'--data-dir'" in capsys.readouterr().err
     assert main(["extract", "--data-dir", str(tmp_path), "--dataset", "MNIST"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastunlearn extract: error: ") and "MNIST" in err

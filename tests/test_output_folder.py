@@ -62,7 +62,7 @@ def test_exposure_refuses_a_file_as_out_before_training(tmp_path, monkeypatch, c
     blocker.write_text("keep me")
     assert main(["exposure", "--out", str(blocker)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastunlearn exposure: error: 'out'") and "Traceback" not in err
+    assert err.startswith("fastunlearn exposure: error: '--out'") and "Traceback" not in err
     assert blocker.read_text() == "keep me"
 
 
@@ -77,7 +77,7 @@ def test_evaluate_refuses_a_folder_named_like_its_json_before_evaluating(
     (tmp_path / "evaluation.json").mkdir()
     assert main(["evaluate", FIXTURE, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastunlearn evaluate: error: 'out'") and "evaluation.json" in err
+    assert err.startswith("fastunlearn evaluate: error: '--out'") and "evaluation.json" in err
 
 
 def test_extract_refuses_a_data_dir_it_cannot_write_features_into(
@@ -87,7 +87,7 @@ def test_extract_refuses_a_data_dir_it_cannot_write_features_into(
                    "--extractor", "standard", "--epochs", "1"])
     assert status == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastunlearn extract: error: 'data_dir'") and "not writable" in err
+    assert err.startswith("fastunlearn extract: error: '--data-dir'") and "not writable" in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,9 +10,11 @@ from typing import Any
 from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from ..cli_types import (
+    COMMON_FLAGS,
     GivenFlag,
     HelpFormatter,
     add_progress_flags,
+    name_flags,
     non_negative_float,
     non_negative_int,
     open_unit,
@@ -197,6 +199,18 @@ def _warn_target_epsilon_after_run(args: argparse.Namespace, result: Any) -> Non
     ])
 
 
+#: The ExperimentConfig fields the command's errors name, as the command's flags.
+_FLAGS = {
+    **COMMON_FLAGS, "result_dir": "--result-dir", "dataset": "--dataset",
+    "extractor": "--extractor",
+    "train_mode": "--train-mode", "lam": "--lam", "std": "--std", "epsilon": "--epsilon",
+    "delta": "--delta", "gamma": "--gamma", "num_steps": "--num-steps",
+    "subsample_ratio": "--subsample-ratio", "solver": "--solver", "cg_tol": "--cg-tol",
+    "target_epsilon": "--target-epsilon", "num_removes": "--num-removes", "batch": "--batch",
+    "eval_every": "--eval-every", "seed": "--seed",
+}
+
+
 def _cmd_remove(args: argparse.Namespace) -> int:
     from .experiment import ExperimentConfig, run_removal_experiment
 
@@ -220,7 +234,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
                 config, echo=print, progress=resolve_progress(args.progress) and not args.verbose,
                 should_stop=stop)
     except (ValueError, TypeError, OSError, ImportError) as exc:
-        return command_error("remove", str(exc))
+        return command_error("remove", name_flags(str(exc), _FLAGS))
     except (ArithmeticError, RuntimeError) as exc:  # e.g. a Cholesky failure at lam 1e-150
         return command_error("remove", f"the fit failed numerically ({exc}); extreme --lam, --std "
                       "or --epsilon values can cause this", status=1)

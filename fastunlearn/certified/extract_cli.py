@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._cli_output import command_error
 from ..cli_types import (
+    COMMON_FLAGS,
     GivenFlag,
     HelpFormatter,
     add_progress_flags,
+    name_flags,
     open_unit,
     path,
     positive_float,
@@ -37,6 +39,10 @@ def _plain_name(text: str) -> str:
             f"must be a plain name without path separators, got {text!r}")
     return text
 
+
+#: The settings the command's errors name, as its flags.
+_FLAGS = {**COMMON_FLAGS, "dataset": "--dataset", "model": "--model", "epochs": "--epochs",
+          "attack": "--attack", "checkpoint": "--checkpoint", "seed": "--seed"}
 
 #: Default model of ``extract`` per data set: the reference's DP extractor for colour images,
 #: a small CNN for the digit images.
@@ -210,7 +216,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         check_output_folder(args.data_dir, argument="data_dir")  # the features go there
         return _extract(args, device)
     except (ValueError, TypeError, OSError, ImportError) as exc:
-        return command_error("extract", str(exc))
+        return command_error("extract", name_flags(str(exc), _FLAGS))
     except ArithmeticError as exc:  # e.g. the DP accountant at --std 1e-300
         return command_error("extract", f"a computation failed numerically ({exc}); extreme "
                       "--std, --delta or --learning-rate values can cause this", status=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 from .._atomic_files import write_text
 from .._cli_output import add_json_flag, command_error, json_output
 from .._output_folder import check_output_folder
-from ..cli_types import add_progress_flags, name_flags, resolve_progress
+from ..cli_types import COMMON_FLAGS, add_progress_flags, name_flags, resolve_progress
 from ..cli_types import integer as _integer
 from ..cli_types import non_negative_float as _non_negative_float
 from ..cli_types import non_negative_int as _non_negative_int
@@ -100,6 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 #: The CanaryConfig fields the command's errors name, as the command's flags.
 _FLAGS = {
+    **COMMON_FLAGS,
     "n_sentences": "--n-sentences", "secret": "--secret", "secret_length": "--secret-length",
     "insertions": "--insertions", "cell": "--cell", "embed_dim": "--embed-dim",
     "hidden": "--hidden", "layers": "--layers", "steps": "--steps", "seq_len": "--seq-len",

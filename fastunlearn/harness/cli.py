@@ -22,6 +22,7 @@ from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
 from ..cli_types import (
+    COMMON_FLAGS,
     add_progress_flags,
     name_flags,
     resolve_progress,
@@ -135,11 +136,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 #: The HarnessConfig / TrainSettings arguments (and the forget-set parser's ``spec``) that
-#: the command's errors name, as the command's flags ('cache_dir', 'out_dir' and 'device'
-#: keep the names the other commands' errors use too).
+#: the command's errors name, as the command's flags.
 _FLAGS = {
-    "methods": "--method", "dataset": "--dataset", "data_dir": "--data-dir",
-    "model": "--model", "forget": "--forget", "spec": "--forget",
+    **COMMON_FLAGS,
+    "methods": "--method", "dataset": "--dataset", "model": "--model", "forget": "--forget",
+    "spec": "--forget",
     "forget_seed": "--forget-seed", "seeds": "--seeds", "oracles": "--oracles",
     "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "overrides": "--set",
 }

@@ -16,6 +16,7 @@ from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
 from ..cli_types import (
+    COMMON_FLAGS,
     GivenFlag,
     HelpFormatter,
     add_progress_flags,
@@ -64,10 +65,10 @@ def _finish(files: dict[str, str], result: dict[str, Any], args: argparse.Namesp
     return 0
 
 
-#: The RepairConfig fields the command's errors and warnings name, as the command's flags
-#: ('result_dir', 'cache_dir' and 'device' keep the names the other commands' errors use too).
+#: The RepairConfig fields the command's errors and warnings name, as the command's flags.
 _FLAGS = {
-    "dataset": "--dataset", "data_dir": "--data-dir", "model": "--model", "budget": "--budget",
+    **COMMON_FLAGS, "result_dir": "--result-dir", "dataset": "--dataset", "model": "--model",
+    "budget": "--budget",
     "seed": "--seed", "epochs": "--epochs", "lr": "--lr", "train_batch": "--train-batch",
     "protocols": "--protocol", "order": "--order", "solver": "--solver",
     "curvature": "--curvature", "damping": "--damping", "tau": "--tau", "steps": "--steps",
@@ -242,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # the config names its fields; the command names its flags
         return command_error("repair", name_flags(str(exc), _FLAGS))
     except (OSError, ImportError) as exc:
-        return command_error("repair", str(exc))
+        return command_error("repair", name_flags(str(exc), _FLAGS))
     except (EOFError, pickle.UnpicklingError) as exc:  # a truncated or corrupt data file
         return command_error("repair", f"cannot read the data in {args.data_dir!r} "
                              f"({type(exc).__name__}: {exc})")

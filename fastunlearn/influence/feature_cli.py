@@ -12,6 +12,7 @@ from typing import Any
 from .._cli_output import command_error
 from .._output_folder import check_output_folder
 from ..cli_types import (
+    COMMON_FLAGS,
     GivenFlag,
     HelpFormatter,
     name_flags,
@@ -35,6 +36,7 @@ __all__ = ["add_parser", "run"]
 
 #: The config's fields -> the flags that set them, named in errors and warnings instead.
 _FLAGS = {
+    **COMMON_FLAGS,
     "dataset": "--dataset", "columns": "--columns", "top_k": "--top-k", "mode": "--mode",
     "n_rows": "--rows", "value": "--value", "l2": "--l2", "steps": "--steps", "tau": "--tau",
     "cg_tol": "--cg-tol", "cg_maxiter": "--cg-maxiter", "seed": "--seed",

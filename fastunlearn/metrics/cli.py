@@ -18,7 +18,13 @@ from typing import Any
 
 from .._atomic_files import write_text
 from .._cli_output import add_json_flag, command_error, json_output
-from ..cli_types import HelpFormatter, add_progress_flags, name_flags, resolve_progress
+from ..cli_types import (
+    COMMON_FLAGS,
+    HelpFormatter,
+    add_progress_flags,
+    name_flags,
+    resolve_progress,
+)
 from ..cli_types import path as _path
 
 __all__ = ["add_parser", "run"]
@@ -67,7 +73,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 #: The evaluate_logits_dir arguments the command's errors name, as the command's flags.
-_FLAGS = {"path": "DIR", "methods": "--methods", "delta": "--delta",
+_FLAGS = {**COMMON_FLAGS, "path": "DIR", "methods": "--methods", "delta": "--delta",
           "competition_delta": "--competition-delta"}
 
 

@@ -280,7 +280,7 @@ def test_cli_bad_device_is_a_clean_error(device, capsys):
         pytest.skip("a CUDA device is visible")
     args = _parser().parse_args(["exposure", *_tiny_flags(), "--steps", "1", "--device", device])
     assert args.func(args) == 2
-    assert "'device'" in capsys.readouterr().err
+    assert "'--device'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="'device'"):
         CanaryConfig(device=device)
 

@@ -170,7 +170,7 @@ def test_cli_cache_dir(tmp_path, capsys):
         bad = _parse([*argv[:-3], "--cache-dir", str(tmp_path / "a" / "repair_digits.json"),
                       "--out", str(tmp_path / "c")])
         assert bad.func(bad) == 2
-    assert "'cache_dir'" in capsys.readouterr().err
+    assert "'--cache-dir'" in capsys.readouterr().err
 
 
 def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):

@@ -235,10 +235,17 @@ def test_the_flag_names_are_the_repair_parsers_flags():
     options = {o: a.dest for a in parser._actions for o in a.option_strings}
     fields = {f.name for f in dataclasses.fields(RepairConfig)}
     for field, flag in _FLAGS.items():
+        if field in ("out_dir", "out"):  # other commands' names of the output folder
+            assert flag == "--out"
+            continue
+        if field == "result_dir":  # the command's own folder (run_repair_experiment's is not)
+            assert options[flag] == field
+            continue
         assert field in fields and flag in options
         assert options[flag] == ("protocol" if field == "protocols" else field)
-    # as in the other commands' errors: these keep their argument names
-    assert not {"device", "cache_dir", "result_dir"} & set(_FLAGS)
+    # as in the other commands' errors: files, folders and the device are named by flag too
+    assert {"device", "cache_dir", "result_dir", "data_dir"} <= set(_FLAGS)
+    assert _FLAGS["result_dir"] == "--result-dir" and options["--out"] == "result_dir"
 
 
 def test_cli_errors_of_the_config_name_the_flags(no_training, tmp_path, capsys):
