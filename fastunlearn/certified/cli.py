@@ -202,8 +202,8 @@ def _warn_target_epsilon_after_run(args: argparse.Namespace, result: Any) -> Non
 #: The ExperimentConfig fields the command's errors name, as the command's flags.
 _FLAGS = {
     **COMMON_FLAGS, "result_dir": "--result-dir", "dataset": "--dataset",
-    "extractor": "--extractor",
-    "train_mode": "--train-mode", "lam": "--lam", "std": "--std", "epsilon": "--epsilon",
+    "extractor": "--extractor", "train_mode": "--train-mode", "lam": "--lam", "std": "--std",
+    "epsilon": "--epsilon",
     "delta": "--delta", "gamma": "--gamma", "num_steps": "--num-steps",
     "subsample_ratio": "--subsample-ratio", "solver": "--solver", "cg_tol": "--cg-tol",
     "target_epsilon": "--target-epsilon", "num_removes": "--num-removes", "batch": "--batch",

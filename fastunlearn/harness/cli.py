@@ -140,8 +140,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 _FLAGS = {
     **COMMON_FLAGS,
     "methods": "--method", "dataset": "--dataset", "model": "--model", "forget": "--forget",
-    "spec": "--forget",
-    "forget_seed": "--forget-seed", "seeds": "--seeds", "oracles": "--oracles",
+    "spec": "--forget", "forget_seed": "--forget-seed", "seeds": "--seeds",
+    "oracles": "--oracles",
     "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "overrides": "--set",
 }
 
