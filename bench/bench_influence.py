@@ -310,12 +310,15 @@ def _digits(sizes: dict[str, Any], dev: torch.device, seed: int) -> dict[str, An
     out = []
     shared: dict[str, Any] = {}
     for solver in ("cg", "lissa"):
+        # each solver gets only its own settings (the others would warn: no effect)
+        solver_settings: dict[str, Any] = (
+            {"damping": DIGITS_DAMPING} if solver == "cg" else
+            {"lissa_batch": DIGITS_LISSA_BATCH, "lissa_scale": DIGITS_LISSA_SCALE,
+             "lissa_damping": DIGITS_DAMPING / DIGITS_LISSA_SCALE,
+             "lissa_depth": DIGITS_LISSA_DEPTH})
         cfg = RepairConfig(protocols=("one-shot",), solver=solver, curvature="ggn",
-                           damping=DIGITS_DAMPING, epochs=sizes["digits_epochs"],
-                           n_train=sizes["digits_n"], lissa_batch=DIGITS_LISSA_BATCH,
-                           lissa_damping=DIGITS_DAMPING / DIGITS_LISSA_SCALE,
-                           lissa_scale=DIGITS_LISSA_SCALE, lissa_depth=DIGITS_LISSA_DEPTH,
-                           seed=seed, device=dev.type)
+                           epochs=sizes["digits_epochs"], n_train=sizes["digits_n"],
+                           seed=seed, device=dev.type, **solver_settings)
         result = run_repair_experiment(cfg)
         p, tr = result["protocols"]["one-shot"], result["training"]
         step = p["steps"][0]

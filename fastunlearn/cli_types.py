@@ -26,6 +26,7 @@ __all__ = [
     "MAX_INT",
     "MAX_SEED",
     "add_progress_flags",
+    "given_fields",
     "integer",
     "name_flags",
     "non_negative_float",
@@ -216,6 +217,17 @@ class GivenFlag(argparse.Action):
         """Store ``values`` and add this option's ``dest`` to ``namespace.given_flags``."""
         setattr(namespace, self.dest, values)
         namespace.given_flags = {*getattr(namespace, "given_flags", ()), self.dest}
+
+
+def given_fields(args: argparse.Namespace,
+                 renamed: Mapping[str, str] | None = None) -> set[str]:
+    """Return the options given on the command line, as the config fields they set.
+
+    ``args.given_flags`` holds the ``dest`` of each option given (:class:`GivenFlag`);
+    ``renamed`` maps a ``dest`` to its field where they differ (``{"rows": "n_rows"}``).
+    """
+    renamed = renamed or {}
+    return {renamed.get(dest, dest) for dest in getattr(args, "given_flags", ())}
 
 
 def _flag(dest: str) -> str:

@@ -389,5 +389,6 @@ def test_config_bad_argument(call, exc, match) -> None:
 def test_configs_valid_edges() -> None:
     assert fi.LissaSettings(batch_size=4).step_scale(10) == 3
     assert CanaryUnlearnConfig(order=1, damping=0, seed=2**64 - 1).validate().order == 1
-    cfg = FeatureConfig(delta=0.5, test_fraction=0.25, tau=2, binary=[1, 7], value=-3.0)
+    cfg = FeatureConfig(delta=0.5, test_fraction=0.25, tau=2, binary=[1, 7], value=-3.0,
+                        mode="replace")
     assert cfg.validate() is cfg

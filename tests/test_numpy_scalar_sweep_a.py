@@ -300,6 +300,8 @@ CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
 }
 
 
+# every field is set (to a NumPy scalar), some of them pointless together: said, not tested
+@pytest.mark.filterwarnings("ignore:.* no effect with :UserWarning")
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_config_built_with_numpy_equals_the_python_one(name):
     cls, values = CONFIGS[name]

@@ -20,9 +20,9 @@ from ..cli_types import (
     GivenFlag,
     HelpFormatter,
     add_progress_flags,
+    given_fields,
     name_flags,
     resolve_progress,
-    warn_unused_flags,
 )
 from ..cli_types import non_negative_float as _non_negative
 from ..cli_types import non_negative_int as _non_negative_int
@@ -30,6 +30,7 @@ from ..cli_types import path as _path
 from ..cli_types import positive_float as _positive
 from ..cli_types import positive_int as _positive_int
 from ..cli_types import seed as _seed
+from .unused_settings import repair_rules, warn_unused_settings
 
 __all__ = ["add_parser", "run"]
 
@@ -78,31 +79,6 @@ _FLAGS = {
     "lissa_depth": "--lissa-depth", "lissa_hessian": "--lissa-hessian", "n_train": "--n-train",
 }
 
-#: ``repair``'s flags of the second-order solve (nothing of them is used with ``--order 1``).
-_SECOND_ORDER = ("solver", "damping", "cg_tol", "cg_maxiter", "lissa_batch", "lissa_damping",
-                 "lissa_scale", "lissa_depth", "lissa_hessian")
-_LISSA = ("lissa_batch", "lissa_damping", "lissa_scale", "lissa_depth", "lissa_hessian")
-
-
-def _warn_unused_repair_flags(args: argparse.Namespace) -> None:
-    """Warn about ``repair`` flags given on the command line that the run does not use."""
-    order1, solver = args.order == 1, args.solver
-    warn_unused_flags(args, [
-        (order1, _SECOND_ORDER, "with '--order 1' (for the second-order solve)"),
-        (order1 and args.tau != "auto", ("curvature", "hvp_batch_size"),
-         "with '--order 1' and a numeric '--tau' (for the line search of '--tau auto')"),
-        (not order1, ("tau",), "without '--order 1' (it is the first-order step size)"),
-        (not order1 and solver != "lissa", _LISSA,
-         f"with '--solver {solver}' (for the LiSSA solver)"),
-        (not order1 and solver != "cg", ("cg_tol", "cg_maxiter"),
-         f"with '--solver {solver}' (for the CG solver)"),
-        (not order1 and solver == "lissa", ("damping",),
-         "with '--solver lissa' (LiSSA is damped by '--lissa-damping')"),
-        (args.protocol == "one-shot", ("steps", "batch"),
-         "with '--protocol one-shot' (for the iterative protocol)"),
-    ])  # '--data-dir' with the digits: RepairConfig.validate warns
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``repair`` command to an ``argparse`` subparsers object.
 
@@ -128,7 +104,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=["digits", "cifar10"], default="digits",
                    help="data set (cifar10 from --data-dir)")
-    p.add_argument("--data-dir", type=_path, default=None,
+    p.add_argument("--data-dir", action=GivenFlag, type=_path, default=None,
                    help="folder with CIFAR-10 (torchvision files)")
     p.add_argument("--model", default=None,
                    help="model zoo name (default small_cnn for digits, cifar_cnn for CIFAR)")
@@ -219,7 +195,6 @@ def run(args: argparse.Namespace) -> int:
         write_outputs,
     )
 
-    _warn_unused_repair_flags(args)
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     config = RepairConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, budget=args.budget,
@@ -232,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
         lissa_depth=args.lissa_depth, lissa_hessian=args.lissa_hessian,
         n_train=args.n_train, device=args.device,
         progress=resolve_progress(args.progress), cache_dir=args.cache_dir)
+    # the flags given that the other settings make pointless (the config's rule table)
+    warn_unused_settings(config, repair_rules(config), flags=_FLAGS,
+                         given=given_fields(args, {"protocol": "protocols"}))
     stem = f"repair_{args.dataset}"
     try:
         config.validate()

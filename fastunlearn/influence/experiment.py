@@ -51,6 +51,7 @@ from .._process_flags import GLOBAL_RNG_LOCK
 from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
+from .unused_settings import repair_rules, warn_unused_settings
 from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings
 
 __all__ = [
@@ -176,6 +177,11 @@ class RepairConfig:
     def validate(self) -> RepairConfig:
         """Check every field; return self.
 
+        Warns (UserWarning) about fields set to a value other than their default that the
+        other settings make pointless (``'damping' has no effect with solver='lissa' ...``;
+        the table: :func:`~fastunlearn.influence.unused_settings.repair_rules`), each once
+        however often the config is validated.
+
         Raises:
             ValueError: a field out of range (named; ``cg_tol`` must be > 0), or a device
                 that is not visible.
@@ -230,11 +236,8 @@ class RepairConfig:
             raise TypeError(f"'device' must be a str such as 'cuda:1', got "
                             f"{type(self.device).__name__}")
         parse_device(self.device)  # cpu, cuda or cuda:<i>, visible
-        if self.dataset == "digits" and self.data_dir:
-            # the location is this line (not the caller's): a config validated twice, by the
-            # command and by the run, warns once
-            warnings.warn("'data_dir' has no effect with dataset 'digits' (bundled; the "
-                          "folder is read for cifar10 only)", UserWarning, stacklevel=1)
+        # settings the others make pointless (each named once, however often validated)
+        warn_unused_settings(self, repair_rules(self), stacklevel=2)
         return self
 
     @property

@@ -15,9 +15,9 @@ from ..cli_types import (
     COMMON_FLAGS,
     GivenFlag,
     HelpFormatter,
+    given_fields,
     name_flags,
     resolve_progress,
-    warn_unused_flags,
 )
 from ..cli_types import number as _number
 from ..cli_types import open_unit as _open_unit
@@ -30,6 +30,7 @@ from .cli import (
     _positive_int,
     _tau,
 )
+from .unused_settings import feature_rules, warn_unused_settings
 
 __all__ = ["add_parser", "run"]
 
@@ -41,7 +42,7 @@ _FLAGS = {
     "n_rows": "--rows", "value": "--value", "l2": "--l2", "steps": "--steps", "tau": "--tau",
     "cg_tol": "--cg-tol", "cg_maxiter": "--cg-maxiter", "seed": "--seed",
     "binary": "--binary", "linear_lam": "--linear-lam", "epsilon": "--epsilon",
-    "delta": "--delta",
+    "delta": "--delta", "linear": "--no-linear",
 }
 
 
@@ -84,22 +85,6 @@ def _update_status(update: dict[str, Any]) -> str:
     if update.get("applied"):
         return "applied"
     return f"NOT APPLIED ({update.get('reason') or 'no reason given'})"
-
-
-def _warn_unused_feature_flags(args: argparse.Namespace) -> None:
-    """Warn about ``unlearn-features`` flags given on the command line that the run ignores."""
-    certified = ("binary", "linear_lam", "epsilon", "delta")
-    warn_unused_flags(args, [
-        (args.mode != "replace", ("value", "rows"),
-         "without '--mode replace' (remove mode zeroes the columns wherever non-zero)"),
-        (args.columns is not None, ("top_k",),
-         "with '--columns' (it picks the columns when '--columns' is not given)"),
-        (args.dataset != "digits", certified,
-         f"with '--dataset {args.dataset}' (for the certified linear variant, which "
-         "runs on the digits only)"),
-        (args.dataset == "digits" and args.no_linear, certified,
-         "with '--no-linear' (for the certified linear variant)"),
-    ])
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -176,13 +161,15 @@ def run(args: argparse.Namespace) -> int:
         write_feature_outputs,
     )
 
-    _warn_unused_feature_flags(args)
     config = FeatureConfig(
         dataset=args.dataset, columns=args.columns, top_k=args.top_k, mode=args.mode,
         n_rows=args.rows, value=args.value, l2=args.l2, steps=args.steps, tau=args.tau,
         cg_tol=args.cg_tol, cg_maxiter=args.cg_maxiter, seed=args.seed,
         linear=not args.no_linear, binary=args.binary, linear_lam=args.linear_lam,
         epsilon=args.epsilon, delta=args.delta, progress=resolve_progress(args.progress))
+    # the flags given that the other settings make pointless (the config's rule table)
+    warn_unused_settings(config, feature_rules(config), flags=_FLAGS,
+                         given=given_fields(args, {"rows": "n_rows", "no_linear": "linear"}))
     try:
         stem = f"features_{args.dataset}"
         check_output_folder(args.out, argument="out",

@@ -58,6 +58,7 @@ from .experiment import (
 )
 from .gradients import default_loss, loss_gradient
 from .linear import fit_logistic, linear_influence_update
+from .unused_settings import feature_rules, warn_unused_settings
 
 __all__ = [
     "DATASETS",
@@ -152,6 +153,11 @@ class FeatureConfig:
     def validate(self) -> FeatureConfig:
         """Check every field that does not need the data; return self.
 
+        Warns (UserWarning) about fields set to a value other than their default that the
+        other settings make pointless (``'top_k' has no effect with 'columns' set ...``;
+        the table: :func:`~fastunlearn.influence.unused_settings.feature_rules`), each
+        once however often the config is validated.
+
         Raises:
             TypeError: If ``columns`` is neither None nor a sequence of ints.
             ValueError: If a field is out of range (named): ``dataset`` or ``mode`` not a
@@ -215,6 +221,8 @@ class FeatureConfig:
         if len(pair) != 2 or pair[0] == pair[1] or any(
                 not isinstance(d, int) or not 0 <= d <= 9 for d in pair):
             raise ValueError(f"'binary' must be two distinct digits in 0..9, got {self.binary!r}")
+        # settings the others make pointless (each named once, however often validated)
+        warn_unused_settings(self, feature_rules(self), stacklevel=2)
         return self
 
 

@@ -369,7 +369,8 @@ def test_remove_mode_zeroes_the_columns_whatever_value():
     l2 = 4.0
     cfg = FeatureConfig(dataset="wine", columns=(3,), mode="remove", value=0.5, l2=l2,
                         linear=False)
-    r = run_feature_experiment(cfg)
+    with pytest.warns(UserWarning, match=r"^'value' has no effect with mode='remove'"):
+        r = run_feature_experiment(cfg)
     data = load_feature_data("wine", seed=0)
     X, y = data.X_train, data.y_train
     Xz = X.clone()

@@ -80,7 +80,13 @@ def test_the_column_mean_is_silent(no_fitting, digits):
 
 
 def test_remove_mode_ignores_the_value(no_fitting, digits):
-    _silent_run(digits, mode="remove", value=1e10)
+    # not the range warning: only that the value has no effect in remove mode
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _run(digits, mode="remove", value=1e10)
+    assert [str(w.message) for w in record] == [
+        "'value' has no effect with mode='remove' (remove mode zeroes the columns wherever "
+        "non-zero)"]
 
 
 def test_the_reference_is_the_whole_training_data(no_fitting):

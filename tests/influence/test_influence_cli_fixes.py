@@ -74,7 +74,7 @@ def test_api_refuses_the_same_values_before_fitting(monkeypatch, value):
     with pytest.warns(UserWarning, match=far), pytest.raises(_Stop):  # goes on to the fit
         run_feature_experiment(config)
     # remove mode never uses the value
-    with pytest.raises(_Stop):
+    with pytest.raises(_Stop), pytest.warns(UserWarning, match="'value' has no effect"):
         run_feature_experiment(FeatureConfig(dataset="wine", value=1e308, linear=False))
 
 
@@ -235,14 +235,16 @@ def _ours(record):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--value", "3"], "'--value' has no effect without '--mode replace'"),
-    (["--rows", "5", "--mode", "remove"], "'--rows' has no effect without '--mode replace'"),
+    (["--value", "3"], "'--value' has no effect with '--mode remove' (remove mode zeroes"),
+    (["--rows", "5", "--mode", "remove"], "'--rows' has no effect with '--mode remove'"),
     (["--dataset", "wine", "--binary", "3,8"],
      "'--binary' has no effect with '--dataset wine' (for the certified linear "
      "variant, which runs on the digits only)"),
     (["--no-linear", "--epsilon", "1", "--delta", "0.5"],
      "'--epsilon' and '--delta' have no effect with '--no-linear'"),
-    (["--columns", "3", "--top-k", "2"], "'--top-k' has no effect with '--columns'"),
+    (["--columns", "3", "--top-k", "2"],
+     "'--top-k' has no effect with '--columns' (it picks the columns when '--columns' is "
+     "None)"),
 ])
 def test_unlearn_features_warns_about_a_flag_without_effect(monkeypatch, tmp_path, flags,
                                                              message):
@@ -261,8 +263,9 @@ def test_unlearn_features_warns_about_a_flag_without_effect(monkeypatch, tmp_pat
     (["--order", "1", "--cg-tol", "1e-3", "--lissa-scale", "10", "--damping", "1"],
      "'--damping', '--cg-tol' and '--lissa-scale' have no effect with '--order 1'"),
     (["--order", "1", "--tau", "0.5", "--curvature", "hessian"],
-     "'--curvature' has no effect with '--order 1' and a numeric '--tau'"),
-    (["--tau", "0.5"], "'--tau' has no effect without '--order 1'"),
+     "'--curvature' has no effect with '--order 1' and '--tau 0.5' (for the line "
+     "search that picks '--tau' when it is 'auto')"),
+    (["--tau", "0.5"], "'--tau' has no effect with '--order 2' (it is the first-order step size)"),
     (["--lissa-depth", "5"], "'--lissa-depth' has no effect with '--solver cg'"),
     (["--solver", "lissa", "--cg-maxiter", "5"],
      "'--cg-maxiter' has no effect with '--solver lissa' (for the CG solver)"),

@@ -74,8 +74,10 @@ def test_a_setting_that_changes_the_weights_misses(tmp_path, change):
 def test_repair_settings_do_not_change_the_key(tmp_path):
     cache = tmp_path / "cache"
     run_repair_experiment(RepairConfig(**SMALL, cache_dir=str(cache)))
-    again = run_repair_experiment(RepairConfig(**SMALL, damping=10.0, protocols=("one-shot",),
-                                               cache_dir=str(cache)))
+    with pytest.warns(UserWarning, match="'steps' and 'batch' have no effect"):
+        again = run_repair_experiment(RepairConfig(**SMALL, damping=10.0,
+                                                   protocols=("one-shot",),
+                                                   cache_dir=str(cache)))
     assert again["training"]["clean_cached"] and again["training"]["poisoned_cached"]
 
 

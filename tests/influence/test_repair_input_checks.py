@@ -203,17 +203,18 @@ def _record_configs(monkeypatch):
 
 def test_cli_warns_that_data_dir_has_no_effect_with_the_digits(monkeypatch, tmp_path):
     seen = _record_configs(monkeypatch)
-    message = ("'data_dir' has no effect with dataset 'digits' (bundled; the folder is read "
+    message = ("'data_dir' has no effect with dataset='digits' (bundled; the folder is read "
                "for cifar10 only)")
-    with pytest.warns(UserWarning, match=f"^{re.escape(message)}$"), pytest.raises(_Stop):
+    flag_message = message.replace("'data_dir'", "'--data-dir'").replace(
+        "dataset='digits'", "'--dataset digits'")
+    with pytest.warns(UserWarning, match=f"^{re.escape(flag_message)}$"), pytest.raises(_Stop):
         main(["repair", "--data-dir", str(tmp_path), "--result-dir", str(tmp_path / "o")])
     assert seen[-1].dataset == "digits"
     # the command shows its flag; the Python API warns too
     outcome, lines = _printed_warnings(["repair", "--data-dir", str(tmp_path), "--result-dir",
                                         str(tmp_path / "o")])
     assert isinstance(outcome, _Stop)
-    assert lines == ["fastunlearn repair: warning: '--data-dir' has no effect with dataset "
-                     "'digits' (bundled; the folder is read for cifar10 only)\n"]
+    assert lines == [f"fastunlearn repair: warning: {flag_message}\n"]
     with pytest.warns(UserWarning, match=f"^{re.escape(message)}$"):
         RepairConfig(data_dir=str(tmp_path)).validate()
     # read with cifar10; not given at all: no warning
