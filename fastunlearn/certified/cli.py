@@ -9,11 +9,13 @@ from typing import Any
 
 from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
+from .._unused_settings import warn_unused_settings
 from ..cli_types import (
     COMMON_FLAGS,
     GivenFlag,
     HelpFormatter,
     add_progress_flags,
+    given_fields,
     name_flags,
     non_negative_float,
     non_negative_int,
@@ -27,6 +29,7 @@ from ..cli_types import (
     warn_unused_flags,
 )
 from .dataset_names import DATASETS, canonical_dataset
+from .unused_settings import TARGET_EPSILON_USE, removal_rules
 
 
 def dataset_name(text: str) -> str:
@@ -74,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="Lipschitz constant in the bound: paper 1/4, tight 1/(6 sqrt 3)")
     model.add_argument("--num-steps", type=positive_int, default=100,
                        help="maximum Newton iterations per (re)training")
-    model.add_argument("--subsample-ratio", type=ratio, default=1.0,
+    model.add_argument("--subsample-ratio", action=GivenFlag, type=ratio, default=1.0,
                        help="fraction of negatives kept per one-vs-rest class (ignored "
                        "in binary mode, as in the reference)")
     model.add_argument("--solver", choices=["auto", "cholesky", "cg"], default="auto",
@@ -168,34 +171,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
     check_output_folder(args.result_dir, argument="result_dir", names=output_names(args.stem))
 
 
-#: What ``--target-epsilon`` is for (said when it has no effect).
-_TARGET_EPSILON_USE = "(it is the total epsilon of a DP feature extractor composed with the head)"
-
-
-def _warn_unused_remove_flags(args: argparse.Namespace) -> None:
-    """Warn about ``remove`` flags given on the command line that the run does not use.
-
-    ``--solver auto`` may pick CG for any step, so ``--cg-tol`` is unused with ``cholesky``
-    only. Whether a named ``--extractor`` is differentially private is known once its
-    features are read (:func:`_warn_target_epsilon_after_run`).
-    """
-    warn_unused_flags(args, [
-        (args.solver == "cholesky", ("cg_tol",), "with '--solver cholesky' (for the CG solver)"),
-        (args.dataset == "digits" and args.extractor == "none", ("data_dir",),
-         "with '--dataset digits' and '--extractor none' (the digits are bundled; the "
-         "folder is read for other data sets and for extracted features)"),
-        (args.extractor == "none", ("target_epsilon",),
-         f"with '--extractor none' {_TARGET_EPSILON_USE}"),
-    ])
-
-
 def _warn_target_epsilon_after_run(args: argparse.Namespace, result: Any) -> None:
     """Warn about ``--target-epsilon`` when the features of ``--extractor`` were not DP."""
     extractor = result.privacy.get("extractor") or {}
     warn_unused_flags(args, [
         (args.extractor != "none" and not extractor.get("private"), ("target_epsilon",),
          f"with '--extractor {args.extractor}', whose features were not trained with "
-         f"differential privacy {_TARGET_EPSILON_USE}"),
+         f"differential privacy {TARGET_EPSILON_USE}"),
     ])
 
 
@@ -214,8 +196,6 @@ _FLAGS = {
 def _cmd_remove(args: argparse.Namespace) -> int:
     from .experiment import ExperimentConfig, run_removal_experiment
 
-    _warn_unused_remove_flags(args)
-
     config = ExperimentConfig(
         dataset=args.dataset, data_dir=args.data_dir, extractor=args.extractor,
         train_mode=args.train_mode, lam=args.lam, std=args.std, epsilon=args.epsilon,
@@ -225,6 +205,9 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, retrain=not args.no_retrain,
         eval_every=args.eval_every, time_retraining=not args.no_retrain_timing,
         result_dir=args.result_dir, plots=not args.no_plots, verbose=args.verbose)
+    # the flags given that the other settings make pointless (the config's rule table);
+    # after the run: '--target-epsilon' with an extractor that is not DP
+    warn_unused_settings(config, removal_rules(config), given=given_fields(args), flags=_FLAGS)
     try:
         config.validate()
         args.stem = config.stem

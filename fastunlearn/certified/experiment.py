@@ -29,7 +29,6 @@ import math
 import os
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -43,7 +42,9 @@ from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, skippable, stop_points, stop_requested
 from .._numbers import is_finite, is_integer, is_real, plain_fields
 from .._repr import fields_repr, format_number, summarize
+from .._unused_settings import warn_unused_settings
 from .dataset_names import DATASETS, canonical_dataset
+from .unused_settings import removal_rules
 
 if TYPE_CHECKING:
     from fastunlearn.certified.errors import BudgetExceededError
@@ -161,6 +162,13 @@ class ExperimentConfig:
     def validate(self) -> ExperimentConfig:
         """Check every field; returns ``self`` (with ``dataset`` spelled canonically).
 
+        Warns (UserWarning) about fields set to a value other than their default that the
+        other settings make pointless (``'cg_tol' has no effect with solver='cholesky' (for
+        the CG solver)``, ``'subsample_ratio' has no effect with train_mode='binary' (as in
+        the reference ...)``; the table:
+        :func:`~fastunlearn.certified.unused_settings.removal_rules`), each once however
+        often the config is validated.
+
         Raises:
             ValueError: Naming the first bad field.
 
@@ -187,16 +195,6 @@ class ExperimentConfig:
             raise ValueError(f"'delta' must be in (0, 1), got {self.delta!r}")
         if not (_is_number(self.subsample_ratio) and 0 < self.subsample_ratio <= 1):
             raise ValueError(f"'subsample_ratio' must be in (0, 1], got {self.subsample_ratio!r}")
-        if (self.train_mode == "binary" and self.subsample_ratio < 1
-                and not self.__dict__.get("_warned_subsample")):
-            # once per config: the CLI and the run both validate it (not a field: not saved)
-            self.__dict__["_warned_subsample"] = True
-            warnings.warn(
-                f"'subsample_ratio' {self.subsample_ratio:g} is ignored in binary mode (as in the "
-                "reference, where it subsamples the negatives of each one-vs-rest class)",
-                UserWarning,
-                stacklevel=2,
-            )
         for name in ("num_steps", "num_removes", "batch", "eval_every", "seed"):
             value = getattr(self, name)
             if not is_integer(value):  # Python or NumPy int, not a bool
@@ -215,6 +213,8 @@ class ExperimentConfig:
                                        and target > 0):
             raise ValueError(f"'target_epsilon' must be a positive number or None, got {target!r}")
         parse_device(self.device)
+        # settings the others make pointless (each named once, however often validated)
+        warn_unused_settings(self, removal_rules(self), stacklevel=2)
         return self
 
     @property

@@ -15,6 +15,7 @@ from typing import Any
 from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
+from .._unused_settings import warn_unused_settings
 from ..cli_types import (
     COMMON_FLAGS,
     GivenFlag,
@@ -30,7 +31,7 @@ from ..cli_types import path as _path
 from ..cli_types import positive_float as _positive
 from ..cli_types import positive_int as _positive_int
 from ..cli_types import seed as _seed
-from .unused_settings import repair_rules, warn_unused_settings
+from .unused_settings import repair_rules
 
 __all__ = ["add_parser", "run"]
 

@@ -48,10 +48,11 @@ from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
 from .._paths import check_path
 from .._process_flags import GLOBAL_RNG_LOCK
+from .._unused_settings import warn_unused_settings
 from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
-from .unused_settings import repair_rules, warn_unused_settings
+from .unused_settings import repair_rules
 from .update import CURVATURES, LISSA_HESSIANS, MAX_DIRECT_PARAMS, SOLVERS, LissaSettings
 
 __all__ = [

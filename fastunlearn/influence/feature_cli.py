@@ -11,6 +11,7 @@ from typing import Any
 
 from .._cli_output import command_error
 from .._output_folder import check_output_folder
+from .._unused_settings import warn_unused_settings
 from ..cli_types import (
     COMMON_FLAGS,
     GivenFlag,
@@ -30,7 +31,7 @@ from .cli import (
     _positive_int,
     _tau,
 )
-from .unused_settings import feature_rules, warn_unused_settings
+from .unused_settings import feature_rules
 
 __all__ = ["add_parser", "run"]
 

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .._numbers import plain_fields as _plain_fields
+from .._unused_settings import warn_unused_settings
 from .arguments import MAX_SEED, _as_float
 from .drivers import predict, replace_features, unlearn_features
 from .experiment import (
@@ -58,7 +59,7 @@ from .experiment import (
 )
 from .gradients import default_loss, loss_gradient
 from .linear import fit_logistic, linear_influence_update
-from .unused_settings import feature_rules, warn_unused_settings
+from .unused_settings import feature_rules
 
 __all__ = [
     "DATASETS",

@@ -326,20 +326,21 @@ def test_extracted_features_compose_with_the_extractor_privacy(tmp_path):
 def test_binary_mode_ignores_the_subsample_ratio_like_the_reference():
     config = ExperimentConfig(train_mode="binary", subsample_ratio=0.2, num_removes=2,
                               result_dir=None, time_retraining=False)
-    with pytest.warns(UserWarning, match="ignored in binary mode"):
+    with pytest.warns(UserWarning, match=r"^'subsample_ratio' has no effect with "
+                                         r"train_mode='binary' \(as in the reference"):
         config.validate()
     assert config.effective_subsample_ratio == 1.0 and "_ratio_" not in config.stem
     # said once per config: the run validates it again without repeating it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_removal_experiment(config)
-    assert not [w for w in caught if "ignored in binary mode" in str(w.message)]
+    assert not [w for w in caught if "'subsample_ratio' has no effect" in str(w.message)]
     fresh = ExperimentConfig(train_mode="binary", subsample_ratio=0.2, num_removes=2,
                              result_dir=None, time_retraining=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_removal_experiment(fresh)
-    assert len([w for w in caught if "ignored in binary mode" in str(w.message)]) == 1
+    assert len([w for w in caught if "'subsample_ratio' has no effect" in str(w.message)]) == 1
     plain = run_removal_experiment(ExperimentConfig(train_mode="binary", num_removes=2,
                                                     result_dir=None, time_retraining=False))
     assert result.final == plain.final

@@ -13,18 +13,18 @@ import warnings
 
 import pytest
 
+from fastunlearn._unused_settings import (
+    GIVEN,
+    UnusedRule,
+    unused_setting_messages,
+    warn_unused_settings,
+)
 from fastunlearn.cli import main
 from fastunlearn.influence import experiment as repair_experiment
 from fastunlearn.influence import feature_experiment
 from fastunlearn.influence.experiment import RepairConfig
 from fastunlearn.influence.feature_experiment import FeatureConfig
-from fastunlearn.influence.unused_settings import (
-    GIVEN,
-    UnusedRule,
-    repair_rules,
-    unused_setting_messages,
-    warn_unused_settings,
-)
+from fastunlearn.influence.unused_settings import repair_rules
 
 
 class _Stop(Exception):
