@@ -1,6 +1,8 @@
 """Shared test parametrisation: devices, dtypes, tolerances."""
 
 import dataclasses
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -130,3 +132,25 @@ def used_settings(method: str, **settings: Any) -> dict:
 
     ignored = get_method(method)[1].UNUSED_FIELDS
     return {k: v for k, v in settings.items() if k not in ignored}
+
+
+def printed_warnings(call: Callable[[], Any],
+                     stop: type[BaseException] = Exception) -> tuple[object, list[str]]:
+    """Run ``call()``; return ``(its result or the ``stop`` it raised, the warning lines)``.
+
+    The lines are what a user sees: ``warnings.formatwarning`` of each warning, every one
+    shown (``always``), so a repeated warning shows twice.
+    """
+    lines: list[str] = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        lines.append(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        try:
+            outcome: object = call()
+        except stop as exc:
+            outcome = exc
+    return outcome, lines

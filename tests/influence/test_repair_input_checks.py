@@ -15,6 +15,7 @@ import re
 import warnings
 
 import pytest
+from helpers import printed_warnings
 
 from fastunlearn.cli import build_parser, main
 from fastunlearn.influence import experiment as exp
@@ -159,19 +160,7 @@ def test_api_warns_when_the_budget_is_not_a_multiple_of_10(no_training):
 
 def _printed_warnings(argv):
     """Run ``main(argv)``; return ``(its exception or status, the warning lines printed)``."""
-    lines: list[str] = []
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        lines.append(warnings.formatwarning(message, category, filename, lineno, line))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = show
-        try:
-            outcome: object = main(argv)
-        except _Stop as exc:
-            outcome = exc
-    return outcome, lines
+    return printed_warnings(lambda: main(argv), _Stop)
 
 
 def test_cli_warns_about_the_budget_with_the_flags_name(no_training, tmp_path):
