@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from typing import Any
 
 from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
+from .._no_effect import no_effect_message
 from .._unused_settings import warn_unused_settings
 from ..cli_types import (
     COMMON_FLAGS,
@@ -71,8 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="L2 regularisation per training row (reference default 1e-6)")
     model.add_argument("--std", type=non_negative_float, default=10.0,
                        help="standard deviation sigma of the objective perturbation")
-    model.add_argument("--epsilon", type=positive_float, default=1.0, help="epsilon")
-    model.add_argument("--delta", type=open_unit, default=1e-4, help="delta, in (0, 1)")
+    model.add_argument("--epsilon", action=GivenFlag, type=positive_float, default=1.0,
+                       help="epsilon")
+    model.add_argument("--delta", action=GivenFlag, type=open_unit, default=1e-4,
+                       help="delta, in (0, 1)")
     model.add_argument("--gamma", choices=["paper", "tight"], default="paper",
                        help="Lipschitz constant in the bound: paper 1/4, tight 1/(6 sqrt 3)")
     model.add_argument("--num-steps", type=positive_int, default=100,
@@ -208,6 +212,9 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     # the flags given that the other settings make pointless (the config's rule table);
     # after the run: '--target-epsilon' with an extractor that is not DP
     warn_unused_settings(config, removal_rules(config), given=given_fields(args), flags=_FLAGS)
+    if args.verbose and args.progress:
+        warnings.warn(no_effect_message(["--progress"], "with '--verbose' (every removal is "
+                                        "printed instead of a bar)"), UserWarning, stacklevel=1)
     try:
         config.validate()
         args.stem = config.stem

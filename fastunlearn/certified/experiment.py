@@ -29,6 +29,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -561,12 +562,17 @@ def budget_hint(privacy: dict[str, Any]) -> str | None:
     removals, at the price of more regularisation or a weaker guarantee. A larger ``--std``
     is not named: it raises the budget but also the noise in the weights, and with it the
     bounds (on digits, OvR, ``lam = 1e-3``: sigma 100 retrained at every removal where
-    sigma 10 covered one or two). Projected counts (no retrain happened) get no hint.
+    sigma 10 covered one or two), except at ``--std 0``, whose budget is 0 whatever the
+    other settings. Projected counts (no retrain happened) get no hint.
     """
     supported = privacy.get("removals_supported")
     if not privacy.get("retrains") or privacy.get("removals_supported_is_estimate") \
             or supported is None or supported > FEW_REMOVALS_PER_BUDGET:
         return None
+    if privacy.get("sigma") == 0:  # no budget at all: neither lam nor epsilon helps
+        return (f"with --std 0 the budget is 0 and every removal retrains "
+                f"({privacy['retrains']} retrain(s) in {privacy['removals']} removals): a "
+                "positive --std (the objective perturbation's noise) gives removals a budget")
     return (f"one budget covered only {supported} removal(s) before an automatic retrain "
             f"({privacy['retrains']} retrain(s) in {privacy['removals']} removals): a larger "
             "--lam (more regularisation, smaller bounds) or --epsilon (a weaker guarantee) "
@@ -840,7 +846,11 @@ def _time_retraining(config: ExperimentConfig, X: np.ndarray, y: np.ndarray
         fresh = _make_model(config)
         _synchronize(config.device)
         t0 = time.perf_counter()
-        fresh.fit(X, y)
+        with warnings.catch_warnings():
+            # the experiment's own fit said it already; a timing fit does not repeat it
+            warnings.filterwarnings("ignore", message="the training residual .* already "
+                                    "exceeds the budget", category=UserWarning)
+            fresh.fit(X, y)
         _synchronize(config.device)
         times.append(time.perf_counter() - t0)
     return fresh, statistics.median(times)

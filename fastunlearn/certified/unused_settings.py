@@ -34,6 +34,10 @@ def removal_rules(config: Any) -> list[UnusedRule]:
                    "extracted features)"),
         UnusedRule(no_extractor, ("target_epsilon",), (("extractor", "none"),),
                    TARGET_EPSILON_USE),
+        UnusedRule(config.std == 0, ("epsilon", "delta"), (("std", 0),),
+                   "(the budget sigma * epsilon / c is 0: every removal retrains)"),
+        UnusedRule(config.result_dir is None, ("plots",), (("result_dir", None),),
+                   "(nothing is written)"),
         UnusedRule(config.train_mode == "binary", ("subsample_ratio",),
                    (("train_mode", "binary"),),
                    "(as in the reference, where it subsamples the negatives of each "

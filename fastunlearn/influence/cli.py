@@ -125,7 +125,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--solver", action=GivenFlag, choices=["cg", "lissa", "direct"], default="cg",
                    help="second-order solver")
     p.add_argument("--curvature", action=GivenFlag, choices=["ggn", "hessian"], default="ggn",
-                   help="curvature of cg/direct: Gauss-Newton or the Hessian")
+                   help="curvature of the second-order solve (cg, direct and lissa): "
+                   "Gauss-Newton or the Hessian")
     p.add_argument("--damping", action=GivenFlag, type=_non_negative, default=100.0,
                    help="Tikhonov damping of cg/direct (summed loss)")
     p.add_argument("--tau", action=GivenFlag, type=_tau, default="auto",

@@ -51,6 +51,14 @@ def test_no_hint_where_the_budget_is_not_the_problem(changes):
     assert budget_hint(_privacy(**changes)) is None
 
 
+def test_with_std_0_the_hint_names_the_noise_not_lam_or_epsilon():
+    text = budget_hint(_privacy(sigma=0.0, removals_supported=0))
+    assert text.startswith("with --std 0 the budget is 0 and every removal retrains (3 "
+                           "retrain(s) in 10 removals)")
+    assert "a positive --std" in text and "--lam" not in text and "--epsilon" not in text
+    assert "--std" not in budget_hint(_privacy(sigma=10.0))
+
+
 def test_hint_at_the_threshold():
     assert budget_hint(_privacy(removals_supported=FEW_REMOVALS_PER_BUDGET)) is not None
     assert budget_hint(_privacy(removals_supported=0)) is not None

@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 
-from fastunlearn.certified.experiment import ExperimentConfig
+from fastunlearn.certified.experiment import ExperimentConfig, run_removal_experiment
 from fastunlearn.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,6 +34,11 @@ def _messages(config: ExperimentConfig) -> list[str]:
     ({"target_epsilon": 2.0},
      ["'target_epsilon' has no effect with extractor='none' (it is the total epsilon of a DP "
       "feature extractor composed with the head)"]),
+    ({"std": 0.0, "epsilon": 2.0, "delta": 1e-3},
+     ["'epsilon' and 'delta' have no effect with std=0 (the budget sigma * epsilon / c is 0: "
+      "every removal retrains)"]),
+    ({"result_dir": None, "plots": False},
+     ["'plots' has no effect with result_dir=None (nothing is written)"]),
     ({"train_mode": "binary", "subsample_ratio": 0.5},
      ["'subsample_ratio' has no effect with train_mode='binary' (as in the reference, where "
       "it subsamples the negatives of each one-vs-rest class)"]),
@@ -49,6 +54,8 @@ def test_the_config_names_the_fields_that_have_no_effect(settings, expected):
     {"solver": "cholesky", "cg_tol": 0.01},  # at its default: not set by the user
     {"train_mode": "ovr", "subsample_ratio": 0.5},
     {"dataset": "MNIST", "data_dir": "somewhere"},
+    {"std": 1e-3, "epsilon": 2.0},
+    {"result_dir": "out", "plots": False},
 ])
 def test_the_config_is_quiet_when_every_setting_is_used(settings):
     assert _messages(ExperimentConfig(**settings)) == []
@@ -78,3 +85,41 @@ def test_the_command_names_each_flag_once(tmp_path, capsys):
         "'--subsample-ratio' has no effect with '--train-mode binary' (as in the reference, "
         "where it subsamples the negatives of each one-vs-rest class)",
     ]
+
+
+def test_with_std_0_epsilon_changes_nothing_but_its_echo():
+    """The rule's claim: with sigma 0 the budget is 0 and every removal retrains."""
+    runs = []
+    for epsilon in (0.5, 5.0):
+        config = ExperimentConfig(train_mode="binary", std=0.0, epsilon=epsilon,
+                                  num_removes=3, result_dir=None, time_retraining=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs.append(run_removal_experiment(config))
+    (a, b) = runs
+    assert a.privacy["retrains"] == b.privacy["retrains"] == 3
+    assert a.final == b.final
+    assert [r["bound"] for r in a.records] == [r["bound"] for r in b.records]
+    assert a.privacy["budget_hint"].startswith("with --std 0 the budget is 0")
+
+
+def test_the_residual_warning_is_not_repeated_by_the_retraining_timings():
+    config = ExperimentConfig(train_mode="binary", std=0.0, num_removes=1, result_dir=None)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run_removal_experiment(config)
+    said = [w for w in record if "already exceeds the budget" in str(w.message)]
+    assert len(said) == 1  # the experiment's fit; not its (up to three) timing fits
+
+
+def test_progress_with_verbose_is_said_to_have_no_effect(tmp_path, capsys):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert main(["remove", "--train-mode", "binary", "--num-removes", "1", "--verbose",
+                     "--progress", "--no-plots", "--no-retrain-timing",
+                     "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "it/s" not in err  # no bar: every removal is printed
+    assert [str(w.message) for w in record if "no effect" in str(w.message)] == [
+        "'--progress' has no effect with '--verbose' (every removal is printed instead of a "
+        "bar)"]
