@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 from .._atomic_files import write_text
 from .._cli_output import add_json_flag, command_error, json_output
+from .._no_effect import no_effect_message
 from .._output_folder import check_output_folder
-from ..cli_types import COMMON_FLAGS, add_progress_flags, name_flags, resolve_progress
+from .._unused_settings import warn_unused_settings
+from ..cli_types import (
+    COMMON_FLAGS,
+    GivenFlag,
+    add_progress_flags,
+    given_fields,
+    name_flags,
+    resolve_progress,
+)
 from ..cli_types import integer as _integer
 from ..cli_types import non_negative_float as _non_negative_float
 from ..cli_types import non_negative_int as _non_negative_int
@@ -71,14 +81,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--embed-dim", type=_positive_int, default=32, help="embedding width")
     p.add_argument("--hidden", type=_positive_int, default=128, help="recurrent units")
     p.add_argument("--layers", type=_positive_int, default=1, help="recurrent layers")
-    p.add_argument("--steps", type=_non_negative_int, default=400, help="training steps")
+    # GivenFlag: a flag given that the other settings make pointless is warned about
+    p.add_argument("--steps", type=_non_negative_int, default=400, action=GivenFlag,
+                   help="training steps")
     p.add_argument("--seq-len", type=_positive_int, default=48, help="training window")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="windows per step")
-    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 penalty")
+    p.add_argument("--batch-size", type=_positive_int, default=32, action=GivenFlag,
+                   help="windows per step")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, action=GivenFlag,
+                   help="Adam learning rate")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, action=GivenFlag,
+                   help="L2 penalty")
     p.add_argument(
         "--candidates",
         type=_candidates,
+        action=GivenFlag,
         default=None,
         help="score this many random secrets (drawn with replacement; at least 3) instead of "
         "the whole space; a value >= the space size (10^L) scores every secret exactly; "
@@ -108,11 +124,15 @@ _FLAGS = {
     "n_candidates": "--candidates", "seed": "--seed",
 }
 
+#: The options whose ``dest`` is not the CanaryConfig field they set.
+_RENAMED = {"candidates": "n_candidates"}
+
 
 def run(args: argparse.Namespace) -> int:
     """Run the experiment from parsed arguments; print the report; return the exit status."""
     from .experiment import CanaryConfig, format_report, run_canary_experiment
     from .plot import plot_exposure
+    from .unused_settings import canary_rules
 
     length = args.secret_length
     if args.secret is not None and length is not None and length != len(args.secret):
@@ -120,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
                              f"{args.secret!r} ({len(args.secret)} digits): give one")
     if length is None:
         length = len(args.secret) if args.secret is not None else _SECRET_LENGTH
+    if args.no_plots and args.out is None:  # the run writes no file at all
+        warnings.warn(no_effect_message(["--no-plots"], "without '--out' (nothing is written)"),
+                      UserWarning, stacklevel=2)
     try:
         config = CanaryConfig(
             n_sentences=args.n_sentences,
@@ -140,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=resolve_progress(args.progress),
         )
+        # the flags given that the other settings make pointless, named once: the run's
+        # own warning (run_canary_experiment) then neither repeats them nor names fields
+        warn_unused_settings(config, canary_rules(config),
+                             given=given_fields(args, _RENAMED), flags=_FLAGS)
         outputs = list(_OUTPUTS[:2] if args.no_plots else _OUTPUTS)
         if args.out is not None:
             check_output_folder(args.out, argument="out", names=outputs)

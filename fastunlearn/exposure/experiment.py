@@ -29,6 +29,7 @@ from .._equality import dataclass_eq
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._numbers import is_finite as _finite
 from .._process_flags import GLOBAL_RNG_LOCK
+from .._unused_settings import warn_unused_settings
 from .exposure import (
     _MIN_FIT_CANDIDATES,
     _RECOMMENDED_FIT_CANDIDATES,
@@ -39,6 +40,7 @@ from .exposure import (
 )
 from .model import CharLM, _module_modes, _restore_modes, sequence_log_perplexity
 from .text import DIGITS, CharVocab, generate_corpus, insert_canary
+from .unused_settings import canary_rules
 
 __all__ = [
     "CanaryConfig",
@@ -480,7 +482,8 @@ class CanaryConfig:
         embed_dim: Embedding width.
         hidden: Recurrent units.
         layers: Recurrent layers.
-        steps: Training steps.
+        steps: Training steps (0: none; ``lr``, ``weight_decay`` and ``batch_size`` then
+            have no effect, and :func:`run_canary_experiment` warns when they are set).
         seq_len: Training window length.
         batch_size: Windows per step.
         lr: Adam learning rate.
@@ -490,7 +493,9 @@ class CanaryConfig:
             the space scores every secret exactly instead (see :func:`measure_exposure`).
             A sample of fewer than 100 draws a warning (the skew-normal exposure is
             unreliable; use 1,000 or more).
-        enumerate_limit: Largest space scored exhaustively when ``n_candidates`` is None.
+        enumerate_limit: Largest space scored exhaustively when ``n_candidates`` is None
+            (with ``n_candidates`` set it has no effect; :func:`run_canary_experiment`
+            warns when it is set then).
         seed: Seed of text, secret, insertion positions, initialisation and training.
         device: Torch device.
         progress: Show progress bars.
@@ -670,6 +675,13 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
     Returns:
         A :class:`CanaryResult`.
 
+    Warns (UserWarning), once per config however often it is run, about fields set to a
+    value other than their default that the others make pointless (the table:
+    :func:`~fastunlearn.exposure.unused_settings.canary_rules`): ``'lr', 'weight_decay'
+    and 'batch_size' have no effect with steps=0 (for the training)`` and
+    ``'enumerate_limit' has no effect with 'n_candidates' set (for the default,
+    n_candidates=None)``.
+
     Raises:
         TypeError: If ``config`` is neither None nor a :class:`CanaryConfig`.
         ValueError: From :class:`CanaryConfig` or the steps (e.g. more insertions than
@@ -679,6 +691,8 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
     cfg = CanaryConfig() if config is None else config
     if not isinstance(cfg, CanaryConfig):
         raise TypeError(f"'config' must be a CanaryConfig, got {type(cfg).__name__}")
+    # settings the others make pointless (each named once per config, however often run)
+    warn_unused_settings(cfg, canary_rules(cfg), stacklevel=2)
     rng = random.Random(cfg.seed)
     length = cfg.secret_digits
     secret = cfg.secret or "".join(rng.choice(DIGITS) for _ in range(length))

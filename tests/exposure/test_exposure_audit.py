@@ -227,6 +227,7 @@ def test_too_few_sampled_others_is_a_clear_error_not_a_fit_crash():
 # --- the experiment and its CLI -------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:.* no effect with :UserWarning")  # TINY's training settings
 def test_experiment_keeps_the_callers_rng_and_seeds_its_own_init():
     torch.manual_seed(1234)
     state = torch.get_rng_state()
@@ -285,6 +286,7 @@ def test_cli_bad_device_is_a_clean_error(device, capsys):
         CanaryConfig(device=device)
 
 
+@pytest.mark.filterwarnings("ignore:.* no effect with :UserWarning")  # TINY's training settings
 def test_report_says_how_many_secrets_were_drawn_and_ranked_against():
     cfg = CanaryConfig(**(TINY | {"steps": 0, "n_candidates": 40}))
     # a sample of |R| = 100 is smaller than 100: its fit is warned about

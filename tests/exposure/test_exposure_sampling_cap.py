@@ -159,6 +159,7 @@ TINY = dict(
 )
 
 
+@pytest.mark.filterwarnings("ignore:.* no effect with :UserWarning")  # TINY's training settings
 def test_report_says_a_large_sample_was_scored_exactly():
     result = run_canary_experiment(CanaryConfig(**(TINY | {"n_candidates": 500})))
     m = result.canary
@@ -173,6 +174,7 @@ def test_report_says_a_large_sample_was_scored_exactly():
     assert "sampled rank exposure at most log2(" in sampled
 
 
+@pytest.mark.filterwarnings("ignore:.* no effect with :UserWarning")  # TINY's training settings
 def test_cli_candidates_above_the_space_size_give_exact_bounded_json(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
