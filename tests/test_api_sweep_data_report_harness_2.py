@@ -166,7 +166,8 @@ def test_harness_config_accepted_devices_and_paths(tmp_path):
     # CUDA need not be present to build a config: the run checks the GPU
     assert HarnessConfig(device="cuda:3").device == "cuda:3"
     assert HarnessConfig(device=torch.device("cpu")).device == "cpu"
-    cfg = HarnessConfig(out_dir=tmp_path / "o", cache_dir=None, data_dir=tmp_path)
+    cfg = HarnessConfig(out_dir=tmp_path / "o", cache_dir=None, data_dir=tmp_path,
+                        dataset="mnist")
     # paths are stored as str: the config goes into results.json
     assert cfg.out_dir == str(tmp_path / "o") and cfg.data_dir == str(tmp_path)
     assert not (tmp_path / "o").exists()

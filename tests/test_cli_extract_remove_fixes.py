@@ -3,6 +3,7 @@ its epochs and data folder first; output folders that cannot be created are refu
 any work; unknown flags are reported by the subcommand; Ctrl-C while the flags are parsed."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -211,3 +212,23 @@ def test_ctrl_c_while_parsing_is_one_line_and_status_130(argv, prog, capsys, mon
     captured = capsys.readouterr()
     assert captured.err == f"\n{prog}: interrupted (Ctrl-C)\n" and captured.out == ""
 
+
+
+def test_no_resume_with_a_checkpoint_that_is_loaded_has_no_effect(tmp_path, capsys):
+    assert run_extract(tmp_path) == 0
+    capsys.readouterr()
+    checkpoint = tmp_path / "t1_digits_model.safetensors"
+    before = checkpoint.read_bytes()
+    with pytest.warns(UserWarning) as record:
+        assert run_extract(tmp_path, "--no-resume") == 0
+    assert "loaded the trained extractor" in capsys.readouterr().out
+    assert [str(w.message) for w in record if "no effect" in str(w.message)] == [
+        f"'--no-resume' has no effect with the trained extractor in {str(checkpoint)!r} (it "
+        "is loaded, not trained; '--force' trains a new one)"]
+    assert checkpoint.read_bytes() == before  # loaded, not trained again
+    # with --force it trains (from the first epoch): nothing to say
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert run_extract(tmp_path, "--no-resume", "--force") == 0
+    capsys.readouterr()
+    assert not [w for w in record if "no effect" in str(w.message)]

@@ -144,8 +144,7 @@ def test_a_should_stop_that_is_not_callable_is_refused(bad):
 
 # --- run_removal_experiment --------------------------------------------------------------
 
-_CONFIG = dict(num_removes=30, lam=0.01, std=1.0, plots=False, time_retraining=True,
-               result_dir=None)
+_CONFIG = dict(num_removes=30, lam=0.01, std=1.0, time_retraining=True, result_dir=None)
 
 
 def _after_calls(k: int):
@@ -160,7 +159,8 @@ def _after_calls(k: int):
 
 def test_a_stopped_run_keeps_the_removals_made_and_writes_them(tmp_path):
     full = run_removal_experiment(ExperimentConfig(**_CONFIG))
-    config = ExperimentConfig(**{**_CONFIG, "eval_every": 5, "result_dir": str(tmp_path)})
+    config = ExperimentConfig(**{**_CONFIG, "eval_every": 5, "result_dir": str(tmp_path),
+                                 "plots": False})
     part = run_removal_experiment(config, should_stop=_after_calls(2))
     assert part.stopped_on_request and not full.stopped_on_request
     assert [r["indices"] for r in part.records] == [r["indices"] for r in full.records[:10]]

@@ -73,7 +73,8 @@ _CONFIG_CASES = [
                 "progress": np.bool_(False)}),
     ("forget", {"lr": I64(1), "momentum": np.uint16(0)}),  # NumPy ints as reals stay ints
     ("finetune", {"epochs": I64(1), "lr": F32(0.25), "nesterov": np.bool_(False),
-                  "gamma": F32(0.5), "milestones": (I64(1), np.int16(2))}),
+                  "gamma": F32(0.5), "milestones": (I64(1), np.int16(2)),
+                  "scheduler": "multistep"}),
     ("random_labels", {"seed": I64(7), "other_classes": np.bool_(True)}),
     ("two_stage", {"forget_epochs": I64(2), "forget_lr": F32(0.125)}),
     ("scrub", {"forget_batch_size": I64(4), "max_steps": I32(1), "alpha": F32(0.5),

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from .._cli_output import command_error
+from .._no_effect import no_effect_message
 from ..cli_types import (
     COMMON_FLAGS,
     GivenFlag,
@@ -391,6 +393,10 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
             raise ValueError(f"'checkpoint' {str(checkpoint)!r} does not fit model "
                              f"{model_name}: {exc}") from None
         print(f"loaded the trained extractor from {checkpoint} (--force trains a new one)")
+        if args.no_resume:  # no training, so nothing to start over
+            warnings.warn(no_effect_message(
+                ["--no-resume"], f"with the trained extractor in {str(checkpoint)!r} (it is "
+                "loaded, not trained; '--force' trains a new one)"), UserWarning, stacklevel=1)
     else:
         start = time.perf_counter()
         meta = _train_with_epoch_state(args, model, train, device, checkpoint)

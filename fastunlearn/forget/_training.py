@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import Dataset, Subset
 
+from .._no_effect import no_effect_message
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._process_flags import GLOBAL_RNG_LOCK
 from ..epoch_state import EpochState
@@ -124,6 +125,31 @@ class SGDConfig(ForgetConfig):
         self.gamma = as_int(self.gamma) if is_integer(self.gamma) else as_float(self.gamma)
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        self._warn_settings(SGDConfig)
+
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the warnings of the base class and about the schedule's settings.
+
+        ``gamma`` and ``milestones`` are read by the ``"multistep"`` scheduler only, and
+        ``gamma`` needs a milestone. ``milestones=()`` is not named with another scheduler
+        unless ``given`` names it (no milestone to ignore: the harness's oracle recipe
+        sets it so).
+        """
+        return super().conditional_warnings(given) + self._schedule_warnings(given)
+
+    def _schedule_warnings(self, given: Collection[str]) -> list[str]:
+        """Return the ``gamma`` / ``milestones`` warnings of :meth:`conditional_warnings`."""
+        if self.scheduler == "multistep":
+            if self.milestones:
+                return []
+            names = self._set_fields(("gamma",), given)
+            why = ("with scheduler='multistep' and milestones=() (the factor applied at each "
+                   "milestone)")
+        else:
+            names = [n for n in self._set_fields(("gamma", "milestones"), given)
+                     if n != "milestones" or self.milestones or n in given]
+            why = f"with scheduler={self.scheduler!r} (for the 'multistep' scheduler)"
+        return [no_effect_message(names, why)] if names else []
 
 
 @contextlib.contextmanager

@@ -70,6 +70,7 @@ class ActivationResetConfig(SGDConfig):
         self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
         self.toll = check_fraction("toll", self.toll, allow_zero=True)
         self.reset_mlp = check_bool("reset_mlp", self.reset_mlp)
+        self._warn_settings(ActivationResetConfig)
 
 
 def mean_activations(

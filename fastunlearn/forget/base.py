@@ -42,7 +42,7 @@ import copy
 import dataclasses
 import functools
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -80,7 +80,9 @@ class ForgetConfig:
     A method that ignores some of these fields lists them in :attr:`UNUSED_FIELDS`; a
     config built with such a field set to a value other than its default gives a
     UserWarning (``'epochs' and 'lr' have no effect (...)``), and so does ``forget --set``
-    naming one (:func:`unused_field_messages`).
+    naming one (:func:`unused_field_messages`). A field that has no effect only with some
+    values of the others (``gamma`` without the ``"multistep"`` scheduler) is named by
+    :meth:`conditional_warnings` when set.
 
     Attributes:
         epochs: Passes over the data the method trains on.
@@ -122,24 +124,59 @@ class ForgetConfig:
     def settings_warnings(self) -> list[str]:
         """Return the warnings about settings that have no effect with the others.
 
-        By default: the fields of :attr:`UNUSED_FIELDS` set to a value other than their
-        default (:func:`unused_field_messages`). A subclass adds its own (call it at the
-        end of its checks, through :meth:`_warn_settings`).
+        The fields of :attr:`UNUSED_FIELDS` set to a value other than their default
+        (:func:`unused_field_messages`), then :meth:`conditional_warnings`. A subclass's
+        ``__post_init__`` warns them at the end of its checks (:meth:`_warn_settings`).
         """
-        return unused_field_messages(self)
+        return unused_field_messages(self) + self.conditional_warnings()
 
-    def _warn_settings(self) -> None:
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the warnings about fields that have no effect with the others' values.
+
+        A field is named when it is set (:meth:`_set_fields`): to a value other than its
+        default, or named in ``given`` (the harness's overrides, even at their default).
+        None here; a subclass with such cases adds its own, e.g. ``'tol' has no effect with
+        solver='lissa' (...)``.
+        """
+        return []
+
+    def _set_fields(self, names: Iterable[str], given: Collection[str] = ()) -> list[str]:
+        """Return those of ``names`` set to a value other than their default or in ``given``.
+
+        The fields of :attr:`UNUSED_FIELDS` are left out: their own warning names them.
+        """
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        unused = type(self).UNUSED_FIELDS
+        return [n for n in names if n not in unused
+                and (n in given or getattr(self, n) != _default(fields[n]))]
+
+    def _warn_settings(self, checked_by: type[ForgetConfig] | None = None) -> None:
         """Warn :meth:`settings_warnings` (the last step of a subclass's ``__post_init__``).
 
         A method re-runs ``__post_init__`` on the config it is given (a field changed after
         construction is checked again); the same warnings are not repeated then.
+
+        Args:
+            checked_by: The class whose ``__post_init__`` calls this; nothing is warned
+                when a subclass overrides that ``__post_init__`` (its own checks come
+                after, and it warns at their end). None: always warn.
+
         """
+        if checked_by is not None and type(self).__post_init__ is not checked_by.__post_init__:
+            return
         messages = self.settings_warnings()
         if messages and self.__dict__.get(_WARNED_KEY) != messages:
             for message in messages:
                 # stacklevel: the caller of the dataclass __init__ that ran __post_init__
                 warnings.warn(message, UserWarning, stacklevel=4)
         self.__dict__[_WARNED_KEY] = messages
+
+
+def _default(field: dataclasses.Field) -> Any:
+    """Return a dataclass field's default value (a new one from its ``default_factory``)."""
+    if field.default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 #: Where a config keeps the warnings it gave (see ``ForgetConfig._warn_settings``).

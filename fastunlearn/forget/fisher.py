@@ -21,7 +21,7 @@ forget label that no retain example has.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import Dataset
 
+from .._no_effect import no_effect_message
 from ._training import SGDConfig, check_bool, last_linear, prepare, seeded
 from .base import _check_float, iterate, make_loader, model_device, register
 from .checks import check_batch_labels, check_labels, dataset_labels, item_labels
@@ -62,7 +63,8 @@ class FisherConfig(SGDConfig):
         batch_size: Examples per vectorised per-sample gradient batch (64).
         forget_class_rows: Zero the head rows of forget labels absent from the retain set
             (class-wise forgetting; see the module docstring) (True).
-        class_row_var: Noise variance of those rows (1e-4).
+        class_row_var: Noise variance of those rows (1e-4; another value warns with
+            ``forget_class_rows=False``, which does not read it).
 
     """
 
@@ -87,7 +89,19 @@ class FisherConfig(SGDConfig):
         self.forget_class_rows = check_bool("forget_class_rows", self.forget_class_rows)
         if self.fisher not in _FISHER_KINDS:
             raise ValueError(f"fisher must be one of {_FISHER_KINDS}, got {self.fisher!r}")
-        self._warn_settings()
+        self._warn_settings(FisherConfig)
+
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the base class's warnings and ``class_row_var``'s without class rows.
+
+        ``class_row_var`` is the noise variance of the rows ``forget_class_rows`` zeroes:
+        with ``forget_class_rows=False`` it is never read.
+        """
+        out = super().conditional_warnings(given)
+        if not self.forget_class_rows and self._set_fields(("class_row_var",), given):
+            out.append(no_effect_message(["class_row_var"], "with forget_class_rows=False "
+                                         "(the noise variance of the zeroed class rows)"))
+        return out
 
 
 def fisher_diagonal(

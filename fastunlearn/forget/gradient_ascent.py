@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import nn
@@ -82,6 +84,9 @@ class NegGradPlusConfig(SGDConfig):
         beta: Weight of the retain loss; the forget loss gets ``1 - beta`` (0.999).
         forget_batch_size: Forget mini-batch size (``batch_size`` when None).
 
+    ``scheduler``, ``milestones`` and ``gamma`` are unused: a value other than the default
+    gives a UserWarning (:attr:`UNUSED_FIELDS`).
+
     """
 
     epochs: int = 5
@@ -89,6 +94,10 @@ class NegGradPlusConfig(SGDConfig):
     nesterov: bool = False
     beta: float = 0.999
     forget_batch_size: int | None = None
+
+    UNUSED_FIELDS: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        ("scheduler", "milestones", "gamma"),
+        "(neggrad_plus runs its own loop without a schedule)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,6 +112,7 @@ class NegGradPlusConfig(SGDConfig):
             )
         if self.forget_batch_size is not None:
             self.forget_batch_size = as_int(self.forget_batch_size)
+        self._warn_settings(NegGradPlusConfig)
 
 
 @register("neggrad_plus", NegGradPlusConfig)

@@ -20,8 +20,7 @@ to the returned model as ``model.unlearning_info``.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -124,16 +123,16 @@ class InfluenceConfig(ForgetConfig):
                              f"{self.on_divergence!r}")
         self._warn_settings()
 
-    def settings_warnings(self) -> list[str]:
-        """Return the unused-field warnings and those about the solver's own settings.
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the warnings about the settings the chosen solver ignores.
 
         LiSSA ignores ``damping``, ``tol`` and ``maxiter``; the direct solver ignores
-        ``tol`` and ``maxiter``. Each set to a value other than its default is named.
+        ``tol`` and ``maxiter``. Each set to a value other than its default (or named in
+        ``given``) is named.
         """
-        out = super().settings_warnings()
+        out = super().conditional_warnings(given)
         ignored = {"lissa": ("damping", "tol", "maxiter"), "direct": ("tol", "maxiter")}
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        changed = [n for n in ignored.get(self.solver, ()) if getattr(self, n) != defaults[n]]
+        changed = self._set_fields(ignored.get(self.solver, ()), given)
         if changed:
             why = _LISSA_NOTE if self.solver == "lissa" else _DIRECT_NOTE
             out.append(no_effect_message(changed, f"with solver={self.solver!r} {why}"))

@@ -51,6 +51,7 @@ class L1SparseConfig(SGDConfig):
         super().__post_init__()
         self.alpha = _check_float("alpha", self.alpha, 0.0, strict=False)
         self.include_bias = check_bool("include_bias", self.include_bias)
+        self._warn_settings(L1SparseConfig)
 
 
 @register("l1_sparse", L1SparseConfig)

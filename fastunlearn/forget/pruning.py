@@ -187,6 +187,7 @@ class SelectivePruningConfig(SGDConfig):
         self.quantile = check_fraction("quantile", self.quantile, allow_zero=True)
         self.overfit_epochs = _check_int("overfit_epochs", self.overfit_epochs, 0)
         self.overfit_lr = _check_float("overfit_lr", self.overfit_lr, 0.0, strict=False)
+        self._warn_settings(SelectivePruningConfig)
 
 
 def _prune_and_finetune(
@@ -277,6 +278,7 @@ class PruningComplexConfig(SelectivePruningConfig):
         self.retain_lr_divisor = _check_float(
             "retain_lr_divisor", self.retain_lr_divisor, 0.0, strict=True
         )
+        self._warn_settings(PruningComplexConfig)
 
 
 @register("pruning_complex", PruningComplexConfig)

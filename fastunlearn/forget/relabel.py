@@ -14,7 +14,9 @@ ValueError before any training.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
@@ -62,6 +64,7 @@ class RandomLabelsConfig(SGDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.other_classes = check_bool("other_classes", self.other_classes)
+        self._warn_settings(RandomLabelsConfig)
 
 
 @register("random_labels", RandomLabelsConfig)
@@ -105,6 +108,7 @@ class PoisonFullConfig(SGDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.other_classes = check_bool("other_classes", self.other_classes)
+        self._warn_settings(PoisonFullConfig)
 
 
 @register("poison_full", PoisonFullConfig)
@@ -141,6 +145,9 @@ class TwoStageConfig(SGDConfig):
         other_classes: Relabel to a class other than the true one (default False: uniform
             over all classes, Seed A).
 
+    ``scheduler``, ``milestones`` and ``gamma`` are unused: a value other than the default
+    gives a UserWarning (:attr:`UNUSED_FIELDS`).
+
     """
 
     epochs: int = 5
@@ -149,11 +156,16 @@ class TwoStageConfig(SGDConfig):
     forget_lr: float = 1e-2
     other_classes: bool = False
 
+    UNUSED_FIELDS: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        ("scheduler", "milestones", "gamma"),
+        "(two_stage trains both stages without a schedule)")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.forget_epochs = _check_int("forget_epochs", self.forget_epochs, 0)
         self.forget_lr = _check_float("forget_lr", self.forget_lr, 0.0, strict=False)
         self.other_classes = check_bool("other_classes", self.other_classes)
+        self._warn_settings(TwoStageConfig)
 
 
 @register("two_stage", TwoStageConfig)

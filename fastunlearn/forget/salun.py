@@ -16,6 +16,7 @@ momentum 0.9, weight decay 5e-4, mask ratio 0.5, batch 256).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._no_effect import no_effect_message
 from ._common_b import (
     TrainingData,
     check_fraction,
@@ -56,7 +58,8 @@ class SalUnConfig(ForgetConfig):
         weight_decay: SGD weight decay (applied to salient weights only).
         mask_ratio: Share of weights that are salient (trainable), in (0, 1].
         redraw_labels: Draw the forget set's random labels anew every epoch (the published
-            loop); False draws them once for the whole run.
+            loop); False draws them once for the whole run (with ``epochs <= 1`` the same:
+            False then warns).
 
     """
 
@@ -70,6 +73,19 @@ class SalUnConfig(ForgetConfig):
         super().__post_init__()
         self.mask_ratio = check_fraction("mask_ratio", self.mask_ratio)
         self.redraw_labels = check_bool("redraw_labels", self.redraw_labels)
+        self._warn_settings(SalUnConfig)
+
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the base class's warnings and ``redraw_labels``' with one epoch or none.
+
+        The labels are redrawn from the second epoch on: with ``epochs <= 1`` the flag is
+        never read.
+        """
+        out = super().conditional_warnings(given)
+        if self.epochs <= 1 and self._set_fields(("redraw_labels",), given):
+            out.append(no_effect_message(["redraw_labels"], f"with epochs={self.epochs} (the "
+                                         "labels are redrawn from the second epoch on)"))
+        return out
 
 
 def saliency_mask(

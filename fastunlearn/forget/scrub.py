@@ -14,6 +14,7 @@ the RepDistiller code base); its published weight is 0, so it is not implemented
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._no_effect import no_effect_message
 from ._common_b import (
     SkipSingleBatches,
     TrainingData,
@@ -55,14 +57,16 @@ class ScrubConfig(ForgetConfig):
         batch_size: Retain (min-step) batch size.
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
-        forget_batch_size: Forget (max-step) batch size.
+        forget_batch_size: Forget (max-step) batch size (set with ``max_steps=0``, it
+            warns: there is no max step).
         max_steps: Number of leading epochs that include a max pass (``msteps``).
         alpha: Weight of the KL-to-teacher term of the min step.
         gamma: Weight of the cross-entropy term of the min step.
         temperature: Distillation temperature ``T``.
         lr_decay_epochs: 1-based epochs after which the lr is multiplied by
             ``lr_decay_rate`` (epoch ``e`` uses ``lr * rate ** #{m : e > m}``).
-        lr_decay_rate: The lr multiplier at each milestone.
+        lr_decay_rate: The lr multiplier at each milestone (set with no entry of
+            ``lr_decay_epochs`` below ``epochs``, it warns: it is never applied).
 
     """
 
@@ -91,6 +95,27 @@ class ScrubConfig(ForgetConfig):
             raise TypeError("lr_decay_epochs must be a tuple of ints")
         epochs = [check_positive_int("lr_decay_epochs", m) for m in self.lr_decay_epochs]
         self.lr_decay_epochs = type(self.lr_decay_epochs)(epochs)
+        self._warn_settings(ScrubConfig)
+
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the warnings about ``lr_decay_rate`` and ``forget_batch_size`` unread.
+
+        ``lr_decay_rate`` applies from the epoch after a decay epoch: with no entry of
+        ``lr_decay_epochs`` below ``epochs`` (the published defaults: 3 epochs, decays
+        after 3, 5 and 9) it is never applied. ``forget_batch_size`` batches the max steps:
+        with ``max_steps=0`` there are none. Each is named only when set (another value
+        than its default, or named in ``given``): untouched defaults stay quiet.
+        """
+        out = super().conditional_warnings(given)
+        if not any(m < self.epochs for m in self.lr_decay_epochs) \
+                and self._set_fields(("lr_decay_rate",), given):
+            out.append(no_effect_message(
+                ["lr_decay_rate"], f"with epochs={self.epochs} and lr_decay_epochs="
+                f"{tuple(self.lr_decay_epochs)!r} (no decay epoch is reached)"))
+        if self.max_steps == 0 and self._set_fields(("forget_batch_size",), given):
+            out.append(no_effect_message(["forget_batch_size"], "with max_steps=0 (for the "
+                                         "max steps on the forget set)"))
+        return out
 
 
 def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

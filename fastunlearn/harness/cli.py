@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
+import warnings
 from typing import Any
 
 from .._cli_output import add_json_flag, command_error, json_output
 from .._interrupt import INTERRUPTED_STATUS, GracefulStop
 from .._output_folder import check_output_folder
+from .._unused_settings import UnusedRule, unused_setting_messages
 from ..cli_types import (
     COMMON_FLAGS,
     add_progress_flags,
@@ -149,6 +152,34 @@ _FLAGS = {
 _WARNING_FLAGS = {k: v for k, v in _FLAGS.items() if k not in ("epochs", "lr", "batch_size")}
 
 
+#: The start of HarnessConfig's warning about ``data_dir`` with the digits (a regex), which
+#: the command shows naming its flags instead (:func:`_warn_ignored_flags`).
+_DATA_DIR_WARNING = re.escape("'data_dir' has no effect with dataset=")
+
+#: The flags of :func:`_warn_ignored_flags`'s warnings.
+_IGNORED_FLAGS = {"data_dir": "--data-dir", "dataset": "--dataset",
+                  "published_defaults": "--published-defaults"}
+
+
+def _warn_ignored_flags(args: argparse.Namespace, config: Any) -> None:
+    """Warn about ``--data-dir`` with the digits and ``--published-defaults`` with others.
+
+    ``--data-dir`` is not read for the bundled digits (the config's rule,
+    :func:`~fastunlearn.harness.config._settings_rules`); ``--published-defaults`` only
+    changes the digits' settings: every other data set gets the published defaults anyway.
+    """
+    from .config import _settings_rules
+
+    digits = str(args.dataset).strip().lower() == "digits"
+    rules = [*(r for r in _settings_rules(config) if r.fields == ("data_dir",)),
+             UnusedRule(not digits, ("published_defaults",), (("dataset", args.dataset),),
+                        "(other data sets always get the published defaults)")]
+    given = [name for name, on in (("data_dir", args.data_dir is not None),
+                                   ("published_defaults", args.published_defaults)) if on]
+    for message in unused_setting_messages(rules, given, _IGNORED_FLAGS):
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``forget``; returns the exit status.
 
@@ -170,17 +201,22 @@ def run(args: argparse.Namespace) -> int:
         # "all" is expanded by HarnessConfig, which then skips the methods the forget set
         # does not suit (instead of reporting their errors)
         methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
-        config = HarnessConfig(
-            methods=tuple(methods), dataset=args.dataset, data_dir=args.data_dir,
-            model=args.model, forget=args.forget, forget_seed=args.forget_seed,
-            seeds=args.seeds, oracles=args.oracles,
-            train=TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
-            overrides=parse_set(args.overrides),
-            digits_defaults=False if args.published_defaults else None,
-            cache_dir=cache_dir, out_dir=args.out,
-            device=args.device, mia=not args.no_mia, progress=resolve_progress(args.progress),
-            plots=not args.no_plots,
-        )
+        with warnings.catch_warnings():
+            # shown below with the flags: "'--data-dir' has no effect with '--dataset digits'"
+            warnings.filterwarnings("ignore", _DATA_DIR_WARNING, UserWarning)
+            config = HarnessConfig(
+                methods=tuple(methods), dataset=args.dataset, data_dir=args.data_dir,
+                model=args.model, forget=args.forget, forget_seed=args.forget_seed,
+                seeds=args.seeds, oracles=args.oracles,
+                train=TrainSettings(epochs=args.epochs, lr=args.lr,
+                                    batch_size=args.batch_size),
+                overrides=parse_set(args.overrides),
+                digits_defaults=False if args.published_defaults else None,
+                cache_dir=cache_dir, out_dir=args.out, device=args.device,
+                mia=not args.no_mia, progress=resolve_progress(args.progress),
+                plots=not args.no_plots,
+            )
+        _warn_ignored_flags(args, config)
         if cache_dir is not None:  # before training: a file in the way must not cost the run
             check_output_folder(cache_dir, argument="cache_dir")
         with GracefulStop(what="method run") as stop:

@@ -25,6 +25,7 @@ import torch
 from .._device import parse_device
 from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
 from .._paths import check_path
+from .._unused_settings import UnusedRule, unused_setting_messages
 from ..forget import available_methods, get_method
 from ..forget.base import _MAX_INT, unused_field_messages, unused_fields
 
@@ -135,7 +136,8 @@ class HarnessConfig:
         methods: Registered method names (:func:`fastunlearn.forget.available_methods`).
         dataset: ``"digits"`` (bundled), or ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``,
             ``"cifar100"``, ``"svhn"`` read from ``data_dir``.
-        data_dir: Folder of the torchvision files (not needed for digits).
+        data_dir: Folder of the torchvision files (not needed for digits; given with
+            them, it warns: it is not read).
         model: Zoo model name (:func:`fastunlearn.models.build_model`).
         forget: Forget spec: ``"class:3"``, ``"random:0.1"``, ``"file:PATH"``.
         forget_seed: Seed of a ``random:`` forget set (another value than 0 with a
@@ -162,7 +164,8 @@ class HarnessConfig:
         mia: Compute OPTML's SVC MIA-Efficacy (an SVC fit per model).
         progress: tqdm bars (stderr).
         plots: Draw the PNGs into ``out_dir`` (``accuracy.png``, ``time.png``,
-            ``epsilon_hist.png``); False writes the JSON, Markdown and logits only.
+            ``epsilon_hist.png``); False writes the JSON, Markdown and logits only. False
+            with ``out_dir=None`` warns (nothing is written either way).
         skip_unsuitable: Skip the methods the forget set does not suit (``antisamples``
             needs one whole class, ``unsir`` whole classes;
             :func:`fastunlearn.forget.suitability.unsuitable_reason`): they get status
@@ -270,6 +273,9 @@ class HarnessConfig:
                     raise TypeError(f"'{name}' must be a str path, got bytes")
                 setattr(self, name, os.fspath(value))  # a Path would not go into the JSON
         self.device = _check_device(self.device)
+        for message in self._ignored_settings():
+            # stacklevel: the caller of HarnessConfig(...)
+            warnings.warn(message, UserWarning, stacklevel=3)
         if self.digits_defaults is None:
             self.digits_defaults = self.dataset.strip().lower() == "digits" \
                 if isinstance(self.dataset, str) else False
@@ -287,6 +293,12 @@ class HarnessConfig:
                 for k, v in settings.items()}
             for m, settings in self.overrides.items()
         }
+
+    def _ignored_settings(self) -> list[str]:
+        """Return the warnings about ``data_dir`` and ``plots`` set where they do nothing."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        given = [n for n in ("data_dir", "plots") if getattr(self, n) != defaults[n]]
+        return unused_setting_messages(_settings_rules(self), given)
 
     def method_settings(self) -> dict[str, dict[str, Any]]:
         """Return the config overrides every method runs with (``{method: {field: value}}``).
@@ -311,6 +323,22 @@ class HarnessConfig:
         """Return a copy that runs ``methods``."""
         return dataclasses.replace(self, methods=methods, overrides={
             k: v for k, v in self.overrides.items() if k in methods})
+
+
+def _settings_rules(config: HarnessConfig) -> list[UnusedRule]:
+    """Return the rules of the :class:`HarnessConfig` settings that others make pointless.
+
+    ``data_dir`` with the bundled digits, ``plots`` with ``out_dir=None`` (nothing is
+    written). The config warns about them by their names; ``fastunlearn forget`` about its
+    flags (``'--data-dir' has no effect with '--dataset digits' (...)``).
+    """
+    digits = isinstance(config.dataset, str) and config.dataset.strip().lower() == "digits"
+    return [
+        UnusedRule(digits, ("data_dir",), (("dataset", config.dataset),),
+                   "(bundled; the folder is read for the vision data sets)"),
+        UnusedRule(config.out_dir is None, ("plots",), (("out_dir", None),),
+                   "(nothing is written)"),
+    ]
 
 
 def method_overrides(name: str, extra: dict[str, Any] | None = None,
@@ -401,15 +429,20 @@ def _check_method_config(name: str, settings: dict[str, Any], given: dict[str, A
     """Build and return method ``name``'s config from ``settings``; errors name the method.
 
     Its warnings are shown naming the method (``'overrides' for 'fisher': ...``). The
-    fields it ignores are named when ``given`` (the run's own overrides) sets them, even
-    to their default value, or when ``settings`` sets them to another value.
+    fields it ignores, or that have no effect with the others' values
+    (:meth:`~fastunlearn.forget.base.ForgetConfig.conditional_warnings`: ``retrain``'s
+    ``gamma`` under the oracles' cosine schedule), are named when ``given`` (the run's
+    own overrides) sets them, even to their default value, or when ``settings`` sets them
+    to another value.
     """
     config, caught = _build_method_config(name, settings)
-    own = set(unused_field_messages(config))  # repeated below with the given fields
+    # repeated below, naming the given fields too
+    own = {*unused_field_messages(config), *config.conditional_warnings()}
     for w in caught:
         if str(w.message) not in own:
             # stacklevel: the caller of HarnessConfig(...)
             warnings.warn(f"'overrides' for {name!r}: {w.message}", w.category, stacklevel=4)
-    for message in unused_field_messages(config, {*given, *unused_fields(config)}):
+    for message in [*config.conditional_warnings(set(given)),
+                    *unused_field_messages(config, {*given, *unused_fields(config)})]:
         warnings.warn(f"'overrides' for {name!r}: {message}", UserWarning, stacklevel=4)
     return config

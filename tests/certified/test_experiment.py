@@ -172,7 +172,7 @@ def test_sequential_chunks_end_where_an_evaluation_is_due():
 
 def test_ovr_batch_removal():
     config = ExperimentConfig(train_mode="ovr", lam=1e-1, std=1.0, num_removes=6, batch=3,
-                              result_dir=None, plots=False)
+                              result_dir=None)
     result = run_removal_experiment(config)
     assert result.data["classes"] == [str(c) for c in range(10)]
     assert [len(r["indices"]) for r in result.records] == [3, 3]

@@ -257,6 +257,7 @@ def _tiny_flags() -> list[str]:
             "8", "--embed-dim", "4", "--seq-len", "16", "--batch-size", "4"]
 
 
+@pytest.mark.filterwarnings("ignore:.* no effect with :UserWarning")  # the tiny --batch-size
 def test_cli_steps_zero_writes_strict_json(tmp_path, capsys):
     args = _parser().parse_args(["exposure", *_tiny_flags(), "--steps", "0", "--out",
                                  str(tmp_path)])

@@ -134,9 +134,10 @@ def test_run_harness_does_not_repeat_the_configs_warnings(tmp_path: Path) -> Non
         config = HarnessConfig(methods=("fisher",), seeds=2, oracles=1, mia=False,
                                train=TrainSettings(epochs=1), plots=False, cache_dir=None,
                                overrides={"fisher": {"epochs": 3, "alpha": 1e-4}})
-        assert len(record) == 1  # shown once, naming the method
+        assert len(record) == 2  # shown once, naming the method (plots: nothing written)
         result = run_harness(config, load_harness_data("digits"))
     assert _user_warnings(record) == [
+        "'plots' has no effect with out_dir=None (nothing is written)",
         f"'overrides' for 'fisher': 'epochs' has no effect {FISHER_WHY}"]
     runs = result["methods"]["fisher"]["runs"]
     assert [(r["seed"], r["status"]) for r in runs] == [(0, "ok"), (1, "ok")]
