@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._equality import dataclass_eq
+from .._no_effect import no_effect_message
 from .._numbers import is_flag
 from .._repr import fields_repr
 from ._common_b import (
@@ -342,6 +343,15 @@ class AntiSampleConfig(ForgetConfig):
             raise TypeError("convex_combination must be a bool")
         self.convex_combination = bool(self.convex_combination)
         self._warn_settings()
+
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the base class's warnings and the Gaussian draw's with ``p=0``."""
+        out = super().conditional_warnings(given)
+        names = self._set_fields(("local_variance", "eps"), given) if self.p == 0 else []
+        if names:
+            out.append(no_effect_message(names, "with p=0 (the Gaussian draw is never taken: "
+                                         "each coordinate is the neighbour's)"))
+        return out
 
 
 def _preset(scale: float, retain_fraction: float, *, lv: float = 1.0, p: float = 0.95,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import cast
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._no_effect import no_effect_message
 from ._training import (
     SGDConfig,
     TrainingData,
@@ -52,6 +54,14 @@ class L1SparseConfig(SGDConfig):
         self.alpha = _check_float("alpha", self.alpha, 0.0, strict=False)
         self.include_bias = check_bool("include_bias", self.include_bias)
         self._warn_settings(L1SparseConfig)
+
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the base class's warnings and ``include_bias``' without a penalty."""
+        out = super().conditional_warnings(given)
+        if self.alpha == 0 and self._set_fields(("include_bias",), given):
+            out.append(no_effect_message(["include_bias"], "with alpha=0 (no L1 penalty: "
+                                         "the method fine-tunes on the retain set)"))
+        return out
 
 
 @register("l1_sparse", L1SparseConfig)

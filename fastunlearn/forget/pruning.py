@@ -20,12 +20,15 @@ refused with a ValueError before any training.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._no_effect import no_effect_message
 from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
@@ -189,6 +192,22 @@ class SelectivePruningConfig(SGDConfig):
         self.overfit_lr = _check_float("overfit_lr", self.overfit_lr, 0.0, strict=False)
         self._warn_settings(SelectivePruningConfig)
 
+    #: The settings of the copies whose movement selects the weights re-drawn.
+    _SELECTION_FIELDS: ClassVar[tuple[str, ...]] = ("overfit_epochs", "overfit_lr")
+
+    def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
+        """Return the base class's warnings and those of the selection with ``quantile=0``.
+
+        No weight moves less than the least-moved one, so ``quantile=0`` re-draws nothing
+        and the copies trained to select the weights change nothing.
+        """
+        out = super().conditional_warnings(given)
+        names = self._set_fields(self._SELECTION_FIELDS, given) if self.quantile == 0 else []
+        if names:
+            out.append(no_effect_message(names, "with quantile=0 (no weight is re-drawn, so "
+                                         "the copies that select them change nothing)"))
+        return out
+
 
 def _prune_and_finetune(
     model: nn.Module,
@@ -271,6 +290,9 @@ class PruningComplexConfig(SelectivePruningConfig):
 
     retain_fraction: float = 0.02
     retain_lr_divisor: float = 3.0
+
+    _SELECTION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "overfit_epochs", "overfit_lr", "retain_fraction", "retain_lr_divisor")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -4,7 +4,9 @@
 trains with a schedule), the schedule of ``two_stage`` and ``neggrad_plus`` (which train
 without one), Fisher's ``class_row_var`` without class rows, SCRUB's ``lr_decay_rate``
 when no decay epoch is reached and ``forget_batch_size`` without max steps, and SalUn's
-``redraw_labels`` with one epoch. Each warns only when set (another value than its
+``redraw_labels`` with one epoch; zero strengths (antisamples' ``p``, l1_sparse's
+``alpha``, the pruning methods' ``quantile``) and the settings they make pointless. Each
+warns only when set (another value than its
 default): the defaults stay quiet, and so does the setting where it matters.
 """
 
@@ -268,3 +270,55 @@ def test_redraw_labels_changes_nothing_with_one_epoch() -> None:
                         _run("salun", epochs=1, **common))
     assert _differs(_run("salun", epochs=3, redraw_labels=False, **common),
                     _run("salun", epochs=3, **common))
+
+
+# --- zero strengths: antisamples' p, l1_sparse's alpha, the pruning methods' quantile -------
+
+P_ZERO = ("'local_variance' and 'eps' have no effect with p=0 (the Gaussian draw is never "
+          "taken: each coordinate is the neighbour's)")
+ALPHA_ZERO = ("'include_bias' has no effect with alpha=0 (no L1 penalty: the method "
+              "fine-tunes on the retain set)")
+QUANTILE_ZERO = ("{} no effect with quantile=0 (no weight is re-drawn, so the copies that "
+                 "select them change nothing)")
+
+
+def test_zero_strengths_name_the_settings_they_make_pointless() -> None:
+    config = get_method("antisamples")[1]
+    assert _warned(lambda: config(p=0.0, local_variance=2.0, eps=0.5)) == [P_ZERO]
+    _quiet(lambda: config(p=0.5, local_variance=2.0, eps=0.5))
+    _quiet(lambda: config(p=0.0))
+    assert _warned(lambda: get_method("l1_sparse")[1](alpha=0.0, include_bias=False)) == [
+        ALPHA_ZERO]
+    _quiet(lambda: get_method("l1_sparse")[1](alpha=1e-3, include_bias=False))
+    assert _warned(lambda: get_method("selective_pruning")[1](quantile=0.0, overfit_lr=0.1)) \
+        == [QUANTILE_ZERO.format("'overfit_lr' has")]
+    assert _warned(lambda: get_method("pruning_complex")[1](
+        quantile=0.0, overfit_epochs=3, retain_lr_divisor=2.0)) == [
+        QUANTILE_ZERO.format("'overfit_epochs' and 'retain_lr_divisor' have")]
+    _quiet(lambda: get_method("pruning_complex")[1](quantile=0.1, overfit_epochs=3))
+
+
+def test_p_zero_keeps_every_coordinate_of_the_neighbour() -> None:
+    from fastunlearn.forget.antisamples import generate_antisamples
+
+    torch.manual_seed(0)
+    forget, retain = torch.randn(6, 5), torch.randn(20, 5)
+    a = generate_antisamples(forget, retain, p=0.0, local_variance=3.0, eps=0.5, seed=1)
+    b = generate_antisamples(forget, retain, p=0.0, seed=1)
+    assert torch.equal(a.samples, b.samples)
+    assert torch.equal(a.pool, retain[a.neighbours])  # the pool: the neighbours themselves
+    c = generate_antisamples(forget, retain, p=0.5, local_variance=3.0, seed=1)
+    assert not torch.equal(c.samples, b.samples)
+
+
+def test_zero_alpha_and_quantile_make_the_settings_change_nothing() -> None:
+    common = dict(epochs=2, lr=0.1, batch_size=8)
+    assert_models_equal(_run("l1_sparse", alpha=0.0, include_bias=False, **common),
+                        _run("l1_sparse", alpha=0.0, **common))
+    assert _differs(_run("l1_sparse", alpha=0.5, include_bias=False, **common),
+                    _run("l1_sparse", alpha=0.5, **common))
+    pruning = dict(common, overfit_epochs=2)
+    assert_models_equal(_run("selective_pruning", quantile=0.0, overfit_lr=0.5, **pruning),
+                        _run("selective_pruning", quantile=0.0, **pruning))
+    assert _differs(_run("selective_pruning", quantile=0.5, overfit_lr=1.0, **pruning),
+                    _run("selective_pruning", quantile=0.5, overfit_lr=1e-6, **pruning))
