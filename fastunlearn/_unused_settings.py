@@ -30,6 +30,7 @@ from .cli_types import name_flags
 __all__ = [
     "GIVEN",
     "UnusedRule",
+    "non_default_fields",
     "unused_setting_messages",
     "warn_unused_settings",
 ]
@@ -105,10 +106,26 @@ def unused_setting_messages(rules: Iterable[UnusedRule], given: Iterable[str],
     return out
 
 
-def _non_default_fields(config: Any) -> list[str]:
-    """Return the dataclass ``config``'s fields set to a value other than their default."""
-    return [f.name for f in dataclasses.fields(config)
-            if f.default is dataclasses.MISSING or getattr(config, f.name) != f.default]
+def non_default_fields(config: Any, names: Iterable[str] | None = None) -> list[str]:
+    """Return the dataclass ``config``'s fields (among ``names``) not at their default.
+
+    A ``default_factory`` field is compared with a fresh default; a field without any
+    default counts as set.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    out = []
+    for name in fields if names is None else names:
+        f = fields[name]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            out.append(name)
+            continue
+        if getattr(config, name) != default:
+            out.append(name)
+    return out
 
 
 def warn_unused_settings(config: Any, rules: Iterable[UnusedRule],
@@ -131,7 +148,7 @@ def warn_unused_settings(config: Any, rules: Iterable[UnusedRule],
     if given is not None:
         config.__dict__[_GIVEN_KEY] = frozenset(given)
     stored = config.__dict__.get(_GIVEN_KEY)
-    names = set(stored if stored is not None else _non_default_fields(config))
+    names = set(stored if stored is not None else non_default_fields(config))
     warned: frozenset[tuple[str, str]] = config.__dict__.get(_WARNED_KEY, frozenset())
     for rule in rules:
         key = repr((rule.condition, rule.purpose))

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .._no_effect import no_effect_message
 from .._numbers import as_float, as_int, is_flag, is_integer, is_real
+from .._unused_settings import non_default_fields
 
 __all__ = [
     "ForgetConfig",
@@ -145,10 +146,9 @@ class ForgetConfig:
 
         The fields of :attr:`UNUSED_FIELDS` are left out: their own warning names them.
         """
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        unused = type(self).UNUSED_FIELDS
-        return [n for n in names if n not in unused
-                and (n in given or getattr(self, n) != _default(fields[n]))]
+        names = [n for n in names if n not in type(self).UNUSED_FIELDS]
+        changed = set(non_default_fields(self, names))
+        return [n for n in names if n in given or n in changed]
 
     def _warn_settings(self, checked_by: type[ForgetConfig] | None = None) -> None:
         """Warn :meth:`settings_warnings` (the last step of a subclass's ``__post_init__``).
@@ -170,13 +170,6 @@ class ForgetConfig:
                 # stacklevel: the caller of the dataclass __init__ that ran __post_init__
                 warnings.warn(message, UserWarning, stacklevel=4)
         self.__dict__[_WARNED_KEY] = messages
-
-
-def _default(field: dataclasses.Field) -> Any:
-    """Return a dataclass field's default value (a new one from its ``default_factory``)."""
-    if field.default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return field.default
 
 
 #: Where a config keeps the warnings it gave (see ``ForgetConfig._warn_settings``).

@@ -25,7 +25,7 @@ import torch
 from .._device import parse_device
 from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
 from .._paths import check_path
-from .._unused_settings import UnusedRule, unused_setting_messages
+from .._unused_settings import UnusedRule, non_default_fields, unused_setting_messages
 from ..forget import available_methods, get_method
 from ..forget.base import _MAX_INT, unused_field_messages, unused_fields
 
@@ -296,8 +296,7 @@ class HarnessConfig:
 
     def _ignored_settings(self) -> list[str]:
         """Return the warnings about ``data_dir`` and ``plots`` set where they do nothing."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        given = [n for n in ("data_dir", "plots") if getattr(self, n) != defaults[n]]
+        given = non_default_fields(self, ("data_dir", "plots"))
         return unused_setting_messages(_settings_rules(self), given)
 
     def method_settings(self) -> dict[str, dict[str, Any]]:
