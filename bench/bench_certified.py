@@ -13,7 +13,7 @@ suffix of the permuted training set, as in the reference.
 **Ours** is ``CertifiedLogisticRegression.remove`` (float64, TF32 off, exact
 minimiser, conservative spectral norm) on the same rows in the same order, starting from
 the same fitted weights, with the default solver (``auto``) and with ``solver="cg"``, each on
-its own copy of the fitted model; on CUDA also ``solver="cg"`` with the fixed-shape step
+its own copy of the fitted model; on CUDA also (with ``solver="auto"``) the fixed-shape step
 replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_step`; the default
 there since 2026-11-28; runs of rows pipelined, :mod:`fastunlearn.certified.pipelined`), the
 same with the row's quantities, its Woodbury column, the end of each CG step and the
@@ -265,12 +265,15 @@ def variants(device: torch.device) -> list[tuple[str, str | None, str]]:
     """``(solver, fixed-step mode or None, label)`` of each of our timed variants."""
     out: list[tuple[str, str | None, str]] = [(solver, None, solver) for solver in SOLVERS]
     if device.type == "cuda":  # the graphs (the default there), row by row, unchained, general
-        out += [("cg", "graph", "graph"), ("cg", "graph-rowwise", "graph_rowwise"),
-                ("cg", "graph-unchained", "graph_unchained"), ("cg", "off", "general")]
+        # with the default solver: "cg" alone never refreshes its factors, so past the
+        # Woodbury capacity (WOODBURY_MAX_ROWS) every row takes the general step and the
+        # fixed-step modes would not be compared (H200, 2026-11-30: all ~246/s with "cg")
+        out += [("auto", "graph", "graph"), ("auto", "graph-rowwise", "graph_rowwise"),
+                ("auto", "graph-unchained", "graph_unchained"), ("auto", "off", "general")]
         # last: the fused ops' kernels are the newest; FASTUNLEARN_BENCH_NO_FUSED=1 (set by
         # bench/device_run.sh when their CUDA tests fail) leaves them out
         if os.environ.get("FASTUNLEARN_BENCH_NO_FUSED") != "1":
-            out.append(("cg", "graph-fused", "graph_fused"))
+            out.append(("auto", "graph-fused", "graph_fused"))
     return out
 
 

@@ -26,7 +26,7 @@ pack() {
 
 stamp "build"
 if [ "${SKIP_BUILD:-0}" != 1 ] &&
-   ! $PY -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1; then
+   ! $PY -m pip install -v --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1; then
   tail -40 "$LOG/build.log"
   pack
   exit 1
@@ -57,7 +57,31 @@ print(r.stdout)
 print(r.stderr[-3000:])
 PYEOF
 { ldd fastunlearn/_C*.so; c++ --version | head -1; } >> "$LOG/exceptions.txt" 2>&1
+# Why the module lacks libstdc++ there (2026-11-30: no NEEDED entry despite -lstdc++): the
+# link line, the toolchain's variables, where the C++ runtime's symbols come from at run time
+{
+  echo "== link line"; grep -E -- "-shared|x86_64-linux-gnu-g(cc|\+\+)" "$LOG/build.log" | tail -3
+  echo "== sysconfig"; $PY -c "import sysconfig as s; [print(k, '=', s.get_config_var(k)) for k in ('CC', 'CXX', 'LDSHARED', 'LDCXXSHARED', 'LDFLAGS', 'CFLAGS')]"
+  echo "== env"; env | grep -E "^(CC|CXX|LD|CFLAGS|CXXFLAGS|LDFLAGS|LDSHARED)=" || true
+  echo "== C++ runtime symbols of the module (U: undefined, T: defined inside)"
+  nm -D fastunlearn/_C*.so | grep -E "__cxa_throw|__gxx_personality|_Unwind_Resume|__cxa_allocate_exception" || true
+  echo "== bindings when an op raises"
+  LD_DEBUG=bindings $PY -c "import torch, fastunlearn.ops
+try:
+    torch.ops.fastunlearn.glm_hvp(torch.zeros(3), torch.zeros(3, 1), torch.zeros(3, 1), 0.0)
+except Exception as e:
+    print('raised', type(e).__name__)" 2>&1 | grep -E "_C\.abi3.*(cxa_throw|personality|Unwind_Resume|cxa_allocate|cxa_begin_catch)|raised" | head -20
+  echo "== gdb"
+  if command -v gdb > /dev/null; then
+    gdb -batch -ex run -ex bt --args $PY -c "import torch, fastunlearn.ops; torch.ops.fastunlearn.glm_hvp(torch.zeros(3), torch.zeros(3, 1), torch.zeros(3, 1), 0.0)" 2>&1 | tail -30
+  else echo "no gdb"; fi
+} > "$LOG/link.txt" 2>&1
 head -5 "$LOG/exceptions.txt"
+# wheels carried for what the image lacks (opacus for the DP extractor's GPU test)
+if ls build/wheels/*.whl > /dev/null 2>&1; then
+  $PY -m pip install --no-deps --no-index build/wheels/*.whl > "$LOG/wheels.log" 2>&1
+  tail -1 "$LOG/wheels.log"
+fi
 # Steps in priority order (the lease is short): NAME:SECONDS. "tests" runs the CUDA tests
 # (pytest -m cuda, 6 xdist workers) without the error-path tests: a C++ exception raised by an
 # argument check crashed the process on this image (SIGSEGV, seen 2026-11-28, when the module

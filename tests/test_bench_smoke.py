@@ -345,6 +345,16 @@ def test_certified_fused_variants_run_last_and_can_be_left_out(monkeypatch):
     assert [label for *_, label in bench_certified.variants(torch.device("cpu"))] == ["auto", "cg"]
 
 
+def test_certified_fixed_step_modes_are_timed_with_the_default_solver():
+    """The CUDA fixed-step modes run with solver="auto": "cg" alone keeps its factors past
+    the Woodbury capacity, where every row takes the general step whatever the mode."""
+    from bench import bench_certified
+
+    modes = [(solver, step) for solver, step, _ in bench_certified.variants(torch.device("cuda"))
+             if step is not None]
+    assert modes and all(solver == "auto" for solver, _ in modes)
+
+
 def test_profile_reports_the_device_share_of_the_kernels_alone():
     """The device time per removal counts the kernels' own events, not the operators that
     launched them (which repeat that time)."""

@@ -206,7 +206,7 @@ def certified_commit_(
         Z.copy_(_d(Z) + _d(XV))
         A[r] = 0.0
         removed[r] = True
-        coef = torch.ones(1, dtype=torch.float64) if shared_gram else rw
+        coef = torch.ones(1, dtype=torch.float64, device=rw.device) if shared_gram else rw
         gram.copy_(_d(gram) - coef[:, None, None] * outer)
         n_rem.copy_(_d(n_rem) - rw)
         budget_used.reshape(-1)[0] += total
@@ -279,7 +279,7 @@ def certified_woodbury_row_(
     S22 = 1.0 - (U * G).sum(1) - (L * L).sum(1)
     out[2] = 1.0 if bool((S22 > 0).all()) else 0.0
     L22 = S22.clamp_min(torch.finfo(torch.float64).tiny).sqrt()  # [K]
-    onehot = torch.zeros(C_buf.shape[-1], dtype=torch.float64)
+    onehot = torch.zeros(C_buf.shape[-1], dtype=torch.float64, device=C_buf.device)
     onehot[t] = 1.0
     inv_row = (onehot - torch.einsum("ks,ksc->kc", L, _d(C_inv))) / L22[:, None]
     C_inv[:, t, :] = inv_row
@@ -335,7 +335,7 @@ def _np_median(x: Tensor) -> float:
 
 def _np_linspace(start: Tensor, stop: Tensor, num: int) -> Tensor:
     """Rows of ``numpy.linspace(start, stop, num)`` (``i * step + start``, last = stop)."""
-    i = torch.arange(num, dtype=torch.float64)
+    i = torch.arange(num, dtype=torch.float64, device=start.device)
     out = i * ((stop - start) / (num - 1))[..., None] + start[..., None]
     out[..., -1] = stop
     return out
