@@ -55,11 +55,12 @@ test-python: $(BUILT)
 # certified removal's tests again with the removal loop of the CUDA path (fixed_step: its
 # graphs' functions, run eagerly) in place of the CPU's compiled step, so that every
 # scenario of the suite (retrains, budget errors, subsampling, refreshes) covers that loop;
-# then once more with its fused ops (certified_start_, certified_cg_tail_, certified_commit_)
+# (with its fused ops certified_start_, certified_woodbury_row_, certified_cg_tail_,
+# certified_commit_, the default), then once more without them
 test-cuda-path: $(BUILT)
 	@date +"[make] %T test-cuda-path"
 	$(TEST_ENV) FASTUNLEARN_FIXED_STEP=eager $(PY) -m pytest tests/certified -q $(XDIST) $(PYTEST_ARGS)
-	$(TEST_ENV) FASTUNLEARN_FIXED_STEP=eager FASTUNLEARN_CERTIFIED_FUSED=1 \
+	$(TEST_ENV) FASTUNLEARN_FIXED_STEP=eager FASTUNLEARN_CERTIFIED_FUSED=0 \
 	  $(PY) -m pytest tests/certified -q $(XDIST) $(PYTEST_ARGS)
 
 test-cpp: $(STAMP)

@@ -107,6 +107,28 @@ def _default_max_jobs() -> int:
     return max(1, min(cores, by_memory))
 
 
+def _cxx_runtime_link_args() -> list[str]:
+    """Link the C++ runtime torch runs with (the shared ``libstdc++`` this process loaded).
+
+    The H200 image of 2026-11-30 builds with ``CXX=/opt/gcc/bin/g++``, which links
+    ``libstdc++`` statically: the module then throws its argument-check errors with a private
+    copy of the C++ runtime (``-Bsymbolic-functions`` binds it there) that torch's shared one
+    catches, and the process died with SIGSEGV instead of raising ``ValueError``. The shared
+    library named first resolves those symbols, so no static copy is pulled in.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.split()
+                if len(parts) >= 6 and os.path.basename(parts[5]).startswith("libstdc++.so"):
+                    return [parts[5]]
+    except OSError:
+        pass
+    return ["-lstdc++"]
+
+
 def _write_build_info(build_cuda: bool) -> None:
     """Record what was compiled so ``fastunlearn.backend()`` can report it."""
     info = {
@@ -166,13 +188,7 @@ def make_extension():
         define_macros=define_macros,
         library_dirs=library_dirs,
         extra_compile_args=extra,
-        # -lstdc++ explicitly: on the H200 image of 2026-11-28 the module came out linked
-        # without libstdc++ (Python's LDSHARED there is a C driver) and a child process whose
-        # op call raised an argument-check error died with SIGSEGV. A local build linked
-        # without it still raised correctly, so this may not be the whole cause
-        # (bench/device_run.sh records where the crash happens); harmless where the driver
-        # adds libstdc++ anyway.
-        extra_link_args=["-fopenmp"] + (["-lstdc++"] if sys.platform.startswith("linux") else []),
+        extra_link_args=["-fopenmp"] + _cxx_runtime_link_args(),
         py_limited_api=True,
     )
 

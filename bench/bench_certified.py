@@ -18,8 +18,9 @@ replayed as CUDA graphs (``ours_graph_*``, :mod:`fastunlearn.certified.fixed_ste
 there since 2026-11-28; runs of rows pipelined, :mod:`fastunlearn.certified.pipelined`), the
 same with the row's quantities, its Woodbury column, the end of each CG step and the
 pipelined commit fused into one op each (``ours_graph_fused_*``: ``certified_start_``,
-``certified_woodbury_row_``, ``certified_cg_tail_``, ``certified_commit_``; opt-in until
-measured), row by row (``ours_graph_rowwise_*``: one
+``certified_woodbury_row_``, ``certified_cg_tail_``, ``certified_commit_``; the default since
+they were measured on an H200, 2026-11-30, so ``auto`` times them too; the other graph
+variants run without them), row by row (``ours_graph_rowwise_*``: one
 device read per row), row by row without the CG iteration chained into the start's graph
 (``ours_graph_unchained_*``) and with the general step (``ours_general_*``). A failure of
 one of these optional variants is recorded (``ours_<label>_error``), not fatal (on CUDA a
@@ -469,13 +470,14 @@ def print_results(records: list[dict[str, Any]]) -> None:
                   f"{rec['ours_cg_per_s']:.1f} (cg) vs reference {rec['reference_per_s']:.2f} "
                   f"removals/s ({rec['ratio_reference']:.1f}x, {rec['ratio_reference_cg']:.1f}x)")
         if "ours_graph_per_s" in rec:
-            print(f"  {rec['case']}: fixed-shape step {rec['ours_graph_per_s']:.1f} removals/s "
+            print(f"  {rec['case']}: fixed-shape step without the fused ops "
+                  f"{rec['ours_graph_per_s']:.1f} removals/s "
                   f"(median block; {rec['ours_graph_mean_per_s']:.1f} over all "
                   f"{rec['ours_removals']} removals; CUDA graphs replayed: "
                   f"{rec.get('ours_graph_replayed')}), {rec['ratio_reference_graph']:.1f}x the "
                   "reference")
         if "ours_graph_fused_per_s" in rec:
-            print(f"  {rec['case']}: with the fused ops (start, CG tail, commit) "
+            print(f"  {rec['case']}: with the fused ops (start, Woodbury row, CG tail, commit) "
                   f"{rec['ours_graph_fused_per_s']:.1f} removals/s (median block)")
         if "ours_graph_rowwise_per_s" in rec:
             print(f"  {rec['case']}: row by row (no pipelined runs) "

@@ -107,6 +107,7 @@ for step in ${STEPS:-fused:45 certified:120 profile:60 tests:80 errors:60 influe
                 tests/ops/test_certified_commit.py tests/ops/test_certified_tail.py
                 tests/certified/test_pipelined.py) ;;
     profile) cmd=($PY -m bench.profile_certified --device cuda --out "$LOG") ;;
+    link) cmd=($PY -m pytest -q -p no:cacheprovider tests/ops/test_cxx_runtime_link.py) ;;
     knn-cpu) cmd=($PY -m bench.run --device cpu --only knn --full) ;;
     forget) cmd=($PY -m fastunlearn forget --method all --dataset digits --seeds 1 --oracles 6
                  --device cuda --no-cache --no-progress --out "$LOG/forget-cuda") ;;
