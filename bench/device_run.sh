@@ -57,8 +57,9 @@ print(r.stdout)
 print(r.stderr[-3000:])
 PYEOF
 { ldd fastunlearn/_C*.so; c++ --version | head -1; } >> "$LOG/exceptions.txt" 2>&1
-# Why the module lacks libstdc++ there (2026-11-30: no NEEDED entry despite -lstdc++): the
-# link line, the toolchain's variables, where the C++ runtime's symbols come from at run time
+# Which C++ runtime the module uses (2026-11-30: the image's CXX=/opt/gcc/bin/g++ linked
+# libstdc++ statically, so a thrown error crashed; setup.py now links torch's shared one):
+# the link line, the toolchain's variables, where the runtime's symbols bind at run time
 {
   echo "== link line"; grep -E -- "-shared|x86_64-linux-gnu-g(cc|\+\+)" "$LOG/build.log" | tail -3
   echo "== sysconfig"; $PY -c "import sysconfig as s; [print(k, '=', s.get_config_var(k)) for k in ('CC', 'CXX', 'LDSHARED', 'LDCXXSHARED', 'LDFLAGS', 'CFLAGS')]"
@@ -84,8 +85,9 @@ if ls build/wheels/*.whl > /dev/null 2>&1; then
 fi
 # Steps in priority order (the lease is short): NAME:SECONDS. "tests" runs the CUDA tests
 # (pytest -m cuda, 6 xdist workers) without the error-path tests: a C++ exception raised by an
-# argument check crashed the process on this image (SIGSEGV, seen 2026-11-28, when the module
-# was linked without libstdc++); "errors" runs those alone, so a crash costs only that step.
+# argument check crashed the process on this image (SIGSEGV, 2026-11-28 and -30, until the
+# module linked the shared libstdc++); "errors" runs those alone, so a crash costs only that
+# step; "link" checks the module's C++ runtime (tests/ops/test_cxx_runtime_link.py).
 # "profile" prints where the time of a certified removal goes; "forget" runs every forgetting
 # method on digits on the GPU (one seed); "knn" also times farthest_k on the host's CPU cores
 # beside scikit-learn; "knn-cpu" (not in the default list) runs the farthest-k bench on the CPU.

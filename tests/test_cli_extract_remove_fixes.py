@@ -232,3 +232,20 @@ def test_no_resume_with_a_checkpoint_that_is_loaded_has_no_effect(tmp_path, caps
         assert run_extract(tmp_path, "--no-resume", "--force") == 0
     capsys.readouterr()
     assert not [w for w in record if "no effect" in str(w.message)]
+
+
+def test_force_without_a_checkpoint_has_no_effect(tmp_path, capsys):
+    checkpoint = tmp_path / "t1_digits_model.safetensors"
+    with pytest.warns(UserWarning) as record:
+        assert run_extract(tmp_path, "--force") == 0
+    assert "trained in" in capsys.readouterr().out
+    assert [str(w.message) for w in record if "no effect" in str(w.message)] == [
+        f"'--force' has no effect without a trained extractor in {str(checkpoint)!r} (there "
+        "is none to replace; the extractor is trained anyway)"]
+    assert checkpoint.is_file()
+    # with a checkpoint there, --force retrains it: nothing to say
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert run_extract(tmp_path, "--force") == 0
+    assert "trained in" in capsys.readouterr().out
+    assert not [w for w in record if "no effect" in str(w.message)]

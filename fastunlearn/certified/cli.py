@@ -84,7 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--subsample-ratio", action=GivenFlag, type=ratio, default=1.0,
                        help="fraction of negatives kept per one-vs-rest class (ignored "
                        "in binary mode, as in the reference)")
-    model.add_argument("--solver", choices=["auto", "cholesky", "cg"], default="auto",
+    model.add_argument("--solver", action=GivenFlag, choices=["auto", "cholesky", "cg"],
+                       default="auto",
                        help="how Newton steps are solved")
     model.add_argument("--cg-tol", action=GivenFlag, type=positive_float, default=0.01,
                        help="CG stops when its residual (added to the bound) is below this "
@@ -100,7 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="rows per batch removal; 0 removes one at a time")
     run.add_argument("--no-retrain", action="store_true",
                      help="stop when the budget runs out instead of retraining")
-    run.add_argument("--eval-every", type=non_negative_int, default=0,
+    run.add_argument("--eval-every", action=GivenFlag, type=non_negative_int, default=0,
                      help="test accuracy every k removals (0: about 20 evaluations)")
     run.add_argument("--no-retrain-timing", action="store_true",
                      help="skip timing a full retraining at the end")
@@ -193,7 +194,7 @@ _FLAGS = {
     "delta": "--delta", "gamma": "--gamma", "num_steps": "--num-steps",
     "subsample_ratio": "--subsample-ratio", "solver": "--solver", "cg_tol": "--cg-tol",
     "target_epsilon": "--target-epsilon", "num_removes": "--num-removes", "batch": "--batch",
-    "eval_every": "--eval-every", "seed": "--seed",
+    "eval_every": "--eval-every", "seed": "--seed", "retrain": "--no-retrain",
 }
 
 
@@ -211,7 +212,8 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         result_dir=args.result_dir, plots=not args.no_plots, verbose=args.verbose)
     # the flags given that the other settings make pointless (the config's rule table);
     # after the run: '--target-epsilon' with an extractor that is not DP
-    warn_unused_settings(config, removal_rules(config), given=given_fields(args), flags=_FLAGS)
+    given = given_fields(args) | ({"retrain"} if args.no_retrain else set())  # a switch
+    warn_unused_settings(config, removal_rules(config), given=given, flags=_FLAGS)
     if args.verbose and args.progress:
         warnings.warn(no_effect_message(["--progress"], "with '--verbose' (every removal is "
                                         "printed instead of a bar)"), UserWarning, stacklevel=1)

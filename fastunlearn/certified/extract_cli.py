@@ -398,6 +398,10 @@ def _extract(args: argparse.Namespace, device: torch.device) -> int:
                 ["--no-resume"], f"with the trained extractor in {str(checkpoint)!r} (it is "
                 "loaded, not trained; '--force' trains a new one)"), UserWarning, stacklevel=1)
     else:
+        if args.force and not has_checkpoint:  # nothing to replace: it trains anyway
+            warnings.warn(no_effect_message(
+                ["--force"], f"without a trained extractor in {str(checkpoint)!r} (there is "
+                "none to replace; the extractor is trained anyway)"), UserWarning, stacklevel=1)
         start = time.perf_counter()
         meta = _train_with_epoch_state(args, model, train, device, checkpoint)
         meta["train_seconds"] = time.perf_counter() - start

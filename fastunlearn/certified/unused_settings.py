@@ -38,6 +38,8 @@ def removal_rules(config: Any) -> list[UnusedRule]:
                    "(the budget sigma * epsilon / c is 0: every removal retrains)"),
         UnusedRule(config.result_dir is None, ("plots",), (("result_dir", None),),
                    "(nothing is written)"),
+        UnusedRule(config.num_removes == 0, ("retrain", "eval_every", "solver", "cg_tol"),
+                   (("num_removes", 0),), "(no row is removed)"),
         UnusedRule(config.train_mode == "binary", ("subsample_ratio",),
                    (("train_mode", "binary"),),
                    "(as in the reference, where it subsamples the negatives of each "

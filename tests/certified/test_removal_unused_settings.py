@@ -42,6 +42,9 @@ def _messages(config: ExperimentConfig) -> list[str]:
     ({"train_mode": "binary", "subsample_ratio": 0.5},
      ["'subsample_ratio' has no effect with train_mode='binary' (as in the reference, where "
       "it subsamples the negatives of each one-vs-rest class)"]),
+    ({"num_removes": 0, "retrain": False, "eval_every": 5, "solver": "cg"},
+     ["'retrain', 'eval_every' and 'solver' have no effect with num_removes=0 (no row is "
+      "removed)"]),
 ])
 def test_the_config_names_the_fields_that_have_no_effect(settings, expected):
     assert _messages(ExperimentConfig(**settings)) == expected
@@ -56,6 +59,7 @@ def test_the_config_names_the_fields_that_have_no_effect(settings, expected):
     {"dataset": "MNIST", "data_dir": "somewhere"},
     {"std": 1e-3, "epsilon": 2.0},
     {"result_dir": "out", "plots": False},
+    {"num_removes": 1, "retrain": False, "eval_every": 5, "solver": "cg"},
 ])
 def test_the_config_is_quiet_when_every_setting_is_used(settings):
     assert _messages(ExperimentConfig(**settings)) == []
@@ -123,3 +127,30 @@ def test_progress_with_verbose_is_said_to_have_no_effect(tmp_path, capsys):
     assert [str(w.message) for w in record if "no effect" in str(w.message)] == [
         "'--progress' has no effect with '--verbose' (every removal is printed instead of a "
         "bar)"]
+
+
+def test_without_removals_the_removal_flags_are_said_to_have_no_effect(tmp_path, capsys):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert main(["remove", "--train-mode", "binary", "--num-removes", "0", "--no-retrain",
+                     "--eval-every", "5", "--solver", "cg", "--no-plots",
+                     "--no-retrain-timing", "--out", str(tmp_path)]) == 0
+    assert "removed 0 rows" in capsys.readouterr().out
+    assert [str(w.message) for w in record if "no effect" in str(w.message)] == [
+        "'--no-retrain', '--eval-every' and '--solver' have no effect with '--num-removes 0' "
+        "(no row is removed)"]
+
+
+def test_without_removals_retrain_and_solver_change_nothing():
+    """The rule's claim: with no removal the run is the same whatever they are."""
+    runs = []
+    for retrain, solver in ((True, "auto"), (False, "cg")):
+        config = ExperimentConfig(train_mode="binary", num_removes=0, retrain=retrain,
+                                  solver=solver, result_dir=None, time_retraining=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs.append(run_removal_experiment(config))
+    (a, b) = runs
+    assert a.records == b.records == []
+    assert a.final == b.final
+    assert a.privacy["retrains"] == b.privacy["retrains"] == 0
