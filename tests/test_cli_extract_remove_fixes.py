@@ -214,38 +214,35 @@ def test_ctrl_c_while_parsing_is_one_line_and_status_130(argv, prog, capsys, mon
 
 
 
+def _no_effect_warnings(data_dir, *flags):
+    """Run ``extract`` (it must succeed) and return its "no effect" warnings."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert run_extract(data_dir, *flags) == 0
+    return [str(w.message) for w in record if "no effect" in str(w.message)]
+
+
 def test_no_resume_with_a_checkpoint_that_is_loaded_has_no_effect(tmp_path, capsys):
     assert run_extract(tmp_path) == 0
     capsys.readouterr()
     checkpoint = tmp_path / "t1_digits_model.safetensors"
     before = checkpoint.read_bytes()
-    with pytest.warns(UserWarning) as record:
-        assert run_extract(tmp_path, "--no-resume") == 0
-    assert "loaded the trained extractor" in capsys.readouterr().out
-    assert [str(w.message) for w in record if "no effect" in str(w.message)] == [
+    assert _no_effect_warnings(tmp_path, "--no-resume") == [
         f"'--no-resume' has no effect with the trained extractor in {str(checkpoint)!r} (it "
         "is loaded, not trained; '--force' trains a new one)"]
+    assert "loaded the trained extractor" in capsys.readouterr().out
     assert checkpoint.read_bytes() == before  # loaded, not trained again
     # with --force it trains (from the first epoch): nothing to say
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        assert run_extract(tmp_path, "--no-resume", "--force") == 0
-    capsys.readouterr()
-    assert not [w for w in record if "no effect" in str(w.message)]
+    assert _no_effect_warnings(tmp_path, "--no-resume", "--force") == []
 
 
 def test_force_without_a_checkpoint_has_no_effect(tmp_path, capsys):
     checkpoint = tmp_path / "t1_digits_model.safetensors"
-    with pytest.warns(UserWarning) as record:
-        assert run_extract(tmp_path, "--force") == 0
-    assert "trained in" in capsys.readouterr().out
-    assert [str(w.message) for w in record if "no effect" in str(w.message)] == [
+    assert _no_effect_warnings(tmp_path, "--force") == [
         f"'--force' has no effect without a trained extractor in {str(checkpoint)!r} (there "
         "is none to replace; the extractor is trained anyway)"]
+    assert "trained in" in capsys.readouterr().out
     assert checkpoint.is_file()
     # with a checkpoint there, --force retrains it: nothing to say
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        assert run_extract(tmp_path, "--force") == 0
+    assert _no_effect_warnings(tmp_path, "--force") == []
     assert "trained in" in capsys.readouterr().out
-    assert not [w for w in record if "no effect" in str(w.message)]
