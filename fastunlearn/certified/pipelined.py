@@ -15,8 +15,9 @@ bound within the budget left. The numbers of each window of rows are copied to t
 behind the work (two windows in flight, growing from :data:`FIRST_WINDOW` to
 :data:`MAX_WINDOW` rows); the host reads them in order, accounts each committed row exactly
 as the row-by-row loop does and stops at the first row the device did not commit: that row
-goes to the row-by-row loop (more CG iterations) or to the caller's single step (factor or
-budget), and the slots of the rows queued after it are cleaned. The removals are those of
+goes to the row-by-row loop (more CG iterations; with it the next rows, up to
+:data:`ROWWISE_AFTER_STOP` in all, before the next run) or to the caller's single step
+(factor or budget), and the slots of the rows queued after it are cleaned. The removals are those of
 the row-by-row loop, bit for bit on the CPU (tested).
 """
 
@@ -34,7 +35,7 @@ from ._estimator_attributes import EstimatorAttributes
 from .fixed_step import RunResults
 from .records import RemovalReport
 
-__all__ = ["FIRST_WINDOW", "MAX_WINDOW", "PipelinedRuns"]
+__all__ = ["FIRST_WINDOW", "MAX_WINDOW", "ROWWISE_AFTER_STOP", "PipelinedRuns"]
 
 #: Rows in the first window of a pipelined run; each further window doubles, up to
 #: :data:`MAX_WINDOW`. Small first windows bound the work thrown away when an early row of a
@@ -43,6 +44,15 @@ FIRST_WINDOW = 4
 
 #: Most rows in one window of a pipelined run (one device-to-host copy of their numbers).
 MAX_WINDOW = 32
+
+#: Rows the row-by-row loop takes after a pipelined run stopped at a row that needs a second
+#: CG iteration, before the next run is pipelined again. Late in a Woodbury factor's life
+#: most rows need one (digits one-vs-rest: none of the first 96 rows after a refresh, 61-70 %
+#: of rows 192-255), and each such stop discards the rows the run had queued: handing the
+#: loop one row at a time, 1089 of the 1566 steps the device computed for 600 digits
+#: removals were thrown away (counted on the CPU twin; on the H200 the blocks where this
+#: happened took 2-4 times the median). Predicted with 32: a tenth of that waste.
+ROWWISE_AFTER_STOP = 32
 
 
 class PipelinedRuns(EstimatorAttributes):
@@ -140,8 +150,10 @@ class PipelinedRuns(EstimatorAttributes):
         if stop is not None:
             residual, bound, ok = stop[:3]
             if ok > 0.5 and not residual <= cg_tol * bound:
-                # more CG iterations than the chained one: the row-by-row loop takes it
-                more, refused = self._remove_fixed(arr, lo + done, report, refresh_after, 1)
+                # more CG iterations than the chained one: the row-by-row loop takes it, and
+                # the rows after it (their neighbours likely need as many; ROWWISE_AFTER_STOP)
+                more, refused = self._remove_fixed(arr, lo + done, report, refresh_after,
+                                                   ROWWISE_AFTER_STOP)
                 return done + more, refused
             return done, True  # factor or budget: the caller's single step takes the row
         return done, False

@@ -455,4 +455,6 @@ class SingleRowSteps(EstimatorAttributes):
             if planned:  # a started row not committed: clean the slot it wrote
                 woodbury.discard(base, base.rows + 1)
                 fixed.forget_c_inverse()
+            if done:  # the pipelined runs' device copy of the used budget mirrors the model
+                fixed.budget_used.fill_(self.budget_used_)
         return done, refused

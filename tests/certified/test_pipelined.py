@@ -128,26 +128,35 @@ def test_one_call_equals_the_row_by_row_loop_bit_for_bit(monkeypatch):
 
 
 def test_rows_needing_more_iterations_go_row_by_row(monkeypatch):
-    """With a tolerance no start and chained iteration reach, the device commits no row: each
-    goes to the row-by-row loop (one row per call), and the removals are still its own."""
+    """With a tolerance no start and chained iteration reach, the device commits no row: the
+    row-by-row loop takes the row that stopped the run and the next ROWWISE_AFTER_STOP - 1,
+    then a pipelined run starts again; the removals are still the row-by-row loop's own."""
     X, y = _digits()
     rowwise = _model(X, y, "eager", False, cg_tol=1e-13)
     piped = _model(X, y, "eager", cg_tol=1e-13)
-    calls = []
+    calls, runs = [], []
     remove_fixed = CertifiedLogisticRegression._remove_fixed
+    remove_pipelined = CertifiedLogisticRegression._remove_pipelined
 
     def spy(self, arr, lo, report, refresh_after=-1, limit=None):
         calls.append(limit)
         return remove_fixed(self, arr, lo, report, refresh_after, limit)
 
+    def spy_runs(self, arr, lo, report, refresh_after=-1):
+        runs.append(lo)
+        return remove_pipelined(self, arr, lo, report, refresh_after)
+
     monkeypatch.setattr(CertifiedLogisticRegression, "_remove_fixed", spy)
-    order = _order(X.shape[0], 12, seed=1)
+    monkeypatch.setattr(CertifiedLogisticRegression, "_remove_pipelined", spy_runs)
+    order = _order(X.shape[0], pipelined.ROWWISE_AFTER_STOP + 8, seed=1)
     piped.remove(order)
-    assert calls == [1] * len(order)
+    assert calls == [pipelined.ROWWISE_AFTER_STOP] * 2
+    assert runs == [0, pipelined.ROWWISE_AFTER_STOP]  # pipelined again after the row-by-row rows
     calls.clear()
     rowwise.remove(order)
     assert calls and all(limit is None for limit in calls)
     _assert_identical(rowwise, piped)
+    assert float(piped._fixed.budget_used) == piped.budget_used_
     assert all(r.indices == (i,) for r, i in zip(piped._history, order, strict=True))
     assert max(piped._cg_last, 0) >= 1
     assert_clean_beyond_rows(piped)
