@@ -94,7 +94,9 @@ fi
 # "fused" runs the CUDA tests of the fused certified ops (never run on a GPU before) first, in
 # their own process: if they fail, FASTUNLEARN_BENCH_NO_FUSED=1 keeps the fused variants out
 # of "certified" and "profile" (a bad memory access would poison the other variants' process).
-for step in ${STEPS:-fused:45 certified:120 profile:60 tests:80 errors:60 influence:150 knn:110 forget:90 glm_hvp:40 glm_cg:50}; do
+# (2026-11-30 on an H200, build ~55 s: fused 10, link 4, certified 25, influence 65, tests 30,
+# errors 20, profile 15, forget 30, knn 25, glm_hvp 5, glm_cg 20 seconds; the limits are caps)
+for step in ${STEPS:-fused:45 link:30 certified:120 influence:200 tests:80 errors:60 profile:60 forget:90 knn:110 glm_hvp:40 glm_cg:50}; do
   name=${step%%:*}; seconds=${step##*:}
   stamp "$name (limit $seconds s)"
   case "$name" in

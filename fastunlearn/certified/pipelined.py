@@ -17,8 +17,8 @@ behind the work (two windows in flight, growing from :data:`FIRST_WINDOW` to
 as the row-by-row loop does and stops at the first row the device did not commit: that row
 goes to the row-by-row loop (more CG iterations; with it the next rows, up to
 :data:`ROWWISE_AFTER_STOP` in all, before the next run) or to the caller's single step
-(factor or budget), and the slots of the rows queued after it are cleaned. The removals are those of
-the row-by-row loop, bit for bit on the CPU (tested).
+(factor or budget), and the slots of the rows queued after it are cleaned. The removals are
+those of the row-by-row loop, bit for bit on the CPU (tested).
 """
 
 from __future__ import annotations
