@@ -131,20 +131,29 @@ class SGDConfig(ForgetConfig):
         """Return the warnings of the base class and about the schedule's settings.
 
         ``gamma`` and ``milestones`` are read by the ``"multistep"`` scheduler only, and
-        ``gamma`` needs a milestone. ``milestones=()`` is not named with another scheduler
-        unless ``given`` names it (no milestone to ignore: the harness's oracle recipe
-        sets it so).
+        ``gamma`` needs a milestone that is reached: the learning rate is multiplied from
+        the epoch after a milestone, so with no milestone below ``epochs`` (a
+        ``RetrainConfig(epochs=30)`` keeps the milestones 35, 70 and 90) it never is.
+        ``milestones=()`` is not named with another scheduler unless ``given`` names it (no
+        milestone to ignore: the harness's oracle recipe sets it so). Each is named only
+        when set (another value than its default, or named in ``given``); a run of zero
+        epochs trains nothing and is not warned about here.
         """
         return super().conditional_warnings(given) + self._schedule_warnings(given)
 
     def _schedule_warnings(self, given: Collection[str]) -> list[str]:
         """Return the ``gamma`` / ``milestones`` warnings of :meth:`conditional_warnings`."""
         if self.scheduler == "multistep":
-            if self.milestones:
+            if not self.milestones:
+                names = self._set_fields(("gamma",), given)
+                why = ("with scheduler='multistep' and milestones=() (the factor applied at "
+                       "each milestone)")
+            elif self.epochs > 0 and all(m >= self.epochs for m in self.milestones):
+                names = self._set_fields(("gamma",), given)
+                why = (f"with epochs={self.epochs} and milestones={self.milestones!r} (no "
+                       "milestone is reached)")
+            else:
                 return []
-            names = self._set_fields(("gamma",), given)
-            why = ("with scheduler='multistep' and milestones=() (the factor applied at each "
-                   "milestone)")
         else:
             names = [n for n in self._set_fields(("gamma", "milestones"), given)
                      if n != "milestones" or self.milestones or n in given]

@@ -1,13 +1,14 @@
 """Settings that other settings make pointless warn, naming them, and really change nothing.
 
 ``gamma`` and ``milestones`` outside the ``"multistep"`` scheduler (every SGD method that
-trains with a schedule), the schedule of ``two_stage`` and ``neggrad_plus`` (which train
-without one), Fisher's ``class_row_var`` without class rows, SCRUB's ``lr_decay_rate``
-when no decay epoch is reached and ``forget_batch_size`` without max steps, and SalUn's
-``redraw_labels`` with one epoch; zero strengths (antisamples' ``p``, l1_sparse's
-``alpha``, the pruning methods' ``quantile``) and the settings they make pointless. Each
-warns only when set (another value than its
-default): the defaults stay quiet, and so does the setting where it matters.
+trains with a schedule) and ``gamma`` when no milestone is below ``epochs``, the schedule
+of ``two_stage`` and ``neggrad_plus`` (which train without one), Fisher's
+``class_row_var`` without class rows, SCRUB's ``lr_decay_rate`` when no decay epoch is
+reached and ``forget_batch_size`` without max steps, and SalUn's ``redraw_labels`` with
+one epoch; zero strengths (antisamples' ``p``, l1_sparse's ``alpha``, the pruning
+methods' ``quantile``) and the settings they make pointless. Each warns only when set
+(another value than its default): the defaults stay quiet, and so does the setting where
+it matters.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ TWO_STAGE = ("'scheduler', 'milestones' and 'gamma' have no effect (two_stage tr
              "stages without a schedule)")
 NEGGRAD_PLUS = ("'scheduler', 'milestones' and 'gamma' have no effect (neggrad_plus runs "
                 "its own loop without a schedule)")
+NOT_REACHED = ("'gamma' has no effect with epochs=3 and milestones=(3, 7) (no milestone is "
+               "reached)")
 CLASS_ROW_VAR = ("'class_row_var' has no effect with forget_class_rows=False (the noise "
                  "variance of the zeroed class rows)")
 SCRUB_DECAY = ("'lr_decay_rate' has no effect with epochs=3 and lr_decay_epochs=(3, 5, 9) "
@@ -94,11 +97,44 @@ def test_gamma_and_milestones_warn_outside_multistep(name: str, scheduler: str) 
 @pytest.mark.parametrize("name", SCHEDULED)
 def test_gamma_and_milestones_are_quiet_with_multistep(name: str) -> None:
     _, cls = get_method(name)
-    _quiet(lambda: cls(scheduler="multistep", gamma=0.5, milestones=(2,)))
+    _quiet(lambda: cls(scheduler="multistep", gamma=0.5, milestones=(2,), epochs=3))
 
 
 def test_gamma_without_a_milestone_warns() -> None:
     assert _warned(lambda: RetrainConfig(gamma=0.5, milestones=())) == [NO_MILESTONE]
+
+
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_gamma_warns_when_no_milestone_is_reached(name: str) -> None:
+    _, cls = get_method(name)
+    got = _warned(lambda: cls(scheduler="multistep", gamma=0.5, milestones=(3, 7), epochs=3))
+    assert got == [NOT_REACHED]
+
+
+@pytest.mark.parametrize("settings", [
+    {"epochs": 4, "milestones": (3, 7)},  # one milestone reached is enough
+    {"epochs": 30},  # the defaults (35, 70, 90) and 0.1 are not named: not set
+    {"epochs": 0, "gamma": 0.5},  # nothing trains
+])
+def test_a_reached_milestone_or_unset_gamma_stays_quiet(settings: dict) -> None:
+    _quiet(lambda: RetrainConfig(**settings))
+
+
+def test_the_unreached_milestone_warning_names_given_fields() -> None:
+    config = RetrainConfig(epochs=30)
+    assert config.conditional_warnings() == []
+    assert config.conditional_warnings({"gamma"}) == [
+        "'gamma' has no effect with epochs=30 and milestones=(35, 70, 90) (no milestone is "
+        "reached)"]
+
+
+def test_gamma_with_no_milestone_reached_changes_nothing() -> None:
+    common = dict(epochs=2, lr=0.05, batch_size=8, scheduler="multistep")
+    base = _run("finetune", **common, milestones=(2, 5))
+    assert_models_equal(_run("finetune", **common, milestones=(2, 5), gamma=0.5), base)
+    # a milestone that is reached: gamma matters
+    reached = [_run("finetune", **common, milestones=(1,), gamma=g) for g in (0.5, 0.1)]
+    assert _differs(*reached)
 
 
 def test_schedule_defaults_and_an_empty_milestones_stay_quiet() -> None:
