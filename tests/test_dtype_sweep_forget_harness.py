@@ -214,6 +214,22 @@ def test_train_model_mismatched_dtype_names_x():
     assert _unchanged(model, before)
 
 
+
+# old: TypeError "Got unsupported ScalarType BFloat16" from numpy, in the data digest that
+# every run_harness computes; now the run gets as far as the model, which names 'x'
+def test_run_harness_with_bf16_data_names_x():
+    from fastunlearn.harness import HarnessConfig, HarnessData, run_harness
+
+    images = torch.rand(24, 1, 4, 4, generator=torch.Generator().manual_seed(1)).bfloat16()
+    data = HarnessData(images, torch.arange(24) % 3, images[:6], torch.arange(6) % 3,
+                       num_classes=3)
+    config = HarnessConfig(methods=("finetune",), forget="class:1", seeds=1, oracles=1,
+                           mia=False, train=TrainSettings(epochs=1, batch_size=8),
+                           cache_dir=None)
+    with pytest.raises(TypeError, match=r"^'x': model cannot run on the inputs \(dtype "
+                                        r"torch.bfloat16"):
+        run_harness(config, data)
+
 # old: a negative label was accepted ("class:1" split around a label -1)
 @pytest.mark.parametrize("labels", [torch.tensor([-1, 1, 2, 1]),
                                     np.array([0, 1, -3, 1], dtype=np.int32)])

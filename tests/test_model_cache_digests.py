@@ -40,3 +40,35 @@ def test_weights_digest_covers_batchnorm_buffers():
     assert weights_digest(model) != before  # num_batches_tracked (0-d) still differs
     model[1].num_batches_tracked.zero_()
     assert weights_digest(model) == before
+
+
+def _harness_data(dtype: torch.dtype):
+    from fastunlearn.harness.data import HarnessData
+
+    g = torch.Generator().manual_seed(0)
+    return HarnessData(torch.rand(6, 1, 2, 2, generator=g).to(dtype), torch.arange(6) % 3,
+                       torch.rand(3, 1, 2, 2, generator=g).to(dtype), torch.arange(3),
+                       num_classes=3)
+
+
+def test_harness_data_digest_keeps_existing_cache_keys():
+    # the bytes numpy gives: caches written before the byte view still hit
+    data = _harness_data(torch.float32)
+    expected = hashlib.sha256()
+    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
+        expected.update(str((t.dtype, tuple(t.shape))).encode())
+        expected.update(t.numpy().tobytes())
+    assert data.digest() == expected.hexdigest()
+    # a non-contiguous view of the same values digests the same
+    data.x_train = data.x_train.transpose(2, 3).contiguous().transpose(2, 3)
+    assert data.digest() == expected.hexdigest()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_harness_data_digest_takes_every_float_dtype(dtype):
+    # old: numpy's "Got unsupported ScalarType BFloat16" from every run_harness with bf16 data
+    data = _harness_data(dtype)
+    assert data.digest() != _harness_data(torch.float32).digest()
+    changed = _harness_data(dtype)
+    changed.x_test[0, 0, 0, 0] += 1
+    assert changed.digest() != data.digest()

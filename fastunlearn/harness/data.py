@@ -77,12 +77,16 @@ class HarnessData:
         self.y_test = self.y_test.long()
 
     def digest(self) -> str:
-        """SHA-256 of the tensors (part of the cache key)."""
+        """SHA-256 of the tensors (part of the cache key).
+
+        The values are read as raw bytes, so every dtype digests (numpy has no bfloat16);
+        for the others the bytes are numpy's, so the keys of existing caches still match.
+        """
         h = hashlib.sha256()
         for t in (self.x_train, self.y_train, self.x_test, self.y_test):
             c = t.detach().cpu().contiguous()
             h.update(str((c.dtype, tuple(c.shape))).encode())
-            h.update(c.numpy().tobytes())
+            h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
 
