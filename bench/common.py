@@ -47,6 +47,8 @@ from typing import Any
 
 import torch
 
+from fastunlearn._json_data import json_ready
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -601,8 +603,9 @@ def write_results(
 ) -> Path:
     """Write ``records`` with metadata to ``<out_dir>/<name>-<device tag>.json``.
 
-    ``inf`` (out of memory) and ``nan`` (not applicable) are written as JSON ``Infinity``
-    and ``NaN``, which Python's ``json`` reads back.
+    Strict JSON, as the library's results: ``inf`` (out of memory) and ``nan`` (not
+    applicable) are written as the strings ``"inf"`` and ``"nan"``, which ``float()`` reads
+    back (``fastunlearn._json_data``).
 
     Args:
         name: Benchmark name (``glm_hvp``...).
@@ -623,7 +626,8 @@ def write_results(
         "metadata": environment(device),
         "records": list(records),
     }
-    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    plain = json.loads(json.dumps(payload, default=_json_default))  # Timing, dtypes -> JSON
+    path.write_text(json.dumps(json_ready(plain), indent=2, allow_nan=False) + "\n")
     return path
 
 

@@ -153,8 +153,12 @@ def test_write_results_round_trips(tmp_path):
     path = common.write_results("demo", [{"ms": 1.0, "peak": math.inf, "dtype": torch.float32}],
                                 device=CPU, preset="tiny", out_dir=tmp_path)
     assert path.name == "demo-cpu.json"
-    payload = json.loads(path.read_text())
-    assert payload["records"][0]["peak"] == math.inf
+    def refuse(token):
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    payload = json.loads(path.read_text(), parse_constant=refuse)
+    assert payload["records"][0]["peak"] == "inf"  # strict JSON; float() reads it back
+    assert float(payload["records"][0]["peak"]) == math.inf
     assert payload["records"][0]["dtype"] == "torch.float32"
     assert payload["metadata"]["git_revision"]
 

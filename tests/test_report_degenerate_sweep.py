@@ -213,7 +213,7 @@ def test_repair_json_is_strict_with_nan_inside_a_tensor(tmp_path: Path) -> None:
               "reason": "a|b"}]
     files = repair_mod.write_outputs(_repair_result(1.0, steps), tmp_path, plots=False)
     data = _strict_json(files["json"])
-    assert data["protocols"]["one-shot"]["steps"][0]["delta"] == [1.0, None]
+    assert data["protocols"]["one-shot"]["steps"][0]["delta"] == [1.0, "nan"]
     row = next(line for line in Path(files["markdown"]).read_text().splitlines()
                if line.startswith("| 1 |"))
     assert _cells(row) == 8  # the reason's "|" escaped

@@ -41,6 +41,7 @@ import torch
 from .._atomic_files import write_text
 from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, skippable, stop_points, stop_requested
+from .._json_data import json_ready
 from .._numbers import is_finite, is_integer, is_real, plain_fields
 from .._repr import fields_repr, format_number, summarize
 from .._unused_settings import warn_unused_settings
@@ -446,25 +447,10 @@ class ExperimentResult:
         return f"ExperimentResult({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (non-finite floats become None)."""
+        """JSON-ready form (non-finite floats become ``"inf"``, ``"-inf"``, ``"nan"``)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["config"] = asdict(self.config)
-        return _json_ready(out)
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+        return json_ready(out)
 
 
 def fairness_summary(
@@ -927,7 +913,7 @@ def write_outputs(result: ExperimentResult, result_dir: str | os.PathLike[str]) 
     files: dict[str, str] = {"json": str(folder / f"{stem}.json")}
     # the results first: a plot that fails (matplotlib missing, a full disk) loses nothing
     result.files = dict(files)
-    write_text(files["json"], json.dumps(result.to_dict(), indent=2) + "\n")
+    write_text(files["json"], json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     if result.config.plots:
         retrain_at = [r["n_removed"] for r in result.records if r["retrained"]]
         title = f"{result.data['dataset']} {result.data['train_mode']}"
@@ -943,6 +929,6 @@ def write_outputs(result: ExperimentResult, result_dir: str | os.PathLike[str]) 
     files["markdown"] = str(folder / f"{stem}.md")
     result.files = files
     payload = result.to_dict()
-    write_text(files["json"], json.dumps(payload, indent=2) + "\n")
+    write_text(files["json"], json.dumps(payload, indent=2, allow_nan=False) + "\n")
     write_markdown(payload, files["markdown"], plots=files)
     return files

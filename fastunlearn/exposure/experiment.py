@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .._device import parse_device
 from .._equality import dataclass_eq
+from .._json_data import json_ready
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._numbers import is_finite as _finite
 from .._process_flags import GLOBAL_RNG_LOCK
@@ -647,18 +648,19 @@ class CanaryResult:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (without the model and the text).
 
-        Strict JSON: a non-finite ``final_loss`` (no training steps) is ``None``.
+        Strict JSON: a non-finite ``final_loss`` (NaN: no training steps) is the string
+        ``"nan"`` (:mod:`fastunlearn._json_data`).
         """
-        return {
+        return json_ready({
             "config": dataclasses.asdict(self.config),
             "canary": self.canary.to_dict(),
             "control": None if self.control is None else self.control.to_dict(),
             "completion": self.completion,
-            "final_loss": self.final_loss if math.isfinite(self.final_loss) else None,
+            "final_loss": self.final_loss,
             "text_chars": self.text_chars,
             "train_s": self.train_s,
             "measure_s": self.measure_s,
-        }
+        })
 
 
 def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:

@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the folders are checked first; a full disk or a race remains
         return command_error("forget", str(exc), status=1)
     paths = result["paths"]
-    from ..metrics.report import json_ready
+    from .._json_data import json_ready
     from .report import render_table
 
     args.json_result = json_ready(

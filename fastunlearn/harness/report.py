@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from .._atomic_files import save_figure, swap_in_folder
+from .._json_data import json_ready
 from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
-from ..metrics.report import FEW_FINITE, json_ready
+from ..metrics.report import FEW_FINITE
 
 __all__ = ["check_out_dir", "render_table", "write_outputs"]
 

@@ -425,14 +425,14 @@ def write_canary_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]
         Kind (``json``, ``markdown``) -> path.
 
     """
-    from .experiment import _json_ready
+    from .._json_data import json_ready
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     files = {"json": str(folder / "canary_unlearning.json"),
              "markdown": str(folder / "canary_unlearning.md")}
     data = {k: v for k, v in result.items() if k != "model"}
-    write_text(files["json"], json.dumps(_json_ready({**data, "files": files}),
-                                              indent=2, allow_nan=False) + "\n")
+    write_text(files["json"], json.dumps(json_ready({**data, "files": files}),
+                                            indent=2, allow_nan=False) + "\n")
     write_text(files["markdown"], render_canary_report(data))
     return files

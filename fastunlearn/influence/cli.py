@@ -57,13 +57,13 @@ def _finish(files: dict[str, str], result: dict[str, Any], args: argparse.Namesp
     """Print the written files of an experiment, keep its ``--json`` document; return 0.
 
     The ``--json`` document is the object written to the JSON file (strict JSON: non-finite
-    numbers are null, the written files included).
+    numbers are the strings ``"inf"``, ``"-inf"``, ``"nan"``, the written files included).
     """
-    from .experiment import _json_ready
+    from .._json_data import json_ready
 
     for kind, path in files.items():
         print(f"wrote {kind}: {path}")
-    args.json_result = _json_ready({**result, "files": files})
+    args.json_result = json_ready({**result, "files": files})
     return 0
 
 

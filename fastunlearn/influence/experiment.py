@@ -35,7 +35,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 from .._atomic_files import save_figure, write_text
 from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
+from .._json_data import json_ready
 from .._model_cache import cache_key, load_cached, store_cached, tensor_digest, weights_digest
 from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
@@ -762,7 +762,7 @@ def _run_repair_experiment(
                 "num_hvps": hvps,
                 "any_diverged": diverged,
                 "stopped_on_request": stopped,
-                "steps": [_json_ready(s) for s in steps],
+                "steps": [json_ready(s) for s in steps],
             }
             if stopped:
                 stopped_in = protocol
@@ -773,19 +773,6 @@ def _run_repair_experiment(
     result["stop_note"] = (_stop_note(config, result["protocols"], stopped_in, skipped)
                            if result["stopped_on_request"] else None)
     return result
-
-
-def _json_ready(value: Any) -> Any:
-    """``value`` as strict JSON data: non-finite floats (also inside tensors) as None."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (Tensor, np.generic, np.ndarray)):  # their floats may be NaN too
-        return _json_ready(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _times(value: Any) -> str:
@@ -845,7 +832,8 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
               "speed-up vs retraining | diverged steps |", "|---|---|---|---|---|---|---|"]
     for name, p in result["protocols"].items():
         restored = p["restored"]
-        pct = ("-" if restored is None or not math.isfinite(restored)
+        # None or NaN (no damage to restore); also a result read back from its JSON file
+        pct = ("-" if not isinstance(restored, numbers.Real) or not math.isfinite(restored)
                else f"{100 * restored:.1f} %")
         n_div = sum(1 for s in p["steps"] if s.get("diverged"))
         lines.append(f"| {name} | {pct} | {fv(p['residual'])} | {p['num_gradients']} | "
@@ -970,7 +958,7 @@ def _write_report_files(
     if plot is not None:
         files["plot"] = str(plot(result, folder / f"{stem}.png"))
     result = {**result, "files": files}
-    write_text(files["json"], json.dumps(_json_ready(result), indent=2, allow_nan=False) + "\n")
+    write_text(files["json"], json.dumps(json_ready(result), indent=2, allow_nan=False) + "\n")
     plot_rel = Path(files["plot"]).name if plot is not None else None
     write_text(files["markdown"], render(result, plot_rel))
     if plot is None:  # an earlier run's figure would not match these results

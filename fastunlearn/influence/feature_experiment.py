@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._json_data import json_ready
 from .._numbers import plain_fields as _plain_fields
 from .._unused_settings import warn_unused_settings
 from .arguments import MAX_SEED, _as_float
@@ -52,7 +53,6 @@ from .experiment import (
     _agg_figure,
     _cell,
     _check_cg_tol,
-    _json_ready,
     _save_png,
     _times,
     _write_report_files,
@@ -681,7 +681,7 @@ def run_feature_experiment(
         bar.close()
     if config.dataset == "digits" and config.linear:
         result["linear"] = _linear_variant(config, columns)
-    return _json_ready(result)
+    return json_ready(result)
 
 
 #: The parts of a :func:`run_feature_experiment` result the report and the plot read.

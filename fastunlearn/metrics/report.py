@@ -9,27 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import save_figure
+from .._json_data import json_ready
 
 __all__ = ["json_ready", "plot_epsilon_histogram", "render_evaluation_markdown"]
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` as strict JSON data: non-finite floats as ``"inf"``, ``"-inf"``, ``"nan"``.
-
-    ``json.dumps`` would write the tokens ``Infinity`` / ``NaN``, which are not JSON (jq,
-    JavaScript and most other parsers reject the file); ``float()`` reads the strings back.
-    Mapping keys become strings, tuples lists and tensors (nested) lists. Used for
-    ``evaluation.json`` and the harness's ``results.json``.
-    """
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if hasattr(value, "tolist") and callable(value.tolist):  # tensors and numpy values
-        return json_ready(value.tolist())
-    return value
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

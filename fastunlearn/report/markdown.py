@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic_files import write_text
+from .._json_data import NON_FINITE_STRINGS
 from .._paths import check_output_file
 
 __all__ = ["format_value", "render_markdown", "write_markdown"]
@@ -51,7 +52,9 @@ def _format_int(value: int) -> str:
 def format_value(value: Any, spec: str = ".4g") -> str:
     """Format one table cell: numbers with ``spec``, None/NaN as ``-``, bools as yes/no.
 
-    numpy scalars are formatted as the Python numbers they hold.
+    numpy scalars are formatted as the Python numbers they hold; the strings ``"inf"``,
+    ``"-inf"`` and ``"nan"`` (non-finite floats in results' JSON form,
+    :mod:`fastunlearn._json_data`) as those floats.
 
     Raises:
         TypeError: ``spec`` is not a str.
@@ -64,6 +67,8 @@ def format_value(value: Any, spec: str = ".4g") -> str:
         format(0.0, spec)
     except ValueError as exc:
         raise ValueError(f"'spec' {spec!r} is not a float format spec: {exc}") from None
+    if isinstance(value, str) and value in NON_FINITE_STRINGS:  # JSON's non-finite floats
+        value = float(value)
     if value is None:
         return "-"
     if _is_bool(value):
@@ -247,8 +252,8 @@ def _timing_section(timings: Mapping[str, Any]) -> list[str]:
         ("speed-up: retraining / median removal",
          f"{speedup}x" if speedup not in ("-", "inf", "-inf") else speedup),
     ]
-    if timings.get("speedup_with_retrains") is not None:
-        amortised = format_value(timings.get("speedup_with_retrains"), ".1f")
+    amortised = format_value(timings.get("speedup_with_retrains"), ".1f")
+    if amortised != "-":  # None or NaN: no automatic retrain to amortise
         pairs.append(("speed-up: retraining / mean removal incl. automatic retrains",
                       f"{amortised}x" if amortised not in ("-", "inf", "-inf") else amortised))
     return ["## Timings", "", *_kv_table(pairs)]

@@ -241,7 +241,7 @@ def test_experiment_keeps_the_callers_rng_and_seeds_its_own_init():
         assert torch.equal(p, q)
     # no training step: the loss is undefined, and the JSON and the report say so
     assert math.isnan(result.final_loss)
-    assert result.to_dict()["final_loss"] is None
+    assert result.to_dict()["final_loss"] == "nan"  # strict JSON; float() reads it back
     json.dumps(result.to_dict(), allow_nan=False)
     assert "final loss n/a" in format_report(result)
 
@@ -267,7 +267,7 @@ def test_cli_steps_zero_writes_strict_json(tmp_path, capsys):
         raise AssertionError(f"non-JSON token {token}")
 
     data = json.loads((tmp_path / "exposure.json").read_text(), parse_constant=refuse)
-    assert data["final_loss"] is None
+    assert data["final_loss"] == "nan"
     for key in ("canary", "control"):
         m = data[key]
         assert 1 <= m["rank"] <= 100 and m["space_size"] == 100 and m["n_scored"] == 99

@@ -16,6 +16,7 @@ import pytest
 import torch
 from scipy.stats import skewnorm
 
+from fastunlearn._json_data import NON_FINITE_STRINGS
 from fastunlearn.cli import main
 from fastunlearn.exposure import CanaryConfig, CharLM, run_canary_experiment, train_char_lm
 from fastunlearn.influence import canary as canary_module
@@ -169,7 +170,7 @@ def test_repair_json_stdout_is_strict_and_equals_the_written_file(tmp_path, caps
                                 "markdown": str(out / "repair_digits.md")}
     tr = written["training"]
     assert tr["acc_clean"] == tr["acc_poisoned"]
-    assert written["protocols"]["one-shot"]["restored"] is None
+    assert written["protocols"]["one-shot"]["restored"] == "nan"  # 0 / 0, strict JSON
     # the printed summary shows the JSON's values
     summary = re.search(r"clean (\S+)\s+poisoned (\S+)", "\n".join(lines))
     assert float(summary[1]) == pytest.approx(tr["acc_clean"], abs=5e-5)
@@ -241,7 +242,7 @@ def test_unlearn_features_non_finite_results_print_like_the_report(monkeypatch, 
                                                                     capsys):
     # a finite but huge replacement value (1e100: under the limit where its square
     # overflows, which is refused) makes the retraining non-finite: the distances to it
-    # and its residual are null in the JSON; the summary must print them, not crash
+    # and its residual are not finite in the JSON; the summary must print them, not crash
     real = feature_experiment.run_feature_experiment
 
     def quick(config, data=None):  # fewer L-BFGS rounds: the same failure, faster
@@ -260,12 +261,15 @@ def test_unlearn_features_non_finite_results_print_like_the_report(monkeypatch, 
     lines = captured.err.strip().splitlines()
     written = _strict_json((out / "features_wine.json").read_text())
     assert _strict_json(document) == written
-    assert written["retrained"]["residual"] is None  # the overflow happened
-    assert written["original"]["distance_retrained"] is None
+    # the overflow happened: non-finite, written as the strings "inf" / "nan"
+    assert written["retrained"]["residual"] in NON_FINITE_STRINGS
+    assert written["original"]["distance_retrained"] in NON_FINITE_STRINGS
 
     def shown(value, text):
-        if value is None:
+        if value is None or value == "nan":
             return text == "-"
+        if value in ("inf", "-inf"):
+            return text == value
         return math.isclose(float(text), value, rel_tol=1e-3, abs_tol=1e-12)
 
     rows = {"original": written["original"], "retrained": written["retrained"],
