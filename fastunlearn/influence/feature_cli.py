@@ -75,7 +75,7 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def _num(value: Any, spec: str = ".4g") -> str:
-    """Format a result number as the Markdown report does (None, i.e. non-finite: ``-``)."""
+    """Format a result number as the Markdown report does (None or NaN: ``-``, inf: ``inf``)."""
     from ..report import format_value
 
     return format_value(value, spec)
