@@ -304,21 +304,43 @@ def select_columns(X: Tensor, k: int, model: nn.Linear | None = None) -> list[in
     """Pick the ``k`` most used columns: most non-zero rows, ties (dense data) by weight norm.
 
     Args:
-        X: Tensor[N, F], training features.
-        k: How many (clipped to F).
-        model: Trained linear model; its per-column weight norm breaks ties.
+        X: Tensor[N, F], training features (at least one column).
+        k: How many, >= 1 (clipped to F: a larger ``k`` returns every column).
+        model: Trained linear model on the F features; its per-column weight norm breaks
+            ties.
 
     Returns:
         Sorted column indices.
 
+    Raises:
+        TypeError: ``X`` is not a 2-D tensor, ``k`` not an int (a bool neither) or
+            ``model`` not an ``nn.Linear``.
+        ValueError: ``X`` has no column, ``k < 1``, or ``model`` takes another number of
+            features than ``X`` has.
+
     """
+    if not isinstance(X, Tensor) or X.dim() != 2:
+        shape = tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__
+        raise TypeError(f"'X' must be a 2-D tensor [N, F], got {shape}")
+    if X.shape[1] == 0:
+        raise ValueError("'X' has no column to select")
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"'k' must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"'k' must be >= 1, got {k}")
+    if model is not None:
+        if not isinstance(model, nn.Linear):
+            raise TypeError(f"'model' must be an nn.Linear or None, got {type(model).__name__}")
+        if model.in_features != X.shape[1]:
+            raise ValueError(f"'model' takes {model.in_features} features, 'X' has "
+                             f"{X.shape[1]} columns")
     counts = (X != 0).sum(dim=0).to(torch.float64)
     score = counts.clone()
     if model is not None:
         w = model.weight.detach().norm(dim=0).to(torch.float64)
         score = counts + w / (1.0 + float(w.max()))  # < 1: only breaks ties between counts
     order = torch.argsort(score, descending=True, stable=True)
-    return sorted(int(c) for c in order[: min(k, X.shape[1])])
+    return sorted(int(c) for c in order[: min(int(k), X.shape[1])])
 
 
 def _flat_params(model: nn.Module) -> Tensor:

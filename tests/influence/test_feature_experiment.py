@@ -4,8 +4,10 @@ import argparse
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fastunlearn.influence import feature_cli
 from fastunlearn.influence.feature_experiment import (
@@ -112,6 +114,35 @@ def test_select_columns_most_non_zero():
     X = torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 3.0, 0.0, 1.0], [1.0, 1.0, 0.0, 1.0]])
     assert select_columns(X, 2) == [1, 3]
     assert select_columns(X, 10) == [0, 1, 2, 3]
+    assert select_columns(X, np.int64(1)) == [1]
+
+
+def test_select_columns_ties_broken_by_the_models_weight_norm():
+    X = torch.ones(3, 3)
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.1, 2.0, 0.5], [0.1, 0.0, 0.5]]))
+    assert select_columns(X, 1, model) == [1]
+    assert select_columns(X, 2, model) == [1, 2]
+
+
+# old: k = -1 returned all columns but one and k = 0 none, a 1-D X raised IndexError, an
+# array X a TypeError from torch, a str k a comparison error
+@pytest.mark.parametrize(("X", "k", "model", "error", "match"), [
+    (torch.ones(2, 3), 0, None, ValueError, "'k' must be >= 1, got 0"),
+    (torch.ones(2, 3), -1, None, ValueError, "'k' must be >= 1, got -1"),
+    (torch.ones(2, 3), True, None, TypeError, "'k' must be an int, got bool"),
+    (torch.ones(2, 3), 2.5, None, TypeError, "'k' must be an int, got float"),
+    (torch.ones(2, 3), "2", None, TypeError, "'k' must be an int, got str"),
+    (torch.ones(3), 1, None, TypeError, r"'X' must be a 2-D tensor \[N, F\], got \(3,\)"),
+    (np.ones((2, 3)), 1, None, TypeError, "'X' must be a 2-D tensor .*ndarray"),
+    (torch.ones(2, 0), 1, None, ValueError, "'X' has no column"),
+    (torch.ones(2, 3), 1, nn.Linear(4, 2), ValueError, "'model' takes 4 features, 'X' has 3"),
+    (torch.ones(2, 3), 1, nn.Conv1d(3, 2, 1), TypeError, "'model' must be an nn.Linear"),
+])
+def test_select_columns_refuses_bad_arguments(X, k, model, error, match):
+    with pytest.raises(error, match=match):
+        select_columns(X, k, model)
 
 
 def _parse(argv):
