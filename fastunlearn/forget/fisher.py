@@ -121,11 +121,16 @@ def fisher_diagonal(
         batch_size: Examples per vectorised per-sample gradient computation.
         kind: ``"empirical"``: squared per-example gradients of ``log p(y_true | x)``;
             ``"expected"``: ``sum_k p(k | x) (d log p(k | x))^2``.
-        num_classes: If given, every label is checked to lie in ``0 .. num_classes - 1``.
+        num_classes: Every label is checked to lie in ``0 .. num_classes - 1``; None: the
+            model's outputs (from the first batch).
         progress: Show a progress bar.
 
     Returns:
         ``{parameter name: tensor of the parameter's shape}`` for every trainable parameter.
+
+    Raises:
+        ValueError: ``kind`` is unknown, ``batch_size < 1``, or a label of ``dataset`` is
+            outside the classes.
 
     """
     if kind not in _FISHER_KINDS:
@@ -162,8 +167,10 @@ def fisher_diagonal(
         loader = make_loader(dataset, batch_size, shuffle=False)
         for x, y in iterate(loader, progress=progress, desc="fisher"):
             x, y = x.to(device), y.to(device)
-            if num_classes is not None:
-                check_batch_labels(y, num_classes, "retain")
+            if num_classes is None:  # the model's outputs (old: an IndexError from the loss)
+                with torch.no_grad():
+                    num_classes = int(model(x[:1]).shape[1])
+            check_batch_labels(y, num_classes, "dataset")
             y = y.long()  # int32 / uint8 labels: cross-entropy's gather needs int64
             if kind == "empirical":
                 g = per_sample(params, x, y)

@@ -152,7 +152,14 @@ def weighted_loss(outputs: Tensor, targets: Tensor) -> Tensor:
     """Return the per-row weighted summed cross-entropy.
 
     ``targets[:, 0]`` holds the label and ``targets[:, 1]`` the row's weight.
+
+    Raises:
+        ValueError: ``targets`` is not ``[N, 2]`` for the ``N`` rows of ``outputs``.
+
     """
+    if targets.dim() != 2 or targets.shape[1] != 2 or targets.shape[0] != outputs.shape[0]:
+        raise ValueError(f"'targets' must be [N, 2] (label, weight) for the {outputs.shape[0]} "
+                         f"rows of 'outputs', got shape {tuple(targets.shape)}")
     ce = F.cross_entropy(outputs, targets[:, 0].long(), reduction="none")
     return (targets[:, 1].to(ce.dtype) * ce).sum()
 

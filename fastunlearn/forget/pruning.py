@@ -89,11 +89,25 @@ def movement_masks(
         ``{parameter name: bool mask}``.
 
     Raises:
+        TypeError: ``original`` or ``moved`` is not an ``nn.Module``.
+        ValueError: ``quantile`` is not in [0, 1], or ``moved`` lacks one of the weights
+            or holds it in another shape.
         RuntimeError: If a movement is not finite (the moved copy's training diverged;
             its NaN quantile would silently select nothing).
 
     """
+    for name, model in (("original", original), ("moved", moved)):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"'{name}' must be an nn.Module, got {type(model).__name__}")
+    quantile = check_fraction("quantile", quantile, allow_zero=True)
     moved_params = dict(moved.named_parameters())
+    for name, w in original.named_parameters():
+        if w.dim() < 2 or (names is not None and name not in names):
+            continue
+        if name not in moved_params or moved_params[name].shape != w.shape:
+            got = tuple(moved_params[name].shape) if name in moved_params else "nothing"
+            raise ValueError(f"'moved' must have the architecture of 'original': its "
+                             f"{name!r} is {got}, not {tuple(w.shape)}")
     masks = {}
     for name, w in original.named_parameters():
         if w.dim() < 2 or (names is not None and name not in names):

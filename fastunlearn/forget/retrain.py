@@ -72,12 +72,15 @@ def reinitialize(model: nn.Module) -> nn.Module:
     parameters are frozen (frozen values are restored after the resets).
 
     Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
         ValueError: If a trainable parameter belongs to a module without
             ``reset_parameters`` (it would keep its trained value and leak the forget set
             into the "oracle"); nothing is reset then. Frozen parameters of such modules
             are fine (kept).
 
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
     kept: list[tuple[nn.Module, str, Tensor, bool]] = []  # (module, name, value, is_param)
     for module in model.modules():
         own = list(module.named_parameters(recurse=False))

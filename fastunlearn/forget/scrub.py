@@ -35,6 +35,7 @@ from ._common_b import (
 )
 from .base import (
     ForgetConfig,
+    _check_float,
     clone_model,
     iterate,
     make_loader,
@@ -119,7 +120,25 @@ class ScrubConfig(ForgetConfig):
 
 
 def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over the batch (Hinton's KD loss)."""
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over the batch (Hinton's KD loss).
+
+    Raises:
+        TypeError: A logits argument is not a tensor, or ``temperature`` not a number.
+        ValueError: The logits are not 2-D ``[batch, classes]`` of the same shape, or
+            ``temperature`` is not finite and > 0.
+
+    """
+    for name, logits in (("student_logits", student_logits),
+                         ("teacher_logits", teacher_logits)):
+        if not isinstance(logits, Tensor):
+            raise TypeError(f"'{name}' must be a tensor, got {type(logits).__name__}")
+        if logits.dim() != 2:
+            raise ValueError(f"'{name}' must be [batch, classes], got shape "
+                             f"{tuple(logits.shape)}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"'student_logits' {tuple(student_logits.shape)} and "
+                         f"'teacher_logits' {tuple(teacher_logits.shape)} differ in shape")
+    temperature = _check_float("temperature", temperature, 0.0, strict=True)
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)

@@ -196,7 +196,13 @@ def unsir_noise_set(
         ``(noise [len(classes) * noise_size, *shape], labels)`` on the CPU; block ``i`` holds
         the noise of ``classes[i]`` and is labelled ``classes[i]``.
 
+    Raises:
+        ValueError: ``classes`` is empty (or a class or ``shape`` does not fit the model,
+            named by the noise's own checks).
+
     """
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__") or not len(classes):
+        raise ValueError(f"'classes' must name at least one forget class, got {classes!r}")
     noises, labels = [], []
     for i, c in enumerate(iterate(classes, progress=config.progress, desc="unsir noise")):
         noise = error_maximizing_noise(

@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from .._atomic_files import write_text
+from .._numbers import is_integer
 from .._numbers import plain_fields as _plain_fields
 from .._process_flags import GLOBAL_RNG_LOCK
-from .arguments import MAX_SEED, _as_float
+from .arguments import MAX_SEED, _as_float, _check_int
 from .update import influence_update
 
 __all__ = [
@@ -179,7 +180,13 @@ def auto_damping(num_affected: int) -> float:
     (8 canaries, 24-character windows, 4 digits), about 780 at 360 (10 canaries, 32, 4),
     about 2,500 at 648 (12 canaries, 48, 6). The smallest accepted dampings of canary
     experiments of those sizes were in (150, 300], (400, 800] and (2400, 3000].
+
+    Raises:
+        TypeError: ``num_affected`` is not an int.
+        ValueError: ``num_affected < 1``.
+
     """
+    num_affected = _check_int("num_affected", num_affected, 1)
     return AUTO_DAMPING_BASE * (num_affected / AUTO_DAMPING_WINDOWS) ** 2
 
 
@@ -197,8 +204,30 @@ def canary_windows(
     Returns:
         Sorted unique int64 start offsets.
 
+    Raises:
+        TypeError: ``ids`` is not a 1-D tensor, ``spans`` not a sequence of ``(a, b)``
+            int pairs, ``seq_len`` or ``stride`` not an int.
+        ValueError: A span is not ``0 <= a < b <= len(ids)``, or ``seq_len`` or
+            ``stride`` is < 1.
+
     """
+    if not isinstance(ids, Tensor) or ids.dim() != 1:
+        shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
+        raise TypeError(f"'ids' must be a 1-D tensor of character ids, got {shape}")
+    seq_len = _check_int("seq_len", seq_len, 1)
+    stride = _check_int("stride", stride, 1)
     n = ids.numel()
+    if isinstance(spans, (str, bytes)) or not hasattr(spans, "__iter__"):
+        raise TypeError(f"'spans' must be a sequence of (a, b) pairs, got "
+                        f"{type(spans).__name__}")
+    spans = list(spans)
+    for span in spans:
+        if not (isinstance(span, (tuple, list)) and len(span) == 2
+                and all(is_integer(v) for v in span)):
+            raise TypeError(f"'spans' must hold (a, b) pairs of ints, got {span!r}")
+        if not 0 <= span[0] < span[1] <= n:
+            raise ValueError(f"'spans' holds {tuple(span)!r}, not 0 <= a < b <= {n} (the "
+                             "length of 'ids')")
     starts: set[int] = set()
     for a, b in spans:
         low, high = max(0, a - seq_len), min(b - 1, n - seq_len - 1)

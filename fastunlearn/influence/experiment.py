@@ -50,6 +50,7 @@ from .._paths import check_path
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._unused_settings import warn_unused_settings
 from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
+from .arguments import MAX_SEED, _check_float, _check_int, _check_tensor
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .unused_settings import repair_rules
@@ -363,7 +364,29 @@ def train_classifier(
     With ``epoch_state`` (:class:`fastunlearn.epoch_state.EpochState`) the training starts
     after the epochs saved there, saves its state after every epoch and removes the file at
     the end; the returned time then includes the earlier runs' epochs.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``X``/``y`` not tensors, ``y`` not
+            integer labels, or a number argument of the wrong type.
+        ValueError: ``X`` and ``y`` differ in length or are empty, ``epochs < 0``,
+            ``batch_size < 1``, ``lr`` not finite and > 0, or ``seed`` outside
+            ``[0, 2**64 - 1]``.
+
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    X, y = _check_tensor("X", X), _check_tensor("y", y)
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"'X' and 'y' must have the same length, got {X.shape[0]} and "
+                         f"{y.shape[0]}")
+    if X.shape[0] == 0:
+        raise ValueError("'X' and 'y' are empty: nothing to train on")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"'y' must hold integer class labels, got {y.dtype}")
+    epochs = _check_int("epochs", epochs, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    lr = _check_float("lr", lr, positive=True)
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
     model.train()

@@ -45,9 +45,20 @@ import torch
 from torch import Tensor, nn
 
 from .._json_data import json_ready
+from .._numbers import is_real
 from .._numbers import plain_fields as _plain_fields
 from .._unused_settings import warn_unused_settings
-from .arguments import MAX_SEED, _as_float
+from .arguments import (
+    MAX_SEED,
+    _as_float,
+    _check_float,
+    _check_inputs,
+    _check_int,
+    _check_target_range,
+    _check_target_type,
+    _check_tensor,
+    _num_outputs,
+)
 from .drivers import predict, replace_features, unlearn_features
 from .experiment import (
     _agg_figure,
@@ -271,9 +282,16 @@ def load_feature_data(dataset: str, *, test_fraction: float = 0.2, seed: int = 0
         A :class:`FeatureData` (CPU, float64).
 
     Raises:
-        ValueError: unknown ``dataset``.
+        TypeError: ``test_fraction`` is not a number or ``seed`` not an int.
+        ValueError: unknown ``dataset``, ``test_fraction`` outside (0, 1) or ``seed``
+            outside ``[0, 2**64 - 1]``.
 
     """
+    if not is_real(test_fraction):
+        raise TypeError(f"'test_fraction' must be a number, got {type(test_fraction).__name__}")
+    if not 0 < _as_float(test_fraction) < 1:
+        raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     if dataset == "digits":
         from ..data import load_digits_dataset
 
@@ -347,8 +365,70 @@ def _flat_params(model: nn.Module) -> Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+def _check_linear_data(X: object, y: object, dtype: torch.dtype,
+                       num_classes: int | None) -> tuple[Tensor, Tensor]:
+    """Check the features ``X`` [N, F] and labels ``y`` [N] of the linear helpers (named).
+
+    ``X`` must be finite and of ``dtype`` (the model's), ``y`` integer labels on ``X``'s
+    device in ``[0, num_classes)`` (not checked when ``num_classes`` is None).
+    """
+    X, y = _check_tensor("X", X), _check_tensor("y", y)
+    if X.dim() != 2:
+        raise ValueError(f"'X' must be 2-D [N, F], got shape {tuple(X.shape)}")
+    if y.dim() != 1:
+        raise ValueError(f"'y' must be 1-D [N], got shape {tuple(y.shape)}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"'X' and 'y' must have the same length, got {X.shape[0]} and "
+                         f"{y.shape[0]}")
+    if not X.is_floating_point():
+        raise TypeError(f"'X' must be floating point, got {X.dtype}")
+    _check_inputs("X", X, dtype, X.device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"'y' must hold integer class labels, got {y.dtype}")
+    _check_target_type("y", y, X.device, class_labels=True)  # its device
+    _check_target_range("y", y, num_classes)
+    return X, y
+
+
+def _check_linear_model(model: object, X: Tensor) -> nn.Linear:
+    """``model`` must be an ``nn.Linear`` with a bias on ``X``'s features and device."""
+    if not isinstance(model, nn.Linear):
+        raise TypeError(f"'model' must be an nn.Linear, got {type(model).__name__}")
+    if model.bias is None:
+        raise ValueError("'model' must have a bias (the objective's linear model does)")
+    if isinstance(X, Tensor) and X.dim() == 2 and X.shape[1] != model.in_features:
+        raise ValueError(f"'model' takes {model.in_features} features, 'X' has "
+                         f"{X.shape[1]} columns")
+    if isinstance(X, Tensor) and X.device != model.weight.device:
+        raise ValueError(f"'X' must be on the model's device {model.weight.device}, got "
+                         f"{X.device}")
+    return model
+
+
 def objective_gradient(model: nn.Module, X: Tensor, y: Tensor, l2: float) -> Tensor:
-    """``grad J(theta; (X, y))`` = summed cross-entropy gradient + ``l2 * theta`` (flat)."""
+    """``grad J(theta; (X, y))`` = summed cross-entropy gradient + ``l2 * theta`` (flat).
+
+    Raises:
+        TypeError: ``model`` has no parameters or mixes dtypes, ``X`` is not a floating
+            tensor of the parameters' dtype, ``y`` does not hold integer labels, or ``l2``
+            is not a number.
+        ValueError: ``X`` is not 2-D and finite or not on the model's device, ``y`` is not
+            1-D of ``X``'s length, a label is outside the model's outputs, or ``l2`` is not
+            finite and >= 0.
+
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    dtypes = {p.dtype for p in model.parameters()}
+    if len(dtypes) != 1:
+        got = sorted(map(str, dtypes)) or "no parameters"
+        raise TypeError(f"'model' must have parameters of one dtype, got {got}")
+    device = next(model.parameters()).device
+    if isinstance(X, Tensor) and X.device != device:
+        raise ValueError(f"'X' must be on the model's device {device}, got {X.device}")
+    X, y = _check_linear_data(X, y, dtypes.pop(), None)
+    _check_target_range("y", y, _num_outputs(model, X))
+    l2 = _check_float("l2", l2)
     g = loss_gradient(model, default_loss, X, y, chunk_size=None)
     return g + l2 * _flat_params(model)
 
@@ -359,7 +439,19 @@ def curvature_step(model: nn.Linear, X: Tensor, y: Tensor, l2: float) -> float:
     ``g = grad J`` (the update's ``G`` when the model minimised the old objective); the
     step minimises the quadratic model of ``J`` along ``-g``. Unlike the drivers' ``"auto"``
     line search it includes the L2 term of ``J``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Linear``, ``X`` not a floating tensor of its
+            dtype, ``y`` not integer labels, ``l2`` not a number.
+        ValueError: ``model`` has no bias or another number of features than ``X``'s
+            columns, ``X`` is not 2-D and finite or not on the model's device, ``y`` is not
+            1-D of ``X``'s length or holds a label outside the model's outputs, ``l2`` is
+            not finite and >= 0.
+
     """
+    model = _check_linear_model(model, X)
+    X, y = _check_linear_data(X, y, model.weight.dtype, model.out_features)
+    l2 = _check_float("l2", l2)
     with torch.no_grad():
         W, b = model.weight, model.bias
         logits = X @ W.T + b
@@ -388,14 +480,30 @@ def fit_linear_model(
 ) -> tuple[nn.Linear, float]:
     """Minimise ``J`` from zero weights with L-BFGS (strong Wolfe) until ``||grad J|| / n <= tol``.
 
+    The model is float64 on ``X``'s device, as ``X`` must be.
+
     Returns:
         ``(model, wall seconds)``.
 
+    Raises:
+        TypeError: ``X`` is not a float64 tensor, ``y`` not integer labels, or a number
+            argument has the wrong type.
+        ValueError: ``X`` is not 2-D and finite, ``y`` is not 1-D of ``X``'s length or
+            holds a label outside ``[0, num_classes)``, ``num_classes < 2``, ``l2`` or
+            ``tol`` not finite and > 0, or ``rounds < 1``.
+
     """
+    num_classes = _check_int("num_classes", num_classes, 2)
+    X, y = _check_linear_data(X, y, torch.float64, num_classes)
+    # l2 > 0: J is then strictly convex and the minimiser exists (not on separable data)
+    l2 = _check_float("l2", l2, positive=True)
+    tol = _check_float("tol", tol, positive=True)
+    rounds = _check_int("rounds", rounds, 1)
     n = X.shape[0]
     # skip_init: a plain nn.Linear would draw (and discard) its random initialisation from
     # the caller's global RNG; the weights start at zero anyway
-    model = nn.utils.skip_init(nn.Linear, X.shape[1], num_classes, dtype=torch.float64)
+    model = nn.utils.skip_init(nn.Linear, X.shape[1], num_classes, dtype=torch.float64,
+                               device=X.device)
     nn.init.zeros_(model.weight)
     nn.init.zeros_(model.bias)
     opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=20, history_size=20,

@@ -61,6 +61,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._extension import has_kernel
+from .._numbers import as_int, is_integer
 from .._repr import fields_repr
 from ._checks import as_tensor, check_delta, pair_of_stats, stacked_logits
 from ._reduce import median
@@ -356,8 +357,21 @@ def epsilon_table(n_pos: int, n_neg: int, delta: float = DEFAULT_DELTA,
     Rates ``FP / n_neg`` and ``FN / n_pos`` and the logarithms in float32 as the official
     code computes them; ``inf`` where FP = FN = 0, ``-inf`` (discarded) where exactly one is
     zero or both log terms are nan, otherwise the clipped nan-max of the two log ratios.
+
+    Raises:
+        TypeError: ``n_pos`` or ``n_neg`` is not an int, or ``delta`` not a number.
+        ValueError: ``n_pos`` or ``n_neg`` is < 1 (no rate without examples), or
+            ``delta`` is outside [0, 1).
+
     """
-    return _eps_table(n_pos, n_neg, delta, torch.device(device))
+    counts = []
+    for name, value in (("n_pos", n_pos), ("n_neg", n_neg)):
+        if not is_integer(value):
+            raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
+        if as_int(value) < 1:
+            raise ValueError(f"'{name}' must be >= 1, got {value}")
+        counts.append(as_int(value))
+    return _eps_table(counts[0], counts[1], check_delta(delta), torch.device(device))
 
 
 def _single_grids(r: Tensor, u: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:

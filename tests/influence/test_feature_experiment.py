@@ -145,6 +145,64 @@ def test_select_columns_refuses_bad_arguments(X, k, model, error, match):
         select_columns(X, k, model)
 
 
+
+def _linear_problem():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    return X, torch.arange(12) % 3
+
+
+# old: float32 features were a dtype RuntimeError from a matmul, labels out of range an
+# IndexError, NaN features or a negative l2 silently fitted a broken model, rounds=0 and
+# num_classes=1 returned an unfitted one
+@pytest.mark.parametrize(("change", "error", "match"), [
+    ({"X": "float32"}, TypeError, "'X' must have the parameters' dtype torch.float64"),
+    ({"X": "nan"}, ValueError, "'X' contains non-finite values"),
+    ({"X": "numpy"}, TypeError, "'X' must be a torch.Tensor, got ndarray"),
+    ({"X": "1-D"}, ValueError, r"'X' must be 2-D \[N, F\]"),
+    ({"y": "float"}, TypeError, "'y' must hold integer class labels, got torch.float64"),
+    ({"y": "out"}, ValueError, r"'y' holds labels in \[5, 7\]"),
+    ({"y": "short"}, ValueError, "'X' and 'y' must have the same length, got 12 and 4"),
+    ({"num_classes": 1}, ValueError, "'num_classes' must be >= 2, got 1"),
+    ({"l2": -1.0}, ValueError, "'l2' must be finite and > 0, got -1.0"),
+    ({"l2": 0.0}, ValueError, "'l2' must be finite and > 0, got 0.0"),
+    ({"tol": math.nan}, ValueError, "'tol' must be finite and > 0"),
+    ({"rounds": 0}, ValueError, "'rounds' must be >= 1, got 0"),
+])
+def test_fit_linear_model_refuses_bad_arguments(change, error, match):
+    X, y = _linear_problem()
+    X = {"float32": X.float(), "nan": X * math.nan, "numpy": X.numpy(), "1-D": X[:, 0]}.get(
+        change.get("X"), X)
+    y = {"float": y.double(), "out": y + 5, "short": y[:4]}.get(change.get("y"), y)
+    kwargs = {k: v for k, v in change.items() if k not in ("X", "y")}
+    num_classes, l2 = kwargs.pop("num_classes", 3), kwargs.pop("l2", 1.0)
+    with pytest.raises(error, match=match):
+        fit_linear_model(X, y, num_classes, l2, **kwargs)
+
+
+def test_linear_helpers_check_their_model_and_data():
+    X, y = _linear_problem()
+    model, _ = fit_linear_model(X, y, 3, 1.0)
+    before = [p.clone() for p in model.parameters()]
+    for helper in (curvature_step, objective_gradient):
+        with pytest.raises(ValueError, match=r"'y' holds labels in \[5, 7\], outside the "
+                                             r"model's 3 classes"):
+            helper(model, X, y + 5, 1.0)
+        with pytest.raises(TypeError, match="'X' must have the parameters' dtype"):
+            helper(model, X.float(), y, 1.0)
+        with pytest.raises(ValueError, match="'l2' must be finite and >= 0, got inf"):
+            helper(model, X, y, math.inf)
+    with pytest.raises(ValueError, match="'model' takes 3 features, 'X' has 2 columns"):
+        curvature_step(model, X[:, :2], y, 1.0)
+    with pytest.raises(TypeError, match="'model' must be an nn.Linear, got Sequential"):
+        curvature_step(nn.Sequential(model), X, y, 1.0)
+    with pytest.raises(TypeError, match="'model' must have parameters of one dtype, got no"):
+        objective_gradient(nn.ReLU(), X, y, 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # any module works for the gradient: the same as the bare linear model's
+    assert torch.equal(objective_gradient(nn.Sequential(model), X, y, 1.0),
+                       objective_gradient(model, X, y, 1.0))
+
 def _parse(argv):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
