@@ -206,8 +206,10 @@ def test_bad_inputs_raise_naming_the_argument(device):
         OP(r, u, grid, off, tu, tr)
     with pytest.raises(TypeError, match="'table_u'"):
         OP(r, u, grid, off, tr, tu.double())
+    # a table of the shape no retrained example needs (epsilon_table refuses 0 examples)
+    empty_table = torch.zeros(7, 1, dtype=torch.float32, device=device)
     with pytest.raises(ValueError, match="'retrained'"):
-        OP(r[:, :0], u, grid, off, epsilon_table(0, 6), tu)
+        OP(r[:, :0], u, grid, off, empty_table, tu)
     bad = r.clone()
     bad[1, 2] = math.nan
     with pytest.raises(ValueError, match="'retrained'"):
