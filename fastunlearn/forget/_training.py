@@ -145,15 +145,14 @@ class SGDConfig(ForgetConfig):
         """Return the ``gamma`` / ``milestones`` warnings of :meth:`conditional_warnings`."""
         if self.scheduler == "multistep":
             if not self.milestones:
-                names = self._set_fields(("gamma",), given)
                 why = ("with scheduler='multistep' and milestones=() (the factor applied at "
                        "each milestone)")
             elif self.epochs > 0 and all(m >= self.epochs for m in self.milestones):
-                names = self._set_fields(("gamma",), given)
                 why = (f"with epochs={self.epochs} and milestones={self.milestones!r} (no "
                        "milestone is reached)")
             else:
                 return []
+            names = self._set_fields(("gamma",), given)
         else:
             names = [n for n in self._set_fields(("gamma", "milestones"), given)
                      if n != "milestones" or self.milestones or n in given]

@@ -68,6 +68,17 @@ def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
         )
 
 
+def _check_labelled_rows(X: object, y: object) -> tuple[Tensor, Tensor]:
+    """``X`` and ``y`` as tensors of the same length, ``y`` integer class labels (named)."""
+    X, y = _check_tensor("X", X), _check_tensor("y", y)
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"'X' and 'y' must have the same length, got {X.shape[0]} and "
+                         f"{y.shape[0]}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"'y' must hold integer class labels, got {y.dtype}")
+    return X, y
+
+
 def _check_float(name: str, value: object, *, positive: bool = False) -> float:
     if not is_real(value):  # Python or NumPy real, not a bool
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")

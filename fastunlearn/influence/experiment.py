@@ -50,7 +50,7 @@ from .._paths import check_path
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._unused_settings import warn_unused_settings
 from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
-from .arguments import MAX_SEED, _check_float, _check_int, _check_tensor
+from .arguments import MAX_SEED, _check_float, _check_int, _check_labelled_rows
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .unused_settings import repair_rules
@@ -375,14 +375,9 @@ def train_classifier(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
-    X, y = _check_tensor("X", X), _check_tensor("y", y)
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"'X' and 'y' must have the same length, got {X.shape[0]} and "
-                         f"{y.shape[0]}")
+    X, y = _check_labelled_rows(X, y)
     if X.shape[0] == 0:
         raise ValueError("'X' and 'y' are empty: nothing to train on")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"'y' must hold integer class labels, got {y.dtype}")
     epochs = _check_int("epochs", epochs, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     lr = _check_float("lr", lr, positive=True)

@@ -54,9 +54,8 @@ from .arguments import (
     _check_float,
     _check_inputs,
     _check_int,
+    _check_labelled_rows,
     _check_target_range,
-    _check_target_type,
-    _check_tensor,
     _num_outputs,
 )
 from .drivers import predict, replace_features, unlearn_features
@@ -372,20 +371,16 @@ def _check_linear_data(X: object, y: object, dtype: torch.dtype,
     ``X`` must be finite and of ``dtype`` (the model's), ``y`` integer labels on ``X``'s
     device in ``[0, num_classes)`` (not checked when ``num_classes`` is None).
     """
-    X, y = _check_tensor("X", X), _check_tensor("y", y)
+    X, y = _check_labelled_rows(X, y)
     if X.dim() != 2:
         raise ValueError(f"'X' must be 2-D [N, F], got shape {tuple(X.shape)}")
     if y.dim() != 1:
         raise ValueError(f"'y' must be 1-D [N], got shape {tuple(y.shape)}")
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"'X' and 'y' must have the same length, got {X.shape[0]} and "
-                         f"{y.shape[0]}")
     if not X.is_floating_point():
         raise TypeError(f"'X' must be floating point, got {X.dtype}")
     _check_inputs("X", X, dtype, X.device)
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"'y' must hold integer class labels, got {y.dtype}")
-    _check_target_type("y", y, X.device, class_labels=True)  # its device
+    if y.device != X.device:
+        raise ValueError(f"'y' must be on the device of 'X' {X.device}, got {y.device}")
     _check_target_range("y", y, num_classes)
     return X, y
 
