@@ -20,7 +20,9 @@ same with the row's quantities, its Woodbury column, the end of each CG step and
 pipelined commit fused into one op each (``ours_graph_fused_*``: ``certified_start_``,
 ``certified_woodbury_row_``, ``certified_cg_tail_``, ``certified_commit_``; the default since
 they were measured on an H200, 2026-11-30, so ``auto`` times them too; the other graph
-variants run without them), row by row (``ours_graph_rowwise_*``: one
+variants run without them), the same with glm_hvp's one-pass kernel for the products with the
+Hessian (``ours_graph_fused_onepass_*``: ``FASTUNLEARN_GLM_HVP=onepass`` around that variant's
+calls; opt-in until measured), row by row (``ours_graph_rowwise_*``: one
 device read per row), row by row without the CG iteration chained into the start's graph
 (``ours_graph_unchained_*``) and with the general step (``ours_general_*``). A failure of
 one of these optional variants is recorded (``ours_<label>_error``), not fatal (on CUDA a
@@ -47,11 +49,13 @@ On CUDA at the full size ours remove ``CUDA_FULL_REMOVALS`` rows (past two refre
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -89,6 +93,8 @@ BLOCK = 5
 RUN_BLOCK = 50
 #: Our solvers timed: the default (``auto``: Cholesky up to 2048 features) and CG.
 SOLVERS = ("auto", "cg")
+#: the environment variable that selects glm_hvp's one-pass CUDA kernel ("onepass")
+ONEPASS_ENV = "FASTUNLEARN_GLM_HVP"
 
 #: Our timed removals per case at the full size on CUDA: past two refreshes of the factors
 #: (the Woodbury buffers hold 256 rows), so ``*_mean_*`` includes what they cost.
@@ -275,7 +281,31 @@ def variants(device: torch.device) -> list[tuple[str, str | None, str]]:
         # bench/device_run.sh when their CUDA tests fail) leaves them out
         if os.environ.get("FASTUNLEARN_BENCH_NO_FUSED") != "1":
             out.append(("auto", "graph-fused", "graph_fused"))
+            # the same with glm_hvp's one-pass kernel (FASTUNLEARN_GLM_HVP=onepass, opt-in
+            # until measured); FASTUNLEARN_BENCH_NO_ONEPASS=1 leaves it out
+            if os.environ.get("FASTUNLEARN_BENCH_NO_ONEPASS") != "1":
+                out.append(("auto", "graph-fused", "graph_fused_onepass"))
     return out
+
+
+@contextlib.contextmanager
+def hvp_kernel_for(label: str) -> Iterator[None]:
+    """Select glm_hvp's CUDA kernel for a variant's calls: the one-pass kernel for labels
+    ending in ``_onepass`` (``FASTUNLEARN_GLM_HVP=onepass``), the two GEMMs otherwise; the
+    variable's previous value is restored afterwards. A CUDA graph keeps the kernel it was
+    captured with, so the variant's first removal (which captures) must run inside too."""
+    saved = os.environ.get(ONEPASS_ENV)
+    if label.endswith("_onepass"):
+        os.environ[ONEPASS_ENV] = "onepass"
+    else:
+        os.environ.pop(ONEPASS_ENV, None)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ONEPASS_ENV, None)
+        else:
+            os.environ[ONEPASS_ENV] = saved
 
 
 def configure(model: Any, fixed_step: str) -> None:
@@ -286,8 +316,9 @@ def configure(model: Any, fixed_step: str) -> None:
     ``"graph-fused"``: pipelined, with the row's quantities (``certified_start_``), its
     Woodbury column (``certified_woodbury_row_``), the end of each CG step
     (``certified_cg_tail_``) and the guarded commit (``certified_commit_``) as one op each.
+    A ``"-onepass"`` suffix changes nothing here (:func:`hvp_kernel_for` selects the kernel).
     """
-    mode, _, how = fixed_step.partition("-")
+    mode, _, how = fixed_step.removesuffix("-onepass").partition("-")
     model._fixed_step_mode = mode
     model._pipeline_removals = how in ("", "fused")
     model._chain_iterations = how != "unchained"
@@ -350,7 +381,8 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
         if fixed_step is not None:  # the single-row CG step as replayed CUDA graphs
             configure(m, fixed_step)
         try:
-            m.remove(int(order[0]))  # warm-up
+            with hvp_kernel_for(label):
+                m.remove(int(order[0]))  # warm-up
         except Exception as err:  # noqa: BLE001 - an optional variant must not sink the case
             if fixed_step is None and not lenient:
                 raise
@@ -375,9 +407,10 @@ def run_case(name: str, n: int, d: int, k: int, ours_count: int, ref_count: int,
                 if label in failed:
                     continue
                 try:
-                    times[label].append(_timed(
-                        lambda m=m, rows=rows, reports=reports: reports.append(m.remove(rows)),
-                        device) / len(rows))
+                    with hvp_kernel_for(label):
+                        times[label].append(_timed(
+                            lambda m=m, rows=rows, reports=reports: reports.append(
+                                m.remove(rows)), device) / len(rows))
                 except Exception as err:  # noqa: BLE001 - see the warm-up
                     if label in SOLVERS and not lenient:
                         raise
@@ -479,6 +512,9 @@ def print_results(records: list[dict[str, Any]]) -> None:
         if "ours_graph_fused_per_s" in rec:
             print(f"  {rec['case']}: with the fused ops (start, Woodbury row, CG tail, commit) "
                   f"{rec['ours_graph_fused_per_s']:.1f} removals/s (median block)")
+        if "ours_graph_fused_onepass_per_s" in rec:
+            print(f"  {rec['case']}: with the fused ops and glm_hvp's one-pass kernel "
+                  f"{rec['ours_graph_fused_onepass_per_s']:.1f} removals/s (median block)")
         if "ours_graph_rowwise_per_s" in rec:
             print(f"  {rec['case']}: row by row (no pipelined runs) "
                   f"{rec['ours_graph_rowwise_per_s']:.1f} removals/s (median block)")

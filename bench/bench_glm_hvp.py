@@ -8,10 +8,19 @@ d = 784 in float32. The peer is PyTorch's ``torch.addmm(V, X.T, S * (X @ V), bet
 Byte model: the op is memory-bound for small K (performance.md section 5.3), so throughput
 is reported as ``n * d * itemsize`` bytes (X read once, the floor of a fused kernel) per
 second, and on CUDA as a percentage of the H100's 3.35 TB/s.
+
+On CUDA the sweep also runs float64 (the certified removal's dtype; K = 10 is MNIST's
+one-vs-rest) and times a third implementation there: the op with
+``FASTUNLEARN_GLM_HVP=onepass`` (the opt-in one-pass tensor-core kernel, X read once), in the
+same round-robin as the op's default two GEMMs and the torch peer. The variable is set and
+cleared by untimed set-up calls, so those two run one call per sample.
+``FASTUNLEARN_BENCH_NO_ONEPASS=1`` leaves the one-pass column out (``bench/device_run.sh``
+sets it when the one-pass kernel's CUDA tests fail).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -39,16 +48,23 @@ SIZES: dict[str, tuple[int, int, tuple[int, ...]]] = {
     "quick": (60000, 784, (1, 4, 8, 16, 64)),
     "full": (60000, 784, (1, 4, 8, 16, 64)),
 }
+#: K of the float64 rows on CUDA (the one-pass kernel takes K <= 16)
+FLOAT64_KS: tuple[int, ...] = (1, 8, 10, 16)
+#: the environment variable (and value) that selects the one-pass CUDA kernel
+ONEPASS_ENV = ("FASTUNLEARN_GLM_HVP", "onepass")
 
 COLUMNS = [
     ("n", "n", "d"),
     ("d", "d", "d"),
     ("K", "K", "d"),
+    ("dtype", "dtype", "s"),
     ("ours_ms", "ours ms", ".3f"),
     ("ours_iqr_ms", "±iqr", ".3f"),
     ("torch_ms", "torch ms", ".3f"),
     ("torch_iqr_ms", "±iqr", ".3f"),
     ("ratio_torch", "torch/ours", ".2f"),
+    ("onepass_ms", "1-pass ms", ".3f"),
+    ("ratio_onepass_torch", "torch/1-pass", ".2f"),
     ("ours_gbps", "ours GB/s", ".1f"),
     ("torch_gbps", "torch GB/s", ".1f"),
     ("ours_pct_hbm", "% HBM", ".1f"),
@@ -72,16 +88,56 @@ def make_inputs(
     return X.to(device), S.to(device), V.to(device)
 
 
-def run_case(n: int, d: int, K: int, device: torch.device, **opts: Any) -> dict[str, Any]:
-    """Check, then time glm_hvp against the peer for one (n, d, K); return the record."""
+def _set_onepass(on: bool) -> None:
+    """Select the one-pass CUDA kernel (or the default two GEMMs) for the next calls."""
+    name, value = ONEPASS_ENV
+    if on:
+        os.environ[name] = value
+    else:
+        os.environ.pop(name, None)
+
+
+def run_case(
+    n: int,
+    d: int,
+    K: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    onepass: bool = False,
+    **opts: Any,
+) -> dict[str, Any]:
+    """Check, then time glm_hvp against the peer for one (n, d, K); return the record.
+
+    With ``onepass``, the op with ``FASTUNLEARN_GLM_HVP=onepass`` is checked and timed too
+    (``onepass_*`` fields); the variable's previous value is restored afterwards.
+    """
     from fastunlearn.ops import glm_hvp
 
-    X, S, V = make_inputs(n, d, K, device)
+    X, S, V = make_inputs(n, d, K, device, dtype)
     expected = torch_hvp(X, S, V, LAM)
-    err = check_close(glm_hvp(X, S, V, LAM), expected, rtol=1e-3,
-                      atol=scaled_atol(expected, 1e-4), what=f"{NAME} n={n} d={d} K={K}")
-    res = compare({"ours": lambda: glm_hvp(X, S, V, LAM),
-                   "torch": lambda: torch_hvp(X, S, V, LAM)}, device, **opts)
+    rtol, atol = (1e-3, 1e-4) if dtype == torch.float32 else (1e-10, 1e-11)
+    what = f"{NAME} n={n} d={d} K={K} {str(dtype).removeprefix('torch.')}"
+    impls = {"ours": lambda: glm_hvp(X, S, V, LAM), "torch": lambda: torch_hvp(X, S, V, LAM)}
+    setups = {}
+    name, _ = ONEPASS_ENV
+    saved = os.environ.get(name)
+    try:
+        _set_onepass(False)
+        err = check_close(glm_hvp(X, S, V, LAM), expected, rtol=rtol,
+                          atol=scaled_atol(expected, atol), what=what)
+        onepass_err = None
+        if onepass:
+            _set_onepass(True)
+            onepass_err = check_close(glm_hvp(X, S, V, LAM), expected, rtol=rtol,
+                                      atol=scaled_atol(expected, atol), what=f"{what} one-pass")
+            impls["onepass"] = lambda: glm_hvp(X, S, V, LAM)
+            setups = {"ours": lambda: _set_onepass(False), "onepass": lambda: _set_onepass(True)}
+        res = compare(impls, device, setups=setups, **opts)
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
     ours, peer = res["ours"].timing, res["torch"].timing
     nbytes = n * d * X.element_size()
     rec: dict[str, Any] = {
@@ -94,9 +150,21 @@ def run_case(n: int, d: int, K: int, device: torch.device, **opts: Any) -> dict[
         "torch_gbps": nbytes / peer.median / 1e9,
         "max_abs_err": err,
     }
+    if onepass:
+        one = res["onepass"].timing
+        rec.update({
+            "onepass_ms": one.ms, "onepass_iqr_ms": one.iqr_ms,
+            "ratio_onepass_torch": ratio(peer.median, one.median),
+            "ratio_onepass_ours": ratio(ours.median, one.median),
+            "onepass_gbps": nbytes / one.median / 1e9,
+            "onepass_max_abs_err": onepass_err,
+        })
     if device.type == "cuda":
         rec["ours_pct_hbm"] = 100 * nbytes / ours.median / H100_HBM_BYTES_PER_S
         rec["torch_pct_hbm"] = 100 * nbytes / peer.median / H100_HBM_BYTES_PER_S
+        if onepass:
+            one_s = res["onepass"].timing.median
+            rec["onepass_pct_hbm"] = 100 * nbytes / one_s / H100_HBM_BYTES_PER_S
     return rec
 
 
@@ -121,8 +189,14 @@ def run(
     size = resolve_preset(quick, preset)
     require_op(NAME, dev)
     n, d, Ks = SIZES[size]
+    opts = timing_options(size)
     with no_tf32():
-        return [run_case(n, d, K, dev, **timing_options(size)) for K in Ks]
+        records = [run_case(n, d, K, dev, **opts) for K in Ks]
+        if dev.type == "cuda":
+            onepass = os.environ.get("FASTUNLEARN_BENCH_NO_ONEPASS", "0") in ("", "0")
+            records += [run_case(n, d, K, dev, torch.float64, onepass=onepass, **opts)
+                        for K in FLOAT64_KS]
+    return records
 
 
 def print_results(records: list[dict[str, Any]]) -> None:

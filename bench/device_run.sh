@@ -71,7 +71,11 @@ fi
 # of "certified" and "profile" (a bad memory access would poison the other variants' process).
 # (2026-11-30 on an H200, build ~55 s: fused 10, link 4, certified 25, influence 65, tests 30,
 # errors 20, profile 15, forget 30, knn 25, glm_hvp 5, glm_cg 20 seconds; the limits are caps)
-for step in ${STEPS:-fused:45 link:30 certified:120 influence:200 tests:80 errors:60 profile:60 forget:90 knn:110 glm_hvp:40 glm_cg:50}; do
+# "onepass" runs the CUDA tests of glm_hvp's one-pass kernel (FASTUNLEARN_GLM_HVP=onepass,
+# never run on a GPU before; its steps are tested on the host by ctest): if they fail,
+# FASTUNLEARN_BENCH_NO_ONEPASS=1 keeps its variants out of "certified", "profile" and
+# "glm_hvp"; "sanitize" runs compute-sanitizer's four tools on small calls of it.
+for step in ${STEPS:-fused:45 onepass:40 link:30 certified:150 glm_hvp:60 influence:200 sanitize:90 tests:80 errors:60 profile:75 forget:90 knn:110 glm_cg:50}; do
   name=${step%%:*}; seconds=${step##*:}
   stamp "$name (limit $seconds s)"
   case "$name" in
@@ -85,6 +89,9 @@ for step in ${STEPS:-fused:45 link:30 certified:120 influence:200 tests:80 error
                 tests/ops/test_certified_start.py tests/ops/test_certified_woodbury.py
                 tests/ops/test_certified_commit.py tests/ops/test_certified_tail.py
                 tests/certified/test_pipelined.py) ;;
+    onepass) cmd=($PY -m pytest -m cuda -q -p no:cacheprovider --timeout 60 -x
+                  tests/ops/test_glm_hvp_onepass.py) ;;
+    sanitize) cmd=(bash bench/sanitize_glm_hvp.sh) ;;
     profile) cmd=($PY -m bench.profile_certified --device cuda --out "$LOG") ;;
     link) cmd=($PY -m pytest -q -p no:cacheprovider tests/ops/test_cxx_runtime_link.py) ;;
     knn-cpu) cmd=($PY -m bench.run --device cpu --only knn --full) ;;
@@ -96,6 +103,7 @@ for step in ${STEPS:-fused:45 link:30 certified:120 influence:200 tests:80 error
   rc=$?
   echo "$name rc=$rc"
   [ "$name" = fused ] && [ "$rc" != 0 ] && export FASTUNLEARN_BENCH_NO_FUSED=1
+  [ "$name" = onepass ] && [ "$rc" != 0 ] && export FASTUNLEARN_BENCH_NO_ONEPASS=1
   [ "$name" = knn-cpu ] && cp bench/results/knn-cpu.json "$OUT/knn-cpu-host.json" 2>/dev/null
   pack
   tail -12 "$LOG/bench-$name.log"

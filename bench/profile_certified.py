@@ -12,9 +12,10 @@ synthetic MNIST-shaped data, makes a few untimed removals, then:
   host-device synchronisations and copies.
 
 Usage: ``python -m bench.profile_certified --device cuda [--n 60000] [--solver auto]
-[--fixed-step graph,graph-rowwise,off,graph-fused]``: one profile per mode (``off``: the
-general step; ``graph``: the single-row CG step replayed as CUDA graphs, runs of rows
-pipelined; ``graph-fused``: with the fused ops; ``graph-rowwise``: row by
+[--fixed-step graph,graph-rowwise,off,graph-fused,graph-fused-onepass]``: one profile per
+mode (``off``: the general step; ``graph``: the single-row CG step replayed as CUDA graphs,
+runs of rows pipelined; ``graph-fused``: with the fused ops; ``graph-fused-onepass``: the
+same with glm_hvp's one-pass kernel (``FASTUNLEARN_GLM_HVP=onepass``); ``graph-rowwise``: row by
 row; ``cpu``: the compiled CPU step), each on its own copy of the fitted model. The tables
 go to stdout and, with ``--out DIR``, to ``DIR/profile-certified.txt``.
 """
@@ -30,7 +31,13 @@ from typing import Any
 
 import torch
 
-from bench.bench_certified import LAM, configure, removal_order, synthetic_data
+from bench.bench_certified import (
+    LAM,
+    configure,
+    hvp_kernel_for,
+    removal_order,
+    synthetic_data,
+)
 from bench.common import synchronize
 
 REMOVALS = 20
@@ -47,6 +54,8 @@ def default_modes() -> str:
     modes = ["graph", "graph-rowwise", "off"]
     if os.environ.get("FASTUNLEARN_BENCH_NO_FUSED") != "1":
         modes.append("graph-fused")
+        if os.environ.get("FASTUNLEARN_BENCH_NO_ONEPASS") != "1":
+            modes.append("graph-fused-onepass")  # with glm_hvp's one-pass kernel
     return ",".join(modes)
 
 
@@ -87,7 +96,8 @@ def main(argv: list[str] | None = None) -> str:
     for mode in args.fixed_step.split(","):
         copy = type(model).from_state({k: v.clone() for k, v in tensors.items()}, dict(meta))
         configure(copy, mode)
-        sections.append(_profile(copy, X.shape[0], dev, args, fit_s, mode))
+        with hvp_kernel_for(mode.replace("-", "_")):  # "-onepass": FASTUNLEARN_GLM_HVP=onepass
+            sections.append(_profile(copy, X.shape[0], dev, args, fit_s, mode))
     text = "\n\n".join(sections)
     print(text)
     if args.out:

@@ -7,6 +7,7 @@ Each test pins a defect found in an audit of the benchmarks (tiny sizes, CPU, se
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -202,3 +203,38 @@ def test_quick_presets_keep_the_full_presets_shapes_that_pick_code_paths():
     assert bench_knn.SIZES["quick"][2] == bench_knn.SIZES["full"][2]
     assert set(bench_glm_cg.SIZES["quick"]) & set(bench_glm_cg.SIZES["full"])
     assert timing_options("quick")["warmup"] >= 1
+
+
+# ---- glm_hvp's one-pass column --------------------------------------------------------------
+
+
+def test_glm_hvp_onepass_column_checks_times_and_restores_the_environment(monkeypatch):
+    """The one-pass column (a CUDA kernel; on the CPU the variable changes nothing) is checked
+    like the others, timed in the same round-robin, and leaves the variable as it was."""
+    _need("glm_hvp")
+    name, value = bench_glm_hvp.ONEPASS_ENV
+    monkeypatch.setenv(name, "kept")
+    rec = bench_glm_hvp.run_case(600, 40, 10, CPU, torch.float64, onepass=True,
+                                 **timing_options("tiny"))
+    assert rec["dtype"] == "float64"
+    assert rec["onepass_max_abs_err"] < 1e-12 and rec["max_abs_err"] < 1e-12
+    assert rec["onepass_ms"] > 0 and rec["ratio_onepass_torch"] > 0
+    assert os.environ[name] == "kept"
+    monkeypatch.delenv(name)
+    rec = bench_glm_hvp.run_case(600, 40, 2, CPU, **timing_options("tiny"))
+    assert "onepass_ms" not in rec and name not in os.environ
+
+    # a wrong one-pass answer is refused, not timed, and the variable is still restored
+    from fastunlearn import ops
+
+    real = ops.glm_hvp
+
+    def wrong_when_onepass(X, S, V, lam):
+        out = real(X, S, V, lam)
+        return out + 1 if os.environ.get(name) == value else out
+
+    monkeypatch.setattr(ops, "glm_hvp", wrong_when_onepass)
+    with pytest.raises(CorrectnessError, match="one-pass"):
+        bench_glm_hvp.run_case(600, 40, 3, CPU, torch.float64, onepass=True,
+                               **timing_options("tiny"))
+    assert name not in os.environ

@@ -239,17 +239,20 @@ def test_certified_fixed_step_variant_is_timed_and_checked(monkeypatch, capsys):
                         lambda device: [("auto", None, "auto"), ("cg", None, "cg"),
                                         ("cg", "eager", "graph"),
                                         ("cg", "eager-fused", "graph_fused"),
+                                        ("cg", "eager-fused", "graph_fused_onepass"),
                                         ("cg", "eager-rowwise", "graph_rowwise"),
                                         ("cg", "eager-unchained", "graph_unchained")])
     records = _run_tiny("certified")
     for rec in records:
-        for label in ("graph", "graph_fused", "graph_rowwise", "graph_unchained"):
+        for label in ("graph", "graph_fused", "graph_fused_onepass", "graph_rowwise",
+                      "graph_unchained"):
             assert rec[f"ours_{label}_per_s"] > 0
             assert rec[f"weight_rel_diff_{label}"] < bench_certified.WEIGHT_RTOL
         assert rec["ours_graph_replayed"] is False  # eager: no graphs on the CPU
         assert "ours_graph_error" not in rec
     bench_certified.print_results(records)
-    assert "fixed-shape step" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fixed-shape step" in out and "one-pass kernel" in out
 
 
 def test_certified_failing_optional_variant_is_recorded_not_fatal(monkeypatch):
@@ -340,9 +343,16 @@ def test_certified_fused_variants_run_last_and_can_be_left_out(monkeypatch):
 
     cuda = torch.device("cuda")
     monkeypatch.delenv("FASTUNLEARN_BENCH_NO_FUSED", raising=False)
+    monkeypatch.delenv("FASTUNLEARN_BENCH_NO_ONEPASS", raising=False)
     labels = [label for *_, label in bench_certified.variants(cuda)]
-    assert labels[-1] == "graph_fused" and "graph" in labels
+    assert labels[-2:] == ["graph_fused", "graph_fused_onepass"] and "graph" in labels
+    monkeypatch.setenv("FASTUNLEARN_BENCH_NO_ONEPASS", "1")
+    labels = [label for *_, label in bench_certified.variants(cuda)]
+    assert labels[-1] == "graph_fused" and "graph_fused_onepass" not in labels
     assert profile_certified.default_modes().split(",")[-1] == "graph-fused"
+    monkeypatch.delenv("FASTUNLEARN_BENCH_NO_ONEPASS")
+    assert profile_certified.default_modes().split(",")[-2:] == ["graph-fused",
+                                                                "graph-fused-onepass"]
     monkeypatch.setenv("FASTUNLEARN_BENCH_NO_FUSED", "1")
     assert "graph_fused" not in [label for *_, label in bench_certified.variants(cuda)]
     assert "graph-fused" not in profile_certified.default_modes()
@@ -377,3 +387,25 @@ def test_profile_reports_the_device_share_of_the_kernels_alone():
     per_removal = 400.0 * 1e-3 / profile_certified.REMOVALS
     assert f"device busy {per_removal:.3f} ms per removal" in line
     assert f"({100 * per_removal / 0.05:.0f} %)" in line
+
+
+def test_certified_onepass_variant_sets_the_kernel_variable_only_around_its_calls(monkeypatch):
+    """``graph_fused_onepass`` runs its calls with FASTUNLEARN_GLM_HVP=onepass (a CUDA graph
+    keeps the kernel it was captured with); every other variant without it, and the
+    variable's previous value comes back."""
+    import os
+
+    from bench import bench_certified
+
+    name = bench_certified.ONEPASS_ENV
+    monkeypatch.setenv(name, "before")
+    with bench_certified.hvp_kernel_for("graph_fused_onepass"):
+        assert os.environ[name] == "onepass"
+    assert os.environ[name] == "before"
+    with bench_certified.hvp_kernel_for("graph_fused"):
+        assert name not in os.environ
+    assert os.environ[name] == "before"
+    monkeypatch.delenv(name)
+    with pytest.raises(RuntimeError), bench_certified.hvp_kernel_for("x_onepass"):
+        raise RuntimeError
+    assert name not in os.environ

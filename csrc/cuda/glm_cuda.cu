@@ -9,13 +9,35 @@
 // against 0.10-0.33 ms for torch's two full GEMMs: the 12 chunks' 36 launches and skinny
 // GEMMs cost more than the second read of X saves. One chunk is torch's expression plus
 // two small kernels (not yet re-measured on a GPU).
+//
+// FASTUNLEARN_GLM_HVP=onepass (opt-in until a GPU has timed it against the two GEMMs) runs
+// float64 calls with d <= 832 and K <= 16 on an sm_80+ card through a one-pass kernel instead:
+// each row tile of X is read from global memory once and used for both products, on float64
+// tensor cores (csrc/glm_hvp_onepass.h, where the steps are; the host runs the same steps in
+// the C++ unit tests). Other calls take the GEMMs.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_pipeline.h>
+#include <mma.h>
 #include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <utility>
 
 #include "cuda/utils.cuh"
 #include "glm_cg_driver.h"
+#include "glm_hvp_onepass.h"
+
+// float64 tensor-core fragments: sm_80 and newer (and the host pass, which only declares)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define FU_HAS_DMMA 1
+#else
+#define FU_HAS_DMMA 0
+#endif
 
 namespace fastunlearn {
 namespace {
@@ -45,6 +67,162 @@ __global__ void scale_kernel(int64_t numel, T* __restrict__ out, const T* __rest
   }
 }
 
+// ---- the one-pass kernel (FASTUNLEARN_GLM_HVP=onepass) -----------------------------------
+
+namespace op1 = fastunlearn::onepass;
+
+#if FU_HAS_DMMA
+// The 8x8x4 float64 fragments the warp steps of glm_hvp_onepass.h use.
+struct DeviceMma {
+  using ARow = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 8, 8, 4, double,
+                                      nvcuda::wmma::row_major>;
+  using ACol = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 8, 8, 4, double,
+                                      nvcuda::wmma::col_major>;
+  using B = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 8, 8, 4, double,
+                                   nvcuda::wmma::row_major>;
+  using C = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 8, 8, 4, double>;
+  static __device__ __forceinline__ void zero(C& c) { nvcuda::wmma::fill_fragment(c, 0.0); }
+  static __device__ __forceinline__ void load_a_row(ARow& f, const double* p, int ldm) {
+    nvcuda::wmma::load_matrix_sync(f, p, ldm);
+  }
+  static __device__ __forceinline__ void load_a_col(ACol& f, const double* p, int ldm) {
+    nvcuda::wmma::load_matrix_sync(f, p, ldm);
+  }
+  static __device__ __forceinline__ void load_b(B& f, const double* p, int ldm) {
+    nvcuda::wmma::load_matrix_sync(f, p, ldm);
+  }
+  template <typename A>
+  static __device__ __forceinline__ void mma(C& d, const A& a, const B& b, const C& c) {
+    nvcuda::wmma::mma_sync(d, a, b, c);
+  }
+  static __device__ __forceinline__ void store(double* p, const C& c, int ldm) {
+    nvcuda::wmma::store_matrix_sync(p, c, ldm, nvcuda::wmma::mem_row_major);
+  }
+};
+#endif
+
+// One block per SM walks its share of the row tiles; see glm_hvp_onepass.h for the steps.
+template <int Halves>
+__global__ void __launch_bounds__(op1::kThreads, 1)
+    glm_hvp_onepass_kernel(op1::Params p, op1::SharedLayout layout) {
+#if FU_HAS_DMMA
+  extern __shared__ __align__(128) unsigned char onepass_shared[];
+  double* smem = reinterpret_cast<double*>(onepass_shared);
+  const int t = threadIdx.x, w = t / 32;
+  op1::zero_padding(p, smem, layout, t);
+  DeviceMma::B v[op1::kMaxKSteps][Halves];
+  op1::load_v<DeviceMma, Halves>(p, w, v);
+  DeviceMma::C out[op1::kMaxMTiles][Halves];
+#pragma unroll
+  for (int m = 0; m < op1::kMaxMTiles; ++m) {
+#pragma unroll
+    for (int h = 0; h < Halves; ++h) DeviceMma::zero(out[m][h]);
+  }
+  const auto copy = [](double* dst, const double* src) {
+    __pipeline_memcpy_async(dst, src, sizeof(double));
+  };
+  int buffer = 0;
+  int64_t tile = blockIdx.x;
+  if (tile < p.tiles) op1::issue_tile(p, smem, layout, buffer, tile, t, copy);
+  __pipeline_commit();
+  for (; tile < p.tiles; tile += gridDim.x, buffer ^= 1) {
+    const int64_t next = tile + gridDim.x;
+    if (next < p.tiles) op1::issue_tile(p, smem, layout, buffer ^ 1, next, t, copy);
+    __pipeline_commit();
+    __pipeline_wait_prior(1);  // this tile's copies (the next tile's may still be in flight)
+    __syncthreads();
+    op1::first_product<DeviceMma, Halves>(p, smem, layout, buffer, w, v);
+    __syncthreads();
+    op1::finish_rows(p, smem, layout, buffer, tile, t);
+    __syncthreads();
+    op1::second_product<DeviceMma, Halves>(p, smem, layout, buffer, w, out);
+    __syncthreads();  // the buffer is refilled by the next iteration's copies
+  }
+  op1::store_partial<DeviceMma, Halves>(p, blockIdx.x, w, out);
+#endif
+}
+
+__global__ void __launch_bounds__(op1::kThreads)
+    glm_hvp_onepass_reduce_kernel(const double* partial, int64_t blocks, int width, int d,
+                                  int K, const double* V, double* out, double lam) {
+  __shared__ double lane_sums[op1::kThreads];
+  op1::reduce_lanes(partial, blocks, width, d, K, blockIdx.x, threadIdx.x, lane_sums);
+  __syncthreads();
+  op1::finish_reduction(V, out, lam, d, K, blockIdx.x, threadIdx.x, lane_sums);
+}
+
+bool onepass_requested() {
+  const char* mode = std::getenv("FASTUNLEARN_GLM_HVP");
+  return mode != nullptr && std::strcmp(mode, "onepass") == 0;
+}
+
+// Whether this call runs the one-pass kernel: asked for, float64, a shape it takes, and an
+// sm_80+ card with room for its shared memory.
+bool use_onepass(const at::Tensor& X, int64_t K) {
+  if (!onepass_requested() || X.scalar_type() != at::kDouble) return false;
+  if (!op1::fits(X.size(0), X.size(1), K)) return false;
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  if (props->major < 8) return false;
+  const op1::Params p = op1::make_params(X.size(0), static_cast<int>(X.size(1)),
+                                         static_cast<int>(K));
+  return op1::shared_layout(p).total * sizeof(double) <= props->sharedMemPerBlockOptin;
+}
+
+// Lets the kernel use all the shared memory a block may have, once per kernel and device (a
+// host call outside any stream, so the first call may also be inside a graph capture).
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, int halves, const cudaDeviceProp* props) {
+  static std::mutex mutex;
+  static std::set<std::pair<int, int>> done;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (done.insert({device, halves}).second) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(props->sharedMemPerBlockOptin)));
+  }
+}
+
+// X, S contiguous float64 with n > 0; margins [n, K] contiguous or undefined.
+at::Tensor hvp_onepass(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V,
+                       double lam, const at::Tensor& margins, cudaStream_t stream) {
+  const int64_t n = X.size(0), d = X.size(1), K = S.size(1);
+  op1::Params p = op1::make_params(n, static_cast<int>(d), static_cast<int>(K));
+  const op1::SharedLayout layout = op1::shared_layout(p);
+  const size_t shared_bytes = layout.total * sizeof(double);
+  at::Tensor Vp = at::zeros({p.width, op1::kClasses}, V.options());
+  Vp.narrow(0, 0, d).narrow(1, 0, K).copy_(V);
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  const int64_t blocks = std::min<int64_t>(p.tiles, props->multiProcessorCount);
+  at::Tensor partial = at::empty({blocks, p.width, op1::kClasses}, V.options());
+  p.X = X.const_data_ptr<double>();
+  p.S = S.const_data_ptr<double>();
+  p.Vp = Vp.const_data_ptr<double>();
+  p.margins = margins.defined() ? margins.data_ptr<double>() : nullptr;
+  p.partial = partial.data_ptr<double>();
+  const auto launch = [&](auto kernel, int halves) {
+    allow_shared_memory(kernel, halves, props);
+    kernel<<<static_cast<unsigned>(blocks), op1::kThreads, shared_bytes, stream>>>(p, layout);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (K <= 8) {
+    launch(glm_hvp_onepass_kernel<1>, 1);
+  } else {
+    launch(glm_hvp_onepass_kernel<2>, 2);
+  }
+  at::Tensor out = at::empty({d, K}, V.options());
+  const int64_t outputs = d * K;
+  glm_hvp_onepass_reduce_kernel<<<static_cast<unsigned>(cuda::ceil_div(outputs,
+                                                                        op1::kReduceOutputs)),
+                                  op1::kThreads, 0, stream>>>(
+      p.partial, blocks, p.width, p.d, p.K, V.const_data_ptr<double>(), out.data_ptr<double>(),
+      lam);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// ---- the two-GEMM path ------------------------------------------------------------------
+
 void multiply_into(at::Tensor& z, const at::Tensor& s, cudaStream_t stream) {
   const int64_t numel = z.numel();
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "glm_hvp_scale_rows", [&] {
@@ -73,6 +251,9 @@ at::Tensor hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at::Te
   if (out.numel() == 0) {  // d == 0 or K == 0: X V is an empty sum (or has no columns)
     if (margins.defined()) margins.zero_();
     return out;
+  }
+  if (n > 0 && use_onepass(X_in, K)) {
+    return hvp_onepass(X_in.contiguous(), S_in.contiguous(), V, lam, margins, stream);
   }
   const bool gemm_initialises = lam == 0.0 && n > 0;
   if (!gemm_initialises) {

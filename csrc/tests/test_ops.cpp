@@ -11,6 +11,9 @@
 #include <string>
 #include <tuple>
 
+// csrc/tests/test_glm_hvp_onepass.cpp: the one-pass CUDA kernel's steps run on the host.
+int test_glm_hvp_onepass_emulated();
+
 namespace {
 
 using at::Tensor;
@@ -174,12 +177,15 @@ void test_bad_input() {
   expect(threw, "glm_hvp rejects a mismatched S, naming it");
 }
 
+void test_glm_hvp_onepass() { failures += test_glm_hvp_onepass_emulated(); }
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::map<std::string, std::function<void()>> tests = {
       {"glm_hvp", test_glm_hvp},
       {"glm_hvp_margins", test_glm_hvp_margins},
+      {"glm_hvp_onepass", test_glm_hvp_onepass},
       {"glm_hessian", test_glm_hessian},
       {"glm_cg", test_glm_cg},
       {"cg_update", test_cg_update},

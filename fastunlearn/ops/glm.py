@@ -71,11 +71,15 @@ def _check_lam(lam: object) -> float:
 
 
 def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float | np.floating) -> Tensor:
-    """Hessian-vector products of K weighted least-squares/GLM Hessians in one pass over X.
+    """Hessian-vector products of K weighted least-squares/GLM Hessians.
 
-    Column k of the result is ``X^T (S[:, k] * (X V[:, k])) + lam V[:, k]``. Each row chunk of
-    ``X`` is read from memory once and used for both products. Differentiable with respect to
-    ``X``, ``S`` and ``V``.
+    Column k of the result is ``X^T (S[:, k] * (X V[:, k])) + lam V[:, k]``. On the CPU each
+    row block of ``X`` is read from memory once and used for both products. On CUDA the two
+    products are two cuBLAS GEMMs (``X`` read twice); with the environment variable
+    ``FASTUNLEARN_GLM_HVP=onepass`` (opt-in, not yet timed on a GPU) float64 calls with
+    ``d <= 832`` and ``K <= 16`` on sm_80+ cards run a one-pass tensor-core kernel instead,
+    whose results are the same every run. Differentiable with respect to ``X``, ``S`` and
+    ``V``.
 
     Args:
         X (Tensor[n, d]): design matrix (float32 or float64).
@@ -84,9 +88,10 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float | np.floating) -> Tensor
         lam (float): L2 regularisation, >= 0.
 
     Returns:
-        Tensor[d, K]: ``X^T (S * (X V)) + lam V``. On CUDA with ``lam == 0`` the term
-        ``lam V`` is not formed, so an infinite entry of ``V`` can give ``inf`` where the
-        float64 oracle's ``0 * inf`` gives ``NaN`` (non-finite either way).
+        Tensor[d, K]: ``X^T (S * (X V)) + lam V``. On CUDA with ``lam == 0`` the two GEMMs
+        do not form the term ``lam V``, so an infinite entry of ``V`` can give ``inf`` where
+        the float64 oracle's ``0 * inf`` gives ``NaN`` (non-finite either way; the one-pass
+        kernel forms it, as the oracle does).
 
     Raises:
         TypeError: if an argument has the wrong Python type.
@@ -103,7 +108,7 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float | np.floating) -> Tensor
 def glm_hvp_margins(
     X: Tensor, S: Tensor, V: Tensor, lam: float | np.floating
 ) -> tuple[Tensor, Tensor]:
-    """:func:`glm_hvp` and the margins ``X V`` it computes on the way, in one pass over X.
+    """:func:`glm_hvp` and the margins ``X V`` it computes on the way.
 
     A caller that needs both (the certified CG removal step: ``X V`` updates the cached
     margins and enters the bound) saves the second pass ``X @ V`` would cost. Not

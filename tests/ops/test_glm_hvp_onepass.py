@@ -1,0 +1,121 @@
+"""glm_hvp's one-pass CUDA kernel (``FASTUNLEARN_GLM_HVP=onepass``) vs the float64 reference.
+
+The kernel takes float64 calls with d <= 832 and K <= 16 on sm_80+ cards; every other call
+takes the two GEMMs, with or without the variable. Its steps also run on the host in the C++
+unit tests (``ctest -R glm_hvp_onepass``); these tests run the kernel itself (GPU only), and
+check on the CPU that the variable changes nothing there.
+"""
+
+import math
+
+import pytest
+import torch
+
+import fastunlearn  # noqa: F401  (loads the op library)
+from fastunlearn.ops import glm_hvp, glm_hvp_margins, reference
+
+ENV = "FASTUNLEARN_GLM_HVP"
+
+
+def problem(n, d, K, dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=gen, dtype=torch.float64) / math.sqrt(max(d, 1))
+    S = torch.rand(n, K, generator=gen, dtype=torch.float64) * 0.25
+    V = torch.randn(d, K, generator=gen, dtype=torch.float64)
+    return [t.to(dtype=dtype, device=device) for t in (X, S, V)]
+
+
+@pytest.fixture
+def onepass(monkeypatch):
+    monkeypatch.setenv(ENV, "onepass")
+
+
+def test_the_variable_changes_nothing_on_the_cpu(monkeypatch):
+    X, S, V = problem(300, 40, 10)
+    monkeypatch.delenv(ENV, raising=False)
+    want, want_margins = glm_hvp(X, S, V, 0.3), glm_hvp_margins(X, S, V, 0.3)[1]
+    monkeypatch.setenv(ENV, "onepass")
+    assert torch.equal(glm_hvp(X, S, V, 0.3), want)
+    assert torch.equal(glm_hvp_margins(X, S, V, 0.3)[1], want_margins)
+
+
+# shapes: one tile, a short last tile, one and two halves of the classes, the largest d,
+# MNIST's d and K with more tiles than blocks
+SHAPES = [(8, 1, 1), (37, 17, 3), (100, 65, 8), (300, 200, 9), (1001, 832, 16), (20000, 784, 10)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n, d, K", SHAPES)
+@pytest.mark.parametrize("lam", [0.3, 0.0])
+def test_onepass_matches_reference(onepass, n, d, K, lam):
+    X, S, V = problem(n, d, K, device="cuda")
+    want = reference.glm_hvp(X, S, V, lam)
+    got = glm_hvp(X, S, V, lam)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+    out, margins = glm_hvp_margins(X, S, V, lam)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+    want_margins = X @ V
+    torch.testing.assert_close(margins, want_margins, rtol=1e-12,
+                               atol=1e-12 * want_margins.abs().max().item())
+
+
+@pytest.mark.cuda
+def test_onepass_is_run_to_run_identical_and_differs_from_the_gemms_only_in_rounding(
+        monkeypatch):
+    X, S, V = problem(20000, 784, 10, device="cuda")
+    monkeypatch.delenv(ENV, raising=False)
+    gemms = glm_hvp(X, S, V, 0.1)
+    monkeypatch.setenv(ENV, "onepass")
+    first, second = glm_hvp(X, S, V, 0.1), glm_hvp(X, S, V, 0.1)
+    assert torch.equal(first, second)  # fixed summation order, no atomics
+    torch.testing.assert_close(first, gemms, rtol=1e-12, atol=1e-12 * gemms.abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", ["float32", "K=17", "d=833"])
+def test_calls_the_kernel_does_not_take_still_give_the_right_answer(onepass, case):
+    n, d, K, dtype = {"float32": (500, 100, 10, torch.float32), "K=17": (500, 100, 17, None),
+                      "d=833": (500, 833, 4, None)}[case]
+    X, S, V = problem(n, d, K, dtype or torch.float64, device="cuda")
+    want = reference.glm_hvp(X, S, V, 0.2)
+    tol = 1e-4 if dtype == torch.float32 else 1e-11
+    torch.testing.assert_close(glm_hvp(X, S, V, 0.2).double(), want, rtol=tol,
+                               atol=tol * want.abs().max().item())
+
+
+@pytest.mark.cuda
+def test_onepass_takes_non_contiguous_inputs(onepass):
+    X, S, V = problem(300, 64, 5, device="cuda")
+    Xt, St, Vt = (t.T.contiguous().T for t in (X, S, V))
+    assert not Xt.is_contiguous()
+    torch.testing.assert_close(glm_hvp(Xt, St, Vt, 0.5), reference.glm_hvp(X, S, V, 0.5),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_onepass_propagates_nan_like_the_reference(onepass):
+    X, S, V = problem(90, 30, 4, device="cuda")
+    X[17, 3] = float("nan")
+    out, margins = glm_hvp_margins(X, S, V, 0.1)
+    want = reference.glm_hvp(X, S, V, 0.1)
+    assert torch.equal(out.isnan(), want.isnan())
+    assert torch.equal(margins.isnan(), (X @ V).isnan())
+
+
+@pytest.mark.cuda
+def test_onepass_in_a_cuda_graph(onepass):
+    X, S, V = problem(5000, 784, 10, device="cuda")
+    want = reference.glm_hvp(X, S, V, 0.0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        glm_hvp_margins(X, S, V, 0.0)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, margins = glm_hvp_margins(X, S, V, 0.0)
+    V.mul_(2.0)  # the replay reads the new V
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, 2 * want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+    torch.testing.assert_close(margins, X @ V, rtol=1e-12, atol=1e-10)
