@@ -62,6 +62,7 @@ struct Params {
   int mtiles;         // ceil(d / (8 * kWarps))
   int width;          // columns covered by the warps' slabs: max(32 ksteps, 64 mtiles) >= d
   int ld;             // leading dimension of a tile in shared memory: width + 4
+  bool paired;        // X's rows copied two doubles at a time (d even, X 16-byte aligned)
 };
 
 // Whether the one-pass kernel takes this shape (float64 is checked by the caller).
@@ -69,8 +70,10 @@ inline bool fits(int64_t n, int64_t d, int64_t K) {
   return n > 0 && d > 0 && d <= kMaxD && K > 0 && K <= kClasses;
 }
 
-inline Params make_params(int64_t n, int d, int K) {
+// `X` (the data pointer, or nullptr) decides whether rows are copied in pairs of doubles.
+inline Params make_params(int64_t n, int d, int K, const double* X = nullptr) {
   Params p{};
+  p.paired = d % 2 == 0 && X != nullptr && reinterpret_cast<std::uintptr_t>(X) % 16 == 0;
   p.n = n;
   p.tiles = (n + kTileRows - 1) / kTileRows;
   p.d = d;
@@ -120,8 +123,9 @@ FU_ONEPASS_FN void zero_padding(const Params& p, double* smem, const SharedLayou
 }
 
 // Start the copies of tile `tile` (rows [8 tile, 8 tile + 8) of X and S) into buffer
-// `buffer`; rows past n (and classes past K) are zeroed. `copy(dst, src)` copies one double
-// (asynchronously on the device).
+// `buffer`; rows past n (and classes past K) are zeroed. `copy(dst, src, count)` copies one
+// or two doubles (asynchronously on the device); pairs start at even columns (16-byte
+// aligned at both ends when `p.paired`: ld is a multiple of 4).
 template <typename Copy>
 FU_ONEPASS_FN void issue_tile(const Params& p, double* smem, const SharedLayout& s, int buffer,
                               int64_t tile, int t, Copy copy) {
@@ -131,7 +135,11 @@ FU_ONEPASS_FN void issue_tile(const Params& p, double* smem, const SharedLayout&
   for (int r = 0; r < kTileRows; ++r) {
     if (r < rows) {
       const double* src = p.X + (row0 + r) * p.d;
-      for (int c = t; c < p.d; c += kThreads) copy(dst + r * p.ld + c, src + c);
+      if (p.paired) {
+        for (int c = 2 * t; c < p.d; c += 2 * kThreads) copy(dst + r * p.ld + c, src + c, 2);
+      } else {
+        for (int c = t; c < p.d; c += kThreads) copy(dst + r * p.ld + c, src + c, 1);
+      }
     } else {
       for (int c = t; c < p.d; c += kThreads) dst[r * p.ld + c] = 0.0;
     }
@@ -140,7 +148,7 @@ FU_ONEPASS_FN void issue_tile(const Params& p, double* smem, const SharedLayout&
   for (int e = t; e < kTileRows * kClasses; e += kThreads) {
     const int r = e / kClasses, k = e % kClasses;
     if (r < rows && k < p.K) {
-      copy(srows + e, p.S + (row0 + r) * p.K + k);
+      copy(srows + e, p.S + (row0 + r) * p.K + k, 1);
     } else {
       srows[e] = 0.0;
     }

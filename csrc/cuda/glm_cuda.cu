@@ -118,8 +118,12 @@ __global__ void __launch_bounds__(op1::kThreads, 1)
 #pragma unroll
     for (int h = 0; h < Halves; ++h) DeviceMma::zero(out[m][h]);
   }
-  const auto copy = [](double* dst, const double* src) {
-    __pipeline_memcpy_async(dst, src, sizeof(double));
+  const auto copy = [](double* dst, const double* src, int count) {
+    if (count == 2) {
+      __pipeline_memcpy_async(dst, src, 2 * sizeof(double));
+    } else {
+      __pipeline_memcpy_async(dst, src, sizeof(double));
+    }
   };
   int buffer = 0;
   int64_t tile = blockIdx.x;
@@ -187,7 +191,8 @@ void allow_shared_memory(Kernel kernel, int halves, const cudaDeviceProp* props)
 at::Tensor hvp_onepass(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V,
                        double lam, const at::Tensor& margins, cudaStream_t stream) {
   const int64_t n = X.size(0), d = X.size(1), K = S.size(1);
-  op1::Params p = op1::make_params(n, static_cast<int>(d), static_cast<int>(K));
+  op1::Params p = op1::make_params(n, static_cast<int>(d), static_cast<int>(K),
+                                   X.const_data_ptr<double>());
   const op1::SharedLayout layout = op1::shared_layout(p);
   const size_t shared_bytes = layout.total * sizeof(double);
   at::Tensor Vp = at::zeros({p.width, op1::kClasses}, V.options());

@@ -34,7 +34,7 @@ void emulate(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V, doub
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const int64_t n = X.size(0);
   const int d = static_cast<int>(X.size(1)), K = static_cast<int>(S.size(1));
-  op1::Params p = op1::make_params(n, d, K);
+  op1::Params p = op1::make_params(n, d, K, X.const_data_ptr<double>());
   const op1::SharedLayout layout = op1::shared_layout(p);
   at::Tensor Vp = at::zeros({p.width, op1::kClasses}, X.options());
   Vp.narrow(0, 0, d).narrow(1, 0, K).copy_(V);
@@ -45,7 +45,9 @@ void emulate(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V, doub
   p.Vp = Vp.const_data_ptr<double>();
   p.margins = margins.data_ptr<double>();
   p.partial = partial.data_ptr<double>();
-  const auto copy = [](double* dst, const double* src) { *dst = *src; };
+  const auto copy = [](double* dst, const double* src, int count) {
+    for (int i = 0; i < count; ++i) dst[i] = src[i];
+  };
   std::vector<double> smem(layout.total);
   auto warps = std::make_unique<typename WarpState::Of<Halves>[]>(op1::kWarps);
   for (int64_t block = 0; block < blocks; ++block) {
@@ -102,15 +104,24 @@ int test_glm_hvp_onepass_emulated() {
     int64_t n;
     int d, K;
     int64_t blocks;
+    bool unaligned;
   };
-  // odd sizes, one tile, a short last tile, more blocks than tiles would allow (the launcher
-  // caps blocks at the tile count), the largest d, one and two halves of classes
-  const Case cases[] = {{37, 17, 3, 2},  {300, 784, 10, 5}, {8, 1, 1, 1},    {1000, 832, 16, 7},
-                        {9, 100, 9, 2},  {64, 33, 8, 8},    {5, 5, 16, 1},   {130, 65, 12, 3},
-                        {17, 257, 2, 3}, {200, 800, 7, 4}};
+  // odd and even d (rows copied one or two doubles at a time), one tile, a short last tile,
+  // more blocks than tiles would allow (the launcher caps blocks at the tile count), the
+  // largest d, one and two halves of classes, an X that is not 16-byte aligned
+  const Case cases[] = {
+      {37, 17, 3, 2, false},  {300, 784, 10, 5, false}, {8, 1, 1, 1, false},
+      {1000, 832, 16, 7, false}, {9, 100, 9, 2, false}, {64, 33, 8, 8, false},
+      {5, 5, 16, 1, false},   {130, 65, 12, 3, false},  {17, 257, 2, 3, false},
+      {200, 800, 7, 4, false}, {200, 784, 10, 3, true}, {8, 2, 1, 1, false}};
   int failures = 0;
   for (const Case& c : cases) {
-    const at::Tensor X = at::randn({c.n, c.d}, f64), S = at::rand({c.n, c.K}, f64);
+    // one double into a buffer: X contiguous but not 16-byte aligned, so rows are copied a
+    // double at a time even where d is even
+    const at::Tensor X =
+        c.unaligned ? at::randn({c.n * c.d + 1}, f64).narrow(0, 1, c.n * c.d).view({c.n, c.d})
+                    : at::randn({c.n, c.d}, f64);
+    const at::Tensor S = at::rand({c.n, c.K}, f64);
     const at::Tensor V = at::randn({c.d, c.K}, f64);
     const double lam = 0.25;
     at::Tensor out, margins;
@@ -129,10 +140,14 @@ int test_glm_hvp_onepass_emulated() {
     const double scale_m = std::max(1.0, want_margins.abs().max().item<double>());
     const bool ok = std::isfinite(err) && std::isfinite(err_m) && err <= 1e-12 * scale &&
                     err_m <= 1e-12 * scale_m;
-    std::printf("%s glm_hvp one-pass steps on the host, n=%lld d=%d K=%d blocks=%lld "
-                "(max error %.2e, margins %.2e)\n",
-                ok ? "ok  " : "FAIL", static_cast<long long>(c.n), c.d, c.K,
-                static_cast<long long>(blocks), err, err_m);
+    const bool paired = op1::make_params(c.n, c.d, c.K, X.const_data_ptr<double>()).paired;
+    const bool paired_ok = paired == (c.d % 2 == 0 && !c.unaligned);
+    std::printf("%s glm_hvp one-pass steps on the host, n=%lld d=%d K=%d blocks=%lld, rows "
+                "copied %s (max error %.2e, margins %.2e)\n",
+                ok && paired_ok ? "ok  " : "FAIL", static_cast<long long>(c.n), c.d, c.K,
+                static_cast<long long>(blocks), paired ? "in pairs" : "one double at a time",
+                err, err_m);
+    failures += paired_ok ? 0 : 1;
     failures += ok ? 0 : 1;
   }
   // the shapes the kernel takes

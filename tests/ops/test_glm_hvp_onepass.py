@@ -93,6 +93,19 @@ def test_onepass_takes_non_contiguous_inputs(onepass):
 
 
 @pytest.mark.cuda
+def test_onepass_copies_rows_of_an_unaligned_x_one_double_at_a_time(onepass):
+    # even d copies rows two doubles (16 bytes) at a time only where X is 16-byte aligned; one
+    # double into a buffer, it is not (the kernel must then copy single doubles)
+    X, S, V = problem(300, 784, 10, device="cuda")
+    buffer = torch.empty(X.numel() + 1, dtype=torch.float64, device="cuda")
+    Xu = buffer[1:].view(300, 784).copy_(X)
+    assert Xu.is_contiguous() and Xu.data_ptr() % 16 == 8
+    want = reference.glm_hvp(X, S, V, 0.2)
+    torch.testing.assert_close(glm_hvp(Xu, S, V, 0.2), want, rtol=1e-12,
+                               atol=1e-12 * want.abs().max().item())
+
+
+@pytest.mark.cuda
 def test_onepass_propagates_nan_like_the_reference(onepass):
     X, S, V = problem(90, 30, 4, device="cuda")
     X[17, 3] = float("nan")
