@@ -571,7 +571,7 @@ def backend_summary() -> dict[str, Any]:
     except Exception as exc:  # benchmarks of the peers still run without the library
         return {"compiled": False, "load_error": str(exc)}
     return {key: info.get(key) for key in (
-        "version", "compiled", "load_error", "cpu", "cuda", "cuda_arch_list", "ops",
+        "version", "compiled", "load_error", "cpu", "cuda", "cuda_arch_list", "ops", "settings",
     )}
 
 

@@ -33,6 +33,21 @@ def has_kernel(op: str, device_type: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastunlearn::{op}", key)
 
 
+#: The environment variables that choose between kernels, and their defaults. The first two
+#: are read when :mod:`fastunlearn.certified` is imported, ``FASTUNLEARN_GLM_HVP`` by the
+#: CUDA ``glm_hvp`` / ``glm_hvp_margins`` kernels on every call.
+KERNEL_SETTINGS: dict[str, str] = {
+    "FASTUNLEARN_FIXED_STEP": "auto",
+    "FASTUNLEARN_CERTIFIED_FUSED": "1",
+    "FASTUNLEARN_GLM_HVP": "gemm",
+}
+
+
+def kernel_settings() -> dict[str, str]:
+    """Return each kernel-choosing variable's value in the environment now (else its default)."""
+    return {name: os.environ.get(name, default) for name, default in KERNEL_SETTINGS.items()}
+
+
 def backend() -> dict[str, Any]:
     """Describe the compiled backends, the versions and the devices this process sees.
 
@@ -41,7 +56,8 @@ def backend() -> dict[str, Any]:
         ``cuda`` (bool: CUDA kernels compiled in for every op but
         :data:`~fastunlearn.ops.CPU_ONLY_OPS`), ``cuda_arch_list``, ``torch``,
         ``torch_cuda``, ``python``, ``ops`` (op name -> list of device types with a
-        kernel) and ``devices`` (list of device descriptions).
+        kernel), ``devices`` (list of device descriptions) and ``settings`` (the
+        kernel-choosing environment variables, :func:`kernel_settings`).
 
     """
     from . import __version__
@@ -75,4 +91,5 @@ def backend() -> dict[str, Any]:
         "python": platform.python_version(),
         "ops": ops,
         "devices": devices,
+        "settings": kernel_settings(),
     }

@@ -37,6 +37,9 @@ def _format_info(info: dict) -> str:
             )
     if not any(dev["type"] == "cuda" for dev in info["devices"]):
         lines.append("    (no CUDA device visible)")
+    lines.append("  kernel settings (environment):")
+    for name, value in info["settings"].items():
+        lines.append(f"    {name:<28} {value}")
     return "\n".join(lines)
 
 

@@ -61,3 +61,21 @@ def test_python_dash_m_entry_point():
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "fastunlearn" in res.stdout
+
+
+def test_backend_and_info_report_the_kernel_settings(monkeypatch, capsys):
+    """The environment variables that choose kernels are part of what ``backend()`` (and so
+    every benchmark's metadata) and ``fastunlearn info`` report, with their defaults."""
+    from fastunlearn._extension import KERNEL_SETTINGS
+
+    for name in KERNEL_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert fastunlearn.backend()["settings"] == {
+        "FASTUNLEARN_FIXED_STEP": "auto", "FASTUNLEARN_CERTIFIED_FUSED": "1",
+        "FASTUNLEARN_GLM_HVP": "gemm"}
+    monkeypatch.setenv("FASTUNLEARN_GLM_HVP", "onepass")
+    assert fastunlearn.backend()["settings"]["FASTUNLEARN_GLM_HVP"] == "onepass"
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel settings (environment):" in out
+    assert any(line.split() == ["FASTUNLEARN_GLM_HVP", "onepass"] for line in out.splitlines())

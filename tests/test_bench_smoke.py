@@ -409,3 +409,11 @@ def test_certified_onepass_variant_sets_the_kernel_variable_only_around_its_call
     with pytest.raises(RuntimeError), bench_certified.hvp_kernel_for("x_onepass"):
         raise RuntimeError
     assert name not in os.environ
+
+
+def test_result_metadata_records_the_kernel_settings(monkeypatch):
+    """Every result file's backend summary says which kernel-choosing variables were set."""
+    from bench.common import backend_summary
+
+    monkeypatch.setenv("FASTUNLEARN_GLM_HVP", "onepass")
+    assert backend_summary()["settings"]["FASTUNLEARN_GLM_HVP"] == "onepass"

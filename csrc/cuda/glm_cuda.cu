@@ -10,7 +10,8 @@
 // GEMMs cost more than the second read of X saves. One chunk is torch's expression plus
 // two small kernels (not yet re-measured on a GPU).
 //
-// FASTUNLEARN_GLM_HVP=onepass (opt-in until a GPU has timed it against the two GEMMs) runs
+// FASTUNLEARN_GLM_HVP=onepass (opt-in until a GPU has timed it against the two GEMMs; "gemm",
+// the default, keeps them; other values raise) runs
 // float64 calls with d <= 832 and K <= 16 on an sm_80+ card through a one-pass kernel instead:
 // each row tile of X is read from global memory once and used for both products, on float64
 // tensor cores (csrc/glm_hvp_onepass.h, where the steps are; the host runs the same steps in
@@ -155,9 +156,15 @@ __global__ void __launch_bounds__(op1::kThreads)
   op1::finish_reduction(V, out, lam, d, K, blockIdx.x, threadIdx.x, lane_sums);
 }
 
+// FASTUNLEARN_GLM_HVP: unset, empty or "gemm" (the two GEMMs), or "onepass"; anything else
+// raises (a misspelt value would otherwise silently keep the GEMMs).
 bool onepass_requested() {
   const char* mode = std::getenv("FASTUNLEARN_GLM_HVP");
-  return mode != nullptr && std::strcmp(mode, "onepass") == 0;
+  if (mode == nullptr || mode[0] == '\0' || std::strcmp(mode, "gemm") == 0) return false;
+  TORCH_CHECK_VALUE(std::strcmp(mode, "onepass") == 0,
+                    "environment variable FASTUNLEARN_GLM_HVP must be 'gemm' or 'onepass', got '",
+                    mode, "'");
+  return true;
 }
 
 // Whether this call runs the one-pass kernel: asked for, float64, a shape it takes, and an

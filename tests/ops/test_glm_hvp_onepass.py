@@ -60,6 +60,17 @@ def test_onepass_matches_reference(onepass, n, d, K, lam):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("value", ["one-pass", "ONEPASS", "1"])
+def test_a_misspelt_value_raises_on_cuda(monkeypatch, value):
+    X, S, V = problem(20, 5, 2, device="cuda")
+    monkeypatch.setenv(ENV, value)
+    with pytest.raises(ValueError, match="FASTUNLEARN_GLM_HVP must be 'gemm' or 'onepass'"):
+        glm_hvp(X, S, V, 0.1)
+    monkeypatch.setenv(ENV, "gemm")
+    torch.testing.assert_close(glm_hvp(X, S, V, 0.1), reference.glm_hvp(X, S, V, 0.1))
+
+
+@pytest.mark.cuda
 def test_onepass_is_run_to_run_identical_and_differs_from_the_gemms_only_in_rounding(
         monkeypatch):
     X, S, V = problem(20000, 784, 10, device="cuda")
