@@ -12,7 +12,8 @@
 //      current one is used (two buffers);
 //   2. first product, warp w: the 8 x 16 partial margins of the tile's rows over its slab of
 //      4 * ksteps columns, with 8x8x4 float64 tensor-core steps whose V operand stays in
-//      registers for the whole kernel (V is read from global memory once per block);
+//      registers for the whole kernel (V is read from global memory once per block, padded
+//      in shared memory before the first tile: stage_v, load_v);
 //   3. a thread per (row, class) adds the warps' partials in a fixed order: the margins X V
 //      (written out when asked), times S: Z;
 //   4. second product, warp w: X^T Z over its slab of 8 * mtiles columns into accumulators
@@ -46,12 +47,11 @@ constexpr int kMaxD = 32 * kMaxKSteps;  // 832 = 64 * kMaxMTiles
 constexpr int kReduceOutputs = 32;      // outputs per block of the final reduction
 constexpr int kReduceLanes = kThreads / kReduceOutputs;
 
-// Shapes and pointers of one call. The padded V (`Vp`, [width, 16], zero outside [d, K]) and
-// the partials ([blocks, width, 16]) are prepared by the caller.
+// Shapes and pointers of one call; the caller allocates the partials ([blocks, width, 16]).
 struct Params {
   const double* X;    // [n, d] contiguous
   const double* S;    // [n, K] contiguous
-  const double* Vp;   // [width, kClasses]
+  const double* V;    // [d, K] contiguous
   double* margins;    // [n, K] or nullptr
   double* partial;    // [blocks, width, kClasses]
   int64_t n;
@@ -110,6 +110,17 @@ inline SharedLayout shared_layout(const Params& p) {
 }
 
 // ---- thread steps ------------------------------------------------------------------------
+
+// V padded to [width, 16] (zero outside [d, K]) in the tile buffers' space, which is free
+// before the first tile: the warps load their V fragments from it (load_v), then a barrier,
+// then the buffers are used for tiles. Saves the caller a padded copy of V per call.
+FU_ONEPASS_FN void stage_v(const Params& p, double* smem, const SharedLayout& s, int t) {
+  double* padded = smem + s.tile[0];  // width * 16 <= 2 * kTileRows * ld doubles
+  for (int e = t; e < p.width * kClasses; e += kThreads) {
+    const int j = e / kClasses, k = e % kClasses;
+    padded[e] = j < p.d && k < p.K ? p.V[static_cast<int64_t>(j) * p.K + k] : 0.0;
+  }
+}
 
 // Zero the columns [d, ld) of both tile buffers: the slabs read them, the copies never write
 // them.
@@ -201,15 +212,18 @@ FU_ONEPASS_FN void finish_reduction(const double* V, double* out, double lam, in
 
 // ---- warp steps (Mma: the 8x8x4 float64 fragments and their operations) -----------------
 
-// The warp's V operands: rows [4 (w ksteps + s), +4) of Vp, class half h.
+// The warp's V operands from the staged V (stage_v): rows [4 (w ksteps + s), +4), class
+// half h.
 template <typename Mma, int Halves>
-FU_ONEPASS_FN void load_v(const Params& p, int w, typename Mma::B (&v)[kMaxKSteps][Halves]) {
+FU_ONEPASS_FN void load_v(const Params& p, const double* smem, const SharedLayout& layout,
+                          int w, typename Mma::B (&v)[kMaxKSteps][Halves]) {
+  const double* padded = smem + layout.tile[0];
 #pragma unroll
   for (int s = 0; s < kMaxKSteps; ++s) {
     if (s < p.ksteps) {
 #pragma unroll
       for (int h = 0; h < Halves; ++h) {
-        Mma::load_b(v[s][h], p.Vp + (4 * (w * p.ksteps + s)) * kClasses + 8 * h, kClasses);
+        Mma::load_b(v[s][h], padded + (4 * (w * p.ksteps + s)) * kClasses + 8 * h, kClasses);
       }
     }
   }

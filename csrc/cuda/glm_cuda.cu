@@ -110,9 +110,12 @@ __global__ void __launch_bounds__(op1::kThreads, 1)
   extern __shared__ __align__(128) unsigned char onepass_shared[];
   double* smem = reinterpret_cast<double*>(onepass_shared);
   const int t = threadIdx.x, w = t / 32;
-  op1::zero_padding(p, smem, layout, t);
+  op1::stage_v(p, smem, layout, t);
+  __syncthreads();
   DeviceMma::B v[op1::kMaxKSteps][Halves];
-  op1::load_v<DeviceMma, Halves>(p, w, v);
+  op1::load_v<DeviceMma, Halves>(p, smem, layout, w, v);
+  __syncthreads();  // the staged V's space becomes the tile buffers
+  op1::zero_padding(p, smem, layout, t);
   DeviceMma::C out[op1::kMaxMTiles][Halves];
 #pragma unroll
   for (int m = 0; m < op1::kMaxMTiles; ++m) {
@@ -202,14 +205,12 @@ at::Tensor hvp_onepass(const at::Tensor& X, const at::Tensor& S, const at::Tenso
                                    X.const_data_ptr<double>());
   const op1::SharedLayout layout = op1::shared_layout(p);
   const size_t shared_bytes = layout.total * sizeof(double);
-  at::Tensor Vp = at::zeros({p.width, op1::kClasses}, V.options());
-  Vp.narrow(0, 0, d).narrow(1, 0, K).copy_(V);
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   const int64_t blocks = std::min<int64_t>(p.tiles, props->multiProcessorCount);
   at::Tensor partial = at::empty({blocks, p.width, op1::kClasses}, V.options());
   p.X = X.const_data_ptr<double>();
   p.S = S.const_data_ptr<double>();
-  p.Vp = Vp.const_data_ptr<double>();
+  p.V = V.const_data_ptr<double>();
   p.margins = margins.defined() ? margins.data_ptr<double>() : nullptr;
   p.partial = partial.data_ptr<double>();
   const auto launch = [&](auto kernel, int halves) {

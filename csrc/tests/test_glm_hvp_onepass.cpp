@@ -36,13 +36,11 @@ void emulate(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V, doub
   const int d = static_cast<int>(X.size(1)), K = static_cast<int>(S.size(1));
   op1::Params p = op1::make_params(n, d, K, X.const_data_ptr<double>());
   const op1::SharedLayout layout = op1::shared_layout(p);
-  at::Tensor Vp = at::zeros({p.width, op1::kClasses}, X.options());
-  Vp.narrow(0, 0, d).narrow(1, 0, K).copy_(V);
   at::Tensor partial = at::full({blocks, p.width, op1::kClasses}, nan, X.options());
   margins = at::full({n, K}, nan, X.options());
   p.X = X.const_data_ptr<double>();
   p.S = S.const_data_ptr<double>();
-  p.Vp = Vp.const_data_ptr<double>();
+  p.V = V.const_data_ptr<double>();
   p.margins = margins.data_ptr<double>();
   p.partial = partial.data_ptr<double>();
   const auto copy = [](double* dst, const double* src, int count) {
@@ -52,12 +50,16 @@ void emulate(const at::Tensor& X, const at::Tensor& S, const at::Tensor& V, doub
   auto warps = std::make_unique<typename WarpState::Of<Halves>[]>(op1::kWarps);
   for (int64_t block = 0; block < blocks; ++block) {
     std::fill(smem.begin(), smem.end(), nan);
-    for (int t = 0; t < op1::kThreads; ++t) op1::zero_padding(p, smem.data(), layout, t);
+    for (int t = 0; t < op1::kThreads; ++t) op1::stage_v(p, smem.data(), layout, t);
     for (int w = 0; w < op1::kWarps; ++w) {
-      op1::load_v<Mma, Halves>(p, w, warps[w].v);
+      op1::load_v<Mma, Halves>(p, smem.data(), layout, w, warps[w].v);
       for (auto& row : warps[w].out)
         for (auto& c : row) Mma::zero(c);
     }
+    // after the barrier the staged V's space is the tile buffers: whatever the steps below
+    // read without writing first must not be the staged V
+    std::fill(smem.begin(), smem.end(), nan);
+    for (int t = 0; t < op1::kThreads; ++t) op1::zero_padding(p, smem.data(), layout, t);
     int buffer = 0;
     int64_t tile = block;
     if (tile < p.tiles) {
