@@ -490,4 +490,21 @@ def test_remove_with_a_lam_whose_square_underflows_is_a_clean_failure(tmp_path, 
                    "--result-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert status == 1 and "Traceback" not in err
-    assert "fastunlearn remove: error: the fit failed numerically" in err and "--lam" in err
+    assert "fastunlearn remove: error: the run failed numerically" in err and "--lam" in err
+
+
+def test_remove_names_the_solver_flag_when_cg_gives_up(tmp_path, capsys, monkeypatch):
+    """CG's advice to use the Cholesky solver names the command's flag, not the Python
+    argument (a removal at an extreme --lam, here simulated)."""
+    from fastunlearn.certified import experiment
+
+    def cg_gives_up(*args, **kwargs):
+        raise RuntimeError("CG did not reach the residual target in 200 iterations "
+                           "(ill-conditioned Hessian); use solver='cholesky'")
+
+    monkeypatch.setattr(experiment, "run_removal_experiment", cg_gives_up)
+    status = main(["remove", "--train-mode", "binary", "--num-removes", "2", "--no-plots",
+                   "--result-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert "use --solver cholesky" in err and "solver='cholesky'" not in err

@@ -33,7 +33,7 @@ def test_remove_five_points(tmp_path, capsys, mode):
         assert "cumulative " in line and "left " in line and line.endswith(" ms")
     assert "removed 5 rows" in out and "privacy: epsilon 1, delta 0.0001" in out
     assert "fairness: worst class" in out
-    stem = f"none_digits_{mode}_std_1_lam_0.01_eps_1"
+    stem = f"none_digits_{mode}_std_1_lam_0.01_eps_1_removes_5"
     for suffix in (".json", ".md", "_bounds.png", "_accuracy.png", "_time.png"):
         path = tmp_path / f"{stem}{suffix}"
         assert path.is_file() and path.stat().st_size > 0, path
@@ -59,7 +59,7 @@ def test_remove_flags_reach_the_experiment(tmp_path, capsys, built):
     out = capsys.readouterr().out
     assert out.startswith("fit: ")  # --verbose: training details first
     stem = ("none_digits_binary_std_2_lam_0.1_eps_0.5_batch_5_delta_1e-05_gamma_tight"
-            "_solver_cholesky_seed_3_target_eps_3_no_retrain")
+            "_solver_cholesky_seed_3_removes_5_steps_50_target_eps_3_no_retrain")
     payload = json.loads((tmp_path / f"{stem}.json").read_text())
     cfg = payload["config"]
     assert (cfg["lam"], cfg["std"], cfg["epsilon"], cfg["delta"]) == (0.1, 2.0, 0.5, 1e-5)

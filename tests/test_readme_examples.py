@@ -181,7 +181,7 @@ def test_remove_example(tmp_path):
     out = _cli(argv, tmp_path)
     assert sum(line.startswith("removal ") for line in out.splitlines()) == 200
     assert "true gradient residual" in out and "distance to retraining" in out
-    stem = re.search(r"\(`(none_digits_[^`]+)\.json`\)", TEXT).group(1)
+    stem = re.search(r"`(none_digits_[^`]+_removes_200)\.json`", TEXT).group(1)
     for suffix in (".json", ".md", "_bounds.png", "_accuracy.png", "_time.png"):
         assert (tmp_path / "result" / f"{stem}{suffix}").is_file(), suffix
 

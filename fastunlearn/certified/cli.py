@@ -228,8 +228,10 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError, ImportError) as exc:
         return command_error("remove", name_flags(str(exc), _FLAGS))
     except (ArithmeticError, RuntimeError) as exc:  # e.g. a Cholesky failure at lam 1e-150
-        return command_error("remove", f"the fit failed numerically ({exc}); extreme --lam, --std "
-                      "or --epsilon values can cause this", status=1)
+        # the library's advice names its parameter; the command's user sets the flag
+        detail = str(exc).replace("solver='cholesky'", "--solver cholesky")
+        return command_error("remove", f"the run failed numerically ({detail}); extreme --lam, "
+                             "--std or --epsilon values can cause this", status=1)
     _warn_target_epsilon_after_run(args, result)
     _print_summary(result)
     args.json_result = result.to_dict()

@@ -230,8 +230,10 @@ class ExperimentConfig:
 
         The reference's fields (extractor, dataset, mode, std, lam, epsilon) always; then each
         setting that changes the results only where it differs from its default (subsample
-        ratio, batch, delta, gamma, solver, seed, target epsilon, retraining off), so that
-        runs differing in it do not overwrite each other's files.
+        ratio, batch, delta, gamma, solver, seed, number of removals, Newton steps, CG
+        tolerance (not with the Cholesky solver, which ignores it), evaluation interval,
+        target epsilon, retraining off), so that runs differing in it do not overwrite each
+        other's files.
         """
         stem = (f"{self.extractor}_{self.dataset}_{self.train_mode}_std_{self.std:g}"
                 f"_lam_{self.lam:g}_eps_{self.epsilon:g}")
@@ -245,6 +247,12 @@ class ExperimentConfig:
         for name in ("gamma", "solver", "seed"):
             if getattr(self, name) != defaults[name]:
                 stem += f"_{name}_{getattr(self, name)}"
+        for name, label in (("num_removes", "removes"), ("num_steps", "steps"),
+                            ("eval_every", "eval_every")):
+            if getattr(self, name) != defaults[name]:
+                stem += f"_{label}_{getattr(self, name)}"
+        if self.cg_tol != defaults["cg_tol"] and self.solver != "cholesky":
+            stem += f"_cg_tol_{self.cg_tol:g}"
         if self.target_epsilon is not None:
             stem += f"_target_eps_{self.target_epsilon:g}"
         if not self.retrain:

@@ -376,7 +376,8 @@ def test_runs_differing_in_a_result_setting_write_different_files():
     base = ExperimentConfig(**BINARY)
     assert base.stem == "none_digits_binary_std_1_lam_0.01_eps_1"
     changes = {"delta": 1e-5, "gamma": "tight", "solver": "cg", "seed": 3,
-               "target_epsilon": 2.0, "retrain": False, "batch": 4}
+               "target_epsilon": 2.0, "retrain": False, "batch": 4, "num_removes": 40,
+               "num_steps": 20, "eval_every": 5, "cg_tol": 1e-9}
     stems = {base.stem}
     for name, value in changes.items():
         stem = ExperimentConfig(**{**BINARY, name: value}).stem
@@ -384,6 +385,11 @@ def test_runs_differing_in_a_result_setting_write_different_files():
         stems.add(stem)
     assert ExperimentConfig(**{**BINARY, "delta": 1e-5}).stem.endswith("_delta_1e-05")
     assert ExperimentConfig(**{**BINARY, "seed": 3}).stem.endswith("_seed_3")
+    assert ExperimentConfig(**{**BINARY, "num_removes": 200}).stem.endswith("_removes_200")
+    assert ExperimentConfig(**{**BINARY, "cg_tol": 1e-9}).stem.endswith("_cg_tol_1e-09")
+    # the Cholesky solver ignores the CG tolerance: no new name for an identical run
+    cholesky = ExperimentConfig(**{**BINARY, "solver": "cholesky"}).stem
+    assert ExperimentConfig(**{**BINARY, "solver": "cholesky", "cg_tol": 1e-9}).stem == cholesky
 
 
 def test_the_json_is_written_before_the_plots(tmp_path, monkeypatch):
