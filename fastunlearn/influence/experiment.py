@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from .._atomic_files import save_figure, write_text
 from .._device import parse_device
+from .._earlier_results import keep_earlier_run
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._json_data import json_ready
 from .._model_cache import cache_key, load_cached, store_cached, tensor_digest, weights_digest
@@ -961,9 +962,12 @@ def _write_report_files(
 ) -> dict[str, str]:
     """Write ``<stem>.json``, ``<stem>.md`` and (with ``plot``) ``<stem>.png`` into ``out_dir``.
 
-    The shared writer of the experiment reports. ``result`` gains a ``files`` entry (kind ->
-    path) before it is written; ``render(result, plot_name)`` gives the Markdown, with the
-    figure's file name (relative to ``out_dir``) or None. Without ``plot``, a
+    The shared writer of the experiment reports. The files of an earlier run with other
+    settings (``result["config"]`` against the earlier JSON's) are moved to
+    ``earlier/<stem>-<n>/`` with a warning instead of being replaced
+    (:func:`~fastunlearn._earlier_results.keep_earlier_run`). ``result`` gains a ``files``
+    entry (kind -> path) before it is written; ``render(result, plot_name)`` gives the
+    Markdown, with the figure's file name (relative to ``out_dir``) or None. Without ``plot``, a
     ``<stem>.png`` left in ``out_dir`` by an earlier run is removed.
 
     Returns:
@@ -972,6 +976,8 @@ def _write_report_files(
     """
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    # an earlier run's files with other settings go to earlier/<stem>-<n>/ (with a warning)
+    keep_earlier_run(folder, stem, json_ready(result.get("config", {})))
     files = {"json": str(folder / f"{stem}.json"), "markdown": str(folder / f"{stem}.md")}
     if plot is not None:
         files["plot"] = str(plot(result, folder / f"{stem}.png"))

@@ -1,0 +1,98 @@
+"""Keep the report files of an earlier run with other settings instead of replacing them.
+
+``repair`` and ``unlearn-features`` name their results by data set (``repair_digits.json``,
+``.md``, ``.png``), so a second run with other settings into the same folder would replace the
+first run's files. Before a report is written, :func:`keep_earlier_run` moves such files into
+``earlier/<stem>-<n>/`` in the same folder (the Markdown's figure link stays valid: the files
+keep their names) and warns where they went. A run with the same settings replaces its files,
+as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["IGNORED_SETTINGS", "keep_earlier_run"]
+
+#: Config entries that do not change the results (how the run reports progress, where its
+#: cached models live).
+IGNORED_SETTINGS = frozenset({"progress", "cache_dir"})
+
+#: Settings named in the warning before it says "and N more".
+_SHOWN = 4
+
+
+def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the config as its JSON file holds it, less the entries that change no result."""
+    plain = json.loads(json.dumps(config, default=str))
+    return {k: v for k, v in plain.items() if k not in IGNORED_SETTINGS}
+
+
+def _differences(old: Any, new: Mapping[str, Any]) -> list[str]:
+    """Return ``'name': old -> new`` for each setting that differs.
+
+    The names are quoted, so that a command shows its flags instead
+    (:func:`~fastunlearn.cli_types.name_flags`).
+    """
+    if not isinstance(old, Mapping):
+        return ["no settings recorded"]
+    old_settings, new_settings = _settings(old), _settings(new)
+    return [f"'{key}': {old_settings.get(key, '-')!r} -> {new_settings.get(key, '-')!r}"
+            for key in sorted(set(old_settings) | set(new_settings))
+            if old_settings.get(key) != new_settings.get(key)]
+
+
+def keep_earlier_run(
+    folder: str | os.PathLike[str], stem: str, config: Mapping[str, Any],
+    suffixes: Iterable[str] = (".json", ".md", ".png"),
+) -> Path | None:
+    """Move ``folder/<stem><suffix>`` files of a run with other settings out of the way.
+
+    The earlier run's settings are read from ``<stem>.json`` (its ``"config"`` entry); when
+    they differ from ``config`` (or cannot be read), every ``<stem><suffix>`` file present is
+    moved into ``folder/earlier/<stem>-<n>/`` (the smallest free ``n >= 1``) and a
+    ``UserWarning`` names the folder and the first settings that differ.
+
+    Args:
+        folder: The output folder.
+        stem: The report's file-name stem (``repair_digits``).
+        config: The settings of the run about to write its report (JSON-ready values).
+        suffixes: The report's file suffixes.
+
+    Returns:
+        The folder the earlier files went to, or None when nothing was moved.
+
+    """
+    folder = Path(folder)
+    earlier_json = folder / f"{stem}.json"
+    present = [folder / f"{stem}{suffix}" for suffix in suffixes
+               if (folder / f"{stem}{suffix}").is_file()]
+    if not present:
+        return None
+    old_config: Any = None
+    if earlier_json.is_file():
+        try:
+            old_config = json.loads(earlier_json.read_text()).get("config")
+        except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+            old_config = None
+    differences = _differences(old_config, config)
+    if not differences:
+        return None
+    n = 1
+    while (folder / "earlier" / f"{stem}-{n}").exists():
+        n += 1
+    destination = folder / "earlier" / f"{stem}-{n}"
+    destination.mkdir(parents=True)
+    for path in present:
+        path.replace(destination / path.name)
+    shown = "; ".join(differences[:_SHOWN])
+    more = f"; and {len(differences) - _SHOWN} more" if len(differences) > _SHOWN else ""
+    warnings.warn(f"{stem} in {folder} held the results of a run with other settings "
+                  f"({shown}{more}); they were moved to {destination} instead of being "
+                  "replaced", UserWarning, stacklevel=3)
+    return destination
