@@ -1,8 +1,9 @@
 """Keep the report files of an earlier run with other settings instead of replacing them.
 
 ``repair`` and ``unlearn-features`` name their results by data set (``repair_digits.json``,
-``.md``, ``.png``), so a second run with other settings into the same folder would replace the
-first run's files. Before a report is written, :func:`keep_earlier_run` moves such files into
+``.md``, ``.png``) and ``evaluate`` by its folder (``evaluation.json``, ``.md``,
+``epsilon_hist.png``), so a second run with other settings into the same folder would replace
+the first run's files. Before a report is written, :func:`keep_earlier_run` moves such files into
 ``earlier/<stem>-<n>/`` in the same folder (the Markdown's figure link stays valid: the files
 keep their names) and warns where they went. A run with the same settings replaces its files,
 as before.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +48,33 @@ def _differences(old: Any, new: Mapping[str, Any]) -> list[str]:
             if old_settings.get(key) != new_settings.get(key)]
 
 
+def _config_entry(saved: Mapping[str, Any]) -> Any:
+    """Return the settings of a report JSON that records them under ``"config"``."""
+    return saved.get("config")
+
+
 def keep_earlier_run(
     folder: str | os.PathLike[str], stem: str, config: Mapping[str, Any],
     suffixes: Iterable[str] = (".json", ".md", ".png"),
+    *,
+    extra_names: Iterable[str] = (),
+    settings_of: Callable[[Mapping[str, Any]], Any] = _config_entry,
 ) -> Path | None:
-    """Move ``folder/<stem><suffix>`` files of a run with other settings out of the way.
+    """Move the report files of a run with other settings out of the way.
 
-    The earlier run's settings are read from ``<stem>.json`` (its ``"config"`` entry); when
-    they differ from ``config`` (or cannot be read), every ``<stem><suffix>`` file present is
-    moved into ``folder/earlier/<stem>-<n>/`` (the smallest free ``n >= 1``) and a
-    ``UserWarning`` names the folder and the first settings that differ.
+    The earlier run's settings are read from ``<stem>.json`` (by ``settings_of``: its
+    ``"config"`` entry by default); when they differ from ``config`` (or cannot be read),
+    every ``<stem><suffix>`` file and every file of ``extra_names`` present is moved into
+    ``folder/earlier/<stem>-<n>/`` (the smallest free ``n >= 1``) and a ``UserWarning``
+    names the folder and the first settings that differ.
 
     Args:
         folder: The output folder.
         stem: The report's file-name stem (``repair_digits``).
         config: The settings of the run about to write its report (JSON-ready values).
         suffixes: The report's file suffixes.
+        extra_names: Other files of the report (``epsilon_hist.png``).
+        settings_of: The settings recorded in a loaded report JSON.
 
     Returns:
         The folder the earlier files went to, or None when nothing was moved.
@@ -70,15 +82,16 @@ def keep_earlier_run(
     """
     folder = Path(folder)
     earlier_json = folder / f"{stem}.json"
-    present = [folder / f"{stem}{suffix}" for suffix in suffixes
-               if (folder / f"{stem}{suffix}").is_file()]
+    names = [f"{stem}{suffix}" for suffix in suffixes] + list(extra_names)
+    present = [folder / name for name in names if (folder / name).is_file()]
     if not present:
         return None
     old_config: Any = None
     if earlier_json.is_file():
         try:
-            old_config = json.loads(earlier_json.read_text()).get("config")
-        except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+            saved = json.loads(earlier_json.read_text())
+            old_config = settings_of(saved) if isinstance(saved, Mapping) else None
+        except (OSError, ValueError):  # unreadable, not JSON
             old_config = None
     differences = _differences(old_config, config)
     if not differences:

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..cli_types import (
 )
 from ..cli_types import path as _path
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "evaluation_settings", "run"]
 
 
 def _delta(text: str) -> float:
@@ -80,6 +81,7 @@ _FLAGS = {**COMMON_FLAGS, "path": "DIR", "methods": "--methods", "delta": "--del
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``; returns the exit status (0 ok, 2 bad input)."""
     from .._device import parse_device
+    from .._earlier_results import keep_earlier_run
     from .._output_folder import check_output_folder
     from .evaluate import evaluate_logits_dir
     from .report import json_ready, plot_epsilon_histogram, render_evaluation_markdown
@@ -108,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         return command_error("evaluate", name_flags(str(exc), _FLAGS))
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # an earlier evaluation with other settings goes to earlier/evaluation-<n>/
+        keep_earlier_run(out, "evaluation", evaluation_settings(result), (".json", ".md"),
+                         extra_names=("epsilon_hist.png",), settings_of=evaluation_settings)
         write_text(out / "evaluation.json",
             json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
         if not args.no_plot:
@@ -123,6 +128,18 @@ def run(args: argparse.Namespace) -> int:
           + ("" if args.no_plot else f", {out / 'epsilon_hist.png'}"))
     args.json_result = json_ready(result)
     return 0
+
+
+def evaluation_settings(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the settings an ``evaluation.json`` was made with (as the file records them).
+
+    The evaluated folder, both deltas, the methods and whether the baseline was asked for.
+    """
+    methods = result.get("methods")
+    return {"path": result.get("path"), "delta": result.get("delta"),
+            "competition_delta": result.get("competition_delta"),
+            "methods": sorted(methods) if isinstance(methods, Mapping) else methods,
+            "baseline": "baseline" in result or "baseline_skipped" in result}
 
 
 def main(argv: list[str] | None = None) -> int:

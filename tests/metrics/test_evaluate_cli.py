@@ -250,3 +250,25 @@ def test_a_one_class_forget_set_says_the_class_columns_repeat_forget_accuracy(tm
         tmp_path / "two", torch.randn(8, 4, 3), torch.tensor([0, 2] * 4),
         {"m": torch.randn(8, 4, 3)}))
     assert "The forget set holds one class" not in render_evaluation_markdown(two)
+
+
+def test_cli_keeps_an_earlier_evaluation_with_other_settings(tmp_path, fixture_arrays, capsys):
+    """A second evaluation into the same --out with another --delta moves the first one's
+    files to earlier/evaluation-1/ (with a warning), where a repeat replaces them."""
+    from fastunlearn.cli import main
+
+    path, *_ = _small_dir(tmp_path, fixture_arrays)
+    out = tmp_path / "out"
+    argv = ["evaluate", str(path), "--out", str(out), "--no-progress", "--no-baseline"]
+    assert main(argv) == 0
+    first = json.loads((out / "evaluation.json").read_text())
+    assert main(argv) == 0  # the same settings: replaced, nothing kept
+    assert not (out / "earlier").exists()
+    with pytest.warns(UserWarning, match=r"'delta': 0.05 -> 0.1"):
+        assert main([*argv, "--delta", "0.1"]) == 0
+    kept = out / "earlier" / "evaluation-1"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "epsilon_hist.png", "evaluation.json", "evaluation.md"]
+    assert json.loads((kept / "evaluation.json").read_text())["delta"] == first["delta"] == 0.05
+    assert json.loads((out / "evaluation.json").read_text())["delta"] == 0.1
+    capsys.readouterr()
