@@ -1,12 +1,12 @@
 """Keep the report files of an earlier run with other settings instead of replacing them.
 
 ``repair`` and ``unlearn-features`` name their results by data set (``repair_digits.json``,
-``.md``, ``.png``) and ``evaluate`` by its folder (``evaluation.json``, ``.md``,
-``epsilon_hist.png``), so a second run with other settings into the same folder would replace
-the first run's files. Before a report is written, :func:`keep_earlier_run` moves such files into
-``earlier/<stem>-<n>/`` in the same folder (the Markdown's figure link stays valid: the files
-keep their names) and warns where they went. A run with the same settings replaces its files,
-as before.
+``.md``, ``.png``), ``evaluate`` and ``forget`` by their folder (``evaluation.json``, ``.md``,
+``epsilon_hist.png``; ``results.json``, ``.md``, the PNGs and ``logits/``), so a second run
+with other settings into the same folder would replace the first run's files. Before a
+report is written, :func:`keep_earlier_run` moves such files into ``earlier/<stem>-<n>/`` in
+the same folder (the Markdown's figure links stay valid: the files keep their names) and
+warns where they went. A run with the same settings replaces its files, as before.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 __all__ = ["IGNORED_SETTINGS", "keep_earlier_run"]
 
 #: Config entries that do not change the results (how the run reports progress, where its
-#: cached models live).
-IGNORED_SETTINGS = frozenset({"progress", "cache_dir"})
+#: cached models live, the output folder itself, whether figures are drawn).
+IGNORED_SETTINGS = frozenset({"progress", "cache_dir", "out_dir", "result_dir", "plots"})
 
 #: Settings named in the warning before it says "and N more".
 _SHOWN = 4
@@ -73,7 +73,8 @@ def keep_earlier_run(
         stem: The report's file-name stem (``repair_digits``).
         config: The settings of the run about to write its report (JSON-ready values).
         suffixes: The report's file suffixes.
-        extra_names: Other files of the report (``epsilon_hist.png``).
+        extra_names: Other files or folders of the report (``epsilon_hist.png``,
+            ``logits``).
         settings_of: The settings recorded in a loaded report JSON.
 
     Returns:
@@ -83,7 +84,7 @@ def keep_earlier_run(
     folder = Path(folder)
     earlier_json = folder / f"{stem}.json"
     names = [f"{stem}{suffix}" for suffix in suffixes] + list(extra_names)
-    present = [folder / name for name in names if (folder / name).is_file()]
+    present = [folder / name for name in names if (folder / name).exists()]
     if not present:
         return None
     old_config: Any = None

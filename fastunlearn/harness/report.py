@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .._atomic_files import save_figure, swap_in_folder
+from .._earlier_results import keep_earlier_run
 from .._json_data import json_ready
 from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
@@ -408,9 +409,13 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     With ``plots=False`` no PNG is drawn, and those of an earlier run in ``out_dir`` are
     removed (they would not match the new results).
 
-    Everything is first written into a temporary folder inside ``out_dir`` and then renamed
-    into place, so an error or an interrupt (Ctrl-C) while writing leaves an earlier run's
-    outputs there as they were (not half replaced), and no temporary folder behind.
+    The outputs of an earlier run with other settings (its ``results.json``'s ``config``)
+    are moved to ``earlier/results-<n>/`` with a warning instead of being replaced
+    (:func:`~fastunlearn._earlier_results.keep_earlier_run`); a run with the same settings
+    replaces them. Everything is first written into a temporary folder inside ``out_dir``
+    and then renamed into place, so an error or an interrupt (Ctrl-C) while writing leaves
+    an earlier run's outputs there as they were (not half replaced), and no temporary
+    folder behind.
 
     Raises:
         ValueError: If ``out_dir`` cannot take the outputs (:func:`check_out_dir`: not a
@@ -442,6 +447,9 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
                       plot_times(result, stage / "time.png").name]
         (stage / "results.md").write_text(
             render_table(result) + _figure_links([n for n in names if n.endswith(".png")]))
+        # an earlier run's outputs of other settings go to earlier/results-<n>/ (a warning)
+        keep_earlier_run(out, "results", json_ready(public.get("config", {})), (".json", ".md"),
+                         extra_names=("epsilon_hist.png", "accuracy.png", "time.png", "logits"))
         # everything is written: now only renames
         if with_logits:
             swap_in_folder(stage / "logits", out / "logits")

@@ -445,12 +445,17 @@ def test_a_rerun_without_epsilons_drops_the_old_histogram(tmp_path: Path,
                   cache_dir=str(tmp_path / "cache"), mia=False, out_dir=str(out))
     first = run_harness(HarnessConfig(seeds=2, oracles=2, **common), small)
     assert (out / "epsilon_hist.png").is_file() and "epsilon_hist" in first["paths"]
-    second = run_harness(HarnessConfig(seeds=1, oracles=1, **common), small)
+    with pytest.warns(UserWarning, match="other settings"):
+        second = run_harness(HarnessConfig(seeds=1, oracles=1, **common), small)
     assert "per_example" not in second["methods"][JITTER]
     assert "epsilon_hist" not in second["paths"]
     assert not (out / "epsilon_hist.png").exists()  # no stale plot of the first run
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(p.name for p in out.iterdir() if p.name != "earlier") == sorted(
         Path(p).name for p in second["paths"].values())
+    # the first run (other seeds) is kept whole, its histogram beside its results
+    kept = out / "earlier" / "results-1"
+    assert (kept / "epsilon_hist.png").is_file() and (kept / "logits").is_dir()
+    assert json.loads((kept / "results.json").read_text())["config"]["seeds"] == 2
 
 
 def test_cache_key_separates_devices(monkeypatch: pytest.MonkeyPatch,
