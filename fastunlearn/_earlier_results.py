@@ -1,12 +1,13 @@
 """Keep the report files of an earlier run with other settings instead of replacing them.
 
 ``repair`` and ``unlearn-features`` name their results by data set (``repair_digits.json``,
-``.md``, ``.png``), ``evaluate`` and ``forget`` by their folder (``evaluation.json``, ``.md``,
-``epsilon_hist.png``; ``results.json``, ``.md``, the PNGs and ``logits/``), so a second run
-with other settings into the same folder would replace the first run's files. Before a
-report is written, :func:`keep_earlier_run` moves such files into ``earlier/<stem>-<n>/`` in
-the same folder (the Markdown's figure links stay valid: the files keep their names) and
-warns where they went. A run with the same settings replaces its files, as before.
+``.md``, ``.png``); ``evaluate``, ``exposure`` and ``forget`` by their folder
+(``evaluation.json``, ``.md``, ``epsilon_hist.png``; ``exposure.*``; ``results.json``,
+``.md``, the PNGs and ``logits/``), so a second run with other settings into the same folder
+would replace the first run's files. Before a report is written, :func:`keep_earlier_run`
+moves such files into ``earlier/<stem>-<n>/`` in the same folder (the Markdown's figure
+links stay valid: the files keep their names) and warns where they went. A run with the
+same settings replaces its files, as before.
 """
 
 from __future__ import annotations

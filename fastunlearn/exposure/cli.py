@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .._atomic_files import write_text
 from .._cli_output import add_json_flag, command_error, json_output
+from .._earlier_results import keep_earlier_run
 from .._no_effect import no_effect_message
 from .._output_folder import check_output_folder
 from .._unused_settings import warn_unused_settings
@@ -179,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
             payload = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+            # an earlier run's files of other settings go to earlier/exposure-<n>/
+            keep_earlier_run(args.out, "exposure", json.loads(payload)["config"])
             write_text(args.out / "exposure.json", payload + "\n")
             write_text(args.out / "exposure.md",
                        report + ("" if args.no_plots else "\n![exposure](exposure.png)") + "\n")
