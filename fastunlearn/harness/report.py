@@ -414,8 +414,8 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     (:func:`~fastunlearn._earlier_results.keep_earlier_run`); a run with the same settings
     replaces them. Everything is first written into a temporary folder inside ``out_dir``
     and then renamed into place, so an error or an interrupt (Ctrl-C) while writing leaves
-    an earlier run's outputs there as they were (not half replaced), and no temporary
-    folder behind.
+    an earlier run's outputs whole (not half replaced: where they were, or in
+    ``earlier/results-<n>/`` when the move had happened), and no temporary folder behind.
 
     Raises:
         ValueError: If ``out_dir`` cannot take the outputs (:func:`check_out_dir`: not a
