@@ -64,6 +64,7 @@ import torch
 from bench.common import (
     CorrectnessError,
     check_close,
+    kept_glm_hvp_kernel,
     no_tf32,
     print_table,
     ratio,
@@ -71,6 +72,7 @@ from bench.common import (
     resolve_device,
     resolve_preset,
     scaled_atol,
+    select_glm_hvp_kernel,
     synchronize,
 )
 
@@ -93,8 +95,6 @@ BLOCK = 5
 RUN_BLOCK = 50
 #: Our solvers timed: the default (``auto``: Cholesky up to 2048 features) and CG.
 SOLVERS = ("auto", "cg")
-#: the environment variable that selects glm_hvp's one-pass CUDA kernel ("onepass")
-ONEPASS_ENV = "FASTUNLEARN_GLM_HVP"
 
 #: Our timed removals per case at the full size on CUDA: past two refreshes of the factors
 #: (the Woodbury buffers hold 256 rows), so ``*_mean_*`` includes what they cost.
@@ -294,18 +294,9 @@ def hvp_kernel_for(label: str) -> Iterator[None]:
     ending in ``_onepass`` (``FASTUNLEARN_GLM_HVP=onepass``), the two GEMMs otherwise; the
     variable's previous value is restored afterwards. A CUDA graph keeps the kernel it was
     captured with, so the variant's first removal (which captures) must run inside too."""
-    saved = os.environ.get(ONEPASS_ENV)
-    if label.endswith("_onepass"):
-        os.environ[ONEPASS_ENV] = "onepass"
-    else:
-        os.environ.pop(ONEPASS_ENV, None)
-    try:
+    with kept_glm_hvp_kernel():
+        select_glm_hvp_kernel(label.endswith("_onepass"))
         yield
-    finally:
-        if saved is None:
-            os.environ.pop(ONEPASS_ENV, None)
-        else:
-            os.environ[ONEPASS_ENV] = saved
 
 
 def configure(model: Any, fixed_step: str) -> None:

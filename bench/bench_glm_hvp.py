@@ -29,6 +29,7 @@ from bench.common import (
     H100_HBM_BYTES_PER_S,
     check_close,
     compare,
+    kept_glm_hvp_kernel,
     no_tf32,
     print_table,
     ratio,
@@ -36,6 +37,7 @@ from bench.common import (
     resolve_device,
     resolve_preset,
     scaled_atol,
+    select_glm_hvp_kernel,
     timing_options,
 )
 
@@ -50,8 +52,6 @@ SIZES: dict[str, tuple[int, int, tuple[int, ...]]] = {
 }
 #: K of the float64 rows on CUDA (the one-pass kernel takes K <= 16)
 FLOAT64_KS: tuple[int, ...] = (1, 8, 10, 16)
-#: the environment variable (and value) that selects the one-pass CUDA kernel
-ONEPASS_ENV = ("FASTUNLEARN_GLM_HVP", "onepass")
 
 COLUMNS = [
     ("n", "n", "d"),
@@ -88,15 +88,6 @@ def make_inputs(
     return X.to(device), S.to(device), V.to(device)
 
 
-def _set_onepass(on: bool) -> None:
-    """Select the one-pass CUDA kernel (or the default two GEMMs) for the next calls."""
-    name, value = ONEPASS_ENV
-    if on:
-        os.environ[name] = value
-    else:
-        os.environ.pop(name, None)
-
-
 def run_case(
     n: int,
     d: int,
@@ -119,25 +110,19 @@ def run_case(
     what = f"{NAME} n={n} d={d} K={K} {str(dtype).removeprefix('torch.')}"
     impls = {"ours": lambda: glm_hvp(X, S, V, LAM), "torch": lambda: torch_hvp(X, S, V, LAM)}
     setups = {}
-    name, _ = ONEPASS_ENV
-    saved = os.environ.get(name)
-    try:
-        _set_onepass(False)
+    with kept_glm_hvp_kernel():
+        select_glm_hvp_kernel(False)
         err = check_close(glm_hvp(X, S, V, LAM), expected, rtol=rtol,
                           atol=scaled_atol(expected, atol), what=what)
         onepass_err = None
         if onepass:
-            _set_onepass(True)
+            select_glm_hvp_kernel(True)
             onepass_err = check_close(glm_hvp(X, S, V, LAM), expected, rtol=rtol,
                                       atol=scaled_atol(expected, atol), what=f"{what} one-pass")
             impls["onepass"] = lambda: glm_hvp(X, S, V, LAM)
-            setups = {"ours": lambda: _set_onepass(False), "onepass": lambda: _set_onepass(True)}
+            setups = {"ours": lambda: select_glm_hvp_kernel(False),
+                      "onepass": lambda: select_glm_hvp_kernel(True)}
         res = compare(impls, device, setups=setups, **opts)
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
     ours, peer = res["ours"].timing, res["torch"].timing
     nbytes = n * d * X.element_size()
     rec: dict[str, Any] = {

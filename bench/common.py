@@ -117,6 +117,39 @@ def no_tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+#: The environment variable that selects glm_hvp's CUDA kernel, and its one-pass value
+#: (unset: the two cuBLAS GEMMs). Read per call, so it can change between calls.
+GLM_HVP_KERNEL_ENV = ("FASTUNLEARN_GLM_HVP", "onepass")
+
+
+def select_glm_hvp_kernel(onepass: bool) -> None:
+    """Select glm_hvp's one-pass CUDA kernel (or the default two GEMMs) for the next calls.
+
+    On the CPU the variable changes nothing. Use inside :func:`kept_glm_hvp_kernel` so the
+    caller's setting comes back.
+    """
+    name, value = GLM_HVP_KERNEL_ENV
+    if onepass:
+        os.environ[name] = value
+    else:
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def kept_glm_hvp_kernel() -> Iterator[None]:
+    """Restore ``FASTUNLEARN_GLM_HVP`` to its value on entry (set or unset) when the block
+    ends, however it ends."""
+    name, _ = GLM_HVP_KERNEL_ENV
+    saved = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued work on ``device`` (no-op on the CPU)."""
     if device.type == "cuda":

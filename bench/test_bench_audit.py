@@ -23,7 +23,13 @@ from bench import (
     bench_metrics,
     bench_per_sample,
 )
-from bench.common import CorrectnessError, OpUnavailable, ratio, timing_options
+from bench.common import (
+    GLM_HVP_KERNEL_ENV,
+    CorrectnessError,
+    OpUnavailable,
+    ratio,
+    timing_options,
+)
 from bench.test_benchmarks import _need
 
 CPU = torch.device("cpu")
@@ -212,7 +218,7 @@ def test_glm_hvp_onepass_column_checks_times_and_restores_the_environment(monkey
     """The one-pass column (a CUDA kernel; on the CPU the variable changes nothing) is checked
     like the others, timed in the same round-robin, and leaves the variable as it was."""
     _need("glm_hvp")
-    name, value = bench_glm_hvp.ONEPASS_ENV
+    name, value = GLM_HVP_KERNEL_ENV
     monkeypatch.setenv(name, "kept")
     rec = bench_glm_hvp.run_case(600, 40, 10, CPU, torch.float64, onepass=True,
                                  **timing_options("tiny"))
