@@ -1,7 +1,7 @@
 // The one-pass float64 glm_hvp of the CUDA kernels (opt-in: FASTUNLEARN_GLM_HVP=onepass),
 // written so that the host can run it too: every step is a function of one thread or of one
 // warp, and the kernel in cuda/glm_cuda.cu only chains them with barriers. The C++ unit tests
-// (csrc/tests/test_ops.cpp, `glm_hvp_onepass_emulated`) run the same functions on the CPU,
+// (csrc/tests/test_glm_hvp_onepass.cpp, ctest `glm_hvp_onepass`) run the same functions on the CPU,
 // thread by thread and warp by warp between the barriers, with a plain-loop stand-in for the
 // tensor-core fragments (HostMma below), and compare with the float64 formula.
 //
@@ -88,21 +88,23 @@ inline Params make_params(int64_t n, int d, int K, const double* X = nullptr) {
 }
 
 // Shared memory of one block, in doubles, at these offsets (each a multiple of 4 doubles).
+// The two buffers' offsets are computed from the buffer index (an array indexed by a
+// run-time buffer would put the layout in local memory on the device).
 struct SharedLayout {
-  int tile[2];    // [kTileRows, ld] per buffer
-  int srows[2];   // [kTileRows, kClasses] per buffer: S of the tile's rows, zero-padded
+  int tile_size;  // [kTileRows, ld] per buffer, the first at offset 0
+  int srows0;     // [kTileRows, kClasses] per buffer: S of the tile's rows, zero-padded
   int partials;   // [kWarps, kTileRows, kClasses]: the first product's per-warp partials
   int z;          // [kTileRows, kClasses]: S * (X V) of the tile's rows
   int total;
+  FU_ONEPASS_FN int tile(int buffer) const { return buffer * tile_size; }
+  FU_ONEPASS_FN int srows(int buffer) const { return srows0 + buffer * kTileRows * kClasses; }
 };
 
 inline SharedLayout shared_layout(const Params& p) {
   SharedLayout s{};
   const int tile = kTileRows * p.ld, rows = kTileRows * kClasses;
-  s.tile[0] = 0;
-  s.tile[1] = tile;
-  s.srows[0] = 2 * tile;
-  s.srows[1] = 2 * tile + rows;
+  s.tile_size = tile;
+  s.srows0 = 2 * tile;
   s.partials = 2 * tile + 2 * rows;
   s.z = s.partials + kWarps * rows;
   s.total = s.z + rows;
@@ -115,7 +117,7 @@ inline SharedLayout shared_layout(const Params& p) {
 // before the first tile: the warps load their V fragments from it (load_v), then a barrier,
 // then the buffers are used for tiles. Saves the caller a padded copy of V per call.
 FU_ONEPASS_FN void stage_v(const Params& p, double* smem, const SharedLayout& s, int t) {
-  double* padded = smem + s.tile[0];  // width * 16 <= 2 * kTileRows * ld doubles
+  double* padded = smem + s.tile(0);  // width * 16 <= 2 * kTileRows * ld doubles
   for (int e = t; e < p.width * kClasses; e += kThreads) {
     const int j = e / kClasses, k = e % kClasses;
     padded[e] = j < p.d && k < p.K ? p.V[static_cast<int64_t>(j) * p.K + k] : 0.0;
@@ -129,7 +131,7 @@ FU_ONEPASS_FN void zero_padding(const Params& p, double* smem, const SharedLayou
   for (int e = t; e < 2 * kTileRows * pad; e += kThreads) {
     const int buffer = e / (kTileRows * pad), rest = e % (kTileRows * pad);
     const int r = rest / pad, c = p.d + rest % pad;
-    smem[s.tile[buffer] + r * p.ld + c] = 0.0;
+    smem[s.tile(buffer) + r * p.ld + c] = 0.0;
   }
 }
 
@@ -141,8 +143,10 @@ template <typename Copy>
 FU_ONEPASS_FN void issue_tile(const Params& p, double* smem, const SharedLayout& s, int buffer,
                               int64_t tile, int t, Copy copy) {
   const int64_t row0 = tile * kTileRows;
-  const int rows = static_cast<int>(std::min<int64_t>(kTileRows, p.n - row0));
-  double* dst = smem + s.tile[buffer];
+  // rows of this tile inside X (a ternary: std::min needs --expt-relaxed-constexpr on the device)
+  const int64_t left = p.n - row0;
+  const int rows = left < kTileRows ? static_cast<int>(left) : kTileRows;
+  double* dst = smem + s.tile(buffer);
   for (int r = 0; r < kTileRows; ++r) {
     if (r < rows) {
       const double* src = p.X + (row0 + r) * p.d;
@@ -155,7 +159,7 @@ FU_ONEPASS_FN void issue_tile(const Params& p, double* smem, const SharedLayout&
       for (int c = t; c < p.d; c += kThreads) dst[r * p.ld + c] = 0.0;
     }
   }
-  double* srows = smem + s.srows[buffer];
+  double* srows = smem + s.srows(buffer);
   for (int e = t; e < kTileRows * kClasses; e += kThreads) {
     const int r = e / kClasses, k = e % kClasses;
     if (r < rows && k < p.K) {
@@ -180,7 +184,7 @@ FU_ONEPASS_FN void finish_rows(const Params& p, double* smem, const SharedLayout
   double margin = 0.0;
   for (int w = 0; w < kWarps; ++w) margin += smem[s.partials + w * kTileRows * kClasses + t];
   if (p.margins != nullptr) p.margins[row * p.K + k] = margin;
-  smem[s.z + t] = margin * smem[s.srows[buffer] + t];
+  smem[s.z + t] = margin * smem[s.srows(buffer) + t];
 }
 
 // The final reduction, thread t of block b: output e = 32 b + t % 32 (e = j K + k) summed
@@ -217,7 +221,7 @@ FU_ONEPASS_FN void finish_reduction(const double* V, double* out, double lam, in
 template <typename Mma, int Halves>
 FU_ONEPASS_FN void load_v(const Params& p, const double* smem, const SharedLayout& layout,
                           int w, typename Mma::B (&v)[kMaxKSteps][Halves]) {
-  const double* padded = smem + layout.tile[0];
+  const double* padded = smem + layout.tile(0);
 #pragma unroll
   for (int s = 0; s < kMaxKSteps; ++s) {
     if (s < p.ksteps) {
@@ -237,7 +241,7 @@ FU_ONEPASS_FN void first_product(const Params& p, double* smem, const SharedLayo
   typename Mma::C acc[Halves];
 #pragma unroll
   for (int h = 0; h < Halves; ++h) Mma::zero(acc[h]);
-  const double* tile = smem + s.tile[buffer];
+  const double* tile = smem + s.tile(buffer);
 #pragma unroll
   for (int step = 0; step < kMaxKSteps; ++step) {
     if (step < p.ksteps) {
@@ -257,7 +261,7 @@ template <typename Mma, int Halves>
 FU_ONEPASS_FN void second_product(const Params& p, double* smem, const SharedLayout& s,
                                   int buffer, int w,
                                   typename Mma::C (&out)[kMaxMTiles][Halves]) {
-  const double* tile = smem + s.tile[buffer];
+  const double* tile = smem + s.tile(buffer);
   const double* z = smem + s.z;
 #pragma unroll
   for (int r0 = 0; r0 < kTileRows; r0 += 4) {

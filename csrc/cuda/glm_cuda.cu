@@ -12,7 +12,7 @@
 //
 // FASTUNLEARN_GLM_HVP=onepass (opt-in until a GPU has timed it against the two GEMMs; "gemm",
 // the default, keeps them; other values raise) runs
-// float64 calls with d <= 832 and K <= 16 on an sm_80+ card through a one-pass kernel instead:
+// float64 calls with d <= 832 and K <= 16 on an 8.0, 9.0 or 10.0 card through a one-pass kernel:
 // each row tile of X is read from global memory once and used for both products, on float64
 // tensor cores (csrc/glm_hvp_onepass.h, where the steps are; the host runs the same steps in
 // the C++ unit tests). Other calls take the GEMMs.
@@ -25,6 +25,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -147,6 +148,10 @@ __global__ void __launch_bounds__(op1::kThreads, 1)
     __syncthreads();  // the buffer is refilled by the next iteration's copies
   }
   op1::store_partial<DeviceMma, Halves>(p, blockIdx.x, w, out);
+#else
+  // compiled for a card without float64 fragments: use_onepass checks the loaded image and
+  // never launches this, so getting here is a bug (fail loudly rather than leave out unset)
+  __trap();
 #endif
 }
 
@@ -170,16 +175,42 @@ bool onepass_requested() {
   return true;
 }
 
-// Whether this call runs the one-pass kernel: asked for, float64, a shape it takes, and an
-// sm_80+ card with room for its shared memory.
+// Whether the kernel's code loaded for the current device was compiled for sm_80 or newer
+// (float64 fragments). An image built from older PTX (say TORCH_CUDA_ARCH_LIST="7.5+PTX" on
+// an A100) would run the kernel's empty body; checked once per device.
+bool onepass_image_has_fragments() {
+  static std::mutex mutex;
+  static std::map<int, bool> known;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(device);
+  if (found != known.end()) return found->second;
+  bool ok = true;
+  for (const void* kernel : {reinterpret_cast<const void*>(glm_hvp_onepass_kernel<1>),
+                             reinterpret_cast<const void*>(glm_hvp_onepass_kernel<2>)}) {
+    cudaFuncAttributes attributes{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+    ok = ok && attributes.ptxVersion >= 80 && attributes.binaryVersion >= 80;
+  }
+  known.emplace(device, ok);
+  return ok;
+}
+
+// Whether this call runs the one-pass kernel: asked for, float64, a shape it takes, a card
+// with full-rate float64 tensor cores (the data-centre parts: compute capability 8.0 (A100,
+// A30), 9.0 (H100, H200), 10.0 (B200); the others run float64 at a small fraction of that
+// rate, where the GEMMs are the better choice) and room for its shared memory, and a loaded
+// image compiled for it.
 bool use_onepass(const at::Tensor& X, int64_t K) {
   if (!onepass_requested() || X.scalar_type() != at::kDouble) return false;
   if (!op1::fits(X.size(0), X.size(1), K)) return false;
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-  if (props->major < 8) return false;
+  if (props->minor != 0 || props->major < 8 || props->major > 10) return false;
   const op1::Params p = op1::make_params(X.size(0), static_cast<int>(X.size(1)),
                                          static_cast<int>(K));
-  return op1::shared_layout(p).total * sizeof(double) <= props->sharedMemPerBlockOptin;
+  if (op1::shared_layout(p).total * sizeof(double) > props->sharedMemPerBlockOptin) return false;
+  return onepass_image_has_fragments();
 }
 
 // Lets the kernel use all the shared memory a block may have, once per kernel and device (a
@@ -191,9 +222,10 @@ void allow_shared_memory(Kernel kernel, int halves, const cudaDeviceProp* props)
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
-  if (done.insert({device, halves}).second) {
+  if (done.count({device, halves}) == 0) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(props->sharedMemPerBlockOptin)));
+    done.insert({device, halves});  // only once set: a failure is retried by the next call
   }
 }
 
@@ -260,14 +292,14 @@ at::Tensor hvp_cuda(const at::Tensor& X_in, const at::Tensor& S_in, const at::Te
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t n = X_in.size(0), K = S_in.size(1);
   const at::Tensor V = V_in.contiguous();
-  at::Tensor out = at::empty_like(V, at::MemoryFormat::Contiguous);
-  if (out.numel() == 0) {  // d == 0 or K == 0: X V is an empty sum (or has no columns)
+  if (V.numel() == 0) {  // d == 0 or K == 0: X V is an empty sum (or has no columns)
     if (margins.defined()) margins.zero_();
-    return out;
+    return at::empty_like(V, at::MemoryFormat::Contiguous);
   }
   if (n > 0 && use_onepass(X_in, K)) {
     return hvp_onepass(X_in.contiguous(), S_in.contiguous(), V, lam, margins, stream);
   }
+  at::Tensor out = at::empty_like(V, at::MemoryFormat::Contiguous);
   const bool gemm_initialises = lam == 0.0 && n > 0;
   if (!gemm_initialises) {
     AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "glm_hvp_init", [&] {

@@ -115,7 +115,8 @@ int test_glm_hvp_onepass_emulated() {
       {37, 17, 3, 2, false},  {300, 784, 10, 5, false}, {8, 1, 1, 1, false},
       {1000, 832, 16, 7, false}, {9, 100, 9, 2, false}, {64, 33, 8, 8, false},
       {5, 5, 16, 1, false},   {130, 65, 12, 3, false},  {17, 257, 2, 3, false},
-      {200, 800, 7, 4, false}, {200, 784, 10, 3, true}, {8, 2, 1, 1, false}};
+      {200, 800, 7, 4, false}, {200, 784, 10, 3, true}, {8, 2, 1, 1, false},
+      {2000, 784, 10, 132, false}};  // an H100's 132 blocks: the reduction's lanes wrap
   int failures = 0;
   for (const Case& c : cases) {
     // one double into a buffer: X contiguous but not 16-byte aligned, so rows are copied a

@@ -77,7 +77,8 @@ def glm_hvp(X: Tensor, S: Tensor, V: Tensor, lam: float | np.floating) -> Tensor
     row block of ``X`` is read from memory once and used for both products. On CUDA the two
     products are two cuBLAS GEMMs (``X`` read twice); with the environment variable
     ``FASTUNLEARN_GLM_HVP=onepass`` (opt-in, not yet timed on a GPU) float64 calls with
-    ``d <= 832`` and ``K <= 16`` on sm_80+ cards run a one-pass tensor-core kernel instead,
+    ``d <= 832`` and ``K <= 16`` on cards with full-rate float64 tensor cores (compute
+    capability 8.0, 9.0 or 10.0) run a one-pass tensor-core kernel instead,
     whose results are the same every run. Differentiable with respect to ``X``, ``S`` and
     ``V``.
 

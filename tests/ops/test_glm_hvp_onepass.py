@@ -1,12 +1,17 @@
 """glm_hvp's one-pass CUDA kernel (``FASTUNLEARN_GLM_HVP=onepass``) vs the float64 reference.
 
-The kernel takes float64 calls with d <= 832 and K <= 16 on sm_80+ cards; every other call
-takes the two GEMMs, with or without the variable. Its steps also run on the host in the C++
+The kernel takes float64 calls with d <= 832 and K <= 16 on cards of compute capability 8.0,
+9.0 or 10.0 (full-rate float64 tensor cores); every other call takes the two GEMMs, with or
+without the variable. Its steps also run on the host in the C++
 unit tests (``ctest -R glm_hvp_onepass``); these tests run the kernel itself (GPU only), and
 check on the CPU that the variable changes nothing there.
 """
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -28,6 +33,22 @@ def problem(n, d, K, dtype=torch.float64, device="cpu", seed=0):
 @pytest.fixture
 def onepass(monkeypatch):
     monkeypatch.setenv(ENV, "onepass")
+
+
+def card_takes_onepass() -> bool:
+    """Whether the current card is one the kernel runs on (full-rate float64 tensor cores)."""
+    return torch.cuda.get_device_capability() in ((8, 0), (9, 0), (10, 0))
+
+
+def kernels_run(fn) -> list[str]:
+    """Names of the CUDA kernels ``fn()`` launched (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [event.name for event in prof.events()
+            if event.device_type == torch.autograd.DeviceType.CUDA]
 
 
 def test_the_variable_changes_nothing_on_the_cpu(monkeypatch):
@@ -143,3 +164,49 @@ def test_onepass_in_a_cuda_graph(onepass):
     torch.cuda.synchronize()
     torch.testing.assert_close(out, 2 * want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
     torch.testing.assert_close(margins, X @ V, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.cuda
+def test_onepass_runs_its_kernel_exactly_where_it_should(monkeypatch):
+    """The variable selects the one-pass kernel on the cards and shapes it takes (and the
+    results above are its results, not the GEMMs' under another name); elsewhere the GEMMs."""
+    X, S, V = problem(2000, 784, 10, device="cuda")
+    monkeypatch.setenv(ENV, "onepass")
+    names = kernels_run(lambda: glm_hvp(X, S, V, 0.1))
+    ran = any("glm_hvp_onepass_kernel" in name for name in names)
+    assert ran == card_takes_onepass(), names
+    if ran:  # two launches: the kernel and the fixed-order reduction
+        assert any("glm_hvp_onepass_reduce_kernel" in name for name in names), names
+    for args in ((X.float(), S.float(), V.float()), problem(100, 833, 4, device="cuda")):
+        names = kernels_run(lambda args=args: glm_hvp(*args, 0.1))
+        assert not any("onepass" in name for name in names), names
+    monkeypatch.setenv(ENV, "gemm")
+    names = kernels_run(lambda: glm_hvp(X, S, V, 0.1))
+    assert not any("onepass" in name for name in names), names
+
+
+@pytest.mark.cuda
+def test_onepass_first_call_inside_a_cuda_graph_capture():
+    """The kernel's one-time setup (its shared-memory attribute, the check of the loaded
+    image) also works when the process's first call is being captured: run in a fresh
+    process, so nothing was set up before."""
+    script = textwrap.dedent("""
+        import torch, fastunlearn
+        from fastunlearn.ops import glm_hvp, reference
+        gen = torch.Generator().manual_seed(0)
+        X = (torch.randn(3000, 784, generator=gen, dtype=torch.float64) / 28).cuda()
+        S = (0.25 * torch.rand(3000, 10, generator=gen, dtype=torch.float64)).cuda()
+        V = torch.randn(784, 10, generator=gen, dtype=torch.float64).cuda()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = glm_hvp(X, S, V, 0.5)
+        graph.replay()
+        torch.cuda.synchronize()
+        want = reference.glm_hvp(X, S, V, 0.5)
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+        print("ok")
+    """)
+    env = dict(os.environ, FASTUNLEARN_GLM_HVP="onepass")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
