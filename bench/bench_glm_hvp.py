@@ -10,7 +10,8 @@ is reported as ``n * d * itemsize`` bytes (X read once, the floor of a fused ker
 second, and on CUDA as a percentage of the H100's 3.35 TB/s.
 
 On CUDA the sweep also runs float64 (the certified removal's dtype; K = 10 is MNIST's
-one-vs-rest) and times a third implementation there: the op with
+one-vs-rest; also one digits-sized row, n = 1500, d = 64, K = 10, where the one-pass
+kernel may be latency-bound) and times a third implementation there: the op with
 ``FASTUNLEARN_GLM_HVP=onepass`` (the opt-in one-pass tensor-core kernel, X read once), in the
 same round-robin as the op's default two GEMMs and the torch peer. The variable is set and
 cleared by untimed set-up calls, so those two run one call per sample.
@@ -52,6 +53,9 @@ SIZES: dict[str, tuple[int, int, tuple[int, ...]]] = {
 }
 #: K of the float64 rows on CUDA (the one-pass kernel takes K <= 16)
 FLOAT64_KS: tuple[int, ...] = (1, 8, 10, 16)
+#: (n, d, K) of float64 rows on CUDA at small d (digits one-vs-rest scale): whether the
+#: one-pass kernel, one 8-row tile in flight per SM, is latency-bound there
+FLOAT64_SMALL: tuple[tuple[int, int, int], ...] = ((1500, 64, 10),)
 
 COLUMNS = [
     ("n", "n", "d"),
@@ -181,6 +185,8 @@ def run(
             onepass = os.environ.get("FASTUNLEARN_BENCH_NO_ONEPASS", "0") in ("", "0")
             records += [run_case(n, d, K, dev, torch.float64, onepass=onepass, **opts)
                         for K in FLOAT64_KS]
+            records += [run_case(*shape, dev, torch.float64, onepass=onepass, **opts)
+                        for shape in FLOAT64_SMALL]
     return records
 
 
