@@ -92,6 +92,10 @@ inline void check_cg_update_args(const at::Tensor& x, const at::Tensor& r, const
       {inv_diag.has_value() ? &*inv_diag : nullptr, "inv_diag"}, {&rz, "rz"}, {&rr, "rr"},
       {&active, "active"}, {&iterations, "iterations"}, {&threshold_sq, "threshold_sq"}};
   for (const auto& [w, w_name] : written) {
+    // an expanded (stride-0) argument: several of its elements would be written at once
+    TORCH_CHECK_VALUE(at::has_internal_overlap(*w) != at::MemOverlap::Yes, op, ": argument '",
+                      w_name, "' (written in place) has elements that share memory (an ",
+                      "expanded tensor?); pass a tensor with its own storage per element");
     for (const auto& [a, a_name] : all) {
       if (a == nullptr || a == w || (w == &p && a == &Ap)) continue;
       const at::MemOverlapStatus status = at::get_overlap_status(*w, *a);
@@ -235,12 +239,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> glm_cg_solve(
       TORCH_CHECK_VALUE(m.size(1) == K || m.size(1) == 1, op,
                         ": argument 'precond' (Jacobi inverse diagonal) must have ", K,
                         " columns or 1, got shape ", m.sizes());
+      // an inverse diagonal that is zero, negative or not finite is no preconditioner: CG
+      // would stop at once (or run on NaN) and return the start as if it had converged
+      TORCH_CHECK_VALUE(at::logical_and(m > 0, at::isfinite(m)).all().item<bool>(), op,
+                        ": argument 'precond' (Jacobi inverse diagonal) must be finite and > 0 ",
+                        "everywhere");
       jacobi = m.contiguous();
     } else {
       TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == K && m.size(1) == d && m.size(2) == d, op,
                         ": argument 'precond' must be a [d, K] Jacobi inverse diagonal or ",
                         "[K, d, d] lower Cholesky factors (d = ", d, ", K = ", K, "), got shape ",
                         m.sizes());
+      // the triangular solves read the lower triangle only: it must be finite, its
+      // diagonal > 0 (the factor of a positive definite preconditioner)
+      TORCH_CHECK_VALUE(at::isfinite(m.tril()).all().item<bool>() &&
+                            (m.diagonal(0, -2, -1) > 0).all().item<bool>(),
+                        op, ": argument 'precond' (lower Cholesky factors) must be finite with ",
+                        "a diagonal > 0");
       cholesky = m.contiguous();
     }
   }

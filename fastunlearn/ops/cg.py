@@ -53,11 +53,22 @@ def cg_update_(
         threshold_sq (Tensor[K]): a column stays active while ``rr > threshold_sq``.
 
     Raises:
-        TypeError: if a dtype does not match (the message names the argument).
+        TypeError: if an argument is not a Tensor (``inv_diag`` may be None) or a dtype does
+            not match (the message names the argument).
         ValueError: if a shape or device does not match, or a tensor written in place
-            shares memory with another argument (the message names the argument).
+            shares memory with another argument or between its own elements (an expanded
+            tensor; the message names the argument).
 
     """
+    tensors = {"x": x, "r": r, "p": p, "Ap": Ap, "rz": rz, "rr": rr, "active": active,
+               "iterations": iterations, "threshold_sq": threshold_sq}
+    if inv_diag is not None:
+        tensors["inv_diag"] = inv_diag
+    for name, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"argument '{name}' must be a torch.Tensor, got {type(value).__name__}"
+            )
     torch.ops.fastunlearn.cg_update_.default(
         x, r, p, Ap, inv_diag, rz, rr, active, iterations, threshold_sq
     )

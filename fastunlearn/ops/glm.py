@@ -165,7 +165,8 @@ def jacobi_inverse_diagonal(X: Tensor, S: Tensor, lam: float | np.floating) -> T
     """Inverse diagonals of the K Hessians: ``1 / ((X * X)^T S + lam)``, a Jacobi preconditioner.
 
     Where a diagonal entry is not positive (a feature that is zero on every weighted row
-    while ``lam == 0``) the entry is 1, so the preconditioner stays positive definite.
+    while ``lam == 0``) or its inverse overflows, the entry is 1, so the preconditioner
+    stays positive definite and finite.
 
     Args:
         X (Tensor[n, d]): design matrix.
@@ -176,20 +177,33 @@ def jacobi_inverse_diagonal(X: Tensor, S: Tensor, lam: float | np.floating) -> T
         Tensor[d, K]: the inverse diagonals, one column per class.
 
     Raises:
-        TypeError: if an argument has the wrong Python type.
-        ValueError: if ``lam`` is negative or not finite, or ``X`` and ``S`` do not match.
+        TypeError: if an argument has the wrong Python type, ``X`` is not float32/float64,
+            or ``S`` has another dtype.
+        ValueError: if ``lam`` is negative or not finite, or ``X`` and ``S`` do not match in
+            shape or device.
 
     """
     _check_tensor(X, "X")
     _check_tensor(S, "S")
     lam = _check_lam(lam)
+    if X.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"argument 'X' must be float32 or float64, got {X.dtype}")
+    if S.dtype != X.dtype:
+        raise TypeError(
+            f"arguments 'S' ({S.dtype}) and 'X' ({X.dtype}) must have the same dtype"
+        )
+    if S.device != X.device:
+        raise ValueError(
+            f"arguments 'S' ({S.device}) and 'X' ({X.device}) must be on the same device"
+        )
     if X.dim() != 2 or S.dim() != 2 or X.shape[0] != S.shape[0]:
         raise ValueError(
             f"arguments 'X' [n, d] and 'S' [n, K] must be 2-D with the same number of rows, "
             f"got {tuple(X.shape)} and {tuple(S.shape)}"
         )
     diagonal = square_weighted_sums(X, S) + lam
-    return torch.where(diagonal > 0, diagonal.reciprocal(), torch.ones_like(diagonal))
+    inverse = diagonal.reciprocal()
+    return torch.where((diagonal > 0) & inverse.isfinite(), inverse, torch.ones_like(diagonal))
 
 
 #: Bytes of the ``X * X`` temporary :func:`square_weighted_sums` builds at a time on the CPU
@@ -275,9 +289,9 @@ def glm_cg(
         x0 (Tensor[d, K], optional): warm start; zeros if None.
         precond (str or Tensor, optional): None for plain CG; ``"jacobi"`` for the inverse
             Hessian diagonals (:func:`jacobi_inverse_diagonal`); a Tensor[d, K] of inverse
-            diagonals; or a Tensor[K, d, d] of lower Cholesky factors ``L_k`` of
+            diagonals (finite, > 0); or a Tensor[K, d, d] of lower Cholesky factors ``L_k`` of
             preconditioners ``M_k = L_k L_k^T`` (the exact factors of ``H_k`` solve in one
-            iteration).
+            iteration; the lower triangle finite, the diagonal > 0).
         tol (float): relative residual tolerance, >= 0.
         maxiter (int, optional): iteration cap per system, >= 0; default ``max(10, 2 d)``.
 
@@ -285,10 +299,11 @@ def glm_cg(
         CGResult: ``(solution [d, K], iterations int64 [K], residual_norms [K])``.
 
     Raises:
-        TypeError: if an argument has the wrong Python type.
         TypeError: if an argument has the wrong Python type or a tensor the wrong dtype.
         ValueError: if ``lam``, ``tol`` or ``maxiter`` is out of range, ``precond`` is an
-            unknown string, or shapes or devices do not match (the message names the
+            unknown string or a tensor of values no preconditioner has (zero, negative or
+            non-finite inverse diagonals; factors with a non-finite lower triangle or a
+            diagonal entry <= 0), or shapes or devices do not match (the message names the
             argument).
 
     """

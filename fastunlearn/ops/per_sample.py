@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import _extension  # noqa: F401  (loads the compiled library)
-from .._numbers import is_flag
+from .._numbers import as_float, is_flag, is_real
 
 __all__ = [
     "per_sample_grad",
@@ -239,12 +239,18 @@ def clip_weights(sq_norms: Tensor, max_norm: float) -> Tensor:
         Tensor[B]: factors in ``(0, 1]``, same dtype and device as ``sq_norms``.
 
     Raises:
-        TypeError: ``sq_norms`` is not a tensor.
-        ValueError: ``max_norm`` is not a finite positive number.
+        TypeError: ``sq_norms`` is not a tensor, or ``max_norm`` not a real number (a bool,
+            a string or a tensor is not).
+        ValueError: ``max_norm`` is not finite and > 0.
 
     """
     _check_tensor(sq_norms, "sq_norms", "clip_weights")
-    max_norm = float(max_norm)
+    if not is_real(max_norm):  # Python or NumPy real, not a bool, a string or a tensor
+        raise TypeError(
+            f"clip_weights: argument 'max_norm' must be a real number, "
+            f"got {type(max_norm).__name__}"
+        )
+    max_norm = as_float(max_norm)  # an int beyond the float range: inf, refused below
     if not (math.isfinite(max_norm) and max_norm > 0.0):
         raise ValueError(
             f"clip_weights: argument 'max_norm' must be finite and > 0, got {max_norm}"
