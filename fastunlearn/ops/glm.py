@@ -5,7 +5,7 @@ For one-vs-rest logistic regression with K classes, class k's Hessian is
 sample weights, and zero for removed rows (so a removal never copies ``X``).
 
 Only :func:`glm_hvp` is differentiable. :func:`glm_hvp_margins`, :func:`glm_hessian` and
-:func:`glm_cg` refuse inputs that require grad while grad mode is on (a ``RuntimeError``
+:func:`glm_cg` refuse inputs that require grad while grad mode is on (a ``ValueError``
 naming the op and the arguments) rather than return outputs that silently carry no
 gradient; call them under ``torch.no_grad()`` or on detached tensors.
 """
@@ -114,7 +114,7 @@ def glm_hvp_margins(
     A caller that needs both (the certified CG removal step: ``X V`` updates the cached
     margins and enters the bound) saves the second pass ``X @ V`` would cost. Not
     differentiable (use :func:`glm_hvp` for autograd): inputs that require grad raise
-    ``RuntimeError`` while grad mode is on.
+    ``ValueError`` while grad mode is on.
 
     Args:
         X (Tensor[n, d]): design matrix (float32 or float64).
@@ -467,7 +467,7 @@ def _refuse_gradients(op: str, names: tuple[str, ...]) -> None:
             for n, t in zip(names, inputs, strict=False)
             if isinstance(t, Tensor) and t.requires_grad
         ]
-        raise RuntimeError(
+        raise ValueError(
             f"{op}: not differentiable, but argument(s) {', '.join(map(repr, wanted))} "
             "require grad; call it under torch.no_grad() or on detached tensors"
             + (" (glm_hvp is differentiable)" if op != "glm_cg" else "")
