@@ -12,10 +12,26 @@ def test_cpu_forms_parse():
     assert parse_device(torch.device("cpu")) == torch.device("cpu")
 
 
-@pytest.mark.parametrize("spec", ["tpu", "meta", "mps", "cuda:x", "", 3.5, None])
+@pytest.mark.parametrize("spec", ["tpu", "meta", "mps", "cuda:x", ""])
 def test_other_devices_are_refused_naming_the_argument(spec):
     with pytest.raises(ValueError, match=r"^'out_device' must be cpu, cuda or cuda:<index>"):
         parse_device(spec, argument="out_device")
+
+
+@pytest.mark.parametrize("spec", [3.5, None, True, [0], b"cpu"])
+def test_values_of_other_types_are_type_errors_naming_the_argument(spec):
+    with pytest.raises(TypeError, match=r"^'out_device' must be a device string"):
+        parse_device(spec, argument="out_device")
+
+
+def test_an_index_is_a_cuda_device():
+    import numpy as np
+
+    if torch.cuda.is_available():
+        assert parse_device(np.int64(0)) == torch.device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            parse_device(np.int64(0))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

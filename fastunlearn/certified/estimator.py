@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import numbers
 import os
 import time
 import uuid
@@ -27,8 +26,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from .. import ops
+from .._numbers import as_int, is_integer
 from .._paths import check_file_path
 from . import single_row, woodbury
+from ._settings import device_setting, flag_setting, int_setting, real_setting
 from .bounds import (
     c_delta,
     data_dependent_bound,
@@ -76,24 +77,6 @@ CG_ITERATIONS_GUESS = 2
 CG_REFRESH_ITERATIONS = 8
 _TRAIN_MODES = ("auto", "binary", "ovr")
 _SOLVERS = ("auto", "cholesky", "cg")
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _finite_float(value: object) -> float | None:
-    """Return ``value`` as a float if it is a finite real number, else None.
-
-    An int beyond the float range (whose ``float()`` raises OverflowError) gives None too.
-    """
-    if not _is_real(value):
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _host_array(value: Any) -> Any:
@@ -284,12 +267,19 @@ class CertifiedLogisticRegression(
         return copy.deepcopy(self, {} if X is None else {id(X): X})
 
     def _fit_config(self) -> dict[str, Any]:
-        """Validate the parameters read by ``fit``; returns them normalised (no mutation)."""
+        """Validate the parameters read by ``fit``; returns them normalised (no mutation).
+
+        Raises:
+            TypeError: a parameter has the wrong type (a bool or a string for a number, an
+                int for a flag, a float for a count); the message names it.
+            ValueError: a parameter is out of range; the message names it.
+
+        """
 
         def real(name: str, lo: float, *, strict: bool) -> float:
             given = getattr(self, name)
-            value = _finite_float(given)
-            if value is None:
+            value = real_setting(name, given)
+            if not math.isfinite(value):
                 raise ValueError(f"argument '{name}' must be a finite real number, got {given!r}")
             if value < lo or (strict and value == lo):
                 raise ValueError(
@@ -302,8 +292,8 @@ class CertifiedLogisticRegression(
             "sigma": real("sigma", 0.0, strict=False),
             "epsilon": real("epsilon", 0.0, strict=True),
         }
-        delta = _finite_float(self.delta)
-        if delta is None or not 0.0 < delta < 1.0:
+        delta = real_setting("delta", self.delta)
+        if not 0.0 < delta < 1.0:  # nan too
             raise ValueError(f"argument 'delta' must be in (0, 1), got {self.delta!r}")
         cfg["delta"] = delta
         if self.train_mode not in _TRAIN_MODES:
@@ -311,55 +301,45 @@ class CertifiedLogisticRegression(
                 f"argument 'train_mode' must be one of {_TRAIN_MODES}, got {self.train_mode!r}"
             )
         cfg["train_mode"] = self.train_mode
-        ratio = _finite_float(self.subsample_ratio)
-        if ratio is None or not 0.0 < ratio <= 1.0:
+        ratio = real_setting("subsample_ratio", self.subsample_ratio)
+        if not 0.0 < ratio <= 1.0:  # nan too
             raise ValueError(
                 f"argument 'subsample_ratio' must be in (0, 1], got {self.subsample_ratio!r}"
             )
         cfg["subsample_ratio"] = ratio
         cfg["gamma"] = resolve_gamma(self.gamma)
-        for name in ("normalize",):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"argument '{name}' must be a bool, got {getattr(self, name)!r}")
-        cfg["normalize"] = bool(self.normalize)
-        seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"argument 'seed' must be a non-negative int, got {seed!r}")
-        cfg["seed"] = int(seed)
-        max_iter = self.max_iter
-        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-            raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
-        cfg["max_iter"] = int(max_iter)
+        cfg["normalize"] = flag_setting("normalize", self.normalize)
+        cfg["seed"] = int_setting("seed", self.seed, 0, "a non-negative int")
+        cfg["max_iter"] = int_setting("max_iter", self.max_iter, 1, "an int >= 1")
         cfg["tol"] = real("tol", 0.0, strict=False)
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"argument 'device' is not a torch device: {self.device!r}") from err
-        if device.type not in ("cpu", "cuda"):  # the ops have CPU and CUDA kernels only
-            raise ValueError(f"argument 'device' must be a CPU or CUDA device, got {self.device!r}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"argument 'device' is {self.device!r} but CUDA is not available")
-        cfg["device"] = str(device)
+        cfg["device"] = str(device_setting(self.device))
         self._check_live_params()
         return cfg
 
     def _check_live_params(self) -> tuple[str, bool]:
-        """Validate ``solver``, ``retrain`` and ``checkpoint`` (read at every removal)."""
+        """Validate ``solver``, ``retrain``, ``checkpoint`` and ``cg_tol`` (read at every removal).
+
+        Raises:
+            TypeError: ``retrain`` is not a bool, ``checkpoint`` not None or a path, or
+                ``cg_tol`` not a real number.
+            ValueError: ``solver`` is unknown, ``checkpoint`` empty or a folder, or ``cg_tol``
+                not finite and > 0.
+
+        """
         if self.solver not in _SOLVERS:
             raise ValueError(f"argument 'solver' must be one of {_SOLVERS}, got {self.solver!r}")
-        if not isinstance(self.retrain, (bool, np.bool_)):
-            raise ValueError(f"argument 'retrain' must be a bool, got {self.retrain!r}")
+        retrain = flag_setting("retrain", self.retrain)
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             kind = type(self.checkpoint).__name__
-            raise ValueError(f"argument 'checkpoint' must be None or a path, got {kind}")
+            raise TypeError(f"argument 'checkpoint' must be None or a path, got {kind}")
         if self.checkpoint is not None:
             check_file_path(self.checkpoint, "checkpoint")  # not empty, not a folder
-        cg_tol = _finite_float(self.cg_tol)
-        if cg_tol is None or cg_tol <= 0.0:
+        cg_tol = real_setting("cg_tol", self.cg_tol)
+        if not (math.isfinite(cg_tol) and cg_tol > 0.0):
             raise ValueError(
                 f"argument 'cg_tol' must be a finite real number > 0, got {self.cg_tol!r}"
             )
-        return self.solver, bool(self.retrain)
+        return self.solver, retrain
 
     # ---- training ------------------------------------------------------------------------
 
@@ -374,6 +354,8 @@ class CertifiedLogisticRegression(
             self.
 
         Raises:
+            TypeError: a parameter has the wrong type, e.g. ``lam=True`` or ``normalize=1``
+                (the message names it).
             ValueError: a parameter is out of range (the message names it), ``X`` has NaN or
                 inf, ``y`` has fewer than two classes, or ``train_mode="binary"`` with more
                 than two classes. On error the model is left as it was.
@@ -685,6 +667,13 @@ class CertifiedLogisticRegression(
         if arr.size == 0:
             return np.zeros(0, dtype=np.int64)
         if arr.dtype.kind not in "iu":
+            # integers numpy fits in no integer dtype: beyond int64 (``2**70``: objects), or
+            # int64 and uint64 values together (``[3, 2**63]``: float64)
+            values = arr if isinstance(indices, np.ndarray) else (
+                np.asarray(indices, dtype=object).reshape(-1))
+            if values.dtype == object and all(is_integer(v) for v in values):
+                arr = self._python_int_indices(values)
+        if arr.dtype.kind not in "iu":
             raise TypeError(f"argument 'indices' must hold integers, got dtype {arr.dtype}")
         n = self._X.shape[0]
         bad = (arr < 0) | (arr >= n)
@@ -704,6 +693,18 @@ class CertifiedLogisticRegression(
         if (left == 0).any():
             raise self._index_error("empties", int(np.flatnonzero(left == 0)[0]))
         return arr
+
+    def _python_int_indices(self, arr: np.ndarray) -> np.ndarray:
+        """Integers numpy keeps as objects (beyond int64, e.g. ``2**70``) as int64 [m].
+
+        Such an integer names no training row: the first out-of-range one raises the same
+        "unknown index" ValueError as any other.
+        """
+        n = self._X.shape[0]
+        for value in arr:
+            if not 0 <= value < n:
+                raise self._index_error("unknown", as_int(value))
+        return arr.astype(np.int64)
 
     def _check_one_index(self, index: int) -> np.ndarray:
         """:meth:`_check_indices` for one integer index; returns int64 [1]."""
@@ -1066,10 +1067,12 @@ class CertifiedLogisticRegression(
 
         Raises:
             sklearn.exceptions.NotFittedError: before ``fit``.
-            ValueError: unknown, duplicate or already removed indices, a removal that
-                would leave a class with no rows, or a ``checkpoint`` path written by another
-                model since this one last wrote it (the model is unchanged).
-            TypeError: non-integer indices.
+            ValueError: unknown (an integer beyond int64 too), duplicate or already removed
+                indices, a removal that would leave a class with no rows, a ``solver`` or
+                ``cg_tol`` out of range, or a ``checkpoint`` path written by another model
+                since this one last wrote it (the model is unchanged).
+            TypeError: non-integer indices, or ``retrain``, ``checkpoint`` or ``cg_tol`` of
+                the wrong type (the model is unchanged).
             BudgetExceededError: the budget would be exceeded and ``retrain=False``.
             OSError: writing the checkpoint failed; the step is applied in memory, and the
                 next checkpoint's ledger record lists the rows removed before it.

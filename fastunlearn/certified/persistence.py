@@ -60,6 +60,7 @@ except ImportError:  # pragma: no cover - Windows
 from .._atomic_files import default_permissions
 from .._numbers import is_flag
 from .._paths import check_file_path
+from ._settings import device_setting
 from .ledger import (
     RemovalLedger,
     _crash_point,
@@ -382,6 +383,9 @@ def save_model(
         TypeError: ``get_state()`` returned something other than ``(dict[str, Tensor], dict)``
             or its meta is not JSON-serialisable.
         FileNotFoundError: the directory of ``path`` does not exist.
+        OSError: the file cannot be written there (e.g. in ``/proc``, or the disk is full;
+            the message names ``path``, safetensors' error is chained); no temporary file is
+            left and a file already at ``path`` is kept as it was.
         TypeError, ValueError: ``path`` is not a path, is empty or names a folder.
 
     """
@@ -429,7 +433,10 @@ def _write_atomically(
         raise TypeError(f"model.get_state() meta is not JSON-serialisable: {err}") from None
     tmp = _tmp_path(p)
     try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: text})
+        try:
+            save_file(tensors, tmp, metadata={METADATA_KEY: text})
+        except SafetensorError as err:  # e.g. an I/O error: neither OSError nor ValueError
+            raise OSError(f"cannot write {str(p)!r}: {err}") from err
         # save_file closed (and so flushed) the file; now force the bytes to disk.
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -725,6 +732,13 @@ def _check_removed(
         )
 
 
+def _checks_devices(cls: Any) -> bool:
+    """Whether ``cls`` is the certified estimator's kind (CPU or CUDA devices only)."""
+    from .state import ModelState
+
+    return isinstance(cls, type) and issubclass(cls, ModelState)
+
+
 def load_model(
     path: str | os.PathLike[str],
     *,
@@ -763,8 +777,11 @@ def load_model(
         FileNotFoundError: ``path`` does not exist.
         TypeError, ValueError: ``path`` is not a path, is empty or names a folder.
         ValueError: the file is corrupt, not a fastunlearn model file, has an unknown format
-            version, or its ledger contradicts it or is newer than it.
-        TypeError: ``allow_rollback`` or ``ledger`` is not a bool.
+            version, or its ledger contradicts it or is newer than it; or (for the default
+            class) ``device`` names no CPU or available CUDA device, checked before anything
+            is read.
+        TypeError: ``allow_rollback`` or ``ledger`` is not a bool, or (for the default class)
+            ``device`` is not a device string, ``torch.device`` or CUDA index.
 
     """
     for name, flag in (("ledger", ledger), ("allow_rollback", allow_rollback)):
@@ -776,6 +793,8 @@ def load_model(
         from .estimator import CertifiedLogisticRegression
 
         cls = CertifiedLogisticRegression
+    if device is not None and _checks_devices(cls):
+        device = device_setting(device)  # refused before the ledger is read or repaired
 
     def build(tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> Any:
         state = meta["state"]

@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from ._estimator_attributes import EstimatorAttributes
+from ._settings import device_setting
 from .bounds import noise_budget
 from .ledger import ledger_path
 from .math import draw_perturbation, no_tf32, subsample_membership
@@ -187,7 +188,7 @@ class ModelState(EstimatorAttributes):
             tensors: the tensors of ``get_state``.
             meta: the metadata of ``get_state``.
             device: put the model on this device instead of the saved one (e.g. ``"cpu"``
-                for a model saved on a GPU).
+                for a model saved on a GPU); checked as ``fit`` checks its ``device``.
 
         Returns:
             A fitted model that continues exactly where the saved one stopped.
@@ -205,7 +206,10 @@ class ModelState(EstimatorAttributes):
                 parameters, a configuration ``fit`` would refuse, a budget that does not
                 follow from ``sigma``, ``epsilon`` and ``delta``, counters out of range, or
                 tensor shapes that do not fit ``X``, the classes and ``n_features_in``, or
-                derived tensors that disagree with their recomputation.
+                derived tensors that disagree with their recomputation; or ``device`` names
+                no torch device, another device than CPU and CUDA, or CUDA where it is not
+                available.
+            TypeError: ``device`` is not a device string, ``torch.device`` or CUDA index.
 
         """
         if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION:
@@ -236,7 +240,7 @@ class ModelState(EstimatorAttributes):
         except (TypeError, KeyError) as err:
             raise ValueError(f"argument 'meta' has unknown or missing parameters: {err}") from None
         if device is not None:
-            cfg["device"] = str(torch.device(device))
+            cfg["device"] = str(device_setting(device))  # the check fit makes
             model.set_params(device=cfg["device"])
         cls._check_state_config(cfg)
         device = torch.device(cfg["device"])
@@ -333,8 +337,8 @@ class ModelState(EstimatorAttributes):
             checked = probe._fit_config()
         except KeyError as err:
             raise ValueError(f"argument 'meta' config lacks {err}") from None
-        except ValueError as err:
-            hint = " (load it with device='cpu')" if "CUDA is not available" in str(err) else ""
+        except (TypeError, ValueError) as err:  # a wrongly typed saved value: a bad file
+            hint = " (load it with device='cpu')" if "no CUDA GPU is visible" in str(err) else ""
             raise ValueError(f"argument 'meta' config is invalid: {err}{hint}") from None
         if cfg["train_mode"] not in ("binary", "ovr"):
             raise ValueError(f"argument 'meta' config has train_mode {cfg['train_mode']!r}")
@@ -352,6 +356,10 @@ class ModelState(EstimatorAttributes):
 
         Args:
             path: target file.
+
+        Raises:
+            OSError: the file cannot be written (the message names ``path``); the model and
+                any file already at ``path`` are unchanged.
 
         """
         from .persistence import save_model

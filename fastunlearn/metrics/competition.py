@@ -522,19 +522,48 @@ def score_bins(num_models: int | np.integer) -> list[tuple[float, float, float]]
     Bins exist while their end is at most ``ceil(ln(num_models - 1))``.
 
     Raises:
-        ValueError: If ``num_models`` is not an integer >= 3 (a bool is not one).
+        TypeError: If ``num_models`` is not an integer (a bool or a float is not one).
+        ValueError: If ``num_models`` is below 3.
 
     """
-    if isinstance(num_models, (bool, np.bool_)) or not isinstance(num_models, numbers.Integral) \
-            or num_models < 3:
+    if not is_integer(num_models):  # Python or NumPy integer, not a bool
+        raise TypeError(f"'num_models' must be an integer >= 3, got "
+                        f"{type(num_models).__name__} {num_models!r}")
+    num_models = as_int(num_models)  # numpy integers too (e.g. an array's shape entry)
+    if num_models < 3:
         raise ValueError(f"'num_models' must be an integer >= 3, got {num_models!r}")
-    num_models = int(num_models)  # numpy integers too (e.g. an array's shape entry)
     max_eps = math.ceil(math.log(num_models - 1))
     bins, k = [], 0
     while 0.5 * (k + 1) <= max_eps:
         bins.append((0.5 * k, 0.5 * (k + 1), 2.0 ** -k))
         k += 1
     return bins
+
+
+def _epsilon_tensor(epsilons: Any) -> Tensor:
+    """``epsilons`` as a float64 ``[S]`` tensor, S >= 1, each >= 0, ``inf`` or nan.
+
+    An epsilon is never negative (the per-threshold values are clipped at 0): a negative one
+    (``-inf`` too) is not an epsilon, and would earn the first bin's full points.
+
+    Raises:
+        TypeError: If ``epsilons`` is not a real tensor or array.
+        ValueError: If it is not 1-D, is empty or holds a negative value.
+
+    """
+    e = as_tensor(epsilons, "epsilons")
+    if e.dtype == torch.bool or e.is_complex():
+        raise TypeError(f"'epsilons' must be real numbers, got {e.dtype}")
+    if e.dim() != 1:
+        raise ValueError(f"'epsilons' must be 1-D (one per example), got shape {tuple(e.shape)}")
+    if e.numel() == 0:
+        raise ValueError("'epsilons' is empty")
+    e = e.to(torch.float64)
+    negative = e < 0  # nan compares False: allowed (no usable threshold, 0 points)
+    if bool(negative.any()):
+        raise ValueError(f"'epsilons' must be >= 0 (inf or nan allowed), got "
+                         f"{float(e[negative][0])} at index {int(negative.nonzero()[0, 0])}")
+    return e
 
 
 def forget_score(epsilons: Any, num_models: int | np.integer) -> float:
@@ -544,20 +573,18 @@ def forget_score(epsilons: Any, num_models: int | np.integer) -> float:
     last bin (the cap 50 included) and nan earn 0.
 
     Args:
-        epsilons: ``[S]`` per-example epsilons (:func:`competition_epsilons`).
+        epsilons: ``[S]`` per-example epsilons (:func:`competition_epsilons`): each >= 0,
+            ``inf`` (no privacy) or nan (no usable threshold).
         num_models: Number of unlearned models N (sets the number of bins).
 
     Raises:
-        TypeError: If ``epsilons`` is not a real tensor or array.
-        ValueError: If ``epsilons`` is empty or ``num_models`` is not an integer >= 3.
+        TypeError: If ``epsilons`` is not a real tensor or array, or ``num_models`` is not
+            an integer (a bool or a float is not one).
+        ValueError: If ``epsilons`` is not 1-D, is empty or holds a negative value (``-inf``
+            included), or ``num_models`` is below 3.
 
     """
-    e = as_tensor(epsilons, "epsilons")
-    if e.dtype == torch.bool or e.is_complex():
-        raise TypeError(f"'epsilons' must be real numbers, got {e.dtype}")
-    e = e.to(torch.float64).reshape(-1)
-    if e.numel() == 0:
-        raise ValueError("'epsilons' is empty")
+    e = _epsilon_tensor(epsilons)
     points = torch.zeros_like(e)
     for start, end, pts in reversed(score_bins(num_models)):
         points = torch.where(e < end, torch.full_like(e, pts), points)
@@ -611,12 +638,23 @@ ACCURACY_KEYS = ("ra_u", "ra_r", "ta_u", "ta_r")
 
 
 def check_accuracies(accuracies: Any) -> None:
-    """Raise unless ``accuracies`` is None or a mapping with the four accuracy keys."""
+    """Raise unless ``accuracies`` is None or a mapping with exactly the four accuracy keys.
+
+    Raises:
+        TypeError: If ``accuracies`` is not a mapping.
+        ValueError: If a key is missing, or one is not an accuracy key (a misspelt key
+            would otherwise be ignored).
+
+    """
     if accuracies is None:
         return
     if not isinstance(accuracies, Mapping):
         raise TypeError(f"'accuracies' must be a dict with keys {list(ACCURACY_KEYS)}, got "
                         f"{type(accuracies).__name__}")
+    unknown = [k for k in accuracies if k not in ACCURACY_KEYS]
+    if unknown:
+        raise ValueError(f"'accuracies' has unknown key(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(map(repr, ACCURACY_KEYS))}")
     missing = set(ACCURACY_KEYS) - set(accuracies)
     if missing:
         raise ValueError(f"'accuracies' lacks {sorted(missing)}")
@@ -678,7 +716,7 @@ def competition_score(
     Raises:
         TypeError: If ``accuracies`` is not a mapping (or a value not a number).
         ValueError: On bad logits or labels, ``delta`` outside [0, 1), or ``accuracies``
-            without the four keys.
+            without the four keys or with another key.
 
     """
     delta = check_delta(delta)

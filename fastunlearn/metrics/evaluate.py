@@ -87,7 +87,7 @@ def evaluate_logits(
 
     Raises:
         ValueError: If the logits are empty, disagree in shape, or hold nan / inf, a delta
-            is outside [0, 1), or ``accuracies`` lacks a key.
+            is outside [0, 1), or ``accuracies`` lacks a key or has another one.
         TypeError: If a delta is not a number or ``accuracies`` not a mapping.
 
     """

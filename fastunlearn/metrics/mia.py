@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .._numbers import as_float, is_finite, is_real
+from .._numbers import as_float, is_finite, is_flag, is_real
+from ._checks import as_tensor
 from .statistics import true_class_confidence
 
 __all__ = ["svc_mia_efficacy"]
@@ -42,12 +43,17 @@ def svc_mia_efficacy(
         MIA-Efficacy in [0, 1].
 
     Raises:
-        TypeError: If a set is not a ``(logits, labels)`` pair or ``C`` is not a number.
-        ValueError: On bad shapes/labels, an empty set or ``C`` not finite and > 0.
+        TypeError: If a set is not a ``(logits, labels)`` pair, ``balance`` is not a bool or
+            ``C`` is not a number.
+        ValueError: On bad shapes/labels, an empty set, sets whose logits have different
+            numbers of classes or ``C`` not finite and > 0.
 
     """
     from sklearn.svm import SVC
 
+    if not is_flag(balance):  # a bool or np.bool_: a string such as "no" is truthy
+        raise TypeError(f"'balance' must be a bool, got {type(balance).__name__}")
+    balance = bool(balance)
     if not is_real(C):  # Python or NumPy real, not a bool
         raise TypeError(f"'C' must be a number, got {type(C).__name__}")
     if not (is_finite(C) and C > 0):  # libsvm never returns with C = inf
@@ -55,15 +61,18 @@ def svc_mia_efficacy(
     C = as_float(C)
 
     feats = {}
+    classes: dict[str, int] = {}
     for name, pair in (("retain", retain), ("test", test), ("forget", forget)):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"'{name}' must be a (logits, labels) pair")
-        conf = true_class_confidence(pair[0], pair[1])
+        logits = as_tensor(pair[0], "logits")  # converted once (a list, say)
+        conf = true_class_confidence(logits, pair[1])
         if conf.dim() != 1:
             raise ValueError(f"'{name}' logits must have shape [n, C], got {tuple(conf.shape)}"
                              " (without the class dim)")
         if conf.numel() == 0:
             raise ValueError(f"'{name}' is empty")
+        _check_same_classes(classes, name, logits.shape[-1])
         feats[name] = conf.detach().cpu().numpy()  # logits may require grad
     members = feats["retain"][: len(feats["test"])] if balance else feats["retain"]
     x = np.concatenate([members, feats["test"]])[:, None]
@@ -75,3 +84,16 @@ def svc_mia_efficacy(
     clf.fit(x, y)
     pred = clf.predict(feats["forget"][:, None])
     return float(1.0 - pred.mean())
+
+
+def _check_same_classes(classes: dict[str, int], name: str, count: int) -> None:
+    """Record set ``name``'s class count; ValueError if it differs from an earlier set's.
+
+    The three sets are one model's logits over the same classes: confidences of a model
+    with other classes are not comparable (the SVC would mix them).
+    """
+    for other, seen in classes.items():
+        if count != seen:
+            raise ValueError(f"'{name}' logits have {count} classes but '{other}' logits have "
+                             f"{seen}: the sets must come from one model over the same classes")
+    classes[name] = count

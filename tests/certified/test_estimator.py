@@ -725,7 +725,7 @@ def test_bad_data_raises_and_leaves_model_unchanged(binary):
         model.remove([5], batch="yes")
     with pytest.raises(ValueError, match="'solver'"):
         model.set_params(solver="qr").remove([5])
-    with pytest.raises(ValueError, match="'retrain'"):
+    with pytest.raises(TypeError, match="'retrain'"):  # a string is not a flag
         model.set_params(solver="auto", retrain="no").remove([5])
     model.set_params(retrain=True)
     assert_unchanged(model, before)
@@ -733,18 +733,18 @@ def test_bad_data_raises_and_leaves_model_unchanged(binary):
 
 
 @pytest.mark.parametrize(
-    ("param", "value"),
+    ("param", "value", "error"),
     [
-        ("cg_tol", 0.0),
-        ("cg_tol", -1e-3),
-        ("cg_tol", float("nan")),
-        ("cg_tol", float("inf")),
-        ("cg_tol", "0.01"),
-        ("checkpoint", 123),
-        ("checkpoint", ["model.safetensors"]),
+        ("cg_tol", 0.0, ValueError),
+        ("cg_tol", -1e-3, ValueError),
+        ("cg_tol", float("nan"), ValueError),
+        ("cg_tol", float("inf"), ValueError),
+        ("cg_tol", "0.01", TypeError),  # the wrong type
+        ("checkpoint", 123, TypeError),
+        ("checkpoint", ["model.safetensors"], TypeError),
     ],
 )
-def test_live_parameters_are_checked_at_every_remove(binary, param, value):
+def test_live_parameters_are_checked_at_every_remove(binary, param, value, error):
     # solver, cg_tol, retrain and checkpoint are read at every remove(): a bad value set after
     # fit raises there (and in retrain_now) before anything changes
     X, y, _, _ = binary
@@ -756,7 +756,7 @@ def test_live_parameters_are_checked_at_every_remove(binary, param, value):
     model.set_params(**{param: value})
     for call in (lambda: model.remove([5]), lambda: model.remove([5, 6], batch=True),
                  lambda: model.remove(5), model.retrain_now):
-        with pytest.raises(ValueError, match=f"'{param}'"):
+        with pytest.raises(error, match=f"'{param}'"):
             call()
         assert_unchanged(model, before)
     np.testing.assert_array_equal(model.predict(X), predicted)

@@ -224,8 +224,8 @@ def test_batch_over_budget_changes_no_attribute_and_no_file(tmp_path):
         ({"delta": 1.0}, None, ValueError, "'delta'"),
         ({"delta": float("nan")}, None, ValueError, "'delta'"),
         ({"gamma": np.float32(0.0)}, None, ValueError, "'gamma'"),
-        ({"seed": True}, None, ValueError, "'seed'"),
-        ({"max_iter": 2.0}, None, ValueError, "'max_iter'"),
+        ({"seed": True}, None, TypeError, "'seed'"),  # a bool is not a seed
+        ({"max_iter": 2.0}, None, TypeError, "'max_iter'"),  # a float is not a count
         ({"device": "meta"}, None, ValueError, "'device'"),
         ({"normalize": False}, "overflow", ValueError, "'X'"),
     ],

@@ -122,7 +122,7 @@ def test_numpy_integers_are_valid_model_counts():
     assert forget_score(eps, np.int64(80)) == pytest.approx((1 + 0.5 + 2.0 ** -9) / 4)
     with pytest.raises(ValueError, match="'num_models'"):
         score_bins(np.int64(2))
-    with pytest.raises(ValueError, match="'num_models'"):
+    with pytest.raises(TypeError, match="'num_models'"):  # a float is no model count
         score_bins(80.0)
 
 
