@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import ops
 from .._numbers import as_int, is_integer
-from .._paths import check_file_path
+from .._paths import check_output_file
 from . import single_row, woodbury
 from ._settings import device_setting, flag_setting, int_setting, real_setting
 from .bounds import (
@@ -324,6 +324,7 @@ class CertifiedLogisticRegression(
                 ``cg_tol`` not a real number.
             ValueError: ``solver`` is unknown, ``checkpoint`` empty or a folder, or ``cg_tol``
                 not finite and > 0.
+            FileNotFoundError: ``checkpoint``'s folder does not exist.
 
         """
         if self.solver not in _SOLVERS:
@@ -333,7 +334,9 @@ class CertifiedLogisticRegression(
             kind = type(self.checkpoint).__name__
             raise TypeError(f"argument 'checkpoint' must be None or a path, got {kind}")
         if self.checkpoint is not None:
-            check_file_path(self.checkpoint, "checkpoint")  # not empty, not a folder
+            # not empty, not a folder, in an existing folder: checked before the step, so a
+            # mistyped folder fails before anything changes, not when the ledger is written
+            check_output_file(self.checkpoint, "checkpoint")
         cg_tol = real_setting("cg_tol", self.cg_tol)
         if not (math.isfinite(cg_tol) and cg_tol > 0.0):
             raise ValueError(
@@ -657,6 +660,10 @@ class CertifiedLogisticRegression(
             indices = indices.detach().cpu().numpy()
         if isinstance(indices, (int, np.integer)):  # one row: the same checks, without arrays
             return self._check_one_index(int(indices))
+        if isinstance(indices, (list, tuple)) and any(
+            isinstance(v, (bool, np.bool_)) for v in indices
+        ):  # numpy would read [3, True] as the rows 3 and 1
+            raise TypeError("argument 'indices' must hold integers, got a bool among them")
         try:
             arr = np.asarray(indices)
         except (TypeError, ValueError) as err:
@@ -1074,6 +1081,8 @@ class CertifiedLogisticRegression(
             TypeError: non-integer indices, or ``retrain``, ``checkpoint`` or ``cg_tol`` of
                 the wrong type (the model is unchanged).
             BudgetExceededError: the budget would be exceeded and ``retrain=False``.
+            FileNotFoundError: the ``checkpoint`` path's folder does not exist (checked
+                first: the model is unchanged).
             OSError: writing the checkpoint failed; the step is applied in memory, and the
                 next checkpoint's ledger record lists the rows removed before it.
 

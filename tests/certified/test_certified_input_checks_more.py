@@ -252,3 +252,31 @@ def test_load_calls_a_wrongly_typed_saved_setting_a_corrupt_file(tmp_path):
     meta = dict(meta, config=dict(meta["config"], lam=True))
     with pytest.raises(ValueError, match="argument 'meta' config is invalid.*'lam'"):
         CertifiedLogisticRegression.from_state(tensors, meta)
+
+
+@pytest.mark.parametrize("indices", [[3, True], (False, 2), [np.bool_(True), 4]])
+def test_remove_refuses_a_bool_among_integer_indices(indices):
+    # numpy reads [3, True] as int64 [3, 1]: row 1 was silently removed
+    model = _fitted()
+    before = _state(model)
+    with pytest.raises(TypeError, match="argument 'indices' must hold integers, got a bool"):
+        model.remove(indices)
+    _assert_same(model, before)
+
+
+def test_a_checkpoint_in_a_missing_folder_is_refused_before_anything_changes(tmp_path):
+    # the ledger write failed after the step: the removal was applied and the call raised
+    X, y = _data()
+    missing = tmp_path / "no-such-folder" / "m.safetensors"
+    model = CertifiedLogisticRegression(lam=1e-2, sigma=0.1, checkpoint=missing)
+    with pytest.raises(FileNotFoundError, match="'checkpoint'.*does not exist"):
+        model.fit(X, y)
+    assert not hasattr(model, "coef_")
+    model = _fitted()
+    before = _state(model)
+    model.set_params(checkpoint=missing)
+    with pytest.raises(FileNotFoundError, match="'checkpoint'.*does not exist"):
+        model.remove([1])
+    model.set_params(checkpoint=None)
+    _assert_same(model, before)
+    assert not (tmp_path / "no-such-folder").exists()
