@@ -84,6 +84,12 @@ SETTINGS: dict[str, tuple[dict, float, float]] = {
     "fisher": ({"alpha": 1e-4, "max_var": 1e-2}, 0.5, 0.03),
 }
 
+#: Methods whose outcome on this small problem turns on the seed (and on the machine's float
+#: rounding): run with each of these seeds, the run of median forget accuracy is judged.
+#: pruning_complex, seed 0, forget accuracy: 0.0 on one AMD EPYC, 0.507 on another (seeds
+#: 1-3: 0.0 on both); a method that forgets in most seeds passes on every machine.
+SEEDS: dict[str, tuple[int, ...]] = {"pruning_complex": (0, 1, 2)}
+
 
 #: Gradient ascent has no anchor: one epoch past the point where the forget class falls, the
 #: other classes collapse too (where exactly moves with the torch version), so it is stopped
@@ -163,11 +169,14 @@ def test_every_forgeta_method_is_registered_and_tested():
 def test_method_moves_forget_accuracy_toward_oracle(digits, name):
     overrides, min_move, retain_margin = SETTINGS[name]
     before = state_copy(digits.model)
-    new = run_method(name, digits.model, digits.forget, digits.retain, **overrides)
-    assert_unchanged(digits.model, before)
-    assert new is not digits.model
-    f_new = _accuracy(new, *digits.forget)
-    r_new = _accuracy(new, *digits.retain)
+    runs = []
+    for seed in SEEDS.get(name, (None,)):
+        seeded = overrides if seed is None else {**overrides, "seed": seed}
+        new = run_method(name, digits.model, digits.forget, digits.retain, **seeded)
+        assert_unchanged(digits.model, before)
+        assert new is not digits.model
+        runs.append((_accuracy(new, *digits.forget), _accuracy(new, *digits.retain)))
+    f_new, r_new = sorted(runs)[len(runs) // 2]  # the run of median forget accuracy
     gap_before = abs(digits.forget_acc - digits.oracle_forget)
     gap_after = abs(f_new - digits.oracle_forget)
     assert gap_after <= gap_before - min_move, (name, f_new, r_new)
