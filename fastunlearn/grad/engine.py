@@ -25,8 +25,11 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .._model_inputs import refuse_input_dtype
 from .._numbers import as_float, is_real
 from .._numbers import is_finite as _finite
+from ..influence.arguments import _check_target_range
+from ..influence.gradients import default_loss
 from ..ops.per_sample import clip_weights
 from .fallback import FunctorchRule
 from .layers import CapturedLayer, LayerCall, LayerRule, find_rule
@@ -83,7 +86,11 @@ class PerSampleGradients:
     same results. A scalar loss is checked against the declared reduction on every call
     (the loss of one row duplicated doubles for a sum and stays for a mean; two loss
     evaluations on two rows): a mismatch, which would scale every gradient by B or 1/B, is
-    a ValueError. The batch is dim 0 of every layer's inputs.
+    a ValueError. The batch is dim 0 of every layer's inputs. The targets of a loss known
+    to take class labels (``nn.CrossEntropyLoss``, ``nn.NLLLoss``,
+    :func:`fastunlearn.influence.default_loss`) are checked before it runs: integer labels
+    inside the outputs' classes (dim 1; the loss's ``ignore_index`` aside), or for
+    cross-entropy class probabilities shaped like the outputs.
 
     Native rules: ``nn.Linear`` and ``nn.Embedding`` (no materialisation for norms, dots and
     clipped sums); ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``; dots and clipped sums as
@@ -208,11 +215,17 @@ class PerSampleGradients:
             [B] tensor ``||g_b||^2``.
 
         Raises:
-            TypeError: a selected parameter is no longer float32/float64, or ``loss_fn`` is
-                not callable.
+            TypeError: a selected parameter is no longer float32/float64, ``loss_fn`` is
+                not callable, the model fails on floating ``inputs`` of another dtype than
+                its parameters, or a classification loss (``nn.CrossEntropyLoss``,
+                ``nn.NLLLoss``, :func:`~fastunlearn.influence.default_loss`) gets
+                ``targets`` that are neither integer labels nor (cross-entropy) class
+                probabilities shaped like the outputs.
             ValueError: ``inputs``/``targets``/``loss_fn`` output have inconsistent batch
-                sizes, ``loss_fn`` returns no real floating-point tensor, or a layer's input
-                does not have the batch first.
+                sizes, ``loss_fn`` returns no real floating-point tensor, a layer's input
+                does not have the batch first, such a classification loss gets labels
+                outside the outputs' classes (its ``ignore_index`` aside), or ``loss_fn``
+                fails on ``targets`` with torch's IndexError or RuntimeError (chained).
 
         """
         layers, B = self._run(inputs, targets, loss_fn)
@@ -411,8 +424,9 @@ class PerSampleGradients:
                     make_hook(slot, rule.keeps_outputs), with_kwargs=True
                 ))
             with torch.enable_grad():
-                outputs = _call(self.model, inputs)
-                loss = loss_fn(outputs, targets)
+                outputs = _forward(self.model, inputs)
+                _check_class_targets(loss_fn, outputs, targets)
+                loss = _evaluate_loss(loss_fn, outputs, targets)
         finally:
             for h in handles:
                 h.remove()
@@ -622,6 +636,78 @@ def _batch_size(inputs: Any) -> int:
             f"{tuple(leaves[0].shape)}"
         )
     return leaves[0].shape[0]
+
+
+def _forward(model: nn.Module, inputs: Any) -> Any:
+    """``model`` on ``inputs``; a failure on floating inputs of another dtype is named.
+
+    Only a forward pass that fails is looked into (a model may take inputs of another
+    dtype and convert them itself): a floating input whose dtype is not the parameters'
+    one dtype is then a TypeError naming ``inputs``; other failures are raised unchanged.
+    """
+    try:
+        return _call(model, inputs)
+    except RuntimeError as exc:
+        for leaf in tree_flatten(inputs)[0]:
+            if isinstance(leaf, Tensor) and leaf.is_floating_point():
+                refuse_input_dtype(model, leaf, "inputs", exc)
+        raise
+
+
+def _class_label_loss(loss_fn: Any) -> tuple[bool, bool, int | None]:
+    """Return ``(takes class labels, takes class probabilities, label it ignores)``.
+
+    Only losses known to be classification losses take class labels here:
+    ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` instances (whose ``ignore_index`` is their
+    documented meaning of a label, not a mistake) and fastunlearn's
+    :func:`~fastunlearn.influence.default_loss`; any other loss takes any targets.
+    """
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        return True, True, loss_fn.ignore_index
+    if isinstance(loss_fn, nn.NLLLoss):
+        return True, False, loss_fn.ignore_index
+    return loss_fn is default_loss, True, None
+
+
+def _check_class_targets(loss_fn: Any, outputs: Any, targets: Any) -> None:
+    """Check the targets of a classification loss before it runs (see :func:`_class_label_loss`).
+
+    Integer labels must be classes of the outputs (dim 1, as cross-entropy reads them);
+    floating targets are class probabilities, shaped like the outputs. Raises TypeError or
+    ValueError naming ``targets`` (torch's IndexError names nothing, and on CUDA it is a
+    device-side assert).
+    """
+    labels, probabilities, ignored = _class_label_loss(loss_fn)
+    if not (labels and isinstance(targets, Tensor) and isinstance(outputs, Tensor)
+            and outputs.dim() >= 2):
+        return
+    if probabilities and targets.is_floating_point() and targets.shape == outputs.shape:
+        return
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        shaped = (f" (or class probabilities shaped like the outputs "
+                  f"{list(outputs.shape)})" if probabilities else "")
+        name = "default_loss" if loss_fn is default_loss else type(loss_fn).__name__
+        raise TypeError(f"'targets' must hold integer class labels for {name}{shaped}, got "
+                        f"{targets.dtype} {list(targets.shape)}")
+    kept = targets if ignored is None else targets[targets != ignored]
+    _check_target_range("targets", kept, int(outputs.shape[1]))
+
+
+def _evaluate_loss(loss_fn: LossFn, outputs: Any, targets: Any) -> Any:
+    """``loss_fn(outputs, targets)``; torch's errors inside it named (chained) as ValueError.
+
+    IndexError (a label outside the classes) and RuntimeError (e.g. targets of another
+    dtype or shape) name no argument; out of memory is raised unchanged.
+    """
+    try:
+        return loss_fn(outputs, targets)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, IndexError) as exc:
+        shown = (f"(shape {list(targets.shape)}, dtype {targets.dtype})"
+                 if isinstance(targets, Tensor) else f"({type(targets).__name__})")
+        raise ValueError(f"loss_fn: cannot be evaluated on the model's outputs and 'targets' "
+                         f"{shown}: {type(exc).__name__}: {exc}") from exc
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:

@@ -6,6 +6,7 @@ Each raises TypeError or ValueError naming the argument; nothing here runs a sol
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -133,3 +134,45 @@ def _num_outputs(model: nn.Module, x: Tensor) -> int | None:
         raise ValueError(f"'inputs' of shape {list(x.shape)} do not fit the model: "
                          f"{type(exc).__name__}: {exc}") from None
     return int(out.shape[-1]) if isinstance(out, Tensor) and out.ndim >= 2 else None
+
+
+def _check_all_rows_run(model: nn.Module, name: str, x: Tensor, chunk: int = 1024) -> None:
+    """Run the model once on every row of non-floating inputs (token ids), without a graph.
+
+    ``_num_outputs`` runs one row only; an id outside an embedding's vocabulary in another
+    row would otherwise fail deep inside the gradient or curvature computation.
+    """
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for start in range(0, x.shape[0], chunk):
+                model(x[start:start + chunk])
+    except (RuntimeError, IndexError) as exc:
+        raise ValueError(f"'{name}' holds rows the model cannot run on (e.g. token ids "
+                         f"outside an embedding's vocabulary): {type(exc).__name__}: "
+                         f"{exc}") from None
+
+
+def _check_model_data(
+    model: nn.Module,
+    pairs: Sequence[tuple[str, Tensor, str, Tensor]],
+    dtype: torch.dtype,
+    device: torch.device,
+    class_labels: bool,
+) -> None:
+    """Check ``(input name, inputs, target name, targets)`` pairs against the model.
+
+    Devices and dtypes first (floating inputs in ``dtype``, the parameters'; integer
+    targets when ``class_labels``), so the model only ever runs on inputs it accepts; then
+    one forward pass of one row gives the number of classes the integer labels must fit,
+    and integer inputs (token ids) are run through the model on every row. The model is
+    run without a graph in eval mode: nothing of it changes.
+    """
+    for x_name, x, y_name, y in pairs:
+        _check_inputs(x_name, x, dtype, device)
+        _check_target_type(y_name, y, device, class_labels)
+    num_outputs = _num_outputs(model, pairs[0][1])
+    for x_name, x, _, _ in pairs:
+        if not x.is_floating_point():
+            _check_all_rows_run(model, x_name, x)
+    for _, _, y_name, y in pairs:
+        _check_target_range(y_name, y, num_outputs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +26,14 @@ from .._repr import format_number
 from .arguments import (
     MAX_SEED,
     _check_inputs,
+    _check_int,
     _check_target_range,
     _check_target_type,
     _num_outputs,
 )
 from .gradients import eval_mode
 from .settings import UpdateOptions, UpdateResult
-from .update import check_update_options, influence_update
+from .update import _warn_no_effect, check_update_options, influence_update
 
 __all__ = [
     "IterativeRepairResult",
@@ -116,6 +117,18 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _reusable_options(update_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Return ``update_kwargs`` with a one-pass ``params`` (a generator) made a list.
+
+    The drivers read the options more than once (checked first, then one update or one
+    per step); ``params=model.fc.parameters()`` would be used up by the first reading.
+    """
+    params = update_kwargs.get("params")
+    if isinstance(params, Iterator):
+        return {**update_kwargs, "params": list(params)}
+    return update_kwargs
+
+
 def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int | np.integer = 1024) -> Tensor:
     """Arg-max class of every row (eval mode, no graph, chunked) -> int64 Tensor[n].
 
@@ -172,7 +185,8 @@ def repair_labels(
         new_labels: Their correct labels (1-D, one per index, in the model's classes;
             checked before they are cast to ``labels.dtype``).
         **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
-            (``order``, ``solver``, ``damping``, ``params``, ``tau``, ``loss_fn``, ...).
+            (``order``, ``solver``, ``damping``, ``params``, ``tau``, ``loss_fn``, ...);
+            ``params`` may be any iterable, a generator too.
 
     Returns:
         The :class:`~fastunlearn.influence.UpdateResult`.
@@ -182,11 +196,12 @@ def repair_labels(
             integer tensor, ``indices`` or ``new_labels`` does not hold integers, or an
             option is of the wrong type (as for ``influence_update``); the model is then
             unchanged.
-        ValueError: If ``labels`` does not have one entry per row of ``inputs``, ``indices``
-            is empty, not 1-D, outside ``[0, N)`` or holds duplicates, ``new_labels`` does
-            not have one label per index or holds labels outside the model's classes (or
-            the dtype of ``labels``), or other bad inputs (named, as for
-            ``influence_update``); the model is then unchanged.
+        ValueError: If ``labels`` does not have one entry per row of ``inputs`` or holds
+            labels outside the model's classes, ``indices`` is empty, not 1-D, outside
+            ``[0, N)`` or holds duplicates, ``new_labels`` does not have one label per
+            index or holds labels outside the model's classes (or the dtype of
+            ``labels``), or other bad inputs (named, as for ``influence_update``); the
+            model is then unchanged.
 
     """
     inputs = _check_tensor("inputs", inputs)
@@ -198,15 +213,20 @@ def repair_labels(
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"'labels' must have one entry per row of 'inputs' "
                          f"({inputs.shape[0]}), got {labels.shape[0]}")
+    update_kwargs = _reusable_options(update_kwargs)
     opts = check_update_options(model, **update_kwargs)
     idx = _as_index("indices", indices, inputs.shape[0], labels.device)
     new = _as_integers("new_labels", new_labels)
     if new.numel() != idx.numel():
         raise ValueError(f"'new_labels' must have one label per index ({idx.numel()}), "
                          f"got {new.numel()}")
-    # range-check before casting to labels.dtype (a uint8 cast would wrap 258 to 2)
     _check_inputs("inputs", inputs, opts.dtype, opts.device)
-    _check_new_labels("new_labels", new, _num_outputs(model, inputs), labels.dtype)
+    _check_target_type("labels", labels, opts.device, opts.class_labels)
+    num_outputs = _num_outputs(model, inputs)
+    # 'labels' itself, not the corrected set influence_update sees ('train_data[1]')
+    _check_target_range("labels", labels, num_outputs)
+    # range-check before casting to labels.dtype (a uint8 cast would wrap 258 to 2)
+    _check_new_labels("new_labels", new, num_outputs, labels.dtype)
     new = new.to(device=labels.device, dtype=labels.dtype)
     corrected = labels.clone()
     corrected[idx] = new
@@ -302,7 +322,8 @@ def unlearn_features(
         columns: Feature indices of the flattened rows.
         rows: Affected rows, or None for every row with a non-zero value in ``columns``.
         values: Scalar (0.0: removal) or Tensor[len(rows), len(columns)].
-        **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`.
+        **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
+            (``params`` may be any iterable, a generator too).
 
     Returns:
         The :class:`~fastunlearn.influence.UpdateResult` (``applied=False`` with a reason
@@ -322,6 +343,7 @@ def unlearn_features(
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"'labels' must have one entry per row of 'inputs' "
                          f"({inputs.shape[0]}), got {labels.shape[0]}")
+    update_kwargs = _reusable_options(update_kwargs)
     opts = check_update_options(model, **update_kwargs)
     _check_inputs("inputs", inputs, opts.dtype, opts.device)
     _check_target_type("labels", labels, opts.device, opts.class_labels)
@@ -329,6 +351,9 @@ def unlearn_features(
     _check_target_range("labels", labels, _num_outputs(model, inputs))
     corrected, row_idx = replace_features(inputs, columns, rows=rows, values=values)
     if row_idx.numel() == 0:
+        # what influence_update would have said of 'tau' and 'lissa' (the caller's line)
+        _warn_no_effect(opts, update_kwargs.get("tau", "auto"), update_kwargs.get("lissa"),
+                        stacklevel=2)
         return _nothing_to_update(opts, "no row has a non-zero value in the given columns")
     return influence_update(model, inputs[row_idx], labels[row_idx], corrected[row_idx],
                             labels[row_idx], train_data=(corrected, labels), **update_kwargs)
@@ -424,39 +449,39 @@ def iterative_label_repair(
             step raises). ``fastunlearn repair`` answers True after the first Ctrl-C.
             None: run every step.
         **update_kwargs: Options of :func:`~fastunlearn.influence.influence_update`
-            (``progress=True`` also shows a bar over the steps).
+            (``progress=True`` also shows a bar over the steps; ``params`` may be any
+            iterable, a generator too: it is read once for every step).
 
     Returns:
         An :class:`IterativeRepairResult`.
 
     Raises:
         TypeError: If ``evaluate`` or ``should_stop`` is neither None nor callable,
-            ``inputs`` or ``labels`` is not a tensor, or other bad inputs or options
-            (named). All are checked before the first step, so the model is then
-            unchanged.
-        ValueError: If ``labels`` is not a 1-D integer tensor with one label per row of
-            ``inputs`` or holds labels outside the model's classes, ``steps``,
-            ``batch_size`` or ``chunk_size`` is not an int >= 1, ``seed`` is not an int in
-            ``[0, 2**64 - 1]``, or other bad inputs or options (named), including inputs the
-            model cannot run on. All are checked before the first step.
+            ``inputs`` or ``labels`` is not a tensor, ``labels`` does not hold integers,
+            ``steps``, ``batch_size``, ``chunk_size`` or ``seed`` is not an int (a bool is
+            not one), or other bad inputs or options (named). All are checked before the
+            first step, so the model is then unchanged.
+        ValueError: If ``labels`` is not 1-D with one label per row of ``inputs`` or
+            holds labels outside the model's classes, ``steps``, ``batch_size`` or
+            ``chunk_size`` is < 1, ``seed`` is outside ``[0, 2**64 - 1]``, or other bad
+            inputs or options (named), including inputs the model cannot run on. All are
+            checked before the first step.
 
     """
     inputs = _check_tensor("inputs", inputs)
     labels = _check_tensor("labels", labels)
-    if labels.is_floating_point() or labels.ndim != 1 or labels.shape[0] != inputs.shape[0]:
-        raise ValueError(f"'labels' must be a 1-D integer tensor with one label per row of "
-                         f"'inputs', got {labels.dtype} {list(labels.shape)}")
-    for name, value in (("steps", steps), ("batch_size", batch_size),
-                        ("chunk_size", chunk_size)):
-        if not is_integer(value) or value < 1:
-            raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-    if not is_integer(seed) or seed < 0 or seed > MAX_SEED:
-        raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {seed!r}")
-    steps, batch_size, chunk_size, seed = (as_int(v) for v in (steps, batch_size, chunk_size,
-                                                               seed))
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"'labels' must hold integer class labels, got {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != inputs.shape[0]:
+        raise ValueError(f"'labels' must be 1-D with one label per row of 'inputs' "
+                         f"({inputs.shape[0]}), got shape {list(labels.shape)}")
+    steps, batch_size, chunk_size = (_check_int(name, value, 1) for name, value in (
+        ("steps", steps), ("batch_size", batch_size), ("chunk_size", chunk_size)))
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"'evaluate' must be callable, got {type(evaluate).__name__}")
     check_stop_callable(should_stop)
+    update_kwargs = _reusable_options(update_kwargs)  # one list for every step
     opts = check_update_options(model, **update_kwargs)  # even if no step runs an update
     # everything the steps use is checked before the first prediction, so a bad argument
     # is named here (not a RuntimeError of the forward pass) and no step runs before it

@@ -438,12 +438,17 @@ def _restored(after: float, before: float, clean: float) -> float:
 
 def _update_kwargs(config: RepairConfig, model: nn.Module) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
-        order=config.order, solver=config.solver, damping=config.damping, tau=config.tau,
+        order=config.order, solver=config.solver, damping=config.damping,
         curvature=config.curvature,
         hvp_batch_size=config.hvp_batch_size, tol=config.cg_tol, maxiter=config.cg_maxiter,
         progress=config.progress,
-        lissa=_lissa_settings(config),
     )
+    # tau and lissa only where they act: influence_update warns about them elsewhere, and
+    # the config has said so once already (repair_rules)
+    if config.order == 1:
+        kwargs["tau"] = config.tau
+    elif config.solver == "lissa":
+        kwargs["lissa"] = _lissa_settings(config)
     if config.last_layers:
         kwargs["params"] = last_parameters(model, config.last_layers)
     return kwargs

@@ -3,7 +3,9 @@
 All functions evaluate the model *functionally* (``torch.func.functional_call`` with the
 selected parameters replaced by detached leaf copies), so they never touch ``.grad``, never
 build a graph the caller keeps, and never modify the model. The loss must be a **sum** over
-the batch (``reduction="sum"``): then the chunked sums equal the full-data sums.
+the batch (``reduction="sum"``): then the chunked sums equal the full-data sums; a loss that
+is not (``reduction="mean"``) is refused, and so are inputs and labels the model or the
+loss cannot take, with the checks of :func:`~fastunlearn.influence.influence_update`.
 """
 
 from __future__ import annotations
@@ -179,6 +181,31 @@ def _check_model_and_loss(model: object, loss_fn: object) -> None:
         raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
 
 
+def _check_data(
+    model: nn.Module, loss_fn: LossFn, names: Sequence[str],
+    pairs: list[tuple[str, Tensor, str, Tensor]],
+) -> None:
+    """Check ``(input name, inputs, target name, targets)`` pairs and the loss's reduction.
+
+    As :func:`~fastunlearn.influence.influence_update` does, before anything is computed:
+    floating inputs in the dtype of the parameters ``names`` (all of the model's when
+    empty), on their device and finite; integer labels for :func:`default_loss`, and
+    integer labels inside the model's classes; then ``loss_fn`` must sum over the batch
+    (:func:`check_sum_reduction`, on the first row of the first pair).
+    """
+    # (arguments imports this module's eval_mode)
+    from .arguments import _check_model_data
+
+    named = dict(model.named_parameters())
+    params = [named[n] for n in names] or [p for p in named.values() if p.is_floating_point()]
+    if params:
+        _check_model_data(model, pairs, params[0].dtype, params[0].device,
+                          class_labels=loss_fn is default_loss)
+    _, inputs, targets_name, targets = pairs[0]
+    if inputs.shape[0]:  # no row: nothing to sum, the loss is 0 either way
+        check_sum_reduction(model, loss_fn, inputs, targets, targets_name=targets_name)
+
+
 def loss_value(
     model: nn.Module,
     loss_fn: LossFn,
@@ -204,10 +231,17 @@ def loss_value(
         The loss as a Python float (``nan``/``inf`` are returned, not raised).
 
     Raises:
-        TypeError / ValueError: ``model`` not an nn.Module, ``loss_fn`` not callable,
-            ``inputs``/``targets`` not tensors or of different lengths, ``chunk_size`` not
-            None or an int >= 1, or ``names``/``values`` that are not parameters of
-            ``model`` with their shapes and dtypes.
+        TypeError: ``model`` not an nn.Module, ``loss_fn`` not callable, ``inputs`` or
+            ``targets`` not tensors, ``chunk_size`` not None or an int, replacement
+            ``values`` of another dtype than their parameters, floating ``inputs`` of
+            another dtype than the model's parameters, or floating ``targets`` with
+            :func:`default_loss` (it takes integer class labels).
+        ValueError: ``inputs``/``targets`` of different lengths, ``chunk_size`` < 1,
+            ``names`` that are not parameters of ``model`` (or ``values`` of other shapes),
+            inputs on another device, non-finite or that the model cannot run on, integer
+            labels outside the model's classes (also -100, which cross-entropy would
+            skip), or a ``loss_fn`` that does not sum over the batch (e.g.
+            ``reduction="mean"``).
 
     """
     _check_model_and_loss(model, loss_fn)
@@ -216,6 +250,26 @@ def loss_value(
     _check_rows([("inputs", inputs), ("targets", targets)])
     chunk_size = _check_chunk_size(chunk_size)
     _check_replacements(model, names, values)
+    _check_data(model, loss_fn, names, [("inputs", inputs, "targets", targets)])
+    return _loss_value(model, loss_fn, inputs, targets, names=names, values=values,
+                       chunk_size=chunk_size)
+
+
+def _loss_value(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    names: Sequence[str] = (),
+    values: Sequence[Tensor] = (),
+    chunk_size: int | None,
+) -> float:
+    """:func:`loss_value` of arguments checked already (no check: influence_update's loss).
+
+    The line search evaluates the loss up to some 60 times on the same training set, which
+    :func:`~fastunlearn.influence.influence_update` checked once.
+    """
     state = _state(model, names, values)
     total = 0.0
     with torch.no_grad(), eval_mode(model):
@@ -287,15 +341,22 @@ def loss_gradient(
         Tensor[P] in ``named_parameters()`` order.
 
     Raises:
-        TypeError / ValueError: ``model`` not an nn.Module, ``loss_fn`` not callable,
-            ``inputs``/``targets`` not tensors or of different lengths, ``chunk_size`` not
-            None or an int >= 1, or a bad ``params``.
+        TypeError: ``model`` not an nn.Module, ``loss_fn`` not callable, ``inputs`` or
+            ``targets`` not tensors, ``chunk_size`` not None or an int, a bad ``params``,
+            floating ``inputs`` of another dtype than the selected parameters, or
+            floating ``targets`` with :func:`default_loss`.
+        ValueError: ``inputs``/``targets`` of different lengths, ``chunk_size`` < 1, a bad
+            ``params``, inputs on another device, non-finite or that the model cannot run
+            on, integer labels outside the model's classes, or a ``loss_fn`` that does
+            not sum over the batch (e.g. ``reduction="mean"``: the gradient would be n
+            times too small).
 
     """
     _check_model_and_loss(model, loss_fn)
     names = selected_parameter_names(model, params)
     _check_rows([("inputs", inputs), ("targets", targets)])
     chunk_size = _check_chunk_size(chunk_size)
+    _check_data(model, loss_fn, names, [("inputs", inputs, "targets", targets)])
 
     def loss(st: dict[str, Tensor], start: int, stop: int) -> Tensor:
         return loss_fn(functional_call(model, st, (inputs[start:stop],)), targets[start:stop])
@@ -334,9 +395,15 @@ def gradient_difference(
         Tensor[P] in ``named_parameters()`` order.
 
     Raises:
-        TypeError / ValueError: ``model`` not an nn.Module, ``loss_fn`` not callable, the
-            four tensors not tensors or of different lengths, ``chunk_size`` not None or an
-            int >= 1, or a bad ``params``.
+        TypeError: ``model`` not an nn.Module, ``loss_fn`` not callable, the four tensors
+            not tensors, ``chunk_size`` not None or an int, a bad ``params``, floating
+            inputs of another dtype than the selected parameters, or floating targets
+            with :func:`default_loss`.
+        ValueError: the four tensors of different lengths, ``new_inputs`` (``new_targets``)
+            not shaped like ``inputs`` (``targets``), ``chunk_size`` < 1, a bad ``params``,
+            inputs on another device, non-finite or that the model cannot run on, integer
+            labels outside the model's classes, or a ``loss_fn`` that does not sum over
+            the batch (e.g. ``reduction="mean"``).
 
     """
     _check_model_and_loss(model, loss_fn)
@@ -344,6 +411,33 @@ def gradient_difference(
     _check_rows([("inputs", inputs), ("targets", targets), ("new_inputs", new_inputs),
                  ("new_targets", new_targets)])
     chunk_size = _check_chunk_size(chunk_size)
+    for new_name, new, old_name, old in (("new_inputs", new_inputs, "inputs", inputs),
+                                         ("new_targets", new_targets, "targets", targets)):
+        if new.shape != old.shape:
+            raise ValueError(f"'{new_name}' must have the shape of '{old_name}' "
+                             f"{list(old.shape)}, got {list(new.shape)}")
+    _check_data(model, loss_fn, names, [("inputs", inputs, "targets", targets),
+                                        ("new_inputs", new_inputs, "new_targets", new_targets)])
+    return _gradient_difference(model, loss_fn, inputs, targets, new_inputs, new_targets,
+                                params=names, chunk_size=chunk_size)
+
+
+def _gradient_difference(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Tensor,
+    targets: Tensor,
+    new_inputs: Tensor,
+    new_targets: Tensor,
+    *,
+    params: Sequence[str],
+    chunk_size: int | None,
+) -> Tensor:
+    """:func:`gradient_difference` of arguments checked already (``params``: their names).
+
+    No check: :func:`~fastunlearn.influence.influence_update`'s ``G``, of checked data.
+    """
+    names = params
 
     def diff(st: dict[str, Tensor], start: int, stop: int) -> Tensor:
         xn, yn = new_inputs[start:stop], new_targets[start:stop]

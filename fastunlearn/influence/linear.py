@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
+from .._no_effect import no_effect_message
 from .._numbers import as_int, is_integer
 from .._numbers import is_finite as _finite
 from .._repr import fields_repr
@@ -179,22 +181,34 @@ def _vector(name: str, value: object, d: int, device: torch.device) -> Tensor:
 
 
 def _check_step(order: object, tau: object) -> float | None:
-    """``order`` (the int 1 or 2) and, for first order, ``tau``; returns tau or None."""
+    """``order`` (the int 1 or 2) and ``tau``; returns tau for first order, else None.
+
+    A ``tau`` given with ``order=2`` is checked all the same and warned about (it has no
+    effect there); the warning points at the caller of ``linear_influence_update``.
+    """
     if not is_integer(order):  # Python or NumPy int, not a bool
         raise TypeError(f"'order' must be the int 1 or 2, got {order!r}")
     order = as_int(order)
     if order not in (1, 2):
         raise ValueError(f"'order' must be 1 or 2, got {order!r}")
-    if order == 2:
-        return None
     if tau is None:
-        raise ValueError("'tau' (a finite step size > 0) is required for order=1")
-    return _finite_positive("tau", tau)
+        if order == 1:
+            raise ValueError("'tau' (a finite step size > 0) is required for order=1")
+        return None
+    value = _finite_positive("tau", tau)
+    if order == 1:
+        return value
+    warnings.warn(no_effect_message(["tau"], "with order=2 (it is the first-order step size)"),
+                  UserWarning, stacklevel=3)
+    return None
 
 
 def _lam(lam: object) -> float:
-    real = cast(float, lam)  # compared only once _is_real has found a real number
-    if not _is_real(real) or not real > 0 or not _finite(real):
+    """Check ``lam``: a real number (TypeError otherwise), finite and > 0."""
+    if not _is_real(lam):
+        raise TypeError(f"'lam' must be a real number, got {type(lam).__name__}")
+    real = cast(float, lam)  # a Python or NumPy real number (checked just above)
+    if not real > 0 or not _finite(real):
         raise ValueError(f"'lam' must be finite and > 0, got {real!r}")
     return float(real)
 
@@ -220,8 +234,8 @@ def fit_logistic(
         ``(w [d], b [d])``, float64.
 
     Raises:
-        TypeError: If ``X`` or ``y`` is not a tensor, ``sigma`` is not a real number, or
-            ``seed`` is not an int (a bool is not one).
+        TypeError: If ``X`` or ``y`` is not a tensor, ``lam`` or ``sigma`` is not a real
+            number, or ``seed`` is not an int (a bool is not one).
         ValueError: If ``X`` is not a finite, non-empty floating ``[n, d]`` matrix, ``y``
             is not ``[n]`` binary labels, ``lam`` is not finite and > 0, ``sigma`` is not
             finite and >= 0, or ``seed`` is negative.
@@ -273,7 +287,8 @@ def linear_influence_update(
         b: Tensor[d], the objective perturbation used in training (None: zeros); finite.
         order: The int 2 (Newton step, certified) or 1 (``w - tau G``).
         tau: First-order step size (a finite number > 0, not a bool); required for
-            ``order=1``.
+            ``order=1``. Checked with ``order=2`` too, where it has no effect and is
+            warned about (UserWarning).
         epsilon: Privacy parameter of the certificate.
         delta: Failure probability of the certificate.
         sigma: The perturbation's standard deviation, if the model has one: then
@@ -286,11 +301,13 @@ def linear_influence_update(
     Raises:
         TypeError: If ``X``, ``y``, ``w``, ``new_X``, ``new_y`` or ``b`` is not a tensor (where
             given), ``w`` is not floating point (or ``b`` not real), ``rows`` does not hold
-            integers, ``order`` is not an int, or ``tau`` or ``gamma`` is not a real number.
+            integers, ``order`` is not an int, or ``lam``, ``tau`` or ``gamma`` is not a
+            real number.
         ValueError: Bad inputs (named): non-finite or misshapen ``X``, ``w``, ``new_X`` or
             ``b``; non-binary or misshapen labels; ``rows`` empty, out of range or with
             duplicates; ``lam`` not finite and > 0; ``order`` not 1 or 2; ``tau`` missing
-            or not finite and > 0 for ``order=1``; ``gamma`` not finite and >= 0;
+            for ``order=1`` or (given with either order) not finite and > 0; ``gamma``
+            not finite and >= 0;
             ``epsilon`` not finite and > 0, ``delta`` outside (0, 1) or ``sigma`` not
             finite and >= 0; or updated weights (or their residual) that are not finite.
             (A ``delta`` that is not a real number is a TypeError.)

@@ -54,12 +54,14 @@ import functools
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from .._no_effect import no_effect_message
 from .._numbers import as_int
 from ..linalg import (
     LissaDivergenceError,
@@ -74,25 +76,19 @@ from .arguments import (
     MAX_SEED,
     _check_bool,
     _check_float,
-    _check_inputs,
     _check_int,
+    _check_model_data,
     _check_order,
     _check_pair,
-    _check_target_range,
-    _check_target_type,
     _check_tensor,
-    _num_outputs,
 )
 from .curvature import GGNOperator
-from .gradients import (
-    LossFn,
-    check_sum_reduction,
-    default_loss,
-    eval_mode,
-    gradient_difference,
-    loss_value,
-    unflatten,
-)
+from .gradients import LossFn, check_sum_reduction, default_loss, eval_mode, unflatten
+
+# gradient_difference and loss_value of arguments checked already: influence_update checks
+# its data once, and the line search evaluates the loss up to some 60 times
+from .gradients import _gradient_difference as gradient_difference
+from .gradients import _loss_value as loss_value
 from .settings import (
     CURVATURES,
     LISSA_HESSIANS,
@@ -154,14 +150,47 @@ def _selection(model: object, params: Any) -> tuple[list[str], list[nn.Parameter
 
 
 def _check_tau(order: int, tau: object) -> tuple[float | None, bool]:
-    """Return ``(tau or None, auto)``; only first order uses ``tau``."""
-    if order != 1:
-        return None, False
+    """Return ``(tau or None, auto)``; only first order uses ``tau``.
+
+    ``tau`` is checked whatever the order: a bad value is refused, not ignored because
+    ``order=2`` happens to make no use of it (:func:`_warn_no_effect` says so).
+    """
     if isinstance(tau, str):
         if tau != "auto":
             raise ValueError(f"'tau' must be a positive number or 'auto', got {tau!r}")
-        return None, True
-    return _check_float("tau", tau, positive=True), False
+        value, auto = None, True
+    else:
+        value, auto = _check_float("tau", tau, positive=True), False
+    return (value, auto) if order == 1 else (None, False)
+
+
+def _warn_no_effect(opts: UpdateOptions, tau: object, lissa: object, stacklevel: int) -> None:
+    """Warn (UserWarning) about ``tau`` and ``lissa`` given where they have no effect.
+
+    In the library's wording (:func:`~fastunlearn._no_effect.no_effect_message`, as the
+    configs' ``'tau' has no effect with order=2 (...)``); their defaults (``tau="auto"``,
+    ``lissa=None``) are never named. ``stacklevel`` as for :func:`warnings.warn`, from this
+    function's caller.
+    """
+    messages = []
+    if opts.order == 2 and not (isinstance(tau, str) and tau == "auto"):
+        messages.append(no_effect_message(["tau"], "with order=2 (it is the first-order "
+                                                   "step size)"))
+    if lissa is not None and opts.order == 1:
+        messages.append(no_effect_message(["lissa"], "with order=1 (for the second-order "
+                                                     "solve)"))
+    elif lissa is not None and opts.solver != "lissa":
+        messages.append(no_effect_message(["lissa"], f"with solver={opts.solver!r} (for the "
+                                                     f"LiSSA solver)"))
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+
+
+def _check_subsample_size(rows: int | None, n_train: int) -> None:
+    """Refuse a ``curvature_subsample`` above the training rows (never quietly "all rows")."""
+    if rows is not None and rows > n_train:
+        raise ValueError(f"'curvature_subsample' must be <= {n_train}, the number of training "
+                         f"rows (None: all of them), got {rows}")
 
 
 def _check_options(
@@ -221,7 +250,10 @@ def _check_options(
                         f"float64 parameters, got {selected[0].dtype} (the solves run in the "
                         f"parameters' dtype); convert the model with .float() or use order=1")
     tau_value, auto_tau = _check_tau(order, tau)
-    settings = _check_lissa(lissa) if order == 2 and solver == "lissa" else None
+    uses_lissa = order == 2 and solver == "lissa"
+    # checked whenever given, like tau: a bad value is refused even where it has no effect
+    settings = _check_lissa(lissa) if uses_lissa or lissa is not None else None
+    settings = settings if uses_lissa else None
     P = sum(p.numel() for p in selected)
     if order == 2 and solver == "direct" and P > max_direct_params:
         raise ValueError(f"solver 'direct' builds a dense {P} x {P} Hessian, more than "
@@ -314,33 +346,10 @@ def _check_data(
     """Check ``(input name, inputs, target name, targets)`` pairs against the model.
 
     Devices and dtypes first, so the model only ever runs on inputs it accepts; then one
-    forward pass gives the number of classes the labels must fit.
+    forward pass gives the number of classes the labels must fit (see
+    :func:`~fastunlearn.influence.arguments._check_model_data`).
     """
-    for x_name, x, y_name, y in pairs:
-        _check_inputs(x_name, x, opts.dtype, opts.device)
-        _check_target_type(y_name, y, opts.device, opts.class_labels)
-    num_outputs = _num_outputs(model, pairs[0][1])
-    for x_name, x, _, _ in pairs:
-        if not x.is_floating_point():
-            _check_all_rows_run(model, x_name, x)
-    for _, _, y_name, y in pairs:
-        _check_target_range(y_name, y, num_outputs)
-
-
-def _check_all_rows_run(model: nn.Module, name: str, x: Tensor, chunk: int = 1024) -> None:
-    """Run the model once on every row of non-floating inputs (token ids), without a graph.
-
-    ``_num_outputs`` runs one row only; an id outside an embedding's vocabulary in another
-    row would otherwise fail deep inside the gradient or curvature computation.
-    """
-    try:
-        with torch.no_grad(), eval_mode(model):
-            for start in range(0, x.shape[0], chunk):
-                model(x[start:start + chunk])
-    except (RuntimeError, IndexError) as exc:
-        raise ValueError(f"'{name}' holds rows the model cannot run on (e.g. token ids "
-                         f"outside an embedding's vocabulary): {type(exc).__name__}: "
-                         f"{exc}") from None
+    _check_model_data(model, pairs, opts.dtype, opts.device, opts.class_labels)
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,7 +385,7 @@ def _curvature_data(
     the full summed loss's Hessian (and Gauss-Newton matrix) as its expectation.
     """
     n = int(X.shape[0])
-    if rows is None or rows >= n:
+    if rows is None or rows == n:  # more than n is refused (_check_subsample_size)
         return X, y, loss_fn
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(n, generator=gen)[:rows].to(X.device)
@@ -622,7 +631,9 @@ def influence_update(
         tau: First-order step size (> 0), or ``"auto"``: a line search on the corrected
             training loss, starting from the curvature step ``||G||^2 / G^T H G`` and
             halving (at most 40 times) or doubling (at most 20) it; when no step lowers the
-            loss the model is left unchanged and the result says why.
+            loss the model is left unchanged and the result says why. Checked with
+            either order; a ``tau`` other than ``"auto"`` with ``order=2`` has no effect
+            and is warned about (UserWarning).
         solver: ``"cg"``, ``"lissa"`` or ``"direct"`` (second order).
         damping: Tikhonov damping lambda >= 0 of ``"cg"`` and ``"direct"``. LiSSA's damping
             is ``lissa.damping * lissa.scale`` relative to the Hessian it uses: with
@@ -639,7 +650,8 @@ def influence_update(
             ``subsample_seed``) and weighted ``n / m``, an unbiased estimate of the
             full-data matrix at ``m / n`` of the cost per product. The solver then solves
             that fixed system exactly (CG needs a fixed operator, unlike LiSSA, which draws
-            a new batch per step), and ``residual`` refers to it. None: every row.
+            a new batch per step), and ``residual`` refers to it. None: every row; more
+            rows than ``train_data`` has are refused (ValueError), not read as "all".
         subsample_seed: Seed of the ``curvature_subsample`` draw.
         chunk_size: Rows per gradient and loss chunk (None: all at once).
         tol: Relative tolerance of CG on the true residual.
@@ -647,6 +659,8 @@ def influence_update(
         restarts: CG restarts allowed when the true residual misses ``tol``.
         lissa: :class:`LissaSettings` (defaults: the reference's CIFAR settings, summed
             batch Hessians: the step is ``k (H + k d s I)^{-1} G``, k = ceil(N / B)).
+            Used by ``order=2, solver="lissa"`` only; given otherwise it has no effect
+            and is warned about (UserWarning).
         compute_residual: Compute the true relative residual for LiSSA (one extra
             full-data HVP; CG and direct always have it).
         max_direct_params: Largest P accepted by ``"direct"``.
@@ -681,6 +695,8 @@ def influence_update(
         max_direct_params=max_direct_params, loss_tolerance=loss_tolerance,
         compute_residual=compute_residual, check_loss=check_loss, apply=apply,
         progress=progress)
+    # the caller of influence_update (through its rnn-kernels wrapper)
+    _warn_no_effect(opts, tau, lissa, stacklevel=3)
     names, loss_fn, order, settings = opts.names, opts.loss_fn, opts.order, opts.lissa
     damping, tol = float(damping), float(tol)
     loss_tolerance = float(loss_tolerance)
@@ -703,6 +719,7 @@ def influence_update(
              ("new_inputs", new_inputs, "new_targets", new_targets)]
     if train_data is not None:
         train_data = _check_train_shape(train_data, inputs, targets)
+        _check_subsample_size(curvature_subsample, int(train_data[0].shape[0]))
         pairs.append(("train_data[0]", train_data[0], "train_data[1]", train_data[1]))
     elif order == 2 or auto_tau:
         raise ValueError("'train_data' (the corrected training set) is required for "

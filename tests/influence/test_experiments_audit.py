@@ -129,7 +129,7 @@ def test_iterative_repair_samples_mispredicted_rows_with_current_predictions():
     ("label_range", ValueError, "'labels'"),
     ("label_bool", TypeError, "'labels'"),
     ("seed_negative", ValueError, "'seed'"),
-    ("seed_float", ValueError, "'seed'"),
+    ("seed_float", TypeError, "'seed'"),  # a float is not an int: TypeError (was ValueError)
     ("chunk", ValueError, "'chunk_size'"),
     ("evaluate", TypeError, "'evaluate'"),
 ])

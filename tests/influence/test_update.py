@@ -580,7 +580,8 @@ def test_curvature_subsample_of_every_row_equals_the_full_solve():
     rows = torch.arange(4)
     y_new = _shift_labels(y, rows)
     steps = []
-    for subsample in (None, X.shape[0], 10 * X.shape[0]):
+    # (more rows than the training set has are refused: test_input_checks_more.py)
+    for subsample in (None, X.shape[0]):
         model = small_net()
         before = _flat(model)
         influence_update(model, X[rows], y[rows], new_targets=y_new[rows],
@@ -588,7 +589,6 @@ def test_curvature_subsample_of_every_row_equals_the_full_solve():
                          curvature_subsample=subsample, check_loss=False)
         steps.append(before - _flat(model))
     torch.testing.assert_close(steps[1], steps[0], rtol=0, atol=0)
-    torch.testing.assert_close(steps[2], steps[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
