@@ -24,6 +24,7 @@ __all__ = [
     "as_float",
     "as_int",
     "as_plain",
+    "check_flag",
     "is_finite",
     "is_flag",
     "is_integer",
@@ -45,6 +46,21 @@ def is_real(value: object) -> bool:
 def is_flag(value: object) -> bool:
     """Whether ``value`` is a bool or a NumPy bool."""
     return isinstance(value, (bool, np.bool_))
+
+
+def check_flag(name: str, value: object) -> bool:
+    """Return a flag argument as a Python bool: a bool or ``np.bool_`` only.
+
+    The library's one check of a flag (a string such as ``"no"`` is truthy, ``1`` is a
+    number: both would silently pass as a setting the caller did not mean).
+
+    Raises:
+        TypeError: ``value`` is not a bool, naming ``name``.
+
+    """
+    if not is_flag(value):
+        raise TypeError(f"'{name}' must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def as_int(value: object) -> int:

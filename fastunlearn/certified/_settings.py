@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from .._device import parse_device
-from .._numbers import as_float, as_int, is_flag, is_integer, is_real
+from .._numbers import as_float, as_int, check_flag, is_integer, is_real
 
-__all__ = ["device_setting", "flag_setting", "int_setting", "real_setting"]
+__all__ = ["check_flag", "device_setting", "int_setting", "real_setting"]
 
 
 def real_setting(name: str, value: object) -> float:
@@ -28,19 +28,6 @@ def real_setting(name: str, value: object) -> float:
         raise TypeError(f"argument '{name}' must be a real number, got "
                         f"{type(value).__name__} {value!r}")
     return as_float(value)
-
-
-def flag_setting(name: str, value: object) -> bool:
-    """Return a flag setting as a Python bool.
-
-    Raises:
-        TypeError: If ``value`` is not a bool or ``np.bool_`` (``1`` and ``"no"`` are not).
-
-    """
-    if not is_flag(value):
-        raise TypeError(f"argument '{name}' must be a bool, got {type(value).__name__} "
-                        f"{value!r}")
-    return bool(value)
 
 
 def int_setting(name: str, value: object, minimum: int, what: str) -> int:

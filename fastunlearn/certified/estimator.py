@@ -29,7 +29,7 @@ from .. import ops
 from .._numbers import as_int, is_integer
 from .._paths import check_output_file
 from . import single_row, woodbury
-from ._settings import device_setting, flag_setting, int_setting, real_setting
+from ._settings import check_flag, device_setting, int_setting, real_setting
 from .bounds import (
     c_delta,
     data_dependent_bound,
@@ -308,7 +308,7 @@ class CertifiedLogisticRegression(
             )
         cfg["subsample_ratio"] = ratio
         cfg["gamma"] = resolve_gamma(self.gamma)
-        cfg["normalize"] = flag_setting("normalize", self.normalize)
+        cfg["normalize"] = check_flag("normalize", self.normalize)
         cfg["seed"] = int_setting("seed", self.seed, 0, "a non-negative int")
         cfg["max_iter"] = int_setting("max_iter", self.max_iter, 1, "an int >= 1")
         cfg["tol"] = real("tol", 0.0, strict=False)
@@ -329,7 +329,7 @@ class CertifiedLogisticRegression(
         """
         if self.solver not in _SOLVERS:
             raise ValueError(f"argument 'solver' must be one of {_SOLVERS}, got {self.solver!r}")
-        retrain = flag_setting("retrain", self.retrain)
+        retrain = check_flag("retrain", self.retrain)
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             kind = type(self.checkpoint).__name__
             raise TypeError(f"argument 'checkpoint' must be None or a path, got {kind}")

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from .._atomic_files import default_permissions
 from .._equality import dataclass_eq
-from .._numbers import is_flag, is_integer
+from .._numbers import check_flag, is_integer
 from .._paths import check_output_file
 from .._repr import fields_repr
 
@@ -130,13 +130,6 @@ def _check_data_dir(data_dir: str | os.PathLike) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"'data_dir' {str(root)!r} is not a directory")
     return root
-
-
-def _check_flag(value: object, arg: str) -> bool:
-    """Return a bool (Python or numpy) argument; a truthy string must not pass as True."""
-    if not is_flag(value):
-        raise TypeError(f"'{arg}' must be a bool, got {type(value).__name__}")
-    return bool(value)
 
 
 def _check_simple_name(value: object, arg: str) -> str:
@@ -612,7 +605,7 @@ def load_vision_dataset(
     """
     canonical = canonical_dataset_name(name)
     for value, arg in ((train, "train"), (svhn_extra, "svhn_extra"), (verify, "verify")):
-        _check_flag(value, arg)
+        check_flag(arg, value)
     train, svhn_extra, verify = bool(train), bool(svhn_extra), bool(verify)
     if transform is not None and not callable(transform):
         raise TypeError(f"'transform' must be callable or None, got {type(transform).__name__}")

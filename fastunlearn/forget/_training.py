@@ -77,16 +77,6 @@ __all__ = [
 _SCHEDULERS = ("none", "cosine", "multistep")
 
 
-def check_bool(name: str, value: object) -> bool:
-    """Return ``value`` as a Python bool; a bool or ``np.bool_`` only.
-
-    Raises:
-        TypeError: If ``value`` is not a bool (a string such as ``"no"`` is truthy).
-
-    """
-    return check_flag(name, value)
-
-
 @dataclass
 class SGDConfig(ForgetConfig):
     """SGD settings of the training-based methods (Seed A's ``train`` config).
@@ -107,7 +97,7 @@ class SGDConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.nesterov = check_bool("nesterov", self.nesterov)
+        self.nesterov = check_flag("nesterov", self.nesterov)
         if self.scheduler not in _SCHEDULERS:
             raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {self.scheduler!r}")
         if self.nesterov and self.momentum == 0.0:

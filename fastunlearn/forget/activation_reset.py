@@ -29,7 +29,7 @@ from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
     TrainingData,
-    check_bool,
+    check_flag,
     check_training_data,
     kaiming_,
     last_linear,
@@ -69,7 +69,7 @@ class ActivationResetConfig(SGDConfig):
         super().__post_init__()
         self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
         self.toll = check_fraction("toll", self.toll, allow_zero=True)
-        self.reset_mlp = check_bool("reset_mlp", self.reset_mlp)
+        self.reset_mlp = check_flag("reset_mlp", self.reset_mlp)
         self._warn_settings(ActivationResetConfig)
 
 

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .._no_effect import no_effect_message
-from .._numbers import as_float, as_int, is_flag, is_integer, is_real
+from .._numbers import as_float, as_int, check_flag, is_integer, is_real
 from .._unused_settings import non_default_fields
 
 __all__ = [
@@ -279,18 +279,6 @@ def check_finite_number(name: str, value: object, minimum: float, *, strict: boo
         limit = " (an int must be <= 2**63 - 1)" if huge else ""
         raise ValueError(f"{name} must be finite and {op} {minimum}{limit}, got {value}")
     return value
-
-
-def check_flag(name: str, value: object) -> bool:
-    """Return ``value`` as a Python bool; a bool or ``np.bool_`` only.
-
-    Raises:
-        TypeError: If ``value`` is not a bool (a string such as ``"no"`` is truthy).
-
-    """
-    if not is_flag(value):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
 
 
 def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> float:

@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import Dataset
 
 from .._no_effect import no_effect_message
-from ._training import SGDConfig, check_bool, last_linear, prepare, seeded
+from ._training import SGDConfig, check_flag, last_linear, prepare, seeded
 from .base import _check_float, iterate, make_loader, model_device, register
 from .checks import check_batch_labels, check_labels, dataset_labels, item_labels
 
@@ -86,7 +86,7 @@ class FisherConfig(SGDConfig):
         self.class_row_var = _check_float("class_row_var", self.class_row_var, 0.0, strict=False)
         self.max_var = _check_float("max_var", self.max_var, 0.0, strict=True)
         self.eps = _check_float("eps", self.eps, 0.0, strict=True)
-        self.forget_class_rows = check_bool("forget_class_rows", self.forget_class_rows)
+        self.forget_class_rows = check_flag("forget_class_rows", self.forget_class_rows)
         if self.fisher not in _FISHER_KINDS:
             raise ValueError(f"fisher must be one of {_FISHER_KINDS}, got {self.fisher!r}")
         self._warn_settings(FisherConfig)

@@ -14,7 +14,7 @@ from .._no_effect import no_effect_message
 from ._training import (
     SGDConfig,
     TrainingData,
-    check_bool,
+    check_flag,
     check_training_data,
     prepare,
     runs,
@@ -52,7 +52,7 @@ class L1SparseConfig(SGDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.alpha = _check_float("alpha", self.alpha, 0.0, strict=False)
-        self.include_bias = check_bool("include_bias", self.include_bias)
+        self.include_bias = check_flag("include_bias", self.include_bias)
         self._warn_settings(L1SparseConfig)
 
     def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:

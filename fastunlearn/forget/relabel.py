@@ -25,7 +25,7 @@ from ._training import (
     RelabelledDataset,
     SGDConfig,
     TrainingData,
-    check_bool,
+    check_flag,
     check_training_data,
     prepare,
     runs,
@@ -63,7 +63,7 @@ class RandomLabelsConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.other_classes = check_bool("other_classes", self.other_classes)
+        self.other_classes = check_flag("other_classes", self.other_classes)
         self._warn_settings(RandomLabelsConfig)
 
 
@@ -107,7 +107,7 @@ class PoisonFullConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.other_classes = check_bool("other_classes", self.other_classes)
+        self.other_classes = check_flag("other_classes", self.other_classes)
         self._warn_settings(PoisonFullConfig)
 
 
@@ -164,7 +164,7 @@ class TwoStageConfig(SGDConfig):
         super().__post_init__()
         self.forget_epochs = _check_int("forget_epochs", self.forget_epochs, 0)
         self.forget_lr = _check_float("forget_lr", self.forget_lr, 0.0, strict=False)
-        self.other_classes = check_bool("other_classes", self.other_classes)
+        self.other_classes = check_flag("other_classes", self.other_classes)
         self._warn_settings(TwoStageConfig)
 
 

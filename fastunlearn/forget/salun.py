@@ -36,7 +36,7 @@ from ._common_b import (
     prepare_inputs,
     train_ce,
 )
-from ._training import check_bool
+from ._training import check_flag
 from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
 from .checks import check_batch_labels, check_labels, dataset_labels
 
@@ -72,7 +72,7 @@ class SalUnConfig(ForgetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.mask_ratio = check_fraction("mask_ratio", self.mask_ratio)
-        self.redraw_labels = check_bool("redraw_labels", self.redraw_labels)
+        self.redraw_labels = check_flag("redraw_labels", self.redraw_labels)
         self._warn_settings(SalUnConfig)
 
     def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:

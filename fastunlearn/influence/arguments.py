@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .._numbers import as_float as _as_float
-from .._numbers import as_int, is_flag, is_integer, is_real
+from .._numbers import as_int, is_integer, is_real
 from .gradients import eval_mode
 
 
@@ -103,12 +103,6 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
 
 #: Largest seed of a ``torch.Generator`` (an unsigned 64-bit integer).
 MAX_SEED = 2**64 - 1
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not is_flag(value):  # a bool or np.bool_
-        raise TypeError(f"'{name}' must be a bool, got {type(value).__name__}")
-    return bool(value)
 
 
 def _check_order(order: object) -> int:

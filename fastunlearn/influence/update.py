@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from .._no_effect import no_effect_message
-from .._numbers import as_int
+from .._numbers import as_int, check_flag
 from ..linalg import (
     LissaDivergenceError,
     NetworkHessianOperator,
@@ -74,7 +74,6 @@ from ..linalg import lissa as lissa_solve
 from ..linalg.rnn_kernels import differentiable_rnn_kernels
 from .arguments import (
     MAX_SEED,
-    _check_bool,
     _check_float,
     _check_int,
     _check_model_data,
@@ -244,7 +243,7 @@ def _check_options(
     _check_int("max_direct_params", max_direct_params, 1)
     for name, flag in (("compute_residual", compute_residual), ("check_loss", check_loss),
                        ("apply", apply), ("progress", progress)):
-        _check_bool(name, flag)
+        check_flag(name, flag)
     if order == 2 and selected[0].dtype not in (torch.float32, torch.float64):
         raise TypeError(f"'model': second-order updates (solvers {SOLVERS}) need float32 or "
                         f"float64 parameters, got {selected[0].dtype} (the solves run in the "

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._numbers import as_float, is_finite, is_flag, is_real
+from .._numbers import as_float, check_flag, is_finite, is_real
 from ._checks import as_tensor
 from .statistics import true_class_confidence
 
@@ -51,8 +51,7 @@ def svc_mia_efficacy(
     """
     from sklearn.svm import SVC
 
-    if not is_flag(balance):  # a bool or np.bool_: a string such as "no" is truthy
-        raise TypeError(f"'balance' must be a bool, got {type(balance).__name__}")
+    check_flag("balance", balance)  # a string such as "no" is truthy
     balance = bool(balance)
     if not is_real(C):  # Python or NumPy real, not a bool
         raise TypeError(f"'C' must be a number, got {type(C).__name__}")
