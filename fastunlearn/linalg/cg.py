@@ -137,6 +137,10 @@ def _preconditioner(precond: object, A: object, B: Tensor) -> tuple[Tensor | Non
             raise ValueError("'precond' (inverse diagonal) must be positive and finite")
         return inv_diag, None
     if isinstance(precond, LinearOperator):
+        d = B.shape[0]
+        if tuple(precond.shape) != (d, d):
+            raise ValueError(f"'precond' must be a ({d}, {d}) operator like 'A', got shape "
+                             f"{tuple(precond.shape)}")
         return None, precond.matmat
     return None, cast(Matmat, precond)  # a callable, as _check_precond_kind checked
 

@@ -113,8 +113,8 @@ def flatten_params(tensors: Iterable[Tensor]) -> Tensor:
         Tensor[P] with P the total number of elements.
 
     Raises:
-        TypeError: ``tensors`` is not an iterable of tensors.
-        ValueError: ``tensors`` is empty.
+        TypeError: ``tensors`` is not an iterable of tensors, or their dtypes differ.
+        ValueError: ``tensors`` is empty, or on more than one device.
 
     """
     if not isinstance(tensors, Iterable) or isinstance(tensors, Tensor):
@@ -125,6 +125,13 @@ def flatten_params(tensors: Iterable[Tensor]) -> Tensor:
     for t in tensors:
         if not isinstance(t, Tensor):
             raise TypeError(f"'tensors' must hold torch.Tensors, got {type(t).__name__}")
+    first = tensors[0]
+    for t in tensors[1:]:
+        if t.dtype != first.dtype:  # torch.cat would promote silently
+            raise TypeError(f"'tensors' must share one dtype, got {first.dtype} and {t.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"'tensors' must be on one device, got {first.device} and "
+                             f"{t.device}")
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
@@ -145,8 +152,10 @@ def unflatten_like(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     """
     if not isinstance(vector, Tensor):
         raise TypeError(f"'vector' must be a torch.Tensor, got {type(vector).__name__}")
-    if not isinstance(like, Iterable) or isinstance(like, Tensor) or any(
-            not isinstance(t, Tensor) for t in like):
+    if not isinstance(like, Iterable) or isinstance(like, Tensor):
+        raise TypeError("'like' must be a sequence of torch.Tensors")
+    like = list(like)  # once: a generator would be used up by the check below
+    if any(not isinstance(t, Tensor) for t in like):
         raise TypeError("'like' must be a sequence of torch.Tensors")
     sizes = [t.numel() for t in like]
     if vector.ndim != 1 or vector.numel() != sum(sizes):
@@ -310,7 +319,17 @@ def _functional_loss(
         state: dict[str, Tensor] = {n: p.detach() for n, p in model.named_parameters()}
         state.update(dict(model.named_buffers()))
         state.update(zip(names, selected, strict=True))
-        return loss_fn(functional_call(model, state, (inputs,)), targets)
+        outputs = functional_call(model, state, (inputs,))
+        try:
+            value = loss_fn(outputs, targets)
+        except IndexError as exc:  # e.g. a class label outside the outputs
+            raise ValueError(f"'loss_fn' failed on 'targets' (labels outside the model's "
+                             f"outputs?): {exc}") from exc
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"'loss_fn' must return a scalar (e.g. reduction='sum'), got "
+                             f"{shape}")
+        return value.reshape(())
 
     return loss
 
