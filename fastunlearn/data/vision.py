@@ -52,6 +52,7 @@ from torch import Tensor
 
 from .._atomic_files import default_permissions
 from .._equality import dataclass_eq
+from .._json_data import json_ready
 from .._numbers import check_flag, is_integer
 from .._paths import check_output_file
 from .._repr import fields_repr
@@ -736,9 +737,10 @@ def save_features(
     Raises:
         ValueError: If the splits of ``features`` and ``labels`` differ, a feature tensor
             is not 2-D floating point or not finite, labels are not 1-D integers >= 0 within
-            the int64 range, row counts differ, or ``meta`` is not JSON-serialisable.
+            the int64 range, row counts differ, or ``meta`` is not JSON-serialisable
+            (a non-finite number in it is written as ``"nan"``, ``"inf"`` or ``"-inf"``).
         TypeError: If ``features``/``labels`` are not tensors or mappings of tensors, or
-            ``path`` is not a path.
+            ``path`` is not a path, or ``meta`` not a mapping.
         ValueError: If ``path`` is empty or an existing folder, its parent is not a folder,
             or a label is negative or beyond the int64 range.
         FileNotFoundError: If the folder of ``path`` does not exist.
@@ -787,8 +789,10 @@ def save_features(
         if ptr in seen:
             tensors[key] = t.clone()
         seen.add(ptr)
-    try:
-        meta_json = json.dumps(dict(meta or {}), sort_keys=True)
+    if meta is not None and not isinstance(meta, Mapping):  # dict() took a list of pairs
+        raise TypeError(f"'meta' must be a mapping or None, got {type(meta).__name__}")
+    try:  # non-finite numbers as "nan" / "inf" strings, as every JSON the library writes
+        meta_json = json.dumps(json_ready(dict(meta or {})), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"'meta' must be JSON-serialisable: {exc}") from exc
 
