@@ -125,12 +125,9 @@ def test_digits_images():
         ({"binary": (3, 10)}, "binary"),
         ({"binary": (-1, 2)}, "binary"),
         ({"binary": (3,)}, "binary"),
-        ({"binary": "38"}, "binary"),
-        ({"binary": (3.0, 8)}, "binary"),
         ({"test_fraction": 0.0}, "test_fraction"),
         ({"test_fraction": 1.0}, "test_fraction"),
         ({"test_fraction": -0.5}, "test_fraction"),
-        ({"test_fraction": "0.2"}, "test_fraction"),
         ({"seed": -1}, "seed"),
         ({"dtype": torch.int64}, "dtype"),
     ],
@@ -141,7 +138,11 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"), [({"dtype": "float32"}, "dtype"), ({"seed": 1.5}, "seed")]
+    ("kwargs", "name"),
+    [({"dtype": "float32"}, "dtype"), ({"seed": 1.5}, "seed"),
+     # wrong types (were ValueError): a string or float digit, a string fraction
+     ({"binary": "38"}, "binary"), ({"binary": (3.0, 8)}, "binary"),
+     ({"test_fraction": "0.2"}, "test_fraction")],
 )
 def test_wrong_types_raise_type_error_naming_them(kwargs, name):
     with pytest.raises(TypeError, match=f"'{name}'"):

@@ -42,7 +42,8 @@ from .._atomic_files import write_text
 from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, skippable, stop_points, stop_requested
 from .._json_data import json_ready
-from .._numbers import is_finite, is_integer, is_real, plain_fields
+from .._numbers import check_flag, is_finite, is_integer, is_real, plain_fields
+from .._output_folder import check_output_folder
 from .._repr import fields_repr, format_number, summarize
 from .._unused_settings import warn_unused_settings
 from .dataset_names import DATASETS, canonical_dataset
@@ -171,7 +172,14 @@ class ExperimentConfig:
         :func:`~fastunlearn.certified.unused_settings.removal_rules`), each once however
         often the config is validated.
 
+        Checks too that ``result_dir`` (unless None) can take the outputs (see
+        :func:`~fastunlearn._output_folder.check_output_folder`): nothing is fitted or
+        written before a bad one is refused.
+
         Raises:
+            TypeError: Naming the first field of the wrong type (a bool or string where a
+                number is expected, a float where an int is, a flag that is not a bool,
+                a ``result_dir`` that is not a path).
             ValueError: Naming the first bad field.
 
         """
@@ -187,34 +195,52 @@ class ExperimentConfig:
                              f"{self.extractor!r}")
         if self.train_mode not in ("binary", "ovr"):
             raise ValueError(f"'train_mode' must be 'binary' or 'ovr', got {self.train_mode!r}")
+        reals = ("lam", "epsilon", "std", "delta", "subsample_ratio", "cg_tol")
+        for name in (*reals, "target_epsilon"):
+            value = getattr(self, name)
+            if not (_is_number(value) or (name == "target_epsilon" and value is None)):
+                raise TypeError(f"'{name}' must be a number, got {type(value).__name__} "
+                                f"{value!r}")
         positive = {"lam": self.lam, "epsilon": self.epsilon}
         for name, value in positive.items():
-            if not (_is_number(value) and is_finite(value) and value > 0):
+            if not (is_finite(value) and value > 0):
                 raise ValueError(f"'{name}' must be a positive number, got {value!r}")
-        if not (_is_number(self.std) and is_finite(self.std) and self.std >= 0):
+        if not (is_finite(self.std) and self.std >= 0):
             raise ValueError(f"'std' must be a non-negative number, got {self.std!r}")
-        if not (_is_number(self.delta) and 0 < self.delta < 1):
+        if not 0 < self.delta < 1:
             raise ValueError(f"'delta' must be in (0, 1), got {self.delta!r}")
-        if not (_is_number(self.subsample_ratio) and 0 < self.subsample_ratio <= 1):
+        if not 0 < self.subsample_ratio <= 1:
             raise ValueError(f"'subsample_ratio' must be in (0, 1], got {self.subsample_ratio!r}")
         for name in ("num_steps", "num_removes", "batch", "eval_every", "seed"):
             value = getattr(self, name)
-            if not is_integer(value):  # Python or NumPy int, not a bool
-                raise ValueError(f"'{name}' must be an int, got {value!r}")
+            if not is_integer(value):  # Python or NumPy int, not a bool or a float
+                raise TypeError(f"'{name}' must be an int, got {type(value).__name__} "
+                                f"{value!r}")
             if value < (1 if name == "num_steps" else 0):
                 kind = "positive" if name == "num_steps" else "non-negative"
                 raise ValueError(f"'{name}' must be {kind}, got {value}")
+        from ..influence.arguments import MAX_SEED
+
+        if self.seed > MAX_SEED:  # the removal order seeds a torch.Generator with it
+            raise ValueError(f"'seed' must be at most 2**64 - 1 (a torch.Generator seed), "
+                             f"got {self.seed}")
+        for name in ("retrain", "time_retraining", "plots", "verbose"):
+            setattr(self, name, check_flag(name, getattr(self, name)))
         if self.gamma not in GAMMAS:
             raise ValueError(f"'gamma' must be one of {', '.join(GAMMAS)}, got {self.gamma!r}")
         if self.solver not in ("auto", "cholesky", "cg"):
             raise ValueError(f"'solver' must be auto, cholesky or cg, got {self.solver!r}")
-        if not (_is_number(self.cg_tol) and is_finite(self.cg_tol) and self.cg_tol > 0):
+        if not (is_finite(self.cg_tol) and self.cg_tol > 0):
             raise ValueError(f"'cg_tol' must be a positive number, got {self.cg_tol!r}")
         target = self.target_epsilon
-        if target is not None and not (_is_number(target) and is_finite(target)
-                                       and target > 0):
+        if target is not None and not (is_finite(target) and target > 0):
             raise ValueError(f"'target_epsilon' must be a positive number or None, got {target!r}")
         parse_device(self.device)
+        if self.result_dir is not None:
+            # before any fitting: a folder that cannot take the outputs (a file, an empty
+            # name, a folder where one of them goes) fails now, not after every removal
+            check_output_folder(self.result_dir, argument="result_dir",
+                                names=output_names(self.stem))
         # settings the others make pointless (each named once, however often validated)
         warn_unused_settings(self, removal_rules(self), stacklevel=2)
         return self

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .._numbers import is_integer, is_real
+from .._numbers import as_float, check_flag, is_integer, is_real
 from .._repr import fields_repr
 
 __all__ = ["DigitsSplit", "digits_images", "load_digits_dataset"]
@@ -82,17 +82,44 @@ def _check_dtype(dtype: torch.dtype) -> None:
 def _check_binary(binary: object) -> tuple[int, int] | None:
     if binary is None:
         return None
-    if not isinstance(binary, (tuple, list)) or len(binary) != 2:
+    if not isinstance(binary, (tuple, list)):
+        raise TypeError(f"'binary' must be a pair of digits like (3, 8), got "
+                        f"{type(binary).__name__} {binary!r}")
+    if len(binary) != 2:
         raise ValueError(f"'binary' must be a pair of digits like (3, 8), got {binary!r}")
     a, b = binary
     for digit in (a, b):
-        if not is_integer(digit):
-            raise ValueError(f"'binary' must hold two int digits, got {binary!r}")
+        if not is_integer(digit):  # a bool or a float is not a digit
+            raise TypeError(f"'binary' must hold two int digits, got {binary!r}")
         if not 0 <= digit <= 9:
             raise ValueError(f"'binary' digits must be in 0..9, got {binary!r}")
     if a == b:
         raise ValueError(f"'binary' digits must differ, got {binary!r}")
     return int(a), int(b)
+
+
+def _test_rows(test_fraction: float, n_rows: int) -> int:
+    """Test rows of a class of ``n_rows``: ``round(test_fraction * n_rows)``."""
+    return int(round(test_fraction * n_rows))
+
+
+def _check_split(digits: np.ndarray, test_fraction: float) -> None:
+    """Refuse a ``test_fraction`` that leaves some class without a test or a training row.
+
+    Every class needs both: a class missing from the test part has no accuracy, and one
+    missing from the training part cannot be learnt. The fraction is not moved to the
+    nearest usable one (which would silently give another split than asked for).
+    """
+    counts = np.bincount(digits)
+    counts = counts[counts > 0]
+    if all(1 <= _test_rows(test_fraction, int(n)) <= n - 1 for n in counts):
+        return
+    smallest = int(counts.min())
+    raise ValueError(
+        f"'test_fraction' {test_fraction!r} leaves a class without a test or a training "
+        f"row: round(test_fraction * rows of the class) must be between 1 and rows - 1 for "
+        f"every class, and the smallest class here has {smallest} rows (so test_fraction "
+        f"must be in about ({0.5 / smallest:.4g}, {1 - 0.5 / smallest:.4g}))")
 
 
 def _stratified_test_mask(digits: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
@@ -105,9 +132,7 @@ def _stratified_test_mask(digits: np.ndarray, test_fraction: float, seed: int) -
     mask = np.zeros(digits.shape[0], dtype=bool)
     for c in np.unique(digits):
         rows = np.flatnonzero(digits == c)
-        n_test = int(round(test_fraction * rows.shape[0]))
-        # keep at least one row of every class on both sides
-        n_test = min(max(n_test, 1), rows.shape[0] - 1)
+        n_test = _test_rows(test_fraction, rows.shape[0])
         gen = torch.Generator().manual_seed(seed * 16 + int(c))
         perm = torch.randperm(rows.shape[0], generator=gen).numpy()
         mask[rows[perm[:n_test]]] = True
@@ -135,7 +160,9 @@ def load_digits_dataset(
             certified-removal bounds (Guo et al. 2020). If false, the raw pixel values
             ``0..16`` are returned unscaled.
         dtype: Floating-point dtype of the features (labels are always int64).
-        test_fraction: Fraction of each class put in the test part, in ``(0, 1)``.
+        test_fraction: Fraction of each class put in the test part, in ``(0, 1)``
+            (``round(test_fraction * rows)`` rows of each class); every class must get at
+            least one test and one training row.
         seed: Seed of the split; the same seed always gives the same split.
 
     Returns:
@@ -143,9 +170,12 @@ def load_digits_dataset(
 
     Raises:
         ValueError: If ``binary`` is not two distinct digits in 0..9, ``test_fraction`` is
-            not in (0, 1), ``seed`` is outside ``0..2**60-1`` or ``dtype`` is not floating
-            point.
-        TypeError: If ``dtype`` is not a ``torch.dtype`` or ``seed`` is not an int.
+            not in (0, 1) or leaves some class without a test or a training row (outside
+            about (0.0029, 0.9971): the smallest class has 174 images), ``seed``
+            is outside ``0..2**60-1`` or ``dtype`` is not floating point.
+        TypeError: If ``binary`` is not a tuple or list of two ints, ``normalize`` is not a
+            bool, ``test_fraction`` is not a number, ``dtype`` is not a ``torch.dtype`` or
+            ``seed`` is not an int.
 
     Example:
         >>> split = load_digits_dataset(binary=(3, 8))
@@ -154,10 +184,12 @@ def load_digits_dataset(
 
     """
     pair = _check_binary(binary)
+    normalize = check_flag("normalize", normalize)
     _check_dtype(dtype)
     if not is_real(test_fraction):
-        raise ValueError(f"'test_fraction' must be a number in (0, 1), got {test_fraction!r}")
-    if not 0.0 < float(test_fraction) < 1.0:
+        raise TypeError(f"'test_fraction' must be a number in (0, 1), got "
+                        f"{type(test_fraction).__name__} {test_fraction!r}")
+    if not 0.0 < as_float(test_fraction) < 1.0:
         raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
     if not is_integer(seed):
         raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
@@ -172,6 +204,7 @@ def load_digits_dataset(
         features, digits = data[keep], target[keep]
         labels = (digits == pair[0]).astype(np.int64)
         classes = (pair[1], pair[0])
+    _check_split(digits, float(test_fraction))
     if normalize:
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         features = features / np.where(norms > 0, norms, 1.0)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._numbers import as_float, as_int, is_flag, is_integer, is_real
+from .._numbers import as_float, as_int, check_flag, is_finite, is_integer, is_real
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +64,8 @@ class FeatureClassifier(nn.Module):
 
     Raises:
         ValueError: If ``feature_dim`` or ``num_classes`` is not positive.
-        TypeError: If ``feature_dim`` or ``num_classes`` is not an int (a bool is not one).
+        TypeError: If ``backbone`` is not an ``nn.Module``, or ``feature_dim`` or
+            ``num_classes`` is not an int (a bool is not one).
 
     """
 
@@ -75,6 +76,8 @@ class FeatureClassifier(nn.Module):
         num_classes: int | np.integer,
     ) -> None:
         super().__init__()
+        if not isinstance(backbone, nn.Module):  # a plain function would not be trained
+            raise TypeError(f"'backbone' must be an nn.Module, got {type(backbone).__name__}")
         feature_dim = _check_positive_int(feature_dim, "feature_dim")
         num_classes = _check_positive_int(num_classes, "num_classes")
         self.backbone = backbone
@@ -146,9 +149,11 @@ def svhn_dp_extractor(
     Raises:
         ValueError: If a size is not positive, ``norm`` is ``"batch"`` or unknown, or
             ``side`` is too small for two convolutions and poolings.
-        TypeError: If a size is not an int (a bool is not one).
+        TypeError: If a size is not an int (a bool is not one) or ``normalize`` is not a
+            bool.
 
     """
+    normalize = check_flag("normalize", normalize)
     for value, arg in (
         (num_filters, "num_filters"),
         (num_classes, "num_classes"),
@@ -211,12 +216,16 @@ def resnet_cifar(
     Raises:
         ValueError: If ``depth`` is not 18 or 34, ``norm`` is unknown or None, or a size
             is not positive.
-        TypeError: If ``num_classes`` or ``in_channels`` is not an int (a bool is not one).
+        TypeError: If ``depth``, ``num_classes`` or ``in_channels`` is not an int (a bool
+            is not one).
 
     """
     import torchvision.models as tvm
 
-    if not is_integer(depth) or depth not in (18, 34):
+    if not is_integer(depth):  # a bool, a float or a string is not a depth
+        raise TypeError(f"'depth' must be the int 18 or 34, got {type(depth).__name__} "
+                        f"{depth!r}")
+    if depth not in (18, 34):
         raise ValueError(f"'depth' must be 18 or 34, got {depth!r}")
     depth = as_int(depth)
     num_classes = _check_positive_int(num_classes, "num_classes")
@@ -489,9 +498,7 @@ def allcnn(
     num_classes, in_channels, width = (
         as_int(v) for v in (num_classes, in_channels, width)
     )  # NumPy ints as ints
-    if not is_flag(dropout):
-        raise TypeError(f"'dropout' must be a bool, got {type(dropout).__name__}")
-    dropout = bool(dropout)
+    dropout = check_flag("dropout", dropout)
     make_norm = _norm_factory(norm)
     w1, w2 = width, 2 * width
 
@@ -593,6 +600,13 @@ _MOBILENET_V2_STAGES = (
 )
 
 
+#: Widest ``width_mult`` of :func:`mobilenet_v2`. The MobileNetV2 paper's widths go up to
+#: 1.4; at 4 the network already has ~40M parameters (11x the default's 3.5M, ~5120
+#: features), and the parameters grow with its square (8: ~147M). A larger value is a typo
+#: (or needs another model), and an infinite or huge one would only fail inside torchvision.
+MAX_WIDTH_MULT = 4.0
+
+
 def mobilenet_v2(
     num_classes: int | np.integer = 10,
     *,
@@ -612,7 +626,7 @@ def mobilenet_v2(
     Args:
         num_classes: Logits of the head.
         in_channels: Input channels.
-        width_mult: torchvision's width multiplier.
+        width_mult: torchvision's width multiplier, in ``(0, MAX_WIDTH_MULT]`` (4).
         cifar_stem: Stride 1 instead of 2 in the stem and the second stage.
         norm: ``"batch"`` (torchvision), ``"group"`` (DP-SGD) or ``None`` (no
             normalisation; torchvision's convolutions have no bias either way).
@@ -621,7 +635,8 @@ def mobilenet_v2(
         A :class:`FeatureClassifier` with ``feature_dim = 1280`` for ``width_mult <= 1``.
 
     Raises:
-        ValueError: If a size is not positive or ``norm`` is unknown.
+        ValueError: If a size is not positive, ``width_mult`` is not in
+            ``(0, MAX_WIDTH_MULT]`` (NaN and infinity are not), or ``norm`` is unknown.
         TypeError: If ``width_mult`` is not a number, ``cifar_stem`` not a bool, or
             ``num_classes`` or ``in_channels`` not an int (a bool is not one).
 
@@ -633,11 +648,9 @@ def mobilenet_v2(
     if not is_real(width_mult):
         raise TypeError(f"'width_mult' must be a number, got {type(width_mult).__name__}")
     width_mult = as_float(width_mult)
-    if not width_mult > 0:
-        raise ValueError(f"'width_mult' must be > 0, got {width_mult}")
-    if not is_flag(cifar_stem):
-        raise TypeError(f"'cifar_stem' must be a bool, got {type(cifar_stem).__name__}")
-    cifar_stem = bool(cifar_stem)
+    if not (is_finite(width_mult) and 0 < width_mult <= MAX_WIDTH_MULT):
+        raise ValueError(f"'width_mult' must be in (0, {MAX_WIDTH_MULT:g}], got {width_mult}")
+    cifar_stem = check_flag("cifar_stem", cifar_stem)
     make_norm = _norm_factory(norm)
     stages = [list(s) for s in _MOBILENET_V2_STAGES]
     if cifar_stem:

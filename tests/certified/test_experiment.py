@@ -234,7 +234,7 @@ def test_format_record_line():
     ("subsample_ratio", 1.5, "'subsample_ratio'"), ("num_steps", 0, "'num_steps'"),
     ("num_removes", -1, "'num_removes'"), ("train_mode", "multi", "'train_mode'"),
     ("dataset", "imagenet", "'dataset'"), ("gamma", "loose", "'gamma'"),
-    ("solver", "lu", "'solver'"), ("device", "tpu", "'device'"), ("batch", 1.5, "'batch'"),
+    ("solver", "lu", "'solver'"), ("device", "tpu", "'device'"),
     ("cg_tol", 0.0, "'cg_tol'"), ("target_epsilon", -1.0, "'target_epsilon'"),
 ])
 def test_bad_config_names_the_field(field, value, match):

@@ -210,7 +210,7 @@ def test_resnet_cifar_stem_and_blocks():
         assert std == pytest.approx(math.sqrt(2.0 / (64 * 9)), rel=0.1)
     with pytest.raises(ValueError, match="'norm'"):
         resnet_cifar(norm=None)
-    with pytest.raises(ValueError, match="'depth'"):
+    with pytest.raises(TypeError, match="'depth'"):  # a wrong type (was ValueError)
         resnet_cifar(depth="18")
 
 
