@@ -241,10 +241,10 @@ def test_harness_config_takes_numpy_scalars():
 
 
 @pytest.mark.parametrize(("cls", "kwargs", "exc", "match"), [
-    (TrainSettings, {"epochs": F64(2.0)}, ValueError, "epochs"),
-    (TrainSettings, {"lr": np.bool_(True)}, ValueError, "lr"),
-    (HarnessConfig, {"seeds": True}, ValueError, "seeds"),
-    (HarnessConfig, {"train_seed": F32(1.0)}, ValueError, "train_seed"),
+    (TrainSettings, {"epochs": F64(2.0)}, TypeError, "epochs"),
+    (TrainSettings, {"lr": np.bool_(True)}, TypeError, "lr"),
+    (HarnessConfig, {"seeds": True}, TypeError, "seeds"),
+    (HarnessConfig, {"train_seed": F32(1.0)}, TypeError, "train_seed"),
     (HarnessConfig, {"mia": I64(1)}, TypeError, "mia"),
     (HarnessConfig, {"overrides": {"finetune": {"epochs": F64(2.0)}}}, TypeError, "epochs"),
 ])
@@ -259,7 +259,7 @@ def test_harness_data_num_classes():
     x, y = torch.zeros(4, 2), torch.tensor([0, 1, 0, 1])
     a = HarnessData(x, y, x, y, I64(2))
     assert type(a.num_classes) is int and a == HarnessData(x, y, x, y, 2)
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(TypeError, match="num_classes"):  # a float count: the wrong type
         HarnessData(x, y, x, y, F64(2.0))
 
 
@@ -281,7 +281,7 @@ def test_canary_config_takes_numpy_scalars():
     ({"seed": F64(2.0)}, TypeError, "seed"),
     ({"hidden": F64(8.0)}, TypeError, "hidden"),
     ({"lr": np.bool_(True)}, TypeError, "lr"),
-    ({"steps": np.bool_(True)}, ValueError, "steps"),
+    ({"steps": np.bool_(True)}, TypeError, "steps"),
 ])
 def test_canary_config_still_refuses(kwargs, exc, match):
     with pytest.raises(exc, match=match):

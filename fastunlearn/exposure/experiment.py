@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .._device import parse_device
 from .._equality import dataclass_eq
 from .._json_data import json_ready
-from .._numbers import as_float, as_int, is_integer, is_real
+from .._numbers import as_float, as_int, check_flag, is_integer, is_real
 from .._numbers import is_finite as _finite
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._unused_settings import warn_unused_settings
@@ -39,7 +39,14 @@ from .exposure import (
     _warn_few_candidates,
     rank_exposure,
 )
-from .model import CharLM, _module_modes, _restore_modes, sequence_log_perplexity
+from .model import (
+    CharLM,
+    _check_model,
+    _module_modes,
+    _restore_modes,
+    _run_model,
+    sequence_log_perplexity,
+)
 from .text import DIGITS, CharVocab, generate_corpus, insert_canary
 from .unused_settings import canary_rules
 
@@ -61,6 +68,41 @@ def _plain_real(value: object) -> float:
 
 # Secrets drawn when sampling and ``n_candidates`` is None.
 _DEFAULT_CANDIDATES = 10_000
+
+#: Most secrets one measurement scores (``n_candidates`` and ``enumerate_limit`` are capped
+#: by it): their ids alone take ``8 * L`` bytes each, so 10**9 secrets of 10 digits are
+#: 80 GB; a larger space cannot be enumerated nor sampled that densely.
+MAX_SCORED_SECRETS = 10**9
+
+#: Seeds of the exposure functions: torch.Generator's range (a negative seed would be
+#: aliased onto another one silently).
+_MAX_SEED = 2**64 - 1
+
+
+def _check_seed(seed: object) -> int:
+    """Return ``seed`` as an int once it is an int in ``0..2**64-1`` (naming 'seed')."""
+    if not is_integer(seed):
+        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
+    seed = as_int(seed)
+    if not 0 <= seed <= _MAX_SEED:  # torch.Generator's range
+        raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
+    return seed
+
+
+def _check_candidates(n_candidates: object) -> int | None:
+    """Return ``n_candidates`` (None or an int in ``3..MAX_SCORED_SECRETS``)."""
+    if n_candidates is None:
+        return None
+    if not is_integer(n_candidates):  # a bool or a float is the wrong type
+        raise TypeError(f"'n_candidates' must be None or an int, got "
+                        f"{type(n_candidates).__name__} {n_candidates!r}")
+    n = as_int(n_candidates)
+    if n < 3:
+        raise ValueError(f"'n_candidates' must be None or >= 3, got {n}")
+    if n > MAX_SCORED_SECRETS:
+        raise ValueError(f"'n_candidates' must be <= {MAX_SCORED_SECRETS} (the most secrets "
+                         f"that can be scored or enumerated), got {n}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -188,6 +230,7 @@ def measure_exposure(
             wrong type.
 
     """
+    _check_model(model)
     if not isinstance(vocab, CharVocab):
         raise TypeError(f"'vocab' must be a CharVocab, got {type(vocab).__name__}")
     if not isinstance(secrets, (str, Sequence)):
@@ -210,22 +253,14 @@ def measure_exposure(
         missing = sorted(set(text) - set(vocab.chars))
         if missing:
             raise ValueError(f"'{arg}' holds characters not in the vocabulary: {missing}")
-    if n_candidates is not None and isinstance(n_candidates, bool):
-        raise ValueError(f"'n_candidates' must be None or >= 3, got {n_candidates!r}")
-    if n_candidates is not None and not is_integer(n_candidates):
-        raise TypeError(f"'n_candidates' must be None or an int, got {n_candidates!r}")
-    if n_candidates is not None and n_candidates < 3:
-        raise ValueError(f"'n_candidates' must be None or >= 3, got {n_candidates!r}")
-    if n_candidates is not None:
-        n_candidates = as_int(n_candidates)
+    n_candidates = _check_candidates(n_candidates)
     if not is_integer(enumerate_limit):
         raise TypeError(f"'enumerate_limit' must be an int, got {enumerate_limit!r}")
     enumerate_limit = as_int(enumerate_limit)
-    if enumerate_limit < 0:
-        raise ValueError(f"'enumerate_limit' must be >= 0, got {enumerate_limit}")
-    if not is_integer(seed):
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    seed = as_int(seed)
+    if not 0 <= enumerate_limit <= MAX_SCORED_SECRETS:
+        raise ValueError(f"'enumerate_limit' must be in 0..{MAX_SCORED_SECRETS} (the most "
+                         f"secrets that can be enumerated), got {enumerate_limit}")
+    seed = _check_seed(seed)
     if not is_integer(batch_size):  # a count: the wrong type is a TypeError (bool too)
         raise TypeError(f"'batch_size' must be an int, got {type(batch_size).__name__}")
     if batch_size < 1:
@@ -374,8 +409,7 @@ def train_char_lm(
         raise TypeError("'ids' must be an int64 tensor")
     if ids.dim() != 1 or ids.numel() <= seq_len:
         raise ValueError(f"'ids' must be 1-D and longer than seq_len={seq_len}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    _check_model(model)
     for name, p in model.named_parameters():
         if p.requires_grad and p.dtype == torch.float16:
             # Adam's second moment underflows in float16 and its eps rounds to 0: the
@@ -392,11 +426,8 @@ def train_char_lm(
             raise ValueError(f"'{arg}' must be finite and {'> 0' if arg == 'lr' else '>= 0'}, "
                              f"got {rate}")
     lr, weight_decay = _plain_real(lr), _plain_real(weight_decay)
-    if not is_integer(seed):
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    seed = as_int(seed)
-    if not 0 <= seed < 2**64:  # torch.Generator's range
-        raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
+    seed = _check_seed(seed)
+    progress = check_flag("progress", progress)
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -409,7 +440,7 @@ def train_char_lm(
     for _ in tqdm(range(steps), disable=not progress, desc="train", leave=False):
         starts = torch.randint(ids.numel() - seq_len, (batch_size, 1), generator=g)
         window = data[(starts + offsets).to(device)]
-        logits, _ = model(window[:, :-1])
+        logits, _ = _run_model(model, window[:, :-1])
         loss = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1)
         )
@@ -444,17 +475,20 @@ def greedy_completion(
         raise ValueError(f"'length' must be >= 0, got {length}")
     if not isinstance(prefix, str) or not prefix:
         raise ValueError("'prefix' must be a non-empty str")
+    _check_model(model)
+    if not isinstance(vocab, CharVocab):
+        raise TypeError(f"'vocab' must be a CharVocab, got {type(vocab).__name__}")
     prefix_ids = vocab.encode(prefix)
     modes = _module_modes(model)
     model.eval()
     try:
         device = next(model.parameters()).device
-        logits, state = model(prefix_ids.to(device).unsqueeze(0))
+        logits, state = _run_model(model, prefix_ids.to(device).unsqueeze(0))
         out = []
         for _ in range(length):
             nxt = logits[:, -1].argmax(-1, keepdim=True)
             out.append(int(nxt))
-            logits, state = model(nxt, state)
+            logits, state = _run_model(model, nxt, state)
     finally:
         _restore_modes(modes)
     return vocab.decode(torch.tensor(out, dtype=torch.int64))
@@ -541,7 +575,6 @@ class CanaryConfig:
             "layers",
             "seq_len",
             "batch_size",
-            "enumerate_limit",
         ):
             value = getattr(self, name)
             if name == "secret_length" and value is None:  # from the secret (below)
@@ -553,12 +586,24 @@ class CanaryConfig:
             object.__setattr__(self, name, as_int(value))  # frozen; a NumPy int as an int
         for name in ("insertions", "steps"):
             value = getattr(self, name)
-            if not is_integer(value) or value < 0:
+            if not is_integer(value):  # a bool or a float is the wrong type
+                raise TypeError(f"'{name}' must be an int, got {type(value).__name__} "
+                                f"{value!r}")
+            if value < 0:
                 raise ValueError(f"'{name}' must be an int >= 0, got {value!r}")
             object.__setattr__(self, name, as_int(value))
+        if not is_integer(self.enumerate_limit):
+            raise TypeError(f"'enumerate_limit' must be an int, got "
+                            f"{type(self.enumerate_limit).__name__}")
+        if not 1 <= self.enumerate_limit <= MAX_SCORED_SECRETS:
+            raise ValueError(f"'enumerate_limit' must be in 1..{MAX_SCORED_SECRETS} (the most "
+                             f"secrets that can be enumerated), got {self.enumerate_limit}")
+        object.__setattr__(self, "enumerate_limit", as_int(self.enumerate_limit))
+        if self.secret is not None and not isinstance(self.secret, str):
+            raise TypeError(f"'secret' must be None or a str of digits, got "
+                            f"{type(self.secret).__name__} {self.secret!r}")
         if self.secret is not None and (
-            not isinstance(self.secret, str)
-            or not self.secret
+            not self.secret
             or any(c not in DIGITS for c in self.secret)
         ):
             raise ValueError(
@@ -581,26 +626,17 @@ class CanaryConfig:
             raise ValueError("'lr' and 'weight_decay' must be finite")
         object.__setattr__(self, "lr", _plain_real(self.lr))
         object.__setattr__(self, "weight_decay", _plain_real(self.weight_decay))
-        if self.n_candidates is not None and (
-            not is_integer(self.n_candidates) or self.n_candidates < 3
-        ):
-            raise ValueError(
-                f"'n_candidates' must be None or an int >= 3, got {self.n_candidates!r}"
-            )
-        if self.n_candidates is not None:
-            object.__setattr__(self, "n_candidates", as_int(self.n_candidates))
-        if not isinstance(self.prefix, str) or not self.prefix:
+        object.__setattr__(self, "n_candidates", _check_candidates(self.n_candidates))
+        for name in ("prefix", "suffix"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"'{name}' must be a str, got "
+                                f"{type(getattr(self, name)).__name__} {getattr(self, name)!r}")
+        if not self.prefix:
             raise ValueError("'prefix' must be a non-empty str")
-        if not isinstance(self.suffix, str):
-            raise ValueError(f"'suffix' must be a str, got {self.suffix!r}")
-        if not is_integer(self.seed):
-            raise TypeError(f"'seed' must be an int, got {type(self.seed).__name__}")
-        object.__setattr__(self, "seed", as_int(self.seed))
-        for name in ("control", "progress"):  # unchecked flags, but stored as plain bools
-            if isinstance(getattr(self, name), np.bool_):
-                object.__setattr__(self, name, bool(getattr(self, name)))
-        if not 0 <= self.seed < 2**64:  # torch.Generator's range (train_char_lm checks it too)
-            raise ValueError(f"'seed' must be in 0..2**64-1, got {self.seed}")
+        # torch.Generator's range (train_char_lm and measure_exposure check it too)
+        object.__setattr__(self, "seed", _check_seed(self.seed))
+        for name in ("control", "progress"):  # a bool or np.bool_, stored as a plain bool
+            object.__setattr__(self, name, check_flag(name, getattr(self, name)))
         parse_device(self.device)
         if self.cell not in ("lstm", "gru"):
             raise ValueError(f"'cell' must be 'lstm' or 'gru', got {self.cell!r}")

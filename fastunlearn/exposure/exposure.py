@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .._numbers import as_float, as_int, is_finite, is_integer, is_real
+from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
 
 __all__ = [
     "SkewNormalFit",
@@ -94,11 +94,25 @@ def _as_scores(values: object, arg: str, *, min_size: int = 1) -> np.ndarray:
         raise TypeError(f"'{arg}' must hold numbers") from None
     if array.ndim != 1:
         raise ValueError(f"'{arg}' must be 1-D, got shape {array.shape}")
+    if not isinstance(values, np.ndarray):
+        # np.asarray reads True as 1.0 and '0.5' as 0.5: a bool or a str is no score (as a
+        # bool array or tensor is not)
+        bad = next((v for v in values if not _is_score(v)), None)
+        if bad is not None:
+            raise TypeError(f"'{arg}' must hold real numbers, got {type(bad).__name__} "
+                            f"{bad!r}")
     if array.size < min_size:
         raise ValueError(f"'{arg}' needs at least {min_size} value(s), got {array.size}")
     if not np.isfinite(array).all():
         raise ValueError(f"'{arg}' must be finite (NaN or inf found)")
     return array
+
+
+def _is_score(value: object) -> bool:
+    """Whether a sequence entry is a real number (a 0-d real tensor too; no bool or str)."""
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and value.dtype != torch.bool and not value.is_complex()
+    return is_real(value) and not is_flag(value)
 
 
 def _as_canaries(values: object) -> tuple[np.ndarray, bool]:
@@ -120,7 +134,7 @@ def exposure_from_rank(rank: int | np.integer, space_size: int | np.integer) -> 
     """Return ``log2(space_size) - log2(rank)``.
 
     Raises:
-        ValueError: If ``rank`` is not in ``1..space_size``.
+        ValueError: If ``space_size < 1`` or ``rank`` is not in ``1..space_size``.
         TypeError: If an argument is not an int.
 
     """
@@ -128,6 +142,8 @@ def exposure_from_rank(rank: int | np.integer, space_size: int | np.integer) -> 
         if not is_integer(value):
             raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
     rank, space_size = as_int(rank), as_int(space_size)
+    if space_size < 1:
+        raise ValueError(f"'space_size' must be >= 1, got {space_size}")
     if not 1 <= rank <= space_size:
         raise ValueError(f"'rank' must be in 1..space_size={space_size}, got {rank}")
     return math.log2(space_size) - math.log2(rank)
@@ -195,8 +211,11 @@ class SkewNormalFit:
                 raise ValueError(f"'{name}' must be finite, got {value}")
             # frozen; a NumPy scalar is stored as the Python number (asdict / JSON)
             object.__setattr__(self, name, as_int(value) if is_integer(value) else as_float(value))
-        if is_integer(self.n):
-            object.__setattr__(self, "n", as_int(self.n))
+        if not is_integer(self.n):
+            raise TypeError(f"'n' must be an int, got {type(self.n).__name__} {self.n!r}")
+        if self.n < 1:
+            raise ValueError(f"'n' must be >= 1 (the number of values fitted), got {self.n}")
+        object.__setattr__(self, "n", as_int(self.n))
         if self.scale < 0:
             raise ValueError(f"'scale' must be >= 0, got {self.scale}")
 

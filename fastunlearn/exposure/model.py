@@ -102,6 +102,39 @@ class CharLM(nn.Module):
         return self.out(hidden), state
 
 
+def _check_model(model: object) -> None:
+    """Refuse a ``model`` that is not a module with parameters (TypeError naming 'model')."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be a CharLM, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise TypeError(f"'model' must be a CharLM (a module with parameters), got a "
+                        f"{type(model).__name__} without any")
+
+
+def _run_model(
+    model: nn.Module, tokens: Tensor, state: object = None
+) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """``model(tokens, state)``; a module that is not a :class:`CharLM` and fails is named.
+
+    Another module than a :class:`CharLM` (a ``Linear`` on token ids, a classifier) fails
+    deep inside torch (``mat1 and mat2 must have the same dtype``) or returns no
+    ``(logits, state)`` pair: that is a TypeError naming ``model`` and the forward it needs.
+    """
+    need = ("'model' must be a CharLM (or a module whose forward maps int64 token ids "
+            "[B, T] and a state to (logits [B, T, V], state))")
+    if isinstance(model, CharLM):
+        return model(tokens, state)
+    try:
+        out = model(tokens) if state is None else model(tokens, state)
+    except (RuntimeError, TypeError) as exc:
+        raise TypeError(f"{need}; the {type(model).__name__} given failed: {exc}") from None
+    if not isinstance(out, tuple) or len(out) != 2 or not isinstance(out[0], Tensor) \
+            or out[0].dim() != 3:
+        raise TypeError(f"{need}; the {type(model).__name__} given returned "
+                        f"{type(out).__name__}")
+    return out
+
+
 def _expand_state(
     state: Tensor | tuple[Tensor, Tensor], batch: int
 ) -> Tensor | tuple[Tensor, ...]:
@@ -134,8 +167,9 @@ def sequence_log_perplexity(
     Raises:
         ValueError: If shapes are wrong, an id is outside the vocabulary or ``batch_size``
             is < 1.
-        TypeError: If the ids are not int64 tensors or ``batch_size`` is not an int (a bool
-            is not one).
+        TypeError: If the ids are not int64 tensors, ``batch_size`` is not an int (a bool
+            is not one), or ``model`` is not a module, or is not a :class:`CharLM` and
+            fails on the ids or does not return ``(logits [B, T, V], state)``.
 
     """
     for value, arg, dim in ((prefix, "prefix", 1), (secrets, "secrets", 2)):
@@ -151,11 +185,12 @@ def sequence_log_perplexity(
     if batch_size < 1:
         raise ValueError(f"'batch_size' must be a positive int, got {batch_size!r}")
     batch_size = as_int(batch_size)
+    _check_model(model)
     device = next(model.parameters()).device
     modes = _module_modes(model)
     model.eval()
     try:
-        logits, state = model(prefix.to(device).unsqueeze(0))
+        logits, state = _run_model(model, prefix.to(device).unsqueeze(0))
         first = torch.log_softmax(logits[:, -1].double(), dim=-1)  # [1, V]
         out = torch.empty(secrets.shape[0], dtype=torch.float64)
         for start in range(0, secrets.shape[0], batch_size):
@@ -163,7 +198,7 @@ def sequence_log_perplexity(
             b = chunk.shape[0]
             logp = first.expand(b, -1).gather(1, chunk[:, :1]).squeeze(1)
             if chunk.shape[1] > 1:
-                rest, _ = model(chunk[:, :-1], _expand_state(state, b))
+                rest, _ = _run_model(model, chunk[:, :-1], _expand_state(state, b))
                 rest = torch.log_softmax(rest.double(), dim=-1)
                 logp = logp + rest.gather(2, chunk[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
             out[start : start + b] = (-logp / _LN2).cpu()

@@ -60,7 +60,8 @@ def plot_exposure(
     Raises:
         ValueError: no measurement, a measurement without ``others``, ``labels`` of the
             wrong length, or ``bins`` < 1.
-        TypeError: a measurement that is not an :class:`ExposureMeasurement`.
+        TypeError: a measurement that is not an :class:`ExposureMeasurement`, or ``bins``
+            not an int (a bool or a float).
 
     """
     items = [measurements] if isinstance(measurements, ExposureMeasurement) else list(measurements)
@@ -81,7 +82,9 @@ def plot_exposure(
     ]
     if len(names) != len(items):
         raise ValueError(f"'labels' must have {len(items)} entries, got {len(names)}")
-    if not is_integer(bins) or bins < 1:
+    if not is_integer(bins):  # a bool or a float is the wrong type
+        raise TypeError(f"'bins' must be an int, got {type(bins).__name__} {bins!r}")
+    if bins < 1:
         raise ValueError(f"'bins' must be an int >= 1, got {bins!r}")
     bins = as_int(bins)
 

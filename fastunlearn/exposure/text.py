@@ -177,7 +177,9 @@ class CharVocab:
     chars: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.chars, str) or not self.chars:
+        if not isinstance(self.chars, str):
+            raise TypeError(f"'chars' must be a str, got {type(self.chars).__name__}")
+        if not self.chars:
             raise ValueError("'chars' must be a non-empty str")
         if len(set(self.chars)) != len(self.chars):
             raise ValueError("'chars' must not repeat a character")

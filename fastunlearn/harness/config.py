@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .._device import parse_device
-from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
+from .._numbers import as_float, as_int, check_flag, is_finite, is_flag, is_integer, is_real
 from .._paths import check_path
 from .._unused_settings import UnusedRule, non_default_fields, unused_setting_messages
 from ..forget import available_methods, get_method
@@ -105,13 +106,17 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
-            if not is_integer(v) or not 1 <= v <= _MAX_INT:
+            if not is_integer(v):  # a bool or a float is the wrong type
+                raise TypeError(f"'{name}' must be an int, got {type(v).__name__} {v!r}")
+            if not 1 <= v <= _MAX_INT:
                 raise ValueError(f"'{name}' must be an int >= 1 (<= 2**63 - 1), got {v!r}")
             object.__setattr__(self, name, as_int(v))  # a NumPy integer is stored as an int
         for name in ("lr", "momentum", "weight_decay"):
             v = getattr(self, name)
+            if not is_real(v):  # a bool or a str is the wrong type
+                raise TypeError(f"'{name}' must be a number, got {type(v).__name__} {v!r}")
             # an int beyond 2**63 - 1 overflows math.isfinite and torch's scalars
-            if not is_real(v) or (is_integer(v) and v > _MAX_INT) or not is_finite(v) \
+            if (is_integer(v) and v > _MAX_INT) or not is_finite(v) \
                     or v < 0 or (name == "lr" and v == 0):
                 raise ValueError(f"'{name}' must be a finite number >= 0 (lr > 0), got {v!r}")
             object.__setattr__(self, name, as_int(v) if is_integer(v) else as_float(v))
@@ -122,7 +127,13 @@ def oracle_recipe(settings: TrainSettings) -> dict[str, Any]:
 
     The original model, the oracles and the ``retrain`` method are all trained with these
     (SGD, Nesterov when ``momentum > 0``, cosine annealing over the epochs).
+
+    Raises:
+        TypeError: ``settings`` is not a :class:`TrainSettings`.
+
     """
+    if not isinstance(settings, TrainSettings):
+        raise TypeError(f"'settings' must be a TrainSettings, got {type(settings).__name__}")
     return {"epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size,
             "momentum": settings.momentum, "weight_decay": settings.weight_decay,
             "nesterov": settings.momentum > 0, "scheduler": "cosine", "milestones": ()}
@@ -220,12 +231,16 @@ class HarnessConfig:
             get_method(m)  # ValueError naming the known methods
         for name in ("seeds", "oracles"):
             v = getattr(self, name)
-            if not is_integer(v) or v < 1:
+            if not is_integer(v):  # a bool or a float is the wrong type
+                raise TypeError(f"'{name}' must be an int, got {type(v).__name__} {v!r}")
+            if v < 1:
                 raise ValueError(f"'{name}' must be an int >= 1, got {v!r}")
             setattr(self, name, as_int(v))
         for name in ("train_seed", "forget_seed"):
             v = getattr(self, name)
-            if not is_integer(v) or v < 0:
+            if not is_integer(v):
+                raise TypeError(f"'{name}' must be an int, got {type(v).__name__} {v!r}")
+            if v < 0:
                 raise ValueError(f"'{name}' must be an int >= 0, got {v!r}")
             setattr(self, name, as_int(v))
         # the last oracle's seed (train_seed + ORACLE_SEED_OFFSET + oracles - 1) and the
@@ -352,9 +367,15 @@ def method_overrides(name: str, extra: dict[str, Any] | None = None,
     Raises:
         ValueError: If a key is not a field of the method's config, or is one the harness
             sets itself (:data:`HARNESS_FIELDS`).
+        TypeError: If ``extra`` is neither None nor a mapping, or ``digits_defaults`` is
+            not a bool.
 
     """
     _, cls = get_method(name)
+    if extra is not None and not isinstance(extra, Mapping):
+        raise TypeError(f"'extra' must be a dict {{field: value}} or None, got "
+                        f"{type(extra).__name__}")
+    digits_defaults = check_flag("digits_defaults", digits_defaults)
     for key in HARNESS_FIELDS:
         if key in (extra or {}):
             how = ("runs use seeds 0..seeds-1: set 'seeds' (CLI --seeds)" if key == "seed"

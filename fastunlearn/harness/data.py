@@ -50,7 +50,10 @@ class HarnessData:
             if not isinstance(getattr(self, n), Tensor):
                 raise TypeError(f"'{n}' must be a torch.Tensor, got "
                                 f"{type(getattr(self, n)).__name__}")
-        if not is_integer(self.num_classes) or self.num_classes < 2:
+        if not is_integer(self.num_classes):  # a bool or a float is the wrong type
+            raise TypeError(f"'num_classes' must be an int, got "
+                            f"{type(self.num_classes).__name__} {self.num_classes!r}")
+        if self.num_classes < 2:
             raise ValueError(f"'num_classes' must be an int >= 2, got {self.num_classes!r}")
         self.num_classes = as_int(self.num_classes)
         for x, y, part in ((self.x_train, self.y_train, "train"),

@@ -21,6 +21,7 @@ import torch
 from .._atomic_files import save_figure, swap_in_folder
 from .._earlier_results import keep_earlier_run
 from .._json_data import json_ready
+from .._numbers import check_flag
 from .._output_folder import check_output_folder
 from ..metrics import write_logits_dir
 from ..metrics.report import FEW_FINITE
@@ -127,12 +128,57 @@ def _resumed_note(result: dict[str, Any]) -> list[str]:
             "epochs in the cache; the times shown include them.", ""]
 
 
+#: The entries of a :func:`~fastunlearn.harness.run_harness` result the table and the
+#: outputs read, by section (an empty tuple: the section itself).
+_RESULT_KEYS: dict[str, tuple[str, ...]] = {
+    "config": ("model", "forget", "seeds", "oracles"),
+    "data": ("dataset", "num_train", "num_test", "num_classes", "num_forget", "num_retain"),
+    "original": (),
+    "oracles": ("mean_seconds",),
+    "methods": (),
+    "timing": ("total_seconds",),
+    "cache": ("hits", "misses"),
+}
+
+
+def _check_result(result: object) -> dict[str, Any]:
+    """Refuse what is not a :func:`~fastunlearn.harness.run_harness` result, naming the gap.
+
+    Raises:
+        TypeError: ``result`` (or one of its sections) is not a dict.
+        ValueError: A section or an entry the table reads is missing (named).
+
+    """
+    if not isinstance(result, dict):
+        raise TypeError(f"'result' must be a run_harness result (a dict), got "
+                        f"{type(result).__name__}")
+    missing = [k for k in _RESULT_KEYS if k not in result]
+    if missing:
+        raise ValueError(f"'result' is not a run_harness result: it lacks "
+                         f"{', '.join(map(repr, missing))}")
+    for section, keys in _RESULT_KEYS.items():
+        if not isinstance(result[section], dict):
+            raise TypeError(f"'result'[{section!r}] must be a dict, got "
+                            f"{type(result[section]).__name__}")
+        gaps = [k for k in keys if k not in result[section]]
+        if gaps:
+            raise ValueError(f"'result'[{section!r}] lacks {', '.join(map(repr, gaps))} "
+                             "(not a run_harness result)")
+    return result
+
+
 def render_table(result: dict[str, Any]) -> str:
     """Render the Markdown comparison table (a row per method, the original, the oracles).
 
     A run stopped on request (``result["stopped_on_request"]``) says so right under the
     title, with its ``stop_note``; its methods that did not run show ``not run`` and dashes.
+
+    Raises:
+        TypeError: ``result`` is not a dict (or a section of it is not one).
+        ValueError: ``result`` lacks a section or an entry of a run_harness result (named).
+
     """
+    _check_result(result)
     cfg, data = result["config"], result["data"]
     dropped = data.get("test_classes_dropped") or []
     test_note = (f" of the classes not forgotten ({', '.join(map(str, dropped))} dropped, as "
@@ -421,9 +467,13 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
         ValueError: If ``out_dir`` cannot take the outputs (:func:`check_out_dir`: not a
             folder, or its ``logits`` entry is neither absent, an empty folder nor an
             earlier logits folder).
-        TypeError: If ``out_dir`` is not a path.
+        TypeError: If ``out_dir`` is not a path, or ``result`` is not a dict.
+        ValueError: If ``result`` lacks a section or an entry of a run_harness result
+            (named; nothing is created then).
 
     """
+    _check_result(result)  # before the folder is made: a bad result leaves nothing behind
+    plots = check_flag("plots", plots)
     out = Path(out_dir)
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import copy
 import math
 import time
 import traceback
+import warnings
 from typing import Any
 
 import torch
@@ -35,6 +36,8 @@ from torch import Tensor, nn
 from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._model_inputs import refuse_input_dtype
+from .._numbers import as_int, is_integer
+from .._output_folder import check_output_folder
 from ..forget import run_method
 from ..forget.suitability import unsuitable_reason
 from ..metrics import (
@@ -68,9 +71,21 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
     Raises:
         TypeError: If ``model`` cannot run on ``x`` and ``x``'s dtype differs from its
             parameters' (float64 inputs into a float32 model, uint8 images, ...): the
-            message names ``x`` and both dtypes.
+            message names ``x`` and both dtypes; or ``batch_size`` is not an int (a bool
+            or a float), ``model`` not a module or ``x`` not a tensor.
+        ValueError: If ``batch_size < 1``.
 
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"'x' must be a torch.Tensor, got {type(x).__name__}")
+    if not is_integer(batch_size):  # a bool or a float is the wrong type
+        raise TypeError(f"'batch_size' must be an int, got {type(batch_size).__name__} "
+                        f"{batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
+    batch_size = as_int(batch_size)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -167,10 +182,12 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
         (:func:`fastunlearn.harness.write_outputs`) and ``"paths"`` lists them.
 
     Raises:
-        TypeError: ``config`` is not a :class:`HarnessConfig`, ``data`` is neither None nor a
-            :class:`HarnessData`, ``should_stop`` is neither None nor callable, or other bad
-            settings or data (nothing is trained then).
-        ValueError: Bad settings or data (nothing is trained then).
+        TypeError: ``config`` is not a :class:`HarnessConfig` (or a field changed after
+            construction has the wrong type: the fields are checked again), ``data`` is
+            neither None nor a :class:`HarnessData`, ``should_stop`` is neither None nor
+            callable, or other bad settings or data (nothing is trained then).
+        ValueError: Bad settings (also ``cache_dir`` or ``out_dir`` a file or not
+            writable) or data (nothing is trained then).
         KeyboardInterrupt: ``should_stop`` answered True during the training of the
             original model and the oracles (the models trained so far are in the cache;
             nothing is written), or Ctrl-C came while one trained: with a cache its
@@ -180,6 +197,12 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
     """
     if not isinstance(config, HarnessConfig):
         raise TypeError(f"'config' must be a HarnessConfig, got {type(config).__name__}")
+    # Re-run the field checks: a field changed after construction (``config.oracles = 0``,
+    # ``config.mia = "no"``) would otherwise fail after the training, or be misread. Its
+    # warnings were shown when the config was built: not repeated here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config.__post_init__()
     check_stop_callable(should_stop, "should_stop")  # before any training
     t_start = time.perf_counter()
     device = _device(config.device)
@@ -187,6 +210,8 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
         from .report import check_out_dir
 
         check_out_dir(config.out_dir)  # before training: a bad --out must not waste the run
+    if config.cache_dir is not None:  # a file there failed deep in the cache (FileExistsError)
+        check_output_folder(config.cache_dir, argument="cache_dir")
     if data is None:
         data = load_harness_data(config.dataset, config.data_dir)
     elif not isinstance(data, HarnessData):

@@ -23,12 +23,14 @@ method whose logits cannot be scored gets an ``error``; the other methods are st
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .._device import parse_device
+from .._numbers import check_flag
 from ._checks import check_delta, stacked_logits
 from .accuracy import per_model_accuracy
 from .competition import DEFAULT_DELTA as COMPETITION_DELTA
@@ -88,13 +90,15 @@ def evaluate_logits(
     Raises:
         ValueError: If the logits are empty, disagree in shape, or hold nan / inf, a delta
             is outside [0, 1), or ``accuracies`` lacks a key or has another one.
-        TypeError: If a delta is not a number or ``accuracies`` not a mapping.
+        TypeError: If a delta is not a number, ``accuracies`` not a mapping or
+            ``per_example`` not a bool.
 
     """
     # checked here too: a score skipped for too few models would not check its own
     delta = check_delta(delta, "delta")
     competition_delta = check_delta(competition_delta, "competition_delta")
     check_accuracies(accuracies)
+    per_example = check_flag("per_example", per_example)  # "no" would be truthy
     retrain, unlearn, labels = stacked_logits(retrain, unlearn, labels)
     n, m = int(retrain.shape[1]), int(unlearn.shape[1])
     acc = per_model_accuracy(unlearn, labels)
@@ -190,15 +194,24 @@ def evaluate_logits_dir(
 
     Raises:
         FileNotFoundError: If ``path`` or a requested method is missing.
-        TypeError: If a delta is not a number.
-        ValueError: If a delta is outside [0, 1), ``device`` is not a usable CPU or CUDA
-            device, or the directory does not hold valid logits.
+        TypeError: If a delta is not a number, a flag (``baseline``, ``per_example``,
+            ``progress``) not a bool, or ``methods`` not a list of names.
+        ValueError: If a delta is outside [0, 1), ``methods`` is an empty list, ``device``
+            is not a usable CPU or CUDA device, or the directory does not hold valid logits.
 
     """
     # checked before anything is read: a bad delta would otherwise only turn every
     # method's entry into an 'error'
     delta = check_delta(delta, "delta")
     competition_delta = check_delta(competition_delta, "competition_delta")
+    baseline = check_flag("baseline", baseline)  # "no" would be truthy
+    per_example = check_flag("per_example", per_example)
+    progress = check_flag("progress", progress)
+    if methods is not None and not isinstance(methods, (str, bytes)) \
+            and isinstance(methods, Sequence) and len(methods) == 0:
+        # an empty list scored nothing and returned an empty result (None means all)
+        raise ValueError("'methods' is empty: name at least one method folder, or pass "
+                         "None to score them all")
     dev = parse_device(device) if device is not None else torch.device("cpu")
     data = load_logits_dir(path, methods)
     labels = data.labels.to(dev)

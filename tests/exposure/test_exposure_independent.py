@@ -294,7 +294,7 @@ def test_measure_exposure_rejects_bad_counts():
         measure_exposure(model, vocab, "ab", "12", n_candidates=10.0)
     with pytest.raises(ValueError, match="n_candidates"):
         measure_exposure(model, vocab, "ab", "12", n_candidates=2)
-    with pytest.raises(ValueError, match="n_candidates"):
+    with pytest.raises(TypeError, match="n_candidates"):  # a bool is the wrong type
         measure_exposure(model, vocab, "ab", "12", n_candidates=True)
     with pytest.raises(TypeError, match="enumerate_limit"):
         measure_exposure(model, vocab, "ab", "12", enumerate_limit=None)
@@ -486,8 +486,6 @@ def test_vocab_decode_rejects_ids_outside_the_vocabulary():
     ("kwargs", "match"),
     [
         ({"n_candidates": 2}, "n_candidates"),
-        ({"n_candidates": 50.0}, "n_candidates"),
-        ({"n_candidates": True}, "n_candidates"),
         ({"lr": float("inf")}, "lr"),
         ({"weight_decay": float("inf")}, "weight_decay"),
         ({"weight_decay": float("nan")}, "weight_decay"),
@@ -498,6 +496,13 @@ def test_vocab_decode_rejects_ids_outside_the_vocabulary():
 def test_config_rejects_bad_settings_up_front(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CanaryConfig(**kwargs)
+
+
+@pytest.mark.parametrize("value", [50.0, True])
+def test_config_rejects_a_count_of_the_wrong_type(value):
+    # a float or a bool where an int count is expected is the wrong type
+    with pytest.raises(TypeError, match="n_candidates"):
+        CanaryConfig(n_candidates=value)
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-1"])
