@@ -24,18 +24,18 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._atomic_files import write_text
-from .._numbers import is_integer
+from .._numbers import check_flag, is_integer, is_real
 from .._numbers import plain_fields as _plain_fields
+from .._output_folder import check_output_folder
 from .._process_flags import GLOBAL_RNG_LOCK
-from .arguments import MAX_SEED, _as_float, _check_int
-from .update import influence_update
+from .arguments import MAX_SEED, _as_float, _check_float, _check_int, _check_order
+from .update import CURVATURES, influence_update
 
 __all__ = [
     "AUTO_DAMPING_BASE", "AUTO_DAMPING_FACTOR", "AUTO_DAMPING_TRIES", "AUTO_DAMPING_WINDOWS",
@@ -133,33 +133,56 @@ class CanaryUnlearnConfig:
         """Check the fields; return self.
 
         Raises:
-            ValueError: a field out of range or of the wrong type (named).
+            TypeError: a field of the wrong type (named): a bool, float or str where an
+                int is expected (``stride``, ``order`` ...), a bool or non-number ``tau``
+                or ``damping``, a non-str ``replacement`` or ``curvature``, or a non-bool
+                ``retrain`` or ``progress``.
+            ValueError: a field out of range (named).
 
         """
         _plain_fields(self)  # fields may have been set after construction
         if self.replacement is not None and not isinstance(self.replacement, str):
-            raise ValueError(f"'replacement' must be a string or None, got "
-                             f"{type(self.replacement).__name__}")
+            raise TypeError(f"'replacement' must be a str or None, got "
+                            f"{type(self.replacement).__name__} {self.replacement!r}")
         for name in ("seq_len", "stride", "cg_maxiter", "hvp_windows"):
             value = getattr(self, name)
             if name == "seq_len" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value):  # a bool or float is no count
+                raise TypeError(f"'{name}' must be an int >= 1, got {type(value).__name__} "
+                                f"{value!r}")
+            if value < 1:
                 raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-        if isinstance(self.order, bool) or not isinstance(self.order, int) \
-                or self.order not in (1, 2):
-            raise ValueError(f"'order' must be the int 1 or 2, got {self.order!r}")
+        _check_order(self.order)
+        if isinstance(self.tau, str):
+            if self.tau != "auto":
+                raise ValueError(f"'tau' must be 'auto' or a finite number > 0, got "
+                                 f"{self.tau!r}")
+        else:
+            _check_float("tau", self.tau, positive=True)
+        if not isinstance(self.curvature, str):
+            raise TypeError(f"'curvature' must be a str, one of {CURVATURES}, got "
+                            f"{type(self.curvature).__name__} {self.curvature!r}")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"'curvature' must be one of {CURVATURES}, got "
+                             f"{self.curvature!r}")
         if isinstance(self.damping, str):
             if self.damping != "auto":
                 raise ValueError(f"'damping' must be 'auto' or a finite number >= 0, got "
                                  f"{self.damping!r}")
-        elif isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) \
-                or not 0 <= _as_float(self.damping) < math.inf:
+        elif not is_real(self.damping):
+            raise TypeError(f"'damping' must be 'auto' or a finite number >= 0, got "
+                            f"{type(self.damping).__name__} {self.damping!r}")
+        elif not 0 <= _as_float(self.damping) < math.inf:
             raise ValueError(f"'damping' must be 'auto' or a finite number >= 0, got "
                              f"{self.damping!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
-                or not 0 <= self.seed <= MAX_SEED:
+        if not is_integer(self.seed):
+            raise TypeError(f"'seed' must be an int in [0, 2**64 - 1], got "
+                            f"{type(self.seed).__name__} {self.seed!r}")
+        if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {self.seed!r}")
+        check_flag("retrain", self.retrain)  # "no" would be truthy and retrain
+        check_flag("progress", self.progress)
         return self
 
 
@@ -410,10 +433,62 @@ def _code(text: Any) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+#: The parts of an :func:`unlearn_canary` result the report reads: top-level entries, and
+#: the entries of its dict parts (``before`` and ``after`` are exposure measurements).
+_RESULT_KEYS = ("config", "update", "before", "after", "secret", "replacement",
+                "num_canaries", "num_affected", "update_seconds")
+_RESULT_PART_KEYS = {
+    "config": ("order", "seq_len"),
+    "update": ("applied", "num_gradients", "num_hvps", "solver_iterations"),
+    "before": ("log_perplexity", "rank", "rank_exposure", "skew_normal_exposure",
+               "completion", "max_exposure"),
+    "after": ("log_perplexity", "rank", "rank_exposure", "skew_normal_exposure",
+              "completion"),
+}
+
+
+def _check_result(result: object) -> dict[str, Any]:
+    """Refuse anything but an :func:`unlearn_canary` result (named, not a KeyError)."""
+    if not isinstance(result, dict):
+        raise TypeError(f"'result' must be the dict unlearn_canary returns, got "
+                        f"{type(result).__name__}")
+    missing = [key for key in _RESULT_KEYS if key not in result]
+    if missing:
+        raise ValueError(f"'result' is not an unlearn_canary result: it lacks {missing}")
+    for part, keys in _RESULT_PART_KEYS.items():
+        if not isinstance(result[part], dict):
+            raise ValueError(f"'result' is not an unlearn_canary result: result[{part!r}] "
+                             f"is not a dict")
+        missing = [key for key in keys if key not in result[part]]
+        if missing:
+            raise ValueError(f"'result' is not an unlearn_canary result: result[{part!r}] "
+                             f"lacks {missing}")
+    # what the sentence on the update reads: the damping of a second-order update, the
+    # step size of a first-order one
+    second = result["config"]["order"] == 2
+    for part, keys in (("config", ("damping", "curvature") if second else ()),
+                       ("update", ("damping",) if second else ("tau",))):
+        missing = [key for key in keys if key not in result[part]]
+        if missing:
+            raise ValueError(f"'result' is not an unlearn_canary result: result[{part!r}] "
+                             f"lacks {missing}")
+    if result.get("retrained") and "retrain_seconds" not in result:
+        raise ValueError("'result' is not an unlearn_canary result: it has 'retrained' but "
+                         "lacks 'retrain_seconds'")
+    return result
+
+
 def render_canary_report(result: dict[str, Any]) -> str:
-    """Markdown page of an :func:`unlearn_canary` result."""
+    """Markdown page of an :func:`unlearn_canary` result.
+
+    Raises:
+        TypeError / ValueError: ``result`` is not an :func:`unlearn_canary` result (not a
+            dict, or a missing entry, named).
+
+    """
     from ..report import format_value as fv
 
+    result = _check_result(result)
     cfg, u = result["config"], result["update"]
     tries = result.get("damping_tries") or []
     if cfg["order"] == 2:
@@ -450,18 +525,28 @@ def render_canary_report(result: dict[str, Any]) -> str:
 def write_canary_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, str]:
     """Write ``canary_unlearning.json`` and ``.md`` (the model is left out) into ``out_dir``.
 
+    The result, the folder and the names in it are checked, and the report rendered,
+    before anything is written: a bad argument leaves no file created or replaced.
+
     Returns:
         Kind (``json``, ``markdown``) -> path.
+
+    Raises:
+        TypeError: ``out_dir`` is not a str or ``os.PathLike``, or ``result`` not a dict.
+        ValueError: ``out_dir`` is empty, it or a folder above it is a file, it is not
+            writable, ``canary_unlearning.json`` or ``.md`` in it is a folder, or
+            ``result`` is not an :func:`unlearn_canary` result (named).
 
     """
     from .._json_data import json_ready
 
-    folder = Path(out_dir)
+    names = ("canary_unlearning.json", "canary_unlearning.md")
+    folder = check_output_folder(out_dir, argument="out_dir", names=names)
+    data = {k: v for k, v in _check_result(result).items() if k != "model"}
+    markdown = render_canary_report(data)
+    files = {"json": str(folder / names[0]), "markdown": str(folder / names[1])}
+    text = json.dumps(json_ready({**data, "files": files}), indent=2, allow_nan=False) + "\n"
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"json": str(folder / "canary_unlearning.json"),
-             "markdown": str(folder / "canary_unlearning.md")}
-    data = {k: v for k, v in result.items() if k != "model"}
-    write_text(files["json"], json.dumps(json_ready({**data, "files": files}),
-                                            indent=2, allow_nan=False) + "\n")
-    write_text(files["markdown"], render_canary_report(data))
+    write_text(files["json"], text)
+    write_text(files["markdown"], markdown)
     return files

@@ -45,13 +45,14 @@ from .._earlier_results import keep_earlier_run
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._json_data import json_ready
 from .._model_cache import cache_key, load_cached, store_cached, tensor_digest, weights_digest
+from .._numbers import as_float, check_flag, is_integer, is_real
 from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
 from .._paths import check_path
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._unused_settings import warn_unused_settings
 from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
-from .arguments import MAX_SEED, _check_float, _check_int, _check_labelled_rows
+from .arguments import MAX_SEED, _check_float, _check_int, _check_labelled_rows, _check_order
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .unused_settings import repair_rules
@@ -83,7 +84,7 @@ def _check_cg_tol(cg_tol: float) -> None:
     500 instead of 46 CG iterations for ``unlearn-features``, 100 instead of 9 for a
     one-shot ``repair``) for the same update. ``--cg-tol`` of both commands refuses it too.
     """
-    value = float(cg_tol)
+    value = as_float(cg_tol)  # an int beyond the float range is infinite, not an error
     if not (math.isfinite(value) and value > 0):
         raise ValueError(
             f"'cg_tol' must be positive (finite and > 0), got {value}: CG stops at this "
@@ -185,17 +186,38 @@ class RepairConfig:
         the table: :func:`~fastunlearn.influence.unused_settings.repair_rules`), each once
         however often the config is validated.
 
+        Every field is checked by type and range here, before any data is loaded or a
+        model trained: nothing is coerced (``epochs=2.5``, ``True`` or ``"3"`` are
+        refused, not rounded or parsed).
+
         Raises:
-            ValueError: a field out of range (named; ``cg_tol`` must be > 0), or a device
-                that is not visible.
-            TypeError: ``device`` is not a str.
+            ValueError: a field out of range (named; ``cg_tol`` must be > 0, ``seed`` in
+                ``[0, 2**64 - 1]``, ``protocols`` a non-empty subset of
+                :data:`PROTOCOLS` without duplicates), or a device that is not visible.
+            TypeError: a field of the wrong type (named): a bool, str, float or None where
+                an int count is expected, a bool or str where a number is (``tau``: a
+                number or ``"auto"``), a non-bool ``progress``, a non-str name
+                (``dataset``, ``model``, ``solver``, ``device`` ...), or ``protocols`` not a
+                tuple or list.
 
         """
         _plain_fields(self)  # fields may have been set after construction
-        if self.dataset not in ("digits", "cifar10"):
-            raise ValueError(f"'dataset' must be 'digits' or 'cifar10', got {self.dataset!r}")
+        # every field by type and range, before any data is loaded or a model is trained
+        for name, choices in (("dataset", ("digits", "cifar10")), ("solver", SOLVERS),
+                              ("curvature", CURVATURES), ("lissa_hessian", LISSA_HESSIANS)):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"'{name}' must be a str, one of {tuple(choices)}, got "
+                                f"{type(value).__name__} {value!r}")
+            if value not in choices:
+                raise ValueError(f"'{name}' must be one of {tuple(choices)}, got {value!r}")
+        if self.data_dir is not None:
+            check_path(self.data_dir, "data_dir")  # TypeError / ValueError (empty)
         if self.dataset == "cifar10" and not self.data_dir:
             raise ValueError("'data_dir' is required for dataset 'cifar10'")
+        if self.model is not None and not isinstance(self.model, str):
+            raise TypeError(f"'model' must be a model zoo name (str) or None, got "
+                            f"{type(self.model).__name__} {self.model!r}")
         if self.cache_dir is not None:
             check_path(self.cache_dir, "cache_dir")  # TypeError / ValueError (empty)
             if not isinstance(os.fspath(self.cache_dir), str):
@@ -203,38 +225,45 @@ class RepairConfig:
             self.cache_dir = os.fspath(self.cache_dir)  # a Path would not go into the JSON
         for name in ("epochs", "train_batch", "steps", "batch", "cg_maxiter", "lissa_batch",
                      "lissa_depth"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"'{name}' must be >= 1, got {getattr(self, name)}")
-        for name in ("last_layers", "n_train", "seed"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"'{name}' must be >= 0, got {getattr(self, name)}")
-        if self.budget is not None and self.budget < 10:
-            raise ValueError(f"'budget' must be >= 10 (budget // 10 per class), got {self.budget}")
-        bad = [p for p in self.protocols if p not in PROTOCOLS]
+            _check_int(name, getattr(self, name), 1)
+        for name in ("last_layers", "n_train"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        if self.hvp_batch_size is not None:
+            _check_int("hvp_batch_size", self.hvp_batch_size, 1)
+        if self.budget is not None:
+            if not is_integer(self.budget):
+                raise TypeError(f"'budget' must be an int or None, got "
+                                f"{type(self.budget).__name__} {self.budget!r}")
+            if self.budget < 10:
+                raise ValueError(f"'budget' must be >= 10 (budget // 10 per class), got "
+                                 f"{self.budget}")
+        if isinstance(self.protocols, (str, bytes)) or not isinstance(self.protocols,
+                                                                      (tuple, list)):
+            raise TypeError(f"'protocols' must be a tuple of names from {PROTOCOLS}, got "
+                            f"{type(self.protocols).__name__} {self.protocols!r}")
+        bad = [p for p in self.protocols if not isinstance(p, str) or p not in PROTOCOLS]
         if bad or not self.protocols:
             raise ValueError(f"'protocols' must be a non-empty subset of {PROTOCOLS}, got "
                              f"{self.protocols}")
-        if self.order not in (1, 2):
-            raise ValueError(f"'order' must be 1 or 2, got {self.order}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"'solver' must be one of {SOLVERS}, got {self.solver!r}")
-        if self.curvature not in CURVATURES:
-            raise ValueError(f"'curvature' must be one of {CURVATURES}, got "
-                             f"{self.curvature!r}")
-        if self.lissa_hessian not in LISSA_HESSIANS:
-            raise ValueError(f"'lissa_hessian' must be one of {LISSA_HESSIANS}, got "
-                             f"{self.lissa_hessian!r}")
+        if len(set(self.protocols)) != len(self.protocols):  # a second run would overwrite
+            raise ValueError(f"'protocols' holds duplicates: {tuple(self.protocols)}")
+        _check_order(self.order)
         for name in ("damping", "lissa_damping"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"'{name}' must be finite and >= 0, got {value}")
-        _check_cg_tol(self.cg_tol)
+            _check_float(name, getattr(self, name))
         for name in ("lr", "lissa_scale"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"'{name}' must be finite and > 0, got {value}")
-        if self.tau != "auto" and not (isinstance(self.tau, (int, float)) and self.tau > 0):
-            raise ValueError(f"'tau' must be 'auto' or a positive number, got {self.tau!r}")
+            _check_float(name, getattr(self, name), positive=True)
+        if not is_real(self.cg_tol):
+            raise TypeError(f"'cg_tol' must be a real number, got "
+                            f"{type(self.cg_tol).__name__} {self.cg_tol!r}")
+        _check_cg_tol(self.cg_tol)
+        if isinstance(self.tau, str):
+            if self.tau != "auto":
+                raise ValueError(f"'tau' must be 'auto' or a positive number, got "
+                                 f"{self.tau!r}")
+        else:
+            _check_float("tau", self.tau, positive=True)
+        check_flag("progress", self.progress)
         if not isinstance(self.device, str):
             raise TypeError(f"'device' must be a str such as 'cuda:1', got "
                             f"{type(self.device).__name__}")

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .._json_data import json_ready
-from .._numbers import is_real
+from .._numbers import check_flag, is_integer, is_real
 from .._numbers import plain_fields as _plain_fields
 from .._unused_settings import warn_unused_settings
 from .arguments import (
@@ -170,10 +170,14 @@ class FeatureConfig:
         once however often the config is validated.
 
         Raises:
-            TypeError: If ``columns`` is neither None nor a sequence of ints.
+            TypeError: If a field has the wrong type (named): ``columns`` neither None nor
+                a sequence of ints, a count or ``seed`` not an int (a bool or float is
+                refused), a number not a real (a bool or str is refused), ``tau`` neither
+                ``"auto"`` nor a real, ``binary`` not a pair of ints, or ``linear`` or
+                ``progress`` not a bool.
             ValueError: If a field is out of range (named): ``dataset`` or ``mode`` not a
-                known name, ``columns`` empty, negative or with duplicates, a count not an
-                int >= 1, ``seed`` not in ``[0, 2**64 - 1]``, a tolerance or weight not
+                known name, ``columns`` empty, negative or with duplicates, a count < 1,
+                ``seed`` not in ``[0, 2**64 - 1]``, a tolerance or weight not
                 finite (and > 0 where required, ``cg_tol`` included), ``delta`` or
                 ``test_fraction`` outside ``(0, 1)``, ``tau`` neither ``"auto"`` nor finite
                 and positive, or ``binary`` not two distinct digits in 0..9.
@@ -198,40 +202,58 @@ class FeatureConfig:
                                  f"{list(self.columns)}")
             if len(set(self.columns)) != len(self.columns):
                 raise ValueError(f"'columns' holds duplicates: {list(self.columns)}")
+        # a wrong type is a TypeError (a bool is no count or rate); then the range
         for name in ("top_k", "n_rows", "cg_maxiter", "train_rounds", "steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value):
+                raise TypeError(f"'{name}' must be an int >= 1, got {type(value).__name__} "
+                                f"{value!r}")
+            if value < 1:
                 raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
-                or not 0 <= self.seed <= MAX_SEED:  # a torch.Generator seed (replace mode)
+        if not is_integer(self.seed):
+            raise TypeError(f"'seed' must be an int in [0, 2**64 - 1], got "
+                            f"{type(self.seed).__name__} {self.seed!r}")
+        if not 0 <= self.seed <= MAX_SEED:  # a torch.Generator seed (replace mode)
             raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {self.seed!r}")
+        for name in ("l2", "linear_lam", "epsilon", "train_tol", "value", "cg_tol", "delta",
+                     "test_fraction"):
+            value = getattr(self, name)
+            if not is_real(value):
+                raise TypeError(f"'{name}' must be a real number, got "
+                                f"{type(value).__name__} {value!r}")
         for name in ("l2", "linear_lam", "epsilon", "train_tol"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not 0 < _as_float(value) < math.inf:
+            if not 0 < _as_float(value) < math.inf:
                 raise ValueError(f"'{name}' must be finite and > 0, got {value!r}")
         for name in ("value", "cg_tol"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(_as_float(value)):
+            if not math.isfinite(_as_float(value)):
                 raise ValueError(f"'{name}' must be a finite number, got {value!r}")
         _check_cg_tol(self.cg_tol)
         for name in ("delta", "test_fraction"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not 0 < value < 1:
+            if not 0 < value < 1:
                 raise ValueError(f"'{name}' must be in (0, 1), got {value!r}")
-        if self.tau != "auto" and (isinstance(self.tau, (bool, str))
-                                   or not isinstance(self.tau, (int, float))
-                                   or not 0 < _as_float(self.tau) < math.inf):
+        if isinstance(self.tau, str):
+            if self.tau != "auto":
+                raise ValueError(f"'tau' must be 'auto' or a finite positive number, got "
+                                 f"{self.tau!r}")
+        elif not is_real(self.tau):
+            raise TypeError(f"'tau' must be 'auto' or a finite positive number, got "
+                            f"{type(self.tau).__name__} {self.tau!r}")
+        elif not 0 < _as_float(self.tau) < math.inf:
             raise ValueError(f"'tau' must be 'auto' or a finite positive number, got "
                              f"{self.tau!r}")
         if isinstance(self.binary, (str, bytes)) or not isinstance(self.binary, Sequence):
-            raise ValueError(f"'binary' must be two distinct digits in 0..9, got {self.binary!r}")
+            raise TypeError(f"'binary' must be a pair of two distinct digits in 0..9, got "
+                            f"{type(self.binary).__name__} {self.binary!r}")
         pair = tuple(self.binary)
-        if len(pair) != 2 or pair[0] == pair[1] or any(
-                not isinstance(d, int) or not 0 <= d <= 9 for d in pair):
+        if any(not is_integer(d) for d in pair):  # True is no digit (isinstance(True, int))
+            raise TypeError(f"'binary' must hold int digits in 0..9, got {self.binary!r}")
+        if len(pair) != 2 or pair[0] == pair[1] or any(not 0 <= d <= 9 for d in pair):
             raise ValueError(f"'binary' must be two distinct digits in 0..9, got {self.binary!r}")
+        check_flag("linear", self.linear)
+        check_flag("progress", self.progress)
         # settings the others make pointless (each named once, however often validated)
         warn_unused_settings(self, feature_rules(self), stacklevel=2)
         return self
