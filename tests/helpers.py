@@ -154,3 +154,15 @@ def printed_warnings(call: Callable[[], Any],
         except stop as exc:
             outcome = exc
     return outcome, lines
+
+
+def assert_same_snapshot(after: dict, before: dict) -> None:
+    """Two snapshots of an object's state are equal, entry by entry (arrays, tensors, other
+    values), the failing entry named."""
+    for key, value in before.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(after[key], value), key
+        else:
+            assert after[key] == value, key

@@ -23,6 +23,7 @@ from .._earlier_results import keep_earlier_run
 from .._json_data import json_ready
 from .._numbers import check_flag
 from .._output_folder import check_output_folder
+from .._result_shape import check_result_shape
 from ..metrics import write_logits_dir
 from ..metrics.report import FEW_FINITE
 
@@ -145,26 +146,11 @@ def _check_result(result: object) -> dict[str, Any]:
     """Refuse what is not a :func:`~fastunlearn.harness.run_harness` result, naming the gap.
 
     Raises:
-        TypeError: ``result`` (or one of its sections) is not a dict.
+        TypeError: ``result`` is not a dict.
         ValueError: A section or an entry the table reads is missing (named).
 
     """
-    if not isinstance(result, dict):
-        raise TypeError(f"'result' must be a run_harness result (a dict), got "
-                        f"{type(result).__name__}")
-    missing = [k for k in _RESULT_KEYS if k not in result]
-    if missing:
-        raise ValueError(f"'result' is not a run_harness result: it lacks "
-                         f"{', '.join(map(repr, missing))}")
-    for section, keys in _RESULT_KEYS.items():
-        if not isinstance(result[section], dict):
-            raise TypeError(f"'result'[{section!r}] must be a dict, got "
-                            f"{type(result[section]).__name__}")
-        gaps = [k for k in keys if k not in result[section]]
-        if gaps:
-            raise ValueError(f"'result'[{section!r}] lacks {', '.join(map(repr, gaps))} "
-                             "(not a run_harness result)")
-    return result
+    return check_result_shape(result, "run_harness", _RESULT_KEYS)
 
 
 def render_table(result: dict[str, Any]) -> str:

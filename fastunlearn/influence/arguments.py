@@ -90,6 +90,22 @@ def _check_float(name: str, value: object, *, positive: bool = False) -> float:
     return value
 
 
+def _check_auto_or_float(name: str, value: object, *, positive: bool = False) -> float | None:
+    """``"auto"`` (returned as None) or a finite real >= 0 (> 0 with ``positive``).
+
+    Raises:
+        ValueError: Another string, or a number out of range (named).
+        TypeError: Neither a string nor a real number (a bool is not one).
+
+    """
+    if isinstance(value, str):
+        if value != "auto":
+            kind = "positive" if positive else "non-negative"
+            raise ValueError(f"'{name}' must be a {kind} number or 'auto', got {value!r}")
+        return None
+    return _check_float(name, value, positive=positive)
+
+
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if not is_integer(value):  # Python or NumPy int, not a bool
         raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")

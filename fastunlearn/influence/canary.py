@@ -30,11 +30,17 @@ import torch
 from torch import Tensor, nn
 
 from .._atomic_files import write_text
-from .._numbers import check_flag, is_integer, is_real
+from .._numbers import check_flag, is_integer
 from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
 from .._process_flags import GLOBAL_RNG_LOCK
-from .arguments import MAX_SEED, _as_float, _check_float, _check_int, _check_order
+from .._result_shape import check_result_shape, require_entries
+from .arguments import (
+    MAX_SEED,
+    _check_auto_or_float,
+    _check_int,
+    _check_order,
+)
 from .update import CURVATURES, influence_update
 
 __all__ = [
@@ -154,28 +160,14 @@ class CanaryUnlearnConfig:
             if value < 1:
                 raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
         _check_order(self.order)
-        if isinstance(self.tau, str):
-            if self.tau != "auto":
-                raise ValueError(f"'tau' must be 'auto' or a finite number > 0, got "
-                                 f"{self.tau!r}")
-        else:
-            _check_float("tau", self.tau, positive=True)
+        _check_auto_or_float("tau", self.tau, positive=True)
         if not isinstance(self.curvature, str):
             raise TypeError(f"'curvature' must be a str, one of {CURVATURES}, got "
                             f"{type(self.curvature).__name__} {self.curvature!r}")
         if self.curvature not in CURVATURES:
             raise ValueError(f"'curvature' must be one of {CURVATURES}, got "
                              f"{self.curvature!r}")
-        if isinstance(self.damping, str):
-            if self.damping != "auto":
-                raise ValueError(f"'damping' must be 'auto' or a finite number >= 0, got "
-                                 f"{self.damping!r}")
-        elif not is_real(self.damping):
-            raise TypeError(f"'damping' must be 'auto' or a finite number >= 0, got "
-                            f"{type(self.damping).__name__} {self.damping!r}")
-        elif not 0 <= _as_float(self.damping) < math.inf:
-            raise ValueError(f"'damping' must be 'auto' or a finite number >= 0, got "
-                             f"{self.damping!r}")
+        _check_auto_or_float("damping", self.damping)
         if not is_integer(self.seed):
             raise TypeError(f"'seed' must be an int in [0, 2**64 - 1], got "
                             f"{type(self.seed).__name__} {self.seed!r}")
@@ -449,29 +441,14 @@ _RESULT_PART_KEYS = {
 
 def _check_result(result: object) -> dict[str, Any]:
     """Refuse anything but an :func:`unlearn_canary` result (named, not a KeyError)."""
-    if not isinstance(result, dict):
-        raise TypeError(f"'result' must be the dict unlearn_canary returns, got "
-                        f"{type(result).__name__}")
-    missing = [key for key in _RESULT_KEYS if key not in result]
-    if missing:
-        raise ValueError(f"'result' is not an unlearn_canary result: it lacks {missing}")
-    for part, keys in _RESULT_PART_KEYS.items():
-        if not isinstance(result[part], dict):
-            raise ValueError(f"'result' is not an unlearn_canary result: result[{part!r}] "
-                             f"is not a dict")
-        missing = [key for key in keys if key not in result[part]]
-        if missing:
-            raise ValueError(f"'result' is not an unlearn_canary result: result[{part!r}] "
-                             f"lacks {missing}")
+    check_result_shape(result, "unlearn_canary", _RESULT_PART_KEYS, _RESULT_KEYS)
+    assert isinstance(result, dict)  # for mypy: checked just above
     # what the sentence on the update reads: the damping of a second-order update, the
     # step size of a first-order one
     second = result["config"]["order"] == 2
     for part, keys in (("config", ("damping", "curvature") if second else ()),
                        ("update", ("damping",) if second else ("tau",))):
-        missing = [key for key in keys if key not in result[part]]
-        if missing:
-            raise ValueError(f"'result' is not an unlearn_canary result: result[{part!r}] "
-                             f"lacks {missing}")
+        require_entries(result, "unlearn_canary", part, keys)
     if result.get("retrained") and "retrain_seconds" not in result:
         raise ValueError("'result' is not an unlearn_canary result: it has 'retrained' but "
                          "lacks 'retrain_seconds'")

@@ -52,7 +52,14 @@ from .._paths import check_path
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._unused_settings import warn_unused_settings
 from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
-from .arguments import MAX_SEED, _check_float, _check_int, _check_labelled_rows, _check_order
+from .arguments import (
+    MAX_SEED,
+    _check_auto_or_float,
+    _check_float,
+    _check_int,
+    _check_labelled_rows,
+    _check_order,
+)
 from .drivers import iterative_label_repair, predict, repair_labels
 from .gradients import default_loss, eval_mode, last_parameters, loss_gradient
 from .unused_settings import repair_rules
@@ -257,12 +264,7 @@ class RepairConfig:
             raise TypeError(f"'cg_tol' must be a real number, got "
                             f"{type(self.cg_tol).__name__} {self.cg_tol!r}")
         _check_cg_tol(self.cg_tol)
-        if isinstance(self.tau, str):
-            if self.tau != "auto":
-                raise ValueError(f"'tau' must be 'auto' or a positive number, got "
-                                 f"{self.tau!r}")
-        else:
-            _check_float("tau", self.tau, positive=True)
+        _check_auto_or_float("tau", self.tau, positive=True)
         check_flag("progress", self.progress)
         if not isinstance(self.device, str):
             raise TypeError(f"'device' must be a str such as 'cuda:1', got "

@@ -47,10 +47,12 @@ from torch import Tensor, nn
 from .._json_data import json_ready
 from .._numbers import check_flag, is_integer, is_real
 from .._numbers import plain_fields as _plain_fields
+from .._result_shape import check_result_shape
 from .._unused_settings import warn_unused_settings
 from .arguments import (
     MAX_SEED,
     _as_float,
+    _check_auto_or_float,
     _check_float,
     _check_inputs,
     _check_int,
@@ -234,16 +236,7 @@ class FeatureConfig:
             value = getattr(self, name)
             if not 0 < value < 1:
                 raise ValueError(f"'{name}' must be in (0, 1), got {value!r}")
-        if isinstance(self.tau, str):
-            if self.tau != "auto":
-                raise ValueError(f"'tau' must be 'auto' or a finite positive number, got "
-                                 f"{self.tau!r}")
-        elif not is_real(self.tau):
-            raise TypeError(f"'tau' must be 'auto' or a finite positive number, got "
-                            f"{type(self.tau).__name__} {self.tau!r}")
-        elif not 0 < _as_float(self.tau) < math.inf:
-            raise ValueError(f"'tau' must be 'auto' or a finite positive number, got "
-                             f"{self.tau!r}")
+        _check_auto_or_float("tau", self.tau, positive=True)
         if isinstance(self.binary, (str, bytes)) or not isinstance(self.binary, Sequence):
             raise TypeError(f"'binary' must be a pair of two distinct digits in 0..9, got "
                             f"{type(self.binary).__name__} {self.binary!r}")
@@ -837,17 +830,8 @@ _RESULT_KEYS = ("config", "data", "original", "retrained", "methods")
 
 def _check_result(result: object) -> dict[str, Any]:
     """Refuse anything but a :func:`run_feature_experiment` result (named, not a KeyError)."""
-    if not isinstance(result, dict):
-        raise TypeError(f"'result' must be the dict run_feature_experiment returns, got "
-                        f"{type(result).__name__}")
-    for key in _RESULT_KEYS:
-        if not isinstance(result.get(key), dict):
-            raise ValueError(f"'result' is not a run_feature_experiment result: "
-                             f"result[{key!r}] is missing or not a dict")
-    if "dataset" not in result["data"]:
-        raise ValueError("'result' is not a run_feature_experiment result: "
-                         "result['data']['dataset'] is missing")
-    return result
+    sections = {key: ("dataset",) if key == "data" else () for key in _RESULT_KEYS}
+    return check_result_shape(result, "run_feature_experiment", sections)
 
 
 def _steps_text(config: dict[str, Any], data: dict[str, Any]) -> str:

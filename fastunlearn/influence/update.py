@@ -74,6 +74,7 @@ from ..linalg import lissa as lissa_solve
 from ..linalg.rnn_kernels import differentiable_rnn_kernels
 from .arguments import (
     MAX_SEED,
+    _check_auto_or_float,
     _check_float,
     _check_int,
     _check_model_data,
@@ -154,12 +155,8 @@ def _check_tau(order: int, tau: object) -> tuple[float | None, bool]:
     ``tau`` is checked whatever the order: a bad value is refused, not ignored because
     ``order=2`` happens to make no use of it (:func:`_warn_no_effect` says so).
     """
-    if isinstance(tau, str):
-        if tau != "auto":
-            raise ValueError(f"'tau' must be a positive number or 'auto', got {tau!r}")
-        value, auto = None, True
-    else:
-        value, auto = _check_float("tau", tau, positive=True), False
+    value = _check_auto_or_float("tau", tau, positive=True)
+    auto = value is None
     return (value, auto) if order == 1 else (None, False)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from fastunlearn.certified import CertifiedLogisticRegression
 from fastunlearn.certified.persistence import load_model, save_model
+from tests.helpers import assert_same_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,14 +50,7 @@ def _state(model):
 
 
 def _assert_same(model, before):
-    after = _state(model)
-    for key, value in before.items():
-        if isinstance(value, np.ndarray):
-            np.testing.assert_array_equal(after[key], value, err_msg=key)
-        elif isinstance(value, torch.Tensor):
-            assert torch.equal(after[key], value), key
-        else:
-            assert after[key] == value, key
+    assert_same_snapshot(_state(model), before)
 
 
 # ---- load(device=...) ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from fastunlearn.certified.estimator import (
 from fastunlearn.certified.math import draw_perturbation, newton_fit, normalize_rows
 from fastunlearn.data import load_digits_dataset
 from tests.certified.fixed_helpers import perturbed_gradient
+from tests.helpers import assert_same_snapshot
 
 LAM = 1e-2
 
@@ -86,14 +87,7 @@ def snapshot(model):
 
 
 def assert_unchanged(model, before):
-    after = snapshot(model)
-    for key, value in before.items():
-        if isinstance(value, np.ndarray):
-            np.testing.assert_array_equal(after[key], value, err_msg=key)
-        elif isinstance(value, torch.Tensor):
-            assert torch.equal(after[key], value), key
-        else:
-            assert after[key] == value, key
+    assert_same_snapshot(snapshot(model), before)
 
 
 # ---- scikit-learn compatibility ------------------------------------------------------------

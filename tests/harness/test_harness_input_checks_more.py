@@ -126,7 +126,7 @@ def test_render_table_names_what_is_missing() -> None:
         render_table({})
     partial = {"config": {}, "data": {}, "original": {}, "oracles": {}, "methods": {},
                "timing": {}, "cache": {}}
-    with pytest.raises(ValueError, match=r"'result'\['config'\] lacks 'model'"):
+    with pytest.raises(ValueError, match=r"result\['config'\] lacks \['model'"):
         render_table(partial)
 
 
