@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -240,12 +240,17 @@ def influence_unlearning(
     targets = torch.stack([yf.to(dtype), one], 1)
     new_targets = torch.stack([yf.to(dtype), torch.zeros_like(one)], 1)
     train_targets = torch.stack([yr.to(dtype), torch.ones_like(yr, dtype=dtype)], 1)
+    # only the settings the solver reads: influence_update warns about the others, and the
+    # config has said so once already (conditional_warnings)
+    solve: dict[str, Any] = {} if config.solver == "lissa" else {"damping": float(config.damping)}
+    if config.solver == "cg":
+        solve.update(tol=float(config.tol), maxiter=config.maxiter)
     result = influence_update(
         clone, xf, targets, None, new_targets, train_data=(xr, train_targets),
-        loss_fn=weighted_loss, order=2, solver=config.solver, damping=float(config.damping),
-        curvature=config.curvature, params=names, hvp_batch_size=config.hvp_batch_size,
-        chunk_size=config.hvp_batch_size, tol=float(config.tol), maxiter=config.maxiter,
-        loss_tolerance=float(config.loss_tolerance), apply=False, progress=config.progress,
+        loss_fn=weighted_loss, order=2, solver=config.solver, curvature=config.curvature,
+        params=names, hvp_batch_size=config.hvp_batch_size,
+        chunk_size=config.hvp_batch_size, loss_tolerance=float(config.loss_tolerance),
+        apply=False, progress=config.progress, **solve,
     )
     if result.diverged and config.on_divergence == "raise":
         raise RuntimeError(f"influence unlearning diverged: {result.reason}")

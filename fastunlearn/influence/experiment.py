@@ -469,17 +469,21 @@ def _restored(after: float, before: float, clean: float) -> float:
 
 def _update_kwargs(config: RepairConfig, model: nn.Module) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
-        order=config.order, solver=config.solver, damping=config.damping,
-        curvature=config.curvature,
-        hvp_batch_size=config.hvp_batch_size, tol=config.cg_tol, maxiter=config.cg_maxiter,
+        order=config.order, curvature=config.curvature, hvp_batch_size=config.hvp_batch_size,
         progress=config.progress,
     )
-    # tau and lissa only where they act: influence_update warns about them elsewhere, and
-    # the config has said so once already (repair_rules)
+    # the solver's settings, tau and lissa only where they act: influence_update warns
+    # about them elsewhere, and the config has said so once already (repair_rules)
     if config.order == 1:
         kwargs["tau"] = config.tau
-    elif config.solver == "lissa":
+    else:
+        kwargs["solver"] = config.solver
+    if config.order == 2 and config.solver == "lissa":
         kwargs["lissa"] = _lissa_settings(config)
+    if config.order == 2 and config.solver in ("cg", "direct"):
+        kwargs["damping"] = config.damping
+    if config.order == 2 and config.solver == "cg":
+        kwargs.update(tol=config.cg_tol, maxiter=config.cg_maxiter)
     if config.last_layers:
         kwargs["params"] = last_parameters(model, config.last_layers)
     return kwargs

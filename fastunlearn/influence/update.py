@@ -160,15 +160,47 @@ def _check_tau(order: int, tau: object) -> tuple[float | None, bool]:
     return (value, auto) if order == 1 else (None, False)
 
 
-def _warn_no_effect(opts: UpdateOptions, tau: object, lissa: object, stacklevel: int) -> None:
-    """Warn (UserWarning) about ``tau`` and ``lissa`` given where they have no effect.
+#: The settings of the second-order solve that some orders and solvers do not read:
+#: (setting, read by) where "read by" names the solvers that read it (order 2 only).
+_SOLVE_SETTINGS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("solver", ("cg", "lissa", "direct")),
+    ("damping", ("cg", "direct")),
+    ("curvature_subsample", ("cg", "direct")),
+    ("tol", ("cg",)),
+    ("maxiter", ("cg",)),
+    ("restarts", ("cg",)),
+)
+_NOT_READ_WHY = {
+    "lissa": "(LiSSA has its own damping in 'lissa', draws its own batches and runs a fixed "
+             "number of steps)",
+    "direct": "(one dense solve: no iterations)",
+}
 
-    In the library's wording (:func:`~fastunlearn._no_effect.no_effect_message`, as the
-    configs' ``'tau' has no effect with order=2 (...)``); their defaults (``tau="auto"``,
-    ``lissa=None``) are never named. ``stacklevel`` as for :func:`warnings.warn`, from this
-    function's caller.
+
+def _warn_no_effect(opts: UpdateOptions, tau: object, lissa: object, stacklevel: int,
+                    solve_settings: dict[str, object] | None = None) -> None:
+    """Warn (UserWarning) about settings given where they have no effect.
+
+    ``tau`` with ``order=2``, ``lissa`` with ``order=1`` or another solver, and the solve's
+    ``solve_settings`` (name -> value given) that the order or solver does not read
+    (:data:`_SOLVE_SETTINGS`). In the library's wording
+    (:func:`~fastunlearn._no_effect.no_effect_message`, as the configs' ``'tau' has no
+    effect with order=2 (...)``); a setting at its default is never named. ``stacklevel``
+    as for :func:`warnings.warn`, from this function's caller.
     """
     messages = []
+    defaults = inspect.signature(influence_update).parameters
+    given = [name for name, value in (solve_settings or {}).items()
+             if value != defaults[name].default]
+    unread_order1 = [name for name, _ in _SOLVE_SETTINGS if name in given]
+    if opts.order == 1 and unread_order1:
+        messages.append(no_effect_message(unread_order1, "with order=1 (for the second-order "
+                                                         "solve)"))
+    unread = [name for name, readers in _SOLVE_SETTINGS
+              if name in given and opts.solver not in readers]
+    if opts.order == 2 and unread:
+        messages.append(no_effect_message(unread, f"with solver={opts.solver!r} "
+                                                  f"{_NOT_READ_WHY[opts.solver]}"))
     if opts.order == 2 and not (isinstance(tau, str) and tau == "auto"):
         messages.append(no_effect_message(["tau"], "with order=2 (it is the first-order "
                                                    "step size)"))
@@ -656,7 +688,11 @@ def influence_update(
         lissa: :class:`LissaSettings` (defaults: the reference's CIFAR settings, summed
             batch Hessians: the step is ``k (H + k d s I)^{-1} G``, k = ceil(N / B)).
             Used by ``order=2, solver="lissa"`` only; given otherwise it has no effect
-            and is warned about (UserWarning).
+            and is warned about (UserWarning), as are ``solver``, ``damping``,
+            ``curvature_subsample``, ``tol``, ``maxiter`` and ``restarts`` given (not at
+            their defaults) with ``order=1``, and those LiSSA (``damping``, ``tol``,
+            ``maxiter``, ``restarts``; ``curvature_subsample`` is refused) or the direct
+            solve (``tol``, ``maxiter``, ``restarts``) does not read.
         compute_residual: Compute the true relative residual for LiSSA (one extra
             full-data HVP; CG and direct always have it).
         max_direct_params: Largest P accepted by ``"direct"``.
@@ -692,7 +728,9 @@ def influence_update(
         compute_residual=compute_residual, check_loss=check_loss, apply=apply,
         progress=progress)
     # the caller of influence_update (through its rnn-kernels wrapper)
-    _warn_no_effect(opts, tau, lissa, stacklevel=3)
+    _warn_no_effect(opts, tau, lissa, stacklevel=3, solve_settings=dict(
+        solver=solver, damping=damping, curvature_subsample=curvature_subsample, tol=tol,
+        maxiter=maxiter, restarts=restarts))
     names, loss_fn, order, settings = opts.names, opts.loss_fn, opts.order, opts.lissa
     damping, tol = float(damping), float(tol)
     loss_tolerance = float(loss_tolerance)
