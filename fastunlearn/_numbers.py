@@ -21,10 +21,14 @@ from typing import SupportsFloat, SupportsIndex, cast
 import numpy as np
 
 __all__ = [
+    "MAX_SEED",
     "as_float",
     "as_int",
     "as_plain",
     "check_flag",
+    "check_int",
+    "check_real",
+    "check_seed",
     "is_finite",
     "is_flag",
     "is_integer",
@@ -61,6 +65,83 @@ def check_flag(name: str, value: object) -> bool:
     if not is_flag(value):
         raise TypeError(f"'{name}' must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
+
+
+#: Largest seed of a ``torch.Generator`` (an unsigned 64-bit integer). A negative seed is
+#: refused: the generator would alias it onto another one silently.
+MAX_SEED = 2**64 - 1
+
+
+def check_int(name: str, value: object, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """Return an integer argument as a Python int, checked to lie in ``[minimum, maximum]``.
+
+    The library's check of a count or an index given as an argument (``np.int64`` is
+    accepted; a bool or a float is not an int).
+
+    Raises:
+        TypeError: ``value`` is not a Python or NumPy integer, naming ``name``.
+        ValueError: It is below ``minimum`` or above ``maximum`` (when given).
+
+    """
+    if not is_integer(value):
+        raise TypeError(f"'{name}' must be an int, got {type(value).__name__} {value!r}")
+    number = as_int(value)
+    if minimum is not None and number < minimum:
+        raise ValueError(f"'{name}' must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"'{name}' must be <= {_power_of_two_text(maximum)}, got {number}")
+    return number
+
+
+def check_seed(name: str, value: object, maximum: int = MAX_SEED) -> int:
+    """Return a seed as a Python int, checked to lie in ``[0, maximum]``.
+
+    ``maximum`` defaults to a ``torch.Generator``'s range; a caller that adds offsets to the
+    seed or passes it to a smaller generator gives its own.
+
+    Raises:
+        TypeError: ``value`` is not a Python or NumPy integer, naming ``name``.
+        ValueError: It is negative or above ``maximum``.
+
+    """
+    bound = _power_of_two_text(maximum)
+    if not is_integer(value):
+        raise TypeError(f"'{name}' must be an int in [0, {bound}], got "
+                        f"{type(value).__name__} {value!r}")
+    number = as_int(value)
+    if not 0 <= number <= maximum:
+        raise ValueError(f"'{name}' must be an int in [0, {bound}], got {number}")
+    return number
+
+
+def _power_of_two_text(maximum: int) -> str:
+    """``2**64 - 1`` for 18446744073709551615, the number itself otherwise."""
+    top = maximum + 1
+    if top > 1024 and top & (top - 1) == 0:
+        return f"2**{top.bit_length() - 1} - 1"
+    return str(maximum)
+
+
+def check_real(name: str, value: object, *, positive: bool = False) -> float:
+    """Return a finite real argument ``>= 0`` (``> 0`` with ``positive``) as a float.
+
+    The library's check of a rate, a tolerance or a weight given as an argument (NumPy
+    reals are accepted; a bool is not a number; an int beyond the float range is infinite).
+
+    Raises:
+        TypeError: ``value`` is not a Python or NumPy real number, naming ``name``.
+        ValueError: It is not finite, is negative, or is 0 with ``positive``.
+
+    """
+    if not is_real(value):
+        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__} "
+                        f"{value!r}")
+    number = as_float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"'{name}' must be finite and {'> 0' if positive else '>= 0'}, "
+                         f"got {number}")
+    return number
 
 
 def as_int(value: object) -> int:

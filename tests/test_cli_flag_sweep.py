@@ -473,7 +473,7 @@ def test_forget_no_cache_and_cache_dir_contradict(tmp_path, capsys, stub_runner)
 def test_forget_set_nan_is_refused_as_not_finite(capsys, stub_runner):
     stub_runner(("fastunlearn.harness", "run_harness"))
     assert main(["forget", "--method", "finetune", "--set", "finetune.lr=nan"]) == 2
-    assert "lr must be finite" in capsys.readouterr().err
+    assert "'lr' must be finite" in capsys.readouterr().err
 
 
 def test_unlearn_features_rows_error_names_the_flag(tmp_path, capsys, stub_runner):

@@ -42,7 +42,7 @@ from .._atomic_files import write_text
 from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, skippable, stop_points, stop_requested
 from .._json_data import json_ready
-from .._numbers import check_flag, is_finite, is_integer, is_real, plain_fields
+from .._numbers import check_flag, check_seed, is_finite, is_integer, is_real, plain_fields
 from .._output_folder import check_output_folder
 from .._repr import fields_repr, format_number, summarize
 from .._unused_settings import warn_unused_settings
@@ -219,11 +219,7 @@ class ExperimentConfig:
             if value < (1 if name == "num_steps" else 0):
                 kind = "positive" if name == "num_steps" else "non-negative"
                 raise ValueError(f"'{name}' must be {kind}, got {value}")
-        from ..influence.arguments import MAX_SEED
-
-        if self.seed > MAX_SEED:  # the removal order seeds a torch.Generator with it
-            raise ValueError(f"'seed' must be at most 2**64 - 1 (a torch.Generator seed), "
-                             f"got {self.seed}")
+        check_seed("seed", self.seed)  # the removal order seeds a torch.Generator with it
         for name in ("retrain", "time_retraining", "plots", "verbose"):
             setattr(self, name, check_flag(name, getattr(self, name)))
         if self.gamma not in GAMMAS:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .._equality import dataclass_eq
-from .._numbers import as_float, as_int, is_integer, is_real
+from .._numbers import as_float, check_int, is_real
 from ..data.vision import load_features, save_features
 from ..epoch_state import EpochState
 
@@ -90,15 +90,6 @@ def _check_real(value: object, arg: str, *, low: float, inclusive: bool) -> floa
     if not ok or not math.isfinite(value):
         sign = ">=" if inclusive else ">"
         raise ValueError(f"'{arg}' must be finite and {sign} {low}, got {value}")
-    return value
-
-
-def _check_count(value: object, arg: str, *, low: int = 1) -> int:
-    if not is_integer(value):  # Python or NumPy int, not a bool
-        raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
-    value = as_int(value)
-    if value < low:
-        raise ValueError(f"'{arg}' must be >= {low}, got {value}")
     return value
 
 
@@ -260,7 +251,7 @@ def train_standard_extractor(
 
     """
     model = _check_model(model)
-    epochs = _check_count(epochs, "epochs")
+    epochs = check_int("epochs", epochs, 1)
     lr = _check_real(lr, "lr", low=0.0, inclusive=False)
     weight_decay = _check_real(weight_decay, "weight_decay", low=0.0, inclusive=True)
     state = _epoch_state(epoch_checkpoint, "standard", model, train_loader, lr=lr,
@@ -307,7 +298,7 @@ def dp_epsilon(
     sample_rate = _check_real(sample_rate, "sample_rate", low=0.0, inclusive=False)
     if sample_rate > 1.0:
         raise ValueError(f"'sample_rate' must be in (0, 1], got {sample_rate}")
-    steps = _check_count(steps, "steps", low=0)
+    steps = check_int("steps", steps, 0)
     delta = _check_probability(delta, "delta")
     if steps == 0:
         return 0.0
@@ -389,7 +380,7 @@ def train_dp_extractor(
         raise TypeError(
             f"'train_loader' must be a torch DataLoader, got {type(train_loader).__name__}"
         )
-    epochs = _check_count(epochs, "epochs")
+    epochs = check_int("epochs", epochs, 1)
     lr = _check_real(lr, "lr", low=0.0, inclusive=False)
     noise_multiplier = _check_real(noise_multiplier, "noise_multiplier", low=0.0, inclusive=False)
     max_grad_norm = _check_real(max_grad_norm, "max_grad_norm", low=0.0, inclusive=False)
@@ -580,7 +571,7 @@ def pgd_attack(
 
     """
     eps, step, valid = _attack_checks(model, epsilon, alpha, input_range)
-    steps = _check_count(steps, "steps")
+    steps = check_int("steps", steps, 1)
     if step is None:
         step = 2.5 * eps / steps
     x = x.detach()
@@ -653,8 +644,8 @@ def train_adversarial_extractor(
     if attack not in _ATTACKS:
         raise ValueError(f"'attack' must be one of {_ATTACKS}, got {attack!r}")
     eps, step, valid = _attack_checks(model, epsilon, alpha, input_range)
-    steps = _check_count(steps, "steps")
-    epochs = _check_count(epochs, "epochs")
+    steps = check_int("steps", steps, 1)
+    epochs = check_int("epochs", epochs, 1)
     lr = _check_real(lr, "lr", low=0.0, inclusive=False)
     weight_decay = _check_real(weight_decay, "weight_decay", low=0.0, inclusive=True)
 
@@ -832,7 +823,7 @@ def compose_privacy(
     for value, arg in ((delta_dp, "delta_dp"), (delta_cr, "delta_cr")):
         if value >= 1.0:
             raise ValueError(f"'{arg}' must be in [0, 1), got {value}")
-    k = _check_count(removals, "removals", low=0)
+    k = check_int("removals", removals, 0)
     eps_ext = k * epsilon_dp
     delta_ext = _group_delta(k, epsilon_dp, delta_dp)
     return ComposedPrivacy(

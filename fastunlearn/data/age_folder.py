@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._numbers import as_float, as_int, is_integer, is_real
+from .._numbers import as_float, as_int, check_int, check_seed, is_integer, is_real
 
 __all__ = [
     "AGE_LAYOUTS",
@@ -78,12 +78,9 @@ def age_bins(
         TypeError: If ``ages`` is not an integer tensor.
 
     """
-    for value, arg in ((bin_width, "bin_width"), (num_bins, "num_bins")):
-        if not is_integer(value):
-            raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
-        if not 1 <= value <= 2**63 - 1:  # int64 arithmetic: larger values overflow
-            raise ValueError(f"'{arg}' must be in 1..2**63-1, got {value}")
-    bin_width, num_bins = as_int(bin_width), as_int(num_bins)
+    # int64 arithmetic: larger values overflow
+    bin_width = check_int("bin_width", bin_width, 1, 2**63 - 1)
+    num_bins = check_int("num_bins", num_bins, 1, 2**63 - 1)
     if not isinstance(ages, Tensor) or ages.dtype.is_floating_point or ages.dtype == torch.bool:
         raise TypeError("'ages' must be an integer tensor")
     if (ages < 0).any():
@@ -396,11 +393,7 @@ def subject_forget_split(
     fraction = as_float(fraction)
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"'fraction' must be in (0, 1), got {fraction}")
-    if not is_integer(seed):
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    seed = as_int(seed)
-    if not 0 <= seed < 2**64:  # torch.Generator's range; negative seeds alias large ones
-        raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
+    seed = check_seed("seed", seed)  # a negative seed would alias a large one
     n = len(subjects)
     names = sorted(set(subjects))
     of = {s: i for i, s in enumerate(names)}

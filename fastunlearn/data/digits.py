@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .._numbers import as_float, check_flag, is_integer, is_real
+from .._numbers import as_float, check_flag, check_seed, is_integer, is_real
 from .._repr import fields_repr
 
 __all__ = ["DigitsSplit", "digits_images", "load_digits_dataset"]
@@ -191,10 +191,7 @@ def load_digits_dataset(
                         f"{type(test_fraction).__name__} {test_fraction!r}")
     if not 0.0 < as_float(test_fraction) < 1.0:
         raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
-    if not is_integer(seed):
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**60:  # each class seeds a generator with seed * 16 + class
-        raise ValueError(f"'seed' must be in 0..2**60-1, got {seed}")
+    seed = check_seed("seed", seed, 2**60 - 1)  # each class seeds seed * 16 + class
 
     data, target = _raw_digits()
     if pair is None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .._atomic_files import write_text
-from .._numbers import as_int, is_integer
+from .._numbers import check_seed
 from .._paths import check_output_file
 
 __all__ = ["FORGET_SPEC_FORMS", "load_forget_indices", "parse_forget_spec", "save_forget_indices"]
@@ -260,11 +260,7 @@ def parse_forget_spec(
     """
     if not isinstance(spec, str):
         raise TypeError(f"'spec' must be a str, got {type(spec).__name__}")
-    if not is_integer(seed):
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    seed = as_int(seed)  # a NumPy integer as a Python int
-    if not 0 <= seed < 2**64:  # torch.Generator's range; negative seeds alias large ones
-        raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
+    seed = check_seed("seed", seed)  # a negative seed would alias a large one
     kind, sep, body = spec.partition(":")
     kind = kind.strip().lower()
     if not sep or kind not in ("class", "random", "file"):

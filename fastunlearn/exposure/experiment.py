@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .._device import parse_device
 from .._equality import dataclass_eq
 from .._json_data import json_ready
-from .._numbers import as_float, as_int, check_flag, is_integer, is_real
+from .._numbers import as_float, as_int, check_flag, check_int, check_seed, is_integer, is_real
 from .._numbers import is_finite as _finite
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._unused_settings import warn_unused_settings
@@ -73,21 +73,6 @@ _DEFAULT_CANDIDATES = 10_000
 #: by it): their ids alone take ``8 * L`` bytes each, so 10**9 secrets of 10 digits are
 #: 80 GB; a larger space cannot be enumerated nor sampled that densely.
 MAX_SCORED_SECRETS = 10**9
-
-#: Seeds of the exposure functions: torch.Generator's range (a negative seed would be
-#: aliased onto another one silently).
-_MAX_SEED = 2**64 - 1
-
-
-def _check_seed(seed: object) -> int:
-    """Return ``seed`` as an int once it is an int in ``0..2**64-1`` (naming 'seed')."""
-    if not is_integer(seed):
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    seed = as_int(seed)
-    if not 0 <= seed <= _MAX_SEED:  # torch.Generator's range
-        raise ValueError(f"'seed' must be in 0..2**64-1, got {seed}")
-    return seed
-
 
 def _check_candidates(n_candidates: object) -> int | None:
     """Return ``n_candidates`` (None or an int in ``3..MAX_SCORED_SECRETS``)."""
@@ -260,12 +245,8 @@ def measure_exposure(
     if not 0 <= enumerate_limit <= MAX_SCORED_SECRETS:
         raise ValueError(f"'enumerate_limit' must be in 0..{MAX_SCORED_SECRETS} (the most "
                          f"secrets that can be enumerated), got {enumerate_limit}")
-    seed = _check_seed(seed)
-    if not is_integer(batch_size):  # a count: the wrong type is a TypeError (bool too)
-        raise TypeError(f"'batch_size' must be an int, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"'batch_size' must be a positive int, got {batch_size!r}")
-    batch_size = as_int(batch_size)
+    seed = check_seed("seed", seed)
+    batch_size = check_int("batch_size", batch_size, 1)
     space = len(alphabet) ** length
     if space < 4:
         # the secret plus at least 3 others: fewer leave nothing to rank or to fit
@@ -395,16 +376,9 @@ def train_char_lm(
             setting has the wrong type.
 
     """
-    for value, arg, low in (
-        (steps, "steps", 0),
-        (seq_len, "seq_len", 1),
-        (batch_size, "batch_size", 1),
-    ):
-        if not is_integer(value):
-            raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
-        if value < low:
-            raise ValueError(f"'{arg}' must be >= {low}, got {value}")
-    steps, seq_len, batch_size = as_int(steps), as_int(seq_len), as_int(batch_size)
+    steps = check_int("steps", steps, 0)
+    seq_len = check_int("seq_len", seq_len, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
         raise TypeError("'ids' must be an int64 tensor")
     if ids.dim() != 1 or ids.numel() <= seq_len:
@@ -426,7 +400,7 @@ def train_char_lm(
             raise ValueError(f"'{arg}' must be finite and {'> 0' if arg == 'lr' else '>= 0'}, "
                              f"got {rate}")
     lr, weight_decay = _plain_real(lr), _plain_real(weight_decay)
-    seed = _check_seed(seed)
+    seed = check_seed("seed", seed)
     progress = check_flag("progress", progress)
     from tqdm.auto import tqdm
 
@@ -468,11 +442,7 @@ def greedy_completion(
         TypeError: If ``length`` is not an int.
 
     """
-    if not is_integer(length):
-        raise TypeError(f"'length' must be an int, got {type(length).__name__}")
-    length = as_int(length)
-    if length < 0:
-        raise ValueError(f"'length' must be >= 0, got {length}")
+    length = check_int("length", length, 0)
     if not isinstance(prefix, str) or not prefix:
         raise ValueError("'prefix' must be a non-empty str")
     _check_model(model)
@@ -579,19 +549,10 @@ class CanaryConfig:
             value = getattr(self, name)
             if name == "secret_length" and value is None:  # from the secret (below)
                 continue
-            if not is_integer(value):
-                raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"'{name}' must be >= 1, got {value}")
-            object.__setattr__(self, name, as_int(value))  # frozen; a NumPy int as an int
+            # frozen; a NumPy int is stored as a Python int
+            object.__setattr__(self, name, check_int(name, value, 1))
         for name in ("insertions", "steps"):
-            value = getattr(self, name)
-            if not is_integer(value):  # a bool or a float is the wrong type
-                raise TypeError(f"'{name}' must be an int, got {type(value).__name__} "
-                                f"{value!r}")
-            if value < 0:
-                raise ValueError(f"'{name}' must be an int >= 0, got {value!r}")
-            object.__setattr__(self, name, as_int(value))
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 0))
         if not is_integer(self.enumerate_limit):
             raise TypeError(f"'enumerate_limit' must be an int, got "
                             f"{type(self.enumerate_limit).__name__}")
@@ -634,7 +595,7 @@ class CanaryConfig:
         if not self.prefix:
             raise ValueError("'prefix' must be a non-empty str")
         # torch.Generator's range (train_char_lm and measure_exposure check it too)
-        object.__setattr__(self, "seed", _check_seed(self.seed))
+        object.__setattr__(self, "seed", check_seed("seed", self.seed))
         for name in ("control", "progress"):  # a bool or np.bool_, stored as a plain bool
             object.__setattr__(self, name, check_flag(name, getattr(self, name)))
         parse_device(self.device)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .._numbers import as_float, as_int, is_finite, is_flag, is_integer, is_real
+from .._numbers import as_float, as_int, check_int, is_finite, is_flag, is_integer, is_real
 
 __all__ = [
     "SkewNormalFit",
@@ -138,12 +138,8 @@ def exposure_from_rank(rank: int | np.integer, space_size: int | np.integer) -> 
         TypeError: If an argument is not an int.
 
     """
-    for value, arg in ((rank, "rank"), (space_size, "space_size")):
-        if not is_integer(value):
-            raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
-    rank, space_size = as_int(rank), as_int(space_size)
-    if space_size < 1:
-        raise ValueError(f"'space_size' must be >= 1, got {space_size}")
+    rank = check_int("rank", rank)
+    space_size = check_int("space_size", space_size, 1)
     if not 1 <= rank <= space_size:
         raise ValueError(f"'rank' must be in 1..space_size={space_size}, got {rank}")
     return math.log2(space_size) - math.log2(rank)

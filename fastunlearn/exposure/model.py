@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .._numbers import as_int, is_integer
+from .._numbers import check_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,18 +58,10 @@ class CharLM(nn.Module):
         cell: str = "lstm",
     ) -> None:
         super().__init__()
-        for value, arg in (
-            (vocab_size, "vocab_size"),
-            (embed_dim, "embed_dim"),
-            (hidden, "hidden"),
-            (layers, "layers"),
-        ):
-            if not is_integer(value):
-                raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"'{arg}' must be >= 1, got {value}")
-        vocab_size, embed_dim = as_int(vocab_size), as_int(embed_dim)
-        hidden, layers = as_int(hidden), as_int(layers)
+        vocab_size = check_int("vocab_size", vocab_size, 1)
+        embed_dim = check_int("embed_dim", embed_dim, 1)
+        hidden = check_int("hidden", hidden, 1)
+        layers = check_int("layers", layers, 1)
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
         if rnn is None:
             raise ValueError(f"'cell' must be 'lstm' or 'gru', got {cell!r}")
@@ -180,11 +172,7 @@ def sequence_log_perplexity(
         vocab = getattr(model, "vocab_size", None)
         if value.numel() and (value.min() < 0 or (vocab is not None and value.max() >= vocab)):
             raise ValueError(f"'{arg}' holds ids outside the vocabulary")
-    if not is_integer(batch_size):  # a bool is not one either
-        raise TypeError(f"'batch_size' must be an int, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"'batch_size' must be a positive int, got {batch_size!r}")
-    batch_size = as_int(batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     _check_model(model)
     device = next(model.parameters()).device
     modes = _module_modes(model)

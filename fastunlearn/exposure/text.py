@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._numbers import as_int, is_integer
+from .._numbers import check_int, check_seed, is_integer
 
 __all__ = ["CharVocab", "DIGITS", "generate_corpus", "insert_canary"]
 
@@ -75,14 +75,13 @@ _ENDINGS = (
 
 
 def _check_seed(seed: object) -> int:
-    """Return ``seed`` as a Python int; refuse one that is not an int.
+    """Return ``seed`` as a Python int in ``[0, 2**64 - 1]``.
 
-    None would seed ``random.Random`` from the clock; a NumPy integer (which
-    ``random.Random`` refuses) is accepted and returned as an int.
+    None would seed ``random.Random`` from the clock and a negative seed would alias its
+    absolute value; a NumPy integer (which ``random.Random`` refuses) is accepted and
+    returned as an int.
     """
-    if not is_integer(seed):
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    return as_int(seed)
+    return check_seed("seed", seed)
 
 
 def generate_corpus(n_sentences: int | np.integer = 2000, seed: int | np.integer = 0) -> str:
@@ -96,11 +95,7 @@ def generate_corpus(n_sentences: int | np.integer = 2000, seed: int | np.integer
         TypeError: If ``n_sentences`` or ``seed`` is not an int.
 
     """
-    if not is_integer(n_sentences):
-        raise TypeError(f"'n_sentences' must be an int, got {type(n_sentences).__name__}")
-    n_sentences = as_int(n_sentences)
-    if n_sentences < 1:
-        raise ValueError(f"'n_sentences' must be >= 1, got {n_sentences}")
+    n_sentences = check_int("n_sentences", n_sentences, 1)
     seed = _check_seed(seed)
     rng = random.Random(seed)
     sentences = []
@@ -140,11 +135,7 @@ def insert_canary(
 
     """
     seed = _check_seed(seed)
-    if not is_integer(insertions):
-        raise TypeError(f"'insertions' must be an int, got {type(insertions).__name__}")
-    insertions = as_int(insertions)
-    if insertions < 0:
-        raise ValueError(f"'insertions' must be >= 0, got {insertions}")
+    insertions = check_int("insertions", insertions, 0)
     if not isinstance(canary, str) or not canary:
         raise ValueError("'canary' must be a non-empty str")
     if not isinstance(text, str):

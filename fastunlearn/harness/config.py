@@ -24,7 +24,16 @@ import numpy as np
 import torch
 
 from .._device import parse_device
-from .._numbers import as_float, as_int, check_flag, is_finite, is_flag, is_integer, is_real
+from .._numbers import (
+    as_float,
+    as_int,
+    check_flag,
+    check_int,
+    is_finite,
+    is_flag,
+    is_integer,
+    is_real,
+)
 from .._paths import check_path
 from .._unused_settings import UnusedRule, non_default_fields, unused_setting_messages
 from ..forget import available_methods, get_method
@@ -105,12 +114,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if not is_integer(v):  # a bool or a float is the wrong type
-                raise TypeError(f"'{name}' must be an int, got {type(v).__name__} {v!r}")
-            if not 1 <= v <= _MAX_INT:
-                raise ValueError(f"'{name}' must be an int >= 1 (<= 2**63 - 1), got {v!r}")
-            object.__setattr__(self, name, as_int(v))  # a NumPy integer is stored as an int
+            # a NumPy integer is stored as an int
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1, _MAX_INT))
         for name in ("lr", "momentum", "weight_decay"):
             v = getattr(self, name)
             if not is_real(v):  # a bool or a str is the wrong type
@@ -230,19 +235,9 @@ class HarnessConfig:
         for m in self.methods:
             get_method(m)  # ValueError naming the known methods
         for name in ("seeds", "oracles"):
-            v = getattr(self, name)
-            if not is_integer(v):  # a bool or a float is the wrong type
-                raise TypeError(f"'{name}' must be an int, got {type(v).__name__} {v!r}")
-            if v < 1:
-                raise ValueError(f"'{name}' must be an int >= 1, got {v!r}")
-            setattr(self, name, as_int(v))
+            setattr(self, name, check_int(name, getattr(self, name), 1))
         for name in ("train_seed", "forget_seed"):
-            v = getattr(self, name)
-            if not is_integer(v):
-                raise TypeError(f"'{name}' must be an int, got {type(v).__name__} {v!r}")
-            if v < 0:
-                raise ValueError(f"'{name}' must be an int >= 0, got {v!r}")
-            setattr(self, name, as_int(v))
+            setattr(self, name, check_int(name, getattr(self, name), 0))
         # the last oracle's seed (train_seed + ORACLE_SEED_OFFSET + oracles - 1) and the
         # forget seed go to 64-bit torch generators
         top = _MAX_INT - ORACLE_SEED_OFFSET - (self.oracles - 1)
@@ -252,10 +247,7 @@ class HarnessConfig:
         if self.forget_seed > _MAX_INT:
             raise ValueError(f"'forget_seed' must be <= 2**63 - 1, got {self.forget_seed}")
         for name in ("mia", "progress", "plots", "skip_unsuitable"):
-            if not is_flag(getattr(self, name)):
-                raise TypeError(f"'{name}' must be a bool, got "
-                                f"{type(getattr(self, name)).__name__}")
-            setattr(self, name, bool(getattr(self, name)))
+            setattr(self, name, check_flag(name, getattr(self, name)))
         if not isinstance(self.train, TrainSettings):
             raise TypeError(f"'train' must be a TrainSettings, got {type(self.train).__name__}")
         from ..models.zoo import MODELS

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .._equality import dataclass_eq
-from .._numbers import as_int, is_integer
+from .._numbers import check_int
 from .._repr import fields_repr
 from ..data import parse_forget_spec
 from ..models import build_model
@@ -50,12 +50,7 @@ class HarnessData:
             if not isinstance(getattr(self, n), Tensor):
                 raise TypeError(f"'{n}' must be a torch.Tensor, got "
                                 f"{type(getattr(self, n)).__name__}")
-        if not is_integer(self.num_classes):  # a bool or a float is the wrong type
-            raise TypeError(f"'num_classes' must be an int, got "
-                            f"{type(self.num_classes).__name__} {self.num_classes!r}")
-        if self.num_classes < 2:
-            raise ValueError(f"'num_classes' must be an int >= 2, got {self.num_classes!r}")
-        self.num_classes = as_int(self.num_classes)
+        self.num_classes = check_int("num_classes", self.num_classes, 2)
         for x, y, part in ((self.x_train, self.y_train, "train"),
                            (self.x_test, self.y_test, "test")):
             if not x.is_floating_point():

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._model_inputs import refuse_input_dtype
-from .._numbers import as_int, is_integer
+from .._numbers import check_int
 from .._output_folder import check_output_folder
 from ..forget import run_method
 from ..forget.suitability import unsuitable_reason
@@ -80,12 +80,7 @@ def collect_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Te
         raise TypeError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, Tensor):
         raise TypeError(f"'x' must be a torch.Tensor, got {type(x).__name__}")
-    if not is_integer(batch_size):  # a bool or a float is the wrong type
-        raise TypeError(f"'batch_size' must be an int, got {type(batch_size).__name__} "
-                        f"{batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
-    batch_size = as_int(batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

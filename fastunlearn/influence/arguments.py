@@ -5,14 +5,12 @@ Each raises TypeError or ValueError naming the argument; nothing here runs a sol
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .._numbers import as_float as _as_float
-from .._numbers import as_int, is_integer, is_real
+from .._numbers import as_int, check_real, is_integer
 from .gradients import eval_mode
 
 
@@ -80,16 +78,6 @@ def _check_labelled_rows(X: object, y: object) -> tuple[Tensor, Tensor]:
     return X, y
 
 
-def _check_float(name: str, value: object, *, positive: bool = False) -> float:
-    if not is_real(value):  # Python or NumPy real, not a bool
-        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    value = _as_float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"'{name}' must be finite and {'> 0' if positive else '>= 0'}, "
-                         f"got {value}")
-    return value
-
-
 def _check_auto_or_float(name: str, value: object, *, positive: bool = False) -> float | None:
     """``"auto"`` (returned as None) or a finite real >= 0 (> 0 with ``positive``).
 
@@ -103,22 +91,7 @@ def _check_auto_or_float(name: str, value: object, *, positive: bool = False) ->
             kind = "positive" if positive else "non-negative"
             raise ValueError(f"'{name}' must be a {kind} number or 'auto', got {value!r}")
         return None
-    return _check_float(name, value, positive=positive)
-
-
-def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    if not is_integer(value):  # Python or NumPy int, not a bool
-        raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
-    value = as_int(value)
-    if value < minimum:
-        raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"'{name}' must be <= {maximum}, got {value}")
-    return value
-
-
-#: Largest seed of a ``torch.Generator`` (an unsigned 64-bit integer).
-MAX_SEED = 2**64 - 1
+    return check_real(name, value, positive=positive)
 
 
 def _check_order(order: object) -> int:

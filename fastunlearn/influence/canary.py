@@ -30,15 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from .._atomic_files import write_text
-from .._numbers import check_flag, is_integer
+from .._numbers import check_flag, check_int, check_seed, is_integer
 from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._result_shape import check_result_shape, require_entries
 from .arguments import (
-    MAX_SEED,
     _check_auto_or_float,
-    _check_int,
     _check_order,
 )
 from .update import CURVATURES, influence_update
@@ -154,11 +152,7 @@ class CanaryUnlearnConfig:
             value = getattr(self, name)
             if name == "seq_len" and value is None:
                 continue
-            if not is_integer(value):  # a bool or float is no count
-                raise TypeError(f"'{name}' must be an int >= 1, got {type(value).__name__} "
-                                f"{value!r}")
-            if value < 1:
-                raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
+            check_int(name, value, 1)  # a bool or float is no count
         _check_order(self.order)
         _check_auto_or_float("tau", self.tau, positive=True)
         if not isinstance(self.curvature, str):
@@ -168,11 +162,7 @@ class CanaryUnlearnConfig:
             raise ValueError(f"'curvature' must be one of {CURVATURES}, got "
                              f"{self.curvature!r}")
         _check_auto_or_float("damping", self.damping)
-        if not is_integer(self.seed):
-            raise TypeError(f"'seed' must be an int in [0, 2**64 - 1], got "
-                            f"{type(self.seed).__name__} {self.seed!r}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {self.seed!r}")
+        check_seed("seed", self.seed)
         check_flag("retrain", self.retrain)  # "no" would be truthy and retrain
         check_flag("progress", self.progress)
         return self
@@ -201,7 +191,7 @@ def auto_damping(num_affected: int) -> float:
         ValueError: ``num_affected < 1``.
 
     """
-    num_affected = _check_int("num_affected", num_affected, 1)
+    num_affected = check_int("num_affected", num_affected, 1)
     return AUTO_DAMPING_BASE * (num_affected / AUTO_DAMPING_WINDOWS) ** 2
 
 
@@ -229,8 +219,8 @@ def canary_windows(
     if not isinstance(ids, Tensor) or ids.dim() != 1:
         shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
         raise TypeError(f"'ids' must be a 1-D tensor of character ids, got {shape}")
-    seq_len = _check_int("seq_len", seq_len, 1)
-    stride = _check_int("stride", stride, 1)
+    seq_len = check_int("seq_len", seq_len, 1)
+    stride = check_int("stride", stride, 1)
     n = ids.numel()
     if isinstance(spans, (str, bytes)) or not hasattr(spans, "__iter__"):
         raise TypeError(f"'spans' must be a sequence of (a, b) pairs, got "

@@ -21,12 +21,10 @@ from torch import Tensor, nn
 
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._model_inputs import refuse_input_dtype
-from .._numbers import as_float, as_int, is_integer, is_real
+from .._numbers import as_float, check_int, check_seed, is_real
 from .._repr import format_number
 from .arguments import (
-    MAX_SEED,
     _check_inputs,
-    _check_int,
     _check_target_range,
     _check_target_type,
     _num_outputs,
@@ -143,11 +141,7 @@ def predict(model: nn.Module, inputs: Tensor, *, chunk_size: int | np.integer = 
     if not isinstance(model, nn.Module):
         raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
     inputs = _check_tensor("inputs", inputs)
-    if not is_integer(chunk_size):  # Python or NumPy int, not a bool
-        raise TypeError(f"'chunk_size' must be an int, got {type(chunk_size).__name__}")
-    chunk_size = as_int(chunk_size)
-    if chunk_size < 1:
-        raise ValueError(f"'chunk_size' must be >= 1, got {chunk_size}")
+    chunk_size = check_int("chunk_size", chunk_size, 1)
     out = []
     with torch.no_grad(), eval_mode(model):
         for start in range(0, inputs.shape[0], chunk_size):
@@ -475,9 +469,9 @@ def iterative_label_repair(
     if labels.ndim != 1 or labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"'labels' must be 1-D with one label per row of 'inputs' "
                          f"({inputs.shape[0]}), got shape {list(labels.shape)}")
-    steps, batch_size, chunk_size = (_check_int(name, value, 1) for name, value in (
+    steps, batch_size, chunk_size = (check_int(name, value, 1) for name, value in (
         ("steps", steps), ("batch_size", batch_size), ("chunk_size", chunk_size)))
-    seed = _check_int("seed", seed, 0, MAX_SEED)
+    seed = check_seed("seed", seed)
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"'evaluate' must be callable, got {type(evaluate).__name__}")
     check_stop_callable(should_stop)

@@ -45,7 +45,7 @@ from .._earlier_results import keep_earlier_run
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._json_data import json_ready
 from .._model_cache import cache_key, load_cached, store_cached, tensor_digest, weights_digest
-from .._numbers import as_float, check_flag, is_integer, is_real
+from .._numbers import as_float, check_flag, check_int, check_real, check_seed, is_integer, is_real
 from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
 from .._paths import check_path
@@ -53,10 +53,7 @@ from .._process_flags import GLOBAL_RNG_LOCK
 from .._unused_settings import warn_unused_settings
 from ..epoch_state import EpochState, cache_epoch_state, saved_epochs
 from .arguments import (
-    MAX_SEED,
     _check_auto_or_float,
-    _check_float,
-    _check_int,
     _check_labelled_rows,
     _check_order,
 )
@@ -232,12 +229,12 @@ class RepairConfig:
             self.cache_dir = os.fspath(self.cache_dir)  # a Path would not go into the JSON
         for name in ("epochs", "train_batch", "steps", "batch", "cg_maxiter", "lissa_batch",
                      "lissa_depth"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ("last_layers", "n_train"):
-            _check_int(name, getattr(self, name), 0)
-        _check_int("seed", self.seed, 0, MAX_SEED)
+            check_int(name, getattr(self, name), 0)
+        check_seed("seed", self.seed)
         if self.hvp_batch_size is not None:
-            _check_int("hvp_batch_size", self.hvp_batch_size, 1)
+            check_int("hvp_batch_size", self.hvp_batch_size, 1)
         if self.budget is not None:
             if not is_integer(self.budget):
                 raise TypeError(f"'budget' must be an int or None, got "
@@ -257,9 +254,9 @@ class RepairConfig:
             raise ValueError(f"'protocols' holds duplicates: {tuple(self.protocols)}")
         _check_order(self.order)
         for name in ("damping", "lissa_damping"):
-            _check_float(name, getattr(self, name))
+            check_real(name, getattr(self, name))
         for name in ("lr", "lissa_scale"):
-            _check_float(name, getattr(self, name), positive=True)
+            check_real(name, getattr(self, name), positive=True)
         if not is_real(self.cg_tol):
             raise TypeError(f"'cg_tol' must be a real number, got "
                             f"{type(self.cg_tol).__name__} {self.cg_tol!r}")
@@ -410,10 +407,10 @@ def train_classifier(
     X, y = _check_labelled_rows(X, y)
     if X.shape[0] == 0:
         raise ValueError("'X' and 'y' are empty: nothing to train on")
-    epochs = _check_int("epochs", epochs, 0)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    lr = _check_float("lr", lr, positive=True)
-    seed = _check_int("seed", seed, 0, MAX_SEED)
+    epochs = check_int("epochs", epochs, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    lr = check_real("lr", lr, positive=True)
+    seed = check_seed("seed", seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
     model.train()

@@ -45,17 +45,13 @@ import torch
 from torch import Tensor, nn
 
 from .._json_data import json_ready
-from .._numbers import check_flag, is_integer, is_real
+from .._numbers import as_float, check_flag, check_int, check_real, check_seed, is_integer, is_real
 from .._numbers import plain_fields as _plain_fields
 from .._result_shape import check_result_shape
 from .._unused_settings import warn_unused_settings
 from .arguments import (
-    MAX_SEED,
-    _as_float,
     _check_auto_or_float,
-    _check_float,
     _check_inputs,
-    _check_int,
     _check_labelled_rows,
     _check_target_range,
     _num_outputs,
@@ -206,17 +202,8 @@ class FeatureConfig:
                 raise ValueError(f"'columns' holds duplicates: {list(self.columns)}")
         # a wrong type is a TypeError (a bool is no count or rate); then the range
         for name in ("top_k", "n_rows", "cg_maxiter", "train_rounds", "steps"):
-            value = getattr(self, name)
-            if not is_integer(value):
-                raise TypeError(f"'{name}' must be an int >= 1, got {type(value).__name__} "
-                                f"{value!r}")
-            if value < 1:
-                raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
-        if not is_integer(self.seed):
-            raise TypeError(f"'seed' must be an int in [0, 2**64 - 1], got "
-                            f"{type(self.seed).__name__} {self.seed!r}")
-        if not 0 <= self.seed <= MAX_SEED:  # a torch.Generator seed (replace mode)
-            raise ValueError(f"'seed' must be an int in [0, 2**64 - 1], got {self.seed!r}")
+            check_int(name, getattr(self, name), 1)
+        check_seed("seed", self.seed)  # a torch.Generator seed (replace mode)
         for name in ("l2", "linear_lam", "epsilon", "train_tol", "value", "cg_tol", "delta",
                      "test_fraction"):
             value = getattr(self, name)
@@ -225,11 +212,11 @@ class FeatureConfig:
                                 f"{type(value).__name__} {value!r}")
         for name in ("l2", "linear_lam", "epsilon", "train_tol"):
             value = getattr(self, name)
-            if not 0 < _as_float(value) < math.inf:
+            if not 0 < as_float(value) < math.inf:
                 raise ValueError(f"'{name}' must be finite and > 0, got {value!r}")
         for name in ("value", "cg_tol"):
             value = getattr(self, name)
-            if not math.isfinite(_as_float(value)):
+            if not math.isfinite(as_float(value)):
                 raise ValueError(f"'{name}' must be a finite number, got {value!r}")
         _check_cg_tol(self.cg_tol)
         for name in ("delta", "test_fraction"):
@@ -303,9 +290,9 @@ def load_feature_data(dataset: str, *, test_fraction: float = 0.2, seed: int = 0
     """
     if not is_real(test_fraction):
         raise TypeError(f"'test_fraction' must be a number, got {type(test_fraction).__name__}")
-    if not 0 < _as_float(test_fraction) < 1:
+    if not 0 < as_float(test_fraction) < 1:
         raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
-    seed = _check_int("seed", seed, 0, MAX_SEED)
+    seed = check_seed("seed", seed)
     if dataset == "digits":
         from ..data import load_digits_dataset
 
@@ -438,7 +425,7 @@ def objective_gradient(model: nn.Module, X: Tensor, y: Tensor, l2: float) -> Ten
         raise ValueError(f"'X' must be on the model's device {device}, got {X.device}")
     X, y = _check_linear_data(X, y, dtypes.pop(), None)
     _check_target_range("y", y, _num_outputs(model, X))
-    l2 = _check_float("l2", l2)
+    l2 = check_real("l2", l2)
     g = loss_gradient(model, default_loss, X, y, chunk_size=None)
     return g + l2 * _flat_params(model)
 
@@ -461,7 +448,7 @@ def curvature_step(model: nn.Linear, X: Tensor, y: Tensor, l2: float) -> float:
     """
     model = _check_linear_model(model, X)
     X, y = _check_linear_data(X, y, model.weight.dtype, model.out_features)
-    l2 = _check_float("l2", l2)
+    l2 = check_real("l2", l2)
     with torch.no_grad():
         W, b = model.weight, model.bias
         logits = X @ W.T + b
@@ -503,12 +490,12 @@ def fit_linear_model(
             ``tol`` not finite and > 0, or ``rounds < 1``.
 
     """
-    num_classes = _check_int("num_classes", num_classes, 2)
+    num_classes = check_int("num_classes", num_classes, 2)
     X, y = _check_linear_data(X, y, torch.float64, num_classes)
     # l2 > 0: J is then strictly convex and the minimiser exists (not on separable data)
-    l2 = _check_float("l2", l2, positive=True)
-    tol = _check_float("tol", tol, positive=True)
-    rounds = _check_int("rounds", rounds, 1)
+    l2 = check_real("l2", l2, positive=True)
+    tol = check_real("tol", tol, positive=True)
+    rounds = check_int("rounds", rounds, 1)
     n = X.shape[0]
     # skip_init: a plain nn.Linear would draw (and discard) its random initialisation from
     # the caller's global RNG; the weights start at zero anyway

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._numbers import as_int, is_integer
+from .._numbers import check_int
 from ..linalg import flatten_params, selected_parameter_names, unflatten_like
 
 if TYPE_CHECKING:
@@ -71,11 +71,7 @@ def last_parameters(model: nn.Module, count: int | np.integer) -> list[str]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
-    if not is_integer(count):  # Python or NumPy int, not a bool
-        raise TypeError(f"'count' must be an int, got {type(count).__name__}")
-    count = as_int(count)
-    if count < 1:
-        raise ValueError(f"'count' must be >= 1, got {count}")
+    count = check_int("count", count, 1)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if not names:
         raise ValueError("'model' has no trainable parameters")
@@ -118,12 +114,7 @@ def _check_chunk_size(chunk_size: object) -> int | None:
     """
     if chunk_size is None:
         return None
-    if not is_integer(chunk_size):  # Python or NumPy int, not a bool
-        raise TypeError(f"'chunk_size' must be an int or None, got {type(chunk_size).__name__}")
-    chunk_size = as_int(chunk_size)
-    if chunk_size < 1:
-        raise ValueError(f"'chunk_size' must be >= 1, got {chunk_size}")
-    return chunk_size
+    return check_int("chunk_size", chunk_size, 1)
 
 
 def _check_rows(pairs: Sequence[tuple[str, object]]) -> int:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._no_effect import no_effect_message
-from .._numbers import as_int, is_integer
+from .._numbers import as_int, check_seed, is_integer
 from .._numbers import is_finite as _finite
 from .._repr import fields_repr
 from ..certified.bounds import (
@@ -245,11 +245,7 @@ def fit_logistic(
     Y = _labels("y", y, X.shape[0]).unsqueeze(1)
     lam = _lam(lam)
     sigma = _finite_positive("sigma", sigma, allow_zero=True)  # NaN / inf: a named error
-    if not is_integer(seed):  # Python or NumPy int, not a bool
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    seed = as_int(seed)
-    if seed < 0:
-        raise ValueError(f"'seed' must be >= 0, got {seed}")
+    seed = check_seed("seed", seed)
     b = draw_perturbation(seed, 0, X.shape[1], 1, sigma).to(X.device)
     A = torch.ones_like(Y)
     with no_tf32():

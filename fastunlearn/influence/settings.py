@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
+from .._numbers import check_int, check_real, check_seed
 from .._numbers import plain_fields as _plain_fields
 from .._repr import fields_repr
-from .arguments import MAX_SEED, _check_float, _check_int
 from .gradients import LossFn, default_loss
 
 if TYPE_CHECKING:
@@ -117,8 +117,8 @@ class LissaSettings:
                 >= 1, or an unknown ``hessian``.
 
         """
-        n_rows = _check_int("n_rows", n_rows, 0)
-        _check_int("lissa.batch_size", self.batch_size, 1)
+        n_rows = check_int("n_rows", n_rows, 0)
+        check_int("lissa.batch_size", self.batch_size, 1)
         _check_hessian_mode(self.hessian)
         if self.hessian == "full" or n_rows <= self.batch_size:
             return 1
@@ -215,13 +215,13 @@ def _check_lissa(settings: object) -> LissaSettings:
         return LissaSettings()
     if not isinstance(settings, LissaSettings):
         raise TypeError(f"'lissa' must be a LissaSettings, got {type(settings).__name__}")
-    _check_int("lissa.batch_size", settings.batch_size, 1)
-    _check_float("lissa.damping", settings.damping)
-    _check_float("lissa.scale", settings.scale, positive=True)
-    _check_int("lissa.depth", settings.depth, 1)
-    _check_int("lissa.repetitions", settings.repetitions, 1)
-    _check_int("lissa.check_every", settings.check_every, 1)
-    _check_int("lissa.seed", settings.seed, 0, MAX_SEED)
+    check_int("lissa.batch_size", settings.batch_size, 1)
+    check_real("lissa.damping", settings.damping)
+    check_real("lissa.scale", settings.scale, positive=True)
+    check_int("lissa.depth", settings.depth, 1)
+    check_int("lissa.repetitions", settings.repetitions, 1)
+    check_int("lissa.check_every", settings.check_every, 1)
+    check_seed("lissa.seed", settings.seed)
     _check_hessian_mode(settings.hessian)
     return settings
 

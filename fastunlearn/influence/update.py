@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from .._no_effect import no_effect_message
-from .._numbers import as_int, check_flag
+from .._numbers import as_int, check_flag, check_int, check_real, check_seed
 from ..linalg import (
     LissaDivergenceError,
     NetworkHessianOperator,
@@ -73,10 +73,7 @@ from ..linalg import (
 from ..linalg import lissa as lissa_solve
 from ..linalg.rnn_kernels import differentiable_rnn_kernels
 from .arguments import (
-    MAX_SEED,
     _check_auto_or_float,
-    _check_float,
-    _check_int,
     _check_model_data,
     _check_order,
     _check_pair,
@@ -256,20 +253,20 @@ def _check_options(
         raise ValueError(f"'solver' must be one of {SOLVERS}, got {solver!r}")
     if curvature not in CURVATURES:
         raise ValueError(f"'curvature' must be one of {CURVATURES}, got {curvature!r}")
-    _check_float("damping", damping)
-    _check_float("loss_tolerance", loss_tolerance)
-    _check_float("tol", tol)
-    _check_int("restarts", restarts, 0)
+    check_real("damping", damping)
+    check_real("loss_tolerance", loss_tolerance)
+    check_real("tol", tol)
+    check_int("restarts", restarts, 0)
     for name, value, minimum in (("maxiter", maxiter, 0), ("hvp_batch_size", hvp_batch_size, 1),
                                  ("curvature_subsample", curvature_subsample, 1),
                                  ("chunk_size", chunk_size, 1)):
         if value is not None:
-            _check_int(name, value, minimum)
+            check_int(name, value, minimum)
     if curvature_subsample is not None and order == 2 and solver == "lissa":
         raise ValueError("'curvature_subsample' applies to the solvers 'cg' and 'direct'; "
                          "LiSSA samples its own batches (LissaSettings.batch_size)")
-    _check_int("subsample_seed", subsample_seed, 0, MAX_SEED)
-    _check_int("max_direct_params", max_direct_params, 1)
+    check_seed("subsample_seed", subsample_seed)
+    check_int("max_direct_params", max_direct_params, 1)
     for name, flag in (("compute_residual", compute_residual), ("check_loss", check_loss),
                        ("apply", apply), ("progress", progress)):
         check_flag(name, flag)

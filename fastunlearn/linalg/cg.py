@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import ops
 from .._equality import dataclass_eq
-from .._numbers import as_int, is_integer
+from .._numbers import check_int
 from .._repr import fields_repr
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
 
@@ -71,15 +71,6 @@ def _as_matmat(A: object) -> tuple[Matmat, int | None]:
     if callable(A):
         return A, None
     raise TypeError(f"'A' must be a LinearOperator or a callable, got {type(A).__name__}")
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if not is_integer(value):  # Python or NumPy int, not a bool
-        raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
-    value = as_int(value)
-    if value < minimum:
-        raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
-    return value
 
 
 def _jacobi_from_operator(A: object, B: Tensor) -> Tensor:
@@ -154,8 +145,8 @@ def _check_options(
     """
     tol = _check_nonnegative("tol", tol)
     atol = _check_nonnegative("atol", atol)
-    maxiter = None if maxiter is None else _check_int("maxiter", maxiter, 0)
-    check_every = None if check_every is None else _check_int("check_every", check_every, 1)
+    maxiter = None if maxiter is None else check_int("maxiter", maxiter, 0)
+    check_every = None if check_every is None else check_int("check_every", check_every, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"'callback' must be callable, got {type(callback).__name__}")
     return tol, atol, maxiter, check_every

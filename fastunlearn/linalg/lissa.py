@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .._numbers import as_float, as_int, is_flag, is_integer, is_real
+from .._numbers import as_float, check_flag, check_int, is_real
 from .._repr import fields_repr
 from .cg import _column_scale
 from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
@@ -103,17 +103,6 @@ def _cycle(batches: Iterable[Any]) -> Iterator[Any]:
 
 #: Largest ``depth`` and ``repetitions``: step numbers and counts are int64.
 _MAX_INT64 = 2**63 - 1
-
-
-def _check_positive_int(name: str, value: object, maximum: int | None = None) -> int:
-    if not is_integer(value):  # Python or NumPy int, not a bool
-        raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
-    value = as_int(value)
-    if value < 1:
-        raise ValueError(f"'{name}' must be >= 1, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"'{name}' must be <= {maximum}, got {value}")
-    return value
 
 
 def lissa(
@@ -190,15 +179,13 @@ def lissa(
     scale = as_float(scale)  # an int beyond the float range: inf, refused below
     if not (scale > 0.0 and math.isfinite(scale)):
         raise ValueError(f"'scale' must be finite and > 0, got {scale}")
-    depth = _check_positive_int("depth", depth, _MAX_INT64)
-    repetitions = _check_positive_int("repetitions", repetitions, _MAX_INT64)
-    check_every = _check_positive_int("check_every", check_every)
+    depth = check_int("depth", depth, 1, _MAX_INT64)
+    repetitions = check_int("repetitions", repetitions, 1, _MAX_INT64)
+    check_every = check_int("check_every", check_every, 1)
     if batches is not None and not isinstance(batches, Iterable):
         raise TypeError(f"'batches' must be an iterable of batches or None, got "
                         f"{type(batches).__name__}")
-    if not is_flag(progress):
-        raise TypeError(f"'progress' must be a bool, got {type(progress).__name__}")
-    progress = bool(progress)
+    progress = check_flag("progress", progress)
     apply = _hvp_function(hvp, b, stochastic=batches is not None)
     stream = _cycle(batches) if batches is not None else None
     # Columns far outside the dtype's comfortable range run divided by a power of two (exact;

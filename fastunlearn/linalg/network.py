@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from .._numbers import as_int, is_integer
+from .._numbers import check_int
 from .forward_ad import jvp
 from .operators import LinearOperator, _check_nonnegative
 from .rnn_kernels import with_differentiable_rnn_kernels
@@ -580,9 +580,4 @@ def _check_data(inputs: object, targets: object) -> None:
 def _check_batch_size(batch_size: object) -> int | None:
     if batch_size is None:
         return None
-    if not is_integer(batch_size):  # Python or NumPy int, not a bool
-        raise TypeError(f"'batch_size' must be an int or None, got {type(batch_size).__name__}")
-    batch_size = as_int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
-    return batch_size
+    return check_int("batch_size", batch_size, 1)

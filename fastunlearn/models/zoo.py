@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._numbers import as_float, as_int, check_flag, is_finite, is_integer, is_real
+from .._numbers import as_float, as_int, check_flag, check_int, is_finite, is_integer, is_real
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,8 +78,8 @@ class FeatureClassifier(nn.Module):
         super().__init__()
         if not isinstance(backbone, nn.Module):  # a plain function would not be trained
             raise TypeError(f"'backbone' must be an nn.Module, got {type(backbone).__name__}")
-        feature_dim = _check_positive_int(feature_dim, "feature_dim")
-        num_classes = _check_positive_int(num_classes, "num_classes")
+        feature_dim = check_int("feature_dim", feature_dim, 1)
+        num_classes = check_int("num_classes", num_classes, 1)
         self.backbone = backbone
         self.head = nn.Linear(feature_dim, num_classes)
         self.feature_dim = int(feature_dim)
@@ -91,16 +91,6 @@ class FeatureClassifier(nn.Module):
     def extract(self, x: Tensor) -> Tensor:
         """Return features ``[B, feature_dim]`` (the backbone's output)."""
         return self.backbone(x)
-
-
-def _check_positive_int(value: object, arg: str) -> int:
-    """Return ``value`` as a Python int >= 1 (a NumPy integer is accepted, a bool is not)."""
-    if not is_integer(value):
-        raise TypeError(f"'{arg}' must be an int, got {type(value).__name__}")
-    count = as_int(value)
-    if count < 1:
-        raise ValueError(f"'{arg}' must be >= 1, got {value}")
-    return count
 
 
 def _norm_factory(norm: str | None, arg: str = "norm") -> Callable[[int], nn.Module] | None:
@@ -161,7 +151,7 @@ def svhn_dp_extractor(
         (side, "side"),
         (kernel_size, "kernel_size"),
     ):
-        _check_positive_int(value, arg)
+        check_int(arg, value, 1)
     num_filters, num_classes, in_channels, side, kernel_size = (
         as_int(v) for v in (num_filters, num_classes, in_channels, side, kernel_size)
     )  # NumPy ints as ints
@@ -228,8 +218,8 @@ def resnet_cifar(
     if depth not in (18, 34):
         raise ValueError(f"'depth' must be 18 or 34, got {depth!r}")
     depth = as_int(depth)
-    num_classes = _check_positive_int(num_classes, "num_classes")
-    in_channels = _check_positive_int(in_channels, "in_channels")
+    num_classes = check_int("num_classes", num_classes, 1)
+    in_channels = check_int("in_channels", in_channels, 1)
     make_norm = _norm_factory(norm)
     if make_norm is None:
         raise ValueError("'norm' must be 'batch' or 'group' for a ResNet, got None")
@@ -310,11 +300,11 @@ def small_cnn(
         (num_classes, "num_classes"),
         (width, "width"),
     ):
-        _check_positive_int(value, arg)
+        check_int(arg, value, 1)
     in_channels, num_classes, width = (
         as_int(v) for v in (in_channels, num_classes, width)
     )  # NumPy ints as ints
-    side = _check_positive_int(side, "side")
+    side = check_int("side", side, 1)
     if side < 4:
         raise ValueError(f"'side' must be >= 4 (two 2x2 poolings), got {side}")
     backbone = nn.Sequential(
@@ -351,8 +341,8 @@ def mlp(
         ValueError: If a size is not positive.
 
     """
-    in_features = _check_positive_int(in_features, "in_features")
-    num_classes = _check_positive_int(num_classes, "num_classes")
+    in_features = check_int("in_features", in_features, 1)
+    num_classes = check_int("num_classes", num_classes, 1)
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     try:
@@ -362,7 +352,7 @@ def mlp(
             f"'hidden' must be a sequence of ints, got {type(hidden).__name__}"
         ) from None
     for h in widths:
-        h = _check_positive_int(h, "hidden")
+        h = check_int("hidden", h, 1)
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
     return FeatureClassifier(nn.Sequential(*layers), width, num_classes)
@@ -427,7 +417,7 @@ def resnet9(
         (in_channels, "in_channels"),
         (width, "width"),
     ):
-        _check_positive_int(value, arg)
+        check_int(arg, value, 1)
     num_classes, in_channels, width = (
         as_int(v) for v in (num_classes, in_channels, width)
     )  # NumPy ints as ints
@@ -494,7 +484,7 @@ def allcnn(
         (in_channels, "in_channels"),
         (width, "width"),
     ):
-        _check_positive_int(value, arg)
+        check_int(arg, value, 1)
     num_classes, in_channels, width = (
         as_int(v) for v in (num_classes, in_channels, width)
     )  # NumPy ints as ints
@@ -556,7 +546,7 @@ def cifar_cnn(
         (side, "side"),
         (filters, "filters"),
     ):
-        _check_positive_int(value, arg)
+        check_int(arg, value, 1)
     num_classes, in_channels, side, filters = (
         as_int(v) for v in (num_classes, in_channels, side, filters)
     )  # NumPy ints as ints
@@ -643,8 +633,8 @@ def mobilenet_v2(
     """
     import torchvision.models as tvm
 
-    num_classes = _check_positive_int(num_classes, "num_classes")
-    in_channels = _check_positive_int(in_channels, "in_channels")
+    num_classes = check_int("num_classes", num_classes, 1)
+    in_channels = check_int("in_channels", in_channels, 1)
     if not is_real(width_mult):
         raise TypeError(f"'width_mult' must be a number, got {type(width_mult).__name__}")
     width_mult = as_float(width_mult)

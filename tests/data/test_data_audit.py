@@ -457,7 +457,7 @@ LABELS = np.array([0, 1, 2, 3, 1, 2, 3, 3, 0, 2])
 
 def test_seed_out_of_range_is_named():
     """2**64 raised 'Overflow when unpacking long long'; -1 silently equalled 2**64 - 1."""
-    with pytest.raises(ValueError, match=r"'seed' must be in 0..2\*\*64-1, got -1"):
+    with pytest.raises(ValueError, match=r"'seed' must be an int in \[0, 2\*\*64 - 1\], got -1"):
         parse_forget_spec("random:0.3", LABELS, seed=-1)
     with pytest.raises(ValueError, match="'seed'"):
         parse_forget_spec("random:0.3", LABELS, seed=2**64)
@@ -530,7 +530,7 @@ def test_subject_split_rejects_empty_and_string_subjects():
 
 def test_digits_seed_at_the_generator_limit():
     """seed * 16 + class overflowed torch.Generator: a RuntimeError not naming 'seed'."""
-    with pytest.raises(ValueError, match=r"'seed' must be in 0..2\*\*60-1"):
+    with pytest.raises(ValueError, match=r"'seed' must be an int in \[0, 2\*\*60 - 1\]"):
         load_digits_dataset(seed=2**60)
     split = load_digits_dataset(seed=2**60 - 1, binary=(3, 8))
     assert split.X_train.shape[0] + split.X_test.shape[0] == 357  # 183 threes + 174 eights

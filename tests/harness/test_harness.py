@@ -460,9 +460,9 @@ def test_oracles_and_methods_share_one_training_loop(monkeypatch: pytest.MonkeyP
 
 def test_bad_overrides_fail_before_anything_is_trained(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(ValueError, match="'overrides' for 'finetune': lr must be finite"):
+    with pytest.raises(ValueError, match="'overrides' for 'finetune': 'lr' must be finite"):
         HarnessConfig(methods=("finetune",), overrides={"finetune": {"lr": -1}})
-    with pytest.raises(TypeError, match="'overrides' for 'scrub': alpha must be a number"):
+    with pytest.raises(TypeError, match="'overrides' for 'scrub': 'alpha' must be a real number"):
         HarnessConfig(methods=("scrub",), overrides={"scrub": {"alpha": "x"}})
     with pytest.raises(ValueError, match="'seed' is set by the harness.*seeds"):
         HarnessConfig(methods=("finetune",), overrides={"finetune": {"seed": 5}})

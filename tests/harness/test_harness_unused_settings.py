@@ -82,7 +82,7 @@ def test_used_overrides_and_the_digits_defaults_do_not_warn() -> None:
 def test_bad_overrides_still_raise_naming_the_method() -> None:
     with pytest.raises(ValueError, match=r"^'overrides' for 'fisher': 'bogus' is not a field"):
         HarnessConfig(methods=("fisher",), overrides={"fisher": {"bogus": 1}}, cache_dir=None)
-    with pytest.raises(ValueError, match=r"^'overrides' for 'influence': num_params must be"):
+    with pytest.raises(ValueError, match=r"^'overrides' for 'influence': 'num_params' must be"):
         HarnessConfig(methods=("influence",), overrides={"influence": {"num_params": -1}},
                       cache_dir=None)
 
