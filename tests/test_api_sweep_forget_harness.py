@@ -93,16 +93,12 @@ def _model_with_state() -> tuple[nn.Module, tuple[Tensor, Tensor], tuple[Tensor,
 CONFIG_CASES = [
     (ForgetConfig, "seed", HUGE, ValueError),
     (ForgetConfig, "seed", -HUGE, ValueError),
-    (FinetuneConfig, "lr", HUGE, ValueError),
     (FinetuneConfig, "momentum", 10**400, ValueError),
-    (SalUnConfig, "weight_decay", HUGE, ValueError),
     (ScrubConfig, "forget_batch_size", HUGE, ValueError),
-    (ScrubConfig, "temperature", HUGE, ValueError),
     (UnsirConfig, "noise_size", HUGE, ValueError),
     (UnsirConfig, "noise_lambda", 10**400, ValueError),
     (AntiSampleConfig, "n_generated", HUGE, ValueError),
     (AntiSampleConfig, "lr_scale", 10**400, ValueError),
-    (BadTeacherConfig, "temperature", HUGE, ValueError),
     (NegGradPlusConfig, "forget_batch_size", HUGE, ValueError),
     (InfluenceConfig, "damping", 10**400, ValueError),
     (InfluenceConfig, "maxiter", -1, ValueError),
@@ -117,6 +113,15 @@ CONFIG_CASES = [
 def test_config_refuses_bad_field(cls: type, field: str, value: object, exc: type) -> None:
     with pytest.raises(exc, match=field):
         cls(**{field: value})
+
+
+@pytest.mark.parametrize(("cls", "field"), [(FinetuneConfig, "lr"), (SalUnConfig, "weight_decay"),
+                                             (ScrubConfig, "temperature"),
+                                             (BadTeacherConfig, "temperature")])
+def test_config_takes_an_int_beyond_int64_as_a_float(cls: type, field: str) -> None:
+    # torch cannot take such an int as a scalar; the float it becomes is fine
+    value = getattr(cls(**{field: HUGE}), field)
+    assert type(value) is float and value == float(HUGE)
 
 
 @pytest.mark.parametrize("seed", [-1, 2**63 - 1, -(2**63)])
@@ -266,9 +271,8 @@ NOISE_CASES = [
     ("shape does not fit", dict(shape=(5,)), TypeError, "shape \\(5,\\)"),
     ("dtype does not fit", dict(dtype=torch.float64), TypeError, "dtype torch.float64"),
     ("shape huge", dict(shape=(HUGE,)), ValueError, "shape"),
-    ("n huge", dict(n=HUGE), ValueError, "n must"),
+    ("n huge", dict(n=HUGE), ValueError, "'n' must"),
     ("seed huge", dict(seed=HUGE), ValueError, "seed"),
-    ("lr huge int", dict(lr=HUGE), ValueError, "lr"),
 ]
 
 
@@ -290,13 +294,12 @@ def test_error_maximizing_noise_refuses(case: str, kw: dict, exc: type, match: s
 XF, XR = torch.randn(3, 4), torch.randn(10, 4)
 ANTI_CASES = [
     ("complex inputs", (XF.to(torch.complex64), XR.to(torch.complex64)), {}, TypeError,
-     "forget must be a real tensor"),
+     "'forget' must be a real tensor"),
     ("zero features", (torch.randn(3, 0), torch.randn(10, 0)), {}, ValueError,
-     "forget must have shape"),
+     "'forget' must have shape"),
     ("bool labels", (XF, XR), dict(retain_labels=torch.ones(10, dtype=torch.bool)),
      ValueError, "retain_labels"),
     ("return_weights str", (XF, XR), dict(return_weights="no"), TypeError, "return_weights"),
-    ("local_variance huge", (XF, XR), dict(local_variance=HUGE), ValueError, "local_variance"),
     ("n_generated huge", (XF, XR), dict(n_generated=HUGE), ValueError, "n_generated"),
     ("tail_randomized huge", (XF, XR), dict(tail_randomized=HUGE), ValueError,
      "tail_randomized"),

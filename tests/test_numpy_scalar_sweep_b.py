@@ -71,7 +71,6 @@ _CONFIG_CASES = [
     ("forget", {"epochs": I64(2), "batch_size": U8(16), "lr": F32(0.5), "momentum": F64(0.25),
                 "weight_decay": F16(0.5), "seed": I32(-3), "check_overlap": np.bool_(False),
                 "progress": np.bool_(False)}),
-    ("forget", {"lr": I64(1), "momentum": np.uint16(0)}),  # NumPy ints as reals stay ints
     ("finetune", {"epochs": I64(1), "lr": F32(0.25), "nesterov": np.bool_(False),
                   "gamma": F32(0.5), "milestones": (I64(1), np.int16(2)),
                   "scheduler": "multistep"}),
@@ -113,6 +112,12 @@ def test_forget_configs_take_numpy_scalars(name, kwargs):
     for k, v in py_kwargs.items():
         if isinstance(v, tuple):
             assert all(type(x) is int for x in getattr(a, k)), k
+
+
+def test_ints_given_as_reals_become_floats():
+    a, b = ForgetConfig(lr=I64(1), momentum=np.uint16(0)), ForgetConfig(lr=1, momentum=0)
+    assert a == b == ForgetConfig(lr=1.0, momentum=0.0)
+    assert (type(a.lr), type(a.momentum), type(b.lr)) == (float, float, float)
 
 
 def test_config_changed_after_construction_is_converted():
@@ -194,7 +199,7 @@ def test_generate_antisamples_takes_numpy_options():
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"seed": True}, "seed"),
     ({"n_generated": F64(4.0)}, "n_generated"),
-    ({"p": np.bool_(True)}, "^p must be a number"),
+    ({"p": np.bool_(True)}, "^'p' must be a number"),
     ({"return_weights": 1}, "return_weights"),
 ])
 def test_generate_antisamples_still_refuses(kwargs, match):

@@ -31,10 +31,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._process_flags import GLOBAL_RNG_LOCK
 from .base import (
-    _check_int,
     as_dataset,
     batches,
-    check_finite_number,
     iterate,
     model_device,
     sized_len,
@@ -47,8 +45,6 @@ __all__ = [
     "check_adam_dtype",
     "check_fraction",
     "check_inputs",
-    "check_number",
-    "check_positive_int",
     "check_single_batches",
     "checked_tensors",
     "class_subset",
@@ -68,32 +64,6 @@ __all__ = [
 ]
 
 
-def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` as a Python int, checked to be in ``minimum .. 2**63 - 1``.
-
-    A NumPy integer is accepted; a bool or a float (even ``2.0``) is not.
-
-    Raises:
-        TypeError: If ``value`` is not an int.
-        ValueError: If ``value`` is out of range.
-
-    """
-    return _check_int(name, value, minimum)
-
-
-def check_number(name: str, value: object, minimum: float = 0.0, *, strict: bool = False) -> float:
-    """Return ``value``, checked to be a finite number above ``minimum``, as a Python number.
-
-    A NumPy real scalar is accepted; a bool is not.
-
-    Raises:
-        TypeError: If ``value`` is not a real number.
-        ValueError: If ``value`` is not finite or not above ``minimum``.
-
-    """
-    return check_finite_number(name, value, minimum, strict=strict)
-
-
 def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> float:
     """Return ``value`` as a Python number, checked to be in ``(0, 1]`` (``[0, 1]`` if allowed).
 
@@ -106,12 +76,12 @@ def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> flo
 
     """
     if not is_real(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise TypeError(f"'{name}' must be a number, got {type(value).__name__}")
     value = as_int(value) if is_integer(value) else as_float(value)
     ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
     if not ok:
         interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
+        raise ValueError(f"'{name}' must be in {interval}, got {value}")
     return value
 
 
@@ -133,7 +103,7 @@ def check_inputs(
     if not isinstance(config, config_cls):
         name = config_cls.__name__
         article = "an" if name[:1] in "AEIOU" else "a"
-        raise TypeError(f"config must be {article} {name}, got {type(config).__name__}")
+        raise TypeError(f"'config' must be {article} {name}, got {type(config).__name__}")
     # Re-run the field checks: a config changed after construction (``cfg.lr = nan``)
     # would otherwise train with the bad value and return a silently broken model.
     config.__post_init__()  # type: ignore[attr-defined]
@@ -162,7 +132,7 @@ def prepare_inputs(
     """
     forget_ds, retain_ds = check_inputs(config, config_cls, forget, retain)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
     k = int(example_outputs(model, forget_ds, retain_ds).shape[-1])
     check_sets(forget_ds, retain_ds, k, check_overlap=bool(getattr(config, "check_overlap", True)))
     return forget_ds, retain_ds, k

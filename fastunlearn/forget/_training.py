@@ -99,22 +99,22 @@ class SGDConfig(ForgetConfig):
         super().__post_init__()
         self.nesterov = check_flag("nesterov", self.nesterov)
         if self.scheduler not in _SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {self.scheduler!r}")
+            raise ValueError(f"'scheduler' must be one of {_SCHEDULERS}, got {self.scheduler!r}")
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("nesterov needs momentum > 0 (set nesterov=False or momentum > 0)")
         if isinstance(self.milestones, (str, bytes)) or not hasattr(self.milestones, "__iter__"):
             kind = type(self.milestones).__name__
-            raise TypeError(f"milestones must be a sequence of ints, got {kind}")
+            raise TypeError(f"'milestones' must be a sequence of ints, got {kind}")
         self.milestones = tuple(self.milestones)
         for m in self.milestones:
             if not is_integer(m) or m < 1:
-                raise ValueError(f"milestones must be positive ints, got {self.milestones!r}")
+                raise ValueError(f"'milestones' must be positive ints, got {self.milestones!r}")
         self.milestones = tuple(as_int(m) for m in self.milestones)
         if not is_real(self.gamma):
-            raise TypeError(f"gamma must be a number, got {type(self.gamma).__name__}")
+            raise TypeError(f"'gamma' must be a number, got {type(self.gamma).__name__}")
         self.gamma = as_int(self.gamma) if is_integer(self.gamma) else as_float(self.gamma)
         if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+            raise ValueError(f"'gamma' must be in (0, 1], got {self.gamma!r}")
         self._warn_settings(SGDConfig)
 
     def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
@@ -168,7 +168,8 @@ def num_outputs(model: nn.Module, dataset: Dataset) -> int:
     x, _ = dataset[0]
     out = probe_forward(model, torch.as_tensor(x).unsqueeze(0))
     if out.dim() != 2:
-        raise ValueError(f"model must return logits [batch, classes], got shape {tuple(out.shape)}")
+        raise ValueError(f"'model' must return logits [batch, classes], got shape "
+                         f"{tuple(out.shape)}")
     return int(out.shape[1])
 
 
@@ -192,18 +193,19 @@ def prepare(
 
     """
     if not isinstance(config, config_cls):
-        raise TypeError(f"config must be a {config_cls.__name__}, got {type(config).__name__}")
+        raise TypeError(f"'config' must be a {config_cls.__name__}, got {type(config).__name__}")
     # Re-run the field checks: a config changed after construction (``cfg.lr = nan``)
     # would otherwise train with the bad value and return a silently broken model.
     config.__post_init__()
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
     forget_ds = as_dataset(forget, "forget")
     retain_ds = as_dataset(retain, "retain")
     clone = clone_model(model)
     out = example_outputs(clone, forget_ds, retain_ds)
     if out.dim() != 2:
-        raise ValueError(f"model must return logits [batch, classes], got shape {tuple(out.shape)}")
+        raise ValueError(f"'model' must return logits [batch, classes], got shape "
+                         f"{tuple(out.shape)}")
     k = int(out.shape[1])
     check_sets(forget_ds, retain_ds, k, check_overlap=config.check_overlap)
     return clone, forget_ds, retain_ds, k

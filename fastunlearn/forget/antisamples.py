@@ -33,15 +33,13 @@ from torch.utils.data import Dataset
 
 from .._equality import dataclass_eq
 from .._no_effect import no_effect_message
-from .._numbers import is_flag
+from .._numbers import check_flag, check_real
 from .._repr import fields_repr
 from ._common_b import (
     TrainingData,
     check_adam_dtype,
     check_float_inputs,
     check_fraction,
-    check_number,
-    check_positive_int,
     check_single_batches,
     checked_tensors,
     class_subset,
@@ -49,7 +47,15 @@ from ._common_b import (
     prepare_inputs,
     train_ce,
 )
-from .base import ForgetConfig, check_seed, clone_model, iterate, model_device, register
+from .base import (
+    ForgetConfig,
+    check_count,
+    check_signed_seed,
+    clone_model,
+    iterate,
+    model_device,
+    register,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -109,11 +115,11 @@ def _sync(device: torch.device) -> None:
 
 def _check_tensor(name: str, t: object) -> Tensor:
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+        raise TypeError(f"'{name}' must be a Tensor, got {type(t).__name__}")
     if t.is_complex():
-        raise TypeError(f"{name} must be a real tensor, got {t.dtype}")
+        raise TypeError(f"'{name}' must be a real tensor, got {t.dtype}")
     if t.dim() < 2 or t.numel() == 0:
-        raise ValueError(f"{name} must have shape [n >= 1, ...features], got {tuple(t.shape)}")
+        raise ValueError(f"'{name}' must have shape [n >= 1, ...features], got {tuple(t.shape)}")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return t
@@ -183,30 +189,26 @@ def generate_antisamples(
         )
     if retain_labels is not None:
         if not isinstance(retain_labels, Tensor):
-            raise TypeError(f"retain_labels must be a Tensor, got {type(retain_labels).__name__}")
+            raise TypeError(f"'retain_labels' must be a Tensor, got {type(retain_labels).__name__}")
         if retain_labels.shape != (retain.shape[0],) or retain_labels.is_floating_point() \
                 or retain_labels.is_complex() or retain_labels.dtype == torch.bool:
             raise ValueError(
-                f"retain_labels must be an integer tensor of shape [{retain.shape[0]}], "
+                f"'retain_labels' must be an integer tensor of shape [{retain.shape[0]}], "
                 f"got {retain_labels.dtype} {tuple(retain_labels.shape)}"
             )
     retain_fraction = check_fraction("retain_fraction", retain_fraction)
     if n_generated is not None:
-        n_generated = check_positive_int("n_generated", n_generated)
+        n_generated = check_count("n_generated", n_generated)
     if tail_randomized is not None:
-        tail_randomized = check_positive_int("tail_randomized", tail_randomized, 0)
-    local_variance = check_number("local_variance", local_variance)
+        tail_randomized = check_count("tail_randomized", tail_randomized, 0)
+    local_variance = check_real("local_variance", local_variance)
     p = check_fraction("p", p, allow_zero=True)
-    eps = check_number("eps", eps)
-    size_multiplier = check_positive_int("size_multiplier", size_multiplier)
-    chunk_size = check_positive_int("chunk_size", chunk_size)
-    if not is_flag(convex_combination):
-        raise TypeError("convex_combination must be a bool")
-    convex_combination = bool(convex_combination)
-    if not is_flag(return_weights):
-        raise TypeError("return_weights must be a bool")
-    return_weights = bool(return_weights)
-    seed = check_seed("seed", seed)
+    eps = check_real("eps", eps)
+    size_multiplier = check_count("size_multiplier", size_multiplier)
+    chunk_size = check_count("chunk_size", chunk_size)
+    convex_combination = check_flag("convex_combination", convex_combination)
+    return_weights = check_flag("return_weights", return_weights)
+    seed = check_signed_seed("seed", seed)
 
     from ..ops.knn import farthest_k  # loads the compiled op library on first use
 
@@ -329,19 +331,17 @@ class AntiSampleConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.lr_scale = check_number("lr_scale", self.lr_scale, strict=True)
+        self.lr_scale = check_real("lr_scale", self.lr_scale, positive=True)
         self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
         if self.tail_randomized is not None:
-            self.tail_randomized = check_positive_int("tail_randomized", self.tail_randomized, 0)
-        self.local_variance = check_number("local_variance", self.local_variance)
+            self.tail_randomized = check_count("tail_randomized", self.tail_randomized, 0)
+        self.local_variance = check_real("local_variance", self.local_variance)
         self.p = check_fraction("p", self.p, allow_zero=True)
-        self.eps = check_number("eps", self.eps)
-        self.size_multiplier = check_positive_int("size_multiplier", self.size_multiplier)
+        self.eps = check_real("eps", self.eps)
+        self.size_multiplier = check_count("size_multiplier", self.size_multiplier)
         if self.n_generated is not None:
-            self.n_generated = check_positive_int("n_generated", self.n_generated)
-        if not is_flag(self.convex_combination):
-            raise TypeError("convex_combination must be a bool")
-        self.convex_combination = bool(self.convex_combination)
+            self.n_generated = check_count("n_generated", self.n_generated)
+        self.convex_combination = check_flag("convex_combination", self.convex_combination)
         self._warn_settings()
 
     def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
@@ -394,7 +394,7 @@ def antisample_preset(name: str, **overrides: Any) -> AntiSampleConfig:
 
     """
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
+        raise TypeError(f"'name' must be a str, got {type(name).__name__}")
     if name not in ANTISAMPLE_PRESETS:
         known = ", ".join(ANTISAMPLE_PRESETS)
         raise ValueError(f"unknown anti-sample preset {name!r}; known: {known}")

@@ -29,13 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .._numbers import as_int, is_integer
+from .._numbers import as_int, check_real, is_integer
 from ._common_b import (
     SkipSingleBatches,
     TrainingData,
     check_adam_dtype,
     check_fraction,
-    check_number,
     check_single_batches,
     checked_tensors,
     freeze,
@@ -85,11 +84,11 @@ class BadTeacherConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.temperature = check_number("temperature", self.temperature, strict=True)
+        self.temperature = check_real("temperature", self.temperature, positive=True)
         self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
         if self.incompetent_seed is not None:
             if not is_integer(self.incompetent_seed):
-                raise TypeError("incompetent_seed must be an int or None")
+                raise TypeError("'incompetent_seed' must be an int or None")
             self.incompetent_seed = as_int(self.incompetent_seed)
         self._warn_settings()
 

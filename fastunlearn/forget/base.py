@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .._no_effect import no_effect_message
-from .._numbers import as_float, as_int, check_flag, is_integer, is_real
+from .._numbers import check_flag, check_int, check_real
 from .._unused_settings import non_default_fields
 
 __all__ = [
@@ -112,12 +112,12 @@ class ForgetConfig:
     UNUSED_FIELDS: ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self) -> None:
-        self.epochs = _check_int("epochs", self.epochs, 0)
-        self.batch_size = _check_int("batch_size", self.batch_size, 1)
-        self.lr = _check_float("lr", self.lr, 0.0, strict=False)
-        self.momentum = _check_float("momentum", self.momentum, 0.0, strict=False)
-        self.weight_decay = _check_float("weight_decay", self.weight_decay, 0.0, strict=False)
-        self.seed = check_seed("seed", self.seed)
+        self.epochs = check_count("epochs", self.epochs, 0)
+        self.batch_size = check_count("batch_size", self.batch_size, 1)
+        self.lr = check_real("lr", self.lr)
+        self.momentum = check_real("momentum", self.momentum)
+        self.weight_decay = check_real("weight_decay", self.weight_decay)
+        self.seed = check_signed_seed("seed", self.seed)
         self.check_overlap = check_flag("check_overlap", self.check_overlap)
         if isinstance(self.progress, np.bool_):  # unchecked (any truthy value), but kept plain
             self.progress = bool(self.progress)
@@ -225,19 +225,21 @@ def sized_len(data: object) -> int:
     return len(cast(Sized, data))
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` as a Python int after checking it (a NumPy integer is accepted)."""
-    if not is_integer(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = as_int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if value > _MAX_INT:  # would fail deep inside (a torch size, islice) at run time
-        raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
-    return value
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """Return a count setting as a Python int in ``minimum .. 2**63 - 1``.
+
+    Every count ends up in a torch size or ``islice`` (int64): a larger one would fail deep
+    inside at run time. A NumPy integer is accepted; a bool or a float (even ``2.0``) is not.
+
+    Raises:
+        TypeError: If ``value`` is not an int.
+        ValueError: If ``value`` is out of range.
+
+    """
+    return check_int(name, value, minimum, _MAX_INT)
 
 
-def check_seed(name: str, value: object) -> int:
+def check_signed_seed(name: str, value: object) -> int:
     """Return ``value`` as a Python int, checked to be a seed a torch generator can take.
 
     Generators take 64-bit seeds; methods add small offsets to theirs, so the range is
@@ -249,40 +251,10 @@ def check_seed(name: str, value: object) -> int:
         ValueError: If ``value`` is outside ``-2**63 .. 2**63 - 1``.
 
     """
-    if not is_integer(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = as_int(value)
-    if not -_MAX_INT - 1 <= value <= _MAX_INT:
-        raise ValueError(f"{name} must be in -2**63 .. 2**63 - 1, got {value}")
-    return value
-
-
-def check_finite_number(name: str, value: object, minimum: float, *, strict: bool) -> float:
-    """Return ``value``, checked to be a finite number above ``minimum``, as a Python number.
-
-    A NumPy real scalar is accepted and returned as a Python float (a NumPy integer as an
-    int). An int beyond 2**63 - 1 in magnitude is refused too: torch cannot take it as a
-    scalar (an OverflowError deep inside the optimiser or a kernel).
-
-    Raises:
-        TypeError: If ``value`` is not a real number (a bool is refused).
-        ValueError: If ``value`` is not finite or not above ``minimum``.
-
-    """
-    if not is_real(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = as_int(value) if is_integer(value) else as_float(value)
-    bad = value <= minimum if strict else value < minimum
-    huge = isinstance(value, int) and abs(value) > _MAX_INT
-    if bad or huge or value != value or value in (float("inf"), float("-inf")):
-        op = ">" if strict else ">="
-        limit = " (an int must be <= 2**63 - 1)" if huge else ""
-        raise ValueError(f"{name} must be finite and {op} {minimum}{limit}, got {value}")
-    return value
-
-
-def _check_float(name: str, value: object, minimum: float, *, strict: bool) -> float:
-    return check_finite_number(name, value, minimum, strict=strict)
+    seed = check_int(name, value)
+    if not -_MAX_INT - 1 <= seed <= _MAX_INT:
+        raise ValueError(f"'{name}' must be in -2**63 .. 2**63 - 1, got {seed}")
+    return seed
 
 
 def _interface(fn: ForgetMethod) -> ForgetMethod:
@@ -319,7 +291,7 @@ def register(name: str, config_cls: type[ForgetConfig]) -> Callable[[ForgetMetho
 
     """
     if not dataclasses.is_dataclass(config_cls) or not issubclass(config_cls, ForgetConfig):
-        raise TypeError("config_cls must be a ForgetConfig dataclass")
+        raise TypeError("'config_cls' must be a ForgetConfig dataclass")
 
     def decorate(fn: ForgetMethod) -> ForgetMethod:
         if name in _REGISTRY:
@@ -345,7 +317,7 @@ def get_method(name: str) -> tuple[ForgetMethod, type[ForgetConfig]]:
 
     """
     if not isinstance(name, str):
-        raise TypeError(f"method must be a str, got {type(name).__name__}")
+        raise TypeError(f"'method' must be a str, got {type(name).__name__}")
     if name not in _REGISTRY:
         known = ", ".join(available_methods()) or "(none)"
         raise ValueError(f"unknown forgetting method {name!r}; known methods: {known}")
@@ -364,7 +336,7 @@ def as_dataset(data: object, name: str) -> Dataset:
     """
     if isinstance(data, (tuple, list)):
         if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
-            raise TypeError(f"{name} must be a Dataset or a tuple (inputs, labels) of tensors")
+            raise TypeError(f"'{name}' must be a Dataset or a tuple (inputs, labels) of tensors")
         inputs, labels = data
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(
@@ -384,12 +356,12 @@ def as_dataset(data: object, name: str) -> Dataset:
             raise ValueError(f"{name}: inputs contain NaN or inf")
     if not isinstance(data, Dataset):
         raise TypeError(
-            f"{name} must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}"
+            f"'{name}' must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}"
         )
     try:
         size = sized_len(data)
     except TypeError as exc:
-        raise TypeError(f"{name} must be a map-style Dataset with a length") from exc
+        raise TypeError(f"'{name}' must be a map-style Dataset with a length") from exc
     if size == 0:
         raise ValueError(f"{name} is empty")
     return data
@@ -409,8 +381,8 @@ def make_loader(
         ValueError: If ``batch_size`` < 1 or ``seed`` is outside a 64-bit generator's range.
 
     """
-    batch_size = _check_int("batch_size", batch_size, 1)
-    generator = torch.Generator().manual_seed(check_seed("seed", seed))
+    batch_size = check_count("batch_size", batch_size, 1)
+    generator = torch.Generator().manual_seed(check_signed_seed("seed", seed))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
@@ -477,7 +449,7 @@ def clone_model(model: nn.Module) -> nn.Module:
 
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
     clone = copy.deepcopy(model)
     clone.train()
     return clone
@@ -526,7 +498,7 @@ def run_method(
         if overrides:
             config = dataclasses.replace(config, **overrides)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
     forget_ds = as_dataset(forget, "forget")
     retain_ds = as_dataset(retain, "retain")
     return fn(model, forget_ds, retain_ds, config)

@@ -32,8 +32,9 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import Dataset
 
 from .._no_effect import no_effect_message
+from .._numbers import check_real
 from ._training import SGDConfig, check_flag, last_linear, prepare, seeded
-from .base import _check_float, iterate, make_loader, model_device, register
+from .base import iterate, make_loader, model_device, register
 from .checks import check_batch_labels, check_labels, dataset_labels, item_labels
 
 __all__ = ["FisherConfig", "fisher_diagonal", "fisher_forgetting"]
@@ -82,13 +83,13 @@ class FisherConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.alpha = _check_float("alpha", self.alpha, 0.0, strict=False)
-        self.class_row_var = _check_float("class_row_var", self.class_row_var, 0.0, strict=False)
-        self.max_var = _check_float("max_var", self.max_var, 0.0, strict=True)
-        self.eps = _check_float("eps", self.eps, 0.0, strict=True)
+        self.alpha = check_real("alpha", self.alpha)
+        self.class_row_var = check_real("class_row_var", self.class_row_var)
+        self.max_var = check_real("max_var", self.max_var, positive=True)
+        self.eps = check_real("eps", self.eps, positive=True)
         self.forget_class_rows = check_flag("forget_class_rows", self.forget_class_rows)
         if self.fisher not in _FISHER_KINDS:
-            raise ValueError(f"fisher must be one of {_FISHER_KINDS}, got {self.fisher!r}")
+            raise ValueError(f"'fisher' must be one of {_FISHER_KINDS}, got {self.fisher!r}")
         self._warn_settings(FisherConfig)
 
     def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:
@@ -134,7 +135,7 @@ def fisher_diagonal(
 
     """
     if kind not in _FISHER_KINDS:
-        raise ValueError(f"kind must be one of {_FISHER_KINDS}, got {kind!r}")
+        raise ValueError(f"'kind' must be one of {_FISHER_KINDS}, got {kind!r}")
     device = model_device(model)
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}

@@ -107,7 +107,7 @@ class NegGradPlusConfig(SGDConfig):
             or not 1 <= self.forget_batch_size <= _MAX_INT
         ):
             raise ValueError(
-                "forget_batch_size must be a positive int (<= 2**63 - 1), got "
+                "'forget_batch_size' must be a positive int (<= 2**63 - 1), got "
                 f"{self.forget_batch_size!r}"
             )
         if self.forget_batch_size is not None:

@@ -36,7 +36,7 @@ from ._common_b import check_fraction, prepare_inputs
 from .base import (
     _MAX_INT,
     ForgetConfig,
-    _check_int,
+    check_count,
     clone_model,
     make_loader,
     model_device,
@@ -102,24 +102,24 @@ class InfluenceConfig(ForgetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not is_integer(self.num_params) or not 0 <= self.num_params <= _MAX_INT:
-            raise ValueError(f"num_params must be an int >= 0, got {self.num_params!r}")
+            raise ValueError(f"'num_params' must be an int >= 0, got {self.num_params!r}")
         self.num_params = as_int(self.num_params)
         if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
+            raise ValueError(f"'solver' must be one of {_SOLVERS}, got {self.solver!r}")
         if self.curvature not in _CURVATURES:
-            raise ValueError(f"curvature must be one of {_CURVATURES}, got {self.curvature!r}")
+            raise ValueError(f"'curvature' must be one of {_CURVATURES}, got {self.curvature!r}")
         for name in ("damping", "scale", "tol", "loss_tolerance"):
             v = getattr(self, name)
             if not is_real(v) or not v >= 0 or v == float("inf") \
                     or (is_integer(v) and v > _MAX_INT):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+                raise ValueError(f"'{name}' must be a finite number >= 0, got {v!r}")
             setattr(self, name, as_int(v) if is_integer(v) else as_float(v))
         if self.maxiter is not None:
-            self.maxiter = _check_int("maxiter", self.maxiter, 0)
-        self.hvp_batch_size = _check_int("hvp_batch_size", self.hvp_batch_size, 1)
+            self.maxiter = check_count("maxiter", self.maxiter, 0)
+        self.hvp_batch_size = check_count("hvp_batch_size", self.hvp_batch_size, 1)
         self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
         if self.on_divergence not in ("raise", "keep"):
-            raise ValueError(f"on_divergence must be 'raise' or 'keep', got "
+            raise ValueError(f"'on_divergence' must be 'raise' or 'keep', got "
                              f"{self.on_divergence!r}")
         self._warn_settings()
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._no_effect import no_effect_message
+from .._numbers import check_real
 from ._training import (
     SGDConfig,
     TrainingData,
@@ -21,7 +22,7 @@ from ._training import (
     seeded,
     train_main_stage,
 )
-from .base import _check_float, model_device, register, sized_len
+from .base import model_device, register, sized_len
 
 __all__ = ["L1SparseConfig", "l1_sparse"]
 
@@ -51,7 +52,7 @@ class L1SparseConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.alpha = _check_float("alpha", self.alpha, 0.0, strict=False)
+        self.alpha = check_real("alpha", self.alpha)
         self.include_bias = check_flag("include_bias", self.include_bias)
         self._warn_settings(L1SparseConfig)
 

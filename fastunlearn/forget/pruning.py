@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._no_effect import no_effect_message
+from .._numbers import check_real
 from ._common_b import check_fraction
 from ._training import (
     SGDConfig,
@@ -43,7 +44,7 @@ from ._training import (
     train,
     train_main_stage,
 )
-from .base import _check_float, _check_int, model_device, register, sized_len
+from .base import check_count, model_device, register, sized_len
 
 __all__ = [
     "PruneLastLayerConfig",
@@ -202,8 +203,8 @@ class SelectivePruningConfig(SGDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.quantile = check_fraction("quantile", self.quantile, allow_zero=True)
-        self.overfit_epochs = _check_int("overfit_epochs", self.overfit_epochs, 0)
-        self.overfit_lr = _check_float("overfit_lr", self.overfit_lr, 0.0, strict=False)
+        self.overfit_epochs = check_count("overfit_epochs", self.overfit_epochs, 0)
+        self.overfit_lr = check_real("overfit_lr", self.overfit_lr)
         self._warn_settings(SelectivePruningConfig)
 
     #: The settings of the copies whose movement selects the weights re-drawn.
@@ -311,9 +312,8 @@ class PruningComplexConfig(SelectivePruningConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
-        self.retain_lr_divisor = _check_float(
-            "retain_lr_divisor", self.retain_lr_divisor, 0.0, strict=True
-        )
+        self.retain_lr_divisor = check_real("retain_lr_divisor", self.retain_lr_divisor,
+                                            positive=True)
         self._warn_settings(PruningComplexConfig)
 
 

@@ -21,6 +21,7 @@ from typing import ClassVar
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
+from .._numbers import check_real
 from ._training import (
     RelabelledDataset,
     SGDConfig,
@@ -33,7 +34,7 @@ from ._training import (
     train,
     train_main_stage,
 )
-from .base import _check_float, _check_int, model_device, register, sized_len
+from .base import check_count, model_device, register, sized_len
 
 __all__ = [
     "PoisonFullConfig",
@@ -162,8 +163,8 @@ class TwoStageConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.forget_epochs = _check_int("forget_epochs", self.forget_epochs, 0)
-        self.forget_lr = _check_float("forget_lr", self.forget_lr, 0.0, strict=False)
+        self.forget_epochs = check_count("forget_epochs", self.forget_epochs, 0)
+        self.forget_lr = check_real("forget_lr", self.forget_lr)
         self.other_classes = check_flag("other_classes", self.other_classes)
         self._warn_settings(TwoStageConfig)
 

@@ -29,7 +29,6 @@ from .._no_effect import no_effect_message
 from ._common_b import (
     TrainingData,
     check_fraction,
-    check_positive_int,
     check_single_batches,
     checked_tensors,
     example_logits,
@@ -37,7 +36,15 @@ from ._common_b import (
     train_ce,
 )
 from ._training import check_flag
-from .base import ForgetConfig, as_dataset, clone_model, make_loader, model_device, register
+from .base import (
+    ForgetConfig,
+    as_dataset,
+    check_count,
+    clone_model,
+    make_loader,
+    model_device,
+    register,
+)
 from .checks import check_batch_labels, check_labels, dataset_labels
 
 if TYPE_CHECKING:
@@ -121,10 +128,10 @@ def saliency_mask(
 
     """
     ratio = check_fraction("ratio", ratio)
-    batch_size = check_positive_int("batch_size", batch_size)
+    batch_size = check_count("batch_size", batch_size)
     forget_ds = as_dataset(forget_ds, "forget_ds")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("model has no trainable parameters (every parameter has "
                          "requires_grad=False), so no weight can be salient")

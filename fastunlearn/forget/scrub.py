@@ -23,11 +23,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._no_effect import no_effect_message
+from .._numbers import check_real
 from ._common_b import (
     SkipSingleBatches,
     TrainingData,
-    check_number,
-    check_positive_int,
     check_single_batches,
     freeze,
     prepare_inputs,
@@ -35,7 +34,7 @@ from ._common_b import (
 )
 from .base import (
     ForgetConfig,
-    _check_float,
+    check_count,
     clone_model,
     iterate,
     make_loader,
@@ -86,15 +85,15 @@ class ScrubConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.forget_batch_size = check_positive_int("forget_batch_size", self.forget_batch_size)
-        self.max_steps = check_positive_int("max_steps", self.max_steps, 0)
-        self.alpha = check_number("alpha", self.alpha)
-        self.gamma = check_number("gamma", self.gamma)
-        self.temperature = check_number("temperature", self.temperature, strict=True)
-        self.lr_decay_rate = check_number("lr_decay_rate", self.lr_decay_rate, strict=True)
+        self.forget_batch_size = check_count("forget_batch_size", self.forget_batch_size)
+        self.max_steps = check_count("max_steps", self.max_steps, 0)
+        self.alpha = check_real("alpha", self.alpha)
+        self.gamma = check_real("gamma", self.gamma)
+        self.temperature = check_real("temperature", self.temperature, positive=True)
+        self.lr_decay_rate = check_real("lr_decay_rate", self.lr_decay_rate, positive=True)
         if not isinstance(self.lr_decay_epochs, (tuple, list)):
-            raise TypeError("lr_decay_epochs must be a tuple of ints")
-        epochs = [check_positive_int("lr_decay_epochs", m) for m in self.lr_decay_epochs]
+            raise TypeError("'lr_decay_epochs' must be a tuple of ints")
+        epochs = [check_count("lr_decay_epochs", m) for m in self.lr_decay_epochs]
         self.lr_decay_epochs = type(self.lr_decay_epochs)(epochs)
         self._warn_settings(ScrubConfig)
 
@@ -138,7 +137,7 @@ def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: flo
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"'student_logits' {tuple(student_logits.shape)} and "
                          f"'teacher_logits' {tuple(teacher_logits.shape)} differ in shape")
-    temperature = _check_float("temperature", temperature, 0.0, strict=True)
+    temperature = check_real("temperature", temperature, positive=True)
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)

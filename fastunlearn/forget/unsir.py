@@ -27,13 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .._numbers import as_int, is_integer
+from .._numbers import as_int, check_real, is_integer
 from ._common_b import (
     TrainingData,
     check_adam_dtype,
     check_float_inputs,
-    check_number,
-    check_positive_int,
     check_single_batches,
     checked_tensors,
     float_input_dtype,
@@ -42,7 +40,16 @@ from ._common_b import (
     probe_forward,
     train_ce,
 )
-from .base import _MAX_INT, ForgetConfig, check_seed, clone_model, iterate, model_device, register
+from .base import (
+    _MAX_INT,
+    ForgetConfig,
+    check_count,
+    check_signed_seed,
+    clone_model,
+    iterate,
+    model_device,
+    register,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,13 +94,13 @@ class UnsirConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.repair_epochs = check_positive_int("repair_epochs", self.repair_epochs, 0)
-        self.repair_lr = check_number("repair_lr", self.repair_lr)
-        self.noise_size = check_positive_int("noise_size", self.noise_size)
-        self.noise_steps = check_positive_int("noise_steps", self.noise_steps, 0)
-        self.noise_lr = check_number("noise_lr", self.noise_lr)
-        self.noise_lambda = check_number("noise_lambda", self.noise_lambda)
-        self.retain_per_class = check_positive_int("retain_per_class", self.retain_per_class)
+        self.repair_epochs = check_count("repair_epochs", self.repair_epochs, 0)
+        self.repair_lr = check_real("repair_lr", self.repair_lr)
+        self.noise_size = check_count("noise_size", self.noise_size)
+        self.noise_steps = check_count("noise_steps", self.noise_steps, 0)
+        self.noise_lr = check_real("noise_lr", self.noise_lr)
+        self.noise_lambda = check_real("noise_lambda", self.noise_lambda)
+        self.retain_per_class = check_count("retain_per_class", self.retain_per_class)
         self._warn_settings()
 
 
@@ -135,21 +142,21 @@ def error_maximizing_noise(
             is not one of the model's outputs.
 
     """
-    target_class = check_positive_int("target_class", target_class, 0)
-    n = check_positive_int("n", n)
-    steps = check_positive_int("steps", steps, 0)
-    lr = check_number("lr", lr)
-    l2_weight = check_number("l2_weight", l2_weight)
-    seed = check_seed("seed", seed)
+    target_class = check_count("target_class", target_class, 0)
+    n = check_count("n", n)
+    steps = check_count("steps", steps, 0)
+    lr = check_real("lr", lr)
+    l2_weight = check_real("l2_weight", l2_weight)
+    seed = check_signed_seed("seed", seed)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        raise TypeError(f"'dtype' must be a floating torch.dtype, got {dtype!r}")
     if not isinstance(shape, (tuple, list)) or not all(
         is_integer(d) for d in shape
     ):
-        raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
+        raise TypeError(f"'shape' must be a tuple of ints, got {shape!r}")
     shape = tuple(as_int(d) for d in shape)
     if any(not 1 <= d <= _MAX_INT for d in shape):
-        raise ValueError(f"shape must hold positive sizes (<= 2**63 - 1), got {tuple(shape)}")
+        raise ValueError(f"'shape' must hold positive sizes (<= 2**63 - 1), got {tuple(shape)}")
     work = freeze(clone_model(model))
     device = model_device(work)
     gen = torch.Generator().manual_seed(seed)
@@ -161,7 +168,7 @@ def error_maximizing_noise(
             from exc
     if target_class >= n_out:
         raise ValueError(
-            f"target_class must be < {n_out} (the model's outputs), got {target_class}"
+            f"'target_class' must be < {n_out} (the model's outputs), got {target_class}"
         )
     noise.requires_grad_(True)
     labels = torch.full((n,), target_class, dtype=torch.long, device=device)

@@ -64,7 +64,7 @@ def test_integer_inputs_skip_the_finiteness_check():
 def test_integer_settings_beyond_int64_are_refused_up_front():
     # `fastunlearn forget --set finetune.batch_size=99999999999999999999` passed validation
     # and failed at run time inside the loader
-    with pytest.raises(ValueError, match=r"batch_size must be <= 2\*\*63 - 1"):
+    with pytest.raises(ValueError, match=r"'batch_size' must be <= 2\*\*63 - 1"):
         FinetuneConfig(batch_size=2**63)
     assert FinetuneConfig(batch_size=2**63 - 1).batch_size == 2**63 - 1
 
@@ -98,7 +98,7 @@ class _PlainDataclass:  # a dataclass, but not a ForgetConfig
 @pytest.mark.parametrize("cls", [_NotADataclass, _PlainDataclass, int])
 def test_register_refuses_a_config_that_is_not_a_forget_config_dataclass(cls):
     names = available_methods()
-    with pytest.raises(TypeError, match=r"^config_cls must be a ForgetConfig dataclass$"):
+    with pytest.raises(TypeError, match=r"^'config_cls' must be a ForgetConfig dataclass$"):
         register("test_base_api_never_registered", cls)
     assert available_methods() == names
     assert "test_base_api_never_registered" not in available_methods()
@@ -107,7 +107,7 @@ def test_register_refuses_a_config_that_is_not_a_forget_config_dataclass(cls):
 def test_get_method_errors():
     with pytest.raises(ValueError, match=r"unknown forgetting method 'nope'; known methods: "):
         get_method("nope")
-    with pytest.raises(TypeError, match="method must be a str"):
+    with pytest.raises(TypeError, match="'method' must be a str"):
         get_method(3)
 
 
@@ -143,7 +143,7 @@ def test_run_method_override_errors(data):
     model = tiny_linear()
     cfg = FinetuneConfig(epochs=1)
     # replace() re-runs the config's validation
-    with pytest.raises(ValueError, match="lr must be finite and >= 0.0"):
+    with pytest.raises(ValueError, match="'lr' must be finite and >= 0"):
         run_method("finetune", model, forget, retain, config=cfg, lr=-1.0)
     with pytest.raises(TypeError, match="no_such_field"):
         run_method("finetune", model, forget, retain, config=cfg, no_such_field=1)

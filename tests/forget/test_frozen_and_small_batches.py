@@ -306,9 +306,9 @@ def test_make_loader_takes_numpy_integers_and_names_bad_arguments():
     plain = [b[0].tolist() for b in make_loader(ds, 3, shuffle=True, seed=5)]
     numpy = [b[0].tolist() for b in make_loader(ds, np.int64(3), shuffle=True, seed=np.int64(5))]
     assert numpy == plain and len(plain) == 4
-    with pytest.raises(TypeError, match="batch_size must be an int"):
+    with pytest.raises(TypeError, match="'batch_size' must be an int"):
         make_loader(ds, 3.0, shuffle=False)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="'batch_size' must be >= 1"):
         make_loader(ds, 0, shuffle=False)
-    with pytest.raises(TypeError, match="seed must be an int"):
+    with pytest.raises(TypeError, match="'seed' must be an int"):
         make_loader(ds, 3, shuffle=False, seed="1")

@@ -323,7 +323,7 @@ def test_unknown_method_names_the_known_ones(digits):
 def test_wrong_config_type_is_rejected(digits):
     fn, _ = get_method("finetune")
     _, other_cls = get_method("neggrad")
-    with pytest.raises(TypeError, match="config must be a FinetuneConfig"):
+    with pytest.raises(TypeError, match="'config' must be a FinetuneConfig"):
         fn(digits.model, TensorDataset(*digits.forget), TensorDataset(*digits.retain), other_cls())
 
 
