@@ -191,8 +191,14 @@ def plain_fields(config: object) -> None:
     Configs built with ``np.int64(2)`` then equal those built with ``2``, and their
     ``asdict`` and JSON are the same; the values are checked where the config is used.
     Frozen dataclasses too.
+
+    Raises:
+        TypeError: ``config`` is not a dataclass instance.
+
     """
-    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"'config' must be a dataclass instance, got {type(config).__name__}")
+    for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         plain = as_plain(value)
         if plain is not value:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from fastunlearn._numbers import MAX_SEED, check_int, check_real, check_seed
+from fastunlearn._numbers import MAX_SEED, check_int, check_real, check_seed, plain_fields
 
 
 @pytest.mark.parametrize("value", [3, np.int64(3), np.uint8(3)])
@@ -85,3 +85,24 @@ def test_check_real_zero_only_without_positive():
     assert check_real("damping", 0) == 0.0
     with pytest.raises(ValueError, match=r"^'lr' must be finite and > 0, got 0.0$"):
         check_real("lr", 0.0, positive=True)
+
+
+def test_plain_fields_converts_numpy_scalars_in_place():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        steps: object
+        rate: object
+
+    settings = Settings(np.int64(4), np.float32(0.5))
+    plain_fields(settings)
+    assert (type(settings.steps), type(settings.rate)) == (int, float)
+    assert settings == Settings(4, 0.5)
+
+
+@pytest.mark.parametrize("value", [{"steps": 1}, None, type("Plain", (), {}),
+                                   __import__("dataclasses").make_dataclass("Cls", ["a"])])
+def test_plain_fields_refuses_what_is_not_a_dataclass_instance(value):
+    with pytest.raises(TypeError, match=r"^'config' must be a dataclass instance"):
+        plain_fields(value)

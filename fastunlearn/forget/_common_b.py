@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from .._numbers import as_float, as_int, is_integer, is_real
 from .._process_flags import GLOBAL_RNG_LOCK
 from .base import (
+    ForgetConfig,
     as_dataset,
     batches,
     iterate,
@@ -86,7 +87,7 @@ def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> flo
 
 
 def check_inputs(
-    config: object, config_cls: type, forget: object, retain: object
+    config: object, config_cls: type[ForgetConfig], forget: object, retain: object
 ) -> tuple[Dataset, Dataset]:
     """Check a method's config type and return its forget and retain sets as data sets.
 
@@ -106,12 +107,12 @@ def check_inputs(
         raise TypeError(f"'config' must be {article} {name}, got {type(config).__name__}")
     # Re-run the field checks: a config changed after construction (``cfg.lr = nan``)
     # would otherwise train with the bad value and return a silently broken model.
-    config.__post_init__()  # type: ignore[attr-defined]
+    config.__post_init__()
     return as_dataset(forget, "forget"), as_dataset(retain, "retain")
 
 
 def prepare_inputs(
-    model: object, config: object, config_cls: type, forget: object, retain: object
+    model: object, config: object, config_cls: type[ForgetConfig], forget: object, retain: object
 ) -> tuple[Dataset, Dataset, int]:
     """Validate everything a method gets, before any costly work; nothing is modified.
 
