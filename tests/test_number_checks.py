@@ -6,6 +6,7 @@ functions goes through these; their messages name the argument the same way ever
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -88,8 +89,6 @@ def test_check_real_zero_only_without_positive():
 
 
 def test_plain_fields_converts_numpy_scalars_in_place():
-    import dataclasses
-
     @dataclasses.dataclass(frozen=True)
     class Settings:
         steps: object
@@ -102,7 +101,7 @@ def test_plain_fields_converts_numpy_scalars_in_place():
 
 
 @pytest.mark.parametrize("value", [{"steps": 1}, None, type("Plain", (), {}),
-                                   __import__("dataclasses").make_dataclass("Cls", ["a"])])
+                                   dataclasses.make_dataclass("Cls", ["a"])])
 def test_plain_fields_refuses_what_is_not_a_dataclass_instance(value):
     with pytest.raises(TypeError, match=r"^'config' must be a dataclass instance"):
         plain_fields(value)
