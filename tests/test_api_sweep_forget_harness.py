@@ -124,6 +124,11 @@ def test_config_takes_an_int_beyond_int64_as_a_float(cls: type, field: str) -> N
     assert type(value) is float and value == float(HUGE)
 
 
+def test_train_settings_take_an_int_beyond_int64_as_a_float() -> None:
+    settings = TrainSettings(lr=HUGE, momentum=HUGE)
+    assert (settings.lr, type(settings.momentum)) == (float(HUGE), float)
+
+
 @pytest.mark.parametrize("seed", [-1, 2**63 - 1, -(2**63)])
 def test_config_accepts_64_bit_seeds(seed: int) -> None:
     assert ForgetConfig(seed=seed).seed == seed
@@ -322,7 +327,7 @@ def test_generate_antisamples_refuses(case: str, args: tuple, kw: dict, exc: typ
 
 HARNESS_CASES = [
     ("TrainSettings lr huge", lambda: TrainSettings(lr=10**400), ValueError, "'lr'"),
-    ("TrainSettings lr 2**64", lambda: TrainSettings(lr=HUGE), ValueError, "'lr'"),
+    ("TrainSettings lr 0", lambda: TrainSettings(lr=0), ValueError, "'lr' must be finite and > 0"),
     ("TrainSettings epochs huge", lambda: TrainSettings(epochs=HUGE), ValueError, "'epochs'"),
     ("TrainSettings batch huge", lambda: TrainSettings(batch_size=HUGE), ValueError,
      "'batch_size'"),

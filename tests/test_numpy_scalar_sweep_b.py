@@ -225,7 +225,7 @@ def test_train_settings_take_numpy_scalars():
                       weight_decay=I64(0))
     b = TrainSettings(epochs=2, lr=0.5, batch_size=8, momentum=0.5, weight_decay=0)
     _same_config(a, b, {"epochs": 2, "lr": 0.5, "batch_size": 8, "momentum": 0.5,
-                        "weight_decay": 0})
+                        "weight_decay": 0.0})  # a real given as an int is a float
 
 
 def test_harness_config_takes_numpy_scalars():

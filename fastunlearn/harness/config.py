@@ -25,14 +25,12 @@ import torch
 
 from .._device import parse_device
 from .._numbers import (
-    as_float,
     as_int,
     check_flag,
     check_int,
-    is_finite,
+    check_real,
     is_flag,
     is_integer,
-    is_real,
 )
 from .._paths import check_path
 from .._unused_settings import UnusedRule, non_default_fields, unused_setting_messages
@@ -117,14 +115,9 @@ class TrainSettings:
             # a NumPy integer is stored as an int
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1, _MAX_INT))
         for name in ("lr", "momentum", "weight_decay"):
-            v = getattr(self, name)
-            if not is_real(v):  # a bool or a str is the wrong type
-                raise TypeError(f"'{name}' must be a number, got {type(v).__name__} {v!r}")
-            # an int beyond 2**63 - 1 overflows math.isfinite and torch's scalars
-            if (is_integer(v) and v > _MAX_INT) or not is_finite(v) \
-                    or v < 0 or (name == "lr" and v == 0):
-                raise ValueError(f"'{name}' must be a finite number >= 0 (lr > 0), got {v!r}")
-            object.__setattr__(self, name, as_int(v) if is_integer(v) else as_float(v))
+            # stored as a float (an int beyond 2**63 - 1, which torch cannot take, too)
+            value = check_real(name, getattr(self, name), positive=name == "lr")
+            object.__setattr__(self, name, value)
 
 
 def oracle_recipe(settings: TrainSettings) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._extension import has_kernel
-from .._numbers import as_int, is_integer
+from .._numbers import check_int
 from .._repr import fields_repr
 from ._checks import as_tensor, check_delta, pair_of_stats, stacked_logits
 from ._reduce import median
@@ -364,14 +364,8 @@ def epsilon_table(n_pos: int, n_neg: int, delta: float = DEFAULT_DELTA,
             ``delta`` is outside [0, 1).
 
     """
-    counts = []
-    for name, value in (("n_pos", n_pos), ("n_neg", n_neg)):
-        if not is_integer(value):
-            raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
-        if as_int(value) < 1:
-            raise ValueError(f"'{name}' must be >= 1, got {value}")
-        counts.append(as_int(value))
-    return _eps_table(counts[0], counts[1], check_delta(delta), torch.device(device))
+    return _eps_table(check_int("n_pos", n_pos, 1), check_int("n_neg", n_neg, 1),
+                      check_delta(delta), torch.device(device))
 
 
 def _single_grids(r: Tensor, u: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:
@@ -526,12 +520,7 @@ def score_bins(num_models: int | np.integer) -> list[tuple[float, float, float]]
         ValueError: If ``num_models`` is below 3.
 
     """
-    if not is_integer(num_models):  # Python or NumPy integer, not a bool
-        raise TypeError(f"'num_models' must be an integer >= 3, got "
-                        f"{type(num_models).__name__} {num_models!r}")
-    num_models = as_int(num_models)  # numpy integers too (e.g. an array's shape entry)
-    if num_models < 3:
-        raise ValueError(f"'num_models' must be an integer >= 3, got {num_models!r}")
+    num_models = check_int("num_models", num_models, 3)  # NumPy ints too (a shape entry)
     max_eps = math.ceil(math.log(num_models - 1))
     bins, k = [], 0
     while 0.5 * (k + 1) <= max_eps:
