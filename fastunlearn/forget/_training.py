@@ -53,6 +53,7 @@ from .base import (
     clone_model,
     iterate,
     model_device,
+    offset_seed,
     sized_len,
 )
 from .checks import check_batch_labels, check_sets, dataset_labels, item_labels
@@ -311,7 +312,8 @@ def train(
             "requires_grad=False), so there is nothing to train"
         )
     device = model_device(model)
-    source = batches(dataset, config.batch_size, shuffle=True, seed=config.seed + seed_offset)
+    source = batches(dataset, config.batch_size, shuffle=True,
+                     seed=offset_seed(config.seed, seed_offset))
     loader = SkipSingleBatches(source, model, desc)
     opt = make_optimizer(model.parameters(), config, lr)
     sched = _scheduler(opt, config, epochs) if use_scheduler else None

@@ -54,6 +54,7 @@ from .base import (
     clone_model,
     iterate,
     model_device,
+    offset_seed,
     register,
 )
 
@@ -230,7 +231,7 @@ def generate_antisamples(
     R = R_all[pool_idx.to(device)]
     k = min(tail_randomized or 1, R.shape[0])
 
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    gen = torch.Generator(device=device).manual_seed(offset_seed(seed, 1))
     _sync(device)
     t0 = time.perf_counter()
     far_d, far_i = farthest_k(Q.contiguous(), R.contiguous(), k)
@@ -459,7 +460,7 @@ def _unlearn(
             eps=config.eps,
             size_multiplier=config.size_multiplier,
             convex_combination=config.convex_combination,
-            seed=config.seed + 7919 * (i + 1),
+            seed=offset_seed(config.seed, 7919 * (i + 1)),
         )
         anti_x.append(result.samples.cpu())
         anti_y.append(torch.full((result.samples.shape[0],), int(c), dtype=torch.long))

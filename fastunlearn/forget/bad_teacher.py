@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .._numbers import as_int, check_real, is_integer
+from .._numbers import check_real
 from ._common_b import (
     SkipSingleBatches,
     TrainingData,
@@ -44,10 +44,12 @@ from ._common_b import (
 )
 from .base import (
     ForgetConfig,
+    check_signed_seed,
     clone_model,
     iterate,
     make_loader,
     model_device,
+    offset_seed,
     register,
 )
 
@@ -87,9 +89,7 @@ class BadTeacherConfig(ForgetConfig):
         self.temperature = check_real("temperature", self.temperature, positive=True)
         self.retain_fraction = check_fraction("retain_fraction", self.retain_fraction)
         if self.incompetent_seed is not None:
-            if not is_integer(self.incompetent_seed):
-                raise TypeError("'incompetent_seed' must be an int or None")
-            self.incompetent_seed = as_int(self.incompetent_seed)
+            self.incompetent_seed = check_signed_seed("incompetent_seed", self.incompetent_seed)
         self._warn_settings()
 
 
@@ -120,7 +120,8 @@ def bad_teacher(
     xr, _ = checked_tensors(retain_ds, k, "retain")
     check_adam_dtype(model, "bad_teacher")
     good = freeze(clone_model(model))
-    bad_seed = config.seed + 1 if config.incompetent_seed is None else config.incompetent_seed
+    bad_seed = (offset_seed(config.seed, 1) if config.incompetent_seed is None
+                else config.incompetent_seed)
     bad = freeze(reinitialize(clone_model(model), bad_seed))
     student = clone_model(model)
     device = model_device(student)

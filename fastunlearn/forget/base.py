@@ -67,6 +67,7 @@ __all__ = [
     "iterate",
     "make_loader",
     "model_device",
+    "offset_seed",
     "register",
     "run_method",
     "unused_field_messages",
@@ -255,6 +256,18 @@ def check_signed_seed(name: str, value: object) -> int:
     if not -_MAX_INT - 1 <= seed <= _MAX_INT:
         raise ValueError(f"'{name}' must be in -2**63 .. 2**63 - 1, got {seed}")
     return seed
+
+
+def offset_seed(seed: int, offset: int) -> int:
+    """Return the seed of a method's further random stream: ``seed + offset``, kept in range.
+
+    Methods draw a second shuffling order, a teacher's initialisation or one noise batch per
+    class from the config's seed plus a small offset. At the top of the seed range
+    (``seed = 2**63 - 1``) the sum leaves what a generator takes, so it wraps around modulo
+    2**64 into ``-2**63 .. 2**63 - 1``: the derived seeds stay distinct and deterministic, and
+    below the top they are the plain sum (results of ordinary seeds are unchanged).
+    """
+    return (seed + offset + _MAX_INT + 1) % 2**64 - _MAX_INT - 1
 
 
 def _interface(fn: ForgetMethod) -> ForgetMethod:

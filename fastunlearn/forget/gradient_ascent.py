@@ -22,7 +22,15 @@ from ._training import (
     seeded,
     train_main_stage,
 )
-from .base import _MAX_INT, iterate, make_loader, model_device, register, sized_len
+from .base import (
+    _MAX_INT,
+    iterate,
+    make_loader,
+    model_device,
+    offset_seed,
+    register,
+    sized_len,
+)
 from .checks import check_batch_labels
 
 __all__ = ["NegGradConfig", "NegGradPlusConfig", "neggrad", "neggrad_plus"]
@@ -144,7 +152,7 @@ def neggrad_plus(
             "neggrad_plus:retain",
         )
         f_loader = SkipSingleBatches(
-            make_loader(forget_ds, f_batch, shuffle=True, seed=config.seed + 1),
+            make_loader(forget_ds, f_batch, shuffle=True, seed=offset_seed(config.seed, 1)),
             clone,
             "neggrad_plus:forget",
         )

@@ -39,6 +39,7 @@ from .base import (
     iterate,
     make_loader,
     model_device,
+    offset_seed,
     register,
     sized_len,
 )
@@ -192,7 +193,7 @@ def scrub(
         "scrub:forget",
     )
     retain_loader = SkipSingleBatches(
-        make_loader(retain_ds, config.batch_size, shuffle=True, seed=config.seed + 1),
+        make_loader(retain_ds, config.batch_size, shuffle=True, seed=offset_seed(config.seed, 1)),
         student,
         "scrub:retain",
     )

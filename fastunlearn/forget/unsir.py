@@ -48,6 +48,7 @@ from .base import (
     clone_model,
     iterate,
     model_device,
+    offset_seed,
     register,
 )
 
@@ -214,7 +215,7 @@ def unsir_noise_set(
     for i, c in enumerate(iterate(classes, progress=config.progress, desc="unsir noise")):
         noise = error_maximizing_noise(
             model, int(c), shape, n=config.noise_size, steps=config.noise_steps,
-            lr=config.noise_lr, l2_weight=config.noise_lambda, seed=config.seed + 1 + i,
+            lr=config.noise_lr, l2_weight=config.noise_lambda, seed=offset_seed(config.seed, 1 + i),
             dtype=dtype,
         )
         noises.append(noise.cpu())
@@ -306,7 +307,7 @@ def unsir(
     opt = torch.optim.Adam(new.parameters(), lr=config.repair_lr, weight_decay=config.weight_decay)
     train_ce(
         new, xr_sub.to(dtype), yr_sub, opt, epochs=config.repair_epochs,
-        batch_size=config.batch_size, seed=config.seed + 1, progress=config.progress,
+        batch_size=config.batch_size, seed=offset_seed(config.seed, 1), progress=config.progress,
         desc="unsir repair",
     )
     return new.eval()
