@@ -14,7 +14,7 @@ from torch import nn
 
 import fastunlearn.influence as fi
 import fastunlearn.linalg as fl
-from fastunlearn.influence.feature_experiment import FeatureConfig
+from fastunlearn.influence.feature_experiment import FeatureConfig, load_feature_data
 from fastunlearn.influence.gradients import check_sum_reduction
 
 F64 = torch.float64
@@ -86,19 +86,33 @@ def test_lissa_progress_must_be_bool(progress) -> None:
 # column only against the data inside run_feature_experiment)
 
 @pytest.mark.parametrize(("config", "match"), [
-    (FeatureConfig(seed=2**64), "'seed'"),
+    (FeatureConfig(seed=2**64, dataset="wine"), "'seed'"),
     (FeatureConfig(seed=2**70, mode="replace"), "'seed'"),
+    # the digits split seeds seed * 16 + digit: before, accepted here and refused by the
+    # loader once the run had started
+    (FeatureConfig(seed=2**60), r"'seed' must be an int in \[0, 2\*\*60 - 1\]"),
     (FeatureConfig(columns=(-1,)), "'columns'"),
     (FeatureConfig(columns=[3, -2]), "'columns'"),
-], ids=["seed 2**64", "seed 2**70 replace", "columns -1", "columns 3,-2"])
+], ids=["seed 2**64", "seed 2**70 replace", "digits seed 2**60", "columns -1",
+        "columns 3,-2"])
 def test_feature_config_validate(config, match) -> None:
     with pytest.raises(ValueError, match=match):
         config.validate()
 
 
 def test_feature_config_valid_edges() -> None:
-    cfg = FeatureConfig(seed=2**64 - 1, columns=(0, 5))
+    cfg = FeatureConfig(seed=2**64 - 1, columns=(0, 5), dataset="wine")
     assert cfg.validate() is cfg
+    digits = FeatureConfig(seed=2**60 - 1)
+    assert digits.validate() is digits
+
+
+@pytest.mark.parametrize(("dataset", "seed"), [("digits", 2**60 - 1), ("wine", 2**64 - 1)])
+def test_feature_data_loads_at_the_largest_seed(dataset: str, seed: int) -> None:
+    data = load_feature_data(dataset, seed=seed)
+    assert data.X_train.shape[0] > 0 and data.X_test.shape[0] > 0
+    with pytest.raises(ValueError, match="'seed' must be an int in"):
+        load_feature_data(dataset, seed=seed + 1)
 
 
 # --------------------------------------------------------------------------------------

@@ -19,7 +19,11 @@ from .._equality import dataclass_eq
 from .._numbers import as_float, check_flag, check_seed, is_integer, is_real
 from .._repr import fields_repr
 
-__all__ = ["DigitsSplit", "digits_images", "load_digits_dataset"]
+__all__ = ["MAX_DIGITS_SEED", "DigitsSplit", "digits_images", "load_digits_dataset"]
+
+#: Largest seed of the digits split: digit ``c`` seeds its generator with ``seed * 16 + c``,
+#: which must stay a 64-bit generator seed.
+MAX_DIGITS_SEED = 2**60 - 1
 
 #: Largest pixel value in the bundled digits (4-bit intensities).
 _PIXEL_MAX = 16.0
@@ -191,7 +195,7 @@ def load_digits_dataset(
                         f"{type(test_fraction).__name__} {test_fraction!r}")
     if not 0.0 < as_float(test_fraction) < 1.0:
         raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
-    seed = check_seed("seed", seed, 2**60 - 1)  # each class seeds seed * 16 + class
+    seed = check_seed("seed", seed, MAX_DIGITS_SEED)  # each class seeds seed * 16 + class
 
     data, target = _raw_digits()
     if pair is None:

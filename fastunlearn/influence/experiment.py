@@ -343,21 +343,16 @@ def flip_labels(labels: Tensor, budget: int, seed: int) -> tuple[Tensor, Tensor]
     Raises:
         TypeError: ``budget`` or ``seed`` is not an int, or ``labels`` not integer.
         ValueError: ``budget < 10`` (no flip per class; a negative budget would slice
-            from the end), ``seed < 0``, a class has fewer than ``budget // 10`` rows, or
-            labels outside 0..9.
+            from the end), ``seed`` outside ``[0, 2**64 - 1]``, a class has fewer than
+            ``budget // 10`` rows, or labels outside 0..9.
 
     """
     if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex() \
             or labels.dtype == torch.bool:
         raise TypeError("'labels' must be an integer torch.Tensor of classes 0..9")
-    for name, value in (("budget", budget), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"'{name}' must be an int, got {type(value).__name__}")
-    budget, seed = int(budget), int(seed)
+    budget, seed = check_int("budget", budget), check_seed("seed", seed)
     if budget < 10:
         raise ValueError(f"'budget' must be >= 10 (budget // 10 per class), got {budget}")
-    if seed < 0:
-        raise ValueError(f"'seed' must be >= 0, got {seed}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 9):
         raise ValueError("'labels' must be in 0..9 to flip s -> 9 - s")
     per_class = budget // 10

@@ -45,7 +45,16 @@ import torch
 from torch import Tensor, nn
 
 from .._json_data import json_ready
-from .._numbers import as_float, check_flag, check_int, check_real, check_seed, is_integer, is_real
+from .._numbers import (
+    MAX_SEED,
+    as_float,
+    check_flag,
+    check_int,
+    check_real,
+    check_seed,
+    is_integer,
+    is_real,
+)
 from .._numbers import plain_fields as _plain_fields
 from .._result_shape import check_result_shape
 from .._unused_settings import warn_unused_settings
@@ -175,7 +184,8 @@ class FeatureConfig:
                 ``progress`` not a bool.
             ValueError: If a field is out of range (named): ``dataset`` or ``mode`` not a
                 known name, ``columns`` empty, negative or with duplicates, a count < 1,
-                ``seed`` not in ``[0, 2**64 - 1]``, a tolerance or weight not
+                ``seed`` not in ``[0, 2**64 - 1]`` (``[0, 2**60 - 1]`` for the digits), a
+                tolerance or weight not
                 finite (and > 0 where required, ``cg_tol`` included), ``delta`` or
                 ``test_fraction`` outside ``(0, 1)``, ``tau`` neither ``"auto"`` nor finite
                 and positive, or ``binary`` not two distinct digits in 0..9.
@@ -203,7 +213,8 @@ class FeatureConfig:
         # a wrong type is a TypeError (a bool is no count or rate); then the range
         for name in ("top_k", "n_rows", "cg_maxiter", "train_rounds", "steps"):
             check_int(name, getattr(self, name), 1)
-        check_seed("seed", self.seed)  # a torch.Generator seed (replace mode)
+        # a torch.Generator seed (replace mode); the digits split derives one per class
+        check_seed("seed", self.seed, _max_seed(self.dataset))
         for name in ("l2", "linear_lam", "epsilon", "train_tol", "value", "cg_tol", "delta",
                      "test_fraction"):
             value = getattr(self, name)
@@ -261,6 +272,15 @@ class FeatureData:
     num_classes: int
 
 
+def _max_seed(dataset: str) -> int:
+    """Return the largest seed ``dataset``'s split takes (the digits derive one per class)."""
+    if dataset != "digits":
+        return MAX_SEED
+    from ..data.digits import MAX_DIGITS_SEED  # the data package loads torchvision: lazily
+
+    return MAX_DIGITS_SEED
+
+
 def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     test = np.zeros(y.shape[0], dtype=bool)
@@ -292,7 +312,7 @@ def load_feature_data(dataset: str, *, test_fraction: float = 0.2, seed: int = 0
         raise TypeError(f"'test_fraction' must be a number, got {type(test_fraction).__name__}")
     if not 0 < as_float(test_fraction) < 1:
         raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
-    seed = check_seed("seed", seed)
+    seed = check_seed("seed", seed, _max_seed(dataset))
     if dataset == "digits":
         from ..data import load_digits_dataset
 

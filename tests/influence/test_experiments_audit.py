@@ -263,6 +263,7 @@ def test_flip_labels_flips_budget_div_10_rows_of_each_class_to_9_minus_s():
     (True, 0, TypeError, "'budget'"),
     (100, -1, ValueError, "'seed'"),
     (100, 1.5, TypeError, "'seed'"),
+    (100, 2**64, ValueError, "'seed'"),  # before: torch's unnamed "Overflow when unpacking"
 ])
 def test_flip_labels_rejects_bad_budget_and_seed(budget, seed, error, match):
     labels = torch.arange(10).repeat_interleave(30)
