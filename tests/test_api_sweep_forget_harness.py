@@ -101,6 +101,9 @@ CONFIG_CASES = [
     (AntiSampleConfig, "lr_scale", 10**400, ValueError),
     (NegGradPlusConfig, "forget_batch_size", HUGE, ValueError),
     (InfluenceConfig, "damping", 10**400, ValueError),
+    (InfluenceConfig, "damping", "0.1", TypeError),  # a wrong type is a TypeError (was Value)
+    (InfluenceConfig, "num_params", 2.0, TypeError),
+    (InfluenceConfig, "num_params", 2**63, ValueError),
     (InfluenceConfig, "maxiter", -1, ValueError),
     (InfluenceConfig, "maxiter", 1.5, TypeError),
     (InfluenceConfig, "hvp_batch_size", 0, ValueError),

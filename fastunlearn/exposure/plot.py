@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._numbers import as_int, is_integer
+from .._numbers import check_int
 from ..report.plots import _legend_below, _new_figure, _save
 from .experiment import ExposureMeasurement
 
@@ -82,11 +82,7 @@ def plot_exposure(
     ]
     if len(names) != len(items):
         raise ValueError(f"'labels' must have {len(items)} entries, got {len(names)}")
-    if not is_integer(bins):  # a bool or a float is the wrong type
-        raise TypeError(f"'bins' must be an int, got {type(bins).__name__} {bins!r}")
-    if bins < 1:
-        raise ValueError(f"'bins' must be an int >= 1, got {bins!r}")
-    bins = as_int(bins)
+    bins = check_int("bins", bins, 1)  # a bool or a float is the wrong type
 
     first = items[0]
     others = np.asarray(first.others, dtype=np.float64)

@@ -30,11 +30,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._no_effect import no_effect_message
-from .._numbers import as_float, as_int, is_integer, is_real
+from .._numbers import check_real
 from ..influence import influence_update, last_parameters
 from ._common_b import check_fraction, prepare_inputs
 from .base import (
-    _MAX_INT,
     ForgetConfig,
     check_count,
     clone_model,
@@ -101,19 +100,13 @@ class InfluenceConfig(ForgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not is_integer(self.num_params) or not 0 <= self.num_params <= _MAX_INT:
-            raise ValueError(f"'num_params' must be an int >= 0, got {self.num_params!r}")
-        self.num_params = as_int(self.num_params)
+        self.num_params = check_count("num_params", self.num_params, 0)
         if self.solver not in _SOLVERS:
             raise ValueError(f"'solver' must be one of {_SOLVERS}, got {self.solver!r}")
         if self.curvature not in _CURVATURES:
             raise ValueError(f"'curvature' must be one of {_CURVATURES}, got {self.curvature!r}")
         for name in ("damping", "scale", "tol", "loss_tolerance"):
-            v = getattr(self, name)
-            if not is_real(v) or not v >= 0 or v == float("inf") \
-                    or (is_integer(v) and v > _MAX_INT):
-                raise ValueError(f"'{name}' must be a finite number >= 0, got {v!r}")
-            setattr(self, name, as_int(v) if is_integer(v) else as_float(v))
+            setattr(self, name, check_real(name, getattr(self, name)))
         if self.maxiter is not None:
             self.maxiter = check_count("maxiter", self.maxiter, 0)
         self.hvp_batch_size = check_count("hvp_batch_size", self.hvp_batch_size, 1)
