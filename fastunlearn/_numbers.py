@@ -26,6 +26,7 @@ __all__ = [
     "as_int",
     "as_plain",
     "check_flag",
+    "check_fraction",
     "check_int",
     "check_real",
     "check_seed",
@@ -141,6 +142,30 @@ def check_real(name: str, value: object, *, positive: bool = False) -> float:
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
         raise ValueError(f"'{name}' must be finite and {'> 0' if positive else '>= 0'}, "
                          f"got {number}")
+    return number
+
+
+def check_fraction(name: str, value: object, *, zero: bool = False, one: bool = False) -> float:
+    """Return a fraction argument as a float in ``(0, 1)``; ``zero`` / ``one`` close the ends.
+
+    The library's check of a split fraction, a probability or a ratio given as an argument:
+    ``(0, 1)`` by default, ``(0, 1]`` with ``one``, ``[0, 1)`` with ``zero``. NumPy reals are
+    accepted; a bool is not a number; NaN is refused.
+
+    Raises:
+        TypeError: ``value`` is not a Python or NumPy real number, naming ``name``.
+        ValueError: It lies outside the interval, which the message spells out.
+
+    """
+    if not is_real(value):
+        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__} "
+                        f"{value!r}")
+    number = as_float(value)
+    above = number >= 0 if zero else number > 0
+    below = number <= 1 if one else number < 1
+    if not (above and below):  # NaN fails both
+        interval = f"{'[' if zero else '('}0, 1{']' if one else ')'}"
+        raise ValueError(f"'{name}' must be in {interval}, got {number}")
     return number
 
 

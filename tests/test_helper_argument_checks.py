@@ -151,7 +151,7 @@ def test_load_feature_data_checks_the_split():
     for fraction in (1.5, 0.0, 1.0):
         with pytest.raises(ValueError, match=r"'test_fraction' must be in \(0, 1\)"):
             load_feature_data("wine", test_fraction=fraction)
-    with pytest.raises(TypeError, match="'test_fraction' must be a number, got str"):
+    with pytest.raises(TypeError, match="'test_fraction' must be a real number, got str"):
         load_feature_data("digits", test_fraction="0.2")
     with pytest.raises(ValueError, match=r"'seed' must be an int in \[0, 2\*\*64 - 1\], got -2"):
         load_feature_data("wine", seed=-2)

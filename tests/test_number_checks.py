@@ -12,7 +12,14 @@ import math
 import numpy as np
 import pytest
 
-from fastunlearn._numbers import MAX_SEED, check_int, check_real, check_seed, plain_fields
+from fastunlearn._numbers import (
+    MAX_SEED,
+    check_fraction,
+    check_int,
+    check_real,
+    check_seed,
+    plain_fields,
+)
 
 
 @pytest.mark.parametrize("value", [3, np.int64(3), np.uint8(3)])
@@ -105,3 +112,25 @@ def test_plain_fields_converts_numpy_scalars_in_place():
 def test_plain_fields_refuses_what_is_not_a_dataclass_instance(value):
     with pytest.raises(TypeError, match=r"^'config' must be a dataclass instance"):
         plain_fields(value)
+
+
+@pytest.mark.parametrize(("zero", "one", "inside", "outside"), [
+    (False, False, [1e-12, 0.5, np.float32(0.25)], [0, 1, -0.1, 1.5]),
+    (False, True, [1, 0.5, np.int64(1)], [0, 1.0000001]),
+    (True, False, [0, 0.0, 0.999], [1, -1e-12]),
+    (True, True, [0, 1, 0.5], [-0.5, 2]),
+])
+def test_check_fraction_interval_ends(zero, one, inside, outside):
+    interval = f"{'[' if zero else '('}0, 1{']' if one else ')'}"
+    for value in inside:
+        out = check_fraction("p", value, zero=zero, one=one)
+        assert type(out) is float and out == float(value)
+    for value in [*outside, math.nan, math.inf, 10**400]:
+        with pytest.raises(ValueError, match=rf"^'p' must be in \{interval[0]}0, 1\{interval[-1]}"):
+            check_fraction("p", value, zero=zero, one=one)
+
+
+@pytest.mark.parametrize("value", [True, np.bool_(False), "0.5", None, 0.5j])
+def test_check_fraction_refuses_what_is_not_a_real_number(value):
+    with pytest.raises(TypeError, match=r"^'ratio' must be a real number, got "):
+        check_fraction("ratio", value, one=True)

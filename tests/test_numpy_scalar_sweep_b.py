@@ -199,7 +199,7 @@ def test_generate_antisamples_takes_numpy_options():
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"seed": True}, "seed"),
     ({"n_generated": F64(4.0)}, "n_generated"),
-    ({"p": np.bool_(True)}, "^'p' must be a number"),
+    ({"p": np.bool_(True)}, "^'p' must be a real number"),
     ({"return_weights": 1}, "return_weights"),
 ])
 def test_generate_antisamples_still_refuses(kwargs, match):

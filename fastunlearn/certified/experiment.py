@@ -42,7 +42,15 @@ from .._atomic_files import write_text
 from .._device import parse_device
 from .._interrupt import StopCheck, check_stop_callable, skippable, stop_points, stop_requested
 from .._json_data import json_ready
-from .._numbers import check_flag, check_seed, is_finite, is_integer, is_real, plain_fields
+from .._numbers import (
+    check_flag,
+    check_fraction,
+    check_seed,
+    is_finite,
+    is_integer,
+    is_real,
+    plain_fields,
+)
 from .._output_folder import check_output_folder
 from .._repr import fields_repr, format_number, summarize
 from .._unused_settings import warn_unused_settings
@@ -207,10 +215,8 @@ class ExperimentConfig:
                 raise ValueError(f"'{name}' must be a positive number, got {value!r}")
         if not (is_finite(self.std) and self.std >= 0):
             raise ValueError(f"'std' must be a non-negative number, got {self.std!r}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"'delta' must be in (0, 1), got {self.delta!r}")
-        if not 0 < self.subsample_ratio <= 1:
-            raise ValueError(f"'subsample_ratio' must be in (0, 1], got {self.subsample_ratio!r}")
+        check_fraction("delta", self.delta)
+        check_fraction("subsample_ratio", self.subsample_ratio, one=True)
         for name in ("num_steps", "num_removes", "batch", "eval_every", "seed"):
             value = getattr(self, name)
             if not is_integer(value):  # Python or NumPy int, not a bool or a float

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .._equality import dataclass_eq
-from .._numbers import as_float, check_int, is_real
+from .._numbers import check_fraction, check_int, check_real
 from ..data.vision import load_features, save_features
 from ..epoch_state import EpochState
 
@@ -82,22 +82,6 @@ Batch = tuple[Tensor, Tensor]
 # ---------------------------------------------------------------------------------------
 
 
-def _check_real(value: object, arg: str, *, low: float, inclusive: bool) -> float:
-    if not is_real(value):  # Python or NumPy real, not a bool
-        raise TypeError(f"'{arg}' must be a number, got {type(value).__name__}")
-    value = as_float(value)  # an int beyond the float range: inf, refused below
-    ok = value >= low if inclusive else value > low
-    if not ok or not math.isfinite(value):
-        sign = ">=" if inclusive else ">"
-        raise ValueError(f"'{arg}' must be finite and {sign} {low}, got {value}")
-    return value
-
-
-def _check_probability(value: object, arg: str) -> float:
-    value = _check_real(value, arg, low=0.0, inclusive=False)
-    if value >= 1.0:
-        raise ValueError(f"'{arg}' must be in (0, 1), got {value}")
-    return value
 
 
 @contextlib.contextmanager
@@ -252,8 +236,8 @@ def train_standard_extractor(
     """
     model = _check_model(model)
     epochs = check_int("epochs", epochs, 1)
-    lr = _check_real(lr, "lr", low=0.0, inclusive=False)
-    weight_decay = _check_real(weight_decay, "weight_decay", low=0.0, inclusive=True)
+    lr = check_real("lr", lr, positive=True)
+    weight_decay = check_real("weight_decay", weight_decay)
     state = _epoch_state(epoch_checkpoint, "standard", model, train_loader, lr=lr,
                          weight_decay=weight_decay)
     device = torch.device(device)
@@ -294,12 +278,10 @@ def dp_epsilon(
     """
     from opacus.accountants.analysis import rdp
 
-    noise_multiplier = _check_real(noise_multiplier, "noise_multiplier", low=0.0, inclusive=False)
-    sample_rate = _check_real(sample_rate, "sample_rate", low=0.0, inclusive=False)
-    if sample_rate > 1.0:
-        raise ValueError(f"'sample_rate' must be in (0, 1], got {sample_rate}")
+    noise_multiplier = check_real("noise_multiplier", noise_multiplier, positive=True)
+    sample_rate = check_fraction("sample_rate", sample_rate, one=True)
     steps = check_int("steps", steps, 0)
-    delta = _check_probability(delta, "delta")
+    delta = check_fraction("delta", delta)
     if steps == 0:
         return 0.0
     values = rdp.compute_rdp(
@@ -381,11 +363,11 @@ def train_dp_extractor(
             f"'train_loader' must be a torch DataLoader, got {type(train_loader).__name__}"
         )
     epochs = check_int("epochs", epochs, 1)
-    lr = _check_real(lr, "lr", low=0.0, inclusive=False)
-    noise_multiplier = _check_real(noise_multiplier, "noise_multiplier", low=0.0, inclusive=False)
-    max_grad_norm = _check_real(max_grad_norm, "max_grad_norm", low=0.0, inclusive=False)
-    delta = _check_probability(delta, "delta")
-    weight_decay = _check_real(weight_decay, "weight_decay", low=0.0, inclusive=True)
+    lr = check_real("lr", lr, positive=True)
+    noise_multiplier = check_real("noise_multiplier", noise_multiplier, positive=True)
+    max_grad_norm = check_real("max_grad_norm", max_grad_norm, positive=True)
+    delta = check_fraction("delta", delta)
+    weight_decay = check_real("weight_decay", weight_decay)
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         first = str(errors[0]).split(".")[0]
@@ -451,8 +433,8 @@ def _attack_checks(
     model: object, epsilon: object, alpha: object, input_range: object
 ) -> tuple[float, float | None, tuple[float, float] | None]:
     _check_model(model)
-    eps = _check_real(epsilon, "epsilon", low=0.0, inclusive=False)
-    step = None if alpha is None else _check_real(alpha, "alpha", low=0.0, inclusive=False)
+    eps = check_real("epsilon", epsilon, positive=True)
+    step = None if alpha is None else check_real("alpha", alpha, positive=True)
     return eps, step, _check_range(input_range)
 
 
@@ -646,8 +628,8 @@ def train_adversarial_extractor(
     eps, step, valid = _attack_checks(model, epsilon, alpha, input_range)
     steps = check_int("steps", steps, 1)
     epochs = check_int("epochs", epochs, 1)
-    lr = _check_real(lr, "lr", low=0.0, inclusive=False)
-    weight_decay = _check_real(weight_decay, "weight_decay", low=0.0, inclusive=True)
+    lr = check_real("lr", lr, positive=True)
+    weight_decay = check_real("weight_decay", weight_decay)
 
     def perturb(x: Tensor, y: Tensor) -> Tensor:
         if attack == "fgsm":
@@ -816,13 +798,10 @@ def compose_privacy(
         ValueError: If an argument is out of range (the message names it).
 
     """
-    epsilon_dp = _check_real(epsilon_dp, "epsilon_dp", low=0.0, inclusive=True)
-    epsilon_cr = _check_real(epsilon_cr, "epsilon_cr", low=0.0, inclusive=False)
-    delta_dp = _check_real(delta_dp, "delta_dp", low=0.0, inclusive=True)
-    delta_cr = _check_real(delta_cr, "delta_cr", low=0.0, inclusive=True)
-    for value, arg in ((delta_dp, "delta_dp"), (delta_cr, "delta_cr")):
-        if value >= 1.0:
-            raise ValueError(f"'{arg}' must be in [0, 1), got {value}")
+    epsilon_dp = check_real("epsilon_dp", epsilon_dp)
+    epsilon_cr = check_real("epsilon_cr", epsilon_cr, positive=True)
+    delta_dp = check_fraction("delta_dp", delta_dp, zero=True)
+    delta_cr = check_fraction("delta_cr", delta_cr, zero=True)
     k = check_int("removals", removals, 0)
     eps_ext = k * epsilon_dp
     delta_ext = _group_delta(k, epsilon_dp, delta_dp)
@@ -865,11 +844,11 @@ def supported_removals(
         ValueError: If an argument is out of range (the message names it).
 
     """
-    target_epsilon = _check_real(target_epsilon, "target_epsilon", low=0.0, inclusive=False)
-    epsilon_dp = _check_real(epsilon_dp, "epsilon_dp", low=0.0, inclusive=False)
-    epsilon_cr = _check_real(epsilon_cr, "epsilon_cr", low=0.0, inclusive=False)
+    target_epsilon = check_real("target_epsilon", target_epsilon, positive=True)
+    epsilon_dp = check_real("epsilon_dp", epsilon_dp, positive=True)
+    epsilon_cr = check_real("epsilon_cr", epsilon_cr, positive=True)
     if target_delta is not None:
-        target_delta = _check_probability(target_delta, "target_delta")
+        target_delta = check_fraction("target_delta", target_delta)
     if epsilon_cr > target_epsilon:
         return 0
     # the tiny slack keeps exact ratios such as (1.0 - 0.1) / 0.1 from rounding down

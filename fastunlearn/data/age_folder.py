@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._numbers import as_float, as_int, check_int, check_seed, is_integer, is_real
+from .._numbers import as_int, check_fraction, check_int, check_seed, is_integer
 
 __all__ = [
     "AGE_LAYOUTS",
@@ -388,11 +388,7 @@ def subject_forget_split(
         raise TypeError(f"'subjects' must be a sequence of names, got {type(subjects).__name__}")
     if len(subjects) == 0:
         raise ValueError("'subjects' is empty: there is nothing to forget from")
-    if not is_real(fraction):
-        raise TypeError(f"'fraction' must be a number, got {type(fraction).__name__}")
-    fraction = as_float(fraction)
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"'fraction' must be in (0, 1), got {fraction}")
+    fraction = check_fraction("fraction", fraction)
     seed = check_seed("seed", seed)  # a negative seed would alias a large one
     n = len(subjects)
     names = sorted(set(subjects))

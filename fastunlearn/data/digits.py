@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .._numbers import as_float, check_flag, check_seed, is_integer, is_real
+from .._numbers import check_flag, check_fraction, check_seed, is_integer
 from .._repr import fields_repr
 
 __all__ = ["MAX_DIGITS_SEED", "DigitsSplit", "digits_images", "load_digits_dataset"]
@@ -190,11 +190,7 @@ def load_digits_dataset(
     pair = _check_binary(binary)
     normalize = check_flag("normalize", normalize)
     _check_dtype(dtype)
-    if not is_real(test_fraction):
-        raise TypeError(f"'test_fraction' must be a number in (0, 1), got "
-                        f"{type(test_fraction).__name__} {test_fraction!r}")
-    if not 0.0 < as_float(test_fraction) < 1.0:
-        raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
+    test_fraction = check_fraction("test_fraction", test_fraction)
     seed = check_seed("seed", seed, MAX_DIGITS_SEED)  # each class seeds seed * 16 + class
 
     data, target = _raw_digits()

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .._numbers import as_float, as_int, is_integer, is_real
+from .._numbers import check_fraction as fraction_in
 from .._process_flags import GLOBAL_RNG_LOCK
 from .base import (
     ForgetConfig,
@@ -66,24 +66,17 @@ __all__ = [
 
 
 def check_fraction(name: str, value: object, *, allow_zero: bool = False) -> float:
-    """Return ``value`` as a Python number, checked to be in ``(0, 1]`` (``[0, 1]`` if allowed).
+    """Return ``value`` as a float, checked to be in ``(0, 1]`` (``[0, 1]`` if allowed).
 
-    The one fraction check of every forgetting method (also re-exported by ``_training``).
-    A NumPy real scalar is accepted; a bool is not.
+    The one fraction check of every forgetting method (also re-exported by ``_training``):
+    the library's :func:`~fastunlearn._numbers.check_fraction` with 1 included.
 
     Raises:
-        TypeError: If ``value`` is not a real number.
+        TypeError: If ``value`` is not a real number (a bool is not one).
         ValueError: If ``value`` is outside the interval.
 
     """
-    if not is_real(value):
-        raise TypeError(f"'{name}' must be a number, got {type(value).__name__}")
-    value = as_int(value) if is_integer(value) else as_float(value)
-    ok = (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
-    if not ok:
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"'{name}' must be in {interval}, got {value}")
-    return value
+    return fraction_in(name, value, zero=allow_zero, one=True)
 
 
 def check_inputs(

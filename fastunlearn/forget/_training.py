@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import Dataset, Subset
 
 from .._no_effect import no_effect_message
-from .._numbers import as_float, as_int, is_integer, is_real
+from .._numbers import as_int, is_integer
 from .._process_flags import GLOBAL_RNG_LOCK
 from ..epoch_state import EpochState
 from ._common_b import (
@@ -111,11 +111,7 @@ class SGDConfig(ForgetConfig):
             if not is_integer(m) or m < 1:
                 raise ValueError(f"'milestones' must be positive ints, got {self.milestones!r}")
         self.milestones = tuple(as_int(m) for m in self.milestones)
-        if not is_real(self.gamma):
-            raise TypeError(f"'gamma' must be a number, got {type(self.gamma).__name__}")
-        self.gamma = as_int(self.gamma) if is_integer(self.gamma) else as_float(self.gamma)
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"'gamma' must be in (0, 1], got {self.gamma!r}")
+        self.gamma = check_fraction("gamma", self.gamma)
         self._warn_settings(SGDConfig)
 
     def conditional_warnings(self, given: Collection[str] = ()) -> list[str]:

@@ -49,6 +49,7 @@ from .._numbers import (
     MAX_SEED,
     as_float,
     check_flag,
+    check_fraction,
     check_int,
     check_real,
     check_seed,
@@ -231,9 +232,7 @@ class FeatureConfig:
                 raise ValueError(f"'{name}' must be a finite number, got {value!r}")
         _check_cg_tol(self.cg_tol)
         for name in ("delta", "test_fraction"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                raise ValueError(f"'{name}' must be in (0, 1), got {value!r}")
+            check_fraction(name, getattr(self, name))
         _check_auto_or_float("tau", self.tau, positive=True)
         if isinstance(self.binary, (str, bytes)) or not isinstance(self.binary, Sequence):
             raise TypeError(f"'binary' must be a pair of two distinct digits in 0..9, got "
@@ -308,10 +307,7 @@ def load_feature_data(dataset: str, *, test_fraction: float = 0.2, seed: int = 0
             outside ``[0, 2**64 - 1]``.
 
     """
-    if not is_real(test_fraction):
-        raise TypeError(f"'test_fraction' must be a number, got {type(test_fraction).__name__}")
-    if not 0 < as_float(test_fraction) < 1:
-        raise ValueError(f"'test_fraction' must be in (0, 1), got {test_fraction!r}")
+    test_fraction = check_fraction("test_fraction", test_fraction)
     seed = check_seed("seed", seed, _max_seed(dataset))
     if dataset == "digits":
         from ..data import load_digits_dataset

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._numbers import as_float, is_real
+from .._numbers import check_fraction
 
 
 def as_tensor(value: Any, name: str) -> Tensor:
@@ -118,12 +118,7 @@ def check_examples(t: Tensor, name: str) -> None:
 
 def check_delta(delta: float | np.floating, name: str = "delta") -> float:
     """``delta`` as a float in [0, 1) (Python or numpy real numbers)."""
-    if not is_real(delta):  # Python or NumPy real, not a bool
-        raise TypeError(f"'{name}' must be a number, got {type(delta).__name__}")
-    delta = as_float(delta)  # an int beyond the float range: inf, refused below
-    if not 0.0 <= delta < 1.0:
-        raise ValueError(f"'{name}' must be in [0, 1), got {delta}")
-    return delta
+    return check_fraction(name, delta, zero=True)
 
 
 def pair_of_stats(retrained: Any, unlearned: Any) -> tuple[Tensor, Tensor]:
