@@ -45,10 +45,9 @@ from .._json_data import json_ready
 from .._numbers import (
     check_flag,
     check_fraction,
+    check_int,
+    check_real,
     check_seed,
-    is_finite,
-    is_integer,
-    is_real,
     plain_fields,
 )
 from .._output_folder import check_output_folder
@@ -88,11 +87,6 @@ SEQUENTIAL_CHUNK = 64
 
 # ---------------------------------------------------------------------------------------
 # configuration
-
-
-def _is_number(value: Any) -> bool:
-    """Whether ``value`` is a Python or NumPy real number (not a bool)."""
-    return is_real(value)
 
 
 @dataclass
@@ -203,28 +197,15 @@ class ExperimentConfig:
                              f"{self.extractor!r}")
         if self.train_mode not in ("binary", "ovr"):
             raise ValueError(f"'train_mode' must be 'binary' or 'ovr', got {self.train_mode!r}")
-        reals = ("lam", "epsilon", "std", "delta", "subsample_ratio", "cg_tol")
-        for name in (*reals, "target_epsilon"):
-            value = getattr(self, name)
-            if not (_is_number(value) or (name == "target_epsilon" and value is None)):
-                raise TypeError(f"'{name}' must be a number, got {type(value).__name__} "
-                                f"{value!r}")
-        positive = {"lam": self.lam, "epsilon": self.epsilon}
-        for name, value in positive.items():
-            if not (is_finite(value) and value > 0):
-                raise ValueError(f"'{name}' must be a positive number, got {value!r}")
-        if not (is_finite(self.std) and self.std >= 0):
-            raise ValueError(f"'std' must be a non-negative number, got {self.std!r}")
+        for name in ("lam", "epsilon", "cg_tol"):
+            check_real(name, getattr(self, name), positive=True)
+        check_real("std", self.std)
+        if self.target_epsilon is not None:
+            check_real("target_epsilon", self.target_epsilon, positive=True)
         check_fraction("delta", self.delta)
         check_fraction("subsample_ratio", self.subsample_ratio, one=True)
-        for name in ("num_steps", "num_removes", "batch", "eval_every", "seed"):
-            value = getattr(self, name)
-            if not is_integer(value):  # Python or NumPy int, not a bool or a float
-                raise TypeError(f"'{name}' must be an int, got {type(value).__name__} "
-                                f"{value!r}")
-            if value < (1 if name == "num_steps" else 0):
-                kind = "positive" if name == "num_steps" else "non-negative"
-                raise ValueError(f"'{name}' must be {kind}, got {value}")
+        for name in ("num_steps", "num_removes", "batch", "eval_every"):
+            check_int(name, getattr(self, name), 1 if name == "num_steps" else 0)
         check_seed("seed", self.seed)  # the removal order seeds a torch.Generator with it
         for name in ("retrain", "time_retraining", "plots", "verbose"):
             setattr(self, name, check_flag(name, getattr(self, name)))
@@ -232,11 +213,6 @@ class ExperimentConfig:
             raise ValueError(f"'gamma' must be one of {', '.join(GAMMAS)}, got {self.gamma!r}")
         if self.solver not in ("auto", "cholesky", "cg"):
             raise ValueError(f"'solver' must be auto, cholesky or cg, got {self.solver!r}")
-        if not (is_finite(self.cg_tol) and self.cg_tol > 0):
-            raise ValueError(f"'cg_tol' must be a positive number, got {self.cg_tol!r}")
-        target = self.target_epsilon
-        if target is not None and not (is_finite(target) and target > 0):
-            raise ValueError(f"'target_epsilon' must be a positive number or None, got {target!r}")
         parse_device(self.device)
         if self.result_dir is not None:
             # before any fitting: a folder that cannot take the outputs (a file, an empty

@@ -74,6 +74,20 @@ def test_wrong_types_are_type_errors_naming_the_field(name, value):
         config.validate()
 
 
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("lam", 0.0, "finite and > 0"), ("epsilon", float("inf"), "finite and > 0"),
+    ("cg_tol", -1e-9, "finite and > 0"), ("std", -1.0, "finite and >= 0"),
+    ("target_epsilon", 0, "finite and > 0"), ("delta", 1.0, r"in \(0, 1\)"),
+    ("subsample_ratio", 0.0, r"in \(0, 1\]"), ("num_steps", 0, ">= 1"),
+    ("num_removes", -1, ">= 0"), ("eval_every", -2, ">= 0"),
+])
+def test_values_out_of_range_are_value_errors_naming_the_field(name, value, message,
+                                                                no_fitting):
+    config = ExperimentConfig(**{**BINARY, "result_dir": None, name: value})
+    with pytest.raises(ValueError, match=f"^'{name}' must be {message}"):
+        run_removal_experiment(config)
+
+
 def test_seed_beyond_a_generator_seed_is_refused_naming_it(no_fitting):
     config = ExperimentConfig(**BINARY, result_dir=None, seed=2**64)
     with pytest.raises(ValueError, match=r"'seed' must be an int in \[0, 2\*\*64 - 1\]"):
