@@ -278,7 +278,8 @@ def test_canary_config_takes_numpy_scalars():
              "enumerate_limit": I64(100), "seed": np.uint64(2**64 - 1),
              "progress": np.bool_(False)}
     py_kw = {k: _py(v) for k, v in np_kw.items()}
-    _same_config(CanaryConfig(**np_kw), CanaryConfig(**py_kw), py_kw)
+    # a real given as an int (weight_decay) is stored as a float
+    _same_config(CanaryConfig(**np_kw), CanaryConfig(**py_kw), {**py_kw, "weight_decay": 0.0})
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), [

@@ -27,8 +27,7 @@ from torch import Tensor, nn
 from .._device import parse_device
 from .._equality import dataclass_eq
 from .._json_data import json_ready
-from .._numbers import as_float, as_int, check_flag, check_int, check_seed, is_integer, is_real
-from .._numbers import is_finite as _finite
+from .._numbers import as_int, check_flag, check_int, check_real, check_seed, is_integer
 from .._process_flags import GLOBAL_RNG_LOCK
 from .._unused_settings import warn_unused_settings
 from .exposure import (
@@ -60,11 +59,6 @@ __all__ = [
     "run_canary_experiment",
     "train_char_lm",
 ]
-
-def _plain_real(value: object) -> float:
-    """Return a checked real number as a Python int (an integer) or float (NumPy too)."""
-    return as_int(value) if is_integer(value) else as_float(value)
-
 
 # Secrets drawn when sampling and ``n_candidates`` is None.
 _DEFAULT_CANDIDATES = 10_000
@@ -392,14 +386,8 @@ def train_char_lm(
                 f"'model' must not have float16 parameters (got {name!r} in float16): "
                 "Adam's state underflows in half precision; use .float() or .bfloat16()"
             )
-    for rate, arg in ((lr, "lr"), (weight_decay, "weight_decay")):
-        if not is_real(rate):
-            raise TypeError(f"'{arg}' must be a number, got {type(rate).__name__}")
-        if not _finite(rate) or rate < 0 or (arg == "lr" and rate == 0):
-            # an infinite rate would turn every weight into NaN without an error
-            raise ValueError(f"'{arg}' must be finite and {'> 0' if arg == 'lr' else '>= 0'}, "
-                             f"got {rate}")
-    lr, weight_decay = _plain_real(lr), _plain_real(weight_decay)
+    # an infinite rate would turn every weight into NaN without an error
+    lr, weight_decay = check_real("lr", lr, positive=True), check_real("weight_decay", weight_decay)
     seed = check_seed("seed", seed)
     progress = check_flag("progress", progress)
     from tqdm.auto import tqdm
@@ -577,16 +565,8 @@ class CanaryConfig:
                 f"'secret_length' {self.secret_length} contradicts 'secret' {self.secret!r} "
                 f"({len(self.secret)} {digits}): give one"
             )
-        for name in ("lr", "weight_decay"):
-            value = getattr(self, name)
-            if not is_real(value):
-                raise TypeError(f"'{name}' must be a number, got {type(value).__name__}")
-        if not self.lr > 0 or not self.weight_decay >= 0:
-            raise ValueError("'lr' must be > 0 and 'weight_decay' >= 0")
-        if not _finite(self.lr) or not _finite(self.weight_decay):
-            raise ValueError("'lr' and 'weight_decay' must be finite")
-        object.__setattr__(self, "lr", _plain_real(self.lr))
-        object.__setattr__(self, "weight_decay", _plain_real(self.weight_decay))
+        object.__setattr__(self, "lr", check_real("lr", self.lr, positive=True))
+        object.__setattr__(self, "weight_decay", check_real("weight_decay", self.weight_decay))
         object.__setattr__(self, "n_candidates", _check_candidates(self.n_candidates))
         for name in ("prefix", "suffix"):
             if not isinstance(getattr(self, name), str):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp
 
+from .._numbers import check_real
 from ..linalg import LinearOperator, selected_parameter_names
 from ..linalg.forward_ad import jvp
 from ..linalg.network import (
@@ -27,7 +28,6 @@ from ..linalg.network import (
     _graph_dependencies,
     _GraphKey,
 )
-from ..linalg.operators import _check_nonnegative
 from ..linalg.rnn_kernels import with_differentiable_rnn_kernels
 from .gradients import LossFn
 
@@ -103,7 +103,7 @@ class GGNOperator(LinearOperator):
         self.param_names = selected_parameter_names(model, params)
         if not callable(loss_fn):
             raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
-        self.damping = _check_nonnegative("damping", damping)
+        self.damping = check_real("damping", damping)
         _check_data(inputs, targets)
         self.batch_size = _check_batch_size(batch_size)
         named = dict(model.named_parameters())

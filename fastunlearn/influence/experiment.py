@@ -45,7 +45,7 @@ from .._earlier_results import keep_earlier_run
 from .._interrupt import StopCheck, check_stop_callable, stop_points, stop_requested
 from .._json_data import json_ready
 from .._model_cache import cache_key, load_cached, store_cached, tensor_digest, weights_digest
-from .._numbers import as_float, check_flag, check_int, check_real, check_seed, is_integer, is_real
+from .._numbers import as_float, check_flag, check_int, check_real, check_seed, is_real
 from .._numbers import plain_fields as _plain_fields
 from .._output_folder import check_output_folder
 from .._paths import check_path
@@ -236,10 +236,7 @@ class RepairConfig:
         if self.hvp_batch_size is not None:
             check_int("hvp_batch_size", self.hvp_batch_size, 1)
         if self.budget is not None:
-            if not is_integer(self.budget):
-                raise TypeError(f"'budget' must be an int or None, got "
-                                f"{type(self.budget).__name__} {self.budget!r}")
-            if self.budget < 10:
+            if check_int("budget", self.budget) < 10:
                 raise ValueError(f"'budget' must be >= 10 (budget // 10 per class), got "
                                  f"{self.budget}")
         if isinstance(self.protocols, (str, bytes)) or not isinstance(self.protocols,

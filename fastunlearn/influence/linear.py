@@ -18,11 +18,10 @@ sqrt(2 ln(1.5 / delta))`` (reference: epsilon 0.1, delta 0.01, c = 3.166).
 from __future__ import annotations
 
 import math
-import numbers
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +29,7 @@ from torch import Tensor
 
 from .._equality import dataclass_eq
 from .._no_effect import no_effect_message
-from .._numbers import as_int, check_seed, is_integer
-from .._numbers import is_finite as _finite
+from .._numbers import as_int, check_real, check_seed, is_integer
 from .._repr import fields_repr
 from ..certified.bounds import (
     GAMMA_TIGHT,
@@ -114,21 +112,13 @@ def required_sigma(
         sigma.
 
     Raises:
-        ValueError: an argument out of range (``residual`` or ``epsilon`` also when it is
-            not a number).
-        TypeError: ``delta`` is not a real number.
+        ValueError: an argument out of range.
+        TypeError: an argument is not a real number.
 
     """
-    if not (_is_real(residual) and _finite(residual) and residual >= 0):
-        raise ValueError(f"'residual' must be finite and >= 0, got {residual!r}")
-    if not (_is_real(epsilon) and _finite(epsilon) and epsilon > 0):
-        raise ValueError(f"'epsilon' must be finite and > 0, got {epsilon!r}")
-    return float(residual) * c_delta(delta) / float(epsilon)
-
-
-def _is_real(value: object) -> bool:
-    """Return whether ``value`` is a Python or numpy real number (not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    residual = check_real("residual", residual)
+    epsilon = check_real("epsilon", epsilon, positive=True)
+    return residual * c_delta(delta) / epsilon
 
 
 def _labels(name: str, y: Tensor, n: int) -> Tensor:
@@ -154,17 +144,6 @@ def _features(name: str, X: object) -> Tensor:
     if not bool(torch.isfinite(X).all()):
         raise ValueError(f"'{name}' contains non-finite values (NaN or inf)")
     return X.to(torch.float64)
-
-
-def _finite_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    """Check a real, finite number > 0 (>= 0 with ``allow_zero``; bools are rejected)."""
-    if not _is_real(value):
-        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    real = cast(float, value)  # a Python or NumPy real number (checked just above)
-    if not _finite(real) or real < 0 or (real == 0 and not allow_zero):
-        raise ValueError(f"'{name}' must be finite and {'>= 0' if allow_zero else '> 0'}, "
-                         f"got {real!r}")
-    return float(real)
 
 
 def _vector(name: str, value: object, d: int, device: torch.device) -> Tensor:
@@ -195,7 +174,7 @@ def _check_step(order: object, tau: object) -> float | None:
         if order == 1:
             raise ValueError("'tau' (a finite step size > 0) is required for order=1")
         return None
-    value = _finite_positive("tau", tau)
+    value = check_real("tau", tau, positive=True)
     if order == 1:
         return value
     warnings.warn(no_effect_message(["tau"], "with order=2 (it is the first-order step size)"),
@@ -205,12 +184,7 @@ def _check_step(order: object, tau: object) -> float | None:
 
 def _lam(lam: object) -> float:
     """Check ``lam``: a real number (TypeError otherwise), finite and > 0."""
-    if not _is_real(lam):
-        raise TypeError(f"'lam' must be a real number, got {type(lam).__name__}")
-    real = cast(float, lam)  # a Python or NumPy real number (checked just above)
-    if not real > 0 or not _finite(real):
-        raise ValueError(f"'lam' must be finite and > 0, got {real!r}")
-    return float(real)
+    return check_real("lam", lam, positive=True)
 
 
 def fit_logistic(
@@ -244,7 +218,7 @@ def fit_logistic(
     X = _features("X", X)
     Y = _labels("y", y, X.shape[0]).unsqueeze(1)
     lam = _lam(lam)
-    sigma = _finite_positive("sigma", sigma, allow_zero=True)  # NaN / inf: a named error
+    sigma = check_real("sigma", sigma)  # NaN / inf: a named error
     seed = check_seed("seed", seed)
     b = draw_perturbation(seed, 0, X.shape[1], 1, sigma).to(X.device)
     A = torch.ones_like(Y)
@@ -325,7 +299,7 @@ def linear_influence_update(
     lam = _lam(lam)
     tau = _check_step(order, tau)
     order = as_int(order)  # checked: a Python or NumPy int
-    gamma = _finite_positive("gamma", gamma, allow_zero=True)
+    gamma = check_real("gamma", gamma)
     B = torch.zeros(d, 1, dtype=torch.float64, device=X.device) if b is None else \
         _vector("b", b, d, X.device).reshape(d, 1)
 

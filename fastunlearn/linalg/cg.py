@@ -20,9 +20,9 @@ from torch import Tensor
 
 from .. import ops
 from .._equality import dataclass_eq
-from .._numbers import check_int
+from .._numbers import check_int, check_real
 from .._repr import fields_repr
-from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
+from .operators import LinearOperator, _check_float_tensor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,8 +143,8 @@ def _check_options(
 
     ``maxiter`` and ``check_every`` may be None (their defaults depend on ``B`` and ``A``).
     """
-    tol = _check_nonnegative("tol", tol)
-    atol = _check_nonnegative("atol", atol)
+    tol = check_real("tol", tol)
+    atol = check_real("atol", atol)
     maxiter = None if maxiter is None else check_int("maxiter", maxiter, 0)
     check_every = None if check_every is None else check_int("check_every", check_every, 1)
     if callback is not None and not callable(callback):

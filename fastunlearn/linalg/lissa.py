@@ -36,10 +36,10 @@ import torch
 from torch import Tensor
 
 from .._equality import dataclass_eq
-from .._numbers import as_float, check_flag, check_int, is_real
+from .._numbers import check_flag, check_int, check_real
 from .._repr import fields_repr
 from .cg import _column_scale
-from .operators import LinearOperator, _check_float_tensor, _check_nonnegative
+from .operators import LinearOperator, _check_float_tensor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -173,12 +173,8 @@ def lissa(
         raise ValueError(f"'b' must have shape [d] or [d, K], got {list(b.shape)}")
     if not bool(torch.isfinite(b).all()):
         raise ValueError("'b' must be finite (it holds NaN or infinity)")
-    damping = _check_nonnegative("damping", damping)
-    if not is_real(scale):
-        raise TypeError(f"'scale' must be a real number, got {type(scale).__name__}")
-    scale = as_float(scale)  # an int beyond the float range: inf, refused below
-    if not (scale > 0.0 and math.isfinite(scale)):
-        raise ValueError(f"'scale' must be finite and > 0, got {scale}")
+    damping = check_real("damping", damping)
+    scale = check_real("scale", scale, positive=True)
     depth = check_int("depth", depth, 1, _MAX_INT64)
     repetitions = check_int("repetitions", repetitions, 1, _MAX_INT64)
     check_every = check_int("check_every", check_every, 1)

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from .._numbers import check_int
+from .._numbers import check_int, check_real
 from .forward_ad import jvp
-from .operators import LinearOperator, _check_nonnegative
+from .operators import LinearOperator
 from .rnn_kernels import with_differentiable_rnn_kernels
 
 if TYPE_CHECKING:
@@ -409,7 +409,7 @@ class NetworkHessianOperator(LinearOperator):
             raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
         if mode not in _MODES:
             raise ValueError(f"'mode' must be one of {_MODES}, got {mode!r}")
-        self.damping = _check_nonnegative("damping", damping)
+        self.damping = check_real("damping", damping)
         _check_data(inputs, targets)
         self.batch_size = _check_batch_size(batch_size)
 

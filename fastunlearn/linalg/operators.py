@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .._numbers import as_float, is_finite, is_integer, is_real
+from .._numbers import check_real
 from ..ops.glm import square_weighted_sums
 
 if TYPE_CHECKING:
@@ -52,18 +52,6 @@ def _all_finite(t: Tensor, *, nonnegative: bool = False) -> bool:
     if nonnegative:
         ok = ok & (low >= 0)
     return bool(ok)
-
-
-def _check_nonnegative(name: str, value: object) -> float:
-    if not is_real(value):  # Python or NumPy real, not a bool
-        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    if is_integer(value) and not is_finite(value):  # an int beyond the float range
-        raise ValueError(f"'{name}' must be finite and >= 0, got an int beyond the float "
-                         f"range")
-    value = as_float(value)
-    if not value >= 0.0 or value == float("inf"):
-        raise ValueError(f"'{name}' must be finite and >= 0, got {value}")
-    return value
 
 
 class LinearOperator:
@@ -223,7 +211,7 @@ class GLMHessianOperator(LinearOperator):
             raise ValueError("'S' must be finite and non-negative (curvature weights)")
         if not _all_finite(X):
             raise ValueError("'X' must be finite (it holds NaN or infinity)")
-        self.lam = _check_nonnegative("lam", lam)
+        self.lam = check_real("lam", lam)
         self.X = X
         self.S = S.unsqueeze(1) if S.ndim == 1 else S  # [n, K]
         self.num_heads = self.S.shape[1]
@@ -281,7 +269,7 @@ class ScaledIdentityPlus(LinearOperator):
         if not isinstance(base, LinearOperator):
             raise TypeError(f"'base' must be a LinearOperator, got {type(base).__name__}")
         self.base = base
-        self.c = _check_nonnegative("c", c)
+        self.c = check_real("c", c)
         self.costly_products = base.costly_products
         self.shape = base.shape
         self.dtype = base.dtype
@@ -320,13 +308,13 @@ def damped(op: LinearOperator, damping: float | np.floating) -> LinearOperator:
     """
     if not isinstance(op, LinearOperator):
         raise TypeError(f"'op' must be a LinearOperator, got {type(op).__name__}")
-    damping = _check_nonnegative("damping", damping)
+    damping = check_real("damping", damping)
     if damping == 0.0:
         return op
     if isinstance(op, GLMHessianOperator):
         # X and S were checked when op was built: the same operator with the new lam,
         # without reading all of X again to check it
         out = copy.copy(op)  # shares X and S, as the old rebuilt operator did
-        out.lam = _check_nonnegative("lam", op.lam + damping)
+        out.lam = check_real("lam", op.lam + damping)
         return out
     return ScaledIdentityPlus(op, damping)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._numbers import as_float, check_flag, is_finite, is_real
+from .._numbers import check_flag, check_real
 from ._checks import as_tensor
 from .statistics import true_class_confidence
 
@@ -53,11 +53,7 @@ def svc_mia_efficacy(
 
     check_flag("balance", balance)  # a string such as "no" is truthy
     balance = bool(balance)
-    if not is_real(C):  # Python or NumPy real, not a bool
-        raise TypeError(f"'C' must be a number, got {type(C).__name__}")
-    if not (is_finite(C) and C > 0):  # libsvm never returns with C = inf
-        raise ValueError(f"'C' must be finite and > 0, got {C!r}")
-    C = as_float(C)
+    C = check_real("C", C, positive=True)  # libsvm never returns with C = inf
 
     feats = {}
     classes: dict[str, int] = {}

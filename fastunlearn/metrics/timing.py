@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._numbers import as_float, is_flag, is_real
-from .._numbers import is_finite as _finite
+from .._numbers import check_real, is_flag
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,11 +73,5 @@ def time_ratio(seconds: float | np.floating, retrain_seconds: float | np.floatin
         ValueError: If a time is negative or not finite, or ``retrain_seconds`` is 0.
 
     """
-    for name, v in (("seconds", seconds), ("retrain_seconds", retrain_seconds)):
-        if not is_real(v):  # Python or NumPy real, not a bool
-            raise TypeError(f"'{name}' must be a time in seconds, got {type(v).__name__}")
-        if not (_finite(v) and v >= 0):
-            raise ValueError(f"'{name}' must be a finite time >= 0, got {v!r}")
-    if retrain_seconds == 0:
-        raise ValueError("'retrain_seconds' must be > 0")
-    return as_float(seconds) / as_float(retrain_seconds)
+    return check_real("seconds", seconds) / check_real("retrain_seconds", retrain_seconds,
+                                                        positive=True)

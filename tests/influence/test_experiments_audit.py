@@ -569,14 +569,14 @@ def test_fit_logistic_names_bad_sigma_and_seed(binary, kwargs, error, match):
         fit_logistic(X, y01, 1e-2, **kwargs)
 
 
-@pytest.mark.parametrize(("residual", "epsilon", "match"), [
-    (True, 0.1, "'residual'"),
-    (1.0, True, "'epsilon'"),
-    (float("nan"), 0.1, "'residual'"),
-    (1.0, 0.0, "'epsilon'"),
+@pytest.mark.parametrize(("residual", "epsilon", "error", "match"), [
+    (True, 0.1, TypeError, "'residual' must be a real number"),
+    (1.0, True, TypeError, "'epsilon' must be a real number"),
+    (float("nan"), 0.1, ValueError, "'residual' must be finite and >= 0"),
+    (1.0, 0.0, ValueError, "'epsilon' must be finite and > 0"),
 ])
-def test_required_sigma_names_bad_numbers(residual, epsilon, match):
-    with pytest.raises(ValueError, match=match):
+def test_required_sigma_names_bad_numbers(residual, epsilon, error, match):
+    with pytest.raises(error, match=match):
         required_sigma(residual, epsilon)
 
 
