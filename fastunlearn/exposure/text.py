@@ -74,16 +74,6 @@ _ENDINGS = (
 )
 
 
-def _check_seed(seed: object) -> int:
-    """Return ``seed`` as a Python int in ``[0, 2**64 - 1]``.
-
-    None would seed ``random.Random`` from the clock and a negative seed would alias its
-    absolute value; a NumPy integer (which ``random.Random`` refuses) is accepted and
-    returned as an int.
-    """
-    return check_seed("seed", seed)
-
-
 def generate_corpus(n_sentences: int | np.integer = 2000, seed: int | np.integer = 0) -> str:
     """Return ``n_sentences`` generated sentences, separated by spaces.
 
@@ -96,7 +86,7 @@ def generate_corpus(n_sentences: int | np.integer = 2000, seed: int | np.integer
 
     """
     n_sentences = check_int("n_sentences", n_sentences, 1)
-    seed = _check_seed(seed)
+    seed = check_seed("seed", seed)  # None would seed from the clock
     rng = random.Random(seed)
     sentences = []
     for _ in range(n_sentences):
@@ -134,7 +124,7 @@ def insert_canary(
         TypeError: If ``insertions`` or ``seed`` is not an int or ``text`` not a str.
 
     """
-    seed = _check_seed(seed)
+    seed = check_seed("seed", seed)  # None would seed from the clock
     insertions = check_int("insertions", insertions, 0)
     if not isinstance(canary, str) or not canary:
         raise ValueError("'canary' must be a non-empty str")

@@ -182,11 +182,6 @@ def _check_step(order: object, tau: object) -> float | None:
     return None
 
 
-def _lam(lam: object) -> float:
-    """Check ``lam``: a real number (TypeError otherwise), finite and > 0."""
-    return check_real("lam", lam, positive=True)
-
-
 def fit_logistic(
     X: Tensor,
     y: Tensor,
@@ -217,7 +212,7 @@ def fit_logistic(
     """
     X = _features("X", X)
     Y = _labels("y", y, X.shape[0]).unsqueeze(1)
-    lam = _lam(lam)
+    lam = check_real("lam", lam, positive=True)
     sigma = check_real("sigma", sigma)  # NaN / inf: a named error
     seed = check_seed("seed", seed)
     b = draw_perturbation(seed, 0, X.shape[1], 1, sigma).to(X.device)
@@ -296,7 +291,7 @@ def linear_influence_update(
     if Xn.shape != (m, d):
         raise ValueError(f"'new_X' must have shape [{m}, {d}], got {list(Xn.shape)}")
     Yn = Y[idx] if new_y is None else _labels("new_y", new_y, m).to(X.device)
-    lam = _lam(lam)
+    lam = check_real("lam", lam, positive=True)
     tau = _check_step(order, tau)
     order = as_int(order)  # checked: a Python or NumPy int
     gamma = check_real("gamma", gamma)
