@@ -106,7 +106,8 @@ def _digests_row_by_row(inputs, labels):
         t = t.detach().reshape(t.shape[0], -1).cpu().contiguous()
         return t.view(torch.uint8) if t.dtype == torch.bfloat16 else t
 
-    flat, lab = raw(inputs), raw(labels)
+    integer = not (labels.is_floating_point() or labels.dtype == torch.bool)
+    flat, lab = raw(inputs), raw(labels.long() if integer else labels)  # int labels as int64
     out = []
     for i in range(flat.shape[0]):
         h = hashlib.blake2b(flat[i].numpy().tobytes(), digest_size=16)

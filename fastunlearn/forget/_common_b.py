@@ -19,6 +19,7 @@ or a batch size of 1 that such a model would have to train on.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -326,15 +327,30 @@ def probe_forward(model: nn.Module, example: Tensor) -> Tensor:
 
 
 def example_logits(model: nn.Module, dataset: Dataset, name: str) -> Tensor:
-    """``model`` on the first item of ``dataset``, which must be an ``(input, label)`` pair."""
+    """``model`` on the first item of ``dataset``, which must be an ``(input, label)`` pair.
+
+    Raises:
+        ValueError: The item is not a pair, or the model's output is not a 2-D
+            ``[batch, classes]`` tensor of logits.
+        TypeError: ``model`` cannot run on the input, or returns something other than a
+            tensor (a tuple of logits and features, a dict).
+
+    """
     item = dataset[0]
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         got = f"{len(item)} elements" if isinstance(item, (tuple, list)) else type(item).__name__
         raise ValueError(f"{name}: every item must be an (input, label) pair, got {got}")
     try:
-        return probe_forward(model, torch.as_tensor(item[0]).unsqueeze(0))
+        out = probe_forward(model, torch.as_tensor(item[0]).unsqueeze(0))
     except TypeError as exc:
         raise TypeError(f"{name}: {exc}") from exc
+    if not isinstance(out, Tensor):
+        raise TypeError(f"'model' must return a tensor of logits [batch, classes], got "
+                        f"{type(out).__name__}; wrap it so that forward returns the logits")
+    if out.dim() != 2:
+        raise ValueError(f"'model' must return logits [batch, classes], got shape "
+                         f"{tuple(out.shape)}")
+    return out
 
 
 def example_outputs(model: nn.Module, forget: Dataset, retain: Dataset) -> Tensor:
@@ -345,8 +361,10 @@ def example_outputs(model: nn.Module, forget: Dataset, retain: Dataset) -> Tenso
     input as for a forget input.
 
     Raises:
-        ValueError: An item is not a pair, or the two sets give different output counts.
-        TypeError: ``model`` cannot run on a set's inputs (named ``forget`` or ``retain``).
+        ValueError: An item is not a pair, the output is not 2-D ``[batch, classes]``
+            logits, or the two sets give different output counts.
+        TypeError: ``model`` cannot run on a set's inputs (named ``forget`` or ``retain``),
+            or returns something other than a tensor.
 
     """
     out = example_logits(model, forget, "forget")
@@ -402,12 +420,35 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     unchanged. Frozen parameters (``requires_grad=False``) are re-drawn too: this builds
     Bad Teacher's incompetent teacher, a random network that is never returned; the
     retrain oracle uses :func:`fastunlearn.forget.retrain.reinitialize`, which keeps them.
+    A module with parameters of its own but no ``reset_parameters`` is re-drawn with
+    ``_reset_parameters`` (``nn.MultiheadAttention``'s name for it). Parameters of a module
+    with neither (torchvision's ViT class token and position embedding, ConvNeXt's layer
+    scale, a custom module's ``nn.Parameter``) keep their trained values, with a
+    ``UserWarning`` naming them: there is no standard way to re-draw them, and the teacher
+    is still random in every layer that has one.
+
     """
+    resets, kept = [], []
+    for name, module in model.named_modules():
+        own = [p for p, _ in module.named_parameters(recurse=False)]
+        reset = getattr(module, "reset_parameters", None)
+        if not callable(reset) and own:
+            reset = getattr(module, "_reset_parameters", None)
+        if callable(reset):
+            resets.append(reset)
+        else:
+            kept += [f"{name}.{p}" if name else p for p in own]
+    if kept:
+        shown = ", ".join(repr(k) for k in kept[:3]) + (f" and {len(kept) - 3} more"
+                                                       if len(kept) > 3 else "")
+        warnings.warn(
+            f"the incompetent teacher keeps the trained values of {len(kept)} parameter(s) "
+            f"({shown}): their modules have no reset_parameters() to re-draw them",
+            UserWarning, stacklevel=3,
+        )
     with seeded_rng(seed, model_device(model)):
-        for module in model.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
+        for reset in resets:
+            reset()
     return model
 
 

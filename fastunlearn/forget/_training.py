@@ -35,7 +35,6 @@ from torch.utils.data import Dataset, Subset
 
 from .._no_effect import no_effect_message
 from .._numbers import as_int, is_integer
-from .._process_flags import GLOBAL_RNG_LOCK
 from ..epoch_state import EpochState
 from ._common_b import (
     SkipSingleBatches,
@@ -43,6 +42,7 @@ from ._common_b import (
     check_single_batches,
     example_outputs,
     probe_forward,
+    seeded_rng,
 )
 from ._common_b import check_fraction as check_fraction  # re-exported for existing imports
 from .base import (
@@ -152,11 +152,13 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Run the body with the global RNGs seeded by ``seed``, restoring them afterwards.
 
     Parameter re-initialisation (``reset_parameters``) and dropout draw from the global
-    generator; forking it keeps methods reproducible without disturbing the caller.
+    generator; forking it keeps methods reproducible without disturbing the caller. Only
+    the generators that are forked (and restored) are seeded: the CPU one and, for a CUDA
+    ``device``, that device's (:func:`~fastunlearn.forget._common_b.seeded_rng`).
+    ``torch.manual_seed`` would also re-seed every other CUDA device's generator (all of
+    them for a CPU model), which nothing restored.
     """
-    devices = [device] if device.type == "cuda" else []
-    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=devices):  # one seeded block at a time
-        torch.manual_seed(seed)
+    with seeded_rng(seed, device):
         yield
 
 
@@ -450,9 +452,16 @@ class RelabelledDataset(Dataset):
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        x, _ = self.dataset[index]
-        return x, self.labels[index]
+    def __getitem__(self, index: int) -> tuple[Any, Tensor | int]:
+        """Return the item's input with its new label, in the form of the data set's own.
+
+        A tensor label gives a tensor, a Python or NumPy integer a Python int: the items
+        are batched together with the retain set's (``poison_full``), and the loader
+        cannot collate a batch that mixes tensor and int labels.
+        """
+        x, label = self.dataset[index]
+        new = self.labels[index]
+        return x, new if isinstance(label, Tensor) else int(new)
 
 
 def random_subset(dataset: Dataset, fraction: float, seed: int) -> Subset:

@@ -79,6 +79,8 @@ def mean_activations(
     """Mean output map ``[C, H, W]`` of every ``nn.Conv2d`` of ``model`` over ``dataset``.
 
     The model runs in eval mode without gradients; sums are divided by ``len(dataset)``.
+    Every submodule gets its own mode back (a caller's model may mix modes, e.g. a
+    backbone in eval mode).
     """
     device = model_device(model)
     convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
@@ -92,7 +94,7 @@ def mean_activations(
         return hook
 
     handles = [m.register_forward_hook(hook_for(name)) for name, m in convs.items()]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
@@ -102,7 +104,8 @@ def mean_activations(
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     n = sized_len(dataset)
     return {name: total / n for name, total in sums.items()}
 

@@ -105,6 +105,11 @@ def bad_teacher(
         retain_ds: The retain set (a ``retain_fraction`` subset of it is used).
         config: A :class:`BadTeacherConfig`.
 
+    The incompetent teacher is a copy of ``model`` with every module's
+    ``reset_parameters()`` (or ``nn.MultiheadAttention``'s ``_reset_parameters()``) run;
+    parameters of a module with neither (ViT's class token, ConvNeXt's layer scale) keep
+    their trained values, with a ``UserWarning`` naming them.
+
     Returns:
         The student after ``config.epochs`` epochs.
 

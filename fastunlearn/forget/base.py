@@ -49,7 +49,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .._no_effect import no_effect_message
 from .._numbers import check_flag, check_int, check_real
@@ -340,9 +340,17 @@ def get_method(name: str) -> tuple[ForgetMethod, type[ForgetConfig]]:
 def as_dataset(data: object, name: str) -> Dataset:
     """Validate ``data`` (a Dataset or an ``(inputs, labels)`` tuple) and return a Dataset.
 
+    The tuple's inputs are detached: the methods never differentiate through the data, and
+    inputs still attached to an autograd graph (features computed without
+    ``torch.no_grad()``) would have the training loops backpropagate into that graph (into
+    the caller's feature extractor, or a leaf's ``.grad``) and fail at the second step.
+
     Raises:
-        ValueError: If the data set is empty, the tuple's tensors disagree in length, or
-            the inputs of the tuple (or of a :class:`TensorDataset`) are not finite.
+        ValueError: If the data set is empty, the tuple's tensors disagree in length or
+            have no first (example) dimension, the inputs of the tuple (or of a
+            :class:`TensorDataset`) are not finite, or a :class:`TensorDataset` (also
+            under :class:`~torch.utils.data.Subset` views) holds tensors that require
+            grad (pass them detached).
         TypeError: If ``data`` is neither a Dataset nor a pair of tensors, or the
             tuple's labels are not integers (other integer dtypes are cast to int64).
 
@@ -351,6 +359,12 @@ def as_dataset(data: object, name: str) -> Dataset:
         if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
             raise TypeError(f"'{name}' must be a Dataset or a tuple (inputs, labels) of tensors")
         inputs, labels = data
+        if inputs.dim() == 0 or labels.dim() == 0:
+            raise ValueError(
+                f"{name}: inputs and labels must have a first (example) dimension, got "
+                f"shapes {tuple(inputs.shape)} and {tuple(labels.shape)}"
+            )
+        inputs = inputs.detach()  # no graph to backpropagate into (a view: nothing copied)
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(
                 f"{name}: inputs and labels differ in length "
@@ -367,6 +381,15 @@ def as_dataset(data: object, name: str) -> Dataset:
         inputs = data.tensors[0]  # in memory: as cheap to check as a tuple's inputs
         if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
             raise ValueError(f"{name}: inputs contain NaN or inf")
+    root = data
+    while isinstance(root, Subset):
+        root = root.dataset
+    if isinstance(root, TensorDataset) and any(t.requires_grad for t in root.tensors):
+        raise ValueError(
+            f"{name}: the TensorDataset's tensors require grad (attached to an autograd "
+            "graph); the methods never differentiate through the data: build it from "
+            "detached tensors (.detach())"
+        )
     if not isinstance(data, Dataset):
         raise TypeError(
             f"'{name}' must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}"

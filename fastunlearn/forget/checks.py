@@ -127,10 +127,22 @@ def check_batch_labels(labels: Tensor, num_classes: int, name: str) -> None:
 
 
 def _root_and_indices(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
-    """Follow nested Subsets to the root data set; the composed indices, or None if none."""
+    """Follow nested Subsets to the root data set; the composed indices, or None if none.
+
+    Negative indices (Python's, from the end) are made non-negative with the length of
+    the data set they index, so ``Subset(ds, [-1])`` and ``Subset(ds, [len(ds) - 1])`` name
+    the same example (where that length is not available they are kept as given).
+    """
     indices: list[int] | None = None
     while isinstance(dataset, Subset):
         own = [int(i) for i in dataset.indices]
+        if any(i < 0 for i in own):
+            try:
+                size = len(cast(Sized, dataset.dataset))
+            except TypeError:
+                size = None
+            if size is not None:
+                own = [i + size if -size <= i < 0 else i for i in own]
         indices = own if indices is None else [own[i] for i in indices]
         dataset = dataset.dataset
     return dataset, indices
@@ -151,6 +163,10 @@ def _numpy_view(rows: Tensor) -> Tensor:
 def _row_digests(dataset: TensorDataset) -> list[bytes]:
     """One digest per example of the (inputs, labels) pair; exact duplicates collide."""
     inputs, labels = dataset.tensors[0], dataset.tensors[1]
+    if not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+        # one label dtype: a tuple's labels are made int64 (as_dataset), a TensorDataset
+        # keeps int32 / uint8 ones, and the same label must give the same digest
+        labels = labels.long()
     flat = _numpy_view(inputs.detach().reshape(inputs.shape[0], -1).cpu().contiguous())
     lab = _numpy_view(labels.detach().reshape(labels.shape[0], -1).cpu().contiguous())
     # one byte view of each (contiguous) tensor, sliced per row: the same bytes as each

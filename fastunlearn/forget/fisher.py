@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from .._no_effect import no_effect_message
 from .._numbers import check_real
 from ._training import SGDConfig, check_flag, last_linear, prepare, seeded
-from .base import iterate, make_loader, model_device, register
+from .base import as_dataset, iterate, make_loader, model_device, register
 from .checks import check_batch_labels, check_labels, dataset_labels, item_labels
 
 __all__ = ["FisherConfig", "fisher_diagonal", "fisher_forgetting"]
@@ -118,7 +118,8 @@ def fisher_diagonal(
 
     Args:
         model: The network; its parameters are not changed.
-        dataset: ``(input, label)`` pairs.
+        dataset: ``(input, label)`` pairs: a Dataset or an ``(inputs, labels)`` tuple of
+            tensors (:func:`~fastunlearn.forget.base.as_dataset`).
         batch_size: Examples per vectorised per-sample gradient computation.
         kind: ``"empirical"``: squared per-example gradients of ``log p(y_true | x)``;
             ``"expected"``: ``sum_k p(k | x) (d log p(k | x))^2``.
@@ -130,12 +131,16 @@ def fisher_diagonal(
         ``{parameter name: tensor of the parameter's shape}`` for every trainable parameter.
 
     Raises:
-        ValueError: ``kind`` is unknown, ``batch_size < 1``, or a label of ``dataset`` is
-            outside the classes.
+        ValueError: ``kind`` is unknown, ``batch_size < 1``, ``dataset`` is empty or
+            malformed, or a label of ``dataset`` is outside the classes.
+        TypeError: ``model`` is not an ``nn.Module`` or ``dataset`` not a data set.
 
     """
     if kind not in _FISHER_KINDS:
         raise ValueError(f"'kind' must be one of {_FISHER_KINDS}, got {kind!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
+    dataset = as_dataset(dataset, "dataset")
     device = model_device(model)
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
