@@ -48,6 +48,7 @@ from ..metrics import (
     svc_mia_efficacy,
     time_ratio,
 )
+from ..metrics.competition import mark_final_score_undefined, zero_retrained_accuracies
 from ..metrics.evaluate import MIN_BASELINE_HALF
 from .config import ORACLE_SEED_OFFSET, HarnessConfig, built_method_config
 from .data import HarnessData, load_harness_data, split_forget
@@ -443,7 +444,12 @@ def _method_entry(records: list[dict[str, Any]], logits: list[dict[str, Tensor]]
     entry["fairness"] = _fairness(logits, forget_labels, test_labels, forgotten)
     accs = {"ra_u": entry["retain_accuracy"], "ra_r": oracles["retain_accuracy"],
             "ta_u": entry["test_accuracy"], "ta_r": oracles["test_accuracy"]}
-    entry.update(privacy_metrics(oracle_forget, unlearn, forget_labels, accs))
+    # the final score divides by the oracles' accuracies: where one is 0 it is undefined
+    # (final_score raised, after every run, and the whole result was lost)
+    zero = zero_retrained_accuracies(accs)
+    entry.update(privacy_metrics(oracle_forget, unlearn, forget_labels,
+                                 None if zero else accs))
+    mark_final_score_undefined(entry, zero, "the oracles'")
     return entry
 
 

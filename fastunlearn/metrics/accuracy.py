@@ -80,7 +80,8 @@ def accuracy_report(
         TypeError: If ``forget``, ``retain`` or ``test`` is neither None nor a
             ``(logits, labels)`` pair (a tuple or list of two).
         ValueError: As for :func:`accuracy` (an empty set, mismatched shapes or labels out
-            of range).
+            of range), the message naming the set (``'test': 'labels' has labels outside
+            ...``).
 
     """
     out: dict[str, float] = {}
@@ -89,7 +90,10 @@ def accuracy_report(
             continue
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"'{name}' must be a (logits, labels) pair")
-        out[f"{name}_accuracy"] = accuracy(pair[0], pair[1])
+        try:
+            out[f"{name}_accuracy"] = accuracy(pair[0], pair[1])
+        except (TypeError, ValueError) as exc:  # 'labels' alone did not say which set
+            raise type(exc)(f"'{name}': {exc}") from exc
     if "forget_accuracy" in out:
         out["unlearning_accuracy"] = 1.0 - out["forget_accuracy"]
     return out

@@ -51,7 +51,7 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -647,6 +647,33 @@ def check_accuracies(accuracies: Any) -> None:
     missing = set(ACCURACY_KEYS) - set(accuracies)
     if missing:
         raise ValueError(f"'accuracies' lacks {sorted(missing)}")
+
+
+def zero_retrained_accuracies(accuracies: Mapping[str, float] | None) -> list[str]:
+    """Return the retrained accuracies (``'ra_r'``, ``'ta_r'``) that are not > 0.
+
+    :func:`final_score` divides by them: where one is 0 the final score is undefined, and
+    callers that score many methods pass no accuracies and call
+    :func:`mark_final_score_undefined` rather than lose every method's other scores.
+    """
+    if accuracies is None:
+        return []
+    return [k for k in ("ra_r", "ta_r") if not accuracies[k] > 0]
+
+
+def mark_final_score_undefined(entry: dict[str, Any], zero: Sequence[str], whose: str) -> None:
+    """Set a scored ``entry``'s final score to NaN with a ``privacy_note`` saying why.
+
+    ``zero`` are the keys :func:`zero_retrained_accuracies` returned (nothing happens for
+    none, or for an entry without a competition score); ``whose`` names the retrained
+    models in the note ("the oracles'").
+    """
+    if not zero or "competition_forget_score" not in entry:
+        return
+    entry["competition_final_score"] = entry["competition"]["final_score"] = math.nan
+    which = " and ".join({"ra_r": "retain", "ta_r": "test"}[k] for k in zero)
+    note = f"the final score is undefined: {whose} mean {which} accuracy is 0"
+    entry["privacy_note"] = "; ".join(filter(None, [entry.get("privacy_note"), note]))
 
 
 @dataclass(frozen=True, repr=False)

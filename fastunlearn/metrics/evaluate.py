@@ -22,6 +22,7 @@ method whose logits cannot be scored gets an ``error``; the other methods are st
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,11 +35,16 @@ from .._numbers import check_flag
 from ._checks import check_delta, stacked_logits
 from .accuracy import per_model_accuracy
 from .competition import DEFAULT_DELTA as COMPETITION_DELTA
-from .competition import check_accuracies, competition_score
+from .competition import (
+    check_accuracies,
+    competition_score,
+    mark_final_score_undefined,
+    zero_retrained_accuracies,
+)
 from .epsilon import DEFAULT_DELTA as EPSILON_DELTA
 from .epsilon import epsilon_hat
 from .fairness import class_fairness
-from .fixtures import LogitsDir, load_logits_dir
+from .fixtures import LogitsDir, _mean_recorded, load_logits_dir
 from .timing import time_ratio
 
 if TYPE_CHECKING:
@@ -134,12 +140,19 @@ def evaluate_logits(
 
 
 def _csv_means(columns: dict[str, list[float]]) -> dict[str, float]:
-    """Means of the accuracy and wall-time columns of one ``metrics.csv``."""
+    """Means of the accuracy and wall-time columns of one ``metrics.csv``.
+
+    Over the recorded values: an empty cell (a model whose value was not recorded) is read
+    as NaN (:func:`~.fixtures.read_metrics_csv`) and left out, as in
+    :meth:`~.fixtures.LogitsDir.mean_metric`; a column without any recorded value is left
+    out (it made every mean, the final score and the time ratio NaN, or stopped the
+    evaluation of the whole directory).
+    """
     out = {}
     for col in ("retain_accuracy", "forget_accuracy", "test_accuracy", "wall_time_s"):
-        values = columns.get(col)
-        if values:
-            out[col] = float(sum(values) / len(values))
+        mean = _mean_recorded(columns.get(col))
+        if not math.isnan(mean):
+            out[col] = mean
     return out
 
 
@@ -151,14 +164,22 @@ def _evaluate_method(data: LogitsDir, name: str, ret_csv: dict[str, float], *,
     if all(k in m_csv and k in ret_csv for k in ("retain_accuracy", "test_accuracy")):
         accs = {"ra_u": m_csv["retain_accuracy"], "ra_r": ret_csv["retain_accuracy"],
                 "ta_u": m_csv["test_accuracy"], "ta_r": ret_csv["test_accuracy"]}
+    # the final score divides by the retrained accuracies: where one is 0 it is undefined
+    # (final_score's error turned the method's entry into an error, epsilon-hat and F lost)
+    zero = zero_retrained_accuracies(accs)
     try:
         entry = evaluate_logits(data.retrain.to(dev), data.methods[name].to(dev),
-                                data.labels.to(dev), accuracies=accs, **options)
+                                data.labels.to(dev), accuracies=None if zero else accs,
+                                **options)
     except ValueError as exc:
         entry = {"num_models": int(data.methods[name].shape[1]), "error": str(exc)}
+    mark_final_score_undefined(entry, zero, "the retrained models' (metrics.csv)")
     entry["csv"] = m_csv
-    if "wall_time_s" in m_csv and ret_csv.get("wall_time_s", 0) > 0:
-        entry["time_ratio"] = time_ratio(m_csv["wall_time_s"], ret_csv["wall_time_s"])
+    seconds, retrain_seconds = m_csv.get("wall_time_s", -1.0), ret_csv.get("wall_time_s", 0.0)
+    # a negative or infinite time in a metrics.csv has no ratio (time_ratio would raise
+    # here, outside the method's error handling, and stop the whole evaluation)
+    if 0 <= seconds < math.inf and 0 < retrain_seconds < math.inf:
+        entry["time_ratio"] = time_ratio(seconds, retrain_seconds)
     return entry
 
 

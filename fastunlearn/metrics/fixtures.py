@@ -24,6 +24,7 @@ import csv
 import math
 import numbers
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
@@ -168,7 +169,8 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
         TypeError: If ``path`` is not a path or ``methods`` not a list of names.
         ValueError: If ``path`` is empty, a method name is not a plain folder name or is
             repeated, an array has the wrong layout or does not match the retrained array
-            (examples, classes, labels).
+            (examples, classes, labels), or ``forget_set.txt`` holds an entry that is not an
+            integer index.
 
     """
     root = check_path(path)
@@ -205,9 +207,28 @@ def load_logits_dir(path: str | os.PathLike[str], methods: list[str] | None = No
             out.metrics[name] = read_metrics_csv(root / name / METRICS_FILE)
     fs = root / "forget_set.txt"
     if fs.is_file():
-        text = fs.read_text().replace("\n", ",")
-        out.forget_set = [int(v) for v in text.split(",") if v.strip()]
+        out.forget_set = _read_forget_set(fs)
     return out
+
+
+def _read_forget_set(path: Path) -> list[int]:
+    """Return the indices of a ``forget_set.txt`` (separated by commas, spaces or lines).
+
+    Raises:
+        ValueError: Naming the file and the entry, if an entry is not an integer (int()'s
+            own message named neither).
+
+    """
+    indices = []
+    for entry in re.split(r"[,\s]+", path.read_text()):
+        if not entry:
+            continue
+        try:
+            indices.append(int(entry))
+        except ValueError:
+            raise ValueError(f"cannot read {path}: {entry!r} is not an integer index "
+                             "(expected indices separated by commas)") from None
+    return indices
 
 
 def _check_method_name(name: object) -> str:

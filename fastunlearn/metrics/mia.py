@@ -48,6 +48,9 @@ def svc_mia_efficacy(
         ValueError: On bad shapes/labels, an empty set, sets whose logits have different
             numbers of classes or ``C`` not finite and > 0.
 
+    Errors about a set's logits or labels name the set (``'test': 'labels' has labels
+    outside [0, 10) ...``).
+
     """
     from sklearn.svm import SVC
 
@@ -60,8 +63,11 @@ def svc_mia_efficacy(
     for name, pair in (("retain", retain), ("test", test), ("forget", forget)):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"'{name}' must be a (logits, labels) pair")
-        logits = as_tensor(pair[0], "logits")  # converted once (a list, say)
-        conf = true_class_confidence(logits, pair[1])
+        try:
+            logits = as_tensor(pair[0], "logits")  # converted once (a list, say)
+            conf = true_class_confidence(logits, pair[1])
+        except (TypeError, ValueError) as exc:  # 'labels' alone did not say which set
+            raise type(exc)(f"'{name}': {exc}") from exc
         if conf.dim() != 1:
             raise ValueError(f"'{name}' logits must have shape [n, C], got {tuple(conf.shape)}"
                              " (without the class dim)")
