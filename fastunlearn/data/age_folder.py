@@ -115,14 +115,20 @@ def _scan_names(
     has_subject = "subject" in pattern.groupindex
     for p in files:
         m = pattern.match(p.name)
-        if m is None:
-            if not skip:
-                raise ValueError(
-                    f"file name {p.name!r} does not match the pattern {pattern.pattern!r}"
-                )
-            skipped.append(p)
-            continue
-        items.append((p, int(m.group("age")), m.group("subject") if has_subject else None))
+        why = "does not match"
+        if m is not None:
+            # a custom pattern's group may match no digits ("(?P<age>\w+)") or nothing at
+            # all (an optional group): such a name carries no age (int() failed unnamed)
+            try:
+                age = int(m.group("age"))
+            except (TypeError, ValueError):
+                why = f"gives no whole-number age (group 'age': {m.group('age')!r}) with"
+            else:
+                items.append((p, age, m.group("subject") if has_subject else None))
+                continue
+        if not skip:
+            raise ValueError(f"file name {p.name!r} {why} the pattern {pattern.pattern!r}")
+        skipped.append(p)
     return items, skipped
 
 
@@ -152,7 +158,9 @@ class AgeImageFolder(Dataset):
         paths: Image files, in a fixed order (sorted by folder age, or by file name).
         ages: int64 ages ``[n]``.
         targets: int64 bin labels ``[n]``.
-        subjects: Subject of each image (``agedb`` or a pattern with ``subject``), or None.
+        subjects: Subject of each image (``agedb`` or a pattern with ``subject``; None for
+            a name an optional ``subject`` group does not match), or None when no name
+            carries one.
         num_classes: ``num_bins``.
         layout: The layout used (``"pattern"`` for a custom pattern).
         skipped: Files left out by ``skip_unmatched``.
@@ -216,8 +224,10 @@ class AgeImageFolder(Dataset):
         self.ages = torch.tensor([a for _, a, _ in items], dtype=torch.int64)
         self.targets = age_bins(self.ages, bin_width, num_bins)
         subjects = [s for _, _, s in items]
-        self.subjects: list[str] | None = (
-            None if subjects[0] is None else cast("list[str]", subjects)
+        # None when no name carries a subject; an optional 'subject' group of a pattern
+        # leaves None for the names without one (the first name alone decided before)
+        self.subjects: list[str | None] | None = (
+            None if all(s is None for s in subjects) else subjects
         )
         self.num_classes = num_bins
         self.bin_width = bin_width
@@ -370,16 +380,18 @@ class AgeImageFolder(Dataset):
 
 
 def subject_forget_split(
-    subjects: Sequence[str] | None, fraction: float | np.floating, seed: int | np.integer = 0
+    subjects: Sequence[str | None] | None,
+    fraction: float | np.floating,
+    seed: int | np.integer = 0,
 ) -> tuple[Tensor, Tensor]:
     """Forget whole subjects: see :meth:`AgeImageFolder.subject_forget_split`.
 
     Raises:
         TypeError: If ``subjects`` is not a sequence of names (a ``str`` is not one),
             ``fraction`` is not a number or ``seed`` is not an int (a bool is neither).
-        ValueError: If ``subjects`` is None (the file names carry no subject) or empty,
-            ``fraction`` is outside ``(0, 1)``, ``seed`` is outside ``0..2**64-1``, or the
-            split leaves the retain set empty.
+        ValueError: If ``subjects`` is None (the file names carry no subject), empty or
+            holds None (a name without a subject), ``fraction`` is outside ``(0, 1)``,
+            ``seed`` is outside ``0..2**64-1``, or the split leaves the retain set empty.
 
     """
     if subjects is None:
@@ -388,12 +400,17 @@ def subject_forget_split(
         raise TypeError(f"'subjects' must be a sequence of names, got {type(subjects).__name__}")
     if len(subjects) == 0:
         raise ValueError("'subjects' is empty: there is nothing to forget from")
+    missing = next((i for i, s in enumerate(subjects) if s is None), None)
+    if missing is not None:  # sorted() of names and None raised a bare TypeError
+        raise ValueError(f"'subjects'[{missing}] is None: that image's name carries no "
+                         "subject, so it cannot be kept on one side of the split")
     fraction = check_fraction("fraction", fraction)
     seed = check_seed("seed", seed)  # a negative seed would alias a large one
-    n = len(subjects)
-    names = sorted(set(subjects))
+    named = cast("Sequence[str]", subjects)  # no None left
+    n = len(named)
+    names = sorted(set(named))
     of = {s: i for i, s in enumerate(names)}
-    codes = torch.tensor([of[s] for s in subjects], dtype=torch.int64)
+    codes = torch.tensor([of[s] for s in named], dtype=torch.int64)
     counts = torch.bincount(codes, minlength=len(names))
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))
     goal = max(1, round(fraction * n))

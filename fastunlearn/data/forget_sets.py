@@ -50,7 +50,12 @@ def _as_labels(labels: object) -> Tensor:
         # a copy: torch warns on read-only arrays (the caller's array is never written)
         labels = torch.from_numpy(np.array(labels))
     elif isinstance(labels, Sequence) and not isinstance(labels, (str, bytes)):
-        labels = torch.as_tensor(list(labels))
+        if len(labels) == 0:  # torch.as_tensor([]) is float32: it was refused as floats
+            raise ValueError("'labels' is empty: there is nothing to forget from")
+        try:
+            labels = torch.as_tensor(list(labels))
+        except (TypeError, ValueError, RuntimeError) as exc:  # ['a'], ragged, 2**70
+            raise TypeError(f"'labels' must be a 1-D sequence of integer labels: {exc}") from None
     if not isinstance(labels, Tensor):
         raise TypeError(f"'labels' must be a 1-D integer tensor, got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
@@ -185,6 +190,13 @@ def save_forget_indices(path: str | os.PathLike, indices: Tensor | Sequence[int]
         if indices.size and indices.max() > np.iinfo(np.int64).max:
             raise ValueError(f"'indices' holds {indices.max()}, beyond the int64 range")
         indices = indices.astype(np.int64)
+    if isinstance(indices, Sequence) and not isinstance(indices, (str, bytes)):
+        # torch.as_tensor raises a RuntimeError ("Overflow when unpacking long"), not an
+        # OverflowError, for a Python int beyond int64
+        big = next((i for i in indices if isinstance(i, int) and not -(2**63) <= i < 2**63),
+                   None)
+        if big is not None:
+            raise ValueError(f"'indices' holds {big}, beyond the int64 range")
     try:
         idx = torch.as_tensor(indices)
     except OverflowError:

@@ -383,7 +383,11 @@ def _read_svhn_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"{path!r}: 'X' has shape {list(X.shape)}, expected [32, 32, 3, n] "
             "(height, width, channel, image)"
         )
-    y = _int_labels(np.asarray(mat["y"]).reshape(-1), path, "'y'", 0, 10)
+    y_raw = np.asarray(mat["y"])
+    if sum(size != 1 for size in y_raw.shape) > 1:  # [n, 1] or [1, n]; reshape(-1) took a grid
+        raise ValueError(f"{path!r}: 'y' has shape {list(y_raw.shape)}, expected a column "
+                         "[n, 1] (or row [1, n]) of labels")
+    y = _int_labels(y_raw.reshape(-1), path, "'y'", 0, 10)
     if y.shape[0] != X.shape[3]:
         raise ValueError(f"{path!r}: 'y' holds {y.shape[0]} labels for {X.shape[3]} images")
     y[y == 10] = 0
@@ -873,7 +877,11 @@ def load_features(
     for split in splits:
         if f"y_{split}" not in tensors:
             raise ValueError(f"{str(path)!r} has 'X_{split}' but no 'y_{split}'")
-        X, y = tensors[f"X_{split}"], tensors[f"y_{split}"].reshape(-1)
+        X, y = tensors[f"X_{split}"], tensors[f"y_{split}"]
+        if sum(size != 1 for size in y.shape) > 1:  # [n], [n, 1] or [1, n]: one label a row
+            raise ValueError(f"{str(path)!r}: 'y_{split}' has shape {tuple(y.shape)}, "
+                             "expected one label per row ([n] or [n, 1])")
+        y = y.reshape(-1)
         if X.dim() != 2 or X.shape[0] != y.shape[0]:
             raise ValueError(
                 f"{str(path)!r}: 'X_{split}' {tuple(X.shape)} does not match 'y_{split}' "

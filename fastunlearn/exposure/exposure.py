@@ -262,7 +262,8 @@ def fit_skew_normal(candidates: object) -> SkewNormalFit:
         The fitted :class:`SkewNormalFit`.
 
     Raises:
-        ValueError: If there are fewer than 3 values or they are all equal.
+        ValueError: If there are fewer than 3 values, they are all equal, or no
+            skew-normal can be fitted to them (their range overflows).
         TypeError: If the values are not real numbers (a bool or complex array or tensor).
 
     """
@@ -271,7 +272,7 @@ def fit_skew_normal(candidates: object) -> SkewNormalFit:
 
 def _fit_skew_normal(candidates: object, *, warn_stacklevel: int | None) -> SkewNormalFit:
     """:func:`fit_skew_normal`; warns about few values at ``warn_stacklevel`` (None: never)."""
-    from scipy.stats import skewnorm
+    from scipy.stats import FitError, skewnorm
 
     values = _as_scores(candidates, "candidates", min_size=3)
     if np.ptp(values) == 0.0:
@@ -279,7 +280,22 @@ def _fit_skew_normal(candidates: object, *, warn_stacklevel: int | None) -> Skew
     if warn_stacklevel is not None and values.size < _MIN_FIT_CANDIDATES:
         _warn_few_candidates(values.size, f"fit at least {_RECOMMENDED_FIT_CANDIDATES} values",
                              warn_stacklevel + 1)
-    a, loc, scale = skewnorm.fit(values)
+    try:
+        a, loc, scale = skewnorm.fit(values)
+    except FitError:
+        # values whose spread is a few rounding steps of their size (a model that predicts
+        # almost every character alike: log-perplexities 17.28... +- 1e-15) or near the
+        # ends of the float range leave scipy's optimiser outside the allowed parameters;
+        # the skew-normal is a location-scale family, so fit the values shifted and scaled
+        # to a unit range and map the fit back
+        center, spread = float(np.median(values)), float(np.ptp(values))
+        try:
+            if not math.isfinite(spread):
+                raise FitError("the range of the values overflows")
+            a, loc, scale = skewnorm.fit((values - center) / spread)
+        except FitError as exc:
+            raise ValueError(f"'candidates' cannot be fitted with a skew-normal: {exc}") from None
+        loc, scale = center + spread * loc, spread * scale
     return SkewNormalFit(float(a), float(loc), float(scale), int(values.size))
 
 

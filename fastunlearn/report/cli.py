@@ -52,12 +52,19 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and len(reports) > 1:
         return command_error("html", f"'--out' takes one report, got {len(reports)}; leave "
                              "it out to write each page beside its report")
+    written_by: dict[Path, Path] = {}  # page -> the report converted into it
     for report in reports:  # all checked before anything is written
         if not report.exists():
             return command_error("html", f"'REPORT.md' {str(report)!r} does not exist")
         if not report.is_file():
             return command_error("html", f"'REPORT.md' {str(report)!r} is not a file")
         target = Path(args.out) if args.out is not None else report.with_suffix(".html")
+        # a.md and a.markdown both become a.html: the second page overwrote the first
+        first = written_by.setdefault(target.resolve(), report.resolve())
+        if first != report.resolve():
+            return command_error("html", f"'REPORT.md' {str(report)!r} and {str(first)!r} "
+                                 f"would both be written to {str(target)!r}; convert one of "
+                                 "them with '--out'")
         try:  # a read-only folder: a clean error naming the argument, not a temporary file
             check_output_folder(target.parent, argument="out" if args.out else "REPORT.md")
         except (ValueError, TypeError) as exc:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._atomic_files import save_figure
+from .._json_data import NON_FINITE_STRINGS
 from .._numbers import as_float, is_flag, is_real
 from .._numbers import is_finite as _finite
 from .._paths import check_output_file
@@ -58,16 +59,22 @@ def _field(record: Any, name: str, default: Any = None) -> Any:
 
 
 def _number(value: Any, what: str = "records") -> float:
-    """``value`` as a float; None (how the JSON file stores NaN and inf) becomes NaN.
+    """``value`` as a float; None (a value not measured) becomes NaN.
 
-    An int too large for a float becomes +-inf.
+    The strings ``"inf"``, ``"-inf"`` and ``"nan"`` (how a result's JSON file stores
+    non-finite floats, :mod:`fastunlearn._json_data`) become those floats, so records read
+    back from the file plot as the in-memory ones. An int too large for a float becomes
+    +-inf.
 
     Raises:
-        TypeError: naming ``what`` if ``value`` is not None or a real number.
+        TypeError: naming ``what`` if ``value`` is not None, a real number or one of those
+            strings.
 
     """
     if value is None:
         return math.nan
+    if isinstance(value, str) and value in NON_FINITE_STRINGS:
+        return float(value)
     if is_flag(value) or not hasattr(value, "__float__"):  # np.bool_ is no number either
         raise TypeError(f"'{what}': expected a number or None, got {value!r}")
     try:
