@@ -5,7 +5,7 @@ Each raises TypeError or ValueError naming the argument; nothing here runs a sol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -104,12 +104,34 @@ def _check_order(order: object) -> int:
     return order
 
 
+def _check_rows_independent(model: nn.Module) -> None:
+    """Refuse a batch-norm layer without running statistics (its rows are coupled).
+
+    Such a layer normalises with the statistics of the batch it is given, in eval mode
+    too: the loss is then not a sum over rows, so the chunked gradients and losses of the
+    influence updates would depend on how the rows are split (and one row alone cannot be
+    run at all: torch raises "Expected more than 1 value per channel").
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+            raise ValueError(
+                f"'model' has layer {name or type(module).__name__!r} "
+                f"({type(module).__name__}) normalising with the statistics of its batch "
+                "(no running statistics): the loss is not a sum over rows, so the "
+                "influence updates' chunked gradients and losses would depend on how the "
+                "rows are split; use a layer with running statistics "
+                "(track_running_stats=True)")
+
+
 def _num_outputs(model: nn.Module, x: Tensor) -> int | None:
     """Classes of the model (last output dimension) from one row; None if not a class model.
 
     Call it only on validated inputs (device, dtype): a failing forward pass is reported
-    as a ValueError naming ``inputs``.
+    as a ValueError naming ``inputs``. It is the first forward pass of every influence
+    entry point, so a model whose rows are coupled (batch norm without running
+    statistics, :func:`_check_rows_independent`) is refused here, by name.
     """
+    _check_rows_independent(model)
     try:
         with torch.no_grad(), eval_mode(model):
             out = model(x[:1])
@@ -135,20 +157,55 @@ def _check_all_rows_run(model: nn.Module, name: str, x: Tensor, chunk: int = 102
                          f"{exc}") from None
 
 
+def _check_labels(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
+    x: Tensor,
+    name: str,
+    y: Tensor,
+    num_outputs: int | None,
+    class_labels: bool,
+) -> None:
+    """Integer labels ``y`` (of the inputs ``x``) must be classes of the model.
+
+    With the default cross-entropy (``class_labels``), or without ``loss_fn``, that is
+    ``[0, num_outputs)`` (:func:`_check_target_range`). Another loss gives its integer
+    targets its own meaning (the 0/1 labels of a single-logit binary cross-entropy,
+    integer regression targets): labels outside that range are refused only when the loss
+    fails on them, on the rows with the smallest and the largest label (as a summed
+    cross-entropy does), with the same error. The model runs without a graph in eval mode.
+    """
+    try:
+        _check_target_range(name, y, num_outputs)
+    except ValueError as refusal:
+        if class_labels or loss_fn is None:
+            raise
+        per_row = y.reshape(y.shape[0], -1)
+        rows = sorted({int(per_row.amin(1).argmin()), int(per_row.amax(1).argmax())})
+        try:
+            with torch.no_grad(), eval_mode(model):
+                for i in rows:
+                    loss_fn(model(x[i:i + 1]), y[i:i + 1])
+        except (IndexError, RuntimeError, TypeError, ValueError):
+            raise refusal from None
+
+
 def _check_model_data(
     model: nn.Module,
     pairs: Sequence[tuple[str, Tensor, str, Tensor]],
     dtype: torch.dtype,
     device: torch.device,
     class_labels: bool,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> None:
     """Check ``(input name, inputs, target name, targets)`` pairs against the model.
 
     Devices and dtypes first (floating inputs in ``dtype``, the parameters'; integer
     targets when ``class_labels``), so the model only ever runs on inputs it accepts; then
-    one forward pass of one row gives the number of classes the integer labels must fit,
-    and integer inputs (token ids) are run through the model on every row. The model is
-    run without a graph in eval mode: nothing of it changes.
+    one forward pass of one row gives the number of classes the integer labels must fit
+    (for a ``loss_fn`` other than the default cross-entropy: unless the loss takes them,
+    :func:`_check_labels`), and integer inputs (token ids) are run through the model on
+    every row. The model is run without a graph in eval mode: nothing of it changes.
     """
     for x_name, x, y_name, y in pairs:
         _check_inputs(x_name, x, dtype, device)
@@ -157,5 +214,5 @@ def _check_model_data(
     for x_name, x, _, _ in pairs:
         if not x.is_floating_point():
             _check_all_rows_run(model, x_name, x)
-    for _, _, y_name, y in pairs:
-        _check_target_range(y_name, y, num_outputs)
+    for _, x, y_name, y in pairs:
+        _check_labels(model, loss_fn, x, y_name, y, num_outputs, class_labels)

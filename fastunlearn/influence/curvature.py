@@ -27,6 +27,7 @@ from ..linalg.network import (
     _check_eval_mode,
     _graph_dependencies,
     _GraphKey,
+    _scalar_loss,
 )
 from ..linalg.rnn_kernels import with_differentiable_rnn_kernels
 from .gradients import LossFn
@@ -149,7 +150,9 @@ class GGNOperator(LinearOperator):
         Raises:
             ValueError: the model has dropout/RReLU/batch-norm layers in training mode,
                 ``batch_size`` splits the data for a batch-norm layer that uses its batch's
-                statistics, or a bad ``V``, ``inputs`` or ``targets``.
+                statistics, a bad ``V``, ``inputs`` or ``targets`` (also labels the loss
+                fails on, e.g. outside the model's outputs), or a loss that is not one
+                number (as :class:`~fastunlearn.linalg.NetworkHessianOperator`).
 
         """
         V = self._check_block(V)
@@ -180,7 +183,7 @@ class GGNOperator(LinearOperator):
                         return functional_call(self.model, state, (x,))
 
                     def loss_grad(out: Tensor, y: Tensor = y) -> Tensor:
-                        return grad(lambda o: self.loss_fn(o, y))(out)
+                        return grad(lambda o: _scalar_loss(self.loss_fn, o, y))(out)
 
                     if reuse:
                         out, vjp_fn, jv_fn = self._cached_products(f, primals)

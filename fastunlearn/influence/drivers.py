@@ -25,6 +25,7 @@ from .._numbers import as_float, check_int, check_seed, is_real
 from .._repr import format_number
 from .arguments import (
     _check_inputs,
+    _check_labels,
     _check_target_range,
     _check_target_type,
     _num_outputs,
@@ -95,14 +96,9 @@ def _as_index(name: str, value: Any, n: int, device: torch.device) -> Tensor:
     return t.to(device)
 
 
-def _check_new_labels(
-    name: str, new: Tensor, num_outputs: int | None, dtype: torch.dtype
-) -> None:
-    """Check that new labels are classes of the model and fit ``dtype`` (before any cast)."""
+def _check_new_labels(name: str, new: Tensor, dtype: torch.dtype) -> None:
+    """Check that new labels fit ``dtype`` (before any cast; their range: _check_labels)."""
     low, high = int(new.min()), int(new.max())
-    if num_outputs is not None and (low < 0 or high >= num_outputs):
-        raise ValueError(f"'{name}' holds labels in [{low}, {high}], outside the model's "
-                         f"{num_outputs} classes [0, {num_outputs - 1}]")
     info = torch.iinfo(dtype)
     if low < info.min or high > info.max:
         raise ValueError(f"'{name}' holds labels in [{low}, {high}], which the dtype of "
@@ -194,8 +190,9 @@ def repair_labels(
             labels outside the model's classes, ``indices`` is empty, not 1-D, outside
             ``[0, N)`` or holds duplicates, ``new_labels`` does not have one label per
             index or holds labels outside the model's classes (or the dtype of
-            ``labels``), or other bad inputs (named, as for ``influence_update``); the
-            model is then unchanged.
+            ``labels``), or other bad inputs (named, as for ``influence_update``; with a
+            ``loss_fn`` of the caller's only labels it fails on are outside the
+            classes); the model is then unchanged.
 
     """
     inputs = _check_tensor("inputs", inputs)
@@ -218,9 +215,12 @@ def repair_labels(
     _check_target_type("labels", labels, opts.device, opts.class_labels)
     num_outputs = _num_outputs(model, inputs)
     # 'labels' itself, not the corrected set influence_update sees ('train_data[1]')
-    _check_target_range("labels", labels, num_outputs)
+    _check_labels(model, opts.loss_fn, inputs, "labels", labels, num_outputs,
+                  opts.class_labels)
     # range-check before casting to labels.dtype (a uint8 cast would wrap 258 to 2)
-    _check_new_labels("new_labels", new, num_outputs, labels.dtype)
+    _check_labels(model, opts.loss_fn, inputs[idx], "new_labels", new.to(labels.device),
+                  num_outputs, opts.class_labels)
+    _check_new_labels("new_labels", new, labels.dtype)
     new = new.to(device=labels.device, dtype=labels.dtype)
     corrected = labels.clone()
     corrected[idx] = new
@@ -328,8 +328,9 @@ def unlearn_features(
             ``influence_update``; checked even when no row is affected, and the model is
             then unchanged.
         ValueError: If ``labels`` does not have one entry per row of ``inputs``, holds
-            labels outside the model's classes, or other bad inputs or options (named);
-            checked even when no row is affected, and the model is then unchanged.
+            labels outside the model's classes (with a ``loss_fn`` of the caller's: labels
+            it fails on), or other bad inputs or options (named); checked even when no
+            row is affected, and the model is then unchanged.
 
     """
     inputs = _check_tensor("inputs", inputs)
@@ -342,7 +343,8 @@ def unlearn_features(
     _check_inputs("inputs", inputs, opts.dtype, opts.device)
     _check_target_type("labels", labels, opts.device, opts.class_labels)
     # labels outside the model's classes are rejected even when no row is affected
-    _check_target_range("labels", labels, _num_outputs(model, inputs))
+    _check_labels(model, opts.loss_fn, inputs, "labels", labels, _num_outputs(model, inputs),
+                  opts.class_labels)
     corrected, row_idx = replace_features(inputs, columns, rows=rows, values=values)
     if row_idx.numel() == 0:
         # what influence_update would have said of 'tau' and 'lissa' (the caller's line)

@@ -191,7 +191,7 @@ def _check_data(
     params = [named[n] for n in names] or [p for p in named.values() if p.is_floating_point()]
     if params:
         _check_model_data(model, pairs, params[0].dtype, params[0].device,
-                          class_labels=loss_fn is default_loss)
+                          class_labels=loss_fn is default_loss, loss_fn=loss_fn)
     _, inputs, targets_name, targets = pairs[0]
     if inputs.shape[0]:  # no row: nothing to sum, the loss is 0 either way
         check_sum_reduction(model, loss_fn, inputs, targets, targets_name=targets_name)

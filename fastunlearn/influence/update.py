@@ -374,7 +374,8 @@ def _check_data(
     forward pass gives the number of classes the labels must fit (see
     :func:`~fastunlearn.influence.arguments._check_model_data`).
     """
-    _check_model_data(model, pairs, opts.dtype, opts.device, opts.class_labels)
+    _check_model_data(model, pairs, opts.dtype, opts.device, opts.class_labels,
+                      loss_fn=opts.loss_fn)
 
 
 # ---------------------------------------------------------------------------------------
@@ -634,7 +635,11 @@ def influence_update(
             in eval mode during the update (the mode is restored afterwards). A model with
             recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) runs on torch's native
             kernels during the update (oneDNN and cuDNN are switched off and restored:
-            their fused RNN kernels cannot be differentiated twice).
+            their fused RNN kernels cannot be differentiated twice); likewise attention
+            (``nn.MultiheadAttention``, the ``nn.Transformer*`` layers) on the math
+            backend of scaled dot-product attention, and weight normalisation on its
+            composite formula (torch's fused kernel has a wrong second derivative; see
+            :func:`~fastunlearn.linalg.rnn_kernels.differentiable_rnn_kernels`).
         inputs: Tensor[m, ...], affected points as trained on: floating features in the
             parameters' dtype, or integer token ids (e.g. for an ``nn.Embedding``). Integer
             inputs are run through the model once, row by row in chunks, before anything
@@ -708,11 +713,13 @@ def influence_update(
             selected parameters are float16 or bfloat16: the solvers need float32 or
             float64; first order works in any floating dtype).
         ValueError: bad shapes, devices, non-finite features, inputs the model cannot run
-            on (also token ids outside an embedding's vocabulary, in any row), labels
-            outside the model's classes, parameters not in the model or frozen
-            (``requires_grad=False``), a mean-reduced loss, or an out-of-range option.
-            Devices and dtypes are checked before the model runs. The model is unchanged
-            whenever an error is raised.
+            on (also token ids outside an embedding's vocabulary, in any row), batch
+            norm without running statistics (its rows are coupled), labels outside the
+            model's classes (with a ``loss_fn`` of the caller's: only labels the loss
+            fails on, so a single-logit binary loss takes 0/1 labels), parameters not in
+            the model or frozen (``requires_grad=False``), a mean-reduced loss, or an
+            out-of-range option. Devices and dtypes are checked before the model runs.
+            The model is unchanged whenever an error is raised.
 
     """
     t_start = time.perf_counter()

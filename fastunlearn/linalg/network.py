@@ -319,19 +319,28 @@ def _functional_loss(
         state: dict[str, Tensor] = {n: p.detach() for n, p in model.named_parameters()}
         state.update(dict(model.named_buffers()))
         state.update(zip(names, selected, strict=True))
-        outputs = functional_call(model, state, (inputs,))
-        try:
-            value = loss_fn(outputs, targets)
-        except IndexError as exc:  # e.g. a class label outside the outputs
-            raise ValueError(f"'loss_fn' failed on 'targets' (labels outside the model's "
-                             f"outputs?): {exc}") from exc
-        if not isinstance(value, Tensor) or value.numel() != 1:
-            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"'loss_fn' must return a scalar (e.g. reduction='sum'), got "
-                             f"{shape}")
-        return value.reshape(())
+        return _scalar_loss(loss_fn, functional_call(model, state, (inputs,)), targets)
 
     return loss
+
+
+def _scalar_loss(loss_fn: LossFn, outputs: Any, targets: Any) -> Tensor:
+    """Return ``loss_fn(outputs, targets)`` as a 0-d tensor.
+
+    A loss that fails on the labels (an IndexError, e.g. a class label outside the outputs)
+    or does not return one number is named (ValueError) instead of failing inside
+    ``torch.func``.
+    """
+    try:
+        value = loss_fn(outputs, targets)
+    except IndexError as exc:  # e.g. a class label outside the outputs
+        raise ValueError(f"'loss_fn' failed on 'targets' (labels outside the model's "
+                         f"outputs?): {exc}") from exc
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"'loss_fn' must return a scalar (e.g. reduction='sum'), got "
+                         f"{shape}")
+    return value.reshape(())
 
 
 class NetworkHessianOperator(LinearOperator):
