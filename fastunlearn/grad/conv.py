@@ -71,7 +71,13 @@ from ..ops.per_sample import (
     per_sample_sq_norm,
     per_sample_weighted_sum,
 )
-from .layers import CapturedLayer, LayerCall, LayerRule, register_rule
+from .layers import (
+    CapturedLayer,
+    LayerCall,
+    LayerRule,
+    _weight_and_bias_only,
+    register_rule,
+)
 
 __all__ = [
     "ConvRule",
@@ -236,7 +242,7 @@ class ConvRule(LayerRule):
 
     @override
     def supports(self, module: nn.Module) -> bool:
-        return _conv(module).groups == 1
+        return _conv(module).groups == 1 and _weight_and_bias_only(module)
 
     # ---- choosing --------------------------------------------------------------------------
 

@@ -31,10 +31,10 @@ from .._numbers import is_finite as _finite
 from ..influence.arguments import _check_target_range
 from ..influence.gradients import default_loss
 from ..ops.per_sample import clip_weights
-from .fallback import FunctorchRule
+from .fallback import FunctorchRule, uses_batch_statistics
 from .layers import CapturedLayer, LayerCall, LayerRule, find_rule
 from .reduction import check_declared_reduction
-from .uses import nodes_inside_call, reads_outside_owners
+from .uses import first_reaching, nodes_inside_call, reads_outside_owners
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,7 +103,9 @@ class PerSampleGradients:
     per-sample re-runs must reproduce the layer's outputs. A layer input with another dim of
     size B (time-first ``[T, B, C]`` with ``T == B``) is checked to have the batch where its
     rule splits it, by two extra eval-mode forwards (once per shape signature). A parameter shared
-    by several modules gets the sum of their contributions (materialised for norms).
+    by several modules gets the sum of their contributions (materialised for norms). A
+    batch-norm layer that normalises with the batch's statistics (training mode, or
+    ``track_running_stats=False``) after a selected layer mixes the samples and is refused.
 
     Args:
         model: The model. Called as ``model(inputs)``, ``model(*inputs)`` for a tuple or
@@ -201,6 +203,20 @@ class PerSampleGradients:
                     "float32 or float64 parameters (convert the model with .float())"
                 )
 
+    def _check_requires_grad(self) -> None:
+        """Refuse selected parameters frozen since construction (checked on every call).
+
+        A layer whose selected parameters all stopped requiring grad has outputs without
+        gradients, so they got per-sample gradients of zero, while one frozen next to a
+        parameter that still requires grad got its true per-sample gradients.
+        """
+        frozen = [n for n, p in self.params.items() if not p.requires_grad]
+        if frozen:
+            raise ValueError(
+                f"params: {frozen} no longer require grad (frozen after the engine was built); "
+                "unfreeze them, or build an engine without them"
+            )
+
     # ---- public API ----------------------------------------------------------------------
 
     def sq_norms(self, inputs: Any, targets: Any, loss_fn: LossFn) -> Tensor:
@@ -224,8 +240,10 @@ class PerSampleGradients:
             ValueError: ``inputs``/``targets``/``loss_fn`` output have inconsistent batch
                 sizes, ``loss_fn`` returns no real floating-point tensor, a layer's input
                 does not have the batch first, such a classification loss gets labels
-                outside the outputs' classes (its ``ignore_index`` aside), or ``loss_fn``
-                fails on ``targets`` with torch's IndexError or RuntimeError (chained).
+                outside the outputs' classes (its ``ignore_index`` aside), ``loss_fn``
+                fails on ``targets`` with torch's IndexError or RuntimeError (chained), a
+                batch-norm layer using batch statistics follows a selected layer, or a
+                selected parameter no longer requires grad.
 
         """
         layers, B = self._run(inputs, targets, loss_fn)
@@ -390,6 +408,7 @@ class PerSampleGradients:
     ) -> tuple[list[tuple[_Layer, LayerRule, CapturedLayer]], int]:
         """One forward and one backward pass; the captured layers the loss depends on."""
         self._check_dtypes()  # the model may have been converted since construction
+        self._check_requires_grad()
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
         B = _batch_size(inputs)
@@ -418,7 +437,21 @@ class PerSampleGradients:
 
             return hook
 
+        # Inputs of batch-norm layers that normalise with the batch's statistics: they mix
+        # the samples, which is wrong for the layers before them (checked after the forward).
+        mixed: list[tuple[str, Node]] = []
+
+        def make_mixing_hook(name: str) -> Callable:
+            def hook(module: nn.Module, args: tuple) -> None:
+                mixed.extend((name, t.grad_fn) for t in tree_flatten(args)[0]
+                             if isinstance(t, Tensor) and t.grad_fn is not None)
+
+            return hook
+
         try:
+            for name, module in self.model.named_modules():
+                if uses_batch_statistics(module):
+                    handles.append(module.register_forward_pre_hook(make_mixing_hook(name)))
             for layer, rule, slot in zip(self._layers, rules, pending, strict=True):
                 handles.append(layer.module.register_forward_hook(
                     make_hook(slot, rule.keeps_outputs), with_kwargs=True
@@ -430,6 +463,8 @@ class PerSampleGradients:
         finally:
             for h in handles:
                 h.remove()
+        if mixed:
+            self._check_not_mixed(mixed, pending)
         reduced = self._reduce(loss, B)  # checks the loss before the reduction check runs
         if loss.dim() == 0:
             check_declared_reduction(loss_fn, outputs, targets, B, self.loss_reduction)
@@ -565,6 +600,25 @@ class PerSampleGradients:
             for m, training in modes:
                 m.training = training
         return seen
+
+    def _check_not_mixed(self, mixed: list[tuple[str, Node]],
+                         pending: list[list[_Pending]]) -> None:
+        """Refuse batch-norm layers using batch statistics downstream of a selected layer.
+
+        Such a layer (training mode, or eval mode with ``track_running_stats=False``) mixes
+        the samples of a batch, so the loss gradient at an earlier layer's output for sample
+        b also holds the other samples' losses: its per-sample gradients would be wrong. One
+        without selected parameters is not a layer of the engine, so nothing else checks it.
+        """
+        outputs = {e.node for calls in pending for call in calls for e in call.edges.values()}
+        name = first_reaching(mixed, outputs)
+        if name is not None:
+            raise ValueError(
+                f"model: batch-norm layer '{name}' normalises with the statistics of the batch "
+                "(training mode, or track_running_stats=False), which mixes the samples of a "
+                "batch; the per-sample gradients of the layers before it are undefined (use "
+                "eval mode, or GroupNorm/LayerNorm)"
+            )
 
     def _check_reads(self, loss: Tensor, pending: list[list[_Pending]]) -> None:
         """Refuse parameters the loss also reads outside their layers' calls.

@@ -120,6 +120,18 @@ class CapturedLayer:
         return x
 
 
+def _weight_and_bias_only(module: nn.Module) -> bool:
+    """Whether ``module``'s direct parameters are at most its own ``weight`` and ``bias``.
+
+    The native rules know only these two. ``torch.nn.utils.weight_norm`` and
+    ``spectral_norm`` replace ``weight`` by other parameters (``weight_g`` and ``weight_v``,
+    ``weight_orig``) from which a forward pre-hook computes it, on a module of the same type;
+    such a module goes to the fallback, which differentiates whatever its forward computes
+    (a native rule would give those parameters no gradient).
+    """
+    return set(module._parameters) <= {"weight", "bias"}
+
+
 class LayerRule:
     """Per-sample quantities of the direct parameters of one module type.
 
@@ -211,6 +223,10 @@ class LinearLikeRule(LayerRule):
     module are concatenated along T (a shared layer's gradient is the sum over its uses).
     The weight is viewed as an [out, in] matrix; the bias gradient is ``sum_t G[b, t]``.
     """
+
+    @override
+    def supports(self, module: nn.Module) -> bool:
+        return _weight_and_bias_only(module)
 
     def activations(self, layer: CapturedLayer, call: LayerCall) -> tuple[Tensor, Tensor]:
         """``(A[B, T, in], G[B, T, out])`` for one call."""
@@ -340,6 +356,10 @@ class EmbeddingRule(LayerRule):
     """
 
     @override
+    def supports(self, module: nn.Module) -> bool:
+        return _weight_and_bias_only(module)
+
+    @override
     def check(self, module: nn.Module, name: str) -> None:
         if cast(nn.Embedding, module).scale_grad_by_freq:
             raise ValueError(
@@ -403,6 +423,13 @@ class _AffineNormRule(MaterialisingRule):
     are as small as the parameter, so they are materialised.
     """
 
+    #: Name of the module's ``forward`` argument, for a call that passes it by keyword.
+    input_name = "input"
+
+    @override
+    def supports(self, module: nn.Module) -> bool:
+        return _weight_and_bias_only(module)
+
     def normalise(self, module: nn.Module, x: Tensor) -> Tensor:
         """``x_hat``, the normalised input without the affine transform."""
         raise NotImplementedError
@@ -416,7 +443,7 @@ class _AffineNormRule(MaterialisingRule):
         module, B = layer.module, layer.batch_size
         out: dict[str, Tensor] = {}
         for call in layer.calls:
-            x = layer.batched(call.input(), min_dim=2).detach()
+            x = layer.batched(call.input(self.input_name), min_dim=2).detach()
             g = self.to_rows(module, call.grad_output)
             parts = {}
             if "weight" in names:
@@ -442,6 +469,8 @@ class LayerNormRule(_AffineNormRule):
 @register_rule(nn.RMSNorm)
 class RMSNormRule(_AffineNormRule):
     """``nn.RMSNorm`` with ``elementwise_affine=True`` (weight only)."""
+
+    input_name = "x"  # nn.RMSNorm.forward(x), not (input)
 
     @override
     def normalise(self, module: nn.Module, x: Tensor) -> Tensor:

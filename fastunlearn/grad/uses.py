@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.autograd.graph import Node, get_gradient_edge
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["nodes_inside_call", "reads_outside_owners"]
+__all__ = ["first_reaching", "nodes_inside_call", "reads_outside_owners"]
 
 
 def nodes_inside_call(inputs: Any, output_nodes: Iterable[Node | None]) -> set[Node]:
@@ -86,3 +86,30 @@ def reads_outside_owners(
             else:
                 todo.append(nxt)
     return [n for n in params if n in outside]
+
+
+def first_reaching(starts: Iterable[tuple[str, Node]], targets: set[Node]) -> str | None:
+    """Name of the first start node from which a node of ``targets`` is reachable backwards.
+
+    Args:
+        starts: ``(name, node)`` pairs, searched in order.
+        targets: The nodes to find.
+
+    Returns:
+        The name, or None when no start reaches a target. Each node is visited at most once
+        over all the starts.
+
+    """
+    cleared: set[Node] = set()  # nodes from which no target is reachable
+    for name, start in starts:
+        todo, seen = [start], set()
+        while todo:
+            node = todo.pop()
+            if node in targets:
+                return name
+            if node in cleared or node in seen:
+                continue
+            seen.add(node)
+            todo.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
+        cleared |= seen
+    return None

@@ -93,6 +93,27 @@ def _cg_update_fake(
         ("rr", rr), ("active", active), ("iterations", iterations),
         ("threshold_sq", threshold_sq)))  # fmt: skip
     torch._check_value(x.dim() == 2, lambda: f"cg_update_: argument 'x' must be 2-D, got {x.shape}")
+    torch._check_type(
+        x.dtype in (torch.float32, torch.float64),
+        lambda: f"cg_update_: argument 'x' must be float32 or float64, got {x.dtype}",
+    )
+    for name, t, dtype in (
+        ("r", r, x.dtype),
+        ("p", p, x.dtype),
+        ("Ap", Ap, x.dtype),
+        ("inv_diag", inv_diag, x.dtype),
+        ("rz", rz, x.dtype),
+        ("rr", rr, x.dtype),
+        ("threshold_sq", threshold_sq, x.dtype),
+        ("active", active, torch.bool),
+        ("iterations", iterations, torch.int64),
+    ):
+
+        def of_dtype(n: str = name, t: Tensor | None = t, want: torch.dtype = dtype) -> str:
+            got = t.dtype if t is not None else None
+            return f"cg_update_: argument '{n}' must have dtype {want}, got {got}"
+
+        torch._check_type(t is None or t.dtype == dtype, of_dtype)
     for name, t in (("r", r), ("p", p), ("Ap", Ap)):
 
         def like_x(n: str = name, t: Tensor = t) -> str:

@@ -414,6 +414,19 @@ def _glm_cg_fake(
     if x0 is not None:
         _check_dk("glm_cg", "x0", x0, X, S)
     d, K = X.shape[1], S.shape[1]
+    if precond is not None:  # the kernel's shape and dtype checks (not its value checks)
+        torch._check_value(
+            (precond.dim() == 2 and precond.shape[0] == d and precond.shape[1] in (K, 1))
+            or (precond.dim() == 3 and tuple(precond.shape) == (K, d, d)),
+            lambda: (
+                f"glm_cg: argument 'precond' must be a [d, K] Jacobi inverse diagonal or "
+                f"[K, d, d] lower Cholesky factors (d = {d}, K = {K}), got shape "
+                f"{tuple(precond.shape)}"
+            ),
+        )
+        torch._check_type(
+            precond.dtype == X.dtype, lambda: "glm_cg: arguments 'precond' and 'X' differ in dtype"
+        )
     return B.new_empty((d, K)), B.new_empty((K,), dtype=torch.int64), B.new_empty((K,))
 
 
