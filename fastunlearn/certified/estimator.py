@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from scipy.special import expit, log_expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -588,7 +589,10 @@ class CertifiedLogisticRegression(
         """Class probabilities: ``sigma(z)`` for two classes, normalised ``sigma(z_k)`` for OvR.
 
         For two classes ``z`` is :meth:`decision_function`, so the probabilities rank the rows
-        exactly as the scores do.
+        exactly as the scores do. The one-vs-rest normalisation is computed in log space: a
+        row whose margins are all far below zero (margins of thousands occur at small
+        ``lam``; every ``sigma(z_k)`` underflows to 0 below about -745) still follows its
+        margins, as :meth:`predict` does, instead of coming out uniform.
 
         Args:
             X (array-like [n, d]): features.
@@ -599,11 +603,11 @@ class CertifiedLogisticRegression(
         """
         Z = self.decision_function(X)
         if Z.ndim == 1:
-            p = 1.0 / (1.0 + np.exp(-Z))
+            p = expit(Z)  # 1 / (1 + exp(-z)) without exp's overflow for z < -709
             return np.stack([1.0 - p, p], axis=1)
-        P = 1.0 / (1.0 + np.exp(-Z))
-        total = P.sum(axis=1, keepdims=True)
-        return np.where(total > 0, P / np.where(total > 0, total, 1.0), 1.0 / P.shape[1])
+        log_p = log_expit(Z)  # log sigma(z_k), finite for any finite margin
+        P = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # the largest is 1
+        return P / P.sum(axis=1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels (``argmax`` of the one-vs-rest margins; sign for binary).

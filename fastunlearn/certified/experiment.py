@@ -593,6 +593,13 @@ def _make_model(config: ExperimentConfig) -> Any:
 
 
 def _accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Accuracy of ``model`` on ``(X, y)`` and its predictions; NaN for no rows.
+
+    ``predict`` (as scikit-learn's) refuses an array of no rows: a data set without test
+    rows gets NaN accuracies and empty predictions instead of failing after the fit.
+    """
+    if X.shape[0] == 0:
+        return math.nan, np.asarray(model.classes_)[:0]
     pred = np.asarray(model.predict(X))
     return float((pred == y).mean()) if y.size else math.nan, pred
 

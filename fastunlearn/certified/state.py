@@ -107,8 +107,9 @@ class ModelState(EstimatorAttributes):
         Returns:
             ``(tensors, meta)``: tensors ``X`` (normalised, float64), ``Y``, ``member`` (the
             ``S_k`` masks), ``removed``, ``labels``, ``W``, ``b``, ``gram``, ``eig``,
-            ``chol`` and the removal history; meta holds the parameters, classes, budget
-            numbers and counters.
+            ``chol`` and the removal history; meta holds the parameters, classes, feature
+            names (``feature_names_in_``, None when fitted without them), budget numbers and
+            counters.
 
         Raises:
             sklearn.exceptions.NotFittedError: before ``fit``.
@@ -161,6 +162,12 @@ class ModelState(EstimatorAttributes):
             "classes": self.classes_.tolist(),
             "classes_dtype": self.classes_.dtype.str if self.classes_.dtype != object else "O",
             "n_features_in": int(self.n_features_in_),
+            # scikit-learn sets it when fit gets a DataFrame (string column names only)
+            "feature_names_in": (
+                [str(name) for name in self.feature_names_in_]
+                if hasattr(self, "feature_names_in_")
+                else None
+            ),
             "budget": float(self.budget_),
             "budget_used": float(self.budget_used_),
             "training_residual": float(self.training_residual_),
@@ -191,7 +198,11 @@ class ModelState(EstimatorAttributes):
                 for a model saved on a GPU); checked as ``fit`` checks its ``device``.
 
         Returns:
-            A fitted model that continues exactly where the saved one stopped.
+            A fitted model that continues where the saved one stopped: exactly with the
+            ``'cholesky'`` solver; with ``'cg'`` the next solves start again from the saved
+            Cholesky factor (the Woodbury terms of the rows removed since it was computed
+            are not saved), so weights and bounds agree to the CG tolerance, each removal
+            certified by its own bound. A pickle or deepcopy continues exactly either way.
 
         The tensors the bounds and updates rest on that can be derived from ``X``, the
         labels and the parameters are checked against a recomputation: the subsets
@@ -304,6 +315,9 @@ class ModelState(EstimatorAttributes):
         model._draws = int(meta["draws"])
         model.classes_ = _classes_from_meta(meta)
         model.n_features_in_ = int(meta["n_features_in"])
+        names = _feature_names_from_meta(meta, model.n_features_in_)
+        if names is not None:
+            model.feature_names_in_ = names
         model.budget_ = float(meta["budget"])
         model.budget_used_ = float(meta["budget_used"])
         model.training_residual_ = float(meta["training_residual"])
@@ -491,6 +505,27 @@ def _classes_from_meta(meta: Mapping[str, Any]) -> np.ndarray:
             f"argument 'meta' classes must be distinct labels, got {meta['classes']!r}"
         )
     return classes
+
+
+def _feature_names_from_meta(meta: Mapping[str, Any], n_features: int) -> np.ndarray | None:
+    """Return the ``feature_names_in_`` of a state (object array), None when it has none.
+
+    States written before the names were saved lack the entry: None too.
+    """
+    names = meta.get("feature_names_in")
+    if names is None:
+        return None
+    if (
+        not isinstance(names, list)
+        or len(names) != n_features
+        or not all(isinstance(name, str) for name in names)
+    ):
+        shown = names if not isinstance(names, list) else names[:5]
+        raise ValueError(
+            f"argument 'meta' entry 'feature_names_in' must be None or {n_features} "
+            f"strings (one per feature), got {shown!r}"
+        )
+    return np.asarray(names, dtype=object)
 
 
 def _cg_iterations_from_meta(meta: Mapping[str, Any]) -> tuple[int, int]:
