@@ -166,3 +166,43 @@ def assert_same_snapshot(after: dict, before: dict) -> None:
             assert torch.equal(after[key], value), key
         else:
             assert after[key] == value, key
+
+
+class TinyEncoder(nn.Module):
+    """One ``nn.TransformerEncoderLayer`` (width 4, 2 heads) and a 3-class head; rows of 8
+    features are read as 2 tokens of 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(x.view(x.shape[0], 2, 4)).mean(1))
+
+
+def finite_difference_hessian(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
+                              y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Symmetrised central differences of the exact gradient of ``loss_fn(model(x), y)``
+    over all parameters (flattened in ``model.parameters()`` order): a Hessian that does
+    not rest on the second derivative torch computes."""
+    params = list(model.parameters())
+    sizes = [p.numel() for p in params]
+
+    def grad_at(shift: list[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            for p, s in zip(params, shift, strict=True):
+                p.add_(s)
+        g = torch.autograd.grad(loss_fn(model(x), y), params)
+        with torch.no_grad():
+            for p, s in zip(params, shift, strict=True):
+                p.sub_(s)
+        return torch.cat([t.reshape(-1) for t in g])
+
+    cols = []
+    for e in torch.eye(sum(sizes), dtype=params[0].dtype):
+        parts = [c.view(p.shape) for c, p in zip(e.split(sizes), params, strict=True)]
+        cols.append((grad_at([eps * q for q in parts]) - grad_at([-eps * q for q in parts]))
+                    / (2 * eps))
+    H = torch.stack(cols, 1)
+    return 0.5 * (H + H.T)

@@ -5,6 +5,7 @@ statistics, and integer targets of a loss of the caller's."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TinyEncoder, finite_difference_hessian
 from small_nets import D64, ce_sum, net_data, same_state, small_net, state_of
 from torch import nn
 from torch.func import functional_call
@@ -37,29 +38,8 @@ def _flat_grad(model, loss):
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
 
 
-def _fd_hessian(model, x, y, eps=1e-6):
-    """Central differences of the exact gradient of the summed loss (independent of the
-    second derivative torch computes)."""
-    params = list(model.parameters())
-    sizes = [p.numel() for p in params]
-
-    def grad_at(shift):
-        with torch.no_grad():
-            for p, s in zip(params, shift, strict=True):
-                p.add_(s)
-        g = _flat_grad(model, ce_sum(model(x), y))
-        with torch.no_grad():
-            for p, s in zip(params, shift, strict=True):
-                p.sub_(s)
-        return g
-
-    cols = []
-    for e in torch.eye(sum(sizes), dtype=D64):
-        parts = [c.view(p.shape) for c, p in zip(e.split(sizes), params, strict=True)]
-        cols.append((grad_at([eps * q for q in parts]) - grad_at([-eps * q for q in parts]))
-                    / (2 * eps))
-    H = torch.stack(cols, 1)
-    return 0.5 * (H + H.T)
+def _fd_hessian(model, x, y):
+    return finite_difference_hessian(model, ce_sum, x, y)
 
 
 @pytest.mark.parametrize("solver", ["direct", "cg"])
@@ -80,21 +60,11 @@ def test_weight_normalised_model_gets_the_dense_newton_step(solver):
     torch.testing.assert_close(res.step, expected, rtol=1e-7, atol=1e-9)
 
 
-class _Encoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.head(self.layer(x.view(x.shape[0], 2, 4)).mean(1))
-
-
 def test_transformer_second_order_update_is_the_dense_newton_step():
     # was RuntimeError "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_
     # backward is not implemented" from inside torch
     torch.manual_seed(0)
-    model = _Encoder().double().eval()
+    model = TinyEncoder().double().eval()
     X, y = torch.randn(10, 8, dtype=D64), torch.randint(0, 3, (10,))
     rows = torch.tensor([0, 3])
     new, corrected = _relabel(y, rows)

@@ -5,6 +5,7 @@ float64 reference (finite differences of exact gradients, or a math-attention He
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TinyEncoder, finite_difference_hessian
 from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -36,28 +37,8 @@ def _weight_normed(kind, dim):
     return model.eval()
 
 
-def _fd_hessian(model, x, y, eps=1e-6):
-    """Central differences of the exact (first-order) gradient, symmetrised."""
-    params = list(model.parameters())
-    sizes = [p.numel() for p in params]
-
-    def grad_at(shift):
-        with torch.no_grad():
-            for p, s in zip(params, shift, strict=True):
-                p.add_(s)
-        g = torch.autograd.grad(_ce(model(x), y), params)
-        with torch.no_grad():
-            for p, s in zip(params, shift, strict=True):
-                p.sub_(s)
-        return torch.cat([t.reshape(-1) for t in g])
-
-    cols = []
-    for e in torch.eye(sum(sizes), dtype=D64):
-        parts = [c.view(p.shape) for c, p in zip(e.split(sizes), params, strict=True)]
-        cols.append((grad_at([eps * q for q in parts]) - grad_at([-eps * q for q in parts]))
-                    / (2 * eps))
-    H = torch.stack(cols, 1)
-    return 0.5 * (H + H.T)
+def _fd_hessian(model, x, y):
+    return finite_difference_hessian(model, _ce, x, y)
 
 
 def _dense_ggn(model, x, y):
@@ -97,16 +78,6 @@ def test_weight_norm_curvature_matches_finite_differences(kind, dim):
     torch.testing.assert_close(GGNOperator(model, _ce, x, y, batch_size=7) @ V, G @ V)
 
 
-class _Encoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.head(self.layer(x.view(x.shape[0], 2, 4)).mean(1))
-
-
 def _sdpa_flags():
     cuda = torch.backends.cuda
     return (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(),
@@ -118,7 +89,7 @@ def test_transformer_curvature_runs_on_math_attention_and_restores_the_flags():
     # flash kernel has no double backward: every product raised RuntimeError /
     # NotImplementedError from inside torch
     torch.manual_seed(0)
-    model = _Encoder().double().eval()
+    model = TinyEncoder().double().eval()
     x, y = torch.randn(8, 8, dtype=D64), torch.randint(0, 3, (8,))
     names = [n for n, _ in model.named_parameters()]
     named = dict(model.named_parameters())
