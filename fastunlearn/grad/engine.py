@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
+from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .._model_inputs import refuse_input_dtype
@@ -119,7 +120,9 @@ class PerSampleGradients:
             selected parameter is not float32/float64 (float16 and bfloat16 are refused,
             here and on every call).
         ValueError: ``loss_reduction`` is unknown, or ``params`` is empty, names a tensor
-            that is not a parameter of ``model``, or one that does not require grad.
+            that is not a parameter of ``model``, one that does not require grad, or one of
+            a parametrization (``torch.nn.utils.parametrize``, e.g. the new-style
+            ``parametrizations.weight_norm``: not supported).
 
     """
 
@@ -147,6 +150,15 @@ class PerSampleGradients:
         for mname, module in model.named_modules():
             local = {k: by_id[id(p)] for k, p in module._parameters.items()
                      if p is not None and id(p) in by_id}
+            if local and isinstance(module, parametrize.ParametrizationList):
+                owner = mname.rsplit(".parametrizations.", 1)[0]
+                raise ValueError(
+                    f"params: {sorted(local.values())[0]!r} belongs to a parametrization of "
+                    f"layer {owner!r} (torch.nn.utils.parametrize, e.g. "
+                    "parametrizations.weight_norm), which per-sample gradients do not "
+                    "support; leave its parameters out of 'params', or fold it into the "
+                    "layer first (parametrize.remove_parametrizations)"
+                )
             if local:
                 self._layers.append(_Layer(mname, module, local))
                 for full in local.values():

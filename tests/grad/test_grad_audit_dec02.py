@@ -129,3 +129,25 @@ def test_parameters_frozen_after_construction_are_refused():
         eng.per_sample(x, y, ce_sum)
     model[0].requires_grad_(True)
     assert eng.sq_norms(x, y, ce_sum).shape == (B,)
+
+
+def test_a_new_style_weight_norm_layer_is_refused_by_name():
+    # was "layer '2.parametrizations.weight' has no tensor argument with the batch", at
+    # the first call
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    parametrizations.weight_norm(model[2])
+    with pytest.raises(ValueError, match=r"'2\.parametrizations\.weight\.original0' belongs "
+                                         r"to a parametrization of layer '2'"):
+        PerSampleGradients(model)
+    engine = PerSampleGradients(model, params=["0.weight", "0.bias", "2.bias"])
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    got = engine.sq_norms(x, y, loss)
+    want = []
+    for i in range(6):
+        g = torch.autograd.grad(loss(model(x[i:i + 1]), y[i:i + 1]),
+                                [model[0].weight, model[0].bias, model[2].bias])
+        want.append(sum(t.square().sum() for t in g))
+    torch.testing.assert_close(got, torch.stack(want))
