@@ -26,13 +26,14 @@ from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .._batch_norm import uses_batch_statistics
 from .._model_inputs import refuse_input_dtype
 from .._numbers import as_float, is_real
 from .._numbers import is_finite as _finite
 from ..influence.arguments import _check_target_range
 from ..influence.gradients import default_loss
 from ..ops.per_sample import clip_weights
-from .fallback import FunctorchRule, uses_batch_statistics
+from .fallback import FunctorchRule
 from .layers import CapturedLayer, LayerCall, LayerRule, find_rule
 from .reduction import check_declared_reduction
 from .uses import first_reaching, nodes_inside_call, reads_outside_owners

@@ -51,17 +51,6 @@ def _same(got: Tensor, want: Tensor) -> bool:
                                equal_nan=True))
 
 
-def uses_batch_statistics(module: nn.Module) -> bool:
-    """Whether ``module`` is a batch-norm layer normalising with the batch's statistics.
-
-    It does in training mode, and in eval mode without running statistics
-    (``track_running_stats=False``); it then mixes the samples of a batch.
-    """
-    return isinstance(module, nn.modules.batchnorm._BatchNorm) and (
-        module.training or module.running_mean is None or module.running_var is None
-    )
-
-
 def _not_reproduced(layer: CapturedLayer, index: int, dim: int) -> ValueError:
     return ValueError(
         f"model: layer '{layer.name}' ({type(layer.module).__name__}) run on one sample at a "

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._batch_norm import uses_batch_statistics
 from .._numbers import as_int, check_real, is_integer
 from .gradients import eval_mode
 
@@ -113,7 +114,7 @@ def _check_rows_independent(model: nn.Module) -> None:
     run at all: torch raises "Expected more than 1 value per channel").
     """
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+        if uses_batch_statistics(module, training=False):  # the updates run in eval mode
             raise ValueError(
                 f"'model' has layer {name or type(module).__name__!r} "
                 f"({type(module).__name__}) normalising with the statistics of its batch "

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
 
+from .._batch_norm import uses_batch_statistics
 from .._numbers import check_int, check_real
 from .forward_ad import jvp
 from .operators import LinearOperator
@@ -238,8 +239,7 @@ def _check_batch_statistics(model: nn.Module, n: int, step: int) -> None:
     if step >= n:
         return
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
-                module.training or module.running_mean is None):
+        if uses_batch_statistics(module):
             raise ValueError(
                 f"'batch_size' = {step} splits the {n} rows into mini-batches, but layer "
                 f"{name or type(module).__name__!r} ({type(module).__name__}) normalises "
