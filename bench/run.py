@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: cuda if available, else cpu")
-    parser.add_argument("--quick", action="store_true", help="small sizes (2-core CPU friendly)")
-    parser.add_argument("--full", action="store_true",
-                        help="full sizes everywhere, including knn and glm_cg on the CPU")
-    parser.add_argument("--preset", choices=["tiny", "quick", "full"], default=None,
-                        help="force one size preset for every benchmark")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="small sizes (2-core CPU friendly)")
+    sizes.add_argument("--full", action="store_true",
+                       help="full sizes everywhere, including knn and glm_cg on the CPU")
+    sizes.add_argument("--preset", choices=["tiny", "quick", "full"], default=None,
+                       help="force one size preset for every benchmark")
     parser.add_argument("--only", default=None,
                         help="comma-separated subset of: " + ",".join(BENCHMARKS))
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     names = ([n for n in BENCHMARKS if n not in BY_NAME_ONLY] if args.only is None
-             else [s.strip() for s in args.only.split(",")])
+             else list(dict.fromkeys(s.strip() for s in args.only.split(","))))
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")

@@ -418,3 +418,27 @@ def test_result_metadata_records_the_kernel_settings(monkeypatch):
 
     monkeypatch.setenv("FASTUNLEARN_GLM_HVP", "onepass")
     assert backend_summary()["settings"]["FASTUNLEARN_GLM_HVP"] == "onepass"
+
+
+@pytest.mark.parametrize("flags", [["--quick", "--full"], ["--quick", "--preset", "tiny"],
+                                   ["--full", "--preset", "quick"]])
+def test_conflicting_size_flags_are_rejected(flags, capsys):
+    """Two size choices at once used to let one win silently; now argparse refuses them."""
+    with pytest.raises(SystemExit) as exc:
+        run.main([*flags, "--only", "glm_hvp", "--no-write"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_benchmark_named_twice_runs_once(monkeypatch):
+    calls = []
+
+    def fake_run(device, *, preset):
+        calls.append(preset)
+        return []
+
+    monkeypatch.setattr(run.BENCHMARKS["glm_hvp"], "run", fake_run)
+    monkeypatch.setattr(run.BENCHMARKS["glm_hvp"], "print_results", lambda records: None)
+    assert run.main(["--device", "cpu", "--preset", "tiny", "--only", "glm_hvp, glm_hvp",
+                     "--no-write"]) == 0
+    assert calls == ["tiny"]
