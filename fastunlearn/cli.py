@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -119,11 +120,25 @@ def _command_word(words: Sequence[str]) -> str | None:
     return next((w for w in words if isinstance(w, str) and not w.startswith("-")), None)
 
 
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at the null device.
+
+    Python's flush of ``sys.stdout`` at exit would otherwise raise BrokenPipeError again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (e.g. captured): nothing to silence
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastunlearn`` command; returns the exit status.
 
     Only the chosen command's module is imported. Ctrl-C at any point from there to the
-    end, the import of torch included, prints one line and returns 130.
+    end, the import of torch included, prints one line and returns 130. A reader that
+    closes the output early (``fastunlearn info --json | head -1``) ends the command
+    quietly with status 1, without a traceback.
     """
     words = sys.argv[1:] if argv is None else list(argv)
     command = _command_word(words)  # the command's name for a Ctrl-C before parsing ends
@@ -133,7 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a command's parser may name its flags for the library's parameters (flag_names)
         with plain_warnings(f"fastunlearn {args.command}",
                             flags=getattr(args, "flag_names", None)):
-            return args.func(args)
+            status = args.func(args)
+        sys.stdout.flush()  # a reader that went away (`| head`) is seen here, not at exit
+        return status
+    except BrokenPipeError:  # the reader closed the pipe: stop quietly, as `cat | head` does
+        _silence_stdout()
+        return 1
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or a stop where no step can finish
         detail = f": {exc}" if str(exc) else ""  # e.g. which trained models were kept
         prog = "fastunlearn" if command is None else f"fastunlearn {command}"

@@ -215,3 +215,18 @@ def test_a_public_name_keeps_its_value_when_its_namesake_submodule_loads():
                    "print(metrics.accuracy is module.accuracy, callable(metrics.accuracy))\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True True"
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path):
+    """``fastunlearn info --json | head -1``: the reader went away before the output was
+    written; the command stops with status 1 and no BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        child = subprocess.run([sys.executable, "-m", "fastunlearn", "info", "--json"],
+                               stdout=write_end,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in child.stderr and "BrokenPipe" not in child.stderr, child.stderr
+    assert child.returncode == 1
