@@ -5,13 +5,16 @@ pickled code) at ``<role>-<key[:24]>.safetensors`` and a JSON sidecar beside it 
 key and the training wall time, so a loaded model still reports the time its training took.
 The key is a SHA-256 of everything that determines the weights (the callers list it: data
 digests, model, recipe, seed, device type). Both files are written under temporary names and
-renamed into place, the sidecar last: an entry cut short by an interrupt is a miss.
+renamed into place, the sidecar last: an entry cut short by an interrupt is a miss. So is
+an entry whose weights cannot be read or are not the model's tensors (a damaged or foreign
+file): it is reported with a warning, the caller trains again and its store replaces it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,28 +66,86 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
+def _storage(tensor: Tensor) -> tuple[torch.device, int] | None:
+    """Where ``tensor``'s storage lives (None for an empty one, which nothing shares)."""
+    storage = tensor.untyped_storage()
+    if storage.nbytes() == 0 or storage.data_ptr() == 0:
+        return None
+    return tensor.device, storage.data_ptr()
+
+
+def _mismatch(model: nn.Module, tensors: Mapping[str, Tensor]) -> str | None:
+    """Say how ``tensors`` (a weights file) differ from ``model``'s state; None if they fit.
+
+    Every tensor of the file must be one of the model's with its shape and dtype, and every
+    tensor of the model must be in the file, unless it shares its storage with one that is
+    (a tied weight, which safetensors' ``save_model`` writes once).
+    """
+    state = model.state_dict()
+    for name, tensor in tensors.items():
+        ref = state.get(name)
+        if ref is None:
+            return f"it holds {name!r}, which the model does not have"
+        if ref.shape != tensor.shape or ref.dtype != tensor.dtype:
+            return (
+                f"its {name!r} is {tensor.dtype} {tuple(tensor.shape)}, the model's is "
+                f"{ref.dtype} {tuple(ref.shape)}"
+            )
+    loaded = {_storage(state[name]) for name in tensors} - {None}
+    for name, ref in state.items():
+        if name not in tensors and _storage(ref) not in loaded:
+            return f"it lacks the model's {name!r}"
+    return None
+
+
 def load_cached(
     folder: str | Path, role: str, key: str, model: nn.Module, device: torch.device
 ) -> float | None:
     """Load the entry ``key`` into ``model`` (eval mode); return its training seconds.
 
-    Returns None (and leaves ``model`` as it is) when there is no complete entry.
+    Returns None (and leaves ``model`` as it is) when there is no complete entry, and also,
+    with a RuntimeWarning naming the file, when its weights cannot be read or are not
+    ``model``'s tensors (names, shapes, dtypes): a damaged or foreign file is a miss, so the
+    caller trains again and stores the entry anew.
     """
     weights, sidecar = _paths(folder, role, key)
     info = _read_sidecar(sidecar)
     seconds = info.get("seconds")
-    if not weights.is_file() or info.get("key") != key or isinstance(seconds, bool) \
-            or not isinstance(seconds, (int, float)):
+    if (
+        not weights.is_file()
+        or info.get("key") != key
+        or isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+    ):
         return None
-    from safetensors.torch import load_model
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    load_model(model, str(weights), device=str(device))
+    try:
+        tensors = load_file(str(weights), device=str(device))
+    except (OSError, SafetensorError) as exc:  # truncated, overwritten, unreadable
+        problem: str | None = f"it cannot be read: {exc}"
+    else:
+        problem = _mismatch(model, tensors)
+    if problem is not None:
+        warnings.warn(
+            f"ignoring the cached model {str(weights)!r} ({problem}); training it again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    # checked above: nothing can fail half-way; the keys left out share a loaded storage
+    model.load_state_dict(tensors, strict=False)
     model.eval()
     return float(seconds)
 
 
 def store_cached(
-    folder: str | Path, role: str, key: str, model: nn.Module, seconds: float,
+    folder: str | Path,
+    role: str,
+    key: str,
+    model: nn.Module,
+    seconds: float,
     info: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``model`` as the entry ``key``, with ``seconds`` and ``info`` in its sidecar."""
@@ -95,5 +156,6 @@ def store_cached(
     # unique temporary names (concurrent runs do not clash), renamed into place; the
     # sidecar last: an entry cut short by an interrupt is a miss
     replace_atomically(weights, lambda tmp: save_model(model, str(tmp)))
-    text = json.dumps({"key": key, "seconds": seconds, "role": role, **(info or {})}) + "\n"
+    # the entry's own fields last: ``info`` cannot replace the key a load looks for
+    text = json.dumps({**(info or {}), "key": key, "seconds": seconds, "role": role}) + "\n"
     replace_atomically(sidecar, lambda tmp: tmp.write_text(text))

@@ -12,7 +12,7 @@ mixes examples of a batch and so has no per-example gradient; Opacus rejects it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any, cast
 
 import torch.nn.functional as F
@@ -93,6 +93,16 @@ class FeatureClassifier(nn.Module):
         return self.backbone(x)
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm for ``channels``: 32 groups as in Wu & He (2018) where the width allows.
+
+    The number of groups is always a divisor of ``channels``. A module-level function, not
+    a lambda: torchvision's ResNet keeps its norm factory, and a model holding a lambda
+    cannot be pickled (``torch.save(model)``, sending it to another process).
+    """
+    return nn.GroupNorm(next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0), channels)
+
+
 def _norm_factory(norm: str | None, arg: str = "norm") -> Callable[[int], nn.Module] | None:
     """Normalisation layer for ``c`` channels: BatchNorm, GroupNorm, or none."""
     if norm is None or norm == "none":
@@ -100,8 +110,7 @@ def _norm_factory(norm: str | None, arg: str = "norm") -> Callable[[int], nn.Mod
     if norm == "batch":
         return nn.BatchNorm2d
     if norm == "group":
-        # 32 groups as in Wu & He (2018) where the width allows; always a divisor of c
-        return lambda c: nn.GroupNorm(next(g for g in (32, 16, 8, 4, 2, 1) if c % g == 0), c)
+        return _group_norm
     raise ValueError(f"'{arg}' must be 'batch', 'group' or None, got {norm!r}")
 
 
@@ -213,8 +222,7 @@ def resnet_cifar(
     import torchvision.models as tvm
 
     if not is_integer(depth):  # a bool, a float or a string is not a depth
-        raise TypeError(f"'depth' must be the int 18 or 34, got {type(depth).__name__} "
-                        f"{depth!r}")
+        raise TypeError(f"'depth' must be the int 18 or 34, got {type(depth).__name__} {depth!r}")
     if depth not in (18, 34):
         raise ValueError(f"'depth' must be 18 or 34, got {depth!r}")
     depth = as_int(depth)
@@ -222,7 +230,7 @@ def resnet_cifar(
     in_channels = check_int("in_channels", in_channels, 1)
     make_norm = _norm_factory(norm)
     if make_norm is None:
-        raise ValueError("'norm' must be 'batch' or 'group' for a ResNet, got None")
+        raise ValueError(f"'norm' must be 'batch' or 'group' for a ResNet, got {norm!r}")
     from ._resnet_blocks import use_out_of_place_blocks
 
     builder = tvm.resnet18 if depth == 18 else tvm.resnet34
@@ -336,8 +344,8 @@ def mlp(
         A :class:`FeatureClassifier`.
 
     Raises:
-        TypeError: If ``hidden`` is not a sequence, or a size is not an int (a bool is not
-            one).
+        TypeError: If ``hidden`` is not a sequence (a set or a dict has no order of its
+            own, a string is not one of ints), or a size is not an int (a bool is not one).
         ValueError: If a size is not positive.
 
     """
@@ -346,6 +354,8 @@ def mlp(
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     try:
+        if isinstance(hidden, (str, bytes, Set, Mapping)):  # {64, 9} iterates as 64, 9
+            raise TypeError
         widths = tuple(hidden)
     except TypeError:
         raise TypeError(
@@ -470,8 +480,8 @@ def allcnn(
         dropout: The paper's dropout: 20 % on the input, 50 % after each strided stage.
 
     Returns:
-        A :class:`FeatureClassifier` with ``feature_dim = 2 * width``; inputs of side >= 12
-        (32 for CIFAR: 32 -> 16 -> 8 -> 6 -> global average).
+        A :class:`FeatureClassifier` with ``feature_dim = 2 * width``; inputs of side >= 9
+        (32 for CIFAR: 32 -> 16 -> 8 -> 6 -> global average; 9 -> 5 -> 3 -> 1).
 
     Raises:
         ValueError: If a size is not positive or ``norm`` is unknown.
