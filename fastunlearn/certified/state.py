@@ -368,6 +368,21 @@ class ModelState(EstimatorAttributes):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save the model (one safetensors file); see ``persistence.save_model``.
 
+        With the ``'cg'`` solver (or ``'auto'`` choosing it) a loaded model does not repeat
+        the removals of the model it was saved from bit for bit: the Woodbury terms of the
+        rows removed since the last Cholesky factor (the start of every CG solve, see
+        :mod:`~fastunlearn.certified.woodbury`) are not saved, so the loaded model starts
+        again from the saved factor. Its removals then agree with the unsaved model's to
+        the CG stopping rule ``cg_tol`` only, each removal certified by its own bound (so
+        the used budget differs slightly too), and the solves cost about the same: with
+        the default ``cg_tol=0.01`` weights of order 1 can differ by about 1e-6; with
+        ``cg_tol=1e-9`` or below, by about 1e-12. The terms are not saved because they are
+        solver state, not part of the certified model: they would add ``n K`` curvature
+        weights and ``K d t`` columns (``t`` removed rows) to every file, each to be
+        checked on load.
+        With ``'cholesky'``, and for a pickle or deepcopy, the loaded model continues
+        exactly.
+
         Args:
             path: target file.
 
@@ -402,7 +417,8 @@ class ModelState(EstimatorAttributes):
                 (see ``persistence.load_model``).
 
         Returns:
-            The model.
+            The model (with the ``'cg'`` solver its removals agree with the saved model's
+            to the CG tolerance, not bit for bit: see :meth:`save`).
 
         """
         from .persistence import load_model

@@ -79,6 +79,9 @@ class PerSampleGradients:
     Each method runs the model once forward and once backward on a batch, with hooks that
     are removed before it returns; the model's parameters, ``.grad`` fields, buffers other
     than the model's own forward updates, and training/eval mode are left as they were.
+    The one forward pass is the model's own: an ``nn.Embedding`` with ``max_norm``
+    renormalises the rows it looks up in place, exactly as one call ``model(inputs)``
+    would (the engine's extra layout probes change nothing further).
 
     Per-sample gradients are gradients of the per-sample losses l_b: ``loss_fn(outputs,
     targets)`` returns either a [B] tensor of per-sample losses or a scalar reduced over the

@@ -28,8 +28,11 @@ def check_declared_reduction(
 
     Only checked where it is meaningful: ``outputs`` a tensor with the batch on dim 0,
     ``targets`` a tensor with the batch on dim 0 (or None), and a loss of one number. A loss
-    that neither doubles nor stays the same for a duplicated row (batch-level terms) and a
-    loss that is zero on the row are left alone.
+    that neither doubles nor stays the same for a duplicated row (batch-level terms) is
+    left alone. The row is the first (of at most 64) whose loss is not ~0, where a sum and
+    a mean could not be told apart, or else zero outputs in place of the first row's
+    (the loss of a uniform prediction for cross-entropy); a loss that is ~0 there too is
+    left alone.
 
     Args:
         loss_fn: ``loss_fn(outputs, targets)``.
@@ -48,15 +51,16 @@ def check_declared_reduction(
                                     and targets.shape[0] == B):
         return
     with torch.no_grad():
-        row = outputs[:1].detach()
-        target = None if targets is None else targets[:1]
+        found = _row_with_loss(loss_fn, outputs.detach(), targets, B)
+        if found is None:
+            return
+        row, target, one = found
         try:
-            one = loss_fn(row, target)
             two = loss_fn(torch.cat([row, row]),
                           None if target is None else torch.cat([target, target]))
         except Exception:  # noqa: BLE001 - a loss that cannot take one row is not checked
             return
-    if not all(isinstance(v, Tensor) and v.numel() == 1 for v in (one, two)):
+    if not isinstance(two, Tensor) or two.numel() != 1:
         return
     one_f, two_f = float(one), float(two)
     if not (abs(one_f) > 1e-30 and abs(one_f) < float("inf") and abs(two_f) < float("inf")):
@@ -77,3 +81,34 @@ def check_declared_reduction(
             "gradients would be B times too large. Pass loss_reduction='sum' or a loss with "
             "reduction='mean'"
         )
+
+
+#: Most rows of the batch tried for one whose loss is not ~0.
+_PROBE_ROWS = 64
+
+
+def _row_with_loss(
+    loss_fn: Callable[[Any, Any], Any], outputs: Tensor, targets: Any, B: int
+) -> tuple[Tensor, Any, Tensor] | None:
+    """Return ``(output row, target row, its loss)`` with a loss not ~0, else the last tried.
+
+    The rows are tried in order (at most :data:`_PROBE_ROWS`); when every loss is ~0, zero
+    outputs with the first row's target (floating outputs only). None when the loss fails
+    on a row or does not return one number.
+    """
+    candidates = [(outputs[i:i + 1], None if targets is None else targets[i:i + 1])
+                  for i in range(min(B, _PROBE_ROWS))]
+    if outputs.is_floating_point():
+        candidates.append((torch.zeros_like(outputs[:1]), candidates[0][1]))
+    found = None
+    for row, target in candidates:
+        try:
+            value = loss_fn(row, target)
+        except Exception:  # noqa: BLE001 - a loss that cannot take one row is not checked
+            return found
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            return found
+        found = (row, target, value)
+        if abs(float(value)) > 1e-30:
+            break
+    return found

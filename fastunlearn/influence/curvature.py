@@ -25,6 +25,7 @@ from ..linalg.network import (
     _check_batch_statistics,
     _check_data,
     _check_eval_mode,
+    _check_no_renorm,
     _graph_dependencies,
     _GraphKey,
     _scalar_loss,
@@ -83,8 +84,9 @@ class GGNOperator(LinearOperator):
         TypeError: bad ``model``, ``loss_fn``, ``inputs``/``targets``, ``params`` or
             ``batch_size`` types, or non-floating parameters.
         ValueError: unknown or frozen ``params``, negative or non-finite ``damping``,
-            ``batch_size < 1``, ``inputs``/``targets`` of different lengths, or selected
-            parameters of mixed dtypes/devices.
+            ``batch_size < 1``, ``inputs``/``targets`` of different lengths, selected
+            parameters of mixed dtypes/devices, or an ``nn.Embedding``/``nn.EmbeddingBag``
+            with ``max_norm`` (its forward renormalises the weights in place).
 
     """
 
@@ -102,6 +104,7 @@ class GGNOperator(LinearOperator):
         batch_size: int | np.integer | None = None,
     ) -> None:
         self.param_names = selected_parameter_names(model, params)
+        _check_no_renorm(model)
         if not callable(loss_fn):
             raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
         self.damping = check_real("damping", damping)
@@ -158,6 +161,7 @@ class GGNOperator(LinearOperator):
         V = self._check_block(V)
         _check_data(inputs, targets)
         _check_eval_mode(self.model)
+        _check_no_renorm(self.model)
         named = dict(self.model.named_parameters())
         primals = tuple(named[n].detach() for n in self.param_names)
         base = {n: p.detach() for n, p in named.items()}

@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from .._numbers import check_int
 from ..linalg import flatten_params, selected_parameter_names, unflatten_like
+from ..linalg.network import _check_no_renorm
 
 if TYPE_CHECKING:
     import numpy as np
@@ -165,9 +166,14 @@ def _check_replacements(
 
 
 def _check_model_and_loss(model: object, loss_fn: object) -> None:
-    """Raise TypeError unless ``model`` is an nn.Module and ``loss_fn`` is callable."""
+    """Raise TypeError unless ``model`` is an nn.Module and ``loss_fn`` is callable.
+
+    Also ValueError for an embedding with ``max_norm``, whose forward pass would renormalise
+    the model's weights in place (see ``fastunlearn.linalg.network._check_no_renorm``).
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
+    _check_no_renorm(model)
     if not callable(loss_fn):
         raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
 
@@ -449,11 +455,20 @@ def _evaluate_loss(loss_fn: LossFn, outputs: Any, targets: Tensor, targets_name:
             f"{type(exc).__name__}: {exc}") from exc
 
 
+#: Most rows :func:`check_sum_reduction` runs the model on to find a loss that is not ~0.
+_REDUCTION_PROBE_ROWS = 64
+
+
 def check_sum_reduction(
     model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
     *, targets_name: str = "targets",
 ) -> None:
     """Raise unless ``loss_fn`` sums over the batch (one row duplicated doubles the loss).
+
+    The test needs a row whose loss is not ~0 (a mean and a sum of zeros agree): the rows
+    are run one at a time until one is (usually the first; at most 64), and when none of
+    them is (e.g. a confident float32 model on its training rows, whose cross-entropy
+    rounds to 0) zero outputs in place of the first row's are tried.
 
     Args:
         model: The network.
@@ -469,22 +484,47 @@ def check_sum_reduction(
             twice is not twice the loss of the row (e.g. ``reduction="mean"``).
 
     """
+    if inputs.shape[0] == 0:
+        return  # no row: nothing to sum, the loss is 0 either way
     with torch.no_grad(), eval_mode(model):
-        out = model(inputs[:1])  # a failing model raises its own error, unchanged
-        one_t = _evaluate_loss(loss_fn, out, targets[:1], targets_name)
-        two_t = _evaluate_loss(loss_fn, torch.cat([out, out]),
-                               torch.cat([targets[:1], targets[:1]]), targets_name)
-    for value in (one_t, two_t):
-        if not isinstance(value, Tensor) or value.numel() != 1:
-            got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"'loss_fn' must return one number, the loss summed over the "
-                             f"batch (reduction='sum'), got {got}")
+        for i in range(min(int(inputs.shape[0]), _REDUCTION_PROBE_ROWS)):
+            out = model(inputs[i:i + 1])  # a failing model raises its own error, unchanged
+            one_t = _checked_loss(loss_fn, out, targets[i:i + 1], targets_name)
+            if i == 0:
+                first = (out, one_t)
+            if abs(float(one_t)) > 1e-30:
+                break
+        else:
+            # every row tried has a loss of ~0: try zero outputs (a uniform prediction for
+            # cross-entropy), if the loss takes them
+            i, (out, one_t) = 0, first
+            if isinstance(out, Tensor) and out.is_floating_point():
+                zero = torch.zeros_like(out)
+                try:
+                    value = loss_fn(zero, targets[:1])
+                except Exception:  # noqa: BLE001 - a loss refusing them is not checked further
+                    value = None
+                if isinstance(value, Tensor) and value.numel() == 1:
+                    out, one_t = zero, value
+        row = targets[i:i + 1]
+        two_t = _checked_loss(loss_fn, torch.cat([out, out]), torch.cat([row, row]),
+                              targets_name)
     one, two = float(one_t), float(two_t)
     if abs(one) > 1e-30 and not abs(two - 2.0 * one) <= 1e-4 * abs(2.0 * one):
         raise ValueError(
             "'loss_fn' must sum over the batch (reduction='sum'): the loss of a duplicated "
             f"row is {two:.6g}, not twice {one:.6g}"
         )
+
+
+def _checked_loss(loss_fn: LossFn, outputs: Any, targets: Tensor, targets_name: str) -> Tensor:
+    """``loss_fn(outputs, targets)``, named on failure, checked to be one number."""
+    value = _evaluate_loss(loss_fn, outputs, targets, targets_name)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"'loss_fn' must return one number, the loss summed over the "
+                         f"batch (reduction='sum'), got {got}")
+    return value
 
 
 def unflatten(model: nn.Module, names: Sequence[str], vector: Tensor) -> list[Tensor]:

@@ -71,6 +71,7 @@ from ..linalg import (
     selected_parameter_names,
 )
 from ..linalg import lissa as lissa_solve
+from ..linalg.network import _check_no_renorm
 from ..linalg.rnn_kernels import differentiable_rnn_kernels
 from .arguments import (
     _check_auto_or_float,
@@ -138,6 +139,7 @@ def _selection(model: object, params: Any) -> tuple[list[str], list[nn.Parameter
     if not isinstance(model, nn.Module):
         raise TypeError(f"'model' must be an nn.Module, got {type(model).__name__}")
     names = selected_parameter_names(model, params)
+    _check_no_renorm(model)  # its forward would change the model even with apply=False
     named = dict(model.named_parameters())
     selected = [named[n] for n in names]
     dtype, device = selected[0].dtype, selected[0].device
@@ -512,8 +514,8 @@ def _solve_lissa(
         out = lissa_solve(hvp, G, damping=settings.damping, scale=settings.scale,
                           depth=settings.depth, repetitions=settings.repetitions,
                           batches=batches, progress=progress, check_every=settings.check_every)
-    except LissaDivergenceError as exc:
-        return None, exc.step, batches.rows, str(exc)
+    except LissaDivergenceError as exc:  # the steps of earlier repetitions ran too
+        return None, exc.steps_run, batches.rows, str(exc)
     return out.solution, settings.depth * settings.repetitions, batches.rows, None
 
 
@@ -635,9 +637,10 @@ def influence_update(
             in eval mode during the update (the mode is restored afterwards). A model with
             recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) runs on torch's native
             kernels during the update (oneDNN and cuDNN are switched off and restored:
-            their fused RNN kernels cannot be differentiated twice); likewise attention
-            (``nn.MultiheadAttention``, the ``nn.Transformer*`` layers) on the math
-            backend of scaled dot-product attention, and weight normalisation on its
+            their fused RNN kernels cannot be differentiated twice); likewise scaled
+            dot-product attention (``nn.MultiheadAttention``, the ``nn.Transformer*``
+            layers, or a direct ``F.scaled_dot_product_attention`` call) on its math
+            backend, and weight normalisation on its
             composite formula (torch's fused kernel has a wrong second derivative; see
             :func:`~fastunlearn.linalg.rnn_kernels.differentiable_rnn_kernels`).
         inputs: Tensor[m, ...], affected points as trained on: floating features in the
@@ -717,8 +720,10 @@ def influence_update(
             norm without running statistics (its rows are coupled), labels outside the
             model's classes (with a ``loss_fn`` of the caller's: only labels the loss
             fails on, so a single-logit binary loss takes 0/1 labels), parameters not in
-            the model or frozen (``requires_grad=False``), a mean-reduced loss, or an
-            out-of-range option. Devices and dtypes are checked before the model runs.
+            the model or frozen (``requires_grad=False``), a mean-reduced loss, an
+            ``nn.Embedding``/``nn.EmbeddingBag`` with ``max_norm`` (its forward pass
+            renormalises the weights in place, so even ``apply=False`` would change the
+            model), or an out-of-range option. Devices and dtypes are checked before the model runs.
             The model is unchanged whenever an error is raised.
 
     """

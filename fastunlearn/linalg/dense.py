@@ -12,6 +12,7 @@ from .network import (
     ParamSpec,
     _check_data,
     _check_eval_mode,
+    _check_no_renorm,
     _functional_loss,
     flatten_params,
     selected_parameter_names,
@@ -113,6 +114,7 @@ def dense_hessian(
         raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
     _check_data(inputs, targets)
     _check_eval_mode(model)
+    _check_no_renorm(model)
     named = dict(model.named_parameters())
     primals = [named[n].detach() for n in names]
     loss = _functional_loss(model, loss_fn, names)

@@ -56,15 +56,22 @@ class LissaDivergenceError(RuntimeError):
     """Raised when the LiSSA recursion diverges (non-finite or growing update norms).
 
     Attributes:
-        step: The step at which divergence was detected.
-        history: Update norms recorded up to that step (see :class:`LissaResult`).
+        step: The step at which divergence was detected, within its repetition.
+        history: Update norms of that repetition recorded up to that step (see
+            :class:`LissaResult`).
+        repetition: The repetition (from 0) in which divergence was detected.
+        steps_run: Recursion steps run in all, every earlier repetition's ``depth``
+            steps included (each one Hessian product per column).
 
     """
 
-    def __init__(self, message: str, step: int, history: list[float]) -> None:
+    def __init__(self, message: str, step: int, history: list[float], *,
+                 repetition: int = 0, steps_run: int | None = None) -> None:
         super().__init__(message)
         self.step = step
         self.history = history
+        self.repetition = repetition
+        self.steps_run = step if steps_run is None else steps_run
 
 
 @dataclass(frozen=True, repr=False)
@@ -238,6 +245,8 @@ def lissa(
                             f"increase 'scale' or 'damping'",
                             step=j,
                             history=history[rep, :checked].tolist(),
+                            repetition=rep,
+                            steps_run=rep * depth + j,
                         )
                 h = h_new
                 if bar is not None:

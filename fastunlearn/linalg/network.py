@@ -229,6 +229,28 @@ def _check_eval_mode(model: nn.Module) -> None:
         )
 
 
+def _check_no_renorm(model: nn.Module) -> None:
+    """Reject embeddings that renormalise their weights in place when the model runs.
+
+    ``nn.Embedding`` and ``nn.EmbeddingBag`` with ``max_norm`` rescale the rows they look up
+    in place (``torch.embedding_renorm_``, outside autograd) in every forward pass: running
+    the model for a curvature product, a gradient or a loss would silently change the
+    caller's weights, and the loss is not a fixed function of the parameters (inside
+    ``torch.func`` transforms the in-place write may also fail).
+    """
+    for name, module in model.named_modules():
+        if (isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+                and module.max_norm is not None):
+            raise ValueError(
+                f"'model' has layer {name or type(module).__name__!r} "
+                f"({type(module).__name__}) with max_norm={module.max_norm}: its forward "
+                "pass renormalises the embedding weights in place, which would change the "
+                "model's weights here (and its loss is no fixed function of them); set "
+                "max_norm=None on that layer first (after one forward pass over the "
+                "vocabulary if its rows must be renormalised)"
+            )
+
+
 def _check_batch_statistics(model: nn.Module, n: int, step: int) -> None:
     """Reject mini-batched products through layers normalising with their batch's statistics.
 
@@ -394,8 +416,10 @@ class NetworkHessianOperator(LinearOperator):
     Raises:
         TypeError: bad ``model``, ``loss_fn``, ``inputs``/``targets`` or ``params`` types.
         ValueError: unknown ``params`` names, bad ``mode``, negative ``damping``, bad
-            ``batch_size``, ``inputs``/``targets`` of different lengths, or selected
-            parameters of mixed dtypes/devices.
+            ``batch_size``, ``inputs``/``targets`` of different lengths, selected
+            parameters of mixed dtypes/devices, or an ``nn.Embedding``/``nn.EmbeddingBag``
+            with ``max_norm`` (its forward renormalises the weights in place: the model
+            would change).
 
     """
 
@@ -414,6 +438,7 @@ class NetworkHessianOperator(LinearOperator):
         batch_size: int | np.integer | None = None,
     ) -> None:
         self.param_names = selected_parameter_names(model, params)
+        _check_no_renorm(model)
         if not callable(loss_fn):
             raise TypeError(f"'loss_fn' must be callable, got {type(loss_fn).__name__}")
         if mode not in _MODES:
@@ -484,6 +509,7 @@ class NetworkHessianOperator(LinearOperator):
         V = self._check_block(V)
         _check_data(inputs, targets)
         _check_eval_mode(self.model)
+        _check_no_renorm(self.model)
         K = V.shape[1]
         primals = self._primals()
         # Columns -> per-parameter tangents with the column index leading: [K, *shape].

@@ -1,9 +1,10 @@
 """Run a model on twice-differentiable kernels while curvature products are taken.
 
-Recurrent layers run on torch's native kernels, attention (``nn.MultiheadAttention``, also
-inside the ``nn.Transformer*`` layers) on the math backend of scaled dot-product attention,
-and weight normalisation on its composite formula: the fused kernels torch picks otherwise
-have no second derivative, or (weight norm) a wrong one.
+Recurrent layers run on torch's native kernels, scaled dot-product attention (that of
+``nn.MultiheadAttention``, the ``nn.Transformer*`` layers, or a direct call of
+``torch.nn.functional.scaled_dot_product_attention``) on its math backend, and weight
+normalisation on its composite formula: the fused kernels torch picks otherwise have no
+second derivative, or (weight norm) a wrong one.
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ def differentiable_rnn_kernels(model: object) -> Iterator[None]:
     ``enabled`` flags are switched off (and restored, also on error), only for models with
     an ``nn.RNNBase`` layer (convolutions elsewhere keep their fast kernels).
 
-    Likewise, a model with an ``nn.MultiheadAttention`` layer (``nn.TransformerEncoderLayer``
-    calls it without attention weights, through scaled dot-product attention) runs on the
-    math backend of scaled dot-product attention: the flash, memory-efficient and cuDNN
-    kernels have no double backward. These flags are process-wide too: while any such use
-    is active (nested, or in another thread) they stay set, and the last use to leave
-    restores what they were before the first one.
+    Likewise, scaled dot-product attention runs on its math backend: the flash (also the
+    CPU one), memory-efficient and cuDNN kernels have no double backward and no
+    forward-mode AD. This holds for every model, not only those with an
+    ``nn.MultiheadAttention`` layer (``nn.TransformerEncoderLayer`` calls it through
+    scaled dot-product attention): a custom attention module may call
+    ``torch.nn.functional.scaled_dot_product_attention`` directly, which no layer type
+    reveals (the backend flags affect nothing else). These flags are process-wide too:
+    while any such use is active (nested, or in another thread) they stay set, and the
+    last use to leave restores what they were before the first one.
 
     A model with weight normalisation (``torch.nn.utils.parametrizations.weight_norm`` or
     the older ``torch.nn.utils.weight_norm``) computes its weights with the composite
@@ -58,8 +62,8 @@ def differentiable_rnn_kernels(model: object) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if any(isinstance(m, nn.RNNBase) for m in modules):
             stack.enter_context(_NATIVE_KERNELS.active())
-        if any(isinstance(m, nn.MultiheadAttention) for m in modules):
-            stack.enter_context(_MATH_ATTENTION.active())
+        # every model: a custom attention module may call the functional form directly
+        stack.enter_context(_MATH_ATTENTION.active())
         if any(_weight_normalised(m) for m in modules):
             stack.enter_context(_CompositeWeightNorm())
         yield
