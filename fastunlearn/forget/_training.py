@@ -34,7 +34,6 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import Dataset, Subset
 
 from .._no_effect import no_effect_message
-from .._numbers import as_int, is_integer
 from ..epoch_state import EpochState
 from ._common_b import (
     SkipSingleBatches,
@@ -49,6 +48,7 @@ from .base import (
     ForgetConfig,
     as_dataset,
     batches,
+    check_count,
     check_flag,
     clone_model,
     iterate,
@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 _SCHEDULERS = ("none", "cosine", "multistep")
+#: Label dtypes torch cannot promote with int64 (stacking them with int64 labels fails).
+_UNSIGNED_WIDE = (torch.uint16, torch.uint32, torch.uint64)
 
 
 @dataclass
@@ -107,10 +109,8 @@ class SGDConfig(ForgetConfig):
             kind = type(self.milestones).__name__
             raise TypeError(f"'milestones' must be a sequence of ints, got {kind}")
         self.milestones = tuple(self.milestones)
-        for m in self.milestones:
-            if not is_integer(m) or m < 1:
-                raise ValueError(f"'milestones' must be positive ints, got {self.milestones!r}")
-        self.milestones = tuple(as_int(m) for m in self.milestones)
+        # TypeError for a non-int (3.0), ValueError below 1 or above 2**63 - 1, as every count
+        self.milestones = tuple(check_count("milestones", m) for m in self.milestones)
         self.gamma = check_fraction("gamma", self.gamma)
         self._warn_settings(SGDConfig)
 
@@ -438,6 +438,7 @@ class RelabelledDataset(Dataset):
         if other_classes and num_classes < 2:
             raise ValueError("random relabelling to another class needs at least 2 classes")
         self.dataset = dataset
+        self.num_classes = num_classes
         n = sized_len(dataset)
         gen = torch.Generator().manual_seed(seed)
         if other_classes:
@@ -461,7 +462,13 @@ class RelabelledDataset(Dataset):
         """
         x, label = self.dataset[index]
         new = self.labels[index]
-        return x, new if isinstance(label, Tensor) else int(new)
+        if not isinstance(label, Tensor):
+            return x, int(new)
+        # torch cannot promote int64 with uint16/32/64: the loader could not batch these
+        # with the retain set's labels (the new label fits: below num_classes)
+        if label.dtype in _UNSIGNED_WIDE and torch.iinfo(label.dtype).max >= self.num_classes:
+            return x, new.to(label.dtype)
+        return x, new
 
 
 def random_subset(dataset: Dataset, fraction: float, seed: int) -> Subset:

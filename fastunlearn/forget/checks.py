@@ -96,6 +96,24 @@ def _check_first_label(dataset: Dataset, name: str) -> None:
     check_label_dtype(label, name)
 
 
+def _label_range(labels: Tensor) -> tuple[int, int]:
+    """Smallest and largest of non-empty integer ``labels`` as Python ints, as given.
+
+    torch has no ``min``/``max`` for uint16, uint32 and uint64 (NotImplementedError): they
+    are read as int64, where uint64 labels >= 2**63 wrap round to negative numbers, which
+    are mapped back to their unsigned values.
+    """
+    if labels.dtype not in (torch.uint16, torch.uint32, torch.uint64):
+        return int(labels.min()), int(labels.max())
+    wide = labels.to(torch.int64)
+    wrapped = wide < 0  # only uint64 labels >= 2**63
+    if not bool(wrapped.any()):
+        return int(wide.min()), int(wide.max())
+    high = int(wide[wrapped].max()) + 2**64
+    low = int(wide[~wrapped].min()) if not bool(wrapped.all()) else int(wide.min()) + 2**64
+    return low, high
+
+
 def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
     """Raise ValueError naming ``name`` if a label lies outside ``0 .. num_classes - 1``.
 
@@ -112,7 +130,7 @@ def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
         )
     if labels.numel() == 0:
         return
-    low, high = int(labels.min()), int(labels.max())
+    low, high = _label_range(labels)
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
         raise ValueError(

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .._numbers import as_int, is_integer
 from ._common_b import SkipSingleBatches, check_fraction
 from ._training import (
     SGDConfig,
@@ -23,7 +22,7 @@ from ._training import (
     train_main_stage,
 )
 from .base import (
-    _MAX_INT,
+    check_count,
     iterate,
     make_loader,
     model_device,
@@ -110,16 +109,8 @@ class NegGradPlusConfig(SGDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.beta = check_fraction("beta", self.beta, allow_zero=True)
-        if self.forget_batch_size is not None and (
-            not is_integer(self.forget_batch_size)
-            or not 1 <= self.forget_batch_size <= _MAX_INT
-        ):
-            raise ValueError(
-                "'forget_batch_size' must be a positive int (<= 2**63 - 1), got "
-                f"{self.forget_batch_size!r}"
-            )
-        if self.forget_batch_size is not None:
-            self.forget_batch_size = as_int(self.forget_batch_size)
+        if self.forget_batch_size is not None:  # TypeError for 32.0, as every count
+            self.forget_batch_size = check_count("forget_batch_size", self.forget_batch_size)
         self._warn_settings(NegGradPlusConfig)
 
 

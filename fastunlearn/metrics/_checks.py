@@ -73,19 +73,58 @@ def label_tensor(value: Any, name: str, num_classes: int, shape: tuple[int, ...]
         ValueError: On a shape mismatch or a label out of range.
 
     """
-    t = as_tensor(value, name)
+    t = _label_values(value, name, num_classes)
     if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"'{name}' must be integer class labels, got {t.dtype}")
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"'{name}' must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    t = t.to(torch.int64)
+    unsigned64 = t.dtype == torch.uint64
+    t = t.to(torch.int64)  # uint64 labels >= 2**63 wrap round to negative numbers here
     if t.numel():
         lo, hi = int(t.min()), int(t.max())
+        if unsigned64 and lo < 0:  # report the wrapped labels as given, not as negatives
+            wrapped = t < 0
+            hi = int(t[wrapped].max()) + 2**64
+            lo = int(t[~wrapped].min()) if not bool(wrapped.all()) else lo + 2**64
         if lo < 0 or hi >= num_classes:
             raise ValueError(
                 f"'{name}' has labels outside [0, {num_classes}): min {lo}, max {hi}"
             )
     return t
+
+
+def _label_values(value: Any, name: str, num_classes: int) -> Tensor:
+    """``value`` as a tensor (:func:`as_tensor`); a Python int beyond int64 is out of range.
+
+    ``torch.as_tensor([0, 2**63])`` fails as if the labels were not numbers at all: such a
+    label is reported as a label outside ``[0, num_classes)`` instead.
+
+    Raises:
+        TypeError: If ``value`` cannot be read as a numeric tensor.
+        ValueError: If it holds a Python int outside the int64 range.
+
+    """
+    try:
+        return as_tensor(value, name)
+    except TypeError:
+        huge = _huge_int(value)
+        if huge is None:
+            raise
+        raise ValueError(f"'{name}' has labels outside [0, {num_classes}): {huge}") from None
+
+
+def _huge_int(value: Any) -> int | None:
+    """Return the first Python int beyond int64 in ``value`` (nested lists/tuples), or None."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _huge_int(item)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) \
+            and not -(2**63) <= value < 2**63:
+        return value
+    return None
 
 
 def logits_and_labels(
@@ -101,7 +140,7 @@ def logits_and_labels(
         raise ValueError(
             f"'{logits_name}' must have shape [..., C] with C >= 2 classes, got {tuple(z.shape)}"
         )
-    y = as_tensor(labels, labels_name)
+    y = _label_values(labels, labels_name, z.shape[-1])
     if z.dim() == 3 and y.dim() == 1 and y.shape[0] == z.shape[0]:
         y = label_tensor(y, labels_name, z.shape[-1], (z.shape[0],))
         return z, y.to(z.device)[:, None].expand(z.shape[0], z.shape[1])

@@ -173,17 +173,21 @@ def _first_above_rows(
     """
     step = ((stop - start) / (n - 1))[..., None]
     s0 = start[..., None]
+    # the grid's entries i * step + start are rounded to float64 at the rows' magnitude:
+    # far from 0 (|start| ~ 1e10 and more) an entry lies a sizeable fraction of a step
+    # away from its arithmetic position, and the band sent to the exact check widens with it
+    drift = (start.abs() + stop.abs() + 4.0)[..., None] * 2.0**-51 / step
     if origin is None:
         u = values - s0
         u.div_(step)
-        band = 1e-6
+        band = drift + 1e-6
     else:
         o = origin[..., None]
         u = (values - o).float() - (s0 - o).float()
         u.mul_((1.0 / step).float())
         # |v - origin| and |start - origin| stay below ~100 near the grid (farther values
         # are clamped): float32 rounding moves u by < 1e-3 grid steps
-        band = 5e-3
+        band = (drift + 5e-3).float()
     first = torch.floor(u) if out is None else torch.floor(u, out=out)
     frac = u.sub_(first)
     risky = ((frac < band) | (frac > 1 - band)).nonzero(as_tuple=True)
@@ -199,9 +203,12 @@ def _first_above_rows(
         def grid(i: Tensor) -> Tensor:
             return torch.where(i == n - 1, end, i * sp + st)
 
-        for _ in range(2):  # at most one grid step off either way
-            j = j - ((j > 0) & (grid((j - 1).clamp_min(0)) > v)).to(j.dtype)
-            j = j + ((j < n) & (grid(j.clamp_max(n - 1)) <= v)).to(j.dtype)
+        while True:  # one grid step per pass (one or two passes below ~1e13)
+            moved = j - ((j > 0) & (grid((j - 1).clamp_min(0)) > v)).to(j.dtype)
+            moved += ((moved < n) & (grid(moved.clamp_max(n - 1)) <= v)).to(j.dtype)
+            if torch.equal(moved, j):
+                break
+            j = moved
         first[risky] = j.to(first.dtype)
     return first
 

@@ -265,7 +265,8 @@ def plot_bounds(
     Args:
         records: Removal records in order (see the module docstring).
         budget: The budget ``sigma * epsilon / c`` (a horizontal line; 0 when ``sigma`` is
-            0, named in the legend only).
+            0, named in the legend only). Like the data, one above 1e100 is drawn at 1e100
+            with a note (the legend gives its value).
         path: PNG file to write (folders are created).
         worst_case: Worst-case (data-independent) bound of one removal, for records
             without a ``worst_case`` field of their own; the running sum since the last
@@ -293,10 +294,13 @@ def plot_bounds(
     ax = fig.add_subplot(1, 1, 1)
     xs = _positions(records)
     notes: list[str] = []
+    # the budget line is clipped to the log axis's range like the data (near 1e300 the
+    # axis limits overflowed: RuntimeWarnings, or an error for a budget near 1.8e308)
+    shown = _positive([budget], notes, "budget")[0] if budget > 0 else 0.0
     retrained_flags = [bool(_field(r, "retrained", False)) for r in records]
     used_handle = None
     # lowest value drawn on purpose: the y axis starts just below it (see the end)
-    drawn: list[float] = [budget] if budget > 0 else []
+    drawn: list[float] = [shown] if budget > 0 else []
     if records:
         used = _positive((_field(r, "cumulative", None) for r in records), notes,
                          "cumulative bound")
@@ -336,7 +340,7 @@ def plot_bounds(
                 ax.scatter(*zip(*lone, strict=True), s=10, color="tab:orange",
                            label="_worst-case bound (single removal)")
     if budget > 0:
-        ax.axhline(budget, color="black", linewidth=1.2, label=f"budget {budget:.3g}")
+        ax.axhline(shown, color="black", linewidth=1.2, label=f"budget {budget:.3g}")
     else:  # sigma = 0: nothing fits, every removal retrains; no line on a log axis
         ax.plot([], [], color="black", linewidth=1.2, label="budget 0 (every removal retrains)")
     _mark_retrains(ax, _retrain_positions(records))
@@ -347,8 +351,8 @@ def plot_bounds(
     if drawn:
         low = min(drawn) / 2.0
     if budget > 0:
-        low = max(low, budget * 1e-6)
-        high = max(high, budget * 2.0)  # the budget line clear of the top frame
+        low = max(low, shown * 1e-6)
+        high = max(high, shown * 2.0)  # the budget line clear of the top frame
     if drawn or budget > 0:
         ax.set_ylim(low, high)
     _integer_x(ax)

@@ -536,7 +536,7 @@ def test_caller_model_mode_and_rng_are_untouched_and_the_seed_decides(name, trai
         ("l1_sparse", "alpha", -1.0, ValueError),
         ("fisher", "forget_class_rows", 1, TypeError),
         ("fisher", "fisher", "true", ValueError),
-        ("neggrad_plus", "forget_batch_size", True, ValueError),
+        ("neggrad_plus", "forget_batch_size", True, TypeError),
         ("neggrad_plus", "beta", 1.5, ValueError),
         ("influence", "retain_fraction", "0.5", TypeError),
         ("influence", "retain_fraction", None, TypeError),
