@@ -68,6 +68,13 @@ _DEFAULT_CANDIDATES = 10_000
 #: 80 GB; a larger space cannot be enumerated nor sampled that densely.
 MAX_SCORED_SECRETS = 10**9
 
+#: Log-perplexities that differ by at most this many rounding steps (units in the last
+#: place of the largest) are "alike": a near-uniform model (logits ~1e-15) scores the 10**4
+#: secrets 17.2877... +- 1 ulp, two distinct values, and a skew-normal fitted to them is a
+#: spike (a = 6e6, scale = 7e-16) that put a secret tied with 96 % of R at log2 |R|.
+_ALIKE_ULPS = 64
+
+
 def _check_candidates(n_candidates: object) -> int | None:
     """Return ``n_candidates`` (None or an int in ``3..MAX_SCORED_SECRETS``)."""
     if n_candidates is None:
@@ -105,8 +112,9 @@ class ExposureMeasurement:
         space_size: ``|R| = len(alphabet) ** len(secret)``.
         n_scored: Secrets scored besides this one.
         exhaustive: Whether every secret of the space was scored (the rank is exact).
-        fit: The skew-normal parameters (``scale == 0``: a point mass, every other
-            scored secret having the same log-perplexity).
+        fit: The skew-normal parameters (``scale == 0``: a point mass at the lowest
+            score, every other scored secret having the same log-perplexity to within 64
+            rounding steps).
         others: The log-perplexities (bits) of the ``n_scored`` secrets it was ranked
             against (for plots, :func:`fastunlearn.exposure.plot_exposure`); not in
             :meth:`to_dict`, ``None`` when not kept.
@@ -156,6 +164,7 @@ def measure_exposure(
     enumerate_limit: int | np.integer = 100_000,
     seed: int | np.integer = 0,
     batch_size: int | np.integer = 4096,
+    progress: bool = False,
 ) -> list[ExposureMeasurement]:
     """Measure the exposure of secrets that follow ``prefix``.
 
@@ -183,6 +192,7 @@ def measure_exposure(
             space no larger than the default 10,000 draws is always scored exhaustively).
         seed: Seed of the sample.
         batch_size: Secrets per forward pass.
+        progress: Show a tqdm bar over the scored secrets.
 
     Returns:
         One :class:`ExposureMeasurement` per secret, in order.
@@ -191,7 +201,8 @@ def measure_exposure(
     overstated). The canary is scored in the same forward pass as the secrets it is
     ranked against, so exact ties are kept. Sampled candidates are drawn with replacement
     and draws equal to the measured secret are left out of its ranking. When every other
-    secret has the same log-perplexity, the fit is a point mass (``scale == 0``).
+    secret has the same log-perplexity (to within 64 rounding steps: a near-uniform
+    model), the fit is a point mass at the lowest of them (``scale == 0``).
 
     Warnings (``UserWarning``, one per call, for the secrets together): when sampling,
     a skew-normal fit to fewer than 100 candidates (its exposure varies by several bits
@@ -205,8 +216,8 @@ def measure_exposure(
             ``alphabet`` or the vocabulary, a count is out of range, the space has fewer
             than 4 secrets, fewer than 3 sampled candidates differ from a secret, or the
             model gives non-finite log-perplexities.
-        TypeError: If ``vocab``, ``secrets``, ``alphabet``, ``seed`` or a count has the
-            wrong type.
+        TypeError: If ``vocab``, ``prefix``, ``secrets`` (or one of them), ``alphabet``,
+            ``seed``, ``progress`` or a count has the wrong type.
 
     """
     _check_model(model)
@@ -215,7 +226,11 @@ def measure_exposure(
     if not isinstance(secrets, (str, Sequence)):
         raise TypeError(f"'secrets' must be a str or a list of str, got {type(secrets).__name__}")
     single = [secrets] if isinstance(secrets, str) else list(secrets)
-    if not single or not all(isinstance(s, str) and s for s in single):
+    bad = next((s for s in single if not isinstance(s, str)), None)
+    if bad is not None:
+        raise TypeError(f"'secrets' must be a str or a list of str, got an element "
+                        f"{type(bad).__name__} {bad!r}")
+    if not single or not all(single):
         raise ValueError("'secrets' must be a non-empty str or a list of them")
     length = len(single[0])
     if any(len(s) != length for s in single):
@@ -226,7 +241,9 @@ def measure_exposure(
         raise ValueError("'alphabet' must be non-empty without repeats")
     if any(c not in alphabet for s in single for c in s):
         raise ValueError(f"'secrets' must use only the characters of 'alphabet' {alphabet!r}")
-    if not isinstance(prefix, str) or not prefix:
+    if not isinstance(prefix, str):
+        raise TypeError(f"'prefix' must be a str, got {type(prefix).__name__}")
+    if not prefix:
         raise ValueError("'prefix' must be a non-empty str")
     for text, arg in ((prefix, "prefix"), (alphabet, "alphabet")):
         missing = sorted(set(text) - set(vocab.chars))
@@ -241,6 +258,7 @@ def measure_exposure(
                          f"secrets that can be enumerated), got {enumerate_limit}")
     seed = check_seed("seed", seed)
     batch_size = check_int("batch_size", batch_size, 1)
+    progress = check_flag("progress", progress)
     space = len(alphabet) ** length
     if space < 4:
         # the secret plus at least 3 others: fewer leave nothing to rank or to fit
@@ -260,7 +278,8 @@ def measure_exposure(
         # the scores it is ranked against, so that an exact tie stays a tie (a row scored
         # alone can differ in the last bits from the same row scored in a batch)
         pool = _all_secrets(alphabet_ids, length)
-        pool_scores = sequence_log_perplexity(model, prefix_ids, pool, batch_size=batch_size)
+        pool_scores = sequence_log_perplexity(model, prefix_ids, pool, batch_size=batch_size,
+                                              progress=progress)
         position = {c: i for i, c in enumerate(alphabet)}
         index = [sum(position[c] * len(alphabet) ** (length - 1 - j) for j, c in enumerate(s))
                  for s in single]
@@ -271,7 +290,8 @@ def measure_exposure(
         pool = alphabet_ids[draws]
         # the secrets lead the first batch, scored with (not apart from) the candidates
         scores = sequence_log_perplexity(
-            model, prefix_ids, torch.cat([secret_ids, pool]), batch_size=batch_size
+            model, prefix_ids, torch.cat([secret_ids, pool]), batch_size=batch_size,
+            progress=progress,
         )
         own, pool_scores = scores[: len(single)], scores[len(single) :]
     if not (torch.isfinite(own).all() and torch.isfinite(pool_scores).all()):
@@ -285,10 +305,12 @@ def measure_exposure(
                 f"only {others.size} of the {pool.shape[0]} sampled candidates differ from "
                 f"the secret {s!r}; raise 'n_candidates' (at least 3 others are needed)"
             )
-        if np.ptp(others) == 0.0:
-            # the model scores every other secret alike: no distribution to fit; its
-            # limit is a point mass (exposure 0 unless the secret scores lower)
-            fit = SkewNormalFit(0.0, float(others[0]), 0.0, int(others.size))
+        if np.ptp(others) <= _ALIKE_ULPS * np.spacing(np.abs(others).max()):
+            # the model scores every other secret alike (to the last bits): no distribution
+            # to fit (a fit to rounding noise is a spike whose tail put a secret tied with
+            # most of R at log2 |R|); its limit is a point mass at the lowest score
+            # (exposure 0 unless the secret scores lower, as its rank says)
+            fit = SkewNormalFit(0.0, float(others.min()), 0.0, int(others.size))
             point_masses.append(f"{s!r} ({others.size} candidates)")
         else:
             fit = _fit_skew_normal(others, warn_stacklevel=None)  # warned once, below
@@ -427,11 +449,14 @@ def greedy_completion(
 
     Raises:
         ValueError: If ``prefix`` is empty or outside the vocabulary, or ``length < 0``.
-        TypeError: If ``length`` is not an int.
+        TypeError: If ``length`` is not an int, ``prefix`` not a str or ``vocab`` not a
+            :class:`CharVocab`.
 
     """
     length = check_int("length", length, 0)
-    if not isinstance(prefix, str) or not prefix:
+    if not isinstance(prefix, str):
+        raise TypeError(f"'prefix' must be a str, got {type(prefix).__name__}")
+    if not prefix:
         raise ValueError("'prefix' must be a non-empty str")
     _check_model(model)
     if not isinstance(vocab, CharVocab):
@@ -490,8 +515,8 @@ class CanaryConfig:
             (with ``n_candidates`` set it has no effect; :func:`run_canary_experiment`
             warns when it is set then).
         seed: Seed of text, secret, insertion positions, initialisation and training.
-        device: Torch device.
-        progress: Show progress bars.
+        device: Torch device (a ``torch.device`` is stored as its str).
+        progress: Show progress bars (training, and scoring the secrets).
 
     """
 
@@ -579,6 +604,8 @@ class CanaryConfig:
         for name in ("control", "progress"):  # a bool or np.bool_, stored as a plain bool
             object.__setattr__(self, name, check_flag(name, getattr(self, name)))
         parse_device(self.device)
+        if isinstance(self.device, torch.device):  # stored as its str: to_dict is JSON
+            object.__setattr__(self, "device", str(self.device))
         if self.cell not in ("lstm", "gru"):
             raise ValueError(f"'cell' must be 'lstm' or 'gru', got {self.cell!r}")
 
@@ -717,6 +744,7 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
         n_candidates=cfg.n_candidates,
         enumerate_limit=cfg.enumerate_limit,
         seed=cfg.seed,
+        progress=cfg.progress,
     )
     measure_s = time.perf_counter() - start
     tail = losses[-max(1, len(losses) // 10) :] if losses else [float("nan")]
@@ -737,7 +765,14 @@ def run_canary_experiment(config: CanaryConfig | None = None) -> CanaryResult:
 
 
 def format_report(result: CanaryResult) -> str:
-    """Return a Markdown report of a canary experiment."""
+    """Return a Markdown report of a canary experiment.
+
+    Raises:
+        TypeError: If ``result`` is not a :class:`CanaryResult`.
+
+    """
+    if not isinstance(result, CanaryResult):
+        raise TypeError(f"'result' must be a CanaryResult, got {type(result).__name__}")
     cfg = result.config
     rows = [result.canary] + ([result.control] if result.control is not None else [])
     kinds = ["inserted"] + (["control (never inserted)"] if result.control is not None else [])

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .._numbers import check_int
+from .._numbers import check_flag, check_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,7 +137,12 @@ def _expand_state(
 
 @torch.no_grad()
 def sequence_log_perplexity(
-    model: CharLM, prefix: Tensor, secrets: Tensor, *, batch_size: int | np.integer = 4096
+    model: CharLM,
+    prefix: Tensor,
+    secrets: Tensor,
+    *,
+    batch_size: int | np.integer = 4096,
+    progress: bool = False,
 ) -> Tensor:
     """Log-perplexity in bits of each secret after a prefix, teacher-forced.
 
@@ -151,6 +156,8 @@ def sequence_log_perplexity(
         prefix: Token ids ``[P]``, ``P >= 1``.
         secrets: Token ids ``[N, L]``.
         batch_size: Secrets scored per forward pass.
+        progress: Show a tqdm bar over the secrets (a space of 10**6 takes minutes on a
+            CPU).
 
     Returns:
         float64 ``[N]`` log-perplexities in bits. The training mode of the model and of
@@ -160,8 +167,9 @@ def sequence_log_perplexity(
         ValueError: If shapes are wrong, an id is outside the vocabulary or ``batch_size``
             is < 1.
         TypeError: If the ids are not int64 tensors, ``batch_size`` is not an int (a bool
-            is not one), or ``model`` is not a module, or is not a :class:`CharLM` and
-            fails on the ids or does not return ``(logits [B, T, V], state)``.
+            is not one), ``progress`` not a bool, or ``model`` is not a module, or is not
+            a :class:`CharLM` and fails on the ids or does not return
+            ``(logits [B, T, V], state)``.
 
     """
     for value, arg, dim in ((prefix, "prefix", 1), (secrets, "secrets", 2)):
@@ -173,7 +181,10 @@ def sequence_log_perplexity(
         if value.numel() and (value.min() < 0 or (vocab is not None and value.max() >= vocab)):
             raise ValueError(f"'{arg}' holds ids outside the vocabulary")
     batch_size = check_int("batch_size", batch_size, 1)
+    progress = check_flag("progress", progress)
     _check_model(model)
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     modes = _module_modes(model)
     model.eval()
@@ -181,6 +192,8 @@ def sequence_log_perplexity(
         logits, state = _run_model(model, prefix.to(device).unsqueeze(0))
         first = torch.log_softmax(logits[:, -1].double(), dim=-1)  # [1, V]
         out = torch.empty(secrets.shape[0], dtype=torch.float64)
+        bar = tqdm(total=secrets.shape[0], disable=not progress, desc="score", unit="secret",
+                   leave=False)
         for start in range(0, secrets.shape[0], batch_size):
             chunk = secrets[start : start + batch_size].to(device)
             b = chunk.shape[0]
@@ -190,6 +203,8 @@ def sequence_log_perplexity(
                 rest = torch.log_softmax(rest.double(), dim=-1)
                 logp = logp + rest.gather(2, chunk[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
             out[start : start + b] = (-logp / _LN2).cpu()
+            bar.update(b)
+        bar.close()
     finally:
         _restore_modes(modes)
     return out

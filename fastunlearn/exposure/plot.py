@@ -8,6 +8,7 @@ inside it. Drawn on an Agg canvas (no global pyplot state, no display needed).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,12 +59,15 @@ def plot_exposure(
         The path written.
 
     Raises:
-        ValueError: no measurement, a measurement without ``others``, ``labels`` of the
+        ValueError: no measurement, a first measurement whose ``others`` is missing,
+            empty, not 1-D or not finite, a non-finite log-perplexity, ``labels`` of the
             wrong length, or ``bins`` < 1.
-        TypeError: a measurement that is not an :class:`ExposureMeasurement`, or ``bins``
-            not an int (a bool or a float).
+        TypeError: a measurement that is not an :class:`ExposureMeasurement`, ``labels``
+            a single str, or ``bins`` not an int (a bool or a float).
 
     """
+    if labels is not None and isinstance(labels, (str, bytes)):  # list("ab") would be 2 names
+        raise TypeError(f"'labels' must be a list of str, got {type(labels).__name__} {labels!r}")
     items = [measurements] if isinstance(measurements, ExposureMeasurement) else list(measurements)
     if not items:
         raise ValueError("'measurements' must hold at least one ExposureMeasurement")
@@ -77,6 +81,16 @@ def plot_exposure(
             "'measurements' lacks the scored log-perplexities ('others' is None); measure "
             "with fastunlearn.exposure.measure_exposure"
         )
+    others = np.asarray(items[0].others, dtype=np.float64)
+    if others.ndim != 1 or others.size == 0 or not np.isfinite(others).all():
+        raise ValueError(
+            "'measurements': the first measurement's 'others' must be a non-empty 1-D array "
+            f"of finite log-perplexities, got shape {others.shape}"
+            + ("" if others.size == 0 or np.isfinite(others).all() else " with NaN or inf")
+        )
+    bad = [m.secret for m in items if not math.isfinite(m.log_perplexity)]
+    if bad:
+        raise ValueError(f"'measurements': the log-perplexity of {bad} is not finite")
     names = list(labels) if labels is not None else [
         _LABELS[i] if i < len(_LABELS) else f"secret {i + 1}" for i in range(len(items))
     ]
@@ -85,10 +99,12 @@ def plot_exposure(
     bins = check_int("bins", bins, 1)  # a bool or a float is the wrong type
 
     first = items[0]
-    others = np.asarray(first.others, dtype=np.float64)
     points = np.concatenate([others, [m.log_perplexity for m in items]])
     lo, hi = float(points.min()), float(points.max())
-    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    # a spread of a few rounding steps (a model that predicts every character alike:
+    # 17.2877... +- 1e-15) cannot be cut into bins: it is drawn like a single value
+    size = max(1.0, abs(lo), abs(hi))
+    pad = 0.05 * (hi - lo) if hi - lo > 1e-9 * size else max(1.0, 1e-6 * size)
     grid = np.linspace(lo - pad, hi + pad, 400)
 
     fig = _new_figure((7.5, 4.4))

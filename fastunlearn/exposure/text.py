@@ -121,12 +121,15 @@ def insert_canary(
     Raises:
         ValueError: If ``insertions < 0``, ``canary`` is empty, or ``text`` has fewer
             sentence starts than ``insertions``.
-        TypeError: If ``insertions`` or ``seed`` is not an int or ``text`` not a str.
+        TypeError: If ``insertions`` or ``seed`` is not an int or ``text`` or ``canary``
+            not a str.
 
     """
     seed = check_seed("seed", seed)  # None would seed from the clock
     insertions = check_int("insertions", insertions, 0)
-    if not isinstance(canary, str) or not canary:
+    if not isinstance(canary, str):
+        raise TypeError(f"'canary' must be a str, got {type(canary).__name__}")
+    if not canary:
         raise ValueError("'canary' must be a non-empty str")
     if not isinstance(text, str):
         raise TypeError(f"'text' must be a str, got {type(text).__name__}")

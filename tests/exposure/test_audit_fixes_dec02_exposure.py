@@ -40,9 +40,12 @@ def test_measure_exposure_of_a_near_uniform_model_does_not_raise_a_fit_error():
         with pytest.raises(RuntimeError):  # what escaped measure_exposure before
             skewnorm.fit(others)
     assert m.exhaustive and m.n_scored == 9999
-    assert m.fit.scale > 0 and math.isfinite(m.fit.a)
-    assert others.min() - 1e-13 < m.fit.loc < others.max() + 1e-13
-    assert 0.0 <= m.skew_normal_exposure <= math.log2(10**4)
+    # scores alike to the last bits: the point mass at the lowest (a fit to the rounding
+    # noise was a spike that put the secret, tied with most of R, at log2 |R|; see
+    # test_exposure_audit_dec02b.py)
+    assert m.fit.scale == 0 and m.fit.loc == others.min()
+    expected = math.log2(10**4) if m.log_perplexity < others.min() else 0.0
+    assert m.skew_normal_exposure == expected
 
 
 def test_fit_of_values_a_rounding_step_apart():
