@@ -132,7 +132,8 @@ def per_sample_sq_norm(A: Tensor, G: Tensor, *, bias: bool = False) -> Tensor:
 
     ``T = 1`` uses the ghost norm ``||a_b||^2 ||g_b||^2``; ``T > 1`` uses whichever is
     cheaper of the Gram form ``<A_b A_b^T, G_b G_b^T>_F`` and chunked materialisation.
-    Reductions accumulate in float64.
+    The final sums of products accumulate in float64; for ``T > 1`` the Gram matrices (or
+    the materialised gradients) before them are batched matrix products in ``A``'s dtype.
 
     Args:
         A (Tensor[B, T, in] or Tensor[B, in]): layer inputs.
