@@ -14,7 +14,11 @@ one-vs-rest; also one digits-sized row, n = 1500, d = 64, K = 10, where the one-
 kernel may be latency-bound) and times a third implementation there: the op with
 ``FASTUNLEARN_GLM_HVP=onepass`` (the opt-in one-pass tensor-core kernel, X read once), in the
 same round-robin as the op's default two GEMMs and the torch peer. The variable is set and
-cleared by untimed set-up calls, so those two run one call per sample.
+cleared by untimed set-up calls, so those two run one call per sample, and so does the torch
+peer in those rows (a no-op set-up), so that no implementation alone is batched.
+
+Correctness: each kernel is checked against the peer at ``LAM`` and at ``CHECK_LAM`` (where
+the ``lam V`` term is large enough for the tolerance to see it).
 ``FASTUNLEARN_BENCH_NO_ONEPASS=1`` leaves the one-pass column out (``bench/device_run.sh``
 sets it when the one-pass kernel's CUDA tests fail).
 """
@@ -44,6 +48,10 @@ from bench.common import (
 
 NAME = "glm_hvp"
 LAM = 1e-3
+#: A second ``lam`` the correctness check uses: at ``LAM`` the term ``lam V`` is about 1e-4
+#: of the result, under the float32 tolerance, so a kernel that dropped or mis-scaled it
+#: would pass; at 0.5 (not 1, where ``lam ** 2 == lam``) it is 5-25 % of the result.
+CHECK_LAM = 0.5
 
 #: preset -> (n, d, list of K)
 SIZES: dict[str, tuple[int, int, tuple[int, ...]]] = {
@@ -114,18 +122,30 @@ def run_case(
     what = f"{NAME} n={n} d={d} K={K} {str(dtype).removeprefix('torch.')}"
     impls = {"ours": lambda: glm_hvp(X, S, V, LAM), "torch": lambda: torch_hvp(X, S, V, LAM)}
     setups = {}
+
+    # the peer's answer at CHECK_LAM: the same product, the lam term shifted
+    check_lam = expected + (CHECK_LAM - LAM) * V
+
+    def check(label: str) -> float:
+        """Max error at ``LAM`` (after checking at ``CHECK_LAM`` too, see there)."""
+        check_close(glm_hvp(X, S, V, CHECK_LAM), check_lam, rtol=rtol,
+                    atol=scaled_atol(check_lam, atol), what=f"{what}{label} lam={CHECK_LAM}")
+        return check_close(glm_hvp(X, S, V, LAM), expected, rtol=rtol,
+                           atol=scaled_atol(expected, atol), what=what + label)
+
     with kept_glm_hvp_kernel():
         select_glm_hvp_kernel(False)
-        err = check_close(glm_hvp(X, S, V, LAM), expected, rtol=rtol,
-                          atol=scaled_atol(expected, atol), what=what)
+        err = check("")
         onepass_err = None
         if onepass:
             select_glm_hvp_kernel(True)
-            onepass_err = check_close(glm_hvp(X, S, V, LAM), expected, rtol=rtol,
-                                      atol=scaled_atol(expected, atol), what=f"{what} one-pass")
+            onepass_err = check(" one-pass")
             impls["onepass"] = lambda: glm_hvp(X, S, V, LAM)
+            # every implementation one call per sample, the peer too: batching only its
+            # calls would hide its launch gaps and leave ours theirs
             setups = {"ours": lambda: select_glm_hvp_kernel(False),
-                      "onepass": lambda: select_glm_hvp_kernel(True)}
+                      "onepass": lambda: select_glm_hvp_kernel(True),
+                      "torch": lambda: None}
         res = compare(impls, device, setups=setups, **opts)
     ours, peer = res["ours"].timing, res["torch"].timing
     nbytes = n * d * X.element_size()

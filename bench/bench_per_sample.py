@@ -21,8 +21,10 @@ gradients clipped to norm C, C = the median norm) the implementations are:
 * **torch.func**: ``vmap(grad(loss))`` over ``functional_call`` (materialises too);
 * **plain**: one ordinary forward + backward of the same batch (the cost floor).
 
-Times are medians per call; ``*_mem_x`` is the peak memory of a call divided by the peak
-memory of the plain forward + backward (see ``bench/common.py`` for what is measured).
+Times are medians per call, every implementation timed one call per sample (the Opacus
+peers and the plain backward clear their gradients before each call); ``*_mem_x`` is the
+peak memory of a call divided by the peak memory of the plain forward + backward (see
+``bench/common.py`` for what is measured).
 """
 
 from __future__ import annotations
@@ -252,6 +254,10 @@ class Plain:
         loss_fn(self.model(x), y).backward()
 
 
+def _no_setup() -> None:
+    """An untimed set-up that does nothing (it makes :func:`compare` time one call per sample)."""
+
+
 def run_case(
     kind: str, impls: dict[str, Any], x: Tensor, y: Tensor, quantity: str,
     vector: dict[str, Tensor], max_norm: float, device: torch.device, **opts: Any,
@@ -280,8 +286,12 @@ def run_case(
     calls = {"ours": lambda: ours(*args), "func": lambda: func(*args),
              "plain": lambda: plain(x, y)}
     calls.update({name: (lambda p=peer: p(*args)) for name, peer in peers.items()})
+    # the Opacus peers and the plain backward clear their gradients before each call, which
+    # makes them run one call per sample; ours and torch.func get a no-op set-up so that they
+    # do too (batched alone, their launch gaps would be hidden and the peers' not)
     res = compare(calls, device, memory="torch",
-                  setups={"plain": plain.clear, **{n: p.clear for n, p in peers.items()}},
+                  setups={"ours": _no_setup, "func": _no_setup, "plain": plain.clear,
+                          **{n: p.clear for n, p in peers.items()}},
                   **opts)
     for peer in peers.values():
         peer.clear()
@@ -296,8 +306,11 @@ def run_case(
         **{f"ratio_{k}": ratio(t[k].median, t["ours"].median) for k in (*peers, "func")},
         "ours_vs_plain": ratio(t["ours"].median, t["plain"].median),
         **{f"{k}_peak_mb": peak[k] / 2**20 for k in peak},
-        # memory over the plain backward's: ``inf`` (out of memory) stays ``inf``
-        **{f"{k}_mem_x": peak[k] / peak["plain"] if peak["plain"] > 0 else math.nan
+        # memory over the plain backward's: ``inf`` (out of memory) stays ``inf``; nan where
+        # the plain backward's own peak is not a positive finite number (0 / inf would read
+        # as no memory at all)
+        **{f"{k}_mem_x": peak[k] / peak["plain"]
+           if math.isfinite(peak["plain"]) and peak["plain"] > 0 else math.nan
            for k in ("ours", *peers, "func")},
     }
 
