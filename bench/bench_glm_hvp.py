@@ -37,6 +37,7 @@ from bench.common import (
     kept_glm_hvp_kernel,
     no_tf32,
     print_table,
+    rate,
     ratio,
     require_op,
     resolve_device,
@@ -155,8 +156,8 @@ def run_case(
         "torch_ms": peer.ms, "torch_iqr_ms": peer.iqr_ms,
         "ratio_torch": ratio(peer.median, ours.median),
         "bytes_model": nbytes,
-        "ours_gbps": nbytes / ours.median / 1e9,
-        "torch_gbps": nbytes / peer.median / 1e9,
+        "ours_gbps": rate(nbytes, ours.median) / 1e9,
+        "torch_gbps": rate(nbytes, peer.median) / 1e9,
         "max_abs_err": err,
     }
     if onepass:
@@ -165,15 +166,15 @@ def run_case(
             "onepass_ms": one.ms, "onepass_iqr_ms": one.iqr_ms,
             "ratio_onepass_torch": ratio(peer.median, one.median),
             "ratio_onepass_ours": ratio(ours.median, one.median),
-            "onepass_gbps": nbytes / one.median / 1e9,
+            "onepass_gbps": rate(nbytes, one.median) / 1e9,
             "onepass_max_abs_err": onepass_err,
         })
     if device.type == "cuda":
-        rec["ours_pct_hbm"] = 100 * nbytes / ours.median / H100_HBM_BYTES_PER_S
-        rec["torch_pct_hbm"] = 100 * nbytes / peer.median / H100_HBM_BYTES_PER_S
+        rec["ours_pct_hbm"] = 100 * rate(nbytes, ours.median) / H100_HBM_BYTES_PER_S
+        rec["torch_pct_hbm"] = 100 * rate(nbytes, peer.median) / H100_HBM_BYTES_PER_S
         if onepass:
             one_s = res["onepass"].timing.median
-            rec["onepass_pct_hbm"] = 100 * nbytes / one_s / H100_HBM_BYTES_PER_S
+            rec["onepass_pct_hbm"] = 100 * rate(nbytes, one_s) / H100_HBM_BYTES_PER_S
     return rec
 
 

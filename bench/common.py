@@ -460,6 +460,17 @@ def time_once(fn: Callable[[], Any]) -> Measurement:
     return Measurement(Timing(median=elapsed, q1=elapsed, q3=elapsed, samples=1, number=1))
 
 
+def rate(amount: float, seconds: float) -> float:
+    """``amount / seconds`` (bytes or FLOPs per second); nan when undefined.
+
+    Undefined: a time that was not measured (``inf``: out of memory; ``nan``), which would
+    otherwise read as a rate of 0.
+    """
+    if not (math.isfinite(seconds) and seconds > 0):
+        return math.nan
+    return amount / seconds
+
+
 def ratio(peer: float, ours: float) -> float:
     """``peer / ours`` (> 1 means we are faster); nan when undefined.
 

@@ -442,3 +442,28 @@ def test_a_benchmark_named_twice_runs_once(monkeypatch):
     assert run.main(["--device", "cpu", "--preset", "tiny", "--only", "glm_hvp, glm_hvp",
                      "--no-write"]) == 0
     assert calls == ["tiny"]
+
+
+def test_a_rate_over_a_failed_time_is_nan_not_zero():
+    assert common.rate(8e9, 2.0) == 4e9
+    for seconds in (math.inf, math.nan, 0.0):
+        assert math.isnan(common.rate(8e9, seconds))
+
+
+def test_glm_hvp_out_of_memory_gives_no_bandwidth(monkeypatch):
+    """An implementation that ran out of memory has no GB/s (was 0.0 GB/s)."""
+    from bench import bench_glm_hvp
+
+    real = common.compare
+
+    def ours_runs_out(impls, device, **kwargs):
+        res = real(impls, device, **kwargs)
+        res["ours"] = common.Measurement(common.Timing.failed(), math.inf)
+        return res
+
+    monkeypatch.setattr(bench_glm_hvp, "compare", ours_runs_out)
+    try:
+        records = bench_glm_hvp.run("cpu", preset="tiny")
+    except common.OpUnavailable as exc:
+        pytest.skip(str(exc))
+    assert records and all(math.isnan(r["ours_gbps"]) and r["torch_gbps"] > 0 for r in records)
