@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import threading
 import uuid
 from collections.abc import Callable
@@ -50,6 +51,11 @@ def default_permissions(path: str | os.PathLike[str]) -> None:
 def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path``.
 
+    A file already at ``path`` keeps its permission bits (a model made private with
+    ``chmod 600`` stays private); a new file gets :func:`default_permissions`. Where ``path``
+    is a symbolic link, the file it points to is replaced and the link kept, as writing
+    through ``open(path, "w")`` does.
+
     Args:
         path: The file to write (its folder must exist).
         write: Writes the whole content to the path it is given.
@@ -62,16 +68,22 @@ def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any
         is removed first and ``path`` is left as it was.
 
     """
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    given = Path(path)
+    out = Path(os.path.realpath(given)) if given.is_symlink() else given
+    # the name cut so that a file name near the 255-byte limit still leaves room
+    tmp = out.with_name(f".{out.name[:200]}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
+        mode = stat.S_IMODE(os.stat(out).st_mode) if out.is_file() else None
         write(tmp)
-        default_permissions(tmp)  # some writers create their file private (0600)
+        if mode is None:
+            default_permissions(tmp)  # some writers create their file private (0600)
+        else:
+            os.chmod(tmp, mode)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return out
+    return given
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

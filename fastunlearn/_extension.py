@@ -43,9 +43,32 @@ KERNEL_SETTINGS: dict[str, str] = {
 }
 
 
+#: The values each kernel-choosing variable takes; any other value raises where it is read
+#: (``import fastunlearn.certified``, or a CUDA ``glm_hvp`` call: the CPU kernels ignore
+#: ``FASTUNLEARN_GLM_HVP``, for which unset and empty mean ``gemm``).
+KERNEL_SETTING_VALUES: dict[str, tuple[str, ...]] = {
+    "FASTUNLEARN_FIXED_STEP": ("cpu", "auto", "graph", "eager", "off"),
+    "FASTUNLEARN_CERTIFIED_FUSED": ("0", "1"),
+    "FASTUNLEARN_GLM_HVP": ("gemm", "onepass", ""),
+}
+
+
 def kernel_settings() -> dict[str, str]:
-    """Return each kernel-choosing variable's value in the environment now (else its default)."""
-    return {name: os.environ.get(name, default) for name, default in KERNEL_SETTINGS.items()}
+    """Return each kernel-choosing variable's value in the environment now (else its default).
+
+    A value the variable does not take is returned quoted with the reason (``"'bogus' (invalid:
+    must be 'gemm' or 'onepass')"``), so that ``fastunlearn info`` does not show it as a
+    setting in force (the run that reads it raises).
+    """
+    out = {}
+    for name, default in KERNEL_SETTINGS.items():
+        value = os.environ.get(name, default)
+        allowed = [v for v in KERNEL_SETTING_VALUES[name] if v]
+        if value not in KERNEL_SETTING_VALUES[name]:
+            choices = ", ".join(repr(v) for v in allowed[:-1]) + f" or {allowed[-1]!r}"
+            value = f"{value!r} (invalid: must be {choices})"
+        out[name] = value
+    return out
 
 
 def backend() -> dict[str, Any]:

@@ -11,6 +11,7 @@ reads them back. ``None`` stays ``null``: a value that does not apply or was not
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,10 +33,17 @@ def json_ready(value: Any) -> Any:
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
-    if isinstance(value, float):  # also numpy.float64, a float subclass
+    # NumPy is imported only when a value could be one of its scalars (the commands build
+    # their parsers without it)
+    np = sys.modules.get("numpy")
+    if isinstance(value, float) or (np is not None and isinstance(value, np.floating)):
+        # numpy.float64 is a float subclass; np.longdouble is not (its tolist() returns it)
         value = float(value)
         return value if math.isfinite(value) else str(value)
+    if np is not None and isinstance(value, np.generic):  # other scalars: the Python value
+        item = value.item()
+        return value if isinstance(item, np.generic) else json_ready(item)
     tolist = getattr(value, "tolist", None)
-    if callable(tolist) and not isinstance(value, (str, bytes)):  # tensors, numpy values
+    if callable(tolist) and not isinstance(value, (str, bytes)):  # tensors, numpy arrays
         return json_ready(tolist())
     return value

@@ -16,6 +16,21 @@ from ._paths import check_path
 __all__ = ["check_output_folder"]
 
 
+def _entry_exists(path: Path) -> bool:
+    """Whether an entry (a broken symbolic link too) is at ``path``.
+
+    Raises:
+        OSError: ``path`` cannot name an entry (a name too long, ...).
+        ValueError: ``path`` holds a NUL byte.
+
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
 def check_output_folder(folder: str | os.PathLike[str], *, argument: str,
                         names: Sequence[str] = ()) -> Path:
     """Raise ValueError unless results can be written into ``folder``; return it as a Path.
@@ -34,14 +49,22 @@ def check_output_folder(folder: str | os.PathLike[str], *, argument: str,
     Raises:
         TypeError: ``folder`` is not a str or ``os.PathLike``.
         ValueError: ``folder`` is empty (``"."`` names the current folder), it or an entry
-            above it is a file, the nearest existing folder is not writable or takes no
-            new entries, or one of ``names`` in it is a folder.
+            above it is a file or a broken symbolic link, a name in it is too long, the
+            nearest existing folder is not writable or takes no new entries, or one of
+            ``names`` in it is a folder.
 
     """
     path = check_path(folder, argument)
     existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
+    try:  # a broken symbolic link is in the way too (the folder cannot be made there)
+        while not _entry_exists(existing) and existing.parent != existing:
+            existing = existing.parent
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise ValueError(f"'{argument}' {str(folder)!r} cannot be a folder "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
+    if existing.is_symlink() and not existing.exists():
+        raise ValueError(f"'{argument}' {str(folder)!r}: {str(existing)!r} is a broken "
+                         "symbolic link")
     if not existing.is_dir():
         raise ValueError(f"'{argument}' {str(folder)!r}: {str(existing)!r} exists and is "
                          "not a folder")

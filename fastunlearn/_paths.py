@@ -28,11 +28,17 @@ def check_file_path(path: object, argument: str = "path") -> Path:
 
     Raises:
         TypeError: ``path`` is not a str or ``os.PathLike``.
-        ValueError: ``path`` is empty or names an existing folder.
+        ValueError: ``path`` is empty, names an existing folder, or cannot name a file (a
+            name longer than the file system allows).
 
     """
     out = check_path(path, argument)
-    if out.is_dir():
+    try:
+        is_dir = out.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ValueError(f"'{argument}' {str(out)!r} cannot name a file "
+                         f"({exc.strerror or exc})") from None
+    if is_dir:
         raise ValueError(f"'{argument}' {str(out)!r} is a folder, expected a file")
     return out
 
