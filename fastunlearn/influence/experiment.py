@@ -12,9 +12,11 @@ repair the poisoned model with influence updates:
   ``z~ = (x, true label)``.
 
 Accuracies (clean, poisoned, repaired) are all measured on the same test split, and
-``% restored = (after - before) / (clean - before)``. Also reported: the gradient-residual
-norm ``||grad L(theta_new; D~)||`` of the corrected training loss, per-sample gradient and
-HVP counts, and wall times (evaluation excluded from the repair time).
+``% restored = (after - before) / (clean - before)`` (NaN when the poisoned model is not
+worse than the clean one: there is no damage to restore). Also reported: the
+gradient-residual norm ``||grad L(theta_new; D~)||`` of the corrected training loss,
+per-sample gradient and HVP counts, and wall times (evaluation excluded from the repair
+time).
 
 Data: the embedded digits (8x8, ``small_cnn`` by default) or CIFAR-10 from ``data_dir``
 (the reference's 1.8M-parameter CNN, ``cifar_cnn``; pixels scaled to [0, 1]).
@@ -196,7 +198,8 @@ class RepairConfig:
 
         Raises:
             ValueError: a field out of range (named; ``cg_tol`` must be > 0, ``seed`` in
-                ``[0, 2**64 - 1]``, ``protocols`` a non-empty subset of
+                ``[0, 2**64 - 1]``, ``model`` None or a name of the model zoo,
+                ``protocols`` a non-empty subset of
                 :data:`PROTOCOLS` without duplicates), or a device that is not visible.
             TypeError: a field of the wrong type (named): a bool, str, float or None where
                 an int count is expected, a bool or str where a number is (``tau``: a
@@ -222,6 +225,13 @@ class RepairConfig:
         if self.model is not None and not isinstance(self.model, str):
             raise TypeError(f"'model' must be a model zoo name (str) or None, got "
                             f"{type(self.model).__name__} {self.model!r}")
+        if self.model is not None:
+            from ..models.zoo import MODELS
+
+            if self.model not in MODELS:  # "" too: it would quietly become the default
+                raise ValueError(f"'model' must be a model zoo name, one of "
+                                 f"{sorted(MODELS)} (None: small_cnn for digits, cifar_cnn "
+                                 f"for cifar10), got {self.model!r}")
         if self.cache_dir is not None:
             check_path(self.cache_dir, "cache_dir")  # TypeError / ValueError (empty)
             if not isinstance(os.fspath(self.cache_dir), str):
@@ -452,8 +462,14 @@ def accuracy(model: nn.Module, X: Tensor, y: Tensor) -> float:
 
 
 def _restored(after: float, before: float, clean: float) -> float:
+    """Return the share of the poisoning's damage restored, ``(after - before) / (clean - before)``.
+
+    NaN when the poisoned model is not worse than the clean one (``clean - before <= 0``):
+    there is no damage to restore, and with a negative gap the ratio would show an
+    improvement as a negative share (and a loss as a positive one).
+    """
     gap = clean - before
-    return (after - before) / gap if abs(gap) > 1e-12 else math.nan
+    return (after - before) / gap if gap > 1e-12 else math.nan
 
 
 def _update_kwargs(config: RepairConfig, model: nn.Module) -> dict[str, Any]:
@@ -530,7 +546,7 @@ def _build_checked_model(config: RepairConfig, X: Tensor, num_classes: int) -> n
             torch.cuda.manual_seed(config.seed)
     try:
         model = build_model(config.model_name, **kwargs).to(X.device)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # the builder names its own arguments ('side')
         raise ValueError(f"model {config.model_name!r} cannot be built for {config.dataset}: "
                          f"{exc}") from None
     rows = X[:1].flatten(1) if config.model_name == "mlp" else X[:1]
@@ -592,7 +608,8 @@ def run_repair_experiment(
 
     Returns:
         A dict with ``config``, ``data``, ``training`` (clean/poisoned accuracy and times),
-        ``protocols`` (one entry per protocol run: accuracy after, % restored, residual,
+        ``protocols`` (one entry per protocol run: accuracy after, % restored (NaN when
+        the poisoned model is not worse than the clean one), residual,
         counts, times, per-step trajectory, ``stopped_on_request``),
         ``stopped_on_request`` (bool), ``skipped_protocols`` (those not run because of a
         stop request) and ``stop_note`` (what was done and what skipped; None when the
@@ -602,8 +619,9 @@ def run_repair_experiment(
         TypeError: ``should_stop`` is neither None nor callable (before any work).
         ValueError: bad settings, an unknown model name, a model that does not fit the
             data (checked on one row before training), ``n_train`` above the training rows
-            or ``last_layers`` above the model's trainable parameter tensors (both before
-            training).
+            or ``last_layers`` above the model's trainable parameter tensors, or a class
+            with fewer than ``budget // 10`` rows (all before training; with the default
+            budget the error says that too few training rows were kept).
         KeyboardInterrupt: ``should_stop`` asked to stop before the poisoned model was
             trained (raised after the clean model's training).
 
@@ -719,6 +737,20 @@ def _run_repair_experiment(
         raise ValueError(f"'data' has {n} training rows but 'n_train' is {config.n_train}: "
                          "load it with load_repair_data(config), or set n_train=0")
     budget = config.budget if config.budget is not None else max(10, (n // 5) // 10 * 10)
+    if config.budget is None:  # the default: say so, not "'budget' 10 needs ..." (not given)
+        per_class = budget // 10
+        labels = data.y_train.cpu().long()
+        counts = torch.bincount(labels[(labels >= 0) & (labels <= 9)], minlength=10).tolist()
+        short = [s for s in range(10) if counts[s] < per_class]
+        if short:
+            rows = (f"'n_train' {n} is too few training rows" if config.n_train
+                    else f"the {n} training rows are too few")
+            raise ValueError(f"{rows} for the default budget {budget} (20 % of the rows, "
+                             f"at least 10; budget // 10 = {per_class} flipped per class): "
+                             f"class{'es' if len(short) > 1 else ''} "
+                             f"{', '.join(map(str, short))} "
+                             f"{'have' if len(short) > 1 else 'has'} fewer than {per_class} "
+                             "rows; use more training rows")
     y_poison, flipped = flip_labels(data.y_train, budget, config.seed)
     if budget % 10:  # flip_labels flips budget // 10 rows of each of the 10 classes
         per_class = budget // 10
@@ -901,7 +933,8 @@ def render_report(result: dict[str, Any], plot: str | None = None) -> str:
                   f"{cfg['epochs']}, kept by an interrupted run; its time includes that run's."]
     lines += ["", f"Residual of the poisoned model: {fv(tr['residual_poisoned'])}. "
               "All accuracies on the same test split; % restored = (after - before) / "
-              "(clean - before). Repair time excludes evaluation.", ""]
+              "(clean - before), '-' when the poisoned model is not worse than the clean "
+              "one (no damage to restore). Repair time excludes evaluation.", ""]
     for name, p in result["protocols"].items():
         lines += [f"## {name} steps", "", "| step | mispredicted | batch | test acc | "
                   "residual (solver) | iterations | applied | reason |",

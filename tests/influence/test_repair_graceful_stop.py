@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 from typing import Any
 
@@ -155,7 +156,9 @@ def test_experiment_without_a_stop_is_marked_complete(tiny_data, reference):
     assert again["stopped_on_request"] is False
     for name in ("iterative", "one-shot"):
         a, b = again["protocols"][name], reference["protocols"][name]
-        assert a["acc_after"] == b["acc_after"] and a["restored"] == b["restored"]
+        assert a["acc_after"] == b["acc_after"]
+        # NaN when the tiny run's poisoned model is not worse than the clean one
+        assert a["restored"] == pytest.approx(b["restored"], nan_ok=True)
         assert [_without_times(s) for s in a["steps"]] == [_without_times(s) for s in b["steps"]]
 
 
@@ -175,8 +178,9 @@ def test_experiment_stopped_in_the_iterative_protocol_keeps_its_steps(tiny_data,
     # accuracy and % restored after the two steps run
     assert it["acc_after"] == run[-1]["eval"]
     tr = result["training"]
-    assert it["restored"] == pytest.approx(
-        (it["acc_after"] - tr["acc_poisoned"]) / (tr["acc_clean"] - tr["acc_poisoned"]))
+    gap = tr["acc_clean"] - tr["acc_poisoned"]  # no damage to restore: NaN
+    expected = (it["acc_after"] - tr["acc_poisoned"]) / gap if gap > 0 else math.nan
+    assert it["restored"] == pytest.approx(expected, nan_ok=True)
     assert it["num_gradients"] == 2 * sum(s["batch"] for s in it["steps"])
     note = result["stop_note"]
     assert "stopped on request" in note and "2 of 3 steps" in note and "one-shot" in note
