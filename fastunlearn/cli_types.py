@@ -196,13 +196,24 @@ def name_flags(message: str, flags: Mapping[str, str], *, every: bool = False) -
         return f"'{flags[name]}'" if name in flags else match.group(0)
 
     if every:
-        return _QUOTED_NAME.sub(flag, message)
+        # a setting shown as its negating flag shows the flag's values (``'linear': False ->
+        # True`` is ``'--no-linear': True -> False``: the flag was given, and no longer is)
+        return _NEGATED_CHANGE.sub(_negated_values, _QUOTED_NAME.sub(flag, message))
     match = _QUOTED_NAME.match(message)
     return message if match is None else flag(match) + message[match.end():]
 
 
 #: A parameter name in quotes, as the library's messages name their arguments.
 _QUOTED_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
+
+#: A negating flag (``--no-linear`` sets ``linear=False``) with a change of its setting's
+#: value, as the warning about an earlier run's settings shows it.
+_NEGATED_CHANGE = re.compile(r"'(--no-[A-Za-z0-9-]+)': (True|False) -> (True|False)")
+
+
+def _negated_values(match: re.Match[str]) -> str:
+    negate = {"True": "False", "False": "True"}
+    return f"'{match.group(1)}': {negate[match.group(2)]} -> {negate[match.group(3)]}"
 
 
 class GivenFlag(argparse.Action):

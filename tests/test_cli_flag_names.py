@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from fastunlearn.cli import main
@@ -23,6 +26,27 @@ def test_name_flags_every_replaces_each_known_name():
     assert name_flags(message, flags, every=True) == (
         "fit to '--candidates' 3; '--value' 1e9 and 'other' stay")
     assert name_flags("no names here", flags, every=True) == "no names here"
+
+
+def test_a_negating_flag_shows_its_own_values():
+    """``--no-linear`` sets ``linear=False``: a run without the flag after one with it
+    changed ``linear`` False -> True, which is the flag going True -> False."""
+    flags = {"linear": "--no-linear", "retrain": "--no-retrain", "seed": "--seed"}
+    message = "other settings ('linear': False -> True; 'retrain': True -> False; 'seed': 0 -> 1)"
+    assert name_flags(message, flags, every=True) == (
+        "other settings ('--no-linear': True -> False; '--no-retrain': False -> True; "
+        "'--seed': 0 -> 1)")
+
+
+def test_unlearn_features_names_the_earlier_runs_no_linear_flag(tmp_path):
+    base = [sys.executable, "-m", "fastunlearn", "unlearn-features", "--dataset", "wine",
+            "--no-plots", "--out", str(tmp_path)]
+    first = subprocess.run([*base, "--no-linear"], capture_output=True, text=True,
+                           timeout=600, check=False)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(base, capture_output=True, text=True, timeout=600, check=False)
+    assert second.returncode == 0, second.stderr
+    assert "('--no-linear': True -> False)" in second.stderr, second.stderr
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
