@@ -27,7 +27,7 @@ class RemovalRecord:
 
     Attributes:
         indices: training-row indices removed by this step (empty for an explicit
-            :meth:`CertifiedLogisticRegression.retrain`).
+            :meth:`CertifiedLogisticRegression.retrain_now`).
         bound: the data-dependent gradient-residual bound of the Newton step (summed over
             classes, plus the linear solver's residual). For a step that retrained instead,
             the bound that would have exceeded the budget (not added).

@@ -243,7 +243,12 @@ def run_harness(config: HarnessConfig, data: HarnessData | None = None, *,
     trained = {}
     train_bar = _iter(jobs, config.progress, "train original + oracles")
     for role, idx, seed in train_bar:
-        tm = train_or_load(indices=idx, seed=seed, role=role, **common)
+        try:
+            tm = train_or_load(indices=idx, seed=seed, role=role, **common)
+        except TypeError as exc:  # train_or_load names its 'x': here that is data.x_train
+            if not str(exc).startswith("'x': "):
+                raise
+            raise TypeError(f"'data': x_train{str(exc)[3:]}") from None
         cache["hits" if tm.cached else "misses"] += 1
         trained[role] = tm
         # nothing to compare without every oracle: a stop here ends the run, unwritten

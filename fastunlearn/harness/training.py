@@ -153,6 +153,9 @@ def train_or_load(
 ) -> TrainedModel:
     """Train the model on rows ``indices`` of ``(x, y)``, or load it from the cache.
 
+    The caller's random states (the CPU generator and every CUDA one) are left as they
+    were: the initialisation and the training draw from seeded, forked generators.
+
     Args:
         model_name: Zoo model.
         x: All training inputs.
@@ -172,8 +175,10 @@ def train_or_load(
     kw = model_kwargs(model_name, shape, num_classes)
     key = cache_key(data_digest=data_digest, indices=indices, model=model_name,
                     model_args=kw, settings=settings, seed=seed, device=device.type)
+    # only the CPU generator is forked and seeded (the model is drawn on the CPU):
+    # torch.manual_seed would also re-seed every CUDA generator, which nothing restores
     with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         model = build_harness_model(model_name, shape, num_classes).to(device)
     state, done = None, 0
     if cache_dir is not None:
