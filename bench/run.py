@@ -64,7 +64,7 @@ def _preset(name: str, device: torch.device, args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the selected benchmarks and return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m bench.run",
+    parser = argparse.ArgumentParser(prog="python -m bench.run", allow_abbrev=False,
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: cuda if available, else cpu")

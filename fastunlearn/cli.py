@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from . import __version__
 from ._cli_output import plain_warnings
 from ._interrupt import INTERRUPTED_STATUS
+from .cli_types import WholeFlagParser
 
 
 class _Command(NamedTuple):
@@ -68,8 +69,10 @@ COMMANDS: dict[str, _Command] = {
 }
 
 
-class _CommandParser(argparse.ArgumentParser):
+class _CommandParser(WholeFlagParser):
     """The parser of one command: it reports arguments it does not know itself.
+
+    Only whole flag names are taken (:class:`~fastunlearn.cli_types.WholeFlagParser`).
 
     argparse hands a subcommand's unknown arguments up to the top-level parser, whose error
     shows the top-level usage; here ``fastunlearn extract --verbose`` shows extract's usage
@@ -100,7 +103,7 @@ def build_parser(only: str | None = "all") -> argparse.ArgumentParser:
             nothing: every command as a name only, for the top-level help and errors.
 
     """
-    parser = argparse.ArgumentParser(
+    parser = WholeFlagParser(
         prog="fastunlearn", description="Machine unlearning on fused C++/CUDA kernels."
     )
     parser.add_argument("--version", action="version", version=f"fastunlearn {__version__}",

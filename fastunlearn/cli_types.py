@@ -216,6 +216,20 @@ def _negated_values(match: re.Match[str]) -> str:
     return f"'{match.group(1)}': {negate[match.group(2)]} -> {negate[match.group(3)]}"
 
 
+class WholeFlagParser(argparse.ArgumentParser):
+    """An argument parser that takes only whole flag names (``allow_abbrev=False``).
+
+    argparse accepts any unambiguous prefix of a flag by default, so ``fastunlearn forget
+    --seed 7`` (a flag of other commands) would run ``--seeds 7``; here it is refused as an
+    unrecognized argument.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Create the parser; ``allow_abbrev`` defaults to False."""
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 class GivenFlag(argparse.Action):
     """Store an option's value and note its ``dest`` in ``args.given_flags`` (a set).
 

@@ -336,7 +336,7 @@ def check_result_dir(result_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m fastunlearn.demo",
+    parser = argparse.ArgumentParser(prog="python -m fastunlearn.demo", allow_abbrev=False,
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:<i> (default: cuda if available, else cpu)")

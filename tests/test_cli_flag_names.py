@@ -82,3 +82,30 @@ def test_no_effect_message_lists_the_names_in_one_sentence():
     assert no_effect_message(["a", "b", "c"], "(why)") == "'a', 'b' and 'c' have no effect (why)"
     with pytest.raises(ValueError, match="'names' must name at least one setting"):
         no_effect_message([], "here")
+
+
+@pytest.mark.parametrize("argv", [
+    ["forget", "--seed", "7"],  # a flag of other commands; argparse took it as --seeds
+    ["forget", "--ora", "7"],
+    ["remove", "--num-r", "7"],
+    ["evaluate", "somewhere", "--jso"],
+])
+def test_a_flag_prefix_is_not_taken_for_the_whole_flag(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("module", "argv"), [
+    ("fastunlearn.harness.cli", ["--ora", "7"]),
+    ("fastunlearn.metrics.cli", ["somewhere", "--jso"]),
+    ("fastunlearn.demo", ["--result", "x"]),
+    ("bench.run", ["--qui"]),
+])
+def test_the_stand_alone_entry_points_take_whole_flags_only(module, argv, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(argv)
+    assert exc.value.code == 2

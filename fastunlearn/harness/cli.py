@@ -26,6 +26,7 @@ from .._output_folder import check_output_folder
 from .._unused_settings import UnusedRule, unused_setting_messages
 from ..cli_types import (
     COMMON_FLAGS,
+    WholeFlagParser,
     add_progress_flags,
     name_flags,
     resolve_progress,
@@ -252,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``forget`` as a standalone program (``python -m fastunlearn.harness.cli``)."""
-    parser = argparse.ArgumentParser(prog="fastunlearn")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = WholeFlagParser(prog="fastunlearn")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=WholeFlagParser)
     add_parser(sub)
     args = parser.parse_args(["forget", *(argv if argv is not None else sys.argv[1:])])
     return args.func(args)

@@ -22,6 +22,7 @@ from .._cli_output import add_json_flag, command_error, json_output
 from ..cli_types import (
     COMMON_FLAGS,
     HelpFormatter,
+    WholeFlagParser,
     add_progress_flags,
     name_flags,
     resolve_progress,
@@ -144,8 +145,8 @@ def evaluation_settings(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point (``python -m fastunlearn.metrics.cli DIR``)."""
-    parser = argparse.ArgumentParser(prog="fastunlearn")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = WholeFlagParser(prog="fastunlearn")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=WholeFlagParser)
     add_parser(sub)
     args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)

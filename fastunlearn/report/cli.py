@@ -15,7 +15,7 @@ from typing import Any
 
 from .._cli_output import command_error
 from .._output_folder import check_output_folder
-from ..cli_types import HelpFormatter
+from ..cli_types import HelpFormatter, WholeFlagParser
 from ..cli_types import path as _path
 
 __all__ = ["add_parser", "run"]
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point (``python -m fastunlearn.report.cli REPORT.md``)."""
-    parser = argparse.ArgumentParser(prog="fastunlearn")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = WholeFlagParser(prog="fastunlearn")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=WholeFlagParser)
     add_parser(sub)
     args = parser.parse_args(["html", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)
