@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["default_permissions", "replace_atomically", "save_figure", "swap_in_folder",
-           "write_text"]
+__all__ = ["default_permissions", "permissions_for_replacement", "replace_atomically",
+           "save_figure", "swap_in_folder", "write_text"]
 
 
 _UMASK_LOCK = threading.Lock()
@@ -46,6 +46,26 @@ def default_permissions(path: str | os.PathLike[str]) -> None:
     unreadable to the group and others while the JSON, Markdown and PNG beside them are not.
     """
     os.chmod(path, 0o666 & ~_umask())
+
+
+def permissions_for_replacement(
+    tmp: str | os.PathLike[str], existing: str | os.PathLike[str]
+) -> None:
+    """Give ``tmp`` the permission bits of the file at ``existing`` (following a link).
+
+    Where there is none, ``tmp`` gets :func:`default_permissions`. A file about to be
+    replaced by ``tmp`` so keeps its mode: a model or checkpoint made private with
+    ``chmod 600`` stays private when it is written again.
+    """
+    try:
+        info = os.stat(existing)
+    except OSError:  # no file there (or a broken link): a new file
+        default_permissions(tmp)
+        return
+    if stat.S_ISREG(info.st_mode):
+        os.chmod(tmp, stat.S_IMODE(info.st_mode))
+    else:
+        default_permissions(tmp)
 
 
 def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:

@@ -57,7 +57,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from .._atomic_files import default_permissions
+from .._atomic_files import permissions_for_replacement
 from .._numbers import is_flag
 from .._paths import check_file_path
 from ._settings import device_setting
@@ -423,8 +423,13 @@ def _write_atomically(
     tensors: dict[str, torch.Tensor],
     header: dict[str, Any],
     crash_point: str = "before_replace",
+    permissions_of: Path | None = None,
 ) -> None:
-    """Write ``tensors`` with ``header`` (plus its CRC) to ``p`` by fsync + rename."""
+    """Write ``tensors`` with ``header`` (plus its CRC) to ``p`` by fsync + rename.
+
+    The file gets the permission bits of ``permissions_of`` (default: ``p``) where that
+    file exists, else those of a new file: a checkpoint made private stays private.
+    """
     try:
         header = normalize_record(header)  # as it reads back, so the checksum matches
         header[_HEADER_CRC] = _header_checksum(header)
@@ -443,7 +448,8 @@ def _write_atomically(
             os.fsync(fd)
         finally:
             os.close(fd)
-        default_permissions(tmp)  # save_file creates it private (0600)
+        # save_file creates it private (0600): the mode of the file it replaces, or a new one's
+        permissions_for_replacement(tmp, p if permissions_of is None else permissions_of)
         _crash_point(crash_point)
         os.replace(tmp, p)
     except BaseException:
@@ -499,7 +505,9 @@ class _DataFile:
             sums = {name: _checksum(t) for name, t in fixed.items()}
             header = {"format": DATA_FORMAT_NAME, "format_version": FORMAT_VERSION,
                       "data_id": self.data_id, "checksums": sums}
-            _write_atomically(self.file, fixed, header, "data_before_replace")
+            # the training data file as private as the model file it belongs to
+            _write_atomically(self.file, fixed, header, "data_before_replace",
+                              permissions_of=self.path)
             fsync_directory(self.path.parent)
             self.checksums = sums
         return self.checksums

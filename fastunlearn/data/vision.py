@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._atomic_files import default_permissions
+from .._atomic_files import permissions_for_replacement
 from .._equality import dataclass_eq
 from .._json_data import json_ready
 from .._numbers import check_flag, is_integer
@@ -801,14 +801,16 @@ def save_features(
         raise ValueError(f"'meta' must be JSON-serialisable: {exc}") from exc
 
     header = {"format": _FORMAT_TAG, "version": _FORMAT_VERSION, "meta": meta_json}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path  # keep a link
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        default_permissions(tmp)  # mkstemp and save_file create it private (0600)
-        os.replace(tmp, path)
+        # mkstemp and save_file create it private (0600): the mode of the file it replaces
+        permissions_for_replacement(tmp, target)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
