@@ -592,7 +592,10 @@ class CertifiedLogisticRegression(
         exactly as the scores do. The one-vs-rest normalisation is computed in log space: a
         row whose margins are all far below zero (margins of thousands occur at small
         ``lam``; every ``sigma(z_k)`` underflows to 0 below about -745) still follows its
-        margins, as :meth:`predict` does, instead of coming out uniform.
+        margins, as :meth:`predict` does, instead of coming out uniform. At the other end
+        float64 cannot tell them apart: classes whose margins all exceed about 37 have
+        ``sigma(z_k) = 1`` to within rounding, so their probabilities tie (and ``argmax``
+        picks the first of them) where :meth:`predict` still ranks the margins.
 
         Args:
             X (array-like [n, d]): features.

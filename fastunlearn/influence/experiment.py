@@ -230,7 +230,7 @@ class RepairConfig:
 
             if self.model not in MODELS:  # "" too: it would quietly become the default
                 raise ValueError(f"'model' must be a model zoo name, one of "
-                                 f"{sorted(MODELS)} (None: small_cnn for digits, cifar_cnn "
+                                 f"{sorted(MODELS)} (by default small_cnn for digits, cifar_cnn "
                                  f"for cifar10), got {self.model!r}")
         if self.cache_dir is not None:
             check_path(self.cache_dir, "cache_dir")  # TypeError / ValueError (empty)
@@ -749,7 +749,8 @@ def _run_repair_experiment(
                              f"at least 10; budget // 10 = {per_class} flipped per class): "
                              f"class{'es' if len(short) > 1 else ''} "
                              f"{', '.join(map(str, short))} "
-                             f"{'have' if len(short) > 1 else 'has'} fewer than {per_class} "
+                             f"{'have' if len(short) > 1 else 'has'} "
+                             f"{'no' if per_class == 1 else f'fewer than {per_class}'} "
                              "rows; use more training rows")
     y_poison, flipped = flip_labels(data.y_train, budget, config.seed)
     if budget % 10:  # flip_labels flips budget // 10 rows of each of the 10 classes

@@ -178,7 +178,7 @@ def test_repair_default_budget_on_too_few_rows_names_n_train(tmp_path, capsys):
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert "error: '--n-train' 12 is too few training rows for the default budget 10" in err
-    assert "class 9 has fewer than 1 rows" in err and "'--budget'" not in err
+    assert "class 9 has no rows" in err and "'--budget'" not in err
     # a budget given on the command line keeps its own message
     args = _parse(
         ["--n-train", "12", "--budget", "10", "--epochs", "1", "--result-dir", str(tmp_path / "o")]
