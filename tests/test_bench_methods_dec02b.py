@@ -32,6 +32,14 @@ def _require(op):
         pytest.skip(str(exc))
 
 
+def _norms_case(impls):
+    """One ``per_sample`` "norms" record of a 3-row MLP case with ``impls``."""
+    return bench_per_sample.run_case(
+        "mlp", impls, torch.zeros(3, 1, 2, 2), torch.zeros(3, dtype=torch.long), "norms", {},
+        1.0, CPU, **FAST,
+    )
+
+
 @pytest.mark.parametrize(
     ("K", "wrong_lam"),
     [
@@ -135,17 +143,7 @@ def test_per_sample_memory_ratio_is_nan_when_the_plain_backward_ran_out(monkeypa
         return out
 
     monkeypatch.setattr(bench_per_sample, "compare", fake_compare)
-    rec = bench_per_sample.run_case(
-        "mlp",
-        impls,
-        torch.zeros(3, 1, 2, 2),
-        torch.zeros(3, dtype=torch.long),
-        "norms",
-        {},
-        1.0,
-        CPU,
-        **FAST,
-    )
+    rec = _norms_case(impls)
     for key in ("ours_mem_x", "opacus_mem_x", "ghost_mem_x", "func_mem_x"):
         assert math.isnan(rec[key]), (key, rec[key])
     assert math.isnan(rec["ours_vs_plain"])
@@ -153,17 +151,7 @@ def test_per_sample_memory_ratio_is_nan_when_the_plain_backward_ran_out(monkeypa
     monkeypatch.setattr(
         bench_per_sample, "compare", lambda calls, device, **kw: {name: ok for name in calls}
     )
-    rec = bench_per_sample.run_case(
-        "mlp",
-        impls,
-        torch.zeros(3, 1, 2, 2),
-        torch.zeros(3, dtype=torch.long),
-        "norms",
-        {},
-        1.0,
-        CPU,
-        **FAST,
-    )
+    rec = _norms_case(impls)
     assert rec["ours_mem_x"] == 1.0
 
 

@@ -18,6 +18,23 @@ def _tiny_data(dtype: torch.dtype = torch.float32) -> HarnessData:
     return HarnessData(x, torch.arange(30) % 3, xt, torch.arange(9) % 3, 3, "tiny")
 
 
+def _train_original(data):
+    """The original model of ``data``'s first 30 rows, seed 1234, no cache."""
+    return train_or_load(
+        model_name="mlp",
+        x=data.x_train,
+        y=data.y_train,
+        indices=torch.arange(30),
+        num_classes=3,
+        data_digest=data.digest(),
+        settings=TrainSettings(epochs=1, batch_size=8),
+        seed=1234,
+        cache_dir=None,
+        device=torch.device("cpu"),
+        role="original",
+    )
+
+
 def test_train_or_load_leaves_cuda_generators_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     # torch.manual_seed re-seeds every CUDA generator (or queues it until CUDA starts),
     # which the CPU-only fork did not restore: the caller's CUDA seed was replaced
@@ -27,36 +44,12 @@ def test_train_or_load_leaves_cuda_generators_alone(monkeypatch: pytest.MonkeyPa
     torch.manual_seed(7)
     calls.clear()
     cpu_state = torch.get_rng_state()
-    tm = train_or_load(
-        model_name="mlp",
-        x=data.x_train,
-        y=data.y_train,
-        indices=torch.arange(30),
-        num_classes=3,
-        data_digest=data.digest(),
-        settings=TrainSettings(epochs=1, batch_size=8),
-        seed=1234,
-        cache_dir=None,
-        device=torch.device("cpu"),
-        role="original",
-    )
+    tm = _train_original(data)
     assert calls == []
     assert torch.equal(torch.get_rng_state(), cpu_state)
     # the weights depend on the seed alone, not on the caller's generator
     torch.manual_seed(99)
-    again = train_or_load(
-        model_name="mlp",
-        x=data.x_train,
-        y=data.y_train,
-        indices=torch.arange(30),
-        num_classes=3,
-        data_digest=data.digest(),
-        settings=TrainSettings(epochs=1, batch_size=8),
-        seed=1234,
-        cache_dir=None,
-        device=torch.device("cpu"),
-        role="original",
-    )
+    again = _train_original(data)
     for a, b in zip(tm.model.parameters(), again.model.parameters(), strict=True):
         assert torch.equal(a, b)
 

@@ -30,6 +30,12 @@ def _parse(argv):
 # --- % restored when the poisoned model is not worse than the clean one ---------------
 
 
+def _small_repair_args(model: str, tmp_path):
+    """``repair --model MODEL`` for one epoch on 100 rows into ``tmp_path / "out"``."""
+    return _parse(["--model", model, "--epochs", "1", "--n-train", "100", "--result-dir",
+                   str(tmp_path / "out")])
+
+
 def test_restored_share_is_undefined_when_the_poisoning_did_no_damage():
     """(after - before) / (clean - before) with clean < before showed an improvement of the
     poisoned model as a negative share (-275 % on a 2-epoch digits run) and a loss as a
@@ -75,18 +81,7 @@ def test_repair_config_refuses_an_unknown_or_empty_model_name(name):
 
 
 def test_repair_command_names_the_model_flag(tmp_path, capsys):
-    args = _parse(
-        [
-            "--model",
-            "nosuch",
-            "--epochs",
-            "1",
-            "--n-train",
-            "100",
-            "--result-dir",
-            str(tmp_path / "out"),
-        ]
-    )
+    args = _small_repair_args("nosuch", tmp_path)
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert "fastunlearn repair: error: '--model' must be a model zoo name" in err
@@ -97,18 +92,7 @@ def test_repair_command_names_the_model_flag(tmp_path, capsys):
 def test_repair_model_that_cannot_be_built_for_the_data_says_which(tmp_path, capsys):
     """svhn_dp on 8x8 digits: the builder's "'side' 8 is too small ..." (a Python argument
     the user never set) now comes with the model and the data set."""
-    args = _parse(
-        [
-            "--model",
-            "svhn_dp",
-            "--epochs",
-            "1",
-            "--n-train",
-            "100",
-            "--result-dir",
-            str(tmp_path / "out"),
-        ]
-    )
+    args = _small_repair_args("svhn_dp", tmp_path)
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert "error: model 'svhn_dp' cannot be built for digits: 'side' 8" in err
