@@ -27,13 +27,13 @@ def _parse(argv):
     return parser.parse_args(["repair", *argv])
 
 
-# --- % restored when the poisoned model is not worse than the clean one ---------------
-
-
 def _small_repair_args(model: str, tmp_path):
     """``repair --model MODEL`` for one epoch on 100 rows into ``tmp_path / "out"``."""
     return _parse(["--model", model, "--epochs", "1", "--n-train", "100", "--result-dir",
                    str(tmp_path / "out")])
+
+
+# --- % restored when the poisoned model is not worse than the clean one ---------------
 
 
 def test_restored_share_is_undefined_when_the_poisoning_did_no_damage():
