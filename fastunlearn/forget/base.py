@@ -391,8 +391,11 @@ def as_dataset(data: object, name: str) -> Dataset:
             "detached tensors (.detach())"
         )
     if not isinstance(data, Dataset):
+        hint = ("; pass its data set (loader.dataset): the methods batch the data themselves"
+                if isinstance(data, DataLoader) else "")
         raise TypeError(
-            f"'{name}' must be a Dataset or a tuple (inputs, labels), got {type(data).__name__}"
+            f"'{name}' must be a Dataset or a tuple (inputs, labels), got "
+            f"{type(data).__name__}{hint}"
         )
     try:
         size = sized_len(data)

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils.data import Subset
 
 from fastunlearn.harness import HarnessConfig, HarnessData, TrainSettings, run_harness
 from fastunlearn.harness.training import train_or_load
@@ -75,3 +76,18 @@ def test_run_harness_names_data_for_inputs_the_model_cannot_take() -> None:
         r"\(dtype torch.float64",
     ):
         run_harness(config, _tiny_data(torch.float64))
+
+
+@pytest.mark.parametrize("argument", ["forget", "retain"])
+def test_a_data_loader_is_refused_with_the_way_to_pass_it(argument):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fastunlearn.forget import run_method
+
+    data = TensorDataset(torch.randn(12, 4), torch.arange(12) % 3)
+    sets = {"forget": Subset(data, [0, 1]), "retain": Subset(data, range(2, 12))}
+    sets[argument] = DataLoader(sets[argument], batch_size=4)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with pytest.raises(TypeError, match=rf"'{argument}' must be a Dataset .* got DataLoader; "
+                                        r"pass its data set \(loader\.dataset\)"):
+        run_method("finetune", model, sets["forget"], sets["retain"])
