@@ -112,7 +112,8 @@ class GracefulStop:
     prints what will happen; outside them, and at the second Ctrl-C, KeyboardInterrupt is
     raised as usual. The handler is installed only in the main thread and only where SIGINT
     still has Python's default handler (a caller's own handler is left alone); the previous
-    handler is always put back on exit.
+    handler is always put back on exit. :attr:`requested` stays readable after the block
+    and is cleared when the instance is entered again.
 
     Args:
         what: The step the run finishes before it stops, for the message ("removal").
@@ -133,6 +134,7 @@ class GracefulStop:
         return self.requested
 
     def __enter__(self) -> GracefulStop:
+        self.requested = False  # a reused instance starts a new run (read it after exit)
         if (threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             self._previous = signal.signal(signal.SIGINT, self._handle)

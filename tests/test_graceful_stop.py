@@ -50,6 +50,18 @@ def test_first_sigint_in_a_step_loop_requests_a_stop_and_the_second_aborts():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_reused_graceful_stop_starts_without_a_request():
+    stop = GracefulStop(stream=io.StringIO())
+    with stop, stop_points(stop):
+        signal.raise_signal(signal.SIGINT)
+    assert stop.requested  # still readable after the block
+    with stop, stop_points(stop):
+        assert not stop()  # a new run is not stopped by the last one's Ctrl-C
+        signal.raise_signal(signal.SIGINT)  # and its first Ctrl-C is again a request
+        assert stop()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_outside_a_step_loop_the_first_sigint_aborts_at_once():
     stream = io.StringIO()
     with GracefulStop(stream=stream) as stop:
