@@ -80,8 +80,20 @@ def positive_float(text: str) -> float:
     """Parse a finite number > 0."""
     value = number(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        rounded = " (0.0 in float64: below its smallest positive number)" if (
+            value == 0 and _written_positive(text)) else ""
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}{rounded}")
     return value
+
+
+def _written_positive(text: str) -> bool:
+    """Whether ``text`` writes a number above 0 (``1e-400``), whatever float() makes of it."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        return Decimal(text.strip()) > 0
+    except InvalidOperation:
+        return False
 
 
 def non_negative_float(text: str) -> float:

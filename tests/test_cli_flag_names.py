@@ -109,3 +109,18 @@ def test_the_stand_alone_entry_points_take_whole_flags_only(module, argv, capsys
     with pytest.raises(SystemExit) as exc:
         importlib.import_module(module).main(argv)
     assert exc.value.code == 2
+
+
+def test_a_positive_number_below_float64s_range_says_why_it_is_refused():
+    import argparse
+
+    from fastunlearn.cli_types import positive_float
+
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match=r"got 1e-400 \(0.0 in float64: below its smallest positive"):
+        positive_float("1e-400")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be positive, got 0$"):
+        positive_float("0")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be positive, got -1e-400$"):
+        positive_float("-1e-400")
+    assert positive_float("5e-324") == 5e-324
