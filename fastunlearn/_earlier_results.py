@@ -66,8 +66,9 @@ def keep_earlier_run(
     The earlier run's settings are read from ``<stem>.json`` (by ``settings_of``: its
     ``"config"`` entry by default); when they differ from ``config`` (or cannot be read),
     every ``<stem><suffix>`` file and every file of ``extra_names`` present is moved into
-    ``folder/earlier/<stem>-<n>/`` (the smallest free ``n >= 1``) and a ``UserWarning``
-    names the folder and the first settings that differ.
+    ``folder/earlier/<stem>-<n>/`` (the smallest free ``n >= 1``; ``earlier-runs`` where a
+    file is named ``earlier``) and a ``UserWarning`` names the folder and the first
+    settings that differ.
 
     Args:
         folder: The output folder.
@@ -98,10 +99,16 @@ def keep_earlier_run(
     differences = _differences(old_config, config)
     if not differences:
         return None
+    # a file of the user's named ``earlier`` is left alone: the runs go beside it
+    root = next((folder / name for name in ("earlier", "earlier-runs")
+                 if not (folder / name).exists() or (folder / name).is_dir()), None)
+    if root is None:
+        raise FileExistsError(f"cannot keep the earlier results of {stem} in {folder}: "
+                              "'earlier' and 'earlier-runs' there are files, not folders")
     n = 1
-    while (folder / "earlier" / f"{stem}-{n}").exists():
+    while (root / f"{stem}-{n}").exists():
         n += 1
-    destination = folder / "earlier" / f"{stem}-{n}"
+    destination = root / f"{stem}-{n}"
     destination.mkdir(parents=True)
     for path in present:
         path.replace(destination / path.name)

@@ -46,6 +46,23 @@ def test_other_settings_move_the_earlier_files_together_with_a_warning(tmp_path)
     assert (moved / "repair_digits.json").is_file()
 
 
+def test_a_file_named_earlier_is_left_alone(tmp_path):
+    """The user's own file ``earlier`` (not a folder) gave a raw NotADirectoryError after
+    the run's work; the earlier results now go to ``earlier-runs``."""
+    (tmp_path / "earlier").write_text("my notes")
+    write_run(tmp_path, "repair_digits", {"seed": 1})
+    with pytest.warns(UserWarning, match="earlier-runs"):
+        moved = keep_earlier_run(tmp_path, "repair_digits", {"seed": 2})
+    assert moved == tmp_path / "earlier-runs" / "repair_digits-1"
+    assert (moved / "repair_digits.json").is_file()
+    assert (tmp_path / "earlier").read_text() == "my notes"
+    (tmp_path / "earlier-runs" / "x").mkdir()  # an existing folder is reused
+    write_run(tmp_path, "repair_digits", {"seed": 3})
+    with pytest.warns(UserWarning):
+        assert keep_earlier_run(tmp_path, "repair_digits", {"seed": 4}) == (
+            tmp_path / "earlier-runs" / "repair_digits-2")
+
+
 def test_an_unreadable_earlier_json_counts_as_other_settings(tmp_path):
     (tmp_path / "features_wine.json").write_text("{not json")
     (tmp_path / "features_wine.md").write_text("notes")
