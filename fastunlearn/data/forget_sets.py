@@ -144,7 +144,7 @@ def load_forget_indices(path: str | os.PathLike) -> Tensor:
             if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
                 raise _BadIndexFile(f"holds index {values.max()}, beyond the int64 range")
             return torch.from_numpy(values.astype(np.int64))
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad) skipped
         if suffix == ".json":
             values = json.loads(text)
             if not isinstance(values, list) or not all(
@@ -193,8 +193,7 @@ def save_forget_indices(path: str | os.PathLike, indices: Tensor | Sequence[int]
     if isinstance(indices, Sequence) and not isinstance(indices, (str, bytes)):
         # torch.as_tensor raises a RuntimeError ("Overflow when unpacking long"), not an
         # OverflowError, for a Python int beyond int64
-        big = next((i for i in indices if isinstance(i, int) and not -(2**63) <= i < 2**63),
-                   None)
+        big = next((i for i in indices if isinstance(i, int) and not -(2**63) <= i < 2**63), None)
         if big is not None:
             raise ValueError(f"'indices' holds {big}, beyond the int64 range")
     try:

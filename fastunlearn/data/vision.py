@@ -745,14 +745,20 @@ def save_features(
             (a non-finite number in it is written as ``"nan"``, ``"inf"`` or ``"-inf"``).
         TypeError: If ``features``/``labels`` are not tensors or mappings of tensors, or
             ``path`` is not a path, or ``meta`` not a mapping.
-        ValueError: If ``path`` is empty or an existing folder, its parent is not a folder,
-            or a label is negative or beyond the int64 range.
+        ValueError: If ``path`` is empty, an existing folder or ends in ``.pt``/``.pth``
+            (names :func:`load_features` reads as torch pickles), its parent is not a
+            folder, or a label is negative or beyond the int64 range.
         FileNotFoundError: If the folder of ``path`` does not exist.
 
     """
     from safetensors.torch import save_file
 
     path = check_output_file(path)
+    if path.suffix in (".pt", ".pth"):  # load_features reads those as torch pickles
+        raise ValueError(
+            f"'path' {str(path)!r} ends in {path.suffix!r}, which load_features reads as a "
+            "torch pickle: save_features writes safetensors, use a '.safetensors' name"
+        )
     feats = _as_split_mapping(features, "features")
     labs = _as_split_mapping(labels, "labels")
     if set(feats) != set(labs):
@@ -818,6 +824,10 @@ def save_features(
     return path
 
 
+class _ForeignFeatureFile(Exception):
+    """A safetensors file that was read but is not a feature file this version reads."""
+
+
 def load_features(
     path: str | os.PathLike,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:
@@ -838,7 +848,8 @@ def load_features(
         FileNotFoundError: If ``path`` does not exist.
         TypeError: If ``path`` is not a str or ``os.PathLike``.
         ValueError: If the file cannot be read (truncated, corrupt, objects other than
-            tensors), holds no ``X_<split>``/``y_<split>`` pair or mismatched ones, a split
+            tensors, another version of this format, a ``meta`` header that is not a JSON
+            object), holds no ``X_<split>``/``y_<split>`` pair or mismatched ones, a split
             with an empty name (``X_``), features that are not finite, or labels that are
             not whole numbers.
 
@@ -858,8 +869,19 @@ def load_features(
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 header = f.metadata() or {}
                 raw = {k: f.get_tensor(k) for k in f.keys()}
+            if header.get("format") == _FORMAT_TAG and header.get("version") != _FORMAT_VERSION:
+                raise _ForeignFeatureFile(
+                    f"it is a {_FORMAT_TAG} file of version {header.get('version')!r}; this "
+                    f"fastunlearn reads version {_FORMAT_VERSION} only (a newer one wrote it?)"
+                )
             if "meta" in header:
                 meta = json.loads(header["meta"])
+                if not isinstance(meta, dict):
+                    raise _ForeignFeatureFile(
+                        f"its 'meta' header holds a JSON {type(meta).__name__}, not an object"
+                    )
+    except _ForeignFeatureFile as exc:
+        raise ValueError(f"{str(path)!r} is not a readable feature file: {exc}") from None
     except Exception as exc:  # truncated, corrupt, or objects weights_only refuses
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(
@@ -972,6 +994,36 @@ def _select(
     return X[keep], (y[keep] == pos).to(torch.int64)
 
 
+def _same_dataset(a: str, b: str) -> bool:
+    """Whether two data set names mean the same one (``"SVHN"`` and ``"svhn"`` do)."""
+    try:
+        return canonical_dataset_name(a) == canonical_dataset_name(b)
+    except ValueError:
+        return a.lower() == b.lower()
+
+
+def _check_feature_origin(
+    path: Path, meta: Mapping[str, Any], extractor: str, dataset: str
+) -> None:
+    """Refuse a feature file whose metadata names another extractor or data set.
+
+    ``fastunlearn extract`` records the extractor's ``name`` (the file-name prefix) and the
+    ``dataset``; a file renamed or copied under another extractor's or data set's name
+    would otherwise be used (and its privacy claims reported) as the one asked for.
+    """
+    name, stored = meta.get("name"), meta.get("dataset")
+    if isinstance(name, str) and name != extractor:
+        raise ValueError(
+            f"{str(path)!r} holds features of extractor {name!r} (its metadata), not of "
+            f"{extractor!r}: pass extractor={name!r}, or rename the file back"
+        )
+    if isinstance(stored, str) and not _same_dataset(stored, dataset):
+        raise ValueError(
+            f"{str(path)!r} holds features of data set {stored!r} (its metadata), not of "
+            f"{dataset!r}"
+        )
+
+
 def load_features_or_pixels(
     dataset: str,
     data_dir: str | os.PathLike,
@@ -1006,7 +1058,8 @@ def load_features_or_pixels(
             message lists the expected paths).
         ValueError: If ``dataset`` is unknown (pixels), ``extractor`` is not a plain name,
             ``binary`` is malformed or names a class without training examples, or the feature
-            file lacks a train or test split, has an empty one or a negative label.
+            file lacks a train or test split, has an empty one or a negative label, or its
+            metadata names another extractor (``name``) or data set (``dataset``).
         TypeError: If ``data_dir`` is not a path, or ``dataset`` or ``extractor`` is not a
             str.
 
@@ -1034,6 +1087,7 @@ def load_features_or_pixels(
                 f"{str(root)!r}; looked for {', '.join(p.name for p in candidates)}"
             )
         feats, labs, meta = load_features(found)
+        _check_feature_origin(found, meta, extractor, dataset)
         for split in ("train", "test"):
             if split not in feats:
                 raise ValueError(f"{str(found)!r} has no {split!r} split (X_{split}, y_{split})")
