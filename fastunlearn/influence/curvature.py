@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp
+from torch.utils._pytree import tree_map
 
 from .._numbers import check_real
 from ..linalg import LinearOperator, selected_parameter_names
@@ -221,7 +222,8 @@ class GGNOperator(LinearOperator):
             self._vjp_cache = None  # free the old graph before building the new one
             key = _GraphKey(*deps)
             out, vjp_fn = _vjp(f, primals)
-            _, jv_fn = _vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
+            # zeros shaped like the outputs, also a tuple or dict of them (as the loss takes)
+            _, jv_fn = _vjp(lambda u: vjp_fn(u)[0], tree_map(torch.zeros_like, out))
             self._vjp_cache = (key, out, vjp_fn, jv_fn)
         _, out, vjp_fn, jv_fn = self._vjp_cache
         return out, vjp_fn, jv_fn

@@ -507,8 +507,10 @@ def check_sum_reduction(
                 if isinstance(value, Tensor) and value.numel() == 1:
                     out, one_t = zero, value
         row = targets[i:i + 1]
-        two_t = _checked_loss(loss_fn, torch.cat([out, out]), torch.cat([row, row]),
-                              targets_name)
+        # a tuple or dict of outputs (any structure the loss takes): run the row twice
+        doubled = (torch.cat([out, out]) if isinstance(out, Tensor)
+                   else model(torch.cat([inputs[i:i + 1], inputs[i:i + 1]])))
+        two_t = _checked_loss(loss_fn, doubled, torch.cat([row, row]), targets_name)
     one, two = float(one_t), float(two_t)
     if abs(one) > 1e-30 and not abs(two - 2.0 * one) <= 1e-4 * abs(2.0 * one):
         raise ValueError(

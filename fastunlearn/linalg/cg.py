@@ -50,7 +50,9 @@ class CGResult:
             the initial residual for ``x0`` and the final true residual.
         breakdown: bool Tensor[K], columns stopped because ``p^T A p <= 0`` or non-finite
             (the operator is not positive definite along p); their solution is the last
-            finite iterate.
+            iterate. With a singular positive semidefinite ``A`` and a right-hand side
+            outside its range (no solution exists) the iterates grow without bound first,
+            so that iterate may hold huge or infinite entries (``converged`` is False).
 
     """
 
