@@ -208,7 +208,7 @@ def test_train_model_mismatched_dtype_names_x():
     model = _mlp()
     before = _state(model)
     x, y = _data(torch.float64)
-    with pytest.raises(TypeError, match=r"^'x': model cannot run on the inputs \(dtype "
+    with pytest.raises(TypeError, match=r"^'data': x_train: model cannot run on the inputs \(dtype "
                                         r"torch.float64.*parameters torch.float32"):
         train_model(model, x, y, TrainSettings(epochs=1, batch_size=8), seed=0)
     assert _unchanged(model, before)
@@ -216,8 +216,10 @@ def test_train_model_mismatched_dtype_names_x():
 
 
 # old: TypeError "Got unsupported ScalarType BFloat16" from numpy, in the data digest that
-# every run_harness computes; now the run gets as far as the model, which names 'x'
-def test_run_harness_with_bf16_data_names_x():
+# every run_harness computes; now the run gets as far as the model, and the error names
+# the argument and its field ('data': x_train; it named the inner helper's 'x' until
+# 2026-12-02)
+def test_run_harness_with_bf16_data_names_the_data():
     from fastunlearn.harness import HarnessConfig, HarnessData, run_harness
 
     images = torch.rand(24, 1, 4, 4, generator=torch.Generator().manual_seed(1)).bfloat16()
@@ -226,7 +228,7 @@ def test_run_harness_with_bf16_data_names_x():
     config = HarnessConfig(methods=("finetune",), forget="class:1", seeds=1, oracles=1,
                            mia=False, train=TrainSettings(epochs=1, batch_size=8),
                            cache_dir=None)
-    with pytest.raises(TypeError, match=r"^'x': model cannot run on the inputs \(dtype "
+    with pytest.raises(TypeError, match=r"^'data': x_train: model cannot run on the inputs \(dtype "
                                         r"torch.bfloat16"):
         run_harness(config, data)
 
