@@ -208,7 +208,7 @@ def test_train_model_mismatched_dtype_names_x():
     model = _mlp()
     before = _state(model)
     x, y = _data(torch.float64)
-    with pytest.raises(TypeError, match=r"^'data': x_train: model cannot run on the inputs \(dtype "
+    with pytest.raises(TypeError, match=r"^'x': model cannot run on the inputs \(dtype "
                                         r"torch.float64.*parameters torch.float32"):
         train_model(model, x, y, TrainSettings(epochs=1, batch_size=8), seed=0)
     assert _unchanged(model, before)
